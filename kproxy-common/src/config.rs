@@ -1,0 +1,72 @@
+//! Runtime settings the agent writes into `KP_CONFIG` (a one-element array).
+
+use core::mem::size_of;
+
+use crate::ct::{CT_F_SEEN_REPLY, CtEntry};
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+const SEC: u64 = 1_000_000_000;
+
+/// Conntrack timeouts. Until the agent writes the map, `initialized` is 0 and the datapath
+/// uses `Config::DEFAULT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub initialized: u32,
+    pub _pad: u32,
+    /// TCP flow that has not seen a reply yet.
+    pub tcp_syn_timeout_ns: u64,
+    /// TCP flow that has seen a reply and is not closing.
+    pub tcp_established_timeout_ns: u64,
+    /// TCP flow after RST or FIN in both directions.
+    pub tcp_close_timeout_ns: u64,
+    /// UDP flow without a reply yet.
+    pub udp_timeout_ns: u64,
+    /// UDP flow that has seen replies.
+    pub udp_stream_timeout_ns: u64,
+}
+
+impl Config {
+    /// Linux conntrack's defaults for TCP SYN_SENT (120 s is its value; 60 s as Cilium, since
+    /// an unanswered SYN is retried by the client anyway), established (6 h as Cilium, below
+    /// kube-proxy's 24 h sysctl because stale entries pin backends), close (10 s), and its UDP
+    /// values (30 s unreplied, 120 s "stream").
+    pub const DEFAULT: Self = Self {
+        initialized: 1,
+        _pad: 0,
+        tcp_syn_timeout_ns: 60 * SEC,
+        tcp_established_timeout_ns: 6 * 3600 * SEC,
+        tcp_close_timeout_ns: 10 * SEC,
+        udp_timeout_ns: 30 * SEC,
+        udp_stream_timeout_ns: 120 * SEC,
+    };
+
+    /// How long `entry` of protocol `proto` lives without traffic.
+    #[inline(always)]
+    pub const fn timeout_ns(&self, proto: u8, entry: &CtEntry) -> u64 {
+        let replied = entry.flags & CT_F_SEEN_REPLY != 0;
+        if proto == IPPROTO_TCP {
+            if entry.tcp_closing() {
+                self.tcp_close_timeout_ns
+            } else if replied {
+                self.tcp_established_timeout_ns
+            } else {
+                self.tcp_syn_timeout_ns
+            }
+        } else if replied {
+            self.udp_stream_timeout_ns
+        } else {
+            self.udp_timeout_ns
+        }
+    }
+
+    /// Whether `entry` has outlived its timeout at `now_ns`.
+    #[inline(always)]
+    pub const fn expired(&self, proto: u8, entry: &CtEntry, now_ns: u64) -> bool {
+        now_ns.saturating_sub(entry.last_seen_ns) > self.timeout_ns(proto, entry)
+    }
+}
+
+const _: () = assert!(size_of::<Config>() == 48);

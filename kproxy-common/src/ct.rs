@@ -1,0 +1,107 @@
+//! Connection tracking and session affinity types.
+//!
+//! Each translated flow has two entries: `KP_CT_FWD` keyed by the client's tuple towards the
+//! VIP, and `KP_CT_REV` keyed by the backend's reply tuple, which holds the VIP to restore.
+//! Both carry the flow's state bits and a last-seen time; the datapath keeps them in step on
+//! state changes and refreshes both at most once per `CT_REFRESH_NS`.
+
+use core::mem::size_of;
+
+/// A flow as seen in one packet (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `KP_CT_FWD` and `KP_CT_REV`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last refresh.
+    pub last_seen_ns: u64,
+    /// Forward: the chosen backend id. Reverse: the same id (for `kproxy` diagnostics).
+    pub backend_id: u32,
+    /// Service port id, for per-service counters.
+    pub svc_id: u32,
+    /// Forward: backend address. Reverse: the VIP written back as source.
+    pub nat_addr: u32,
+    /// Forward: backend port. Reverse: the service port written back as source port.
+    pub nat_port: u16,
+    pub _pad: u16,
+    /// `CT_F_*` bits, set with atomic OR.
+    pub flags: u32,
+    pub _pad2: u32,
+}
+
+/// A reply from the backend has been seen.
+pub const CT_F_SEEN_REPLY: u32 = 1 << 0;
+/// The client sent FIN.
+pub const CT_F_FIN_FWD: u32 = 1 << 1;
+/// The backend sent FIN.
+pub const CT_F_FIN_REV: u32 = 1 << 2;
+/// Either side sent RST.
+pub const CT_F_RST: u32 = 1 << 3;
+
+/// Entries are refreshed at most this often, so established flows do not write to shared
+/// memory on every packet.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+impl CtEntry {
+    /// The TCP connection is over (RST, or FIN in both directions).
+    #[inline(always)]
+    pub const fn tcp_closing(&self) -> bool {
+        self.flags & CT_F_RST != 0
+            || self.flags & (CT_F_FIN_FWD | CT_F_FIN_REV) == (CT_F_FIN_FWD | CT_F_FIN_REV)
+    }
+}
+
+/// Key of `KP_AFFINITY`: ClientIP session affinity per service port and client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub svc_id: u32,
+    pub client: u32,
+}
+
+/// Value of `KP_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// Key of `KP_FRAGS`: one fragmented IPv4 datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// IP identification (network byte order).
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `KP_FRAGS`: the ports the first fragment carried, so later fragments (which have no
+/// L4 header) are translated like the first one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+const _: () = assert!(size_of::<FlowKey>() == 16);
+const _: () = assert!(size_of::<FragKey>() == 12);
+const _: () = assert!(size_of::<FragPorts>() == 4);
+const _: () = assert!(size_of::<CtEntry>() == 32);
+const _: () = assert!(size_of::<AffinityKey>() == 8);
+const _: () = assert!(size_of::<AffinityValue>() == 16);

@@ -1,0 +1,83 @@
+//! Service lookup types: frontends (VIP:port/protocol), backend slots, backends.
+//!
+//! Addresses and ports are stored in network byte order, exactly as they appear in packets,
+//! so the datapath compares and copies them without swapping bytes.
+//!
+//! A service's backend set changes atomically: its slots live in two banks, the agent writes
+//! the new set into the inactive bank and then flips `ServiceValue::bank` and `count` with one
+//! map update (a hash map update replaces the whole value, readers see old or new, never a mix).
+
+use core::mem::size_of;
+
+/// Key of `KP_SERVICES`: one service port as clients address it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Virtual IPv4 address (network byte order).
+    pub addr: u32,
+    /// Service port (network byte order).
+    pub port: u16,
+    /// IP protocol number (`IPPROTO_TCP`, `IPPROTO_UDP`).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `KP_SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Service port id: index into `KP_RR` and `KP_SVC_STATS`, first half of `SlotKey`.
+    pub id: u32,
+    /// Number of backends in the active bank; 0 means "reject new connections".
+    pub count: u16,
+    /// `SVC_F_*` bits.
+    pub flags: u8,
+    /// Active slot bank (0 or 1).
+    pub bank: u8,
+    /// ClientIP session affinity timeout in seconds (used with `SVC_F_AFFINITY`).
+    pub affinity_timeout_s: u32,
+}
+
+/// ClientIP session affinity is on for this service port.
+pub const SVC_F_AFFINITY: u8 = 1 << 0;
+
+/// Key of `KP_SLOTS`: the n-th backend of a service port in one bank.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub svc_id: u32,
+    /// `bank << SLOT_BANK_SHIFT | index`.
+    pub slot: u32,
+}
+
+pub const SLOT_BANK_SHIFT: u32 = 16;
+/// `ServiceValue::count` is a u16; the bank bit sits above the index.
+pub const MAX_BACKENDS_PER_SERVICE: u32 = u16::MAX as u32;
+
+impl SlotKey {
+    #[inline(always)]
+    pub const fn new(svc_id: u32, bank: u8, index: u32) -> Self {
+        Self {
+            svc_id,
+            slot: ((bank as u32) << SLOT_BANK_SHIFT) | index,
+        }
+    }
+}
+
+/// Value of `KP_BACKENDS` (key: backend id, a `u32` the agent never reuses while maps live).
+/// A backend id names one endpoint *of one service port*, so "the id still exists" also means
+/// "the endpoint still belongs to that service port" when conntrack or affinity refer to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Endpoint IPv4 address (network byte order).
+    pub addr: u32,
+    /// Endpoint port (network byte order).
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<ServiceValue>() == 12);
+const _: () = assert!(size_of::<SlotKey>() == 8);
+const _: () = assert!(size_of::<Backend>() == 8);

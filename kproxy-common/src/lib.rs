@@ -1,0 +1,42 @@
+//! Types shared by kproxy's eBPF programs and its agent: object names, map keys and values,
+//! counter indices. Every map type is `#[repr(C)]` with explicit padding and a size assertion,
+//! so both sides agree byte for byte (the eBPF crate is compiled for the host target first, see
+//! `xtask/src/build_ebpf.rs`, which makes the layouts identical by construction).
+#![no_std]
+
+pub mod config;
+pub mod ct;
+pub mod lb;
+pub mod names;
+pub mod stats;
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` lets the agent use these types as map keys and values.
+    use crate::{config, ct, lb, stats};
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => { $(
+            // SAFETY: every type here is `#[repr(C)]`, `Copy`, made of integers only, with
+            // explicit padding fields, so any bit pattern is valid and there are no holes.
+            unsafe impl aya::Pod for $t {}
+        )* };
+    }
+
+    pod!(
+        lb::ServiceKey,
+        lb::ServiceValue,
+        lb::SlotKey,
+        lb::Backend,
+        ct::FlowKey,
+        ct::CtEntry,
+        ct::AffinityKey,
+        ct::AffinityValue,
+        ct::FragKey,
+        ct::FragPorts,
+        stats::ServiceStats,
+        stats::BackendStats,
+        stats::GlobalStats,
+        config::Config,
+    );
+}

@@ -1,0 +1,37 @@
+//! Names of the programs and maps in the eBPF object. The linker exports exactly these symbols
+//! and the agent looks them up by the same constants, so a rename cannot drift between the two.
+
+/// TC classifier, attached with tcx to ingress (and to egress for host-originated traffic).
+pub const PROG_TC: &str = "kproxy_tc";
+/// XDP program for a NIC's ingress: the same service logic as `PROG_TC`.
+pub const PROG_XDP: &str = "kproxy_xdp";
+
+pub const MAP_SERVICES: &str = "KP_SERVICES";
+pub const MAP_SLOTS: &str = "KP_SLOTS";
+pub const MAP_BACKENDS: &str = "KP_BACKENDS";
+pub const MAP_RR: &str = "KP_RR";
+pub const MAP_CT_FWD: &str = "KP_CT_FWD";
+pub const MAP_CT_REV: &str = "KP_CT_REV";
+pub const MAP_AFFINITY: &str = "KP_AFFINITY";
+pub const MAP_STATS: &str = "KP_STATS";
+pub const MAP_SVC_STATS: &str = "KP_SVC_STATS";
+pub const MAP_BE_STATS: &str = "KP_BE_STATS";
+pub const MAP_CONFIG: &str = "KP_CONFIG";
+pub const MAP_FRAGS: &str = "KP_FRAGS";
+
+pub const PROGRAMS: [&str; 2] = [PROG_TC, PROG_XDP];
+
+pub const MAPS: [&str; 12] = [
+    MAP_SERVICES,
+    MAP_SLOTS,
+    MAP_BACKENDS,
+    MAP_RR,
+    MAP_CT_FWD,
+    MAP_CT_REV,
+    MAP_AFFINITY,
+    MAP_STATS,
+    MAP_SVC_STATS,
+    MAP_BE_STATS,
+    MAP_CONFIG,
+    MAP_FRAGS,
+];

@@ -1,0 +1,48 @@
+//! One's complement checksum arithmetic (RFC 1071, incremental updates per RFC 1624).
+//!
+//! Values are the raw 16/32-bit words as they sit in the packet (network byte order loaded
+//! as native integers): one's complement sums commute with byte swapping, so no conversion
+//! is needed as long as the result is stored back the same way.
+
+/// Folds a 64-bit accumulator of 16-bit words into 16 bits.
+#[inline(always)]
+pub fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Checksum field after a 32-bit word covered by it changed from `from` to `to`.
+#[inline(always)]
+pub fn replace4(check: u16, from: u32, to: u32) -> u16 {
+    let sum = u64::from(!check)
+        + u64::from(!from >> 16)
+        + u64::from(!from & 0xffff)
+        + u64::from(to >> 16)
+        + u64::from(to & 0xffff);
+    !fold(sum)
+}
+
+/// Checksum field after a 16-bit word covered by it changed from `from` to `to`.
+#[inline(always)]
+pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
+    let sum = u64::from(!check) + u64::from(!from) + u64::from(to);
+    !fold(sum)
+}
+
+/// Sum of 16-bit words of a fixed-size byte block (the caller folds and inverts).
+#[inline(always)]
+pub fn sum_words<const N: usize>(bytes: &[u8; N]) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u64::from(u16::from_ne_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    if N % 2 == 1 {
+        sum += u64::from(u16::from_ne_bytes([bytes[N - 1], 0]));
+    }
+    sum
+}

@@ -1,0 +1,53 @@
+//! kproxy's datapath: the same service load balancer behind a TC (tcx) classifier and an XDP
+//! program. Entry points are thin: they wrap the context and map the outcome to a verdict.
+#![no_std]
+
+mod conntrack;
+mod csum;
+mod icmp;
+mod lb;
+mod maps;
+mod packet;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::{
+    lb::Action,
+    packet::{TcPacket, XdpPacket},
+};
+
+/// TC classifier for ingress (and egress) of the interfaces kproxy serves.
+///
+/// Untouched and translated packets return `TC_ACT_UNSPEC` (tcx "next"), so programs after
+/// this one in the tcx chain still see them.
+#[classifier]
+pub fn kproxy_tc(ctx: TcContext) -> i32 {
+    match lb::handle(&mut TcPacket { ctx: &ctx }) {
+        Action::Pass | Action::Translated => TC_ACT_UNSPEC,
+        Action::Rejected => TC_ACT_REDIRECT as i32,
+        Action::Drop => TC_ACT_SHOT as i32,
+    }
+}
+
+/// XDP program for a NIC's ingress.
+#[xdp]
+pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
+    match lb::handle(&mut XdpPacket { ctx: &ctx }) {
+        Action::Pass | Action::Translated => xdp_action::XDP_PASS,
+        Action::Rejected => xdp_action::XDP_TX,
+        Action::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable path to here; this only satisfies `no_std`.
+    loop {}
+}

@@ -1,0 +1,67 @@
+//! Every map of the datapath, one comment each. Sizes here are defaults; the agent may resize
+//! them at load time. Control-plane maps use `BPF_F_NO_PREALLOC` so an element replaced or
+//! deleted by the agent is freed after an RCU grace period: a packet that looked it up keeps
+//! reading the old value, never a recycled one.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use kproxy_common::{
+    config::Config,
+    ct::{AffinityKey, AffinityValue, CtEntry, FlowKey, FragKey, FragPorts},
+    lb::{Backend, ServiceKey, ServiceValue, SlotKey},
+    stats::{BackendStats, GlobalStats, ServiceStats},
+};
+
+const NO_PREALLOC: u32 = BPF_F_NO_PREALLOC;
+
+/// Service frontends: (VIP, port, protocol) → service port id, backend count, active bank.
+#[map]
+pub static KP_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(65_536, NO_PREALLOC);
+
+/// Backend slots of each service port, two banks per service port: (id, bank|index) → backend id.
+#[map]
+pub static KP_SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(524_288, NO_PREALLOC);
+
+/// Backends: backend id → endpoint address and port.
+#[map]
+pub static KP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(262_144, NO_PREALLOC);
+
+/// Round-robin position of each service port, advanced with an atomic add.
+#[map]
+pub static KP_RR: Array<u32> = Array::pinned(65_536, 0);
+
+/// Conntrack, client side: client→VIP tuple → chosen backend and flow state.
+#[map]
+pub static KP_CT_FWD: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+
+/// Conntrack, backend side: backend→client reply tuple → VIP:port to restore, flow state.
+#[map]
+pub static KP_CT_REV: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+
+/// ClientIP session affinity: (service port id, client address) → backend id, last use.
+#[map]
+pub static KP_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65_536, 0);
+
+/// Global per-CPU counters (packets, new flows, drops by reason).
+#[map]
+pub static KP_STATS: PerCpuArray<GlobalStats> = PerCpuArray::pinned(1, 0);
+
+/// Per-CPU counters of each service port, indexed by service port id.
+#[map]
+pub static KP_SVC_STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(65_536, 0);
+
+/// Per-CPU counters of each backend, created by the agent with the backend.
+#[map]
+pub static KP_BE_STATS: PerCpuHashMap<u32, BackendStats> =
+    PerCpuHashMap::pinned(262_144, NO_PREALLOC);
+
+/// Conntrack timeouts written by the agent (one element).
+#[map]
+pub static KP_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Ports of fragmented datagrams, recorded from the first fragment for the later ones.
+#[map]
+pub static KP_FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(8_192, 0);

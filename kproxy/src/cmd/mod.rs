@@ -1,0 +1,4 @@
+//! Subcommands other than `run`.
+
+pub mod cleanup;
+pub mod services;

@@ -1,0 +1,198 @@
+//! Attaching the programs through pinned BPF links. A pinned link keeps its program attached
+//! after the agent exits, so traffic keeps flowing through restarts and upgrades; the next
+//! agent swaps its freshly loaded program into the same link with one `BPF_LINK_UPDATE`,
+//! atomically, without a moment where no program runs.
+
+use std::{
+    collections::HashSet,
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+use kproxy_common::names;
+
+/// Where a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    TcIngress,
+    Xdp,
+}
+
+impl Hook {
+    const fn label(self) -> &'static str {
+        match self {
+            Self::TcIngress => "tc-ingress",
+            Self::Xdp => "xdp",
+        }
+    }
+}
+
+/// What attaching did on one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link was created and pinned.
+    New,
+    /// The program in an existing pinned link was replaced.
+    Replaced,
+}
+
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let name = CString::new(iface)?;
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!(
+            "interface {iface:?} not found: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(index)
+}
+
+/// The pin of a link names hook, ifindex and interface: an interface that was deleted and
+/// created again gets a new ifindex, hence a new link, and the dead one is swept.
+fn link_pin(pin_dir: &Path, hook: Hook, iface: &str) -> Result<PathBuf> {
+    Ok(links_dir(pin_dir).join(format!("{}-{}-{iface}", hook.label(), ifindex(iface)?)))
+}
+
+/// Attaches the TC program to the ingress of `tc` and the XDP program to `xdp`, and detaches
+/// kproxy from interfaces no longer listed.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    tc: &[String],
+    xdp: &[String],
+) -> Result<Vec<(String, Hook, Attached)>> {
+    std::fs::create_dir_all(links_dir(pin_dir))?;
+    let mut wanted = HashSet::new();
+    let mut done = Vec::new();
+    for iface in tc {
+        let pin = link_pin(pin_dir, Hook::TcIngress, iface)?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(names::PROG_TC)
+            .context("tc program missing")?
+            .try_into()?;
+        let how = attach_tc(prog, iface, &pin)
+            .with_context(|| format!("attaching tc ingress to {iface}"))?;
+        wanted.insert(pin);
+        done.push((iface.clone(), Hook::TcIngress, how));
+    }
+    for iface in xdp {
+        let pin = link_pin(pin_dir, Hook::Xdp, iface)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(names::PROG_XDP)
+            .context("xdp program missing")?
+            .try_into()?;
+        let how =
+            attach_xdp(prog, iface, &pin).with_context(|| format!("attaching xdp to {iface}"))?;
+        wanted.insert(pin);
+        done.push((iface.clone(), Hook::Xdp, how));
+    }
+    for entry in std::fs::read_dir(links_dir(pin_dir))? {
+        let path = entry?.path();
+        if !wanted.contains(&path) {
+            tracing::info!(link = %path.display(), "detaching from an interface no longer served");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(done)
+}
+
+/// Opens the link pinned at `pin`, if any; an unusable pin is removed.
+fn pinned_link(pin: &Path) -> Option<FdLink> {
+    if !pin.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => Some(link.into()),
+        Err(e) => {
+            tracing::warn!(pin = %pin.display(), error = %e, "removing an unusable pinned link");
+            let _ = std::fs::remove_file(pin);
+            None
+        }
+    }
+}
+
+fn attach_tc(prog: &mut SchedClassifier, iface: &str, pin: &Path) -> Result<Attached> {
+    if let Some(link) = pinned_link(pin) {
+        let replaced = SchedClassifierLink::try_from(link)
+            .map_err(anyhow::Error::from)
+            .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
+        match replaced {
+            Ok(_) => return Ok(Attached::Replaced),
+            Err(e) => {
+                tracing::warn!(%iface, error = %format!("{e:#}"), "pinned tc link unusable; attaching anew");
+                std::fs::remove_file(pin)?;
+            }
+        }
+    }
+    // Appended to the tcx chain: kproxy returns "next" for what it does not translate.
+    let id = prog.attach_with_options(
+        iface,
+        TcAttachType::Ingress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(pin)?;
+    Ok(Attached::New)
+}
+
+fn attach_xdp(prog: &mut Xdp, iface: &str, pin: &Path) -> Result<Attached> {
+    if let Some(link) = pinned_link(pin) {
+        let replaced = XdpLink::try_from(link)
+            .map_err(anyhow::Error::from)
+            .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
+        match replaced {
+            Ok(_) => return Ok(Attached::Replaced),
+            Err(e) => {
+                tracing::warn!(%iface, error = %format!("{e:#}"), "pinned xdp link unusable; attaching anew");
+                std::fs::remove_file(pin)?;
+            }
+        }
+    }
+    let id = prog.attach(iface, XdpMode::default())?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .context("XDP attached without a BPF link (kernel too old to pin it)")?;
+    link.pin(pin)?;
+    Ok(Attached::New)
+}
+
+/// Removes every pin under `pin_dir`: links first (which detaches the programs), then maps.
+pub fn remove_all(pin_dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let links = links_dir(pin_dir);
+    if links.is_dir() {
+        for entry in std::fs::read_dir(&links)? {
+            std::fs::remove_file(entry?.path())?;
+            removed += 1;
+        }
+        std::fs::remove_dir(&links)?;
+    }
+    if pin_dir.is_dir() {
+        for entry in std::fs::read_dir(pin_dir)? {
+            let path = entry?.path();
+            if path.is_file() || !path.is_dir() {
+                std::fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        std::fs::remove_dir(pin_dir)?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,275 @@
+//! Typed access to the pinned maps: writing service state, reading it back, counters, and
+//! conntrack garbage collection. Opened from the pins, so the agent, `kproxy services` and
+//! tests all read the same objects the same way.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use kproxy_common::{
+    config::Config,
+    ct::{AffinityKey, AffinityValue, CtEntry, FlowKey},
+    lb::{Backend, ServiceKey, ServiceValue, SlotKey},
+    names,
+    stats::{BackendStats, GlobalStats, ServiceStats},
+};
+
+use super::load::map_pin_path;
+use crate::{
+    sync::{Datapath, DatapathSnapshot, MapOp},
+    wire,
+};
+
+fn open(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = map_pin_path(pin_dir, name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+macro_rules! open_typed {
+    ($pin_dir:expr, $name:expr) => {
+        open($pin_dir, $name)?
+            .try_into()
+            .with_context(|| format!("map {} has an unexpected type", $name))?
+    };
+}
+
+/// Deleting an absent key is fine: every delete is idempotent.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// The maps that describe services.
+pub struct ServiceMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    backends: HashMap<MapData, u32, Backend>,
+    rr: Array<MapData, u32>,
+    svc_stats: PerCpuArray<MapData, ServiceStats>,
+    be_stats: PerCpuHashMap<MapData, u32, BackendStats>,
+    cpus: usize,
+}
+
+impl ServiceMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            services: open_typed!(pin_dir, names::MAP_SERVICES),
+            slots: open_typed!(pin_dir, names::MAP_SLOTS),
+            backends: open_typed!(pin_dir, names::MAP_BACKENDS),
+            rr: open_typed!(pin_dir, names::MAP_RR),
+            svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
+            be_stats: open_typed!(pin_dir, names::MAP_BE_STATS),
+            cpus: possible_cpus()?,
+        })
+    }
+
+    /// Everything the service maps hold.
+    pub fn snapshot(&self) -> Result<DatapathSnapshot> {
+        Ok(DatapathSnapshot {
+            services: self.services.iter().collect::<Result<_, _>>()?,
+            slots: self.slots.iter().collect::<Result<_, _>>()?,
+            backends: self.backends.iter().collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Per-service-port counters summed over CPUs.
+    pub fn service_stats(&self, svc_id: u32) -> Result<ServiceStats> {
+        let per_cpu = self.svc_stats.get(&svc_id, 0)?;
+        Ok(per_cpu.iter().fold(ServiceStats::default(), |mut sum, s| {
+            sum.packets += s.packets;
+            sum.bytes += s.bytes;
+            sum.new_flows += s.new_flows;
+            sum.rejected += s.rejected;
+            sum
+        }))
+    }
+
+    /// Per-backend counters summed over CPUs (zero if the backend has none).
+    pub fn backend_stats(&self, backend_id: u32) -> BackendStats {
+        self.be_stats.get(&backend_id, 0).map_or_else(
+            |_| BackendStats::default(),
+            |per_cpu| BackendStats {
+                new_flows: per_cpu.iter().map(|s| s.new_flows).sum(),
+            },
+        )
+    }
+
+    fn zeroed<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>> {
+        Ok(PerCpuValues::try_from(vec![T::default(); self.cpus])?)
+    }
+}
+
+impl Datapath for ServiceMaps {
+    fn apply(&mut self, op: &MapOp) -> Result<()> {
+        match op {
+            MapOp::PutBackend { id, endpoint } => {
+                let zero = self.zeroed::<BackendStats>()?;
+                self.be_stats.insert(id, zero, 0).context("KP_BE_STATS")?;
+                self.backends
+                    .insert(id, wire::backend(endpoint), 0)
+                    .context("KP_BACKENDS")?;
+            }
+            MapOp::DeleteBackend { id } => {
+                ignore_missing(self.backends.remove(id)).context("KP_BACKENDS")?;
+                ignore_missing(self.be_stats.remove(id)).context("KP_BE_STATS")?;
+            }
+            MapOp::PutSlot {
+                svc_id,
+                bank,
+                index,
+                backend_id,
+            } => self
+                .slots
+                .insert(SlotKey::new(*svc_id, *bank, *index), backend_id, 0)
+                .context("KP_SLOTS")?,
+            MapOp::DeleteSlot {
+                svc_id,
+                bank,
+                index,
+            } => {
+                ignore_missing(self.slots.remove(&SlotKey::new(*svc_id, *bank, *index)))
+                    .context("KP_SLOTS")?;
+            }
+            MapOp::ResetServiceCounters { svc_id } => {
+                self.rr.set(*svc_id, 0, 0).context("KP_RR")?;
+                let zero = self.zeroed::<ServiceStats>()?;
+                self.svc_stats
+                    .set(*svc_id, zero, 0)
+                    .context("KP_SVC_STATS")?;
+            }
+            MapOp::PutService {
+                key,
+                svc_id,
+                count,
+                bank,
+                affinity_timeout_s,
+            } => self
+                .services
+                .insert(
+                    wire::service_key(key),
+                    wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s),
+                    0,
+                )
+                .context("KP_SERVICES")?,
+            MapOp::DeleteService { key } => {
+                ignore_missing(self.services.remove(&wire::service_key(key)))
+                    .context("KP_SERVICES")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Current CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Conntrack, affinity and configuration.
+pub struct FlowMaps {
+    ct_fwd: HashMap<MapData, FlowKey, CtEntry>,
+    ct_rev: HashMap<MapData, FlowKey, CtEntry>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    config: Array<MapData, Config>,
+}
+
+/// What one garbage collection pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub flows: usize,
+    pub expired: usize,
+    pub affinities_expired: usize,
+}
+
+impl FlowMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            ct_fwd: open_typed!(pin_dir, names::MAP_CT_FWD),
+            ct_rev: open_typed!(pin_dir, names::MAP_CT_REV),
+            affinity: open_typed!(pin_dir, names::MAP_AFFINITY),
+            config: open_typed!(pin_dir, names::MAP_CONFIG),
+        })
+    }
+
+    pub fn write_config(&mut self, config: &Config) -> Result<()> {
+        self.config.set(0, config, 0).context("KP_CONFIG")?;
+        Ok(())
+    }
+
+    /// Forward conntrack entries (one per flow).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
+        Ok(self.ct_fwd.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes conntrack entries past their timeout (the datapath already ignores them; this
+    /// frees their space) and affinities older than `max_affinity_s` or naming a backend that
+    /// is gone.
+    pub fn collect_garbage(
+        &mut self,
+        config: &Config,
+        backend_exists: impl Fn(u32) -> bool,
+        now_ns: u64,
+    ) -> Result<GcStats> {
+        let mut stats = GcStats::default();
+        for map in [&mut self.ct_fwd, &mut self.ct_rev] {
+            // Keys first, deletes after: deleting while walking restarts the walk.
+            let mut expired = Vec::new();
+            for item in map.iter() {
+                let (key, entry) = item?;
+                stats.flows += 1;
+                if config.expired(key.proto, &entry, now_ns) {
+                    expired.push(key);
+                }
+            }
+            for key in &expired {
+                ignore_missing(map.remove(key))?;
+            }
+            stats.expired += expired.len();
+        }
+        stats.flows /= 2;
+        let mut stale = Vec::new();
+        for item in self.affinity.iter() {
+            let (key, value) = item?;
+            // The longest affinity timeout Kubernetes allows is one day.
+            let too_old = now_ns.saturating_sub(value.last_seen_ns) > 86_400 * 1_000_000_000;
+            if too_old || !backend_exists(value.backend_id) {
+                stale.push(key);
+            }
+        }
+        for key in &stale {
+            ignore_missing(self.affinity.remove(key))?;
+        }
+        stats.affinities_expired = stale.len();
+        Ok(stats)
+    }
+}
+
+/// Global datapath counters summed over CPUs.
+pub fn global_stats(pin_dir: &Path) -> Result<GlobalStats> {
+    let stats: PerCpuArray<MapData, GlobalStats> = open_typed!(pin_dir, names::MAP_STATS);
+    let per_cpu = stats.get(&0, 0)?;
+    let mut sum = GlobalStats {
+        counters: [0; kproxy_common::stats::COUNTER_SLOTS],
+    };
+    for cpu in per_cpu.iter() {
+        for (total, c) in sum.counters.iter_mut().zip(cpu.counters) {
+            *total += c;
+        }
+    }
+    Ok(sum)
+}

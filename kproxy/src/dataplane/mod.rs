@@ -1,0 +1,10 @@
+//! The only code that touches the kernel: bpffs, loading the eBPF object, attaching
+//! programs, and reading and writing maps.
+
+pub mod attach;
+pub mod bpffs;
+pub mod load;
+pub mod maps;
+
+/// kproxy's eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KPROXY_BPF_OBJECT"));

@@ -1,0 +1,13 @@
+//! kproxy, the agent: turns Services and EndpointSlices into BPF map entries for the
+//! datapath in `kproxy-ebpf`. Data flows one way: `source` → `model` → `sync` → `dataplane`.
+
+pub mod agent;
+pub mod cli;
+pub mod cmd;
+pub mod dataplane;
+pub mod metrics;
+pub mod model;
+pub mod problem;
+pub mod source;
+pub mod sync;
+pub mod wire;

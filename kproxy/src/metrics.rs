@@ -1,0 +1,87 @@
+//! The agent's Prometheus metrics (`kproxy_*`). Each metric is registered once here; the
+//! agent updates them as it syncs.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    /// Problems found in input or while writing the datapath, by kind (counted when first seen).
+    pub problems_total: Family<KindLabel, Counter>,
+    /// Problems present right now, by kind.
+    pub problems: Family<KindLabel, Gauge>,
+    pub syncs_total: Counter,
+    pub sync_duration_seconds: Histogram,
+    pub map_ops_total: Counter,
+    pub services_programmed: Gauge,
+    pub endpoints_programmed: Gauge,
+    pub conntrack_flows: Gauge,
+    pub conntrack_expired_total: Counter,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            problems_total: Family::default(),
+            problems: Family::default(),
+            syncs_total: Counter::default(),
+            sync_duration_seconds: Histogram::new([
+                0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+            map_ops_total: Counter::default(),
+            services_programmed: Gauge::default(),
+            endpoints_programmed: Gauge::default(),
+            conntrack_flows: Gauge::default(),
+            conntrack_expired_total: Counter::default(),
+        };
+        registry.register(
+            "problems",
+            "Problems found in input or the datapath, by kind",
+            m.problems_total.clone(),
+        );
+        registry.register(
+            "current_problems",
+            "Problems present now, by kind",
+            m.problems.clone(),
+        );
+        registry.register("syncs", "Datapath syncs", m.syncs_total.clone());
+        registry.register(
+            "sync_duration_seconds",
+            "Time to compute and write one sync",
+            m.sync_duration_seconds.clone(),
+        );
+        registry.register(
+            "map_operations",
+            "BPF map writes and deletes",
+            m.map_ops_total.clone(),
+        );
+        registry.register(
+            "services_programmed",
+            "Service ports (frontends) in the datapath",
+            m.services_programmed.clone(),
+        );
+        registry.register(
+            "endpoints_programmed",
+            "Backends in the datapath",
+            m.endpoints_programmed.clone(),
+        );
+        registry.register(
+            "conntrack_flows",
+            "Flows in the conntrack table at the last collection",
+            m.conntrack_flows.clone(),
+        );
+        registry.register(
+            "conntrack_expired",
+            "Conntrack entries removed after their timeout",
+            m.conntrack_expired_total.clone(),
+        );
+        m
+    }
+}

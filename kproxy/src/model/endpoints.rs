@@ -1,0 +1,129 @@
+//! Endpoints of a service port, read from its EndpointSlices the way kube-proxy's
+//! endpointslicecache does: slices are joined to their Service by the
+//! `kubernetes.io/service-name` label, a service port takes the slice port with the same
+//! name and protocol (the DNAT port is that slice port's number, never the Service's
+//! `targetPort`), and an endpoint contributes its first address.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
+
+use super::{
+    Endpoint, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Protocol,
+    addr::parse_ip_sloppy, object_name, service::PortSpec,
+};
+use crate::problem::{Problem, ProblemKind};
+
+/// EndpointSlices grouped by the Service they belong to.
+pub(super) struct SliceIndex<'a> {
+    by_service: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(slices: &'a [EndpointSlice]) -> Self {
+        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in slices {
+            let Some(labels) = slice.metadata.labels.as_ref() else {
+                continue;
+            };
+            if labels.contains_key(LABEL_HEADLESS) || labels.contains_key(LABEL_SERVICE_PROXY_NAME)
+            {
+                continue;
+            }
+            let Some(service) = labels.get(LABEL_SERVICE_NAME) else {
+                continue;
+            };
+            let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+            by_service
+                .entry((namespace, service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+        Self { by_service }
+    }
+
+    pub fn slices_of(&self, namespace: &str, service: &str) -> Vec<&'a EndpointSlice> {
+        self.by_service
+            .get(&(namespace, service))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// kube-proxy reads a nil `ready` as true.
+fn is_ready(ep: &SliceEndpoint) -> bool {
+    ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+}
+
+/// Ready IPv4 endpoints of `port` across `slices`, sorted and deduplicated.
+pub(super) fn endpoints_for(
+    slices: &[&EndpointSlice],
+    port: &PortSpec,
+    problems: &mut Vec<Problem>,
+) -> Vec<Endpoint> {
+    // Address → ready; an endpoint listed by several slices is ready if any slice says so.
+    let mut found: BTreeMap<Endpoint, bool> = BTreeMap::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue; // IPv6 slices feed the IPv6 datapath; FQDN slices are not proxied.
+        }
+        let object = || object_name("EndpointSlice", &slice.metadata);
+        let Some(number) = slice_port(slice, port) else {
+            continue;
+        };
+        let Some(number) = u16::try_from(number).ok().filter(|&n| n != 0) else {
+            problems.push(
+                Problem::new(
+                    ProblemKind::InvalidEndpoint,
+                    format!(
+                        "port {:?}: invalid port number {number}; port skipped",
+                        port.name
+                    ),
+                )
+                .object(object()),
+            );
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let Some(first) = ep.addresses.first() else {
+                continue;
+            };
+            let addr = match parse_ip_sloppy(first) {
+                Some(IpAddr::V4(a)) => a,
+                _ => {
+                    problems.push(
+                        Problem::new(
+                            ProblemKind::InvalidEndpoint,
+                            format!("invalid IPv4 endpoint address {first:?}; endpoint skipped"),
+                        )
+                        .object(object()),
+                    );
+                    continue;
+                }
+            };
+            *found.entry(Endpoint { addr, port: number }).or_default() |= is_ready(ep);
+        }
+    }
+    found
+        .into_iter()
+        .filter_map(|(ep, ready)| ready.then_some(ep))
+        .collect()
+}
+
+/// The number of the slice port matching `port` by name and protocol, if any.
+fn slice_port(slice: &EndpointSlice, port: &PortSpec) -> Option<i32> {
+    slice
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find_map(|p| {
+            let same_name = p.name.as_deref().unwrap_or("") == port.name;
+            let same_proto =
+                Protocol::parse(p.protocol.as_deref()).is_ok_and(|proto| proto == port.proto);
+            (same_name && same_proto).then_some(p.port?)
+        })
+}

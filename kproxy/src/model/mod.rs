@@ -1,0 +1,205 @@
+//! kube-proxy's Service semantics as pure functions: Services and EndpointSlices in, the
+//! frontends the datapath must serve out. Nothing here touches the kernel, so every rule is
+//! covered by table-driven unit tests.
+
+pub mod addr;
+mod endpoints;
+mod service;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::problem::{Problem, ProblemKind};
+
+/// L4 protocols the datapath balances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            _ => None,
+        }
+    }
+
+    /// A Kubernetes `protocol` field (absent means TCP).
+    pub fn parse(field: Option<&str>) -> Result<Self, String> {
+        match field.unwrap_or("TCP") {
+            "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            "SCTP" => Err("protocol SCTP is not supported by kproxy yet".into()),
+            other => Err(format!("unknown protocol {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        })
+    }
+}
+
+/// A service port as clients address it: VIP, port, protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// A backend: endpoint address and the port traffic is translated to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.addr, self.port)
+    }
+}
+
+/// Names a service port the way kube-proxy does (`namespace/name:port-name`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    pub port: String,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the datapath must do for one frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub service: ServicePortName,
+    /// ClientIP session affinity timeout, when affinity is on.
+    pub affinity_timeout_s: Option<u32>,
+    /// Backends for new connections, sorted and unique. Empty means "reject".
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Everything the datapath must serve.
+pub type Desired = BTreeMap<FrontendKey, Frontend>;
+
+/// Labels whose presence tells kube-proxy to leave an object alone (kube-proxy puts them in
+/// its informers' label selectors: `!service.kubernetes.io/service-proxy-name` for Services
+/// and EndpointSlices, `!service.kubernetes.io/headless` for EndpointSlices).
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// The label that ties an EndpointSlice to its Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// `Kind namespace/name` of an object, for problem reports.
+pub fn object_name(
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> String {
+    format!(
+        "{kind} {}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("<unnamed>")
+    )
+}
+
+/// Computes the frontends for `services` and `slices`, with the problems found on the way.
+/// Objects with problems are skipped (the whole Service, one port, or one endpoint,
+/// whichever the problem concerns); everything else is served.
+pub fn desired_state(services: &[Service], slices: &[EndpointSlice]) -> (Desired, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let index = endpoints::SliceIndex::new(slices);
+    let mut desired = Desired::new();
+    let mut owners: HashMap<FrontendKey, ServicePortName> = HashMap::new();
+
+    // Sorted by namespace/name so that conflicts resolve the same way every time.
+    let mut sorted: Vec<&Service> = services.iter().collect();
+    sorted.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+
+    for svc in sorted {
+        let Some(spec) = service::ServiceSpec::from_service(svc, &mut problems) else {
+            continue;
+        };
+        let slices = index.slices_of(&spec.namespace, &spec.name);
+        for port in &spec.ports {
+            let endpoints = endpoints::endpoints_for(&slices, port, &mut problems);
+            let service = ServicePortName {
+                namespace: spec.namespace.clone(),
+                name: spec.name.clone(),
+                port: port.name.clone(),
+            };
+            for &addr in &spec.cluster_ips {
+                let key = FrontendKey {
+                    addr,
+                    port: port.port,
+                    proto: port.proto,
+                };
+                if let Some(owner) = owners.get(&key) {
+                    problems.push(
+                        Problem::new(
+                            ProblemKind::Conflict,
+                            format!("{key} is already served for {owner}; this port is skipped"),
+                        )
+                        .object(object_name("Service", &svc.metadata)),
+                    );
+                    continue;
+                }
+                owners.insert(key, service.clone());
+                desired.insert(
+                    key,
+                    Frontend {
+                        service: service.clone(),
+                        affinity_timeout_s: spec.affinity_timeout_s,
+                        endpoints: endpoints.clone(),
+                    },
+                );
+            }
+        }
+    }
+    problems.sort_by(|a, b| (&a.object, &a.message).cmp(&(&b.object, &b.message)));
+    problems.dedup();
+    (desired, problems)
+}
+
+#[cfg(test)]
+pub mod fixtures;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! What kube-proxy takes from a Service: whether to serve it at all, its IPv4 cluster IPs,
+//! its ports and its session affinity.
+
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+
+use super::{LABEL_SERVICE_PROXY_NAME, Protocol, addr::parse_ip_sloppy, object_name};
+use crate::problem::{Problem, ProblemKind};
+
+/// kube-proxy's default for `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+/// The API server's upper bound for that field (1 day).
+const MAX_AFFINITY_TIMEOUT_S: i32 = 86_400;
+
+pub(super) struct PortSpec {
+    /// Port name ("" when unnamed): the key that joins EndpointSlice ports.
+    pub name: String,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+pub(super) struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<PortSpec>,
+    pub affinity_timeout_s: Option<u32>,
+}
+
+impl ServiceSpec {
+    /// The parts of `svc` the datapath serves, or `None` when kube-proxy would skip it.
+    pub fn from_service(svc: &Service, problems: &mut Vec<Problem>) -> Option<Self> {
+        let object = || object_name("Service", &svc.metadata);
+        let report = |problems: &mut Vec<Problem>, msg: String| {
+            problems.push(Problem::new(ProblemKind::InvalidService, msg).object(object()));
+        };
+        let labels = svc.metadata.labels.as_ref();
+        if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME)) {
+            return None;
+        }
+        let spec = svc.spec.as_ref()?;
+        // ShouldSkipService: ExternalName services are DNS only; headless ones have no VIP.
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return None;
+        }
+        let primary = spec.cluster_ip.as_deref().unwrap_or("");
+        if primary.is_empty() || primary == "None" {
+            return None;
+        }
+        let Some(name) = svc.metadata.name.clone() else {
+            report(problems, "metadata.name is missing; service skipped".into());
+            return None;
+        };
+        let namespace = svc
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+
+        // clusterIPs (dual-stack) when present, else clusterIP. IPv6 VIPs are valid but not
+        // served until the IPv6 datapath exists.
+        let listed: Vec<&str> = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            _ => vec![primary],
+        };
+        let mut cluster_ips = Vec::new();
+        for ip in listed {
+            match parse_ip_sloppy(ip) {
+                Some(IpAddr::V4(v4)) => cluster_ips.push(v4),
+                Some(IpAddr::V6(_)) => {}
+                None => {
+                    report(
+                        problems,
+                        format!("invalid cluster IP {ip:?}; service skipped"),
+                    );
+                    return None;
+                }
+            }
+        }
+
+        let mut ports = Vec::new();
+        for p in spec.ports.as_deref().unwrap_or_default() {
+            let name = p.name.clone().unwrap_or_default();
+            let proto = match Protocol::parse(p.protocol.as_deref()) {
+                Ok(proto) => proto,
+                Err(e) => {
+                    report(problems, format!("port {name:?}: {e}; port skipped"));
+                    continue;
+                }
+            };
+            let Some(port) = u16::try_from(p.port).ok().filter(|&n| n != 0) else {
+                report(
+                    problems,
+                    format!(
+                        "port {name:?}: invalid port number {}; port skipped",
+                        p.port
+                    ),
+                );
+                continue;
+            };
+            ports.push(PortSpec { name, port, proto });
+        }
+
+        let affinity_timeout_s = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let configured = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match configured {
+                None => DEFAULT_AFFINITY_TIMEOUT_S,
+                Some(t) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&t) => t.unsigned_abs(),
+                Some(t) => {
+                    report(
+                        problems,
+                        format!(
+                            "sessionAffinityConfig.clientIP.timeoutSeconds {t} is outside 1..=86400; \
+                             using the default {DEFAULT_AFFINITY_TIMEOUT_S}"
+                        ),
+                    );
+                    DEFAULT_AFFINITY_TIMEOUT_S
+                }
+            }
+        });
+
+        Some(Self {
+            namespace,
+            name,
+            cluster_ips,
+            ports,
+            affinity_timeout_s,
+        })
+    }
+}

@@ -1,0 +1,433 @@
+//! Table-driven tests of the Service → frontend semantics.
+
+use std::net::Ipv4Addr;
+
+use super::{
+    Desired, Endpoint, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol,
+    desired_state,
+    fixtures::{service, slice},
+};
+use crate::problem::ProblemKind;
+
+fn key(addr: &str, port: u16, proto: Protocol) -> FrontendKey {
+    FrontendKey {
+        addr: addr.parse().expect("test address"),
+        port,
+        proto,
+    }
+}
+
+fn eps(list: &[(&str, u16)]) -> Vec<Endpoint> {
+    list.iter()
+        .map(|(a, p)| Endpoint {
+            addr: a.parse::<Ipv4Addr>().expect("test address"),
+            port: *p,
+        })
+        .collect()
+}
+
+/// Frontend → (endpoints, affinity) in a form easy to write in tables.
+fn summary(desired: &Desired) -> Vec<(FrontendKey, Vec<Endpoint>, Option<u32>)> {
+    desired
+        .iter()
+        .map(|(k, f)| (*k, f.endpoints.clone(), f.affinity_timeout_s))
+        .collect()
+}
+
+struct Case {
+    name: &'static str,
+    services: Vec<k8s_openapi::api::core::v1::Service>,
+    slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    want: Vec<(FrontendKey, Vec<Endpoint>, Option<u32>)>,
+    /// Problem kinds expected, in order of (object, message).
+    problems: Vec<ProblemKind>,
+}
+
+const TCP: Protocol = Protocol::Tcp;
+const UDP: Protocol = Protocol::Udp;
+
+fn web_slice() -> super::fixtures::SliceBuilder {
+    slice("default", "web-abc", "web").port("http", 8080, "TCP")
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
+fn services_and_slices_become_frontends() {
+    let cases = vec![
+        Case {
+            name: "ClusterIP with three ready endpoints, sorted",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                web_slice()
+                    .endpoint("198.18.4.2", Some(true))
+                    .endpoint("198.18.2.2", Some(true))
+                    .endpoint("198.18.3.2", None)
+                    .build(),
+            ],
+            want: vec![(
+                key("198.19.0.10", 80, TCP),
+                eps(&[
+                    ("198.18.2.2", 8080),
+                    ("198.18.3.2", 8080),
+                    ("198.18.4.2", 8080),
+                ]),
+                None,
+            )],
+            problems: vec![],
+        },
+        Case {
+            name: "not-ready endpoints are left out; nil ready counts as ready",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                web_slice()
+                    .endpoint("198.18.2.2", Some(false))
+                    .endpoint("198.18.3.2", None)
+                    .build(),
+            ],
+            want: vec![(
+                key("198.19.0.10", 80, TCP),
+                eps(&[("198.18.3.2", 8080)]),
+                None,
+            )],
+            problems: vec![],
+        },
+        Case {
+            name: "no slices at all: frontend without endpoints (reject)",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![(key("198.19.0.10", 80, TCP), vec![], None)],
+            problems: vec![],
+        },
+        Case {
+            name: "headless, empty clusterIP and ExternalName services are skipped",
+            services: vec![
+                service("default", "headless", "None")
+                    .port("http", 80, "TCP")
+                    .build(),
+                service("default", "empty", "")
+                    .port("http", 80, "TCP")
+                    .build(),
+                service("default", "ext", "198.19.0.11")
+                    .type_("ExternalName")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![],
+            problems: vec![],
+        },
+        Case {
+            name: "service-proxy-name label hands the service to another proxy",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .label(LABEL_SERVICE_PROXY_NAME, "other")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![],
+            problems: vec![],
+        },
+        Case {
+            name: "the DNAT port is the slice port of the same name, never targetPort",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("http", 80, "TCP")
+                    .port("metrics", 9090, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                slice("default", "web-abc", "web")
+                    .port("metrics", 9100, "TCP")
+                    .port("http", 8080, "TCP")
+                    .endpoint("198.18.2.2", Some(true))
+                    .build(),
+            ],
+            want: vec![
+                (
+                    key("198.19.0.10", 80, TCP),
+                    eps(&[("198.18.2.2", 8080)]),
+                    None,
+                ),
+                (
+                    key("198.19.0.10", 9090, TCP),
+                    eps(&[("198.18.2.2", 9100)]),
+                    None,
+                ),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "ports are matched by name and protocol",
+            services: vec![
+                service("kube-system", "dns", "198.19.0.53")
+                    .port("dns", 53, "UDP")
+                    .port("dns-tcp", 53, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                slice("kube-system", "dns-1", "dns")
+                    .port("dns", 5353, "TCP") // same name, other protocol: no match
+                    .port("dns-tcp", 5353, "TCP")
+                    .endpoint("198.18.2.2", Some(true))
+                    .build(),
+            ],
+            want: vec![
+                (
+                    key("198.19.0.53", 53, TCP),
+                    eps(&[("198.18.2.2", 5353)]),
+                    None,
+                ),
+                (key("198.19.0.53", 53, UDP), vec![], None),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "unnamed single port matches the unnamed slice port",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                slice("default", "web-1", "web")
+                    .port("", 8080, "TCP")
+                    .endpoint("198.18.2.2", Some(true))
+                    .build(),
+            ],
+            want: vec![(
+                key("198.19.0.10", 80, TCP),
+                eps(&[("198.18.2.2", 8080)]),
+                None,
+            )],
+            problems: vec![],
+        },
+        Case {
+            name: "several slices are merged and duplicates removed; ready in any slice wins",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                slice("default", "web-1", "web")
+                    .port("http", 8080, "TCP")
+                    .endpoint("198.18.2.2", Some(true))
+                    .endpoint("198.18.3.2", Some(false))
+                    .build(),
+                slice("default", "web-2", "web")
+                    .port("http", 8080, "TCP")
+                    .endpoint("198.18.2.2", Some(true))
+                    .endpoint("198.18.3.2", Some(true))
+                    .build(),
+            ],
+            want: vec![(
+                key("198.19.0.10", 80, TCP),
+                eps(&[("198.18.2.2", 8080), ("198.18.3.2", 8080)]),
+                None,
+            )],
+            problems: vec![],
+        },
+        Case {
+            name: "slices of other services, namespaces, headless or unlabelled are ignored",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                slice("other", "web-1", "web")
+                    .port("http", 8080, "TCP")
+                    .endpoint("198.18.2.2", Some(true))
+                    .build(),
+                slice("default", "api-1", "api")
+                    .port("http", 8080, "TCP")
+                    .endpoint("198.18.3.2", Some(true))
+                    .build(),
+                web_slice()
+                    .label(LABEL_HEADLESS, "")
+                    .endpoint("198.18.4.2", Some(true))
+                    .build(),
+                web_slice()
+                    .without_service_label()
+                    .endpoint("198.18.5.2", Some(true))
+                    .build(),
+            ],
+            want: vec![(key("198.19.0.10", 80, TCP), vec![], None)],
+            problems: vec![],
+        },
+        Case {
+            name: "IPv6 and FQDN slices do not feed IPv4 frontends; IPv6 cluster IPs are not served",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .cluster_ips(&["198.19.0.10", "2001:db8::10"])
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                web_slice()
+                    .address_type("IPv6")
+                    .endpoint("2001:db8::2", Some(true))
+                    .build(),
+                web_slice()
+                    .address_type("FQDN")
+                    .endpoint("example.test", Some(true))
+                    .build(),
+            ],
+            want: vec![(key("198.19.0.10", 80, TCP), vec![], None)],
+            problems: vec![],
+        },
+        Case {
+            name: "addresses with leading zeros read as decimal",
+            services: vec![
+                service("default", "web", "198.019.000.010")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![web_slice().endpoint("198.018.002.002", Some(true)).build()],
+            want: vec![(
+                key("198.19.0.10", 80, TCP),
+                eps(&[("198.18.2.2", 8080)]),
+                None,
+            )],
+            problems: vec![],
+        },
+        Case {
+            name: "ClientIP affinity: default timeout, explicit timeout, invalid timeout",
+            services: vec![
+                service("default", "a", "198.19.0.1")
+                    .client_ip_affinity(None)
+                    .port("", 80, "TCP")
+                    .build(),
+                service("default", "b", "198.19.0.2")
+                    .client_ip_affinity(Some(60))
+                    .port("", 80, "TCP")
+                    .build(),
+                service("default", "c", "198.19.0.3")
+                    .client_ip_affinity(Some(0))
+                    .port("", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![
+                (key("198.19.0.1", 80, TCP), vec![], Some(10_800)),
+                (key("198.19.0.2", 80, TCP), vec![], Some(60)),
+                (key("198.19.0.3", 80, TCP), vec![], Some(10_800)),
+            ],
+            problems: vec![ProblemKind::InvalidService],
+        },
+        Case {
+            name: "an invalid cluster IP skips that service only",
+            services: vec![
+                service("default", "bad", "198.19.0.300")
+                    .port("", 80, "TCP")
+                    .build(),
+                service("default", "good", "198.19.0.2")
+                    .port("", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![(key("198.19.0.2", 80, TCP), vec![], None)],
+            problems: vec![ProblemKind::InvalidService],
+        },
+        Case {
+            name: "invalid ports and SCTP are skipped, other ports stay",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("zero", 0, "TCP")
+                    .port("big", 70_000, "TCP")
+                    .port("sctp", 80, "SCTP")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![(key("198.19.0.10", 80, TCP), vec![], None)],
+            problems: vec![ProblemKind::InvalidService; 3],
+        },
+        Case {
+            name: "an invalid endpoint address skips that endpoint only",
+            services: vec![
+                service("default", "web", "198.19.0.10")
+                    .port("http", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                web_slice()
+                    .endpoint("198.18.2.999", Some(true))
+                    .endpoint("198.18.3.2", Some(true))
+                    .build(),
+            ],
+            want: vec![(
+                key("198.19.0.10", 80, TCP),
+                eps(&[("198.18.3.2", 8080)]),
+                None,
+            )],
+            problems: vec![ProblemKind::InvalidEndpoint],
+        },
+        Case {
+            name: "two services on one VIP:port: the first by namespace/name wins",
+            services: vec![
+                service("default", "zeta", "198.19.0.10")
+                    .port("", 80, "TCP")
+                    .build(),
+                service("default", "alpha", "198.19.0.10")
+                    .port("", 80, "TCP")
+                    .build(),
+            ],
+            slices: vec![
+                slice("default", "alpha-1", "alpha")
+                    .port("", 8080, "TCP")
+                    .endpoint("198.18.2.2", Some(true))
+                    .build(),
+            ],
+            want: vec![(
+                key("198.19.0.10", 80, TCP),
+                eps(&[("198.18.2.2", 8080)]),
+                None,
+            )],
+            problems: vec![ProblemKind::Conflict],
+        },
+    ];
+
+    for case in cases {
+        let (desired, problems) = desired_state(&case.services, &case.slices);
+        assert_eq!(summary(&desired), case.want, "case: {}", case.name);
+        let kinds: Vec<ProblemKind> = problems.iter().map(|p| p.kind).collect();
+        assert_eq!(
+            kinds, case.problems,
+            "case: {}: problems {problems:#?}",
+            case.name
+        );
+        for p in &problems {
+            assert!(
+                p.object.is_some(),
+                "case {}: problem names its object: {p}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn frontends_name_their_service_port() {
+    let (desired, _) = desired_state(
+        &[service("shop", "cart", "198.19.0.10")
+            .port("http", 80, "TCP")
+            .build()],
+        &[],
+    );
+    let frontend = desired.values().next().expect("one frontend");
+    assert_eq!(frontend.service.to_string(), "shop/cart:http");
+}

@@ -1,0 +1,83 @@
+//! Problems with input: what was wrong, where, and which object was skipped because of it.
+//! Bad input never stops the agent; it is reported, counted and skipped.
+
+use std::fmt;
+
+/// What kind of problem (a metrics label, stable snake_case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProblemKind {
+    /// A file could not be read.
+    Read,
+    /// A document is not valid YAML/JSON or does not match its kind's schema.
+    Parse,
+    /// A document of a kind kproxy does not handle.
+    UnknownKind,
+    /// A Service field kproxy cannot use (address, port, protocol, ...).
+    InvalidService,
+    /// An EndpointSlice field kproxy cannot use.
+    InvalidEndpoint,
+    /// Two services claim the same VIP, port and protocol.
+    Conflict,
+    /// Writing the datapath failed (for example a full map).
+    Datapath,
+}
+
+impl ProblemKind {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Parse => "parse",
+            Self::UnknownKind => "unknown_kind",
+            Self::InvalidService => "invalid_service",
+            Self::InvalidEndpoint => "invalid_endpoint",
+            Self::Conflict => "conflict",
+            Self::Datapath => "datapath",
+        }
+    }
+}
+
+/// One reported problem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The object, e.g. `Service default/web`, when known.
+    pub object: Option<String>,
+    /// Where it came from, e.g. `deploy/examples/web.yaml (document 2)`, when known.
+    pub origin: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            object: None,
+            origin: None,
+            message: message.into(),
+        }
+    }
+
+    #[must_use]
+    pub fn object(mut self, object: impl Into<String>) -> Self {
+        self.object = Some(object.into());
+        self
+    }
+
+    #[must_use]
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(origin) = &self.origin {
+            write!(f, "{origin}: ")?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, "{object}: ")?;
+        }
+        write!(f, "{} ({})", self.message, self.kind.label())
+    }
+}

@@ -1,0 +1,231 @@
+//! Standard Kubernetes YAML (or JSON) manifests in a file or a directory: `v1` Service,
+//! `discovery.k8s.io/v1` EndpointSlice, several documents per file, `v1` List.
+//!
+//! Each document is parsed on its own, so one malformed document is reported with its file
+//! and position and skipped while the rest of the file still counts.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde_yaml::Value;
+
+use crate::{
+    model::object_name,
+    problem::{Problem, ProblemKind},
+};
+
+/// Everything read from the manifests at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+    pub problems: Vec<Problem>,
+    /// Object name (`Kind namespace/name`) → where it was defined, for problem reports.
+    pub origins: HashMap<String, String>,
+}
+
+impl Snapshot {
+    /// Adds origins to problems about objects that came from files.
+    pub fn locate(&self, problem: Problem) -> Problem {
+        match problem.object.as_ref().and_then(|o| self.origins.get(o)) {
+            Some(origin) if problem.origin.is_none() => {
+                let origin = origin.clone();
+                problem.origin(origin)
+            }
+            _ => problem,
+        }
+    }
+}
+
+/// Files a directory contributes: `*.yaml`, `*.yml`, `*.json`, not hidden, sorted by name
+/// (like `kubectl apply -f DIR`, not recursive).
+pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            p.is_file() && !name.starts_with('.') && matches!(ext, "yaml" | "yml" | "json")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every manifest under `path`.
+pub fn read_path(path: &Path) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    match manifest_files(path) {
+        Ok(files) => {
+            for file in files {
+                match std::fs::read_to_string(&file) {
+                    Ok(text) => parse_into(&text, &file.display().to_string(), &mut snapshot),
+                    Err(e) => snapshot.problems.push(
+                        Problem::new(ProblemKind::Read, format!("cannot read: {e}"))
+                            .origin(file.display().to_string()),
+                    ),
+                }
+            }
+        }
+        Err(e) => snapshot.problems.push(
+            Problem::new(ProblemKind::Read, format!("cannot list manifests: {e}"))
+                .origin(path.display().to_string()),
+        ),
+    }
+    dedup_last_wins(&mut snapshot);
+    snapshot
+}
+
+/// Parses one manifest text (`file` names it in problem reports).
+pub fn parse_str(text: &str, file: &str) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    parse_into(text, file, &mut snapshot);
+    dedup_last_wins(&mut snapshot);
+    snapshot
+}
+
+/// Splits a YAML stream at `---` document markers.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = vec![(1, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if is_marker {
+            docs.push((i + 2, String::new()));
+        } else if let Some((_, doc)) = docs.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs
+}
+
+/// Parses all documents of one file into `snapshot`.
+fn parse_into(text: &str, file: &str, snapshot: &mut Snapshot) {
+    for (line, doc) in documents(text) {
+        let origin = format!("{file}:{line}");
+        match serde_yaml::from_str::<Value>(&doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => add_object(value, &origin, snapshot),
+            Err(e) => snapshot.problems.push(
+                Problem::new(
+                    ProblemKind::Parse,
+                    format!("not valid YAML: {e}; document skipped"),
+                )
+                .origin(origin),
+            ),
+        }
+    }
+}
+
+fn field<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
+    value.get(name).and_then(Value::as_str)
+}
+
+fn add_object(value: Value, origin: &str, snapshot: &mut Snapshot) {
+    let api_version = field(&value, "apiVersion").unwrap_or("").to_owned();
+    let kind = field(&value, "kind").unwrap_or("").to_owned();
+    let problem =
+        |kind: ProblemKind, msg: String| Problem::new(kind, msg).origin(origin.to_owned());
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Service") => match serde_yaml::from_value::<Service>(value) {
+            Ok(mut svc) => {
+                svc.metadata
+                    .namespace
+                    .get_or_insert_with(|| "default".into());
+                register(snapshot, object_name("Service", &svc.metadata), origin);
+                snapshot.services.push(svc);
+            }
+            Err(e) => snapshot.problems.push(problem(
+                ProblemKind::Parse,
+                format!("invalid Service: {e}; skipped"),
+            )),
+        },
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            match serde_yaml::from_value::<EndpointSlice>(value) {
+                Ok(mut slice) => {
+                    slice
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".into());
+                    register(
+                        snapshot,
+                        object_name("EndpointSlice", &slice.metadata),
+                        origin,
+                    );
+                    snapshot.slices.push(slice);
+                }
+                Err(e) => snapshot.problems.push(problem(
+                    ProblemKind::Parse,
+                    format!("invalid EndpointSlice: {e}; skipped"),
+                )),
+            }
+        }
+        ("v1", "List") => {
+            let items = value
+                .get("items")
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default();
+            for (i, item) in items.into_iter().enumerate() {
+                add_object(item, &format!("{origin} item {i}"), snapshot);
+            }
+        }
+        _ => {
+            let what = if kind.is_empty() {
+                "a document without kind".to_owned()
+            } else {
+                format!("{api_version} {kind}")
+            };
+            snapshot.problems.push(problem(
+                ProblemKind::UnknownKind,
+                format!("{what} is not handled by kproxy; skipped"),
+            ));
+        }
+    }
+}
+
+/// Remembers where an object was defined; a second definition replaces the first, as a
+/// later `kubectl apply` would, and is reported.
+fn register(snapshot: &mut Snapshot, object: String, origin: &str) {
+    if let Some(first) = snapshot.origins.insert(object.clone(), origin.to_owned()) {
+        snapshot.problems.push(
+            Problem::new(
+                ProblemKind::Conflict,
+                format!("defined again (first at {first}); the later definition wins"),
+            )
+            .object(object)
+            .origin(origin.to_owned()),
+        );
+    }
+}
+
+/// Drops all but the last definition of each object (see `register`).
+fn dedup_last_wins(snapshot: &mut Snapshot) {
+    fn keep_last<T>(items: &mut Vec<T>, name: impl Fn(&T) -> String) {
+        let mut last: HashMap<String, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            last.insert(name(item), i);
+        }
+        let mut i = 0;
+        items.retain(|item| {
+            let keep = last.get(&name(item)) == Some(&i);
+            i += 1;
+            keep
+        });
+    }
+    keep_last(&mut snapshot.services, |s| {
+        object_name("Service", &s.metadata)
+    });
+    keep_last(&mut snapshot.slices, |s| {
+        object_name("EndpointSlice", &s.metadata)
+    });
+}
+
+#[cfg(test)]
+mod tests;

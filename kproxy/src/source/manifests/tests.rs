@@ -1,0 +1,154 @@
+//! Manifest parsing: documents, kinds, and bad input reported with file and position.
+
+use super::{parse_str, read_path};
+use crate::problem::ProblemKind;
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  clusterIP: 198.19.0.10
+  ports:
+  - name: http
+    port: 80
+    targetPort: http
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+endpoints:
+- addresses: ["198.18.2.2"]
+  conditions: {ready: true}
+---
+"#;
+
+#[test]
+fn reads_services_and_slices_from_several_documents() {
+    let snap = parse_str(WEB, "web.yaml");
+    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    assert_eq!(snap.services.len(), 1);
+    assert_eq!(snap.slices.len(), 1);
+    assert_eq!(
+        snap.services[0].metadata.namespace.as_deref(),
+        Some("default"),
+        "namespace defaults"
+    );
+    assert_eq!(snap.slices[0].metadata.namespace.as_deref(), Some("shop"));
+    assert_eq!(snap.origins["Service default/web"], "web.yaml:1");
+    assert_eq!(snap.origins["EndpointSlice shop/web-1"], "web.yaml:13");
+}
+
+#[test]
+fn bad_documents_are_reported_with_position_and_skipped() {
+    let text = format!(
+        "{WEB}\
+apiVersion: v1
+kind: Service
+metadata: {{name: broken
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: app}}
+---
+just: a map
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: typed}}
+spec:
+  ports:
+  - port: eighty
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ok}}
+spec: {{clusterIP: 198.19.0.11, ports: [{{port: 53, protocol: UDP}}]}}
+"
+    );
+    let snap = parse_str(&text, "mixed.yaml");
+    let names: Vec<_> = snap
+        .services
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .collect();
+    assert_eq!(
+        names,
+        ["web", "ok"],
+        "good documents around bad ones still count"
+    );
+    let got: Vec<(ProblemKind, String)> = snap
+        .problems
+        .iter()
+        .map(|p| (p.kind, p.origin.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (ProblemKind::Parse, "mixed.yaml:28".to_owned()),
+            (ProblemKind::UnknownKind, "mixed.yaml:32".to_owned()),
+            (ProblemKind::UnknownKind, "mixed.yaml:36".to_owned()),
+            (ProblemKind::Parse, "mixed.yaml:38".to_owned()),
+        ]
+    );
+    assert!(snap.problems[1].message.contains("apps/v1 Deployment"));
+    assert!(
+        snap.problems[3].message.contains("invalid Service"),
+        "{}",
+        snap.problems[3]
+    );
+}
+
+#[test]
+fn lists_are_unpacked_and_later_definitions_win() {
+    let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "198.19.0.1"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "198.19.0.2"}}
+    ]}"#;
+    let snap = parse_str(text, "list.json");
+    assert_eq!(snap.services.len(), 1);
+    let spec = snap.services[0].spec.as_ref().expect("spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("198.19.0.2"));
+    assert_eq!(snap.problems.len(), 1);
+    assert_eq!(snap.problems[0].kind, ProblemKind::Conflict);
+    assert_eq!(
+        snap.problems[0].origin.as_deref(),
+        Some("list.json:1 item 1")
+    );
+}
+
+#[test]
+fn reads_a_directory_in_name_order_skipping_other_files() {
+    let dir = std::env::temp_dir().join(format!("kproxy-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let service = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: {ip}}}\n"
+        )
+    };
+    std::fs::write(dir.join("b.yaml"), service("b", "198.19.0.2")).expect("write");
+    std::fs::write(dir.join("a.yml"), service("a", "198.19.0.1")).expect("write");
+    std::fs::write(dir.join(".a.yaml.swp"), "garbage: [").expect("write");
+    std::fs::write(dir.join("notes.txt"), "not a manifest").expect("write");
+    let snap = read_path(&dir);
+    let names: Vec<_> = snap
+        .services
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    let missing = read_path(&dir.join("nope.yaml"));
+    assert_eq!(missing.problems.len(), 1);
+    assert_eq!(missing.problems[0].kind, ProblemKind::Read);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

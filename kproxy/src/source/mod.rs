@@ -1,0 +1,4 @@
+//! Where Services, EndpointSlices and the Node come from.
+
+pub mod manifests;
+pub mod watch;

@@ -1,0 +1,153 @@
+//! An in-memory model of the service maps for tests: applies `MapOp`s with map capacities,
+//! and resolves frontends the way the datapath does so tests can check what packets see.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use kproxy_common::lb::SlotKey;
+
+use super::{Datapath, DatapathSnapshot, MapOp};
+use crate::{
+    model::{Endpoint, FrontendKey},
+    wire,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FakeService {
+    pub svc_id: u32,
+    pub count: u16,
+    pub bank: u8,
+    pub affinity_timeout_s: Option<u32>,
+}
+
+/// What a packet to a frontend would find.
+pub type View = BTreeMap<FrontendKey, Result<(Vec<Endpoint>, Option<u32>), String>>;
+
+#[derive(Default)]
+pub struct FakeDatapath {
+    pub services: BTreeMap<FrontendKey, FakeService>,
+    pub slots: BTreeMap<(u32, u8, u32), u32>,
+    pub backends: BTreeMap<u32, Endpoint>,
+    pub counters_reset: Vec<u32>,
+    pub log: Vec<MapOp>,
+    /// Map capacities (`usize::MAX` when unset).
+    pub max_backends: Option<usize>,
+    /// The view after every applied op, when recording.
+    pub views: Option<Vec<View>>,
+}
+
+impl FakeDatapath {
+    pub fn recording() -> Self {
+        Self {
+            views: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// Resolves every published frontend through its active bank.
+    pub fn view(&self) -> View {
+        self.services
+            .iter()
+            .map(|(key, svc)| {
+                let resolved: Result<Vec<Endpoint>, String> =
+                    (0..u32::from(svc.count))
+                        .map(|index| {
+                            let id = self.slots.get(&(svc.svc_id, svc.bank, index)).ok_or_else(
+                                || format!("{key}: slot {index} of bank {} missing", svc.bank),
+                            )?;
+                            self.backends
+                                .get(id)
+                                .copied()
+                                .ok_or_else(|| format!("{key}: backend {id} missing"))
+                        })
+                        .collect();
+                (*key, resolved.map(|eps| (eps, svc.affinity_timeout_s)))
+            })
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> DatapathSnapshot {
+        DatapathSnapshot {
+            services: self
+                .services
+                .iter()
+                .map(|(k, s)| {
+                    (
+                        wire::service_key(k),
+                        wire::service_value(s.svc_id, s.count, s.bank, s.affinity_timeout_s),
+                    )
+                })
+                .collect(),
+            slots: self
+                .slots
+                .iter()
+                .map(|(&(svc_id, bank, index), &id)| (SlotKey::new(svc_id, bank, index), id))
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .map(|(id, ep)| (*id, wire::backend(ep)))
+                .collect(),
+        }
+    }
+}
+
+impl Datapath for FakeDatapath {
+    fn apply(&mut self, op: &MapOp) -> anyhow::Result<()> {
+        match op {
+            MapOp::PutBackend { id, endpoint } => {
+                if !self.backends.contains_key(id)
+                    && self.backends.len() >= self.max_backends.unwrap_or(usize::MAX)
+                {
+                    bail!("KP_BACKENDS is full (E2BIG)");
+                }
+                self.backends.insert(*id, *endpoint);
+            }
+            MapOp::DeleteBackend { id } => {
+                self.backends.remove(id);
+            }
+            MapOp::PutSlot {
+                svc_id,
+                bank,
+                index,
+                backend_id,
+            } => {
+                self.slots.insert((*svc_id, *bank, *index), *backend_id);
+            }
+            MapOp::DeleteSlot {
+                svc_id,
+                bank,
+                index,
+            } => {
+                self.slots.remove(&(*svc_id, *bank, *index));
+            }
+            MapOp::ResetServiceCounters { svc_id } => self.counters_reset.push(*svc_id),
+            MapOp::PutService {
+                key,
+                svc_id,
+                count,
+                bank,
+                affinity_timeout_s,
+            } => {
+                self.services.insert(
+                    *key,
+                    FakeService {
+                        svc_id: *svc_id,
+                        count: *count,
+                        bank: *bank,
+                        affinity_timeout_s: *affinity_timeout_s,
+                    },
+                );
+            }
+            MapOp::DeleteService { key } => {
+                self.services.remove(key);
+            }
+        }
+        self.log.push(op.clone());
+        if self.views.is_some() {
+            let view = self.view();
+            self.views.as_mut().expect("checked").push(view);
+        }
+        Ok(())
+    }
+}

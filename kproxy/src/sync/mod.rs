@@ -1,0 +1,67 @@
+//! Desired state versus what the datapath holds: plans the map operations that turn one into
+//! the other, applies them through a `Datapath`, and keeps track of what is programmed.
+//!
+//! Only differences are written. A service port's backend set changes atomically: the new set
+//! goes into the inactive slot bank, then one `PutService` flips bank and count.
+
+mod ids;
+mod plan;
+mod recover;
+
+pub use ids::IdPool;
+pub use plan::{Programmed, ProgrammedFrontend, SyncReport};
+pub use recover::DatapathSnapshot;
+
+use crate::model::{Endpoint, FrontendKey};
+
+/// One write to the datapath's service maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    /// Creates backend `id` (and its counters).
+    PutBackend {
+        id: u32,
+        endpoint: Endpoint,
+    },
+    /// Deletes backend `id` (and its counters). Conntrack entries naming it go stale.
+    DeleteBackend {
+        id: u32,
+    },
+    PutSlot {
+        svc_id: u32,
+        bank: u8,
+        index: u32,
+        backend_id: u32,
+    },
+    DeleteSlot {
+        svc_id: u32,
+        bank: u8,
+        index: u32,
+    },
+    /// Zeroes the round-robin position and counters of a newly used service port id.
+    ResetServiceCounters {
+        svc_id: u32,
+    },
+    /// Publishes a frontend: one map update, atomic for the datapath.
+    PutService {
+        key: FrontendKey,
+        svc_id: u32,
+        count: u16,
+        bank: u8,
+        affinity_timeout_s: Option<u32>,
+    },
+    DeleteService {
+        key: FrontendKey,
+    },
+}
+
+/// Where map operations go: the kernel's maps, or a model of them in tests.
+pub trait Datapath {
+    /// Applies one operation. Deleting something absent is not an error.
+    fn apply(&mut self, op: &MapOp) -> anyhow::Result<()>;
+}
+
+#[cfg(test)]
+pub mod fake;
+
+#[cfg(test)]
+mod tests;

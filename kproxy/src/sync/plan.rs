@@ -1,0 +1,446 @@
+//! The programmed state and the sync that moves it to a desired state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kproxy_common::lb::MAX_BACKENDS_PER_SERVICE;
+
+use super::{Datapath, IdPool, MapOp};
+use crate::{
+    model::{Desired, Endpoint, Frontend, FrontendKey, ServicePortName},
+    problem::{Problem, ProblemKind},
+};
+
+/// What the datapath holds for one frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammedFrontend {
+    /// The service port, when known (not after a restart until the first sync).
+    pub service: Option<ServicePortName>,
+    pub svc_id: u32,
+    /// Active slot bank.
+    pub bank: u8,
+    /// Number of slots present in each bank.
+    pub bank_len: [u32; 2],
+    pub affinity_timeout_s: Option<u32>,
+    /// Backends in slot order, with their ids.
+    pub backends: Vec<(Endpoint, u32)>,
+    /// Recovered from maps that were inconsistent: rewrite it whatever the desired state.
+    pub needs_rewrite: bool,
+}
+
+impl ProgrammedFrontend {
+    fn endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {
+        self.backends.iter().map(|(ep, _)| *ep)
+    }
+}
+
+/// Everything programmed, plus id bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Programmed {
+    pub(super) frontends: BTreeMap<FrontendKey, ProgrammedFrontend>,
+    pub(super) svc_ids: IdPool,
+    /// Backend ids are never reused while the maps live, so a conntrack or affinity entry
+    /// naming a deleted backend can never be mistaken for a new one.
+    pub(super) next_backend_id: u32,
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    /// Map operations written.
+    pub ops: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl SyncReport {
+    pub fn changed(&self) -> bool {
+        self.added + self.updated + self.removed > 0
+    }
+}
+
+/// Map operations for one frontend change, with what to do if they fail halfway.
+struct Change {
+    ops: Vec<MapOp>,
+    /// The state once every op succeeded.
+    after: Option<ProgrammedFrontend>,
+    /// Ids allocated for this change, released if it fails.
+    new_svc_id: Option<u32>,
+}
+
+impl Programmed {
+    /// Nothing programmed; service port ids below `max_services`.
+    pub fn new(max_services: u32) -> Self {
+        Self {
+            frontends: BTreeMap::new(),
+            svc_ids: IdPool::new(max_services),
+            next_backend_id: 1,
+        }
+    }
+
+    pub fn frontends(&self) -> &BTreeMap<FrontendKey, ProgrammedFrontend> {
+        &self.frontends
+    }
+
+    /// Number of backends programmed across all frontends.
+    pub fn backend_count(&self) -> usize {
+        self.frontends.values().map(|f| f.backends.len()).sum()
+    }
+
+    /// Writes the differences between what is programmed and `desired` into `dp`.
+    /// Removals go first (they free ids and map space), then updates, then additions.
+    /// A change that fails is rolled back and reported; the others still apply, and the
+    /// failed one is retried by the next sync because it still differs.
+    pub fn sync(&mut self, desired: &Desired, dp: &mut impl Datapath) -> SyncReport {
+        let mut report = SyncReport::default();
+
+        let removed: Vec<FrontendKey> = self
+            .frontends
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for key in removed {
+            let old = self
+                .frontends
+                .remove(&key)
+                .expect("key listed from the map");
+            let ops = remove_ops(&key, &old);
+            // Deleting cannot leave a half state worth rolling back: report and go on.
+            for op in &ops {
+                if let Err(e) = dp.apply(op) {
+                    report
+                        .problems
+                        .push(datapath_problem(old.service.as_ref(), &key, &e));
+                }
+            }
+            report.ops += ops.len();
+            self.svc_ids.release(old.svc_id);
+            report.removed += 1;
+        }
+
+        for (key, frontend) in desired {
+            let change = match self.frontends.get(key) {
+                Some(old) => update_change(&mut self.next_backend_id, key, old, frontend),
+                None => match self.add_change(key, frontend) {
+                    Ok(change) => change,
+                    Err(problem) => {
+                        report.problems.push(problem);
+                        continue;
+                    }
+                },
+            };
+            let Some(change) = change_or_rename(change, self.frontends.get_mut(key), frontend)
+            else {
+                continue;
+            };
+            let is_new = change.new_svc_id.is_some();
+            // Ops after the publishing `PutService` only clean up: once it is written the
+            // change has happened, and a failure after it is reported, not rolled back.
+            let published_at = change
+                .ops
+                .iter()
+                .position(|op| matches!(op, MapOp::PutService { .. }))
+                .expect("every change publishes");
+            let outcome = match apply_all(dp, &change.ops) {
+                Err((failed_at, e)) if failed_at > published_at => {
+                    report
+                        .problems
+                        .push(datapath_problem(Some(&frontend.service), key, &e));
+                    Ok(())
+                }
+                other => other,
+            };
+            match outcome {
+                Ok(()) => {
+                    report.ops += change.ops.len();
+                    if is_new {
+                        report.added += 1;
+                    } else {
+                        report.updated += 1;
+                    }
+                    let after = change.after.expect("a change always has a result");
+                    self.frontends.insert(*key, after);
+                }
+                Err((applied, e)) => {
+                    report
+                        .problems
+                        .push(datapath_problem(Some(&frontend.service), key, &e));
+                    for op in rollback_ops(&change.ops[..applied]) {
+                        let _ = dp.apply(&op);
+                    }
+                    if let Some(id) = change.new_svc_id {
+                        self.svc_ids.release(id);
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    fn add_change(&mut self, key: &FrontendKey, frontend: &Frontend) -> Result<Change, Problem> {
+        let svc_id = self.svc_ids.allocate().ok_or_else(|| {
+            Problem::new(
+                ProblemKind::Datapath,
+                format!(
+                    "{key}: no free service port id (the services map is full); not programmed"
+                ),
+            )
+            .object(frontend.service.to_string())
+        })?;
+        let endpoints = capped(&frontend.endpoints);
+        let backends: Vec<(Endpoint, u32)> = endpoints
+            .iter()
+            .map(|ep| (*ep, allocate_backend_id(&mut self.next_backend_id)))
+            .collect();
+        let mut ops: Vec<MapOp> = backends
+            .iter()
+            .map(|(endpoint, id)| MapOp::PutBackend {
+                id: *id,
+                endpoint: *endpoint,
+            })
+            .collect();
+        ops.extend(slot_ops(svc_id, 0, &backends, 0));
+        ops.push(MapOp::ResetServiceCounters { svc_id });
+        ops.push(put_service(
+            key,
+            svc_id,
+            0,
+            backends.len(),
+            frontend.affinity_timeout_s,
+        ));
+        Ok(Change {
+            ops,
+            after: Some(ProgrammedFrontend {
+                service: Some(frontend.service.clone()),
+                svc_id,
+                bank: 0,
+                bank_len: [backends.len() as u32, 0],
+                affinity_timeout_s: frontend.affinity_timeout_s,
+                backends,
+                needs_rewrite: false,
+            }),
+            new_svc_id: Some(svc_id),
+        })
+    }
+}
+
+/// Ids of new backends: never reused while the maps live; 0 is never used.
+fn allocate_backend_id(next: &mut u32) -> u32 {
+    let id = *next;
+    *next = next.checked_add(1).unwrap_or(1);
+    id
+}
+
+fn update_change(
+    next_backend_id: &mut u32,
+    key: &FrontendKey,
+    old: &ProgrammedFrontend,
+    frontend: &Frontend,
+) -> Change {
+    let endpoints = capped(&frontend.endpoints);
+    let same_backends = !old.needs_rewrite && old.endpoints().eq(endpoints.iter().copied());
+    if same_backends {
+        if old.affinity_timeout_s == frontend.affinity_timeout_s {
+            return Change {
+                ops: Vec::new(),
+                after: None,
+                new_svc_id: None,
+            };
+        }
+        let mut after = old.clone();
+        after.affinity_timeout_s = frontend.affinity_timeout_s;
+        after.service = Some(frontend.service.clone());
+        return Change {
+            ops: vec![put_service(
+                key,
+                old.svc_id,
+                old.bank,
+                old.backends.len(),
+                frontend.affinity_timeout_s,
+            )],
+            after: Some(after),
+            new_svc_id: None,
+        };
+    }
+
+    // Endpoints that stay keep their ids, so their flows and affinities survive.
+    let kept: HashMap<Endpoint, u32> = old.backends.iter().copied().collect();
+    let mut ops = Vec::new();
+    let backends: Vec<(Endpoint, u32)> = endpoints
+        .iter()
+        .map(|ep| match kept.get(ep) {
+            Some(&id) => (*ep, id),
+            None => {
+                let id = allocate_backend_id(next_backend_id);
+                ops.push(MapOp::PutBackend { id, endpoint: *ep });
+                (*ep, id)
+            }
+        })
+        .collect();
+    let bank = 1 - old.bank;
+    ops.extend(slot_ops(
+        old.svc_id,
+        bank,
+        &backends,
+        old.bank_len[usize::from(bank)],
+    ));
+    ops.push(put_service(
+        key,
+        old.svc_id,
+        bank,
+        backends.len(),
+        frontend.affinity_timeout_s,
+    ));
+    let staying: HashMap<Endpoint, ()> = backends.iter().map(|(ep, _)| (*ep, ())).collect();
+    ops.extend(
+        old.backends
+            .iter()
+            .filter(|(ep, _)| !staying.contains_key(ep))
+            .map(|(_, id)| MapOp::DeleteBackend { id: *id }),
+    );
+    let mut bank_len = old.bank_len;
+    bank_len[usize::from(bank)] = backends.len() as u32;
+    Change {
+        ops,
+        after: Some(ProgrammedFrontend {
+            service: Some(frontend.service.clone()),
+            svc_id: old.svc_id,
+            bank,
+            bank_len,
+            affinity_timeout_s: frontend.affinity_timeout_s,
+            backends,
+            needs_rewrite: false,
+        }),
+        new_svc_id: None,
+    }
+}
+
+/// A change with no ops only refreshes the remembered service name.
+fn change_or_rename(
+    change: Change,
+    current: Option<&mut ProgrammedFrontend>,
+    frontend: &Frontend,
+) -> Option<Change> {
+    if change.ops.is_empty() {
+        if let Some(current) = current {
+            current.service = Some(frontend.service.clone());
+        }
+        return None;
+    }
+    Some(change)
+}
+
+/// The datapath's count is a u16; more endpoints than that are not programmed.
+fn capped(endpoints: &[Endpoint]) -> &[Endpoint] {
+    &endpoints[..endpoints.len().min(MAX_BACKENDS_PER_SERVICE as usize)]
+}
+
+fn put_service(
+    key: &FrontendKey,
+    svc_id: u32,
+    bank: u8,
+    count: usize,
+    affinity_timeout_s: Option<u32>,
+) -> MapOp {
+    MapOp::PutService {
+        key: *key,
+        svc_id,
+        count: u16::try_from(count).unwrap_or(u16::MAX),
+        bank,
+        affinity_timeout_s,
+    }
+}
+
+/// Writes `backends` into `bank` and deletes what that bank held beyond them.
+fn slot_ops(
+    svc_id: u32,
+    bank: u8,
+    backends: &[(Endpoint, u32)],
+    bank_len_before: u32,
+) -> Vec<MapOp> {
+    let n = backends.len() as u32;
+    let mut ops: Vec<MapOp> = backends
+        .iter()
+        .zip(0..)
+        .map(|((_, id), index)| MapOp::PutSlot {
+            svc_id,
+            bank,
+            index,
+            backend_id: *id,
+        })
+        .collect();
+    ops.extend((n..bank_len_before).map(|index| MapOp::DeleteSlot {
+        svc_id,
+        bank,
+        index,
+    }));
+    ops
+}
+
+/// Unpublishes the frontend first, then removes what it referenced.
+fn remove_ops(key: &FrontendKey, old: &ProgrammedFrontend) -> Vec<MapOp> {
+    let mut ops = vec![MapOp::DeleteService { key: *key }];
+    for bank in 0..2u8 {
+        ops.extend(
+            (0..old.bank_len[usize::from(bank)]).map(|index| MapOp::DeleteSlot {
+                svc_id: old.svc_id,
+                bank,
+                index,
+            }),
+        );
+    }
+    ops.extend(
+        old.backends
+            .iter()
+            .map(|(_, id)| MapOp::DeleteBackend { id: *id }),
+    );
+    ops
+}
+
+/// Applies ops in order; on failure returns how many succeeded and the error.
+fn apply_all(dp: &mut impl Datapath, ops: &[MapOp]) -> Result<(), (usize, anyhow::Error)> {
+    for (i, op) in ops.iter().enumerate() {
+        dp.apply(op).map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+/// Undoes the creations among `applied` (a failed change never got to its `PutService`, the
+/// last op that publishes anything, so undoing creations restores the previous state).
+fn rollback_ops(applied: &[MapOp]) -> Vec<MapOp> {
+    applied
+        .iter()
+        .rev()
+        .filter_map(|op| match op {
+            MapOp::PutBackend { id, .. } => Some(MapOp::DeleteBackend { id: *id }),
+            MapOp::PutSlot {
+                svc_id,
+                bank,
+                index,
+                ..
+            } => Some(MapOp::DeleteSlot {
+                svc_id: *svc_id,
+                bank: *bank,
+                index: *index,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn datapath_problem(
+    service: Option<&ServicePortName>,
+    key: &FrontendKey,
+    e: &anyhow::Error,
+) -> Problem {
+    let problem = Problem::new(
+        ProblemKind::Datapath,
+        format!("{key}: writing the datapath failed: {e:#}"),
+    );
+    match service {
+        Some(s) => problem.object(format!("Service {s}")),
+        None => problem,
+    }
+}

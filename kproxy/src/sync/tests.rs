@@ -1,0 +1,362 @@
+//! Sync tests against the in-memory datapath: only differences are written, backend sets
+//! switch atomically, failures roll back, restarts recover.
+
+use std::net::Ipv4Addr;
+
+use super::{MapOp, Programmed, fake::FakeDatapath, fake::View};
+use crate::{
+    model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName},
+    problem::ProblemKind,
+};
+
+fn key(last: u8, port: u16) -> FrontendKey {
+    FrontendKey {
+        addr: Ipv4Addr::new(198, 19, 0, last),
+        port,
+        proto: Protocol::Tcp,
+    }
+}
+
+fn ep(host: u8) -> Endpoint {
+    Endpoint {
+        addr: Ipv4Addr::new(198, 18, host, 2),
+        port: 8080,
+    }
+}
+
+fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> Frontend {
+    Frontend {
+        service: ServicePortName {
+            namespace: "default".into(),
+            name: name.into(),
+            port: "http".into(),
+        },
+        affinity_timeout_s: affinity,
+        endpoints: endpoints.iter().map(|h| ep(*h)).collect(),
+    }
+}
+
+fn desired(entries: &[(FrontendKey, Frontend)]) -> Desired {
+    entries.iter().cloned().collect()
+}
+
+/// What `desired` looks like to packets, for comparison with `FakeDatapath::view`.
+fn expected_view(desired: &Desired) -> View {
+    desired
+        .iter()
+        .map(|(k, f)| (*k, Ok((f.endpoints.clone(), f.affinity_timeout_s))))
+        .collect()
+}
+
+fn kinds(ops: &[MapOp]) -> Vec<&'static str> {
+    ops.iter()
+        .map(|op| match op {
+            MapOp::PutBackend { .. } => "PutBackend",
+            MapOp::DeleteBackend { .. } => "DeleteBackend",
+            MapOp::PutSlot { .. } => "PutSlot",
+            MapOp::DeleteSlot { .. } => "DeleteSlot",
+            MapOp::ResetServiceCounters { .. } => "Reset",
+            MapOp::PutService { .. } => "PutService",
+            MapOp::DeleteService { .. } => "DeleteService",
+        })
+        .collect()
+}
+
+/// Syncs `from` then `to`, and checks that after every single op of the second sync each
+/// frontend resolves completely to its old or its new backend set.
+fn transition(from: &Desired, to: &Desired) -> (Vec<MapOp>, FakeDatapath) {
+    let mut dp = FakeDatapath::recording();
+    let mut programmed = Programmed::new(64);
+    let first = programmed.sync(from, &mut dp);
+    assert!(first.problems.is_empty(), "{:?}", first.problems);
+    assert_eq!(dp.view(), expected_view(from));
+    let before = dp.log.len();
+    dp.views = Some(Vec::new());
+    let report = programmed.sync(to, &mut dp);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let (old_view, new_view) = (expected_view(from), expected_view(to));
+    for (step, view) in dp.views.as_ref().expect("recording").iter().enumerate() {
+        for (k, seen) in view {
+            let ok = old_view.get(k) == Some(seen) || new_view.get(k) == Some(seen);
+            assert!(
+                ok,
+                "after op {step} {k} resolves to {seen:?}: neither old nor new set"
+            );
+        }
+    }
+    assert_eq!(dp.view(), new_view);
+    let ops = dp.log[before..].to_vec();
+    (ops, dp)
+}
+
+#[test]
+fn table_of_transitions_writes_only_differences_and_switches_atomically() {
+    let web = key(10, 80);
+    let api = key(11, 80);
+    let cases: Vec<(&str, Desired, Desired, Vec<&str>)> = vec![
+        (
+            "new frontend: backends, slots, counters, then publish",
+            desired(&[]),
+            desired(&[(web, frontend("web", &[2, 3, 4], None))]),
+            vec![
+                "PutBackend",
+                "PutBackend",
+                "PutBackend",
+                "PutSlot",
+                "PutSlot",
+                "PutSlot",
+                "Reset",
+                "PutService",
+            ],
+        ),
+        (
+            "no change: nothing written",
+            desired(&[(web, frontend("web", &[2, 3, 4], None))]),
+            desired(&[(web, frontend("web", &[2, 3, 4], None))]),
+            vec![],
+        ),
+        (
+            "renamed service, same frontend: nothing written",
+            desired(&[(web, frontend("web", &[2, 3], None))]),
+            desired(&[(web, frontend("www", &[2, 3], None))]),
+            vec![],
+        ),
+        (
+            "one endpoint removed: other bank, flip, then delete it",
+            desired(&[(web, frontend("web", &[2, 3, 4], None))]),
+            desired(&[(web, frontend("web", &[2, 3], None))]),
+            vec!["PutSlot", "PutSlot", "PutService", "DeleteBackend"],
+        ),
+        (
+            "endpoints replaced: new backend first, flip, old one last",
+            desired(&[(web, frontend("web", &[2, 3, 4], None))]),
+            desired(&[(web, frontend("web", &[2, 4, 5], None))]),
+            vec![
+                "PutBackend",
+                "PutSlot",
+                "PutSlot",
+                "PutSlot",
+                "PutService",
+                "DeleteBackend",
+            ],
+        ),
+        (
+            "affinity turned on: only the service value",
+            desired(&[(web, frontend("web", &[2], None))]),
+            desired(&[(web, frontend("web", &[2], Some(10_800)))]),
+            vec!["PutService"],
+        ),
+        (
+            "last endpoint gone: published with count 0 (reject)",
+            desired(&[(web, frontend("web", &[2], None))]),
+            desired(&[(web, frontend("web", &[], None))]),
+            vec!["PutService", "DeleteBackend"],
+        ),
+        (
+            "frontend removed: unpublished first, then slots and backends",
+            desired(&[
+                (web, frontend("web", &[2, 3], None)),
+                (api, frontend("api", &[4], None)),
+            ]),
+            desired(&[(api, frontend("api", &[4], None))]),
+            vec![
+                "DeleteService",
+                "DeleteSlot",
+                "DeleteSlot",
+                "DeleteBackend",
+                "DeleteBackend",
+            ],
+        ),
+    ];
+    for (name, from, to, want) in cases {
+        let (ops, _) = transition(&from, &to);
+        assert_eq!(kinds(&ops), want, "case: {name}");
+    }
+}
+
+#[test]
+fn repeated_updates_leave_no_stale_slots() {
+    let web = key(10, 80);
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(8);
+    for endpoints in [&[2, 3, 4, 5][..], &[2], &[3, 4], &[], &[6, 7, 8], &[6]] {
+        let report = programmed.sync(
+            &desired(&[(web, frontend("web", endpoints, None))]),
+            &mut dp,
+        );
+        assert!(report.problems.is_empty());
+        let f = &programmed.frontends()[&web];
+        let present = |bank: u8| dp.slots.keys().filter(|(_, b, _)| *b == bank).count() as u32;
+        assert_eq!(
+            present(f.bank),
+            endpoints.len() as u32,
+            "active bank holds exactly the set"
+        );
+        assert!(present(1 - f.bank) <= f.bank_len[usize::from(1 - f.bank)]);
+        assert_eq!(
+            dp.backends.len(),
+            endpoints.len(),
+            "removed backends are deleted"
+        );
+    }
+    programmed.sync(&Desired::new(), &mut dp);
+    assert!(dp.services.is_empty() && dp.slots.is_empty() && dp.backends.is_empty());
+}
+
+#[test]
+fn kept_endpoints_keep_their_backend_ids() {
+    let web = key(10, 80);
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(8);
+    programmed.sync(&desired(&[(web, frontend("web", &[2, 3], None))]), &mut dp);
+    let id_of = |p: &Programmed, host: u8| {
+        p.frontends()[&web]
+            .backends
+            .iter()
+            .find(|(e, _)| *e == ep(host))
+            .map(|(_, id)| *id)
+    };
+    let before = id_of(&programmed, 3);
+    programmed.sync(&desired(&[(web, frontend("web", &[3, 4], None))]), &mut dp);
+    assert_eq!(
+        id_of(&programmed, 3),
+        before,
+        "conntrack entries of kept endpoints stay valid"
+    );
+    assert!(
+        id_of(&programmed, 4) > before,
+        "new ids are never reused ones"
+    );
+}
+
+#[test]
+fn full_map_fails_one_frontend_cleanly_and_retries_later() {
+    let (web, api) = (key(10, 80), key(11, 80));
+    let want = desired(&[
+        (web, frontend("web", &[2, 3], None)),
+        (api, frontend("api", &[4, 5, 6], None)),
+    ]);
+    let mut dp = FakeDatapath {
+        max_backends: Some(4),
+        ..FakeDatapath::default()
+    };
+    let mut programmed = Programmed::new(8);
+    let report = programmed.sync(&want, &mut dp);
+    assert_eq!(report.added, 1);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let problem = &report.problems[0];
+    assert_eq!(problem.kind, ProblemKind::Datapath);
+    assert!(
+        problem
+            .object
+            .as_deref()
+            .is_some_and(|o| o.contains("default/api")),
+        "{problem}"
+    );
+    assert!(problem.message.contains("full"), "{problem}");
+    // The failed frontend left nothing behind; the other one is served.
+    assert_eq!(dp.backends.len(), 2);
+    assert_eq!(dp.slots.len(), 2);
+    assert_eq!(
+        dp.view(),
+        expected_view(&desired(&[(web, frontend("web", &[2, 3], None))]))
+    );
+
+    dp.max_backends = None;
+    let retry = programmed.sync(&want, &mut dp);
+    assert!(retry.problems.is_empty());
+    assert_eq!((retry.added, retry.updated), (1, 0));
+    assert_eq!(dp.view(), expected_view(&want));
+}
+
+#[test]
+fn out_of_service_ids_is_reported_and_others_still_apply() {
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(1);
+    let report = programmed.sync(
+        &desired(&[
+            (key(10, 80), frontend("a", &[2], None)),
+            (key(11, 80), frontend("b", &[3], None)),
+        ]),
+        &mut dp,
+    );
+    assert_eq!(report.added, 1);
+    assert_eq!(report.problems.len(), 1);
+    assert!(
+        report.problems[0]
+            .message
+            .contains("no free service port id")
+    );
+}
+
+#[test]
+fn restart_recovers_state_and_writes_nothing_new() {
+    let want = desired(&[
+        (key(10, 80), frontend("web", &[2, 3, 4], Some(60))),
+        (key(11, 53), frontend("dns", &[], None)),
+    ]);
+    let mut dp = FakeDatapath::default();
+    let mut first = Programmed::new(16);
+    first.sync(&want, &mut dp);
+    // Two generations of updates leave an inactive bank behind.
+    let mut second_want = want.clone();
+    second_want.insert(key(10, 80), frontend("web", &[2, 3], Some(60)));
+    first.sync(&second_want, &mut dp);
+
+    let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 16);
+    assert!(
+        cleanup
+            .iter()
+            .all(|op| matches!(op, MapOp::DeleteSlot { bank: 0, .. })),
+        "only the inactive bank is cleaned: {cleanup:?}"
+    );
+    for op in &cleanup {
+        super::Datapath::apply(&mut dp, op).expect("fake never fails deletes");
+    }
+    let before = dp.log.len();
+    let report = recovered.sync(&second_want, &mut dp);
+    assert_eq!(
+        dp.log.len(),
+        before,
+        "nothing rewritten after a restart: {report:?}"
+    );
+    assert_eq!(dp.view(), expected_view(&second_want));
+
+    // New ids after recovery never collide with recovered ones.
+    let mut third = second_want.clone();
+    third.insert(key(12, 80), frontend("new", &[9], None));
+    recovered.sync(&third, &mut dp);
+    assert_eq!(dp.view(), expected_view(&third));
+    let ids: std::collections::BTreeSet<u32> = dp.services.values().map(|s| s.svc_id).collect();
+    assert_eq!(ids.len(), 3, "service port ids are unique");
+}
+
+#[test]
+fn recovery_repairs_inconsistent_maps() {
+    let web = key(10, 80);
+    let want = desired(&[(web, frontend("web", &[2, 3], None))]);
+    let mut dp = FakeDatapath::default();
+    Programmed::new(8).sync(&want, &mut dp);
+    // A crash left an orphan backend, a slot of an unknown service, and a missing backend.
+    dp.backends.insert(999, ep(9));
+    dp.slots.insert((7, 0, 0), 999);
+    let first_id = *dp.backends.keys().next().expect("programmed backends");
+    dp.backends.remove(&first_id);
+
+    let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 8);
+    assert!(cleanup.contains(&MapOp::DeleteBackend { id: 999 }));
+    assert!(cleanup.contains(&MapOp::DeleteSlot {
+        svc_id: 7,
+        bank: 0,
+        index: 0
+    }));
+    for op in &cleanup {
+        super::Datapath::apply(&mut dp, op).expect("fake never fails deletes");
+    }
+    assert!(
+        dp.view()[&web].is_err(),
+        "the broken frontend is visible as broken"
+    );
+    recovered.sync(&want, &mut dp);
+    assert_eq!(dp.view(), expected_view(&want), "a sync repairs it");
+}

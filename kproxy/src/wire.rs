@@ -1,0 +1,109 @@
+//! Conversions between the agent's model types and the datapath's map types, which hold
+//! addresses and ports in network byte order exactly as packets carry them.
+
+use std::net::Ipv4Addr;
+
+use kproxy_common::lb::{Backend, SVC_F_AFFINITY, ServiceKey, ServiceValue};
+
+use crate::model::{Endpoint, FrontendKey, Protocol};
+
+/// An IPv4 address as the datapath stores it (the packet's bytes read as a native u32).
+pub fn addr_to_wire(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+pub fn addr_from_wire(addr: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr.to_ne_bytes())
+}
+
+pub fn port_to_wire(port: u16) -> u16 {
+    port.to_be()
+}
+
+pub fn port_from_wire(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+pub fn service_key(key: &FrontendKey) -> ServiceKey {
+    ServiceKey {
+        addr: addr_to_wire(key.addr),
+        port: port_to_wire(key.port),
+        proto: key.proto.number(),
+        _pad: 0,
+    }
+}
+
+/// `None` for a protocol the agent never writes.
+pub fn frontend_key(key: &ServiceKey) -> Option<FrontendKey> {
+    Some(FrontendKey {
+        addr: addr_from_wire(key.addr),
+        port: port_from_wire(key.port),
+        proto: Protocol::from_number(key.proto)?,
+    })
+}
+
+pub fn service_value(
+    svc_id: u32,
+    count: u16,
+    bank: u8,
+    affinity_timeout_s: Option<u32>,
+) -> ServiceValue {
+    ServiceValue {
+        id: svc_id,
+        count,
+        flags: if affinity_timeout_s.is_some() {
+            SVC_F_AFFINITY
+        } else {
+            0
+        },
+        bank,
+        affinity_timeout_s: affinity_timeout_s.unwrap_or(0),
+    }
+}
+
+/// The affinity timeout a service value carries, if affinity is on.
+pub fn affinity_of(value: &ServiceValue) -> Option<u32> {
+    (value.flags & SVC_F_AFFINITY != 0).then_some(value.affinity_timeout_s)
+}
+
+pub fn backend(endpoint: &Endpoint) -> Backend {
+    Backend {
+        addr: addr_to_wire(endpoint.addr),
+        port: port_to_wire(endpoint.port),
+        _pad: 0,
+    }
+}
+
+pub fn endpoint(backend: &Backend) -> Endpoint {
+    Endpoint {
+        addr: addr_from_wire(backend.addr),
+        port: port_from_wire(backend.port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_packet_byte_order() {
+        let key = FrontendKey {
+            addr: Ipv4Addr::new(198, 19, 0, 10),
+            port: 80,
+            proto: Protocol::Udp,
+        };
+        let wire = service_key(&key);
+        assert_eq!(wire.addr.to_ne_bytes(), [198, 19, 0, 10]);
+        assert_eq!(wire.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(wire.proto, 17);
+        assert_eq!(frontend_key(&wire), Some(key));
+        let ep = Endpoint {
+            addr: Ipv4Addr::new(198, 18, 2, 2),
+            port: 8080,
+        };
+        assert_eq!(endpoint(&backend(&ep)), ep);
+        let value = service_value(7, 3, 1, Some(60));
+        assert_eq!(affinity_of(&value), Some(60));
+        assert_eq!(affinity_of(&service_value(7, 3, 1, None)), None);
+    }
+}

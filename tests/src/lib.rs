@@ -1,0 +1,24 @@
+//! The kproxy test bed: network namespaces, the reference topology, a private bpffs and
+//! who-am-I servers, so tests and benches send real packets without touching the machine's
+//! root network namespace (see shared/TESTBED.md for the rules).
+
+pub mod bpffs;
+mod bpfsys;
+mod ifreq;
+pub mod netns;
+pub mod privileges;
+pub mod servers;
+pub mod topology;
+
+pub use bpffs::BpfFs;
+pub use netns::Netns;
+pub use privileges::require_privileges;
+pub use servers::{
+    Reply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server, udp_request, udp_server,
+};
+pub use topology::{Topology, TopologyOptions};
+
+/// Whether a process id still names a live process; leftovers of dead runs are swept by it.
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,89 @@
+//! The who-am-I answer, `backend=<ip:port> peer=<ip:port>`: which server answered and which
+//! source address it saw, so tests can tell backends apart and check source address handling.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+
+/// What a who-am-I server says about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Reply {
+    /// The server's own address of the connection (or datagram): which backend served it.
+    pub backend: SocketAddrV4,
+    /// The client address the server saw: the client's own address when the source address was
+    /// preserved, a node address when it was masqueraded.
+    pub peer: SocketAddrV4,
+}
+
+impl Reply {
+    /// Parses one answer line; the trailing newline is optional.
+    pub fn parse(line: &str) -> io::Result<Reply> {
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a who-am-I reply: {line:?}"),
+            )
+        };
+        let mut backend = None;
+        let mut peer = None;
+        for field in line.split_whitespace() {
+            let (key, value) = field.split_once('=').ok_or_else(bad)?;
+            let addr: SocketAddrV4 = value.parse().map_err(|_| bad())?;
+            let slot = match key {
+                "backend" => &mut backend,
+                "peer" => &mut peer,
+                _ => return Err(bad()),
+            };
+            if slot.replace(addr).is_some() {
+                return Err(bad());
+            }
+        }
+        Ok(Reply {
+            backend: backend.ok_or_else(bad)?,
+            peer: peer.ok_or_else(bad)?,
+        })
+    }
+
+    /// The answer line a server sends, newline included.
+    pub(crate) fn line(backend: SocketAddr, peer: SocketAddr) -> String {
+        format!("backend={backend} peer={peer}\n")
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backend={} peer={}", self.backend, self.peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_servers_send() {
+        let line = Reply::line(
+            "198.18.2.2:8080".parse().unwrap(),
+            "198.18.1.2:40000".parse().unwrap(),
+        );
+        let reply = Reply::parse(&line).unwrap();
+        assert_eq!(reply.backend, "198.18.2.2:8080".parse().unwrap());
+        assert_eq!(reply.peer, "198.18.1.2:40000".parse().unwrap());
+        assert_eq!(Reply::parse(&reply.to_string()).unwrap(), reply);
+    }
+
+    #[test]
+    fn rejects_other_text() {
+        for line in [
+            "",
+            "hello\n",
+            "backend=198.18.2.2:8080\n",
+            "backend=198.18.2.2 peer=198.18.1.2:1\n",
+            "backend=198.18.2.2:1 peer=198.18.1.2:1 extra=1.2.3.4:5\n",
+            "backend=198.18.2.2:1 backend=198.18.1.2:1\n",
+        ] {
+            let err = Reply::parse(line).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{line:?}");
+        }
+    }
+}

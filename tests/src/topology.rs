@@ -1,0 +1,311 @@
+//! The reference topology of TESTBED.md: a node namespace routing between a client, N backends
+//! and optionally an external host, each on its own veth link, all inside namespaces.
+//!
+//! ```text
+//!   [client ns]  198.18.1.2 ──veth── 198.18.1.1 kc  ┐
+//!   [backend1]   198.18.2.2 ──veth── 198.18.2.1 kb1 ├─ [node ns]  ip_forward=1
+//!   [backend2]   198.18.3.2 ──veth── 198.18.3.1 kb2 │
+//!   [external]   198.18.9.2 ──veth── 198.18.9.1 kx  ┘  (optional)
+//!   Service VIPs: 198.19.0.0/16, never assigned to an interface.
+//! ```
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Result, ensure};
+
+use crate::netns::{self, Netns};
+
+/// The start of every namespace name of the bed, followed by `<pid>-`.
+const PREFIX: &str = "kpt-";
+/// The leaf side of every link is called this inside its namespace.
+pub const LEAF_IFACE: &str = "eth0";
+/// Third octet of the subnets of the client and external links; backends take the others.
+const CLIENT_SUBNET: u8 = 1;
+const EXTERNAL_SUBNET: u8 = 9;
+/// Backends use 198.18.2.0/24 upwards, skipping the external subnet, up to 198.18.254.0/24.
+pub const MAX_BACKENDS: usize = 252;
+
+/// Distinguishes the topologies of one process (tests build them on parallel threads).
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct TopologyOptions {
+    /// Number of backend namespaces (at most [`MAX_BACKENDS`]).
+    pub backends: usize,
+    /// Whether to add the external namespace on 198.18.9.0/24 (the node's "NIC" link).
+    pub external: bool,
+    /// Whether the client's veth may send packets with partial checksums. XDP programs on the
+    /// node see such packets as they are, so XDP tests turn this off to get complete ones.
+    pub client_tx_checksum_offload: bool,
+}
+
+impl Default for TopologyOptions {
+    fn default() -> Self {
+        TopologyOptions {
+            backends: 3,
+            external: false,
+            client_tx_checksum_offload: true,
+        }
+    }
+}
+
+/// A built topology; dropping it deletes every namespace (and with them the links).
+///
+/// Fields drop in order: leaves first, the node last.
+#[derive(Debug)]
+pub struct Topology {
+    /// `kpt-<pid>-<seq>`, the start of all namespace names of this topology.
+    pub prefix: String,
+    pub client: Netns,
+    pub backends: Vec<Netns>,
+    pub external: Option<Netns>,
+    pub node: Netns,
+}
+
+impl Topology {
+    /// Sweeps leftovers of dead runs, then builds the namespaces, links, addresses and routes.
+    pub fn build(opts: TopologyOptions) -> Result<Topology> {
+        ensure!(
+            (1..=MAX_BACKENDS).contains(&opts.backends),
+            "between 1 and {MAX_BACKENDS} backends, not {}",
+            opts.backends
+        );
+        Topology::sweep_leftovers();
+        let prefix = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        // Each namespace is owned as soon as it exists, so a failure part way deletes them all.
+        let node = Netns::create(&format!("{prefix}-node"))?;
+        let client = Netns::create(&format!("{prefix}-client"))?;
+        let backends = (1..=opts.backends)
+            .map(|i| Netns::create(&format!("{prefix}-b{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let external = match opts.external {
+            true => Some(Netns::create(&format!("{prefix}-ext"))?),
+            false => None,
+        };
+        let topo = Topology {
+            prefix,
+            client,
+            backends,
+            external,
+            node,
+        };
+        topo.configure(&opts)?;
+        Ok(topo)
+    }
+
+    fn configure(&self, opts: &TopologyOptions) -> Result<()> {
+        // Sysctls first: `default` values apply to the interfaces created afterwards.
+        for ns in self.all() {
+            ns.sysctls(&[
+                // Strict reverse-path filtering (inherited from the root namespace) would drop
+                // some of the rewritten flows under test; the bed routes everything anyway.
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+                // ICMP errors are part of what tests observe (port and net unreachable);
+                // rate limiting them would turn quick failures into timeouts under load.
+                ("net.ipv4.icmp_ratemask", "0"),
+                // High connection rates reuse TIME_WAIT ports.
+                ("net.ipv4.tcp_tw_reuse", "1"),
+            ])?;
+        }
+        self.node.sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            // A hairpinned flow must not teach leaves a shortcut around the node.
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.default.send_redirects", "0"),
+        ])?;
+        self.client
+            .sysctls(&[("net.ipv4.ip_local_port_range", "1024 65000")])?;
+
+        // Links are created from the node, the leaf end going straight into its namespace: no
+        // link ever exists in the root namespace, not even for a moment.
+        let mut node_script = Vec::new();
+        for link in self.links() {
+            node_script.extend([
+                format!(
+                    "link add {} type veth peer name {LEAF_IFACE} netns {}",
+                    link.node_iface,
+                    link.leaf.name()
+                ),
+                format!("addr add {}/24 dev {}", link.node_addr, link.node_iface),
+                format!("link set {} up", link.node_iface),
+            ]);
+        }
+        // No default route in the node: traffic to an address nobody has dies here, answered
+        // with ICMP net unreachable, instead of leaving the bed.
+        self.node.ip_batch(&node_script)?;
+
+        for link in self.links() {
+            link.leaf.ip_batch(&[
+                format!("addr add {}/24 dev {LEAF_IFACE}", link.leaf_addr),
+                format!("link set {LEAF_IFACE} up"),
+                format!("route add default via {}", link.node_addr),
+            ])?;
+        }
+
+        if !opts.client_tx_checksum_offload {
+            self.client.set_tx_checksum(LEAF_IFACE, false)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every namespace named `kpt-<pid>-...` whose process is gone.
+    pub fn sweep_leftovers() {
+        let Ok(names) = netns::list_names() else {
+            return;
+        };
+        for name in names {
+            let Some(pid) = owner_pid(&name) else {
+                continue;
+            };
+            if pid != std::process::id()
+                && !crate::pid_alive(pid)
+                && let Err(e) = netns::delete_by_name(&name)
+            {
+                eprintln!("test bed: could not delete leftover netns {name}: {e:#}");
+            }
+        }
+    }
+
+    pub fn client_addr(&self) -> Ipv4Addr {
+        leaf_addr(CLIENT_SUBNET)
+    }
+
+    /// The node's address on the client link, the client's default gateway.
+    pub fn client_gateway(&self) -> Ipv4Addr {
+        node_addr(CLIENT_SUBNET)
+    }
+
+    /// The node-side interface of the client link.
+    pub fn client_iface(&self) -> &'static str {
+        "kc"
+    }
+
+    /// The address of backend `i` (0-based).
+    pub fn backend_addr(&self, i: usize) -> Ipv4Addr {
+        leaf_addr(self.backend_subnet(i))
+    }
+
+    /// The node's address on the link of backend `i` (0-based).
+    pub fn backend_gateway(&self, i: usize) -> Ipv4Addr {
+        node_addr(self.backend_subnet(i))
+    }
+
+    /// The node-side interface of backend `i` (0-based): `kb1` for backend 0.
+    pub fn backend_iface(&self, i: usize) -> String {
+        assert!(i < self.backends.len(), "no backend {i}");
+        format!("kb{}", i + 1)
+    }
+
+    /// The address of the external host (whether or not it was built).
+    pub fn external_addr(&self) -> Ipv4Addr {
+        leaf_addr(EXTERNAL_SUBNET)
+    }
+
+    /// The node's address on the external link: it plays the node's NIC address.
+    pub fn node_external_addr(&self) -> Ipv4Addr {
+        node_addr(EXTERNAL_SUBNET)
+    }
+
+    /// The node-side interface of the external link.
+    pub fn external_iface(&self) -> &'static str {
+        "kx"
+    }
+
+    /// The external namespace; panics when the topology was built without one.
+    pub fn external(&self) -> &Netns {
+        self.external
+            .as_ref()
+            .expect("topology built without `external: true`")
+    }
+
+    /// All node-side interfaces: `kc`, `kb1`..`kbN`, then `kx` when there is an external link.
+    pub fn node_ifaces(&self) -> Vec<String> {
+        self.links().map(|link| link.node_iface).collect()
+    }
+
+    /// Every namespace of the topology, the node first.
+    pub fn all(&self) -> impl Iterator<Item = &Netns> {
+        std::iter::once(&self.node)
+            .chain(std::iter::once(&self.client))
+            .chain(&self.backends)
+            .chain(&self.external)
+    }
+
+    fn backend_subnet(&self, i: usize) -> u8 {
+        assert!(i < self.backends.len(), "no backend {i}");
+        backend_subnet(i)
+    }
+
+    fn links(&self) -> impl Iterator<Item = Link<'_>> {
+        let client = Link::new(&self.client, self.client_iface().into(), CLIENT_SUBNET);
+        let backends = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| Link::new(ns, self.backend_iface(i), backend_subnet(i)));
+        let external = self
+            .external
+            .iter()
+            .map(|ns| Link::new(ns, self.external_iface().into(), EXTERNAL_SUBNET));
+        std::iter::once(client).chain(backends).chain(external)
+    }
+}
+
+/// One veth link between the node and a leaf namespace.
+struct Link<'a> {
+    leaf: &'a Netns,
+    node_iface: String,
+    node_addr: Ipv4Addr,
+    leaf_addr: Ipv4Addr,
+}
+
+impl<'a> Link<'a> {
+    fn new(leaf: &'a Netns, node_iface: String, subnet: u8) -> Link<'a> {
+        Link {
+            leaf,
+            node_iface,
+            node_addr: node_addr(subnet),
+            leaf_addr: leaf_addr(subnet),
+        }
+    }
+}
+
+/// A Service VIP: 198.19.0.0/16 plus `n`, an address no interface ever has.
+pub fn vip(n: u16) -> Ipv4Addr {
+    let [hi, lo] = n.to_be_bytes();
+    Ipv4Addr::new(198, 19, hi, lo)
+}
+
+/// Third octet of backend `i`'s subnet: 2, 3, ... skipping the external subnet.
+fn backend_subnet(i: usize) -> u8 {
+    let subnet = i + usize::from(CLIENT_SUBNET) + 1;
+    let subnet = if subnet >= usize::from(EXTERNAL_SUBNET) {
+        subnet + 1
+    } else {
+        subnet
+    };
+    u8::try_from(subnet).expect("at most MAX_BACKENDS backends")
+}
+
+fn node_addr(subnet: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, subnet, 1)
+}
+
+fn leaf_addr(subnet: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, subnet, 2)
+}
+
+/// The pid in a namespace name `kpt-<pid>-...`.
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;
