@@ -1,7 +1,7 @@
 //! Service load balancing: frontend lookup, backend choice (affinity, round-robin), DNAT of
 //! client packets and reverse NAT of backend replies.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use kproxy_common::{
     config::IPPROTO_UDP,
@@ -212,9 +212,11 @@ fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<(u32, Bac
         }
     }
     let rr = KP_RR.get_ptr_mut(svc.id).ok_or(Counter::DropNoSlot)?;
-    // SAFETY: an Array element is 4-byte aligned and lives as long as the map.
-    let turn = unsafe { AtomicU32::from_ptr(rr) }.fetch_add(1, Ordering::Relaxed);
-    let index = turn % u32::from(svc.count);
+    // SeqCst, not Relaxed: LLVM's BPF backend lowers a *monotonic* atomicrmw add to the
+    // non-fetching `lock +=` even when the old value is used, which silently returns garbage.
+    // SAFETY: an Array element is 8-byte aligned and lives as long as the map.
+    let turn = unsafe { AtomicU64::from_ptr(rr) }.fetch_add(1, Ordering::SeqCst);
+    let index = (turn % u64::from(svc.count)) as u32;
     // SAFETY: copied out at once.
     let id = unsafe { KP_SLOTS.get(SlotKey::new(svc.id, svc.bank, index)) }
         .copied()

@@ -29,9 +29,9 @@ pub static KP_SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(524_288, NO_PREALLO
 #[map]
 pub static KP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(262_144, NO_PREALLOC);
 
-/// Round-robin position of each service port, advanced with an atomic add.
+/// Round-robin position of each service port, advanced with an atomic fetch-and-add.
 #[map]
-pub static KP_RR: Array<u32> = Array::pinned(65_536, 0);
+pub static KP_RR: Array<u64> = Array::pinned(65_536, 0);
 
 /// Conntrack, client side: client→VIP tuple → chosen backend and flow state.
 #[map]

@@ -1,0 +1,381 @@
+//! The datapath on hand-built packets (BPF_PROG_TEST_RUN): the real TC and XDP programs,
+//! maps programmed by the agent's sync, and exact bytes out, checksums included.
+
+mod support;
+
+use std::net::Ipv4Addr;
+
+use kproxy::model::{Desired, Protocol};
+use kproxy_common::stats::Counter;
+use kproxy_tests::require_privileges;
+use support::{
+    datapath::{LoadedDatapath, frontend},
+    packets::{
+        ACK, CLIENT_MAC, FIN_ACK, NODE_MAC, RST, SYN, SYN_ACK, assert_checksums, dst, src,
+        tcp_frame, udp_frame, without_udp_checksum,
+    },
+};
+
+const TCX_NEXT: i32 = -1;
+const TC_ACT_REDIRECT: i32 = 7;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const B1: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+const B2: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+const B3: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 2);
+
+fn three_backends(proto: Protocol, affinity: Option<u32>) -> Desired {
+    [frontend(
+        VIP,
+        80,
+        proto,
+        &[(B1, 8080), (B2, 8080), (B3, 8080)],
+        affinity,
+    )]
+    .into_iter()
+    .collect()
+}
+
+fn loaded(desired: &Desired) -> LoadedDatapath {
+    let mut dp = LoadedDatapath::load();
+    dp.program(desired);
+    dp
+}
+
+#[test]
+fn dnat_rewrites_the_destination_with_exact_checksums() {
+    if !require_privileges("dnat_rewrites_the_destination_with_exact_checksums") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    for (flags, payload) in [(SYN, &b""[..]), (ACK, &b"GET / HTTP/1.1\r\n\r\n"[..])] {
+        let input = tcp_frame((CLIENT, 40_000), (VIP, 80), flags, payload);
+        let (verdict, out) = dp.tc(&input);
+        assert_eq!(
+            verdict, TCX_NEXT,
+            "translated packets continue down the tcx chain"
+        );
+        // etherparse computes every checksum from scratch: byte equality means exact checksums.
+        assert_eq!(out, tcp_frame((CLIENT, 40_000), (B1, 8080), flags, payload));
+    }
+    let input = udp_frame((CLIENT, 5353), (VIP, 80), b"query");
+    let dp = loaded(&three_backends(Protocol::Udp, None));
+    let (verdict, out) = dp.tc(&input);
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(out, udp_frame((CLIENT, 5353), (B1, 8080), b"query"));
+    assert_eq!(dp.counter(Counter::ServicePackets), 1);
+    assert_eq!(dp.counter(Counter::NewFlows), 1);
+}
+
+#[test]
+fn xdp_program_translates_like_tc() {
+    if !require_privileges("xdp_program_translates_like_tc") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let (verdict, out) = dp.xdp(&tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b""));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, tcp_frame((CLIENT, 40_000), (B1, 8080), SYN, b""));
+    let (verdict, out) = dp.xdp(&tcp_frame((B1, 8080), (CLIENT, 40_000), SYN_ACK, b""));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, tcp_frame((VIP, 80), (CLIENT, 40_000), SYN_ACK, b""));
+
+    let dp = loaded(&three_backends(Protocol::Udp, None));
+    let (_, out) = dp.xdp(&without_udp_checksum(udp_frame(
+        (CLIENT, 5353),
+        (VIP, 80),
+        b"q",
+    )));
+    assert_eq!(
+        out,
+        without_udp_checksum(udp_frame((CLIENT, 5353), (B1, 8080), b"q")),
+        "zero stays zero"
+    );
+    let (_, out) = dp.xdp(&udp_frame((CLIENT, 5354), (VIP, 80), b"q"));
+    assert_eq!(out, udp_frame((CLIENT, 5354), (B2, 8080), b"q"));
+}
+
+#[test]
+fn reverse_nat_restores_the_vip_on_replies() {
+    if !require_privileges("reverse_nat_restores_the_vip_on_replies") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    dp.tc(&tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b""));
+    for (flags, payload) in [(SYN_ACK, &b""[..]), (ACK, &b"HTTP/1.1 200 OK\r\n"[..])] {
+        let (verdict, out) = dp.tc(&tcp_frame((B1, 8080), (CLIENT, 40_000), flags, payload));
+        assert_eq!(verdict, TCX_NEXT);
+        assert_eq!(out, tcp_frame((VIP, 80), (CLIENT, 40_000), flags, payload));
+    }
+    assert_eq!(dp.counter(Counter::ReplyPackets), 2);
+    // A reply to a client port the flow does not use is not ours.
+    let stray = tcp_frame((B1, 8080), (CLIENT, 40_001), ACK, b"");
+    assert_eq!(dp.tc(&stray), (TCX_NEXT, stray));
+}
+
+#[test]
+fn udp_without_checksum_keeps_it_zero() {
+    if !require_privileges("udp_without_checksum_keeps_it_zero") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Udp, None));
+    let (_, out) = dp.tc(&without_udp_checksum(udp_frame(
+        (CLIENT, 5353),
+        (VIP, 80),
+        b"query",
+    )));
+    assert_eq!(
+        out,
+        without_udp_checksum(udp_frame((CLIENT, 5353), (B1, 8080), b"query"))
+    );
+    let (_, reply) = dp.tc(&without_udp_checksum(udp_frame(
+        (B1, 8080),
+        (CLIENT, 5353),
+        b"answer",
+    )));
+    assert_eq!(
+        reply,
+        without_udp_checksum(udp_frame((VIP, 80), (CLIENT, 5353), b"answer"))
+    );
+}
+
+#[test]
+fn conntrack_keeps_each_flow_on_its_backend_and_new_flows_go_round_robin() {
+    if !require_privileges("conntrack_keeps_each_flow_on_its_backend_and_new_flows_go_round_robin")
+    {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let backend_of =
+        |port: u16, flags| dst(&dp.tc(&tcp_frame((CLIENT, port), (VIP, 80), flags, b"x")).1).0;
+    let first: Vec<Ipv4Addr> = (0..4).map(|i| backend_of(41_000 + i, SYN)).collect();
+    assert_eq!(first, [B1, B2, B3, B1], "new flows take backends in turn");
+    for _ in 0..5 {
+        for i in 0..4 {
+            assert_eq!(
+                backend_of(41_000 + i, ACK),
+                first[usize::from(i)],
+                "later packets stick to the flow's backend"
+            );
+        }
+    }
+    assert_eq!(dp.counter(Counter::NewFlows), 4);
+}
+
+#[test]
+fn a_new_syn_on_a_finished_flow_starts_a_new_flow() {
+    if !require_privileges("a_new_syn_on_a_finished_flow_starts_a_new_flow") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let c = (CLIENT, 42_000);
+    assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B1);
+    dp.tc(&tcp_frame((B1, 8080), c, SYN_ACK, b""));
+    dp.tc(&tcp_frame(c, (VIP, 80), FIN_ACK, b""));
+    dp.tc(&tcp_frame((B1, 8080), c, FIN_ACK, b""));
+    // A SYN retransmitted inside a live flow keeps its backend; after both FINs it is new.
+    assert_eq!(
+        dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0,
+        B2,
+        "port reuse picks afresh"
+    );
+    assert_eq!(dp.counter(Counter::CtReopened), 1);
+    // RST ends a flow as well.
+    dp.tc(&tcp_frame((B2, 8080), c, RST, b""));
+    assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B3);
+}
+
+#[test]
+fn client_ip_affinity_sends_a_client_to_one_backend() {
+    if !require_privileges("client_ip_affinity_sends_a_client_to_one_backend") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, Some(60)));
+    let backends: Vec<Ipv4Addr> = (0..6)
+        .map(|i| {
+            dst(&dp
+                .tc(&tcp_frame((CLIENT, 43_000 + i), (VIP, 80), SYN, b""))
+                .1)
+            .0
+        })
+        .collect();
+    assert_eq!(
+        backends, [B1; 6],
+        "every new flow of the client goes to its first backend"
+    );
+    let other = dst(&dp
+        .tc(&tcp_frame((OTHER_CLIENT, 43_000), (VIP, 80), SYN, b""))
+        .1)
+    .0;
+    assert_eq!(other, B2, "another client gets the next backend");
+    assert_eq!(dp.counter(Counter::AffinityHits), 5);
+}
+
+#[test]
+fn non_service_traffic_passes_untouched() {
+    if !require_privileges("non_service_traffic_passes_untouched") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let mut frames = vec![
+        tcp_frame((CLIENT, 40_000), (B1, 8080), SYN, b""), // straight to a pod
+        tcp_frame((CLIENT, 40_000), (VIP, 81), SYN, b""),  // VIP, other port
+        udp_frame((CLIENT, 40_000), (VIP, 80), b"not tcp"), // VIP, other protocol
+        tcp_frame(
+            (CLIENT, 40_000),
+            (Ipv4Addr::new(198, 19, 0, 11), 80),
+            SYN,
+            b"",
+        ), // another IP
+    ];
+    let mut arp = vec![0u8; 42];
+    arp[..6].copy_from_slice(&[0xff; 6]);
+    arp[6..12].copy_from_slice(&CLIENT_MAC);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    frames.push(arp);
+    let mut v6 = vec![0u8; 74];
+    v6[..6].copy_from_slice(&NODE_MAC);
+    v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    frames.push(v6);
+    frames.push(tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b"")[..40].to_vec()); // truncated
+    for frame in frames {
+        assert_eq!(dp.tc(&frame), (TCX_NEXT, frame.clone()));
+        assert_eq!(dp.xdp(&frame), (XDP_PASS, frame));
+    }
+    assert_eq!(dp.counter(Counter::ServicePackets), 0);
+    assert_eq!(dp.counter(Counter::Packets), 14);
+}
+
+/// Checks an ICMP port unreachable answering `original` (client → VIP).
+fn assert_port_unreachable(reply: &[u8], original: &[u8]) {
+    assert_eq!(
+        reply.len(),
+        70,
+        "eth + IPv4 + ICMP + quoted header and 8 bytes"
+    );
+    assert_eq!(&reply[..6], &original[6..12], "back to the sender's MAC");
+    assert_eq!(&reply[6..12], &original[..6]);
+    assert_eq!(reply[23], 1, "ICMP");
+    assert_eq!(src(reply).0, dst(original).0, "from the VIP");
+    assert_eq!(dst(reply).0, src(original).0, "to the client");
+    assert_eq!(
+        (reply[34], reply[35]),
+        (3, 3),
+        "destination unreachable, port unreachable"
+    );
+    assert_eq!(
+        &reply[42..70],
+        &original[14..42],
+        "quotes the original IP header and 8 bytes"
+    );
+    assert_checksums(reply);
+}
+
+#[test]
+fn no_endpoints_rejects_with_icmp_port_unreachable() {
+    if !require_privileges("no_endpoints_rejects_with_icmp_port_unreachable") {
+        return;
+    }
+    let desired: Desired = [
+        frontend(VIP, 80, Protocol::Tcp, &[], None),
+        frontend(VIP, 53, Protocol::Udp, &[], None),
+    ]
+    .into_iter()
+    .collect();
+    let dp = loaded(&desired);
+    let syn = tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b"");
+    let (verdict, reply) = dp.tc(&syn);
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "sent back out of the interface it came in on"
+    );
+    assert_port_unreachable(&reply, &syn);
+    let datagram = udp_frame((CLIENT, 5353), (VIP, 53), b"some longer query payload");
+    let (verdict, reply) = dp.tc(&datagram);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_port_unreachable(&reply, &datagram);
+    let (verdict, reply) = dp.xdp(&syn);
+    assert_eq!(verdict, XDP_TX);
+    assert_port_unreachable(&reply, &syn);
+    assert_eq!(dp.counter(Counter::Rejected), 3);
+    assert_eq!(dp.counter(Counter::NewFlows), 0);
+}
+
+#[test]
+fn a_removed_backend_no_longer_receives_its_flows() {
+    if !require_privileges("a_removed_backend_no_longer_receives_its_flows") {
+        return;
+    }
+    let mut dp = loaded(&three_backends(Protocol::Tcp, None));
+    let c = (CLIENT, 44_000);
+    assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B1);
+    let remaining: Desired = [frontend(
+        VIP,
+        80,
+        Protocol::Tcp,
+        &[(B2, 8080), (B3, 8080)],
+        None,
+    )]
+    .into_iter()
+    .collect();
+    dp.program(&remaining);
+    let moved = dst(&dp.tc(&tcp_frame(c, (VIP, 80), ACK, b"")).1).0;
+    assert!(
+        [B2, B3].contains(&moved),
+        "the flow was re-balanced onto a live backend, not {moved}"
+    );
+}
+
+/// Splits a UDP datagram frame into two IPv4 fragments at `split` bytes of L4 data.
+fn fragment(frame: &[u8], split: usize) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(split % 8, 0);
+    let l4 = &frame[34..];
+    let header = &frame[..34];
+    let mut first = header.to_vec();
+    first.extend_from_slice(&l4[..split]);
+    let mut later = header.to_vec();
+    later.extend_from_slice(&l4[split..]);
+    for (part, (offset, more)) in [(&mut first, (0, true)), (&mut later, (split / 8, false))] {
+        let total = u16::try_from(part.len() - 14).expect("small");
+        part[16..18].copy_from_slice(&total.to_be_bytes());
+        let flags = u16::try_from(offset).expect("small") | if more { 0x2000 } else { 0 };
+        part[20..22].copy_from_slice(&flags.to_be_bytes());
+        part[18..20].copy_from_slice(&0x1234u16.to_be_bytes());
+        part[24..26].copy_from_slice(&[0, 0]);
+        let sum = part[14..34]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum::<u32>();
+        let folded = (sum & 0xffff) + (sum >> 16);
+        part[24..26].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    }
+    (first, later)
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    if !require_privileges("later_fragments_follow_their_first_fragment") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Udp, None));
+    let payload = [7u8; 40];
+    let (first, later) = fragment(&udp_frame((CLIENT, 5353), (VIP, 80), &payload), 24);
+    let (want_first, want_later) = fragment(&udp_frame((CLIENT, 5353), (B1, 8080), &payload), 24);
+    assert_eq!(
+        dp.tc(&first).1,
+        want_first,
+        "first fragment: addresses, ports, L4 checksum"
+    );
+    assert_eq!(
+        dp.tc(&later).1,
+        want_later,
+        "later fragment: address and IP checksum only"
+    );
+    // A later fragment whose first fragment never came cannot be translated: untouched.
+    let (_, orphan) = fragment(&udp_frame((OTHER_CLIENT, 5353), (VIP, 80), &payload), 24);
+    assert_eq!(dp.tc(&orphan), (TCX_NEXT, orphan));
+}

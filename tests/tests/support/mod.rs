@@ -1,0 +1,9 @@
+//! Helpers shared by the integration tests.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the support code"
+)]
+
+pub mod datapath;
+pub mod packets;

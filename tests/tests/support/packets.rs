@@ -1,0 +1,149 @@
+//! Building frames (with etherparse, checksums computed in full) and checking frames the
+//! datapath wrote: field access by offset and exact checksum verification.
+
+use std::net::Ipv4Addr;
+
+use etherparse::PacketBuilder;
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// TCP flags for `tcp_frame`.
+#[derive(Clone, Copy, Default)]
+pub struct Flags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+pub const SYN: Flags = Flags {
+    syn: true,
+    ack: false,
+    fin: false,
+    rst: false,
+};
+pub const SYN_ACK: Flags = Flags {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const FIN_ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: true,
+    rst: false,
+};
+pub const RST: Flags = Flags {
+    syn: false,
+    ack: false,
+    fin: false,
+    rst: true,
+};
+
+pub fn tcp_frame(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .tcp(src.1, dst.1, 1000, 64_000);
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.ack {
+        b = b.ack(2000);
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("building a TCP frame");
+    out
+}
+
+pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .udp(src.1, dst.1)
+        .write(&mut out, payload)
+        .expect("building a UDP frame");
+    out
+}
+
+/// Sets the UDP checksum field of `frame` to 0 ("no checksum").
+pub fn without_udp_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[40] = 0;
+    frame[41] = 0;
+    frame
+}
+
+fn ihl(frame: &[u8]) -> usize {
+    usize::from(frame[14] & 0x0f) * 4
+}
+
+pub fn src(frame: &[u8]) -> (Ipv4Addr, u16) {
+    let l4 = 14 + ihl(frame);
+    (
+        Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]),
+        u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
+    )
+}
+
+pub fn dst(frame: &[u8]) -> (Ipv4Addr, u16) {
+    let l4 = 14 + ihl(frame);
+    (
+        Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]),
+        u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]),
+    )
+}
+
+fn ones_sum(bytes: &[u8]) -> u32 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// Checks the IPv4 header checksum and the TCP/UDP/ICMP checksum of `frame` in full.
+pub fn assert_checksums(frame: &[u8]) {
+    let ip_len = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let hl = ihl(frame);
+    assert_eq!(
+        ones_sum(&frame[14..14 + hl]),
+        0xffff,
+        "IPv4 header checksum"
+    );
+    let l4 = &frame[14 + hl..14 + ip_len];
+    match frame[23] {
+        1 => assert_eq!(ones_sum(l4), 0xffff, "ICMP checksum"),
+        proto @ (6 | 17) => {
+            if proto == 17 && l4[6] == 0 && l4[7] == 0 {
+                return; // UDP without checksum
+            }
+            let mut pseudo = Vec::from(&frame[26..34]);
+            pseudo.extend_from_slice(&[0, proto]);
+            pseudo.extend_from_slice(&u16::try_from(l4.len()).expect("small frame").to_be_bytes());
+            pseudo.extend_from_slice(l4);
+            assert_eq!(ones_sum(&pseudo), 0xffff, "L4 checksum (protocol {proto})");
+        }
+        other => panic!("unexpected IP protocol {other}"),
+    }
+}
