@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use kproxy::model::{Desired, Protocol};
 use kproxy_common::stats::Counter;
-use kproxy_tests::require_privileges;
+use kproxy_testbed::require_privileges;
 use support::{
     datapath::{LoadedDatapath, frontend},
     packets::{

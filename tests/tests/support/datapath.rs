@@ -16,7 +16,7 @@ use kproxy::{
     sync::Programmed,
 };
 use kproxy_common::{config::Config, names, stats::Counter};
-use kproxy_tests::BpfFs;
+use kproxy_testbed::BpfFs;
 
 pub struct LoadedDatapath {
     pub ebpf: Ebpf,

@@ -5,5 +5,7 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
+pub mod agent;
 pub mod datapath;
+pub mod manifests;
 pub mod packets;

@@ -1,0 +1,218 @@
+//! The agent binary running inside the test bed's node namespace, with the bed around it:
+//! topology, who-am-I servers on every backend, a private bpffs and a manifests directory.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::{Child, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use kproxy::cmd::services::{DatapathView, collect};
+use kproxy_testbed::{BpfFs, ServerHandle, Topology, TopologyOptions, tcp_server, udp_server};
+
+pub const TCP_PORT: u16 = 8080;
+pub const UDP_PORT: u16 = 5353;
+
+/// The agent binary, rebuilt by cargo whenever these tests are built.
+pub fn kproxy_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kproxy-under-test"))
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Bed {
+    pub topo: Topology,
+    pub bpffs: BpfFs,
+    /// Temp dir holding `manifests/` (watched by the agent) and the agent's log.
+    pub dir: tempfile::TempDir,
+    _servers: Vec<ServerHandle>,
+}
+
+impl Bed {
+    /// The reference topology with TCP (8080) and UDP (5353) who-am-I servers on each backend.
+    pub fn new(opts: TopologyOptions) -> Self {
+        let topo = Topology::build(opts).expect("building the test bed");
+        let mut servers = Vec::new();
+        for (i, ns) in topo.backends.iter().enumerate() {
+            let addr = topo.backend_addr(i);
+            servers.push(tcp_server(ns, SocketAddrV4::new(addr, TCP_PORT)).expect("tcp server"));
+            servers.push(udp_server(ns, SocketAddrV4::new(addr, UDP_PORT)).expect("udp server"));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kpt-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir(dir.path().join("manifests")).expect("manifests dir");
+        Self {
+            topo,
+            bpffs: BpfFs::new().expect("private bpffs"),
+            dir,
+            _servers: servers,
+        }
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.pin_path("kproxy")
+    }
+
+    /// Writes a manifest file atomically (temp file + rename), as config management does.
+    pub fn write(&self, file: &str, yaml: &str) {
+        let tmp = self.dir.path().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("writing manifest");
+        std::fs::rename(&tmp, self.manifests().join(file)).expect("renaming manifest");
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.manifests().join(file)).expect("removing manifest");
+    }
+
+    pub fn backends(&self) -> Vec<Ipv4Addr> {
+        (0..self.topo.backends.len())
+            .map(|i| self.topo.backend_addr(i))
+            .collect()
+    }
+
+    /// What the datapath holds now (read from the pinned maps).
+    pub fn view(&self) -> Option<DatapathView> {
+        collect(&self.pin_dir()).ok()
+    }
+
+    /// Waits until frontend `frontend` (`VIP:port/PROTO`) has exactly `backends`.
+    pub fn wait_for_backends(
+        &self,
+        frontend: &str,
+        backends: &[SocketAddrV4],
+        timeout: Duration,
+    ) -> Duration {
+        let started = Instant::now();
+        let mut want: Vec<String> = backends.iter().map(ToString::to_string).collect();
+        want.sort();
+        wait_until(&format!("{frontend} -> {want:?}"), timeout, || {
+            let view = self.view()?;
+            let svc = view.services.iter().find(|s| s.frontend == frontend)?;
+            let mut got: Vec<String> = svc.backends.iter().map(|b| b.address.clone()).collect();
+            got.sort();
+            (got == want).then_some(())
+        });
+        started.elapsed()
+    }
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `kproxy run` in the node namespace with TC on every node link, plus `extra`
+    /// arguments, and waits until its programs are attached.
+    pub fn start(bed: &Bed, extra: &[&str]) -> Self {
+        let ifaces = bed.topo.node_ifaces().join(",");
+        Self::start_with(bed, &["--attach", &ifaces], extra)
+    }
+
+    pub fn start_with(bed: &Bed, attach: &[&str], extra: &[&str]) -> Self {
+        // One log per agent run, so a restarted agent's readiness is its own.
+        let runs = std::fs::read_dir(bed.dir.path()).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("agent-"))
+            })
+            .count()
+        });
+        let log = bed.dir.path().join(format!("agent-{runs}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("agent log");
+        let manifests = bed.manifests();
+        let pin_dir = bed.pin_dir();
+        let child = bed
+            .topo
+            .node
+            .command(kproxy_bin())
+            .arg("run")
+            .arg("--manifests")
+            .arg(&manifests)
+            .args(["--node-name", "node"])
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(attach)
+            .args(extra)
+            .env("KPROXY_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting kproxy");
+        let mut agent = Self {
+            child: Some(child),
+            log,
+        };
+        wait_until("the agent to be ready", Duration::from_secs(10), || {
+            agent.assert_running();
+            agent.log_text().contains(" ready").then_some(())
+        });
+        agent
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("agent was started");
+        if let Some(status) = child.try_wait().expect("polling the agent") {
+            panic!("kproxy exited with {status}:\n{}", self.log_text());
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent was started");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the agent") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "kproxy did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("--- kproxy log ---\n{}", self.log_text());
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Kubernetes manifests for tests, written the way an operator would write them.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+/// A service port: (name, port, protocol).
+pub type Port<'a> = (&'a str, u16, &'a str);
+
+pub fn service(name: &str, vip: Ipv4Addr, ports: &[Port], affinity_timeout: Option<u32>) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: ClusterIP\n  clusterIP: {vip}\n  ports:\n"
+    );
+    for (port_name, port, proto) in ports {
+        let _ = write!(
+            y,
+            "  - name: {port_name}\n    port: {port}\n    protocol: {proto}\n    targetPort: {port_name}\n"
+        );
+    }
+    if let Some(t) = affinity_timeout {
+        let _ = write!(
+            y,
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"
+        );
+    }
+    y
+}
+
+/// An EndpointSlice of `service` whose endpoints listen on `ports` (name, port, protocol).
+pub fn slice(name: &str, service: &str, ports: &[Port], addrs: &[Ipv4Addr]) -> String {
+    let mut y = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
+    );
+    for (port_name, port, proto) in ports {
+        let _ = write!(
+            y,
+            "- name: {port_name}\n  port: {port}\n  protocol: {proto}\n"
+        );
+    }
+    y.push_str("endpoints:\n");
+    if addrs.is_empty() {
+        y = y.replace("endpoints:\n", "endpoints: []\n");
+    }
+    for a in addrs {
+        let _ = write!(
+            y,
+            "- addresses: [\"{a}\"]\n  conditions:\n    ready: true\n"
+        );
+    }
+    y
+}
+
+/// Joins documents into one multi-document YAML file.
+pub fn documents(docs: &[String]) -> String {
+    docs.join("---\n")
+}
