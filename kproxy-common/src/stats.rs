@@ -23,8 +23,6 @@ pub enum Counter {
     Rejected,
     /// Conntrack insert failed: the flow was dropped.
     DropCtInsert,
-    /// Packet to a service with truncated or malformed headers.
-    DropMalformed,
     /// A backend slot the service value promised was missing (inconsistent maps).
     DropNoSlot,
     /// A slot named a backend id that no longer exists.
@@ -40,7 +38,7 @@ pub enum Counter {
 pub const COUNTER_SLOTS: usize = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 13] = [
         Counter::Packets,
         Counter::ServicePackets,
         Counter::ReplyPackets,
@@ -49,7 +47,6 @@ impl Counter {
         Counter::CtReopened,
         Counter::Rejected,
         Counter::DropCtInsert,
-        Counter::DropMalformed,
         Counter::DropNoSlot,
         Counter::DropNoBackend,
         Counter::DropNat,
@@ -68,7 +65,6 @@ impl Counter {
             Counter::CtReopened => "ct_reopened",
             Counter::Rejected => "rejected",
             Counter::DropCtInsert => "drop_ct_insert",
-            Counter::DropMalformed => "drop_malformed",
             Counter::DropNoSlot => "drop_no_slot",
             Counter::DropNoBackend => "drop_no_backend",
             Counter::DropNat => "drop_nat",
@@ -81,7 +77,6 @@ impl Counter {
     pub const fn drop_reason(self) -> Option<&'static str> {
         match self {
             Counter::DropCtInsert => Some("ct_insert"),
-            Counter::DropMalformed => Some("malformed"),
             Counter::DropNoSlot => Some("no_slot"),
             Counter::DropNoBackend => Some("no_backend"),
             Counter::DropNat => Some("nat"),

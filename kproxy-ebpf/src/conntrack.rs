@@ -144,18 +144,18 @@ pub fn update(
     match dir {
         Dir::Forward => {
             let rkey = reply_key(key, entry);
-            if !touch_peer(KP_CT_REV.get_ptr_mut(&rkey), bits, now, refresh) {
+            if !touch_peer(KP_CT_REV.get_ptr_mut(rkey), bits, now, refresh) {
                 // The LRU evicted the reply side alone: restore it, or replies would reach
                 // the client untranslated.
                 let mut reply = reply_entry(key, entry);
                 reply.flags |= bits;
                 reply.last_seen_ns = now;
-                let _ = KP_CT_REV.insert(&rkey, &reply, 0);
+                let _ = KP_CT_REV.insert(rkey, reply, 0);
             }
         }
         Dir::Reply => {
             touch_peer(
-                KP_CT_FWD.get_ptr_mut(&forward_key(key, entry)),
+                KP_CT_FWD.get_ptr_mut(forward_key(key, entry)),
                 bits,
                 now,
                 refresh,
@@ -188,7 +188,7 @@ pub fn create(
         _pad2: 0,
     };
     KP_CT_REV
-        .insert(&reply_key(fwd, &forward), &reply_entry(fwd, &forward), 0)
+        .insert(reply_key(fwd, &forward), reply_entry(fwd, &forward), 0)
         .map_err(|_| ())?;
-    KP_CT_FWD.insert(fwd, &forward, 0).map_err(|_| ())
+    KP_CT_FWD.insert(fwd, forward, 0).map_err(|_| ())
 }

@@ -16,8 +16,8 @@ use crate::{
     maps::{
         KP_AFFINITY, KP_BACKENDS, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RR, KP_SERVICES, KP_SLOTS,
     },
-    packet::{NatRewrite, Packet},
-    parse::{self, Fragment, IP_DADDR_OFF, IP_SADDR_OFF, Ipv4Flow, Parsed},
+    packet::{NatRewrite, Packet, Side},
+    parse::{self, Fragment, Ipv4Flow, Parsed},
     stats,
 };
 
@@ -53,7 +53,7 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once; NO_PREALLOC keeps it intact until then.
-    match unsafe { KP_SERVICES.get(&svc_key) } {
+    match unsafe { KP_SERVICES.get(svc_key) } {
         Some(svc) => {
             let svc = *svc;
             match to_service(pkt, &flow, &svc) {
@@ -87,11 +87,11 @@ fn track_fragment(flow: &mut Ipv4Flow) -> bool {
             sport: flow.key.sport,
             dport: flow.key.dport,
         };
-        let _ = KP_FRAGS.insert(&key, &ports, 0);
+        let _ = KP_FRAGS.insert(key, ports, 0);
         return true;
     }
     // SAFETY: copied out at once.
-    match unsafe { KP_FRAGS.get(&key) } {
+    match unsafe { KP_FRAGS.get(key) } {
         Some(ports) => {
             flow.key.sport = ports.sport;
             flow.key.dport = ports.dport;
@@ -134,13 +134,12 @@ fn to_service<P: Packet>(
         }
     };
     pkt.rewrite(&NatRewrite {
-        addr_off: IP_DADDR_OFF,
+        side: Side::Destination,
         old_addr: flow.key.daddr,
         new_addr: backend.addr,
-        port_off: flow.has_l4_header().then_some(flow.l4_off + 2),
         old_port: flow.key.dport,
         new_port: backend.port,
-        l4_csum_off: flow.l4_csum_off(),
+        l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     })
     .map_err(|()| Counter::DropNat)?;
@@ -153,7 +152,7 @@ fn to_service<P: Packet>(
 /// belongs to the service. Updates the flow's state and times.
 #[inline(always)]
 fn established_backend(flow: &Ipv4Flow, svc: &ServiceValue, now: u64) -> Option<Backend> {
-    let entry_ptr = KP_CT_FWD.get_ptr_mut(&flow.key)?;
+    let entry_ptr = KP_CT_FWD.get_ptr_mut(flow.key)?;
     // SAFETY: valid map value; copied so later reads see one consistent snapshot.
     let entry = unsafe { *entry_ptr };
     if flow.is_tcp() && flow.is_syn() && entry.tcp_closing() {
@@ -180,7 +179,7 @@ fn established_backend(flow: &Ipv4Flow, svc: &ServiceValue, now: u64) -> Option<
             svc_id: svc.id,
             client: flow.key.saddr,
         };
-        if let Some(a) = KP_AFFINITY.get_ptr_mut(&key) {
+        if let Some(a) = KP_AFFINITY.get_ptr_mut(key) {
             // SAFETY: valid map value pointer.
             unsafe { (*a).last_seen_ns = now };
         }
@@ -199,7 +198,7 @@ fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<(u32, Bac
     };
     if affinity {
         // SAFETY: copied out at once.
-        if let Some(a) = unsafe { KP_AFFINITY.get(&akey) }.copied() {
+        if let Some(a) = unsafe { KP_AFFINITY.get(akey) }.copied() {
             let timeout = u64::from(svc.affinity_timeout_s) * NS_PER_SEC;
             if now.saturating_sub(a.last_seen_ns) <= timeout {
                 // SAFETY: copied out at once.
@@ -238,7 +237,7 @@ fn remember_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
         backend_id,
         _pad: 0,
     };
-    let _ = KP_AFFINITY.insert(key, &value, 0);
+    let _ = KP_AFFINITY.insert(key, value, 0);
 }
 
 /// No endpoints: answer with ICMP port unreachable, as kube-proxy's REJECT rule does.
@@ -254,7 +253,7 @@ fn reject<P: Packet>(pkt: &mut P, flow: &Ipv4Flow, svc_id: u32) -> Result<Action
 /// A packet not addressed to a service: a backend's reply to translate back, or not ours.
 #[inline(always)]
 fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
-    let Some(entry_ptr) = KP_CT_REV.get_ptr_mut(&flow.key) else {
+    let Some(entry_ptr) = KP_CT_REV.get_ptr_mut(flow.key) else {
         return Action::Pass;
     };
     // SAFETY: valid map value, copied.
@@ -272,13 +271,12 @@ fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
         now,
     );
     let rewrite = NatRewrite {
-        addr_off: IP_SADDR_OFF,
+        side: Side::Source,
         old_addr: flow.key.saddr,
         new_addr: entry.nat_addr,
-        port_off: flow.has_l4_header().then_some(flow.l4_off),
         old_port: flow.key.sport,
         new_port: entry.nat_port,
-        l4_csum_off: flow.l4_csum_off(),
+        l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     };
     if pkt.rewrite(&rewrite).is_err() {

@@ -30,8 +30,8 @@ use crate::{
 pub fn kproxy_tc(ctx: TcContext) -> i32 {
     match lb::handle(&mut TcPacket { ctx: &ctx }) {
         Action::Pass | Action::Translated => TC_ACT_UNSPEC,
-        Action::Rejected => TC_ACT_REDIRECT as i32,
-        Action::Drop => TC_ACT_SHOT as i32,
+        Action::Rejected => TC_ACT_REDIRECT,
+        Action::Drop => TC_ACT_SHOT,
     }
 }
 

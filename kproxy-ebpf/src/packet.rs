@@ -15,23 +15,56 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::{csum, icmp::REJECT_FRAME_LEN, parse::IP_CSUM_OFF};
+use crate::{
+    csum,
+    icmp::REJECT_FRAME_LEN,
+    parse::{IP_CSUM_OFF, L3_OFF},
+};
+
+/// Which end of a packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The source: reverse NAT of a backend's reply.
+    Source,
+    /// The destination: DNAT of a client's packet.
+    Destination,
+}
 
 /// One address (and port) rewrite of a translated packet.
 pub struct NatRewrite {
-    /// Offset of the IPv4 address to replace (source or destination).
-    pub addr_off: usize,
+    pub side: Side,
     pub old_addr: u32,
     pub new_addr: u32,
-    /// Offset of the port to replace; `None` for a later fragment, which has no L4 header.
-    pub port_off: Option<usize>,
     pub old_port: u16,
     pub new_port: u16,
-    /// Offset of the L4 checksum field.
-    pub l4_csum_off: usize,
-    /// UDP: a zero checksum means "none" and must stay zero.
+    /// Offset of the L4 header; `None` for a later fragment, which has none.
+    pub l4_off: Option<usize>,
+    /// UDP (a zero checksum means "none" and stays zero) rather than TCP.
     pub udp: bool,
 }
+
+impl NatRewrite {
+    /// Offset of the address within the IPv4 header.
+    #[inline(always)]
+    fn addr_in_ip(&self) -> usize {
+        if self.side == Side::Source { 12 } else { 16 }
+    }
+
+    /// Offset of the port within the L4 header.
+    #[inline(always)]
+    fn port_in_l4(&self) -> usize {
+        if self.side == Side::Source { 0 } else { 2 }
+    }
+
+    /// Offset of the checksum within the L4 header.
+    #[inline(always)]
+    fn csum_in_l4(&self) -> usize {
+        if self.udp { UDP_CSUM } else { TCP_CSUM }
+    }
+}
+
+const TCP_CSUM: usize = 16;
+const UDP_CSUM: usize = 6;
 
 pub trait Packet {
     /// Makes the first `len` bytes readable; false if the packet is shorter.
@@ -90,11 +123,12 @@ impl Packet for TcPacket<'_> {
         } else {
             0
         };
-        if let Some(port_off) = rw.port_off {
+        if let Some(l4_off) = rw.l4_off {
+            let csum_off = l4_off + rw.csum_in_l4();
             // The address is part of the L4 pseudo-header; the port is L4 payload proper.
             self.ctx
                 .l4_csum_replace(
-                    rw.l4_csum_off,
+                    csum_off,
                     u64::from(rw.old_addr),
                     u64::from(rw.new_addr),
                     u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
@@ -102,13 +136,15 @@ impl Packet for TcPacket<'_> {
                 .map_err(|_| ())?;
             self.ctx
                 .l4_csum_replace(
-                    rw.l4_csum_off,
+                    csum_off,
                     u64::from(rw.old_port),
                     u64::from(rw.new_port),
                     mangled | 2,
                 )
                 .map_err(|_| ())?;
-            self.ctx.store(port_off, &rw.new_port, 0).map_err(|_| ())?;
+            self.ctx
+                .store(l4_off + rw.port_in_l4(), &rw.new_port, 0)
+                .map_err(|_| ())?;
         }
         self.ctx
             .l3_csum_replace(
@@ -118,7 +154,9 @@ impl Packet for TcPacket<'_> {
                 4,
             )
             .map_err(|_| ())?;
-        self.ctx.store(rw.addr_off, &rw.new_addr, 0).map_err(|_| ())
+        self.ctx
+            .store(L3_OFF + rw.addr_in_ip(), &rw.new_addr, 0)
+            .map_err(|_| ())
     }
 
     #[inline(always)]
@@ -142,6 +180,10 @@ pub struct XdpPacket<'a> {
     pub ctx: &'a XdpContext,
 }
 
+const IPV4_HLEN: usize = 20;
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
 impl XdpPacket<'_> {
     #[inline(always)]
     fn ptr_mut<T>(&self, off: usize) -> Result<*mut T, ()> {
@@ -150,6 +192,33 @@ impl XdpPacket<'_> {
             return Err(());
         }
         Ok((start + off) as *mut T)
+    }
+
+    /// The L4 half of `rewrite`: port and checksum inside a `LEN`-byte header at `l4_off`.
+    #[inline(always)]
+    fn rewrite_l4<const LEN: usize, const CSUM: usize>(
+        &self,
+        l4_off: usize,
+        rw: &NatRewrite,
+    ) -> Result<(), ()> {
+        let l4 = self.ptr_mut::<[u8; LEN]>(l4_off)?.cast::<u8>();
+        // SAFETY: the whole L4 header was bounds-checked above; CSUM + 2 <= LEN.
+        unsafe {
+            let csum = l4.add(CSUM).cast::<u16>();
+            let old = csum.read_unaligned();
+            if !(rw.udp && old == 0) {
+                let mut new = csum::replace4(old, rw.old_addr, rw.new_addr);
+                new = csum::replace2(new, rw.old_port, rw.new_port);
+                if rw.udp && new == 0 {
+                    new = 0xffff;
+                }
+                csum.write_unaligned(new);
+            }
+            l4.add(rw.port_in_l4())
+                .cast::<u16>()
+                .write_unaligned(rw.new_port);
+        }
+        Ok(())
     }
 }
 
@@ -171,35 +240,26 @@ impl Packet for XdpPacket<'_> {
 
     #[inline(always)]
     fn rewrite(&mut self, rw: &NatRewrite) -> Result<(), ()> {
-        let ip_csum = self.ptr_mut::<u16>(IP_CSUM_OFF)?;
-        let addr = self.ptr_mut::<u32>(rw.addr_off)?;
-        // SAFETY: both pointers were bounds-checked against the frame just above.
+        // Every access goes through a pointer to a whole header checked once, at a constant
+        // offset from it: the verifier tracks the checked range on that pointer only.
+        let ip = self.ptr_mut::<[u8; IPV4_HLEN]>(L3_OFF)?.cast::<u8>();
+        // SAFETY: the 20-byte IPv4 header was bounds-checked above.
         unsafe {
-            ip_csum.write_unaligned(csum::replace4(
-                ip_csum.read_unaligned(),
+            let csum = ip.add(IP_CSUM_OFF - L3_OFF).cast::<u16>();
+            csum.write_unaligned(csum::replace4(
+                csum.read_unaligned(),
                 rw.old_addr,
                 rw.new_addr,
             ));
-            addr.write_unaligned(rw.new_addr);
+            ip.add(rw.addr_in_ip())
+                .cast::<u32>()
+                .write_unaligned(rw.new_addr);
         }
-        if let Some(port_off) = rw.port_off {
-            let l4_csum = self.ptr_mut::<u16>(rw.l4_csum_off)?;
-            let port = self.ptr_mut::<u16>(port_off)?;
-            // SAFETY: bounds-checked above.
-            unsafe {
-                let old = l4_csum.read_unaligned();
-                if !(rw.udp && old == 0) {
-                    let mut new = csum::replace4(old, rw.old_addr, rw.new_addr);
-                    new = csum::replace2(new, rw.old_port, rw.new_port);
-                    if rw.udp && new == 0 {
-                        new = 0xffff;
-                    }
-                    l4_csum.write_unaligned(new);
-                }
-                port.write_unaligned(rw.new_port);
-            }
+        match rw.l4_off {
+            None => Ok(()),
+            Some(l4_off) if rw.udp => self.rewrite_l4::<UDP_HLEN, UDP_CSUM>(l4_off, rw),
+            Some(l4_off) => self.rewrite_l4::<TCP_HLEN, TCP_CSUM>(l4_off, rw),
         }
-        Ok(())
     }
 
     #[inline(always)]

@@ -14,8 +14,6 @@ pub const ETH_P_IP: u16 = 0x0800;
 /// Offset of the IPv4 header (no VLAN tags: the programs sit on untagged links).
 pub const L3_OFF: usize = ETH_HLEN;
 pub const IP_CSUM_OFF: usize = L3_OFF + 10;
-pub const IP_SADDR_OFF: usize = L3_OFF + 12;
-pub const IP_DADDR_OFF: usize = L3_OFF + 16;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -85,12 +83,6 @@ impl Ipv4Flow {
     #[inline(always)]
     pub fn is_tcp(&self) -> bool {
         self.key.proto == IPPROTO_TCP
-    }
-
-    /// Offset of the L4 checksum field.
-    #[inline(always)]
-    pub fn l4_csum_off(&self) -> usize {
-        self.l4_off + if self.is_tcp() { 16 } else { 6 }
     }
 
     /// A SYN without ACK: a client opening a connection.

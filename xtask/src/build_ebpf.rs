@@ -88,7 +88,7 @@ pub fn run(_opts: &Options) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn host_triple() -> Result<String> {
+pub fn host_triple() -> Result<String> {
     let out = Command::new("rustc")
         .arg("-vV")
         .output()

@@ -1,6 +1,9 @@
 //! `cargo xtask <task>`: the project's build, demo, test and benchmark entry points.
 
 mod build_ebpf;
+mod demo;
+mod deps;
+mod test;
 mod tools;
 
 use std::path::PathBuf;
@@ -19,11 +22,17 @@ struct Cli {
 enum Task {
     /// Build the eBPF object (installs bpf-linker into .tools/ when missing).
     BuildEbpf(build_ebpf::Options),
+    /// Build everything and run a demo in network namespaces (needs root).
+    Demo,
+    /// Build everything and run every check and test CI runs (root for the BPF tests).
+    Test(test::Options),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf(opts) => build_ebpf::run(&opts).map(|_| ()),
+        Task::Demo => demo::run(),
+        Task::Test(opts) => test::run(&opts),
     }
 }
 

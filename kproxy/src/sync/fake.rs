@@ -144,9 +144,9 @@ impl Datapath for FakeDatapath {
             }
         }
         self.log.push(op.clone());
-        if self.views.is_some() {
-            let view = self.view();
-            self.views.as_mut().expect("checked").push(view);
+        let view = self.views.is_some().then(|| self.view());
+        if let (Some(view), Some(views)) = (view, self.views.as_mut()) {
+            views.push(view);
         }
         Ok(())
     }

@@ -1,0 +1,212 @@
+//! `cargo xtask demo`: the main job on an embedded default. Builds a small "cluster" of
+//! network namespaces, runs the agent on the sample manifests of `deploy/examples/`, sends
+//! real traffic through the Services and shows where it went, then removes everything.
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use kproxy_testbed::{
+    BpfFs, Topology, TopologyOptions, require_privileges, tcp_request, tcp_server, udp_request,
+    udp_server,
+};
+
+use crate::{build_ebpf, deps, target_dir, workspace_root};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn build_agent() -> Result<PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args(["build", "--package", "kproxy"])
+        .status()
+        .context("building kproxy")?;
+    if !status.success() {
+        bail!("building kproxy failed");
+    }
+    Ok(target_dir().join("debug").join("kproxy"))
+}
+
+/// The agent, stopped (SIGTERM) on drop.
+struct RunningAgent(Child);
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_ready(log: &Path, agent: &mut Child) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(" ready") {
+            return Ok(());
+        }
+        if let Some(status) = agent.try_wait()? {
+            bail!("kproxy exited with {status}:\n{text}");
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            bail!("kproxy did not become ready:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn run() -> Result<()> {
+    if !require_privileges("cargo xtask demo") {
+        bail!("the demo needs root: it creates network namespaces and loads BPF programs");
+    }
+    deps::ensure(deps::TEST_TOOLS)?;
+    build_ebpf::run(&build_ebpf::Options::default())?;
+    let kproxy = build_agent()?;
+
+    let topo = Topology::build(TopologyOptions::default())?;
+    let backends: Vec<Ipv4Addr> = (0..3).map(|i| topo.backend_addr(i)).collect();
+    let mut servers = Vec::new();
+    for (i, ns) in topo.backends.iter().enumerate() {
+        servers.push(tcp_server(ns, SocketAddrV4::new(backends[i], 8080))?);
+        servers.push(udp_server(ns, SocketAddrV4::new(backends[i], 5353))?);
+    }
+    let bpffs = BpfFs::new()?;
+    let pin_dir = bpffs.pin_path("kproxy");
+    let work = tempfile::Builder::new().prefix("kpt-demo-").tempdir()?;
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests)?;
+    let examples = workspace_root().join("deploy/examples");
+    for entry in std::fs::read_dir(&examples)? {
+        let path = entry?.path();
+        std::fs::copy(
+            &path,
+            manifests.join(path.file_name().context("file name")?),
+        )?;
+    }
+
+    println!("\n== kproxy demo ==");
+    println!(
+        "node namespace {} with links {}",
+        topo.node.name(),
+        topo.node_ifaces().join(", ")
+    );
+    println!(
+        "client {}   backends {}",
+        topo.client_addr(),
+        backends
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "manifests: {} (copied from deploy/examples)\n",
+        manifests.display()
+    );
+
+    let log = work.path().join("agent.log");
+    let mut child = topo
+        .node
+        .command(&kproxy)
+        .arg("run")
+        .arg("--manifests")
+        .arg(&manifests)
+        .args([
+            "--node-name",
+            "demo-node",
+            "--attach",
+            &topo.node_ifaces().join(","),
+        ])
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting kproxy")?;
+    wait_ready(&log, &mut child)?;
+    let agent = RunningAgent(child);
+    println!("kproxy is running (log: {}):", log.display());
+    for line in std::fs::read_to_string(&log)?.lines() {
+        println!("  | {line}");
+    }
+
+    let web = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 10), 80);
+    let mut spread: BTreeMap<SocketAddrV4, usize> = BTreeMap::new();
+    let mut source_kept = true;
+    for _ in 0..30 {
+        let reply = tcp_request(&topo.client, web, TIMEOUT).context("request to web")?;
+        source_kept &= *reply.peer.ip() == topo.client_addr();
+        *spread.entry(reply.backend).or_default() += 1;
+    }
+    println!("\nweb {web}: 30 new TCP connections, round-robin");
+    for (backend, n) in &spread {
+        println!("  {backend:<18} {:<30} {n}", "#".repeat(*n));
+    }
+    if source_kept {
+        println!(
+            "  every backend saw the client's own address {} (no SNAT)",
+            topo.client_addr()
+        );
+    }
+
+    let sticky = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 80);
+    let mut sticky_backends = BTreeMap::<SocketAddrV4, usize>::new();
+    for _ in 0..10 {
+        *sticky_backends
+            .entry(tcp_request(&topo.client, sticky, TIMEOUT)?.backend)
+            .or_default() += 1;
+    }
+    println!("\nsticky {sticky}: ClientIP session affinity, 10 connections");
+    for (backend, n) in &sticky_backends {
+        println!("  {backend:<18} {:<30} {n}", "#".repeat(*n));
+    }
+
+    let down = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 80);
+    let started = Instant::now();
+    match tcp_request(&topo.client, down, TIMEOUT) {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+            println!(
+                "\ndown {down}: no endpoints -> connection refused after {:.1?}",
+                started.elapsed()
+            );
+        }
+        other => println!("\ndown {down}: unexpected {other:?}"),
+    }
+
+    let dns = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 53), 53);
+    let reply = udp_request(&topo.client, dns, TIMEOUT).context("udp request")?;
+    println!(
+        "\ndns {dns}/UDP: the reply came from the VIP (a connected socket accepted it), served by {}",
+        reply.backend
+    );
+
+    println!("\n$ kproxy services --pin-dir {}", pin_dir.display());
+    let out = Command::new(&kproxy)
+        .arg("services")
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    drop(agent);
+    let out = Command::new(&kproxy)
+        .arg("cleanup")
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .output()?;
+    println!(
+        "\nagent stopped; {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    drop(servers);
+    drop(topo);
+    println!("namespaces removed. Done.");
+    Ok(())
+}

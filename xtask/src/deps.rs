@@ -1,0 +1,47 @@
+//! System packages the tasks need, installed with apt-get when missing (CI starts from a
+//! fresh Debian machine; nothing may be installed by hand).
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// (command that must exist, Debian package providing it)
+pub type Requirement = (&'static str, &'static str);
+
+/// What the tests and the demo need.
+pub const TEST_TOOLS: &[Requirement] = &[("ip", "iproute2")];
+
+fn have(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Installs the packages of missing commands.
+pub fn ensure(requirements: &[Requirement]) -> Result<()> {
+    let missing: Vec<&str> = requirements
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get (are you root on Debian/Ubuntu?)")?;
+        if !status.success() {
+            bail!("apt-get {} failed", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(missing);
+    apt(&install)
+}
