@@ -1,9 +1,12 @@
 //! Names of the programs and maps in the eBPF object. The linker exports exactly these symbols
 //! and the agent looks them up by the same constants, so a rename cannot drift between the two.
 
-/// TC classifier, attached with tcx to ingress (and to egress for host-originated traffic).
-pub const PROG_TC: &str = "kproxy_tc";
-/// XDP program for a NIC's ingress: the same service logic as `PROG_TC`.
+/// TC classifier for the ingress of the interfaces kproxy serves.
+pub const PROG_TC_INGRESS: &str = "kproxy_tc_ingress";
+/// TC classifier for their egress: traffic the node itself routes towards a VIP (host
+/// processes, or pods behind interfaces kproxy does not serve) and replies routed out.
+pub const PROG_TC_EGRESS: &str = "kproxy_tc_egress";
+/// XDP program for a NIC's ingress: the same service logic as the TC programs.
 pub const PROG_XDP: &str = "kproxy_xdp";
 
 pub const MAP_SERVICES: &str = "KP_SERVICES";
@@ -19,7 +22,7 @@ pub const MAP_BE_STATS: &str = "KP_BE_STATS";
 pub const MAP_CONFIG: &str = "KP_CONFIG";
 pub const MAP_FRAGS: &str = "KP_FRAGS";
 
-pub const PROGRAMS: [&str; 2] = [PROG_TC, PROG_XDP];
+pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
 
 pub const MAPS: [&str; 12] = [
     MAP_SERVICES,

@@ -33,12 +33,14 @@ pub enum Counter {
     DropReject,
     /// Fragment of a datagram to a service: cannot be translated without its L4 header.
     DropFragment,
+    /// After DNAT on egress, no route (or no usable neighbour) to the backend.
+    DropNoRoute,
 }
 
 pub const COUNTER_SLOTS: usize = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::Packets,
         Counter::ServicePackets,
         Counter::ReplyPackets,
@@ -52,6 +54,7 @@ impl Counter {
         Counter::DropNat,
         Counter::DropReject,
         Counter::DropFragment,
+        Counter::DropNoRoute,
     ];
 
     /// Stable snake_case name (metrics label, CLI output).
@@ -70,6 +73,7 @@ impl Counter {
             Counter::DropNat => "drop_nat",
             Counter::DropReject => "drop_reject",
             Counter::DropFragment => "drop_fragment",
+            Counter::DropNoRoute => "drop_no_route",
         }
     }
 
@@ -82,6 +86,7 @@ impl Counter {
             Counter::DropNat => Some("nat"),
             Counter::DropReject => Some("reject_failed"),
             Counter::DropFragment => Some("fragment"),
+            Counter::DropNoRoute => Some("no_route"),
             _ => None,
         }
     }

@@ -25,8 +25,10 @@ use crate::{
 pub enum Action {
     /// Not service traffic: untouched.
     Pass,
-    /// Translated; let the kernel route it.
-    Translated,
+    /// Destination translated to a backend: `(saddr, daddr)` of the packet now.
+    Dnat(u32, u32),
+    /// A backend's reply with the VIP restored as its source.
+    ReverseNat,
     /// Replaced by an ICMP reject that goes back out where the packet came in.
     Rejected,
     /// Dropped for the counted reason.
@@ -145,7 +147,7 @@ fn to_service<P: Packet>(
     .map_err(|()| Counter::DropNat)?;
     stats::count(Counter::ServicePackets);
     stats::count_service_packet(svc.id, pkt.len());
-    Ok(Action::Translated)
+    Ok(Action::Dnat(flow.key.saddr, backend.addr))
 }
 
 /// The backend of the flow `flow` belongs to, if the flow is live and its backend still
@@ -284,5 +286,5 @@ fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
         return Action::Drop;
     }
     stats::count(Counter::ReplyPackets);
-    Action::Translated
+    Action::ReverseNat
 }

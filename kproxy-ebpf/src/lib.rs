@@ -9,6 +9,7 @@ mod lb;
 mod maps;
 mod packet;
 mod parse;
+mod route;
 mod stats;
 
 use aya_ebpf::{
@@ -22,14 +23,32 @@ use crate::{
     packet::{TcPacket, XdpPacket},
 };
 
-/// TC classifier for ingress (and egress) of the interfaces kproxy serves.
+/// TC classifier for the ingress of the interfaces kproxy serves.
 ///
 /// Untouched and translated packets return `TC_ACT_UNSPEC` (tcx "next"), so programs after
-/// this one in the tcx chain still see them.
+/// this one in the tcx chain still see them; the kernel routes translated packets as usual.
 #[classifier]
-pub fn kproxy_tc(ctx: TcContext) -> i32 {
-    match lb::handle(&mut TcPacket { ctx: &ctx }) {
-        Action::Pass | Action::Translated => TC_ACT_UNSPEC,
+pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
+    match lb::handle(&mut TcPacket {
+        ctx: &ctx,
+        egress: false,
+    }) {
+        Action::Pass | Action::Dnat(..) | Action::ReverseNat => TC_ACT_UNSPEC,
+        Action::Rejected => TC_ACT_REDIRECT,
+        Action::Drop => TC_ACT_SHOT,
+    }
+}
+
+/// TC classifier for their egress: packets the node routed towards a VIP get DNATed here and
+/// routed again for their backend; rejects go back up to the local stack.
+#[classifier]
+pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
+    match lb::handle(&mut TcPacket {
+        ctx: &ctx,
+        egress: true,
+    }) {
+        Action::Pass | Action::ReverseNat => TC_ACT_UNSPEC,
+        Action::Dnat(saddr, daddr) => route::reroute(&ctx, saddr, daddr),
         Action::Rejected => TC_ACT_REDIRECT,
         Action::Drop => TC_ACT_SHOT,
     }
@@ -39,7 +58,7 @@ pub fn kproxy_tc(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     match lb::handle(&mut XdpPacket { ctx: &ctx }) {
-        Action::Pass | Action::Translated => xdp_action::XDP_PASS,
+        Action::Pass | Action::Dnat(..) | Action::ReverseNat => xdp_action::XDP_PASS,
         Action::Rejected => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,
     }

@@ -10,7 +10,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
@@ -91,6 +91,8 @@ fn read_at<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
 /// A packet seen by a TC (tcx) classifier.
 pub struct TcPacket<'a> {
     pub ctx: &'a TcContext,
+    /// Attached to egress: "back where it came from" is the local stack, not the wire.
+    pub egress: bool,
 }
 
 impl Packet for TcPacket<'_> {
@@ -169,8 +171,13 @@ impl Packet for TcPacket<'_> {
             return Err(());
         }
         self.ctx.store(0, frame, 0).map_err(|_| ())?;
+        let flags = if self.egress {
+            u64::from(BPF_F_INGRESS)
+        } else {
+            0
+        };
         // SAFETY: plain helper call; the verdict TC_ACT_REDIRECT carries it out.
-        unsafe { bpf_redirect(ifindex, 0) };
+        unsafe { bpf_redirect(ifindex, flags) };
         Ok(())
     }
 }

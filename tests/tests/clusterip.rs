@@ -444,6 +444,58 @@ fn the_xdp_program_serves_a_nic() {
 }
 
 #[test]
+fn clients_on_the_node_itself_reach_services_through_egress() {
+    if !require_privileges("clients_on_the_node_itself_reach_services_through_egress") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &web_and_dns(&bed, vip(10), None));
+    bed.write(
+        "empty.yaml",
+        &documents(&[service("empty", vip(20), &[("http", 80, "TCP")], None)]),
+    );
+    let _agent = Agent::start(&bed, &[]);
+    // Host processes reach VIPs through the node's routes (here via the client's link, standing
+    // in for a default gateway): the egress program translates them before they leave.
+    bed.topo
+        .node
+        .ip(&[
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            "198.18.1.2",
+            "dev",
+            "kc",
+        ])
+        .expect("VIP route");
+    let node = &bed.topo.node;
+    let mut counts = BTreeMap::new();
+    for _ in 0..30 {
+        let reply =
+            tcp_request(node, SocketAddrV4::new(vip(10), 80), TIMEOUT).expect("node-local request");
+        assert_eq!(
+            *reply.peer.ip(),
+            Ipv4Addr::new(198, 18, 1, 1),
+            "the node's own source address"
+        );
+        *counts.entry(*reply.backend.ip()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{counts:?}"
+    );
+    udp_request(node, SocketAddrV4::new(vip(53), 53), TIMEOUT).expect("node-local UDP");
+    let err = tcp_request(node, SocketAddrV4::new(vip(20), 80), TIMEOUT).expect_err("no endpoints");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::ConnectionRefused,
+        "the reject reaches the local socket: {err}"
+    );
+}
+
+#[test]
 fn cleanup_detaches_everything() {
     if !require_privileges("cleanup_detaches_everything") {
         return;

@@ -25,6 +25,7 @@ use kproxy_common::names;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     TcIngress,
+    TcEgress,
     Xdp,
 }
 
@@ -32,6 +33,7 @@ impl Hook {
     const fn label(self) -> &'static str {
         match self {
             Self::TcIngress => "tc-ingress",
+            Self::TcEgress => "tc-egress",
             Self::Xdp => "xdp",
         }
     }
@@ -69,8 +71,8 @@ fn link_pin(pin_dir: &Path, hook: Hook, iface: &str) -> Result<PathBuf> {
     Ok(links_dir(pin_dir).join(format!("{}-{}-{iface}", hook.label(), ifindex(iface)?)))
 }
 
-/// Attaches the TC program to the ingress of `tc` and the XDP program to `xdp`, and detaches
-/// kproxy from interfaces no longer listed.
+/// Attaches the TC programs to the ingress and egress of `tc` and the XDP program to `xdp`,
+/// and detaches kproxy from interfaces no longer listed.
 pub fn attach_all(
     ebpf: &mut Ebpf,
     pin_dir: &Path,
@@ -81,15 +83,24 @@ pub fn attach_all(
     let mut wanted = HashSet::new();
     let mut done = Vec::new();
     for iface in tc {
-        let pin = link_pin(pin_dir, Hook::TcIngress, iface)?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(names::PROG_TC)
-            .context("tc program missing")?
-            .try_into()?;
-        let how = attach_tc(prog, iface, &pin)
-            .with_context(|| format!("attaching tc ingress to {iface}"))?;
-        wanted.insert(pin);
-        done.push((iface.clone(), Hook::TcIngress, how));
+        for (hook, program, attach_type) in [
+            (
+                Hook::TcIngress,
+                names::PROG_TC_INGRESS,
+                TcAttachType::Ingress,
+            ),
+            (Hook::TcEgress, names::PROG_TC_EGRESS, TcAttachType::Egress),
+        ] {
+            let pin = link_pin(pin_dir, hook, iface)?;
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .with_context(|| format!("{program} missing"))?
+                .try_into()?;
+            let how = attach_tc(prog, iface, attach_type, &pin)
+                .with_context(|| format!("attaching {} to {iface}", hook.label()))?;
+            wanted.insert(pin);
+            done.push((iface.clone(), hook, how));
+        }
     }
     for iface in xdp {
         let pin = link_pin(pin_dir, Hook::Xdp, iface)?;
@@ -127,7 +138,12 @@ fn pinned_link(pin: &Path) -> Option<FdLink> {
     }
 }
 
-fn attach_tc(prog: &mut SchedClassifier, iface: &str, pin: &Path) -> Result<Attached> {
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    attach_type: TcAttachType,
+    pin: &Path,
+) -> Result<Attached> {
     if let Some(link) = pinned_link(pin) {
         let replaced = SchedClassifierLink::try_from(link)
             .map_err(anyhow::Error::from)
@@ -143,7 +159,7 @@ fn attach_tc(prog: &mut SchedClassifier, iface: &str, pin: &Path) -> Result<Atta
     // Appended to the tcx chain: kproxy returns "next" for what it does not translate.
     let id = prog.attach_with_options(
         iface,
-        TcAttachType::Ingress,
+        attach_type,
         TcAttachOptions::TcxOrder(LinkOrder::default()),
     )?;
     let link: FdLink = prog.take_link(id)?.try_into()?;

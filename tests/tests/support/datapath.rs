@@ -63,7 +63,7 @@ impl LoadedDatapath {
                 data_out: Some(&mut out),
                 ..TestRunOptions::default()
             };
-            let run: Result<_, ProgramError> = if name == names::PROG_TC {
+            let run: Result<_, ProgramError> = if name == names::PROG_TC_INGRESS {
                 <&SchedClassifier>::try_from(prog)
                     .expect("tc program")
                     .test_run(opts)
@@ -78,7 +78,7 @@ impl LoadedDatapath {
 
     /// Runs the TC classifier on `frame`: its verdict and the frame as it leaves.
     pub fn tc(&self, frame: &[u8]) -> (i32, Vec<u8>) {
-        let (ret, out) = self.run(names::PROG_TC, frame);
+        let (ret, out) = self.run(names::PROG_TC_INGRESS, frame);
         (ret as i32, out)
     }
 

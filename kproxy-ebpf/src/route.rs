@@ -1,0 +1,85 @@
+//! Routing again after DNAT on egress. A packet the node sends towards a VIP was routed for
+//! the VIP (say, out of the default route); once its destination is a backend it may belong
+//! on another interface and always needs the backend's (or its gateway's) MAC address.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        TC_ACT_UNSPEC, bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use kproxy_common::stats::Counter;
+
+use crate::stats;
+
+const AF_INET: u8 = 2;
+
+/// Sends the DNATed packet `saddr → daddr` where the routing table says, with the right MACs.
+/// Returns the TC verdict.
+#[inline(always)]
+pub fn reroute(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
+    // SAFETY: the context pointer the kernel passed to this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = saddr;
+    params.__bindgen_anon_4.ipv4_dst = daddr;
+    // Looked up as if received on this interface (as forwarding would): an output lookup would
+    // pin the route to this very interface.
+    // SAFETY: params lives on the stack for the call; the size is its own.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &raw mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&params.dmac);
+            macs[6..].copy_from_slice(&params.smac);
+            if ctx.store(0, &macs, 0).is_err() {
+                stats::count(Counter::DropNoRoute);
+                return TC_ACT_SHOT;
+            }
+            if params.ifindex == ifindex {
+                return TC_ACT_UNSPEC;
+            }
+            // SAFETY: helper call; TC_ACT_REDIRECT carries it out.
+            unsafe { bpf_redirect(params.ifindex, 0) };
+            TC_ACT_REDIRECT
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            // The route is known but the next hop's MAC is not: let the neighbour subsystem
+            // resolve it (ARP) and send the packet.
+            // SAFETY: zeroed is a valid bpf_redir_neigh.
+            let mut nh: bpf_redir_neigh = unsafe { zeroed() };
+            nh.nh_family = u32::from(AF_INET);
+            // SAFETY: on NO_NEIGH the lookup leaves the next hop in ipv4_dst.
+            nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
+            // SAFETY: nh lives on the stack for the call.
+            unsafe {
+                bpf_redirect_neigh(
+                    params.ifindex,
+                    &raw mut nh,
+                    size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
+            };
+            TC_ACT_REDIRECT
+        }
+        _ => {
+            stats::count(Counter::DropNoRoute);
+            TC_ACT_SHOT
+        }
+    }
+}
