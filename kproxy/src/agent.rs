@@ -52,6 +52,8 @@ struct Agent {
     metrics: Metrics,
     /// Problems reported by the last sync, so each is logged once, not on every resync.
     reported: BTreeSet<String>,
+    /// The last garbage collection found the conntrack table over 90% full.
+    conntrack_nearly_full: bool,
 }
 
 /// Runs until `shutdown` resolves. The datapath stays attached afterwards.
@@ -78,6 +80,7 @@ pub async fn run(
             .apply(op)
             .with_context(|| format!("cleaning up {op:?}"))?;
     }
+    metrics.conntrack_capacity.set(i64::from(config.sizes.conntrack));
     let mut agent = Agent {
         config,
         services,
@@ -85,6 +88,7 @@ pub async fn run(
         programmed,
         metrics,
         reported: BTreeSet::new(),
+        conntrack_nearly_full: false,
     };
     // Program first, attach second: once attached, the datapath serves current state.
     agent.sync();
@@ -216,6 +220,14 @@ impl Agent {
         ) {
             Ok(stats) => {
                 self.metrics.conntrack_flows.set(stats.flows as i64);
+                // The conntrack maps are LRU: when full, the oldest flows are evicted silently
+                // by the kernel. Say so while it is close to happening.
+                let capacity = u64::from(self.config.sizes.conntrack);
+                let nearly_full = stats.flows as u64 * 10 >= capacity * 9;
+                if nearly_full && !self.conntrack_nearly_full {
+                    tracing::warn!(flows = stats.flows, capacity, "conntrack table over 90% full; raise --ct-max");
+                }
+                self.conntrack_nearly_full = nearly_full;
                 self.metrics
                     .conntrack_expired_total
                     .inc_by(stats.expired as u64);

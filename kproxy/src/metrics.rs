@@ -23,6 +23,7 @@ pub struct Metrics {
     pub services_programmed: Gauge,
     pub endpoints_programmed: Gauge,
     pub conntrack_flows: Gauge,
+    pub conntrack_capacity: Gauge,
     pub conntrack_expired_total: Counter,
 }
 
@@ -39,6 +40,7 @@ impl Metrics {
             services_programmed: Gauge::default(),
             endpoints_programmed: Gauge::default(),
             conntrack_flows: Gauge::default(),
+            conntrack_capacity: Gauge::default(),
             conntrack_expired_total: Counter::default(),
         };
         registry.register(

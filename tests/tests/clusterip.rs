@@ -127,6 +127,33 @@ fn client_ip_affinity_keeps_a_client_on_one_backend() {
 }
 
 #[test]
+fn client_ip_affinity_expires_after_its_timeout_without_traffic() {
+    if !require_privileges("client_ip_affinity_expires_after_its_timeout_without_traffic") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &web_and_dns(&bed, vip(10), Some(2)));
+    let _agent = Agent::start(&bed, &[]);
+    let target = SocketAddrV4::new(vip(10), 80);
+    let request = || tcp_request(&bed.topo.client, target, TIMEOUT).expect("request").backend;
+    let first = request();
+    assert_eq!(request(), first);
+    // Traffic on an open connection keeps the affinity alive past its timeout...
+    let mut session = TcpSession::connect(&bed.topo.client, target, TIMEOUT).expect("connect");
+    for _ in 0..8 {
+        assert_eq!(session.request().expect("keep-alive request").backend, first);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    drop(session);
+    assert_eq!(request(), first, "3.2 s of traffic kept the 2 s affinity");
+    // ...and 2 s without any makes the next connection choose afresh (round-robin moves on).
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = request();
+    assert_ne!(after, first, "the affinity expired");
+    assert_eq!(request(), after, "and a new one started");
+}
+
+#[test]
 fn a_service_without_endpoints_refuses_connections_at_once() {
     if !require_privileges("a_service_without_endpoints_refuses_connections_at_once") {
         return;

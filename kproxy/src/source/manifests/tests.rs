@@ -152,3 +152,25 @@ fn reads_a_directory_in_name_order_skipping_other_files() {
     assert_eq!(missing.problems[0].kind, ProblemKind::Read);
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn the_sample_manifests_are_clean() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let snap = read_path(&examples);
+    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    let (desired, problems) = crate::model::desired_state(&snap.services, &snap.slices);
+    assert!(problems.is_empty(), "{problems:?}");
+    let frontends: Vec<String> = desired
+        .iter()
+        .map(|(k, f)| format!("{k} {} {:?}", f.endpoints.len(), f.affinity_timeout_s))
+        .collect();
+    assert_eq!(
+        frontends,
+        [
+            "198.19.0.10:80/TCP 3 None",
+            "198.19.0.11:80/TCP 3 Some(600)",
+            "198.19.0.12:80/TCP 0 None",
+            "198.19.0.53:53/UDP 3 None",
+        ]
+    );
+}
