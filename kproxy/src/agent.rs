@@ -80,7 +80,9 @@ pub async fn run(
             .apply(op)
             .with_context(|| format!("cleaning up {op:?}"))?;
     }
-    metrics.conntrack_capacity.set(i64::from(config.sizes.conntrack));
+    metrics
+        .conntrack_capacity
+        .set(i64::from(config.sizes.conntrack));
     let mut agent = Agent {
         config,
         services,
@@ -225,7 +227,11 @@ impl Agent {
                 let capacity = u64::from(self.config.sizes.conntrack);
                 let nearly_full = stats.flows as u64 * 10 >= capacity * 9;
                 if nearly_full && !self.conntrack_nearly_full {
-                    tracing::warn!(flows = stats.flows, capacity, "conntrack table over 90% full; raise --ct-max");
+                    tracing::warn!(
+                        flows = stats.flows,
+                        capacity,
+                        "conntrack table over 90% full; raise --ct-max"
+                    );
                 }
                 self.conntrack_nearly_full = nearly_full;
                 self.metrics

@@ -135,13 +135,20 @@ fn client_ip_affinity_expires_after_its_timeout_without_traffic() {
     bed.write("apps.yaml", &web_and_dns(&bed, vip(10), Some(2)));
     let _agent = Agent::start(&bed, &[]);
     let target = SocketAddrV4::new(vip(10), 80);
-    let request = || tcp_request(&bed.topo.client, target, TIMEOUT).expect("request").backend;
+    let request = || {
+        tcp_request(&bed.topo.client, target, TIMEOUT)
+            .expect("request")
+            .backend
+    };
     let first = request();
     assert_eq!(request(), first);
     // Traffic on an open connection keeps the affinity alive past its timeout...
     let mut session = TcpSession::connect(&bed.topo.client, target, TIMEOUT).expect("connect");
     for _ in 0..8 {
-        assert_eq!(session.request().expect("keep-alive request").backend, first);
+        assert_eq!(
+            session.request().expect("keep-alive request").backend,
+            first
+        );
         std::thread::sleep(Duration::from_millis(400));
     }
     drop(session);
