@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::Command, time::Instant};
 use anyhow::{Context, Result, bail};
 use kproxy_common::names::{MAPS, PROGRAMS};
 
-use crate::{target_dir, tools, workspace_root};
+use crate::{capture, cargo, run_checked, target_dir, tools};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -33,30 +33,26 @@ pub fn run(_opts: &Options) -> Result<PathBuf> {
     let host = host_triple()?;
     // A target dir of its own: these RUSTFLAGS would otherwise invalidate the host build cache.
     let bitcode_dir = target_dir().join("ebpf");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--package",
-            "kproxy-ebpf",
-            "--profile",
-            "bpf",
-            "--target",
-            &host,
-        ])
-        .arg("--target-dir")
-        .arg(&bitcode_dir)
-        // With an explicit --target these flags reach only the target crates, not build scripts.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-Clinker-plugin-lto", "-Cdebuginfo=2"].join("\x1f"),
-        )
-        .env_remove("RUSTFLAGS")
-        .status()
-        .context("running cargo build for kproxy-ebpf")?;
-    if !status.success() {
-        bail!("building kproxy-ebpf failed");
-    }
+    run_checked(
+        cargo()
+            .args([
+                "build",
+                "--package",
+                "kproxy-ebpf",
+                "--profile",
+                "bpf",
+                "--target",
+                &host,
+            ])
+            .arg("--target-dir")
+            .arg(&bitcode_dir)
+            // With an explicit --target these flags reach the target crates, not build scripts.
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Clinker-plugin-lto\x1f-Cdebuginfo=2",
+            )
+            .env_remove("RUSTFLAGS"),
+    )?;
     let archive = bitcode_dir.join(&host).join("bpf").join("libkproxy_ebpf.a");
     let out = object_path();
     std::fs::create_dir_all(out.parent().context("object path has a parent")?)?;
@@ -89,11 +85,7 @@ pub fn run(_opts: &Options) -> Result<PathBuf> {
 }
 
 pub fn host_triple() -> Result<String> {
-    let out = Command::new("rustc")
-        .arg("-vV")
-        .output()
-        .context("running rustc -vV")?;
-    String::from_utf8(out.stdout)?
+    capture(Command::new("rustc").arg("-vV"))?
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
         .map(str::to_owned)

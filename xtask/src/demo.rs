@@ -17,19 +17,12 @@ use kproxy_testbed::{
     udp_server,
 };
 
-use crate::{build_ebpf, deps, target_dir, workspace_root};
+use crate::{build_ebpf, cargo, deps, run_checked, target_dir, workspace_root};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn build_agent() -> Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args(["build", "--package", "kproxy"])
-        .status()
-        .context("building kproxy")?;
-    if !status.success() {
-        bail!("building kproxy failed");
-    }
+    run_checked(cargo().args(["build", "--package", "kproxy"]))?;
     Ok(target_dir().join("debug").join("kproxy"))
 }
 

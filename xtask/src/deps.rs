@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+
+use crate::run_checked;
 
 /// (command that must exist, Debian package providing it)
 pub type Requirement = (&'static str, &'static str);
@@ -29,16 +31,13 @@ pub fn ensure(requirements: &[Requirement]) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    let apt = |args: &[&str]| -> Result<()> {
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get (are you root on Debian/Ubuntu?)")?;
-        if !status.success() {
-            bail!("apt-get {} failed", args.join(" "));
-        }
-        Ok(())
+    let apt = |args: &[&str]| {
+        run_checked(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("apt-get (kproxy's tasks need root on Debian or Ubuntu)")
     };
     apt(&["update", "-q"])?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];

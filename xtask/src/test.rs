@@ -1,10 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in the order a failure is cheapest to find.
 
-use std::process::Command;
+use anyhow::Result;
 
-use anyhow::{Context, Result, bail};
-
-use crate::{build_ebpf, deps, workspace_root};
+use crate::{build_ebpf, cargo, deps, run_checked};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -16,30 +14,21 @@ pub struct Options {
     pub cargo_test_args: Vec<String>,
 }
 
-fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args(args)
-        .args(extra)
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed", args.join(" "));
-    }
-    Ok(())
+fn cargo_checked(args: &[&str], extra: &[String]) -> Result<()> {
+    run_checked(cargo().args(args).args(extra))
 }
 
 pub fn run(opts: &Options) -> Result<()> {
     deps::ensure(deps::TEST_TOOLS)?;
     build_ebpf::run(&build_ebpf::Options::default())?;
     if !opts.no_lint {
-        cargo(&["fmt", "--all", "--check"], &[])?;
-        cargo(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;
+        cargo_checked(&["fmt", "--all", "--check"], &[])?;
+        cargo_checked(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;
         // The eBPF crate as the build compiles it (host target, no_std, panic=abort); its own
         // target dir keeps the bitcode build's cache intact.
         let ebpf_target = crate::target_dir().join("ebpf-clippy");
         let host = build_ebpf::host_triple()?;
-        cargo(
+        cargo_checked(
             &[
                 "clippy",
                 "--package",
@@ -61,5 +50,5 @@ pub fn run(opts: &Options) -> Result<()> {
     // Root/BPF tests skip loudly outside CI; with CI=true a missing privilege fails them.
     let mut extra = vec!["--".to_owned()];
     extra.extend(opts.cargo_test_args.iter().cloned());
-    cargo(&["test"], &extra)
+    cargo_checked(&["test"], &extra)
 }

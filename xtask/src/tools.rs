@@ -6,23 +6,15 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-use crate::workspace_root;
+use crate::{capture, cargo, run_checked, workspace_root};
 
 /// bpf-linker release known to retarget host bitcode with this toolchain's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn tools_dir() -> PathBuf {
     workspace_root().join(".tools")
-}
-
-fn capture(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Path to a working bpf-linker, installing it first if needed.
@@ -41,18 +33,15 @@ pub fn bpf_linker() -> Result<PathBuf> {
         root.display()
     );
     let (llvm_prefix, major) = rust_llvm_prefix()?;
-    let status = Command::new(env!("CARGO"))
-        .args(["install", "bpf-linker", "--locked", "--no-default-features"])
-        .args(["--version", BPF_LINKER_VERSION, "--features"])
-        .arg(format!("llvm-{major}"))
-        .arg("--root")
-        .arg(&root)
-        .env("LLVM_PREFIX", &llvm_prefix)
-        .status()
-        .context("running cargo install bpf-linker")?;
-    if !status.success() {
-        bail!("cargo install bpf-linker failed");
-    }
+    run_checked(
+        cargo()
+            .args(["install", "bpf-linker", "--locked", "--no-default-features"])
+            .args(["--version", BPF_LINKER_VERSION, "--features"])
+            .arg(format!("llvm-{major}"))
+            .arg("--root")
+            .arg(&root)
+            .env("LLVM_PREFIX", &llvm_prefix),
+    )?;
     Ok(bin)
 }
 

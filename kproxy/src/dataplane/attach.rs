@@ -138,55 +138,67 @@ fn pinned_link(pin: &Path) -> Option<FdLink> {
     }
 }
 
+/// Attaches `prog` through the link pinned at `pin`: swaps the program of an existing link
+/// (`replace`), or creates and pins a new one (`attach`) when there is none or it is unusable.
+fn attach_pinned<P>(
+    prog: &mut P,
+    iface: &str,
+    pin: &Path,
+    replace: impl FnOnce(&mut P, FdLink) -> Result<()>,
+    attach: impl FnOnce(&mut P) -> Result<FdLink>,
+) -> Result<Attached> {
+    if let Some(link) = pinned_link(pin) {
+        match replace(prog, link) {
+            Ok(()) => return Ok(Attached::Replaced),
+            Err(e) => {
+                tracing::warn!(%iface, pin = %pin.display(), error = %format!("{e:#}"), "pinned link unusable; attaching anew");
+                std::fs::remove_file(pin)?;
+            }
+        }
+    }
+    attach(prog)?.pin(pin)?;
+    Ok(Attached::New)
+}
+
 fn attach_tc(
     prog: &mut SchedClassifier,
     iface: &str,
     attach_type: TcAttachType,
     pin: &Path,
 ) -> Result<Attached> {
-    if let Some(link) = pinned_link(pin) {
-        let replaced = SchedClassifierLink::try_from(link)
-            .map_err(anyhow::Error::from)
-            .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
-        match replaced {
-            Ok(_) => return Ok(Attached::Replaced),
-            Err(e) => {
-                tracing::warn!(%iface, error = %format!("{e:#}"), "pinned tc link unusable; attaching anew");
-                std::fs::remove_file(pin)?;
-            }
-        }
-    }
-    // Appended to the tcx chain: kproxy returns "next" for what it does not translate.
-    let id = prog.attach_with_options(
+    attach_pinned(
+        prog,
         iface,
-        attach_type,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )?;
-    let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(pin)?;
-    Ok(Attached::New)
+        pin,
+        |prog, link| {
+            prog.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+            Ok(())
+        },
+        |prog| {
+            // Appended to the tcx chain: kproxy returns "next" for what it does not translate.
+            let order = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let id = prog.attach_with_options(iface, attach_type, order)?;
+            Ok(prog.take_link(id)?.try_into()?)
+        },
+    )
 }
 
 fn attach_xdp(prog: &mut Xdp, iface: &str, pin: &Path) -> Result<Attached> {
-    if let Some(link) = pinned_link(pin) {
-        let replaced = XdpLink::try_from(link)
-            .map_err(anyhow::Error::from)
-            .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
-        match replaced {
-            Ok(_) => return Ok(Attached::Replaced),
-            Err(e) => {
-                tracing::warn!(%iface, error = %format!("{e:#}"), "pinned xdp link unusable; attaching anew");
-                std::fs::remove_file(pin)?;
-            }
-        }
-    }
-    let id = prog.attach(iface, XdpMode::default())?;
-    let link: FdLink = prog
-        .take_link(id)?
-        .try_into()
-        .context("XDP attached without a BPF link (kernel too old to pin it)")?;
-    link.pin(pin)?;
-    Ok(Attached::New)
+    attach_pinned(
+        prog,
+        iface,
+        pin,
+        |prog, link| {
+            prog.attach_to_link(XdpLink::try_from(link)?)?;
+            Ok(())
+        },
+        |prog| {
+            let id = prog.attach(iface, XdpMode::default())?;
+            prog.take_link(id)?
+                .try_into()
+                .context("XDP attached without a BPF link (kernel too old to pin it)")
+        },
+    )
 }
 
 /// `bpf(cmd, attr)` with a zeroed, 128-byte `union bpf_attr` whose first words are `words`.

@@ -12,6 +12,12 @@ use k8s_openapi::{
 
 use super::LABEL_SERVICE_NAME;
 
+fn add_label(meta: &mut ObjectMeta, key: &str, value: &str) {
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.into(), value.into());
+}
+
 fn meta(namespace: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
         namespace: Some(namespace.into()),
@@ -77,11 +83,7 @@ impl ServiceBuilder {
     }
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.0
-            .metadata
-            .labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(key.into(), value.into());
+        add_label(&mut self.0.metadata, key, value);
         self
     }
 
@@ -141,11 +143,7 @@ impl SliceBuilder {
     }
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.0
-            .metadata
-            .labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(key.into(), value.into());
+        add_label(&mut self.0.metadata, key, value);
         self
     }
 
