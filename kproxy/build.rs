@@ -16,12 +16,11 @@ fn main() {
         PathBuf::from,
     );
     println!("cargo:rerun-if-changed={}", object.display());
-    if !object.is_file() {
-        panic!(
-            "\n\nkproxy embeds its eBPF object, which is missing at {}.\n\
-             Build it first with:\n\n    cargo xtask build-ebpf\n\n",
-            object.display()
-        );
-    }
+    assert!(
+        object.is_file(),
+        "\n\nkproxy embeds its eBPF object, which is missing at {}.\n\
+         Build it first with:\n\n    cargo xtask build-ebpf\n\n",
+        object.display()
+    );
     println!("cargo:rustc-env=KPROXY_BPF_OBJECT={}", object.display());
 }

@@ -1,6 +1,15 @@
 //! kproxy's datapath: the same service load balancer behind a TC (tcx) classifier and an XDP
 //! program. Entry points are thin: they wrap the context and map the outcome to a verdict.
 #![no_std]
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_ptr_alignment,
+    reason = "packet offsets and lengths are far below every target width, checked conversions \
+              would add panic paths the verifier rejects, and packet pointers are only used with \
+              read_unaligned/write_unaligned"
+)]
 
 mod conntrack;
 mod csum;
@@ -28,6 +37,7 @@ use crate::{
 /// Untouched and translated packets return `TC_ACT_UNSPEC` (tcx "next"), so programs after
 /// this one in the tcx chain still see them; the kernel routes translated packets as usual.
 #[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
     match lb::handle(&mut TcPacket {
         ctx: &ctx,
@@ -42,6 +52,7 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
 /// TC classifier for their egress: packets the node routed towards a VIP get DNATed here and
 /// routed again for their backend; rejects go back up to the local stack.
 #[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
     match lb::handle(&mut TcPacket {
         ctx: &ctx,
@@ -56,6 +67,7 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
 
 /// XDP program for a NIC's ingress.
 #[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     match lb::handle(&mut XdpPacket { ctx: &ctx }) {
         Action::Pass | Action::Dnat(..) | Action::ReverseNat => xdp_action::XDP_PASS,

@@ -17,7 +17,7 @@ use crate::{
         load::{self, MapSizes},
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
     },
-    metrics::{KindLabel, Metrics},
+    metrics::{KindLabel, Metrics, gauge},
     model,
     problem::Problem,
     source::{manifests, watch},
@@ -103,7 +103,7 @@ pub async fn run(
         match how {
             Attached::New => tracing::info!(%iface, ?hook, "attached"),
             Attached::Replaced => {
-                tracing::info!(%iface, ?hook, "replaced the program of the existing link")
+                tracing::info!(%iface, ?hook, "replaced the program of the existing link");
             }
         }
     }
@@ -161,10 +161,10 @@ impl Agent {
         self.metrics.map_ops_total.inc_by(report.ops as u64);
         self.metrics
             .services_programmed
-            .set(self.programmed.frontends().len() as i64);
+            .set(gauge(self.programmed.frontends().len()));
         self.metrics
             .endpoints_programmed
-            .set(self.programmed.backend_count() as i64);
+            .set(gauge(self.programmed.backend_count()));
         if report.changed() {
             tracing::info!(
                 added = report.added,
@@ -172,7 +172,7 @@ impl Agent {
                 removed = report.removed,
                 map_ops = report.ops,
                 frontends = self.programmed.frontends().len(),
-                elapsed_us = elapsed.as_micros() as u64,
+                elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 "synced"
             );
         }
@@ -221,7 +221,7 @@ impl Agent {
             monotonic_ns(),
         ) {
             Ok(stats) => {
-                self.metrics.conntrack_flows.set(stats.flows as i64);
+                self.metrics.conntrack_flows.set(gauge(stats.flows));
                 // The conntrack maps are LRU: when full, the oldest flows are evicted silently
                 // by the kernel. Say so while it is close to happening.
                 let capacity = u64::from(self.config.sizes.conntrack);
@@ -242,7 +242,7 @@ impl Agent {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "conntrack garbage collection failed")
+                tracing::warn!(error = %format!("{e:#}"), "conntrack garbage collection failed");
             }
         }
     }

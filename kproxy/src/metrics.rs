@@ -87,3 +87,8 @@ impl Metrics {
         m
     }
 }
+
+/// A count as a gauge value.
+pub fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -350,8 +350,9 @@ fn fragment(frame: &[u8], split: usize) -> (Vec<u8>, Vec<u8>) {
             .chunks(2)
             .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
             .sum::<u32>();
-        let folded = (sum & 0xffff) + (sum >> 16);
-        part[24..26].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+        let folded =
+            u16::try_from((sum & 0xffff) + (sum >> 16)).expect("20 header bytes fold once");
+        part[24..26].copy_from_slice(&(!folded).to_be_bytes());
     }
     (first, later)
 }

@@ -31,8 +31,10 @@ struct RunningAgent(Child);
 
 impl Drop for RunningAgent {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
         let _ = self.0.wait();
     }
 }
@@ -65,23 +67,14 @@ pub fn run() -> Result<()> {
     let topo = Topology::build(TopologyOptions::default())?;
     let backends: Vec<Ipv4Addr> = (0..3).map(|i| topo.backend_addr(i)).collect();
     let mut servers = Vec::new();
-    for (i, ns) in topo.backends.iter().enumerate() {
-        servers.push(tcp_server(ns, SocketAddrV4::new(backends[i], 8080))?);
-        servers.push(udp_server(ns, SocketAddrV4::new(backends[i], 5353))?);
+    for (ns, addr) in topo.backends.iter().zip(&backends) {
+        servers.push(tcp_server(ns, SocketAddrV4::new(*addr, 8080))?);
+        servers.push(udp_server(ns, SocketAddrV4::new(*addr, 5353))?);
     }
     let bpffs = BpfFs::new()?;
     let pin_dir = bpffs.pin_path("kproxy");
     let work = tempfile::Builder::new().prefix("kpt-demo-").tempdir()?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir(&manifests)?;
-    let examples = workspace_root().join("deploy/examples");
-    for entry in std::fs::read_dir(&examples)? {
-        let path = entry?.path();
-        std::fs::copy(
-            &path,
-            manifests.join(path.file_name().context("file name")?),
-        )?;
-    }
+    let manifests = copy_examples(work.path())?;
 
     println!("\n== kproxy demo ==");
     println!(
@@ -89,96 +82,27 @@ pub fn run() -> Result<()> {
         topo.node.name(),
         topo.node_ifaces().join(", ")
     );
+    let list: Vec<String> = backends.iter().map(ToString::to_string).collect();
     println!(
         "client {}   backends {}",
         topo.client_addr(),
-        backends
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        list.join(", ")
     );
     println!(
         "manifests: {} (copied from deploy/examples)\n",
         manifests.display()
     );
 
-    let log = work.path().join("agent.log");
-    let mut child = topo
-        .node
-        .command(&kproxy)
-        .arg("run")
-        .arg("--manifests")
-        .arg(&manifests)
-        .args([
-            "--node-name",
-            "demo-node",
-            "--attach",
-            &topo.node_ifaces().join(","),
-        ])
-        .arg("--pin-dir")
-        .arg(&pin_dir)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("starting kproxy")?;
-    wait_ready(&log, &mut child)?;
-    let agent = RunningAgent(child);
-    println!("kproxy is running (log: {}):", log.display());
-    for line in std::fs::read_to_string(&log)?.lines() {
-        println!("  | {line}");
-    }
-
-    let web = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 10), 80);
-    let mut spread: BTreeMap<SocketAddrV4, usize> = BTreeMap::new();
-    let mut source_kept = true;
-    for _ in 0..30 {
-        let reply = tcp_request(&topo.client, web, TIMEOUT).context("request to web")?;
-        source_kept &= *reply.peer.ip() == topo.client_addr();
-        *spread.entry(reply.backend).or_default() += 1;
-    }
-    println!("\nweb {web}: 30 new TCP connections, round-robin");
-    for (backend, n) in &spread {
-        println!("  {backend:<18} {:<30} {n}", "#".repeat(*n));
-    }
-    if source_kept {
-        println!(
-            "  every backend saw the client's own address {} (no SNAT)",
-            topo.client_addr()
-        );
-    }
-
-    let sticky = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 80);
-    let mut sticky_backends = BTreeMap::<SocketAddrV4, usize>::new();
-    for _ in 0..10 {
-        *sticky_backends
-            .entry(tcp_request(&topo.client, sticky, TIMEOUT)?.backend)
-            .or_default() += 1;
-    }
-    println!("\nsticky {sticky}: ClientIP session affinity, 10 connections");
-    for (backend, n) in &sticky_backends {
-        println!("  {backend:<18} {:<30} {n}", "#".repeat(*n));
-    }
-
-    let down = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 80);
-    let started = Instant::now();
-    match tcp_request(&topo.client, down, TIMEOUT) {
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-            println!(
-                "\ndown {down}: no endpoints -> connection refused after {:.1?}",
-                started.elapsed()
-            );
-        }
-        other => println!("\ndown {down}: unexpected {other:?}"),
-    }
-
-    let dns = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 53), 53);
-    let reply = udp_request(&topo.client, dns, TIMEOUT).context("udp request")?;
-    println!(
-        "\ndns {dns}/UDP: the reply came from the VIP (a connected socket accepted it), served by {}",
-        reply.backend
-    );
+    let agent = start_agent(
+        &topo,
+        &kproxy,
+        &manifests,
+        &pin_dir,
+        &work.path().join("agent.log"),
+    )?;
+    show_round_robin(&topo)?;
+    show_affinity(&topo)?;
+    show_reject_and_udp(&topo)?;
 
     println!("\n$ kproxy services --pin-dir {}", pin_dir.display());
     let out = Command::new(&kproxy)
@@ -201,5 +125,113 @@ pub fn run() -> Result<()> {
     drop(servers);
     drop(topo);
     println!("namespaces removed. Done.");
+    Ok(())
+}
+
+/// Copies deploy/examples into `work/manifests`, the directory the agent watches.
+fn copy_examples(work: &Path) -> Result<PathBuf> {
+    let manifests = work.join("manifests");
+    std::fs::create_dir(&manifests)?;
+    for entry in std::fs::read_dir(workspace_root().join("deploy/examples"))? {
+        let path = entry?.path();
+        std::fs::copy(
+            &path,
+            manifests.join(path.file_name().context("file name")?),
+        )?;
+    }
+    Ok(manifests)
+}
+
+fn start_agent(
+    topo: &Topology,
+    kproxy: &Path,
+    manifests: &Path,
+    pin_dir: &Path,
+    log: &Path,
+) -> Result<RunningAgent> {
+    let mut child = topo
+        .node
+        .command(kproxy)
+        .arg("run")
+        .arg("--manifests")
+        .arg(manifests)
+        .args([
+            "--node-name",
+            "demo-node",
+            "--attach",
+            &topo.node_ifaces().join(","),
+        ])
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("starting kproxy")?;
+    wait_ready(log, &mut child)?;
+    println!("kproxy is running (log: {}):", log.display());
+    for line in std::fs::read_to_string(log)?.lines() {
+        println!("  | {line}");
+    }
+    Ok(RunningAgent(child))
+}
+
+fn print_histogram(counts: &BTreeMap<SocketAddrV4, usize>) {
+    for (backend, n) in counts {
+        println!("  {backend:<18} {:<30} {n}", "#".repeat(*n));
+    }
+}
+
+fn show_round_robin(topo: &Topology) -> Result<()> {
+    let web = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 10), 80);
+    let mut spread = BTreeMap::new();
+    let mut source_kept = true;
+    for _ in 0..30 {
+        let reply = tcp_request(&topo.client, web, TIMEOUT).context("request to web")?;
+        source_kept &= *reply.peer.ip() == topo.client_addr();
+        *spread.entry(reply.backend).or_default() += 1;
+    }
+    println!("\nweb {web}: 30 new TCP connections, round-robin");
+    print_histogram(&spread);
+    if source_kept {
+        println!(
+            "  every backend saw the client's own address {} (no SNAT)",
+            topo.client_addr()
+        );
+    }
+    Ok(())
+}
+
+fn show_affinity(topo: &Topology) -> Result<()> {
+    let sticky = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 80);
+    let mut counts = BTreeMap::new();
+    for _ in 0..10 {
+        *counts
+            .entry(tcp_request(&topo.client, sticky, TIMEOUT)?.backend)
+            .or_default() += 1;
+    }
+    println!("\nsticky {sticky}: ClientIP session affinity, 10 connections");
+    print_histogram(&counts);
+    Ok(())
+}
+
+fn show_reject_and_udp(topo: &Topology) -> Result<()> {
+    let down = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 80);
+    let started = Instant::now();
+    match tcp_request(&topo.client, down, TIMEOUT) {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+            println!(
+                "\ndown {down}: no endpoints -> connection refused after {:.1?}",
+                started.elapsed()
+            );
+        }
+        other => println!("\ndown {down}: unexpected {other:?}"),
+    }
+    let dns = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 53), 53);
+    let reply = udp_request(&topo.client, dns, TIMEOUT).context("udp request")?;
+    println!(
+        "\ndns {dns}/UDP: the reply came from the VIP (a connected socket accepted it), served by {}",
+        reply.backend
+    );
     Ok(())
 }

@@ -232,9 +232,10 @@ fn detach_pinned_link(pin: &Path) -> Result<()> {
     // attr.pathname is a u64 holding the pointer.
     let fd = bpf_syscall(BPF_OBJ_GET, &[path.as_ptr() as u64])
         .with_context(|| format!("opening {}", pin.display()))?;
-    let detached = bpf_syscall(BPF_LINK_DETACH, &[fd as u64]);
+    let fd = i32::try_from(fd).context("BPF_OBJ_GET returned an out-of-range fd")?;
+    let detached = bpf_syscall(BPF_LINK_DETACH, &[u64::from(fd.unsigned_abs())]);
     // SAFETY: `fd` came from BPF_OBJ_GET above and is closed once.
-    unsafe { libc::close(fd as i32) };
+    unsafe { libc::close(fd) };
     detached.with_context(|| format!("detaching {}", pin.display()))?;
     std::fs::remove_file(pin)?;
     Ok(())

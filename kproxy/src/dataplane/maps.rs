@@ -243,7 +243,7 @@ impl FlowMaps {
         }
         stats.flows /= 2;
         let mut stale = Vec::new();
-        for item in self.affinity.iter() {
+        for item in &self.affinity {
             let (key, value) = item?;
             // The longest affinity timeout Kubernetes allows is one day.
             let too_old = now_ns.saturating_sub(value.last_seen_ns) > 86_400 * 1_000_000_000;

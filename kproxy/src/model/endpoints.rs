@@ -91,18 +91,15 @@ pub(super) fn endpoints_for(
             let Some(first) = ep.addresses.first() else {
                 continue;
             };
-            let addr = match parse_ip_sloppy(first) {
-                Some(IpAddr::V4(a)) => a,
-                _ => {
-                    problems.push(
-                        Problem::new(
-                            ProblemKind::InvalidEndpoint,
-                            format!("invalid IPv4 endpoint address {first:?}; endpoint skipped"),
-                        )
-                        .object(object()),
-                    );
-                    continue;
-                }
+            let Some(IpAddr::V4(addr)) = parse_ip_sloppy(first) else {
+                problems.push(
+                    Problem::new(
+                        ProblemKind::InvalidEndpoint,
+                        format!("invalid IPv4 endpoint address {first:?}; endpoint skipped"),
+                    )
+                    .object(object()),
+                );
+                continue;
             };
             *found.entry(Endpoint { addr, port: number }).or_default() |= is_ready(ep);
         }

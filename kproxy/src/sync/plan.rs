@@ -1,6 +1,6 @@
 //! The programmed state and the sync that moves it to a desired state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use kproxy_common::lb::MAX_BACKENDS_PER_SERVICE;
 
@@ -216,7 +216,7 @@ impl Programmed {
                 service: Some(frontend.service.clone()),
                 svc_id,
                 bank: 0,
-                bank_len: [backends.len() as u32, 0],
+                bank_len: [slot_count(&backends), 0],
                 affinity_timeout_s: frontend.affinity_timeout_s,
                 backends,
                 needs_rewrite: false,
@@ -293,15 +293,15 @@ fn update_change(
         backends.len(),
         frontend.affinity_timeout_s,
     ));
-    let staying: HashMap<Endpoint, ()> = backends.iter().map(|(ep, _)| (*ep, ())).collect();
+    let staying: HashSet<Endpoint> = backends.iter().map(|(ep, _)| *ep).collect();
     ops.extend(
         old.backends
             .iter()
-            .filter(|(ep, _)| !staying.contains_key(ep))
+            .filter(|(ep, _)| !staying.contains(ep))
             .map(|(_, id)| MapOp::DeleteBackend { id: *id }),
     );
     let mut bank_len = old.bank_len;
-    bank_len[usize::from(bank)] = backends.len() as u32;
+    bank_len[usize::from(bank)] = slot_count(&backends);
     Change {
         ops,
         after: Some(ProgrammedFrontend {
@@ -332,6 +332,11 @@ fn change_or_rename(
     Some(change)
 }
 
+/// Slots a (capped) backend list fills.
+fn slot_count(backends: &[(Endpoint, u32)]) -> u32 {
+    u32::try_from(backends.len()).expect("backend lists are capped to MAX_BACKENDS_PER_SERVICE")
+}
+
 /// The datapath's count is a u16; more endpoints than that are not programmed.
 fn capped(endpoints: &[Endpoint]) -> &[Endpoint] {
     &endpoints[..endpoints.len().min(MAX_BACKENDS_PER_SERVICE as usize)]
@@ -360,7 +365,7 @@ fn slot_ops(
     backends: &[(Endpoint, u32)],
     bank_len_before: u32,
 ) -> Vec<MapOp> {
-    let n = backends.len() as u32;
+    let n = slot_count(backends);
     let mut ops: Vec<MapOp> = backends
         .iter()
         .zip(0..)

@@ -186,13 +186,14 @@ fn repeated_updates_leave_no_stale_slots() {
         );
         assert!(report.problems.is_empty());
         let f = &programmed.frontends()[&web];
-        let present = |bank: u8| dp.slots.keys().filter(|(_, b, _)| *b == bank).count() as u32;
+        let present = |bank: u8| dp.slots.keys().filter(|(_, b, _)| *b == bank).count();
         assert_eq!(
             present(f.bank),
-            endpoints.len() as u32,
+            endpoints.len(),
             "active bank holds exactly the set"
         );
-        assert!(present(1 - f.bank) <= f.bank_len[usize::from(1 - f.bank)]);
+        let inactive = 1 - f.bank;
+        assert!(present(inactive) <= f.bank_len[usize::from(inactive)] as usize);
         assert_eq!(
             dp.backends.len(),
             endpoints.len(),

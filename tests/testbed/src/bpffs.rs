@@ -153,7 +153,7 @@ mod tests {
         let c = c_path(path).unwrap();
         // SAFETY: statfs is plain data; c is NUL-terminated.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &raw mut st) }, 0);
         st.f_type as i64
     }
 

@@ -44,8 +44,9 @@ pub(crate) fn create_array_map() -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd = libc::c_int::try_from(fd).map_err(io::Error::other)?;
     // SAFETY: fd is the map descriptor just returned, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Pins the BPF object `fd` at `path`, which must be inside a bpffs.
@@ -58,7 +59,7 @@ pub(crate) fn pin(fd: &OwnedFd, path: &std::path::Path) -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let attr = ObjPinAttr {
         pathname: c_path.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
+        bpf_fd: fd.as_raw_fd().unsigned_abs(),
         file_flags: 0,
     };
     // SAFETY: attr is valid and points to a NUL-terminated path that outlives the call.

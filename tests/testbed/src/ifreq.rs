@@ -35,7 +35,7 @@ pub(crate) fn hwaddr(name: &str) -> io::Result<[u8; 6]> {
     let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
     let mut mac = [0u8; 6];
     for (byte, value) in mac.iter_mut().zip(data) {
-        *byte = value as u8;
+        *byte = value.to_ne_bytes()[0];
     }
     Ok(mac)
 }
@@ -70,7 +70,7 @@ fn request(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain data for which all-zero bytes are valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (slot, byte) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *slot = byte as libc::c_char;
+        *slot = libc::c_char::from_ne_bytes([byte]);
     }
     Ok(req)
 }
@@ -85,7 +85,7 @@ fn ioctl(request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
     // SAFETY: fd is a fresh descriptor owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: req is a valid ifreq (and its ifru_data, if set, points to a live ethtool_value).
-    if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, req as *mut libc::ifreq) } < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, std::ptr::from_mut(req)) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -33,7 +33,7 @@ impl Netns {
         {
             let _serial = CREATE_LOCK
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             run_ip(&["netns", "add", name])?;
         }
         let ns = Netns {

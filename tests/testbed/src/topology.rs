@@ -30,7 +30,7 @@ pub const MAX_BACKENDS: usize = 252;
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// What to build.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct TopologyOptions {
     /// Number of backend namespaces (at most [`MAX_BACKENDS`]).
     pub backends: usize,
@@ -84,9 +84,10 @@ impl Topology {
         let backends = (1..=opts.backends)
             .map(|i| Netns::create(&format!("{prefix}-b{i}")))
             .collect::<Result<Vec<_>>>()?;
-        let external = match opts.external {
-            true => Some(Netns::create(&format!("{prefix}-ext"))?),
-            false => None,
+        let external = if opts.external {
+            Some(Netns::create(&format!("{prefix}-ext"))?)
+        } else {
+            None
         };
         let topo = Topology {
             prefix,

@@ -190,7 +190,12 @@ impl Agent {
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent was started");
         // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe {
+            libc::kill(
+                i32::try_from(child.id()).expect("pid fits i32"),
+                libc::SIGTERM,
+            )
+        };
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("waiting for the agent") {

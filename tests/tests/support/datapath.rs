@@ -79,7 +79,7 @@ impl LoadedDatapath {
     /// Runs the TC classifier on `frame`: its verdict and the frame as it leaves.
     pub fn tc(&self, frame: &[u8]) -> (i32, Vec<u8>) {
         let (ret, out) = self.run(names::PROG_TC_INGRESS, frame);
-        (ret as i32, out)
+        (i32::from_ne_bytes(ret.to_ne_bytes()), out)
     }
 
     /// Runs the XDP program on `frame`.

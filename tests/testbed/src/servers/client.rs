@@ -139,7 +139,7 @@ fn set_recverr(socket: &UdpSocket) -> io::Result<()> {
             libc::IPPROTO_IP,
             libc::IP_RECVERR,
             (&raw const on).cast(),
-            std::mem::size_of_val(&on) as libc::socklen_t,
+            libc::socklen_t::try_from(std::mem::size_of_val(&on)).expect("an int fits socklen_t"),
         )
     };
     if rc != 0 {

@@ -77,5 +77,5 @@ impl Drop for ServerHandle {
 /// Turns an error of `Netns::run` (the thread could not enter the namespace) into an io::Error,
 /// so client helpers keep one error type whose kind tests can match.
 fn netns_error(e: anyhow::Error) -> std::io::Error {
-    std::io::Error::other(format!("{e:#}"))
+    std::io::Error::other(e)
 }

@@ -144,5 +144,5 @@ fn readable(fd: libc::c_int, timeout: Duration) -> bool {
     };
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: pfd is one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+    unsafe { libc::poll(&raw mut pfd, 1, ms) > 0 }
 }
