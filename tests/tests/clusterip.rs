@@ -530,6 +530,50 @@ fn clients_on_the_node_itself_reach_services_through_egress() {
 }
 
 #[test]
+fn the_agent_mounts_a_bpffs_for_its_pins_when_there_is_none() {
+    if !require_privileges("the_agent_mounts_a_bpffs_for_its_pins_when_there_is_none") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &web_and_dns(&bed, vip(10), None));
+    let plain = bed.dir.path().join("fs");
+    std::fs::create_dir(&plain).expect("plain directory");
+    let pin_dir = plain.join("kproxy");
+    /// Unmounts what the agent mounted, even if the test fails half-way.
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            // SAFETY: umount2 of the mount the agent made for this test.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount =
+        Unmount(std::ffi::CString::new(plain.as_os_str().as_encoded_bytes()).expect("path"));
+    let ifaces = bed.topo.node_ifaces().join(",");
+    let agent = Agent::start_pinned(&bed, &pin_dir, &["--attach", &ifaces], &[]);
+    let is_bpffs = |path: &std::path::Path| {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: statfs into a zeroed struct we own.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0) && st.f_type == 0xcafe_4a11
+    };
+    assert!(
+        is_bpffs(&plain),
+        "kproxy mounted a bpffs on the pin dir's parent"
+    );
+    assert!(pin_dir.join("KP_SERVICES").exists());
+    tcp_request(&bed.topo.client, SocketAddrV4::new(vip(10), 80), TIMEOUT).expect("served");
+    assert!(agent.stop().success());
+    let out = std::process::Command::new(support::agent::kproxy_bin())
+        .arg("cleanup")
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .output()
+        .expect("kproxy cleanup");
+    assert!(out.status.success());
+}
+
+#[test]
 fn cleanup_detaches_everything() {
     if !require_privileges("cleanup_detaches_everything") {
         return;

@@ -130,6 +130,16 @@ impl Agent {
     }
 
     pub fn start_with(bed: &Bed, attach: &[&str], extra: &[&str]) -> Self {
+        Self::start_pinned(bed, &bed.pin_dir(), attach, extra)
+    }
+
+    /// Like `start_with`, pinning under `pin_dir` instead of the bed's private bpffs.
+    pub fn start_pinned(
+        bed: &Bed,
+        pin_dir: &std::path::Path,
+        attach: &[&str],
+        extra: &[&str],
+    ) -> Self {
         // One log per agent run, so a restarted agent's readiness is its own.
         let runs = std::fs::read_dir(bed.dir.path()).map_or(0, |d| {
             d.filter(|e| {
@@ -145,7 +155,6 @@ impl Agent {
             .open(&log)
             .expect("agent log");
         let manifests = bed.manifests();
-        let pin_dir = bed.pin_dir();
         let child = bed
             .topo
             .node
@@ -155,7 +164,7 @@ impl Agent {
             .arg(&manifests)
             .args(["--node-name", "node"])
             .arg("--pin-dir")
-            .arg(&pin_dir)
+            .arg(pin_dir)
             .args(attach)
             .args(extra)
             .env("KPROXY_LOG", "info")
