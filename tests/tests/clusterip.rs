@@ -529,6 +529,16 @@ fn clients_on_the_node_itself_reach_services_through_egress() {
     );
 }
 
+/// Unmounts what the agent mounted, even if the test fails half-way.
+struct Unmount(std::ffi::CString);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        // SAFETY: umount2 of the mount the agent made for this test.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 #[test]
 fn the_agent_mounts_a_bpffs_for_its_pins_when_there_is_none() {
     if !require_privileges("the_agent_mounts_a_bpffs_for_its_pins_when_there_is_none") {
@@ -539,14 +549,6 @@ fn the_agent_mounts_a_bpffs_for_its_pins_when_there_is_none() {
     let plain = bed.dir.path().join("fs");
     std::fs::create_dir(&plain).expect("plain directory");
     let pin_dir = plain.join("kproxy");
-    /// Unmounts what the agent mounted, even if the test fails half-way.
-    struct Unmount(std::ffi::CString);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            // SAFETY: umount2 of the mount the agent made for this test.
-            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
     let _unmount =
         Unmount(std::ffi::CString::new(plain.as_os_str().as_encoded_bytes()).expect("path"));
     let ifaces = bed.topo.node_ifaces().join(",");
