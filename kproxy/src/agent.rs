@@ -18,9 +18,9 @@ use crate::{
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
     },
     metrics::{KindLabel, Metrics, gauge},
-    model,
+    model::ClusterState,
     problem::Problem,
-    source::{manifests, watch},
+    source::{files::ManifestSource, watch},
     sync::{Datapath, Programmed},
 };
 
@@ -40,12 +40,14 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
 }
 
-/// File events arrive in bursts (an editor writes, renames, chmods): wait this long after
-/// the first one before reading.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// File events arrive in bursts (an editor truncates, writes, chmods): wait this long after
+/// the first one before reading, short enough not to matter next to the sync itself.
+const DEBOUNCE: Duration = Duration::from_millis(2);
 
 struct Agent {
     config: AgentConfig,
+    source: ManifestSource,
+    cluster: ClusterState,
     services: ServiceMaps,
     flows: FlowMaps,
     programmed: Programmed,
@@ -84,6 +86,8 @@ pub async fn run(
         .conntrack_capacity
         .set(i64::from(config.sizes.conntrack));
     let mut agent = Agent {
+        source: ManifestSource::new(&config.manifests),
+        cluster: ClusterState::default(),
         config,
         services,
         flows,
@@ -93,7 +97,7 @@ pub async fn run(
         conntrack_nearly_full: false,
     };
     // Program first, attach second: once attached, the datapath serves current state.
-    agent.sync();
+    agent.sync(None);
     for (iface, hook, how) in attach::attach_all(
         &mut ebpf,
         &agent.config.pin_dir,
@@ -120,11 +124,12 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             Some(()) = rx.recv() => {
+                let seen = Instant::now();
                 tokio::time::sleep(DEBOUNCE).await;
                 while rx.try_recv().is_ok() {}
-                agent.sync();
+                agent.sync(Some(seen));
             }
-            _ = resync.tick() => agent.sync(),
+            _ = resync.tick() => agent.sync(None),
             _ = gc.tick() => agent.collect_garbage(),
         }
     }
@@ -136,21 +141,24 @@ pub async fn run(
 }
 
 impl Agent {
-    /// Reads the manifests, computes the desired state and writes the differences.
-    fn sync(&mut self) {
+    /// Reads what changed in the manifests, recomputes the services it touches and writes
+    /// the differences. `seen` is when the file event that triggered it arrived.
+    fn sync(&mut self, seen: Option<Instant>) {
         let started = Instant::now();
-        let snapshot = manifests::read_path(&self.config.manifests);
-        let (desired, model_problems) = model::desired_state(&snapshot.services, &snapshot.slices);
-        let report = self.programmed.sync(&desired, &mut self.services);
+        let changes = self.source.refresh();
+        let keys = self.cluster.apply(changes);
+        let report = self
+            .programmed
+            .sync_keys(self.cluster.desired(), &keys, &mut self.services);
         let elapsed = started.elapsed();
 
-        let problems: Vec<Problem> = snapshot
-            .problems
-            .iter()
-            .cloned()
-            .chain(model_problems)
+        let problems: Vec<Problem> = self
+            .source
+            .problems()
+            .into_iter()
+            .chain(self.cluster.problems())
             .chain(report.problems.iter().cloned())
-            .map(|p| snapshot.locate(p))
+            .map(|p| self.source.locate(p))
             .collect();
         self.report_problems(&problems);
 
@@ -166,13 +174,15 @@ impl Agent {
             .endpoints_programmed
             .set(gauge(self.programmed.backend_count()));
         if report.changed() {
+            let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
             tracing::info!(
                 added = report.added,
                 updated = report.updated,
                 removed = report.removed,
                 map_ops = report.ops,
                 frontends = self.programmed.frontends().len(),
-                elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                elapsed_us = micros(elapsed),
+                since_event_us = seen.map(|s| micros(s.elapsed())),
                 "synced"
             );
         }

@@ -1,57 +1,15 @@
-//! Endpoints of a service port, read from its EndpointSlices the way kube-proxy's
-//! endpointslicecache does: slices are joined to their Service by the
-//! `kubernetes.io/service-name` label, a service port takes the slice port with the same
-//! name and protocol (the DNAT port is that slice port's number, never the Service's
-//! `targetPort`), and an endpoint contributes its first address.
+//! Endpoints of a service port, read from its EndpointSlices (joined to their Service by the
+//! `kubernetes.io/service-name` label, see `cluster`) the way kube-proxy's endpointslicecache
+//! does: a service port takes the slice port with the same name and protocol (the DNAT port
+//! is that slice port's number, never the Service's `targetPort`), and an endpoint
+//! contributes its first address.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 
-use super::{
-    Endpoint, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Protocol,
-    addr::parse_ip_sloppy, object_name, service::PortSpec,
-};
+use super::{Endpoint, Protocol, addr::parse_ip_sloppy, object_name, service::PortSpec};
 use crate::problem::{Problem, ProblemKind};
-
-/// EndpointSlices grouped by the Service they belong to.
-pub(super) struct SliceIndex<'a> {
-    by_service: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
-}
-
-impl<'a> SliceIndex<'a> {
-    pub fn new(slices: &'a [EndpointSlice]) -> Self {
-        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for slice in slices {
-            let Some(labels) = slice.metadata.labels.as_ref() else {
-                continue;
-            };
-            if labels.contains_key(LABEL_HEADLESS) || labels.contains_key(LABEL_SERVICE_PROXY_NAME)
-            {
-                continue;
-            }
-            let Some(service) = labels.get(LABEL_SERVICE_NAME) else {
-                continue;
-            };
-            let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-            by_service
-                .entry((namespace, service.as_str()))
-                .or_default()
-                .push(slice);
-        }
-        Self { by_service }
-    }
-
-    pub fn slices_of(&self, namespace: &str, service: &str) -> Vec<&'a EndpointSlice> {
-        self.by_service
-            .get(&(namespace, service))
-            .cloned()
-            .unwrap_or_default()
-    }
-}
 
 /// kube-proxy reads a nil `ready` as true.
 fn is_ready(ep: &SliceEndpoint) -> bool {

@@ -3,18 +3,17 @@
 //! covered by table-driven unit tests.
 
 pub mod addr;
+pub mod cluster;
 mod endpoints;
 mod service;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt,
-    net::Ipv4Addr,
-};
+pub use cluster::{Change, ClusterState, ObjectKey, object_key};
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::problem::{Problem, ProblemKind};
+use crate::problem::Problem;
 
 /// L4 protocols the datapath balances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,64 +137,21 @@ pub fn object_name(
     )
 }
 
-/// Computes the frontends for `services` and `slices`, with the problems found on the way.
-/// Objects with problems are skipped (the whole Service, one port, or one endpoint,
-/// whichever the problem concerns); everything else is served.
+/// Computes the frontends for `services` and `slices` from scratch, with the problems found
+/// on the way. Objects with problems are skipped (the whole Service, one port, or one
+/// endpoint, whichever the problem concerns); everything else is served.
 pub fn desired_state(services: &[Service], slices: &[EndpointSlice]) -> (Desired, Vec<Problem>) {
-    let mut problems = Vec::new();
-    let index = endpoints::SliceIndex::new(slices);
-    let mut desired = Desired::new();
-    let mut owners: HashMap<FrontendKey, ServicePortName> = HashMap::new();
-
-    // Sorted by namespace/name so that conflicts resolve the same way every time.
-    let mut sorted: Vec<&Service> = services.iter().collect();
-    sorted.sort_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
-
-    for svc in sorted {
-        let Some(spec) = service::ServiceSpec::from_service(svc, &mut problems) else {
-            continue;
-        };
-        let slices = index.slices_of(&spec.namespace, &spec.name);
-        for port in &spec.ports {
-            let endpoints = endpoints::endpoints_for(&slices, port, &mut problems);
-            let service = ServicePortName {
-                namespace: spec.namespace.clone(),
-                name: spec.name.clone(),
-                port: port.name.clone(),
-            };
-            for &addr in &spec.cluster_ips {
-                let key = FrontendKey {
-                    addr,
-                    port: port.port,
-                    proto: port.proto,
-                };
-                if let Some(owner) = owners.get(&key) {
-                    problems.push(
-                        Problem::new(
-                            ProblemKind::Conflict,
-                            format!("{key} is already served for {owner}; this port is skipped"),
-                        )
-                        .object(object_name("Service", &svc.metadata)),
-                    );
-                    continue;
-                }
-                owners.insert(key, service.clone());
-                desired.insert(
-                    key,
-                    Frontend {
-                        service: service.clone(),
-                        affinity_timeout_s: spec.affinity_timeout_s,
-                        endpoints: endpoints.clone(),
-                    },
-                );
-            }
-        }
-    }
-    problems.sort_by(|a, b| (&a.object, &a.message).cmp(&(&b.object, &b.message)));
-    problems.dedup();
-    (desired, problems)
+    let mut state = ClusterState::default();
+    let changes = services
+        .iter()
+        .map(|s| Change::Service(object_key(&s.metadata), Some(Box::new(s.clone()))))
+        .chain(
+            slices
+                .iter()
+                .map(|s| Change::Slice(object_key(&s.metadata), Some(Box::new(s.clone())))),
+        );
+    state.apply(changes);
+    (state.desired().clone(), state.problems())
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use serde_yaml::Value;
 
 use crate::{
     model::object_name,
@@ -27,23 +26,12 @@ pub struct Snapshot {
     pub origins: HashMap<String, String>,
 }
 
-impl Snapshot {
-    /// Adds origins to problems about objects that came from files.
-    pub fn locate(&self, problem: Problem) -> Problem {
-        match problem.object.as_ref().and_then(|o| self.origins.get(o)) {
-            Some(origin) if problem.origin.is_none() => {
-                let origin = origin.clone();
-                problem.origin(origin)
-            }
-            _ => problem,
-        }
-    }
-}
-
 /// Files a directory contributes: `*.yaml`, `*.yml`, `*.json`, not hidden, sorted by name
 /// (like `kubectl apply -f DIR`, not recursive).
 pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     if !path.is_dir() {
+        // A single file; that it is missing is an error of the path, not an empty cluster.
+        std::fs::metadata(path)?;
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
@@ -58,31 +46,16 @@ pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads every manifest under `path`.
+/// Reads every manifest under `path` at once (the agent tracks changes with
+/// `files::ManifestSource`; this is the same, read one time).
 pub fn read_path(path: &Path) -> Snapshot {
-    let mut snapshot = Snapshot::default();
-    match manifest_files(path) {
-        Ok(files) => {
-            for file in files {
-                match std::fs::read_to_string(&file) {
-                    Ok(text) => parse_into(&text, &file.display().to_string(), &mut snapshot),
-                    Err(e) => snapshot.problems.push(
-                        Problem::new(ProblemKind::Read, format!("cannot read: {e}"))
-                            .origin(file.display().to_string()),
-                    ),
-                }
-            }
-        }
-        Err(e) => snapshot.problems.push(
-            Problem::new(ProblemKind::Read, format!("cannot list manifests: {e}"))
-                .origin(path.display().to_string()),
-        ),
-    }
-    dedup_last_wins(&mut snapshot);
-    snapshot
+    let mut source = super::files::ManifestSource::new(path);
+    source.refresh();
+    source.snapshot()
 }
 
-/// Parses one manifest text (`file` names it in problem reports).
+/// Parses one manifest text (`file` names it in problem reports; a `.json` name selects the
+/// JSON parser).
 pub fn parse_str(text: &str, file: &str) -> Snapshot {
     let mut snapshot = Snapshot::default();
     parse_into(text, file, &mut snapshot);
@@ -105,12 +78,27 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-/// Parses all documents of one file into `snapshot`.
+/// Parses all documents of one file into `snapshot`. JSON files (one document, possibly a
+/// `List`) go through serde_json, much faster than YAML for the big files of large clusters.
 fn parse_into(text: &str, file: &str, snapshot: &mut Snapshot) {
+    if Path::new(file).extension().is_some_and(|e| e == "json") {
+        let origin = format!("{file}:1");
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(value) => add_object(value, &origin, snapshot),
+            Err(e) => snapshot.problems.push(
+                Problem::new(
+                    ProblemKind::Parse,
+                    format!("not valid JSON: {e}; file skipped"),
+                )
+                .origin(origin),
+            ),
+        }
+        return;
+    }
     for (line, doc) in documents(text) {
         let origin = format!("{file}:{line}");
-        match serde_yaml::from_str::<Value>(&doc) {
-            Ok(Value::Null) => {}
+        match serde_yaml::from_str::<serde_yaml::Value>(&doc) {
+            Ok(serde_yaml::Value::Null) => {}
             Ok(value) => add_object(value, &origin, snapshot),
             Err(e) => snapshot.problems.push(
                 Problem::new(
@@ -123,17 +111,60 @@ fn parse_into(text: &str, file: &str, snapshot: &mut Snapshot) {
     }
 }
 
-fn field<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
-    value.get(name).and_then(Value::as_str)
+/// A parsed document, YAML or JSON: enough to dispatch on its kind and deserialize it.
+trait Document: Sized {
+    fn field(&self, name: &str) -> Option<&str>;
+    fn items(self) -> Vec<Self>;
+    fn into_object<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
 }
 
-fn add_object(value: Value, origin: &str, snapshot: &mut Snapshot) {
-    let api_version = field(&value, "apiVersion").unwrap_or("").to_owned();
-    let kind = field(&value, "kind").unwrap_or("").to_owned();
+impl Document for serde_yaml::Value {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(serde_yaml::Value::as_str)
+    }
+
+    fn items(self) -> Vec<Self> {
+        match self {
+            Self::Mapping(mut m) => match m.remove("items") {
+                Some(Self::Sequence(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    fn into_object<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        serde_yaml::from_value(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Document for serde_json::Value {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(serde_json::Value::as_str)
+    }
+
+    fn items(self) -> Vec<Self> {
+        match self {
+            Self::Object(mut m) => match m.remove("items") {
+                Some(Self::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    fn into_object<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        serde_json::from_value(self).map_err(|e| e.to_string())
+    }
+}
+
+fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
+    let api_version = value.field("apiVersion").unwrap_or("").to_owned();
+    let kind = value.field("kind").unwrap_or("").to_owned();
     let problem =
         |kind: ProblemKind, msg: String| Problem::new(kind, msg).origin(origin.to_owned());
     match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => match serde_yaml::from_value::<Service>(value) {
+        ("v1", "Service") => match value.into_object::<Service>() {
             Ok(mut svc) => {
                 svc.metadata
                     .namespace
@@ -146,33 +177,26 @@ fn add_object(value: Value, origin: &str, snapshot: &mut Snapshot) {
                 format!("invalid Service: {e}; skipped"),
             )),
         },
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            match serde_yaml::from_value::<EndpointSlice>(value) {
-                Ok(mut slice) => {
-                    slice
-                        .metadata
-                        .namespace
-                        .get_or_insert_with(|| "default".into());
-                    register(
-                        snapshot,
-                        object_name("EndpointSlice", &slice.metadata),
-                        origin,
-                    );
-                    snapshot.slices.push(slice);
-                }
-                Err(e) => snapshot.problems.push(problem(
-                    ProblemKind::Parse,
-                    format!("invalid EndpointSlice: {e}; skipped"),
-                )),
+        ("discovery.k8s.io/v1", "EndpointSlice") => match value.into_object::<EndpointSlice>() {
+            Ok(mut slice) => {
+                slice
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| "default".into());
+                register(
+                    snapshot,
+                    object_name("EndpointSlice", &slice.metadata),
+                    origin,
+                );
+                snapshot.slices.push(slice);
             }
-        }
+            Err(e) => snapshot.problems.push(problem(
+                ProblemKind::Parse,
+                format!("invalid EndpointSlice: {e}; skipped"),
+            )),
+        },
         ("v1", "List") => {
-            let items = value
-                .get("items")
-                .and_then(Value::as_sequence)
-                .cloned()
-                .unwrap_or_default();
-            for (i, item) in items.into_iter().enumerate() {
+            for (i, item) in value.items().into_iter().enumerate() {
                 add_object(item, &format!("{origin} item {i}"), snapshot);
             }
         }

@@ -1,4 +1,5 @@
 //! Where Services, EndpointSlices and the Node come from.
 
+pub mod files;
 pub mod manifests;
 pub mod watch;

@@ -1,6 +1,6 @@
 //! The programmed state and the sync that moves it to a desired state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use kproxy_common::lb::MAX_BACKENDS_PER_SERVICE;
 
@@ -41,6 +41,8 @@ pub struct Programmed {
     /// Backend ids are never reused while the maps live, so a conntrack or affinity entry
     /// naming a deleted backend can never be mistaken for a new one.
     pub(super) next_backend_id: u32,
+    /// Frontends whose last change failed: part of the next sync whatever changes.
+    pub(super) retry: BTreeSet<FrontendKey>,
 }
 
 /// What one sync did.
@@ -76,6 +78,7 @@ impl Programmed {
             frontends: BTreeMap::new(),
             svc_ids: IdPool::new(max_services),
             next_backend_id: 1,
+            retry: BTreeSet::new(),
         }
     }
 
@@ -88,24 +91,39 @@ impl Programmed {
         self.frontends.values().map(|f| f.backends.len()).sum()
     }
 
-    /// Writes the differences between what is programmed and `desired` into `dp`.
-    /// Removals go first (they free ids and map space), then updates, then additions.
-    /// A change that fails is rolled back and reported; the others still apply, and the
-    /// failed one is retried by the next sync because it still differs.
+    /// Writes every difference between what is programmed and `desired` into `dp`.
     pub fn sync(&mut self, desired: &Desired, dp: &mut impl Datapath) -> SyncReport {
-        let mut report = SyncReport::default();
-
-        let removed: Vec<FrontendKey> = self
+        let keys: BTreeSet<FrontendKey> = self
             .frontends
             .keys()
-            .filter(|k| !desired.contains_key(k))
+            .chain(desired.keys())
+            .copied()
+            .collect();
+        self.sync_keys(desired, &keys, dp)
+    }
+
+    /// Writes the differences for the frontends `keys` (those that may have changed) into
+    /// `dp`: the cost follows the change, not the number of services.
+    ///
+    /// Removals go first (they free ids and map space), then updates and additions. A change
+    /// that fails is rolled back, reported, and retried by the next sync.
+    pub fn sync_keys(
+        &mut self,
+        desired: &Desired,
+        keys: &BTreeSet<FrontendKey>,
+        dp: &mut impl Datapath,
+    ) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut keys = keys.clone();
+        keys.append(&mut self.retry);
+
+        let removed: Vec<FrontendKey> = keys
+            .iter()
+            .filter(|k| !desired.contains_key(k) && self.frontends.contains_key(k))
             .copied()
             .collect();
         for key in removed {
-            let old = self
-                .frontends
-                .remove(&key)
-                .expect("key listed from the map");
+            let old = self.frontends.remove(&key).expect("key checked above");
             let ops = remove_ops(&key, &old);
             // Deleting cannot leave a half state worth rolling back: report and go on.
             for op in &ops {
@@ -120,13 +138,14 @@ impl Programmed {
             report.removed += 1;
         }
 
-        for (key, frontend) in desired {
+        for (key, frontend) in keys.iter().filter_map(|k| Some((k, desired.get(k)?))) {
             let change = match self.frontends.get(key) {
                 Some(old) => update_change(&mut self.next_backend_id, key, old, frontend),
                 None => match self.add_change(key, frontend) {
                     Ok(change) => change,
                     Err(problem) => {
                         report.problems.push(problem);
+                        self.retry.insert(*key);
                         continue;
                     }
                 },
@@ -173,6 +192,7 @@ impl Programmed {
                     if let Some(id) = change.new_svc_id {
                         self.svc_ids.release(id);
                     }
+                    self.retry.insert(*key);
                 }
             }
         }

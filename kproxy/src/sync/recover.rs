@@ -107,6 +107,7 @@ impl Programmed {
             svc_ids: IdPool::with_used(max_services, frontends.values().map(|f| f.svc_id)),
             frontends,
             next_backend_id,
+            retry: std::collections::BTreeSet::new(),
         };
         (programmed, cleanup)
     }

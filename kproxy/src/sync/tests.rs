@@ -264,7 +264,8 @@ fn full_map_fails_one_frontend_cleanly_and_retries_later() {
     );
 
     dp.max_backends = None;
-    let retry = programmed.sync(&want, &mut dp);
+    // Nothing changed in the cluster, but the failed frontend is retried.
+    let retry = programmed.sync_keys(&want, &std::collections::BTreeSet::new(), &mut dp);
     assert!(retry.problems.is_empty());
     assert_eq!((retry.added, retry.updated), (1, 0));
     assert_eq!(dp.view(), expected_view(&want));

@@ -1,0 +1,251 @@
+//! The cluster as the agent knows it, updated one object at a time. A change recomputes the
+//! frontends of the services it touches and nothing else, so the cost of a sync follows what
+//! changed, not the size of the cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::{
+    Desired, Frontend, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
+    ServicePortName, endpoints, object_name, service::ServiceSpec,
+};
+use crate::problem::{Problem, ProblemKind};
+
+/// `(namespace, name)` of an object.
+pub type ObjectKey = (String, String);
+
+/// The key of an object as kube-proxy names it (a missing namespace is `default`).
+pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// One object added, changed (`Some`) or deleted (`None`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Service(ObjectKey, Option<Box<Service>>),
+    Slice(ObjectKey, Option<Box<EndpointSlice>>),
+}
+
+/// The Service an EndpointSlice feeds, unless kube-proxy would ignore the slice.
+fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let labels = slice.metadata.labels.as_ref()?;
+    if labels.contains_key(LABEL_HEADLESS) || labels.contains_key(LABEL_SERVICE_PROXY_NAME) {
+        return None;
+    }
+    let service = labels.get(LABEL_SERVICE_NAME)?;
+    Some((object_key(&slice.metadata).0, service.clone()))
+}
+
+#[derive(Default)]
+pub struct ClusterState {
+    services: BTreeMap<ObjectKey, Service>,
+    slices: HashMap<ObjectKey, EndpointSlice>,
+    /// Service → the slices labelled for it.
+    slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Slice → the service it is indexed under.
+    slice_owner: HashMap<ObjectKey, ObjectKey>,
+    /// Frontends each service serves.
+    owned: HashMap<ObjectKey, Vec<FrontendKey>>,
+    owner: HashMap<FrontendKey, ObjectKey>,
+    /// Services that want a frontend another service serves: they get it when it is freed.
+    waiting: HashMap<FrontendKey, BTreeSet<ObjectKey>>,
+    desired: Desired,
+    /// Problems found computing each service (its slices' problems included).
+    problems: HashMap<ObjectKey, Vec<Problem>>,
+}
+
+impl ClusterState {
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Every current problem, sorted.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut all: Vec<Problem> = self.problems.values().flatten().cloned().collect();
+        all.sort_by(|a, b| (&a.object, &a.message).cmp(&(&b.object, &b.message)));
+        all.dedup();
+        all
+    }
+
+    /// Applies `changes` and returns the frontends whose desired state may have changed.
+    pub fn apply(&mut self, updates: impl IntoIterator<Item = Change>) -> BTreeSet<FrontendKey> {
+        let mut dirty = BTreeSet::new();
+        for item in updates {
+            match item {
+                Change::Service(key, service) => {
+                    match service {
+                        Some(svc) => self.services.insert(key.clone(), *svc),
+                        None => self.services.remove(&key),
+                    };
+                    dirty.insert(key);
+                }
+                Change::Slice(key, slice) => {
+                    if let Some(old) = self.slice_owner.remove(&key) {
+                        if let Some(set) = self.slices_of.get_mut(&old) {
+                            set.remove(&key);
+                        }
+                        dirty.insert(old);
+                    }
+                    match slice {
+                        Some(slice) => {
+                            if let Some(owner) = slice_owner(&slice) {
+                                self.slices_of
+                                    .entry(owner.clone())
+                                    .or_default()
+                                    .insert(key.clone());
+                                self.slice_owner.insert(key.clone(), owner.clone());
+                                dirty.insert(owner);
+                            }
+                            self.slices.insert(key, *slice);
+                        }
+                        None => {
+                            self.slices.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+        let mut changed = BTreeSet::new();
+        // In name order, as `desired_state` resolves conflicts; freeing or taking a frontend
+        // may put other services back on the list.
+        while let Some(key) = dirty.pop_first() {
+            self.recompute(&key, &mut dirty, &mut changed);
+        }
+        changed
+    }
+
+    fn release(
+        &mut self,
+        service: &ObjectKey,
+        dirty: &mut BTreeSet<ObjectKey>,
+        changed: &mut BTreeSet<FrontendKey>,
+    ) {
+        for key in self.owned.remove(service).unwrap_or_default() {
+            self.owner.remove(&key);
+            self.desired.remove(&key);
+            changed.insert(key);
+            for waiter in self.waiting.remove(&key).unwrap_or_default() {
+                if &waiter != service {
+                    dirty.insert(waiter);
+                }
+            }
+        }
+        for waiters in self.waiting.values_mut() {
+            waiters.remove(service);
+        }
+    }
+
+    fn recompute(
+        &mut self,
+        service: &ObjectKey,
+        dirty: &mut BTreeSet<ObjectKey>,
+        changed: &mut BTreeSet<FrontendKey>,
+    ) {
+        self.release(service, dirty, changed);
+        self.problems.remove(service);
+        let Some(svc) = self.services.get(service) else {
+            return;
+        };
+        let mut problems = Vec::new();
+        let frontends = self.frontends_of(svc, &mut problems);
+        let mut owned = Vec::new();
+        for (key, frontend) in frontends {
+            match self.owner.get(&key) {
+                // Served for a service that sorts first: it keeps the frontend.
+                Some(other) if other < service => {
+                    problems.push(
+                        Problem::new(
+                            ProblemKind::Conflict,
+                            format!(
+                                "{key} is already served for {}; this port is skipped",
+                                other_name(other, &self.desired, &key)
+                            ),
+                        )
+                        .object(object_name("Service", &svc.metadata)),
+                    );
+                    self.waiting.entry(key).or_default().insert(service.clone());
+                    continue;
+                }
+                // Served for a service that sorts after this one: it loses the frontend and
+                // is recomputed (to report the conflict and wait for the frontend).
+                Some(other) => {
+                    let other = other.clone();
+                    if let Some(list) = self.owned.get_mut(&other) {
+                        list.retain(|k| k != &key);
+                    }
+                    dirty.insert(other);
+                    // Their conflict reports name the owner, which just changed.
+                    dirty.extend(self.waiting.get(&key).into_iter().flatten().cloned());
+                }
+                None => {}
+            }
+            self.owner.insert(key, service.clone());
+            self.desired.insert(key, frontend);
+            changed.insert(key);
+            owned.push(key);
+        }
+        self.owned.insert(service.clone(), owned);
+        if !problems.is_empty() {
+            self.problems.insert(service.clone(), problems);
+        }
+    }
+
+    /// The frontends `svc` asks for, with its endpoints from its slices.
+    fn frontends_of(
+        &self,
+        svc: &Service,
+        problems: &mut Vec<Problem>,
+    ) -> Vec<(FrontendKey, Frontend)> {
+        let Some(spec) = ServiceSpec::from_service(svc, problems) else {
+            return Vec::new();
+        };
+        let slices: Vec<&EndpointSlice> = self
+            .slices_of
+            .get(&(spec.namespace.clone(), spec.name.clone()))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+            .collect();
+        let mut out = Vec::new();
+        for port in &spec.ports {
+            let endpoints = endpoints::endpoints_for(&slices, port, problems);
+            let service = ServicePortName {
+                namespace: spec.namespace.clone(),
+                name: spec.name.clone(),
+                port: port.name.clone(),
+            };
+            for &addr in &spec.cluster_ips {
+                let key = FrontendKey {
+                    addr,
+                    port: port.port,
+                    proto: port.proto,
+                };
+                out.push((
+                    key,
+                    Frontend {
+                        service: service.clone(),
+                        affinity_timeout_s: spec.affinity_timeout_s,
+                        endpoints: endpoints.clone(),
+                    },
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The service port name serving `key` (for messages).
+fn other_name(other: &ObjectKey, desired: &Desired, key: &FrontendKey) -> String {
+    desired.get(key).map_or_else(
+        || format!("{}/{}", other.0, other.1),
+        |f| f.service.to_string(),
+    )
+}

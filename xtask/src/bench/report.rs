@@ -1,0 +1,976 @@
+//! The benchmark's results model and its report: `results.json`, a markdown summary and a chart.
+//!
+//! The model keeps every raw sample (one per repetition) so the JSON can be re-rendered or
+//! re-analysed later; medians and min–max ranges are computed only when presenting.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// The mode the others are compared with: the kube-proxy default most clusters still run.
+pub const BASELINE_MODE: &str = "iptables-legacy";
+
+/// The TTF the chart's text is drawn with (Debian package fonts-dejavu-core). Loading one file
+/// ourselves keeps the chart independent of fontconfig and of whatever fonts a machine has.
+pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// One repetition of one cell: a load run of `duration_s` seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// New connections (connect + request + response + close) completed per second.
+    pub rate: f64,
+    /// Median connect+request latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile connect+request latency, microseconds.
+    pub p99_us: u64,
+    /// Connections that failed (refused, reset, timed out).
+    pub errors: u64,
+}
+
+/// Median, minimum and maximum of a set of repetitions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    /// The statistics of `values`, ignoring non-finite ones; `None` when nothing is left.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        sorted.sort_by(f64::total_cmp);
+        let (&min, &max) = (sorted.first()?, sorted.last()?);
+        let mid = sorted.len() / 2;
+        let median = if sorted.len().is_multiple_of(2) {
+            f64::midpoint(sorted[mid - 1], sorted[mid])
+        } else {
+            sorted[mid]
+        };
+        Some(Self { median, min, max })
+    }
+}
+
+/// Which service the load generator connects to. With rule lists that are walked linearly
+/// (iptables) the last service is the worst case; a random one is the average case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    Last,
+    Random,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Last => "last",
+            Self::Random => "random",
+        }
+    }
+}
+
+/// One mode at one scale and placement, with one sample per repetition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub mode: String,
+    /// Number of `ClusterIP` services programmed.
+    pub services: usize,
+    pub placement: Placement,
+    pub samples: Vec<Sample>,
+}
+
+impl Cell {
+    pub fn rate(&self) -> Option<Stat> {
+        self.stat(|s| s.rate)
+    }
+
+    pub fn p50(&self) -> Option<Stat> {
+        self.stat(|s| count(s.p50_us))
+    }
+
+    pub fn p99(&self) -> Option<Stat> {
+        self.stat(|s| count(s.p99_us))
+    }
+
+    /// Failed connections over all repetitions.
+    pub fn errors(&self) -> u64 {
+        self.samples.iter().map(|s| s.errors).sum()
+    }
+
+    fn stat(&self, field: impl Fn(&Sample) -> f64) -> Option<Stat> {
+        Stat::of(&self.samples.iter().map(field).collect::<Vec<_>>())
+    }
+}
+
+/// How long a mode takes to program its dataplane, one value per repetition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Programming {
+    pub mode: String,
+    pub services: usize,
+    /// Programming all `services` from nothing, milliseconds.
+    pub full_sync_ms: Vec<f64>,
+    /// Adding one service on top of `services`, until it answers, milliseconds.
+    pub one_change_ms: Vec<f64>,
+    /// The agent's own measure of that one change (event seen to maps written), milliseconds;
+    /// empty for modes without an agent of ours.
+    #[serde(default)]
+    pub agent_change_ms: Vec<f64>,
+}
+
+/// The kproxy agent's resource use while holding `services` services.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentUsage {
+    pub services: usize,
+    pub peak_rss_mib: f64,
+    pub cpu_seconds: f64,
+}
+
+/// What the XDP program costs packets: packets per second, one value per repetition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct XdpCost {
+    /// No XDP program attached.
+    pub bare: Vec<f64>,
+    /// kproxy's XDP program attached, packets to no service (the cost every packet pays).
+    pub kproxy: Vec<f64>,
+    /// kproxy's XDP program attached, packets to a service (translated); empty if not measured.
+    #[serde(default)]
+    pub service: Vec<f64>,
+}
+
+/// One of the project's performance targets and whether this run met it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub wanted: String,
+    pub measured: String,
+    pub pass: bool,
+}
+
+/// A mode that could not run on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub mode: String,
+    pub reason: String,
+}
+
+/// What the numbers were measured on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    /// When the run started, as the harness chose to write it (e.g. RFC 3339).
+    pub date: String,
+}
+
+/// Everything one `cargo xtask bench` run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub machine: Machine,
+    /// A short run (fewer repetitions or services): indicative only.
+    pub quick: bool,
+    pub repetitions: usize,
+    /// Length of one load run, seconds.
+    pub duration_s: f64,
+    pub cells: Vec<Cell>,
+    pub programming: Vec<Programming>,
+    pub agent: Vec<AgentUsage>,
+    pub xdp: Option<XdpCost>,
+    pub targets: Vec<Target>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Where [`write_all`] put the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub json: PathBuf,
+    pub markdown: PathBuf,
+    pub chart: PathBuf,
+}
+
+/// Writes `results.json`, `results.md` and `chart.png` into `dir` (created if missing).
+pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Paths> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let paths = Paths {
+        json: dir.join("results.json"),
+        markdown: dir.join("results.md"),
+        chart: dir.join("chart.png"),
+    };
+    // The JSON goes first: it holds the raw data, so it survives a failing chart.
+    let json = serde_json::to_string_pretty(report)? + "\n";
+    write(&paths.json, &json)?;
+    write(&paths.markdown, &markdown(report))?;
+    chart(report, &paths.chart)?;
+    Ok(paths)
+}
+
+fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Markdown
+// ---------------------------------------------------------------------------------------------
+
+/// The report as a self-contained markdown section.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::from("## Benchmark results\n\n");
+    out += &machine_line(report);
+    out += &connections_section(report);
+    out += &programming_section(report);
+    out += &agent_section(report);
+    out += &xdp_section(report);
+    out += &targets_section(report);
+    out += &skipped_section(report);
+    out
+}
+
+fn machine_line(report: &Report) -> String {
+    let m = &report.machine;
+    let mut line = format!(
+        "Machine: Linux {}, {} CPUs ({}), {:.1} GiB memory. Run {}: {} repetitions of {} s per \
+         cell, modes interleaved; medians with min–max over the repetitions.\n\n",
+        cell_text(&m.kernel),
+        m.cpus,
+        cell_text(&m.cpu_model),
+        m.memory_gib,
+        cell_text(&m.date),
+        report.repetitions,
+        fmt_num(report.duration_s),
+    );
+    if report.quick {
+        line +=
+            "**Quick run**: fewer repetitions and services, the numbers are indicative only.\n\n";
+    }
+    line
+}
+
+fn connections_section(report: &Report) -> String {
+    let mut out = String::from("### New connections\n\n");
+    if report.cells.is_empty() {
+        return out + "No connection measurements.\n\n";
+    }
+    let _ = write!(
+        out,
+        "New connections per second through a ClusterIP and connect+request latency (µs). \
+         \"last\" targets the last service programmed (worst case for linear rule lists), \
+         \"random\" a random one. × {BASELINE_MODE}: ratio of medians at the same scale and \
+         placement (conn/s: higher is better; p99: lower is better).\n\n\
+         | mode | services | placement | conn/s (min–max) | × {BASELINE_MODE} | p50 µs \
+         | p99 µs (min–max) | p99 × {BASELINE_MODE} | errors |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for cell in sorted_cells(report) {
+        out += &connections_row(report, cell);
+    }
+    out + "\n"
+}
+
+/// Cells grouped so that rows to compare sit together: by scale, placement, then mode order.
+fn sorted_cells(report: &Report) -> Vec<&Cell> {
+    let modes = mode_order(report);
+    let mut cells: Vec<&Cell> = report.cells.iter().collect();
+    cells.sort_by_key(|c| (c.services, c.placement, mode_rank(&modes, &c.mode)));
+    cells
+}
+
+fn connections_row(report: &Report, cell: &Cell) -> String {
+    let baseline = baseline_cell(report, cell);
+    let ratio = |field: fn(&Cell) -> Option<Stat>| {
+        let base = baseline.and_then(field)?;
+        Some(fmt_ratio(field(cell)?.median / base.median))
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        cell_text(&cell.mode),
+        cell.services,
+        cell.placement.as_str(),
+        opt(cell.rate().map(|s| fmt_stat(s, fmt_count))),
+        opt(ratio(Cell::rate)),
+        opt(cell.p50().map(|s| fmt_count(s.median))),
+        opt(cell.p99().map(|s| fmt_stat(s, fmt_count))),
+        opt(ratio(Cell::p99)),
+        cell.errors(),
+    )
+}
+
+fn baseline_cell<'a>(report: &'a Report, cell: &Cell) -> Option<&'a Cell> {
+    report.cells.iter().find(|c| {
+        c.mode == BASELINE_MODE && c.services == cell.services && c.placement == cell.placement
+    })
+}
+
+fn programming_section(report: &Report) -> String {
+    if report.programming.is_empty() {
+        return String::new();
+    }
+    let with_agent = report
+        .programming
+        .iter()
+        .any(|p| !p.agent_change_ms.is_empty());
+    let mut out = format!(
+        "### Programming time\n\nMilliseconds to program all services from nothing (full sync) \
+         and to add one more service until it answers (one change). × {BASELINE_MODE}: ratio \
+         of one-change medians, lower is better.\n\n"
+    );
+    out += "| mode | services | full sync ms (min–max) | one change ms (min–max) |";
+    out += if with_agent { " agent-side ms |" } else { "" };
+    let _ = write!(out, " one change × {BASELINE_MODE} |\n|---|---:|---:|---:|");
+    out += if with_agent { "---:|" } else { "" };
+    out += "---:|\n";
+    let modes = mode_order(report);
+    let mut rows: Vec<&Programming> = report.programming.iter().collect();
+    rows.sort_by_key(|p| (p.services, mode_rank(&modes, &p.mode)));
+    for row in rows {
+        out += &programming_row(report, row, with_agent);
+    }
+    out + "\n"
+}
+
+fn programming_row(report: &Report, row: &Programming, with_agent: bool) -> String {
+    let change = Stat::of(&row.one_change_ms);
+    let ratio = report
+        .programming
+        .iter()
+        .find(|p| p.mode == BASELINE_MODE && p.services == row.services)
+        .and_then(|base| {
+            Some(fmt_ratio(
+                change?.median / Stat::of(&base.one_change_ms)?.median,
+            ))
+        });
+    let mut line = format!(
+        "| {} | {} | {} | {} |",
+        cell_text(&row.mode),
+        row.services,
+        opt(Stat::of(&row.full_sync_ms).map(|s| fmt_stat(s, fmt_num))),
+        opt(change.map(|s| fmt_stat(s, fmt_num))),
+    );
+    if with_agent {
+        let agent = Stat::of(&row.agent_change_ms).map(|s| fmt_stat(s, fmt_num));
+        let _ = write!(line, " {} |", opt(agent));
+    }
+    let _ = writeln!(line, " {} |", opt(ratio));
+    line
+}
+
+fn agent_section(report: &Report) -> String {
+    if report.agent.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "### kproxy agent resources\n\n| services | peak RSS MiB | CPU s |\n|---:|---:|---:|\n",
+    );
+    let mut rows: Vec<&AgentUsage> = report.agent.iter().collect();
+    rows.sort_by_key(|a| a.services);
+    for a in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            a.services,
+            fmt_num(a.peak_rss_mib),
+            fmt_num(a.cpu_seconds)
+        );
+    }
+    out + "\n"
+}
+
+fn xdp_section(report: &Report) -> String {
+    let Some(xdp) = &report.xdp else {
+        return String::new();
+    };
+    let bare = Stat::of(&xdp.bare);
+    let mut out = String::from(
+        "### XDP cost\n\nPackets per second on one receive path.\n\n\
+         | traffic | packets/s (min–max) | × no program |\n|---|---:|---:|\n",
+    );
+    let rows = [
+        ("no XDP program", &xdp.bare),
+        ("kproxy XDP, packets to no service", &xdp.kproxy),
+        ("kproxy XDP, packets to a service", &xdp.service),
+    ];
+    for (label, values) in rows {
+        let Some(stat) = Stat::of(values) else {
+            continue;
+        };
+        let ratio = bare.map(|b| fmt_ratio(stat.median / b.median));
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} |",
+            fmt_stat(stat, fmt_count),
+            opt(ratio)
+        );
+    }
+    out + "\n"
+}
+
+fn targets_section(report: &Report) -> String {
+    if report.targets.is_empty() {
+        return String::new();
+    }
+    let met = report.targets.iter().filter(|t| t.pass).count();
+    let mut out = format!(
+        "### Targets\n\n{met} of {} targets met.\n\n| target | wanted | measured | result |\n\
+         |---|---|---|---|\n",
+        report.targets.len()
+    );
+    for t in &report.targets {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            cell_text(&t.name),
+            cell_text(&t.wanted),
+            cell_text(&t.measured),
+            if t.pass { "PASS" } else { "**MISS**" }
+        );
+    }
+    out + "\n"
+}
+
+fn skipped_section(report: &Report) -> String {
+    if report.skipped.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("### Skipped modes\n\n");
+    for s in &report.skipped {
+        let _ = writeln!(
+            out,
+            "- **{}**: {}",
+            cell_text(&s.mode),
+            cell_text(&s.reason)
+        );
+    }
+    out + "\n"
+}
+
+/// Modes in the order the harness first reported them, so tables and chart agree.
+fn mode_order(report: &Report) -> Vec<&str> {
+    let mut modes: Vec<&str> = Vec::new();
+    let names = report.cells.iter().map(|c| c.mode.as_str());
+    for mode in names.chain(report.programming.iter().map(|p| p.mode.as_str())) {
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+    modes
+}
+
+fn mode_rank(modes: &[&str], mode: &str) -> usize {
+    modes.iter().position(|m| *m == mode).unwrap_or(modes.len())
+}
+
+/// Free text made safe inside a table cell: a `|` would split it, a newline would end the row.
+fn cell_text(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn opt(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "–".to_owned())
+}
+
+fn fmt_stat(stat: Stat, fmt: fn(f64) -> String) -> String {
+    format!("{} ({}–{})", fmt(stat.median), fmt(stat.min), fmt(stat.max))
+}
+
+fn fmt_ratio(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.2}×")
+    } else {
+        "–".to_owned()
+    }
+}
+
+/// A rounded count with thousands separators: 12345.6 -> "12,346".
+fn fmt_count(value: f64) -> String {
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if value.round() < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// A measurement with about three significant digits, no more than the runs can support.
+fn fmt_num(value: f64) -> String {
+    match value.abs() {
+        v if v >= 100.0 => fmt_count(value),
+        v if v >= 10.0 => format!("{value:.1}"),
+        _ => format!("{value:.2}"),
+    }
+}
+
+/// Counts (microseconds, connections) as plotted and tabulated. They stay far below 2^52, where
+/// f64 would start losing precision.
+#[allow(clippy::cast_precision_loss)]
+fn count(value: u64) -> f64 {
+    value as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chart
+// ---------------------------------------------------------------------------------------------
+
+const CHART_SIZE: (u32, u32) = (1200, 500);
+const LEGEND_HEIGHT: u32 = 56;
+const FONT: &str = "sans-serif";
+
+/// Distinct colours (matplotlib's tab10), one per mode in [`mode_order`].
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One point of a chart line: a cell's statistics at one scale.
+struct Point {
+    services: f64,
+    rate: Stat,
+    p99: Stat,
+}
+
+/// One line of the chart: one mode at one placement, one point per scale.
+struct Line {
+    mode: String,
+    placement: Placement,
+    color: RGBColor,
+    /// By increasing number of services.
+    points: Vec<Point>,
+}
+
+/// What one panel plots.
+struct Metric {
+    caption: &'static str,
+    y_desc: &'static str,
+    value: fn(&Point) -> Stat,
+}
+
+const RATE: Metric = Metric {
+    caption: "New connections per second",
+    y_desc: "connections/s",
+    value: |p| p.rate,
+};
+
+const P99: Metric = Metric {
+    caption: "p99 connect+request latency (µs)",
+    y_desc: "µs",
+    value: |p| p.p99,
+};
+
+/// Draws the chart: new connections/s (left) and p99 latency (right) against the number of
+/// services on a log axis. "last" placement is solid with markers and min–max bars; "random"
+/// placement, when measured, is dashed in the same colour with hollow triangles.
+pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
+    ensure_font()?;
+    let lines = chart_lines(report);
+    let x_range = services_range(report);
+    let root = BitMapBackend::new(path, CHART_SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(&chart_title(report), (FONT, 22))?;
+    let (plots, legend) = root.split_vertically(root.dim_in_pixel().1 - LEGEND_HEIGHT);
+    let (left, right) = plots.split_horizontally(CHART_SIZE.0 / 2);
+    panel(&left, &RATE, &lines, &x_range)?;
+    panel(&right, &P99, &lines, &x_range)?;
+    draw_legend(&legend, &lines)?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Registers the TTF with plotters once per process. plotters wants `'static` bytes, so the
+/// file is leaked: one font, once.
+fn ensure_font() -> anyhow::Result<()> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let bytes = fs::read(FONT_PATH).map_err(|e| {
+                format!(
+                    "chart font {FONT_PATH} is not readable ({e}); install the Debian package \
+                     fonts-dejavu-core"
+                )
+            })?;
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font(FONT, FontStyle::Normal, bytes)
+                .map_err(|_| format!("chart font {FONT_PATH} is not a usable TrueType font"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn chart_title(report: &Report) -> String {
+    let m = &report.machine;
+    let quick = if report.quick { ", quick run" } else { "" };
+    format!(
+        "kproxy benchmark: ClusterIP services — {} CPUs, Linux {}, {}{quick}",
+        m.cpus, m.kernel, m.date
+    )
+}
+
+fn chart_lines(report: &Report) -> Vec<Line> {
+    let modes = mode_order(report);
+    let mut lines = Vec::new();
+    for (i, mode) in modes.iter().enumerate() {
+        for placement in [Placement::Last, Placement::Random] {
+            let mut points: Vec<Point> = report
+                .cells
+                .iter()
+                .filter(|c| c.mode == *mode && c.placement == placement && c.services > 0)
+                .filter_map(|c| {
+                    let services = count(c.services as u64);
+                    Some(Point {
+                        services,
+                        rate: c.rate()?,
+                        p99: c.p99()?,
+                    })
+                })
+                .collect();
+            points.sort_by(|a, b| a.services.total_cmp(&b.services));
+            if !points.is_empty() {
+                let color = COLORS[i % COLORS.len()];
+                let mode = (*mode).to_owned();
+                lines.push(Line {
+                    mode,
+                    placement,
+                    color,
+                    points,
+                });
+            }
+        }
+    }
+    lines
+}
+
+/// The scales measured, and the log-axis range around them with some room on both sides.
+struct ServicesRange {
+    ticks: Vec<f64>,
+    lo: f64,
+    hi: f64,
+}
+
+fn services_range(report: &Report) -> ServicesRange {
+    let scales: BTreeSet<u64> = report.cells.iter().map(|c| c.services as u64).collect();
+    let ticks: Vec<f64> = scales.into_iter().filter(|&n| n > 0).map(count).collect();
+    let lo = ticks.first().copied().unwrap_or(1.0);
+    let hi = ticks.last().copied().unwrap_or(10.0).max(lo * 10.0);
+    ServicesRange {
+        ticks,
+        lo: lo / 1.6,
+        hi: hi * 1.6,
+    }
+}
+
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    metric: &Metric,
+    lines: &[Line],
+    x: &ServicesRange,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let y_max = lines
+        .iter()
+        .flat_map(|l| &l.points)
+        .map(|p| (metric.value)(p).max)
+        .fold(0.0_f64, f64::max);
+    // Headroom above the highest bar; a flat 0..1 when there is nothing to show.
+    let y_max = if y_max > 0.0 { y_max * 1.12 } else { 1.0 };
+    let mut chart = ChartBuilder::on(area)
+        .caption(metric.caption, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(84)
+        .build_cartesian_2d(
+            (x.lo..x.hi).log_scale().with_key_points(x.ticks.clone()),
+            0.0..y_max,
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("ClusterIP services (log scale)")
+        .y_desc(metric.y_desc)
+        .x_label_formatter(&|v| fmt_count(*v))
+        .y_label_formatter(&|v| fmt_axis(*v))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .light_line_style(TRANSPARENT)
+        .draw()?;
+    for line in lines {
+        let points: Vec<(f64, f64)> = line
+            .points
+            .iter()
+            .map(|p| (p.services, (metric.value)(p).median))
+            .collect();
+        let style = line.color.stroke_width(2);
+        if line.placement == Placement::Last {
+            chart.draw_series(LineSeries::new(points, style).point_size(4))?;
+            let bars = line.points.iter().map(|p| {
+                let s = (metric.value)(p);
+                PathElement::new(vec![(p.services, s.min), (p.services, s.max)], style)
+            });
+            chart.draw_series(bars)?;
+        } else {
+            let markers = points.iter().map(|&p| TriangleMarker::new(p, 6, style));
+            chart.draw_series(markers)?;
+            chart.draw_series(DashedLineSeries::new(points, 8, 6, style))?;
+        }
+    }
+    Ok(())
+}
+
+/// Axis labels: grouped digits, millions shortened so the label area stays narrow.
+fn fmt_axis(value: f64) -> String {
+    if value.abs() >= 1e6 {
+        format!("{:.1}M", value / 1e6)
+    } else {
+        fmt_count(value)
+    }
+}
+
+/// The legend sits in its own strip under the panels so it can never hide a line; entries flow
+/// left to right and wrap onto a second row when the modes' names are long.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    lines: &[Line],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    const ROW: i32 = 24;
+    const SWATCH: i32 = 28;
+    let font = TextStyle::from((FONT, 15).into_font());
+    let width = i32::try_from(area.dim_in_pixel().0).unwrap_or(i32::MAX);
+    let (mut x, mut y) = (60, 14);
+    let mut next = |w: i32| {
+        if x + w > width - 20 {
+            (x, y) = (60, y + ROW);
+        }
+        let at = (x, y);
+        x += w + 28;
+        at
+    };
+    let mut entries: Vec<(&str, RGBColor)> = Vec::new();
+    for line in lines {
+        if !entries.iter().any(|(mode, _)| *mode == line.mode) {
+            entries.push((&line.mode, line.color));
+        }
+    }
+    for (label, color) in entries {
+        let text_w = i32::try_from(area.estimate_text_size(label, &font)?.0).unwrap_or(100);
+        let (x, y) = next(SWATCH + 6 + text_w);
+        let style = color.stroke_width(2);
+        area.draw(&PathElement::new(vec![(x, y), (x + SWATCH, y)], style))?;
+        area.draw(&Circle::new((x + SWATCH / 2, y), 4, style))?;
+        area.draw(&Text::new(label, (x + SWATCH + 6, y - 8), font.clone()))?;
+    }
+    if lines.iter().any(|l| l.placement == Placement::Random) {
+        let note = "solid: last service (bars: min–max); dashed: random service";
+        let text_w = i32::try_from(area.estimate_text_size(note, &font)?.0).unwrap_or(400);
+        let (x, y) = next(text_w);
+        area.draw(&Text::new(note, (x, y - 8), font.color(&BLACK.mix(0.6))))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rate: f64, p99_us: u64) -> Sample {
+        Sample {
+            rate,
+            p50_us: p99_us / 4,
+            p99_us,
+            errors: 0,
+        }
+    }
+
+    /// Two modes x three scales x two samples, both placements for the baseline.
+    fn fake_report() -> Report {
+        // (services, conn/s, p99 µs): kproxy flat, the baseline slowing with the rule count.
+        let table = [
+            (
+                "kproxy-tc",
+                [
+                    (10, 20000.0, 300),
+                    (1000, 20000.0, 300),
+                    (10000, 20000.0, 310),
+                ],
+            ),
+            (
+                BASELINE_MODE,
+                [
+                    (10, 19800.0, 303),
+                    (1000, 10000.0, 600),
+                    (10000, 1818.0, 3300),
+                ],
+            ),
+        ];
+        let mut cells = Vec::new();
+        for (mode, rows) in table {
+            for (services, rate, p99) in rows {
+                let samples = vec![sample(rate * 0.95, p99), sample(rate * 1.05, p99 + 20)];
+                cells.push(Cell {
+                    mode: mode.into(),
+                    services,
+                    placement: Placement::Last,
+                    samples,
+                });
+            }
+        }
+        cells.push(Cell {
+            mode: BASELINE_MODE.into(),
+            services: 1000,
+            placement: Placement::Random,
+            samples: vec![sample(15000.0, 500)],
+        });
+        Report {
+            machine: Machine {
+                kernel: "6.12.0".into(),
+                cpus: 2,
+                cpu_model: "Test CPU".into(),
+                memory_gib: 23.4,
+                date: "2026-01-02T03:04:05Z".into(),
+            },
+            quick: true,
+            repetitions: 2,
+            duration_s: 5.0,
+            cells,
+            programming: vec![
+                Programming {
+                    mode: "kproxy-tc".into(),
+                    services: 1000,
+                    full_sync_ms: vec![40.0, 60.0],
+                    one_change_ms: vec![2.0, 4.0],
+                    agent_change_ms: vec![0.5, 0.7],
+                },
+                Programming {
+                    mode: BASELINE_MODE.into(),
+                    services: 1000,
+                    full_sync_ms: vec![900.0, 1100.0],
+                    one_change_ms: vec![30.0, 30.0],
+                    agent_change_ms: vec![],
+                },
+            ],
+            agent: vec![AgentUsage {
+                services: 1000,
+                peak_rss_mib: 31.5,
+                cpu_seconds: 1.25,
+            }],
+            xdp: Some(XdpCost {
+                bare: vec![1_000_000.0, 1_200_000.0],
+                kproxy: vec![990_000.0],
+                service: vec![],
+            }),
+            targets: vec![
+                Target {
+                    name: "10k services conn/s".into(),
+                    wanted: "≥ 2× iptables-legacy".into(),
+                    measured: "11.00×".into(),
+                    pass: true,
+                },
+                Target {
+                    name: "agent RSS".into(),
+                    wanted: "< 10 MiB".into(),
+                    measured: "31.5 MiB".into(),
+                    pass: false,
+                },
+            ],
+            skipped: vec![Skipped {
+                mode: "ipvs".into(),
+                reason: "no ip_vs | module".into(),
+            }],
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn stat_median_min_max() {
+        let s = Stat::of(&[3.0, 1.0, 2.0, f64::NAN]).expect("values");
+        assert!(close(s.median, 2.0) && close(s.min, 1.0) && close(s.max, 3.0));
+        let even = Stat::of(&[4.0, 1.0, 2.0, 3.0]).expect("values");
+        assert!(close(even.median, 2.5));
+        assert!(Stat::of(&[]).is_none());
+    }
+
+    #[test]
+    fn markdown_has_rows_ratios_and_verdicts() {
+        let md = markdown(&fake_report());
+        // kproxy at 10k services: median 20,000 (19,000–21,000), 11× the baseline's 1,818.
+        assert!(
+            md.contains("| kproxy-tc | 10000 | last | 20,000 (19,000–21,000) | 11.00× |"),
+            "{md}"
+        );
+        assert!(md.contains("| iptables-legacy | 10000 | last | 1,818 (1,727–1,909) | 1.00× |"));
+        assert!(md.contains("| iptables-legacy | 1000 | random | 15,000 (15,000–15,000) |"));
+        assert!(md.contains(
+            "| kproxy-tc | 1000 | 50.0 (40.0–60.0) | 3.00 (2.00–4.00) | 0.60 (0.50–0.70) | 0.10× |"
+        ));
+        assert!(md.contains("| 1000 | 31.5 | 1.25 |"));
+        assert!(
+            md.contains(
+                "| kproxy XDP, packets to no service | 990,000 (990,000–990,000) | 0.90× |"
+            )
+        );
+        assert!(!md.contains("packets to a service"));
+        assert!(md.contains("| 10k services conn/s | ≥ 2× iptables-legacy | 11.00× | PASS |"));
+        assert!(md.contains("| agent RSS | < 10 MiB | 31.5 MiB | **MISS** |"));
+        assert!(md.contains("1 of 2 targets met"));
+        assert!(md.contains("- **ipvs**: no ip_vs \\| module"));
+        assert!(md.contains("Quick run"));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let report = fake_report();
+        let json = serde_json::to_string_pretty(&report).expect("serialize");
+        assert!(json.contains("\"placement\": \"last\""));
+        let back: Report = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn write_all_writes_json_markdown_and_png() {
+        let dir = std::env::temp_dir().join(format!("kproxy-report-test-{}", std::process::id()));
+        let paths = write_all(&fake_report(), &dir).expect("write_all");
+        let png = fs::read(&paths.chart).expect("chart");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        let json = fs::read_to_string(&paths.json).expect("json");
+        let back: Report = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, fake_report());
+        let md = fs::read_to_string(&paths.markdown).expect("markdown");
+        assert!(md.starts_with("## Benchmark results"));
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn counts_are_grouped() {
+        assert_eq!(fmt_count(0.4), "0");
+        assert_eq!(fmt_count(999.6), "1,000");
+        assert_eq!(fmt_count(1_234_567.0), "1,234,567");
+        assert_eq!(fmt_axis(45_000.0), "45,000");
+        assert_eq!(fmt_axis(2_500_000.0), "2.5M");
+    }
+}
