@@ -4,17 +4,18 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsString,
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use kproxy_testbed::{
-    BpfFs, Topology, TopologyOptions, require_privileges, tcp_request, tcp_server, udp_request,
-    udp_server,
+    BpfFs, LoggedProcess, Topology, TopologyOptions, require_privileges, tcp_request, tcp_server,
+    udp_request, udp_server,
 };
 
 use crate::{build_ebpf, cargo, deps, run_checked, target_dir, workspace_root};
@@ -24,36 +25,6 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 fn build_agent() -> Result<PathBuf> {
     run_checked(cargo().args(["build", "--package", "kproxy"]))?;
     Ok(target_dir().join("debug").join("kproxy"))
-}
-
-/// The agent, stopped (SIGTERM) on drop.
-struct RunningAgent(Child);
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_ready(log: &Path, agent: &mut Child) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(" ready") {
-            return Ok(());
-        }
-        if let Some(status) = agent.try_wait()? {
-            bail!("kproxy exited with {status}:\n{text}");
-        }
-        if started.elapsed() > Duration::from_secs(15) {
-            bail!("kproxy did not become ready:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 pub fn run() -> Result<()> {
@@ -148,32 +119,18 @@ fn start_agent(
     manifests: &Path,
     pin_dir: &Path,
     log: &Path,
-) -> Result<RunningAgent> {
-    let mut child = topo
-        .node
-        .command(kproxy)
-        .arg("run")
-        .arg("--manifests")
-        .arg(manifests)
-        .args([
-            "--node-name",
-            "demo-node",
-            "--attach",
-            &topo.node_ifaces().join(","),
-        ])
-        .arg("--pin-dir")
-        .arg(pin_dir)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()
-        .context("starting kproxy")?;
-    wait_ready(log, &mut child)?;
+) -> Result<LoggedProcess> {
+    let ifaces = topo.node_ifaces().join(",");
+    let mut args: Vec<OsString> = vec!["run".into(), "--manifests".into(), manifests.into()];
+    args.extend(["--node-name", "demo-node", "--attach", &ifaces, "--pin-dir"].map(OsString::from));
+    args.push(pin_dir.into());
+    let mut agent = LoggedProcess::spawn(&topo.node, kproxy, &args, &[("NO_COLOR", "1")], log)?;
+    agent.wait_for(" ready", Duration::from_secs(15))?;
     println!("kproxy is running (log: {}):", log.display());
-    for line in std::fs::read_to_string(log)?.lines() {
+    for line in agent.log_text().lines() {
         println!("  | {line}");
     }
-    Ok(RunningAgent(child))
+    Ok(agent)
 }
 
 fn print_histogram(counts: &BTreeMap<SocketAddrV4, usize>) {

@@ -7,12 +7,14 @@ mod bpfsys;
 mod ifreq;
 pub mod netns;
 pub mod privileges;
+pub mod process;
 pub mod servers;
 pub mod topology;
 
 pub use bpffs::BpfFs;
 pub use netns::Netns;
 pub use privileges::require_privileges;
+pub use process::LoggedProcess;
 pub use servers::{
     Reply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server, udp_request, udp_server,
 };

@@ -2,14 +2,17 @@
 //! topology, who-am-I servers on every backend, a private bpffs and a manifests directory.
 
 use std::{
+    ffi::OsString,
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    process::{Child, ExitStatus, Stdio},
+    path::{Path, PathBuf},
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
 use kproxy::cmd::services::{DatapathView, collect};
-use kproxy_testbed::{BpfFs, ServerHandle, Topology, TopologyOptions, tcp_server, udp_server};
+use kproxy_testbed::{
+    BpfFs, LoggedProcess, ServerHandle, Topology, TopologyOptions, tcp_server, udp_server,
+};
 
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
@@ -117,8 +120,7 @@ impl Bed {
 }
 
 pub struct Agent {
-    child: Option<Child>,
-    log: PathBuf,
+    process: Option<LoggedProcess>,
 }
 
 impl Agent {
@@ -134,12 +136,7 @@ impl Agent {
     }
 
     /// Like `start_with`, pinning under `pin_dir` instead of the bed's private bpffs.
-    pub fn start_pinned(
-        bed: &Bed,
-        pin_dir: &std::path::Path,
-        attach: &[&str],
-        extra: &[&str],
-    ) -> Self {
+    pub fn start_pinned(bed: &Bed, pin_dir: &Path, attach: &[&str], extra: &[&str]) -> Self {
         // One log per agent run, so a restarted agent's readiness is its own.
         let runs = std::fs::read_dir(bed.dir.path()).map_or(0, |d| {
             d.filter(|e| {
@@ -149,84 +146,51 @@ impl Agent {
             .count()
         });
         let log = bed.dir.path().join(format!("agent-{runs}.log"));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("agent log");
-        let manifests = bed.manifests();
-        let child = bed
-            .topo
-            .node
-            .command(kproxy_bin())
-            .arg("run")
-            .arg("--manifests")
-            .arg(&manifests)
-            .args(["--node-name", "node"])
-            .arg("--pin-dir")
-            .arg(pin_dir)
-            .args(attach)
-            .args(extra)
-            .env("KPROXY_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
+        let mut args: Vec<OsString> =
+            vec!["run".into(), "--manifests".into(), bed.manifests().into()];
+        args.extend(["--node-name", "node", "--pin-dir"].map(OsString::from));
+        args.push(pin_dir.into());
+        args.extend(attach.iter().chain(extra).map(OsString::from));
+        let env = [("KPROXY_LOG", "info"), ("NO_COLOR", "1")];
+        let mut process = LoggedProcess::spawn(&bed.topo.node, &kproxy_bin(), &args, &env, &log)
             .expect("starting kproxy");
-        let mut agent = Self {
-            child: Some(child),
-            log,
-        };
-        wait_until("the agent to be ready", Duration::from_secs(10), || {
-            agent.assert_running();
-            agent.log_text().contains(" ready").then_some(())
-        });
-        agent
+        process
+            .wait_for(" ready", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("kproxy did not become ready: {e:#}"));
+        Self {
+            process: Some(process),
+        }
+    }
+
+    fn process(&self) -> &LoggedProcess {
+        self.process.as_ref().expect("agent running")
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process().log_text()
     }
 
     pub fn assert_running(&mut self) {
-        let child = self.child.as_mut().expect("agent was started");
-        if let Some(status) = child.try_wait().expect("polling the agent") {
-            panic!("kproxy exited with {status}:\n{}", self.log_text());
+        if let Some(p) = self.process.as_mut() {
+            p.check_running().unwrap_or_else(|e| panic!("{e:#}"));
         }
     }
 
     /// SIGTERM, then waits for the exit status.
     pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("agent was started");
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(
-                i32::try_from(child.id()).expect("pid fits i32"),
-                libc::SIGTERM,
-            )
-        };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting for the agent") {
-                return status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "kproxy did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let process = self.process.take().expect("agent running");
+        process
+            .terminate(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if std::thread::panicking() {
-                eprintln!("--- kproxy log ---\n{}", self.log_text());
-            }
+        if let Some(process) = self.process.take()
+            && std::thread::panicking()
+        {
+            eprintln!("--- kproxy log ---\n{}", process.log_text());
         }
     }
 }
