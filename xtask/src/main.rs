@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's build, demo, test and benchmark entry points.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod deps;
@@ -22,6 +23,8 @@ struct Cli {
 enum Task {
     /// Build the eBPF object (installs bpf-linker into .tools/ when missing).
     BuildEbpf(build_ebpf::Options),
+    /// Measure kproxy against kube-proxy's iptables and nftables rules (needs root).
+    Bench(bench::Options),
     /// Build everything and run a demo in network namespaces (needs root).
     Demo,
     /// Build everything and run every check and test CI runs (root for the BPF tests).
@@ -31,6 +34,7 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf(opts) => build_ebpf::run(&opts).map(|_| ()),
+        Task::Bench(opts) => bench::run(&opts),
         Task::Demo => demo::run(),
         Task::Test(opts) => test::run(&opts),
     }

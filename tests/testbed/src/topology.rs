@@ -122,7 +122,7 @@ impl Topology {
             ("net.ipv4.conf.default.send_redirects", "0"),
         ])?;
         self.client
-            .sysctls(&[("net.ipv4.ip_local_port_range", "1024 65000")])?;
+            .sysctls(&[("net.ipv4.ip_local_port_range", "1024 65535")])?;
 
         // Links are created from the node, the leaf end going straight into its namespace: no
         // link ever exists in the root namespace, not even for a moment.
@@ -285,6 +285,11 @@ pub fn vip(n: u16) -> Ipv4Addr {
 }
 
 /// Third octet of backend `i`'s subnet: 2, 3, ... skipping the external subnet.
+/// The address backend `i` (0-based) gets in any topology: known before one is built.
+pub fn backend_address(i: usize) -> Ipv4Addr {
+    leaf_addr(backend_subnet(i))
+}
+
 fn backend_subnet(i: usize) -> u8 {
     let subnet = i + usize::from(CLIENT_SUBNET) + 1;
     let subnet = if subnet >= usize::from(EXTERNAL_SUBNET) {

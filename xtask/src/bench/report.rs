@@ -4,7 +4,7 @@
 //! re-analysed later; medians and min–max ranges are computed only when presenting.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
+use std::fmt::Write as _; // `write!` into a String cannot fail, hence the `let _ =`s
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -318,7 +318,7 @@ fn programming_section(report: &Report) -> String {
         .any(|p| !p.agent_change_ms.is_empty());
     let mut out = format!(
         "### Programming time\n\nMilliseconds to program all services from nothing (full sync) \
-         and to add one more service until it answers (one change). × {BASELINE_MODE}: ratio \
+         and to replace one endpoint of the target service until the datapath has it (one change: file written to map updated; agent-side: from the file event the agent sees). × {BASELINE_MODE}: ratio \
          of one-change medians, lower is better.\n\n"
     );
     out += "| mode | services | full sync ms (min–max) | one change ms (min–max) |";

@@ -1,0 +1,107 @@
+//! One benchmark run's test bed: the reference topology built fresh for every mode and
+//! repetition (so no netfilter or conntrack state of one mode leaks into the next), servers on
+//! the backends, a private bpffs and a manifests directory.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use anyhow::Result;
+use kproxy_testbed::{BpfFs, Topology, TopologyOptions};
+
+use super::{
+    cluster::{BACKEND_PORT, CHANGED_PORT},
+    server::{self, BenchServer},
+};
+
+/// Every service has these three endpoints.
+const BACKENDS: usize = 3;
+
+pub struct BenchBed {
+    pub topo: Topology,
+    pub bpffs: BpfFs,
+    pub dir: tempfile::TempDir,
+    servers: Vec<BenchServer>,
+}
+
+impl BenchBed {
+    pub fn new() -> Result<Self> {
+        // Complete checksums from the client: the XDP mode needs them (a NIC delivers them),
+        // and every mode pays the same for it.
+        let topo = Topology::build(TopologyOptions {
+            backends: BACKENDS,
+            external: false,
+            client_tx_checksum_offload: false,
+        })?;
+        tune(&topo)?;
+        let mut servers = Vec::new();
+        for (i, ns) in topo.backends.iter().enumerate() {
+            servers.push(server::start(
+                ns,
+                SocketAddrV4::new(topo.backend_addr(i), BACKEND_PORT),
+            )?);
+        }
+        let last = topo.backends.len() - 1;
+        servers.push(server::start(
+            &topo.backends[last],
+            SocketAddrV4::new(topo.backend_addr(last), CHANGED_PORT),
+        )?);
+        let dir = tempfile::Builder::new().prefix("kpt-bench-").tempdir()?;
+        std::fs::create_dir(dir.path().join("manifests"))?;
+        Ok(Self {
+            topo,
+            bpffs: BpfFs::new()?,
+            dir,
+            servers,
+        })
+    }
+
+    pub fn backends(&self) -> Vec<Ipv4Addr> {
+        (0..self.topo.backends.len())
+            .map(|i| self.topo.backend_addr(i))
+            .collect()
+    }
+
+    /// The backends' addresses, the same in every bed.
+    pub fn backend_addresses() -> Vec<Ipv4Addr> {
+        (0..BACKENDS)
+            .map(kproxy_testbed::topology::backend_address)
+            .collect()
+    }
+
+    /// Connections the backends' servers accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.servers.iter().map(BenchServer::accepted).sum()
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.pin_path("kproxy")
+    }
+}
+
+/// Settings for tens of thousands of short connections per second, inside the namespaces
+/// only. The client already has `tcp_tw_reuse=1` and a wide `ip_local_port_range` (test bed).
+///
+/// Netfilter conntrack: the table size (`nf_conntrack_max`, 262144 here) can only be set in
+/// the initial namespace, so instead the node keeps closed connections for 10 s rather than
+/// 120 s (`nf_conntrack_tcp_timeout_time_wait`) — the same as kproxy's own close timeout — so
+/// the table holds the rate without dropping. kproxy's conntrack is sized with `--ct-max`.
+fn tune(topo: &Topology) -> Result<()> {
+    topo.node.sysctls(&[
+        ("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "10"),
+        ("net.core.somaxconn", "4096"),
+    ])?;
+    for ns in &topo.backends {
+        ns.sysctls(&[
+            ("net.core.somaxconn", "4096"),
+            ("net.ipv4.tcp_max_syn_backlog", "4096"),
+            ("net.ipv4.tcp_tw_reuse", "1"),
+        ])?;
+    }
+    Ok(())
+}

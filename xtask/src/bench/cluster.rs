@@ -1,0 +1,236 @@
+//! The benchmark's cluster: N ClusterIP services with three endpoints each, as Kubernetes
+//! objects. kproxy reads them as JSON manifests; the netfilter modes get rules generated from
+//! the very same objects.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+
+pub const NAMESPACE: &str = "bench";
+pub const SERVICE_PORT: u16 = 80;
+pub const BACKEND_PORT: u16 = 8080;
+/// Where the endpoint that a "one-endpoint change" adds listens (on the last backend).
+pub const CHANGED_PORT: u16 = 8081;
+/// Services per manifest file: big clusters are rarely one file, and one huge document would
+/// make the agent's peak memory about JSON parsing rather than about its state.
+const SERVICES_PER_FILE: usize = 200;
+
+/// The VIP of service `i` (0-based): 198.19.0.1 upwards, never assigned to an interface.
+pub fn vip(i: usize) -> Ipv4Addr {
+    let n = u32::try_from(i + 1).expect("fewer than 65k services");
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + n)
+}
+
+pub fn frontend(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(vip(i), SERVICE_PORT)
+}
+
+fn service_name(i: usize) -> String {
+    format!("svc-{i:05}")
+}
+
+pub fn service(i: usize) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(service_name(i)),
+            namespace: Some(NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some(vip(i).to_string()),
+            cluster_ips: Some(vec![vip(i).to_string()]),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: i32::from(SERVICE_PORT),
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::String("http".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+pub fn slice(i: usize, endpoints: &[SocketAddrV4]) -> EndpointSlice {
+    // One slice per endpoint port: EndpointSlices carry a single port list for all endpoints.
+    let port = endpoints.first().map_or(BACKEND_PORT, SocketAddrV4::port);
+    EndpointSlice {
+        address_type: "IPv4".into(),
+        endpoints: endpoints
+            .iter()
+            .map(|ep| Endpoint {
+                addresses: vec![ep.ip().to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                ..Endpoint::default()
+            })
+            .collect(),
+        metadata: ObjectMeta {
+            name: Some(format!("{}-{port}", service_name(i))),
+            namespace: Some(NAMESPACE.into()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/service-name".into(),
+                service_name(i),
+            )])),
+            ..ObjectMeta::default()
+        },
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(i32::from(port)),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    }
+}
+
+/// `n` services, each with the three backends as endpoints. The last one is "the target".
+pub struct Cluster {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+}
+
+impl Cluster {
+    pub fn new(n: usize, backends: &[Ipv4Addr]) -> Self {
+        let endpoints: Vec<SocketAddrV4> = backends
+            .iter()
+            .map(|b| SocketAddrV4::new(*b, BACKEND_PORT))
+            .collect();
+        Self {
+            services: (0..n).map(service).collect(),
+            slices: (0..n).map(|i| slice(i, &endpoints)).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The service the load goes to in the "last" placement: last in every rule list.
+    pub fn target(&self) -> SocketAddrV4 {
+        frontend(self.len() - 1)
+    }
+
+    pub fn all_frontends(&self) -> Vec<SocketAddrV4> {
+        (0..self.len()).map(frontend).collect()
+    }
+
+    /// Writes the objects as JSON `v1` Lists, `SERVICES_PER_FILE` services per file; the
+    /// target service's slice goes alone into `target.json`, the file a change rewrites.
+    pub fn write_manifests(&self, dir: &Path) -> Result<()> {
+        let last = self.len() - 1;
+        for (chunk, services) in self.services.chunks(SERVICES_PER_FILE).enumerate() {
+            let first = chunk * SERVICES_PER_FILE;
+            let mut items: Vec<serde_json::Value> = Vec::with_capacity(services.len() * 2);
+            for (i, svc) in services.iter().enumerate() {
+                items.push(with_type(svc, "v1", "Service")?);
+                if first + i != last {
+                    items.push(with_type(
+                        &self.slices[first + i],
+                        "discovery.k8s.io/v1",
+                        "EndpointSlice",
+                    )?);
+                }
+            }
+            write_list(&dir.join(format!("services-{chunk:03}.json")), &items)?;
+        }
+        let endpoints: Vec<SocketAddrV4> = self.slices[last]
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                Some(SocketAddrV4::new(
+                    e.addresses.first()?.parse().ok()?,
+                    BACKEND_PORT,
+                ))
+            })
+            .collect();
+        self.write_target(dir, &[&endpoints])
+    }
+
+    /// Writes `target.json` with one slice of the target service per endpoint group (a slice
+    /// has one port list, so endpoints on other ports need their own slice), atomically by
+    /// rename as config management does.
+    pub fn write_target(&self, dir: &Path, groups: &[&[SocketAddrV4]]) -> Result<()> {
+        let i = self.len() - 1;
+        let items = groups
+            .iter()
+            .map(|endpoints| {
+                with_type(&slice(i, endpoints), "discovery.k8s.io/v1", "EndpointSlice")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tmp = dir.join(".target.json.tmp");
+        write_list(&tmp, &items)?;
+        std::fs::rename(&tmp, dir.join("target.json")).context("renaming target.json")
+    }
+}
+
+fn with_type<T: serde::Serialize>(
+    object: &T,
+    api_version: &str,
+    kind: &str,
+) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(object)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), api_version.into());
+        map.insert("kind".into(), kind.into());
+    }
+    Ok(value)
+}
+
+fn write_list(path: &Path, items: &[serde_json::Value]) -> Result<()> {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    std::fs::write(path, serde_json::to_vec(&list)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vips_count_up_from_198_19_0_1() {
+        assert_eq!(vip(0), Ipv4Addr::new(198, 19, 0, 1));
+        assert_eq!(vip(254), Ipv4Addr::new(198, 19, 0, 255));
+        assert_eq!(vip(9_999), Ipv4Addr::new(198, 19, 39, 16));
+    }
+
+    #[test]
+    fn manifests_split_into_files_with_the_target_slice_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = Cluster::new(450, &[Ipv4Addr::new(198, 18, 2, 2)]);
+        cluster.write_manifests(dir.path()).expect("write");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "services-000.json",
+                "services-001.json",
+                "services-002.json",
+                "target.json"
+            ]
+        );
+        let text = std::fs::read_to_string(dir.path().join("services-002.json")).expect("read");
+        let list: serde_json::Value = serde_json::from_str(&text).expect("json");
+        // 50 services, 49 slices (the target's slice is in target.json).
+        assert_eq!(list["items"].as_array().expect("items").len(), 99);
+    }
+}

@@ -1,0 +1,354 @@
+//! `cargo xtask bench`: kproxy against kube-proxy's iptables and nftables rules, every mode at
+//! every scale in one run, repetitions interleaved (A B A B …) so machine noise hits all modes
+//! alike. Results go to `target/bench/` as JSON, markdown and a chart.
+
+mod bed;
+mod cluster;
+mod load;
+mod modes;
+mod report;
+mod rules;
+mod server;
+mod targets;
+mod xdp;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use kproxy_testbed::require_privileges;
+
+use self::{
+    bed::BenchBed,
+    cluster::Cluster,
+    load::{LoadConfig, Pick},
+    modes::Mode,
+    report::{AgentUsage, Cell, Placement, Programming, Report, Sample, Skipped},
+};
+use crate::{build_ebpf, cargo, deps, run_checked, target_dir};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// A smoke run for CI: 10 and 100 services, one short repetition, debug agent build.
+    #[arg(long)]
+    pub quick: bool,
+    /// Numbers of ClusterIP services to measure, comma separated (default 10,1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    pub services: Option<Vec<usize>>,
+    /// Modes to measure, comma separated (default: all of kproxy-tc, kproxy-xdp,
+    /// iptables-legacy, iptables-nft, nftables, ipvs).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Option<Vec<String>>,
+    /// Repetitions of every measurement (default 3, quick 1).
+    #[arg(long)]
+    pub repetitions: Option<usize>,
+    /// Seconds of load per measurement (default 5, quick 1).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Connections kept in flight by the load generator.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Where the results go (default target/bench).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// The run's settings once defaults are applied.
+struct Plan {
+    quick: bool,
+    scales: Vec<usize>,
+    modes: Vec<Mode>,
+    repetitions: usize,
+    duration: Duration,
+    concurrency: usize,
+    output: PathBuf,
+}
+
+impl Plan {
+    fn from(opts: &Options) -> Result<Self> {
+        let modes = match &opts.modes {
+            Some(names) => names
+                .iter()
+                .map(|n| Mode::parse(n).with_context(|| format!("unknown mode {n:?}")))
+                .collect::<Result<_>>()?,
+            None => Mode::ALL.to_vec(),
+        };
+        let default_scales = if opts.quick {
+            vec![10, 100]
+        } else {
+            vec![10, 1_000, 10_000]
+        };
+        let scales = opts.services.clone().unwrap_or(default_scales);
+        if scales.iter().any(|&n| n == 0 || n > 60_000) {
+            bail!("--services: each scale must be between 1 and 60000");
+        }
+        let seconds = opts.duration.unwrap_or(if opts.quick { 1.0 } else { 5.0 });
+        Ok(Self {
+            quick: opts.quick,
+            scales,
+            modes,
+            repetitions: opts
+                .repetitions
+                .unwrap_or(if opts.quick { 1 } else { 3 })
+                .max(1),
+            duration: Duration::from_secs_f64(seconds.max(0.2)),
+            concurrency: opts.concurrency.max(1),
+            output: opts
+                .output
+                .clone()
+                .unwrap_or_else(|| target_dir().join("bench")),
+        })
+    }
+}
+
+/// Packages the benchmark needs on top of the tests'.
+const BENCH_TOOLS: &[deps::Requirement] = &[
+    ("iptables-legacy-restore", "iptables"),
+    ("nft", "nftables"),
+    ("fc-list", "fontconfig"),
+];
+
+pub fn run(opts: &Options) -> Result<()> {
+    if !require_privileges("cargo xtask bench") {
+        bail!("the benchmark needs root: it builds network namespaces and loads BPF programs");
+    }
+    let plan = Plan::from(opts)?;
+    if cfg!(debug_assertions) && !plan.quick {
+        return reexec_optimised();
+    }
+    deps::ensure(deps::TEST_TOOLS)?;
+    deps::ensure(BENCH_TOOLS)?;
+    build_ebpf::run(&build_ebpf::Options::default())?;
+    let agent = build_agent(plan.quick)?;
+
+    let mut report = Report {
+        machine: machine(),
+        quick: plan.quick,
+        repetitions: plan.repetitions,
+        duration_s: plan.duration.as_secs_f64(),
+        cells: Vec::new(),
+        programming: Vec::new(),
+        agent: Vec::new(),
+        xdp: None,
+        targets: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let modes: Vec<Mode> = plan
+        .modes
+        .iter()
+        .copied()
+        .filter(|m| match m.unavailable() {
+            Some(reason) => {
+                eprintln!("bench: skipping {}: {reason}", m.name());
+                report.skipped.push(Skipped {
+                    mode: m.name().into(),
+                    reason,
+                });
+                false
+            }
+            None => true,
+        })
+        .collect();
+
+    for &services in &plan.scales {
+        measure_scale(&plan, &modes, services, &agent, &mut report)?;
+    }
+    if modes.contains(&Mode::KproxyXdp) {
+        report.xdp = Some(xdp::measure(
+            &agent,
+            if plan.quick { 1 } else { plan.repetitions },
+        )?);
+    }
+    report.targets = targets::evaluate(&report);
+    let paths = report::write_all(&report, &plan.output)?;
+    println!("{}", report::markdown(&report));
+    println!(
+        "bench: wrote {}, {} and {}",
+        paths.json.display(),
+        paths.markdown.display(),
+        paths.chart.display()
+    );
+    Ok(())
+}
+
+/// The load generator and servers run in this process: in a debug build they, not the
+/// datapaths, would be the bottleneck. A full run therefore re-runs itself from a release
+/// build of xtask (the quick smoke run does not need real numbers).
+fn reexec_optimised() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    run_checked(cargo().args(["build", "--release", "--package", "xtask"]))?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let err = std::process::Command::new(target_dir().join("release").join("xtask"))
+        .args(args)
+        .exec();
+    Err(err).context("running the release build of xtask")
+}
+
+/// The agent binary: release for real numbers, debug for the quick smoke run (faster build).
+fn build_agent(quick: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "kproxy"]);
+    if !quick {
+        cmd.arg("--release");
+    }
+    run_checked(&mut cmd)?;
+    Ok(target_dir()
+        .join(if quick { "debug" } else { "release" })
+        .join("kproxy"))
+}
+
+/// kproxy's conntrack sized for the rate: closed flows stay 10 s, and 50k connections/s is
+/// more than this machine reaches.
+const CT_MAX: u32 = 1 << 20;
+
+fn measure_scale(
+    plan: &Plan,
+    modes: &[Mode],
+    services: usize,
+    agent: &std::path::Path,
+    report: &mut Report,
+) -> Result<()> {
+    let backends = BenchBed::backend_addresses();
+    let cluster = Cluster::new(services, &backends);
+    for rep in 0..plan.repetitions {
+        for &mode in modes {
+            eprintln!(
+                "bench: {services} services, {}, repetition {}/{}",
+                mode.name(),
+                rep + 1,
+                plan.repetitions
+            );
+            let bed = BenchBed::new()?;
+            let (mut running, setup) = modes::start(mode, &bed, &cluster, agent, CT_MAX)?;
+            programming(report, mode, services)
+                .full_sync_ms
+                .push(setup.full_sync_ms);
+            for placement in [Placement::Last, Placement::Random] {
+                let sample = measure(plan, &bed, &cluster, placement)?;
+                cell(report, mode, services, placement).samples.push(sample);
+            }
+            if let Some(change) = running.change_one_endpoint(&bed, &cluster)? {
+                let p = programming(report, mode, services);
+                p.one_change_ms.push(change.file_to_map_ms);
+                p.agent_change_ms.extend(change.agent_ms);
+            }
+            if let Some((rss, cpu)) = running.agent_usage() {
+                record_usage(report, services, rss, cpu);
+            }
+            running.stop()?;
+        }
+    }
+    Ok(())
+}
+
+fn measure(plan: &Plan, bed: &BenchBed, cluster: &Cluster, placement: Placement) -> Result<Sample> {
+    let mut cfg = match placement {
+        Placement::Last => LoadConfig::new(vec![cluster.target()]),
+        Placement::Random => {
+            let mut cfg = LoadConfig::new(cluster.all_frontends());
+            cfg.pick = Pick::Random;
+            cfg
+        }
+    };
+    cfg.duration = plan.duration;
+    cfg.warmup = plan.duration.mul_f64(0.2).min(Duration::from_secs(1));
+    cfg.concurrency = plan.concurrency;
+    let accepted_before = bed.accepted();
+    let result = load::run(&bed.topo.client, &cfg)?;
+    // Every connection counted must have reached one of the backends' servers.
+    let accepted = bed.accepted() - accepted_before;
+    if accepted < result.connections {
+        bail!(
+            "the load generator counted {} connections but the servers accepted {accepted}",
+            result.connections
+        );
+    }
+    eprintln!(
+        "bench:   {} {result} spread {:?}",
+        placement.as_str(),
+        result.per_backend
+    );
+    Ok(Sample {
+        rate: result.rate(),
+        p50_us: result.p50_us(),
+        p99_us: result.p99_us(),
+        errors: result.errors,
+    })
+}
+
+fn cell(report: &mut Report, mode: Mode, services: usize, placement: Placement) -> &mut Cell {
+    let at = report
+        .cells
+        .iter()
+        .position(|c| c.mode == mode.name() && c.services == services && c.placement == placement);
+    let at = at.unwrap_or_else(|| {
+        report.cells.push(Cell {
+            mode: mode.name().into(),
+            services,
+            placement,
+            samples: Vec::new(),
+        });
+        report.cells.len() - 1
+    });
+    &mut report.cells[at]
+}
+
+fn programming(report: &mut Report, mode: Mode, services: usize) -> &mut Programming {
+    let at = report
+        .programming
+        .iter()
+        .position(|p| p.mode == mode.name() && p.services == services);
+    let at = at.unwrap_or_else(|| {
+        report.programming.push(Programming {
+            mode: mode.name().into(),
+            services,
+            full_sync_ms: Vec::new(),
+            one_change_ms: Vec::new(),
+            agent_change_ms: Vec::new(),
+        });
+        report.programming.len() - 1
+    });
+    &mut report.programming[at]
+}
+
+/// Keeps the worst (highest) usage seen per scale.
+fn record_usage(report: &mut Report, services: usize, rss: f64, cpu: f64) {
+    match report.agent.iter_mut().find(|a| a.services == services) {
+        Some(a) => {
+            a.peak_rss_mib = a.peak_rss_mib.max(rss);
+            a.cpu_seconds = a.cpu_seconds.max(cpu);
+        }
+        None => report.agent.push(AgentUsage {
+            services,
+            peak_rss_mib: rss,
+            cpu_seconds: cpu,
+        }),
+    }
+}
+
+/// What the numbers were measured on.
+fn machine() -> report::Machine {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let meminfo = read("/proc/meminfo");
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    report::Machine {
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        cpu_model: cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown".into(), |(_, m)| m.trim().to_owned()),
+        memory_gib: mem_kib / (1024.0 * 1024.0),
+        date,
+    }
+}

@@ -1,0 +1,286 @@
+//! The datapaths the benchmark compares, each set up from nothing on a fresh bed: kproxy
+//! (TC, and XDP on the client-facing link) and kube-proxy's rules for iptables (legacy and
+//! nft backends), nftables and IPVS.
+
+use std::{
+    ffi::OsString,
+    io::Write,
+    net::SocketAddrV4,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{HashMap, MapData};
+use kproxy_common::{lb::Backend, names};
+use kproxy_testbed::LoggedProcess;
+
+use super::{
+    bed::BenchBed,
+    cluster::{self, CHANGED_PORT, Cluster},
+    rules,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    KproxyTc,
+    KproxyXdp,
+    IptablesLegacy,
+    IptablesNft,
+    Nftables,
+    Ipvs,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 6] = [
+        Mode::KproxyTc,
+        Mode::KproxyXdp,
+        Mode::IptablesLegacy,
+        Mode::IptablesNft,
+        Mode::Nftables,
+        Mode::Ipvs,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::KproxyTc => "kproxy-tc",
+            Mode::KproxyXdp => "kproxy-xdp",
+            Mode::IptablesLegacy => "iptables-legacy",
+            Mode::IptablesNft => "iptables-nft",
+            Mode::Nftables => "nftables",
+            Mode::Ipvs => "ipvs",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Why this mode cannot run on this machine, if it cannot.
+    pub fn unavailable(self) -> Option<String> {
+        match self {
+            Mode::Ipvs if !Path::new("/proc/net/ip_vs").exists() => {
+                Some("the kernel has no IPVS (CONFIG_IP_VS is not set), so kube-proxy's ipvs mode cannot run".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What setting a mode up measured.
+pub struct Setup {
+    /// From nothing to every service programmed.
+    pub full_sync_ms: f64,
+}
+
+/// What a one-endpoint change measured (kproxy only).
+pub struct ChangeTiming {
+    /// From the manifest file's rename to the new backend being in the datapath's maps.
+    pub file_to_map_ms: f64,
+    /// The agent's own account: from the file event to the maps written.
+    pub agent_ms: Option<f64>,
+}
+
+/// A mode set up on a bed; dropping it leaves cleanup to the bed (its namespaces go).
+pub struct Running {
+    agent: Option<LoggedProcess>,
+}
+
+/// Sets `mode` up on `bed` for `cluster`.
+pub fn start(
+    mode: Mode,
+    bed: &BenchBed,
+    cluster: &Cluster,
+    agent_bin: &Path,
+    ct_max: u32,
+) -> Result<(Running, Setup)> {
+    match mode {
+        Mode::KproxyTc | Mode::KproxyXdp => start_kproxy(mode, bed, cluster, agent_bin, ct_max),
+        Mode::IptablesLegacy | Mode::IptablesNft => {
+            let ports = rules::service_ports(&cluster.services, &cluster.slices);
+            let tool = if mode == Mode::IptablesLegacy {
+                "iptables-legacy-restore"
+            } else {
+                "iptables-nft-restore"
+            };
+            let ms = feed(bed, tool, &[], &rules::iptables_restore(&ports))?;
+            Ok((Running { agent: None }, Setup { full_sync_ms: ms }))
+        }
+        Mode::Nftables => {
+            let ports = rules::service_ports(&cluster.services, &cluster.slices);
+            let ms = feed(bed, "nft", &["-f", "-"], &rules::nftables_script(&ports))?;
+            Ok((Running { agent: None }, Setup { full_sync_ms: ms }))
+        }
+        Mode::Ipvs => bail!("{}", mode.unavailable().unwrap_or_default()),
+    }
+}
+
+/// Runs `tool args` in the node namespace with `input` on stdin; returns its wall time in ms.
+fn feed(bed: &BenchBed, tool: &str, args: &[&str], input: &str) -> Result<f64> {
+    let started = Instant::now();
+    let mut child = bed
+        .topo
+        .node
+        .command(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {tool}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
+fn start_kproxy(
+    mode: Mode,
+    bed: &BenchBed,
+    cluster: &Cluster,
+    agent_bin: &Path,
+    ct_max: u32,
+) -> Result<(Running, Setup)> {
+    cluster.write_manifests(&bed.manifests())?;
+    let links = bed.topo.node_ifaces();
+    let mut args: Vec<OsString> = vec!["run".into(), "--manifests".into(), bed.manifests().into()];
+    args.extend(["--node-name", "bench-node", "--pin-dir"].map(OsString::from));
+    args.push(bed.pin_dir().into());
+    args.extend(["--ct-max".into(), ct_max.to_string().into()]);
+    if mode == Mode::KproxyXdp {
+        // XDP on the client-facing link (the "NIC"); TC still handles the backend links.
+        let backend_links: Vec<&str> = links
+            .iter()
+            .filter(|l| *l != bed.topo.client_iface())
+            .map(String::as_str)
+            .collect();
+        args.extend([
+            "--attach".into(),
+            backend_links.join(",").into(),
+            "--xdp".into(),
+            bed.topo.client_iface().into(),
+        ]);
+    } else {
+        args.extend(["--attach".into(), links.join(",").into()]);
+    }
+    let log = bed.dir.path().join("agent.log");
+    let mut agent =
+        LoggedProcess::spawn(&bed.topo.node, agent_bin, &args, &[("NO_COLOR", "1")], &log)?;
+    let synced = agent.wait_for(" synced ", Duration::from_mins(1))?;
+    agent.wait_for(" ready", Duration::from_secs(30))?;
+    let full_sync_ms =
+        log_field_us(&synced, "elapsed_us").context("the first sync's elapsed_us")? / 1e3;
+    Ok((Running { agent: Some(agent) }, Setup { full_sync_ms }))
+}
+
+/// A `key=123` field of a log line, as a float.
+fn log_field_us(line: &str, key: &str) -> Option<f64> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Running {
+    /// Replaces one endpoint of the target service (the last backend's 8080 by its 8081) in
+    /// the manifests and measures how long until the datapath has it.
+    pub fn change_one_endpoint(
+        &mut self,
+        bed: &BenchBed,
+        cluster: &Cluster,
+    ) -> Result<Option<ChangeTiming>> {
+        let Some(agent) = self.agent.as_mut() else {
+            return Ok(None);
+        };
+        let backends = bed.backends();
+        let (last, kept) = backends.split_last().context("backends")?;
+        let kept: Vec<SocketAddrV4> = kept
+            .iter()
+            .map(|b| SocketAddrV4::new(*b, cluster::BACKEND_PORT))
+            .collect();
+        let moved = [SocketAddrV4::new(*last, CHANGED_PORT)];
+        let map_path = bed.pin_dir().join(names::MAP_BACKENDS);
+        let backends_map: HashMap<MapData, u32, Backend> = HashMap::try_from(
+            aya::maps::Map::from_map_data(MapData::from_pin(&map_path)?)?,
+        )?;
+        let wanted_port = CHANGED_PORT.to_be();
+
+        let started = Instant::now();
+        cluster.write_target(&bed.manifests(), &[&kept, &moved])?;
+        loop {
+            // Polling the map directly: the moment the datapath can choose the new backend.
+            if backends_map
+                .iter()
+                .filter_map(Result::ok)
+                .any(|(_, b)| b.port == wanted_port)
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                bail!("the changed endpoint never reached the datapath");
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let file_to_map_ms = started.elapsed().as_secs_f64() * 1e3;
+        let synced = agent.wait_for(" synced ", Duration::from_secs(5))?;
+        Ok(Some(ChangeTiming {
+            file_to_map_ms,
+            agent_ms: log_field_us(&synced, "since_event_us").map(|us| us / 1e3),
+        }))
+    }
+
+    /// The agent's peak resident memory (MiB) and CPU time (s) so far.
+    pub fn agent_usage(&self) -> Option<(f64, f64)> {
+        let pid = self.agent.as_ref()?.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let hwm_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start at ") ".
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second =
+            f64::from(u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?);
+        Some((hwm_kib / 1024.0, ticks / per_second))
+    }
+
+    pub fn stop(mut self) -> Result<()> {
+        if let Some(agent) = self.agent.take() {
+            let status = agent.terminate(Duration::from_secs(10))?;
+            if !status.success() {
+                bail!("kproxy exited with {status}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_field_us;
+
+    #[test]
+    fn reads_numbers_from_log_lines() {
+        let line = "2026-11-22T05:51:49Z  INFO kproxy::agent: synced added=3 elapsed_us=1266 since_event_us=2840";
+        assert_eq!(log_field_us(line, "elapsed_us"), Some(1266.0));
+        assert_eq!(log_field_us(line, "since_event_us"), Some(2840.0));
+        assert_eq!(log_field_us(line, "missing"), None);
+    }
+}
