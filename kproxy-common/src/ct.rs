@@ -33,7 +33,10 @@ pub struct CtEntry {
     pub nat_addr: u32,
     /// Forward: backend port. Reverse: the service port written back as source port.
     pub nat_port: u16,
-    pub _pad: u16,
+    /// Forward: the source port the flow uses towards its backend when the client's own
+    /// port is taken there by another flow (two VIPs, one backend), 0 if it is not. Reverse:
+    /// the client's own port, written back in replies, 0 if unchanged.
+    pub alt_port: u16,
     /// `CT_F_*` bits, set with atomic OR.
     pub flags: u32,
     pub _pad2: u32,

@@ -35,12 +35,16 @@ pub enum Counter {
     DropFragment,
     /// After DNAT on egress, no route (or no usable neighbour) to the backend.
     DropNoRoute,
+    /// A new flow's tuple towards its backend was taken and no free source port was found.
+    DropNoPort,
+    /// A new flow's client port was taken towards its backend: it got another source port.
+    PortRemapped,
 }
 
 pub const COUNTER_SLOTS: usize = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 16] = [
         Counter::Packets,
         Counter::ServicePackets,
         Counter::ReplyPackets,
@@ -55,6 +59,8 @@ impl Counter {
         Counter::DropReject,
         Counter::DropFragment,
         Counter::DropNoRoute,
+        Counter::DropNoPort,
+        Counter::PortRemapped,
     ];
 
     /// Stable snake_case name (metrics label, CLI output).
@@ -74,6 +80,8 @@ impl Counter {
             Counter::DropReject => "drop_reject",
             Counter::DropFragment => "drop_fragment",
             Counter::DropNoRoute => "drop_no_route",
+            Counter::DropNoPort => "drop_no_port",
+            Counter::PortRemapped => "port_remapped",
         }
     }
 
@@ -87,6 +95,7 @@ impl Counter {
             Counter::DropReject => Some("reject_failed"),
             Counter::DropFragment => Some("fragment"),
             Counter::DropNoRoute => Some("no_route"),
+            Counter::DropNoPort => Some("no_port"),
             _ => None,
         }
     }

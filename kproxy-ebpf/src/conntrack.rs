@@ -4,13 +4,15 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use kproxy_common::{
-    config::Config,
+    config::{Config, IPPROTO_TCP},
     ct::{CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_REFRESH_NS, CtEntry, FlowKey},
+    stats::Counter,
 };
 
 use crate::{
     maps::{KP_CONFIG, KP_CT_FWD, KP_CT_REV},
     parse::{TCP_FIN, TCP_RST},
+    stats,
 };
 
 #[inline(always)]
@@ -65,7 +67,11 @@ pub fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
         saddr: entry.nat_addr,
         daddr: fwd.saddr,
         sport: entry.nat_port,
-        dport: fwd.sport,
+        dport: if entry.alt_port != 0 {
+            entry.alt_port
+        } else {
+            fwd.sport
+        },
         proto: fwd.proto,
         _pad: [0; 3],
     }
@@ -77,7 +83,11 @@ pub fn forward_key(rev: &FlowKey, entry: &CtEntry) -> FlowKey {
     FlowKey {
         saddr: rev.daddr,
         daddr: entry.nat_addr,
-        sport: rev.dport,
+        sport: if entry.alt_port != 0 {
+            entry.alt_port
+        } else {
+            rev.dport
+        },
         dport: entry.nat_port,
         proto: rev.proto,
         _pad: [0; 3],
@@ -114,6 +124,7 @@ fn reply_entry(fwd: &FlowKey, entry: &CtEntry) -> CtEntry {
     CtEntry {
         nat_addr: fwd.daddr,
         nat_port: fwd.dport,
+        alt_port: if entry.alt_port != 0 { fwd.sport } else { 0 },
         ..*entry
     }
 }
@@ -165,7 +176,35 @@ pub fn update(
     refresh
 }
 
+/// Source ports handed out when a client's own is taken towards a backend (Linux's default
+/// ephemeral range).
+const ALT_PORT_MIN: u32 = 32_768;
+const ALT_PORT_SPAN: u32 = 28_232;
+const ALT_PORT_TRIES: u32 = 8;
+
+/// Whether the backend-side tuple `rkey` belongs to a live flow other than `fwd`. Two flows
+/// from one client port to two VIPs that pick the same backend would otherwise look like one
+/// connection to that backend (netfilter remaps the source port in that case as well).
+#[inline(always)]
+fn tuple_taken(rkey: &FlowKey, fwd: &FlowKey, cfg: &Config, now: u64) -> bool {
+    // SAFETY: copied out at once.
+    let Some(other) = (unsafe { KP_CT_REV.get(rkey) }).copied() else {
+        return false;
+    };
+    let client_port = if other.alt_port != 0 {
+        other.alt_port
+    } else {
+        rkey.dport
+    };
+    let same_flow =
+        other.nat_addr == fwd.daddr && other.nat_port == fwd.dport && client_port == fwd.sport;
+    let live =
+        !cfg.expired(fwd.proto, &other, now) && !(fwd.proto == IPPROTO_TCP && other.tcp_closing());
+    live && !same_flow
+}
+
 /// Creates both entries of a new flow from `fwd` (client→VIP) to backend `addr:port`.
+/// Returns the source port the flow uses towards the backend if it had to change it.
 #[inline(always)]
 pub fn create(
     fwd: &FlowKey,
@@ -175,20 +214,49 @@ pub fn create(
     port: u16,
     tcp_flags: u8,
     now: u64,
-) -> Result<(), ()> {
-    let flags = state_bits(Dir::Forward, tcp_flags);
-    let forward = CtEntry {
+) -> Result<u16, Counter> {
+    let mut forward = CtEntry {
         last_seen_ns: now,
         backend_id,
         svc_id,
         nat_addr: addr,
         nat_port: port,
-        _pad: 0,
-        flags,
+        alt_port: 0,
+        flags: state_bits(Dir::Forward, tcp_flags),
         _pad2: 0,
     };
+    let cfg = config();
+    let mut rkey = reply_key(fwd, &forward);
+    if tuple_taken(&rkey, fwd, &cfg, now) {
+        let seed = (fwd.saddr
+            ^ fwd.daddr.rotate_left(11)
+            ^ (u32::from(fwd.sport) << 16)
+            ^ u32::from(fwd.dport)
+            ^ now as u32)
+            .wrapping_mul(0x9e37_79b1);
+        let mut chosen = 0u16;
+        for i in 0..ALT_PORT_TRIES {
+            let candidate = ((ALT_PORT_MIN
+                + (seed.wrapping_add(i.wrapping_mul(7_919)) >> 8) % ALT_PORT_SPAN)
+                as u16)
+                .to_be();
+            rkey.dport = candidate;
+            if !tuple_taken(&rkey, fwd, &cfg, now) {
+                chosen = candidate;
+                break;
+            }
+        }
+        if chosen == 0 {
+            return Err(Counter::DropNoPort);
+        }
+        stats::count(Counter::PortRemapped);
+        forward.alt_port = chosen;
+    }
     KP_CT_REV
-        .insert(reply_key(fwd, &forward), reply_entry(fwd, &forward), 0)
-        .map_err(|_| ())?;
-    KP_CT_FWD.insert(fwd, forward, 0).map_err(|_| ())
+        .insert(rkey, reply_entry(fwd, &forward), 0)
+        .map_err(|_| Counter::DropCtInsert)?;
+    KP_CT_FWD
+        .insert(fwd, forward, 0)
+        .map_err(|_| Counter::DropCtInsert)?;
+    Ok(forward.alt_port)
 }

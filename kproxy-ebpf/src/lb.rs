@@ -111,8 +111,8 @@ fn to_service<P: Packet>(
     svc: &ServiceValue,
 ) -> Result<Action, Counter> {
     let now = conntrack::now_ns();
-    let backend = match established_backend(flow, svc, now) {
-        Some(b) => b,
+    let (backend, alt_port) = match established_backend(flow, svc, now) {
+        Some(found) => found,
         None => {
             if !flow.has_l4_header() {
                 return Err(Counter::DropFragment);
@@ -121,7 +121,7 @@ fn to_service<P: Packet>(
                 return reject(pkt, flow, svc.id);
             }
             let (id, backend) = select_backend(svc, flow.key.saddr, now)?;
-            conntrack::create(
+            let alt_port = conntrack::create(
                 &flow.key,
                 id,
                 svc.id,
@@ -129,10 +129,9 @@ fn to_service<P: Packet>(
                 backend.port,
                 flow.tcp_flags,
                 now,
-            )
-            .map_err(|()| Counter::DropCtInsert)?;
+            )?;
             stats::count_new_flow(svc.id, id);
-            backend
+            (backend, alt_port)
         }
     };
     pkt.rewrite(&NatRewrite {
@@ -141,6 +140,7 @@ fn to_service<P: Packet>(
         new_addr: backend.addr,
         old_port: flow.key.dport,
         new_port: backend.port,
+        peer_port: (alt_port != 0).then_some((flow.key.sport, alt_port)),
         l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     })
@@ -150,10 +150,11 @@ fn to_service<P: Packet>(
     Ok(Action::Dnat(flow.key.saddr, backend.addr))
 }
 
-/// The backend of the flow `flow` belongs to, if the flow is live and its backend still
-/// belongs to the service. Updates the flow's state and times.
+/// The backend of the flow `flow` belongs to (and the source port it uses there if it had
+/// to change it), if the flow is live and its backend still belongs to the service. Updates
+/// the flow's state and times.
 #[inline(always)]
-fn established_backend(flow: &Ipv4Flow, svc: &ServiceValue, now: u64) -> Option<Backend> {
+fn established_backend(flow: &Ipv4Flow, svc: &ServiceValue, now: u64) -> Option<(Backend, u16)> {
     let entry_ptr = KP_CT_FWD.get_ptr_mut(flow.key)?;
     // SAFETY: valid map value; copied so later reads see one consistent snapshot.
     let entry = unsafe { *entry_ptr };
@@ -186,7 +187,7 @@ fn established_backend(flow: &Ipv4Flow, svc: &ServiceValue, now: u64) -> Option<
             unsafe { (*a).last_seen_ns = now };
         }
     }
-    Some(backend)
+    Some((backend, entry.alt_port))
 }
 
 /// Chooses the backend of a new flow from client `client`: its ClientIP affinity if that is
@@ -278,6 +279,7 @@ fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
         new_addr: entry.nat_addr,
         old_port: flow.key.sport,
         new_port: entry.nat_port,
+        peer_port: (entry.alt_port != 0).then_some((flow.key.dport, entry.alt_port)),
         l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     };

@@ -37,6 +37,9 @@ pub struct NatRewrite {
     pub new_addr: u32,
     pub old_port: u16,
     pub new_port: u16,
+    /// The other end's port, `(old, new)`, when it changes too (a client port remapped
+    /// because it was taken towards the backend).
+    pub peer_port: Option<(u16, u16)>,
     /// Offset of the L4 header; `None` for a later fragment, which has none.
     pub l4_off: Option<usize>,
     /// UDP (a zero checksum means "none" and stays zero) rather than TCP.
@@ -54,6 +57,12 @@ impl NatRewrite {
     #[inline(always)]
     fn port_in_l4(&self) -> usize {
         if self.side == Side::Source { 0 } else { 2 }
+    }
+
+    /// Offset of the other end's port within the L4 header.
+    #[inline(always)]
+    fn peer_port_in_l4(&self) -> usize {
+        2 - self.port_in_l4()
     }
 
     /// Offset of the checksum within the L4 header.
@@ -147,6 +156,14 @@ impl Packet for TcPacket<'_> {
             self.ctx
                 .store(l4_off + rw.port_in_l4(), &rw.new_port, 0)
                 .map_err(|_| ())?;
+            if let Some((old, new)) = rw.peer_port {
+                self.ctx
+                    .l4_csum_replace(csum_off, u64::from(old), u64::from(new), mangled | 2)
+                    .map_err(|_| ())?;
+                self.ctx
+                    .store(l4_off + rw.peer_port_in_l4(), &new, 0)
+                    .map_err(|_| ())?;
+            }
         }
         self.ctx
             .l3_csum_replace(
@@ -216,6 +233,9 @@ impl XdpPacket<'_> {
             if !(rw.udp && old == 0) {
                 let mut new = csum::replace4(old, rw.old_addr, rw.new_addr);
                 new = csum::replace2(new, rw.old_port, rw.new_port);
+                if let Some((old_peer, new_peer)) = rw.peer_port {
+                    new = csum::replace2(new, old_peer, new_peer);
+                }
                 if rw.udp && new == 0 {
                     new = 0xffff;
                 }
@@ -224,6 +244,11 @@ impl XdpPacket<'_> {
             l4.add(rw.port_in_l4())
                 .cast::<u16>()
                 .write_unaligned(rw.new_port);
+            if let Some((_, new_peer)) = rw.peer_port {
+                l4.add(rw.peer_port_in_l4())
+                    .cast::<u16>()
+                    .write_unaligned(new_peer);
+            }
         }
         Ok(())
     }

@@ -146,7 +146,9 @@ impl Agent {
     fn sync(&mut self, seen: Option<Instant>) {
         let started = Instant::now();
         let changes = self.source.refresh();
+        let read = started.elapsed();
         let keys = self.cluster.apply(changes);
+        let model = started.elapsed() - read;
         let report = self
             .programmed
             .sync_keys(self.cluster.desired(), &keys, &mut self.services);
@@ -182,6 +184,9 @@ impl Agent {
                 map_ops = report.ops,
                 frontends = self.programmed.frontends().len(),
                 elapsed_us = micros(elapsed),
+                read_us = micros(read),
+                model_us = micros(model),
+                write_us = micros(elapsed - read - model),
                 since_event_us = seen.map(|s| micros(s.elapsed())),
                 "synced"
             );

@@ -380,3 +380,54 @@ fn later_fragments_follow_their_first_fragment() {
     let (_, orphan) = fragment(&udp_frame((OTHER_CLIENT, 5353), (VIP, 80), &payload), 24);
     assert_eq!(dp.tc(&orphan), (TCX_NEXT, orphan));
 }
+
+#[test]
+fn a_client_port_taken_towards_a_backend_is_remapped_and_restored() {
+    if !require_privileges("a_client_port_taken_towards_a_backend_is_remapped_and_restored") {
+        return;
+    }
+    // Two services with the same single backend: one client port to both VIPs would be one
+    // and the same connection for the backend.
+    let vip2 = Ipv4Addr::new(198, 19, 0, 20);
+    let desired: Desired = [
+        frontend(VIP, 80, Protocol::Tcp, &[(B1, 8080)], None),
+        frontend(vip2, 80, Protocol::Tcp, &[(B1, 8080)], None),
+    ]
+    .into_iter()
+    .collect();
+    let dp = loaded(&desired);
+    let c = (CLIENT, 45_000);
+    assert_eq!(
+        dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1,
+        tcp_frame(c, (B1, 8080), SYN, b"")
+    );
+    let (_, second) = dp.tc(&tcp_frame(c, (vip2, 80), SYN, b""));
+    let remapped = src(&second).1;
+    assert_ne!(remapped, c.1, "the second flow got another source port");
+    assert_eq!(
+        second,
+        tcp_frame((CLIENT, remapped), (B1, 8080), SYN, b""),
+        "exact checksums"
+    );
+    assert_eq!(dp.counter(Counter::PortRemapped), 1);
+    // Its packets keep the remapped port; replies get the client's own port back.
+    assert_eq!(
+        dp.tc(&tcp_frame(c, (vip2, 80), ACK, b"x")).1,
+        tcp_frame((CLIENT, remapped), (B1, 8080), ACK, b"x")
+    );
+    let reply = dp
+        .tc(&tcp_frame((B1, 8080), (CLIENT, remapped), SYN_ACK, b""))
+        .1;
+    assert_eq!(reply, tcp_frame((vip2, 80), c, SYN_ACK, b""));
+    let (_, reply) = dp.xdp(&tcp_frame((B1, 8080), (CLIENT, remapped), ACK, b"y"));
+    assert_eq!(
+        reply,
+        tcp_frame((vip2, 80), c, ACK, b"y"),
+        "the XDP path restores it too"
+    );
+    // The first flow is untouched.
+    assert_eq!(
+        dp.tc(&tcp_frame((B1, 8080), c, SYN_ACK, b"")).1,
+        tcp_frame((VIP, 80), c, SYN_ACK, b"")
+    );
+}

@@ -175,6 +175,10 @@ fn start_kproxy(
         LoggedProcess::spawn(&bed.topo.node, agent_bin, &args, &[("NO_COLOR", "1")], &log)?;
     let synced = agent.wait_for(" synced ", Duration::from_mins(1))?;
     agent.wait_for(" ready", Duration::from_secs(30))?;
+    let fields = synced
+        .split_once("synced")
+        .map_or(synced.as_str(), |(_, rest)| rest);
+    eprintln!("bench:   agent first sync: {}", fields.trim());
     let full_sync_ms =
         log_field_us(&synced, "elapsed_us").context("the first sync's elapsed_us")? / 1e3;
     Ok((Running { agent: Some(agent) }, Setup { full_sync_ms }))
