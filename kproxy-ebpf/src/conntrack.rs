@@ -198,9 +198,9 @@ fn tuple_taken(rkey: &FlowKey, fwd: &FlowKey, cfg: &Config, now: u64) -> bool {
     };
     let same_flow =
         other.nat_addr == fwd.daddr && other.nat_port == fwd.dport && client_port == fwd.sport;
-    let live =
-        !cfg.expired(fwd.proto, &other, now) && !(fwd.proto == IPPROTO_TCP && other.tcp_closing());
-    live && !same_flow
+    let finished =
+        cfg.expired(fwd.proto, &other, now) || (fwd.proto == IPPROTO_TCP && other.tcp_closing());
+    !finished && !same_flow
 }
 
 /// Creates both entries of a new flow from `fwd` (client→VIP) to backend `addr:port`.

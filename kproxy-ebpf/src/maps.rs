@@ -53,7 +53,8 @@ pub static KP_STATS: PerCpuArray<GlobalStats> = PerCpuArray::pinned(1, 0);
 #[map]
 pub static KP_SVC_STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(65_536, 0);
 
-/// Per-CPU counters of each backend, created by the agent with the backend.
+/// Per-CPU counters of each backend, created by its first new flow, deleted by the agent
+/// with the backend.
 #[map]
 pub static KP_BE_STATS: PerCpuHashMap<u32, BackendStats> =
     PerCpuHashMap::pinned(262_144, NO_PREALLOC);

@@ -1,7 +1,8 @@
 //! Per-CPU counters. No locks and no shared cache lines: each CPU bumps its own copy and the
 //! agent sums them when it reads.
 
-use kproxy_common::stats::Counter;
+use aya_ebpf::bindings::BPF_NOEXIST;
+use kproxy_common::stats::{BackendStats, Counter};
 
 use crate::maps::{KP_BE_STATS, KP_STATS, KP_SVC_STATS};
 
@@ -33,9 +34,19 @@ pub fn count_new_flow(svc_id: u32, backend_id: u32) {
         // SAFETY: per-CPU value of this CPU.
         unsafe { (*s).new_flows += 1 };
     }
-    if let Some(b) = KP_BE_STATS.get_ptr_mut(backend_id) {
+    match KP_BE_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU value of this CPU.
-        unsafe { (*b).new_flows += 1 };
+        Some(b) => unsafe { (*b).new_flows += 1 },
+        // The first flow of a backend creates its counters (this CPU's copy starts at 1, the
+        // others at 0), which spares the agent a map write per backend. If another CPU
+        // creates them at the same moment, this one count is lost.
+        None => {
+            let _ = KP_BE_STATS.insert(
+                backend_id,
+                BackendStats { new_flows: 1 },
+                u64::from(BPF_NOEXIST),
+            );
+        }
     }
 }
 

@@ -146,13 +146,18 @@ impl Agent {
     fn sync(&mut self, seen: Option<Instant>) {
         let started = Instant::now();
         let changes = self.source.refresh();
-        let read = started.elapsed();
+        let read_done = Instant::now();
         let keys = self.cluster.apply(changes);
-        let model = started.elapsed() - read;
+        let model_done = Instant::now();
         let report = self
             .programmed
             .sync_keys(self.cluster.desired(), &keys, &mut self.services);
         let elapsed = started.elapsed();
+        let (read, model, write) = (
+            read_done - started,
+            model_done - read_done,
+            model_done.elapsed(),
+        );
 
         let problems: Vec<Problem> = self
             .source
@@ -186,7 +191,7 @@ impl Agent {
                 elapsed_us = micros(elapsed),
                 read_us = micros(read),
                 model_us = micros(model),
-                write_us = micros(elapsed - read - model),
+                write_us = micros(write),
                 since_event_us = seen.map(|s| micros(s.elapsed())),
                 "synced"
             );

@@ -7,13 +7,17 @@ use anyhow::{Context, Result};
 
 use crate::run_checked;
 
-/// (command that must exist, Debian package providing it)
+/// (a command on PATH, or an absolute path of a file, that must exist; the Debian package
+/// providing it)
 pub type Requirement = (&'static str, &'static str);
 
 /// What the tests and the demo need.
 pub const TEST_TOOLS: &[Requirement] = &[("ip", "iproute2")];
 
 fn have(command: &str) -> bool {
+    if command.starts_with('/') {
+        return std::path::Path::new(command).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {command}")])
         .output()

@@ -2,13 +2,18 @@
 
 use anyhow::Result;
 
-use crate::{build_ebpf, cargo, deps, run_checked};
+use kproxy_testbed::require_privileges;
+
+use crate::{bench, build_ebpf, cargo, deps, run_checked};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
     /// Skip `cargo fmt --check` and clippy (for quick local iterations).
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the benchmark's smoke run (`cargo xtask bench --quick`).
+    #[arg(long)]
+    pub no_bench: bool,
     /// Arguments passed on to `cargo test` (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     pub cargo_test_args: Vec<String>,
@@ -50,5 +55,17 @@ pub fn run(opts: &Options) -> Result<()> {
     // Root/BPF tests skip loudly outside CI; with CI=true a missing privilege fails them.
     let mut extra = vec!["--".to_owned()];
     extra.extend(opts.cargo_test_args.iter().cloned());
-    cargo_checked(&["test"], &extra)
+    cargo_checked(&["test"], &extra)?;
+    // The benchmark's smoke run, so the harness never rots (its numbers are not judged).
+    if !opts.no_bench
+        && opts.cargo_test_args.is_empty()
+        && require_privileges("cargo xtask bench --quick")
+    {
+        bench::run(&bench::Options {
+            quick: true,
+            output: Some(crate::target_dir().join("bench-quick")),
+            ..bench::Options::default()
+        })?;
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ use kproxy_common::{
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
-use super::load::map_pin_path;
+use super::{batch, load::map_pin_path};
 use crate::{
     sync::{Datapath, DatapathSnapshot, MapOp},
     wire,
@@ -50,6 +50,8 @@ fn possible_cpus() -> Result<usize> {
 
 /// The maps that describe services.
 pub struct ServiceMaps {
+    /// The same maps again, untyped, for batch writes.
+    raw: RawServiceMaps,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
@@ -61,7 +63,17 @@ pub struct ServiceMaps {
 
 impl ServiceMaps {
     pub fn open(pin_dir: &Path) -> Result<Self> {
+        let raw = |name: &str| {
+            let path = map_pin_path(pin_dir, name);
+            MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))
+        };
         Ok(Self {
+            raw: RawServiceMaps {
+                services: raw(names::MAP_SERVICES)?,
+                slots: raw(names::MAP_SLOTS)?,
+                backends: raw(names::MAP_BACKENDS)?,
+            },
             services: open_typed!(pin_dir, names::MAP_SERVICES),
             slots: open_typed!(pin_dir, names::MAP_SLOTS),
             backends: open_typed!(pin_dir, names::MAP_BACKENDS),
@@ -108,12 +120,135 @@ impl ServiceMaps {
     }
 }
 
+struct RawServiceMaps {
+    services: MapData,
+    slots: MapData,
+    backends: MapData,
+}
+
+/// Writes that a batch can carry: runs of these become one syscall each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BatchKind {
+    Backend,
+    Slot,
+    Service,
+}
+
+fn batch_kind(op: &MapOp) -> Option<BatchKind> {
+    match op {
+        MapOp::PutBackend { .. } => Some(BatchKind::Backend),
+        MapOp::PutSlot { .. } => Some(BatchKind::Slot),
+        MapOp::PutService { .. } => Some(BatchKind::Service),
+        _ => None,
+    }
+}
+
+/// One result per entry of a batch that wrote `len` entries, resuming after failed ones.
+fn write_in_batches(
+    len: usize,
+    mut write: impl FnMut(usize) -> (usize, Option<std::io::Error>),
+    name: &str,
+) -> Vec<Result<()>> {
+    let mut results = Vec::with_capacity(len);
+    let mut start = 0;
+    while start < len {
+        let (done, error) = write(start);
+        results.extend((0..done).map(|_| Ok(())));
+        start += done;
+        if let Some(e) = error {
+            results.push(Err(anyhow::Error::from(e).context(name.to_owned())));
+            start += 1;
+        }
+    }
+    results
+}
+
+impl ServiceMaps {
+    fn put_batch(&self, kind: BatchKind, ops: &[&MapOp]) -> Vec<Result<()>> {
+        match kind {
+            BatchKind::Backend => {
+                let (keys, values): (Vec<u32>, Vec<_>) = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MapOp::PutBackend { id, endpoint } => Some((*id, wire::backend(endpoint))),
+                        _ => None,
+                    })
+                    .unzip();
+                write_in_batches(
+                    keys.len(),
+                    |at| batch::update(&self.raw.backends, &keys[at..], &values[at..]),
+                    "KP_BACKENDS",
+                )
+            }
+            BatchKind::Slot => {
+                let (keys, values): (Vec<SlotKey>, Vec<u32>) = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MapOp::PutSlot {
+                            svc_id,
+                            bank,
+                            index,
+                            backend_id,
+                        } => Some((SlotKey::new(*svc_id, *bank, *index), *backend_id)),
+                        _ => None,
+                    })
+                    .unzip();
+                write_in_batches(
+                    keys.len(),
+                    |at| batch::update(&self.raw.slots, &keys[at..], &values[at..]),
+                    "KP_SLOTS",
+                )
+            }
+            BatchKind::Service => {
+                let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MapOp::PutService {
+                            key,
+                            svc_id,
+                            count,
+                            bank,
+                            affinity_timeout_s,
+                        } => Some((
+                            wire::service_key(key),
+                            wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s),
+                        )),
+                        _ => None,
+                    })
+                    .unzip();
+                write_in_batches(
+                    keys.len(),
+                    |at| batch::update(&self.raw.services, &keys[at..], &values[at..]),
+                    "KP_SERVICES",
+                )
+            }
+        }
+    }
+}
+
 impl Datapath for ServiceMaps {
+    fn apply_batch(&mut self, ops: &[&MapOp]) -> Vec<Result<()>> {
+        let mut results = Vec::with_capacity(ops.len());
+        let mut i = 0;
+        while i < ops.len() {
+            let Some(kind) = batch_kind(ops[i]) else {
+                results.push(self.apply(ops[i]));
+                i += 1;
+                continue;
+            };
+            let end = ops[i..]
+                .iter()
+                .position(|op| batch_kind(op) != Some(kind))
+                .map_or(ops.len(), |n| i + n);
+            results.extend(self.put_batch(kind, &ops[i..end]));
+            i = end;
+        }
+        results
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<()> {
         match op {
             MapOp::PutBackend { id, endpoint } => {
-                let zero = self.zeroed::<BackendStats>()?;
-                self.be_stats.insert(id, zero, 0).context("KP_BE_STATS")?;
                 self.backends
                     .insert(id, wire::backend(endpoint), 0)
                     .context("KP_BACKENDS")?;

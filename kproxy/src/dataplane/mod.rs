@@ -2,6 +2,7 @@
 //! programs, and reading and writing maps.
 
 pub mod attach;
+mod batch;
 pub mod bpffs;
 pub mod load;
 pub mod maps;

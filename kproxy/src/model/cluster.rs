@@ -2,7 +2,10 @@
 //! frontends of the services it touches and nothing else, so the cost of a sync follows what
 //! changed, not the size of the cluster.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -26,8 +29,8 @@ pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
 /// One object added, changed (`Some`) or deleted (`None`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    Service(ObjectKey, Option<Box<Service>>),
-    Slice(ObjectKey, Option<Box<EndpointSlice>>),
+    Service(ObjectKey, Option<Arc<Service>>),
+    Slice(ObjectKey, Option<Arc<EndpointSlice>>),
 }
 
 /// The Service an EndpointSlice feeds, unless kube-proxy would ignore the slice.
@@ -42,8 +45,9 @@ fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
 
 #[derive(Default)]
 pub struct ClusterState {
-    services: BTreeMap<ObjectKey, Service>,
-    slices: HashMap<ObjectKey, EndpointSlice>,
+    /// Shared with the source that produced them: one copy of each object in the agent.
+    services: BTreeMap<ObjectKey, Arc<Service>>,
+    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
     /// Service → the slices labelled for it.
     slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Slice → the service it is indexed under.
@@ -82,7 +86,7 @@ impl ClusterState {
             match item {
                 Change::Service(key, service) => {
                     match service {
-                        Some(svc) => self.services.insert(key.clone(), *svc),
+                        Some(svc) => self.services.insert(key.clone(), svc),
                         None => self.services.remove(&key),
                     };
                     dirty.insert(key);
@@ -104,7 +108,7 @@ impl ClusterState {
                                 self.slice_owner.insert(key.clone(), owner.clone());
                                 dirty.insert(owner);
                             }
-                            self.slices.insert(key, *slice);
+                            self.slices.insert(key, slice);
                         }
                         None => {
                             self.slices.remove(&key);
@@ -151,11 +155,11 @@ impl ClusterState {
     ) {
         self.release(service, dirty, changed);
         self.problems.remove(service);
-        let Some(svc) = self.services.get(service) else {
+        let Some(svc) = self.services.get(service).cloned() else {
             return;
         };
         let mut problems = Vec::new();
-        let frontends = self.frontends_of(svc, &mut problems);
+        let frontends = self.frontends_of(&svc, &mut problems);
         let mut owned = Vec::new();
         for (key, frontend) in frontends {
             match self.owner.get(&key) {
@@ -212,7 +216,7 @@ impl ClusterState {
             .get(&(spec.namespace.clone(), spec.name.clone()))
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k))
+            .filter_map(|k| self.slices.get(k).map(AsRef::as_ref))
             .collect();
         let mut out = Vec::new();
         for port in &spec.ports {

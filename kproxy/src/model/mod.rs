@@ -144,12 +144,18 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice]) -> (Desired
     let mut state = ClusterState::default();
     let changes = services
         .iter()
-        .map(|s| Change::Service(object_key(&s.metadata), Some(Box::new(s.clone()))))
-        .chain(
-            slices
-                .iter()
-                .map(|s| Change::Slice(object_key(&s.metadata), Some(Box::new(s.clone())))),
-        );
+        .map(|s| {
+            Change::Service(
+                object_key(&s.metadata),
+                Some(std::sync::Arc::new(s.clone())),
+            )
+        })
+        .chain(slices.iter().map(|s| {
+            Change::Slice(
+                object_key(&s.metadata),
+                Some(std::sync::Arc::new(s.clone())),
+            )
+        }));
     state.apply(changes);
     (state.desired().clone(), state.problems())
 }

@@ -507,7 +507,7 @@ fn incremental_updates_match_a_full_recompute() {
                 let s = services[next(services.len())].clone();
                 let key = object_key(&s.metadata);
                 truth_services.insert(key.clone(), s.clone());
-                Change::Service(key, Some(Box::new(s)))
+                Change::Service(key, Some(std::sync::Arc::new(s)))
             }
             1 => {
                 let key = object_key(&services[next(services.len())].metadata);
@@ -518,7 +518,7 @@ fn incremental_updates_match_a_full_recompute() {
                 let s = slices[next(slices.len())].clone();
                 let key = object_key(&s.metadata);
                 truth_slices.insert(key.clone(), s.clone());
-                Change::Slice(key, Some(Box::new(s)))
+                Change::Slice(key, Some(std::sync::Arc::new(s)))
             }
             _ => {
                 let key = object_key(&slices[next(slices.len())].metadata);

@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -37,9 +38,12 @@ impl Stamp {
 
 struct TrackedFile {
     stamp: Stamp,
-    contents: Snapshot,
-    services: HashMap<ObjectKey, Service>,
-    slices: HashMap<ObjectKey, EndpointSlice>,
+    /// The objects, shared with the cluster state: the agent holds one copy of each.
+    services: HashMap<ObjectKey, Arc<Service>>,
+    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
+    problems: Vec<Problem>,
+    /// Object name → where in the file it is defined.
+    origins: HashMap<String, String>,
 }
 
 impl TrackedFile {
@@ -58,15 +62,16 @@ impl TrackedFile {
             stamp,
             services: contents
                 .services
-                .iter()
-                .map(|s| (object_key(&s.metadata), s.clone()))
+                .into_iter()
+                .map(|s| (object_key(&s.metadata), Arc::new(s)))
                 .collect(),
             slices: contents
                 .slices
-                .iter()
-                .map(|s| (object_key(&s.metadata), s.clone()))
+                .into_iter()
+                .map(|s| (object_key(&s.metadata), Arc::new(s)))
                 .collect(),
-            contents,
+            problems: contents.problems,
+            origins: contents.origins,
         }
     }
 }
@@ -91,8 +96,8 @@ pub struct ManifestSource {
     /// In name order: a later file's definition of an object wins (as later applies would).
     files: BTreeMap<PathBuf, TrackedFile>,
     /// The definitions handed out so far.
-    services: HashMap<ObjectKey, Service>,
-    slices: HashMap<ObjectKey, EndpointSlice>,
+    services: HashMap<ObjectKey, Arc<Service>>,
+    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
     /// Objects defined in more than one file, by object name.
     duplicates: HashMap<String, Problem>,
     listing_problem: Option<Problem>,
@@ -165,7 +170,7 @@ impl ManifestSource {
                     Some(s) => self.services.insert(key.clone(), s.clone()),
                     None => self.services.remove(&key),
                 };
-                changes.push(Change::Service(key, winner.map(Box::new)));
+                changes.push(Change::Service(key, winner));
             }
         }
         for key in touched.slices {
@@ -176,7 +181,7 @@ impl ManifestSource {
                     Some(s) => self.slices.insert(key.clone(), s.clone()),
                     None => self.slices.remove(&key),
                 };
-                changes.push(Change::Slice(key, winner.map(Box::new)));
+                changes.push(Change::Slice(key, winner));
             }
         }
         changes
@@ -229,7 +234,7 @@ impl ManifestSource {
     pub fn problems(&self) -> Vec<Problem> {
         self.listing_problem
             .iter()
-            .chain(self.files.values().flat_map(|f| &f.contents.problems))
+            .chain(self.files.values().flat_map(|f| &f.problems))
             .chain(self.duplicates.values())
             .cloned()
             .collect()
@@ -240,12 +245,10 @@ impl ManifestSource {
         if problem.origin.is_some() {
             return problem;
         }
-        let origin = problem.object.as_ref().and_then(|o| {
-            self.files
-                .values()
-                .rev()
-                .find_map(|f| f.contents.origins.get(o))
-        });
+        let origin = problem
+            .object
+            .as_ref()
+            .and_then(|o| self.files.values().rev().find_map(|f| f.origins.get(o)));
         match origin {
             Some(origin) => {
                 let origin = origin.clone();
@@ -257,18 +260,13 @@ impl ManifestSource {
 
     /// Everything currently defined, with all problems (for one-shot reads).
     pub fn snapshot(&self) -> Snapshot {
-        let mut services: Vec<Service> = self.services.values().cloned().collect();
+        let mut services: Vec<Service> = self.services.values().map(|s| (**s).clone()).collect();
         services.sort_by_key(|s| object_key(&s.metadata));
-        let mut slices: Vec<EndpointSlice> = self.slices.values().cloned().collect();
+        let mut slices: Vec<EndpointSlice> = self.slices.values().map(|s| (**s).clone()).collect();
         slices.sort_by_key(|s| object_key(&s.metadata));
         let mut origins = HashMap::new();
         for file in self.files.values() {
-            origins.extend(
-                file.contents
-                    .origins
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
+            origins.extend(file.origins.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         Snapshot {
             services,

@@ -83,8 +83,8 @@ fn documents(text: &str) -> Vec<(usize, String)> {
 fn parse_into(text: &str, file: &str, snapshot: &mut Snapshot) {
     if Path::new(file).extension().is_some_and(|e| e == "json") {
         let origin = format!("{file}:1");
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(value) => add_object(value, &origin, snapshot),
+        match JsonDocument::parse(text) {
+            Ok(document) => add_object(document, &origin, snapshot),
             Err(e) => snapshot.problems.push(
                 Problem::new(
                     ProblemKind::Parse,
@@ -138,23 +138,60 @@ impl Document for serde_yaml::Value {
     }
 }
 
-impl Document for serde_json::Value {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(serde_json::Value::as_str)
-    }
+/// A JSON document, kept as text: only the fields that say what it is are parsed up front,
+/// the object itself straight into its type (no intermediate JSON tree, which matters for the
+/// big manifests of large clusters).
+struct JsonDocument<'a> {
+    text: &'a str,
+    meta: TypeMeta<'a>,
+}
 
-    fn items(self) -> Vec<Self> {
-        match self {
-            Self::Object(mut m) => match m.remove("items") {
-                Some(Self::Array(items)) => items,
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
+/// The fields of any Kubernetes object that say what it is, and a List's items, unparsed.
+#[derive(Default, serde::Deserialize)]
+struct TypeMeta<'a> {
+    #[serde(rename = "apiVersion", default, borrow)]
+    api_version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    items: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+impl<'a> JsonDocument<'a> {
+    fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            text,
+            meta: serde_json::from_str(text)?,
+        })
+    }
+}
+
+impl Document for JsonDocument<'_> {
+    fn field(&self, name: &str) -> Option<&str> {
+        match name {
+            "apiVersion" => self.meta.api_version.as_deref(),
+            "kind" => self.meta.kind.as_deref(),
+            _ => None,
         }
     }
 
+    fn items(self) -> Vec<Self> {
+        self.meta
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            // An item that is not even an object shows up as "a document without kind".
+            .map(|raw| {
+                Self::parse(raw.get()).unwrap_or(Self {
+                    text: raw.get(),
+                    meta: TypeMeta::default(),
+                })
+            })
+            .collect()
+    }
+
     fn into_object<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
-        serde_json::from_value(self).map_err(|e| e.to_string())
+        serde_json::from_str(self.text).map_err(|e| e.to_string())
     }
 }
 

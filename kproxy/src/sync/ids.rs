@@ -44,6 +44,11 @@ impl IdPool {
         }
     }
 
+    /// Ids handed out before and free now.
+    pub fn free_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.free.iter().copied()
+    }
+
     pub fn in_use(&self) -> usize {
         self.next as usize - self.free.len()
     }

@@ -4,6 +4,7 @@
 //! Only differences are written. A service port's backend set changes atomically: the new set
 //! goes into the inactive slot bank, then one `PutService` flips bank and count.
 
+mod execute;
 mod ids;
 mod plan;
 mod recover;
@@ -58,6 +59,12 @@ pub enum MapOp {
 pub trait Datapath {
     /// Applies one operation. Deleting something absent is not an error.
     fn apply(&mut self, op: &MapOp) -> anyhow::Result<()>;
+
+    /// Applies independent operations, in order; one result per operation. A datapath that
+    /// can write many entries in one call overrides this.
+    fn apply_batch(&mut self, ops: &[&MapOp]) -> Vec<anyhow::Result<()>> {
+        ops.iter().map(|op| self.apply(op)).collect()
+    }
 }
 
 #[cfg(test)]

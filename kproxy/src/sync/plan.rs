@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use kproxy_common::lb::MAX_BACKENDS_PER_SERVICE;
 
-use super::{Datapath, IdPool, MapOp};
+use super::{
+    Datapath, IdPool, MapOp,
+    execute::{Outcome, Planned, execute},
+};
 use crate::{
     model::{Desired, Endpoint, Frontend, FrontendKey, ServicePortName},
     problem::{Problem, ProblemKind},
@@ -62,6 +65,18 @@ impl SyncReport {
     }
 }
 
+/// What a planned change is, for the bookkeeping after it is applied.
+enum Kind {
+    Removed {
+        svc_id: u32,
+        service: Option<ServicePortName>,
+    },
+    Changed {
+        after: Box<ProgrammedFrontend>,
+        new_svc_id: Option<u32>,
+    },
+}
+
 /// Map operations for one frontend change, with what to do if they fail halfway.
 struct Change {
     ops: Vec<MapOp>,
@@ -117,27 +132,27 @@ impl Programmed {
         let mut keys = keys.clone();
         keys.append(&mut self.retry);
 
-        let removed: Vec<FrontendKey> = keys
-            .iter()
-            .filter(|k| !desired.contains_key(k) && self.frontends.contains_key(k))
-            .copied()
-            .collect();
-        for key in removed {
-            let old = self.frontends.remove(&key).expect("key checked above");
-            let ops = remove_ops(&key, &old);
-            // Deleting cannot leave a half state worth rolling back: report and go on.
-            for op in &ops {
-                if let Err(e) = dp.apply(op) {
-                    report
-                        .problems
-                        .push(datapath_problem(old.service.as_ref(), &key, &e));
-                }
+        // Plan every change first (ids are allocated here), then apply them all at once.
+        let mut planned: Vec<Planned> = Vec::new();
+        let mut kinds: Vec<(FrontendKey, Kind)> = Vec::new();
+        for key in &keys {
+            if desired.contains_key(key) {
+                continue;
             }
-            report.ops += ops.len();
-            self.svc_ids.release(old.svc_id);
-            report.removed += 1;
+            if let Some(old) = self.frontends.remove(key) {
+                planned.push(Planned {
+                    ops: remove_ops(key, &old),
+                    removal: true,
+                });
+                kinds.push((
+                    *key,
+                    Kind::Removed {
+                        svc_id: old.svc_id,
+                        service: old.service,
+                    },
+                ));
+            }
         }
-
         for (key, frontend) in keys.iter().filter_map(|k| Some((k, desired.get(k)?))) {
             let change = match self.frontends.get(key) {
                 Some(old) => update_change(&mut self.next_backend_id, key, old, frontend),
@@ -154,47 +169,62 @@ impl Programmed {
             else {
                 continue;
             };
-            let is_new = change.new_svc_id.is_some();
-            // Ops after the publishing `PutService` only clean up: once it is written the
-            // change has happened, and a failure after it is reported, not rolled back.
-            let published_at = change
-                .ops
-                .iter()
-                .position(|op| matches!(op, MapOp::PutService { .. }))
-                .expect("every change publishes");
-            let outcome = match apply_all(dp, &change.ops) {
-                Err((failed_at, e)) if failed_at > published_at => {
+            planned.push(Planned {
+                ops: change.ops,
+                removal: false,
+            });
+            kinds.push((
+                *key,
+                Kind::Changed {
+                    after: Box::new(change.after.expect("a change always has a result")),
+                    new_svc_id: change.new_svc_id,
+                },
+            ));
+        }
+
+        let outcomes = execute(dp, &planned);
+        let mut freed = Vec::new();
+        for ((p, (key, kind)), outcome) in planned.iter().zip(kinds).zip(outcomes) {
+            report.ops += p.ops.len();
+            let service = match &kind {
+                Kind::Removed { service, .. } => service.clone(),
+                Kind::Changed { after, .. } => after.service.clone(),
+            };
+            match (&outcome, kind) {
+                (Outcome::Failed(e), Kind::Changed { new_svc_id, .. }) => {
                     report
                         .problems
-                        .push(datapath_problem(Some(&frontend.service), key, &e));
-                    Ok(())
+                        .push(datapath_problem(service.as_ref(), &key, e));
+                    freed.extend(new_svc_id);
+                    self.retry.insert(key);
                 }
-                other => other,
-            };
-            match outcome {
-                Ok(()) => {
-                    report.ops += change.ops.len();
-                    if is_new {
+                (outcome, Kind::Removed { svc_id, .. }) => {
+                    if let Outcome::CleanupFailed(e) | Outcome::Failed(e) = outcome {
+                        report
+                            .problems
+                            .push(datapath_problem(service.as_ref(), &key, e));
+                    }
+                    freed.push(svc_id);
+                    report.removed += 1;
+                }
+                (outcome, Kind::Changed { after, new_svc_id }) => {
+                    if let Outcome::CleanupFailed(e) = outcome {
+                        report
+                            .problems
+                            .push(datapath_problem(service.as_ref(), &key, e));
+                    }
+                    if new_svc_id.is_some() {
                         report.added += 1;
                     } else {
                         report.updated += 1;
                     }
-                    let after = change.after.expect("a change always has a result");
-                    self.frontends.insert(*key, after);
-                }
-                Err((applied, e)) => {
-                    report
-                        .problems
-                        .push(datapath_problem(Some(&frontend.service), key, &e));
-                    for op in rollback_ops(&change.ops[..applied]) {
-                        let _ = dp.apply(&op);
-                    }
-                    if let Some(id) = change.new_svc_id {
-                        self.svc_ids.release(id);
-                    }
-                    self.retry.insert(*key);
+                    self.frontends.insert(key, *after);
                 }
             }
+        }
+        // Only now: ids freed by this sync are not handed out to changes of the same sync.
+        for id in freed {
+            self.svc_ids.release(id);
         }
         report
     }
@@ -222,7 +252,6 @@ impl Programmed {
             })
             .collect();
         ops.extend(slot_ops(svc_id, 0, &backends, 0));
-        ops.push(MapOp::ResetServiceCounters { svc_id });
         ops.push(put_service(
             key,
             svc_id,
@@ -421,38 +450,8 @@ fn remove_ops(key: &FrontendKey, old: &ProgrammedFrontend) -> Vec<MapOp> {
             .iter()
             .map(|(_, id)| MapOp::DeleteBackend { id: *id }),
     );
+    ops.push(MapOp::ResetServiceCounters { svc_id: old.svc_id });
     ops
-}
-
-/// Applies ops in order; on failure returns how many succeeded and the error.
-fn apply_all(dp: &mut impl Datapath, ops: &[MapOp]) -> Result<(), (usize, anyhow::Error)> {
-    for (i, op) in ops.iter().enumerate() {
-        dp.apply(op).map_err(|e| (i, e))?;
-    }
-    Ok(())
-}
-
-/// Undoes the creations among `applied` (a failed change never got to its `PutService`, the
-/// last op that publishes anything, so undoing creations restores the previous state).
-fn rollback_ops(applied: &[MapOp]) -> Vec<MapOp> {
-    applied
-        .iter()
-        .rev()
-        .filter_map(|op| match op {
-            MapOp::PutBackend { id, .. } => Some(MapOp::DeleteBackend { id: *id }),
-            MapOp::PutSlot {
-                svc_id,
-                bank,
-                index,
-                ..
-            } => Some(MapOp::DeleteSlot {
-                svc_id: *svc_id,
-                bank: *bank,
-                index: *index,
-            }),
-            _ => None,
-        })
-        .collect()
 }
 
 fn datapath_problem(

@@ -103,8 +103,16 @@ impl Programmed {
             .map(|(id, _)| *id)
             .max()
             .map_or(1, |max| max.saturating_add(1));
+        let svc_ids = IdPool::with_used(max_services, frontends.values().map(|f| f.svc_id));
+        // Freed ids have their counters zeroed when freed; a previous agent may have stopped
+        // in between, so zero the free ones below the highest id in use.
+        cleanup.extend(
+            svc_ids
+                .free_ids()
+                .map(|svc_id| MapOp::ResetServiceCounters { svc_id }),
+        );
         let programmed = Self {
-            svc_ids: IdPool::with_used(max_services, frontends.values().map(|f| f.svc_id)),
+            svc_ids,
             frontends,
             next_backend_id,
             retry: std::collections::BTreeSet::new(),

@@ -105,7 +105,6 @@ fn table_of_transitions_writes_only_differences_and_switches_atomically() {
                 "PutSlot",
                 "PutSlot",
                 "PutSlot",
-                "Reset",
                 "PutService",
             ],
         ),
@@ -165,6 +164,7 @@ fn table_of_transitions_writes_only_differences_and_switches_atomically() {
                 "DeleteSlot",
                 "DeleteBackend",
                 "DeleteBackend",
+                "Reset",
             ],
         ),
     ];
@@ -361,4 +361,60 @@ fn recovery_repairs_inconsistent_maps() {
     );
     recovered.sync(&want, &mut dp);
     assert_eq!(dp.view(), expected_view(&want), "a sync repairs it");
+}
+
+#[test]
+fn freed_service_ids_start_from_zeroed_counters() {
+    let (a, b, c) = (key(10, 80), key(11, 80), key(12, 80));
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(8);
+    let all = desired(&[
+        (a, frontend("a", &[2], None)),
+        (b, frontend("b", &[3], None)),
+        (c, frontend("c", &[4], None)),
+    ]);
+    programmed.sync(&all, &mut dp);
+    assert!(
+        dp.counters_reset.is_empty(),
+        "fresh maps are zero: nothing to reset"
+    );
+    let without_b = desired(&[
+        (a, frontend("a", &[2], None)),
+        (c, frontend("c", &[4], None)),
+    ]);
+    programmed.sync(&without_b, &mut dp);
+    assert_eq!(dp.counters_reset, [1], "b's id is zeroed when freed");
+    // A restarted agent cannot know whether that happened: it zeroes free ids itself.
+    let (_, cleanup) = Programmed::recover(&dp.snapshot(), 8);
+    assert!(
+        cleanup.contains(&MapOp::ResetServiceCounters { svc_id: 1 }),
+        "{cleanup:?}"
+    );
+}
+
+#[test]
+fn many_changes_in_one_sync_stay_atomic_and_never_share_ids() {
+    let (a, b, c) = (key(10, 80), key(11, 80), key(12, 80));
+    let from = desired(&[
+        (a, frontend("a", &[2, 3], None)),
+        (b, frontend("b", &[4], None)),
+    ]);
+    let to = desired(&[
+        (b, frontend("b", &[5], None)),
+        (c, frontend("c", &[6, 7], None)),
+    ]);
+    let (ops, dp) = transition(&from, &to);
+    // In waves: unpublish, clear, create backends, fill slots, publish, clean up.
+    let kinds = kinds(&ops);
+    let first = |k: &str| kinds.iter().position(|x| *x == k).expect("present");
+    let last = |k: &str| kinds.iter().rposition(|x| *x == k).expect("present");
+    assert_eq!(first("DeleteService"), 0);
+    assert!(last("DeleteService") < first("PutBackend"));
+    assert!(last("PutBackend") < first("PutSlot"));
+    assert!(last("PutSlot") < first("PutService"));
+    let a_id = 0;
+    assert_ne!(
+        dp.services[&c].svc_id, a_id,
+        "a freed id is not reused in the same sync"
+    );
 }

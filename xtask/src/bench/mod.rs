@@ -26,7 +26,7 @@ use self::{
 };
 use crate::{build_ebpf, cargo, deps, run_checked, target_dir};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Options {
     /// A smoke run for CI: 10 and 100 services, one short repetition, debug agent build.
     #[arg(long)]
@@ -44,9 +44,9 @@ pub struct Options {
     /// Seconds of load per measurement (default 5, quick 1).
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Connections kept in flight by the load generator.
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
+    /// Connections kept in flight by the load generator (default 32).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Where the results go (default target/bench).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -91,7 +91,7 @@ impl Plan {
                 .unwrap_or(if opts.quick { 1 } else { 3 })
                 .max(1),
             duration: Duration::from_secs_f64(seconds.max(0.2)),
-            concurrency: opts.concurrency.max(1),
+            concurrency: opts.concurrency.unwrap_or(32).max(1),
             output: opts
                 .output
                 .clone()
@@ -104,7 +104,7 @@ impl Plan {
 const BENCH_TOOLS: &[deps::Requirement] = &[
     ("iptables-legacy-restore", "iptables"),
     ("nft", "nftables"),
-    ("fc-list", "fontconfig"),
+    (report::FONT_PATH, "fonts-dejavu-core"),
 ];
 
 pub fn run(opts: &Options) -> Result<()> {

@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap, MapData};
-use kproxy_common::{lb::Backend, names};
+use kproxy_common::{
+    lb::{ServiceKey, ServiceValue},
+    names,
+};
 use kproxy_testbed::LoggedProcess;
 
 use super::{
@@ -212,27 +215,30 @@ impl Running {
             .map(|b| SocketAddrV4::new(*b, cluster::BACKEND_PORT))
             .collect();
         let moved = [SocketAddrV4::new(*last, CHANGED_PORT)];
-        let map_path = bed.pin_dir().join(names::MAP_BACKENDS);
-        let backends_map: HashMap<MapData, u32, Backend> = HashMap::try_from(
+        // The target's frontend in the services map: the change is live for the datapath
+        // the moment its value (bank and count) is replaced.
+        let map_path = bed.pin_dir().join(names::MAP_SERVICES);
+        let services: HashMap<MapData, ServiceKey, ServiceValue> = HashMap::try_from(
             aya::maps::Map::from_map_data(MapData::from_pin(&map_path)?)?,
         )?;
-        let wanted_port = CHANGED_PORT.to_be();
+        let target = cluster.target();
+        let key = ServiceKey {
+            addr: u32::from_ne_bytes(target.ip().octets()),
+            port: target.port().to_be(),
+            proto: 6,
+            _pad: 0,
+        };
+        let before = services
+            .get(&key, 0)
+            .context("the target service is not programmed")?;
 
         let started = Instant::now();
         cluster.write_target(&bed.manifests(), &[&kept, &moved])?;
-        loop {
-            // Polling the map directly: the moment the datapath can choose the new backend.
-            if backends_map
-                .iter()
-                .filter_map(Result::ok)
-                .any(|(_, b)| b.port == wanted_port)
-            {
-                break;
-            }
+        while services.get(&key, 0).ok() == Some(before) {
             if started.elapsed() > Duration::from_secs(5) {
                 bail!("the changed endpoint never reached the datapath");
             }
-            std::thread::sleep(Duration::from_micros(50));
+            std::thread::sleep(Duration::from_micros(20));
         }
         let file_to_map_ms = started.elapsed().as_secs_f64() * 1e3;
         let synced = agent.wait_for(" synced ", Duration::from_secs(5))?;

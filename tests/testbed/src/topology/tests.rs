@@ -131,7 +131,7 @@ fn external_link_and_complete_client_checksums() {
         topo.client
             .read_sysctl("net.ipv4.ip_local_port_range")
             .unwrap(),
-        "1024\t65000"
+        "1024\t65535"
     );
 
     let addr = SocketAddrV4::new(topo.backend_addr(0), 8080);

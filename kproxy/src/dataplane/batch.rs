@@ -1,0 +1,46 @@
+//! `BPF_MAP_UPDATE_BATCH`: many entries in one syscall, for syncs that program thousands of
+//! services at once (aya 0.14 has no batch API).
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::{Pod, maps::MapData};
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Writes `keys[i] → values[i]`; returns how many were written before an error, and the
+/// error if one stopped it (the entry at that index was not written).
+pub fn update<K: Pod, V: Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> (usize, Option<std::io::Error>) {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return (0, None);
+    }
+    let Ok(count) = u32::try_from(keys.len()) else {
+        return (0, Some(std::io::Error::other("batch too large")));
+    };
+    // union bpf_attr, batch: in_batch, out_batch, keys, values (u64 each), count, map_fd
+    // (u32 each), elem_flags, flags (u64 each).
+    let mut attr = [0u64; 8];
+    attr[2] = keys.as_ptr() as u64;
+    attr[3] = values.as_ptr() as u64;
+    attr[4] = u64::from(count) | (u64::from(map.fd().as_fd().as_raw_fd().unsigned_abs()) << 32);
+    // SAFETY: the attr points at `count` keys and values that live for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    // The kernel writes back how many entries it processed.
+    let done = usize::try_from(attr[4] & 0xffff_ffff).unwrap_or(0);
+    if rc < 0 {
+        (done, Some(std::io::Error::last_os_error()))
+    } else {
+        (keys.len(), None)
+    }
+}
