@@ -105,6 +105,7 @@ const BENCH_TOOLS: &[deps::Requirement] = &[
     ("iptables-legacy-restore", "iptables"),
     ("nft", "nftables"),
     (report::FONT_PATH, "fonts-dejavu-core"),
+    ("trafgen", "netsniff-ng"),
 ];
 
 pub fn run(opts: &Options) -> Result<()> {

@@ -15,6 +15,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::programs::links::PinnedLink;
 use etherparse::PacketBuilder;
+use kproxy_common::{
+    names,
+    stats::{COUNTER_SLOTS, Counter, GlobalStats},
+};
 use kproxy_testbed::Netns;
 
 use super::{
@@ -157,7 +161,6 @@ pub fn measure(agent: &Path, repetitions: usize) -> Result<XdpCost> {
     let mac = node.mac(bed.topo.client_iface())?;
     let client = SocketAddrV4::new(bed.topo.client_addr(), 40_000);
     let stray = udp_frame(client, SocketAddrV4::new(bed.topo.client_gateway(), 9), mac)?;
-    let service = udp_frame(client, UDP_SERVICE, mac)?;
     let kproxy = kproxy_program(&bed.pin_dir())?;
     let bare = load_bare_pass()?;
     let mut cost = XdpCost {
@@ -165,14 +168,79 @@ pub fn measure(agent: &Path, repetitions: usize) -> Result<XdpCost> {
         kproxy: Vec::new(),
         service: Vec::new(),
     };
+    let pin_dir = bed.pin_dir();
     for _ in 0..repetitions {
         cost.bare.push(in_netns(node, &bare, &stray, ifindex)?);
         cost.kproxy.push(in_netns(node, &kproxy, &stray, ifindex)?);
-        cost.service
-            .push(in_netns(node, &kproxy, &service, ifindex)?);
+        cost.service.push(service_pps(&bed, mac, &pin_dir)?);
     }
     running.stop()?;
     Ok(cost)
+}
+
+/// Packets per second through the UDP service, sent by trafgen from the client: live frames
+/// cannot measure this path, because the kernel recycles their pages without resetting them,
+/// so after its first pass every frame is already translated.
+fn service_pps(bed: &BenchBed, mac: [u8; 6], pin_dir: &Path) -> Result<f64> {
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    let conf = format!(
+        "{{ eth(da={mac}), ipv4(saddr={}, daddr={}), udp(sp=40000, dp={}), fill(0x00, 18) }}\n",
+        bed.topo.client_addr(),
+        UDP_SERVICE.ip(),
+        UDP_SERVICE.port()
+    );
+    let conf_path = bed.dir.path().join("trafgen.cfg");
+    std::fs::write(&conf_path, conf)?;
+    let before = counters(pin_dir)?;
+    let started = Instant::now();
+    // --no-sock-mem: leave the (global) socket memory sysctls alone.
+    let out = bed
+        .topo
+        .client
+        .command("trafgen")
+        .args(["--dev", "eth0", "--cpus", "1", "--no-sock-mem", "--num"])
+        .arg(FRAMES.to_string())
+        .arg("--conf")
+        .arg(&conf_path)
+        .output()
+        .context("running trafgen")?;
+    if !out.status.success() {
+        bail!("trafgen failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Frames still in flight when trafgen returns are counted a moment later.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let elapsed = started.elapsed().as_secs_f64() - 0.1;
+    let after = counters(pin_dir)?;
+    let delta = |c: Counter| after[c as usize] - before[c as usize];
+    let translated = delta(Counter::ServicePackets);
+    // Most frames must have been translated, or the number means nothing.
+    if translated * 10 < u64::from(FRAMES) * 9 {
+        let seen: Vec<String> = Counter::ALL
+            .iter()
+            .filter(|c| delta(**c) > 0)
+            .map(|c| format!("{}={}", c.name(), delta(*c)))
+            .collect();
+        bail!(
+            "only {translated} of {FRAMES} service frames were translated: {}",
+            seen.join(" ")
+        );
+    }
+    Ok(f64::from(u32::try_from(translated)?) / elapsed)
+}
+
+/// kproxy's global counters, summed over CPUs.
+fn counters(pin_dir: &Path) -> Result<[u64; COUNTER_SLOTS]> {
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(
+        pin_dir.join(names::MAP_STATS),
+    )?)?;
+    let stats: aya::maps::PerCpuArray<aya::maps::MapData, GlobalStats> = map.try_into()?;
+    let mut sum = [0u64; COUNTER_SLOTS];
+    for cpu in stats.get(&0, 0)?.iter() {
+        for (total, n) in sum.iter_mut().zip(cpu.counters) {
+            *total += n;
+        }
+    }
+    Ok(sum)
 }
 
 /// Live frames are injected into the device of that index in the caller's namespace.
