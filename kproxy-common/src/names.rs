@@ -21,10 +21,11 @@ pub const MAP_SVC_STATS: &str = "KP_SVC_STATS";
 pub const MAP_BE_STATS: &str = "KP_BE_STATS";
 pub const MAP_CONFIG: &str = "KP_CONFIG";
 pub const MAP_FRAGS: &str = "KP_FRAGS";
+pub const MAP_IFACES: &str = "KP_IFACES";
 
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
 
-pub const MAPS: [&str; 12] = [
+pub const MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -37,4 +38,5 @@ pub const MAPS: [&str; 12] = [
     MAP_BE_STATS,
     MAP_CONFIG,
     MAP_FRAGS,
+    MAP_IFACES,
 ];

@@ -54,6 +54,13 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: the context pointer the kernel passed to this program.
+    let from = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // Forwarded from an interface kproxy already handles on ingress: nothing left to do.
+    // SAFETY: only tested for presence.
+    if from != 0 && unsafe { maps::KP_IFACES.get(from) }.is_some() {
+        return TC_ACT_UNSPEC;
+    }
     match lb::handle(&mut TcPacket {
         ctx: &ctx,
         egress: true,

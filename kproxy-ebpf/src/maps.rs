@@ -66,3 +66,8 @@ pub static KP_CONFIG: Array<Config> = Array::pinned(1, 0);
 /// Ports of fragmented datagrams, recorded from the first fragment for the later ones.
 #[map]
 pub static KP_FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(8_192, 0);
+
+/// Interfaces whose ingress runs kproxy (TC or XDP), by ifindex: packets forwarded from them
+/// were handled there, so the egress program lets them through without a second look.
+#[map]
+pub static KP_IFACES: HashMap<u32, u32> = HashMap::pinned(1_024, 0);

@@ -113,6 +113,7 @@ pub fn attach_all(
         wanted.insert(pin);
         done.push((iface.clone(), Hook::Xdp, how));
     }
+    record_ingress(pin_dir, tc.iter().chain(xdp))?;
     for entry in std::fs::read_dir(links_dir(pin_dir))? {
         let path = entry?.path();
         if !wanted.contains(&path) {
@@ -121,6 +122,26 @@ pub fn attach_all(
         }
     }
     Ok(done)
+}
+
+/// Tells the egress program which interfaces run kproxy on ingress (see `KP_IFACES`).
+fn record_ingress<'a>(pin_dir: &Path, ifaces: impl Iterator<Item = &'a String>) -> Result<()> {
+    let path = super::load::map_pin_path(pin_dir, names::MAP_IFACES);
+    let mut map: aya::maps::HashMap<aya::maps::MapData, u32, u32> =
+        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path)?)?.try_into()?;
+    let wanted: HashSet<u32> = ifaces.map(|i| ifindex(i)).collect::<Result<_>>()?;
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|i| !wanted.contains(i))
+        .collect();
+    for index in stale {
+        map.remove(&index)?;
+    }
+    for index in wanted {
+        map.insert(index, 1, 0)?;
+    }
+    Ok(())
 }
 
 /// Opens the link pinned at `pin`, if any; an unusable pin is removed.
