@@ -163,64 +163,53 @@ fn write_in_batches(
     results
 }
 
+/// Writes the entries `entry` makes of `ops` into `map`, in as few syscalls as it can.
+fn write_batch<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    name: &str,
+    ops: &[&MapOp],
+    entry: impl Fn(&MapOp) -> Option<(K, V)>,
+) -> Vec<Result<()>> {
+    let (keys, values): (Vec<K>, Vec<V>) = ops.iter().filter_map(|op| entry(op)).unzip();
+    write_in_batches(
+        keys.len(),
+        |at| batch::update(map, &keys[at..], &values[at..]),
+        name,
+    )
+}
+
 impl ServiceMaps {
     fn put_batch(&self, kind: BatchKind, ops: &[&MapOp]) -> Vec<Result<()>> {
         match kind {
             BatchKind::Backend => {
-                let (keys, values): (Vec<u32>, Vec<_>) = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        MapOp::PutBackend { id, endpoint } => Some((*id, wire::backend(endpoint))),
-                        _ => None,
-                    })
-                    .unzip();
-                write_in_batches(
-                    keys.len(),
-                    |at| batch::update(&self.raw.backends, &keys[at..], &values[at..]),
-                    "KP_BACKENDS",
-                )
+                write_batch(&self.raw.backends, "KP_BACKENDS", ops, |op| match op {
+                    MapOp::PutBackend { id, endpoint } => Some((*id, wire::backend(endpoint))),
+                    _ => None,
+                })
             }
-            BatchKind::Slot => {
-                let (keys, values): (Vec<SlotKey>, Vec<u32>) = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        MapOp::PutSlot {
-                            svc_id,
-                            bank,
-                            index,
-                            backend_id,
-                        } => Some((SlotKey::new(*svc_id, *bank, *index), *backend_id)),
-                        _ => None,
-                    })
-                    .unzip();
-                write_in_batches(
-                    keys.len(),
-                    |at| batch::update(&self.raw.slots, &keys[at..], &values[at..]),
-                    "KP_SLOTS",
-                )
-            }
+            BatchKind::Slot => write_batch(&self.raw.slots, "KP_SLOTS", ops, |op| match op {
+                MapOp::PutSlot {
+                    svc_id,
+                    bank,
+                    index,
+                    backend_id,
+                } => Some((SlotKey::new(*svc_id, *bank, *index), *backend_id)),
+                _ => None,
+            }),
             BatchKind::Service => {
-                let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        MapOp::PutService {
-                            key,
-                            svc_id,
-                            count,
-                            bank,
-                            affinity_timeout_s,
-                        } => Some((
-                            wire::service_key(key),
-                            wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s),
-                        )),
-                        _ => None,
-                    })
-                    .unzip();
-                write_in_batches(
-                    keys.len(),
-                    |at| batch::update(&self.raw.services, &keys[at..], &values[at..]),
-                    "KP_SERVICES",
-                )
+                write_batch(&self.raw.services, "KP_SERVICES", ops, |op| match op {
+                    MapOp::PutService {
+                        key,
+                        svc_id,
+                        count,
+                        bank,
+                        affinity_timeout_s,
+                    } => Some((
+                        wire::service_key(key),
+                        wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s),
+                    )),
+                    _ => None,
+                })
             }
         }
     }
