@@ -28,7 +28,8 @@ pub struct ServiceKey {
 pub struct ServiceValue {
     /// Service port id: index into `KP_RR` and `KP_SVC_STATS`, first half of `SlotKey`.
     pub id: u32,
-    /// Number of backends in the active bank; 0 means "reject new connections".
+    /// Number of backends in the active bank; 0 means "reject (or with `SVC_F_DROP_EMPTY`,
+    /// drop) new connections".
     pub count: u16,
     /// `SVC_F_*` bits.
     pub flags: u8,
@@ -40,6 +41,9 @@ pub struct ServiceValue {
 
 /// ClientIP session affinity is on for this service port.
 pub const SVC_F_AFFINITY: u8 = 1 << 0;
+/// With no backends, drop new connections silently instead of rejecting them: the service
+/// has endpoints, just none this node may use (kube-proxy's DROP for traffic policy Local).
+pub const SVC_F_DROP_EMPTY: u8 = 1 << 1;
 
 /// Key of `KP_SLOTS`: the n-th backend of a service port in one bank.
 #[repr(C)]

@@ -39,12 +39,16 @@ pub enum Counter {
     DropNoPort,
     /// A new flow's client port was taken towards its backend: it got another source port.
     PortRemapped,
+    /// New connection to a service whose endpoints are all elsewhere than this node may
+    /// use (traffic policy Local): dropped, as kube-proxy does, not rejected.
+    DropNoLocalEndpoint,
 }
 
-pub const COUNTER_SLOTS: usize = 16;
+/// Room for counters added later without changing the map's value size.
+pub const COUNTER_SLOTS: usize = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::Packets,
         Counter::ServicePackets,
         Counter::ReplyPackets,
@@ -61,6 +65,7 @@ impl Counter {
         Counter::DropNoRoute,
         Counter::DropNoPort,
         Counter::PortRemapped,
+        Counter::DropNoLocalEndpoint,
     ];
 
     /// Stable snake_case name (metrics label, CLI output).
@@ -82,6 +87,7 @@ impl Counter {
             Counter::DropNoRoute => "drop_no_route",
             Counter::DropNoPort => "drop_no_port",
             Counter::PortRemapped => "port_remapped",
+            Counter::DropNoLocalEndpoint => "drop_no_local_endpoint",
         }
     }
 
@@ -96,6 +102,7 @@ impl Counter {
             Counter::DropFragment => Some("fragment"),
             Counter::DropNoRoute => Some("no_route"),
             Counter::DropNoPort => Some("no_port"),
+            Counter::DropNoLocalEndpoint => Some("no_local_endpoint"),
             _ => None,
         }
     }
@@ -118,7 +125,8 @@ pub struct ServiceStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
-    /// New connections rejected because the service port had no endpoints.
+    /// New connections refused (rejected, or dropped under traffic policy Local) because
+    /// the service port had no endpoints to use.
     pub rejected: u64,
 }
 

@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kproxy_common::{
     config::IPPROTO_UDP,
     ct::{AffinityKey, AffinityValue, FragKey, FragPorts},
-    lb::{Backend, SVC_F_AFFINITY, ServiceKey, ServiceValue, SlotKey},
+    lb::{Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue, SlotKey},
     stats::Counter,
 };
 
@@ -118,7 +118,11 @@ fn to_service<P: Packet>(
                 return Err(Counter::DropFragment);
             }
             if svc.count == 0 {
-                return reject(pkt, flow, svc.id);
+                stats::count_refused(svc.id);
+                if svc.flags & SVC_F_DROP_EMPTY != 0 {
+                    return Err(Counter::DropNoLocalEndpoint);
+                }
+                return reject(pkt, flow);
             }
             let (id, backend) = select_backend(svc, flow.key.saddr, now)?;
             let alt_port = conntrack::create(
@@ -245,11 +249,11 @@ fn remember_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
 
 /// No endpoints: answer with ICMP port unreachable, as kube-proxy's REJECT rule does.
 #[inline(always)]
-fn reject<P: Packet>(pkt: &mut P, flow: &Ipv4Flow, svc_id: u32) -> Result<Action, Counter> {
+fn reject<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<Action, Counter> {
     let frame: [u8; REJECT_FRAME_LEN] =
         icmp::port_unreachable(pkt, &flow.key, flow.l4_off).ok_or(Counter::DropReject)?;
     pkt.send_back(&frame).map_err(|()| Counter::DropReject)?;
-    stats::count_rejected(svc_id);
+    stats::count(Counter::Rejected);
     Ok(Action::Rejected)
 }
 

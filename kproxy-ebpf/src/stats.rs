@@ -50,10 +50,10 @@ pub fn count_new_flow(svc_id: u32, backend_id: u32) {
     }
 }
 
-/// A new connection to service port `svc_id` was rejected.
+/// A new connection to service port `svc_id` was refused: rejected, or dropped (the caller
+/// counts the drop).
 #[inline(always)]
-pub fn count_rejected(svc_id: u32) {
-    count(Counter::Rejected);
+pub fn count_refused(svc_id: u32) {
     if let Some(s) = KP_SVC_STATS.get_ptr_mut(svc_id) {
         // SAFETY: per-CPU value of this CPU.
         unsafe { (*s).rejected += 1 };

@@ -1,11 +1,11 @@
 //! Conversions between the agent's model types and the datapath's map types, which hold
 //! addresses and ports in network byte order exactly as packets carry them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use kproxy_common::lb::{Backend, SVC_F_AFFINITY, ServiceKey, ServiceValue};
+use kproxy_common::lb::{Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue};
 
-use crate::model::{Endpoint, FrontendKey, Protocol};
+use crate::model::{Endpoint, FrontendKey, Protocol, WhenEmpty};
 
 /// An IPv4 address as the datapath stores it (the packet's bytes read as a native u32).
 pub fn addr_to_wire(addr: Ipv4Addr) -> u32 {
@@ -24,19 +24,23 @@ pub fn port_from_wire(port: u16) -> u16 {
     u16::from_be(port)
 }
 
-pub fn service_key(key: &FrontendKey) -> ServiceKey {
-    ServiceKey {
-        addr: addr_to_wire(key.addr),
+/// The map key of a frontend; `None` for IPv6, which the datapath does not serve yet.
+pub fn service_key(key: &FrontendKey) -> Option<ServiceKey> {
+    let IpAddr::V4(addr) = key.addr else {
+        return None;
+    };
+    Some(ServiceKey {
+        addr: addr_to_wire(addr),
         port: port_to_wire(key.port),
         proto: key.proto.number(),
         _pad: 0,
-    }
+    })
 }
 
 /// `None` for a protocol the agent never writes.
 pub fn frontend_key(key: &ServiceKey) -> Option<FrontendKey> {
     Some(FrontendKey {
-        addr: addr_from_wire(key.addr),
+        addr: IpAddr::V4(addr_from_wire(key.addr)),
         port: port_from_wire(key.port),
         proto: Protocol::from_number(key.proto)?,
     })
@@ -47,15 +51,19 @@ pub fn service_value(
     count: u16,
     bank: u8,
     affinity_timeout_s: Option<u32>,
+    when_empty: WhenEmpty,
 ) -> ServiceValue {
+    let mut flags = 0;
+    if affinity_timeout_s.is_some() {
+        flags |= SVC_F_AFFINITY;
+    }
+    if when_empty == WhenEmpty::Drop {
+        flags |= SVC_F_DROP_EMPTY;
+    }
     ServiceValue {
         id: svc_id,
         count,
-        flags: if affinity_timeout_s.is_some() {
-            SVC_F_AFFINITY
-        } else {
-            0
-        },
+        flags,
         bank,
         affinity_timeout_s: affinity_timeout_s.unwrap_or(0),
     }
@@ -66,17 +74,30 @@ pub fn affinity_of(value: &ServiceValue) -> Option<u32> {
     (value.flags & SVC_F_AFFINITY != 0).then_some(value.affinity_timeout_s)
 }
 
-pub fn backend(endpoint: &Endpoint) -> Backend {
-    Backend {
-        addr: addr_to_wire(endpoint.addr),
+/// What a service value says new connections get while it has no backends.
+pub fn when_empty_of(value: &ServiceValue) -> WhenEmpty {
+    if value.flags & SVC_F_DROP_EMPTY == 0 {
+        WhenEmpty::Reject
+    } else {
+        WhenEmpty::Drop
+    }
+}
+
+/// The map value of a backend; `None` for IPv6.
+pub fn backend(endpoint: &Endpoint) -> Option<Backend> {
+    let IpAddr::V4(addr) = endpoint.addr else {
+        return None;
+    };
+    Some(Backend {
+        addr: addr_to_wire(addr),
         port: port_to_wire(endpoint.port),
         _pad: 0,
-    }
+    })
 }
 
 pub fn endpoint(backend: &Backend) -> Endpoint {
     Endpoint {
-        addr: addr_from_wire(backend.addr),
+        addr: IpAddr::V4(addr_from_wire(backend.addr)),
         port: port_from_wire(backend.port),
     }
 }
@@ -88,22 +109,30 @@ mod tests {
     #[test]
     fn wire_format_is_packet_byte_order() {
         let key = FrontendKey {
-            addr: Ipv4Addr::new(198, 19, 0, 10),
+            addr: Ipv4Addr::new(198, 19, 0, 10).into(),
             port: 80,
             proto: Protocol::Udp,
         };
-        let wire = service_key(&key);
+        let wire = service_key(&key).expect("IPv4");
         assert_eq!(wire.addr.to_ne_bytes(), [198, 19, 0, 10]);
         assert_eq!(wire.port.to_ne_bytes(), [0, 80]);
         assert_eq!(wire.proto, 17);
         assert_eq!(frontend_key(&wire), Some(key));
         let ep = Endpoint {
-            addr: Ipv4Addr::new(198, 18, 2, 2),
+            addr: Ipv4Addr::new(198, 18, 2, 2).into(),
             port: 8080,
         };
-        assert_eq!(endpoint(&backend(&ep)), ep);
-        let value = service_value(7, 3, 1, Some(60));
+        assert_eq!(endpoint(&backend(&ep).expect("IPv4")), ep);
+        let v6 = FrontendKey {
+            addr: "2001:db8::1".parse().expect("address"),
+            ..key
+        };
+        assert_eq!(service_key(&v6), None, "the datapath is IPv4 only for now");
+        let value = service_value(7, 3, 1, Some(60), WhenEmpty::Drop);
         assert_eq!(affinity_of(&value), Some(60));
-        assert_eq!(affinity_of(&service_value(7, 3, 1, None)), None);
+        assert_eq!(when_empty_of(&value), WhenEmpty::Drop);
+        let plain = service_value(7, 3, 1, None, WhenEmpty::Reject);
+        assert_eq!(affinity_of(&plain), None);
+        assert_eq!(when_empty_of(&plain), WhenEmpty::Reject);
     }
 }

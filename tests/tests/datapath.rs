@@ -5,7 +5,7 @@ mod support;
 
 use std::net::Ipv4Addr;
 
-use kproxy::model::{Desired, Protocol};
+use kproxy::model::{Desired, Protocol, WhenEmpty};
 use kproxy_common::stats::Counter;
 use kproxy_testbed::require_privileges;
 use support::{
@@ -17,7 +17,9 @@ use support::{
 };
 
 const TCX_NEXT: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
@@ -302,6 +304,25 @@ fn no_endpoints_rejects_with_icmp_port_unreachable() {
     assert_eq!(verdict, XDP_TX);
     assert_port_unreachable(&reply, &syn);
     assert_eq!(dp.counter(Counter::Rejected), 3);
+    assert_eq!(dp.counter(Counter::NewFlows), 0);
+}
+
+#[test]
+fn no_usable_endpoints_under_local_policy_drops_silently() {
+    if !require_privileges("no_usable_endpoints_under_local_policy_drops_silently") {
+        return;
+    }
+    let (key, mut local_only) = frontend(VIP, 80, Protocol::Tcp, &[], None);
+    local_only.when_empty = WhenEmpty::Drop;
+    let dp = loaded(&[(key, local_only)].into_iter().collect());
+    let syn = tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b"");
+    let (verdict, out) = dp.tc(&syn);
+    assert_eq!(verdict, TC_ACT_SHOT, "dropped, not answered");
+    assert_eq!(out, syn, "the packet is not rewritten into a reject");
+    let (verdict, _) = dp.xdp(&syn);
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(dp.counter(Counter::DropNoLocalEndpoint), 2);
+    assert_eq!(dp.counter(Counter::Rejected), 0);
     assert_eq!(dp.counter(Counter::NewFlows), 0);
 }
 

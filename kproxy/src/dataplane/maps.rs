@@ -163,19 +163,37 @@ fn write_in_batches(
     results
 }
 
-/// Writes the entries `entry` makes of `ops` into `map`, in as few syscalls as it can.
+/// The datapath serves IPv4 only so far; sync never hands it IPv6 (see `sync`), so this is
+/// the error for a broken invariant, not for input.
+fn not_ipv4() -> anyhow::Error {
+    anyhow::anyhow!("the datapath does not serve IPv6 yet")
+}
+
+/// Writes the entries `entry` makes of `ops` into `map`, in as few syscalls as it can. One
+/// result per op, in order; an op `entry` cannot turn into an entry fails on its own.
 fn write_batch<K: aya::Pod, V: aya::Pod>(
     map: &MapData,
     name: &str,
     ops: &[&MapOp],
     entry: impl Fn(&MapOp) -> Option<(K, V)>,
 ) -> Vec<Result<()>> {
-    let (keys, values): (Vec<K>, Vec<V>) = ops.iter().filter_map(|op| entry(op)).unzip();
-    write_in_batches(
+    let entries: Vec<Option<(K, V)>> = ops.iter().map(|op| entry(op)).collect();
+    let (keys, values): (Vec<K>, Vec<V>) = entries.iter().flatten().copied().unzip();
+    let mut written = write_in_batches(
         keys.len(),
         |at| batch::update(map, &keys[at..], &values[at..]),
         name,
     )
+    .into_iter();
+    entries
+        .iter()
+        .map(|e| match e {
+            Some(_) => written
+                .next()
+                .unwrap_or_else(|| Err(anyhow::anyhow!("{name}: batch result missing"))),
+            None => Err(not_ipv4()),
+        })
+        .collect()
 }
 
 impl ServiceMaps {
@@ -183,7 +201,7 @@ impl ServiceMaps {
         match kind {
             BatchKind::Backend => {
                 write_batch(&self.raw.backends, "KP_BACKENDS", ops, |op| match op {
-                    MapOp::PutBackend { id, endpoint } => Some((*id, wire::backend(endpoint))),
+                    MapOp::PutBackend { id, endpoint } => Some((*id, wire::backend(endpoint)?)),
                     _ => None,
                 })
             }
@@ -204,9 +222,16 @@ impl ServiceMaps {
                         count,
                         bank,
                         affinity_timeout_s,
+                        when_empty,
                     } => Some((
-                        wire::service_key(key),
-                        wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s),
+                        wire::service_key(key)?,
+                        wire::service_value(
+                            *svc_id,
+                            *count,
+                            *bank,
+                            *affinity_timeout_s,
+                            *when_empty,
+                        ),
                     )),
                     _ => None,
                 })
@@ -239,7 +264,7 @@ impl Datapath for ServiceMaps {
         match op {
             MapOp::PutBackend { id, endpoint } => {
                 self.backends
-                    .insert(id, wire::backend(endpoint), 0)
+                    .insert(id, wire::backend(endpoint).ok_or_else(not_ipv4)?, 0)
                     .context("KP_BACKENDS")?;
             }
             MapOp::DeleteBackend { id } => {
@@ -276,17 +301,18 @@ impl Datapath for ServiceMaps {
                 count,
                 bank,
                 affinity_timeout_s,
+                when_empty,
             } => self
                 .services
                 .insert(
-                    wire::service_key(key),
-                    wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s),
+                    wire::service_key(key).ok_or_else(not_ipv4)?,
+                    wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s, *when_empty),
                     0,
                 )
                 .context("KP_SERVICES")?,
             MapOp::DeleteService { key } => {
-                ignore_missing(self.services.remove(&wire::service_key(key)))
-                    .context("KP_SERVICES")?;
+                let key = wire::service_key(key).ok_or_else(not_ipv4)?;
+                ignore_missing(self.services.remove(&key)).context("KP_SERVICES")?;
             }
         }
         Ok(())

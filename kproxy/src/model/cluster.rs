@@ -11,7 +11,11 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
     Desired, Frontend, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
-    ServicePortName, endpoints, object_name, service::ServiceSpec,
+    NodeInfo, ServicePortName, WhenEmpty,
+    endpoints::{self, Family},
+    object_name,
+    service::ServiceSpec,
+    topology::{Locality, categorize},
 };
 use crate::problem::{Problem, ProblemKind};
 
@@ -60,11 +64,31 @@ pub struct ClusterState {
     desired: Desired,
     /// Problems found computing each service (its slices' problems included).
     problems: HashMap<ObjectKey, Vec<Problem>>,
+    /// The node this agent runs on: which endpoints are local, which zone it is in.
+    node: NodeInfo,
 }
 
 impl ClusterState {
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// Sets this node's name and labels; if its name or zone changed, every service is
+    /// recomputed (locality and hints depend on them). Returns the frontends that may have
+    /// changed.
+    pub fn set_node(&mut self, node: NodeInfo) -> BTreeSet<FrontendKey> {
+        let relevant = |n: &NodeInfo| (n.name.clone(), n.zone().to_owned());
+        if relevant(&node) == relevant(&self.node) {
+            self.node = node;
+            return BTreeSet::new();
+        }
+        self.node = node;
+        let mut dirty: BTreeSet<ObjectKey> = self.services.keys().cloned().collect();
+        let mut changed = BTreeSet::new();
+        while let Some(key) = dirty.pop_first() {
+            self.recompute(&key, &mut dirty, &mut changed);
+        }
+        changed
     }
 
     pub fn service_count(&self) -> usize {
@@ -218,15 +242,38 @@ impl ClusterState {
             .flatten()
             .filter_map(|k| self.slices.get(k).map(AsRef::as_ref))
             .collect();
+        let here = Locality {
+            node: &self.node.name,
+            zone: self.node.zone(),
+        };
         let mut out = Vec::new();
         for port in &spec.ports {
-            let endpoints = endpoints::endpoints_for(&slices, port, problems);
             let service = ServicePortName {
                 namespace: spec.namespace.clone(),
                 name: spec.name.clone(),
                 port: port.name.clone(),
             };
             for &addr in &spec.cluster_ips {
+                let infos = endpoints::endpoints_for(
+                    &slices,
+                    port,
+                    Family::of(addr),
+                    &self.node.name,
+                    problems,
+                );
+                // ClusterIP traffic uses the cluster-wide endpoints, or with
+                // internalTrafficPolicy Local this node's only.
+                let picked = categorize(&infos, !spec.internal_local, spec.internal_local, &here);
+                let (endpoints, when_empty) = if spec.internal_local {
+                    let when_empty = if picked.has_any {
+                        WhenEmpty::Drop
+                    } else {
+                        WhenEmpty::Reject
+                    };
+                    (picked.local.unwrap_or_default(), when_empty)
+                } else {
+                    (picked.cluster.unwrap_or_default(), WhenEmpty::Reject)
+                };
                 let key = FrontendKey {
                     addr,
                     port: port.port,
@@ -237,7 +284,8 @@ impl ClusterState {
                     Frontend {
                         service: service.clone(),
                         affinity_timeout_s: spec.affinity_timeout_s,
-                        endpoints: endpoints.clone(),
+                        endpoints,
+                        when_empty,
                     },
                 ));
             }

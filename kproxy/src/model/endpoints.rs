@@ -4,32 +4,89 @@
 //! is that slice port's number, never the Service's `targetPort`), and an endpoint
 //! contributes its first address.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 
-use super::{Endpoint, Protocol, addr::parse_ip_sloppy, object_name, service::PortSpec};
+use super::{
+    Endpoint, Protocol, addr::parse_ip_sloppy, object_name, service::PortSpec,
+    topology::EndpointInfo,
+};
 use crate::problem::{Problem, ProblemKind};
 
-/// kube-proxy reads a nil `ready` as true.
-fn is_ready(ep: &SliceEndpoint) -> bool {
-    ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+/// The address family of a frontend, which selects the slices that feed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Family {
+    V4,
+    V6,
 }
 
-/// Ready IPv4 endpoints of `port` across `slices`, sorted and deduplicated.
+impl Family {
+    pub fn of(addr: IpAddr) -> Self {
+        if addr.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    fn address_type(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+}
+
+fn names(list: Option<impl IntoIterator<Item = String>>) -> BTreeSet<String> {
+    list.into_iter().flatten().collect()
+}
+
+/// What one slice says about one endpoint.
+fn endpoint_info(ep: &SliceEndpoint, endpoint: Endpoint, node: &str) -> EndpointInfo {
+    let conditions = ep.conditions.as_ref();
+    let hints = ep.hints.as_ref();
+    EndpointInfo {
+        endpoint,
+        ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        local: !node.is_empty() && ep.node_name.as_deref() == Some(node),
+        zone_hints: names(
+            hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect::<Vec<_>>()),
+        ),
+        node_hints: names(
+            hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect::<Vec<_>>()),
+        ),
+    }
+}
+
+/// Between two slices listing the same endpoint (it moves between slices), the one that can
+/// serve wins, then the local one.
+fn better(new: &EndpointInfo, old: &EndpointInfo) -> bool {
+    (new.ready, new.serving && new.terminating, new.local)
+        > (old.ready, old.serving && old.terminating, old.local)
+}
+
+/// The endpoints of `port` of `family` across `slices`, deduplicated, sorted, with their
+/// conditions, node and hints (`node` is this node's name).
 pub(super) fn endpoints_for(
     slices: &[&EndpointSlice],
     port: &PortSpec,
+    family: Family,
+    node: &str,
     problems: &mut Vec<Problem>,
-) -> Vec<Endpoint> {
-    // Address → ready; an endpoint listed by several slices is ready if any slice says so.
-    let mut found: BTreeMap<Endpoint, bool> = BTreeMap::new();
+) -> Vec<EndpointInfo> {
+    let mut found: BTreeMap<Endpoint, EndpointInfo> = BTreeMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue; // IPv6 slices feed the IPv6 datapath; FQDN slices are not proxied.
+        if slice.address_type != family.address_type() {
+            continue; // the other family's slices feed its own frontends; FQDN ones none
         }
         let object = || object_name("EndpointSlice", &slice.metadata);
-        let Some(number) = slice_port(slice, port) else {
+        let Some(number) = slice_port(slice, port, problems) else {
             continue;
         };
         let Some(number) = u16::try_from(number).ok().filter(|&n| n != 0) else {
@@ -46,39 +103,50 @@ pub(super) fn endpoints_for(
             continue;
         };
         for ep in &slice.endpoints {
+            // kube-proxy uses the first address of an endpoint only.
             let Some(first) = ep.addresses.first() else {
                 continue;
             };
-            let Some(IpAddr::V4(addr)) = parse_ip_sloppy(first) else {
+            let Some(addr) = parse_ip_sloppy(first).filter(|a| Family::of(*a) == family) else {
                 problems.push(
                     Problem::new(
                         ProblemKind::InvalidEndpoint,
-                        format!("invalid IPv4 endpoint address {first:?}; endpoint skipped"),
+                        format!(
+                            "invalid {} endpoint address {first:?}; endpoint skipped",
+                            family.address_type()
+                        ),
                     )
                     .object(object()),
                 );
                 continue;
             };
-            *found.entry(Endpoint { addr, port: number }).or_default() |= is_ready(ep);
+            let info = endpoint_info(ep, Endpoint { addr, port: number }, node);
+            match found.get(&info.endpoint) {
+                Some(old) if !better(&info, old) => {}
+                _ => {
+                    found.insert(info.endpoint, info);
+                }
+            }
         }
     }
-    found
-        .into_iter()
-        .filter_map(|(ep, ready)| ready.then_some(ep))
-        .collect()
+    found.into_values().collect()
 }
 
-/// The number of the slice port matching `port` by name and protocol, if any.
-fn slice_port(slice: &EndpointSlice, port: &PortSpec) -> Option<i32> {
-    slice
-        .ports
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find_map(|p| {
-            let same_name = p.name.as_deref().unwrap_or("") == port.name;
-            let same_proto =
-                Protocol::parse(p.protocol.as_deref()).is_ok_and(|proto| proto == port.proto);
-            (same_name && same_proto).then_some(p.port?)
-        })
+/// The number of the slice port matching `port` by name and protocol, if any. A slice port
+/// without a name is ignored, as kube-proxy does (an unnamed port is named "").
+fn slice_port(slice: &EndpointSlice, port: &PortSpec, problems: &mut Vec<Problem>) -> Option<i32> {
+    slice.ports.as_deref().unwrap_or_default().iter().find_map(|p| {
+        let Some(name) = p.name.as_deref() else {
+            problems.push(
+                Problem::new(
+                    ProblemKind::InvalidEndpoint,
+                    "a port without a name is ignored (kube-proxy does too); name an unnamed port \"\"",
+                )
+                .object(object_name("EndpointSlice", &slice.metadata)),
+            );
+            return None;
+        };
+        let same_proto = Protocol::parse(p.protocol.as_deref()).is_ok_and(|proto| proto == port.proto);
+        (name == port.name && same_proto).then_some(p.port?)
+    })
 }

@@ -120,7 +120,7 @@ impl SliceBuilder {
             .ports
             .get_or_insert_with(Vec::new)
             .push(EndpointPort {
-                name: (!name.is_empty()).then(|| name.into()),
+                name: Some(name.into()),
                 port: Some(port),
                 protocol: Some(protocol.into()),
                 app_protocol: None,

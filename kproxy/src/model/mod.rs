@@ -6,10 +6,11 @@ pub mod addr;
 pub mod cluster;
 mod endpoints;
 mod service;
+pub mod topology;
 
 pub use cluster::{Change, ClusterState, ObjectKey, object_key};
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -62,27 +63,30 @@ impl fmt::Display for Protocol {
 /// A service port as clients address it: VIP, port, protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Protocol,
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
+        }
     }
 }
 
 /// A backend: endpoint address and the port traffic is translated to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.addr, self.port)
+        std::net::SocketAddr::new(self.addr, self.port).fmt(f)
     }
 }
 
@@ -104,14 +108,50 @@ impl fmt::Display for ServicePortName {
     }
 }
 
+/// What new connections get when a frontend has no endpoints to use (kube-proxy: REJECT when
+/// the service has no endpoints anywhere, DROP when it has some but none usable here, e.g.
+/// internalTrafficPolicy Local with endpoints on other nodes only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenEmpty {
+    #[default]
+    Reject,
+    Drop,
+}
+
 /// What the datapath must do for one frontend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
     pub service: ServicePortName,
     /// ClientIP session affinity timeout, when affinity is on.
     pub affinity_timeout_s: Option<u32>,
-    /// Backends for new connections, sorted and unique. Empty means "reject".
+    /// Backends for new connections, sorted and unique.
     pub endpoints: Vec<Endpoint>,
+    /// What happens to new connections while `endpoints` is empty.
+    pub when_empty: WhenEmpty,
+}
+
+/// The node kproxy runs on, as far as Service semantics care.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The label kube-proxy reads the node's zone from.
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+
+impl NodeInfo {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The node's zone ("" when it has none).
+    pub fn zone(&self) -> &str {
+        self.labels.get(LABEL_ZONE).map_or("", String::as_str)
+    }
 }
 
 /// Everything the datapath must serve.
@@ -138,10 +178,21 @@ pub fn object_name(
 }
 
 /// Computes the frontends for `services` and `slices` from scratch, with the problems found
-/// on the way. Objects with problems are skipped (the whole Service, one port, or one
-/// endpoint, whichever the problem concerns); everything else is served.
+/// on the way, on a node without name or labels. Objects with problems are skipped (the
+/// whole Service, one port, or one endpoint, whichever the problem concerns); everything
+/// else is served.
 pub fn desired_state(services: &[Service], slices: &[EndpointSlice]) -> (Desired, Vec<Problem>) {
+    desired_state_on(&NodeInfo::default(), services, slices)
+}
+
+/// `desired_state` on `node`.
+pub fn desired_state_on(
+    node: &NodeInfo,
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> (Desired, Vec<Problem>) {
     let mut state = ClusterState::default();
+    state.set_node(node.clone());
     let changes = services
         .iter()
         .map(|s| {

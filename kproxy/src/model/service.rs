@@ -1,8 +1,7 @@
-//! What kube-proxy takes from a Service: whether to serve it at all, its IPv4 cluster IPs,
-//! its ports and its session affinity.
+//! What kube-proxy takes from a Service: whether to serve it at all, its cluster IPs (both
+//! families), its ports, its session affinity and its internal traffic policy.
 
 use std::net::IpAddr;
-use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
 
@@ -24,9 +23,11 @@ pub(super) struct PortSpec {
 pub(super) struct ServiceSpec {
     pub namespace: String,
     pub name: String,
-    pub cluster_ips: Vec<Ipv4Addr>,
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<PortSpec>,
     pub affinity_timeout_s: Option<u32>,
+    /// `internalTrafficPolicy: Local`: ClusterIP traffic only to this node's endpoints.
+    pub internal_local: bool,
 }
 
 impl ServiceSpec {
@@ -59,8 +60,7 @@ impl ServiceSpec {
             .clone()
             .unwrap_or_else(|| "default".into());
 
-        // clusterIPs (dual-stack) when present, else clusterIP. IPv6 VIPs are valid but not
-        // served until the IPv6 datapath exists.
+        // clusterIPs (dual-stack) when present, else clusterIP.
         let listed: Vec<&str> = match &spec.cluster_ips {
             Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
             _ => vec![primary],
@@ -68,8 +68,7 @@ impl ServiceSpec {
         let mut cluster_ips = Vec::new();
         for ip in listed {
             match parse_ip_sloppy(ip) {
-                Some(IpAddr::V4(v4)) => cluster_ips.push(v4),
-                Some(IpAddr::V6(_)) => {}
+                Some(addr) => cluster_ips.push(addr),
                 None => {
                     report(
                         problems,
@@ -131,6 +130,7 @@ impl ServiceSpec {
             cluster_ips,
             ports,
             affinity_timeout_s,
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         })
     }
 }

@@ -1,7 +1,5 @@
 //! Table-driven tests of the Service → frontend semantics.
 
-use std::net::Ipv4Addr;
-
 use super::{
     Desired, Endpoint, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol,
     desired_state,
@@ -20,7 +18,7 @@ fn key(addr: &str, port: u16, proto: Protocol) -> FrontendKey {
 fn eps(list: &[(&str, u16)]) -> Vec<Endpoint> {
     list.iter()
         .map(|(a, p)| Endpoint {
-            addr: a.parse::<Ipv4Addr>().expect("test address"),
+            addr: a.parse().expect("test address"),
             port: *p,
         })
         .collect()
@@ -269,7 +267,7 @@ fn services_and_slices_become_frontends() {
             problems: vec![],
         },
         Case {
-            name: "IPv6 and FQDN slices do not feed IPv4 frontends; IPv6 cluster IPs are not served",
+            name: "dual-stack: each family's cluster IP gets its family's slices; FQDN slices feed none",
             services: vec![
                 service("default", "web", "198.19.0.10")
                     .cluster_ips(&["198.19.0.10", "2001:db8::10"])
@@ -277,16 +275,33 @@ fn services_and_slices_become_frontends() {
                     .build(),
             ],
             slices: vec![
-                web_slice()
+                slice("default", "web-v4", "web")
+                    .port("http", 8080, "TCP")
+                    .endpoint("198.18.2.2", Some(true))
+                    .build(),
+                slice("default", "web-v6", "web")
+                    .port("http", 8080, "TCP")
                     .address_type("IPv6")
                     .endpoint("2001:db8::2", Some(true))
                     .build(),
-                web_slice()
+                slice("default", "web-fqdn", "web")
+                    .port("http", 8080, "TCP")
                     .address_type("FQDN")
                     .endpoint("example.test", Some(true))
                     .build(),
             ],
-            want: vec![(key("198.19.0.10", 80, TCP), vec![], None)],
+            want: vec![
+                (
+                    key("198.19.0.10", 80, TCP),
+                    eps(&[("198.18.2.2", 8080)]),
+                    None,
+                ),
+                (
+                    key("2001:db8::10", 80, TCP),
+                    eps(&[("2001:db8::2", 8080)]),
+                    None,
+                ),
+            ],
             problems: vec![],
         },
         Case {

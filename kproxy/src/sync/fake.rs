@@ -8,7 +8,7 @@ use kproxy_common::lb::SlotKey;
 
 use super::{Datapath, DatapathSnapshot, MapOp};
 use crate::{
-    model::{Endpoint, FrontendKey},
+    model::{Endpoint, FrontendKey, WhenEmpty},
     wire,
 };
 
@@ -18,6 +18,7 @@ pub struct FakeService {
     pub count: u16,
     pub bank: u8,
     pub affinity_timeout_s: Option<u32>,
+    pub when_empty: WhenEmpty,
 }
 
 /// What a packet to a frontend would find.
@@ -73,8 +74,14 @@ impl FakeDatapath {
                 .iter()
                 .map(|(k, s)| {
                     (
-                        wire::service_key(k),
-                        wire::service_value(s.svc_id, s.count, s.bank, s.affinity_timeout_s),
+                        wire::service_key(k).expect("the planner programs IPv4 only"),
+                        wire::service_value(
+                            s.svc_id,
+                            s.count,
+                            s.bank,
+                            s.affinity_timeout_s,
+                            s.when_empty,
+                        ),
                     )
                 })
                 .collect(),
@@ -86,7 +93,12 @@ impl FakeDatapath {
             backends: self
                 .backends
                 .iter()
-                .map(|(id, ep)| (*id, wire::backend(ep)))
+                .map(|(id, ep)| {
+                    (
+                        *id,
+                        wire::backend(ep).expect("the planner programs IPv4 only"),
+                    )
+                })
                 .collect(),
         }
     }
@@ -128,6 +140,7 @@ impl Datapath for FakeDatapath {
                 count,
                 bank,
                 affinity_timeout_s,
+                when_empty,
             } => {
                 self.services.insert(
                     *key,
@@ -136,6 +149,7 @@ impl Datapath for FakeDatapath {
                         count: *count,
                         bank: *bank,
                         affinity_timeout_s: *affinity_timeout_s,
+                        when_empty: *when_empty,
                     },
                 );
             }

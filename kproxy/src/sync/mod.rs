@@ -13,7 +13,7 @@ pub use ids::IdPool;
 pub use plan::{Programmed, ProgrammedFrontend, SyncReport};
 pub use recover::DatapathSnapshot;
 
-use crate::model::{Endpoint, FrontendKey};
+use crate::model::{Endpoint, FrontendKey, WhenEmpty};
 
 /// One write to the datapath's service maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +49,7 @@ pub enum MapOp {
         count: u16,
         bank: u8,
         affinity_timeout_s: Option<u32>,
+        when_empty: WhenEmpty,
     },
     DeleteService {
         key: FrontendKey,

@@ -70,6 +70,7 @@ impl Programmed {
                     bank: value.bank & 1,
                     bank_len,
                     affinity_timeout_s: wire::affinity_of(value),
+                    when_empty: wire::when_empty_of(value),
                     backends: programmed,
                     needs_rewrite: !complete,
                 },

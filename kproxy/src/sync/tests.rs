@@ -5,13 +5,13 @@ use std::net::Ipv4Addr;
 
 use super::{MapOp, Programmed, fake::FakeDatapath, fake::View};
 use crate::{
-    model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName},
+    model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName, WhenEmpty},
     problem::ProblemKind,
 };
 
 fn key(last: u8, port: u16) -> FrontendKey {
     FrontendKey {
-        addr: Ipv4Addr::new(198, 19, 0, last),
+        addr: Ipv4Addr::new(198, 19, 0, last).into(),
         port,
         proto: Protocol::Tcp,
     }
@@ -19,7 +19,7 @@ fn key(last: u8, port: u16) -> FrontendKey {
 
 fn ep(host: u8) -> Endpoint {
     Endpoint {
-        addr: Ipv4Addr::new(198, 18, host, 2),
+        addr: Ipv4Addr::new(198, 18, host, 2).into(),
         port: 8080,
     }
 }
@@ -33,6 +33,7 @@ fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> Frontend {
         },
         affinity_timeout_s: affinity,
         endpoints: endpoints.iter().map(|h| ep(*h)).collect(),
+        when_empty: WhenEmpty::Reject,
     }
 }
 

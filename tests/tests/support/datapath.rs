@@ -12,7 +12,7 @@ use kproxy::{
         load::{self, MapSizes},
         maps::{FlowMaps, ServiceMaps, global_stats},
     },
-    model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName},
+    model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName, WhenEmpty},
     sync::Programmed,
 };
 use kproxy_common::{config::Config, names, stats::Counter};
@@ -101,7 +101,11 @@ pub fn frontend(
     affinity: Option<u32>,
 ) -> (FrontendKey, Frontend) {
     (
-        FrontendKey { addr, port, proto },
+        FrontendKey {
+            addr: addr.into(),
+            port,
+            proto,
+        },
         Frontend {
             service: ServicePortName {
                 namespace: "default".into(),
@@ -112,10 +116,11 @@ pub fn frontend(
             endpoints: endpoints
                 .iter()
                 .map(|(addr, port)| Endpoint {
-                    addr: *addr,
+                    addr: (*addr).into(),
                     port: *port,
                 })
                 .collect(),
+            when_empty: WhenEmpty::Reject,
         },
     )
 }
