@@ -8,7 +8,12 @@ fn main() {
     let object = std::env::var_os("KPROXY_BPF_OBJECT").map_or_else(
         || {
             let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-                || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+                // Read when the script runs, not when it is compiled: one build script binary
+                // may serve several checkouts that share a target directory.
+                || {
+                    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
+                        .join("../target")
+                },
                 PathBuf::from,
             );
             target.join("bpf/kproxy.bpf.o")

@@ -1,12 +1,12 @@
 //! The command line: `kproxy run`, `kproxy services`, `kproxy cleanup`.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use kproxy_common::config::Config;
 
 use crate::{
-    agent::{self, AgentConfig},
+    agent::{self, AgentConfig, HttpConfig, Source},
     cmd,
     dataplane::load::MapSizes,
 };
@@ -26,8 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the datapath, attach it, and keep it in step with the manifests.
-    Run(RunArgs),
+    /// Load the datapath, attach it, and keep it in step with the cluster (or manifests).
+    Run(Box<RunArgs>),
     /// Print what the datapath holds: frontends, backends and counters, from the pinned maps.
     Services(ServicesArgs),
     /// Detach kproxy from every interface and remove its pinned maps.
@@ -52,13 +52,28 @@ struct ServicesArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A YAML/JSON file or a directory of them with v1 Services and discovery.k8s.io/v1
-    /// EndpointSlices. Watched: changes apply live.
-    #[arg(long)]
-    manifests: PathBuf,
+    /// Read v1 Services, discovery.k8s.io/v1 EndpointSlices and this node's v1 Node from a
+    /// YAML/JSON file or a directory of them instead of the Kubernetes API. Watched: changes
+    /// apply live.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig to reach the API server with; without it (and without --manifests), the
+    /// in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// This node's name.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
+    /// Where `/healthz` and `/readyz` are served ("" turns them off).
+    #[arg(long, default_value = "0.0.0.0:10256", value_parser = optional_addr)]
+    healthz_bind_address: OptionalAddr,
+    /// Where `/metrics` is served ("" turns it off).
+    #[arg(long, default_value = "127.0.0.1:10249", value_parser = optional_addr)]
+    metrics_bind_address: OptionalAddr,
+    /// `/healthz` fails once a change has waited this long (seconds) without being
+    /// programmed.
+    #[arg(long, default_value_t = 60)]
+    healthz_timeout: u64,
     /// Interfaces that get the TC program on ingress (pod-facing veths, the node's links).
     #[arg(long, value_delimiter = ',', required = true)]
     attach: Vec<String>,
@@ -99,12 +114,34 @@ struct RunArgs {
     ct_gc_interval: u64,
 }
 
+/// A socket address, or none (the flag given as "").
+type OptionalAddr = Option<SocketAddr>;
+
+fn optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{s:?} is not an address:port ({e})"))
+}
+
 impl RunArgs {
     fn into_config(self) -> AgentConfig {
         const NS: u64 = 1_000_000_000;
         AgentConfig {
-            manifests: self.manifests,
+            source: match self.manifests {
+                Some(path) => Source::Manifests(path),
+                None => Source::Api {
+                    kubeconfig: self.kubeconfig,
+                },
+            },
             node_name: self.node_name,
+            http: HttpConfig {
+                healthz: self.healthz_bind_address,
+                metrics: self.metrics_bind_address,
+                healthz_timeout: Duration::from_secs(self.healthz_timeout),
+            },
             tc_ifaces: self.attach,
             xdp_ifaces: self.xdp,
             pin_dir: self.pin.pin_dir,
@@ -143,6 +180,21 @@ async fn termination() {
     }
 }
 
+/// Checks a `kproxy run` command line (without the program name) the way `kproxy` would
+/// parse it, e.g. the arguments of a DaemonSet manifest. `Err` carries clap's message.
+pub fn check_run_args<I: IntoIterator<Item = String>>(args: I) -> Result<(), String> {
+    let command_line = ["kproxy".to_owned(), "run".to_owned()]
+        .into_iter()
+        .chain(args);
+    match Cli::try_parse_from(command_line) {
+        Ok(Cli {
+            command: Command::Run(_),
+        }) => Ok(()),
+        Ok(_) => Err("not a `kproxy run` command line".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -156,7 +208,7 @@ pub fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(agent::run(args.into_config(), termination()))),
+            .and_then(|rt| rt.block_on(agent::run((*args).into_config(), termination()))),
         Command::Services(args) => cmd::services::print(&args.pin.pin_dir, args.json),
         Command::Cleanup(args) => cmd::cleanup::run(&args.pin_dir),
     };

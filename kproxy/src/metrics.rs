@@ -12,6 +12,11 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: String,
+}
+
 pub struct Metrics {
     /// Problems found in input or while writing the datapath, by kind (counted when first seen).
     pub problems_total: Family<KindLabel, Counter>,
@@ -19,6 +24,10 @@ pub struct Metrics {
     pub problems: Family<KindLabel, Gauge>,
     pub syncs_total: Counter,
     pub sync_duration_seconds: Histogram,
+    /// From an EndpointSlice's last-change-trigger-time to the sync that programmed it.
+    pub network_programming_duration_seconds: Histogram,
+    /// Failed list/watch calls by resource (each is retried with backoff).
+    pub watch_errors_total: Family<ResourceLabel, Counter>,
     pub map_ops_total: Counter,
     pub services_programmed: Gauge,
     pub endpoints_programmed: Gauge,
@@ -36,6 +45,13 @@ impl Metrics {
             sync_duration_seconds: Histogram::new([
                 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
             ]),
+            // kube-proxy's buckets start at 250 ms; kproxy programs in milliseconds, so
+            // finer ones below that, the same range above.
+            network_programming_duration_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+                60.0, 120.0, 300.0,
+            ]),
+            watch_errors_total: Family::default(),
             map_ops_total: Counter::default(),
             services_programmed: Gauge::default(),
             endpoints_programmed: Gauge::default(),
@@ -58,6 +74,16 @@ impl Metrics {
             "sync_duration_seconds",
             "Time to compute and write one sync",
             m.sync_duration_seconds.clone(),
+        );
+        registry.register(
+            "network_programming_duration_seconds",
+            "Time from an EndpointSlice change (its last-change-trigger-time) to the datapath",
+            m.network_programming_duration_seconds.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Failed Kubernetes API list/watch calls, by resource (retried with backoff)",
+            m.watch_errors_total.clone(),
         );
         registry.register(
             "map_operations",

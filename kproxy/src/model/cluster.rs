@@ -7,7 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 
 use super::{
     Desired, Frontend, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
@@ -35,6 +38,8 @@ pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
 pub enum Change {
     Service(ObjectKey, Option<Arc<Service>>),
     Slice(ObjectKey, Option<Arc<EndpointSlice>>),
+    /// The agent's own Node (deleted: only its name is known).
+    Node(Option<Arc<Node>>),
 }
 
 /// The Service an EndpointSlice feeds, unless kube-proxy would ignore the slice.
@@ -77,14 +82,25 @@ impl ClusterState {
     /// recomputed (locality and hints depend on them). Returns the frontends that may have
     /// changed.
     pub fn set_node(&mut self, node: NodeInfo) -> BTreeSet<FrontendKey> {
+        let mut dirty = BTreeSet::new();
+        self.replace_node(node, &mut dirty);
+        self.recompute_all(dirty)
+    }
+
+    /// Takes `node`; if its name or zone changed every service goes into `dirty`.
+    fn replace_node(&mut self, node: NodeInfo, dirty: &mut BTreeSet<ObjectKey>) {
         let relevant = |n: &NodeInfo| (n.name.clone(), n.zone().to_owned());
-        if relevant(&node) == relevant(&self.node) {
-            self.node = node;
-            return BTreeSet::new();
+        if relevant(&node) != relevant(&self.node) {
+            dirty.extend(self.services.keys().cloned());
         }
         self.node = node;
-        let mut dirty: BTreeSet<ObjectKey> = self.services.keys().cloned().collect();
+    }
+
+    /// Recomputes the `dirty` services, and those their changes affect.
+    fn recompute_all(&mut self, mut dirty: BTreeSet<ObjectKey>) -> BTreeSet<FrontendKey> {
         let mut changed = BTreeSet::new();
+        // In name order, as `desired_state` resolves conflicts; freeing or taking a frontend
+        // may put other services back on the list.
         while let Some(key) = dirty.pop_first() {
             self.recompute(&key, &mut dirty, &mut changed);
         }
@@ -106,8 +122,15 @@ impl ClusterState {
     /// Applies `changes` and returns the frontends whose desired state may have changed.
     pub fn apply(&mut self, updates: impl IntoIterator<Item = Change>) -> BTreeSet<FrontendKey> {
         let mut dirty = BTreeSet::new();
+        let mut node = None;
         for item in updates {
             match item {
+                Change::Node(update) => {
+                    node = Some(match update {
+                        Some(n) => NodeInfo::from_node(&n),
+                        None => NodeInfo::named(&self.node.name),
+                    });
+                }
                 Change::Service(key, service) => {
                     match service {
                         Some(svc) => self.services.insert(key.clone(), svc),
@@ -141,13 +164,10 @@ impl ClusterState {
                 }
             }
         }
-        let mut changed = BTreeSet::new();
-        // In name order, as `desired_state` resolves conflicts; freeing or taking a frontend
-        // may put other services back on the list.
-        while let Some(key) = dirty.pop_first() {
-            self.recompute(&key, &mut dirty, &mut changed);
+        if let Some(node) = node {
+            self.replace_node(node, &mut dirty);
         }
-        changed
+        self.recompute_all(dirty)
     }
 
     fn release(

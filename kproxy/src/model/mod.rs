@@ -5,10 +5,12 @@
 pub mod addr;
 pub mod cluster;
 mod endpoints;
+mod node;
 mod service;
 pub mod topology;
 
 pub use cluster::{Change, ClusterState, ObjectKey, object_key};
+pub use node::{LABEL_ZONE, NodeInfo};
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
@@ -128,30 +130,6 @@ pub struct Frontend {
     pub endpoints: Vec<Endpoint>,
     /// What happens to new connections while `endpoints` is empty.
     pub when_empty: WhenEmpty,
-}
-
-/// The node kproxy runs on, as far as Service semantics care.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// The label kube-proxy reads the node's zone from.
-pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
-
-impl NodeInfo {
-    pub fn named(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            labels: BTreeMap::new(),
-        }
-    }
-
-    /// The node's zone ("" when it has none).
-    pub fn zone(&self) -> &str {
-        self.labels.get(LABEL_ZONE).map_or("", String::as_str)
-    }
 }
 
 /// Everything the datapath must serve.

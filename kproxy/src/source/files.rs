@@ -9,7 +9,10 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 
 use super::manifests::{Snapshot, manifest_files, parse_str};
 use crate::{
@@ -41,6 +44,7 @@ struct TrackedFile {
     /// The objects, shared with the cluster state: the agent holds one copy of each.
     services: HashMap<ObjectKey, Arc<Service>>,
     slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
+    nodes: HashMap<String, Arc<Node>>,
     problems: Vec<Problem>,
     /// Object name → where in the file it is defined.
     origins: HashMap<String, String>,
@@ -70,6 +74,11 @@ impl TrackedFile {
                 .into_iter()
                 .map(|s| (object_key(&s.metadata), Arc::new(s)))
                 .collect(),
+            nodes: contents
+                .nodes
+                .into_iter()
+                .map(|n| (n.metadata.name.clone().unwrap_or_default(), Arc::new(n)))
+                .collect(),
             problems: contents.problems,
             origins: contents.origins,
         }
@@ -81,12 +90,14 @@ impl TrackedFile {
 struct Touched {
     services: BTreeSet<ObjectKey>,
     slices: BTreeSet<ObjectKey>,
+    nodes: bool,
 }
 
 impl Touched {
     fn add(&mut self, file: &TrackedFile) {
         self.services.extend(file.services.keys().cloned());
         self.slices.extend(file.slices.keys().cloned());
+        self.nodes |= !file.nodes.is_empty();
     }
 }
 
@@ -98,6 +109,9 @@ pub struct ManifestSource {
     /// The definitions handed out so far.
     services: HashMap<ObjectKey, Arc<Service>>,
     slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
+    /// The Node whose changes are handed out (the agent's own), and its definition.
+    node_name: Option<String>,
+    node: Option<Arc<Node>>,
     /// Objects defined in more than one file, by object name.
     duplicates: HashMap<String, Problem>,
     listing_problem: Option<Problem>,
@@ -110,9 +124,17 @@ impl ManifestSource {
             files: BTreeMap::new(),
             services: HashMap::new(),
             slices: HashMap::new(),
+            node_name: None,
+            node: None,
             duplicates: HashMap::new(),
             listing_problem: None,
         }
+    }
+
+    /// Also hands out changes of the Node named `name` (`Change::Node`).
+    pub fn with_node(mut self, name: &str) -> Self {
+        self.node_name = Some(name.to_owned());
+        self
     }
 
     /// Re-reads the files that changed since the last call and returns the resulting object
@@ -184,14 +206,24 @@ impl ManifestSource {
                 changes.push(Change::Slice(key, winner));
             }
         }
+        if let Some(name) = self.node_name.clone().filter(|_| touched.nodes) {
+            let winner = self.winner(&name, |f| &f.nodes);
+            self.note_duplicates("Node", &(String::new(), name.clone()), |f| {
+                f.nodes.contains_key(&name)
+            });
+            if self.node != winner {
+                self.node.clone_from(&winner);
+                changes.push(Change::Node(winner));
+            }
+        }
         changes
     }
 
     /// The definition of `key` in the last file that has one.
-    fn winner<T: Clone>(
+    fn winner<K: Eq + std::hash::Hash, T: Clone>(
         &self,
-        key: &ObjectKey,
-        objects: impl Fn(&TrackedFile) -> &HashMap<ObjectKey, T>,
+        key: &K,
+        objects: impl Fn(&TrackedFile) -> &HashMap<K, T>,
     ) -> Option<T> {
         self.files
             .values()
@@ -206,7 +238,11 @@ impl ManifestSource {
         key: &ObjectKey,
         defines: impl Fn(&TrackedFile) -> bool,
     ) {
-        let name = format!("{kind} {}/{}", key.0, key.1);
+        let name = if key.0.is_empty() {
+            format!("{kind} {}", key.1)
+        } else {
+            format!("{kind} {}/{}", key.0, key.1)
+        };
         let files: Vec<&PathBuf> = self
             .files
             .iter()
@@ -264,6 +300,10 @@ impl ManifestSource {
         services.sort_by_key(|s| object_key(&s.metadata));
         let mut slices: Vec<EndpointSlice> = self.slices.values().map(|s| (**s).clone()).collect();
         slices.sort_by_key(|s| object_key(&s.metadata));
+        let mut nodes = BTreeMap::new();
+        for file in self.files.values() {
+            nodes.extend(file.nodes.iter().map(|(k, n)| (k.clone(), (**n).clone())));
+        }
         let mut origins = HashMap::new();
         for file in self.files.values() {
             origins.extend(file.origins.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -271,6 +311,7 @@ impl ManifestSource {
         Snapshot {
             services,
             slices,
+            nodes: nodes.into_values().collect(),
             problems: self.problems(),
             origins,
         }
@@ -304,6 +345,11 @@ mod tests {
                     "EndpointSlice",
                     k.1.clone(),
                     s.as_ref().map(|_| String::new()),
+                ),
+                Change::Node(n) => (
+                    "Node",
+                    String::new(),
+                    n.as_ref().and_then(|n| n.metadata.name.clone()),
                 ),
             })
             .collect();

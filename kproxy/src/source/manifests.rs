@@ -1,5 +1,5 @@
 //! Standard Kubernetes YAML (or JSON) manifests in a file or a directory: `v1` Service,
-//! `discovery.k8s.io/v1` EndpointSlice, several documents per file, `v1` List.
+//! `discovery.k8s.io/v1` EndpointSlice, `v1` Node, several documents per file, `v1` List.
 //!
 //! Each document is parsed on its own, so one malformed document is reported with its file
 //! and position and skipped while the rest of the file still counts.
@@ -9,7 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 
 use crate::{
     model::object_name,
@@ -21,6 +24,8 @@ use crate::{
 pub struct Snapshot {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
+    /// Nodes (the agent uses the one named like its node).
+    pub nodes: Vec<Node>,
     pub problems: Vec<Problem>,
     /// Object name (`Kind namespace/name`) → where it was defined, for problem reports.
     pub origins: HashMap<String, String>,
@@ -232,6 +237,16 @@ fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
                 format!("invalid EndpointSlice: {e}; skipped"),
             )),
         },
+        ("v1", "Node") => match value.into_object::<Node>() {
+            Ok(node) => {
+                register(snapshot, node_name(&node), origin);
+                snapshot.nodes.push(node);
+            }
+            Err(e) => snapshot.problems.push(problem(
+                ProblemKind::Parse,
+                format!("invalid Node: {e}; skipped"),
+            )),
+        },
         ("v1", "List") => {
             for (i, item) in value.items().into_iter().enumerate() {
                 add_object(item, &format!("{origin} item {i}"), snapshot);
@@ -249,6 +264,14 @@ fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
             ));
         }
     }
+}
+
+/// `Node name`: Nodes have no namespace.
+pub fn node_name(node: &Node) -> String {
+    format!(
+        "Node {}",
+        node.metadata.name.as_deref().unwrap_or("<unnamed>")
+    )
 }
 
 /// Remembers where an object was defined; a second definition replaces the first, as a
@@ -286,6 +309,7 @@ fn dedup_last_wins(snapshot: &mut Snapshot) {
     keep_last(&mut snapshot.slices, |s| {
         object_name("EndpointSlice", &s.metadata)
     });
+    keep_last(&mut snapshot.nodes, node_name);
 }
 
 #[cfg(test)]

@@ -1,15 +1,20 @@
-//! `kproxy run`: load and attach the datapath, then keep it in step with the manifests.
+//! `kproxy run`: load and attach the datapath, then keep it in step with the cluster (the
+//! Kubernetes API or a manifests path).
+
+mod input;
 
 use std::{
     collections::BTreeSet,
+    net::SocketAddr,
     path::PathBuf,
-    time::{Duration, Instant},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
+use input::{Input, Wakeup};
 use kproxy_common::config::Config;
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
 
 use crate::{
     dataplane::{
@@ -17,18 +22,40 @@ use crate::{
         load::{self, MapSizes},
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
     },
+    http::Health,
     metrics::{KindLabel, Metrics, gauge},
-    model::ClusterState,
+    model::{Change, ClusterState, NodeInfo},
     problem::Problem,
-    source::{files::ManifestSource, watch},
+    source::{api::TRIGGER_TIME_ANNOTATION, files::ManifestSource},
     sync::{Datapath, Programmed},
 };
+
+/// Where the agent reads Services, EndpointSlices and its Node from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A manifest file or directory, watched.
+    Manifests(PathBuf),
+    /// The Kubernetes API, through `kubeconfig` or the in-cluster configuration.
+    Api { kubeconfig: Option<PathBuf> },
+}
+
+/// The agent's HTTP endpoints; `None` turns one off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// `/healthz` and `/readyz`.
+    pub healthz: Option<SocketAddr>,
+    /// `/metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// `/healthz` fails once a change has waited this long without being programmed.
+    pub healthz_timeout: Duration,
+}
 
 /// Everything `kproxy run` needs.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    pub manifests: PathBuf,
+    pub source: Source,
     pub node_name: String,
+    pub http: HttpConfig,
     pub tc_ifaces: Vec<String>,
     pub xdp_ifaces: Vec<String>,
     pub pin_dir: PathBuf,
@@ -36,22 +63,24 @@ pub struct AgentConfig {
     pub conntrack: Config,
     /// How often expired conntrack entries are deleted.
     pub gc_interval: Duration,
-    /// How often the manifests are re-read even without a file event (a safety net).
+    /// How often the manifests are re-read even without a file event (a safety net; the
+    /// API source relies on its watches).
     pub resync_interval: Duration,
 }
 
-/// File events arrive in bursts (an editor truncates, writes, chmods): wait this long after
-/// the first one before reading, short enough not to matter next to the sync itself.
+/// Changes arrive in bursts (an editor truncates, writes, chmods; a rollout updates many
+/// EndpointSlices): wait this long after the first one and take everything that arrived by
+/// then as one sync. Short enough not to matter next to the sync itself.
 const DEBOUNCE: Duration = Duration::from_millis(2);
 
 struct Agent {
     config: AgentConfig,
-    source: ManifestSource,
     cluster: ClusterState,
     services: ServiceMaps,
     flows: FlowMaps,
     programmed: Programmed,
     metrics: Metrics,
+    health: Arc<Health>,
     /// Problems reported by the last sync, so each is logged once, not on every resync.
     reported: BTreeSet<String>,
     /// The last garbage collection found the conntrack table over 90% full.
@@ -63,8 +92,13 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let started = Instant::now();
     let mut registry = Registry::with_prefix("kproxy");
     let metrics = Metrics::new(&mut registry);
+    let health = Arc::new(Health::new(config.http.healthz_timeout));
+    // The first programming is a change waiting from the start.
+    health.queued(started);
+    serve_http(&config.http, &health, registry).await?;
 
     let mut ebpf = load::load(&config.pin_dir, &config.sizes)?;
     let mut flows = FlowMaps::open(&config.pin_dir)?;
@@ -74,7 +108,7 @@ pub async fn run(
     if !programmed.frontends().is_empty() {
         tracing::info!(
             frontends = programmed.frontends().len(),
-            "recovered the datapath left by a previous agent"
+            "recovered the datapath left by a previous agent; it keeps serving until the first sync"
         );
     }
     for op in &cleanup {
@@ -85,19 +119,38 @@ pub async fn run(
     metrics
         .conntrack_capacity
         .set(i64::from(config.sizes.conntrack));
+
+    let mut input = match &config.source {
+        Source::Manifests(path) => Input::manifests(
+            ManifestSource::new(path).with_node(&config.node_name),
+            path,
+            config.resync_interval,
+        )?,
+        Source::Api { kubeconfig } => Input::api(kubeconfig.as_deref(), &config.node_name).await?,
+    };
+    let mut cluster = ClusterState::default();
+    cluster.set_node(NodeInfo::named(&config.node_name));
     let mut agent = Agent {
-        source: ManifestSource::new(&config.manifests),
-        cluster: ClusterState::default(),
+        cluster,
         config,
         services,
         flows,
         programmed,
         metrics,
+        health,
         reported: BTreeSet::new(),
         conntrack_nearly_full: false,
     };
+    tokio::pin!(shutdown);
+
+    // Nothing is programmed from a partial view: a half-listed cluster would look like
+    // services without endpoints, and their traffic would be rejected.
+    let Some(initial) = first_complete_view(&mut input, &agent.metrics, &mut shutdown).await else {
+        tracing::info!("stopped before the first sync");
+        return Ok(());
+    };
+    agent.sync(&input, initial, Some(started));
     // Program first, attach second: once attached, the datapath serves current state.
-    agent.sync(None);
     for (iface, hook, how) in attach::attach_all(
         &mut ebpf,
         &agent.config.pin_dir,
@@ -112,24 +165,22 @@ pub async fn run(
         }
     }
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let _watch = watch::watch(&agent.config.manifests, tx)?;
     let mut gc = tokio::time::interval(agent.config.gc_interval);
-    let mut resync = tokio::time::interval(agent.config.resync_interval);
     gc.tick().await;
-    resync.tick().await;
-    tokio::pin!(shutdown);
     tracing::info!(pin_dir = %agent.config.pin_dir.display(), "ready");
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(()) = rx.recv() => {
+            wakeup = input.wait() => {
+                let Some(wakeup) = wakeup else {
+                    anyhow::bail!("the input stopped");
+                };
                 let seen = Instant::now();
+                agent.health.queued(seen);
                 tokio::time::sleep(DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
-                agent.sync(Some(seen));
+                let changes = input.take(wakeup, &agent.metrics);
+                agent.sync(&input, changes, Some(seen));
             }
-            _ = resync.tick() => agent.sync(None),
             _ = gc.tick() => agent.collect_garbage(),
         }
     }
@@ -140,32 +191,74 @@ pub async fn run(
     Ok(())
 }
 
+/// Starts the HTTP endpoints that are turned on.
+async fn serve_http(http: &HttpConfig, health: &Arc<Health>, registry: Registry) -> Result<()> {
+    if let Some(addr) = http.healthz {
+        crate::http::serve(addr, crate::http::health_routes(health.clone()), "healthz").await?;
+    }
+    if let Some(addr) = http.metrics {
+        crate::http::serve(
+            addr,
+            crate::http::metrics_routes(Arc::new(registry)),
+            "metrics",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Collects changes until the input has a complete view of the cluster. `None` if
+/// `shutdown` came first.
+async fn first_complete_view(
+    input: &mut Input,
+    metrics: &Metrics,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<Vec<Change>> {
+    let mut changes = match input {
+        Input::Manifests { .. } => input.take(Wakeup::Resync, metrics),
+        Input::Api { .. } => Vec::new(),
+    };
+    while !input.synced() {
+        tokio::select! {
+            () = &mut *shutdown => return None,
+            wakeup = input.wait() => {
+                let wakeup = wakeup?;
+                changes.extend(input.take(wakeup, metrics));
+            }
+        }
+    }
+    Some(changes)
+}
+
 impl Agent {
-    /// Reads what changed in the manifests, recomputes the services it touches and writes
-    /// the differences. `seen` is when the file event that triggered it arrived.
-    fn sync(&mut self, seen: Option<Instant>) {
+    /// Applies `changes` to the cluster model, recomputes the services they touch and writes
+    /// the differences. `seen` is when the first of them arrived.
+    fn sync(&mut self, input: &Input, changes: Vec<Change>, seen: Option<Instant>) {
         let started = Instant::now();
-        let changes = self.source.refresh();
-        let read_done = Instant::now();
+        let triggers: Vec<SystemTime> = changes.iter().filter_map(trigger_time).collect();
         let keys = self.cluster.apply(changes);
         let model_done = Instant::now();
         let report = self
             .programmed
             .sync_keys(self.cluster.desired(), &keys, &mut self.services);
         let elapsed = started.elapsed();
-        let (read, model, write) = (
-            read_done - started,
-            model_done - read_done,
-            model_done.elapsed(),
-        );
+        let (model, write) = (model_done - started, model_done.elapsed());
+        self.health.programmed(input.synced());
 
-        let problems: Vec<Problem> = self
-            .source
+        let now = SystemTime::now();
+        for trigger in triggers {
+            if let Ok(latency) = now.duration_since(trigger) {
+                self.metrics
+                    .network_programming_duration_seconds
+                    .observe(latency.as_secs_f64());
+            }
+        }
+        let problems: Vec<Problem> = input
             .problems()
             .into_iter()
             .chain(self.cluster.problems())
             .chain(report.problems.iter().cloned())
-            .map(|p| self.source.locate(p))
+            .map(|p| input.locate(p))
             .collect();
         self.report_problems(&problems);
 
@@ -188,8 +281,8 @@ impl Agent {
                 removed = report.removed,
                 map_ops = report.ops,
                 frontends = self.programmed.frontends().len(),
+                ipv6_not_programmed = report.ipv6_skipped,
                 elapsed_us = micros(elapsed),
-                read_us = micros(read),
                 model_us = micros(model),
                 write_us = micros(write),
                 since_event_us = seen.map(|s| micros(s.elapsed())),
@@ -266,4 +359,19 @@ impl Agent {
             }
         }
     }
+}
+
+/// When the change an EndpointSlice update carries was triggered (its
+/// `endpoints.kubernetes.io/last-change-trigger-time`), for the programming latency.
+fn trigger_time(change: &Change) -> Option<SystemTime> {
+    let Change::Slice(_, Some(slice)) = change else {
+        return None;
+    };
+    let stamp = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)?;
+    let time = k8s_openapi::chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+    Some(SystemTime::from(time))
 }

@@ -1,0 +1,169 @@
+//! Where the agent's changes come from, behind one interface: a manifests path (file events
+//! plus a periodic re-read as a safety net) or the Kubernetes API (watch updates).
+//!
+//! Both work in two steps so the agent's loop stays cancel-safe: `wait` only waits for the
+//! first sign of a change; `take`, called after a short debounce, collects everything that
+//! has arrived by then into one batch of changes, so a burst becomes one sync.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use anyhow::Result;
+use tokio::{sync::mpsc, time::Interval};
+
+use crate::{
+    metrics::{Metrics, ResourceLabel},
+    model::Change,
+    problem::Problem,
+    source::{
+        api::{self, ApiMessage, Resource},
+        files::ManifestSource,
+        watch,
+    },
+};
+
+pub enum Input {
+    Manifests {
+        source: Box<ManifestSource>,
+        events: mpsc::UnboundedReceiver<()>,
+        resync: Interval,
+        /// Keeps the file watch alive.
+        _watch: watch::ManifestWatch,
+    },
+    Api {
+        updates: mpsc::UnboundedReceiver<ApiMessage>,
+        /// Resources whose cache has not completed a list yet.
+        unsynced: BTreeSet<Resource>,
+        /// The last error of each resource's watch, so each is logged once.
+        errors: BTreeMap<Resource, String>,
+    },
+}
+
+/// What woke the agent up.
+pub enum Wakeup {
+    FileEvent,
+    Resync,
+    Api(ApiMessage),
+}
+
+impl Input {
+    pub fn manifests(
+        source: ManifestSource,
+        path: &std::path::Path,
+        resync: Duration,
+    ) -> Result<Self> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watch = watch::watch(path, tx)?;
+        let mut resync = tokio::time::interval(resync);
+        resync.reset();
+        Ok(Self::Manifests {
+            source: Box::new(source),
+            events,
+            resync,
+            _watch: watch,
+        })
+    }
+
+    pub async fn api(kubeconfig: Option<&std::path::Path>, node_name: &str) -> Result<Self> {
+        let client = api::client(kubeconfig).await?;
+        let (tx, updates) = mpsc::unbounded_channel();
+        api::start(&client, node_name, &tx);
+        Ok(Self::Api {
+            updates,
+            unsynced: Resource::ALL.into_iter().collect(),
+            errors: BTreeMap::new(),
+        })
+    }
+
+    /// Waits for the next sign of a change. Cancel-safe. `None`: the input has ended.
+    pub async fn wait(&mut self) -> Option<Wakeup> {
+        match self {
+            Self::Manifests { events, resync, .. } => tokio::select! {
+                event = events.recv() => event.map(|()| Wakeup::FileEvent),
+                _ = resync.tick() => Some(Wakeup::Resync),
+            },
+            Self::Api { updates, .. } => updates.recv().await.map(Wakeup::Api),
+        }
+    }
+
+    /// Everything that has changed: from `first` and whatever arrived since.
+    pub fn take(&mut self, first: Wakeup, metrics: &Metrics) -> Vec<Change> {
+        match self {
+            Self::Manifests { source, events, .. } => {
+                while events.try_recv().is_ok() {}
+                source.refresh()
+            }
+            Self::Api {
+                updates,
+                unsynced,
+                errors,
+            } => {
+                let mut changes = Vec::new();
+                let mut next = match first {
+                    Wakeup::Api(message) => Some(message),
+                    Wakeup::FileEvent | Wakeup::Resync => None,
+                };
+                while let Some(message) = next.take().or_else(|| updates.try_recv().ok()) {
+                    match message {
+                        Ok(update) => {
+                            if update.listed {
+                                unsynced.remove(&update.resource);
+                            }
+                            if errors.remove(&update.resource).is_some() {
+                                tracing::info!(
+                                    resource = update.resource.name(),
+                                    "watch recovered"
+                                );
+                            }
+                            changes.extend(update.changes);
+                        }
+                        Err(e) => {
+                            metrics
+                                .watch_errors_total
+                                .get_or_create(&ResourceLabel {
+                                    resource: e.resource.name().into(),
+                                })
+                                .inc();
+                            if errors.get(&e.resource) != Some(&e.message) {
+                                tracing::warn!(
+                                    resource = e.resource.name(),
+                                    error = %e.message,
+                                    "list/watch failed; retrying with backoff"
+                                );
+                                errors.insert(e.resource, e.message);
+                            }
+                        }
+                    }
+                }
+                changes
+            }
+        }
+    }
+
+    /// Whether the agent has a complete view: the manifests are always complete once read;
+    /// the API once every watch has listed.
+    pub fn synced(&self) -> bool {
+        match self {
+            Self::Manifests { .. } => true,
+            Self::Api { unsynced, .. } => unsynced.is_empty(),
+        }
+    }
+
+    /// Problems of the input itself (unreadable or invalid manifests).
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            Self::Manifests { source, .. } => source.problems(),
+            Self::Api { .. } => Vec::new(),
+        }
+    }
+
+    /// Adds where an object was defined to a problem about it, when the input knows.
+    pub fn locate(&self, problem: Problem) -> Problem {
+        match self {
+            Self::Manifests { source, .. } => source.locate(problem),
+            Self::Api { .. } => problem,
+        }
+    }
+}
