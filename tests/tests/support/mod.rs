@@ -8,4 +8,5 @@
 pub mod agent;
 pub mod datapath;
 pub mod manifests;
+pub mod objects;
 pub mod packets;
