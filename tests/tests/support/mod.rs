@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod http;
 pub mod manifests;
 pub mod objects;
 pub mod packets;
