@@ -2,6 +2,7 @@
 //! who-am-I servers, so tests and benches send real packets without touching the machine's
 //! root network namespace (see shared/TESTBED.md for the rules).
 
+pub mod apiserver;
 pub mod bpffs;
 mod bpfsys;
 mod ifreq;
@@ -11,6 +12,7 @@ pub mod process;
 pub mod servers;
 pub mod topology;
 
+pub use apiserver::FakeApiServer;
 pub use bpffs::BpfFs;
 pub use netns::Netns;
 pub use privileges::require_privileges;

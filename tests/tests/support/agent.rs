@@ -123,6 +123,14 @@ pub struct Agent {
     process: Option<LoggedProcess>,
 }
 
+/// Where a started agent reads the cluster from.
+enum Input<'a> {
+    /// The bed's manifests directory.
+    Manifests,
+    /// The Kubernetes API, through this kubeconfig.
+    Api(&'a Path),
+}
+
 impl Agent {
     /// Starts `kproxy run` in the node namespace with TC on every node link, plus `extra`
     /// arguments, and waits until its programs are attached.
@@ -137,6 +145,31 @@ impl Agent {
 
     /// Like `start_with`, pinning under `pin_dir` instead of the bed's private bpffs.
     pub fn start_pinned(bed: &Bed, pin_dir: &Path, attach: &[&str], extra: &[&str]) -> Self {
+        let mut agent = Self::spawn(bed, &Input::Manifests, pin_dir, attach, extra);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts `kproxy run` reading the Kubernetes API through `kubeconfig`, TC on every node
+    /// link, without waiting for it to be ready (see `wait_ready`).
+    pub fn spawn_api(bed: &Bed, kubeconfig: &Path, extra: &[&str]) -> Self {
+        let ifaces = bed.topo.node_ifaces().join(",");
+        Self::spawn(
+            bed,
+            &Input::Api(kubeconfig),
+            &bed.pin_dir(),
+            &["--attach", &ifaces],
+            extra,
+        )
+    }
+
+    fn spawn(
+        bed: &Bed,
+        input: &Input<'_>,
+        pin_dir: &Path,
+        attach: &[&str],
+        extra: &[&str],
+    ) -> Self {
         // One log per agent run, so a restarted agent's readiness is its own.
         let runs = std::fs::read_dir(bed.dir.path()).map_or(0, |d| {
             d.filter(|e| {
@@ -146,20 +179,29 @@ impl Agent {
             .count()
         });
         let log = bed.dir.path().join(format!("agent-{runs}.log"));
-        let mut args: Vec<OsString> =
-            vec!["run".into(), "--manifests".into(), bed.manifests().into()];
+        let mut args: Vec<OsString> = vec!["run".into()];
+        match input {
+            Input::Manifests => args.extend(["--manifests".into(), bed.manifests().into()]),
+            Input::Api(kubeconfig) => args.extend(["--kubeconfig".into(), kubeconfig.into()]),
+        }
         args.extend(["--node-name", "node", "--pin-dir"].map(OsString::from));
         args.push(pin_dir.into());
         args.extend(attach.iter().chain(extra).map(OsString::from));
         let env = [("KPROXY_LOG", "info"), ("NO_COLOR", "1")];
-        let mut process = LoggedProcess::spawn(&bed.topo.node, &kproxy_bin(), &args, &env, &log)
+        let process = LoggedProcess::spawn(&bed.topo.node, &kproxy_bin(), &args, &env, &log)
             .expect("starting kproxy");
-        process
-            .wait_for(" ready", Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("kproxy did not become ready: {e:#}"));
         Self {
             process: Some(process),
         }
+    }
+
+    /// Waits until the agent has programmed the datapath and attached its programs.
+    pub fn wait_ready(&mut self) {
+        self.process
+            .as_mut()
+            .expect("agent running")
+            .wait_for(" ready", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("kproxy did not become ready: {e:#}"));
     }
 
     fn process(&self) -> &LoggedProcess {

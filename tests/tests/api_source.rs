@@ -1,0 +1,281 @@
+//! The agent reading the Kubernetes API: a fake API server in the node namespace speaks the
+//! real list/watch wire format, and the tests check the datapath maps (and real connections)
+//! after watch events, bookmarks, dropped watches and `410 Gone` relists; that nothing is
+//! programmed from half-synced caches; and that a storm of EndpointSlice updates is coalesced.
+
+mod support;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use kproxy_testbed::{
+    TopologyOptions, apiserver::FakeApiServer, require_privileges, tcp_request, topology::vip,
+};
+use serde_json::{Value, json};
+use support::{
+    agent::{Agent, Bed, TCP_PORT, wait_until},
+    http::{get, sample},
+    objects::{Ep, node, service, slice},
+};
+
+const CONVERGE: Duration = Duration::from_secs(3);
+const WATCH_OPEN: Duration = Duration::from_secs(5);
+
+fn frontend(n: u16) -> String {
+    format!("{}:80/TCP", vip(n))
+}
+
+fn at(addrs: &[Ipv4Addr]) -> Vec<SocketAddrV4> {
+    addrs
+        .iter()
+        .map(|a| SocketAddrV4::new(*a, TCP_PORT))
+        .collect()
+}
+
+fn frontends(bed: &Bed) -> Vec<String> {
+    let mut names: Vec<String> = bed
+        .view()
+        .map(|v| v.services.into_iter().map(|s| s.frontend).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn labelled(mut object: Value, key: &str, value: &str) -> Value {
+    object["metadata"]["labels"][key] = json!(value);
+    object
+}
+
+/// LIST (not watch) requests made for `resource` so far.
+fn lists(api: &FakeApiServer, resource: &str) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.contains(&format!("/{resource}")) && !r.contains("watch=true"))
+        .count()
+}
+
+struct ApiBed {
+    bed: Bed,
+    api: FakeApiServer,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl ApiBed {
+    fn new() -> Self {
+        let bed = Bed::new(TopologyOptions::default());
+        let api = FakeApiServer::start_in(&bed.topo.node).expect("fake API server");
+        let kubeconfig = api.write_kubeconfig(bed.dir.path()).expect("kubeconfig");
+        Self {
+            bed,
+            api,
+            kubeconfig,
+        }
+    }
+
+    fn spawn_agent(&self) -> Agent {
+        Agent::spawn_api(&self.bed, &self.kubeconfig, &[])
+    }
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn the_datapath_follows_the_api_through_events_relists_and_dropped_watches() {
+    if !require_privileges(
+        "the_datapath_follows_the_api_through_events_relists_and_dropped_watches",
+    ) {
+        return;
+    }
+    let api_bed = ApiBed::new();
+    let (bed, api) = (&api_bed.bed, &api_bed.api);
+    let b = bed.backends();
+    api.apply(node("node", "zone-a"));
+    api.apply(service("web", vip(10), &json!({})));
+    api.apply(slice(
+        "web-1",
+        "web",
+        TCP_PORT,
+        &[Ep::ready(b[0]), Ep::ready(b[1])],
+    ));
+    // Filtered on the server, like kube-proxy's informers: another proxy's Service, and a
+    // headless one with its slice.
+    api.apply(labelled(
+        service("other-proxy", vip(20), &json!({})),
+        "service.kubernetes.io/service-proxy-name",
+        "someone-else",
+    ));
+    api.apply(service("headless", vip(21), &json!({"clusterIP": "None"})));
+    api.apply(labelled(
+        slice("headless-1", "headless", TCP_PORT, &[Ep::ready(b[2])]),
+        "service.kubernetes.io/headless",
+        "",
+    ));
+    // Hints for zones: which backend serves depends on the Node's zone label.
+    api.apply(service(
+        "zonal",
+        vip(12),
+        &json!({"trafficDistribution": "PreferClose"}),
+    ));
+    api.apply(slice(
+        "zonal-1",
+        "zonal",
+        TCP_PORT,
+        &[
+            Ep::ready(b[0]).hinted_for("zone-a"),
+            Ep::ready(b[1]).hinted_for("zone-b"),
+        ],
+    ));
+
+    // The EndpointSlice list hangs: Services and the Node are known, their endpoints are not.
+    // Programming now would reject every connection to services that have endpoints.
+    api.hold_lists("endpointslices");
+    let mut agent = api_bed.spawn_agent();
+    api.wait_for_watches("services", 1, WATCH_OPEN)
+        .expect("services watched");
+    api.wait_for_watches("nodes", 1, WATCH_OPEN)
+        .expect("node watched");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        frontends(bed),
+        Vec::<String>::new(),
+        "nothing programmed from half-synced caches"
+    );
+    let (status, _) = get(
+        &bed.topo.node,
+        "127.0.0.1:10256".parse().expect("addr"),
+        "/readyz",
+    )
+    .expect("/readyz");
+    assert_eq!(status, 503, "not ready before every cache synced");
+    api.release_lists("endpointslices");
+    agent.wait_ready();
+    assert_eq!(
+        frontends(bed),
+        vec![frontend(10), frontend(12)],
+        "filtered objects are absent"
+    );
+    bed.wait_for_backends(&frontend(10), &at(&b[..2]), CONVERGE);
+    bed.wait_for_backends(&frontend(12), &at(&b[..1]), CONVERGE);
+    let requests = api.requests();
+    for (resource, selector) in [
+        (
+            "services",
+            "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless",
+        ),
+        ("services", "fieldSelector=spec.clusterIP%21%3DNone"),
+        (
+            "endpointslices",
+            "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless",
+        ),
+        ("nodes", "fieldSelector=metadata.name%3Dnode"),
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.contains(resource) && r.contains(selector)),
+            "{resource} listed with {selector}: {requests:#?}"
+        );
+    }
+    let reply = tcp_request(&bed.topo.client, SocketAddrV4::new(vip(10), 80), CONVERGE)
+        .expect("a connection through the API-programmed datapath");
+    assert!(b[..2].contains(reply.backend.ip()));
+
+    // ADDED, MODIFIED, DELETED.
+    api.apply(service("api", vip(11), &json!({})));
+    api.apply(slice("api-1", "api", TCP_PORT, &[Ep::ready(b[2])]));
+    bed.wait_for_backends(&frontend(11), &at(&b[2..]), CONVERGE);
+    api.apply(slice("web-1", "web", TCP_PORT, &[Ep::ready(b[2])]));
+    bed.wait_for_backends(&frontend(10), &at(&b[2..]), CONVERGE);
+    assert!(api.delete("Service", Some("default"), "api"));
+    wait_until("api's frontend removed", CONVERGE, || {
+        (!frontends(bed).contains(&frontend(11))).then_some(())
+    });
+
+    // The Node changes zone: the hints now pick the other backend.
+    api.apply(node("node", "zone-b"));
+    bed.wait_for_backends(&frontend(12), &at(&b[1..2]), CONVERGE);
+
+    // Bookmarks move the watches' resourceVersion on; later events still arrive.
+    api.bookmark();
+    api.apply(slice("web-1", "web", TCP_PORT, &[Ep::ready(b[0])]));
+    bed.wait_for_backends(&frontend(10), &at(&b[..1]), CONVERGE);
+
+    // Dropped watch connections: changes made while the agent is not watching arrive when
+    // it resumes from its last resourceVersion, without a relist.
+    let lists_before = lists(api, "endpointslices");
+    api.drop_watches();
+    api.apply(slice("web-1", "web", TCP_PORT, &[Ep::ready(b[1])]));
+    bed.wait_for_backends(&frontend(10), &at(&b[1..2]), CONVERGE);
+    assert_eq!(
+        lists(api, "endpointslices"),
+        lists_before,
+        "resumed, not relisted"
+    );
+
+    // 410 Gone: the history is gone, the agent must relist, and what changed meanwhile
+    // (an update and a deletion) converges.
+    let lists_before = lists(api, "endpointslices");
+    api.expire();
+    api.apply(slice(
+        "web-1",
+        "web",
+        TCP_PORT,
+        &[Ep::ready(b[0]), Ep::ready(b[2])],
+    ));
+    assert!(api.delete("Service", Some("default"), "zonal"));
+    bed.wait_for_backends(&frontend(10), &at(&[b[0], b[2]]), CONVERGE);
+    wait_until("zonal's frontend removed", CONVERGE, || {
+        (!frontends(bed).contains(&frontend(12))).then_some(())
+    });
+    assert!(
+        lists(api, "endpointslices") > lists_before,
+        "relisted after 410 Gone"
+    );
+    agent.assert_running();
+    let reply = tcp_request(&bed.topo.client, SocketAddrV4::new(vip(10), 80), CONVERGE)
+        .expect("a connection after the relist");
+    assert!([b[0], b[2]].contains(reply.backend.ip()));
+}
+
+#[test]
+fn a_storm_of_1000_endpoint_slice_updates_is_coalesced() {
+    if !require_privileges("a_storm_of_1000_endpoint_slice_updates_is_coalesced") {
+        return;
+    }
+    let bed = ApiBed::new();
+    let b = bed.bed.backends();
+    bed.api.apply(service("web", vip(10), &json!({})));
+    bed.api
+        .apply(slice("web-1", "web", TCP_PORT, &[Ep::ready(b[0])]));
+    let mut agent = bed.spawn_agent();
+    agent.wait_ready();
+    let metrics_addr: SocketAddr = "127.0.0.1:10249".parse().expect("addr");
+    let syncs = || {
+        let (_, metrics) = get(&bed.bed.topo.node, metrics_addr, "/metrics").expect("/metrics");
+        sample(&metrics, "kproxy_syncs_total").expect("syncs counter")
+    };
+    let before = syncs();
+
+    // 1,000 updates as fast as the API server can send them (a rollout of a big
+    // deployment), ending on backends 1 and 2.
+    let updates: Vec<Value> = (0..1000)
+        .map(|i| {
+            let eps: Vec<Ep> = match i {
+                999 => vec![Ep::ready(b[1]), Ep::ready(b[2])],
+                _ => vec![Ep::ready(b[i % 3])],
+            };
+            slice("web-1", "web", TCP_PORT, &eps)
+        })
+        .collect();
+    bed.api.apply_all(updates);
+    bed.bed
+        .wait_for_backends(&frontend(10), &at(&b[1..]), CONVERGE);
+    let syncs_used = syncs() - before;
+    eprintln!("1000 EndpointSlice updates took {syncs_used} syncs");
+    assert!(
+        (1.0..=100.0).contains(&syncs_used),
+        "1000 updates coalesced into {syncs_used} syncs"
+    );
+    agent.assert_running();
+}
