@@ -216,3 +216,6 @@ pub mod fixtures;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod upstream_tests;
