@@ -64,11 +64,16 @@ fn endpoint_info(ep: &SliceEndpoint, endpoint: Endpoint, node: &str) -> Endpoint
     }
 }
 
-/// Between two slices listing the same endpoint (it moves between slices), the one that can
-/// serve wins, then the local one.
+/// Between two slices listing the same endpoint address, which copy counts. kube-proxy's
+/// endpointslicecache.go `addEndpoints` lets a non-terminating copy replace whatever is there
+/// and never lets a terminating one replace another: when the pod network reuses the IP of a
+/// terminating pod, the new pod wins even while it is not ready yet (so traffic does not fall
+/// back to the old pod's "serving" state through an IP that now belongs to someone else).
+/// Between copies upstream leaves to slice order (Go map order, so undefined), kproxy picks
+/// deterministically: the ready one, then the serving one, then the local one.
 fn better(new: &EndpointInfo, old: &EndpointInfo) -> bool {
-    (new.ready, new.serving && new.terminating, new.local)
-        > (old.ready, old.serving && old.terminating, old.local)
+    let rank = |e: &EndpointInfo| (!e.terminating, e.ready, e.serving, e.local);
+    rank(new) > rank(old)
 }
 
 /// The endpoints of `port` of `family` across `slices`, deduplicated, sorted, with their

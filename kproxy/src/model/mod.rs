@@ -194,3 +194,6 @@ pub mod fixtures;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod upstream_tests;

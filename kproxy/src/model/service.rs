@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 
-use super::{LABEL_SERVICE_PROXY_NAME, Protocol, addr::parse_ip_sloppy, object_name};
+use super::{
+    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol, addr::parse_ip_sloppy, object_name,
+};
 use crate::problem::{Problem, ProblemKind};
 
 /// kube-proxy's default for `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
@@ -37,8 +39,14 @@ impl ServiceSpec {
         let report = |problems: &mut Vec<Problem>, msg: String| {
             problems.push(Problem::new(ProblemKind::InvalidService, msg).object(object()));
         };
+        // kube-proxy watches Services and EndpointSlices through one informer factory whose
+        // label selector is `!service.kubernetes.io/service-proxy-name,
+        // !service.kubernetes.io/headless` (cmd/kube-proxy/app/server.go): a Service with
+        // either label never reaches it, not only a slice.
         let labels = svc.metadata.labels.as_ref();
-        if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME)) {
+        if labels.is_some_and(|l| {
+            l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)
+        }) {
             return None;
         }
         let spec = svc.spec.as_ref()?;
