@@ -135,9 +135,9 @@ pub struct Frontend {
 /// Everything the datapath must serve.
 pub type Desired = BTreeMap<FrontendKey, Frontend>;
 
-/// Labels whose presence tells kube-proxy to leave an object alone (kube-proxy puts them in
-/// its informers' label selectors: `!service.kubernetes.io/service-proxy-name` for Services
-/// and EndpointSlices, `!service.kubernetes.io/headless` for EndpointSlices).
+/// Labels whose presence tells kube-proxy to leave an object alone: its informers for
+/// Services and EndpointSlices alike select
+/// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// The label that ties an EndpointSlice to its Service.
