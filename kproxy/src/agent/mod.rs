@@ -26,7 +26,7 @@ use crate::{
     metrics::{KindLabel, Metrics, gauge},
     model::{Change, ClusterState, NodeInfo},
     problem::Problem,
-    source::{api::TRIGGER_TIME_ANNOTATION, files::ManifestSource},
+    source::{files::ManifestSource, trim::TRIGGER_TIME_ANNOTATION},
     sync::{Datapath, Programmed},
 };
 

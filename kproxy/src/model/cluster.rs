@@ -22,14 +22,15 @@ use super::{
 };
 use crate::problem::{Problem, ProblemKind};
 
-/// `(namespace, name)` of an object.
-pub type ObjectKey = (String, String);
+/// `(namespace, name)` of an object. Shared strings: a key is cloned into several indexes,
+/// which at tens of thousands of objects would otherwise be megabytes of copies.
+pub type ObjectKey = (Arc<str>, Arc<str>);
 
 /// The key of an object as kube-proxy names it (a missing namespace is `default`).
 pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
     (
-        meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        meta.name.clone().unwrap_or_default(),
+        meta.namespace.as_deref().unwrap_or("default").into(),
+        meta.name.as_deref().unwrap_or_default().into(),
     )
 }
 
@@ -49,7 +50,7 @@ fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
         return None;
     }
     let service = labels.get(LABEL_SERVICE_NAME)?;
-    Some((object_key(&slice.metadata).0, service.clone()))
+    Some((object_key(&slice.metadata).0, service.as_str().into()))
 }
 
 #[derive(Default)]
@@ -203,7 +204,7 @@ impl ClusterState {
             return;
         };
         let mut problems = Vec::new();
-        let frontends = self.frontends_of(&svc, &mut problems);
+        let frontends = self.frontends_of(service, &svc, &mut problems);
         let mut owned = Vec::new();
         for (key, frontend) in frontends {
             match self.owner.get(&key) {
@@ -249,6 +250,7 @@ impl ClusterState {
     /// The frontends `svc` asks for, with its endpoints from its slices.
     fn frontends_of(
         &self,
+        key: &ObjectKey,
         svc: &Service,
         problems: &mut Vec<Problem>,
     ) -> Vec<(FrontendKey, Frontend)> {
@@ -257,7 +259,7 @@ impl ClusterState {
         };
         let slices: Vec<&EndpointSlice> = self
             .slices_of
-            .get(&(spec.namespace.clone(), spec.name.clone()))
+            .get(key)
             .into_iter()
             .flatten()
             .filter_map(|k| self.slices.get(k).map(AsRef::as_ref))

@@ -14,7 +14,10 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use super::manifests::{Snapshot, manifest_files, parse_str};
+use super::{
+    manifests::{Snapshot, manifest_files, parse_str},
+    trim::{trim_node, trim_service, trim_slice},
+};
 use crate::{
     model::{Change, ObjectKey, object_key},
     problem::{Problem, ProblemKind},
@@ -67,17 +70,26 @@ impl TrackedFile {
             services: contents
                 .services
                 .into_iter()
-                .map(|s| (object_key(&s.metadata), Arc::new(s)))
+                .map(|mut s| {
+                    trim_service(&mut s);
+                    (object_key(&s.metadata), Arc::new(s))
+                })
                 .collect(),
             slices: contents
                 .slices
                 .into_iter()
-                .map(|s| (object_key(&s.metadata), Arc::new(s)))
+                .map(|mut s| {
+                    trim_slice(&mut s);
+                    (object_key(&s.metadata), Arc::new(s))
+                })
                 .collect(),
             nodes: contents
                 .nodes
                 .into_iter()
-                .map(|n| (n.metadata.name.clone().unwrap_or_default(), Arc::new(n)))
+                .map(|mut n| {
+                    trim_node(&mut n);
+                    (n.metadata.name.clone().unwrap_or_default(), Arc::new(n))
+                })
                 .collect(),
             problems: contents.problems,
             origins: contents.origins,
@@ -208,7 +220,7 @@ impl ManifestSource {
         }
         if let Some(name) = self.node_name.clone().filter(|_| touched.nodes) {
             let winner = self.winner(&name, |f| &f.nodes);
-            self.note_duplicates("Node", &(String::new(), name.clone()), |f| {
+            self.note_duplicates("Node", &("".into(), name.as_str().into()), |f| {
                 f.nodes.contains_key(&name)
             });
             if self.node != winner {
@@ -338,12 +350,12 @@ mod tests {
             .map(|c| match c {
                 Change::Service(k, s) => (
                     "Service",
-                    k.1.clone(),
+                    k.1.to_string(),
                     s.as_ref().and_then(|s| s.spec.as_ref()?.cluster_ip.clone()),
                 ),
                 Change::Slice(k, s) => (
                     "EndpointSlice",
-                    k.1.clone(),
+                    k.1.to_string(),
                     s.as_ref().map(|_| String::new()),
                 ),
                 Change::Node(n) => (

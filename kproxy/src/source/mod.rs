@@ -3,4 +3,5 @@
 pub mod api;
 pub mod files;
 pub mod manifests;
+pub mod trim;
 pub mod watch;

@@ -179,7 +179,7 @@ pub enum Op {
 
 impl Op {
     fn change(self) -> Change {
-        let key = |ns: &str, name: &str| (ns.to_owned(), name.to_owned());
+        let key = |ns: &str, name: &str| (ns.into(), name.into());
         match self {
             Self::Service(s) => Change::Service(object_key(&s.metadata), Some(Arc::new(s))),
             Self::DeleteService(ns, name) => Change::Service(key(ns, name), None),

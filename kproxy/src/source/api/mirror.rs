@@ -23,11 +23,10 @@ use kube::{
     },
 };
 
-use crate::model::{Change, ObjectKey, object_key};
-
-/// The annotation the EndpointSlice controller stamps with the time of the change that
-/// triggered an update; network-programming latency is measured from it.
-pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+use crate::{
+    model::{Change, ObjectKey, object_key},
+    source::trim::{trim_node, trim_service, trim_slice},
+};
 
 /// A resource kproxy watches.
 pub trait Watched:
@@ -36,18 +35,17 @@ pub trait Watched:
     /// The change handing `object` (or its deletion) to the agent.
     fn change(key: ObjectKey, object: Option<Arc<Self>>) -> Change;
 
-    /// Drops what kproxy never reads before the object is stored (managed fields, the
-    /// last-applied annotation, ...): at tens of thousands of objects this is most of the
-    /// memory a cache would hold.
-    fn strip(&mut self) {
-        self.managed_fields_mut().clear();
-        self.annotations_mut().clear();
-    }
+    /// Drops what kproxy never reads before the object is stored (see `source::trim`).
+    fn strip(&mut self);
 }
 
 impl Watched for Service {
     fn change(key: ObjectKey, object: Option<Arc<Self>>) -> Change {
         Change::Service(key, object)
+    }
+
+    fn strip(&mut self) {
+        trim_service(self);
     }
 }
 
@@ -57,15 +55,17 @@ impl Watched for EndpointSlice {
     }
 
     fn strip(&mut self) {
-        self.managed_fields_mut().clear();
-        self.annotations_mut()
-            .retain(|k, _| k == TRIGGER_TIME_ANNOTATION);
+        trim_slice(self);
     }
 }
 
 impl Watched for Node {
     fn change(_: ObjectKey, object: Option<Arc<Self>>) -> Change {
         Change::Node(object)
+    }
+
+    fn strip(&mut self) {
+        trim_node(self);
     }
 }
 
@@ -142,11 +142,8 @@ impl<K: Watched> Mirror<K> {
                 for reference in gone {
                     self.handed.remove(&reference);
                     let key = (
-                        reference
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| "default".into()),
-                        reference.name.clone(),
+                        reference.namespace.as_deref().unwrap_or("default").into(),
+                        reference.name.as_str().into(),
                     );
                     changes.push(K::change(key, None));
                 }
@@ -172,6 +169,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 
     use super::*;
+    use crate::source::trim::TRIGGER_TIME_ANNOTATION;
 
     fn service(name: &str, version: &str) -> Service {
         Service {

@@ -24,7 +24,7 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-pub use mirror::{Mirror, TRIGGER_TIME_ANNOTATION, Watched};
+pub use mirror::{Mirror, Watched};
 
 use crate::model::{Change, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME};
 
