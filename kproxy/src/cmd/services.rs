@@ -112,8 +112,9 @@ pub fn render(view: &DatapathView) -> String {
         }
     }
     let _ = writeln!(out, "datapath counters:");
+    let width = view.counters.keys().map(|k| k.len()).max().unwrap_or(0);
     for (name, value) in &view.counters {
-        let _ = writeln!(out, "    {name:<16} {value}");
+        let _ = writeln!(out, "    {name:<width$} {value}");
     }
     out
 }
