@@ -377,6 +377,52 @@ mod tests {
         std::fs::rename(&tmp, dir.join(file)).expect("rename");
     }
 
+    fn node(name: &str, zone: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{topology.kubernetes.io/zone: {zone}}}\n"
+        )
+    }
+
+    #[test]
+    fn only_this_nodes_node_is_handed_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        write(
+            d,
+            "nodes.yaml",
+            &(node("node-a", "z1") + "---\n" + &node("node-b", "z2")),
+        );
+        let mut source = ManifestSource::new(d).with_node("node-a");
+        let zone_of = |changes: &[Change]| -> Vec<Option<String>> {
+            changes
+                .iter()
+                .map(|c| match c {
+                    Change::Node(n) => n
+                        .as_ref()
+                        .map(|n| crate::model::NodeInfo::from_node(n).zone().to_owned()),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(zone_of(&source.refresh()), [Some("z1".to_owned())]);
+        // The other node changes: nothing for this agent.
+        write(
+            d,
+            "nodes.yaml",
+            &(node("node-a", "z1") + "---\n" + &node("node-b", "z3")),
+        );
+        assert!(source.refresh().is_empty());
+        write(d, "nodes.yaml", &node("node-a", "z9"));
+        assert_eq!(zone_of(&source.refresh()), [Some("z9".to_owned())]);
+        std::fs::remove_file(d.join("nodes.yaml")).expect("remove");
+        assert_eq!(
+            zone_of(&source.refresh()),
+            [None],
+            "the node's definition is gone"
+        );
+        assert_eq!(source.snapshot().nodes.len(), 0);
+    }
+
     #[test]
     fn refresh_reports_only_what_changed() {
         let dir = tempfile::tempdir().expect("temp dir");
