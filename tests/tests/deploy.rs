@@ -147,6 +147,10 @@ fn the_daemonset_command_line_is_one_kproxy_accepts() {
         "the datapath attaches to the node's links"
     );
     let container = &pod.containers[0];
+    assert_eq!(
+        container.command, None,
+        "the image's entrypoint is kproxy (deploy/Dockerfile)"
+    );
     let args = expanded_args(container);
     assert_eq!(args.first().map(String::as_str), Some("run"));
     kproxy::cli::check_run_args(args[1..].iter().cloned())
