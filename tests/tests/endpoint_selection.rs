@@ -33,6 +33,17 @@ fn serving_backends(bed: &Bed, n: usize) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
+/// Writes the `web` Service (with `spec` merged in) and its one slice with `endpoints`.
+fn write_web(bed: &Bed, spec: &serde_json::Value, endpoints: &[Ep]) {
+    bed.write(
+        "apps.json",
+        &list(&[
+            service("web", vip(10), spec),
+            slice("web-1", "web", TCP_PORT, endpoints),
+        ]),
+    );
+}
+
 fn web_frontend() -> &'static str {
     "198.19.0.10:80/TCP"
 }
@@ -51,22 +62,15 @@ fn terminating_endpoints_serve_only_when_no_ready_endpoint_is_left() {
     }
     let bed = Bed::new(TopologyOptions::default());
     let b = bed.backends();
-    let web = service("web", vip(10), &json!({}));
-    bed.write(
-        "apps.json",
-        &list(&[
-            web.clone(),
-            slice(
-                "web-1",
-                "web",
-                TCP_PORT,
-                &[
-                    Ep::terminating(b[0]),
-                    Ep::terminating(b[1]),
-                    Ep::ready(b[2]),
-                ],
-            ),
-        ]),
+    let web = json!({});
+    write_web(
+        &bed,
+        &web,
+        &[
+            Ep::terminating(b[0]),
+            Ep::terminating(b[1]),
+            Ep::ready(b[2]),
+        ],
     );
     let _agent = Agent::start(&bed, &[]);
     assert_eq!(
@@ -77,18 +81,7 @@ fn terminating_endpoints_serve_only_when_no_ready_endpoint_is_left() {
 
     // The last ready pod goes away: the terminating ones that still serve take over
     // instead of the service rejecting connections.
-    bed.write(
-        "apps.json",
-        &list(&[
-            web,
-            slice(
-                "web-1",
-                "web",
-                TCP_PORT,
-                &[Ep::terminating(b[0]), Ep::terminating(b[1])],
-            ),
-        ]),
-    );
+    write_web(&bed, &web, &[Ep::terminating(b[0]), Ep::terminating(b[1])]);
     bed.wait_for_backends(web_frontend(), &with_port(&b[..2]), TIMEOUT);
     assert_eq!(serving_backends(&bed, 12), BTreeSet::from([b[0], b[1]]));
 }
@@ -101,21 +94,14 @@ fn internal_traffic_policy_local_drops_when_endpoints_are_only_elsewhere() {
     }
     let bed = Bed::new(TopologyOptions::default());
     let b = bed.backends();
-    let web = service("web", vip(10), &json!({"internalTrafficPolicy": "Local"}));
-    bed.write(
-        "apps.json",
-        &list(&[
-            web.clone(),
-            slice(
-                "web-1",
-                "web",
-                TCP_PORT,
-                &[
-                    Ep::ready(b[0]).on_node("node-b"),
-                    Ep::ready(b[1]).on_node("node-c"),
-                ],
-            ),
-        ]),
+    let web = json!({"internalTrafficPolicy": "Local"});
+    write_web(
+        &bed,
+        &web,
+        &[
+            Ep::ready(b[0]).on_node("node-b"),
+            Ep::ready(b[1]).on_node("node-c"),
+        ],
     );
     let agent = Agent::start(&bed, &[]);
 
@@ -142,21 +128,14 @@ fn internal_traffic_policy_local_drops_when_endpoints_are_only_elsewhere() {
     assert_eq!(view.counters["rejected"], 0);
 
     // An endpoint on this node appears: it alone serves.
-    bed.write(
-        "apps.json",
-        &list(&[
-            web,
-            slice(
-                "web-1",
-                "web",
-                TCP_PORT,
-                &[
-                    Ep::ready(b[0]).on_node("node-b"),
-                    Ep::ready(b[1]).on_node("node-c"),
-                    Ep::ready(b[2]).on_node(THIS_NODE),
-                ],
-            ),
-        ]),
+    write_web(
+        &bed,
+        &web,
+        &[
+            Ep::ready(b[0]).on_node("node-b"),
+            Ep::ready(b[1]).on_node("node-c"),
+            Ep::ready(b[2]).on_node(THIS_NODE),
+        ],
     );
     bed.wait_for_backends(web_frontend(), &with_port(&b[2..]), TIMEOUT);
     assert_eq!(serving_backends(&bed, 9), BTreeSet::from([b[2]]));

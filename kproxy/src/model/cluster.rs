@@ -108,10 +108,6 @@ impl ClusterState {
         changed
     }
 
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
     /// Every current problem, sorted.
     pub fn problems(&self) -> Vec<Problem> {
         let mut all: Vec<Problem> = self.problems.values().flatten().cloned().collect();

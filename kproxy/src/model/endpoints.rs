@@ -4,10 +4,7 @@
 //! is that slice port's number, never the Service's `targetPort`), and an endpoint
 //! contributes its first address.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 
@@ -37,10 +34,6 @@ impl Family {
     }
 }
 
-fn names(list: Option<impl IntoIterator<Item = String>>) -> BTreeSet<String> {
-    list.into_iter().flatten().collect()
-}
-
 /// What one slice says about one endpoint.
 fn endpoint_info(ep: &SliceEndpoint, endpoint: Endpoint, node: &str) -> EndpointInfo {
     let conditions = ep.conditions.as_ref();
@@ -51,16 +44,18 @@ fn endpoint_info(ep: &SliceEndpoint, endpoint: Endpoint, node: &str) -> Endpoint
         serving: conditions.and_then(|c| c.serving).unwrap_or(true),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
         local: !node.is_empty() && ep.node_name.as_deref() == Some(node),
-        zone_hints: names(
-            hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect::<Vec<_>>()),
-        ),
-        node_hints: names(
-            hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect::<Vec<_>>()),
-        ),
+        zone_hints: hints
+            .and_then(|h| h.for_zones.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|z| z.name.clone())
+            .collect(),
+        node_hints: hints
+            .and_then(|h| h.for_nodes.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|n| n.name.clone())
+            .collect(),
     }
 }
 

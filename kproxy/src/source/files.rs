@@ -15,7 +15,7 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    manifests::{Snapshot, manifest_files, parse_str},
+    manifests::{Snapshot, manifest_files, node_object_name, parse_str},
     trim::{trim_node, trim_service, trim_slice},
 };
 use crate::{
@@ -198,7 +198,9 @@ impl ManifestSource {
         let mut changes = Vec::new();
         for key in touched.services {
             let winner = self.winner(&key, |f| &f.services);
-            self.note_duplicates("Service", &key, |f| f.services.contains_key(&key));
+            self.note_duplicates(format!("Service {}/{}", key.0, key.1), |f| {
+                f.services.contains_key(&key)
+            });
             if self.services.get(&key) != winner.as_ref() {
                 match &winner {
                     Some(s) => self.services.insert(key.clone(), s.clone()),
@@ -209,7 +211,9 @@ impl ManifestSource {
         }
         for key in touched.slices {
             let winner = self.winner(&key, |f| &f.slices);
-            self.note_duplicates("EndpointSlice", &key, |f| f.slices.contains_key(&key));
+            self.note_duplicates(format!("EndpointSlice {}/{}", key.0, key.1), |f| {
+                f.slices.contains_key(&key)
+            });
             if self.slices.get(&key) != winner.as_ref() {
                 match &winner {
                     Some(s) => self.slices.insert(key.clone(), s.clone()),
@@ -220,9 +224,7 @@ impl ManifestSource {
         }
         if let Some(name) = self.node_name.clone().filter(|_| touched.nodes) {
             let winner = self.winner(&name, |f| &f.nodes);
-            self.note_duplicates("Node", &("".into(), name.as_str().into()), |f| {
-                f.nodes.contains_key(&name)
-            });
+            self.note_duplicates(node_object_name(&name), |f| f.nodes.contains_key(&name));
             if self.node != winner {
                 self.node.clone_from(&winner);
                 changes.push(Change::Node(winner));
@@ -244,17 +246,9 @@ impl ManifestSource {
             .cloned()
     }
 
-    fn note_duplicates(
-        &mut self,
-        kind: &str,
-        key: &ObjectKey,
-        defines: impl Fn(&TrackedFile) -> bool,
-    ) {
-        let name = if key.0.is_empty() {
-            format!("{kind} {}", key.1)
-        } else {
-            format!("{kind} {}/{}", key.0, key.1)
-        };
+    /// Reports object `name` (`Kind namespace/name`, as problems name objects) if more than
+    /// one file `defines` it.
+    fn note_duplicates(&mut self, name: String, defines: impl Fn(&TrackedFile) -> bool) {
         let files: Vec<&PathBuf> = self
             .files
             .iter()

@@ -268,10 +268,12 @@ fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
 
 /// `Node name`: Nodes have no namespace.
 pub fn node_name(node: &Node) -> String {
-    format!(
-        "Node {}",
-        node.metadata.name.as_deref().unwrap_or("<unnamed>")
-    )
+    node_object_name(node.metadata.name.as_deref().unwrap_or("<unnamed>"))
+}
+
+/// How problems name the Node called `name`.
+pub fn node_object_name(name: &str) -> String {
+    format!("Node {name}")
 }
 
 /// Remembers where an object was defined; a second definition replaces the first, as a

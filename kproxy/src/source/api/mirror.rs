@@ -100,14 +100,6 @@ impl<K: Watched> Mirror<K> {
         self.listed
     }
 
-    pub fn len(&self) -> usize {
-        self.store.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.store.is_empty()
-    }
-
     /// Applies one watcher event; returns the changes it makes for the agent.
     pub fn apply(&mut self, event: &Event<K>) -> Vec<Change> {
         self.writer.apply_watcher_event(event);
@@ -252,7 +244,7 @@ mod tests {
             assert_eq!(summary(&changes), want, "case: {name}");
         }
         assert!(mirror.listed());
-        assert_eq!(mirror.len(), 1);
+        assert_eq!(mirror.store.state().len(), 1);
     }
 
     #[test]
