@@ -2,7 +2,7 @@
 
 use core::mem::size_of;
 
-use crate::ct::{CT_F_SEEN_REPLY, CtEntry};
+use crate::ct::FlowState;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -43,29 +43,28 @@ impl Config {
         udp_stream_timeout_ns: 120 * SEC,
     };
 
-    /// How long `entry` of protocol `proto` lives without traffic.
+    /// How long a flow of protocol `proto` in `state` lives without traffic.
     #[inline(always)]
-    pub const fn timeout_ns(&self, proto: u8, entry: &CtEntry) -> u64 {
-        let replied = entry.flags & CT_F_SEEN_REPLY != 0;
+    pub const fn timeout_ns(&self, proto: u8, state: &FlowState) -> u64 {
         if proto == IPPROTO_TCP {
-            if entry.tcp_closing() {
+            if state.tcp_closing() {
                 self.tcp_close_timeout_ns
-            } else if replied {
+            } else if state.replied() {
                 self.tcp_established_timeout_ns
             } else {
                 self.tcp_syn_timeout_ns
             }
-        } else if replied {
+        } else if state.replied() {
             self.udp_stream_timeout_ns
         } else {
             self.udp_timeout_ns
         }
     }
 
-    /// Whether `entry` has outlived its timeout at `now_ns`.
+    /// Whether a flow in `state` has outlived its timeout at `now_ns`.
     #[inline(always)]
-    pub const fn expired(&self, proto: u8, entry: &CtEntry, now_ns: u64) -> bool {
-        now_ns.saturating_sub(entry.last_seen_ns) > self.timeout_ns(proto, entry)
+    pub const fn expired(&self, proto: u8, state: &FlowState, now_ns: u64) -> bool {
+        now_ns.saturating_sub(state.last_seen_ns) > self.timeout_ns(proto, state)
     }
 }
 

@@ -2,8 +2,11 @@
 //!
 //! Each translated flow has two entries: `KP_CT_FWD` keyed by the client's tuple towards the
 //! VIP, and `KP_CT_REV` keyed by the backend's reply tuple, which holds the VIP to restore.
-//! Both carry the flow's state bits and a last-seen time; the datapath keeps them in step on
-//! state changes and refreshes both at most once per `CT_REFRESH_NS`.
+//! Each entry is written only by packets of its own direction (its state bits, its last-seen
+//! time, refreshed at most once per `CT_REFRESH_NS`); the flow's state is what both say
+//! together (`FlowState`). One writer per entry means two CPUs handling the two directions
+//! never overwrite each other's bits. Either entry can be rebuilt from the other, so the LRU
+//! evicting one of them alone loses nothing.
 
 use core::mem::size_of;
 
@@ -23,9 +26,9 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last refresh.
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of this direction's last refresh.
     pub last_seen_ns: u64,
-    /// Forward: the chosen backend id. Reverse: the same id (for `kproxy` diagnostics).
+    /// The chosen backend id (both entries).
     pub backend_id: u32,
     /// Service port id, for per-service counters.
     pub svc_id: u32,
@@ -37,30 +40,74 @@ pub struct CtEntry {
     /// port is taken there by another flow (two VIPs, one backend), 0 if it is not. Reverse:
     /// the client's own port, written back in replies, 0 if unchanged.
     pub alt_port: u16,
-    /// `CT_F_*` bits, set with atomic OR.
+    /// `CT_F_*` bits seen by this direction's packets.
     pub flags: u32,
     pub _pad2: u32,
 }
 
-/// A reply from the backend has been seen.
+impl CtEntry {
+    /// No entry: its bits and time add nothing to a flow's state.
+    pub const ZERO: Self = Self {
+        last_seen_ns: 0,
+        backend_id: 0,
+        svc_id: 0,
+        nat_addr: 0,
+        nat_port: 0,
+        alt_port: 0,
+        flags: 0,
+        _pad2: 0,
+    };
+}
+
+/// A reply from the backend has been seen (reverse entry).
 pub const CT_F_SEEN_REPLY: u32 = 1 << 0;
-/// The client sent FIN.
+/// The client sent FIN (forward entry).
 pub const CT_F_FIN_FWD: u32 = 1 << 1;
-/// The backend sent FIN.
+/// The backend sent FIN (reverse entry).
 pub const CT_F_FIN_REV: u32 = 1 << 2;
-/// Either side sent RST.
+/// This direction sent RST, or kproxy reset the flow (its backend is gone).
 pub const CT_F_RST: u32 = 1 << 3;
 
 /// Entries are refreshed at most this often, so established flows do not write to shared
 /// memory on every packet.
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 
-impl CtEntry {
+/// What a flow's two entries say together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// Union of both entries' `CT_F_*` bits.
+    pub flags: u32,
+    /// The later of both entries' last-seen times.
+    pub last_seen_ns: u64,
+}
+
+impl FlowState {
+    /// The state of a flow whose entries are `a` and `b` (`CtEntry::ZERO` for a missing one).
+    ///
+    /// Not an `Option`: in the datapath an absent `Option<CtEntry>` carries undefined bytes
+    /// that LLVM may spill to the stack, which the verifier rejects as an uninitialised read.
+    #[inline(always)]
+    pub fn of(a: &CtEntry, b: &CtEntry) -> Self {
+        Self {
+            flags: a.flags | b.flags,
+            last_seen_ns: if a.last_seen_ns > b.last_seen_ns {
+                a.last_seen_ns
+            } else {
+                b.last_seen_ns
+            },
+        }
+    }
+
     /// The TCP connection is over (RST, or FIN in both directions).
     #[inline(always)]
     pub const fn tcp_closing(&self) -> bool {
         self.flags & CT_F_RST != 0
             || self.flags & (CT_F_FIN_FWD | CT_F_FIN_REV) == (CT_F_FIN_FWD | CT_F_FIN_REV)
+    }
+
+    #[inline(always)]
+    pub const fn replied(&self) -> bool {
+        self.flags & CT_F_SEEN_REPLY != 0
     }
 }
 

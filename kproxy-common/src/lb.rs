@@ -68,9 +68,9 @@ impl SlotKey {
     }
 }
 
-/// Value of `KP_BACKENDS` (key: backend id, a `u32` the agent never reuses while maps live).
+/// Value of `KP_BACKENDS` (key: backend id, a `u32` never reused, see `meta::Meta`).
 /// A backend id names one endpoint *of one service port*, so "the id still exists" also means
-/// "the endpoint still belongs to that service port" when conntrack or affinity refer to it.
+/// "the endpoint is still listed for that service port" when conntrack or affinity refer to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Backend {
@@ -78,10 +78,28 @@ pub struct Backend {
     pub addr: u32,
     /// Endpoint port (network byte order).
     pub port: u16,
-    pub _pad: u16,
+    /// `BE_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+    /// The service port id the backend belongs to: lets a restarted agent tell which
+    /// frontend a backend that is listed but not in use (no slot names it) belongs to.
+    pub svc_id: u32,
+}
+
+/// The backend takes new connections: it is in its service port's active slot bank.
+/// Without it the endpoint is still listed (not ready, terminating, or not for this node):
+/// established TCP flows keep it, UDP flows and affinities move to an active one, as
+/// kube-proxy's conntrack cleanup moves UDP flows off endpoints it stopped using.
+pub const BE_F_ACTIVE: u8 = 1 << 0;
+
+impl Backend {
+    #[inline(always)]
+    pub const fn is_active(&self) -> bool {
+        self.flags & BE_F_ACTIVE != 0
+    }
 }
 
 const _: () = assert!(size_of::<ServiceKey>() == 8);
 const _: () = assert!(size_of::<ServiceValue>() == 12);
 const _: () = assert!(size_of::<SlotKey>() == 8);
-const _: () = assert!(size_of::<Backend>() == 8);
+const _: () = assert!(size_of::<Backend>() == 12);

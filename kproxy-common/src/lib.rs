@@ -6,14 +6,16 @@
 
 pub mod config;
 pub mod ct;
+pub mod iface;
 pub mod lb;
+pub mod meta;
 pub mod names;
 pub mod stats;
 
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` lets the agent use these types as map keys and values.
-    use crate::{config, ct, lb, stats};
+    use crate::{config, ct, lb, meta, stats};
 
     macro_rules! pod {
         ($($t:ty),* $(,)?) => { $(
@@ -28,6 +30,7 @@ mod pod {
         lb::ServiceValue,
         lb::SlotKey,
         lb::Backend,
+        meta::Meta,
         ct::FlowKey,
         ct::CtEntry,
         ct::AffinityKey,

@@ -22,10 +22,13 @@ pub const MAP_BE_STATS: &str = "KP_BE_STATS";
 pub const MAP_CONFIG: &str = "KP_CONFIG";
 pub const MAP_FRAGS: &str = "KP_FRAGS";
 pub const MAP_IFACES: &str = "KP_IFACES";
+pub const MAP_VIPS: &str = "KP_VIPS";
+pub const MAP_META: &str = "KP_META";
+pub const MAP_NODE_ADDRS: &str = "KP_NODE_ADDRS";
 
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
 
-pub const MAPS: [&str; 13] = [
+pub const MAPS: [&str; 16] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -39,4 +42,7 @@ pub const MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_FRAGS,
     MAP_IFACES,
+    MAP_VIPS,
+    MAP_META,
+    MAP_NODE_ADDRS,
 ];

@@ -3,110 +3,119 @@
 
 use core::mem::size_of;
 
-/// Index into `GlobalStats::counters`. Every drop has its own reason.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Declares `Counter` with, for each counter, its stable snake_case name and, for drops,
+/// the drop reason, so the list is written once.
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal $(, drop $reason:literal)?; )*) => {
+        /// Index into `GlobalStats::counters`. Every drop has its own reason, and every way a
+        /// packet addressed to a service VIP can leave untranslated has its own counter.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$( Counter::$variant, )*];
+
+            /// Stable snake_case name (metrics label, CLI output).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( Counter::$variant => $name, )*
+                }
+            }
+
+            /// The drop reason this counter stands for, if it counts drops.
+            pub const fn drop_reason(self) -> Option<&'static str> {
+                match self {
+                    $( Counter::$variant => counters!(@reason $($reason)?), )*
+                }
+            }
+        }
+    };
+    (@reason $reason:literal) => { Some($reason) };
+    (@reason) => { None };
+}
+
+counters! {
     /// Packets the programs looked at.
-    Packets = 0,
+    Packets = "packets";
     /// Packets to a service frontend that were translated (DNAT).
-    ServicePackets,
+    ServicePackets = "service_packets";
     /// Backend replies translated back (reverse NAT).
-    ReplyPackets,
+    ReplyPackets = "reply_packets";
     /// New flows that were given a backend.
-    NewFlows,
+    NewFlows = "new_flows";
     /// New flows that reused their client's ClientIP affinity.
-    AffinityHits,
+    AffinityHits = "affinity_hits";
     /// A SYN on a finished TCP flow started a new flow (client port reuse).
-    CtReopened,
+    CtReopened = "ct_reopened";
     /// New connections rejected with ICMP port unreachable (no endpoints).
-    Rejected,
+    Rejected = "rejected";
     /// Conntrack insert failed: the flow was dropped.
-    DropCtInsert,
+    DropCtInsert = "drop_ct_insert", drop "ct_insert";
     /// A backend slot the service value promised was missing (inconsistent maps).
-    DropNoSlot,
+    DropNoSlot = "drop_no_slot", drop "no_slot";
     /// A slot named a backend id that no longer exists.
-    DropNoBackend,
+    DropNoBackend = "drop_no_backend", drop "no_backend";
     /// Rewriting headers or checksums failed.
-    DropNat,
+    DropNat = "drop_nat", drop "nat";
     /// Building the ICMP reject failed (the SYN/datagram was dropped instead).
-    DropReject,
-    /// Fragment of a datagram to a service: cannot be translated without its L4 header.
-    DropFragment,
+    DropReject = "drop_reject", drop "reject_failed";
+    /// A later fragment to a VIP whose first fragment was not seen (out of order, or lost):
+    /// without the first one's ports it cannot be translated.
+    DropFragment = "drop_fragment", drop "fragment";
     /// After DNAT on egress, no route (or no usable neighbour) to the backend.
-    DropNoRoute,
+    DropNoRoute = "drop_no_route", drop "no_route";
     /// A new flow's tuple towards its backend was taken and no free source port was found.
-    DropNoPort,
+    DropNoPort = "drop_no_port", drop "no_port";
     /// A new flow's client port was taken towards its backend: it got another source port.
-    PortRemapped,
+    PortRemapped = "port_remapped";
     /// New connection to a service whose endpoints are all elsewhere than this node may
     /// use (traffic policy Local): dropped, as kube-proxy does, not rejected.
-    DropNoLocalEndpoint,
+    DropNoLocalEndpoint = "drop_no_local_endpoint", drop "no_local_endpoint";
+    /// A TCP packet other than a SYN to a service, with no live flow (conntrack INVALID):
+    /// dropped, as kube-proxy's `--ctstate INVALID -j DROP`, never given a fresh backend
+    /// mid-stream.
+    DropCtInvalid = "drop_ct_invalid", drop "ct_invalid";
+    /// A TCP packet of a flow whose endpoint left every EndpointSlice: answered with a RST
+    /// so the client fails at once instead of retransmitting into the void.
+    ResetBackendGone = "reset_backend_gone";
+    /// Building or sending that RST failed (the packet was dropped instead).
+    DropReset = "drop_reset", drop "reset_failed";
+    /// A flow whose endpoint stopped taking new connections (UDP) or is gone (a SYN)
+    /// moved to a backend in use.
+    FlowRebalanced = "flow_rebalanced";
+    /// A flow's reply entry was missing (evicted alone) and was rebuilt from its forward one.
+    CtReplyRestored = "ct_reply_restored";
+    /// A flow's forward entry was missing (evicted alone) and was rebuilt from its reply one.
+    CtForwardRestored = "ct_forward_restored";
+    /// Two CPUs created the same flow at once; the loser followed the winner's entry.
+    CtCreateRaced = "ct_create_raced";
+    /// ICMP errors about a translated flow, translated (outer and quoted headers).
+    IcmpErrorTranslated = "icmp_error_translated";
+    /// Translating such an ICMP error failed: it was dropped.
+    DropIcmpError = "drop_icmp_error", drop "icmp_error";
+    /// An ICMP error addressed to a VIP that matches no flow: passes untranslated.
+    VipIcmpNoFlow = "vip_icmp_no_flow";
+    /// A packet to a VIP on a port/protocol no service has: passes untranslated (as with
+    /// kube-proxy's iptables mode; it dies where nothing owns the VIP).
+    VipNoServicePort = "vip_no_service_port";
+    /// A packet to a VIP of an IP protocol kproxy does not balance (ICMP echo, SCTP, ...):
+    /// passes untranslated.
+    VipUnsupportedProtocol = "vip_unsupported_protocol";
+    /// An 802.1Q/802.1ad tagged frame carrying IPv4 to a VIP: kproxy serves untagged links
+    /// and passes it untranslated.
+    VipVlanTagged = "vip_vlan_tagged";
+    /// A TCP/UDP packet to a VIP whose headers are cut short or malformed: dropped.
+    DropTruncated = "drop_truncated", drop "truncated";
+    /// XDP left a service packet to the TC program on the same interface, because the
+    /// interface may deliver partial checksums XDP cannot see (a veth with offload).
+    XdpDeferred = "xdp_deferred_to_tc";
 }
 
 /// Room for counters added later without changing the map's value size.
-pub const COUNTER_SLOTS: usize = 32;
-
-impl Counter {
-    pub const ALL: [Counter; 17] = [
-        Counter::Packets,
-        Counter::ServicePackets,
-        Counter::ReplyPackets,
-        Counter::NewFlows,
-        Counter::AffinityHits,
-        Counter::CtReopened,
-        Counter::Rejected,
-        Counter::DropCtInsert,
-        Counter::DropNoSlot,
-        Counter::DropNoBackend,
-        Counter::DropNat,
-        Counter::DropReject,
-        Counter::DropFragment,
-        Counter::DropNoRoute,
-        Counter::DropNoPort,
-        Counter::PortRemapped,
-        Counter::DropNoLocalEndpoint,
-    ];
-
-    /// Stable snake_case name (metrics label, CLI output).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Packets => "packets",
-            Counter::ServicePackets => "service_packets",
-            Counter::ReplyPackets => "reply_packets",
-            Counter::NewFlows => "new_flows",
-            Counter::AffinityHits => "affinity_hits",
-            Counter::CtReopened => "ct_reopened",
-            Counter::Rejected => "rejected",
-            Counter::DropCtInsert => "drop_ct_insert",
-            Counter::DropNoSlot => "drop_no_slot",
-            Counter::DropNoBackend => "drop_no_backend",
-            Counter::DropNat => "drop_nat",
-            Counter::DropReject => "drop_reject",
-            Counter::DropFragment => "drop_fragment",
-            Counter::DropNoRoute => "drop_no_route",
-            Counter::DropNoPort => "drop_no_port",
-            Counter::PortRemapped => "port_remapped",
-            Counter::DropNoLocalEndpoint => "drop_no_local_endpoint",
-        }
-    }
-
-    /// The drop reason this counter stands for, if it counts drops.
-    pub const fn drop_reason(self) -> Option<&'static str> {
-        match self {
-            Counter::DropCtInsert => Some("ct_insert"),
-            Counter::DropNoSlot => Some("no_slot"),
-            Counter::DropNoBackend => Some("no_backend"),
-            Counter::DropNat => Some("nat"),
-            Counter::DropReject => Some("reject_failed"),
-            Counter::DropFragment => Some("fragment"),
-            Counter::DropNoRoute => Some("no_route"),
-            Counter::DropNoPort => Some("no_port"),
-            Counter::DropNoLocalEndpoint => Some("no_local_endpoint"),
-            _ => None,
-        }
-    }
-}
+pub const COUNTER_SLOTS: usize = 64;
 
 const _: () = assert!(Counter::ALL.len() <= COUNTER_SLOTS);
 

@@ -1,11 +1,22 @@
-//! Connection tracking: the two entries of a flow, their state bits and timestamps.
+//! Connection tracking: the two entries of a flow, how packets update them, and how a new
+//! flow is created so that concurrent CPUs converge on one entry.
+//!
+//! Map values are never written through pointers: a pointer into a preallocated (LRU) map
+//! value may be recycled for another flow by an eviction on another CPU at any moment. Every
+//! read copies the value out at once; every write is a whole-value map update (`BPF_EXIST` to
+//! refresh, `BPF_NOEXIST` to create), which the kernel applies atomically.
 
-use core::sync::atomic::{AtomicU32, Ordering};
-
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    maps::{HashMap, LruHashMap},
+};
 use kproxy_common::{
     config::{Config, IPPROTO_TCP},
-    ct::{CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_REFRESH_NS, CtEntry, FlowKey},
+    ct::{
+        CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_REFRESH_NS, CtEntry, FlowKey,
+        FlowState,
+    },
     stats::Counter,
 };
 
@@ -14,6 +25,49 @@ use crate::{
     parse::{TCP_FIN, TCP_RST},
     stats,
 };
+
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+
+/// The two conntrack maps: `KP_CT_FWD` is an LRU, `KP_CT_REV` a plain hash (see maps.rs).
+pub trait CtMap {
+    /// A copy of the entry at `key` (see the module comment).
+    fn lookup(&self, key: &FlowKey) -> Option<CtEntry>;
+    /// Whether `key` has an entry.
+    fn contains(&self, key: &FlowKey) -> bool;
+    fn update(&self, key: &FlowKey, entry: &CtEntry, flags: u32) -> Result<(), i32>;
+    fn delete(&self, key: &FlowKey);
+}
+
+macro_rules! ct_map {
+    ($map:ident) => {
+        impl CtMap for $map<FlowKey, CtEntry> {
+            #[inline(always)]
+            fn lookup(&self, key: &FlowKey) -> Option<CtEntry> {
+                // SAFETY: copied at once; see the module comment.
+                unsafe { self.get(key) }.copied()
+            }
+
+            #[inline(always)]
+            fn contains(&self, key: &FlowKey) -> bool {
+                self.get_ptr(key).is_some()
+            }
+
+            #[inline(always)]
+            fn update(&self, key: &FlowKey, entry: &CtEntry, flags: u32) -> Result<(), i32> {
+                self.insert(key, entry, u64::from(flags))
+            }
+
+            #[inline(always)]
+            fn delete(&self, key: &FlowKey) {
+                let _ = self.remove(key);
+            }
+        }
+    };
+}
+
+ct_map!(HashMap);
+ct_map!(LruHashMap);
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -39,7 +93,7 @@ pub enum Dir {
     Reply,
 }
 
-/// State bits a packet with `tcp_flags` adds to its flow.
+/// State bits a packet of direction `dir` with `tcp_flags` sets in its own entry.
 #[inline(always)]
 pub fn state_bits(dir: Dir, tcp_flags: u8) -> u32 {
     let mut bits = if dir == Dir::Reply {
@@ -60,6 +114,16 @@ pub fn state_bits(dir: Dir, tcp_flags: u8) -> u32 {
     bits
 }
 
+/// The port the client uses towards the backend: its own, or the one kproxy gave it.
+#[inline(always)]
+fn backend_side_port(fwd: &FlowKey, entry: &CtEntry) -> u16 {
+    if entry.alt_port != 0 {
+        entry.alt_port
+    } else {
+        fwd.sport
+    }
+}
+
 /// Key of the reply entry of a forward entry (`fwd` is the client→VIP tuple).
 #[inline(always)]
 pub fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
@@ -67,11 +131,7 @@ pub fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
         saddr: entry.nat_addr,
         daddr: fwd.saddr,
         sport: entry.nat_port,
-        dport: if entry.alt_port != 0 {
-            entry.alt_port
-        } else {
-            fwd.sport
-        },
+        dport: backend_side_port(fwd, entry),
         proto: fwd.proto,
         _pad: [0; 3],
     }
@@ -94,86 +154,147 @@ pub fn forward_key(rev: &FlowKey, entry: &CtEntry) -> FlowKey {
     }
 }
 
-/// Sets state bits on a live entry (concurrent CPUs may add bits at the same time).
+/// The reply entry that belongs to forward entry `entry` of `fwd`, as if no reply had been
+/// seen yet.
 #[inline(always)]
-pub fn add_flags(entry: *mut CtEntry, bits: u32) {
-    // SAFETY: `entry` points into a map value that stays valid for this program run; the
-    // field is 4-byte aligned.
-    unsafe { AtomicU32::from_ptr(&raw mut (*entry).flags).fetch_or(bits, Ordering::Relaxed) };
-}
-
-/// Sets `bits` and/or refreshes the other entry of the flow; false if it is gone.
-#[inline(always)]
-fn touch_peer(peer: Option<*mut CtEntry>, bits: u32, now: u64, refresh: bool) -> bool {
-    let Some(p) = peer else {
-        return false;
-    };
-    if bits != 0 {
-        add_flags(p, bits);
-    }
-    if refresh {
-        // SAFETY: valid map value pointer; a racing store of a similar time is harmless.
-        unsafe { (*p).last_seen_ns = now };
-    }
-    true
-}
-
-/// The reply entry that belongs to forward entry `entry` of `fwd`.
-#[inline(always)]
-fn reply_entry(fwd: &FlowKey, entry: &CtEntry) -> CtEntry {
+pub fn reply_entry(fwd: &FlowKey, entry: &CtEntry) -> CtEntry {
     CtEntry {
         nat_addr: fwd.daddr,
         nat_port: fwd.dport,
         alt_port: if entry.alt_port != 0 { fwd.sport } else { 0 },
+        flags: 0,
         ..*entry
     }
 }
 
-/// Bookkeeping for a packet of an existing flow: new state bits, and the last-seen time of
-/// both entries at most once per `CT_REFRESH_NS`. Returns whether a refresh happened.
+/// The forward entry that belongs to reply entry `entry` of `rev`.
 #[inline(always)]
-pub fn update(
-    entry_ptr: *mut CtEntry,
-    entry: &CtEntry,
-    key: &FlowKey,
-    dir: Dir,
-    tcp_flags: u8,
-    now: u64,
-) -> bool {
+pub fn forward_entry(rev: &FlowKey, entry: &CtEntry) -> CtEntry {
+    CtEntry {
+        nat_addr: rev.saddr,
+        nat_port: rev.sport,
+        alt_port: if entry.alt_port != 0 { rev.dport } else { 0 },
+        flags: 0,
+        ..*entry
+    }
+}
+
+/// Whether reply entry `rev` at `rkey` is the reply side of the forward flow `fwd`.
+#[inline(always)]
+pub fn is_reply_of(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey) -> bool {
+    let client_port = if rev.alt_port != 0 {
+        rev.alt_port
+    } else {
+        rkey.dport
+    };
+    rev.nat_addr == fwd.daddr
+        && rev.nat_port == fwd.dport
+        && rkey.daddr == fwd.saddr
+        && client_port == fwd.sport
+}
+
+/// A copy of the entry at `key`, or `CtEntry::ZERO` (no `Option`: see `FlowState::of`).
+#[inline(always)]
+pub fn lookup_or_zero(map: &impl CtMap, key: &FlowKey) -> CtEntry {
+    match map.lookup(key) {
+        Some(entry) => entry,
+        None => CtEntry::ZERO,
+    }
+}
+
+/// Records a packet of direction `dir` in its own entry `entry` at `key` of `map`: the state
+/// bits it adds, and the time at most once per `CT_REFRESH_NS`. The write replaces the
+/// whole value; if another CPU replaced it at the same moment and the new bits did not
+/// survive, they are written once more. An entry evicted meanwhile is put back.
+#[inline(always)]
+pub fn record(map: &impl CtMap, key: &FlowKey, entry: &CtEntry, dir: Dir, tcp_flags: u8, now: u64) {
     let bits = state_bits(dir, tcp_flags) & !entry.flags;
     let refresh = now.saturating_sub(entry.last_seen_ns) > CT_REFRESH_NS;
     if bits == 0 && !refresh {
-        return false;
+        return;
     }
-    if bits != 0 {
-        add_flags(entry_ptr, bits);
-    }
+    let mut updated = *entry;
+    updated.flags |= bits;
     if refresh {
-        // SAFETY: valid map value pointer.
-        unsafe { (*entry_ptr).last_seen_ns = now };
+        updated.last_seen_ns = now;
     }
-    match dir {
-        Dir::Forward => {
-            let rkey = reply_key(key, entry);
-            if !touch_peer(KP_CT_REV.get_ptr_mut(rkey), bits, now, refresh) {
-                // The LRU evicted the reply side alone: restore it, or replies would reach
-                // the client untranslated.
-                let mut reply = reply_entry(key, entry);
-                reply.flags |= bits;
-                reply.last_seen_ns = now;
-                let _ = KP_CT_REV.insert(rkey, reply, 0);
+    for _ in 0..2 {
+        match map.update(key, &updated, BPF_EXIST) {
+            Ok(()) => {}
+            Err(e) if e == -ENOENT => {
+                let _ = map.update(key, &updated, BPF_NOEXIST);
+                return;
             }
+            Err(_) => return,
         }
-        Dir::Reply => {
-            touch_peer(
-                KP_CT_FWD.get_ptr_mut(forward_key(key, entry)),
-                bits,
-                now,
-                refresh,
-            );
+        if bits == 0 {
+            return;
+        }
+        match map.lookup(key) {
+            Some(now_there) if now_there.flags & bits != bits => {
+                updated = now_there;
+                updated.flags |= bits;
+            }
+            _ => return,
         }
     }
-    refresh
+}
+
+/// What a flow's forward entry found for a packet says.
+pub struct Existing {
+    pub entry: CtEntry,
+    pub state: FlowState,
+}
+
+/// The forward entry of `fwd` with the state of its flow, if there is one. Rebuilds a reply
+/// entry the LRU evicted alone (or that the agent's collection raced away).
+#[inline(always)]
+pub fn existing(fwd: &FlowKey) -> Option<Existing> {
+    let entry = KP_CT_FWD.lookup(fwd)?;
+    let rkey = reply_key(fwd, &entry);
+    let mut rev = lookup_or_zero(&KP_CT_REV, &rkey);
+    if !is_reply_of(&rkey, &rev, fwd) {
+        rev = CtEntry::ZERO;
+        if KP_CT_REV
+            .update(&rkey, &reply_entry(fwd, &entry), BPF_NOEXIST)
+            .is_ok()
+        {
+            stats::count(Counter::CtReplyRestored);
+        }
+    }
+    Some(Existing {
+        state: FlowState::of(&entry, &rev),
+        entry,
+    })
+}
+
+/// The reply entry of `rev` (a backend→client tuple), if any. Rebuilds a forward entry the
+/// LRU evicted alone, unless the flow is over.
+#[inline(always)]
+pub fn existing_reply(rev: &FlowKey, cfg: &Config, now: u64) -> Option<CtEntry> {
+    let entry = KP_CT_REV.lookup(rev)?;
+    let fkey = forward_key(rev, &entry);
+    if !KP_CT_FWD.contains(&fkey)
+        && !cfg.expired(rev.proto, &FlowState::of(&entry, &CtEntry::ZERO), now)
+        && KP_CT_FWD
+            .update(&fkey, &forward_entry(rev, &entry), BPF_NOEXIST)
+            .is_ok()
+    {
+        stats::count(Counter::CtForwardRestored);
+    }
+    Some(entry)
+}
+
+/// Removes the forward entry of `fwd` if it still is `stale` (another CPU may have replaced
+/// it with a fresh flow since it was read), so a new flow can take its place.
+#[inline(always)]
+pub fn remove_stale(fwd: &FlowKey, stale: &CtEntry) {
+    if let Some(now_there) = KP_CT_FWD.lookup(fwd)
+        && now_there.backend_id == stale.backend_id
+        && now_there.last_seen_ns == stale.last_seen_ns
+    {
+        KP_CT_FWD.delete(fwd);
+    }
 }
 
 /// Source ports handed out when a client's own is taken towards a backend (Linux's default
@@ -182,81 +303,123 @@ const ALT_PORT_MIN: u32 = 32_768;
 const ALT_PORT_SPAN: u32 = 28_232;
 const ALT_PORT_TRIES: u32 = 8;
 
-/// Whether the backend-side tuple `rkey` belongs to a live flow other than `fwd`. Two flows
-/// from one client port to two VIPs that pick the same backend would otherwise look like one
-/// connection to that backend (netfilter remaps the source port in that case as well).
+/// Whether the flow that holds backend-side tuple `rkey` (its reply entry `other`) is over,
+/// so its tuple may be given to a new flow.
 #[inline(always)]
-fn tuple_taken(rkey: &FlowKey, fwd: &FlowKey, cfg: &Config, now: u64) -> bool {
-    // SAFETY: copied out at once.
-    let Some(other) = (unsafe { KP_CT_REV.get(rkey) }).copied() else {
-        return false;
-    };
-    let client_port = if other.alt_port != 0 {
-        other.alt_port
-    } else {
-        rkey.dport
-    };
-    let same_flow =
-        other.nat_addr == fwd.daddr && other.nat_port == fwd.dport && client_port == fwd.sport;
-    let finished =
-        cfg.expired(fwd.proto, &other, now) || (fwd.proto == IPPROTO_TCP && other.tcp_closing());
-    !finished && !same_flow
+fn finished(rkey: &FlowKey, other: &CtEntry, cfg: &Config, now: u64) -> bool {
+    let fwd = lookup_or_zero(&KP_CT_FWD, &forward_key(rkey, other));
+    let state = FlowState::of(other, &fwd);
+    cfg.expired(rkey.proto, &state, now) || (rkey.proto == IPPROTO_TCP && state.tcp_closing())
 }
 
-/// Creates both entries of a new flow from `fwd` (client→VIP) to backend `addr:port`.
-/// Returns the source port the flow uses towards the backend if it had to change it.
+/// How claiming a backend-side tuple ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// This CPU inserted the reply entry.
+    Mine,
+    /// The same flow's reply entry was already there (another CPU creating it).
+    Shared,
+    /// Another live flow holds the tuple.
+    Taken,
+    /// `KP_CT_REV` is full.
+    Full,
+}
+
+/// Inserts reply entry `rev` at `rkey` unless a live flow other than `fwd` holds it.
 #[inline(always)]
-pub fn create(
-    fwd: &FlowKey,
-    backend_id: u32,
-    svc_id: u32,
-    addr: u32,
-    port: u16,
-    tcp_flags: u8,
-    now: u64,
-) -> Result<u16, Counter> {
+fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -> Claim {
+    for _ in 0..2 {
+        match KP_CT_REV.update(rkey, rev, BPF_NOEXIST) {
+            Ok(()) => return Claim::Mine,
+            Err(e) if e == -EEXIST => {}
+            Err(_) => return Claim::Full,
+        }
+        let Some(other) = KP_CT_REV.lookup(rkey) else {
+            continue; // deleted meanwhile: try again
+        };
+        if is_reply_of(rkey, &other, fwd) {
+            return Claim::Shared;
+        }
+        if !finished(rkey, &other, cfg, now) {
+            return Claim::Taken;
+        }
+        // A finished flow's leftover: make room and try again.
+        KP_CT_REV.delete(rkey);
+    }
+    Claim::Taken
+}
+
+/// A new flow's forward entry, from `fwd` (client→VIP) to backend `backend_id` at
+/// `addr:port`.
+pub struct NewFlow {
+    pub backend_id: u32,
+    pub svc_id: u32,
+    pub addr: u32,
+    pub port: u16,
+}
+
+/// Creates both entries of a new flow and returns the forward entry in effect: this CPU's,
+/// or, if another CPU created the same flow at the same moment, that one (the packet then
+/// follows it, so both CPUs send the flow to one backend).
+///
+/// The backend-side tuple is claimed first, with an insert that fails if it exists: that
+/// insert is the check that the tuple is free, so two flows can never claim it at once.
+#[inline(always)]
+pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<CtEntry, Counter> {
+    let cfg = config();
     let mut forward = CtEntry {
         last_seen_ns: now,
-        backend_id,
-        svc_id,
-        nat_addr: addr,
-        nat_port: port,
+        backend_id: new.backend_id,
+        svc_id: new.svc_id,
+        nat_addr: new.addr,
+        nat_port: new.port,
         alt_port: 0,
         flags: state_bits(Dir::Forward, tcp_flags),
         _pad2: 0,
     };
-    let cfg = config();
     let mut rkey = reply_key(fwd, &forward);
-    if tuple_taken(&rkey, fwd, &cfg, now) {
+    let mut claimed = claim(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now);
+    if claimed == Claim::Full {
+        return Err(Counter::DropCtInsert);
+    }
+    if claimed == Claim::Taken {
         let seed = (fwd.saddr
             ^ fwd.daddr.rotate_left(11)
             ^ (u32::from(fwd.sport) << 16)
             ^ u32::from(fwd.dport)
             ^ now as u32)
             .wrapping_mul(0x9e37_79b1);
-        let mut chosen = 0u16;
         for i in 0..ALT_PORT_TRIES {
             let candidate = ((ALT_PORT_MIN
                 + (seed.wrapping_add(i.wrapping_mul(7_919)) >> 8) % ALT_PORT_SPAN)
                 as u16)
                 .to_be();
+            forward.alt_port = candidate;
             rkey.dport = candidate;
-            if !tuple_taken(&rkey, fwd, &cfg, now) {
-                chosen = candidate;
+            claimed = claim(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now);
+            if claimed != Claim::Taken {
                 break;
             }
         }
-        if chosen == 0 {
-            return Err(Counter::DropNoPort);
+        match claimed {
+            Claim::Taken => return Err(Counter::DropNoPort),
+            Claim::Full => return Err(Counter::DropCtInsert),
+            Claim::Mine | Claim::Shared => {}
         }
         stats::count(Counter::PortRemapped);
-        forward.alt_port = chosen;
     }
-    KP_CT_REV
-        .insert(rkey, reply_entry(fwd, &forward), 0)
-        .map_err(|_| Counter::DropCtInsert)?;
-    KP_CT_FWD
-        .insert(fwd, forward, 0)
-        .map_err(|_| Counter::DropCtInsert)?;
-    Ok(forward.alt_port)
+    if KP_CT_FWD.update(fwd, &forward, BPF_NOEXIST).is_ok() {
+        return Ok(forward);
+    }
+    // Another CPU created this flow first: follow its entry, and give back the tuple this CPU
+    // claimed if the winner uses another one.
+    let winner = lookup_or_zero(&KP_CT_FWD, fwd);
+    if claimed == Claim::Mine && reply_key(fwd, &winner) != rkey {
+        KP_CT_REV.delete(&rkey);
+    }
+    if winner.backend_id == 0 {
+        return Err(Counter::DropCtInsert);
+    }
+    stats::count(Counter::CtCreateRaced);
+    Ok(winner)
 }

@@ -1,36 +1,39 @@
 //! Service load balancing: frontend lookup, backend choice (affinity, round-robin), DNAT of
-//! client packets and reverse NAT of backend replies.
+//! client packets and reverse NAT of backend replies. Entry point for every packet.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use kproxy_common::{
     config::IPPROTO_UDP,
-    ct::{AffinityKey, AffinityValue, FragKey, FragPorts},
+    ct::{AffinityKey, AffinityValue, CT_F_RST, CtEntry, FragKey, FragPorts},
     lb::{Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue, SlotKey},
     stats::Counter,
 };
 
 use crate::{
-    conntrack::{self, Dir},
-    icmp::{self, REJECT_FRAME_LEN},
+    conntrack::{self, CtMap, Dir, NewFlow},
+    icmp, icmp_err,
     maps::{
         KP_AFFINITY, KP_BACKENDS, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RR, KP_SERVICES, KP_SLOTS,
     },
     packet::{NatRewrite, Packet, Side},
-    parse::{self, Fragment, Ipv4Flow, Parsed},
-    stats,
+    parse::{self, Fragment, IPPROTO_ICMP, Ipv4Flow, Parsed},
+    reset, stats, vip,
 };
 
-/// What the program does with a packet.
+/// What the program does with a packet. No variant carries data: a payload that only some
+/// variants define is undefined in the others, and LLVM may spill those undefined bytes,
+/// which the verifier rejects (egress rerouting reads the addresses from the packet).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Not service traffic: untouched.
+    /// Not service traffic, or service traffic left untranslated (counted): untouched.
     Pass,
-    /// Destination translated to a backend: `(saddr, daddr)` of the packet now.
-    Dnat(u32, u32),
+    /// Destination translated to a backend.
+    Dnat,
     /// A backend's reply with the VIP restored as its source.
     ReverseNat,
-    /// Replaced by an ICMP reject that goes back out where the packet came in.
-    Rejected,
+    /// Replaced by an ICMP reject or a TCP RST that goes back out where the packet came in.
+    SentBack,
     /// Dropped for the counted reason.
     Drop,
 }
@@ -43,10 +46,23 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
     stats::count(Counter::Packets);
     let mut flow = match parse::parse(pkt) {
         Parsed::Ipv4(flow) => flow,
-        Parsed::Other | Parsed::Truncated => return Action::Pass,
+        Parsed::NotIpv4 => return Action::Pass,
+        Parsed::Vlan(daddr) => return vip::pass_if_vip(daddr, Counter::VipVlanTagged),
+        Parsed::Malformed(daddr) => return vip::drop_if_vip(Some(daddr), Counter::DropTruncated),
+        Parsed::OtherIpv4 {
+            daddr,
+            proto,
+            l4_off,
+        } => {
+            if proto == IPPROTO_ICMP && l4_off != 0 {
+                return icmp_err::handle(pkt, daddr, l4_off);
+            }
+            return vip::pass_if_vip(Some(daddr), Counter::VipUnsupportedProtocol);
+        }
     };
-    if !track_fragment(&mut flow) {
-        return Action::Pass;
+    if flow.fragment == Fragment::Later && !later_fragment_ports(&mut flow) {
+        // The first fragment was not seen (yet): nothing to translate this one with.
+        return vip::drop_if_vip(Some(flow.key.daddr), Counter::DropFragment);
     }
     let svc_key = ServiceKey {
         addr: flow.key.daddr,
@@ -54,46 +70,52 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
         proto: flow.key.proto,
         _pad: 0,
     };
-    // SAFETY: the value is copied out at once; NO_PREALLOC keeps it intact until then.
-    match unsafe { KP_SERVICES.get(svc_key) } {
+    // SAFETY: copied at once; KP_SERVICES is NO_PREALLOC, so the value stays intact until then.
+    let action = match unsafe { KP_SERVICES.get(svc_key) }.copied() {
         Some(svc) => {
-            let svc = *svc;
-            match to_service(pkt, &flow, &svc) {
-                Ok(action) => action,
-                Err(reason) => {
-                    stats::count(reason);
-                    Action::Drop
-                }
+            if pkt.must_defer() {
+                stats::count(Counter::XdpDeferred);
+                return Action::Pass;
             }
+            to_service(pkt, &flow, &svc).unwrap_or_else(|reason| {
+                stats::count(reason);
+                Action::Drop
+            })
         }
         None => from_backend(pkt, &flow),
+    };
+    if flow.fragment == Fragment::First && matches!(action, Action::Dnat | Action::ReverseNat) {
+        remember_fragment_ports(&flow);
     }
+    action
 }
 
-/// Fills in the ports of a later fragment from its first fragment, and records the ports of a
-/// first fragment. False when a later fragment's ports are unknown (it passes untouched).
-#[inline(always)]
-fn track_fragment(flow: &mut Ipv4Flow) -> bool {
-    if flow.fragment == Fragment::None {
-        return true;
-    }
-    let key = FragKey {
+fn frag_key(flow: &Ipv4Flow) -> FragKey {
+    FragKey {
         saddr: flow.key.saddr,
         daddr: flow.key.daddr,
         id: flow.ip_id,
         proto: flow.key.proto,
         _pad: 0,
-    };
-    if flow.fragment == Fragment::First {
-        let ports = FragPorts {
-            sport: flow.key.sport,
-            dport: flow.key.dport,
-        };
-        let _ = KP_FRAGS.insert(key, ports, 0);
-        return true;
     }
+}
+
+/// Records the ports of a translated first fragment for the later ones. Only translated
+/// traffic is recorded, so other fragmented traffic cannot fill the table.
+#[inline(always)]
+fn remember_fragment_ports(flow: &Ipv4Flow) {
+    let ports = FragPorts {
+        sport: flow.key.sport,
+        dport: flow.key.dport,
+    };
+    let _ = KP_FRAGS.insert(frag_key(flow), ports, 0);
+}
+
+/// Fills in the ports of a later fragment from its first fragment; false if unknown.
+#[inline(always)]
+fn later_fragment_ports(flow: &mut Ipv4Flow) -> bool {
     // SAFETY: copied out at once.
-    match unsafe { KP_FRAGS.get(key) } {
+    match unsafe { KP_FRAGS.get(frag_key(flow)) }.copied() {
         Some(ports) => {
             flow.key.sport = ports.sport;
             flow.key.dport = ports.dport;
@@ -101,6 +123,17 @@ fn track_fragment(flow: &mut Ipv4Flow) -> bool {
         }
         None => false,
     }
+}
+
+/// What the flow a packet belongs to says about it.
+enum Known {
+    /// A live flow with a backend that serves it.
+    Use(CtEntry, Backend),
+    /// A live TCP flow whose endpoint left every EndpointSlice: reset it.
+    Reset(CtEntry),
+    /// No usable flow: start a new one, replacing the stale entry given (`CtEntry::ZERO`
+    /// if there is none; not an `Option`, see `FlowState::of`).
+    New(CtEntry),
 }
 
 /// A packet addressed to a service frontend: find or create its flow, then DNAT.
@@ -111,9 +144,20 @@ fn to_service<P: Packet>(
     svc: &ServiceValue,
 ) -> Result<Action, Counter> {
     let now = conntrack::now_ns();
-    let (backend, alt_port) = match established_backend(flow, svc, now) {
-        Some(found) => found,
-        None => {
+    let (entry, backend) = match known_flow(flow, now) {
+        Known::Use(entry, backend) => {
+            conntrack::record(
+                &KP_CT_FWD,
+                &flow.key,
+                &entry,
+                Dir::Forward,
+                flow.tcp_flags,
+                now,
+            );
+            (entry, backend)
+        }
+        Known::Reset(entry) => return reset_flow(pkt, flow, &entry),
+        Known::New(stale) => {
             if !flow.has_l4_header() {
                 return Err(Counter::DropFragment);
             }
@@ -124,18 +168,35 @@ fn to_service<P: Packet>(
                 }
                 return reject(pkt, flow);
             }
-            let (id, backend) = select_backend(svc, flow.key.saddr, now)?;
-            let alt_port = conntrack::create(
+            if flow.is_tcp() && !flow.is_syn() {
+                return Err(Counter::DropCtInvalid);
+            }
+            if stale.backend_id != 0 {
+                conntrack::remove_stale(&flow.key, &stale);
+            }
+            let (backend_id, backend) = select_backend(svc, flow.key.saddr, now)?;
+            let entry = conntrack::create(
                 &flow.key,
-                id,
-                svc.id,
-                backend.addr,
-                backend.port,
+                &NewFlow {
+                    backend_id,
+                    svc_id: svc.id,
+                    addr: backend.addr,
+                    port: backend.port,
+                },
                 flow.tcp_flags,
                 now,
             )?;
-            stats::count_new_flow(svc.id, id);
-            (backend, alt_port)
+            if entry.backend_id == backend_id {
+                stats::count_new_flow(svc.id, backend_id);
+                (entry, backend)
+            } else {
+                // Another CPU created the flow first with another backend: follow it.
+                // SAFETY: copied out at once.
+                let theirs = unsafe { KP_BACKENDS.get(entry.backend_id) }
+                    .copied()
+                    .ok_or(Counter::DropNoBackend)?;
+                (entry, theirs)
+            }
         }
     };
     pkt.rewrite(&NatRewrite {
@@ -144,58 +205,64 @@ fn to_service<P: Packet>(
         new_addr: backend.addr,
         old_port: flow.key.dport,
         new_port: backend.port,
-        peer_port: (alt_port != 0).then_some((flow.key.sport, alt_port)),
+        peer_port: (entry.alt_port != 0).then_some((flow.key.sport, entry.alt_port)),
         l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     })
     .map_err(|()| Counter::DropNat)?;
     stats::count(Counter::ServicePackets);
     stats::count_service_packet(svc.id, pkt.len());
-    Ok(Action::Dnat(flow.key.saddr, backend.addr))
+    Ok(Action::Dnat)
 }
 
-/// The backend of the flow `flow` belongs to (and the source port it uses there if it had
-/// to change it), if the flow is live and its backend still belongs to the service. Updates
-/// the flow's state and times.
+/// Decides what the flow of `flow` (if any) means for it, as kube-proxy's conntrack would:
+/// a live flow keeps its endpoint while the endpoint is listed at all (TCP) or still takes
+/// new connections (UDP, whose flows kube-proxy clears when an endpoint stops being used).
 #[inline(always)]
-fn established_backend(flow: &Ipv4Flow, svc: &ServiceValue, now: u64) -> Option<(Backend, u16)> {
-    let entry_ptr = KP_CT_FWD.get_ptr_mut(flow.key)?;
-    // SAFETY: valid map value; copied so later reads see one consistent snapshot.
-    let entry = unsafe { *entry_ptr };
-    if flow.is_tcp() && flow.is_syn() && entry.tcp_closing() {
+fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
+    let Some(found) = conntrack::existing(&flow.key) else {
+        return Known::New(CtEntry::ZERO);
+    };
+    let entry = found.entry;
+    if flow.is_tcp() && flow.is_syn() && found.state.tcp_closing() {
         // The client reuses the port of a finished connection: a new flow.
         stats::count(Counter::CtReopened);
-        return None;
+        return Known::New(entry);
     }
-    if conntrack::config().expired(flow.key.proto, &entry, now) {
-        return None;
+    if conntrack::config().expired(flow.key.proto, &found.state, now) {
+        return Known::New(entry);
     }
     // SAFETY: copied out at once.
-    let backend = unsafe { *KP_BACKENDS.get(entry.backend_id)? };
-    let refreshed = conntrack::update(
-        entry_ptr,
-        &entry,
-        &flow.key,
-        Dir::Forward,
-        flow.tcp_flags,
-        now,
-    );
-    if refreshed && svc.flags & SVC_F_AFFINITY != 0 {
-        // Traffic keeps the client's affinity alive, not only new connections.
-        let key = AffinityKey {
-            svc_id: svc.id,
-            client: flow.key.saddr,
-        };
-        if let Some(a) = KP_AFFINITY.get_ptr_mut(key) {
-            // SAFETY: valid map value pointer.
-            unsafe { (*a).last_seen_ns = now };
+    match unsafe { KP_BACKENDS.get(entry.backend_id) }.copied() {
+        Some(backend) if backend.is_active() || (flow.is_tcp() && !flow.is_syn()) => {
+            Known::Use(entry, backend)
+        }
+        None if flow.is_tcp() && !flow.is_syn() => Known::Reset(entry),
+        // Gone, or no longer taking new connections: UDP flows and unanswered SYNs move.
+        _ => {
+            stats::count(Counter::FlowRebalanced);
+            Known::New(entry)
         }
     }
-    Some((backend, entry.alt_port))
+}
+
+/// Answers a packet of a TCP flow whose endpoint is gone with a RST, and marks the flow
+/// reset so it expires after the close timeout.
+#[inline(always)]
+fn reset_flow<P: Packet>(pkt: &mut P, flow: &Ipv4Flow, entry: &CtEntry) -> Result<Action, Counter> {
+    let mut closed = *entry;
+    closed.flags |= CT_F_RST;
+    let _ = KP_CT_FWD.update(&flow.key, &closed, aya_ebpf::bindings::BPF_EXIST);
+    let frame = reset::tcp_reset(pkt, flow).ok_or(Counter::DropReset)?;
+    pkt.send_back(&frame).map_err(|()| Counter::DropReset)?;
+    stats::count(Counter::ResetBackendGone);
+    Ok(Action::SentBack)
 }
 
 /// Chooses the backend of a new flow from client `client`: its ClientIP affinity if that is
-/// still valid, otherwise the next one round-robin.
+/// still valid and its backend still takes new connections, otherwise the next one
+/// round-robin. Either way the affinity is (re)set: kube-proxy's `recent` match refreshes it
+/// on new connections only, not on every packet.
 #[inline(always)]
 fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<(u32, Backend), Counter> {
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
@@ -203,24 +270,23 @@ fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<(u32, Bac
         svc_id: svc.id,
         client,
     };
-    if affinity {
+    if affinity
         // SAFETY: copied out at once.
-        if let Some(a) = unsafe { KP_AFFINITY.get(akey) }.copied() {
-            let timeout = u64::from(svc.affinity_timeout_s) * NS_PER_SEC;
-            if now.saturating_sub(a.last_seen_ns) <= timeout {
-                // SAFETY: copied out at once.
-                if let Some(b) = unsafe { KP_BACKENDS.get(a.backend_id) }.copied() {
-                    stats::count(Counter::AffinityHits);
-                    remember_affinity(&akey, a.backend_id, now);
-                    return Ok((a.backend_id, b));
-                }
-            }
-        }
+        && let Some(a) = unsafe { KP_AFFINITY.get(akey) }.copied()
+        && now.saturating_sub(a.last_seen_ns) <= u64::from(svc.affinity_timeout_s) * NS_PER_SEC
+        // SAFETY: copied out at once.
+        && let Some(b) = unsafe { KP_BACKENDS.get(a.backend_id) }.copied()
+        && b.is_active()
+    {
+        stats::count(Counter::AffinityHits);
+        remember_affinity(&akey, a.backend_id, now);
+        return Ok((a.backend_id, b));
     }
     let rr = KP_RR.get_ptr_mut(svc.id).ok_or(Counter::DropNoSlot)?;
     // SeqCst, not Relaxed: LLVM's BPF backend lowers a *monotonic* atomicrmw add to the
     // non-fetching `lock +=` even when the old value is used, which silently returns garbage.
-    // SAFETY: an Array element is 8-byte aligned and lives as long as the map.
+    // SAFETY: an Array element is 8-byte aligned and lives as long as the map (array
+    // elements are never recycled).
     let turn = unsafe { AtomicU64::from_ptr(rr) }.fetch_add(1, Ordering::SeqCst);
     let index = (turn % u64::from(svc.count)) as u32;
     // SAFETY: copied out at once.
@@ -250,29 +316,30 @@ fn remember_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
 /// No endpoints: answer with ICMP port unreachable, as kube-proxy's REJECT rule does.
 #[inline(always)]
 fn reject<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<Action, Counter> {
-    let frame: [u8; REJECT_FRAME_LEN] =
-        icmp::port_unreachable(pkt, &flow.key, flow.l4_off).ok_or(Counter::DropReject)?;
+    let frame = icmp::port_unreachable(pkt, &flow.key, flow.l4_off).ok_or(Counter::DropReject)?;
     pkt.send_back(&frame).map_err(|()| Counter::DropReject)?;
     stats::count(Counter::Rejected);
-    Ok(Action::Rejected)
+    Ok(Action::SentBack)
 }
 
 /// A packet not addressed to a service: a backend's reply to translate back, or not ours.
 #[inline(always)]
 fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
-    let Some(entry_ptr) = KP_CT_REV.get_ptr_mut(flow.key) else {
-        return Action::Pass;
-    };
-    // SAFETY: valid map value, copied.
-    let entry = unsafe { *entry_ptr };
     let now = conntrack::now_ns();
-    if conntrack::config().expired(flow.key.proto, &entry, now) {
+    let cfg = conntrack::config();
+    // A reply is translated even if its flow timed out and is not collected yet: the
+    // backend still uses the tuple, and the client only knows the VIP.
+    let Some(entry) = conntrack::existing_reply(&flow.key, &cfg, now) else {
+        return vip::pass_if_vip(Some(flow.key.daddr), Counter::VipNoServicePort);
+    };
+    if pkt.must_defer() {
+        stats::count(Counter::XdpDeferred);
         return Action::Pass;
     }
-    conntrack::update(
-        entry_ptr,
-        &entry,
+    conntrack::record(
+        &KP_CT_REV,
         &flow.key,
+        &entry,
         Dir::Reply,
         flow.tcp_flags,
         now,

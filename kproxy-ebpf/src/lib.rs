@@ -14,18 +14,23 @@
 mod conntrack;
 mod csum;
 mod icmp;
+mod icmp_err;
 mod lb;
 mod maps;
 mod packet;
 mod parse;
+mod reset;
 mod route;
 mod stats;
+mod vip;
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+
+use kproxy_common::iface::IFACE_F_INGRESS;
 
 use crate::{
     lb::Action,
@@ -43,8 +48,8 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
         ctx: &ctx,
         egress: false,
     }) {
-        Action::Pass | Action::Dnat(..) | Action::ReverseNat => TC_ACT_UNSPEC,
-        Action::Rejected => TC_ACT_REDIRECT,
+        Action::Pass | Action::Dnat | Action::ReverseNat => TC_ACT_UNSPEC,
+        Action::SentBack => TC_ACT_REDIRECT,
         Action::Drop => TC_ACT_SHOT,
     }
 }
@@ -57,8 +62,8 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer the kernel passed to this program.
     let from = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // Forwarded from an interface kproxy already handles on ingress: nothing left to do.
-    // SAFETY: only tested for presence.
-    if from != 0 && unsafe { maps::KP_IFACES.get(from) }.is_some() {
+    // SAFETY: copied out at once.
+    if from != 0 && unsafe { maps::KP_IFACES.get(from) }.is_some_and(|f| f & IFACE_F_INGRESS != 0) {
         return TC_ACT_UNSPEC;
     }
     match lb::handle(&mut TcPacket {
@@ -66,8 +71,8 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
         egress: true,
     }) {
         Action::Pass | Action::ReverseNat => TC_ACT_UNSPEC,
-        Action::Dnat(saddr, daddr) => route::reroute(&ctx, saddr, daddr),
-        Action::Rejected => TC_ACT_REDIRECT,
+        Action::Dnat => route::reroute(&ctx),
+        Action::SentBack => TC_ACT_REDIRECT,
         Action::Drop => TC_ACT_SHOT,
     }
 }
@@ -77,8 +82,8 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     match lb::handle(&mut XdpPacket { ctx: &ctx }) {
-        Action::Pass | Action::Dnat(..) | Action::ReverseNat => xdp_action::XDP_PASS,
-        Action::Rejected => xdp_action::XDP_TX,
+        Action::Pass | Action::Dnat | Action::ReverseNat => xdp_action::XDP_PASS,
+        Action::SentBack => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,
     }
 }

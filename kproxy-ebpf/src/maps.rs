@@ -12,6 +12,7 @@ use kproxy_common::{
     config::Config,
     ct::{AffinityKey, AffinityValue, CtEntry, FlowKey, FragKey, FragPorts},
     lb::{Backend, ServiceKey, ServiceValue, SlotKey},
+    meta::Meta,
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
@@ -33,13 +34,19 @@ pub static KP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(262_144, NO_PREA
 #[map]
 pub static KP_RR: Array<u64> = Array::pinned(65_536, 0);
 
-/// Conntrack, client side: client→VIP tuple → chosen backend and flow state.
+/// Conntrack, client side: client→VIP tuple → chosen backend and flow state. An LRU: under
+/// pressure the kernel evicts old entries; an evicted one is rebuilt from `KP_CT_REV` by the
+/// flow's next reply.
 #[map]
 pub static KP_CT_FWD: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(262_144, 0);
 
 /// Conntrack, backend side: backend→client reply tuple → VIP:port to restore, flow state.
+/// A plain (preallocated) hash, never evicted by the kernel: a reply must never leave with
+/// the backend's address because its entry was evicted, so only the agent deletes entries,
+/// once their flow timed out (dropping unanswered ones first when the table fills, as
+/// netfilter's early drop does). When it is full, new flows are dropped (`drop_ct_insert`).
 #[map]
-pub static KP_CT_REV: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+pub static KP_CT_REV: HashMap<FlowKey, CtEntry> = HashMap::pinned(262_144, 0);
 
 /// ClientIP session affinity: (service port id, client address) → backend id, last use.
 #[map]
@@ -67,7 +74,21 @@ pub static KP_CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map]
 pub static KP_FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(8_192, 0);
 
-/// Interfaces whose ingress runs kproxy (TC or XDP), by ifindex: packets forwarded from them
-/// were handled there, so the egress program lets them through without a second look.
+/// Interfaces kproxy serves, by ifindex → `IFACE_F_*` (see kproxy_common::iface).
 #[map]
-pub static KP_IFACES: HashMap<u32, u32> = HashMap::pinned(1_024, 0);
+pub static KP_IFACES: HashMap<u32, u32> = HashMap::pinned(1_024, NO_PREALLOC);
+
+/// Every address some frontend uses as its VIP → number of such frontends. Only read on
+/// the way out of the datapath, to count VIP traffic that leaves untranslated.
+#[map]
+pub static KP_VIPS: HashMap<u32, u32> = HashMap::pinned(65_536, NO_PREALLOC);
+
+/// The node's own IPv4 addresses (value unused): a backend there is reached through the
+/// loopback device from egress, not routed out.
+#[map]
+pub static KP_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(1_024, NO_PREALLOC);
+
+/// What the pinned state is: layout version and reserved backend ids. Written by the agent,
+/// never read by the programs; it lives here so it is pinned with the maps it describes.
+#[map]
+pub static KP_META: Array<Meta> = Array::pinned(1, 0);

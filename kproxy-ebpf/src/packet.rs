@@ -15,10 +15,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
+use kproxy_common::iface::IFACE_F_XDP_DEFER;
+
 use crate::{
     csum,
-    icmp::REJECT_FRAME_LEN,
-    parse::{IP_CSUM_OFF, L3_OFF},
+    maps::KP_IFACES,
+    parse::{IP_CSUM_OFF, IPV4_HLEN, L3_OFF},
 };
 
 /// Which end of a packet a rewrite changes.
@@ -84,8 +86,28 @@ pub trait Packet {
     fn len(&self) -> u32;
     /// Rewrites an address and port, keeping IP and L4 checksums right.
     fn rewrite(&mut self, rw: &NatRewrite) -> Result<(), ()>;
+    /// Rewrites the outer IPv4 source or destination address and the IP header checksum
+    /// (nothing else: for ICMP, whose checksum has no pseudo-header).
+    fn set_ip_addr(&mut self, side: Side, old: u32, new: u32) -> Result<(), ()>;
+    /// Replaces the 16-bit word `old` at `off` by `new` and folds the change into the
+    /// checksum at `csum_off`, which covers the word as plain data (no pseudo-header).
+    fn patch16(&mut self, off: usize, old: u16, new: u16, csum_off: usize) -> Result<(), ()>;
+    /// `patch16` for a 32-bit word.
+    fn patch32(&mut self, off: usize, old: u32, new: u32, csum_off: usize) -> Result<(), ()>;
     /// Replaces the packet with `frame` and sends it back where it came from.
-    fn send_back(&mut self, frame: &[u8; REJECT_FRAME_LEN]) -> Result<(), ()>;
+    fn send_back<const N: usize>(&mut self, frame: &[u8; N]) -> Result<(), ()>;
+    /// Whether service packets must be left to a later hook (see `IFACE_F_XDP_DEFER`).
+    fn must_defer(&self) -> bool;
+}
+
+/// Offset of `side`'s address in the IPv4 header.
+#[inline(always)]
+const fn addr_offset(side: Side) -> usize {
+    if matches!(side, Side::Source) {
+        L3_OFF + 12
+    } else {
+        L3_OFF + 16
+    }
 }
 
 #[inline(always)]
@@ -105,6 +127,11 @@ pub struct TcPacket<'a> {
 }
 
 impl Packet for TcPacket<'_> {
+    #[inline(always)]
+    fn must_defer(&self) -> bool {
+        Self::DEFERS
+    }
+
     #[inline(always)]
     fn ensure(&mut self, len: usize) -> bool {
         if self.ctx.data() + len <= self.ctx.data_end() {
@@ -179,12 +206,36 @@ impl Packet for TcPacket<'_> {
     }
 
     #[inline(always)]
-    fn send_back(&mut self, frame: &[u8; REJECT_FRAME_LEN]) -> Result<(), ()> {
+    fn set_ip_addr(&mut self, side: Side, old: u32, new: u32) -> Result<(), ()> {
+        self.ctx
+            .l3_csum_replace(IP_CSUM_OFF, u64::from(old), u64::from(new), 4)
+            .map_err(|_| ())?;
+        self.ctx.store(addr_offset(side), &new, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn patch16(&mut self, off: usize, old: u16, new: u16, csum_off: usize) -> Result<(), ()> {
+        self.ctx
+            .l4_csum_replace(csum_off, u64::from(old), u64::from(new), 2)
+            .map_err(|_| ())?;
+        self.ctx.store(off, &new, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn patch32(&mut self, off: usize, old: u32, new: u32, csum_off: usize) -> Result<(), ()> {
+        self.ctx
+            .l4_csum_replace(csum_off, u64::from(old), u64::from(new), 4)
+            .map_err(|_| ())?;
+        self.ctx.store(off, &new, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn send_back<const N: usize>(&mut self, frame: &[u8; N]) -> Result<(), ()> {
         let skb = self.ctx.skb.skb;
         // SAFETY: `skb` is the context pointer the kernel passed to this program.
         let ifindex = unsafe { (*skb).ifindex };
         // SAFETY: helper call on the program's own skb.
-        if unsafe { bpf_skb_change_tail(skb, REJECT_FRAME_LEN as u32, 0) } != 0 {
+        if unsafe { bpf_skb_change_tail(skb, N as u32, 0) } != 0 {
             return Err(());
         }
         self.ctx.store(0, frame, 0).map_err(|_| ())?;
@@ -199,12 +250,16 @@ impl Packet for TcPacket<'_> {
     }
 }
 
+impl TcPacket<'_> {
+    /// TC programs see the skb's checksum state through the kernel's helpers.
+    const DEFERS: bool = false;
+}
+
 /// A frame seen by an XDP program.
 pub struct XdpPacket<'a> {
     pub ctx: &'a XdpContext,
 }
 
-const IPV4_HLEN: usize = 20;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 
@@ -256,6 +311,13 @@ impl XdpPacket<'_> {
 
 impl Packet for XdpPacket<'_> {
     #[inline(always)]
+    fn must_defer(&self) -> bool {
+        let ifindex = self.ctx.ingress_ifindex() as u32;
+        // SAFETY: copied out at once.
+        unsafe { KP_IFACES.get(ifindex) }.is_some_and(|f| f & IFACE_F_XDP_DEFER != 0)
+    }
+
+    #[inline(always)]
     fn ensure(&mut self, len: usize) -> bool {
         self.ctx.data() + len <= self.ctx.data_end()
     }
@@ -295,13 +357,51 @@ impl Packet for XdpPacket<'_> {
     }
 
     #[inline(always)]
-    fn send_back(&mut self, frame: &[u8; REJECT_FRAME_LEN]) -> Result<(), ()> {
-        let delta = REJECT_FRAME_LEN as i32 - self.len() as i32;
+    fn set_ip_addr(&mut self, side: Side, old: u32, new: u32) -> Result<(), ()> {
+        let ip = self.ptr_mut::<[u8; IPV4_HLEN]>(L3_OFF)?.cast::<u8>();
+        // SAFETY: the 20-byte IPv4 header was bounds-checked above.
+        unsafe {
+            let csum = ip.add(IP_CSUM_OFF - L3_OFF).cast::<u16>();
+            csum.write_unaligned(csum::replace4(csum.read_unaligned(), old, new));
+            ip.add(addr_offset(side) - L3_OFF)
+                .cast::<u32>()
+                .write_unaligned(new);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn patch16(&mut self, off: usize, old: u16, new: u16, csum_off: usize) -> Result<(), ()> {
+        let word = self.ptr_mut::<u16>(off)?;
+        let csum = self.ptr_mut::<u16>(csum_off)?;
+        // SAFETY: both bounds-checked above.
+        unsafe {
+            csum.write_unaligned(csum::replace2(csum.read_unaligned(), old, new));
+            word.write_unaligned(new);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn patch32(&mut self, off: usize, old: u32, new: u32, csum_off: usize) -> Result<(), ()> {
+        let word = self.ptr_mut::<u32>(off)?;
+        let csum = self.ptr_mut::<u16>(csum_off)?;
+        // SAFETY: both bounds-checked above.
+        unsafe {
+            csum.write_unaligned(csum::replace4(csum.read_unaligned(), old, new));
+            word.write_unaligned(new);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn send_back<const N: usize>(&mut self, frame: &[u8; N]) -> Result<(), ()> {
+        let delta = N as i32 - self.len() as i32;
         // SAFETY: helper call on the program's own context.
         if unsafe { bpf_xdp_adjust_tail(self.ctx.ctx, delta) } != 0 {
             return Err(());
         }
-        let out = self.ptr_mut::<[u8; REJECT_FRAME_LEN]>(0)?;
+        let out = self.ptr_mut::<[u8; N]>(0)?;
         // SAFETY: bounds-checked just above (after the resize).
         unsafe { out.write_unaligned(*frame) };
         Ok(())

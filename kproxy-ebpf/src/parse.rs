@@ -1,4 +1,6 @@
-//! Bounds-checked header parsing: Ethernet + IPv4 + TCP/UDP into a flow tuple.
+//! Bounds-checked header parsing: Ethernet + IPv4 + TCP/UDP into a flow tuple, and enough of
+//! everything else (VLAN tags, other IP protocols, malformed headers) to know whether it was
+//! addressed to a VIP.
 
 use core::mem::size_of;
 
@@ -11,9 +13,13 @@ use crate::packet::Packet;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
 /// Offset of the IPv4 header (no VLAN tags: the programs sit on untagged links).
 pub const L3_OFF: usize = ETH_HLEN;
 pub const IP_CSUM_OFF: usize = L3_OFF + 10;
+pub const IPV4_HLEN: usize = 20;
+pub const IPPROTO_ICMP: u8 = 1;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -21,7 +27,7 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 const IP_MF: u16 = 0x2000;
-const IP_OFFSET_MASK: u16 = 0x1fff;
+pub const IP_OFFSET_MASK: u16 = 0x1fff;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -94,10 +100,19 @@ impl Ipv4Flow {
 
 /// What the parser found.
 pub enum Parsed {
-    /// Not IPv4 TCP/UDP: never ours, passes untouched.
-    Other,
-    /// IPv4 TCP/UDP whose headers are cut short.
-    Truncated,
+    /// Not IPv4 at all (ARP, IPv6, runts): never ours, passes untouched.
+    NotIpv4,
+    /// An 802.1Q/802.1ad tagged frame; the destination of the IPv4 packet inside, if any.
+    Vlan(Option<u32>),
+    /// IPv4 of another protocol than TCP/UDP (ICMP, SCTP, ...): destination, protocol and
+    /// where its header starts (0 for a later fragment or a malformed header).
+    OtherIpv4 {
+        daddr: u32,
+        proto: u8,
+        l4_off: usize,
+    },
+    /// IPv4 TCP/UDP whose headers are cut short or contradict themselves (IHL, total length).
+    Malformed(u32),
     Ipv4(Ipv4Flow),
 }
 
@@ -105,24 +120,32 @@ pub enum Parsed {
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
     if !pkt.ensure(ETH_HLEN + size_of::<Ipv4Hdr>()) {
-        return Parsed::Other;
+        return Parsed::NotIpv4;
     }
     let Some(eth) = pkt.read::<EthHdr>(0) else {
-        return Parsed::Other;
+        return Parsed::NotIpv4;
     };
+    if eth.proto == ETH_P_8021Q.to_be() || eth.proto == ETH_P_8021AD.to_be() {
+        return Parsed::Vlan(vlan_inner_daddr(pkt));
+    }
     if eth.proto != ETH_P_IP.to_be() {
-        return Parsed::Other;
+        return Parsed::NotIpv4;
     }
     let Some(ip) = pkt.read::<Ipv4Hdr>(L3_OFF) else {
-        return Parsed::Other;
+        return Parsed::NotIpv4;
     };
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return Parsed::Other;
-    }
     let ihl = usize::from(ip.ver_ihl & 0x0f) * 4;
-    if ip.ver_ihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() {
-        return Parsed::Truncated;
-    }
+    let tot_len = usize::from(u16::from_be(ip.tot_len));
+    let frame_len = pkt.len() as usize;
+    // BIG TCP: a GSO packet over 64 KiB says 0 and means "the rest of the frame".
+    let tot_len = if tot_len == 0 && frame_len > L3_OFF + 0xffff {
+        frame_len - L3_OFF
+    } else {
+        tot_len
+    };
+    // A header that contradicts itself, or a datagram longer than the frame.
+    let sane =
+        ip.ver_ihl >> 4 == 4 && ihl >= IPV4_HLEN && tot_len >= ihl && L3_OFF + tot_len <= frame_len;
     let frag = u16::from_be(ip.frag_off);
     let fragment = if frag & IP_OFFSET_MASK != 0 {
         Fragment::Later
@@ -132,6 +155,17 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
         Fragment::None
     };
     let l4_off = L3_OFF + ihl;
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        let has_header = sane && fragment != Fragment::Later;
+        return Parsed::OtherIpv4 {
+            daddr: ip.daddr,
+            proto: ip.proto,
+            l4_off: if has_header { l4_off } else { 0 },
+        };
+    }
+    if !sane {
+        return Parsed::Malformed(ip.daddr);
+    }
     let mut key = FlowKey {
         saddr: ip.saddr,
         daddr: ip.daddr,
@@ -147,17 +181,17 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
         } else {
             UDP_HLEN
         };
-        if !pkt.ensure(l4_off + need) {
-            return Parsed::Truncated;
+        if ihl + need > tot_len || !pkt.ensure(l4_off + need) {
+            return Parsed::Malformed(ip.daddr);
         }
         let Some(ports) = pkt.read::<[u16; 2]>(l4_off) else {
-            return Parsed::Truncated;
+            return Parsed::Malformed(ip.daddr);
         };
         key.sport = ports[0];
         key.dport = ports[1];
         if ip.proto == IPPROTO_TCP {
             let Some(flags) = pkt.read::<u8>(l4_off + 13) else {
-                return Parsed::Truncated;
+                return Parsed::Malformed(ip.daddr);
             };
             tcp_flags = flags;
         }
@@ -169,4 +203,18 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
         fragment,
         ip_id: ip.id,
     })
+}
+
+/// The IPv4 destination inside a frame with one VLAN tag, if it carries IPv4.
+#[inline(always)]
+fn vlan_inner_daddr<P: Packet>(pkt: &mut P) -> Option<u32> {
+    const TAG_LEN: usize = 4;
+    if !pkt.ensure(ETH_HLEN + TAG_LEN + IPV4_HLEN) {
+        return None;
+    }
+    let inner_proto = pkt.read::<u16>(ETH_HLEN + 2)?;
+    if inner_proto != ETH_P_IP.to_be() {
+        return None;
+    }
+    pkt.read::<u32>(ETH_HLEN + TAG_LEN + 16)
 }

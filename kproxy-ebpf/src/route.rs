@@ -1,28 +1,43 @@
 //! Routing again after DNAT on egress. A packet the node sends towards a VIP was routed for
 //! the VIP (say, out of the default route); once its destination is a backend it may belong
-//! on another interface and always needs the backend's (or its gateway's) MAC address.
+//! on another interface and always needs the backend's (or its gateway's) MAC address, or,
+//! when the backend is the node itself (a hostNetwork endpoint), it must go back up the
+//! node's own stack.
 
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        TC_ACT_UNSPEC, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_F_INGRESS, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_fib_lookup,
+        bpf_redir_neigh,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use kproxy_common::stats::Counter;
 
-use crate::stats;
+use crate::{
+    maps::KP_NODE_ADDRS,
+    parse::{Ipv4Hdr, L3_OFF},
+    stats,
+};
 
 const AF_INET: u8 = 2;
+/// The loopback device's ifindex, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
-/// Sends the DNATed packet `saddr → daddr` where the routing table says, with the right MACs.
-/// Returns the TC verdict.
+/// Sends the DNATed packet where the routing table says, with the right MACs. Returns the TC
+/// verdict.
 #[inline(always)]
-pub fn reroute(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
+pub fn reroute(ctx: &TcContext) -> i32 {
+    // The addresses as rewritten (the header was checked and written just before).
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(L3_OFF) else {
+        stats::count(Counter::DropNoRoute);
+        return TC_ACT_SHOT;
+    };
+    let (saddr, daddr) = (ip.saddr, ip.daddr);
     // SAFETY: the context pointer the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
@@ -75,6 +90,22 @@ pub fn reroute(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
                     0,
                 )
             };
+            TC_ACT_REDIRECT
+        }
+        // Not forwarded: no route, or a local address. A backend on one of the node's own
+        // addresses (a hostNetwork endpoint) is delivered through the loopback device's
+        // ingress, as the kernel delivers its own local traffic; its all-zero MAC makes the
+        // frame "for this host". (The agent sets accept_local on lo, or the kernel would drop
+        // a frame received with a local source address; replies come back through lo, where
+        // kproxy's ingress program translates them.)
+        // SAFETY: only tested for presence.
+        BPF_FIB_LKUP_RET_NOT_FWDED if unsafe { KP_NODE_ADDRS.get(daddr) }.is_some() => {
+            if ctx.store(0, &[0u8; 12], 0).is_err() {
+                stats::count(Counter::DropNoRoute);
+                return TC_ACT_SHOT;
+            }
+            // SAFETY: helper call; TC_ACT_REDIRECT carries it out.
+            unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) };
             TC_ACT_REDIRECT
         }
         _ => {

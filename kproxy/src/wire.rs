@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use kproxy_common::lb::{Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue};
+use kproxy_common::lb::{
+    BE_F_ACTIVE, Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue,
+};
 
 use crate::model::{Endpoint, FrontendKey, Protocol, WhenEmpty};
 
@@ -83,15 +85,18 @@ pub fn when_empty_of(value: &ServiceValue) -> WhenEmpty {
     }
 }
 
-/// The map value of a backend; `None` for IPv6.
-pub fn backend(endpoint: &Endpoint) -> Option<Backend> {
+/// The map value of a backend of service port `svc_id` that takes new connections when
+/// `active`; `None` for IPv6.
+pub fn backend(endpoint: &Endpoint, svc_id: u32, active: bool) -> Option<Backend> {
     let IpAddr::V4(addr) = endpoint.addr else {
         return None;
     };
     Some(Backend {
         addr: addr_to_wire(addr),
         port: port_to_wire(endpoint.port),
+        flags: if active { BE_F_ACTIVE } else { 0 },
         _pad: 0,
+        svc_id,
     })
 }
 
@@ -122,7 +127,10 @@ mod tests {
             addr: Ipv4Addr::new(198, 18, 2, 2).into(),
             port: 8080,
         };
-        assert_eq!(endpoint(&backend(&ep).expect("IPv4")), ep);
+        let wire_backend = backend(&ep, 7, true).expect("IPv4");
+        assert_eq!(endpoint(&wire_backend), ep);
+        assert!(wire_backend.is_active());
+        assert!(!backend(&ep, 7, false).expect("IPv4").is_active());
         let v6 = FrontendKey {
             addr: "2001:db8::1".parse().expect("address"),
             ..key

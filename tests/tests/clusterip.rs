@@ -142,19 +142,30 @@ fn client_ip_affinity_expires_after_its_timeout_without_traffic() {
     };
     let first = request();
     assert_eq!(request(), first);
-    // Traffic on an open connection keeps the affinity alive past its timeout...
+    // New connections keep the affinity alive past its timeout (each one refreshes it, as
+    // kube-proxy's `recent --set` on new connections does)...
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(
+            request(),
+            first,
+            "a new connection within the timeout refreshes it"
+        );
+    }
+    // ...traffic on an established connection does not: kube-proxy's rules see new
+    // connections only.
     let mut session = TcpSession::connect(&bed.topo.client, target, TIMEOUT).expect("connect");
     for _ in 0..8 {
         assert_eq!(
             session.request().expect("keep-alive request").backend,
-            first
+            first,
+            "the connection itself stays on its backend"
         );
         std::thread::sleep(Duration::from_millis(400));
     }
     drop(session);
-    assert_eq!(request(), first, "3.2 s of traffic kept the 2 s affinity");
-    // ...and 2 s without any makes the next connection choose afresh (round-robin moves on).
-    std::thread::sleep(Duration::from_millis(2500));
+    // 3.2 s after the last new connection the 2 s affinity is gone: the next connection
+    // chooses afresh (round-robin moves on).
     let after = request();
     assert_ne!(after, first, "the affinity expired");
     assert_eq!(request(), after, "and a new one started");

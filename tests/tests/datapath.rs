@@ -9,44 +9,15 @@ use kproxy::model::{Desired, Protocol, WhenEmpty};
 use kproxy_common::stats::Counter;
 use kproxy_testbed::require_privileges;
 use support::{
-    datapath::{LoadedDatapath, frontend},
+    datapath::{
+        B1, B2, B3, CLIENT, OTHER_CLIENT, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, VIP, XDP_DROP,
+        XDP_PASS, XDP_TX, frontend, loaded, three_backends,
+    },
     packets::{
         ACK, CLIENT_MAC, FIN_ACK, NODE_MAC, RST, SYN, SYN_ACK, assert_checksums, dst, src,
         tcp_frame, udp_frame, without_udp_checksum,
     },
 };
-
-const TCX_NEXT: i32 = -1;
-const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_REDIRECT: i32 = 7;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
-const B1: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
-const B2: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
-const B3: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 2);
-
-fn three_backends(proto: Protocol, affinity: Option<u32>) -> Desired {
-    [frontend(
-        VIP,
-        80,
-        proto,
-        &[(B1, 8080), (B2, 8080), (B3, 8080)],
-        affinity,
-    )]
-    .into_iter()
-    .collect()
-}
-
-fn loaded(desired: &Desired) -> LoadedDatapath {
-    let mut dp = LoadedDatapath::load();
-    dp.program(desired);
-    dp
-}
 
 #[test]
 fn dnat_rewrites_the_destination_with_exact_checksums() {
@@ -223,33 +194,49 @@ fn non_service_traffic_passes_untouched() {
         return;
     }
     let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let other_ip = Ipv4Addr::new(198, 19, 0, 11);
+    // (frame, counter it must bump because it was meant for a VIP, if any)
     let mut frames = vec![
-        tcp_frame((CLIENT, 40_000), (B1, 8080), SYN, b""), // straight to a pod
-        tcp_frame((CLIENT, 40_000), (VIP, 81), SYN, b""),  // VIP, other port
-        udp_frame((CLIENT, 40_000), (VIP, 80), b"not tcp"), // VIP, other protocol
-        tcp_frame(
-            (CLIENT, 40_000),
-            (Ipv4Addr::new(198, 19, 0, 11), 80),
-            SYN,
-            b"",
-        ), // another IP
+        (tcp_frame((CLIENT, 40_000), (B1, 8080), SYN, b""), None), // straight to a pod
+        (
+            tcp_frame((CLIENT, 40_000), (VIP, 81), SYN, b""),
+            Some(Counter::VipNoServicePort),
+        ), // VIP, other port
+        (
+            udp_frame((CLIENT, 40_000), (VIP, 80), b"not tcp"),
+            Some(Counter::VipNoServicePort),
+        ), // VIP, other protocol
+        (tcp_frame((CLIENT, 40_000), (other_ip, 80), SYN, b""), None), // another IP
+        (
+            tcp_frame((CLIENT, 40_000), (other_ip, 80), SYN, b"")[..40].to_vec(),
+            None,
+        ), // truncated, not for a VIP
     ];
     let mut arp = vec![0u8; 42];
     arp[..6].copy_from_slice(&[0xff; 6]);
     arp[6..12].copy_from_slice(&CLIENT_MAC);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    frames.push(arp);
+    frames.push((arp, None));
     let mut v6 = vec![0u8; 74];
     v6[..6].copy_from_slice(&NODE_MAC);
     v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    frames.push(v6);
-    frames.push(tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b"")[..40].to_vec()); // truncated
-    for frame in frames {
-        assert_eq!(dp.tc(&frame), (TCX_NEXT, frame.clone()));
-        assert_eq!(dp.xdp(&frame), (XDP_PASS, frame));
+    frames.push((v6, None));
+    for (frame, counter) in &frames {
+        let before = counter.map(|c| dp.counter(c));
+        assert_eq!(dp.tc(frame), (TCX_NEXT, frame.clone()));
+        assert_eq!(dp.xdp(frame), (XDP_PASS, frame.clone()));
+        if let (Some(c), Some(before)) = (counter, before) {
+            assert_eq!(dp.counter(*c), before + 2, "{} counted", c.name());
+        }
     }
     assert_eq!(dp.counter(Counter::ServicePackets), 0);
     assert_eq!(dp.counter(Counter::Packets), 14);
+    // Cut short and addressed to a VIP: nothing could serve it, and it must not leave
+    // untranslated; dropped and counted.
+    let truncated = tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b"")[..40].to_vec();
+    assert_eq!(dp.tc(&truncated).0, TC_ACT_SHOT);
+    assert_eq!(dp.xdp(&truncated).0, XDP_DROP);
+    assert_eq!(dp.counter(Counter::DropTruncated), 2);
 }
 
 /// Checks an ICMP port unreachable answering `original` (client → VIP).
@@ -327,28 +314,29 @@ fn no_usable_endpoints_under_local_policy_drops_silently() {
 }
 
 #[test]
-fn a_removed_backend_no_longer_receives_its_flows() {
-    if !require_privileges("a_removed_backend_no_longer_receives_its_flows") {
+fn a_removed_backends_udp_flows_move_to_a_live_one() {
+    if !require_privileges("a_removed_backends_udp_flows_move_to_a_live_one") {
         return;
     }
-    let mut dp = loaded(&three_backends(Protocol::Tcp, None));
+    let mut dp = loaded(&three_backends(Protocol::Udp, None));
     let c = (CLIENT, 44_000);
-    assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B1);
+    assert_eq!(dst(&dp.tc(&udp_frame(c, (VIP, 80), b"q")).1).0, B1);
     let remaining: Desired = [frontend(
         VIP,
         80,
-        Protocol::Tcp,
+        Protocol::Udp,
         &[(B2, 8080), (B3, 8080)],
         None,
     )]
     .into_iter()
     .collect();
     dp.program(&remaining);
-    let moved = dst(&dp.tc(&tcp_frame(c, (VIP, 80), ACK, b"")).1).0;
+    let moved = dst(&dp.tc(&udp_frame(c, (VIP, 80), b"q")).1).0;
     assert!(
         [B2, B3].contains(&moved),
         "the flow was re-balanced onto a live backend, not {moved}"
     );
+    assert_eq!(dp.counter(Counter::FlowRebalanced), 1);
 }
 
 /// Splits a UDP datagram frame into two IPv4 fragments at `split` bytes of L4 data.
@@ -397,9 +385,21 @@ fn later_fragments_follow_their_first_fragment() {
         want_later,
         "later fragment: address and IP checksum only"
     );
-    // A later fragment whose first fragment never came cannot be translated: untouched.
+    // A later fragment to a VIP whose first fragment never came (lost, or out of order)
+    // cannot be translated and must not leave untranslated: dropped and counted.
     let (_, orphan) = fragment(&udp_frame((OTHER_CLIENT, 5353), (VIP, 80), &payload), 24);
-    assert_eq!(dp.tc(&orphan), (TCX_NEXT, orphan));
+    assert_eq!(dp.tc(&orphan).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::DropFragment), 1);
+    // Fragments of traffic that is not kproxy's pass, and leave nothing in the table.
+    let other = Ipv4Addr::new(198, 19, 0, 99);
+    let (first, later) = fragment(&udp_frame((OTHER_CLIENT, 5353), (other, 80), &payload), 24);
+    assert_eq!(dp.tc(&first), (TCX_NEXT, first));
+    assert_eq!(dp.tc(&later), (TCX_NEXT, later));
+    assert_eq!(
+        dp.fragments_tracked(),
+        1,
+        "only the service datagram's first fragment"
+    );
 }
 
 #[test]

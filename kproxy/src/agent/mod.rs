@@ -4,7 +4,7 @@
 mod input;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use input::{Input, Wakeup};
-use kproxy_common::config::Config;
+use kproxy_common::{config::Config, lb::ServiceKey};
 use prometheus_client::registry::Registry;
 
 use crate::{
@@ -21,13 +21,18 @@ use crate::{
         attach::{self, Attached},
         load::{self, MapSizes},
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
+        node_addrs::NodeAddrs,
     },
     http::Health,
     metrics::{KindLabel, Metrics, gauge},
     model::{Change, ClusterState, NodeInfo},
     problem::Problem,
     source::{files::ManifestSource, trim::TRIGGER_TIME_ANNOTATION},
-    sync::{Datapath, Programmed},
+    sync::{
+        Datapath, Programmed,
+        gc::{GcStats, Liveness},
+    },
+    wire,
 };
 
 /// Where the agent reads Services, EndpointSlices and its Node from.
@@ -75,6 +80,8 @@ const DEBOUNCE: Duration = Duration::from_millis(2);
 
 struct Agent {
     config: AgentConfig,
+    /// The node's own addresses in the datapath, refreshed with each collection.
+    node_addrs: NodeAddrs,
     cluster: ClusterState,
     services: ServiceMaps,
     flows: FlowMaps,
@@ -100,7 +107,11 @@ pub async fn run(
     health.queued(started);
     serve_http(&config.http, &health, registry).await?;
 
-    let mut ebpf = load::load(&config.pin_dir, &config.sizes)?;
+    let (mut ebpf, pinned) = load::load(&config.pin_dir, &config.sizes)?;
+    tracing::info!(?pinned, "datapath loaded");
+    let mut node_addrs = NodeAddrs::open(&config.pin_dir)?;
+    node_addrs.refresh()?;
+    tracing::info!(addresses = ?node_addrs.addresses(), "node addresses");
     let mut flows = FlowMaps::open(&config.pin_dir)?;
     flows.write_config(&config.conntrack)?;
     let mut services = ServiceMaps::open(&config.pin_dir)?;
@@ -132,6 +143,7 @@ pub async fn run(
     cluster.set_node(NodeInfo::named(&config.node_name));
     let mut agent = Agent {
         cluster,
+        node_addrs,
         config,
         services,
         flows,
@@ -322,21 +334,26 @@ impl Agent {
     }
 
     fn collect_garbage(&mut self) {
-        let live: std::collections::HashSet<u32> = self
-            .programmed
-            .frontends()
-            .values()
-            .flat_map(|f| f.backends.iter().map(|(_, id)| *id))
-            .collect();
+        match self.node_addrs.refresh() {
+            Ok(true) => {
+                tracing::info!(addresses = ?self.node_addrs.addresses(), "node addresses changed");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading the node's addresses failed");
+            }
+        }
+        let live = Live::of(&self.programmed);
         match self.flows.collect_garbage(
             &self.config.conntrack,
-            |id| live.contains(&id),
+            &live,
             monotonic_ns(),
+            self.config.sizes.conntrack as usize,
         ) {
             Ok(stats) => {
                 self.metrics.conntrack_flows.set(gauge(stats.flows));
-                // The conntrack maps are LRU: when full, the oldest flows are evicted silently
-                // by the kernel. Say so while it is close to happening.
+                // When the reply table is full, new flows are dropped (and unanswered ones
+                // are dropped early to make room). Say so while it is close to happening.
                 let capacity = u64::from(self.config.sizes.conntrack);
                 let nearly_full = stats.flows as u64 * 10 >= capacity * 9;
                 if nearly_full && !self.conntrack_nearly_full {
@@ -347,10 +364,11 @@ impl Agent {
                     );
                 }
                 self.conntrack_nearly_full = nearly_full;
-                self.metrics
-                    .conntrack_expired_total
-                    .inc_by(stats.expired as u64);
-                if stats.expired > 0 {
+                self.metrics.conntrack_expired_total.inc_by(
+                    (stats.expired + stats.service_gone + stats.orphans + stats.early_dropped)
+                        as u64,
+                );
+                if stats != GcStats::default() {
                     tracing::debug!(?stats, "conntrack garbage collected");
                 }
             }
@@ -358,6 +376,40 @@ impl Agent {
                 tracing::warn!(error = %format!("{e:#}"), "conntrack garbage collection failed");
             }
         }
+    }
+}
+
+/// What garbage collection asks about the programmed services.
+struct Live {
+    frontends: HashSet<ServiceKey>,
+    backends: HashSet<u32>,
+}
+
+impl Live {
+    fn of(programmed: &Programmed) -> Self {
+        Self {
+            frontends: programmed
+                .frontends()
+                .keys()
+                .filter_map(wire::service_key)
+                .collect(),
+            backends: programmed.backend_ids(),
+        }
+    }
+}
+
+impl Liveness for Live {
+    fn frontend_exists(&self, vip: u32, port: u16, proto: u8) -> bool {
+        self.frontends.contains(&ServiceKey {
+            addr: vip,
+            port,
+            proto,
+            _pad: 0,
+        })
+    }
+
+    fn backend_exists(&self, id: u32) -> bool {
+        self.backends.contains(&id)
     }
 }
 

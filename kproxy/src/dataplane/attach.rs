@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     programs::{
@@ -19,7 +19,17 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use kproxy_common::names;
+use kproxy_common::{
+    iface::{IFACE_F_INGRESS, IFACE_F_XDP_DEFER},
+    names,
+};
+
+use super::veth::{self, Checksums};
+
+/// The loopback device. kproxy's TC ingress program always runs there: replies of backends
+/// on the node's own addresses (hostNetwork endpoints) to clients on the node come back
+/// through it and need their VIP restored.
+pub const LOOPBACK: &str = "lo";
 
 /// Where a program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,16 +63,7 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
-    let name = CString::new(iface)?;
-    // SAFETY: valid C string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!(
-            "interface {iface:?} not found: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(index)
+    super::ethtool::index(iface).with_context(|| format!("interface {iface:?} not found"))
 }
 
 /// The pin of a link names hook, ifindex and interface: an interface that was deleted and
@@ -71,8 +72,9 @@ fn link_pin(pin_dir: &Path, hook: Hook, iface: &str) -> Result<PathBuf> {
     Ok(links_dir(pin_dir).join(format!("{}-{}-{iface}", hook.label(), ifindex(iface)?)))
 }
 
-/// Attaches the TC programs to the ingress and egress of `tc` and the XDP program to `xdp`,
-/// and detaches kproxy from interfaces no longer listed.
+/// Attaches the TC programs to the ingress and egress of `tc`, the XDP program to `xdp`, the
+/// TC ingress program to `lo` and to every XDP interface that may see partial checksums
+/// (see `veth`), and detaches kproxy from interfaces no longer listed.
 pub fn attach_all(
     ebpf: &mut Ebpf,
     pin_dir: &Path,
@@ -82,38 +84,69 @@ pub fn attach_all(
     std::fs::create_dir_all(links_dir(pin_dir))?;
     let mut wanted = HashSet::new();
     let mut done = Vec::new();
-    for iface in tc {
-        for (hook, program, attach_type) in [
-            (
-                Hook::TcIngress,
-                names::PROG_TC_INGRESS,
-                TcAttachType::Ingress,
-            ),
-            (Hook::TcEgress, names::PROG_TC_EGRESS, TcAttachType::Egress),
-        ] {
-            let pin = link_pin(pin_dir, hook, iface)?;
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(program)
-                .with_context(|| format!("{program} missing"))?
-                .try_into()?;
-            let how = attach_tc(prog, iface, attach_type, &pin)
-                .with_context(|| format!("attaching {} to {iface}", hook.label()))?;
-            wanted.insert(pin);
-            done.push((iface.clone(), hook, how));
+    let mut flags: Vec<(String, u32)> = Vec::new();
+    let mut attach = |iface: &str, hook: Hook, ebpf: &mut Ebpf| -> Result<()> {
+        let pin = link_pin(pin_dir, hook, iface)?;
+        let how = match hook {
+            Hook::TcIngress | Hook::TcEgress => {
+                let (program, attach_type) = if hook == Hook::TcIngress {
+                    (names::PROG_TC_INGRESS, TcAttachType::Ingress)
+                } else {
+                    (names::PROG_TC_EGRESS, TcAttachType::Egress)
+                };
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(program)
+                    .with_context(|| format!("{program} missing"))?
+                    .try_into()?;
+                attach_tc(prog, iface, attach_type, &pin)
+            }
+            Hook::Xdp => {
+                let prog: &mut Xdp = ebpf
+                    .program_mut(names::PROG_XDP)
+                    .context("xdp program missing")?
+                    .try_into()?;
+                attach_xdp(prog, iface, &pin)
+            }
         }
+        .with_context(|| format!("attaching {} to {iface}", hook.label()))?;
+        wanted.insert(pin);
+        done.push((iface.to_owned(), hook, how));
+        Ok(())
+    };
+    for iface in tc {
+        attach(iface, Hook::TcIngress, ebpf)?;
+        attach(iface, Hook::TcEgress, ebpf)?;
+        flags.push((iface.clone(), IFACE_F_INGRESS));
     }
     for iface in xdp {
-        let pin = link_pin(pin_dir, Hook::Xdp, iface)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(names::PROG_XDP)
-            .context("xdp program missing")?
-            .try_into()?;
-        let how =
-            attach_xdp(prog, iface, &pin).with_context(|| format!("attaching xdp to {iface}"))?;
-        wanted.insert(pin);
-        done.push((iface.clone(), Hook::Xdp, how));
+        let mut f = IFACE_F_INGRESS;
+        match veth::checksums(iface) {
+            Checksums::Complete => {}
+            Checksums::CompleteFromPeer(peer) => {
+                tracing::info!(%iface, %peer, "veth peer sends complete checksums: XDP translates");
+            }
+            Checksums::MaybePartial(why) => {
+                tracing::warn!(
+                    %iface,
+                    %why,
+                    "XDP cannot see partial checksums on this veth: service packets are left \
+                     to the TC program, attached to its ingress too"
+                );
+                f |= IFACE_F_XDP_DEFER;
+                if !tc.contains(iface) {
+                    attach(iface, Hook::TcIngress, ebpf)?;
+                }
+            }
+        }
+        attach(iface, Hook::Xdp, ebpf)?;
+        flags.push((iface.clone(), f));
     }
-    record_ingress(pin_dir, tc.iter().chain(xdp))?;
+    if !tc.iter().chain(xdp).any(|i| i == LOOPBACK) {
+        attach(LOOPBACK, Hook::TcIngress, ebpf)?;
+        flags.push((LOOPBACK.to_owned(), IFACE_F_INGRESS));
+    }
+    accept_local_on_loopback()?;
+    record_interfaces(pin_dir, &flags)?;
     for entry in std::fs::read_dir(links_dir(pin_dir))? {
         let path = entry?.path();
         if !wanted.contains(&path) {
@@ -124,22 +157,40 @@ pub fn attach_all(
     Ok(done)
 }
 
-/// Tells the egress program which interfaces run kproxy on ingress (see `KP_IFACES`).
-fn record_ingress<'a>(pin_dir: &Path, ifaces: impl Iterator<Item = &'a String>) -> Result<()> {
+/// Lets the loopback device receive packets from the node's own addresses through routing.
+/// The egress program delivers a packet DNATed to a local backend through lo's ingress; with
+/// a local source address the kernel drops it as martian unless `accept_local` is set there
+/// (normal loopback traffic never goes through that check, so nothing else changes).
+fn accept_local_on_loopback() -> Result<()> {
+    let path = "/proc/sys/net/ipv4/conf/lo/accept_local";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(path, "1")
+        .with_context(|| format!("setting {path} (for node-local backends)"))?;
+    tracing::info!("set net.ipv4.conf.lo.accept_local=1 so the node reaches its own backends");
+    Ok(())
+}
+
+/// Writes what kproxy does on each interface into `KP_IFACES` (see `kproxy_common::iface`).
+fn record_interfaces(pin_dir: &Path, ifaces: &[(String, u32)]) -> Result<()> {
     let path = super::load::map_pin_path(pin_dir, names::MAP_IFACES);
     let mut map: aya::maps::HashMap<aya::maps::MapData, u32, u32> =
         aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path)?)?.try_into()?;
-    let wanted: HashSet<u32> = ifaces.map(|i| ifindex(i)).collect::<Result<_>>()?;
+    let mut wanted = std::collections::HashMap::new();
+    for (iface, flags) in ifaces {
+        *wanted.entry(ifindex(iface)?).or_insert(0) |= *flags;
+    }
     let stale: Vec<u32> = map
         .keys()
         .filter_map(Result::ok)
-        .filter(|i| !wanted.contains(i))
+        .filter(|i| !wanted.contains_key(i))
         .collect();
     for index in stale {
         map.remove(&index)?;
     }
-    for index in wanted {
-        map.insert(index, 1, 0)?;
+    for (index, flags) in wanted {
+        map.insert(index, flags, 0)?;
     }
     Ok(())
 }

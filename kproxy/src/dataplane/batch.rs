@@ -1,11 +1,42 @@
-//! `BPF_MAP_UPDATE_BATCH`: many entries in one syscall, for syncs that program thousands of
-//! services at once (aya 0.14 has no batch API).
+//! Map commands aya 0.14 does not offer for hash maps: `BPF_MAP_UPDATE_BATCH` (many entries
+//! in one syscall, for syncs that program thousands of services at once) and
+//! `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (delete an entry and learn what it held, in one step).
 
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{Pod, maps::MapData};
 
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Deletes `key` and returns the value it held; `None` if there was no such key.
+pub fn lookup_and_delete<K: Pod, V: Pod>(map: &MapData, key: &K) -> std::io::Result<Option<V>> {
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    // union bpf_attr, element: map_fd (u32, padded), key, value (u64 each), flags (u64).
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(map.fd().as_fd().as_raw_fd().unsigned_abs());
+    attr[1] = std::ptr::from_ref(key) as u64;
+    attr[2] = value.as_mut_ptr() as u64;
+    // SAFETY: the attr points at a key and a value buffer that live for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: the kernel wrote a whole value; any bit pattern is a valid `Pod`.
+    Ok(Some(unsafe { value.assume_init() }))
+}
 
 /// Writes `keys[i] → values[i]`; returns how many were written before an error, and the
 /// error if one stopped it (the entry at that index was not written).

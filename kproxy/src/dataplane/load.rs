@@ -1,10 +1,20 @@
-//! Loading the eBPF object with its maps pinned, reusing the maps a previous agent left.
+//! Loading the eBPF object with its maps pinned, reusing the maps a previous agent left when
+//! their layout is this build's.
+//!
+//! The pinned state carries a layout version (`KP_META`). A starting agent adopts pinned maps
+//! only if the version is its own; state of any other version (or of a kproxy from before
+//! versions existed) is replaced as a whole, never read with a new meaning. Replacing loses
+//! conntrack and affinity, so established flows through kproxy break once, at the upgrade
+//! that changes the layout.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use aya::{Ebpf, EbpfLoader, maps::MapInfo};
-use kproxy_common::names;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, MapInfo, MapType},
+};
+use kproxy_common::{meta::Meta, names};
 
 use super::{OBJECT, bpffs};
 
@@ -52,10 +62,32 @@ pub fn map_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(name)
 }
 
-/// Loads the object; maps are pinned under `pin_dir` (reused when already there and of the
-/// same shape). Programs are loaded into the kernel but not attached.
-pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<Ebpf> {
+/// What a starting agent found under its pin directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinnedState {
+    /// Nothing: fresh maps.
+    Fresh,
+    /// State of this layout version: adopted.
+    Adopted,
+    /// State of another layout (described): replaced by fresh maps.
+    Replaced(String),
+}
+
+/// Loads the object; maps are pinned under `pin_dir`, reused when they hold state of this
+/// layout version and have the same shape. Programs are loaded into the kernel but not
+/// attached.
+pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, PinnedState)> {
     bpffs::ensure_pin_dir(pin_dir)?;
+    let state = check_layout(pin_dir)?;
+    if let PinnedState::Replaced(found) = &state {
+        tracing::warn!(
+            pin_dir = %pin_dir.display(),
+            %found,
+            "pinned state has another layout version; replacing it with fresh maps \
+             (established flows and affinities are lost)"
+        );
+        remove_map_pins(pin_dir)?;
+    }
     drop_incompatible_pins(pin_dir, sizes)?;
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
@@ -74,7 +106,81 @@ pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<Ebpf> {
         }
         .with_context(|| format!("the kernel rejected program {name}"))?;
     }
-    Ok(ebpf)
+    if state != PinnedState::Adopted {
+        write_meta(pin_dir, &Meta::new())?;
+    }
+    Ok((ebpf, state))
+}
+
+fn meta_map(pin_dir: &Path) -> Result<Array<MapData, Meta>> {
+    let path = map_pin_path(pin_dir, names::MAP_META);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?.try_into()?)
+}
+
+fn write_meta(pin_dir: &Path, meta: &Meta) -> Result<()> {
+    meta_map(pin_dir)?
+        .set(0, meta, 0)
+        .context("writing KP_META")
+}
+
+/// Whether the pinned maps under `pin_dir` (if any) may be adopted.
+fn check_layout(pin_dir: &Path) -> Result<PinnedState> {
+    let any_map = std::fs::read_dir(pin_dir)?
+        .filter_map(Result::ok)
+        .any(|e| e.path().is_file() || e.file_type().is_ok_and(|t| !t.is_dir()));
+    if !any_map {
+        return Ok(PinnedState::Fresh);
+    }
+    let path = map_pin_path(pin_dir, names::MAP_META);
+    if !path.exists() {
+        return Ok(PinnedState::Replaced(
+            "no KP_META (a kproxy from before layout versions)".into(),
+        ));
+    }
+    let shaped = MapInfo::from_pin(&path).is_ok_and(|info| {
+        info.map_type().is_ok_and(|t| t == MapType::Array)
+            && info.key_size() == 4
+            && info.value_size() as usize == size_of::<Meta>()
+            && info.max_entries() == 1
+    });
+    if !shaped {
+        return Ok(PinnedState::Replaced("a KP_META of another shape".into()));
+    }
+    let meta = meta_map(pin_dir)?.get(&0, 0)?;
+    Ok(if meta.is_current() {
+        PinnedState::Adopted
+    } else if meta == Meta::EMPTY {
+        PinnedState::Replaced(
+            "a KP_META never initialised (an agent stopped while starting)".into(),
+        )
+    } else {
+        PinnedState::Replaced(format!(
+            "layout version {} (this kproxy: {})",
+            meta.layout_version,
+            kproxy_common::meta::LAYOUT_VERSION
+        ))
+    })
+}
+
+/// Unpins every map under `pin_dir` (links stay: the running programs keep their maps until
+/// the new programs replace them). `KP_META` goes first, so an agent killed half-way leaves
+/// state that the next one replaces too.
+fn remove_map_pins(pin_dir: &Path) -> Result<()> {
+    let meta = map_pin_path(pin_dir, names::MAP_META);
+    if meta.exists() {
+        std::fs::remove_file(&meta).with_context(|| format!("unpinning {}", meta.display()))?;
+    }
+    for entry in std::fs::read_dir(pin_dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            continue; // links/
+        }
+        let path = entry.path();
+        std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// A pinned map whose type, key, value, size or flags differ from what this build expects

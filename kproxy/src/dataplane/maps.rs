@@ -10,13 +10,17 @@ use kproxy_common::{
     config::Config,
     ct::{AffinityKey, AffinityValue, CtEntry, FlowKey},
     lb::{Backend, ServiceKey, ServiceValue, SlotKey},
+    meta::Meta,
     names,
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
 use super::{batch, load::map_pin_path};
 use crate::{
-    sync::{Datapath, DatapathSnapshot, MapOp},
+    sync::{
+        Datapath, DatapathSnapshot, MapOp,
+        gc::{self, AffinityTable, FlowTable, GcStats, Liveness},
+    },
     wire,
 };
 
@@ -55,6 +59,8 @@ pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
+    vips: HashMap<MapData, u32, u32>,
+    meta: Array<MapData, Meta>,
     rr: Array<MapData, u64>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
     be_stats: PerCpuHashMap<MapData, u32, BackendStats>,
@@ -77,6 +83,8 @@ impl ServiceMaps {
             services: open_typed!(pin_dir, names::MAP_SERVICES),
             slots: open_typed!(pin_dir, names::MAP_SLOTS),
             backends: open_typed!(pin_dir, names::MAP_BACKENDS),
+            vips: open_typed!(pin_dir, names::MAP_VIPS),
+            meta: open_typed!(pin_dir, names::MAP_META),
             rr: open_typed!(pin_dir, names::MAP_RR),
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
             be_stats: open_typed!(pin_dir, names::MAP_BE_STATS),
@@ -90,7 +98,14 @@ impl ServiceMaps {
             services: self.services.iter().collect::<Result<_, _>>()?,
             slots: self.slots.iter().collect::<Result<_, _>>()?,
             backends: self.backends.iter().collect::<Result<_, _>>()?,
+            vips: self.vips.keys().collect::<Result<_, _>>()?,
+            backend_ids_reserved: self.meta.get(&0, 0)?.backend_ids_reserved,
         })
+    }
+
+    /// `KP_META` as the pinned state says.
+    pub fn meta(&self) -> Result<Meta> {
+        Ok(self.meta.get(&0, 0)?)
     }
 
     /// Per-service-port counters summed over CPUs.
@@ -136,7 +151,7 @@ enum BatchKind {
 
 fn batch_kind(op: &MapOp) -> Option<BatchKind> {
     match op {
-        MapOp::PutBackend { .. } => Some(BatchKind::Backend),
+        MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. } => Some(BatchKind::Backend),
         MapOp::PutSlot { .. } => Some(BatchKind::Slot),
         MapOp::PutService { .. } => Some(BatchKind::Service),
         _ => None,
@@ -201,7 +216,18 @@ impl ServiceMaps {
         match kind {
             BatchKind::Backend => {
                 write_batch(&self.raw.backends, "KP_BACKENDS", ops, |op| match op {
-                    MapOp::PutBackend { id, endpoint } => Some((*id, wire::backend(endpoint)?)),
+                    MapOp::PutBackend {
+                        id,
+                        endpoint,
+                        svc_id,
+                        active,
+                    }
+                    | MapOp::SetBackendActive {
+                        id,
+                        endpoint,
+                        svc_id,
+                        active,
+                    } => Some((*id, wire::backend(endpoint, *svc_id, *active)?)),
                     _ => None,
                 })
             }
@@ -262,10 +288,33 @@ impl Datapath for ServiceMaps {
 
     fn apply(&mut self, op: &MapOp) -> Result<()> {
         match op {
-            MapOp::PutBackend { id, endpoint } => {
-                self.backends
-                    .insert(id, wire::backend(endpoint).ok_or_else(not_ipv4)?, 0)
-                    .context("KP_BACKENDS")?;
+            MapOp::PutBackend {
+                id,
+                endpoint,
+                svc_id,
+                active,
+            }
+            | MapOp::SetBackendActive {
+                id,
+                endpoint,
+                svc_id,
+                active,
+            } => {
+                let value = wire::backend(endpoint, *svc_id, *active).ok_or_else(not_ipv4)?;
+                self.backends.insert(id, value, 0).context("KP_BACKENDS")?;
+            }
+            MapOp::PutVip { addr } => {
+                self.vips
+                    .insert(wire::addr_to_wire(*addr), 1, 0)
+                    .context("KP_VIPS")?;
+            }
+            MapOp::DeleteVip { addr } => {
+                ignore_missing(self.vips.remove(&wire::addr_to_wire(*addr))).context("KP_VIPS")?;
+            }
+            MapOp::ReserveBackendIds { up_to } => {
+                let mut meta = self.meta.get(&0, 0).context("KP_META")?;
+                meta.backend_ids_reserved = *up_to;
+                self.meta.set(0, meta, 0).context("KP_META")?;
             }
             MapOp::DeleteBackend { id } => {
                 ignore_missing(self.backends.remove(id)).context("KP_BACKENDS")?;
@@ -332,25 +381,82 @@ pub fn monotonic_ns() -> u64 {
 
 /// Conntrack, affinity and configuration.
 pub struct FlowMaps {
-    ct_fwd: HashMap<MapData, FlowKey, CtEntry>,
-    ct_rev: HashMap<MapData, FlowKey, CtEntry>,
+    ct_fwd: CtMap,
+    ct_rev: CtMap,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     config: Array<MapData, Config>,
 }
 
-/// What one garbage collection pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GcStats {
-    pub flows: usize,
-    pub expired: usize,
-    pub affinities_expired: usize,
+/// One conntrack map, typed, with the raw handle for lookup-and-delete.
+struct CtMap {
+    map: HashMap<MapData, FlowKey, CtEntry>,
+    raw: MapData,
+}
+
+impl CtMap {
+    fn open(pin_dir: &Path, name: &str) -> Result<Self> {
+        let path = map_pin_path(pin_dir, name);
+        Ok(Self {
+            map: open_typed!(pin_dir, name),
+            raw: MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?,
+        })
+    }
+}
+
+impl FlowTable for CtMap {
+    fn entries(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
+        // Entries deleted while walking end the walk early or skip ahead; what is missed is
+        // seen by the next pass.
+        Ok(self.map.iter().filter_map(Result::ok).collect())
+    }
+
+    fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>> {
+        match self.map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn take(&mut self, key: &FlowKey) -> Result<Option<CtEntry>> {
+        Ok(batch::lookup_and_delete(&self.raw, key)?)
+    }
+
+    fn put_back(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<()> {
+        const BPF_NOEXIST: u64 = 1;
+        match self.map.insert(key, entry, BPF_NOEXIST) {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+impl AffinityTable for HashMap<MapData, AffinityKey, AffinityValue> {
+    fn entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
+        Ok(self.iter().filter_map(Result::ok).collect())
+    }
+
+    fn remove_if_unchanged(&mut self, key: &AffinityKey, judged: &AffinityValue) -> Result<bool> {
+        // A new connection that set the affinity again since the scan keeps it.
+        if self.get(key, 0).ok().as_ref() != Some(judged) {
+            return Ok(false);
+        }
+        ignore_missing(self.remove(key))?;
+        Ok(true)
+    }
 }
 
 impl FlowMaps {
     pub fn open(pin_dir: &Path) -> Result<Self> {
         Ok(Self {
-            ct_fwd: open_typed!(pin_dir, names::MAP_CT_FWD),
-            ct_rev: open_typed!(pin_dir, names::MAP_CT_REV),
+            ct_fwd: CtMap::open(pin_dir, names::MAP_CT_FWD)?,
+            ct_rev: CtMap::open(pin_dir, names::MAP_CT_REV)?,
             affinity: open_typed!(pin_dir, names::MAP_AFFINITY),
             config: open_typed!(pin_dir, names::MAP_CONFIG),
         })
@@ -363,49 +469,36 @@ impl FlowMaps {
 
     /// Forward conntrack entries (one per flow).
     pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
-        Ok(self.ct_fwd.iter().collect::<Result<_, _>>()?)
+        Ok(self.ct_fwd.map.iter().collect::<Result<_, _>>()?)
     }
 
-    /// Deletes conntrack entries past their timeout (the datapath already ignores them; this
-    /// frees their space) and affinities older than `max_affinity_s` or naming a backend that
-    /// is gone.
+    /// Reply conntrack entries.
+    pub fn replies(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
+        Ok(self.ct_rev.map.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Affinity entries.
+    pub fn affinities(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
+        Ok(self.affinity.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// One collection pass (see `sync::gc`); `capacity` is the size of each conntrack map.
     pub fn collect_garbage(
         &mut self,
         config: &Config,
-        backend_exists: impl Fn(u32) -> bool,
+        live: &impl Liveness,
         now_ns: u64,
+        capacity: usize,
     ) -> Result<GcStats> {
-        let mut stats = GcStats::default();
-        for map in [&mut self.ct_fwd, &mut self.ct_rev] {
-            // Keys first, deletes after: deleting while walking restarts the walk.
-            let mut expired = Vec::new();
-            for item in map.iter() {
-                let (key, entry) = item?;
-                stats.flows += 1;
-                if config.expired(key.proto, &entry, now_ns) {
-                    expired.push(key);
-                }
-            }
-            for key in &expired {
-                ignore_missing(map.remove(key))?;
-            }
-            stats.expired += expired.len();
-        }
-        stats.flows /= 2;
-        let mut stale = Vec::new();
-        for item in &self.affinity {
-            let (key, value) = item?;
-            // The longest affinity timeout Kubernetes allows is one day.
-            let too_old = now_ns.saturating_sub(value.last_seen_ns) > 86_400 * 1_000_000_000;
-            if too_old || !backend_exists(value.backend_id) {
-                stale.push(key);
-            }
-        }
-        for key in &stale {
-            ignore_missing(self.affinity.remove(key))?;
-        }
-        stats.affinities_expired = stale.len();
-        Ok(stats)
+        gc::collect(
+            config,
+            now_ns,
+            live,
+            &mut self.ct_fwd,
+            &mut self.ct_rev,
+            &mut self.affinity,
+            capacity,
+        )
     }
 }
 

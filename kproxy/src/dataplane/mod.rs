@@ -4,8 +4,11 @@
 pub mod attach;
 mod batch;
 pub mod bpffs;
+pub mod ethtool;
 pub mod load;
 pub mod maps;
+pub mod node_addrs;
+pub mod veth;
 
 /// kproxy's eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KPROXY_BPF_OBJECT"));

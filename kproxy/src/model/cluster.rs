@@ -303,6 +303,7 @@ impl ClusterState {
                         service: service.clone(),
                         affinity_timeout_s: spec.affinity_timeout_s,
                         endpoints,
+                        listed: infos.iter().map(|i| i.endpoint).collect(),
                         when_empty,
                     },
                 ));

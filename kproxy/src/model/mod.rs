@@ -128,6 +128,11 @@ pub struct Frontend {
     pub affinity_timeout_s: Option<u32>,
     /// Backends for new connections, sorted and unique.
     pub endpoints: Vec<Endpoint>,
+    /// Every endpoint the service port's EndpointSlices list, in any condition and on any
+    /// node, sorted and unique (a superset of `endpoints`). Established TCP flows keep an
+    /// endpoint while it is listed here, as kube-proxy leaves their conntrack entries alone;
+    /// once it is gone from this list too, its flows are reset.
+    pub listed: Vec<Endpoint>,
     /// What happens to new connections while `endpoints` is empty.
     pub when_empty: WhenEmpty,
 }

@@ -2,8 +2,10 @@
 //! order, and the operations of one kind from all changes reach the datapath together, in one
 //! batch where the datapath can do batches (thousands of entries per syscall).
 //!
-//! Waves: 0 unpublish removed frontends, 1 clear what they referenced, 2 new backends, 3 slots
-//! (the inactive bank), 4 publish (`PutService`), 5 clean up after publishing. No two changes
+//! Waves: 0 unpublish removed frontends, 1 clear what they referenced, 2 new backends and
+//! backends that start taking connections, 3 slots (the inactive bank), 4 publish
+//! (`PutService`), 5 clean up after publishing (backends that stop taking connections or are
+//! no longer listed, the old bank). No two changes
 //! of one sync share ids (a freed service port id is reused by a later sync only), so the
 //! interleaving cannot make one change undo another.
 
@@ -33,7 +35,7 @@ impl Planned {
         match (&self.ops[index], self.removal) {
             (MapOp::DeleteService { .. }, _) => 0,
             (_, true) => 1,
-            (MapOp::PutBackend { .. }, _) => 2,
+            (MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. }, _) if !after_publish => 2,
             (MapOp::PutSlot { .. } | MapOp::DeleteSlot { .. }, false) if !after_publish => 3,
             (MapOp::PutService { .. }, _) => 4,
             _ => 5,
@@ -112,14 +114,25 @@ pub(super) fn execute(dp: &mut impl Datapath, planned: &[Planned]) -> Vec<Outcom
         .collect()
 }
 
-/// Undoes the creations among `applied` (a failed change never got to its `PutService`, the
-/// op that publishes, so undoing creations restores the previous state).
+/// Undoes the creations and role switches among `applied` (a failed change never got to its
+/// `PutService`, the op that publishes, so undoing them restores the previous state).
 fn rollback_ops(applied: &[MapOp]) -> Vec<MapOp> {
     applied
         .iter()
         .rev()
         .filter_map(|op| match op {
             MapOp::PutBackend { id, .. } => Some(MapOp::DeleteBackend { id: *id }),
+            MapOp::SetBackendActive {
+                id,
+                endpoint,
+                svc_id,
+                active,
+            } => Some(MapOp::SetBackendActive {
+                id: *id,
+                endpoint: *endpoint,
+                svc_id: *svc_id,
+                active: !active,
+            }),
             MapOp::PutSlot {
                 svc_id,
                 bank,

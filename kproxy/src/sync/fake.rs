@@ -1,7 +1,10 @@
 //! An in-memory model of the service maps for tests: applies `MapOp`s with map capacities,
 //! and resolves frontends the way the datapath does so tests can check what packets see.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::bail;
 use kproxy_common::lb::SlotKey;
@@ -29,6 +32,13 @@ pub struct FakeDatapath {
     pub services: BTreeMap<FrontendKey, FakeService>,
     pub slots: BTreeMap<(u32, u8, u32), u32>,
     pub backends: BTreeMap<u32, Endpoint>,
+    /// Service port id and "takes new connections" of each backend.
+    pub backend_roles: BTreeMap<u32, (u32, bool)>,
+    pub vips: BTreeSet<Ipv4Addr>,
+    /// `KP_META`'s backend id reservation.
+    pub backend_ids_reserved: u32,
+    /// Fails `ReserveBackendIds` (a KP_META write error).
+    pub fail_reservation: bool,
     pub counters_reset: Vec<u32>,
     pub log: Vec<MapOp>,
     /// Map capacities (`usize::MAX` when unset).
@@ -94,12 +104,15 @@ impl FakeDatapath {
                 .backends
                 .iter()
                 .map(|(id, ep)| {
+                    let (svc_id, active) = self.backend_roles[id];
                     (
                         *id,
-                        wire::backend(ep).expect("the planner programs IPv4 only"),
+                        wire::backend(ep, svc_id, active).expect("the planner programs IPv4 only"),
                     )
                 })
                 .collect(),
+            vips: self.vips.iter().map(|a| wire::addr_to_wire(*a)).collect(),
+            backend_ids_reserved: self.backend_ids_reserved,
         }
     }
 }
@@ -107,16 +120,46 @@ impl FakeDatapath {
 impl Datapath for FakeDatapath {
     fn apply(&mut self, op: &MapOp) -> anyhow::Result<()> {
         match op {
-            MapOp::PutBackend { id, endpoint } => {
+            MapOp::PutBackend {
+                id,
+                endpoint,
+                svc_id,
+                active,
+            }
+            | MapOp::SetBackendActive {
+                id,
+                endpoint,
+                svc_id,
+                active,
+            } => {
                 if !self.backends.contains_key(id)
                     && self.backends.len() >= self.max_backends.unwrap_or(usize::MAX)
                 {
                     bail!("KP_BACKENDS is full (E2BIG)");
                 }
+                assert!(
+                    *id < self.backend_ids_reserved,
+                    "backend id {id} written before it was reserved (below {})",
+                    self.backend_ids_reserved
+                );
                 self.backends.insert(*id, *endpoint);
+                self.backend_roles.insert(*id, (*svc_id, *active));
             }
             MapOp::DeleteBackend { id } => {
                 self.backends.remove(id);
+                self.backend_roles.remove(id);
+            }
+            MapOp::PutVip { addr } => {
+                self.vips.insert(*addr);
+            }
+            MapOp::DeleteVip { addr } => {
+                self.vips.remove(addr);
+            }
+            MapOp::ReserveBackendIds { up_to } => {
+                if self.fail_reservation {
+                    bail!("KP_META: write failed (EPERM)");
+                }
+                self.backend_ids_reserved = *up_to;
             }
             MapOp::PutSlot {
                 svc_id,

@@ -5,6 +5,7 @@
 //! goes into the inactive slot bank, then one `PutService` flips bank and count.
 
 mod execute;
+pub mod gc;
 mod ids;
 mod plan;
 mod recover;
@@ -13,17 +14,30 @@ pub use ids::IdPool;
 pub use plan::{Programmed, ProgrammedFrontend, SyncReport};
 pub use recover::DatapathSnapshot;
 
+use std::net::Ipv4Addr;
+
 use crate::model::{Endpoint, FrontendKey, WhenEmpty};
 
 /// One write to the datapath's service maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    /// Creates backend `id` (and its counters).
+    /// Creates backend `id` of service port `svc_id`; `active`: it takes new connections
+    /// (it is in the active slot bank), otherwise it is only listed.
     PutBackend {
         id: u32,
         endpoint: Endpoint,
+        svc_id: u32,
+        active: bool,
     },
-    /// Deletes backend `id` (and its counters). Conntrack entries naming it go stale.
+    /// Switches an existing backend between taking new connections and only being listed.
+    SetBackendActive {
+        id: u32,
+        endpoint: Endpoint,
+        svc_id: u32,
+        active: bool,
+    },
+    /// Deletes backend `id` (and its counters): its endpoint is listed no more. TCP flows
+    /// naming it are reset on their next packet, UDP flows move.
     DeleteBackend {
         id: u32,
     },
@@ -53,6 +67,19 @@ pub enum MapOp {
     },
     DeleteService {
         key: FrontendKey,
+    },
+    /// Some frontend uses `addr` as its VIP (the datapath counts VIP traffic it leaves
+    /// untranslated).
+    PutVip {
+        addr: Ipv4Addr,
+    },
+    DeleteVip {
+        addr: Ipv4Addr,
+    },
+    /// Persists that backend ids below `up_to` may be in use, before any of them is written,
+    /// so a restarted agent (even after `kill -9`) never hands one out again.
+    ReserveBackendIds {
+        up_to: u32,
     },
 }
 

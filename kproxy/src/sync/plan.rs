@@ -1,8 +1,11 @@
 //! The programmed state and the sync that moves it to a desired state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr},
+};
 
-use kproxy_common::lb::MAX_BACKENDS_PER_SERVICE;
+use kproxy_common::{lb::MAX_BACKENDS_PER_SERVICE, meta::BACKEND_ID_CHUNK};
 
 use super::{
     Datapath, IdPool, MapOp,
@@ -25,8 +28,11 @@ pub struct ProgrammedFrontend {
     pub bank_len: [u32; 2],
     pub affinity_timeout_s: Option<u32>,
     pub when_empty: WhenEmpty,
-    /// Backends in slot order, with their ids.
+    /// Backends taking new connections, in slot order, with their ids.
     pub backends: Vec<(Endpoint, u32)>,
+    /// Backends that are only listed (not ready, terminating, for other nodes), sorted, with
+    /// their ids: established TCP flows keep them.
+    pub standby: Vec<(Endpoint, u32)>,
     /// Recovered from maps that were inconsistent: rewrite it whatever the desired state.
     pub needs_rewrite: bool,
 }
@@ -35,6 +41,15 @@ impl ProgrammedFrontend {
     fn endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {
         self.backends.iter().map(|(ep, _)| *ep)
     }
+
+    fn standby_endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {
+        self.standby.iter().map(|(ep, _)| *ep)
+    }
+
+    /// Every backend id the frontend holds.
+    pub fn backend_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.backends.iter().chain(&self.standby).map(|(_, id)| *id)
+    }
 }
 
 /// Everything programmed, plus id bookkeeping.
@@ -42,9 +57,15 @@ impl ProgrammedFrontend {
 pub struct Programmed {
     pub(super) frontends: BTreeMap<FrontendKey, ProgrammedFrontend>,
     pub(super) svc_ids: IdPool,
-    /// Backend ids are never reused while the maps live, so a conntrack or affinity entry
-    /// naming a deleted backend can never be mistaken for a new one.
+    /// Backend ids are never reused while the pinned maps live (across restarts: see
+    /// `backend_ids_reserved`), so a conntrack or affinity entry naming a deleted backend can
+    /// never be mistaken for a new one.
     pub(super) next_backend_id: u32,
+    /// Ids below this are reserved in `KP_META`; allocating beyond it reserves the next chunk
+    /// first.
+    pub(super) backend_ids_reserved: u32,
+    /// VIPs in use → number of frontends using each (IPv4: what the datapath serves).
+    pub(super) vips: BTreeMap<Ipv4Addr, u32>,
     /// Frontends whose last change failed: part of the next sync whatever changes.
     pub(super) retry: BTreeSet<FrontendKey>,
 }
@@ -97,6 +118,8 @@ impl Programmed {
             frontends: BTreeMap::new(),
             svc_ids: IdPool::new(max_services),
             next_backend_id: 1,
+            backend_ids_reserved: 1,
+            vips: BTreeMap::new(),
             retry: BTreeSet::new(),
         }
     }
@@ -105,9 +128,17 @@ impl Programmed {
         &self.frontends
     }
 
-    /// Number of backends programmed across all frontends.
+    /// Number of backends taking new connections, across all frontends.
     pub fn backend_count(&self) -> usize {
         self.frontends.values().map(|f| f.backends.len()).sum()
+    }
+
+    /// Whether backend id `id` is programmed (taking connections or only listed).
+    pub fn backend_ids(&self) -> HashSet<u32> {
+        self.frontends
+            .values()
+            .flat_map(ProgrammedFrontend::backend_ids)
+            .collect()
     }
 
     /// Writes every difference between what is programmed and `desired` into `dp`.
@@ -135,6 +166,12 @@ impl Programmed {
         let mut report = SyncReport::default();
         let mut keys = keys.clone();
         keys.append(&mut self.retry);
+        if let Err(problem) = self.reserve_backend_ids(desired, &keys, dp) {
+            // Nothing is written with ids a restarted agent could hand out again.
+            report.problems.push(problem);
+            self.retry = keys;
+            return report;
+        }
 
         // Plan every change first (ids are allocated here), then apply them all at once.
         let mut planned: Vec<Planned> = Vec::new();
@@ -191,7 +228,22 @@ impl Programmed {
         }
 
         let outcomes = execute(dp, &planned);
+        self.settle(&planned, kinds, outcomes, dp, &mut report);
+        report
+    }
+
+    /// Bookkeeping after `planned` changes were applied with `outcomes`: what is programmed
+    /// now, what is retried, which ids are free, which VIPs are used.
+    fn settle(
+        &mut self,
+        planned: &[Planned],
+        kinds: Vec<(FrontendKey, Kind)>,
+        outcomes: Vec<Outcome>,
+        dp: &mut impl Datapath,
+        report: &mut SyncReport,
+    ) {
         let mut freed = Vec::new();
+        let mut vip_deltas = Vec::new();
         for ((p, (key, kind)), outcome) in planned.iter().zip(kinds).zip(outcomes) {
             report.ops += p.ops.len();
             let service = match &kind {
@@ -213,6 +265,7 @@ impl Programmed {
                             .push(datapath_problem(service.as_ref(), &key, e));
                     }
                     freed.push(svc_id);
+                    vip_deltas.push((key, -1));
                     report.removed += 1;
                 }
                 (outcome, Kind::Changed { after, new_svc_id }) => {
@@ -222,6 +275,7 @@ impl Programmed {
                             .push(datapath_problem(service.as_ref(), &key, e));
                     }
                     if new_svc_id.is_some() {
+                        vip_deltas.push((key, 1));
                         report.added += 1;
                     } else {
                         report.updated += 1;
@@ -234,7 +288,79 @@ impl Programmed {
         for id in freed {
             self.svc_ids.release(id);
         }
-        report
+        self.update_vips(&vip_deltas, dp, report);
+    }
+
+    /// Makes sure every backend id this sync may allocate for `keys` is reserved in the
+    /// datapath (`KP_META`) before any of them is written.
+    fn reserve_backend_ids(
+        &mut self,
+        desired: &Desired,
+        keys: &BTreeSet<FrontendKey>,
+        dp: &mut impl Datapath,
+    ) -> Result<(), Problem> {
+        // At most one new id per endpoint a frontend does not hold an id for yet.
+        let most: u64 = keys
+            .iter()
+            .filter_map(|k| Some((desired.get(k)?, self.frontends.get(k))))
+            .map(|(want, have)| {
+                let held: HashSet<Endpoint> = have
+                    .into_iter()
+                    .flat_map(|f| f.endpoints().chain(f.standby_endpoints()))
+                    .collect();
+                let wanted: HashSet<&Endpoint> =
+                    want.listed.iter().chain(&want.endpoints).collect();
+                wanted.into_iter().filter(|ep| !held.contains(ep)).count() as u64
+            })
+            .sum();
+        let needed = u64::from(self.next_backend_id) + most;
+        if needed <= u64::from(self.backend_ids_reserved) {
+            return Ok(());
+        }
+        let up_to = u32::try_from(needed + u64::from(BACKEND_ID_CHUNK)).unwrap_or(u32::MAX);
+        dp.apply(&MapOp::ReserveBackendIds { up_to }).map_err(|e| {
+            Problem::new(
+                ProblemKind::Datapath,
+                format!("reserving backend ids in KP_META failed: {e:#}; nothing programmed"),
+            )
+        })?;
+        self.backend_ids_reserved = up_to;
+        Ok(())
+    }
+
+    /// Brings `KP_VIPS` in step with frontends added (`+1`) and removed (`-1`).
+    fn update_vips(
+        &mut self,
+        deltas: &[(FrontendKey, i32)],
+        dp: &mut impl Datapath,
+        report: &mut SyncReport,
+    ) {
+        for (key, delta) in deltas {
+            let IpAddr::V4(addr) = key.addr else {
+                continue;
+            };
+            let before = self.vips.get(&addr).copied().unwrap_or(0);
+            let after = before.saturating_add_signed(*delta);
+            let op = match (before, after) {
+                (0, 1..) => Some(MapOp::PutVip { addr }),
+                (1.., 0) => Some(MapOp::DeleteVip { addr }),
+                _ => None,
+            };
+            if after == 0 {
+                self.vips.remove(&addr);
+            } else {
+                self.vips.insert(addr, after);
+            }
+            if let Some(op) = op {
+                report.ops += 1;
+                if let Err(e) = dp.apply(&op) {
+                    report.problems.push(Problem::new(
+                        ProblemKind::Datapath,
+                        format!("{key}: writing KP_VIPS failed: {e:#}"),
+                    ));
+                }
+            }
+        }
     }
 
     fn add_change(&mut self, key: &FrontendKey, frontend: &Frontend) -> Result<Change, Problem> {
@@ -247,18 +373,22 @@ impl Programmed {
             )
             .object(frontend.service.to_string())
         })?;
-        let endpoints = capped(&frontend.endpoints);
-        let backends: Vec<(Endpoint, u32)> = endpoints
+        let active = capped(&frontend.endpoints);
+        let backends: Vec<(Endpoint, u32)> = active
             .iter()
             .map(|ep| (*ep, allocate_backend_id(&mut self.next_backend_id)))
             .collect();
-        let mut ops: Vec<MapOp> = backends
-            .iter()
-            .map(|(endpoint, id)| MapOp::PutBackend {
-                id: *id,
-                endpoint: *endpoint,
-            })
+        let standby: Vec<(Endpoint, u32)> = standby_of(frontend, active)
+            .map(|ep| (ep, allocate_backend_id(&mut self.next_backend_id)))
             .collect();
+        let put = |(endpoint, id): &(Endpoint, u32), active: bool| MapOp::PutBackend {
+            id: *id,
+            endpoint: *endpoint,
+            svc_id,
+            active,
+        };
+        let mut ops: Vec<MapOp> = backends.iter().map(|b| put(b, true)).collect();
+        ops.extend(standby.iter().map(|b| put(b, false)));
         ops.extend(slot_ops(svc_id, 0, &backends, 0));
         ops.push(put_service(key, svc_id, 0, backends.len(), frontend));
         Ok(Change {
@@ -271,11 +401,25 @@ impl Programmed {
                 affinity_timeout_s: frontend.affinity_timeout_s,
                 when_empty: frontend.when_empty,
                 backends,
+                standby,
                 needs_rewrite: false,
             }),
             new_svc_id: Some(svc_id),
         })
     }
+}
+
+/// The listed endpoints of `frontend` that do not take new connections (`active` does).
+fn standby_of<'a>(
+    frontend: &'a Frontend,
+    active: &'a [Endpoint],
+) -> impl Iterator<Item = Endpoint> + 'a {
+    let active: HashSet<Endpoint> = active.iter().copied().collect();
+    frontend
+        .listed
+        .iter()
+        .copied()
+        .filter(move |ep| !active.contains(ep))
 }
 
 /// Ids of new backends: never reused while the maps live; 0 is never used.
@@ -291,62 +435,79 @@ fn update_change(
     old: &ProgrammedFrontend,
     frontend: &Frontend,
 ) -> Change {
-    let endpoints = capped(&frontend.endpoints);
-    let same_backends = !old.needs_rewrite && old.endpoints().eq(endpoints.iter().copied());
+    let active = capped(&frontend.endpoints);
+    let standby: Vec<Endpoint> = standby_of(frontend, active).collect();
+    let same_backends = !old.needs_rewrite
+        && old.endpoints().eq(active.iter().copied())
+        && old.standby_endpoints().eq(standby.iter().copied());
     if same_backends {
-        if old.affinity_timeout_s == frontend.affinity_timeout_s
-            && old.when_empty == frontend.when_empty
-        {
-            return Change {
-                ops: Vec::new(),
-                after: None,
-                new_svc_id: None,
-            };
-        }
-        let mut after = old.clone();
-        after.affinity_timeout_s = frontend.affinity_timeout_s;
-        after.when_empty = frontend.when_empty;
-        after.service = Some(frontend.service.clone());
-        return Change {
-            ops: vec![put_service(
-                key,
-                old.svc_id,
-                old.bank,
-                old.backends.len(),
-                frontend,
-            )],
-            after: Some(after),
-            new_svc_id: None,
-        };
+        return settings_change(key, old, frontend);
     }
 
-    // Endpoints that stay keep their ids, so their flows and affinities survive.
-    let kept: HashMap<Endpoint, u32> = old.backends.iter().copied().collect();
-    let mut ops = Vec::new();
-    let backends: Vec<(Endpoint, u32)> = endpoints
+    // Endpoints that stay listed keep their ids, so their flows and affinities survive;
+    // those that change role are switched (taking connections before the new bank is
+    // published, no longer taking them after).
+    let kept: HashMap<Endpoint, (u32, bool)> = old
+        .backends
         .iter()
-        .map(|ep| match kept.get(ep) {
-            Some(&id) => (*ep, id),
+        .map(|(ep, id)| (*ep, (*id, true)))
+        .chain(old.standby.iter().map(|(ep, id)| (*ep, (*id, false))))
+        .collect();
+    let svc_id = old.svc_id;
+    let mut ops = Vec::new();
+    let mut deactivate = Vec::new();
+    let mut assign = |ep: &Endpoint, active: bool, ops: &mut Vec<MapOp>| -> (Endpoint, u32) {
+        let endpoint = *ep;
+        match kept.get(ep) {
+            Some(&(id, was_active)) => {
+                if was_active != active || old.needs_rewrite {
+                    let op = MapOp::SetBackendActive {
+                        id,
+                        endpoint,
+                        svc_id,
+                        active,
+                    };
+                    if active {
+                        ops.push(op);
+                    } else {
+                        deactivate.push(op);
+                    }
+                }
+                (endpoint, id)
+            }
             None => {
                 let id = allocate_backend_id(next_backend_id);
-                ops.push(MapOp::PutBackend { id, endpoint: *ep });
-                (*ep, id)
+                ops.push(MapOp::PutBackend {
+                    id,
+                    endpoint,
+                    svc_id,
+                    active,
+                });
+                (endpoint, id)
             }
-        })
+        }
+    };
+    let backends: Vec<(Endpoint, u32)> =
+        active.iter().map(|ep| assign(ep, true, &mut ops)).collect();
+    let standby: Vec<(Endpoint, u32)> = standby
+        .iter()
+        .map(|ep| assign(ep, false, &mut ops))
         .collect();
     let bank = 1 - old.bank;
     ops.extend(slot_ops(
-        old.svc_id,
+        svc_id,
         bank,
         &backends,
         old.bank_len[usize::from(bank)],
     ));
-    ops.push(put_service(key, old.svc_id, bank, backends.len(), frontend));
-    let staying: HashSet<Endpoint> = backends.iter().map(|(ep, _)| *ep).collect();
+    ops.push(put_service(key, svc_id, bank, backends.len(), frontend));
+    ops.append(&mut deactivate);
+    let listed: HashSet<Endpoint> = backends.iter().chain(&standby).map(|(ep, _)| *ep).collect();
     ops.extend(
         old.backends
             .iter()
-            .filter(|(ep, _)| !staying.contains(ep))
+            .chain(&old.standby)
+            .filter(|(ep, _)| !listed.contains(ep))
             .map(|(_, id)| MapOp::DeleteBackend { id: *id }),
     );
     let mut bank_len = old.bank_len;
@@ -355,14 +516,43 @@ fn update_change(
         ops,
         after: Some(ProgrammedFrontend {
             service: Some(frontend.service.clone()),
-            svc_id: old.svc_id,
+            svc_id,
             bank,
             bank_len,
             affinity_timeout_s: frontend.affinity_timeout_s,
             when_empty: frontend.when_empty,
             backends,
+            standby,
             needs_rewrite: false,
         }),
+        new_svc_id: None,
+    }
+}
+
+/// The backends stay: at most the service value changes (affinity, what happens when empty).
+fn settings_change(key: &FrontendKey, old: &ProgrammedFrontend, frontend: &Frontend) -> Change {
+    if old.affinity_timeout_s == frontend.affinity_timeout_s
+        && old.when_empty == frontend.when_empty
+    {
+        return Change {
+            ops: Vec::new(),
+            after: None,
+            new_svc_id: None,
+        };
+    }
+    let mut after = old.clone();
+    after.affinity_timeout_s = frontend.affinity_timeout_s;
+    after.when_empty = frontend.when_empty;
+    after.service = Some(frontend.service.clone());
+    Change {
+        ops: vec![put_service(
+            key,
+            old.svc_id,
+            old.bank,
+            old.backends.len(),
+            frontend,
+        )],
+        after: Some(after),
         new_svc_id: None,
     }
 }
@@ -448,11 +638,7 @@ fn remove_ops(key: &FrontendKey, old: &ProgrammedFrontend) -> Vec<MapOp> {
             }),
         );
     }
-    ops.extend(
-        old.backends
-            .iter()
-            .map(|(_, id)| MapOp::DeleteBackend { id: *id }),
-    );
+    ops.extend(old.backend_ids().map(|id| MapOp::DeleteBackend { id }));
     ops.push(MapOp::ResetServiceCounters { svc_id: old.svc_id });
     ops
 }

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf,
+    maps::MapData,
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use kproxy::{
@@ -15,7 +16,12 @@ use kproxy::{
     model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName, WhenEmpty},
     sync::Programmed,
 };
-use kproxy_common::{config::Config, names, stats::Counter};
+use kproxy_common::{
+    config::Config,
+    ct::{CtEntry, FlowKey, FragKey, FragPorts},
+    names,
+    stats::Counter,
+};
 use kproxy_testbed::BpfFs;
 
 pub struct LoadedDatapath {
@@ -24,6 +30,42 @@ pub struct LoadedDatapath {
     pub flows: FlowMaps,
     pub programmed: Programmed,
     pub bpffs: BpfFs,
+}
+
+/// Verdicts as the programs return them.
+pub const TCX_NEXT: i32 = -1;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+/// The addresses of the packet tests (TESTBED.md's reference topology).
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+pub const B1: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+pub const B2: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+pub const B3: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 2);
+
+/// VIP:80 of `proto` balanced over B1, B2 and B3 (port 8080).
+pub fn three_backends(proto: Protocol, affinity: Option<u32>) -> Desired {
+    [frontend(
+        VIP,
+        80,
+        proto,
+        &[(B1, 8080), (B2, 8080), (B3, 8080)],
+        affinity,
+    )]
+    .into_iter()
+    .collect()
+}
+
+/// The datapath loaded and programmed with `desired`.
+pub fn loaded(desired: &Desired) -> LoadedDatapath {
+    let mut dp = LoadedDatapath::load();
+    dp.program(desired);
+    dp
 }
 
 pub const SIZES: MapSizes = MapSizes {
@@ -35,16 +77,21 @@ pub const SIZES: MapSizes = MapSizes {
 
 impl LoadedDatapath {
     pub fn load() -> Self {
+        Self::load_with(&SIZES)
+    }
+
+    /// Loads the datapath with map capacities `sizes`.
+    pub fn load_with(sizes: &MapSizes) -> Self {
         let bpffs = BpfFs::new().expect("mounting a private bpffs");
         let pin_dir = bpffs.pin_path("kproxy");
-        let ebpf = load::load(&pin_dir, &SIZES).expect("loading the eBPF object");
+        let (ebpf, _) = load::load(&pin_dir, sizes).expect("loading the eBPF object");
         let mut flows = FlowMaps::open(&pin_dir).expect("flow maps");
         flows.write_config(&Config::DEFAULT).expect("config");
         Self {
             ebpf,
             maps: ServiceMaps::open(&pin_dir).expect("service maps"),
             flows,
-            programmed: Programmed::new(SIZES.services),
+            programmed: Programmed::new(sizes.services),
             bpffs,
         }
     }
@@ -55,7 +102,7 @@ impl LoadedDatapath {
     }
 
     fn run(&self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; 512];
+        let mut out = vec![0u8; frame.len() + 512];
         let result = {
             let prog = self.ebpf.program(name).expect("program in object");
             let opts = TestRunOptions {
@@ -63,12 +110,12 @@ impl LoadedDatapath {
                 data_out: Some(&mut out),
                 ..TestRunOptions::default()
             };
-            let run: Result<_, ProgramError> = if name == names::PROG_TC_INGRESS {
+            let run: Result<_, ProgramError> = if name == names::PROG_XDP {
+                <&Xdp>::try_from(prog).expect("xdp program").test_run(opts)
+            } else {
                 <&SchedClassifier>::try_from(prog)
                     .expect("tc program")
                     .test_run(opts)
-            } else {
-                <&Xdp>::try_from(prog).expect("xdp program").test_run(opts)
             };
             run.expect("BPF_PROG_TEST_RUN")
         };
@@ -82,9 +129,56 @@ impl LoadedDatapath {
         (i32::from_ne_bytes(ret.to_ne_bytes()), out)
     }
 
+    /// Runs the TC egress classifier on `frame` (in the calling thread's network namespace:
+    /// its FIB lookups see that namespace's routes).
+    pub fn tc_egress(&self, frame: &[u8]) -> (i32, Vec<u8>) {
+        let (ret, out) = self.run(names::PROG_TC_EGRESS, frame);
+        (i32::from_ne_bytes(ret.to_ne_bytes()), out)
+    }
+
     /// Runs the XDP program on `frame`.
     pub fn xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run(names::PROG_XDP, frame)
+    }
+
+    /// Entries in the fragment table.
+    pub fn fragments_tracked(&self) -> usize {
+        let map: aya::maps::HashMap<MapData, FragKey, FragPorts> = self.map(names::MAP_FRAGS);
+        map.keys().count()
+    }
+
+    /// A pinned map of the loaded datapath, typed.
+    pub fn map<T>(&self, name: &str) -> T
+    where
+        T: TryFrom<aya::maps::Map>,
+        <T as TryFrom<aya::maps::Map>>::Error: std::fmt::Debug,
+    {
+        let path = self.bpffs.pin_path("kproxy").join(name);
+        let data = MapData::from_pin(&path).expect("pinned map");
+        aya::maps::Map::from_map_data(data)
+            .expect("map")
+            .try_into()
+            .expect("map type")
+    }
+
+    /// `KP_CT_FWD` (an LRU).
+    pub fn ct_forward(&self) -> aya::maps::HashMap<MapData, FlowKey, CtEntry> {
+        self.map(names::MAP_CT_FWD)
+    }
+
+    /// `KP_CT_REV`.
+    pub fn ct_reply(&self) -> aya::maps::HashMap<MapData, FlowKey, CtEntry> {
+        self.map(names::MAP_CT_REV)
+    }
+
+    /// The forward entry of the flow `client` → `vip` (TCP/UDP per `proto`).
+    pub fn flow(
+        &self,
+        client: (Ipv4Addr, u16),
+        vip: (Ipv4Addr, u16),
+        proto: Protocol,
+    ) -> Option<CtEntry> {
+        self.ct_forward().get(&flow_key(client, vip, proto), 0).ok()
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {
@@ -120,7 +214,45 @@ pub fn frontend(
                     port: *port,
                 })
                 .collect(),
+            listed: endpoints
+                .iter()
+                .map(|(addr, port)| Endpoint {
+                    addr: (*addr).into(),
+                    port: *port,
+                })
+                .collect(),
             when_empty: WhenEmpty::Reject,
         },
     )
+}
+
+/// The conntrack key of a packet `src` → `dst` (what the datapath uses).
+pub fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: Protocol) -> FlowKey {
+    FlowKey {
+        saddr: u32::from_ne_bytes(src.0.octets()),
+        daddr: u32::from_ne_bytes(dst.0.octets()),
+        sport: src.1.to_be(),
+        dport: dst.1.to_be(),
+        proto: proto.number(),
+        _pad: [0; 3],
+    }
+}
+
+/// `frontend` whose endpoints `listed_only` are listed too but take no new connections (not
+/// ready, terminating).
+pub fn frontend_listing(
+    addr: Ipv4Addr,
+    port: u16,
+    proto: Protocol,
+    endpoints: &[(Ipv4Addr, u16)],
+    listed_only: &[(Ipv4Addr, u16)],
+) -> (FrontendKey, Frontend) {
+    let (key, mut f) = frontend(addr, port, proto, endpoints, None);
+    f.listed
+        .extend(listed_only.iter().map(|(addr, port)| Endpoint {
+            addr: (*addr).into(),
+            port: *port,
+        }));
+    f.listed.sort();
+    (key, f)
 }

@@ -48,6 +48,52 @@ pub fn slice(name: &str, service: &str, ports: &[Port], addrs: &[Ipv4Addr]) -> S
     y
 }
 
+/// An endpoint's conditions in a slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conditions {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+pub const READY: Conditions = Conditions {
+    ready: true,
+    serving: true,
+    terminating: false,
+};
+pub const NOT_READY: Conditions = Conditions {
+    ready: false,
+    serving: false,
+    terminating: false,
+};
+/// Terminating, still finishing its work (kube-proxy uses it only when nothing is ready).
+pub const TERMINATING: Conditions = Conditions {
+    ready: false,
+    serving: true,
+    terminating: true,
+};
+
+/// `slice` with each endpoint's conditions given.
+pub fn slice_with(
+    name: &str,
+    service: &str,
+    ports: &[Port],
+    endpoints: &[(Ipv4Addr, Conditions)],
+) -> String {
+    let addrs: Vec<Ipv4Addr> = endpoints.iter().map(|(a, _)| *a).collect();
+    let mut y = slice(name, service, ports, &addrs);
+    for (addr, c) in endpoints {
+        y = y.replace(
+            &format!("- addresses: [\"{addr}\"]\n  conditions:\n    ready: true\n"),
+            &format!(
+                "- addresses: [\"{addr}\"]\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: {}\n",
+                c.ready, c.serving, c.terminating
+            ),
+        );
+    }
+    y
+}
+
 /// Joins documents into one multi-document YAML file.
 pub fn documents(docs: &[String]) -> String {
     docs.join("---\n")

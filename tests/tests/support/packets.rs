@@ -147,3 +147,31 @@ pub fn assert_checksums(frame: &[u8]) {
         other => panic!("unexpected IP protocol {other}"),
     }
 }
+
+/// An ICMP error `kind` from `src` to `dst` quoting the first `quote_len` bytes of the IPv4
+/// packet in `offending` (an Ethernet frame), checksums computed in full.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: etherparse::Icmpv4Type,
+    offending: &[u8],
+    quote_len: usize,
+) -> Vec<u8> {
+    let quote = &offending[14..14 + quote_len];
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4(kind)
+        .write(&mut out, quote)
+        .expect("building an ICMP error");
+    out
+}
+
+/// "Fragmentation needed" with a next-hop MTU of 1280 (path MTU discovery).
+pub const FRAG_NEEDED: etherparse::Icmpv4Type = etherparse::Icmpv4Type::DestinationUnreachable(
+    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+);
+
+/// "Port unreachable".
+pub const PORT_UNREACHABLE: etherparse::Icmpv4Type =
+    etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);

@@ -60,6 +60,16 @@ impl TcpSession {
         Reply::parse(&line)
     }
 
+    /// Sends one line of `len` bytes (big enough to need full-size segments) and reads the
+    /// reply line.
+    pub fn request_large(&mut self, len: usize) -> io::Result<Reply> {
+        let mut line = vec![b'x'; len.max(1)];
+        *line.last_mut().expect("at least one byte") = b'\n';
+        self.stream.write_all(&line).map_err(timeout_kind)?;
+        let line = self.read_line()?;
+        Reply::parse(&line)
+    }
+
     /// The client's side of the connection.
     pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
         v4(self.stream.local_addr()?)

@@ -1,0 +1,86 @@
+//! TCP RST for a packet of a flow whose endpoint left every EndpointSlice, so the client
+//! fails at once instead of retransmitting to an endpoint that is gone (and is never handed
+//! to another backend mid-stream, which would answer with a RST anyway, later).
+
+use crate::{
+    csum,
+    packet::Packet,
+    parse::{ETH_HLEN, EthHdr, IPV4_HLEN, Ipv4Flow, Ipv4Hdr, L3_OFF, TCP_ACK, TCP_FIN, TCP_SYN},
+};
+
+const TCP_HLEN: usize = 20;
+const TCP_OFF: usize = ETH_HLEN + IPV4_HLEN;
+pub const RESET_FRAME_LEN: usize = TCP_OFF + TCP_HLEN;
+const TCP_RST: u8 = 0x04;
+const IPPROTO_TCP: u8 = 6;
+
+/// The fields of the offending segment a RST is built from.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpSeq {
+    seq: u32,
+    ack: u32,
+    data_off: u8,
+    flags: u8,
+}
+
+/// The whole RST frame answering the TCP packet in `pkt`, from the VIP the client
+/// addressed. RFC 793 "Reset Generation": if the segment has an ACK the RST takes its
+/// sequence number from it, otherwise it has sequence number 0 and acknowledges the segment.
+#[inline(always)]
+pub fn tcp_reset<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<[u8; RESET_FRAME_LEN]> {
+    let eth = pkt.read::<EthHdr>(0)?;
+    let ip = pkt.read::<Ipv4Hdr>(L3_OFF)?;
+    let tcp = pkt.read::<TcpSeq>(flow.l4_off + 4)?;
+    let ip_hlen = usize::from(ip.ver_ihl & 0x0f) * 4;
+    let tcp_hlen = usize::from(tcp.data_off >> 4) * 4;
+    let segment = usize::from(u16::from_be(ip.tot_len)).saturating_sub(ip_hlen + tcp_hlen) as u32
+        + u32::from(tcp.flags & TCP_SYN != 0)
+        + u32::from(tcp.flags & TCP_FIN != 0);
+    let (seq, ack, flags) = if tcp.flags & TCP_ACK != 0 {
+        (tcp.ack, 0u32, TCP_RST)
+    } else {
+        (
+            0u32,
+            u32::from_be(tcp.seq).wrapping_add(segment).to_be(),
+            TCP_RST | TCP_ACK,
+        )
+    };
+
+    let mut f = [0u8; RESET_FRAME_LEN];
+    f[0..6].copy_from_slice(&eth.src);
+    f[6..12].copy_from_slice(&eth.dst);
+    f[12..14].copy_from_slice(&eth.proto.to_ne_bytes());
+
+    let ipb = &mut f[L3_OFF..TCP_OFF];
+    ipb[0] = 0x45;
+    ipb[2..4].copy_from_slice(&((IPV4_HLEN + TCP_HLEN) as u16).to_be_bytes());
+    ipb[6] = 0x40; // don't fragment
+    ipb[8] = 64;
+    ipb[9] = IPPROTO_TCP;
+    // From the VIP:port the client addressed, to the client.
+    ipb[12..16].copy_from_slice(&flow.key.daddr.to_ne_bytes());
+    ipb[16..20].copy_from_slice(&flow.key.saddr.to_ne_bytes());
+    let mut ip_hdr = [0u8; IPV4_HLEN];
+    ip_hdr.copy_from_slice(ipb);
+    let ip_csum = !csum::fold(csum::sum_words(&ip_hdr));
+    f[L3_OFF + 10..L3_OFF + 12].copy_from_slice(&ip_csum.to_ne_bytes());
+
+    let t = &mut f[TCP_OFF..];
+    t[0..2].copy_from_slice(&flow.key.dport.to_ne_bytes());
+    t[2..4].copy_from_slice(&flow.key.sport.to_ne_bytes());
+    t[4..8].copy_from_slice(&seq.to_ne_bytes());
+    t[8..12].copy_from_slice(&ack.to_ne_bytes());
+    t[12] = (TCP_HLEN as u8 / 4) << 4;
+    t[13] = flags;
+    // Checksum over the pseudo-header (addresses, protocol, length) and the header.
+    let mut pseudo = [0u8; 12 + TCP_HLEN];
+    pseudo[0..4].copy_from_slice(&flow.key.daddr.to_ne_bytes());
+    pseudo[4..8].copy_from_slice(&flow.key.saddr.to_ne_bytes());
+    pseudo[9] = IPPROTO_TCP;
+    pseudo[10..12].copy_from_slice(&(TCP_HLEN as u16).to_be_bytes());
+    pseudo[12..].copy_from_slice(&f[TCP_OFF..]);
+    let tcp_csum = !csum::fold(csum::sum_words(&pseudo));
+    f[TCP_OFF + 16..TCP_OFF + 18].copy_from_slice(&tcp_csum.to_ne_bytes());
+    Some(f)
+}

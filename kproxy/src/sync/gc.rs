@@ -1,0 +1,252 @@
+//! Conntrack and affinity garbage collection: which entries go, and deleting them without
+//! racing the datapath.
+//!
+//! The datapath already ignores what timed out; collection frees the space, and sweeps what
+//! no longer means anything: flows and affinities of deleted services. Flows whose endpoint
+//! is gone are kept until they time out, so that the client's next packet still finds them
+//! and is answered with a RST (see the datapath's `Known::Reset`).
+//!
+//! `KP_CT_REV` is never evicted by the kernel (a reply must not leak untranslated), so when it
+//! fills up, collection makes room the way netfilter's early drop does: flows that never saw
+//! a reply go first, oldest first, down to `EARLY_DROP_TARGET`.
+//!
+//! A scan and the deletes it decides on are not atomic: between them a CPU may refresh an
+//! entry or create a new flow under the same key. So an entry is deleted only if it still
+//! holds exactly what was judged, and one deleted in a race is put back at once.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use kproxy_common::{
+    config::Config,
+    ct::{AffinityKey, AffinityValue, CT_F_SEEN_REPLY, CtEntry, FlowKey, FlowState},
+};
+
+/// One conntrack map as collection sees it.
+pub trait FlowTable {
+    /// Every entry, as one walk found them.
+    fn entries(&self) -> Result<Vec<(FlowKey, CtEntry)>>;
+    /// The entry at `key` now.
+    fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>>;
+    /// Removes the entry at `key` and returns what it held, in one step.
+    fn take(&mut self, key: &FlowKey) -> Result<Option<CtEntry>>;
+    /// Inserts `entry` at `key` unless something is there already.
+    fn put_back(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<()>;
+}
+
+/// The affinity map as collection sees it.
+pub trait AffinityTable {
+    fn entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>>;
+    /// Deletes `key` if it still holds `judged`.
+    fn remove_if_unchanged(&mut self, key: &AffinityKey, judged: &AffinityValue) -> Result<bool>;
+}
+
+/// What collection knows about the programmed services.
+pub trait Liveness {
+    /// Whether a frontend `VIP:port/proto` (wire format, as in a forward key) is served.
+    fn frontend_exists(&self, vip: u32, port: u16, proto: u8) -> bool;
+    /// Whether backend id `id` is still listed by its service port.
+    fn backend_exists(&self, id: u32) -> bool;
+}
+
+/// What one collection pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Flows (forward entries) found.
+    pub flows: usize,
+    /// Flows deleted because they timed out.
+    pub expired: usize,
+    /// Flows deleted because their service is gone.
+    pub service_gone: usize,
+    /// Reply entries without a forward entry, deleted once timed out.
+    pub orphans: usize,
+    /// Unanswered flows deleted early because the reply table was nearly full.
+    pub early_dropped: usize,
+    /// Deletes skipped because the datapath changed the entry meanwhile.
+    pub raced: usize,
+    pub affinities_expired: usize,
+}
+
+/// Why a flow goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    Expired,
+    ServiceGone,
+}
+
+/// Early drop starts above this share of `KP_CT_REV`'s capacity (percent)...
+pub const EARLY_DROP_ABOVE: usize = 90;
+/// ...and stops at this one.
+pub const EARLY_DROP_TARGET: usize = 80;
+
+/// The longest ClientIP affinity timeout Kubernetes allows: one day.
+const MAX_AFFINITY_NS: u64 = 86_400 * 1_000_000_000;
+
+/// Judges one flow from its forward key and entry and its reply entry, if any.
+pub fn judge(
+    cfg: &Config,
+    now_ns: u64,
+    live: &impl Liveness,
+    fwd_key: &FlowKey,
+    fwd: &CtEntry,
+    rev: Option<&CtEntry>,
+) -> Verdict {
+    if !live.frontend_exists(fwd_key.daddr, fwd_key.dport, fwd_key.proto) {
+        return Verdict::ServiceGone;
+    }
+    if cfg.expired(
+        fwd_key.proto,
+        &FlowState::of(fwd, rev.unwrap_or(&CtEntry::ZERO)),
+        now_ns,
+    ) {
+        return Verdict::Expired;
+    }
+    Verdict::Keep
+}
+
+/// Deletes `key` from `table` if it still holds `judged`; puts back what a racing CPU wrote.
+/// Returns whether it deleted.
+pub fn delete_if_unchanged(
+    table: &mut impl FlowTable,
+    key: &FlowKey,
+    judged: &CtEntry,
+) -> Result<bool> {
+    if table.get(key)?.as_ref() != Some(judged) {
+        return Ok(false);
+    }
+    match table.take(key)? {
+        Some(taken) if taken == *judged => Ok(true),
+        Some(taken) => {
+            // Refreshed or re-created between the check and the delete: restore it.
+            table.put_back(key, &taken)?;
+            Ok(false)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The reply key of a forward entry (the datapath's `reply_key`).
+pub fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
+    FlowKey {
+        saddr: entry.nat_addr,
+        daddr: fwd.saddr,
+        sport: entry.nat_port,
+        dport: if entry.alt_port != 0 {
+            entry.alt_port
+        } else {
+            fwd.sport
+        },
+        proto: fwd.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The forward key of a reply entry (the datapath's `forward_key`).
+pub fn forward_key(rev: &FlowKey, entry: &CtEntry) -> FlowKey {
+    FlowKey {
+        saddr: rev.daddr,
+        daddr: entry.nat_addr,
+        sport: if entry.alt_port != 0 {
+            entry.alt_port
+        } else {
+            rev.dport
+        },
+        dport: entry.nat_port,
+        proto: rev.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// One pass over both conntrack maps and the affinity map; `rev_capacity` is the size of
+/// `KP_CT_REV`.
+pub fn collect(
+    cfg: &Config,
+    now_ns: u64,
+    live: &impl Liveness,
+    fwd_table: &mut impl FlowTable,
+    rev_table: &mut impl FlowTable,
+    affinity: &mut impl AffinityTable,
+    rev_capacity: usize,
+) -> Result<GcStats> {
+    let mut stats = GcStats::default();
+    let forward = fwd_table.entries()?;
+    let reverse: HashMap<FlowKey, CtEntry> = rev_table.entries()?.into_iter().collect();
+    let mut paired = std::collections::HashSet::new();
+    let mut unanswered = Vec::new();
+    let mut deleted = 0;
+    for (key, entry) in &forward {
+        stats.flows += 1;
+        let rkey = reply_key(key, entry);
+        let rev = reverse
+            .get(&rkey)
+            .filter(|r| forward_key(&rkey, r) == *key && r.backend_id == entry.backend_id);
+        if rev.is_some() {
+            paired.insert(rkey);
+        }
+        let verdict = judge(cfg, now_ns, live, key, entry, rev);
+        if verdict == Verdict::Keep {
+            if let Some(rev) = rev
+                && rev.flags & CT_F_SEEN_REPLY == 0
+            {
+                unanswered.push((*key, *entry, rkey, *rev));
+            }
+            continue;
+        }
+        if !delete_if_unchanged(fwd_table, key, entry)? {
+            stats.raced += 1;
+            continue;
+        }
+        if let Some(rev) = rev
+            && delete_if_unchanged(rev_table, &rkey, rev)?
+        {
+            deleted += 1;
+        }
+        match verdict {
+            Verdict::Expired => stats.expired += 1,
+            Verdict::ServiceGone => stats.service_gone += 1,
+            Verdict::Keep => {}
+        }
+    }
+    // Reply entries no forward entry claims (evicted alone, or their flow moved to another
+    // backend): the datapath may still translate late replies with them, so they go only
+    // once timed out by their own clock, or when their service is gone.
+    for (rkey, rev) in &reverse {
+        if paired.contains(rkey) {
+            continue;
+        }
+        let fkey = forward_key(rkey, rev);
+        let gone = !live.frontend_exists(fkey.daddr, fkey.dport, fkey.proto)
+            || cfg.expired(rkey.proto, &FlowState::of(rev, &CtEntry::ZERO), now_ns);
+        if gone && delete_if_unchanged(rev_table, rkey, rev)? {
+            stats.orphans += 1;
+            deleted += 1;
+        }
+    }
+    let mut left = reverse.len() - deleted;
+    if left * 100 > rev_capacity * EARLY_DROP_ABOVE {
+        unanswered.sort_by_key(|(_, fwd, _, rev)| FlowState::of(fwd, rev).last_seen_ns);
+        for (key, fwd, rkey, rev) in unanswered {
+            if left * 100 <= rev_capacity * EARLY_DROP_TARGET {
+                break;
+            }
+            if delete_if_unchanged(rev_table, &rkey, &rev)? {
+                delete_if_unchanged(fwd_table, &key, &fwd)?;
+                stats.early_dropped += 1;
+                left -= 1;
+            }
+        }
+    }
+    for (key, value) in affinity.entries()? {
+        let too_old = now_ns.saturating_sub(value.last_seen_ns) > MAX_AFFINITY_NS;
+        if (too_old || !live.backend_exists(value.backend_id))
+            && affinity.remove_if_unchanged(&key, &value)?
+        {
+            stats.affinities_expired += 1;
+        }
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,416 @@
+//! Collection against in-memory tables, including the races with the datapath.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::Result;
+use kproxy_common::{
+    config::{Config, IPPROTO_TCP, IPPROTO_UDP},
+    ct::{
+        AffinityKey, AffinityValue, CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_SEEN_REPLY, CtEntry, FlowKey,
+    },
+};
+
+use super::{
+    AffinityTable, FlowTable, GcStats, Liveness, Verdict, collect, delete_if_unchanged, judge,
+    reply_key,
+};
+
+const SEC: u64 = 1_000_000_000;
+const NOW: u64 = 1_000_000 * SEC;
+const CAPACITY: usize = 1_000;
+const VIP: u32 = 0x0a00_13c6;
+const OTHER_VIP: u32 = 0x0b00_13c6;
+const BACKEND: u32 = 0x0202_12c6;
+const CLIENT: u32 = 0x0201_12c6;
+
+#[derive(Default)]
+struct Table {
+    live: BTreeMap<FlowKey, CtEntry>,
+    /// What `entries` returns, when it should differ from `live` (a scan that is out of date
+    /// by the time collection deletes).
+    scanned: Option<Vec<(FlowKey, CtEntry)>>,
+    /// Replaces the entry between `get` and `take` (a CPU refreshing it in that window).
+    refresh_before_take: Option<CtEntry>,
+}
+
+impl FlowTable for Table {
+    fn entries(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
+        Ok(self
+            .scanned
+            .clone()
+            .unwrap_or_else(|| self.live.iter().map(|(k, v)| (*k, *v)).collect()))
+    }
+    fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>> {
+        Ok(self.live.get(key).copied())
+    }
+    fn take(&mut self, key: &FlowKey) -> Result<Option<CtEntry>> {
+        if let Some(fresh) = self.refresh_before_take.take() {
+            self.live.insert(*key, fresh);
+        }
+        Ok(self.live.remove(key))
+    }
+    fn put_back(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<()> {
+        self.live.entry(*key).or_insert(*entry);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Affinities(BTreeMap<(u32, u32), AffinityValue>);
+
+impl AffinityTable for Affinities {
+    fn entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
+        Ok(self
+            .0
+            .iter()
+            .map(|(&(svc_id, client), v)| (AffinityKey { svc_id, client }, *v))
+            .collect())
+    }
+    fn remove_if_unchanged(&mut self, key: &AffinityKey, judged: &AffinityValue) -> Result<bool> {
+        let k = (key.svc_id, key.client);
+        if self.0.get(&k) == Some(judged) {
+            self.0.remove(&k);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+struct Live {
+    vips: HashSet<u32>,
+    backends: HashSet<u32>,
+}
+
+impl Liveness for Live {
+    fn frontend_exists(&self, vip: u32, _port: u16, _proto: u8) -> bool {
+        self.vips.contains(&vip)
+    }
+    fn backend_exists(&self, id: u32) -> bool {
+        self.backends.contains(&id)
+    }
+}
+
+fn live() -> Live {
+    Live {
+        vips: [VIP].into(),
+        backends: [7].into(),
+    }
+}
+
+fn fwd_key(vip: u32, sport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        saddr: CLIENT,
+        daddr: vip,
+        sport,
+        dport: 80u16.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+fn entry(nat_addr: u32, nat_port: u16, flags: u32, idle_s: u64) -> CtEntry {
+    CtEntry {
+        last_seen_ns: NOW - idle_s * SEC,
+        backend_id: 7,
+        svc_id: 1,
+        nat_addr,
+        nat_port,
+        alt_port: 0,
+        flags,
+        _pad2: 0,
+    }
+}
+
+/// A flow's two entries, `idle_s` seconds without traffic, with `fwd_flags`/`rev_flags`.
+fn flow(
+    vip: u32,
+    sport: u16,
+    proto: u8,
+    fwd_flags: u32,
+    rev_flags: u32,
+    idle_s: u64,
+) -> ((FlowKey, CtEntry), (FlowKey, CtEntry)) {
+    let key = fwd_key(vip, sport, proto);
+    let fwd = entry(BACKEND, 8080u16.to_be(), fwd_flags, idle_s);
+    let rkey = reply_key(&key, &fwd);
+    let rev = entry(vip, 80u16.to_be(), rev_flags, idle_s);
+    ((key, fwd), (rkey, rev))
+}
+
+#[test]
+fn table_of_verdicts() {
+    let cfg = Config::DEFAULT;
+    let l = live();
+    let cases = [
+        (
+            "established TCP, idle 1 h",
+            IPPROTO_TCP,
+            0,
+            CT_F_SEEN_REPLY,
+            3600,
+            VIP,
+            Verdict::Keep,
+        ),
+        (
+            "established TCP, idle 7 h",
+            IPPROTO_TCP,
+            0,
+            CT_F_SEEN_REPLY,
+            7 * 3600,
+            VIP,
+            Verdict::Expired,
+        ),
+        (
+            "unanswered SYN, idle 61 s",
+            IPPROTO_TCP,
+            0,
+            0,
+            61,
+            VIP,
+            Verdict::Expired,
+        ),
+        (
+            "FIN both ways, idle 5 s",
+            IPPROTO_TCP,
+            CT_F_FIN_FWD,
+            CT_F_FIN_REV | CT_F_SEEN_REPLY,
+            5,
+            VIP,
+            Verdict::Keep,
+        ),
+        (
+            "FIN both ways (one per entry), idle 11 s",
+            IPPROTO_TCP,
+            CT_F_FIN_FWD,
+            CT_F_FIN_REV | CT_F_SEEN_REPLY,
+            11,
+            VIP,
+            Verdict::Expired,
+        ),
+        (
+            "FIN one way only, idle 11 s",
+            IPPROTO_TCP,
+            CT_F_FIN_FWD,
+            CT_F_SEEN_REPLY,
+            11,
+            VIP,
+            Verdict::Keep,
+        ),
+        (
+            "UDP stream, idle 100 s",
+            IPPROTO_UDP,
+            0,
+            CT_F_SEEN_REPLY,
+            100,
+            VIP,
+            Verdict::Keep,
+        ),
+        (
+            "UDP unanswered, idle 31 s",
+            IPPROTO_UDP,
+            0,
+            0,
+            31,
+            VIP,
+            Verdict::Expired,
+        ),
+        (
+            "service deleted, fresh flow",
+            IPPROTO_TCP,
+            0,
+            CT_F_SEEN_REPLY,
+            0,
+            OTHER_VIP,
+            Verdict::ServiceGone,
+        ),
+    ];
+    for (what, proto, fwd_flags, rev_flags, idle, vip, want) in cases {
+        let ((k, f), (_, r)) = flow(vip, 40_000, proto, fwd_flags, rev_flags, idle);
+        assert_eq!(judge(&cfg, NOW, &l, &k, &f, Some(&r)), want, "{what}");
+    }
+}
+
+#[test]
+fn flows_of_gone_backends_stay_until_they_time_out_so_their_clients_get_a_reset() {
+    let ((k, f), (rk, r)) = flow(VIP, 40_000, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, 60);
+    let mut fwd = Table::default();
+    fwd.live.insert(k, f);
+    let mut rev = Table::default();
+    rev.live.insert(rk, r);
+    let l = Live {
+        vips: [VIP].into(),
+        backends: HashSet::new(),
+    };
+    let stats = collect(
+        &Config::DEFAULT,
+        NOW,
+        &l,
+        &mut fwd,
+        &mut rev,
+        &mut Affinities::default(),
+        CAPACITY,
+    )
+    .expect("collect");
+    assert_eq!(stats.expired + stats.service_gone, 0);
+    assert_eq!((fwd.live.len(), rev.live.len()), (1, 1));
+}
+
+#[test]
+fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
+    let mut fwd = Table::default();
+    let mut rev = Table::default();
+    for (sport, vip, idle) in [(1, VIP, 7 * 3600), (2, VIP, 10), (3, OTHER_VIP, 0)] {
+        let ((k, f), (rk, r)) = flow(vip, sport, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, idle);
+        fwd.live.insert(k, f);
+        rev.live.insert(rk, r);
+    }
+    let mut affinities = Affinities::default();
+    let aff = |backend_id, idle_s: u64| AffinityValue {
+        last_seen_ns: NOW - idle_s * SEC,
+        backend_id,
+        _pad: 0,
+    };
+    affinities.0.insert((1, CLIENT), aff(7, 10));
+    affinities.0.insert((2, CLIENT), aff(99, 10)); // backend gone (its service deleted)
+    affinities.0.insert((3, CLIENT), aff(7, 2 * 86_400));
+    let stats = collect(
+        &Config::DEFAULT,
+        NOW,
+        &live(),
+        &mut fwd,
+        &mut rev,
+        &mut affinities,
+        CAPACITY,
+    )
+    .expect("collect");
+    assert_eq!(
+        stats,
+        GcStats {
+            flows: 3,
+            expired: 1,
+            service_gone: 1,
+            orphans: 0,
+            early_dropped: 0,
+            raced: 0,
+            affinities_expired: 2,
+        }
+    );
+    assert_eq!(fwd.live.keys().map(|k| k.sport).collect::<Vec<_>>(), [2]);
+    assert_eq!(rev.live.len(), 1, "the live flow's reply entry stays");
+    assert_eq!(
+        affinities.0.keys().copied().collect::<Vec<_>>(),
+        [(1, CLIENT)]
+    );
+}
+
+#[test]
+fn a_flow_recreated_after_the_scan_is_not_deleted() {
+    // The scan saw an expired flow; before the delete, a new SYN re-created it (same key,
+    // fresh entry). Collection must leave the new flow alone.
+    let ((k, stale), (rk, r)) = flow(VIP, 40_000, IPPROTO_UDP, 0, 0, 120);
+    let fresh = entry(BACKEND, 8080u16.to_be(), 0, 0);
+    let mut fwd = Table {
+        scanned: Some(vec![(k, stale)]),
+        ..Table::default()
+    };
+    fwd.live.insert(k, fresh);
+    let mut rev = Table::default();
+    rev.live.insert(rk, r);
+    let stats = collect(
+        &Config::DEFAULT,
+        NOW,
+        &live(),
+        &mut fwd,
+        &mut rev,
+        &mut Affinities::default(),
+        CAPACITY,
+    )
+    .expect("collect");
+    assert_eq!(stats.raced, 1);
+    assert_eq!(fwd.live.get(&k), Some(&fresh));
+    assert!(rev.live.contains_key(&rk), "its reply entry stays too");
+}
+
+#[test]
+fn a_flow_refreshed_between_check_and_delete_is_put_back() {
+    let ((k, stale), _) = flow(VIP, 40_000, IPPROTO_UDP, 0, 0, 120);
+    let fresh = entry(BACKEND, 8080u16.to_be(), 0, 0);
+    let mut table = Table {
+        refresh_before_take: Some(fresh),
+        ..Table::default()
+    };
+    table.live.insert(k, stale);
+    assert!(!delete_if_unchanged(&mut table, &k, &stale).expect("delete"));
+    assert_eq!(table.live.get(&k), Some(&fresh), "restored at once");
+    // Without the race it is deleted.
+    assert!(delete_if_unchanged(&mut table, &k, &fresh).expect("delete"));
+    assert!(table.live.is_empty());
+}
+
+#[test]
+fn orphaned_reply_entries_go_only_once_timed_out() {
+    let mut rev = Table::default();
+    let (_, (stale_key, stale_reply)) = flow(VIP, 1, IPPROTO_UDP, 0, 0, 40);
+    let (_, (fresh_key, fresh_reply)) = flow(VIP, 2, IPPROTO_UDP, 0, 0, 5);
+    rev.live.insert(stale_key, stale_reply);
+    rev.live.insert(fresh_key, fresh_reply);
+    let stats = collect(
+        &Config::DEFAULT,
+        NOW,
+        &live(),
+        &mut Table::default(),
+        &mut rev,
+        &mut Affinities::default(),
+        CAPACITY,
+    )
+    .expect("collect");
+    assert_eq!(stats.orphans, 1);
+    assert_eq!(rev.live.keys().copied().collect::<Vec<_>>(), [fresh_key]);
+}
+
+#[test]
+fn a_nearly_full_reply_table_drops_unanswered_flows_oldest_first() {
+    // 95 of 100 reply entries used: 10 answered flows, 85 unanswered SYNs of various ages.
+    let mut fwd = Table::default();
+    let mut rev = Table::default();
+    for sport in 0..95u16 {
+        let answered = sport < 10;
+        let idle = if answered { 50 } else { u64::from(sport) % 50 };
+        let rev_flags = if answered { CT_F_SEEN_REPLY } else { 0 };
+        let ((k, f), (rk, r)) = flow(VIP, sport + 1, IPPROTO_TCP, 0, rev_flags, idle);
+        fwd.live.insert(k, f);
+        rev.live.insert(rk, r);
+    }
+    let stats = collect(
+        &Config::DEFAULT,
+        NOW,
+        &live(),
+        &mut fwd,
+        &mut rev,
+        &mut Affinities::default(),
+        100,
+    )
+    .expect("collect");
+    assert_eq!(stats.early_dropped, 15, "down to 80% of the capacity");
+    assert_eq!((fwd.live.len(), rev.live.len()), (80, 80));
+    let answered_left = rev
+        .live
+        .values()
+        .filter(|r| r.flags & CT_F_SEEN_REPLY != 0)
+        .count();
+    assert_eq!(
+        answered_left, 10,
+        "established flows are never dropped early"
+    );
+    let oldest_left = rev
+        .live
+        .values()
+        .filter(|r| r.flags & CT_F_SEEN_REPLY == 0)
+        .map(|r| NOW - r.last_seen_ns)
+        .max()
+        .expect("some left");
+    assert!(
+        oldest_left <= 46 * SEC,
+        "the oldest went first ({oldest_left} ns idle left)"
+    );
+}
