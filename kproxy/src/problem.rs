@@ -16,6 +16,9 @@ pub enum ProblemKind {
     InvalidService,
     /// An EndpointSlice field kproxy cannot use.
     InvalidEndpoint,
+    /// An EndpointSlice labelled for a Service that does not exist. Normal for a moment while
+    /// a Service is deleted (its slices go a little later); lasting, a wrong label.
+    OrphanSlice,
     /// Two services claim the same VIP, port and protocol.
     Conflict,
     /// Writing the datapath failed (for example a full map).
@@ -30,6 +33,7 @@ impl ProblemKind {
             Self::UnknownKind => "unknown_kind",
             Self::InvalidService => "invalid_service",
             Self::InvalidEndpoint => "invalid_endpoint",
+            Self::OrphanSlice => "orphan_slice",
             Self::Conflict => "conflict",
             Self::Datapath => "datapath",
         }
