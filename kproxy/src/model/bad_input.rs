@@ -465,6 +465,23 @@ fn bad_endpoint_slices_skip_only_what_they_concern() {
             problems: vec![(ProblemKind::InvalidEndpoint, sl, "addressType \"IPv5\"")],
         },
         Case {
+            // k8s-openapi reads a missing addressType (required) as "".
+            name: "no address type at all",
+            services: vec![web("web", "198.19.0.20").build()],
+            slices: vec![
+                web_slice()
+                    .address_type("")
+                    .endpoint("198.18.3.2", Some(true))
+                    .build(),
+            ],
+            want: vec![(key("198.19.0.20", 80, TCP), vec![])],
+            problems: vec![(
+                ProblemKind::InvalidEndpoint,
+                sl,
+                "addressType \"\" is not IPv4, IPv6 or FQDN",
+            )],
+        },
+        Case {
             name: "one endpoint in several slices with other conditions: the usable copy counts",
             services: vec![web("web", "198.19.0.20").build()],
             slices: vec![
