@@ -72,4 +72,7 @@ pub trait Datapath {
 pub mod fake;
 
 #[cfg(test)]
+mod full_map_tests;
+
+#[cfg(test)]
 mod tests;

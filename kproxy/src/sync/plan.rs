@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     model::{Desired, Endpoint, Frontend, FrontendKey, ServicePortName, WhenEmpty},
-    problem::{Problem, ProblemKind},
+    problem::{Problem, ProblemKind, datapath_error},
 };
 
 /// What the datapath holds for one frontend.
@@ -245,7 +245,7 @@ impl Programmed {
                     "{key}: no free service port id (the services map is full); not programmed"
                 ),
             )
-            .object(frontend.service.to_string())
+            .object(format!("Service {}", frontend.service))
         })?;
         let endpoints = capped(&frontend.endpoints);
         let backends: Vec<(Endpoint, u32)> = endpoints
@@ -464,7 +464,7 @@ fn datapath_problem(
 ) -> Problem {
     let problem = Problem::new(
         ProblemKind::Datapath,
-        format!("{key}: writing the datapath failed: {e:#}"),
+        format!("{key}: writing the datapath failed: {}", datapath_error(e)),
     );
     match service {
         Some(s) => problem.object(format!("Service {s}")),
