@@ -35,16 +35,21 @@ pub const SIZES: MapSizes = MapSizes {
 
 impl LoadedDatapath {
     pub fn load() -> Self {
+        Self::load_sized(&SIZES)
+    }
+
+    /// The datapath with maps of `sizes` (tiny ones, to fill them).
+    pub fn load_sized(sizes: &MapSizes) -> Self {
         let bpffs = BpfFs::new().expect("mounting a private bpffs");
         let pin_dir = bpffs.pin_path("kproxy");
-        let ebpf = load::load(&pin_dir, &SIZES).expect("loading the eBPF object");
+        let ebpf = load::load(&pin_dir, sizes).expect("loading the eBPF object");
         let mut flows = FlowMaps::open(&pin_dir).expect("flow maps");
         flows.write_config(&Config::DEFAULT).expect("config");
         Self {
             ebpf,
             maps: ServiceMaps::open(&pin_dir).expect("service maps"),
             flows,
-            programmed: Programmed::new(SIZES.services),
+            programmed: Programmed::new(sizes.services),
             bpffs,
         }
     }
