@@ -16,6 +16,9 @@ pub enum ProblemKind {
     InvalidService,
     /// An EndpointSlice field kproxy cannot use.
     InvalidEndpoint,
+    /// An EndpointSlice labelled for a Service that does not exist. Normal for a moment while
+    /// a Service is deleted (its slices go a little later); lasting, a wrong label.
+    OrphanSlice,
     /// Two services claim the same VIP, port and protocol.
     Conflict,
     /// Writing the datapath failed (for example a full map).
@@ -30,6 +33,7 @@ impl ProblemKind {
             Self::UnknownKind => "unknown_kind",
             Self::InvalidService => "invalid_service",
             Self::InvalidEndpoint => "invalid_endpoint",
+            Self::OrphanSlice => "orphan_slice",
             Self::Conflict => "conflict",
             Self::Datapath => "datapath",
         }
@@ -79,5 +83,68 @@ impl fmt::Display for Problem {
             write!(f, "{object}: ")?;
         }
         write!(f, "{} ({})", self.message, self.kind.label())
+    }
+}
+
+/// What a failed datapath write means for an operator. A full map (the kernel answers
+/// `E2BIG`) is named with the flag that sizes it; other errors are shown with their causes.
+pub fn datapath_error(e: &anyhow::Error) -> String {
+    let full = e.chain().any(|cause| {
+        let errno = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .or_else(|| match cause.downcast_ref::<aya::maps::MapError>() {
+                Some(aya::maps::MapError::SyscallError(s)) => s.io_error.raw_os_error(),
+                _ => None,
+            });
+        errno == Some(libc::E2BIG)
+    });
+    // Map writes carry the map's name as their outermost context.
+    let map = e.to_string();
+    let flag = match map.as_str() {
+        "KP_SERVICES" => Some("--max-services"),
+        "KP_BACKENDS" | "KP_SLOTS" => Some("--max-backends"),
+        _ => None,
+    };
+    match (full, flag) {
+        (true, Some(flag)) => format!("{map} is full (raise {flag})"),
+        (true, None) => format!("{map} is full"),
+        (false, _) => format!("{e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::datapath_error;
+
+    #[test]
+    fn full_maps_are_named_with_the_flag_that_sizes_them() {
+        let e2big = || std::io::Error::from_raw_os_error(libc::E2BIG);
+        let cases = [
+            (
+                anyhow::Error::from(e2big()).context("KP_BACKENDS"),
+                "KP_BACKENDS is full (raise --max-backends)",
+            ),
+            (
+                anyhow::Error::from(e2big()).context("KP_SLOTS"),
+                "KP_SLOTS is full (raise --max-backends)",
+            ),
+            (
+                anyhow::Error::from(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: e2big(),
+                }))
+                .context("KP_SERVICES"),
+                "KP_SERVICES is full (raise --max-services)",
+            ),
+            (
+                anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EPERM))
+                    .context("KP_SERVICES"),
+                "KP_SERVICES: Operation not permitted (os error 1)",
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(datapath_error(&error), want);
+        }
     }
 }

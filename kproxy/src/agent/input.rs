@@ -38,6 +38,8 @@ pub enum Input {
         unsynced: BTreeSet<Resource>,
         /// The last error of each resource's watch, so each is logged once.
         errors: BTreeMap<Resource, String>,
+        /// Objects of each resource that are not valid for their type.
+        invalid: BTreeMap<Resource, Vec<Problem>>,
     },
 }
 
@@ -74,6 +76,7 @@ impl Input {
             updates,
             unsynced: Resource::ALL.into_iter().collect(),
             errors: BTreeMap::new(),
+            invalid: BTreeMap::new(),
         })
     }
 
@@ -99,6 +102,7 @@ impl Input {
                 updates,
                 unsynced,
                 errors,
+                invalid,
             } => {
                 let mut changes = Vec::new();
                 let mut next = match first {
@@ -116,6 +120,9 @@ impl Input {
                                     resource = update.resource.name(),
                                     "watch recovered"
                                 );
+                            }
+                            if let Some(problems) = update.problems {
+                                invalid.insert(update.resource, problems);
                             }
                             changes.extend(update.changes);
                         }
@@ -151,11 +158,12 @@ impl Input {
         }
     }
 
-    /// Problems of the input itself (unreadable or invalid manifests).
+    /// Problems of the input itself (unreadable or invalid manifests, API objects that are
+    /// not valid for their type).
     pub fn problems(&self) -> Vec<Problem> {
         match self {
             Self::Manifests { source, .. } => source.problems(),
-            Self::Api { .. } => Vec::new(),
+            Self::Api { invalid, .. } => invalid.values().flatten().cloned().collect(),
         }
     }
 

@@ -26,7 +26,7 @@ use crate::{
     http::Health,
     metrics::{KindLabel, Metrics, gauge},
     model::{Change, ClusterState, NodeInfo},
-    problem::Problem,
+    problem::{Problem, ProblemKind},
     source::{files::ManifestSource, trim::TRIGGER_TIME_ANNOTATION},
     sync::{
         Datapath, Programmed,
@@ -78,6 +78,13 @@ pub struct AgentConfig {
 /// then as one sync. Short enough not to matter next to the sync itself.
 const DEBOUNCE: Duration = Duration::from_millis(2);
 
+/// After a sync that could not write everything (a full map), the failed frontends are tried
+/// again without waiting for a change in the cluster (room may have been made meanwhile, or
+/// by the same sync: service port ids freed by a sync are reused from the next one on), with
+/// the delay doubling up to `RETRY_MAX` while they keep failing.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_mins(1);
+
 struct Agent {
     config: AgentConfig,
     /// The node's own addresses in the datapath, refreshed with each collection.
@@ -92,6 +99,9 @@ struct Agent {
     reported: BTreeSet<String>,
     /// The last garbage collection found the conntrack table over 90% full.
     conntrack_nearly_full: bool,
+    /// When to sync again because the last sync left frontends unwritten, and the delay
+    /// after that one.
+    retry: Option<(Instant, Duration)>,
 }
 
 /// Runs until `shutdown` resolves. The datapath stays attached afterwards.
@@ -152,6 +162,7 @@ pub async fn run(
         health,
         reported: BTreeSet::new(),
         conntrack_nearly_full: false,
+        retry: None,
     };
     tokio::pin!(shutdown);
 
@@ -194,6 +205,9 @@ pub async fn run(
                 agent.sync(&input, changes, Some(seen));
             }
             _ = gc.tick() => agent.collect_garbage(),
+            () = retry_sleep(agent.retry), if agent.retry.is_some() => {
+                agent.sync(&input, Vec::new(), None);
+            }
         }
     }
     tracing::info!(
@@ -201,6 +215,14 @@ pub async fn run(
          (`kproxy cleanup` removes it)"
     );
     Ok(())
+}
+
+/// Sleeps until the retry is due (never, without one).
+async fn retry_sleep(retry: Option<(Instant, Duration)>) {
+    match retry {
+        Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts the HTTP endpoints that are turned on.
@@ -273,6 +295,16 @@ impl Agent {
             .map(|p| input.locate(p))
             .collect();
         self.report_problems(&problems);
+        let unwritten = report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Datapath);
+        self.retry = unwritten.then(|| {
+            let delay = self
+                .retry
+                .map_or(RETRY_FIRST, |(_, last)| (last * 2).min(RETRY_MAX));
+            (Instant::now() + delay, delay)
+        });
 
         self.metrics.syncs_total.inc();
         self.metrics

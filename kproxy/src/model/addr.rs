@@ -4,6 +4,9 @@
 //! leading zeros and reads them as *decimal* (`010.001.002.003` is 10.1.2.3), for
 //! compatibility with objects stored before Go 1.17 rejected them. Rust's parser rejects such
 //! strings, so IPv4 is parsed here by hand; IPv6 uses the standard parser.
+//!
+//! An address that parses is not necessarily one traffic can be balanced to or from: see
+//! `unusable_vip` and `unusable_endpoint`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -29,9 +32,85 @@ pub fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
+/// Why `addr` cannot be a Service VIP, if it cannot: traffic to it is not unicast traffic to
+/// one destination (unspecified, multicast, limited broadcast), or never reaches an interface
+/// kproxy is attached to (loopback). The API server allocates cluster IPs from the service
+/// CIDR, so only hand-written manifests hit this; serving such a VIP would capture traffic
+/// that is not for a Service (mDNS on 224.0.0.251:5353, DHCP broadcasts).
+pub fn unusable_vip(addr: IpAddr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        return Some("the unspecified address");
+    }
+    if addr.is_loopback() {
+        return Some("a loopback address");
+    }
+    if addr.is_multicast() {
+        return Some("a multicast address");
+    }
+    match addr {
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        _ => None,
+    }
+}
+
+/// Why `addr` cannot be an endpoint, if it cannot. Kubernetes' own validation of endpoint
+/// addresses (`ValidateEndpointIP`) rejects unspecified, loopback, link-local and link-local
+/// multicast addresses, because a proxy would send traffic to the node itself or nowhere;
+/// kproxy rejects those and any other multicast or broadcast address, which cannot be a
+/// connection's destination either. The API server refuses such slices, so only manifests
+/// (or a server with other rules) get here.
+pub fn unusable_endpoint(addr: IpAddr) -> Option<&'static str> {
+    let link_local = match addr {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    };
+    if link_local {
+        return Some("a link-local address");
+    }
+    unusable_vip(addr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_addresses_are_neither_vips_nor_endpoints() {
+        // (address, as a VIP, as an endpoint): None when usable.
+        let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+            ("198.19.0.10", None, None),
+            ("2001:db8::10", None, None),
+            ("0.0.0.0", Some("unspecified"), Some("unspecified")),
+            ("::", Some("unspecified"), Some("unspecified")),
+            ("127.0.0.1", Some("loopback"), Some("loopback")),
+            ("::1", Some("loopback"), Some("loopback")),
+            ("224.0.0.251", Some("multicast"), Some("multicast")),
+            ("239.1.2.3", Some("multicast"), Some("multicast")),
+            ("ff02::1", Some("multicast"), Some("multicast")),
+            ("255.255.255.255", Some("broadcast"), Some("broadcast")),
+            // Link-local VIPs are allowed (node-local caches use them); endpoints are not.
+            ("169.254.20.10", None, Some("link-local")),
+            ("fe80::1", None, Some("link-local")),
+        ];
+        for (input, vip, endpoint) in cases {
+            let addr = parse_ip_sloppy(input).expect("test address");
+            let says = |got: Option<&str>, want: Option<&str>| match (got, want) {
+                (None, None) => true,
+                (Some(got), Some(want)) => got.contains(want),
+                _ => false,
+            };
+            assert!(
+                says(unusable_vip(addr), *vip),
+                "{input} as a VIP: {:?}",
+                unusable_vip(addr)
+            );
+            assert!(
+                says(unusable_endpoint(addr), *endpoint),
+                "{input} as an endpoint: {:?}",
+                unusable_endpoint(addr)
+            );
+        }
+    }
 
     #[test]
     fn reads_addresses_like_kubernetes() {

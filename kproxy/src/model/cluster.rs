@@ -1,11 +1,25 @@
 //! The cluster as the agent knows it, updated one object at a time. A change recomputes the
 //! frontends of the services it touches and nothing else, so the cost of a sync follows what
 //! changed, not the size of the cluster.
+//!
+//! Two Services may claim one frontend (VIP, port, protocol): the API server never allocates
+//! one cluster IP twice, but manifests, restored backups or externally set IPs can. The
+//! Service that serves a frontend keeps it for as long as it claims it; a newcomer is
+//! reported and waits, and takes the frontend over only once it is freed (its holder is
+//! deleted or stops claiming it). Services that ask in the same batch of changes (at startup,
+//! after a restart or a relist, or arriving together) are served in rank order: the older
+//! `creationTimestamp` first, objects without one after those with one, then
+//! namespace/name. So the outcome is deterministic for a given set of objects whatever the
+//! order they arrive in, and a restart keeps the holder whenever the holder is the older
+//! object (always, in a cluster where the newcomer was created later).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kproxy_common::lb::MAX_BACKENDS_PER_SERVICE;
 
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -15,7 +29,7 @@ use k8s_openapi::api::{
 use super::{
     Desired, Frontend, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
     NodeInfo, ServicePortName, WhenEmpty,
-    endpoints::{self, Family},
+    endpoints::{self, Family, slice_problems},
     object_name,
     service::ServiceSpec,
     topology::{Locality, categorize},
@@ -53,6 +67,41 @@ fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
     Some((object_key(&slice.metadata).0, service.as_str().into()))
 }
 
+/// Which of several services asking in one batch for the same free frontend gets it: the
+/// lowest rank (see the module documentation). Deleted services come first: what they free
+/// is then up for grabs in rank order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Gone,
+    Created(Time),
+    Undated,
+}
+
+fn rank_of(services: &BTreeMap<ObjectKey, Arc<Service>>, key: &ObjectKey) -> Rank {
+    match services.get(key) {
+        None => Rank::Gone,
+        Some(svc) => svc
+            .metadata
+            .creation_timestamp
+            .clone()
+            .map_or(Rank::Undated, Rank::Created),
+    }
+}
+
+/// Services to recompute, in rank order.
+#[derive(Default)]
+struct Queue(BTreeSet<(Rank, ObjectKey)>);
+
+impl Queue {
+    fn push(&mut self, services: &BTreeMap<ObjectKey, Arc<Service>>, key: ObjectKey) {
+        self.0.insert((rank_of(services, &key), key));
+    }
+
+    fn pop(&mut self) -> Option<ObjectKey> {
+        self.0.pop_first().map(|(_, key)| key)
+    }
+}
+
 #[derive(Default)]
 pub struct ClusterState {
     /// Shared with the source that produced them: one copy of each object in the agent.
@@ -68,8 +117,12 @@ pub struct ClusterState {
     /// Services that want a frontend another service serves: they get it when it is freed.
     waiting: HashMap<FrontendKey, BTreeSet<ObjectKey>>,
     desired: Desired,
-    /// Problems found computing each service (its slices' problems included).
+    /// Problems found computing each service.
     problems: HashMap<ObjectKey, Vec<Problem>>,
+    /// Problems of each EndpointSlice on its own (addresses, ports, address type).
+    slice_problems: HashMap<ObjectKey, Vec<Problem>>,
+    /// Slices labelled for a Service that does not exist, with that Service.
+    orphans: BTreeMap<ObjectKey, ObjectKey>,
     /// The node this agent runs on: which endpoints are local, which zone it is in.
     node: NodeInfo,
 }
@@ -98,19 +151,42 @@ impl ClusterState {
     }
 
     /// Recomputes the `dirty` services, and those their changes affect.
-    fn recompute_all(&mut self, mut dirty: BTreeSet<ObjectKey>) -> BTreeSet<FrontendKey> {
+    fn recompute_all(&mut self, dirty: BTreeSet<ObjectKey>) -> BTreeSet<FrontendKey> {
         let mut changed = BTreeSet::new();
-        // In name order, as `desired_state` resolves conflicts; freeing or taking a frontend
-        // may put other services back on the list.
-        while let Some(key) = dirty.pop_first() {
-            self.recompute(&key, &mut dirty, &mut changed);
+        let mut queue = Queue::default();
+        for key in dirty {
+            queue.push(&self.services, key);
+        }
+        // In rank order, so services asking for one free frontend in the same batch get it
+        // in rank order; freeing a frontend queues the services waiting for it. This ends:
+        // a service is queued again only when a frontend it waits for is freed, and a
+        // frontend is freed only by a service that changed or went away.
+        while let Some(key) = queue.pop() {
+            self.recompute(&key, &mut queue, &mut changed);
         }
         changed
     }
 
     /// Every current problem, sorted.
     pub fn problems(&self) -> Vec<Problem> {
-        let mut all: Vec<Problem> = self.problems.values().flatten().cloned().collect();
+        let orphans = self.orphans.iter().map(|(slice, service)| {
+            Problem::new(
+                ProblemKind::OrphanSlice,
+                format!(
+                    "labelled for Service {}/{}, which does not exist; its endpoints are used once it does",
+                    service.0, service.1
+                ),
+            )
+            .object(format!("EndpointSlice {}/{}", slice.0, slice.1))
+        });
+        let mut all: Vec<Problem> = self
+            .problems
+            .values()
+            .chain(self.slice_problems.values())
+            .flatten()
+            .cloned()
+            .chain(orphans)
+            .collect();
         all.sort_by(|a, b| (&a.object, &a.message).cmp(&(&b.object, &b.message)));
         all.dedup();
         all
@@ -129,19 +205,33 @@ impl ClusterState {
                     });
                 }
                 Change::Service(key, service) => {
+                    let exists = service.is_some();
                     match service {
                         Some(svc) => self.services.insert(key.clone(), svc),
                         None => self.services.remove(&key),
                     };
+                    // Its slices are orphans exactly while it does not exist.
+                    for slice in self.slices_of.get(&key).into_iter().flatten() {
+                        if exists {
+                            self.orphans.remove(slice);
+                        } else {
+                            self.orphans.insert(slice.clone(), key.clone());
+                        }
+                    }
                     dirty.insert(key);
                 }
                 Change::Slice(key, slice) => {
                     if let Some(old) = self.slice_owner.remove(&key) {
                         if let Some(set) = self.slices_of.get_mut(&old) {
                             set.remove(&key);
+                            if set.is_empty() {
+                                self.slices_of.remove(&old);
+                            }
                         }
                         dirty.insert(old);
                     }
+                    self.orphans.remove(&key);
+                    self.slice_problems.remove(&key);
                     match slice {
                         Some(slice) => {
                             if let Some(owner) = slice_owner(&slice) {
@@ -150,6 +240,13 @@ impl ClusterState {
                                     .or_default()
                                     .insert(key.clone());
                                 self.slice_owner.insert(key.clone(), owner.clone());
+                                if !self.services.contains_key(&owner) {
+                                    self.orphans.insert(key.clone(), owner.clone());
+                                }
+                                let problems = slice_problems(&slice);
+                                if !problems.is_empty() {
+                                    self.slice_problems.insert(key.clone(), problems);
+                                }
                                 dirty.insert(owner);
                             }
                             self.slices.insert(key, slice);
@@ -167,77 +264,65 @@ impl ClusterState {
         self.recompute_all(dirty)
     }
 
-    fn release(
+    /// Recomputes `service`: the frontends it asks for and can have (free, or its own), the
+    /// frontends it no longer asks for (freed, and the services waiting for them queued),
+    /// and its problems.
+    fn recompute(
         &mut self,
         service: &ObjectKey,
-        dirty: &mut BTreeSet<ObjectKey>,
+        queue: &mut Queue,
         changed: &mut BTreeSet<FrontendKey>,
     ) {
+        self.problems.remove(service);
+        let mut problems = Vec::new();
+        let wanted = match self.services.get(service).cloned() {
+            Some(svc) => self.frontends_of(service, &svc, &mut problems),
+            None => Vec::new(),
+        };
+        let wanted_keys: HashSet<FrontendKey> = wanted.iter().map(|(k, _)| *k).collect();
         for key in self.owned.remove(service).unwrap_or_default() {
+            if wanted_keys.contains(&key) {
+                continue;
+            }
             self.owner.remove(&key);
             self.desired.remove(&key);
             changed.insert(key);
             for waiter in self.waiting.remove(&key).unwrap_or_default() {
-                if &waiter != service {
-                    dirty.insert(waiter);
-                }
+                queue.push(&self.services, waiter);
             }
         }
-        for waiters in self.waiting.values_mut() {
+        // It waits again below for what it still wants and cannot have.
+        self.waiting.retain(|_, waiters| {
             waiters.remove(service);
-        }
-    }
-
-    fn recompute(
-        &mut self,
-        service: &ObjectKey,
-        dirty: &mut BTreeSet<ObjectKey>,
-        changed: &mut BTreeSet<FrontendKey>,
-    ) {
-        self.release(service, dirty, changed);
-        self.problems.remove(service);
-        let Some(svc) = self.services.get(service).cloned() else {
-            return;
-        };
-        let mut problems = Vec::new();
-        let frontends = self.frontends_of(service, &svc, &mut problems);
+            !waiters.is_empty()
+        });
         let mut owned = Vec::new();
-        for (key, frontend) in frontends {
-            match self.owner.get(&key) {
-                // Served for a service that sorts first: it keeps the frontend.
-                Some(other) if other < service => {
-                    problems.push(
-                        Problem::new(
-                            ProblemKind::Conflict,
-                            format!(
-                                "{key} is already served for {}; this port is skipped",
-                                other_name(other, &self.desired, &key)
-                            ),
-                        )
-                        .object(object_name("Service", &svc.metadata)),
-                    );
-                    self.waiting.entry(key).or_default().insert(service.clone());
-                    continue;
-                }
-                // Served for a service that sorts after this one: it loses the frontend and
-                // is recomputed (to report the conflict and wait for the frontend).
-                Some(other) => {
-                    let other = other.clone();
-                    if let Some(list) = self.owned.get_mut(&other) {
-                        list.retain(|k| k != &key);
-                    }
-                    dirty.insert(other);
-                    // Their conflict reports name the owner, which just changed.
-                    dirty.extend(self.waiting.get(&key).into_iter().flatten().cloned());
-                }
-                None => {}
+        for (key, frontend) in wanted {
+            if let Some(holder) = self.owner.get(&key).filter(|h| *h != service) {
+                problems.push(
+                    Problem::new(
+                        ProblemKind::Conflict,
+                        format!(
+                            "port {:?}: {key} is already served for Service {}/{}, which keeps it; \
+                             this port is skipped until that service stops claiming it",
+                            frontend.service.port, holder.0, holder.1
+                        ),
+                    )
+                    .object(format!("Service {}/{}", service.0, service.1)),
+                );
+                self.waiting.entry(key).or_default().insert(service.clone());
+                continue;
             }
             self.owner.insert(key, service.clone());
-            self.desired.insert(key, frontend);
-            changed.insert(key);
+            if self.desired.get(&key) != Some(&frontend) {
+                self.desired.insert(key, frontend);
+                changed.insert(key);
+            }
             owned.push(key);
         }
-        self.owned.insert(service.clone(), owned);
+        if !owned.is_empty() {
+            self.owned.insert(service.clone(), owned);
+        }
         if !problems.is_empty() {
             self.problems.insert(service.clone(), problems);
         }
@@ -272,13 +357,8 @@ impl ClusterState {
                 port: port.name.clone(),
             };
             for &addr in &spec.cluster_ips {
-                let infos = endpoints::endpoints_for(
-                    &slices,
-                    port,
-                    Family::of(addr),
-                    &self.node.name,
-                    problems,
-                );
+                let infos =
+                    endpoints::endpoints_for(&slices, port, Family::of(addr), &self.node.name);
                 // ClusterIP traffic uses the cluster-wide endpoints, or with
                 // internalTrafficPolicy Local this node's only.
                 let picked = categorize(&infos, !spec.internal_local, spec.internal_local, &here);
@@ -297,6 +377,7 @@ impl ClusterState {
                     port: port.port,
                     proto: port.proto,
                 };
+                let endpoints = capped(endpoints, &key, svc, &port.name, problems);
                 out.push((
                     key,
                     Frontend {
@@ -313,10 +394,30 @@ impl ClusterState {
     }
 }
 
-/// The service port name serving `key` (for messages).
-fn other_name(other: &ObjectKey, desired: &Desired, key: &FrontendKey) -> String {
-    desired.get(key).map_or_else(
-        || format!("{}/{}", other.0, other.1),
-        |f| f.service.to_string(),
-    )
+/// The datapath balances over at most `MAX_BACKENDS_PER_SERVICE` backends per frontend
+/// (its count is 16 bits). Kubernetes caps a slice at 1,000 endpoints but not a Service's
+/// slices; beyond the limit the first endpoints in address order are used, and it is said.
+fn capped(
+    mut endpoints: Vec<super::Endpoint>,
+    key: &FrontendKey,
+    svc: &Service,
+    port: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<super::Endpoint> {
+    let max = MAX_BACKENDS_PER_SERVICE as usize;
+    if endpoints.len() > max {
+        problems.push(
+            Problem::new(
+                ProblemKind::Datapath,
+                format!(
+                    "port {port:?}: {key} has {} endpoints, more than the {max} the datapath \
+                     balances over; the first {max} by address are used",
+                    endpoints.len()
+                ),
+            )
+            .object(object_name("Service", &svc.metadata)),
+        );
+        endpoints.truncate(max);
+    }
+    endpoints
 }

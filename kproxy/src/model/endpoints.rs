@@ -4,12 +4,15 @@
 //! is that slice port's number, never the Service's `targetPort`), and an endpoint
 //! contributes its first address.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 
 use super::{
-    Endpoint, Protocol, addr::parse_ip_sloppy, object_name, service::PortSpec,
+    Endpoint, Protocol,
+    addr::{parse_ip_sloppy, unusable_endpoint},
+    object_name,
+    service::PortSpec,
     topology::EndpointInfo,
 };
 use crate::problem::{Problem, ProblemKind};
@@ -72,52 +75,24 @@ fn better(new: &EndpointInfo, old: &EndpointInfo) -> bool {
 }
 
 /// The endpoints of `port` of `family` across `slices`, deduplicated, sorted, with their
-/// conditions, node and hints (`node` is this node's name).
+/// conditions, node and hints (`node` is this node's name). What a slice holds that cannot
+/// be used (see `slice_problems`, which reports it once per slice) is skipped here.
 pub(super) fn endpoints_for(
     slices: &[&EndpointSlice],
     port: &PortSpec,
     family: Family,
     node: &str,
-    problems: &mut Vec<Problem>,
 ) -> Vec<EndpointInfo> {
     let mut found: BTreeMap<Endpoint, EndpointInfo> = BTreeMap::new();
     for slice in slices {
         if slice.address_type != family.address_type() {
             continue; // the other family's slices feed its own frontends; FQDN ones none
         }
-        let object = || object_name("EndpointSlice", &slice.metadata);
-        let Some(number) = slice_port(slice, port, problems) else {
-            continue;
-        };
-        let Some(number) = u16::try_from(number).ok().filter(|&n| n != 0) else {
-            problems.push(
-                Problem::new(
-                    ProblemKind::InvalidEndpoint,
-                    format!(
-                        "port {:?}: invalid port number {number}; port skipped",
-                        port.name
-                    ),
-                )
-                .object(object()),
-            );
+        let Some(number) = slice_port(slice, port).and_then(port_number) else {
             continue;
         };
         for ep in &slice.endpoints {
-            // kube-proxy uses the first address of an endpoint only.
-            let Some(first) = ep.addresses.first() else {
-                continue;
-            };
-            let Some(addr) = parse_ip_sloppy(first).filter(|a| Family::of(*a) == family) else {
-                problems.push(
-                    Problem::new(
-                        ProblemKind::InvalidEndpoint,
-                        format!(
-                            "invalid {} endpoint address {first:?}; endpoint skipped",
-                            family.address_type()
-                        ),
-                    )
-                    .object(object()),
-                );
+            let Some(addr) = first_address(ep, family) else {
                 continue;
             };
             let info = endpoint_info(ep, Endpoint { addr, port: number }, node);
@@ -132,21 +107,102 @@ pub(super) fn endpoints_for(
     found.into_values().collect()
 }
 
+/// A slice port's number as the datapath takes it, if it is one (1..=65535).
+fn port_number(number: i32) -> Option<u16> {
+    u16::try_from(number).ok().filter(|&n| n != 0)
+}
+
+/// The address an endpoint contributes (kube-proxy uses the first one only), if it is a
+/// usable address of `family`.
+fn first_address(ep: &SliceEndpoint, family: Family) -> Option<IpAddr> {
+    let addr = parse_ip_sloppy(ep.addresses.first()?)?;
+    (Family::of(addr) == family && unusable_endpoint(addr).is_none()).then_some(addr)
+}
+
+/// Why an endpoint's first address cannot be used in a slice of `family`, if it cannot.
+fn address_problem(ep: &SliceEndpoint, family: Family) -> Option<String> {
+    let first = ep.addresses.first()?;
+    let Some(addr) = parse_ip_sloppy(first) else {
+        return Some(format!("{first:?} is not an IP address"));
+    };
+    if Family::of(addr) != family {
+        return Some(format!(
+            "{first:?} is not an {} address",
+            family.address_type()
+        ));
+    }
+    unusable_endpoint(addr).map(|why| format!("{first:?} is {why}"))
+}
+
+/// How many skipped endpoints a problem names; the rest are counted. A slice of 10,000 bad
+/// addresses is one problem of bounded size, not 10,000 log lines.
+const EXAMPLES: usize = 3;
+
+/// What is wrong with one EndpointSlice on its own, reported once for the slice whatever
+/// the number of service ports it feeds: an address type kproxy does not know, ports that
+/// cannot be matched or used, endpoints whose address cannot be balanced to (each of these
+/// is skipped; the rest of the slice is used).
+pub(super) fn slice_problems(slice: &EndpointSlice) -> Vec<Problem> {
+    let object = || object_name("EndpointSlice", &slice.metadata);
+    let problem =
+        |message: String| Problem::new(ProblemKind::InvalidEndpoint, message).object(object());
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Family::V4,
+        "IPv6" => Family::V6,
+        // Domain names: kube-proxy does not use FQDN slices, and neither does kproxy.
+        "FQDN" => return Vec::new(),
+        other => {
+            return vec![problem(format!(
+                "addressType {other:?} is not IPv4, IPv6 or FQDN; slice ignored"
+            ))];
+        }
+    };
+    let mut problems = Vec::new();
+    for p in slice.ports.as_deref().unwrap_or_default() {
+        match (&p.name, p.port) {
+            (None, _) => problems.push(problem(
+                "a port without a name is ignored (kube-proxy does too); name an unnamed port \"\""
+                    .into(),
+            )),
+            (Some(name), Some(number)) if port_number(number).is_none() => {
+                problems.push(problem(format!(
+                    "port {name:?}: invalid port number {number} (1..=65535); port skipped"
+                )));
+            }
+            _ => {}
+        }
+    }
+    let bad: Vec<String> = slice
+        .endpoints
+        .iter()
+        .filter_map(|ep| address_problem(ep, family))
+        .collect();
+    if !bad.is_empty() {
+        let mut message = if bad.len() == 1 {
+            "endpoint skipped: ".to_owned()
+        } else {
+            format!("{} endpoints skipped: ", bad.len())
+        };
+        message.push_str(&bad[..bad.len().min(EXAMPLES)].join(", "));
+        if bad.len() > EXAMPLES {
+            let _ = write!(message, ", and {} more", bad.len() - EXAMPLES);
+        }
+        problems.push(problem(message));
+    }
+    problems
+}
+
 /// The number of the slice port matching `port` by name and protocol, if any. A slice port
 /// without a name is ignored, as kube-proxy does (an unnamed port is named "").
-fn slice_port(slice: &EndpointSlice, port: &PortSpec, problems: &mut Vec<Problem>) -> Option<i32> {
-    slice.ports.as_deref().unwrap_or_default().iter().find_map(|p| {
-        let Some(name) = p.name.as_deref() else {
-            problems.push(
-                Problem::new(
-                    ProblemKind::InvalidEndpoint,
-                    "a port without a name is ignored (kube-proxy does too); name an unnamed port \"\"",
-                )
-                .object(object_name("EndpointSlice", &slice.metadata)),
-            );
-            return None;
-        };
-        let same_proto = Protocol::parse(p.protocol.as_deref()).is_ok_and(|proto| proto == port.proto);
-        (name == port.name && same_proto).then_some(p.port?)
-    })
+fn slice_port(slice: &EndpointSlice, port: &PortSpec) -> Option<i32> {
+    slice
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find_map(|p| {
+            let same_proto =
+                Protocol::parse(p.protocol.as_deref()).is_ok_and(|proto| proto == port.proto);
+            (p.name.as_deref() == Some(port.name.as_str()) && same_proto).then_some(p.port?)
+        })
 }

@@ -195,6 +195,9 @@ pub fn desired_state_on(
 }
 
 #[cfg(test)]
+mod bad_input;
+
+#[cfg(test)]
 pub mod fixtures;
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 
 use super::{
-    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol, addr::parse_ip_sloppy, object_name,
+    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol,
+    addr::{parse_ip_sloppy, unusable_vip},
+    object_name,
 };
 use crate::problem::{Problem, ProblemKind};
 
@@ -73,42 +75,15 @@ impl ServiceSpec {
             Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
             _ => vec![primary],
         };
-        let mut cluster_ips = Vec::new();
-        for ip in listed {
-            match parse_ip_sloppy(ip) {
-                Some(addr) => cluster_ips.push(addr),
-                None => {
-                    report(
-                        problems,
-                        format!("invalid cluster IP {ip:?}; service skipped"),
-                    );
-                    return None;
-                }
-            }
+        let mut messages = Vec::new();
+        let cluster_ips = cluster_ips(&listed, &mut messages);
+        let ports = cluster_ips
+            .is_some()
+            .then(|| ports(spec.ports.as_deref().unwrap_or_default(), &mut messages));
+        for message in messages {
+            report(problems, message);
         }
-
-        let mut ports = Vec::new();
-        for p in spec.ports.as_deref().unwrap_or_default() {
-            let name = p.name.clone().unwrap_or_default();
-            let proto = match Protocol::parse(p.protocol.as_deref()) {
-                Ok(proto) => proto,
-                Err(e) => {
-                    report(problems, format!("port {name:?}: {e}; port skipped"));
-                    continue;
-                }
-            };
-            let Some(port) = u16::try_from(p.port).ok().filter(|&n| n != 0) else {
-                report(
-                    problems,
-                    format!(
-                        "port {name:?}: invalid port number {}; port skipped",
-                        p.port
-                    ),
-                );
-                continue;
-            };
-            ports.push(PortSpec { name, port, proto });
-        }
+        let (cluster_ips, ports) = (cluster_ips?, ports?);
 
         let affinity_timeout_s = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             let configured = spec
@@ -141,4 +116,64 @@ impl ServiceSpec {
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         })
     }
+}
+
+/// The VIPs of `listed` cluster IPs, or `None` when one cannot be served (the service is
+/// skipped). What is wrong goes to `problems`.
+fn cluster_ips(listed: &[&str], problems: &mut Vec<String>) -> Option<Vec<IpAddr>> {
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    for ip in listed {
+        let Some(addr) = parse_ip_sloppy(ip) else {
+            problems.push(format!("invalid cluster IP {ip:?}; service skipped"));
+            return None;
+        };
+        if let Some(why) = unusable_vip(addr) {
+            problems.push(format!(
+                "cluster IP {ip:?} is {why}, not a Service VIP; service skipped"
+            ));
+            return None;
+        }
+        // The API server refuses this; served once, the second entry changes nothing.
+        if cluster_ips.contains(&addr) {
+            problems.push(format!(
+                "clusterIPs lists {addr} more than once; served once"
+            ));
+            continue;
+        }
+        cluster_ips.push(addr);
+    }
+    Some(cluster_ips)
+}
+
+/// The ports the datapath can serve; the others are skipped and go to `problems`.
+fn ports(listed: &[ServicePort], problems: &mut Vec<String>) -> Vec<PortSpec> {
+    let mut ports: Vec<PortSpec> = Vec::new();
+    for p in listed {
+        let name = p.name.clone().unwrap_or_default();
+        let proto = match Protocol::parse(p.protocol.as_deref()) {
+            Ok(proto) => proto,
+            Err(e) => {
+                problems.push(format!("port {name:?}: {e}; port skipped"));
+                continue;
+            }
+        };
+        let Some(port) = u16::try_from(p.port).ok().filter(|&n| n != 0) else {
+            problems.push(format!(
+                "port {name:?}: invalid port number {} (1..=65535); port skipped",
+                p.port
+            ));
+            continue;
+        };
+        // Two ports of one Service on the same number and protocol would be one frontend
+        // claimed twice (the API server refuses it); the first one listed keeps it.
+        if let Some(first) = ports.iter().find(|q| q.port == port && q.proto == proto) {
+            problems.push(format!(
+                "port {name:?}: {port}/{proto} is already port {:?} of this service; port skipped",
+                first.name
+            ));
+            continue;
+        }
+        ports.push(PortSpec { name, port, proto });
+    }
+    ports
 }

@@ -264,7 +264,8 @@ fn services_and_slices_become_frontends() {
                     .build(),
             ],
             want: vec![(key("198.19.0.10", 80, TCP), vec![], None)],
-            problems: vec![],
+            // other/web and default/api do not exist: their slices are orphans.
+            problems: vec![ProblemKind::OrphanSlice; 2],
         },
         Case {
             name: "dual-stack: each family's cluster IP gets its family's slices; FQDN slices feed none",
@@ -392,7 +393,7 @@ fn services_and_slices_become_frontends() {
             problems: vec![ProblemKind::InvalidEndpoint],
         },
         Case {
-            name: "two services on one VIP:port: the first by namespace/name wins",
+            name: "two services on one VIP:port in one batch: the first by namespace/name wins",
             services: vec![
                 service("default", "zeta", "198.19.0.10")
                     .port("", 80, "TCP")
@@ -447,12 +448,15 @@ fn frontends_name_their_service_port() {
     assert_eq!(frontend.service.to_string(), "shop/cart:http");
 }
 
-/// Applying changes one at a time gives the same result as computing from scratch, whatever
-/// the order (conflicts, relabelled slices, deletions included).
+/// Applying changes one at a time, whatever the order (conflicts, relabelled slices,
+/// deletions included): a frontend nobody else claims is exactly what a full recompute gives;
+/// a contested one is served for one of its claimants, and for the same one as before as
+/// long as that one still claims it (a newcomer never takes a frontend over); every other
+/// claimant reports the conflict.
 #[test]
 #[expect(clippy::too_many_lines, reason = "one randomised scenario")]
-fn incremental_updates_match_a_full_recompute() {
-    use std::collections::BTreeMap;
+fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends() {
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::{Change, ClusterState, ObjectKey, object_key};
 
@@ -476,6 +480,10 @@ fn incremental_updates_match_a_full_recompute() {
             .port("http", 80, "TCP")
             .build(),
         service("default", "b", "None")
+            .port("http", 80, "TCP")
+            .build(),
+        // "b" moving onto "a"'s frontend, and back off it.
+        service("default", "b", "198.19.0.1")
             .port("http", 80, "TCP")
             .build(),
     ];
@@ -516,7 +524,8 @@ fn incremental_updates_match_a_full_recompute() {
         seed ^= seed << 17;
         usize::try_from(seed % n as u64).expect("small")
     };
-    for step in 0..600 {
+    let mut contested_steps = 0;
+    for step in 0..1000 {
         let change = match next(4) {
             0 => {
                 let s = services[next(services.len())].clone();
@@ -543,14 +552,74 @@ fn incremental_updates_match_a_full_recompute() {
         };
         let before = state.desired().clone();
         let changed = state.apply([change]);
-        let services: Vec<_> = truth_services.values().cloned().collect();
-        let slices: Vec<_> = truth_slices.values().cloned().collect();
-        let (want, want_problems) = desired_state(&services, &slices);
-        assert_eq!(state.desired(), &want, "step {step}");
-        assert_eq!(state.problems(), want_problems, "step {step}");
+        let all_services: Vec<_> = truth_services.values().cloned().collect();
+        let all_slices: Vec<_> = truth_slices.values().cloned().collect();
+        let (want, want_problems) = desired_state(&all_services, &all_slices);
+        // What each service would be served alone: who claims which frontend, and with what.
+        let alone: Vec<(ObjectKey, Desired)> = all_services
+            .iter()
+            .map(|s| {
+                (
+                    object_key(&s.metadata),
+                    desired_state(std::slice::from_ref(s), &all_slices).0,
+                )
+            })
+            .collect();
+        let keys: BTreeSet<FrontendKey> =
+            alone.iter().flat_map(|(_, d)| d.keys()).copied().collect();
+        let mut conflicts = 0;
+        for key in &keys {
+            let claimants: Vec<&(ObjectKey, Desired)> =
+                alone.iter().filter(|(_, d)| d.contains_key(key)).collect();
+            let got = state.desired().get(key);
+            if let [(_, only)] = claimants.as_slice() {
+                assert_eq!(got, only.get(key), "step {step}: {key} uncontested");
+                assert_eq!(got, want.get(key), "step {step}: {key} as a full recompute");
+                continue;
+            }
+            contested_steps += 1;
+            conflicts += claimants.len() - 1;
+            let got = got.unwrap_or_else(|| panic!("step {step}: {key} claimed but not served"));
+            let served_for = |f: &super::Frontend| -> ObjectKey {
+                (
+                    f.service.namespace.as_str().into(),
+                    f.service.name.as_str().into(),
+                )
+            };
+            let holder = served_for(got);
+            let (_, holder_alone) = claimants
+                .iter()
+                .find(|(k, _)| *k == holder)
+                .unwrap_or_else(|| panic!("step {step}: {key} served for a non-claimant"));
+            assert_eq!(Some(got), holder_alone.get(key), "step {step}: {key}");
+            if let Some(previous) = before.get(key).map(served_for)
+                && claimants.iter().any(|(k, _)| *k == previous)
+            {
+                assert_eq!(holder, previous, "step {step}: {key} was taken over");
+            }
+        }
+        assert_eq!(
+            state.desired().keys().collect::<Vec<_>>(),
+            keys.iter().collect::<Vec<_>>(),
+            "step {step}: exactly the claimed frontends are served"
+        );
+        let (state_conflicts, state_other): (Vec<_>, Vec<_>) = state
+            .problems()
+            .into_iter()
+            .partition(|p| p.kind == ProblemKind::Conflict);
+        let want_other: Vec<_> = want_problems
+            .into_iter()
+            .filter(|p| p.kind != ProblemKind::Conflict)
+            .collect();
+        assert_eq!(state_other, want_other, "step {step}");
+        assert_eq!(
+            state_conflicts.len(),
+            conflicts,
+            "step {step}: {state_conflicts:#?}"
+        );
         // Every frontend that differs from before is among the reported changes.
-        for key in want.keys().chain(before.keys()) {
-            if want.get(key) != before.get(key) {
+        for key in state.desired().keys().chain(before.keys()) {
+            if state.desired().get(key) != before.get(key) {
                 assert!(
                     changed.contains(key),
                     "step {step}: {key} changed unreported"
@@ -558,4 +627,5 @@ fn incremental_updates_match_a_full_recompute() {
             }
         }
     }
+    assert!(contested_steps > 100, "the walk contests frontends often");
 }

@@ -121,6 +121,9 @@ trait Document: Sized {
     fn field(&self, name: &str) -> Option<&str>;
     fn items(self) -> Vec<Self>;
     fn into_object<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
+    /// `metadata.namespace` and `metadata.name` when they are strings, whatever else is wrong
+    /// with the document: a problem with it can then name the object.
+    fn names(&self) -> (Option<String>, Option<String>);
 }
 
 impl Document for serde_yaml::Value {
@@ -141,6 +144,16 @@ impl Document for serde_yaml::Value {
     fn into_object<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
         serde_yaml::from_value(self).map_err(|e| e.to_string())
     }
+
+    fn names(&self) -> (Option<String>, Option<String>) {
+        let field = |name: &str| {
+            self.get("metadata")
+                .and_then(|m| m.get(name))
+                .and_then(serde_yaml::Value::as_str)
+                .map(ToOwned::to_owned)
+        };
+        (field("namespace"), field("name"))
+    }
 }
 
 /// A JSON document, kept as text: only the fields that say what it is are parsed up front,
@@ -160,6 +173,18 @@ struct TypeMeta<'a> {
     kind: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
     items: Option<Vec<&'a serde_json::value::RawValue>>,
+    /// Unparsed: read only for a problem's object name.
+    #[serde(default, borrow)]
+    metadata: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The names in an object's metadata.
+#[derive(serde::Deserialize)]
+struct Names {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 impl<'a> JsonDocument<'a> {
@@ -198,6 +223,13 @@ impl Document for JsonDocument<'_> {
     fn into_object<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
         serde_json::from_str(self.text).map_err(|e| e.to_string())
     }
+
+    fn names(&self) -> (Option<String>, Option<String>) {
+        self.meta
+            .metadata
+            .and_then(|m| serde_json::from_str::<Names>(m.get()).ok())
+            .map_or((None, None), |n| (n.namespace, n.name))
+    }
 }
 
 fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
@@ -205,6 +237,20 @@ fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
     let kind = value.field("kind").unwrap_or("").to_owned();
     let problem =
         |kind: ProblemKind, msg: String| Problem::new(kind, msg).origin(origin.to_owned());
+    // What an object that does not decode is called, from the names it gives itself.
+    let (namespace, name) = value.names();
+    let invalid = |kind: &str, e: String| {
+        let name = name.as_deref().unwrap_or("<unnamed>");
+        let object = if kind == "Node" {
+            node_object_name(name)
+        } else {
+            format!(
+                "{kind} {}/{name}",
+                namespace.as_deref().unwrap_or("default")
+            )
+        };
+        problem(ProblemKind::Parse, format!("invalid {kind}: {e}; skipped")).object(object)
+    };
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Service") => match value.into_object::<Service>() {
             Ok(mut svc) => {
@@ -214,10 +260,7 @@ fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
                 register(snapshot, object_name("Service", &svc.metadata), origin);
                 snapshot.services.push(svc);
             }
-            Err(e) => snapshot.problems.push(problem(
-                ProblemKind::Parse,
-                format!("invalid Service: {e}; skipped"),
-            )),
+            Err(e) => snapshot.problems.push(invalid("Service", e)),
         },
         ("discovery.k8s.io/v1", "EndpointSlice") => match value.into_object::<EndpointSlice>() {
             Ok(mut slice) => {
@@ -232,20 +275,14 @@ fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
                 );
                 snapshot.slices.push(slice);
             }
-            Err(e) => snapshot.problems.push(problem(
-                ProblemKind::Parse,
-                format!("invalid EndpointSlice: {e}; skipped"),
-            )),
+            Err(e) => snapshot.problems.push(invalid("EndpointSlice", e)),
         },
         ("v1", "Node") => match value.into_object::<Node>() {
             Ok(node) => {
                 register(snapshot, node_name(&node), origin);
                 snapshot.nodes.push(node);
             }
-            Err(e) => snapshot.problems.push(problem(
-                ProblemKind::Parse,
-                format!("invalid Node: {e}; skipped"),
-            )),
+            Err(e) => snapshot.problems.push(invalid("Node", e)),
         },
         ("v1", "List") => {
             for (i, item) in value.items().into_iter().enumerate() {
@@ -258,10 +295,17 @@ fn add_object(value: impl Document, origin: &str, snapshot: &mut Snapshot) {
             } else {
                 format!("{api_version} {kind}")
             };
-            snapshot.problems.push(problem(
+            let mut p = problem(
                 ProblemKind::UnknownKind,
                 format!("{what} is not handled by kproxy; skipped"),
-            ));
+            );
+            if let (Some(name), false) = (&name, kind.is_empty()) {
+                p = p.object(match &namespace {
+                    Some(namespace) => format!("{kind} {namespace}/{name}"),
+                    None => format!("{kind} {name}"),
+                });
+            }
+            snapshot.problems.push(p);
         }
     }
 }

@@ -30,8 +30,10 @@ impl Planned {
             .expect("every change publishes")
     }
 
-    fn wave(&self, index: usize) -> usize {
-        let after_publish = index > self.published_at();
+    /// The wave of op `index`; `published_at` is `self.published_at()`, computed once per
+    /// change (per op it would make a change of 10,000 backends cost 10,000² steps).
+    fn wave(&self, index: usize, published_at: usize) -> usize {
+        let after_publish = index > published_at;
         match (&self.ops[index], self.removal) {
             (MapOp::DeleteService { .. }, _) => 0,
             (_, true) => 1,
@@ -56,6 +58,7 @@ pub(super) enum Outcome {
 
 /// Applies `planned` in waves; one outcome per change.
 pub(super) fn execute(dp: &mut impl Datapath, planned: &[Planned]) -> Vec<Outcome> {
+    let published: Vec<usize> = planned.iter().map(Planned::published_at).collect();
     let mut done: Vec<Vec<bool>> = planned.iter().map(|p| vec![false; p.ops.len()]).collect();
     let mut errors: Vec<Option<(usize, anyhow::Error)>> = planned.iter().map(|_| None).collect();
     for wave in 0..WAVES {
@@ -64,14 +67,14 @@ pub(super) fn execute(dp: &mut impl Datapath, planned: &[Planned]) -> Vec<Outcom
             // A change that failed before publishing goes no further; cleanup goes on.
             if errors[c]
                 .as_ref()
-                .is_some_and(|(at, _)| *at <= p.published_at())
+                .is_some_and(|(at, _)| *at <= published[c])
                 && !p.removal
             {
                 continue;
             }
             batch.extend(
                 (0..p.ops.len())
-                    .filter(|&i| p.wave(i) == wave)
+                    .filter(|&i| p.wave(i, published[c]) == wave)
                     .map(|i| (c, i)),
             );
         }
@@ -92,11 +95,12 @@ pub(super) fn execute(dp: &mut impl Datapath, planned: &[Planned]) -> Vec<Outcom
     }
     planned
         .iter()
+        .zip(published)
         .zip(errors)
         .zip(done)
-        .map(|((p, error), done)| match error {
+        .map(|(((p, published_at), error), done)| match error {
             None => Outcome::Applied,
-            Some((at, e)) if p.removal || at > p.published_at() => Outcome::CleanupFailed(e),
+            Some((at, e)) if p.removal || at > published_at => Outcome::CleanupFailed(e),
             Some((_, e)) => {
                 let applied: Vec<MapOp> = p
                     .ops

@@ -6,7 +6,6 @@ use std::{
     net::Ipv4Addr,
 };
 
-use anyhow::bail;
 use kproxy_common::lb::SlotKey;
 
 use super::{Datapath, DatapathSnapshot, MapOp};
@@ -41,7 +40,10 @@ pub struct FakeDatapath {
     pub fail_reservation: bool,
     pub counters_reset: Vec<u32>,
     pub log: Vec<MapOp>,
-    /// Map capacities (`usize::MAX` when unset).
+    /// Map capacities (unbounded when unset). A write beyond one fails as the kernel's
+    /// does: `E2BIG`, in the map's name.
+    pub max_services: Option<usize>,
+    pub max_slots: Option<usize>,
     pub max_backends: Option<usize>,
     /// The view after every applied op, when recording.
     pub views: Option<Vec<View>>,
@@ -132,11 +134,7 @@ impl Datapath for FakeDatapath {
                 svc_id,
                 active,
             } => {
-                if !self.backends.contains_key(id)
-                    && self.backends.len() >= self.max_backends.unwrap_or(usize::MAX)
-                {
-                    bail!("KP_BACKENDS is full (E2BIG)");
-                }
+                full(&self.backends, id, self.max_backends, "KP_BACKENDS")?;
                 assert!(
                     *id < self.backend_ids_reserved,
                     "backend id {id} written before it was reserved (below {})",
@@ -157,7 +155,7 @@ impl Datapath for FakeDatapath {
             }
             MapOp::ReserveBackendIds { up_to } => {
                 if self.fail_reservation {
-                    bail!("KP_META: write failed (EPERM)");
+                    anyhow::bail!("KP_META: write failed (EPERM)");
                 }
                 self.backend_ids_reserved = *up_to;
             }
@@ -167,7 +165,9 @@ impl Datapath for FakeDatapath {
                 index,
                 backend_id,
             } => {
-                self.slots.insert((*svc_id, *bank, *index), *backend_id);
+                let slot = (*svc_id, *bank, *index);
+                full(&self.slots, &slot, self.max_slots, "KP_SLOTS")?;
+                self.slots.insert(slot, *backend_id);
             }
             MapOp::DeleteSlot {
                 svc_id,
@@ -185,6 +185,7 @@ impl Datapath for FakeDatapath {
                 affinity_timeout_s,
                 when_empty,
             } => {
+                full(&self.services, key, self.max_services, "KP_SERVICES")?;
                 self.services.insert(
                     *key,
                     FakeService {
@@ -207,4 +208,19 @@ impl Datapath for FakeDatapath {
         }
         Ok(())
     }
+}
+
+/// Fails like a full kernel hash map when `key` is new and `map` holds `max` entries.
+fn full<K: Ord, V>(
+    map: &BTreeMap<K, V>,
+    key: &K,
+    max: Option<usize>,
+    name: &'static str,
+) -> anyhow::Result<()> {
+    if !map.contains_key(key) && map.len() >= max.unwrap_or(usize::MAX) {
+        return Err(
+            anyhow::Error::from(std::io::Error::from_raw_os_error(libc::E2BIG)).context(name),
+        );
+    }
+    Ok(())
 }

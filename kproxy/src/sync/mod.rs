@@ -99,4 +99,7 @@ pub trait Datapath {
 pub mod fake;
 
 #[cfg(test)]
+mod full_map_tests;
+
+#[cfg(test)]
 mod tests;

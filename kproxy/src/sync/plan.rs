@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     model::{Desired, Endpoint, Frontend, FrontendKey, ServicePortName, WhenEmpty},
-    problem::{Problem, ProblemKind},
+    problem::{Problem, ProblemKind, datapath_error},
 };
 
 /// What the datapath holds for one frontend.
@@ -371,7 +371,7 @@ impl Programmed {
                     "{key}: no free service port id (the services map is full); not programmed"
                 ),
             )
-            .object(frontend.service.to_string())
+            .object(format!("Service {}", frontend.service))
         })?;
         let active = capped(&frontend.endpoints);
         let backends: Vec<(Endpoint, u32)> = active
@@ -650,7 +650,7 @@ fn datapath_problem(
 ) -> Problem {
     let problem = Problem::new(
         ProblemKind::Datapath,
-        format!("{key}: writing the datapath failed: {e:#}"),
+        format!("{key}: writing the datapath failed: {}", datapath_error(e)),
     );
     match service {
         Some(s) => problem.object(format!("Service {s}")),

@@ -5,6 +5,9 @@
 //! `Arc`s. A relist (after `410 Gone`, or a watch that could not resume) is diffed against
 //! what was handed out before, so only objects that really changed, appeared or vanished
 //! reach the agent, and a relist of a large, unchanged cluster costs no recomputation.
+//!
+//! An object that is not valid for its type (see `decoded`) is handed out as absent, like a
+//! malformed manifest, and reported by name until it is fixed or deleted.
 
 use std::{collections::HashMap, fmt::Debug, hash::Hash, sync::Arc};
 
@@ -13,6 +16,7 @@ use k8s_openapi::{
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
     },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
     serde::de::DeserializeOwned,
 };
 use kube::{
@@ -23,9 +27,14 @@ use kube::{
     },
 };
 
+use super::decoded::Decoded;
 use crate::{
-    model::{Change, ObjectKey, object_key},
-    source::trim::{trim_node, trim_service, trim_slice},
+    model::{Change, ObjectKey, object_key, object_name},
+    problem::{Problem, ProblemKind},
+    source::{
+        manifests::node_object_name,
+        trim::{trim_node, trim_service, trim_slice},
+    },
 };
 
 /// A resource kproxy watches.
@@ -37,6 +46,9 @@ pub trait Watched:
 
     /// Drops what kproxy never reads before the object is stored (see `source::trim`).
     fn strip(&mut self);
+
+    /// How problems name an object of this kind with `meta`.
+    fn name(meta: &ObjectMeta) -> String;
 }
 
 impl Watched for Service {
@@ -46,6 +58,10 @@ impl Watched for Service {
 
     fn strip(&mut self) {
         trim_service(self);
+    }
+
+    fn name(meta: &ObjectMeta) -> String {
+        object_name("Service", meta)
     }
 }
 
@@ -57,6 +73,10 @@ impl Watched for EndpointSlice {
     fn strip(&mut self) {
         trim_slice(self);
     }
+
+    fn name(meta: &ObjectMeta) -> String {
+        object_name("EndpointSlice", meta)
+    }
 }
 
 impl Watched for Node {
@@ -67,17 +87,34 @@ impl Watched for Node {
     fn strip(&mut self) {
         trim_node(self);
     }
+
+    fn name(meta: &ObjectMeta) -> String {
+        node_object_name(meta.name.as_deref().unwrap_or("<unnamed>"))
+    }
+}
+
+impl<K: Watched> Decoded<K> {
+    /// `Watched::strip` for a valid object (an invalid one keeps only its metadata anyway).
+    pub fn strip(&mut self) {
+        if let Self::Valid(object) = self {
+            Arc::make_mut(object).strip();
+        }
+    }
 }
 
 /// The reflector store of one resource, and what of it the agent has been given.
 pub struct Mirror<K: Watched>
 where
-    ObjectRef<K>: Hash + Eq,
+    ObjectRef<Decoded<K>>: Hash + Eq,
 {
-    writer: Writer<K>,
-    store: Store<K>,
+    writer: Writer<Decoded<K>>,
+    store: Store<Decoded<K>>,
     /// Resource version of every object handed out.
-    handed: HashMap<ObjectRef<K>, Option<String>>,
+    handed: HashMap<ObjectRef<Decoded<K>>, Option<String>>,
+    /// Stored objects that are not valid `K`s, with the problem reporting each.
+    invalid: HashMap<ObjectRef<Decoded<K>>, Problem>,
+    /// `invalid` changed since `take_problems`.
+    problems_changed: bool,
     listed: bool,
 }
 
@@ -89,6 +126,8 @@ impl<K: Watched> Default for Mirror<K> {
             writer,
             store,
             handed: HashMap::new(),
+            invalid: HashMap::new(),
+            problems_changed: false,
             listed: false,
         }
     }
@@ -100,8 +139,17 @@ impl<K: Watched> Mirror<K> {
         self.listed
     }
 
+    /// The problems of invalid objects, if they changed since the last call.
+    pub fn take_problems(&mut self) -> Option<Vec<Problem>> {
+        std::mem::take(&mut self.problems_changed).then(|| {
+            let mut problems: Vec<Problem> = self.invalid.values().cloned().collect();
+            problems.sort_by(|a, b| a.object.cmp(&b.object));
+            problems
+        })
+    }
+
     /// Applies one watcher event; returns the changes it makes for the agent.
-    pub fn apply(&mut self, event: &Event<K>) -> Vec<Change> {
+    pub fn apply(&mut self, event: &Event<Decoded<K>>) -> Vec<Change> {
         self.writer.apply_watcher_event(event);
         match event {
             Event::Apply(object) => self
@@ -110,6 +158,7 @@ impl<K: Watched> Mirror<K> {
                 .collect(),
             Event::Delete(object) => {
                 let reference = ObjectRef::from_obj(object);
+                self.set_problem(&reference, None);
                 match self.handed.remove(&reference) {
                     Some(_) => vec![K::change(object_key(object.meta()), None)],
                     None => Vec::new(),
@@ -125,7 +174,7 @@ impl<K: Watched> Mirror<K> {
                     .iter()
                     .filter_map(|object| self.hand_out(&ObjectRef::from_obj(&**object)))
                     .collect();
-                let gone: Vec<ObjectRef<K>> = self
+                let gone: Vec<ObjectRef<Decoded<K>>> = self
                     .handed
                     .keys()
                     .filter(|r| self.store.get(r).is_none())
@@ -133,27 +182,67 @@ impl<K: Watched> Mirror<K> {
                     .collect();
                 for reference in gone {
                     self.handed.remove(&reference);
-                    let key = (
-                        reference.namespace.as_deref().unwrap_or("default").into(),
-                        reference.name.as_str().into(),
-                    );
-                    changes.push(K::change(key, None));
+                    changes.push(K::change(key_of(&reference), None));
+                }
+                let fixed: Vec<ObjectRef<Decoded<K>>> = self
+                    .invalid
+                    .keys()
+                    .filter(|r| self.store.get(r).is_none())
+                    .cloned()
+                    .collect();
+                for reference in fixed {
+                    self.set_problem(&reference, None);
                 }
                 changes
             }
         }
     }
 
-    /// The change for the stored object `reference`, unless the agent has this version.
-    fn hand_out(&mut self, reference: &ObjectRef<K>) -> Option<Change> {
-        let object = self.store.get(reference)?;
-        let version = object.resource_version();
-        if version.is_some() && self.handed.get(reference) == Some(&version) {
-            return None;
+    /// The change for the stored object `reference`, unless the agent has this version. An
+    /// invalid object is reported, and taken back if a valid version was handed out.
+    fn hand_out(&mut self, reference: &ObjectRef<Decoded<K>>) -> Option<Change> {
+        let stored = self.store.get(reference)?;
+        match &*stored {
+            Decoded::Valid(object) => {
+                self.set_problem(reference, None);
+                let version = object.resource_version();
+                if version.is_some() && self.handed.get(reference) == Some(&version) {
+                    return None;
+                }
+                self.handed.insert(reference.clone(), version);
+                Some(K::change(object_key(object.meta()), Some(object.clone())))
+            }
+            Decoded::Invalid(invalid) => {
+                let name = K::name(&invalid.metadata);
+                let kind = name.split(' ').next().unwrap_or_default();
+                let problem = Problem::new(
+                    ProblemKind::Parse,
+                    format!("not a valid {kind}: {}; skipped", invalid.error),
+                )
+                .object(name);
+                self.set_problem(reference, Some(problem));
+                self.handed
+                    .remove(reference)
+                    .map(|_| K::change(key_of(reference), None))
+            }
         }
-        self.handed.insert(reference.clone(), version);
-        Some(K::change(object_key(object.meta()), Some(object)))
     }
+
+    fn set_problem(&mut self, reference: &ObjectRef<Decoded<K>>, problem: Option<Problem>) {
+        let changed = match problem {
+            Some(p) => self.invalid.insert(reference.clone(), p.clone()).as_ref() != Some(&p),
+            None => self.invalid.remove(reference).is_some(),
+        };
+        self.problems_changed |= changed;
+    }
+}
+
+/// The key the agent knows an object by, from its reference.
+fn key_of<K: Watched>(reference: &ObjectRef<Decoded<K>>) -> ObjectKey {
+    (
+        reference.namespace.as_deref().unwrap_or("default").into(),
+        reference.name.as_str().into(),
+    )
 }
 
 #[cfg(test)]
@@ -163,8 +252,8 @@ mod tests {
     use super::*;
     use crate::source::trim::TRIGGER_TIME_ANNOTATION;
 
-    fn service(name: &str, version: &str) -> Service {
-        Service {
+    fn service(name: &str, version: &str) -> Decoded<Service> {
+        Decoded::Valid(Arc::new(Service {
             metadata: ObjectMeta {
                 namespace: Some("default".into()),
                 name: Some(name.into()),
@@ -172,7 +261,7 @@ mod tests {
                 ..ObjectMeta::default()
             },
             ..Service::default()
-        }
+        }))
     }
 
     /// `name@version` for a change that hands out an object, `-name` for a deletion.
@@ -192,7 +281,11 @@ mod tests {
     }
 
     /// (case, events, changes handed out)
-    type Case = (&'static str, Vec<Event<Service>>, Vec<&'static str>);
+    type Case = (
+        &'static str,
+        Vec<Event<Decoded<Service>>>,
+        Vec<&'static str>,
+    );
 
     #[test]
     fn events_become_changes_and_relists_hand_out_only_differences() {
@@ -255,7 +348,10 @@ mod tests {
             panic!("one change expected, got {changes:?}");
         };
         let stored = mirror.store.state();
-        assert!(Arc::ptr_eq(handed, &stored[0]), "one copy of each object");
+        let Decoded::Valid(stored) = &*stored[0] else {
+            panic!("a valid object is stored as valid");
+        };
+        assert!(Arc::ptr_eq(handed, stored), "one copy of each object");
         assert!(!mirror.listed(), "no list seen yet");
     }
 
@@ -287,5 +383,96 @@ mod tests {
         svc.annotations_mut().insert("x".into(), "y".into());
         svc.strip();
         assert!(svc.annotations().is_empty());
+    }
+
+    fn invalid(name: &str, version: &str) -> Decoded<Service> {
+        Decoded::Invalid(Box::new(super::super::decoded::Invalid {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some(name.into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            error: "invalid type: string \"eighty\", expected i32".into(),
+        }))
+    }
+
+    /// (case, events, changes handed out, objects reported invalid afterwards)
+    type InvalidCase = (
+        &'static str,
+        Vec<Event<Decoded<Service>>>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+    );
+
+    #[test]
+    fn invalid_objects_are_reported_by_name_and_handed_out_as_absent() {
+        use Event::{Apply, Delete, Init, InitApply, InitDone};
+        let mut mirror = Mirror::<Service>::default();
+        let cases: Vec<InvalidCase> = vec![
+            (
+                "a list with one invalid object: the others are handed out",
+                vec![
+                    Init,
+                    InitApply(service("a", "1")),
+                    InitApply(invalid("bad", "2")),
+                    InitDone,
+                ],
+                vec!["a@1"],
+                vec!["Service default/bad"],
+            ),
+            (
+                "a valid object turning invalid is taken back",
+                vec![Apply(invalid("a", "3"))],
+                vec!["-a"],
+                vec!["Service default/a", "Service default/bad"],
+            ),
+            (
+                "fixed: handed out again, no longer reported",
+                vec![Apply(service("a", "4"))],
+                vec!["a@4"],
+                vec!["Service default/bad"],
+            ),
+            (
+                "deleting an invalid object resolves its problem, changes nothing",
+                vec![Delete(invalid("bad", "5"))],
+                vec![],
+                vec![],
+            ),
+            (
+                "a relist that no longer has an invalid object resolves it",
+                vec![Apply(invalid("gone", "6"))],
+                vec![],
+                vec!["Service default/gone"],
+            ),
+            (
+                "relist",
+                vec![Init, InitApply(service("a", "4")), InitDone],
+                vec![],
+                vec![],
+            ),
+        ];
+        for (name, events, want, want_invalid) in cases {
+            let changes: Vec<Change> = events.iter().flat_map(|e| mirror.apply(e)).collect();
+            assert_eq!(summary(&changes), want, "case: {name}");
+            let problems = mirror.take_problems().unwrap_or_else(|| {
+                panic!("case {name}: the invalid set changed, or was checked again")
+            });
+            let objects: Vec<&str> = problems
+                .iter()
+                .filter_map(|p| p.object.as_deref())
+                .collect();
+            assert_eq!(objects, want_invalid, "case: {name}");
+            for p in &problems {
+                assert_eq!(p.kind, ProblemKind::Parse);
+                assert!(p.message.contains("not a valid Service"), "{p}");
+                assert!(p.message.contains("eighty"), "{p}");
+            }
+        }
+        assert_eq!(
+            mirror.take_problems(),
+            None,
+            "unchanged since the last call"
+        );
     }
 }

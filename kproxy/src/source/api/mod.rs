@@ -7,6 +7,7 @@
 //! proxy) or `service.kubernetes.io/headless`, Services whose `spec.clusterIP` is not
 //! `None`, and the one Node named like this node.
 
+mod decoded;
 mod mirror;
 
 use std::path::Path;
@@ -24,9 +25,13 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
+pub use decoded::Decoded;
 pub use mirror::{Mirror, Watched};
 
-use crate::model::{Change, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME};
+use crate::{
+    model::{Change, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME},
+    problem::Problem,
+};
 
 /// The resources the API source watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,6 +76,9 @@ pub struct ApiUpdate {
     pub changes: Vec<Change>,
     /// This batch completes a list: the resource's cache holds the whole (filtered) set.
     pub listed: bool,
+    /// The resource's objects that are not valid for their type, when that changed: each is
+    /// reported and handed out as absent until it is fixed or deleted.
+    pub problems: Option<Vec<Problem>>,
 }
 
 /// A watch that failed (it is retried with backoff).
@@ -105,7 +113,7 @@ pub fn start(client: &Client, node_name: &str, tx: &mpsc::UnboundedSender<ApiMes
     let labels = label_selector();
     tokio::spawn(watch(
         Resource::Services,
-        Api::<Service>::all(client.clone()),
+        Api::<Decoded<Service>>::all(client.clone()),
         watcher::Config::default()
             .labels(&labels)
             .fields(SERVICE_FIELD_SELECTOR),
@@ -113,13 +121,13 @@ pub fn start(client: &Client, node_name: &str, tx: &mpsc::UnboundedSender<ApiMes
     ));
     tokio::spawn(watch(
         Resource::EndpointSlices,
-        Api::<EndpointSlice>::all(client.clone()),
+        Api::<Decoded<EndpointSlice>>::all(client.clone()),
         watcher::Config::default().labels(&labels),
         tx.clone(),
     ));
     tokio::spawn(watch(
         Resource::Node,
-        Api::<Node>::all(client.clone()),
+        Api::<Decoded<Node>>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         tx.clone(),
     ));
@@ -127,25 +135,29 @@ pub fn start(client: &Client, node_name: &str, tx: &mpsc::UnboundedSender<ApiMes
 
 async fn watch<K: Watched>(
     resource: Resource,
-    api: Api<K>,
+    api: Api<Decoded<K>>,
     config: watcher::Config,
     tx: mpsc::UnboundedSender<ApiMessage>,
 ) {
     let mut mirror = Mirror::<K>::default();
-    let events = watcher(api, config).default_backoff().modify(K::strip);
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(Decoded::<K>::strip);
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         let message = match event {
             Ok(event) => {
                 let listed = matches!(event, watcher::Event::InitDone);
                 let changes = mirror.apply(&event);
-                if changes.is_empty() && !listed {
+                let problems = mirror.take_problems();
+                if changes.is_empty() && !listed && problems.is_none() {
                     continue;
                 }
                 Ok(ApiUpdate {
                     resource,
                     changes,
                     listed,
+                    problems,
                 })
             }
             Err(e) => Err(WatchError {

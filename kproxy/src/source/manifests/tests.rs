@@ -174,3 +174,163 @@ fn the_sample_manifests_are_clean() {
         ]
     );
 }
+
+/// A bad document of each sort, in YAML and in JSON: reported with its position, its kind,
+/// and the object it names (when it names one); the good document after it still counts.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
+fn bad_documents_name_their_object() {
+    // (case, document, problem kind, object named, part of the message)
+    let cases: &[(&str, &str, ProblemKind, Option<&str>, &str)] = &[
+        (
+            "a port that is not a number",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 198.19.0.10, ports: [{port: eighty}]}\n",
+            ProblemKind::Parse,
+            Some("Service shop/web"),
+            "invalid Service",
+        ),
+        (
+            "a port number beyond i32",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 198.19.0.10, ports: [{port: 99999999999}]}\n",
+            ProblemKind::Parse,
+            Some("Service default/web"),
+            "invalid Service",
+        ),
+        (
+            "ports that are not a list",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: 80}\n",
+            ProblemKind::Parse,
+            Some("Service default/web"),
+            "invalid Service",
+        ),
+        (
+            "a slice endpoint port that is not a number",
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1}\naddressType: IPv4\nports: [{name: http, port: \"8080\"}]\nendpoints: []\n",
+            ProblemKind::Parse,
+            Some("EndpointSlice default/web-1"),
+            "invalid EndpointSlice",
+        ),
+        (
+            "addresses that are not a list",
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1}\naddressType: IPv4\nendpoints: [{addresses: 198.18.2.2}]\n",
+            ProblemKind::Parse,
+            Some("EndpointSlice default/web-1"),
+            "invalid EndpointSlice",
+        ),
+        (
+            "a name that is not a string: no name to give",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: [web]}\n",
+            ProblemKind::Parse,
+            Some("Service default/<unnamed>"),
+            "invalid Service",
+        ),
+        (
+            "a kind kproxy does not handle",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app, namespace: shop}\n",
+            ProblemKind::UnknownKind,
+            Some("Deployment shop/app"),
+            "apps/v1 Deployment is not handled",
+        ),
+        (
+            "a version kproxy does not handle",
+            "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: web-1}\n",
+            ProblemKind::UnknownKind,
+            // Whether an unknown kind has namespaces is unknown: named as written.
+            Some("EndpointSlice web-1"),
+            "discovery.k8s.io/v1beta1 EndpointSlice",
+        ),
+        (
+            "not YAML at all",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web\n",
+            ProblemKind::Parse,
+            None,
+            "not valid YAML",
+        ),
+    ];
+    let good =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec: {clusterIP: 198.19.0.99}\n";
+    for (case, doc, kind, object, part) in cases {
+        let yaml = format!("{doc}---\n{good}");
+        let json_doc = serde_yaml::from_str::<serde_json::Value>(doc).ok();
+        let mut inputs = vec![("bad.yaml", yaml)];
+        // The same document in JSON, in a List with the good one.
+        if let Some(doc) = json_doc {
+            let good: serde_json::Value = serde_yaml::from_str(good).expect("good document");
+            let list =
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [doc, good]});
+            inputs.push(("bad.json", list.to_string()));
+        }
+        for (file, text) in inputs {
+            let snap = parse_str(&text, file);
+            let names: Vec<_> = snap
+                .services
+                .iter()
+                .filter_map(|s| s.metadata.name.as_deref())
+                .collect();
+            assert_eq!(
+                names,
+                ["good"],
+                "case {case} ({file}): the good document counts"
+            );
+            let [problem] = snap.problems.as_slice() else {
+                panic!(
+                    "case {case} ({file}): one problem, got {:#?}",
+                    snap.problems
+                );
+            };
+            assert_eq!(problem.kind, *kind, "case {case} ({file}): {problem}");
+            assert_eq!(
+                problem.object.as_deref(),
+                *object,
+                "case {case} ({file}): {problem}"
+            );
+            assert!(
+                problem.message.contains(part),
+                "case {case} ({file}): {problem}"
+            );
+            let origin = problem.origin.as_deref().unwrap_or_default();
+            assert!(origin.starts_with(file), "case {case}: {problem}");
+        }
+    }
+}
+
+/// One EndpointSlice (or Service) defined twice: the later definition wins, as a later
+/// `kubectl apply` would, and the duplicate is reported naming the object and both places.
+#[test]
+fn duplicate_slice_names_are_reported_and_the_later_wins() {
+    let slice = |addr: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{addr}\"]}}]\n"
+        )
+    };
+    let snap = parse_str(
+        &format!("{}---\n{}", slice("198.18.2.2"), slice("198.18.3.2")),
+        "twice.yaml",
+    );
+    assert_eq!(snap.slices.len(), 1);
+    assert_eq!(snap.slices[0].endpoints[0].addresses, ["198.18.3.2"]);
+    let [problem] = snap.problems.as_slice() else {
+        panic!("{:#?}", snap.problems);
+    };
+    assert_eq!(problem.kind, ProblemKind::Conflict);
+    assert_eq!(problem.object.as_deref(), Some("EndpointSlice shop/web-1"));
+    assert_eq!(problem.origin.as_deref(), Some("twice.yaml:7"));
+    assert!(
+        problem.message.contains("first at twice.yaml:1"),
+        "{problem}"
+    );
+
+    // Across files: the file later in name order wins.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a.yaml"), slice("198.18.2.2")).expect("write");
+    std::fs::write(dir.path().join("b.yaml"), slice("198.18.3.2")).expect("write");
+    let snap = read_path(dir.path());
+    assert_eq!(snap.slices.len(), 1);
+    assert_eq!(snap.slices[0].endpoints[0].addresses, ["198.18.3.2"]);
+    let [problem] = snap.problems.as_slice() else {
+        panic!("{:#?}", snap.problems);
+    };
+    assert_eq!(problem.kind, ProblemKind::Conflict);
+    assert_eq!(problem.object.as_deref(), Some("EndpointSlice shop/web-1"));
+    assert!(problem.message.contains("a.yaml"), "{problem}");
+}
