@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod bpffs;
 mod bpfsys;
 mod ifreq;
+pub mod load;
 pub mod netns;
 pub mod privileges;
 pub mod process;
@@ -14,11 +15,13 @@ pub mod topology;
 
 pub use apiserver::FakeApiServer;
 pub use bpffs::BpfFs;
+pub use load::{LoadConfig, LoadReport, LoadRun};
 pub use netns::Netns;
 pub use privileges::require_privileges;
 pub use process::LoggedProcess;
 pub use servers::{
-    Reply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server, udp_request, udp_server,
+    Reply, SeqReply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server, udp_request,
+    udp_server,
 };
 pub use topology::{Topology, TopologyOptions};
 
