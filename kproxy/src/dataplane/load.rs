@@ -1,6 +1,9 @@
 //! Loading the eBPF object with its maps pinned, reusing the maps a previous agent left.
 
-use std::path::{Path, PathBuf};
+use std::{
+    borrow::Cow,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo};
@@ -52,17 +55,34 @@ pub fn map_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(name)
 }
 
+/// For upgrade tests only: names an eBPF object file to load instead of the embedded one, so a
+/// test can upgrade a running datapath to other programs (tests/tests/restart_under_load.rs).
+/// Not the build-time `KPROXY_BPF_OBJECT` of build.rs, which chooses what gets embedded.
+pub const TEST_OBJECT_ENV: &str = "KPROXY_TEST_BPF_OBJECT";
+
+/// The object to load: the embedded one, unless `KPROXY_TEST_BPF_OBJECT` names a file.
+fn object() -> Result<Cow<'static, [u8]>> {
+    let Some(path) = std::env::var_os(TEST_OBJECT_ENV) else {
+        return Ok(Cow::Borrowed(OBJECT));
+    };
+    let path = PathBuf::from(path);
+    tracing::warn!(object = %path.display(), "{TEST_OBJECT_ENV} is set: loading this eBPF object instead of the embedded one (meant for upgrade tests only)");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Cow::Owned(bytes))
+}
+
 /// Loads the object; maps are pinned under `pin_dir` (reused when already there and of the
 /// same shape). Programs are loaded into the kernel but not attached.
 pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<Ebpf> {
     bpffs::ensure_pin_dir(pin_dir)?;
-    drop_incompatible_pins(pin_dir, sizes)?;
+    let object = object()?;
+    drop_incompatible_pins(pin_dir, sizes, &object)?;
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
     for (name, size) in sizes.max_entries() {
         loader.map_max_entries(name, size);
     }
-    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = loader.load(&object).context("loading the eBPF object")?;
     for name in names::PROGRAMS {
         let program = ebpf
             .program_mut(name)
@@ -80,8 +100,8 @@ pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<Ebpf> {
 /// A pinned map whose type, key, value, size or flags differ from what this build expects
 /// (an older kproxy, or other sizes chosen) is unpinned: reusing it would be wrong, so its
 /// state is lost and a fresh map is created. Logged loudly because flows may reset.
-fn drop_incompatible_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
-    let object = aya_obj::Object::parse(OBJECT).context("parsing the embedded eBPF object")?;
+fn drop_incompatible_pins(pin_dir: &Path, sizes: &MapSizes, object: &[u8]) -> Result<()> {
+    let object = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
     let overrides = sizes.max_entries();
     for (name, spec) in &object.maps {
         let path = map_pin_path(pin_dir, name);
