@@ -37,6 +37,23 @@ use crate::{
     packet::{TcPacket, XdpPacket},
 };
 
+// --- Upgrade testing only -------------------------------------------------------------------
+// `cargo xtask build-ebpf` also builds `kproxy-variant.bpf.o` with KPROXY_EBPF_VARIANT set: its
+// programs carry one extra stack store, so their bytecode (and kernel tag) differs while the
+// maps stay identical. The restart test upgrades to it over pinned state. In the real object
+// the constant is false and the store compiles away.
+const UPGRADE_TEST_VARIANT: bool = option_env!("KPROXY_EBPF_VARIANT").is_some();
+
+#[inline(always)]
+fn upgrade_test_marker() {
+    if UPGRADE_TEST_VARIANT {
+        let mut marker = 0u32;
+        // SAFETY: a volatile store to a local: kept by the compiler, harmless to the program.
+        unsafe { core::ptr::write_volatile(&raw mut marker, 1) };
+    }
+}
+// ---------------------------------------------------------------------------------------------
+
 /// TC classifier for the ingress of the interfaces kproxy serves.
 ///
 /// Untouched and translated packets return `TC_ACT_UNSPEC` (tcx "next"), so programs after
@@ -44,6 +61,7 @@ use crate::{
 #[classifier]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
+    upgrade_test_marker();
     match lb::handle(&mut TcPacket {
         ctx: &ctx,
         egress: false,
@@ -59,6 +77,7 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
+    upgrade_test_marker();
     // SAFETY: the context pointer the kernel passed to this program.
     let from = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // Forwarded from an interface kproxy already handles on ingress: nothing left to do.
@@ -81,6 +100,7 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
+    upgrade_test_marker();
     match lb::handle(&mut XdpPacket { ctx: &ctx }) {
         Action::Pass | Action::Dnat | Action::ReverseNat => xdp_action::XDP_PASS,
         Action::SentBack => xdp_action::XDP_TX,

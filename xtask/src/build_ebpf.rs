@@ -6,7 +6,11 @@
 //! bitcode embedded in the host's precompiled `core`, to BPF. The programs and maps must be
 //! exported by name or the linker internalizes and drops them.
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use anyhow::{Context, Result, bail};
 use kproxy_common::names::{MAPS, PROGRAMS};
@@ -26,40 +30,77 @@ pub fn object_path() -> PathBuf {
     target_dir().join("bpf").join("kproxy.bpf.o")
 }
 
-/// Builds the object and returns its path.
+/// The upgrade-test variant: the same sources built with `KPROXY_EBPF_VARIANT` set, so the
+/// programs' bytecode differs (one extra stack store, see kproxy-ebpf/src/lib.rs) and the maps
+/// do not. The restart test upgrades a running datapath to it; the agent never embeds it.
+pub fn variant_path() -> PathBuf {
+    target_dir().join("bpf").join("kproxy-variant.bpf.o")
+}
+
+/// Builds the object (and the upgrade-test variant next to it) and returns the object's path.
 pub fn run(_opts: &Options) -> Result<PathBuf> {
     let started = Instant::now();
     let linker = tools::bpf_linker()?;
     let host = host_triple()?;
-    // A target dir of its own: these RUSTFLAGS would otherwise invalidate the host build cache.
-    let bitcode_dir = target_dir().join("ebpf");
-    run_checked(
-        cargo()
-            .args([
-                "build",
-                "--package",
-                "kproxy-ebpf",
-                "--profile",
-                "bpf",
-                "--target",
-                &host,
-            ])
-            .arg("--target-dir")
-            .arg(&bitcode_dir)
-            // With an explicit --target these flags reach the target crates, not build scripts.
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                "-Clinker-plugin-lto\x1f-Cdebuginfo=2",
-            )
-            .env_remove("RUSTFLAGS"),
-    )?;
-    let archive = bitcode_dir.join(&host).join("bpf").join("libkproxy_ebpf.a");
+    // Target dirs of their own: these RUSTFLAGS would otherwise invalidate the host build
+    // cache, and the variant's env var the object's.
     let out = object_path();
+    build(&linker, &host, &target_dir().join("ebpf"), &out, false)?;
+    eprintln!(
+        "xtask: built {} in {:.1}s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let variant = variant_path();
+    build(
+        &linker,
+        &host,
+        &target_dir().join("ebpf-variant"),
+        &variant,
+        true,
+    )?;
+    eprintln!(
+        "xtask: built {} (upgrade-test variant) in {:.1}s",
+        variant.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+/// Compiles kproxy-ebpf to bitcode in `bitcode_dir` and links it into the BPF object `out`.
+fn build(linker: &Path, host: &str, bitcode_dir: &Path, out: &Path, variant: bool) -> Result<()> {
+    let mut compile = cargo();
+    compile
+        .args([
+            "build",
+            "--package",
+            "kproxy-ebpf",
+            "--profile",
+            "bpf",
+            "--target",
+            host,
+        ])
+        .arg("--target-dir")
+        .arg(bitcode_dir)
+        // With an explicit --target these flags reach the target crates, not build scripts.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Clinker-plugin-lto\x1f-Cdebuginfo=2",
+        )
+        .env_remove("RUSTFLAGS");
+    if variant {
+        compile.env("KPROXY_EBPF_VARIANT", "1");
+    } else {
+        compile.env_remove("KPROXY_EBPF_VARIANT");
+    }
+    run_checked(&mut compile)?;
+    let archive = bitcode_dir.join(host).join("bpf").join("libkproxy_ebpf.a");
     std::fs::create_dir_all(out.parent().context("object path has a parent")?)?;
-    let mut link = Command::new(&linker);
+    let mut link = Command::new(linker);
     // --cpu v3: atomic fetch-and-add (the round-robin counter) needs BPF_FETCH.
     link.args(["--target", "bpfel", "--cpu", "v3", "--btf", "-o"])
-        .arg(&out)
+        .arg(out)
         .arg(&archive);
     for symbol in PROGRAMS.iter().chain(MAPS.iter()) {
         link.args(["--export", symbol]);
@@ -74,14 +115,9 @@ pub fn run(_opts: &Options) -> Result<PathBuf> {
         eprintln!("bpf-linker: {line}");
     }
     if !output.status.success() {
-        bail!("bpf-linker failed");
+        bail!("bpf-linker failed for {}", out.display());
     }
-    eprintln!(
-        "xtask: built {} in {:.1}s",
-        out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(out)
+    Ok(())
 }
 
 pub fn host_triple() -> Result<String> {

@@ -7,7 +7,10 @@
 //! conntrack and affinity, so established flows through kproxy break once, at the upgrade
 //! that changes the layout.
 
-use std::path::{Path, PathBuf};
+use std::{
+    borrow::Cow,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -73,11 +76,28 @@ pub enum PinnedState {
     Replaced(String),
 }
 
+/// For upgrade tests only: names an eBPF object file to load instead of the embedded one, so a
+/// test can upgrade a running datapath to other programs (tests/tests/restart_under_load.rs).
+/// Not the build-time `KPROXY_BPF_OBJECT` of build.rs, which chooses what gets embedded.
+pub const TEST_OBJECT_ENV: &str = "KPROXY_TEST_BPF_OBJECT";
+
+/// The object to load: the embedded one, unless `KPROXY_TEST_BPF_OBJECT` names a file.
+fn object() -> Result<Cow<'static, [u8]>> {
+    let Some(path) = std::env::var_os(TEST_OBJECT_ENV) else {
+        return Ok(Cow::Borrowed(OBJECT));
+    };
+    let path = PathBuf::from(path);
+    tracing::warn!(object = %path.display(), "{TEST_OBJECT_ENV} is set: loading this eBPF object instead of the embedded one (meant for upgrade tests only)");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Cow::Owned(bytes))
+}
+
 /// Loads the object; maps are pinned under `pin_dir`, reused when they hold state of this
 /// layout version and have the same shape. Programs are loaded into the kernel but not
 /// attached.
 pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, PinnedState)> {
     bpffs::ensure_pin_dir(pin_dir)?;
+    let object = object()?;
     let state = check_layout(pin_dir)?;
     if let PinnedState::Replaced(found) = &state {
         tracing::warn!(
@@ -88,13 +108,13 @@ pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, PinnedState)> {
         );
         remove_map_pins(pin_dir)?;
     }
-    drop_incompatible_pins(pin_dir, sizes)?;
+    drop_incompatible_pins(pin_dir, sizes, &object)?;
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
     for (name, size) in sizes.max_entries() {
         loader.map_max_entries(name, size);
     }
-    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = loader.load(&object).context("loading the eBPF object")?;
     for name in names::PROGRAMS {
         let program = ebpf
             .program_mut(name)
@@ -186,8 +206,8 @@ fn remove_map_pins(pin_dir: &Path) -> Result<()> {
 /// A pinned map whose type, key, value, size or flags differ from what this build expects
 /// (an older kproxy, or other sizes chosen) is unpinned: reusing it would be wrong, so its
 /// state is lost and a fresh map is created. Logged loudly because flows may reset.
-fn drop_incompatible_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
-    let object = aya_obj::Object::parse(OBJECT).context("parsing the embedded eBPF object")?;
+fn drop_incompatible_pins(pin_dir: &Path, sizes: &MapSizes, object: &[u8]) -> Result<()> {
+    let object = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
     let overrides = sizes.max_entries();
     for (name, spec) in &object.maps {
         let path = map_pin_path(pin_dir, name);

@@ -13,6 +13,7 @@ mod bpfsys;
     reason = "the test bed needs only some of the agent's ioctls"
 )]
 mod ifreq;
+pub mod load;
 pub mod netns;
 pub mod privileges;
 pub mod process;
@@ -21,11 +22,13 @@ pub mod topology;
 
 pub use apiserver::FakeApiServer;
 pub use bpffs::BpfFs;
+pub use load::{LoadConfig, LoadReport, LoadRun};
 pub use netns::Netns;
 pub use privileges::require_privileges;
 pub use process::LoggedProcess;
 pub use servers::{
-    Reply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server, udp_request, udp_server,
+    Reply, SeqReply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server, udp_request,
+    udp_server,
 };
 pub use topology::{Topology, TopologyOptions};
 

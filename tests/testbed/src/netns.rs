@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 
@@ -129,11 +130,27 @@ impl Netns {
     /// Sockets keep the namespace they were created in, so a listener or client socket made
     /// here can be used from any thread afterwards. A panic in `f` is passed on to the caller.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let name = self.name.clone();
+        match self.spawn(&format!("netns-{name}"), f)?.join() {
+            Ok(result) => result.with_context(|| format!("entering netns {name}")),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Starts `f` on a new thread named `thread` that has entered this namespace, and returns
+    /// at once; joining the handle gives `f`'s result, or the error of entering the namespace.
+    ///
+    /// For work that runs alongside the caller (a load generator, say). Threads `f` spawns
+    /// start in this namespace too: a new thread inherits the namespaces of its creator.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        thread: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<JoinHandle<io::Result<T>>> {
         // Opened here so a missing namespace is reported as this call's error, with its name.
         let file = self.open()?;
-        let name = self.name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("netns-{name}"))
+        std::thread::Builder::new()
+            .name(thread.to_owned())
             .spawn(move || -> io::Result<T> {
                 // SAFETY: setns on a valid namespace descriptor changes only this thread.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -142,11 +159,7 @@ impl Netns {
                 drop(file);
                 Ok(f())
             })
-            .context("spawning a thread")?;
-        match thread.join() {
-            Ok(result) => result.with_context(|| format!("entering netns {name}")),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+            .context("spawning a thread")
     }
 
     /// A command whose child process runs inside this namespace.

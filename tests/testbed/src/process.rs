@@ -1,5 +1,5 @@
 //! A long-running child process inside a namespace (the agent, typically) with its output
-//! in a log file: start it, wait for a line in the log, stop it with SIGTERM.
+//! in a log file: start it, wait for a line in the log, stop it with SIGTERM or SIGKILL.
 
 use std::{
     ffi::OsStr,
@@ -119,6 +119,13 @@ impl LoggedProcess {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// SIGKILL (`kill -9`: no chance to clean up), then waits for the exit status.
+    pub fn kill(mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("the process was stopped")?;
+        child.kill().context("sending SIGKILL")?;
+        child.wait().context("waiting for the killed process")
     }
 }
 

@@ -145,7 +145,22 @@ impl Agent {
 
     /// Like `start_with`, pinning under `pin_dir` instead of the bed's private bpffs.
     pub fn start_pinned(bed: &Bed, pin_dir: &Path, attach: &[&str], extra: &[&str]) -> Self {
-        let mut agent = Self::spawn(bed, &Input::Manifests, pin_dir, attach, extra);
+        let mut agent = Self::spawn(bed, &Input::Manifests, pin_dir, attach, extra, &[]);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Like `start`, with `env` added to the agent's environment.
+    pub fn start_env(bed: &Bed, env: &[(&str, &str)], extra: &[&str]) -> Self {
+        let ifaces = bed.topo.node_ifaces().join(",");
+        let mut agent = Self::spawn(
+            bed,
+            &Input::Manifests,
+            &bed.pin_dir(),
+            &["--attach", &ifaces],
+            extra,
+            env,
+        );
         agent.wait_ready();
         agent
     }
@@ -160,6 +175,7 @@ impl Agent {
             &bed.pin_dir(),
             &["--attach", &ifaces],
             extra,
+            &[],
         )
     }
 
@@ -169,6 +185,7 @@ impl Agent {
         pin_dir: &Path,
         attach: &[&str],
         extra: &[&str],
+        env_extra: &[(&str, &str)],
     ) -> Self {
         // One log per agent run, so a restarted agent's readiness is its own.
         let runs = std::fs::read_dir(bed.dir.path()).map_or(0, |d| {
@@ -187,7 +204,9 @@ impl Agent {
         args.extend(["--node-name", "node", "--pin-dir"].map(OsString::from));
         args.push(pin_dir.into());
         args.extend(attach.iter().chain(extra).map(OsString::from));
-        let env = [("KPROXY_LOG", "info"), ("NO_COLOR", "1")];
+        // The caller's variables last, so they win.
+        let mut env = vec![("KPROXY_LOG", "info"), ("NO_COLOR", "1")];
+        env.extend_from_slice(env_extra);
         let process = LoggedProcess::spawn(&bed.topo.node, &kproxy_bin(), &args, &env, &log)
             .expect("starting kproxy");
         Self {
@@ -216,6 +235,12 @@ impl Agent {
         if let Some(p) = self.process.as_mut() {
             p.check_running().unwrap_or_else(|e| panic!("{e:#}"));
         }
+    }
+
+    /// SIGKILL (`kill -9`), then waits for the exit status.
+    pub fn kill(mut self) -> ExitStatus {
+        let process = self.process.take().expect("agent running");
+        process.kill().unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// SIGTERM, then waits for the exit status.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use std::net::SocketAddrV4;
 
 pub use client::{TcpSession, UdpSession, tcp_request, udp_request};
-pub use reply::Reply;
+pub use reply::{Reply, SeqReply};
 pub use tcp::tcp_server;
 pub use udp::udp_server;
 

@@ -50,6 +50,47 @@ impl Reply {
     }
 }
 
+/// The answer to a sequence-numbered UDP request (`seq=<n>`): `seq=<n> backend=.. peer=..`, so
+/// a client sending a stream of datagrams on one flow knows which of them were answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeqReply {
+    pub seq: u64,
+    pub reply: Reply,
+}
+
+impl SeqReply {
+    /// The request datagram carrying `seq`.
+    pub fn request(seq: u64) -> String {
+        format!("seq={seq}\n")
+    }
+
+    /// The sequence number a datagram starts with, if it is a sequence-numbered request.
+    pub(crate) fn request_seq(datagram: &[u8]) -> Option<u64> {
+        let text = std::str::from_utf8(datagram).ok()?;
+        let first = text.split_whitespace().next()?;
+        first.strip_prefix("seq=")?.parse().ok()
+    }
+
+    /// Parses one answer; the trailing newline is optional.
+    pub fn parse(line: &str) -> io::Result<SeqReply> {
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a sequence-numbered reply: {line:?}"),
+            )
+        };
+        let (first, rest) = line.split_once(' ').ok_or_else(bad)?;
+        let seq = first
+            .strip_prefix("seq=")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(bad)?;
+        Ok(SeqReply {
+            seq,
+            reply: Reply::parse(rest)?,
+        })
+    }
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "backend={} peer={}", self.backend, self.peer)
@@ -70,6 +111,25 @@ mod tests {
         assert_eq!(reply.backend, "198.18.2.2:8080".parse().unwrap());
         assert_eq!(reply.peer, "198.18.1.2:40000".parse().unwrap());
         assert_eq!(Reply::parse(&reply.to_string()).unwrap(), reply);
+    }
+
+    #[test]
+    fn sequence_numbers_come_back_in_front_of_the_reply() {
+        let request = SeqReply::request(42);
+        assert_eq!(SeqReply::request_seq(request.as_bytes()), Some(42));
+        assert_eq!(SeqReply::request_seq(b"hello\n"), None);
+        assert_eq!(SeqReply::request_seq(b"seq=x\n"), None);
+        let line = format!(
+            "seq=42 {}",
+            Reply::line(
+                "198.18.2.2:5353".parse().unwrap(),
+                "198.18.1.2:40000".parse().unwrap(),
+            )
+        );
+        let answer = SeqReply::parse(&line).unwrap();
+        assert_eq!(answer.seq, 42);
+        assert_eq!(answer.reply.backend, "198.18.2.2:5353".parse().unwrap());
+        assert!(SeqReply::parse("backend=198.18.2.2:1 peer=198.18.1.2:1\n").is_err());
     }
 
     #[test]
