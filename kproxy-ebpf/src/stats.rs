@@ -1,7 +1,6 @@
 //! Per-CPU counters. No locks and no shared cache lines: each CPU bumps its own copy and the
 //! agent sums them when it reads.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
 use kproxy_common::stats::{BackendStats, Counter};
 
 use crate::maps::{KP_BE_STATS, KP_STATS, KP_SVC_STATS};
@@ -34,20 +33,19 @@ pub fn count_new_flow(svc_id: u32, backend_id: u32) {
         // SAFETY: per-CPU value of this CPU.
         unsafe { (*s).new_flows += 1 };
     }
-    match KP_BE_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU value of this CPU.
-        Some(b) => unsafe { (*b).new_flows += 1 },
-        // The first flow of a backend creates its counters (this CPU's copy starts at 1, the
-        // others at 0), which spares the agent a map write per backend. If another CPU
-        // creates them at the same moment, this one count is lost.
-        None => {
-            let _ = KP_BE_STATS.insert(
-                backend_id,
-                BackendStats { new_flows: 1 },
-                u64::from(BPF_NOEXIST),
-            );
-        }
-    }
+    // Per-backend counters live in a hash whose elements the agent deletes with their backend
+    // and the kernel may hand out again at once: never write through a pointer into one. A
+    // per-CPU hash update from a program writes this CPU's copy of the element in place under
+    // the bucket lock, so read-increment-update loses nothing (no other CPU writes this copy).
+    // SAFETY: copied out at once.
+    let counted = unsafe { KP_BE_STATS.get(backend_id) }.map_or(0, |b| b.new_flows);
+    let _ = KP_BE_STATS.insert(
+        backend_id,
+        BackendStats {
+            new_flows: counted + 1,
+        },
+        0,
+    );
 }
 
 /// A new connection to service port `svc_id` was refused: rejected, or dropped (the caller

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kproxy::dataplane::maps::FlowMaps;
 use kproxy_testbed::{
     TcpSession, TopologyOptions, UdpSession, require_privileges, tcp_request, tcp_server,
     topology::vip,
@@ -288,4 +289,53 @@ fn xdp_on_a_veth_with_checksum_offload_leaves_service_packets_to_tc() {
             );
         }
     }
+}
+
+#[test]
+fn conntrack_and_affinity_of_a_deleted_service_are_swept() {
+    if !require_privileges("conntrack_and_affinity_of_a_deleted_service_are_swept") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    let backends = bed.backends();
+    let web = documents(&[
+        service("web", vip(10), &[("http", 80, "TCP")], Some(600)),
+        slice("web-1", "web", &[("http", TCP_PORT, "TCP")], &backends),
+    ]);
+    let other = documents(&[
+        service("other", vip(11), &[("http", 80, "TCP")], None),
+        slice("other-1", "other", &[("http", TCP_PORT, "TCP")], &backends),
+    ]);
+    bed.write("web.yaml", &web);
+    bed.write("other.yaml", &other);
+    let _agent = Agent::start(&bed, &["--ct-gc-interval", "1"]);
+    // An established connection to each (not timed out, not closed) and an affinity.
+    let _web_session =
+        TcpSession::connect(&bed.topo.client, SocketAddrV4::new(vip(10), 80), TIMEOUT)
+            .expect("web");
+    let mut other_session =
+        TcpSession::connect(&bed.topo.client, SocketAddrV4::new(vip(11), 80), TIMEOUT)
+            .expect("other");
+    other_session.request().expect("other request");
+    let flows = FlowMaps::open(&bed.pin_dir()).expect("flow maps");
+    let vip_of = |addr: Ipv4Addr| u32::from_ne_bytes(addr.octets());
+    let count = |addr: Ipv4Addr| {
+        flows
+            .flows()
+            .expect("flows")
+            .iter()
+            .filter(|(k, _)| k.daddr == vip_of(addr))
+            .count()
+    };
+    assert_eq!((count(vip(10)), count(vip(11))), (1, 1));
+    assert_eq!(flows.affinities().expect("affinities").len(), 1);
+
+    bed.remove("web.yaml");
+    support::agent::wait_until(
+        "web's flows and affinity swept",
+        Duration::from_secs(5),
+        || (count(vip(10)) == 0 && flows.affinities().ok()?.is_empty()).then_some(()),
+    );
+    assert_eq!(count(vip(11)), 1, "the other service's flow stays");
+    other_session.request().expect("and still works");
 }
