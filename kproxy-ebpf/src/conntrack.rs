@@ -15,7 +15,7 @@ use kproxy_common::{
     config::{Config, IPPROTO_TCP},
     ct::{
         CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_REFRESH_NS, CtEntry, FlowKey,
-        FlowState,
+        FlowState, forward_entry, forward_key, is_reply_of, reply_entry, reply_key,
     },
     stats::Counter,
 };
@@ -112,85 +112,6 @@ pub fn state_bits(dir: Dir, tcp_flags: u8) -> u32 {
         bits |= CT_F_RST;
     }
     bits
-}
-
-/// The port the client uses towards the backend: its own, or the one kproxy gave it.
-#[inline(always)]
-fn backend_side_port(fwd: &FlowKey, entry: &CtEntry) -> u16 {
-    if entry.alt_port != 0 {
-        entry.alt_port
-    } else {
-        fwd.sport
-    }
-}
-
-/// Key of the reply entry of a forward entry (`fwd` is the client→VIP tuple).
-#[inline(always)]
-pub fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
-    FlowKey {
-        saddr: entry.nat_addr,
-        daddr: fwd.saddr,
-        sport: entry.nat_port,
-        dport: backend_side_port(fwd, entry),
-        proto: fwd.proto,
-        _pad: [0; 3],
-    }
-}
-
-/// Key of the forward entry of a reply entry (`rev` is the backend→client tuple).
-#[inline(always)]
-pub fn forward_key(rev: &FlowKey, entry: &CtEntry) -> FlowKey {
-    FlowKey {
-        saddr: rev.daddr,
-        daddr: entry.nat_addr,
-        sport: if entry.alt_port != 0 {
-            entry.alt_port
-        } else {
-            rev.dport
-        },
-        dport: entry.nat_port,
-        proto: rev.proto,
-        _pad: [0; 3],
-    }
-}
-
-/// The reply entry that belongs to forward entry `entry` of `fwd`, as if no reply had been
-/// seen yet.
-#[inline(always)]
-pub fn reply_entry(fwd: &FlowKey, entry: &CtEntry) -> CtEntry {
-    CtEntry {
-        nat_addr: fwd.daddr,
-        nat_port: fwd.dport,
-        alt_port: if entry.alt_port != 0 { fwd.sport } else { 0 },
-        flags: 0,
-        ..*entry
-    }
-}
-
-/// The forward entry that belongs to reply entry `entry` of `rev`.
-#[inline(always)]
-pub fn forward_entry(rev: &FlowKey, entry: &CtEntry) -> CtEntry {
-    CtEntry {
-        nat_addr: rev.saddr,
-        nat_port: rev.sport,
-        alt_port: if entry.alt_port != 0 { rev.dport } else { 0 },
-        flags: 0,
-        ..*entry
-    }
-}
-
-/// Whether reply entry `rev` at `rkey` is the reply side of the forward flow `fwd`.
-#[inline(always)]
-pub fn is_reply_of(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey) -> bool {
-    let client_port = if rev.alt_port != 0 {
-        rev.alt_port
-    } else {
-        rkey.dport
-    };
-    rev.nat_addr == fwd.daddr
-        && rev.nat_port == fwd.dport
-        && rkey.daddr == fwd.saddr
-        && client_port == fwd.sport
 }
 
 /// A copy of the entry at `key`, or `CtEntry::ZERO` (no `Option`: see `FlowState::of`).

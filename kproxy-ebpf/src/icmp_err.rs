@@ -125,10 +125,6 @@ fn towards_backend<P: Packet>(
         stats::count(Counter::VipIcmpNoFlow);
         return Action::Pass;
     };
-    if pkt.must_defer() {
-        stats::count(Counter::XdpDeferred);
-        return Action::Pass;
-    }
     let rw = QuoteRewrite {
         addr_off: INNER_SADDR,
         old_addr: inner.saddr,
@@ -138,16 +134,15 @@ fn towards_backend<P: Packet>(
         new_port: fwd.nat_port,
         other_port: (fwd.alt_port != 0).then_some((INNER_DPORT, answer.sport, fwd.alt_port)),
     };
-    if rewrite_quote(pkt, inner, &rw, tot_len).is_err()
-        || pkt
-            .set_ip_addr(Side::Destination, outer.daddr, fwd.nat_addr)
-            .is_err()
-    {
-        stats::count(Counter::DropIcmpError);
-        return Action::Drop;
-    }
-    stats::count(Counter::IcmpErrorTranslated);
-    Action::Dnat
+    // The outer destination (the VIP) becomes the backend, like the quote's source.
+    translate(
+        pkt,
+        inner,
+        &rw,
+        (Side::Destination, outer.daddr),
+        tot_len,
+        Action::Dnat,
+    )
 }
 
 /// An error about a packet kproxy DNATed: the quote is client → backend, `answer` the
@@ -163,10 +158,6 @@ fn towards_client<P: Packet>(
     let Some(rev) = KP_CT_REV.lookup(answer) else {
         return Action::Pass; // not about a translated flow
     };
-    if pkt.must_defer() {
-        stats::count(Counter::XdpDeferred);
-        return Action::Pass;
-    }
     let rw = QuoteRewrite {
         addr_off: INNER_DADDR,
         old_addr: inner.daddr,
@@ -176,16 +167,40 @@ fn towards_client<P: Packet>(
         new_port: rev.nat_port,
         other_port: (rev.alt_port != 0).then_some((INNER_SPORT, answer.dport, rev.alt_port)),
     };
-    if rewrite_quote(pkt, inner, &rw, tot_len).is_err()
-        || pkt
-            .set_ip_addr(Side::Source, outer.saddr, rev.nat_addr)
-            .is_err()
+    // The outer source (whoever sent the error) becomes the VIP, as netfilter does.
+    translate(
+        pkt,
+        inner,
+        &rw,
+        (Side::Source, outer.saddr),
+        tot_len,
+        Action::ReverseNat,
+    )
+}
+
+/// Applies `rw` to the quote and gives the outer address on `outer.0` (now `outer.1`) the
+/// quote's new address; `done` is the action once translated.
+#[inline(always)]
+fn translate<P: Packet>(
+    pkt: &mut P,
+    inner: &Ipv4Hdr,
+    rw: &QuoteRewrite,
+    outer: (Side, u32),
+    tot_len: usize,
+    done: Action,
+) -> Action {
+    if pkt.must_defer() {
+        stats::count(Counter::XdpDeferred);
+        return Action::Pass;
+    }
+    if rewrite_quote(pkt, inner, rw, tot_len).is_err()
+        || pkt.set_ip_addr(outer.0, outer.1, rw.new_addr).is_err()
     {
         stats::count(Counter::DropIcmpError);
         return Action::Drop;
     }
     stats::count(Counter::IcmpErrorTranslated);
-    Action::ReverseNat
+    done
 }
 
 /// Rewrites the quoted packet: address (with the quoted IP header checksum), port(s), and

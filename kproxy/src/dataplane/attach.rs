@@ -273,26 +273,6 @@ fn attach_xdp(prog: &mut Xdp, iface: &str, pin: &Path) -> Result<Attached> {
     )
 }
 
-/// `bpf(cmd, attr)` with a zeroed, 128-byte `union bpf_attr` whose first words are `words`.
-fn bpf_syscall(cmd: libc::c_long, words: &[u64]) -> std::io::Result<i64> {
-    let mut attr = [0u64; 16];
-    attr[..words.len()].copy_from_slice(words);
-    // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of a properly sized attr union.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 /// Detaches the link pinned at `pin` now, whoever else holds it, then unpins it.
 ///
 /// Unpinning alone releases the link only once the last reference goes, after an RCU grace
@@ -302,10 +282,10 @@ fn detach_pinned_link(pin: &Path) -> Result<()> {
     const BPF_LINK_DETACH: libc::c_long = 34;
     let path = CString::new(pin.as_os_str().as_encoded_bytes())?;
     // attr.pathname is a u64 holding the pointer.
-    let fd = bpf_syscall(BPF_OBJ_GET, &[path.as_ptr() as u64])
+    let fd = super::bpfsys::bpf(BPF_OBJ_GET, &[path.as_ptr() as u64])
         .with_context(|| format!("opening {}", pin.display()))?;
     let fd = i32::try_from(fd).context("BPF_OBJ_GET returned an out-of-range fd")?;
-    let detached = bpf_syscall(BPF_LINK_DETACH, &[u64::from(fd.unsigned_abs())]);
+    let detached = super::bpfsys::bpf(BPF_LINK_DETACH, &[u64::from(fd.unsigned_abs())]);
     // SAFETY: `fd` came from BPF_OBJ_GET above and is closed once.
     unsafe { libc::close(fd) };
     detached.with_context(|| format!("detaching {}", pin.display()))?;

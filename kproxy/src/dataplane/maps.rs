@@ -214,23 +214,10 @@ fn write_batch<K: aya::Pod, V: aya::Pod>(
 impl ServiceMaps {
     fn put_batch(&self, kind: BatchKind, ops: &[&MapOp]) -> Vec<Result<()>> {
         match kind {
-            BatchKind::Backend => {
-                write_batch(&self.raw.backends, "KP_BACKENDS", ops, |op| match op {
-                    MapOp::PutBackend {
-                        id,
-                        endpoint,
-                        svc_id,
-                        active,
-                    }
-                    | MapOp::SetBackendActive {
-                        id,
-                        endpoint,
-                        svc_id,
-                        active,
-                    } => Some((*id, wire::backend(endpoint, *svc_id, *active)?)),
-                    _ => None,
-                })
-            }
+            BatchKind::Backend => write_batch(&self.raw.backends, "KP_BACKENDS", ops, |op| {
+                let b = op.backend_entry()?;
+                Some((b.id, wire::backend(&b.endpoint, b.svc_id, b.active)?))
+            }),
             BatchKind::Slot => write_batch(&self.raw.slots, "KP_SLOTS", ops, |op| match op {
                 MapOp::PutSlot {
                     svc_id,
@@ -288,20 +275,12 @@ impl Datapath for ServiceMaps {
 
     fn apply(&mut self, op: &MapOp) -> Result<()> {
         match op {
-            MapOp::PutBackend {
-                id,
-                endpoint,
-                svc_id,
-                active,
-            }
-            | MapOp::SetBackendActive {
-                id,
-                endpoint,
-                svc_id,
-                active,
-            } => {
-                let value = wire::backend(endpoint, *svc_id, *active).ok_or_else(not_ipv4)?;
-                self.backends.insert(id, value, 0).context("KP_BACKENDS")?;
+            MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. } => {
+                let b = op.backend_entry().expect("a backend write");
+                let value = wire::backend(&b.endpoint, b.svc_id, b.active).ok_or_else(not_ipv4)?;
+                self.backends
+                    .insert(b.id, value, 0)
+                    .context("KP_BACKENDS")?;
             }
             MapOp::PutVip { addr } => {
                 self.vips

@@ -4,6 +4,7 @@
 pub mod attach;
 mod batch;
 pub mod bpffs;
+pub mod bpfsys;
 pub mod ethtool;
 pub mod load;
 pub mod maps;

@@ -122,26 +122,17 @@ impl FakeDatapath {
 impl Datapath for FakeDatapath {
     fn apply(&mut self, op: &MapOp) -> anyhow::Result<()> {
         match op {
-            MapOp::PutBackend {
-                id,
-                endpoint,
-                svc_id,
-                active,
-            }
-            | MapOp::SetBackendActive {
-                id,
-                endpoint,
-                svc_id,
-                active,
-            } => {
-                full(&self.backends, id, self.max_backends, "KP_BACKENDS")?;
+            MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. } => {
+                let b = op.backend_entry().expect("a backend write");
+                full(&self.backends, &b.id, self.max_backends, "KP_BACKENDS")?;
                 assert!(
-                    *id < self.backend_ids_reserved,
-                    "backend id {id} written before it was reserved (below {})",
+                    b.id < self.backend_ids_reserved,
+                    "backend id {} written before it was reserved (below {})",
+                    b.id,
                     self.backend_ids_reserved
                 );
-                self.backends.insert(*id, *endpoint);
-                self.backend_roles.insert(*id, (*svc_id, *active));
+                self.backends.insert(b.id, b.endpoint);
+                self.backend_roles.insert(b.id, (b.svc_id, b.active));
             }
             MapOp::DeleteBackend { id } => {
                 self.backends.remove(id);

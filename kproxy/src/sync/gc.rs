@@ -19,7 +19,10 @@ use std::collections::HashMap;
 use anyhow::Result;
 use kproxy_common::{
     config::Config,
-    ct::{AffinityKey, AffinityValue, CT_F_SEEN_REPLY, CtEntry, FlowKey, FlowState},
+    ct::{
+        AffinityKey, AffinityValue, CT_F_SEEN_REPLY, CtEntry, FlowKey, FlowState, forward_key,
+        reply_key,
+    },
 };
 
 /// One conntrack map as collection sees it.
@@ -123,38 +126,6 @@ pub fn delete_if_unchanged(
             Ok(false)
         }
         None => Ok(false),
-    }
-}
-
-/// The reply key of a forward entry (the datapath's `reply_key`).
-pub fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
-    FlowKey {
-        saddr: entry.nat_addr,
-        daddr: fwd.saddr,
-        sport: entry.nat_port,
-        dport: if entry.alt_port != 0 {
-            entry.alt_port
-        } else {
-            fwd.sport
-        },
-        proto: fwd.proto,
-        _pad: [0; 3],
-    }
-}
-
-/// The forward key of a reply entry (the datapath's `forward_key`).
-pub fn forward_key(rev: &FlowKey, entry: &CtEntry) -> FlowKey {
-    FlowKey {
-        saddr: rev.daddr,
-        daddr: entry.nat_addr,
-        sport: if entry.alt_port != 0 {
-            entry.alt_port
-        } else {
-            rev.dport
-        },
-        dport: entry.nat_port,
-        proto: rev.proto,
-        _pad: [0; 3],
     }
 }
 

@@ -83,6 +83,42 @@ pub enum MapOp {
     },
 }
 
+/// The `KP_BACKENDS` entry a backend write makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub id: u32,
+    pub endpoint: Endpoint,
+    pub svc_id: u32,
+    pub active: bool,
+}
+
+impl MapOp {
+    /// What a `PutBackend` or `SetBackendActive` writes into `KP_BACKENDS` (the two differ
+    /// only in how a failed change undoes them).
+    pub fn backend_entry(&self) -> Option<BackendEntry> {
+        match *self {
+            MapOp::PutBackend {
+                id,
+                endpoint,
+                svc_id,
+                active,
+            }
+            | MapOp::SetBackendActive {
+                id,
+                endpoint,
+                svc_id,
+                active,
+            } => Some(BackendEntry {
+                id,
+                endpoint,
+                svc_id,
+                active,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Where map operations go: the kernel's maps, or a model of them in tests.
 pub trait Datapath {
     /// Applies one operation. Deleting something absent is not an error.

@@ -11,6 +11,8 @@ use std::{
     path::Path,
 };
 
+use kproxy::dataplane::bpfsys::bpf;
+
 /// Commands of `bpf(2)` (linux/bpf.h).
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -95,28 +97,6 @@ fn bytes_of_mut<T: Copy>(words: &mut [T]) -> &mut [u8] {
     // SAFETY: plain integers have no padding or invalid bit patterns; same memory, same length.
     unsafe {
         std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), std::mem::size_of_val(words))
-    }
-}
-
-/// `bpf(cmd, attr)` with a zeroed 128-byte `union bpf_attr` whose first words are `words`;
-/// returns the new descriptor for commands that make one.
-fn bpf(cmd: libc::c_long, words: &[u64]) -> io::Result<i64> {
-    let mut attr = [0u64; 16];
-    attr[..words.len()].copy_from_slice(words);
-    // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of a properly sized attr union; the
-    // pointers in it outlive the call (the caller keeps them alive).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
     }
 }
 

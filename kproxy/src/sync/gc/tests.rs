@@ -7,12 +7,12 @@ use kproxy_common::{
     config::{Config, IPPROTO_TCP, IPPROTO_UDP},
     ct::{
         AffinityKey, AffinityValue, CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_SEEN_REPLY, CtEntry, FlowKey,
+        reply_key,
     },
 };
 
 use super::{
     AffinityTable, FlowTable, GcStats, Liveness, Verdict, collect, delete_if_unchanged, judge,
-    reply_key,
 };
 
 const SEC: u64 = 1_000_000_000;
