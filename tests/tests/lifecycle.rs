@@ -95,6 +95,19 @@ fn a_readiness_flap_or_termination_never_resets_an_established_connection() {
             .request()
             .unwrap_or_else(|e| panic!("{what}: the established connection broke: {e}"));
         assert_eq!(*reply.backend.ip(), first, "{what}: it keeps its endpoint");
+        let view = bed.view().expect("datapath");
+        let web = view
+            .services
+            .iter()
+            .find(|s| s.frontend == "198.19.0.10:80/TCP")
+            .expect("web");
+        let listed_only: Vec<&str> = web.listed_only.iter().map(|b| b.address.as_str()).collect();
+        let first_addr = SocketAddrV4::new(first, TCP_PORT).to_string();
+        assert_eq!(
+            listed_only.contains(&first_addr.as_str()),
+            !state.ready,
+            "{what}: `kproxy services` shows it as listed only: {listed_only:?}"
+        );
         if !state.ready {
             for _ in 0..6 {
                 let new = tcp_request(&bed.topo.client, target, TIMEOUT).expect("new connection");

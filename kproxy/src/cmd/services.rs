@@ -24,7 +24,11 @@ pub struct ServiceView {
     pub frontend: String,
     pub id: u32,
     pub affinity_timeout_s: Option<u32>,
+    /// Backends taking new connections, in slot order.
     pub backends: Vec<BackendView>,
+    /// Endpoints still listed (not ready, terminating, elsewhere): their established TCP
+    /// flows go on, nothing new goes there.
+    pub listed_only: Vec<BackendView>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -54,22 +58,27 @@ pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
             continue;
         };
         let bank = u32::from(value.bank) << SLOT_BANK_SHIFT;
-        let backends = (0..u32::from(value.count))
+        let view = |id: u32, b: &kproxy_common::lb::Backend| BackendView {
+            id,
+            address: wire::endpoint(b).to_string(),
+            new_flows: maps.backend_stats(id).new_flows,
+        };
+        let active: Vec<BackendView> = (0..u32::from(value.count))
             .filter_map(|i| slots.get(&(value.id, bank | i)))
-            .filter_map(|id| {
-                backends.get(id).map(|b| BackendView {
-                    id: *id,
-                    address: wire::endpoint(b).to_string(),
-                    new_flows: maps.backend_stats(*id).new_flows,
-                })
-            })
+            .filter_map(|id| backends.get(id).map(|b| view(*id, b)))
+            .collect();
+        let listed_only = backends
+            .iter()
+            .filter(|(id, b)| b.svc_id == value.id && active.iter().all(|a| a.id != **id))
+            .map(|(id, b)| view(*id, b))
             .collect();
         let stats = maps.service_stats(value.id).unwrap_or_default();
         services.push(ServiceView {
             frontend: frontend.to_string(),
             id: value.id,
             affinity_timeout_s: wire::affinity_of(value),
-            backends,
+            backends: active,
+            listed_only,
             packets: stats.packets,
             bytes: stats.bytes,
             new_flows: stats.new_flows,
@@ -107,6 +116,13 @@ pub fn render(view: &DatapathView) -> String {
             let _ = writeln!(
                 out,
                 "    -> {:<21} id={:<6} new_flows={}",
+                b.address, b.id, b.new_flows
+            );
+        }
+        for b in &s.listed_only {
+            let _ = writeln!(
+                out,
+                "    .. {:<21} id={:<6} new_flows={} (listed only: keeps its TCP flows, takes no new ones)",
                 b.address, b.id, b.new_flows
             );
         }
