@@ -9,30 +9,30 @@ mod support;
 use std::net::Ipv4Addr;
 
 use kproxy::model::Protocol;
-use kproxy_common::stats::Counter;
+use kproxy_common::stats::{COUNTER_SLOTS, Counter};
 use kproxy_testbed::require_privileges;
 
 use fuzz::{
-    CheckedRun, Plan, campaign,
+    CheckedRun, FIXED_SEED, Plan, campaign,
     frames::{
         ETH_HLEN, TCP_ACK, TCP_SYN, Tcp, fix_ip_checksum, fragment, icmp_frame, put16, tcp_frame,
         udp_frame, unhex,
     },
     in_own_namespace,
-    invariants::Outcome,
+    invariants::{Observation, Outcome, check},
     lab::{Hook, Lab, VIP_AFFINITY, VIP_BALANCED},
     replay, run_checked, say,
 };
 use support::{
-    datapath::{B1, CLIENT, flow_key},
+    datapath::{B1, CLIENT, TC_ACT_SHOT, TCX_NEXT, flow_key},
     packets::{dst, src},
 };
 
 /// Frames per seed in the bounded run (each through three programs).
 const BOUNDED_ITERATIONS: u64 = 20_000;
 
-/// Counters a campaign of the bounded size must reach: proof that the generator gets
-/// through to every branch it is meant to exercise.
+/// Counters the fixed seed's campaign of the bounded size must reach: proof that the
+/// generator gets through to every branch it is meant to exercise.
 const MUST_REACH: [Counter; 18] = [
     Counter::ServicePackets,
     Counter::ReplyPackets,
@@ -74,7 +74,9 @@ fn fuzzed_frames_keep_every_invariant() {
         let iterations = plan.iterations;
         let report = in_own_namespace(move || campaign(seed, iterations));
         say(&report.summary());
-        if iterations >= BOUNDED_ITERATIONS {
+        // The fixed seed proves that the generator reaches every branch it is meant to; other
+        // seeds print what they reached (a rare branch may be missed by chance).
+        if seed == FIXED_SEED && iterations >= BOUNDED_ITERATIONS {
             let missed: Vec<&str> = MUST_REACH
                 .iter()
                 .filter(|c| report.counter(**c) == 0)
@@ -253,5 +255,89 @@ fn a_later_fragment_of_a_flow_whose_backend_left_gets_no_rst_from_its_payload() 
             );
             assert_eq!(run.counted(Counter::DropFragment), 1, "{hook:?}");
         }
+    });
+}
+
+/// The invariants are not vacuous: outputs broken the ways a datapath bug would break them
+/// are rejected.
+#[test]
+fn the_invariants_reject_broken_outputs() {
+    if !require_privileges("the_invariants_reject_broken_outputs") {
+        return;
+    }
+    in_own_namespace(|| {
+        const NEXT: u32 = TCX_NEXT.cast_unsigned();
+        const SHOT: u32 = TC_ACT_SHOT.cast_unsigned();
+        let lab = Lab::new();
+        let input = syn(C, WEB, b"payload");
+        let good = checked(&lab, Hook::TcIngress, &input);
+        assert_eq!(good.outcome, Outcome::Dnat);
+        let judge = |verdict: u32, output: &[u8], delta: &[u64; COUNTER_SLOTS]| {
+            let obs = Observation {
+                hook: Hook::TcIngress,
+                input: &input,
+                verdict,
+                output,
+                delta,
+            };
+            check(&lab, &obs)
+        };
+        assert!(judge(NEXT, &good.output, &good.delta).is_ok());
+        let broken = |at: usize, value: u8| {
+            let mut out = good.output.clone();
+            out[at] = value;
+            out
+        };
+        let tcp = ETH_HLEN + 20;
+        for (what, output) in [
+            ("L4 checksum", broken(tcp + 16, good.output[tcp + 16] ^ 1)),
+            (
+                "IPv4 checksum",
+                broken(ETH_HLEN + 10, good.output[ETH_HLEN + 10] ^ 1),
+            ),
+            ("payload", broken(tcp + 20, good.output[tcp + 20] ^ 1)),
+            ("TTL", broken(ETH_HLEN + 8, 1)),
+            ("destination no backend", broken(ETH_HLEN + 19, 99)),
+            ("destination port", broken(tcp + 3, 81)),
+            ("MAC", broken(0, 0xff)),
+            ("length", good.output[..good.output.len() - 1].to_vec()),
+        ] {
+            assert!(
+                judge(NEXT, &output, &good.delta).is_err(),
+                "{what} accepted"
+            );
+        }
+        let mut uncounted = good.delta;
+        uncounted[Counter::ServicePackets as usize] = 0;
+        assert!(
+            judge(NEXT, &good.output, &uncounted).is_err(),
+            "an uncounted DNAT"
+        );
+        let mut one_packet = [0u64; COUNTER_SLOTS];
+        one_packet[Counter::Packets as usize] = 1;
+        assert!(
+            judge(SHOT, &input, &one_packet).is_err(),
+            "a drop without a reason"
+        );
+        assert!(
+            judge(NEXT, &input, &one_packet).is_err(),
+            "a VIP packet passed uncounted"
+        );
+        assert!(judge(5, &input, &one_packet).is_err(), "an unknown verdict");
+        let mut two_drops = one_packet;
+        two_drops[Counter::DropTruncated as usize] = 1;
+        two_drops[Counter::DropFragment as usize] = 1;
+        assert!(judge(SHOT, &input, &two_drops).is_err(), "two drop reasons");
+        // A DNAT whose reverse path is gone.
+        let mut lab = lab;
+        lab.remove_reply_entry(&flow_key((B1, 8080), C, Protocol::Tcp));
+        let obs = Observation {
+            hook: Hook::TcIngress,
+            input: &input,
+            verdict: NEXT,
+            output: &good.output,
+            delta: &good.delta,
+        };
+        assert!(check(&lab, &obs).is_err(), "a DNAT without its reply entry");
     });
 }

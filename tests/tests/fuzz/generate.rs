@@ -16,7 +16,7 @@ use super::{
         TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, be16, fix_ip_checksum, fix_l4_checksum, fragment,
         icmp_frame, ipv4, len16, put16, tcp_frame, udp_frame,
     },
-    lab::{BACKENDS, NOT_A_VIP, VIP_AFFINITY, VIP_BALANCED, VIP_EMPTY, VIP_LOCAL},
+    lab::{BACKENDS, NOT_A_VIP, VIP_AFFINITY, VIP_BALANCED, VIP_EMPTY, VIP_LOCAL, VIP_SHARED},
 };
 use crate::support::datapath::{B1, CLIENT, OTHER_CLIENT};
 
@@ -28,8 +28,9 @@ const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 
 /// Where clients send: every service port, ports and protocols a VIP does not serve, an
 /// address in the VIP range that is no VIP, and a pod directly.
-const TARGETS: [(Ipv4Addr, u16, u8); 12] = [
+const TARGETS: [(Ipv4Addr, u16, u8); 13] = [
     (VIP_BALANCED, 80, IPPROTO_TCP),
+    (VIP_SHARED, 80, IPPROTO_TCP),
     (VIP_BALANCED, 53, IPPROTO_UDP),
     (VIP_AFFINITY, 80, IPPROTO_TCP),
     (VIP_AFFINITY, 53, IPPROTO_UDP),
@@ -57,7 +58,7 @@ pub struct SeenFlow {
     pub backend_port: u16,
 }
 
-const FLOW_MEMORY: usize = 64;
+const FLOW_MEMORY: usize = 256;
 
 pub struct Generator {
     pub rng: Rng,
@@ -78,9 +79,22 @@ impl Generator {
         }
     }
 
-    /// Remembers a translated flow (the most recent `FLOW_MEMORY` are kept).
+    /// Remembers a translated flow (the most recent `FLOW_MEMORY` flows are kept; a flow
+    /// seen again is updated in place).
     pub fn remember(&mut self, flow: SeenFlow) {
-        if self.flows.len() < FLOW_MEMORY {
+        let same = |f: &SeenFlow| {
+            (f.proto, f.client, f.client_port, f.vip, f.vip_port)
+                == (
+                    flow.proto,
+                    flow.client,
+                    flow.client_port,
+                    flow.vip,
+                    flow.vip_port,
+                )
+        };
+        if let Some(known) = self.flows.iter_mut().find(|f| same(f)) {
+            *known = flow;
+        } else if self.flows.len() < FLOW_MEMORY {
             self.flows.push(flow);
         } else {
             self.flows[self.next_flow] = flow;
@@ -251,20 +265,34 @@ impl Generator {
             return self.service_tcp();
         };
         let client = (f.client, f.client_port);
-        let vip = if self.rng.u8(..6) == 0 {
-            let (vip, port, _) = self.target(Some(f.proto));
-            (vip, port)
-        } else {
-            (f.vip, f.vip_port)
+        let vip = match self.rng.u8(..6) {
+            0 => {
+                let (vip, port, _) = self.target(Some(f.proto));
+                (vip, port)
+            }
+            // The same client port to another VIP with a backend in common: the backend
+            // would see one connection for two flows unless the datapath remaps the port.
+            1 | 2 if f.vip == VIP_BALANCED && f.vip_port == 80 => (
+                if self.rng.bool() {
+                    VIP_SHARED
+                } else {
+                    VIP_AFFINITY
+                },
+                80,
+            ),
+            1 | 2 if f.vip_port == 80 && (f.vip == VIP_AFFINITY || f.vip == VIP_SHARED) => {
+                (VIP_BALANCED, 80)
+            }
+            _ => (f.vip, f.vip_port),
         };
         if f.proto == IPPROTO_UDP {
             return self.udp(client, vip, 600);
         }
         let flags = match self.rng.u8(..10) {
-            0..5 => TCP_ACK,
-            5..7 => TCP_ACK | 0x08,
-            7 => TCP_FIN | TCP_ACK,
-            8 => TCP_RST,
+            0..4 => TCP_ACK,
+            4..6 => TCP_ACK | 0x08,
+            6 => TCP_FIN | TCP_ACK,
+            7 => TCP_RST,
             _ => TCP_SYN,
         };
         self.tcp_with(flags, client, vip, 600)

@@ -22,6 +22,9 @@ pub const VIP_BALANCED: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 /// ClientIP affinity: TCP 80 over B1, B3 (B1:8080 shared with `VIP_BALANCED`, so one client
 /// port to both VIPs needs a remapped source port); UDP 53 to B3.
 pub const VIP_AFFINITY: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
+/// TCP 80 to B1:8080 alone: a client port it shares with a flow of `VIP_BALANCED` on B1
+/// must be remapped.
+pub const VIP_SHARED: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 50);
 /// TCP 80 and UDP 53 without endpoints: rejected.
 pub const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 30);
 /// TCP 80 whose endpoints are all on other nodes (traffic policy Local): dropped.
@@ -113,6 +116,7 @@ impl Lab {
         local.when_empty = WhenEmpty::Drop;
         let common = [
             frontend(VIP_AFFINITY, 53, Protocol::Udp, &[(B3, 5353)], Some(60)),
+            frontend(VIP_SHARED, 80, Protocol::Tcp, &[(B1, 8080)], None),
             frontend(VIP_EMPTY, 80, Protocol::Tcp, &[], None),
             frontend(VIP_EMPTY, 53, Protocol::Udp, &[], None),
             (local_key, local),

@@ -1,6 +1,6 @@
 //! Packet fuzzing of the real TC and XDP programs through BPF_PROG_TEST_RUN: seeded frames
-//! (`generate`) run through every program of a datapath programmed to reach every branch
-//! (`lab`), each run checked against the invariants (`invariants`). A violation stops the
+//! (`generate`) run through every program of a datapath programmed so that its branches are
+//! reachable (`lab`), each run checked against the invariants (`invariants`). A violation stops the
 //! run with the seed, the iteration and the frame in hex, so it can be replayed.
 
 pub mod frames;
@@ -173,16 +173,13 @@ pub fn campaign(seed: u64, iterations: u64) -> Report {
                 if !kernel_refuses(hook, &frame) {
                     let err = lab.dp.try_run(hook.program(), &frame).err();
                     let why = format!("the kernel refused to run the frame: {err:?}");
-                    violation(seed, iteration, &lab, hook, &frame, None, &why);
+                    violation(Some((seed, iteration)), &lab, hook, &frame, None, &why);
                 }
                 report.refused += 1;
                 continue;
             };
             let after = lab.counters();
-            let mut delta = [0u64; COUNTER_SLOTS];
-            for (d, (a, b)) in delta.iter_mut().zip(after.iter().zip(before)) {
-                *d = a - b;
-            }
+            let delta = increments(&before, &after);
             before = after;
             let obs = Observation {
                 hook,
@@ -201,7 +198,14 @@ pub fn campaign(seed: u64, iterations: u64) -> Report {
                         remember(&mut generator, &frame, &output);
                     }
                 }
-                Err(why) => violation(seed, iteration, &lab, hook, &frame, Some(&obs), &why),
+                Err(why) => violation(
+                    Some((seed, iteration)),
+                    &lab,
+                    hook,
+                    &frame,
+                    Some(&obs),
+                    &why,
+                ),
             }
             for (total, d) in report.counters.iter_mut().zip(delta) {
                 *total += d;
@@ -248,11 +252,7 @@ pub fn run_checked(lab: &Lab, hook: Hook, frame: &[u8]) -> Option<CheckedRun> {
         );
         return None;
     };
-    let after = lab.counters();
-    let mut delta = [0u64; COUNTER_SLOTS];
-    for (d, (a, b)) in delta.iter_mut().zip(after.iter().zip(before)) {
-        *d = a - b;
-    }
+    let delta = increments(&before, &lab.counters());
     let obs = Observation {
         hook,
         input: frame,
@@ -266,8 +266,17 @@ pub fn run_checked(lab: &Lab, hook: Hook, frame: &[u8]) -> Option<CheckedRun> {
             output,
             delta,
         }),
-        Err(why) => violation(0, 0, lab, hook, frame, Some(&obs), &why),
+        Err(why) => violation(None, lab, hook, frame, Some(&obs), &why),
     }
+}
+
+/// What each counter went up by between two readings.
+fn increments(before: &[u64; COUNTER_SLOTS], after: &[u64; COUNTER_SLOTS]) -> [u64; COUNTER_SLOTS] {
+    let mut delta = [0u64; COUNTER_SLOTS];
+    for (d, (a, b)) in delta.iter_mut().zip(after.iter().zip(before)) {
+        *d = a - b;
+    }
+    delta
 }
 
 /// Whether BPF_PROG_TEST_RUN refuses `frame` for `hook` by its own rules (EINVAL): anything
@@ -304,9 +313,10 @@ fn remember(generator: &mut Generator, input: &[u8], output: &[u8]) {
     });
 }
 
+/// Stops with everything needed to replay a violation: the seed and iteration of the
+/// campaign (`run`), the frame, the output and the counters that moved.
 fn violation(
-    seed: u64,
-    iteration: u64,
+    run: Option<(u64, u64)>,
     lab: &Lab,
     hook: Hook,
     frame: &[u8],
@@ -322,15 +332,25 @@ fn violation(
             o.moved_counters()
         )
     });
+    let (at, replay_run) = run.map_or_else(
+        || (String::new(), String::new()),
+        |(seed, iteration)| {
+            (
+                format!("seed {seed:#x}, iteration {iteration}, "),
+                format!(
+                    "  replay the run: cargo xtask fuzz --seed {seed:#x} --iterations {}\n",
+                    iteration + 1
+                ),
+            )
+        },
+    );
     panic!(
-        "datapath fuzz: invariant violated: {why}\n  seed {seed:#x}, iteration {iteration}, \
-         {hook:?}, endpoint set {}\n  input ({} bytes) {}\n{detail}  replay the run: \
-         KPROXY_FUZZ_SEED={seed:#x} KPROXY_FUZZ_ITERATIONS={} cargo xtask fuzz\n  replay the \
-         frame alone: KPROXY_FUZZ_REPLAY={} cargo test -p kproxy-tests --test datapath_fuzz",
+        "datapath fuzz: invariant violated: {why}\n  {at}{hook:?}, endpoint set {}\n  input ({} \
+         bytes) {}\n{detail}{replay_run}  replay the frame alone: KPROXY_FUZZ_REPLAY={} cargo test \
+         -p kproxy-tests --test datapath_fuzz",
         lab.phase(),
         frame.len(),
         hex(frame),
-        iteration + 1,
         hex(frame),
     );
 }
