@@ -168,7 +168,10 @@ pub struct Existing {
 }
 
 /// The forward entry of `fwd` with the state of its flow, if there is one. Rebuilds a reply
-/// entry the LRU evicted alone (or that the agent's collection raced away).
+/// entry the LRU evicted alone (or that the agent's collection raced away). A flow whose
+/// reply entry cannot be rebuilt (another flow holds its backend-side tuple now, or the table
+/// is full) is no flow: it is forgotten, so that its packets are never sent to the backend
+/// with replies that would be translated for someone else, or not at all.
 #[inline(always)]
 pub fn existing(fwd: &FlowKey) -> Option<Existing> {
     let entry = KP_CT_FWD.lookup(fwd)?;
@@ -181,6 +184,10 @@ pub fn existing(fwd: &FlowKey) -> Option<Existing> {
             .is_ok()
         {
             stats::count(Counter::CtReplyRestored);
+        } else if !is_reply_of(&rkey, &lookup_or_zero(&KP_CT_REV, &rkey), fwd) {
+            // Not rebuilt by another CPU handling this flow at the same moment either.
+            remove_stale(fwd, &entry);
+            return None;
         }
     }
     Some(Existing {

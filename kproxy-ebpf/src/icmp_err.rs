@@ -68,6 +68,14 @@ pub fn handle<P: Packet>(pkt: &mut P, daddr: u32, l4_off: usize) -> Action {
     if l4_off != OUTER_L4 || !pkt.ensure(MIN_LEN) {
         return vip::pass_if_vip(Some(daddr), Counter::VipUnsupportedProtocol);
     }
+    let Some(outer) = pkt.read::<Ipv4Hdr>(L3_OFF) else {
+        return Action::Pass;
+    };
+    let tot_len = usize::from(u16::from_be(outer.tot_len));
+    // The quote ends with the datagram: bytes after it are link padding, never ports.
+    if L3_OFF + tot_len < MIN_LEN {
+        return vip::pass_if_vip(Some(daddr), Counter::VipUnsupportedProtocol);
+    }
     let Some(icmp_type) = pkt.read::<u8>(OUTER_L4) else {
         return Action::Pass;
     };
@@ -79,9 +87,6 @@ pub fn handle<P: Packet>(pkt: &mut P, daddr: u32, l4_off: usize) -> Action {
         return vip::pass_if_vip(Some(daddr), Counter::VipUnsupportedProtocol);
     }
     // One read at a time: a tuple of `Option`s would hold undefined bytes for the verifier.
-    let Some(outer) = pkt.read::<Ipv4Hdr>(L3_OFF) else {
-        return Action::Pass;
-    };
     let Some(inner) = pkt.read::<Ipv4Hdr>(INNER_IP) else {
         return Action::Pass;
     };
@@ -103,7 +108,6 @@ pub fn handle<P: Packet>(pkt: &mut P, daddr: u32, l4_off: usize) -> Action {
         proto: inner.proto,
         _pad: [0; 3],
     };
-    let tot_len = usize::from(u16::from_be(outer.tot_len));
     if vip::is_vip(daddr) {
         towards_backend(pkt, &outer, &inner, &answer, tot_len)
     } else {

@@ -237,6 +237,9 @@ fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
         Some(backend) if backend.is_active() || (flow.is_tcp() && !flow.is_syn()) => {
             Known::Use(entry, backend)
         }
+        // A later fragment has no TCP header to answer with a RST (nor ports to start a new
+        // flow with): it is dropped as a fragment without a flow.
+        _ if !flow.has_l4_header() => Known::New(entry),
         None if flow.is_tcp() && !flow.is_syn() => Known::Reset(entry),
         // Gone, or no longer taking new connections: UDP flows and unanswered SYNs move.
         _ => {

@@ -52,8 +52,9 @@ pub struct Ipv4Hdr {
     pub daddr: u32,
 }
 
-/// Minimum L4 header bytes read: ports for both, up to the flags byte for TCP.
-const TCP_READ_LEN: usize = 14;
+/// Minimum L4 header bytes inside the datagram: the whole fixed TCP header (a rewrite must
+/// find its checksum, at 16, inside the datagram rather than in link padding), the UDP header.
+const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 
 /// Where a packet's IPv4 datagram sits among fragments.
@@ -177,7 +178,7 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
     let mut tcp_flags = 0;
     if fragment != Fragment::Later {
         let need = if ip.proto == IPPROTO_TCP {
-            TCP_READ_LEN
+            TCP_HLEN
         } else {
             UDP_HLEN
         };
@@ -205,7 +206,8 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
     })
 }
 
-/// The IPv4 destination inside a frame with one VLAN tag, if it carries IPv4.
+/// The IPv4 destination inside a frame with one VLAN tag, or two (QinQ: 802.1ad outside,
+/// 802.1Q inside), if it carries IPv4.
 #[inline(always)]
 fn vlan_inner_daddr<P: Packet>(pkt: &mut P) -> Option<u32> {
     const TAG_LEN: usize = 4;
@@ -213,8 +215,17 @@ fn vlan_inner_daddr<P: Packet>(pkt: &mut P) -> Option<u32> {
         return None;
     }
     let inner_proto = pkt.read::<u16>(ETH_HLEN + 2)?;
-    if inner_proto != ETH_P_IP.to_be() {
+    if inner_proto == ETH_P_IP.to_be() {
+        return pkt.read::<u32>(ETH_HLEN + TAG_LEN + 16);
+    }
+    // Constant offsets for each depth: a variable one loses the verifier's packet bounds.
+    if inner_proto != ETH_P_8021Q.to_be() && inner_proto != ETH_P_8021AD.to_be() {
         return None;
     }
-    pkt.read::<u32>(ETH_HLEN + TAG_LEN + 16)
+    if !pkt.ensure(ETH_HLEN + 2 * TAG_LEN + IPV4_HLEN)
+        || pkt.read::<u16>(ETH_HLEN + TAG_LEN + 2)? != ETH_P_IP.to_be()
+    {
+        return None;
+    }
+    pkt.read::<u32>(ETH_HLEN + 2 * TAG_LEN + 16)
 }

@@ -4,6 +4,7 @@ mod bench;
 mod build_ebpf;
 mod demo;
 mod deps;
+mod fuzz;
 mod test;
 mod tools;
 
@@ -27,6 +28,9 @@ enum Task {
     Bench(bench::Options),
     /// Build everything and run a demo in network namespaces (needs root).
     Demo,
+    /// Fuzz the TC and XDP programs with generated packets for longer than `test` does
+    /// (needs root).
+    Fuzz(fuzz::Options),
     /// Build everything and run every check and test CI runs (root for the BPF tests).
     Test(test::Options),
 }
@@ -36,6 +40,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf(opts) => build_ebpf::run(&opts).map(|_| ()),
         Task::Bench(opts) => bench::run(&opts),
         Task::Demo => demo::run(),
+        Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Test(opts) => test::run(&opts),
     }
 }

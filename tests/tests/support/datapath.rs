@@ -102,6 +102,12 @@ impl LoadedDatapath {
     }
 
     fn run(&self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.try_run(name, frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// Runs program `name` on `frame` with BPF_PROG_TEST_RUN: its return value and the frame
+    /// as it leaves, or the kernel's refusal (frames shorter than an Ethernet header).
+    pub fn try_run(&self, name: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
         let mut out = vec![0u8; frame.len() + 512];
         let result = {
             let prog = self.ebpf.program(name).expect("program in object");
@@ -110,17 +116,18 @@ impl LoadedDatapath {
                 data_out: Some(&mut out),
                 ..TestRunOptions::default()
             };
-            let run: Result<_, ProgramError> = if name == names::PROG_XDP {
-                <&Xdp>::try_from(prog).expect("xdp program").test_run(opts)
+            if name == names::PROG_XDP {
+                <&Xdp>::try_from(prog)
+                    .expect("xdp program")
+                    .test_run(opts)?
             } else {
                 <&SchedClassifier>::try_from(prog)
                     .expect("tc program")
-                    .test_run(opts)
-            };
-            run.expect("BPF_PROG_TEST_RUN")
+                    .test_run(opts)?
+            }
         };
         out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        Ok((result.return_value, out))
     }
 
     /// Runs the TC classifier on `frame`: its verdict and the frame as it leaves.
