@@ -112,6 +112,10 @@ counters! {
     /// XDP left a service packet to the TC program on the same interface, because the
     /// interface may deliver partial checksums XDP cannot see (a veth with offload).
     XdpDeferred = "xdp_deferred_to_tc";
+    /// A later IPv4 fragment, not to a VIP, whose first fragment was not seen (yet): passed
+    /// as it is. Among them may be replies of a backend whose first fragment comes later,
+    /// which cannot be translated without it (fragments to a VIP are dropped instead).
+    FragmentUntracked = "fragment_untracked";
 }
 
 /// Room for counters added later without changing the map's value size.

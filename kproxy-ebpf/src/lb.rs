@@ -62,7 +62,11 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
     };
     if flow.fragment == Fragment::Later && !later_fragment_ports(&mut flow) {
         // The first fragment was not seen (yet): nothing to translate this one with.
-        return vip::drop_if_vip(Some(flow.key.daddr), Counter::DropFragment);
+        let action = vip::drop_if_vip(Some(flow.key.daddr), Counter::DropFragment);
+        if action == Action::Pass {
+            stats::count(Counter::FragmentUntracked);
+        }
+        return action;
     }
     let svc_key = ServiceKey {
         addr: flow.key.daddr,
