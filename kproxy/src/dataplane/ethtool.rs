@@ -9,13 +9,8 @@ use std::{
 
 /// Commands from `linux/ethtool.h` (absent from the libc crate).
 const ETHTOOL_GDRVINFO: u32 = 0x03;
-const ETHTOOL_GSTRINGS: u32 = 0x1b;
-const ETHTOOL_GSTATS: u32 = 0x1d;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 const ETHTOOL_STXCSUM: u32 = 0x17;
-const ETHTOOL_GSSET_INFO: u32 = 0x37;
-const ETH_SS_STATS: u32 = 1;
-const ETH_GSTRING_LEN: usize = 32;
 
 /// `struct ethtool_value`.
 #[repr(C)]
@@ -99,37 +94,6 @@ pub fn tx_checksum(name: &str) -> io::Result<bool> {
 /// Turns transmit checksum offload of `name` on or off (`ethtool -K <if> tx on|off`).
 pub fn set_tx_checksum(name: &str, on: bool) -> io::Result<()> {
     ethtool_value(name, ETHTOOL_STXCSUM, u32::from(on)).map(|_| ())
-}
-
-/// The driver statistic `stat` of `name` (`ethtool -S`), if the driver has it.
-pub fn stat(name: &str, stat: &str) -> io::Result<Option<u64>> {
-    // struct ethtool_sset_info { cmd, reserved, sset_mask (u64), data[] (u32 each) }
-    let mut sset = [0u32; 5];
-    sset[0] = ETHTOOL_GSSET_INFO;
-    sset[2] = 1 << ETH_SS_STATS;
-    ethtool_raw(name, sset.as_mut_ptr().cast())?;
-    let count = sset[4] as usize;
-    if count == 0 {
-        return Ok(None);
-    }
-    // struct ethtool_gstrings { cmd, string_set, len, data[len * ETH_GSTRING_LEN] }
-    let mut strings = vec![0u8; 12 + count * ETH_GSTRING_LEN];
-    strings[0..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());
-    strings[4..8].copy_from_slice(&ETH_SS_STATS.to_ne_bytes());
-    strings[8..12].copy_from_slice(&u32::try_from(count).unwrap_or(0).to_ne_bytes());
-    ethtool_raw(name, strings.as_mut_ptr().cast())?;
-    let Some(position) = strings[12..].chunks(ETH_GSTRING_LEN).position(|s| {
-        let len = s.iter().position(|b| *b == 0).unwrap_or(ETH_GSTRING_LEN);
-        &s[..len] == stat.as_bytes()
-    }) else {
-        return Ok(None);
-    };
-    // struct ethtool_stats { cmd, n_stats, data[n_stats] (u64 each) }
-    let mut stats = vec![0u64; 1 + count];
-    let header = u64::from(ETHTOOL_GSTATS) | (u64::try_from(count).unwrap_or(0) << 32);
-    stats[0] = header;
-    ethtool_raw(name, stats.as_mut_ptr().cast())?;
-    Ok(stats.get(1 + position).copied())
 }
 
 /// Runs one `SIOCETHTOOL` command that takes or returns a `struct ethtool_value`.

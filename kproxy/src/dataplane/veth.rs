@@ -6,13 +6,25 @@
 //! corrupts it. Real NICs deliver complete checksums. So on a veth, kproxy's XDP program
 //! translates only if the peer is found and sends complete checksums; otherwise it leaves
 //! service packets to the TC program on the same interface (`IFACE_F_XDP_DEFER`).
+//!
+//! The peer is found exactly: rtnetlink names its index and, when it lives in another network
+//! namespace, that namespace's id as this one knows it (`IFLA_LINK_NETNSID`); the namespaces
+//! processes and `ip netns` hold are then asked for their id until one matches.
 
 use std::{
-    collections::HashSet,
     fs::File,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    io,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
+
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage},
+    nsid::{NsidAttribute, NsidMessage},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::ethtool;
 
@@ -32,70 +44,115 @@ pub fn checksums(iface: &str) -> Checksums {
     if ethtool::driver(iface).ok().as_deref() != Some("veth") {
         return Checksums::Complete;
     }
-    let Ok(Some(peer)) = ethtool::stat(iface, "peer_ifindex") else {
-        return Checksums::MaybePartial("its peer's index is unknown".into());
-    };
-    let Ok(own) = ethtool::index(iface) else {
-        return Checksums::MaybePartial(format!("{iface} vanished"));
-    };
-    let peer = u32::try_from(peer).unwrap_or(0);
-    match find_peer(peer, own) {
-        Some((name, false)) => Checksums::CompleteFromPeer(name),
-        Some((name, true)) => {
-            Checksums::MaybePartial(format!("its peer {name} transmits with checksum offload"))
-        }
-        None => Checksums::MaybePartial("its peer was not found in any network namespace".into()),
+    let peer = ethtool::index(iface).and_then(peer_of);
+    match peer {
+        Ok((peer_index, nsid)) => match find_peer(peer_index, nsid) {
+            Some((name, false)) => Checksums::CompleteFromPeer(name),
+            Some((name, true)) => {
+                Checksums::MaybePartial(format!("its peer {name} transmits with checksum offload"))
+            }
+            None => Checksums::MaybePartial("its peer's network namespace was not found".into()),
+        },
+        Err(e) => Checksums::MaybePartial(format!("its peer is unknown: {e}")),
     }
 }
 
-/// Looks for veth `peer_index` pointing back at `own_index` in this namespace and every
-/// other one a process or `ip netns` holds; returns its name and whether it offloads. Interface
-/// indexes repeat across namespaces, so a pair that only matches by coincidence is possible:
-/// unless exactly one candidate matches, the peer counts as not found.
-fn find_peer(peer_index: u32, own_index: u32) -> Option<(String, bool)> {
-    let mut found = Vec::new();
-    // The peer in this very namespace (both ends here); never the interface itself.
-    if peer_index != own_index {
-        found.extend(peer_here(peer_index, own_index));
-    }
-    let own = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
-    let mut seen = HashSet::from([own]);
-    for path in namespace_paths() {
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if !seen.insert(meta.ino()) {
-            continue;
+/// The peer of veth `index`: its index, and the id of its namespace if not this one.
+fn peer_of(index: u32) -> io::Result<(u32, Option<i32>)> {
+    let mut request = LinkMessage::default();
+    request.header.index = index;
+    let RouteNetlinkMessage::NewLink(link) = ask(RouteNetlinkMessage::GetLink(request))? else {
+        return Err(io::Error::other("unexpected reply to RTM_GETLINK"));
+    };
+    let mut peer = None;
+    let mut nsid = None;
+    for attribute in &link.attributes {
+        match attribute {
+            LinkAttribute::Link(i) => peer = Some(*i),
+            LinkAttribute::LinkNetNsId(id) => nsid = Some(*id),
+            _ => {}
         }
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        let there = std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns on a valid namespace descriptor changes only this thread.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return None;
-                }
-                peer_here(peer_index, own_index)
-            })
-            .join()
-            .ok()
-            .flatten()
-        });
-        found.extend(there);
     }
-    if found.len() == 1 { found.pop() } else { None }
+    let peer = peer.ok_or_else(|| io::Error::other("no IFLA_LINK"))?;
+    Ok((peer, nsid))
 }
 
-/// The veth `peer_index` of this namespace, if it is `own_index`'s peer.
-fn peer_here(peer_index: u32, own_index: u32) -> Option<(String, bool)> {
-    let name = ethtool::name(peer_index)?;
-    if ethtool::driver(&name).ok()? != "veth"
-        || ethtool::stat(&name, "peer_ifindex").ok()?? != u64::from(own_index)
+/// The id this namespace gives the namespace `ns` refers to (-1: none given yet).
+fn nsid_of(ns: &File) -> io::Result<i32> {
+    let mut request = NsidMessage::default();
+    let fd = u32::try_from(ns.as_raw_fd()).map_err(io::Error::other)?;
+    request.attributes.push(NsidAttribute::Fd(fd));
+    let RouteNetlinkMessage::NewNsId(reply) = ask(RouteNetlinkMessage::GetNsId(request))? else {
+        return Err(io::Error::other("unexpected reply to RTM_GETNSID"));
+    };
+    Ok(reply
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            NsidAttribute::Id(id) => Some(*id),
+            _ => None,
+        })
+        .unwrap_or(-1))
+}
+
+/// One request on a route netlink socket and its reply.
+fn ask(message: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut request = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::InnerMessage(message),
+    );
+    request.header.flags = NLM_F_REQUEST;
+    request.finalize();
+    let mut sent = vec![0; request.buffer_len()];
+    request.serialize(&mut sent);
+    socket.send(&sent, 0)?;
+    let mut reply = Vec::with_capacity(16 * 1024);
+    socket.recv(&mut reply, 0)?;
+    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
+        .map_err(io::Error::other)?
+        .payload
     {
-        return None;
+        NetlinkPayload::InnerMessage(m) => Ok(m),
+        NetlinkPayload::Error(e) => Err(e.code.map_or_else(
+            || io::Error::other("netlink: no answer"),
+            |code| io::Error::from_raw_os_error(-code.get()),
+        )),
+        _ => Err(io::Error::other("netlink: unexpected reply")),
     }
-    Some((name.clone(), ethtool::tx_checksum(&name).ok()?))
+}
+
+/// Finds veth `peer_index` in the namespace with id `nsid` (this one when `None`); returns
+/// its name and whether it offloads checksums.
+fn find_peer(peer_index: u32, nsid: Option<i32>) -> Option<(String, bool)> {
+    let Some(nsid) = nsid else {
+        return peer_here(peer_index);
+    };
+    let file = namespace_paths()
+        .into_iter()
+        .filter_map(|path| File::open(path).ok())
+        .find(|ns| nsid_of(ns).is_ok_and(|id| id == nsid))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace descriptor changes only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            peer_here(peer_index)
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
+}
+
+/// The name of interface `index` of this namespace and whether it offloads checksums.
+fn peer_here(index: u32) -> Option<(String, bool)> {
+    let name = ethtool::name(index)?;
+    let offloads = ethtool::tx_checksum(&name).ok()?;
+    Some((name, offloads))
 }
 
 /// Network namespaces others hold: bind mounts of `ip netns` and those of running processes.
