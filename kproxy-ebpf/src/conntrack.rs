@@ -126,7 +126,7 @@ pub fn lookup_or_zero(map: &impl CtMap, key: &FlowKey) -> CtEntry {
 /// Records a packet of direction `dir` in its own entry `entry` at `key` of `map`: the state
 /// bits it adds, and the time at most once per `CT_REFRESH_NS`. The write replaces the
 /// whole value; if another CPU replaced it at the same moment and the new bits did not
-/// survive, they are written once more. An entry evicted meanwhile is put back.
+/// survive, they are written once more. An entry evicted or deleted meanwhile is put back.
 #[inline(always)]
 pub fn record(map: &impl CtMap, key: &FlowKey, entry: &CtEntry, dir: Dir, tcp_flags: u8, now: u64) {
     let bits = state_bits(dir, tcp_flags) & !entry.flags;
@@ -168,7 +168,8 @@ pub struct Existing {
 }
 
 /// The forward entry of `fwd` with the state of its flow, if there is one. Rebuilds a reply
-/// entry the LRU evicted alone (or that the agent's collection raced away). A flow whose
+/// entry the agent's collection deleted while the forward one lived on (early drop racing a
+/// packet that refreshed the flow). A flow whose
 /// reply entry cannot be rebuilt (another flow holds its backend-side tuple now, or the table
 /// is full) is no flow: it is forgotten, so that its packets are never sent to the backend
 /// with replies that would be translated for someone else, or not at all.

@@ -486,6 +486,11 @@ fn the_xdp_program_serves_a_nic() {
         ErrorKind::NetworkUnreachable,
         "non-service traffic passes and dies in the bed: {err}"
     );
+    let counters = bed.view().expect("datapath").counters;
+    assert_eq!(
+        counters["xdp_deferred_to_tc"], 0,
+        "the veth's peer sends complete checksums: XDP translated ({counters:?})"
+    );
 }
 
 #[test]

@@ -387,10 +387,10 @@ impl Agent {
                 // When the reply table is full, new flows are dropped (and unanswered ones
                 // are dropped early to make room). Say so while it is close to happening.
                 let capacity = u64::from(self.config.sizes.conntrack);
-                let nearly_full = stats.flows as u64 * 10 >= capacity * 9;
+                let nearly_full = stats.replies as u64 * 10 >= capacity * 9;
                 if nearly_full && !self.conntrack_nearly_full {
                     tracing::warn!(
-                        flows = stats.flows,
+                        replies = stats.replies,
                         capacity,
                         "conntrack table over 90% full; raise --ct-max"
                     );

@@ -451,11 +451,6 @@ impl FlowMaps {
         Ok(self.ct_fwd.map.iter().collect::<Result<_, _>>()?)
     }
 
-    /// Reply conntrack entries.
-    pub fn replies(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
-        Ok(self.ct_rev.map.iter().collect::<Result<_, _>>()?)
-    }
-
     /// Affinity entries.
     pub fn affinities(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
         Ok(self.affinity.iter().collect::<Result<_, _>>()?)

@@ -21,7 +21,7 @@ use kproxy_common::{
     config::Config,
     ct::{
         AffinityKey, AffinityValue, CT_F_SEEN_REPLY, CtEntry, FlowKey, FlowState, forward_key,
-        reply_key,
+        is_reply_of, reply_key,
     },
 };
 
@@ -57,6 +57,8 @@ pub trait Liveness {
 pub struct GcStats {
     /// Flows (forward entries) found.
     pub flows: usize,
+    /// Reply entries left after the pass: what fills `KP_CT_REV`.
+    pub replies: usize,
     /// Flows deleted because they timed out.
     pub expired: usize,
     /// Flows deleted because their service is gone.
@@ -149,9 +151,7 @@ pub fn collect(
     for (key, entry) in &forward {
         stats.flows += 1;
         let rkey = reply_key(key, entry);
-        let rev = reverse
-            .get(&rkey)
-            .filter(|r| forward_key(&rkey, r) == *key && r.backend_id == entry.backend_id);
+        let rev = reverse.get(&rkey).filter(|r| is_reply_of(&rkey, r, key));
         if rev.is_some() {
             paired.insert(rkey);
         }
@@ -179,9 +179,9 @@ pub fn collect(
             Verdict::Keep => {}
         }
     }
-    // Reply entries no forward entry claims (evicted alone, or their flow moved to another
-    // backend): the datapath may still translate late replies with them, so they go only
-    // once timed out by their own clock, or when their service is gone.
+    // Reply entries no forward entry claims (their forward entry evicted alone, or their flow
+    // moved to another backend): the datapath may still translate late replies with them, so
+    // they go only once timed out by their own clock, or when their service is gone.
     for (rkey, rev) in &reverse {
         if paired.contains(rkey) {
             continue;
@@ -208,6 +208,7 @@ pub fn collect(
             }
         }
     }
+    stats.replies = left;
     for (key, value) in affinity.entries()? {
         let too_old = now_ns.saturating_sub(value.last_seen_ns) > MAX_AFFINITY_NS;
         if (too_old || !live.backend_exists(value.backend_id))

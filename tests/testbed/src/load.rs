@@ -17,7 +17,6 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddrV4;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -30,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::{MissedTickBehavior, interval, sleep_until, timeout};
 
 use crate::netns::Netns;
-use crate::servers::{Reply, SeqReply};
+use crate::servers::{Reply, SeqReply, set_recverr};
 
 /// What TCP requests send; the who-am-I servers answer any line.
 const REQUEST: &[u8] = b"ping\n";
@@ -693,24 +692,6 @@ async fn udp_stream(config: &LoadConfig, clock: &Clock) -> io::Result<UdpRecord>
         }
     }
     Ok(record)
-}
-
-fn set_recverr(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid int option value for a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_RECVERR,
-            (&raw const on).cast(),
-            libc::socklen_t::try_from(std::mem::size_of_val(&on)).expect("an int fits socklen_t"),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -287,6 +287,7 @@ fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
         stats,
         GcStats {
             flows: 3,
+            replies: 1,
             expired: 1,
             service_gone: 1,
             orphans: 0,

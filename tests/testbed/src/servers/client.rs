@@ -140,7 +140,8 @@ impl UdpSession {
     }
 }
 
-fn set_recverr(socket: &UdpSocket) -> io::Result<()> {
+/// Has ICMP errors about the socket's flow delivered as errors on it.
+pub(crate) fn set_recverr(socket: &impl AsRawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: a valid int option value for a socket we own.
     let rc = unsafe {

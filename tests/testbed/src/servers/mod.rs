@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use std::net::SocketAddrV4;
 
+pub(crate) use client::set_recverr;
 pub use client::{TcpSession, UdpSession, tcp_request, udp_request};
 pub use reply::{Reply, SeqReply};
 pub use tcp::tcp_server;
