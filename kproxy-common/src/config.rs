@@ -7,6 +7,15 @@ use crate::ct::FlowState;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// `--masquerade-all`: every new flow to a cluster IP is masqueraded.
+pub const CFG_F_MASQUERADE_ALL: u32 = 1 << 0;
+/// Local-traffic detection by source address: sources in `KP_LOCAL_CIDRS` are this
+/// node's pods (`--detect-local-mode` ClusterCIDR or NodeCIDR).
+pub const CFG_F_LOCAL_BY_CIDR: u32 = 1 << 1;
+/// Local-traffic detection by interface: packets entering through an interface marked
+/// `IFACE_F_POD` come from pods (InterfaceNamePrefix or BridgeInterface).
+pub const CFG_F_LOCAL_BY_IFACE: u32 = 1 << 2;
+
 const SEC: u64 = 1_000_000_000;
 
 /// Conntrack timeouts. Until the agent writes the map, `initialized` is 0 and the datapath
@@ -15,7 +24,8 @@ const SEC: u64 = 1_000_000_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     pub initialized: u32,
-    pub _pad: u32,
+    /// `CFG_F_*` bits.
+    pub flags: u32,
     /// TCP flow that has not seen a reply yet.
     pub tcp_syn_timeout_ns: u64,
     /// TCP flow that has seen a reply and is not closing.
@@ -35,7 +45,7 @@ impl Config {
     /// values (30 s unreplied, 120 s "stream").
     pub const DEFAULT: Self = Self {
         initialized: 1,
-        _pad: 0,
+        flags: 0,
         tcp_syn_timeout_ns: 60 * SEC,
         tcp_established_timeout_ns: 6 * 3600 * SEC,
         tcp_close_timeout_ns: 10 * SEC,
@@ -59,6 +69,13 @@ impl Config {
         } else {
             self.udp_timeout_ns
         }
+    }
+
+    /// Whether some local-traffic detection is configured. Without one, kube-proxy never
+    /// masquerades cluster-IP traffic for coming from outside the cluster (it cannot tell).
+    #[inline(always)]
+    pub const fn detects_local(&self) -> bool {
+        self.flags & (CFG_F_LOCAL_BY_CIDR | CFG_F_LOCAL_BY_IFACE) != 0
     }
 
     /// Whether a flow in `state` has outlived its timeout at `now_ns`.

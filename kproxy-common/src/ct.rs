@@ -42,7 +42,10 @@ pub struct CtEntry {
     pub alt_port: u16,
     /// `CT_F_*` bits seen by this direction's packets.
     pub flags: u32,
-    pub _pad2: u32,
+    /// Forward: the source address the flow uses towards its backend when it is
+    /// masqueraded (SNAT to a node address), 0 if the client's own. Reverse: the client's
+    /// own address, written back as destination in replies, 0 if unchanged.
+    pub alt_addr: u32,
 }
 
 impl CtEntry {
@@ -55,7 +58,7 @@ impl CtEntry {
         nat_port: 0,
         alt_port: 0,
         flags: 0,
-        _pad2: 0,
+        alt_addr: 0,
     };
 }
 
@@ -124,12 +127,23 @@ const fn backend_side_port(fwd: &FlowKey, entry: &CtEntry) -> u16 {
     }
 }
 
+/// The address the client uses towards the backend: its own, or the node address it is
+/// masqueraded to.
+#[inline(always)]
+const fn backend_side_addr(fwd: &FlowKey, entry: &CtEntry) -> u32 {
+    if entry.alt_addr != 0 {
+        entry.alt_addr
+    } else {
+        fwd.saddr
+    }
+}
+
 /// Key of the reply entry of a forward entry (`fwd` is the client→VIP tuple).
 #[inline(always)]
 pub const fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
     FlowKey {
         saddr: entry.nat_addr,
-        daddr: fwd.saddr,
+        daddr: backend_side_addr(fwd, entry),
         sport: entry.nat_port,
         dport: backend_side_port(fwd, entry),
         proto: fwd.proto,
@@ -141,7 +155,11 @@ pub const fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
 #[inline(always)]
 pub fn forward_key(rev: &FlowKey, entry: &CtEntry) -> FlowKey {
     FlowKey {
-        saddr: rev.daddr,
+        saddr: if entry.alt_addr != 0 {
+            entry.alt_addr
+        } else {
+            rev.daddr
+        },
         daddr: entry.nat_addr,
         sport: if entry.alt_port != 0 {
             entry.alt_port
@@ -162,6 +180,7 @@ pub fn reply_entry(fwd: &FlowKey, entry: &CtEntry) -> CtEntry {
         nat_addr: fwd.daddr,
         nat_port: fwd.dport,
         alt_port: if entry.alt_port != 0 { fwd.sport } else { 0 },
+        alt_addr: if entry.alt_addr != 0 { fwd.saddr } else { 0 },
         flags: 0,
         ..*entry
     }
@@ -174,6 +193,7 @@ pub fn forward_entry(rev: &FlowKey, entry: &CtEntry) -> CtEntry {
         nat_addr: rev.saddr,
         nat_port: rev.sport,
         alt_port: if entry.alt_port != 0 { rev.dport } else { 0 },
+        alt_addr: if entry.alt_addr != 0 { rev.daddr } else { 0 },
         flags: 0,
         ..*entry
     }
@@ -187,9 +207,14 @@ pub fn is_reply_of(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey) -> bool {
     } else {
         rkey.dport
     };
+    let client_addr = if rev.alt_addr != 0 {
+        rev.alt_addr
+    } else {
+        rkey.daddr
+    };
     rev.nat_addr == fwd.daddr
         && rev.nat_port == fwd.dport
-        && rkey.daddr == fwd.saddr
+        && client_addr == fwd.saddr
         && client_port == fwd.sport
 }
 

@@ -7,3 +7,12 @@ pub const IFACE_F_INGRESS: u32 = 1 << 0;
 /// transmits with checksum offload): XDP cannot tell, so it leaves service packets to the
 /// TC program attached to the same interface, whose kernel helpers know the difference.
 pub const IFACE_F_XDP_DEFER: u32 = 1 << 1;
+/// Local-traffic detection by interface (kube-proxy's `--detect-local-mode`
+/// InterfaceNamePrefix or BridgeInterface): packets that enter the node here come from its
+/// pods.
+pub const IFACE_F_POD: u32 = 1 << 2;
+
+/// `KP_NODE_ADDRS` value bits. The address is one of the node's own (always set).
+pub const NODE_ADDR_F_LOCAL: u32 = 1 << 0;
+/// NodePorts answer on this address (`--nodeport-addresses`).
+pub const NODE_ADDR_F_NODEPORT: u32 = 1 << 1;

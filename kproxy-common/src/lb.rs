@@ -19,8 +19,20 @@ pub struct ServiceKey {
     pub port: u16,
     /// IP protocol number (`IPPROTO_TCP`, `IPPROTO_UDP`).
     pub proto: u8,
-    pub _pad: u8,
+    /// `SCOPE_*`: which clients this entry serves.
+    pub scope: u8,
 }
+
+/// `ServiceKey::addr` of a NodePort: the frontend answers on every node address marked
+/// `NODE_ADDR_F_NODEPORT` in `KP_NODE_ADDRS` (0.0.0.0 is never a VIP).
+pub const NODEPORT_ADDR: u32 = 0;
+
+/// The frontend as every client reaches it.
+pub const SCOPE_ALL: u8 = 0;
+/// The same frontend for clients on this node (its pods, as local-traffic detection says,
+/// and the node itself) when the `SCOPE_ALL` entry has `SVC_F_EXT_LOCAL`: kube-proxy sends
+/// their traffic to an externalTrafficPolicy Local Service cluster-wide.
+pub const SCOPE_INTERNAL: u8 = 1;
 
 /// Value of `KP_SERVICES`.
 #[repr(C)]
@@ -44,6 +56,18 @@ pub const SVC_F_AFFINITY: u8 = 1 << 0;
 /// With no backends, drop new connections silently instead of rejecting them: the service
 /// has endpoints, just none this node may use (kube-proxy's DROP for traffic policy Local).
 pub const SVC_F_DROP_EMPTY: u8 = 1 << 1;
+/// A NodePort, load-balancer IP or external IP (not a cluster IP): new flows are
+/// masqueraded to a node address unless the frontend has `SVC_F_EXT_LOCAL` (kube-proxy's
+/// externalTrafficPolicy Cluster), and `--masquerade-all` / local-traffic detection do not
+/// apply to it.
+pub const SVC_F_EXTERNAL: u8 = 1 << 2;
+/// externalTrafficPolicy Local: external clients keep their address and get this entry's
+/// (node-local) backends; clients on this node get the `SCOPE_INTERNAL` entry of the same
+/// frontend instead.
+pub const SVC_F_EXT_LOCAL: u8 = 1 << 3;
+/// loadBalancerSourceRanges: new flows only from sources `KP_SOURCE_RANGES` lists for this
+/// service port id; others are dropped (`drop_source_range`).
+pub const SVC_F_SOURCE_RANGES: u8 = 1 << 4;
 
 /// Key of `KP_SLOTS`: the n-th backend of a service port in one bank.
 #[repr(C)]
@@ -99,7 +123,22 @@ impl Backend {
     }
 }
 
+/// Key of `KP_SOURCE_RANGES` (an LPM trie): the service port id is always matched whole,
+/// so a key's prefix length is `32 + ` the CIDR's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// Service port id (big-endian, so the trie compares it byte by byte like the address).
+    pub svc_id_be: u32,
+    /// Source address (network byte order).
+    pub addr: u32,
+}
+
+/// Prefix length of `SourceRangeKey::svc_id_be`.
+pub const SOURCE_RANGE_ID_BITS: u32 = 32;
+
 const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<SourceRangeKey>() == 8);
 const _: () = assert!(size_of::<ServiceValue>() == 12);
 const _: () = assert!(size_of::<SlotKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 12);

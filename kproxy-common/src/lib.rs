@@ -28,6 +28,7 @@ mod pod {
     pod!(
         lb::ServiceKey,
         lb::ServiceValue,
+        lb::SourceRangeKey,
         lb::SlotKey,
         lb::Backend,
         meta::Meta,

@@ -25,10 +25,12 @@ pub const MAP_IFACES: &str = "KP_IFACES";
 pub const MAP_VIPS: &str = "KP_VIPS";
 pub const MAP_META: &str = "KP_META";
 pub const MAP_NODE_ADDRS: &str = "KP_NODE_ADDRS";
+pub const MAP_SOURCE_RANGES: &str = "KP_SOURCE_RANGES";
+pub const MAP_LOCAL_CIDRS: &str = "KP_LOCAL_CIDRS";
 
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
 
-pub const MAPS: [&str; 16] = [
+pub const MAPS: [&str; 18] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -45,4 +47,6 @@ pub const MAPS: [&str; 16] = [
     MAP_VIPS,
     MAP_META,
     MAP_NODE_ADDRS,
+    MAP_SOURCE_RANGES,
+    MAP_LOCAL_CIDRS,
 ];

@@ -304,7 +304,7 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
         nat_port: new.port,
         alt_port: 0,
         flags: state_bits(Dir::Forward, tcp_flags),
-        _pad2: 0,
+        alt_addr: 0,
     };
     let mut rkey = reply_key(fwd, &forward);
     let mut claimed = claim(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now);

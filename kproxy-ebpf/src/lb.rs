@@ -72,7 +72,7 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
         addr: flow.key.daddr,
         port: flow.key.dport,
         proto: flow.key.proto,
-        _pad: 0,
+        scope: 0,
     };
     // SAFETY: copied at once; KP_SERVICES is NO_PREALLOC, so the value stays intact until then.
     let action = match unsafe { KP_SERVICES.get(svc_key) }.copied() {
@@ -100,7 +100,7 @@ fn frag_key(flow: &Ipv4Flow) -> FragKey {
         daddr: flow.key.daddr,
         id: flow.ip_id,
         proto: flow.key.proto,
-        _pad: 0,
+        scope: 0,
     }
 }
 

@@ -6,12 +6,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use kproxy_common::{
     config::Config,
     ct::{AffinityKey, AffinityValue, CtEntry, FlowKey, FragKey, FragPorts},
-    lb::{Backend, ServiceKey, ServiceValue, SlotKey},
+    lb::{Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey},
     meta::Meta,
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
@@ -83,10 +83,21 @@ pub static KP_IFACES: HashMap<u32, u32> = HashMap::pinned(1_024, NO_PREALLOC);
 #[map]
 pub static KP_VIPS: HashMap<u32, u32> = HashMap::pinned(65_536, NO_PREALLOC);
 
-/// The node's own IPv4 addresses (value unused): a backend there is reached through the
-/// loopback device from egress, not routed out.
+/// The node's own IPv4 addresses → `NODE_ADDR_F_*`: a backend there is reached through the
+/// loopback device from egress, not routed out; traffic from there is the node's own; the
+/// NodePorts answer on those marked for them.
 #[map]
 pub static KP_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(1_024, NO_PREALLOC);
+
+/// loadBalancerSourceRanges of the frontends with `SVC_F_SOURCE_RANGES`: (service port id,
+/// source prefix) → 1.
+#[map]
+pub static KP_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(16_384, NO_PREALLOC);
+
+/// Local-traffic detection by address (`CFG_F_LOCAL_BY_CIDR`): the pod network, as
+/// `--cluster-cidr` or the node's podCIDRs say → 1.
+#[map]
+pub static KP_LOCAL_CIDRS: LpmTrie<u32, u8> = LpmTrie::pinned(64, NO_PREALLOC);
 
 /// What the pinned state is: layout version and reserved backend ids. Written by the agent,
 /// never read by the programs; it lives here so it is pinned with the maps it describes.

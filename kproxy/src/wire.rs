@@ -35,7 +35,7 @@ pub fn service_key(key: &FrontendKey) -> Option<ServiceKey> {
         addr: addr_to_wire(addr),
         port: port_to_wire(key.port),
         proto: key.proto.number(),
-        _pad: 0,
+        scope: 0,
     })
 }
 

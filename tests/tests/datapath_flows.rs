@@ -171,7 +171,7 @@ fn a_reply_entry_another_cpu_is_creating_is_shared_not_remapped() {
         nat_port: 80u16.to_be(),
         alt_port: 0,
         flags: 0,
-        _pad2: 0,
+        alt_addr: 0,
     };
     dp.ct_reply().insert(rkey, theirs, 0).expect("reply entry");
     let (_, out) = dp.tc(&tcp_frame(C, SVC, SYN, b""));

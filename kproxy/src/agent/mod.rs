@@ -436,7 +436,7 @@ impl Liveness for Live {
             addr: vip,
             port,
             proto,
-            _pad: 0,
+            scope: 0,
         })
     }
 

@@ -226,7 +226,7 @@ impl Running {
             addr: u32::from_ne_bytes(target.ip().octets()),
             port: target.port().to_be(),
             proto: 6,
-            _pad: 0,
+            scope: 0,
         };
         let before = services
             .get(&key, 0)

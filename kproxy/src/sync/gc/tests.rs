@@ -117,7 +117,7 @@ fn entry(nat_addr: u32, nat_port: u16, flags: u32, idle_s: u64) -> CtEntry {
         nat_port,
         alt_port: 0,
         flags,
-        _pad2: 0,
+        alt_addr: 0,
     }
 }
 
