@@ -116,6 +116,14 @@ counters! {
     /// as it is. Among them may be replies of a backend whose first fragment comes later,
     /// which cannot be translated without it (fragments to a VIP are dropped instead).
     FragmentUntracked = "fragment_untracked";
+    /// A new flow from a source loadBalancerSourceRanges does not allow: dropped.
+    DropSourceRange = "drop_source_range", drop "source_range";
+    /// New flows masqueraded to a node address (traffic policy, masquerade-all, traffic
+    /// from outside the pod network, hairpin).
+    Masqueraded = "masqueraded";
+    /// A new flow to masquerade, but no route (hence no node address) towards its backend:
+    /// dropped.
+    DropMasqNoAddr = "drop_masq_no_addr", drop "masquerade_no_address";
 }
 
 /// Room for counters added later without changing the map's value size.

@@ -285,6 +285,8 @@ pub struct NewFlow {
     pub svc_id: u32,
     pub addr: u32,
     pub port: u16,
+    /// The node address the flow is masqueraded to, 0 if it is not.
+    pub masq_addr: u32,
 }
 
 /// Creates both entries of a new flow and returns the forward entry in effect: this CPU's,
@@ -304,7 +306,7 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
         nat_port: new.port,
         alt_port: 0,
         flags: state_bits(Dir::Forward, tcp_flags),
-        alt_addr: 0,
+        alt_addr: new.masq_addr,
     };
     let mut rkey = reply_key(fwd, &forward);
     let mut claimed = claim(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now);

@@ -60,6 +60,8 @@ struct QuoteRewrite {
     new_port: u16,
     /// `(offset, old, new)` of the other port, when the flow's client port was remapped.
     other_port: Option<(usize, u16, u16)>,
+    /// `(offset, old, new)` of the other address, when the flow is masqueraded.
+    other_addr: Option<(usize, u32, u32)>,
 }
 
 /// An ICMP packet (`daddr` its destination, its header at `l4_off`).
@@ -137,6 +139,7 @@ fn towards_backend<P: Packet>(
         old_port: answer.dport,
         new_port: fwd.nat_port,
         other_port: (fwd.alt_port != 0).then_some((INNER_DPORT, answer.sport, fwd.alt_port)),
+        other_addr: (fwd.alt_addr != 0).then_some((INNER_DADDR, inner.daddr, fwd.alt_addr)),
     };
     // The outer destination (the VIP) becomes the backend, like the quote's source.
     translate(
@@ -144,6 +147,7 @@ fn towards_backend<P: Packet>(
         inner,
         &rw,
         (Side::Destination, outer.daddr),
+        None,
         tot_len,
         Action::Dnat,
     )
@@ -170,26 +174,32 @@ fn towards_client<P: Packet>(
         old_port: answer.sport,
         new_port: rev.nat_port,
         other_port: (rev.alt_port != 0).then_some((INNER_SPORT, answer.dport, rev.alt_port)),
+        other_addr: (rev.alt_addr != 0).then_some((INNER_SADDR, inner.saddr, rev.alt_addr)),
     };
-    // The outer source (whoever sent the error) becomes the VIP, as netfilter does.
+    // The outer source (whoever sent the error) becomes the VIP, as netfilter does. A
+    // masqueraded flow's error is addressed to the node address it was masqueraded to: it
+    // goes on to the client, like the quote's source.
     translate(
         pkt,
         inner,
         &rw,
         (Side::Source, outer.saddr),
+        (rev.alt_addr != 0).then_some((outer.daddr, rev.alt_addr)),
         tot_len,
         Action::ReverseNat,
     )
 }
 
 /// Applies `rw` to the quote and gives the outer address on `outer.0` (now `outer.1`) the
-/// quote's new address; `done` is the action once translated.
+/// quote's new address, and the outer destination `(old, new)` in `outer_daddr` if given;
+/// `done` is the action once translated.
 #[inline(always)]
 fn translate<P: Packet>(
     pkt: &mut P,
     inner: &Ipv4Hdr,
     rw: &QuoteRewrite,
     outer: (Side, u32),
+    outer_daddr: Option<(u32, u32)>,
     tot_len: usize,
     done: Action,
 ) -> Action {
@@ -199,6 +209,8 @@ fn translate<P: Packet>(
     }
     if rewrite_quote(pkt, inner, rw, tot_len).is_err()
         || pkt.set_ip_addr(outer.0, outer.1, rw.new_addr).is_err()
+        || outer_daddr
+            .is_some_and(|(old, new)| pkt.set_ip_addr(Side::Destination, old, new).is_err())
     {
         stats::count(Counter::DropIcmpError);
         return Action::Drop;
@@ -218,7 +230,11 @@ fn rewrite_quote<P: Packet>(
     tot_len: usize,
 ) -> Result<(), ()> {
     pkt.patch32(rw.addr_off, rw.old_addr, rw.new_addr, ICMP_CSUM)?;
-    let ip_csum = csum::replace4(inner.check, rw.old_addr, rw.new_addr);
+    let mut ip_csum = csum::replace4(inner.check, rw.old_addr, rw.new_addr);
+    if let Some((off, old, new)) = rw.other_addr {
+        pkt.patch32(off, old, new, ICMP_CSUM)?;
+        ip_csum = csum::replace4(ip_csum, old, new);
+    }
     pkt.patch16(INNER_IP_CSUM, inner.check, ip_csum, ICMP_CSUM)?;
     pkt.patch16(rw.port_off, rw.old_port, rw.new_port, ICMP_CSUM)?;
     if let Some((off, old, new)) = rw.other_port {
@@ -240,6 +256,9 @@ fn rewrite_quote<P: Packet>(
     new = csum::replace2(new, rw.old_port, rw.new_port);
     if let Some((_, old_port, new_port)) = rw.other_port {
         new = csum::replace2(new, old_port, new_port);
+    }
+    if let Some((_, old_addr, new_addr)) = rw.other_addr {
+        new = csum::replace4(new, old_addr, new_addr);
     }
     if udp && new == 0 {
         new = 0xffff;

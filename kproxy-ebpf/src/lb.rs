@@ -6,7 +6,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kproxy_common::{
     config::IPPROTO_UDP,
     ct::{AffinityKey, AffinityValue, CT_F_RST, CtEntry, FragKey, FragPorts},
-    lb::{Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue, SlotKey},
+    lb::{
+        Backend, NODEPORT_ADDR, SCOPE_ALL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey,
+        ServiceValue, SlotKey,
+    },
     stats::Counter,
 };
 
@@ -16,9 +19,9 @@ use crate::{
     maps::{
         KP_AFFINITY, KP_BACKENDS, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RR, KP_SERVICES, KP_SLOTS,
     },
-    packet::{NatRewrite, Packet, Side},
+    packet::{NatRewrite, Packet, Peer, Side},
     parse::{self, Fragment, IPPROTO_ICMP, Ipv4Flow, Parsed},
-    reset, stats, vip,
+    policy, reset, route, stats, vip,
 };
 
 /// What the program does with a packet. No variant carries data: a payload that only some
@@ -68,20 +71,26 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
         }
         return action;
     }
-    let svc_key = ServiceKey {
+    let mut svc_key = ServiceKey {
         addr: flow.key.daddr,
         port: flow.key.dport,
         proto: flow.key.proto,
-        scope: 0,
+        scope: SCOPE_ALL,
     };
     // SAFETY: copied at once; KP_SERVICES is NO_PREALLOC, so the value stays intact until then.
-    let action = match unsafe { KP_SERVICES.get(svc_key) }.copied() {
+    let mut found = unsafe { KP_SERVICES.get(svc_key) }.copied();
+    if found.is_none() && policy::is_nodeport_addr(flow.key.daddr) {
+        svc_key.addr = NODEPORT_ADDR;
+        // SAFETY: as above.
+        found = unsafe { KP_SERVICES.get(svc_key) }.copied();
+    }
+    let action = match found {
         Some(svc) => {
             if pkt.must_defer() {
                 stats::count(Counter::XdpDeferred);
                 return Action::Pass;
             }
-            to_service(pkt, &flow, &svc).unwrap_or_else(|reason| {
+            to_service(pkt, &flow, &svc_key, &svc).unwrap_or_else(|reason| {
                 stats::count(reason);
                 Action::Drop
             })
@@ -100,7 +109,7 @@ fn frag_key(flow: &Ipv4Flow) -> FragKey {
         daddr: flow.key.daddr,
         id: flow.ip_id,
         proto: flow.key.proto,
-        scope: 0,
+        _pad: 0,
     }
 }
 
@@ -145,6 +154,7 @@ enum Known {
 fn to_service<P: Packet>(
     pkt: &mut P,
     flow: &Ipv4Flow,
+    key: &ServiceKey,
     svc: &ServiceValue,
 ) -> Result<Action, Counter> {
     let now = conntrack::now_ns();
@@ -165,6 +175,9 @@ fn to_service<P: Packet>(
             if !flow.has_l4_header() {
                 return Err(Counter::DropFragment);
             }
+            let cfg = conntrack::config();
+            let client = policy::Client::of(pkt, flow.key.saddr, &cfg);
+            let (svc, masquerade) = policy::serve(key, svc, client, flow.key.saddr, &cfg)?;
             if svc.count == 0 {
                 stats::count_refused(svc.id);
                 if svc.flags & SVC_F_DROP_EMPTY != 0 {
@@ -178,7 +191,17 @@ fn to_service<P: Packet>(
             if stale.backend_id != 0 {
                 conntrack::remove_stale(&flow.key, &stale);
             }
-            let (backend_id, backend) = select_backend(svc, flow.key.saddr, now)?;
+            let (backend_id, backend) = select_backend(&svc, flow.key.saddr, now)?;
+            // Hairpin: a pod that lands on itself must see the answer come from elsewhere
+            // than its own address, as kube-proxy's per-endpoint masquerade rule ensures.
+            let masq_addr = if masquerade || backend.addr == flow.key.saddr {
+                let addr = route::masquerade_addr(pkt, flow.key.saddr, backend.addr)
+                    .ok_or(Counter::DropMasqNoAddr)?;
+                stats::count(Counter::Masqueraded);
+                addr
+            } else {
+                0
+            };
             let entry = conntrack::create(
                 &flow.key,
                 &NewFlow {
@@ -186,6 +209,7 @@ fn to_service<P: Packet>(
                     svc_id: svc.id,
                     addr: backend.addr,
                     port: backend.port,
+                    masq_addr,
                 },
                 flow.tcp_flags,
                 now,
@@ -209,14 +233,35 @@ fn to_service<P: Packet>(
         new_addr: backend.addr,
         old_port: flow.key.dport,
         new_port: backend.port,
-        peer_port: (entry.alt_port != 0).then_some((flow.key.sport, entry.alt_port)),
+        peer: client_side(&entry, flow.key.saddr, flow.key.sport),
         l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     })
     .map_err(|()| Counter::DropNat)?;
     stats::count(Counter::ServicePackets);
-    stats::count_service_packet(svc.id, pkt.len());
+    stats::count_service_packet(entry.svc_id, pkt.len());
     Ok(Action::Dnat)
+}
+
+/// How a flow's entry changes the client end of its packets: forward entries replace the
+/// client's address and port (`addr`, `port`) with the ones used towards the backend,
+/// reply entries restore them. Zero fields leave that part alone.
+#[inline(always)]
+fn client_side(entry: &CtEntry, addr: u32, port: u16) -> Peer {
+    Peer {
+        old_addr: addr,
+        new_addr: if entry.alt_addr != 0 {
+            entry.alt_addr
+        } else {
+            addr
+        },
+        old_port: port,
+        new_port: if entry.alt_port != 0 {
+            entry.alt_port
+        } else {
+            port
+        },
+    }
 }
 
 /// Decides what the flow of `flow` (if any) means for it, as kube-proxy's conntrack would:
@@ -357,7 +402,7 @@ fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
         new_addr: entry.nat_addr,
         old_port: flow.key.sport,
         new_port: entry.nat_port,
-        peer_port: (entry.alt_port != 0).then_some((flow.key.dport, entry.alt_port)),
+        peer: client_side(&entry, flow.key.daddr, flow.key.dport),
         l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     };

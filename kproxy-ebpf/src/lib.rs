@@ -19,6 +19,7 @@ mod lb;
 mod maps;
 mod packet;
 mod parse;
+mod policy;
 mod reset;
 mod route;
 mod stats;
@@ -34,7 +35,7 @@ use kproxy_common::iface::IFACE_F_INGRESS;
 
 use crate::{
     lb::Action,
-    packet::{TcPacket, XdpPacket},
+    packet::{Packet, TcPacket, XdpPacket},
 };
 
 // --- Upgrade testing only -------------------------------------------------------------------
@@ -62,10 +63,17 @@ fn upgrade_test_marker() {
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
     upgrade_test_marker();
-    match lb::handle(&mut TcPacket {
+    let mut pkt = TcPacket {
         ctx: &ctx,
         egress: false,
-    }) {
+    };
+    match lb::handle(&mut pkt) {
+        // The node's own connection to one of its addresses (a NodePort) came back in
+        // through the loopback device; once DNATed it is routed from here, like traffic the
+        // egress program translates.
+        Action::Dnat if pkt.ifindex() == route::LOOPBACK_IFINDEX && route::sent_by_node(&ctx) => {
+            route::reroute(&ctx)
+        }
         Action::Pass | Action::Dnat | Action::ReverseNat => TC_ACT_UNSPEC,
         Action::SentBack => TC_ACT_REDIRECT,
         Action::Drop => TC_ACT_SHOT,

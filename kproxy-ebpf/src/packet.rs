@@ -10,8 +10,11 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
+    EbpfContext,
+    bindings::{BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_fib_lookup},
+    helpers::{
+        bpf_fib_lookup as fib_lookup_helper, bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
 
@@ -39,9 +42,10 @@ pub struct NatRewrite {
     pub new_addr: u32,
     pub old_port: u16,
     pub new_port: u16,
-    /// The other end's port, `(old, new)`, when it changes too (a client port remapped
-    /// because it was taken towards the backend).
-    pub peer_port: Option<(u16, u16)>,
+    /// The other end's address and port: they change too when the flow is masqueraded
+    /// (SNAT to a node address) or its client port was taken towards the backend; equal
+    /// old and new values leave them alone.
+    pub peer: Peer,
     /// Offset of the L4 header; `None` for a later fragment, which has none.
     pub l4_off: Option<usize>,
     /// UDP (a zero checksum means "none" and stays zero) rather than TCP.
@@ -53,6 +57,12 @@ impl NatRewrite {
     #[inline(always)]
     fn addr_in_ip(&self) -> usize {
         if self.side == Side::Source { 12 } else { 16 }
+    }
+
+    /// Offset of the other end's address within the IPv4 header.
+    #[inline(always)]
+    fn peer_addr_in_ip(&self) -> usize {
+        28 - self.addr_in_ip()
     }
 
     /// Offset of the port within the L4 header.
@@ -71,6 +81,27 @@ impl NatRewrite {
     #[inline(always)]
     fn csum_in_l4(&self) -> usize {
         if self.udp { UDP_CSUM } else { TCP_CSUM }
+    }
+}
+
+/// The other end of a rewrite (see `NatRewrite::peer`).
+#[derive(Clone, Copy)]
+pub struct Peer {
+    pub old_addr: u32,
+    pub new_addr: u32,
+    pub old_port: u16,
+    pub new_port: u16,
+}
+
+impl Peer {
+    #[inline(always)]
+    const fn addr_changes(&self) -> bool {
+        self.old_addr != self.new_addr
+    }
+
+    #[inline(always)]
+    const fn port_changes(&self) -> bool {
+        self.old_port != self.new_port
     }
 }
 
@@ -98,6 +129,12 @@ pub trait Packet {
     fn send_back<const N: usize>(&mut self, frame: &[u8; N]) -> Result<(), ()>;
     /// Whether service packets must be left to a later hook (see `IFACE_F_XDP_DEFER`).
     fn must_defer(&self) -> bool;
+    /// The interface the program runs on.
+    fn ifindex(&self) -> u32;
+    /// The interface the packet entered the node through; 0 if the node sent it.
+    fn ingress_ifindex(&self) -> u32;
+    /// `bpf_fib_lookup` for this packet's context; returns the helper's result.
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup, flags: u32) -> i64;
 }
 
 /// Offset of `side`'s address in the IPv4 header.
@@ -107,6 +144,19 @@ const fn addr_offset(side: Side) -> usize {
         L3_OFF + 12
     } else {
         L3_OFF + 16
+    }
+}
+
+#[inline(always)]
+fn fib_lookup_in(ctx: &impl EbpfContext, params: &mut bpf_fib_lookup, flags: u32) -> i64 {
+    // SAFETY: params lives on the caller's stack for the call; the size is its own.
+    unsafe {
+        fib_lookup_helper(
+            ctx.as_ptr(),
+            params,
+            size_of::<bpf_fib_lookup>() as i32,
+            flags,
+        )
     }
 }
 
@@ -130,6 +180,27 @@ impl Packet for TcPacket<'_> {
     #[inline(always)]
     fn must_defer(&self) -> bool {
         Self::DEFERS
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context pointer the kernel passed to this program.
+        unsafe { (*self.ctx.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        if self.egress {
+            // SAFETY: as above.
+            unsafe { (*self.ctx.skb.skb).ingress_ifindex }
+        } else {
+            self.ifindex()
+        }
+    }
+
+    #[inline(always)]
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup, flags: u32) -> i64 {
+        fib_lookup_in(self.ctx, params, flags)
     }
 
     #[inline(always)]
@@ -183,14 +254,43 @@ impl Packet for TcPacket<'_> {
             self.ctx
                 .store(l4_off + rw.port_in_l4(), &rw.new_port, 0)
                 .map_err(|_| ())?;
-            if let Some((old, new)) = rw.peer_port {
+            let peer = &rw.peer;
+            if peer.addr_changes() {
                 self.ctx
-                    .l4_csum_replace(csum_off, u64::from(old), u64::from(new), mangled | 2)
-                    .map_err(|_| ())?;
-                self.ctx
-                    .store(l4_off + rw.peer_port_in_l4(), &new, 0)
+                    .l4_csum_replace(
+                        csum_off,
+                        u64::from(peer.old_addr),
+                        u64::from(peer.new_addr),
+                        u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+                    )
                     .map_err(|_| ())?;
             }
+            if peer.port_changes() {
+                self.ctx
+                    .l4_csum_replace(
+                        csum_off,
+                        u64::from(peer.old_port),
+                        u64::from(peer.new_port),
+                        mangled | 2,
+                    )
+                    .map_err(|_| ())?;
+                self.ctx
+                    .store(l4_off + rw.peer_port_in_l4(), &peer.new_port, 0)
+                    .map_err(|_| ())?;
+            }
+        }
+        if rw.peer.addr_changes() {
+            self.ctx
+                .l3_csum_replace(
+                    IP_CSUM_OFF,
+                    u64::from(rw.peer.old_addr),
+                    u64::from(rw.peer.new_addr),
+                    4,
+                )
+                .map_err(|_| ())?;
+            self.ctx
+                .store(L3_OFF + rw.peer_addr_in_ip(), &rw.peer.new_addr, 0)
+                .map_err(|_| ())?;
         }
         self.ctx
             .l3_csum_replace(
@@ -286,10 +386,14 @@ impl XdpPacket<'_> {
             let csum = l4.add(CSUM).cast::<u16>();
             let old = csum.read_unaligned();
             if !(rw.udp && old == 0) {
+                let peer = &rw.peer;
                 let mut new = csum::replace4(old, rw.old_addr, rw.new_addr);
                 new = csum::replace2(new, rw.old_port, rw.new_port);
-                if let Some((old_peer, new_peer)) = rw.peer_port {
-                    new = csum::replace2(new, old_peer, new_peer);
+                if peer.addr_changes() {
+                    new = csum::replace4(new, peer.old_addr, peer.new_addr);
+                }
+                if peer.port_changes() {
+                    new = csum::replace2(new, peer.old_port, peer.new_port);
                 }
                 if rw.udp && new == 0 {
                     new = 0xffff;
@@ -299,10 +403,10 @@ impl XdpPacket<'_> {
             l4.add(rw.port_in_l4())
                 .cast::<u16>()
                 .write_unaligned(rw.new_port);
-            if let Some((_, new_peer)) = rw.peer_port {
+            if rw.peer.port_changes() {
                 l4.add(rw.peer_port_in_l4())
                     .cast::<u16>()
-                    .write_unaligned(new_peer);
+                    .write_unaligned(rw.peer.new_port);
             }
         }
         Ok(())
@@ -315,6 +419,21 @@ impl Packet for XdpPacket<'_> {
         let ifindex = self.ctx.ingress_ifindex() as u32;
         // SAFETY: copied out at once.
         unsafe { KP_IFACES.get(ifindex) }.is_some_and(|f| f & IFACE_F_XDP_DEFER != 0)
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ctx.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        self.ifindex()
+    }
+
+    #[inline(always)]
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup, flags: u32) -> i64 {
+        fib_lookup_in(self.ctx, params, flags)
     }
 
     #[inline(always)]
@@ -340,11 +459,14 @@ impl Packet for XdpPacket<'_> {
         // SAFETY: the 20-byte IPv4 header was bounds-checked above.
         unsafe {
             let csum = ip.add(IP_CSUM_OFF - L3_OFF).cast::<u16>();
-            csum.write_unaligned(csum::replace4(
-                csum.read_unaligned(),
-                rw.old_addr,
-                rw.new_addr,
-            ));
+            let mut sum = csum::replace4(csum.read_unaligned(), rw.old_addr, rw.new_addr);
+            if rw.peer.addr_changes() {
+                sum = csum::replace4(sum, rw.peer.old_addr, rw.peer.new_addr);
+                ip.add(rw.peer_addr_in_ip())
+                    .cast::<u32>()
+                    .write_unaligned(rw.peer.new_addr);
+            }
+            csum.write_unaligned(sum);
             ip.add(rw.addr_in_ip())
                 .cast::<u32>()
                 .write_unaligned(rw.new_addr);

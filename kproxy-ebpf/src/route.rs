@@ -20,13 +20,14 @@ use kproxy_common::stats::Counter;
 
 use crate::{
     maps::KP_NODE_ADDRS,
+    packet::Packet,
     parse::{Ipv4Hdr, L3_OFF},
     stats,
 };
 
 const AF_INET: u8 = 2;
 /// The loopback device's ifindex, the same in every network namespace.
-const LOOPBACK_IFINDEX: u32 = 1;
+pub const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Sends the DNATed packet where the routing table says, with the right MACs. Returns the TC
 /// verdict.
@@ -113,4 +114,42 @@ pub fn reroute(ctx: &TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// Whether the packet's (translated) source is one of the node's addresses.
+#[inline(always)]
+pub fn sent_by_node(ctx: &TcContext) -> bool {
+    // SAFETY: only tested for presence.
+    ctx.load::<Ipv4Hdr>(L3_OFF)
+        .is_ok_and(|ip| unsafe { KP_NODE_ADDRS.get(ip.saddr) }.is_some())
+}
+
+/// `BPF_FIB_LOOKUP_SKIP_NEIGH` and `BPF_FIB_LOOKUP_SRC` (kernel 6.2 and 6.8; not in the
+/// bindings this crate uses).
+const FIB_LOOKUP_SKIP_NEIGH: u32 = 1 << 2;
+const FIB_LOOKUP_SRC: u32 = 1 << 4;
+
+/// The node address a flow to `backend` is masqueraded to: the source the kernel would
+/// pick for the route towards the backend, as iptables' MASQUERADE does with the address
+/// of the interface the packet leaves through. A backend on the node itself is reached
+/// from its own address. `None` if there is no route.
+#[inline(always)]
+pub fn masquerade_addr<P: Packet>(pkt: &P, client: u32, backend: u32) -> Option<u32> {
+    // SAFETY: copied out at once.
+    if unsafe { KP_NODE_ADDRS.get(backend) }.is_some() {
+        return Some(backend);
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.ifindex = pkt.ifindex();
+    params.__bindgen_anon_3.ipv4_src = client;
+    params.__bindgen_anon_4.ipv4_dst = backend;
+    let rc = pkt.fib_lookup(&mut params, FIB_LOOKUP_SKIP_NEIGH | FIB_LOOKUP_SRC);
+    if rc as u32 != BPF_FIB_LKUP_RET_SUCCESS {
+        return None;
+    }
+    // SAFETY: filled in by a successful lookup with BPF_FIB_LOOKUP_SRC.
+    let src = unsafe { params.__bindgen_anon_3.ipv4_src };
+    (src != 0).then_some(src)
 }
