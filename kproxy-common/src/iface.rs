@@ -12,6 +12,11 @@ pub const IFACE_F_XDP_DEFER: u32 = 1 << 1;
 /// pods.
 pub const IFACE_F_POD: u32 = 1 << 2;
 
+/// XDP may send frames out of this interface with XDP_REDIRECT: kproxy's XDP program runs
+/// on it and its driver transmits redirected frames (not a veth, whose peer would need an
+/// XDP program of its own). Other interfaces get forwarded packets through the stack.
+pub const IFACE_F_XDP_REDIRECT: u32 = 1 << 3;
+
 /// `KP_NODE_ADDRS` value bits. The address is one of the node's own (always set).
 pub const NODE_ADDR_F_LOCAL: u32 = 1 << 0;
 /// NodePorts answer on this address (`--nodeport-addresses`).

@@ -124,6 +124,24 @@ counters! {
     /// A new flow to masquerade, but no route (hence no node address) towards its backend:
     /// dropped.
     DropMasqNoAddr = "drop_masq_no_addr", drop "masquerade_no_address";
+    /// XDP translated a packet and sent it back out of the NIC it came in on (XDP_TX).
+    XdpTx = "xdp_tx";
+    /// XDP translated a packet and sent it out of another interface (XDP_REDIRECT).
+    XdpRedirect = "xdp_redirect";
+    /// XDP translated a packet for this node (a local backend, a reply to a local client):
+    /// the stack delivers it.
+    XdpPassLocal = "xdp_pass_local";
+    /// XDP translated a packet whose next hop's MAC is not known yet: the stack resolves
+    /// it and forwards the packet.
+    XdpPassNoNeigh = "xdp_pass_no_neighbour";
+    /// XDP translated a packet it has no usable route for (none, forwarding off, too big
+    /// for the next link): the stack forwards it or answers as it always does.
+    XdpPassNoRoute = "xdp_pass_no_route";
+    /// XDP translated a packet whose TTL runs out here: the stack answers "time exceeded".
+    XdpPassTtl = "xdp_pass_ttl";
+    /// XDP translated a packet that leaves through an interface XDP cannot redirect to:
+    /// the stack forwards it.
+    XdpPassOtherInterface = "xdp_pass_other_interface";
 }
 
 /// Room for counters added later without changing the map's value size.

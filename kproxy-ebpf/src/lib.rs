@@ -13,6 +13,7 @@
 
 mod conntrack;
 mod csum;
+mod forward;
 mod icmp;
 mod icmp_err;
 mod lb;
@@ -110,7 +111,8 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     upgrade_test_marker();
     match lb::handle(&mut XdpPacket { ctx: &ctx }) {
-        Action::Pass | Action::Dnat | Action::ReverseNat => xdp_action::XDP_PASS,
+        Action::Dnat | Action::ReverseNat => forward::forward(&ctx),
+        Action::Pass => xdp_action::XDP_PASS,
         Action::SentBack => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,
     }

@@ -1,0 +1,113 @@
+//! The XDP fast path: a packet XDP translated (a client's packet to a NodePort, load-balancer
+//! or external IP, or a backend's reply) is forwarded from the NIC itself when the route
+//! says it leaves the node again, as the kernel's forwarding would (TTL decremented, MACs of
+//! the next hop), without entering the node's stack. Everything else goes up the stack
+//! translated, where routing finishes the job, each kind of hand-over counted.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, xdp_action,
+    },
+    helpers::bpf_redirect,
+    programs::XdpContext,
+};
+use kproxy_common::{iface::IFACE_F_XDP_REDIRECT, stats::Counter};
+
+use crate::{
+    csum,
+    maps::KP_IFACES,
+    packet::{Packet, XdpPacket},
+    parse::{IPV4_HLEN, L3_OFF},
+    stats,
+};
+
+const AF_INET: u8 = 2;
+/// Offset of the TTL (and, after it, the protocol) in the IPv4 header.
+const TTL_OFF: usize = 8;
+const CSUM_OFF: usize = 10;
+
+/// Where a translated packet goes: the XDP verdict.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + L3_OFF + IPV4_HLEN > ctx.data_end() {
+        return pass(Counter::XdpPassNoRoute);
+    }
+    let eth = start as *mut u8;
+    // SAFETY: the Ethernet and IPv4 headers were bounds-checked above.
+    let ip = unsafe { eth.add(L3_OFF) };
+    // SAFETY: inside the checked IPv4 header.
+    let (ttl, saddr, daddr, tos, tot_len) = unsafe {
+        (
+            *ip.add(TTL_OFF),
+            ip.add(12).cast::<u32>().read_unaligned(),
+            ip.add(16).cast::<u32>().read_unaligned(),
+            *ip.add(1),
+            u16::from_be(ip.add(2).cast::<u16>().read_unaligned()),
+        )
+    };
+    if ttl <= 1 {
+        // The stack answers with "time exceeded".
+        return pass(Counter::XdpPassTtl);
+    }
+    let pkt = XdpPacket { ctx };
+    let ingress = pkt.ifindex();
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ingress;
+    params.__bindgen_anon_2.tos = tos;
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.__bindgen_anon_3.ipv4_src = saddr;
+    params.__bindgen_anon_4.ipv4_dst = daddr;
+    let rc = pkt.fib_lookup(&mut params, 0) as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        // A backend on this node, or a reply to a client on it.
+        BPF_FIB_LKUP_RET_NOT_FWDED => return pass(Counter::XdpPassLocal),
+        // The next hop's MAC is unknown: the stack resolves it (ARP) and sends the packet.
+        BPF_FIB_LKUP_RET_NO_NEIGH => return pass(Counter::XdpPassNoNeigh),
+        // No route, forwarding off, too big for the next link (the stack fragments or
+        // answers "fragmentation needed"): the stack does what it always does.
+        _ => return pass(Counter::XdpPassNoRoute),
+    }
+    let out = params.ifindex;
+    // SAFETY: copied out at once.
+    let redirectable = unsafe { KP_IFACES.get(out) }.is_some_and(|f| f & IFACE_F_XDP_REDIRECT != 0);
+    if out != ingress && !redirectable {
+        // Only interfaces that take redirected frames (kproxy's XDP runs there) are sent
+        // to directly; the stack forwards to the others.
+        return pass(Counter::XdpPassOtherInterface);
+    }
+    // SAFETY: inside the checked headers; the TTL/protocol word is 2-aligned in the header.
+    unsafe {
+        let word = ip.add(TTL_OFF).cast::<u16>();
+        let old = word.read_unaligned();
+        *ip.add(TTL_OFF) = ttl - 1;
+        let new = word.read_unaligned();
+        let check = ip.add(CSUM_OFF).cast::<u16>();
+        check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&params.dmac);
+        macs[6..].copy_from_slice(&params.smac);
+        eth.cast::<[u8; 12]>().write_unaligned(macs);
+    }
+    if out == ingress {
+        stats::count(Counter::XdpTx);
+        return xdp_action::XDP_TX;
+    }
+    stats::count(Counter::XdpRedirect);
+    // SAFETY: helper call; its return value is the verdict (XDP_REDIRECT).
+    unsafe { bpf_redirect(out, 0) as u32 }
+}
+
+#[inline(always)]
+fn pass(why: Counter) -> u32 {
+    stats::count(why);
+    xdp_action::XDP_PASS
+}
+
+const _: () = assert!(size_of::<bpf_fib_lookup>() == 64);
