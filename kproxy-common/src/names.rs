@@ -8,6 +8,8 @@ pub const PROG_TC_INGRESS: &str = "kproxy_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "kproxy_tc_egress";
 /// XDP program for a NIC's ingress: the same service logic as the TC programs.
 pub const PROG_XDP: &str = "kproxy_xdp";
+/// The benchmark's ceiling (never attached by the agent): forwarding without translation.
+pub const PROG_XDP_FORWARD_ONLY: &str = "kproxy_xdp_forward_only";
 
 pub const MAP_SERVICES: &str = "KP_SERVICES";
 pub const MAP_SLOTS: &str = "KP_SLOTS";
@@ -28,7 +30,10 @@ pub const MAP_NODE_ADDRS: &str = "KP_NODE_ADDRS";
 pub const MAP_SOURCE_RANGES: &str = "KP_SOURCE_RANGES";
 pub const MAP_LOCAL_CIDRS: &str = "KP_LOCAL_CIDRS";
 
+/// The programs the agent loads and attaches.
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
+/// Programs in the object for the benchmark only.
+pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
 pub const MAPS: [&str; 18] = [
     MAP_SERVICES,

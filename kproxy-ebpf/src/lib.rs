@@ -118,6 +118,20 @@ pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The benchmark's ceiling, never attached by the agent: forwards every IPv4 packet the way
+/// the fast path forwards a translated one (FIB lookup, TTL, MACs, XDP_TX/XDP_REDIRECT),
+/// without looking for services or flows, so `cargo xtask bench` can show what the
+/// translation itself costs.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_xdp_forward_only(ctx: XdpContext) -> u32 {
+    if parse::is_ipv4_frame(&XdpPacket { ctx: &ctx }) {
+        forward::forward(&ctx)
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

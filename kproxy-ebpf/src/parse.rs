@@ -117,6 +117,16 @@ pub enum Parsed {
     Ipv4(Ipv4Flow),
 }
 
+/// Whether the frame is untagged IPv4 with a whole IPv4 header.
+#[inline(always)]
+pub fn is_ipv4_frame<P: Packet>(pkt: &P) -> bool {
+    pkt.read::<EthHdr>(0)
+        .is_some_and(|eth| eth.proto == ETH_P_IP.to_be())
+        && pkt
+            .read::<Ipv4Hdr>(L3_OFF)
+            .is_some_and(|ip| ip.ver_ihl == 0x45)
+}
+
 /// Parses Ethernet, IPv4 and the TCP/UDP ports.
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
