@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod cmd;
 pub mod dataplane;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod model;
