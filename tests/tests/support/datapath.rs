@@ -148,6 +148,54 @@ impl LoadedDatapath {
         self.run(names::PROG_XDP, frame)
     }
 
+    /// Runs the TC ingress classifier on `frame` as if interface `ifindex` of the calling
+    /// thread's network namespace received it (default: the loopback device).
+    pub fn tc_received_on(&self, ifindex: u32, frame: &[u8]) -> (i32, Vec<u8>) {
+        // struct __sk_buff up to `ifindex` (offset 40); the kernel zero-fills the rest.
+        let mut ctx = [0u8; 44];
+        ctx[40..].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 512];
+        let prog = self.ebpf.program(names::PROG_TC_INGRESS).expect("program");
+        let result = <&SchedClassifier>::try_from(prog)
+            .expect("tc program")
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (i32::from_ne_bytes(result.return_value.to_ne_bytes()), out)
+    }
+
+    /// Runs XDP program `name` on `frame` as if interface `ifindex` of the calling thread's
+    /// network namespace received it (its FIB lookups start there). The kernel accepts only
+    /// an interface whose receive queue is registered for XDP, i.e. one with an XDP program
+    /// attached.
+    pub fn xdp_received_on(&self, name: &str, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let len = u32::try_from(frame.len()).expect("frame size");
+        let ctx: Vec<u8> = [0, len, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|v: &u32| v.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 512];
+        let prog = self.ebpf.program(name).expect("program in object");
+        let result = <&Xdp>::try_from(prog)
+            .expect("xdp program")
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
     /// Entries in the fragment table.
     pub fn fragments_tracked(&self) -> usize {
         let map: aya::maps::HashMap<MapData, FragKey, FragPorts> = self.map(names::MAP_FRAGS);

@@ -1,0 +1,332 @@
+//! NodePorts, load-balancer IPs, traffic policies and masquerade on hand-built packets
+//! (BPF_PROG_TEST_RUN), run inside a test bed node namespace so FIB lookups see real routes
+//! and neighbours. The XDP program runs as if the node's NIC (`kx`, with the program
+//! attached) received each frame: it translates, masquerades and forwards with XDP_TX, or
+//! hands the packet to the stack, every decision counted.
+
+mod support;
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{HashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::programs::{Xdp, XdpFlags};
+use kproxy::model::{Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope, WhenEmpty};
+use kproxy_common::{
+    config::{CFG_F_LOCAL_BY_CIDR, Config},
+    iface::{NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
+    names,
+    stats::Counter,
+};
+use kproxy_testbed::{Topology, TopologyOptions, require_privileges};
+use support::{
+    datapath::{LoadedDatapath, TCX_NEXT, XDP_DROP, XDP_PASS, XDP_TX, frontend},
+    packets::{SYN, SYN_ACK, assert_checksums, dst, src, tcp_frame},
+};
+
+/// The node's NIC address (the test bed's external link) and the router behind it, which
+/// leads to the far clients and to the other node's pods.
+const NIC: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 2);
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x09, 0x02];
+/// A far external client, and one outside the load balancer's source ranges.
+const EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 77, 7);
+const EXT_OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 77, 100);
+/// A pod on another node (routed through the NIC) and one on this node (behind `kb1`).
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 2);
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+const LOCAL_POD_GW: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+/// This node's pod on the client link, inside the pod network of local-traffic detection.
+const CLIENT_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 5, 5);
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+
+const ANY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+fn external(
+    kind: FrontendKind,
+    addr: Ipv4Addr,
+    port: u16,
+    endpoints: &[(Ipv4Addr, u16)],
+) -> (FrontendKey, Frontend) {
+    let (key, mut f) = frontend(addr, port, Protocol::Tcp, endpoints, None);
+    f.kind = kind;
+    (key, f)
+}
+
+/// The two entries of an externalTrafficPolicy Local NodePort: node-local endpoints for
+/// external clients, cluster-wide ones for this node's own.
+fn local_policy_nodeport(
+    port: u16,
+    local: &[(Ipv4Addr, u16)],
+    cluster: &[(Ipv4Addr, u16)],
+) -> [(FrontendKey, Frontend); 2] {
+    let (key, mut all) = external(FrontendKind::NodePort, ANY, port, local);
+    all.external_local = true;
+    if local.is_empty() {
+        all.when_empty = WhenEmpty::Drop;
+    }
+    let (mut internal_key, internal) = external(FrontendKind::NodePort, ANY, port, cluster);
+    internal_key.scope = Scope::Internal;
+    [(key, all), (internal_key, internal)]
+}
+
+fn desired() -> Desired {
+    let mut lb = external(FrontendKind::LoadBalancer, LB_IP, 80, &[(REMOTE_POD, 8080)]);
+    lb.1.source_ranges = vec!["198.18.77.0/28".parse().expect("cidr")];
+    let mut all: Desired = [
+        external(FrontendKind::NodePort, ANY, 30_080, &[(REMOTE_POD, 8080)]),
+        external(FrontendKind::NodePort, ANY, 30_090, &[(LOCAL_POD, 8080)]),
+        lb,
+        frontend(CLUSTER_IP, 80, Protocol::Tcp, &[(LOCAL_POD, 8080)], None),
+    ]
+    .into_iter()
+    .collect();
+    all.extend(local_policy_nodeport(
+        30_081,
+        &[(LOCAL_POD, 8080)],
+        &[(LOCAL_POD, 8080), (REMOTE_POD, 8080)],
+    ));
+    all.extend(local_policy_nodeport(30_082, &[], &[(REMOTE_POD, 8080)]));
+    all
+}
+
+/// What each case saw: verdict and frame out.
+type Out = (u32, Vec<u8>);
+
+struct Seen {
+    nodeport_remote: Out,
+    nodeport_remote_reply: Out,
+    nodeport_local: Out,
+    local_policy_external: Out,
+    local_policy_pod: (i32, Vec<u8>),
+    local_policy_none_here: Out,
+    lb_allowed: Out,
+    lb_outside: Out,
+    not_a_nodeport_address: Out,
+    cluster_ip_off_cluster: (i32, Vec<u8>),
+    cluster_ip_pod: (i32, Vec<u8>),
+    hairpin: (i32, Vec<u8>),
+    hairpin_reply: (i32, Vec<u8>),
+    counters: Vec<(Counter, u64)>,
+    kx_mac: [u8; 6],
+}
+
+/// The node's interfaces the cases use.
+struct Ifaces {
+    kx: u32,
+    kc: u32,
+    kb1: u32,
+    kx_mac: [u8; 6],
+}
+
+fn node_addr(dp: &LoadedDatapath, addr: Ipv4Addr, flags: u32) {
+    let mut map: HashMap<MapData, u32, u32> = dp.map(names::MAP_NODE_ADDRS);
+    map.insert(u32::from_ne_bytes(addr.octets()), flags, 0)
+        .expect("KP_NODE_ADDRS");
+}
+
+fn run_cases(ifaces: Ifaces) -> Seen {
+    let Ifaces { kx, kc, kb1, kx_mac } = ifaces;
+    let mut dp = LoadedDatapath::load();
+    dp.program(&desired());
+    // The XDP program on the NIC: the kernel runs test frames "received" there only then.
+    let xdp: &mut Xdp = dp
+        .ebpf
+        .program_mut(names::PROG_XDP)
+        .expect("xdp")
+        .try_into()
+        .expect("xdp type");
+    xdp.attach("kx", XdpFlags::default()).expect("attach XDP to kx");
+    // NodePorts answer on the NIC address only; the pod link's address is the node's too.
+    node_addr(&dp, NIC, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT);
+    node_addr(&dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
+    // The pod network is 198.18.1.0/24 and 198.18.2.0/24 (ClusterCIDR detection).
+    let mut cidrs: LpmTrie<MapData, u32, u8> = dp.map(names::MAP_LOCAL_CIDRS);
+    for net in [[198, 18, 1, 0], [198, 18, 2, 0]] {
+        cidrs
+            .insert(&Key::new(24, u32::from_ne_bytes(net)), 1, 0)
+            .expect("KP_LOCAL_CIDRS");
+    }
+    dp.flows
+        .write_config(&Config {
+            flags: CFG_F_LOCAL_BY_CIDR,
+            ..Config::DEFAULT
+        })
+        .expect("config");
+
+    let nic = |frame: Vec<u8>| dp.xdp_received_on(names::PROG_XDP, kx, &frame);
+    let tc_on = |ifindex: u32, frame: Vec<u8>| dp.tc_received_on(ifindex, &frame);
+    let syn = |from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)| tcp_frame(from, to, SYN, b"");
+    Seen {
+        nodeport_remote: nic(syn((EXT, 40_000), (NIC, 30_080))),
+        nodeport_remote_reply: nic(tcp_frame((REMOTE_POD, 8080), (NIC, 40_000), SYN_ACK, b"")),
+        nodeport_local: nic(syn((EXT, 40_001), (NIC, 30_090))),
+        local_policy_external: nic(syn((EXT, 40_002), (NIC, 30_081))),
+        local_policy_pod: tc_on(kc, syn((CLIENT_POD, 40_003), (NIC, 30_081))),
+        local_policy_none_here: nic(syn((EXT, 40_004), (NIC, 30_082))),
+        lb_allowed: nic(syn((EXT, 40_005), (LB_IP, 80))),
+        lb_outside: nic(syn((EXT_OUTSIDE, 40_006), (LB_IP, 80))),
+        not_a_nodeport_address: nic(syn((EXT, 40_007), (LOCAL_POD_GW, 30_080))),
+        cluster_ip_off_cluster: tc_on(kx, syn((EXT, 40_008), (CLUSTER_IP, 80))),
+        cluster_ip_pod: tc_on(kc, syn((CLIENT_POD, 40_009), (CLUSTER_IP, 80))),
+        hairpin: tc_on(kb1, syn((LOCAL_POD, 40_010), (CLUSTER_IP, 80))),
+        hairpin_reply: tc_on(
+            kb1,
+            tcp_frame(
+            (LOCAL_POD, 8080),
+            (LOCAL_POD_GW, 40_010),
+                SYN_ACK,
+                b"",
+            ),
+        ),
+        counters: [
+            Counter::Masqueraded,
+            Counter::XdpTx,
+            Counter::XdpPassOtherInterface,
+            Counter::DropNoLocalEndpoint,
+            Counter::DropSourceRange,
+        ]
+        .into_iter()
+        .map(|c| (c, dp.counter(c)))
+        .collect(),
+        kx_mac,
+    }
+}
+
+#[test]
+fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would() {
+    if !require_privileges("external_traffic_is_translated_masqueraded_and_forwarded") {
+        return;
+    }
+    let topo = Topology::build(TopologyOptions {
+        backends: 1,
+        external: true,
+        ..TopologyOptions::default()
+    })
+    .expect("test bed");
+    // Far clients and the other node's pods are behind the router on the NIC's link.
+    for route in ["198.18.77.0/24", "198.18.50.0/24"] {
+        topo.node
+            .ip(&["route", "add", route, "via", "198.18.9.2", "dev", "kx"])
+            .expect("route");
+    }
+    topo.node
+        .ip(&[
+            "neigh",
+            "replace",
+            "198.18.9.2",
+            "lladdr",
+            "02:00:00:00:09:02",
+            "dev",
+            "kx",
+            "nud",
+            "permanent",
+        ])
+        .expect("neighbour");
+    let index = |name: &str| topo.node.link_index(name).expect("index");
+    let ifaces = Ifaces {
+        kx: index("kx"),
+        kc: index("kc"),
+        kb1: index("kb1"),
+        kx_mac: topo.node.mac("kx").expect("mac"),
+    };
+    let seen = topo
+        .node
+        .run(move || run_cases(ifaces))
+        .expect("in the node namespace");
+    let counter = |c: Counter| {
+        seen.counters
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, v)| *v)
+            .expect("counter read")
+    };
+
+    // A NodePort whose backend is on another node: DNAT, masquerade to the NIC's address
+    // (the route's source towards the pod), sent back out of the NIC to the router.
+    let (verdict, frame) = &seen.nodeport_remote;
+    assert_eq!(*verdict, XDP_TX, "forwarded from the NIC itself");
+    assert_eq!(dst(frame), (REMOTE_POD, 8080));
+    assert_eq!(src(frame), (NIC, 40_000), "masqueraded, client port kept");
+    assert_eq!(frame[14 + 8], 63, "TTL decremented like forwarding does");
+    assert_eq!(&frame[..6], &ROUTER_MAC, "to the next hop");
+    assert_eq!(&frame[6..12], &seen.kx_mac, "from the NIC");
+    assert_checksums(frame);
+    // Its reply: back to the client from the NodePort, again straight out of the NIC.
+    let (verdict, frame) = &seen.nodeport_remote_reply;
+    assert_eq!(*verdict, XDP_TX);
+    assert_eq!(src(frame), (NIC, 30_080), "the NodePort the client reached");
+    assert_eq!(dst(frame), (EXT, 40_000), "the client's own address restored");
+    assert_checksums(frame);
+
+    // A NodePort whose backend is on this node: translated, then up the stack (the pod's
+    // veth takes no redirected frames).
+    let (verdict, frame) = &seen.nodeport_local;
+    assert_eq!(*verdict, XDP_PASS);
+    assert_eq!(dst(frame), (LOCAL_POD, 8080));
+    assert_eq!(
+        src(frame).0,
+        LOCAL_POD_GW,
+        "masqueraded to the address of the pod's link"
+    );
+    assert_checksums(frame);
+
+    // externalTrafficPolicy Local: external clients keep their address and get a local
+    // endpoint; this node's pods go cluster-wide without masquerade; with no local endpoint
+    // external traffic is dropped.
+    let (verdict, frame) = &seen.local_policy_external;
+    assert_eq!(*verdict, XDP_PASS);
+    assert_eq!(dst(frame), (LOCAL_POD, 8080));
+    assert_eq!(src(frame), (EXT, 40_002), "the client's address preserved");
+    let (verdict, frame) = &seen.local_policy_pod;
+    assert_eq!(*verdict, TCX_NEXT);
+    assert_eq!(src(frame), (CLIENT_POD, 40_003), "a pod is not masqueraded");
+    assert!(
+        [(LOCAL_POD, 8080), (REMOTE_POD, 8080)].contains(&dst(frame)),
+        "a cluster-wide endpoint"
+    );
+    assert_eq!(seen.local_policy_none_here.0, XDP_DROP);
+    assert_eq!(counter(Counter::DropNoLocalEndpoint), 1);
+
+    // loadBalancerSourceRanges.
+    assert_eq!(seen.lb_allowed.0, XDP_TX);
+    assert_eq!(dst(&seen.lb_allowed.1), (REMOTE_POD, 8080));
+    assert_eq!(seen.lb_outside.0, XDP_DROP);
+    assert_eq!(dst(&seen.lb_outside.1), (LB_IP, 80), "dropped untranslated");
+    assert_eq!(counter(Counter::DropSourceRange), 1);
+
+    // NodePorts answer only on the addresses marked for them.
+    let (verdict, frame) = &seen.not_a_nodeport_address;
+    assert_eq!(*verdict, XDP_PASS);
+    assert_eq!(dst(frame), (LOCAL_POD_GW, 30_080), "left alone");
+
+    // A cluster IP from outside the pod network is masqueraded; from a pod it is not.
+    let (verdict, frame) = &seen.cluster_ip_off_cluster;
+    assert_eq!(*verdict, TCX_NEXT);
+    assert_eq!(dst(frame), (LOCAL_POD, 8080));
+    assert_eq!(src(frame).0, LOCAL_POD_GW, "masqueraded");
+    assert_checksums(frame);
+    let (_, frame) = &seen.cluster_ip_pod;
+    assert_eq!(src(frame), (CLIENT_POD, 40_009), "a pod keeps its address");
+
+    // Hairpin: a pod landing on itself talks to the node's address, and its reply comes
+    // back from the cluster IP.
+    let (_, frame) = &seen.hairpin;
+    assert_eq!(dst(frame), (LOCAL_POD, 8080));
+    assert_eq!(src(frame), (LOCAL_POD_GW, 40_010));
+    assert_checksums(frame);
+    let (verdict, frame) = &seen.hairpin_reply;
+    assert_eq!(*verdict, TCX_NEXT);
+    assert_eq!(src(frame), (CLUSTER_IP, 80));
+    assert_eq!(dst(frame), (LOCAL_POD, 40_010));
+    assert_checksums(frame);
+
+    // Masqueraded: NodePort remote and local, LB, cluster IP off-cluster, hairpin.
+    assert_eq!(counter(Counter::Masqueraded), 5);
+    assert_eq!(counter(Counter::XdpTx), 3);
+    assert_eq!(
+        counter(Counter::XdpPassOtherInterface),
+        2,
+        "the two translated for this node's pod"
+    );
+}
