@@ -327,5 +327,7 @@ fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
 }
 
+pub mod lan;
+
 #[cfg(test)]
 mod tests;
