@@ -33,6 +33,12 @@
 //!   is no CNI SNAT), so ext can answer pods only with those routes.
 //! - The switch is a plain L2 bridge: no address, STP and multicast snooping off, IPv6 off in
 //!   its namespace so that it sends nothing of its own.
+//! - The switch ports of the nodes run an XDP program that passes every frame: XDP_TX on a
+//!   veth puts frames on its peer's receive ring, but the kernel (`veth_xdp_flush`, through
+//!   6.18 at least) schedules the peer to read that ring only when the peer has an XDP program
+//!   of its own; GRO gives the peer a ring but nothing wakes it. With the pass-through, what
+//!   XDP on a node's NIC sends back with XDP_TX goes out onto the LAN. (A side effect the
+//!   kernel adds: the NIC loses software GSO, so the node's stack sends MTU-sized segments.)
 //! - XDP on a veth sees the partial checksums a transmitter with checksum offload leaves.
 //!   `lan_tx_checksum_offload: false` turns offload off on every LAN transmitter towards a
 //!   node's NIC (ext's eth0, node2's NIC, and the switch ports, which complete checksums of the
@@ -40,11 +46,13 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 
 use super::{BED_SYSCTLS, CLIENT_SYSCTLS, LEAF_IFACE, ROUTER_SYSCTLS, Topology, new_prefix};
+use crate::bpfsys;
 use crate::netns::Netns;
 use crate::servers::{ServerHandle, tcp_server, udp_server};
 
@@ -109,7 +117,8 @@ impl LanNode {
         self.pod_addr(1)
     }
 
-    /// Its port on the switch (in the `lan` namespace), the peer of its NIC.
+    /// Its port on the switch (in the `lan` namespace), the peer of its NIC, with the
+    /// pass-through XDP program that lets XDP_TX on the NIC work.
     pub fn switch_port(self) -> &'static str {
         match self {
             LanNode::Node1 => "p-node1",
@@ -240,6 +249,9 @@ pub struct LanTopology {
     pub ext: Netns,
     pub node1: Netns,
     pub node2: Netns,
+    /// BPF links of the pass-through XDP programs on the nodes' switch ports, held for their
+    /// drop: closing them detaches the programs.
+    switch_xdp: Vec<OwnedFd>,
     /// The switch.
     pub lan: Netns,
     /// The host number the next pod added to each node gets.
@@ -278,7 +290,7 @@ impl LanTopology {
         let local_backends = pods(LanNode::Node1, "b", BACKEND_HOSTS, opts.local_backends)?;
         let local_clients = pods(LanNode::Node1, "c", CLIENT_HOSTS, opts.local_clients)?;
         let remote_backends = pods(LanNode::Node2, "b", BACKEND_HOSTS, opts.remote_backends)?;
-        let topo = LanTopology {
+        let mut topo = LanTopology {
             prefix,
             local_backends,
             local_clients,
@@ -286,14 +298,16 @@ impl LanTopology {
             ext,
             node1,
             node2,
+            switch_xdp: Vec::new(),
             lan,
             next_late: Mutex::new([*LATE_HOSTS.start(); 2]),
         };
-        topo.configure(&opts)?;
+        topo.switch_xdp = topo.configure(&opts)?;
         Ok(topo)
     }
 
-    fn configure(&self, opts: &LanOptions) -> Result<()> {
+    /// Configures everything; returns the links of the switch ports' XDP programs.
+    fn configure(&self, opts: &LanOptions) -> Result<Vec<OwnedFd>> {
         // Sysctls first: `default` values apply to the interfaces created afterwards.
         for ns in [&self.node1, &self.node2, &self.ext] {
             ns.sysctls(BED_SYSCTLS)?;
@@ -336,6 +350,18 @@ impl LanTopology {
                 self.lan.set_tx_checksum(port, false)?;
             }
         }
+        let pass = bpfsys::load_xdp_pass().context("loading the switch ports' XDP program")?;
+        let mut switch_xdp = Vec::new();
+        for node in LanNode::ALL {
+            let port = node.switch_port();
+            let index = self.lan.link_index(port)?;
+            let prog = pass.try_clone()?;
+            let link = self
+                .lan
+                .run(move || bpfsys::attach_xdp(&prog, index))?
+                .with_context(|| format!("attaching XDP to the switch port {port}"))?;
+            switch_xdp.push(link);
+        }
 
         let lan_addr = |host| Ipv4Addr::new(198, 18, LAN_SUBNET, host);
         let mut ext = vec![
@@ -374,7 +400,7 @@ impl LanTopology {
         for pod in self.pods() {
             self.add_pod_link(pod)?;
         }
-        Ok(())
+        Ok(switch_xdp)
     }
 
     /// Adds a pod to `node` after the build (say, a client that appears while the agent runs),

@@ -1,9 +1,11 @@
 //! Checks of the LAN topology itself: routing between the external client, the nodes and the
-//! pods of both nodes, what ext cannot reach, pods added and relinked after the build, and
-//! cleanup.
+//! pods of both nodes, what ext cannot reach, pods added and relinked after the build, XDP_TX
+//! on node1's NIC out through the switch with complete checksums, and cleanup.
+
+mod xdp_echo;
 
 use std::io::ErrorKind;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -15,6 +17,8 @@ use crate::topology::vip;
 const TIMEOUT: Duration = Duration::from_secs(2);
 const TCP: u16 = 8080;
 const UDP: u16 = 5353;
+/// The port the XDP echo answers on (nothing listens there).
+const ECHO: u16 = 7;
 
 /// `ip <args>` in `ns`: its output.
 fn ip_output(ns: &Netns, args: &[&str]) -> String {
@@ -89,6 +93,9 @@ fn nodes_and_pods_route_across_the_lan() {
             topo.node(node).read_sysctl("net.ipv4.ip_forward").unwrap(),
             "1"
         );
+        // The switch port of each node runs the pass-through that XDP_TX needs.
+        let port = ip_output(&topo.lan, &["-d", "link", "show", node.switch_port()]);
+        assert!(port.contains("prog/xdp"), "{port}");
     }
     // Offload stays as the kernel has it unless asked otherwise.
     assert!(topo.ext.tx_checksum(LEAF_IFACE).unwrap());
@@ -243,6 +250,68 @@ fn drop_deletes_every_namespace() {
     assert_eq!(namespaces_named(&prefix), [late.ns.name()]);
     drop(late);
     assert_eq!(namespaces_named(&prefix), Vec::<String>::new());
+}
+
+#[test]
+fn xdp_tx_on_node1_nic_goes_out_through_the_switch() {
+    if !require_privileges("lan::xdp_tx_on_node1_nic_goes_out_through_the_switch") {
+        return;
+    }
+    let topo = LanTopology::build(LanOptions {
+        local_backends: 0,
+        remote_backends: 0,
+        local_clients: 0,
+        lan_tx_checksum_offload: false,
+        ext_pod_routes: false,
+    })
+    .unwrap();
+    assert!(!topo.ext.tx_checksum(LEAF_IFACE).unwrap());
+    assert!(!topo.node2.tx_checksum(NIC_IFACE).unwrap());
+    for port in ["p-ext", "p-node1", "p-node2"] {
+        assert!(!topo.lan.tx_checksum(port).unwrap(), "{port}");
+    }
+    // What kproxy's XDP setup looks at: the peer of node1's NIC.
+    assert!(!topo.lan.tx_checksum(LanNode::Node1.switch_port()).unwrap());
+
+    let target = SocketAddrV4::new(LanNode::Node1.nic_addr(), ECHO);
+    let ext_addr = topo.ext_addr();
+    let echo = move || {
+        let socket = UdpSocket::bind(SocketAddrV4::new(ext_addr, 0))?;
+        socket.connect(target)?;
+        socket.set_read_timeout(Some(TIMEOUT))?;
+        socket.send(b"through the switch and back")?;
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf)?;
+        Ok::<_, std::io::Error>(buf[..n].to_vec())
+    };
+    // Nothing listens on node1's port 7: the stack says so.
+    let err = topo.ext.run(echo).unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+
+    let prog = xdp_echo::load_udp_echo(ECHO).unwrap_or_else(|e| panic!("{e}"));
+    let ifindex = topo.node1.link_index(NIC_IFACE).unwrap();
+    let _link = topo
+        .node1
+        .run(move || crate::bpfsys::attach_xdp(&prog, ifindex))
+        .unwrap()
+        .unwrap();
+    // XDP on nic0 now sends the datagram back out (XDP_TX): the switch port takes the frame,
+    // the bridge forwards it to ext, whose stack accepts its (untouched) checksum.
+    let reply = topo.ext.run(echo).unwrap().expect("the XDP echo");
+    assert_eq!(reply, b"through the switch and back");
+    // Other traffic passes: the stack still answers on other ports.
+    let err = topo
+        .ext
+        .run(move || {
+            let socket = UdpSocket::bind(SocketAddrV4::new(ext_addr, 0))?;
+            socket.connect(SocketAddrV4::new(*target.ip(), ECHO + 1))?;
+            socket.set_read_timeout(Some(TIMEOUT))?;
+            socket.send(b"x")?;
+            socket.recv(&mut [0u8; 8])
+        })
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
 }
 
 #[test]
