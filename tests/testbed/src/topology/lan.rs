@@ -158,7 +158,8 @@ impl LanNode {
 }
 
 /// A pod: a namespace whose `eth0` is linked to a node's `kpod<N>`. Dropping it deletes the
-/// namespace, and with it both ends of its link and the node's route to it.
+/// namespace's name; the kernel then removes both ends of its link and the node's route to it,
+/// shortly after nothing holds the namespace any more (stop its servers first).
 #[derive(Debug)]
 pub struct Pod {
     pub ns: Netns,
