@@ -17,7 +17,7 @@ use anyhow::{Result, ensure};
 use crate::netns::{self, Netns};
 
 /// The start of every namespace name of the bed, followed by `<pid>-`.
-const PREFIX: &str = "kpt-";
+pub(crate) const PREFIX: &str = "kpt-";
 /// The leaf side of every link is called this inside its namespace.
 pub const LEAF_IFACE: &str = "eth0";
 /// Third octet of the subnets of the client and external links; backends take the others.
@@ -28,6 +28,40 @@ pub const MAX_BACKENDS: usize = 252;
 
 /// Distinguishes the topologies of one process (tests build them on parallel threads).
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Sysctls of every namespace with addresses.
+pub(crate) const BED_SYSCTLS: &[(&str, &str)] = &[
+    // Strict reverse-path filtering (inherited from the root namespace) would drop some of the
+    // rewritten flows under test; the bed routes everything anyway.
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+    // ICMP errors are part of what tests observe (port and net unreachable); rate limiting
+    // them would turn quick failures into timeouts under load.
+    ("net.ipv4.icmp_ratemask", "0"),
+    // High connection rates reuse TIME_WAIT ports.
+    ("net.ipv4.tcp_tw_reuse", "1"),
+];
+
+/// Sysctls of a namespace that routes between others (a node).
+pub(crate) const ROUTER_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv4.ip_forward", "1"),
+    // A hairpinned flow must not teach leaves a shortcut around the node.
+    ("net.ipv4.conf.all.send_redirects", "0"),
+    ("net.ipv4.conf.default.send_redirects", "0"),
+];
+
+/// Sysctls of a namespace that opens many connections (a client).
+pub(crate) const CLIENT_SYSCTLS: &[(&str, &str)] =
+    &[("net.ipv4.ip_local_port_range", "1024 65535")];
+
+/// A fresh `kpt-<pid>-<seq>`, the start of all namespace names of one topology.
+pub(crate) fn new_prefix() -> String {
+    format!(
+        "{PREFIX}{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// What to build.
 #[derive(Debug, Clone, Copy)]
@@ -73,11 +107,7 @@ impl Topology {
             opts.backends
         );
         Topology::sweep_leftovers();
-        let prefix = format!(
-            "{PREFIX}{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let prefix = new_prefix();
         // Each namespace is owned as soon as it exists, so a failure part way deletes them all.
         let node = Netns::create(&format!("{prefix}-node"))?;
         let client = Netns::create(&format!("{prefix}-client"))?;
@@ -103,26 +133,10 @@ impl Topology {
     fn configure(&self, opts: &TopologyOptions) -> Result<()> {
         // Sysctls first: `default` values apply to the interfaces created afterwards.
         for ns in self.all() {
-            ns.sysctls(&[
-                // Strict reverse-path filtering (inherited from the root namespace) would drop
-                // some of the rewritten flows under test; the bed routes everything anyway.
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-                // ICMP errors are part of what tests observe (port and net unreachable);
-                // rate limiting them would turn quick failures into timeouts under load.
-                ("net.ipv4.icmp_ratemask", "0"),
-                // High connection rates reuse TIME_WAIT ports.
-                ("net.ipv4.tcp_tw_reuse", "1"),
-            ])?;
+            ns.sysctls(BED_SYSCTLS)?;
         }
-        self.node.sysctls(&[
-            ("net.ipv4.ip_forward", "1"),
-            // A hairpinned flow must not teach leaves a shortcut around the node.
-            ("net.ipv4.conf.all.send_redirects", "0"),
-            ("net.ipv4.conf.default.send_redirects", "0"),
-        ])?;
-        self.client
-            .sysctls(&[("net.ipv4.ip_local_port_range", "1024 65535")])?;
+        self.node.sysctls(ROUTER_SYSCTLS)?;
+        self.client.sysctls(CLIENT_SYSCTLS)?;
 
         // Links are created from the node, the leaf end going straight into its namespace: no
         // link ever exists in the root namespace, not even for a moment.
@@ -312,6 +326,8 @@ fn leaf_addr(subnet: u8) -> Ipv4Addr {
 fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
 }
+
+pub mod lan;
 
 #[cfg(test)]
 mod tests;

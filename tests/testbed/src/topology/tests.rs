@@ -12,7 +12,7 @@ use crate::servers::{TcpSession, UdpSession, tcp_request, tcp_server, udp_reques
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Namespaces of this process whose name starts with `prefix`.
-fn namespaces_named(prefix: &str) -> Vec<String> {
+pub(super) fn namespaces_named(prefix: &str) -> Vec<String> {
     let prefix = format!("{prefix}-");
     netns::list_names()
         .unwrap()
