@@ -5,11 +5,14 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    lpm_trie::Key,
+};
 use kproxy_common::{
     config::Config,
     ct::{AffinityKey, AffinityValue, CtEntry, FlowKey},
-    lb::{Backend, ServiceKey, ServiceValue, SlotKey},
+    lb::{Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey},
     meta::Meta,
     names,
     stats::{BackendStats, GlobalStats, ServiceStats},
@@ -60,6 +63,7 @@ pub struct ServiceMaps {
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
     vips: HashMap<MapData, u32, u32>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     meta: Array<MapData, Meta>,
     rr: Array<MapData, u64>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
@@ -84,6 +88,7 @@ impl ServiceMaps {
             slots: open_typed!(pin_dir, names::MAP_SLOTS),
             backends: open_typed!(pin_dir, names::MAP_BACKENDS),
             vips: open_typed!(pin_dir, names::MAP_VIPS),
+            source_ranges: open_typed!(pin_dir, names::MAP_SOURCE_RANGES),
             meta: open_typed!(pin_dir, names::MAP_META),
             rr: open_typed!(pin_dir, names::MAP_RR),
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
@@ -99,6 +104,11 @@ impl ServiceMaps {
             slots: self.slots.iter().collect::<Result<_, _>>()?,
             backends: self.backends.iter().collect::<Result<_, _>>()?,
             vips: self.vips.keys().collect::<Result<_, _>>()?,
+            source_ranges: self
+                .source_ranges
+                .keys()
+                .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+                .collect::<Result<_, _>>()?,
             backend_ids_reserved: self.meta.get(&0, 0)?.backend_ids_reserved,
         })
     }
@@ -234,17 +244,10 @@ impl ServiceMaps {
                         svc_id,
                         count,
                         bank,
-                        affinity_timeout_s,
-                        when_empty,
+                        settings,
                     } => Some((
                         wire::service_key(key)?,
-                        wire::service_value(
-                            *svc_id,
-                            *count,
-                            *bank,
-                            *affinity_timeout_s,
-                            *when_empty,
-                        ),
+                        wire::service_value(*svc_id, *count, *bank, settings),
                     )),
                     _ => None,
                 })
@@ -328,16 +331,26 @@ impl Datapath for ServiceMaps {
                 svc_id,
                 count,
                 bank,
-                affinity_timeout_s,
-                when_empty,
+                settings,
             } => self
                 .services
                 .insert(
                     wire::service_key(key).ok_or_else(not_ipv4)?,
-                    wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s, *when_empty),
+                    wire::service_value(*svc_id, *count, *bank, settings),
                     0,
                 )
                 .context("KP_SERVICES")?,
+            MapOp::PutSourceRange { svc_id, range } => {
+                let (len, key) = wire::source_range_key(*svc_id, *range);
+                self.source_ranges
+                    .insert(&Key::new(len, key), 1, 0)
+                    .context("KP_SOURCE_RANGES")?;
+            }
+            MapOp::DeleteSourceRange { svc_id, range } => {
+                let (len, key) = wire::source_range_key(*svc_id, *range);
+                ignore_missing(self.source_ranges.remove(&Key::new(len, key)))
+                    .context("KP_SOURCE_RANGES")?;
+            }
             MapOp::DeleteService { key } => {
                 let key = wire::service_key(key).ok_or_else(not_ipv4)?;
                 ignore_missing(self.services.remove(&key)).context("KP_SERVICES")?;

@@ -20,11 +20,7 @@ const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
 
 fn key(addr: &str, port: u16, proto: Protocol) -> FrontendKey {
-    FrontendKey {
-        addr: addr.parse().expect("test address"),
-        port,
-        proto,
-    }
+    FrontendKey::new(addr.parse().expect("test address"), port, proto)
 }
 
 /// `addr:port` endpoints.

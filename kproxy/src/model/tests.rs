@@ -8,11 +8,7 @@ use super::{
 use crate::problem::ProblemKind;
 
 fn key(addr: &str, port: u16, proto: Protocol) -> FrontendKey {
-    FrontendKey {
-        addr: addr.parse().expect("test address"),
-        port,
-        proto,
-    }
+    FrontendKey::new(addr.parse().expect("test address"), port, proto)
 }
 
 fn eps(list: &[(&str, u16)]) -> Vec<Endpoint> {
