@@ -100,7 +100,7 @@ fn frag_key(flow: &Ipv4Flow) -> FragKey {
         daddr: flow.key.daddr,
         id: flow.ip_id,
         proto: flow.key.proto,
-        scope: 0,
+        _pad: 0,
     }
 }
 

@@ -6,8 +6,10 @@
 //! kube-proxy runs one proxier per IP family; kproxy serves both families at once, so a case
 //! that upstream runs "in IPv4 mode" shows here as the IPv4 frontends (and an IPv6-only
 //! Service as IPv6 frontends, which kube-proxy's IPv6 proxier would serve). NodePort,
-//! LoadBalancer and externalIP frontends are not modelled yet: mixed cases keep their
-//! ClusterIP part, and cases only about those are left out (see each file's header).
+//! load-balancer and external IP frontends are checked with their kind, their
+//! externalTrafficPolicy Local entries (`Scope::All` with the node's endpoints,
+//! `Scope::Internal` with the cluster's) and their source ranges; health-check NodePorts in
+//! healthcheck.rs. What is left out is named in each file's header.
 //!
 //! Upstream sources read (kubernetes/kubernetes, file versions as stored by the search
 //! index): `pkg/proxy/topology.go` (the version with `topologyModeFromHints`),
@@ -15,10 +17,15 @@
 //! `endpointschangetracker{,_test}.go` f2963ef, `servicechangetracker{,_test}.go`
 //! f2963ef/008b365, `serviceport.go` 78fc8e4, `topology_test.go` 6c039d9,
 //! `util/utils_test.go` f3c7e72, `nftables/proxier_test.go` 81810de,
-//! `cmd/kube-proxy/app/server.go` (informer label selectors).
+//! `cmd/kube-proxy/app/server.go` (informer label selectors), `serviceport.go` 5ce2290
+//! (`newBaseServiceInfo` with load-balancer IP modes), `api/v1/service/util.go`
+//! (`ExternallyAccessible`, `ExternalPolicyLocal`, `NeedsHealthCheck`),
+//! `endpointschangetracker.go` (`LocalReadyEndpoints`), `topology_test.go` 0275699
+//! (`localEndpoints` expectations).
 
 mod endpointschangetracker;
 mod endpointslicecache;
+mod healthcheck;
 mod proxier;
 mod servicechangetracker;
 mod serviceport;
