@@ -194,3 +194,6 @@ mod full_map_tests;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod external_tests;
