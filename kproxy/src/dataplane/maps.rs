@@ -9,6 +9,7 @@ use aya::maps::{
     Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
     lpm_trie::Key,
 };
+use ipnet::Ipv4Net;
 use kproxy_common::{
     config::Config,
     ct::{AffinityKey, AffinityValue, CtEntry, FlowKey},
@@ -377,6 +378,7 @@ pub struct FlowMaps {
     ct_rev: CtMap,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     config: Array<MapData, Config>,
+    local_cidrs: LpmTrie<MapData, u32, u8>,
 }
 
 /// One conntrack map, typed, with the raw handle for lookup-and-delete.
@@ -451,12 +453,56 @@ impl FlowMaps {
             ct_rev: CtMap::open(pin_dir, names::MAP_CT_REV)?,
             affinity: open_typed!(pin_dir, names::MAP_AFFINITY),
             config: open_typed!(pin_dir, names::MAP_CONFIG),
+            local_cidrs: open_typed!(pin_dir, names::MAP_LOCAL_CIDRS),
         })
     }
 
     pub fn write_config(&mut self, config: &Config) -> Result<()> {
         self.config.set(0, config, 0).context("KP_CONFIG")?;
         Ok(())
+    }
+
+    /// `KP_CONFIG` as the datapath reads it (`initialized` 0: never written).
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).context("KP_CONFIG")
+    }
+
+    /// The pod CIDRs `KP_LOCAL_CIDRS` holds (entries the agent cannot read are left out).
+    pub fn local_cidrs(&self) -> Result<Vec<Ipv4Net>> {
+        let mut cidrs = Vec::new();
+        for key in self.local_cidrs.keys() {
+            let key = key.context("KP_LOCAL_CIDRS")?;
+            if let Some(net) = u8::try_from(key.prefix_len())
+                .ok()
+                .and_then(|len| Ipv4Net::new(wire::addr_from_wire(key.data()), len).ok())
+            {
+                cidrs.push(net);
+            }
+        }
+        Ok(cidrs)
+    }
+
+    /// Adds `cidr` to `KP_LOCAL_CIDRS`.
+    pub fn put_local_cidr(&mut self, cidr: Ipv4Net) -> Result<()> {
+        self.local_cidrs
+            .insert(
+                &Key::new(
+                    u32::from(cidr.prefix_len()),
+                    wire::addr_to_wire(cidr.network()),
+                ),
+                1,
+                0,
+            )
+            .context("KP_LOCAL_CIDRS")
+    }
+
+    /// Removes `cidr` from `KP_LOCAL_CIDRS`.
+    pub fn delete_local_cidr(&mut self, cidr: Ipv4Net) -> Result<()> {
+        let key = Key::new(
+            u32::from(cidr.prefix_len()),
+            wire::addr_to_wire(cidr.network()),
+        );
+        ignore_missing(self.local_cidrs.remove(&key)).context("KP_LOCAL_CIDRS")
     }
 
     /// Forward conntrack entries (one per flow).

@@ -6,12 +6,14 @@ pub mod addr;
 pub mod cluster;
 mod endpoints;
 mod health;
+pub mod local_traffic;
 mod node;
 mod service;
 pub mod topology;
 
 pub use cluster::{Change, ClusterState, ObjectKey, object_key};
 pub use health::ServiceHealth;
+pub use local_traffic::LocalDetection;
 pub use node::{LABEL_ZONE, NodeInfo};
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
