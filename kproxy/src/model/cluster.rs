@@ -2,8 +2,10 @@
 //! frontends of the services it touches and nothing else, so the cost of a sync follows what
 //! changed, not the size of the cluster.
 //!
-//! Two Services may claim one frontend (VIP, port, protocol): the API server never allocates
-//! one cluster IP twice, but manifests, restored backups or externally set IPs can. The
+//! Two Services may claim one frontend (VIP, port, protocol; a NodePort; an external or
+//! load-balancer IP): the API server never allocates one cluster IP or NodePort twice, but
+//! manifests, restored backups or externally set IPs can. (The `Scope::Internal` entry of an
+//! externalTrafficPolicy Local frontend goes with the frontend: its holder has it.) The
 //! Service that serves a frontend keeps it for as long as it claims it; a newcomer is
 //! reported and waits, and takes the frontend over only once it is freed (its holder is
 //! deleted or stops claiming it). Services that ask in the same batch of changes (at startup,
@@ -445,12 +447,21 @@ impl ClusterState {
         } else {
             Family::V6
         };
-        let health = spec.health_check_node_port.map(|port| {
-            (
-                port,
-                health::local_ready_endpoints(&slices, family, &self.node.name),
-            )
-        });
+        // kube-proxy's health checks come from its service port map: a Service without
+        // ports has none.
+        let has_ports = svc
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.ports.as_ref().is_some_and(|p| !p.is_empty()));
+        let health = spec
+            .health_check_node_port
+            .filter(|_| has_ports)
+            .map(|port| {
+                (
+                    port,
+                    health::local_ready_endpoints(&slices, family, &self.node.name),
+                )
+            });
         Computed {
             frontends: out,
             health,

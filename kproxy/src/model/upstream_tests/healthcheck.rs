@@ -104,6 +104,11 @@ fn which_services_get_a_health_check_node_port() {
             vec![],
         ),
         (
+            "servicechangetracker.go serviceToServiceMap/a Service without ports has no service ports, so no health check",
+            local_lb("ns1", "no-ports", "172.16.55.13", 345).build(),
+            vec![],
+        ),
+        (
             "servicechangetracker_test.go TestUpdateServiceTypeExternalName: none",
             service("ns2", "external-name", "172.16.55.4")
                 .type_("ExternalName")
