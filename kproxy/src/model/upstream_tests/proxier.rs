@@ -1286,3 +1286,65 @@ fn build_service_map() {
         ],
     );
 }
+
+/// pkg/proxy/ipvs/proxier_test.go's external-IP cases (the ipvs proxier takes the same
+/// service and endpoint maps): a virtual server per external IP of the proxier's family,
+/// with the external policy's endpoints.
+///
+/// kproxy divergence kept: 127.0.0.1 as an external IP (which the ipvs proxier binds) is
+/// reported and skipped, as every loopback VIP is.
+#[test]
+fn ipvs_external_ips() {
+    let external_ips = ["50.60.70.81", "2012::51", "127.0.0.1"];
+    check(vec![
+        Case {
+            name: "ipvs/proxier_test.go TestExternalIPsNoEndpoint",
+            node: node(NODE),
+            services: vec![
+                service("ns1", "svc1", "10.20.30.41")
+                    .external_ips(&["50.60.70.81"])
+                    .port("p80", 80, "TCP")
+                    .target_port(80)
+                    .build(),
+            ],
+            slices: vec![],
+            // Two virtual servers, the external one without destinations.
+            want: vec![fe("10.20.30.41", 80, TCP), ext("50.60.70.81", 80, TCP)],
+            problems: vec![],
+        },
+        Case {
+            name: "ipvs/proxier_test.go TestOnlyLocalExternalIPs",
+            node: node(NODE),
+            services: vec![
+                service("ns1", "svc1", "10.20.30.41")
+                    .type_("NodePort")
+                    .external_ips(&external_ips)
+                    .port("p80", 80, "TCP")
+                    .target_port(80)
+                    .external_traffic_policy("Local")
+                    .build(),
+            ],
+            slices: vec![
+                eps("ns1", "svc1", "p80", 80)
+                    .endpoint("10.180.0.1", None)
+                    .node(NODE)
+                    .endpoint("10.180.1.1", None)
+                    .node("other-node")
+                    .build(),
+            ],
+            // "Expect only 1 local endpoint" for the external IP; the IPv6 one is the IPv6
+            // proxier's (no IPv6 cluster IP here); no nodePort, no NodePort.
+            want: vec![
+                fe("10.20.30.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.1.1:80"]),
+                ext("50.60.70.81", 80, TCP)
+                    .eps(&["10.180.0.1:80"])
+                    .drop()
+                    .local(),
+                ext("50.60.70.81", 80, TCP)
+                    .internal()
+                    .eps(&["10.180.0.1:80", "10.180.1.1:80"]),
+            ],
+            problems: vec![ProblemKind::InvalidService],
+        },
+    ]);
+}
