@@ -16,8 +16,9 @@
 //! `endpointslicecache.go` c2c7d50, `endpointslicecache_test.go` 05e1479,
 //! `endpointschangetracker{,_test}.go` f2963ef, `servicechangetracker{,_test}.go`
 //! f2963ef/008b365, `serviceport.go` 78fc8e4, `topology_test.go` 6c039d9,
-//! `util/utils_test.go` f3c7e72, `nftables/proxier_test.go` 81810de, `ipvs/proxier_test.go` (external IPs),
-//! `cmd/kube-proxy/app/server.go` (informer label selectors), `serviceport.go` 5ce2290
+//! `util/utils_test.go` f3c7e72, `nftables/proxier_test.go` 81810de,
+//! `ipvs/proxier_test.go` (external IPs), `cmd/kube-proxy/app/server.go` (informer
+//! label selectors), `serviceport.go` 5ce2290
 //! (`newBaseServiceInfo` with load-balancer IP modes), `api/v1/service/util.go`
 //! (`ExternallyAccessible`, `ExternalPolicyLocal`, `NeedsHealthCheck`),
 //! `endpointschangetracker.go` (`LocalReadyEndpoints`), `topology_test.go` 0275699
