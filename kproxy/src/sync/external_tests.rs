@@ -394,3 +394,22 @@ fn a_recovered_entry_of_an_unknown_scope_is_no_frontend() {
         [lb_key()]
     );
 }
+
+#[test]
+fn an_internal_entry_is_published_before_the_entry_that_sends_clients_to_it() {
+    let node_port = FrontendKey::node_port(false, 30080, TCP);
+    let cluster: Desired = [(node_port, frontend(FrontendKind::NodePort, &[2, 3]))]
+        .into_iter()
+        .collect();
+    let local = local_pair(node_port, FrontendKind::NodePort, &[2], &[2, 3]);
+    let (ops, _) = ops_between(&cluster, &local);
+    let internal = at(
+        &ops,
+        |op| matches!(op, MapOp::PutService { key, .. } if key.scope == Scope::Internal),
+    );
+    let all = at(&ops, |op| {
+        matches!(op, MapOp::PutService { key, settings, .. }
+            if key.scope == Scope::All && settings.external_local)
+    });
+    assert!(internal < all, "{ops:#?}");
+}

@@ -14,7 +14,7 @@ use super::{
     source_ranges_v4,
 };
 use crate::{
-    model::{Desired, Endpoint, Frontend, FrontendKey, ServicePortName},
+    model::{Desired, Endpoint, Frontend, FrontendKey, Scope, ServicePortName},
     problem::{Problem, ProblemKind, datapath_error},
 };
 
@@ -198,7 +198,13 @@ impl Programmed {
                 ));
             }
         }
-        for (key, frontend) in keys.iter().filter_map(|k| Some((k, desired.get(k)?))) {
+        // Entries for this node's clients first: within each wave their writes go before
+        // those of the entries that send such clients to them (`SVC_F_EXT_LOCAL`).
+        let ordered = keys
+            .iter()
+            .filter(|k| k.scope == Scope::Internal)
+            .chain(keys.iter().filter(|k| k.scope == Scope::All));
+        for (key, frontend) in ordered.filter_map(|k| Some((k, desired.get(k)?))) {
             if key.addr.is_ipv6() {
                 report.ipv6_skipped += 1;
                 continue;
