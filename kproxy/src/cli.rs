@@ -8,7 +8,8 @@ use kproxy_common::config::Config;
 use crate::{
     agent::{self, AgentConfig, HttpConfig, Source},
     cmd,
-    dataplane::load::MapSizes,
+    dataplane::{load::MapSizes, node_addrs::NodePortAddresses},
+    model::LocalDetection,
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/kproxy";
@@ -112,6 +113,31 @@ struct RunArgs {
     /// Seconds between conntrack garbage collections.
     #[arg(long, default_value_t = 10)]
     ct_gc_interval: u64,
+    /// Which node addresses NodePorts answer on: CIDRs (comma-separated; a family without
+    /// one takes every address of that family), or `primary` (the node's primary IP from
+    /// its Node object). Default: every address of the node.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<String>,
+    /// The cluster's pod CIDRs (comma-separated, at most one per family): traffic from them
+    /// is local with --detect-local-mode ClusterCIDR (the default mode when this is set).
+    #[arg(long, value_delimiter = ',')]
+    cluster_cidr: Vec<String>,
+    /// How traffic from this node's pods is recognised: ClusterCIDR (--cluster-cidr),
+    /// NodeCIDR (the Node's spec.podCIDRs), InterfaceNamePrefix
+    /// (--pod-interface-name-prefix) or BridgeInterface (--pod-bridge-interface).
+    /// Default: ClusterCIDR, which without --cluster-cidr recognises none.
+    #[arg(long)]
+    detect_local_mode: Option<String>,
+    /// Interfaces whose name starts with this face pods (--detect-local-mode
+    /// InterfaceNamePrefix).
+    #[arg(long)]
+    pod_interface_name_prefix: Option<String>,
+    /// The bridge pods are behind (--detect-local-mode BridgeInterface).
+    #[arg(long)]
+    pod_bridge_interface: Option<String>,
+    /// Masquerade every new flow to a cluster IP (SNAT to a node address).
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    masquerade_all: bool,
 }
 
 /// A socket address, or none (the flag given as "").
@@ -127,9 +153,17 @@ fn optional_addr(s: &str) -> Result<OptionalAddr, String> {
 }
 
 impl RunArgs {
-    fn into_config(self) -> AgentConfig {
+    /// The agent's configuration; `Err` says which flags do not go together.
+    fn into_config(self) -> Result<AgentConfig, String> {
         const NS: u64 = 1_000_000_000;
-        AgentConfig {
+        let local_detection = LocalDetection::from_flags(
+            self.detect_local_mode.as_deref(),
+            &self.cluster_cidr,
+            self.pod_interface_name_prefix.as_deref(),
+            self.pod_bridge_interface.as_deref(),
+        )?;
+        let nodeport_addresses = NodePortAddresses::parse(&self.nodeport_addresses)?;
+        Ok(AgentConfig {
             source: match self.manifests {
                 Some(path) => Source::Manifests(path),
                 None => Source::Api {
@@ -161,7 +195,10 @@ impl RunArgs {
             },
             gc_interval: Duration::from_secs(self.ct_gc_interval.max(1)),
             resync_interval: Duration::from_secs(30),
-        }
+            nodeport_addresses,
+            local_detection,
+            masquerade_all: self.masquerade_all,
+        })
     }
 }
 
@@ -188,8 +225,8 @@ pub fn check_run_args<I: IntoIterator<Item = String>>(args: I) -> Result<(), Str
         .chain(args);
     match Cli::try_parse_from(command_line) {
         Ok(Cli {
-            command: Command::Run(_),
-        }) => Ok(()),
+            command: Command::Run(args),
+        }) => args.into_config().map(|_| ()),
         Ok(_) => Err("not a `kproxy run` command line".into()),
         Err(e) => Err(e.to_string()),
     }
@@ -204,11 +241,14 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(agent::run((*args).into_config(), termination()))),
+        Command::Run(args) => match (*args).into_config() {
+            Ok(config) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(agent::run(config, termination()))),
+            Err(e) => Err(anyhow::anyhow!(e)),
+        },
         Command::Services(args) => cmd::services::print(&args.pin.pin_dir, args.json),
         Command::Cleanup(args) => cmd::cleanup::run(&args.pin_dir),
     };
@@ -217,6 +257,115 @@ pub fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &[&str]) -> Result<AgentConfig, String> {
+        let args = ["kproxy", "run", "--node-name", "n", "--attach", "eth0"]
+            .into_iter()
+            .chain(extra.iter().copied());
+        match Cli::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Run(args) => args.into_config(),
+            _ => Err("not run".into()),
+        }
+    }
+
+    #[test]
+    fn kube_proxy_flags_become_the_agent_configuration() {
+        let c = config(&[]).expect("defaults");
+        assert_eq!(c.nodeport_addresses, NodePortAddresses::All);
+        assert_eq!(c.local_detection, LocalDetection::None);
+        assert!(!c.masquerade_all);
+
+        let c = config(&[
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+            "--nodeport-addresses",
+            "192.168.0.0/24,2001:db8::/64",
+            "--masquerade-all",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.local_detection,
+            LocalDetection::ClusterCidr(vec![
+                "10.244.0.0/16".parse().expect("cidr"),
+                "fd00:10:244::/56".parse().expect("cidr"),
+            ])
+        );
+        assert_eq!(
+            c.nodeport_addresses,
+            NodePortAddresses::Cidrs(vec![
+                "192.168.0.0/24".parse().expect("cidr"),
+                "2001:db8::/64".parse().expect("cidr"),
+            ])
+        );
+        assert!(c.masquerade_all);
+
+        let c = config(&[
+            "--detect-local-mode=InterfaceNamePrefix",
+            "--pod-interface-name-prefix=veth",
+            "--nodeport-addresses=primary",
+            "--masquerade-all=false",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.local_detection,
+            LocalDetection::InterfaceNamePrefix("veth".into())
+        );
+        assert_eq!(c.nodeport_addresses, NodePortAddresses::Primary);
+        assert!(!c.masquerade_all);
+        assert!(
+            config(&["--masquerade-all=true"])
+                .expect("valid")
+                .masquerade_all
+        );
+
+        let c = config(&["--detect-local-mode", "NodeCIDR"]).expect("valid");
+        assert_eq!(c.local_detection, LocalDetection::NodeCidr);
+    }
+
+    #[test]
+    fn flags_that_do_not_go_together_are_refused_with_a_clear_error() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--detect-local-mode", "InterfaceNamePrefix"],
+                "needs --pod-interface-name-prefix",
+            ),
+            (
+                &["--detect-local-mode", "BridgeInterface"],
+                "needs --pod-bridge-interface",
+            ),
+            (&["--detect-local-mode", "Magic"], "must be one of"),
+            (
+                &["--cluster-cidr", "10.0.0.0/8,10.1.0.0/16"],
+                "dual-stack pair",
+            ),
+            (&["--cluster-cidr", "ten/8"], "valid CIDR"),
+            (
+                &["--nodeport-addresses", "primary,10.0.0.0/8"],
+                "both 'primary' and CIDRs",
+            ),
+            (&["--nodeport-addresses", "10.0.0.1"], "valid CIDR"),
+        ];
+        for (args, part) in cases {
+            let err = config(args).expect_err("refused");
+            assert!(err.contains(part), "{args:?}: {err}");
+            let line = ["--node-name", "n", "--attach", "eth0"]
+                .iter()
+                .chain(args.iter())
+                .map(|a| (*a).to_owned());
+            assert!(
+                check_run_args(line).is_err(),
+                "{args:?}: check_run_args too"
+            );
         }
     }
 }

@@ -6,7 +6,10 @@ mod support;
 
 use std::net::Ipv4Addr;
 
-use kproxy::dataplane::{ethtool, node_addrs::NodeAddrs};
+use kproxy::dataplane::{
+    ethtool,
+    node_addrs::{NodeAddrs, NodePortAddresses},
+};
 use kproxy::model::{Desired, Protocol};
 use kproxy_common::stats::Counter;
 use kproxy_testbed::{Topology, TopologyOptions, require_privileges};
@@ -66,7 +69,7 @@ fn egress_dnat_goes_where_the_backend_is() {
             let pin_dir = dp.bpffs.pin_path("kproxy");
             NodeAddrs::open(&pin_dir)
                 .expect("node addresses")
-                .refresh()
+                .refresh(&NodePortAddresses::All, None)
                 .expect("refresh");
             let send = |n: u8| dp.tc_egress(&tcp_frame((NODE, 40_000), (vip(n), 80), SYN, b""));
             let out = [send(10), send(11), send(12)];

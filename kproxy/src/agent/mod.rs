@@ -4,7 +4,7 @@
 mod input;
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::BTreeSet,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use input::{Input, Wakeup};
-use kproxy_common::{config::Config, lb::ServiceKey};
+use kproxy_common::config::Config;
 use prometheus_client::registry::Registry;
 
 use crate::{
@@ -21,18 +21,20 @@ use crate::{
         attach::{self, Attached},
         load::{self, MapSizes},
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
-        node_addrs::NodeAddrs,
+        node_addrs::{NodeAddrs, NodePortAddresses},
     },
     http::Health,
     metrics::{KindLabel, Metrics, gauge},
-    model::{Change, ClusterState, NodeInfo},
+    model::{
+        Change, ClusterState, LocalDetection, NodeInfo,
+        local_traffic::{LOCAL_CONFIG_FLAGS, LocalConfig},
+    },
     problem::{Problem, ProblemKind},
     source::{files::ManifestSource, trim::TRIGGER_TIME_ANNOTATION},
     sync::{
         Datapath, Programmed,
-        gc::{GcStats, Liveness},
+        gc::{GcStats, ProgrammedLiveness},
     },
-    wire,
 };
 
 /// Where the agent reads Services, EndpointSlices and its Node from.
@@ -65,7 +67,14 @@ pub struct AgentConfig {
     pub xdp_ifaces: Vec<String>,
     pub pin_dir: PathBuf,
     pub sizes: MapSizes,
+    /// Conntrack timeouts (`KP_CONFIG`; its flags come from the fields below).
     pub conntrack: Config,
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: NodePortAddresses,
+    /// `--detect-local-mode` and what it needs.
+    pub local_detection: LocalDetection,
+    /// `--masquerade-all`.
+    pub masquerade_all: bool,
     /// How often expired conntrack entries are deleted.
     pub gc_interval: Duration,
     /// How often the manifests are re-read even without a file event (a safety net; the
@@ -87,8 +96,12 @@ const RETRY_MAX: Duration = Duration::from_mins(1);
 
 struct Agent {
     config: AgentConfig,
-    /// The node's own addresses in the datapath, refreshed with each collection.
+    /// The node's own addresses in the datapath, refreshed with each collection and when
+    /// the Node changes.
     node_addrs: NodeAddrs,
+    /// The Node the node-dependent datapath state (NodePort addresses, local-traffic
+    /// detection) was last written for; `None` before the first sync.
+    node_applied: Option<NodeInfo>,
     cluster: ClusterState,
     services: ServiceMaps,
     flows: FlowMaps,
@@ -119,11 +132,7 @@ pub async fn run(
 
     let (mut ebpf, pinned) = load::load(&config.pin_dir, &config.sizes)?;
     tracing::info!(?pinned, "datapath loaded");
-    let mut node_addrs = NodeAddrs::open(&config.pin_dir)?;
-    node_addrs.refresh()?;
-    tracing::info!(addresses = ?node_addrs.addresses(), "node addresses");
-    let mut flows = FlowMaps::open(&config.pin_dir)?;
-    flows.write_config(&config.conntrack)?;
+    let (node_addrs, flows) = open_node_config(&config)?;
     let mut services = ServiceMaps::open(&config.pin_dir)?;
     let (programmed, cleanup) = Programmed::recover(&services.snapshot()?, config.sizes.services);
     if !programmed.frontends().is_empty() {
@@ -154,6 +163,7 @@ pub async fn run(
     let mut agent = Agent {
         cluster,
         node_addrs,
+        node_applied: None,
         config,
         services,
         flows,
@@ -275,6 +285,9 @@ impl Agent {
         let report = self
             .programmed
             .sync_keys(self.cluster.desired(), &keys, &mut self.services);
+        if self.node_applied.as_ref() != Some(self.cluster.node()) {
+            self.apply_node();
+        }
         let elapsed = started.elapsed();
         let (model, write) = (model_done - started, model_done.elapsed());
         self.health.programmed(input.synced());
@@ -365,17 +378,43 @@ impl Agent {
         self.reported = current;
     }
 
-    fn collect_garbage(&mut self) {
-        match self.node_addrs.refresh() {
+    /// Writes what depends on the Node: which addresses take NodePorts, and local-traffic
+    /// detection by the Node's pod CIDRs.
+    fn apply_node(&mut self) {
+        let node = self.cluster.node().clone();
+        self.refresh_node_addrs(Some(&node));
+        if let Err(e) = write_local_config(&mut self.flows, &self.config, Some(&node)) {
+            tracing::warn!(error = %format!("{e:#}"), "writing local-traffic detection failed");
+            return;
+        }
+        self.node_applied = Some(node);
+    }
+
+    /// Brings `KP_NODE_ADDRS` in step with the node's addresses (`node`: the Node, once
+    /// read).
+    fn refresh_node_addrs(&mut self, node: Option<&NodeInfo>) {
+        match self
+            .node_addrs
+            .refresh(&self.config.nodeport_addresses, node)
+        {
             Ok(true) => {
-                tracing::info!(addresses = ?self.node_addrs.addresses(), "node addresses changed");
+                tracing::info!(
+                    addresses = ?self.node_addrs.addresses(),
+                    node_ports = ?self.node_addrs.node_port_addresses(),
+                    "node addresses changed"
+                );
             }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "reading the node's addresses failed");
             }
         }
-        let live = Live::of(&self.programmed);
+    }
+
+    fn collect_garbage(&mut self) {
+        let node = self.node_applied.clone();
+        self.refresh_node_addrs(node.as_ref());
+        let live = ProgrammedLiveness::new(&self.programmed, self.node_addrs.node_port_addresses());
         match self.flows.collect_garbage(
             &self.config.conntrack,
             &live,
@@ -411,38 +450,62 @@ impl Agent {
     }
 }
 
-/// What garbage collection asks about the programmed services.
-struct Live {
-    frontends: HashSet<ServiceKey>,
-    backends: HashSet<u32>,
+/// Opens `KP_NODE_ADDRS` and the flow maps, and writes the node's addresses and the
+/// configuration. Until the cluster is read, what depends on the Node stays as the pinned
+/// state says (NodePorts on `primary`, NodeCIDR detection).
+fn open_node_config(config: &AgentConfig) -> Result<(NodeAddrs, FlowMaps)> {
+    let mut node_addrs = NodeAddrs::open(&config.pin_dir)?;
+    node_addrs.refresh(&config.nodeport_addresses, None)?;
+    tracing::info!(
+        addresses = ?node_addrs.addresses(),
+        node_ports = ?node_addrs.node_port_addresses(),
+        "node addresses"
+    );
+    let mut flows = FlowMaps::open(&config.pin_dir)?;
+    write_local_config(&mut flows, config, None)?;
+    Ok((node_addrs, flows))
 }
 
-impl Live {
-    fn of(programmed: &Programmed) -> Self {
-        Self {
-            frontends: programmed
-                .frontends()
-                .keys()
-                .filter_map(wire::service_key)
-                .collect(),
-            backends: programmed.backend_ids(),
-        }
+/// Writes `KP_CONFIG` (timeouts and the local-traffic flags) and `KP_LOCAL_CIDRS` for
+/// `node` (`None`: not read yet, see `LocalDetection::datapath_config`). CIDRs the new
+/// configuration adds are written before the flags, those it drops after, so the datapath
+/// never detects by an empty set.
+fn write_local_config(
+    flows: &mut FlowMaps,
+    config: &AgentConfig,
+    node: Option<&NodeInfo>,
+) -> Result<()> {
+    let pinned = flows.config()?;
+    let current = LocalConfig {
+        flags: if pinned.initialized == 0 {
+            0
+        } else {
+            pinned.flags & LOCAL_CONFIG_FLAGS
+        },
+        cidrs: flows.local_cidrs()?,
+    };
+    let want = config
+        .local_detection
+        .datapath_config(config.masquerade_all, node, &current);
+    for cidr in want.cidrs.iter().filter(|c| !current.cidrs.contains(c)) {
+        flows.put_local_cidr(*cidr)?;
     }
-}
-
-impl Liveness for Live {
-    fn frontend_exists(&self, vip: u32, port: u16, proto: u8) -> bool {
-        self.frontends.contains(&ServiceKey {
-            addr: vip,
-            port,
-            proto,
-            scope: 0,
-        })
+    flows.write_config(&Config {
+        flags: want.flags,
+        ..config.conntrack
+    })?;
+    for cidr in current.cidrs.iter().filter(|c| !want.cidrs.contains(c)) {
+        flows.delete_local_cidr(*cidr)?;
     }
-
-    fn backend_exists(&self, id: u32) -> bool {
-        self.backends.contains(&id)
+    if want != current {
+        tracing::info!(
+            detection = ?config.local_detection,
+            masquerade_all = config.masquerade_all,
+            local_cidrs = ?want.cidrs,
+            "local-traffic configuration written"
+        );
     }
+    Ok(())
 }
 
 /// When the change an EndpointSlice update carries was triggered (its

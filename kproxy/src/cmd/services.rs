@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     dataplane::maps::{ServiceMaps, global_stats},
+    model::{Scope, WhenEmpty},
     wire,
 };
 
@@ -20,10 +21,21 @@ pub struct BackendView {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ServiceView {
-    /// `VIP:port/PROTO`
+    /// `VIP:port/PROTO`, `*:port/PROTO` for a NodePort (every NodePort address).
     pub frontend: String,
+    /// `all`, or `internal`: the entry of an externalTrafficPolicy Local frontend for
+    /// clients on this node.
+    pub scope: &'static str,
     pub id: u32,
     pub affinity_timeout_s: Option<u32>,
+    /// What new connections get without backends: `reject` or `drop`.
+    pub when_empty: &'static str,
+    /// A NodePort, external IP or load-balancer IP.
+    pub external: bool,
+    /// externalTrafficPolicy Local: external clients get this node's endpoints only.
+    pub external_local: bool,
+    /// loadBalancerSourceRanges in force (empty: any source).
+    pub source_ranges: Vec<String>,
     /// Backends taking new connections, in slot order.
     pub backends: Vec<BackendView>,
     /// Endpoints still listed (not ready, terminating, elsewhere): their established TCP
@@ -52,11 +64,18 @@ pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
         .iter()
         .map(|(k, id)| ((k.svc_id, k.slot), *id))
         .collect();
+    let mut ranges: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for (len, key) in &snap.source_ranges {
+        if let Some((svc_id, range)) = wire::source_range(*len, key) {
+            ranges.entry(svc_id).or_default().push(range.to_string());
+        }
+    }
     let mut services = Vec::new();
     for (key, value) in &snap.services {
         let Some(frontend) = wire::frontend_key(key) else {
             continue;
         };
+        let settings = wire::settings_of(value);
         let bank = u32::from(value.bank) << SLOT_BANK_SHIFT;
         let view = |id: u32, b: &kproxy_common::lb::Backend| BackendView {
             id,
@@ -74,9 +93,24 @@ pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
             .collect();
         let stats = maps.service_stats(value.id).unwrap_or_default();
         services.push(ServiceView {
-            frontend: frontend.to_string(),
+            frontend: frontend.with_scope(Scope::All).to_string(),
+            scope: match frontend.scope {
+                Scope::All => "all",
+                Scope::Internal => "internal",
+            },
             id: value.id,
-            affinity_timeout_s: wire::affinity_of(value),
+            affinity_timeout_s: settings.affinity_timeout_s,
+            when_empty: match settings.when_empty {
+                WhenEmpty::Reject => "reject",
+                WhenEmpty::Drop => "drop",
+            },
+            external: settings.external,
+            external_local: settings.external_local,
+            source_ranges: if settings.source_ranges {
+                ranges.get(&value.id).cloned().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
             backends: active,
             listed_only,
             packets: stats.packets,
@@ -85,7 +119,7 @@ pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
             rejected: stats.rejected,
         });
     }
-    services.sort_by(|a, b| a.frontend.cmp(&b.frontend));
+    services.sort_by(|a, b| (&a.frontend, a.scope).cmp(&(&b.frontend, b.scope)));
     let global = global_stats(pin_dir)?;
     let counters = Counter::ALL
         .iter()
@@ -100,10 +134,32 @@ pub fn render(view: &DatapathView) -> String {
         let affinity = s
             .affinity_timeout_s
             .map_or_else(|| "none".to_owned(), |t| format!("ClientIP {t}s"));
+        let frontend = if s.scope == "all" {
+            s.frontend.clone()
+        } else {
+            format!("{} ({})", s.frontend, s.scope)
+        };
+        let mut flags = Vec::new();
+        if s.external {
+            flags.push("external");
+        }
+        if s.external_local {
+            flags.push("external-local");
+        }
+        if !s.source_ranges.is_empty() {
+            flags.push("source-ranges");
+        }
+        if s.when_empty == "drop" {
+            flags.push("drop-when-empty");
+        }
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", flags.join(","))
+        };
         let _ = writeln!(
             out,
-            "{:<24} id={:<5} backends={:<3} affinity={:<14} packets={} bytes={} new_flows={} rejected={}",
-            s.frontend,
+            "{frontend:<24} id={:<5} backends={:<3} affinity={:<14} packets={} bytes={} new_flows={} rejected={}{flags}",
             s.id,
             s.backends.len(),
             affinity,
@@ -112,6 +168,9 @@ pub fn render(view: &DatapathView) -> String {
             s.new_flows,
             s.rejected
         );
+        if !s.source_ranges.is_empty() {
+            let _ = writeln!(out, "    from {}", s.source_ranges.join(", "));
+        }
         for b in &s.backends {
             let _ = writeln!(
                 out,
@@ -143,4 +202,72 @@ pub fn print(pin_dir: &Path, json: bool) -> Result<()> {
         print!("{}", render(&view));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(frontend: &str, scope: &'static str) -> ServiceView {
+        ServiceView {
+            frontend: frontend.into(),
+            scope,
+            id: 3,
+            affinity_timeout_s: None,
+            when_empty: "reject",
+            external: false,
+            external_local: false,
+            source_ranges: Vec::new(),
+            backends: vec![BackendView {
+                id: 9,
+                address: "198.18.2.2:8080".into(),
+                new_flows: 4,
+            }],
+            listed_only: Vec::new(),
+            packets: 1,
+            bytes: 2,
+            new_flows: 3,
+            rejected: 0,
+        }
+    }
+
+    #[test]
+    fn node_ports_scopes_and_flags_are_readable() {
+        let local = ServiceView {
+            external: true,
+            external_local: true,
+            when_empty: "drop",
+            ..view("*:30080/TCP", "all")
+        };
+        let internal = ServiceView {
+            external: true,
+            ..view("*:30080/TCP", "internal")
+        };
+        let firewalled = ServiceView {
+            external: true,
+            source_ranges: vec!["203.0.113.0/25".into()],
+            ..view("1.2.3.4:80/TCP", "all")
+        };
+        let text = render(&DatapathView {
+            services: vec![
+                view("198.19.0.10:80/TCP", "all"),
+                local,
+                internal,
+                firewalled,
+            ],
+            counters: BTreeMap::new(),
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("198.19.0.10:80/TCP "), "{text}");
+        assert!(!lines[0].contains('['), "a ClusterIP has no flags: {text}");
+        assert!(lines[2].starts_with("*:30080/TCP "), "{text}");
+        assert!(
+            lines[2].ends_with("[external,external-local,drop-when-empty]"),
+            "{text}"
+        );
+        assert!(lines[4].starts_with("*:30080/TCP (internal) "), "{text}");
+        assert!(lines[4].ends_with("[external]"), "{text}");
+        assert!(lines[6].ends_with("[external,source-ranges]"), "{text}");
+        assert_eq!(lines[7], "    from 203.0.113.0/25", "{text}");
+    }
 }

@@ -5,11 +5,15 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    lpm_trie::Key,
+};
+use ipnet::Ipv4Net;
 use kproxy_common::{
     config::Config,
     ct::{AffinityKey, AffinityValue, CtEntry, FlowKey},
-    lb::{Backend, ServiceKey, ServiceValue, SlotKey},
+    lb::{Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey},
     meta::Meta,
     names,
     stats::{BackendStats, GlobalStats, ServiceStats},
@@ -60,6 +64,7 @@ pub struct ServiceMaps {
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
     vips: HashMap<MapData, u32, u32>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     meta: Array<MapData, Meta>,
     rr: Array<MapData, u64>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
@@ -84,6 +89,7 @@ impl ServiceMaps {
             slots: open_typed!(pin_dir, names::MAP_SLOTS),
             backends: open_typed!(pin_dir, names::MAP_BACKENDS),
             vips: open_typed!(pin_dir, names::MAP_VIPS),
+            source_ranges: open_typed!(pin_dir, names::MAP_SOURCE_RANGES),
             meta: open_typed!(pin_dir, names::MAP_META),
             rr: open_typed!(pin_dir, names::MAP_RR),
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
@@ -99,6 +105,11 @@ impl ServiceMaps {
             slots: self.slots.iter().collect::<Result<_, _>>()?,
             backends: self.backends.iter().collect::<Result<_, _>>()?,
             vips: self.vips.keys().collect::<Result<_, _>>()?,
+            source_ranges: self
+                .source_ranges
+                .keys()
+                .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+                .collect::<Result<_, _>>()?,
             backend_ids_reserved: self.meta.get(&0, 0)?.backend_ids_reserved,
         })
     }
@@ -234,17 +245,10 @@ impl ServiceMaps {
                         svc_id,
                         count,
                         bank,
-                        affinity_timeout_s,
-                        when_empty,
+                        settings,
                     } => Some((
                         wire::service_key(key)?,
-                        wire::service_value(
-                            *svc_id,
-                            *count,
-                            *bank,
-                            *affinity_timeout_s,
-                            *when_empty,
-                        ),
+                        wire::service_value(*svc_id, *count, *bank, settings),
                     )),
                     _ => None,
                 })
@@ -328,16 +332,26 @@ impl Datapath for ServiceMaps {
                 svc_id,
                 count,
                 bank,
-                affinity_timeout_s,
-                when_empty,
+                settings,
             } => self
                 .services
                 .insert(
                     wire::service_key(key).ok_or_else(not_ipv4)?,
-                    wire::service_value(*svc_id, *count, *bank, *affinity_timeout_s, *when_empty),
+                    wire::service_value(*svc_id, *count, *bank, settings),
                     0,
                 )
                 .context("KP_SERVICES")?,
+            MapOp::PutSourceRange { svc_id, range } => {
+                let (len, key) = wire::source_range_key(*svc_id, *range);
+                self.source_ranges
+                    .insert(&Key::new(len, key), 1, 0)
+                    .context("KP_SOURCE_RANGES")?;
+            }
+            MapOp::DeleteSourceRange { svc_id, range } => {
+                let (len, key) = wire::source_range_key(*svc_id, *range);
+                ignore_missing(self.source_ranges.remove(&Key::new(len, key)))
+                    .context("KP_SOURCE_RANGES")?;
+            }
             MapOp::DeleteService { key } => {
                 let key = wire::service_key(key).ok_or_else(not_ipv4)?;
                 ignore_missing(self.services.remove(&key)).context("KP_SERVICES")?;
@@ -364,6 +378,7 @@ pub struct FlowMaps {
     ct_rev: CtMap,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     config: Array<MapData, Config>,
+    local_cidrs: LpmTrie<MapData, u32, u8>,
 }
 
 /// One conntrack map, typed, with the raw handle for lookup-and-delete.
@@ -438,12 +453,56 @@ impl FlowMaps {
             ct_rev: CtMap::open(pin_dir, names::MAP_CT_REV)?,
             affinity: open_typed!(pin_dir, names::MAP_AFFINITY),
             config: open_typed!(pin_dir, names::MAP_CONFIG),
+            local_cidrs: open_typed!(pin_dir, names::MAP_LOCAL_CIDRS),
         })
     }
 
     pub fn write_config(&mut self, config: &Config) -> Result<()> {
         self.config.set(0, config, 0).context("KP_CONFIG")?;
         Ok(())
+    }
+
+    /// `KP_CONFIG` as the datapath reads it (`initialized` 0: never written).
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).context("KP_CONFIG")
+    }
+
+    /// The pod CIDRs `KP_LOCAL_CIDRS` holds (entries the agent cannot read are left out).
+    pub fn local_cidrs(&self) -> Result<Vec<Ipv4Net>> {
+        let mut cidrs = Vec::new();
+        for key in self.local_cidrs.keys() {
+            let key = key.context("KP_LOCAL_CIDRS")?;
+            if let Some(net) = u8::try_from(key.prefix_len())
+                .ok()
+                .and_then(|len| Ipv4Net::new(wire::addr_from_wire(key.data()), len).ok())
+            {
+                cidrs.push(net);
+            }
+        }
+        Ok(cidrs)
+    }
+
+    /// Adds `cidr` to `KP_LOCAL_CIDRS`.
+    pub fn put_local_cidr(&mut self, cidr: Ipv4Net) -> Result<()> {
+        self.local_cidrs
+            .insert(
+                &Key::new(
+                    u32::from(cidr.prefix_len()),
+                    wire::addr_to_wire(cidr.network()),
+                ),
+                1,
+                0,
+            )
+            .context("KP_LOCAL_CIDRS")
+    }
+
+    /// Removes `cidr` from `KP_LOCAL_CIDRS`.
+    pub fn delete_local_cidr(&mut self, cidr: Ipv4Net) -> Result<()> {
+        let key = Key::new(
+            u32::from(cidr.prefix_len()),
+            wire::addr_to_wire(cidr.network()),
+        );
+        ignore_missing(self.local_cidrs.remove(&key)).context("KP_LOCAL_CIDRS")
     }
 
     /// Forward conntrack entries (one per flow).

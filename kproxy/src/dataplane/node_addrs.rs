@@ -1,15 +1,114 @@
 //! `KP_NODE_ADDRS`: the node's own IPv4 addresses, so the egress program can tell a backend
-//! on the node itself (a hostNetwork endpoint) from one it has no route to. Read from the
-//! interfaces of the agent's network namespace, and refreshed, since addresses come and go.
+//! on the node itself (a hostNetwork endpoint) from one it has no route to, and which of
+//! them NodePorts answer on (`--nodeport-addresses`). Read from the interfaces of the
+//! agent's network namespace, and refreshed, since addresses come and go.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
-use kproxy_common::names;
+use ipnet::IpNet;
+use kproxy_common::{
+    iface::{NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
+    names,
+};
 
 use super::load::map_pin_path;
-use crate::wire;
+use crate::{
+    model::{NodeInfo, addr::parse_cidr_sloppy},
+    wire,
+};
+
+/// `--nodeport-addresses`: which of the node's addresses NodePorts answer on, as kube-proxy
+/// reads the flag (pkg/proxy/util/nodeport_addresses.go).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Unset: every address of the node.
+    #[default]
+    All,
+    /// `primary`: the node's primary IP (its first InternalIP, else ExternalIP, of the
+    /// family), as the Node object says.
+    Primary,
+    /// Addresses in these CIDRs. When none is of a family, every address of that family
+    /// (kube-proxy falls back to the zero CIDR).
+    Cidrs(Vec<IpNet>),
+}
+
+impl NodePortAddresses {
+    /// Reads the flag's values: empty, `primary` alone, or CIDRs (validated as kube-proxy
+    /// validates `nodePortAddresses`).
+    pub fn parse(values: &[String]) -> Result<Self, String> {
+        let values: Vec<&str> = values
+            .iter()
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .collect();
+        match values.as_slice() {
+            [] => Ok(Self::All),
+            ["primary"] => Ok(Self::Primary),
+            _ if values.contains(&"primary") => {
+                Err("--nodeport-addresses: can't use both 'primary' and CIDRs".into())
+            }
+            _ => values
+                .iter()
+                .map(|v| {
+                    parse_cidr_sloppy(v).ok_or_else(|| {
+                        format!("--nodeport-addresses: {v:?} must be a valid CIDR or 'primary'")
+                    })
+                })
+                .collect::<Result<_, _>>()
+                .map(Self::Cidrs),
+        }
+    }
+}
+
+/// What `KP_NODE_ADDRS` should hold for the node's `local` IPv4 addresses: every one is
+/// `NODE_ADDR_F_LOCAL`; those `which` selects are also `NODE_ADDR_F_NODEPORT`. Loopback
+/// addresses never take NodePorts (kube-proxy's nftables mode; iptables mode's deprecated
+/// `--iptables-localhost-nodeports` is not supported). `node` is `None` until the agent has
+/// read the cluster: `primary` then keeps what `previous` said of each address, so a
+/// restart does not stop NodePorts meanwhile.
+pub fn select(
+    local: &BTreeSet<Ipv4Addr>,
+    which: &NodePortAddresses,
+    node: Option<&NodeInfo>,
+    previous: &BTreeMap<Ipv4Addr, u32>,
+) -> BTreeMap<Ipv4Addr, u32> {
+    let v4_cidrs: Vec<&IpNet> = match which {
+        NodePortAddresses::Cidrs(cidrs) => cidrs.iter().filter(|c| c.addr().is_ipv4()).collect(),
+        _ => Vec::new(),
+    };
+    let primary = node.and_then(|n| n.primary_ip(false));
+    local
+        .iter()
+        .map(|&addr| {
+            let takes_node_ports = !addr.is_loopback()
+                && match which {
+                    NodePortAddresses::All => true,
+                    NodePortAddresses::Primary => match node {
+                        Some(_) => primary == Some(IpAddr::V4(addr)),
+                        None => previous
+                            .get(&addr)
+                            .is_some_and(|f| f & NODE_ADDR_F_NODEPORT != 0),
+                    },
+                    NodePortAddresses::Cidrs(_) => {
+                        v4_cidrs.is_empty()
+                            || v4_cidrs.iter().any(|c| c.contains(&IpAddr::V4(addr)))
+                    }
+                };
+            let flags = if takes_node_ports {
+                NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT
+            } else {
+                NODE_ADDR_F_LOCAL
+            };
+            (addr, flags)
+        })
+        .collect()
+}
 
 /// The IPv4 addresses of every interface in the calling thread's network namespace.
 pub fn local_ipv4_addresses() -> Result<BTreeSet<Ipv4Addr>> {
@@ -42,7 +141,7 @@ pub fn local_ipv4_addresses() -> Result<BTreeSet<Ipv4Addr>> {
 /// The pinned `KP_NODE_ADDRS` and what it holds.
 pub struct NodeAddrs {
     map: HashMap<MapData, u32, u32>,
-    written: BTreeSet<Ipv4Addr>,
+    written: BTreeMap<Ipv4Addr, u32>,
 }
 
 impl NodeAddrs {
@@ -52,34 +151,202 @@ impl NodeAddrs {
             .with_context(|| format!("opening pinned map {}", path.display()))?;
         let map: HashMap<MapData, u32, u32> = Map::from_map_data(data)?.try_into()?;
         let written = map
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .map(wire::addr_from_wire)
+            .map(|(addr, flags)| (wire::addr_from_wire(addr), flags))
             .collect();
         Ok(Self { map, written })
     }
 
-    /// Makes the map hold exactly the namespace's current addresses; true if it changed.
-    pub fn refresh(&mut self) -> Result<bool> {
-        let now = local_ipv4_addresses()?;
+    /// Makes the map hold exactly the namespace's current addresses, flagged as `select`
+    /// says; true if it changed.
+    pub fn refresh(&mut self, which: &NodePortAddresses, node: Option<&NodeInfo>) -> Result<bool> {
+        let now = select(&local_ipv4_addresses()?, which, node, &self.written);
         let mut changed = false;
-        for gone in self.written.difference(&now) {
+        for gone in self.written.keys().filter(|a| !now.contains_key(a)) {
             self.map
                 .remove(&wire::addr_to_wire(*gone))
                 .context("KP_NODE_ADDRS")?;
             changed = true;
         }
-        for new in now.difference(&self.written) {
-            self.map
-                .insert(wire::addr_to_wire(*new), 1, 0)
-                .context("KP_NODE_ADDRS")?;
-            changed = true;
+        for (addr, flags) in &now {
+            if self.written.get(addr) != Some(flags) {
+                self.map
+                    .insert(wire::addr_to_wire(*addr), flags, 0)
+                    .context("KP_NODE_ADDRS")?;
+                changed = true;
+            }
         }
         self.written = now;
         Ok(changed)
     }
 
-    pub fn addresses(&self) -> &BTreeSet<Ipv4Addr> {
-        &self.written
+    /// Every address of the node.
+    pub fn addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.written.keys().copied().collect()
+    }
+
+    /// The addresses NodePorts answer on.
+    pub fn node_port_addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.written
+            .iter()
+            .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
+            .map(|(a, _)| *a)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> BTreeSet<Ipv4Addr> {
+        list.iter()
+            .map(|a| a.parse().expect("test address"))
+            .collect()
+    }
+
+    fn node(internal: &[&str]) -> NodeInfo {
+        let mut node = NodeInfo::named("node-a");
+        node.addresses = internal
+            .iter()
+            .map(|a| a.parse().expect("test address"))
+            .collect();
+        node
+    }
+
+    fn flag(values: &[&str]) -> NodePortAddresses {
+        NodePortAddresses::parse(&values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>())
+            .expect("valid flag")
+    }
+
+    /// (flag, node's addresses (`None`: not read yet), previous NodePort addresses, NodePort
+    /// addresses)
+    type Case<'a> = (
+        NodePortAddresses,
+        Option<&'a [&'a str]>,
+        &'a [&'a str],
+        &'a [&'a str],
+    );
+
+    #[test]
+    fn nodeport_addresses_select_the_node_addresses_kube_proxy_would() {
+        let local = addrs(&["127.0.0.1", "192.168.0.2", "192.168.1.2", "10.0.0.5"]);
+        let cases: Vec<(&str, Case<'_>)> = vec![
+            (
+                "unset: every address but loopback",
+                (
+                    flag(&[]),
+                    Some(&[]),
+                    &[],
+                    &["10.0.0.5", "192.168.0.2", "192.168.1.2"],
+                ),
+            ),
+            (
+                "CIDRs (TestNodePorts ipv4, multiple nodeport-addresses): the IPv6 one is ignored",
+                (
+                    flag(&["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"]),
+                    Some(&[]),
+                    &[],
+                    &["192.168.0.2", "192.168.1.2"],
+                ),
+            ),
+            (
+                "one /32 (TestNodePorts ipv4: the secondary node IP ignores NodePorts)",
+                (flag(&["192.168.0.2/32"]), Some(&[]), &[], &["192.168.0.2"]),
+            ),
+            (
+                "only IPv6 CIDRs: no IPv4 CIDR, so every IPv4 address",
+                (
+                    flag(&["2001:db8::/64"]),
+                    Some(&[]),
+                    &[],
+                    &["10.0.0.5", "192.168.0.2", "192.168.1.2"],
+                ),
+            ),
+            (
+                "0.0.0.0/0 matches all, but loopback takes no NodePorts",
+                (
+                    flag(&["0.0.0.0/0"]),
+                    Some(&[]),
+                    &[],
+                    &["10.0.0.5", "192.168.0.2", "192.168.1.2"],
+                ),
+            ),
+            (
+                "127.0.0.0/8 alone: none (no localhost NodePorts)",
+                (flag(&["127.0.0.0/8"]), Some(&[]), &[], &[]),
+            ),
+            (
+                "primary: the Node's first InternalIP",
+                (
+                    flag(&["primary"]),
+                    Some(&["2001:db8::2", "192.168.1.2", "192.168.0.2"]),
+                    &[],
+                    &["192.168.1.2"],
+                ),
+            ),
+            (
+                "primary that is not one of the node's addresses: none",
+                (flag(&["primary"]), Some(&["203.0.113.9"]), &[], &[]),
+            ),
+            (
+                "primary without a Node address: none",
+                (flag(&["primary"]), Some(&[]), &["192.168.0.2"], &[]),
+            ),
+            (
+                "primary before the Node is read: what the map said, of addresses still there",
+                (
+                    flag(&["primary"]),
+                    None,
+                    &["192.168.0.2", "10.9.9.9"],
+                    &["192.168.0.2"],
+                ),
+            ),
+        ];
+        for (name, (which, node_addrs, previous, want)) in cases {
+            let info = node_addrs.map(node);
+            let previous: BTreeMap<Ipv4Addr, u32> = addrs(previous)
+                .into_iter()
+                .map(|a| (a, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT))
+                .collect();
+            let got = select(&local, &which, info.as_ref(), &previous);
+            assert_eq!(
+                got.keys().copied().collect::<BTreeSet<_>>(),
+                local,
+                "{name}: every local address is in the map"
+            );
+            assert!(
+                got.values().all(|f| f & NODE_ADDR_F_LOCAL != 0),
+                "{name}: all local"
+            );
+            let node_ports: BTreeSet<Ipv4Addr> = got
+                .iter()
+                .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
+                .map(|(a, _)| *a)
+                .collect();
+            assert_eq!(node_ports, addrs(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_flag_is_validated_like_kube_proxy_does() {
+        let parse = |values: &[&str]| {
+            NodePortAddresses::parse(&values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>())
+        };
+        assert_eq!(parse(&[]), Ok(NodePortAddresses::All));
+        assert_eq!(parse(&[""]), Ok(NodePortAddresses::All));
+        assert_eq!(parse(&["primary"]), Ok(NodePortAddresses::Primary));
+        assert_eq!(
+            parse(&["10.0.0.0/8", " 2001:db8::/64"]),
+            Ok(NodePortAddresses::Cidrs(vec![
+                "10.0.0.0/8".parse().expect("cidr"),
+                "2001:db8::/64".parse().expect("cidr"),
+            ]))
+        );
+        let err = parse(&["primary", "10.0.0.0/8"]).expect_err("mixed");
+        assert!(err.contains("both 'primary' and CIDRs"), "{err}");
+        let err = parse(&["10.0.0.1"]).expect_err("no length");
+        assert!(err.contains("valid CIDR"), "{err}");
     }
 }

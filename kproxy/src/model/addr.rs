@@ -10,6 +10,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
+
 /// Parses an IP address as Kubernetes reads it.
 pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     if s.contains(':') {
@@ -30,6 +32,19 @@ pub fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
         *octet = part.parse().ok()?;
     }
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
+/// Parses a CIDR as Kubernetes reads it (`netutils.ParseCIDRSloppy`): an address as
+/// `parse_ip_sloppy` reads it, `/`, a decimal prefix length (leading zeros allowed) no longer
+/// than the address. Host bits are cleared, as Go's `ParseCIDR` returns the network.
+pub fn parse_cidr_sloppy(s: &str) -> Option<IpNet> {
+    let (addr, len) = s.split_once('/')?;
+    let addr = parse_ip_sloppy(addr)?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let len: u8 = len.parse().ok()?;
+    IpNet::new(addr, len).ok().map(|net| net.trunc())
 }
 
 /// Why `addr` cannot be a Service VIP, if it cannot: traffic to it is not unicast traffic to
@@ -109,6 +124,36 @@ mod tests {
                 "{input} as an endpoint: {:?}",
                 unusable_endpoint(addr)
             );
+        }
+    }
+
+    #[test]
+    fn reads_cidrs_like_kubernetes() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("203.0.113.0/25", Some("203.0.113.0/25")),
+            // ParseCIDRSloppy: leading zeros are decimal, in the address and the length.
+            ("203.0.113.000/025", Some("203.0.113.0/25")),
+            // The network is returned: host bits cleared.
+            ("10.1.2.3/24", Some("10.1.2.0/24")),
+            ("0.0.0.0/0", Some("0.0.0.0/0")),
+            ("198.18.0.1/32", Some("198.18.0.1/32")),
+            ("2001:db8::1/32", Some("2001:db8::/32")),
+            ("::/0", Some("::/0")),
+            ("10.0.0.0/33", None),
+            ("2001:db8::/129", None),
+            ("10.0.0.0", None),
+            ("10.0.0.0/", None),
+            ("10.0.0.0/-1", None),
+            ("10.0.0.0/2a", None),
+            ("10.0.0.0/0024", Some("10.0.0.0/24")),
+            ("10.0.0.0/256", None),
+            ("10.0.0/8", None),
+            (" 10.0.0.0/8", None),
+            ("", None),
+        ];
+        for (input, want) in cases {
+            let got = parse_cidr_sloppy(input).map(|n| n.to_string());
+            assert_eq!(got.as_deref(), *want, "parsing {input:?}");
         }
     }
 

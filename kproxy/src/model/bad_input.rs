@@ -20,11 +20,7 @@ const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
 
 fn key(addr: &str, port: u16, proto: Protocol) -> FrontendKey {
-    FrontendKey {
-        addr: addr.parse().expect("test address"),
-        port,
-        proto,
-    }
+    FrontendKey::new(addr.parse().expect("test address"), port, proto)
 }
 
 /// `addr:port` endpoints.
@@ -851,4 +847,372 @@ fn bad_objects_arriving_one_by_one_are_reported_the_same() {
         assert_eq!(state.problems(), want_problems);
     }
     assert_eq!(want_problems.len(), 4, "{want_problems:#?}");
+}
+
+fn node_port(port: u16) -> FrontendKey {
+    FrontendKey::node_port(false, port, TCP)
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
+fn bad_external_fields_skip_only_what_they_concern() {
+    let svc = "Service default/bad";
+    let lb = || web("bad", "198.19.0.20").type_("LoadBalancer");
+    let cluster_ip = || (key("198.19.0.20", 80, TCP), vec![]);
+    check(vec![
+        Case {
+            name: "an externalIPs entry that is no address: that entry is skipped",
+            services: vec![
+                web("bad", "198.19.0.20")
+                    .external_ips(&["nope", "192.0.2.10"])
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![cluster_ip(), (key("192.0.2.10", 80, TCP), vec![])],
+            problems: vec![(
+                ProblemKind::InvalidService,
+                svc,
+                "externalIPs: \"nope\" is not an IP address",
+            )],
+        },
+        Case {
+            name: "a multicast or loopback external IP is no VIP",
+            services: vec![
+                web("bad", "198.19.0.20")
+                    .external_ips(&["224.0.0.251", "127.0.0.1"])
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![cluster_ip()],
+            problems: vec![
+                (ProblemKind::InvalidService, svc, "127.0.0.1 is a loopback"),
+                (
+                    ProblemKind::InvalidService,
+                    svc,
+                    "224.0.0.251 is a multicast",
+                ),
+            ],
+        },
+        Case {
+            name: "a load-balancer ingress IP that is no address; an unknown ipMode",
+            services: vec![
+                lb().load_balancer_ingress_with(&[
+                    (Some("1.2.3.999"), None, None),
+                    (Some("1.2.3.5"), None, Some("Magic")),
+                    (Some("1.2.3.4"), None, None),
+                ])
+                .build(),
+            ],
+            slices: vec![],
+            want: vec![cluster_ip(), (key("1.2.3.4", 80, TCP), vec![])],
+            problems: vec![
+                (
+                    ProblemKind::InvalidService,
+                    svc,
+                    "status.loadBalancer.ingress 1.2.3.5: unknown ipMode \"Magic\"",
+                ),
+                (
+                    ProblemKind::InvalidService,
+                    svc,
+                    "status.loadBalancer.ingress: \"1.2.3.999\" is not an IP address",
+                ),
+            ],
+        },
+        Case {
+            name: "nodePorts outside 1..=65535: the NodePort is skipped, the port served",
+            services: vec![
+                web("bad", "198.19.0.20")
+                    .type_("NodePort")
+                    .node_port(70_000)
+                    .port("dns", 53, "UDP")
+                    .node_port(-1)
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![cluster_ip(), (key("198.19.0.20", 53, UDP), vec![])],
+            problems: vec![
+                (ProblemKind::InvalidService, svc, "invalid nodePort -1"),
+                (ProblemKind::InvalidService, svc, "invalid nodePort 70000"),
+            ],
+        },
+        Case {
+            name: "a nodePort on a ClusterIP Service is ignored (the API server refuses it)",
+            services: vec![web("bad", "198.19.0.20").node_port(30080).build()],
+            slices: vec![],
+            want: vec![cluster_ip()],
+            problems: vec![(
+                ProblemKind::InvalidService,
+                svc,
+                "neither NodePort nor LoadBalancer",
+            )],
+        },
+        Case {
+            name: "an unknown type is served as ClusterIP",
+            services: vec![
+                web("bad", "198.19.0.20")
+                    .type_("Ingress")
+                    .node_port(30080)
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![cluster_ip()],
+            problems: vec![
+                (
+                    ProblemKind::InvalidService,
+                    svc,
+                    "neither NodePort nor LoadBalancer",
+                ),
+                (ProblemKind::InvalidService, svc, "unknown type \"Ingress\""),
+            ],
+        },
+        Case {
+            name: "one nodePort and protocol on two ports: the first keeps it; another protocol may share it",
+            services: vec![
+                web("bad", "198.19.0.20")
+                    .type_("NodePort")
+                    .node_port(30080)
+                    .port("alt", 81, "TCP")
+                    .node_port(30080)
+                    .port("dns", 53, "UDP")
+                    .node_port(30080)
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![
+                cluster_ip(),
+                (key("198.19.0.20", 81, TCP), vec![]),
+                (key("198.19.0.20", 53, UDP), vec![]),
+                (node_port(30080), vec![]),
+                (FrontendKey::node_port(false, 30080, UDP), vec![]),
+            ],
+            problems: vec![(
+                ProblemKind::InvalidService,
+                svc,
+                "port \"alt\": nodePort 30080/TCP is already the NodePort of port \"http\"",
+            )],
+        },
+        Case {
+            name: "a source range that is no CIDR is skipped, the others restrict",
+            services: vec![
+                lb().load_balancer_ingress(&["1.2.3.4"])
+                    .load_balancer_source_ranges(&["203.0.113.0/25", "nonsense"])
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![cluster_ip(), (key("1.2.3.4", 80, TCP), vec![])],
+            problems: vec![(
+                ProblemKind::InvalidService,
+                svc,
+                "loadBalancerSourceRanges: \"nonsense\" is not a CIDR",
+            )],
+        },
+        Case {
+            name: "no source range readable: the load-balancer IPs are not served, the NodePort is",
+            services: vec![
+                lb().node_port(30080)
+                    .load_balancer_ingress(&["1.2.3.4"])
+                    .load_balancer_source_ranges(&["nonsense", "10.0.0.0/33"])
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![cluster_ip(), (node_port(30080), vec![])],
+            problems: vec![
+                (
+                    ProblemKind::InvalidService,
+                    svc,
+                    "loadBalancerSourceRanges: \"10.0.0.0/33\" is not a CIDR",
+                ),
+                (
+                    ProblemKind::InvalidService,
+                    svc,
+                    "loadBalancerSourceRanges: \"nonsense\" is not a CIDR",
+                ),
+                (
+                    ProblemKind::InvalidService,
+                    svc,
+                    "the load-balancer IPs are not served",
+                ),
+            ],
+        },
+        Case {
+            name: "an externalTrafficPolicy Local LoadBalancer without or with a bad healthCheckNodePort is served",
+            services: vec![
+                lb().external_traffic_policy("Local").build(),
+                web("bad2", "198.19.0.21")
+                    .type_("LoadBalancer")
+                    .external_traffic_policy("Local")
+                    .health_check_node_port(70_000)
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![cluster_ip(), (key("198.19.0.21", 80, TCP), vec![])],
+            problems: vec![
+                (
+                    ProblemKind::InvalidService,
+                    svc,
+                    "without a healthCheckNodePort",
+                ),
+                (
+                    ProblemKind::InvalidService,
+                    "Service default/bad2",
+                    "invalid healthCheckNodePort 70000",
+                ),
+            ],
+        },
+    ]);
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
+fn services_claiming_one_external_frontend_are_ranked_like_cluster_ips() {
+    check(vec![
+        Case {
+            name: "two Services with one external IP and port: the first by namespace/name keeps it",
+            services: vec![
+                web("zeta", "198.19.0.31")
+                    .external_ips(&["192.0.2.10"])
+                    .build(),
+                web("alpha", "198.19.0.30")
+                    .external_ips(&["192.0.2.10"])
+                    .build(),
+            ],
+            slices: vec![
+                slice("default", "zeta-1", "zeta")
+                    .port("http", 8080, "TCP")
+                    .endpoint("198.18.3.3", None)
+                    .build(),
+            ],
+            want: vec![
+                (key("198.19.0.30", 80, TCP), vec![]),
+                (key("198.19.0.31", 80, TCP), eps(&["198.18.3.3:8080"])),
+                (key("192.0.2.10", 80, TCP), vec![]),
+            ],
+            problems: vec![(
+                ProblemKind::Conflict,
+                "Service default/zeta",
+                "192.0.2.10:80/TCP is already served for Service default/alpha",
+            )],
+        },
+        Case {
+            name: "an external IP that is another Service's cluster IP: the older one keeps it",
+            services: vec![
+                created(web("alpha", "198.19.0.31").build(), "2026-01-02T00:00:00Z"),
+                created(web("zeta", "198.19.0.30").build(), "2026-01-01T00:00:00Z"),
+                created(
+                    web("beta", "198.19.0.32")
+                        .external_ips(&["198.19.0.30"])
+                        .external_traffic_policy("Local")
+                        .build(),
+                    "2026-01-03T00:00:00Z",
+                ),
+            ],
+            slices: vec![],
+            // beta gets neither entry of 198.19.0.30:80: its Scope::Internal entry goes with
+            // the Scope::All one, which zeta holds. One problem, not two.
+            want: vec![
+                (key("198.19.0.30", 80, TCP), vec![]),
+                (key("198.19.0.31", 80, TCP), vec![]),
+                (key("198.19.0.32", 80, TCP), vec![]),
+            ],
+            problems: vec![(
+                ProblemKind::Conflict,
+                "Service default/beta",
+                "198.19.0.30:80/TCP is already served for Service default/zeta",
+            )],
+        },
+        Case {
+            name: "two Services with one nodePort: the first keeps it, both entries under eTP Local",
+            services: vec![
+                web("a", "198.19.0.30")
+                    .type_("NodePort")
+                    .node_port(30080)
+                    .external_traffic_policy("Local")
+                    .build(),
+                web("b", "198.19.0.31")
+                    .type_("NodePort")
+                    .node_port(30080)
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![
+                (key("198.19.0.30", 80, TCP), vec![]),
+                (key("198.19.0.31", 80, TCP), vec![]),
+                (node_port(30080), vec![]),
+                (
+                    node_port(30080).with_scope(crate::model::Scope::Internal),
+                    vec![],
+                ),
+            ],
+            problems: vec![(
+                ProblemKind::Conflict,
+                "Service default/b",
+                "*:30080/TCP is already served for Service default/a",
+            )],
+        },
+        Case {
+            name: "two Services with one healthCheckNodePort: the first by namespace/name serves it",
+            services: vec![
+                web("b", "198.19.0.31")
+                    .type_("LoadBalancer")
+                    .external_traffic_policy("Local")
+                    .health_check_node_port(30000)
+                    .build(),
+                web("a", "198.19.0.30")
+                    .type_("LoadBalancer")
+                    .external_traffic_policy("Local")
+                    .health_check_node_port(30000)
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![
+                (key("198.19.0.30", 80, TCP), vec![]),
+                (key("198.19.0.31", 80, TCP), vec![]),
+            ],
+            problems: vec![(
+                ProblemKind::Conflict,
+                "Service default/b",
+                "healthCheckNodePort 30000 is already served for Service default/a",
+            )],
+        },
+    ]);
+}
+
+/// Over a sequence of changes, an eTP Local frontend's `Scope::Internal` entry is served
+/// exactly while its `Scope::All` entry is served for the same Service, and follows it when
+/// the holder goes.
+#[test]
+fn an_internal_entry_follows_its_frontend() {
+    use crate::model::Scope;
+    let all = key("192.0.2.10", 80, TCP);
+    let internal = all.with_scope(Scope::Internal);
+    let holder = web("holder", "198.19.0.30")
+        .external_ips(&["192.0.2.10"])
+        .build();
+    let local = web("local", "198.19.0.31")
+        .external_ips(&["192.0.2.10"])
+        .external_traffic_policy("Local")
+        .build();
+    let mut state = ClusterState::default();
+    let served_for = |state: &ClusterState, k: &FrontendKey| {
+        state
+            .desired()
+            .get(k)
+            .map(|f| (f.service.name.clone(), f.external_local))
+    };
+    state.apply([put(holder)]);
+    state.apply([put(local.clone())]);
+    assert_eq!(served_for(&state, &all), Some(("holder".into(), false)));
+    assert_eq!(served_for(&state, &internal), None);
+    let changed = state.apply([delete("holder")]);
+    assert_eq!(served_for(&state, &all), Some(("local".into(), true)));
+    assert_eq!(served_for(&state, &internal), Some(("local".into(), false)));
+    assert!(changed.contains(&all) && changed.contains(&internal));
+    // Back to the Cluster policy: the Internal entry goes, the frontend stays.
+    let mut cluster = local;
+    cluster.spec.as_mut().expect("spec").external_traffic_policy = Some("Cluster".into());
+    let changed = state.apply([put(cluster)]);
+    assert_eq!(served_for(&state, &all), Some(("local".into(), false)));
+    assert_eq!(served_for(&state, &internal), None);
+    assert!(changed.contains(&internal));
+    assert!(state.problems().is_empty(), "{:?}", state.problems());
 }

@@ -2,8 +2,10 @@
 //! frontends of the services it touches and nothing else, so the cost of a sync follows what
 //! changed, not the size of the cluster.
 //!
-//! Two Services may claim one frontend (VIP, port, protocol): the API server never allocates
-//! one cluster IP twice, but manifests, restored backups or externally set IPs can. The
+//! Two Services may claim one frontend (VIP, port, protocol; a NodePort; an external or
+//! load-balancer IP): the API server never allocates one cluster IP or NodePort twice, but
+//! manifests, restored backups or externally set IPs can. (The `Scope::Internal` entry of an
+//! externalTrafficPolicy Local frontend goes with the frontend: its holder has it.) The
 //! Service that serves a frontend keeps it for as long as it claims it; a newcomer is
 //! reported and waits, and takes the frontend over only once it is freed (its holder is
 //! deleted or stops claiming it). Services that ask in the same batch of changes (at startup,
@@ -15,8 +17,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
+
+use ipnet::IpNet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kproxy_common::lb::MAX_BACKENDS_PER_SERVICE;
@@ -27,11 +32,11 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Desired, Frontend, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
-    NodeInfo, ServicePortName, WhenEmpty,
+    Desired, Endpoint, Frontend, FrontendKey, FrontendKind, LABEL_HEADLESS, LABEL_SERVICE_NAME,
+    LABEL_SERVICE_PROXY_NAME, NodeInfo, Scope, ServiceHealth, ServicePortName, WhenEmpty,
     endpoints::{self, Family, slice_problems},
-    object_name,
-    service::ServiceSpec,
+    health, object_name,
+    service::{PortSpec, ServiceSpec},
     topology::{Locality, categorize},
 };
 use crate::problem::{Problem, ProblemKind};
@@ -125,11 +130,53 @@ pub struct ClusterState {
     orphans: BTreeMap<ObjectKey, ObjectKey>,
     /// The node this agent runs on: which endpoints are local, which zone it is in.
     node: NodeInfo,
+    /// Health-check NodePort and local ready endpoints of each Service that has one.
+    health: HashMap<ObjectKey, (u16, usize)>,
+}
+
+/// The endpoints of one service port of one family, by traffic policy.
+struct Chosen {
+    /// Cluster-wide (topology applied).
+    cluster: Vec<Endpoint>,
+    /// This node's.
+    local: Vec<Endpoint>,
+    /// What the Local policy's frontends do while `local` is empty.
+    local_when_empty: WhenEmpty,
+    /// Every endpoint listed, in any condition.
+    listed: Vec<Endpoint>,
+}
+
+/// What one Service asks for.
+struct Computed {
+    frontends: Vec<(FrontendKey, Frontend)>,
+    /// Its health-check NodePort and this node's ready endpoints for it.
+    health: Option<(u16, usize)>,
 }
 
 impl ClusterState {
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// The node as last set.
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// What kube-proxy's service health server serves: for each health-check NodePort of an
+    /// externalTrafficPolicy Local LoadBalancer Service, the Service and this node's ready
+    /// endpoints for it (see `health`). A port two Services ask for goes to the first by
+    /// namespace/name (the other is reported by `problems`).
+    pub fn health_checks(&self) -> BTreeMap<u16, ServiceHealth> {
+        self.health_by_port().0
+    }
+
+    fn health_by_port(&self) -> (BTreeMap<u16, ServiceHealth>, Vec<health::HealthConflict>) {
+        health::by_port(
+            self.health
+                .iter()
+                .map(|(key, &(port, local))| (key, port, local)),
+        )
     }
 
     /// Sets this node's name and labels; if its name or zone changed, every service is
@@ -141,9 +188,17 @@ impl ClusterState {
         self.recompute_all(dirty)
     }
 
-    /// Takes `node`; if its name or zone changed every service goes into `dirty`.
+    /// Takes `node`; if its name, zone or primary IPs changed every service goes into
+    /// `dirty` (locality, hints and source ranges depend on them).
     fn replace_node(&mut self, node: NodeInfo, dirty: &mut BTreeSet<ObjectKey>) {
-        let relevant = |n: &NodeInfo| (n.name.clone(), n.zone().to_owned());
+        let relevant = |n: &NodeInfo| {
+            (
+                n.name.clone(),
+                n.zone().to_owned(),
+                n.primary_ip(false),
+                n.primary_ip(true),
+            )
+        };
         if relevant(&node) != relevant(&self.node) {
             dirty.extend(self.services.keys().cloned());
         }
@@ -179,6 +234,17 @@ impl ClusterState {
             )
             .object(format!("EndpointSlice {}/{}", slice.0, slice.1))
         });
+        let health_conflicts = self.health_by_port().1.into_iter().map(|c| {
+            Problem::new(
+                ProblemKind::Conflict,
+                format!(
+                    "healthCheckNodePort {} is already served for Service {}; \
+                             no health check for this service until that one stops using it",
+                    c.port, c.holder
+                ),
+            )
+            .object(format!("Service {}/{}", c.namespace, c.name))
+        });
         let mut all: Vec<Problem> = self
             .problems
             .values()
@@ -186,6 +252,7 @@ impl ClusterState {
             .flatten()
             .cloned()
             .chain(orphans)
+            .chain(health_conflicts)
             .collect();
         all.sort_by(|a, b| (&a.object, &a.message).cmp(&(&b.object, &b.message)));
         all.dedup();
@@ -275,10 +342,18 @@ impl ClusterState {
     ) {
         self.problems.remove(service);
         let mut problems = Vec::new();
-        let wanted = match self.services.get(service).cloned() {
+        let computed = match self.services.get(service).cloned() {
             Some(svc) => self.frontends_of(service, &svc, &mut problems),
-            None => Vec::new(),
+            None => Computed {
+                frontends: Vec::new(),
+                health: None,
+            },
         };
+        match computed.health {
+            Some(health) => self.health.insert(service.clone(), health),
+            None => self.health.remove(service),
+        };
+        let wanted = computed.frontends;
         let wanted_keys: HashSet<FrontendKey> = wanted.iter().map(|(k, _)| *k).collect();
         for key in self.owned.remove(service).unwrap_or_default() {
             if wanted_keys.contains(&key) {
@@ -298,7 +373,13 @@ impl ClusterState {
         });
         let mut owned = Vec::new();
         for (key, frontend) in wanted {
-            if let Some(holder) = self.owner.get(&key).filter(|h| *h != service) {
+            // Whoever serves a frontend to every client also serves its entry for clients
+            // on this node (`Scope::Internal`, listed right after it), never anyone else.
+            let claimed = key.with_scope(Scope::All);
+            if let Some(holder) = self.owner.get(&claimed).filter(|h| *h != service) {
+                if key.scope == Scope::Internal {
+                    continue;
+                }
                 problems.push(
                     Problem::new(
                         ProblemKind::Conflict,
@@ -328,15 +409,19 @@ impl ClusterState {
         }
     }
 
-    /// The frontends `svc` asks for, with its endpoints from its slices.
+    /// The frontends `svc` asks for, with its endpoints from its slices, and its health
+    /// check.
     fn frontends_of(
         &self,
         key: &ObjectKey,
         svc: &Service,
         problems: &mut Vec<Problem>,
-    ) -> Vec<(FrontendKey, Frontend)> {
+    ) -> Computed {
         let Some(spec) = ServiceSpec::from_service(svc, problems) else {
-            return Vec::new();
+            return Computed {
+                frontends: Vec::new(),
+                health: None,
+            };
         };
         let slices: Vec<&EndpointSlice> = self
             .slices_of
@@ -345,52 +430,213 @@ impl ClusterState {
             .flatten()
             .filter_map(|k| self.slices.get(k).map(AsRef::as_ref))
             .collect();
+        let mut out = Vec::new();
+        for port in &spec.ports {
+            for &cluster_ip in &spec.cluster_ips {
+                self.port_frontends(&spec, port, cluster_ip, &slices, &mut out);
+            }
+        }
+        for (key, frontend) in &mut out {
+            let endpoints = std::mem::take(&mut frontend.endpoints);
+            frontend.endpoints = capped(endpoints, key, svc, &frontend.service.port, problems);
+        }
+        // One proxier per family answers health checks in kube-proxy; kproxy serves IPv4,
+        // so a dual-stack Service's IPv4 endpoints are counted.
+        let family = if spec.cluster_ips.iter().any(IpAddr::is_ipv4) {
+            Family::V4
+        } else {
+            Family::V6
+        };
+        // kube-proxy's health checks come from its service port map: a Service without
+        // ports has none.
+        let has_ports = svc
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.ports.as_ref().is_some_and(|p| !p.is_empty()));
+        let health = spec
+            .health_check_node_port
+            .filter(|_| has_ports)
+            .map(|port| {
+                (
+                    port,
+                    health::local_ready_endpoints(&slices, family, &self.node.name),
+                )
+            });
+        Computed {
+            frontends: out,
+            health,
+        }
+    }
+
+    /// The frontends of `port` of the family of `cluster_ip`: the cluster IP, then the
+    /// external IPs, load-balancer IPs and NodePort in the order of kube-proxy's rules (the
+    /// first of two with one address wins), each external one twice under the Local
+    /// external policy (`Scope::All` with this node's endpoints, `Scope::Internal` with the
+    /// cluster-wide ones).
+    fn port_frontends(
+        &self,
+        spec: &ServiceSpec,
+        port: &PortSpec,
+        cluster_ip: IpAddr,
+        slices: &[&EndpointSlice],
+        out: &mut Vec<(FrontendKey, Frontend)>,
+    ) {
+        let family = Family::of(cluster_ip);
+        let v6 = family == Family::V6;
         let here = Locality {
             node: &self.node.name,
             zone: self.node.zone(),
         };
-        let mut out = Vec::new();
-        for port in &spec.ports {
-            let service = ServicePortName {
-                namespace: spec.namespace.clone(),
-                name: spec.name.clone(),
-                port: port.name.clone(),
+        let service = ServicePortName {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+            port: port.name.clone(),
+        };
+        let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
+            ips.iter().copied().filter(|a| a.is_ipv6() == v6).collect()
+        };
+        let external_ips = of_family(&spec.external_ips);
+        let load_balancer_ips = of_family(&spec.load_balancer_ips);
+        // serviceport.go: ExternallyAccessible.
+        let accessible =
+            port.node_port.is_some() || !external_ips.is_empty() || !load_balancer_ips.is_empty();
+        let Chosen {
+            cluster,
+            local,
+            local_when_empty,
+            listed,
+        } = self.choose(spec, port, family, accessible, slices, &here);
+        let frontend =
+            |kind, endpoints: &[Endpoint], when_empty, external_local, ranges| Frontend {
+                service: service.clone(),
+                kind,
+                affinity_timeout_s: spec.affinity_timeout_s,
+                endpoints: endpoints.to_vec(),
+                listed: listed.clone(),
+                when_empty,
+                external_local,
+                source_ranges: ranges,
             };
-            for &addr in &spec.cluster_ips {
-                let infos =
-                    endpoints::endpoints_for(&slices, port, Family::of(addr), &self.node.name);
-                // ClusterIP traffic uses the cluster-wide endpoints, or with
-                // internalTrafficPolicy Local this node's only.
-                let picked = categorize(&infos, !spec.internal_local, spec.internal_local, &here);
-                let (endpoints, when_empty) = if spec.internal_local {
-                    let when_empty = if picked.has_any {
-                        WhenEmpty::Drop
-                    } else {
-                        WhenEmpty::Reject
-                    };
-                    (picked.local.unwrap_or_default(), when_empty)
-                } else {
-                    (picked.cluster.unwrap_or_default(), WhenEmpty::Reject)
-                };
-                let key = FrontendKey {
-                    addr,
-                    port: port.port,
-                    proto: port.proto,
-                };
-                let endpoints = capped(endpoints, &key, svc, &port.name, problems);
+
+        // ClusterIP traffic uses the cluster-wide endpoints, or with internalTrafficPolicy
+        // Local this node's only.
+        let (endpoints, when_empty) = if spec.internal_local {
+            (&local, local_when_empty)
+        } else {
+            (&cluster, WhenEmpty::Reject)
+        };
+        let first = out.len();
+        out.push((
+            FrontendKey::new(cluster_ip, port.port, port.proto),
+            frontend(
+                FrontendKind::ClusterIp,
+                endpoints,
+                when_empty,
+                false,
+                Vec::new(),
+            ),
+        ));
+
+        let at = |a: &IpAddr, kind| (FrontendKey::new(*a, port.port, port.proto), kind);
+        let mut external: Vec<(FrontendKey, FrontendKind)> = external_ips
+            .iter()
+            .map(|a| at(a, FrontendKind::ExternalIp))
+            .collect();
+        if !spec.source_ranges_unreadable {
+            external.extend(
+                load_balancer_ips
+                    .iter()
+                    .map(|a| at(a, FrontendKind::LoadBalancer)),
+            );
+        }
+        external.extend(port.node_port.map(|n| {
+            (
+                FrontendKey::node_port(v6, n, port.proto),
+                FrontendKind::NodePort,
+            )
+        }));
+        for (key, kind) in external {
+            if out[first..].iter().any(|(k, _)| *k == key) {
+                continue; // an earlier rule of this Service captures it
+            }
+            let ranges = if kind == FrontendKind::LoadBalancer {
+                self.source_ranges(spec, v6, &load_balancer_ips)
+            } else {
+                Vec::new()
+            };
+            if spec.external_local {
                 out.push((
                     key,
-                    Frontend {
-                        service: service.clone(),
-                        affinity_timeout_s: spec.affinity_timeout_s,
-                        endpoints,
-                        listed: infos.iter().map(|i| i.endpoint).collect(),
-                        when_empty,
-                    },
+                    frontend(kind, &local, local_when_empty, true, ranges.clone()),
+                ));
+                out.push((
+                    key.with_scope(Scope::Internal),
+                    frontend(kind, &cluster, WhenEmpty::Reject, false, ranges),
+                ));
+            } else {
+                out.push((
+                    key,
+                    frontend(kind, &cluster, WhenEmpty::Reject, false, ranges),
                 ));
             }
         }
-        out
+    }
+
+    /// The endpoints of `port` of `family` each traffic policy uses (kube-proxy's
+    /// `CategorizeEndpoints` for what the port uses: `UsesClusterEndpoints`,
+    /// `UsesLocalEndpoints`), and every endpoint listed.
+    fn choose(
+        &self,
+        spec: &ServiceSpec,
+        port: &PortSpec,
+        family: Family,
+        accessible: bool,
+        slices: &[&EndpointSlice],
+        here: &Locality<'_>,
+    ) -> Chosen {
+        let infos = endpoints::endpoints_for(slices, port, family, &self.node.name);
+        let uses_cluster = !spec.internal_local || accessible;
+        let uses_local = spec.internal_local || (spec.external_local && accessible);
+        let picked = categorize(&infos, uses_cluster, uses_local, here);
+        Chosen {
+            cluster: picked.cluster.unwrap_or_default(),
+            local: picked.local.unwrap_or_default(),
+            // No endpoint anywhere: REJECT; some, but none this policy may use: DROP.
+            local_when_empty: if picked.has_any {
+                WhenEmpty::Drop
+            } else {
+                WhenEmpty::Reject
+            },
+            listed: infos.iter().map(|i| i.endpoint).collect(),
+        }
+    }
+
+    /// The sources a load-balancer frontend of the `v6` family accepts: the Service's
+    /// loadBalancerSourceRanges of that family (none: every source), plus the
+    /// load-balancer IPs themselves when a range holds the node's IP, since a node
+    /// connecting to its own load-balancer IP may do so from that IP (kube-proxy's
+    /// `allowFromNode`; without a known node IP kube-proxy uses the loopback address).
+    fn source_ranges(&self, spec: &ServiceSpec, v6: bool, lb_ips: &[IpAddr]) -> Vec<IpNet> {
+        let mut ranges: Vec<IpNet> = spec
+            .source_ranges
+            .iter()
+            .copied()
+            .filter(|r| matches!(r, IpNet::V6(_)) == v6)
+            .collect();
+        if ranges.is_empty() {
+            return ranges;
+        }
+        let node_ip = self.node.primary_ip(v6).unwrap_or(if v6 {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        });
+        if ranges.iter().any(|r| r.contains(&node_ip)) {
+            ranges.extend(lb_ips.iter().map(|&ip| IpNet::from(ip)));
+        }
+        ranges.sort_unstable();
+        ranges.dedup();
+        ranges
     }
 }
 

@@ -29,7 +29,7 @@ impl Family {
         if addr.is_ipv4() { Self::V4 } else { Self::V6 }
     }
 
-    fn address_type(self) -> &'static str {
+    pub fn address_type(self) -> &'static str {
         match self {
             Self::V4 => "IPv4",
             Self::V6 => "IPv6",

@@ -177,6 +177,36 @@ impl ServiceBuilder {
         self
     }
 
+    /// `status.loadBalancer.ingress` entries as `(ip, hostname, ipMode)`.
+    pub fn load_balancer_ingress_with(
+        mut self,
+        ingress: &[(Option<&str>, Option<&str>, Option<&str>)],
+    ) -> Self {
+        self.0.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ingress
+                        .iter()
+                        .map(|(ip, hostname, mode)| LoadBalancerIngress {
+                            ip: ip.map(Into::into),
+                            hostname: hostname.map(Into::into),
+                            ip_mode: mode.map(Into::into),
+                            ..LoadBalancerIngress::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..ServiceStatus::default()
+        });
+        self
+    }
+
+    /// `allocateLoadBalancerNodePorts`.
+    pub fn allocate_load_balancer_node_ports(mut self, allocate: bool) -> Self {
+        self.spec().allocate_load_balancer_node_ports = Some(allocate);
+        self
+    }
+
     pub fn annotation(mut self, key: &str, value: &str) -> Self {
         self.0
             .metadata

@@ -5,14 +5,20 @@
 pub mod addr;
 pub mod cluster;
 mod endpoints;
+mod health;
+pub mod local_traffic;
 mod node;
 mod service;
 pub mod topology;
 
 pub use cluster::{Change, ClusterState, ObjectKey, object_key};
+pub use health::ServiceHealth;
+pub use local_traffic::LocalDetection;
 pub use node::{LABEL_ZONE, NodeInfo};
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use ipnet::IpNet;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -62,20 +68,106 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A service port as clients address it: VIP, port, protocol.
+/// Which clients a frontend entry serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Every client.
+    #[default]
+    All,
+    /// Clients on this node (its pods and the node itself) of an externalTrafficPolicy Local
+    /// frontend, whose `All` entry has node-local endpoints only: kube-proxy sends their
+    /// traffic to the cluster-wide endpoints (its "short-circuit" of the EXT chain).
+    Internal,
+}
+
+/// A service port as clients address it: VIP, port, protocol, and which clients the entry
+/// serves. A NodePort's address is the unspecified address of its family (`0.0.0.0`, `::`):
+/// it answers on the node's NodePort addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
     pub addr: IpAddr,
     pub port: u16,
     pub proto: Protocol,
+    pub scope: Scope,
+}
+
+impl FrontendKey {
+    /// The entry every client uses.
+    pub const fn new(addr: IpAddr, port: u16, proto: Protocol) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            scope: Scope::All,
+        }
+    }
+
+    /// NodePort `port` of `family`'s addresses.
+    pub fn node_port(v6: bool, port: u16, proto: Protocol) -> Self {
+        let addr = if v6 {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        };
+        Self::new(addr, port, proto)
+    }
+
+    /// Whether this is a NodePort (no VIP of its own).
+    pub fn is_node_port(&self) -> bool {
+        self.addr.is_unspecified()
+    }
+
+    /// The same frontend for `scope`.
+    #[must_use]
+    pub const fn with_scope(self, scope: Scope) -> Self {
+        Self { scope, ..self }
+    }
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.addr {
+            IpAddr::V4(a) if a.is_unspecified() => write!(f, "*:{}/{}", self.port, self.proto),
+            IpAddr::V6(a) if a.is_unspecified() => {
+                write!(f, "[*]:{}/{}", self.port, self.proto)
+            }
             IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
             IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
+        }?;
+        if self.scope == Scope::Internal {
+            f.write_str(" (internal)")?;
         }
+        Ok(())
+    }
+}
+
+/// How clients reach a frontend (kube-proxy's ClusterIP, NodePort, external IP and
+/// load-balancer IP rules).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrontendKind {
+    #[default]
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// NodePort, external IP and load-balancer frontends: external traffic, subject to
+    /// externalTrafficPolicy and masqueraded under the Cluster policy.
+    pub const fn is_external(self) -> bool {
+        !matches!(self, Self::ClusterIp)
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ClusterIp => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::ExternalIp => "ExternalIP",
+            Self::LoadBalancer => "LoadBalancer",
+        })
     }
 }
 
@@ -124,6 +216,7 @@ pub enum WhenEmpty {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
     pub service: ServicePortName,
+    pub kind: FrontendKind,
     /// ClientIP session affinity timeout, when affinity is on.
     pub affinity_timeout_s: Option<u32>,
     /// Backends for new connections, sorted and unique.
@@ -135,6 +228,14 @@ pub struct Frontend {
     pub listed: Vec<Endpoint>,
     /// What happens to new connections while `endpoints` is empty.
     pub when_empty: WhenEmpty,
+    /// The `Scope::All` entry of an externalTrafficPolicy Local frontend: `endpoints` are
+    /// this node's, external clients keep their address, and clients on this node use the
+    /// `Scope::Internal` entry of the same frontend.
+    pub external_local: bool,
+    /// loadBalancerSourceRanges of a load-balancer frontend (of its address family), with
+    /// the load-balancer IPs themselves when a range holds the node's IP (kube-proxy's
+    /// `allowFromNode`): new connections from elsewhere are dropped. Empty: no restriction.
+    pub source_ranges: Vec<IpNet>,
 }
 
 /// Everything the datapath must serve.

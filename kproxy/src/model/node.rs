@@ -1,11 +1,14 @@
 //! The node kproxy runs on, as far as Service semantics care: its name (endpoint
-//! `nodeName`, `forNodes` hints), its zone (`forZones` hints) and its addresses.
+//! `nodeName`, `forNodes` hints), its zone (`forZones` hints), its addresses (its primary IP
+//! for `--nodeport-addresses primary` and loadBalancerSourceRanges) and its pod CIDRs
+//! (`--detect-local-mode NodeCIDR`).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 
-use super::addr::parse_ip_sloppy;
+use super::addr::{parse_cidr_sloppy, parse_ip_sloppy};
 
 /// The label kube-proxy reads the node's zone from.
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
@@ -14,8 +17,11 @@ pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 pub struct NodeInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// `InternalIP` and `ExternalIP` addresses from the Node's status, in its order.
+    /// `InternalIP` addresses from the Node's status, then `ExternalIP` ones, each in the
+    /// Node's order (kube-proxy's `GetNodeHostIPs` order).
     pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or `spec.podCIDR` when that list is empty), in order.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 impl NodeInfo {
@@ -26,21 +32,37 @@ impl NodeInfo {
         }
     }
 
-    /// What kproxy uses of a Node object. Addresses it cannot read are left out.
+    /// What kproxy uses of a Node object. Addresses and CIDRs it cannot read are left out.
     pub fn from_node(node: &Node) -> Self {
-        let addresses = node
+        let listed = node
             .status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            .filter_map(|a| parse_ip_sloppy(&a.address))
-            .collect();
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let of_type = |t: &'static str| {
+            listed
+                .iter()
+                .filter(move |a| a.type_ == t)
+                .filter_map(|a| parse_ip_sloppy(&a.address))
+        };
+        let addresses = of_type("InternalIP").chain(of_type("ExternalIP")).collect();
+        let spec = node.spec.as_ref();
+        let pod_cidrs = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+            Some(list) if !list.is_empty() => list.iter().map(String::as_str).collect(),
+            _ => spec
+                .and_then(|s| s.pod_cidr.as_deref())
+                .into_iter()
+                .collect::<Vec<&str>>(),
+        };
         Self {
             name: node.metadata.name.clone().unwrap_or_default(),
             labels: node.metadata.labels.clone().unwrap_or_default(),
             addresses,
+            pod_cidrs: pod_cidrs
+                .into_iter()
+                .filter_map(|c| parse_cidr_sloppy(c.trim()))
+                .collect(),
         }
     }
 
@@ -48,11 +70,17 @@ impl NodeInfo {
     pub fn zone(&self) -> &str {
         self.labels.get(LABEL_ZONE).map_or("", String::as_str)
     }
+
+    /// The node's primary IP of a family (IPv6 when `v6`): its first `InternalIP` of that
+    /// family, else its first `ExternalIP` (kube-proxy's `GetNodeHostIPs`).
+    pub fn primary_ip(&self, v6: bool) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(|a| a.is_ipv6() == v6)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
 
     use super::*;
 
@@ -93,5 +121,102 @@ mod tests {
             ]
         );
         assert_eq!(NodeInfo::named("x").zone(), "");
+    }
+
+    fn node_with(addresses: &[(&str, &str)], spec: Option<NodeSpec>) -> Node {
+        Node {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("node-a".into()),
+                ..Default::default()
+            },
+            spec,
+            status: Some(NodeStatus {
+                addresses: Some(
+                    addresses
+                        .iter()
+                        .map(|(t, a)| NodeAddress {
+                            type_: (*t).into(),
+                            address: (*a).into(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn primary_ips_are_the_first_internal_ip_of_each_family_then_external() {
+        // (addresses in the Node's order, primary IPv4, primary IPv6)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, Option<&'a str>);
+        let cases: &[Case<'_>] = &[
+            (&[], None, None),
+            (
+                &[("ExternalIP", "203.0.113.2"), ("InternalIP", "198.18.0.2")],
+                Some("198.18.0.2"),
+                None,
+            ),
+            (
+                &[
+                    ("InternalIP", "2001:db8::2"),
+                    ("InternalIP", "198.18.0.2"),
+                    ("InternalIP", "198.18.0.3"),
+                ],
+                Some("198.18.0.2"),
+                Some("2001:db8::2"),
+            ),
+            (
+                &[("ExternalIP", "203.0.113.2"), ("Hostname", "198.18.0.9")],
+                Some("203.0.113.2"),
+                None,
+            ),
+            (
+                &[("InternalIP", "bad"), ("ExternalIP", "2001:db8::9")],
+                None,
+                Some("2001:db8::9"),
+            ),
+        ];
+        for (addresses, v4, v6) in cases {
+            let info = NodeInfo::from_node(&node_with(addresses, None));
+            let text = |a: Option<IpAddr>| a.map(|a| a.to_string());
+            assert_eq!(
+                text(info.primary_ip(false)).as_deref(),
+                *v4,
+                "{addresses:?}"
+            );
+            assert_eq!(text(info.primary_ip(true)).as_deref(), *v6, "{addresses:?}");
+        }
+    }
+
+    #[test]
+    fn pod_cidrs_come_from_pod_cidrs_else_pod_cidr() {
+        // (podCIDR, podCIDRs, what is read)
+        type Case<'a> = (Option<&'a str>, Option<&'a [&'a str]>, &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
+            (None, None, &[]),
+            (Some("10.244.1.0/24"), None, &["10.244.1.0/24"]),
+            (Some("10.244.1.0/24"), Some(&[]), &["10.244.1.0/24"]),
+            (
+                Some("10.244.1.0/24"),
+                Some(&["10.244.1.0/24", "fd00:10:244:1::/64"]),
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            ),
+            // Unreadable ones are left out; host bits are cleared as ParseCIDR does.
+            (
+                None,
+                Some(&["nonsense", "10.244.2.7/24"]),
+                &["10.244.2.0/24"],
+            ),
+        ];
+        for (pod_cidr, pod_cidrs, want) in cases {
+            let spec = NodeSpec {
+                pod_cidr: pod_cidr.map(Into::into),
+                pod_cidrs: pod_cidrs.map(|l| l.iter().map(|c| (*c).to_owned()).collect()),
+                ..NodeSpec::default()
+            };
+            let info = NodeInfo::from_node(&node_with(&[], Some(spec)));
+            let got: Vec<String> = info.pod_cidrs.iter().map(ToString::to_string).collect();
+            assert_eq!(got, *want, "{pod_cidr:?} {pod_cidrs:?}");
+        }
     }
 }

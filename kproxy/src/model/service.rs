@@ -1,13 +1,16 @@
-//! What kube-proxy takes from a Service: whether to serve it at all, its cluster IPs (both
-//! families), its ports, its session affinity and its internal traffic policy.
+//! What kube-proxy takes from a Service (pkg/proxy/serviceport.go `newBaseServiceInfo`,
+//! pkg/api/v1/service/util.go): whether to serve it at all, its cluster IPs (both families),
+//! its ports and NodePorts, its external IPs and load-balancer IPs, its session affinity, its
+//! traffic policies, its loadBalancerSourceRanges and its health-check NodePort.
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 
 use super::{
     LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol,
-    addr::{parse_ip_sloppy, unusable_vip},
+    addr::{parse_cidr_sloppy, parse_ip_sloppy, unusable_vip},
     object_name,
 };
 use crate::problem::{Problem, ProblemKind};
@@ -22,6 +25,9 @@ pub(super) struct PortSpec {
     pub name: String,
     pub port: u16,
     pub proto: Protocol,
+    /// `nodePort` of a NodePort or LoadBalancer Service (none when unset, as with
+    /// `allocateLoadBalancerNodePorts: false`).
+    pub node_port: Option<u16>,
 }
 
 pub(super) struct ServiceSpec {
@@ -32,6 +38,55 @@ pub(super) struct ServiceSpec {
     pub affinity_timeout_s: Option<u32>,
     /// `internalTrafficPolicy: Local`: ClusterIP traffic only to this node's endpoints.
     pub internal_local: bool,
+    /// `spec.externalIPs` that can be served, both families, in order, each once.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of VIP-mode ingresses (`ipMode` unset or `VIP`;
+    /// kube-proxy leaves `Proxy` ones to the load balancer), both families, each once.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` that could be read (trimmed, as kube-proxy does),
+    /// both families.
+    pub source_ranges: Vec<IpNet>,
+    /// Source ranges were given but none could be read: the load-balancer IPs are left
+    /// unserved rather than open to every source.
+    pub source_ranges_unreadable: bool,
+    /// kube-proxy's `ExternalPolicyLocal`: externally accessible (type NodePort or
+    /// LoadBalancer, or ClusterIP with external IPs) and `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// `healthCheckNodePort` of a Service that needs one (`NeedsHealthCheck`: type
+    /// LoadBalancer with the Local external policy).
+    pub health_check_node_port: Option<u16>,
+}
+
+/// What a Service's `type` gives it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Type {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+}
+
+impl Type {
+    /// `type` as the API server defaults it (unset is ClusterIP); an unknown value is
+    /// served as ClusterIP and reported.
+    fn of(field: Option<&str>, problems: &mut Vec<String>) -> Self {
+        match field.unwrap_or("") {
+            "" | "ClusterIP" => Self::ClusterIp,
+            "NodePort" => Self::NodePort,
+            "LoadBalancer" => Self::LoadBalancer,
+            other => {
+                problems.push(format!(
+                    "unknown type {other:?}; served as ClusterIP (no NodePorts)"
+                ));
+                Self::ClusterIp
+            }
+        }
+    }
+
+    /// NodePort and LoadBalancer Services have NodePorts; the API server refuses `nodePort`
+    /// on any other type.
+    fn has_node_ports(self) -> bool {
+        self != Self::ClusterIp
+    }
 }
 
 impl ServiceSpec {
@@ -77,13 +132,21 @@ impl ServiceSpec {
         };
         let mut messages = Vec::new();
         let cluster_ips = cluster_ips(&listed, &mut messages);
-        let ports = cluster_ips
+        let type_ = Type::of(spec.type_.as_deref(), &mut messages);
+        let ports = cluster_ips.is_some().then(|| {
+            ports(
+                spec.ports.as_deref().unwrap_or_default(),
+                type_,
+                &mut messages,
+            )
+        });
+        let reach = cluster_ips
             .is_some()
-            .then(|| ports(spec.ports.as_deref().unwrap_or_default(), &mut messages));
+            .then(|| Reach::of(svc, type_, &mut messages));
         for message in messages {
             report(problems, message);
         }
-        let (cluster_ips, ports) = (cluster_ips?, ports?);
+        let (cluster_ips, ports, reach) = (cluster_ips?, ports?, reach?);
 
         let affinity_timeout_s = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             let configured = spec
@@ -114,8 +177,143 @@ impl ServiceSpec {
             ports,
             affinity_timeout_s,
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_ips: reach.external_ips,
+            load_balancer_ips: reach.load_balancer_ips,
+            source_ranges: reach.source_ranges,
+            source_ranges_unreadable: reach.source_ranges_unreadable,
+            external_local: reach.external_local,
+            health_check_node_port: reach.health_check_node_port,
         })
     }
+}
+
+/// How a Service is reached from outside the cluster.
+struct Reach {
+    external_ips: Vec<IpAddr>,
+    load_balancer_ips: Vec<IpAddr>,
+    source_ranges: Vec<IpNet>,
+    source_ranges_unreadable: bool,
+    external_local: bool,
+    health_check_node_port: Option<u16>,
+}
+
+impl Reach {
+    fn of(svc: &Service, type_: Type, problems: &mut Vec<String>) -> Self {
+        let spec = svc.spec.as_ref();
+        let listed_external_ips = spec
+            .and_then(|s| s.external_ips.as_deref())
+            .unwrap_or_default();
+        let mut external_ips = Vec::new();
+        for ip in listed_external_ips {
+            if let Some(addr) = usable_ip(ip, "externalIPs", problems)
+                && !external_ips.contains(&addr)
+            {
+                external_ips.push(addr);
+            }
+        }
+
+        let mut load_balancer_ips = Vec::new();
+        let ingresses = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_deref())
+            .unwrap_or_default();
+        for ingress in ingresses {
+            // Hostname-only ingresses have no IP for kube-proxy to program.
+            let Some(ip) = ingress.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+                continue;
+            };
+            // kube-proxy's IsVIPMode: unset or VIP. `Proxy` load balancers deliver to the
+            // NodePort themselves, so kube-proxy does not capture their IP.
+            match ingress.ip_mode.as_deref() {
+                None | Some("VIP") => {}
+                Some("Proxy") => continue,
+                Some(other) => {
+                    problems.push(format!(
+                        "status.loadBalancer.ingress {ip}: unknown ipMode {other:?} (VIP or Proxy); skipped"
+                    ));
+                    continue;
+                }
+            }
+            if let Some(addr) = usable_ip(ip, "status.loadBalancer.ingress", problems)
+                && !load_balancer_ips.contains(&addr)
+            {
+                load_balancer_ips.push(addr);
+            }
+        }
+
+        let listed_ranges = spec
+            .and_then(|s| s.load_balancer_source_ranges.as_deref())
+            .unwrap_or_default();
+        let mut source_ranges = Vec::new();
+        for range in listed_ranges {
+            // The API server's validation lets whitespace through; kube-proxy trims it.
+            match parse_cidr_sloppy(range.trim()) {
+                Some(net) => source_ranges.push(net),
+                None => problems.push(format!(
+                    "loadBalancerSourceRanges: {range:?} is not a CIDR; skipped"
+                )),
+            }
+        }
+        let source_ranges_unreadable = !listed_ranges.is_empty() && source_ranges.is_empty();
+        if source_ranges_unreadable && !load_balancer_ips.is_empty() {
+            problems.push(
+                "no loadBalancerSourceRanges entry is a CIDR; the load-balancer IPs are not \
+                 served (rather than open to every source) until one is"
+                    .into(),
+            );
+        }
+
+        // apiservice.ExternallyAccessible and ExternalPolicyLocal.
+        let externally_accessible = type_ != Type::ClusterIp || !listed_external_ips.is_empty();
+        let external_local = externally_accessible
+            && spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
+        // apiservice.NeedsHealthCheck.
+        let health_check_node_port = (type_ == Type::LoadBalancer && external_local)
+            .then(|| {
+                match spec.and_then(|s| s.health_check_node_port).unwrap_or(0) {
+                    0 => {
+                        problems.push(
+                            "externalTrafficPolicy Local LoadBalancer without a \
+                             healthCheckNodePort; no health check is served for it"
+                                .into(),
+                        );
+                        None
+                    }
+                    n => u16::try_from(n).ok().or_else(|| {
+                        problems.push(format!(
+                            "invalid healthCheckNodePort {n} (1..=65535); no health check is served for it"
+                        ));
+                        None
+                    }),
+                }
+            })
+            .flatten();
+        Self {
+            external_ips,
+            load_balancer_ips,
+            source_ranges,
+            source_ranges_unreadable,
+            external_local,
+            health_check_node_port,
+        }
+    }
+}
+
+/// An external or load-balancer IP that can be a VIP; what is wrong goes to `problems`.
+fn usable_ip(ip: &str, field: &str, problems: &mut Vec<String>) -> Option<IpAddr> {
+    let Some(addr) = parse_ip_sloppy(ip) else {
+        problems.push(format!("{field}: {ip:?} is not an IP address; skipped"));
+        return None;
+    };
+    if let Some(why) = unusable_vip(addr) {
+        problems.push(format!(
+            "{field}: {ip} is {why}, not a Service VIP; skipped"
+        ));
+        return None;
+    }
+    Some(addr)
 }
 
 /// The VIPs of `listed` cluster IPs, or `None` when one cannot be served (the service is
@@ -146,7 +344,7 @@ fn cluster_ips(listed: &[&str], problems: &mut Vec<String>) -> Option<Vec<IpAddr
 }
 
 /// The ports the datapath can serve; the others are skipped and go to `problems`.
-fn ports(listed: &[ServicePort], problems: &mut Vec<String>) -> Vec<PortSpec> {
+fn ports(listed: &[ServicePort], type_: Type, problems: &mut Vec<String>) -> Vec<PortSpec> {
     let mut ports: Vec<PortSpec> = Vec::new();
     for p in listed {
         let name = p.name.clone().unwrap_or_default();
@@ -173,7 +371,51 @@ fn ports(listed: &[ServicePort], problems: &mut Vec<String>) -> Vec<PortSpec> {
             ));
             continue;
         }
-        ports.push(PortSpec { name, port, proto });
+        let node_port = node_port(p, &name, proto, type_, &ports, problems);
+        ports.push(PortSpec {
+            name,
+            port,
+            proto,
+            node_port,
+        });
     }
     ports
+}
+
+/// The NodePort of port `p` (named `name`), if it has a usable one; `earlier` are the ports
+/// of the Service before it.
+fn node_port(
+    p: &ServicePort,
+    name: &str,
+    proto: Protocol,
+    type_: Type,
+    earlier: &[PortSpec],
+    problems: &mut Vec<String>,
+) -> Option<u16> {
+    let number = p.node_port.filter(|&n| n != 0)?;
+    if !type_.has_node_ports() {
+        problems.push(format!(
+            "port {name:?}: nodePort {number} on a Service that is neither NodePort nor \
+             LoadBalancer (the API server refuses it); ignored"
+        ));
+        return None;
+    }
+    let Some(node_port) = u16::try_from(number).ok() else {
+        problems.push(format!(
+            "port {name:?}: invalid nodePort {number} (1..=65535); NodePort skipped"
+        ));
+        return None;
+    };
+    if let Some(first) = earlier
+        .iter()
+        .find(|q| q.node_port == Some(node_port) && q.proto == proto)
+    {
+        problems.push(format!(
+            "port {name:?}: nodePort {node_port}/{proto} is already the NodePort of port {:?}; \
+             NodePort skipped",
+            first.name
+        ));
+        return None;
+    }
+    Some(node_port)
 }

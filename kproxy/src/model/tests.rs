@@ -1,18 +1,14 @@
 //! Table-driven tests of the Service → frontend semantics.
 
 use super::{
-    Desired, Endpoint, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol,
+    Desired, Endpoint, FrontendKey, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol, Scope,
     desired_state,
     fixtures::{service, slice},
 };
 use crate::problem::ProblemKind;
 
 fn key(addr: &str, port: u16, proto: Protocol) -> FrontendKey {
-    FrontendKey {
-        addr: addr.parse().expect("test address"),
-        port,
-        proto,
-    }
+    FrontendKey::new(addr.parse().expect("test address"), port, proto)
 }
 
 fn eps(list: &[(&str, u16)]) -> Vec<Endpoint> {
@@ -486,6 +482,26 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
         service("default", "b", "198.19.0.1")
             .port("http", 80, "TCP")
             .build(),
+        // External frontends: "d" asks for "a"'s VIP:port as an external IP under the
+        // Local policy (two entries that go together), and a NodePort that "e" wants too.
+        service("default", "d", "198.19.0.4")
+            .type_("NodePort")
+            .port("http", 80, "TCP")
+            .node_port(30080)
+            .external_ips(&["198.19.0.1"])
+            .external_traffic_policy("Local")
+            .build(),
+        service("default", "d", "198.19.0.4")
+            .type_("NodePort")
+            .port("http", 80, "TCP")
+            .node_port(30080)
+            .build(),
+        service("default", "e", "198.19.0.5")
+            .type_("NodePort")
+            .port("http", 80, "TCP")
+            .node_port(30080)
+            .external_traffic_policy("Local")
+            .build(),
     ];
     let slices = [
         slice("default", "s1", "a")
@@ -525,6 +541,7 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
         usize::try_from(seed % n as u64).expect("small")
     };
     let mut contested_steps = 0;
+    let (mut internal_served, mut internal_withheld) = (0, 0);
     for step in 0..1000 {
         let change = match next(4) {
             0 => {
@@ -568,7 +585,34 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
         let keys: BTreeSet<FrontendKey> =
             alone.iter().flat_map(|(_, d)| d.keys()).copied().collect();
         let mut conflicts = 0;
+        let served_for = |f: &super::Frontend| -> ObjectKey {
+            (
+                f.service.namespace.as_str().into(),
+                f.service.name.as_str().into(),
+            )
+        };
+        let mut served = BTreeSet::new();
         for key in &keys {
+            if key.scope == Scope::Internal {
+                // Served exactly when whoever serves its frontend to every client asks for
+                // it too, as that service alone would have it.
+                let holder = state
+                    .desired()
+                    .get(&key.with_scope(Scope::All))
+                    .map(served_for);
+                let expected = holder
+                    .and_then(|h| alone.iter().find(|(k, _)| *k == h))
+                    .and_then(|(_, d)| d.get(key));
+                assert_eq!(state.desired().get(key), expected, "step {step}: {key}");
+                if expected.is_some() {
+                    served.insert(*key);
+                    internal_served += 1;
+                } else {
+                    internal_withheld += 1;
+                }
+                continue;
+            }
+            served.insert(*key);
             let claimants: Vec<&(ObjectKey, Desired)> =
                 alone.iter().filter(|(_, d)| d.contains_key(key)).collect();
             let got = state.desired().get(key);
@@ -580,12 +624,6 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
             contested_steps += 1;
             conflicts += claimants.len() - 1;
             let got = got.unwrap_or_else(|| panic!("step {step}: {key} claimed but not served"));
-            let served_for = |f: &super::Frontend| -> ObjectKey {
-                (
-                    f.service.namespace.as_str().into(),
-                    f.service.name.as_str().into(),
-                )
-            };
             let holder = served_for(got);
             let (_, holder_alone) = claimants
                 .iter()
@@ -600,7 +638,7 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
         }
         assert_eq!(
             state.desired().keys().collect::<Vec<_>>(),
-            keys.iter().collect::<Vec<_>>(),
+            served.iter().collect::<Vec<_>>(),
             "step {step}: exactly the claimed frontends are served"
         );
         let (state_conflicts, state_other): (Vec<_>, Vec<_>) = state
@@ -628,4 +666,70 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
         }
     }
     assert!(contested_steps > 100, "the walk contests frontends often");
+    assert!(
+        internal_served > 50 && internal_withheld > 50,
+        "the walk serves and withholds internal entries: {internal_served}, {internal_withheld}"
+    );
+}
+
+#[test]
+fn frontend_keys_read_as_operators_write_them() {
+    let v4: std::net::IpAddr = "198.19.0.10".parse().expect("address");
+    let v6: std::net::IpAddr = "2001:db8::10".parse().expect("address");
+    let cases = [
+        (FrontendKey::new(v4, 80, TCP), "198.19.0.10:80/TCP"),
+        (FrontendKey::new(v6, 53, UDP), "[2001:db8::10]:53/UDP"),
+        (FrontendKey::node_port(false, 30080, TCP), "*:30080/TCP"),
+        (FrontendKey::node_port(true, 30053, UDP), "[*]:30053/UDP"),
+        (
+            FrontendKey::node_port(false, 30080, TCP).with_scope(Scope::Internal),
+            "*:30080/TCP (internal)",
+        ),
+        (
+            FrontendKey::new(v4, 80, TCP).with_scope(Scope::Internal),
+            "198.19.0.10:80/TCP (internal)",
+        ),
+    ];
+    for (key, text) in cases {
+        assert_eq!(key.to_string(), text);
+    }
+    assert!(FrontendKey::node_port(true, 1, TCP).is_node_port());
+    assert!(!FrontendKey::new(v4, 1, TCP).is_node_port());
+    // A frontend's entries sort together, the entry for every client first.
+    let all = FrontendKey::node_port(false, 30080, TCP);
+    assert!(all < all.with_scope(Scope::Internal));
+}
+
+#[test]
+fn a_dual_stack_service_has_a_node_port_per_family() {
+    let (desired, problems) = desired_state(
+        &[service("default", "web", "198.19.0.10")
+            .cluster_ips(&["198.19.0.10", "2001:db8::10"])
+            .type_("NodePort")
+            .port("http", 80, "TCP")
+            .node_port(30080)
+            .build()],
+        &[],
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let keys: Vec<String> = desired.keys().map(ToString::to_string).collect();
+    assert_eq!(
+        keys,
+        [
+            "*:30080/TCP",
+            "198.19.0.10:80/TCP",
+            "[*]:30080/TCP",
+            "[2001:db8::10]:80/TCP"
+        ]
+    );
+    let kinds: Vec<super::FrontendKind> = desired.values().map(|f| f.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            super::FrontendKind::NodePort,
+            super::FrontendKind::ClusterIp,
+            super::FrontendKind::NodePort,
+            super::FrontendKind::ClusterIp
+        ]
+    );
 }

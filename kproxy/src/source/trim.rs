@@ -1,6 +1,6 @@
 //! What the agent keeps of the objects it reads, from either source: only what Service
-//! semantics read (and the load-balancer status they will), in allocations of the size they
-//! need.
+//! semantics read (the Service's spec and load-balancer status; the Node's labels,
+//! addresses and pod CIDRs), in allocations of the size they need.
 //!
 //! At tens of thousands of Services this is a large share of the agent's memory: server-side
 //! bookkeeping (managed fields, the last-applied annotation) is often bigger than the object,
@@ -33,9 +33,19 @@ fn trim_meta(meta: &mut ObjectMeta, keep_annotation: Option<&str>) {
 
 pub fn trim_service(svc: &mut Service) {
     trim_meta(&mut svc.metadata, None);
-    // Of the status, only load-balancer ingress addresses will matter.
+    // Of the status, only load-balancer ingress addresses (and their ipMode) matter.
     if let Some(status) = svc.status.as_mut() {
         status.conditions = None;
+        if let Some(ingress) = status
+            .load_balancer
+            .as_mut()
+            .and_then(|lb| lb.ingress.as_mut())
+        {
+            ingress.shrink_to_fit();
+            for i in ingress {
+                i.ports = None;
+            }
+        }
     }
     if let Some(spec) = svc.spec.as_mut() {
         // The selector is the EndpointSlice controller's business, not the proxy's.
@@ -44,6 +54,7 @@ pub fn trim_service(svc: &mut Service) {
             &mut spec.cluster_ips,
             &mut spec.external_ips,
             &mut spec.ip_families,
+            &mut spec.load_balancer_source_ranges,
         ]
         .into_iter()
         .flatten()
@@ -72,8 +83,16 @@ pub fn trim_slice(slice: &mut EndpointSlice) {
 
 pub fn trim_node(node: &mut Node) {
     trim_meta(&mut node.metadata, None);
-    // Of the spec and status only the addresses are read.
-    node.spec = None;
+    // Of the spec only the pod CIDRs (local-traffic detection by NodeCIDR) are read, of the
+    // status only the addresses.
+    node.spec = node
+        .spec
+        .take()
+        .map(|spec| k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidr: spec.pod_cidr,
+            pod_cidrs: spec.pod_cidrs,
+            ..Default::default()
+        });
     if let Some(status) = node.status.as_mut() {
         *status = k8s_openapi::api::core::v1::NodeStatus {
             addresses: status.addresses.take(),
@@ -172,13 +191,19 @@ mod tests {
     }
 
     #[test]
-    fn nodes_keep_name_labels_and_addresses() {
+    fn nodes_keep_name_labels_addresses_and_pod_cidrs() {
         let mut node = Node {
             metadata: ObjectMeta {
                 labels: Some(BTreeMap::from([("zone".into(), "a".into())])),
                 ..meta_with_bookkeeping()
             },
-            spec: Some(k8s_openapi::api::core::v1::NodeSpec::default()),
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                pod_cidr: Some("10.244.1.0/24".into()),
+                pod_cidrs: Some(vec!["10.244.1.0/24".into()]),
+                provider_id: Some("cloud://node-a".into()),
+                taints: Some(Vec::new()),
+                ..Default::default()
+            }),
             status: Some(NodeStatus {
                 addresses: Some(vec![NodeAddress {
                     type_: "InternalIP".into(),
@@ -189,11 +214,63 @@ mod tests {
             }),
         };
         trim_node(&mut node);
-        assert_eq!(node.spec, None);
+        let spec = node.spec.expect("pod CIDRs kept");
+        assert_eq!(spec.pod_cidr.as_deref(), Some("10.244.1.0/24"));
+        assert_eq!(spec.pod_cidrs, Some(vec!["10.244.1.0/24".to_owned()]));
+        assert_eq!((spec.provider_id, spec.taints), (None, None));
         let status = node.status.expect("status");
         assert_eq!(status.phase, None);
         assert_eq!(status.addresses.map(|a| a.len()), Some(1));
         assert!(node.metadata.labels.is_some());
         assert_eq!(node.metadata.annotations, None);
+    }
+
+    #[test]
+    fn services_keep_what_their_external_frontends_read() {
+        use k8s_openapi::api::core::v1::{
+            LoadBalancerIngress, LoadBalancerStatus, PortStatus, ServiceStatus,
+        };
+        let mut ingress = Vec::with_capacity(4);
+        ingress.push(LoadBalancerIngress {
+            ip: Some("192.0.2.10".into()),
+            ip_mode: Some("VIP".into()),
+            ports: Some(vec![PortStatus::default()]),
+            ..LoadBalancerIngress::default()
+        });
+        let mut svc = Service {
+            metadata: meta_with_bookkeeping(),
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                external_ips: Some(vec!["192.0.2.11".into()]),
+                external_traffic_policy: Some("Local".into()),
+                health_check_node_port: Some(30000),
+                load_balancer_source_ranges: Some(vec!["203.0.113.0/25".into()]),
+                allocate_load_balancer_node_ports: Some(false),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    node_port: Some(30080),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(ingress),
+                }),
+                conditions: Some(Vec::new()),
+            }),
+        };
+        let before = svc.spec.clone();
+        trim_service(&mut svc);
+        assert_eq!(svc.spec, before, "the spec is kept whole but the selector");
+        let ingress = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .expect("ingress kept");
+        assert_eq!(ingress.capacity(), 1);
+        assert_eq!(ingress[0].ip.as_deref(), Some("192.0.2.10"));
+        assert_eq!(ingress[0].ip_mode.as_deref(), Some("VIP"));
+        assert_eq!(ingress[0].ports, None);
     }
 }

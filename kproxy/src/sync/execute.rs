@@ -2,10 +2,10 @@
 //! order, and the operations of one kind from all changes reach the datapath together, in one
 //! batch where the datapath can do batches (thousands of entries per syscall).
 //!
-//! Waves: 0 unpublish removed frontends, 1 clear what they referenced, 2 new backends and
-//! backends that start taking connections, 3 slots (the inactive bank), 4 publish
-//! (`PutService`), 5 clean up after publishing (backends that stop taking connections or are
-//! no longer listed, the old bank). No two changes
+//! Waves: 0 unpublish removed frontends, 1 clear what they referenced, 2 new backends,
+//! backends that start taking connections and new source ranges, 3 slots (the inactive
+//! bank), 4 publish (`PutService`), 5 clean up after publishing (backends that stop taking
+//! connections or are no longer listed, the old bank, source ranges no longer needed). No two changes
 //! of one sync share ids (a freed service port id is reused by a later sync only), so the
 //! interleaving cannot make one change undo another.
 
@@ -37,7 +37,12 @@ impl Planned {
         match (&self.ops[index], self.removal) {
             (MapOp::DeleteService { .. }, _) => 0,
             (_, true) => 1,
-            (MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. }, _) if !after_publish => 2,
+            (
+                MapOp::PutBackend { .. }
+                | MapOp::SetBackendActive { .. }
+                | MapOp::PutSourceRange { .. },
+                _,
+            ) if !after_publish => 2,
             (MapOp::PutSlot { .. } | MapOp::DeleteSlot { .. }, false) if !after_publish => 3,
             (MapOp::PutService { .. }, _) => 4,
             _ => 5,
@@ -136,6 +141,10 @@ fn rollback_ops(applied: &[MapOp]) -> Vec<MapOp> {
                 endpoint: *endpoint,
                 svc_id: *svc_id,
                 active: !active,
+            }),
+            MapOp::PutSourceRange { svc_id, range } => Some(MapOp::DeleteSourceRange {
+                svc_id: *svc_id,
+                range: *range,
             }),
             MapOp::PutSlot {
                 svc_id,

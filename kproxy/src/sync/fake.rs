@@ -6,11 +6,12 @@ use std::{
     net::Ipv4Addr,
 };
 
+use ipnet::Ipv4Net;
 use kproxy_common::lb::SlotKey;
 
-use super::{Datapath, DatapathSnapshot, MapOp};
+use super::{Datapath, DatapathSnapshot, MapOp, ServiceSettings};
 use crate::{
-    model::{Endpoint, FrontendKey, WhenEmpty},
+    model::{Endpoint, FrontendKey},
     wire,
 };
 
@@ -19,8 +20,7 @@ pub struct FakeService {
     pub svc_id: u32,
     pub count: u16,
     pub bank: u8,
-    pub affinity_timeout_s: Option<u32>,
-    pub when_empty: WhenEmpty,
+    pub settings: ServiceSettings,
 }
 
 /// What a packet to a frontend would find.
@@ -34,6 +34,8 @@ pub struct FakeDatapath {
     /// Service port id and "takes new connections" of each backend.
     pub backend_roles: BTreeMap<u32, (u32, bool)>,
     pub vips: BTreeSet<Ipv4Addr>,
+    /// `KP_SOURCE_RANGES`: (service port id, range).
+    pub source_ranges: BTreeSet<(u32, Ipv4Net)>,
     /// `KP_META`'s backend id reservation.
     pub backend_ids_reserved: u32,
     /// Fails `ReserveBackendIds` (a KP_META write error).
@@ -45,6 +47,7 @@ pub struct FakeDatapath {
     pub max_services: Option<usize>,
     pub max_slots: Option<usize>,
     pub max_backends: Option<usize>,
+    pub max_source_ranges: Option<usize>,
     /// The view after every applied op, when recording.
     pub views: Option<Vec<View>>,
 }
@@ -74,8 +77,20 @@ impl FakeDatapath {
                                 .ok_or_else(|| format!("{key}: backend {id} missing"))
                         })
                         .collect();
-                (*key, resolved.map(|eps| (eps, svc.affinity_timeout_s)))
+                (
+                    *key,
+                    resolved.map(|eps| (eps, svc.settings.affinity_timeout_s)),
+                )
             })
+            .collect()
+    }
+
+    /// The source ranges `KP_SOURCE_RANGES` holds for service port `svc_id`.
+    pub fn ranges_of(&self, svc_id: u32) -> Vec<Ipv4Net> {
+        self.source_ranges
+            .iter()
+            .filter(|(id, _)| *id == svc_id)
+            .map(|(_, range)| *range)
             .collect()
     }
 
@@ -87,13 +102,7 @@ impl FakeDatapath {
                 .map(|(k, s)| {
                     (
                         wire::service_key(k).expect("the planner programs IPv4 only"),
-                        wire::service_value(
-                            s.svc_id,
-                            s.count,
-                            s.bank,
-                            s.affinity_timeout_s,
-                            s.when_empty,
-                        ),
+                        wire::service_value(s.svc_id, s.count, s.bank, &s.settings),
                     )
                 })
                 .collect(),
@@ -114,6 +123,11 @@ impl FakeDatapath {
                 })
                 .collect(),
             vips: self.vips.iter().map(|a| wire::addr_to_wire(*a)).collect(),
+            source_ranges: self
+                .source_ranges
+                .iter()
+                .map(|&(svc_id, range)| wire::source_range_key(svc_id, range))
+                .collect(),
             backend_ids_reserved: self.backend_ids_reserved,
         }
     }
@@ -173,8 +187,7 @@ impl Datapath for FakeDatapath {
                 svc_id,
                 count,
                 bank,
-                affinity_timeout_s,
-                when_empty,
+                settings,
             } => {
                 full(&self.services, key, self.max_services, "KP_SERVICES")?;
                 self.services.insert(
@@ -183,10 +196,24 @@ impl Datapath for FakeDatapath {
                         svc_id: *svc_id,
                         count: *count,
                         bank: *bank,
-                        affinity_timeout_s: *affinity_timeout_s,
-                        when_empty: *when_empty,
+                        settings: *settings,
                     },
                 );
+            }
+            MapOp::PutSourceRange { svc_id, range } => {
+                let entry = (*svc_id, *range);
+                if !self.source_ranges.contains(&entry)
+                    && self.source_ranges.len() >= self.max_source_ranges.unwrap_or(usize::MAX)
+                {
+                    return Err(anyhow::Error::from(std::io::Error::from_raw_os_error(
+                        libc::ENOSPC,
+                    ))
+                    .context("KP_SOURCE_RANGES"));
+                }
+                self.source_ranges.insert(entry);
+            }
+            MapOp::DeleteSourceRange { svc_id, range } => {
+                self.source_ranges.remove(&(*svc_id, *range));
             }
             MapOp::DeleteService { key } => {
                 self.services.remove(key);

@@ -7,16 +7,15 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use super::{Programmed, fake::FakeDatapath};
 use crate::{
-    model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName, WhenEmpty},
+    model::{
+        Desired, Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName,
+        WhenEmpty,
+    },
     problem::ProblemKind,
 };
 
 fn key(last: u8) -> FrontendKey {
-    FrontendKey {
-        addr: Ipv4Addr::new(198, 19, 0, last).into(),
-        port: 80,
-        proto: Protocol::Tcp,
-    }
+    FrontendKey::new(Ipv4Addr::new(198, 19, 0, last).into(), 80, Protocol::Tcp)
 }
 
 fn frontend(name: &str, hosts: &[u8]) -> Frontend {
@@ -37,6 +36,9 @@ fn frontend(name: &str, hosts: &[u8]) -> Frontend {
         listed: endpoints.clone(),
         endpoints,
         when_empty: WhenEmpty::Reject,
+        kind: FrontendKind::ClusterIp,
+        external_local: false,
+        source_ranges: Vec::new(),
     }
 }
 

@@ -14,7 +14,10 @@
 //! entry or create a new flow under the same key. So an entry is deleted only if it still
 //! holds exactly what was judged, and one deleted in a race is put back at once.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::Result;
 use kproxy_common::{
@@ -24,6 +27,9 @@ use kproxy_common::{
         is_reply_of, reply_key,
     },
 };
+
+use super::Programmed;
+use crate::wire;
 
 /// One conntrack map as collection sees it.
 pub trait FlowTable {
@@ -50,6 +56,60 @@ pub trait Liveness {
     fn frontend_exists(&self, vip: u32, port: u16, proto: u8) -> bool;
     /// Whether backend id `id` is still listed by its service port.
     fn backend_exists(&self, id: u32) -> bool;
+}
+
+/// `Liveness` of what the agent programmed. A flow's forward key names the address the
+/// client sent to: a frontend's VIP, or for a NodePort one of the node's NodePort addresses
+/// (the frontend's own key is the unspecified address). Both entries of an
+/// externalTrafficPolicy Local frontend are one frontend here.
+pub struct ProgrammedLiveness {
+    /// `(VIP, port, protocol)` of every programmed frontend with a VIP, wire format.
+    frontends: HashSet<(u32, u16, u8)>,
+    /// `(port, protocol)` of every programmed NodePort, wire format.
+    node_ports: HashSet<(u16, u8)>,
+    /// The node's addresses NodePorts answer on, wire format.
+    node_port_addrs: HashSet<u32>,
+    backends: HashSet<u32>,
+}
+
+impl ProgrammedLiveness {
+    pub fn new(
+        programmed: &Programmed,
+        node_port_addrs: impl IntoIterator<Item = Ipv4Addr>,
+    ) -> Self {
+        let mut frontends = HashSet::new();
+        let mut node_ports = HashSet::new();
+        for key in programmed.frontends().keys() {
+            let Some(wire) = wire::service_key(key) else {
+                continue;
+            };
+            if key.is_node_port() {
+                node_ports.insert((wire.port, wire.proto));
+            } else {
+                frontends.insert((wire.addr, wire.port, wire.proto));
+            }
+        }
+        Self {
+            frontends,
+            node_ports,
+            node_port_addrs: node_port_addrs
+                .into_iter()
+                .map(wire::addr_to_wire)
+                .collect(),
+            backends: programmed.backend_ids(),
+        }
+    }
+}
+
+impl Liveness for ProgrammedLiveness {
+    fn frontend_exists(&self, vip: u32, port: u16, proto: u8) -> bool {
+        self.frontends.contains(&(vip, port, proto))
+            || (self.node_ports.contains(&(port, proto)) && self.node_port_addrs.contains(&vip))
+    }
+
+    fn backend_exists(&self, id: u32) -> bool {
+        self.backends.contains(&id)
+    }
 }
 
 /// What one collection pass did.

@@ -16,7 +16,51 @@ pub use recover::DatapathSnapshot;
 
 use std::net::Ipv4Addr;
 
-use crate::model::{Endpoint, FrontendKey, WhenEmpty};
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::model::{Endpoint, Frontend, FrontendKey, WhenEmpty};
+
+/// What a frontend's service value says besides its backends (its `SVC_F_*` flags and the
+/// affinity timeout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// ClientIP session affinity timeout, when affinity is on.
+    pub affinity_timeout_s: Option<u32>,
+    pub when_empty: WhenEmpty,
+    /// A NodePort, external IP or load-balancer IP (`SVC_F_EXTERNAL`).
+    pub external: bool,
+    /// The node-local entry of an externalTrafficPolicy Local frontend (`SVC_F_EXT_LOCAL`).
+    pub external_local: bool,
+    /// New connections only from `KP_SOURCE_RANGES` (`SVC_F_SOURCE_RANGES`).
+    pub source_ranges: bool,
+}
+
+impl ServiceSettings {
+    pub fn of(frontend: &Frontend) -> Self {
+        Self {
+            affinity_timeout_s: frontend.affinity_timeout_s,
+            when_empty: frontend.when_empty,
+            external: frontend.kind.is_external(),
+            external_local: frontend.external_local,
+            source_ranges: !source_ranges_v4(frontend).is_empty(),
+        }
+    }
+}
+
+/// The IPv4 source ranges of `frontend` (the datapath serves IPv4), sorted and unique.
+pub fn source_ranges_v4(frontend: &Frontend) -> Vec<Ipv4Net> {
+    let mut ranges: Vec<Ipv4Net> = frontend
+        .source_ranges
+        .iter()
+        .filter_map(|r| match r {
+            IpNet::V4(net) => Some(*net),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    ranges.sort_unstable();
+    ranges.dedup();
+    ranges
+}
 
 /// One write to the datapath's service maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,11 +106,22 @@ pub enum MapOp {
         svc_id: u32,
         count: u16,
         bank: u8,
-        affinity_timeout_s: Option<u32>,
-        when_empty: WhenEmpty,
+        settings: ServiceSettings,
     },
     DeleteService {
         key: FrontendKey,
+    },
+    /// Lets new connections from `range` reach service port `svc_id` (`KP_SOURCE_RANGES`;
+    /// used while its service value has `SVC_F_SOURCE_RANGES`). Written before the service
+    /// value that needs it is published.
+    PutSourceRange {
+        svc_id: u32,
+        range: Ipv4Net,
+    },
+    /// Deleted once no published service value needs it.
+    DeleteSourceRange {
+        svc_id: u32,
+        range: Ipv4Net,
     },
     /// Some frontend uses `addr` as its VIP (the datapath counts VIP traffic it leaves
     /// untranslated).
@@ -139,3 +194,6 @@ mod full_map_tests;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod external_tests;

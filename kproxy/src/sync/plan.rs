@@ -5,14 +5,16 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+use ipnet::Ipv4Net;
 use kproxy_common::{lb::MAX_BACKENDS_PER_SERVICE, meta::BACKEND_ID_CHUNK};
 
 use super::{
-    Datapath, IdPool, MapOp,
+    Datapath, IdPool, MapOp, ServiceSettings,
     execute::{Outcome, Planned, execute},
+    source_ranges_v4,
 };
 use crate::{
-    model::{Desired, Endpoint, Frontend, FrontendKey, ServicePortName, WhenEmpty},
+    model::{Desired, Endpoint, Frontend, FrontendKey, Scope, ServicePortName},
     problem::{Problem, ProblemKind, datapath_error},
 };
 
@@ -26,8 +28,10 @@ pub struct ProgrammedFrontend {
     pub bank: u8,
     /// Number of slots present in each bank.
     pub bank_len: [u32; 2],
-    pub affinity_timeout_s: Option<u32>,
-    pub when_empty: WhenEmpty,
+    /// What its service value says besides its backends.
+    pub settings: ServiceSettings,
+    /// Its `KP_SOURCE_RANGES` entries, sorted.
+    pub source_ranges: Vec<Ipv4Net>,
     /// Backends taking new connections, in slot order, with their ids.
     pub backends: Vec<(Endpoint, u32)>,
     /// Backends that are only listed (not ready, terminating, for other nodes), sorted, with
@@ -194,7 +198,13 @@ impl Programmed {
                 ));
             }
         }
-        for (key, frontend) in keys.iter().filter_map(|k| Some((k, desired.get(k)?))) {
+        // Entries for this node's clients first: within each wave their writes go before
+        // those of the entries that send such clients to them (`SVC_F_EXT_LOCAL`).
+        let ordered = keys
+            .iter()
+            .filter(|k| k.scope == Scope::Internal)
+            .chain(keys.iter().filter(|k| k.scope == Scope::All));
+        for (key, frontend) in ordered.filter_map(|k| Some((k, desired.get(k)?))) {
             if key.addr.is_ipv6() {
                 report.ipv6_skipped += 1;
                 continue;
@@ -336,9 +346,13 @@ impl Programmed {
         report: &mut SyncReport,
     ) {
         for (key, delta) in deltas {
+            // A NodePort has no VIP: it answers on the node's addresses.
             let IpAddr::V4(addr) = key.addr else {
                 continue;
             };
+            if key.is_node_port() {
+                continue;
+            }
             let before = self.vips.get(&addr).copied().unwrap_or(0);
             let after = before.saturating_add_signed(*delta);
             let op = match (before, after) {
@@ -389,6 +403,9 @@ impl Programmed {
         };
         let mut ops: Vec<MapOp> = backends.iter().map(|b| put(b, true)).collect();
         ops.extend(standby.iter().map(|b| put(b, false)));
+        let source_ranges = source_ranges_v4(frontend);
+        let (put_ranges, _) = range_ops(svc_id, &[], &source_ranges);
+        ops.extend(put_ranges);
         ops.extend(slot_ops(svc_id, 0, &backends, 0));
         ops.push(put_service(key, svc_id, 0, backends.len(), frontend));
         Ok(Change {
@@ -398,8 +415,8 @@ impl Programmed {
                 svc_id,
                 bank: 0,
                 bank_len: [slot_count(&backends), 0],
-                affinity_timeout_s: frontend.affinity_timeout_s,
-                when_empty: frontend.when_empty,
+                settings: ServiceSettings::of(frontend),
+                source_ranges,
                 backends,
                 standby,
                 needs_rewrite: false,
@@ -493,6 +510,9 @@ fn update_change(
         .iter()
         .map(|ep| assign(ep, false, &mut ops))
         .collect();
+    let source_ranges = source_ranges_v4(frontend);
+    let (put_ranges, delete_ranges) = range_ops(svc_id, &old.source_ranges, &source_ranges);
+    ops.extend(put_ranges);
     let bank = 1 - old.bank;
     ops.extend(slot_ops(
         svc_id,
@@ -501,6 +521,7 @@ fn update_change(
         old.bank_len[usize::from(bank)],
     ));
     ops.push(put_service(key, svc_id, bank, backends.len(), frontend));
+    ops.extend(delete_ranges);
     ops.append(&mut deactivate);
     let listed: HashSet<Endpoint> = backends.iter().chain(&standby).map(|(ep, _)| *ep).collect();
     ops.extend(
@@ -519,8 +540,8 @@ fn update_change(
             svc_id,
             bank,
             bank_len,
-            affinity_timeout_s: frontend.affinity_timeout_s,
-            when_empty: frontend.when_empty,
+            settings: ServiceSettings::of(frontend),
+            source_ranges,
             backends,
             standby,
             needs_rewrite: false,
@@ -529,11 +550,13 @@ fn update_change(
     }
 }
 
-/// The backends stay: at most the service value changes (affinity, what happens when empty).
+/// The backends stay: at most the service value and its source ranges change (affinity,
+/// what happens when empty, the external flags, the ranges). New ranges are written before
+/// the value that needs them is published; ranges no longer needed go after.
 fn settings_change(key: &FrontendKey, old: &ProgrammedFrontend, frontend: &Frontend) -> Change {
-    if old.affinity_timeout_s == frontend.affinity_timeout_s
-        && old.when_empty == frontend.when_empty
-    {
+    let settings = ServiceSettings::of(frontend);
+    let source_ranges = source_ranges_v4(frontend);
+    if old.settings == settings && old.source_ranges == source_ranges {
         return Change {
             ops: Vec::new(),
             after: None,
@@ -541,20 +564,41 @@ fn settings_change(key: &FrontendKey, old: &ProgrammedFrontend, frontend: &Front
         };
     }
     let mut after = old.clone();
-    after.affinity_timeout_s = frontend.affinity_timeout_s;
-    after.when_empty = frontend.when_empty;
+    after.settings = settings;
     after.service = Some(frontend.service.clone());
+    let (put_ranges, delete_ranges) = range_ops(old.svc_id, &old.source_ranges, &source_ranges);
+    after.source_ranges = source_ranges;
+    let mut ops = put_ranges;
+    // Rewritten even when only the ranges change: a change is applied around its publish.
+    ops.push(put_service(
+        key,
+        old.svc_id,
+        old.bank,
+        old.backends.len(),
+        frontend,
+    ));
+    ops.extend(delete_ranges);
     Change {
-        ops: vec![put_service(
-            key,
-            old.svc_id,
-            old.bank,
-            old.backends.len(),
-            frontend,
-        )],
+        ops,
         after: Some(after),
         new_svc_id: None,
     }
+}
+
+/// The source range writes that turn `old` into `new` for service port `svc_id`: puts
+/// (before publishing) and deletes (after). Both lists are sorted.
+fn range_ops(svc_id: u32, old: &[Ipv4Net], new: &[Ipv4Net]) -> (Vec<MapOp>, Vec<MapOp>) {
+    let puts = new
+        .iter()
+        .filter(|r| old.binary_search(r).is_err())
+        .map(|&range| MapOp::PutSourceRange { svc_id, range })
+        .collect();
+    let deletes = old
+        .iter()
+        .filter(|r| new.binary_search(r).is_err())
+        .map(|&range| MapOp::DeleteSourceRange { svc_id, range })
+        .collect();
+    (puts, deletes)
 }
 
 /// A change with no ops only refreshes the remembered service name.
@@ -595,8 +639,7 @@ fn put_service(
         svc_id,
         count: u16::try_from(count).unwrap_or(u16::MAX),
         bank,
-        affinity_timeout_s: frontend.affinity_timeout_s,
-        when_empty: frontend.when_empty,
+        settings: ServiceSettings::of(frontend),
     }
 }
 
@@ -639,6 +682,14 @@ fn remove_ops(key: &FrontendKey, old: &ProgrammedFrontend) -> Vec<MapOp> {
         );
     }
     ops.extend(old.backend_ids().map(|id| MapOp::DeleteBackend { id }));
+    ops.extend(
+        old.source_ranges
+            .iter()
+            .map(|&range| MapOp::DeleteSourceRange {
+                svc_id: old.svc_id,
+                range,
+            }),
+    );
     ops.push(MapOp::ResetServiceCounters { svc_id: old.svc_id });
     ops
 }

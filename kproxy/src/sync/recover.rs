@@ -6,7 +6,10 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use kproxy_common::lb::{Backend, SLOT_BANK_SHIFT, ServiceKey, ServiceValue, SlotKey};
+use ipnet::Ipv4Net;
+use kproxy_common::lb::{
+    Backend, SLOT_BANK_SHIFT, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+};
 
 use super::{IdPool, MapOp, Programmed, ProgrammedFrontend};
 use crate::wire;
@@ -19,6 +22,8 @@ pub struct DatapathSnapshot {
     pub backends: Vec<(u32, Backend)>,
     /// `KP_VIPS` keys (wire format).
     pub vips: Vec<u32>,
+    /// `KP_SOURCE_RANGES` keys with their prefix lengths.
+    pub source_ranges: Vec<(u32, SourceRangeKey)>,
     /// `Meta::backend_ids_reserved`: no id below it may be handed out again.
     pub backend_ids_reserved: u32,
 }
@@ -43,6 +48,14 @@ impl Programmed {
     pub fn recover(snapshot: &DatapathSnapshot, max_services: u32) -> (Self, Vec<MapOp>) {
         let backends: HashMap<u32, Backend> = snapshot.backends.iter().copied().collect();
         let banks = banks(&snapshot.slots);
+        // Source ranges of each service port id (entries the agent cannot read are left:
+        // it never writes such keys, so it cannot name them to delete them either).
+        let mut ranges: HashMap<u32, Vec<Ipv4Net>> = HashMap::new();
+        for (len, key) in &snapshot.source_ranges {
+            if let Some((svc_id, range)) = wire::source_range(*len, key) {
+                ranges.entry(svc_id).or_default().push(range);
+            }
+        }
         // Backends of each service port id, whatever their role.
         let mut by_service: HashMap<u32, Vec<u32>> = HashMap::new();
         for (id, b) in &snapshot.backends {
@@ -64,7 +77,11 @@ impl Programmed {
                 }
                 None => continue,
             };
-            let frontend = recover_frontend(value, banks.get(&value.id), &backends, &by_service);
+            let mut frontend =
+                recover_frontend(value, banks.get(&value.id), &backends, &by_service);
+            frontend.source_ranges = ranges.remove(&value.id).unwrap_or_default();
+            frontend.source_ranges.sort_unstable();
+            frontend.source_ranges.dedup();
             live_backends.extend(frontend.backend_ids());
             frontends.insert(key, frontend);
         }
@@ -90,7 +107,20 @@ impl Programmed {
             }
         }
 
-        let vips = vip_counts(frontends.keys().map(|k| k.addr));
+        // Ranges of service port ids no frontend uses.
+        for (svc_id, list) in ranges {
+            cleanup.extend(
+                list.into_iter()
+                    .map(|range| MapOp::DeleteSourceRange { svc_id, range }),
+            );
+        }
+
+        let vips = vip_counts(
+            frontends
+                .keys()
+                .filter(|k| !k.is_node_port())
+                .map(|k| k.addr),
+        );
         let pinned_vips: BTreeSet<Ipv4Addr> = snapshot
             .vips
             .iter()
@@ -190,8 +220,8 @@ fn recover_frontend(
         svc_id: value.id,
         bank: value.bank & 1,
         bank_len,
-        affinity_timeout_s: wire::affinity_of(value),
-        when_empty: wire::when_empty_of(value),
+        settings: wire::settings_of(value),
+        source_ranges: Vec::new(),
         backends: active,
         standby,
         needs_rewrite: !complete,

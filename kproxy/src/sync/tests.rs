@@ -5,16 +5,15 @@ use std::net::Ipv4Addr;
 
 use super::{MapOp, Programmed, fake::FakeDatapath, fake::View};
 use crate::{
-    model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName, WhenEmpty},
+    model::{
+        Desired, Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName,
+        WhenEmpty,
+    },
     problem::ProblemKind,
 };
 
 fn key(last: u8, port: u16) -> FrontendKey {
-    FrontendKey {
-        addr: Ipv4Addr::new(198, 19, 0, last).into(),
-        port,
-        proto: Protocol::Tcp,
-    }
+    FrontendKey::new(Ipv4Addr::new(198, 19, 0, last).into(), port, Protocol::Tcp)
 }
 
 fn ep(host: u8) -> Endpoint {
@@ -35,6 +34,9 @@ fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> Frontend {
         endpoints: endpoints.iter().map(|h| ep(*h)).collect(),
         listed: endpoints.iter().map(|h| ep(*h)).collect(),
         when_empty: WhenEmpty::Reject,
+        kind: FrontendKind::ClusterIp,
+        external_local: false,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -74,6 +76,8 @@ fn kinds(ops: &[MapOp]) -> Vec<&'static str> {
             MapOp::ResetServiceCounters { .. } => "Reset",
             MapOp::PutService { .. } => "PutService",
             MapOp::DeleteService { .. } => "DeleteService",
+            MapOp::PutSourceRange { .. } => "PutSourceRange",
+            MapOp::DeleteSourceRange { .. } => "DeleteSourceRange",
         })
         .collect()
 }

@@ -13,7 +13,10 @@ use kproxy::{
         load::{self, MapSizes},
         maps::{FlowMaps, ServiceMaps, global_stats},
     },
-    model::{Desired, Endpoint, Frontend, FrontendKey, Protocol, ServicePortName, WhenEmpty},
+    model::{
+        Desired, Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName,
+        WhenEmpty,
+    },
     sync::Programmed,
 };
 use kproxy_common::{
@@ -250,11 +253,7 @@ pub fn frontend(
     affinity: Option<u32>,
 ) -> (FrontendKey, Frontend) {
     (
-        FrontendKey {
-            addr: addr.into(),
-            port,
-            proto,
-        },
+        FrontendKey::new(addr.into(), port, proto),
         Frontend {
             service: ServicePortName {
                 namespace: "default".into(),
@@ -277,6 +276,9 @@ pub fn frontend(
                 })
                 .collect(),
             when_empty: WhenEmpty::Reject,
+            kind: FrontendKind::ClusterIp,
+            external_local: false,
+            source_ranges: Vec::new(),
         },
     )
 }

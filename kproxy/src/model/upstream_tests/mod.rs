@@ -6,8 +6,10 @@
 //! kube-proxy runs one proxier per IP family; kproxy serves both families at once, so a case
 //! that upstream runs "in IPv4 mode" shows here as the IPv4 frontends (and an IPv6-only
 //! Service as IPv6 frontends, which kube-proxy's IPv6 proxier would serve). NodePort,
-//! LoadBalancer and externalIP frontends are not modelled yet: mixed cases keep their
-//! ClusterIP part, and cases only about those are left out (see each file's header).
+//! load-balancer and external IP frontends are checked with their kind, their
+//! externalTrafficPolicy Local entries (`Scope::All` with the node's endpoints,
+//! `Scope::Internal` with the cluster's) and their source ranges; health-check NodePorts in
+//! healthcheck.rs. What is left out is named in each file's header.
 //!
 //! Upstream sources read (kubernetes/kubernetes, file versions as stored by the search
 //! index): `pkg/proxy/topology.go` (the version with `topologyModeFromHints`),
@@ -15,10 +17,16 @@
 //! `endpointschangetracker{,_test}.go` f2963ef, `servicechangetracker{,_test}.go`
 //! f2963ef/008b365, `serviceport.go` 78fc8e4, `topology_test.go` 6c039d9,
 //! `util/utils_test.go` f3c7e72, `nftables/proxier_test.go` 81810de,
-//! `cmd/kube-proxy/app/server.go` (informer label selectors).
+//! `ipvs/proxier_test.go` (external IPs), `cmd/kube-proxy/app/server.go` (informer
+//! label selectors), `serviceport.go` 5ce2290
+//! (`newBaseServiceInfo` with load-balancer IP modes), `api/v1/service/util.go`
+//! (`ExternallyAccessible`, `ExternalPolicyLocal`, `NeedsHealthCheck`),
+//! `endpointschangetracker.go` (`LocalReadyEndpoints`), `topology_test.go` 0275699
+//! (`localEndpoints` expectations).
 
 mod endpointschangetracker;
 mod endpointslicecache;
+mod healthcheck;
 mod proxier;
 mod servicechangetracker;
 mod serviceport;
@@ -31,11 +39,12 @@ use std::{
     sync::Arc,
 };
 
+use ipnet::IpNet;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
-    Change, ClusterState, Desired, Endpoint, FrontendKey, LABEL_ZONE, NodeInfo, Protocol,
-    WhenEmpty, desired_state_on,
+    Change, ClusterState, Desired, Endpoint, FrontendKey, FrontendKind, LABEL_ZONE, NodeInfo,
+    Protocol, Scope, WhenEmpty, desired_state_on,
     fixtures::{service, slice},
     object_key,
 };
@@ -48,10 +57,14 @@ pub const UDP: Protocol = Protocol::Udp;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Want {
     pub key: FrontendKey,
+    pub kind: FrontendKind,
     /// Sorted, as kproxy keeps them.
     pub endpoints: Vec<Endpoint>,
     pub when_empty: WhenEmpty,
     pub affinity: Option<u32>,
+    pub external_local: bool,
+    /// Sorted.
+    pub source_ranges: Vec<IpNet>,
 }
 
 fn endpoint(s: &str) -> Endpoint {
@@ -64,18 +77,62 @@ fn endpoint(s: &str) -> Endpoint {
     }
 }
 
-/// The frontend `addr:port/proto`, without endpoints, rejecting new connections (REJECT is
-/// what kube-proxy does for a service port with no endpoints anywhere).
-pub fn fe(addr: &str, port: u16, proto: Protocol) -> Want {
-    let addr: IpAddr = addr
-        .parse()
-        .unwrap_or_else(|e| panic!("test address {addr:?}: {e}"));
+fn ip(addr: &str) -> IpAddr {
+    addr.parse()
+        .unwrap_or_else(|e| panic!("test address {addr:?}: {e}"))
+}
+
+fn want(key: FrontendKey, kind: FrontendKind) -> Want {
     Want {
-        key: FrontendKey { addr, port, proto },
+        key,
+        kind,
         endpoints: Vec::new(),
         when_empty: WhenEmpty::Reject,
         affinity: None,
+        external_local: false,
+        source_ranges: Vec::new(),
     }
+}
+
+/// The ClusterIP frontend `addr:port/proto`, without endpoints, rejecting new connections
+/// (REJECT is what kube-proxy does for a service port with no endpoints anywhere).
+pub fn fe(addr: &str, port: u16, proto: Protocol) -> Want {
+    want(
+        FrontendKey::new(ip(addr), port, proto),
+        FrontendKind::ClusterIp,
+    )
+}
+
+/// The external IP frontend `addr:port/proto` (as `fe`).
+pub fn ext(addr: &str, port: u16, proto: Protocol) -> Want {
+    want(
+        FrontendKey::new(ip(addr), port, proto),
+        FrontendKind::ExternalIp,
+    )
+}
+
+/// The load-balancer IP frontend `addr:port/proto` (as `fe`).
+pub fn lb(addr: &str, port: u16, proto: Protocol) -> Want {
+    want(
+        FrontendKey::new(ip(addr), port, proto),
+        FrontendKind::LoadBalancer,
+    )
+}
+
+/// The IPv4 NodePort `port/proto` (as `fe`).
+pub fn np(port: u16, proto: Protocol) -> Want {
+    want(
+        FrontendKey::node_port(false, port, proto),
+        FrontendKind::NodePort,
+    )
+}
+
+/// The IPv6 NodePort `port/proto` (as `fe`).
+pub fn np6(port: u16, proto: Protocol) -> Want {
+    want(
+        FrontendKey::node_port(true, port, proto),
+        FrontendKind::NodePort,
+    )
 }
 
 impl Want {
@@ -97,6 +154,33 @@ impl Want {
         self.affinity = Some(timeout_s);
         self
     }
+
+    /// The `Scope::All` entry of an externalTrafficPolicy Local frontend (endpoints: this
+    /// node's).
+    pub fn local(mut self) -> Self {
+        self.external_local = true;
+        self
+    }
+
+    /// The `Scope::Internal` entry of the same frontend (clients on this node).
+    pub fn internal(mut self) -> Self {
+        self.key.scope = Scope::Internal;
+        self
+    }
+
+    /// Source ranges (CIDRs; a bare address is a host route), in any order.
+    pub fn ranges(mut self, list: &[&str]) -> Self {
+        self.source_ranges = list
+            .iter()
+            .map(|r| {
+                r.parse::<IpNet>()
+                    .or_else(|_| r.parse::<IpAddr>().map(IpNet::from))
+                    .unwrap_or_else(|e| panic!("test range {r:?}: {e}"))
+            })
+            .collect();
+        self.source_ranges.sort();
+        self
+    }
 }
 
 /// What `desired` holds, in the form of `Want`.
@@ -105,9 +189,12 @@ pub fn observed(desired: &Desired) -> Vec<Want> {
         .iter()
         .map(|(key, f)| Want {
             key: *key,
+            kind: f.kind,
             endpoints: f.endpoints.clone(),
             when_empty: f.when_empty,
             affinity: f.affinity_timeout_s,
+            external_local: f.external_local,
+            source_ranges: f.source_ranges.clone(),
         })
         .collect()
 }
@@ -120,6 +207,13 @@ fn sorted(mut want: Vec<Want>) -> Vec<Want> {
 /// A node without labels.
 pub fn node(name: &str) -> NodeInfo {
     NodeInfo::named(name)
+}
+
+/// A node whose InternalIP is `ip` (kube-proxy's node IP).
+pub fn node_with_ip(name: &str, ip: &str) -> NodeInfo {
+    let mut node = NodeInfo::named(name);
+    node.addresses.push(self::ip(ip));
+    node
 }
 
 /// A node labelled with `topology.kubernetes.io/zone`.

@@ -1,24 +1,28 @@
-//! pkg/proxy/nftables/proxier_test.go: the ClusterIP part of kube-proxy's packet-flow and
-//! rule tests. A packet-flow expectation "pod to ClusterIP → a:80, b:80" is the frontend's
-//! endpoint set, "REJECT" a frontend without endpoints that rejects, "DROP" one that drops;
-//! a ClusterIP port that is not a frontend (the "REJECT" for other ports of a ClusterIP) is
-//! the absence of that frontend. Masquerading, NodePort, LoadBalancer and externalIP flows
-//! are not modelled. The node is `test-node`, as upstream.
+//! pkg/proxy/nftables/proxier_test.go: kube-proxy's packet-flow and rule tests. A
+//! packet-flow expectation "pod to ClusterIP → a:80, b:80" is the frontend's endpoint set,
+//! "REJECT" a frontend without endpoints that rejects, "DROP" one that drops; a ClusterIP
+//! port that is not a frontend (the "REJECT" for other ports of a ClusterIP) is the absence
+//! of that frontend. External flows (to a NodePort, external IP or load-balancer IP) are
+//! those frontends: "external to LB → a:80" is the `Scope::All` entry, "pod/node to LB" the
+//! same entry under externalTrafficPolicy Cluster, and the `Scope::Internal` entry under
+//! Local (kube-proxy's short-circuit of local traffic); "blocked external to LB → DROP" is
+//! the frontend's source ranges. Whether a flow is masqueraded is the datapath's (from the
+//! frontend's kind and flags, `--masquerade-all` and local-traffic detection), not checked
+//! here. The node is `test-node`, as upstream; where its IP matters, 192.168.0.2.
 //!
 //! The stored iptables/proxier_test.go is a 2017 version without these tests; its newer
 //! packet-flow tests are the same as nftables' (TestInternalTrafficPolicy,
 //! TestTerminatingEndpointsTrafficPolicyLocal/Cluster, ...), ported here once.
 //!
 //! Left out: TestUpdateEndpointsMap (the same cases as endpointschangetracker_test.go, see
-//! endpointschangetracker.rs), TestHealthCheckNodePortWhenTerminating (health-check NodePort
-//! endpoint counts; its Service has no port number), TestLoadBalancerIngressRouteTypeProxy
-//! (LoadBalancer IP modes only), TestNodePorts' NodePort flows, chain-name and
-//! ServiceCIDR tests (nftables internals).
+//! endpointschangetracker.rs and healthcheck.rs), TestHealthCheckNodePortWhenTerminating (in
+//! healthcheck.rs), TestNodePorts' choice of NodePort addresses (`--nodeport-addresses`,
+//! dataplane/node_addrs.rs), chain-name and ServiceCIDR tests (nftables internals).
 //!
 //! kproxy divergence kept: SCTP service ports are reported (ProblemKind::InvalidService) and
 //! skipped, where kube-proxy serves them; the datapath balances TCP and UDP only.
 
-use super::{Case, Op, Step, TCP, UDP, check, fe, node, run_steps};
+use super::{Case, Op, Step, TCP, UDP, check, ext, fe, lb, node, node_with_ip, np, np6, run_steps};
 use crate::{
     model::fixtures::{SliceBuilder, service, slice},
     problem::ProblemKind,
@@ -102,11 +106,31 @@ fn packet_flows_to_cluster_ips() {
             want: vec![
                 fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80"]),
                 fe("172.30.0.42", 80, TCP).eps(&["10.180.0.2:80"]),
+                // svc2, eTP Local without local endpoints: external traffic is dropped
+                // ("no-endpoint-services { 1.2.3.4 . tcp . 80 : drop }", and the NodePort and
+                // external IP alike), pod and node traffic short-circuits to all endpoints.
+                ext("192.168.99.22", 80, TCP).drop().local(),
+                ext("192.168.99.22", 80, TCP)
+                    .internal()
+                    .eps(&["10.180.0.2:80"]),
+                lb("1.2.3.4", 80, TCP).drop().local(),
+                lb("1.2.3.4", 80, TCP).internal().eps(&["10.180.0.2:80"]),
+                np(3001, TCP).drop().local(),
+                np(3001, TCP).internal().eps(&["10.180.0.2:80"]),
                 fe("172.30.0.43", 80, TCP).eps(&["10.180.0.3:80"]),
+                np(3003, TCP).eps(&["10.180.0.3:80"]),
                 fe("172.30.0.44", 80, TCP).eps(&["10.180.0.4:80", "10.180.0.5:80"]),
+                // svc4's port has no nodePort: its external IP only.
+                ext("192.168.99.33", 80, TCP).eps(&["10.180.0.4:80", "10.180.0.5:80"]),
                 fe("172.30.0.45", 80, TCP)
                     .eps(&["10.180.0.3:80"])
                     .affinity(10800),
+                // "firewall-ips { 5.6.7.8 . tcp . 80 }": ip saddr != { 203.0.113.0/25 } drop
+                lb("5.6.7.8", 80, TCP)
+                    .eps(&["10.180.0.3:80"])
+                    .affinity(10800)
+                    .ranges(&["203.0.113.0/25"]),
+                np(3002, TCP).eps(&["10.180.0.3:80"]).affinity(10800),
                 // "no-endpoint-services ... goto reject-chain"
                 fe("172.30.0.46", 80, TCP),
             ],
@@ -125,7 +149,13 @@ fn packet_flows_to_cluster_ips() {
                     .build(),
             ],
             slices: vec![],
-            want: vec![fe("172.30.0.41", 80, TCP)],
+            // pod and external clients alike: REJECT on every frontend.
+            want: vec![
+                fe("172.30.0.41", 80, TCP),
+                ext("192.168.99.11", 80, TCP),
+                lb("1.2.3.4", 80, TCP),
+                np(3001, TCP),
+            ],
             problems: vec![],
         },
         Case {
@@ -178,8 +208,8 @@ fn packet_flows_to_cluster_ips() {
             problems: vec![ProblemKind::InvalidService],
         },
         Case {
-            name: "nftables/proxier_test.go TestLoadBalancer/pod to cluster IP",
-            node: node(NODE),
+            name: "nftables/proxier_test.go TestLoadBalancer",
+            node: node_with_ip(NODE, "192.168.0.2"),
             services: vec![
                 service("ns1", "svc1", "172.30.0.41")
                     .type_("LoadBalancer")
@@ -194,7 +224,26 @@ fn packet_flows_to_cluster_ips() {
                     .endpoint("10.180.0.1", None)
                     .build(),
             ],
-            want: vec![fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80"])],
+            want: vec![
+                fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80"]),
+                // "accepted/blocked external to LB1/LB2", "pod to LB (blocked)", "node to LB
+                // (allowed)": the ranges; "same node to LB, SNATted to LB (implicitly
+                // allowed)": 192.168.0.0/24 holds the node IP, so the LB IPs are sources too.
+                lb("1.2.3.4", 80, TCP).eps(&["10.180.0.1:80"]).ranges(&[
+                    "192.168.0.0/24",
+                    "203.0.113.0/25",
+                    "1.2.3.4",
+                    "5.6.7.8",
+                ]),
+                lb("5.6.7.8", 80, TCP).eps(&["10.180.0.1:80"]).ranges(&[
+                    "192.168.0.0/24",
+                    "203.0.113.0/25",
+                    "1.2.3.4",
+                    "5.6.7.8",
+                ]),
+                // "nodePort bypasses LoadBalancerSourceRanges"
+                np(3001, TCP).eps(&["10.180.0.1:80"]),
+            ],
             problems: vec![],
         },
         Case {
@@ -214,7 +263,11 @@ fn packet_flows_to_cluster_ips() {
                     .node(NODE)
                     .build(),
             ],
-            want: vec![fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"])],
+            want: vec![
+                fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+                // "external to nodePort", "node to nodePort"
+                np(3001, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+            ],
             problems: vec![],
         },
         Case {
@@ -238,30 +291,60 @@ fn packet_flows_to_cluster_ips() {
             want: vec![
                 fe("fd00:172:30::41", 80, TCP)
                     .eps(&["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]),
+                np6(3001, TCP).eps(&["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]),
             ],
             problems: vec![],
         },
         Case {
-            name: "nftables/proxier_test.go TestExternalTrafficPolicyLocal/pod to cluster IP hits both endpoints, unmasqueraded",
+            name: "nftables/proxier_test.go TestExternalTrafficPolicyLocal",
             node: node(NODE),
             services: vec![etp_service("Local")],
             slices: vec![etp_slice()],
-            want: vec![fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"])],
+            want: vec![
+                // "pod to cluster IP hits both endpoints"
+                fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+                // "external to external IP/LB IP/NodePort hits only local endpoint";
+                // "pod to external IP/LB IP/NodePort hits both endpoints".
+                ext("192.168.99.11", 80, TCP)
+                    .eps(&["10.180.2.1:80"])
+                    .drop()
+                    .local(),
+                ext("192.168.99.11", 80, TCP)
+                    .internal()
+                    .eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+                lb("1.2.3.4", 80, TCP)
+                    .eps(&["10.180.2.1:80"])
+                    .drop()
+                    .local(),
+                lb("1.2.3.4", 80, TCP)
+                    .internal()
+                    .eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+                np(3001, TCP).eps(&["10.180.2.1:80"]).drop().local(),
+                np(3001, TCP)
+                    .internal()
+                    .eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+            ],
             problems: vec![],
         },
         Case {
-            name: "nftables/proxier_test.go TestExternalTrafficPolicyCluster/pod to cluster IP hits both endpoints, unmasqueraded",
+            name: "nftables/proxier_test.go TestExternalTrafficPolicyCluster",
             node: node(NODE),
             services: vec![etp_service("Cluster")],
             slices: vec![etp_slice()],
-            want: vec![fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"])],
+            // Every flow, pod or external, to any address: both endpoints.
+            want: vec![
+                fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+                ext("192.168.99.11", 80, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+                lb("1.2.3.4", 80, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+                np(3001, TCP).eps(&["10.180.0.1:80", "10.180.2.1:80"]),
+            ],
             problems: vec![],
         },
         Case {
             // The four sub-cases (base, no LocalTrafficDetector, masqueradeAll, both) differ
-            // in masquerading and NodePort/LB short-circuits only; "to ClusterIP" flows have
-            // the same endpoints in all of them.
-            name: "nftables/proxier_test.go TestInternalExternalMasquerade (to ClusterIP flows)",
+            // in masquerading and in whether pods short-circuit (the datapath's, from the
+            // configuration); the frontends are the same in all of them.
+            name: "nftables/proxier_test.go TestInternalExternalMasquerade",
             node: node(NODE),
             services: vec![
                 service("ns1", "svc1", "172.30.0.41")
@@ -300,17 +383,35 @@ fn packet_flows_to_cluster_ips() {
                 })
                 .collect(),
             want: vec![
-                // pod/node/external to ClusterIP
+                // pod/node/external to ClusterIP, NodePort, LB
                 fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.1.1:80"]),
+                lb("1.2.3.4", 80, TCP).eps(&["10.180.0.1:80", "10.180.1.1:80"]),
+                np(3001, TCP).eps(&["10.180.0.1:80", "10.180.1.1:80"]),
                 // "externalTrafficPolicy does not apply to ClusterIP traffic"
                 fe("172.30.0.42", 80, TCP).eps(&["10.180.0.2:80", "10.180.1.2:80"]),
+                // "external to NodePort/LB with eTP:Local": only the local endpoint;
+                // "pod/node to NodePort/LB with eTP:Local": short-circuited to both.
+                lb("5.6.7.8", 80, TCP)
+                    .eps(&["10.180.0.2:80"])
+                    .drop()
+                    .local(),
+                lb("5.6.7.8", 80, TCP)
+                    .internal()
+                    .eps(&["10.180.0.2:80", "10.180.1.2:80"]),
+                np(3002, TCP).eps(&["10.180.0.2:80"]).drop().local(),
+                np(3002, TCP)
+                    .internal()
+                    .eps(&["10.180.0.2:80", "10.180.1.2:80"]),
                 // "internalTrafficPolicy applies; only the local endpoint is selected"
                 fe("172.30.0.43", 80, TCP).eps(&["10.180.0.3:80"]).drop(),
+                // "internalTrafficPolicy does not apply to NodePort/LoadBalancer traffic"
+                lb("9.10.11.12", 80, TCP).eps(&["10.180.0.3:80", "10.180.1.3:80"]),
+                np(3003, TCP).eps(&["10.180.0.3:80", "10.180.1.3:80"]),
             ],
             problems: vec![],
         },
         Case {
-            name: "nftables/proxier_test.go TestBadIPs (ClusterIP part)",
+            name: "nftables/proxier_test.go TestBadIPs",
             node: node(NODE),
             services: vec![
                 service("ns1", "svc1", "172.30.0.041")
@@ -327,7 +428,48 @@ fn packet_flows_to_cluster_ips() {
                     .endpoint("10.180.00.001", None)
                     .build(),
             ],
-            want: vec![fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80"])],
+            // Every address and CIDR read as Kubernetes reads it (ParseIPSloppy).
+            want: vec![
+                fe("172.30.0.41", 80, TCP).eps(&["10.180.0.1:80"]),
+                ext("192.168.99.22", 80, TCP).eps(&["10.180.0.1:80"]),
+                lb("1.2.3.4", 80, TCP)
+                    .eps(&["10.180.0.1:80"])
+                    .ranges(&["203.0.113.0/25"]),
+                np(3001, TCP).eps(&["10.180.0.1:80"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "nftables/proxier_test.go TestLoadBalancerIngressRouteTypeProxy",
+            node: node(NODE),
+            services: [
+                ("svc1", "10.20.30.41", "1.2.3.4", Some("Proxy")),
+                ("svc2", "10.20.30.42", "1.2.3.5", Some("VIP")),
+                ("svc3", "10.20.30.43", "1.2.3.6", None),
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, ip, lb_ip, mode))| {
+                service("ns1", name, ip)
+                    .type_("LoadBalancer")
+                    .port("p80", 80, "TCP")
+                    .node_port(3001 + i32::try_from(i).expect("small"))
+                    .load_balancer_ingress_with(&[(Some(lb_ip), None, mode)])
+                    .build()
+            })
+            .collect(),
+            slices: vec![],
+            // "ipMode Proxy": no rule for the LB IP; "ipMode VIP", "ipMode nil": one.
+            want: vec![
+                fe("10.20.30.41", 80, TCP),
+                np(3001, TCP),
+                fe("10.20.30.42", 80, TCP),
+                lb("1.2.3.5", 80, TCP),
+                np(3002, TCP),
+                fe("10.20.30.43", 80, TCP),
+                lb("1.2.3.6", 80, TCP),
+                np(3003, TCP),
+            ],
             problems: vec![],
         },
     ]);
@@ -444,8 +586,13 @@ fn internal_traffic_policy() {
 /// terminating, node).
 type Ep = (&'static str, bool, bool, bool, &'static str);
 
-fn terminating_case(test: &str, etp: &str, cases: Vec<(&str, Vec<Ep>, Vec<&str>)>) {
-    for (name, endpoints, cluster_ip_output) in cases {
+/// One terminating-endpoints case: (name, endpoints, "pod to clusterIP" output, "external to
+/// LB" output, whether an empty external output drops rather than rejects).
+type TerminatingCase<'a> = (&'a str, Vec<Ep>, Vec<&'a str>, Vec<&'a str>, bool);
+
+fn terminating_case(test: &str, etp: &str, cases: Vec<TerminatingCase<'_>>) {
+    let local = etp == "Local";
+    for (name, endpoints, cluster_ip_output, external_output, external_drop) in cases {
         let svc = service("ns1", "svc1", "172.30.1.1")
             .type_("LoadBalancer")
             .external_traffic_policy(etp)
@@ -466,14 +613,39 @@ fn terminating_case(test: &str, etp: &str, cases: Vec<(&str, Vec<Ep>, Vec<&str>)
             node(NODE),
             vec![
                 Step {
-                    name: "pod to clusterIP",
+                    name: "pod to clusterIP, external to LB",
                     ops: vec![Op::Service(svc), Op::Slice(s.build())],
-                    want: vec![fe("172.30.1.1", 80, TCP).eps(&cluster_ip_output)],
+                    want: if local {
+                        let mut external = lb("1.2.3.4", 80, TCP).eps(&external_output).local();
+                        if external_drop {
+                            external = external.drop();
+                        }
+                        vec![
+                            fe("172.30.1.1", 80, TCP).eps(&cluster_ip_output),
+                            external,
+                            // Pods and the node short-circuit to the cluster-wide endpoints.
+                            lb("1.2.3.4", 80, TCP).internal().eps(&cluster_ip_output),
+                        ]
+                    } else {
+                        vec![
+                            fe("172.30.1.1", 80, TCP).eps(&cluster_ip_output),
+                            lb("1.2.3.4", 80, TCP).eps(&external_output),
+                        ]
+                    },
                 },
                 Step {
-                    name: "pod to clusterIP after endpoints deleted",
+                    name: "pod to clusterIP, external to LB after endpoints deleted",
                     ops: vec![Op::DeleteSlice("ns1", "svc1-1")],
-                    want: vec![fe("172.30.1.1", 80, TCP)],
+                    // REJECT everywhere
+                    want: if local {
+                        vec![
+                            fe("172.30.1.1", 80, TCP),
+                            lb("1.2.3.4", 80, TCP).local(),
+                            lb("1.2.3.4", 80, TCP).internal(),
+                        ]
+                    } else {
+                        vec![fe("172.30.1.1", 80, TCP), lb("1.2.3.4", 80, TCP)]
+                    },
                 },
             ],
         );
@@ -497,6 +669,8 @@ fn terminating_endpoints_traffic_policy_local() {
                     ("10.0.1.5", true, true, false, "node-1"),
                 ],
                 vec!["10.0.1.1:80", "10.0.1.2:80", "10.0.1.5:80"],
+                vec!["10.0.1.1:80", "10.0.1.2:80"],
+                true,
             ),
             (
                 "only terminating endpoints exist",
@@ -507,19 +681,27 @@ fn terminating_endpoints_traffic_policy_local() {
                     ("10.0.1.5", true, true, false, "node-1"),
                 ],
                 vec!["10.0.1.5:80"],
+                vec!["10.0.1.2:80", "10.0.1.3:80"],
+                true,
             ),
             (
+                // "external to LB, no locally-usable endpoints": DROP
                 "terminating endpoints on remote node",
                 vec![("10.0.1.5", false, true, true, "node-1")],
                 vec!["10.0.1.5:80"],
+                vec![],
+                true,
             ),
             (
+                // "external to LB, no usable endpoints": REJECT
                 "no usable endpoints on any node",
                 vec![
                     ("10.0.1.5", false, false, true, NODE),
                     ("10.0.1.5", false, false, true, "node-1"),
                 ],
                 vec![],
+                vec![],
+                false,
             ),
         ],
     );
@@ -541,6 +723,8 @@ fn terminating_endpoints_traffic_policy_cluster() {
                     ("10.0.1.5", true, true, false, "another-node"),
                 ],
                 vec!["10.0.1.1:80", "10.0.1.2:80", "10.0.1.5:80"],
+                vec!["10.0.1.1:80", "10.0.1.2:80", "10.0.1.5:80"],
+                false,
             ),
             (
                 "only terminating endpoints exist",
@@ -551,11 +735,15 @@ fn terminating_endpoints_traffic_policy_cluster() {
                     ("10.0.1.5", false, true, true, "another-node"),
                 ],
                 vec!["10.0.1.2:80", "10.0.1.3:80", "10.0.1.5:80"],
+                vec!["10.0.1.2:80", "10.0.1.3:80", "10.0.1.5:80"],
+                false,
             ),
             (
                 "terminating endpoints on remote node",
                 vec![("10.0.1.5", false, true, true, "node-1")],
                 vec!["10.0.1.5:80"],
+                vec!["10.0.1.5:80"],
+                false,
             ),
             (
                 "no usable endpoints on any node",
@@ -564,23 +752,32 @@ fn terminating_endpoints_traffic_policy_cluster() {
                     ("10.0.1.5", false, false, true, "node-1"),
                 ],
                 vec![],
+                vec![],
+                false,
             ),
         ],
     );
 }
 
-/// (name, internalTrafficPolicy, externalTrafficPolicy, endpoints, ClusterIP frontend).
+/// (name, internalTrafficPolicy, externalTrafficPolicy, endpoints, frontends).
 type MetricCase<'a> = (
     &'static str,
     Option<&'a str>,
     Option<&'a str>,
     &'a [(&'a str, &'a str)],
-    super::Want,
+    Vec<super::Want>,
 );
 
 /// TestNoEndpointsMetric counts service ports whose internal traffic has "no local
-/// endpoints" (kube-proxy's DROP rule): here, frontends that drop.
+/// endpoints" (kube-proxy's DROP rule for ClusterIP traffic) and those whose external
+/// traffic has none (its DROP rule for NodePort traffic from outside): here, the ClusterIP
+/// frontend and the NodePort's `Scope::All` entry, dropping without endpoints to use.
+///
+/// kproxy divergence: upstream gives every case's Service `nodePort: 123`, also when it
+/// stays type ClusterIP (the internalTrafficPolicy-only cases); the API server refuses
+/// that, kproxy reports it and serves no NodePort there.
 #[test]
+#[expect(clippy::too_many_lines, reason = "one table of upstream cases")]
 fn no_endpoints_metric() {
     let three = [
         ("10.0.1.1", NODE),
@@ -595,55 +792,80 @@ fn no_endpoints_metric() {
     let all = ["10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:80"];
     let cases: Vec<MetricCase<'_>> = vec![
         (
+            // internal metric 0, external 0
             "nftables/proxier_test.go TestNoEndpointsMetric/internalTrafficPolicy is set and there are local endpoints",
             Some("Local"),
             None,
             &three,
-            fe("172.30.1.1", 80, TCP).eps(&["10.0.1.1:80"]).drop(),
+            vec![fe("172.30.1.1", 80, TCP).eps(&["10.0.1.1:80"]).drop()],
         ),
         (
+            // internal 0, external 0
             "nftables/proxier_test.go TestNoEndpointsMetric/externalTrafficPolicy is set and there are local endpoints",
             None,
             Some("Local"),
             &three,
-            fe("172.30.1.1", 80, TCP).eps(&all),
+            vec![
+                fe("172.30.1.1", 80, TCP).eps(&all),
+                np(123, TCP).eps(&["10.0.1.1:80"]).drop().local(),
+                np(123, TCP).internal().eps(&all),
+            ],
         ),
         (
+            // internal 0, external 0
             "nftables/proxier_test.go TestNoEndpointsMetric/both policies are set and there are local endpoints",
             Some("Local"),
             Some("Local"),
             &three,
-            fe("172.30.1.1", 80, TCP).eps(&["10.0.1.1:80"]).drop(),
+            vec![
+                fe("172.30.1.1", 80, TCP).eps(&["10.0.1.1:80"]).drop(),
+                np(123, TCP).eps(&["10.0.1.1:80"]).drop().local(),
+                np(123, TCP).internal().eps(&all),
+            ],
         ),
         (
-            // internal "no local endpoints" metric 1
+            // internal "no local endpoints" metric 1, external 0
             "nftables/proxier_test.go TestNoEndpointsMetric/internalTrafficPolicy is set and there are no local endpoints",
             Some("Local"),
             None,
             &remote,
-            fe("172.30.1.1", 80, TCP).drop(),
+            vec![fe("172.30.1.1", 80, TCP).drop()],
         ),
         (
+            // internal 0, external 1
             "nftables/proxier_test.go TestNoEndpointsMetric/externalTrafficPolicy is set and there are no local endpoints",
             None,
             Some("Local"),
             &remote,
-            fe("172.30.1.1", 80, TCP).eps(&all),
+            vec![
+                fe("172.30.1.1", 80, TCP).eps(&all),
+                np(123, TCP).drop().local(),
+                np(123, TCP).internal().eps(&all),
+            ],
         ),
         (
+            // internal 1, external 1
             "nftables/proxier_test.go TestNoEndpointsMetric/both policies are set and there are no local endpoints",
             Some("Local"),
             Some("Local"),
             &remote,
-            fe("172.30.1.1", 80, TCP).drop(),
+            vec![
+                fe("172.30.1.1", 80, TCP).drop(),
+                np(123, TCP).drop().local(),
+                np(123, TCP).internal().eps(&all),
+            ],
         ),
         (
-            // internal metric 0: no endpoints at all is REJECT, not "no local endpoints"
+            // internal 0, external 0: no endpoints at all is REJECT, not "no local endpoints"
             "nftables/proxier_test.go TestNoEndpointsMetric/both policies are set and there are no endpoints at all",
             Some("Local"),
             Some("Local"),
             &[],
-            fe("172.30.1.1", 80, TCP),
+            vec![
+                fe("172.30.1.1", 80, TCP),
+                np(123, TCP).local(),
+                np(123, TCP).internal(),
+            ],
         ),
     ];
     check(
@@ -668,8 +890,13 @@ fn no_endpoints_metric() {
                     node: node(NODE),
                     services: vec![svc.build()],
                     slices: vec![s.build()],
-                    want: vec![want],
-                    problems: vec![],
+                    want,
+                    // nodePort on a ClusterIP Service
+                    problems: if etp.is_none() {
+                        vec![ProblemKind::InvalidService]
+                    } else {
+                        vec![]
+                    },
                 }
             })
             .collect(),
@@ -905,12 +1132,27 @@ fn build_service_map() {
         fe("172.30.55.4", 1235, UDP),
         fe("172.30.55.10", 345, UDP),
         fe("172.30.55.10", 344, TCP),
+        np(678, UDP),
+        np(677, TCP),
         fe("172.30.55.11", 8675, UDP),
         fe("172.30.55.11", 8676, UDP),
+        lb("1.2.3.4", 8675, UDP),
+        lb("1.2.3.4", 8676, UDP),
+        np(30061, UDP),
+        np(30062, UDP),
         fe("172.30.55.12", 8677, UDP),
         fe("172.30.55.12", 8678, UDP),
+        lb("5.6.7.8", 8677, UDP).local(),
+        lb("5.6.7.8", 8677, UDP).internal(),
+        lb("5.6.7.8", 8678, UDP).local(),
+        lb("5.6.7.8", 8678, UDP).internal(),
+        np(30063, UDP).local(),
+        np(30063, UDP).internal(),
+        np(30064, UDP).local(),
+        np(30064, UDP).internal(),
     ];
-    // Upstream's service map has 10 ports; kproxy serves 8 and reports the 2 SCTP ones.
+    // Upstream's service map has 10 ports; kproxy serves 8 and reports the 2 SCTP ones, and
+    // the nodePorts of the ClusterIP Service (the API server refuses them).
     check(vec![
         Case {
             name: "nftables/proxier_test.go TestBuildServiceMapAddRemove (services added)",
@@ -918,7 +1160,7 @@ fn build_service_map() {
             services: services(),
             slices: vec![],
             want: eight.clone(),
-            problems: vec![ProblemKind::InvalidService; 2],
+            problems: vec![ProblemKind::InvalidService; 4],
         },
         Case {
             name: "nftables/proxier_test.go TestBuildServiceMapServiceHeadless",
@@ -1003,6 +1245,20 @@ fn build_service_map() {
             .build()
     };
     let two = || vec![fe("172.30.55.4", 1234, UDP), fe("172.30.55.4", 1235, TCP)];
+    let load_balancer = || {
+        let mut want = two();
+        want.extend([
+            lb("1.2.3.4", 1234, UDP).local(),
+            lb("1.2.3.4", 1234, UDP).internal(),
+            lb("1.2.3.4", 1235, TCP).local(),
+            lb("1.2.3.4", 1235, TCP).internal(),
+            np(4321, UDP).local(),
+            np(4321, UDP).internal(),
+            np(5321, TCP).local(),
+            np(5321, TCP).internal(),
+        ]);
+        want
+    };
     run_steps(
         "nftables/proxier_test.go TestBuildServiceMapServiceUpdate",
         node(NODE),
@@ -1015,12 +1271,12 @@ fn build_service_map() {
             Step {
                 name: "change service to load-balancer",
                 ops: vec![Op::Service(v2())],
-                want: two(),
+                want: load_balancer(),
             },
             Step {
                 name: "no change",
                 ops: vec![Op::Service(v2())],
-                want: two(),
+                want: load_balancer(),
             },
             Step {
                 name: "and back to ClusterIP",
@@ -1029,4 +1285,66 @@ fn build_service_map() {
             },
         ],
     );
+}
+
+/// pkg/proxy/ipvs/proxier_test.go's external-IP cases (the ipvs proxier takes the same
+/// service and endpoint maps): a virtual server per external IP of the proxier's family,
+/// with the external policy's endpoints.
+///
+/// kproxy divergence kept: 127.0.0.1 as an external IP (which the ipvs proxier binds) is
+/// reported and skipped, as every loopback VIP is.
+#[test]
+fn ipvs_external_ips() {
+    let external_ips = ["50.60.70.81", "2012::51", "127.0.0.1"];
+    check(vec![
+        Case {
+            name: "ipvs/proxier_test.go TestExternalIPsNoEndpoint",
+            node: node(NODE),
+            services: vec![
+                service("ns1", "svc1", "10.20.30.41")
+                    .external_ips(&["50.60.70.81"])
+                    .port("p80", 80, "TCP")
+                    .target_port(80)
+                    .build(),
+            ],
+            slices: vec![],
+            // Two virtual servers, the external one without destinations.
+            want: vec![fe("10.20.30.41", 80, TCP), ext("50.60.70.81", 80, TCP)],
+            problems: vec![],
+        },
+        Case {
+            name: "ipvs/proxier_test.go TestOnlyLocalExternalIPs",
+            node: node(NODE),
+            services: vec![
+                service("ns1", "svc1", "10.20.30.41")
+                    .type_("NodePort")
+                    .external_ips(&external_ips)
+                    .port("p80", 80, "TCP")
+                    .target_port(80)
+                    .external_traffic_policy("Local")
+                    .build(),
+            ],
+            slices: vec![
+                eps("ns1", "svc1", "p80", 80)
+                    .endpoint("10.180.0.1", None)
+                    .node(NODE)
+                    .endpoint("10.180.1.1", None)
+                    .node("other-node")
+                    .build(),
+            ],
+            // "Expect only 1 local endpoint" for the external IP; the IPv6 one is the IPv6
+            // proxier's (no IPv6 cluster IP here); no nodePort, no NodePort.
+            want: vec![
+                fe("10.20.30.41", 80, TCP).eps(&["10.180.0.1:80", "10.180.1.1:80"]),
+                ext("50.60.70.81", 80, TCP)
+                    .eps(&["10.180.0.1:80"])
+                    .drop()
+                    .local(),
+                ext("50.60.70.81", 80, TCP)
+                    .internal()
+                    .eps(&["10.180.0.1:80", "10.180.1.1:80"]),
+            ],
+            problems: vec![ProblemKind::InvalidService],
+        },
+    ]);
 }

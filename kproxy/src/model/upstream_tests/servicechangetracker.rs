@@ -1,7 +1,15 @@
 //! pkg/proxy/servicechangetracker_test.go: which Services become which service ports
 //! (TestServiceToServiceMap), and the service map across adds, updates and deletes. Upstream
-//! checks each port's ClusterIP, port and protocol (plus NodePort/LB/externalIP fields not
-//! modelled here); kproxy's frontend keys are exactly (ClusterIP, port, protocol).
+//! checks each port's ClusterIP, port, protocol, external IPs, load-balancer VIPs and source
+//! ranges; kproxy has a frontend for each (its NodePorts too, which upstream does not
+//! compare). Health-check NodePorts are in healthcheck.rs.
+//!
+//! kproxy divergences kept: a `nodePort` on a ClusterIP Service is reported and ignored
+//! (the API server refuses it; kube-proxy would serve it); `ipMode` is read as with the
+//! LoadBalancerIPMode feature gate on (GA), so the "feature gate disabled" cases that still
+//! capture `Proxy` ingresses do not apply; an address that is both an external IP and a
+//! load-balancer IP is captured by the external-IP rule, which comes first in iptables mode
+//! (nftables mode would also apply the load balancer's source ranges to it).
 //!
 //! Upstream runs one ServiceChangeTracker per IP family; "service with ipv6 clusterIP under
 //! ipv4 mode, service should be filtered" means the IPv4 proxier ignores it while the IPv6
@@ -11,8 +19,8 @@
 //! Left out: TestServiceCacheLeaks (the tracker's internal change map), health-check
 //! NodePort counts.
 
-use super::{Case, Op, Step, TCP, UDP, check, fe, node, run_steps};
-use crate::model::fixtures::service;
+use super::{Case, Op, Step, TCP, UDP, check, ext, fe, lb, node, np, run_steps};
+use crate::{model::fixtures::service, problem::ProblemKind};
 
 const CLUSTER_IPV4: &str = "10.0.0.1";
 const EXTERNAL_IPV4: &str = "8.8.8.8";
@@ -24,7 +32,7 @@ const SOURCE_RANGE_IPV6: &str = "2001:db8::/32";
 #[test]
 #[expect(clippy::too_many_lines, reason = "one table of upstream cases")]
 fn service_to_service_map() {
-    let lb = |name: &str| {
+    let lb_service = |name: &str| {
         service("ns1", name, "172.16.55.11")
             .type_("LoadBalancer")
             .port("port3", 8675, "UDP")
@@ -36,7 +44,28 @@ fn service_to_service_map() {
             .load_balancer_ingress(&["10.1.2.4"])
             .build()
     };
-    let lb_ports = || vec![fe("172.16.55.11", 8675, UDP), fe("172.16.55.11", 8676, UDP)];
+    let lb_ports = || {
+        vec![
+            fe("172.16.55.11", 8675, UDP),
+            fe("172.16.55.11", 8676, UDP),
+            lb("10.1.2.4", 8675, UDP),
+            lb("10.1.2.4", 8676, UDP),
+            np(30061, UDP),
+            np(30062, UDP),
+        ]
+    };
+    let lb_with_mode = |mode: &str| {
+        service("ns1", "load-balancer", "172.16.55.11")
+            .type_("LoadBalancer")
+            .port("port3", 8675, "UDP")
+            .node_port(30061)
+            .target_port(7000)
+            .port("port4", 8676, "UDP")
+            .node_port(30062)
+            .target_port(7001)
+            .load_balancer_ingress_with(&[(Some("10.1.2.4"), None, Some(mode))])
+            .build()
+    };
     let test_port = |name: &str, cluster_ip: &str| {
         service("test", name, cluster_ip)
             .port("testPort", 12345, "TCP")
@@ -89,6 +118,8 @@ fn service_to_service_map() {
                     .build(),
             ],
             want: vec![fe("172.16.55.4", 1234, UDP), fe("172.16.55.4", 1235, UDP)],
+            // nodePort on type ClusterIP: the API server refuses it.
+            problems: vec![ProblemKind::InvalidService; 2],
             ..Case::default()
         },
         Case {
@@ -102,20 +133,36 @@ fn service_to_service_map() {
                     .node_port(677)
                     .build(),
             ],
-            want: vec![fe("172.16.55.10", 345, UDP), fe("172.16.55.10", 344, TCP)],
+            want: vec![
+                fe("172.16.55.10", 345, UDP),
+                fe("172.16.55.10", 344, TCP),
+                np(678, UDP),
+                np(677, TCP),
+            ],
             ..Case::default()
         },
         Case {
             name: "servicechangetracker_test.go TestServiceToServiceMap/load balancer service",
-            services: vec![lb("load-balancer")],
+            services: vec![lb_service("load-balancer")],
             want: lb_ports(),
             ..Case::default()
         },
         Case {
-            // The four ipMode cases differ in the LoadBalancer VIPs only.
-            name: "servicechangetracker_test.go TestServiceToServiceMap/load balancer service ipMode VIP and Proxy, feature gate disabled and enabled",
-            services: vec![lb("load-balancer")],
+            name: "servicechangetracker_test.go TestServiceToServiceMap/load balancer service ipMode VIP feature gate enabled",
+            services: vec![lb_with_mode("VIP")],
             want: lb_ports(),
+            ..Case::default()
+        },
+        Case {
+            // The load balancer proxies to the NodePort itself: its IP is not captured.
+            name: "servicechangetracker_test.go TestServiceToServiceMap/load balancer service ipMode Proxy feature gate enabled",
+            services: vec![lb_with_mode("Proxy")],
+            want: vec![
+                fe("172.16.55.11", 8675, UDP),
+                fe("172.16.55.11", 8676, UDP),
+                np(30061, UDP),
+                np(30062, UDP),
+            ],
             ..Case::default()
         },
         Case {
@@ -134,7 +181,19 @@ fn service_to_service_map() {
                     .health_check_node_port(345)
                     .build(),
             ],
-            want: vec![fe("172.16.55.12", 8677, UDP), fe("172.16.55.12", 8678, UDP)],
+            // No endpoints anywhere: every entry rejects.
+            want: vec![
+                fe("172.16.55.12", 8677, UDP),
+                fe("172.16.55.12", 8678, UDP),
+                lb("10.1.2.3", 8677, UDP).local(),
+                lb("10.1.2.3", 8677, UDP).internal(),
+                lb("10.1.2.3", 8678, UDP).local(),
+                lb("10.1.2.3", 8678, UDP).internal(),
+                np(30063, UDP).local(),
+                np(30063, UDP).internal(),
+                np(30064, UDP).local(),
+                np(30064, UDP).internal(),
+            ],
             ..Case::default()
         },
         Case {
@@ -151,13 +210,13 @@ fn service_to_service_map() {
         Case {
             name: "servicechangetracker_test.go TestServiceToServiceMap/service with ipv6 clusterIP under ipv4 mode, service should be filtered",
             services: vec![test_port("invalidIPv6InIPV4Mode", CLUSTER_IPV6).build()],
-            want: vec![fe(CLUSTER_IPV6, 12345, TCP)],
+            want: vec![fe(CLUSTER_IPV6, 12345, TCP), lb(EXTERNAL_IPV6, 12345, TCP)],
             ..Case::default()
         },
         Case {
             name: "servicechangetracker_test.go TestServiceToServiceMap/service with ipv4 clusterIP under ipv6 mode, service should be filtered",
             services: vec![test_port("invalidIPv4InIPV6Mode", CLUSTER_IPV4).build()],
-            want: vec![fe(CLUSTER_IPV4, 12345, TCP)],
+            want: vec![fe(CLUSTER_IPV4, 12345, TCP), lb(EXTERNAL_IPV4, 12345, TCP)],
             ..Case::default()
         },
         Case {
@@ -168,7 +227,9 @@ fn service_to_service_map() {
                     .load_balancer_source_ranges(&[SOURCE_RANGE_IPV4])
                     .build(),
             ],
-            want: vec![fe(CLUSTER_IPV4, 12345, TCP)],
+            // The external IP is also the load-balancer IP: the external-IP rule captures
+            // it first.
+            want: vec![fe(CLUSTER_IPV4, 12345, TCP), ext(EXTERNAL_IPV4, 12345, TCP)],
             ..Case::default()
         },
         Case {
@@ -179,7 +240,7 @@ fn service_to_service_map() {
                     .load_balancer_source_ranges(&[SOURCE_RANGE_IPV6])
                     .build(),
             ],
-            want: vec![fe(CLUSTER_IPV6, 12345, TCP)],
+            want: vec![fe(CLUSTER_IPV6, 12345, TCP), ext(EXTERNAL_IPV6, 12345, TCP)],
             ..Case::default()
         },
         Case {
@@ -190,7 +251,7 @@ fn service_to_service_map() {
                     .load_balancer_source_ranges(&[SOURCE_RANGE_IPV4, SOURCE_RANGE_IPV6])
                     .build(),
             ],
-            want: vec![fe(CLUSTER_IPV4, 12345, TCP)],
+            want: vec![fe(CLUSTER_IPV4, 12345, TCP), ext(EXTERNAL_IPV4, 12345, TCP)],
             ..Case::default()
         },
         Case {
@@ -201,7 +262,7 @@ fn service_to_service_map() {
                     .load_balancer_source_ranges(&[SOURCE_RANGE_IPV4, SOURCE_RANGE_IPV6])
                     .build(),
             ],
-            want: vec![fe(CLUSTER_IPV6, 12345, TCP)],
+            want: vec![fe(CLUSTER_IPV6, 12345, TCP), ext(EXTERNAL_IPV6, 12345, TCP)],
             ..Case::default()
         },
         Case {
@@ -294,10 +355,24 @@ fn build_service_map_add_remove() {
                     fe("172.16.55.4", 1235, UDP),
                     fe("172.16.55.10", 345, UDP),
                     fe("172.16.55.10", 344, TCP),
+                    np(678, UDP),
+                    np(677, TCP),
                     fe("172.16.55.11", 8675, UDP),
                     fe("172.16.55.11", 8676, UDP),
+                    lb("10.1.2.4", 8675, UDP),
+                    lb("10.1.2.4", 8676, UDP),
+                    np(30061, UDP),
+                    np(30062, UDP),
                     fe("172.16.55.12", 8677, UDP),
                     fe("172.16.55.12", 8678, UDP),
+                    lb("10.1.2.3", 8677, UDP).local(),
+                    lb("10.1.2.3", 8677, UDP).internal(),
+                    lb("10.1.2.3", 8678, UDP).local(),
+                    lb("10.1.2.3", 8678, UDP).internal(),
+                    np(30063, UDP).local(),
+                    np(30063, UDP).internal(),
+                    np(30064, UDP).local(),
+                    np(30064, UDP).internal(),
                 ],
             },
             Step {
@@ -348,6 +423,20 @@ fn build_service_map_service_update() {
             .build()
     };
     let two = || vec![fe("172.16.55.4", 1234, UDP), fe("172.16.55.4", 1235, TCP)];
+    let load_balancer = || {
+        let mut want = two();
+        want.extend([
+            lb("10.1.2.3", 1234, UDP).local(),
+            lb("10.1.2.3", 1234, UDP).internal(),
+            lb("10.1.2.3", 1235, TCP).local(),
+            lb("10.1.2.3", 1235, TCP).internal(),
+            np(4321, UDP).local(),
+            np(4321, UDP).internal(),
+            np(5321, TCP).local(),
+            np(5321, TCP).internal(),
+        ]);
+        want
+    };
     run_steps(
         "servicechangetracker_test.go TestBuildServiceMapServiceUpdate",
         node("test-hostname"),
@@ -360,12 +449,12 @@ fn build_service_map_service_update() {
             Step {
                 name: "change service to load-balancer",
                 ops: vec![Op::Service(v2())],
-                want: two(),
+                want: load_balancer(),
             },
             Step {
                 name: "no change",
                 ops: vec![Op::Service(v2())],
-                want: two(),
+                want: load_balancer(),
             },
             Step {
                 name: "and back to ClusterIP",

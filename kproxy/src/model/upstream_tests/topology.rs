@@ -2,7 +2,10 @@
 //! EndpointSlices, the policies as Service fields, the node's zone as its label, through
 //! `desired_state_on`. (model/topology/tests.rs checks `categorize` itself on the same
 //! cases.) The ClusterIP frontend takes the Cluster endpoints, or the Local ones with
-//! internalTrafficPolicy Local; "onlyRemoteEndpoints" is a frontend that drops.
+//! internalTrafficPolicy Local; "onlyRemoteEndpoints" is a frontend that drops. An
+//! externally accessible `serviceInfo` (`nodePort: 8080`) also has its NodePort checked:
+//! `clusterEndpoints`, or under externalTrafficPolicy Local `localEndpoints` for external
+//! clients and `clusterEndpoints` for this node's (see `External`).
 //!
 //! Plus topology.go's `topologyModeFromHints` (PreferSameNode / PreferSameZone hints) and
 //! the fact that it reads the hints only, not the Service's `trafficDistribution` or the
@@ -11,7 +14,7 @@
 //! Upstream endpoints are `BaseEndpointInfo`s: an endpoint written there as `ready: true`
 //! is a slice endpoint with ready and serving true, `ready: false` one with both false.
 
-use super::{Case, TCP, check, fe, node, node_in_zone};
+use super::{Case, TCP, check, fe, node, node_in_zone, np};
 use crate::{
     model::{
         NodeInfo,
@@ -83,6 +86,26 @@ struct Categorize {
     want: &'static [&'static str],
     /// internalTrafficPolicy Local and endpoints only elsewhere: DROP.
     drop: bool,
+    /// The NodePort 8080 of an externally accessible `serviceInfo`.
+    external: External,
+}
+
+/// What the NodePort of a case gets: kube-proxy's EXT chain sends external traffic to the
+/// external policy's endpoints (`clusterEndpoints`, or `localEndpoints` under the Local
+/// policy, where traffic from the node's own pods and the node short-circuits to
+/// `clusterEndpoints`: the `Scope::Internal` entry).
+enum External {
+    /// Not externally accessible (no `nodePort`).
+    None,
+    /// externalTrafficPolicy Cluster: `clusterEndpoints`.
+    Cluster(&'static [&'static str]),
+    /// externalTrafficPolicy Local: `localEndpoints` and `clusterEndpoints`; `drop`: some
+    /// endpoint exists somewhere (`hasAnyEndpoints`), so an empty local set drops.
+    Local {
+        local: &'static [&'static str],
+        cluster: &'static [&'static str],
+        drop: bool,
+    },
 }
 
 fn zone_a() -> NodeInfo {
@@ -127,6 +150,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: four_zoned(),
             want: &["10.1.2.3:80", "10.1.2.6:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("externalTrafficPolicy: Local, topology ignored for Local endpoints"),
@@ -135,6 +159,11 @@ fn categorize_endpoints_end_to_end() {
             endpoints: local_zoned(),
             want: &["10.1.2.3:80", "10.1.2.6:80"],
             drop: false,
+            external: External::Local {
+                local: &["10.1.2.3:80", "10.1.2.4:80"],
+                cluster: &["10.1.2.3:80", "10.1.2.6:80"],
+                drop: true,
+            },
         },
         Categorize {
             name: upstream!("internalTrafficPolicy: Local, topology ignored for Local endpoints"),
@@ -143,6 +172,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: local_zoned(),
             want: &["10.1.2.3:80", "10.1.2.4:80"],
             drop: true,
+            external: External::Cluster(&["10.1.2.3:80", "10.1.2.6:80"]),
         },
         Categorize {
             name: upstream!("empty node labels"),
@@ -151,6 +181,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: vec![ready("10.1.2.3", false, &["zone-a"])],
             want: &["10.1.2.3:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("empty zone label"),
@@ -159,6 +190,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: vec![ready("10.1.2.3", false, &["zone-a"])],
             want: &["10.1.2.3:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("node in different zone, no endpoint filtering"),
@@ -167,6 +199,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: vec![ready("10.1.2.3", false, &["zone-a"])],
             want: &["10.1.2.3:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("unready endpoint"),
@@ -180,6 +213,7 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &["10.1.2.3:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("only unready endpoints in same zone (should not filter)"),
@@ -193,6 +227,7 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &["10.1.2.4:80", "10.1.2.5:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("missing hints, no filtering applied"),
@@ -206,6 +241,7 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &["10.1.2.3:80", "10.1.2.4:80", "10.1.2.5:80", "10.1.2.6:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!(
@@ -221,6 +257,7 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("conflicting topology and localness require merging allEndpoints"),
@@ -234,6 +271,11 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &["10.0.0.0:80", "10.0.0.2:80"],
             drop: false,
+            external: External::Local {
+                local: &["10.0.0.0:80", "10.0.0.1:80"],
+                cluster: &["10.0.0.0:80", "10.0.0.2:80"],
+                drop: true,
+            },
         },
         Categorize {
             name: upstream!("internalTrafficPolicy: Local, with empty endpoints"),
@@ -242,6 +284,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: vec![],
             want: &[],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("internalTrafficPolicy: Local, but all endpoints are remote"),
@@ -250,6 +293,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: two_remote(),
             want: &[],
             drop: true,
+            external: External::None,
         },
         Categorize {
             name: upstream!("internalTrafficPolicy: Local, all endpoints are local"),
@@ -258,6 +302,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: vec![ready("10.0.0.0", true, &[]), ready("10.0.0.1", true, &[])],
             want: &["10.0.0.0:80", "10.0.0.1:80"],
             drop: true,
+            external: External::None,
         },
         Categorize {
             name: upstream!("internalTrafficPolicy: Local, some endpoints are local"),
@@ -266,6 +311,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: one_local(),
             want: &["10.0.0.0:80"],
             drop: true,
+            external: External::None,
         },
         Categorize {
             name: upstream!("Cluster traffic policy, endpoints not Ready"),
@@ -277,6 +323,7 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &[],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("Cluster traffic policy, some endpoints are Ready"),
@@ -288,6 +335,7 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &["10.0.0.1:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("Cluster traffic policy, all endpoints are terminating"),
@@ -299,6 +347,7 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &["10.0.0.0:80", "10.0.0.1:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("iTP: Local, eTP: Cluster, some endpoints local"),
@@ -307,6 +356,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: one_local(),
             want: &["10.0.0.0:80"],
             drop: true,
+            external: External::Cluster(&["10.0.0.0:80", "10.0.0.1:80"]),
         },
         Categorize {
             name: upstream!("iTP: Cluster, eTP: Local, some endpoints local"),
@@ -315,6 +365,11 @@ fn categorize_endpoints_end_to_end() {
             endpoints: one_local(),
             want: &["10.0.0.0:80", "10.0.0.1:80"],
             drop: false,
+            external: External::Local {
+                local: &["10.0.0.0:80"],
+                cluster: &["10.0.0.0:80", "10.0.0.1:80"],
+                drop: true,
+            },
         },
         Categorize {
             name: upstream!("iTP: Local, eTP: Local, some endpoints local"),
@@ -323,6 +378,11 @@ fn categorize_endpoints_end_to_end() {
             endpoints: one_local(),
             want: &["10.0.0.0:80"],
             drop: true,
+            external: External::Local {
+                local: &["10.0.0.0:80"],
+                cluster: &["10.0.0.0:80", "10.0.0.1:80"],
+                drop: true,
+            },
         },
         Categorize {
             name: upstream!("iTP: Local, eTP: Local, all endpoints remote"),
@@ -331,6 +391,11 @@ fn categorize_endpoints_end_to_end() {
             endpoints: two_remote(),
             want: &[],
             drop: true,
+            external: External::Local {
+                local: &[],
+                cluster: &["10.0.0.0:80", "10.0.0.1:80"],
+                drop: true,
+            },
         },
         Categorize {
             name: upstream!("iTP: Local, eTP: Local, all endpoints remote and terminating"),
@@ -342,6 +407,11 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &[],
             drop: true,
+            external: External::Local {
+                local: &[],
+                cluster: &["10.0.0.0:80", "10.0.0.1:80"],
+                drop: true,
+            },
         },
         Categorize {
             name: upstream!("iTP: Cluster, eTP: Local, with terminating endpoints"),
@@ -355,6 +425,11 @@ fn categorize_endpoints_end_to_end() {
             ],
             want: &["10.0.0.0:80"],
             drop: false,
+            external: External::Local {
+                local: &["10.0.0.2:80"],
+                cluster: &["10.0.0.0:80"],
+                drop: true,
+            },
         },
         Categorize {
             name: upstream!("externalTrafficPolicy ignored if not externally accessible"),
@@ -363,6 +438,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: vec![ready("10.0.0.0", false, &[]), ready("10.0.0.1", true, &[])],
             want: &["10.0.0.0:80", "10.0.0.1:80"],
             drop: false,
+            external: External::None,
         },
         Categorize {
             name: upstream!("no cluster endpoints for iTP:Local internal-only service"),
@@ -371,6 +447,7 @@ fn categorize_endpoints_end_to_end() {
             endpoints: vec![ready("10.0.0.0", false, &[]), ready("10.0.0.1", true, &[])],
             want: &["10.0.0.1:80"],
             drop: true,
+            external: External::None,
         },
     ];
     let mut all = Vec::new();
@@ -379,12 +456,29 @@ fn categorize_endpoints_end_to_end() {
         if c.drop {
             want = want.drop();
         }
+        let mut wants = vec![want];
+        match c.external {
+            External::None => {}
+            External::Cluster(cluster) => wants.push(np(8080, TCP).eps(cluster)),
+            External::Local {
+                local,
+                cluster,
+                drop,
+            } => {
+                let mut all_entry = np(8080, TCP).eps(local).local();
+                if drop {
+                    all_entry = all_entry.drop();
+                }
+                wants.push(all_entry);
+                wants.push(np(8080, TCP).internal().eps(cluster));
+            }
+        }
         all.push(Case {
             name: c.name,
             node: c.node,
             services: vec![c.service.build()],
             slices: vec![endpoints(&c.endpoints)],
-            want: vec![want],
+            want: wants,
             problems: Vec::<ProblemKind>::new(),
         });
     }

@@ -334,3 +334,109 @@ fn duplicate_slice_names_are_reported_and_the_later_wins() {
     assert_eq!(problem.object.as_deref(), Some("EndpointSlice shop/web-1"));
     assert!(problem.message.contains("a.yaml"), "{problem}");
 }
+
+/// A NodePort/LoadBalancer Service and a Node as a manifest writes them: every field the
+/// external frontends read reaches the model through the manifest source (parsed, trimmed).
+#[test]
+fn external_service_fields_and_the_nodes_pod_cidrs_reach_the_model() {
+    use crate::{model::ClusterState, source::files::ManifestSource};
+    let text = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: shop
+  namespace: web
+  annotations:
+    service.beta.kubernetes.io/load-balancer-source-ranges: 10.0.0.0/8
+spec:
+  type: LoadBalancer
+  clusterIP: 198.19.0.20
+  externalIPs: [192.0.2.11]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 30000
+  loadBalancerSourceRanges: [203.0.113.0/25]
+  ports:
+  - name: http
+    port: 80
+    nodePort: 30080
+status:
+  loadBalancer:
+    ingress:
+    - ip: 192.0.2.10
+      ipMode: VIP
+    - ip: 192.0.2.12
+      ipMode: Proxy
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: shop-1
+  namespace: web
+  labels: {kubernetes.io/service-name: shop}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: ["198.18.2.2"]
+  nodeName: node-a
+- addresses: ["198.18.3.2"]
+  nodeName: node-b
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec:
+  podCIDR: 10.244.1.0/24
+  podCIDRs: [10.244.1.0/24]
+status:
+  addresses:
+  - {type: InternalIP, address: 198.18.0.2}
+"#;
+    let dir = std::env::temp_dir().join(format!("kproxy-external-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("shop.yaml"), text).expect("write");
+    let mut source = ManifestSource::new(&dir).with_node("node-a");
+    let mut state = ClusterState::default();
+    state.apply(source.refresh());
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert!(source.problems().is_empty(), "{:?}", source.problems());
+    assert!(state.problems().is_empty(), "{:?}", state.problems());
+
+    assert_eq!(
+        state.node().pod_cidrs,
+        vec!["10.244.1.0/24".parse::<ipnet::IpNet>().expect("cidr")]
+    );
+    assert_eq!(state.node().primary_ip(false), "198.18.0.2".parse().ok());
+    let frontends: Vec<String> = state
+        .desired()
+        .iter()
+        .map(|(k, f)| {
+            format!(
+                "{k} {:?} {} local={} ranges={:?}",
+                f.kind,
+                f.endpoints.len(),
+                f.external_local,
+                f.source_ranges
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    // The annotation is not read (kube-proxy reads the field only); the Proxy-mode ingress
+    // is not captured.
+    assert_eq!(
+        frontends,
+        [
+            "*:30080/TCP NodePort 1 local=true ranges=[]",
+            "*:30080/TCP (internal) NodePort 2 local=false ranges=[]",
+            "192.0.2.10:80/TCP LoadBalancer 1 local=true ranges=[\"203.0.113.0/25\"]",
+            "192.0.2.10:80/TCP (internal) LoadBalancer 2 local=false ranges=[\"203.0.113.0/25\"]",
+            "192.0.2.11:80/TCP ExternalIp 1 local=true ranges=[]",
+            "192.0.2.11:80/TCP (internal) ExternalIp 2 local=false ranges=[]",
+            "198.19.0.20:80/TCP ClusterIp 2 local=false ranges=[]",
+        ]
+    );
+    let health = state.health_checks();
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[&30000].local_endpoints, 1);
+}

@@ -415,3 +415,108 @@ fn a_nearly_full_reply_table_drops_unanswered_flows_oldest_first() {
         "the oldest went first ({oldest_left} ns idle left)"
     );
 }
+
+/// What collection is told about programmed frontends: a NodePort flow's address is one of
+/// the node's NodePort addresses while the NodePort's key is the unspecified address, and
+/// an externalTrafficPolicy Local frontend's two entries are one frontend.
+#[test]
+fn node_port_flows_are_live_on_node_port_addresses() {
+    use std::net::Ipv4Addr;
+
+    use crate::{
+        model::{
+            Desired, Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, Scope,
+            ServicePortName, WhenEmpty,
+        },
+        sync::{Programmed, fake::FakeDatapath, gc::ProgrammedLiveness},
+    };
+
+    let wire = |a: [u8; 4]| u32::from_ne_bytes(a);
+    let port = |p: u16| p.to_be();
+    let frontend = |kind| Frontend {
+        service: ServicePortName {
+            namespace: "default".into(),
+            name: "web".into(),
+            port: String::new(),
+        },
+        kind,
+        affinity_timeout_s: None,
+        endpoints: vec![Endpoint {
+            addr: Ipv4Addr::new(198, 18, 2, 2).into(),
+            port: 8080,
+        }],
+        listed: Vec::new(),
+        when_empty: WhenEmpty::Reject,
+        external_local: false,
+        source_ranges: Vec::new(),
+    };
+    let node_port = FrontendKey::node_port(false, 30080, Protocol::Tcp);
+    let lb = FrontendKey::new(Ipv4Addr::new(192, 0, 2, 10).into(), 80, Protocol::Tcp);
+    let cluster_ip = FrontendKey::new(Ipv4Addr::new(198, 19, 0, 10).into(), 80, Protocol::Tcp);
+    let mut desired: Desired = [
+        (cluster_ip, frontend(FrontendKind::ClusterIp)),
+        (node_port, frontend(FrontendKind::NodePort)),
+        (
+            node_port.with_scope(Scope::Internal),
+            frontend(FrontendKind::NodePort),
+        ),
+        (
+            lb.with_scope(Scope::Internal),
+            frontend(FrontendKind::LoadBalancer),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(16);
+    programmed.sync(&desired, &mut dp);
+    let node_ports = [Ipv4Addr::new(192, 168, 0, 2)];
+    let live = ProgrammedLiveness::new(&programmed, node_ports);
+    // (flow's VIP, port, protocol, live)
+    let cases = [
+        ([198, 19, 0, 10], 80, IPPROTO_TCP, true),
+        ([198, 19, 0, 10], 81, IPPROTO_TCP, false),
+        ([198, 19, 0, 10], 80, IPPROTO_UDP, false),
+        // The NodePort, reached on a node address that takes NodePorts...
+        ([192, 168, 0, 2], 30080, IPPROTO_TCP, true),
+        // ...not on another address, port or protocol, nor as 0.0.0.0 itself.
+        ([192, 168, 0, 3], 30080, IPPROTO_TCP, false),
+        ([192, 168, 0, 2], 30081, IPPROTO_TCP, false),
+        ([192, 168, 0, 2], 30080, IPPROTO_UDP, false),
+        ([0, 0, 0, 0], 30080, IPPROTO_TCP, false),
+        // A frontend whose only entry is the internal one is still a frontend.
+        ([192, 0, 2, 10], 80, IPPROTO_TCP, true),
+    ];
+    for (vip, p, proto, want) in cases {
+        assert_eq!(
+            live.frontend_exists(wire(vip), port(p), proto),
+            want,
+            "{vip:?}:{p}/{proto}"
+        );
+    }
+
+    // A flow to the NodePort survives collection; once the NodePort is gone, it is swept.
+    let nodeport_flow = |vip: [u8; 4]| {
+        let key = FlowKey {
+            saddr: CLIENT,
+            daddr: wire(vip),
+            sport: 40_000u16.to_be(),
+            dport: port(30080),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        (key, entry(BACKEND, 8080u16.to_be(), CT_F_SEEN_REPLY, 10))
+    };
+    let (key, fwd) = nodeport_flow([192, 168, 0, 2]);
+    let cfg = Config::DEFAULT;
+    assert_eq!(judge(&cfg, NOW, &live, &key, &fwd, None), Verdict::Keep);
+    desired.remove(&node_port);
+    desired.remove(&node_port.with_scope(Scope::Internal));
+    programmed.sync(&desired, &mut dp);
+    let live = ProgrammedLiveness::new(&programmed, node_ports);
+    assert_eq!(
+        judge(&cfg, NOW, &live, &key, &fwd, None),
+        Verdict::ServiceGone
+    );
+    assert!(live.backend_exists(dp.backends.keys().copied().next().expect("a backend")));
+}
