@@ -89,10 +89,12 @@ pub fn serve(
             scope: SCOPE_INTERNAL,
             ..*key
         };
+        // Without it (the policy is switching to Cluster, whose entry the agent removes
+        // while it clears SVC_F_EXT_LOCAL), the frontend's own entry serves.
         // SAFETY: copied out at once (NO_PREALLOC map).
         let cluster = unsafe { KP_SERVICES.get(internal) }
             .copied()
-            .ok_or(Counter::DropNoSlot)?;
+            .unwrap_or(*svc);
         return Ok((cluster, client.node));
     }
     // An external client keeps its address; the entry holds node-local backends only.

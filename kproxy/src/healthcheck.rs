@@ -41,14 +41,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{http::Health, metrics::gauge};
 
-/// The node's health for one Service: which Service owns a healthCheckNodePort and how many of
-/// its endpoints are on this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceHealth {
-    pub namespace: String,
-    pub name: String,
-    pub local_endpoints: usize,
-}
+pub use crate::model::ServiceHealth;
 
 /// kube-proxy's default: every address of the node (`--nodeport-addresses` unset).
 pub const ALL_ADDRESSES: [IpAddr; 1] = [IpAddr::V4(Ipv4Addr::UNSPECIFIED)];

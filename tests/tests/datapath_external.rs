@@ -9,7 +9,7 @@ mod support;
 use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
-use aya::programs::{Xdp, XdpFlags};
+use aya::programs::{Xdp, XdpMode};
 use kproxy::model::{Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope, WhenEmpty};
 use kproxy_common::{
     config::{CFG_F_LOCAL_BY_CIDR, Config},
@@ -112,6 +112,7 @@ struct Seen {
 }
 
 /// The node's interfaces the cases use.
+#[derive(Clone, Copy)]
 struct Ifaces {
     kx: u32,
     kc: u32,
@@ -126,7 +127,12 @@ fn node_addr(dp: &LoadedDatapath, addr: Ipv4Addr, flags: u32) {
 }
 
 fn run_cases(ifaces: Ifaces) -> Seen {
-    let Ifaces { kx, kc, kb1, kx_mac } = ifaces;
+    let Ifaces {
+        kx,
+        kc,
+        kb1,
+        kx_mac,
+    } = ifaces;
     let mut dp = LoadedDatapath::load();
     dp.program(&desired());
     // The XDP program on the NIC: the kernel runs test frames "received" there only then.
@@ -136,7 +142,8 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         .expect("xdp")
         .try_into()
         .expect("xdp type");
-    xdp.attach("kx", XdpFlags::default()).expect("attach XDP to kx");
+    xdp.attach("kx", XdpMode::default())
+        .expect("attach XDP to kx");
     // NodePorts answer on the NIC address only; the pod link's address is the node's too.
     node_addr(&dp, NIC, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT);
     node_addr(&dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
@@ -172,12 +179,7 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         hairpin: tc_on(kb1, syn((LOCAL_POD, 40_010), (CLUSTER_IP, 80))),
         hairpin_reply: tc_on(
             kb1,
-            tcp_frame(
-            (LOCAL_POD, 8080),
-            (LOCAL_POD_GW, 40_010),
-                SYN_ACK,
-                b"",
-            ),
+            tcp_frame((LOCAL_POD, 8080), (LOCAL_POD_GW, 40_010), SYN_ACK, b""),
         ),
         counters: [
             Counter::Masqueraded,
@@ -193,36 +195,44 @@ fn run_cases(ifaces: Ifaces) -> Seen {
     }
 }
 
-#[test]
-fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would() {
-    if !require_privileges("external_traffic_is_translated_masqueraded_and_forwarded") {
-        return;
-    }
+/// The test bed's node with a router on its NIC's link leading to far clients and to the
+/// other node's pods.
+fn bed() -> (Topology, Ifaces) {
     let topo = Topology::build(TopologyOptions {
         backends: 1,
         external: true,
         ..TopologyOptions::default()
     })
     .expect("test bed");
-    // Far clients and the other node's pods are behind the router on the NIC's link.
+    let router = ROUTER.to_string();
     for route in ["198.18.77.0/24", "198.18.50.0/24"] {
         topo.node
-            .ip(&["route", "add", route, "via", "198.18.9.2", "dev", "kx"])
+            .ip(&["route", "add", route, "via", &router, "dev", "kx"])
             .expect("route");
     }
-    topo.node
-        .ip(&[
-            "neigh",
-            "replace",
-            "198.18.9.2",
-            "lladdr",
-            "02:00:00:00:09:02",
-            "dev",
-            "kx",
-            "nud",
-            "permanent",
-        ])
-        .expect("neighbour");
+    // Next hops with known MACs, so lookups resolve at once: the router, and this node's
+    // pod (whose link takes no redirected frames).
+    let router_mac = ROUTER_MAC.map(|b| format!("{b:02x}")).join(":");
+    let pod = LOCAL_POD.to_string();
+    let neighbours = [
+        (router.as_str(), router_mac.as_str(), "kx"),
+        (pod.as_str(), "02:00:00:00:02:02", "kb1"),
+    ];
+    for (addr, mac, dev) in neighbours {
+        topo.node
+            .ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])
+            .expect("neighbour");
+    }
     let index = |name: &str| topo.node.link_index(name).expect("index");
     let ifaces = Ifaces {
         kx: index("kx"),
@@ -230,6 +240,15 @@ fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would(
         kb1: index("kb1"),
         kx_mac: topo.node.mac("kx").expect("mac"),
     };
+    (topo, ifaces)
+}
+
+#[test]
+fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would() {
+    if !require_privileges("external_traffic_is_translated_masqueraded_and_forwarded") {
+        return;
+    }
+    let (topo, ifaces) = bed();
     let seen = topo
         .node
         .run(move || run_cases(ifaces))
@@ -256,7 +275,11 @@ fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would(
     let (verdict, frame) = &seen.nodeport_remote_reply;
     assert_eq!(*verdict, XDP_TX);
     assert_eq!(src(frame), (NIC, 30_080), "the NodePort the client reached");
-    assert_eq!(dst(frame), (EXT, 40_000), "the client's own address restored");
+    assert_eq!(
+        dst(frame),
+        (EXT, 40_000),
+        "the client's own address restored"
+    );
     assert_checksums(frame);
 
     // A NodePort whose backend is on this node: translated, then up the stack (the pod's

@@ -23,6 +23,7 @@ use crate::{
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
         node_addrs::{NodeAddrs, NodePortAddresses},
     },
+    healthcheck::{self, HealthCheckMetrics, HealthCheckServers},
     http::Health,
     metrics::{KindLabel, Metrics, gauge},
     model::{
@@ -128,24 +129,14 @@ pub async fn run(
     let health = Arc::new(Health::new(config.http.healthz_timeout));
     // The first programming is a change waiting from the start.
     health.queued(started);
+    let health_check_metrics = HealthCheckMetrics::new(&mut registry);
     serve_http(&config.http, &health, registry).await?;
 
     let (mut ebpf, pinned) = load::load(&config.pin_dir, &config.sizes)?;
     tracing::info!(?pinned, "datapath loaded");
     let (node_addrs, flows) = open_node_config(&config)?;
     let mut services = ServiceMaps::open(&config.pin_dir)?;
-    let (programmed, cleanup) = Programmed::recover(&services.snapshot()?, config.sizes.services);
-    if !programmed.frontends().is_empty() {
-        tracing::info!(
-            frontends = programmed.frontends().len(),
-            "recovered the datapath left by a previous agent; it keeps serving until the first sync"
-        );
-    }
-    for op in &cleanup {
-        services
-            .apply(op)
-            .with_context(|| format!("cleaning up {op:?}"))?;
-    }
+    let programmed = recover_programmed(&mut services, config.sizes.services)?;
     metrics
         .conntrack_capacity
         .set(i64::from(config.sizes.conntrack));
@@ -183,6 +174,14 @@ pub async fn run(
         return Ok(());
     };
     agent.sync(&input, initial, Some(started));
+    // healthCheckNodePorts listen where kube-proxy's do: on every address, or on the
+    // NodePort addresses when --nodeport-addresses narrows them (as found at start).
+    let mut health_checks = HealthCheckServers::new(
+        health_check_bind_addresses(&agent),
+        Arc::clone(&agent.health),
+        health_check_metrics,
+    );
+    agent.sync_health_checks(&mut health_checks).await;
     // Program first, attach second: once attached, the datapath serves current state.
     for (iface, hook, how) in attach::attach_all(
         &mut ebpf,
@@ -213,10 +212,12 @@ pub async fn run(
                 tokio::time::sleep(DEBOUNCE).await;
                 let changes = input.take(wakeup, &agent.metrics);
                 agent.sync(&input, changes, Some(seen));
+                agent.sync_health_checks(&mut health_checks).await;
             }
             _ = gc.tick() => agent.collect_garbage(),
             () = retry_sleep(agent.retry), if agent.retry.is_some() => {
                 agent.sync(&input, Vec::new(), None);
+                agent.sync_health_checks(&mut health_checks).await;
             }
         }
     }
@@ -225,6 +226,37 @@ pub async fn run(
          (`kproxy cleanup` removes it)"
     );
     Ok(())
+}
+
+/// What the pinned maps hold, as the previous agent left it, with inconsistencies cleaned.
+fn recover_programmed(services: &mut ServiceMaps, max_services: u32) -> Result<Programmed> {
+    let (programmed, cleanup) = Programmed::recover(&services.snapshot()?, max_services);
+    if !programmed.frontends().is_empty() {
+        tracing::info!(
+            frontends = programmed.frontends().len(),
+            "recovered the datapath left by a previous agent; it keeps serving until the first sync"
+        );
+    }
+    for op in &cleanup {
+        services
+            .apply(op)
+            .with_context(|| format!("cleaning up {op:?}"))?;
+    }
+    Ok(programmed)
+}
+
+/// Where healthCheckNodePorts listen: kube-proxy binds them on its NodePort addresses, or
+/// on every address when they are not narrowed.
+fn health_check_bind_addresses(agent: &Agent) -> Vec<std::net::IpAddr> {
+    match agent.config.nodeport_addresses {
+        NodePortAddresses::All => healthcheck::ALL_ADDRESSES.to_vec(),
+        _ => agent
+            .node_addrs
+            .node_port_addresses()
+            .into_iter()
+            .map(std::net::IpAddr::V4)
+            .collect(),
+    }
 }
 
 /// Sleeps until the retry is due (never, without one).
@@ -277,6 +309,15 @@ async fn first_complete_view(
 impl Agent {
     /// Applies `changes` to the cluster model, recomputes the services they touch and writes
     /// the differences. `seen` is when the first of them arrived.
+    /// Brings the healthCheckNodePort servers in step with the services; a port that could
+    /// not be listened on is tried again with the next retry.
+    async fn sync_health_checks(&mut self, servers: &mut HealthCheckServers) {
+        servers.sync(&self.cluster.health_checks()).await;
+        if self.retry.is_none() && servers.failing().next().is_some() {
+            self.retry = Some((Instant::now() + RETRY_FIRST, RETRY_FIRST));
+        }
+    }
+
     fn sync(&mut self, input: &Input, changes: Vec<Change>, seen: Option<Instant>) {
         let started = Instant::now();
         let triggers: Vec<SystemTime> = changes.iter().filter_map(trigger_time).collect();
