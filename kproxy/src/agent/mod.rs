@@ -18,7 +18,10 @@ use prometheus_client::registry::Registry;
 
 use crate::{
     dataplane::{
-        attach::{self, Attached},
+        links::{
+            LinkMetrics, LinkWatcher,
+            select::{IfacePattern, IfacePatterns, PodInterfaces, Selection},
+        },
         load::{self, MapSizes},
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
         node_addrs::NodeAddrs,
@@ -61,8 +64,13 @@ pub struct AgentConfig {
     pub source: Source,
     pub node_name: String,
     pub http: HttpConfig,
-    pub tc_ifaces: Vec<String>,
-    pub xdp_ifaces: Vec<String>,
+    /// Interfaces (names or patterns) that get the TC programs, as they come and go.
+    pub tc_ifaces: Vec<IfacePattern>,
+    /// Interfaces (names or patterns) that get the XDP program.
+    pub xdp_ifaces: Vec<IfacePattern>,
+    /// Which served interfaces lead to pods (`IFACE_F_POD`), for local-traffic detection
+    /// by interface; `None` marks none.
+    pub pod_interfaces: Option<PodInterfaces>,
     pub pin_dir: PathBuf,
     pub sizes: MapSizes,
     pub conntrack: Config,
@@ -117,7 +125,7 @@ pub async fn run(
     health.queued(started);
     serve_http(&config.http, &health, registry).await?;
 
-    let (mut ebpf, pinned) = load::load(&config.pin_dir, &config.sizes)?;
+    let (ebpf, pinned) = load::load(&config.pin_dir, &config.sizes)?;
     tracing::info!(?pinned, "datapath loaded");
     let mut node_addrs = NodeAddrs::open(&config.pin_dir)?;
     node_addrs.refresh()?;
@@ -174,19 +182,9 @@ pub async fn run(
     };
     agent.sync(&input, initial, Some(started));
     // Program first, attach second: once attached, the datapath serves current state.
-    for (iface, hook, how) in attach::attach_all(
-        &mut ebpf,
-        &agent.config.pin_dir,
-        &agent.config.tc_ifaces,
-        &agent.config.xdp_ifaces,
-    )? {
-        match how {
-            Attached::New => tracing::info!(%iface, ?hook, "attached"),
-            Attached::Replaced => {
-                tracing::info!(%iface, ?hook, "replaced the program of the existing link");
-            }
-        }
-    }
+    let links = watch_links(ebpf, &agent.config, &agent.metrics)?;
+    // Interfaces come and go on their own schedule; the watcher stops with the agent.
+    let _links = AbortOnDrop(tokio::spawn(links.run()));
 
     let mut gc = tokio::time::interval(agent.config.gc_interval);
     gc.tick().await;
@@ -215,6 +213,29 @@ pub async fn run(
          (`kproxy cleanup` removes it)"
     );
     Ok(())
+}
+
+/// Attaches to the interfaces `config` selects now; the watcher returned follows them.
+fn watch_links(ebpf: aya::Ebpf, config: &AgentConfig, metrics: &Metrics) -> Result<LinkWatcher> {
+    let selection = Selection {
+        tc: IfacePatterns(config.tc_ifaces.clone()),
+        xdp: IfacePatterns(config.xdp_ifaces.clone()),
+        pod: config.pod_interfaces.clone(),
+    };
+    let metrics = LinkMetrics {
+        attached: metrics.attached_interfaces.clone(),
+        errors: metrics.attach_errors_total.clone(),
+    };
+    LinkWatcher::start(ebpf, &config.pin_dir, selection, metrics)
+}
+
+/// Stops a task when dropped, however `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sleeps until the retry is due (never, without one).
