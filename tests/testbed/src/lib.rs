@@ -30,7 +30,7 @@ pub use servers::{
     Reply, SeqReply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server, udp_request,
     udp_server,
 };
-pub use topology::{Topology, TopologyOptions};
+pub use topology::{PodClient, Topology, TopologyOptions};
 
 /// Whether a process id still names a live process; leftovers of dead runs are swept by it.
 pub(crate) fn pid_alive(pid: u32) -> bool {
