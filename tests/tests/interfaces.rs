@@ -8,7 +8,7 @@ mod support;
 use std::{
     net::SocketAddrV4,
     path::Path,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{HashMap, Map, MapData};
@@ -88,11 +88,36 @@ fn pins_of(pin_dir: &Path, index: u32) -> Vec<String> {
     pins
 }
 
-fn metric(bed: &Bed, name: &str) -> Option<f64> {
+/// kpc1, with index `index`, has the TC programs on ingress and egress through pinned links,
+/// and its `KP_IFACES` entry says so.
+fn assert_kpc1_served(pin_dir: &Path, index: u32) {
+    let flags = iface_flags(pin_dir);
+    assert_eq!(flags.get(&index), Some(&IFACE_F_INGRESS), "{flags:?}");
+    assert_eq!(
+        pins_of(pin_dir, index),
+        [
+            format!("tc-egress-{index}-kpc1"),
+            format!("tc-ingress-{index}-kpc1")
+        ]
+    );
+}
+
+/// The agent's `/metrics`.
+fn metrics(bed: &Bed) -> String {
     let addr = "127.0.0.1:10249".parse().expect("address");
     let (status, body) = get(&bed.topo.node, addr, "/metrics").expect("/metrics");
     assert_eq!(status, 200);
-    sample(&body, name)
+    body
+}
+
+/// When the agent logged that it attached to interface `index` (its log lines start with a
+/// UTC RFC 3339 time).
+fn attached_at(log: &str, index: u32) -> Option<SystemTime> {
+    let needle = format!(" attached iface=kpc1 index={index} ");
+    let line = log.lines().find(|l| l.contains(&needle))?;
+    let stamp = line.split_whitespace().next()?;
+    let at = k8s_openapi::chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+    Some(SystemTime::from(at))
 }
 
 #[test]
@@ -125,7 +150,7 @@ fn a_pod_created_after_the_agent_reaches_a_clusterip_through_its_new_veth() {
         "only lo is served before the pod exists"
     );
 
-    let created = Instant::now();
+    let (created, created_wall) = (Instant::now(), SystemTime::now());
     let pod = bed.topo.add_pod_client(1).expect("adding a pod client");
     let first = reachable_within_deadline(&pod.ns, target, created, "the new pod");
     let reply = tcp_request(&pod.ns, target, ATTEMPT).expect("a second request");
@@ -135,19 +160,14 @@ fn a_pod_created_after_the_agent_reaches_a_clusterip_through_its_new_veth() {
         "the backend sees the pod's address"
     );
     let index = bed.topo.node.link_index(&pod.node_iface).expect("kpc1");
-    let flags = iface_flags(&pin_dir);
-    assert_eq!(flags.get(&index), Some(&IFACE_F_INGRESS), "{flags:?}");
+    assert_kpc1_served(&pin_dir, index);
     assert_eq!(
-        pins_of(&pin_dir, index),
-        [
-            format!("tc-egress-{index}-kpc1"),
-            format!("tc-ingress-{index}-kpc1")
-        ]
+        sample(&metrics(&bed), "kproxy_attached_interfaces"),
+        Some(2.0)
     );
-    assert_eq!(metric(&bed, "kproxy_attached_interfaces"), Some(2.0));
 
     // The pod's sandbox is recreated: same interface name, new index.
-    let recreated = Instant::now();
+    let (recreated, recreated_wall) = (Instant::now(), SystemTime::now());
     pod.recreate_link(&bed.topo.node)
         .expect("recreating the veth");
     let again = reachable_within_deadline(&pod.ns, target, recreated, "the recreated pod");
@@ -156,16 +176,8 @@ fn a_pod_created_after_the_agent_reaches_a_clusterip_through_its_new_veth() {
     // The old interface's links and entry are gone (removed right after its deletion was
     // notified, which came before the new interface's creation).
     assert_eq!(pins_of(&pin_dir, index), Vec::<String>::new());
-    let flags = iface_flags(&pin_dir);
-    assert!(!flags.contains_key(&index), "{flags:?}");
-    assert_eq!(flags.get(&new_index), Some(&IFACE_F_INGRESS), "{flags:?}");
-    assert_eq!(
-        pins_of(&pin_dir, new_index),
-        [
-            format!("tc-egress-{new_index}-kpc1"),
-            format!("tc-ingress-{new_index}-kpc1")
-        ]
-    );
+    assert!(!iface_flags(&pin_dir).contains_key(&index));
+    assert_kpc1_served(&pin_dir, new_index);
 
     // The pod goes away for good: nothing of it is left. The kernel dismantles the deleted
     // namespace, and with it the veth, in the background; the clock starts when it is gone.
@@ -179,23 +191,33 @@ fn a_pod_created_after_the_agent_reaches_a_clusterip_through_its_new_veth() {
         (pins_of(&pin_dir, new_index).is_empty() && !iface_flags(&pin_dir).contains_key(&new_index))
             .then_some(())
     });
-    assert_eq!(metric(&bed, "kproxy_attached_interfaces"), Some(1.0));
-    assert_eq!(
-        metric(&bed, "kproxy_attach_errors_total{operation=\"attach\"}"),
-        None,
-        "no attachment failed"
-    );
+    let metrics = metrics(&bed);
+    assert_eq!(sample(&metrics, "kproxy_attached_interfaces"), Some(1.0));
+    for operation in ["attach", "detach"] {
+        let errors = format!("kproxy_attach_errors_total{{operation=\"{operation}\"}}");
+        assert_eq!(sample(&metrics, &errors), Some(0.0), "{metrics}");
+    }
     let log = agent.log_text();
-    eprintln!("{log}");
     assert_eq!(
         log.matches(" attached ").count(),
         3,
         "lo and kpc1 twice:\n{log}"
     );
     assert_eq!(log.matches(" detached ").count(), 2, "kpc1 twice:\n{log}");
+    let attached = |index: u32, since: SystemTime| {
+        attached_at(&log, index)
+            .and_then(|at| at.duration_since(since).ok())
+            .unwrap_or_else(|| panic!("no attachment of index {index} logged:\n{log}"))
+    };
     eprintln!(
-        "a new pod reached the ClusterIP {first:?} after its creation began, {again:?} after its veth was recreated"
+        "kpc1 attached {:?} after its creation began, reached the ClusterIP after {first:?}; \
+         recreated: attached after {:?}, reached after {again:?}",
+        attached(index, created_wall),
+        attached(new_index, recreated_wall),
     );
+    for line in log.lines().filter(|l| l.contains("tached iface=kpc1")) {
+        eprintln!("{line}");
+    }
 }
 
 /// Interfaces that lead to pods (kube-proxy's InterfaceNamePrefix) are marked in

@@ -73,6 +73,12 @@ impl LinkWatcher {
         selection: Selection,
         metrics: LinkMetrics,
     ) -> Result<Self> {
+        // Exported at zero from the start, so a rate over them needs no first failure.
+        for operation in ["attach", "detach"] {
+            let _ = metrics.errors.get_or_create(&OperationLabel {
+                operation: operation.into(),
+            });
+        }
         // Subscribed before the first dump, so no change between the two is missed.
         let events = LinkEvents::subscribe().context("subscribing to link notifications")?;
         let mut watcher = Self {
@@ -189,8 +195,10 @@ impl LinkWatcher {
     }
 
     fn attach(&mut self, link: Link, role: Role) {
+        let started = std::time::Instant::now();
         match self.hooks.attach(&link, role) {
             Ok(Served { hooks, flags }) => {
+                let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 let names: Vec<&str> = hooks.iter().map(|(h, _)| h.label()).collect();
                 let adopted = hooks.iter().any(|(_, how)| *how == Attached::Replaced);
                 if adopted {
@@ -200,6 +208,7 @@ impl LinkWatcher {
                         hooks = %names.join(","),
                         pod = role.pod,
                         flags,
+                        took_us,
                         "attached: replaced the program of the existing pinned links"
                     );
                 } else {
@@ -209,6 +218,7 @@ impl LinkWatcher {
                         hooks = %names.join(","),
                         pod = role.pod,
                         flags,
+                        took_us,
                         "attached"
                     );
                 }
