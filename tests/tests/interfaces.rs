@@ -295,3 +295,64 @@ fn served_interfaces_that_lead_to_pods_are_marked() {
     assert_eq!(flags.get(&index(&other_pod.node_iface)), None);
     assert_eq!(flags.len(), 3, "{flags:?}");
 }
+
+/// One interface that cannot be attached (something else holds the path of its link's pin)
+/// is logged with its name and counted; the agent starts anyway and serves the others.
+#[test]
+fn an_interface_that_cannot_be_attached_holds_up_no_other() {
+    if !require_privileges("an_interface_that_cannot_be_attached_holds_up_no_other") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    let backends = bed.backends();
+    bed.write(
+        "apps.yaml",
+        &documents(&[
+            service("web", vip(10), &[("http", 80, "TCP")], None),
+            slice("web-1", "web", &[("http", TCP_PORT, "TCP")], &backends),
+        ]),
+    );
+    let broken = bed.topo.add_pod_client(1).expect("pod client 1");
+    let fine = bed.topo.add_pod_client(2).expect("pod client 2");
+    let index = bed.topo.node.link_index(&broken.node_iface).expect("kpc1");
+    let pin_dir = bed.pin_dir();
+    let blocker = pin_dir.join(format!("links/tc-ingress-{index}-kpc1"));
+    std::fs::create_dir_all(&blocker).expect("a directory where kpc1's link would be pinned");
+
+    let mut agent = Agent::start_with(&bed, &["--attach", "kpc*"], &[]);
+    let target = SocketAddrV4::new(vip(10), 80);
+    let reply = tcp_request(&fine.ns, target, ATTEMPT).expect("the other pod is served");
+    assert_eq!(*reply.peer.ip(), fine.addr());
+    tcp_request(&broken.ns, target, ATTEMPT).expect_err("kpc1 is not served");
+    let flags = iface_flags(&pin_dir);
+    assert!(!flags.contains_key(&index), "{flags:?}");
+    assert_eq!(
+        pins_of(&pin_dir, index),
+        [format!("tc-ingress-{index}-kpc1")],
+        "only the blocking directory, nothing half attached"
+    );
+    let metrics = metrics(&bed);
+    assert_eq!(
+        sample(&metrics, "kproxy_attached_interfaces"),
+        Some(2.0),
+        "lo and kpc2"
+    );
+    // At least once: at start; again at each resync, every 10 seconds.
+    assert!(
+        sample(&metrics, "kproxy_attach_errors_total{operation=\"attach\"}")
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    let log = agent.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("attaching failed") && l.contains("iface=kpc1")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("undoing a failed attachment"),
+        "the failed attempt was undone cleanly:\n{log}"
+    );
+    agent.assert_running();
+    std::fs::remove_dir(&blocker).expect("removing the blocker");
+}

@@ -257,7 +257,13 @@ impl Hooks {
             unpin(Hook::Xdp);
         }
         let entry = match self.ifaces.remove(&link.index) {
-            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => None,
+            Ok(()) => None,
+            // Never recorded (an attempt that failed early).
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                None
+            }
             Err(e) => Some(anyhow::Error::new(e).context(format!(
                 "removing {} from {}",
                 link.name,
@@ -295,10 +301,19 @@ impl Hooks {
         let mut unpinned = 0;
         for entry in std::fs::read_dir(links_dir(&self.pin_dir))? {
             let path = entry?.path();
-            if !pins.contains(&path) {
-                tracing::info!(link = %path.display(), "detaching from an interface no longer served");
-                std::fs::remove_file(&path)?;
-                unpinned += 1;
+            if pins.contains(&path) {
+                continue;
+            }
+            // Something that is not a link (a directory someone made there) is left alone:
+            // it must not stop the sweep, nor the agent.
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(link = %path.display(), "detached from an interface no longer served");
+                    unpinned += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(pin = %path.display(), error = %e, "cannot remove a stale pin");
+                }
             }
         }
         let stale: Vec<u32> = self
