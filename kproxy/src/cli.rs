@@ -8,7 +8,7 @@ use kproxy_common::config::Config;
 use crate::{
     agent::{self, AgentConfig, HttpConfig, Source},
     cmd,
-    dataplane::{load::MapSizes, node_addrs::NodePortAddresses},
+    dataplane::{links::select::IfacePattern, load::MapSizes, node_addrs::NodePortAddresses},
     model::LocalDetection,
 };
 
@@ -75,12 +75,15 @@ struct RunArgs {
     /// programmed.
     #[arg(long, default_value_t = 60)]
     healthz_timeout: u64,
-    /// Interfaces that get the TC program on ingress (pod-facing veths, the node's links).
-    #[arg(long, value_delimiter = ',', required = true)]
-    attach: Vec<String>,
-    /// Interfaces (NICs) that get the XDP program on ingress.
-    #[arg(long, value_delimiter = ',')]
-    xdp: Vec<String>,
+    /// Interfaces that get the TC programs (the node's links, pod-facing veths): names or
+    /// patterns with `*` and `?` (`eth0,veth*,cali*,lxc*`), comma-separated or repeated.
+    /// Interfaces that appear later are attached as they come.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = IfacePattern::parse)]
+    attach: Vec<IfacePattern>,
+    /// Interfaces (NICs) that get the XDP program on ingress: names or patterns, like
+    /// `--attach`.
+    #[arg(long, value_delimiter = ',', value_parser = IfacePattern::parse)]
+    xdp: Vec<IfacePattern>,
     #[command(flatten)]
     pin: PinDirArg,
     /// Capacity of the conntrack table (flows, per direction).
@@ -367,5 +370,46 @@ mod tests {
                 "{args:?}: check_run_args too"
             );
         }
+    }
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, String> {
+        let line = ["kproxy", "run", "--node-name", "n"].iter().chain(args);
+        match Cli::try_parse_from(line) {
+            Ok(Cli {
+                command: Command::Run(args),
+            }) => Ok(*args),
+            Ok(_) => Err("not run".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn texts(patterns: &[IfacePattern]) -> Vec<&str> {
+        patterns.iter().map(IfacePattern::as_str).collect()
+    }
+
+    #[test]
+    fn attach_and_xdp_take_names_and_patterns_comma_separated_or_repeated() {
+        let args = run_args(&[
+            "--attach",
+            "eth0,veth*",
+            "--attach",
+            "cali*,lxc*",
+            "--xdp",
+            "eno?",
+        ])
+        .unwrap();
+        assert_eq!(texts(&args.attach), ["eth0", "veth*", "cali*", "lxc*"]);
+        assert_eq!(texts(&args.xdp), ["eno?"]);
+    }
+
+    #[test]
+    fn impossible_interface_names_are_refused_at_the_command_line() {
+        let err = run_args(&["--attach", "eth0,eth 1"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("cannot contain"), "{err}");
+        let err = run_args(&["--attach", "eth0,"]).map(|_| ()).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+        assert!(run_args(&[]).is_err(), "--attach is required");
     }
 }

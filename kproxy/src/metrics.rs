@@ -17,6 +17,11 @@ pub struct ResourceLabel {
     pub resource: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: String,
+}
+
 pub struct Metrics {
     /// Problems found in input or while writing the datapath, by kind (counted when first seen).
     pub problems_total: Family<KindLabel, Counter>,
@@ -34,6 +39,10 @@ pub struct Metrics {
     pub conntrack_flows: Gauge,
     pub conntrack_capacity: Gauge,
     pub conntrack_expired_total: Counter,
+    /// Interfaces kproxy's programs run on.
+    pub attached_interfaces: Gauge,
+    /// Failures to attach to an interface or to detach from it, by operation.
+    pub attach_errors_total: Family<OperationLabel, Counter>,
 }
 
 impl Metrics {
@@ -58,6 +67,8 @@ impl Metrics {
             conntrack_flows: Gauge::default(),
             conntrack_capacity: Gauge::default(),
             conntrack_expired_total: Counter::default(),
+            attached_interfaces: Gauge::default(),
+            attach_errors_total: Family::default(),
         };
         registry.register(
             "problems",
@@ -109,6 +120,16 @@ impl Metrics {
             "conntrack_expired",
             "Conntrack entries removed after their timeout",
             m.conntrack_expired_total.clone(),
+        );
+        registry.register(
+            "attached_interfaces",
+            "Interfaces kproxy's programs are attached to",
+            m.attached_interfaces.clone(),
+        );
+        registry.register(
+            "attach_errors",
+            "Failures to attach kproxy to an interface or to detach it, by operation",
+            m.attach_errors_total.clone(),
         );
         m
     }

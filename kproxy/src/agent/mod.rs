@@ -18,7 +18,10 @@ use prometheus_client::registry::Registry;
 
 use crate::{
     dataplane::{
-        attach::{self, Attached},
+        links::{
+            LinkMetrics, LinkWatcher,
+            select::{IfacePattern, IfacePatterns, PodInterfaces, Selection},
+        },
         load::{self, MapSizes},
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
         node_addrs::{NodeAddrs, NodePortAddresses},
@@ -64,8 +67,10 @@ pub struct AgentConfig {
     pub source: Source,
     pub node_name: String,
     pub http: HttpConfig,
-    pub tc_ifaces: Vec<String>,
-    pub xdp_ifaces: Vec<String>,
+    /// Interfaces (names or patterns) that get the TC programs, as they come and go.
+    pub tc_ifaces: Vec<IfacePattern>,
+    /// Interfaces (names or patterns) that get the XDP program.
+    pub xdp_ifaces: Vec<IfacePattern>,
     pub pin_dir: PathBuf,
     pub sizes: MapSizes,
     /// Conntrack timeouts (`KP_CONFIG`; its flags come from the fields below).
@@ -132,7 +137,7 @@ pub async fn run(
     let health_check_metrics = HealthCheckMetrics::new(&mut registry);
     serve_http(&config.http, &health, registry).await?;
 
-    let (mut ebpf, pinned) = load::load(&config.pin_dir, &config.sizes)?;
+    let (ebpf, pinned) = load::load(&config.pin_dir, &config.sizes)?;
     tracing::info!(?pinned, "datapath loaded");
     let (node_addrs, flows) = open_node_config(&config)?;
     let mut services = ServiceMaps::open(&config.pin_dir)?;
@@ -183,19 +188,9 @@ pub async fn run(
     );
     agent.sync_health_checks(&mut health_checks).await;
     // Program first, attach second: once attached, the datapath serves current state.
-    for (iface, hook, how) in attach::attach_all(
-        &mut ebpf,
-        &agent.config.pin_dir,
-        &agent.config.tc_ifaces,
-        &agent.config.xdp_ifaces,
-    )? {
-        match how {
-            Attached::New => tracing::info!(%iface, ?hook, "attached"),
-            Attached::Replaced => {
-                tracing::info!(%iface, ?hook, "replaced the program of the existing link");
-            }
-        }
-    }
+    let links = watch_links(ebpf, &agent.config, &agent.metrics)?;
+    // Interfaces come and go on their own schedule; the watcher stops with the agent.
+    let _links = AbortOnDrop(tokio::spawn(links.run()));
 
     let mut gc = tokio::time::interval(agent.config.gc_interval);
     gc.tick().await;
@@ -256,6 +251,34 @@ fn health_check_bind_addresses(agent: &Agent) -> Vec<std::net::IpAddr> {
             .into_iter()
             .map(std::net::IpAddr::V4)
             .collect(),
+    }
+}
+
+/// Attaches to the interfaces `config` selects now; the watcher returned follows them.
+fn watch_links(ebpf: aya::Ebpf, config: &AgentConfig, metrics: &Metrics) -> Result<LinkWatcher> {
+    let selection = Selection {
+        tc: IfacePatterns(config.tc_ifaces.clone()),
+        xdp: IfacePatterns(config.xdp_ifaces.clone()),
+        // Served interfaces leading to pods get IFACE_F_POD (local-traffic detection by
+        // interface).
+        pod: config.local_detection.by_interface().then(|| {
+            let detection = config.local_detection.clone();
+            PodInterfaces::new(move |name| detection.pod_interface(name))
+        }),
+    };
+    let metrics = LinkMetrics {
+        attached: metrics.attached_interfaces.clone(),
+        errors: metrics.attach_errors_total.clone(),
+    };
+    LinkWatcher::start(ebpf, &config.pin_dir, selection, metrics)
+}
+
+/// Stops a task when dropped, however `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
+    maps::MapData,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,11 +21,14 @@ use aya::{
     },
 };
 use kproxy_common::{
-    iface::{IFACE_F_INGRESS, IFACE_F_XDP_DEFER},
+    iface::{IFACE_F_INGRESS, IFACE_F_POD, IFACE_F_XDP_DEFER, IFACE_F_XDP_REDIRECT},
     names,
 };
 
-use super::veth::{self, Checksums};
+use super::{
+    links::select::{Link, Role, Tc},
+    veth::{self, Checksums},
+};
 
 /// The loopback device. kproxy's TC ingress program always runs there: replies of backends
 /// on the node's own addresses (hostNetwork endpoints) to clients on the node come back
@@ -40,7 +44,7 @@ pub enum Hook {
 }
 
 impl Hook {
-    const fn label(self) -> &'static str {
+    pub const fn label(self) -> &'static str {
         match self {
             Self::TcIngress => "tc-ingress",
             Self::TcEgress => "tc-egress",
@@ -49,7 +53,7 @@ impl Hook {
     }
 }
 
-/// What attaching did on one interface.
+/// What attaching did on one hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attached {
     /// A new link was created and pinned.
@@ -58,103 +62,273 @@ pub enum Attached {
     Replaced,
 }
 
+/// What kproxy runs on one interface now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// Each hook, in the order attached, and how.
+    pub hooks: Vec<(Hook, Attached)>,
+    /// Its `KP_IFACES` value.
+    pub flags: u32,
+}
+
+/// Why an interface did not get kproxy's programs.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The interface was gone (or its name belonged to another index) before anything was
+    /// attached: nothing to undo, and the notification of its removal follows.
+    #[error("interface {0} is gone")]
+    Gone(Link),
+    /// Attaching failed; whatever was attached to it for this attempt is removed again.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
 pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
-fn ifindex(iface: &str) -> Result<u32> {
-    super::ethtool::index(iface).with_context(|| format!("interface {iface:?} not found"))
-}
-
 /// The pin of a link names hook, ifindex and interface: an interface that was deleted and
 /// created again gets a new ifindex, hence a new link, and the dead one is swept.
-fn link_pin(pin_dir: &Path, hook: Hook, iface: &str) -> Result<PathBuf> {
-    Ok(links_dir(pin_dir).join(format!("{}-{}-{iface}", hook.label(), ifindex(iface)?)))
+fn link_pin(pin_dir: &Path, hook: Hook, link: &Link) -> PathBuf {
+    links_dir(pin_dir).join(format!("{}-{}-{}", hook.label(), link.index, link.name))
 }
 
-/// Attaches the TC programs to the ingress and egress of `tc`, the XDP program to `xdp`, the
-/// TC ingress program to `lo` and to every XDP interface that may see partial checksums
-/// (see `veth`), and detaches kproxy from interfaces no longer listed.
-pub fn attach_all(
-    ebpf: &mut Ebpf,
-    pin_dir: &Path,
-    tc: &[String],
-    xdp: &[String],
-) -> Result<Vec<(String, Hook, Attached)>> {
-    std::fs::create_dir_all(links_dir(pin_dir))?;
-    let mut wanted = HashSet::new();
-    let mut done = Vec::new();
-    let mut flags: Vec<(String, u32)> = Vec::new();
-    let mut attach = |iface: &str, hook: Hook, ebpf: &mut Ebpf| -> Result<()> {
-        let pin = link_pin(pin_dir, hook, iface)?;
-        let how = match hook {
+/// Whether `link`'s name still belongs to its index. TC programs are attached by name (aya
+/// resolves it), so this is checked before and after attaching: an interface deleted and
+/// created again in between must not end up with a pin named after the old one.
+fn still_there(link: &Link) -> bool {
+    super::ethtool::index(&link.name).is_ok_and(|index| index == link.index)
+}
+
+/// Attaches kproxy's programs to one interface at a time through pinned links, detaches
+/// them, and keeps `KP_IFACES` in step.
+pub struct Hooks {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    ifaces: aya::maps::HashMap<MapData, u32, u32>,
+}
+
+impl Hooks {
+    /// Takes the loaded object; its maps are already pinned under `pin_dir`.
+    pub fn new(ebpf: Ebpf, pin_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(links_dir(pin_dir))?;
+        accept_local_on_loopback()?;
+        let path = super::load::map_pin_path(pin_dir, names::MAP_IFACES);
+        let ifaces = aya::maps::Map::from_map_data(MapData::from_pin(&path)?)?.try_into()?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            ifaces,
+        })
+    }
+
+    /// Attaches what `role` asks for to `link`, adopting links a previous agent pinned, then
+    /// records the interface in `KP_IFACES`. On failure nothing of this attempt stays.
+    pub fn attach(&mut self, link: &Link, role: Role) -> Result<Served, AttachError> {
+        if !still_there(link) {
+            return Err(AttachError::Gone(link.clone()));
+        }
+        let mut hooks = Vec::new();
+        let result = self.attach_hooks(link, role, &mut hooks);
+        let result = result.and_then(|served| {
+            if still_there(link) {
+                Ok(served)
+            } else {
+                Err(anyhow::anyhow!(
+                    "{} vanished while being attached",
+                    link.name
+                ))
+            }
+        });
+        result.map_err(|e| {
+            // Undo: a half-served interface would confuse the egress program (IFACE_F_INGRESS
+            // without an ingress program) or run XDP without its TC fallback.
+            if let Err(undo) = self.detach(link, &hooks) {
+                tracing::warn!(iface = %link.name, error = %format!("{undo:#}"), "undoing a failed attachment");
+            }
+            AttachError::Failed(e)
+        })
+    }
+
+    fn attach_hooks(
+        &mut self,
+        link: &Link,
+        role: Role,
+        hooks: &mut Vec<(Hook, Attached)>,
+    ) -> Result<Served> {
+        let mut flags = IFACE_F_INGRESS;
+        if role.pod {
+            flags |= IFACE_F_POD;
+        }
+        match role.tc {
+            Tc::Off => {}
+            Tc::Ingress => hooks.push((Hook::TcIngress, self.attach_hook(link, Hook::TcIngress)?)),
+            Tc::IngressEgress => {
+                hooks.push((Hook::TcIngress, self.attach_hook(link, Hook::TcIngress)?));
+                hooks.push((Hook::TcEgress, self.attach_hook(link, Hook::TcEgress)?));
+            }
+        }
+        if role.xdp {
+            match veth::checksums(&link.name) {
+                // A NIC's driver transmits frames XDP redirects to it (XDP runs there); a
+                // veth would need an XDP program on its peer, so the stack forwards to those.
+                Checksums::Complete => flags |= IFACE_F_XDP_REDIRECT,
+                Checksums::CompleteFromPeer(peer) => {
+                    tracing::info!(iface = %link.name, %peer, "veth peer sends complete checksums: XDP translates");
+                }
+                Checksums::MaybePartial(why) => {
+                    tracing::warn!(
+                        iface = %link.name,
+                        %why,
+                        "XDP cannot see partial checksums on this veth: service packets are left \
+                         to the TC program, attached to its ingress too"
+                    );
+                    flags |= IFACE_F_XDP_DEFER;
+                    if role.tc == Tc::Off {
+                        hooks.push((Hook::TcIngress, self.attach_hook(link, Hook::TcIngress)?));
+                    }
+                    // XDP must find the deferral before its first packet.
+                    self.record(link, flags)?;
+                }
+            }
+            hooks.push((Hook::Xdp, self.attach_hook(link, Hook::Xdp)?));
+        }
+        // Recorded once the programs run: IFACE_F_INGRESS makes the egress program of other
+        // interfaces skip what this one forwards, which is right only once its ingress
+        // program handles it.
+        self.record(link, flags)?;
+        Ok(Served {
+            hooks: hooks.clone(),
+            flags,
+        })
+    }
+
+    fn attach_hook(&mut self, link: &Link, hook: Hook) -> Result<Attached> {
+        let pin = link_pin(&self.pin_dir, hook, link);
+        let iface = link.name.as_str();
+        match hook {
             Hook::TcIngress | Hook::TcEgress => {
                 let (program, attach_type) = if hook == Hook::TcIngress {
                     (names::PROG_TC_INGRESS, TcAttachType::Ingress)
                 } else {
                     (names::PROG_TC_EGRESS, TcAttachType::Egress)
                 };
-                let prog: &mut SchedClassifier = ebpf
+                let prog: &mut SchedClassifier = self
+                    .ebpf
                     .program_mut(program)
                     .with_context(|| format!("{program} missing"))?
                     .try_into()?;
                 attach_tc(prog, iface, attach_type, &pin)
             }
             Hook::Xdp => {
-                let prog: &mut Xdp = ebpf
+                let prog: &mut Xdp = self
+                    .ebpf
                     .program_mut(names::PROG_XDP)
                     .context("xdp program missing")?
                     .try_into()?;
-                attach_xdp(prog, iface, &pin)
+                attach_xdp(prog, link, &pin)
             }
         }
-        .with_context(|| format!("attaching {} to {iface}", hook.label()))?;
-        wanted.insert(pin);
-        done.push((iface.to_owned(), hook, how));
-        Ok(())
-    };
-    for iface in tc {
-        attach(iface, Hook::TcIngress, ebpf)?;
-        attach(iface, Hook::TcEgress, ebpf)?;
-        flags.push((iface.clone(), IFACE_F_INGRESS));
+        .with_context(|| format!("attaching {} to {iface}", hook.label()))
     }
-    for iface in xdp {
-        let mut f = IFACE_F_INGRESS;
-        match veth::checksums(iface) {
-            Checksums::Complete => {}
-            Checksums::CompleteFromPeer(peer) => {
-                tracing::info!(%iface, %peer, "veth peer sends complete checksums: XDP translates");
+
+    fn record(&mut self, link: &Link, flags: u32) -> Result<()> {
+        self.ifaces
+            .insert(link.index, flags, 0)
+            .with_context(|| format!("recording {} in {}", link.name, names::MAP_IFACES))
+    }
+
+    /// Takes kproxy off `link`: unpins the links of `hooks` (the kernel already detached
+    /// them if the interface is gone) and removes its `KP_IFACES` entry. XDP goes first, as
+    /// its deferral to TC lives in the entry; TC last, as the egress program of other
+    /// interfaces trusts IFACE_F_INGRESS only while the ingress program runs.
+    pub fn detach(&mut self, link: &Link, hooks: &[(Hook, Attached)]) -> Result<()> {
+        let mut first_error = None;
+        let mut unpin = |hook: Hook| {
+            let pin = link_pin(&self.pin_dir, hook, link);
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    first_error.get_or_insert(
+                        anyhow::Error::new(e).context(format!("unpinning {}", pin.display())),
+                    );
+                }
+                _ => {}
             }
-            Checksums::MaybePartial(why) => {
-                tracing::warn!(
-                    %iface,
-                    %why,
-                    "XDP cannot see partial checksums on this veth: service packets are left \
-                     to the TC program, attached to its ingress too"
-                );
-                f |= IFACE_F_XDP_DEFER;
-                if !tc.contains(iface) {
-                    attach(iface, Hook::TcIngress, ebpf)?;
+        };
+        if hooks.iter().any(|(h, _)| *h == Hook::Xdp) {
+            unpin(Hook::Xdp);
+        }
+        let entry = match self.ifaces.remove(&link.index) {
+            Ok(()) => None,
+            // Never recorded (an attempt that failed early).
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                None
+            }
+            Err(e) => Some(anyhow::Error::new(e).context(format!(
+                "removing {} from {}",
+                link.name,
+                names::MAP_IFACES
+            ))),
+        };
+        for (hook, _) in hooks {
+            if *hook != Hook::Xdp {
+                unpin(*hook);
+            }
+        }
+        match first_error.or(entry) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the pinned links and `KP_IFACES` entries that belong to no interface of
+    /// `served`: those of interfaces that vanished while no agent watched, or that a
+    /// previous agent served and this one does not. Returns how many of each.
+    pub fn sweep<'a>(
+        &mut self,
+        served: impl IntoIterator<Item = (&'a Link, &'a [(Hook, Attached)])>,
+    ) -> Result<(usize, usize)> {
+        let mut pins = HashSet::new();
+        let mut indexes = HashSet::new();
+        for (link, hooks) in served {
+            indexes.insert(link.index);
+            pins.extend(
+                hooks
+                    .iter()
+                    .map(|(hook, _)| link_pin(&self.pin_dir, *hook, link)),
+            );
+        }
+        let mut unpinned = 0;
+        for entry in std::fs::read_dir(links_dir(&self.pin_dir))? {
+            let path = entry?.path();
+            if pins.contains(&path) {
+                continue;
+            }
+            // Something that is not a link (a directory someone made there) is left alone:
+            // it must not stop the sweep, nor the agent.
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(link = %path.display(), "detached from an interface no longer served");
+                    unpinned += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(pin = %path.display(), error = %e, "cannot remove a stale pin");
                 }
             }
         }
-        attach(iface, Hook::Xdp, ebpf)?;
-        flags.push((iface.clone(), f));
-    }
-    if !tc.iter().chain(xdp).any(|i| i == LOOPBACK) {
-        attach(LOOPBACK, Hook::TcIngress, ebpf)?;
-        flags.push((LOOPBACK.to_owned(), IFACE_F_INGRESS));
-    }
-    accept_local_on_loopback()?;
-    record_interfaces(pin_dir, &flags)?;
-    for entry in std::fs::read_dir(links_dir(pin_dir))? {
-        let path = entry?.path();
-        if !wanted.contains(&path) {
-            tracing::info!(link = %path.display(), "detaching from an interface no longer served");
-            std::fs::remove_file(&path)?;
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !indexes.contains(i))
+            .collect();
+        for index in &stale {
+            self.ifaces.remove(index)?;
         }
+        Ok((unpinned, stale.len()))
     }
-    Ok(done)
 }
 
 /// Lets the loopback device receive packets from the node's own addresses through routing.
@@ -169,29 +343,6 @@ fn accept_local_on_loopback() -> Result<()> {
     std::fs::write(path, "1")
         .with_context(|| format!("setting {path} (for node-local backends)"))?;
     tracing::info!("set net.ipv4.conf.lo.accept_local=1 so the node reaches its own backends");
-    Ok(())
-}
-
-/// Writes what kproxy does on each interface into `KP_IFACES` (see `kproxy_common::iface`).
-fn record_interfaces(pin_dir: &Path, ifaces: &[(String, u32)]) -> Result<()> {
-    let path = super::load::map_pin_path(pin_dir, names::MAP_IFACES);
-    let mut map: aya::maps::HashMap<aya::maps::MapData, u32, u32> =
-        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path)?)?.try_into()?;
-    let mut wanted = std::collections::HashMap::new();
-    for (iface, flags) in ifaces {
-        *wanted.entry(ifindex(iface)?).or_insert(0) |= *flags;
-    }
-    let stale: Vec<u32> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|i| !wanted.contains_key(i))
-        .collect();
-    for index in stale {
-        map.remove(&index)?;
-    }
-    for (index, flags) in wanted {
-        map.insert(index, flags, 0)?;
-    }
     Ok(())
 }
 
@@ -255,17 +406,17 @@ fn attach_tc(
     )
 }
 
-fn attach_xdp(prog: &mut Xdp, iface: &str, pin: &Path) -> Result<Attached> {
+fn attach_xdp(prog: &mut Xdp, link: &Link, pin: &Path) -> Result<Attached> {
     attach_pinned(
         prog,
-        iface,
+        &link.name,
         pin,
         |prog, link| {
             prog.attach_to_link(XdpLink::try_from(link)?)?;
             Ok(())
         },
         |prog| {
-            let id = prog.attach(iface, XdpMode::default())?;
+            let id = prog.attach_to_if_index(link.index, XdpMode::default())?;
             prog.take_link(id)?
                 .try_into()
                 .context("XDP attached without a BPF link (kernel too old to pin it)")

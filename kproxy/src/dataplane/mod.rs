@@ -6,6 +6,7 @@ mod batch;
 pub mod bpffs;
 pub mod bpfsys;
 pub mod ethtool;
+pub mod links;
 pub mod load;
 pub mod maps;
 pub mod node_addrs;

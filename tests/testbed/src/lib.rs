@@ -31,7 +31,7 @@ pub use servers::{
     udp_server,
 };
 pub use topology::lan::{LanNode, LanOptions, LanTopology, Pod};
-pub use topology::{Topology, TopologyOptions};
+pub use topology::{PodClient, Topology, TopologyOptions};
 
 /// Whether a process id still names a live process; leftovers of dead runs are swept by it.
 pub(crate) fn pid_alive(pid: u32) -> bool {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -193,6 +194,34 @@ impl Netns {
         let name = ifname.to_owned();
         self.run(move || ifreq::index(&name))?
             .with_context(|| format!("index of {ifname} in netns {}", self.name))
+    }
+
+    /// Waits until `ifname` in this namespace is operational: up with a carrier, and its
+    /// transmit queue activated. The kernel does the last two asynchronously after `link set
+    /// up` (its linkwatch work, which waits for the RTNL lock): until then the interface
+    /// drops what it sends, e.g. a first ARP request, which is retried only a second later.
+    pub fn wait_link_operational(&self, ifname: &str, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let out = self
+                .command("ip")
+                .args(["-o", "link", "show", "dev", ifname])
+                .output()
+                .with_context(|| format!("running ip link show {ifname}"))?;
+            let line = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && line.contains(" state UP ") && !line.contains(" qdisc noop ")
+            {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "{ifname} in netns {} not operational after {timeout:?}: {}",
+                    self.name,
+                    line.trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// The MAC address of `ifname` inside this namespace.

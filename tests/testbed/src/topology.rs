@@ -8,9 +8,14 @@
 //!   [external]   198.18.9.2 ──veth── 198.18.9.1 kx  ┘  (optional)
 //!   Service VIPs: 198.19.0.0/16, never assigned to an interface.
 //! ```
+//!
+//! Pod clients can be added to a built topology while an agent runs, each on a link of its
+//! own whose node side is called `kpc<n>` ([`Topology::add_pod_client`]): interfaces that
+//! appear, vanish and come back, as pods' veths do.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 
@@ -25,6 +30,16 @@ const CLIENT_SUBNET: u8 = 1;
 const EXTERNAL_SUBNET: u8 = 9;
 /// Backends use 198.18.2.0/24 upwards, skipping the external subnet, up to 198.18.254.0/24.
 pub const MAX_BACKENDS: usize = 252;
+/// The node-side interface of pod client `n` is `kpc<n>`: a pattern `kpc*` selects them all
+/// and nothing else of the bed.
+pub const POD_CLIENT_IFACE_PREFIX: &str = "kpc";
+/// Pod client `n` lives on 198.18.(200 + n).0/24, above the subnets of all but the largest
+/// beds (see [`Topology::add_pod_client`]).
+const POD_CLIENT_SUBNETS: u8 = 200;
+/// How long a new link of a pod client may take to become operational.
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most this many pod clients (`n` from 1).
+pub const MAX_POD_CLIENTS: u8 = 50;
 
 /// Distinguishes the topologies of one process (tests build them on parallel threads).
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -142,26 +157,14 @@ impl Topology {
         // link ever exists in the root namespace, not even for a moment.
         let mut node_script = Vec::new();
         for link in self.links() {
-            node_script.extend([
-                format!(
-                    "link add {} type veth peer name {LEAF_IFACE} netns {}",
-                    link.node_iface,
-                    link.leaf.name()
-                ),
-                format!("addr add {}/24 dev {}", link.node_addr, link.node_iface),
-                format!("link set {} up", link.node_iface),
-            ]);
+            node_script.extend(link.node_side());
         }
         // No default route in the node: traffic to an address nobody has dies here, answered
         // with ICMP net unreachable, instead of leaving the bed.
         self.node.ip_batch(&node_script)?;
 
         for link in self.links() {
-            link.leaf.ip_batch(&[
-                format!("addr add {}/24 dev {LEAF_IFACE}", link.leaf_addr),
-                format!("link set {LEAF_IFACE} up"),
-                format!("route add default via {}", link.node_addr),
-            ])?;
+            link.leaf.ip_batch(&link.leaf_side())?;
         }
 
         if !opts.client_tx_checksum_offload {
@@ -240,6 +243,32 @@ impl Topology {
             .expect("topology built without `external: true`")
     }
 
+    /// Adds pod client `n` (1 to [`MAX_POD_CLIENTS`]): a namespace `<prefix>-pc<n>` linked to
+    /// the node through `kpc<n>`, set up like the client (sysctls, address, default route
+    /// through the node). Its subnet must not be a backend's: beds with more than 197
+    /// backends have none to spare.
+    pub fn add_pod_client(&self, n: u8) -> Result<PodClient> {
+        ensure!(
+            (1..=MAX_POD_CLIENTS).contains(&n),
+            "pod clients are numbered 1 to {MAX_POD_CLIENTS}, not {n}"
+        );
+        let subnet = POD_CLIENT_SUBNETS + n;
+        ensure!(
+            (0..self.backends.len()).all(|i| backend_subnet(i) != subnet),
+            "198.18.{subnet}.0/24 of pod client {n} belongs to a backend"
+        );
+        let ns = Netns::create(&format!("{}-pc{n}", self.prefix))?;
+        ns.sysctls(BED_SYSCTLS)?;
+        ns.sysctls(&[("net.ipv4.ip_local_port_range", "1024 65535")])?;
+        let client = PodClient {
+            ns,
+            node_iface: format!("{POD_CLIENT_IFACE_PREFIX}{n}"),
+            subnet,
+        };
+        client.create_link(&self.node)?;
+        Ok(client)
+    }
+
     /// All node-side interfaces: `kc`, `kb1`..`kbN`, then `kx` when there is an external link.
     pub fn node_ifaces(&self) -> Vec<String> {
         self.links().map(|link| link.node_iface).collect()
@@ -273,6 +302,51 @@ impl Topology {
     }
 }
 
+/// A client namespace added to a built topology, as a pod that starts while the agent runs:
+///
+/// ```text
+///   [<prefix>-pc<n>]  198.18.(200+n).2 eth0 ──veth── 198.18.(200+n).1 kpc<n>  [node ns]
+/// ```
+///
+/// Dropping it deletes its namespace, and with it both ends of the veth.
+#[derive(Debug)]
+pub struct PodClient {
+    pub ns: Netns,
+    /// The node-side interface, `kpc<n>`.
+    pub node_iface: String,
+    subnet: u8,
+}
+
+impl PodClient {
+    /// The client's address.
+    pub fn addr(&self) -> Ipv4Addr {
+        leaf_addr(self.subnet)
+    }
+
+    /// Deletes the veth (from the node's side; the client's end goes with it) and creates it
+    /// again with the same names, addresses and routes, as when a pod's sandbox is recreated:
+    /// the node's interface keeps its name and gets a new index.
+    pub fn recreate_link(&self, node: &Netns) -> Result<()> {
+        node.ip(&["link", "del", &self.node_iface])?;
+        self.create_link(node)
+    }
+
+    fn create_link(&self, node: &Netns) -> Result<()> {
+        let link = Link {
+            leaf: &self.ns,
+            node_iface: self.node_iface.clone(),
+            node_addr: node_addr(self.subnet),
+            leaf_addr: leaf_addr(self.subnet),
+        };
+        node.ip_batch(&link.node_side())?;
+        self.ns.ip_batch(&link.leaf_side())?;
+        // As a pod starts only once its network is set up, wait until the link carries
+        // packets (see `wait_link_operational`).
+        node.wait_link_operational(&self.node_iface, LINK_UP_TIMEOUT)?;
+        self.ns.wait_link_operational(LEAF_IFACE, LINK_UP_TIMEOUT)
+    }
+}
+
 /// One veth link between the node and a leaf namespace.
 struct Link<'a> {
     leaf: &'a Netns,
@@ -282,6 +356,29 @@ struct Link<'a> {
 }
 
 impl<'a> Link<'a> {
+    /// `ip` commands (run in the node) that create the link, its leaf end going straight into
+    /// the leaf's namespace, and address the node's end.
+    fn node_side(&self) -> Vec<String> {
+        vec![
+            format!(
+                "link add {} type veth peer name {LEAF_IFACE} netns {}",
+                self.node_iface,
+                self.leaf.name()
+            ),
+            format!("addr add {}/24 dev {}", self.node_addr, self.node_iface),
+            format!("link set {} up", self.node_iface),
+        ]
+    }
+
+    /// `ip` commands (run in the leaf) that address its end and route through the node.
+    fn leaf_side(&self) -> Vec<String> {
+        vec![
+            format!("addr add {}/24 dev {LEAF_IFACE}", self.leaf_addr),
+            format!("link set {LEAF_IFACE} up"),
+            format!("route add default via {}", self.node_addr),
+        ]
+    }
+
     fn new(leaf: &'a Netns, node_iface: String, subnet: u8) -> Link<'a> {
         Link {
             leaf,

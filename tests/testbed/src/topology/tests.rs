@@ -195,3 +195,48 @@ fn addresses_follow_the_plan() {
     assert_eq!(owner_pid("kpt-x-7-client"), None);
     assert_eq!(owner_pid("other-1234-7"), None);
 }
+
+#[test]
+fn pod_clients_come_and_go_while_the_topology_lives() {
+    if !require_privileges("topology::pod_clients_come_and_go_while_the_topology_lives") {
+        return;
+    }
+    let topo = Topology::build(TopologyOptions {
+        backends: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let backend = SocketAddrV4::new(topo.backend_addr(0), 8080);
+    let _server = tcp_server(&topo.backends[0], backend).unwrap();
+    assert!(topo.add_pod_client(0).is_err());
+    assert!(topo.add_pod_client(MAX_POD_CLIENTS + 1).is_err());
+
+    let pod = topo.add_pod_client(3).unwrap();
+    assert_eq!(pod.node_iface, "kpc3");
+    assert_eq!(pod.addr(), Ipv4Addr::new(198, 18, 203, 2));
+    assert!(pod.ns.name().starts_with(&topo.prefix));
+    // Usable at once: the link is operational when the call returns.
+    let reply = tcp_request(&pod.ns, backend, TIMEOUT).unwrap();
+    assert_eq!(*reply.peer.ip(), pod.addr());
+
+    let index = topo.node.link_index("kpc3").unwrap();
+    pod.recreate_link(&topo.node).unwrap();
+    assert_ne!(topo.node.link_index("kpc3").unwrap(), index);
+    assert_eq!(
+        tcp_request(&pod.ns, backend, TIMEOUT).unwrap().backend,
+        backend
+    );
+
+    let name = pod.ns.name().to_owned();
+    drop(pod);
+    assert!(!netns::list_names().unwrap().contains(&name));
+    // The kernel dismantles a deleted namespace in the background; the veth goes with it.
+    let deleted = Instant::now();
+    while topo.node.link_index("kpc3").is_ok() {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(5),
+            "kpc3 still there"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
