@@ -111,15 +111,26 @@ impl LoadedDatapath {
     /// Runs program `name` on `frame` with BPF_PROG_TEST_RUN: its return value and the frame
     /// as it leaves, or the kernel's refusal (frames shorter than an Ethernet header).
     pub fn try_run(&self, name: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+        self.try_run_in(name, frame, None)
+    }
+
+    /// `try_run` with the program's context (`struct __sk_buff` or `struct xdp_md`) given.
+    fn try_run_in(
+        &self,
+        name: &str,
+        frame: &[u8],
+        ctx_in: Option<&[u8]>,
+    ) -> Result<(u32, Vec<u8>), ProgramError> {
         let mut out = vec![0u8; frame.len() + 512];
         let result = {
             let prog = self.ebpf.program(name).expect("program in object");
             let opts = TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in,
                 ..TestRunOptions::default()
             };
-            if name == names::PROG_XDP {
+            if name == names::PROG_XDP || name == names::PROG_XDP_FORWARD_ONLY {
                 <&Xdp>::try_from(prog)
                     .expect("xdp program")
                     .test_run(opts)?
@@ -157,19 +168,10 @@ impl LoadedDatapath {
         // struct __sk_buff up to `ifindex` (offset 40); the kernel zero-fills the rest.
         let mut ctx = [0u8; 44];
         ctx[40..].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 512];
-        let prog = self.ebpf.program(names::PROG_TC_INGRESS).expect("program");
-        let result = <&SchedClassifier>::try_from(prog)
-            .expect("tc program")
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
+        let (ret, out) = self
+            .try_run_in(names::PROG_TC_INGRESS, frame, Some(&ctx))
             .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (i32::from_ne_bytes(result.return_value.to_ne_bytes()), out)
+        (i32::from_ne_bytes(ret.to_ne_bytes()), out)
     }
 
     /// Runs XDP program `name` on `frame` as if interface `ifindex` of the calling thread's
@@ -184,19 +186,8 @@ impl LoadedDatapath {
             .iter()
             .flat_map(|v: &u32| v.to_ne_bytes())
             .collect();
-        let mut out = vec![0u8; frame.len() + 512];
-        let prog = self.ebpf.program(name).expect("program in object");
-        let result = <&Xdp>::try_from(prog)
-            .expect("xdp program")
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        self.try_run_in(name, frame, Some(&ctx))
+            .expect("BPF_PROG_TEST_RUN")
     }
 
     /// Entries in the fragment table.
