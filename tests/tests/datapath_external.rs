@@ -13,13 +13,13 @@ use aya::programs::{Xdp, XdpMode};
 use kproxy::model::{Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope, WhenEmpty};
 use kproxy_common::{
     config::{CFG_F_LOCAL_BY_CIDR, Config},
-    iface::{NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
+    iface::{IFACE_F_INGRESS, IFACE_F_XDP_REDIRECT, NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
     names,
     stats::Counter,
 };
 use kproxy_testbed::{Topology, TopologyOptions, require_privileges};
 use support::{
-    datapath::{LoadedDatapath, TCX_NEXT, XDP_DROP, XDP_PASS, XDP_TX, frontend},
+    datapath::{LoadedDatapath, TCX_NEXT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, frontend},
     packets::{SYN, SYN_ACK, assert_checksums, dst, src, tcp_frame},
 };
 
@@ -35,6 +35,9 @@ const EXT_OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 77, 100);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 2);
 const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 const LOCAL_POD_GW: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+/// A pod on a third node, reached through the client link, which plays a second NIC that
+/// takes redirected frames.
+const THIRD_NODE_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 2);
 /// This node's pod on the client link, inside the pod network of local-traffic detection.
 const CLIENT_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 5, 5);
@@ -76,6 +79,12 @@ fn desired() -> Desired {
     let mut all: Desired = [
         external(FrontendKind::NodePort, ANY, 30_080, &[(REMOTE_POD, 8080)]),
         external(FrontendKind::NodePort, ANY, 30_090, &[(LOCAL_POD, 8080)]),
+        external(
+            FrontendKind::NodePort,
+            ANY,
+            30_091,
+            &[(THIRD_NODE_POD, 8080)],
+        ),
         lb,
         frontend(CLUSTER_IP, 80, Protocol::Tcp, &[(LOCAL_POD, 8080)], None),
     ]
@@ -97,6 +106,7 @@ struct Seen {
     nodeport_remote: Out,
     nodeport_remote_reply: Out,
     nodeport_local: Out,
+    nodeport_other_nic: Out,
     local_policy_external: Out,
     local_policy_pod: (i32, Vec<u8>),
     local_policy_none_here: Out,
@@ -107,6 +117,7 @@ struct Seen {
     cluster_ip_pod: (i32, Vec<u8>),
     hairpin: (i32, Vec<u8>),
     hairpin_reply: (i32, Vec<u8>),
+    forward_only: Out,
     counters: Vec<(Counter, u64)>,
     kx_mac: [u8; 6],
 }
@@ -144,6 +155,19 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         .expect("xdp type");
     xdp.attach("kx", XdpMode::default())
         .expect("attach XDP to kx");
+    // The benchmark's ceiling, loaded (never attached) to run it on the same frames.
+    let ceiling: &mut Xdp = dp
+        .ebpf
+        .program_mut(names::PROG_XDP_FORWARD_ONLY)
+        .expect("forward-only program")
+        .try_into()
+        .expect("xdp type");
+    ceiling.load().expect("load the forward-only program");
+    // `kc` plays a second NIC: XDP may redirect frames to it.
+    let mut ifaces_map: HashMap<MapData, u32, u32> = dp.map(names::MAP_IFACES);
+    ifaces_map
+        .insert(kc, IFACE_F_INGRESS | IFACE_F_XDP_REDIRECT, 0)
+        .expect("KP_IFACES");
     // NodePorts answer on the NIC address only; the pod link's address is the node's too.
     node_addr(&dp, NIC, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT);
     node_addr(&dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
@@ -168,6 +192,7 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         nodeport_remote: nic(syn((EXT, 40_000), (NIC, 30_080))),
         nodeport_remote_reply: nic(tcp_frame((REMOTE_POD, 8080), (NIC, 40_000), SYN_ACK, b"")),
         nodeport_local: nic(syn((EXT, 40_001), (NIC, 30_090))),
+        nodeport_other_nic: nic(syn((EXT, 40_012), (NIC, 30_091))),
         local_policy_external: nic(syn((EXT, 40_002), (NIC, 30_081))),
         local_policy_pod: tc_on(kc, syn((CLIENT_POD, 40_003), (NIC, 30_081))),
         local_policy_none_here: nic(syn((EXT, 40_004), (NIC, 30_082))),
@@ -181,9 +206,15 @@ fn run_cases(ifaces: Ifaces) -> Seen {
             kb1,
             tcp_frame((LOCAL_POD, 8080), (LOCAL_POD_GW, 40_010), SYN_ACK, b""),
         ),
+        forward_only: dp.xdp_received_on(
+            names::PROG_XDP_FORWARD_ONLY,
+            kx,
+            &syn((EXT, 40_011), (REMOTE_POD, 8080)),
+        ),
         counters: [
             Counter::Masqueraded,
             Counter::XdpTx,
+            Counter::XdpRedirect,
             Counter::XdpPassOtherInterface,
             Counter::DropNoLocalEndpoint,
             Counter::DropSourceRange,
@@ -210,6 +241,17 @@ fn bed() -> (Topology, Ifaces) {
             .ip(&["route", "add", route, "via", &router, "dev", "kx"])
             .expect("route");
     }
+    topo.node
+        .ip(&[
+            "route",
+            "add",
+            "198.18.60.0/24",
+            "via",
+            "198.18.1.2",
+            "dev",
+            "kc",
+        ])
+        .expect("route");
     // Next hops with known MACs, so lookups resolve at once: the router, and this node's
     // pod (whose link takes no redirected frames).
     let router_mac = ROUTER_MAC.map(|b| format!("{b:02x}")).join(":");
@@ -217,6 +259,7 @@ fn bed() -> (Topology, Ifaces) {
     let neighbours = [
         (router.as_str(), router_mac.as_str(), "kx"),
         (pod.as_str(), "02:00:00:00:02:02", "kb1"),
+        ("198.18.1.2", "02:00:00:00:01:02", "kc"),
     ];
     for (addr, mac, dev) in neighbours {
         topo.node
@@ -294,6 +337,17 @@ fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would(
     );
     assert_checksums(frame);
 
+    // Towards another NIC that takes redirected frames: XDP_REDIRECT.
+    let (verdict, frame) = &seen.nodeport_other_nic;
+    assert_eq!(*verdict, XDP_REDIRECT);
+    assert_eq!(dst(frame), (THIRD_NODE_POD, 8080));
+    assert_eq!(
+        &frame[..6],
+        &[0x02, 0, 0, 0, 0x01, 0x02],
+        "to that link's next hop"
+    );
+    assert_checksums(frame);
+
     // externalTrafficPolicy Local: external clients keep their address and get a local
     // endpoint; this node's pods go cluster-wide without masquerade; with no local endpoint
     // external traffic is dropped.
@@ -344,9 +398,20 @@ fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would(
     assert_eq!(dst(frame), (LOCAL_POD, 40_010));
     assert_checksums(frame);
 
-    // Masqueraded: NodePort remote and local, LB, cluster IP off-cluster, hairpin.
-    assert_eq!(counter(Counter::Masqueraded), 5);
-    assert_eq!(counter(Counter::XdpTx), 3);
+    // Masqueraded: NodePorts (remote, local, third node), LB, cluster IP off-cluster,
+    // hairpin.
+    assert_eq!(counter(Counter::Masqueraded), 6);
+    // The benchmark's ceiling forwards the same way, without translating.
+    let (verdict, frame) = &seen.forward_only;
+    assert_eq!(*verdict, XDP_TX);
+    assert_eq!(src(frame), (EXT, 40_011));
+    assert_eq!(dst(frame), (REMOTE_POD, 8080));
+    assert_eq!(frame[14 + 8], 63);
+    assert_eq!(&frame[..6], &ROUTER_MAC);
+    assert_checksums(frame);
+
+    assert_eq!(counter(Counter::XdpTx), 4, "three translated, one plain");
+    assert_eq!(counter(Counter::XdpRedirect), 1);
     assert_eq!(
         counter(Counter::XdpPassOtherInterface),
         2,

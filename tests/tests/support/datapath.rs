@@ -42,6 +42,7 @@ pub const TC_ACT_REDIRECT: i32 = 7;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 
 /// The addresses of the packet tests (TESTBED.md's reference topology).
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
