@@ -137,6 +137,33 @@ fn node_addr(dp: &LoadedDatapath, addr: Ipv4Addr, flags: u32) {
         .expect("KP_NODE_ADDRS");
 }
 
+/// The node as the agent would set it up: `kc` a second NIC that takes redirected frames,
+/// NodePorts on the NIC's address, the pod network for local-traffic detection.
+fn configure(dp: &mut LoadedDatapath, kc: u32) {
+    // `kc` plays a second NIC: XDP may redirect frames to it.
+    let mut ifaces_map: HashMap<MapData, u32, u32> = dp.map(names::MAP_IFACES);
+    ifaces_map
+        .insert(kc, IFACE_F_INGRESS | IFACE_F_XDP_REDIRECT, 0)
+        .expect("KP_IFACES");
+    // NodePorts answer on the NIC address only; the pod link's address is the node's too.
+    node_addr(&dp, NIC, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT);
+    node_addr(&dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
+    // The pod network is 198.18.1.0/24 and 198.18.2.0/24 (ClusterCIDR detection).
+    let mut cidrs: LpmTrie<MapData, u32, u8> = dp.map(names::MAP_LOCAL_CIDRS);
+    for net in [[198, 18, 1, 0], [198, 18, 2, 0]] {
+        cidrs
+            .insert(&Key::new(24, u32::from_ne_bytes(net)), 1, 0)
+            .expect("KP_LOCAL_CIDRS");
+    }
+    dp.flows
+        .write_config(&Config {
+            flags: CFG_F_LOCAL_BY_CIDR,
+            ..Config::DEFAULT
+        })
+        .expect("config");
+
+}
+
 fn run_cases(ifaces: Ifaces) -> Seen {
     let Ifaces {
         kx,
@@ -163,27 +190,7 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         .try_into()
         .expect("xdp type");
     ceiling.load().expect("load the forward-only program");
-    // `kc` plays a second NIC: XDP may redirect frames to it.
-    let mut ifaces_map: HashMap<MapData, u32, u32> = dp.map(names::MAP_IFACES);
-    ifaces_map
-        .insert(kc, IFACE_F_INGRESS | IFACE_F_XDP_REDIRECT, 0)
-        .expect("KP_IFACES");
-    // NodePorts answer on the NIC address only; the pod link's address is the node's too.
-    node_addr(&dp, NIC, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT);
-    node_addr(&dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
-    // The pod network is 198.18.1.0/24 and 198.18.2.0/24 (ClusterCIDR detection).
-    let mut cidrs: LpmTrie<MapData, u32, u8> = dp.map(names::MAP_LOCAL_CIDRS);
-    for net in [[198, 18, 1, 0], [198, 18, 2, 0]] {
-        cidrs
-            .insert(&Key::new(24, u32::from_ne_bytes(net)), 1, 0)
-            .expect("KP_LOCAL_CIDRS");
-    }
-    dp.flows
-        .write_config(&Config {
-            flags: CFG_F_LOCAL_BY_CIDR,
-            ..Config::DEFAULT
-        })
-        .expect("config");
+    configure(&mut dp, kc);
 
     let nic = |frame: Vec<u8>| dp.xdp_received_on(names::PROG_XDP, kx, &frame);
     let tc_on = |ifindex: u32, frame: Vec<u8>| dp.tc_received_on(ifindex, &frame);
