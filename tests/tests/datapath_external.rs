@@ -146,8 +146,8 @@ fn configure(dp: &mut LoadedDatapath, kc: u32) {
         .insert(kc, IFACE_F_INGRESS | IFACE_F_XDP_REDIRECT, 0)
         .expect("KP_IFACES");
     // NodePorts answer on the NIC address only; the pod link's address is the node's too.
-    node_addr(&dp, NIC, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT);
-    node_addr(&dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
+    node_addr(dp, NIC, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT);
+    node_addr(dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
     // The pod network is 198.18.1.0/24 and 198.18.2.0/24 (ClusterCIDR detection).
     let mut cidrs: LpmTrie<MapData, u32, u8> = dp.map(names::MAP_LOCAL_CIDRS);
     for net in [[198, 18, 1, 0], [198, 18, 2, 0]] {
@@ -161,7 +161,6 @@ fn configure(dp: &mut LoadedDatapath, kc: u32) {
             ..Config::DEFAULT
         })
         .expect("config");
-
 }
 
 fn run_cases(ifaces: Ifaces) -> Seen {
@@ -303,13 +302,23 @@ fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would(
         .node
         .run(move || run_cases(ifaces))
         .expect("in the node namespace");
-    let counter = |c: Counter| {
-        seen.counters
+    assert_forwarding(&seen);
+    assert_policies(&seen);
+}
+
+impl Seen {
+    fn counter(&self, c: Counter) -> u64 {
+        self.counters
             .iter()
             .find(|(k, _)| *k == c)
             .map(|(_, v)| *v)
             .expect("counter read")
-    };
+    }
+}
+
+/// NodePorts and the XDP fast path's decisions.
+fn assert_forwarding(seen: &Seen) {
+    let counter = |c| seen.counter(c);
 
     // A NodePort whose backend is on another node: DNAT, masquerade to the NIC's address
     // (the route's source towards the pod), sent back out of the NIC to the router.
@@ -355,6 +364,27 @@ fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would(
     );
     assert_checksums(frame);
 
+    // The benchmark's ceiling forwards the same way, without translating.
+    let (verdict, frame) = &seen.forward_only;
+    assert_eq!(*verdict, XDP_TX);
+    assert_eq!(src(frame), (EXT, 40_011));
+    assert_eq!(dst(frame), (REMOTE_POD, 8080));
+    assert_eq!(frame[14 + 8], 63);
+    assert_eq!(&frame[..6], &ROUTER_MAC);
+    assert_checksums(frame);
+
+    assert_eq!(counter(Counter::XdpTx), 4, "three translated, one plain");
+    assert_eq!(counter(Counter::XdpRedirect), 1);
+    assert_eq!(
+        counter(Counter::XdpPassOtherInterface),
+        2,
+        "the two translated for this node's pod"
+    );
+}
+
+/// Traffic policies, source ranges, masquerade and hairpin.
+fn assert_policies(seen: &Seen) {
+    let counter = |c| seen.counter(c);
     // externalTrafficPolicy Local: external clients keep their address and get a local
     // endpoint; this node's pods go cluster-wide without masquerade; with no local endpoint
     // external traffic is dropped.
@@ -408,20 +438,4 @@ fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would(
     // Masqueraded: NodePorts (remote, local, third node), LB, cluster IP off-cluster,
     // hairpin.
     assert_eq!(counter(Counter::Masqueraded), 6);
-    // The benchmark's ceiling forwards the same way, without translating.
-    let (verdict, frame) = &seen.forward_only;
-    assert_eq!(*verdict, XDP_TX);
-    assert_eq!(src(frame), (EXT, 40_011));
-    assert_eq!(dst(frame), (REMOTE_POD, 8080));
-    assert_eq!(frame[14 + 8], 63);
-    assert_eq!(&frame[..6], &ROUTER_MAC);
-    assert_checksums(frame);
-
-    assert_eq!(counter(Counter::XdpTx), 4, "three translated, one plain");
-    assert_eq!(counter(Counter::XdpRedirect), 1);
-    assert_eq!(
-        counter(Counter::XdpPassOtherInterface),
-        2,
-        "the two translated for this node's pod"
-    );
 }
