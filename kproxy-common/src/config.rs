@@ -16,6 +16,11 @@ pub const CFG_F_LOCAL_BY_CIDR: u32 = 1 << 1;
 /// `IFACE_F_POD` come from pods (InterfaceNamePrefix or BridgeInterface).
 pub const CFG_F_LOCAL_BY_IFACE: u32 = 1 << 2;
 
+/// NodePorts answer on the loopback address (kube-proxy iptables mode's localhost
+/// NodePorts; the agent sets `route_localnet`): packets to 127.0.0.0/8 arriving on any
+/// interface but `lo` are dropped, as kube-proxy's rule against CVE-2020-8558 drops them.
+pub const CFG_F_LOCALHOST_NODEPORTS: u32 = 1 << 3;
+
 const SEC: u64 = 1_000_000_000;
 
 /// Conntrack timeouts. Until the agent writes the map, `initialized` is 0 and the datapath

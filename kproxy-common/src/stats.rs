@@ -124,6 +124,9 @@ counters! {
     /// A new flow to masquerade, but no route (hence no node address) towards its backend:
     /// dropped.
     DropMasqNoAddr = "drop_masq_no_addr", drop "masquerade_no_address";
+    /// A TCP/UDP packet to 127.0.0.0/8 that arrived on another interface than `lo` while
+    /// localhost NodePorts are on: dropped (route_localnet would deliver it otherwise).
+    DropMartianLocalhost = "drop_martian_localhost", drop "martian_localhost";
     /// XDP translated a packet and sent it back out of the NIC it came in on (XDP_TX).
     XdpTx = "xdp_tx";
     /// XDP translated a packet and sent it out of another interface (XDP_REDIRECT).

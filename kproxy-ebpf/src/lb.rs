@@ -48,6 +48,10 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 pub fn handle<P: Packet>(pkt: &mut P) -> Action {
     stats::count(Counter::Packets);
     let mut flow = match parse::parse(pkt) {
+        Parsed::Ipv4(flow) if policy::martian_localhost(pkt, flow.key.daddr) => {
+            stats::count(Counter::DropMartianLocalhost);
+            return Action::Drop;
+        }
         Parsed::Ipv4(flow) => flow,
         Parsed::NotIpv4 => return Action::Pass,
         Parsed::Vlan(daddr) => return vip::pass_if_vip(daddr, Counter::VipVlanTagged),

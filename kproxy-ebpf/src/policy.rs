@@ -5,7 +5,10 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use kproxy_common::{
-    config::{CFG_F_LOCAL_BY_CIDR, CFG_F_LOCAL_BY_IFACE, CFG_F_MASQUERADE_ALL, Config},
+    config::{
+        CFG_F_LOCAL_BY_CIDR, CFG_F_LOCAL_BY_IFACE, CFG_F_LOCALHOST_NODEPORTS, CFG_F_MASQUERADE_ALL,
+        Config,
+    },
     iface::{IFACE_F_POD, NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
     lb::{
         SCOPE_INTERNAL, SOURCE_RANGE_ID_BITS, SVC_F_EXT_LOCAL, SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES,
@@ -15,8 +18,10 @@ use kproxy_common::{
 };
 
 use crate::{
+    conntrack,
     maps::{KP_IFACES, KP_LOCAL_CIDRS, KP_NODE_ADDRS, KP_SERVICES, KP_SOURCE_RANGES},
     packet::Packet,
+    route::LOOPBACK_IFINDEX,
 };
 
 /// The `NODE_ADDR_F_*` bits of `addr`, 0 if it is not the node's.
@@ -24,6 +29,16 @@ use crate::{
 pub fn node_addr_flags(addr: u32) -> u32 {
     // SAFETY: copied out at once.
     unsafe { KP_NODE_ADDRS.get(addr) }.copied().unwrap_or(0)
+}
+
+/// Whether a packet to `daddr` is one only `lo` may carry while localhost NodePorts make the
+/// kernel accept loopback destinations everywhere (`route_localnet`).
+#[inline(always)]
+pub fn martian_localhost<P: Packet>(pkt: &P, daddr: u32) -> bool {
+    // 127.0.0.0/8: the first byte on the wire.
+    daddr.to_ne_bytes()[0] == 127
+        && pkt.ifindex() != LOOPBACK_IFINDEX
+        && conntrack::config().flags & CFG_F_LOCALHOST_NODEPORTS != 0
 }
 
 /// Whether NodePorts answer on `addr`.

@@ -141,6 +141,12 @@ struct RunArgs {
     /// Masquerade every new flow to a cluster IP (SNAT to a node address).
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     masquerade_all: bool,
+    /// NodePorts answer on 127.0.0.1 too, for the node's own clients, when
+    /// --nodeport-addresses covers it (kube-proxy iptables mode's default; sets
+    /// net.ipv4.conf.all.route_localnet=1 and drops loopback-addressed packets arriving
+    /// elsewhere than lo).
+    #[arg(long, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    iptables_localhost_nodeports: bool,
 }
 
 /// A socket address, or none (the flag given as "").
@@ -201,6 +207,7 @@ impl RunArgs {
             nodeport_addresses,
             local_detection,
             masquerade_all: self.masquerade_all,
+            localhost_nodeports: self.iptables_localhost_nodeports,
         })
     }
 }

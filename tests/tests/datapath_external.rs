@@ -12,14 +12,17 @@ use aya::maps::{HashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
 use aya::programs::{Xdp, XdpMode};
 use kproxy::model::{Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope, WhenEmpty};
 use kproxy_common::{
-    config::{CFG_F_LOCAL_BY_CIDR, Config},
+    config::{CFG_F_LOCAL_BY_CIDR, CFG_F_LOCALHOST_NODEPORTS, Config},
     iface::{IFACE_F_INGRESS, IFACE_F_XDP_REDIRECT, NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
     names,
     stats::Counter,
 };
 use kproxy_testbed::{Topology, TopologyOptions, require_privileges};
 use support::{
-    datapath::{LoadedDatapath, TCX_NEXT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, frontend},
+    datapath::{
+        LoadedDatapath, TC_ACT_REDIRECT, TCX_NEXT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        frontend,
+    },
     packets::{SYN, SYN_ACK, assert_checksums, dst, src, tcp_frame},
 };
 
@@ -118,6 +121,9 @@ struct Seen {
     hairpin: (i32, Vec<u8>),
     hairpin_reply: (i32, Vec<u8>),
     forward_only: Out,
+    localhost_nodeport: (i32, Vec<u8>),
+    localhost_reply: Out,
+    localhost_from_outside: Out,
     counters: Vec<(Counter, u64)>,
     kx_mac: [u8; 6],
 }
@@ -147,6 +153,11 @@ fn configure(dp: &mut LoadedDatapath, kc: u32) {
         .expect("KP_IFACES");
     // NodePorts answer on the NIC address only; the pod link's address is the node's too.
     node_addr(dp, NIC, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT);
+    node_addr(
+        dp,
+        Ipv4Addr::LOCALHOST,
+        NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT,
+    );
     node_addr(dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
     // The pod network is 198.18.1.0/24 and 198.18.2.0/24 (ClusterCIDR detection).
     let mut cidrs: LpmTrie<MapData, u32, u8> = dp.map(names::MAP_LOCAL_CIDRS);
@@ -157,7 +168,7 @@ fn configure(dp: &mut LoadedDatapath, kc: u32) {
     }
     dp.flows
         .write_config(&Config {
-            flags: CFG_F_LOCAL_BY_CIDR,
+            flags: CFG_F_LOCAL_BY_CIDR | CFG_F_LOCALHOST_NODEPORTS,
             ..Config::DEFAULT
         })
         .expect("config");
@@ -217,6 +228,14 @@ fn run_cases(ifaces: Ifaces) -> Seen {
             kx,
             &syn((EXT, 40_011), (REMOTE_POD, 8080)),
         ),
+        // The node's own client on 127.0.0.1 (test runs default to `lo`), its reply, and
+        // a loopback destination arriving on the NIC.
+        localhost_nodeport: dp.tc(&syn(
+            (Ipv4Addr::LOCALHOST, 40_020),
+            (Ipv4Addr::LOCALHOST, 30_080),
+        )),
+        localhost_reply: nic(tcp_frame((REMOTE_POD, 8080), (NIC, 40_020), SYN_ACK, b"")),
+        localhost_from_outside: nic(syn((EXT, 40_021), (Ipv4Addr::LOCALHOST, 30_080))),
         counters: [
             Counter::Masqueraded,
             Counter::XdpTx,
@@ -224,6 +243,7 @@ fn run_cases(ifaces: Ifaces) -> Seen {
             Counter::XdpPassOtherInterface,
             Counter::DropNoLocalEndpoint,
             Counter::DropSourceRange,
+            Counter::DropMartianLocalhost,
         ]
         .into_iter()
         .map(|c| (c, dp.counter(c)))
@@ -435,7 +455,26 @@ fn assert_policies(seen: &Seen) {
     assert_eq!(dst(frame), (LOCAL_POD, 40_010));
     assert_checksums(frame);
 
-    // Masqueraded: NodePorts (remote, local, third node), LB, cluster IP off-cluster,
-    // hairpin.
-    assert_eq!(counter(Counter::Masqueraded), 6);
+    // Localhost NodePorts (kube-proxy iptables mode): masqueraded to the address of the
+    // route towards the backend and routed out; the reply gets 127.0.0.1 back and goes up
+    // the stack; a loopback destination from outside is dropped.
+    let (verdict, frame) = &seen.localhost_nodeport;
+    assert_eq!(
+        *verdict, TC_ACT_REDIRECT,
+        "routed from lo towards the backend"
+    );
+    assert_eq!(dst(frame), (REMOTE_POD, 8080));
+    assert_eq!(src(frame), (NIC, 40_020));
+    assert_checksums(frame);
+    let (verdict, frame) = &seen.localhost_reply;
+    assert_eq!(*verdict, XDP_PASS);
+    assert_eq!(src(frame), (Ipv4Addr::LOCALHOST, 30_080));
+    assert_eq!(dst(frame), (Ipv4Addr::LOCALHOST, 40_020));
+    assert_checksums(frame);
+    assert_eq!(seen.localhost_from_outside.0, XDP_DROP);
+    assert_eq!(counter(Counter::DropMartianLocalhost), 1);
+
+    // Masqueraded: NodePorts (remote, local, third node, localhost), LB, cluster IP
+    // off-cluster, hairpin.
+    assert_eq!(counter(Counter::Masqueraded), 7);
 }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use input::{Input, Wakeup};
-use kproxy_common::config::Config;
+use kproxy_common::config::{CFG_F_LOCALHOST_NODEPORTS, Config};
 use prometheus_client::registry::Registry;
 
 use crate::{
@@ -81,6 +81,8 @@ pub struct AgentConfig {
     pub local_detection: LocalDetection,
     /// `--masquerade-all`.
     pub masquerade_all: bool,
+    /// `--iptables-localhost-nodeports`: NodePorts on 127.0.0.1 too.
+    pub localhost_nodeports: bool,
     /// How often expired conntrack entries are deleted.
     pub gc_interval: Duration,
     /// How often the manifests are re-read even without a file event (a safety net; the
@@ -447,7 +449,9 @@ impl Agent {
     fn apply_node(&mut self) {
         let node = self.cluster.node().clone();
         self.refresh_node_addrs(Some(&node));
-        if let Err(e) = write_local_config(&mut self.flows, &self.config, Some(&node)) {
+        if let Err(e) =
+            write_local_config(&mut self.flows, &self.config, Some(&node), &self.node_addrs)
+        {
             tracing::warn!(error = %format!("{e:#}"), "writing local-traffic detection failed");
             return;
         }
@@ -519,6 +523,7 @@ impl Agent {
 /// state says (NodePorts on `primary`, NodeCIDR detection).
 fn open_node_config(config: &AgentConfig) -> Result<(NodeAddrs, FlowMaps)> {
     let mut node_addrs = NodeAddrs::open(&config.pin_dir)?;
+    node_addrs.set_localhost_node_ports(config.localhost_nodeports);
     node_addrs.refresh(&config.nodeport_addresses, None)?;
     tracing::info!(
         addresses = ?node_addrs.addresses(),
@@ -526,7 +531,7 @@ fn open_node_config(config: &AgentConfig) -> Result<(NodeAddrs, FlowMaps)> {
         "node addresses"
     );
     let mut flows = FlowMaps::open(&config.pin_dir)?;
-    write_local_config(&mut flows, config, None)?;
+    write_local_config(&mut flows, config, None, &node_addrs)?;
     Ok((node_addrs, flows))
 }
 
@@ -538,6 +543,7 @@ fn write_local_config(
     flows: &mut FlowMaps,
     config: &AgentConfig,
     node: Option<&NodeInfo>,
+    node_addrs: &NodeAddrs,
 ) -> Result<()> {
     let pinned = flows.config()?;
     let current = LocalConfig {
@@ -554,8 +560,17 @@ fn write_local_config(
     for cidr in want.cidrs.iter().filter(|c| !current.cidrs.contains(c)) {
         flows.put_local_cidr(*cidr)?;
     }
+    let localhost = node_addrs.localhost_node_ports();
+    if localhost {
+        allow_loopback_destinations()?;
+    }
     flows.write_config(&Config {
-        flags: want.flags,
+        flags: want.flags
+            | if localhost {
+                CFG_F_LOCALHOST_NODEPORTS
+            } else {
+                0
+            },
         ..config.conntrack
     })?;
     for cidr in current.cidrs.iter().filter(|c| !want.cidrs.contains(c)) {
@@ -569,6 +584,19 @@ fn write_local_config(
             "local-traffic configuration written"
         );
     }
+    Ok(())
+}
+
+/// Lets the kernel take packets to 127.0.0.0/8 that arrive translated from elsewhere than
+/// `lo` (the replies of the node's own localhost NodePort connections), as kube-proxy does
+/// for its localhost NodePorts; the datapath drops every other such packet.
+fn allow_loopback_destinations() -> Result<()> {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+    if std::fs::read_to_string(SYSCTL).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(SYSCTL, "1").with_context(|| format!("setting {SYSCTL}"))?;
+    tracing::info!("set net.ipv4.conf.all.route_localnet=1 for localhost NodePorts");
     Ok(())
 }
 

@@ -68,13 +68,15 @@ impl NodePortAddresses {
 
 /// What `KP_NODE_ADDRS` should hold for the node's `local` IPv4 addresses: every one is
 /// `NODE_ADDR_F_LOCAL`; those `which` selects are also `NODE_ADDR_F_NODEPORT`. Loopback
-/// addresses never take NodePorts (kube-proxy's nftables mode; iptables mode's deprecated
-/// `--iptables-localhost-nodeports` is not supported). `node` is `None` until the agent has
-/// read the cluster: `primary` then keeps what `previous` said of each address, so a
+/// addresses take NodePorts only with `localhost` (kube-proxy's iptables mode and its
+/// `--iptables-localhost-nodeports`, on by default there), and then only when `which` covers
+/// them (unset, or a CIDR holding them; never `primary`). `node` is `None` until the agent
+/// has read the cluster: `primary` then keeps what `previous` said of each address, so a
 /// restart does not stop NodePorts meanwhile.
 pub fn select(
     local: &BTreeSet<Ipv4Addr>,
     which: &NodePortAddresses,
+    localhost: bool,
     node: Option<&NodeInfo>,
     previous: &BTreeMap<Ipv4Addr, u32>,
 ) -> BTreeMap<Ipv4Addr, u32> {
@@ -86,9 +88,10 @@ pub fn select(
     local
         .iter()
         .map(|&addr| {
-            let takes_node_ports = !addr.is_loopback()
+            let takes_node_ports = (localhost || !addr.is_loopback())
                 && match which {
                     NodePortAddresses::All => true,
+                    NodePortAddresses::Primary if addr.is_loopback() => false,
                     NodePortAddresses::Primary => match node {
                         Some(_) => primary == Some(IpAddr::V4(addr)),
                         None => previous
@@ -142,6 +145,8 @@ pub fn local_ipv4_addresses() -> Result<BTreeSet<Ipv4Addr>> {
 pub struct NodeAddrs {
     map: HashMap<MapData, u32, u32>,
     written: BTreeMap<Ipv4Addr, u32>,
+    /// Loopback addresses may take NodePorts (see `select`).
+    localhost_node_ports: bool,
 }
 
 impl NodeAddrs {
@@ -155,13 +160,35 @@ impl NodeAddrs {
             .filter_map(Result::ok)
             .map(|(addr, flags)| (wire::addr_from_wire(addr), flags))
             .collect();
-        Ok(Self { map, written })
+        Ok(Self {
+            map,
+            written,
+            localhost_node_ports: false,
+        })
+    }
+
+    /// Lets loopback addresses take NodePorts from the next refresh on (see `select`).
+    pub fn set_localhost_node_ports(&mut self, on: bool) {
+        self.localhost_node_ports = on;
+    }
+
+    /// Whether a loopback address takes NodePorts now.
+    pub fn localhost_node_ports(&self) -> bool {
+        self.written
+            .iter()
+            .any(|(a, f)| a.is_loopback() && f & NODE_ADDR_F_NODEPORT != 0)
     }
 
     /// Makes the map hold exactly the namespace's current addresses, flagged as `select`
     /// says; true if it changed.
     pub fn refresh(&mut self, which: &NodePortAddresses, node: Option<&NodeInfo>) -> Result<bool> {
-        let now = select(&local_ipv4_addresses()?, which, node, &self.written);
+        let now = select(
+            &local_ipv4_addresses()?,
+            which,
+            self.localhost_node_ports,
+            node,
+            &self.written,
+        );
         let mut changed = false;
         for gone in self.written.keys().filter(|a| !now.contains_key(a)) {
             self.map
@@ -310,7 +337,7 @@ mod tests {
                 .into_iter()
                 .map(|a| (a, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT))
                 .collect();
-            let got = select(&local, &which, info.as_ref(), &previous);
+            let got = select(&local, &which, false, info.as_ref(), &previous);
             assert_eq!(
                 got.keys().copied().collect::<BTreeSet<_>>(),
                 local,
@@ -320,6 +347,37 @@ mod tests {
                 got.values().all(|f| f & NODE_ADDR_F_LOCAL != 0),
                 "{name}: all local"
             );
+            let node_ports: BTreeSet<Ipv4Addr> = got
+                .iter()
+                .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
+                .map(|(a, _)| *a)
+                .collect();
+            assert_eq!(node_ports, addrs(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn loopback_takes_node_ports_only_with_localhost_node_ports_and_a_flag_covering_it() {
+        let local = addrs(&["127.0.0.1", "192.168.0.2"]);
+        let cases: [(&str, NodePortAddresses, bool, &[&str]); 5] = [
+            ("unset", flag(&[]), true, &["127.0.0.1", "192.168.0.2"]),
+            ("unset, localhost off", flag(&[]), false, &["192.168.0.2"]),
+            (
+                "loopback CIDR",
+                flag(&["127.0.0.0/8"]),
+                true,
+                &["127.0.0.1"],
+            ),
+            (
+                "other CIDR",
+                flag(&["192.168.0.0/16"]),
+                true,
+                &["192.168.0.2"],
+            ),
+            ("primary", flag(&["primary"]), true, &[]),
+        ];
+        for (name, which, localhost, want) in cases {
+            let got = select(&local, &which, localhost, None, &BTreeMap::new());
             let node_ports: BTreeSet<Ipv4Addr> = got
                 .iter()
                 .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
