@@ -160,6 +160,10 @@ impl Hooks {
         if role.pod {
             flags |= IFACE_F_POD;
         }
+        // Before the first packet the programs hand over with a local source.
+        if accept_local(&link.name)? {
+            tracing::debug!(iface = %link.name, "set accept_local");
+        }
         match role.tc {
             Tc::Off => {}
             Tc::Ingress => hooks.push((Hook::TcIngress, self.attach_hook(link, Hook::TcIngress)?)),
@@ -336,14 +340,30 @@ impl Hooks {
 /// a local source address the kernel drops it as martian unless `accept_local` is set there
 /// (normal loopback traffic never goes through that check, so nothing else changes).
 fn accept_local_on_loopback() -> Result<()> {
-    let path = "/proc/sys/net/ipv4/conf/lo/accept_local";
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
+    if accept_local(LOOPBACK)? {
+        tracing::info!("set net.ipv4.conf.lo.accept_local=1 so the node reaches its own backends");
     }
-    std::fs::write(path, "1")
-        .with_context(|| format!("setting {path} (for node-local backends)"))?;
-    tracing::info!("set net.ipv4.conf.lo.accept_local=1 so the node reaches its own backends");
     Ok(())
+}
+
+/// Sets `net.ipv4.conf.<iface>.accept_local=1`; true if it was not set before.
+///
+/// Every interface kproxy serves on ingress needs it: kproxy masquerades a new flow and
+/// restores a reply's source (a NodePort's address) before the stack routes the packet, so
+/// what it hands to the stack may carry one of the node's own addresses as its source (a
+/// flow masqueraded towards a backend on this node, a reply from such a backend to an
+/// external client, a packet XDP leaves to the stack to resolve the next hop's MAC). The
+/// kernel's input routing drops those as martian sources unless the interface they came in
+/// on accepts local sources. (kube-proxy's SNAT runs after routing and never meets the
+/// check.) Strict reverse-path filtering (`rp_filter=1`) on such an interface still rejects
+/// them; loose (2) and off (0) do not. kproxy leaves `rp_filter` as the node has it.
+fn accept_local(iface: &str) -> Result<bool> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(false);
+    }
+    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))?;
+    Ok(true)
 }
 
 /// Opens the link pinned at `pin`, if any; an unusable pin is removed.

@@ -1,5 +1,6 @@
-//! The agent binary running inside the test bed's node namespace, with the bed around it:
-//! topology, who-am-I servers on every backend, a private bpffs and a manifests directory.
+//! The agent binary running inside a test bed's node namespace, with the bed around it:
+//! topology, who-am-I servers on every backend, a private bpffs and a manifests directory
+//! (the agent's home, shared by the reference bed here and the LAN bed in `lan.rs`).
 
 use std::{
     ffi::OsString,
@@ -11,7 +12,7 @@ use std::{
 
 use kproxy::cmd::services::{DatapathView, collect};
 use kproxy_testbed::{
-    BpfFs, LoggedProcess, ServerHandle, Topology, TopologyOptions, tcp_server, udp_server,
+    BpfFs, LoggedProcess, Netns, ServerHandle, Topology, TopologyOptions, tcp_server, udp_server,
 };
 
 pub const TCP_PORT: u16 = 8080;
@@ -37,34 +38,24 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
-pub struct Bed {
-    pub topo: Topology,
+/// What an agent keeps beside its node: a private bpffs for its pins and a temp dir holding
+/// `manifests/` (which it watches) and its logs. Every bed has one.
+pub struct AgentHome {
     pub bpffs: BpfFs,
     /// Temp dir holding `manifests/` (watched by the agent) and the agent's log.
     pub dir: tempfile::TempDir,
-    _servers: Vec<ServerHandle>,
 }
 
-impl Bed {
-    /// The reference topology with TCP (8080) and UDP (5353) who-am-I servers on each backend.
-    pub fn new(opts: TopologyOptions) -> Self {
-        let topo = Topology::build(opts).expect("building the test bed");
-        let mut servers = Vec::new();
-        for (i, ns) in topo.backends.iter().enumerate() {
-            let addr = topo.backend_addr(i);
-            servers.push(tcp_server(ns, SocketAddrV4::new(addr, TCP_PORT)).expect("tcp server"));
-            servers.push(udp_server(ns, SocketAddrV4::new(addr, UDP_PORT)).expect("udp server"));
-        }
+impl AgentHome {
+    pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kpt-e2e-")
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir(dir.path().join("manifests")).expect("manifests dir");
         Self {
-            topo,
             bpffs: BpfFs::new().expect("private bpffs"),
             dir,
-            _servers: servers,
         }
     }
 
@@ -85,12 +76,6 @@ impl Bed {
 
     pub fn remove(&self, file: &str) {
         std::fs::remove_file(self.manifests().join(file)).expect("removing manifest");
-    }
-
-    pub fn backends(&self) -> Vec<Ipv4Addr> {
-        (0..self.topo.backends.len())
-            .map(|i| self.topo.backend_addr(i))
-            .collect()
     }
 
     /// What the datapath holds now (read from the pinned maps).
@@ -116,6 +101,69 @@ impl Bed {
             (got == want).then_some(())
         });
         started.elapsed()
+    }
+}
+
+impl Default for AgentHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where an agent runs: its node's namespace, its home and its node's name.
+#[derive(Clone, Copy)]
+pub struct Site<'a> {
+    pub node: &'a Netns,
+    pub home: &'a AgentHome,
+    pub node_name: &'a str,
+}
+
+/// The reference topology with the agent's home; `bed.write(..)`, `bed.pin_dir()`,
+/// `bed.view()` and the others are the home's.
+pub struct Bed {
+    pub topo: Topology,
+    pub home: AgentHome,
+    _servers: Vec<ServerHandle>,
+}
+
+impl std::ops::Deref for Bed {
+    type Target = AgentHome;
+
+    fn deref(&self) -> &AgentHome {
+        &self.home
+    }
+}
+
+impl Bed {
+    /// The reference topology with TCP (8080) and UDP (5353) who-am-I servers on each backend.
+    pub fn new(opts: TopologyOptions) -> Self {
+        let topo = Topology::build(opts).expect("building the test bed");
+        let mut servers = Vec::new();
+        for (i, ns) in topo.backends.iter().enumerate() {
+            let addr = topo.backend_addr(i);
+            servers.push(tcp_server(ns, SocketAddrV4::new(addr, TCP_PORT)).expect("tcp server"));
+            servers.push(udp_server(ns, SocketAddrV4::new(addr, UDP_PORT)).expect("udp server"));
+        }
+        Self {
+            topo,
+            home: AgentHome::new(),
+            _servers: servers,
+        }
+    }
+
+    pub fn backends(&self) -> Vec<Ipv4Addr> {
+        (0..self.topo.backends.len())
+            .map(|i| self.topo.backend_addr(i))
+            .collect()
+    }
+
+    /// The bed's node, named `node`.
+    pub fn site(&self) -> Site<'_> {
+        Site {
+            node: &self.topo.node,
+            home: &self.home,
+            node_name: "node",
+        }
     }
 }
 
@@ -145,7 +193,22 @@ impl Agent {
 
     /// Like `start_with`, pinning under `pin_dir` instead of the bed's private bpffs.
     pub fn start_pinned(bed: &Bed, pin_dir: &Path, attach: &[&str], extra: &[&str]) -> Self {
-        let mut agent = Self::spawn(bed, &Input::Manifests, pin_dir, attach, extra, &[]);
+        let mut agent = Self::spawn(bed.site(), &Input::Manifests, pin_dir, attach, extra, &[]);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts `kproxy run` at `site` reading its home's manifests, with `args` (`--attach`
+    /// and the rest), and waits until it is ready.
+    pub fn start_at(site: Site<'_>, args: &[&str]) -> Self {
+        let mut agent = Self::spawn(
+            site,
+            &Input::Manifests,
+            &site.home.pin_dir(),
+            args,
+            &[],
+            &[],
+        );
         agent.wait_ready();
         agent
     }
@@ -154,7 +217,7 @@ impl Agent {
     pub fn start_env(bed: &Bed, env: &[(&str, &str)], extra: &[&str]) -> Self {
         let ifaces = bed.topo.node_ifaces().join(",");
         let mut agent = Self::spawn(
-            bed,
+            bed.site(),
             &Input::Manifests,
             &bed.pin_dir(),
             &["--attach", &ifaces],
@@ -170,7 +233,7 @@ impl Agent {
     pub fn spawn_api(bed: &Bed, kubeconfig: &Path, extra: &[&str]) -> Self {
         let ifaces = bed.topo.node_ifaces().join(",");
         Self::spawn(
-            bed,
+            bed.site(),
             &Input::Api(kubeconfig),
             &bed.pin_dir(),
             &["--attach", &ifaces],
@@ -180,34 +243,35 @@ impl Agent {
     }
 
     fn spawn(
-        bed: &Bed,
+        site: Site<'_>,
         input: &Input<'_>,
         pin_dir: &Path,
         attach: &[&str],
         extra: &[&str],
         env_extra: &[(&str, &str)],
     ) -> Self {
+        let home = site.home;
         // One log per agent run, so a restarted agent's readiness is its own.
-        let runs = std::fs::read_dir(bed.dir.path()).map_or(0, |d| {
+        let runs = std::fs::read_dir(home.dir.path()).map_or(0, |d| {
             d.filter(|e| {
                 e.as_ref()
                     .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("agent-"))
             })
             .count()
         });
-        let log = bed.dir.path().join(format!("agent-{runs}.log"));
+        let log = home.dir.path().join(format!("agent-{runs}.log"));
         let mut args: Vec<OsString> = vec!["run".into()];
         match input {
-            Input::Manifests => args.extend(["--manifests".into(), bed.manifests().into()]),
+            Input::Manifests => args.extend(["--manifests".into(), home.manifests().into()]),
             Input::Api(kubeconfig) => args.extend(["--kubeconfig".into(), kubeconfig.into()]),
         }
-        args.extend(["--node-name", "node", "--pin-dir"].map(OsString::from));
+        args.extend(["--node-name", site.node_name, "--pin-dir"].map(OsString::from));
         args.push(pin_dir.into());
         args.extend(attach.iter().chain(extra).map(OsString::from));
         // The caller's variables last, so they win.
         let mut env = vec![("KPROXY_LOG", "info"), ("NO_COLOR", "1")];
         env.extend_from_slice(env_extra);
-        let process = LoggedProcess::spawn(&bed.topo.node, &kproxy_bin(), &args, &env, &log)
+        let process = LoggedProcess::spawn(site.node, &kproxy_bin(), &args, &env, &log)
             .expect("starting kproxy");
         Self {
             process: Some(process),

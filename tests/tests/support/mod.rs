@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod datapath;
 pub mod http;
+pub mod lan;
 pub mod links;
 pub mod manifests;
 pub mod objects;

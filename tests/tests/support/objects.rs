@@ -91,6 +91,20 @@ impl Ep {
 
 /// An EndpointSlice of `service` with port `http` on `port`.
 pub fn slice(name: &str, service: &str, port: u16, endpoints: &[Ep]) -> Value {
+    slice_ports(name, service, &[("http", port, "TCP")], endpoints)
+}
+
+/// An EndpointSlice of `service` whose endpoints listen on `ports` (name, port, protocol).
+pub fn slice_ports(
+    name: &str,
+    service: &str,
+    ports: &[(&str, u16, &str)],
+    endpoints: &[Ep],
+) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol}))
+        .collect();
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -100,7 +114,7 @@ pub fn slice(name: &str, service: &str, port: u16, endpoints: &[Ep]) -> Value {
             "labels": {"kubernetes.io/service-name": service},
         },
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "ports": ports,
         "endpoints": endpoints.iter().map(Ep::to_json).collect::<Vec<_>>(),
     })
 }
