@@ -596,7 +596,7 @@ fn masquerade_hairpin_and_the_node_itself() {
 
     // 8: clients on node1 itself. Cluster, LB and external IPs leave through an attached
     // interface (a pod link stands in for the default gateway; its egress program
-    // translates); node1's own NodePort goes through lo.
+    // translates); node1's own NodePort, on its NIC address or 127.0.0.1, goes through lo.
     bed.node1()
         .ip(&[
             "route",
@@ -613,6 +613,8 @@ fn masquerade_hairpin_and_the_node_itself() {
     for target in [
         (vip(32), 80, 53),
         (NIC1, 30_100, 30_101),
+        // kube-proxy iptables mode's localhost NodePorts (on by default).
+        (Ipv4Addr::LOCALHOST, 30_100, 30_101),
         (lb_ip, 80, 53),
         (external_ip, 80, 53),
     ] {
