@@ -201,27 +201,20 @@ impl LinkWatcher {
                 let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 let names: Vec<&str> = hooks.iter().map(|(h, _)| h.label()).collect();
                 let adopted = hooks.iter().any(|(_, how)| *how == Attached::Replaced);
-                if adopted {
-                    tracing::info!(
-                        iface = %link.name,
-                        index = link.index,
-                        hooks = %names.join(","),
-                        pod = role.pod,
-                        flags,
-                        took_us,
+                tracing::info!(
+                    iface = %link.name,
+                    index = link.index,
+                    hooks = %names.join(","),
+                    pod = role.pod,
+                    flags,
+                    took_us,
+                    "{}",
+                    if adopted {
                         "attached: replaced the program of the existing pinned links"
-                    );
-                } else {
-                    tracing::info!(
-                        iface = %link.name,
-                        index = link.index,
-                        hooks = %names.join(","),
-                        pod = role.pod,
-                        flags,
-                        took_us,
+                    } else {
                         "attached"
-                    );
-                }
+                    }
+                );
                 self.served.insert(
                     link.index,
                     Entry {
