@@ -534,11 +534,16 @@ fn external_section(report: &Report) -> String {
         let base = field(find(base)?)?;
         Some(fmt_ratio(field(cell)?.median / base.median))
     };
-    // Nanoseconds per packet more than the ceiling, from the two medians.
+    // Nanoseconds per packet more than the ceiling, from the two medians; none for a mode
+    // that forwarded (next to) nothing, whose rate says nothing about a cost per packet.
+    let forwarded = |cell: &ExternalCell| {
+        let delivered = cell.delivered()?.median;
+        (delivered >= 0.01 * cell.sent()?.median && delivered > 0.0).then_some(delivered)
+    };
     let extra_ns = |cell: &ExternalCell| {
-        let ours = cell.delivered()?.median;
-        let ceiling = find(EXTERNAL_CEILING)?.delivered()?.median;
-        (ours > 0.0 && ceiling > 0.0).then(|| format!("{:.0}", 1e9 / ours - 1e9 / ceiling))
+        let ours = forwarded(cell)?;
+        let ceiling = forwarded(find(EXTERNAL_CEILING)?)?;
+        Some(format!("{:.0}", 1e9 / ours - 1e9 / ceiling))
     };
     for cell in &ext.cells {
         let _ = writeln!(
@@ -1198,6 +1203,8 @@ mod tests {
             ("nftables", 15_000.0, 330_000.0),
             (BASELINE_MODE, 14_000.0, 300_000.0),
             ("bare-xdp-forward", 17_000.0, 1_000_000.0),
+            // A mode that forwards nothing: its interfaces still count a few packets.
+            ("kproxy-tc", 0.0, 10.0),
         ]
         .into_iter()
         .map(|(mode, rate, pps)| ExternalCell {
@@ -1240,6 +1247,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| bare-xdp-forward | 17,000 (16,150–17,850) | 1.13× |"));
+        // No cost per packet for what forwarded nothing.
+        assert!(
+            md.contains("| kproxy-tc | 0 (0–0) | 0.00× | 410 | 0 | 10 (9–11) | 0.00× | 0.00× | – | 1,250,000 |"),
+            "{md}"
+        );
         assert!(md.contains("- kproxy-xdp: xdp_tx=1 \\| 2"), "{md}");
     }
 
