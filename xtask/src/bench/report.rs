@@ -800,15 +800,20 @@ pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
         };
         // One above the other: side by side the modes' names would not fit under the bars.
         let (upper, lower) = bottom.split_vertically(bottom.dim_in_pixel().1 / 2);
+        let warmed = if ext.warm_neighbours {
+            " (neighbours warmed)"
+        } else {
+            ""
+        };
         bar_panel(
             &upper,
-            "External: new connections/s to a NodePort",
+            &format!("External: new connections/s to a NodePort{warmed}"),
             "connections/s",
             &bars(ExternalCell::rate),
         )?;
         bar_panel(
             &lower,
-            "External: UDP packets/s forwarded",
+            &format!("External: UDP packets/s forwarded to a remote backend{warmed}"),
             "packets/s",
             &bars(ExternalCell::delivered),
         )?;
