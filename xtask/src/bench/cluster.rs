@@ -179,7 +179,7 @@ impl Cluster {
     }
 }
 
-fn with_type<T: serde::Serialize>(
+pub(super) fn with_type<T: serde::Serialize>(
     object: &T,
     api_version: &str,
     kind: &str,
@@ -192,7 +192,7 @@ fn with_type<T: serde::Serialize>(
     Ok(value)
 }
 
-fn write_list(path: &Path, items: &[serde_json::Value]) -> Result<()> {
+pub(super) fn write_list(path: &Path, items: &[serde_json::Value]) -> Result<()> {
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
     std::fs::write(path, serde_json::to_vec(&list)?)
         .with_context(|| format!("writing {}", path.display()))

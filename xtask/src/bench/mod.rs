@@ -1,9 +1,11 @@
 //! `cargo xtask bench`: kproxy against kube-proxy's iptables and nftables rules, every mode at
 //! every scale in one run, repetitions interleaved (A B A B …) so machine noise hits all modes
-//! alike. Results go to `target/bench/` as JSON, markdown and a chart.
+//! alike: ClusterIP services, then external traffic (a NodePort with a remote backend, see
+//! [`external`]). Results go to `target/bench/` as JSON, markdown and a chart.
 
 mod bed;
 mod cluster;
+mod external;
 mod load;
 mod modes;
 mod report;
@@ -20,6 +22,7 @@ use kproxy_testbed::require_privileges;
 use self::{
     bed::BenchBed,
     cluster::Cluster,
+    external::ExtMode,
     load::{LoadConfig, Pick},
     modes::Mode,
     report::{AgentUsage, Cell, Placement, Programming, Report, Sample, Skipped},
@@ -35,9 +38,24 @@ pub struct Options {
     #[arg(long, value_delimiter = ',')]
     pub services: Option<Vec<usize>>,
     /// Modes to measure, comma separated (default: all of kproxy-tc, kproxy-xdp,
-    /// iptables-legacy, iptables-nft, nftables, ipvs).
+    /// iptables-legacy, iptables-nft, nftables, ipvs; the external section has no ipvs and
+    /// adds bare-xdp-forward). Each section measures the modes it knows.
     #[arg(long, value_delimiter = ',')]
     pub modes: Option<Vec<String>>,
+    /// Run only the external-traffic section (NodePort with a remote backend, UDP forwarding).
+    #[arg(long, conflicts_with = "skip_external")]
+    pub external_only: bool,
+    /// Skip the external-traffic section.
+    #[arg(long)]
+    pub skip_external: bool,
+    /// UDP flows the external section's sender cycles through (default 256).
+    #[arg(long)]
+    pub udp_flows: Option<usize>,
+    /// External section: have node1 resolve its LAN neighbours (node2, the client) before
+    /// measuring, as a node that has talked to its peers would. Off by default, so what a
+    /// freshly built node does is what the report shows; the report says when it was on.
+    #[arg(long)]
+    pub warm_neighbours: bool,
     /// Repetitions of every measurement (default 3, quick 1).
     #[arg(long)]
     pub repetitions: Option<usize>,
@@ -55,8 +73,11 @@ pub struct Options {
 /// The run's settings once defaults are applied.
 struct Plan {
     quick: bool,
+    /// ClusterIP scales; empty with --external-only.
     scales: Vec<usize>,
     modes: Vec<Mode>,
+    /// None with --skip-external.
+    external: Option<external::Plan>,
     repetitions: usize,
     duration: Duration,
     concurrency: usize,
@@ -65,39 +86,72 @@ struct Plan {
 
 impl Plan {
     fn from(opts: &Options) -> Result<Self> {
-        let modes = match &opts.modes {
-            Some(names) => names
-                .iter()
-                .map(|n| Mode::parse(n).with_context(|| format!("unknown mode {n:?}")))
-                .collect::<Result<_>>()?,
-            None => Mode::ALL.to_vec(),
+        let (mut modes, ext_modes): (Vec<Mode>, Vec<ExtMode>) = match &opts.modes {
+            Some(names) => {
+                for n in names {
+                    if Mode::parse(n).is_none() && ExtMode::parse(n).is_none() {
+                        bail!("unknown mode {n:?}");
+                    }
+                }
+                (
+                    names.iter().filter_map(|n| Mode::parse(n)).collect(),
+                    names.iter().filter_map(|n| ExtMode::parse(n)).collect(),
+                )
+            }
+            None => (Mode::ALL.to_vec(), ExtMode::ALL.to_vec()),
         };
         let default_scales = if opts.quick {
             vec![10, 100]
         } else {
             vec![10, 1_000, 10_000]
         };
-        let scales = opts.services.clone().unwrap_or(default_scales);
+        let mut scales = opts.services.clone().unwrap_or(default_scales);
         if scales.iter().any(|&n| n == 0 || n > 60_000) {
             bail!("--services: each scale must be between 1 and 60000");
         }
+        if opts.external_only {
+            scales.clear();
+            modes.clear();
+        }
         let seconds = opts.duration.unwrap_or(if opts.quick { 1.0 } else { 5.0 });
+        let duration = Duration::from_secs_f64(seconds.max(0.2));
+        let repetitions = opts
+            .repetitions
+            .unwrap_or(if opts.quick { 1 } else { 3 })
+            .max(1);
+        let concurrency = opts.concurrency.unwrap_or(32).max(1);
+        let udp_flows = opts.udp_flows.unwrap_or(256);
+        if !(1..=50_000).contains(&udp_flows) {
+            bail!("--udp-flows must be between 1 and 50000");
+        }
+        let external = (!opts.skip_external && !ext_modes.is_empty()).then(|| external::Plan {
+            modes: ext_modes,
+            repetitions,
+            duration,
+            warmup: warmup(duration),
+            concurrency,
+            udp_flows,
+            warm_neighbours: opts.warm_neighbours,
+        });
         Ok(Self {
             quick: opts.quick,
             scales,
             modes,
-            repetitions: opts
-                .repetitions
-                .unwrap_or(if opts.quick { 1 } else { 3 })
-                .max(1),
-            duration: Duration::from_secs_f64(seconds.max(0.2)),
-            concurrency: opts.concurrency.unwrap_or(32).max(1),
+            external,
+            repetitions,
+            duration,
+            concurrency,
             output: opts
                 .output
                 .clone()
                 .unwrap_or_else(|| target_dir().join("bench")),
         })
     }
+}
+
+/// Load before each measurement, not counted: a fifth of it, at most a second.
+fn warmup(duration: Duration) -> Duration {
+    duration.mul_f64(0.2).min(Duration::from_secs(1))
 }
 
 /// Packages the benchmark needs on top of the tests'.
@@ -118,7 +172,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     deps::ensure(deps::TEST_TOOLS)?;
     deps::ensure(BENCH_TOOLS)?;
-    build_ebpf::run(&build_ebpf::Options::default())?;
+    let object = build_ebpf::run(&build_ebpf::Options::default())?;
     let agent = build_agent(plan.quick)?;
 
     let mut report = Report {
@@ -130,6 +184,7 @@ pub fn run(opts: &Options) -> Result<()> {
         programming: Vec::new(),
         agent: Vec::new(),
         xdp: None,
+        external: None,
         targets: Vec::new(),
         skipped: Vec::new(),
     };
@@ -153,11 +208,14 @@ pub fn run(opts: &Options) -> Result<()> {
     for &services in &plan.scales {
         measure_scale(&plan, &modes, services, &agent, &mut report)?;
     }
-    if modes.contains(&Mode::KproxyXdp) {
+    if !plan.scales.is_empty() && modes.contains(&Mode::KproxyXdp) {
         report.xdp = Some(xdp::measure(
             &agent,
             if plan.quick { 1 } else { plan.repetitions },
         )?);
+    }
+    if let Some(ext) = &plan.external {
+        report.external = Some(external::run(ext, &agent, &object)?);
     }
     report.targets = targets::evaluate(&report);
     let paths = report::write_all(&report, &plan.output)?;
@@ -251,7 +309,7 @@ fn measure(plan: &Plan, bed: &BenchBed, cluster: &Cluster, placement: Placement)
         }
     };
     cfg.duration = plan.duration;
-    cfg.warmup = plan.duration.mul_f64(0.2).min(Duration::from_secs(1));
+    cfg.warmup = warmup(plan.duration);
     cfg.concurrency = plan.concurrency;
     let accepted_before = bed.accepted();
     let result = load::run(&bed.topo.client, &cfg)?;

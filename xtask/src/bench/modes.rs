@@ -17,7 +17,7 @@ use kproxy_common::{
     lb::{ServiceKey, ServiceValue},
     names,
 };
-use kproxy_testbed::LoggedProcess;
+use kproxy_testbed::{LoggedProcess, Netns};
 
 use super::{
     bed::BenchBed,
@@ -107,24 +107,27 @@ pub fn start(
             } else {
                 "iptables-nft-restore"
             };
-            let ms = feed(bed, tool, &[], &rules::iptables_restore(&ports))?;
+            let ms = feed(&bed.topo.node, tool, &[], &rules::iptables_restore(&ports))?;
             Ok((Running { agent: None }, Setup { full_sync_ms: ms }))
         }
         Mode::Nftables => {
             let ports = rules::service_ports(&cluster.services, &cluster.slices);
-            let ms = feed(bed, "nft", &["-f", "-"], &rules::nftables_script(&ports))?;
+            let ms = feed(
+                &bed.topo.node,
+                "nft",
+                &["-f", "-"],
+                &rules::nftables_script(&ports),
+            )?;
             Ok((Running { agent: None }, Setup { full_sync_ms: ms }))
         }
         Mode::Ipvs => bail!("{}", mode.unavailable().unwrap_or_default()),
     }
 }
 
-/// Runs `tool args` in the node namespace with `input` on stdin; returns its wall time in ms.
-fn feed(bed: &BenchBed, tool: &str, args: &[&str], input: &str) -> Result<f64> {
+/// Runs `tool args` in `ns` (a node) with `input` on stdin; returns its wall time in ms.
+pub fn feed(ns: &Netns, tool: &str, args: &[&str], input: &str) -> Result<f64> {
     let started = Instant::now();
-    let mut child = bed
-        .topo
-        .node
+    let mut child = ns
         .command(tool)
         .args(args)
         .stdin(Stdio::piped())
@@ -174,8 +177,19 @@ fn start_kproxy(
         args.extend(["--attach".into(), links.join(",").into()]);
     }
     let log = bed.dir.path().join("agent.log");
-    let mut agent =
-        LoggedProcess::spawn(&bed.topo.node, agent_bin, &args, &[("NO_COLOR", "1")], &log)?;
+    let (agent, full_sync_ms) = spawn_agent(&bed.topo.node, agent_bin, &args, &log)?;
+    Ok((Running::with_agent(agent), Setup { full_sync_ms }))
+}
+
+/// Starts `kproxy args` in `ns`, logging to `log`, and waits until it has programmed its
+/// first complete view and says it is ready; returns it with the first sync's duration (ms).
+pub fn spawn_agent(
+    ns: &Netns,
+    agent_bin: &Path,
+    args: &[OsString],
+    log: &Path,
+) -> Result<(LoggedProcess, f64)> {
+    let mut agent = LoggedProcess::spawn(ns, agent_bin, args, &[("NO_COLOR", "1")], log)?;
     let synced = agent.wait_for(" synced ", Duration::from_mins(1))?;
     agent.wait_for(" ready", Duration::from_secs(30))?;
     let fields = synced
@@ -184,7 +198,7 @@ fn start_kproxy(
     eprintln!("bench:   agent first sync: {}", fields.trim());
     let full_sync_ms =
         log_field_us(&synced, "elapsed_us").context("the first sync's elapsed_us")? / 1e3;
-    Ok((Running { agent: Some(agent) }, Setup { full_sync_ms }))
+    Ok((agent, full_sync_ms))
 }
 
 /// A `key=123` field of a log line, as a float.
@@ -198,6 +212,11 @@ fn log_field_us(line: &str, key: &str) -> Option<f64> {
 }
 
 impl Running {
+    /// A mode whose only process is `agent`, stopped by [`Running::stop`].
+    pub fn with_agent(agent: LoggedProcess) -> Running {
+        Running { agent: Some(agent) }
+    }
+
     /// Replaces one endpoint of the target service (the last backend's 8080 by its 8081) in
     /// the manifests and measures how long until the datapath has it.
     pub fn change_one_endpoint(

@@ -144,6 +144,69 @@ pub struct XdpCost {
     pub service: Vec<f64>,
 }
 
+/// One repetition of the UDP flood of the external section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UdpSample {
+    /// Packets per second that left the external client (the offered load).
+    pub sent_pps: f64,
+    /// Packets per second that reached the backends' interfaces (the forwarding rate).
+    pub delivered_pps: f64,
+}
+
+/// One mode of the external section, one sample per repetition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalCell {
+    pub mode: String,
+    /// New TCP connections from the external client to the NodePort (to the backends
+    /// directly for the bare forwarder).
+    pub connections: Vec<Sample>,
+    pub udp: Vec<UdpSample>,
+}
+
+impl ExternalCell {
+    pub fn rate(&self) -> Option<Stat> {
+        Stat::of(&self.connections.iter().map(|s| s.rate).collect::<Vec<_>>())
+    }
+
+    pub fn p99(&self) -> Option<Stat> {
+        Stat::of(
+            &self
+                .connections
+                .iter()
+                .map(|s| count(s.p99_us))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn delivered(&self) -> Option<Stat> {
+        Stat::of(&self.udp.iter().map(|s| s.delivered_pps).collect::<Vec<_>>())
+    }
+
+    pub fn sent(&self) -> Option<Stat> {
+        Stat::of(&self.udp.iter().map(|s| s.sent_pps).collect::<Vec<_>>())
+    }
+
+    /// Failed connections over all repetitions.
+    pub fn errors(&self) -> u64 {
+        self.connections.iter().map(|s| s.errors).sum()
+    }
+}
+
+/// The external section: a NodePort on one node with its endpoints on another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct External {
+    /// Endpoints of each service, all on the other node.
+    pub remote_backends: usize,
+    /// UDP flows the flood cycles through.
+    pub udp_flows: usize,
+    /// Node1 resolved its LAN neighbours before each measurement (`--warm-neighbours`).
+    #[serde(default)]
+    pub warm_neighbours: bool,
+    pub cells: Vec<ExternalCell>,
+    /// What the datapath counters showed when a mode did not forward as expected.
+    pub notes: Vec<String>,
+}
+
 /// One of the project's performance targets and whether this run met it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
@@ -184,6 +247,9 @@ pub struct Report {
     pub programming: Vec<Programming>,
     pub agent: Vec<AgentUsage>,
     pub xdp: Option<XdpCost>,
+    /// Absent in reports from before the section existed.
+    #[serde(default)]
+    pub external: Option<External>,
     pub targets: Vec<Target>,
     pub skipped: Vec<Skipped>,
 }
@@ -228,6 +294,7 @@ pub fn markdown(report: &Report) -> String {
     out += &programming_section(report);
     out += &agent_section(report);
     out += &xdp_section(report);
+    out += &external_section(report);
     out += &targets_section(report);
     out += &skipped_section(report);
     out
@@ -254,6 +321,10 @@ fn machine_line(report: &Report) -> String {
 }
 
 fn connections_section(report: &Report) -> String {
+    if report.cells.is_empty() && report.external.is_some() {
+        // A run of the external section alone.
+        return String::new();
+    }
     let mut out = String::from("### New connections\n\n");
     if report.cells.is_empty() {
         return out + "No connection measurements.\n\n";
@@ -421,6 +492,86 @@ fn xdp_section(report: &Report) -> String {
     out + "\n"
 }
 
+/// The modes the external section's ratios are taken against.
+pub const EXTERNAL_CONN_BASELINE: &str = "nftables";
+pub const EXTERNAL_UDP_BASELINE: &str = BASELINE_MODE;
+pub const EXTERNAL_CEILING: &str = "bare-xdp-forward";
+
+fn external_section(report: &Report) -> String {
+    let Some(ext) = &report.external else {
+        return String::new();
+    };
+    let mut out = format!(
+        "### External traffic: NodePort with a remote backend\n\n\
+         An external client on the nodes' LAN reaches a NodePort on node1 whose {} endpoints \
+         are all on node2 (externalTrafficPolicy Cluster: node1 masquerades, replies come \
+         back through it; kproxy-xdp does both directions in XDP on node1's NIC). \
+         {EXTERNAL_CEILING} is the ceiling: kproxy's XDP forwarding (FIB lookup, XDP_TX) \
+         without service lookup or translation, the client sending to the pods directly \
+         along the same path. New connections as in the ClusterIP table. UDP: trafgen in \
+         the client sends 60-byte datagrams over {} flows as fast as one CPU can; \
+         delivered = packets the backends' interfaces received per second, sent = packets \
+         the client's interface sent. Ratios are of medians. On this bed every hop (sender, \
+         switch, both nodes, pod) works on the sending CPU, so per-packet times add up and the \
+         rates' ratios understate node1's: \"ns/pkt over {EXTERNAL_CEILING}\" \
+         (1/rate − 1/rate of {EXTERNAL_CEILING}) is what node1's datapath adds per packet to \
+         plain XDP forwarding.{}\n\n\
+         | mode | conn/s (min–max) | × {EXTERNAL_CONN_BASELINE} | p99 µs | errors \
+         | UDP delivered pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
+         | ns/pkt over {EXTERNAL_CEILING} | UDP sent pps |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        ext.remote_backends,
+        ext.udp_flows,
+        if ext.warm_neighbours {
+            " **Neighbours warmed** (`--warm-neighbours`): node1 resolved node2's and the \
+             client's addresses before each measurement."
+        } else {
+            ""
+        }
+    );
+    let find = |mode: &str| ext.cells.iter().find(|c| c.mode == mode);
+    let ratio = |cell: &ExternalCell, base: &str, field: fn(&ExternalCell) -> Option<Stat>| {
+        let base = field(find(base)?)?;
+        Some(fmt_ratio(field(cell)?.median / base.median))
+    };
+    // Nanoseconds per packet more than the ceiling, from the two medians; none for a mode
+    // that forwarded (next to) nothing, whose rate says nothing about a cost per packet.
+    let forwarded = |cell: &ExternalCell| {
+        let delivered = cell.delivered()?.median;
+        (delivered >= 0.01 * cell.sent()?.median && delivered > 0.0).then_some(delivered)
+    };
+    let extra_ns = |cell: &ExternalCell| {
+        let ours = forwarded(cell)?;
+        let ceiling = forwarded(find(EXTERNAL_CEILING)?)?;
+        Some(format!("{:.0}", 1e9 / ours - 1e9 / ceiling))
+    };
+    for cell in &ext.cells {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell_text(&cell.mode),
+            opt(cell.rate().map(|s| fmt_stat(s, fmt_count))),
+            opt(ratio(cell, EXTERNAL_CONN_BASELINE, ExternalCell::rate)),
+            opt(cell.p99().map(|s| fmt_count(s.median))),
+            cell.errors(),
+            opt(cell.delivered().map(|s| fmt_stat(s, fmt_count))),
+            opt(ratio(cell, EXTERNAL_UDP_BASELINE, ExternalCell::delivered)),
+            opt(ratio(cell, EXTERNAL_CEILING, ExternalCell::delivered)),
+            opt(extra_ns(cell)),
+            opt(cell.sent().map(|s| fmt_count(s.median))),
+        );
+    }
+    out += "\n";
+    if !ext.notes.is_empty() {
+        out += "Datapath notes:\n\n";
+        for note in &ext.notes {
+            let _ = writeln!(out, "- {}", cell_text(note));
+        }
+        out += "\n";
+    }
+    out
+}
+
 fn targets_section(report: &Report) -> String {
     if report.targets.is_empty() {
         return String::new();
@@ -460,11 +611,16 @@ fn skipped_section(report: &Report) -> String {
     out + "\n"
 }
 
-/// Modes in the order the harness first reported them, so tables and chart agree.
+/// Modes in the order the harness first reported them, so tables and chart agree (and a
+/// mode has one colour in every panel).
 fn mode_order(report: &Report) -> Vec<&str> {
     let mut modes: Vec<&str> = Vec::new();
     let names = report.cells.iter().map(|c| c.mode.as_str());
-    for mode in names.chain(report.programming.iter().map(|p| p.mode.as_str())) {
+    let external = report.external.iter().flat_map(|e| &e.cells);
+    for mode in names
+        .chain(report.programming.iter().map(|p| p.mode.as_str()))
+        .chain(external.map(|c| c.mode.as_str()))
+    {
         if !modes.contains(&mode) {
             modes.push(mode);
         }
@@ -536,6 +692,9 @@ fn count(value: u64) -> f64 {
 
 const CHART_SIZE: (u32, u32) = (1200, 500);
 const LEGEND_HEIGHT: u32 = 56;
+/// The external section's two rows of bars, and the title's strip when they are drawn alone.
+const EXTERNAL_HEIGHT: u32 = 640;
+const TITLE_HEIGHT: u32 = 40;
 const FONT: &str = "sans-serif";
 
 /// Distinct colours (matplotlib's tab10), one per mode in [`mode_order`].
@@ -590,20 +749,144 @@ const P99: Metric = Metric {
 /// Draws the chart: new connections/s (left) and p99 latency (right) against the number of
 /// services on a log axis. "last" placement is solid with markers and min–max bars; "random"
 /// placement, when measured, is dashed in the same colour with hollow triangles.
+///
+/// With an external section, two rows of bars follow: new connections/s to the NodePort and
+/// UDP packets/s delivered per mode (medians, min–max whiskers). A run of that section alone
+/// draws only those.
 pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
     ensure_font()?;
-    let lines = chart_lines(report);
-    let x_range = services_range(report);
-    let root = BitMapBackend::new(path, CHART_SIZE).into_drawing_area();
+    let external = report.external.as_ref().filter(|e| !e.cells.is_empty());
+    let cluster_ip = !report.cells.is_empty() || external.is_none();
+    let height = match (cluster_ip, external.is_some()) {
+        (true, true) => CHART_SIZE.1 + EXTERNAL_HEIGHT,
+        (false, true) => EXTERNAL_HEIGHT + TITLE_HEIGHT,
+        _ => CHART_SIZE.1,
+    };
+    let root = BitMapBackend::new(path, (CHART_SIZE.0, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(&chart_title(report), (FONT, 22))?;
-    let (plots, legend) = root.split_vertically(root.dim_in_pixel().1 - LEGEND_HEIGHT);
-    let (left, right) = plots.split_horizontally(CHART_SIZE.0 / 2);
-    panel(&left, &RATE, &lines, &x_range)?;
-    panel(&right, &P99, &lines, &x_range)?;
-    draw_legend(&legend, &lines)?;
+    let root = root.titled(&chart_title(report, cluster_ip), (FONT, 22))?;
+    let (top, bottom) = match (cluster_ip, external.is_some()) {
+        (true, true) => {
+            let at = root.dim_in_pixel().1.saturating_sub(EXTERNAL_HEIGHT);
+            let (top, bottom) = root.split_vertically(at);
+            (Some(top), Some(bottom))
+        }
+        (true, false) => (Some(root.clone()), None),
+        (false, _) => (None, Some(root.clone())),
+    };
+    if let Some(top) = top {
+        let lines = chart_lines(report);
+        let x_range = services_range(report);
+        let (plots, legend) = top.split_vertically(top.dim_in_pixel().1 - LEGEND_HEIGHT);
+        let (left, right) = plots.split_horizontally(CHART_SIZE.0 / 2);
+        panel(&left, &RATE, &lines, &x_range)?;
+        panel(&right, &P99, &lines, &x_range)?;
+        draw_legend(&legend, &lines)?;
+    }
+    if let (Some(ext), Some(bottom)) = (external, bottom) {
+        let modes = mode_order(report);
+        let color = |mode: &str| COLORS[mode_rank(&modes, mode) % COLORS.len()];
+        let bars = |field: fn(&ExternalCell) -> Option<Stat>| -> Vec<Bar> {
+            ext.cells
+                .iter()
+                .filter_map(|c| {
+                    Some(Bar {
+                        label: c.mode.clone(),
+                        color: color(&c.mode),
+                        stat: field(c)?,
+                    })
+                })
+                .collect()
+        };
+        // One above the other: side by side the modes' names would not fit under the bars.
+        let (upper, lower) = bottom.split_vertically(bottom.dim_in_pixel().1 / 2);
+        let warmed = if ext.warm_neighbours {
+            " (neighbours warmed)"
+        } else {
+            ""
+        };
+        bar_panel(
+            &upper,
+            &format!("External: new connections/s to a NodePort{warmed}"),
+            "connections/s",
+            &bars(ExternalCell::rate),
+        )?;
+        bar_panel(
+            &lower,
+            &format!("External: UDP packets/s forwarded to a remote backend{warmed}"),
+            "packets/s",
+            &bars(ExternalCell::delivered),
+        )?;
+    }
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// One bar of a bar panel: a mode's median with its min–max.
+struct Bar {
+    label: String,
+    color: RGBColor,
+    stat: Stat,
+}
+
+/// Bars side by side, one per mode, labelled below, with min–max whiskers.
+fn bar_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    caption: &str,
+    y_desc: &str,
+    bars: &[Bar],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let y_max = bars.iter().map(|b| b.stat.max).fold(0.0_f64, f64::max);
+    let y_max = if y_max > 0.0 { y_max * 1.12 } else { 1.0 };
+    let n = u32::try_from(bars.len()).unwrap_or(u32::MAX);
+    // An integer range includes its end: 0..n-1 makes n segments.
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(84)
+        .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), 0.0..y_max)?;
+    let label = |v: &SegmentValue<u32>| match v {
+        SegmentValue::CenterOf(i) => bars
+            .get(*i as usize)
+            .map_or_else(String::new, |b| b.label.clone()),
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len())
+        .y_desc(y_desc)
+        .x_label_formatter(&label)
+        .y_label_formatter(&|v| fmt_axis(*v))
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 14))
+        .light_line_style(TRANSPARENT)
+        .draw()?;
+    for (i, bar) in (0..n).zip(bars) {
+        let s = bar.stat;
+        let mut rect = Rectangle::new(
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), s.median),
+            ],
+            bar.color.filled(),
+        );
+        rect.set_margin(0, 0, 14, 14);
+        chart.draw_series(std::iter::once(rect))?;
+        let whisker = PathElement::new(
+            vec![
+                (SegmentValue::CenterOf(i), s.min),
+                (SegmentValue::CenterOf(i), s.max),
+            ],
+            BLACK.stroke_width(2),
+        );
+        chart.draw_series(std::iter::once(whisker))?;
+    }
     Ok(())
 }
 
@@ -627,11 +910,16 @@ fn ensure_font() -> anyhow::Result<()> {
         .map_err(|e| anyhow!(e))
 }
 
-fn chart_title(report: &Report) -> String {
+fn chart_title(report: &Report, cluster_ip: bool) -> String {
     let m = &report.machine;
     let quick = if report.quick { ", quick run" } else { "" };
+    let what = match (cluster_ip, report.external.is_some()) {
+        (true, true) => "ClusterIP services and external traffic",
+        (false, true) => "external traffic",
+        _ => "ClusterIP services",
+    };
     format!(
-        "kproxy benchmark: ClusterIP services — {} CPUs, Linux {}, {}{quick}",
+        "kproxy benchmark: {what} — {} CPUs, Linux {}, {}{quick}",
         m.cpus, m.kernel, m.date
     )
 }
@@ -891,6 +1179,7 @@ mod tests {
                 kproxy: vec![990_000.0],
                 service: vec![],
             }),
+            external: Some(fake_external()),
             targets: vec![
                 Target {
                     name: "10k services conn/s".into(),
@@ -910,6 +1199,91 @@ mod tests {
                 reason: "no ip_vs | module".into(),
             }],
         }
+    }
+
+    /// Three modes, two repetitions each: (mode, conn/s, delivered pps).
+    fn fake_external() -> External {
+        let cells = [
+            ("kproxy-xdp", 16_000.0, 900_000.0),
+            ("nftables", 15_000.0, 330_000.0),
+            (BASELINE_MODE, 14_000.0, 300_000.0),
+            ("bare-xdp-forward", 17_000.0, 1_000_000.0),
+            // A mode that forwards nothing: its interfaces still count a few packets.
+            ("kproxy-tc", 0.0, 10.0),
+        ]
+        .into_iter()
+        .map(|(mode, rate, pps)| ExternalCell {
+            mode: mode.into(),
+            connections: vec![sample(rate * 0.95, 400), sample(rate * 1.05, 420)],
+            udp: vec![
+                UdpSample {
+                    sent_pps: 1_200_000.0,
+                    delivered_pps: pps - pps / 10.0,
+                },
+                UdpSample {
+                    sent_pps: 1_300_000.0,
+                    delivered_pps: pps + pps / 10.0,
+                },
+            ],
+        })
+        .collect();
+        External {
+            remote_backends: 3,
+            udp_flows: 256,
+            warm_neighbours: false,
+            cells,
+            notes: vec!["kproxy-xdp: xdp_tx=1 | 2".into()],
+        }
+    }
+
+    #[test]
+    fn markdown_has_the_external_section() {
+        let md = markdown(&fake_report());
+        assert!(
+            md.contains("### External traffic: NodePort with a remote backend"),
+            "{md}"
+        );
+        // conn/s 16,000 (15,200–16,800) is 1.07× nftables' 15,000; delivered 900,000
+        // (810,000–990,000) is 3.00× iptables-legacy's and 0.90× the bare forwarder's.
+        assert!(
+            md.contains(
+                "| kproxy-xdp | 16,000 (15,200–16,800) | 1.07× | 410 | 0 | 900,000 (810,000–990,000) | 3.00× | 0.90× | 111 | 1,250,000 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| bare-xdp-forward | 17,000 (16,150–17,850) | 1.13× |"));
+        // No cost per packet for what forwarded nothing.
+        assert!(
+            md.contains("| kproxy-tc | 0 (0–0) | 0.00× | 410 | 0 | 10 (9–11) | 0.00× | 0.00× | – | 1,250,000 |"),
+            "{md}"
+        );
+        assert!(md.contains("- kproxy-xdp: xdp_tx=1 \\| 2"), "{md}");
+    }
+
+    #[test]
+    fn reports_without_the_external_section_still_load() {
+        let mut value = serde_json::to_value(fake_report()).expect("serialize");
+        value
+            .as_object_mut()
+            .expect("object")
+            .remove("external")
+            .expect("external");
+        let back: Report = serde_json::from_value(value).expect("deserialize");
+        assert_eq!(back.external, None);
+    }
+
+    #[test]
+    fn chart_of_the_external_section_alone() {
+        let mut report = fake_report();
+        report.cells.clear();
+        report.programming.clear();
+        let md = markdown(&report);
+        assert!(!md.contains("### New connections"));
+        let dir = std::env::temp_dir().join(format!("kproxy-report-ext-{}", std::process::id()));
+        let paths = write_all(&report, &dir).expect("write_all");
+        let png = fs::read(&paths.chart).expect("chart");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     fn close(a: f64, b: f64) -> bool {

@@ -1,6 +1,9 @@
 //! The issue's performance targets, checked against a report: PASS or MISS, with the values.
 
-use super::report::{Placement, Report, Stat, Target};
+use super::report::{
+    EXTERNAL_CEILING, EXTERNAL_CONN_BASELINE, EXTERNAL_UDP_BASELINE, ExternalCell, Placement,
+    Report, Stat, Target,
+};
 
 const KPROXY: &str = "kproxy-tc";
 
@@ -33,9 +36,16 @@ fn ratio_target(report: &Report, services: usize, other: &str, wanted: f64) -> O
     })
 }
 
-/// Every target the report has the data for. The issue states them for 10 and 10,000
-/// services; a run with other scales checks its smallest and largest instead.
+/// Every target the report has the data for.
 pub fn evaluate(report: &Report) -> Vec<Target> {
+    let mut targets = cluster_ip_targets(report);
+    targets.extend(external_targets(report));
+    targets
+}
+
+/// The ClusterIP section's targets. The issue states them for 10 and 10,000 services; a run
+/// with other scales checks its smallest and largest instead.
+fn cluster_ip_targets(report: &Report) -> Vec<Target> {
     let scales: Vec<usize> = report.cells.iter().map(|c| c.services).collect();
     let (Some(&small), Some(&large)) = (scales.iter().min(), scales.iter().max()) else {
         return Vec::new();
@@ -130,4 +140,153 @@ fn with_absolute_targets(report: &Report, large: usize, mut targets: Vec<Target>
         });
     }
     targets
+}
+
+/// The mode the external targets are about: kproxy with XDP on the NIC, its setup for
+/// traffic from outside.
+const EXTERNAL_KPROXY: &str = "kproxy-xdp";
+
+/// Issue 8's targets for external traffic: UDP packets/s forwarded at least 3x kube-proxy's
+/// iptables mode and 0.8x the bare XDP forwarder, new connections/s to the NodePort at least
+/// nftables'.
+fn external_targets(report: &Report) -> Vec<Target> {
+    let Some(ext) = &report.external else {
+        return Vec::new();
+    };
+    let median = |mode: &str, field: fn(&ExternalCell) -> Option<Stat>| {
+        let cell = ext.cells.iter().find(|c| c.mode == mode)?;
+        Some(field(cell)?.median)
+    };
+    let ratio = |other: &str,
+                 field: fn(&ExternalCell) -> Option<Stat>,
+                 what: &str,
+                 unit: &str,
+                 wanted: f64| {
+        let ours = median(EXTERNAL_KPROXY, field)?;
+        let theirs = median(other, field)?;
+        let ratio = ours / theirs;
+        Some(Target {
+            name: format!("external: {EXTERNAL_KPROXY} vs {other} ({what})"),
+            wanted: format!(">= {wanted:.2}x"),
+            measured: format!("{ratio:.2}x ({ours:.0} vs {theirs:.0}{unit})"),
+            pass: ratio >= wanted,
+        })
+    };
+    [
+        ratio(
+            EXTERNAL_UDP_BASELINE,
+            ExternalCell::delivered,
+            "UDP packets/s forwarded to a remote backend",
+            " pps",
+            3.0,
+        ),
+        ratio(
+            EXTERNAL_CEILING,
+            ExternalCell::delivered,
+            "UDP packets/s forwarded to a remote backend",
+            " pps",
+            0.8,
+        ),
+        ratio(
+            EXTERNAL_CONN_BASELINE,
+            ExternalCell::rate,
+            "new connections/s to a NodePort, remote backend",
+            "/s",
+            1.0,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::{External, Sample, UdpSample};
+    use super::*;
+
+    fn cell(mode: &str, rate: f64, pps: f64) -> ExternalCell {
+        ExternalCell {
+            mode: mode.into(),
+            connections: vec![Sample {
+                rate,
+                p50_us: 100,
+                p99_us: 400,
+                errors: 0,
+            }],
+            udp: vec![UdpSample {
+                sent_pps: 2.0 * pps,
+                delivered_pps: pps,
+            }],
+        }
+    }
+
+    #[test]
+    fn external_targets_compare_kproxy_xdp() {
+        let ext = External {
+            remote_backends: 3,
+            udp_flows: 256,
+            warm_neighbours: false,
+            cells: vec![
+                cell("kproxy-xdp", 15_000.0, 900_000.0),
+                cell("kproxy-tc", 30_000.0, 10.0),
+                cell("iptables-legacy", 14_000.0, 310_000.0),
+                cell("nftables", 16_000.0, 300_000.0),
+                cell("bare-xdp-forward", 17_000.0, 1_000_000.0),
+            ],
+            notes: vec![],
+        };
+        let targets = external_targets(&Report {
+            external: Some(ext),
+            ..empty_report()
+        });
+        let got: Vec<(&str, &str, bool)> = targets
+            .iter()
+            .map(|t| (t.name.as_str(), t.measured.as_str(), t.pass))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "external: kproxy-xdp vs iptables-legacy (UDP packets/s forwarded to a remote backend)",
+                    "2.90x (900000 vs 310000 pps)",
+                    false
+                ),
+                (
+                    "external: kproxy-xdp vs bare-xdp-forward (UDP packets/s forwarded to a remote backend)",
+                    "0.90x (900000 vs 1000000 pps)",
+                    true
+                ),
+                (
+                    "external: kproxy-xdp vs nftables (new connections/s to a NodePort, remote backend)",
+                    "0.94x (15000 vs 16000/s)",
+                    false
+                ),
+            ]
+        );
+        // Nothing to compare without the section.
+        assert!(external_targets(&empty_report()).is_empty());
+    }
+
+    fn empty_report() -> Report {
+        Report {
+            machine: super::super::report::Machine {
+                kernel: String::new(),
+                cpus: 2,
+                cpu_model: String::new(),
+                memory_gib: 1.0,
+                date: String::new(),
+            },
+            quick: true,
+            repetitions: 1,
+            duration_s: 1.0,
+            cells: vec![],
+            programming: vec![],
+            agent: vec![],
+            xdp: None,
+            external: None,
+            targets: vec![],
+            skipped: vec![],
+        }
+    }
 }

@@ -35,6 +35,7 @@ const BATCH: u32 = 64;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
@@ -228,8 +229,20 @@ fn service_pps(bed: &BenchBed, mac: [u8; 6], pin_dir: &Path) -> Result<f64> {
     Ok(f64::from(u32::try_from(translated)?) / elapsed)
 }
 
-/// kproxy's global counters, summed over CPUs.
-fn counters(pin_dir: &Path) -> Result<[u64; COUNTER_SLOTS]> {
+/// Attaches XDP program `prog` to interface `ifindex` of the calling thread's namespace
+/// through a BPF link (native mode where the driver has one, as veth does); closing the link
+/// detaches it.
+pub(super) fn attach_xdp(prog: BorrowedFd<'_>, ifindex: u32) -> Result<OwnedFd> {
+    // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_ifindex, attach_type, flags.
+    let mut attr = [0u8; 64];
+    put_u32(&mut attr, 0, prog.as_raw_fd().unsigned_abs());
+    put_u32(&mut attr, 4, ifindex);
+    put_u32(&mut attr, 8, BPF_XDP);
+    owned(bpf(BPF_LINK_CREATE, &mut attr).context("attaching an XDP program (BPF_LINK_CREATE)")?)
+}
+
+/// kproxy's global counters (the pinned `KP_STATS` under `pin_dir`), summed over CPUs.
+pub(super) fn counters(pin_dir: &Path) -> Result<[u64; COUNTER_SLOTS]> {
     let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(
         pin_dir.join(names::MAP_STATS),
     )?)?;

@@ -1,5 +1,5 @@
-//! The `iptables-restore` input kube-proxy's iptables mode writes for ClusterIP services
-//! (pkg/proxy/iptables/proxier.go, `syncProxyRules`), and a flush to remove it again.
+//! The `iptables-restore` input kube-proxy's iptables mode writes for ClusterIP and NodePort
+//! services (pkg/proxy/iptables/proxier.go, `syncProxyRules`).
 
 use std::net::SocketAddrV4;
 
@@ -206,7 +206,9 @@ impl<'a> Restore<'a> {
     }
 
     /// The rules of one service port: REJECT in the filter table when it has no endpoints,
-    /// else the KUBE-SERVICES match, the KUBE-SVC chain and one KUBE-SEP chain per endpoint.
+    /// else the KUBE-SERVICES match, the NodePort's KUBE-NODEPORTS match and KUBE-EXT chain,
+    /// the KUBE-SVC chain and one KUBE-SEP chain per endpoint (in the order kube-proxy writes
+    /// them).
     fn service_port(&mut self, port: &ServicePortRules) {
         let name = port.service_port_name();
         let proto = port.protocol.as_str();
@@ -217,6 +219,12 @@ impl<'a> Restore<'a> {
                 self.filter_rules,
                 "-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {ip} --dport {dport} -j REJECT"
             );
+            if let Some(node_port) = port.node_port {
+                emit!(
+                    self.filter_rules,
+                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no endpoints\" -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {node_port} -j REJECT"
+                );
+            }
             return;
         }
         let svc_chain = service_chain(&name, proto);
@@ -224,6 +232,14 @@ impl<'a> Restore<'a> {
             self.nat_rules,
             "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {ip} --dport {dport} -j {svc_chain}"
         );
+        let ext_chain = port.node_port.map(|node_port| {
+            let ext_chain = external_chain(&name, proto);
+            emit!(
+                self.nat_rules,
+                "-A KUBE-NODEPORTS -m comment --comment {name} -m {proto} -p {proto} --dport {node_port} -j {ext_chain}"
+            );
+            ext_chain
+        });
         // Off-cluster clients reaching a ClusterIP (a static route to the service range via
         // any node) are masqueraded, since their endpoint may be on another node.
         if let Some(cidr) = self.config.cluster_cidr {
@@ -231,6 +247,16 @@ impl<'a> Restore<'a> {
                 self.nat_rules,
                 "-A {svc_chain} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {ip} --dport {dport} ! -s {cidr} -j KUBE-MARK-MASQ"
             );
+        }
+        // External traffic (here: to the NodePort) with policy Cluster may be sent to another
+        // node, so it is masqueraded before it joins the cluster IP's endpoint choice.
+        if let Some(ext_chain) = ext_chain {
+            emit!(self.nat_chains, ":{ext_chain} - [0:0]");
+            emit!(
+                self.nat_rules,
+                "-A {ext_chain} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ"
+            );
+            emit!(self.nat_rules, "-A {ext_chain} -j {svc_chain}");
         }
         emit!(self.nat_chains, ":{svc_chain} - [0:0]");
         let sep_chains: Vec<String> = endpoints
@@ -366,6 +392,11 @@ fn jump_rules(out: &mut String, table: &str) {
 /// `KUBE-SVC-<portProtoHash>` (`servicePortPolicyClusterChain`).
 pub(super) fn service_chain(service_port_name: &str, proto: &str) -> String {
     format!("KUBE-SVC-{}", hash_prefix(&[service_port_name, proto], 16))
+}
+
+/// `KUBE-EXT-<portProtoHash>` (`serviceExternalChainName`): the external-traffic chain.
+pub(super) fn external_chain(service_port_name: &str, proto: &str) -> String {
+    format!("KUBE-EXT-{}", hash_prefix(&[service_port_name, proto], 16))
 }
 
 /// `KUBE-SEP-<hash of name, protocol and ip:port>` (`servicePortEndpointChainName`).

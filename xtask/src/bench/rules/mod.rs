@@ -1,6 +1,6 @@
-//! The rules kube-proxy's iptables and nftables modes would write for a set of ClusterIP
-//! services, built from the same Services and EndpointSlices kproxy reads, so the benchmark
-//! can compare kproxy with both kube-proxy modes on identical input.
+//! The rules kube-proxy's iptables and nftables modes would write for a set of ClusterIP and
+//! NodePort services, built from the same Services and EndpointSlices kproxy reads, so the
+//! benchmark can compare kproxy with both kube-proxy modes on identical input.
 //!
 //! Everything here follows kube-proxy's sources: the reading of Services and EndpointSlices
 //! (pkg/proxy/serviceport.go, pkg/proxy/endpointslicecache.go), the chain names
@@ -8,6 +8,12 @@
 //! same two files, `syncProxyRules`). kube-proxy runs here with its defaults: masquerade bit 14,
 //! no `--masquerade-all`, NodePorts on all addresses, and no local-traffic detector unless
 //! [`ProxyConfig::cluster_cidr`] is set.
+//!
+//! Not modelled: `externalTrafficPolicy: Local` (its KUBE-SVL/`local-` chains and health
+//! checks; [`service_ports`] gives such services no node port, the benchmark has none),
+//! external and load-balancer IPs, session affinity, and the nfacct counters kube-proxy adds
+//! to two iptables rules on kernels with nfacct (a NodePort rule matching only 127.0.0.0/8
+//! and the INVALID drop); those need counter objects created over netlink first.
 
 /// Appends a formatted line to a `String`; writing to a `String` cannot fail.
 macro_rules! emit {
@@ -76,7 +82,8 @@ impl Proto {
     }
 }
 
-/// One ClusterIP service port with its ready endpoints, as kube-proxy sees it.
+/// One service port (its ClusterIP and, if any, its NodePort) with its ready endpoints, as
+/// kube-proxy sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortRules {
     pub namespace: String,
@@ -86,6 +93,9 @@ pub struct ServicePortRules {
     pub protocol: Proto,
     pub cluster_ip: Ipv4Addr,
     pub port: u16,
+    /// The NodePort of a NodePort or LoadBalancer service with externalTrafficPolicy
+    /// Cluster (the only policy generated here).
+    pub node_port: Option<u16>,
     /// Ready endpoints. Any order: the rule generators use kube-proxy's order (see
     /// [`ServicePortRules::ordered_endpoints`]).
     pub endpoints: Vec<SocketAddrV4>,
@@ -146,10 +156,11 @@ pub struct ProxyConfig {
     pub service_cidrs: Vec<Ipv4Cidr>,
 }
 
-/// Reads ClusterIP services (IPv4, TCP/UDP) and their EndpointSlices (joined by the
-/// `kubernetes.io/service-name` label, ports matched by name and protocol, ready endpoints —
-/// an absent `ready` means ready —, first address of each endpoint, deduplicated); skips
-/// headless and ExternalName services. Service ports come out in input order.
+/// Reads services with an IPv4 ClusterIP (TCP/UDP ports, with their NodePorts) and their
+/// EndpointSlices (joined by the `kubernetes.io/service-name` label, ports matched by name and
+/// protocol, ready endpoints — an absent `ready` means ready —, first address of each
+/// endpoint, deduplicated); skips headless and ExternalName services. Service ports come out
+/// in input order.
 pub fn service_ports(services: &[Service], slices: &[EndpointSlice]) -> Vec<ServicePortRules> {
     let slices_by_service = index_slices(slices);
     let mut out = Vec::new();
@@ -160,10 +171,17 @@ pub fn service_ports(services: &[Service], slices: &[EndpointSlice]) -> Vec<Serv
         let service_slices = slices_by_service
             .get(&(namespace, name))
             .map_or(&[][..], Vec::as_slice);
+        // kube-proxy reads `nodePort` whatever the type (the API only allows it on NodePort
+        // and LoadBalancer services). eTP Local is not generated (see the module doc).
+        let cluster_policy = spec.external_traffic_policy.as_deref() != Some("Local");
         for port in spec.ports.as_deref().unwrap_or_default() {
             let Some((port_name, protocol, number)) = read_port(port) else {
                 continue;
             };
+            let node_port = port
+                .node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|&n| n != 0 && cluster_policy);
             out.push(ServicePortRules {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -171,6 +189,7 @@ pub fn service_ports(services: &[Service], slices: &[EndpointSlice]) -> Vec<Serv
                 protocol,
                 cluster_ip,
                 port: number,
+                node_port,
                 endpoints: ready_endpoints(service_slices, port_name, protocol),
             });
         }

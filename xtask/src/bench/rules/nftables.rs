@@ -1,4 +1,4 @@
-//! The `nft -f` input kube-proxy's nftables mode writes for ClusterIP services: the
+//! The `nft -f` input kube-proxy's nftables mode writes for ClusterIP and NodePort services: the
 //! transaction of its first full sync (pkg/proxy/nftables/proxier.go, `setupNFTables` and
 //! `syncProxyRules`, rendered the way sigs.k8s.io/knftables writes it), and its removal.
 
@@ -238,8 +238,8 @@ fn service_dispatch(out: &mut String) {
     }
 }
 
-/// One service port: its endpoint and service chains, its map elements, then its rules, in
-/// the order of kube-proxy's per-service loop.
+/// One service port: its endpoint, service and external chains, its map elements, then its
+/// rules, in the order of kube-proxy's per-service loop.
 fn service_port(
     out: &mut String,
     port: &ServicePortRules,
@@ -259,9 +259,18 @@ fn service_port(
         emit!(out, "flush chain {TABLE} {chain}");
     }
     let svc_chain = service_chain(port, proto);
+    // The external chain exists for NodePorts with endpoints (`usesExternalTrafficChain`).
+    let ext_chain = port
+        .node_port
+        .filter(|_| !endpoints.is_empty())
+        .map(|node_port| (node_port, external_chain(port, proto)));
     if !endpoints.is_empty() {
         emit!(out, "add chain {TABLE} {svc_chain}");
         emit!(out, "flush chain {TABLE} {svc_chain}");
+    }
+    if let Some((_, chain)) = &ext_chain {
+        emit!(out, "add chain {TABLE} {chain}");
+        emit!(out, "flush chain {TABLE} {chain}");
     }
     // Several ports of one service share the ClusterIP; the set gets it once.
     if cluster_ips.insert(ip) {
@@ -272,18 +281,36 @@ fn service_port(
             out,
             "add element {TABLE} no-endpoint-services {{ {ip} . {proto} . {dport} comment \"{name}\" : goto reject-chain }}"
         );
+        if let Some(node_port) = port.node_port {
+            emit!(
+                out,
+                "add element {TABLE} no-endpoint-nodeports {{ {proto} . {node_port} comment \"{name}\" : goto reject-chain }}"
+            );
+        }
         return;
     }
     emit!(
         out,
         "add element {TABLE} service-ips {{ {ip} . {proto} . {dport} : goto {svc_chain} }}"
     );
+    if let Some((node_port, chain)) = &ext_chain {
+        emit!(
+            out,
+            "add element {TABLE} service-nodeports {{ {proto} . {node_port} : goto {chain} }}"
+        );
+    }
     // Off-cluster clients reaching a ClusterIP are masqueraded (see the iptables rules).
     if let Some(cidr) = config.cluster_cidr {
         emit!(
             out,
             "add rule {TABLE} {svc_chain} ip daddr {ip} {proto} dport {dport} ip saddr != {cidr} jump mark-for-masquerade"
         );
+    }
+    // External traffic with policy Cluster may go to another node: masqueraded, then the
+    // cluster IP's endpoint choice.
+    if let Some((_, chain)) = &ext_chain {
+        emit!(out, "add rule {TABLE} {chain} jump mark-for-masquerade");
+        emit!(out, "add rule {TABLE} {chain} goto {svc_chain}");
     }
     service_to_endpoints(out, &svc_chain, &endpoint_chains);
     for (endpoint, chain) in endpoints.iter().zip(&endpoint_chains) {
@@ -318,13 +345,23 @@ fn service_to_endpoints(out: &mut String, svc_chain: &str, endpoint_chains: &[St
     );
 }
 
-/// `service-<hash>-ns/name/proto/port` (`servicePortChainNameBase`).
+/// `service-<hash>-ns/name/proto/port` (`servicePortPolicyClusterChainNamePrefix`).
 pub(super) fn service_chain(port: &ServicePortRules, proto: &str) -> String {
-    let base = format!(
+    format!("service-{}", chain_name_base(port, proto))
+}
+
+/// `external-<hash>-ns/name/proto/port` (`serviceExternalChainNamePrefix`): the
+/// external-traffic chain.
+pub(super) fn external_chain(port: &ServicePortRules, proto: &str) -> String {
+    format!("external-{}", chain_name_base(port, proto))
+}
+
+/// `<hash>-ns/name/proto/port` (`servicePortChainNameBase`), shared by a service port's chains.
+fn chain_name_base(port: &ServicePortRules, proto: &str) -> String {
+    hash_and_truncate(&format!(
         "{}/{}/{proto}/{}",
         port.namespace, port.name, port.port_name
-    );
-    format!("service-{}", hash_and_truncate(&base))
+    ))
 }
 
 /// `endpoint-<hash>-ns/name/proto/port__ip/port` (`servicePortEndpointChainNameBase`).

@@ -34,8 +34,15 @@ fn port(
         protocol: proto,
         cluster_ip: vip.parse().expect("test VIP"),
         port: dport,
+        node_port: None,
         endpoints: eps.iter().map(|e| ep(e)).collect(),
     }
+}
+
+/// `port` with a NodePort.
+fn node_port(mut p: ServicePortRules, node_port: u16) -> ServicePortRules {
+    p.node_port = Some(node_port);
+    p
 }
 
 fn lines(text: &str) -> Vec<&str> {
@@ -155,6 +162,26 @@ fn chain_names_match_kube_proxy() {
     for (what, got, want) in cases {
         assert_eq!(got, want, "{what}");
     }
+}
+
+#[test]
+fn external_chain_names_match_kube_proxy() {
+    // From kube-proxy's iptables and nftables proxier_test.go.
+    let svc3 = port("ns3", "svc3", "p80", Proto::Tcp, "172.30.0.43", 80, &[]);
+    let svc4 = port("ns4", "svc4", "p80", Proto::Tcp, "172.30.0.44", 80, &[]);
+    let ipt = |p: &ServicePortRules| {
+        iptables::external_chain(&p.service_port_name(), p.protocol.as_str())
+    };
+    assert_eq!(ipt(&svc3), "KUBE-EXT-X27LE4BHSL4DOUIK");
+    assert_eq!(ipt(&svc4), "KUBE-EXT-4SW47YFZTEDKD3PK");
+    assert_eq!(
+        nftables::external_chain(&svc3, "tcp"),
+        "external-4AT6LBPK-ns3/svc3/tcp/p80"
+    );
+    assert_eq!(
+        nftables::external_chain(&svc4, "tcp"),
+        "external-LAUZTJTB-ns4/svc4/tcp/p80"
+    );
 }
 
 #[test]
@@ -380,6 +407,73 @@ fn iptables_rules_per_case() {
     }
 }
 
+/// A NodePort with externalTrafficPolicy Cluster: svc3 of kube-proxy's proxier_test.go
+/// (`TestOverallIPTablesRules`, whose expected rules its cleanup test repeats).
+#[test]
+fn iptables_node_port() {
+    let svc3 = node_port(
+        port(
+            "ns3",
+            "svc3",
+            "p80",
+            Proto::Tcp,
+            "172.30.0.43",
+            80,
+            &["10.180.0.3:80"],
+        ),
+        3003,
+    );
+    let text = iptables_restore(std::slice::from_ref(&svc3));
+    assert_has_lines(
+        &text,
+        &[
+            ":KUBE-EXT-X27LE4BHSL4DOUIK - [0:0]",
+            "-A KUBE-NODEPORTS -m comment --comment ns3/svc3:p80 -m tcp -p tcp --dport 3003 -j KUBE-EXT-X27LE4BHSL4DOUIK",
+            "-A KUBE-EXT-X27LE4BHSL4DOUIK -m comment --comment \"masquerade traffic for ns3/svc3:p80 external destinations\" -j KUBE-MARK-MASQ",
+            "-A KUBE-EXT-X27LE4BHSL4DOUIK -j KUBE-SVC-X27LE4BHSL4DOUIK",
+            "-A KUBE-SERVICES -m comment --comment \"ns3/svc3:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.43 --dport 80 -j KUBE-SVC-X27LE4BHSL4DOUIK",
+            "-A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment \"ns3/svc3:p80 -> 10.180.0.3:80\" -j KUBE-SEP-OYPFS5VJICHGATKP",
+            "-A KUBE-SEP-OYPFS5VJICHGATKP -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.3:80",
+        ],
+    );
+    // Masquerade first, then the endpoint choice.
+    assert_eq!(
+        lines_starting(&text, "-A KUBE-EXT-X27LE4BHSL4DOUIK ").len(),
+        2
+    );
+    let all = lines(&text);
+    let at = |line: &str| all.iter().position(|l| *l == line);
+    assert!(
+        at("-A KUBE-EXT-X27LE4BHSL4DOUIK -j KUBE-SVC-X27LE4BHSL4DOUIK")
+            > at(
+                "-A KUBE-EXT-X27LE4BHSL4DOUIK -m comment --comment \"masquerade traffic for ns3/svc3:p80 external destinations\" -j KUBE-MARK-MASQ"
+            )
+    );
+    // KUBE-SERVICES still ends with the jump to KUBE-NODEPORTS for local destinations.
+    let services = lines_starting(&text, "-A KUBE-SERVICES ");
+    assert_eq!(
+        services.last(),
+        Some(
+            &"-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+        )
+    );
+
+    // Without endpoints the NodePort is rejected in the filter table, as the cluster IP is.
+    let empty = node_port(
+        port("ns1", "svc1", "p80", Proto::Tcp, "172.30.0.41", 80, &[]),
+        3001,
+    );
+    let text = iptables_restore(std::slice::from_ref(&empty));
+    assert_has_lines(
+        &text,
+        &[
+            "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"ns1/svc1:p80 has no endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 3001 -j REJECT",
+        ],
+    );
+    assert!(!text.contains("KUBE-EXT-"), "{text}");
+    assert!(!text.contains("-A KUBE-NODEPORTS "), "{text}");
+}
+
 #[test]
 fn iptables_large_cluster_mode_drops_endpoint_comments() {
     let ports: Vec<ServicePortRules> = (0..501u16)
@@ -526,6 +620,65 @@ struct NftCase {
     config: ProxyConfig,
     want: &'static [&'static str],
     absent: &'static [&'static str],
+}
+
+/// A NodePort with externalTrafficPolicy Cluster: svc3 of kube-proxy's nftables
+/// proxier_test.go (`TestOverallNFTablesRules`).
+#[test]
+fn nftables_node_port() {
+    let svc3 = node_port(
+        port(
+            "ns3",
+            "svc3",
+            "p80",
+            Proto::Tcp,
+            "172.30.0.43",
+            80,
+            &["10.180.0.3:80"],
+        ),
+        3003,
+    );
+    let text = nftables_script(std::slice::from_ref(&svc3));
+    let want = [
+        "add chain ip kube-proxy external-4AT6LBPK-ns3/svc3/tcp/p80",
+        "add rule ip kube-proxy external-4AT6LBPK-ns3/svc3/tcp/p80 jump mark-for-masquerade",
+        "add rule ip kube-proxy external-4AT6LBPK-ns3/svc3/tcp/p80 goto service-4AT6LBPK-ns3/svc3/tcp/p80",
+        "add rule ip kube-proxy service-4AT6LBPK-ns3/svc3/tcp/p80 numgen random mod 1 vmap { 0 : goto endpoint-UEIP74TE-ns3/svc3/tcp/p80__10.180.0.3/80 }",
+        "add rule ip kube-proxy endpoint-UEIP74TE-ns3/svc3/tcp/p80__10.180.0.3/80 meta l4proto tcp dnat to 10.180.0.3:80",
+        "add element ip kube-proxy service-ips { 172.30.0.43 . tcp . 80 : goto service-4AT6LBPK-ns3/svc3/tcp/p80 }",
+        "add element ip kube-proxy service-nodeports { tcp . 3003 : goto external-4AT6LBPK-ns3/svc3/tcp/p80 }",
+        // The base rule that sends local destinations to the NodePort map.
+        "add rule ip kube-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
+    ];
+    assert_has_lines(&text, &want);
+    // The chain exists before the element that jumps to it, and is flushed once.
+    let all = lines(&text);
+    let at = |line: &str| all.iter().position(|l| *l == line);
+    assert!(at(want[0]) < at(want[6]));
+    assert_eq!(
+        all.iter()
+            .filter(|l| **l == "flush chain ip kube-proxy external-4AT6LBPK-ns3/svc3/tcp/p80")
+            .count(),
+        1
+    );
+
+    // Without endpoints: rejected through the no-endpoint-nodeports map, no external chain.
+    let empty = node_port(
+        port("ns1", "svc1", "p80", Proto::Tcp, "172.30.0.41", 80, &[]),
+        3001,
+    );
+    let text = nftables_script(std::slice::from_ref(&empty));
+    assert_has_lines(
+        &text,
+        &[
+            "add element ip kube-proxy no-endpoint-nodeports { tcp . 3001 comment \"ns1/svc1:p80\" : goto reject-chain }",
+        ],
+    );
+    assert!(!text.contains("external-"), "{text}");
+    assert!(
+        !text.contains("add element ip kube-proxy service-nodeports"),
+        "{text}"
+    );
 }
 
 fn nft_cases() -> Vec<NftCase> {
@@ -792,6 +945,52 @@ fn service_ports_reads_like_kube_proxy() {
         port("ns", "empty", "", Proto::Tcp, "10.96.0.6", 8080, &[]),
     ];
     assert_eq!(got, want);
+}
+
+#[test]
+fn service_ports_reads_node_ports() {
+    let with_node_port = |name: &str, policy: Option<&str>| {
+        let mut svc = service(
+            "ns",
+            name,
+            "10.96.0.7",
+            &[("http", "TCP", 80), ("dns", "UDP", 53)],
+        );
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.type_ = Some("NodePort".into());
+        spec.external_traffic_policy = policy.map(Into::into);
+        for (port, node_port) in spec
+            .ports
+            .as_mut()
+            .expect("ports")
+            .iter_mut()
+            .zip([30080, 0])
+        {
+            port.node_port = Some(node_port);
+        }
+        svc
+    };
+    let services = [
+        with_node_port("cluster", Some("Cluster")),
+        with_node_port("default", None),
+        with_node_port("local", Some("Local")),
+    ];
+    let got: Vec<(String, Option<u16>)> = service_ports(&services, &[])
+        .into_iter()
+        .map(|p| (p.service_port_name(), p.node_port))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ns/cluster:http".to_owned(), Some(30080)),
+            ("ns/cluster:dns".to_owned(), None),
+            ("ns/default:http".to_owned(), Some(30080)),
+            ("ns/default:dns".to_owned(), None),
+            // Not generated: see the module doc.
+            ("ns/local:http".to_owned(), None),
+            ("ns/local:dns".to_owned(), None),
+        ]
+    );
 }
 
 /// Loads are sized for 10,000 services with 3 endpoints each; check the output has the
