@@ -153,6 +153,25 @@ pub struct UdpSample {
     pub delivered_pps: f64,
 }
 
+/// One repetition of node1's own forwarding rate: the flood's frames injected at node1's NIC
+/// with `BPF_PROG_TEST_RUN` live frames (no sender in the bed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node1Sample {
+    /// Frames injected per second of the test run (node1's forwarding rate).
+    pub pps: f64,
+    pub frames: u64,
+    /// Packets the backends' interfaces received meanwhile (and 100 ms after).
+    pub delivered: u64,
+    /// Of those, what had arrived by the time the test run returned.
+    #[serde(default)]
+    pub delivered_at_return: Option<u64>,
+    /// Packets node1's XDP program sent by XDP_TX/redirect meanwhile (kproxy's counters;
+    /// none for kube-proxy's rules).
+    #[serde(default)]
+    pub xdp_tx: Option<u64>,
+    pub elapsed_s: f64,
+}
+
 /// One mode of the external section, one sample per repetition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalCell {
@@ -161,9 +180,17 @@ pub struct ExternalCell {
     /// directly for the bare forwarder).
     pub connections: Vec<Sample>,
     pub udp: Vec<UdpSample>,
+    /// Node1's own forwarding rate (live frames); absent in older reports.
+    #[serde(default)]
+    pub node1: Vec<Node1Sample>,
 }
 
 impl ExternalCell {
+    /// Node1's forwarding rate (live frames), packets/s.
+    pub fn node1_pps(&self) -> Option<Stat> {
+        Stat::of(&self.node1.iter().map(|s| s.pps).collect::<Vec<_>>())
+    }
+
     pub fn rate(&self) -> Option<Stat> {
         Stat::of(&self.connections.iter().map(|s| s.rate).collect::<Vec<_>>())
     }
@@ -517,7 +544,7 @@ fn external_section(report: &Report) -> String {
          (1/rate − 1/rate of {EXTERNAL_CEILING}) is what node1's datapath adds per packet to \
          plain XDP forwarding.{}\n\n\
          | mode | conn/s (min–max) | × {EXTERNAL_CONN_BASELINE} | p99 µs | errors \
-         | UDP delivered pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
+         | UDP end-to-end delivered pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
          | ns/pkt over {EXTERNAL_CEILING} | UDP sent pps |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ext.remote_backends,
@@ -562,6 +589,7 @@ fn external_section(report: &Report) -> String {
         );
     }
     out += "\n";
+    out += &node1_table(ext);
     if !ext.notes.is_empty() {
         out += "Datapath notes:\n\n";
         for note in &ext.notes {
@@ -570,6 +598,70 @@ fn external_section(report: &Report) -> String {
         out += "\n";
     }
     out
+}
+
+/// The external section's second table: node1's own forwarding rate (live frames).
+fn node1_table(ext: &External) -> String {
+    if ext.cells.iter().all(|c| c.node1.is_empty()) {
+        return String::new();
+    }
+    let mut out = format!(
+        "#### node1 forwarding pps (live frames)\n\n\
+         The same 60-byte UDP frames (client's MAC and address to node1's NIC, the NodePort; \
+         a backend directly for {EXTERNAL_CEILING}; source port random over the {} flows) \
+         injected at node1's NIC with `BPF_PROG_TEST_RUN` in live-frames mode, no sender in \
+         the bed: pps = frames / elapsed. The XDP program run on them is kproxy's for \
+         kproxy-xdp, the bare forwarder for {EXTERNAL_CEILING}, and an XDP_PASS program for \
+         the others, whose frames go up node1's stack (netfilter, kproxy's TC program); a \
+         small program in front of each writes the frame's headers back first (the kernel \
+         reuses translated frames), the same cost for all. The bridge, node2 and the pods \
+         still process the forwarded frames, largely on the same CPU within the timed run \
+         (\"at return\" is the share the backends had received when the run returned), so \
+         this is a lower bound on node1's own rate. delivered = share of the frames the \
+         backends' interfaces received.\n\n\
+         | mode | node1 pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
+         | ns/pkt over {EXTERNAL_CEILING} | delivered | at return | frames/run |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        ext.udp_flows
+    );
+    let find = |mode: &str| ext.cells.iter().find(|c| c.mode == mode);
+    let median = |cell: &ExternalCell| cell.node1_pps().map(|s| s.median);
+    let ratio =
+        |cell: &ExternalCell, base: &str| Some(fmt_ratio(median(cell)? / median(find(base)?)?));
+    let extra_ns = |cell: &ExternalCell| {
+        let ceiling = median(find(EXTERNAL_CEILING)?)?;
+        Some(format!("{:.0}", 1e9 / median(cell)? - 1e9 / ceiling))
+    };
+    let share = |n: fn(&Node1Sample) -> Option<u64>, cell: &ExternalCell| {
+        let frames: u64 = cell.node1.iter().map(|s| s.frames).sum();
+        let got: Option<u64> = cell.node1.iter().map(n).sum();
+        let got = got?;
+        (frames > 0).then(|| format!("{:.1}%", u64_f64(got) * 100.0 / u64_f64(frames)))
+    };
+    for cell in ext.cells.iter().filter(|c| !c.node1.is_empty()) {
+        let frames = cell.node1.iter().map(|s| s.frames).max().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell_text(&cell.mode),
+            opt(cell.node1_pps().map(|s| fmt_stat(s, fmt_count))),
+            opt(ratio(cell, EXTERNAL_UDP_BASELINE)),
+            opt(ratio(cell, EXTERNAL_CEILING)),
+            opt(extra_ns(cell)),
+            opt(share(|s| Some(s.delivered), cell)),
+            opt(share(|s| s.delivered_at_return, cell)),
+            fmt_count(u64_f64(frames)),
+        );
+    }
+    out += "\n";
+    out
+}
+
+fn u64_f64(n: u64) -> f64 {
+    // Counts far below 2^52.
+    #[allow(clippy::cast_precision_loss)]
+    let n = n as f64;
+    n
 }
 
 fn targets_section(report: &Report) -> String {
@@ -799,7 +891,15 @@ pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
                 .collect()
         };
         // One above the other: side by side the modes' names would not fit under the bars.
-        let (upper, lower) = bottom.split_vertically(bottom.dim_in_pixel().1 / 2);
+        let node1 = bars(ExternalCell::node1_pps);
+        let rows = if node1.is_empty() { 2 } else { 3 };
+        let (upper, lower) = bottom.split_vertically(bottom.dim_in_pixel().1 / rows);
+        let (lower, lowest) = if node1.is_empty() {
+            (lower, None)
+        } else {
+            let (a, b) = lower.split_vertically(lower.dim_in_pixel().1 / 2);
+            (a, Some(b))
+        };
         let warmed = if ext.warm_neighbours {
             " (neighbours warmed)"
         } else {
@@ -813,10 +913,18 @@ pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
         )?;
         bar_panel(
             &lower,
-            &format!("External: UDP packets/s forwarded to a remote backend{warmed}"),
+            &format!("External: UDP packets/s end to end through the bed{warmed}"),
             "packets/s",
             &bars(ExternalCell::delivered),
         )?;
+        if let Some(lowest) = lowest {
+            bar_panel(
+                &lowest,
+                &format!("External: node1 forwarding pps (live frames){warmed}"),
+                "packets/s",
+                &node1,
+            )?;
+        }
     }
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
@@ -1225,6 +1333,14 @@ mod tests {
                     delivered_pps: pps + pps / 10.0,
                 },
             ],
+            node1: vec![Node1Sample {
+                pps: 2.0 * pps,
+                frames: 1_000_000,
+                delivered: 1_000_000,
+                delivered_at_return: Some(500_000),
+                xdp_tx: None,
+                elapsed_s: 0.5,
+            }],
         })
         .collect();
         External {
@@ -1258,6 +1374,13 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- kproxy-xdp: xdp_tx=1 \\| 2"), "{md}");
+        assert!(
+            md.contains(
+                "| kproxy-xdp | 1,800,000 (1,800,000–1,800,000) | 3.00× | 0.90× | 56 | 100.0% \
+                 | 50.0% | 1,000,000 |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
