@@ -157,9 +157,21 @@ pub struct UdpSample {
 /// with `BPF_PROG_TEST_RUN` live frames (no sender in the bed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node1Sample {
-    /// Frames injected per second of the test run (node1's forwarding rate).
+    /// Frames injected per second of the test run with node1's switch port off the bridge,
+    /// so that nothing downstream works within the run: node1's forwarding rate.
     pub pps: f64,
+    /// Frames of that run.
+    #[serde(default)]
+    pub isolated_frames: Option<u64>,
+    /// Frames of the run with the bed connected.
     pub frames: u64,
+    /// In the isolated run, the packets node1's switch port received (what node1 sent out).
+    #[serde(default)]
+    pub left_node1: Option<u64>,
+    /// Frames per second of the run with the bed connected, whose frames the bridge, node2
+    /// and the pods processed (within the run, on the same CPU).
+    #[serde(default)]
+    pub with_delivery_pps: Option<f64>,
     /// Packets the backends' interfaces received meanwhile (and 100 ms after).
     pub delivered: u64,
     /// Of those, what had arrived by the time the test run returned.
@@ -614,14 +626,17 @@ fn node1_table(ext: &External) -> String {
          kproxy-xdp, the bare forwarder for {EXTERNAL_CEILING}, and an XDP_PASS program for \
          the others, whose frames go up node1's stack (netfilter, kproxy's TC program); a \
          small program in front of each writes the frame's headers back first (the kernel \
-         reuses translated frames), the same cost for all. The bridge, node2 and the pods \
-         still process the forwarded frames, largely on the same CPU within the timed run \
-         (\"at return\" is the share the backends had received when the run returned), so \
-         this is a lower bound on node1's own rate. delivered = share of the frames the \
-         backends' interfaces received.\n\n\
+         reuses translated frames), the same cost for all. Two runs of the same frames per \
+         repetition: **node1 pps** with node1's switch port taken off the bridge, so what \
+         node1 forwards ends at the port (\"left node1\" = share of the frames the port \
+         received); and \"pps with the bed\" connected, where the bridge, node2 and the pods \
+         process the forwarded frames within the timed run on the same CPU (\"at return\" = \
+         share the backends had received when the run returned; delivered = share they \
+         received in all). Targets use node1 pps.\n\n\
          | mode | node1 pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
-         | ns/pkt over {EXTERNAL_CEILING} | delivered | at return | frames/run |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+         | ns/pkt over {EXTERNAL_CEILING} | left node1 | pps with the bed | delivered \
+         | at return | frames/run |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ext.udp_flows
     );
     let find = |mode: &str| ext.cells.iter().find(|c| c.mode == mode);
@@ -632,24 +647,33 @@ fn node1_table(ext: &External) -> String {
         let ceiling = median(find(EXTERNAL_CEILING)?)?;
         Some(format!("{:.0}", 1e9 / median(cell)? - 1e9 / ceiling))
     };
-    let share = |n: fn(&Node1Sample) -> Option<u64>, cell: &ExternalCell| {
-        let frames: u64 = cell.node1.iter().map(|s| s.frames).sum();
+    let share = |n: fn(&Node1Sample) -> Option<u64>,
+                 of: fn(&Node1Sample) -> Option<u64>,
+                 cell: &ExternalCell| {
+        let frames: Option<u64> = cell.node1.iter().map(of).sum();
+        let frames = frames?;
         let got: Option<u64> = cell.node1.iter().map(n).sum();
         let got = got?;
         (frames > 0).then(|| format!("{:.1}%", u64_f64(got) * 100.0 / u64_f64(frames)))
+    };
+    let with_bed = |cell: &ExternalCell| {
+        let v: Option<Vec<f64>> = cell.node1.iter().map(|s| s.with_delivery_pps).collect();
+        Stat::of(&v?)
     };
     for cell in ext.cells.iter().filter(|c| !c.node1.is_empty()) {
         let frames = cell.node1.iter().map(|s| s.frames).max().unwrap_or(0);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell_text(&cell.mode),
             opt(cell.node1_pps().map(|s| fmt_stat(s, fmt_count))),
             opt(ratio(cell, EXTERNAL_UDP_BASELINE)),
             opt(ratio(cell, EXTERNAL_CEILING)),
             opt(extra_ns(cell)),
-            opt(share(|s| Some(s.delivered), cell)),
-            opt(share(|s| s.delivered_at_return, cell)),
+            opt(share(|s| s.left_node1, |s| s.isolated_frames, cell)),
+            opt(with_bed(cell).map(|s| fmt_stat(s, fmt_count))),
+            opt(share(|s| Some(s.delivered), |s| Some(s.frames), cell)),
+            opt(share(|s| s.delivered_at_return, |s| Some(s.frames), cell)),
             fmt_count(u64_f64(frames)),
         );
     }
@@ -1335,7 +1359,10 @@ mod tests {
             ],
             node1: vec![Node1Sample {
                 pps: 2.0 * pps,
+                isolated_frames: Some(1_000_000),
                 frames: 1_000_000,
+                left_node1: Some(1_000_000),
+                with_delivery_pps: Some(pps),
                 delivered: 1_000_000,
                 delivered_at_return: Some(500_000),
                 xdp_tx: None,
@@ -1377,7 +1404,7 @@ mod tests {
         assert!(
             md.contains(
                 "| kproxy-xdp | 1,800,000 (1,800,000–1,800,000) | 3.00× | 0.90× | 56 | 100.0% \
-                 | 50.0% | 1,000,000 |"
+                 | 900,000 (900,000–900,000) | 100.0% | 50.0% | 1,000,000 |"
             ),
             "{md}"
         );

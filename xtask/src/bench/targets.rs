@@ -221,7 +221,10 @@ mod tests {
             }],
             node1: vec![Node1Sample {
                 pps,
+                isolated_frames: Some(1_000_000),
                 frames: 1_000_000,
+                left_node1: Some(1_000_000),
+                with_delivery_pps: Some(pps / 2.0),
                 delivered: 1_000_000,
                 delivered_at_return: Some(900_000),
                 xdp_tx: None,

@@ -2,7 +2,10 @@
 //! frames (see [`xdp::live_frames_n`]) injects the flood's frames at node1's NIC as if the
 //! client had sent them, and what the XDP program returns really happens (XDP_TX leaves by
 //! the NIC, XDP_PASS goes up node1's stack, synchronously), so frames over elapsed time is
-//! what node1 forwards per second.
+//! what node1 forwards per second. Within the run the bridge, node2 and the pods also
+//! process the forwarded frames, in softirqs on the same CPU (the backends have them all when
+//! the run returns), so a second run takes node1's switch port off the bridge: what node1
+//! sends then ends at the port, and that run's rate is node1's own.
 //!
 //! The kernel recycles live frames' pages without copying the frame into them again, so a
 //! program that translates a frame would see its own output the next time round. Every frame
@@ -19,9 +22,15 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use etherparse::PacketBuilder;
-use kproxy_testbed::topology::LEAF_IFACE;
+use kproxy_testbed::{
+    LanNode,
+    topology::{LEAF_IFACE, lan::BRIDGE},
+};
 
-use super::{super::xdp, bed::ExtBed};
+use super::{
+    super::xdp,
+    bed::{self, ExtBed},
+};
 use crate::bench::report::Node1Sample;
 
 /// Ethernet + IPv4 + UDP headers, rewritten on every frame.
@@ -206,8 +215,9 @@ fn prog_array(target: BorrowedFd<'_>) -> Result<OwnedFd> {
 }
 
 /// Injects `frames` at node1's NIC, running `target` on them (after the restoring program):
-/// a warm-up run, then one of at least [`MIN_MEASURED`]. Counts what reached the backends'
-/// interfaces during the measured run (and 100 ms after it, for frames in flight).
+/// a warm-up run, then one of at least [`MIN_MEASURED`] counting what reached the backends'
+/// interfaces (during it, and 100 ms after it, for frames in flight), then the same with
+/// node1 cut off from the switch: node1's own rate.
 pub fn measure(bed: &ExtBed, frames: &Frames, target: BorrowedFd<'_>) -> Result<Node1Sample> {
     let array = prog_array(target)?;
     let prog = restoring_program(frames, array.as_fd())?;
@@ -222,16 +232,18 @@ pub fn measure(bed: &ExtBed, frames: &Frames, target: BorrowedFd<'_>) -> Result<
             Err(e) => bail!("{e:#}"),
         }
     };
-    let warm = run(WARMUP_FRAMES)?;
-    std::thread::sleep(Duration::from_millis(100));
-    // Precision loss only matters far beyond MAX_FRAMES.
+    // Frames for at least MIN_MEASURED at `pps`, with a margin.
     #[allow(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         clippy::cast_precision_loss
     )]
-    let n = ((warm * MIN_MEASURED.as_secs_f64() * 1.5) as u64)
-        .clamp(u64::from(WARMUP_FRAMES), u64::from(MAX_FRAMES)) as u32;
+    let size = |pps: f64| {
+        ((pps * MIN_MEASURED.as_secs_f64() * 1.5) as u64)
+            .clamp(u64::from(WARMUP_FRAMES), u64::from(MAX_FRAMES)) as u32
+    };
+    let n = size(run(WARMUP_FRAMES)?);
+    std::thread::sleep(Duration::from_millis(100));
     let before = bed.delivered()?;
     let started = Instant::now();
     let pps = run(n)?;
@@ -241,9 +253,30 @@ pub fn measure(bed: &ExtBed, frames: &Frames, target: BorrowedFd<'_>) -> Result<
     let at_return = bed.delivered()?.saturating_sub(before);
     std::thread::sleep(Duration::from_millis(100));
     let delivered = bed.delivered()?.saturating_sub(before);
+    // Node1 alone: its switch port taken off the bridge, what node1 sends ends there (the
+    // port's namespace has no address: its stack drops the frames at once), so the bridge,
+    // node2 and the pods do nothing within the run. The port's receive counter shows what
+    // node1 sent.
+    let port = LanNode::Node1.switch_port();
+    let lan = &bed.topo.lan;
+    lan.ip(&["link", "set", port, "nomaster"])?;
+    let isolated = (|| -> Result<(f64, u32, u64)> {
+        let rx = || Ok::<_, anyhow::Error>(bed::iface_packets(lan, port)?.rx);
+        let n = size(run(WARMUP_FRAMES)?);
+        std::thread::sleep(Duration::from_millis(100));
+        let rx0 = rx()?;
+        let pps = run(n)?;
+        std::thread::sleep(Duration::from_millis(100));
+        Ok((pps, n, rx()?.saturating_sub(rx0)))
+    })();
+    lan.ip(&["link", "set", port, "master", BRIDGE])?;
+    let (isolated_pps, isolated_frames, left_node1) = isolated?;
     Ok(Node1Sample {
-        pps,
+        pps: isolated_pps,
+        isolated_frames: Some(u64::from(isolated_frames)),
         frames: u64::from(n),
+        left_node1: Some(left_node1),
+        with_delivery_pps: Some(pps),
         delivered,
         delivered_at_return: Some(at_return),
         xdp_tx: None,

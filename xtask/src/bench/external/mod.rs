@@ -123,9 +123,13 @@ pub fn run(plan: &Plan, agent: &Path, object: &Path) -> Result<External> {
                 .extend(check_udp(mode, &udp, plan.duration, counters.as_ref()));
             let node1 = measure_node1(plan, &bed, mode, &running)?;
             eprintln!(
-                "bench:   node1 (live frames) {:.0} packets/s, {} of {} frames reached the \
-                 backends ({:?} by the test run's return), XDP_TX {:?}, {:.2} s",
+                "bench:   node1 (live frames) {:.0} packets/s alone ({:?} of {:?} frames left \
+                 it), {:.0?} packets/s with the bed: {} of {} frames reached the backends ({:?} \
+                 by the test run's return), XDP_TX {:?}, {:.2} s",
                 node1.pps,
+                node1.left_node1,
+                node1.isolated_frames,
+                node1.with_delivery_pps,
                 node1.delivered,
                 node1.frames,
                 node1.delivered_at_return,
@@ -341,7 +345,9 @@ fn measure_node1(
     Ok(sample)
 }
 
-/// A note when the backends received less than 90% of the frames injected at node1.
+/// A note when the backends received less than 90% of the frames injected at node1, when
+/// less than 90% left node1 in the isolated run, or when a mode that forwards in XDP sent
+/// less than 90% by XDP_TX.
 fn check_node1(mode: ExtMode, sample: &Node1Sample) -> Option<String> {
     // Counts far below 2^52.
     #[allow(clippy::cast_precision_loss)]
@@ -352,18 +358,30 @@ fn check_node1(mode: ExtMode, sample: &Node1Sample) -> Option<String> {
         && sample
             .xdp_tx
             .is_some_and(|tx| (tx as f64) < 0.9 * sample.frames as f64);
-    (share < 0.9 || short_tx).then(|| {
+    #[allow(clippy::cast_precision_loss)]
+    let short_left = sample
+        .left_node1
+        .zip(sample.isolated_frames)
+        .is_some_and(|(n, frames)| (n as f64) < 0.9 * frames as f64);
+    (share < 0.9 || short_tx || short_left).then(|| {
         let note = format!(
             "{}: of {} frames injected at node1's NIC (live frames, {:.0} pps), the backends \
-             received {} ({:.1}%); node1's XDP_TX counter: {}",
+             received {} ({:.1}%); node1's XDP_TX counter: {}; with node1 cut off from the \
+             switch, {} of {} left node1",
             mode.name(),
             sample.frames,
-            sample.pps,
+            sample.with_delivery_pps.unwrap_or(f64::NAN),
             sample.delivered,
             share * 100.0,
             sample
                 .xdp_tx
-                .map_or_else(|| "none (no kproxy program)".into(), |n| n.to_string())
+                .map_or_else(|| "none (no kproxy program)".into(), |n| n.to_string()),
+            sample
+                .left_node1
+                .map_or_else(|| "?".into(), |n| n.to_string()),
+            sample
+                .isolated_frames
+                .map_or_else(|| "?".into(), |n| n.to_string())
         );
         eprintln!("bench:   NOTE {note}");
         note
