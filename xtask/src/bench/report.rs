@@ -242,6 +242,10 @@ pub struct External {
     #[serde(default)]
     pub warm_neighbours: bool,
     pub cells: Vec<ExternalCell>,
+    /// The live-frames harness alone (restoring program, XDP_DROP), packets/s, one per
+    /// repetition: the cost every node1 pps includes.
+    #[serde(default)]
+    pub live_floor_pps: Vec<f64>,
     /// What the datapath counters showed when a mode did not forward as expected.
     pub notes: Vec<String>,
 }
@@ -617,6 +621,7 @@ fn node1_table(ext: &External) -> String {
     if ext.cells.iter().all(|c| c.node1.is_empty()) {
         return String::new();
     }
+    let floor = Stat::of(&ext.live_floor_pps);
     let mut out = format!(
         "#### node1 forwarding pps (live frames)\n\n\
          The same 60-byte UDP frames (client's MAC and address to node1's NIC, the NodePort; \
@@ -632,12 +637,19 @@ fn node1_table(ext: &External) -> String {
          received); and \"pps with the bed\" connected, where the bridge, node2 and the pods \
          process the forwarded frames within the timed run on the same CPU (\"at return\" = \
          share the backends had received when the run returned; delivered = share they \
-         received in all). Targets use node1 pps.\n\n\
+         received in all). Targets use node1 pps.{}\n\n\
          | mode | node1 pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
-         | ns/pkt over {EXTERNAL_CEILING} | left node1 | pps with the bed | delivered \
-         | at return | frames/run |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        ext.udp_flows
+         | ns/pkt over {EXTERNAL_CEILING} | ns/pkt net of harness | left node1 \
+         | pps with the bed | delivered | at return | frames/run |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        ext.udp_flows,
+        floor.map_or_else(String::new, |f| format!(
+            " The harness alone (restoring program and XDP_DROP, nothing forwarded) runs \
+             {} frames/s ({:.0} ns each), a cost every node1 pps includes and that compresses \
+             their ratios; \"ns/pkt net of harness\" is 1/(node1 pps) minus that.",
+            fmt_count(f.median),
+            1e9 / f.median
+        ))
     );
     let find = |mode: &str| ext.cells.iter().find(|c| c.mode == mode);
     let median = |cell: &ExternalCell| cell.node1_pps().map(|s| s.median);
@@ -664,12 +676,13 @@ fn node1_table(ext: &External) -> String {
         let frames = cell.node1.iter().map(|s| s.frames).max().unwrap_or(0);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell_text(&cell.mode),
             opt(cell.node1_pps().map(|s| fmt_stat(s, fmt_count))),
             opt(ratio(cell, EXTERNAL_UDP_BASELINE)),
             opt(ratio(cell, EXTERNAL_CEILING)),
             opt(extra_ns(cell)),
+            opt(floor.and_then(|f| Some(format!("{:.0}", 1e9 / median(cell)? - 1e9 / f.median)))),
             opt(share(|s| s.left_node1, |s| s.isolated_frames, cell)),
             opt(with_bed(cell).map(|s| fmt_stat(s, fmt_count))),
             opt(share(|s| Some(s.delivered), |s| Some(s.frames), cell)),
@@ -1375,6 +1388,7 @@ mod tests {
             udp_flows: 256,
             warm_neighbours: false,
             cells,
+            live_floor_pps: vec![10_000_000.0],
             notes: vec!["kproxy-xdp: xdp_tx=1 | 2".into()],
         }
     }
@@ -1403,7 +1417,7 @@ mod tests {
         assert!(md.contains("- kproxy-xdp: xdp_tx=1 \\| 2"), "{md}");
         assert!(
             md.contains(
-                "| kproxy-xdp | 1,800,000 (1,800,000–1,800,000) | 3.00× | 0.90× | 56 | 100.0% \
+                "| kproxy-xdp | 1,800,000 (1,800,000–1,800,000) | 3.00× | 0.90× | 56 | 456 | 100.0% \
                  | 900,000 (900,000–900,000) | 100.0% | 50.0% | 1,000,000 |"
             ),
             "{md}"

@@ -246,6 +246,7 @@ mod tests {
                 cell("nftables", 16_000.0, 300_000.0),
                 cell("bare-xdp-forward", 17_000.0, 1_000_000.0),
             ],
+            live_floor_pps: vec![],
             notes: vec![],
         };
         let targets = external_targets(&Report {

@@ -171,6 +171,12 @@ fn restoring_program(frames: &Frames, prog_array: BorrowedFd<'_>) -> Result<Owne
     p[bounds_check] = insn(0x2d, 2, 8, i16::try_from(abort - bounds_check - 1)?, 0);
     p.extend([insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)]); // return XDP_ABORTED
 
+    load_xdp(&p, b"bench_restore")
+}
+
+/// Loads XDP program `insns` named `name` (up to 15 bytes), with the verifier's log in the
+/// error.
+fn load_xdp(p: &[u64], name: &[u8]) -> Result<OwnedFd> {
     let license = c"GPL";
     let mut log = vec![0u8; 64 * 1024];
     let mut attr = [0u8; 128];
@@ -181,18 +187,54 @@ fn restoring_program(frames: &Frames, prog_array: BorrowedFd<'_>) -> Result<Owne
     xdp::put_u32(&mut attr, 24, 1);
     xdp::put_u32(&mut attr, 28, u32::try_from(log.len())?);
     xdp::put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
-    attr[48..48 + 13].copy_from_slice(b"bench_restore");
+    attr[48..48 + name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
     xdp::put_u32(&mut attr, 68, xdp::BPF_XDP);
     match xdp::bpf(xdp::BPF_PROG_LOAD, &mut attr) {
         Ok(fd) => xdp::owned(fd),
         Err(e) => {
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
             bail!(
-                "loading the frame-restoring XDP program: {e}: {}",
+                "loading the XDP program {}: {e}: {}",
+                String::from_utf8_lossy(name),
                 String::from_utf8_lossy(&log[..end])
             )
         }
     }
+}
+
+/// The harness's own cost: the restoring program and an XDP_DROP program (`r0 = 1; exit`)
+/// on the frames of the isolated run's size, packets/s. What every mode's node1 pps
+/// includes on top of node1's forwarding.
+pub fn floor(bed: &ExtBed, frames: &Frames) -> Result<f64> {
+    let drop = load_xdp(
+        &[insn(0xb7, 0, 0, 0, 1), insn(0x95, 0, 0, 0, 0)],
+        b"bench_drop",
+    )?;
+    let array = prog_array(drop.as_fd())?;
+    let prog = restoring_program(frames, array.as_fd())?;
+    let frame = frames.template()?;
+    let ifindex = bed.node().link_index(bed.topo.nic_iface())?;
+    let run = |n: u32| -> Result<f64> {
+        let prog = prog.try_clone()?;
+        let frame = frame.clone();
+        match bed
+            .node()
+            .run(move || xdp::live_frames_n(prog.as_fd(), &frame, ifindex, n))?
+        {
+            Ok(pps) => Ok(pps),
+            Err(e) => bail!("{e:#}"),
+        }
+    };
+    let warm = run(WARMUP_FRAMES)?;
+    // Precision loss only matters far beyond MAX_FRAMES.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let n = ((warm * MIN_MEASURED.as_secs_f64() * 1.5) as u64)
+        .clamp(u64::from(WARMUP_FRAMES), u64::from(MAX_FRAMES)) as u32;
+    run(n)
 }
 
 /// A one-slot program array holding `target`.

@@ -93,6 +93,7 @@ pub fn run(plan: &Plan, agent: &Path, object: &Path) -> Result<External> {
         udp_flows: plan.udp_flows,
         warm_neighbours: plan.warm_neighbours,
         cells: Vec::new(),
+        live_floor_pps: Vec::new(),
         notes: Vec::new(),
     };
     for rep in 0..plan.repetitions {
@@ -137,6 +138,12 @@ pub fn run(plan: &Plan, agent: &Path, object: &Path) -> Result<External> {
                 node1.elapsed_s
             );
             external.notes.extend(check_node1(mode, &node1));
+            if mode == plan.modes[0] {
+                let dst = flood(plan, &bed, mode).targets[0];
+                let floor = live::floor(&bed, &live::frames(&bed, dst, plan.udp_flows)?)?;
+                eprintln!("bench:   live-frames harness alone {floor:.0} packets/s");
+                external.live_floor_pps.push(floor);
+            }
             running.stop()?;
             let cell = cell(&mut external, mode);
             cell.connections.push(connections);
