@@ -879,8 +879,9 @@ const P99: Metric = Metric {
 /// services on a log axis. "last" placement is solid with markers and min–max bars; "random"
 /// placement, when measured, is dashed in the same colour with hollow triangles.
 ///
-/// With an external section, two rows of bars follow: new connections/s to the NodePort and
-/// UDP packets/s delivered per mode (medians, min–max whiskers). A run of that section alone
+/// With an external section, rows of bars follow: new connections/s to the NodePort, UDP
+/// packets/s delivered end to end through the bed, and node1's forwarding pps with live
+/// frames when measured (medians, min–max whiskers). A run of that section alone
 /// draws only those.
 pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
     ensure_font()?;
