@@ -153,6 +153,37 @@ pub struct UdpSample {
     pub delivered_pps: f64,
 }
 
+/// One repetition of node1's own forwarding rate: the flood's frames injected at node1's NIC
+/// with `BPF_PROG_TEST_RUN` live frames (no sender in the bed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node1Sample {
+    /// Frames injected per second of the test run with node1's switch port off the bridge,
+    /// so that nothing downstream works within the run: node1's forwarding rate.
+    pub pps: f64,
+    /// Frames of that run.
+    #[serde(default)]
+    pub isolated_frames: Option<u64>,
+    /// Frames of the run with the bed connected.
+    pub frames: u64,
+    /// In the isolated run, the packets node1's switch port received (what node1 sent out).
+    #[serde(default)]
+    pub left_node1: Option<u64>,
+    /// Frames per second of the run with the bed connected, whose frames the bridge, node2
+    /// and the pods processed (within the run, on the same CPU).
+    #[serde(default)]
+    pub with_delivery_pps: Option<f64>,
+    /// Packets the backends' interfaces received meanwhile (and 100 ms after).
+    pub delivered: u64,
+    /// Of those, what had arrived by the time the test run returned.
+    #[serde(default)]
+    pub delivered_at_return: Option<u64>,
+    /// Packets node1's XDP program sent by XDP_TX/redirect meanwhile (kproxy's counters;
+    /// none for kube-proxy's rules).
+    #[serde(default)]
+    pub xdp_tx: Option<u64>,
+    pub elapsed_s: f64,
+}
+
 /// One mode of the external section, one sample per repetition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalCell {
@@ -161,9 +192,17 @@ pub struct ExternalCell {
     /// directly for the bare forwarder).
     pub connections: Vec<Sample>,
     pub udp: Vec<UdpSample>,
+    /// Node1's own forwarding rate (live frames); absent in older reports.
+    #[serde(default)]
+    pub node1: Vec<Node1Sample>,
 }
 
 impl ExternalCell {
+    /// Node1's forwarding rate (live frames), packets/s.
+    pub fn node1_pps(&self) -> Option<Stat> {
+        Stat::of(&self.node1.iter().map(|s| s.pps).collect::<Vec<_>>())
+    }
+
     pub fn rate(&self) -> Option<Stat> {
         Stat::of(&self.connections.iter().map(|s| s.rate).collect::<Vec<_>>())
     }
@@ -203,6 +242,10 @@ pub struct External {
     #[serde(default)]
     pub warm_neighbours: bool,
     pub cells: Vec<ExternalCell>,
+    /// The live-frames harness alone (restoring program, XDP_DROP), packets/s, one per
+    /// repetition: the cost every node1 pps includes.
+    #[serde(default)]
+    pub live_floor_pps: Vec<f64>,
     /// What the datapath counters showed when a mode did not forward as expected.
     pub notes: Vec<String>,
 }
@@ -517,7 +560,7 @@ fn external_section(report: &Report) -> String {
          (1/rate − 1/rate of {EXTERNAL_CEILING}) is what node1's datapath adds per packet to \
          plain XDP forwarding.{}\n\n\
          | mode | conn/s (min–max) | × {EXTERNAL_CONN_BASELINE} | p99 µs | errors \
-         | UDP delivered pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
+         | UDP end-to-end delivered pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
          | ns/pkt over {EXTERNAL_CEILING} | UDP sent pps |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ext.remote_backends,
@@ -562,6 +605,7 @@ fn external_section(report: &Report) -> String {
         );
     }
     out += "\n";
+    out += &node1_table(ext);
     if !ext.notes.is_empty() {
         out += "Datapath notes:\n\n";
         for note in &ext.notes {
@@ -570,6 +614,91 @@ fn external_section(report: &Report) -> String {
         out += "\n";
     }
     out
+}
+
+/// The external section's second table: node1's own forwarding rate (live frames).
+fn node1_table(ext: &External) -> String {
+    if ext.cells.iter().all(|c| c.node1.is_empty()) {
+        return String::new();
+    }
+    let floor = Stat::of(&ext.live_floor_pps);
+    let mut out = format!(
+        "#### node1 forwarding pps (live frames)\n\n\
+         The same 60-byte UDP frames (client's MAC and address to node1's NIC, the NodePort; \
+         a backend directly for {EXTERNAL_CEILING}; source port random over the {} flows) \
+         injected at node1's NIC with `BPF_PROG_TEST_RUN` in live-frames mode, no sender in \
+         the bed: pps = frames / elapsed. The XDP program run on them is kproxy's for \
+         kproxy-xdp, the bare forwarder for {EXTERNAL_CEILING}, and an XDP_PASS program for \
+         the others, whose frames go up node1's stack (netfilter, kproxy's TC program); a \
+         small program in front of each writes the frame's headers back first (the kernel \
+         reuses translated frames), the same cost for all. Two runs of the same frames per \
+         repetition: **node1 pps** with node1's switch port taken off the bridge, so what \
+         node1 forwards ends at the port (\"left node1\" = share of the frames the port \
+         received); and \"pps with the bed\" connected, where the bridge, node2 and the pods \
+         process the forwarded frames within the timed run on the same CPU (\"at return\" = \
+         share the backends had received when the run returned; delivered = share they \
+         received in all). Targets use node1 pps.{}\n\n\
+         | mode | node1 pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
+         | ns/pkt over {EXTERNAL_CEILING} | ns/pkt net of harness | left node1 \
+         | pps with the bed | delivered | at return | frames/run |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        ext.udp_flows,
+        floor.map_or_else(String::new, |f| format!(
+            " The harness alone (restoring program and XDP_DROP, nothing forwarded) runs \
+             {} frames/s ({:.0} ns each), a cost every node1 pps includes and that compresses \
+             their ratios; \"ns/pkt net of harness\" is 1/(node1 pps) minus that.",
+            fmt_count(f.median),
+            1e9 / f.median
+        ))
+    );
+    let find = |mode: &str| ext.cells.iter().find(|c| c.mode == mode);
+    let median = |cell: &ExternalCell| cell.node1_pps().map(|s| s.median);
+    let ratio =
+        |cell: &ExternalCell, base: &str| Some(fmt_ratio(median(cell)? / median(find(base)?)?));
+    let extra_ns = |cell: &ExternalCell| {
+        let ceiling = median(find(EXTERNAL_CEILING)?)?;
+        Some(format!("{:.0}", 1e9 / median(cell)? - 1e9 / ceiling))
+    };
+    let share = |n: fn(&Node1Sample) -> Option<u64>,
+                 of: fn(&Node1Sample) -> Option<u64>,
+                 cell: &ExternalCell| {
+        let frames: Option<u64> = cell.node1.iter().map(of).sum();
+        let frames = frames?;
+        let got: Option<u64> = cell.node1.iter().map(n).sum();
+        let got = got?;
+        (frames > 0).then(|| format!("{:.1}%", u64_f64(got) * 100.0 / u64_f64(frames)))
+    };
+    let with_bed = |cell: &ExternalCell| {
+        let v: Option<Vec<f64>> = cell.node1.iter().map(|s| s.with_delivery_pps).collect();
+        Stat::of(&v?)
+    };
+    for cell in ext.cells.iter().filter(|c| !c.node1.is_empty()) {
+        let frames = cell.node1.iter().map(|s| s.frames).max().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell_text(&cell.mode),
+            opt(cell.node1_pps().map(|s| fmt_stat(s, fmt_count))),
+            opt(ratio(cell, EXTERNAL_UDP_BASELINE)),
+            opt(ratio(cell, EXTERNAL_CEILING)),
+            opt(extra_ns(cell)),
+            opt(floor.and_then(|f| Some(format!("{:.0}", 1e9 / median(cell)? - 1e9 / f.median)))),
+            opt(share(|s| s.left_node1, |s| s.isolated_frames, cell)),
+            opt(with_bed(cell).map(|s| fmt_stat(s, fmt_count))),
+            opt(share(|s| Some(s.delivered), |s| Some(s.frames), cell)),
+            opt(share(|s| s.delivered_at_return, |s| Some(s.frames), cell)),
+            fmt_count(u64_f64(frames)),
+        );
+    }
+    out += "\n";
+    out
+}
+
+fn u64_f64(n: u64) -> f64 {
+    // Counts far below 2^52.
+    #[allow(clippy::cast_precision_loss)]
+    let n = n as f64;
+    n
 }
 
 fn targets_section(report: &Report) -> String {
@@ -750,8 +879,9 @@ const P99: Metric = Metric {
 /// services on a log axis. "last" placement is solid with markers and min–max bars; "random"
 /// placement, when measured, is dashed in the same colour with hollow triangles.
 ///
-/// With an external section, two rows of bars follow: new connections/s to the NodePort and
-/// UDP packets/s delivered per mode (medians, min–max whiskers). A run of that section alone
+/// With an external section, rows of bars follow: new connections/s to the NodePort, UDP
+/// packets/s delivered end to end through the bed, and node1's forwarding pps with live
+/// frames when measured (medians, min–max whiskers). A run of that section alone
 /// draws only those.
 pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
     ensure_font()?;
@@ -799,7 +929,15 @@ pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
                 .collect()
         };
         // One above the other: side by side the modes' names would not fit under the bars.
-        let (upper, lower) = bottom.split_vertically(bottom.dim_in_pixel().1 / 2);
+        let node1 = bars(ExternalCell::node1_pps);
+        let rows = if node1.is_empty() { 2 } else { 3 };
+        let (upper, lower) = bottom.split_vertically(bottom.dim_in_pixel().1 / rows);
+        let (lower, lowest) = if node1.is_empty() {
+            (lower, None)
+        } else {
+            let (a, b) = lower.split_vertically(lower.dim_in_pixel().1 / 2);
+            (a, Some(b))
+        };
         let warmed = if ext.warm_neighbours {
             " (neighbours warmed)"
         } else {
@@ -813,10 +951,18 @@ pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
         )?;
         bar_panel(
             &lower,
-            &format!("External: UDP packets/s forwarded to a remote backend{warmed}"),
+            &format!("External: UDP packets/s end to end through the bed{warmed}"),
             "packets/s",
             &bars(ExternalCell::delivered),
         )?;
+        if let Some(lowest) = lowest {
+            bar_panel(
+                &lowest,
+                &format!("External: node1 forwarding pps (live frames){warmed}"),
+                "packets/s",
+                &node1,
+            )?;
+        }
     }
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
@@ -1225,6 +1371,17 @@ mod tests {
                     delivered_pps: pps + pps / 10.0,
                 },
             ],
+            node1: vec![Node1Sample {
+                pps: 2.0 * pps,
+                isolated_frames: Some(1_000_000),
+                frames: 1_000_000,
+                left_node1: Some(1_000_000),
+                with_delivery_pps: Some(pps),
+                delivered: 1_000_000,
+                delivered_at_return: Some(500_000),
+                xdp_tx: None,
+                elapsed_s: 0.5,
+            }],
         })
         .collect();
         External {
@@ -1232,6 +1389,7 @@ mod tests {
             udp_flows: 256,
             warm_neighbours: false,
             cells,
+            live_floor_pps: vec![10_000_000.0],
             notes: vec!["kproxy-xdp: xdp_tx=1 | 2".into()],
         }
     }
@@ -1258,6 +1416,13 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- kproxy-xdp: xdp_tx=1 \\| 2"), "{md}");
+        assert!(
+            md.contains(
+                "| kproxy-xdp | 1,800,000 (1,800,000–1,800,000) | 3.00× | 0.90× | 56 | 456 | 100.0% \
+                 | 900,000 (900,000–900,000) | 100.0% | 50.0% | 1,000,000 |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

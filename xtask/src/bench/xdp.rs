@@ -32,15 +32,15 @@ use super::{
 const FRAMES: u32 = 2_000_000;
 const BATCH: u32 = 64;
 
-const BPF_PROG_LOAD: libc::c_long = 5;
+pub(super) const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_XDP: u32 = 37;
+pub(super) const BPF_PROG_TYPE_XDP: u32 = 6;
+pub(super) const BPF_XDP: u32 = 37;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> std::io::Result<i64> {
+pub(super) fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> std::io::Result<i64> {
     // SAFETY: bpf(2) reads and writes at most `attr.len()` bytes of the union we own.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
     if rc < 0 {
@@ -50,22 +50,22 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> std::io::Result<i64> {
     }
 }
 
-fn put_u32(attr: &mut [u8], at: usize, v: u32) {
+pub(super) fn put_u32(attr: &mut [u8], at: usize, v: u32) {
     attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn put_u64(attr: &mut [u8], at: usize, v: u64) {
+pub(super) fn put_u64(attr: &mut [u8], at: usize, v: u64) {
     attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn owned(fd: i64) -> Result<OwnedFd> {
+pub(super) fn owned(fd: i64) -> Result<OwnedFd> {
     let fd = i32::try_from(fd).context("fd out of range")?;
     // SAFETY: a descriptor the kernel just returned, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The baseline: an XDP program that only returns XDP_PASS (`r0 = 2; exit`).
-fn load_bare_pass() -> Result<OwnedFd> {
+pub(super) fn load_bare_pass() -> Result<OwnedFd> {
     let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x95];
     let license = c"GPL";
     let mut attr = [0u8; 128];
@@ -79,7 +79,7 @@ fn load_bare_pass() -> Result<OwnedFd> {
 }
 
 /// kproxy's XDP program, through the link the agent pinned for `iface`.
-fn kproxy_program(pin_dir: &Path) -> Result<OwnedFd> {
+pub(super) fn kproxy_program(pin_dir: &Path) -> Result<OwnedFd> {
     let links = pin_dir.join("links");
     let pin = std::fs::read_dir(&links)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -97,6 +97,17 @@ fn kproxy_program(pin_dir: &Path) -> Result<OwnedFd> {
 
 /// Runs `prog` on `FRAMES` copies of `frame` as received on `ifindex`; packets per second.
 fn live_frames(prog: BorrowedFd<'_>, frame: &[u8], ifindex: u32) -> Result<f64> {
+    live_frames_n(prog, frame, ifindex, FRAMES)
+}
+
+/// Runs `prog` on `frames` copies of `frame` as received on `ifindex` (in the calling
+/// thread's namespace); packets per second.
+pub(super) fn live_frames_n(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    ifindex: u32,
+    frames: u32,
+) -> Result<f64> {
     let len = u32::try_from(frame.len())?;
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     let ctx: [u32; 6] = [0, len, 0, ifindex, 0, 0];
@@ -104,14 +115,14 @@ fn live_frames(prog: BorrowedFd<'_>, frame: &[u8], ifindex: u32) -> Result<f64> 
     put_u32(&mut attr, 0, prog.as_raw_fd().unsigned_abs());
     put_u32(&mut attr, 8, len);
     put_u64(&mut attr, 16, frame.as_ptr() as u64);
-    put_u32(&mut attr, 32, FRAMES);
+    put_u32(&mut attr, 32, frames);
     put_u32(&mut attr, 40, u32::try_from(std::mem::size_of_val(&ctx))?);
     put_u64(&mut attr, 48, ctx.as_ptr() as u64);
     put_u32(&mut attr, 64, BPF_F_TEST_XDP_LIVE_FRAMES);
     put_u32(&mut attr, 72, BATCH);
     let started = Instant::now();
     bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN with live frames")?;
-    Ok(f64::from(FRAMES) / started.elapsed().as_secs_f64())
+    Ok(f64::from(frames) / started.elapsed().as_secs_f64())
 }
 
 /// A UDP service for the translated path. Its endpoints have no listener, so each frame

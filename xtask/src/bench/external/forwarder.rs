@@ -29,10 +29,20 @@ const UNUSED_PREALLOCATED_MAPS: [&str; 5] = [
 pub struct BareForwarder {
     // The link first: it detaches before the program and its maps go.
     _link: OwnedFd,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl BareForwarder {
+    /// The attached program, for running it on live frames.
+    pub fn program(&self) -> Result<OwnedFd> {
+        let program: &Xdp = self
+            .ebpf
+            .program(names::PROG_XDP_FORWARD_ONLY)
+            .context("the forwarder's program is gone")?
+            .try_into()?;
+        Ok(program.fd()?.as_fd().try_clone_to_owned()?)
+    }
+
     /// Loads the program from `object` (its maps pinned under `pin_dir`, where
     /// [`xdp::counters`] reads them) and attaches it to `iface` in `node`.
     pub fn attach(object: &Path, pin_dir: &Path, node: &Netns, iface: &str) -> Result<Self> {
@@ -56,9 +66,6 @@ impl BareForwarder {
         let fd = program.fd()?.as_fd().try_clone_to_owned()?;
         let ifindex = node.link_index(iface)?;
         let link = node.run(move || xdp::attach_xdp(fd.as_fd(), ifindex))??;
-        Ok(Self {
-            _link: link,
-            _ebpf: ebpf,
-        })
+        Ok(Self { _link: link, ebpf })
     }
 }

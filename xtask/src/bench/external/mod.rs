@@ -9,9 +9,10 @@
 
 mod bed;
 mod forwarder;
+mod live;
 mod udp;
 
-use std::{ffi::OsString, fmt::Write as _, path::Path, time::Duration};
+use std::{ffi::OsString, fmt::Write as _, os::fd::AsFd, path::Path, time::Duration};
 
 use anyhow::{Result, bail};
 use kproxy_common::stats::{COUNTER_SLOTS, Counter};
@@ -26,7 +27,7 @@ use super::{
     CT_MAX,
     load::{self, LoadConfig},
     modes::{self, Running},
-    report::{External, ExternalCell, Sample, UdpSample},
+    report::{External, ExternalCell, Node1Sample, Sample, UdpSample},
     rules, xdp,
 };
 
@@ -92,6 +93,7 @@ pub fn run(plan: &Plan, agent: &Path, object: &Path) -> Result<External> {
         udp_flows: plan.udp_flows,
         warm_neighbours: plan.warm_neighbours,
         cells: Vec::new(),
+        live_floor_pps: Vec::new(),
         notes: Vec::new(),
     };
     for rep in 0..plan.repetitions {
@@ -120,10 +122,33 @@ pub fn run(plan: &Plan, agent: &Path, object: &Path) -> Result<External> {
             external
                 .notes
                 .extend(check_udp(mode, &udp, plan.duration, counters.as_ref()));
+            let node1 = measure_node1(plan, &bed, mode, &running)?;
+            eprintln!(
+                "bench:   node1 (live frames) {:.0} packets/s alone ({:?} of {:?} frames left \
+                 it), {:.0?} packets/s with the bed: {} of {} frames reached the backends ({:?} \
+                 by the test run's return), XDP_TX {:?}, {:.2} s",
+                node1.pps,
+                node1.left_node1,
+                node1.isolated_frames,
+                node1.with_delivery_pps,
+                node1.delivered,
+                node1.frames,
+                node1.delivered_at_return,
+                node1.xdp_tx,
+                node1.elapsed_s
+            );
+            external.notes.extend(check_node1(mode, &node1));
+            if mode == plan.modes[0] {
+                let dst = flood(plan, &bed, mode).targets[0];
+                let floor = live::floor(&bed, &live::frames(&bed, dst, plan.udp_flows)?)?;
+                eprintln!("bench:   live-frames harness alone {floor:.0} packets/s");
+                external.live_floor_pps.push(floor);
+            }
             running.stop()?;
             let cell = cell(&mut external, mode);
             cell.connections.push(connections);
             cell.udp.push(udp);
+            cell.node1.push(node1);
         }
     }
     Ok(external)
@@ -136,6 +161,7 @@ fn cell(external: &mut External, mode: ExtMode) -> &mut ExternalCell {
             mode: mode.name().into(),
             connections: Vec::new(),
             udp: Vec::new(),
+            node1: Vec::new(),
         });
         external.cells.len() - 1
     });
@@ -297,6 +323,76 @@ fn flood(plan: &Plan, bed: &ExtBed, mode: ExtMode) -> Flood {
         warmup: plan.warmup,
         duration: plan.duration,
     }
+}
+
+/// Node1's own forwarding rate for `mode` (see [`live`]): the flood's frames (to a backend
+/// directly for the bare forwarder) injected at node1's NIC, run through kproxy's XDP
+/// program, the bare forwarder, or an XDP_PASS program that hands them to node1's stack
+/// (netfilter, kproxy's TC program).
+fn measure_node1(
+    plan: &Plan,
+    bed: &ExtBed,
+    mode: ExtMode,
+    running: &ExtRunning,
+) -> Result<Node1Sample> {
+    let dst = flood(plan, bed, mode).targets[0];
+    let frames = live::frames(bed, dst, plan.udp_flows)?;
+    let target = match running {
+        ExtRunning::Agent(_) if mode == ExtMode::KproxyXdp => xdp::kproxy_program(&bed.pin_dir())?,
+        ExtRunning::Bare(forwarder) => forwarder.program()?,
+        ExtRunning::Agent(_) | ExtRunning::Rules => xdp::load_bare_pass()?,
+    };
+    let before = running.counters(bed)?;
+    let mut sample = live::measure(bed, &frames, target.as_fd())?;
+    let after = running.counters(bed)?;
+    if let (Some(before), Some(after)) = (before, after) {
+        let tx = Counter::XdpTx as usize;
+        sample.xdp_tx = Some(after[tx].saturating_sub(before[tx]));
+    }
+    Ok(sample)
+}
+
+/// A note when the backends received less than 90% of the frames injected at node1, when
+/// less than 90% left node1 in the isolated run, or when a mode that forwards in XDP sent
+/// less than 90% by XDP_TX.
+fn check_node1(mode: ExtMode, sample: &Node1Sample) -> Option<String> {
+    // Counts far below 2^52.
+    #[allow(clippy::cast_precision_loss)]
+    let share = sample.delivered as f64 / sample.frames as f64;
+    // Counts far below 2^52.
+    #[allow(clippy::cast_precision_loss)]
+    let short_tx = mode.forwards_in_xdp()
+        && sample
+            .xdp_tx
+            .is_some_and(|tx| (tx as f64) < 0.9 * sample.frames as f64);
+    #[allow(clippy::cast_precision_loss)]
+    let short_left = sample
+        .left_node1
+        .zip(sample.isolated_frames)
+        .is_some_and(|(n, frames)| (n as f64) < 0.9 * frames as f64);
+    (share < 0.9 || short_tx || short_left).then(|| {
+        let note = format!(
+            "{}: of {} frames injected at node1's NIC (live frames, {:.0} pps), the backends \
+             received {} ({:.1}%); node1's XDP_TX counter: {}; with node1 cut off from the \
+             switch, {} of {} left node1",
+            mode.name(),
+            sample.frames,
+            sample.with_delivery_pps.unwrap_or(f64::NAN),
+            sample.delivered,
+            share * 100.0,
+            sample
+                .xdp_tx
+                .map_or_else(|| "none (no kproxy program)".into(), |n| n.to_string()),
+            sample
+                .left_node1
+                .map_or_else(|| "?".into(), |n| n.to_string()),
+            sample
+                .isolated_frames
+                .map_or_else(|| "?".into(), |n| n.to_string())
+        );
+        eprintln!("bench:   NOTE {note}");
+        note
+    })
 }
 
 /// A note when (almost) no datagram reached the backends, or, for kproxy and the bare
