@@ -109,9 +109,15 @@ pub fn run(plan: &Plan, agent: &Path, object: &Path) -> Result<External> {
             if plan.warm_neighbours {
                 bed.warm_neighbours()?;
             }
+            let tcp_before = running.counters(&bed)?;
             let (connections, conn_note) = measure_connections(plan, &bed, mode)?;
             external.notes.extend(conn_note);
             let before = running.counters(&bed)?;
+            external.notes.extend(check_tcp_errors(
+                mode,
+                &connections,
+                tcp_before.zip(before).as_ref(),
+            ));
             let udp = udp::measure(&bed, &flood(plan, &bed, mode))?;
             let after = running.counters(&bed)?;
             eprintln!(
@@ -393,6 +399,32 @@ fn check_node1(mode: ExtMode, sample: &Node1Sample) -> Option<String> {
         eprintln!("bench:   NOTE {note}");
         note
     })
+}
+
+/// A note when connections failed in a mode whose datapath counts what it drops: the
+/// counters that moved during the TCP run, as evidence of where.
+fn check_tcp_errors(
+    mode: ExtMode,
+    connections: &Sample,
+    counters: Option<&([u64; COUNTER_SLOTS], [u64; COUNTER_SLOTS])>,
+) -> Option<String> {
+    let (before, after) = counters?;
+    if connections.errors == 0 {
+        return None;
+    }
+    let mut note = format!(
+        "{}: {} connections failed; node1's datapath counted during the TCP run:",
+        mode.name(),
+        connections.errors
+    );
+    for c in Counter::ALL {
+        let n = after[*c as usize].saturating_sub(before[*c as usize]);
+        if n > 0 && (c.drop_reason().is_some() || c.name().starts_with("xdp_pass")) {
+            let _ = write!(note, " {}={n}", c.name());
+        }
+    }
+    eprintln!("bench:   NOTE {note}");
+    Some(note)
 }
 
 /// A note when (almost) no datagram reached the backends, or, for kproxy and the bare
