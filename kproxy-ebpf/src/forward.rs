@@ -4,7 +4,7 @@
 //! the next hop), without entering the node's stack. Everything else goes up the stack
 //! translated, where routing finishes the job, each kind of hand-over counted.
 
-use core::mem::{size_of, zeroed};
+use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
@@ -21,10 +21,9 @@ use crate::{
     maps::KP_IFACES,
     packet::{Packet, XdpPacket},
     parse::{IPV4_HLEN, L3_OFF},
-    stats,
+    route, stats,
 };
 
-const AF_INET: u8 = 2;
 /// Offset of the TTL (and, after it, the protocol) in the IPv4 header.
 const TTL_OFF: usize = 8;
 const CSUM_OFF: usize = 10;
@@ -55,14 +54,9 @@ pub fn forward(ctx: &XdpContext) -> u32 {
     }
     let pkt = XdpPacket { ctx };
     let ingress = pkt.ifindex();
-    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
-    params.family = AF_INET;
-    params.ifindex = ingress;
+    let mut params = route::ipv4_request(ingress, saddr, daddr);
     params.__bindgen_anon_2.tos = tos;
     params.__bindgen_anon_1.tot_len = tot_len;
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
     let rc = pkt.fib_lookup(&mut params, 0) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}

@@ -29,6 +29,18 @@ const AF_INET: u8 = 2;
 /// The loopback device's ifindex, the same in every network namespace.
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
+/// A FIB lookup of IPv4 `src` → `dst` as if received on `ifindex`.
+#[inline(always)]
+pub fn ipv4_request(ifindex: u32, src: u32, dst: u32) -> bpf_fib_lookup {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    params
+}
+
 /// Sends the DNATed packet where the routing table says, with the right MACs. Returns the TC
 /// verdict.
 #[inline(always)]
@@ -41,12 +53,7 @@ pub fn reroute(ctx: &TcContext) -> i32 {
     let (saddr, daddr) = (ip.saddr, ip.daddr);
     // SAFETY: the context pointer the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
-    params.family = AF_INET;
-    params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
+    let mut params = ipv4_request(ifindex, saddr, daddr);
     // Looked up as if received on this interface (as forwarding would): an output lookup would
     // pin the route to this very interface.
     // SAFETY: params lives on the stack for the call; the size is its own.
@@ -139,12 +146,7 @@ pub fn masquerade_addr<P: Packet>(pkt: &P, client: u32, backend: u32) -> Option<
     if unsafe { KP_NODE_ADDRS.get(backend) }.is_some() {
         return Some(backend);
     }
-    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
-    params.family = AF_INET;
-    params.ifindex = pkt.ifindex();
-    params.__bindgen_anon_3.ipv4_src = client;
-    params.__bindgen_anon_4.ipv4_dst = backend;
+    let mut params = ipv4_request(pkt.ifindex(), client, backend);
     let rc = pkt.fib_lookup(&mut params, FIB_LOOKUP_SKIP_NEIGH | FIB_LOOKUP_SRC);
     if rc as u32 != BPF_FIB_LKUP_RET_SUCCESS {
         return None;

@@ -113,6 +113,15 @@ pub fn select(
         .collect()
 }
 
+/// The addresses of `flagged` (as `select` returns them) that take NodePorts.
+fn node_ports(flagged: &BTreeMap<Ipv4Addr, u32>) -> BTreeSet<Ipv4Addr> {
+    flagged
+        .iter()
+        .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
+        .map(|(a, _)| *a)
+        .collect()
+}
+
 /// The IPv4 addresses of every interface in the calling thread's network namespace.
 pub fn local_ipv4_addresses() -> Result<BTreeSet<Ipv4Addr>> {
     let mut addrs = BTreeSet::new();
@@ -215,11 +224,7 @@ impl NodeAddrs {
 
     /// The addresses NodePorts answer on.
     pub fn node_port_addresses(&self) -> BTreeSet<Ipv4Addr> {
-        self.written
-            .iter()
-            .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
-            .map(|(a, _)| *a)
-            .collect()
+        node_ports(&self.written)
     }
 }
 
@@ -347,12 +352,7 @@ mod tests {
                 got.values().all(|f| f & NODE_ADDR_F_LOCAL != 0),
                 "{name}: all local"
             );
-            let node_ports: BTreeSet<Ipv4Addr> = got
-                .iter()
-                .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
-                .map(|(a, _)| *a)
-                .collect();
-            assert_eq!(node_ports, addrs(want), "{name}");
+            assert_eq!(node_ports(&got), addrs(want), "{name}");
         }
     }
 
@@ -378,12 +378,7 @@ mod tests {
         ];
         for (name, which, localhost, want) in cases {
             let got = select(&local, &which, localhost, None, &BTreeMap::new());
-            let node_ports: BTreeSet<Ipv4Addr> = got
-                .iter()
-                .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
-                .map(|(a, _)| *a)
-                .collect();
-            assert_eq!(node_ports, addrs(want), "{name}");
+            assert_eq!(node_ports(&got), addrs(want), "{name}");
         }
     }
 
