@@ -151,8 +151,9 @@ fn served_by(
             assert_eq!(
                 *reply.peer.ip(),
                 peer(backend),
-                "{} -> {target}: the source {backend} saw",
-                from.name()
+                "{} -> {target} ({}): the source {backend} saw",
+                from.name(),
+                if udp_proto { "UDP" } else { "TCP" }
             );
             seen.insert(backend);
         }
@@ -720,6 +721,13 @@ fn pod_that_appears_later(agent_flags: &[&str]) {
         "{} answered {:?} after the pod's creation began",
         first.backend,
         created.elapsed()
+    );
+    // Its very first flow is already known as a pod's (the interface is marked before a
+    // program sees its packets).
+    assert_eq!(
+        *first.peer.ip(),
+        pod.addr(),
+        "the new pod's first flow was masqueraded"
     );
     served_by(&bed, &pod.ns, (vip(41), 80, 53), 2, &[remote], |_| {
         pod.addr()

@@ -158,6 +158,10 @@ impl Hooks {
     ) -> Result<Served> {
         let mut flags = IFACE_F_INGRESS;
         if role.pod {
+            // Known as a pod's before its first packet meets a program: the flows of that
+            // packet would otherwise be masqueraded as coming from outside the cluster, and
+            // stay so until they end.
+            self.record(link, IFACE_F_POD)?;
             flags |= IFACE_F_POD;
         }
         // Before the first packet the programs hand over with a local source.
