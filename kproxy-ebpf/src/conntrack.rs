@@ -21,6 +21,7 @@ use kproxy_common::{
 };
 
 use crate::{
+    frontend,
     maps::{KP_CONFIG, KP_CT_FWD, KP_CT_REV},
     parse::{TCP_FIN, TCP_RST},
     stats,
@@ -278,6 +279,16 @@ fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -
     Claim::Taken
 }
 
+/// Whether replies on backend-side tuple `rkey` would be taken for packets to a frontend:
+/// a client port equal to a NodePort, masqueraded to a node address (or the node's own
+/// client), makes the backend answer to `node:nodePort`. Those replies would be balanced as
+/// new connections instead of translated back (netfilter matches its conntrack first; the
+/// datapath looks up frontends first, so such a tuple is never handed out).
+#[inline(always)]
+fn shadows_frontend(rkey: &FlowKey) -> bool {
+    frontend::find(rkey.daddr, rkey.dport, rkey.proto).is_some()
+}
+
 /// A new flow's forward entry, from `fwd` (client→VIP) to backend `backend_id` at
 /// `addr:port`.
 pub struct NewFlow {
@@ -309,7 +320,11 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
         alt_addr: new.masq_addr,
     };
     let mut rkey = reply_key(fwd, &forward);
-    let mut claimed = claim(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now);
+    let mut claimed = if shadows_frontend(&rkey) {
+        Claim::Taken
+    } else {
+        claim(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now)
+    };
     if claimed == Claim::Full {
         return Err(Counter::DropCtInsert);
     }
@@ -327,6 +342,9 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
                 .to_be();
             forward.alt_port = candidate;
             rkey.dport = candidate;
+            if shadows_frontend(&rkey) {
+                continue;
+            }
             claimed = claim(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now);
             if claimed != Claim::Taken {
                 break;

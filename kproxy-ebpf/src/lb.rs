@@ -6,19 +6,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kproxy_common::{
     config::IPPROTO_UDP,
     ct::{AffinityKey, AffinityValue, CT_F_RST, CtEntry, FragKey, FragPorts},
-    lb::{
-        Backend, NODEPORT_ADDR, SCOPE_ALL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey,
-        ServiceValue, SlotKey,
-    },
+    lb::{Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue, SlotKey},
     stats::Counter,
 };
 
 use crate::{
     conntrack::{self, CtMap, Dir, NewFlow},
-    icmp, icmp_err,
-    maps::{
-        KP_AFFINITY, KP_BACKENDS, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RR, KP_SERVICES, KP_SLOTS,
-    },
+    frontend, icmp, icmp_err,
+    maps::{KP_AFFINITY, KP_BACKENDS, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RR, KP_SLOTS},
     packet::{NatRewrite, Packet, Peer, Side},
     parse::{self, Fragment, IPPROTO_ICMP, Ipv4Flow, Parsed},
     policy, reset, route, stats, vip,
@@ -75,21 +70,8 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
         }
         return action;
     }
-    let mut svc_key = ServiceKey {
-        addr: flow.key.daddr,
-        port: flow.key.dport,
-        proto: flow.key.proto,
-        scope: SCOPE_ALL,
-    };
-    // SAFETY: copied at once; KP_SERVICES is NO_PREALLOC, so the value stays intact until then.
-    let mut found = unsafe { KP_SERVICES.get(svc_key) }.copied();
-    if found.is_none() && policy::is_nodeport_addr(flow.key.daddr) {
-        svc_key.addr = NODEPORT_ADDR;
-        // SAFETY: as above.
-        found = unsafe { KP_SERVICES.get(svc_key) }.copied();
-    }
-    let action = match found {
-        Some(svc) => {
+    let action = match frontend::find(flow.key.daddr, flow.key.dport, flow.key.proto) {
+        Some((svc_key, svc)) => {
             if pkt.must_defer() {
                 stats::count(Counter::XdpDeferred);
                 return Action::Pass;

@@ -14,6 +14,7 @@
 mod conntrack;
 mod csum;
 mod forward;
+mod frontend;
 mod icmp;
 mod icmp_err;
 mod lb;

@@ -108,6 +108,8 @@ type Out = (u32, Vec<u8>);
 struct Seen {
     nodeport_remote: Out,
     nodeport_remote_reply: Out,
+    client_port_is_nodeport: Out,
+    client_port_is_nodeport_reply: Out,
     nodeport_local: Out,
     nodeport_other_nic: Out,
     local_policy_external: Out,
@@ -205,7 +207,19 @@ fn run_cases(ifaces: Ifaces) -> Seen {
     let nic = |frame: Vec<u8>| dp.xdp_received_on(names::PROG_XDP, kx, &frame);
     let tc_on = |ifindex: u32, frame: Vec<u8>| dp.tc_received_on(ifindex, &frame);
     let syn = |from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)| tcp_frame(from, to, SYN, b"");
+    // A client whose own port is the NodePort: masqueraded with that port kept, the
+    // backend's replies to NIC:30080 would be taken for new connections to the NodePort.
+    let client_port_is_nodeport = nic(syn((EXT, 30_080), (NIC, 30_080)));
+    let given_port = src(&client_port_is_nodeport.1).1;
+    let client_port_is_nodeport_reply = nic(tcp_frame(
+        (REMOTE_POD, 8080),
+        (NIC, given_port),
+        SYN_ACK,
+        b"",
+    ));
     Seen {
+        client_port_is_nodeport,
+        client_port_is_nodeport_reply,
         nodeport_remote: nic(syn((EXT, 40_000), (NIC, 30_080))),
         nodeport_remote_reply: nic(tcp_frame((REMOTE_POD, 8080), (NIC, 40_000), SYN_ACK, b"")),
         nodeport_local: nic(syn((EXT, 40_001), (NIC, 30_090))),
@@ -238,6 +252,7 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         localhost_from_outside: nic(syn((EXT, 40_021), (Ipv4Addr::LOCALHOST, 30_080))),
         counters: [
             Counter::Masqueraded,
+            Counter::PortRemapped,
             Counter::XdpTx,
             Counter::XdpRedirect,
             Counter::XdpPassOtherInterface,
@@ -361,6 +376,28 @@ fn assert_forwarding(seen: &Seen) {
     );
     assert_checksums(frame);
 
+    // A client port equal to the NodePort is not kept: the backend would answer to the
+    // NodePort itself. Its replies find their flow.
+    let (verdict, frame) = &seen.client_port_is_nodeport;
+    assert_eq!(*verdict, XDP_TX);
+    assert_eq!(dst(frame), (REMOTE_POD, 8080));
+    let (masq_addr, given_port) = src(frame);
+    assert_eq!(masq_addr, NIC, "masqueraded");
+    assert_ne!(
+        given_port, 30_080,
+        "the NodePort is never a masqueraded port"
+    );
+    assert_eq!(counter(Counter::PortRemapped), 1);
+    assert_checksums(frame);
+    let (verdict, frame) = &seen.client_port_is_nodeport_reply;
+    assert_eq!(
+        *verdict, XDP_TX,
+        "translated back, not balanced as a new connection"
+    );
+    assert_eq!(src(frame), (NIC, 30_080));
+    assert_eq!(dst(frame), (EXT, 30_080), "the client's own port restored");
+    assert_checksums(frame);
+
     // A NodePort whose backend is on this node: translated, then up the stack (the pod's
     // veth takes no redirected frames).
     let (verdict, frame) = &seen.nodeport_local;
@@ -393,7 +430,7 @@ fn assert_forwarding(seen: &Seen) {
     assert_eq!(&frame[..6], &ROUTER_MAC);
     assert_checksums(frame);
 
-    assert_eq!(counter(Counter::XdpTx), 4, "three translated, one plain");
+    assert_eq!(counter(Counter::XdpTx), 6, "five translated, one plain");
     assert_eq!(counter(Counter::XdpRedirect), 1);
     assert_eq!(
         counter(Counter::XdpPassOtherInterface),
@@ -474,7 +511,7 @@ fn assert_policies(seen: &Seen) {
     assert_eq!(seen.localhost_from_outside.0, XDP_DROP);
     assert_eq!(counter(Counter::DropMartianLocalhost), 1);
 
-    // Masqueraded: NodePorts (remote, local, third node, localhost), LB, cluster IP
-    // off-cluster, hairpin.
-    assert_eq!(counter(Counter::Masqueraded), 7);
+    // Masqueraded: NodePorts (remote, client port = NodePort, local, third node,
+    // localhost), LB, cluster IP off-cluster, hairpin.
+    assert_eq!(counter(Counter::Masqueraded), 8);
 }

@@ -419,7 +419,13 @@ fn check_tcp_errors(
     );
     for c in Counter::ALL {
         let n = after[*c as usize].saturating_sub(before[*c as usize]);
-        if n > 0 && (c.drop_reason().is_some() || c.name().starts_with("xdp_pass")) {
+        // Drops, hand-overs to the stack, and conntrack's repairs and port remaps: the
+        // trail of a flow that lost its entries.
+        let relevant = c.drop_reason().is_some()
+            || c.name().starts_with("xdp_pass")
+            || c.name().starts_with("ct_")
+            || matches!(c, Counter::PortRemapped | Counter::FlowRebalanced);
+        if n > 0 && relevant {
             let _ = write!(note, " {}={n}", c.name());
         }
     }
