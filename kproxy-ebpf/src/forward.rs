@@ -54,10 +54,11 @@ pub fn forward(ctx: &XdpContext) -> u32 {
     }
     let pkt = XdpPacket { ctx };
     let ingress = pkt.ifindex();
-    let mut params = route::ipv4_request(ingress, saddr, daddr);
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let params = route::ipv4_request(&mut slot, ingress, saddr, daddr);
     params.__bindgen_anon_2.tos = tos;
     params.__bindgen_anon_1.tot_len = tot_len;
-    let rc = pkt.fib_lookup(&mut params, 0) as u32;
+    let rc = pkt.fib_lookup(params, 0) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         // A backend on this node, or a reply to a client on it.

@@ -102,14 +102,7 @@ pub fn handle<P: Packet>(pkt: &mut P, daddr: u32, l4_off: usize) -> Action {
         return vip::pass_if_vip(Some(daddr), Counter::VipIcmpNoFlow);
     }
     // The quoted packet, reversed: the tuple of the packet that answered it.
-    let answer = FlowKey {
-        saddr: inner.daddr,
-        daddr: inner.saddr,
-        sport: ports[1],
-        dport: ports[0],
-        proto: inner.proto,
-        _pad: [0; 3],
-    };
+    let answer = FlowKey::new(inner.daddr, inner.saddr, ports[1], ports[0], inner.proto);
     if vip::is_vip(daddr) {
         towards_backend(pkt, &outer, &inner, &answer, tot_len)
     } else {

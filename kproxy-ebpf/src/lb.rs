@@ -255,7 +255,12 @@ fn client_side(entry: &CtEntry, addr: u32, port: u16) -> Peer {
 /// new connections (UDP, whose flows kube-proxy clears when an endpoint stops being used).
 #[inline(always)]
 fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
-    let Some(found) = conntrack::existing(&flow.key) else {
+    let Some(found) = conntrack::existing(
+        &flow.key,
+        flow.is_tcp() && flow.is_syn(),
+        &conntrack::config(),
+        now,
+    ) else {
         return Known::New(CtEntry::ZERO);
     };
     let entry = found.entry;

@@ -177,14 +177,7 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
     if !sane {
         return Parsed::Malformed(ip.daddr);
     }
-    let mut key = FlowKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: 0,
-        dport: 0,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let mut key = FlowKey::new(ip.saddr, ip.daddr, 0, 0, ip.proto);
     let mut tcp_flags = 0;
     if fragment != Fragment::Later {
         let need = if ip.proto == IPPROTO_TCP {

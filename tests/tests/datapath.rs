@@ -11,7 +11,7 @@ use kproxy_testbed::require_privileges;
 use support::{
     datapath::{
         B1, B2, B3, CLIENT, OTHER_CLIENT, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, VIP, XDP_DROP,
-        XDP_PASS, XDP_TX, frontend, loaded, three_backends,
+        XDP_PASS, XDP_TX, flow_key, frontend, loaded, three_backends,
     },
     packets::{
         ACK, CLIENT_MAC, FIN_ACK, NODE_MAC, RST, SYN, SYN_ACK, assert_checksums, dst, src,
@@ -160,6 +160,34 @@ fn a_new_syn_on_a_finished_flow_starts_a_new_flow() {
     // RST ends a flow as well.
     dp.tc(&tcp_frame((B2, 8080), c, RST, b""));
     assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B3);
+}
+
+/// A connection on a reused client port that lands on the backend of an earlier, finished
+/// one finds that flow's reply entry: it is written afresh, not shared with the old FIN and
+/// RST bits (which would make the new flow look finished).
+#[test]
+fn a_reopened_flow_on_its_old_backend_starts_with_a_fresh_reply_entry() {
+    if !require_privileges("a_reopened_flow_on_its_old_backend_starts_with_a_fresh_reply_entry") {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let c = (CLIENT, 42_001);
+    for backend in [B1, B2, B3] {
+        assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, backend);
+        dp.tc(&tcp_frame((backend, 8080), c, SYN_ACK, b""));
+        dp.tc(&tcp_frame(c, (VIP, 80), FIN_ACK, b""));
+        dp.tc(&tcp_frame((backend, 8080), c, FIN_ACK, b""));
+    }
+    // Round-robin is back at B1, whose reply entry from the first connection is still there.
+    assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B1);
+    let rev = dp
+        .ct_reply()
+        .get(&flow_key((B1, 8080), c, Protocol::Tcp), 0)
+        .expect("the reply entry");
+    assert_eq!(
+        rev.flags, 0,
+        "no FIN, RST or reply seen yet in this connection"
+    );
 }
 
 #[test]

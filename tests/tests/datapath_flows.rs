@@ -75,6 +75,15 @@ fn a_forward_packet_whose_reply_entry_is_missing_rebuilds_it() {
     let backend = open_tcp(&dp, C);
     let reply_key = flow_key(backend, C, Protocol::Tcp);
     dp.ct_reply().remove(&reply_key).expect("reply entry");
+    // A live flow's packets look at the reply entry when the flow is due for its
+    // once-a-second refresh (every packet in between trusts the forward entry).
+    assert_eq!(dst(&dp.tc(&tcp_frame(C, SVC, ACK, b"")).1), backend);
+    assert_eq!(dp.counter(Counter::CtReplyRestored), 0, "not looked at yet");
+    let fkey = flow_key(C, SVC, Protocol::Tcp);
+    let mut fwd = dp.ct_forward();
+    let mut entry = fwd.get(&fkey, 0).expect("flow");
+    entry.last_seen_ns -= 2_000_000_000;
+    fwd.insert(fkey, entry, 0).expect("age");
     assert_eq!(dst(&dp.tc(&tcp_frame(C, SVC, ACK, b"")).1), backend);
     assert_eq!(dp.counter(Counter::CtReplyRestored), 1);
     assert!(dp.ct_reply().get(&reply_key, 0).is_ok(), "rebuilt");
@@ -371,9 +380,15 @@ fn affinity_is_refreshed_by_new_connections_not_by_traffic() {
         set_at,
         "traffic on an established connection leaves the affinity alone"
     );
+    // Aged (the datapath's clock moves by ticks), then a new connection refreshes it.
+    let mut aged = affinity.get(&key, 0).expect("affinity");
+    aged.last_seen_ns -= 1_000_000_000;
+    let mut affinity_rw: aya::maps::HashMap<aya::maps::MapData, AffinityKey, AffinityValue> =
+        dp.map(names::MAP_AFFINITY);
+    affinity_rw.insert(key, aged, 0).expect("age the affinity");
     dp.tc(&tcp_frame((CLIENT, 40_001), SVC, SYN, b""));
     assert!(
-        affinity.get(&key, 0).expect("affinity").last_seen_ns > set_at,
+        affinity.get(&key, 0).expect("affinity").last_seen_ns > aged.last_seen_ns,
         "a new connection refreshes it"
     );
     assert_eq!(dp.counter(Counter::AffinityHits), 1);

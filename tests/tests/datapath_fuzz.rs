@@ -15,8 +15,8 @@ use kproxy_testbed::require_privileges;
 use fuzz::{
     CheckedRun, FIXED_SEED, Plan, campaign,
     frames::{
-        ETH_HLEN, TCP_ACK, TCP_SYN, Tcp, fix_ip_checksum, fragment, icmp_frame, put16, tcp_frame,
-        udp_frame, unhex,
+        ETH_HLEN, TCP_ACK, TCP_RST, TCP_SYN, Tcp, fix_ip_checksum, fragment, icmp_frame, put16,
+        tcp_frame, udp_frame, unhex,
     },
     in_own_namespace,
     invariants::{Observation, Outcome, check},
@@ -196,14 +196,28 @@ fn a_flow_whose_backend_tuple_another_flow_took_is_not_dnated_onto_it() {
         return;
     }
     in_own_namespace(|| {
-        let mut lab = Lab::new();
+        let lab = Lab::new();
         let to_b1 = checked(&lab, Hook::TcIngress, &syn(C, WEB, b""));
         assert_eq!(dst(&to_b1.output), (B1, 8080));
-        // Its reply entry goes alone (the agent's early drop deletes it first and keeps a
-        // forward entry a packet refreshed meanwhile).
-        lab.remove_reply_entry(&flow_key((B1, 8080), C, Protocol::Tcp));
+        // B1 resets it: the flow is finished, though the client has not sent its last
+        // segment yet.
+        let reset = tcp_frame(
+            &Tcp {
+                src: (B1, 8080),
+                dst: C,
+                flags: TCP_RST | TCP_ACK,
+                seq: 1,
+                ack: 1001,
+                payload: b"",
+            },
+            8,
+        );
+        assert_eq!(
+            checked(&lab, Hook::TcIngress, &reset).outcome,
+            Outcome::ReverseNat
+        );
         // Another flow from the same client port reaches B1:8080 through the other VIP and
-        // takes the free tuple.
+        // takes the finished flow's tuple.
         let other = checked(&lab, Hook::TcIngress, &syn(C, (VIP_AFFINITY, 80), b""));
         assert_eq!(other.outcome, Outcome::Dnat);
         assert_eq!((dst(&other.output), src(&other.output)), ((B1, 8080), C));

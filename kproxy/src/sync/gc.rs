@@ -261,8 +261,13 @@ pub fn collect(
             if left * 100 <= rev_capacity * EARLY_DROP_TARGET {
                 break;
             }
+            // Forward entry first, as everywhere: the datapath trusts a live forward entry
+            // to have its reply entry. A flow refreshed meanwhile keeps both.
+            if !delete_if_unchanged(fwd_table, &key, &fwd)? {
+                stats.raced += 1;
+                continue;
+            }
             if delete_if_unchanged(rev_table, &rkey, &rev)? {
-                delete_if_unchanged(fwd_table, &key, &fwd)?;
                 stats.early_dropped += 1;
                 left -= 1;
             }

@@ -9,7 +9,7 @@ use std::{collections::HashSet, net::Ipv4Addr};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use kproxy::model::{Desired, Protocol, WhenEmpty};
 use kproxy_common::{
-    ct::{CtEntry, FlowKey, FragKey, FragPorts},
+    ct::{CtEntry, FlowKey, FragKey, FragPorts, forward_key},
     iface::IFACE_F_XDP_DEFER,
     names,
     stats::{COUNTER_SLOTS, GlobalStats},
@@ -172,8 +172,11 @@ impl Lab {
         self.phase
     }
 
-    /// Deletes every `nth` forward entry and, separately, every `nth` reply entry: what the
-    /// LRU's eviction of one entry alone (or the agent's collection racing a packet) leaves.
+    /// Deletes every `nth` forward entry alone (what the LRU's eviction leaves: a reply entry
+    /// whose forward entry the next reply rebuilds) and, separately, every `nth` whole flow
+    /// by its reply entry, forward entry first, as the agent's collection does (a reply
+    /// entry never goes before its forward entry: the datapath trusts a live forward entry
+    /// to have one).
     pub fn evict_one_side(&mut self, nth: usize) {
         let keys: Vec<FlowKey> = self
             .ct_fwd
@@ -184,14 +187,15 @@ impl Lab {
         for k in keys {
             let _ = self.ct_fwd.remove(&k);
         }
-        let keys: Vec<FlowKey> = self
+        let replies: Vec<(FlowKey, CtEntry)> = self
             .ct_rev
-            .keys()
+            .iter()
             .filter_map(Result::ok)
             .skip(1)
             .step_by(nth)
             .collect();
-        for k in keys {
+        for (k, rev) in replies {
+            let _ = self.ct_fwd.remove(&forward_key(&k, &rev));
             let _ = self.ct_rev.remove(&k);
         }
     }
@@ -260,14 +264,13 @@ pub fn flow_key(
     dport: [u8; 2],
     proto: u8,
 ) -> FlowKey {
-    FlowKey {
-        saddr: u32::from_ne_bytes(saddr),
-        daddr: u32::from_ne_bytes(daddr),
-        sport: u16::from_ne_bytes(sport),
-        dport: u16::from_ne_bytes(dport),
+    FlowKey::new(
+        u32::from_ne_bytes(saddr),
+        u32::from_ne_bytes(daddr),
+        u16::from_ne_bytes(sport),
+        u16::from_ne_bytes(dport),
         proto,
-        _pad: [0; 3],
-    }
+    )
 }
 
 /// An address or port of a map entry as it sits in a packet.

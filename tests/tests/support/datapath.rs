@@ -277,14 +277,13 @@ pub fn frontend(
 
 /// The conntrack key of a packet `src` → `dst` (what the datapath uses).
 pub fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: Protocol) -> FlowKey {
-    FlowKey {
-        saddr: u32::from_ne_bytes(src.0.octets()),
-        daddr: u32::from_ne_bytes(dst.0.octets()),
-        sport: src.1.to_be(),
-        dport: dst.1.to_be(),
-        proto: proto.number(),
-        _pad: [0; 3],
-    }
+    FlowKey::new(
+        u32::from_ne_bytes(src.0.octets()),
+        u32::from_ne_bytes(dst.0.octets()),
+        src.1.to_be(),
+        dst.1.to_be(),
+        proto.number(),
+    )
 }
 
 /// `frontend` whose endpoints `listed_only` are listed too but take no new connections (not

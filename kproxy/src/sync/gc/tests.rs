@@ -98,14 +98,7 @@ fn live() -> Live {
 }
 
 fn fwd_key(vip: u32, sport: u16, proto: u8) -> FlowKey {
-    FlowKey {
-        saddr: CLIENT,
-        daddr: vip,
-        sport,
-        dport: 80u16.to_be(),
-        proto,
-        _pad: [0; 3],
-    }
+    FlowKey::new(CLIENT, vip, sport, 80u16.to_be(), proto)
 }
 
 fn entry(nat_addr: u32, nat_port: u16, flags: u32, idle_s: u64) -> CtEntry {
@@ -416,6 +409,43 @@ fn a_nearly_full_reply_table_drops_unanswered_flows_oldest_first() {
     );
 }
 
+/// Early drop takes a flow's forward entry first and keeps both entries of a flow a packet
+/// refreshed meanwhile: the datapath trusts a live forward entry to have its reply entry.
+#[test]
+fn early_drop_never_leaves_a_forward_entry_without_its_reply_entry() {
+    let mut fwd = Table::default();
+    let mut rev = Table::default();
+    for sport in 0..95u16 {
+        let ((k, f), (rk, r)) = flow(VIP, sport + 1, IPPROTO_TCP, 0, 0, 40);
+        fwd.live.insert(k, f);
+        rev.live.insert(rk, r);
+    }
+    // Every unanswered flow is a candidate; the one the datapath refreshes between the scan
+    // and the delete is the first taken.
+    let mut fresh = *fwd.live.values().next().expect("a flow");
+    fresh.last_seen_ns = NOW;
+    fwd.refresh_before_take = Some(fresh);
+    let stats = collect(
+        &Config::DEFAULT,
+        NOW,
+        &live(),
+        &mut fwd,
+        &mut rev,
+        &mut Affinities::default(),
+        100,
+    )
+    .expect("collect");
+    assert!(stats.raced >= 1, "the refreshed flow was skipped");
+    for (k, f) in &fwd.live {
+        let rkey = reply_key(k, f);
+        assert!(
+            rev.live.contains_key(&rkey),
+            "a forward entry kept its reply entry"
+        );
+    }
+    assert_eq!(fwd.live.len(), rev.live.len());
+}
+
 /// What collection is told about programmed frontends: a NodePort flow's address is one of
 /// the node's NodePort addresses while the NodePort's key is the unspecified address, and
 /// an externalTrafficPolicy Local frontend's two entries are one frontend.
@@ -497,14 +527,13 @@ fn node_port_flows_are_live_on_node_port_addresses() {
 
     // A flow to the NodePort survives collection; once the NodePort is gone, it is swept.
     let nodeport_flow = |vip: [u8; 4]| {
-        let key = FlowKey {
-            saddr: CLIENT,
-            daddr: wire(vip),
-            sport: 40_000u16.to_be(),
-            dport: port(30080),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let key = FlowKey::new(
+            CLIENT,
+            wire(vip),
+            40_000u16.to_be(),
+            port(30080),
+            IPPROTO_TCP,
+        );
         (key, entry(BACKEND, 8080u16.to_be(), CT_F_SEEN_REPLY, 10))
     };
     let (key, fwd) = nodeport_flow([192, 168, 0, 2]);
