@@ -4,8 +4,9 @@
 /// handled there, so the egress program lets them through without a second look.
 pub const IFACE_F_INGRESS: u32 = 1 << 0;
 /// The interface may hand XDP frames whose L4 checksum is only partial (a veth whose peer
-/// transmits with checksum offload): XDP cannot tell, so it leaves service packets to the
-/// TC program attached to the same interface, whose kernel helpers know the difference.
+/// transmits with checksum offload): XDP cannot tell, so it runs `kproxy_xdp_defer`, which
+/// leaves service packets to the TC program attached to the same interface, whose kernel
+/// helpers know the difference. Recorded for operators; the programs do not read it.
 pub const IFACE_F_XDP_DEFER: u32 = 1 << 1;
 /// Local-traffic detection by interface (kube-proxy's `--detect-local-mode`
 /// InterfaceNamePrefix or BridgeInterface): packets that enter the node here come from its

@@ -8,6 +8,10 @@ pub const PROG_TC_INGRESS: &str = "kproxy_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "kproxy_tc_egress";
 /// XDP program for a NIC's ingress: the same service logic as the TC programs.
 pub const PROG_XDP: &str = "kproxy_xdp";
+/// The XDP program for an interface that may hand XDP partial checksums (a veth whose peer
+/// offloads them): it leaves every service packet to the TC program on the same interface.
+/// A program of its own, so that `kproxy_xdp` never looks the interface up per packet.
+pub const PROG_XDP_DEFER: &str = "kproxy_xdp_defer";
 /// The benchmark's ceiling (never attached by the agent): forwarding without translation.
 pub const PROG_XDP_FORWARD_ONLY: &str = "kproxy_xdp_forward_only";
 
@@ -30,8 +34,10 @@ pub const MAP_NODE_ADDRS: &str = "KP_NODE_ADDRS";
 pub const MAP_SOURCE_RANGES: &str = "KP_SOURCE_RANGES";
 pub const MAP_LOCAL_CIDRS: &str = "KP_LOCAL_CIDRS";
 
-/// The programs the agent loads and attaches.
+/// The programs the agent loads at start and attaches.
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
+/// Programs the agent loads only when an interface needs them.
+pub const LAZY_PROGRAMS: [&str; 1] = [PROG_XDP_DEFER];
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 

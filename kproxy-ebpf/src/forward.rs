@@ -52,7 +52,7 @@ pub fn forward(ctx: &XdpContext) -> u32 {
         // The stack answers with "time exceeded".
         return pass(Counter::XdpPassTtl);
     }
-    let pkt = XdpPacket { ctx };
+    let pkt = XdpPacket { ctx, defers: false };
     let ingress = pkt.ifindex();
     let mut slot = core::mem::MaybeUninit::uninit();
     let params = route::ipv4_request(&mut slot, ingress, saddr, daddr);

@@ -110,9 +110,22 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
+    xdp_ingress(&ctx, false)
+}
+
+/// XDP program for an interface that may hand XDP partial checksums: service packets go on
+/// to the TC program (see `names::PROG_XDP_DEFER`).
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_xdp_defer(ctx: XdpContext) -> u32 {
+    xdp_ingress(&ctx, true)
+}
+
+#[inline(always)]
+fn xdp_ingress(ctx: &XdpContext, defers: bool) -> u32 {
     upgrade_test_marker();
-    match lb::handle(&mut XdpPacket { ctx: &ctx }) {
-        Action::Dnat | Action::ReverseNat => forward::forward(&ctx),
+    match lb::handle(&mut XdpPacket { ctx, defers }) {
+        Action::Dnat | Action::ReverseNat => forward::forward(ctx),
         Action::Pass => xdp_action::XDP_PASS,
         Action::SentBack => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,
@@ -126,7 +139,10 @@ pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp_forward_only(ctx: XdpContext) -> u32 {
-    if parse::is_ipv4_frame(&XdpPacket { ctx: &ctx }) {
+    if parse::is_ipv4_frame(&XdpPacket {
+        ctx: &ctx,
+        defers: false,
+    }) {
         forward::forward(&ctx)
     } else {
         xdp_action::XDP_PASS

@@ -18,11 +18,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use kproxy_common::iface::IFACE_F_XDP_DEFER;
-
 use crate::{
     csum,
-    maps::KP_IFACES,
     parse::{IP_CSUM_OFF, IPV4_HLEN, L3_OFF},
 };
 
@@ -127,7 +124,7 @@ pub trait Packet {
     fn patch32(&mut self, off: usize, old: u32, new: u32, csum_off: usize) -> Result<(), ()>;
     /// Replaces the packet with `frame` and sends it back where it came from.
     fn send_back<const N: usize>(&mut self, frame: &[u8; N]) -> Result<(), ()>;
-    /// Whether service packets must be left to a later hook (see `IFACE_F_XDP_DEFER`).
+    /// Whether service packets must be left to a later hook (`kproxy_xdp_defer`).
     fn must_defer(&self) -> bool;
     /// The interface the program runs on.
     fn ifindex(&self) -> u32;
@@ -358,6 +355,8 @@ impl TcPacket<'_> {
 /// A frame seen by an XDP program.
 pub struct XdpPacket<'a> {
     pub ctx: &'a XdpContext,
+    /// Service packets are left to TC (`kproxy_xdp_defer`); a constant of each program.
+    pub defers: bool,
 }
 
 const TCP_HLEN: usize = 20;
@@ -416,9 +415,7 @@ impl XdpPacket<'_> {
 impl Packet for XdpPacket<'_> {
     #[inline(always)]
     fn must_defer(&self) -> bool {
-        let ifindex = self.ctx.ingress_ifindex() as u32;
-        // SAFETY: copied out at once.
-        unsafe { KP_IFACES.get(ifindex) }.is_some_and(|f| f & IFACE_F_XDP_DEFER != 0)
+        self.defers
     }
 
     #[inline(always)]

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use kproxy_common::names::{BENCH_PROGRAMS, MAPS, PROGRAMS};
+use kproxy_common::names::{BENCH_PROGRAMS, LAZY_PROGRAMS, MAPS, PROGRAMS};
 
 use crate::{capture, cargo, run_checked, target_dir, tools};
 
@@ -102,7 +102,12 @@ fn build(linker: &Path, host: &str, bitcode_dir: &Path, out: &Path, variant: boo
     link.args(["--target", "bpfel", "--cpu", "v3", "--btf", "-o"])
         .arg(out)
         .arg(&archive);
-    for symbol in PROGRAMS.iter().chain(&BENCH_PROGRAMS).chain(&MAPS) {
+    for symbol in PROGRAMS
+        .iter()
+        .chain(&LAZY_PROGRAMS)
+        .chain(&BENCH_PROGRAMS)
+        .chain(&MAPS)
+    {
         link.args(["--export", symbol]);
     }
     let output = link.output().context("running bpf-linker")?;

@@ -192,14 +192,18 @@ impl Hooks {
                          to the TC program, attached to its ingress too"
                     );
                     flags |= IFACE_F_XDP_DEFER;
+                    // Before the XDP program that defers to it.
                     if role.tc == Tc::Off {
                         hooks.push((Hook::TcIngress, self.attach_hook(link, Hook::TcIngress)?));
                     }
-                    // XDP must find the deferral before its first packet.
-                    self.record(link, flags)?;
                 }
             }
-            hooks.push((Hook::Xdp, self.attach_hook(link, Hook::Xdp)?));
+            let program = if flags & IFACE_F_XDP_DEFER != 0 {
+                names::PROG_XDP_DEFER
+            } else {
+                names::PROG_XDP
+            };
+            hooks.push((Hook::Xdp, self.attach_xdp_program(link, program)?));
         }
         // Recorded once the programs run: IFACE_F_INGRESS makes the egress program of other
         // interfaces skip what this one forwards, which is right only once its ingress
@@ -228,16 +232,26 @@ impl Hooks {
                     .try_into()?;
                 attach_tc(prog, iface, attach_type, &pin)
             }
-            Hook::Xdp => {
-                let prog: &mut Xdp = self
-                    .ebpf
-                    .program_mut(names::PROG_XDP)
-                    .context("xdp program missing")?
-                    .try_into()?;
-                attach_xdp(prog, link, &pin)
-            }
+            Hook::Xdp => return self.attach_xdp_program(link, names::PROG_XDP),
         }
         .with_context(|| format!("attaching {} to {iface}", hook.label()))
+    }
+
+    /// Attaches XDP program `program` (one of the object's XDP programs, loaded now if it is
+    /// one the agent loads only when needed).
+    fn attach_xdp_program(&mut self, link: &Link, program: &str) -> Result<Attached> {
+        let pin = link_pin(&self.pin_dir, Hook::Xdp, link);
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("{program} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("the kernel rejected program {program}"))?;
+        }
+        attach_xdp(prog, link, &pin)
+            .with_context(|| format!("attaching {program} to {}", link.name))
     }
 
     fn record(&mut self, link: &Link, flags: u32) -> Result<()> {

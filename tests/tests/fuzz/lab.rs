@@ -10,7 +10,6 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use kproxy::model::{Desired, Protocol, WhenEmpty};
 use kproxy_common::{
     ct::{CtEntry, FlowKey, FragKey, FragPorts, forward_key},
-    iface::IFACE_F_XDP_DEFER,
     names,
     stats::{COUNTER_SLOTS, GlobalStats},
 };
@@ -53,9 +52,6 @@ impl Hook {
     }
 }
 
-/// The loopback device's ifindex: where BPF_PROG_TEST_RUN's XDP frames arrive.
-const LOOPBACK: u32 = 1;
-
 /// How many endpoint sets the lab moves through (see `Lab::desired`).
 pub const PHASES: usize = 3;
 
@@ -65,7 +61,6 @@ pub struct Lab {
     ct_fwd: HashMap<MapData, FlowKey, CtEntry>,
     ct_rev: HashMap<MapData, FlowKey, CtEntry>,
     frags: HashMap<MapData, FragKey, FragPorts>,
-    ifaces: HashMap<MapData, u32, u32>,
     phase: usize,
     vips: HashSet<[u8; 4]>,
     backends: HashSet<[u8; 4]>,
@@ -98,7 +93,6 @@ impl Lab {
             ct_fwd: dp.map(names::MAP_CT_FWD),
             ct_rev: dp.map(names::MAP_CT_REV),
             frags: dp.map(names::MAP_FRAGS),
-            ifaces: dp.map(names::MAP_IFACES),
             dp,
             phase: 0,
             vips,
@@ -153,18 +147,19 @@ impl Lab {
         common.into_iter().chain(moving).collect()
     }
 
-    /// Moves to the next endpoint set. In phase 2 the XDP program defers service packets to
-    /// TC, as on a veth whose peer sends partial checksums (BPF_PROG_TEST_RUN's XDP frames
-    /// arrive on the loopback device of the caller's namespace).
+    /// Moves to the next endpoint set.
     pub fn next_phase(&mut self) {
         self.phase = (self.phase + 1) % PHASES;
         self.dp.program(&Self::desired(self.phase));
-        if self.phase == 2 {
-            self.ifaces
-                .insert(LOOPBACK, IFACE_F_XDP_DEFER, 0)
-                .expect("KP_IFACES");
+    }
+
+    /// The program `hook` runs in this phase: in phase 2 XDP is the deferring program, which
+    /// leaves service packets to TC as on a veth whose peer sends partial checksums.
+    pub fn program(&self, hook: Hook) -> &'static str {
+        if hook == Hook::Xdp && self.phase == 2 {
+            names::PROG_XDP_DEFER
         } else {
-            let _ = self.ifaces.remove(&LOOPBACK);
+            hook.program()
         }
     }
 
@@ -228,7 +223,7 @@ impl Lab {
     /// Runs `hook` on `frame`: its raw return value and the frame as it leaves, or `None`
     /// if the kernel refused to run it (frames shorter than an Ethernet header).
     pub fn run(&self, hook: Hook, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
-        self.dp.try_run(hook.program(), frame).ok()
+        self.dp.try_run(self.program(hook), frame).ok()
     }
 
     pub fn is_vip(&self, addr: [u8; 4]) -> bool {

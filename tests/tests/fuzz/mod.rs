@@ -171,7 +171,7 @@ pub fn campaign(seed: u64, iterations: u64) -> Report {
         for hook in hooks {
             let Some((verdict, output)) = lab.run(hook, &frame) else {
                 if !kernel_refuses(hook, &frame) {
-                    let err = lab.dp.try_run(hook.program(), &frame).err();
+                    let err = lab.dp.try_run(lab.program(hook), &frame).err();
                     let why = format!("the kernel refused to run the frame: {err:?}");
                     violation(Some((seed, iteration)), &lab, hook, &frame, None, &why);
                 }

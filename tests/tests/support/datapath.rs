@@ -88,7 +88,16 @@ impl LoadedDatapath {
     pub fn load_with(sizes: &MapSizes) -> Self {
         let bpffs = BpfFs::new().expect("mounting a private bpffs");
         let pin_dir = bpffs.pin_path("kproxy");
-        let (ebpf, _) = load::load(&pin_dir, sizes).expect("loading the eBPF object");
+        let (mut ebpf, _) = load::load(&pin_dir, sizes).expect("loading the eBPF object");
+        // The agent loads these when an interface needs them; tests run them directly.
+        for name in names::LAZY_PROGRAMS {
+            let xdp: &mut Xdp = ebpf
+                .program_mut(name)
+                .expect("lazy program in object")
+                .try_into()
+                .expect("an XDP program");
+            xdp.load().expect("loading a lazily loaded program");
+        }
         let mut flows = FlowMaps::open(&pin_dir).expect("flow maps");
         flows.write_config(&Config::DEFAULT).expect("config");
         Self {
@@ -131,7 +140,13 @@ impl LoadedDatapath {
                 ctx_in,
                 ..TestRunOptions::default()
             };
-            if name == names::PROG_XDP || name == names::PROG_XDP_FORWARD_ONLY {
+            if [
+                names::PROG_XDP,
+                names::PROG_XDP_DEFER,
+                names::PROG_XDP_FORWARD_ONLY,
+            ]
+            .contains(&name)
+            {
                 <&Xdp>::try_from(prog)
                     .expect("xdp program")
                     .test_run(opts)?
