@@ -70,9 +70,9 @@ pub fn forward(ctx: &XdpContext) -> u32 {
         _ => return pass(Counter::XdpPassNoRoute),
     }
     let out = params.ifindex;
-    // SAFETY: copied out at once.
-    let redirectable = unsafe { KP_IFACES.get(out) }.is_some_and(|f| f & IFACE_F_XDP_REDIRECT != 0);
-    if out != ingress && !redirectable {
+    // SAFETY: copied out at once (looked up only for another interface than this one).
+    if out != ingress && unsafe { KP_IFACES.get(out) }.is_none_or(|f| f & IFACE_F_XDP_REDIRECT == 0)
+    {
         // Only interfaces that take redirected frames (kproxy's XDP runs there) are sent
         // to directly; the stack forwards to the others.
         return pass(Counter::XdpPassOtherInterface);
