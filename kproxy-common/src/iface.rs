@@ -22,3 +22,22 @@ pub const IFACE_F_XDP_REDIRECT: u32 = 1 << 3;
 pub const NODE_ADDR_F_LOCAL: u32 = 1 << 0;
 /// NodePorts answer on this address (`--nodeport-addresses`).
 pub const NODE_ADDR_F_NODEPORT: u32 = 1 << 1;
+
+/// How many NodePort addresses `KP_NODEPORT_LIST` holds.
+pub const NODEPORT_LIST_MAX: usize = 8;
+
+/// `KP_NODEPORT_LIST` (one element): the addresses NodePorts answer on, where the datapath
+/// finds them without a hash lookup, so a packet to one looks up the NodePort entry first.
+/// Only a shortcut: an address not listed (more than `NODEPORT_LIST_MAX`, or one the agent
+/// has not written yet) takes the general path (its own frontends, then `KP_NODE_ADDRS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodePortList {
+    /// Valid entries of `addrs` (0: no shortcut).
+    pub count: u32,
+    /// Bit `i`: `addrs[i]` is also a frontend's own address (an external or load-balancer
+    /// IP), whose exact entries come before NodePorts, as in kube-proxy's rules.
+    pub exact_mask: u32,
+    /// Network byte order.
+    pub addrs: [u32; NODEPORT_LIST_MAX],
+}

@@ -15,7 +15,7 @@ pub mod stats;
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` lets the agent use these types as map keys and values.
-    use crate::{config, ct, lb, meta, stats};
+    use crate::{config, ct, iface, lb, meta, stats};
 
     macro_rules! pod {
         ($($t:ty),* $(,)?) => { $(
@@ -26,6 +26,7 @@ mod pod {
     }
 
     pod!(
+        iface::NodePortList,
         lb::ServiceKey,
         lb::ServiceValue,
         lb::SourceRangeKey,

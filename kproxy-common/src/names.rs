@@ -33,6 +33,7 @@ pub const MAP_META: &str = "KP_META";
 pub const MAP_NODE_ADDRS: &str = "KP_NODE_ADDRS";
 pub const MAP_SOURCE_RANGES: &str = "KP_SOURCE_RANGES";
 pub const MAP_LOCAL_CIDRS: &str = "KP_LOCAL_CIDRS";
+pub const MAP_NODEPORT_LIST: &str = "KP_NODEPORT_LIST";
 
 /// The programs the agent loads at start and attaches.
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
@@ -41,7 +42,7 @@ pub const LAZY_PROGRAMS: [&str; 1] = [PROG_XDP_DEFER];
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 18] = [
+pub const MAPS: [&str; 19] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -60,4 +61,5 @@ pub const MAPS: [&str; 18] = [
     MAP_NODE_ADDRS,
     MAP_SOURCE_RANGES,
     MAP_LOCAL_CIDRS,
+    MAP_NODEPORT_LIST,
 ];

@@ -11,6 +11,7 @@ use aya_ebpf::{
 use kproxy_common::{
     config::Config,
     ct::{AffinityKey, AffinityValue, CtEntry, FlowKey, FragKey, FragPorts},
+    iface::NodePortList,
     lb::{Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey},
     meta::Meta,
     stats::{BackendStats, GlobalStats, ServiceStats},
@@ -98,6 +99,10 @@ pub static KP_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(16_38
 /// `--cluster-cidr` or the node's podCIDRs say → 1.
 #[map]
 pub static KP_LOCAL_CIDRS: LpmTrie<u32, u8> = LpmTrie::pinned(64, NO_PREALLOC);
+
+/// The NodePort addresses as a short list (see `NodePortList`), written by the agent.
+#[map]
+pub static KP_NODEPORT_LIST: Array<NodePortList> = Array::pinned(1, 0);
 
 /// What the pinned state is: layout version and reserved backend ids. Written by the agent,
 /// never read by the programs; it lives here so it is pinned with the maps it describes.

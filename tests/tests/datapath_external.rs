@@ -8,12 +8,15 @@ mod support;
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{Array, HashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
 use aya::programs::{Xdp, XdpMode};
 use kproxy::model::{Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope, WhenEmpty};
 use kproxy_common::{
     config::{CFG_F_LOCAL_BY_CIDR, CFG_F_LOCALHOST_NODEPORTS, Config},
-    iface::{IFACE_F_INGRESS, IFACE_F_XDP_REDIRECT, NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
+    iface::{
+        IFACE_F_INGRESS, IFACE_F_XDP_REDIRECT, NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT,
+        NodePortList,
+    },
     names,
     stats::Counter,
 };
@@ -90,6 +93,10 @@ fn desired() -> Desired {
         ),
         lb,
         frontend(CLUSTER_IP, 80, Protocol::Tcp, &[(LOCAL_POD, 8080)], None),
+        // An external IP on the node's own address, on the port of a NodePort: its own
+        // entry comes first, as kube-proxy's rules match it before KUBE-NODEPORTS.
+        external(FrontendKind::ExternalIp, NIC, 30_093, &[(REMOTE_POD, 8080)]),
+        external(FrontendKind::NodePort, ANY, 30_093, &[(LOCAL_POD, 8080)]),
     ]
     .into_iter()
     .collect();
@@ -126,6 +133,7 @@ struct Seen {
     localhost_nodeport: (i32, Vec<u8>),
     localhost_reply: Out,
     localhost_from_outside: Out,
+    exact_before_nodeport: Out,
     counters: Vec<(Counter, u64)>,
     kx_mac: [u8; 6],
 }
@@ -145,8 +153,23 @@ fn node_addr(dp: &LoadedDatapath, addr: Ipv4Addr, flags: u32) {
         .expect("KP_NODE_ADDRS");
 }
 
+/// `KP_NODEPORT_LIST` as the agent writes it: the NIC's address, marked if a frontend uses
+/// it as its own (`exact`).
+fn nodeport_list(dp: &LoadedDatapath, exact: bool) {
+    let mut list: Array<MapData, NodePortList> = dp.map(names::MAP_NODEPORT_LIST);
+    let mut value = NodePortList {
+        count: 1,
+        exact_mask: u32::from(exact),
+        ..NodePortList::default()
+    };
+    value.addrs[0] = u32::from_ne_bytes(NIC.octets());
+    list.set(0, value, 0).expect("KP_NODEPORT_LIST");
+}
+
 /// The node as the agent would set it up: `kc` a second NIC that takes redirected frames,
-/// NodePorts on the NIC's address, the pod network for local-traffic detection.
+/// NodePorts on the NIC's address (listed in `KP_NODEPORT_LIST` too, without frontends of
+/// its own: until the last case, which adds one), the pod network for local-traffic
+/// detection.
 fn configure(dp: &mut LoadedDatapath, kc: u32) {
     // `kc` plays a second NIC: XDP may redirect frames to it.
     let mut ifaces_map: HashMap<MapData, u32, u32> = dp.map(names::MAP_IFACES);
@@ -161,6 +184,7 @@ fn configure(dp: &mut LoadedDatapath, kc: u32) {
         NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT,
     );
     node_addr(dp, LOCAL_POD_GW, NODE_ADDR_F_LOCAL);
+    nodeport_list(dp, false);
     // The pod network is 198.18.1.0/24 and 198.18.2.0/24 (ClusterCIDR detection).
     let mut cidrs: LpmTrie<MapData, u32, u8> = dp.map(names::MAP_LOCAL_CIDRS);
     for net in [[198, 18, 1, 0], [198, 18, 2, 0]] {
@@ -250,6 +274,10 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         )),
         localhost_reply: nic(tcp_frame((REMOTE_POD, 8080), (NIC, 40_020), SYN_ACK, b"")),
         localhost_from_outside: nic(syn((EXT, 40_021), (Ipv4Addr::LOCALHOST, 30_080))),
+        exact_before_nodeport: {
+            nodeport_list(&dp, true);
+            nic(syn((EXT, 40_022), (NIC, 30_093)))
+        },
         counters: [
             Counter::Masqueraded,
             Counter::PortRemapped,
@@ -430,7 +458,7 @@ fn assert_forwarding(seen: &Seen) {
     assert_eq!(&frame[..6], &ROUTER_MAC);
     assert_checksums(frame);
 
-    assert_eq!(counter(Counter::XdpTx), 6, "five translated, one plain");
+    assert_eq!(counter(Counter::XdpTx), 7, "six translated, one plain");
     assert_eq!(counter(Counter::XdpRedirect), 1);
     assert_eq!(
         counter(Counter::XdpPassOtherInterface),
@@ -511,7 +539,12 @@ fn assert_policies(seen: &Seen) {
     assert_eq!(seen.localhost_from_outside.0, XDP_DROP);
     assert_eq!(counter(Counter::DropMartianLocalhost), 1);
 
+    // An external IP on the node's address wins over a NodePort on the same port.
+    let (verdict, frame) = &seen.exact_before_nodeport;
+    assert_eq!(*verdict, XDP_TX);
+    assert_eq!(dst(frame), (REMOTE_POD, 8080), "the external IP's endpoint");
+
     // Masqueraded: NodePorts (remote, client port = NodePort, local, third node,
-    // localhost), LB, cluster IP off-cluster, hairpin.
-    assert_eq!(counter(Counter::Masqueraded), 8);
+    // localhost), LB, cluster IP off-cluster, hairpin, external IP.
+    assert_eq!(counter(Counter::Masqueraded), 9);
 }

@@ -354,6 +354,9 @@ impl Agent {
         if self.node_applied.as_ref() != Some(self.cluster.node()) {
             self.apply_node();
         }
+        if report.changed() || self.node_applied.is_none() {
+            self.write_nodeport_list();
+        }
         let elapsed = started.elapsed();
         let (model, write) = (model_done - started, model_done.elapsed());
         self.health.programmed(input.synced());
@@ -456,6 +459,7 @@ impl Agent {
             return;
         }
         self.node_applied = Some(node);
+        self.write_nodeport_list();
     }
 
     /// Brings `KP_NODE_ADDRS` in step with the node's addresses (`node`: the Node, once
@@ -471,11 +475,29 @@ impl Agent {
                     node_ports = ?self.node_addrs.node_port_addresses(),
                     "node addresses changed"
                 );
+                self.write_nodeport_list();
             }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "reading the node's addresses failed");
             }
+        }
+    }
+
+    /// Keeps `KP_NODEPORT_LIST` in step with the NodePort addresses and the frontends
+    /// programmed on any of them.
+    fn write_nodeport_list(&mut self) {
+        let frontend_addrs: BTreeSet<std::net::Ipv4Addr> = self
+            .programmed
+            .frontends()
+            .keys()
+            .filter_map(|k| match k.addr {
+                std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = self.node_addrs.write_list(&frontend_addrs) {
+            tracing::warn!(error = %format!("{e:#}"), "writing the NodePort address list failed");
         }
     }
 

@@ -10,10 +10,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use ipnet::IpNet;
 use kproxy_common::{
-    iface::{NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
+    iface::{NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT, NODEPORT_LIST_MAX, NodePortList},
     names,
 };
 
@@ -150,10 +150,33 @@ pub fn local_ipv4_addresses() -> Result<BTreeSet<Ipv4Addr>> {
     Ok(addrs)
 }
 
-/// The pinned `KP_NODE_ADDRS` and what it holds.
+/// `KP_NODEPORT_LIST` for NodePort addresses `node_ports`, of which `frontend_addrs` are
+/// also frontends' own addresses. More addresses than it holds: no list at all (the
+/// datapath's general path serves them all alike).
+pub fn nodeport_list(
+    node_ports: &BTreeSet<Ipv4Addr>,
+    frontend_addrs: &BTreeSet<Ipv4Addr>,
+) -> NodePortList {
+    let mut list = NodePortList::default();
+    if node_ports.len() > NODEPORT_LIST_MAX {
+        return list;
+    }
+    for (i, addr) in node_ports.iter().enumerate() {
+        list.addrs[i] = wire::addr_to_wire(*addr);
+        if frontend_addrs.contains(addr) {
+            list.exact_mask |= 1 << i;
+        }
+    }
+    list.count = u32::try_from(node_ports.len()).unwrap_or(0);
+    list
+}
+
+/// The pinned `KP_NODE_ADDRS` and what it holds, with `KP_NODEPORT_LIST`.
 pub struct NodeAddrs {
     map: HashMap<MapData, u32, u32>,
     written: BTreeMap<Ipv4Addr, u32>,
+    list: Array<MapData, NodePortList>,
+    list_written: NodePortList,
     /// Loopback addresses may take NodePorts (see `select`).
     localhost_node_ports: bool,
 }
@@ -169,11 +192,29 @@ impl NodeAddrs {
             .filter_map(Result::ok)
             .map(|(addr, flags)| (wire::addr_from_wire(addr), flags))
             .collect();
+        let path = map_pin_path(pin_dir, names::MAP_NODEPORT_LIST);
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let list: Array<MapData, NodePortList> = Map::from_map_data(data)?.try_into()?;
+        let list_written = list.get(&0, 0).context("KP_NODEPORT_LIST")?;
         Ok(Self {
             map,
             written,
+            list,
+            list_written,
             localhost_node_ports: false,
         })
+    }
+
+    /// Writes `KP_NODEPORT_LIST` for the current NodePort addresses and the frontends' own
+    /// addresses `frontend_addrs`, if it changed.
+    pub fn write_list(&mut self, frontend_addrs: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        let list = nodeport_list(&self.node_port_addresses(), frontend_addrs);
+        if list != self.list_written {
+            self.list.set(0, list, 0).context("KP_NODEPORT_LIST")?;
+            self.list_written = list;
+        }
+        Ok(())
     }
 
     /// Lets loopback addresses take NodePorts from the next refresh on (see `select`).
@@ -401,5 +442,43 @@ mod tests {
         assert!(err.contains("both 'primary' and CIDRs"), "{err}");
         let err = parse(&["10.0.0.1"]).expect_err("no length");
         assert!(err.contains("valid CIDR"), "{err}");
+    }
+
+    /// (case, NodePort addresses, frontends' own addresses, listed, exact mask)
+    type ListCase<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str], u32);
+
+    #[test]
+    fn the_nodeport_list_holds_up_to_eight_addresses_and_marks_frontend_addresses() {
+        let many: Vec<String> = (1..=9).map(|i| format!("198.18.9.{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let cases: [ListCase; 4] = [
+            ("none", &[], &[], &[], 0),
+            (
+                "two, no frontend on them",
+                &["198.18.9.1", "127.0.0.1"],
+                &["198.19.0.10"],
+                &["127.0.0.1", "198.18.9.1"],
+                0,
+            ),
+            (
+                "an external IP on the second",
+                &["198.18.9.1", "127.0.0.1"],
+                &["198.18.9.1"],
+                &["127.0.0.1", "198.18.9.1"],
+                0b10,
+            ),
+            ("nine: no list", &many, &[], &[], 0),
+        ];
+        for (name, node_ports, frontends, listed, mask) in cases {
+            let list = nodeport_list(&addrs(node_ports), &addrs(frontends));
+            let want: Vec<u32> = listed
+                .iter()
+                .map(|a| wire::addr_to_wire(a.parse().expect("test address")))
+                .collect();
+            assert_eq!(list.count as usize, want.len(), "{name}");
+            assert_eq!(&list.addrs[..want.len()], want.as_slice(), "{name}");
+            assert!(list.addrs[want.len()..].iter().all(|a| *a == 0), "{name}");
+            assert_eq!(list.exact_mask, mask, "{name}");
+        }
     }
 }

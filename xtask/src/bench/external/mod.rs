@@ -355,14 +355,6 @@ fn measure_node1(
         let tx = Counter::XdpTx as usize;
         sample.xdp_tx = Some(after[tx].saturating_sub(before[tx]));
     }
-    if let (Some(before), Some(after)) = (before, after) {
-        for c in Counter::ALL {
-            let n = after[*c as usize].saturating_sub(before[*c as usize]);
-            if n > 0 {
-                eprintln!("DBGLIVE {} {n}", c.name());
-            }
-        }
-    }
     Ok(sample)
 }
 
