@@ -169,6 +169,8 @@ pub fn record(map: &impl CtMap, key: &FlowKey, entry: &CtEntry, dir: Dir, tcp_fl
 pub struct Existing {
     pub entry: CtEntry,
     pub state: FlowState,
+    /// Found on the fast path: a live flow, refreshed within the last second, not ending.
+    pub fresh: bool,
 }
 
 /// The forward entry of `fwd` with the state of its flow, if there is one. Rebuilds a reply
@@ -196,7 +198,11 @@ pub fn existing(fwd: &FlowKey, syn: bool, cfg: &Config, now: u64) -> Option<Exis
     {
         let state = FlowState::of(&entry, &CtEntry::ZERO);
         if !cfg.expired(fwd.proto, &state, now) {
-            return Some(Existing { entry, state });
+            return Some(Existing {
+                entry,
+                state,
+                fresh: true,
+            });
         }
     }
     let rkey = reply_key(fwd, &entry);
@@ -217,6 +223,7 @@ pub fn existing(fwd: &FlowKey, syn: bool, cfg: &Config, now: u64) -> Option<Exis
     Some(Existing {
         state: FlowState::of(&entry, &rev),
         entry,
+        fresh: false,
     })
 }
 

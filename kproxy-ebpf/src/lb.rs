@@ -6,14 +6,18 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kproxy_common::{
     config::IPPROTO_UDP,
     ct::{AffinityKey, AffinityValue, CT_F_RST, CtEntry, FragKey, FragPorts},
-    lb::{Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue, SlotKey},
+    lb::{
+        BE_F_ACTIVE, Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue, SlotKey,
+    },
     stats::Counter,
 };
 
 use crate::{
     conntrack::{self, CtMap, Dir, NewFlow},
     frontend, icmp, icmp_err,
-    maps::{KP_AFFINITY, KP_BACKENDS, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RR, KP_SLOTS},
+    maps::{
+        KP_AFFINITY, KP_BACKENDS, KP_BE_RETIRED, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RR, KP_SLOTS,
+    },
     packet::{NatRewrite, Packet, Peer, Side},
     parse::{self, Fragment, IPPROTO_ICMP, Ipv4Flow, Parsed},
     policy, reset, route, stats, vip,
@@ -264,6 +268,20 @@ fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
         return Known::New(CtEntry::ZERO);
     };
     let entry = found.entry;
+    if found.fresh && backends_kept_since(entry.last_seen_ns) {
+        // Its last refresh saw its backend, and none has been removed or stopped taking
+        // connections since: the flow's own entry has the backend's address and port.
+        return Known::Use(
+            entry,
+            Backend {
+                addr: entry.nat_addr,
+                port: entry.nat_port,
+                flags: BE_F_ACTIVE,
+                _pad: 0,
+                svc_id: entry.svc_id,
+            },
+        );
+    }
     if flow.is_tcp() && flow.is_syn() && found.state.tcp_closing() {
         // The client reuses the port of a finished connection: a new flow.
         stats::count(Counter::CtReopened);
@@ -287,6 +305,12 @@ fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
             Known::New(entry)
         }
     }
+}
+
+/// Whether no backend was removed or stopped taking new connections after `ns`.
+#[inline(always)]
+fn backends_kept_since(ns: u64) -> bool {
+    KP_BE_RETIRED.get(0).is_some_and(|retired| *retired < ns)
 }
 
 /// Answers a packet of a TCP flow whose endpoint is gone with a RST, and marks the flow

@@ -104,6 +104,12 @@ pub static KP_LOCAL_CIDRS: LpmTrie<u32, u8> = LpmTrie::pinned(64, NO_PREALLOC);
 #[map]
 pub static KP_NODEPORT_LIST: Array<NodePortList> = Array::pinned(1, 0);
 
+/// When the agent last removed a backend or stopped one taking new connections
+/// (CLOCK_MONOTONIC ns): a flow refreshed since then needs no look at its backend until its
+/// next refresh (see `lb::known_flow`).
+#[map]
+pub static KP_BE_RETIRED: Array<u64> = Array::pinned(1, 0);
+
 /// What the pinned state is: layout version and reserved backend ids. Written by the agent,
 /// never read by the programs; it lives here so it is pinned with the maps it describes.
 #[map]

@@ -69,6 +69,7 @@ pub struct ServiceMaps {
     rr: Array<MapData, u64>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
     be_stats: PerCpuHashMap<MapData, u32, BackendStats>,
+    be_retired: Array<MapData, u64>,
     cpus: usize,
 }
 
@@ -94,6 +95,7 @@ impl ServiceMaps {
             rr: open_typed!(pin_dir, names::MAP_RR),
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
             be_stats: open_typed!(pin_dir, names::MAP_BE_STATS),
+            be_retired: open_typed!(pin_dir, names::MAP_BE_RETIRED),
             cpus: possible_cpus()?,
         })
     }
@@ -257,13 +259,55 @@ impl ServiceMaps {
     }
 }
 
+/// Whether `op` removes a backend or stops it taking new connections.
+fn retires_backend(op: &MapOp) -> bool {
+    matches!(op, MapOp::DeleteBackend { .. }) || op.backend_entry().is_some_and(|b| !b.active)
+}
+
+impl ServiceMaps {
+    /// Tells the datapath (`KP_BE_RETIRED`) that a backend was just retired: every flow looks
+    /// at its backend again at its next packet, rather than trusting its last refresh. Written
+    /// after the backend maps, so a flow refreshed in between has seen the change.
+    fn backends_retired(&mut self) -> Result<()> {
+        self.be_retired
+            .set(0, monotonic_ns(), 0)
+            .context("KP_BE_RETIRED")
+    }
+}
+
 impl Datapath for ServiceMaps {
     fn apply_batch(&mut self, ops: &[&MapOp]) -> Vec<Result<()>> {
+        let mut results = self.apply_batch_unstamped(ops);
+        if ops.iter().any(|op| retires_backend(op))
+            && let Err(e) = self.backends_retired()
+        {
+            // The writes stand, but flows could keep a retired backend up to a second
+            // longer: report it on the ops that retired one.
+            for (op, result) in ops.iter().zip(results.iter_mut()) {
+                if retires_backend(op) && result.is_ok() {
+                    *result = Err(anyhow::anyhow!("{e:#}"));
+                }
+            }
+        }
+        results
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<()> {
+        self.apply_unstamped(op)?;
+        if retires_backend(op) {
+            self.backends_retired()?;
+        }
+        Ok(())
+    }
+}
+
+impl ServiceMaps {
+    fn apply_batch_unstamped(&mut self, ops: &[&MapOp]) -> Vec<Result<()>> {
         let mut results = Vec::with_capacity(ops.len());
         let mut i = 0;
         while i < ops.len() {
             let Some(kind) = batch_kind(ops[i]) else {
-                results.push(self.apply(ops[i]));
+                results.push(self.apply_unstamped(ops[i]));
                 i += 1;
                 continue;
             };
@@ -277,7 +321,7 @@ impl Datapath for ServiceMaps {
         results
     }
 
-    fn apply(&mut self, op: &MapOp) -> Result<()> {
+    fn apply_unstamped(&mut self, op: &MapOp) -> Result<()> {
         match op {
             MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. } => {
                 let b = op.backend_entry().expect("a backend write");
