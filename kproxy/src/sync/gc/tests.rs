@@ -362,6 +362,20 @@ fn orphaned_reply_entries_go_only_once_timed_out() {
     assert_eq!(rev.live.keys().copied().collect::<Vec<_>>(), [fresh_key]);
 }
 
+/// One pass over `fwd` and `rev` with a reply table of 100 entries.
+fn collect_in_reply_table_of_100(fwd: &mut Table, rev: &mut Table) -> GcStats {
+    collect(
+        &Config::DEFAULT,
+        NOW,
+        &live(),
+        fwd,
+        rev,
+        &mut Affinities::default(),
+        100,
+    )
+    .expect("collect")
+}
+
 #[test]
 fn a_nearly_full_reply_table_drops_unanswered_flows_oldest_first() {
     // 95 of 100 reply entries used: 10 answered flows, 85 unanswered SYNs of various ages.
@@ -375,16 +389,7 @@ fn a_nearly_full_reply_table_drops_unanswered_flows_oldest_first() {
         fwd.live.insert(k, f);
         rev.live.insert(rk, r);
     }
-    let stats = collect(
-        &Config::DEFAULT,
-        NOW,
-        &live(),
-        &mut fwd,
-        &mut rev,
-        &mut Affinities::default(),
-        100,
-    )
-    .expect("collect");
+    let stats = collect_in_reply_table_of_100(&mut fwd, &mut rev);
     assert_eq!(stats.early_dropped, 15, "down to 80% of the capacity");
     assert_eq!((fwd.live.len(), rev.live.len()), (80, 80));
     let answered_left = rev
@@ -425,16 +430,7 @@ fn early_drop_never_leaves_a_forward_entry_without_its_reply_entry() {
     let mut fresh = *fwd.live.values().next().expect("a flow");
     fresh.last_seen_ns = NOW;
     fwd.refresh_before_take = Some(fresh);
-    let stats = collect(
-        &Config::DEFAULT,
-        NOW,
-        &live(),
-        &mut fwd,
-        &mut rev,
-        &mut Affinities::default(),
-        100,
-    )
-    .expect("collect");
+    let stats = collect_in_reply_table_of_100(&mut fwd, &mut rev);
     assert!(stats.raced >= 1, "the refreshed flow was skipped");
     for (k, f) in &fwd.live {
         let rkey = reply_key(k, f);
