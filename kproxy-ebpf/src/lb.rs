@@ -259,12 +259,9 @@ fn client_side(entry: &CtEntry, addr: u32, port: u16) -> Peer {
 /// new connections (UDP, whose flows kube-proxy clears when an endpoint stops being used).
 #[inline(always)]
 fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
-    let Some(found) = conntrack::existing(
-        &flow.key,
-        flow.is_tcp() && flow.is_syn(),
-        &conntrack::config(),
-        now,
-    ) else {
+    let cfg = conntrack::config();
+    let Some(found) = conntrack::existing(&flow.key, flow.is_tcp() && flow.is_syn(), &cfg, now)
+    else {
         return Known::New(CtEntry::ZERO);
     };
     let entry = found.entry;
@@ -287,7 +284,7 @@ fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
         stats::count(Counter::CtReopened);
         return Known::New(entry);
     }
-    if conntrack::config().expired(flow.key.proto, &found.state, now) {
+    if cfg.expired(flow.key.proto, &found.state, now) {
         return Known::New(entry);
     }
     // SAFETY: copied out at once.

@@ -170,10 +170,19 @@ impl Hooks {
         }
         match role.tc {
             Tc::Off => {}
-            Tc::Ingress => hooks.push((Hook::TcIngress, self.attach_hook(link, Hook::TcIngress)?)),
+            Tc::Ingress => hooks.push((
+                Hook::TcIngress,
+                self.attach_classifier(link, TcAttachType::Ingress)?,
+            )),
             Tc::IngressEgress => {
-                hooks.push((Hook::TcIngress, self.attach_hook(link, Hook::TcIngress)?));
-                hooks.push((Hook::TcEgress, self.attach_hook(link, Hook::TcEgress)?));
+                hooks.push((
+                    Hook::TcIngress,
+                    self.attach_classifier(link, TcAttachType::Ingress)?,
+                ));
+                hooks.push((
+                    Hook::TcEgress,
+                    self.attach_classifier(link, TcAttachType::Egress)?,
+                ));
             }
         }
         if role.xdp {
@@ -194,7 +203,10 @@ impl Hooks {
                     flags |= IFACE_F_XDP_DEFER;
                     // Before the XDP program that defers to it.
                     if role.tc == Tc::Off {
-                        hooks.push((Hook::TcIngress, self.attach_hook(link, Hook::TcIngress)?));
+                        hooks.push((
+                            Hook::TcIngress,
+                            self.attach_classifier(link, TcAttachType::Ingress)?,
+                        ));
                     }
                 }
             }
@@ -215,26 +227,21 @@ impl Hooks {
         })
     }
 
-    fn attach_hook(&mut self, link: &Link, hook: Hook) -> Result<Attached> {
+    /// Attaches the TC program for `attach_type` (ingress or egress) to `link`.
+    fn attach_classifier(&mut self, link: &Link, attach_type: TcAttachType) -> Result<Attached> {
+        let (hook, program) = if attach_type == TcAttachType::Ingress {
+            (Hook::TcIngress, names::PROG_TC_INGRESS)
+        } else {
+            (Hook::TcEgress, names::PROG_TC_EGRESS)
+        };
         let pin = link_pin(&self.pin_dir, hook, link);
-        let iface = link.name.as_str();
-        match hook {
-            Hook::TcIngress | Hook::TcEgress => {
-                let (program, attach_type) = if hook == Hook::TcIngress {
-                    (names::PROG_TC_INGRESS, TcAttachType::Ingress)
-                } else {
-                    (names::PROG_TC_EGRESS, TcAttachType::Egress)
-                };
-                let prog: &mut SchedClassifier = self
-                    .ebpf
-                    .program_mut(program)
-                    .with_context(|| format!("{program} missing"))?
-                    .try_into()?;
-                attach_tc(prog, iface, attach_type, &pin)
-            }
-            Hook::Xdp => return self.attach_xdp_program(link, names::PROG_XDP),
-        }
-        .with_context(|| format!("attaching {} to {iface}", hook.label()))
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("{program} missing"))?
+            .try_into()?;
+        attach_tc(prog, &link.name, attach_type, &pin)
+            .with_context(|| format!("attaching {} to {}", hook.label(), link.name))
     }
 
     /// Attaches XDP program `program` (one of the object's XDP programs, loaded now if it is

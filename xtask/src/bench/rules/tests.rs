@@ -459,10 +459,7 @@ fn iptables_node_port() {
     );
 
     // Without endpoints the NodePort is rejected in the filter table, as the cluster IP is.
-    let empty = node_port(
-        port("ns1", "svc1", "p80", Proto::Tcp, "172.30.0.41", 80, &[]),
-        3001,
-    );
+    let empty = node_port_without_endpoints();
     let text = iptables_restore(std::slice::from_ref(&empty));
     assert_has_lines(
         &text,
@@ -472,6 +469,14 @@ fn iptables_node_port() {
     );
     assert!(!text.contains("KUBE-EXT-"), "{text}");
     assert!(!text.contains("-A KUBE-NODEPORTS "), "{text}");
+}
+
+/// ns1/svc1:p80, NodePort 3001, with no endpoints.
+fn node_port_without_endpoints() -> ServicePortRules {
+    node_port(
+        port("ns1", "svc1", "p80", Proto::Tcp, "172.30.0.41", 80, &[]),
+        3001,
+    )
 }
 
 #[test]
@@ -663,10 +668,7 @@ fn nftables_node_port() {
     );
 
     // Without endpoints: rejected through the no-endpoint-nodeports map, no external chain.
-    let empty = node_port(
-        port("ns1", "svc1", "p80", Proto::Tcp, "172.30.0.41", 80, &[]),
-        3001,
-    );
+    let empty = node_port_without_endpoints();
     let text = nftables_script(std::slice::from_ref(&empty));
     assert_has_lines(
         &text,
