@@ -262,12 +262,12 @@ const ALT_PORT_MIN: u32 = 32_768;
 const ALT_PORT_SPAN: u32 = 28_232;
 const ALT_PORT_TRIES: u32 = 8;
 
-/// Whether the flow that holds backend-side tuple `rkey` (its reply entry `other`) is over,
-/// so its tuple may be given to a new flow.
+/// Whether the flow that holds backend-side tuple `rkey` (its reply entry `other`, its
+/// forward entry `other_fwd`, `CtEntry::ZERO` if none) is over, so its tuple may be given
+/// to a new flow.
 #[inline(always)]
-fn finished(rkey: &FlowKey, other: &CtEntry, other_fwd: &FlowKey, cfg: &Config, now: u64) -> bool {
-    let fwd = lookup_or_zero(&KP_CT_FWD, other_fwd);
-    let state = FlowState::of(other, &fwd);
+fn finished(rkey: &FlowKey, other: &CtEntry, other_fwd: &CtEntry, cfg: &Config, now: u64) -> bool {
+    let state = FlowState::of(other, other_fwd);
     cfg.expired(rkey.proto, &state, now) || (rkey.proto == IPPROTO_TCP && state.tcp_closing())
 }
 
@@ -304,17 +304,16 @@ fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -
             let _ = KP_CT_REV.update(rkey, rev, BPF_EXIST);
             return Claim::Shared;
         }
-        let other_fwd = forward_key(rkey, &other);
+        let other_key = forward_key(rkey, &other);
+        let other_fwd = lookup_or_zero(&KP_CT_FWD, &other_key);
         if !finished(rkey, &other, &other_fwd, cfg, now) {
             return Claim::Taken;
         }
         // A finished flow's leftover: make room and try again. Its forward entry goes too
         // (if it still uses this tuple): late packets of the finished flow must not reach
         // the backend on a tuple that is now another flow's (see `existing`).
-        if let Some(stale) = KP_CT_FWD.lookup(&other_fwd)
-            && reply_key(&other_fwd, &stale) == *rkey
-        {
-            remove_stale(&other_fwd, &stale);
+        if other_fwd.backend_id != 0 && reply_key(&other_key, &other_fwd) == *rkey {
+            remove_stale(&other_key, &other_fwd);
         }
         KP_CT_REV.delete(rkey);
     }
