@@ -27,6 +27,21 @@ pub struct ServiceKey {
 /// `NODE_ADDR_F_NODEPORT` in `KP_NODE_ADDRS` (0.0.0.0 is never a VIP).
 pub const NODEPORT_ADDR: u32 = 0;
 
+/// `KP_FREE_PORTS` words: one bit per port, 64 to a word.
+pub const FREE_PORT_WORDS: u32 = 65_536 / 64;
+
+/// `KP_FREE_PORTS`'s word and bit of a port as `ServiceKey::port` has it (network byte
+/// order, used as it is). A set bit says no NodePort entry has this port, in any protocol or
+/// scope: a packet to it need not look one up. A clear bit only says one may: the map
+/// starts cleared, and the agent clears a bit before it writes a NodePort entry on its port
+/// and sets it only after the port's last one is gone, so every reader that skips a lookup
+/// is right to. A word is rewritten whole, but its other bits keep their value in every
+/// byte, so a torn read cannot flip them.
+#[inline(always)]
+pub const fn free_port_bit(port: u16) -> (u32, u64) {
+    ((port / 64) as u32, 1 << (port % 64))
+}
+
 /// The frontend as every client reaches it.
 pub const SCOPE_ALL: u8 = 0;
 /// The same frontend for clients on this node (its pods, as local-traffic detection says,

@@ -34,7 +34,8 @@ pub const MAP_NODE_ADDRS: &str = "KP_NODE_ADDRS";
 pub const MAP_SOURCE_RANGES: &str = "KP_SOURCE_RANGES";
 pub const MAP_LOCAL_CIDRS: &str = "KP_LOCAL_CIDRS";
 pub const MAP_NODEPORT_LIST: &str = "KP_NODEPORT_LIST";
-pub const MAP_BE_RETIRED: &str = "KP_BE_RETIRED";
+pub const MAP_RETIRED: &str = "KP_RETIRED";
+pub const MAP_FREE_PORTS: &str = "KP_FREE_PORTS";
 
 /// The programs the agent loads at start and attaches.
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
@@ -43,7 +44,7 @@ pub const LAZY_PROGRAMS: [&str; 1] = [PROG_XDP_DEFER];
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 20] = [
+pub const MAPS: [&str; 21] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -63,5 +64,6 @@ pub const MAPS: [&str; 20] = [
     MAP_SOURCE_RANGES,
     MAP_LOCAL_CIDRS,
     MAP_NODEPORT_LIST,
-    MAP_BE_RETIRED,
+    MAP_RETIRED,
+    MAP_FREE_PORTS,
 ];

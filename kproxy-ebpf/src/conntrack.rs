@@ -169,13 +169,23 @@ pub fn record(map: &impl CtMap, key: &FlowKey, entry: &CtEntry, dir: Dir, tcp_fl
 pub struct Existing {
     pub entry: CtEntry,
     pub state: FlowState,
-    /// Found on the fast path: a live flow, refreshed within the last second, not ending.
-    pub fresh: bool,
 }
 
-/// The forward entry of `fwd` with the state of its flow, if there is one. Rebuilds a reply
-/// entry the agent's collection deleted while the forward one lived on (early drop racing a
-/// packet that refreshed the flow). A flow whose
+/// Whether forward entry `entry` (`CtEntry::ZERO` if none) of a flow of protocol `proto`
+/// alone says the flow is live for a packet that is a SYN or not (`syn`): refreshed within
+/// the last second, not ending, not timed out (see `existing`).
+#[inline(always)]
+pub fn fresh(entry: &CtEntry, proto: u8, syn: bool, cfg: &Config, now: u64) -> bool {
+    entry.backend_id != 0
+        && !syn
+        && now.saturating_sub(entry.last_seen_ns) <= CT_REFRESH_NS
+        && entry.flags & (CT_F_FIN_FWD | CT_F_RST) == 0
+        && !cfg.expired(proto, &FlowState::of(entry, &CtEntry::ZERO), now)
+}
+
+/// The forward entry of `fwd`, `entry` (`CtEntry::ZERO` if none), with the state of its
+/// flow, if there is one. Rebuilds a reply entry the agent's collection deleted while the
+/// forward one lived on (early drop racing a packet that refreshed the flow). A flow whose
 /// reply entry cannot be rebuilt (another flow holds its backend-side tuple now, or the table
 /// is full) is no flow: it is forgotten, so that its packets are never sent to the backend
 /// with replies that would be translated for someone else, or not at all.
@@ -190,20 +200,21 @@ pub struct Existing {
 /// entry, see `claim`), and a finished flow whose tuple a new flow takes loses its forward
 /// entry with it. The check on refresh stays as the safety net for anything else.
 #[inline(always)]
-pub fn existing(fwd: &FlowKey, syn: bool, cfg: &Config, now: u64) -> Option<Existing> {
-    let entry = KP_CT_FWD.lookup(fwd)?;
-    if !syn
-        && now.saturating_sub(entry.last_seen_ns) <= CT_REFRESH_NS
-        && entry.flags & (CT_F_FIN_FWD | CT_F_RST) == 0
-    {
-        let state = FlowState::of(&entry, &CtEntry::ZERO);
-        if !cfg.expired(fwd.proto, &state, now) {
-            return Some(Existing {
-                entry,
-                state,
-                fresh: true,
-            });
-        }
+pub fn existing(
+    fwd: &FlowKey,
+    entry: CtEntry,
+    syn: bool,
+    cfg: &Config,
+    now: u64,
+) -> Option<Existing> {
+    if entry.backend_id == 0 {
+        return None;
+    }
+    if fresh(&entry, fwd.proto, syn, cfg, now) {
+        return Some(Existing {
+            entry,
+            state: FlowState::of(&entry, &CtEntry::ZERO),
+        });
     }
     let rkey = reply_key(fwd, &entry);
     let mut rev = lookup_or_zero(&KP_CT_REV, &rkey);
@@ -223,7 +234,6 @@ pub fn existing(fwd: &FlowKey, syn: bool, cfg: &Config, now: u64) -> Option<Exis
     Some(Existing {
         state: FlowState::of(&entry, &rev),
         entry,
-        fresh: false,
     })
 }
 

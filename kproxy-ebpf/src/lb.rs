@@ -5,7 +5,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use kproxy_common::{
     config::IPPROTO_UDP,
-    ct::{AffinityKey, AffinityValue, CT_F_RST, CtEntry, FragKey, FragPorts},
+    ct::{AffinityKey, AffinityValue, CT_F_RST, CtEntry, FlowKey, FragKey, FragPorts},
     lb::{
         BE_F_ACTIVE, Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue, SlotKey,
     },
@@ -15,9 +15,7 @@ use kproxy_common::{
 use crate::{
     conntrack::{self, CtMap, Dir, NewFlow},
     frontend, icmp, icmp_err,
-    maps::{
-        KP_AFFINITY, KP_BACKENDS, KP_BE_RETIRED, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RR, KP_SLOTS,
-    },
+    maps::{KP_AFFINITY, KP_BACKENDS, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RETIRED, KP_RR, KP_SLOTS},
     packet::{NatRewrite, Packet, Peer, Side},
     parse::{self, Fragment, IPPROTO_ICMP, Ipv4Flow, Parsed},
     policy, reset, route, stats, vip,
@@ -74,23 +72,80 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
         }
         return action;
     }
-    let action = match frontend::find(flow.key.daddr, flow.key.dport, flow.key.proto) {
+    let action = translate(pkt, &flow);
+    if flow.fragment == Fragment::First && matches!(action, Action::Dnat | Action::ReverseNat) {
+        remember_fragment_ports(&flow);
+    }
+    action
+}
+
+/// A parsed packet with its ports: to a service, from a backend, or neither.
+#[inline(always)]
+fn translate<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
+    let dest = frontend::Dest::of(flow.key.daddr, flow.key.dport, flow.key.proto);
+    let mut fwd_entry = FwdEntry::NOT_LOOKED_UP;
+    if dest.is_nodeport() {
+        // Nearly every packet to a NodePort belongs to a live flow, whose forward entry is
+        // all it needs: looked up before the frontend, that is one hash lookup per packet
+        // less. A live flow's frontend is still there: removing one stamps `KP_RETIRED`.
+        fwd_entry = FwdEntry::of(&flow.key);
+        let now = conntrack::now_ns();
+        if live(flow, &fwd_entry.entry, now) {
+            if pkt.must_defer() {
+                stats::count(Counter::XdpDeferred);
+                return Action::Pass;
+            }
+            let entry = fwd_entry.entry;
+            conntrack::record(
+                &KP_CT_FWD,
+                &flow.key,
+                &entry,
+                Dir::Forward,
+                flow.tcp_flags,
+                now,
+            );
+            return dnat(pkt, flow, &entry, &live_backend(&entry)).unwrap_or_else(dropped);
+        }
+    }
+    match dest.find() {
         Some((svc_key, svc)) => {
             if pkt.must_defer() {
                 stats::count(Counter::XdpDeferred);
                 return Action::Pass;
             }
-            to_service(pkt, &flow, &svc_key, &svc).unwrap_or_else(|reason| {
-                stats::count(reason);
-                Action::Drop
-            })
+            to_service(pkt, flow, &svc_key, &svc, fwd_entry).unwrap_or_else(dropped)
         }
-        None => from_backend(pkt, &flow),
-    };
-    if flow.fragment == Fragment::First && matches!(action, Action::Dnat | Action::ReverseNat) {
-        remember_fragment_ports(&flow);
+        None => from_backend(pkt, flow),
     }
-    action
+}
+
+/// Counts the reason of a drop.
+#[inline(always)]
+fn dropped(reason: Counter) -> Action {
+    stats::count(reason);
+    Action::Drop
+}
+
+/// A packet's forward entry (`CtEntry::ZERO` if none), once looked up.
+#[derive(Clone, Copy)]
+struct FwdEntry {
+    looked_up: bool,
+    entry: CtEntry,
+}
+
+impl FwdEntry {
+    const NOT_LOOKED_UP: Self = Self {
+        looked_up: false,
+        entry: CtEntry::ZERO,
+    };
+
+    #[inline(always)]
+    fn of(key: &FlowKey) -> Self {
+        Self {
+            looked_up: true,
+            entry: conntrack::lookup_or_zero(&KP_CT_FWD, key),
+        }
+    }
 }
 
 fn frag_key(flow: &Ipv4Flow) -> FragKey {
@@ -146,9 +201,15 @@ fn to_service<P: Packet>(
     flow: &Ipv4Flow,
     key: &ServiceKey,
     svc: &ServiceValue,
+    fwd_entry: FwdEntry,
 ) -> Result<Action, Counter> {
     let now = conntrack::now_ns();
-    let (entry, backend) = match known_flow(flow, now) {
+    let fwd_entry = if fwd_entry.looked_up {
+        fwd_entry
+    } else {
+        FwdEntry::of(&flow.key)
+    };
+    let (entry, backend) = match known_flow(flow, fwd_entry.entry, now) {
         Known::Use(entry, backend) => {
             conntrack::record(
                 &KP_CT_FWD,
@@ -217,13 +278,24 @@ fn to_service<P: Packet>(
             }
         }
     };
+    dnat(pkt, flow, &entry, &backend)
+}
+
+/// Translates a packet of the flow of forward entry `entry` to its backend `backend`.
+#[inline(always)]
+fn dnat<P: Packet>(
+    pkt: &mut P,
+    flow: &Ipv4Flow,
+    entry: &CtEntry,
+    backend: &Backend,
+) -> Result<Action, Counter> {
     pkt.rewrite(&NatRewrite {
         side: Side::Destination,
         old_addr: flow.key.daddr,
         new_addr: backend.addr,
         old_port: flow.key.dport,
         new_port: backend.port,
-        peer: client_side(&entry, flow.key.saddr, flow.key.sport),
+        peer: client_side(entry, flow.key.saddr, flow.key.sport),
         l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     })
@@ -254,32 +326,45 @@ fn client_side(entry: &CtEntry, addr: u32, port: u16) -> Peer {
     }
 }
 
-/// Decides what the flow of `flow` (if any) means for it, as kube-proxy's conntrack would:
-/// a live flow keeps its endpoint while the endpoint is listed at all (TCP) or still takes
-/// new connections (UDP, whose flows kube-proxy clears when an endpoint stops being used).
+/// Whether forward entry `entry` (`CtEntry::ZERO` if none) alone says its flow is live and
+/// keeps its backend for this packet: its last refresh saw its frontend and backend, and
+/// none has been removed, nor a backend stopped taking connections, since (`KP_RETIRED`).
+/// The entry then has the backend's address and port (see `live_backend`).
 #[inline(always)]
-fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
+fn live(flow: &Ipv4Flow, entry: &CtEntry, now: u64) -> bool {
+    let syn = flow.is_tcp() && flow.is_syn();
+    conntrack::fresh(entry, flow.key.proto, syn, &conntrack::config(), now)
+        && nothing_retired_since(entry.last_seen_ns)
+}
+
+/// The backend of a `live` flow, as its forward entry has it.
+#[inline(always)]
+fn live_backend(entry: &CtEntry) -> Backend {
+    Backend {
+        addr: entry.nat_addr,
+        port: entry.nat_port,
+        flags: BE_F_ACTIVE,
+        _pad: 0,
+        svc_id: entry.svc_id,
+    }
+}
+
+/// Decides what the flow of `flow` with forward entry `entry` (`CtEntry::ZERO` if none)
+/// means for it, as kube-proxy's conntrack would: a live flow keeps its endpoint while the
+/// endpoint is listed at all (TCP) or still takes new connections (UDP, whose flows
+/// kube-proxy clears when an endpoint stops being used).
+#[inline(always)]
+fn known_flow(flow: &Ipv4Flow, entry: CtEntry, now: u64) -> Known {
+    if live(flow, &entry, now) {
+        return Known::Use(entry, live_backend(&entry));
+    }
     let cfg = conntrack::config();
-    let Some(found) = conntrack::existing(&flow.key, flow.is_tcp() && flow.is_syn(), &cfg, now)
-    else {
+    let syn = flow.is_tcp() && flow.is_syn();
+    let Some(found) = conntrack::existing(&flow.key, entry, syn, &cfg, now) else {
         return Known::New(CtEntry::ZERO);
     };
     let entry = found.entry;
-    if found.fresh && backends_kept_since(entry.last_seen_ns) {
-        // Its last refresh saw its backend, and none has been removed or stopped taking
-        // connections since: the flow's own entry has the backend's address and port.
-        return Known::Use(
-            entry,
-            Backend {
-                addr: entry.nat_addr,
-                port: entry.nat_port,
-                flags: BE_F_ACTIVE,
-                _pad: 0,
-                svc_id: entry.svc_id,
-            },
-        );
-    }
-    if flow.is_tcp() && flow.is_syn() && found.state.tcp_closing() {
+    if syn && found.state.tcp_closing() {
         // The client reuses the port of a finished connection: a new flow.
         stats::count(Counter::CtReopened);
         return Known::New(entry);
@@ -304,10 +389,11 @@ fn known_flow(flow: &Ipv4Flow, now: u64) -> Known {
     }
 }
 
-/// Whether no backend was removed or stopped taking new connections after `ns`.
+/// Whether no frontend or backend was removed, nor a backend stopped taking new connections,
+/// after `ns`.
 #[inline(always)]
-fn backends_kept_since(ns: u64) -> bool {
-    KP_BE_RETIRED.get(0).is_some_and(|retired| *retired < ns)
+fn nothing_retired_since(ns: u64) -> bool {
+    KP_RETIRED.get(0).is_some_and(|retired| *retired < ns)
 }
 
 /// Answers a packet of a TCP flow whose endpoint is gone with a RST, and marks the flow

@@ -12,7 +12,7 @@ use kproxy_common::{
     config::Config,
     ct::{AffinityKey, AffinityValue, CtEntry, FlowKey, FragKey, FragPorts},
     iface::NodePortList,
-    lb::{Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey},
+    lb::{Backend, FREE_PORT_WORDS, ServiceKey, ServiceValue, SlotKey, SourceRangeKey},
     meta::Meta,
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
@@ -104,11 +104,15 @@ pub static KP_LOCAL_CIDRS: LpmTrie<u32, u8> = LpmTrie::pinned(64, NO_PREALLOC);
 #[map]
 pub static KP_NODEPORT_LIST: Array<NodePortList> = Array::pinned(1, 0);
 
-/// When the agent last removed a backend or stopped one taking new connections
-/// (CLOCK_MONOTONIC ns): a flow refreshed since then needs no look at its backend until its
-/// next refresh (see `lb::known_flow`).
+/// When the agent last removed a frontend or a backend, or stopped a backend taking new
+/// connections (CLOCK_MONOTONIC ns): a flow refreshed since then needs no look at its
+/// frontend or backend until its next refresh (see `lb::known_flow`).
 #[map]
-pub static KP_BE_RETIRED: Array<u64> = Array::pinned(1, 0);
+pub static KP_RETIRED: Array<u64> = Array::pinned(1, 0);
+
+/// Ports no NodePort uses, one bit each (see `free_port_bit`), written by the agent.
+#[map]
+pub static KP_FREE_PORTS: Array<u64> = Array::pinned(FREE_PORT_WORDS, 0);
 
 /// What the pinned state is: layout version and reserved backend ids. Written by the agent,
 /// never read by the programs; it lives here so it is pinned with the maps it describes.

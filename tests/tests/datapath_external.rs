@@ -17,6 +17,7 @@ use kproxy_common::{
         IFACE_F_INGRESS, IFACE_F_XDP_REDIRECT, NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT,
         NodePortList,
     },
+    lb::free_port_bit,
     names,
     stats::Counter,
 };
@@ -26,7 +27,7 @@ use support::{
         LoadedDatapath, TC_ACT_REDIRECT, TCX_NEXT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
         frontend,
     },
-    packets::{SYN, SYN_ACK, assert_checksums, dst, src, tcp_frame},
+    packets::{ACK, SYN, SYN_ACK, assert_checksums, dst, src, tcp_frame},
 };
 
 /// The node's NIC address (the test bed's external link) and the router behind it, which
@@ -138,6 +139,18 @@ struct Seen {
     kx_mac: [u8; 6],
 }
 
+/// A live NodePort flow's next packet, then what removing its NodePort and adding it back
+/// does (seen after `Seen`, whose counters stop before).
+struct NodePortChanges {
+    live: Out,
+    /// A packet of the flow of `nodeport_other_nic` once its NodePort is gone.
+    removed: Out,
+    /// `KP_FREE_PORTS` then says of 30080 and of the removed port whether they are free.
+    free_after_removal: [bool; 2],
+    /// A new connection once the NodePort is back.
+    readded: Out,
+}
+
 /// The node's interfaces the cases use.
 #[derive(Clone, Copy)]
 struct Ifaces {
@@ -200,7 +213,7 @@ fn configure(dp: &mut LoadedDatapath, kc: u32) {
         .expect("config");
 }
 
-fn run_cases(ifaces: Ifaces) -> Seen {
+fn run_cases(ifaces: Ifaces) -> (Seen, NodePortChanges) {
     let Ifaces {
         kx,
         kc,
@@ -241,7 +254,7 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         SYN_ACK,
         b"",
     ));
-    Seen {
+    let seen = Seen {
         client_port_is_nodeport,
         client_port_is_nodeport_reply,
         nodeport_remote: nic(syn((EXT, 40_000), (NIC, 30_080))),
@@ -292,6 +305,29 @@ fn run_cases(ifaces: Ifaces) -> Seen {
         .map(|c| (c, dp.counter(c)))
         .collect(),
         kx_mac,
+    };
+    (seen, nodeport_changes(&mut dp, kx))
+}
+
+fn nodeport_changes(dp: &mut LoadedDatapath, kx: u32) -> NodePortChanges {
+    let nic = |dp: &LoadedDatapath, frame: Vec<u8>| dp.xdp_received_on(names::PROG_XDP, kx, &frame);
+    let live = nic(dp, tcp_frame((EXT, 40_000), (NIC, 30_080), ACK, b"data"));
+    let mut without = desired();
+    without.retain(|key, _| key.port != 30_091);
+    dp.program(&without);
+    let removed = nic(dp, tcp_frame((EXT, 40_012), (NIC, 30_091), ACK, b"late"));
+    let free_ports: Array<MapData, u64> = dp.map(names::MAP_FREE_PORTS);
+    let free_after_removal = [30_080u16, 30_091].map(|port| {
+        let (word, bit) = free_port_bit(port.to_be());
+        free_ports.get(&word, 0).expect("KP_FREE_PORTS") & bit != 0
+    });
+    dp.program(&desired());
+    let readded = nic(dp, tcp_frame((EXT, 40_013), (NIC, 30_091), SYN, b""));
+    NodePortChanges {
+        live,
+        removed,
+        free_after_removal,
+        readded,
     }
 }
 
@@ -361,12 +397,42 @@ fn external_traffic_is_translated_masqueraded_and_forwarded_as_kube_proxy_would(
         return;
     }
     let (topo, ifaces) = bed();
-    let seen = topo
+    let (seen, changes) = topo
         .node
         .run(move || run_cases(ifaces))
         .expect("in the node namespace");
     assert_forwarding(&seen);
     assert_policies(&seen);
+    assert_nodeport_changes(&changes);
+}
+
+/// A live flow's packets on the fast path (forward entry before frontend), and NodePorts
+/// that go and come back.
+fn assert_nodeport_changes(changes: &NodePortChanges) {
+    let (verdict, frame) = &changes.live;
+    assert_eq!(*verdict, XDP_TX);
+    assert_eq!(dst(frame), (REMOTE_POD, 8080), "the flow's backend");
+    assert_eq!(src(frame), (NIC, 40_000), "masqueraded as its first packet");
+    assert_checksums(frame);
+    // Its frontend gone, the flow's next packet is no service's: untranslated.
+    let (verdict, frame) = &changes.removed;
+    assert_eq!(*verdict, XDP_PASS);
+    assert_eq!(
+        dst(frame),
+        (NIC, 30_091),
+        "not sent to the removed NodePort's backend"
+    );
+    assert_eq!(src(frame), (EXT, 40_012));
+    assert_eq!(
+        changes.free_after_removal,
+        [false, true],
+        "30080 still a NodePort's; 30091 free once its last entry is gone"
+    );
+    // Back again: its port is not free any more, new connections reach it.
+    let (verdict, frame) = &changes.readded;
+    assert_eq!(*verdict, XDP_REDIRECT);
+    assert_eq!(dst(frame), (THIRD_NODE_POD, 8080));
+    assert_checksums(frame);
 }
 
 impl Seen {

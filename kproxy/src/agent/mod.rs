@@ -227,6 +227,7 @@ pub async fn run(
 
 /// What the pinned maps hold, as the previous agent left it, with inconsistencies cleaned.
 fn recover_programmed(services: &mut ServiceMaps, max_services: u32) -> Result<Programmed> {
+    services.track_free_ports()?;
     let (programmed, cleanup) = Programmed::recover(&services.snapshot()?, max_services);
     if !programmed.frontends().is_empty() {
         tracing::info!(

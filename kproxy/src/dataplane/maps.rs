@@ -2,7 +2,7 @@
 //! conntrack garbage collection. Opened from the pins, so the agent, `kproxy services` and
 //! tests all read the same objects the same way.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aya::maps::{
@@ -19,7 +19,7 @@ use kproxy_common::{
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
-use super::{batch, load::map_pin_path};
+use super::{batch, free_ports::FreePorts, load::map_pin_path};
 use crate::{
     sync::{
         Datapath, DatapathSnapshot, MapOp,
@@ -69,7 +69,10 @@ pub struct ServiceMaps {
     rr: Array<MapData, u64>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
     be_stats: PerCpuHashMap<MapData, u32, BackendStats>,
-    be_retired: Array<MapData, u64>,
+    retired: Array<MapData, u64>,
+    /// `KP_FREE_PORTS`, taken over by the first write (see `track_free_ports`).
+    free_ports: Option<FreePorts>,
+    pin_dir: PathBuf,
     cpus: usize,
 }
 
@@ -95,7 +98,9 @@ impl ServiceMaps {
             rr: open_typed!(pin_dir, names::MAP_RR),
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
             be_stats: open_typed!(pin_dir, names::MAP_BE_STATS),
-            be_retired: open_typed!(pin_dir, names::MAP_BE_RETIRED),
+            retired: open_typed!(pin_dir, names::MAP_RETIRED),
+            free_ports: None,
+            pin_dir: pin_dir.to_owned(),
             cpus: possible_cpus()?,
         })
     }
@@ -145,6 +150,23 @@ impl ServiceMaps {
 
     fn zeroed<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>> {
         Ok(PerCpuValues::try_from(vec![T::default(); self.cpus])?)
+    }
+
+    /// Writes `KP_FREE_PORTS` for the NodePorts `KP_SERVICES` holds and keeps it in step
+    /// with this handle's writes from now on. Every write does this first; the agent does it
+    /// at start, so that a map it finds cleared (new, or from an older agent) speeds up
+    /// without waiting for a change. Reading handles (`kproxy services`) never write it.
+    pub fn track_free_ports(&mut self) -> Result<()> {
+        self.free_ports().map(|_| ())
+    }
+
+    fn free_ports(&mut self) -> Result<&mut FreePorts> {
+        if self.free_ports.is_none() {
+            let keys = self.services.keys().collect::<Result<Vec<_>, _>>()?;
+            let map = open_typed!(&self.pin_dir, names::MAP_FREE_PORTS);
+            self.free_ports = Some(FreePorts::track(map, &keys)?);
+        }
+        Ok(self.free_ports.as_mut().expect("just set"))
     }
 }
 
@@ -225,7 +247,7 @@ fn write_batch<K: aya::Pod, V: aya::Pod>(
 }
 
 impl ServiceMaps {
-    fn put_batch(&self, kind: BatchKind, ops: &[&MapOp]) -> Vec<Result<()>> {
+    fn put_batch(&mut self, kind: BatchKind, ops: &[&MapOp]) -> Vec<Result<()>> {
         match kind {
             BatchKind::Backend => write_batch(&self.raw.backends, "KP_BACKENDS", ops, |op| {
                 let b = op.backend_entry()?;
@@ -241,6 +263,9 @@ impl ServiceMaps {
                 _ => None,
             }),
             BatchKind::Service => {
+                if let Err(e) = self.ports_taken(ops) {
+                    return ops.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect();
+                }
                 write_batch(&self.raw.services, "KP_SERVICES", ops, |op| match op {
                     MapOp::PutService {
                         key,
@@ -259,32 +284,46 @@ impl ServiceMaps {
     }
 }
 
-/// Whether `op` removes a backend or stops it taking new connections.
-fn retires_backend(op: &MapOp) -> bool {
-    matches!(op, MapOp::DeleteBackend { .. }) || op.backend_entry().is_some_and(|b| !b.active)
+/// Whether `op` removes a frontend or a backend, or stops a backend taking new connections.
+fn retires(op: &MapOp) -> bool {
+    matches!(
+        op,
+        MapOp::DeleteBackend { .. } | MapOp::DeleteService { .. }
+    ) || op.backend_entry().is_some_and(|b| !b.active)
 }
 
 impl ServiceMaps {
-    /// Tells the datapath (`KP_BE_RETIRED`) that a backend was just retired: every flow looks
-    /// at its backend again at its next packet, rather than trusting its last refresh. Written
-    /// after the backend maps, so a flow refreshed in between has seen the change.
-    fn backends_retired(&mut self) -> Result<()> {
-        self.be_retired
-            .set(0, monotonic_ns(), 0)
-            .context("KP_BE_RETIRED")
+    /// Tells the datapath (`KP_RETIRED`) that a frontend or backend was just retired: every
+    /// flow looks at both again at its next packet, rather than trusting its last refresh.
+    /// Written after the service maps, so a flow refreshed in between has seen the change.
+    fn stamp_retired(&mut self) -> Result<()> {
+        self.retired.set(0, monotonic_ns(), 0).context("KP_RETIRED")
+    }
+
+    /// Clears the `KP_FREE_PORTS` bits of the NodePort entries `ops` put, before they are
+    /// written.
+    fn ports_taken(&mut self, ops: &[&MapOp]) -> Result<()> {
+        for op in ops {
+            if let MapOp::PutService { key, .. } = op
+                && let Some(key) = wire::service_key(key)
+            {
+                self.free_ports()?.before_put(&key)?;
+            }
+        }
+        Ok(())
     }
 }
 
 impl Datapath for ServiceMaps {
     fn apply_batch(&mut self, ops: &[&MapOp]) -> Vec<Result<()>> {
         let mut results = self.apply_batch_unstamped(ops);
-        if ops.iter().any(|op| retires_backend(op))
-            && let Err(e) = self.backends_retired()
+        if ops.iter().any(|op| retires(op))
+            && let Err(e) = self.stamp_retired()
         {
-            // The writes stand, but flows could keep a retired backend up to a second
-            // longer: report it on the ops that retired one.
+            // The writes stand, but flows could keep a retired frontend or backend up to a
+            // second longer: report it on the ops that retired one.
             for (op, result) in ops.iter().zip(results.iter_mut()) {
-                if retires_backend(op) && result.is_ok() {
+                if retires(op) && result.is_ok() {
                     *result = Err(anyhow::anyhow!("{e:#}"));
                 }
             }
@@ -294,8 +333,8 @@ impl Datapath for ServiceMaps {
 
     fn apply(&mut self, op: &MapOp) -> Result<()> {
         self.apply_unstamped(op)?;
-        if retires_backend(op) {
-            self.backends_retired()?;
+        if retires(op) {
+            self.stamp_retired()?;
         }
         Ok(())
     }
@@ -377,14 +416,17 @@ impl ServiceMaps {
                 count,
                 bank,
                 settings,
-            } => self
-                .services
-                .insert(
-                    wire::service_key(key).ok_or_else(not_ipv4)?,
-                    wire::service_value(*svc_id, *count, *bank, settings),
-                    0,
-                )
-                .context("KP_SERVICES")?,
+            } => {
+                let key = wire::service_key(key).ok_or_else(not_ipv4)?;
+                self.free_ports()?.before_put(&key)?;
+                self.services
+                    .insert(
+                        key,
+                        wire::service_value(*svc_id, *count, *bank, settings),
+                        0,
+                    )
+                    .context("KP_SERVICES")?;
+            }
             MapOp::PutSourceRange { svc_id, range } => {
                 let (len, key) = wire::source_range_key(*svc_id, *range);
                 self.source_ranges
@@ -399,6 +441,7 @@ impl ServiceMaps {
             MapOp::DeleteService { key } => {
                 let key = wire::service_key(key).ok_or_else(not_ipv4)?;
                 ignore_missing(self.services.remove(&key)).context("KP_SERVICES")?;
+                self.free_ports()?.after_delete(&key)?;
             }
         }
         Ok(())
@@ -592,4 +635,72 @@ pub fn global_stats(pin_dir: &Path) -> Result<GlobalStats> {
         }
     }
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::{
+        model::{Endpoint, FrontendKey, Protocol},
+        sync::ServiceSettings,
+    };
+
+    #[test]
+    fn removing_a_frontend_or_backend_or_deactivating_a_backend_retires_flows() {
+        let endpoint = Endpoint {
+            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2)),
+            port: 8080,
+        };
+        let key = FrontendKey::node_port(false, 30_080, Protocol::Tcp);
+        let backend = |active| MapOp::PutBackend {
+            id: 1,
+            endpoint,
+            svc_id: 1,
+            active,
+        };
+        let switched = |active| MapOp::SetBackendActive {
+            id: 1,
+            endpoint,
+            svc_id: 1,
+            active,
+        };
+        let cases = [
+            ("frontend removed", MapOp::DeleteService { key }, true),
+            ("backend removed", MapOp::DeleteBackend { id: 1 }, true),
+            ("backend written standing by", backend(false), true),
+            ("backend switched to standing by", switched(false), true),
+            ("backend written taking connections", backend(true), false),
+            (
+                "backend switched to taking connections",
+                switched(true),
+                false,
+            ),
+            (
+                "frontend written",
+                MapOp::PutService {
+                    key,
+                    svc_id: 1,
+                    count: 1,
+                    bank: 0,
+                    settings: ServiceSettings::default(),
+                },
+                false,
+            ),
+            (
+                "slot written",
+                MapOp::PutSlot {
+                    svc_id: 1,
+                    bank: 0,
+                    index: 0,
+                    backend_id: 1,
+                },
+                false,
+            ),
+        ];
+        for (what, op, retired) in cases {
+            assert_eq!(retires(&op), retired, "{what}");
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod batch;
 pub mod bpffs;
 pub mod bpfsys;
 pub mod ethtool;
+mod free_ports;
 pub mod links;
 pub mod load;
 pub mod maps;
