@@ -2,7 +2,7 @@
 
 use core::mem::size_of;
 
-use crate::ct::FlowState;
+use crate::ct::{CT_REFRESH_NS, FlowState};
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -58,6 +58,28 @@ impl Config {
         udp_stream_timeout_ns: 120 * SEC,
     };
 
+    /// These settings with every timeout at least `CT_REFRESH_NS`, as the datapath takes
+    /// them: a flow refreshed within the last `CT_REFRESH_NS` has then not timed out, which
+    /// its fast path relies on (see `conntrack::fresh` in the eBPF crate).
+    #[must_use]
+    pub const fn with_minimum_timeouts(self) -> Self {
+        const fn at_least_refresh(ns: u64) -> u64 {
+            if ns < CT_REFRESH_NS {
+                CT_REFRESH_NS
+            } else {
+                ns
+            }
+        }
+        Self {
+            tcp_syn_timeout_ns: at_least_refresh(self.tcp_syn_timeout_ns),
+            tcp_established_timeout_ns: at_least_refresh(self.tcp_established_timeout_ns),
+            tcp_close_timeout_ns: at_least_refresh(self.tcp_close_timeout_ns),
+            udp_timeout_ns: at_least_refresh(self.udp_timeout_ns),
+            udp_stream_timeout_ns: at_least_refresh(self.udp_stream_timeout_ns),
+            ..self
+        }
+    }
+
     /// How long a flow of protocol `proto` in `state` lives without traffic.
     #[inline(always)]
     pub const fn timeout_ns(&self, proto: u8, state: &FlowState) -> u64 {
@@ -91,3 +113,31 @@ impl Config {
 }
 
 const _: () = assert!(size_of::<Config>() == 48);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_under_the_refresh_interval_are_raised_to_it_and_others_kept() {
+        let asked = Config {
+            tcp_syn_timeout_ns: 0,
+            tcp_close_timeout_ns: CT_REFRESH_NS - 1,
+            udp_timeout_ns: CT_REFRESH_NS,
+            ..Config::DEFAULT
+        };
+        let taken = asked.with_minimum_timeouts();
+        assert_eq!(taken.tcp_syn_timeout_ns, CT_REFRESH_NS);
+        assert_eq!(taken.tcp_close_timeout_ns, CT_REFRESH_NS);
+        assert_eq!(taken.udp_timeout_ns, CT_REFRESH_NS);
+        assert_eq!(
+            taken.tcp_established_timeout_ns,
+            Config::DEFAULT.tcp_established_timeout_ns
+        );
+        assert_eq!(
+            taken.udp_stream_timeout_ns,
+            Config::DEFAULT.udp_stream_timeout_ns
+        );
+        assert_eq!(Config::DEFAULT.with_minimum_timeouts(), Config::DEFAULT);
+    }
+}

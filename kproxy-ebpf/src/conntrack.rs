@@ -171,16 +171,16 @@ pub struct Existing {
     pub state: FlowState,
 }
 
-/// Whether forward entry `entry` (`CtEntry::ZERO` if none) of a flow of protocol `proto`
-/// alone says the flow is live for a packet that is a SYN or not (`syn`): refreshed within
-/// the last second, not ending, not timed out (see `existing`).
+/// Whether forward entry `entry` (`CtEntry::ZERO` if none) alone says its flow is live for
+/// a packet that is a SYN or not (`syn`): refreshed within the last second and not ending
+/// (see `existing`). Not timed out either: every timeout is at least `CT_REFRESH_NS`
+/// (`Config::with_minimum_timeouts`, the only way the agent writes them).
 #[inline(always)]
-pub fn fresh(entry: &CtEntry, proto: u8, syn: bool, cfg: &Config, now: u64) -> bool {
+pub fn fresh(entry: &CtEntry, syn: bool, now: u64) -> bool {
     entry.backend_id != 0
         && !syn
         && now.saturating_sub(entry.last_seen_ns) <= CT_REFRESH_NS
         && entry.flags & (CT_F_FIN_FWD | CT_F_RST) == 0
-        && !cfg.expired(proto, &FlowState::of(entry, &CtEntry::ZERO), now)
 }
 
 /// The forward entry of `fwd`, `entry` (`CtEntry::ZERO` if none), with the state of its
@@ -200,17 +200,11 @@ pub fn fresh(entry: &CtEntry, proto: u8, syn: bool, cfg: &Config, now: u64) -> b
 /// entry, see `claim`), and a finished flow whose tuple a new flow takes loses its forward
 /// entry with it. The check on refresh stays as the safety net for anything else.
 #[inline(always)]
-pub fn existing(
-    fwd: &FlowKey,
-    entry: CtEntry,
-    syn: bool,
-    cfg: &Config,
-    now: u64,
-) -> Option<Existing> {
+pub fn existing(fwd: &FlowKey, entry: CtEntry, syn: bool, now: u64) -> Option<Existing> {
     if entry.backend_id == 0 {
         return None;
     }
-    if fresh(&entry, fwd.proto, syn, cfg, now) {
+    if fresh(&entry, syn, now) {
         return Some(Existing {
             entry,
             state: FlowState::of(&entry, &CtEntry::ZERO),

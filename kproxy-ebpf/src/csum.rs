@@ -14,22 +14,54 @@ pub fn fold(mut sum: u64) -> u16 {
     sum as u16
 }
 
+/// Several changes to the words a checksum covers, folded once at the end (RFC 1624's
+/// `HC' = ~(~HC + ~m + m')`, summed over every changed word: one's complement addition is
+/// associative, so folding once gives what folding after each change would).
+#[derive(Clone, Copy)]
+pub struct Update(u64);
+
+impl Update {
+    /// Starts from checksum field `check`.
+    #[inline(always)]
+    pub const fn of(check: u16) -> Self {
+        Self(!check as u64)
+    }
+
+    /// A 32-bit word changed from `from` to `to`.
+    #[inline(always)]
+    pub const fn word4(self, from: u32, to: u32) -> Self {
+        Self(
+            self.0
+                + (!from >> 16) as u64
+                + (!from & 0xffff) as u64
+                + (to >> 16) as u64
+                + (to & 0xffff) as u64,
+        )
+    }
+
+    /// A 16-bit word changed from `from` to `to`.
+    #[inline(always)]
+    pub const fn word2(self, from: u16, to: u16) -> Self {
+        Self(self.0 + !from as u64 + to as u64)
+    }
+
+    /// The new checksum field.
+    #[inline(always)]
+    pub fn check(self) -> u16 {
+        !fold(self.0)
+    }
+}
+
 /// Checksum field after a 32-bit word covered by it changed from `from` to `to`.
 #[inline(always)]
 pub fn replace4(check: u16, from: u32, to: u32) -> u16 {
-    let sum = u64::from(!check)
-        + u64::from(!from >> 16)
-        + u64::from(!from & 0xffff)
-        + u64::from(to >> 16)
-        + u64::from(to & 0xffff);
-    !fold(sum)
+    Update::of(check).word4(from, to).check()
 }
 
 /// Checksum field after a 16-bit word covered by it changed from `from` to `to`.
 #[inline(always)]
 pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
-    let sum = u64::from(!check) + u64::from(!from) + u64::from(to);
-    !fold(sum)
+    Update::of(check).word2(from, to).check()
 }
 
 /// Sum of 16-bit words of a fixed-size byte block (the caller folds and inverts).

@@ -333,8 +333,7 @@ fn client_side(entry: &CtEntry, addr: u32, port: u16) -> Peer {
 #[inline(always)]
 fn live(flow: &Ipv4Flow, entry: &CtEntry, now: u64) -> bool {
     let syn = flow.is_tcp() && flow.is_syn();
-    conntrack::fresh(entry, flow.key.proto, syn, &conntrack::config(), now)
-        && nothing_retired_since(entry.last_seen_ns)
+    conntrack::fresh(entry, syn, now) && nothing_retired_since(entry.last_seen_ns)
 }
 
 /// The backend of a `live` flow, as its forward entry has it.
@@ -360,7 +359,7 @@ fn known_flow(flow: &Ipv4Flow, entry: CtEntry, now: u64) -> Known {
     }
     let cfg = conntrack::config();
     let syn = flow.is_tcp() && flow.is_syn();
-    let Some(found) = conntrack::existing(&flow.key, entry, syn, &cfg, now) else {
+    let Some(found) = conntrack::existing(&flow.key, entry, syn, now) else {
         return Known::New(CtEntry::ZERO);
     };
     let entry = found.entry;

@@ -386,14 +386,16 @@ impl XdpPacket<'_> {
             let old = csum.read_unaligned();
             if !(rw.udp && old == 0) {
                 let peer = &rw.peer;
-                let mut new = csum::replace4(old, rw.old_addr, rw.new_addr);
-                new = csum::replace2(new, rw.old_port, rw.new_port);
+                let mut update = csum::Update::of(old)
+                    .word4(rw.old_addr, rw.new_addr)
+                    .word2(rw.old_port, rw.new_port);
                 if peer.addr_changes() {
-                    new = csum::replace4(new, peer.old_addr, peer.new_addr);
+                    update = update.word4(peer.old_addr, peer.new_addr);
                 }
                 if peer.port_changes() {
-                    new = csum::replace2(new, peer.old_port, peer.new_port);
+                    update = update.word2(peer.old_port, peer.new_port);
                 }
+                let mut new = update.check();
                 if rw.udp && new == 0 {
                     new = 0xffff;
                 }
@@ -456,14 +458,15 @@ impl Packet for XdpPacket<'_> {
         // SAFETY: the 20-byte IPv4 header was bounds-checked above.
         unsafe {
             let csum = ip.add(IP_CSUM_OFF - L3_OFF).cast::<u16>();
-            let mut sum = csum::replace4(csum.read_unaligned(), rw.old_addr, rw.new_addr);
+            let mut update =
+                csum::Update::of(csum.read_unaligned()).word4(rw.old_addr, rw.new_addr);
             if rw.peer.addr_changes() {
-                sum = csum::replace4(sum, rw.peer.old_addr, rw.peer.new_addr);
+                update = update.word4(rw.peer.old_addr, rw.peer.new_addr);
                 ip.add(rw.peer_addr_in_ip())
                     .cast::<u32>()
                     .write_unaligned(rw.peer.new_addr);
             }
-            csum.write_unaligned(sum);
+            csum.write_unaligned(update.check());
             ip.add(rw.addr_in_ip())
                 .cast::<u32>()
                 .write_unaligned(rw.new_addr);

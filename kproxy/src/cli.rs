@@ -98,20 +98,21 @@ struct RunArgs {
     /// Capacity of the ClientIP affinity table.
     #[arg(long, default_value_t = MapSizes::default().affinity)]
     max_affinities: u32,
-    /// Idle timeout of established TCP flows, seconds.
-    #[arg(long, default_value_t = Config::DEFAULT.tcp_established_timeout_ns / 1_000_000_000)]
+    /// Idle timeout of established TCP flows, seconds (every conntrack timeout is at least
+    /// 1: flows are refreshed once a second).
+    #[arg(long, default_value_t = Config::DEFAULT.tcp_established_timeout_ns / 1_000_000_000, value_parser = timeout_seconds())]
     ct_tcp_established_timeout: u64,
     /// Timeout of TCP flows after FIN in both directions or RST, seconds.
-    #[arg(long, default_value_t = Config::DEFAULT.tcp_close_timeout_ns / 1_000_000_000)]
+    #[arg(long, default_value_t = Config::DEFAULT.tcp_close_timeout_ns / 1_000_000_000, value_parser = timeout_seconds())]
     ct_tcp_close_timeout: u64,
     /// Timeout of TCP flows that have not seen a reply, seconds.
-    #[arg(long, default_value_t = Config::DEFAULT.tcp_syn_timeout_ns / 1_000_000_000)]
+    #[arg(long, default_value_t = Config::DEFAULT.tcp_syn_timeout_ns / 1_000_000_000, value_parser = timeout_seconds())]
     ct_tcp_syn_timeout: u64,
     /// Idle timeout of UDP flows without replies, seconds.
-    #[arg(long, default_value_t = Config::DEFAULT.udp_timeout_ns / 1_000_000_000)]
+    #[arg(long, default_value_t = Config::DEFAULT.udp_timeout_ns / 1_000_000_000, value_parser = timeout_seconds())]
     ct_udp_timeout: u64,
     /// Idle timeout of UDP flows with replies, seconds.
-    #[arg(long, default_value_t = Config::DEFAULT.udp_stream_timeout_ns / 1_000_000_000)]
+    #[arg(long, default_value_t = Config::DEFAULT.udp_stream_timeout_ns / 1_000_000_000, value_parser = timeout_seconds())]
     ct_udp_stream_timeout: u64,
     /// Seconds between conntrack garbage collections.
     #[arg(long, default_value_t = 10)]
@@ -271,6 +272,12 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Conntrack timeouts in whole seconds, at least one: a flow refreshed within the last
+/// second has not timed out, which the datapath's fast path relies on.
+fn timeout_seconds() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +425,14 @@ mod tests {
         let err = run_args(&["--attach", "eth0,"]).map(|_| ()).unwrap_err();
         assert!(err.contains("empty"), "{err}");
         assert!(run_args(&[]).is_err(), "--attach is required");
+    }
+
+    #[test]
+    fn conntrack_timeouts_are_whole_seconds_from_one() {
+        let err = run_args(&["--attach", "eth0", "--ct-udp-timeout", "0"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("0 is not in 1.."), "{err}");
+        assert!(run_args(&["--attach", "eth0", "--ct-udp-timeout", "1"]).is_ok());
     }
 }

@@ -545,7 +545,9 @@ impl FlowMaps {
     }
 
     pub fn write_config(&mut self, config: &Config) -> Result<()> {
-        self.config.set(0, config, 0).context("KP_CONFIG")?;
+        self.config
+            .set(0, config.with_minimum_timeouts(), 0)
+            .context("KP_CONFIG")?;
         Ok(())
     }
 
