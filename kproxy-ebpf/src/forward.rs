@@ -12,7 +12,6 @@ use aya_ebpf::{
         bpf_fib_lookup, xdp_action,
     },
     helpers::bpf_redirect,
-    programs::XdpContext,
 };
 use kproxy_common::{iface::IFACE_F_XDP_REDIRECT, stats::Counter};
 
@@ -30,7 +29,8 @@ const CSUM_OFF: usize = 10;
 
 /// Where a translated packet goes: the XDP verdict.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext) -> u32 {
+pub fn forward(pkt: &XdpPacket) -> u32 {
+    let ctx = pkt.ctx;
     let start = ctx.data();
     if start + L3_OFF + IPV4_HLEN > ctx.data_end() {
         return pass(Counter::XdpPassNoRoute);
@@ -39,20 +39,28 @@ pub fn forward(ctx: &XdpContext) -> u32 {
     // SAFETY: the Ethernet and IPv4 headers were bounds-checked above.
     let ip = unsafe { eth.add(L3_OFF) };
     // SAFETY: inside the checked IPv4 header.
-    let (ttl, saddr, daddr, tos, tot_len) = unsafe {
+    let (ttl, tos, tot_len) = unsafe {
         (
             *ip.add(TTL_OFF),
-            ip.add(12).cast::<u32>().read_unaligned(),
-            ip.add(16).cast::<u32>().read_unaligned(),
             *ip.add(1),
             u16::from_be(ip.add(2).cast::<u16>().read_unaligned()),
         )
+    };
+    let (saddr, daddr) = if pkt.rewritten.1 != 0 {
+        pkt.rewritten
+    } else {
+        // SAFETY: inside the checked IPv4 header.
+        unsafe {
+            (
+                ip.add(12).cast::<u32>().read_unaligned(),
+                ip.add(16).cast::<u32>().read_unaligned(),
+            )
+        }
     };
     if ttl <= 1 {
         // The stack answers with "time exceeded".
         return pass(Counter::XdpPassTtl);
     }
-    let pkt = XdpPacket { ctx, defers: false };
     let ingress = pkt.ifindex();
     let mut slot = core::mem::MaybeUninit::uninit();
     let params = route::ipv4_request(&mut slot, ingress, saddr, daddr);
@@ -85,10 +93,8 @@ pub fn forward(ctx: &XdpContext) -> u32 {
         let new = word.read_unaligned();
         let check = ip.add(CSUM_OFF).cast::<u16>();
         check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&params.dmac);
-        macs[6..].copy_from_slice(&params.smac);
-        eth.cast::<[u8; 12]>().write_unaligned(macs);
+        eth.cast::<[u8; 6]>().write_unaligned(params.dmac);
+        eth.add(6).cast::<[u8; 6]>().write_unaligned(params.smac);
     }
     if out == ingress {
         stats::count(Counter::XdpTx);

@@ -124,8 +124,9 @@ pub fn kproxy_xdp_defer(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn xdp_ingress(ctx: &XdpContext, defers: bool) -> u32 {
     upgrade_test_marker();
-    match lb::handle(&mut XdpPacket { ctx, defers }) {
-        Action::Dnat | Action::ReverseNat => forward::forward(ctx),
+    let mut pkt = XdpPacket::new(ctx, defers);
+    match lb::handle(&mut pkt) {
+        Action::Dnat | Action::ReverseNat => forward::forward(&pkt),
         Action::Pass => xdp_action::XDP_PASS,
         Action::SentBack => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,
@@ -139,11 +140,9 @@ fn xdp_ingress(ctx: &XdpContext, defers: bool) -> u32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp_forward_only(ctx: XdpContext) -> u32 {
-    if parse::is_ipv4_frame(&XdpPacket {
-        ctx: &ctx,
-        defers: false,
-    }) {
-        forward::forward(&ctx)
+    let pkt = XdpPacket::new(&ctx, false);
+    if parse::is_ipv4_frame(&pkt) {
+        forward::forward(&pkt)
     } else {
         xdp_action::XDP_PASS
     }

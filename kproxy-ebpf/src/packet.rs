@@ -357,6 +357,20 @@ pub struct XdpPacket<'a> {
     pub ctx: &'a XdpContext,
     /// Service packets are left to TC (`kproxy_xdp_defer`); a constant of each program.
     pub defers: bool,
+    /// The IPv4 source and destination a rewrite left in the packet (0, 0 before any), so
+    /// that forwarding need not read them back byte by byte.
+    pub rewritten: (u32, u32),
+}
+
+impl<'a> XdpPacket<'a> {
+    #[inline(always)]
+    pub const fn new(ctx: &'a XdpContext, defers: bool) -> Self {
+        Self {
+            ctx,
+            defers,
+            rewritten: (0, 0),
+        }
+    }
 }
 
 const TCP_HLEN: usize = 20;
@@ -471,6 +485,11 @@ impl Packet for XdpPacket<'_> {
                 .cast::<u32>()
                 .write_unaligned(rw.new_addr);
         }
+        self.rewritten = if rw.side == Side::Destination {
+            (rw.peer.new_addr, rw.new_addr)
+        } else {
+            (rw.new_addr, rw.peer.new_addr)
+        };
         match rw.l4_off {
             None => Ok(()),
             Some(l4_off) if rw.udp => self.rewrite_l4::<UDP_HLEN, UDP_CSUM>(l4_off, rw),

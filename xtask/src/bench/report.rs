@@ -631,11 +631,11 @@ fn node1_table(ext: &External) -> String {
          kproxy-xdp, the bare forwarder for {EXTERNAL_CEILING}, and an XDP_PASS program for \
          the others, whose frames go up node1's stack (netfilter, kproxy's TC program); a \
          small program in front of each writes the frame's headers back first (the kernel \
-         reuses translated frames), the same cost for all. Two runs of the same frames per \
-         repetition: **node1 pps** with node1's switch port taken off the bridge, so what \
-         node1 forwards ends at the port (\"left node1\" = share of the frames the port \
-         received); and \"pps with the bed\" connected, where the bridge, node2 and the pods \
-         process the forwarded frames within the timed run on the same CPU (\"at return\" = \
+         reuses translated frames), the same cost for all. Per repetition: **node1 pps**, the \
+         median of {} runs of the same frames with node1's switch port taken off the \
+         bridge, so what node1 forwards ends at the port (\"left node1\" = share of the \
+         frames the port received); and \"pps with the bed\", one run with the port \
+         connected, where the bridge, node2 and the pods process the forwarded frames within the timed run on the same CPU (\"at return\" = \
          share the backends had received when the run returned; delivered = share they \
          received in all). Targets use node1 pps.{}\n\n\
          | mode | node1 pps (min–max) | × {EXTERNAL_UDP_BASELINE} | × {EXTERNAL_CEILING} \
@@ -643,6 +643,7 @@ fn node1_table(ext: &External) -> String {
          | pps with the bed | delivered | at return | frames/run |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ext.udp_flows,
+        super::external::live::ISOLATED_RUNS,
         floor.map_or_else(String::new, |f| format!(
             " The harness alone (restoring program and XDP_DROP, nothing forwarded) runs \
              {} frames/s ({:.0} ns each), a cost every node1 pps includes and that compresses \

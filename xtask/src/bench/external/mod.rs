@@ -9,7 +9,7 @@
 
 mod bed;
 mod forwarder;
-mod live;
+pub mod live;
 mod udp;
 
 use std::{ffi::OsString, fmt::Write as _, os::fd::AsFd, path::Path, time::Duration};
