@@ -96,15 +96,8 @@ fn translate<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
                 return Action::Pass;
             }
             let entry = fwd_entry.entry;
-            conntrack::record(
-                &KP_CT_FWD,
-                &flow.key,
-                &entry,
-                Dir::Forward,
-                flow.tcp_flags,
-                now,
-            );
-            return dnat(pkt, flow, &entry, &live_backend(&entry)).unwrap_or_else(dropped);
+            return known_dnat(pkt, flow, &entry, &live_backend(&entry), now)
+                .unwrap_or_else(dropped);
         }
     }
     match dest.find() {
@@ -210,17 +203,7 @@ fn to_service<P: Packet>(
         FwdEntry::of(&flow.key)
     };
     let (entry, backend) = match known_flow(flow, fwd_entry.entry, now) {
-        Known::Use(entry, backend) => {
-            conntrack::record(
-                &KP_CT_FWD,
-                &flow.key,
-                &entry,
-                Dir::Forward,
-                flow.tcp_flags,
-                now,
-            );
-            (entry, backend)
-        }
+        Known::Use(entry, backend) => return known_dnat(pkt, flow, &entry, &backend, now),
         Known::Reset(entry) => return reset_flow(pkt, flow, &entry),
         Known::New(stale) => {
             if !flow.has_l4_header() {
@@ -279,6 +262,27 @@ fn to_service<P: Packet>(
         }
     };
     dnat(pkt, flow, &entry, &backend)
+}
+
+/// A packet of a known flow: recorded in its forward entry `entry`, then translated to the
+/// flow's backend `backend`.
+#[inline(always)]
+fn known_dnat<P: Packet>(
+    pkt: &mut P,
+    flow: &Ipv4Flow,
+    entry: &CtEntry,
+    backend: &Backend,
+    now: u64,
+) -> Result<Action, Counter> {
+    conntrack::record(
+        &KP_CT_FWD,
+        &flow.key,
+        entry,
+        Dir::Forward,
+        flow.tcp_flags,
+        now,
+    );
+    dnat(pkt, flow, entry, backend)
 }
 
 /// Translates a packet of the flow of forward entry `entry` to its backend `backend`.
