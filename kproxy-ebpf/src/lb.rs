@@ -83,13 +83,14 @@ pub fn handle<P: Packet>(pkt: &mut P) -> Action {
 #[inline(always)]
 fn translate<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
     let dest = frontend::Dest::of(flow.key.daddr, flow.key.dport, flow.key.proto);
+    // Read once: every path below (a flow's freshness, a reply's) needs the time.
+    let now = conntrack::now_ns();
     let mut fwd_entry = FwdEntry::NOT_LOOKED_UP;
     if dest.is_nodeport() {
         // Nearly every packet to a NodePort belongs to a live flow, whose forward entry is
         // all it needs: looked up before the frontend, that is one hash lookup per packet
         // less. A live flow's frontend is still there: removing one stamps `KP_RETIRED`.
         fwd_entry = FwdEntry::of(&flow.key);
-        let now = conntrack::now_ns();
         if live(flow, &fwd_entry.entry, now) {
             if pkt.must_defer() {
                 stats::count(Counter::XdpDeferred);
@@ -106,9 +107,9 @@ fn translate<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
                 stats::count(Counter::XdpDeferred);
                 return Action::Pass;
             }
-            to_service(pkt, flow, &svc_key, &svc, fwd_entry).unwrap_or_else(dropped)
+            to_service(pkt, flow, &svc_key, &svc, fwd_entry, now).unwrap_or_else(dropped)
         }
-        None => from_backend(pkt, flow),
+        None => from_backend(pkt, flow, now),
     }
 }
 
@@ -195,8 +196,8 @@ fn to_service<P: Packet>(
     key: &ServiceKey,
     svc: &ServiceValue,
     fwd_entry: FwdEntry,
+    now: u64,
 ) -> Result<Action, Counter> {
-    let now = conntrack::now_ns();
     let fwd_entry = if fwd_entry.looked_up {
         fwd_entry
     } else {
@@ -477,8 +478,7 @@ fn reject<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<Action, Counter> {
 
 /// A packet not addressed to a service: a backend's reply to translate back, or not ours.
 #[inline(always)]
-fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
-    let now = conntrack::now_ns();
+fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow, now: u64) -> Action {
     let cfg = conntrack::config();
     // A reply is translated even if its flow timed out and is not collected yet: the
     // backend still uses the tuple, and the client only knows the VIP.
