@@ -12,7 +12,11 @@ use crate::run_checked;
 pub type Requirement = (&'static str, &'static str);
 
 /// What the tests and the demo need.
-pub const TEST_TOOLS: &[Requirement] = &[("ip", "iproute2")];
+pub const TEST_TOOLS: &[Requirement] = &[
+    ("ip", "iproute2"),
+    // The control plane's certificates (kproxy_testbed::kubernetes::pki).
+    ("openssl", "openssl"),
+];
 
 fn have(command: &str) -> bool {
     if command.starts_with('/') {

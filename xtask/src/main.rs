@@ -5,6 +5,7 @@ mod build_ebpf;
 mod demo;
 mod deps;
 mod fuzz;
+mod kubernetes;
 mod test;
 mod tools;
 
@@ -26,6 +27,9 @@ enum Task {
     BuildEbpf(build_ebpf::Options),
     /// Measure kproxy against kube-proxy's iptables and nftables rules (needs root).
     Bench(bench::Options),
+    /// Build the real Kubernetes programs the tests and the benchmark run (kube-apiserver,
+    /// kube-controller-manager, kube-proxy, kubectl, etcd) into the cache outside the clone.
+    BuildKubernetes(kubernetes::Options),
     /// Build everything and run a demo in network namespaces (needs root).
     Demo,
     /// Fuzz the TC and XDP programs with generated packets for longer than `test` does
@@ -39,6 +43,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf(opts) => build_ebpf::run(&opts).map(|_| ()),
         Task::Bench(opts) => bench::run(&opts),
+        Task::BuildKubernetes(opts) => kubernetes::run(&opts),
         Task::Demo => demo::run(),
         Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Test(opts) => test::run(&opts),

@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use kproxy_testbed::require_privileges;
 
-use crate::{bench, build_ebpf, cargo, deps, run_checked};
+use crate::{bench, build_ebpf, cargo, deps, kubernetes, run_checked};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -26,6 +26,8 @@ fn cargo_checked(args: &[&str], extra: &[String]) -> Result<()> {
 pub fn run(opts: &Options) -> Result<()> {
     deps::ensure(deps::TEST_TOOLS)?;
     build_ebpf::run(&build_ebpf::Options::default())?;
+    // The control-plane tests run the real Kubernetes programs (built once per machine).
+    kubernetes::ensure()?;
     if !opts.no_lint {
         cargo_checked(&["fmt", "--all", "--check"], &[])?;
         cargo_checked(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;

@@ -13,6 +13,7 @@ mod bpfsys;
     reason = "the test bed needs only some of the agent's ioctls"
 )]
 mod ifreq;
+pub mod kubernetes;
 pub mod load;
 pub mod netns;
 pub mod privileges;

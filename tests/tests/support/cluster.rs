@@ -1,0 +1,132 @@
+//! The reference bed with a real control plane in its node namespace (etcd, kube-apiserver,
+//! kube-controller-manager of the pinned release; see kproxy_testbed::kubernetes), kproxy's
+//! RBAC from `deploy/kproxy.yaml` applied, the bed's Node registered, and kproxy started with a
+//! token of its own service account, as the DaemonSet runs it.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
+
+use kproxy_testbed::{TopologyOptions, kubernetes::ControlPlane};
+use serde_json::{Value, json};
+
+use super::agent::{Agent, Bed, TCP_PORT, wait_until};
+
+/// kproxy's manifest: the objects a cluster operator applies.
+pub const DEPLOY_MANIFEST: &str = include_str!("../../../deploy/kproxy.yaml");
+/// The bed's only node; pods are bound to it.
+pub const NODE: &str = "node";
+pub const ZONE: &str = "zone-a";
+
+pub struct ClusterBed {
+    pub bed: Bed,
+    pub plane: ControlPlane,
+    /// kproxy's kubeconfig: its service account's token, nothing more.
+    pub kubeconfig: PathBuf,
+}
+
+impl ClusterBed {
+    /// The bed with a ready control plane, kproxy's RBAC and the Node; kproxy not started.
+    pub fn new(opts: TopologyOptions) -> Self {
+        let bed = Bed::new(opts);
+        let plane = ControlPlane::start(
+            &bed.topo.node,
+            &bed.dir.path().join("kubernetes"),
+            bed.topo.client_gateway(),
+        )
+        .unwrap_or_else(|e| panic!("starting the control plane: {e:#}"));
+        // No DaemonSet: there is no kubelet to run it; the test starts kproxy itself.
+        plane
+            .apply_yaml(DEPLOY_MANIFEST, &["DaemonSet"])
+            .unwrap_or_else(|e| panic!("applying deploy/kproxy.yaml: {e:#}"));
+        plane
+            .apply(&json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": ZONE}},
+            }))
+            .expect("registering the node");
+        let kubeconfig = plane
+            .token_kubeconfig(
+                "kube-system",
+                "kproxy",
+                &bed.dir.path().join("kproxy.kubeconfig"),
+            )
+            .unwrap_or_else(|e| panic!("kproxy's token: {e:#}"));
+        Self {
+            bed,
+            plane,
+            kubeconfig,
+        }
+    }
+
+    /// Starts kproxy with its service account's token and waits until it is ready.
+    pub fn start_agent(&self, extra: &[&str]) -> Agent {
+        let mut agent = Agent::spawn_api(&self.bed, &self.kubeconfig, extra);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Creates pod `name` with `labels` on the node, Running and Ready at `ip`.
+    pub fn ready_pod(&self, name: &str, labels: &Value, ip: Ipv4Addr) {
+        self.plane
+            .ready_pod("default", name, labels, NODE, IpAddr::V4(ip))
+            .unwrap_or_else(|e| panic!("pod {name}: {e:#}"));
+    }
+
+    /// Applies `object`, panicking with the API server's reason if it refuses.
+    pub fn apply(&self, object: &Value) {
+        self.plane.apply(object).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// The ClusterIP the API server allocated to Service `default/name`.
+    pub fn cluster_ip(&self, name: &str) -> Ipv4Addr {
+        wait_until(
+            &format!("a ClusterIP for {name}"),
+            Duration::from_secs(5),
+            || {
+                let svc = self
+                    .plane
+                    .get("v1", "Service", Some("default"), name)
+                    .ok()??;
+                svc["spec"]["clusterIP"].as_str()?.parse().ok()
+            },
+        )
+    }
+
+    /// The backends' who-am-I servers as a frontend's backends.
+    pub fn at(addrs: &[Ipv4Addr]) -> Vec<SocketAddrV4> {
+        addrs
+            .iter()
+            .map(|a| SocketAddrV4::new(*a, TCP_PORT))
+            .collect()
+    }
+}
+
+impl std::ops::Deref for ClusterBed {
+    type Target = Bed;
+
+    fn deref(&self) -> &Bed {
+        &self.bed
+    }
+}
+
+/// A selector Service `name` (ClusterIP allocated by the API server) on port 80 to the
+/// who-am-I servers' port; `spec` is merged in.
+pub fn service(name: &str, selector: &Value, spec: &Value) -> Value {
+    let mut svc = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP"}],
+        },
+    });
+    if let (Some(base), Some(extra)) = (svc["spec"].as_object_mut(), spec.as_object()) {
+        base.extend(extra.clone());
+    }
+    svc
+}
