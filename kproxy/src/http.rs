@@ -3,8 +3,10 @@
 //! (10249).
 //!
 //! Health follows kube-proxy's ProxyHealthServer: the agent is unhealthy once a change has
-//! waited longer than the timeout without being programmed, healthy otherwise. Ready means
-//! the datapath was programmed from a complete view of the cluster at least once.
+//! waited longer than the timeout without being programmed, healthy otherwise; `/healthz`
+//! (not `/livez`) also fails while the node is leaving (being deleted, or tainted by the
+//! Cluster Autoscaler for deletion), so load balancers drain it first. Ready means the
+//! datapath was programmed from a complete view of the cluster at least once.
 
 use std::{
     net::SocketAddr,
@@ -22,6 +24,9 @@ struct HealthState {
     pending_since: Option<Instant>,
     last_programmed: Option<SystemTime>,
     ready: bool,
+    /// Whether the node may take load-balancer traffic: `None` before the first sync,
+    /// `Some(false)` while it is leaving.
+    node_eligible: Option<bool>,
 }
 
 /// Whether the agent keeps up; shared by the agent (writer) and the HTTP server (reader).
@@ -68,23 +73,53 @@ impl Health {
         self.state().ready
     }
 
-    /// The `/healthz` body: kube-proxy's fields.
-    fn report(&self, healthy: bool) -> String {
+    /// The node's Node object says whether it is leaving ([`crate::model::NodeInfo`]).
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.state().node_eligible = Some(eligible);
+    }
+
+    /// `/healthz`: kept up with changes, and the node is not leaving.
+    fn healthz_at(&self, now: Instant) -> (bool, Option<bool>) {
+        let eligible = self.state().node_eligible;
+        (self.healthy_at(now) && eligible != Some(false), eligible)
+    }
+
+    /// The `/healthz` and `/livez` body: kube-proxy's fields (`nodeEligible` only on
+    /// `/healthz`, once the node is known).
+    fn report(&self, healthy: bool, node_eligible: Option<bool>) -> String {
         let rfc3339 = |t: SystemTime| {
             k8s_openapi::chrono::DateTime::<k8s_openapi::chrono::Utc>::from(t).to_rfc3339()
         };
         let last = self.state().last_programmed.map(rfc3339);
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "lastUpdated": last,
             "currentTime": rfc3339(SystemTime::now()),
             "healthy": healthy,
-        })
-        .to_string()
+        });
+        if let Some(eligible) = node_eligible {
+            body["nodeEligible"] = eligible.into();
+        }
+        body.to_string()
     }
 }
 
 async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let (healthy, eligible) = health.healthz_at(Instant::now());
+    health_response(&health, healthy, eligible)
+}
+
+/// Like `/healthz`, without the node's eligibility (kube-proxy's `/livez`): a leaving node's
+/// proxy is alive and must not be restarted.
+async fn livez(State(health): State<Arc<Health>>) -> impl IntoResponse {
     let healthy = health.healthy_at(Instant::now());
+    health_response(&health, healthy, None)
+}
+
+fn health_response(
+    health: &Health,
+    healthy: bool,
+    eligible: Option<bool>,
+) -> impl IntoResponse + use<> {
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -93,7 +128,7 @@ async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     (
         status,
         [("content-type", "application/json")],
-        health.report(healthy),
+        health.report(healthy, eligible),
     )
 }
 
@@ -130,7 +165,7 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 pub fn health_routes(health: Arc<Health>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/livez", get(healthz))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(health)
 }
@@ -178,6 +213,28 @@ mod tests {
         assert!(!health.ready(), "programmed from an incomplete view");
         health.programmed(true);
         assert!(health.ready());
-        assert!(health.report(true).contains("\"lastUpdated\":\"20"));
+        assert!(health.report(true, None).contains("\"lastUpdated\":\"20"));
+    }
+
+    #[test]
+    fn a_leaving_node_fails_healthz_only() {
+        let health = Health::new(Duration::from_mins(1));
+        let now = Instant::now();
+        assert_eq!(
+            health.healthz_at(now),
+            (true, None),
+            "before the first sync"
+        );
+        health.set_node_eligible(true);
+        assert_eq!(health.healthz_at(now), (true, Some(true)));
+        health.set_node_eligible(false);
+        assert_eq!(health.healthz_at(now), (false, Some(false)));
+        assert!(health.healthy_at(now), "/livez ignores the node");
+        assert!(
+            health
+                .report(false, Some(false))
+                .contains("\"nodeEligible\":false")
+        );
+        assert!(!health.report(true, None).contains("nodeEligible"));
     }
 }

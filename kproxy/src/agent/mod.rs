@@ -355,6 +355,8 @@ impl Agent {
         if self.node_applied.as_ref() != Some(self.cluster.node()) {
             self.apply_node();
         }
+        // Without a Node object (manifests that define none) the node is not leaving.
+        self.health.set_node_eligible(!self.cluster.node().leaving);
         if report.changed() || self.node_applied.is_none() {
             self.write_nodeport_list();
         }

@@ -14,7 +14,7 @@ pub mod topology;
 pub use cluster::{Change, ClusterState, ObjectKey, object_key};
 pub use health::ServiceHealth;
 pub use local_traffic::LocalDetection;
-pub use node::{LABEL_ZONE, NodeInfo};
+pub use node::{LABEL_ZONE, NodeInfo, TAINT_TO_BE_DELETED};
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 

@@ -12,6 +12,9 @@ use super::addr::{parse_cidr_sloppy, parse_ip_sloppy};
 
 /// The label kube-proxy reads the node's zone from.
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// The taint the Cluster Autoscaler puts on a node it is about to delete; kube-proxy's
+/// `/healthz` fails on such a node (pkg/proxy/healthcheck/proxy_health.go).
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -22,6 +25,10 @@ pub struct NodeInfo {
     pub addresses: Vec<IpAddr>,
     /// `spec.podCIDRs` (or `spec.podCIDR` when that list is empty), in order.
     pub pod_cidrs: Vec<IpNet>,
+    /// The node is going away: being deleted (`deletionTimestamp`) or tainted
+    /// [`TAINT_TO_BE_DELETED`]. kube-proxy's `/healthz` then answers 503 ("not eligible"),
+    /// so load balancers drain the node before it goes.
+    pub leaving: bool,
 }
 
 impl NodeInfo {
@@ -55,9 +62,15 @@ impl NodeInfo {
                 .into_iter()
                 .collect::<Vec<&str>>(),
         };
+        let tainted = spec
+            .and_then(|s| s.taints.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key == TAINT_TO_BE_DELETED);
         Self {
             name: node.metadata.name.clone().unwrap_or_default(),
             labels: node.metadata.labels.clone().unwrap_or_default(),
+            leaving: tainted || node.metadata.deletion_timestamp.is_some(),
             addresses,
             pod_cidrs: pod_cidrs
                 .into_iter()
@@ -217,6 +230,48 @@ mod tests {
             let info = NodeInfo::from_node(&node_with(&[], Some(spec)));
             let got: Vec<String> = info.pod_cidrs.iter().map(ToString::to_string).collect();
             assert_eq!(got, *want, "{pod_cidr:?} {pod_cidrs:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_being_deleted_or_tainted_for_deletion_is_leaving() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        // (deletionTimestamp set, taint keys, leaving)
+        let cases: &[(bool, &[&str], bool)] = &[
+            (false, &[], false),
+            (false, &["node.kubernetes.io/unschedulable"], false),
+            (
+                false,
+                &["node.kubernetes.io/unschedulable", TAINT_TO_BE_DELETED],
+                true,
+            ),
+            (true, &[], true),
+            (true, &[TAINT_TO_BE_DELETED], true),
+        ];
+        for (deleting, taints, leaving) in cases {
+            let spec = NodeSpec {
+                taints: Some(
+                    taints
+                        .iter()
+                        .map(|key| k8s_openapi::api::core::v1::Taint {
+                            key: (*key).to_owned(),
+                            effect: "NoSchedule".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..NodeSpec::default()
+            };
+            let mut node = node_with(&[], Some(spec));
+            if *deleting {
+                node.metadata.deletion_timestamp =
+                    Some(Time(k8s_openapi::chrono::DateTime::UNIX_EPOCH));
+            }
+            assert_eq!(
+                NodeInfo::from_node(&node).leaving,
+                *leaving,
+                "deleting {deleting}, taints {taints:?}"
+            );
         }
     }
 }

@@ -83,14 +83,23 @@ pub fn trim_slice(slice: &mut EndpointSlice) {
 
 pub fn trim_node(node: &mut Node) {
     trim_meta(&mut node.metadata, None);
-    // Of the spec only the pod CIDRs (local-traffic detection by NodeCIDR) are read, of the
-    // status only the addresses.
+    // Of the spec only the pod CIDRs (local-traffic detection by NodeCIDR) and the
+    // autoscaler's to-be-deleted taint (health) are read, of the status only the addresses.
     node.spec = node
         .spec
         .take()
         .map(|spec| k8s_openapi::api::core::v1::NodeSpec {
             pod_cidr: spec.pod_cidr,
             pod_cidrs: spec.pod_cidrs,
+            taints: spec
+                .taints
+                .map(|taints| -> Vec<_> {
+                    taints
+                        .into_iter()
+                        .filter(|t| t.key == crate::model::TAINT_TO_BE_DELETED)
+                        .collect()
+                })
+                .filter(|kept| !kept.is_empty()),
             ..Default::default()
         });
     if let Some(status) = node.status.as_mut() {
@@ -191,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn nodes_keep_name_labels_addresses_and_pod_cidrs() {
+    fn nodes_keep_name_labels_addresses_pod_cidrs_and_the_to_be_deleted_taint() {
         let mut node = Node {
             metadata: ObjectMeta {
                 labels: Some(BTreeMap::from([("zone".into(), "a".into())])),
@@ -201,7 +210,18 @@ mod tests {
                 pod_cidr: Some("10.244.1.0/24".into()),
                 pod_cidrs: Some(vec!["10.244.1.0/24".into()]),
                 provider_id: Some("cloud://node-a".into()),
-                taints: Some(Vec::new()),
+                taints: Some(
+                    [
+                        "node.kubernetes.io/unschedulable",
+                        crate::model::TAINT_TO_BE_DELETED,
+                    ]
+                    .map(|key| k8s_openapi::api::core::v1::Taint {
+                        key: key.into(),
+                        effect: "NoSchedule".into(),
+                        ..Default::default()
+                    })
+                    .into(),
+                ),
                 ..Default::default()
             }),
             status: Some(NodeStatus {
@@ -217,7 +237,14 @@ mod tests {
         let spec = node.spec.expect("pod CIDRs kept");
         assert_eq!(spec.pod_cidr.as_deref(), Some("10.244.1.0/24"));
         assert_eq!(spec.pod_cidrs, Some(vec!["10.244.1.0/24".to_owned()]));
-        assert_eq!((spec.provider_id, spec.taints), (None, None));
+        assert_eq!(spec.provider_id, None);
+        let taints: Vec<String> = spec
+            .taints
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        assert_eq!(taints, [crate::model::TAINT_TO_BE_DELETED]);
         let status = node.status.expect("status");
         assert_eq!(status.phase, None);
         assert_eq!(status.addresses.map(|a| a.len()), Some(1));

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use kproxy_testbed::{TopologyOptions, kubernetes::ControlPlane};
+use kproxy_testbed::{
+    TopologyOptions,
+    kubernetes::{ControlPlane, objects::running_status},
+};
 use serde_json::{Value, json};
 
 use super::agent::{Agent, Bed, TCP_PORT, wait_until};
@@ -42,11 +45,7 @@ impl ClusterBed {
             .apply_yaml(DEPLOY_MANIFEST, &["DaemonSet"])
             .unwrap_or_else(|e| panic!("applying deploy/kproxy.yaml: {e:#}"));
         plane
-            .apply(&json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": ZONE}},
-            }))
+            .apply(&node(NODE, ZONE, &json!({})))
             .expect("registering the node");
         let kubeconfig = plane
             .token_kubeconfig(
@@ -96,6 +95,21 @@ impl ClusterBed {
         )
     }
 
+    /// Deletes pod `name`: `force` as a kubelet does once its containers stopped, otherwise
+    /// the pod stays terminating for its grace period.
+    pub fn delete_pod(&self, name: &str, force: bool) {
+        self.plane
+            .delete("v1", "Pod", Some("default"), name, force.then_some(0))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Sets pod `name` Running at `ip`, Ready or not (the kubelet's readiness probe).
+    pub fn set_ready(&self, name: &str, ip: Ipv4Addr, ready: bool) {
+        self.plane
+            .set_pod_status("default", name, running_status(IpAddr::V4(ip), ready))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
     /// The backends' who-am-I servers as a frontend's backends.
     pub fn at(addrs: &[Ipv4Addr]) -> Vec<SocketAddrV4> {
         addrs
@@ -129,4 +143,27 @@ pub fn service(name: &str, selector: &Value, spec: &Value) -> Value {
         base.extend(extra.clone());
     }
     svc
+}
+
+/// A Node `name` in `zone`; `extra` (spec, finalizers...) merged into the object.
+pub fn node(name: &str, zone: &str, extra: &Value) -> Value {
+    let mut node = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+    });
+    if let (Some(base), Some(extra)) = (node.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            match (
+                base.get_mut(k).and_then(Value::as_object_mut),
+                v.as_object(),
+            ) {
+                (Some(inner), Some(more)) => inner.extend(more.clone()),
+                _ => {
+                    base.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    node
 }

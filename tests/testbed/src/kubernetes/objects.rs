@@ -76,6 +76,24 @@ impl ControlPlane {
         .with_context(|| format!("applying {what}"))
     }
 
+    /// Applies `object`'s status through the status subresource (a controller's job: the
+    /// kubelet's for pods, a cloud controller's for load balancers).
+    pub fn apply_status(&self, object: &Value) -> Result<()> {
+        let (api, name) = self.dynamic_api(object)?;
+        let what = describe(object);
+        let object = object.clone();
+        self.run(async move {
+            api.patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await
+            .map(drop)
+        })
+        .with_context(|| format!("applying the status of {what}"))
+    }
+
     /// Applies every document of a YAML file whose kind is not in `skip_kinds`.
     pub fn apply_yaml(&self, yaml: &str, skip_kinds: &[&str]) -> Result<Vec<String>> {
         let mut applied = Vec::new();
