@@ -8,6 +8,7 @@ mod support;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -238,4 +239,178 @@ fn a_service_changes_type_and_its_frontends_follow() {
         f == [format!("{vip}:80/TCP")]
     });
     served_by(&cluster, vip, &b);
+}
+
+/// Raises the flag when dropped, also while unwinding.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// kproxy's user as the API server sees it.
+const KPROXY_USER: &str = "system:serviceaccount:kube-system:kproxy";
+
+/// `(verb, resource)` of kproxy's audited requests received at or after `since` (RFC 3339).
+fn kproxy_requests(cluster: &ClusterBed, since: &str) -> Vec<(String, String)> {
+    cluster
+        .plane
+        .audit_events(KPROXY_USER)
+        .expect("audit log")
+        .iter()
+        .filter(|e| e["requestReceivedTimestamp"].as_str() >= Some(since))
+        .map(|e| {
+            (
+                e["verb"].as_str().unwrap_or("").to_owned(),
+                e["objectRef"]["resource"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn rfc3339_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn map_operations(cluster: &ClusterBed) -> f64 {
+    let addr: SocketAddr = "127.0.0.1:10249".parse().expect("address");
+    let (_, metrics) = get(&cluster.topo.node, addr, "/metrics").expect("/metrics");
+    support::http::sample(&metrics, "kproxy_map_operations_total").expect("map operations")
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one outage, step by step")]
+fn the_api_server_restarts_and_etcd_compacts_while_traffic_flows() {
+    if !require_privileges("the_api_server_restarts_and_etcd_compacts_while_traffic_flows") {
+        return;
+    }
+    let cluster = ClusterBed::new(TopologyOptions::default());
+    let agent = cluster.start_agent(&[]);
+    let b = cluster.backends();
+    // Thirty services on three shared pods (a full reprogram would write well over a
+    // hundred entries), and a probe service whose change shows the watches resumed.
+    let web = json!({"app": "web"});
+    for i in 0..30 {
+        cluster.apply(&service(&format!("web-{i}"), &web, &json!({})));
+    }
+    for (i, addr) in b.iter().enumerate() {
+        cluster.ready_pod(&format!("web-{i}"), &web, *addr);
+    }
+    let probe = json!({"app": "probe"});
+    cluster.apply(&service("probe", &probe, &json!({})));
+    cluster.ready_pod("probe-0", &probe, b[0]);
+    let probe_frontend = format!("{}:80/TCP", cluster.cluster_ip("probe"));
+    follows(&cluster, &probe_frontend, &b[..1]);
+    // The EndpointSlice controller converges service by service: wait for all of them, so
+    // the outage below starts from a settled datapath.
+    for i in 0..30 {
+        let vip = cluster.cluster_ip(&format!("web-{i}"));
+        follows(&cluster, &format!("{vip}:80/TCP"), &b);
+    }
+    let vip = cluster.cluster_ip("web-0");
+
+    let stop = AtomicBool::new(false);
+    let (served, failed) = std::thread::scope(|scope| {
+        // A failing step below must still end the traffic thread, or the scope never ends.
+        let stop_traffic = StopOnDrop(&stop);
+        // Connections to a ClusterIP every 10 ms through the whole outage.
+        let client = &cluster.topo.client;
+        let traffic = scope.spawn(|| {
+            let (mut served, mut failed) = (0_u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match tcp_request(client, SocketAddrV4::new(vip, 80), Duration::from_secs(1)) {
+                    Ok(_) => served += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (served, failed)
+        });
+        let ops_before = map_operations(&cluster);
+        // Other writes move etcd's revision past the last event kproxy saw.
+        for i in 0..5 {
+            cluster.apply(&json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "unrelated", "namespace": "default"},
+                "data": {"n": i.to_string()},
+            }));
+        }
+        cluster
+            .plane
+            .stop_apiserver()
+            .expect("stopping the API server");
+        std::thread::sleep(Duration::from_secs(1));
+        // The history kproxy's watches would resume from is compacted away: they get
+        // `410 Gone` and must relist.
+        let compacted = cluster
+            .plane
+            .compact_etcd(&cluster.bed.topo.node)
+            .expect("compacting etcd");
+        eprintln!("etcd compacted at revision {compacted}");
+        let restarted = rfc3339_now();
+        let node = &cluster.bed.topo.node;
+        cluster
+            .plane
+            .start_apiserver(node)
+            .expect("restarting the API server");
+        let started = Instant::now();
+
+        // A change after the restart reaches the datapath (the watches are back), and the
+        // relist wrote only that change, not everything again.
+        cluster.ready_pod("probe-1", &probe, b[1]);
+        cluster.wait_for_backends(
+            &probe_frontend,
+            &ClusterBed::at(&b[..2]),
+            Duration::from_mins(1),
+        );
+        eprintln!("watching again {:?} after the restart", started.elapsed());
+        // Services and the Node last changed before the ConfigMap writes: their resource
+        // versions are compacted away, the API server answers `410 Gone` and kproxy lists
+        // them again. (The EndpointSlice watch usually resumes: the stopping API server
+        // rewrote the `kubernetes` slice, moving that watch past the compaction.)
+        wait_until(
+            "services and the node relisted",
+            Duration::from_mins(1),
+            || {
+                let log = agent.log_text();
+                ["services", "nodes"]
+                    .iter()
+                    .all(|r| log.contains(&format!("watch recovered resource=\"{r}\"")))
+                    .then_some(())
+            },
+        );
+        let requests = kproxy_requests(&cluster, &restarted);
+        for resource in ["services", "nodes"] {
+            assert!(
+                requests.contains(&("list".into(), resource.into())),
+                "kproxy relisted {resource} after the compaction: {requests:?}"
+            );
+        }
+        for resource in ["services", "endpointslices", "nodes"] {
+            assert!(
+                requests.contains(&("watch".into(), resource.into())),
+                "kproxy watches {resource} again: {requests:?}"
+            );
+        }
+        let ops = map_operations(&cluster) - ops_before;
+        assert!(
+            ops <= 10.0,
+            "the relists wrote {ops} map entries: only the probe's new backend changed"
+        );
+        drop(stop_traffic);
+        traffic.join().expect("traffic thread")
+    });
+    eprintln!(
+        "{served} connections served during the outage, {} failed",
+        failed.len()
+    );
+    assert!(served > 50, "traffic flowed: {served}");
+    assert!(failed.is_empty(), "connections failed: {failed:?}");
+    assert!(agent.log_text().contains(" ready"), "kproxy kept running");
 }

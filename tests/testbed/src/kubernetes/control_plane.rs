@@ -16,7 +16,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -44,6 +44,18 @@ pub const SERVICE_CIDR: &str = "198.19.0.0/16";
 /// The controllers a proxy's input depends on (kube-controller-manager's names).
 const CONTROLLERS: &str = "endpointslice-controller,endpointslice-mirroring-controller,\
                            namespace-controller,serviceaccount-controller";
+/// The proxies' requests (kproxy's service account, kube-proxy's user) are audited at the
+/// Metadata level: tests read which verbs on which resources they used, and the answers.
+const AUDIT_POLICY: &str = "audit-policy.yaml";
+const AUDIT_LOG: &str = "audit.log";
+const AUDIT_POLICY_TEXT: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: [\"system:serviceaccount:kube-system:kproxy\", \"system:kube-proxy\"]
+- level: None
+";
 /// A cold API server on two busy cores takes several seconds; a broken one never gets there.
 const START_TIMEOUT: Duration = Duration::from_mins(2);
 
@@ -53,7 +65,8 @@ pub struct ControlPlane {
     pki: Pki,
     advertise: Ipv4Addr,
     etcd: Option<LoggedProcess>,
-    apiserver: Option<LoggedProcess>,
+    /// Behind a lock so a test can restart it while other threads use the control plane.
+    apiserver: Mutex<Option<LoggedProcess>>,
     controller_manager: Option<LoggedProcess>,
     runtime: tokio::runtime::Runtime,
     client: Client,
@@ -70,6 +83,7 @@ impl ControlPlane {
             &[IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(advertise)],
         )?;
         let runtime = runtime_in(ns)?;
+        std::fs::write(dir.join(AUDIT_POLICY), AUDIT_POLICY_TEXT)?;
         for id in [pki::ADMIN, pki::CONTROLLER_MANAGER, pki::KUBE_PROXY] {
             write_cert_kubeconfig(&pki, &kubeconfig_path(dir, id), id)?;
         }
@@ -80,7 +94,7 @@ impl ControlPlane {
             pki,
             advertise,
             etcd: Some(etcd),
-            apiserver: None,
+            apiserver: Mutex::new(None),
             controller_manager: None,
             runtime,
             client,
@@ -162,7 +176,7 @@ impl ControlPlane {
     }
 
     /// Starts kube-apiserver and waits until it is ready (`/readyz`).
-    pub fn start_apiserver(&mut self, ns: &Netns) -> Result<()> {
+    pub fn start_apiserver(&self, ns: &Netns) -> Result<()> {
         let p = |file: &str| self.pki.path(file).display().to_string();
         let args = [
             format!("--etcd-servers=http://{ETCD_CLIENT}"),
@@ -180,24 +194,39 @@ impl ControlPlane {
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             format!("--cert-dir={}", self.dir.join("apiserver-certs").display()),
             "--profiling=false".into(),
+            format!(
+                "--audit-policy-file={}",
+                self.dir.join(AUDIT_POLICY).display()
+            ),
+            format!("--audit-log-path={}", self.dir.join(AUDIT_LOG).display()),
+            // A graceful stop closes the watches within 2 s (clients reconnect elsewhere)
+            // instead of waiting the full minute of the request timeout for them.
+            "--shutdown-watch-termination-grace-period=2s".into(),
+            "--shutdown-send-retry-after=true".into(),
         ];
         let log = self.dir.join("kube-apiserver.log");
         let process = LoggedProcess::spawn(ns, &program("kube-apiserver")?, &args, &[], &log)?;
-        self.apiserver = Some(process);
+        *self.apiserver() = Some(process);
         self.wait_ready()
     }
 
     /// Stops kube-apiserver (SIGTERM, as a rolling restart does); the rest keeps running.
-    pub fn stop_apiserver(&mut self) -> Result<()> {
+    pub fn stop_apiserver(&self) -> Result<()> {
         let process = self
-            .apiserver
+            .apiserver()
             .take()
             .context("the API server is not running")?;
         process.terminate(Duration::from_secs(30))?;
         Ok(())
     }
 
-    fn wait_ready(&mut self) -> Result<()> {
+    fn apiserver(&self) -> MutexGuard<'_, Option<LoggedProcess>> {
+        self.apiserver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
         let started = Instant::now();
         loop {
             let client = self.client();
@@ -208,7 +237,7 @@ impl ControlPlane {
             if ready.unwrap_or(false) {
                 return Ok(());
             }
-            if let Some(process) = self.apiserver.as_mut() {
+            if let Some(process) = self.apiserver().as_mut() {
                 process.check_running()?;
             }
             if started.elapsed() > START_TIMEOUT {
@@ -277,6 +306,17 @@ impl ControlPlane {
         Ok(revision)
     }
 
+    /// The audit events (`audit.k8s.io/v1` Event objects, Metadata level) of requests made
+    /// by `user` so far, in order; every API server run appends to the same log.
+    pub fn audit_events(&self, user: &str) -> Result<Vec<Value>> {
+        let text = std::fs::read_to_string(self.dir.join(AUDIT_LOG))?;
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|event| event["user"]["username"] == user)
+            .collect())
+    }
+
     /// The last lines of every log, for a failing test's output.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
@@ -303,7 +343,7 @@ impl Drop for ControlPlane {
         }
         // The controller manager and the API server before etcd, as a node shuts down.
         drop(self.controller_manager.take());
-        drop(self.apiserver.take());
+        drop(self.apiserver().take());
         drop(self.etcd.take());
     }
 }
