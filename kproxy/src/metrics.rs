@@ -31,6 +31,9 @@ pub struct Metrics {
     pub sync_duration_seconds: Histogram,
     /// From an EndpointSlice's last-change-trigger-time to the sync that programmed it.
     pub network_programming_duration_seconds: Histogram,
+    /// kproxy's own part of it: from the arrival of the first API event of a batch to the
+    /// datapath written (syncs that changed the datapath only).
+    pub event_to_datapath_seconds: Histogram,
     /// Failed list/watch calls by resource (each is retried with backoff).
     pub watch_errors_total: Family<ResourceLabel, Counter>,
     pub map_ops_total: Counter,
@@ -59,6 +62,9 @@ impl Metrics {
             network_programming_duration_seconds: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
                 60.0, 120.0, 300.0,
+            ]),
+            event_to_datapath_seconds: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
             ]),
             watch_errors_total: Family::default(),
             map_ops_total: Counter::default(),
@@ -90,6 +96,11 @@ impl Metrics {
             "network_programming_duration_seconds",
             "Time from an EndpointSlice change (its last-change-trigger-time) to the datapath",
             m.network_programming_duration_seconds.clone(),
+        );
+        registry.register(
+            "event_to_datapath_seconds",
+            "Time from an API event's arrival in kproxy to the datapath written",
+            m.event_to_datapath_seconds.clone(),
         );
         registry.register(
             "watch_errors",

@@ -130,6 +130,19 @@ fn a_deployment_scales_and_rolls_and_the_datapath_follows() {
         slowest < FOLLOW,
         "the datapath followed every step (slowest {slowest:?})"
     );
+
+    // The steps were measured twice: end to end from the controller's trigger time (the
+    // Ready condition's transition: deletions do not move it), and kproxy's own part from
+    // the event's arrival, which is a part of the whole.
+    let mean = |name: &str| {
+        let count = metric(&cluster, &format!("{name}_count"));
+        assert!(count >= 5.0, "{name}: {count} observations of 16 steps");
+        metric(&cluster, &format!("{name}_sum")) / count
+    };
+    let end_to_end = mean("kproxy_network_programming_duration_seconds");
+    let own = mean("kproxy_event_to_datapath_seconds");
+    eprintln!("network programming: {end_to_end:.4} s on average, kproxy's part {own:.4} s");
+    assert!(own <= end_to_end, "{own} s of {end_to_end} s");
 }
 
 #[test]
@@ -278,10 +291,15 @@ fn rfc3339_now() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn map_operations(cluster: &ClusterBed) -> f64 {
+/// One sample of kproxy's `/metrics`.
+fn metric(cluster: &ClusterBed, name: &str) -> f64 {
     let addr: SocketAddr = "127.0.0.1:10249".parse().expect("address");
     let (_, metrics) = get(&cluster.topo.node, addr, "/metrics").expect("/metrics");
-    support::http::sample(&metrics, "kproxy_map_operations_total").expect("map operations")
+    support::http::sample(&metrics, name).unwrap_or_else(|| panic!("{name} in {metrics}"))
+}
+
+fn map_operations(cluster: &ClusterBed) -> f64 {
+    metric(cluster, "kproxy_map_operations_total")
 }
 
 #[test]

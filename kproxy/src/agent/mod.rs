@@ -361,6 +361,7 @@ impl Agent {
             self.write_nodeport_list();
         }
         let elapsed = started.elapsed();
+        let since_event = seen.map(|s| s.elapsed());
         let (model, write) = (model_done - started, model_done.elapsed());
         self.health.programmed(input.synced());
 
@@ -403,6 +404,11 @@ impl Agent {
             .endpoints_programmed
             .set(gauge(self.programmed.backend_count()));
         if report.changed() {
+            if let Some(since_event) = since_event {
+                self.metrics
+                    .event_to_datapath_seconds
+                    .observe(since_event.as_secs_f64());
+            }
             let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
             tracing::info!(
                 added = report.added,
@@ -414,7 +420,7 @@ impl Agent {
                 elapsed_us = micros(elapsed),
                 model_us = micros(model),
                 write_us = micros(write),
-                since_event_us = seen.map(|s| micros(s.elapsed())),
+                since_event_us = since_event.map(micros),
                 "synced"
             );
         }

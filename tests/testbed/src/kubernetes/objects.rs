@@ -43,16 +43,20 @@ pub fn pod(namespace: &str, name: &str, labels: &Value, node: &str) -> Value {
     })
 }
 
-/// The status a kubelet reports for a running pod at `ip`, Ready or not.
+/// The status a kubelet reports for a running pod at `ip`, Ready or not, its conditions
+/// having changed now (the EndpointSlice controller takes the Ready condition's
+/// `lastTransitionTime`, whole seconds, as the slice's `last-change-trigger-time`).
 pub fn running_status(ip: IpAddr, ready: bool) -> Value {
+    use k8s_openapi::chrono::{SecondsFormat, Utc};
     let ready = if ready { "True" } else { "False" };
+    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
     json!({
         "phase": "Running",
         "podIP": ip.to_string(),
         "podIPs": [{"ip": ip.to_string()}],
         "conditions": [
-            {"type": "Ready", "status": ready},
-            {"type": "ContainersReady", "status": ready},
+            {"type": "Ready", "status": ready, "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
         ],
     })
 }
