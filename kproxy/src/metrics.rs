@@ -13,8 +13,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabel {
+pub struct WatchErrorLabels {
     pub resource: String,
+    /// `forbidden` (the role lacks a verb), `gone` (a watch start refused with 410, answered
+    /// with a relist) or `other`.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,8 +37,8 @@ pub struct Metrics {
     /// kproxy's own part of it: from the arrival of the first API event of a batch to the
     /// datapath written (syncs that changed the datapath only).
     pub event_to_datapath_seconds: Histogram,
-    /// Failed list/watch calls by resource (each is retried with backoff).
-    pub watch_errors_total: Family<ResourceLabel, Counter>,
+    /// Failed list/watch calls by resource and reason (each is retried with backoff).
+    pub watch_errors_total: Family<WatchErrorLabels, Counter>,
     pub map_ops_total: Counter,
     pub services_programmed: Gauge,
     pub endpoints_programmed: Gauge,
@@ -104,7 +107,7 @@ impl Metrics {
         );
         registry.register(
             "watch_errors",
-            "Failed Kubernetes API list/watch calls, by resource (retried with backoff)",
+            "Failed Kubernetes API list/watch calls, by resource and reason (retried with backoff)",
             m.watch_errors_total.clone(),
         );
         registry.register(

@@ -236,6 +236,40 @@ fn the_datapath_follows_the_api_through_events_relists_and_dropped_watches() {
     let reply = tcp_request(&bed.topo.client, SocketAddrV4::new(vip(10), 80), CONVERGE)
         .expect("a connection after the relist");
     assert!([b[0], b[2]].contains(reply.backend.ip()));
+
+    // The watches drop and their restart is refused with HTTP 410 (no ERROR event to
+    // relist on): kproxy must relist by itself, as client-go does, and converge.
+    // (A Service change first: the EndpointSlice watch's resourceVersion falls behind.)
+    api.apply(service("api", vip(11), &json!({})));
+    wait_until("api's frontend back", CONVERGE, || {
+        frontends(bed).contains(&frontend(11)).then_some(())
+    });
+    let lists_before = lists(api, "endpointslices");
+    api.expire_at_watch_start();
+    api.apply(slice("web-1", "web", TCP_PORT, &[Ep::ready(b[1])]));
+    bed.wait_for_backends(&frontend(10), &at(&b[1..2]), CONVERGE);
+    assert!(
+        lists(api, "endpointslices") > lists_before,
+        "relisted after a refused watch start"
+    );
+    let (_, metrics) = get(
+        &bed.topo.node,
+        "127.0.0.1:10249".parse().expect("addr"),
+        "/metrics",
+    )
+    .expect("/metrics");
+    let gone = sample(
+        &metrics,
+        r#"kproxy_watch_errors_total{resource="endpointslices",reason="gone"}"#,
+    );
+    assert!(gone.is_some_and(|n| n >= 1.0), "{metrics}");
+    assert!(
+        agent
+            .log_text()
+            .contains("the watch cannot resume (its history was compacted); relisting"),
+        "{}",
+        agent.log_text()
+    );
 }
 
 #[test]

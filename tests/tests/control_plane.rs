@@ -291,11 +291,11 @@ fn rfc3339_now() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// One sample of kproxy's `/metrics`.
+/// One sample of kproxy's `/metrics`, which must be there.
 fn metric(cluster: &ClusterBed, name: &str) -> f64 {
-    let addr: SocketAddr = "127.0.0.1:10249".parse().expect("address");
-    let (_, metrics) = get(&cluster.topo.node, addr, "/metrics").expect("/metrics");
-    support::http::sample(&metrics, name).unwrap_or_else(|| panic!("{name} in {metrics}"))
+    cluster
+        .metric(name)
+        .unwrap_or_else(|| panic!("{name} in kproxy's metrics"))
 }
 
 fn map_operations(cluster: &ClusterBed) -> f64 {

@@ -14,11 +14,11 @@ use anyhow::Result;
 use tokio::{sync::mpsc, time::Interval};
 
 use crate::{
-    metrics::{Metrics, ResourceLabel},
+    metrics::{Metrics, WatchErrorLabels},
     model::Change,
     problem::Problem,
     source::{
-        api::{self, ApiMessage, Resource},
+        api::{self, ApiMessage, Failure, Resource, WatchError},
         files::ManifestSource,
         watch,
     },
@@ -129,16 +129,13 @@ impl Input {
                         Err(e) => {
                             metrics
                                 .watch_errors_total
-                                .get_or_create(&ResourceLabel {
+                                .get_or_create(&WatchErrorLabels {
                                     resource: e.resource.name().into(),
+                                    reason: e.failure.reason().into(),
                                 })
                                 .inc();
                             if errors.get(&e.resource) != Some(&e.message) {
-                                tracing::warn!(
-                                    resource = e.resource.name(),
-                                    error = %e.message,
-                                    "list/watch failed; retrying with backoff"
-                                );
+                                report_watch_error(&e);
                                 errors.insert(e.resource, e.message);
                             }
                         }
@@ -173,5 +170,38 @@ impl Input {
             Self::Manifests { source, .. } => source.locate(problem),
             Self::Api { .. } => problem,
         }
+    }
+}
+
+/// Logs a failed list or watch (once per distinct message): a refused permission as an
+/// error that says what to grant, the rest as warnings, since they are retried and heal.
+fn report_watch_error(e: &WatchError) {
+    let resource = e.resource.name();
+    match e.failure {
+        Failure::Forbidden { verb } => {
+            let group = match e.resource.group() {
+                "" => "the core API group".to_owned(),
+                group => format!("API group {group}"),
+            };
+            tracing::error!(
+                resource,
+                verb,
+                error = %e.message,
+                "kproxy may not {verb} {resource} ({group}): its ClusterRole must grant \
+                 list and watch on services, nodes and discovery.k8s.io endpointslices, as \
+                 deploy/kproxy.yaml's does; retrying with backoff, and until it is allowed \
+                 changes to {resource} do not reach the datapath"
+            );
+        }
+        Failure::GoneAtWatchStart => tracing::warn!(
+            resource,
+            error = %e.message,
+            "the watch cannot resume (its history was compacted); relisting"
+        ),
+        Failure::Other => tracing::warn!(
+            resource,
+            error = %e.message,
+            "list/watch failed; retrying with backoff"
+        ),
     }
 }

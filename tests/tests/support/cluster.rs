@@ -110,6 +110,13 @@ impl ClusterBed {
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// One sample of kproxy's `/metrics` (`name` with its labels, as exposed), if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let addr = "127.0.0.1:10249".parse().expect("address");
+        let (_, metrics) = super::http::get(&self.topo.node, addr, "/metrics").expect("/metrics");
+        super::http::sample(&metrics, name)
+    }
+
     /// The backends' who-am-I servers as a frontend's backends.
     pub fn at(addrs: &[Ipv4Addr]) -> Vec<SocketAddrV4> {
         addrs

@@ -8,9 +8,13 @@
 //! `None`, and the one Node named like this node.
 
 mod decoded;
+mod failure;
 mod mirror;
 
-use std::path::Path;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -26,6 +30,7 @@ use kube::{
 use tokio::sync::mpsc;
 
 pub use decoded::Decoded;
+pub use failure::Failure;
 pub use mirror::{Mirror, Watched};
 
 use crate::{
@@ -49,6 +54,14 @@ impl Resource {
             Self::Services => "services",
             Self::EndpointSlices => "endpointslices",
             Self::Node => "nodes",
+        }
+    }
+
+    /// The resource's API group ("" is the core group).
+    pub const fn group(self) -> &'static str {
+        match self {
+            Self::Services | Self::Node => "",
+            Self::EndpointSlices => "discovery.k8s.io",
         }
     }
 }
@@ -86,6 +99,7 @@ pub struct ApiUpdate {
 pub struct WatchError {
     pub resource: Resource,
     pub message: String,
+    pub failure: Failure,
 }
 
 pub type ApiMessage = std::result::Result<ApiUpdate, WatchError>;
@@ -139,34 +153,100 @@ async fn watch<K: Watched>(
     config: watcher::Config,
     tx: mpsc::UnboundedSender<ApiMessage>,
 ) {
+    // One mirror across watcher restarts: a relist is diffed against what was known.
     let mut mirror = Mirror::<K>::default();
-    let events = watcher(api, config)
-        .default_backoff()
-        .modify(Decoded::<K>::strip);
-    futures::pin_mut!(events);
-    while let Some(event) = events.next().await {
-        let message = match event {
-            Ok(event) => {
-                let listed = matches!(event, watcher::Event::InitDone);
-                let changes = mirror.apply(&event);
-                let problems = mirror.take_problems();
-                if changes.is_empty() && !listed && problems.is_none() {
-                    continue;
+    let mut restarts = Restarts::default();
+    loop {
+        let events = watcher(api.clone(), config.clone())
+            .default_backoff()
+            .modify(Decoded::<K>::strip);
+        futures::pin_mut!(events);
+        let mut restart = false;
+        while let Some(event) = events.next().await {
+            let message = match event {
+                Ok(event) => {
+                    let listed = matches!(event, watcher::Event::InitDone);
+                    let changes = mirror.apply(&event);
+                    let problems = mirror.take_problems();
+                    if changes.is_empty() && !listed && problems.is_none() {
+                        continue;
+                    }
+                    Ok(ApiUpdate {
+                        resource,
+                        changes,
+                        listed,
+                        problems,
+                    })
                 }
-                Ok(ApiUpdate {
-                    resource,
-                    changes,
-                    listed,
-                    problems,
-                })
+                Err(e) => {
+                    let failure = Failure::of(&e);
+                    restart = failure == Failure::GoneAtWatchStart;
+                    Err(WatchError {
+                        resource,
+                        message: e.to_string(),
+                        failure,
+                    })
+                }
+            };
+            if tx.send(message).is_err() {
+                return;
             }
-            Err(e) => Err(WatchError {
-                resource,
-                message: e.to_string(),
-            }),
-        };
-        if tx.send(message).is_err() {
+            if restart {
+                break;
+            }
+        }
+        if !restart {
             return;
         }
+        tokio::time::sleep(restarts.next_delay(Instant::now())).await;
+    }
+}
+
+/// Paces watcher restarts (relists): the first at once, as client-go relists; a server that
+/// keeps refusing watch starts gets them ever more slowly, never a busy loop of lists.
+#[derive(Debug, Default)]
+struct Restarts {
+    last: Option<Instant>,
+    delay: Duration,
+}
+
+impl Restarts {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+    /// A restart this long after the previous one starts the pacing over.
+    const CALM: Duration = Duration::from_mins(1);
+
+    fn next_delay(&mut self, now: Instant) -> Duration {
+        let calm = self.last.is_none_or(|last| now - last >= Self::CALM);
+        self.delay = if calm {
+            Duration::ZERO
+        } else {
+            (self.delay * 2).clamp(Self::FIRST, Self::MAX)
+        };
+        self.last = Some(now + self.delay);
+        self.delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_are_immediate_when_rare_and_back_off_when_repeated() {
+        let mut restarts = Restarts::default();
+        let t0 = Instant::now();
+        let delays: Vec<Duration> = (0..9)
+            .map(|i| restarts.next_delay(t0 + Duration::from_millis(i)))
+            .collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            delays,
+            [0, 100, 200, 400, 800, 1600, 3200, 6400, 10_000].map(ms)
+        );
+        // After a calm minute, at once again.
+        let later = t0 + Duration::from_mins(3);
+        assert_eq!(restarts.next_delay(later), Duration::ZERO);
+        assert_eq!(restarts.next_delay(later), ms(100));
     }
 }

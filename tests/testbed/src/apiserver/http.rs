@@ -127,7 +127,14 @@ fn watch(app: &App, filter: WatchFilter, query: &Query) -> Response {
             }
         },
     };
-    let (id, rx) = store::lock(&app.store).start_watch(filter, start, query.bookmarks);
+    let mut store = store::lock(&app.store);
+    if let WatchStart::After(from) = start
+        && let Some(gone) = store.refused_watch_start(from)
+    {
+        return json_response(StatusCode::GONE, &gone);
+    }
+    let (id, rx) = store.start_watch(filter, start, query.bookmarks);
+    drop(store);
     let guard = id.map(|id| WatchGuard {
         store: Arc::clone(&app.store),
         id,

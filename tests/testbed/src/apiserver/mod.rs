@@ -2,6 +2,13 @@
 //! Nodes over plain HTTP/1.1 in the real JSON wire format, with a synchronous control API to
 //! change objects and to provoke bookmarks, expired histories, dropped watches and slow lists.
 //!
+//! Everything else is tested against the real control plane ([`crate::kubernetes`]). This
+//! stand-in is kept only for what the real API server cannot be made to do on demand: a list
+//! that hangs until released, a watch dropped at a chosen moment, and a watch start refused
+//! with HTTP 410 (the real server usually answers an expired resourceVersion with a 410
+//! ERROR event in a started watch; kube-runtime 2.0.1 relists after that, but retries a
+//! refused start with the same resourceVersion forever, where client-go relists).
+//!
 //! It serves from its own thread and tokio runtime, on a loopback socket made inside a test
 //! namespace; it never listens in the machine's root namespace.
 
@@ -155,6 +162,13 @@ impl FakeApiServer {
     /// Expired) and ends every open watch with a 410 ERROR event: clients must relist.
     pub fn expire(&self) {
         store::lock(&self.app.store).expire();
+    }
+
+    /// Forgets the event history up to now and cuts every open watch with no final event;
+    /// from now on, a watch that tries to resume from a forgotten resourceVersion is refused
+    /// with HTTP 410 before it starts (kube-runtime 2.0.1 retries such a start forever).
+    pub fn expire_at_watch_start(&self) {
+        store::lock(&self.app.store).expire_at_watch_start();
     }
 
     /// Cuts every open watch connection with no final event; clients re-watch from their

@@ -60,6 +60,9 @@ pub struct Store {
     resource_version: u64,
     /// Changes up to this resourceVersion are forgotten: a watch from an older one is expired.
     compacted: u64,
+    /// Watch starts from a compacted resourceVersion are refused with HTTP 410 rather than
+    /// answered with a 410 ERROR event.
+    gone_at_watch_start: bool,
     objects: BTreeMap<ObjectKey, Arc<Value>>,
     history: VecDeque<Arc<Change>>,
     watches: Vec<WatchSink>,
@@ -72,6 +75,7 @@ impl Store {
         Store {
             resource_version: first_resource_version,
             compacted: first_resource_version,
+            gone_at_watch_start: false,
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             watches: Vec::new(),
@@ -289,6 +293,21 @@ impl Store {
             let _ = watch.tx.send(Frame::Line(expired.clone()));
             let _ = watch.tx.send(Frame::End);
         }
+    }
+
+    /// Forgets the history up to now and cuts every open watch; from now on a watch start
+    /// from a forgotten resourceVersion is refused with HTTP 410.
+    pub fn expire_at_watch_start(&mut self) {
+        self.compacted = self.resource_version;
+        self.history.clear();
+        self.gone_at_watch_start = true;
+        self.drop_watches();
+    }
+
+    /// The `Status` to refuse a watch start from `from` with, if this store refuses it.
+    pub fn refused_watch_start(&self, from: u64) -> Option<Value> {
+        (self.gone_at_watch_start && from < self.compacted)
+            .then(|| status::expired(from, self.compacted))
     }
 
     /// Cuts every open watch connection without a final event.

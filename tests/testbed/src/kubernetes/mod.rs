@@ -6,6 +6,7 @@
 //! namespace, [`pki`] makes the certificates they need and [`objects`] the API objects tests
 //! create as a user would (there is no kubelet: tests mark pods Ready themselves).
 
+pub mod access;
 pub mod control_plane;
 pub mod objects;
 pub mod pki;

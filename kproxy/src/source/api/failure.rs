@@ -1,0 +1,107 @@
+//! What a failed list or watch means for the agent: most failures are retried as they are,
+//! but a refused permission needs an operator, and a watch that cannot resume needs a
+//! relist that kube-runtime does not do by itself.
+
+use kube::runtime::watcher;
+
+/// Why a list or watch failed, as far as the agent acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// HTTP 403: kproxy's service account may not `verb` the resource. Retried (right
+    /// after an API server starts, its authorizer briefly refuses everything), but only an
+    /// operator fixes a role that lacks the verb.
+    Forbidden { verb: &'static str },
+    /// HTTP 410 in answer to a watch request: the history it would resume from was
+    /// compacted. kube-runtime 2.0.1 retries the same resourceVersion forever; client-go
+    /// relists, and so must kproxy (it restarts the watcher).
+    GoneAtWatchStart,
+    /// Anything else (unreachable server, dropped stream, `410 Gone` as a watch event, which
+    /// kube-runtime answers with a relist itself): retried with backoff.
+    Other,
+}
+
+impl Failure {
+    pub fn of(error: &watcher::Error) -> Failure {
+        use watcher::Error as E;
+        let code = |e: &kube::Error| match e {
+            kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        };
+        match error {
+            E::InitialListFailed(e) if code(e) == Some(403) => Failure::Forbidden { verb: "list" },
+            E::WatchStartFailed(e) | E::WatchFailed(e) if code(e) == Some(403) => {
+                Failure::Forbidden { verb: "watch" }
+            }
+            E::WatchError(status) if status.code == 403 => Failure::Forbidden { verb: "watch" },
+            // kube-client hands a refused watch's HTTP status to the watcher as the stream's
+            // first item, so kube-runtime reports it as a failed stream, not a failed start.
+            E::WatchStartFailed(e) | E::WatchFailed(e) if code(e) == Some(410) => {
+                Failure::GoneAtWatchStart
+            }
+            _ => Failure::Other,
+        }
+    }
+
+    /// The metric label.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Failure::Forbidden { .. } => "forbidden",
+            Failure::GoneAtWatchStart => "gone",
+            Failure::Other => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::ErrorResponse;
+
+    use super::*;
+
+    fn status(code: u16) -> ErrorResponse {
+        ErrorResponse {
+            status: "Failure".into(),
+            message: String::new(),
+            reason: String::new(),
+            code,
+        }
+    }
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(status(code))
+    }
+
+    #[test]
+    fn failures_are_classified_by_request_and_status() {
+        use watcher::Error as E;
+        let cases = [
+            (
+                E::InitialListFailed(api(403)),
+                Failure::Forbidden { verb: "list" },
+            ),
+            (
+                E::WatchStartFailed(api(403)),
+                Failure::Forbidden { verb: "watch" },
+            ),
+            (
+                E::WatchFailed(api(403)),
+                Failure::Forbidden { verb: "watch" },
+            ),
+            (
+                E::WatchError(status(403)),
+                Failure::Forbidden { verb: "watch" },
+            ),
+            (E::WatchStartFailed(api(410)), Failure::GoneAtWatchStart),
+            (E::WatchFailed(api(410)), Failure::GoneAtWatchStart),
+            // kube-runtime relists after these itself.
+            (E::WatchError(status(410)), Failure::Other),
+            (E::InitialListFailed(api(410)), Failure::Other),
+            (E::InitialListFailed(api(500)), Failure::Other),
+            (E::WatchStartFailed(api(429)), Failure::Other),
+            (E::NoResourceVersion, Failure::Other),
+        ];
+        for (error, want) in cases {
+            assert_eq!(Failure::of(&error), want, "{error}");
+        }
+    }
+}
