@@ -128,6 +128,27 @@ impl ControlPlane {
         Ok(object.map(|o| serde_json::to_value(o).unwrap_or_default()))
     }
 
+    /// The objects `kind` of `api_version` in `namespace` (ignored for cluster-scoped kinds)
+    /// whose labels match `label_selector`.
+    pub fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        label_selector: &str,
+    ) -> Result<Vec<Value>> {
+        let (api, _) = self.dynamic_api(&reference(api_version, kind, Some(namespace), ""))?;
+        let params = kube::api::ListParams::default().labels(label_selector);
+        let list = self
+            .run(async move { api.list(&params).await })
+            .with_context(|| format!("listing {kind} {label_selector}"))?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .collect())
+    }
+
     /// Deletes an object; `grace_seconds` of `Some(0)` removes a pod at once (as a kubelet
     /// confirming it stopped), `None` leaves a pod terminating for its grace period.
     pub fn delete(
