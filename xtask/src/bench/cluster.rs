@@ -40,7 +40,8 @@ fn service_name(i: usize) -> String {
     format!("svc-{i:05}")
 }
 
-pub fn service(i: usize) -> Service {
+/// Service `i` with its ClusterIP at `ip`.
+pub fn service_at(i: usize, ip: Ipv4Addr) -> Service {
     Service {
         metadata: ObjectMeta {
             name: Some(service_name(i)),
@@ -49,8 +50,8 @@ pub fn service(i: usize) -> Service {
         },
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            cluster_ip: Some(vip(i).to_string()),
-            cluster_ips: Some(vec![vip(i).to_string()]),
+            cluster_ip: Some(ip.to_string()),
+            cluster_ips: Some(vec![ip.to_string()]),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: i32::from(SERVICE_PORT),
@@ -103,17 +104,26 @@ pub fn slice(i: usize, endpoints: &[SocketAddrV4]) -> EndpointSlice {
 pub struct Cluster {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
+    /// Service `i` has the VIP `vip(first_vip + i)`.
+    first_vip: usize,
 }
 
 impl Cluster {
     pub fn new(n: usize, backends: &[Ipv4Addr]) -> Self {
+        Self::with_first_vip(n, backends, 0)
+    }
+
+    /// The same services with VIPs from `vip(first_vip)` on: an API server keeps the first
+    /// addresses of the range for its own `kubernetes` Service and others.
+    pub fn with_first_vip(n: usize, backends: &[Ipv4Addr], first_vip: usize) -> Self {
         let endpoints: Vec<SocketAddrV4> = backends
             .iter()
             .map(|b| SocketAddrV4::new(*b, BACKEND_PORT))
             .collect();
         Self {
-            services: (0..n).map(service).collect(),
+            services: (0..n).map(|i| service_at(i, vip(first_vip + i))).collect(),
             slices: (0..n).map(|i| slice(i, &endpoints)).collect(),
+            first_vip,
         }
     }
 
@@ -121,13 +131,18 @@ impl Cluster {
         self.services.len()
     }
 
+    /// The frontend of service `i`.
+    pub fn frontend(&self, i: usize) -> SocketAddrV4 {
+        frontend(self.first_vip + i)
+    }
+
     /// The service the load goes to in the "last" placement: last in every rule list.
     pub fn target(&self) -> SocketAddrV4 {
-        frontend(self.len() - 1)
+        self.frontend(self.len() - 1)
     }
 
     pub fn all_frontends(&self) -> Vec<SocketAddrV4> {
-        (0..self.len()).map(frontend).collect()
+        (0..self.len()).map(|i| self.frontend(i)).collect()
     }
 
     /// Writes the objects as JSON `v1` Lists, `SERVICES_PER_FILE` services per file; the

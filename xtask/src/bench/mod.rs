@@ -1,20 +1,23 @@
-//! `cargo xtask bench`: kproxy against kube-proxy's iptables and nftables rules, every mode at
-//! every scale in one run, repetitions interleaved (A B A B …) so machine noise hits all modes
-//! alike: ClusterIP services, then external traffic (a NodePort with a remote backend, see
-//! [`external`]). Results go to `target/bench/` as JSON, markdown and a chart.
+//! `cargo xtask bench`: kproxy against kube-proxy, every mode at every scale in one run,
+//! repetitions interleaved (A B A B …) so machine noise hits all modes alike. The headline is
+//! [`real`]: the real kube-proxy (iptables and nftables modes) and kproxy reading a real API
+//! server. Then a smoke run against netfilter rules generated the way kube-proxy writes them
+//! ([`rules`], no API server), and external traffic (a NodePort with a remote backend, see
+//! [`external`]). Results go to `target/bench/` as JSON, markdown and charts.
 
 mod bed;
 mod cluster;
 mod external;
 mod load;
 mod modes;
+mod real;
 mod report;
 mod rules;
 mod server;
 mod targets;
 mod xdp;
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use kproxy_testbed::require_privileges;
@@ -25,6 +28,7 @@ use self::{
     external::ExtMode,
     load::{LoadConfig, Pick},
     modes::Mode,
+    real::RealMode,
     report::{AgentUsage, Cell, Placement, Programming, Report, Sample, Skipped},
 };
 use crate::{build_ebpf, cargo, deps, run_checked, target_dir};
@@ -39,7 +43,9 @@ pub struct Options {
     pub services: Option<Vec<usize>>,
     /// Modes to measure, comma separated (default: all of kproxy-tc, kproxy-xdp,
     /// iptables-legacy, iptables-nft, nftables, ipvs; the external section has no ipvs and
-    /// adds bare-xdp-forward). Each section measures the modes it knows.
+    /// adds bare-xdp-forward; the real section's are kproxy-tc, kproxy-xdp,
+    /// kube-proxy-iptables, kube-proxy-nftables, kube-proxy-ipvs). Each section measures
+    /// the modes it knows.
     #[arg(long, value_delimiter = ',')]
     pub modes: Option<Vec<String>>,
     /// Run only the external-traffic section (NodePort with a remote backend, UDP forwarding).
@@ -48,6 +54,15 @@ pub struct Options {
     /// Skip the external-traffic section.
     #[arg(long)]
     pub skip_external: bool,
+    /// Run only the real-kube-proxy section (no generated rules, no external traffic).
+    #[arg(long, conflicts_with_all = ["external_only", "skip_real"])]
+    pub real_only: bool,
+    /// Skip the real-kube-proxy section.
+    #[arg(long)]
+    pub skip_real: bool,
+    /// Skip the generated-rules smoke section (ClusterIP against generated netfilter rules).
+    #[arg(long)]
+    pub skip_generated: bool,
     /// UDP flows the external section's sender cycles through (default 256).
     #[arg(long)]
     pub udp_flows: Option<usize>,
@@ -78,6 +93,8 @@ struct Plan {
     modes: Vec<Mode>,
     /// None with --skip-external.
     external: Option<external::Plan>,
+    /// None with --skip-real.
+    real: Option<real::Plan>,
     repetitions: usize,
     duration: Duration,
     concurrency: usize,
@@ -86,20 +103,33 @@ struct Plan {
 
 impl Plan {
     fn from(opts: &Options) -> Result<Self> {
-        let (mut modes, ext_modes): (Vec<Mode>, Vec<ExtMode>) = match &opts.modes {
-            Some(names) => {
-                for n in names {
-                    if Mode::parse(n).is_none() && ExtMode::parse(n).is_none() {
-                        bail!("unknown mode {n:?}");
+        let (mut modes, ext_modes, real_modes): (Vec<Mode>, Vec<ExtMode>, Vec<RealMode>) =
+            match &opts.modes {
+                Some(names) => {
+                    for n in names {
+                        if Mode::parse(n).is_none()
+                            && ExtMode::parse(n).is_none()
+                            && RealMode::parse(n).is_none()
+                        {
+                            bail!("unknown mode {n:?}");
+                        }
                     }
+                    (
+                        names.iter().filter_map(|n| Mode::parse(n)).collect(),
+                        names.iter().filter_map(|n| ExtMode::parse(n)).collect(),
+                        names.iter().filter_map(|n| RealMode::parse(n)).collect(),
+                    )
                 }
-                (
-                    names.iter().filter_map(|n| Mode::parse(n)).collect(),
-                    names.iter().filter_map(|n| ExtMode::parse(n)).collect(),
-                )
-            }
-            None => (Mode::ALL.to_vec(), ExtMode::ALL.to_vec()),
-        };
+                // The quick run leaves kproxy's XDP variant to the full one (time).
+                None => (
+                    Mode::ALL.to_vec(),
+                    ExtMode::ALL.to_vec(),
+                    RealMode::ALL
+                        .into_iter()
+                        .filter(|m| !(opts.quick && *m == RealMode::KproxyXdp))
+                        .collect(),
+                ),
+            };
         let default_scales = if opts.quick {
             vec![10, 100]
         } else {
@@ -113,6 +143,9 @@ impl Plan {
             scales.clear();
             modes.clear();
         }
+        if opts.real_only || opts.skip_generated {
+            modes.clear();
+        }
         let seconds = opts.duration.unwrap_or(if opts.quick { 1.0 } else { 5.0 });
         let duration = Duration::from_secs_f64(seconds.max(0.2));
         let repetitions = opts
@@ -124,20 +157,26 @@ impl Plan {
         if !(1..=50_000).contains(&udp_flows) {
             bail!("--udp-flows must be between 1 and 50000");
         }
-        let external = (!opts.skip_external && !ext_modes.is_empty()).then(|| external::Plan {
-            modes: ext_modes,
-            repetitions,
-            duration,
-            warmup: warmup(duration),
-            concurrency,
-            udp_flows,
-            warm_neighbours: opts.warm_neighbours,
-        });
+        let real = (!opts.skip_real && !opts.external_only && !real_modes.is_empty())
+            .then(|| real::Plan::new(real_modes, opts.quick));
+        let external =
+            (!opts.skip_external && !opts.real_only && !ext_modes.is_empty()).then(|| {
+                external::Plan {
+                    modes: ext_modes,
+                    repetitions,
+                    duration,
+                    warmup: warmup(duration),
+                    concurrency,
+                    udp_flows,
+                    warm_neighbours: opts.warm_neighbours,
+                }
+            });
         Ok(Self {
             quick: opts.quick,
             scales,
             modes,
             external,
+            real,
             repetitions,
             duration,
             concurrency,
@@ -185,6 +224,7 @@ pub fn run(opts: &Options) -> Result<()> {
         agent: Vec::new(),
         xdp: None,
         external: None,
+        real: None,
         targets: Vec::new(),
         skipped: Vec::new(),
     };
@@ -205,8 +245,21 @@ pub fn run(opts: &Options) -> Result<()> {
         })
         .collect();
 
-    for &services in &plan.scales {
-        measure_scale(&plan, &modes, services, &agent, &mut report)?;
+    if let Some(real_plan) = &plan.real
+        && !plan.scales.is_empty()
+    {
+        report.real = Some(real::run(
+            &plan,
+            real_plan,
+            &agent,
+            CT_MAX,
+            &mut report.skipped,
+        )?);
+    }
+    if !modes.is_empty() {
+        for &services in &plan.scales {
+            measure_scale(&plan, &modes, services, &agent, &mut report)?;
+        }
     }
     if !plan.scales.is_empty() && modes.contains(&Mode::KproxyXdp) {
         report.xdp = Some(xdp::measure(
@@ -221,10 +274,13 @@ pub fn run(opts: &Options) -> Result<()> {
     let paths = report::write_all(&report, &plan.output)?;
     println!("{}", report::markdown(&report));
     println!(
-        "bench: wrote {}, {} and {}",
+        "bench: wrote {}, {} and {}{}",
         paths.json.display(),
         paths.markdown.display(),
-        paths.chart.display()
+        paths.chart.display(),
+        paths
+            .chart_real
+            .map_or(String::new(), |p| format!(" and {}", p.display()))
     );
     Ok(())
 }
@@ -281,9 +337,12 @@ fn measure_scale(
             programming(report, mode, services)
                 .full_sync_ms
                 .push(setup.full_sync_ms);
+            let frontends = cluster.all_frontends();
             for placement in [Placement::Last, Placement::Random] {
-                let sample = measure(plan, &bed, &cluster, placement)?;
-                cell(report, mode, services, placement).samples.push(sample);
+                let sample = measure(plan, &bed, cluster.target(), &frontends, placement)?;
+                cell_in(&mut report.cells, mode.name(), services, placement)
+                    .samples
+                    .push(sample);
             }
             if let Some(change) = running.change_one_endpoint(&bed, &cluster)? {
                 let p = programming(report, mode, services);
@@ -299,11 +358,18 @@ fn measure_scale(
     Ok(())
 }
 
-fn measure(plan: &Plan, bed: &BenchBed, cluster: &Cluster, placement: Placement) -> Result<Sample> {
+/// One load run from the client: to `last` only, or to a random one of `all` per connection.
+fn measure(
+    plan: &Plan,
+    bed: &BenchBed,
+    last: SocketAddrV4,
+    all: &[SocketAddrV4],
+    placement: Placement,
+) -> Result<Sample> {
     let mut cfg = match placement {
-        Placement::Last => LoadConfig::new(vec![cluster.target()]),
+        Placement::Last => LoadConfig::new(vec![last]),
         Placement::Random => {
-            let mut cfg = LoadConfig::new(cluster.all_frontends());
+            let mut cfg = LoadConfig::new(all.to_vec());
             cfg.pick = Pick::Random;
             cfg
         }
@@ -334,21 +400,26 @@ fn measure(plan: &Plan, bed: &BenchBed, cluster: &Cluster, placement: Placement)
     })
 }
 
-fn cell(report: &mut Report, mode: Mode, services: usize, placement: Placement) -> &mut Cell {
-    let at = report
-        .cells
+/// The cell of `mode` at `services` and `placement` in `cells`, added if missing.
+fn cell_in<'a>(
+    cells: &'a mut Vec<Cell>,
+    mode: &str,
+    services: usize,
+    placement: Placement,
+) -> &'a mut Cell {
+    let at = cells
         .iter()
-        .position(|c| c.mode == mode.name() && c.services == services && c.placement == placement);
+        .position(|c| c.mode == mode && c.services == services && c.placement == placement);
     let at = at.unwrap_or_else(|| {
-        report.cells.push(Cell {
-            mode: mode.name().into(),
+        cells.push(Cell {
+            mode: mode.into(),
             services,
             placement,
             samples: Vec::new(),
         });
-        report.cells.len() - 1
+        cells.len() - 1
     });
-    &mut report.cells[at]
+    &mut cells[at]
 }
 
 fn programming(report: &mut Report, mode: Mode, services: usize) -> &mut Programming {

@@ -155,13 +155,24 @@ fn start_kproxy(
     ct_max: u32,
 ) -> Result<(Running, Setup)> {
     cluster.write_manifests(&bed.manifests())?;
-    let links = bed.topo.node_ifaces();
     let mut args: Vec<OsString> = vec!["run".into(), "--manifests".into(), bed.manifests().into()];
-    args.extend(["--node-name", "bench-node", "--pin-dir"].map(OsString::from));
+    args.extend(kproxy_node_args(bed, mode == Mode::KproxyXdp, ct_max));
+    let log = bed.dir.path().join("agent.log");
+    let (agent, full_sync_ms) = spawn_agent(&bed.topo.node, agent_bin, &args, &log)?;
+    Ok((Running::with_agent(agent), Setup { full_sync_ms }))
+}
+
+/// kproxy's arguments for the bench node: its name, pins, conntrack size and the links it
+/// attaches to. With `xdp`, XDP on the client-facing link (the "NIC") and TC on the backend
+/// links; otherwise TC everywhere.
+pub fn kproxy_node_args(bed: &BenchBed, xdp: bool, ct_max: u32) -> Vec<OsString> {
+    let links = bed.topo.node_ifaces();
+    let mut args: Vec<OsString> = ["--node-name", NODE_NAME, "--pin-dir"]
+        .map(OsString::from)
+        .to_vec();
     args.push(bed.pin_dir().into());
     args.extend(["--ct-max".into(), ct_max.to_string().into()]);
-    if mode == Mode::KproxyXdp {
-        // XDP on the client-facing link (the "NIC"); TC still handles the backend links.
+    if xdp {
         let backend_links: Vec<&str> = links
             .iter()
             .filter(|l| *l != bed.topo.client_iface())
@@ -176,9 +187,7 @@ fn start_kproxy(
     } else {
         args.extend(["--attach".into(), links.join(",").into()]);
     }
-    let log = bed.dir.path().join("agent.log");
-    let (agent, full_sync_ms) = spawn_agent(&bed.topo.node, agent_bin, &args, &log)?;
-    Ok((Running::with_agent(agent), Setup { full_sync_ms }))
+    args
 }
 
 /// Starts `kproxy args` in `ns`, logging to `log`, and waits until it has programmed its
@@ -190,15 +199,20 @@ pub fn spawn_agent(
     log: &Path,
 ) -> Result<(LoggedProcess, f64)> {
     let mut agent = LoggedProcess::spawn(ns, agent_bin, args, &[("NO_COLOR", "1")], log)?;
-    let synced = agent.wait_for(" synced ", Duration::from_mins(1))?;
+    let full_sync_ms = first_sync_ms(&mut agent, Duration::from_mins(1))?;
+    Ok((agent, full_sync_ms))
+}
+
+/// Waits until a started agent has programmed its first complete view and says it is ready;
+/// returns that first sync's duration (ms) as the agent logged it.
+pub fn first_sync_ms(agent: &mut LoggedProcess, timeout: Duration) -> Result<f64> {
+    let synced = agent.wait_for(" synced ", timeout)?;
     agent.wait_for(" ready", Duration::from_secs(30))?;
     let fields = synced
         .split_once("synced")
         .map_or(synced.as_str(), |(_, rest)| rest);
     eprintln!("bench:   agent first sync: {}", fields.trim());
-    let full_sync_ms =
-        log_field_us(&synced, "elapsed_us").context("the first sync's elapsed_us")? / 1e3;
-    Ok((agent, full_sync_ms))
+    Ok(log_field_us(&synced, "elapsed_us").context("the first sync's elapsed_us")? / 1e3)
 }
 
 /// A `key=123` field of a log line, as a float.
@@ -269,25 +283,8 @@ impl Running {
 
     /// The agent's peak resident memory (MiB) and CPU time (s) so far.
     pub fn agent_usage(&self) -> Option<(f64, f64)> {
-        let pid = self.agent.as_ref()?.pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let hwm_kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces) start at ") ".
-        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let per_second =
-            f64::from(u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?);
-        Some((hwm_kib / 1024.0, ticks / per_second))
+        let usage = ProcessUsage::of(self.agent.as_ref()?.pid()?)?;
+        Some((usage.peak_rss_mib, usage.cpu_seconds))
     }
 
     pub fn stop(mut self) -> Result<()> {
@@ -298,6 +295,47 @@ impl Running {
             }
         }
         Ok(())
+    }
+}
+
+/// The node's name in every bench bed.
+pub const NODE_NAME: &str = "bench-node";
+
+/// A process's resource use so far, from `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessUsage {
+    /// Peak resident memory (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+    /// User and system CPU time of the process itself, seconds.
+    pub cpu_seconds: f64,
+    /// CPU time of its children it has waited for (kube-proxy's iptables-restore, nft).
+    pub children_cpu_seconds: f64,
+}
+
+impl ProcessUsage {
+    pub fn of(pid: u32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let hwm_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start at ") ": utime, stime,
+        // cutime, cstime are the 14th to 17th fields of the line.
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        let ticks = |at: usize| fields.get(at)?.parse::<f64>().ok();
+        // SAFETY: sysconf has no preconditions.
+        let per_second =
+            f64::from(u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?);
+        Some(Self {
+            peak_rss_mib: hwm_kib / 1024.0,
+            cpu_seconds: (ticks(11)? + ticks(12)?) / per_second,
+            children_cpu_seconds: (ticks(13)? + ticks(14)?) / per_second,
+        })
     }
 }
 

@@ -14,6 +14,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::real::report::{self as real_report, Real};
+
 /// The mode the others are compared with: the kube-proxy default most clusters still run.
 pub const BASELINE_MODE: &str = "iptables-legacy";
 
@@ -257,6 +259,9 @@ pub struct Target {
     pub wanted: String,
     pub measured: String,
     pub pass: bool,
+    /// The run has no figure for it: reported as not measured, never as met.
+    #[serde(default)]
+    pub not_measured: bool,
 }
 
 /// A mode that could not run on this machine.
@@ -293,6 +298,10 @@ pub struct Report {
     /// Absent in reports from before the section existed.
     #[serde(default)]
     pub external: Option<External>,
+    /// kproxy against the real kube-proxy fed by a real API server (the headline); absent
+    /// in reports from before the section existed or with `--skip-real`.
+    #[serde(default)]
+    pub real: Option<Real>,
     pub targets: Vec<Target>,
     pub skipped: Vec<Skipped>,
 }
@@ -303,6 +312,8 @@ pub struct Paths {
     pub json: PathBuf,
     pub markdown: PathBuf,
     pub chart: PathBuf,
+    /// The real section's chart, when it ran.
+    pub chart_real: Option<PathBuf>,
 }
 
 /// Writes `results.json`, `results.md` and `chart.png` into `dir` (created if missing).
@@ -312,12 +323,28 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Paths> {
         json: dir.join("results.json"),
         markdown: dir.join("results.md"),
         chart: dir.join("chart.png"),
+        chart_real: report
+            .real
+            .as_ref()
+            .filter(|r| !r.cells.is_empty())
+            .map(|_| dir.join("chart-real.png")),
     };
     // The JSON goes first: it holds the raw data, so it survives a failing chart.
     let json = serde_json::to_string_pretty(report)? + "\n";
     write(&paths.json, &json)?;
     write(&paths.markdown, &markdown(report))?;
     chart(report, &paths.chart)?;
+    if let (Some(real), Some(path)) = (&report.real, &paths.chart_real) {
+        // The same panels, drawn from the real section's cells alone.
+        let projected = Report {
+            cells: real.cells.clone(),
+            programming: Vec::new(),
+            external: None,
+            real: None,
+            ..report.clone()
+        };
+        chart_titled(&projected, path, Some("real kube-proxy"))?;
+    }
     Ok(paths)
 }
 
@@ -333,6 +360,18 @@ fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
 pub fn markdown(report: &Report) -> String {
     let mut out = String::from("## Benchmark results\n\n");
     out += &machine_line(report);
+    let real_cells: Vec<&str> = report
+        .real
+        .iter()
+        .flat_map(|r| r.cells.iter().map(|c| c.mode.as_str()))
+        .collect();
+    out += &real_report::markdown(report.real.as_ref(), &first_seen(real_cells));
+    if report.real.is_some() && !report.cells.is_empty() {
+        out += "### Generated rules (smoke)\n\nThe tables below compare kproxy with netfilter \
+                rules the bench generates the way kube-proxy writes them (no kube-proxy \
+                process, no API server): a quick check of the datapaths alone. The real \
+                kube-proxy tables above are the benchmark's result.\n\n";
+    }
     out += &connections_section(report);
     out += &programming_section(report);
     out += &agent_section(report);
@@ -364,40 +403,50 @@ fn machine_line(report: &Report) -> String {
 }
 
 fn connections_section(report: &Report) -> String {
-    if report.cells.is_empty() && report.external.is_some() {
-        // A run of the external section alone.
+    if report.cells.is_empty() && (report.external.is_some() || report.real.is_some()) {
+        // A run of another section alone.
         return String::new();
     }
-    let mut out = String::from("### New connections\n\n");
+    let heading = if report.real.is_some() {
+        "### New connections (generated rules, smoke)\n\n"
+    } else {
+        "### New connections\n\n"
+    };
+    let mut out = String::from(heading);
     if report.cells.is_empty() {
         return out + "No connection measurements.\n\n";
     }
-    let _ = write!(
-        out,
+    out += &connections_table(&report.cells, BASELINE_MODE, &mode_order(report));
+    out
+}
+
+/// The new-connections table of `cells`, ratios against `baseline` at the same scale and
+/// placement, rows grouped by scale, placement, then `modes`' order.
+pub(super) fn connections_table(cells: &[Cell], baseline: &str, modes: &[&str]) -> String {
+    if cells.is_empty() {
+        return "No connection measurements.\n\n".into();
+    }
+    let mut out = format!(
         "New connections per second through a ClusterIP and connect+request latency (µs). \
          \"last\" targets the last service programmed (worst case for linear rule lists), \
-         \"random\" a random one. × {BASELINE_MODE}: ratio of medians at the same scale and \
+         \"random\" a random one. × {baseline}: ratio of medians at the same scale and \
          placement (conn/s: higher is better; p99: lower is better).\n\n\
-         | mode | services | placement | conn/s (min–max) | × {BASELINE_MODE} | p50 µs \
-         | p99 µs (min–max) | p99 × {BASELINE_MODE} | errors |\n\
+         | mode | services | placement | conn/s (min–max) | × {baseline} | p50 µs \
+         | p99 µs (min–max) | p99 × {baseline} | errors |\n\
          |---|---:|---|---:|---:|---:|---:|---:|---:|\n"
     );
-    for cell in sorted_cells(report) {
-        out += &connections_row(report, cell);
+    let mut sorted: Vec<&Cell> = cells.iter().collect();
+    sorted.sort_by_key(|c| (c.services, c.placement, mode_rank(modes, &c.mode)));
+    for cell in sorted {
+        let base = cells.iter().find(|c| {
+            c.mode == baseline && c.services == cell.services && c.placement == cell.placement
+        });
+        out += &connections_row(base, cell);
     }
     out + "\n"
 }
 
-/// Cells grouped so that rows to compare sit together: by scale, placement, then mode order.
-fn sorted_cells(report: &Report) -> Vec<&Cell> {
-    let modes = mode_order(report);
-    let mut cells: Vec<&Cell> = report.cells.iter().collect();
-    cells.sort_by_key(|c| (c.services, c.placement, mode_rank(&modes, &c.mode)));
-    cells
-}
-
-fn connections_row(report: &Report, cell: &Cell) -> String {
-    let baseline = baseline_cell(report, cell);
+fn connections_row(baseline: Option<&Cell>, cell: &Cell) -> String {
     let ratio = |field: fn(&Cell) -> Option<Stat>| {
         let base = baseline.and_then(field)?;
         Some(fmt_ratio(field(cell)?.median / base.median))
@@ -416,10 +465,15 @@ fn connections_row(report: &Report, cell: &Cell) -> String {
     )
 }
 
-fn baseline_cell<'a>(report: &'a Report, cell: &Cell) -> Option<&'a Cell> {
-    report.cells.iter().find(|c| {
-        c.mode == BASELINE_MODE && c.services == cell.services && c.placement == cell.placement
-    })
+/// Names in the order first seen, once each.
+fn first_seen(names: Vec<&str>) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for name in names {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 fn programming_section(report: &Report) -> String {
@@ -430,8 +484,13 @@ fn programming_section(report: &Report) -> String {
         .programming
         .iter()
         .any(|p| !p.agent_change_ms.is_empty());
+    let heading = if report.real.is_some() {
+        "Programming time (generated rules, smoke)"
+    } else {
+        "Programming time"
+    };
     let mut out = format!(
-        "### Programming time\n\nMilliseconds to program all services from nothing (full sync) \
+        "### {heading}\n\nMilliseconds to program all services from nothing (full sync) \
          and to replace one endpoint of the target service until the datapath has it (one change: file written to map updated; agent-side: from the file event the agent sees). × {BASELINE_MODE}: ratio \
          of one-change medians, lower is better.\n\n"
     );
@@ -707,8 +766,9 @@ fn targets_section(report: &Report) -> String {
         return String::new();
     }
     let met = report.targets.iter().filter(|t| t.pass).count();
+    let unmeasured = report.targets.iter().filter(|t| t.not_measured).count();
     let mut out = format!(
-        "### Targets\n\n{met} of {} targets met.\n\n| target | wanted | measured | result |\n\
+        "### Targets\n\n{met} of {} targets met ({unmeasured} not measured).\n\n| target | wanted | measured | result |\n\
          |---|---|---|---|\n",
         report.targets.len()
     );
@@ -719,7 +779,11 @@ fn targets_section(report: &Report) -> String {
             cell_text(&t.name),
             cell_text(&t.wanted),
             cell_text(&t.measured),
-            if t.pass { "PASS" } else { "**MISS**" }
+            match (t.not_measured, t.pass) {
+                (true, _) => "not measured",
+                (false, true) => "PASS",
+                (false, false) => "**MISS**",
+            }
         );
     }
     out + "\n"
@@ -767,11 +831,11 @@ fn cell_text(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
-fn opt(value: Option<String>) -> String {
+pub(super) fn opt(value: Option<String>) -> String {
     value.unwrap_or_else(|| "–".to_owned())
 }
 
-fn fmt_stat(stat: Stat, fmt: fn(f64) -> String) -> String {
+pub(super) fn fmt_stat(stat: Stat, fmt: fn(f64) -> String) -> String {
     format!("{} ({}–{})", fmt(stat.median), fmt(stat.min), fmt(stat.max))
 }
 
@@ -801,7 +865,7 @@ fn fmt_count(value: f64) -> String {
 }
 
 /// A measurement with about three significant digits, no more than the runs can support.
-fn fmt_num(value: f64) -> String {
+pub(super) fn fmt_num(value: f64) -> String {
     match value.abs() {
         v if v >= 100.0 => fmt_count(value),
         v if v >= 10.0 => format!("{value:.1}"),
@@ -885,6 +949,11 @@ const P99: Metric = Metric {
 /// frames when measured (medians, min–max whiskers). A run of that section alone
 /// draws only those.
 pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
+    chart_titled(report, path, None)
+}
+
+/// [`chart`] with `what` (if any) naming the ClusterIP panels' subject in the title.
+fn chart_titled(report: &Report, path: &Path, what: Option<&str>) -> anyhow::Result<()> {
     ensure_font()?;
     let external = report.external.as_ref().filter(|e| !e.cells.is_empty());
     let cluster_ip = !report.cells.is_empty() || external.is_none();
@@ -895,7 +964,7 @@ pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
     };
     let root = BitMapBackend::new(path, (CHART_SIZE.0, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(&chart_title(report, cluster_ip), (FONT, 22))?;
+    let root = root.titled(&chart_title(report, cluster_ip, what), (FONT, 22))?;
     let (top, bottom) = match (cluster_ip, external.is_some()) {
         (true, true) => {
             let at = root.dim_in_pixel().1.saturating_sub(EXTERNAL_HEIGHT);
@@ -1057,13 +1126,14 @@ fn ensure_font() -> anyhow::Result<()> {
         .map_err(|e| anyhow!(e))
 }
 
-fn chart_title(report: &Report, cluster_ip: bool) -> String {
+fn chart_title(report: &Report, cluster_ip: bool, subject: Option<&str>) -> String {
     let m = &report.machine;
     let quick = if report.quick { ", quick run" } else { "" };
-    let what = match (cluster_ip, report.external.is_some()) {
-        (true, true) => "ClusterIP services and external traffic",
-        (false, true) => "external traffic",
-        _ => "ClusterIP services",
+    let what = match (cluster_ip, report.external.is_some(), subject) {
+        (true, false, Some(subject)) => format!("ClusterIP services, {subject}"),
+        (true, true, _) => "ClusterIP services and external traffic".into(),
+        (false, true, _) => "external traffic".into(),
+        _ => "ClusterIP services".into(),
     };
     format!(
         "kproxy benchmark: {what} — {} CPUs, Linux {}, {}{quick}",
@@ -1327,18 +1397,21 @@ mod tests {
                 service: vec![],
             }),
             external: Some(fake_external()),
+            real: None,
             targets: vec![
                 Target {
                     name: "10k services conn/s".into(),
                     wanted: "≥ 2× iptables-legacy".into(),
                     measured: "11.00×".into(),
                     pass: true,
+                    not_measured: false,
                 },
                 Target {
                     name: "agent RSS".into(),
                     wanted: "< 10 MiB".into(),
                     measured: "31.5 MiB".into(),
                     pass: false,
+                    not_measured: false,
                 },
             ],
             skipped: vec![Skipped {

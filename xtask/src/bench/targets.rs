@@ -1,7 +1,8 @@
 //! The issue's performance targets, checked against a report: PASS or MISS, with the values.
 
+use super::real::report::{ProxyCell, Real};
 use super::report::{
-    EXTERNAL_CEILING, EXTERNAL_CONN_BASELINE, EXTERNAL_UDP_BASELINE, ExternalCell, Placement,
+    Cell, EXTERNAL_CEILING, EXTERNAL_CONN_BASELINE, EXTERNAL_UDP_BASELINE, ExternalCell, Placement,
     Report, Stat, Target,
 };
 
@@ -33,14 +34,186 @@ fn ratio_target(report: &Report, services: usize, other: &str, wanted: f64) -> O
         wanted: format!(">= {wanted:.2}x"),
         measured: format!("{ratio:.2}x ({ours:.0} vs {theirs:.0}/s)"),
         pass: ratio >= wanted,
+        not_measured: false,
     })
 }
 
-/// Every target the report has the data for.
+/// Every target the report has the data for; the real section's are listed even where it
+/// has no figure (as not measured).
 pub fn evaluate(report: &Report) -> Vec<Target> {
-    let mut targets = cluster_ip_targets(report);
+    let mut targets = report.real.as_ref().map(real_targets).unwrap_or_default();
+    let mut generated = cluster_ip_targets(report);
+    if report.real.is_some() {
+        for t in &mut generated {
+            t.name = format!("generated rules (smoke): {}", t.name);
+        }
+    }
+    targets.extend(generated);
     targets.extend(external_targets(report));
     targets
+}
+
+/// The scale the real section's targets are stated for.
+const REAL_SCALE: usize = 10_000;
+const IPTABLES: &str = "kube-proxy-iptables";
+const NFTABLES: &str = "kube-proxy-nftables";
+
+/// A target from its figure: `Some((text, met))`, or `None` when the run has none.
+fn judged(name: String, wanted: &str, figure: Option<(String, bool)>) -> Target {
+    let not_measured = figure.is_none();
+    let (measured, pass) = figure.unwrap_or_else(|| ("not measured".into(), false));
+    Target {
+        name,
+        wanted: wanted.into(),
+        measured,
+        pass,
+        not_measured,
+    }
+}
+
+/// The real section's figures at one scale.
+struct Figures<'a> {
+    real: &'a Real,
+    at: usize,
+}
+
+impl Figures<'_> {
+    /// The median of `field` of `mode`'s "last" cell at `services`.
+    fn median(&self, mode: &str, services: usize, field: fn(&Cell) -> Option<Stat>) -> Option<f64> {
+        let cell =
+            self.real.cells.iter().find(|c| {
+                c.mode == mode && c.services == services && c.placement == Placement::Last
+            })?;
+        Some(field(cell)?.median)
+    }
+
+    /// The median over repetitions of `field` of `mode` at the scale.
+    fn stat(&self, mode: &str, field: fn(&ProxyCell) -> &Vec<f64>) -> Option<f64> {
+        let proxy = self
+            .real
+            .proxies
+            .iter()
+            .find(|p| p.mode == mode && p.services == self.at)?;
+        Some(Stat::of(field(proxy))?.median)
+    }
+
+    /// kube-proxy's figures, to show beside kproxy's.
+    fn beside(&self, field: fn(&ProxyCell) -> &Vec<f64>, unit: &str) -> String {
+        [IPTABLES, NFTABLES]
+            .iter()
+            .map(|m| {
+                self.stat(m, field)
+                    .map_or(format!("{m}: -"), |v| format!("{m}: {v:.1}{unit}"))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn rate_ratio(&self, other: &str, wanted: f64) -> Option<(String, bool)> {
+        let ours = self.median(KPROXY, self.at, Cell::rate)?;
+        let theirs = self.median(other, self.at, Cell::rate)?;
+        let ratio = ours / theirs;
+        Some((
+            format!("{ratio:.2}x ({ours:.0} vs {theirs:.0}/s)"),
+            ratio >= wanted,
+        ))
+    }
+
+    fn p99_growth(&self, small: usize) -> Option<(String, bool)> {
+        if small == self.at {
+            return None;
+        }
+        let large = self.median(KPROXY, self.at, Cell::p99)?;
+        let base = self.median(KPROXY, small, Cell::p99)?;
+        Some((
+            format!("{:.2}x ({large:.0} vs {base:.0} us)", large / base),
+            large <= 1.1 * base,
+        ))
+    }
+
+    fn at_most(&self, field: fn(&ProxyCell) -> &Vec<f64>, limit_ms: f64) -> Option<(String, bool)> {
+        let ours = self.stat(KPROXY, field)?;
+        Some((
+            format!("{ours:.1} ms ({})", self.beside(field, " ms")),
+            ours <= limit_ms,
+        ))
+    }
+
+    /// kproxy's peak RSS against the smaller of kube-proxy's.
+    fn rss(&self) -> Option<(String, bool)> {
+        let ours = self.stat(KPROXY, |p| &p.peak_rss_mib)?;
+        let theirs = [IPTABLES, NFTABLES]
+            .iter()
+            .filter_map(|m| self.stat(m, |p| &p.peak_rss_mib))
+            .reduce(f64::min)?;
+        Some((
+            format!(
+                "{:.2}x of the smaller ({ours:.1} MiB; {})",
+                ours / theirs,
+                self.beside(|p| &p.peak_rss_mib, " MiB")
+            ),
+            ours <= 0.25 * theirs,
+        ))
+    }
+}
+
+/// The issue's targets against the real kube-proxy, at 10,000 services (or, in a run
+/// without that scale, the largest one measured, which the name says).
+fn real_targets(real: &Real) -> Vec<Target> {
+    let scales: Vec<usize> = real.scales.iter().map(|s| s.services).collect();
+    let at = if scales.contains(&REAL_SCALE) {
+        REAL_SCALE
+    } else {
+        scales.iter().copied().max().unwrap_or(REAL_SCALE)
+    };
+    let small = scales.iter().copied().min().unwrap_or(at);
+    let scale = if at == REAL_SCALE {
+        format!("{at} services")
+    } else {
+        format!("{at} services (stated for {REAL_SCALE}, not measured there)")
+    };
+    let f = Figures { real, at };
+    vec![
+        judged(
+            format!("real: {scale}, target last: kproxy vs {IPTABLES} (new connections/s)"),
+            ">= 3.00x",
+            f.rate_ratio(IPTABLES, 3.0),
+        ),
+        judged(
+            format!("real: {scale}, target last: kproxy vs {NFTABLES} (new connections/s)"),
+            ">= 1.00x",
+            f.rate_ratio(NFTABLES, 1.0),
+        ),
+        judged(
+            format!("real: kproxy p99 connect+request at {scale} vs at {small}"),
+            "<= 1.10x",
+            f.p99_growth(small),
+        ),
+        judged(
+            format!("real: network programming latency p99 under churn, end to end ({scale})"),
+            "<= 100 ms",
+            f.at_most(|p| &p.npl_p99_ms, 100.0),
+        ),
+        judged(
+            format!(
+                "real: network programming latency p99 under churn, the proxy's own part ({scale})"
+            ),
+            "<= 10 ms",
+            f.at_most(|p| &p.own_p99_ms, 10.0),
+        ),
+        judged(
+            format!(
+                "real: full programming from nothing, start to every service answering ({scale})"
+            ),
+            "<= 500 ms",
+            f.at_most(|p| &p.programmed_ms, 500.0),
+        ),
+        judged(
+            format!("real: kproxy peak RSS vs kube-proxy's ({scale})"),
+            "<= 0.25x",
+            f.rss(),
+        ),
+    ]
 }
 
 /// The ClusterIP section's targets. The issue states them for 10 and 10,000 services; a run
@@ -81,6 +254,7 @@ fn cluster_ip_targets(report: &Report) -> Vec<Target> {
                 at_large / at_small
             ),
             pass: at_large <= 1.2 * at_small,
+            not_measured: false,
         });
     }
     with_absolute_targets(report, large, targets)
@@ -99,6 +273,7 @@ fn with_absolute_targets(report: &Report, large: usize, mut targets: Vec<Target>
                 wanted: "<= 500 ms".into(),
                 measured: format!("{:.1} ms", full.median),
                 pass: full.median <= 500.0,
+                not_measured: false,
             });
         }
         if let Some(change) = Stat::of(&p.agent_change_ms) {
@@ -114,6 +289,7 @@ fn with_absolute_targets(report: &Report, large: usize, mut targets: Vec<Target>
                         .map_or("-".into(), |s| format!("{:.2} ms", s.median))
                 ),
                 pass: change.median <= 10.0,
+                not_measured: false,
             });
         }
     }
@@ -123,6 +299,7 @@ fn with_absolute_targets(report: &Report, large: usize, mut targets: Vec<Target>
             wanted: "<= 100 MiB".into(),
             measured: format!("{:.1} MiB", usage.peak_rss_mib),
             pass: usage.peak_rss_mib <= 100.0,
+            not_measured: false,
         });
     }
     if let Some(xdp) = &report.xdp
@@ -137,6 +314,7 @@ fn with_absolute_targets(report: &Report, large: usize, mut targets: Vec<Target>
                 kproxy.median, bare.median
             ),
             pass: ratio >= 0.9,
+            not_measured: false,
         });
     }
     targets
@@ -171,6 +349,7 @@ fn external_targets(report: &Report) -> Vec<Target> {
             wanted: format!(">= {wanted:.2}x"),
             measured: format!("{ratio:.2}x ({ours:.0} vs {theirs:.0}{unit})"),
             pass: ratio >= wanted,
+            not_measured: false,
         })
     };
     [
@@ -298,6 +477,7 @@ mod tests {
             agent: vec![],
             xdp: None,
             external: None,
+            real: None,
             targets: vec![],
             skipped: vec![],
         }

@@ -1,0 +1,331 @@
+//! The benchmark's headline: kproxy against the real kube-proxy (v1.37.2, iptables and
+//! nftables modes), both fed by a real API server holding the same objects.
+//!
+//! Per scale: one control plane ([`plane`]) and its objects ([`objects`]), created once;
+//! then, repetitions interleaved across modes (A B A B), a fresh bench bed linked to it, the
+//! proxy started in the bed's node namespace, and measured: full programming from nothing
+//! ([`probe::all_answer`]), new connections/s and latency (the generated section's load),
+//! network programming latency under churn ([`churn`]) and by an independent probe
+//! ([`probe::new_endpoint`]), and the proxy's memory and CPU over all of it.
+
+mod churn;
+mod metrics;
+mod objects;
+mod plane;
+mod probe;
+mod proxy;
+pub mod report;
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use kproxy_testbed::kubernetes;
+
+use self::{
+    plane::Plane,
+    proxy::Proxy,
+    report::{ProxyCell, Real, Scale},
+};
+use super::{
+    Plan as BenchPlan,
+    bed::BenchBed,
+    cell_in, measure,
+    modes::ProcessUsage,
+    report::{Placement, Skipped},
+};
+
+pub use proxy::Proxy as RealMode;
+
+/// Sampled Services besides the first and the last, probed for "every Service answers".
+const SAMPLE: usize = 62;
+
+/// The section's own settings.
+pub struct Plan {
+    pub modes: Vec<Proxy>,
+    pub churn_seconds: u32,
+    pub probe_rounds: usize,
+}
+
+impl Plan {
+    pub fn new(modes: Vec<Proxy>, quick: bool) -> Plan {
+        Plan {
+            modes,
+            churn_seconds: if quick { 3 } else { 15 },
+            probe_rounds: if quick { 2 } else { 5 },
+        }
+    }
+}
+
+/// Runs the section at every scale of `bench`; modes that cannot run here are listed in
+/// `skipped`.
+pub fn run(
+    bench: &BenchPlan,
+    plan: &Plan,
+    agent: &Path,
+    ct_max: u32,
+    skipped: &mut Vec<Skipped>,
+) -> Result<Real> {
+    kubernetes_ready()?;
+    let mut real = Real {
+        kubernetes_release: kubernetes::RELEASE.into(),
+        iptables_version: iptables_version(),
+        churn_seconds: plan.churn_seconds,
+        churn_period_ms: churn::PERIOD.as_secs_f64() * 1e3,
+        probe_rounds: plan.probe_rounds,
+        ..Real::default()
+    };
+    let modes: Vec<Proxy> = plan
+        .modes
+        .iter()
+        .copied()
+        .filter(|m| match m.unavailable() {
+            Some(reason) => {
+                eprintln!("bench: real section: skipping {}: {reason}", m.name());
+                skipped.push(Skipped {
+                    mode: m.name().into(),
+                    reason,
+                });
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if !modes.iter().any(|m| m.is_kproxy()) || !modes.iter().any(|m| !m.is_kproxy()) {
+        real.notes
+            .push("kproxy and kube-proxy did not both run: no comparison".into());
+    }
+    let logs = bench.output.join("real-logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    for &services in &bench.scales {
+        measure_scale(
+            bench, plan, &modes, services, agent, ct_max, &logs, &mut real,
+        )?;
+    }
+    if modes.iter().any(|m| m.is_kproxy())
+        && real
+            .proxies
+            .iter()
+            .filter(|p| p.mode.starts_with("kproxy"))
+            .all(|p| p.own_observations.is_empty())
+    {
+        real.notes.push(
+            "kproxy exposed no `kproxy_event_to_datapath_seconds`: its own part under churn \
+             is not measured"
+                .into(),
+        );
+    }
+    Ok(real)
+}
+
+/// The Kubernetes programs, built into the cache if missing (as `cargo xtask test` does),
+/// and the tools kube-proxy runs. (It deletes conntrack entries through netlink, not the
+/// `conntrack` tool, and fresh beds need no flushing, so that tool is not needed.)
+fn kubernetes_ready() -> Result<()> {
+    crate::deps::ensure(&[("iptables", "iptables"), ("nft", "nftables")])?;
+    crate::kubernetes::ensure().map(drop)
+}
+
+fn iptables_version() -> String {
+    std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map_or_else(
+            |e| format!("iptables --version failed: {e}"),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the run's settings, passed down once per scale"
+)]
+fn measure_scale(
+    bench: &BenchPlan,
+    plan: &Plan,
+    modes: &[Proxy],
+    services: usize,
+    agent: &Path,
+    ct_max: u32,
+    logs: &Path,
+    real: &mut Real,
+) -> Result<()> {
+    let dir = bench.output.join(format!("real-control-plane-{services}"));
+    // A previous run's data would be a different cluster.
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("bench: real section, {services} services: starting the control plane");
+    let plane = Plane::start(&dir)?;
+    let backends = BenchBed::backend_addresses();
+    let cluster =
+        super::cluster::Cluster::with_first_vip(services, &backends, objects::FIRST_BENCH_VIP);
+    let created = objects::create(&plane, &cluster, &backends)
+        .with_context(|| format!("creating {services} services through the API"))?;
+    eprintln!(
+        "bench:   {} objects created in {:.1} s",
+        services * 2,
+        created.as_secs_f64()
+    );
+    real.scales.push(Scale {
+        services,
+        create_s: created.as_secs_f64(),
+        objects: services * 2,
+    });
+    let frontends = cluster.all_frontends();
+    let mut targets = probe::sample(&frontends, SAMPLE);
+    targets.push(objects::CHURN.frontend());
+    for rep in 0..bench.repetitions {
+        for &mode in modes {
+            eprintln!(
+                "bench: real section, {services} services, {}, repetition {}/{}",
+                mode.name(),
+                rep + 1,
+                bench.repetitions
+            );
+            let log = logs.join(format!("{services}-{}-{rep}.log", mode.name()));
+            let run = Run {
+                bench,
+                plan,
+                plane: &plane,
+                agent,
+                ct_max,
+                targets: &targets,
+                frontends: &frontends,
+                log: &log,
+            };
+            run.measure(mode, services, real).map_err(|e| {
+                let mut context = format!(
+                    "{} at {services} services: the proxy's log ({}) ends with:\n{}\n",
+                    mode.name(),
+                    log.display(),
+                    tail(&log, 30)
+                );
+                let _ = write!(context, "{}", plane.log_tails(15));
+                e.context(context)
+            })?;
+        }
+    }
+    drop(plane);
+    // The logs stay; etcd's data (hundreds of MB at the largest scales) does not.
+    let _ = std::fs::remove_dir_all(dir.join("etcd"));
+    Ok(())
+}
+
+/// One mode's repetition at one scale.
+struct Run<'a> {
+    bench: &'a BenchPlan,
+    plan: &'a Plan,
+    plane: &'a Plane,
+    agent: &'a Path,
+    ct_max: u32,
+    targets: &'a [std::net::SocketAddrV4],
+    frontends: &'a [std::net::SocketAddrV4],
+    log: &'a PathBuf,
+}
+
+impl Run<'_> {
+    fn measure(&self, mode: Proxy, services: usize, real: &mut Real) -> Result<()> {
+        let bed = BenchBed::new()?;
+        self.plane.link(&bed)?;
+        reset_selector_pods(self.plane, &bed)?;
+        let _ = std::fs::remove_file(self.log);
+        let mut proxy = proxy::start(mode, &bed, self.plane, self.agent, self.ct_max, self.log)?;
+        // Generous: kube-proxy's iptables mode at tens of thousands of services takes long.
+        let timeout = Duration::from_mins(2) + Duration::from_millis(10) * count(services);
+        let programmed = probe::all_answer(&bed, &mut proxy, self.targets.to_vec(), timeout)?;
+        let first_sync = proxy.first_sync_ms(&bed)?;
+        eprintln!(
+            "bench:   every sampled service answers {:.0} ms after start (own first sync: {})",
+            programmed.as_secs_f64() * 1e3,
+            first_sync.map_or("-".into(), |ms| format!("{ms:.1} ms"))
+        );
+        let last = *self.frontends.last().context("no services")?;
+        for placement in [Placement::Last, Placement::Random] {
+            let sample = measure(self.bench, &bed, last, self.frontends, placement)?;
+            cell_in(&mut real.cells, mode.name(), services, placement)
+                .samples
+                .push(sample);
+        }
+        let window = churn::run(self.plane, &bed, &mut proxy, self.plan.churn_seconds)?;
+        let probes = probe::new_endpoint(self.plane, &bed, &mut proxy, self.plan.probe_rounds)?;
+        eprintln!(
+            "bench:   churn: {} flips, {} annotated; probe: {probes:.1?} ms",
+            window.flips, window.annotated
+        );
+        let usage = proxy.usage();
+        proxy.stop()?;
+
+        let cell = proxy_cell(real, mode, services);
+        cell.programmed_ms.push(programmed.as_secs_f64() * 1e3);
+        cell.first_sync_ms.extend(first_sync);
+        record_window(cell, &window);
+        cell.probe_ms.extend(probes);
+        if let Some(ProcessUsage {
+            peak_rss_mib,
+            cpu_seconds,
+            children_cpu_seconds,
+        }) = usage
+        {
+            cell.peak_rss_mib.push(peak_rss_mib);
+            cell.cpu_s.push(cpu_seconds);
+            cell.children_cpu_s.push(children_cpu_seconds);
+        }
+        Ok(())
+    }
+}
+
+/// The churn pod Ready on the first backend, the probe's pod not Ready: each run starts
+/// from the same cluster.
+fn reset_selector_pods(plane: &Plane, bed: &BenchBed) -> Result<()> {
+    let now = std::time::SystemTime::now();
+    let backends = bed.backends();
+    objects::CHURN.set_ready(plane, 0, backends[0], true, now)?;
+    let last = *backends.last().context("no backends")?;
+    objects::PROBE.set_ready(plane, 0, last, false, now)
+}
+
+fn record_window(cell: &mut ProxyCell, window: &churn::Window) {
+    let ms = |q: Option<metrics::Quantile>| q.map(|q| q.seconds * 1e3);
+    if let Some(h) = &window.end_to_end {
+        cell.npl_observations.push(h.count);
+        cell.npl_p50_ms.extend(ms(h.quantile(0.5)));
+        let p99 = h.quantile(0.99);
+        cell.npl_above |= p99.is_some_and(|q| q.above);
+        cell.npl_p99_ms.extend(ms(p99));
+    }
+    if let Some(h) = &window.own {
+        cell.own_observations.push(h.count);
+        cell.own_p50_ms.extend(ms(h.quantile(0.5)));
+        cell.own_p99_ms.extend(ms(h.quantile(0.99)));
+    }
+}
+
+fn proxy_cell(real: &mut Real, mode: Proxy, services: usize) -> &mut ProxyCell {
+    let at = real
+        .proxies
+        .iter()
+        .position(|p| p.mode == mode.name() && p.services == services);
+    let at = at.unwrap_or_else(|| {
+        real.proxies.push(ProxyCell {
+            mode: mode.name().into(),
+            services,
+            own_meaning: mode.histograms().own_meaning.into(),
+            ..ProxyCell::default()
+        });
+        real.proxies.len() - 1
+    });
+    &mut real.proxies[at]
+}
+
+/// The last `lines` of a log file.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,215 @@
+//! The proxies of the real section, each started in a fresh bed's node namespace and reading
+//! the same API server: kproxy (TC, or XDP on the client-facing link) with its own
+//! service account's token, as the DaemonSet runs it, and kube-proxy v1.37.2 in its iptables
+//! or nftables mode with the `system:kube-proxy` certificate, as kubeadm runs it, with
+//! nothing changed but what keeps it inside the bed (see [`kube_proxy_args`]).
+
+use std::{
+    ffi::OsString,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use kproxy_testbed::{LoggedProcess, kubernetes};
+
+use super::{
+    super::{
+        bed::BenchBed,
+        modes::{self, Mode, NODE_NAME, ProcessUsage},
+    },
+    metrics::{self, Histogram, METRICS_ADDR},
+    plane::Plane,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proxy {
+    KproxyTc,
+    KproxyXdp,
+    KubeProxyIptables,
+    KubeProxyNftables,
+    KubeProxyIpvs,
+}
+
+/// The histograms a proxy keeps of its programming: end to end (from the EndpointSlice's
+/// last-change-trigger-time) and its own part.
+pub struct Histograms {
+    pub end_to_end: &'static str,
+    pub own: &'static str,
+    /// What "own" means for this proxy, for the report.
+    pub own_meaning: &'static str,
+}
+
+const KPROXY_HISTOGRAMS: Histograms = Histograms {
+    end_to_end: "kproxy_network_programming_duration_seconds",
+    own: "kproxy_event_to_datapath_seconds",
+    own_meaning: "API event's arrival to the datapath written",
+};
+const KUBE_PROXY_HISTOGRAMS: Histograms = Histograms {
+    end_to_end: "kubeproxy_network_programming_duration_seconds",
+    own: "kubeproxy_sync_proxy_rules_duration_seconds",
+    own_meaning: "one sync of the rules (iptables-restore / nft run)",
+};
+/// kube-proxy's full syncs: the first one programs everything.
+const KUBE_PROXY_FULL_SYNC: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds";
+
+impl Proxy {
+    pub const ALL: [Proxy; 5] = [
+        Proxy::KproxyTc,
+        Proxy::KproxyXdp,
+        Proxy::KubeProxyIptables,
+        Proxy::KubeProxyNftables,
+        Proxy::KubeProxyIpvs,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Proxy::KproxyTc => "kproxy-tc",
+            Proxy::KproxyXdp => "kproxy-xdp",
+            Proxy::KubeProxyIptables => "kube-proxy-iptables",
+            Proxy::KubeProxyNftables => "kube-proxy-nftables",
+            Proxy::KubeProxyIpvs => "kube-proxy-ipvs",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Proxy> {
+        Proxy::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    pub fn is_kproxy(self) -> bool {
+        matches!(self, Proxy::KproxyTc | Proxy::KproxyXdp)
+    }
+
+    /// Why this proxy cannot run here, if it cannot.
+    pub fn unavailable(self) -> Option<String> {
+        match self {
+            Proxy::KubeProxyIpvs => Mode::Ipvs.unavailable(),
+            _ => None,
+        }
+    }
+
+    pub fn histograms(self) -> &'static Histograms {
+        if self.is_kproxy() {
+            &KPROXY_HISTOGRAMS
+        } else {
+            &KUBE_PROXY_HISTOGRAMS
+        }
+    }
+}
+
+/// A proxy running in a bed; dropping it kills the process.
+pub struct RunningProxy {
+    pub proxy: Proxy,
+    process: LoggedProcess,
+    /// Just before the process was started: where "full programming" is timed from.
+    pub started: Instant,
+}
+
+/// Starts `proxy` on `bed`'s node, logging to `log`; returns at once (the caller probes).
+pub fn start(
+    proxy: Proxy,
+    bed: &BenchBed,
+    plane: &Plane,
+    agent_bin: &Path,
+    ct_max: u32,
+    log: &Path,
+) -> Result<RunningProxy> {
+    let (program, args, env): (_, Vec<OsString>, &[(&str, &str)]) = match proxy {
+        Proxy::KproxyTc | Proxy::KproxyXdp => {
+            let mut args: Vec<OsString> = vec![
+                "run".into(),
+                "--kubeconfig".into(),
+                plane.kproxy_kubeconfig.clone().into(),
+            ];
+            args.extend(modes::kproxy_node_args(
+                bed,
+                proxy == Proxy::KproxyXdp,
+                ct_max,
+            ));
+            (agent_bin.to_path_buf(), args, &[("NO_COLOR", "1")])
+        }
+        Proxy::KubeProxyIptables | Proxy::KubeProxyNftables => (
+            kubernetes::program("kube-proxy")?,
+            kube_proxy_args(proxy, &plane.kube_proxy_kubeconfig),
+            &[],
+        ),
+        Proxy::KubeProxyIpvs => bail!("{}", proxy.unavailable().unwrap_or_default()),
+    };
+    let started = Instant::now();
+    let process = LoggedProcess::spawn(&bed.topo.node, &program, &args, env, log)?;
+    Ok(RunningProxy {
+        proxy,
+        process,
+        started,
+    })
+}
+
+/// kube-proxy as kubeadm configures it, except: conntrack sysctls left alone (a max of 0
+/// per core and timeouts of 0 mean "do not set"; `nf_conntrack_max` is global, not the
+/// bed's), metrics and healthz on the node's loopback, `--v=2` for its sync log lines, and
+/// no OOM score change of a process on a shared machine.
+fn kube_proxy_args(proxy: Proxy, kubeconfig: &Path) -> Vec<OsString> {
+    let mode = match proxy {
+        Proxy::KubeProxyNftables => "nftables",
+        _ => "iptables",
+    };
+    [
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--hostname-override={NODE_NAME}"),
+        format!("--proxy-mode={mode}"),
+        format!("--metrics-bind-address={METRICS_ADDR}"),
+        "--healthz-bind-address=127.0.0.1:10256".into(),
+        "--conntrack-max-per-core=0".into(),
+        "--conntrack-tcp-timeout-established=0".into(),
+        "--conntrack-tcp-timeout-close-wait=0".into(),
+        "--conntrack-udp-timeout=0".into(),
+        "--conntrack-udp-timeout-stream=0".into(),
+        "--oom-score-adj=0".into(),
+        "--v=2".into(),
+    ]
+    .map(OsString::from)
+    .to_vec()
+}
+
+impl RunningProxy {
+    /// Fails with the log's tail if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        self.process.check_running()
+    }
+
+    /// The proxy's own account of its first, complete programming (ms): kproxy's first
+    /// " synced " log line, kube-proxy's full-sync histogram (it has only the first full
+    /// sync for an hour; with more the mean is reported).
+    pub fn first_sync_ms(&mut self, bed: &BenchBed) -> Result<Option<f64>> {
+        if self.proxy.is_kproxy() {
+            return modes::first_sync_ms(&mut self.process, Duration::from_mins(1)).map(Some);
+        }
+        let text = metrics::scrape(&bed.topo.node)?;
+        Ok(Histogram::parse(&text, KUBE_PROXY_FULL_SYNC)
+            .filter(|h| h.count > 0.0)
+            .map(|h| h.sum / h.count * 1e3))
+    }
+
+    /// Both programming histograms now.
+    pub fn histograms(&self, bed: &BenchBed) -> Result<(Option<Histogram>, Option<Histogram>)> {
+        let text = metrics::scrape(&bed.topo.node)?;
+        let names = self.proxy.histograms();
+        Ok((
+            Histogram::parse(&text, names.end_to_end),
+            Histogram::parse(&text, names.own),
+        ))
+    }
+
+    pub fn usage(&self) -> Option<ProcessUsage> {
+        ProcessUsage::of(self.process.pid()?)
+    }
+
+    /// SIGTERM; kproxy must exit cleanly, kube-proxy's status is its own business.
+    pub fn stop(self) -> Result<()> {
+        let status = self.process.terminate(Duration::from_secs(10))?;
+        if self.proxy.is_kproxy() && !status.success() {
+            bail!("kproxy exited with {status}");
+        }
+        Ok(())
+    }
+}
