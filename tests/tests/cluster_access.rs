@@ -7,11 +7,15 @@ mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use kproxy_testbed::{TopologyOptions, kubernetes::access::Permission, require_privileges};
+use kproxy_testbed::{
+    TopologyOptions,
+    kubernetes::{access::Permission, kproxy_access::DEPLOY_MANIFEST},
+    require_privileges,
+};
 use serde_json::json;
 use support::{
     agent::wait_until,
-    cluster::{ClusterBed, DEPLOY_MANIFEST, service},
+    cluster::{ClusterBed, service},
 };
 
 const KPROXY_USER: &str = "system:serviceaccount:kube-system:kproxy";

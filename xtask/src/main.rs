@@ -30,8 +30,9 @@ enum Task {
     /// Build the real Kubernetes programs the tests and the benchmark run (kube-apiserver,
     /// kube-controller-manager, kube-proxy, kubectl, etcd) into the cache outside the clone.
     BuildKubernetes(kubernetes::Options),
-    /// Build everything and run a demo in network namespaces (needs root).
-    Demo,
+    /// Build everything and run a demo in network namespaces (needs root); `--cluster` with
+    /// a real Kubernetes control plane.
+    Demo(demo::Options),
     /// Fuzz the TC and XDP programs with generated packets for longer than `test` does
     /// (needs root).
     Fuzz(fuzz::Options),
@@ -44,7 +45,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf(opts) => build_ebpf::run(&opts).map(|_| ()),
         Task::Bench(opts) => bench::run(&opts),
         Task::BuildKubernetes(opts) => kubernetes::run(&opts),
-        Task::Demo => demo::run(),
+        Task::Demo(opts) => demo::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Test(opts) => test::run(&opts),
     }

@@ -11,14 +11,13 @@ use std::{
 
 use kproxy_testbed::{
     TopologyOptions,
-    kubernetes::{ControlPlane, objects::running_status},
+    kubernetes::{ControlPlane, kproxy_access, objects::running_status},
 };
 use serde_json::{Value, json};
 
 use super::agent::{Agent, Bed, TCP_PORT, wait_until};
 
-/// kproxy's manifest: the objects a cluster operator applies.
-pub const DEPLOY_MANIFEST: &str = include_str!("../../../deploy/kproxy.yaml");
+pub use kproxy_testbed::kubernetes::kproxy_access::node;
 /// The bed's only node; pods are bound to it.
 pub const NODE: &str = "node";
 pub const ZONE: &str = "zone-a";
@@ -40,20 +39,12 @@ impl ClusterBed {
             bed.topo.client_gateway(),
         )
         .unwrap_or_else(|e| panic!("starting the control plane: {e:#}"));
-        // No DaemonSet: there is no kubelet to run it; the test starts kproxy itself.
-        plane
-            .apply_yaml(DEPLOY_MANIFEST, &["DaemonSet"])
-            .unwrap_or_else(|e| panic!("applying deploy/kproxy.yaml: {e:#}"));
-        plane
-            .apply(&node(NODE, ZONE, &json!({})))
-            .expect("registering the node");
         let kubeconfig = plane
-            .token_kubeconfig(
-                "kube-system",
-                "kproxy",
+            .install_kproxy(
+                &node(NODE, ZONE, &json!({})),
                 &bed.dir.path().join("kproxy.kubeconfig"),
             )
-            .unwrap_or_else(|e| panic!("kproxy's token: {e:#}"));
+            .unwrap_or_else(|e| panic!("installing kproxy's access: {e:#}"));
         Self {
             bed,
             plane,
@@ -137,40 +128,5 @@ impl std::ops::Deref for ClusterBed {
 /// A selector Service `name` (ClusterIP allocated by the API server) on port 80 to the
 /// who-am-I servers' port; `spec` is merged in.
 pub fn service(name: &str, selector: &Value, spec: &Value) -> Value {
-    let mut svc = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP"}],
-        },
-    });
-    if let (Some(base), Some(extra)) = (svc["spec"].as_object_mut(), spec.as_object()) {
-        base.extend(extra.clone());
-    }
-    svc
-}
-
-/// A Node `name` in `zone`; `extra` (spec, finalizers...) merged into the object.
-pub fn node(name: &str, zone: &str, extra: &Value) -> Value {
-    let mut node = json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
-    });
-    if let (Some(base), Some(extra)) = (node.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            match (
-                base.get_mut(k).and_then(Value::as_object_mut),
-                v.as_object(),
-            ) {
-                (Some(inner), Some(more)) => inner.extend(more.clone()),
-                _ => {
-                    base.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-    node
+    kproxy_access::service(name, selector, TCP_PORT, spec)
 }

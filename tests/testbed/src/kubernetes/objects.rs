@@ -35,13 +35,16 @@ pub fn pod(namespace: &str, name: &str, labels: &Value, node: &str) -> Value {
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
             "nodeName": node,
-            "containers": [{"name": "app", "image": "registry.invalid/who-am-i:1"}],
+            "containers": [{"name": "app", "image": POD_IMAGE}],
             // Deleting takes the grace period unless forced, as with a kubelet that has not
             // yet seen the pod stop.
             "terminationGracePeriodSeconds": 30,
         },
     })
 }
+
+/// The pods' one container's image: never pulled (there is no kubelet), only shown.
+const POD_IMAGE: &str = "registry.invalid/who-am-i:1";
 
 /// The status a kubelet reports for a running pod at `ip`, Ready or not, its conditions
 /// having changed now (the EndpointSlice controller takes the Ready condition's
@@ -58,6 +61,16 @@ pub fn running_status(ip: IpAddr, ready: bool) -> Value {
             {"type": "Ready", "status": ready, "lastTransitionTime": now},
             {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
         ],
+        // What `kubectl get pods` counts as READY.
+        "containerStatuses": [{
+            "name": "app",
+            "image": POD_IMAGE,
+            "imageID": "",
+            "ready": ready == "True",
+            "started": true,
+            "restartCount": 0,
+            "state": {"running": {"startedAt": now}},
+        }],
     })
 }
 

@@ -1,6 +1,9 @@
 //! `cargo xtask demo`: the main job on an embedded default. Builds a small "cluster" of
 //! network namespaces, runs the agent on the sample manifests of `deploy/examples/`, sends
 //! real traffic through the Services and shows where it went, then removes everything.
+//! `--cluster` runs it against a real control plane instead ([`cluster`]).
+
+mod cluster;
 
 use std::{
     collections::BTreeMap,
@@ -27,13 +30,25 @@ fn build_agent() -> Result<PathBuf> {
     Ok(target_dir().join("debug").join("kproxy"))
 }
 
-pub fn run() -> Result<()> {
+#[derive(clap::Args, Default)]
+pub struct Options {
+    /// Run against a real control plane (etcd, kube-apiserver, kube-controller-manager,
+    /// built on first use), with Services and pods created through the API and kubectl to
+    /// look at them; waits for Enter before tearing down when run from a terminal.
+    #[arg(long)]
+    pub cluster: bool,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
     if !require_privileges("cargo xtask demo") {
         bail!("the demo needs root: it creates network namespaces and loads BPF programs");
     }
     deps::ensure(deps::TEST_TOOLS)?;
     build_ebpf::run(&build_ebpf::Options::default())?;
     let kproxy = build_agent()?;
+    if opts.cluster {
+        return cluster::run(&kproxy);
+    }
 
     let topo = Topology::build(TopologyOptions::default())?;
     let backends: Vec<Ipv4Addr> = (0..3).map(|i| topo.backend_addr(i)).collect();
