@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use kproxy_testbed::require_privileges;
 
-use crate::{bench, build_ebpf, cargo, deps, kubernetes, run_checked};
+use crate::{bench, build_ebpf, cargo, demo, deps, kubernetes, run_checked};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -14,6 +14,9 @@ pub struct Options {
     /// Skip the benchmark's smoke run (`cargo xtask bench --quick`).
     #[arg(long)]
     pub no_bench: bool,
+    /// Skip running the two demos (`cargo xtask demo`, `cargo xtask demo --cluster`).
+    #[arg(long)]
+    pub no_demo: bool,
     /// Arguments passed on to `cargo test` (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     pub cargo_test_args: Vec<String>,
@@ -58,6 +61,11 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut extra = vec!["--".to_owned()];
     extra.extend(opts.cargo_test_args.iter().cloned());
     cargo_checked(&["test"], &extra)?;
+    // The demos README opens with, so they never rot (each fails if traffic does not flow).
+    if !opts.no_demo && opts.cargo_test_args.is_empty() && require_privileges("cargo xtask demo") {
+        demo::run(&demo::Options::default())?;
+        demo::run(&demo::Options { cluster: true })?;
+    }
     // The benchmark's smoke run, so the harness never rots (its numbers are not judged).
     if !opts.no_bench
         && opts.cargo_test_args.is_empty()

@@ -197,7 +197,7 @@ fn show_reject_and_udp(topo: &Topology) -> Result<()> {
                 started.elapsed()
             );
         }
-        other => println!("\ndown {down}: unexpected {other:?}"),
+        other => bail!("down {down}: expected the connection refused, got {other:?}"),
     }
     let dns = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 53), 53);
     let reply = udp_request(&topo.client, dns, TIMEOUT).context("udp request")?;
