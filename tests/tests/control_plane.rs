@@ -252,6 +252,19 @@ fn a_service_changes_type_and_its_frontends_follow() {
         f == [format!("{vip}:80/TCP")]
     });
     served_by(&cluster, vip, &b);
+
+    // ExternalName: a DNS alias, no proxying (the API server releases the ClusterIP).
+    cluster.apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "web.example.invalid"},
+    }));
+    wait_frontends("ExternalName: no frontend", &|f| f.is_empty());
+    // And back: a new ClusterIP, served again.
+    cluster.apply(&service("web", &app, &json!({"type": "ClusterIP"})));
+    let vip = cluster.cluster_ip("web");
+    wait_frontends("a ClusterIP again", &|f| f == [format!("{vip}:80/TCP")]);
+    served_by(&cluster, vip, &b);
 }
 
 /// Raises the flag when dropped, also while unwinding.
