@@ -24,11 +24,14 @@ pub struct Histogram {
 }
 
 /// A quantile estimate; `above` when the rank falls in the `+Inf` bucket (the value is then
-/// the highest finite bound: the truth is larger).
+/// the highest finite bound: the truth is larger). `bucket` is the upper bound of the bucket
+/// holding the rank: all the histogram knows for sure (interpolation assumes observations
+/// spread evenly within a bucket, which kube-proxy's 250 ms-wide first bucket makes a guess).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quantile {
     pub seconds: f64,
     pub above: bool,
+    pub bucket: f64,
 }
 
 impl Histogram {
@@ -111,6 +114,7 @@ impl Histogram {
                     return Some(Quantile {
                         seconds: lower.0,
                         above: true,
+                        bucket: le,
                     });
                 }
                 let within = cumulative - lower.1;
@@ -122,6 +126,7 @@ impl Histogram {
                 return Some(Quantile {
                     seconds: lower.0 + (le - lower.0) * fraction,
                     above: false,
+                    bucket: le,
                 });
             }
             lower = (le, cumulative);
@@ -217,6 +222,7 @@ kubeproxy_sync_full_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="+In
         assert!((q(0.25).seconds - 0.005).abs() < 1e-12);
         // Rank 99 is 9/10 of the way through the (0.1, 1] bucket.
         assert!((q(0.99).seconds - 0.91).abs() < 1e-12);
+        assert!((q(0.99).bucket - 1.0).abs() < 1e-12);
         let over = Histogram {
             buckets: vec![(0.25, 1.0), (f64::INFINITY, 4.0)],
             count: 4.0,
@@ -226,7 +232,8 @@ kubeproxy_sync_full_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="+In
             over.quantile(0.99),
             Some(Quantile {
                 seconds: 0.25,
-                above: true
+                above: true,
+                bucket: f64::INFINITY,
             })
         );
     }

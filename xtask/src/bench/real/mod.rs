@@ -294,6 +294,7 @@ fn record_window(cell: &mut ProxyCell, window: &churn::Window) {
         let p99 = h.quantile(0.99);
         cell.npl_above |= p99.is_some_and(|q| q.above);
         cell.npl_p99_ms.extend(ms(p99));
+        cell.npl_p99_bucket_ms.extend(p99.map(|q| q.bucket * 1e3));
     }
     if let Some(h) = &window.own {
         cell.own_observations.push(h.count);

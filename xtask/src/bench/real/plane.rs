@@ -54,6 +54,8 @@ impl Plane {
     /// Starts the control plane under `dir`, applies kproxy's RBAC and registers the node.
     pub fn start(dir: &Path) -> Result<Plane> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Absolute: the kubeconfigs name their certificates by path, relative to themselves.
+        let dir = &std::path::absolute(dir)?;
         let ns = Netns::create(&format!("kpt-{}-bench-cp", std::process::id()))?;
         let cp = ControlPlane::start(&ns, dir, PLANE_ADDR).context("starting the control plane")?;
         cp.apply_yaml(DEPLOY_MANIFEST, &["DaemonSet"])

@@ -51,6 +51,9 @@ pub struct ProxyCell {
     /// Under churn: end-to-end network programming latency (the proxy's histogram), ms.
     pub npl_p50_ms: Vec<f64>,
     pub npl_p99_ms: Vec<f64>,
+    /// Upper bound of the histogram bucket holding the p99: what it knows for sure, ms.
+    #[serde(default)]
+    pub npl_p99_bucket_ms: Vec<f64>,
     pub npl_observations: Vec<f64>,
     /// A quantile fell above the histogram's last finite bucket (the value is that bound).
     pub npl_above: bool,
@@ -143,26 +146,28 @@ fn churn_table(real: &Real) -> String {
          One pod's readiness flipped every {:.0} ms for {} s; p50/p99 from each proxy's own \
          histograms over that window (PromQL-style interpolation within buckets; \
          kube-proxy's end-to-end buckets are 0.25 s, 0.5 s, 1 s, …, so its figures are \
-         coarse). End to end: from the EndpointSlice's last-change-trigger-time (one \
+         coarse: \"p99 ≤\" is the upper bound of the bucket holding the p99, all a \
+         histogram knows for sure; the probe column is the precise figure). End to end: from the EndpointSlice's last-change-trigger-time (one \
          annotated change per second, see the bench's churn module). Own part: kproxy from \
          the API event's arrival to the datapath written; kube-proxy one rules sync. \
          Independent probe: a pod turns Ready on a server no other endpoint uses, timed \
          from the status write to the first connection it answers ({} rounds per \
          repetition, each after a quiet second). Milliseconds; medians over repetitions \
          with min–max.\n\n\
-         | mode | services | e2e p50 | e2e p99 | e2e obs. | own p50 | own p99 | own obs. \
-         | probe median (min–max) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | mode | services | e2e p50 | e2e p99 | e2e p99 ≤ | e2e obs. | own p50 | own p99 \
+         | own obs. | probe median (min–max) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         real.churn_period_ms, real.churn_seconds, real.probe_rounds
     );
     for p in rows(real) {
         let above = if p.npl_above { " (>)" } else { "" };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {}{above} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}{above} | {} | {} | {} | {} | {} | {} |",
             p.mode,
             p.services,
             ms(&p.npl_p50_ms),
             ms(&p.npl_p99_ms),
+            opt(Stat::of(&p.npl_p99_bucket_ms).map(|s| fmt_num(s.max))),
             opt(Stat::of(&p.npl_observations).map(|s| fmt_num(s.median))),
             ms(&p.own_p50_ms),
             ms(&p.own_p99_ms),
