@@ -38,7 +38,8 @@ pub struct Options {
     /// A smoke run for CI: 10 and 100 services, one short repetition, debug agent build.
     #[arg(long)]
     pub quick: bool,
-    /// Numbers of ClusterIP services to measure, comma separated (default 10,1000,10000).
+    /// Numbers of ClusterIP services to measure, comma separated (default 10,1000,10000; the
+    /// real-kube-proxy section 10,1000,10000,30000).
     #[arg(long, value_delimiter = ',')]
     pub services: Option<Vec<usize>>,
     /// Modes to measure, comma separated (default: all of kproxy-tc, kproxy-xdp,
@@ -157,8 +158,15 @@ impl Plan {
         if !(1..=50_000).contains(&udp_flows) {
             bail!("--udp-flows must be between 1 and 50000");
         }
+        // The real section also measures 30,000 services by default (the generated smoke
+        // section stops at 10,000).
+        let real_scales = opts.services.clone().unwrap_or(if opts.quick {
+            vec![10, 100]
+        } else {
+            vec![10, 1_000, 10_000, 30_000]
+        });
         let real = (!opts.skip_real && !opts.external_only && !real_modes.is_empty())
-            .then(|| real::Plan::new(real_modes, opts.quick));
+            .then(|| real::Plan::new(real_modes, real_scales, opts.quick));
         let external =
             (!opts.skip_external && !opts.real_only && !ext_modes.is_empty()).then(|| {
                 external::Plan {
@@ -245,9 +253,7 @@ pub fn run(opts: &Options) -> Result<()> {
         })
         .collect();
 
-    if let Some(real_plan) = &plan.real
-        && !plan.scales.is_empty()
-    {
+    if let Some(real_plan) = &plan.real {
         report.real = Some(real::run(
             &plan,
             real_plan,

@@ -46,21 +46,23 @@ const SAMPLE: usize = 62;
 /// The section's own settings.
 pub struct Plan {
     pub modes: Vec<Proxy>,
+    pub scales: Vec<usize>,
     pub churn_seconds: u32,
     pub probe_rounds: usize,
 }
 
 impl Plan {
-    pub fn new(modes: Vec<Proxy>, quick: bool) -> Plan {
+    pub fn new(modes: Vec<Proxy>, scales: Vec<usize>, quick: bool) -> Plan {
         Plan {
             modes,
+            scales,
             churn_seconds: if quick { 3 } else { 15 },
             probe_rounds: if quick { 2 } else { 5 },
         }
     }
 }
 
-/// Runs the section at every scale of `bench`; modes that cannot run here are listed in
+/// Runs the section at every scale of `plan`; modes that cannot run here are listed in
 /// `skipped`.
 pub fn run(
     bench: &BenchPlan,
@@ -100,7 +102,7 @@ pub fn run(
     }
     let logs = bench.output.join("real-logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    for &services in &bench.scales {
+    for &services in &plan.scales {
         measure_scale(
             bench, plan, &modes, services, agent, ct_max, &logs, &mut real,
         )?;
