@@ -139,15 +139,8 @@ pub async fn run(
     let health_check_metrics = HealthCheckMetrics::new(&mut registry);
     serve_http(&config.http, &health, registry).await?;
 
-    let (ebpf, pinned) = load::load(&config.pin_dir, &config.sizes)?;
-    tracing::info!(?pinned, "datapath loaded");
-    let (node_addrs, flows) = open_node_config(&config)?;
-    let mut services = ServiceMaps::open(&config.pin_dir)?;
-    let programmed = recover_programmed(&mut services, config.sizes.services)?;
-    metrics
-        .conntrack_capacity
-        .set(i64::from(config.sizes.conntrack));
-
+    // The input first: the API lists while the kernel verifies the programs (most of a
+    // start), the watches' first answers waiting in their channel.
     let mut input = match &config.source {
         Source::Manifests(path) => Input::manifests(
             ManifestSource::new(path).with_node(&config.node_name),
@@ -156,6 +149,21 @@ pub async fn run(
         )?,
         Source::Api { kubeconfig } => Input::api(kubeconfig.as_deref(), &config.node_name).await?,
     };
+    let (pin_dir, sizes) = (config.pin_dir.clone(), config.sizes);
+    let (ebpf, pinned) = tokio::task::spawn_blocking(move || load::load(&pin_dir, &sizes))
+        .await
+        .context("loading the datapath")??;
+    tracing::info!(
+        ?pinned,
+        took_ms = started.elapsed().as_millis(),
+        "datapath loaded"
+    );
+    let (node_addrs, flows) = open_node_config(&config)?;
+    let mut services = ServiceMaps::open(&config.pin_dir)?;
+    let programmed = recover_programmed(&mut services, config.sizes.services)?;
+    metrics
+        .conntrack_capacity
+        .set(i64::from(config.sizes.conntrack));
     let mut cluster = ClusterState::default();
     cluster.set_node(NodeInfo::named(&config.node_name));
     let mut agent = Agent {
