@@ -254,13 +254,26 @@ pub fn run(opts: &Options) -> Result<()> {
         .collect();
 
     if let Some(real_plan) = &plan.real {
+        // The real section's largest scales take many minutes each: the report is written
+        // after every scale, so a run cut short keeps what it measured.
+        let mut skipped = report.skipped.clone();
+        let before = report.clone();
+        let checkpoint = |real: &real::report::Real, skipped: &[Skipped]| -> Result<()> {
+            let mut partial = before.clone();
+            partial.real = Some(real.clone());
+            partial.skipped = skipped.to_vec();
+            partial.targets = targets::evaluate(&partial);
+            report::write_all(&partial, &plan.output).map(drop)
+        };
         report.real = Some(real::run(
             &plan,
             real_plan,
             &agent,
             CT_MAX,
-            &mut report.skipped,
+            &mut skipped,
+            &checkpoint,
         )?);
+        report.skipped = skipped;
     }
     if !modes.is_empty() {
         for &services in &plan.scales {

@@ -12,8 +12,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     future::Future,
-    io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -455,22 +454,9 @@ fn etcd_post(ns: &Netns, path: &str, body: &str) -> Result<Value> {
 
 /// One HTTP/1.0 exchange with etcd's client port; returns the body of a 200 response.
 fn etcd_http(ns: &Netns, request: String) -> Result<String> {
-    let response = ns.run(move || -> Result<String> {
-        let mut stream = TcpStream::connect_timeout(&ETCD_CLIENT, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(request.as_bytes())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
-    })??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("etcd sent no HTTP response")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "etcd answered {}: {body}",
-            head.lines().next().unwrap_or("")
-        );
+    let response = crate::http::exchange(ns, ETCD_CLIENT, request)?;
+    if response.status != 200 {
+        bail!("etcd answered {}: {}", response.status, response.body);
     }
-    Ok(body.to_owned())
+    Ok(response.body)
 }

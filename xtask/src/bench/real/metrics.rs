@@ -3,13 +3,7 @@
 //! get what happened within a window, and estimate quantiles as PromQL's
 //! `histogram_quantile` does (linear within the bucket that holds the rank).
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use kproxy_testbed::Netns;
 
 /// The metrics address of either proxy inside the node namespace (only one runs at a time).
@@ -143,27 +137,13 @@ fn label<'a>(series: &'a str, key: &str) -> Option<&'a str> {
     Some(&rest[..rest.find('"')?])
 }
 
-/// `GET /metrics` from the proxy in `ns` (HTTP/1.0, so the body is never chunked).
+/// `GET /metrics` from the proxy in `ns`.
 pub fn scrape(ns: &Netns) -> Result<String> {
-    let response = ns.run(|| -> Result<String> {
-        let addr: SocketAddr = METRICS_ADDR.parse()?;
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
-    })??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("the metrics endpoint sent no HTTP response")?;
-    if !head.contains(" 200 ") {
-        bail!(
-            "GET {METRICS_ADDR}/metrics answered {}",
-            head.lines().next().unwrap_or("")
-        );
+    let response = kproxy_testbed::http::get(ns, METRICS_ADDR.parse()?, "/metrics")?;
+    if response.status != 200 {
+        bail!("GET {METRICS_ADDR}/metrics answered {}", response.status);
     }
-    Ok(body.to_owned())
+    Ok(response.body)
 }
 
 #[cfg(test)]

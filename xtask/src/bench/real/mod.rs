@@ -70,6 +70,7 @@ pub fn run(
     agent: &Path,
     ct_max: u32,
     skipped: &mut Vec<Skipped>,
+    checkpoint: &dyn Fn(&Real, &[Skipped]) -> Result<()>,
 ) -> Result<Real> {
     kubernetes_ready()?;
     let mut real = Real {
@@ -106,6 +107,7 @@ pub fn run(
         measure_scale(
             bench, plan, &modes, services, agent, ct_max, &logs, &mut real,
         )?;
+        checkpoint(&real, skipped)?;
     }
     if modes.iter().any(|m| m.is_kproxy())
         && real
