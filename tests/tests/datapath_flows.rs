@@ -393,3 +393,60 @@ fn affinity_is_refreshed_by_new_connections_not_by_traffic() {
     );
     assert_eq!(dp.counter(Counter::AffinityHits), 1);
 }
+
+#[test]
+fn collection_walks_tables_larger_than_a_chunk_and_keeps_or_expires_every_flow() {
+    if !require_privileges(
+        "collection_walks_tables_larger_than_a_chunk_and_keeps_or_expires_every_flow",
+    ) {
+        return;
+    }
+    // More flows than one chunk of the walk holds, so a pass crosses chunk (and bucket)
+    // boundaries while it deletes behind itself.
+    let flows = kproxy::sync::gc::CHUNK * 2 + 100;
+    let sizes = MapSizes {
+        conntrack: 32_768,
+        ..SIZES
+    };
+    let mut dp = LoadedDatapath::load_with(&sizes);
+    dp.program(&three_backends(Protocol::Tcp, None));
+    for i in 0..flows {
+        let client = (
+            Ipv4Addr::from(u32::from(CLIENT) + u32::try_from(i / 50_000).expect("small")),
+            u16::try_from(1_000 + i % 50_000).expect("port"),
+        );
+        open_tcp(&dp, client);
+    }
+    let count =
+        |dp: &LoadedDatapath| (dp.ct_forward().keys().count(), dp.ct_reply().keys().count());
+    assert_eq!(count(&dp), (flows, flows));
+    let live = kproxy::sync::gc::ProgrammedLiveness::new(
+        &dp.programmed,
+        [],
+        &kproxy::sync::gc::Generation::default(),
+    );
+    let capacity = sizes.conntrack as usize;
+    let now = kproxy::dataplane::maps::monotonic_ns();
+
+    // Now: every flow is established and fresh, so a pass sees each and deletes none.
+    let stats = dp
+        .flows
+        .collect_garbage(&Config::DEFAULT, &live, now, capacity)
+        .expect("collect");
+    assert_eq!((stats.flows, stats.replies), (flows, flows), "{stats:?}");
+    assert_eq!(stats.expired + stats.orphans + stats.service_gone, 0);
+    assert_eq!(count(&dp), (flows, flows));
+
+    // Two days on, every flow has timed out: one pass deletes both entries of each.
+    let later = now + 2 * 86_400 * 1_000_000_000;
+    let stats = dp
+        .flows
+        .collect_garbage(&Config::DEFAULT, &live, later, capacity)
+        .expect("collect");
+    assert_eq!(
+        (stats.flows, stats.expired, stats.replies),
+        (flows, flows, 0),
+        "{stats:?}"
+    );
+    assert_eq!(count(&dp), (0, 0));
+}

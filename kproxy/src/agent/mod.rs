@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use input::{Input, Wakeup};
 use kproxy_common::config::{CFG_F_LOCALHOST_NODEPORTS, Config};
 use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
 
 use crate::{
     dataplane::{
@@ -37,7 +38,7 @@ use crate::{
     source::{files::ManifestSource, trim::TRIGGER_TIME_ANNOTATION},
     sync::{
         Datapath, Programmed,
-        gc::{GcStats, ProgrammedLiveness},
+        gc::{GcStats, Generation, ProgrammedLiveness},
     },
 };
 
@@ -113,6 +114,12 @@ struct Agent {
     cluster: ClusterState,
     services: ServiceMaps,
     flows: FlowMaps,
+    /// The flow maps conntrack collection works on, on a thread of its own so a pass over
+    /// hundreds of thousands of flows never holds up a sync; `None` while a pass runs.
+    collector: Option<FlowMaps>,
+    /// Advanced by every change to what is programmed: a pass started before it does not
+    /// delete anything for being gone (see `gc::Liveness::current`).
+    generation: Generation,
     programmed: Programmed,
     metrics: Metrics,
     health: Arc<Health>,
@@ -173,6 +180,8 @@ pub async fn run(
         config,
         services,
         flows,
+        collector: None,
+        generation: Generation::default(),
         programmed,
         metrics,
         health,
@@ -202,9 +211,25 @@ pub async fn run(
     // Interfaces come and go on their own schedule; the watcher stops with the agent.
     let _links = AbortOnDrop(tokio::spawn(links.run()));
 
+    tracing::info!(pin_dir = %agent.config.pin_dir.display(), "ready");
+    serve(&mut agent, &mut input, &mut health_checks, shutdown).await?;
+    tracing::info!(
+        "stopping; the datapath stays attached and keeps serving the last state \
+         (`kproxy cleanup` removes it)"
+    );
+    Ok(())
+}
+
+/// The agent's life once ready: syncs on changes, retries, conntrack collection beside them.
+async fn serve(
+    agent: &mut Agent,
+    input: &mut Input,
+    health_checks: &mut HealthCheckServers,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<()> {
     let mut gc = tokio::time::interval(agent.config.gc_interval);
     gc.tick().await;
-    tracing::info!(pin_dir = %agent.config.pin_dir.display(), "ready");
+    let mut collection: Option<JoinHandle<Collected>> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -216,20 +241,24 @@ pub async fn run(
                 agent.health.queued(seen);
                 tokio::time::sleep(DEBOUNCE).await;
                 let changes = input.take(wakeup, &agent.metrics);
-                agent.sync(&input, changes, Some(seen));
-                agent.sync_health_checks(&mut health_checks).await;
+                agent.sync(input, changes, Some(seen));
+                agent.sync_health_checks(health_checks).await;
             }
-            _ = gc.tick() => agent.collect_garbage(),
+            _ = gc.tick(), if collection.is_none() => {
+                collection = agent.start_collection();
+            }
+            done = async { collection.as_mut().expect("guarded by the condition").await },
+                if collection.is_some() =>
+            {
+                collection = None;
+                agent.collection_done(done);
+            }
             () = retry_sleep(agent.retry), if agent.retry.is_some() => {
-                agent.sync(&input, Vec::new(), None);
-                agent.sync_health_checks(&mut health_checks).await;
+                agent.sync(input, Vec::new(), None);
+                agent.sync_health_checks(health_checks).await;
             }
         }
     }
-    tracing::info!(
-        "stopping; the datapath stays attached and keeps serving the last state \
-         (`kproxy cleanup` removes it)"
-    );
     Ok(())
 }
 
@@ -285,7 +314,7 @@ fn watch_links(ebpf: aya::Ebpf, config: &AgentConfig, metrics: &Metrics) -> Resu
 }
 
 /// Stops a task when dropped, however `run` returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -362,6 +391,10 @@ impl Agent {
             .sync_keys(self.cluster.desired(), &keys, &mut self.services);
         if self.node_applied.as_ref() != Some(self.cluster.node()) {
             self.apply_node();
+            self.generation.advance();
+        }
+        if report.changed() {
+            self.generation.advance();
         }
         // Without a Node object (manifests that define none) the node is not leaving.
         self.health.set_node_eligible(!self.cluster.node().leaving);
@@ -376,6 +409,13 @@ impl Agent {
         let now = SystemTime::now();
         for trigger in triggers {
             if let Ok(latency) = now.duration_since(trigger) {
+                tracing::debug!(
+                    trigger = %k8s_openapi::chrono::DateTime::<k8s_openapi::chrono::Utc>::from(trigger)
+                        .to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Micros, true),
+                    latency_ms = latency.as_secs_f64() * 1e3,
+                    since_event_ms = since_event.map(|d| d.as_secs_f64() * 1e3),
+                    "network programming latency observed"
+                );
                 self.metrics
                     .network_programming_duration_seconds
                     .observe(latency.as_secs_f64());
@@ -487,6 +527,7 @@ impl Agent {
             .refresh(&self.config.nodeport_addresses, node)
         {
             Ok(true) => {
+                self.generation.advance();
                 tracing::info!(
                     addresses = ?self.node_addrs.addresses(),
                     node_ports = ?self.node_addrs.node_port_addresses(),
@@ -518,16 +559,44 @@ impl Agent {
         }
     }
 
-    fn collect_garbage(&mut self) {
+    /// Starts a conntrack collection pass on a blocking thread, judging against what is
+    /// programmed now.
+    fn start_collection(&mut self) -> Option<JoinHandle<Collected>> {
         let node = self.node_applied.clone();
         self.refresh_node_addrs(node.as_ref());
-        let live = ProgrammedLiveness::new(&self.programmed, self.node_addrs.node_port_addresses());
-        match self.flows.collect_garbage(
-            &self.config.conntrack,
-            &live,
-            monotonic_ns(),
-            self.config.sizes.conntrack as usize,
-        ) {
+        let live = ProgrammedLiveness::new(
+            &self.programmed,
+            self.node_addrs.node_port_addresses(),
+            &self.generation,
+        );
+        let mut maps = match self.collector.take() {
+            Some(maps) => maps,
+            None => match FlowMaps::open(&self.config.pin_dir) {
+                Ok(maps) => maps,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "opening the conntrack maps for collection failed");
+                    return None;
+                }
+            },
+        };
+        let conntrack = self.config.conntrack;
+        let capacity = self.config.sizes.conntrack as usize;
+        Some(tokio::task::spawn_blocking(move || {
+            let stats = maps.collect_garbage(&conntrack, &live, monotonic_ns(), capacity);
+            (maps, stats)
+        }))
+    }
+
+    fn collection_done(&mut self, done: Result<Collected, tokio::task::JoinError>) {
+        let stats = match done {
+            Ok((maps, stats)) => {
+                self.collector = Some(maps);
+                stats
+            }
+            // The maps went with the thread; the next pass opens them again.
+            Err(e) => Err(anyhow::anyhow!("the collection thread failed: {e}")),
+        };
+        match stats {
             Ok(stats) => {
                 self.metrics.conntrack_flows.set(gauge(stats.flows));
                 // When the reply table is full, new flows are dropped (and unanswered ones
@@ -556,6 +625,9 @@ impl Agent {
         }
     }
 }
+
+/// A collection pass's flow maps (returned for the next pass) and what it did.
+type Collected = (FlowMaps, Result<GcStats>);
 
 /// Opens `KP_NODE_ADDRS` and the flow maps, and writes the node's addresses and the
 /// configuration. Until the cluster is read, what depends on the Node stays as the pinned

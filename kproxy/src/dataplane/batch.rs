@@ -1,12 +1,15 @@
 //! Map commands aya 0.14 does not offer for hash maps: `BPF_MAP_UPDATE_BATCH` (many entries
-//! in one syscall, for syncs that program thousands of services at once) and
-//! `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (delete an entry and learn what it held, in one step).
+//! in one syscall, for syncs that program thousands of services at once),
+//! `BPF_MAP_LOOKUP_BATCH` (a walk in chunks, for conntrack collection over hundreds of
+//! thousands of flows) and `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (delete an entry and learn what it
+//! held, in one step).
 
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{Pod, maps::MapData};
 
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// Deletes `key` and returns the value it held; `None` if there was no such key.
@@ -74,4 +77,83 @@ pub fn update<K: Pod, V: Pod>(
     } else {
         (keys.len(), None)
     }
+}
+
+/// Where a walk of a hash map has got to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Walk {
+    #[default]
+    Start,
+    /// The kernel's position (a bucket index for hash maps) to go on from.
+    At(u64),
+    End,
+}
+
+/// Replaces `keys` and `values` with the next entries of a walk of a hash map (up to their
+/// capacity, at least one bucket's worth) and moves `walk` on. A walk goes bucket by bucket,
+/// so entries deleted behind it do not disturb it (unlike `get_next_key`, which starts over
+/// when its key is gone); entries added meanwhile may or may not be seen.
+pub fn lookup<K: Pod, V: Pod>(
+    map: &MapData,
+    walk: &mut Walk,
+    keys: &mut Vec<K>,
+    values: &mut Vec<V>,
+) -> std::io::Result<()> {
+    keys.clear();
+    values.clear();
+    let from = match *walk {
+        Walk::Start => None,
+        Walk::At(at) => Some(at),
+        Walk::End => return Ok(()),
+    };
+    let capacity = keys.capacity().min(values.capacity()).max(1);
+    keys.reserve(capacity);
+    values.reserve(capacity);
+    let Ok(count) = u32::try_from(capacity) else {
+        return Err(std::io::Error::other("batch too large"));
+    };
+    // The position tokens: wide enough for any map type's (hash maps use a u32).
+    let mut in_batch = from.unwrap_or(0);
+    let mut out_batch = 0u64;
+    // union bpf_attr, batch: in_batch, out_batch, keys, values (u64 each), count, map_fd
+    // (u32 each), elem_flags, flags (u64 each).
+    let mut attr = [0u64; 8];
+    attr[0] = if from.is_some() {
+        std::ptr::from_mut(&mut in_batch) as u64
+    } else {
+        0
+    };
+    attr[1] = std::ptr::from_mut(&mut out_batch) as u64;
+    attr[2] = keys.as_mut_ptr() as u64;
+    attr[3] = values.as_mut_ptr() as u64;
+    attr[4] = u64::from(count) | (u64::from(map.fd().as_fd().as_raw_fd().unsigned_abs()) << 32);
+    // SAFETY: the attr points at buffers of `count` keys and values and at the two position
+    // tokens, all of which live for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    // The kernel writes back how many entries it copied (also with ENOENT, the walk's end).
+    let copied = usize::try_from(attr[4] & 0xffff_ffff)
+        .unwrap_or(0)
+        .min(capacity);
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+        *walk = Walk::End;
+    } else {
+        *walk = Walk::At(out_batch);
+    }
+    // SAFETY: the kernel wrote `copied` whole keys and values; any bit pattern is a `Pod`.
+    unsafe {
+        keys.set_len(copied);
+        values.set_len(copied);
+    }
+    Ok(())
 }

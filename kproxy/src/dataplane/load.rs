@@ -151,12 +151,22 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
 
 fn load_each(programs: &mut [(&str, &mut Program)]) -> Result<()> {
     for (name, program) in programs {
+        let started = std::time::Instant::now();
         match program {
             Program::SchedClassifier(p) => p.load(),
             Program::Xdp(p) => p.load(),
             _ => unreachable!("kproxy has only tc and xdp programs"),
         }
         .with_context(|| format!("the kernel rejected program {name}"))?;
+        tracing::debug!(
+            program = name,
+            took_ms = started.elapsed().as_millis(),
+            instructions = program
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count()),
+            "verified"
+        );
     }
     Ok(())
 }

@@ -19,7 +19,11 @@ use kproxy_common::{
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
-use super::{batch, free_ports::FreePorts, load::map_pin_path};
+use super::{
+    batch::{self, Walk},
+    free_ports::FreePorts,
+    load::map_pin_path,
+};
 use crate::{
     sync::{
         Datapath, DatapathSnapshot, MapOp,
@@ -468,10 +472,13 @@ pub struct FlowMaps {
     local_cidrs: LpmTrie<MapData, u32, u8>,
 }
 
-/// One conntrack map, typed, with the raw handle for lookup-and-delete.
+/// One conntrack map, typed, with the raw handle for batch walks and lookup-and-delete.
 struct CtMap {
     map: HashMap<MapData, FlowKey, CtEntry>,
     raw: MapData,
+    /// A walk's buffers, kept from chunk to chunk and pass to pass.
+    keys: Vec<FlowKey>,
+    values: Vec<CtEntry>,
 }
 
 impl CtMap {
@@ -481,15 +488,20 @@ impl CtMap {
             map: open_typed!(pin_dir, name),
             raw: MapData::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?,
+            keys: Vec::new(),
+            values: Vec::new(),
         })
     }
 }
 
 impl FlowTable for CtMap {
-    fn entries(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
-        // Entries deleted while walking end the walk early or skip ahead; what is missed is
-        // seen by the next pass.
-        Ok(self.map.iter().filter_map(Result::ok).collect())
+    fn next_chunk(&mut self, walk: &mut Walk, chunk: &mut Vec<(FlowKey, CtEntry)>) -> Result<()> {
+        self.keys.reserve(gc::CHUNK);
+        self.values.reserve(gc::CHUNK);
+        batch::lookup(&self.raw, walk, &mut self.keys, &mut self.values)?;
+        chunk.clear();
+        chunk.extend(self.keys.iter().copied().zip(self.values.iter().copied()));
+        Ok(())
     }
 
     fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>> {

@@ -13,5 +13,7 @@ pub mod maps;
 pub mod node_addrs;
 pub mod veth;
 
+pub use batch::Walk;
+
 /// kproxy's eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KPROXY_BPF_OBJECT"));

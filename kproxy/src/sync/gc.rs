@@ -13,10 +13,18 @@
 //! A scan and the deletes it decides on are not atomic: between them a CPU may refresh an
 //! entry or create a new flow under the same key. So an entry is deleted only if it still
 //! holds exactly what was judged, and one deleted in a race is put back at once.
+//!
+//! A pass runs on a thread of its own, beside the agent's syncs (a pass over hundreds of
+//! thousands of flows takes a while, and a sync must not wait for it), so what it knows of
+//! the programmed services can fall behind; see [`Liveness::current`].
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     net::Ipv4Addr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use anyhow::Result;
@@ -29,12 +37,14 @@ use kproxy_common::{
 };
 
 use super::Programmed;
+pub use crate::dataplane::Walk;
 use crate::wire;
 
 /// One conntrack map as collection sees it.
 pub trait FlowTable {
-    /// Every entry, as one walk found them.
-    fn entries(&self) -> Result<Vec<(FlowKey, CtEntry)>>;
+    /// The next entries of a walk (replacing `chunk`'s), moving `walk` on; `Walk::End` once
+    /// every entry was handed out. The walk may be interleaved with deletes.
+    fn next_chunk(&mut self, walk: &mut Walk, chunk: &mut Vec<(FlowKey, CtEntry)>) -> Result<()>;
     /// The entry at `key` now.
     fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>>;
     /// Removes the entry at `key` and returns what it held, in one step.
@@ -56,11 +66,32 @@ pub trait Liveness {
     fn frontend_exists(&self, vip: u32, port: u16, proto: u8) -> bool;
     /// Whether backend id `id` is still listed by its service port.
     fn backend_exists(&self, id: u32) -> bool;
+    /// Whether the answers above are still the agent's: a pass runs beside the agent's syncs,
+    /// and a frontend or backend programmed after the pass began is unknown to it. While
+    /// not current, nothing is deleted for being gone (timeouts still apply); the next pass
+    /// sweeps it.
+    fn current(&self) -> bool;
 }
 
-/// `Liveness` of what the agent programmed. A flow's forward key names the address the
-/// client sent to: a frontend's VIP, or for a NodePort one of the node's NodePort addresses
-/// (the frontend's own key is the unspecified address). Both entries of an
+/// Counts the agent's changes to what is programmed, so a pass running beside the agent can
+/// tell whether its [`ProgrammedLiveness`] is still current.
+#[derive(Clone, Debug, Default)]
+pub struct Generation(Arc<AtomicU64>);
+
+impl Generation {
+    /// Called after every change to the programmed frontends, backends or NodePort addresses.
+    pub fn advance(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// `Liveness` of what the agent programmed, as of one generation. A flow's forward key names
+/// the address the client sent to: a frontend's VIP, or for a NodePort one of the node's
+/// NodePort addresses (the frontend's own key is the unspecified address). Both entries of an
 /// externalTrafficPolicy Local frontend are one frontend here.
 pub struct ProgrammedLiveness {
     /// `(VIP, port, protocol)` of every programmed frontend with a VIP, wire format.
@@ -70,12 +101,16 @@ pub struct ProgrammedLiveness {
     /// The node's addresses NodePorts answer on, wire format.
     node_port_addrs: HashSet<u32>,
     backends: HashSet<u32>,
+    generation: Generation,
+    /// The generation this was taken at.
+    taken_at: u64,
 }
 
 impl ProgrammedLiveness {
     pub fn new(
         programmed: &Programmed,
         node_port_addrs: impl IntoIterator<Item = Ipv4Addr>,
+        generation: &Generation,
     ) -> Self {
         let mut frontends = HashSet::new();
         let mut node_ports = HashSet::new();
@@ -97,6 +132,8 @@ impl ProgrammedLiveness {
                 .map(wire::addr_to_wire)
                 .collect(),
             backends: programmed.backend_ids(),
+            generation: generation.clone(),
+            taken_at: generation.now(),
         }
     }
 }
@@ -109,6 +146,10 @@ impl Liveness for ProgrammedLiveness {
 
     fn backend_exists(&self, id: u32) -> bool {
         self.backends.contains(&id)
+    }
+
+    fn current(&self) -> bool {
+        self.generation.now() == self.taken_at
     }
 }
 
@@ -157,7 +198,7 @@ pub fn judge(
     fwd: &CtEntry,
     rev: Option<&CtEntry>,
 ) -> Verdict {
-    if !live.frontend_exists(fwd_key.daddr, fwd_key.dport, fwd_key.proto) {
+    if service_gone(live, fwd_key.daddr, fwd_key.dport, fwd_key.proto) {
         return Verdict::ServiceGone;
     }
     if cfg.expired(
@@ -191,8 +232,16 @@ pub fn delete_if_unchanged(
     }
 }
 
+/// Entries fetched per chunk of a walk: memory stays bounded at any table size (a pass over
+/// hundreds of thousands of flows once held them all at the same time).
+pub const CHUNK: usize = 4096;
+
 /// One pass over both conntrack maps and the affinity map; `rev_capacity` is the size of
 /// `KP_CT_REV`.
+///
+/// The tables are walked in chunks, each entry judged as it comes and looked up in the other
+/// table by key: a pass holds one chunk and the unanswered flows (candidates for early drop),
+/// never a copy of the tables.
 pub fn collect(
     cfg: &Config,
     now_ns: u64,
@@ -203,58 +252,61 @@ pub fn collect(
     rev_capacity: usize,
 ) -> Result<GcStats> {
     let mut stats = GcStats::default();
-    let forward = fwd_table.entries()?;
-    let reverse: HashMap<FlowKey, CtEntry> = rev_table.entries()?.into_iter().collect();
-    let mut paired = std::collections::HashSet::new();
     let mut unanswered = Vec::new();
-    let mut deleted = 0;
-    for (key, entry) in &forward {
-        stats.flows += 1;
-        let rkey = reply_key(key, entry);
-        let rev = reverse.get(&rkey).filter(|r| is_reply_of(&rkey, r, key));
-        if rev.is_some() {
-            paired.insert(rkey);
-        }
-        let verdict = judge(cfg, now_ns, live, key, entry, rev);
-        if verdict == Verdict::Keep {
-            if let Some(rev) = rev
-                && rev.flags & CT_F_SEEN_REPLY == 0
-            {
-                unanswered.push((*key, *entry, rkey, *rev));
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut walk = Walk::Start;
+    while walk != Walk::End {
+        fwd_table.next_chunk(&mut walk, &mut chunk)?;
+        for (key, entry) in &chunk {
+            stats.flows += 1;
+            let rkey = reply_key(key, entry);
+            let rev = rev_table.get(&rkey)?.filter(|r| is_reply_of(&rkey, r, key));
+            let verdict = judge(cfg, now_ns, live, key, entry, rev.as_ref());
+            if verdict == Verdict::Keep {
+                if let Some(rev) = rev
+                    && rev.flags & CT_F_SEEN_REPLY == 0
+                {
+                    unanswered.push((*key, *entry, rkey, rev));
+                }
+                continue;
             }
-            continue;
-        }
-        if !delete_if_unchanged(fwd_table, key, entry)? {
-            stats.raced += 1;
-            continue;
-        }
-        if let Some(rev) = rev
-            && delete_if_unchanged(rev_table, &rkey, rev)?
-        {
-            deleted += 1;
-        }
-        match verdict {
-            Verdict::Expired => stats.expired += 1,
-            Verdict::ServiceGone => stats.service_gone += 1,
-            Verdict::Keep => {}
+            if !delete_if_unchanged(fwd_table, key, entry)? {
+                stats.raced += 1;
+                continue;
+            }
+            if let Some(rev) = rev {
+                delete_if_unchanged(rev_table, &rkey, &rev)?;
+            }
+            match verdict {
+                Verdict::Expired => stats.expired += 1,
+                Verdict::ServiceGone => stats.service_gone += 1,
+                Verdict::Keep => {}
+            }
         }
     }
     // Reply entries no forward entry claims (their forward entry evicted alone, or their flow
     // moved to another backend): the datapath may still translate late replies with them, so
     // they go only once timed out by their own clock, or when their service is gone.
-    for (rkey, rev) in &reverse {
-        if paired.contains(rkey) {
-            continue;
-        }
-        let fkey = forward_key(rkey, rev);
-        let gone = !live.frontend_exists(fkey.daddr, fkey.dport, fkey.proto)
-            || cfg.expired(rkey.proto, &FlowState::of(rev, &CtEntry::ZERO), now_ns);
-        if gone && delete_if_unchanged(rev_table, rkey, rev)? {
-            stats.orphans += 1;
-            deleted += 1;
+    let mut left = 0;
+    walk = Walk::Start;
+    while walk != Walk::End {
+        rev_table.next_chunk(&mut walk, &mut chunk)?;
+        for (rkey, rev) in &chunk {
+            let fkey = forward_key(rkey, rev);
+            let claimed = fwd_table.get(&fkey)?.is_some_and(|fwd| {
+                reply_key(&fkey, &fwd) == *rkey && is_reply_of(rkey, rev, &fkey)
+            });
+            if !claimed {
+                let gone = service_gone(live, fkey.daddr, fkey.dport, fkey.proto)
+                    || cfg.expired(rkey.proto, &FlowState::of(rev, &CtEntry::ZERO), now_ns);
+                if gone && delete_if_unchanged(rev_table, rkey, rev)? {
+                    stats.orphans += 1;
+                    continue;
+                }
+            }
+            left += 1;
         }
     }
-    let mut left = reverse.len() - deleted;
     if left * 100 > rev_capacity * EARLY_DROP_ABOVE {
         unanswered.sort_by_key(|(_, fwd, _, rev)| FlowState::of(fwd, rev).last_seen_ns);
         for (key, fwd, rkey, rev) in unanswered {
@@ -276,13 +328,17 @@ pub fn collect(
     stats.replies = left;
     for (key, value) in affinity.entries()? {
         let too_old = now_ns.saturating_sub(value.last_seen_ns) > MAX_AFFINITY_NS;
-        if (too_old || !live.backend_exists(value.backend_id))
-            && affinity.remove_if_unchanged(&key, &value)?
-        {
+        let backend_gone = !live.backend_exists(value.backend_id) && live.current();
+        if (too_old || backend_gone) && affinity.remove_if_unchanged(&key, &value)? {
             stats.affinities_expired += 1;
         }
     }
     Ok(stats)
+}
+
+/// Whether the frontend a flow was sent to is no longer served, as far as `live` can tell.
+fn service_gone(live: &impl Liveness, vip: u32, port: u16, proto: u8) -> bool {
+    !live.frontend_exists(vip, port, proto) && live.current()
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@ use kproxy_common::{
 };
 
 use super::{
-    AffinityTable, FlowTable, GcStats, Liveness, Verdict, collect, delete_if_unchanged, judge,
+    AffinityTable, FlowTable, GcStats, Generation, Liveness, ProgrammedLiveness, Verdict, Walk,
+    collect, delete_if_unchanged, judge,
 };
+use crate::sync::Programmed;
 
 const SEC: u64 = 1_000_000_000;
 const NOW: u64 = 1_000_000 * SEC;
@@ -26,19 +28,40 @@ const CLIENT: u32 = 0x0201_12c6;
 #[derive(Default)]
 struct Table {
     live: BTreeMap<FlowKey, CtEntry>,
-    /// What `entries` returns, when it should differ from `live` (a scan that is out of date
+    /// What a walk hands out, when it should differ from `live` (a walk that is out of date
     /// by the time collection deletes).
     scanned: Option<Vec<(FlowKey, CtEntry)>>,
+    /// The rest of the walk in progress.
+    walking: Vec<(FlowKey, CtEntry)>,
     /// Replaces the entry between `get` and `take` (a CPU refreshing it in that window).
     refresh_before_take: Option<CtEntry>,
 }
 
+/// Entries per chunk of the in-memory walk: small, so passes cross chunk boundaries.
+const TEST_CHUNK: usize = 2;
+
 impl FlowTable for Table {
-    fn entries(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
-        Ok(self
-            .scanned
-            .clone()
-            .unwrap_or_else(|| self.live.iter().map(|(k, v)| (*k, *v)).collect()))
+    fn next_chunk(&mut self, walk: &mut Walk, chunk: &mut Vec<(FlowKey, CtEntry)>) -> Result<()> {
+        if *walk == Walk::Start {
+            self.walking = self
+                .scanned
+                .clone()
+                .unwrap_or_else(|| self.live.iter().map(|(k, v)| (*k, *v)).collect());
+            self.walking.reverse();
+        }
+        chunk.clear();
+        while chunk.len() < TEST_CHUNK {
+            let Some(next) = self.walking.pop() else {
+                break;
+            };
+            chunk.push(next);
+        }
+        *walk = if self.walking.is_empty() {
+            Walk::End
+        } else {
+            Walk::At(0)
+        };
+        Ok(())
     }
     fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>> {
         Ok(self.live.get(key).copied())
@@ -79,6 +102,8 @@ impl AffinityTable for Affinities {
 struct Live {
     vips: HashSet<u32>,
     backends: HashSet<u32>,
+    /// False: the agent programmed more since this was taken.
+    current: bool,
 }
 
 impl Liveness for Live {
@@ -88,12 +113,16 @@ impl Liveness for Live {
     fn backend_exists(&self, id: u32) -> bool {
         self.backends.contains(&id)
     }
+    fn current(&self) -> bool {
+        self.current
+    }
 }
 
 fn live() -> Live {
     Live {
         vips: [VIP].into(),
         backends: [7].into(),
+        current: true,
     }
 }
 
@@ -233,6 +262,7 @@ fn flows_of_gone_backends_stay_until_they_time_out_so_their_clients_get_a_reset(
     let l = Live {
         vips: [VIP].into(),
         backends: HashSet::new(),
+        current: true,
     };
     let stats = collect(
         &Config::DEFAULT,
@@ -295,6 +325,84 @@ fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
         affinities.0.keys().copied().collect::<Vec<_>>(),
         [(1, CLIENT)]
     );
+}
+
+#[test]
+fn a_pass_the_agent_overtook_deletes_nothing_for_being_gone_until_the_next() {
+    // The same tables as above, judged by a liveness the agent has since moved past: a
+    // frontend or backend it does not know may have been programmed after it was taken.
+    let tables = || {
+        let mut fwd = Table::default();
+        let mut rev = Table::default();
+        for (sport, vip, idle) in [(1, VIP, 7 * 3600), (2, VIP, 10), (3, OTHER_VIP, 0)] {
+            let ((k, f), (rk, r)) = flow(vip, sport, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, idle);
+            fwd.live.insert(k, f);
+            rev.live.insert(rk, r);
+        }
+        // A reply entry whose forward entry was evicted, to the unknown frontend.
+        let ((_, _), (rk, r)) = flow(OTHER_VIP, 4, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, 0);
+        rev.live.insert(rk, r);
+        let mut affinities = Affinities::default();
+        affinities.0.insert(
+            (2, CLIENT),
+            AffinityValue {
+                last_seen_ns: NOW - 10 * SEC,
+                backend_id: 99,
+                _pad: 0,
+            },
+        );
+        (fwd, rev, affinities)
+    };
+    let pass = |current| {
+        let (mut fwd, mut rev, mut affinities) = tables();
+        let l = Live { current, ..live() };
+        let stats = collect(
+            &Config::DEFAULT,
+            NOW,
+            &l,
+            &mut fwd,
+            &mut rev,
+            &mut affinities,
+            CAPACITY,
+        )
+        .expect("collect");
+        (stats, fwd.live.len(), rev.live.len(), affinities.0.len())
+    };
+    let (stats, flows, replies, affinities) = pass(false);
+    assert_eq!(
+        (
+            stats.expired,
+            stats.service_gone,
+            stats.orphans,
+            stats.affinities_expired
+        ),
+        (1, 0, 0, 0),
+        "only what timed out goes"
+    );
+    assert_eq!((flows, replies, affinities), (2, 3, 1));
+    let (stats, flows, replies, affinities) = pass(true);
+    assert_eq!(
+        (
+            stats.expired,
+            stats.service_gone,
+            stats.orphans,
+            stats.affinities_expired
+        ),
+        (1, 1, 1, 1),
+        "a current pass sweeps the gone frontend's flows and the gone backend's affinity"
+    );
+    assert_eq!((flows, replies, affinities), (1, 1, 0));
+}
+
+#[test]
+fn the_agent_programming_more_makes_a_taken_liveness_stale() {
+    let generation = Generation::default();
+    let programmed = Programmed::new(16);
+    let live = ProgrammedLiveness::new(&programmed, [], &generation);
+    assert!(live.current());
+    generation.advance();
+    assert!(!live.current());
+    assert!(ProgrammedLiveness::new(&programmed, [], &generation).current());
 }
 
 #[test]
@@ -454,7 +562,11 @@ fn node_port_flows_are_live_on_node_port_addresses() {
             Desired, Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, Scope,
             ServicePortName, WhenEmpty,
         },
-        sync::{Programmed, fake::FakeDatapath, gc::ProgrammedLiveness},
+        sync::{
+            Programmed,
+            fake::FakeDatapath,
+            gc::{Generation, ProgrammedLiveness},
+        },
     };
 
     let wire = |a: [u8; 4]| u32::from_ne_bytes(a);
@@ -497,7 +609,7 @@ fn node_port_flows_are_live_on_node_port_addresses() {
     let mut programmed = Programmed::new(16);
     programmed.sync(&desired, &mut dp);
     let node_ports = [Ipv4Addr::new(192, 168, 0, 2)];
-    let live = ProgrammedLiveness::new(&programmed, node_ports);
+    let live = ProgrammedLiveness::new(&programmed, node_ports, &Generation::default());
     // (flow's VIP, port, protocol, live)
     let cases = [
         ([198, 19, 0, 10], 80, IPPROTO_TCP, true),
@@ -538,7 +650,7 @@ fn node_port_flows_are_live_on_node_port_addresses() {
     desired.remove(&node_port);
     desired.remove(&node_port.with_scope(Scope::Internal));
     programmed.sync(&desired, &mut dp);
-    let live = ProgrammedLiveness::new(&programmed, node_ports);
+    let live = ProgrammedLiveness::new(&programmed, node_ports, &Generation::default());
     assert_eq!(
         judge(&cfg, NOW, &live, &key, &fwd, None),
         Verdict::ServiceGone
