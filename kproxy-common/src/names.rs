@@ -37,7 +37,8 @@ pub const MAP_NODEPORT_LIST: &str = "KP_NODEPORT_LIST";
 pub const MAP_RETIRED: &str = "KP_RETIRED";
 pub const MAP_FREE_PORTS: &str = "KP_FREE_PORTS";
 
-/// The programs the agent loads at start and attaches.
+/// The programs the agent loads at start and attaches (the XDP one only when it has XDP
+/// interfaces; otherwise at its first XDP attach).
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
 /// Programs the agent loads only when an interface needs them.
 pub const LAZY_PROGRAMS: [&str; 1] = [PROG_XDP_DEFER];

@@ -213,19 +213,20 @@ impl RunArgs {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination() {
+/// Registers for SIGTERM and SIGINT at once, and resolves on the first of them. Registered
+/// before anything else runs: a signal that arrives before the agent first waits for one (a
+/// pod deleted while it starts) still stops it cleanly instead of killing it.
+fn termination() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context as _;
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Checks a `kproxy run` command line (without the program name) the way `kproxy` would
@@ -257,7 +258,7 @@ pub fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(agent::run(config, termination()))),
+                .and_then(|rt| rt.block_on(async { agent::run(config, termination()?).await })),
             Err(e) => Err(anyhow::anyhow!(e)),
         },
         Command::Services(args) => cmd::services::print(&args.pin.pin_dir, args.json),

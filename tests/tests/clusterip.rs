@@ -304,6 +304,26 @@ fn an_established_connection_survives_unrelated_updates() {
 }
 
 #[test]
+fn sigterm_while_the_agent_starts_stops_it_cleanly() {
+    if !require_privileges("sigterm_while_the_agent_starts_stops_it_cleanly") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &web_and_dns(&bed, vip(10), None));
+    // Just after its first log line (the kernel is verifying the programs), and just after it
+    // reports ready (before it first waits for anything): a pod deleted at either moment.
+    for moment in ["serving healthz", " ready"] {
+        let mut agent = Agent::spawn_starting(&bed, &[]);
+        agent.wait_for_log(moment, Duration::from_secs(10));
+        let status = agent.stop();
+        assert!(
+            status.success(),
+            "SIGTERM after {moment:?} ends the agent cleanly: {status}"
+        );
+    }
+}
+
+#[test]
 fn traffic_keeps_flowing_while_the_agent_restarts() {
     if !require_privileges("traffic_keeps_flowing_while_the_agent_restarts") {
         return;

@@ -156,10 +156,15 @@ pub async fn run(
         )?,
         Source::Api { kubeconfig } => Input::api(kubeconfig.as_deref(), &config.node_name).await?,
     };
-    let (pin_dir, sizes) = (config.pin_dir.clone(), config.sizes);
-    let (ebpf, pinned) = tokio::task::spawn_blocking(move || load::load(&pin_dir, &sizes))
-        .await
-        .context("loading the datapath")??;
+    let (pin_dir, sizes, xdp) = (
+        config.pin_dir.clone(),
+        config.sizes,
+        !config.xdp_ifaces.is_empty(),
+    );
+    let (ebpf, pinned) =
+        tokio::task::spawn_blocking(move || load::load_with(&pin_dir, &sizes, xdp))
+            .await
+            .context("loading the datapath")??;
     tracing::info!(
         ?pinned,
         took_ms = started.elapsed().as_millis(),

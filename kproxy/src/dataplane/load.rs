@@ -97,6 +97,13 @@ fn object() -> Result<Cow<'static, [u8]>> {
 /// layout version and have the same shape. Programs are loaded into the kernel but not
 /// attached.
 pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, PinnedState)> {
+    load_with(pin_dir, sizes, true)
+}
+
+/// [`load`], with the XDP program verified now only if `xdp` (an agent with no XDP
+/// interfaces never attaches it, and one given some later loads it at its first attach):
+/// a quarter of a second of the kernel's time saved at every start.
+pub fn load_with(pin_dir: &Path, sizes: &MapSizes, xdp: bool) -> Result<(Ebpf, PinnedState)> {
     bpffs::ensure_pin_dir(pin_dir)?;
     let object = object()?;
     let state = check_layout(pin_dir)?;
@@ -116,17 +123,17 @@ pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, PinnedState)> {
         loader.map_max_entries(name, size);
     }
     let mut ebpf = loader.load(&object).context("loading the eBPF object")?;
-    load_programs(&mut ebpf)?;
+    load_programs(&mut ebpf, xdp)?;
     if state != PinnedState::Adopted {
         write_meta(pin_dir, &Meta::new())?;
     }
     Ok((ebpf, state))
 }
 
-/// Loads (has the kernel verify) the programs every start needs. Verification is most of a
+/// Loads (has the kernel verify) the programs a start needs. Verification is most of a
 /// start, a quarter to half a second per program, the egress program the longest: it runs on
 /// a thread of its own while this one verifies the others.
-fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+fn load_programs(ebpf: &mut Ebpf, xdp: bool) -> Result<()> {
     let mut programs: Vec<(&str, &mut Program)> = ebpf
         .programs_mut()
         .filter(|(name, _)| names::PROGRAMS.contains(name))
@@ -135,6 +142,9 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
         if !programs.iter().any(|(found, _)| *found == name) {
             anyhow::bail!("program {name} missing from the object");
         }
+    }
+    if !xdp {
+        programs.retain(|(name, _)| *name != names::PROG_XDP);
     }
     let (mut egress, mut others): (Vec<_>, Vec<_>) = programs
         .drain(..)

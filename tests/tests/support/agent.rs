@@ -187,6 +187,28 @@ impl Agent {
         Self::start_with(bed, &["--attach", &ifaces], extra)
     }
 
+    /// Like `start`, without waiting: the agent may be anywhere in its start.
+    pub fn spawn_starting(bed: &Bed, extra: &[&str]) -> Self {
+        let ifaces = bed.topo.node_ifaces().join(",");
+        Self::spawn(
+            bed.site(),
+            &Input::Manifests,
+            &bed.pin_dir(),
+            &["--attach", &ifaces],
+            extra,
+            &[],
+        )
+    }
+
+    /// Waits until the agent logs a line containing `needle`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        self.process
+            .as_mut()
+            .expect("agent running")
+            .wait_for(needle, timeout)
+            .unwrap_or_else(|e| panic!("kproxy never logged {needle:?}: {e:#}"));
+    }
+
     pub fn start_with(bed: &Bed, attach: &[&str], extra: &[&str]) -> Self {
         Self::start_pinned(bed, &bed.pin_dir(), attach, extra)
     }
