@@ -45,8 +45,9 @@ pub struct Options {
     /// Modes to measure, comma separated (default: all of kproxy-tc, kproxy-xdp,
     /// iptables-legacy, iptables-nft, nftables, ipvs; the external section has no ipvs and
     /// adds bare-xdp-forward; the real section's are kproxy-tc, kproxy-xdp,
-    /// kube-proxy-iptables, kube-proxy-nftables, kube-proxy-ipvs). Each section measures
-    /// the modes it knows.
+    /// kube-proxy-iptables, kube-proxy-nftables, kube-proxy-ipvs, and direct: no Service and
+    /// no proxy, the client connecting to the backends). Each section measures the modes it
+    /// knows.
     #[arg(long, value_delimiter = ',')]
     pub modes: Option<Vec<String>>,
     /// Run only the external-traffic section (NodePort with a remote backend, UDP forwarding).
@@ -111,6 +112,7 @@ impl Plan {
                         if Mode::parse(n).is_none()
                             && ExtMode::parse(n).is_none()
                             && RealMode::parse(n).is_none()
+                            && n != real::DIRECT
                         {
                             bail!("unknown mode {n:?}");
                         }
@@ -165,8 +167,12 @@ impl Plan {
         } else {
             vec![10, 1_000, 10_000, 30_000]
         });
-        let real = (!opts.skip_real && !opts.external_only && !real_modes.is_empty())
-            .then(|| real::Plan::new(real_modes, real_scales, opts.quick));
+        let direct = opts
+            .modes
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == real::DIRECT));
+        let real = (!opts.skip_real && !opts.external_only && (direct || !real_modes.is_empty()))
+            .then(|| real::Plan::new(real_modes, direct, real_scales, opts.quick));
         let external =
             (!opts.skip_external && !opts.real_only && !ext_modes.is_empty()).then(|| {
                 external::Plan {
@@ -396,8 +402,13 @@ fn measure(
     cfg.duration = plan.duration;
     cfg.warmup = warmup(plan.duration);
     cfg.concurrency = plan.concurrency;
+    measure_with(bed, &cfg, placement.as_str())
+}
+
+/// Runs `cfg`'s load from the bed's client; `label` names it in the progress line.
+fn measure_with(bed: &BenchBed, cfg: &LoadConfig, label: &str) -> Result<Sample> {
     let accepted_before = bed.accepted();
-    let result = load::run(&bed.topo.client, &cfg)?;
+    let result = load::run(&bed.topo.client, cfg)?;
     // Every connection counted must have reached one of the backends' servers.
     let accepted = bed.accepted() - accepted_before;
     if accepted < result.connections {
@@ -406,11 +417,7 @@ fn measure(
             result.connections
         );
     }
-    eprintln!(
-        "bench:   {} {result} spread {:?}",
-        placement.as_str(),
-        result.per_backend
-    );
+    eprintln!("bench:   {label} {result} spread {:?}", result.per_backend);
     Ok(Sample {
         rate: result.rate(),
         p50_us: result.p50_us(),

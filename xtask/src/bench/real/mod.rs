@@ -43,18 +43,25 @@ pub use proxy::Proxy as RealMode;
 /// Sampled Services besides the first and the last, probed for "every Service answers".
 const SAMPLE: usize = 62;
 
+/// The bed's ceiling, measured beside the proxies: the client connects to the three
+/// backends in turn, with no Service and no proxy in between.
+pub const DIRECT: &str = "direct";
+
 /// The section's own settings.
 pub struct Plan {
     pub modes: Vec<Proxy>,
+    /// Measure [`DIRECT`] too.
+    pub direct: bool,
     pub scales: Vec<usize>,
     pub churn_seconds: u32,
     pub probe_rounds: usize,
 }
 
 impl Plan {
-    pub fn new(modes: Vec<Proxy>, scales: Vec<usize>, quick: bool) -> Plan {
+    pub fn new(modes: Vec<Proxy>, direct: bool, scales: Vec<usize>, quick: bool) -> Plan {
         Plan {
             modes,
+            direct,
             scales,
             churn_seconds: if quick { 3 } else { 15 },
             probe_rounds: if quick { 2 } else { 5 },
@@ -181,6 +188,17 @@ fn measure_scale(
     let mut targets = probe::sample(&frontends, SAMPLE);
     targets.push(objects::CHURN.frontend());
     for rep in 0..bench.repetitions {
+        if plan.direct {
+            eprintln!(
+                "bench: real section, {services} services, {DIRECT} (no proxy), repetition {}/{}",
+                rep + 1,
+                bench.repetitions
+            );
+            let sample = measure_direct(bench)?;
+            cell_in(&mut real.cells, DIRECT, services, Placement::Last)
+                .samples
+                .push(sample);
+        }
         for &mode in modes {
             eprintln!(
                 "bench: real section, {services} services, {}, repetition {}/{}",
@@ -278,6 +296,22 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// New connections from the client of a fresh bed straight to its backends' servers, in
+/// turn: what the bed does without any Service translation.
+fn measure_direct(bench: &BenchPlan) -> Result<super::report::Sample> {
+    let bed = BenchBed::new()?;
+    let backends = bed
+        .backends()
+        .into_iter()
+        .map(|b| std::net::SocketAddrV4::new(b, super::cluster::BACKEND_PORT))
+        .collect();
+    let mut cfg = super::load::LoadConfig::new(backends);
+    cfg.duration = bench.duration;
+    cfg.warmup = super::warmup(bench.duration);
+    cfg.concurrency = bench.concurrency;
+    super::measure_with(&bed, &cfg, "backends")
 }
 
 /// The churn pod Ready on the first backend, the probe's pod not Ready: each run starts

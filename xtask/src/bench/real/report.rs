@@ -92,6 +92,17 @@ pub fn markdown(real: Option<&Real>, modes: &[&str]) -> String {
             scale.services, scale.objects, scale.create_s
         );
     }
+    if real.cells.iter().any(|c| c.mode == super::DIRECT) {
+        let _ = writeln!(
+            out,
+            "\n`{}` is the bed's ceiling: the same client connecting to the three backends in \
+             turn, with no Service and no proxy (its rows stand under \"last\"). Through a \
+             ClusterIP every connection of the client goes to one address and port, so a \
+             proxy that translates packets also meets the client's port reuse (near 30k/s \
+             here, see the load generator); direct connections spread over three.",
+            super::DIRECT
+        );
+    }
     out += "\n#### New connections (real kube-proxy)\n\n";
     out += &connections_table(&real.cells, REAL_BASELINE, modes);
     out += &programming_table(real);
