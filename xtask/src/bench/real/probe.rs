@@ -1,7 +1,9 @@
 //! Probes that time programming from the outside, the same way for every proxy: real
 //! connections from the client namespace, one request line, one reply from a backend's
-//! who-am-I server. A VIP nothing serves yet fails fast (the node has no route for it: ICMP
-//! net unreachable; a Service without endpoints is rejected), so polling costs little.
+//! who-am-I server. A VIP nothing serves yet is refused (the node has no route for it: ICMP
+//! net unreachable; a Service without endpoints is rejected), or, once the kernel's ICMP rate
+//! limit is reached, its SYN is dropped without a word: so attempts at a target overlap
+//! rather than wait for each other.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -25,8 +27,19 @@ use super::{
 
 /// One attempt's bound: a SYN that meets nothing is retried rather than waited for.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
-/// Pause between polling rounds.
+/// Pause between polling rounds (waiting for a Service to refuse).
 const POLL_PAUSE: Duration = Duration::from_millis(1);
+/// Time between attempts at one target while waiting for its first reply. Attempts overlap:
+/// the kernel rate-limits the ICMP errors that refuse an unserved VIP (a few per second per
+/// client), so an attempt may meet a silent drop and wait out its timeout, and a next attempt
+/// held back until then would put the figures in steps of it.
+const NEW_ENDPOINT_SPACING: Duration = Duration::from_millis(2);
+/// The same for "every Service answers", per sampled Service: coarser, as 64 targets are
+/// polled at once and the poll must not take the CPU from the proxy it times.
+const ALL_ANSWER_SPACING: Duration = Duration::from_millis(20);
+/// How long one change may take to show: kube-proxy's iptables mode syncs tens of thousands of
+/// Services in tens of seconds.
+const PROBE_TIMEOUT: Duration = Duration::from_mins(2);
 
 /// One request through `target` from the calling thread's namespace: the reply line.
 fn ask(target: SocketAddrV4) -> std::io::Result<String> {
@@ -50,16 +63,83 @@ pub fn all_answer(
     timeout: Duration,
 ) -> Result<Duration> {
     let started = proxy.started;
+    let deadline = started + timeout;
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
     let poller = bed.topo.client.spawn("probe-all", move || {
-        let mut pending = targets;
-        while !pending.is_empty() && !stopped.load(Ordering::Relaxed) {
-            pending.retain(|t| ask(*t).is_err());
-            std::thread::sleep(POLL_PAUSE);
-        }
-        (pending, started.elapsed())
+        // Threads spawned here stay in the client's namespace.
+        std::thread::scope(|scope| {
+            let polls: Vec<_> = targets
+                .iter()
+                .map(|&target| {
+                    let stopped = &stopped;
+                    scope.spawn(move || {
+                        first_reply(target, ALL_ANSWER_SPACING, deadline, stopped).map(|(_, at)| at)
+                    })
+                })
+                .collect();
+            polls
+                .into_iter()
+                .map(|p| p.join().ok().flatten())
+                .collect::<Vec<Option<Instant>>>()
+        })
     })?;
+    let result = watch(proxy, &poller, deadline, &stop);
+    let answered = poller
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+        .context("probing from the client namespace")?;
+    result.map_err(|e| {
+        e.context(format!(
+            "not every sampled Service answered within {timeout:?}"
+        ))
+    })?;
+    let pending = answered.iter().filter(|a| a.is_none()).count();
+    if pending > 0 {
+        bail!("{pending} sampled Services never answered within {timeout:?}");
+    }
+    let last = answered.into_iter().flatten().max().context("no targets")?;
+    Ok(last - started)
+}
+
+/// Asks `target` every `spacing` from the calling thread's namespace, attempts overlapping,
+/// until one gets a reply (returned, with when it came), `stop` is set or `deadline` passes.
+fn first_reply(
+    target: SocketAddrV4,
+    spacing: Duration,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Option<(String, Instant)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        loop {
+            // Returning leaves the attempts still in flight to end within their timeout;
+            // the scope waits for them.
+            if let Ok(found) = rx.try_recv() {
+                return Some(found);
+            }
+            if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let tx = tx.clone();
+            scope.spawn(move || {
+                if let Ok(reply) = ask(target) {
+                    let _ = tx.send((reply, Instant::now()));
+                }
+            });
+            std::thread::sleep(spacing);
+        }
+    })
+}
+
+/// Waits for `poller` while checking that the proxy runs; sets `stop` (ending the poll) when
+/// it does not, or at `deadline`.
+fn watch<T>(
+    proxy: &mut RunningProxy,
+    poller: &std::thread::JoinHandle<T>,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<()> {
     let result = loop {
         if poller.is_finished() {
             break Ok(());
@@ -67,23 +147,13 @@ pub fn all_answer(
         if let Err(e) = proxy.check_running() {
             break Err(e);
         }
-        if started.elapsed() > timeout {
-            break Err(anyhow::anyhow!(
-                "not every sampled Service answered within {timeout:?}"
-            ));
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!("timed out"));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     stop.store(true, Ordering::Relaxed);
-    let (pending, took) = poller
-        .join()
-        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
-        .context("probing from the client namespace")?;
-    result?;
-    if !pending.is_empty() {
-        bail!("{} sampled Services never answered", pending.len());
-    }
-    Ok(took)
+    result
 }
 
 /// The Services probed for "every Service answers": the last created, the first, and
@@ -123,24 +193,27 @@ pub fn new_endpoint(
             &bed.topo.client,
             proxy,
             target,
-            Duration::from_secs(10),
+            PROBE_TIMEOUT,
             std::io::Result::is_err,
         )
         .context("the probe Service kept answering after its pod stopped being Ready")?;
         std::thread::sleep(Duration::from_millis(1_200));
         let started = Instant::now();
         PROBE.set_ready(plane, 0, pod_ip, true, SystemTime::now())?;
-        let reply = poll(
-            &bed.topo.client,
-            proxy,
-            target,
-            Duration::from_secs(10),
-            std::io::Result::is_ok,
-        )
-        .context("the probe Service's new endpoint never answered")?;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        let reply = reply.unwrap_or_default();
-        // The poll only stops on a reply.
+        let deadline = started + PROBE_TIMEOUT;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let poller = bed.topo.client.spawn("probe-one", move || {
+            first_reply(target, NEW_ENDPOINT_SPACING, deadline, &stopped)
+        })?;
+        let result = watch(proxy, &poller, deadline, &stop);
+        let found = poller
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+            .context("probing from the client namespace")?;
+        result.context("waiting for the probe Service's new endpoint")?;
+        let (reply, at) = found.context("the probe Service's new endpoint never answered")?;
+        let ms = (at - started).as_secs_f64() * 1e3;
         if !reply.contains(&format!(":{CHANGED_PORT} ")) {
             bail!("the probe Service was answered by another server: {reply:?}");
         }
