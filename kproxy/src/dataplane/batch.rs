@@ -8,6 +8,8 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{Pod, maps::MapData};
 
+use super::bpfsys::{ATTR_WORDS, bpf_attr};
+
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -16,26 +18,15 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 pub fn lookup_and_delete<K: Pod, V: Pod>(map: &MapData, key: &K) -> std::io::Result<Option<V>> {
     let mut value = std::mem::MaybeUninit::<V>::zeroed();
     // union bpf_attr, element: map_fd (u32, padded), key, value (u64 each), flags (u64).
-    let mut attr = [0u64; 4];
+    let mut attr = [0u64; ATTR_WORDS];
     attr[0] = u64::from(map.fd().as_fd().as_raw_fd().unsigned_abs());
     attr[1] = std::ptr::from_ref(key) as u64;
     attr[2] = value.as_mut_ptr() as u64;
-    // SAFETY: the attr points at a key and a value buffer that live for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOENT) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+    // The attr points at a key and a value buffer that live for the call.
+    match bpf_attr(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(_) => {}
     }
     // SAFETY: the kernel wrote a whole value; any bit pattern is a valid `Pod`.
     Ok(Some(unsafe { value.assume_init() }))
@@ -57,25 +48,17 @@ pub fn update<K: Pod, V: Pod>(
     };
     // union bpf_attr, batch: in_batch, out_batch, keys, values (u64 each), count, map_fd
     // (u32 each), elem_flags, flags (u64 each).
-    let mut attr = [0u64; 8];
+    let mut attr = [0u64; ATTR_WORDS];
     attr[2] = keys.as_ptr() as u64;
     attr[3] = values.as_ptr() as u64;
     attr[4] = u64::from(count) | (u64::from(map.fd().as_fd().as_raw_fd().unsigned_abs()) << 32);
-    // SAFETY: the attr points at `count` keys and values that live for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
+    // The attr points at `count` keys and values that live for the call.
+    let result = bpf_attr(BPF_MAP_UPDATE_BATCH, &mut attr);
     // The kernel writes back how many entries it processed.
     let done = usize::try_from(attr[4] & 0xffff_ffff).unwrap_or(0);
-    if rc < 0 {
-        (done, Some(std::io::Error::last_os_error()))
-    } else {
-        (keys.len(), None)
+    match result {
+        Err(e) => (done, Some(e)),
+        Ok(_) => (keys.len(), None),
     }
 }
 
@@ -117,7 +100,7 @@ pub fn lookup<K: Pod, V: Pod>(
     let mut out_batch = 0u64;
     // union bpf_attr, batch: in_batch, out_batch, keys, values (u64 each), count, map_fd
     // (u32 each), elem_flags, flags (u64 each).
-    let mut attr = [0u64; 8];
+    let mut attr = [0u64; ATTR_WORDS];
     attr[0] = if from.is_some() {
         std::ptr::from_mut(&mut in_batch) as u64
     } else {
@@ -127,28 +110,17 @@ pub fn lookup<K: Pod, V: Pod>(
     attr[2] = keys.as_mut_ptr() as u64;
     attr[3] = values.as_mut_ptr() as u64;
     attr[4] = u64::from(count) | (u64::from(map.fd().as_fd().as_raw_fd().unsigned_abs()) << 32);
-    // SAFETY: the attr points at buffers of `count` keys and values and at the two position
-    // tokens, all of which live for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
+    // The attr points at buffers of `count` keys and values and at the two position tokens,
+    // all of which live for the call.
+    let result = bpf_attr(BPF_MAP_LOOKUP_BATCH, &mut attr);
     // The kernel writes back how many entries it copied (also with ENOENT, the walk's end).
     let copied = usize::try_from(attr[4] & 0xffff_ffff)
         .unwrap_or(0)
         .min(capacity);
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            return Err(e);
-        }
-        *walk = Walk::End;
-    } else {
-        *walk = Walk::At(out_batch);
+    match result {
+        Ok(_) => *walk = Walk::At(out_batch),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => *walk = Walk::End,
+        Err(e) => return Err(e),
     }
     // SAFETY: the kernel wrote `copied` whole keys and values; any bit pattern is a `Pod`.
     unsafe {

@@ -261,7 +261,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
     if let Some(real_plan) = &plan.real {
         // The real section's largest scales take many minutes each: the report is written
-        // after every scale, so a run cut short keeps what it measured.
+        // after every proxy run, so a run cut short keeps what it measured.
         let mut skipped = report.skipped.clone();
         let before = report.clone();
         let checkpoint = |real: &real::report::Real, skipped: &[Skipped]| -> Result<()> {

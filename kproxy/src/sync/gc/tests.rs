@@ -264,22 +264,19 @@ fn flows_of_gone_backends_stay_until_they_time_out_so_their_clients_get_a_reset(
         backends: HashSet::new(),
         current: true,
     };
-    let stats = collect(
-        &Config::DEFAULT,
-        NOW,
-        &l,
-        &mut fwd,
-        &mut rev,
-        &mut Affinities::default(),
-        CAPACITY,
-    )
-    .expect("collect");
+    let stats = collect_now(&l, &mut fwd, &mut rev, &mut Affinities::default());
     assert_eq!(stats.expired + stats.service_gone, 0);
     assert_eq!((fwd.live.len(), rev.live.len()), (1, 1));
 }
 
-#[test]
-fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
+/// One pass with the default configuration at `NOW`, in tables of `CAPACITY`.
+fn collect_now(l: &Live, fwd: &mut Table, rev: &mut Table, affinities: &mut Affinities) -> GcStats {
+    collect(&Config::DEFAULT, NOW, l, fwd, rev, affinities, CAPACITY).expect("collect")
+}
+
+/// Three established flows: one idle for 7 hours (timed out), one live, one to a frontend
+/// `live()` does not serve.
+fn dead_live_and_gone_flows() -> (Table, Table) {
     let mut fwd = Table::default();
     let mut rev = Table::default();
     for (sport, vip, idle) in [(1, VIP, 7 * 3600), (2, VIP, 10), (3, OTHER_VIP, 0)] {
@@ -287,6 +284,12 @@ fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
         fwd.live.insert(k, f);
         rev.live.insert(rk, r);
     }
+    (fwd, rev)
+}
+
+#[test]
+fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
+    let (mut fwd, mut rev) = dead_live_and_gone_flows();
     let mut affinities = Affinities::default();
     let aff = |backend_id, idle_s: u64| AffinityValue {
         last_seen_ns: NOW - idle_s * SEC,
@@ -332,13 +335,7 @@ fn a_pass_the_agent_overtook_deletes_nothing_for_being_gone_until_the_next() {
     // The same tables as above, judged by a liveness the agent has since moved past: a
     // frontend or backend it does not know may have been programmed after it was taken.
     let tables = || {
-        let mut fwd = Table::default();
-        let mut rev = Table::default();
-        for (sport, vip, idle) in [(1, VIP, 7 * 3600), (2, VIP, 10), (3, OTHER_VIP, 0)] {
-            let ((k, f), (rk, r)) = flow(vip, sport, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, idle);
-            fwd.live.insert(k, f);
-            rev.live.insert(rk, r);
-        }
+        let (fwd, mut rev) = dead_live_and_gone_flows();
         // A reply entry whose forward entry was evicted, to the unknown frontend.
         let ((_, _), (rk, r)) = flow(OTHER_VIP, 4, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, 0);
         rev.live.insert(rk, r);
@@ -356,42 +353,29 @@ fn a_pass_the_agent_overtook_deletes_nothing_for_being_gone_until_the_next() {
     let pass = |current| {
         let (mut fwd, mut rev, mut affinities) = tables();
         let l = Live { current, ..live() };
-        let stats = collect(
-            &Config::DEFAULT,
-            NOW,
-            &l,
-            &mut fwd,
-            &mut rev,
-            &mut affinities,
-            CAPACITY,
-        )
-        .expect("collect");
-        (stats, fwd.live.len(), rev.live.len(), affinities.0.len())
-    };
-    let (stats, flows, replies, affinities) = pass(false);
-    assert_eq!(
+        let stats = collect_now(&l, &mut fwd, &mut rev, &mut affinities);
+        // (expired, service gone, orphans, affinities expired), then what is left in the
+        // forward, reply and affinity tables.
         (
-            stats.expired,
-            stats.service_gone,
-            stats.orphans,
-            stats.affinities_expired
-        ),
-        (1, 0, 0, 0),
+            [
+                stats.expired,
+                stats.service_gone,
+                stats.orphans,
+                stats.affinities_expired,
+            ],
+            [fwd.live.len(), rev.live.len(), affinities.0.len()],
+        )
+    };
+    assert_eq!(
+        pass(false),
+        ([1, 0, 0, 0], [2, 3, 1]),
         "only what timed out goes"
     );
-    assert_eq!((flows, replies, affinities), (2, 3, 1));
-    let (stats, flows, replies, affinities) = pass(true);
     assert_eq!(
-        (
-            stats.expired,
-            stats.service_gone,
-            stats.orphans,
-            stats.affinities_expired
-        ),
-        (1, 1, 1, 1),
+        pass(true),
+        ([1, 1, 1, 1], [1, 1, 0]),
         "a current pass sweeps the gone frontend's flows and the gone backend's affinity"
     );
-    assert_eq!((flows, replies, affinities), (1, 1, 0));
 }
 
 #[test]

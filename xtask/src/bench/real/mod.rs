@@ -109,11 +109,13 @@ pub fn run(
     }
     let logs = bench.output.join("real-logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let skipped_modes: &[Skipped] = skipped;
+    // After every mode's repetition: a long run cut short keeps what it measured.
+    let save = |real: &Real| checkpoint(real, skipped_modes);
     for &services in &plan.scales {
         measure_scale(
-            bench, plan, &modes, services, agent, ct_max, &logs, &mut real,
+            bench, plan, &modes, services, agent, ct_max, &logs, &mut real, &save,
         )?;
-        checkpoint(&real, skipped)?;
     }
     if modes.iter().any(|m| m.is_kproxy())
         && real
@@ -162,6 +164,7 @@ fn measure_scale(
     ct_max: u32,
     logs: &Path,
     real: &mut Real,
+    save: &dyn Fn(&Real) -> Result<()>,
 ) -> Result<()> {
     let dir = bench.output.join(format!("real-control-plane-{services}"));
     // A previous run's data would be a different cluster.
@@ -239,6 +242,7 @@ fn measure_scale(
                 ));
                 failed.push(mode);
             }
+            save(real)?;
         }
     }
     drop(plane);

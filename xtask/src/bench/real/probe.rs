@@ -85,10 +85,7 @@ pub fn all_answer(
         })
     })?;
     let result = watch(proxy, &poller, deadline, &stop);
-    let answered = poller
-        .join()
-        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
-        .context("probing from the client namespace")?;
+    let answered = joined(poller)?;
     result.map_err(|e| {
         e.context(format!(
             "not every sampled Service answered within {timeout:?}"
@@ -130,6 +127,14 @@ fn first_reply(
             std::thread::sleep(spacing);
         }
     })
+}
+
+/// What a probe thread in the client namespace returned.
+fn joined<T>(poller: std::thread::JoinHandle<std::io::Result<T>>) -> Result<T> {
+    poller
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+        .context("probing from the client namespace")
 }
 
 /// Waits for `poller` while checking that the proxy runs; sets `stop` (ending the poll) when
@@ -207,10 +212,7 @@ pub fn new_endpoint(
             first_reply(target, NEW_ENDPOINT_SPACING, deadline, &stopped)
         })?;
         let result = watch(proxy, &poller, deadline, &stop);
-        let found = poller
-            .join()
-            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
-            .context("probing from the client namespace")?;
+        let found = joined(poller)?;
         result.context("waiting for the probe Service's new endpoint")?;
         let (reply, at) = found.context("the probe Service's new endpoint never answered")?;
         let ms = (at - started).as_secs_f64() * 1e3;
@@ -246,10 +248,7 @@ fn poll(
         proxy.check_running()?;
         std::thread::sleep(Duration::from_millis(20));
     }
-    let outcome = poller
-        .join()
-        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
-        .context("probing from the client namespace")?;
+    let outcome = joined(poller)?;
     if !done(&outcome) {
         bail!("{target}: still {outcome:?} after {timeout:?}");
     }
