@@ -233,6 +233,9 @@ async fn serve(
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<()> {
     let mut gc = tokio::time::interval(agent.config.gc_interval);
+    // A pass that outlasts the interval is followed by one a whole interval later, not by
+    // the ticks it missed in a burst.
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     gc.tick().await;
     let mut collection: Option<JoinHandle<Collected>> = None;
     loop {
