@@ -397,11 +397,11 @@ impl Agent {
         let report = self
             .programmed
             .sync_keys(self.cluster.desired(), &keys, &mut self.services);
-        if self.node_applied.as_ref() != Some(self.cluster.node()) {
+        let node_changed = self.node_applied.as_ref() != Some(self.cluster.node());
+        if node_changed {
             self.apply_node();
-            self.generation.advance();
         }
-        if report.changed() {
+        if node_changed || report.changed() {
             self.generation.advance();
         }
         // Without a Node object (manifests that define none) the node is not leaving.
