@@ -310,9 +310,11 @@ fn sigterm_while_the_agent_starts_stops_it_cleanly() {
     }
     let bed = Bed::new(TopologyOptions::default());
     bed.write("apps.yaml", &web_and_dns(&bed, vip(10), None));
-    // Just after its first log line (the kernel is verifying the programs), and just after it
-    // reports ready (before it first waits for anything): a pod deleted at either moment.
-    for moment in ["serving healthz", " ready"] {
+    // Just after its first log line (before the maps exist), once the first view of the
+    // cluster is in (the maps are being written, the kernel is verifying the programs), and
+    // just after it reports ready (before it first waits for anything): a pod deleted at any
+    // of these moments.
+    for moment in ["serving healthz", "first complete view", " ready"] {
         let mut agent = Agent::spawn_starting(&bed, &[]);
         agent.wait_for_log(moment, Duration::from_secs(10));
         let status = agent.stop();

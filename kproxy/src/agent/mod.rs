@@ -161,15 +161,27 @@ pub async fn run(
         config.sizes,
         !config.xdp_ifaces.is_empty(),
     );
-    let (ebpf, pinned) =
-        tokio::task::spawn_blocking(move || load::load_with(&pin_dir, &sizes, xdp))
+    let (unverified, pinned) =
+        tokio::task::spawn_blocking(move || load::open_maps(&pin_dir, &sizes))
             .await
-            .context("loading the datapath")??;
+            .context("creating the maps")??;
     tracing::info!(
         ?pinned,
         took_ms = started.elapsed().as_millis(),
-        "datapath loaded"
+        "maps in place"
     );
+    // The kernel verifies the programs on threads of its own while the first view of the
+    // cluster is listed and written into the maps: the programs are attached only after
+    // that, so they never serve a half-written state either way.
+    let mut verifying = tokio::task::spawn_blocking(move || {
+        let verified = unverified.verify(xdp);
+        tracing::info!(
+            took_ms = started.elapsed().as_millis(),
+            ok = verified.is_ok(),
+            "programs verified"
+        );
+        verified
+    });
     let (node_addrs, flows) = open_node_config(&config)?;
     let mut services = ServiceMaps::open(&config.pin_dir)?;
     let programmed = recover_programmed(&mut services, config.sizes.services)?;
@@ -202,7 +214,18 @@ pub async fn run(
         tracing::info!("stopped before the first sync");
         return Ok(());
     };
+    tracing::info!(
+        took_ms = started.elapsed().as_millis(),
+        "first complete view of the cluster"
+    );
     agent.sync(&input, initial, Some(started));
+    let ebpf = tokio::select! {
+        () = &mut shutdown => {
+            tracing::info!("stopped while the kernel verified the programs");
+            return Ok(());
+        }
+        verified = &mut verifying => verified.context("verifying the programs")??,
+    };
     // healthCheckNodePorts listen where kube-proxy's do: on every address, or on the
     // NodePort addresses when --nodeport-addresses narrows them (as found at start).
     let mut health_checks = HealthCheckServers::new(

@@ -104,6 +104,34 @@ pub fn load(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, PinnedState)> {
 /// interfaces never attaches it, and one given some later loads it at its first attach):
 /// a quarter of a second of the kernel's time saved at every start.
 pub fn load_with(pin_dir: &Path, sizes: &MapSizes, xdp: bool) -> Result<(Ebpf, PinnedState)> {
+    let (unverified, state) = open_maps(pin_dir, sizes)?;
+    Ok((unverified.verify(xdp)?, state))
+}
+
+/// The object with its maps created (or adopted) and pinned, its programs not yet given to
+/// the kernel: the maps can be written while the kernel verifies the programs, which is
+/// most of a start.
+pub struct Unverified {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    adopted: bool,
+}
+
+impl Unverified {
+    /// Has the kernel verify the programs (see [`load_with`] for `xdp`), then records that
+    /// the pinned maps hold this layout's state, and returns the object.
+    pub fn verify(mut self, xdp: bool) -> Result<Ebpf> {
+        load_programs(&mut self.ebpf, xdp)?;
+        if !self.adopted {
+            write_meta(&self.pin_dir, &Meta::new())?;
+        }
+        Ok(self.ebpf)
+    }
+}
+
+/// The first phase of [`load_with`]: the maps, created or adopted and pinned, and what was
+/// found under `pin_dir`.
+pub fn open_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(Unverified, PinnedState)> {
     bpffs::ensure_pin_dir(pin_dir)?;
     let object = object()?;
     let state = check_layout(pin_dir)?;
@@ -122,12 +150,13 @@ pub fn load_with(pin_dir: &Path, sizes: &MapSizes, xdp: bool) -> Result<(Ebpf, P
     for (name, size) in sizes.max_entries() {
         loader.map_max_entries(name, size);
     }
-    let mut ebpf = loader.load(&object).context("loading the eBPF object")?;
-    load_programs(&mut ebpf, xdp)?;
-    if state != PinnedState::Adopted {
-        write_meta(pin_dir, &Meta::new())?;
-    }
-    Ok((ebpf, state))
+    let ebpf = loader.load(&object).context("loading the eBPF object")?;
+    let unverified = Unverified {
+        ebpf,
+        pin_dir: pin_dir.to_owned(),
+        adopted: state == PinnedState::Adopted,
+    };
+    Ok((unverified, state))
 }
 
 /// Loads (has the kernel verify) the programs a start needs. Verification is most of a
