@@ -35,7 +35,7 @@ use crate::{
         local_traffic::{LOCAL_CONFIG_FLAGS, LocalConfig},
     },
     problem::{Problem, ProblemKind},
-    source::{files::ManifestSource, trim::TRIGGER_TIME_ANNOTATION},
+    source::files::ManifestSource,
     sync::{
         Datapath, Programmed,
         gc::{GcStats, Generation, ProgrammedLiveness},
@@ -748,11 +748,5 @@ fn trigger_time(change: &Change) -> Option<SystemTime> {
     let Change::Slice(_, Some(slice)) = change else {
         return None;
     };
-    let stamp = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(TRIGGER_TIME_ANNOTATION)?;
-    let time = k8s_openapi::chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
-    Some(SystemTime::from(time))
+    slice.trigger_time
 }

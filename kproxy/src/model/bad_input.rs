@@ -2,7 +2,7 @@
 //! its object, kind and cause, skipped (the whole object, one port or one endpoint, whichever
 //! the problem concerns), and an unrelated service next to it stays served.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::net::Ipv4Addr;
 
 use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
@@ -12,7 +12,6 @@ use k8s_openapi::{
 use super::{
     Change, ClusterState, Endpoint, FrontendKey, Protocol, desired_state,
     fixtures::{ServiceBuilder, service, slice},
-    object_key,
 };
 use crate::problem::{Problem, ProblemKind};
 
@@ -633,8 +632,8 @@ type Step = (
     Vec<&'static str>,
 );
 
-fn put(svc: Service) -> Change {
-    Change::Service(object_key(&svc.metadata), Some(Arc::new(svc)))
+fn put(svc: &Service) -> Change {
+    Change::service(svc)
 }
 
 fn delete(name: &str) -> Change {
@@ -648,16 +647,16 @@ fn a_newcomer_never_takes_a_served_frontend_over() {
     let alpha = || created(web("alpha", "198.19.0.20").build(), "2026-01-01T00:00:00Z");
     let zeta = || created(web("zeta", "198.19.0.20").build(), "2026-06-01T00:00:00Z");
     let steps: Vec<Step> = vec![
-        ("zeta alone", vec![put(zeta())], Some("zeta"), vec![]),
+        ("zeta alone", vec![put(&zeta())], Some("zeta"), vec![]),
         (
             "alpha arrives: zeta keeps it",
-            vec![put(alpha())],
+            vec![put(&alpha())],
             Some("zeta"),
             vec!["alpha"],
         ),
         (
             "zeta updated (a new port): it keeps the frontend",
-            vec![put(created(
+            vec![put(&created(
                 web("zeta", "198.19.0.20")
                     .port("metrics", 9090, "TCP")
                     .build(),
@@ -674,13 +673,13 @@ fn a_newcomer_never_takes_a_served_frontend_over() {
         ),
         (
             "zeta back: alpha keeps it",
-            vec![put(zeta())],
+            vec![put(&zeta())],
             Some("alpha"),
             vec!["zeta"],
         ),
         (
             "alpha moves to another VIP: zeta takes over",
-            vec![put(created(
+            vec![put(&created(
                 web("alpha", "198.19.0.21").build(),
                 "2026-01-01T00:00:00Z",
             ))],
@@ -689,7 +688,7 @@ fn a_newcomer_never_takes_a_served_frontend_over() {
         ),
         (
             "alpha moves back while zeta serves: zeta keeps it",
-            vec![put(alpha())],
+            vec![put(&alpha())],
             Some("zeta"),
             vec!["alpha"],
         ),
@@ -697,7 +696,7 @@ fn a_newcomer_never_takes_a_served_frontend_over() {
             "zeta deleted and a third claimant in the same batch: the rank decides",
             vec![
                 delete("zeta"),
-                put(created(
+                put(&created(
                     web("beta", "198.19.0.20").build(),
                     "2025-01-01T00:00:00Z",
                 )),
@@ -828,13 +827,8 @@ fn bad_objects_arriving_one_by_one_are_reported_the_same() {
     for reversed in [false, true] {
         let mut changes: Vec<Change> = services
             .iter()
-            .cloned()
             .map(put)
-            .chain(
-                slices
-                    .iter()
-                    .map(|s| Change::Slice(object_key(&s.metadata), Some(Arc::new(s.clone())))),
-            )
+            .chain(slices.iter().map(Change::slice))
             .collect();
         if reversed {
             changes.reverse();
@@ -1199,8 +1193,8 @@ fn an_internal_entry_follows_its_frontend() {
             .get(k)
             .map(|f| (f.service.name.clone(), f.external_local))
     };
-    state.apply([put(holder)]);
-    state.apply([put(local.clone())]);
+    state.apply([put(&holder)]);
+    state.apply([put(&local.clone())]);
     assert_eq!(served_for(&state, &all), Some(("holder".into(), false)));
     assert_eq!(served_for(&state, &internal), None);
     let changed = state.apply([delete("holder")]);
@@ -1210,7 +1204,7 @@ fn an_internal_entry_follows_its_frontend() {
     // Back to the Cluster policy: the Internal entry goes, the frontend stays.
     let mut cluster = local;
     cluster.spec.as_mut().expect("spec").external_traffic_policy = Some("Cluster".into());
-    let changed = state.apply([put(cluster)]);
+    let changed = state.apply([put(&cluster)]);
     assert_eq!(served_for(&state, &all), Some(("local".into(), false)));
     assert_eq!(served_for(&state, &internal), None);
     assert!(changed.contains(&internal));

@@ -32,10 +32,11 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Desired, Endpoint, Frontend, FrontendKey, FrontendKind, LABEL_HEADLESS, LABEL_SERVICE_NAME,
-    LABEL_SERVICE_PROXY_NAME, NodeInfo, Scope, ServiceHealth, ServicePortName, WhenEmpty,
-    endpoints::{self, Family, slice_problems},
-    health, object_name,
+    Desired, Endpoint, Frontend, FrontendKey, FrontendKind, NodeInfo, Scope, ServiceHealth,
+    ServicePortName, WhenEmpty,
+    endpoints::{self, Family, SliceInfo},
+    health,
+    kept::{KeptService, KeptSlice},
     service::{PortSpec, ServiceSpec},
     topology::{Locality, categorize},
 };
@@ -53,23 +54,33 @@ pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
     )
 }
 
-/// One object added, changed (`Some`) or deleted (`None`).
+/// One object added, changed (`Some`) or deleted (`None`), as the model keeps it: sources
+/// convert what they read with `Change::service` and `Change::slice` at once, so the API
+/// objects themselves are never held longer than it takes to read them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    Service(ObjectKey, Option<Arc<Service>>),
-    Slice(ObjectKey, Option<Arc<EndpointSlice>>),
+    Service(ObjectKey, Option<Arc<KeptService>>),
+    Slice(ObjectKey, Option<Arc<KeptSlice>>),
     /// The agent's own Node (deleted: only its name is known).
     Node(Option<Arc<Node>>),
 }
 
-/// The Service an EndpointSlice feeds, unless kube-proxy would ignore the slice.
-fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let labels = slice.metadata.labels.as_ref()?;
-    if labels.contains_key(LABEL_HEADLESS) || labels.contains_key(LABEL_SERVICE_PROXY_NAME) {
-        return None;
+impl Change {
+    /// `svc` added or changed.
+    pub fn service(svc: &Service) -> Self {
+        Self::Service(
+            object_key(&svc.metadata),
+            Some(Arc::new(KeptService::of(svc))),
+        )
     }
-    let service = labels.get(LABEL_SERVICE_NAME)?;
-    Some((object_key(&slice.metadata).0, service.as_str().into()))
+
+    /// `slice` added or changed.
+    pub fn slice(slice: &EndpointSlice) -> Self {
+        Self::Slice(
+            object_key(&slice.metadata),
+            Some(Arc::new(KeptSlice::of(slice))),
+        )
+    }
 }
 
 /// Which of several services asking in one batch for the same free frontend gets it: the
@@ -82,14 +93,10 @@ enum Rank {
     Undated,
 }
 
-fn rank_of(services: &BTreeMap<ObjectKey, Arc<Service>>, key: &ObjectKey) -> Rank {
+fn rank_of(services: &BTreeMap<ObjectKey, Arc<KeptService>>, key: &ObjectKey) -> Rank {
     match services.get(key) {
         None => Rank::Gone,
-        Some(svc) => svc
-            .metadata
-            .creation_timestamp
-            .clone()
-            .map_or(Rank::Undated, Rank::Created),
+        Some(svc) => svc.created.clone().map_or(Rank::Undated, Rank::Created),
     }
 }
 
@@ -98,7 +105,7 @@ fn rank_of(services: &BTreeMap<ObjectKey, Arc<Service>>, key: &ObjectKey) -> Ran
 struct Queue(BTreeSet<(Rank, ObjectKey)>);
 
 impl Queue {
-    fn push(&mut self, services: &BTreeMap<ObjectKey, Arc<Service>>, key: ObjectKey) {
+    fn push(&mut self, services: &BTreeMap<ObjectKey, Arc<KeptService>>, key: ObjectKey) {
         self.0.insert((rank_of(services, &key), key));
     }
 
@@ -109,9 +116,8 @@ impl Queue {
 
 #[derive(Default)]
 pub struct ClusterState {
-    /// Shared with the source that produced them: one copy of each object in the agent.
-    services: BTreeMap<ObjectKey, Arc<Service>>,
-    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
+    services: BTreeMap<ObjectKey, Arc<KeptService>>,
+    slices: HashMap<ObjectKey, Arc<KeptSlice>>,
     /// Service → the slices labelled for it.
     slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Slice → the service it is indexed under.
@@ -301,20 +307,20 @@ impl ClusterState {
                     self.slice_problems.remove(&key);
                     match slice {
                         Some(slice) => {
-                            if let Some(owner) = slice_owner(&slice) {
+                            if let Some(owner) = &slice.owner {
                                 self.slices_of
                                     .entry(owner.clone())
                                     .or_default()
                                     .insert(key.clone());
                                 self.slice_owner.insert(key.clone(), owner.clone());
-                                if !self.services.contains_key(&owner) {
+                                if !self.services.contains_key(owner) {
                                     self.orphans.insert(key.clone(), owner.clone());
                                 }
-                                let problems = slice_problems(&slice);
-                                if !problems.is_empty() {
-                                    self.slice_problems.insert(key.clone(), problems);
+                                if !slice.problems.is_empty() {
+                                    self.slice_problems
+                                        .insert(key.clone(), slice.problems.clone());
                                 }
-                                dirty.insert(owner);
+                                dirty.insert(owner.clone());
                             }
                             self.slices.insert(key, slice);
                         }
@@ -342,8 +348,8 @@ impl ClusterState {
     ) {
         self.problems.remove(service);
         let mut problems = Vec::new();
-        let computed = match self.services.get(service).cloned() {
-            Some(svc) => self.frontends_of(service, &svc, &mut problems),
+        let computed = match self.services.get(service) {
+            Some(svc) => self.frontends_of(service, svc, &mut problems),
             None => Computed {
                 frontends: Vec::new(),
                 health: None,
@@ -413,32 +419,33 @@ impl ClusterState {
     /// check.
     fn frontends_of(
         &self,
-        key: &ObjectKey,
-        svc: &Service,
+        service: &ObjectKey,
+        svc: &KeptService,
         problems: &mut Vec<Problem>,
     ) -> Computed {
-        let Some(spec) = ServiceSpec::from_service(svc, problems) else {
+        problems.extend(svc.problems.iter().cloned());
+        let Some(spec) = &svc.spec else {
             return Computed {
                 frontends: Vec::new(),
                 health: None,
             };
         };
-        let slices: Vec<&EndpointSlice> = self
+        let slices: Vec<&SliceInfo> = self
             .slices_of
-            .get(key)
+            .get(service)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k).map(AsRef::as_ref))
+            .filter_map(|k| self.slices.get(k).map(|s| &s.info))
             .collect();
         let mut out = Vec::new();
         for port in &spec.ports {
             for &cluster_ip in &spec.cluster_ips {
-                self.port_frontends(&spec, port, cluster_ip, &slices, &mut out);
+                self.port_frontends(spec, port, cluster_ip, &slices, &mut out);
             }
         }
         for (key, frontend) in &mut out {
             let endpoints = std::mem::take(&mut frontend.endpoints);
-            frontend.endpoints = capped(endpoints, key, svc, &frontend.service.port, problems);
+            frontend.endpoints = capped(endpoints, key, service, &frontend.service.port, problems);
         }
         // One proxier per family answers health checks in kube-proxy; kproxy serves IPv4,
         // so a dual-stack Service's IPv4 endpoints are counted.
@@ -447,15 +454,9 @@ impl ClusterState {
         } else {
             Family::V6
         };
-        // kube-proxy's health checks come from its service port map: a Service without
-        // ports has none.
-        let has_ports = svc
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.ports.as_ref().is_some_and(|p| !p.is_empty()));
         let health = spec
             .health_check_node_port
-            .filter(|_| has_ports)
+            .filter(|_| svc.has_ports)
             .map(|port| {
                 (
                     port,
@@ -478,7 +479,7 @@ impl ClusterState {
         spec: &ServiceSpec,
         port: &PortSpec,
         cluster_ip: IpAddr,
-        slices: &[&EndpointSlice],
+        slices: &[&SliceInfo],
         out: &mut Vec<(FrontendKey, Frontend)>,
     ) {
         let family = Family::of(cluster_ip);
@@ -591,7 +592,7 @@ impl ClusterState {
         port: &PortSpec,
         family: Family,
         accessible: bool,
-        slices: &[&EndpointSlice],
+        slices: &[&SliceInfo],
         here: &Locality<'_>,
     ) -> Chosen {
         let infos = endpoints::endpoints_for(slices, port, family, &self.node.name);
@@ -646,7 +647,7 @@ impl ClusterState {
 fn capped(
     mut endpoints: Vec<super::Endpoint>,
     key: &FrontendKey,
-    svc: &Service,
+    service: &ObjectKey,
     port: &str,
     problems: &mut Vec<Problem>,
 ) -> Vec<super::Endpoint> {
@@ -661,7 +662,7 @@ fn capped(
                     endpoints.len()
                 ),
             )
-            .object(object_name("Service", &svc.metadata)),
+            .object(format!("Service {}/{}", service.0, service.1)),
         );
         endpoints.truncate(max);
     }

@@ -38,15 +38,96 @@ impl Family {
 }
 
 /// What one slice says about one endpoint.
-fn endpoint_info(ep: &SliceEndpoint, endpoint: Endpoint, node: &str) -> EndpointInfo {
+/// What kproxy keeps of an EndpointSlice: what endpoint selection and health checks read,
+/// parsed once when the slice arrives. The API object, with its metadata, strings and
+/// options, is several times this size, and at tens of thousands of Services the slices are
+/// a large share of the agent's memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SliceInfo {
+    /// `addressType`; `None` for FQDN and unknown types, which feed no frontend.
+    family: Option<Family>,
+    /// The ports kube-proxy can match: named, of a protocol it knows.
+    ports: Vec<SlicePort>,
+    /// The endpoints whose first address is usable in the slice's family.
+    endpoints: Vec<ListedEndpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct SlicePort {
+    name: Box<str>,
+    proto: Protocol,
+    /// As written (`None` when missing; checked when used, as kube-proxy does).
+    number: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct ListedEndpoint {
+    addr: IpAddr,
+    /// nil `ready` counts as true, nil `serving` as true, nil `terminating` as false
+    /// (pkg/proxy/endpointslicecache.go).
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node_name: Option<Box<str>>,
+    /// `hints.forZones` and `hints.forNodes` names.
+    zone_hints: Box<[String]>,
+    node_hints: Box<[String]>,
+}
+
+impl SliceInfo {
+    pub fn of(slice: &EndpointSlice) -> Self {
+        let family = match slice.address_type.as_str() {
+            "IPv4" => Some(Family::V4),
+            "IPv6" => Some(Family::V6),
+            _ => None,
+        };
+        let ports = slice
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| {
+                Some(SlicePort {
+                    name: p.name.as_deref()?.into(),
+                    proto: Protocol::parse(p.protocol.as_deref()).ok()?,
+                    number: p.port,
+                })
+            })
+            .collect();
+        let endpoints = family
+            .map(|family| {
+                slice
+                    .endpoints
+                    .iter()
+                    .filter_map(|ep| listed_endpoint(ep, family))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            family,
+            ports,
+            endpoints,
+        }
+    }
+
+    /// The number of the slice port matching `port` by name and protocol, if any (a slice
+    /// port without a number is passed over).
+    fn port(&self, port: &PortSpec) -> Option<i32> {
+        self.ports
+            .iter()
+            .find_map(|p| (*p.name == *port.name && p.proto == port.proto).then_some(p.number?))
+    }
+}
+
+fn listed_endpoint(ep: &SliceEndpoint, family: Family) -> Option<ListedEndpoint> {
     let conditions = ep.conditions.as_ref();
     let hints = ep.hints.as_ref();
-    EndpointInfo {
-        endpoint,
+    Some(ListedEndpoint {
+        addr: first_address(ep, family)?,
         ready: conditions.and_then(|c| c.ready).unwrap_or(true),
         serving: conditions.and_then(|c| c.serving).unwrap_or(true),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-        local: !node.is_empty() && ep.node_name.as_deref() == Some(node),
+        node_name: ep.node_name.as_deref().map(Into::into),
         zone_hints: hints
             .and_then(|h| h.for_zones.as_ref())
             .into_iter()
@@ -59,16 +140,24 @@ fn endpoint_info(ep: &SliceEndpoint, endpoint: Endpoint, node: &str) -> Endpoint
             .flatten()
             .map(|n| n.name.clone())
             .collect(),
+    })
+}
+
+fn endpoint_info(ep: &ListedEndpoint, port: u16, node: &str) -> EndpointInfo {
+    EndpointInfo {
+        endpoint: Endpoint {
+            addr: ep.addr,
+            port,
+        },
+        ready: ep.ready,
+        serving: ep.serving,
+        terminating: ep.terminating,
+        local: !node.is_empty() && ep.node_name.as_deref() == Some(node),
+        zone_hints: ep.zone_hints.iter().cloned().collect(),
+        node_hints: ep.node_hints.iter().cloned().collect(),
     }
 }
 
-/// Between two slices listing the same endpoint address, which copy counts. kube-proxy's
-/// endpointslicecache.go `addEndpoints` lets a non-terminating copy replace whatever is there
-/// and never lets a terminating one replace another: when the pod network reuses the IP of a
-/// terminating pod, the new pod wins even while it is not ready yet (so traffic does not fall
-/// back to the old pod's "serving" state through an IP that now belongs to someone else).
-/// Between copies upstream leaves to slice order (Go map order, so undefined), kproxy picks
-/// deterministically: the ready one, then the serving one, then the local one.
 fn better(new: &EndpointInfo, old: &EndpointInfo) -> bool {
     let rank = |e: &EndpointInfo| (!e.terminating, e.ready, e.serving, e.local);
     rank(new) > rank(old)
@@ -78,24 +167,21 @@ fn better(new: &EndpointInfo, old: &EndpointInfo) -> bool {
 /// conditions, node and hints (`node` is this node's name). What a slice holds that cannot
 /// be used (see `slice_problems`, which reports it once per slice) is skipped here.
 pub(super) fn endpoints_for(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceInfo],
     port: &PortSpec,
     family: Family,
     node: &str,
 ) -> Vec<EndpointInfo> {
     let mut found: BTreeMap<Endpoint, EndpointInfo> = BTreeMap::new();
     for slice in slices {
-        if slice.address_type != family.address_type() {
+        if slice.family != Some(family) {
             continue; // the other family's slices feed its own frontends; FQDN ones none
         }
-        let Some(number) = slice_port(slice, port).and_then(port_number) else {
+        let Some(number) = slice.port(port).and_then(port_number) else {
             continue;
         };
         for ep in &slice.endpoints {
-            let Some(addr) = first_address(ep, family) else {
-                continue;
-            };
-            let info = endpoint_info(ep, Endpoint { addr, port: number }, node);
+            let info = endpoint_info(ep, number, node);
             match found.get(&info.endpoint) {
                 Some(old) if !better(&info, old) => {}
                 _ => {
@@ -107,7 +193,16 @@ pub(super) fn endpoints_for(
     found.into_values().collect()
 }
 
-/// A slice port's number as the datapath takes it, if it is one (1..=65535).
+/// The (port name, protocol) pairs `slices` of `family` list.
+pub(super) fn listed_ports(slices: &[&SliceInfo], family: Family) -> Vec<(String, Protocol)> {
+    slices
+        .iter()
+        .filter(|s| s.family == Some(family))
+        .flat_map(|s| &s.ports)
+        .map(|p| (p.name.to_string(), p.proto))
+        .collect()
+}
+
 fn port_number(number: i32) -> Option<u16> {
     u16::try_from(number).ok().filter(|&n| n != 0)
 }
@@ -190,19 +285,4 @@ pub(super) fn slice_problems(slice: &EndpointSlice) -> Vec<Problem> {
         problems.push(problem(message));
     }
     problems
-}
-
-/// The number of the slice port matching `port` by name and protocol, if any. A slice port
-/// without a name is ignored, as kube-proxy does (an unnamed port is named "").
-fn slice_port(slice: &EndpointSlice, port: &PortSpec) -> Option<i32> {
-    slice
-        .ports
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find_map(|p| {
-            let same_proto =
-                Protocol::parse(p.protocol.as_deref()).is_ok_and(|proto| proto == port.proto);
-            (p.name.as_deref() == Some(port.name.as_str()) && same_proto).then_some(p.port?)
-        })
 }

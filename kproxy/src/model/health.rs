@@ -14,11 +14,9 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
 use super::{
     Protocol,
-    endpoints::{self, Family},
+    endpoints::{self, Family, SliceInfo},
     service::PortSpec,
 };
 
@@ -35,21 +33,11 @@ pub struct ServiceHealth {
 /// The distinct IPs of `node`'s ready endpoints of `family` in `slices`, over every
 /// (port name, protocol) the slices list; duplicates across slices are resolved as for
 /// frontends (`endpoints::endpoints_for`).
-pub(super) fn local_ready_endpoints(
-    slices: &[&EndpointSlice],
-    family: Family,
-    node: &str,
-) -> usize {
-    let ports: BTreeSet<(String, Protocol)> = slices
-        .iter()
-        .filter(|s| s.address_type == family.address_type())
-        .flat_map(|s| s.ports.as_deref().unwrap_or_default())
-        .filter_map(|p| {
-            // kube-proxy counts SCTP ports too; kproxy reads no SCTP endpoints, so an
-            // endpoint listed only for SCTP ports is not counted.
-            let proto = Protocol::parse(p.protocol.as_deref()).ok()?;
-            Some((p.name.clone()?, proto))
-        })
+pub(super) fn local_ready_endpoints(slices: &[&SliceInfo], family: Family, node: &str) -> usize {
+    // kube-proxy counts SCTP ports too; kproxy reads no SCTP endpoints, so an endpoint
+    // listed only for SCTP ports is not counted.
+    let ports: BTreeSet<(String, Protocol)> = endpoints::listed_ports(slices, family)
+        .into_iter()
         .collect();
     let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
     for (name, proto) in ports {

@@ -6,6 +6,7 @@ pub mod addr;
 pub mod cluster;
 mod endpoints;
 mod health;
+pub mod kept;
 pub mod local_traffic;
 mod node;
 mod service;
@@ -13,6 +14,7 @@ pub mod topology;
 
 pub use cluster::{Change, ClusterState, ObjectKey, object_key};
 pub use health::ServiceHealth;
+pub use kept::{KeptService, KeptSlice};
 pub use local_traffic::LocalDetection;
 pub use node::{LABEL_ZONE, NodeInfo, TAINT_TO_BE_DELETED};
 
@@ -279,18 +281,8 @@ pub fn desired_state_on(
     state.set_node(node.clone());
     let changes = services
         .iter()
-        .map(|s| {
-            Change::Service(
-                object_key(&s.metadata),
-                Some(std::sync::Arc::new(s.clone())),
-            )
-        })
-        .chain(slices.iter().map(|s| {
-            Change::Slice(
-                object_key(&s.metadata),
-                Some(std::sync::Arc::new(s.clone())),
-            )
-        }));
+        .map(Change::service)
+        .chain(slices.iter().map(Change::slice));
     state.apply(changes);
     (state.desired().clone(), state.problems())
 }

@@ -20,7 +20,8 @@ pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// The API server's upper bound for that field (1 day).
 const MAX_AFFINITY_TIMEOUT_S: i32 = 86_400;
 
-pub(super) struct PortSpec {
+#[derive(Debug, PartialEq)]
+pub(crate) struct PortSpec {
     /// Port name ("" when unnamed): the key that joins EndpointSlice ports.
     pub name: String,
     pub port: u16,
@@ -30,7 +31,8 @@ pub(super) struct PortSpec {
     pub node_port: Option<u16>,
 }
 
-pub(super) struct ServiceSpec {
+#[derive(Debug, PartialEq)]
+pub(crate) struct ServiceSpec {
     pub namespace: String,
     pub name: String,
     pub cluster_ips: Vec<IpAddr>,

@@ -547,8 +547,9 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
             0 => {
                 let s = services[next(services.len())].clone();
                 let key = object_key(&s.metadata);
-                truth_services.insert(key.clone(), s.clone());
-                Change::Service(key, Some(std::sync::Arc::new(s)))
+                let change = Change::service(&s);
+                truth_services.insert(key, s);
+                change
             }
             1 => {
                 let key = object_key(&services[next(services.len())].metadata);
@@ -558,8 +559,9 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
             2 => {
                 let s = slices[next(slices.len())].clone();
                 let key = object_key(&s.metadata);
-                truth_slices.insert(key.clone(), s.clone());
-                Change::Slice(key, Some(std::sync::Arc::new(s)))
+                let change = Change::slice(&s);
+                truth_slices.insert(key, s);
+                change
             }
             _ => {
                 let key = object_key(&slices[next(slices.len())].metadata);

@@ -9,17 +9,11 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::Node;
 
-use super::{
-    manifests::{Snapshot, manifest_files, node_object_name, parse_str},
-    trim::{trim_node, trim_service, trim_slice},
-};
+use super::manifests::{Snapshot, manifest_files, node_object_name, parse_str};
 use crate::{
-    model::{Change, ObjectKey, object_key},
+    model::{Change, KeptService, KeptSlice, ObjectKey, object_key},
     problem::{Problem, ProblemKind},
 };
 
@@ -44,9 +38,10 @@ impl Stamp {
 
 struct TrackedFile {
     stamp: Stamp,
-    /// The objects, shared with the cluster state: the agent holds one copy of each.
-    services: HashMap<ObjectKey, Arc<Service>>,
-    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
+    /// The objects as the model keeps them, shared with it: the agent holds one copy of
+    /// each, and none of the objects as read.
+    services: HashMap<ObjectKey, Arc<KeptService>>,
+    slices: HashMap<ObjectKey, Arc<KeptSlice>>,
     nodes: HashMap<String, Arc<Node>>,
     problems: Vec<Problem>,
     /// Object name → where in the file it is defined.
@@ -69,27 +64,24 @@ impl TrackedFile {
             stamp,
             services: contents
                 .services
-                .into_iter()
-                .map(|mut s| {
-                    trim_service(&mut s);
-                    (object_key(&s.metadata), Arc::new(s))
+                .iter()
+                .filter_map(|s| match Change::service(s) {
+                    Change::Service(key, Some(kept)) => Some((key, kept)),
+                    _ => None,
                 })
                 .collect(),
             slices: contents
                 .slices
-                .into_iter()
-                .map(|mut s| {
-                    trim_slice(&mut s);
-                    (object_key(&s.metadata), Arc::new(s))
+                .iter()
+                .filter_map(|s| match Change::slice(s) {
+                    Change::Slice(key, Some(kept)) => Some((key, kept)),
+                    _ => None,
                 })
                 .collect(),
             nodes: contents
                 .nodes
                 .into_iter()
-                .map(|mut n| {
-                    trim_node(&mut n);
-                    (n.metadata.name.clone().unwrap_or_default(), Arc::new(n))
-                })
+                .map(|n| (n.metadata.name.clone().unwrap_or_default(), Arc::new(n)))
                 .collect(),
             problems: contents.problems,
             origins: contents.origins,
@@ -119,8 +111,8 @@ pub struct ManifestSource {
     /// In name order: a later file's definition of an object wins (as later applies would).
     files: BTreeMap<PathBuf, TrackedFile>,
     /// The definitions handed out so far.
-    services: HashMap<ObjectKey, Arc<Service>>,
-    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
+    services: HashMap<ObjectKey, Arc<KeptService>>,
+    slices: HashMap<ObjectKey, Arc<KeptSlice>>,
     /// The Node whose changes are handed out (the agent's own), and its definition.
     node_name: Option<String>,
     node: Option<Arc<Node>>,
@@ -300,23 +292,39 @@ impl ManifestSource {
         }
     }
 
-    /// Everything currently defined, with all problems (for one-shot reads).
+    /// Everything currently defined, with all problems (for one-shot reads). The source
+    /// keeps only what the model keeps of each object, so the objects as written are read
+    /// again from the files it tracks, a later file's definition winning as in `refresh`.
     pub fn snapshot(&self) -> Snapshot {
-        let mut services: Vec<Service> = self.services.values().map(|s| (**s).clone()).collect();
-        services.sort_by_key(|s| object_key(&s.metadata));
-        let mut slices: Vec<EndpointSlice> = self.slices.values().map(|s| (**s).clone()).collect();
-        slices.sort_by_key(|s| object_key(&s.metadata));
+        let mut services = BTreeMap::new();
+        let mut slices = BTreeMap::new();
         let mut nodes = BTreeMap::new();
-        for file in self.files.values() {
-            nodes.extend(file.nodes.iter().map(|(k, n)| (k.clone(), (**n).clone())));
-        }
         let mut origins = HashMap::new();
-        for file in self.files.values() {
-            origins.extend(file.origins.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for path in self.files.keys() {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue; // gone since the refresh, which reported it
+            };
+            let file = parse_str(&text, &path.display().to_string());
+            services.extend(
+                file.services
+                    .into_iter()
+                    .map(|s| (object_key(&s.metadata), s)),
+            );
+            slices.extend(
+                file.slices
+                    .into_iter()
+                    .map(|s| (object_key(&s.metadata), s)),
+            );
+            nodes.extend(
+                file.nodes
+                    .into_iter()
+                    .map(|n| (n.metadata.name.clone().unwrap_or_default(), n)),
+            );
+            origins.extend(file.origins);
         }
         Snapshot {
-            services,
-            slices,
+            services: services.into_values().collect(),
+            slices: slices.into_values().collect(),
             nodes: nodes.into_values().collect(),
             problems: self.problems(),
             origins,
@@ -345,7 +353,8 @@ mod tests {
                 Change::Service(k, s) => (
                     "Service",
                     k.1.to_string(),
-                    s.as_ref().and_then(|s| s.spec.as_ref()?.cluster_ip.clone()),
+                    s.as_ref()
+                        .and_then(|s| Some(s.spec.as_ref()?.cluster_ips.first()?.to_string())),
                 ),
                 Change::Slice(k, s) => (
                     "EndpointSlice",

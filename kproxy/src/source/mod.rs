@@ -3,5 +3,4 @@
 pub mod api;
 pub mod files;
 pub mod manifests;
-pub mod trim;
 pub mod watch;

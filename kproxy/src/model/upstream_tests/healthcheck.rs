@@ -9,7 +9,7 @@
 //! LoadBalancer Service with a health-check NodePort, and a Service upstream expects no
 //! count for reports 0 (what the health server answers for it: 503).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -17,7 +17,6 @@ use super::{Op, node};
 use crate::model::{
     Change, ClusterState, ServiceHealth,
     fixtures::{ServiceBuilder, service, slice},
-    object_key,
 };
 
 const HOST: &str = "test-node";
@@ -349,11 +348,7 @@ fn local_ready_endpoints_of_the_endpoints_map_cases() {
                 })
                 .collect(),
         );
-        state.apply(
-            slices
-                .into_iter()
-                .map(|s| Change::Slice(object_key(&s.metadata), Some(Arc::new(s)))),
-        );
+        state.apply(slices.into_iter().map(|s| Change::slice(&s)));
         let want: BTreeMap<&str, usize> = want.into_iter().collect();
         let got = checks(&state);
         assert_eq!(got.len(), services.len(), "case {name}: {got:?}");

@@ -36,7 +36,6 @@ mod utils;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
-    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -276,9 +275,9 @@ impl Op {
     fn change(self) -> Change {
         let key = |ns: &str, name: &str| (ns.into(), name.into());
         match self {
-            Self::Service(s) => Change::Service(object_key(&s.metadata), Some(Arc::new(s))),
+            Self::Service(s) => Change::service(&s),
             Self::DeleteService(ns, name) => Change::Service(key(ns, name), None),
-            Self::Slice(s) => Change::Slice(object_key(&s.metadata), Some(Arc::new(s))),
+            Self::Slice(s) => Change::slice(&s),
             Self::DeleteSlice(ns, name) => Change::Slice(key(ns, name), None),
         }
     }

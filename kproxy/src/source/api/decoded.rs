@@ -15,9 +15,8 @@ use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 /// One object of type `K`, or what is known of one that is not a valid `K`.
 #[derive(Clone, Debug)]
 pub enum Decoded<K> {
-    /// Shared with the agent: the store and the cluster model hold one copy.
     Valid(Arc<K>),
-    /// Boxed: rare, and the store holds one `Decoded` per object.
+    /// Boxed: rare.
     Invalid(Box<Invalid>),
 }
 

@@ -1,15 +1,22 @@
 //! Turns one resource's watcher events into object changes for the agent, the way an
 //! informer turns a list+watch into add/update/delete notifications.
 //!
-//! The objects live once, in a kube-runtime reflector store; changes hand out the store's
-//! `Arc`s. A relist (after `410 Gone`, or a watch that could not resume) is diffed against
-//! what was handed out before, so only objects that really changed, appeared or vanished
-//! reach the agent, and a relist of a large, unchanged cluster costs no recomputation.
+//! Objects are converted into what the model keeps of them (`Change::service`) as they
+//! arrive and are not stored: the mirror remembers only the resource version it handed out
+//! for each object. A relist (after `410 Gone`, or a watch that could not resume) is
+//! diffed against those versions, so only objects that really changed, appeared or
+//! vanished reach the agent, and a relist of a large, unchanged cluster costs no
+//! recomputation.
 //!
 //! An object that is not valid for its type (see `decoded`) is handed out as absent, like a
 //! malformed manifest, and reported by name until it is fixed or deleted.
 
-use std::{collections::HashMap, fmt::Debug, hash::Hash, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Debug,
+    hash::Hash,
+    sync::Arc,
+};
 
 use k8s_openapi::{
     api::{
@@ -21,43 +28,37 @@ use k8s_openapi::{
 };
 use kube::{
     Resource, ResourceExt,
-    runtime::{
-        reflector::{ObjectRef, Store, store::Writer},
-        watcher::Event,
-    },
+    runtime::{reflector::ObjectRef, watcher::Event},
 };
 
 use super::decoded::Decoded;
 use crate::{
     model::{Change, ObjectKey, object_key, object_name},
     problem::{Problem, ProblemKind},
-    source::{
-        manifests::node_object_name,
-        trim::{trim_node, trim_service, trim_slice},
-    },
+    source::manifests::node_object_name,
 };
 
 /// A resource kproxy watches.
 pub trait Watched:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
 {
-    /// The change handing `object` (or its deletion) to the agent.
-    fn change(key: ObjectKey, object: Option<Arc<Self>>) -> Change;
+    /// The change handing `object` to the agent.
+    fn change(object: &Arc<Self>) -> Change;
 
-    /// Drops what kproxy never reads before the object is stored (see `source::trim`).
-    fn strip(&mut self);
+    /// The change telling the agent the object of `key` is gone.
+    fn gone(key: ObjectKey) -> Change;
 
     /// How problems name an object of this kind with `meta`.
     fn name(meta: &ObjectMeta) -> String;
 }
 
 impl Watched for Service {
-    fn change(key: ObjectKey, object: Option<Arc<Self>>) -> Change {
-        Change::Service(key, object)
+    fn change(object: &Arc<Self>) -> Change {
+        Change::service(object)
     }
 
-    fn strip(&mut self) {
-        trim_service(self);
+    fn gone(key: ObjectKey) -> Change {
+        Change::Service(key, None)
     }
 
     fn name(meta: &ObjectMeta) -> String {
@@ -66,12 +67,12 @@ impl Watched for Service {
 }
 
 impl Watched for EndpointSlice {
-    fn change(key: ObjectKey, object: Option<Arc<Self>>) -> Change {
-        Change::Slice(key, object)
+    fn change(object: &Arc<Self>) -> Change {
+        Change::slice(object)
     }
 
-    fn strip(&mut self) {
-        trim_slice(self);
+    fn gone(key: ObjectKey) -> Change {
+        Change::Slice(key, None)
     }
 
     fn name(meta: &ObjectMeta) -> String {
@@ -80,12 +81,14 @@ impl Watched for EndpointSlice {
 }
 
 impl Watched for Node {
-    fn change(_: ObjectKey, object: Option<Arc<Self>>) -> Change {
-        Change::Node(object)
+    /// The agent's own Node, the one object kept whole (its labels, addresses, taints and
+    /// deletion mark all matter; there is one).
+    fn change(object: &Arc<Self>) -> Change {
+        Change::Node(Some(Arc::clone(object)))
     }
 
-    fn strip(&mut self) {
-        trim_node(self);
+    fn gone(_: ObjectKey) -> Change {
+        Change::Node(None)
     }
 
     fn name(meta: &ObjectMeta) -> String {
@@ -93,41 +96,41 @@ impl Watched for Node {
     }
 }
 
-impl<K: Watched> Decoded<K> {
-    /// `Watched::strip` for a valid object (an invalid one keeps only its metadata anyway).
-    pub fn strip(&mut self) {
-        if let Self::Valid(object) = self {
-            Arc::make_mut(object).strip();
-        }
-    }
-}
+type Ref<K> = ObjectRef<Decoded<K>>;
 
-/// The reflector store of one resource, and what of it the agent has been given.
+/// What one resource's watcher has handed the agent.
 pub struct Mirror<K: Watched>
 where
-    ObjectRef<Decoded<K>>: Hash + Eq,
+    Ref<K>: Hash + Eq,
 {
-    writer: Writer<Decoded<K>>,
-    store: Store<Decoded<K>>,
     /// Resource version of every object handed out.
-    handed: HashMap<ObjectRef<Decoded<K>>, Option<String>>,
-    /// Stored objects that are not valid `K`s, with the problem reporting each.
-    invalid: HashMap<ObjectRef<Decoded<K>>, Problem>,
+    handed: HashMap<Ref<K>, Option<String>>,
+    /// Objects that are not valid `K`s, with the problem reporting each.
+    invalid: HashMap<Ref<K>, Problem>,
     /// `invalid` changed since `take_problems`.
     problems_changed: bool,
+    /// A list in progress: what it found so far, converted (objects the agent has in this
+    /// version already are only noted), handed out when it is complete.
+    listing: Option<Vec<(Ref<K>, Listed)>>,
     listed: bool,
+}
+
+/// One object of a list in progress.
+enum Listed {
+    /// The agent has this version.
+    Unchanged,
+    /// New or changed: its version and the change handing it out.
+    Changed(Option<String>, Change),
+    Invalid(Problem),
 }
 
 impl<K: Watched> Default for Mirror<K> {
     fn default() -> Self {
-        let writer = Writer::default();
-        let store = writer.as_reader();
         Self {
-            writer,
-            store,
             handed: HashMap::new(),
             invalid: HashMap::new(),
             problems_changed: false,
+            listing: None,
             listed: false,
         }
     }
@@ -150,85 +153,119 @@ impl<K: Watched> Mirror<K> {
 
     /// Applies one watcher event; returns the changes it makes for the agent.
     pub fn apply(&mut self, event: &Event<Decoded<K>>) -> Vec<Change> {
-        self.writer.apply_watcher_event(event);
         match event {
-            Event::Apply(object) => self
-                .hand_out(&ObjectRef::from_obj(object))
-                .into_iter()
-                .collect(),
+            Event::Apply(object) => {
+                let reference = ObjectRef::from_obj(object);
+                match self.read(&reference, object) {
+                    Listed::Unchanged => Vec::new(),
+                    Listed::Changed(version, change) => {
+                        self.set_problem(&reference, None);
+                        self.handed.insert(reference, version);
+                        vec![change]
+                    }
+                    Listed::Invalid(problem) => self.take_back(&reference, problem),
+                }
+            }
             Event::Delete(object) => {
                 let reference = ObjectRef::from_obj(object);
                 self.set_problem(&reference, None);
                 match self.handed.remove(&reference) {
-                    Some(_) => vec![K::change(object_key(object.meta()), None)],
+                    Some(_) => vec![K::gone(object_key(object.meta()))],
                     None => Vec::new(),
                 }
             }
             // Listed objects count only once the list is complete.
-            Event::Init | Event::InitApply(_) => Vec::new(),
-            Event::InitDone => {
-                self.listed = true;
-                let mut changes: Vec<Change> = self
-                    .store
-                    .state()
-                    .iter()
-                    .filter_map(|object| self.hand_out(&ObjectRef::from_obj(&**object)))
-                    .collect();
-                let gone: Vec<ObjectRef<Decoded<K>>> = self
-                    .handed
-                    .keys()
-                    .filter(|r| self.store.get(r).is_none())
-                    .cloned()
-                    .collect();
-                for reference in gone {
-                    self.handed.remove(&reference);
-                    changes.push(K::change(key_of(&reference), None));
-                }
-                let fixed: Vec<ObjectRef<Decoded<K>>> = self
-                    .invalid
-                    .keys()
-                    .filter(|r| self.store.get(r).is_none())
-                    .cloned()
-                    .collect();
-                for reference in fixed {
-                    self.set_problem(&reference, None);
-                }
-                changes
+            Event::Init => {
+                self.listing = Some(Vec::new());
+                Vec::new()
             }
+            Event::InitApply(object) => {
+                let reference = ObjectRef::from_obj(object);
+                let read = self.read(&reference, object);
+                self.listing
+                    .get_or_insert_with(Vec::new)
+                    .push((reference, read));
+                Vec::new()
+            }
+            Event::InitDone => self.list_done(),
         }
     }
 
-    /// The change for the stored object `reference`, unless the agent has this version. An
-    /// invalid object is reported, and taken back if a valid version was handed out.
-    fn hand_out(&mut self, reference: &ObjectRef<Decoded<K>>) -> Option<Change> {
-        let stored = self.store.get(reference)?;
-        match &*stored {
+    /// What `object` is to the agent.
+    fn read(&self, reference: &Ref<K>, object: &Decoded<K>) -> Listed {
+        match object {
             Decoded::Valid(object) => {
-                self.set_problem(reference, None);
                 let version = object.resource_version();
                 if version.is_some() && self.handed.get(reference) == Some(&version) {
-                    return None;
+                    Listed::Unchanged
+                } else {
+                    Listed::Changed(version, K::change(object))
                 }
-                self.handed.insert(reference.clone(), version);
-                Some(K::change(object_key(object.meta()), Some(object.clone())))
             }
             Decoded::Invalid(invalid) => {
                 let name = K::name(&invalid.metadata);
                 let kind = name.split(' ').next().unwrap_or_default();
-                let problem = Problem::new(
-                    ProblemKind::Parse,
-                    format!("not a valid {kind}: {}; skipped", invalid.error),
+                Listed::Invalid(
+                    Problem::new(
+                        ProblemKind::Parse,
+                        format!("not a valid {kind}: {}; skipped", invalid.error),
+                    )
+                    .object(name),
                 )
-                .object(name);
-                self.set_problem(reference, Some(problem));
-                self.handed
-                    .remove(reference)
-                    .map(|_| K::change(key_of(reference), None))
             }
         }
     }
 
-    fn set_problem(&mut self, reference: &ObjectRef<Decoded<K>>, problem: Option<Problem>) {
+    /// An invalid object is reported, and taken back if a valid version was handed out.
+    fn take_back(&mut self, reference: &Ref<K>, problem: Problem) -> Vec<Change> {
+        self.set_problem(reference, Some(problem));
+        self.handed
+            .remove(reference)
+            .map(|_| K::gone(key_of(reference)))
+            .into_iter()
+            .collect()
+    }
+
+    /// A list is complete: what it changed, and what it no longer has, go to the agent.
+    fn list_done(&mut self) -> Vec<Change> {
+        self.listed = true;
+        let listing = self.listing.take().unwrap_or_default();
+        let present: HashSet<Ref<K>> = listing.iter().map(|(r, _)| r.clone()).collect();
+        let mut changes = Vec::new();
+        for (reference, read) in listing {
+            match read {
+                Listed::Unchanged => self.set_problem(&reference, None),
+                Listed::Changed(version, change) => {
+                    self.set_problem(&reference, None);
+                    self.handed.insert(reference, version);
+                    changes.push(change);
+                }
+                Listed::Invalid(problem) => changes.extend(self.take_back(&reference, problem)),
+            }
+        }
+        let gone: Vec<Ref<K>> = self
+            .handed
+            .keys()
+            .filter(|r| !present.contains(*r))
+            .cloned()
+            .collect();
+        for reference in gone {
+            self.handed.remove(&reference);
+            changes.push(K::gone(key_of(&reference)));
+        }
+        let fixed: Vec<Ref<K>> = self
+            .invalid
+            .keys()
+            .filter(|r| !present.contains(*r))
+            .cloned()
+            .collect();
+        for reference in fixed {
+            self.set_problem(&reference, None);
+        }
+        changes
+    }
+
+    fn set_problem(&mut self, reference: &Ref<K>, problem: Option<Problem>) {
         let changed = match problem {
             Some(p) => self.invalid.insert(reference.clone(), p.clone()).as_ref() != Some(&p),
             None => self.invalid.remove(reference).is_some(),
@@ -238,7 +275,7 @@ impl<K: Watched> Mirror<K> {
 }
 
 /// The key the agent knows an object by, from its reference.
-fn key_of<K: Watched>(reference: &ObjectRef<Decoded<K>>) -> ObjectKey {
+fn key_of<K: Watched>(reference: &Ref<K>) -> ObjectKey {
     (
         reference.namespace.as_deref().unwrap_or("default").into(),
         reference.name.as_str().into(),
@@ -247,11 +284,12 @@ fn key_of<K: Watched>(reference: &ObjectRef<Decoded<K>>) -> ObjectKey {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+    use k8s_openapi::{api::core::v1::ServiceSpec, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
     use super::*;
-    use crate::source::trim::TRIGGER_TIME_ANNOTATION;
 
+    /// Version `version` of Service `name`; its cluster IP ends in the version, so the
+    /// change handing it out says which version it is.
     fn service(name: &str, version: &str) -> Decoded<Service> {
         Decoded::Valid(Arc::new(Service {
             metadata: ObjectMeta {
@@ -260,6 +298,10 @@ mod tests {
                 resource_version: Some(version.into()),
                 ..ObjectMeta::default()
             },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(format!("10.0.0.{version}")),
+                ..ServiceSpec::default()
+            }),
             ..Service::default()
         }))
     }
@@ -270,7 +312,9 @@ mod tests {
             .iter()
             .map(|c| match c {
                 Change::Service(key, Some(s)) => {
-                    format!("{}@{}", key.1, s.resource_version().unwrap_or_default())
+                    let ip = s.spec.as_ref().expect("served").cluster_ips[0].to_string();
+                    let version = ip.rsplit('.').next().unwrap_or_default().to_owned();
+                    format!("{}@{version}", key.1)
                 }
                 Change::Service(key, None) => format!("-{}", key.1),
                 other => panic!("unexpected change {other:?}"),
@@ -337,52 +381,7 @@ mod tests {
             assert_eq!(summary(&changes), want, "case: {name}");
         }
         assert!(mirror.listed());
-        assert_eq!(mirror.store.state().len(), 1);
-    }
-
-    #[test]
-    fn handed_out_objects_are_the_stored_ones() {
-        let mut mirror = Mirror::<Service>::default();
-        let changes = mirror.apply(&Event::Apply(service("a", "1")));
-        let [Change::Service(_, Some(handed))] = changes.as_slice() else {
-            panic!("one change expected, got {changes:?}");
-        };
-        let stored = mirror.store.state();
-        let Decoded::Valid(stored) = &*stored[0] else {
-            panic!("a valid object is stored as valid");
-        };
-        assert!(Arc::ptr_eq(handed, stored), "one copy of each object");
-        assert!(!mirror.listed(), "no list seen yet");
-    }
-
-    #[test]
-    fn stripping_keeps_only_what_kproxy_reads() {
-        let mut slice = EndpointSlice {
-            metadata: ObjectMeta {
-                annotations: Some(
-                    [
-                        (TRIGGER_TIME_ANNOTATION, "2026-11-22T07:00:00Z"),
-                        ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
-                ),
-                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
-                ..ObjectMeta::default()
-            },
-            ..EndpointSlice::default()
-        };
-        slice.strip();
-        assert_eq!(slice.managed_fields().len(), 0);
-        assert_eq!(
-            slice.annotations().keys().collect::<Vec<_>>(),
-            vec![TRIGGER_TIME_ANNOTATION]
-        );
-        let mut svc = service("a", "1");
-        svc.annotations_mut().insert("x".into(), "y".into());
-        svc.strip();
-        assert!(svc.annotations().is_empty());
+        assert_eq!(mirror.handed.len(), 1, "only d is remembered");
     }
 
     fn invalid(name: &str, version: &str) -> Decoded<Service> {

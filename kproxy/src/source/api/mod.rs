@@ -1,6 +1,6 @@
 //! The Kubernetes API as a source: kube-runtime watchers (list, then watch, relisting after
 //! `410 Gone`, with backoff) on Services, EndpointSlices and this node's Node, each feeding a
-//! reflector store through a `Mirror` that hands the agent only what changed.
+//! `Mirror` that hands the agent only what changed, converted into what the model keeps.
 //!
 //! The watches filter like kube-proxy's informers, on the server: Services and
 //! EndpointSlices without `service.kubernetes.io/service-proxy-name` (owned by another
@@ -157,9 +157,7 @@ async fn watch<K: Watched>(
     let mut mirror = Mirror::<K>::default();
     let mut restarts = Restarts::default();
     loop {
-        let events = watcher(api.clone(), config.clone())
-            .default_backoff()
-            .modify(Decoded::<K>::strip);
+        let events = watcher(api.clone(), config.clone()).default_backoff();
         futures::pin_mut!(events);
         let mut restart = false;
         while let Some(event) = events.next().await {
