@@ -112,6 +112,8 @@ where
     /// A list in progress: what it found so far, converted (objects the agent has in this
     /// version already are only noted), handed out when it is complete.
     listing: Option<Vec<(Ref<K>, Listed)>>,
+    /// When the list in progress started.
+    listing_since: Option<std::time::Instant>,
     listed: bool,
 }
 
@@ -131,6 +133,7 @@ impl<K: Watched> Default for Mirror<K> {
             invalid: HashMap::new(),
             problems_changed: false,
             listing: None,
+            listing_since: None,
             listed: false,
         }
     }
@@ -177,6 +180,7 @@ impl<K: Watched> Mirror<K> {
             // Listed objects count only once the list is complete.
             Event::Init => {
                 self.listing = Some(Vec::new());
+                self.listing_since = Some(std::time::Instant::now());
                 Vec::new()
             }
             Event::InitApply(object) => {
@@ -230,6 +234,12 @@ impl<K: Watched> Mirror<K> {
     fn list_done(&mut self) -> Vec<Change> {
         self.listed = true;
         let listing = self.listing.take().unwrap_or_default();
+        tracing::info!(
+            kind = %K::kind(&()),
+            objects = listing.len(),
+            took_ms = self.listing_since.take().map(|t| t.elapsed().as_millis()),
+            "listed"
+        );
         let present: HashSet<Ref<K>> = listing.iter().map(|(r, _)| r.clone()).collect();
         let mut changes = Vec::new();
         for (reference, read) in listing {
