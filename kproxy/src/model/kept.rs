@@ -137,7 +137,13 @@ mod tests {
     fn a_kept_slice_has_its_owner_and_trigger_time() {
         type Pairs = &'static [(&'static str, &'static str)];
         /// (case, labels, annotations, owner, trigger time in seconds since the epoch)
-        type Case = (&'static str, Pairs, Pairs, Option<&'static str>, Option<u64>);
+        type Case = (
+            &'static str,
+            Pairs,
+            Pairs,
+            Option<&'static str>,
+            Option<u64>,
+        );
         let cases: [Case; 4] = [
             (
                 "labelled, stamped",

@@ -23,7 +23,7 @@ pub enum Decoded<K> {
 /// What is known of an object that does not decode.
 #[derive(Clone, Debug)]
 pub struct Invalid {
-    /// As much of its metadata as could be read (its name, to report it).
+    /// Its name and namespace, to report it by.
     pub metadata: ObjectMeta,
     pub error: String,
 }
@@ -32,19 +32,19 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // Through a JSON tree: whatever deserializer the object comes from (a list's items, a
         // watch event's object, buffered or not), a bad object fails only its own decoding.
+        // The tree is consumed by the typed decoding, which takes its strings over instead of
+        // copying them; an invalid object keeps the name and namespace it is reported by.
         let value = serde_json::Value::deserialize(deserializer)?;
-        Ok(match K::deserialize(&value) {
+        let name_of = |field: &str| value["metadata"][field].as_str().map(Into::into);
+        let (name, namespace) = (name_of("name"), name_of("namespace"));
+        Ok(match K::deserialize(value) {
             Ok(object) => Self::Valid(Arc::new(object)),
             Err(e) => Self::Invalid(Box::new(Invalid {
-                metadata: value
-                    .get("metadata")
-                    .and_then(|m| ObjectMeta::deserialize(m).ok())
-                    .unwrap_or_else(|| ObjectMeta {
-                        // Name and namespace, even when other metadata is broken.
-                        name: value["metadata"]["name"].as_str().map(Into::into),
-                        namespace: value["metadata"]["namespace"].as_str().map(Into::into),
-                        ..ObjectMeta::default()
-                    }),
+                metadata: ObjectMeta {
+                    name,
+                    namespace,
+                    ..ObjectMeta::default()
+                },
                 error: e.to_string(),
             })),
         })
