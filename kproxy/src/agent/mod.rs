@@ -170,7 +170,6 @@ pub async fn run(
         took_ms = started.elapsed().as_millis(),
         "maps in place"
     );
-
     // The kernel verifies the programs on threads of its own while the first view of the
     // cluster is listed and written into the maps: the programs are attached only after
     // that, so they never serve a half-written state either way.
