@@ -253,23 +253,11 @@ impl<K: Watched> Mirror<K> {
                 Listed::Invalid(problem) => changes.extend(self.take_back(&reference, problem)),
             }
         }
-        let gone: Vec<Ref<K>> = self
-            .handed
-            .keys()
-            .filter(|r| !present.contains(*r))
-            .cloned()
-            .collect();
-        for reference in gone {
+        for reference in absent(self.handed.keys(), &present) {
             self.handed.remove(&reference);
             changes.push(K::gone(key_of(&reference)));
         }
-        let fixed: Vec<Ref<K>> = self
-            .invalid
-            .keys()
-            .filter(|r| !present.contains(*r))
-            .cloned()
-            .collect();
-        for reference in fixed {
+        for reference in absent(self.invalid.keys(), &present) {
             self.set_problem(&reference, None);
         }
         changes
@@ -282,6 +270,14 @@ impl<K: Watched> Mirror<K> {
         };
         self.problems_changed |= changed;
     }
+}
+
+/// The references among `known` that a complete list did not have.
+fn absent<'a, K: Watched>(
+    known: impl Iterator<Item = &'a Ref<K>>,
+    present: &HashSet<Ref<K>>,
+) -> Vec<Ref<K>> {
+    known.filter(|r| !present.contains(*r)).cloned().collect()
 }
 
 /// The key the agent knows an object by, from its reference.
