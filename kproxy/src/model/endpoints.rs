@@ -37,22 +37,22 @@ impl Family {
     }
 }
 
-/// What one slice says about one endpoint.
 /// What kproxy keeps of an EndpointSlice: what endpoint selection and health checks read,
 /// parsed once when the slice arrives. The API object, with its metadata, strings and
 /// options, is several times this size, and at tens of thousands of Services the slices are
 /// a large share of the agent's memory.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct SliceInfo {
     /// `addressType`; `None` for FQDN and unknown types, which feed no frontend.
     family: Option<Family>,
-    /// The ports kube-proxy can match: named, of a protocol it knows.
+    /// The ports kube-proxy can match: named (an unnamed port is named ""; one without a
+    /// name is ignored, as kube-proxy does), of a protocol it knows.
     ports: Vec<SlicePort>,
     /// The endpoints whose first address is usable in the slice's family.
     endpoints: Vec<ListedEndpoint>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug, PartialEq)]
 struct SlicePort {
     name: Box<str>,
     proto: Protocol,
@@ -60,7 +60,7 @@ struct SlicePort {
     number: Option<i32>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug, PartialEq)]
 struct ListedEndpoint {
     addr: IpAddr,
     /// nil `ready` counts as true, nil `serving` as true, nil `terminating` as false
@@ -143,6 +143,7 @@ fn listed_endpoint(ep: &SliceEndpoint, family: Family) -> Option<ListedEndpoint>
     })
 }
 
+/// What one slice says about one endpoint, on slice port `port`.
 fn endpoint_info(ep: &ListedEndpoint, port: u16, node: &str) -> EndpointInfo {
     EndpointInfo {
         endpoint: Endpoint {
@@ -158,6 +159,13 @@ fn endpoint_info(ep: &ListedEndpoint, port: u16, node: &str) -> EndpointInfo {
     }
 }
 
+/// Between two slices listing the same endpoint address, which copy counts. kube-proxy's
+/// endpointslicecache.go `addEndpoints` lets a non-terminating copy replace whatever is there
+/// and never lets a terminating one replace another: when the pod network reuses the IP of a
+/// terminating pod, the new pod wins even while it is not ready yet (so traffic does not fall
+/// back to the old pod's "serving" state through an IP that now belongs to someone else).
+/// Between copies upstream leaves to slice order (Go map order, so undefined), kproxy picks
+/// deterministically: the ready one, then the serving one, then the local one.
 fn better(new: &EndpointInfo, old: &EndpointInfo) -> bool {
     let rank = |e: &EndpointInfo| (!e.terminating, e.ready, e.serving, e.local);
     rank(new) > rank(old)
@@ -203,6 +211,7 @@ pub(super) fn listed_ports(slices: &[&SliceInfo], family: Family) -> Vec<(String
         .collect()
 }
 
+/// A slice port's number as the datapath takes it, if it is one (1..=65535).
 fn port_number(number: i32) -> Option<u16> {
     u16::try_from(number).ok().filter(|&n| n != 0)
 }

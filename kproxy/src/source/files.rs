@@ -65,18 +65,12 @@ impl TrackedFile {
             services: contents
                 .services
                 .iter()
-                .filter_map(|s| match Change::service(s) {
-                    Change::Service(key, Some(kept)) => Some((key, kept)),
-                    _ => None,
-                })
+                .map(|s| (object_key(&s.metadata), Arc::new(KeptService::of(s))))
                 .collect(),
             slices: contents
                 .slices
                 .iter()
-                .filter_map(|s| match Change::slice(s) {
-                    Change::Slice(key, Some(kept)) => Some((key, kept)),
-                    _ => None,
-                })
+                .map(|s| (object_key(&s.metadata), Arc::new(KeptSlice::of(s))))
                 .collect(),
             nodes: contents
                 .nodes
