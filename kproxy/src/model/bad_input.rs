@@ -709,7 +709,7 @@ fn a_newcomer_never_takes_a_served_frontend_over() {
     let vip = key("198.19.0.20", 80, TCP);
     for (step, changes, serves, conflicted) in steps {
         state.apply(changes);
-        let got = state.desired().get(&vip).map(|f| f.service.name.as_str());
+        let got = state.desired().get(&vip).map(|f| &*f.service.name);
         assert_eq!(got, serves, "step {step}");
         let mut reporting: Vec<String> = state
             .problems()
@@ -728,10 +728,7 @@ fn a_newcomer_never_takes_a_served_frontend_over() {
     // as before the restart.
     let beta = created(web("beta", "198.19.0.20").build(), "2025-01-01T00:00:00Z");
     let (restarted, _) = desired_state(&[alpha(), beta], &[]);
-    assert_eq!(
-        restarted.get(&vip).map(|f| f.service.name.as_str()),
-        Some("beta")
-    );
+    assert_eq!(restarted.get(&vip).map(|f| &*f.service.name), Some("beta"));
 }
 
 /// `n` distinct IPv4 endpoint addresses in the test bed's range, from 198.18.16.0 on.

@@ -49,9 +49,46 @@ pub type ObjectKey = (Arc<str>, Arc<str>);
 /// The key of an object as kube-proxy names it (a missing namespace is `default`).
 pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
     (
-        meta.namespace.as_deref().unwrap_or("default").into(),
+        namespace(meta.namespace.as_deref().unwrap_or("default")),
         meta.name.as_deref().unwrap_or_default().into(),
     )
+}
+
+/// One shared copy of each namespace's name: a cluster has few namespaces and tens of
+/// thousands of objects in them.
+fn namespace(name: &str) -> Arc<str> {
+    static NAMESPACES: std::sync::Mutex<Interned> = std::sync::Mutex::new(Interned {
+        names: Vec::new(),
+        pruned_at: 0,
+    });
+    let mut interned = NAMESPACES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    interned.get(name)
+}
+
+/// Interned names, sorted. Names no object uses any more are dropped whenever the list has
+/// doubled since the last time: namespaces come and go, and none is held forever.
+struct Interned {
+    names: Vec<Arc<str>>,
+    pruned_at: usize,
+}
+
+impl Interned {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        match self.names.binary_search_by(|n| (**n).cmp(name)) {
+            Ok(at) => Arc::clone(&self.names[at]),
+            Err(at) => {
+                let shared: Arc<str> = name.into();
+                self.names.insert(at, Arc::clone(&shared));
+                if self.names.len() > 2 * self.pruned_at + 64 {
+                    self.names.retain(|n| Arc::strong_count(n) > 1);
+                    self.pruned_at = self.names.len();
+                }
+                shared
+            }
+        }
+    }
 }
 
 /// One object added, changed (`Some`) or deleted (`None`), as the model keeps it: sources
@@ -68,18 +105,23 @@ pub enum Change {
 impl Change {
     /// `svc` added or changed.
     pub fn service(svc: &Service) -> Self {
-        Self::Service(
-            object_key(&svc.metadata),
-            Some(Arc::new(KeptService::of(svc))),
-        )
+        Self::service_of(object_key(&svc.metadata), svc)
+    }
+
+    /// `svc`, known by `key` (its [`object_key`]), added or changed.
+    pub fn service_of(key: ObjectKey, svc: &Service) -> Self {
+        let kept = KeptService::of(&key, svc);
+        Self::Service(key, Some(Arc::new(kept)))
     }
 
     /// `slice` added or changed.
     pub fn slice(slice: &EndpointSlice) -> Self {
-        Self::Slice(
-            object_key(&slice.metadata),
-            Some(Arc::new(KeptSlice::of(slice))),
-        )
+        Self::slice_of(object_key(&slice.metadata), slice)
+    }
+
+    /// `slice`, known by `key` (its [`object_key`]), added or changed.
+    pub fn slice_of(key: ObjectKey, slice: &EndpointSlice) -> Self {
+        Self::Slice(key, Some(Arc::new(KeptSlice::of(slice))))
     }
 }
 
@@ -118,10 +160,10 @@ impl Queue {
 pub struct ClusterState {
     services: BTreeMap<ObjectKey, Arc<KeptService>>,
     slices: HashMap<ObjectKey, Arc<KeptSlice>>,
-    /// Service → the slices labelled for it.
-    slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
-    /// Slice → the service it is indexed under.
-    slice_owner: HashMap<ObjectKey, ObjectKey>,
+    /// Service → the slices labelled for it, sorted. A sorted Vec rather than a set: most
+    /// services have one slice, and a one-element BTreeSet allocates a node for eleven
+    /// (megabytes at tens of thousands of services).
+    slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     /// Frontends each service serves.
     owned: HashMap<ObjectKey, Vec<FrontendKey>>,
     owner: HashMap<FrontendKey, ObjectKey>,
@@ -294,9 +336,13 @@ impl ClusterState {
                     dirty.insert(key);
                 }
                 Change::Slice(key, slice) => {
-                    if let Some(old) = self.slice_owner.remove(&key) {
+                    // The service it was indexed under: its kept form names it.
+                    let indexed = self.slices.get(&key).and_then(|s| s.owner.clone());
+                    if let Some(old) = indexed {
                         if let Some(set) = self.slices_of.get_mut(&old) {
-                            set.remove(&key);
+                            if let Ok(at) = set.binary_search(&key) {
+                                set.remove(at);
+                            }
                             if set.is_empty() {
                                 self.slices_of.remove(&old);
                             }
@@ -308,11 +354,13 @@ impl ClusterState {
                     match slice {
                         Some(slice) => {
                             if let Some(owner) = &slice.owner {
-                                self.slices_of
+                                let set = self
+                                    .slices_of
                                     .entry(owner.clone())
-                                    .or_default()
-                                    .insert(key.clone());
-                                self.slice_owner.insert(key.clone(), owner.clone());
+                                    .or_insert_with(|| Vec::with_capacity(1));
+                                if let Err(at) = set.binary_search(&key) {
+                                    set.insert(at, key.clone());
+                                }
                                 if !self.services.contains_key(owner) {
                                     self.orphans.insert(key.clone(), owner.clone());
                                 }
@@ -667,4 +715,45 @@ fn capped(
         endpoints.truncate(max);
     }
     endpoints
+}
+
+#[cfg(test)]
+mod interning_tests {
+    use super::*;
+
+    #[test]
+    fn interned_names_are_shared_and_dropped_once_unused() {
+        let mut interned = Interned {
+            names: Vec::new(),
+            pruned_at: 0,
+        };
+        let (a, again) = (interned.get("a"), interned.get("a"));
+        assert!(Arc::ptr_eq(&a, &again));
+        let kept = interned.get("kept");
+        drop((a, again));
+        for i in 0..200 {
+            drop(interned.get(&format!("ns-{i}")));
+        }
+        assert!(
+            interned.names.len() < 100,
+            "names nothing uses are dropped ({} kept)",
+            interned.names.len()
+        );
+        assert!(
+            Arc::ptr_eq(&kept, &interned.get("kept")),
+            "names in use stay"
+        );
+    }
+
+    #[test]
+    fn objects_of_one_namespace_share_its_name() {
+        let meta = |name: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            namespace: Some("team-a".into()),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let (x, y) = (object_key(&meta("x")), object_key(&meta("y")));
+        assert!(Arc::ptr_eq(&x.0, &y.0));
+        assert_eq!((&*x.0, &*x.1, &*y.1), ("team-a", "x", "y"));
+    }
 }

@@ -47,9 +47,9 @@ pub struct SliceInfo {
     family: Option<Family>,
     /// The ports kube-proxy can match: named (an unnamed port is named ""; one without a
     /// name is ignored, as kube-proxy does), of a protocol it knows.
-    ports: Vec<SlicePort>,
+    ports: Box<[SlicePort]>,
     /// The endpoints whose first address is usable in the slice's family.
-    endpoints: Vec<ListedEndpoint>,
+    endpoints: Box<[ListedEndpoint]>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -69,9 +69,15 @@ struct ListedEndpoint {
     serving: bool,
     terminating: bool,
     node_name: Option<Box<str>>,
-    /// `hints.forZones` and `hints.forNodes` names.
-    zone_hints: Box<[String]>,
-    node_hints: Box<[String]>,
+    /// Topology hints, when the slice gives any (most do not: none costs one word).
+    hints: Option<Box<Hints>>,
+}
+
+/// `hints.forZones` and `hints.forNodes` names.
+#[derive(Debug, PartialEq)]
+struct Hints {
+    zones: Box<[String]>,
+    nodes: Box<[String]>,
 }
 
 impl SliceInfo {
@@ -128,18 +134,22 @@ fn listed_endpoint(ep: &SliceEndpoint, family: Family) -> Option<ListedEndpoint>
         serving: conditions.and_then(|c| c.serving).unwrap_or(true),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
         node_name: ep.node_name.as_deref().map(Into::into),
-        zone_hints: hints
-            .and_then(|h| h.for_zones.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|z| z.name.clone())
-            .collect(),
-        node_hints: hints
-            .and_then(|h| h.for_nodes.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|n| n.name.clone())
-            .collect(),
+        hints: hints.map(|h| {
+            Box::new(Hints {
+                zones: h
+                    .for_zones
+                    .iter()
+                    .flatten()
+                    .map(|z| z.name.clone())
+                    .collect(),
+                nodes: h
+                    .for_nodes
+                    .iter()
+                    .flatten()
+                    .map(|n| n.name.clone())
+                    .collect(),
+            })
+        }),
     })
 }
 
@@ -154,8 +164,8 @@ fn endpoint_info(ep: &ListedEndpoint, port: u16, node: &str) -> EndpointInfo {
         serving: ep.serving,
         terminating: ep.terminating,
         local: !node.is_empty() && ep.node_name.as_deref() == Some(node),
-        zone_hints: ep.zone_hints.iter().cloned().collect(),
-        node_hints: ep.node_hints.iter().cloned().collect(),
+        zone_hints: ep.hints.iter().flat_map(|h| &h.zones).cloned().collect(),
+        node_hints: ep.hints.iter().flat_map(|h| &h.nodes).cloned().collect(),
     }
 }
 

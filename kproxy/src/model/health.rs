@@ -42,7 +42,7 @@ pub(super) fn local_ready_endpoints(slices: &[&SliceInfo], family: Family, node:
     let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
     for (name, proto) in ports {
         let port = PortSpec {
-            name,
+            name: name.into(),
             port: 0,
             proto,
             node_port: None,

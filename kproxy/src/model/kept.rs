@@ -39,9 +39,10 @@ pub struct KeptService {
 }
 
 impl KeptService {
-    pub fn of(svc: &Service) -> Self {
+    /// `svc`, known by `key` (its `object_key`, whose shared names the spec takes).
+    pub fn of(key: &ObjectKey, svc: &Service) -> Self {
         let mut problems = Vec::new();
-        let spec = ServiceSpec::from_service(svc, &mut problems);
+        let spec = ServiceSpec::from_service(key, svc, &mut problems);
         Self {
             created: svc.metadata.creation_timestamp.clone(),
             spec,

@@ -18,7 +18,7 @@ pub use kept::{KeptService, KeptSlice};
 pub use local_traffic::LocalDetection;
 pub use node::{LABEL_ZONE, NodeInfo, TAINT_TO_BE_DELETED};
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 
@@ -189,9 +189,9 @@ impl fmt::Display for Endpoint {
 /// Names a service port the way kube-proxy does (`namespace/name:port-name`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePortName {
-    pub namespace: String,
-    pub name: String,
-    pub port: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub port: Arc<str>,
 }
 
 impl fmt::Display for ServicePortName {

@@ -3,13 +3,13 @@
 //! its ports and NodePorts, its external IPs and load-balancer IPs, its session affinity, its
 //! traffic policies, its loadBalancerSourceRanges and its health-check NodePort.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 
 use super::{
-    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol,
+    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ObjectKey, Protocol,
     addr::{parse_cidr_sloppy, parse_ip_sloppy, unusable_vip},
     object_name,
 };
@@ -22,8 +22,9 @@ const MAX_AFFINITY_TIMEOUT_S: i32 = 86_400;
 
 #[derive(Debug, PartialEq)]
 pub(crate) struct PortSpec {
-    /// Port name ("" when unnamed): the key that joins EndpointSlice ports.
-    pub name: String,
+    /// Port name ("" when unnamed): the key that joins EndpointSlice ports. Shared with
+    /// every frontend of the port (and the programmed state), as are the Service's names.
+    pub name: Arc<str>,
     pub port: u16,
     pub proto: Protocol,
     /// `nodePort` of a NodePort or LoadBalancer Service (none when unset, as with
@@ -33,8 +34,8 @@ pub(crate) struct PortSpec {
 
 #[derive(Debug, PartialEq)]
 pub(crate) struct ServiceSpec {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<PortSpec>,
     pub affinity_timeout_s: Option<u32>,
@@ -93,7 +94,12 @@ impl Type {
 
 impl ServiceSpec {
     /// The parts of `svc` the datapath serves, or `None` when kube-proxy would skip it.
-    pub fn from_service(svc: &Service, problems: &mut Vec<Problem>) -> Option<Self> {
+    /// `key` is the Service's `object_key`: the spec shares its names.
+    pub fn from_service(
+        key: &ObjectKey,
+        svc: &Service,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
         let object = || object_name("Service", &svc.metadata);
         let report = |problems: &mut Vec<Problem>, msg: String| {
             problems.push(Problem::new(ProblemKind::InvalidService, msg).object(object()));
@@ -117,15 +123,11 @@ impl ServiceSpec {
         if primary.is_empty() || primary == "None" {
             return None;
         }
-        let Some(name) = svc.metadata.name.clone() else {
+        if svc.metadata.name.is_none() {
             report(problems, "metadata.name is missing; service skipped".into());
             return None;
-        };
-        let namespace = svc
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        }
+        let (namespace, name) = key.clone();
 
         // clusterIPs (dual-stack) when present, else clusterIP.
         let listed: Vec<&str> = match &spec.cluster_ips {
@@ -342,6 +344,7 @@ fn cluster_ips(listed: &[&str], problems: &mut Vec<String>) -> Option<Vec<IpAddr
         }
         cluster_ips.push(addr);
     }
+    cluster_ips.shrink_to_fit();
     Some(cluster_ips)
 }
 
@@ -375,12 +378,14 @@ fn ports(listed: &[ServicePort], type_: Type, problems: &mut Vec<String>) -> Vec
         }
         let node_port = node_port(p, &name, proto, type_, &ports, problems);
         ports.push(PortSpec {
-            name,
+            name: name.into(),
             port,
             proto,
             node_port,
         });
     }
+    // Kept for the Service's lifetime: no spare capacity from growing.
+    ports.shrink_to_fit();
     ports
 }
 

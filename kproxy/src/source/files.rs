@@ -65,7 +65,11 @@ impl TrackedFile {
             services: contents
                 .services
                 .iter()
-                .map(|s| (object_key(&s.metadata), Arc::new(KeptService::of(s))))
+                .map(|s| {
+                    let key = object_key(&s.metadata);
+                    let kept = Arc::new(KeptService::of(&key, s));
+                    (key, kept)
+                })
                 .collect(),
             slices: contents
                 .slices

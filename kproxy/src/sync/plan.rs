@@ -94,6 +94,18 @@ impl SyncReport {
     }
 }
 
+/// What the chunks of a sync leave for its end.
+#[derive(Default)]
+struct AfterSync {
+    /// Service port ids freed (released at the end: never reused within the sync).
+    freed: Vec<u32>,
+    /// VIPs gaining (+1) or losing (-1) a frontend.
+    vip_deltas: Vec<(FrontendKey, i32)>,
+}
+
+/// Frontends planned and applied at a time (see `Programmed::sync_keys`).
+pub(super) const SYNC_CHUNK: usize = 2048;
+
 /// What a planned change is, for the bookkeeping after it is applied.
 enum Kind {
     Removed {
@@ -177,14 +189,22 @@ impl Programmed {
             return report;
         }
 
-        // Plan every change first (ids are allocated here), then apply them all at once.
-        let mut planned: Vec<Planned> = Vec::new();
-        let mut kinds: Vec<(FrontendKey, Kind)> = Vec::new();
-        for key in &keys {
-            if desired.contains_key(key) {
-                continue;
-            }
-            if let Some(old) = self.frontends.remove(key) {
+        // Removals first (they free map space), then this node's clients' entries, then
+        // those that send such clients to them (`SVC_F_EXT_LOCAL`): each in chunks, planned
+        // (ids are allocated here) and then applied at once. Chunks bound what a sync of
+        // everything (a start, a relist) holds at a time: its plans are the size of the
+        // cluster, and batches of a few thousand entries per syscall are as fast as larger.
+        let removed: Vec<FrontendKey> = keys
+            .iter()
+            .filter(|k| !desired.contains_key(k) && self.frontends.contains_key(k))
+            .copied()
+            .collect();
+        let mut ending = AfterSync::default();
+        for chunk in removed.chunks(SYNC_CHUNK) {
+            let mut planned = Vec::with_capacity(chunk.len());
+            let mut kinds = Vec::with_capacity(chunk.len());
+            for key in chunk {
+                let old = self.frontends.remove(key).expect("filtered above");
                 planned.push(Planned {
                     ops: remove_ops(key, &old),
                     removal: true,
@@ -197,63 +217,71 @@ impl Programmed {
                     },
                 ));
             }
+            let outcomes = execute(dp, &planned);
+            self.settle(&planned, kinds, outcomes, &mut report, &mut ending);
         }
-        // Entries for this node's clients first: within each wave their writes go before
-        // those of the entries that send such clients to them (`SVC_F_EXT_LOCAL`).
-        let ordered = keys
+        let wanted: Vec<(&FrontendKey, &Frontend)> = keys
             .iter()
             .filter(|k| k.scope == Scope::Internal)
-            .chain(keys.iter().filter(|k| k.scope == Scope::All));
-        for (key, frontend) in ordered.filter_map(|k| Some((k, desired.get(k)?))) {
-            if key.addr.is_ipv6() {
-                report.ipv6_skipped += 1;
-                continue;
+            .chain(keys.iter().filter(|k| k.scope == Scope::All))
+            .filter_map(|k| Some((k, desired.get(k)?)))
+            .collect();
+        for chunk in wanted.chunks(SYNC_CHUNK) {
+            let mut planned = Vec::with_capacity(chunk.len());
+            let mut kinds = Vec::with_capacity(chunk.len());
+            for &(key, frontend) in chunk {
+                if key.addr.is_ipv6() {
+                    report.ipv6_skipped += 1;
+                    continue;
+                }
+                let change = match self.frontends.get(key) {
+                    Some(old) => update_change(&mut self.next_backend_id, key, old, frontend),
+                    None => match self.add_change(key, frontend) {
+                        Ok(change) => change,
+                        Err(problem) => {
+                            report.problems.push(problem);
+                            self.retry.insert(*key);
+                            continue;
+                        }
+                    },
+                };
+                let Some(change) = change_or_rename(change, self.frontends.get_mut(key), frontend)
+                else {
+                    continue;
+                };
+                planned.push(Planned {
+                    ops: change.ops,
+                    removal: false,
+                });
+                kinds.push((
+                    *key,
+                    Kind::Changed {
+                        after: Box::new(change.after.expect("a change always has a result")),
+                        new_svc_id: change.new_svc_id,
+                    },
+                ));
             }
-            let change = match self.frontends.get(key) {
-                Some(old) => update_change(&mut self.next_backend_id, key, old, frontend),
-                None => match self.add_change(key, frontend) {
-                    Ok(change) => change,
-                    Err(problem) => {
-                        report.problems.push(problem);
-                        self.retry.insert(*key);
-                        continue;
-                    }
-                },
-            };
-            let Some(change) = change_or_rename(change, self.frontends.get_mut(key), frontend)
-            else {
-                continue;
-            };
-            planned.push(Planned {
-                ops: change.ops,
-                removal: false,
-            });
-            kinds.push((
-                *key,
-                Kind::Changed {
-                    after: Box::new(change.after.expect("a change always has a result")),
-                    new_svc_id: change.new_svc_id,
-                },
-            ));
+            let outcomes = execute(dp, &planned);
+            self.settle(&planned, kinds, outcomes, &mut report, &mut ending);
         }
-
-        let outcomes = execute(dp, &planned);
-        self.settle(&planned, kinds, outcomes, dp, &mut report);
+        // Only now: ids freed by this sync are not handed out to changes of the same sync.
+        for id in ending.freed {
+            self.svc_ids.release(id);
+        }
+        self.update_vips(&ending.vip_deltas, dp, &mut report);
         report
     }
 
     /// Bookkeeping after `planned` changes were applied with `outcomes`: what is programmed
-    /// now, what is retried, which ids are free, which VIPs are used.
+    /// now and what is retried; the ids freed and the VIPs' changes go to `ending`.
     fn settle(
         &mut self,
         planned: &[Planned],
         kinds: Vec<(FrontendKey, Kind)>,
         outcomes: Vec<Outcome>,
-        dp: &mut impl Datapath,
         report: &mut SyncReport,
+        ending: &mut AfterSync,
     ) {
-        let mut freed = Vec::new();
-        let mut vip_deltas = Vec::new();
         for ((p, (key, kind)), outcome) in planned.iter().zip(kinds).zip(outcomes) {
             report.ops += p.ops.len();
             let service = match &kind {
@@ -265,7 +293,7 @@ impl Programmed {
                     report
                         .problems
                         .push(datapath_problem(service.as_ref(), &key, e));
-                    freed.extend(new_svc_id);
+                    ending.freed.extend(new_svc_id);
                     self.retry.insert(key);
                 }
                 (outcome, Kind::Removed { svc_id, .. }) => {
@@ -274,8 +302,8 @@ impl Programmed {
                             .problems
                             .push(datapath_problem(service.as_ref(), &key, e));
                     }
-                    freed.push(svc_id);
-                    vip_deltas.push((key, -1));
+                    ending.freed.push(svc_id);
+                    ending.vip_deltas.push((key, -1));
                     report.removed += 1;
                 }
                 (outcome, Kind::Changed { after, new_svc_id }) => {
@@ -285,7 +313,7 @@ impl Programmed {
                             .push(datapath_problem(service.as_ref(), &key, e));
                     }
                     if new_svc_id.is_some() {
-                        vip_deltas.push((key, 1));
+                        ending.vip_deltas.push((key, 1));
                         report.added += 1;
                     } else {
                         report.updated += 1;
@@ -294,11 +322,6 @@ impl Programmed {
                 }
             }
         }
-        // Only now: ids freed by this sync are not handed out to changes of the same sync.
-        for id in freed {
-            self.svc_ids.release(id);
-        }
-        self.update_vips(&vip_deltas, dp, report);
     }
 
     /// Makes sure every backend id this sync may allocate for `keys` is reserved in the
@@ -401,12 +424,16 @@ impl Programmed {
             svc_id,
             active,
         };
-        let mut ops: Vec<MapOp> = backends.iter().map(|b| put(b, true)).collect();
-        ops.extend(standby.iter().map(|b| put(b, false)));
         let source_ranges = source_ranges_v4(frontend);
         let (put_ranges, _) = range_ops(svc_id, &[], &source_ranges);
+        let slots = slot_ops(svc_id, 0, &backends, 0);
+        // Sized exactly: a sync of everything holds the ops of thousands of frontends.
+        let mut ops: Vec<MapOp> =
+            Vec::with_capacity(backends.len() + standby.len() + put_ranges.len() + slots.len() + 1);
+        ops.extend(backends.iter().map(|b| put(b, true)));
+        ops.extend(standby.iter().map(|b| put(b, false)));
         ops.extend(put_ranges);
-        ops.extend(slot_ops(svc_id, 0, &backends, 0));
+        ops.extend(slots);
         ops.push(put_service(key, svc_id, 0, backends.len(), frontend));
         Ok(Change {
             ops,

@@ -1,7 +1,7 @@
 //! Sync tests against the in-memory datapath: only differences are written, backend sets
 //! switch atomically, failures roll back, restarts recover.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use super::{MapOp, Programmed, fake::FakeDatapath, fake::View};
 use crate::{
@@ -615,4 +615,42 @@ fn vips_are_counted_once_per_address() {
     let mut recovered = recovered;
     recovered.sync(&Desired::new(), &mut dp);
     assert!(dp.vips.is_empty());
+}
+
+#[test]
+fn a_sync_larger_than_a_chunk_is_whole_and_never_reuses_an_id_it_freed() {
+    let n = super::plan::SYNC_CHUNK + 10;
+    let n32 = u32::try_from(n).expect("small");
+    let key_at = |i: usize, port| {
+        let i = u32::try_from(i).expect("small");
+        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i);
+        FrontendKey::new(addr.into(), port, Protocol::Tcp)
+    };
+    let old: Desired = (0..n)
+        .map(|i| (key_at(i, 80), frontend("old", &[2, 3], None)))
+        .collect();
+    let new: Desired = (0..n)
+        .map(|i| (key_at(i, 81), frontend("new", &[4], None)))
+        .collect();
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(2 * n32);
+
+    let first = programmed.sync(&old, &mut dp);
+    assert!(first.problems.is_empty(), "{:?}", first.problems);
+    assert_eq!(first.added, n);
+    assert_eq!(dp.view(), expected_view(&old));
+    let old_ids: HashSet<u32> = dp.services.values().map(|s| s.svc_id).collect();
+    assert_eq!(old_ids.len(), n, "one id per frontend");
+
+    // Every frontend replaced in one sync: removals and additions span several chunks.
+    let second = programmed.sync(&new, &mut dp);
+    assert!(second.problems.is_empty(), "{:?}", second.problems);
+    assert_eq!((second.added, second.removed), (n, n));
+    assert_eq!(dp.view(), expected_view(&new));
+    assert!(
+        dp.services.values().all(|s| !old_ids.contains(&s.svc_id)),
+        "an id freed by a sync is not handed out again by the same sync"
+    );
+    // Each VIP lost its port-80 frontend and gained a port-81 one: it stays served.
+    assert_eq!(dp.vips.len(), n);
 }

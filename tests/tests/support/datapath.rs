@@ -264,8 +264,8 @@ pub fn frontend(
         Frontend {
             service: ServicePortName {
                 namespace: "default".into(),
-                name: format!("svc-{addr}-{port}"),
-                port: String::new(),
+                name: format!("svc-{addr}-{port}").into(),
+                port: "".into(),
             },
             affinity_timeout_s: affinity,
             endpoints: endpoints

@@ -14,7 +14,6 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt::Debug,
-    hash::Hash,
     sync::Arc,
 };
 
@@ -26,10 +25,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
     serde::de::DeserializeOwned,
 };
-use kube::{
-    Resource, ResourceExt,
-    runtime::{reflector::ObjectRef, watcher::Event},
-};
+use kube::{Resource, ResourceExt, runtime::watcher::Event};
 
 use super::decoded::Decoded;
 use crate::{
@@ -42,8 +38,8 @@ use crate::{
 pub trait Watched:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
 {
-    /// The change handing `object` to the agent.
-    fn change(object: &Arc<Self>) -> Change;
+    /// The change handing `object`, known by `key`, to the agent.
+    fn change(key: ObjectKey, object: &Arc<Self>) -> Change;
 
     /// The change telling the agent the object of `key` is gone.
     fn gone(key: ObjectKey) -> Change;
@@ -53,8 +49,8 @@ pub trait Watched:
 }
 
 impl Watched for Service {
-    fn change(object: &Arc<Self>) -> Change {
-        Change::service(object)
+    fn change(key: ObjectKey, object: &Arc<Self>) -> Change {
+        Change::service_of(key, object)
     }
 
     fn gone(key: ObjectKey) -> Change {
@@ -67,8 +63,8 @@ impl Watched for Service {
 }
 
 impl Watched for EndpointSlice {
-    fn change(object: &Arc<Self>) -> Change {
-        Change::slice(object)
+    fn change(key: ObjectKey, object: &Arc<Self>) -> Change {
+        Change::slice_of(key, object)
     }
 
     fn gone(key: ObjectKey) -> Change {
@@ -83,7 +79,7 @@ impl Watched for EndpointSlice {
 impl Watched for Node {
     /// The agent's own Node, the one object kept whole (its labels, addresses, taints and
     /// deletion mark all matter; there is one).
-    fn change(object: &Arc<Self>) -> Change {
+    fn change(_: ObjectKey, object: &Arc<Self>) -> Change {
         Change::Node(Some(Arc::clone(object)))
     }
 
@@ -96,25 +92,44 @@ impl Watched for Node {
     }
 }
 
-type Ref<K> = ObjectRef<Decoded<K>>;
+/// A resource version as handed out. Versions are opaque strings that are only compared;
+/// etcd's are decimal numbers, kept as one (no allocation per object: at tens of thousands
+/// of objects the mirror would otherwise be megabytes of copied strings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Version {
+    Number(u64),
+    Text(Box<str>),
+}
 
-/// What one resource's watcher has handed the agent.
-pub struct Mirror<K: Watched>
-where
-    Ref<K>: Hash + Eq,
-{
+impl Version {
+    fn of(version: &str) -> Self {
+        // Only the canonical form: "007" must stay distinct from "7".
+        let canonical = !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_digit())
+            && (version == "0" || !version.starts_with('0'));
+        match version.parse() {
+            Ok(number) if canonical => Self::Number(number),
+            _ => Self::Text(version.into()),
+        }
+    }
+}
+
+/// What one resource's watcher has handed the agent, by the key the agent knows each
+/// object by (the same shared strings the change carries).
+pub struct Mirror<K: Watched> {
     /// Resource version of every object handed out.
-    handed: HashMap<Ref<K>, Option<String>>,
+    handed: HashMap<ObjectKey, Option<Version>>,
     /// Objects that are not valid `K`s, with the problem reporting each.
-    invalid: HashMap<Ref<K>, Problem>,
+    invalid: HashMap<ObjectKey, Problem>,
     /// `invalid` changed since `take_problems`.
     problems_changed: bool,
     /// A list in progress: what it found so far, converted (objects the agent has in this
     /// version already are only noted), handed out when it is complete.
-    listing: Option<Vec<(Ref<K>, Listed)>>,
+    listing: Option<Vec<(ObjectKey, Listed)>>,
     /// When the list in progress started.
     listing_since: Option<std::time::Instant>,
     listed: bool,
+    kind: std::marker::PhantomData<K>,
 }
 
 /// One object of a list in progress.
@@ -122,7 +137,7 @@ enum Listed {
     /// The agent has this version.
     Unchanged,
     /// New or changed: its version and the change handing it out.
-    Changed(Option<String>, Change),
+    Changed(Option<Version>, Change),
     Invalid(Problem),
 }
 
@@ -135,6 +150,7 @@ impl<K: Watched> Default for Mirror<K> {
             listing: None,
             listing_since: None,
             listed: false,
+            kind: std::marker::PhantomData,
         }
     }
 }
@@ -158,7 +174,7 @@ impl<K: Watched> Mirror<K> {
     pub fn apply(&mut self, event: &Event<Decoded<K>>) -> Vec<Change> {
         match event {
             Event::Apply(object) => {
-                let reference = ObjectRef::from_obj(object);
+                let reference = object_key(object.meta());
                 match self.read(&reference, object) {
                     Listed::Unchanged => Vec::new(),
                     Listed::Changed(version, change) => {
@@ -170,10 +186,10 @@ impl<K: Watched> Mirror<K> {
                 }
             }
             Event::Delete(object) => {
-                let reference = ObjectRef::from_obj(object);
+                let reference = object_key(object.meta());
                 self.set_problem(&reference, None);
-                match self.handed.remove(&reference) {
-                    Some(_) => vec![K::gone(object_key(object.meta()))],
+                match self.handed.remove_entry(&reference) {
+                    Some((reference, _)) => vec![K::gone(reference)],
                     None => Vec::new(),
                 }
             }
@@ -184,7 +200,7 @@ impl<K: Watched> Mirror<K> {
                 Vec::new()
             }
             Event::InitApply(object) => {
-                let reference = ObjectRef::from_obj(object);
+                let reference = object_key(object.meta());
                 let read = self.read(&reference, object);
                 self.listing
                     .get_or_insert_with(Vec::new)
@@ -196,14 +212,14 @@ impl<K: Watched> Mirror<K> {
     }
 
     /// What `object` is to the agent.
-    fn read(&self, reference: &Ref<K>, object: &Decoded<K>) -> Listed {
+    fn read(&self, reference: &ObjectKey, object: &Decoded<K>) -> Listed {
         match object {
             Decoded::Valid(object) => {
-                let version = object.resource_version();
+                let version = object.resource_version().as_deref().map(Version::of);
                 if version.is_some() && self.handed.get(reference) == Some(&version) {
                     Listed::Unchanged
                 } else {
-                    Listed::Changed(version, K::change(object))
+                    Listed::Changed(version, K::change(reference.clone(), object))
                 }
             }
             Decoded::Invalid(invalid) => {
@@ -221,11 +237,11 @@ impl<K: Watched> Mirror<K> {
     }
 
     /// An invalid object is reported, and taken back if a valid version was handed out.
-    fn take_back(&mut self, reference: &Ref<K>, problem: Problem) -> Vec<Change> {
+    fn take_back(&mut self, reference: &ObjectKey, problem: Problem) -> Vec<Change> {
         self.set_problem(reference, Some(problem));
         self.handed
-            .remove(reference)
-            .map(|_| K::gone(key_of(reference)))
+            .remove_entry(reference)
+            .map(|(reference, _)| K::gone(reference))
             .into_iter()
             .collect()
     }
@@ -240,7 +256,7 @@ impl<K: Watched> Mirror<K> {
             took_ms = self.listing_since.take().map(|t| t.elapsed().as_millis()),
             "listed"
         );
-        let present: HashSet<Ref<K>> = listing.iter().map(|(r, _)| r.clone()).collect();
+        let present: HashSet<ObjectKey> = listing.iter().map(|(r, _)| r.clone()).collect();
         let mut changes = Vec::new();
         for (reference, read) in listing {
             match read {
@@ -255,7 +271,7 @@ impl<K: Watched> Mirror<K> {
         }
         for reference in absent(self.handed.keys(), &present) {
             self.handed.remove(&reference);
-            changes.push(K::gone(key_of(&reference)));
+            changes.push(K::gone(reference));
         }
         for reference in absent(self.invalid.keys(), &present) {
             self.set_problem(&reference, None);
@@ -263,7 +279,7 @@ impl<K: Watched> Mirror<K> {
         changes
     }
 
-    fn set_problem(&mut self, reference: &Ref<K>, problem: Option<Problem>) {
+    fn set_problem(&mut self, reference: &ObjectKey, problem: Option<Problem>) {
         let changed = match problem {
             Some(p) => self.invalid.insert(reference.clone(), p.clone()).as_ref() != Some(&p),
             None => self.invalid.remove(reference).is_some(),
@@ -272,20 +288,12 @@ impl<K: Watched> Mirror<K> {
     }
 }
 
-/// The references among `known` that a complete list did not have.
-fn absent<'a, K: Watched>(
-    known: impl Iterator<Item = &'a Ref<K>>,
-    present: &HashSet<Ref<K>>,
-) -> Vec<Ref<K>> {
+/// The keys among `known` that a complete list did not have.
+fn absent<'a>(
+    known: impl Iterator<Item = &'a ObjectKey>,
+    present: &HashSet<ObjectKey>,
+) -> Vec<ObjectKey> {
     known.filter(|r| !present.contains(*r)).cloned().collect()
-}
-
-/// The key the agent knows an object by, from its reference.
-fn key_of<K: Watched>(reference: &Ref<K>) -> ObjectKey {
-    (
-        reference.namespace.as_deref().unwrap_or("default").into(),
-        reference.name.as_str().into(),
-    )
 }
 
 #[cfg(test)]
@@ -293,6 +301,21 @@ mod tests {
     use k8s_openapi::{api::core::v1::ServiceSpec, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
     use super::*;
+
+    #[test]
+    fn versions_compare_as_the_strings_they_are() {
+        assert_eq!(Version::of("12345"), Version::Number(12_345));
+        assert_eq!(Version::of("0"), Version::Number(0));
+        assert_eq!(Version::of("007"), Version::of("007"));
+        assert_ne!(Version::of("007"), Version::of("7"));
+        assert_ne!(Version::of("+7"), Version::of("7"));
+        assert_eq!(Version::of(""), Version::Text("".into()));
+        assert_eq!(
+            Version::of("99999999999999999999"),
+            Version::Text("99999999999999999999".into()),
+            "beyond u64: kept as text"
+        );
+    }
 
     /// Version `version` of Service `name`; its cluster IP ends in the version, so the
     /// change handing it out says which version it is.

@@ -559,7 +559,7 @@ fn node_port_flows_are_live_on_node_port_addresses() {
         service: ServicePortName {
             namespace: "default".into(),
             name: "web".into(),
-            port: String::new(),
+            port: "".into(),
         },
         kind,
         affinity_timeout_s: None,
