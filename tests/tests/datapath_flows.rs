@@ -436,6 +436,11 @@ fn collection_walks_tables_larger_than_a_chunk_and_keeps_or_expires_every_flow()
     assert_eq!((stats.flows, stats.replies), (flows, flows), "{stats:?}");
     assert_eq!(stats.expired + stats.orphans + stats.service_gone, 0);
     assert_eq!(count(&dp), (flows, flows));
+    assert!(
+        dp.flows.walk_capacity() <= kproxy::sync::gc::CHUNK,
+        "a walk holds one chunk at a time, not the table ({} entries)",
+        dp.flows.walk_capacity()
+    );
 
     // Two days on, every flow has timed out: one pass deletes both entries of each.
     let later = now + 2 * 86_400 * 1_000_000_000;

@@ -146,7 +146,10 @@ pub async fn run(
     let health_check_metrics = HealthCheckMetrics::new(&mut registry);
     serve_http(&config.http, &health, registry).await?;
 
-    // The input first: the API lists while the kernel verifies the programs (most of a
+    // aya's loader before anything is listed (see `load::loader`: it parses the kernel's
+    // BTF, and that memory must be free again before the lists arrive).
+    let loader = load::loader();
+    // The input next: the API lists while the kernel verifies the programs (most of a
     // start), the watches' first answers waiting in their channel.
     let mut input = match &config.source {
         Source::Manifests(path) => Input::manifests(
@@ -162,7 +165,7 @@ pub async fn run(
         !config.xdp_ifaces.is_empty(),
     );
     let (unverified, pinned) =
-        tokio::task::spawn_blocking(move || load::open_maps(&pin_dir, &sizes))
+        tokio::task::spawn_blocking(move || load::open_maps_with(loader, &pin_dir, &sizes))
             .await
             .context("creating the maps")??;
     tracing::info!(

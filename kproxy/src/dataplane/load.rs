@@ -129,9 +129,30 @@ impl Unverified {
     }
 }
 
+/// aya's loader, without the kernel's type information (BTF). aya parses all of
+/// `/sys/kernel/btf/vmlinux` whenever a loader is made, for CO-RE relocations that kproxy's
+/// TC and XDP programs do not have: tens of megabytes of heap while it lives, most of an
+/// agent's peak memory if it coincides with the first list of a large cluster. So the loader
+/// is made first, on the thread that goes on to decode the lists (whose allocator then
+/// reuses that memory), and the parsed BTF is dropped at once.
+pub fn loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
+}
+
 /// The first phase of [`load_with`]: the maps, created or adopted and pinned, and what was
 /// found under `pin_dir`.
 pub fn open_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(Unverified, PinnedState)> {
+    open_maps_with(loader(), pin_dir, sizes)
+}
+
+/// [`open_maps`] with a loader made by [`loader`].
+pub fn open_maps_with(
+    mut loader: EbpfLoader<'static>,
+    pin_dir: &Path,
+    sizes: &MapSizes,
+) -> Result<(Unverified, PinnedState)> {
     bpffs::ensure_pin_dir(pin_dir)?;
     let object = object()?;
     let state = check_layout(pin_dir)?;
@@ -145,7 +166,6 @@ pub fn open_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(Unverified, Pinned
         remove_map_pins(pin_dir)?;
     }
     drop_incompatible_pins(pin_dir, sizes, &object)?;
-    let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
     for (name, size) in sizes.max_entries() {
         loader.map_max_entries(name, size);

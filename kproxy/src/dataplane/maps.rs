@@ -496,6 +496,11 @@ impl CtMap {
 
 impl FlowTable for CtMap {
     fn next_chunk(&mut self, walk: &mut Walk, chunk: &mut Vec<(FlowKey, CtEntry)>) -> Result<()> {
+        // `lookup` fills the buffers to their capacity: room for one chunk, made on empty
+        // buffers (reserving on the previous chunk's entries would double the batch at
+        // every call, until a walk held the whole table).
+        self.keys.clear();
+        self.values.clear();
         self.keys.reserve(gc::CHUNK);
         self.values.reserve(gc::CHUNK);
         batch::lookup(&self.raw, walk, &mut self.keys, &mut self.values)?;
@@ -617,6 +622,16 @@ impl FlowMaps {
     }
 
     /// One collection pass (see `sync::gc`); `capacity` is the size of each conntrack map.
+    /// Entries the conntrack walk buffers have room for, the larger map's: one chunk, however
+    /// many flows the tables hold.
+    pub fn walk_capacity(&self) -> usize {
+        [&self.ct_fwd, &self.ct_rev]
+            .iter()
+            .map(|m| m.keys.capacity().max(m.values.capacity()))
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn collect_garbage(
         &mut self,
         config: &Config,
