@@ -217,8 +217,7 @@ impl Programmed {
                     },
                 ));
             }
-            let outcomes = execute(dp, &planned);
-            self.settle(&planned, kinds, outcomes, &mut report, &mut ending);
+            self.apply(dp, &planned, kinds, &mut report, &mut ending);
         }
         let wanted: Vec<(&FrontendKey, &Frontend)> = keys
             .iter()
@@ -261,8 +260,7 @@ impl Programmed {
                     },
                 ));
             }
-            let outcomes = execute(dp, &planned);
-            self.settle(&planned, kinds, outcomes, &mut report, &mut ending);
+            self.apply(dp, &planned, kinds, &mut report, &mut ending);
         }
         // Only now: ids freed by this sync are not handed out to changes of the same sync.
         for id in ending.freed {
@@ -272,16 +270,17 @@ impl Programmed {
         report
     }
 
-    /// Bookkeeping after `planned` changes were applied with `outcomes`: what is programmed
-    /// now and what is retried; the ids freed and the VIPs' changes go to `ending`.
-    fn settle(
+    /// Applies `planned` changes (of `kinds`), then the bookkeeping: what is programmed now
+    /// and what is retried; the ids freed and the VIPs' changes go to `ending`.
+    fn apply(
         &mut self,
+        dp: &mut impl Datapath,
         planned: &[Planned],
         kinds: Vec<(FrontendKey, Kind)>,
-        outcomes: Vec<Outcome>,
         report: &mut SyncReport,
         ending: &mut AfterSync,
     ) {
+        let outcomes = execute(dp, planned);
         for ((p, (key, kind)), outcome) in planned.iter().zip(kinds).zip(outcomes) {
             report.ops += p.ops.len();
             let service = match &kind {

@@ -107,10 +107,10 @@ impl Version {
         let canonical = !version.is_empty()
             && version.bytes().all(|b| b.is_ascii_digit())
             && (version == "0" || !version.starts_with('0'));
-        match version.parse() {
-            Ok(number) if canonical => Self::Number(number),
-            _ => Self::Text(version.into()),
+        if canonical && let Ok(number) = version.parse() {
+            return Self::Number(number);
         }
+        Self::Text(version.into())
     }
 }
 
