@@ -108,3 +108,23 @@ impl Dest {
 pub fn find(addr: u32, port: u16, proto: u8) -> Option<(ServiceKey, ServiceValue)> {
     Dest::of(addr, port, proto).find()
 }
+
+/// Whether `addr:port` (`proto`) reaches a frontend: [`find`]'s answer, asked without the
+/// NodePort address list. For the loop over a new flow's candidate ports: the list's own
+/// loop inside it multiplied the paths the kernel's verifier walks, for a shortcut that
+/// only saves a hash lookup on a rare path.
+#[inline(always)]
+pub fn reached_without_list(addr: u32, port: u16, proto: u8) -> bool {
+    Dest {
+        key: ServiceKey {
+            addr,
+            port,
+            proto,
+            scope: SCOPE_ALL,
+        },
+        nodeport_addr_only: false,
+        nodeport_port: may_be_nodeport(port),
+    }
+    .find()
+    .is_some()
+}

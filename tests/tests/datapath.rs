@@ -6,18 +6,47 @@ mod support;
 use std::net::Ipv4Addr;
 
 use kproxy::model::{Desired, Protocol, WhenEmpty};
-use kproxy_common::stats::Counter;
+use kproxy_common::{names, stats::Counter};
 use kproxy_testbed::require_privileges;
 use support::{
     datapath::{
-        B1, B2, B3, CLIENT, OTHER_CLIENT, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, VIP, XDP_DROP,
-        XDP_PASS, XDP_TX, flow_key, frontend, loaded, three_backends,
+        B1, B2, B3, CLIENT, LoadedDatapath, OTHER_CLIENT, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT,
+        VIP, XDP_DROP, XDP_PASS, XDP_TX, flow_key, frontend, loaded, three_backends,
     },
     packets::{
         ACK, CLIENT_MAC, FIN_ACK, NODE_MAC, RST, SYN, SYN_ACK, assert_checksums, dst, src,
         tcp_frame, udp_frame, without_udp_checksum,
     },
 };
+
+/// Instructions the kernel's verifier may walk per program. Verification is most of an
+/// agent's start (the time to full programming counts it); a loop whose body the verifier
+/// walks once per iteration (the new-flow port search, before it was made cheap) more than
+/// doubles it. About 90k each on kernel 6.18.
+const VERIFIER_BUDGET: u32 = 150_000;
+
+#[test]
+fn every_program_verifies_within_the_instruction_budget() {
+    if !require_privileges("every_program_verifies_within_the_instruction_budget") {
+        return;
+    }
+    let dp = LoadedDatapath::load();
+    for name in names::PROGRAMS.into_iter().chain(names::LAZY_PROGRAMS) {
+        let walked = dp
+            .ebpf
+            .program(name)
+            .expect("program in object")
+            .info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("the kernel reports verified instructions");
+        eprintln!("{name}: {walked} instructions verified");
+        assert!(
+            walked <= VERIFIER_BUDGET,
+            "{name}: the verifier walked {walked} instructions, over the budget of {VERIFIER_BUDGET}"
+        );
+    }
+}
 
 #[test]
 fn dnat_rewrites_the_destination_with_exact_checksums() {
