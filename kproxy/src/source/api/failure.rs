@@ -1,6 +1,6 @@
 //! What a failed list or watch means for the agent: most failures are retried as they are,
 //! but a refused permission needs an operator, and a watch that cannot resume needs a
-//! relist that kube-runtime does not do by itself.
+//! relist that the list+watch stream does not do by itself.
 
 use kube::runtime::watcher;
 
@@ -12,11 +12,12 @@ pub enum Failure {
     /// operator fixes a role that lacks the verb.
     Forbidden { verb: &'static str },
     /// HTTP 410 in answer to a watch request: the history it would resume from was
-    /// compacted. kube-runtime 2.0.1 retries the same resourceVersion forever; client-go
-    /// relists, and so must kproxy (it restarts the watcher).
+    /// compacted. The list+watch stream retries the same resourceVersion (as kube-runtime
+    /// 2.0.1's watcher does, forever); client-go relists, and so must kproxy (it restarts
+    /// the stream).
     GoneAtWatchStart,
     /// Anything else (unreachable server, dropped stream, `410 Gone` as a watch event, which
-    /// kube-runtime answers with a relist itself): retried with backoff.
+    /// the stream answers with a relist itself): retried with backoff.
     Other,
 }
 
@@ -34,7 +35,7 @@ impl Failure {
             }
             E::WatchError(status) if status.code == 403 => Failure::Forbidden { verb: "watch" },
             // kube-client hands a refused watch's HTTP status to the watcher as the stream's
-            // first item, so kube-runtime reports it as a failed stream, not a failed start.
+            // first item, so the stream reports it as a failed stream, not a failed start.
             E::WatchStartFailed(e) | E::WatchFailed(e) if code(e) == Some(410) => {
                 Failure::GoneAtWatchStart
             }
@@ -93,7 +94,7 @@ mod tests {
             ),
             (E::WatchStartFailed(api(410)), Failure::GoneAtWatchStart),
             (E::WatchFailed(api(410)), Failure::GoneAtWatchStart),
-            // kube-runtime relists after these itself.
+            // the stream relists after these itself.
             (E::WatchError(status(410)), Failure::Other),
             (E::InitialListFailed(api(410)), Failure::Other),
             (E::InitialListFailed(api(500)), Failure::Other),

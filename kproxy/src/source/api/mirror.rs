@@ -27,7 +27,7 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt, runtime::watcher::Event};
 
-use super::decoded::Decoded;
+use super::{decoded::Decoded, protobuf::FromProtobuf};
 use crate::{
     model::{Change, ObjectKey, object_key, object_name},
     problem::{Problem, ProblemKind},
@@ -36,7 +36,7 @@ use crate::{
 
 /// A resource kproxy watches.
 pub trait Watched:
-    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + FromProtobuf + Send + Sync + 'static
 {
     /// The change handing `object`, known by `key`, to the agent.
     fn change(key: ObjectKey, object: &Arc<Self>) -> Change;

@@ -1,6 +1,7 @@
-//! The Kubernetes API as a source: kube-runtime watchers (list, then watch, relisting after
-//! `410 Gone`, with backoff) on Services, EndpointSlices and this node's Node, each feeding a
-//! `Mirror` that hands the agent only what changed, converted into what the model keeps.
+//! The Kubernetes API as a source: list+watch streams (`list_watch`: lists in protobuf where
+//! the kind allows, watches from the list's version, relisting after `410 Gone`, with
+//! backoff) on Services, EndpointSlices and this node's Node, each feeding a `Mirror` that
+//! hands the agent only what changed, converted into what the model keeps.
 //!
 //! The watches filter like kube-proxy's informers, on the server: Services and
 //! EndpointSlices without `service.kubernetes.io/service-proxy-name` (owned by another
@@ -9,7 +10,9 @@
 
 mod decoded;
 mod failure;
+mod list_watch;
 mod mirror;
+mod protobuf;
 
 use std::{
     path::Path,
@@ -23,7 +26,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use kube::{
-    Api, Client, Config,
+    Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
@@ -31,6 +34,7 @@ use tokio::sync::mpsc;
 
 pub use decoded::Decoded;
 pub use failure::Failure;
+use list_watch::{Selectors, list_watch};
 pub use mirror::{Mirror, Watched};
 
 use crate::{
@@ -124,40 +128,47 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
 
 /// Starts the three watches; their updates and errors arrive on `tx` until it is closed.
 pub fn start(client: &Client, node_name: &str, tx: &mpsc::UnboundedSender<ApiMessage>) {
-    let labels = label_selector();
-    tokio::spawn(watch(
+    let labels = Some(label_selector());
+    tokio::spawn(watch::<Service>(
         Resource::Services,
-        Api::<Decoded<Service>>::all(client.clone()),
-        watcher::Config::default()
-            .labels(&labels)
-            .fields(SERVICE_FIELD_SELECTOR),
+        client.clone(),
+        Selectors {
+            labels: labels.clone(),
+            fields: Some(SERVICE_FIELD_SELECTOR.to_owned()),
+        },
         tx.clone(),
     ));
-    tokio::spawn(watch(
+    tokio::spawn(watch::<EndpointSlice>(
         Resource::EndpointSlices,
-        Api::<Decoded<EndpointSlice>>::all(client.clone()),
-        watcher::Config::default().labels(&labels),
+        client.clone(),
+        Selectors {
+            labels,
+            fields: None,
+        },
         tx.clone(),
     ));
-    tokio::spawn(watch(
+    tokio::spawn(watch::<Node>(
         Resource::Node,
-        Api::<Decoded<Node>>::all(client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        client.clone(),
+        Selectors {
+            labels: None,
+            fields: Some(format!("metadata.name={node_name}")),
+        },
         tx.clone(),
     ));
 }
 
 async fn watch<K: Watched>(
     resource: Resource,
-    api: Api<Decoded<K>>,
-    config: watcher::Config,
+    client: Client,
+    selectors: Selectors,
     tx: mpsc::UnboundedSender<ApiMessage>,
 ) {
     // One mirror across watcher restarts: a relist is diffed against what was known.
     let mut mirror = Mirror::<K>::default();
     let mut restarts = Restarts::default();
     loop {
-        let events = watcher(api.clone(), config.clone()).default_backoff();
+        let events = list_watch::<K>(client.clone(), selectors.clone()).default_backoff();
         futures::pin_mut!(events);
         let mut restart = false;
         while let Some(event) = events.next().await {
