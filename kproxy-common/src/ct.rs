@@ -119,6 +119,12 @@ impl FlowState {
         }
     }
 
+    /// The TCP connection was reset (by either side, or by kproxy).
+    #[inline(always)]
+    pub const fn tcp_reset(&self) -> bool {
+        self.flags & CT_F_RST != 0
+    }
+
     /// The TCP connection is over (RST, or FIN in both directions).
     #[inline(always)]
     pub const fn tcp_closing(&self) -> bool {

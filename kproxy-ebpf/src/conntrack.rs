@@ -128,13 +128,14 @@ pub fn lookup_or_zero(map: &impl CtMap, key: &FlowKey) -> CtEntry {
 }
 
 /// Records a packet of direction `dir` in its own entry `entry` at `key` of `map`: the state
-/// bits it adds, and the time at most once per `CT_REFRESH_NS`. The write replaces the
+/// bits it adds, and the time at most once per `CT_REFRESH_NS` or with new bits (a FIN or RST
+/// is stamped when it passed: see `FIN_CLOSE_QUIET_NS`). The write replaces the
 /// whole value; if another CPU replaced it at the same moment and the new bits did not
 /// survive, they are written once more. An entry evicted or deleted meanwhile is put back.
 #[inline(always)]
 pub fn record(map: &impl CtMap, key: &FlowKey, entry: &CtEntry, dir: Dir, tcp_flags: u8, now: u64) {
     let bits = state_bits(dir, tcp_flags) & !entry.flags;
-    let refresh = now.saturating_sub(entry.last_seen_ns) > CT_REFRESH_NS;
+    let refresh = bits != 0 || now.saturating_sub(entry.last_seen_ns) > CT_REFRESH_NS;
     if bits == 0 && !refresh {
         return;
     }
@@ -266,13 +267,24 @@ const ALT_PORT_MIN: u32 = 32_768;
 const ALT_PORT_SPAN: u32 = 28_232;
 const ALT_PORT_TRIES: u32 = 8;
 
+/// How long after its last FIN a TCP flow closed by a FIN each way keeps its backend-side
+/// tuple from other flows. The backend's socket waits in LAST_ACK until the client's last
+/// ACK reaches it, and answers a SYN on the same tuple meanwhile with a challenge ACK: the
+/// client resets and sends its SYN again a second later. (netfilter gives such a tuple up
+/// only once that ACK passed, in its TIME_WAIT.) A reset flow's tuple is free at once.
+const FIN_CLOSE_QUIET_NS: u64 = 1_000_000_000;
+
 /// Whether the flow that holds backend-side tuple `rkey` (its reply entry `other`, its
 /// forward entry `other_fwd`, `CtEntry::ZERO` if none) is over, so its tuple may be given
 /// to a new flow.
 #[inline(always)]
 fn finished(rkey: &FlowKey, other: &CtEntry, other_fwd: &CtEntry, cfg: &Config, now: u64) -> bool {
     let state = FlowState::of(other, other_fwd);
-    cfg.expired(rkey.proto, &state, now) || (rkey.proto == IPPROTO_TCP && state.tcp_closing())
+    cfg.expired(rkey.proto, &state, now)
+        || (rkey.proto == IPPROTO_TCP
+            && (state.tcp_reset()
+                || (state.tcp_closing()
+                    && now.saturating_sub(state.last_seen_ns) >= FIN_CLOSE_QUIET_NS)))
 }
 
 /// How claiming a backend-side tuple ended.

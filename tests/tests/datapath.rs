@@ -509,3 +509,47 @@ fn a_client_port_taken_towards_a_backend_is_remapped_and_restored() {
         tcp_frame((VIP, 80), c, SYN_ACK, b"")
     );
 }
+
+#[test]
+fn a_tuple_closed_by_fins_goes_to_another_flow_only_once_the_backend_has_closed() {
+    if !require_privileges(
+        "a_tuple_closed_by_fins_goes_to_another_flow_only_once_the_backend_has_closed",
+    ) {
+        return;
+    }
+    let vip2 = Ipv4Addr::new(198, 19, 0, 20);
+    let desired: Desired = [
+        frontend(VIP, 80, Protocol::Tcp, &[(B1, 8080)], None),
+        frontend(vip2, 80, Protocol::Tcp, &[(B1, 8080)], None),
+    ]
+    .into_iter()
+    .collect();
+    let dp = loaded(&desired);
+    // A connection closed by a FIN each way: B1's socket waits in LAST_ACK for the client's
+    // last ACK, and would answer a SYN on the same tuple with a challenge ACK (the client
+    // then resets and retries a second later). The same client port towards the other VIP,
+    // on the same backend, gets another source port.
+    let c = (CLIENT, 45_000);
+    dp.tc(&tcp_frame(c, (VIP, 80), SYN, b""));
+    dp.tc(&tcp_frame((B1, 8080), c, SYN_ACK, b""));
+    dp.tc(&tcp_frame(c, (VIP, 80), FIN_ACK, b""));
+    dp.tc(&tcp_frame((B1, 8080), c, FIN_ACK, b""));
+    let (_, out) = dp.tc(&tcp_frame(c, (vip2, 80), SYN, b""));
+    assert_eq!(dst(&out), (B1, 8080));
+    assert_ne!(
+        src(&out),
+        c,
+        "a tuple the backend may not have closed yet is not reused"
+    );
+    assert_eq!(dp.counter(Counter::PortRemapped), 1);
+    // A reset connection's tuple is free at once: the backend's socket is gone.
+    let c = (CLIENT, 45_001);
+    dp.tc(&tcp_frame(c, (VIP, 80), SYN, b""));
+    dp.tc(&tcp_frame((B1, 8080), c, SYN_ACK, b""));
+    dp.tc(&tcp_frame(c, (VIP, 80), RST, b""));
+    assert_eq!(
+        dp.tc(&tcp_frame(c, (vip2, 80), SYN, b"")).1,
+        tcp_frame(c, (B1, 8080), SYN, b"")
+    );
+    assert_eq!(dp.counter(Counter::PortRemapped), 1);
+}
