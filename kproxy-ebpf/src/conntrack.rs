@@ -280,11 +280,15 @@ const FIN_CLOSE_QUIET_NS: u64 = 1_000_000_000;
 #[inline(always)]
 fn finished(rkey: &FlowKey, other: &CtEntry, other_fwd: &CtEntry, cfg: &Config, now: u64) -> bool {
     let state = FlowState::of(other, other_fwd);
-    cfg.expired(rkey.proto, &state, now)
-        || (rkey.proto == IPPROTO_TCP
-            && (state.tcp_reset()
-                || (state.tcp_closing()
-                    && now.saturating_sub(state.last_seen_ns) >= FIN_CLOSE_QUIET_NS)))
+    cfg.expired(rkey.proto, &state, now) || (rkey.proto == IPPROTO_TCP && tcp_closed(&state, now))
+}
+
+/// Whether a TCP flow is over on the backend's side too: reset, or closed by a FIN each
+/// way at least `FIN_CLOSE_QUIET_NS` ago.
+#[inline(always)]
+fn tcp_closed(state: &FlowState, now: u64) -> bool {
+    state.tcp_reset()
+        || (state.tcp_closing() && now.saturating_sub(state.last_seen_ns) >= FIN_CLOSE_QUIET_NS)
 }
 
 /// How claiming a backend-side tuple ended.
@@ -336,13 +340,36 @@ fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -
     Claim::Taken
 }
 
-/// Inserts reply entry `rev` at `rkey` if no flow holds it. For the alternative ports of a
-/// new flow: a tuple a finished flow still holds is passed over (the next candidate is
-/// tried) rather than reclaimed as [`claim`] does for the client's own port. Reclaiming,
-/// inside the loop over candidates, multiplied the paths the kernel's verifier walks by the
-/// candidates tried: three quarters of each TC program's verification.
+/// Inserts reply entry `rev` at `rkey` unless a flow holds it that is not a closed TCP
+/// connection (see `tcp_closed`), whose tuple it takes over. For the alternative ports of a
+/// new flow, where reclaiming matters: a client that reuses its ports quickly towards one
+/// backend through several VIPs sends most new flows there, and closed flows hold their
+/// tuples for the close timeout. A lighter [`claim`]: no retry, and a flow that is merely
+/// idle past its timeout is left to the collection; `claim`'s whole logic inside the loop
+/// over candidates multiplied the paths the kernel's verifier walks by the candidates tried
+/// (three quarters of each TC program's verification).
 #[inline(always)]
-fn claim_free(rkey: &FlowKey, rev: &CtEntry) -> Claim {
+fn claim_free(rkey: &FlowKey, rev: &CtEntry, now: u64) -> Claim {
+    match KP_CT_REV.update(rkey, rev, BPF_NOEXIST) {
+        Ok(()) => return Claim::Mine,
+        Err(e) if e == -EEXIST => {}
+        Err(_) => return Claim::Full,
+    }
+    if rkey.proto != IPPROTO_TCP {
+        return Claim::Taken;
+    }
+    let Some(other) = KP_CT_REV.lookup(rkey) else {
+        return Claim::Taken;
+    };
+    let other_key = forward_key(rkey, &other);
+    let other_fwd = lookup_or_zero(&KP_CT_FWD, &other_key);
+    if !tcp_closed(&FlowState::of(&other, &other_fwd), now) {
+        return Claim::Taken;
+    }
+    if other_fwd.backend_id != 0 && reply_key(&other_key, &other_fwd) == *rkey {
+        remove_stale(&other_key, &other_fwd);
+    }
+    KP_CT_REV.delete(rkey);
     match KP_CT_REV.update(rkey, rev, BPF_NOEXIST) {
         Ok(()) => Claim::Mine,
         Err(e) if e == -EEXIST => Claim::Taken,
@@ -419,7 +446,7 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
             if frontend::reached_without_list(rkey.daddr, rkey.dport, rkey.proto) {
                 continue;
             }
-            claimed = claim_free(&rkey, &rev);
+            claimed = claim_free(&rkey, &rev, now);
             if claimed != Claim::Taken {
                 break;
             }

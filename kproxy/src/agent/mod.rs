@@ -23,7 +23,7 @@ use crate::{
             LinkMetrics, LinkWatcher,
             select::{IfacePattern, IfacePatterns, PodInterfaces, Selection},
         },
-        load::{self, MapSizes},
+        load::{self, MapSizes, PinnedState},
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
         node_addrs::{NodeAddrs, NodePortAddresses},
     },
@@ -37,7 +37,7 @@ use crate::{
     problem::{Problem, ProblemKind},
     source::files::ManifestSource,
     sync::{
-        Datapath, Programmed,
+        Datapath, Programmed, SyncReport,
         gc::{GcStats, Generation, ProgrammedLiveness},
     },
 };
@@ -130,6 +130,20 @@ struct Agent {
     /// When to sync again because the last sync left frontends unwritten, and the delay
     /// after that one.
     retry: Option<(Instant, Duration)>,
+    /// The syncs of a first view written while it is still listed (see
+    /// `first_complete_view`), logged as one sync when the view is complete.
+    first_view: Option<SyncTally>,
+}
+
+/// What a sync did; or the syncs of a first view written in parts, so far.
+#[derive(Debug, Default)]
+struct SyncTally {
+    syncs: u32,
+    added: usize,
+    map_ops: usize,
+    elapsed: Duration,
+    model: Duration,
+    write: Duration,
 }
 
 /// Runs until `shutdown` resolves. The datapath stays attached afterwards.
@@ -208,12 +222,17 @@ pub async fn run(
         reported: BTreeSet::new(),
         conntrack_nearly_full: false,
         retry: None,
+        first_view: None,
     };
     tokio::pin!(shutdown);
 
-    // Nothing is programmed from a partial view: a half-listed cluster would look like
-    // services without endpoints, and their traffic would be rejected.
-    let Some(initial) = first_complete_view(&mut input, &agent.metrics, &mut shutdown).await else {
+    // Nothing is served from a partial view: a half-listed cluster would look like services
+    // without endpoints, and their traffic would be rejected. Maps no attached program reads
+    // (fresh ones, or replacements of another layout's) are written while the view is
+    // listed, and attached once it is complete; adopted ones only then.
+    let early = pinned != PinnedState::Adopted;
+    let Some(initial) = first_complete_view(&mut input, &mut agent, early, &mut shutdown).await
+    else {
         tracing::info!("stopped before the first sync");
         return Ok(());
     };
@@ -380,23 +399,31 @@ async fn serve_http(http: &HttpConfig, health: &Arc<Health>, registry: Registry)
     Ok(())
 }
 
-/// Collects changes until the input has a complete view of the cluster. `None` if
-/// `shutdown` came first.
+/// Collects changes until the input has a complete view of the cluster; returns those not
+/// written yet. With `early`, each batch is written as it arrives: converting and writing a
+/// large cluster then overlaps its listing. `None` if `shutdown` came first.
 async fn first_complete_view(
     input: &mut Input,
-    metrics: &Metrics,
+    agent: &mut Agent,
+    early: bool,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Option<Vec<Change>> {
     let mut changes = match input {
-        Input::Manifests { .. } => input.take(Wakeup::Resync, metrics),
+        Input::Manifests { .. } => input.take(Wakeup::Resync, &agent.metrics),
         Input::Api { .. } => Vec::new(),
     };
+    if early {
+        agent.first_view = Some(SyncTally::default());
+    }
     while !input.synced() {
+        if early && !changes.is_empty() {
+            agent.sync(input, std::mem::take(&mut changes), None);
+        }
         tokio::select! {
             () = &mut *shutdown => return None,
             wakeup = input.wait() => {
                 let wakeup = wakeup?;
-                changes.extend(input.take(wakeup, metrics));
+                changes.extend(input.take(wakeup, &agent.metrics));
             }
         }
     }
@@ -485,27 +512,64 @@ impl Agent {
         self.metrics
             .endpoints_programmed
             .set(gauge(self.programmed.backend_count()));
-        if report.changed() {
-            if let Some(since_event) = since_event {
-                self.metrics
-                    .event_to_datapath_seconds
-                    .observe(since_event.as_secs_f64());
+        let this = SyncTally {
+            syncs: 1,
+            added: report.added,
+            map_ops: report.ops,
+            elapsed,
+            model,
+            write,
+        };
+        self.log_sync(&report, this, since_event, input.synced());
+    }
+
+    /// Logs a sync that changed the datapath (and observes its latency). The syncs of a
+    /// first view written in parts are logged once, as the one sync they replace, when the
+    /// view is `complete`.
+    fn log_sync(
+        &mut self,
+        report: &SyncReport,
+        this: SyncTally,
+        since_event: Option<Duration>,
+        complete: bool,
+    ) {
+        let whole = match self.first_view.take() {
+            Some(mut part) => {
+                part.syncs += this.syncs;
+                part.added += this.added;
+                part.map_ops += this.map_ops;
+                part.elapsed += this.elapsed;
+                part.model += this.model;
+                part.write += this.write;
+                if !complete {
+                    self.first_view = Some(part);
+                    return;
+                }
+                part
             }
-            let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-            tracing::info!(
-                added = report.added,
-                updated = report.updated,
-                removed = report.removed,
-                map_ops = report.ops,
-                frontends = self.programmed.frontends().len(),
-                ipv6_not_programmed = report.ipv6_skipped,
-                elapsed_us = micros(elapsed),
-                model_us = micros(model),
-                write_us = micros(write),
-                since_event_us = since_event.map(micros),
-                "synced"
-            );
+            None if report.changed() => this,
+            None => return,
+        };
+        if let Some(since_event) = since_event {
+            self.metrics
+                .event_to_datapath_seconds
+                .observe(since_event.as_secs_f64());
         }
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        tracing::info!(
+            added = whole.added,
+            updated = report.updated,
+            removed = report.removed,
+            map_ops = whole.map_ops,
+            frontends = self.programmed.frontends().len(),
+            ipv6_not_programmed = report.ipv6_skipped,
+            elapsed_us = micros(whole.elapsed),
+            model_us = micros(whole.model),
+            write_us = micros(whole.write),
+            since_event_us = since_event.map(micros),
+            parts = whole.syncs,
+            "synced"
+        );
     }
 
     /// Logs problems the first time they appear, and updates the problem metrics.

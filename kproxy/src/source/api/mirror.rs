@@ -124,7 +124,8 @@ pub struct Mirror<K: Watched> {
     /// `invalid` changed since `take_problems`.
     problems_changed: bool,
     /// A list in progress: what it found so far, converted (objects the agent has in this
-    /// version already are only noted), handed out when it is complete.
+    /// version already are only noted), handed out when it is complete; except during the
+    /// first list, whose objects are handed out as they arrive (see `apply`).
     listing: Option<Vec<(ObjectKey, Listed)>>,
     /// When the list in progress started.
     listing_since: Option<std::time::Instant>,
@@ -139,6 +140,9 @@ enum Listed {
     /// New or changed: its version and the change handing it out.
     Changed(Option<Version>, Change),
     Invalid(Problem),
+    /// Handed out (or reported) as it arrived, during the first list: only its presence
+    /// counts when the list completes.
+    HandedOut,
 }
 
 impl<K: Watched> Default for Mirror<K> {
@@ -176,7 +180,8 @@ impl<K: Watched> Mirror<K> {
             Event::Apply(object) => {
                 let reference = object_key(object.meta());
                 match self.read(&reference, object) {
-                    Listed::Unchanged => Vec::new(),
+                    // (`read` never says HandedOut: only a list in progress does.)
+                    Listed::Unchanged | Listed::HandedOut => Vec::new(),
                     Listed::Changed(version, change) => {
                         self.set_problem(&reference, None);
                         self.handed.insert(reference, version);
@@ -198,6 +203,18 @@ impl<K: Watched> Mirror<K> {
                 self.listing = Some(Vec::new());
                 self.listing_since = Some(std::time::Instant::now());
                 Vec::new()
+            }
+            // The first list: the agent has nothing to keep serving meanwhile (it programs
+            // the datapath before attaching it, and waits for every list to complete before
+            // that), so its objects go out as they arrive, and a large cluster's first view
+            // is converted and programmed while the rest of it is still being listed. Each
+            // is noted as listed, so that the list's completion hands out nothing twice.
+            Event::InitApply(object) if !self.listed => {
+                let reference = object_key(object.meta());
+                self.listing
+                    .get_or_insert_with(Vec::new)
+                    .push((reference, Listed::HandedOut));
+                self.apply(&Event::Apply(object.clone()))
             }
             Event::InitApply(object) => {
                 let reference = object_key(object.meta());
@@ -261,6 +278,7 @@ impl<K: Watched> Mirror<K> {
         for (reference, read) in listing {
             match read {
                 Listed::Unchanged => self.set_problem(&reference, None),
+                Listed::HandedOut => {}
                 Listed::Changed(version, change) => {
                     self.set_problem(&reference, None);
                     self.handed.insert(reference, version);
@@ -366,15 +384,15 @@ mod tests {
         let mut mirror = Mirror::<Service>::default();
         let cases: Vec<Case> = vec![
             (
-                "initial list: nothing until it is complete",
+                "first list: objects as they arrive",
                 vec![
                     Init,
                     InitApply(service("a", "1")),
                     InitApply(service("b", "2")),
                 ],
-                vec![],
+                vec!["a@1", "b@2"],
             ),
-            ("list complete", vec![InitDone], vec!["a@1", "b@2"]),
+            ("list complete: nothing twice", vec![InitDone], vec![]),
             ("a modified", vec![Apply(service("a", "3"))], vec!["a@3"]),
             (
                 "the same version again is no change",
@@ -411,6 +429,47 @@ mod tests {
         }
         assert!(mirror.listed());
         assert_eq!(mirror.handed.len(), 1, "only d is remembered");
+    }
+
+    #[test]
+    fn a_first_list_that_starts_over_still_converges() {
+        use Event::{Init, InitApply, InitDone};
+        let mut mirror = Mirror::<Service>::default();
+        let cases: Vec<Case> = vec![
+            (
+                "first list, broken off",
+                vec![
+                    Init,
+                    InitApply(service("a", "1")),
+                    InitApply(service("b", "2")),
+                ],
+                vec!["a@1", "b@2"],
+            ),
+            (
+                "started over: a unchanged, c new, b gone meanwhile",
+                vec![
+                    Init,
+                    InitApply(service("a", "1")),
+                    InitApply(service("c", "3")),
+                ],
+                vec!["c@3"],
+            ),
+            (
+                "complete: what it no longer has",
+                vec![InitDone],
+                vec!["-b"],
+            ),
+            (
+                "a relist is buffered again",
+                vec![Init, InitApply(service("d", "4"))],
+                vec![],
+            ),
+            ("relist complete", vec![InitDone], vec!["-a", "-c", "d@4"]),
+        ];
+        for (name, events, want) in cases {
+            let changes: Vec<Change> = events.iter().flat_map(|e| mirror.apply(e)).collect();
+            assert_eq!(summary(&changes), want, "case: {name}");
+        }
     }
 
     fn invalid(name: &str, version: &str) -> Decoded<Service> {

@@ -167,6 +167,9 @@ async fn watch<K: Watched>(
     // One mirror across watcher restarts: a relist is diffed against what was known.
     let mut mirror = Mirror::<K>::default();
     let mut restarts = Restarts::default();
+    // The first list's objects, handed out as they arrive (see `Mirror::apply`), go to the
+    // agent a batch at a time rather than in one message each.
+    let mut batch: Vec<Change> = Vec::new();
     loop {
         let events = list_watch::<K>(client.clone(), selectors.clone()).default_backoff();
         futures::pin_mut!(events);
@@ -175,8 +178,13 @@ async fn watch<K: Watched>(
             let message = match event {
                 Ok(event) => {
                     let listed = matches!(event, watcher::Event::InitDone);
-                    let changes = mirror.apply(&event);
+                    let listing = matches!(event, watcher::Event::InitApply(_));
+                    batch.extend(mirror.apply(&event));
                     let problems = mirror.take_problems();
+                    if listing && problems.is_none() && batch.len() < BATCH {
+                        continue;
+                    }
+                    let changes = std::mem::take(&mut batch);
                     if changes.is_empty() && !listed && problems.is_none() {
                         continue;
                     }
@@ -210,6 +218,9 @@ async fn watch<K: Watched>(
         tokio::time::sleep(restarts.next_delay(Instant::now())).await;
     }
 }
+
+/// Objects of a first list handed to the agent at a time: a page.
+const BATCH: usize = 500;
 
 /// Paces watcher restarts (relists): the first at once, as client-go relists; a server that
 /// keeps refusing watch starts gets them ever more slowly, never a busy loop of lists.
