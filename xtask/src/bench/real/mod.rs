@@ -287,6 +287,9 @@ impl Run<'_> {
                 .samples
                 .push(sample);
         }
+        if matches!(mode, Proxy::KproxyTc | Proxy::KproxyXdp) {
+            log_datapath_counters(self.agent, &bed);
+        }
         let window = churn::run(self.plane, &bed, &mut proxy, self.plan.churn_seconds)?;
         let probes = probe::new_endpoint(self.plane, &bed, &mut proxy, self.plan.probe_rounds)?;
         eprintln!(
@@ -313,6 +316,44 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// Logs kproxy's datapath counters that are not zero after the load (`kproxy services`):
+/// every packet of a connection that failed or waited was dropped or passed for a counted
+/// reason, and the log says which.
+fn log_datapath_counters(agent: &Path, bed: &BenchBed) {
+    let output = bed
+        .topo
+        .node
+        .command(agent)
+        .arg("services")
+        .arg("--pin-dir")
+        .arg(bed.pin_dir())
+        .output();
+    let text = match output {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => {
+            eprintln!(
+                "bench:   kproxy services failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("bench:   kproxy services failed: {e}");
+            return;
+        }
+    };
+    let counters: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("datapath counters:"))
+        .skip(1)
+        .filter_map(|l| {
+            let (name, value) = l.trim().rsplit_once(' ')?;
+            (value != "0").then(|| format!("{}={value}", name.trim()))
+        })
+        .collect();
+    eprintln!("bench:   datapath counters: {}", counters.join(" "));
 }
 
 /// New connections from the client of a fresh bed straight to its backends' servers, in
