@@ -308,10 +308,8 @@ enum Claim {
 #[inline(always)]
 fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -> Claim {
     for _ in 0..2 {
-        match KP_CT_REV.update(rkey, rev, BPF_NOEXIST) {
-            Ok(()) => return Claim::Mine,
-            Err(e) if e == -EEXIST => {}
-            Err(_) => return Claim::Full,
+        if let Some(done) = insert_reply(rkey, rev) {
+            return done;
         }
         let Some(other) = KP_CT_REV.lookup(rkey) else {
             continue; // deleted meanwhile: try again
@@ -329,15 +327,32 @@ fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -
         if !finished(rkey, &other, &other_fwd, cfg, now) {
             return Claim::Taken;
         }
-        // A finished flow's leftover: make room and try again. Its forward entry goes too
-        // (if it still uses this tuple): late packets of the finished flow must not reach
-        // the backend on a tuple that is now another flow's (see `existing`).
-        if other_fwd.backend_id != 0 && reply_key(&other_key, &other_fwd) == *rkey {
-            remove_stale(&other_key, &other_fwd);
-        }
-        KP_CT_REV.delete(rkey);
+        release(rkey, &other_key, &other_fwd);
     }
     Claim::Taken
+}
+
+/// Inserts reply entry `rev` at `rkey` if none is there: `Mine`, or `Full`; `None` if the
+/// tuple is held.
+#[inline(always)]
+fn insert_reply(rkey: &FlowKey, rev: &CtEntry) -> Option<Claim> {
+    match KP_CT_REV.update(rkey, rev, BPF_NOEXIST) {
+        Ok(()) => Some(Claim::Mine),
+        Err(e) if e == -EEXIST => None,
+        Err(_) => Some(Claim::Full),
+    }
+}
+
+/// Makes room at `rkey`, held by a finished flow (forward key `other_key`, forward entry
+/// `other_fwd`). Its forward entry goes too (if it still uses this tuple): late packets of
+/// the finished flow must not reach the backend on a tuple that is now another flow's (see
+/// `existing`).
+#[inline(always)]
+fn release(rkey: &FlowKey, other_key: &FlowKey, other_fwd: &CtEntry) {
+    if other_fwd.backend_id != 0 && reply_key(other_key, other_fwd) == *rkey {
+        remove_stale(other_key, other_fwd);
+    }
+    KP_CT_REV.delete(rkey);
 }
 
 /// Inserts reply entry `rev` at `rkey` unless a flow holds it that is not a closed TCP
@@ -347,13 +362,11 @@ fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -
 /// tuples for the close timeout. A lighter [`claim`]: no retry, and a flow that is merely
 /// idle past its timeout is left to the collection; `claim`'s whole logic inside the loop
 /// over candidates multiplied the paths the kernel's verifier walks by the candidates tried
-/// (three quarters of each TC program's verification).
+/// (egress 347k instructions walked, against 129k with this one).
 #[inline(always)]
 fn claim_free(rkey: &FlowKey, rev: &CtEntry, now: u64) -> Claim {
-    match KP_CT_REV.update(rkey, rev, BPF_NOEXIST) {
-        Ok(()) => return Claim::Mine,
-        Err(e) if e == -EEXIST => {}
-        Err(_) => return Claim::Full,
+    if let Some(done) = insert_reply(rkey, rev) {
+        return done;
     }
     if rkey.proto != IPPROTO_TCP {
         return Claim::Taken;
@@ -366,15 +379,8 @@ fn claim_free(rkey: &FlowKey, rev: &CtEntry, now: u64) -> Claim {
     if !tcp_closed(&FlowState::of(&other, &other_fwd), now) {
         return Claim::Taken;
     }
-    if other_fwd.backend_id != 0 && reply_key(&other_key, &other_fwd) == *rkey {
-        remove_stale(&other_key, &other_fwd);
-    }
-    KP_CT_REV.delete(rkey);
-    match KP_CT_REV.update(rkey, rev, BPF_NOEXIST) {
-        Ok(()) => Claim::Mine,
-        Err(e) if e == -EEXIST => Claim::Taken,
-        Err(_) => Claim::Full,
-    }
+    release(rkey, &other_key, &other_fwd);
+    insert_reply(rkey, rev).unwrap_or(Claim::Taken)
 }
 
 /// Whether replies on backend-side tuple `rkey` would be taken for packets to a frontend:

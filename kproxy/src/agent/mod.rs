@@ -146,6 +146,17 @@ struct SyncTally {
     write: Duration,
 }
 
+impl SyncTally {
+    fn add(&mut self, other: &SyncTally) {
+        self.syncs += other.syncs;
+        self.added += other.added;
+        self.map_ops += other.map_ops;
+        self.elapsed += other.elapsed;
+        self.model += other.model;
+        self.write += other.write;
+    }
+}
+
 /// Runs until `shutdown` resolves. The datapath stays attached afterwards.
 pub async fn run(
     config: AgentConfig,
@@ -535,12 +546,7 @@ impl Agent {
     ) {
         let whole = match self.first_view.take() {
             Some(mut part) => {
-                part.syncs += this.syncs;
-                part.added += this.added;
-                part.map_ops += this.map_ops;
-                part.elapsed += this.elapsed;
-                part.model += this.model;
-                part.write += this.write;
+                part.add(&this);
                 if !complete {
                     self.first_view = Some(part);
                     return;

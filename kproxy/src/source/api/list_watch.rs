@@ -28,7 +28,7 @@ use super::{
 };
 
 /// Objects per list page, as client-go and kube-runtime ask.
-const PAGE_SIZE: u32 = 500;
+pub const PAGE_SIZE: u32 = 500;
 
 /// What to list and watch.
 #[derive(Clone, Debug, Default)]

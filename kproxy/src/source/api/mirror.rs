@@ -378,6 +378,14 @@ mod tests {
         Vec<&'static str>,
     );
 
+    /// Applies each case's events in turn and checks the changes they hand out.
+    fn run(mirror: &mut Mirror<Service>, cases: Vec<Case>) {
+        for (name, events, want) in cases {
+            let changes: Vec<Change> = events.iter().flat_map(|e| mirror.apply(e)).collect();
+            assert_eq!(summary(&changes), want, "case: {name}");
+        }
+    }
+
     #[test]
     fn events_become_changes_and_relists_hand_out_only_differences() {
         use Event::{Apply, Delete, Init, InitApply, InitDone};
@@ -423,10 +431,7 @@ mod tests {
                 vec!["-a", "-c"],
             ),
         ];
-        for (name, events, want) in cases {
-            let changes: Vec<Change> = events.iter().flat_map(|e| mirror.apply(e)).collect();
-            assert_eq!(summary(&changes), want, "case: {name}");
-        }
+        run(&mut mirror, cases);
         assert!(mirror.listed());
         assert_eq!(mirror.handed.len(), 1, "only d is remembered");
     }
@@ -466,10 +471,7 @@ mod tests {
             ),
             ("relist complete", vec![InitDone], vec!["-a", "-c", "d@4"]),
         ];
-        for (name, events, want) in cases {
-            let changes: Vec<Change> = events.iter().flat_map(|e| mirror.apply(e)).collect();
-            assert_eq!(summary(&changes), want, "case: {name}");
-        }
+        run(&mut mirror, cases);
     }
 
     fn invalid(name: &str, version: &str) -> Decoded<Service> {

@@ -220,7 +220,7 @@ async fn watch<K: Watched>(
 }
 
 /// Objects of a first list handed to the agent at a time: a page.
-const BATCH: usize = 500;
+const BATCH: usize = list_watch::PAGE_SIZE as usize;
 
 /// Paces watcher restarts (relists): the first at once, as client-go relists; a server that
 /// keeps refusing watch starts gets them ever more slowly, never a busy loop of lists.
