@@ -45,14 +45,16 @@ pub struct Config {
 
 impl Config {
     /// Linux conntrack's defaults for TCP SYN_SENT (120 s is its value; 60 s as Cilium, since
-    /// an unanswered SYN is retried by the client anyway), established (6 h as Cilium, below
-    /// kube-proxy's 24 h sysctl because stale entries pin backends), close (10 s), and its UDP
-    /// values (30 s unreplied, 120 s "stream").
+    /// an unanswered SYN is retried by the client anyway), close (10 s) and UDP (30 s
+    /// unreplied, 120 s "stream"), and kube-proxy's established timeout (24 h, the value
+    /// kube-proxy gives the kernel's table that carries its NAT): a connection idle for hours
+    /// keeps its backend as it would behind kube-proxy. (Closed flows go after the close
+    /// timeout, so idle-but-open ones are what this holds.)
     pub const DEFAULT: Self = Self {
         initialized: 1,
         flags: 0,
         tcp_syn_timeout_ns: 60 * SEC,
-        tcp_established_timeout_ns: 6 * 3600 * SEC,
+        tcp_established_timeout_ns: 24 * 3600 * SEC,
         tcp_close_timeout_ns: 10 * SEC,
         udp_timeout_ns: 30 * SEC,
         udp_stream_timeout_ns: 120 * SEC,

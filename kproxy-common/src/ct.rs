@@ -221,6 +221,20 @@ pub fn forward_entry(rev: &FlowKey, entry: &CtEntry) -> CtEntry {
     }
 }
 
+/// The forward entry `fwd` found at `fkey`, the forward key of reply entry `rkey`, if it is
+/// that reply entry's flow; `CtEntry::ZERO` if there is none or it has moved on to another
+/// tuple (its client port reopened towards another backend, or the flow rebalanced). The
+/// reply entry's flow is then over on the client's side, and its state is the reply entry's
+/// own: a newer flow's state must not keep the old tuple held.
+#[inline(always)]
+pub fn holder(fkey: &FlowKey, fwd: &CtEntry, rkey: &FlowKey) -> CtEntry {
+    if fwd.backend_id != 0 && reply_key(fkey, fwd) == *rkey {
+        *fwd
+    } else {
+        CtEntry::ZERO
+    }
+}
+
 /// Whether reply entry `rev` at `rkey` is the reply side of the forward flow `fwd`.
 #[inline(always)]
 pub fn is_reply_of(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey) -> bool {

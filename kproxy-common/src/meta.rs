@@ -15,8 +15,9 @@ pub const META_MAGIC: u64 = u64::from_le_bytes(*b"kproxy\0\x01");
 ///
 /// History: 1 (implicit) had no `KP_META`; 2 added it with per-direction conntrack state
 /// bits, backend flags and service ids, and `KP_VIPS`; 3 gave conntrack entries the
-/// masquerade address, service keys a scope, node addresses flags (NodePorts).
-pub const LAYOUT_VERSION: u32 = 3;
+/// masquerade address, service keys a scope, node addresses flags (NodePorts); 4 gave
+/// per-backend counters their backend's id, packets and bytes.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Backend ids are reserved in chunks this large: the agent persists the end of the chunk
 /// before handing out its first id, so ids survive a `kill -9` without a write per id.

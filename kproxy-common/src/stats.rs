@@ -176,10 +176,19 @@ pub struct ServiceStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendStats {
+    /// The backend these counters are of, as this CPU's copy was first written (0: not yet
+    /// on this CPU). The hash may hand a deleted backend's element to another backend while
+    /// a program still holds a pointer to it; the program counts only into a copy that names
+    /// its backend (see the eBPF crate's `stats::backend`).
+    pub backend_id: u32,
+    pub _pad: u32,
     /// New flows sent to this backend (what round-robin and affinity decided).
     pub new_flows: u64,
+    /// Packets of its flows translated towards it, and their bytes.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 const _: () = assert!(size_of::<GlobalStats>() == 8 * COUNTER_SLOTS);
 const _: () = assert!(size_of::<ServiceStats>() == 32);
-const _: () = assert!(size_of::<BackendStats>() == 8);
+const _: () = assert!(size_of::<BackendStats>() == 32);

@@ -15,7 +15,7 @@ use kproxy_common::{
     config::{Config, IPPROTO_TCP},
     ct::{
         CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_REFRESH_NS, CtEntry, FlowKey,
-        FlowState, forward_entry, forward_key, is_reply_of, reply_entry, reply_key,
+        FlowState, forward_entry, forward_key, holder, is_reply_of, reply_entry, reply_key,
     },
     stats::Counter,
 };
@@ -249,6 +249,28 @@ pub fn existing_reply(rev: &FlowKey, cfg: &Config, now: u64) -> Option<CtEntry> 
     Some(entry)
 }
 
+/// [`remove_stale`] for a flow a new one replaces at the same forward key (a reopened port,
+/// an expired or rebalanced flow), whose reply entry stays until its own timeout so late
+/// replies still translate: that entry first takes on the forward entry's state bits and
+/// time, so its own state is the whole flow's. Otherwise a reopened TCP flow's old tuple
+/// would keep only the backend's FIN, count as established for the established timeout
+/// (hours), and hold that tuple from other flows all that time.
+#[inline(always)]
+pub fn retire(fwd: &FlowKey, stale: &CtEntry) {
+    let rkey = reply_key(fwd, stale);
+    if let Some(rev) = KP_CT_REV.lookup(&rkey)
+        && is_reply_of(&rkey, &rev, fwd)
+    {
+        let whole = CtEntry {
+            flags: rev.flags | stale.flags,
+            last_seen_ns: FlowState::of(&rev, stale).last_seen_ns,
+            ..rev
+        };
+        let _ = KP_CT_REV.update(&rkey, &whole, BPF_EXIST);
+    }
+    remove_stale(fwd, stale);
+}
+
 /// Removes the forward entry of `fwd` if it still is `stale` (another CPU may have replaced
 /// it with a fresh flow since it was read), so a new flow can take its place.
 #[inline(always)]
@@ -261,11 +283,19 @@ pub fn remove_stale(fwd: &FlowKey, stale: &CtEntry) {
     }
 }
 
-/// Source ports handed out when a client's own is taken towards a backend (Linux's default
-/// ephemeral range).
-const ALT_PORT_MIN: u32 = 32_768;
-const ALT_PORT_SPAN: u32 = 28_232;
-const ALT_PORT_TRIES: u32 = 8;
+/// Source ports handed out when a client's own is taken towards a backend: 1024–29999, below
+/// Linux's default ephemeral range (32768–60999) and the default NodePort range. Clients take
+/// their own ports from the ephemeral range, so there the tuples towards a busy backend are
+/// held by the clients' own flows too, and a candidate could meet a client's direct
+/// connection to the backend, which the datapath does not see.
+const ALT_PORT_MIN: u32 = 1_024;
+const ALT_PORT_SPAN: u32 = 28_976;
+const ALT_PORT_TRIES: u32 = 16;
+/// Candidates that may also take over a closed flow's tuple ([`claim_free`]); the others
+/// are taken only if free: an insert costs the verifier a fraction of a reclaim.
+const ALT_PORT_RECLAIMS: u32 = 8;
+/// Between successive candidates: a sixteenth of the span, prime.
+const ALT_PORT_STRIDE: u32 = 1_811;
 
 /// How long after its last FIN a TCP flow closed by a FIN each way keeps its backend-side
 /// tuple from other flows. The backend's socket waits in LAST_ACK until the client's last
@@ -275,8 +305,8 @@ const ALT_PORT_TRIES: u32 = 8;
 const FIN_CLOSE_QUIET_NS: u64 = 1_000_000_000;
 
 /// Whether the flow that holds backend-side tuple `rkey` (its reply entry `other`, its
-/// forward entry `other_fwd`, `CtEntry::ZERO` if none) is over, so its tuple may be given
-/// to a new flow.
+/// forward entry `other_fwd` as [`holder`] gives it) is over, so its tuple may be given to
+/// a new flow.
 #[inline(always)]
 fn finished(rkey: &FlowKey, other: &CtEntry, other_fwd: &CtEntry, cfg: &Config, now: u64) -> bool {
     let state = FlowState::of(other, other_fwd);
@@ -323,7 +353,7 @@ fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -
             return Claim::Shared;
         }
         let other_key = forward_key(rkey, &other);
-        let other_fwd = lookup_or_zero(&KP_CT_FWD, &other_key);
+        let other_fwd = holder(&other_key, &lookup_or_zero(&KP_CT_FWD, &other_key), rkey);
         if !finished(rkey, &other, &other_fwd, cfg, now) {
             return Claim::Taken;
         }
@@ -344,12 +374,12 @@ fn insert_reply(rkey: &FlowKey, rev: &CtEntry) -> Option<Claim> {
 }
 
 /// Makes room at `rkey`, held by a finished flow (forward key `other_key`, forward entry
-/// `other_fwd`). Its forward entry goes too (if it still uses this tuple): late packets of
-/// the finished flow must not reach the backend on a tuple that is now another flow's (see
-/// `existing`).
+/// `other_fwd` as [`holder`] gives it). Its forward entry goes too (if it still uses this
+/// tuple): late packets of the finished flow must not reach the backend on a tuple that is
+/// now another flow's (see `existing`).
 #[inline(always)]
 fn release(rkey: &FlowKey, other_key: &FlowKey, other_fwd: &CtEntry) {
-    if other_fwd.backend_id != 0 && reply_key(other_key, other_fwd) == *rkey {
+    if other_fwd.backend_id != 0 {
         remove_stale(other_key, other_fwd);
     }
     KP_CT_REV.delete(rkey);
@@ -362,7 +392,7 @@ fn release(rkey: &FlowKey, other_key: &FlowKey, other_fwd: &CtEntry) {
 /// tuples for the close timeout. A lighter [`claim`]: no retry, and a flow that is merely
 /// idle past its timeout is left to the collection; `claim`'s whole logic inside the loop
 /// over candidates multiplied the paths the kernel's verifier walks by the candidates tried
-/// (egress 347k instructions walked, against 129k with this one).
+/// (egress 347k instructions walked, against 129k with this one when the loop had 8 tries).
 #[inline(always)]
 fn claim_free(rkey: &FlowKey, rev: &CtEntry, now: u64) -> Claim {
     if let Some(done) = insert_reply(rkey, rev) {
@@ -375,7 +405,7 @@ fn claim_free(rkey: &FlowKey, rev: &CtEntry, now: u64) -> Claim {
         return Claim::Taken;
     };
     let other_key = forward_key(rkey, &other);
-    let other_fwd = lookup_or_zero(&KP_CT_FWD, &other_key);
+    let other_fwd = holder(&other_key, &lookup_or_zero(&KP_CT_FWD, &other_key), rkey);
     if !tcp_closed(&FlowState::of(&other, &other_fwd), now) {
         return Claim::Taken;
     }
@@ -444,15 +474,21 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
             alt_port: fwd.sport,
             ..reply_entry(fwd, &forward)
         };
+        // Candidates spread evenly over the range from a pseudo-random start: held tuples
+        // come in runs (ports handed out in sequence), which neighbouring candidates would
+        // all meet.
+        let first = (seed >> 8) % ALT_PORT_SPAN;
         for i in 0..ALT_PORT_TRIES {
-            rkey.dport = ((ALT_PORT_MIN
-                + (seed.wrapping_add(i.wrapping_mul(7_919)) >> 8) % ALT_PORT_SPAN)
-                as u16)
-                .to_be();
+            let offset = (first + i * ALT_PORT_STRIDE) % ALT_PORT_SPAN;
+            rkey.dport = ((ALT_PORT_MIN + offset) as u16).to_be();
             if frontend::reached_without_list(rkey.daddr, rkey.dport, rkey.proto) {
                 continue;
             }
-            claimed = claim_free(&rkey, &rev, now);
+            claimed = if i < ALT_PORT_RECLAIMS {
+                claim_free(&rkey, &rev, now)
+            } else {
+                insert_reply(&rkey, &rev).unwrap_or(Claim::Taken)
+            };
             if claimed != Claim::Taken {
                 break;
             }

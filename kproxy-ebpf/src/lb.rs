@@ -224,7 +224,7 @@ fn to_service<P: Packet>(
                 return Err(Counter::DropCtInvalid);
             }
             if stale.backend_id != 0 {
-                conntrack::remove_stale(&flow.key, &stale);
+                conntrack::retire(&flow.key, &stale);
             }
             let (backend_id, backend) = select_backend(&svc, flow.key.saddr, now)?;
             // Hairpin: a pod that lands on itself must see the answer come from elsewhere
@@ -294,6 +294,10 @@ fn dnat<P: Packet>(
     entry: &CtEntry,
     backend: &Backend,
 ) -> Result<Action, Counter> {
+    // Counted before the rewrite (same length): after it, the XDP program's verification
+    // grows by half (its states stop pruning); a packet the rewrite then drops, which a
+    // well-formed one never is, is counted towards its backend but not its frontend.
+    stats::count_backend_packet(entry.backend_id, pkt.len());
     pkt.rewrite(&NatRewrite {
         side: Side::Destination,
         old_addr: flow.key.daddr,

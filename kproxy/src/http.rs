@@ -8,6 +8,9 @@
 //! Cluster Autoscaler for deletion), so load balancers drain it first. Ready means the
 //! datapath was programmed from a complete view of the cluster at least once.
 
+pub mod agent_api;
+mod exposition;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
@@ -62,6 +65,17 @@ impl Health {
         state.ready |= complete;
     }
 
+    /// A sync wrote what it could, but part of it failed (a full map): what is queued stays
+    /// pending, so the agent turns unhealthy once that has lasted the timeout, as
+    /// kube-proxy does when its rules fail to apply, and healthy again at the first sync
+    /// that writes everything. The rest is served meanwhile: a `complete` view makes the
+    /// agent ready as [`Health::programmed`] does.
+    pub fn partly_programmed(&self, complete: bool, at: Instant) {
+        let mut state = self.state();
+        state.pending_since.get_or_insert(at);
+        state.ready |= complete;
+    }
+
     /// Healthy unless a change has waited longer than the timeout.
     pub fn healthy_at(&self, now: Instant) -> bool {
         self.state()
@@ -71,6 +85,18 @@ impl Health {
 
     pub fn ready(&self) -> bool {
         self.state().ready
+    }
+
+    /// `/livez`: before the first complete view of the cluster the agent is alive however
+    /// long that takes (an unreachable API server, a role missing a verb: a restart would not
+    /// help, and the datapath a previous agent pinned keeps serving); after it, healthy.
+    pub fn alive_at(&self, now: Instant) -> bool {
+        !self.ready() || self.healthy_at(now)
+    }
+
+    /// `/readyz`: ready once, and in step now (no change waiting longer than the timeout).
+    fn ready_at(&self, now: Instant) -> bool {
+        self.ready() && self.healthy_at(now)
     }
 
     /// The node's Node object says whether it is leaving ([`crate::model::NodeInfo`]).
@@ -109,10 +135,11 @@ async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 /// Like `/healthz`, without the node's eligibility (kube-proxy's `/livez`): a leaving node's
-/// proxy is alive and must not be restarted.
+/// proxy is alive and must not be restarted. Nor is one still waiting for its first
+/// complete view of the cluster (see [`Health::alive_at`]).
 async fn livez(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    let healthy = health.healthy_at(Instant::now());
-    health_response(&health, healthy, None)
+    let alive = health.alive_at(Instant::now());
+    health_response(&health, alive, None)
 }
 
 fn health_response(
@@ -133,8 +160,13 @@ fn health_response(
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    if health.ready() {
+    if health.ready_at(Instant::now()) {
         (StatusCode::OK, "ok\n")
+    } else if health.ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: a change has waited longer than --healthz-timeout to be programmed\n",
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -144,22 +176,7 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/plain")],
-            format!("encoding metrics failed: {e}\n"),
-        ),
-    }
+    exposition::respond(registry)
 }
 
 pub fn health_routes(health: Arc<Health>) -> Router {
@@ -176,19 +193,60 @@ pub fn metrics_routes(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-/// Binds `addr` now (so a taken port fails the start) and serves `router` in the background.
-pub async fn serve(addr: SocketAddr, router: Router, what: &'static str) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} address {addr}"))?;
-    let bound = listener.local_addr().unwrap_or(addr);
-    tracing::info!(%bound, "serving {what}");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "the {what} server stopped");
+/// How often a server whose address could not be bound tries again (kube-proxy's period).
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// Binds `addr` now and serves `router` in the background. An address that cannot be bound
+/// (a port taken) fails the start with `hard_fail` (kube-proxy's `--bind-address-hard-fail`);
+/// without it, as kube-proxy, the failure is logged and the bind retried every 5 s while
+/// the datapath is served: a taken metrics port is no reason to stop balancing traffic.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    what: &'static str,
+    hard_fail: bool,
+) -> Result<()> {
+    match bind(addr, what).await {
+        Ok(listener) => {
+            tokio::spawn(serve_on(listener, router, what));
+            Ok(())
         }
-    });
-    Ok(())
+        Err(e) if hard_fail => Err(e.context("--bind-address-hard-fail is set")),
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "cannot serve {what} yet; retrying every {}s (--bind-address-hard-fail makes this fatal)",
+                BIND_RETRY.as_secs()
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(BIND_RETRY).await;
+                    if let Ok(listener) = bind(addr, what).await {
+                        serve_on(listener, router, what).await;
+                        return;
+                    }
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
+}
+
+async fn serve_on(listener: tokio::net::TcpListener, router: Router, what: &'static str) {
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%bound, "serving {what}");
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "the {what} server stopped");
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +272,46 @@ mod tests {
         health.programmed(true);
         assert!(health.ready());
         assert!(health.report(true, None).contains("\"lastUpdated\":\"20"));
+    }
+
+    #[test]
+    fn alive_while_waiting_for_the_first_view_however_long() {
+        let health = Health::new(Duration::from_mins(1));
+        let t0 = Instant::now();
+        health.queued(t0);
+        let late = t0 + Duration::from_mins(10);
+        assert!(!health.healthy_at(late), "/healthz fails");
+        assert!(!health.ready_at(late), "/readyz fails");
+        assert!(health.alive_at(late), "/livez: no restart loop");
+        health.programmed(true);
+        health.queued(late);
+        assert!(
+            !health.alive_at(late + Duration::from_secs(61)),
+            "stuck after it"
+        );
+    }
+
+    #[test]
+    fn a_sync_that_fails_in_part_leaves_its_change_pending_until_one_succeeds() {
+        let health = Health::new(Duration::from_mins(1));
+        let t0 = Instant::now();
+        health.queued(t0);
+        health.partly_programmed(true, t0 + Duration::from_secs(1));
+        assert!(health.ready(), "the rest of a complete view is served");
+        assert!(health.ready_at(t0 + Duration::from_secs(30)));
+        let late = t0 + Duration::from_secs(61);
+        assert!(
+            !health.healthy_at(late),
+            "the failing change waited too long"
+        );
+        assert!(!health.ready_at(late), "/readyz drops with it");
+        health.programmed(true);
+        assert!(health.healthy_at(late));
+        assert!(health.ready_at(late));
+        // Failing with nothing queued (a retry after a restart's first sync) starts the clock.
+        let t1 = t0 + Duration::from_mins(10);
+        health.partly_programmed(true, t1);
+        assert!(!health.healthy_at(t1 + Duration::from_secs(61)));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! datapath in `kproxy-ebpf`. Data flows one way: `source` → `model` → `sync` → `dataplane`.
 
 pub mod agent;
+pub mod bpf_object;
 pub mod cli;
 pub mod cmd;
 pub mod dataplane;

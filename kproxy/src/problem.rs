@@ -26,6 +26,17 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    pub const ALL: [ProblemKind; 8] = [
+        Self::Read,
+        Self::Parse,
+        Self::UnknownKind,
+        Self::InvalidService,
+        Self::InvalidEndpoint,
+        Self::OrphanSlice,
+        Self::Conflict,
+        Self::Datapath,
+    ];
+
     pub const fn label(self) -> &'static str {
         match self {
             Self::Read => "read",

@@ -320,3 +320,48 @@ fn a_storm_of_1000_endpoint_slice_updates_is_coalesced() {
     );
     agent.assert_running();
 }
+
+#[test]
+fn an_api_server_unreachable_at_start_leaves_the_agent_alive_and_not_ready() {
+    if !require_privileges(
+        "an_api_server_unreachable_at_start_leaves_the_agent_alive_and_not_ready",
+    ) {
+        return;
+    }
+    // Nothing listens on the discard port of the node namespace's loopback: every list is
+    // refused. (A real API server cannot be made unreachable at a chosen moment more simply.)
+    let bed = Bed::new(TopologyOptions::default());
+    let kubeconfig = bed.dir.path().join("unreachable.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: gone\n  cluster:\n    server: http://127.0.0.1:9\n\
+         users:\n- name: gone\n  user: {}\n\
+         contexts:\n- name: gone\n  context:\n    cluster: gone\n    user: gone\n\
+         current-context: gone\n",
+    )
+    .expect("kubeconfig");
+    let mut agent = Agent::spawn_api(&bed, &kubeconfig, &["--healthz-timeout", "1"]);
+    agent.wait_for_log(
+        "no complete view of the cluster yet",
+        Duration::from_secs(10),
+    );
+    let status = |path: &str| {
+        let addr = "127.0.0.1:10256".parse().expect("address");
+        get(&bed.topo.node, addr, path)
+            .map(|(status, _)| status)
+            .ok()
+    };
+    assert_eq!(status("/livez"), Some(200), "alive: no restart loop");
+    assert_eq!(status("/healthz"), Some(503));
+    assert_eq!(status("/readyz"), Some(503));
+    let addr = "127.0.0.1:10249".parse().expect("address");
+    let (_, metrics) = get(&bed.topo.node, addr, "/metrics").expect("/metrics");
+    assert_eq!(sample(&metrics, "kproxy_cluster_view_synced"), Some(0.0));
+    let refused = sample(
+        &metrics,
+        r#"kproxy_watch_errors_total{resource="services",reason="other"}"#,
+    );
+    assert!(refused.is_some_and(|n| n >= 1.0), "{metrics}");
+    agent.assert_running();
+}

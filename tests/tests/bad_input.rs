@@ -511,7 +511,23 @@ fn full_maps_are_reported_and_retried_through_the_agent() {
     bed.write("a.yaml", &svc("a", 1, &b[..2]));
     bed.write("b.yaml", &svc("b", 2, &b[2..3]));
     bed.write("c.yaml", &svc("c", 3, &b[..1]));
-    let mut agent = Agent::start(&bed, &["--max-services", "3", "--max-backends", "6"]);
+    let mut agent = Agent::start(
+        &bed,
+        &[
+            "--max-services",
+            "3",
+            "--max-backends",
+            "6",
+            "--healthz-timeout",
+            "1",
+        ],
+    );
+    let status = |path: &str| {
+        let addr = "127.0.0.1:10256".parse().expect("address");
+        get(&bed.topo.node, addr, path)
+            .map(|(status, _)| status)
+            .ok()
+    };
     bed.wait_for_backends(&fe(2), &at(&b[2..3]), CONVERGE);
 
     // KP_BACKENDS: b grows by three endpoints, one more than there is room for.
@@ -531,6 +547,13 @@ fn full_maps_are_reported_and_retried_through_the_agent() {
         ],
     );
     wait_for_problems(&bed, &[("datapath", 1.0)]);
+    // The change that failed stays pending: once it has waited --healthz-timeout, /healthz
+    // (as kube-proxy's when its rules fail to apply) and /readyz say so; /livez too.
+    wait_until("/healthz failing", CONVERGE, || {
+        (status("/healthz") == Some(503)).then_some(())
+    });
+    assert_eq!(status("/readyz"), Some(503));
+    assert_eq!(status("/livez"), Some(503));
     let reply = tcp_request(&bed.topo.client, SocketAddrV4::new(vip(2), 80), CONVERGE)
         .expect("b keeps serving its old backends");
     assert_eq!(*reply.backend.ip(), b[2]);
@@ -539,6 +562,10 @@ fn full_maps_are_reported_and_retried_through_the_agent() {
     }
     bed.write("b.yaml", &svc("b", 2, &b[2..3]));
     wait_for_problems(&bed, &[]);
+    wait_until("/healthz healthy again", CONVERGE, || {
+        (status("/healthz") == Some(200)).then_some(())
+    });
+    assert_eq!(status("/readyz"), Some(200));
 
     // Service port ids: c goes and d comes in one change (c.yaml replaced by d). c's id is free only from the next
     // sync on, so d fails once and is retried without waiting for the 30 s resync.

@@ -140,6 +140,22 @@ fn a_role_missing_a_verb_fails_loudly_until_it_is_granted() {
     wait_until("the refusal counted", FOLLOW, || {
         cluster.metric(forbidden).filter(|n| *n >= 1.0)
     });
+    // client-go's request metrics, as kube-proxy exports them, count the refused requests
+    // and the ones that succeeded, by the real API server's answers.
+    let metrics = cluster.metrics();
+    let requests = |code: &str| -> f64 {
+        let prefix = format!(r#"rest_client_requests_total{{code="{code}",method="GET",host=""#);
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(requests("403") >= 1.0, "{metrics}");
+    assert!(
+        requests("200") >= 2.0,
+        "Services and Nodes listed: {metrics}"
+    );
     let log = agent.log_text();
     let error = log
         .lines()

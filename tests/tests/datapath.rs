@@ -5,13 +5,20 @@ mod support;
 
 use std::net::Ipv4Addr;
 
-use kproxy::model::{Desired, Protocol, WhenEmpty};
-use kproxy_common::{names, stats::Counter};
+use kproxy::{
+    dataplane::load::MapSizes,
+    model::{Desired, Protocol, WhenEmpty},
+};
+use kproxy_common::{
+    ct::{CtEntry, FlowState},
+    names,
+    stats::Counter,
+};
 use kproxy_testbed::require_privileges;
 use support::{
     datapath::{
-        B1, B2, B3, CLIENT, LoadedDatapath, OTHER_CLIENT, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT,
-        VIP, XDP_DROP, XDP_PASS, XDP_TX, flow_key, frontend, loaded, three_backends,
+        B1, B2, B3, CLIENT, LoadedDatapath, OTHER_CLIENT, SIZES, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        TCX_NEXT, VIP, XDP_DROP, XDP_PASS, XDP_TX, flow_key, frontend, loaded, three_backends,
     },
     packets::{
         ACK, CLIENT_MAC, FIN_ACK, NODE_MAC, RST, SYN, SYN_ACK, assert_checksums, dst, src,
@@ -22,7 +29,7 @@ use support::{
 /// Instructions the kernel's verifier may walk per program. Verification is most of an
 /// agent's start (the time to full programming counts it); a loop whose body the verifier
 /// walks once per iteration (the new-flow port search, before it was made cheap) more than
-/// doubles it. 125k-129k for the TC and XDP programs on kernel 6.18.
+/// doubles it. 126k-134k for the TC and XDP programs on kernel 6.18.
 const VERIFIER_BUDGET: u32 = 150_000;
 
 #[test]
@@ -168,6 +175,71 @@ fn conntrack_keeps_each_flow_on_its_backend_and_new_flows_go_round_robin() {
     assert_eq!(dp.counter(Counter::NewFlows), 4);
 }
 
+/// `KP_BE_STATS`: each flow's first packet counts a new flow for its backend, every packet
+/// towards it a packet and its bytes; a per-CPU copy that names another backend (an element
+/// the hash handed on while a program held it) is never counted into.
+#[test]
+fn per_backend_counters_count_packets_and_never_into_an_element_handed_on() {
+    use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
+    use kproxy_common::{lb::Backend, stats::BackendStats};
+    if !require_privileges("per_backend_counters_count_packets_and_never_into_an_element_handed_on")
+    {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let stats = || -> PerCpuHashMap<MapData, u32, BackendStats> { dp.map(names::MAP_BE_STATS) };
+    let c = (CLIENT, 43_000);
+    let frames = [
+        tcp_frame(c, (VIP, 80), SYN, b""),
+        tcp_frame(c, (VIP, 80), ACK, b"hello"),
+        tcp_frame(c, (VIP, 80), ACK, b"world!"),
+    ];
+    for frame in &frames {
+        assert_eq!(dst(&dp.tc(frame).1).0, B1);
+    }
+    let b1 = dp
+        .flow(c, (VIP, 80), Protocol::Tcp)
+        .expect("the flow")
+        .backend_id;
+    let per_cpu = stats().get(&b1, 0).expect("B1's counters");
+    let sum = kproxy::dataplane::maps::backend_sum(b1, per_cpu.iter());
+    let bytes: usize = frames.iter().map(Vec::len).sum();
+    assert_eq!(
+        (sum.new_flows, sum.packets, sum.bytes),
+        (1, 3, bytes as u64),
+        "{per_cpu:?}"
+    );
+
+    // B2's element, as if the hash had handed it to backend 999 while a program held it.
+    let backends: HashMap<MapData, u32, Backend> = dp.map(names::MAP_BACKENDS);
+    let b2 = backends
+        .iter()
+        .map(|e| e.expect("backend"))
+        .find(|(_, b)| b.addr == u32::from(B2).to_be())
+        .expect("B2")
+        .0;
+    let foreign = BackendStats {
+        backend_id: 999,
+        ..BackendStats::default()
+    };
+    let cpus = aya::util::nr_cpus().expect("CPUs");
+    stats()
+        .insert(
+            b2,
+            PerCpuValues::try_from(vec![foreign; cpus]).expect("values"),
+            0,
+        )
+        .expect("handing the element on");
+    let c2 = (CLIENT, 43_001);
+    assert_eq!(dst(&dp.tc(&tcp_frame(c2, (VIP, 80), SYN, b"")).1).0, B2);
+    assert_eq!(dst(&dp.tc(&tcp_frame(c2, (VIP, 80), ACK, b"x")).1).0, B2);
+    let per_cpu = stats().get(&b2, 0).expect("the element");
+    assert!(
+        per_cpu.iter().all(|s| *s == foreign),
+        "nothing counted into copies naming another backend: {per_cpu:?}"
+    );
+}
+
 #[test]
 fn a_new_syn_on_a_finished_flow_starts_a_new_flow() {
     if !require_privileges("a_new_syn_on_a_finished_flow_starts_a_new_flow") {
@@ -189,6 +261,62 @@ fn a_new_syn_on_a_finished_flow_starts_a_new_flow() {
     // RST ends a flow as well.
     dp.tc(&tcp_frame((B2, 8080), c, RST, b""));
     assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B3);
+}
+
+/// A reopened port's old tuple (towards its earlier backend) is left by its flow: its reply
+/// entry carries that flow's closed state, so the tuple goes to another flow once quiet,
+/// and the collection removes it after the close timeout, not the established one (hours).
+#[test]
+fn a_reopened_port_leaves_its_old_tuple_closed_and_free_once_quiet() {
+    if !require_privileges("a_reopened_port_leaves_its_old_tuple_closed_and_free_once_quiet") {
+        return;
+    }
+    let vip2 = Ipv4Addr::new(198, 19, 0, 20);
+    let desired: Desired = [
+        frontend(
+            VIP,
+            80,
+            Protocol::Tcp,
+            &[(B1, 8080), (B2, 8080), (B3, 8080)],
+            None,
+        ),
+        frontend(vip2, 80, Protocol::Tcp, &[(B1, 8080)], None),
+    ]
+    .into_iter()
+    .collect();
+    let dp = loaded(&desired);
+    let c = (CLIENT, 42_000);
+    assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B1);
+    dp.tc(&tcp_frame((B1, 8080), c, SYN_ACK, b""));
+    dp.tc(&tcp_frame(c, (VIP, 80), FIN_ACK, b""));
+    dp.tc(&tcp_frame((B1, 8080), c, FIN_ACK, b""));
+    assert_eq!(dst(&dp.tc(&tcp_frame(c, (VIP, 80), SYN, b"")).1).0, B2);
+    assert_eq!(dp.counter(Counter::CtReopened), 1);
+    // The tuple towards B1 is no flow's any more; its reply entry says the flow closed.
+    let old = flow_key((B1, 8080), c, Protocol::Tcp);
+    let mut replies = dp.ct_reply();
+    let mut left = replies
+        .get(&old, 0)
+        .expect("the old reply entry stays for late replies");
+    let closed = FlowState::of(&left, &CtEntry::ZERO);
+    assert!(closed.tcp_closing(), "flags {:#x}", left.flags);
+    // Within a second of its last FIN the backend may still be in LAST_ACK: the same port
+    // through the second VIP, on B1, gets another source port.
+    let (_, out) = dp.tc(&tcp_frame(c, (vip2, 80), SYN, b""));
+    assert_ne!(src(&out), c);
+    assert_eq!(dp.counter(Counter::PortRemapped), 1);
+    // A second later (the entry aged, that flow forgotten), a new flow of the same port
+    // through the second VIP gets the client's own port: the reopened flow towards B2 does
+    // not keep the tuple towards B1 held.
+    left.last_seen_ns -= 2_000_000_000;
+    replies.insert(old, left, 0).expect("aging the entry");
+    let remapped_flow = flow_key(c, (vip2, 80), Protocol::Tcp);
+    dp.ct_forward()
+        .remove(&remapped_flow)
+        .expect("forgetting the remapped flow");
+    let (_, out) = dp.tc(&tcp_frame(c, (vip2, 80), SYN, b""));
+    assert_eq!(out, tcp_frame(c, (B1, 8080), SYN, b""));
+    assert_eq!(dp.counter(Counter::PortRemapped), 1);
 }
 
 /// A connection on a reused client port that lands on the backend of an earlier, finished
@@ -462,6 +590,11 @@ fn later_fragments_follow_their_first_fragment() {
 /// VIP:80 and a second VIP (returned) with the same single backend, B1:8080: one client
 /// port to both VIPs would be one and the same connection for the backend.
 fn two_vips_on_b1() -> (LoadedDatapath, Ipv4Addr) {
+    two_vips_on_b1_with(&SIZES)
+}
+
+/// [`two_vips_on_b1`] with map capacities `sizes`.
+fn two_vips_on_b1_with(sizes: &MapSizes) -> (LoadedDatapath, Ipv4Addr) {
     let vip2 = Ipv4Addr::new(198, 19, 0, 20);
     let desired: Desired = [
         frontend(VIP, 80, Protocol::Tcp, &[(B1, 8080)], None),
@@ -469,7 +602,9 @@ fn two_vips_on_b1() -> (LoadedDatapath, Ipv4Addr) {
     ]
     .into_iter()
     .collect();
-    (loaded(&desired), vip2)
+    let mut dp = LoadedDatapath::load_with(sizes);
+    dp.program(&desired);
+    (dp, vip2)
 }
 
 #[test]
@@ -486,6 +621,10 @@ fn a_client_port_taken_towards_a_backend_is_remapped_and_restored() {
     let (_, second) = dp.tc(&tcp_frame(c, (vip2, 80), SYN, b""));
     let remapped = src(&second).1;
     assert_ne!(remapped, c.1, "the second flow got another source port");
+    assert!(
+        (1_024..30_000).contains(&remapped),
+        "{remapped}: below the ephemeral range clients take their own ports from"
+    );
     assert_eq!(
         second,
         tcp_frame((CLIENT, remapped), (B1, 8080), SYN, b""),
@@ -511,6 +650,47 @@ fn a_client_port_taken_towards_a_backend_is_remapped_and_restored() {
     assert_eq!(
         dp.tc(&tcp_frame((B1, 8080), c, SYN_ACK, b"")).1,
         tcp_frame((VIP, 80), c, SYN_ACK, b"")
+    );
+}
+
+#[test]
+fn a_client_holding_every_ephemeral_port_towards_a_backend_still_gets_alternative_ports() {
+    if !require_privileges(
+        "a_client_holding_every_ephemeral_port_towards_a_backend_still_gets_alternative_ports",
+    ) {
+        return;
+    }
+    // A flow from every port of Linux's ephemeral range (32768-60999) through VIP to B1: the
+    // client's own flows hold each of those tuples towards B1, as a busy client reusing its
+    // ports through many VIPs nearly does. The same ports through the second VIP, on the
+    // same backend, each need another source port, and must find one.
+    let (dp, vip2) = two_vips_on_b1_with(&MapSizes {
+        conntrack: 65_536,
+        ..SIZES
+    });
+    for port in 32_768..=60_999 {
+        let (action, _) = dp.tc(&tcp_frame((CLIENT, port), (VIP, 80), SYN, b""));
+        assert_eq!(action, TCX_NEXT, "port {port}");
+    }
+    let retried: Vec<u16> = (32_768..=60_999).step_by(29).collect();
+    let mut remapped = std::collections::BTreeSet::new();
+    for &port in &retried {
+        let (action, out) = dp.tc(&tcp_frame((CLIENT, port), (vip2, 80), SYN, b""));
+        assert_eq!(action, TCX_NEXT, "port {port} got no alternative port");
+        assert_eq!(dst(&out), (B1, 8080));
+        let (addr, alt) = src(&out);
+        assert_eq!(addr, CLIENT);
+        assert!(
+            (1_024..30_000).contains(&alt),
+            "port {port} remapped to {alt}"
+        );
+        remapped.insert(alt);
+    }
+    assert_eq!(remapped.len(), retried.len(), "each its own tuple");
+    assert_eq!(dp.counter(Counter::DropNoPort), 0);
+    assert_eq!(
+        dp.counter(Counter::PortRemapped),
+        u64::try_from(retried.len()).expect("small")
     );
 }
 

@@ -16,6 +16,13 @@ pub const TEST_TOOLS: &[Requirement] = &[
     ("ip", "iproute2"),
     // The control plane's certificates (kproxy_testbed::kubernetes::pki).
     ("openssl", "openssl"),
+    // `kproxy cleanup --kube-proxy-leftovers` drives these, and its test reads the state the
+    // real kube-proxy writes with them (tests/tests/kube_proxy_leftovers.rs): iptables brings
+    // the nf_tables and legacy save/restore programs of both families.
+    ("iptables-nft-save", "iptables"),
+    ("iptables-legacy-save", "iptables"),
+    ("nft", "nftables"),
+    ("ipset", "ipset"),
 ];
 
 fn have(command: &str) -> bool {

@@ -68,8 +68,12 @@ impl Input {
         })
     }
 
-    pub async fn api(kubeconfig: Option<&std::path::Path>, node_name: &str) -> Result<Self> {
-        let client = api::client(kubeconfig).await?;
+    pub async fn api(
+        access: &api::ApiAccess,
+        node_name: &str,
+        metrics: &api::rest_metrics::RestClientMetrics,
+    ) -> Result<Self> {
+        let client = api::client(access, metrics).await?;
         let (tx, updates) = mpsc::unbounded_channel();
         api::start(&client, node_name, &tx);
         Ok(Self::Api {

@@ -1,6 +1,7 @@
 //! `kproxy run`: load and attach the datapath, then keep it in step with the cluster (the
 //! Kubernetes API or a manifests path).
 
+mod explain;
 mod input;
 
 use std::{
@@ -13,9 +14,12 @@ use std::{
 
 use anyhow::{Context, Result};
 use input::{Input, Wakeup};
-use kproxy_common::config::{CFG_F_LOCALHOST_NODEPORTS, Config};
+use kproxy_common::{
+    config::{CFG_F_LOCALHOST_NODEPORTS, Config},
+    names,
+};
 use prometheus_client::registry::Registry;
-use tokio::task::JoinHandle;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     dataplane::{
@@ -28,10 +32,17 @@ use crate::{
         node_addrs::{NodeAddrs, NodePortAddresses},
     },
     healthcheck::{self, HealthCheckMetrics, HealthCheckServers},
-    http::Health,
-    metrics::{KindLabel, Metrics, gauge},
+    http::{
+        Health,
+        agent_api::{AgentRequest, FrontendName, VerifyReport},
+    },
+    metrics::{
+        KindLabel, Metrics,
+        datapath::{BackendLabels, DatapathCollector, FrontendLabels, Names},
+        gauge, kube_proxy,
+    },
     model::{
-        Change, ClusterState, LocalDetection, NodeInfo,
+        Change, ClusterState, Frontend, FrontendKey, FrontendKind, LocalDetection, NodeInfo, Scope,
         local_traffic::{LOCAL_CONFIG_FLAGS, LocalConfig},
     },
     problem::{Problem, ProblemKind},
@@ -47,8 +58,8 @@ use crate::{
 pub enum Source {
     /// A manifest file or directory, watched.
     Manifests(PathBuf),
-    /// The Kubernetes API, through `kubeconfig` or the in-cluster configuration.
-    Api { kubeconfig: Option<PathBuf> },
+    /// The Kubernetes API, through a kubeconfig or the in-cluster configuration.
+    Api(crate::source::api::ApiAccess),
 }
 
 /// The agent's HTTP endpoints; `None` turns one off.
@@ -60,6 +71,8 @@ pub struct HttpConfig {
     pub metrics: Option<SocketAddr>,
     /// `/healthz` fails once a change has waited this long without being programmed.
     pub healthz_timeout: Duration,
+    /// An address that cannot be bound fails the start (else: logged, retried).
+    pub bind_hard_fail: bool,
 }
 
 /// Everything `kproxy run` needs.
@@ -82,6 +95,15 @@ pub struct AgentConfig {
     pub local_detection: LocalDetection,
     /// `--masquerade-all`.
     pub masquerade_all: bool,
+    /// `--bind-address`: this node's primary IP of its family, instead of the Node's.
+    pub primary_ip: Option<std::net::IpAddr>,
+    /// `--metrics-per-backend`: per-backend series on `/metrics`.
+    pub metrics_per_backend: bool,
+    /// `--oom-score-adj`, applied to the agent's own process at start.
+    pub oom_score_adj: Option<i32>,
+    /// How often the service maps are compared with what the agent programmed (and
+    /// repaired); `None`: only when asked (`kproxy verify`).
+    pub drift_check_period: Option<Duration>,
     /// `--iptables-localhost-nodeports`: NodePorts on 127.0.0.1 too.
     pub localhost_nodeports: bool,
     /// How often expired conntrack entries are deleted.
@@ -89,18 +111,20 @@ pub struct AgentConfig {
     /// How often the manifests are re-read even without a file event (a safety net; the
     /// API source relies on its watches).
     pub resync_interval: Duration,
+    /// Changes arrive in bursts (an editor truncates, writes, chmods; a rollout updates many
+    /// EndpointSlices): wait this long after the first one and take everything that arrived
+    /// by then as one sync (default 2 ms: short enough not to matter next to the sync).
+    pub debounce: Duration,
 }
-
-/// Changes arrive in bursts (an editor truncates, writes, chmods; a rollout updates many
-/// EndpointSlices): wait this long after the first one and take everything that arrived by
-/// then as one sync. Short enough not to matter next to the sync itself.
-const DEBOUNCE: Duration = Duration::from_millis(2);
 
 /// After a sync that could not write everything (a full map), the failed frontends are tried
 /// again without waiting for a change in the cluster (room may have been made meanwhile, or
 /// by the same sync: service port ids freed by a sync are reused from the next one on), with
 /// the delay doubling up to `RETRY_MAX` while they keep failing.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The metrics' names are rebuilt at most this often (each rebuild relabels every series).
+const NAMES_EVERY: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_mins(1);
 
 struct Agent {
@@ -133,6 +157,10 @@ struct Agent {
     /// The syncs of a first view written while it is still listed (see
     /// `first_complete_view`), logged as one sync when the view is complete.
     first_view: Option<SyncTally>,
+    /// Frontends came or went since the metrics last learned their names.
+    names_stale: bool,
+    /// When they were last rebuilt (`None`: never).
+    names_at: Option<Instant>,
 }
 
 /// What a sync did; or the syncs of a first view written in parts, so far.
@@ -163,27 +191,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let started = Instant::now();
-    let mut registry = Registry::with_prefix("kproxy");
-    let metrics = Metrics::new(&mut registry);
+    adjust_oom_score(config.oom_score_adj);
+    let (registry, metrics, health_check_metrics) = registry(&config);
     let health = Arc::new(Health::new(config.http.healthz_timeout));
     // The first programming is a change waiting from the start.
     health.queued(started);
-    let health_check_metrics = HealthCheckMetrics::new(&mut registry);
-    serve_http(&config.http, &health, registry).await?;
-
-    // aya's loader before anything is listed (see `load::loader`: it parses the kernel's
-    // BTF, and that memory must be free again before the lists arrive).
+    let mut drift_requests = serve_http(&config.http, &health, registry).await?;
+    // aya's loader before any list: its BTF parse is freed before they come (`load::loader`).
     let loader = load::loader();
     // The input next: the API lists while the kernel verifies the programs (most of a
     // start), the watches' first answers waiting in their channel.
-    let mut input = match &config.source {
-        Source::Manifests(path) => Input::manifests(
-            ManifestSource::new(path).with_node(&config.node_name),
-            path,
-            config.resync_interval,
-        )?,
-        Source::Api { kubeconfig } => Input::api(kubeconfig.as_deref(), &config.node_name).await?,
-    };
+    let mut input = open_input(&config, &metrics).await?;
     let (pin_dir, sizes, xdp) = (
         config.pin_dir.clone(),
         config.sizes,
@@ -216,10 +234,9 @@ pub async fn run(
     metrics
         .conntrack_capacity
         .set(i64::from(config.sizes.conntrack));
-    let mut cluster = ClusterState::default();
-    cluster.set_node(NodeInfo::named(&config.node_name));
+    metrics.map_capacities(&config.sizes.filling_maps());
     let mut agent = Agent {
-        cluster,
+        cluster: ClusterState::for_node(&config.node_name, config.primary_ip),
         node_addrs,
         node_applied: None,
         config,
@@ -234,6 +251,8 @@ pub async fn run(
         conntrack_nearly_full: false,
         retry: None,
         first_view: None,
+        names_stale: false,
+        names_at: None,
     };
     tokio::pin!(shutdown);
 
@@ -271,9 +290,15 @@ pub async fn run(
     let links = watch_links(ebpf, &agent.config, &agent.metrics)?;
     // Interfaces come and go on their own schedule; the watcher stops with the agent.
     let _links = AbortOnDrop(tokio::spawn(links.run()));
-
     tracing::info!(pin_dir = %agent.config.pin_dir.display(), "ready");
-    serve(&mut agent, &mut input, &mut health_checks, shutdown).await?;
+    serve(
+        &mut agent,
+        &mut input,
+        &mut health_checks,
+        &mut drift_requests,
+        shutdown,
+    )
+    .await?;
     tracing::info!(
         "stopping; the datapath stays attached and keeps serving the last state \
          (`kproxy cleanup` removes it)"
@@ -281,13 +306,63 @@ pub async fn run(
     Ok(())
 }
 
+/// `/metrics`' registry: kproxy's metrics (the datapath's read from `config.pin_dir` at each
+/// scrape), kube-proxy's, the process's.
+fn registry(config: &AgentConfig) -> (Registry, Metrics, HealthCheckMetrics) {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let health_check_metrics = HealthCheckMetrics::new(registry.sub_registry_with_prefix("kproxy"));
+    registry
+        .sub_registry_with_prefix("kproxy")
+        .register_collector(Box::new(DatapathCollector::new(
+            config.pin_dir.clone(),
+            metrics.frontend_names.clone(),
+        )));
+    (registry, metrics, health_check_metrics)
+}
+
+/// Sets the agent's own OOM score adjustment, as kube-proxy does (-999 by default: the
+/// node's proxy is the last thing to kill). Failing is not fatal, as in kube-proxy: the
+/// agent works the same, only less protected.
+fn adjust_oom_score(score: Option<i32>) {
+    let Some(score) = score else {
+        return;
+    };
+    match std::fs::write("/proc/self/oom_score_adj", score.to_string()) {
+        Ok(()) => tracing::debug!(score, "oom_score_adj set"),
+        Err(e) => tracing::info!(score, error = %e, "cannot set oom_score_adj"),
+    }
+}
+
+/// The agent's input: the manifests, or the API's watches (their lists start at once).
+async fn open_input(config: &AgentConfig, metrics: &Metrics) -> Result<Input> {
+    Ok(match &config.source {
+        Source::Manifests(path) => Input::manifests(
+            ManifestSource::new(path).with_node(&config.node_name),
+            path,
+            config.resync_interval,
+        )?,
+        Source::Api(access) => Input::api(access, &config.node_name, &metrics.rest_client).await?,
+    })
+}
+
 /// The agent's life once ready: syncs on changes, retries, conntrack collection beside them.
 async fn serve(
     agent: &mut Agent,
     input: &mut Input,
     health_checks: &mut HealthCheckServers,
+    agent_requests: &mut mpsc::Receiver<AgentRequest>,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<()> {
+    // The drift check's period; without one (0) it runs only when asked.
+    let mut drift_check = tokio::time::interval(
+        agent
+            .config
+            .drift_check_period
+            .unwrap_or(Duration::from_secs(u64::from(u32::MAX))),
+    );
+    drift_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    drift_check.tick().await;
     let mut gc = tokio::time::interval(agent.config.gc_interval);
     // A pass that outlasts the interval is followed by one a whole interval later, not by
     // the ticks it missed in a burst.
@@ -303,7 +378,7 @@ async fn serve(
                 };
                 let seen = Instant::now();
                 agent.health.queued(seen);
-                tokio::time::sleep(DEBOUNCE).await;
+                tokio::time::sleep(agent.config.debounce).await;
                 let changes = input.take(wakeup, &agent.metrics);
                 agent.sync(input, changes, Some(seen));
                 agent.sync_health_checks(health_checks).await;
@@ -321,6 +396,25 @@ async fn serve(
                 agent.sync(input, Vec::new(), None);
                 agent.sync_health_checks(health_checks).await;
             }
+            () = tokio::time::sleep_until(agent.names_due().into()),
+                if agent.names_stale && input.synced() =>
+            {
+                agent.name_frontends();
+            }
+            _ = drift_check.tick(), if agent.config.drift_check_period.is_some() => {
+                agent.check_drift(input);
+            }
+            Some(request) = agent_requests.recv() => match request {
+                AgentRequest::Verify(reply) => {
+                    let _ = reply.send(agent.check_drift(input));
+                }
+                AgentRequest::Frontends(reply) => {
+                    let _ = reply.send(agent.frontend_names());
+                }
+                AgentRequest::Explain { dst, proto, reply } => {
+                    let _ = reply.send(agent.explain(dst, proto));
+                }
+            },
         }
     }
     Ok(())
@@ -394,20 +488,29 @@ async fn retry_sleep(retry: Option<(Instant, Duration)>) {
     }
 }
 
-/// Starts the HTTP endpoints that are turned on.
-async fn serve_http(http: &HttpConfig, health: &Arc<Health>, registry: Registry) -> Result<()> {
+/// Starts the HTTP endpoints that are turned on. The metrics server also takes `POST
+/// /verify`; its requests arrive on the returned receiver.
+async fn serve_http(
+    http: &HttpConfig,
+    health: &Arc<Health>,
+    registry: Registry,
+) -> Result<mpsc::Receiver<AgentRequest>> {
+    let (verify_requests, verify_rx) = mpsc::channel(4);
     if let Some(addr) = http.healthz {
-        crate::http::serve(addr, crate::http::health_routes(health.clone()), "healthz").await?;
-    }
-    if let Some(addr) = http.metrics {
         crate::http::serve(
             addr,
-            crate::http::metrics_routes(Arc::new(registry)),
-            "metrics",
+            crate::http::health_routes(health.clone()),
+            "healthz",
+            http.bind_hard_fail,
         )
         .await?;
     }
-    Ok(())
+    if let Some(addr) = http.metrics {
+        let routes = crate::http::metrics_routes(Arc::new(registry))
+            .merge(crate::http::agent_api::routes(verify_requests));
+        crate::http::serve(addr, routes, "metrics", http.bind_hard_fail).await?;
+    }
+    Ok(verify_rx)
 }
 
 /// Collects changes until the input has a complete view of the cluster; returns those not
@@ -426,6 +529,12 @@ async fn first_complete_view(
     if early {
         agent.first_view = Some(SyncTally::default());
     }
+    // Past --healthz-timeout without a complete view, the agent says why once: a restart
+    // would not help (the API server is unreachable, or the role lacks a verb), and the
+    // datapath a previous agent pinned keeps serving meanwhile.
+    let overdue = tokio::time::sleep(agent.config.http.healthz_timeout);
+    tokio::pin!(overdue);
+    let mut said = false;
     while !input.synced() {
         if early && !changes.is_empty() {
             agent.sync(input, std::mem::take(&mut changes), None);
@@ -436,8 +545,18 @@ async fn first_complete_view(
                 let wakeup = wakeup?;
                 changes.extend(input.take(wakeup, &agent.metrics));
             }
+            () = &mut overdue, if !said => {
+                said = true;
+                tracing::warn!(
+                    waited_s = agent.config.http.healthz_timeout.as_secs(),
+                    "no complete view of the cluster yet (see the watch errors): not ready, \
+                     /healthz failing, /livez alive (a restart would not help); whatever \
+                     datapath a previous agent left keeps serving its last state"
+                );
+            }
         }
     }
+    agent.metrics.cluster_view_synced.set(1);
     Some(changes)
 }
 
@@ -453,8 +572,108 @@ impl Agent {
         }
     }
 
+    /// The Service behind each frontend of the desired state, for `kproxy services`.
+    fn frontend_names(&self) -> Vec<FrontendName> {
+        self.cluster
+            .desired()
+            .iter()
+            .map(|(key, frontend)| self.frontend_name(key, frontend))
+            .collect()
+    }
+
+    /// The Service behind `frontend` (of `key`).
+    fn frontend_name(&self, key: &FrontendKey, frontend: &Frontend) -> FrontendName {
+        FrontendName {
+            frontend: key.with_scope(Scope::All).to_string(),
+            scope: match key.scope {
+                Scope::All => "all",
+                Scope::Internal => "internal",
+            }
+            .to_owned(),
+            service: format!("{}/{}", frontend.service.namespace, frontend.service.name),
+            port: frontend.service.port.to_string(),
+            kind: match frontend.kind {
+                FrontendKind::ClusterIp => "ClusterIP",
+                FrontendKind::NodePort => "NodePort",
+                FrontendKind::ExternalIp => "ExternalIP",
+                FrontendKind::LoadBalancer => "LoadBalancer",
+            }
+            .to_owned(),
+            internal_traffic_policy: self
+                .cluster
+                .internal_local(key)
+                .map(|local| if local { "Local" } else { "Cluster" }.to_owned()),
+            external_traffic_policy: frontend.kind.is_external().then(|| {
+                let local = frontend.external_local || key.scope == Scope::Internal;
+                if local { "Local" } else { "Cluster" }.to_owned()
+            }),
+        }
+    }
+
+    /// Compares the service maps with what the agent programmed; logs and counts every
+    /// difference, and repairs them (see `sync::verify`).
+    fn check_drift(&mut self, input: &Input) -> VerifyReport {
+        let started = Instant::now();
+        let frontends = self.programmed.frontends().len();
+        self.metrics.datapath_checks_total.inc();
+        let snapshot = match self.services.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "drift check: cannot read the maps"
+                );
+                return VerifyReport {
+                    frontends,
+                    error: Some(format!("{e:#}")),
+                    ..VerifyReport::default()
+                };
+            }
+        };
+        let check = self.programmed.check(&snapshot, self.config.sizes.services);
+        let drift: Vec<String> = check.drift.iter().map(ToString::to_string).collect();
+        self.metrics.datapath_drift.set(gauge(drift.len()));
+        if drift.is_empty() {
+            tracing::debug!(
+                frontends,
+                took_ms = started.elapsed().as_millis(),
+                "drift check: the maps hold what was programmed"
+            );
+            return VerifyReport {
+                frontends,
+                ..VerifyReport::default()
+            };
+        }
+        self.metrics.datapath_drift_total.inc_by(drift.len() as u64);
+        for difference in &drift {
+            tracing::warn!(%difference, "drift check: the maps differ from what was programmed");
+        }
+        let mut error = None;
+        for op in self.programmed.repair(check) {
+            if let Err(e) = self.services.apply(&op) {
+                error = Some(format!("repairing with {op:?}: {e:#}"));
+            }
+        }
+        // The drifted frontends are due: this sync writes what they lack.
+        self.sync(input, Vec::new(), None);
+        tracing::info!(differences = drift.len(), "drift check: repaired");
+        VerifyReport {
+            frontends,
+            drift,
+            error,
+        }
+    }
+
     fn sync(&mut self, input: &Input, changes: Vec<Change>, seen: Option<Instant>) {
         let started = Instant::now();
+        // kube-proxy's view: the changes were queued when their first event arrived; a
+        // whole view (the first, written in parts), a retry or a resync is a full sync.
+        let counted = change_counts(&changes);
+        let wall = SystemTime::now();
+        self.metrics
+            .kube_proxy
+            .queued(counted, wall - seen.map_or(Duration::ZERO, |s| s.elapsed()));
+        let full = self.first_view.is_some() || self.node_applied.is_none() || changes.is_empty();
         let triggers: Vec<SystemTime> = changes.iter().filter_map(trigger_time).collect();
         let keys = self.cluster.apply(changes);
         let model_done = Instant::now();
@@ -476,7 +695,6 @@ impl Agent {
         let elapsed = started.elapsed();
         let since_event = seen.map(|s| s.elapsed());
         let (model, write) = (model_done - started, model_done.elapsed());
-        self.health.programmed(input.synced());
 
         let now = SystemTime::now();
         for trigger in triggers {
@@ -491,6 +709,7 @@ impl Agent {
                 self.metrics
                     .network_programming_duration_seconds
                     .observe(latency.as_secs_f64());
+                self.metrics.kube_proxy.network_programming(latency);
             }
         }
         let problems: Vec<Problem> = input
@@ -505,6 +724,11 @@ impl Agent {
             .problems
             .iter()
             .any(|p| p.kind == ProblemKind::Datapath);
+        if unwritten {
+            self.health.partly_programmed(input.synced(), started);
+        } else {
+            self.health.programmed(input.synced());
+        }
         self.retry = unwritten.then(|| {
             let delay = self
                 .retry
@@ -512,17 +736,34 @@ impl Agent {
             (Instant::now() + delay, delay)
         });
 
+        // Named once the view is complete, not after each part of the first one: each
+        // naming relabels every frontend. Per-backend series change with every endpoint
+        // change: those are renamed at most once a second (see `serve`).
+        self.names_stale |= report.added + report.removed > 0
+            || (self.config.metrics_per_backend && report.updated > 0);
+        if self.names_stale && input.synced() && self.names_due() <= Instant::now() {
+            self.name_frontends();
+        }
         self.metrics.syncs_total.inc();
         self.metrics
             .sync_duration_seconds
             .observe(elapsed.as_secs_f64());
+        self.metrics
+            .kube_proxy
+            .synced(counted, elapsed, full, !unwritten, SystemTime::now());
         self.metrics.map_ops_total.inc_by(report.ops as u64);
+        let counts = self.programmed.counts();
         self.metrics
             .services_programmed
-            .set(gauge(self.programmed.frontends().len()));
+            .set(gauge(counts.frontends));
         self.metrics
             .endpoints_programmed
-            .set(gauge(self.programmed.backend_count()));
+            .set(gauge(counts.taking_connections));
+        self.metrics
+            .map_entries(names::MAP_SERVICES, counts.frontends);
+        self.metrics
+            .map_entries(names::MAP_BACKENDS, counts.backends);
+        self.metrics.map_entries(names::MAP_SLOTS, counts.slots);
         let this = SyncTally {
             syncs: 1,
             added: report.added,
@@ -532,6 +773,34 @@ impl Agent {
             write,
         };
         self.log_sync(&report, this, since_event, input.synced());
+    }
+
+    /// Tells the metrics which frontend each service port id stands for.
+    /// When the metrics' names may be rebuilt next.
+    fn names_due(&self) -> Instant {
+        self.names_at
+            .map_or_else(Instant::now, |at| at + NAMES_EVERY)
+    }
+
+    fn name_frontends(&mut self) {
+        let mut names = Names::default();
+        for (key, f) in self.programmed.frontends() {
+            let Some(service) = f.service.as_ref() else {
+                continue;
+            };
+            let labels = FrontendLabels::new(key, service);
+            if self.config.metrics_per_backend {
+                names
+                    .backends
+                    .extend(f.backends.iter().chain(&f.standby).map(|(endpoint, id)| {
+                        (*id, BackendLabels::new(&labels, endpoint.to_string()))
+                    }));
+            }
+            names.frontends.push((f.svc_id, labels));
+        }
+        self.metrics.frontend_names.set(names);
+        self.names_stale = false;
+        self.names_at = Some(Instant::now());
     }
 
     /// Logs a sync that changed the datapath (and observes its latency). The syncs of a
@@ -596,14 +865,16 @@ impl Agent {
         for gone in self.reported.difference(&current) {
             tracing::info!("resolved: {gone}");
         }
-        self.metrics.problems.clear();
-        for p in problems {
+        // Every kind is set, to zero when none is present: a scrape never sees a kind
+        // missing half-way through, nor a resolved kind linger.
+        for kind in ProblemKind::ALL {
+            let present = problems.iter().filter(|p| p.kind == kind).count();
             self.metrics
                 .problems
                 .get_or_create(&KindLabel {
-                    kind: p.kind.label().into(),
+                    kind: kind.label().into(),
                 })
-                .inc();
+                .set(gauge(present));
         }
         self.reported = current;
     }
@@ -703,6 +974,10 @@ impl Agent {
         match stats {
             Ok(stats) => {
                 self.metrics.conntrack_flows.set(gauge(stats.flows));
+                self.metrics.map_entries(names::MAP_CT_FWD, stats.flows);
+                self.metrics.map_entries(names::MAP_CT_REV, stats.replies);
+                self.metrics
+                    .map_entries(names::MAP_AFFINITY, stats.affinities);
                 // When the reply table is full, new flows are dropped (and unanswered ones
                 // are dropped early to make room). Say so while it is close to happening.
                 let capacity = u64::from(self.config.sizes.conntrack);
@@ -817,6 +1092,19 @@ fn allow_loopback_destinations() -> Result<()> {
 
 /// When the change an EndpointSlice update carries was triggered (its
 /// `endpoints.kubernetes.io/last-change-trigger-time`), for the programming latency.
+/// How many Service and EndpointSlice changes `changes` holds, as kube-proxy counts them.
+fn change_counts(changes: &[Change]) -> kube_proxy::Changes {
+    let mut counts = kube_proxy::Changes::default();
+    for change in changes {
+        match change {
+            Change::Service(..) => counts.services += 1,
+            Change::Slice(..) => counts.endpoint_slices += 1,
+            Change::Node(_) => {}
+        }
+    }
+    counts
+}
+
 fn trigger_time(change: &Change) -> Option<SystemTime> {
     let Change::Slice(_, Some(slice)) = change else {
         return None;

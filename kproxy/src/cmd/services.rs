@@ -1,6 +1,7 @@
-//! `kproxy services`: what the datapath holds, read back from the pinned maps.
+//! `kproxy services`: what the datapath holds, read back from the pinned maps, with the
+//! Service behind each frontend as the running agent names it (the maps hold ids only).
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::Path};
 
 use anyhow::Result;
 use kproxy_common::{lb::SLOT_BANK_SHIFT, stats::Counter};
@@ -8,6 +9,7 @@ use serde::Serialize;
 
 use crate::{
     dataplane::maps::{ServiceMaps, global_stats},
+    http::agent_api::{self, FrontendName},
     model::{Scope, WhenEmpty},
     wire,
 };
@@ -17,6 +19,9 @@ pub struct BackendView {
     pub id: u32,
     pub address: String,
     pub new_flows: u64,
+    /// Packets translated towards it, and their bytes.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -27,6 +32,10 @@ pub struct ServiceView {
     /// clients on this node.
     pub scope: &'static str,
     pub id: u32,
+    /// The Service (`namespace/name`), its port's name, what the frontend is of it and its
+    /// externalTrafficPolicy, as the agent names them (absent when it did not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<FrontendName>,
     pub affinity_timeout_s: Option<u32>,
     /// What new connections get without backends: `reject` or `drop`.
     pub when_empty: &'static str,
@@ -77,10 +86,15 @@ pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
         };
         let settings = wire::settings_of(value);
         let bank = u32::from(value.bank) << SLOT_BANK_SHIFT;
-        let view = |id: u32, b: &kproxy_common::lb::Backend| BackendView {
-            id,
-            address: wire::endpoint(b).to_string(),
-            new_flows: maps.backend_stats(id).new_flows,
+        let view = |id: u32, b: &kproxy_common::lb::Backend| {
+            let stats = maps.backend_stats(id);
+            BackendView {
+                id,
+                address: wire::endpoint(b).to_string(),
+                new_flows: stats.new_flows,
+                packets: stats.packets,
+                bytes: stats.bytes,
+            }
         };
         let active: Vec<BackendView> = (0..u32::from(value.count))
             .filter_map(|i| slots.get(&(value.id, bank | i)))
@@ -99,6 +113,7 @@ pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
                 Scope::Internal => "internal",
             },
             id: value.id,
+            service: None,
             affinity_timeout_s: settings.affinity_timeout_s,
             when_empty: match settings.when_empty {
                 WhenEmpty::Reject => "reject",
@@ -168,21 +183,40 @@ pub fn render(view: &DatapathView) -> String {
             s.new_flows,
             s.rejected
         );
+        if let Some(name) = &s.service {
+            let port = if name.port.is_empty() {
+                String::new()
+            } else {
+                format!(" port {}", name.port)
+            };
+            let policy: String = [
+                ("internalTrafficPolicy", &name.internal_traffic_policy),
+                ("externalTrafficPolicy", &name.external_traffic_policy),
+            ]
+            .iter()
+            .filter_map(|(field, value)| Some(format!(", {field} {}", value.as_ref()?)))
+            .collect();
+            let _ = writeln!(
+                out,
+                "    service {}{port} ({}{policy})",
+                name.service, name.kind
+            );
+        }
         if !s.source_ranges.is_empty() {
             let _ = writeln!(out, "    from {}", s.source_ranges.join(", "));
         }
         for b in &s.backends {
             let _ = writeln!(
                 out,
-                "    -> {:<21} id={:<6} new_flows={}",
-                b.address, b.id, b.new_flows
+                "    -> {:<21} id={:<6} new_flows={} packets={} bytes={}",
+                b.address, b.id, b.new_flows, b.packets, b.bytes
             );
         }
         for b in &s.listed_only {
             let _ = writeln!(
                 out,
-                "    .. {:<21} id={:<6} new_flows={} (listed only: keeps its TCP flows, takes no new ones)",
-                b.address, b.id, b.new_flows
+                "    .. {:<21} id={:<6} new_flows={} packets={} bytes={} (listed only: keeps its TCP flows, takes no new ones)",
+                b.address, b.id, b.new_flows, b.packets, b.bytes
             );
         }
     }
@@ -194,8 +228,37 @@ pub fn render(view: &DatapathView) -> String {
     out
 }
 
-pub fn print(pin_dir: &Path, json: bool) -> Result<()> {
-    let view = collect(pin_dir)?;
+/// Attaches each frontend's Service from `names` (the agent's answer).
+pub fn name(view: &mut DatapathView, names: Vec<FrontendName>) {
+    let mut by_frontend: BTreeMap<(String, String), FrontendName> = names
+        .into_iter()
+        .map(|n| ((n.frontend.clone(), n.scope.clone()), n))
+        .collect();
+    for s in &mut view.services {
+        s.service = by_frontend.remove(&(s.frontend.clone(), s.scope.to_owned()));
+    }
+}
+
+pub fn print(pin_dir: &Path, json: bool, agent: SocketAddr) -> Result<()> {
+    let mut view = collect(pin_dir)?;
+    let names = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    agent_api::frontend_names(agent),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("the agent at {agent} did not answer in 2 s"))?
+            })
+        });
+    match names {
+        Ok(names) => name(&mut view, names),
+        Err(e) => eprintln!("Service names not shown: {e:#}"),
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
@@ -213,6 +276,7 @@ mod tests {
             frontend: frontend.into(),
             scope,
             id: 3,
+            service: None,
             affinity_timeout_s: None,
             when_empty: "reject",
             external: false,
@@ -222,6 +286,8 @@ mod tests {
                 id: 9,
                 address: "198.18.2.2:8080".into(),
                 new_flows: 4,
+                packets: 9,
+                bytes: 900,
             }],
             listed_only: Vec::new(),
             packets: 1,
@@ -269,5 +335,53 @@ mod tests {
         assert!(lines[4].ends_with("[external]"), "{text}");
         assert!(lines[6].ends_with("[external,source-ranges]"), "{text}");
         assert_eq!(lines[7], "    from 203.0.113.0/25", "{text}");
+    }
+
+    #[test]
+    fn frontends_are_named_by_the_agents_answer() {
+        let mut datapath = DatapathView {
+            services: vec![
+                view("198.19.0.10:80/TCP", "all"),
+                view("*:30080/TCP", "all"),
+                view("*:30080/TCP", "internal"),
+                view("198.19.0.99:80/TCP", "all"),
+            ],
+            counters: BTreeMap::new(),
+        };
+        let named = |frontend: &str, scope: &str, kind: &str, policy: Option<&str>| FrontendName {
+            frontend: frontend.into(),
+            scope: scope.into(),
+            service: "shop/web".into(),
+            port: "http".into(),
+            kind: kind.into(),
+            internal_traffic_policy: Some("Cluster".into()),
+            external_traffic_policy: policy.map(Into::into),
+        };
+        name(
+            &mut datapath,
+            vec![
+                named("198.19.0.10:80/TCP", "all", "ClusterIP", None),
+                named("*:30080/TCP", "all", "NodePort", Some("Local")),
+                named("*:30080/TCP", "internal", "NodePort", Some("Local")),
+            ],
+        );
+        let text = render(&datapath);
+        let services: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("    service "))
+            .collect();
+        assert_eq!(
+            services,
+            [
+                "    service shop/web port http (ClusterIP, internalTrafficPolicy Cluster)",
+                "    service shop/web port http (NodePort, internalTrafficPolicy Cluster, externalTrafficPolicy Local)",
+                "    service shop/web port http (NodePort, internalTrafficPolicy Cluster, externalTrafficPolicy Local)",
+            ],
+            "{text}"
+        );
+        assert!(
+            datapath.services[3].service.is_none(),
+            "unknown to the agent"
+        );
     }
 }

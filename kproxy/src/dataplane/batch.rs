@@ -129,3 +129,17 @@ pub fn lookup<K: Pod, V: Pod>(
     }
     Ok(())
 }
+
+/// Every entry of a hash map, read `chunk` entries per syscall: tens of thousands of
+/// entries in a few dozen calls, where `get_next_key` and a lookup cost two calls each.
+pub fn all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> std::io::Result<Vec<(K, V)>> {
+    let mut walk = Walk::Start;
+    let mut keys = Vec::with_capacity(chunk);
+    let mut values = Vec::with_capacity(chunk);
+    let mut entries = Vec::new();
+    while walk != Walk::End {
+        lookup(map, &mut walk, &mut keys, &mut values)?;
+        entries.extend(keys.iter().copied().zip(values.iter().copied()));
+    }
+    Ok(entries)
+}

@@ -47,18 +47,28 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
-    fn max_entries(&self) -> [(&'static str, u32); 9] {
+    /// The maps that fill with the cluster and its traffic, and their capacities.
+    pub fn filling_maps(&self) -> [(&'static str, u32); 6] {
         [
             (names::MAP_SERVICES, self.services),
-            (names::MAP_RR, self.services),
-            (names::MAP_SVC_STATS, self.services),
             (names::MAP_BACKENDS, self.backends),
-            (names::MAP_BE_STATS, self.backends),
             (names::MAP_SLOTS, self.backends.saturating_mul(2)),
             (names::MAP_CT_FWD, self.conntrack),
             (names::MAP_CT_REV, self.conntrack),
             (names::MAP_AFFINITY, self.affinity),
         ]
+    }
+
+    /// Every map whose capacity an operator chooses: the filling ones, and those indexed
+    /// by service port or backend id.
+    fn max_entries(&self) -> Vec<(&'static str, u32)> {
+        let mut all = self.filling_maps().to_vec();
+        all.extend([
+            (names::MAP_RR, self.services),
+            (names::MAP_SVC_STATS, self.services),
+            (names::MAP_BE_STATS, self.backends),
+        ]);
+        all
     }
 }
 
@@ -85,12 +95,18 @@ pub const TEST_OBJECT_ENV: &str = "KPROXY_TEST_BPF_OBJECT";
 /// The object to load: the embedded one, unless `KPROXY_TEST_BPF_OBJECT` names a file.
 fn object() -> Result<Cow<'static, [u8]>> {
     let Some(path) = std::env::var_os(TEST_OBJECT_ENV) else {
-        return Ok(Cow::Borrowed(OBJECT));
+        return embedded(OBJECT).map(Cow::Borrowed);
     };
     let path = PathBuf::from(path);
     tracing::warn!(object = %path.display(), "{TEST_OBJECT_ENV} is set: loading this eBPF object instead of the embedded one (meant for upgrade tests only)");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Cow::Owned(bytes))
+}
+
+/// The embedded object, unless the build had none (see `bpf_object`).
+fn embedded(object: &'static [u8]) -> Result<&'static [u8]> {
+    anyhow::ensure!(!object.is_empty(), crate::bpf_object::MISSING);
+    Ok(object)
 }
 
 /// Loads the object; maps are pinned under `pin_dir`, reused when they hold state of this
@@ -329,4 +345,16 @@ fn drop_incompatible_pins(pin_dir: &Path, sizes: &MapSizes, object: &[u8]) -> Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_without_its_object_refuses_to_load_and_says_how_to_get_one() {
+        let err = embedded(&[]).expect_err("an empty object");
+        assert!(err.to_string().contains("cargo xtask build-ebpf"), "{err}");
+        assert_eq!(embedded(b"\x7fELF").expect("an object"), b"\x7fELF");
+    }
 }

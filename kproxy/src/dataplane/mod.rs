@@ -11,6 +11,7 @@ pub mod links;
 pub mod load;
 pub mod maps;
 pub mod node_addrs;
+pub mod rtnl;
 pub mod veth;
 
 pub use batch::Walk;

@@ -18,13 +18,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NLM_F_REQUEST;
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{LinkAttribute, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::ethtool;
 
@@ -97,31 +96,8 @@ fn nsid_of(ns: &File) -> io::Result<i32> {
 
 /// One request on a route netlink socket and its reply.
 fn ask(message: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut request = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::InnerMessage(message),
-    );
-    request.header.flags = NLM_F_REQUEST;
-    request.finalize();
-    let mut sent = vec![0; request.buffer_len()];
-    request.serialize(&mut sent);
-    socket.send(&sent, 0)?;
-    let mut reply = Vec::with_capacity(16 * 1024);
-    socket.recv(&mut reply, 0)?;
-    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
-        .map_err(io::Error::other)?
-        .payload
-    {
-        NetlinkPayload::InnerMessage(m) => Ok(m),
-        NetlinkPayload::Error(e) => Err(e.code.map_or_else(
-            || io::Error::other("netlink: no answer"),
-            |code| io::Error::from_raw_os_error(-code.get()),
-        )),
-        _ => Err(io::Error::other("netlink: unexpected reply")),
-    }
+    super::rtnl::request(message, NLM_F_REQUEST)?
+        .ok_or_else(|| io::Error::other("netlink: no answer"))
 }
 
 /// Finds veth `peer_index` in the namespace with id `nsid` (this one when `None`); returns

@@ -178,6 +178,8 @@ pub struct ClusterState {
     orphans: BTreeMap<ObjectKey, ObjectKey>,
     /// The node this agent runs on: which endpoints are local, which zone it is in.
     node: NodeInfo,
+    /// `--bind-address`: the primary IP of its family whatever the Node says.
+    primary_ip: Option<IpAddr>,
     /// Health-check NodePort and local ready endpoints of each Service that has one.
     health: HashMap<ObjectKey, (u16, usize)>,
 }
@@ -236,9 +238,29 @@ impl ClusterState {
         self.recompute_all(dirty)
     }
 
+    /// An empty state whose node's primary IP of `ip`'s family is `ip` (kube-proxy's
+    /// `--bind-address`), whatever its Node object lists.
+    pub fn with_primary_ip(ip: Option<IpAddr>) -> Self {
+        Self {
+            primary_ip: ip,
+            ..Self::default()
+        }
+    }
+
+    /// An empty state for the node named `name` (known by name only until its Node object
+    /// comes), with `primary_ip` as in `with_primary_ip`.
+    pub fn for_node(name: &str, primary_ip: Option<IpAddr>) -> Self {
+        let mut state = Self::with_primary_ip(primary_ip);
+        state.set_node(NodeInfo::named(name));
+        state
+    }
+
     /// Takes `node`; if its name, zone or primary IPs changed every service goes into
     /// `dirty` (locality, hints and source ranges depend on them).
-    fn replace_node(&mut self, node: NodeInfo, dirty: &mut BTreeSet<ObjectKey>) {
+    fn replace_node(&mut self, mut node: NodeInfo, dirty: &mut BTreeSet<ObjectKey>) {
+        if let Some(ip) = self.primary_ip {
+            node.make_primary(ip);
+        }
         let relevant = |n: &NodeInfo| {
             (
                 n.name.clone(),
@@ -463,6 +485,16 @@ impl ClusterState {
         }
     }
 
+    /// What the slices labelled for `service` say.
+    fn slice_infos(&self, service: &ObjectKey) -> Vec<&SliceInfo> {
+        self.slices_of
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k).map(|s| &s.info))
+            .collect()
+    }
+
     /// The frontends `svc` asks for, with its endpoints from its slices, and its health
     /// check.
     fn frontends_of(
@@ -478,13 +510,7 @@ impl ClusterState {
                 health: None,
             };
         };
-        let slices: Vec<&SliceInfo> = self
-            .slices_of
-            .get(service)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(k).map(|s| &s.info))
-            .collect();
+        let slices = self.slice_infos(service);
         let mut out = Vec::new();
         for port in &spec.ports {
             for &cluster_ip in &spec.cluster_ips {
@@ -716,6 +742,9 @@ fn capped(
     }
     endpoints
 }
+
+mod explain;
+pub use explain::{EndpointChoice, ExplainedEndpoint};
 
 #[cfg(test)]
 mod interning_tests {

@@ -221,6 +221,7 @@ impl ServiceBuilder {
     }
 }
 
+#[derive(Clone)]
 pub struct SliceBuilder(EndpointSlice);
 
 /// An IPv4 EndpointSlice of `service`, without ports or endpoints.

@@ -12,7 +12,7 @@ mod node;
 mod service;
 pub mod topology;
 
-pub use cluster::{Change, ClusterState, ObjectKey, object_key};
+pub use cluster::{Change, ClusterState, EndpointChoice, ExplainedEndpoint, ObjectKey, object_key};
 pub use health::ServiceHealth;
 pub use kept::{KeptService, KeptSlice};
 pub use local_traffic::LocalDetection;
@@ -61,12 +61,19 @@ impl Protocol {
     }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Protocol {
+    /// The Kubernetes spelling: `TCP`, `UDP`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -89,6 +89,12 @@ impl NodeInfo {
     pub fn primary_ip(&self, v6: bool) -> Option<IpAddr> {
         self.addresses.iter().copied().find(|a| a.is_ipv6() == v6)
     }
+
+    /// Makes `ip` the primary IP of its family (kube-proxy's `--bind-address`).
+    pub fn make_primary(&mut self, ip: IpAddr) {
+        self.addresses.retain(|&a| a != ip);
+        self.addresses.insert(0, ip);
+    }
 }
 
 #[cfg(test)]

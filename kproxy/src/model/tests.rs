@@ -732,3 +732,49 @@ fn a_dual_stack_service_has_a_node_port_per_family() {
         ]
     );
 }
+
+/// kube-proxy's `--bind-address` makes an address the node's primary IP whatever the Node
+/// lists: a LoadBalancer's source ranges then let the node's own (SNATted) traffic in when
+/// they hold that address, not when they hold the Node's first InternalIP.
+#[test]
+fn bind_address_is_the_primary_ip_whatever_the_node_lists() {
+    use super::{Change, ClusterState, NodeInfo};
+    let lb = service("default", "lb", "198.19.0.40")
+        .type_("LoadBalancer")
+        .port("http", 80, "TCP")
+        .node_port(30_080)
+        .load_balancer_ingress(&["198.19.9.1"])
+        .load_balancer_source_ranges(&["198.18.7.0/24"])
+        .build();
+    let ranges = |primary: Option<&str>| {
+        let mut state = ClusterState::with_primary_ip(primary.map(|ip| ip.parse().expect("ip")));
+        let mut node = NodeInfo::named("node-a");
+        node.addresses = vec![
+            "198.18.1.5".parse().expect("ip"),
+            "198.18.7.5".parse().expect("ip"),
+        ];
+        state.set_node(node);
+        state.apply([Change::service(&lb)]);
+        let frontend = &state.desired()[&key("198.19.9.1", 80, TCP)];
+        frontend
+            .source_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ranges(None),
+        ["198.18.7.0/24"],
+        "primary 198.18.1.5 is outside"
+    );
+    assert_eq!(
+        ranges(Some("198.18.7.5")),
+        ["198.18.7.0/24", "198.19.9.1/32"],
+        "--bind-address 198.18.7.5 is inside: the LB IP is a source too"
+    );
+    assert_eq!(
+        ranges(Some("2001:db8::5")),
+        ["198.18.7.0/24"],
+        "an IPv6 --bind-address leaves the IPv4 primary alone"
+    );
+}

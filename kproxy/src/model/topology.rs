@@ -136,5 +136,54 @@ pub fn categorize(
     out
 }
 
+/// Why `e` is not among the endpoints a frontend uses, as `categorize` decided (`None`: it
+/// is used). `local_policy`: the frontend uses the node-local set; `fallback`: that set
+/// fell back to serving-and-terminating endpoints for want of ready ones.
+pub fn why_unused(
+    e: &EndpointInfo,
+    used: bool,
+    local_policy: bool,
+    fallback: bool,
+    mode: TopologyMode,
+    here: &Locality<'_>,
+) -> Option<String> {
+    if used {
+        return fallback
+            .then(|| "used: serving while terminating (no ready endpoint to use)".to_owned());
+    }
+    let why = if local_policy && !e.local {
+        "on another node (traffic policy Local: this node's endpoints only)".to_owned()
+    } else if !e.ready && e.serving_terminating() {
+        "terminating (ready endpoints exist, so terminating ones take no new flows)".to_owned()
+    } else if !e.ready {
+        "not ready".to_owned()
+    } else if !local_policy && !available(e, mode, here) {
+        match mode {
+            TopologyMode::SameNode => format!("hinted for other nodes than {}", here.node),
+            _ => format!("hinted for other zones than {:?}", here.zone),
+        }
+    } else {
+        "over the per-service backend limit".to_owned()
+    };
+    Some(format!("not used: {why}"))
+}
+
+/// Whether the set a frontend uses fell back to serving-and-terminating endpoints: no
+/// endpoint of it was ready (and, cluster-wide, available under the topology mode).
+pub fn fell_back(
+    endpoints: &[EndpointInfo],
+    local_policy: bool,
+    mode: TopologyMode,
+    here: &Locality<'_>,
+) -> bool {
+    if local_policy {
+        !endpoints.iter().any(|e| e.local && e.ready)
+    } else {
+        !endpoints
+            .iter()
+            .any(|e| e.ready && available(e, mode, here))
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,9 @@
 //! Standard Kubernetes YAML (or JSON) manifests in a file or a directory: `v1` Service,
 //! `discovery.k8s.io/v1` EndpointSlice, `v1` Node, several documents per file, `v1` List.
 //!
-//! Each document is parsed on its own, so one malformed document is reported with its file
-//! and position and skipped while the rest of the file still counts.
+//! Each document is parsed on its own (a YAML parser finds where documents begin and end), so
+//! one malformed document is reported with its file, position and number and skipped while the
+//! rest of the file still counts.
 
 use std::{
     collections::HashMap,
@@ -18,6 +19,8 @@ use crate::{
     model::object_name,
     problem::{Problem, ProblemKind},
 };
+
+mod yaml;
 
 /// Everything read from the manifests at one moment.
 #[derive(Clone, Debug, Default)]
@@ -68,21 +71,6 @@ pub fn parse_str(text: &str, file: &str) -> Snapshot {
     snapshot
 }
 
-/// Splits a YAML stream at `---` document markers.
-fn documents(text: &str) -> Vec<(usize, String)> {
-    let mut docs = vec![(1, String::new())];
-    for (i, line) in text.lines().enumerate() {
-        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
-        if is_marker {
-            docs.push((i + 2, String::new()));
-        } else if let Some((_, doc)) = docs.last_mut() {
-            doc.push_str(line);
-            doc.push('\n');
-        }
-    }
-    docs
-}
-
 /// Parses all documents of one file into `snapshot`. JSON files (one document, possibly a
 /// `List`) go through serde_json, much faster than YAML for the big files of large clusters.
 fn parse_into(text: &str, file: &str, snapshot: &mut Snapshot) {
@@ -100,15 +88,18 @@ fn parse_into(text: &str, file: &str, snapshot: &mut Snapshot) {
         }
         return;
     }
-    for (line, doc) in documents(text) {
-        let origin = format!("{file}:{line}");
-        match serde_yaml::from_str::<serde_yaml::Value>(&doc) {
-            Ok(serde_yaml::Value::Null) => {}
+    for document in yaml::documents(text) {
+        let origin = format!("{file}:{}", document.line);
+        match document.value() {
+            Ok(serde_json::Value::Null) => {}
             Ok(value) => add_object(value, &origin, snapshot),
             Err(e) => snapshot.problems.push(
                 Problem::new(
                     ProblemKind::Parse,
-                    format!("not valid YAML: {e}; document skipped"),
+                    format!(
+                        "document {} is not valid YAML: {e}; document skipped",
+                        document.number
+                    ),
                 )
                 .origin(origin),
             ),
@@ -126,15 +117,16 @@ trait Document: Sized {
     fn names(&self) -> (Option<String>, Option<String>);
 }
 
-impl Document for serde_yaml::Value {
+/// A YAML document, read as JSON.
+impl Document for serde_json::Value {
     fn field(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(serde_yaml::Value::as_str)
+        self.get(name).and_then(serde_json::Value::as_str)
     }
 
     fn items(self) -> Vec<Self> {
         match self {
-            Self::Mapping(mut m) => match m.remove("items") {
-                Some(Self::Sequence(items)) => items,
+            Self::Object(mut m) => match m.remove("items") {
+                Some(Self::Array(items)) => items,
                 _ => Vec::new(),
             },
             _ => Vec::new(),
@@ -142,14 +134,14 @@ impl Document for serde_yaml::Value {
     }
 
     fn into_object<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
-        serde_yaml::from_value(self).map_err(|e| e.to_string())
+        serde_json::from_value(self).map_err(|e| e.to_string())
     }
 
     fn names(&self) -> (Option<String>, Option<String>) {
         let field = |name: &str| {
             self.get("metadata")
                 .and_then(|m| m.get(name))
-                .and_then(serde_yaml::Value::as_str)
+                .and_then(serde_json::Value::as_str)
                 .map(ToOwned::to_owned)
         };
         (field("namespace"), field("name"))

@@ -171,6 +171,8 @@ pub struct GcStats {
     /// Deletes skipped because the datapath changed the entry meanwhile.
     pub raced: usize,
     pub affinities_expired: usize,
+    /// Affinity entries left after the pass: what fills `KP_AFFINITY`.
+    pub affinities: usize,
 }
 
 /// Why a flow goes.
@@ -331,6 +333,8 @@ pub fn collect(
         let backend_gone = !live.backend_exists(value.backend_id) && live.current();
         if (too_old || backend_gone) && affinity.remove_if_unchanged(&key, &value)? {
             stats.affinities_expired += 1;
+        } else {
+            stats.affinities += 1;
         }
     }
     Ok(stats)

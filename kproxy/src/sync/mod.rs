@@ -9,10 +9,12 @@ pub mod gc;
 mod ids;
 mod plan;
 mod recover;
+mod verify;
 
 pub use ids::IdPool;
 pub use plan::{Programmed, ProgrammedFrontend, SyncReport};
 pub use recover::DatapathSnapshot;
+pub use verify::{Check, Drift};
 
 use std::net::Ipv4Addr;
 

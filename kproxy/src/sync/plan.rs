@@ -127,6 +127,19 @@ struct Change {
     new_svc_id: Option<u32>,
 }
 
+/// Entries of the service maps, as the programmed state mirrors them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryCounts {
+    /// `KP_SERVICES`.
+    pub frontends: usize,
+    /// Backends taking new connections, across all frontends.
+    pub taking_connections: usize,
+    /// `KP_BACKENDS`: those and the ones only listed.
+    pub backends: usize,
+    /// `KP_SLOTS`, both banks.
+    pub slots: usize,
+}
+
 impl Programmed {
     /// Nothing programmed; service port ids below `max_services`.
     pub fn new(max_services: u32) -> Self {
@@ -144,9 +157,18 @@ impl Programmed {
         &self.frontends
     }
 
-    /// Number of backends taking new connections, across all frontends.
-    pub fn backend_count(&self) -> usize {
-        self.frontends.values().map(|f| f.backends.len()).sum()
+    /// What the service maps hold, counted in one pass over the frontends.
+    pub fn counts(&self) -> EntryCounts {
+        let mut counts = EntryCounts {
+            frontends: self.frontends.len(),
+            ..EntryCounts::default()
+        };
+        for f in self.frontends.values() {
+            counts.taking_connections += f.backends.len();
+            counts.backends += f.backends.len() + f.standby.len();
+            counts.slots += f.bank_len.iter().map(|&n| n as usize).sum::<usize>();
+        }
+        counts
     }
 
     /// Whether backend id `id` is programmed (taking connections or only listed).

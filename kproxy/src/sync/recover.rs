@@ -87,13 +87,12 @@ impl Programmed {
         }
 
         // Inactive banks and slots of unknown services go; so do unlisted backends.
+        let active_banks: HashMap<u32, u8> =
+            frontends.values().map(|f| (f.svc_id, f.bank)).collect();
         for (key, _) in &snapshot.slots {
             let bank = u8::from(key.slot >> SLOT_BANK_SHIFT != 0);
             let index = key.slot & ((1 << SLOT_BANK_SHIFT) - 1);
-            let active = frontends
-                .values()
-                .any(|f| f.svc_id == key.svc_id && f.bank == bank);
-            if !active {
+            if active_banks.get(&key.svc_id) != Some(&bank) {
                 cleanup.push(MapOp::DeleteSlot {
                     svc_id: key.svc_id,
                     bank,

@@ -12,18 +12,18 @@ use crate::{
     problem::ProblemKind,
 };
 
-fn key(last: u8, port: u16) -> FrontendKey {
+pub(super) fn key(last: u8, port: u16) -> FrontendKey {
     FrontendKey::new(Ipv4Addr::new(198, 19, 0, last).into(), port, Protocol::Tcp)
 }
 
-fn ep(host: u8) -> Endpoint {
+pub(super) fn ep(host: u8) -> Endpoint {
     Endpoint {
         addr: Ipv4Addr::new(198, 18, host, 2).into(),
         port: 8080,
     }
 }
 
-fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> Frontend {
+pub(super) fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> Frontend {
     Frontend {
         service: ServicePortName {
             namespace: "default".into(),
@@ -49,12 +49,12 @@ fn frontend_with(name: &str, used: &[u8], listed_only: &[u8]) -> Frontend {
     f
 }
 
-fn desired(entries: &[(FrontendKey, Frontend)]) -> Desired {
+pub(super) fn desired(entries: &[(FrontendKey, Frontend)]) -> Desired {
     entries.iter().cloned().collect()
 }
 
 /// What `desired` looks like to packets, for comparison with `FakeDatapath::view`.
-fn expected_view(desired: &Desired) -> View {
+pub(super) fn expected_view(desired: &Desired) -> View {
     desired
         .iter()
         .map(|(k, f)| (*k, Ok((f.endpoints.clone(), f.affinity_timeout_s))))

@@ -14,11 +14,13 @@ pub mod http;
     reason = "the test bed needs only some of the agent's ioctls"
 )]
 mod ifreq;
+pub mod kube_proxy;
 pub mod kubernetes;
 pub mod load;
 pub mod netns;
 pub mod privileges;
 pub mod process;
+pub mod python_tool;
 pub mod servers;
 pub mod topology;
 

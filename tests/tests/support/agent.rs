@@ -317,6 +317,12 @@ impl Agent {
         self.process().log_text()
     }
 
+    /// Whether the agent has exited (its status and log then in the message).
+    pub fn exit_message(&mut self) -> Option<String> {
+        let process = self.process.as_mut()?;
+        process.check_running().err().map(|e| format!("{e:#}"))
+    }
+
     pub fn assert_running(&mut self) {
         if let Some(p) = self.process.as_mut() {
             p.check_running().unwrap_or_else(|e| panic!("{e:#}"));

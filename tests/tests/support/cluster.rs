@@ -103,9 +103,14 @@ impl ClusterBed {
 
     /// One sample of kproxy's `/metrics` (`name` with its labels, as exposed), if present.
     pub fn metric(&self, name: &str) -> Option<f64> {
+        super::http::sample(&self.metrics(), name)
+    }
+
+    /// kproxy's `/metrics`, as text.
+    pub fn metrics(&self) -> String {
         let addr = "127.0.0.1:10249".parse().expect("address");
         let (_, metrics) = super::http::get(&self.topo.node, addr, "/metrics").expect("/metrics");
-        super::http::sample(&metrics, name)
+        metrics
     }
 
     /// The backends' who-am-I servers as a frontend's backends.

@@ -569,12 +569,14 @@ mod tests {
             ..TopologyOptions::default()
         })
         .unwrap();
-        // Nothing listens on the backend: every connection is refused, none hangs.
+        // Nothing listens on the backend: every connection is refused, none hangs. The timeout
+        // leaves room for a first neighbour resolution on the fresh veths, which retries only
+        // after a second when its first request is lost (seen in CI as a lone `timeout`).
         let cfg = LoadConfig {
             concurrency: 4,
             duration: Duration::from_millis(300),
             warmup: Duration::ZERO,
-            timeout: Duration::from_millis(500),
+            timeout: Duration::from_secs(3),
             ..LoadConfig::new(vec![SocketAddrV4::new(topo.backend_addr(0), 8080)])
         };
         let result = run(&topo.client, &cfg).unwrap();

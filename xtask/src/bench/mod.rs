@@ -422,6 +422,7 @@ fn measure_with(bed: &BenchBed, cfg: &LoadConfig, label: &str) -> Result<Sample>
         rate: result.rate(),
         p50_us: result.p50_us(),
         p99_us: result.p99_us(),
+        max_us: result.max_us(),
         errors: result.errors,
     })
 }

@@ -32,6 +32,10 @@ pub struct Sample {
     pub p50_us: u64,
     /// 99th percentile connect+request latency, microseconds.
     pub p99_us: u64,
+    /// The slowest connection's connect+request latency, microseconds (a retried SYN shows
+    /// as a second or more); 0 in data from before it was recorded.
+    #[serde(default)]
+    pub max_us: u64,
     /// Connections that failed (refused, reset, timed out).
     pub errors: u64,
 }
@@ -1315,6 +1319,7 @@ mod tests {
             rate,
             p50_us: p99_us / 4,
             p99_us,
+            max_us: p99_us * 2,
             errors: 0,
         }
     }

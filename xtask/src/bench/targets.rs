@@ -392,6 +392,7 @@ mod tests {
                 rate,
                 p50_us: 100,
                 p99_us: 400,
+                max_us: 900,
                 errors: 0,
             }],
             udp: vec![UdpSample {

@@ -62,7 +62,9 @@ pub fn run(kproxy: &Path) -> Result<()> {
         &node(NODE, "zone-a", &json!({})),
         &work.path().join("kproxy.kubeconfig"),
     )?;
-    println!("applied deploy/kproxy.yaml (ServiceAccount, ClusterRole, binding) and Node {NODE}");
+    println!(
+        "applied deploy/kproxy.yaml (ServiceAccount, ClusterRole, binding, ConfigMap) and Node {NODE}"
+    );
     let agent = start_agent(&topo, kproxy, &kproxy_kubeconfig, &pin_dir, work.path())?;
 
     let web = json!({"app": "web"});
@@ -105,12 +107,7 @@ pub fn run(kproxy: &Path) -> Result<()> {
     );
     spread(&topo, vip, "web: 30 new connections");
 
-    println!("\n$ kproxy services --pin-dir {}", pin_dir.display());
-    let out = std::process::Command::new(kproxy)
-        .args(["services", "--pin-dir"])
-        .arg(&pin_dir)
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
+    super::print_services(&topo.node, kproxy, &pin_dir)?;
 
     if std::io::stdin().is_terminal() {
         println!("\nThe cluster keeps running. In another terminal, as root:");

@@ -23,6 +23,20 @@ use kproxy_testbed::{
 
 use crate::{build_ebpf, cargo, deps, run_checked, target_dir, workspace_root};
 
+/// `kproxy services`, run in the node's namespace, where the agent's metrics address names
+/// each frontend's Service.
+fn print_services(node: &kproxy_testbed::Netns, kproxy: &Path, pin_dir: &Path) -> Result<()> {
+    println!("\n$ kproxy services --pin-dir {}", pin_dir.display());
+    let out = node
+        .command(kproxy)
+        .arg("services")
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn build_agent() -> Result<PathBuf> {
@@ -90,13 +104,7 @@ pub fn run(opts: &Options) -> Result<()> {
     show_affinity(&topo)?;
     show_reject_and_udp(&topo)?;
 
-    println!("\n$ kproxy services --pin-dir {}", pin_dir.display());
-    let out = Command::new(&kproxy)
-        .arg("services")
-        .arg("--pin-dir")
-        .arg(&pin_dir)
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
+    print_services(&topo.node, &kproxy, &pin_dir)?;
 
     drop(agent);
     let out = Command::new(&kproxy)

@@ -46,11 +46,14 @@ impl Failure {
     /// The metric label.
     pub const fn reason(self) -> &'static str {
         match self {
-            Failure::Forbidden { .. } => "forbidden",
-            Failure::GoneAtWatchStart => "gone",
-            Failure::Other => "other",
+            Failure::Forbidden { .. } => Self::REASONS[0],
+            Failure::GoneAtWatchStart => Self::REASONS[1],
+            Failure::Other => Self::REASONS[2],
         }
     }
+
+    /// Every `reason` label.
+    pub const REASONS: [&'static str; 3] = ["forbidden", "gone", "other"];
 }
 
 #[cfg(test)]

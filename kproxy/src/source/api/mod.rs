@@ -13,11 +13,9 @@ mod failure;
 mod list_watch;
 mod mirror;
 mod protobuf;
+pub mod rest_metrics;
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -108,9 +106,32 @@ pub struct WatchError {
 
 pub type ApiMessage = std::result::Result<ApiUpdate, WatchError>;
 
-/// A client from `kubeconfig`, or from the in-cluster service account without one.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let config = match kubeconfig {
+/// Every (resource, reason) label pair a watch error can have, so the metric can show each
+/// at zero before the first error.
+pub fn watch_error_labels() -> impl Iterator<Item = (&'static str, &'static str)> {
+    Resource::ALL.into_iter().flat_map(|resource| {
+        failure::Failure::REASONS
+            .into_iter()
+            .map(move |reason| (resource.name(), reason))
+    })
+}
+
+/// How the agent reaches the API server (kube-proxy's `--kubeconfig` and `--master`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiAccess {
+    /// Without one, the in-cluster service account.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The API server's URL, overriding the kubeconfig's (or the in-cluster one).
+    pub master: Option<String>,
+}
+
+/// A client from `access`'s kubeconfig, or from the in-cluster service account without one,
+/// its requests counted in `metrics`.
+pub async fn client(
+    access: &ApiAccess,
+    metrics: &rest_metrics::RestClientMetrics,
+) -> Result<Client> {
+    let mut config = match access.kubeconfig.as_deref() {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -118,12 +139,39 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
                 .await
                 .with_context(|| format!("using kubeconfig {}", path.display()))?
         }
-        None => Config::incluster().context(
-            "no --kubeconfig and not running in a pod (in-cluster configuration missing); \
-             pass --kubeconfig or --manifests",
-        )?,
+        None => match (Config::incluster(), &access.master) {
+            (Ok(config), _) => config,
+            // kube-proxy's `--master` alone: that URL, without credentials.
+            (Err(_), Some(master)) => Config::new(parse_master(master)?),
+            (Err(e), None) => {
+                return Err(anyhow::Error::new(e).context(
+                    "no --kubeconfig and not running in a pod (in-cluster configuration \
+                     missing); pass --kubeconfig or --manifests",
+                ));
+            }
+        },
     };
-    Client::try_from(config).context("building the Kubernetes client")
+    if let Some(master) = &access.master {
+        config.cluster_url = parse_master(master)?;
+    }
+    let host = config
+        .cluster_url
+        .authority()
+        .map_or_else(String::new, ToString::to_string);
+    let builder =
+        kube::client::ClientBuilder::try_from(config).context("building the Kubernetes client")?;
+    Ok(builder.with_layer(&metrics.layer(&host)).build())
+}
+
+/// `--master` as a URL (`https://10.0.0.1:6443`; a bare `host:port` is taken as https).
+fn parse_master(master: &str) -> Result<http::Uri> {
+    let text = if master.contains("://") {
+        master.to_owned()
+    } else {
+        format!("https://{master}")
+    };
+    text.parse()
+        .with_context(|| format!("--master {master:?} is not a URL"))
 }
 
 /// Starts the three watches; their updates and errors arrive on `tx` until it is closed.

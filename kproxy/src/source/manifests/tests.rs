@@ -44,7 +44,8 @@ fn reads_services_and_slices_from_several_documents() {
         "namespace defaults"
     );
     assert_eq!(snap.slices[0].metadata.namespace.as_deref(), Some("shop"));
-    assert_eq!(snap.origins["Service default/web"], "web.yaml:1");
+    // Where each document's content begins (WEB starts with an empty line).
+    assert_eq!(snap.origins["Service default/web"], "web.yaml:2");
     assert_eq!(snap.origins["EndpointSlice shop/web-1"], "web.yaml:13");
 }
 
@@ -106,6 +107,67 @@ spec: {{clusterIP: 198.19.0.11, ports: [{{port: 53, protocol: UDP}}]}}
         "{}",
         snap.problems[3]
     );
+}
+
+/// Document boundaries come from a YAML parser: a `---` line inside a block scalar is text,
+/// `...` ends a document, documents of comments only or of nothing are skipped quietly, and a
+/// broken document is reported with its number and the line of its error.
+#[test]
+fn documents_are_split_by_a_yaml_parser() {
+    let text = "\
+# The notes service.
+apiVersion: v1
+kind: Service
+metadata:
+  name: notes
+  annotations:
+    note: |
+      the first line
+      ---
+      not a document marker
+spec: {clusterIP: 198.19.0.20}
+...
+---
+# Nothing here yet.
+---
+---
+apiVersion: v1
+kind: Service
+metadata: {name: broken
+...
+apiVersion: v1
+kind: Service
+metadata: {name: after}
+spec: {clusterIP: 198.19.0.21}
+";
+    let snap = parse_str(text, "shop.yaml");
+    let names: Vec<_> = snap
+        .services
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["notes", "after"]);
+    let note = snap.services[0]
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("note"));
+    assert_eq!(
+        note.map(String::as_str),
+        Some("the first line\n---\nnot a document marker\n")
+    );
+    assert_eq!(snap.origins["Service default/notes"], "shop.yaml:2");
+    assert_eq!(snap.origins["Service default/after"], "shop.yaml:21");
+    let [problem] = snap.problems.as_slice() else {
+        panic!("one problem: {:#?}", snap.problems);
+    };
+    assert_eq!(problem.kind, ProblemKind::Parse);
+    assert_eq!(problem.origin.as_deref(), Some("shop.yaml:17"));
+    assert!(
+        problem.message.contains("document 4 is not valid YAML"),
+        "{problem}"
+    );
+    assert!(problem.message.contains("line 19"), "{problem}");
 }
 
 #[test]
@@ -251,11 +313,11 @@ fn bad_documents_name_their_object() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec: {clusterIP: 198.19.0.99}\n";
     for (case, doc, kind, object, part) in cases {
         let yaml = format!("{doc}---\n{good}");
-        let json_doc = serde_yaml::from_str::<serde_json::Value>(doc).ok();
+        let json_doc = serde_saphyr::from_str::<serde_json::Value>(doc).ok();
         let mut inputs = vec![("bad.yaml", yaml)];
         // The same document in JSON, in a List with the good one.
         if let Some(doc) = json_doc {
-            let good: serde_json::Value = serde_yaml::from_str(good).expect("good document");
+            let good: serde_json::Value = serde_saphyr::from_str(good).expect("good document");
             let list =
                 serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [doc, good]});
             inputs.push(("bad.json", list.to_string()));

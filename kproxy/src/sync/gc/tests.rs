@@ -174,11 +174,11 @@ fn table_of_verdicts() {
             Verdict::Keep,
         ),
         (
-            "established TCP, idle 7 h",
+            "established TCP, idle 25 h (past the 24 h default)",
             IPPROTO_TCP,
             0,
             CT_F_SEEN_REPLY,
-            7 * 3600,
+            25 * 3600,
             VIP,
             Verdict::Expired,
         ),
@@ -274,12 +274,12 @@ fn collect_now(l: &Live, fwd: &mut Table, rev: &mut Table, affinities: &mut Affi
     collect(&Config::DEFAULT, NOW, l, fwd, rev, affinities, CAPACITY).expect("collect")
 }
 
-/// Three established flows: one idle for 7 hours (timed out), one live, one to a frontend
+/// Three established flows: one idle for 25 hours (timed out), one live, one to a frontend
 /// `live()` does not serve.
 fn dead_live_and_gone_flows() -> (Table, Table) {
     let mut fwd = Table::default();
     let mut rev = Table::default();
-    for (sport, vip, idle) in [(1, VIP, 7 * 3600), (2, VIP, 10), (3, OTHER_VIP, 0)] {
+    for (sport, vip, idle) in [(1, VIP, 25 * 3600), (2, VIP, 10), (3, OTHER_VIP, 0)] {
         let ((k, f), (rk, r)) = flow(vip, sport, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, idle);
         fwd.live.insert(k, f);
         rev.live.insert(rk, r);
@@ -320,6 +320,7 @@ fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
             early_dropped: 0,
             raced: 0,
             affinities_expired: 2,
+            affinities: 1,
         }
     );
     assert_eq!(fwd.live.keys().map(|k| k.sport).collect::<Vec<_>>(), [2]);

@@ -187,6 +187,9 @@ impl ControlPlane {
             format!("--client-ca-file={}", p("ca.crt")),
             "--authorization-mode=Node,RBAC".into(),
             "--enable-admission-plugins=NodeRestriction".into(),
+            // As kubeadm and kind run it: privileged containers allowed (the kind overlay's
+            // bpffs init container is one); the default refuses them.
+            "--allow-privileged=true".into(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),

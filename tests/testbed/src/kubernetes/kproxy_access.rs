@@ -1,6 +1,6 @@
-//! What a cluster operator does before kproxy's DaemonSet can run: apply `deploy/kproxy.yaml`
-//! (its ServiceAccount, ClusterRole and binding; there is no kubelet to run the DaemonSet) and
-//! have the node registered. kproxy then reads the API with its service account's token.
+//! What a cluster operator does before kproxy's DaemonSet can run: apply `deploy/kproxy.yaml`,
+//! the rendered `deploy/base` (its ServiceAccount, ClusterRole, binding and ConfigMap; there is
+//! no kubelet to run the DaemonSet) and have the node registered. kproxy then reads the API with its service account's token.
 
 use std::path::{Path, PathBuf};
 

@@ -114,8 +114,8 @@ impl ControlPlane {
     /// Applies every document of a YAML file whose kind is not in `skip_kinds`.
     pub fn apply_yaml(&self, yaml: &str, skip_kinds: &[&str]) -> Result<Vec<String>> {
         let mut applied = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(yaml) {
-            let object: Value = serde::Deserialize::deserialize(document)?;
+        // Empty documents are left out.
+        for object in serde_saphyr::from_multiple::<Value>(yaml)? {
             let Some(kind) = object["kind"].as_str() else {
                 continue;
             };

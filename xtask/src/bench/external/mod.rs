@@ -312,6 +312,7 @@ fn measure_connections(
         rate: result.rate(),
         p50_us: result.p50_us(),
         p99_us: result.p99_us(),
+        max_us: result.max_us(),
         errors: result.errors,
     };
     Ok((sample, note))

@@ -146,6 +146,21 @@ pub fn scrape(ns: &Netns) -> Result<String> {
     Ok(response.body)
 }
 
+/// What a Prometheus scrape of the proxy in `ns` costs: the median time of `rounds` scrapes
+/// (ms, the whole HTTP exchange) and the size of the last one (bytes).
+pub fn scrape_cost(ns: &Netns, rounds: usize) -> Result<(f64, usize)> {
+    let mut times = Vec::with_capacity(rounds);
+    let mut size = 0;
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        size = scrape(ns)?.len();
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times.get(rounds / 2).copied().unwrap_or_default();
+    Ok((median, size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

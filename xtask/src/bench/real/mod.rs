@@ -17,6 +17,7 @@ mod proxy;
 pub mod report;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -38,6 +39,9 @@ use super::{
 };
 
 pub use proxy::Proxy as RealMode;
+
+/// Scrapes of `/metrics` timed after the loads (the median is reported).
+const SCRAPES: usize = 5;
 
 /// Sampled Services besides the first and the last, probed for "every Service answers".
 const SAMPLE: usize = 62;
@@ -287,9 +291,10 @@ impl Run<'_> {
                 .samples
                 .push(sample);
         }
-        if matches!(mode, Proxy::KproxyTc | Proxy::KproxyXdp) {
-            log_datapath_counters(self.agent, &bed);
-        }
+        let counters = matches!(mode, Proxy::KproxyTc | Proxy::KproxyXdp)
+            .then(|| datapath_counters(self.agent, &bed));
+        let (scrape_ms, scrape_bytes) = metrics::scrape_cost(&bed.topo.node, SCRAPES)?;
+        eprintln!("bench:   a /metrics scrape: {scrape_ms:.1} ms, {scrape_bytes} bytes");
         let window = churn::run(self.plane, &bed, &mut proxy, self.plan.churn_seconds)?;
         let probes = probe::new_endpoint(self.plane, &bed, &mut proxy, self.plan.probe_rounds)?;
         eprintln!(
@@ -304,6 +309,10 @@ impl Run<'_> {
         cell.first_sync_ms.extend(first_sync);
         record_window(cell, &window);
         cell.probe_ms.extend(probes);
+        cell.datapath_counters.extend(counters);
+        cell.scrape_ms.push(scrape_ms);
+        cell.scrape_bytes
+            .push(f64::from(u32::try_from(scrape_bytes).unwrap_or(u32::MAX)));
         if let Some(ProcessUsage {
             peak_rss_mib,
             cpu_seconds,
@@ -318,10 +327,11 @@ impl Run<'_> {
     }
 }
 
-/// Logs kproxy's datapath counters that are not zero after the load (`kproxy services`):
-/// every packet of a connection that failed or waited was dropped or passed for a counted
-/// reason, and the log says which.
-fn log_datapath_counters(agent: &Path, bed: &BenchBed) {
+/// kproxy's datapath counters that are not zero after the load (`kproxy services`), logged
+/// and returned for the report: every packet of a connection that failed or waited was
+/// dropped or passed for a counted reason, and the data say which. Empty if they could not
+/// be read (said in the log).
+fn datapath_counters(agent: &Path, bed: &BenchBed) -> BTreeMap<String, u64> {
     let output = bed
         .topo
         .node
@@ -337,23 +347,26 @@ fn log_datapath_counters(agent: &Path, bed: &BenchBed) {
                 "bench:   kproxy services failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
-            return;
+            return BTreeMap::new();
         }
         Err(e) => {
             eprintln!("bench:   kproxy services failed: {e}");
-            return;
+            return BTreeMap::new();
         }
     };
-    let counters: Vec<String> = text
+    let counters: BTreeMap<String, u64> = text
         .lines()
         .skip_while(|l| !l.starts_with("datapath counters:"))
         .skip(1)
         .filter_map(|l| {
             let (name, value) = l.trim().rsplit_once(' ')?;
-            (value != "0").then(|| format!("{}={value}", name.trim()))
+            let value: u64 = value.parse().ok()?;
+            (value != 0).then(|| (name.trim().to_owned(), value))
         })
         .collect();
-    eprintln!("bench:   datapath counters: {}", counters.join(" "));
+    let shown: Vec<String> = counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    eprintln!("bench:   datapath counters: {}", shown.join(" "));
+    counters
 }
 
 /// New connections from the client of a fresh bed straight to its backends' servers, in

@@ -27,8 +27,9 @@ use serde_json::json;
 
 use super::super::{bed::BenchBed, modes::NODE_NAME};
 
-/// kproxy's manifest: its service account and read-only RBAC (the DaemonSet is not applied:
-/// there is no kubelet; the bench starts kproxy itself).
+/// kproxy's manifest (the rendered deploy/base): its service account, read-only RBAC and
+/// settings (the DaemonSet is not applied: there is no kubelet; the bench starts kproxy
+/// itself).
 const DEPLOY_MANIFEST: &str = include_str!("../../../../deploy/kproxy.yaml");
 /// The link's interface name, at both ends.
 const LINK: &str = "kbench-cp";

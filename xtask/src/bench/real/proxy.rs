@@ -2,7 +2,7 @@
 //! the same API server: kproxy (TC, or XDP on the client-facing link) with its own
 //! service account's token, as the DaemonSet runs it, and kube-proxy v1.37.2 in its iptables
 //! or nftables mode with the `system:kube-proxy` certificate, as kubeadm runs it, with
-//! nothing changed but what keeps it inside the bed (see [`kube_proxy_args`]).
+//! nothing changed but what keeps it inside the bed (see `kproxy_testbed::kube_proxy::args`).
 
 use std::{
     ffi::OsString,
@@ -18,7 +18,7 @@ use super::{
         bed::BenchBed,
         modes::{self, Mode, NODE_NAME, ProcessUsage},
     },
-    metrics::{self, Histogram, METRICS_ADDR},
+    metrics::{self, Histogram},
     plane::Plane,
 };
 
@@ -97,6 +97,9 @@ impl Proxy {
     }
 }
 
+/// Environment variable with extra `kproxy run` flags for the real bench's kproxy modes.
+pub const EXTRA_ARGS_VAR: &str = "KPROXY_BENCH_EXTRA_ARGS";
+
 /// A proxy running in a bed; dropping it kills the process.
 pub struct RunningProxy {
     pub proxy: Proxy,
@@ -126,6 +129,12 @@ pub fn start(
                 proxy == Proxy::KproxyXdp,
                 ct_max,
             ));
+            // Extra agent flags for an experiment (`--metrics-per-backend`, say), recorded
+            // in the log; the published runs use none.
+            if let Ok(extra) = std::env::var(EXTRA_ARGS_VAR) {
+                eprintln!("bench: kproxy with {EXTRA_ARGS_VAR}={extra:?}");
+                args.extend(extra.split_whitespace().map(OsString::from));
+            }
             (agent_bin.to_path_buf(), args, &[("NO_COLOR", "1")])
         }
         Proxy::KubeProxyIptables | Proxy::KubeProxyNftables => (
@@ -144,31 +153,14 @@ pub fn start(
     })
 }
 
-/// kube-proxy as kubeadm configures it, except: conntrack sysctls left alone (a max of 0
-/// per core and timeouts of 0 mean "do not set"; `nf_conntrack_max` is global, not the
-/// bed's), metrics and healthz on the node's loopback, `--v=2` for its sync log lines, and
-/// no OOM score change of a process on a shared machine.
+/// kube-proxy's command line as the test bed runs it (`kproxy_testbed::kube_proxy::args`:
+/// as kubeadm configures it, with what keeps it inside the bed).
 fn kube_proxy_args(proxy: Proxy, kubeconfig: &Path) -> Vec<OsString> {
     let mode = match proxy {
         Proxy::KubeProxyNftables => "nftables",
         _ => "iptables",
     };
-    [
-        format!("--kubeconfig={}", kubeconfig.display()),
-        format!("--hostname-override={NODE_NAME}"),
-        format!("--proxy-mode={mode}"),
-        format!("--metrics-bind-address={METRICS_ADDR}"),
-        "--healthz-bind-address=127.0.0.1:10256".into(),
-        "--conntrack-max-per-core=0".into(),
-        "--conntrack-tcp-timeout-established=0".into(),
-        "--conntrack-tcp-timeout-close-wait=0".into(),
-        "--conntrack-udp-timeout=0".into(),
-        "--conntrack-udp-timeout-stream=0".into(),
-        "--oom-score-adj=0".into(),
-        "--v=2".into(),
-    ]
-    .map(OsString::from)
-    .to_vec()
+    kproxy_testbed::kube_proxy::args(mode, kubeconfig, NODE_NAME)
 }
 
 impl RunningProxy {

@@ -1,6 +1,7 @@
 //! The real section's results (raw values, one per repetition) and its markdown tables: the
 //! benchmark's headline, kproxy against kube-proxy itself fed by a real API server.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _; // `write!` into a String cannot fail
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,16 @@ pub struct ProxyCell {
     pub cpu_s: Vec<f64>,
     /// CPU of the processes it ran (kube-proxy's iptables-restore and nft).
     pub children_cpu_s: Vec<f64>,
+    /// kproxy only, per repetition: its datapath counters that are not zero after the loads
+    /// (drops and pass-throughs by reason among them).
+    #[serde(default)]
+    pub datapath_counters: Vec<BTreeMap<String, u64>>,
+    /// Per repetition, after the loads: the median time of a `/metrics` scrape (ms) and its
+    /// size (bytes).
+    #[serde(default)]
+    pub scrape_ms: Vec<f64>,
+    #[serde(default)]
+    pub scrape_bytes: Vec<f64>,
 }
 
 /// The section as markdown; empty when it did not run.

@@ -1,0 +1,385 @@
+//! `kproxy explain SRC DST:PORT/PROTO`: what kproxy does with a connection from SRC to DST.
+//! The agent says which frontends DST matches, the Service behind each and why its endpoints
+//! are the ones used (policy, topology, readiness); the pinned maps say what happens now:
+//! where a new flow would go (affinity, then the round-robin turn) and the flows SRC already
+//! has there.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use ipnet::Ipv4Net;
+use kproxy_common::ct::AffinityKey;
+
+use crate::{
+    dataplane::maps::{FlowMaps, ServiceMaps, monotonic_ns},
+    http::agent_api::{self, FrontendExplanation},
+    model::Protocol,
+    wire,
+};
+
+/// The client: an address, or an address and port (one flow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Client {
+    pub addr: Ipv4Addr,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for Client {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<Ipv4Addr>() {
+            return Ok(Self { addr, port: None });
+        }
+        s.parse::<SocketAddrV4>()
+            .map(|a| Self {
+                addr: *a.ip(),
+                port: Some(a.port()),
+            })
+            .map_err(|_| format!("{s:?} is not an IPv4 address or address:port"))
+    }
+}
+
+/// `DST:PORT/PROTO` (`/TCP` when left out).
+pub fn parse_target(s: &str) -> Result<(SocketAddr, Protocol), String> {
+    let (addr, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+    let proto = match proto.to_ascii_uppercase().as_str() {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        other => return Err(format!("protocol {other:?}: TCP or UDP")),
+    };
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an address:port"))?;
+    Ok((addr, proto))
+}
+
+/// What the maps say about a frontend right now, for one client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// The round-robin counter of the frontend's service port.
+    pub turn: Option<u64>,
+    /// The client's affinity entry: its backend id and how long ago it was last used.
+    pub affinity: Option<(u32, Duration)>,
+    /// The client's flows to the frontend: (client port, backend id, idle for).
+    pub flows: Vec<(u16, u32, Duration)>,
+}
+
+/// Where a new connection from `client` would go, and why.
+pub fn new_flow(fe: &FrontendExplanation, client: Ipv4Addr, now: &Runtime) -> String {
+    let Some(programmed) = &fe.programmed else {
+        return "not programmed: the agent could not write it (see its problems)".to_owned();
+    };
+    let ranges: Vec<Ipv4Net> = fe
+        .source_ranges
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .collect();
+    if !fe.source_ranges.is_empty() && !ranges.iter().any(|r| r.contains(&client)) {
+        return format!(
+            "dropped: {client} is not in loadBalancerSourceRanges ({})",
+            fe.source_ranges.join(", ")
+        );
+    }
+    let backends = &programmed.backends;
+    if backends.is_empty() {
+        return if fe.rejects_when_empty {
+            "refused: ICMP port unreachable, the Service has no endpoints".to_owned()
+        } else {
+            "dropped: endpoints exist, but none this traffic policy may use".to_owned()
+        };
+    }
+    if let (Some(timeout), Some((id, idle))) = (fe.affinity_timeout_s, now.affinity)
+        && idle <= Duration::from_secs(u64::from(timeout))
+        && let Some((endpoint, _)) = backends.iter().find(|(_, b)| *b == id)
+    {
+        return format!(
+            "goes to {endpoint} (ClientIP affinity: {client} went there {}s ago, timeout {timeout}s)",
+            idle.as_secs()
+        );
+    }
+    let count = backends.len();
+    match now.turn {
+        Some(turn) => {
+            let index = usize::try_from(turn % count as u64).unwrap_or(0);
+            format!(
+                "goes to {} (round robin: the next turn is slot {index} of {count}; a \
+                 connection from another client may take it first)",
+                backends[index].0
+            )
+        }
+        None => format!("goes to one of {count} backends (round robin)"),
+    }
+}
+
+/// Reads what the pinned maps hold for `fe` and `client`.
+fn runtime(
+    pin_dir: &Path,
+    fe: &FrontendExplanation,
+    dst: SocketAddr,
+    client: Client,
+) -> Result<Runtime> {
+    let Some(programmed) = &fe.programmed else {
+        return Ok(Runtime::default());
+    };
+    let services = ServiceMaps::open(pin_dir)?;
+    let flows = FlowMaps::open(pin_dir)?;
+    let now = monotonic_ns();
+    let ago = |seen: u64| Duration::from_nanos(now.saturating_sub(seen));
+    let client_wire = wire::addr_to_wire(client.addr);
+    let affinity = flows
+        .affinity(&AffinityKey {
+            svc_id: programmed.svc_id,
+            client: client_wire,
+        })?
+        .map(|a| (a.backend_id, ago(a.last_seen_ns)));
+    let dport = dst.port().to_be();
+    let mut mine: Vec<(u16, u32, Duration)> = flows
+        .flows()?
+        .into_iter()
+        .filter(|(k, e)| {
+            k.saddr == client_wire
+                && k.dport == dport
+                && e.svc_id == programmed.svc_id
+                && client.port.is_none_or(|p| k.sport == p.to_be())
+        })
+        .map(|(k, e)| (u16::from_be(k.sport), e.backend_id, ago(e.last_seen_ns)))
+        .collect();
+    mine.sort_unstable();
+    Ok(Runtime {
+        turn: Some(services.round_robin_turn(programmed.svc_id)?),
+        affinity,
+        flows: mine,
+    })
+}
+
+/// The explanation as text.
+pub fn render(fe: &FrontendExplanation, client: Client, now: &Runtime) -> String {
+    let mut out = String::new();
+    let name = &fe.name;
+    let port = if name.port.is_empty() {
+        String::new()
+    } else {
+        format!(" port {}", name.port)
+    };
+    let scope = if name.scope == "internal" {
+        " (internal)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "{}{scope}: Service {}{port} ({}), for {}",
+        name.frontend, name.service, name.kind, fe.applies_to
+    );
+    if let Some(choice) = &fe.choice {
+        let _ = writeln!(
+            out,
+            "  endpoints: {}; topology: {}",
+            choice.policy, choice.topology
+        );
+        for e in &choice.endpoints {
+            let verdict = e.why.clone().unwrap_or_else(|| "used".to_owned());
+            let _ = writeln!(out, "    {:<21} {verdict}", e.endpoint);
+        }
+    }
+    if let Some(timeout) = fe.affinity_timeout_s {
+        let _ = writeln!(out, "  sessionAffinity: ClientIP, {timeout}s");
+    }
+    let _ = writeln!(
+        out,
+        "  a new connection from {}: {}",
+        client.addr,
+        new_flow(fe, client.addr, now)
+    );
+    let backend_of = |id: u32| {
+        fe.programmed
+            .iter()
+            .flat_map(|p| &p.backends)
+            .find(|(_, b)| *b == id)
+            .map_or_else(
+                || format!("backend id {id} (no longer listed)"),
+                |(e, _)| e.clone(),
+            )
+    };
+    if now.flows.is_empty() {
+        let _ = writeln!(out, "  no flow from {} to it now", client.addr);
+    }
+    for (port, id, idle) in &now.flows {
+        let _ = writeln!(
+            out,
+            "  flow {}:{port} goes to {} (idle {}s)",
+            client.addr,
+            backend_of(*id),
+            idle.as_secs()
+        );
+    }
+    out
+}
+
+/// `kproxy explain`; `Ok(false)` when no frontend matched.
+pub fn run(
+    client: Client,
+    target: &str,
+    agent: SocketAddr,
+    pin_dir: &Path,
+    json: bool,
+) -> Result<bool> {
+    let (dst, proto) = parse_target(target).map_err(anyhow::Error::msg)?;
+    if dst.is_ipv6() {
+        bail!("kproxy serves IPv4 so far");
+    }
+    let frontends = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(agent_api::explain(agent, dst, proto))
+        .context("asking the agent")?;
+    if frontends.is_empty() {
+        println!(
+            "{dst}/{proto}: no Service frontend here; kproxy passes such packets on untouched"
+        );
+        return Ok(false);
+    }
+    for fe in &frontends {
+        let now = runtime(pin_dir, fe, dst, client)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(fe)?);
+        }
+        print!("{}", render(fe, client, &now));
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::agent_api::{FrontendName, ProgrammedBackends};
+
+    fn frontend(backends: &[&str], affinity: Option<u32>, ranges: &[&str]) -> FrontendExplanation {
+        FrontendExplanation {
+            name: FrontendName {
+                frontend: "198.19.0.10:80/TCP".into(),
+                scope: "all".into(),
+                service: "default/web".into(),
+                port: "http".into(),
+                kind: "LoadBalancer".into(),
+                internal_traffic_policy: Some("Cluster".into()),
+                external_traffic_policy: Some("Cluster".into()),
+            },
+            applies_to: "every client".into(),
+            affinity_timeout_s: affinity,
+            rejects_when_empty: true,
+            source_ranges: ranges.iter().map(|r| (*r).to_owned()).collect(),
+            choice: None,
+            programmed: Some(ProgrammedBackends {
+                svc_id: 3,
+                backends: backends
+                    .iter()
+                    .zip(10..)
+                    .map(|(b, id)| ((*b).to_owned(), id))
+                    .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_new_flow_goes_where_the_datapath_would_send_it() {
+        let client: Ipv4Addr = "198.18.0.2".parse().expect("ip");
+        let three = ["198.18.1.2:8080", "198.18.2.2:8080", "198.18.3.2:8080"];
+        let at = |turn| Runtime {
+            turn: Some(turn),
+            ..Runtime::default()
+        };
+        let held = |id, secs| Runtime {
+            turn: Some(0),
+            affinity: Some((id, Duration::from_secs(secs))),
+            flows: Vec::new(),
+        };
+        let cases: &[(&str, FrontendExplanation, Runtime, &str)] = &[
+            (
+                "round robin",
+                frontend(&three, None, &[]),
+                at(7),
+                "goes to 198.18.2.2:8080 (round robin: the next turn is slot 1 of 3",
+            ),
+            (
+                "affinity held",
+                frontend(&three, Some(60), &[]),
+                held(12, 5),
+                "goes to 198.18.3.2:8080 (ClientIP affinity: 198.18.0.2 went there 5s ago, timeout 60s)",
+            ),
+            (
+                "affinity expired",
+                frontend(&three, Some(60), &[]),
+                held(12, 61),
+                "goes to 198.18.1.2:8080 (round robin",
+            ),
+            (
+                "affinity to a backend gone",
+                frontend(&three, Some(60), &[]),
+                held(99, 1),
+                "goes to 198.18.1.2:8080 (round robin",
+            ),
+            (
+                "no endpoints",
+                frontend(&[], None, &[]),
+                at(0),
+                "refused: ICMP port unreachable",
+            ),
+            (
+                "outside the source ranges",
+                frontend(&three, None, &["203.0.113.0/24"]),
+                at(0),
+                "dropped: 198.18.0.2 is not in loadBalancerSourceRanges (203.0.113.0/24)",
+            ),
+            (
+                "inside the source ranges",
+                frontend(&three, None, &["198.18.0.0/24"]),
+                at(0),
+                "goes to 198.18.1.2:8080",
+            ),
+        ];
+        for (name, fe, now, want) in cases {
+            let got = new_flow(fe, client, now);
+            assert!(got.starts_with(want), "{name}: {got}");
+        }
+        let mut dropped = frontend(&[], None, &[]);
+        dropped.rejects_when_empty = false;
+        assert!(new_flow(&dropped, client, &at(0)).starts_with("dropped: endpoints exist"));
+        dropped.programmed = None;
+        assert!(new_flow(&dropped, client, &at(0)).starts_with("not programmed"));
+    }
+
+    #[test]
+    fn clients_and_targets_are_read_as_written() {
+        assert_eq!(
+            "198.18.0.2".parse::<Client>(),
+            Ok(Client {
+                addr: Ipv4Addr::new(198, 18, 0, 2),
+                port: None
+            })
+        );
+        assert_eq!(
+            "198.18.0.2:40000".parse::<Client>(),
+            Ok(Client {
+                addr: Ipv4Addr::new(198, 18, 0, 2),
+                port: Some(40_000)
+            })
+        );
+        assert!("client".parse::<Client>().is_err());
+        assert_eq!(
+            parse_target("198.19.0.10:53/udp"),
+            Ok(("198.19.0.10:53".parse().expect("addr"), Protocol::Udp))
+        );
+        assert_eq!(
+            parse_target("198.19.0.10:80"),
+            Ok(("198.19.0.10:80".parse().expect("addr"), Protocol::Tcp))
+        );
+        assert!(parse_target("198.19.0.10:80/SCTP").is_err());
+        assert!(parse_target("198.19.0.10/TCP").is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! The agent's local API, on the metrics server (local by default, 127.0.0.1:10249, not on
+//! the health port load balancers reach), and its client for the `kproxy` commands:
+//! `POST /verify` runs the drift check now and answers with its report (`kproxy verify`; it
+//! repairs what it finds, hence POST); `GET /frontends` names the Service behind each
+//! frontend (`kproxy services`: the pinned maps hold ids, not names).
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, bail};
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use http_body_util::{BodyExt, Empty};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::{EndpointChoice, Protocol};
+
+/// What a drift check found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Frontends the agent has programmed (all of them compared).
+    pub frontends: usize,
+    /// Every difference between the maps and the agent's record, repaired.
+    pub drift: Vec<String>,
+    /// Why the check could not run (maps unreadable), if it could not.
+    pub error: Option<String>,
+}
+
+/// The Service behind a programmed frontend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontendName {
+    /// `VIP:port/PROTO` (`*:port/PROTO` for a NodePort), as `kproxy services` prints it.
+    pub frontend: String,
+    /// `all`, or `internal` (an externalTrafficPolicy Local frontend's entry for this node).
+    pub scope: String,
+    /// `namespace/name`.
+    pub service: String,
+    /// The service port's name ("" when unnamed).
+    pub port: String,
+    /// ClusterIP, NodePort, ExternalIP or LoadBalancer: what the frontend is of its Service.
+    pub kind: String,
+    /// The Service's internalTrafficPolicy: `Local` or `Cluster`.
+    pub internal_traffic_policy: Option<String>,
+    /// For external kinds: `Local` or `Cluster`.
+    pub external_traffic_policy: Option<String>,
+}
+
+/// What is programmed for a frontend: its service port id and the backends taking new
+/// flows, in slot order, with their ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgrammedBackends {
+    pub svc_id: u32,
+    pub backends: Vec<(String, u32)>,
+}
+
+/// The agent's half of `kproxy explain` for one frontend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontendExplanation {
+    pub name: FrontendName,
+    /// Which clients this entry serves (an externalTrafficPolicy Local frontend has one for
+    /// clients on this node and one for the others).
+    pub applies_to: String,
+    pub affinity_timeout_s: Option<u32>,
+    /// Without endpoints: refused with ICMP (true) or dropped.
+    pub rejects_when_empty: bool,
+    pub source_ranges: Vec<String>,
+    pub choice: Option<EndpointChoice>,
+    /// `None`: not programmed (a full map).
+    pub programmed: Option<ProgrammedBackends>,
+}
+
+/// A request to the agent's loop; it answers on the sender.
+pub enum AgentRequest {
+    Verify(oneshot::Sender<VerifyReport>),
+    Frontends(oneshot::Sender<Vec<FrontendName>>),
+    Explain {
+        dst: SocketAddr,
+        proto: Protocol,
+        reply: oneshot::Sender<Vec<FrontendExplanation>>,
+    },
+}
+
+pub fn routes(requests: mpsc::Sender<AgentRequest>) -> Router {
+    Router::new()
+        .route("/verify", post(verify))
+        .route("/frontends", get(frontends))
+        .route("/explain/{dst}/{proto}", get(explain_route))
+        .with_state(requests)
+}
+
+type JsonAnswer = Result<([(&'static str, &'static str); 1], String), (StatusCode, String)>;
+
+async fn verify(State(requests): State<mpsc::Sender<AgentRequest>>) -> JsonAnswer {
+    ask(&requests, AgentRequest::Verify).await
+}
+
+async fn frontends(State(requests): State<mpsc::Sender<AgentRequest>>) -> JsonAnswer {
+    ask(&requests, AgentRequest::Frontends).await
+}
+
+async fn explain_route(
+    State(requests): State<mpsc::Sender<AgentRequest>>,
+    Path((dst, proto)): Path<(String, String)>,
+) -> JsonAnswer {
+    let bad = |what: String| (StatusCode::BAD_REQUEST, format!("{what}\n"));
+    let dst: SocketAddr = dst
+        .parse()
+        .map_err(|_| bad(format!("{dst:?} is not an address:port")))?;
+    let proto = match proto.as_str() {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        _ => return Err(bad(format!("protocol {proto:?}: TCP or UDP"))),
+    };
+    ask(&requests, |reply| AgentRequest::Explain {
+        dst,
+        proto,
+        reply,
+    })
+    .await
+}
+
+/// Sends the request `make` builds to the agent's loop and answers with its reply as JSON.
+async fn ask<T: Serialize>(
+    requests: &mpsc::Sender<AgentRequest>,
+    make: impl FnOnce(oneshot::Sender<T>) -> AgentRequest,
+) -> JsonAnswer {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is not serving yet (or stopping)\n".to_owned(),
+        )
+    };
+    requests
+        .send(make(reply))
+        .await
+        .map_err(|_| unavailable())?;
+    let value = answer.await.map_err(|_| unavailable())?;
+    let json = serde_json::to_string(&value)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+    Ok(([("content-type", "application/json")], json))
+}
+
+/// Asks the agent at `addr` (its metrics address) for a drift check: `kproxy verify`.
+pub async fn verify_now(addr: SocketAddr) -> Result<VerifyReport> {
+    call(addr, http::Method::POST, "/verify").await
+}
+
+/// Asks the agent at `addr` which Service each frontend serves: `kproxy services`.
+pub async fn frontend_names(addr: SocketAddr) -> Result<Vec<FrontendName>> {
+    call(addr, http::Method::GET, "/frontends").await
+}
+
+/// Asks the agent at `addr` about the frontends `dst`/`proto` meets: `kproxy explain`.
+pub async fn explain(
+    addr: SocketAddr,
+    dst: SocketAddr,
+    proto: Protocol,
+) -> Result<Vec<FrontendExplanation>> {
+    call(addr, http::Method::GET, &format!("/explain/{dst}/{proto}")).await
+}
+
+async fn call<T: serde::de::DeserializeOwned>(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> Result<T> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<axum::body::Bytes>>();
+    let uri: http::Uri = format!("http://{addr}{path}").parse()?;
+    let request = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::new())?;
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("asking the agent at {addr} (its --metrics-bind-address)"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "the agent at {addr} answered {status}: {}",
+            String::from_utf8_lossy(&body).trim_end()
+        );
+    }
+    serde_json::from_slice(&body).context("reading the agent's report")
+}

@@ -1,0 +1,290 @@
+//! The agent's Prometheus metrics: kproxy's own (`kproxy_*`), kube-proxy's ([`kube_proxy`],
+//! `kubeproxy_*`) and the standard process metrics ([`process`], `process_*`). Each metric is registered once here; the agent updates
+//! them as it syncs.
+
+pub mod datapath;
+pub mod kube_proxy;
+pub mod process;
+
+use crate::{problem::ProblemKind, source::api::rest_metrics::RestClientMetrics};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchErrorLabels {
+    pub resource: String,
+    /// `forbidden` (the role lacks a verb), `gone` (a watch start refused with 410, answered
+    /// with a relist) or `other`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: String,
+}
+
+pub struct Metrics {
+    /// Problems found in input or while writing the datapath, by kind (counted when first seen).
+    pub problems_total: Family<KindLabel, Counter>,
+    /// Problems present right now, by kind.
+    pub problems: Family<KindLabel, Gauge>,
+    pub syncs_total: Counter,
+    pub sync_duration_seconds: Histogram,
+    /// From an EndpointSlice's last-change-trigger-time to the sync that programmed it.
+    pub network_programming_duration_seconds: Histogram,
+    /// kproxy's own part of it: from the arrival of the first API event of a batch to the
+    /// datapath written (syncs that changed the datapath only).
+    pub event_to_datapath_seconds: Histogram,
+    /// Failed list/watch calls by resource and reason (each is retried with backoff).
+    pub watch_errors_total: Family<WatchErrorLabels, Counter>,
+    pub map_ops_total: Counter,
+    pub services_programmed: Gauge,
+    pub endpoints_programmed: Gauge,
+    pub conntrack_flows: Gauge,
+    pub conntrack_capacity: Gauge,
+    pub conntrack_expired_total: Counter,
+    /// 1 once every watch listed the cluster (the first complete view), 0 before.
+    pub cluster_view_synced: Gauge,
+    /// Entries of the maps that fill with the cluster and its traffic, as the agent last
+    /// counted them (service maps at each sync, conntrack at each collection), and their
+    /// capacities: a map that fills fails the frontends or flows that do not fit.
+    pub map_entries: Family<MapLabel, Gauge>,
+    pub map_capacity: Family<MapLabel, Gauge>,
+    /// Drift checks run (periodic and `kproxy verify`).
+    pub datapath_checks_total: Counter,
+    /// Differences found between the service maps and what the agent programmed (each
+    /// repaired), and those the last check found.
+    pub datapath_drift_total: Counter,
+    pub datapath_drift: Gauge,
+    /// Interfaces kproxy's programs run on.
+    pub attached_interfaces: Gauge,
+    /// Failures to attach to an interface or to detach from it, by operation.
+    pub attach_errors_total: Family<OperationLabel, Counter>,
+    /// kube-proxy's metrics, for what kproxy does the same way.
+    pub kube_proxy: kube_proxy::KubeProxyMetrics,
+    /// client-go's request metrics, for the Kubernetes client.
+    pub rest_client: RestClientMetrics,
+    /// Which frontend each service port id stands for, for the datapath's per-frontend
+    /// series ([`datapath::DatapathCollector`]).
+    pub frontend_names: datapath::FrontendNames,
+}
+
+impl Metrics {
+    /// Registers kproxy's metrics under `kproxy_` and kube-proxy's under `kubeproxy_` in
+    /// `root` (a registry without a prefix: `/metrics` serves it).
+    pub fn new(root: &mut Registry) -> Self {
+        root.register_collector(Box::new(process::ProcessCollector));
+        let rest_client = RestClientMetrics::new(root);
+        let kube_proxy =
+            kube_proxy::KubeProxyMetrics::new(root.sub_registry_with_prefix("kubeproxy"));
+        let registry = root.sub_registry_with_prefix("kproxy");
+        let m = Self {
+            problems_total: Family::default(),
+            problems: Family::default(),
+            syncs_total: Counter::default(),
+            sync_duration_seconds: Histogram::new([
+                0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+            // kube-proxy's buckets start at 250 ms; kproxy programs in milliseconds, so
+            // finer ones below that, the same range above.
+            network_programming_duration_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+                60.0, 120.0, 300.0,
+            ]),
+            event_to_datapath_seconds: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+            watch_errors_total: Family::default(),
+            map_ops_total: Counter::default(),
+            services_programmed: Gauge::default(),
+            endpoints_programmed: Gauge::default(),
+            conntrack_flows: Gauge::default(),
+            conntrack_capacity: Gauge::default(),
+            conntrack_expired_total: Counter::default(),
+            cluster_view_synced: Gauge::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            datapath_checks_total: Counter::default(),
+            datapath_drift_total: Counter::default(),
+            datapath_drift: Gauge::default(),
+            attached_interfaces: Gauge::default(),
+            attach_errors_total: Family::default(),
+            kube_proxy,
+            rest_client,
+            frontend_names: datapath::FrontendNames::default(),
+        };
+        m.register(registry);
+        m.zero_error_series();
+        m
+    }
+}
+
+impl Metrics {
+    fn register(&self, registry: &mut Registry) {
+        self.register_drift_checks(registry);
+        registry.register(
+            "problems",
+            "Problems found in input or the datapath, by kind",
+            self.problems_total.clone(),
+        );
+        registry.register(
+            "current_problems",
+            "Problems present now, by kind",
+            self.problems.clone(),
+        );
+        registry.register("syncs", "Datapath syncs", self.syncs_total.clone());
+        registry.register(
+            "sync_duration_seconds",
+            "Time to compute and write one sync",
+            self.sync_duration_seconds.clone(),
+        );
+        registry.register(
+            "network_programming_duration_seconds",
+            "Time from an EndpointSlice change (its last-change-trigger-time) to the datapath",
+            self.network_programming_duration_seconds.clone(),
+        );
+        registry.register(
+            "event_to_datapath_seconds",
+            "Time from an API event's arrival in kproxy to the datapath written",
+            self.event_to_datapath_seconds.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Failed Kubernetes API list/watch calls, by resource and reason (retried with backoff)",
+            self.watch_errors_total.clone(),
+        );
+        registry.register(
+            "map_operations",
+            "BPF map writes and deletes",
+            self.map_ops_total.clone(),
+        );
+        registry.register(
+            "services_programmed",
+            "Service ports (frontends) in the datapath",
+            self.services_programmed.clone(),
+        );
+        registry.register(
+            "endpoints_programmed",
+            "Backends in the datapath",
+            self.endpoints_programmed.clone(),
+        );
+        registry.register(
+            "conntrack_flows",
+            "Flows in the conntrack table at the last collection",
+            self.conntrack_flows.clone(),
+        );
+        registry.register(
+            "conntrack_capacity",
+            "Capacity of the conntrack table (flows per direction, --ct-max)",
+            self.conntrack_capacity.clone(),
+        );
+        registry.register(
+            "conntrack_expired",
+            "Conntrack entries removed after their timeout",
+            self.conntrack_expired_total.clone(),
+        );
+        registry.register(
+            "map_entries",
+            "Entries of a BPF map as the agent last counted them (service maps at each sync, \
+             conntrack at each collection)",
+            self.map_entries.clone(),
+        );
+        registry.register(
+            "map_capacity",
+            "Capacity of a BPF map (--max-services, --max-backends, --ct-max, \
+             --max-affinities)",
+            self.map_capacity.clone(),
+        );
+        registry.register(
+            "cluster_view_synced",
+            "1 once every watch has listed the cluster (the first complete view); 0 while \
+             the agent waits for it (API server unreachable, a role missing a verb)",
+            self.cluster_view_synced.clone(),
+        );
+        registry.register(
+            "attached_interfaces",
+            "Interfaces kproxy's programs are attached to",
+            self.attached_interfaces.clone(),
+        );
+        registry.register(
+            "attach_errors",
+            "Failures to attach kproxy to an interface or to detach it, by operation",
+            self.attach_errors_total.clone(),
+        );
+    }
+
+    fn register_drift_checks(&self, registry: &mut Registry) {
+        registry.register(
+            "datapath_checks",
+            "Drift checks of the service maps against what the agent programmed",
+            self.datapath_checks_total.clone(),
+        );
+        registry.register(
+            "datapath_drift",
+            "Differences between the service maps and what the agent programmed found by \
+             drift checks, each repaired",
+            self.datapath_drift_total.clone(),
+        );
+        registry.register(
+            "datapath_drift_last",
+            "Differences the last drift check found",
+            self.datapath_drift.clone(),
+        );
+    }
+
+    /// Problem kinds and watch errors show at zero from the start: a rate or an alert over
+    /// them needs no first occurrence, and a dashboard finds the series.
+    fn zero_error_series(&self) {
+        for kind in ProblemKind::ALL {
+            let label = KindLabel {
+                kind: kind.label().into(),
+            };
+            let _ = self.problems_total.get_or_create(&label);
+            let _ = self.problems.get_or_create(&label);
+        }
+        for (resource, reason) in crate::source::api::watch_error_labels() {
+            let _ = self.watch_errors_total.get_or_create(&WatchErrorLabels {
+                resource: resource.into(),
+                reason: reason.into(),
+            });
+        }
+    }
+}
+
+impl Metrics {
+    /// Sets `map`'s entry count.
+    pub fn map_entries(&self, map: &'static str, entries: usize) {
+        self.map_entries
+            .get_or_create(&MapLabel { map })
+            .set(gauge(entries));
+    }
+
+    /// Sets every filling map's capacity, and its entries at zero until counted.
+    pub fn map_capacities(&self, capacities: &[(&'static str, u32)]) {
+        for &(map, capacity) in capacities {
+            self.map_capacity
+                .get_or_create(&MapLabel { map })
+                .set(i64::from(capacity));
+            let _ = self.map_entries.get_or_create(&MapLabel { map });
+        }
+    }
+}
+
+/// A count as a gauge value.
+pub fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,148 @@
+//! The standard process metrics every Kubernetes component exports (client_golang's process
+//! collector, as kube-proxy has them): CPU time, resident and virtual memory, open and
+//! maximum file descriptors, start time. Read from `/proc/self` at each scrape.
+
+use procfs::process::{LimitValue, Process};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+};
+
+/// What one scrape reads of this process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessSample {
+    pub cpu_seconds: f64,
+    pub resident_bytes: f64,
+    pub virtual_bytes: f64,
+    pub open_fds: f64,
+    /// The soft limit; `None` when unlimited (the metric is then left out).
+    pub max_fds: Option<f64>,
+    pub start_time_seconds: f64,
+}
+
+impl ProcessSample {
+    /// This process, now.
+    pub fn read() -> procfs::ProcResult<Self> {
+        let me = Process::myself()?;
+        let stat = me.stat()?;
+        let ticks = float(procfs::ticks_per_second());
+        let max_fds = match me.limits()?.max_open_files.soft_limit {
+            LimitValue::Value(n) => Some(float(n)),
+            LimitValue::Unlimited => None,
+        };
+        Ok(Self {
+            cpu_seconds: float(stat.utime + stat.stime) / ticks,
+            resident_bytes: float(stat.rss * procfs::page_size()),
+            virtual_bytes: float(stat.vsize),
+            open_fds: float(u64::try_from(me.fd_count()?).unwrap_or(u64::MAX)),
+            max_fds,
+            start_time_seconds: float(procfs::boot_time_secs()?) + float(stat.starttime) / ticks,
+        })
+    }
+}
+
+/// `n` as a metric value: counts, bytes and ticks far below 2^52, where f64 is exact.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "process counters and sizes stay far below 2^52"
+)]
+fn float(n: u64) -> f64 {
+    n as f64
+}
+
+/// Registered without a prefix: the names are the standard ones.
+#[derive(Debug, Default)]
+pub struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // A scrape that cannot read /proc leaves these out rather than fail the others.
+        let Ok(sample) = ProcessSample::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(sample.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                Some(sample.resident_bytes),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                Some(sample.virtual_bytes),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                Some(sample.open_fds),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                sample.max_fds,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                Some(sample.start_time_seconds),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let Some(value) = value else { continue };
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    #[test]
+    fn a_scrape_carries_this_process_s_standard_metrics() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProcessCollector));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding");
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("a scrape Prometheus parses");
+        let value = |name: &str| {
+            let found = scrape.samples.iter().find(|s| s.metric == name);
+            match found.map(|s| &s.value) {
+                Some(
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v),
+                ) => *v,
+                other => panic!("{name}: {other:?}\n{text}"),
+            }
+        };
+        // This test process: some CPU used, some memory resident, a few descriptors open,
+        // started within the last hour.
+        assert!(value("process_cpu_seconds_total") > 0.0);
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        assert!(value("process_open_fds") >= 3.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            (now - 3600.0..=now + 1.0).contains(&started),
+            "{started} vs {now}"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! The drift check against the in-memory datapath: a record in step finds nothing (also with
+//! the inactive bank a switch leaves), each kind of corruption is found and named, and the
+//! repair brings the maps back to the desired state, after which nothing is found.
+
+use super::super::{
+    Datapath, Programmed,
+    fake::FakeDatapath,
+    tests::{desired, ep, expected_view, frontend, key},
+};
+use crate::model::Desired;
+
+const MAX_SERVICES: u32 = 16;
+
+/// web (two generations: an inactive bank is left) and dns (no endpoints), programmed.
+fn programmed() -> (Programmed, FakeDatapath, Desired) {
+    let first = desired(&[
+        (key(10, 80), frontend("web", &[2, 3, 4], Some(60))),
+        (key(11, 53), frontend("dns", &[], None)),
+    ]);
+    let want = desired(&[
+        (key(10, 80), frontend("web", &[2, 3], Some(60))),
+        (key(11, 53), frontend("dns", &[], None)),
+    ]);
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(MAX_SERVICES);
+    programmed.sync(&first, &mut dp);
+    programmed.sync(&want, &mut dp);
+    (programmed, dp, want)
+}
+
+fn web_backend_ids(dp: &FakeDatapath) -> Vec<u32> {
+    let svc = dp.services[&key(10, 80)];
+    (0..u32::from(svc.count))
+        .map(|i| dp.slots[&(svc.svc_id, svc.bank, i)])
+        .collect()
+}
+
+#[test]
+fn a_record_in_step_with_the_maps_finds_no_drift() {
+    let (programmed, dp, _) = programmed();
+    let check = programmed.check(&dp.snapshot(), MAX_SERVICES);
+    assert_eq!(check.drift, Vec::new());
+}
+
+#[test]
+#[expect(clippy::type_complexity, reason = "a table of corruptions")]
+fn every_corruption_is_found_named_and_repaired() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut FakeDatapath)>, &str)> = vec![
+        (
+            "a backend's address rewritten",
+            Box::new(|dp| {
+                let id = web_backend_ids(dp)[0];
+                dp.backends.insert(id, ep(9));
+            }),
+            "198.19.0.10:80/TCP: backends: programmed [198.18.2.2:8080",
+        ),
+        (
+            "a frontend deleted",
+            Box::new(|dp| {
+                dp.services.remove(&key(11, 53));
+            }),
+            "198.19.0.11:53/TCP: programmed, missing from the maps",
+        ),
+        (
+            "a frontend nobody programmed",
+            Box::new(|dp| {
+                let mut svc = dp.services[&key(11, 53)];
+                svc.svc_id = 9;
+                dp.services.insert(key(12, 80), svc);
+            }),
+            "198.19.0.12:80/TCP: in the maps, never programmed",
+        ),
+        (
+            "affinity switched off",
+            Box::new(|dp| {
+                dp.services
+                    .get_mut(&key(10, 80))
+                    .expect("web")
+                    .settings
+                    .affinity_timeout_s = None;
+            }),
+            "198.19.0.10:80/TCP: settings: programmed",
+        ),
+        (
+            "a slot deleted",
+            Box::new(|dp| {
+                let svc = dp.services[&key(10, 80)];
+                dp.slots.remove(&(svc.svc_id, svc.bank, 1));
+            }),
+            "198.19.0.10:80/TCP: its entries are inconsistent",
+        ),
+        (
+            "an orphan backend",
+            Box::new(|dp| {
+                dp.backends.insert(999, ep(7));
+                dp.backend_roles.insert(999, (7, false));
+            }),
+            "stray entry: DeleteBackend { id: 999 }",
+        ),
+    ];
+    for (name, corrupt, expected) in cases {
+        let (mut programmed, mut dp, want) = programmed();
+        corrupt(&mut dp);
+        let check = programmed.check(&dp.snapshot(), MAX_SERVICES);
+        let found: Vec<String> = check.drift.iter().map(ToString::to_string).collect();
+        assert!(
+            found.iter().any(|d| d.starts_with(expected)),
+            "{name}: {found:#?}"
+        );
+        for op in programmed.repair(check) {
+            dp.apply(&op).expect("the fake never fails");
+        }
+        programmed.sync(&want, &mut dp);
+        assert_eq!(dp.view(), expected_view(&want), "{name}: repaired");
+        let again = programmed.check(&dp.snapshot(), MAX_SERVICES);
+        assert_eq!(
+            again.drift,
+            Vec::new(),
+            "{name}: nothing left after the repair"
+        );
+        if name == "a frontend nobody programmed" {
+            assert!(!dp.services.contains_key(&key(12, 80)), "unpublished");
+        }
+    }
+}
