@@ -10,12 +10,14 @@
 
 use core::mem::size_of;
 
-/// A flow as seen in one packet (network byte order).
+use crate::addr::{In6Addr, IpAddress};
+
+/// A flow as seen in one packet (network byte order), of either family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct FlowKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -25,9 +27,14 @@ pub struct FlowKey {
     _pad1: u16,
 }
 
-impl FlowKey {
+/// Key of `KP_CT_FWD` and `KP_CT_REV`.
+pub type FlowKey = FlowKeyOf<u32>;
+/// Key of `KP_CT_FWD6` and `KP_CT_REV6`.
+pub type FlowKey6 = FlowKeyOf<In6Addr>;
+
+impl<A: Copy> FlowKeyOf<A> {
     #[inline(always)]
-    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Self {
+    pub const fn new(saddr: A, daddr: A, sport: u16, dport: u16, proto: u8) -> Self {
         Self {
             saddr,
             daddr,
@@ -40,10 +47,10 @@ impl FlowKey {
     }
 }
 
-/// Value of `KP_CT_FWD` and `KP_CT_REV`.
+/// Value of the conntrack maps of either family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntryOf<A> {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of this direction's last refresh.
     pub last_seen_ns: u64,
     /// The chosen backend id (both entries).
@@ -51,7 +58,7 @@ pub struct CtEntry {
     /// Service port id, for per-service counters.
     pub svc_id: u32,
     /// Forward: backend address. Reverse: the VIP written back as source.
-    pub nat_addr: u32,
+    pub nat_addr: A,
     /// Forward: backend port. Reverse: the service port written back as source port.
     pub nat_port: u16,
     /// Forward: the source port the flow uses towards its backend when the client's own
@@ -63,20 +70,25 @@ pub struct CtEntry {
     /// Forward: the source address the flow uses towards its backend when it is
     /// masqueraded (SNAT to a node address), 0 if the client's own. Reverse: the client's
     /// own address, written back as destination in replies, 0 if unchanged.
-    pub alt_addr: u32,
+    pub alt_addr: A,
 }
 
-impl CtEntry {
+/// Value of `KP_CT_FWD` and `KP_CT_REV`.
+pub type CtEntry = CtEntryOf<u32>;
+/// Value of `KP_CT_FWD6` and `KP_CT_REV6`.
+pub type CtEntry6 = CtEntryOf<In6Addr>;
+
+impl<A: IpAddress> CtEntryOf<A> {
     /// No entry: its bits and time add nothing to a flow's state.
     pub const ZERO: Self = Self {
         last_seen_ns: 0,
         backend_id: 0,
         svc_id: 0,
-        nat_addr: 0,
+        nat_addr: A::UNSPECIFIED,
         nat_port: 0,
         alt_port: 0,
         flags: 0,
-        alt_addr: 0,
+        alt_addr: A::UNSPECIFIED,
     };
 }
 
@@ -108,7 +120,7 @@ impl FlowState {
     /// Not an `Option`: in the datapath an absent `Option<CtEntry>` carries undefined bytes
     /// that LLVM may spill to the stack, which the verifier rejects as an uninitialised read.
     #[inline(always)]
-    pub fn of(a: &CtEntry, b: &CtEntry) -> Self {
+    pub fn of<A>(a: &CtEntryOf<A>, b: &CtEntryOf<A>) -> Self {
         Self {
             flags: a.flags | b.flags,
             last_seen_ns: if a.last_seen_ns > b.last_seen_ns {
@@ -143,7 +155,7 @@ impl FlowState {
 
 /// The port the client uses towards the backend: its own, or the one kproxy gave it.
 #[inline(always)]
-const fn backend_side_port(fwd: &FlowKey, entry: &CtEntry) -> u16 {
+const fn backend_side_port<A>(fwd: &FlowKeyOf<A>, entry: &CtEntryOf<A>) -> u16 {
     if entry.alt_port != 0 {
         entry.alt_port
     } else {
@@ -154,18 +166,18 @@ const fn backend_side_port(fwd: &FlowKey, entry: &CtEntry) -> u16 {
 /// The address the client uses towards the backend: its own, or the node address it is
 /// masqueraded to.
 #[inline(always)]
-const fn backend_side_addr(fwd: &FlowKey, entry: &CtEntry) -> u32 {
-    if entry.alt_addr != 0 {
-        entry.alt_addr
-    } else {
+fn backend_side_addr<A: IpAddress>(fwd: &FlowKeyOf<A>, entry: &CtEntryOf<A>) -> A {
+    if entry.alt_addr.is_unspecified() {
         fwd.saddr
+    } else {
+        entry.alt_addr
     }
 }
 
 /// Key of the reply entry of a forward entry (`fwd` is the client→VIP tuple).
 #[inline(always)]
-pub const fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
-    FlowKey::new(
+pub fn reply_key<A: IpAddress>(fwd: &FlowKeyOf<A>, entry: &CtEntryOf<A>) -> FlowKeyOf<A> {
+    FlowKeyOf::new(
         entry.nat_addr,
         backend_side_addr(fwd, entry),
         entry.nat_port,
@@ -176,12 +188,12 @@ pub const fn reply_key(fwd: &FlowKey, entry: &CtEntry) -> FlowKey {
 
 /// Key of the forward entry of a reply entry (`rev` is the backend→client tuple).
 #[inline(always)]
-pub fn forward_key(rev: &FlowKey, entry: &CtEntry) -> FlowKey {
-    FlowKey::new(
-        if entry.alt_addr != 0 {
-            entry.alt_addr
-        } else {
+pub fn forward_key<A: IpAddress>(rev: &FlowKeyOf<A>, entry: &CtEntryOf<A>) -> FlowKeyOf<A> {
+    FlowKeyOf::new(
+        if entry.alt_addr.is_unspecified() {
             rev.daddr
+        } else {
+            entry.alt_addr
         },
         entry.nat_addr,
         if entry.alt_port != 0 {
@@ -197,12 +209,16 @@ pub fn forward_key(rev: &FlowKey, entry: &CtEntry) -> FlowKey {
 /// The reply entry that belongs to forward entry `entry` of `fwd`, as if no reply had been
 /// seen yet.
 #[inline(always)]
-pub fn reply_entry(fwd: &FlowKey, entry: &CtEntry) -> CtEntry {
-    CtEntry {
+pub fn reply_entry<A: IpAddress>(fwd: &FlowKeyOf<A>, entry: &CtEntryOf<A>) -> CtEntryOf<A> {
+    CtEntryOf {
         nat_addr: fwd.daddr,
         nat_port: fwd.dport,
         alt_port: if entry.alt_port != 0 { fwd.sport } else { 0 },
-        alt_addr: if entry.alt_addr != 0 { fwd.saddr } else { 0 },
+        alt_addr: if entry.alt_addr.is_unspecified() {
+            A::UNSPECIFIED
+        } else {
+            fwd.saddr
+        },
         flags: 0,
         ..*entry
     }
@@ -210,12 +226,16 @@ pub fn reply_entry(fwd: &FlowKey, entry: &CtEntry) -> CtEntry {
 
 /// The forward entry that belongs to reply entry `entry` of `rev`.
 #[inline(always)]
-pub fn forward_entry(rev: &FlowKey, entry: &CtEntry) -> CtEntry {
-    CtEntry {
+pub fn forward_entry<A: IpAddress>(rev: &FlowKeyOf<A>, entry: &CtEntryOf<A>) -> CtEntryOf<A> {
+    CtEntryOf {
         nat_addr: rev.saddr,
         nat_port: rev.sport,
         alt_port: if entry.alt_port != 0 { rev.dport } else { 0 },
-        alt_addr: if entry.alt_addr != 0 { rev.daddr } else { 0 },
+        alt_addr: if entry.alt_addr.is_unspecified() {
+            A::UNSPECIFIED
+        } else {
+            rev.daddr
+        },
         flags: 0,
         ..*entry
     }
@@ -227,26 +247,46 @@ pub fn forward_entry(rev: &FlowKey, entry: &CtEntry) -> CtEntry {
 /// reply entry's flow is then over on the client's side, and its state is the reply entry's
 /// own: a newer flow's state must not keep the old tuple held.
 #[inline(always)]
-pub fn holder(fkey: &FlowKey, fwd: &CtEntry, rkey: &FlowKey) -> CtEntry {
-    if fwd.backend_id != 0 && reply_key(fkey, fwd) == *rkey {
+pub fn holder<A: IpAddress>(
+    fkey: &FlowKeyOf<A>,
+    fwd: &CtEntryOf<A>,
+    rkey: &FlowKeyOf<A>,
+) -> CtEntryOf<A> {
+    if holds(fkey, fwd, rkey) {
         *fwd
     } else {
-        CtEntry::ZERO
+        CtEntryOf::ZERO
     }
+}
+
+/// Whether forward entry `fwd` at `fkey` is a flow whose backend-side tuple is `rkey`
+/// ([`holder`]'s test, without building the reply key).
+#[inline(always)]
+pub fn holds<A: IpAddress>(fkey: &FlowKeyOf<A>, fwd: &CtEntryOf<A>, rkey: &FlowKeyOf<A>) -> bool {
+    fwd.backend_id != 0
+        && fwd.nat_addr == rkey.saddr
+        && backend_side_addr(fkey, fwd) == rkey.daddr
+        && fwd.nat_port == rkey.sport
+        && backend_side_port(fkey, fwd) == rkey.dport
+        && fkey.proto == rkey.proto
 }
 
 /// Whether reply entry `rev` at `rkey` is the reply side of the forward flow `fwd`.
 #[inline(always)]
-pub fn is_reply_of(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey) -> bool {
+pub fn is_reply_of<A: IpAddress>(
+    rkey: &FlowKeyOf<A>,
+    rev: &CtEntryOf<A>,
+    fwd: &FlowKeyOf<A>,
+) -> bool {
     let client_port = if rev.alt_port != 0 {
         rev.alt_port
     } else {
         rkey.dport
     };
-    let client_addr = if rev.alt_addr != 0 {
-        rev.alt_addr
-    } else {
+    let client_addr = if rev.alt_addr.is_unspecified() {
         rkey.daddr
+    } else {
+        rev.alt_addr
     };
     rev.nat_addr == fwd.daddr
         && rev.nat_port == fwd.dport
@@ -254,13 +294,18 @@ pub fn is_reply_of(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey) -> bool {
         && client_port == fwd.sport
 }
 
-/// Key of `KP_AFFINITY`: ClientIP session affinity per service port and client address.
+/// ClientIP session affinity per service port and client address, of either family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AffinityKey {
+pub struct AffinityKeyOf<A> {
     pub svc_id: u32,
-    pub client: u32,
+    pub client: A,
 }
+
+/// Key of `KP_AFFINITY`.
+pub type AffinityKey = AffinityKeyOf<u32>;
+/// Key of `KP_AFFINITY6`.
+pub type AffinityKey6 = AffinityKeyOf<In6Addr>;
 
 /// Value of `KP_AFFINITY`.
 #[repr(C)]
@@ -283,7 +328,20 @@ pub struct FragKey {
     pub _pad: u8,
 }
 
-/// Value of `KP_FRAGS`: the ports the first fragment carried, so later fragments (which have no
+/// Key of `KP_FRAGS6`: one fragmented IPv6 packet (its Fragment header's identification).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub saddr: In6Addr,
+    pub daddr: In6Addr,
+    /// Fragment header identification (network byte order).
+    pub id: u32,
+    pub proto: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+/// Value of `KP_FRAGS` and `KP_FRAGS6`: the ports the first fragment carried, so later fragments (which have no
 /// L4 header) are translated like the first one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,3 +356,7 @@ const _: () = assert!(size_of::<FragPorts>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<AffinityKey>() == 8);
 const _: () = assert!(size_of::<AffinityValue>() == 16);
+const _: () = assert!(size_of::<FlowKey6>() == 40);
+const _: () = assert!(size_of::<CtEntry6>() == 56);
+const _: () = assert!(size_of::<AffinityKey6>() == 20);
+const _: () = assert!(size_of::<FragKey6>() == 40);

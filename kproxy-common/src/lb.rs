@@ -9,12 +9,14 @@
 
 use core::mem::size_of;
 
-/// Key of `KP_SERVICES`: one service port as clients address it.
+use crate::addr::In6Addr;
+
+/// One service port as clients address it, in either family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    /// Virtual IPv4 address (network byte order).
-    pub addr: u32,
+pub struct ServiceKeyOf<A> {
+    /// Virtual address (network byte order).
+    pub addr: A,
     /// Service port (network byte order).
     pub port: u16,
     /// IP protocol number (`IPPROTO_TCP`, `IPPROTO_UDP`).
@@ -23,8 +25,15 @@ pub struct ServiceKey {
     pub scope: u8,
 }
 
+/// Key of `KP_SERVICES`.
+pub type ServiceKey = ServiceKeyOf<u32>;
+/// Key of `KP_SERVICES6`: the IPv6 frontends, whose values are `ServiceValue`s like the
+/// IPv4 ones (service port ids, slots and counters are shared by both families).
+pub type ServiceKey6 = ServiceKeyOf<In6Addr>;
+
 /// `ServiceKey::addr` of a NodePort: the frontend answers on every node address marked
-/// `NODE_ADDR_F_NODEPORT` in `KP_NODE_ADDRS` (0.0.0.0 is never a VIP).
+/// `NODE_ADDR_F_NODEPORT` in `KP_NODE_ADDRS` (0.0.0.0 is never a VIP). IPv6 NodePorts use
+/// `::` the same way (`IpAddress::UNSPECIFIED`).
 pub const NODEPORT_ADDR: u32 = 0;
 
 /// `KP_FREE_PORTS` words: one bit per port, 64 to a word.
@@ -107,14 +116,15 @@ impl SlotKey {
     }
 }
 
-/// Value of `KP_BACKENDS` (key: backend id, a `u32` never reused, see `meta::Meta`).
+/// Value of `KP_BACKENDS` and `KP_BACKENDS6` (key: backend id, a `u32` never reused, see
+/// `meta::Meta`, and shared by both families: an id is in one of the two maps).
 /// A backend id names one endpoint *of one service port*, so "the id still exists" also means
 /// "the endpoint is still listed for that service port" when conntrack or affinity refer to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Backend {
-    /// Endpoint IPv4 address (network byte order).
-    pub addr: u32,
+pub struct BackendOf<A> {
+    /// Endpoint address (network byte order).
+    pub addr: A,
     /// Endpoint port (network byte order).
     pub port: u16,
     /// `BE_F_*` bits.
@@ -131,7 +141,12 @@ pub struct Backend {
 /// kube-proxy's conntrack cleanup moves UDP flows off endpoints it stopped using.
 pub const BE_F_ACTIVE: u8 = 1 << 0;
 
-impl Backend {
+/// Value of `KP_BACKENDS`.
+pub type Backend = BackendOf<u32>;
+/// Value of `KP_BACKENDS6`.
+pub type Backend6 = BackendOf<In6Addr>;
+
+impl<A> BackendOf<A> {
     #[inline(always)]
     pub const fn is_active(&self) -> bool {
         self.flags & BE_F_ACTIVE != 0
@@ -149,6 +164,15 @@ pub struct SourceRangeKey {
     pub addr: u32,
 }
 
+/// Key of `KP_SOURCE_RANGES6`: `SourceRangeKey` for IPv6 sources (prefix length `32 + ` the
+/// CIDR's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey6 {
+    pub svc_id_be: u32,
+    pub addr: In6Addr,
+}
+
 /// Prefix length of `SourceRangeKey::svc_id_be`.
 pub const SOURCE_RANGE_ID_BITS: u32 = 32;
 
@@ -157,3 +181,6 @@ const _: () = assert!(size_of::<SourceRangeKey>() == 8);
 const _: () = assert!(size_of::<ServiceValue>() == 12);
 const _: () = assert!(size_of::<SlotKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 12);
+const _: () = assert!(size_of::<ServiceKey6>() == 20);
+const _: () = assert!(size_of::<Backend6>() == 24);
+const _: () = assert!(size_of::<SourceRangeKey6>() == 20);

@@ -4,6 +4,7 @@
 //! `xtask/src/build_ebpf.rs`, which makes the layouts identical by construction).
 #![no_std]
 
+pub mod addr;
 pub mod config;
 pub mod ct;
 pub mod iface;
@@ -15,7 +16,7 @@ pub mod stats;
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` lets the agent use these types as map keys and values.
-    use crate::{config, ct, iface, lb, meta, stats};
+    use crate::{addr, config, ct, iface, lb, meta, stats};
 
     macro_rules! pod {
         ($($t:ty),* $(,)?) => { $(
@@ -26,12 +27,16 @@ mod pod {
     }
 
     pod!(
+        addr::In6Addr,
         iface::NodePortList,
         lb::ServiceKey,
         lb::ServiceValue,
         lb::SourceRangeKey,
         lb::SlotKey,
         lb::Backend,
+        lb::ServiceKey6,
+        lb::SourceRangeKey6,
+        lb::Backend6,
         meta::Meta,
         ct::FlowKey,
         ct::CtEntry,
@@ -39,6 +44,10 @@ mod pod {
         ct::AffinityValue,
         ct::FragKey,
         ct::FragPorts,
+        ct::FlowKey6,
+        ct::CtEntry6,
+        ct::AffinityKey6,
+        ct::FragKey6,
         stats::ServiceStats,
         stats::BackendStats,
         stats::GlobalStats,

@@ -36,12 +36,24 @@ pub const MAP_LOCAL_CIDRS: &str = "KP_LOCAL_CIDRS";
 pub const MAP_NODEPORT_LIST: &str = "KP_NODEPORT_LIST";
 pub const MAP_RETIRED: &str = "KP_RETIRED";
 pub const MAP_FREE_PORTS: &str = "KP_FREE_PORTS";
-
+// The IPv6 twins of the maps above (kproxy_common::lb and ct's `*6` types). The agent
+// programs them when the datapath it loads has them (see `dataplane::maps`).
+pub const MAP_SERVICES6: &str = "KP_SERVICES6";
+pub const MAP_BACKENDS6: &str = "KP_BACKENDS6";
+pub const MAP_CT_FWD6: &str = "KP_CT_FWD6";
+pub const MAP_CT_REV6: &str = "KP_CT_REV6";
+pub const MAP_AFFINITY6: &str = "KP_AFFINITY6";
+pub const MAP_FRAGS6: &str = "KP_FRAGS6";
+pub const MAP_VIPS6: &str = "KP_VIPS6";
+pub const MAP_NODE_ADDRS6: &str = "KP_NODE_ADDRS6";
+pub const MAP_SOURCE_RANGES6: &str = "KP_SOURCE_RANGES6";
+pub const MAP_LOCAL_CIDRS6: &str = "KP_LOCAL_CIDRS6";
 /// The programs the agent loads at start and attaches (the XDP one only when it has XDP
 /// interfaces; otherwise at its first XDP attach).
 pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
 /// Programs the agent loads only when an interface needs them.
 pub const LAZY_PROGRAMS: [&str; 1] = [PROG_XDP_DEFER];
+
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 

@@ -90,9 +90,10 @@ struct ServicesArgs {
 
 #[derive(Args)]
 struct ExplainArgs {
-    /// The client: an IPv4 address, or address:port for one flow.
+    /// The client: an address, or address:port for one flow (`[ADDRESS]:PORT` for IPv6).
     src: cmd::explain::Client,
-    /// The destination: `ADDRESS:PORT/TCP` or `/UDP` (TCP when left out).
+    /// The destination: `ADDRESS:PORT/TCP` or `/UDP` (TCP when left out), `[ADDRESS]:PORT`
+    /// for IPv6.
     dst: String,
     #[command(flatten)]
     pin: PinDirArg,
@@ -543,7 +544,11 @@ pub fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(async { agent::run(config, termination()?).await })),
+                // Boxed: the agent's future holds all its state (both families' maps), too
+                // much to move around on the stack.
+                .and_then(|rt| {
+                    rt.block_on(async { Box::pin(agent::run(config, termination()?)).await })
+                }),
             Err(e) => Err(anyhow::anyhow!(e)),
         },
         Command::Services(args) => {

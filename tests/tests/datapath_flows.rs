@@ -432,7 +432,8 @@ fn collection_walks_tables_larger_than_a_chunk_and_keeps_or_expires_every_flow()
     let stats = dp
         .flows
         .collect_garbage(&Config::DEFAULT, &live, now, capacity)
-        .expect("collect");
+        .expect("collect")
+        .v4;
     assert_eq!((stats.flows, stats.replies), (flows, flows), "{stats:?}");
     assert_eq!(stats.expired + stats.orphans + stats.service_gone, 0);
     assert_eq!(count(&dp), (flows, flows));
@@ -447,7 +448,8 @@ fn collection_walks_tables_larger_than_a_chunk_and_keeps_or_expires_every_flow()
     let stats = dp
         .flows
         .collect_garbage(&Config::DEFAULT, &live, later, capacity)
-        .expect("collect");
+        .expect("collect")
+        .v4;
     assert_eq!(
         (stats.flows, stats.expired, stats.replies),
         (flows, flows, 0),

@@ -2,7 +2,7 @@
 //! behind each, how its endpoints were chosen, and what is programmed for it. The runtime
 //! half (round-robin position, affinity, conntrack) the command reads from the pinned maps.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::Agent;
 use crate::{
@@ -12,14 +12,12 @@ use crate::{
 
 impl Agent {
     /// The frontends packets to `dst` (`proto`) meet: its address's, both scopes, and a
-    /// NodePort when `dst` is one of this node's NodePort addresses.
+    /// NodePort of its family when `dst` is one of this node's NodePort addresses.
     pub(super) fn explain(&self, dst: SocketAddr, proto: Protocol) -> Vec<FrontendExplanation> {
         let exact = FrontendKey::new(dst.ip(), dst.port(), proto);
         let mut keys = vec![exact, exact.with_scope(Scope::Internal)];
-        if let IpAddr::V4(addr) = dst.ip()
-            && self.node_addrs.node_port_addresses().contains(&addr)
-        {
-            let node_port = FrontendKey::node_port(false, dst.port(), proto);
+        if self.node_addrs.node_port_addresses().contains(&dst.ip()) {
+            let node_port = FrontendKey::node_port(dst.is_ipv6(), dst.port(), proto);
             keys.extend([node_port, node_port.with_scope(Scope::Internal)]);
         }
         keys.iter()

@@ -14,10 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use input::{Input, Wakeup};
-use kproxy_common::{
-    config::{CFG_F_LOCALHOST_NODEPORTS, Config},
-    names,
-};
+use kproxy_common::config::{CFG_F_LOCALHOST_NODEPORTS, Config};
 use prometheus_client::registry::Registry;
 use tokio::{sync::mpsc, task::JoinHandle};
 
@@ -49,7 +46,7 @@ use crate::{
     source::files::ManifestSource,
     sync::{
         Datapath, Programmed, SyncReport,
-        gc::{GcStats, Generation, ProgrammedLiveness},
+        gc::{GcPass, Generation, ProgrammedLiveness},
     },
 };
 
@@ -229,12 +226,11 @@ pub async fn run(
         verified
     });
     let (node_addrs, flows) = open_node_config(&config)?;
-    let mut services = ServiceMaps::open(&config.pin_dir)?;
-    let programmed = recover_programmed(&mut services, config.sizes.services)?;
+    let (services, programmed) = open_service_maps(&config)?;
     metrics
         .conntrack_capacity
         .set(i64::from(config.sizes.conntrack));
-    metrics.map_capacities(&config.sizes.filling_maps());
+    metrics.map_capacities(&pinned_filling_maps(&config));
     let mut agent = Agent {
         cluster: ClusterState::for_node(&config.node_name, config.primary_ip),
         node_addrs,
@@ -438,17 +434,36 @@ fn recover_programmed(services: &mut ServiceMaps, max_services: u32) -> Result<P
     Ok(programmed)
 }
 
-/// Where healthCheckNodePorts listen: kube-proxy binds them on its NodePort addresses, or
-/// on every address when they are not narrowed.
+/// Opens the service maps and recovers what a previous agent programmed into them.
+fn open_service_maps(config: &AgentConfig) -> Result<(ServiceMaps, Programmed)> {
+    let mut services = ServiceMaps::open(&config.pin_dir)?;
+    if !services.serves_ipv6() {
+        tracing::warn!(
+            "the eBPF object has no IPv6 maps: serving IPv4 only (IPv6 frontends are \
+             modelled, not programmed)"
+        );
+    }
+    let programmed = recover_programmed(&mut services, config.sizes.services)?;
+    Ok((services, programmed))
+}
+
+/// The maps that fill with the cluster and its traffic that the loaded object has, with
+/// their capacities: one without the IPv6 datapath pins no IPv6 maps.
+fn pinned_filling_maps(config: &AgentConfig) -> Vec<(&'static str, u32)> {
+    config
+        .sizes
+        .filling_maps()
+        .into_iter()
+        .filter(|(name, _)| load::map_pin_path(&config.pin_dir, name).exists())
+        .collect()
+}
+
+/// Where healthCheckNodePorts listen: kube-proxy binds them on its NodePort addresses (of
+/// both families), or on every address when they are not narrowed.
 fn health_check_bind_addresses(agent: &Agent) -> Vec<std::net::IpAddr> {
     match agent.config.nodeport_addresses {
         NodePortAddresses::All => healthcheck::ALL_ADDRESSES.to_vec(),
-        _ => agent
-            .node_addrs
-            .node_port_addresses()
-            .into_iter()
-            .map(std::net::IpAddr::V4)
-            .collect(),
+        _ => agent.node_addrs.node_port_addresses().into_iter().collect(),
     }
 }
 
@@ -755,15 +770,11 @@ impl Agent {
         let counts = self.programmed.counts();
         self.metrics
             .services_programmed
-            .set(gauge(counts.frontends));
+            .set(gauge(counts.frontends.total()));
         self.metrics
             .endpoints_programmed
             .set(gauge(counts.taking_connections));
-        self.metrics
-            .map_entries(names::MAP_SERVICES, counts.frontends);
-        self.metrics
-            .map_entries(names::MAP_BACKENDS, counts.backends);
-        self.metrics.map_entries(names::MAP_SLOTS, counts.slots);
+        self.metrics.service_map_entries(&counts);
         let this = SyncTally {
             syncs: 1,
             added: report.added,
@@ -837,7 +848,7 @@ impl Agent {
             removed = report.removed,
             map_ops = whole.map_ops,
             frontends = self.programmed.frontends().len(),
-            ipv6_not_programmed = report.ipv6_skipped,
+            ipv6_not_programmed = report.ipv6_not_served,
             elapsed_us = micros(whole.elapsed),
             model_us = micros(whole.model),
             write_us = micros(whole.write),
@@ -917,8 +928,8 @@ impl Agent {
         }
     }
 
-    /// Keeps `KP_NODEPORT_LIST` in step with the NodePort addresses and the frontends
-    /// programmed on any of them.
+    /// Keeps `KP_NODEPORT_LIST` (IPv4 only) in step with the NodePort addresses and the
+    /// frontends programmed on any of them.
     fn write_nodeport_list(&mut self) {
         let frontend_addrs: BTreeSet<std::net::Ipv4Addr> = self
             .programmed
@@ -972,30 +983,31 @@ impl Agent {
             Err(e) => Err(anyhow::anyhow!("the collection thread failed: {e}")),
         };
         match stats {
-            Ok(stats) => {
-                self.metrics.conntrack_flows.set(gauge(stats.flows));
-                self.metrics.map_entries(names::MAP_CT_FWD, stats.flows);
-                self.metrics.map_entries(names::MAP_CT_REV, stats.replies);
-                self.metrics
-                    .map_entries(names::MAP_AFFINITY, stats.affinities);
-                // When the reply table is full, new flows are dropped (and unanswered ones
-                // are dropped early to make room). Say so while it is close to happening.
+            Ok(pass) => {
+                let total = pass.total();
+                self.metrics.conntrack_flows.set(gauge(total.flows));
+                self.metrics.flow_map_entries(&pass);
+                // When a reply table is full, new flows of its family are dropped (and
+                // unanswered ones are dropped early to make room). Say so while it is close
+                // to happening.
                 let capacity = u64::from(self.config.sizes.conntrack);
-                let nearly_full = stats.replies as u64 * 10 >= capacity * 9;
+                let replies = pass.v4.replies.max(pass.v6.replies);
+                let nearly_full = replies as u64 * 10 >= capacity * 9;
                 if nearly_full && !self.conntrack_nearly_full {
                     tracing::warn!(
-                        replies = stats.replies,
+                        replies_ipv4 = pass.v4.replies,
+                        replies_ipv6 = pass.v6.replies,
                         capacity,
                         "conntrack table over 90% full; raise --ct-max"
                     );
                 }
                 self.conntrack_nearly_full = nearly_full;
                 self.metrics.conntrack_expired_total.inc_by(
-                    (stats.expired + stats.service_gone + stats.orphans + stats.early_dropped)
+                    (total.expired + total.service_gone + total.orphans + total.early_dropped)
                         as u64,
                 );
-                if stats != GcStats::default() {
-                    tracing::debug!(?stats, "conntrack garbage collected");
+                if pass != GcPass::default() {
+                    tracing::debug!(ipv4 = ?pass.v4, ipv6 = ?pass.v6, "conntrack garbage collected");
                 }
             }
             Err(e) => {
@@ -1006,7 +1018,7 @@ impl Agent {
 }
 
 /// A collection pass's flow maps (returned for the next pass) and what it did.
-type Collected = (FlowMaps, Result<GcStats>);
+type Collected = (FlowMaps, Result<GcPass>);
 
 /// Opens `KP_NODE_ADDRS` and the flow maps, and writes the node's addresses and the
 /// configuration. Until the cluster is read, what depends on the Node stays as the pinned
@@ -1025,10 +1037,10 @@ fn open_node_config(config: &AgentConfig) -> Result<(NodeAddrs, FlowMaps)> {
     Ok((node_addrs, flows))
 }
 
-/// Writes `KP_CONFIG` (timeouts and the local-traffic flags) and `KP_LOCAL_CIDRS` for
-/// `node` (`None`: not read yet, see `LocalDetection::datapath_config`). CIDRs the new
-/// configuration adds are written before the flags, those it drops after, so the datapath
-/// never detects by an empty set.
+/// Writes `KP_CONFIG` (timeouts and the local-traffic flags) and the local CIDRs of both
+/// families (`KP_LOCAL_CIDRS`, `KP_LOCAL_CIDRS6`, when the object has it) for `node`
+/// (`None`: not read yet, see `LocalDetection::datapath_config`). CIDRs the new configuration adds are written before
+/// the flags, those it drops after, so the datapath never detects by an empty set.
 fn write_local_config(
     flows: &mut FlowMaps,
     config: &AgentConfig,
@@ -1044,9 +1056,12 @@ fn write_local_config(
         },
         cidrs: flows.local_cidrs()?,
     };
-    let want = config
+    let mut want = config
         .local_detection
         .datapath_config(config.masquerade_all, node, &current);
+    if !flows.serves_ipv6() {
+        want = want.ipv4_only();
+    }
     for cidr in want.cidrs.iter().filter(|c| !current.cidrs.contains(c)) {
         flows.put_local_cidr(*cidr)?;
     }

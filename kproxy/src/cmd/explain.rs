@@ -6,45 +6,50 @@
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
-use ipnet::Ipv4Net;
-use kproxy_common::ct::AffinityKey;
+use ipnet::IpNet;
+use kproxy_common::{
+    addr::In6Addr,
+    ct::{AffinityKeyOf, CtEntryOf, FlowKeyOf},
+};
 
 use crate::{
     dataplane::maps::{FlowMaps, ServiceMaps, monotonic_ns},
     http::agent_api::{self, FrontendExplanation},
     model::Protocol,
-    wire,
+    wire::{self, WireAddr},
 };
 
-/// The client: an address, or an address and port (one flow).
+/// The client: an address, or an address and port (one flow), of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Client {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: Option<u16>,
 }
 
 impl std::str::FromStr for Client {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if let Ok(addr) = s.parse::<Ipv4Addr>() {
+        if let Ok(addr) = s.parse::<IpAddr>() {
             return Ok(Self { addr, port: None });
         }
-        s.parse::<SocketAddrV4>()
+        s.parse::<SocketAddr>()
             .map(|a| Self {
-                addr: *a.ip(),
+                addr: a.ip(),
                 port: Some(a.port()),
             })
-            .map_err(|_| format!("{s:?} is not an IPv4 address or address:port"))
+            .map_err(|_| {
+                format!("{s:?} is not an address or address:port ([address]:port for IPv6)")
+            })
     }
 }
 
-/// `DST:PORT/PROTO` (`/TCP` when left out).
+/// `DST:PORT/PROTO` (`/TCP` when left out); an IPv6 `DST` in brackets: `[2001:db8::1]:80`.
 pub fn parse_target(s: &str) -> Result<(SocketAddr, Protocol), String> {
     let (addr, proto) = s.split_once('/').unwrap_or((s, "TCP"));
     let proto = match proto.to_ascii_uppercase().as_str() {
@@ -54,7 +59,7 @@ pub fn parse_target(s: &str) -> Result<(SocketAddr, Protocol), String> {
     };
     let addr = addr
         .parse()
-        .map_err(|_| format!("{addr:?} is not an address:port"))?;
+        .map_err(|_| format!("{addr:?} is not an address:port ([address]:port for IPv6)"))?;
     Ok((addr, proto))
 }
 
@@ -70,11 +75,11 @@ pub struct Runtime {
 }
 
 /// Where a new connection from `client` would go, and why.
-pub fn new_flow(fe: &FrontendExplanation, client: Ipv4Addr, now: &Runtime) -> String {
+pub fn new_flow(fe: &FrontendExplanation, client: IpAddr, now: &Runtime) -> String {
     let Some(programmed) = &fe.programmed else {
         return "not programmed: the agent could not write it (see its problems)".to_owned();
     };
-    let ranges: Vec<Ipv4Net> = fe
+    let ranges: Vec<IpNet> = fe
         .source_ranges
         .iter()
         .filter_map(|r| r.parse().ok())
@@ -130,31 +135,61 @@ fn runtime(
     let flows = FlowMaps::open(pin_dir)?;
     let now = monotonic_ns();
     let ago = |seen: u64| Duration::from_nanos(now.saturating_sub(seen));
-    let client_wire = wire::addr_to_wire(client.addr);
-    let affinity = flows
-        .affinity(&AffinityKey {
-            svc_id: programmed.svc_id,
-            client: client_wire,
-        })?
-        .map(|a| (a.backend_id, ago(a.last_seen_ns)));
-    let dport = dst.port().to_be();
-    let mut mine: Vec<(u16, u32, Duration)> = flows
-        .flows()?
+    let svc_id = programmed.svc_id;
+    let (affinity, mine) = match client.addr {
+        IpAddr::V4(a) => {
+            let key = AffinityKeyOf {
+                svc_id,
+                client: wire::addr_to_wire(a),
+            };
+            (
+                flows.affinity(&key)?,
+                flows_of(flows.flows()?, &key, client, dst),
+            )
+        }
+        IpAddr::V6(a) => {
+            let key = AffinityKeyOf {
+                svc_id,
+                client: In6Addr::from(a),
+            };
+            (
+                flows.affinity6(&key)?,
+                flows_of(flows.flows6()?, &key, client, dst),
+            )
+        }
+    };
+    Ok(Runtime {
+        turn: Some(services.round_robin_turn(svc_id)?),
+        affinity: affinity.map(|a| (a.backend_id, ago(a.last_seen_ns))),
+        flows: mine
+            .into_iter()
+            .map(|(port, id, seen)| (port, id, ago(seen)))
+            .collect(),
+    })
+}
+
+/// The flows among `flows` (forward entries of one family) from `key`'s client to `key`'s
+/// service port at `dst`'s port, from `client`'s port if it names one: (client port,
+/// backend id, last seen), sorted.
+fn flows_of<A: WireAddr>(
+    flows: Vec<(FlowKeyOf<A>, CtEntryOf<A>)>,
+    key: &AffinityKeyOf<A>,
+    client: Client,
+    dst: SocketAddr,
+) -> Vec<(u16, u32, u64)> {
+    let dport = wire::port_to_wire(dst.port());
+    let mut mine: Vec<(u16, u32, u64)> = flows
         .into_iter()
         .filter(|(k, e)| {
-            k.saddr == client_wire
+            k.saddr == key.client
                 && k.dport == dport
-                && e.svc_id == programmed.svc_id
-                && client.port.is_none_or(|p| k.sport == p.to_be())
+                && e.svc_id == key.svc_id
+                && client.port.is_none_or(|p| k.sport == wire::port_to_wire(p))
         })
-        .map(|(k, e)| (u16::from_be(k.sport), e.backend_id, ago(e.last_seen_ns)))
+        .map(|(k, e)| (wire::port_from_wire(k.sport), e.backend_id, e.last_seen_ns))
         .collect();
     mine.sort_unstable();
-    Ok(Runtime {
-        turn: Some(services.round_robin_turn(programmed.svc_id)?),
-        affinity,
-        flows: mine,
-    })
+    mine
 }
 
 /// The explanation as text.
@@ -212,8 +247,8 @@ pub fn render(fe: &FrontendExplanation, client: Client, now: &Runtime) -> String
     for (port, id, idle) in &now.flows {
         let _ = writeln!(
             out,
-            "  flow {}:{port} goes to {} (idle {}s)",
-            client.addr,
+            "  flow {} goes to {} (idle {}s)",
+            SocketAddr::new(client.addr, *port),
             backend_of(*id),
             idle.as_secs()
         );
@@ -230,8 +265,11 @@ pub fn run(
     json: bool,
 ) -> Result<bool> {
     let (dst, proto) = parse_target(target).map_err(anyhow::Error::msg)?;
-    if dst.is_ipv6() {
-        bail!("kproxy serves IPv4 so far");
+    if dst.is_ipv6() != client.addr.is_ipv6() {
+        bail!(
+            "{} and {dst} are of different address families: no connection goes from one to the other",
+            client.addr
+        );
     }
     let frontends = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -288,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_new_flow_goes_where_the_datapath_would_send_it() {
-        let client: Ipv4Addr = "198.18.0.2".parse().expect("ip");
+        let client: IpAddr = "198.18.0.2".parse().expect("ip");
         let three = ["198.18.1.2:8080", "198.18.2.2:8080", "198.18.3.2:8080"];
         let at = |turn| Runtime {
             turn: Some(turn),
@@ -355,22 +393,91 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_client_meets_the_ipv6_source_ranges() {
+        let client: IpAddr = "2001:db8:1::2".parse().expect("ip");
+        let two = ["[2001:db8:2::2]:8080", "[2001:db8:3::2]:8080"];
+        let at = |turn| Runtime {
+            turn: Some(turn),
+            ..Runtime::default()
+        };
+        // (case, loadBalancerSourceRanges of the IPv6 frontend, verdict)
+        let cases: &[(&str, &[&str], &str)] = &[
+            (
+                "no ranges",
+                &[],
+                "goes to [2001:db8:3::2]:8080 (round robin",
+            ),
+            (
+                "inside",
+                &["2001:db8:1::/48"],
+                "goes to [2001:db8:3::2]:8080 (round robin",
+            ),
+            (
+                "outside",
+                &["2001:db8:9::/48"],
+                "dropped: 2001:db8:1::2 is not in loadBalancerSourceRanges (2001:db8:9::/48)",
+            ),
+        ];
+        for (name, ranges, want) in cases {
+            let got = new_flow(&frontend(&two, None, ranges), client, &at(3));
+            assert!(got.starts_with(want), "{name}: {got}");
+        }
+    }
+
+    #[test]
+    fn flows_are_shown_with_the_clients_address_and_port() {
+        let client = Client {
+            addr: "2001:db8:1::2".parse().expect("ip"),
+            port: None,
+        };
+        let now = Runtime {
+            turn: Some(0),
+            affinity: None,
+            flows: vec![(40_000, 10, Duration::from_secs(3))],
+        };
+        let text = render(
+            &frontend(&["[2001:db8:2::2]:8080"], None, &[]),
+            client,
+            &now,
+        );
+        assert!(
+            text.contains("  flow [2001:db8:1::2]:40000 goes to [2001:db8:2::2]:8080 (idle 3s)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn clients_and_targets_are_read_as_written() {
         assert_eq!(
             "198.18.0.2".parse::<Client>(),
             Ok(Client {
-                addr: Ipv4Addr::new(198, 18, 0, 2),
+                addr: "198.18.0.2".parse().expect("ip"),
                 port: None
             })
         );
         assert_eq!(
             "198.18.0.2:40000".parse::<Client>(),
             Ok(Client {
-                addr: Ipv4Addr::new(198, 18, 0, 2),
+                addr: "198.18.0.2".parse().expect("ip"),
+                port: Some(40_000)
+            })
+        );
+        assert_eq!(
+            "2001:db8::2".parse::<Client>(),
+            Ok(Client {
+                addr: "2001:db8::2".parse().expect("ip"),
+                port: None
+            })
+        );
+        assert_eq!(
+            "[2001:db8::2]:40000".parse::<Client>(),
+            Ok(Client {
+                addr: "2001:db8::2".parse().expect("ip"),
                 port: Some(40_000)
             })
         );
         assert!("client".parse::<Client>().is_err());
+        assert!("2001:db8::2:40000:x".parse::<Client>().is_err());
         assert_eq!(
             parse_target("198.19.0.10:53/udp"),
             Ok(("198.19.0.10:53".parse().expect("addr"), Protocol::Udp))
@@ -378,6 +485,18 @@ mod tests {
         assert_eq!(
             parse_target("198.19.0.10:80"),
             Ok(("198.19.0.10:80".parse().expect("addr"), Protocol::Tcp))
+        );
+        assert_eq!(
+            parse_target("[2001:db8::10]:53/udp"),
+            Ok(("[2001:db8::10]:53".parse().expect("addr"), Protocol::Udp))
+        );
+        assert_eq!(
+            parse_target("[2001:db8::10]:80"),
+            Ok(("[2001:db8::10]:80".parse().expect("addr"), Protocol::Tcp))
+        );
+        assert!(
+            parse_target("2001:db8::10:80/TCP").is_err(),
+            "an IPv6 address takes brackets before its port"
         );
         assert!(parse_target("198.19.0.10:80/SCTP").is_err());
         assert!(parse_target("198.19.0.10/TCP").is_err());

@@ -11,6 +11,7 @@ use crate::{
     dataplane::maps::{ServiceMaps, global_stats},
     http::agent_api::{self, FrontendName},
     model::{Scope, WhenEmpty},
+    sync::Listed,
     wire,
 };
 
@@ -26,7 +27,8 @@ pub struct BackendView {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ServiceView {
-    /// `VIP:port/PROTO`, `*:port/PROTO` for a NodePort (every NodePort address).
+    /// `VIP:port/PROTO` (`[VIP]:port/PROTO` for IPv6), `*:port/PROTO` for a NodePort
+    /// (every NodePort address; `[*]:port/PROTO` for an IPv6 one).
     pub frontend: String,
     /// `all`, or `internal`: the entry of an externalTrafficPolicy Local frontend for
     /// clients on this node.
@@ -67,30 +69,28 @@ pub struct DatapathView {
 pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
     let maps = ServiceMaps::open(pin_dir)?;
     let snap = maps.snapshot()?;
-    let backends: BTreeMap<u32, _> = snap.backends.iter().copied().collect();
+    let backends: BTreeMap<u32, Listed> = snap.backends().collect();
     let slots: BTreeMap<(u32, u32), u32> = snap
         .slots
         .iter()
         .map(|(k, id)| ((k.svc_id, k.slot), *id))
         .collect();
     let mut ranges: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for (len, key) in &snap.source_ranges {
-        if let Some((svc_id, range)) = wire::source_range(*len, key) {
-            ranges.entry(svc_id).or_default().push(range.to_string());
-        }
+    for (svc_id, range) in snap.source_ranges() {
+        ranges.entry(svc_id).or_default().push(range.to_string());
     }
     let mut services = Vec::new();
-    for (key, value) in &snap.services {
-        let Some(frontend) = wire::frontend_key(key) else {
+    for (frontend, value) in snap.frontends() {
+        let Some(frontend) = frontend else {
             continue;
         };
         let settings = wire::settings_of(value);
         let bank = u32::from(value.bank) << SLOT_BANK_SHIFT;
-        let view = |id: u32, b: &kproxy_common::lb::Backend| {
+        let view = |id: u32, b: &Listed| {
             let stats = maps.backend_stats(id);
             BackendView {
                 id,
-                address: wire::endpoint(b).to_string(),
+                address: b.endpoint.to_string(),
                 new_flows: stats.new_flows,
                 packets: stats.packets,
                 bytes: stats.bytes,

@@ -47,8 +47,9 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
-    /// The maps that fill with the cluster and its traffic, and their capacities.
-    pub fn filling_maps(&self) -> [(&'static str, u32); 6] {
+    /// The maps that fill with the cluster and its traffic, and their capacities. Each
+    /// IPv6 map has its IPv4 twin's.
+    pub fn filling_maps(&self) -> [(&'static str, u32); 11] {
         [
             (names::MAP_SERVICES, self.services),
             (names::MAP_BACKENDS, self.backends),
@@ -56,6 +57,11 @@ impl MapSizes {
             (names::MAP_CT_FWD, self.conntrack),
             (names::MAP_CT_REV, self.conntrack),
             (names::MAP_AFFINITY, self.affinity),
+            (names::MAP_SERVICES6, self.services),
+            (names::MAP_BACKENDS6, self.backends),
+            (names::MAP_CT_FWD6, self.conntrack),
+            (names::MAP_CT_REV6, self.conntrack),
+            (names::MAP_AFFINITY6, self.affinity),
         ]
     }
 
@@ -74,6 +80,25 @@ impl MapSizes {
 
 pub fn map_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(name)
+}
+
+/// Whether the maps `names`, which come and go together (an object has all of them or
+/// none, such as one family's twins), are pinned under `pin_dir`. Some but not all is an
+/// error: no object pins that.
+pub fn pinned_together(pin_dir: &Path, names: &[&str]) -> Result<bool> {
+    let (pinned, missing): (Vec<&str>, Vec<&str>) = names
+        .iter()
+        .partition(|name| map_pin_path(pin_dir, name).exists());
+    match (pinned.is_empty(), missing.is_empty()) {
+        (_, true) => Ok(true),
+        (true, false) => Ok(false),
+        (false, false) => anyhow::bail!(
+            "{} pinned without {} under {}: maps of an incomplete or mixed eBPF object",
+            pinned.join(", "),
+            missing.join(", "),
+            pin_dir.display()
+        ),
+    }
 }
 
 /// What a starting agent found under its pin directory.
@@ -350,6 +375,22 @@ fn drop_incompatible_pins(pin_dir: &Path, sizes: &MapSizes, object: &[u8]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_that_come_together_are_pinned_all_or_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pin = |name: &str| std::fs::write(map_pin_path(dir.path(), name), b"").expect("pin");
+        let family = ["KP_A6", "KP_B6"];
+        assert!(!pinned_together(dir.path(), &family).expect("none pinned"));
+        pin("KP_A6");
+        let err = pinned_together(dir.path(), &family).expect_err("one of two pinned");
+        assert!(
+            err.to_string().contains("KP_A6 pinned without KP_B6"),
+            "{err}"
+        );
+        pin("KP_B6");
+        assert!(pinned_together(dir.path(), &family).expect("both pinned"));
+    }
 
     #[test]
     fn a_build_without_its_object_refuses_to_load_and_says_how_to_get_one() {

@@ -1,34 +1,32 @@
 //! Typed access to the pinned maps: writing service state, reading it back, counters, and
 //! conntrack garbage collection. Opened from the pins, so the agent, `kproxy services` and
 //! tests all read the same objects the same way.
+//!
+//! Each address family has service, backend, VIP and source range maps of its own
+//! (`family`); what service port ids and backend ids index (slots, counters) is shared.
+//! An object built without the IPv6 datapath pins no IPv6 maps: the handles then serve
+//! IPv4 only, read the IPv6 maps as empty and never write them.
+
+mod family;
+mod flows;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
-    lpm_trie::Key,
-};
-use ipnet::Ipv4Net;
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use family::FamilyMaps;
+pub use flows::FlowMaps;
 use kproxy_common::{
-    config::Config,
-    ct::{AffinityKey, AffinityValue, CtEntry, FlowKey},
-    lb::{Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey},
+    addr::In6Addr,
+    lb::SlotKey,
     meta::Meta,
     names,
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
-use super::{
-    batch::{self, Walk},
-    free_ports::FreePorts,
-    load::map_pin_path,
-};
+use super::{batch, free_ports::FreePorts, load::map_pin_path};
 use crate::{
-    sync::{
-        Datapath, DatapathSnapshot, MapOp,
-        gc::{self, AffinityTable, FlowTable, GcStats, Liveness},
-    },
+    sync::{Datapath, DatapathSnapshot, MapOp},
     wire,
 };
 
@@ -46,6 +44,7 @@ macro_rules! open_typed {
             .with_context(|| format!("map {} has an unexpected type", $name))?
     };
 }
+use open_typed;
 
 /// Deleting an absent key is fine: every delete is idempotent.
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
@@ -56,19 +55,45 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Entries read per syscall by a walk: the drift check reads every entry once a minute, and
+/// at 10,000 Services entry-by-entry reads took 0.6 s of the agent's loop.
+const WALK_CHUNK: usize = 4096;
+
 fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))
 }
 
+/// Runs `$body` with `$maps` bound to the service maps of `$addr`'s family: one body,
+/// compiled for each family's map types. Fails for an IPv6 address when the IPv6 maps are
+/// absent.
+macro_rules! by_family {
+    ($self:ident, $addr:expr, $maps:ident => $body:expr) => {
+        if $addr.is_ipv6() {
+            match $self.v6.as_mut() {
+                Some($maps) => $body,
+                None => Err(no_ipv6_maps()),
+            }
+        } else {
+            let $maps = &mut $self.v4;
+            $body
+        }
+    };
+}
+
+/// A write meant for an IPv6 map of a datapath that has none: the planner does not plan
+/// such writes (see `Datapath::serves_ipv6`), so this only reports a broken invariant.
+fn no_ipv6_maps() -> anyhow::Error {
+    anyhow::anyhow!("the loaded eBPF object has no IPv6 maps")
+}
+
 /// The maps that describe services.
 pub struct ServiceMaps {
-    /// The same maps again, untyped, for batch writes.
-    raw: RawServiceMaps,
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    v4: FamilyMaps<u32>,
+    /// `None` when the object has no IPv6 maps.
+    v6: Option<FamilyMaps<In6Addr>>,
+    /// `slots` again, untyped, for batch writes and walks.
+    slots_raw: MapData,
     slots: HashMap<MapData, SlotKey, u32>,
-    backends: HashMap<MapData, u32, Backend>,
-    vips: HashMap<MapData, u32, u32>,
-    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     meta: Array<MapData, Meta>,
     rr: Array<MapData, u64>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
@@ -82,23 +107,13 @@ pub struct ServiceMaps {
 
 impl ServiceMaps {
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        let raw = |name: &str| {
-            let path = map_pin_path(pin_dir, name);
-            MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))
-        };
+        let path = map_pin_path(pin_dir, names::MAP_SLOTS);
         Ok(Self {
-            raw: RawServiceMaps {
-                services: raw(names::MAP_SERVICES)?,
-                slots: raw(names::MAP_SLOTS)?,
-                backends: raw(names::MAP_BACKENDS)?,
-                vips: raw(names::MAP_VIPS)?,
-            },
-            services: open_typed!(pin_dir, names::MAP_SERVICES),
+            v4: FamilyMaps::open(pin_dir)?,
+            v6: FamilyMaps::open_if_pinned(pin_dir)?,
+            slots_raw: MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?,
             slots: open_typed!(pin_dir, names::MAP_SLOTS),
-            backends: open_typed!(pin_dir, names::MAP_BACKENDS),
-            vips: open_typed!(pin_dir, names::MAP_VIPS),
-            source_ranges: open_typed!(pin_dir, names::MAP_SOURCE_RANGES),
             meta: open_typed!(pin_dir, names::MAP_META),
             rr: open_typed!(pin_dir, names::MAP_RR),
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
@@ -110,24 +125,29 @@ impl ServiceMaps {
         })
     }
 
-    /// Everything the service maps hold.
+    /// Everything the service maps of both families hold (absent IPv6 maps hold nothing).
     pub fn snapshot(&self) -> Result<DatapathSnapshot> {
-        // Batch walks: the drift check reads every entry once a minute, and at 10,000
-        // Services entry-by-entry reads took 0.6 s of the agent's loop.
-        const CHUNK: usize = 4096;
-        let vips: Vec<(u32, u32)> = batch::all(&self.raw.vips, CHUNK).context("KP_VIPS")?;
-        Ok(DatapathSnapshot {
-            services: batch::all(&self.raw.services, CHUNK).context("KP_SERVICES")?,
-            slots: batch::all(&self.raw.slots, CHUNK).context("KP_SLOTS")?,
-            backends: batch::all(&self.raw.backends, CHUNK).context("KP_BACKENDS")?,
-            vips: vips.into_iter().map(|(addr, _)| addr).collect(),
-            source_ranges: self
-                .source_ranges
-                .keys()
-                .map(|k| k.map(|k| (k.prefix_len(), k.data())))
-                .collect::<Result<_, _>>()?,
+        let mut snapshot = DatapathSnapshot {
+            services: self.v4.services()?,
+            slots: batch::all(&self.slots_raw, WALK_CHUNK).context("KP_SLOTS")?,
+            backends: self.v4.backends()?,
+            vips: self.v4.vips()?,
+            source_ranges: self.v4.source_ranges()?,
             backend_ids_reserved: self.meta.get(&0, 0)?.backend_ids_reserved,
-        })
+            ..DatapathSnapshot::default()
+        };
+        if let Some(v6) = &self.v6 {
+            snapshot.services6 = v6.services()?;
+            snapshot.backends6 = v6.backends()?;
+            snapshot.vips6 = v6.vips()?;
+            snapshot.source_ranges6 = v6.source_ranges()?;
+        }
+        Ok(snapshot)
+    }
+
+    /// Whether the object has the IPv6 service maps.
+    pub fn serves_ipv6(&self) -> bool {
+        self.v6.is_some()
     }
 
     /// `KP_META` as the pinned state says.
@@ -158,32 +178,29 @@ impl ServiceMaps {
         Ok(PerCpuValues::try_from(vec![T::default(); self.cpus])?)
     }
 
-    /// Writes `KP_FREE_PORTS` for the NodePorts `KP_SERVICES` holds and keeps it in step
-    /// with this handle's writes from now on. Every write does this first; the agent does it
-    /// at start, so that a map it finds cleared (new, or from an older agent) speeds up
-    /// without waiting for a change. Reading handles (`kproxy services`) never write it.
+    /// Writes `KP_FREE_PORTS` for the NodePorts `KP_SERVICES` and `KP_SERVICES6` hold and
+    /// keeps it in step with this handle's writes from now on. Every write does this first;
+    /// the agent does it at start, so that a map it finds cleared (new, or from an older
+    /// agent) speeds up without waiting for a change. Reading handles (`kproxy services`)
+    /// never write it.
     pub fn track_free_ports(&mut self) -> Result<()> {
         self.free_ports().map(|_| ())
     }
 
     fn free_ports(&mut self) -> Result<&mut FreePorts> {
         if self.free_ports.is_none() {
-            let keys = self.services.keys().collect::<Result<Vec<_>, _>>()?;
+            let mut keys = self.v4.frontend_keys()?;
+            if let Some(v6) = &self.v6 {
+                keys.extend(v6.frontend_keys()?);
+            }
             let map = open_typed!(&self.pin_dir, names::MAP_FREE_PORTS);
-            self.free_ports = Some(FreePorts::track(map, &keys)?);
+            self.free_ports = Some(FreePorts::track(map, keys)?);
         }
         Ok(self.free_ports.as_mut().expect("just set"))
     }
 }
 
-struct RawServiceMaps {
-    services: MapData,
-    slots: MapData,
-    backends: MapData,
-    vips: MapData,
-}
-
-/// Writes that a batch can carry: runs of these become one syscall each.
+/// Writes that a batch can carry: runs of these become one syscall each (per family).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BatchKind {
     Backend,
@@ -220,14 +237,9 @@ fn write_in_batches(
     results
 }
 
-/// The datapath serves IPv4 only so far; sync never hands it IPv6 (see `sync`), so this is
-/// the error for a broken invariant, not for input.
-fn not_ipv4() -> anyhow::Error {
-    anyhow::anyhow!("the datapath does not serve IPv6 yet")
-}
-
 /// Writes the entries `entry` makes of `ops` into `map`, in as few syscalls as it can. One
-/// result per op, in order; an op `entry` cannot turn into an entry fails on its own.
+/// result per op, in order; an op `entry` cannot turn into an entry of this map fails on
+/// its own.
 fn write_batch<K: aya::Pod, V: aya::Pod>(
     map: &MapData,
     name: &str,
@@ -248,19 +260,53 @@ fn write_batch<K: aya::Pod, V: aya::Pod>(
             Some(_) => written
                 .next()
                 .unwrap_or_else(|| Err(anyhow::anyhow!("{name}: batch result missing"))),
-            None => Err(not_ipv4()),
+            None => Err(anyhow::anyhow!("{name}: not an entry of this map")),
         })
         .collect()
+}
+
+/// Splits `ops` by the family of their `MapOp::family_addr`, writes each part with `v4`
+/// and `v6`, and returns one result per op in the order of `ops`.
+fn by_family_batches<'a>(
+    ops: &[&'a MapOp],
+    v4: impl FnOnce(&[&'a MapOp]) -> Vec<Result<()>>,
+    v6: impl FnOnce(&[&'a MapOp]) -> Vec<Result<()>>,
+) -> Vec<Result<()>> {
+    let is_v6: Vec<bool> = ops.iter().map(|op| op.is_ipv6()).collect();
+    let part = |want: bool| -> Vec<&'a MapOp> {
+        ops.iter()
+            .zip(&is_v6)
+            .filter(|(_, v6)| **v6 == want)
+            .map(|(op, _)| *op)
+            .collect()
+    };
+    let (mut v4, mut v6) = (v4(&part(false)).into_iter(), v6(&part(true)).into_iter());
+    is_v6
+        .iter()
+        .map(|&v6_op| {
+            let next = if v6_op { v6.next() } else { v4.next() };
+            next.unwrap_or_else(|| Err(anyhow::anyhow!("batch result missing")))
+        })
+        .collect()
+}
+
+/// One failure per op of a batch for IPv6 maps the object does not have.
+fn without_ipv6_maps(ops: &[&MapOp]) -> Vec<Result<()>> {
+    ops.iter().map(|_| Err(no_ipv6_maps())).collect()
 }
 
 impl ServiceMaps {
     fn put_batch(&mut self, kind: BatchKind, ops: &[&MapOp]) -> Vec<Result<()>> {
         match kind {
-            BatchKind::Backend => write_batch(&self.raw.backends, "KP_BACKENDS", ops, |op| {
-                let b = op.backend_entry()?;
-                Some((b.id, wire::backend(&b.endpoint, b.svc_id, b.active)?))
-            }),
-            BatchKind::Slot => write_batch(&self.raw.slots, "KP_SLOTS", ops, |op| match op {
+            BatchKind::Backend => by_family_batches(
+                ops,
+                |ops| self.v4.put_backends(ops),
+                |ops| match &self.v6 {
+                    Some(v6) => v6.put_backends(ops),
+                    None => without_ipv6_maps(ops),
+                },
+            ),
+            BatchKind::Slot => write_batch(&self.slots_raw, "KP_SLOTS", ops, |op| match op {
                 MapOp::PutSlot {
                     svc_id,
                     bank,
@@ -273,19 +319,14 @@ impl ServiceMaps {
                 if let Err(e) = self.ports_taken(ops) {
                     return ops.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect();
                 }
-                write_batch(&self.raw.services, "KP_SERVICES", ops, |op| match op {
-                    MapOp::PutService {
-                        key,
-                        svc_id,
-                        count,
-                        bank,
-                        settings,
-                    } => Some((
-                        wire::service_key(key)?,
-                        wire::service_value(*svc_id, *count, *bank, settings),
-                    )),
-                    _ => None,
-                })
+                by_family_batches(
+                    ops,
+                    |ops| self.v4.put_services(ops),
+                    |ops| match &self.v6 {
+                        Some(v6) => v6.put_services(ops),
+                        None => without_ipv6_maps(ops),
+                    },
+                )
             }
         }
     }
@@ -311,10 +352,8 @@ impl ServiceMaps {
     /// written.
     fn ports_taken(&mut self, ops: &[&MapOp]) -> Result<()> {
         for op in ops {
-            if let MapOp::PutService { key, .. } = op
-                && let Some(key) = wire::service_key(key)
-            {
-                self.free_ports()?.before_put(&key)?;
+            if let MapOp::PutService { key, .. } = op {
+                self.free_ports()?.before_put(key)?;
             }
         }
         Ok(())
@@ -322,6 +361,10 @@ impl ServiceMaps {
 }
 
 impl Datapath for ServiceMaps {
+    fn serves_ipv6(&self) -> bool {
+        ServiceMaps::serves_ipv6(self)
+    }
+
     fn apply_batch(&mut self, ops: &[&MapOp]) -> Vec<Result<()>> {
         let mut results = self.apply_batch_unstamped(ops);
         if ops.iter().any(|op| retires(op))
@@ -368,29 +411,24 @@ impl ServiceMaps {
     }
 
     fn apply_unstamped(&mut self, op: &MapOp) -> Result<()> {
+        if self.v6.is_none() && op.is_ipv6() && op.is_delete() {
+            // Nothing to delete from a map that does not exist.
+            return Ok(());
+        }
         match op {
             MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. } => {
                 let b = op.backend_entry().expect("a backend write");
-                let value = wire::backend(&b.endpoint, b.svc_id, b.active).ok_or_else(not_ipv4)?;
-                self.backends
-                    .insert(b.id, value, 0)
-                    .context("KP_BACKENDS")?;
+                by_family!(self, b.endpoint.addr, maps => maps.put_backend(&b))?;
             }
-            MapOp::PutVip { addr } => {
-                self.vips
-                    .insert(wire::addr_to_wire(*addr), 1, 0)
-                    .context("KP_VIPS")?;
-            }
-            MapOp::DeleteVip { addr } => {
-                ignore_missing(self.vips.remove(&wire::addr_to_wire(*addr))).context("KP_VIPS")?;
-            }
+            MapOp::PutVip { addr } => by_family!(self, addr, maps => maps.put_vip(*addr))?,
+            MapOp::DeleteVip { addr } => by_family!(self, addr, maps => maps.delete_vip(*addr))?,
             MapOp::ReserveBackendIds { up_to } => {
                 let mut meta = self.meta.get(&0, 0).context("KP_META")?;
                 meta.backend_ids_reserved = *up_to;
                 self.meta.set(0, meta, 0).context("KP_META")?;
             }
-            MapOp::DeleteBackend { id } => {
-                ignore_missing(self.backends.remove(id)).context("KP_BACKENDS")?;
+            MapOp::DeleteBackend { id, endpoint } => {
+                by_family!(self, endpoint.addr, maps => maps.delete_backend(*id))?;
                 ignore_missing(self.be_stats.remove(id)).context("KP_BE_STATS")?;
             }
             MapOp::PutSlot {
@@ -424,31 +462,19 @@ impl ServiceMaps {
                 bank,
                 settings,
             } => {
-                let key = wire::service_key(key).ok_or_else(not_ipv4)?;
-                self.free_ports()?.before_put(&key)?;
-                self.services
-                    .insert(
-                        key,
-                        wire::service_value(*svc_id, *count, *bank, settings),
-                        0,
-                    )
-                    .context("KP_SERVICES")?;
+                self.free_ports()?.before_put(key)?;
+                let value = wire::service_value(*svc_id, *count, *bank, settings);
+                by_family!(self, key.addr, maps => maps.put_service(key, value))?;
             }
             MapOp::PutSourceRange { svc_id, range } => {
-                let (len, key) = wire::source_range_key(*svc_id, *range);
-                self.source_ranges
-                    .insert(&Key::new(len, key), 1, 0)
-                    .context("KP_SOURCE_RANGES")?;
+                by_family!(self, range.addr(), maps => maps.put_source_range(*svc_id, *range))?;
             }
             MapOp::DeleteSourceRange { svc_id, range } => {
-                let (len, key) = wire::source_range_key(*svc_id, *range);
-                ignore_missing(self.source_ranges.remove(&Key::new(len, key)))
-                    .context("KP_SOURCE_RANGES")?;
+                by_family!(self, range.addr(), maps => maps.delete_source_range(*svc_id, *range))?;
             }
             MapOp::DeleteService { key } => {
-                let key = wire::service_key(key).ok_or_else(not_ipv4)?;
-                ignore_missing(self.services.remove(&key)).context("KP_SERVICES")?;
-                self.free_ports()?.after_delete(&key)?;
+                by_family!(self, key.addr, maps => maps.delete_service(key))?;
+                self.free_ports()?.after_delete(key)?;
             }
         }
         Ok(())
@@ -464,203 +490,6 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
-/// Conntrack, affinity and configuration.
-pub struct FlowMaps {
-    ct_fwd: CtMap,
-    ct_rev: CtMap,
-    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
-    config: Array<MapData, Config>,
-    local_cidrs: LpmTrie<MapData, u32, u8>,
-}
-
-/// One conntrack map, typed, with the raw handle for batch walks and lookup-and-delete.
-struct CtMap {
-    map: HashMap<MapData, FlowKey, CtEntry>,
-    raw: MapData,
-    /// A walk's buffers, kept from chunk to chunk and pass to pass.
-    keys: Vec<FlowKey>,
-    values: Vec<CtEntry>,
-}
-
-impl CtMap {
-    fn open(pin_dir: &Path, name: &str) -> Result<Self> {
-        let path = map_pin_path(pin_dir, name);
-        Ok(Self {
-            map: open_typed!(pin_dir, name),
-            raw: MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))?,
-            keys: Vec::new(),
-            values: Vec::new(),
-        })
-    }
-}
-
-impl FlowTable for CtMap {
-    fn next_chunk(&mut self, walk: &mut Walk, chunk: &mut Vec<(FlowKey, CtEntry)>) -> Result<()> {
-        // `lookup` fills the buffers to their capacity: room for one chunk, made on empty
-        // buffers (reserving on the previous chunk's entries would double the batch at
-        // every call, until a walk held the whole table).
-        self.keys.clear();
-        self.values.clear();
-        self.keys.reserve(gc::CHUNK);
-        self.values.reserve(gc::CHUNK);
-        batch::lookup(&self.raw, walk, &mut self.keys, &mut self.values)?;
-        chunk.clear();
-        chunk.extend(self.keys.iter().copied().zip(self.values.iter().copied()));
-        Ok(())
-    }
-
-    fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>> {
-        match self.map.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn take(&mut self, key: &FlowKey) -> Result<Option<CtEntry>> {
-        Ok(batch::lookup_and_delete(&self.raw, key)?)
-    }
-
-    fn put_back(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<()> {
-        const BPF_NOEXIST: u64 = 1;
-        match self.map.insert(key, entry, BPF_NOEXIST) {
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(())
-            }
-            other => Ok(other?),
-        }
-    }
-}
-
-impl AffinityTable for HashMap<MapData, AffinityKey, AffinityValue> {
-    fn entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
-        Ok(self.iter().filter_map(Result::ok).collect())
-    }
-
-    fn remove_if_unchanged(&mut self, key: &AffinityKey, judged: &AffinityValue) -> Result<bool> {
-        // A new connection that set the affinity again since the scan keeps it.
-        if self.get(key, 0).ok().as_ref() != Some(judged) {
-            return Ok(false);
-        }
-        ignore_missing(self.remove(key))?;
-        Ok(true)
-    }
-}
-
-impl FlowMaps {
-    pub fn open(pin_dir: &Path) -> Result<Self> {
-        Ok(Self {
-            ct_fwd: CtMap::open(pin_dir, names::MAP_CT_FWD)?,
-            ct_rev: CtMap::open(pin_dir, names::MAP_CT_REV)?,
-            affinity: open_typed!(pin_dir, names::MAP_AFFINITY),
-            config: open_typed!(pin_dir, names::MAP_CONFIG),
-            local_cidrs: open_typed!(pin_dir, names::MAP_LOCAL_CIDRS),
-        })
-    }
-
-    pub fn write_config(&mut self, config: &Config) -> Result<()> {
-        self.config
-            .set(0, config.with_minimum_timeouts(), 0)
-            .context("KP_CONFIG")?;
-        Ok(())
-    }
-
-    /// `KP_CONFIG` as the datapath reads it (`initialized` 0: never written).
-    pub fn config(&self) -> Result<Config> {
-        self.config.get(&0, 0).context("KP_CONFIG")
-    }
-
-    /// The pod CIDRs `KP_LOCAL_CIDRS` holds (entries the agent cannot read are left out).
-    pub fn local_cidrs(&self) -> Result<Vec<Ipv4Net>> {
-        let mut cidrs = Vec::new();
-        for key in self.local_cidrs.keys() {
-            let key = key.context("KP_LOCAL_CIDRS")?;
-            if let Some(net) = u8::try_from(key.prefix_len())
-                .ok()
-                .and_then(|len| Ipv4Net::new(wire::addr_from_wire(key.data()), len).ok())
-            {
-                cidrs.push(net);
-            }
-        }
-        Ok(cidrs)
-    }
-
-    /// Adds `cidr` to `KP_LOCAL_CIDRS`.
-    pub fn put_local_cidr(&mut self, cidr: Ipv4Net) -> Result<()> {
-        self.local_cidrs
-            .insert(
-                &Key::new(
-                    u32::from(cidr.prefix_len()),
-                    wire::addr_to_wire(cidr.network()),
-                ),
-                1,
-                0,
-            )
-            .context("KP_LOCAL_CIDRS")
-    }
-
-    /// Removes `cidr` from `KP_LOCAL_CIDRS`.
-    pub fn delete_local_cidr(&mut self, cidr: Ipv4Net) -> Result<()> {
-        let key = Key::new(
-            u32::from(cidr.prefix_len()),
-            wire::addr_to_wire(cidr.network()),
-        );
-        ignore_missing(self.local_cidrs.remove(&key)).context("KP_LOCAL_CIDRS")
-    }
-
-    /// Forward conntrack entries (one per flow).
-    pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
-        Ok(self.ct_fwd.map.iter().collect::<Result<_, _>>()?)
-    }
-
-    /// The affinity entry of `key`, if there is one.
-    pub fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>> {
-        match self.affinity.get(key, 0) {
-            Ok(value) => Ok(Some(value)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Affinity entries.
-    pub fn affinities(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
-        Ok(self.affinity.iter().collect::<Result<_, _>>()?)
-    }
-
-    /// One collection pass (see `sync::gc`); `capacity` is the size of each conntrack map.
-    /// Entries the conntrack walk buffers have room for, the larger map's: one chunk, however
-    /// many flows the tables hold.
-    pub fn walk_capacity(&self) -> usize {
-        [&self.ct_fwd, &self.ct_rev]
-            .iter()
-            .map(|m| m.keys.capacity().max(m.values.capacity()))
-            .max()
-            .unwrap_or(0)
-    }
-
-    pub fn collect_garbage(
-        &mut self,
-        config: &Config,
-        live: &impl Liveness,
-        now_ns: u64,
-        capacity: usize,
-    ) -> Result<GcStats> {
-        gc::collect(
-            config,
-            now_ns,
-            live,
-            &mut self.ct_fwd,
-            &mut self.ct_rev,
-            &mut self.affinity,
-            capacity,
-        )
-    }
 }
 
 /// Per-service-port counters summed over CPUs, for each of `ids` in order (zero for an id
@@ -768,7 +597,11 @@ mod tests {
         };
         let cases = [
             ("frontend removed", MapOp::DeleteService { key }, true),
-            ("backend removed", MapOp::DeleteBackend { id: 1 }, true),
+            (
+                "backend removed",
+                MapOp::DeleteBackend { id: 1, endpoint },
+                true,
+            ),
             ("backend written standing by", backend(false), true),
             ("backend switched to standing by", switched(false), true),
             ("backend written taking connections", backend(true), false),

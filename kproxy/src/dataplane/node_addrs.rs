@@ -1,11 +1,15 @@
-//! `KP_NODE_ADDRS`: the node's own IPv4 addresses, so the egress program can tell a backend
-//! on the node itself (a hostNetwork endpoint) from one it has no route to, and which of
-//! them NodePorts answer on (`--nodeport-addresses`). Read from the interfaces of the
-//! agent's network namespace, and refreshed, since addresses come and go.
+//! `KP_NODE_ADDRS` and `KP_NODE_ADDRS6`: the node's own addresses of each family, so the
+//! egress program can tell a backend on the node itself (a hostNetwork endpoint) from one it
+//! has no route to, and which of them NodePorts answer on (`--nodeport-addresses`). Read
+//! from the interfaces of the agent's network namespace, and refreshed, since addresses come
+//! and go. Both families are selected by the same rules, each against its own CIDRs and its
+//! own primary IP, as kube-proxy's proxier of each family does. An object without the IPv6
+//! datapath has no `KP_NODE_ADDRS6`: the node's addresses are then its IPv4 ones only, as
+//! nothing would serve IPv6 NodePorts on the others.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -13,14 +17,15 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use ipnet::IpNet;
 use kproxy_common::{
+    addr::In6Addr,
     iface::{NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT, NODEPORT_LIST_MAX, NodePortList},
     names,
 };
 
-use super::load::map_pin_path;
+use super::load::{map_pin_path, pinned_together};
 use crate::{
     model::{NodeInfo, addr::parse_cidr_sloppy},
-    wire,
+    wire::{self, WireAddr},
 };
 
 /// `--nodeport-addresses`: which of the node's addresses NodePorts answer on, as kube-proxy
@@ -30,8 +35,8 @@ pub enum NodePortAddresses {
     /// Unset: every address of the node.
     #[default]
     All,
-    /// `primary`: the node's primary IP (its first InternalIP, else ExternalIP, of the
-    /// family), as the Node object says.
+    /// `primary`: the node's primary IP of each family (its first InternalIP, else
+    /// ExternalIP, of the family), as the Node object says.
     Primary,
     /// Addresses in these CIDRs. When none is of a family, every address of that family
     /// (kube-proxy falls back to the zero CIDR).
@@ -66,41 +71,49 @@ impl NodePortAddresses {
     }
 }
 
-/// What `KP_NODE_ADDRS` should hold for the node's `local` IPv4 addresses: every one is
-/// `NODE_ADDR_F_LOCAL`; those `which` selects are also `NODE_ADDR_F_NODEPORT`. Loopback
-/// addresses take NodePorts only with `localhost` (kube-proxy's iptables mode and its
-/// `--iptables-localhost-nodeports`, on by default there), and then only when `which` covers
-/// them (unset, or a CIDR holding them; never `primary`). `node` is `None` until the agent
-/// has read the cluster: `primary` then keeps what `previous` said of each address, so a
-/// restart does not stop NodePorts meanwhile.
+/// Whether loopback address `addr` may take NodePorts when localhost NodePorts are on: only
+/// IPv4's (kube-proxy's localhost NodePorts rely on `route_localnet`, which IPv6 lacks).
+fn loopback_may_take_node_ports(addr: IpAddr) -> bool {
+    addr.is_ipv4()
+}
+
+/// What `KP_NODE_ADDRS` and `KP_NODE_ADDRS6` should hold for the node's `local` addresses
+/// (of both families): every one is `NODE_ADDR_F_LOCAL`; those `which` selects are also
+/// `NODE_ADDR_F_NODEPORT`. Each address is judged in its own family: against the CIDRs of
+/// its family, or the primary IP of its family. Loopback addresses take NodePorts only with
+/// `localhost` (kube-proxy's iptables mode and its `--iptables-localhost-nodeports`, on by
+/// default there), only IPv4's, and then only when `which` covers them (unset, or a CIDR
+/// holding them; never `primary`). `node` is `None` until the agent has read the cluster:
+/// `primary` then keeps what `previous` said of each address, so a restart does not stop
+/// NodePorts meanwhile.
 pub fn select(
-    local: &BTreeSet<Ipv4Addr>,
+    local: &BTreeSet<IpAddr>,
     which: &NodePortAddresses,
     localhost: bool,
     node: Option<&NodeInfo>,
-    previous: &BTreeMap<Ipv4Addr, u32>,
-) -> BTreeMap<Ipv4Addr, u32> {
-    let v4_cidrs: Vec<&IpNet> = match which {
-        NodePortAddresses::Cidrs(cidrs) => cidrs.iter().filter(|c| c.addr().is_ipv4()).collect(),
-        _ => Vec::new(),
-    };
-    let primary = node.and_then(|n| n.primary_ip(false));
+    previous: &BTreeMap<IpAddr, u32>,
+) -> BTreeMap<IpAddr, u32> {
     local
         .iter()
         .map(|&addr| {
-            let takes_node_ports = (localhost || !addr.is_loopback())
+            let loopback_ok =
+                !addr.is_loopback() || (localhost && loopback_may_take_node_ports(addr));
+            let takes_node_ports = loopback_ok
                 && match which {
                     NodePortAddresses::All => true,
                     NodePortAddresses::Primary if addr.is_loopback() => false,
                     NodePortAddresses::Primary => match node {
-                        Some(_) => primary == Some(IpAddr::V4(addr)),
+                        Some(n) => n.primary_ip(addr.is_ipv6()) == Some(addr),
                         None => previous
                             .get(&addr)
                             .is_some_and(|f| f & NODE_ADDR_F_NODEPORT != 0),
                     },
-                    NodePortAddresses::Cidrs(_) => {
-                        v4_cidrs.is_empty()
-                            || v4_cidrs.iter().any(|c| c.contains(&IpAddr::V4(addr)))
+                    NodePortAddresses::Cidrs(cidrs) => {
+                        let mut of_family = cidrs
+                            .iter()
+                            .filter(|c| c.addr().is_ipv6() == addr.is_ipv6())
+                            .peekable();
+                        of_family.peek().is_none() || of_family.any(|c| c.contains(&addr))
                     }
                 };
             let flags = if takes_node_ports {
@@ -114,7 +127,7 @@ pub fn select(
 }
 
 /// The addresses of `flagged` (as `select` returns them) that take NodePorts.
-fn node_ports(flagged: &BTreeMap<Ipv4Addr, u32>) -> BTreeSet<Ipv4Addr> {
+fn node_ports(flagged: &BTreeMap<IpAddr, u32>) -> BTreeSet<IpAddr> {
     flagged
         .iter()
         .filter(|(_, f)| *f & NODE_ADDR_F_NODEPORT != 0)
@@ -122,8 +135,19 @@ fn node_ports(flagged: &BTreeMap<Ipv4Addr, u32>) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-/// The IPv4 addresses of every interface in the calling thread's network namespace.
-pub fn local_ipv4_addresses() -> Result<BTreeSet<Ipv4Addr>> {
+/// Whether an interface address is one of the node's own addresses as far as the datapath
+/// goes: an IPv6 link-local address is not (it is only reachable on its link, and kube-proxy
+/// takes no NodePorts on it).
+fn is_node_address(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(a) => !a.is_unicast_link_local() && !a.is_multicast(),
+    }
+}
+
+/// The addresses of both families of every interface in the calling thread's network
+/// namespace, but IPv6 link-local ones.
+pub fn local_addresses() -> Result<BTreeSet<IpAddr>> {
     let mut addrs = BTreeSet::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates the list and stores it in `list`.
@@ -134,16 +158,29 @@ pub fn local_ipv4_addresses() -> Result<BTreeSet<Ipv4Addr>> {
     while !cursor.is_null() {
         // SAFETY: a node of the list getifaddrs returned; freed only below.
         let entry = unsafe { &*cursor };
-        // SAFETY: ifa_addr is null or points at a sockaddr whose family says its type.
-        if !entry.ifa_addr.is_null()
-            && i32::from(unsafe { (*entry.ifa_addr).sa_family }) == libc::AF_INET
-        {
-            // SAFETY: an AF_INET address is a sockaddr_in; read unaligned, as the cast is
-            // to a more strictly aligned type.
-            let sin = unsafe { entry.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
-            addrs.insert(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-        }
         cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is not null and points at a sockaddr whose family says its type.
+        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+        let addr = match family {
+            libc::AF_INET => {
+                // SAFETY: an AF_INET address is a sockaddr_in; read unaligned, as the cast
+                // is to a more strictly aligned type.
+                let sin = unsafe { entry.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6; read unaligned, as above.
+                let sin6 = unsafe { entry.ifa_addr.cast::<libc::sockaddr_in6>().read_unaligned() };
+                IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => continue,
+        };
+        if is_node_address(addr) {
+            addrs.insert(addr);
+        }
     }
     // SAFETY: the list getifaddrs allocated, freed once.
     unsafe { libc::freeifaddrs(list) };
@@ -152,7 +189,8 @@ pub fn local_ipv4_addresses() -> Result<BTreeSet<Ipv4Addr>> {
 
 /// `KP_NODEPORT_LIST` for NodePort addresses `node_ports`, of which `frontend_addrs` are
 /// also frontends' own addresses. More addresses than it holds: no list at all (the
-/// datapath's general path serves them all alike).
+/// datapath's general path serves them all alike). IPv4 only: the IPv6 datapath always
+/// takes the general path.
 pub fn nodeport_list(
     node_ports: &BTreeSet<Ipv4Addr>,
     frontend_addrs: &BTreeSet<Ipv4Addr>,
@@ -171,10 +209,29 @@ pub fn nodeport_list(
     list
 }
 
-/// The pinned `KP_NODE_ADDRS` and what it holds, with `KP_NODEPORT_LIST`.
+fn open_map(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = map_pin_path(pin_dir, name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+/// The entries of one family's node address map, read back.
+fn entries<A: WireAddr>(
+    map: &HashMap<MapData, A, u32>,
+) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(addr, flags)| (addr.to_ip(), flags))
+}
+
+/// The pinned `KP_NODE_ADDRS` and `KP_NODE_ADDRS6` and what they hold, with
+/// `KP_NODEPORT_LIST`.
 pub struct NodeAddrs {
     map: HashMap<MapData, u32, u32>,
-    written: BTreeMap<Ipv4Addr, u32>,
+    /// `None` when the object has no IPv6 maps.
+    map6: Option<HashMap<MapData, In6Addr, u32>>,
+    written: BTreeMap<IpAddr, u32>,
     list: Array<MapData, NodePortList>,
     list_written: NodePortList,
     /// Loopback addresses may take NodePorts (see `select`).
@@ -183,22 +240,21 @@ pub struct NodeAddrs {
 
 impl NodeAddrs {
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        let path = map_pin_path(pin_dir, names::MAP_NODE_ADDRS);
-        let data = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?;
-        let map: HashMap<MapData, u32, u32> = Map::from_map_data(data)?.try_into()?;
-        let written = map
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(addr, flags)| (wire::addr_from_wire(addr), flags))
-            .collect();
-        let path = map_pin_path(pin_dir, names::MAP_NODEPORT_LIST);
-        let data = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?;
-        let list: Array<MapData, NodePortList> = Map::from_map_data(data)?.try_into()?;
+        let map: HashMap<MapData, u32, u32> =
+            open_map(pin_dir, names::MAP_NODE_ADDRS)?.try_into()?;
+        let map6: Option<HashMap<MapData, In6Addr, u32>> =
+            if pinned_together(pin_dir, &[names::MAP_NODE_ADDRS6])? {
+                Some(open_map(pin_dir, names::MAP_NODE_ADDRS6)?.try_into()?)
+            } else {
+                None
+            };
+        let written = entries(&map).chain(map6.iter().flat_map(entries)).collect();
+        let list: Array<MapData, NodePortList> =
+            open_map(pin_dir, names::MAP_NODEPORT_LIST)?.try_into()?;
         let list_written = list.get(&0, 0).context("KP_NODEPORT_LIST")?;
         Ok(Self {
             map,
+            map6,
             written,
             list,
             list_written,
@@ -206,10 +262,18 @@ impl NodeAddrs {
         })
     }
 
-    /// Writes `KP_NODEPORT_LIST` for the current NodePort addresses and the frontends' own
-    /// addresses `frontend_addrs`, if it changed.
+    /// Writes `KP_NODEPORT_LIST` for the current IPv4 NodePort addresses and the frontends'
+    /// own IPv4 addresses `frontend_addrs`, if it changed.
     pub fn write_list(&mut self, frontend_addrs: &BTreeSet<Ipv4Addr>) -> Result<()> {
-        let list = nodeport_list(&self.node_port_addresses(), frontend_addrs);
+        let node_ports: BTreeSet<Ipv4Addr> = self
+            .node_port_addresses()
+            .into_iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let list = nodeport_list(&node_ports, frontend_addrs);
         if list != self.list_written {
             self.list.set(0, list, 0).context("KP_NODEPORT_LIST")?;
             self.list_written = list;
@@ -229,28 +293,34 @@ impl NodeAddrs {
             .any(|(a, f)| a.is_loopback() && f & NODE_ADDR_F_NODEPORT != 0)
     }
 
-    /// Makes the map hold exactly the namespace's current addresses, flagged as `select`
-    /// says; true if it changed.
+    /// Makes the maps hold exactly the namespace's current addresses, flagged as `select`
+    /// says; true if they changed.
     pub fn refresh(&mut self, which: &NodePortAddresses, node: Option<&NodeInfo>) -> Result<bool> {
+        let mut local = local_addresses()?;
+        if self.map6.is_none() {
+            local.retain(IpAddr::is_ipv4);
+        }
         let now = select(
-            &local_ipv4_addresses()?,
+            &local,
             which,
             self.localhost_node_ports,
             node,
             &self.written,
         );
         let mut changed = false;
-        for gone in self.written.keys().filter(|a| !now.contains_key(a)) {
-            self.map
-                .remove(&wire::addr_to_wire(*gone))
-                .context("KP_NODE_ADDRS")?;
+        let gone: Vec<IpAddr> = self
+            .written
+            .keys()
+            .filter(|a| !now.contains_key(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            self.write(addr, None)?;
             changed = true;
         }
-        for (addr, flags) in &now {
-            if self.written.get(addr) != Some(flags) {
-                self.map
-                    .insert(wire::addr_to_wire(*addr), flags, 0)
-                    .context("KP_NODE_ADDRS")?;
+        for (&addr, &flags) in &now {
+            if self.written.get(&addr) != Some(&flags) {
+                self.write(addr, Some(flags))?;
                 changed = true;
             }
         }
@@ -258,13 +328,30 @@ impl NodeAddrs {
         Ok(changed)
     }
 
-    /// Every address of the node.
-    pub fn addresses(&self) -> BTreeSet<Ipv4Addr> {
+    /// Sets `addr`'s flags in its family's map, or removes it (`None`). Only addresses of
+    /// a family the maps exist for are selected (see `refresh`).
+    fn write(&mut self, addr: IpAddr, flags: Option<u32>) -> Result<()> {
+        let name = wire::map_name_of(addr, names::MAP_NODE_ADDRS, names::MAP_NODE_ADDRS6);
+        match (addr, flags, self.map6.as_mut()) {
+            (IpAddr::V4(a), Some(flags), _) => self.map.insert(wire::addr_to_wire(a), flags, 0),
+            (IpAddr::V4(a), None, _) => self.map.remove(&wire::addr_to_wire(a)),
+            (IpAddr::V6(a), Some(flags), Some(map6)) => map6.insert(In6Addr::from(a), flags, 0),
+            (IpAddr::V6(a), None, Some(map6)) => map6.remove(&In6Addr::from(a)),
+            (IpAddr::V6(_), _, None) => {
+                anyhow::bail!("{name}: the loaded eBPF object has no IPv6 maps")
+            }
+        }
+        .context(name)
+    }
+
+    /// Every address of the node, of both families (IPv4 only without `KP_NODE_ADDRS6`).
+    pub fn addresses(&self) -> BTreeSet<IpAddr> {
         self.written.keys().copied().collect()
     }
 
-    /// The addresses NodePorts answer on.
-    pub fn node_port_addresses(&self) -> BTreeSet<Ipv4Addr> {
+    /// The addresses NodePorts answer on, of both families (IPv4 only without
+    /// `KP_NODE_ADDRS6`).
+    pub fn node_port_addresses(&self) -> BTreeSet<IpAddr> {
         node_ports(&self.written)
     }
 }
@@ -273,7 +360,13 @@ impl NodeAddrs {
 mod tests {
     use super::*;
 
-    fn addrs(list: &[&str]) -> BTreeSet<Ipv4Addr> {
+    fn addrs(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter()
+            .map(|a| a.parse().expect("test address"))
+            .collect()
+    }
+
+    fn v4_addrs(list: &[&str]) -> BTreeSet<Ipv4Addr> {
         list.iter()
             .map(|a| a.parse().expect("test address"))
             .collect()
@@ -293,93 +386,44 @@ mod tests {
             .expect("valid flag")
     }
 
-    /// (flag, node's addresses (`None`: not read yet), previous NodePort addresses, NodePort
-    /// addresses)
+    /// (case, flag, node's addresses (`None`: not read yet), previous NodePort addresses,
+    /// NodePort addresses)
     type Case<'a> = (
+        &'a str,
         NodePortAddresses,
         Option<&'a [&'a str]>,
         &'a [&'a str],
-        &'a [&'a str],
+        Vec<&'a str>,
     );
 
-    #[test]
-    fn nodeport_addresses_select_the_node_addresses_kube_proxy_would() {
-        let local = addrs(&["127.0.0.1", "192.168.0.2", "192.168.1.2", "10.0.0.5"]);
-        let cases: Vec<(&str, Case<'_>)> = vec![
-            (
-                "unset: every address but loopback",
-                (
-                    flag(&[]),
-                    Some(&[]),
-                    &[],
-                    &["10.0.0.5", "192.168.0.2", "192.168.1.2"],
-                ),
-            ),
-            (
-                "CIDRs (TestNodePorts ipv4, multiple nodeport-addresses): the IPv6 one is ignored",
-                (
-                    flag(&["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"]),
-                    Some(&[]),
-                    &[],
-                    &["192.168.0.2", "192.168.1.2"],
-                ),
-            ),
-            (
-                "one /32 (TestNodePorts ipv4: the secondary node IP ignores NodePorts)",
-                (flag(&["192.168.0.2/32"]), Some(&[]), &[], &["192.168.0.2"]),
-            ),
-            (
-                "only IPv6 CIDRs: no IPv4 CIDR, so every IPv4 address",
-                (
-                    flag(&["2001:db8::/64"]),
-                    Some(&[]),
-                    &[],
-                    &["10.0.0.5", "192.168.0.2", "192.168.1.2"],
-                ),
-            ),
-            (
-                "0.0.0.0/0 matches all, but loopback takes no NodePorts",
-                (
-                    flag(&["0.0.0.0/0"]),
-                    Some(&[]),
-                    &[],
-                    &["10.0.0.5", "192.168.0.2", "192.168.1.2"],
-                ),
-            ),
-            (
-                "127.0.0.0/8 alone: none (no localhost NodePorts)",
-                (flag(&["127.0.0.0/8"]), Some(&[]), &[], &[]),
-            ),
-            (
-                "primary: the Node's first InternalIP",
-                (
-                    flag(&["primary"]),
-                    Some(&["2001:db8::2", "192.168.1.2", "192.168.0.2"]),
-                    &[],
-                    &["192.168.1.2"],
-                ),
-            ),
-            (
-                "primary that is not one of the node's addresses: none",
-                (flag(&["primary"]), Some(&["203.0.113.9"]), &[], &[]),
-            ),
-            (
-                "primary without a Node address: none",
-                (flag(&["primary"]), Some(&[]), &["192.168.0.2"], &[]),
-            ),
-            (
-                "primary before the Node is read: what the map said, of addresses still there",
-                (
-                    flag(&["primary"]),
-                    None,
-                    &["192.168.0.2", "10.9.9.9"],
-                    &["192.168.0.2"],
-                ),
-            ),
-        ];
-        for (name, (which, node_addrs, previous, want)) in cases {
+    /// The node's addresses in the selection tests: loopback, global and ULA ones of both
+    /// families.
+    fn local() -> BTreeSet<IpAddr> {
+        addrs(&[
+            "127.0.0.1",
+            "192.168.0.2",
+            "192.168.1.2",
+            "10.0.0.5",
+            "::1",
+            "2001:db8::2",
+            "2001:db8:1::2",
+            "fd00::5",
+        ])
+    }
+
+    /// `with` and every IPv6 address of `local()` but loopback.
+    fn with_every_v6(with: &[&'static str]) -> Vec<&'static str> {
+        let every_v6 = ["2001:db8::2", "2001:db8:1::2", "fd00::5"];
+        with.iter().copied().chain(every_v6).collect()
+    }
+
+    /// Selects from `local()` as each case says, and checks every local address is in the
+    /// maps and the case's NodePort addresses take NodePorts.
+    fn check_selections(cases: Vec<Case<'_>>) {
+        let local = local();
+        for (name, which, node_addrs, previous, want) in cases {
             let info = node_addrs.map(node);
-            let previous: BTreeMap<Ipv4Addr, u32> = addrs(previous)
+            let previous: BTreeMap<IpAddr, u32> = addrs(previous)
                 .into_iter()
                 .map(|a| (a, NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT))
                 .collect();
@@ -387,39 +431,170 @@ mod tests {
             assert_eq!(
                 got.keys().copied().collect::<BTreeSet<_>>(),
                 local,
-                "{name}: every local address is in the map"
+                "{name}: every local address is in the maps"
             );
             assert!(
                 got.values().all(|f| f & NODE_ADDR_F_LOCAL != 0),
                 "{name}: all local"
             );
-            assert_eq!(node_ports(&got), addrs(want), "{name}");
+            assert_eq!(node_ports(&got), addrs(&want), "{name}");
         }
     }
 
     #[test]
-    fn loopback_takes_node_ports_only_with_localhost_node_ports_and_a_flag_covering_it() {
-        let local = addrs(&["127.0.0.1", "192.168.0.2"]);
-        let cases: [(&str, NodePortAddresses, bool, &[&str]); 5] = [
-            ("unset", flag(&[]), true, &["127.0.0.1", "192.168.0.2"]),
-            ("unset, localhost off", flag(&[]), false, &["192.168.0.2"]),
+    fn nodeport_address_cidrs_select_in_each_family_as_kube_proxy_does() {
+        check_selections(vec![
             (
-                "loopback CIDR",
+                "unset: every address but loopback, of both families",
+                flag(&[]),
+                Some(&[]),
+                &[],
+                with_every_v6(&["10.0.0.5", "192.168.0.2", "192.168.1.2"]),
+            ),
+            (
+                "CIDRs of both families (TestNodePorts, multiple nodeport-addresses)",
+                flag(&["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"]),
+                Some(&[]),
+                &[],
+                vec!["192.168.0.2", "192.168.1.2", "2001:db8::2"],
+            ),
+            (
+                "one IPv4 /32: no IPv6 CIDR, so every IPv6 address",
+                flag(&["192.168.0.2/32"]),
+                Some(&[]),
+                &[],
+                with_every_v6(&["192.168.0.2"]),
+            ),
+            (
+                "only an IPv6 CIDR: no IPv4 CIDR, so every IPv4 address",
+                flag(&["2001:db8::/64"]),
+                Some(&[]),
+                &[],
+                vec!["10.0.0.5", "192.168.0.2", "192.168.1.2", "2001:db8::2"],
+            ),
+            (
+                "a ULA CIDR selects the ULA address",
+                flag(&["fd00::/8", "10.0.0.0/8"]),
+                Some(&[]),
+                &[],
+                vec!["10.0.0.5", "fd00::5"],
+            ),
+            (
+                "0.0.0.0/0 and ::/0 match all, but loopback takes no NodePorts",
+                flag(&["0.0.0.0/0", "::/0"]),
+                Some(&[]),
+                &[],
+                with_every_v6(&["10.0.0.5", "192.168.0.2", "192.168.1.2"]),
+            ),
+            (
+                "127.0.0.0/8 and ::1/128: none (no localhost NodePorts)",
+                flag(&["127.0.0.0/8", "::1/128"]),
+                Some(&[]),
+                &[],
+                vec![],
+            ),
+        ]);
+    }
+
+    #[test]
+    fn primary_selects_the_nodes_primary_ip_of_each_family() {
+        check_selections(vec![
+            (
+                "the Node's first InternalIP of each family",
+                flag(&["primary"]),
+                Some(&["2001:db8:1::2", "192.168.1.2", "2001:db8::2", "192.168.0.2"]),
+                &[],
+                vec!["192.168.1.2", "2001:db8:1::2"],
+            ),
+            (
+                "a primary IP of one family only",
+                flag(&["primary"]),
+                Some(&["2001:db8::2"]),
+                &[],
+                vec!["2001:db8::2"],
+            ),
+            (
+                "primary IPs that are not the node's addresses: none",
+                flag(&["primary"]),
+                Some(&["203.0.113.9", "2001:db8:9::9"]),
+                &[],
+                vec![],
+            ),
+            (
+                "no Node address: none",
+                flag(&["primary"]),
+                Some(&[]),
+                &["192.168.0.2", "2001:db8::2"],
+                vec![],
+            ),
+            (
+                "before the Node is read: what the maps said, of addresses still there",
+                flag(&["primary"]),
+                None,
+                &["192.168.0.2", "10.9.9.9", "2001:db8:1::2", "2001:db8:9::9"],
+                vec!["192.168.0.2", "2001:db8:1::2"],
+            ),
+        ]);
+    }
+
+    #[test]
+    fn loopback_takes_node_ports_only_in_ipv4_with_localhost_node_ports_and_a_flag_covering_it() {
+        let local = addrs(&["127.0.0.1", "192.168.0.2", "::1", "2001:db8::2"]);
+        let cases: [(&str, NodePortAddresses, bool, &[&str]); 6] = [
+            (
+                "unset",
+                flag(&[]),
+                true,
+                &["127.0.0.1", "192.168.0.2", "2001:db8::2"],
+            ),
+            (
+                "unset, localhost off",
+                flag(&[]),
+                false,
+                &["192.168.0.2", "2001:db8::2"],
+            ),
+            (
+                "IPv4 loopback CIDR",
                 flag(&["127.0.0.0/8"]),
                 true,
-                &["127.0.0.1"],
+                &["127.0.0.1", "2001:db8::2"],
+            ),
+            (
+                "IPv6 loopback CIDR: never in IPv6",
+                flag(&["::1/128"]),
+                true,
+                &["127.0.0.1", "192.168.0.2"],
             ),
             (
                 "other CIDR",
                 flag(&["192.168.0.0/16"]),
                 true,
-                &["192.168.0.2"],
+                &["192.168.0.2", "2001:db8::2"],
             ),
             ("primary", flag(&["primary"]), true, &[]),
         ];
         for (name, which, localhost, want) in cases {
             let got = select(&local, &which, localhost, None, &BTreeMap::new());
             assert_eq!(node_ports(&got), addrs(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn ipv6_link_local_addresses_are_not_the_nodes() {
+        // (address, one of the node's)
+        let cases = [
+            ("198.18.9.1", true),
+            ("169.254.1.1", true),
+            ("2001:db8::1", true),
+            ("fd00:10::1", true),
+            ("::1", true),
+            ("fe80::1", false),
+            ("fe80::abcd:1", false),
+            ("ff02::1", false),
+        ];
+        for (addr, want) in cases {
+            let addr: IpAddr = addr.parse().expect("test address");
+            assert_eq!(is_node_address(addr), want, "{addr}");
         }
     }
 
@@ -470,7 +645,7 @@ mod tests {
             ("nine: no list", &many, &[], &[], 0),
         ];
         for (name, node_ports, frontends, listed, mask) in cases {
-            let list = nodeport_list(&addrs(node_ports), &addrs(frontends));
+            let list = nodeport_list(&v4_addrs(node_ports), &v4_addrs(frontends));
             let want: Vec<u32> = listed
                 .iter()
                 .map(|a| wire::addr_to_wire(a.parse().expect("test address")))

@@ -33,7 +33,8 @@ pub struct VerifyReport {
 /// The Service behind a programmed frontend.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrontendName {
-    /// `VIP:port/PROTO` (`*:port/PROTO` for a NodePort), as `kproxy services` prints it.
+    /// `VIP:port/PROTO` (`*:port/PROTO` for a NodePort; `[VIP]:port/PROTO` and
+    /// `[*]:port/PROTO` in IPv6), as `kproxy services` prints it.
     pub frontend: String,
     /// `all`, or `internal` (an externalTrafficPolicy Local frontend's entry for this node).
     pub scope: String,
@@ -189,4 +190,59 @@ async fn call<T: serde::de::DeserializeOwned>(
         );
     }
     serde_json::from_slice(&body).context("reading the agent's report")
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// What the explain route hands the agent for `path`, or the status it refuses it with.
+    async fn explain_request(path: &str) -> Result<(SocketAddr, Protocol), StatusCode> {
+        let (requests, mut agent) = mpsc::channel(1);
+        let answering = tokio::spawn(async move {
+            let Some(AgentRequest::Explain { dst, proto, reply }) = agent.recv().await else {
+                return None;
+            };
+            let _ = reply.send(Vec::new());
+            Some((dst, proto))
+        });
+        let request = http::Request::builder()
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = routes(requests).oneshot(request).await.expect("answer");
+        let asked = answering.await.expect("the agent's task");
+        match asked {
+            Some(asked) if response.status().is_success() => Ok(asked),
+            _ => Err(response.status()),
+        }
+    }
+
+    #[tokio::test]
+    async fn explain_takes_a_destination_of_either_family() {
+        let cases = [
+            (
+                format!("/explain/{}/TCP", SocketAddr::from(([198, 19, 0, 10], 80))),
+                Ok(("198.19.0.10:80", Protocol::Tcp)),
+            ),
+            (
+                format!("/explain/{}/UDP", "[2001:db8::10]:53"),
+                Ok(("[2001:db8::10]:53", Protocol::Udp)),
+            ),
+            (
+                "/explain/2001:db8::10:53/UDP".to_owned(),
+                Err(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "/explain/[2001:db8::10]:53/SCTP".to_owned(),
+                Err(StatusCode::BAD_REQUEST),
+            ),
+        ];
+        for (path, want) in cases {
+            let want = want.map(|(dst, proto)| (dst.parse().expect("test address"), proto));
+            assert_eq!(explain_request(&path).await, want, "{path}");
+        }
+    }
 }

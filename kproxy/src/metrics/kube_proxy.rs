@@ -18,8 +18,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// kube-proxy's `ip_family` label: kproxy programs IPv4 only for now, so every series
-/// carries `IPv4`.
+/// kube-proxy's `ip_family` label. kproxy writes both families in one sync (kube-proxy has a
+/// proxier per family, each with its own series); its series carry `IPv4`, as a
+/// single-stack kube-proxy's do, so one sync is counted once.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IpFamily {
     pub ip_family: &'static str,

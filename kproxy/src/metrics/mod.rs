@@ -6,7 +6,13 @@ pub mod datapath;
 pub mod kube_proxy;
 pub mod process;
 
-use crate::{problem::ProblemKind, source::api::rest_metrics::RestClientMetrics};
+use kproxy_common::names;
+
+use crate::{
+    problem::ProblemKind,
+    source::api::rest_metrics::RestClientMetrics,
+    sync::{EntryCounts, gc::GcPass},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -266,14 +272,17 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// Sets `map`'s entry count.
+    /// Sets `map`'s entry count, if `map_capacities` named it: a map the datapath does not
+    /// have (the IPv6 ones of an object without them) has no series, rather than one that
+    /// says it is empty.
     pub fn map_entries(&self, map: &'static str, entries: usize) {
-        self.map_entries
-            .get_or_create(&MapLabel { map })
-            .set(gauge(entries));
+        if let Some(series) = self.map_entries.get(&MapLabel { map }) {
+            series.set(gauge(entries));
+        }
     }
 
-    /// Sets every filling map's capacity, and its entries at zero until counted.
+    /// Sets the capacity of every filling map the datapath has, and its entries at zero
+    /// until counted.
     pub fn map_capacities(&self, capacities: &[(&'static str, u32)]) {
         for &(map, capacity) in capacities {
             self.map_capacity
@@ -282,9 +291,134 @@ impl Metrics {
             let _ = self.map_entries.get_or_create(&MapLabel { map });
         }
     }
+
+    /// The service maps' entries, of both families, as the programmed state counts them.
+    pub fn service_map_entries(&self, counts: &EntryCounts) {
+        self.map_entries(names::MAP_SERVICES, counts.frontends.v4);
+        self.map_entries(names::MAP_SERVICES6, counts.frontends.v6);
+        self.map_entries(names::MAP_BACKENDS, counts.backends.v4);
+        self.map_entries(names::MAP_BACKENDS6, counts.backends.v6);
+        self.map_entries(names::MAP_SLOTS, counts.slots);
+    }
+
+    /// The conntrack and affinity maps' entries, of both families, after collection `pass`.
+    pub fn flow_map_entries(&self, pass: &GcPass) {
+        for (stats, fwd, rev, affinity) in [
+            (
+                &pass.v4,
+                names::MAP_CT_FWD,
+                names::MAP_CT_REV,
+                names::MAP_AFFINITY,
+            ),
+            (
+                &pass.v6,
+                names::MAP_CT_FWD6,
+                names::MAP_CT_REV6,
+                names::MAP_AFFINITY6,
+            ),
+        ] {
+            self.map_entries(fwd, stats.flows);
+            self.map_entries(rev, stats.replies);
+            self.map_entries(affinity, stats.affinities);
+        }
+    }
 }
 
 /// A count as a gauge value.
 pub fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::load::MapSizes,
+        sync::{ByFamily, gc::GcStats},
+    };
+
+    fn metrics() -> Metrics {
+        Metrics::new(&mut Registry::default())
+    }
+
+    /// Counts the agent would report: each map's differs from the others'.
+    fn counted(m: &Metrics) {
+        m.service_map_entries(&EntryCounts {
+            frontends: ByFamily { v4: 3, v6: 2 },
+            taking_connections: 9,
+            backends: ByFamily { v4: 6, v6: 4 },
+            slots: 20,
+        });
+        let stats = |flows, replies, affinities| GcStats {
+            flows,
+            replies,
+            affinities,
+            ..GcStats::default()
+        };
+        m.flow_map_entries(&GcPass {
+            v4: stats(10, 9, 1),
+            v6: stats(5, 4, 2),
+        });
+    }
+
+    #[test]
+    fn each_map_the_datapath_has_reports_its_own_fill_level_and_an_absent_map_none() {
+        let sizes = MapSizes {
+            services: 100,
+            backends: 200,
+            conntrack: 1_000,
+            affinity: 50,
+        };
+        // (map, its capacity, its entries as counted)
+        let v4 = [
+            (names::MAP_SERVICES, 100, 3),
+            (names::MAP_BACKENDS, 200, 6),
+            (names::MAP_SLOTS, 400, 20),
+            (names::MAP_CT_FWD, 1_000, 10),
+            (names::MAP_CT_REV, 1_000, 9),
+            (names::MAP_AFFINITY, 50, 1),
+        ];
+        let v6 = [
+            (names::MAP_SERVICES6, 100, 2),
+            (names::MAP_BACKENDS6, 200, 4),
+            (names::MAP_CT_FWD6, 1_000, 5),
+            (names::MAP_CT_REV6, 1_000, 4),
+            (names::MAP_AFFINITY6, 50, 2),
+        ];
+        // (datapath, whether it has the IPv6 maps)
+        for (datapath, ipv6) in [("dual-stack", true), ("IPv4 only", false)] {
+            let m = metrics();
+            let present: Vec<(&'static str, u32)> = sizes
+                .filling_maps()
+                .into_iter()
+                .filter(|(map, _)| ipv6 || !v6.iter().any(|(twin, ..)| twin == map))
+                .collect();
+            m.map_capacities(&present);
+            counted(&m);
+            let series = |family: &Family<MapLabel, Gauge>, map| {
+                family.get(&MapLabel { map }).map(|g| g.get())
+            };
+            for (map, capacity, entries) in v4 {
+                assert_eq!(
+                    series(&m.map_capacity, map),
+                    Some(capacity),
+                    "{datapath}: {map}"
+                );
+                assert_eq!(
+                    series(&m.map_entries, map),
+                    Some(entries),
+                    "{datapath}: {map}"
+                );
+            }
+            for (map, capacity, entries) in v6 {
+                let (capacity, entries) = if ipv6 {
+                    (Some(capacity), Some(entries))
+                } else {
+                    (None, None)
+                };
+                assert_eq!(series(&m.map_capacity, map), capacity, "{datapath}: {map}");
+                assert_eq!(series(&m.map_entries, map), entries, "{datapath}: {map}");
+            }
+        }
+    }
 }

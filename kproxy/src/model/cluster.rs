@@ -521,8 +521,8 @@ impl ClusterState {
             let endpoints = std::mem::take(&mut frontend.endpoints);
             frontend.endpoints = capped(endpoints, key, service, &frontend.service.port, problems);
         }
-        // One proxier per family answers health checks in kube-proxy; kproxy serves IPv4,
-        // so a dual-stack Service's IPv4 endpoints are counted.
+        // One proxier per family answers health checks in kube-proxy; kproxy answers a
+        // port once for both families, with a dual-stack Service's IPv4 endpoints.
         let family = if spec.cluster_ips.iter().any(IpAddr::is_ipv4) {
             Family::V4
         } else {

@@ -4,7 +4,7 @@
 //! to an externalTrafficPolicy Local frontend short-circuits to all endpoints. Without a
 //! detector neither happens.
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use kproxy_common::config::{CFG_F_LOCAL_BY_CIDR, CFG_F_LOCAL_BY_IFACE, CFG_F_MASQUERADE_ALL};
 
 use super::{NodeInfo, addr::parse_cidr_sloppy};
@@ -96,23 +96,20 @@ impl LocalDetection {
         }
     }
 
-    /// The IPv4 pod CIDR whose sources are local (`KP_LOCAL_CIDRS`): kube-proxy uses the
-    /// first CIDR of each family, of `--cluster-cidr` or of the node's `spec.podCIDRs`.
-    /// Empty when detection is not by address or has no IPv4 CIDR.
-    pub fn local_cidrs(&self, node: &NodeInfo) -> Vec<Ipv4Net> {
-        let first_v4 = |cidrs: &[IpNet]| -> Vec<Ipv4Net> {
-            cidrs
-                .iter()
-                .find_map(|c| match c {
-                    IpNet::V4(net) => Some(*net),
-                    IpNet::V6(_) => None,
-                })
+    /// The pod CIDRs whose sources are local, at most one per family (`KP_LOCAL_CIDRS`,
+    /// `KP_LOCAL_CIDRS6`): kube-proxy's detector of each family uses the first CIDR of that
+    /// family, of `--cluster-cidr` or of the node's `spec.podCIDRs`. Empty when detection
+    /// is not by address or has no CIDR.
+    pub fn local_cidrs(&self, node: &NodeInfo) -> Vec<IpNet> {
+        let first_of_each_family = |cidrs: &[IpNet]| -> Vec<IpNet> {
+            [false, true]
                 .into_iter()
+                .filter_map(|v6| cidrs.iter().find(|c| c.addr().is_ipv6() == v6).copied())
                 .collect()
         };
         match self {
-            Self::ClusterCidr(cidrs) => first_v4(cidrs),
-            Self::NodeCidr => first_v4(&node.pod_cidrs),
+            Self::ClusterCidr(cidrs) => first_of_each_family(cidrs),
+            Self::NodeCidr => first_of_each_family(&node.pod_cidrs),
             _ => Vec::new(),
         }
     }
@@ -143,12 +140,27 @@ impl LocalDetection {
 }
 
 /// What the datapath's configuration says about local traffic: the `CFG_F_*` flags of
-/// `KP_CONFIG` kproxy sets from its flags, and `KP_LOCAL_CIDRS`.
+/// `KP_CONFIG` kproxy sets from its flags, and `KP_LOCAL_CIDRS` and `KP_LOCAL_CIDRS6`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalConfig {
     /// `CFG_F_MASQUERADE_ALL`, `CFG_F_LOCAL_BY_CIDR`, `CFG_F_LOCAL_BY_IFACE`.
     pub flags: u32,
-    pub cidrs: Vec<Ipv4Net>,
+    /// The local CIDRs of both families.
+    pub cidrs: Vec<IpNet>,
+}
+
+impl LocalConfig {
+    /// This configuration for a datapath without IPv6 maps: its IPv4 CIDRs only, and
+    /// detection by address only if one is left (as `LocalDetection::datapath_config`
+    /// sets it for a detector without a CIDR).
+    #[must_use]
+    pub fn ipv4_only(mut self) -> Self {
+        self.cidrs.retain(|c| c.addr().is_ipv4());
+        if self.cidrs.is_empty() {
+            self.flags &= !CFG_F_LOCAL_BY_CIDR;
+        }
+        self
+    }
 }
 
 /// The `KP_CONFIG` flags `LocalConfig` owns.
@@ -315,21 +327,31 @@ mod tests {
     }
 
     #[test]
-    fn local_cidrs_are_the_first_ipv4_cidr_of_the_cluster_or_the_node() {
+    fn local_cidrs_are_the_first_cidr_of_each_family_of_the_cluster_or_the_node() {
         let mut node = NodeInfo::named("node-a");
         node.pod_cidrs = vec![
             net("fd00:10:244:1::/64"),
             net("10.244.1.0/24"),
             net("10.250.1.0/24"),
+            net("fd00:10:250:1::/64"),
         ];
-        let v4 = |s: &str| -> Ipv4Net { s.parse().expect("test cidr") };
         let cases = [
             (
                 LocalDetection::ClusterCidr(vec![net("fd00::/56"), net("10.244.0.0/16")]),
-                vec![v4("10.244.0.0/16")],
+                vec![net("10.244.0.0/16"), net("fd00::/56")],
             ),
-            (LocalDetection::ClusterCidr(vec![net("fd00::/56")]), vec![]),
-            (LocalDetection::NodeCidr, vec![v4("10.244.1.0/24")]),
+            (
+                LocalDetection::ClusterCidr(vec![net("fd00::/56")]),
+                vec![net("fd00::/56")],
+            ),
+            (
+                LocalDetection::ClusterCidr(vec![net("10.244.0.0/16")]),
+                vec![net("10.244.0.0/16")],
+            ),
+            (
+                LocalDetection::NodeCidr,
+                vec![net("10.244.1.0/24"), net("fd00:10:244:1::/64")],
+            ),
             (LocalDetection::InterfaceNamePrefix("veth".into()), vec![]),
             (LocalDetection::None, vec![]),
         ];
@@ -370,14 +392,15 @@ mod tests {
 
     #[test]
     fn datapath_config_follows_the_detection_the_node_and_masquerade_all() {
-        let v4 = |s: &str| -> Ipv4Net { s.parse().expect("test cidr") };
         let mut node = NodeInfo::named("node-a");
         node.pod_cidrs = vec![net("10.244.1.0/24")];
         let pinned = LocalConfig {
             flags: CFG_F_LOCAL_BY_CIDR,
-            cidrs: vec![v4("10.244.9.0/24")],
+            cidrs: vec![net("10.244.9.0/24")],
         };
         let cluster = LocalDetection::ClusterCidr(vec![net("10.244.0.0/16")]);
+        let dual_stack =
+            LocalDetection::ClusterCidr(vec![net("fd00:10:244::/56"), net("10.244.0.0/16")]);
         let prefix = LocalDetection::InterfaceNamePrefix("veth".into());
         // (detection, masquerade-all, node read, config)
         let cases = [
@@ -394,21 +417,21 @@ mod tests {
                 false,
                 false,
                 CFG_F_LOCAL_BY_CIDR,
-                vec![v4("10.244.0.0/16")],
+                vec![net("10.244.0.0/16")],
             ),
             (
                 &cluster,
                 true,
                 true,
                 CFG_F_LOCAL_BY_CIDR | CFG_F_MASQUERADE_ALL,
-                vec![v4("10.244.0.0/16")],
+                vec![net("10.244.0.0/16")],
             ),
             (
                 &LocalDetection::NodeCidr,
                 false,
                 true,
                 CFG_F_LOCAL_BY_CIDR,
-                vec![v4("10.244.1.0/24")],
+                vec![net("10.244.1.0/24")],
             ),
             // Before the Node is read: what is pinned stays.
             (
@@ -416,7 +439,14 @@ mod tests {
                 false,
                 false,
                 CFG_F_LOCAL_BY_CIDR,
-                vec![v4("10.244.9.0/24")],
+                vec![net("10.244.9.0/24")],
+            ),
+            (
+                &dual_stack,
+                false,
+                true,
+                CFG_F_LOCAL_BY_CIDR,
+                vec![net("10.244.0.0/16"), net("fd00:10:244::/56")],
             ),
             (&prefix, false, false, CFG_F_LOCAL_BY_IFACE, vec![]),
             (
@@ -442,5 +472,35 @@ mod tests {
             LocalDetection::NodeCidr.datapath_config(false, Some(&NodeInfo::named("x")), &pinned),
             LocalConfig::default()
         );
+    }
+
+    #[test]
+    fn a_datapath_without_ipv6_maps_detects_by_its_ipv4_cidr_only() {
+        let config = |flags, cidrs: &[&str]| LocalConfig {
+            flags,
+            cidrs: cidrs.iter().map(|c| net(c)).collect(),
+        };
+        let by_cidr = CFG_F_LOCAL_BY_CIDR | CFG_F_MASQUERADE_ALL;
+        // (case, configuration, for an IPv4-only datapath)
+        let cases = [
+            (
+                "dual-stack CIDRs: the IPv4 one stays",
+                config(by_cidr, &["10.244.0.0/16", "fd00:10:244::/56"]),
+                config(by_cidr, &["10.244.0.0/16"]),
+            ),
+            (
+                "an IPv6 CIDR only: no detection by address",
+                config(by_cidr, &["fd00:10:244::/56"]),
+                config(CFG_F_MASQUERADE_ALL, &[]),
+            ),
+            (
+                "by interface: unchanged",
+                config(CFG_F_LOCAL_BY_IFACE, &[]),
+                config(CFG_F_LOCAL_BY_IFACE, &[]),
+            ),
+        ];
+        for (case, dual_stack, want) in cases {
+            assert_eq!(dual_stack.ipv4_only(), want, "{case}");
+        }
     }
 }

@@ -130,7 +130,10 @@ fn rollback_ops(applied: &[MapOp]) -> Vec<MapOp> {
         .iter()
         .rev()
         .filter_map(|op| match op {
-            MapOp::PutBackend { id, .. } => Some(MapOp::DeleteBackend { id: *id }),
+            MapOp::PutBackend { id, endpoint, .. } => Some(MapOp::DeleteBackend {
+                id: *id,
+                endpoint: *endpoint,
+            }),
             MapOp::SetBackendActive {
                 id,
                 endpoint,

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use super::{Datapath, MapOp, Programmed, ServiceSettings, fake::FakeDatapath};
 use crate::{
@@ -55,7 +55,7 @@ fn with_ranges(mut f: Frontend, ranges: &[&str]) -> Frontend {
     f
 }
 
-fn net(s: &str) -> Ipv4Net {
+fn net(s: &str) -> IpNet {
     s.parse().expect("test range")
 }
 
@@ -161,13 +161,13 @@ fn node_ports_have_no_vip_and_external_addresses_do() {
     programmed.sync(&want, &mut dp);
     assert_eq!(
         dp.vips.iter().copied().collect::<Vec<_>>(),
-        [Ipv4Addr::new(192, 0, 2, 10)],
+        [lb_ip()],
         "the load-balancer IP is a VIP (once for its two entries), 0.0.0.0 is not"
     );
     // One entry of the address goes, the other keeps it a VIP.
     want.remove(&lb_key().with_scope(Scope::Internal));
     programmed.sync(&want, &mut dp);
-    assert!(dp.vips.contains(&Ipv4Addr::new(192, 0, 2, 10)));
+    assert!(dp.vips.contains(&lb_ip()));
     want.remove(&lb_key());
     programmed.sync(&want, &mut dp);
     assert!(dp.vips.is_empty());

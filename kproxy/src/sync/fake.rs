@@ -1,18 +1,26 @@
 //! An in-memory model of the service maps for tests: applies `MapOp`s with map capacities,
 //! and resolves frontends the way the datapath does so tests can check what packets see.
+//!
+//! Each family's maps are separate, as in the kernel: an entry lives in the map of its
+//! address's family (a frontend's, an endpoint's, a VIP's, a range's), a capacity bounds
+//! each family's map on its own, a delete through the other family's map finds nothing, and
+//! a packet to a frontend only finds backends in its own family's map.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnet::Ipv4Net;
-use kproxy_common::lb::SlotKey;
+use ipnet::IpNet;
+use kproxy_common::{
+    addr::In6Addr,
+    lb::{BackendOf, ServiceKeyOf, ServiceValue, SlotKey},
+};
 
-use super::{Datapath, DatapathSnapshot, MapOp, ServiceSettings};
+use super::{BackendEntry, Datapath, DatapathSnapshot, MapOp, ServiceSettings};
 use crate::{
     model::{Endpoint, FrontendKey},
-    wire,
+    wire::{self, WireAddr},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,32 +38,44 @@ pub type View = BTreeMap<FrontendKey, Result<(Vec<Endpoint>, Option<u32>), Strin
 pub struct FakeDatapath {
     pub services: BTreeMap<FrontendKey, FakeService>,
     pub slots: BTreeMap<(u32, u8, u32), u32>,
+    /// `KP_BACKENDS` and `KP_BACKENDS6`, told apart by the endpoint's family.
     pub backends: BTreeMap<u32, Endpoint>,
     /// Service port id and "takes new connections" of each backend.
     pub backend_roles: BTreeMap<u32, (u32, bool)>,
-    pub vips: BTreeSet<Ipv4Addr>,
-    /// `KP_SOURCE_RANGES`: (service port id, range).
-    pub source_ranges: BTreeSet<(u32, Ipv4Net)>,
+    /// `KP_VIPS` and `KP_VIPS6`.
+    pub vips: BTreeSet<IpAddr>,
+    /// `KP_SOURCE_RANGES` and `KP_SOURCE_RANGES6`: (service port id, range).
+    pub source_ranges: BTreeSet<(u32, IpNet)>,
     /// `KP_META`'s backend id reservation.
     pub backend_ids_reserved: u32,
     /// Fails `ReserveBackendIds` (a KP_META write error).
     pub fail_reservation: bool,
     pub counters_reset: Vec<u32>,
     pub log: Vec<MapOp>,
-    /// Map capacities (unbounded when unset). A write beyond one fails as the kernel's
-    /// does: `E2BIG`, in the map's name.
+    /// Map capacities, each family's map on its own (unbounded when unset). A write beyond
+    /// one fails as the kernel's does: `E2BIG`, in the map's name.
     pub max_services: Option<usize>,
     pub max_slots: Option<usize>,
     pub max_backends: Option<usize>,
     pub max_source_ranges: Option<usize>,
     /// The view after every applied op, when recording.
     pub views: Option<Vec<View>>,
+    /// A datapath built without the IPv6 maps: writes to them fail, deletes find nothing.
+    pub without_ipv6_maps: bool,
 }
 
 impl FakeDatapath {
     pub fn recording() -> Self {
         Self {
             views: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// A datapath whose object has no IPv6 maps (see `Datapath::serves_ipv6`).
+    pub fn without_ipv6() -> Self {
+        Self {
+            without_ipv6_maps: true,
             ..Self::default()
         }
     }
@@ -74,6 +94,7 @@ impl FakeDatapath {
                             self.backends
                                 .get(id)
                                 .copied()
+                                .filter(|ep| same_family(ep.addr, key.addr))
                                 .ok_or_else(|| format!("{key}: backend {id} missing"))
                         })
                         .collect();
@@ -85,8 +106,8 @@ impl FakeDatapath {
             .collect()
     }
 
-    /// The source ranges `KP_SOURCE_RANGES` holds for service port `svc_id`.
-    pub fn ranges_of(&self, svc_id: u32) -> Vec<Ipv4Net> {
+    /// The source ranges both families' maps hold for service port `svc_id`.
+    pub fn ranges_of(&self, svc_id: u32) -> Vec<IpNet> {
         self.source_ranges
             .iter()
             .filter(|(id, _)| *id == svc_id)
@@ -96,61 +117,144 @@ impl FakeDatapath {
 
     pub fn snapshot(&self) -> DatapathSnapshot {
         DatapathSnapshot {
-            services: self
-                .services
-                .iter()
-                .map(|(k, s)| {
-                    (
-                        wire::service_key(k).expect("the planner programs IPv4 only"),
-                        wire::service_value(s.svc_id, s.count, s.bank, &s.settings),
-                    )
-                })
-                .collect(),
+            services: self.services_of(),
+            services6: self.services_of(),
             slots: self
                 .slots
                 .iter()
                 .map(|(&(svc_id, bank, index), &id)| (SlotKey::new(svc_id, bank, index), id))
                 .collect(),
-            backends: self
-                .backends
+            backends: self.backends_of(),
+            backends6: self.backends_of(),
+            vips: self.vips.iter().filter_map(|a| u32::from_ip(*a)).collect(),
+            vips6: self
+                .vips
                 .iter()
-                .map(|(id, ep)| {
-                    let (svc_id, active) = self.backend_roles[id];
-                    (
-                        *id,
-                        wire::backend(ep, svc_id, active).expect("the planner programs IPv4 only"),
-                    )
-                })
+                .filter_map(|a| In6Addr::from_ip(*a))
                 .collect(),
-            vips: self.vips.iter().map(|a| wire::addr_to_wire(*a)).collect(),
-            source_ranges: self
-                .source_ranges
-                .iter()
-                .map(|&(svc_id, range)| wire::source_range_key(svc_id, range))
-                .collect(),
+            source_ranges: self.ranges_in::<u32>(),
+            source_ranges6: self.ranges_in::<In6Addr>(),
             backend_ids_reserved: self.backend_ids_reserved,
         }
+    }
+
+    /// Family `A`'s services map.
+    fn services_of<A: WireAddr>(&self) -> Vec<(ServiceKeyOf<A>, ServiceValue)> {
+        self.services
+            .iter()
+            .filter_map(|(k, s)| {
+                Some((
+                    wire::service_key::<A>(k)?,
+                    wire::service_value(s.svc_id, s.count, s.bank, &s.settings),
+                ))
+            })
+            .collect()
+    }
+
+    /// Family `A`'s backends map.
+    fn backends_of<A: WireAddr>(&self) -> Vec<(u32, BackendOf<A>)> {
+        self.backends
+            .iter()
+            .filter_map(|(id, ep)| {
+                let (svc_id, active) = self.backend_roles[id];
+                Some((*id, wire::backend::<A>(ep, svc_id, active)?))
+            })
+            .collect()
+    }
+
+    /// Family `A`'s source ranges map.
+    fn ranges_in<A: WireAddr>(&self) -> Vec<(u32, A::RangeKey)> {
+        self.source_ranges
+            .iter()
+            .filter_map(|&(svc_id, range)| wire::source_range_key::<A>(svc_id, range))
+            .collect()
+    }
+}
+
+/// Whether two addresses are of one family (their entries in one family's maps).
+fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv6() == b.is_ipv6()
+}
+
+impl FakeDatapath {
+    /// Writes backend `b` into its endpoint's family's map.
+    fn put_backend(&mut self, b: &BackendEntry) -> anyhow::Result<()> {
+        let family = b.endpoint.addr;
+        if let Some(held) = self.backends.get(&b.id) {
+            assert!(
+                same_family(held.addr, family),
+                "backend id {} written in both families' maps ({held}, {})",
+                b.id,
+                b.endpoint
+            );
+        }
+        full(
+            &self.backends,
+            &b.id,
+            |_, ep| same_family(ep.addr, family),
+            self.max_backends,
+            wire::map_name_of(family, "KP_BACKENDS", "KP_BACKENDS6"),
+        )?;
+        assert!(
+            b.id < self.backend_ids_reserved,
+            "backend id {} written before it was reserved (below {})",
+            b.id,
+            self.backend_ids_reserved
+        );
+        self.backends.insert(b.id, b.endpoint);
+        self.backend_roles.insert(b.id, (b.svc_id, b.active));
+        Ok(())
+    }
+
+    /// Writes `range` of `svc_id` into its family's trie, which fails as the kernel's does
+    /// when full (`ENOSPC`).
+    fn put_source_range(&mut self, svc_id: u32, range: IpNet) -> anyhow::Result<()> {
+        let entry = (svc_id, range);
+        let in_family = || {
+            self.source_ranges
+                .iter()
+                .filter(|(_, r)| same_family(r.addr(), range.addr()))
+                .count()
+        };
+        if let Some(max) = self.max_source_ranges
+            && !self.source_ranges.contains(&entry)
+            && in_family() >= max
+        {
+            return Err(
+                anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC)).context(
+                    wire::map_name_of(range.addr(), "KP_SOURCE_RANGES", "KP_SOURCE_RANGES6"),
+                ),
+            );
+        }
+        self.source_ranges.insert(entry);
+        Ok(())
     }
 }
 
 impl Datapath for FakeDatapath {
+    fn serves_ipv6(&self) -> bool {
+        !self.without_ipv6_maps
+    }
+
     fn apply(&mut self, op: &MapOp) -> anyhow::Result<()> {
+        // A delete goes on: with no IPv6 map, no IPv6 entry exists to find.
+        if self.without_ipv6_maps && op.is_ipv6() && !op.is_delete() {
+            anyhow::bail!("{op:?}: the datapath has no IPv6 maps");
+        }
         match op {
             MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. } => {
-                let b = op.backend_entry().expect("a backend write");
-                full(&self.backends, &b.id, self.max_backends, "KP_BACKENDS")?;
-                assert!(
-                    b.id < self.backend_ids_reserved,
-                    "backend id {} written before it was reserved (below {})",
-                    b.id,
-                    self.backend_ids_reserved
-                );
-                self.backends.insert(b.id, b.endpoint);
-                self.backend_roles.insert(b.id, (b.svc_id, b.active));
+                self.put_backend(&op.backend_entry().expect("a backend write"))?;
             }
-            MapOp::DeleteBackend { id } => {
-                self.backends.remove(id);
-                self.backend_roles.remove(id);
+            MapOp::DeleteBackend { id, endpoint } => {
+                // Through the map of `endpoint`'s family: the other family's entry stays.
+                if self
+                    .backends
+                    .get(id)
+                    .is_some_and(|held| same_family(held.addr, endpoint.addr))
+                {
+                    self.backends.remove(id);
+                    self.backend_roles.remove(id);
+                }
             }
             MapOp::PutVip { addr } => {
                 self.vips.insert(*addr);
@@ -171,7 +275,7 @@ impl Datapath for FakeDatapath {
                 backend_id,
             } => {
                 let slot = (*svc_id, *bank, *index);
-                full(&self.slots, &slot, self.max_slots, "KP_SLOTS")?;
+                full(&self.slots, &slot, |_, _| true, self.max_slots, "KP_SLOTS")?;
                 self.slots.insert(slot, *backend_id);
             }
             MapOp::DeleteSlot {
@@ -189,7 +293,13 @@ impl Datapath for FakeDatapath {
                 bank,
                 settings,
             } => {
-                full(&self.services, key, self.max_services, "KP_SERVICES")?;
+                full(
+                    &self.services,
+                    key,
+                    |k, _| same_family(k.addr, key.addr),
+                    self.max_services,
+                    wire::map_name_of(key.addr, "KP_SERVICES", "KP_SERVICES6"),
+                )?;
                 self.services.insert(
                     *key,
                     FakeService {
@@ -200,18 +310,7 @@ impl Datapath for FakeDatapath {
                     },
                 );
             }
-            MapOp::PutSourceRange { svc_id, range } => {
-                let entry = (*svc_id, *range);
-                if !self.source_ranges.contains(&entry)
-                    && self.source_ranges.len() >= self.max_source_ranges.unwrap_or(usize::MAX)
-                {
-                    return Err(anyhow::Error::from(std::io::Error::from_raw_os_error(
-                        libc::ENOSPC,
-                    ))
-                    .context("KP_SOURCE_RANGES"));
-                }
-                self.source_ranges.insert(entry);
-            }
+            MapOp::PutSourceRange { svc_id, range } => self.put_source_range(*svc_id, *range)?,
             MapOp::DeleteSourceRange { svc_id, range } => {
                 self.source_ranges.remove(&(*svc_id, *range));
             }
@@ -228,14 +327,19 @@ impl Datapath for FakeDatapath {
     }
 }
 
-/// Fails like a full kernel hash map when `key` is new and `map` holds `max` entries.
+/// Fails like a full kernel hash map when `key` is new and the map it goes to holds `max`
+/// entries: those of `map` that `in_map` says are in it.
 fn full<K: Ord, V>(
     map: &BTreeMap<K, V>,
     key: &K,
+    in_map: impl Fn(&K, &V) -> bool,
     max: Option<usize>,
     name: &'static str,
 ) -> anyhow::Result<()> {
-    if !map.contains_key(key) && map.len() >= max.unwrap_or(usize::MAX) {
+    if let Some(max) = max
+        && !map.contains_key(key)
+        && map.iter().filter(|(k, v)| in_map(k, v)).count() >= max
+    {
         return Err(
             anyhow::Error::from(std::io::Error::from_raw_os_error(libc::E2BIG)).context(name),
         );

@@ -17,10 +17,14 @@
 //! A pass runs on a thread of its own, beside the agent's syncs (a pass over hundreds of
 //! thousands of flows takes a while, and a sync must not wait for it), so what it knows of
 //! the programmed services can fall behind; see [`Liveness::current`].
+//!
+//! Each family has its own conntrack and affinity maps (`KP_CT_FWD6`, ...), collected the
+//! same way by the same code: the tables are generic over the address type.
 
 use std::{
     collections::HashSet,
-    net::Ipv4Addr,
+    net::IpAddr,
+    ops::AddAssign,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -31,39 +35,48 @@ use anyhow::Result;
 use kproxy_common::{
     config::Config,
     ct::{
-        AffinityKey, AffinityValue, CT_F_SEEN_REPLY, CtEntry, FlowKey, FlowState, forward_key,
-        is_reply_of, reply_key,
+        AffinityKeyOf, AffinityValue, CT_F_SEEN_REPLY, CtEntryOf, FlowKeyOf, FlowState,
+        forward_key, is_reply_of, reply_key,
     },
 };
 
 use super::Programmed;
 pub use crate::dataplane::Walk;
-use crate::wire;
+use crate::wire::{self, WireAddr};
 
-/// One conntrack map as collection sees it.
-pub trait FlowTable {
+/// One conntrack map (of the family of addresses `A`) as collection sees it.
+pub trait FlowTable<A> {
     /// The next entries of a walk (replacing `chunk`'s), moving `walk` on; `Walk::End` once
     /// every entry was handed out. The walk may be interleaved with deletes.
-    fn next_chunk(&mut self, walk: &mut Walk, chunk: &mut Vec<(FlowKey, CtEntry)>) -> Result<()>;
+    fn next_chunk(
+        &mut self,
+        walk: &mut Walk,
+        chunk: &mut Vec<(FlowKeyOf<A>, CtEntryOf<A>)>,
+    ) -> Result<()>;
     /// The entry at `key` now.
-    fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>>;
+    fn get(&self, key: &FlowKeyOf<A>) -> Result<Option<CtEntryOf<A>>>;
     /// Removes the entry at `key` and returns what it held, in one step.
-    fn take(&mut self, key: &FlowKey) -> Result<Option<CtEntry>>;
+    fn take(&mut self, key: &FlowKeyOf<A>) -> Result<Option<CtEntryOf<A>>>;
     /// Inserts `entry` at `key` unless something is there already.
-    fn put_back(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<()>;
+    fn put_back(&mut self, key: &FlowKeyOf<A>, entry: &CtEntryOf<A>) -> Result<()>;
 }
 
-/// The affinity map as collection sees it.
-pub trait AffinityTable {
-    fn entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>>;
+/// One affinity map (of the family of addresses `A`) as collection sees it.
+pub trait AffinityTable<A> {
+    fn entries(&self) -> Result<Vec<(AffinityKeyOf<A>, AffinityValue)>>;
     /// Deletes `key` if it still holds `judged`.
-    fn remove_if_unchanged(&mut self, key: &AffinityKey, judged: &AffinityValue) -> Result<bool>;
+    fn remove_if_unchanged(
+        &mut self,
+        key: &AffinityKeyOf<A>,
+        judged: &AffinityValue,
+    ) -> Result<bool>;
 }
 
 /// What collection knows about the programmed services.
 pub trait Liveness {
-    /// Whether a frontend `VIP:port/proto` (wire format, as in a forward key) is served.
-    fn frontend_exists(&self, vip: u32, port: u16, proto: u8) -> bool;
+    /// Whether a frontend `VIP:port/proto` (the address a flow's forward key was sent to,
+    /// the port in wire format) is served.
+    fn frontend_exists(&self, vip: IpAddr, port: u16, proto: u8) -> bool;
     /// Whether backend id `id` is still listed by its service port.
     fn backend_exists(&self, id: u32) -> bool;
     /// Whether the answers above are still the agent's: a pass runs beside the agent's syncs,
@@ -91,15 +104,16 @@ impl Generation {
 
 /// `Liveness` of what the agent programmed, as of one generation. A flow's forward key names
 /// the address the client sent to: a frontend's VIP, or for a NodePort one of the node's
-/// NodePort addresses (the frontend's own key is the unspecified address). Both entries of an
-/// externalTrafficPolicy Local frontend are one frontend here.
+/// NodePort addresses of the NodePort's family (the frontend's own key is the unspecified
+/// address). Both entries of an externalTrafficPolicy Local frontend are one frontend here.
 pub struct ProgrammedLiveness {
-    /// `(VIP, port, protocol)` of every programmed frontend with a VIP, wire format.
-    frontends: HashSet<(u32, u16, u8)>,
-    /// `(port, protocol)` of every programmed NodePort, wire format.
-    node_ports: HashSet<(u16, u8)>,
-    /// The node's addresses NodePorts answer on, wire format.
-    node_port_addrs: HashSet<u32>,
+    /// `(VIP, port, protocol)` of every programmed frontend with a VIP, the port in wire
+    /// format.
+    frontends: HashSet<(IpAddr, u16, u8)>,
+    /// `(port, protocol, IPv6)` of every programmed NodePort, the port in wire format.
+    node_ports: HashSet<(u16, u8, bool)>,
+    /// The node's addresses NodePorts answer on.
+    node_port_addrs: HashSet<IpAddr>,
     backends: HashSet<u32>,
     generation: Generation,
     /// The generation this was taken at.
@@ -109,28 +123,23 @@ pub struct ProgrammedLiveness {
 impl ProgrammedLiveness {
     pub fn new(
         programmed: &Programmed,
-        node_port_addrs: impl IntoIterator<Item = Ipv4Addr>,
+        node_port_addrs: impl IntoIterator<Item = IpAddr>,
         generation: &Generation,
     ) -> Self {
         let mut frontends = HashSet::new();
         let mut node_ports = HashSet::new();
         for key in programmed.frontends().keys() {
-            let Some(wire) = wire::service_key(key) else {
-                continue;
-            };
+            let (port, proto) = (wire::port_to_wire(key.port), key.proto.number());
             if key.is_node_port() {
-                node_ports.insert((wire.port, wire.proto));
+                node_ports.insert((port, proto, key.addr.is_ipv6()));
             } else {
-                frontends.insert((wire.addr, wire.port, wire.proto));
+                frontends.insert((key.addr, port, proto));
             }
         }
         Self {
             frontends,
             node_ports,
-            node_port_addrs: node_port_addrs
-                .into_iter()
-                .map(wire::addr_to_wire)
-                .collect(),
+            node_port_addrs: node_port_addrs.into_iter().collect(),
             backends: programmed.backend_ids(),
             generation: generation.clone(),
             taken_at: generation.now(),
@@ -139,9 +148,10 @@ impl ProgrammedLiveness {
 }
 
 impl Liveness for ProgrammedLiveness {
-    fn frontend_exists(&self, vip: u32, port: u16, proto: u8) -> bool {
+    fn frontend_exists(&self, vip: IpAddr, port: u16, proto: u8) -> bool {
         self.frontends.contains(&(vip, port, proto))
-            || (self.node_ports.contains(&(port, proto)) && self.node_port_addrs.contains(&vip))
+            || (self.node_ports.contains(&(port, proto, vip.is_ipv6()))
+                && self.node_port_addrs.contains(&vip))
     }
 
     fn backend_exists(&self, id: u32) -> bool {
@@ -153,12 +163,12 @@ impl Liveness for ProgrammedLiveness {
     }
 }
 
-/// What one collection pass did.
+/// What one collection pass did in one family's maps (or, added up, in both).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcStats {
-    /// Flows (forward entries) found.
+    /// Flows (forward entries) found: what fills `KP_CT_FWD` (`KP_CT_FWD6`).
     pub flows: usize,
-    /// Reply entries left after the pass: what fills `KP_CT_REV`.
+    /// Reply entries left after the pass: what fills `KP_CT_REV` (`KP_CT_REV6`).
     pub replies: usize,
     /// Flows deleted because they timed out.
     pub expired: usize,
@@ -171,8 +181,38 @@ pub struct GcStats {
     /// Deletes skipped because the datapath changed the entry meanwhile.
     pub raced: usize,
     pub affinities_expired: usize,
-    /// Affinity entries left after the pass: what fills `KP_AFFINITY`.
+    /// Affinity entries left after the pass: what fills `KP_AFFINITY` (`KP_AFFINITY6`).
     pub affinities: usize,
+}
+
+impl AddAssign for GcStats {
+    fn add_assign(&mut self, other: Self) {
+        self.flows += other.flows;
+        self.replies += other.replies;
+        self.expired += other.expired;
+        self.service_gone += other.service_gone;
+        self.orphans += other.orphans;
+        self.early_dropped += other.early_dropped;
+        self.raced += other.raced;
+        self.affinities_expired += other.affinities_expired;
+        self.affinities += other.affinities;
+    }
+}
+
+/// What one collection pass did, in each family's maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcPass {
+    pub v4: GcStats,
+    pub v6: GcStats,
+}
+
+impl GcPass {
+    /// Both families together.
+    pub fn total(&self) -> GcStats {
+        let mut total = self.v4;
+        total += self.v6;
+        total
+    }
 }
 
 /// Why a flow goes.
@@ -192,20 +232,20 @@ pub const EARLY_DROP_TARGET: usize = 80;
 const MAX_AFFINITY_NS: u64 = 86_400 * 1_000_000_000;
 
 /// Judges one flow from its forward key and entry and its reply entry, if any.
-pub fn judge(
+pub fn judge<A: WireAddr>(
     cfg: &Config,
     now_ns: u64,
     live: &impl Liveness,
-    fwd_key: &FlowKey,
-    fwd: &CtEntry,
-    rev: Option<&CtEntry>,
+    fwd_key: &FlowKeyOf<A>,
+    fwd: &CtEntryOf<A>,
+    rev: Option<&CtEntryOf<A>>,
 ) -> Verdict {
     if service_gone(live, fwd_key.daddr, fwd_key.dport, fwd_key.proto) {
         return Verdict::ServiceGone;
     }
     if cfg.expired(
         fwd_key.proto,
-        &FlowState::of(fwd, rev.unwrap_or(&CtEntry::ZERO)),
+        &FlowState::of(fwd, rev.unwrap_or(&CtEntryOf::ZERO)),
         now_ns,
     ) {
         return Verdict::Expired;
@@ -215,10 +255,10 @@ pub fn judge(
 
 /// Deletes `key` from `table` if it still holds `judged`; puts back what a racing CPU wrote.
 /// Returns whether it deleted.
-pub fn delete_if_unchanged(
-    table: &mut impl FlowTable,
-    key: &FlowKey,
-    judged: &CtEntry,
+pub fn delete_if_unchanged<A: WireAddr>(
+    table: &mut impl FlowTable<A>,
+    key: &FlowKeyOf<A>,
+    judged: &CtEntryOf<A>,
 ) -> Result<bool> {
     if table.get(key)?.as_ref() != Some(judged) {
         return Ok(false);
@@ -238,19 +278,19 @@ pub fn delete_if_unchanged(
 /// hundreds of thousands of flows once held them all at the same time).
 pub const CHUNK: usize = 4096;
 
-/// One pass over both conntrack maps and the affinity map; `rev_capacity` is the size of
-/// `KP_CT_REV`.
+/// One pass over the two conntrack maps and the affinity map of one family; `rev_capacity`
+/// is the size of its reply map (`KP_CT_REV`, `KP_CT_REV6`).
 ///
 /// The tables are walked in chunks, each entry judged as it comes and looked up in the other
 /// table by key: a pass holds one chunk and the unanswered flows (candidates for early drop),
 /// never a copy of the tables.
-pub fn collect(
+pub fn collect<A: WireAddr>(
     cfg: &Config,
     now_ns: u64,
     live: &impl Liveness,
-    fwd_table: &mut impl FlowTable,
-    rev_table: &mut impl FlowTable,
-    affinity: &mut impl AffinityTable,
+    fwd_table: &mut impl FlowTable<A>,
+    rev_table: &mut impl FlowTable<A>,
+    affinity: &mut impl AffinityTable<A>,
     rev_capacity: usize,
 ) -> Result<GcStats> {
     let mut stats = GcStats::default();
@@ -300,7 +340,7 @@ pub fn collect(
             });
             if !claimed {
                 let gone = service_gone(live, fkey.daddr, fkey.dport, fkey.proto)
-                    || cfg.expired(rkey.proto, &FlowState::of(rev, &CtEntry::ZERO), now_ns);
+                    || cfg.expired(rkey.proto, &FlowState::of(rev, &CtEntryOf::ZERO), now_ns);
                 if gone && delete_if_unchanged(rev_table, rkey, rev)? {
                     stats.orphans += 1;
                     continue;
@@ -341,8 +381,8 @@ pub fn collect(
 }
 
 /// Whether the frontend a flow was sent to is no longer served, as far as `live` can tell.
-fn service_gone(live: &impl Liveness, vip: u32, port: u16, proto: u8) -> bool {
-    !live.frontend_exists(vip, port, proto) && live.current()
+fn service_gone<A: WireAddr>(live: &impl Liveness, vip: A, port: u16, proto: u8) -> bool {
+    !live.frontend_exists(vip.to_ip(), port, proto) && live.current()
 }
 
 #[cfg(test)]

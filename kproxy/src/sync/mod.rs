@@ -12,13 +12,13 @@ mod recover;
 mod verify;
 
 pub use ids::IdPool;
-pub use plan::{Programmed, ProgrammedFrontend, SyncReport};
-pub use recover::DatapathSnapshot;
+pub use plan::{ByFamily, EntryCounts, Programmed, ProgrammedFrontend, SyncReport};
+pub use recover::{DatapathSnapshot, Listed};
 pub use verify::{Check, Drift};
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::model::{Endpoint, Frontend, FrontendKey, WhenEmpty};
 
@@ -33,31 +33,32 @@ pub struct ServiceSettings {
     pub external: bool,
     /// The node-local entry of an externalTrafficPolicy Local frontend (`SVC_F_EXT_LOCAL`).
     pub external_local: bool,
-    /// New connections only from `KP_SOURCE_RANGES` (`SVC_F_SOURCE_RANGES`).
+    /// New connections only from the source ranges of its family (`SVC_F_SOURCE_RANGES`).
     pub source_ranges: bool,
 }
 
 impl ServiceSettings {
-    pub fn of(frontend: &Frontend) -> Self {
+    pub fn of(key: &FrontendKey, frontend: &Frontend) -> Self {
         Self {
             affinity_timeout_s: frontend.affinity_timeout_s,
             when_empty: frontend.when_empty,
             external: frontend.kind.is_external(),
             external_local: frontend.external_local,
-            source_ranges: !source_ranges_v4(frontend).is_empty(),
+            source_ranges: !source_ranges(key, frontend).is_empty(),
         }
     }
 }
 
-/// The IPv4 source ranges of `frontend` (the datapath serves IPv4), sorted and unique.
-pub fn source_ranges_v4(frontend: &Frontend) -> Vec<Ipv4Net> {
-    let mut ranges: Vec<Ipv4Net> = frontend
+/// The source ranges of `frontend` (of `key`) of its own family, sorted and unique: an IPv6
+/// frontend's are the Service's IPv6 loadBalancerSourceRanges, an IPv4 one's the IPv4 ones
+/// (kube-proxy's proxier of each family reads those of its family). A frontend whose
+/// Service lists ranges of the other family only accepts every source, as kube-proxy's does.
+pub fn source_ranges(key: &FrontendKey, frontend: &Frontend) -> Vec<IpNet> {
+    let mut ranges: Vec<IpNet> = frontend
         .source_ranges
         .iter()
-        .filter_map(|r| match r {
-            IpNet::V4(net) => Some(*net),
-            IpNet::V6(_) => None,
-        })
+        .filter(|r| r.addr().is_ipv6() == key.addr.is_ipv6())
+        .copied()
         .collect();
     ranges.sort_unstable();
     ranges.dedup();
@@ -83,9 +84,11 @@ pub enum MapOp {
         active: bool,
     },
     /// Deletes backend `id` (and its counters): its endpoint is listed no more. TCP flows
-    /// naming it are reset on their next packet, UDP flows move.
+    /// naming it are reset on their next packet, UDP flows move. `endpoint` is the one it
+    /// was written for: its family says which backends map holds the id.
     DeleteBackend {
         id: u32,
+        endpoint: Endpoint,
     },
     PutSlot {
         svc_id: u32,
@@ -113,25 +116,25 @@ pub enum MapOp {
     DeleteService {
         key: FrontendKey,
     },
-    /// Lets new connections from `range` reach service port `svc_id` (`KP_SOURCE_RANGES`;
-    /// used while its service value has `SVC_F_SOURCE_RANGES`). Written before the service
-    /// value that needs it is published.
+    /// Lets new connections from `range` reach service port `svc_id` (`KP_SOURCE_RANGES`,
+    /// or `KP_SOURCE_RANGES6` for an IPv6 range; used while its service value has
+    /// `SVC_F_SOURCE_RANGES`). Written before the service value that needs it is published.
     PutSourceRange {
         svc_id: u32,
-        range: Ipv4Net,
+        range: IpNet,
     },
     /// Deleted once no published service value needs it.
     DeleteSourceRange {
         svc_id: u32,
-        range: Ipv4Net,
+        range: IpNet,
     },
-    /// Some frontend uses `addr` as its VIP (the datapath counts VIP traffic it leaves
-    /// untranslated).
+    /// Some frontend uses `addr` as its VIP (`KP_VIPS` or `KP_VIPS6`: the datapath counts
+    /// VIP traffic it leaves untranslated).
     PutVip {
-        addr: Ipv4Addr,
+        addr: IpAddr,
     },
     DeleteVip {
-        addr: Ipv4Addr,
+        addr: IpAddr,
     },
     /// Persists that backend ids below `up_to` may be in use, before any of them is written,
     /// so a restarted agent (even after `kill -9`) never hands one out again.
@@ -140,7 +143,7 @@ pub enum MapOp {
     },
 }
 
-/// The `KP_BACKENDS` entry a backend write makes.
+/// The `KP_BACKENDS` (`KP_BACKENDS6`) entry a backend write makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendEntry {
     pub id: u32,
@@ -174,6 +177,43 @@ impl MapOp {
             _ => None,
         }
     }
+
+    /// The address whose family says which maps `op` writes (those of IPv4 or IPv6);
+    /// `None` for the maps both families share (slots, counters, `KP_META`).
+    pub fn family_addr(&self) -> Option<IpAddr> {
+        match self {
+            MapOp::PutBackend { endpoint, .. }
+            | MapOp::SetBackendActive { endpoint, .. }
+            | MapOp::DeleteBackend { endpoint, .. } => Some(endpoint.addr),
+            MapOp::PutService { key, .. } | MapOp::DeleteService { key } => Some(key.addr),
+            MapOp::PutSourceRange { range, .. } | MapOp::DeleteSourceRange { range, .. } => {
+                Some(range.addr())
+            }
+            MapOp::PutVip { addr } | MapOp::DeleteVip { addr } => Some(*addr),
+            MapOp::PutSlot { .. }
+            | MapOp::DeleteSlot { .. }
+            | MapOp::ResetServiceCounters { .. }
+            | MapOp::ReserveBackendIds { .. } => None,
+        }
+    }
+
+    /// Whether `op` only removes an entry: done once nothing holds it, even when the map
+    /// it would be in does not exist.
+    pub fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            MapOp::DeleteBackend { .. }
+                | MapOp::DeleteSlot { .. }
+                | MapOp::DeleteService { .. }
+                | MapOp::DeleteSourceRange { .. }
+                | MapOp::DeleteVip { .. }
+        )
+    }
+
+    /// Whether `op` goes to an IPv6 map.
+    pub fn is_ipv6(&self) -> bool {
+        self.family_addr().is_some_and(|a| a.is_ipv6())
+    }
 }
 
 /// Where map operations go: the kernel's maps, or a model of them in tests.
@@ -185,6 +225,12 @@ pub trait Datapath {
     /// can write many entries in one call overrides this.
     fn apply_batch(&mut self, ops: &[&MapOp]) -> Vec<anyhow::Result<()>> {
         ops.iter().map(|op| self.apply(op)).collect()
+    }
+
+    /// Whether the datapath has the IPv6 maps (and so programs to read them). One built
+    /// without them serves IPv4 only: IPv6 frontends are then modelled but not programmed.
+    fn serves_ipv6(&self) -> bool {
+        true
     }
 }
 
@@ -199,3 +245,9 @@ mod tests;
 
 #[cfg(test)]
 mod external_tests;
+
+#[cfg(test)]
+mod dual_stack_tests;
+
+#[cfg(test)]
+mod without_ipv6_tests;

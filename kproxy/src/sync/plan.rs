@@ -2,16 +2,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use kproxy_common::{lb::MAX_BACKENDS_PER_SERVICE, meta::BACKEND_ID_CHUNK};
 
 use super::{
     Datapath, IdPool, MapOp, ServiceSettings,
     execute::{Outcome, Planned, execute},
-    source_ranges_v4,
+    source_ranges,
 };
 use crate::{
     model::{Desired, Endpoint, Frontend, FrontendKey, Scope, ServicePortName},
@@ -30,8 +30,8 @@ pub struct ProgrammedFrontend {
     pub bank_len: [u32; 2],
     /// What its service value says besides its backends.
     pub settings: ServiceSettings,
-    /// Its `KP_SOURCE_RANGES` entries, sorted.
-    pub source_ranges: Vec<Ipv4Net>,
+    /// Its source range entries (of its own family), sorted.
+    pub source_ranges: Vec<IpNet>,
     /// Backends taking new connections, in slot order, with their ids.
     pub backends: Vec<(Endpoint, u32)>,
     /// Backends that are only listed (not ready, terminating, for other nodes), sorted, with
@@ -68,8 +68,8 @@ pub struct Programmed {
     /// Ids below this are reserved in `KP_META`; allocating beyond it reserves the next chunk
     /// first.
     pub(super) backend_ids_reserved: u32,
-    /// VIPs in use → number of frontends using each (IPv4: what the datapath serves).
-    pub(super) vips: BTreeMap<Ipv4Addr, u32>,
+    /// VIPs in use (both families) → number of frontends using each.
+    pub(super) vips: BTreeMap<IpAddr, u32>,
     /// Frontends whose last change failed: part of the next sync whatever changes.
     pub(super) retry: BTreeSet<FrontendKey>,
 }
@@ -82,9 +82,9 @@ pub struct SyncReport {
     pub removed: usize,
     /// Map operations written.
     pub ops: usize,
-    /// IPv6 frontends among those looked at: modelled, but the datapath does not serve
-    /// IPv6 yet, so they are left out.
-    pub ipv6_skipped: usize,
+    /// IPv6 frontends among those looked at that a datapath without IPv6 maps cannot
+    /// serve: modelled, but not programmed.
+    pub ipv6_not_served: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -130,14 +130,35 @@ struct Change {
 /// Entries of the service maps, as the programmed state mirrors them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntryCounts {
-    /// `KP_SERVICES`.
-    pub frontends: usize,
+    /// `KP_SERVICES` and `KP_SERVICES6`.
+    pub frontends: ByFamily,
     /// Backends taking new connections, across all frontends.
     pub taking_connections: usize,
-    /// `KP_BACKENDS`: those and the ones only listed.
-    pub backends: usize,
-    /// `KP_SLOTS`, both banks.
+    /// `KP_BACKENDS` and `KP_BACKENDS6`: those and the ones only listed.
+    pub backends: ByFamily,
+    /// `KP_SLOTS` (shared by both families), both banks.
     pub slots: usize,
+}
+
+/// A count in each family's map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ByFamily {
+    pub v4: usize,
+    pub v6: usize,
+}
+
+impl ByFamily {
+    fn add(&mut self, v6: bool, n: usize) {
+        if v6 {
+            self.v6 += n;
+        } else {
+            self.v4 += n;
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.v4 + self.v6
+    }
 }
 
 impl Programmed {
@@ -159,13 +180,14 @@ impl Programmed {
 
     /// What the service maps hold, counted in one pass over the frontends.
     pub fn counts(&self) -> EntryCounts {
-        let mut counts = EntryCounts {
-            frontends: self.frontends.len(),
-            ..EntryCounts::default()
-        };
-        for f in self.frontends.values() {
+        let mut counts = EntryCounts::default();
+        for (key, f) in &self.frontends {
+            // A frontend's backends are of its own family (the model pairs each frontend
+            // with its family's endpoints).
+            let v6 = key.addr.is_ipv6();
+            counts.frontends.add(v6, 1);
             counts.taking_connections += f.backends.len();
-            counts.backends += f.backends.len() + f.standby.len();
+            counts.backends.add(v6, f.backends.len() + f.standby.len());
             counts.slots += f.bank_len.iter().map(|&n| n as usize).sum::<usize>();
         }
         counts
@@ -204,6 +226,13 @@ impl Programmed {
         let mut report = SyncReport::default();
         let mut keys = keys.clone();
         keys.append(&mut self.retry);
+        if !dp.serves_ipv6() {
+            // Left as they are: neither written nor retried (nor ids reserved for them)
+            // until an agent starts with a datapath that has the IPv6 maps.
+            let before = keys.len();
+            keys.retain(|k| !(k.addr.is_ipv6() && desired.contains_key(k)));
+            report.ipv6_not_served = before - keys.len();
+        }
         if let Err(problem) = self.reserve_backend_ids(desired, &keys, dp) {
             // Nothing is written with ids a restarted agent could hand out again.
             report.problems.push(problem);
@@ -251,10 +280,6 @@ impl Programmed {
             let mut planned = Vec::with_capacity(chunk.len());
             let mut kinds = Vec::with_capacity(chunk.len());
             for &(key, frontend) in chunk {
-                if key.addr.is_ipv6() {
-                    report.ipv6_skipped += 1;
-                    continue;
-                }
                 let change = match self.frontends.get(key) {
                     Some(old) => update_change(&mut self.next_backend_id, key, old, frontend),
                     None => match self.add_change(key, frontend) {
@@ -382,7 +407,8 @@ impl Programmed {
         Ok(())
     }
 
-    /// Brings `KP_VIPS` in step with frontends added (`+1`) and removed (`-1`).
+    /// Brings the VIP maps (`KP_VIPS`, `KP_VIPS6`) in step with frontends added (`+1`) and
+    /// removed (`-1`).
     fn update_vips(
         &mut self,
         deltas: &[(FrontendKey, i32)],
@@ -391,12 +417,10 @@ impl Programmed {
     ) {
         for (key, delta) in deltas {
             // A NodePort has no VIP: it answers on the node's addresses.
-            let IpAddr::V4(addr) = key.addr else {
-                continue;
-            };
             if key.is_node_port() {
                 continue;
             }
+            let addr = key.addr;
             let before = self.vips.get(&addr).copied().unwrap_or(0);
             let after = before.saturating_add_signed(*delta);
             let op = match (before, after) {
@@ -414,7 +438,7 @@ impl Programmed {
                 if let Err(e) = dp.apply(&op) {
                     report.problems.push(Problem::new(
                         ProblemKind::Datapath,
-                        format!("{key}: writing KP_VIPS failed: {e:#}"),
+                        format!("{key}: writing the VIPs map failed: {e:#}"),
                     ));
                 }
             }
@@ -445,7 +469,7 @@ impl Programmed {
             svc_id,
             active,
         };
-        let source_ranges = source_ranges_v4(frontend);
+        let source_ranges = source_ranges(key, frontend);
         let (put_ranges, _) = range_ops(svc_id, &[], &source_ranges);
         let slots = slot_ops(svc_id, 0, &backends, 0);
         // Sized exactly: a sync of everything holds the ops of thousands of frontends.
@@ -463,7 +487,7 @@ impl Programmed {
                 svc_id,
                 bank: 0,
                 bank_len: [slot_count(&backends), 0],
-                settings: ServiceSettings::of(frontend),
+                settings: ServiceSettings::of(key, frontend),
                 source_ranges,
                 backends,
                 standby,
@@ -558,7 +582,7 @@ fn update_change(
         .iter()
         .map(|ep| assign(ep, false, &mut ops))
         .collect();
-    let source_ranges = source_ranges_v4(frontend);
+    let source_ranges = source_ranges(key, frontend);
     let (put_ranges, delete_ranges) = range_ops(svc_id, &old.source_ranges, &source_ranges);
     ops.extend(put_ranges);
     let bank = 1 - old.bank;
@@ -577,7 +601,10 @@ fn update_change(
             .iter()
             .chain(&old.standby)
             .filter(|(ep, _)| !listed.contains(ep))
-            .map(|(_, id)| MapOp::DeleteBackend { id: *id }),
+            .map(|(endpoint, id)| MapOp::DeleteBackend {
+                id: *id,
+                endpoint: *endpoint,
+            }),
     );
     let mut bank_len = old.bank_len;
     bank_len[usize::from(bank)] = slot_count(&backends);
@@ -588,7 +615,7 @@ fn update_change(
             svc_id,
             bank,
             bank_len,
-            settings: ServiceSettings::of(frontend),
+            settings: ServiceSettings::of(key, frontend),
             source_ranges,
             backends,
             standby,
@@ -602,8 +629,8 @@ fn update_change(
 /// what happens when empty, the external flags, the ranges). New ranges are written before
 /// the value that needs them is published; ranges no longer needed go after.
 fn settings_change(key: &FrontendKey, old: &ProgrammedFrontend, frontend: &Frontend) -> Change {
-    let settings = ServiceSettings::of(frontend);
-    let source_ranges = source_ranges_v4(frontend);
+    let settings = ServiceSettings::of(key, frontend);
+    let source_ranges = source_ranges(key, frontend);
     if old.settings == settings && old.source_ranges == source_ranges {
         return Change {
             ops: Vec::new(),
@@ -635,7 +662,7 @@ fn settings_change(key: &FrontendKey, old: &ProgrammedFrontend, frontend: &Front
 
 /// The source range writes that turn `old` into `new` for service port `svc_id`: puts
 /// (before publishing) and deletes (after). Both lists are sorted.
-fn range_ops(svc_id: u32, old: &[Ipv4Net], new: &[Ipv4Net]) -> (Vec<MapOp>, Vec<MapOp>) {
+fn range_ops(svc_id: u32, old: &[IpNet], new: &[IpNet]) -> (Vec<MapOp>, Vec<MapOp>) {
     let puts = new
         .iter()
         .filter(|r| old.binary_search(r).is_err())
@@ -687,7 +714,7 @@ fn put_service(
         svc_id,
         count: u16::try_from(count).unwrap_or(u16::MAX),
         bank,
-        settings: ServiceSettings::of(frontend),
+        settings: ServiceSettings::of(key, frontend),
     }
 }
 
@@ -729,7 +756,12 @@ fn remove_ops(key: &FrontendKey, old: &ProgrammedFrontend) -> Vec<MapOp> {
             }),
         );
     }
-    ops.extend(old.backend_ids().map(|id| MapOp::DeleteBackend { id }));
+    ops.extend(
+        old.backends
+            .iter()
+            .chain(&old.standby)
+            .map(|&(endpoint, id)| MapOp::DeleteBackend { id, endpoint }),
+    );
     ops.extend(
         old.source_ranges
             .iter()

@@ -2,30 +2,98 @@
 //! writes only what changed while it was away, and the datapath keeps serving meanwhile.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map::Entry},
+    net::IpAddr,
 };
 
-use ipnet::Ipv4Net;
-use kproxy_common::lb::{
-    Backend, SLOT_BANK_SHIFT, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+use ipnet::IpNet;
+use kproxy_common::{
+    addr::In6Addr,
+    lb::{
+        Backend, Backend6, BackendOf, SLOT_BANK_SHIFT, ServiceKey, ServiceKey6, ServiceKeyOf,
+        ServiceValue, SlotKey, SourceRangeKey, SourceRangeKey6,
+    },
 };
 
 use super::{IdPool, MapOp, Programmed, ProgrammedFrontend};
-use crate::wire;
+use crate::{
+    model::{Endpoint, FrontendKey},
+    wire::{self, WireAddr},
+};
 
-/// The contents of the service maps.
+/// The contents of the service maps, both families'. Service port ids (`KP_SLOTS`) and
+/// backend ids are shared by the two: an id is in one family's maps only.
 #[derive(Clone, Debug, Default)]
 pub struct DatapathSnapshot {
     pub services: Vec<(ServiceKey, ServiceValue)>,
+    pub services6: Vec<(ServiceKey6, ServiceValue)>,
     pub slots: Vec<(SlotKey, u32)>,
     pub backends: Vec<(u32, Backend)>,
+    pub backends6: Vec<(u32, Backend6)>,
     /// `KP_VIPS` keys (wire format).
     pub vips: Vec<u32>,
+    /// `KP_VIPS6` keys.
+    pub vips6: Vec<In6Addr>,
     /// `KP_SOURCE_RANGES` keys with their prefix lengths.
     pub source_ranges: Vec<(u32, SourceRangeKey)>,
+    /// `KP_SOURCE_RANGES6` keys with their prefix lengths.
+    pub source_ranges6: Vec<(u32, SourceRangeKey6)>,
     /// `Meta::backend_ids_reserved`: no id below it may be handed out again.
     pub backend_ids_reserved: u32,
+}
+
+/// A `KP_BACKENDS` or `KP_BACKENDS6` entry, whichever family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub endpoint: Endpoint,
+    pub svc_id: u32,
+    pub active: bool,
+}
+
+impl Listed {
+    fn of<A: WireAddr>(backend: &BackendOf<A>) -> Self {
+        Self {
+            endpoint: wire::endpoint(backend),
+            svc_id: backend.svc_id,
+            active: backend.is_active(),
+        }
+    }
+}
+
+impl DatapathSnapshot {
+    /// Every frontend entry of both families (`None`: a key the agent cannot read).
+    pub fn frontends(&self) -> impl Iterator<Item = (Option<FrontendKey>, &ServiceValue)> {
+        fn of<A: WireAddr>(
+            entries: &[(ServiceKeyOf<A>, ServiceValue)],
+        ) -> impl Iterator<Item = (Option<FrontendKey>, &ServiceValue)> {
+            entries.iter().map(|(k, v)| (wire::frontend_key(k), v))
+        }
+        of(&self.services).chain(of(&self.services6))
+    }
+
+    /// Every backend entry of both families, with its id.
+    pub fn backends(&self) -> impl Iterator<Item = (u32, Listed)> + '_ {
+        fn of<A: WireAddr>(entries: &[(u32, BackendOf<A>)]) -> impl Iterator<Item = (u32, Listed)> {
+            entries.iter().map(|(id, b)| (*id, Listed::of(b)))
+        }
+        of(&self.backends).chain(of(&self.backends6))
+    }
+
+    /// Every source range entry the agent can read, of both families: (service port id,
+    /// range).
+    pub fn source_ranges(&self) -> impl Iterator<Item = (u32, IpNet)> + '_ {
+        fn of<A: WireAddr>(entries: &[(u32, A::RangeKey)]) -> impl Iterator<Item = (u32, IpNet)> {
+            entries
+                .iter()
+                .filter_map(|(len, key)| wire::source_range::<A>(*len, key))
+        }
+        of::<u32>(&self.source_ranges).chain(of::<In6Addr>(&self.source_ranges6))
+    }
+
+    /// The VIPs of both families.
+    pub fn vips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        (self.vips.iter().map(|a| a.to_ip())).chain(self.vips6.iter().map(|a| a.to_ip()))
+    }
 }
 
 /// svc_id → bank → index → backend id
@@ -42,32 +110,30 @@ fn banks(slots: &[(SlotKey, u32)]) -> Banks {
 }
 
 impl Programmed {
-    /// The state `snapshot` describes, and the ops that clear what no service references
-    /// (inactive banks, orphaned slots and backends, entries the agent cannot read) and
-    /// bring `KP_VIPS` in step.
+    /// The state `snapshot` describes (both families), and the ops that clear what no
+    /// service references (inactive banks, orphaned slots and backends, entries the agent
+    /// cannot read) and bring the VIP maps in step.
     pub fn recover(snapshot: &DatapathSnapshot, max_services: u32) -> (Self, Vec<MapOp>) {
-        let backends: HashMap<u32, Backend> = snapshot.backends.iter().copied().collect();
+        let mut cleanup = Vec::new();
+        let backends = backends_by_id(snapshot, &mut cleanup);
         let banks = banks(&snapshot.slots);
         // Source ranges of each service port id (entries the agent cannot read are left:
         // it never writes such keys, so it cannot name them to delete them either).
-        let mut ranges: HashMap<u32, Vec<Ipv4Net>> = HashMap::new();
-        for (len, key) in &snapshot.source_ranges {
-            if let Some((svc_id, range)) = wire::source_range(*len, key) {
-                ranges.entry(svc_id).or_default().push(range);
-            }
+        let mut ranges: HashMap<u32, Vec<IpNet>> = HashMap::new();
+        for (svc_id, range) in snapshot.source_ranges() {
+            ranges.entry(svc_id).or_default().push(range);
         }
         // Backends of each service port id, whatever their role.
         let mut by_service: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (id, b) in &snapshot.backends {
+        for (id, b) in &backends {
             by_service.entry(b.svc_id).or_default().push(*id);
         }
 
-        let mut cleanup = Vec::new();
         let mut frontends = BTreeMap::new();
         let mut used_ids = HashSet::new();
         let mut live_backends = HashSet::new();
-        for (skey, value) in &snapshot.services {
-            let key = match wire::frontend_key(skey) {
+        for (key, value) in snapshot.frontends() {
+            let key = match key {
                 Some(key) if used_ids.insert(value.id) && value.id < max_services => key,
                 // Unreadable, out of range, or a second service with the same id: unpublish
                 // it; the next sync programs it again from scratch if it is still wanted.
@@ -78,7 +144,7 @@ impl Programmed {
                 None => continue,
             };
             let mut frontend =
-                recover_frontend(value, banks.get(&value.id), &backends, &by_service);
+                recover_frontend(&key, value, banks.get(&value.id), &backends, &by_service);
             frontend.source_ranges = ranges.remove(&value.id).unwrap_or_default();
             frontend.source_ranges.sort_unstable();
             frontend.source_ranges.dedup();
@@ -100,9 +166,12 @@ impl Programmed {
                 });
             }
         }
-        for (id, _) in &snapshot.backends {
-            if !live_backends.contains(id) {
-                cleanup.push(MapOp::DeleteBackend { id: *id });
+        for (id, listed) in snapshot.backends() {
+            if !live_backends.contains(&id) && backends.get(&id) == Some(&listed) {
+                cleanup.push(MapOp::DeleteBackend {
+                    id,
+                    endpoint: listed.endpoint,
+                });
             }
         }
 
@@ -120,26 +189,11 @@ impl Programmed {
                 .filter(|k| !k.is_node_port())
                 .map(|k| k.addr),
         );
-        let pinned_vips: BTreeSet<Ipv4Addr> = snapshot
-            .vips
-            .iter()
-            .map(|a| wire::addr_from_wire(*a))
-            .collect();
-        cleanup.extend(
-            vips.keys()
-                .filter(|a| !pinned_vips.contains(a))
-                .map(|&addr| MapOp::PutVip { addr }),
-        );
-        cleanup.extend(
-            pinned_vips
-                .iter()
-                .filter(|a| !vips.contains_key(a))
-                .map(|&addr| MapOp::DeleteVip { addr }),
-        );
+        cleanup.extend(vip_ops(&vips, &snapshot.vips().collect()));
 
         // Ids below the reservation may name flows in conntrack: never hand them out again.
         let reserved = snapshot.backend_ids_reserved.max(1);
-        let highest = snapshot.backends.iter().map(|(id, _)| *id).max();
+        let highest = backends.keys().copied().max();
         let next_backend_id = highest.map_or(reserved, |max| reserved.max(max.saturating_add(1)));
         let svc_ids = IdPool::with_used(max_services, frontends.values().map(|f| f.svc_id));
         // Freed ids have their counters zeroed when freed; a previous agent may have stopped
@@ -161,27 +215,58 @@ impl Programmed {
     }
 }
 
-/// How many frontends use each IPv4 VIP.
-fn vip_counts(addrs: impl Iterator<Item = IpAddr>) -> BTreeMap<Ipv4Addr, u32> {
+/// The backends of both families by id. An id is in one family's map only; of one found in
+/// both, the IPv4 entry is read and the other is deleted (`cleanup`).
+fn backends_by_id(snapshot: &DatapathSnapshot, cleanup: &mut Vec<MapOp>) -> HashMap<u32, Listed> {
+    let mut backends: HashMap<u32, Listed> = HashMap::new();
+    for (id, listed) in snapshot.backends() {
+        match backends.entry(id) {
+            Entry::Occupied(_) => cleanup.push(MapOp::DeleteBackend {
+                id,
+                endpoint: listed.endpoint,
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert(listed);
+            }
+        }
+    }
+    backends
+}
+
+/// The writes that make the VIP maps (`pinned`) hold exactly the VIPs of `counts`.
+fn vip_ops(counts: &BTreeMap<IpAddr, u32>, pinned: &BTreeSet<IpAddr>) -> Vec<MapOp> {
+    let missing = counts
+        .keys()
+        .filter(|a| !pinned.contains(a))
+        .map(|&addr| MapOp::PutVip { addr });
+    let unused = pinned
+        .iter()
+        .filter(|a| !counts.contains_key(a))
+        .map(|&addr| MapOp::DeleteVip { addr });
+    missing.chain(unused).collect()
+}
+
+/// How many frontends use each VIP.
+fn vip_counts(addrs: impl Iterator<Item = IpAddr>) -> BTreeMap<IpAddr, u32> {
     let mut counts = BTreeMap::new();
     for addr in addrs {
-        if let IpAddr::V4(a) = addr {
-            *counts.entry(a).or_insert(0) += 1;
-        }
+        *counts.entry(addr).or_insert(0) += 1;
     }
     counts
 }
 
-/// One published frontend as the maps hold it: the backends of its active bank take new
-/// connections, the other backends of its service port id are only listed. Anything
-/// inconsistent (a slot or backend missing, a role flag that does not match) marks it for a
-/// complete rewrite by the next sync.
+/// One published frontend (`key`) as the maps hold it: the backends of its active bank take
+/// new connections, the other backends of its service port id are only listed. Anything
+/// inconsistent (a slot or backend missing, a role flag that does not match, a backend of
+/// the other family) marks it for a complete rewrite by the next sync.
 fn recover_frontend(
+    key: &FrontendKey,
     value: &ServiceValue,
     banks: Option<&[BTreeMap<u32, u32>; 2]>,
-    backends: &HashMap<u32, Backend>,
+    backends: &HashMap<u32, Listed>,
     by_service: &HashMap<u32, Vec<u32>>,
 ) -> ProgrammedFrontend {
+    let of_family = |b: &Listed| b.endpoint.addr.is_ipv6() == key.addr.is_ipv6();
     let active_bank = usize::from(value.bank & 1);
     let mut complete = true;
     let mut active = Vec::new();
@@ -191,22 +276,22 @@ fn recover_frontend(
             .and_then(|id| Some((*id, backends.get(id)?)))
         {
             Some((id, backend)) => {
-                complete &= backend.is_active() && backend.svc_id == value.id;
-                active.push((wire::endpoint(backend), id));
+                complete &= backend.active && backend.svc_id == value.id && of_family(backend);
+                active.push((backend.endpoint, id));
             }
             None => complete = false,
         }
     }
     let in_slots: HashSet<u32> = active.iter().map(|(_, id)| *id).collect();
-    let mut standby: Vec<(crate::model::Endpoint, u32)> = by_service
+    let mut standby: Vec<(Endpoint, u32)> = by_service
         .get(&value.id)
         .into_iter()
         .flatten()
         .filter(|id| !in_slots.contains(id))
         .filter_map(|id| {
             let backend = backends.get(id)?;
-            complete &= !backend.is_active();
-            Some((wire::endpoint(backend), *id))
+            complete &= !backend.active && of_family(backend);
+            Some((backend.endpoint, *id))
         })
         .collect();
     standby.sort_unstable();

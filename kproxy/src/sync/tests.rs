@@ -1,7 +1,10 @@
 //! Sync tests against the in-memory datapath: only differences are written, backend sets
 //! switch atomically, failures roll back, restarts recover.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use super::{MapOp, Programmed, fake::FakeDatapath, fake::View};
 use crate::{
@@ -409,7 +412,10 @@ fn recovery_repairs_inconsistent_maps() {
     dp.backends.remove(&first_id);
 
     let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 8);
-    assert!(cleanup.contains(&MapOp::DeleteBackend { id: 999 }));
+    assert!(cleanup.contains(&MapOp::DeleteBackend {
+        id: 999,
+        endpoint: ep(9)
+    }));
     assert!(cleanup.contains(&MapOp::DeleteSlot {
         svc_id: 7,
         bank: 0,
@@ -595,7 +601,7 @@ fn vips_are_counted_once_per_address() {
     let (http, https) = (key(10, 80), key(10, 443));
     let mut dp = FakeDatapath::default();
     let mut programmed = Programmed::new(8);
-    let vip = Ipv4Addr::new(198, 19, 0, 10);
+    let vip: IpAddr = Ipv4Addr::new(198, 19, 0, 10).into();
     programmed.sync(
         &desired(&[
             (http, frontend("web", &[2], None)),

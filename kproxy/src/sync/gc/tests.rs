@@ -1,47 +1,111 @@
-//! Collection against in-memory tables, including the races with the datapath.
+//! Collection against in-memory tables, including the races with the datapath. Each test
+//! runs for both families (`for_both_families!`): one generic collection serves the IPv4
+//! and the IPv6 maps, and these tests say it collects both alike.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::Result;
 use kproxy_common::{
     config::{Config, IPPROTO_TCP, IPPROTO_UDP},
     ct::{
-        AffinityKey, AffinityValue, CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_SEEN_REPLY, CtEntry, FlowKey,
-        reply_key,
+        AffinityKeyOf, AffinityValue, CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_SEEN_REPLY, CtEntryOf,
+        FlowKeyOf, reply_key,
     },
 };
 
 use super::{
-    AffinityTable, FlowTable, GcStats, Generation, Liveness, ProgrammedLiveness, Verdict, Walk,
-    collect, delete_if_unchanged, judge,
+    AffinityTable, FlowTable, GcPass, GcStats, Generation, Liveness, ProgrammedLiveness, Verdict,
+    Walk, collect, delete_if_unchanged, judge,
 };
-use crate::sync::Programmed;
+use crate::{sync::Programmed, wire::WireAddr};
+
+/// Instantiates each generic test `name::<A>()` once per family, as `ipv4::name` and
+/// `ipv6::name`.
+macro_rules! for_both_families {
+    ($($name:ident),* $(,)?) => {
+        mod ipv4 {
+            $( #[test] fn $name() { super::$name::<u32>() } )*
+        }
+        mod ipv6 {
+            $( #[test] fn $name() { super::$name::<kproxy_common::addr::In6Addr>() } )*
+        }
+    };
+}
+
+for_both_families!(
+    table_of_verdicts,
+    flows_of_gone_backends_stay_until_they_time_out_so_their_clients_get_a_reset,
+    a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services,
+    a_pass_the_agent_overtook_deletes_nothing_for_being_gone_until_the_next,
+    a_flow_recreated_after_the_scan_is_not_deleted,
+    a_flow_refreshed_between_check_and_delete_is_put_back,
+    orphaned_reply_entries_go_only_once_timed_out,
+    a_nearly_full_reply_table_drops_unanswered_flows_oldest_first,
+    early_drop_never_leaves_a_forward_entry_without_its_reply_entry,
+    masqueraded_flows_find_their_reply_entries,
+    node_port_flows_are_live_on_node_port_addresses,
+);
 
 const SEC: u64 = 1_000_000_000;
 const NOW: u64 = 1_000_000 * SEC;
 const CAPACITY: usize = 1_000;
-const VIP: u32 = 0x0a00_13c6;
-const OTHER_VIP: u32 = 0x0b00_13c6;
-const BACKEND: u32 = 0x0202_12c6;
-const CLIENT: u32 = 0x0201_12c6;
+const VIP: [u8; 4] = [198, 19, 0, 10];
+const OTHER_VIP: [u8; 4] = [198, 19, 0, 11];
+const BACKEND: [u8; 4] = [198, 18, 2, 2];
+const CLIENT: [u8; 4] = [198, 18, 1, 2];
 
-#[derive(Default)]
-struct Table {
-    live: BTreeMap<FlowKey, CtEntry>,
+/// The address of family `A` a test calls `host`: the IPv4 address, or for IPv6 the same
+/// four bytes at the end of 2001:db8::/96.
+fn ip<A: WireAddr>(host: [u8; 4]) -> IpAddr {
+    if A::IPV6 {
+        let mut octets = Ipv6Addr::new(0x2001, 0x0db8, 0, 0, 0, 0, 0, 0).octets();
+        octets[12..].copy_from_slice(&host);
+        IpAddr::V6(Ipv6Addr::from(octets))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(host))
+    }
+}
+
+/// `ip`, as the maps store it.
+fn at<A: WireAddr>(host: [u8; 4]) -> A {
+    A::from_ip(ip::<A>(host)).expect("an address of the family")
+}
+
+struct Table<A> {
+    live: BTreeMap<FlowKeyOf<A>, CtEntryOf<A>>,
     /// What a walk hands out, when it should differ from `live` (a walk that is out of date
     /// by the time collection deletes).
-    scanned: Option<Vec<(FlowKey, CtEntry)>>,
+    scanned: Option<Vec<(FlowKeyOf<A>, CtEntryOf<A>)>>,
     /// The rest of the walk in progress.
-    walking: Vec<(FlowKey, CtEntry)>,
+    walking: Vec<(FlowKeyOf<A>, CtEntryOf<A>)>,
     /// Replaces the entry between `get` and `take` (a CPU refreshing it in that window).
-    refresh_before_take: Option<CtEntry>,
+    refresh_before_take: Option<CtEntryOf<A>>,
+}
+
+// By hand: derived, it would ask `A: Default`, which no address needs to be.
+impl<A> Default for Table<A> {
+    fn default() -> Self {
+        Self {
+            live: BTreeMap::new(),
+            scanned: None,
+            walking: Vec::new(),
+            refresh_before_take: None,
+        }
+    }
 }
 
 /// Entries per chunk of the in-memory walk: small, so passes cross chunk boundaries.
 const TEST_CHUNK: usize = 2;
 
-impl FlowTable for Table {
-    fn next_chunk(&mut self, walk: &mut Walk, chunk: &mut Vec<(FlowKey, CtEntry)>) -> Result<()> {
+impl<A: WireAddr> FlowTable<A> for Table<A> {
+    fn next_chunk(
+        &mut self,
+        walk: &mut Walk,
+        chunk: &mut Vec<(FlowKeyOf<A>, CtEntryOf<A>)>,
+    ) -> Result<()> {
         if *walk == Walk::Start {
             self.walking = self
                 .scanned
@@ -63,33 +127,42 @@ impl FlowTable for Table {
         };
         Ok(())
     }
-    fn get(&self, key: &FlowKey) -> Result<Option<CtEntry>> {
+    fn get(&self, key: &FlowKeyOf<A>) -> Result<Option<CtEntryOf<A>>> {
         Ok(self.live.get(key).copied())
     }
-    fn take(&mut self, key: &FlowKey) -> Result<Option<CtEntry>> {
+    fn take(&mut self, key: &FlowKeyOf<A>) -> Result<Option<CtEntryOf<A>>> {
         if let Some(fresh) = self.refresh_before_take.take() {
             self.live.insert(*key, fresh);
         }
         Ok(self.live.remove(key))
     }
-    fn put_back(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<()> {
+    fn put_back(&mut self, key: &FlowKeyOf<A>, entry: &CtEntryOf<A>) -> Result<()> {
         self.live.entry(*key).or_insert(*entry);
         Ok(())
     }
 }
 
-#[derive(Default)]
-struct Affinities(BTreeMap<(u32, u32), AffinityValue>);
+struct Affinities<A>(BTreeMap<(u32, A), AffinityValue>);
 
-impl AffinityTable for Affinities {
-    fn entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
+impl<A> Default for Affinities<A> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<A: WireAddr> AffinityTable<A> for Affinities<A> {
+    fn entries(&self) -> Result<Vec<(AffinityKeyOf<A>, AffinityValue)>> {
         Ok(self
             .0
             .iter()
-            .map(|(&(svc_id, client), v)| (AffinityKey { svc_id, client }, *v))
+            .map(|(&(svc_id, client), v)| (AffinityKeyOf { svc_id, client }, *v))
             .collect())
     }
-    fn remove_if_unchanged(&mut self, key: &AffinityKey, judged: &AffinityValue) -> Result<bool> {
+    fn remove_if_unchanged(
+        &mut self,
+        key: &AffinityKeyOf<A>,
+        judged: &AffinityValue,
+    ) -> Result<bool> {
         let k = (key.svc_id, key.client);
         if self.0.get(&k) == Some(judged) {
             self.0.remove(&k);
@@ -100,14 +173,14 @@ impl AffinityTable for Affinities {
 }
 
 struct Live {
-    vips: HashSet<u32>,
+    vips: HashSet<IpAddr>,
     backends: HashSet<u32>,
     /// False: the agent programmed more since this was taken.
     current: bool,
 }
 
 impl Liveness for Live {
-    fn frontend_exists(&self, vip: u32, _port: u16, _proto: u8) -> bool {
+    fn frontend_exists(&self, vip: IpAddr, _port: u16, _proto: u8) -> bool {
         self.vips.contains(&vip)
     }
     fn backend_exists(&self, id: u32) -> bool {
@@ -118,20 +191,21 @@ impl Liveness for Live {
     }
 }
 
-fn live() -> Live {
+/// Frontend `VIP` and backend 7 are served.
+fn live<A: WireAddr>() -> Live {
     Live {
-        vips: [VIP].into(),
+        vips: [ip::<A>(VIP)].into(),
         backends: [7].into(),
         current: true,
     }
 }
 
-fn fwd_key(vip: u32, sport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(CLIENT, vip, sport, 80u16.to_be(), proto)
+fn fwd_key<A: WireAddr>(vip: [u8; 4], sport: u16, proto: u8) -> FlowKeyOf<A> {
+    FlowKeyOf::new(at(CLIENT), at(vip), sport, 80u16.to_be(), proto)
 }
 
-fn entry(nat_addr: u32, nat_port: u16, flags: u32, idle_s: u64) -> CtEntry {
-    CtEntry {
+fn entry<A: WireAddr>(nat_addr: A, nat_port: u16, flags: u32, idle_s: u64) -> CtEntryOf<A> {
+    CtEntryOf {
         last_seen_ns: NOW - idle_s * SEC,
         backend_id: 7,
         svc_id: 1,
@@ -139,30 +213,32 @@ fn entry(nat_addr: u32, nat_port: u16, flags: u32, idle_s: u64) -> CtEntry {
         nat_port,
         alt_port: 0,
         flags,
-        alt_addr: 0,
+        alt_addr: A::UNSPECIFIED,
     }
 }
 
+/// A flow's forward and reply entry.
+type Flow<A> = ((FlowKeyOf<A>, CtEntryOf<A>), (FlowKeyOf<A>, CtEntryOf<A>));
+
 /// A flow's two entries, `idle_s` seconds without traffic, with `fwd_flags`/`rev_flags`.
-fn flow(
-    vip: u32,
+fn flow<A: WireAddr>(
+    vip: [u8; 4],
     sport: u16,
     proto: u8,
     fwd_flags: u32,
     rev_flags: u32,
     idle_s: u64,
-) -> ((FlowKey, CtEntry), (FlowKey, CtEntry)) {
+) -> Flow<A> {
     let key = fwd_key(vip, sport, proto);
-    let fwd = entry(BACKEND, 8080u16.to_be(), fwd_flags, idle_s);
+    let fwd = entry(at(BACKEND), 8080u16.to_be(), fwd_flags, idle_s);
     let rkey = reply_key(&key, &fwd);
-    let rev = entry(vip, 80u16.to_be(), rev_flags, idle_s);
+    let rev = entry(at(vip), 80u16.to_be(), rev_flags, idle_s);
     ((key, fwd), (rkey, rev))
 }
 
-#[test]
-fn table_of_verdicts() {
+fn table_of_verdicts<A: WireAddr>() {
     let cfg = Config::DEFAULT;
-    let l = live();
+    let l = live::<A>();
     let cases = [
         (
             "established TCP, idle 1 h",
@@ -247,20 +323,19 @@ fn table_of_verdicts() {
         ),
     ];
     for (what, proto, fwd_flags, rev_flags, idle, vip, want) in cases {
-        let ((k, f), (_, r)) = flow(vip, 40_000, proto, fwd_flags, rev_flags, idle);
+        let ((k, f), (_, r)) = flow::<A>(vip, 40_000, proto, fwd_flags, rev_flags, idle);
         assert_eq!(judge(&cfg, NOW, &l, &k, &f, Some(&r)), want, "{what}");
     }
 }
 
-#[test]
-fn flows_of_gone_backends_stay_until_they_time_out_so_their_clients_get_a_reset() {
-    let ((k, f), (rk, r)) = flow(VIP, 40_000, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, 60);
+fn flows_of_gone_backends_stay_until_they_time_out_so_their_clients_get_a_reset<A: WireAddr>() {
+    let ((k, f), (rk, r)) = flow::<A>(VIP, 40_000, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, 60);
     let mut fwd = Table::default();
     fwd.live.insert(k, f);
     let mut rev = Table::default();
     rev.live.insert(rk, r);
     let l = Live {
-        vips: [VIP].into(),
+        vips: [ip::<A>(VIP)].into(),
         backends: HashSet::new(),
         current: true,
     };
@@ -270,13 +345,18 @@ fn flows_of_gone_backends_stay_until_they_time_out_so_their_clients_get_a_reset(
 }
 
 /// One pass with the default configuration at `NOW`, in tables of `CAPACITY`.
-fn collect_now(l: &Live, fwd: &mut Table, rev: &mut Table, affinities: &mut Affinities) -> GcStats {
+fn collect_now<A: WireAddr>(
+    l: &Live,
+    fwd: &mut Table<A>,
+    rev: &mut Table<A>,
+    affinities: &mut Affinities<A>,
+) -> GcStats {
     collect(&Config::DEFAULT, NOW, l, fwd, rev, affinities, CAPACITY).expect("collect")
 }
 
 /// Three established flows: one idle for 25 hours (timed out), one live, one to a frontend
 /// `live()` does not serve.
-fn dead_live_and_gone_flows() -> (Table, Table) {
+fn dead_live_and_gone_flows<A: WireAddr>() -> (Table<A>, Table<A>) {
     let mut fwd = Table::default();
     let mut rev = Table::default();
     for (sport, vip, idle) in [(1, VIP, 25 * 3600), (2, VIP, 10), (3, OTHER_VIP, 0)] {
@@ -287,22 +367,22 @@ fn dead_live_and_gone_flows() -> (Table, Table) {
     (fwd, rev)
 }
 
-#[test]
-fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
-    let (mut fwd, mut rev) = dead_live_and_gone_flows();
+fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services<A: WireAddr>() {
+    let (mut fwd, mut rev) = dead_live_and_gone_flows::<A>();
+    let client = at::<A>(CLIENT);
     let mut affinities = Affinities::default();
     let aff = |backend_id, idle_s: u64| AffinityValue {
         last_seen_ns: NOW - idle_s * SEC,
         backend_id,
         _pad: 0,
     };
-    affinities.0.insert((1, CLIENT), aff(7, 10));
-    affinities.0.insert((2, CLIENT), aff(99, 10)); // backend gone (its service deleted)
-    affinities.0.insert((3, CLIENT), aff(7, 2 * 86_400));
+    affinities.0.insert((1, client), aff(7, 10));
+    affinities.0.insert((2, client), aff(99, 10)); // backend gone (its service deleted)
+    affinities.0.insert((3, client), aff(7, 2 * 86_400));
     let stats = collect(
         &Config::DEFAULT,
         NOW,
-        &live(),
+        &live::<A>(),
         &mut fwd,
         &mut rev,
         &mut affinities,
@@ -327,22 +407,21 @@ fn a_pass_deletes_both_entries_of_dead_flows_and_sweeps_deleted_services() {
     assert_eq!(rev.live.len(), 1, "the live flow's reply entry stays");
     assert_eq!(
         affinities.0.keys().copied().collect::<Vec<_>>(),
-        [(1, CLIENT)]
+        [(1, client)]
     );
 }
 
-#[test]
-fn a_pass_the_agent_overtook_deletes_nothing_for_being_gone_until_the_next() {
+fn a_pass_the_agent_overtook_deletes_nothing_for_being_gone_until_the_next<A: WireAddr>() {
     // The same tables as above, judged by a liveness the agent has since moved past: a
     // frontend or backend it does not know may have been programmed after it was taken.
     let tables = || {
-        let (fwd, mut rev) = dead_live_and_gone_flows();
+        let (fwd, mut rev) = dead_live_and_gone_flows::<A>();
         // A reply entry whose forward entry was evicted, to the unknown frontend.
         let ((_, _), (rk, r)) = flow(OTHER_VIP, 4, IPPROTO_TCP, 0, CT_F_SEEN_REPLY, 0);
         rev.live.insert(rk, r);
         let mut affinities = Affinities::default();
         affinities.0.insert(
-            (2, CLIENT),
+            (2, at(CLIENT)),
             AffinityValue {
                 last_seen_ns: NOW - 10 * SEC,
                 backend_id: 99,
@@ -353,7 +432,10 @@ fn a_pass_the_agent_overtook_deletes_nothing_for_being_gone_until_the_next() {
     };
     let pass = |current| {
         let (mut fwd, mut rev, mut affinities) = tables();
-        let l = Live { current, ..live() };
+        let l = Live {
+            current,
+            ..live::<A>()
+        };
         let stats = collect_now(&l, &mut fwd, &mut rev, &mut affinities);
         // (expired, service gone, orphans, affinities expired), then what is left in the
         // forward, reply and affinity tables.
@@ -390,12 +472,11 @@ fn the_agent_programming_more_makes_a_taken_liveness_stale() {
     assert!(ProgrammedLiveness::new(&programmed, [], &generation).current());
 }
 
-#[test]
-fn a_flow_recreated_after_the_scan_is_not_deleted() {
+fn a_flow_recreated_after_the_scan_is_not_deleted<A: WireAddr>() {
     // The scan saw an expired flow; before the delete, a new SYN re-created it (same key,
     // fresh entry). Collection must leave the new flow alone.
-    let ((k, stale), (rk, r)) = flow(VIP, 40_000, IPPROTO_UDP, 0, 0, 120);
-    let fresh = entry(BACKEND, 8080u16.to_be(), 0, 0);
+    let ((k, stale), (rk, r)) = flow::<A>(VIP, 40_000, IPPROTO_UDP, 0, 0, 120);
+    let fresh = entry(at(BACKEND), 8080u16.to_be(), 0, 0);
     let mut fwd = Table {
         scanned: Some(vec![(k, stale)]),
         ..Table::default()
@@ -406,7 +487,7 @@ fn a_flow_recreated_after_the_scan_is_not_deleted() {
     let stats = collect(
         &Config::DEFAULT,
         NOW,
-        &live(),
+        &live::<A>(),
         &mut fwd,
         &mut rev,
         &mut Affinities::default(),
@@ -418,10 +499,9 @@ fn a_flow_recreated_after_the_scan_is_not_deleted() {
     assert!(rev.live.contains_key(&rk), "its reply entry stays too");
 }
 
-#[test]
-fn a_flow_refreshed_between_check_and_delete_is_put_back() {
-    let ((k, stale), _) = flow(VIP, 40_000, IPPROTO_UDP, 0, 0, 120);
-    let fresh = entry(BACKEND, 8080u16.to_be(), 0, 0);
+fn a_flow_refreshed_between_check_and_delete_is_put_back<A: WireAddr>() {
+    let ((k, stale), _) = flow::<A>(VIP, 40_000, IPPROTO_UDP, 0, 0, 120);
+    let fresh = entry(at(BACKEND), 8080u16.to_be(), 0, 0);
     let mut table = Table {
         refresh_before_take: Some(fresh),
         ..Table::default()
@@ -434,9 +514,8 @@ fn a_flow_refreshed_between_check_and_delete_is_put_back() {
     assert!(table.live.is_empty());
 }
 
-#[test]
-fn orphaned_reply_entries_go_only_once_timed_out() {
-    let mut rev = Table::default();
+fn orphaned_reply_entries_go_only_once_timed_out<A: WireAddr>() {
+    let mut rev = Table::<A>::default();
     let (_, (stale_key, stale_reply)) = flow(VIP, 1, IPPROTO_UDP, 0, 0, 40);
     let (_, (fresh_key, fresh_reply)) = flow(VIP, 2, IPPROTO_UDP, 0, 0, 5);
     rev.live.insert(stale_key, stale_reply);
@@ -444,7 +523,7 @@ fn orphaned_reply_entries_go_only_once_timed_out() {
     let stats = collect(
         &Config::DEFAULT,
         NOW,
-        &live(),
+        &live::<A>(),
         &mut Table::default(),
         &mut rev,
         &mut Affinities::default(),
@@ -456,11 +535,11 @@ fn orphaned_reply_entries_go_only_once_timed_out() {
 }
 
 /// One pass over `fwd` and `rev` with a reply table of 100 entries.
-fn collect_in_reply_table_of_100(fwd: &mut Table, rev: &mut Table) -> GcStats {
+fn collect_in_reply_table_of_100<A: WireAddr>(fwd: &mut Table<A>, rev: &mut Table<A>) -> GcStats {
     collect(
         &Config::DEFAULT,
         NOW,
-        &live(),
+        &live::<A>(),
         fwd,
         rev,
         &mut Affinities::default(),
@@ -469,10 +548,9 @@ fn collect_in_reply_table_of_100(fwd: &mut Table, rev: &mut Table) -> GcStats {
     .expect("collect")
 }
 
-#[test]
-fn a_nearly_full_reply_table_drops_unanswered_flows_oldest_first() {
+fn a_nearly_full_reply_table_drops_unanswered_flows_oldest_first<A: WireAddr>() {
     // 95 of 100 reply entries used: 10 answered flows, 85 unanswered SYNs of various ages.
-    let mut fwd = Table::default();
+    let mut fwd = Table::<A>::default();
     let mut rev = Table::default();
     for sport in 0..95u16 {
         let answered = sport < 10;
@@ -509,9 +587,8 @@ fn a_nearly_full_reply_table_drops_unanswered_flows_oldest_first() {
 
 /// Early drop takes a flow's forward entry first and keeps both entries of a flow a packet
 /// refreshed meanwhile: the datapath trusts a live forward entry to have its reply entry.
-#[test]
-fn early_drop_never_leaves_a_forward_entry_without_its_reply_entry() {
-    let mut fwd = Table::default();
+fn early_drop_never_leaves_a_forward_entry_without_its_reply_entry<A: WireAddr>() {
+    let mut fwd = Table::<A>::default();
     let mut rev = Table::default();
     for sport in 0..95u16 {
         let ((k, f), (rk, r)) = flow(VIP, sport + 1, IPPROTO_TCP, 0, 0, 40);
@@ -535,101 +612,168 @@ fn early_drop_never_leaves_a_forward_entry_without_its_reply_entry() {
     assert_eq!(fwd.live.len(), rev.live.len());
 }
 
+/// A masqueraded flow (source address and port rewritten towards its backend) is found by
+/// its reply entry like any other: it is no orphan while live, and both its entries go
+/// once it times out.
+fn masqueraded_flows_find_their_reply_entries<A: WireAddr>() {
+    let key = fwd_key::<A>(VIP, 40_000, IPPROTO_TCP);
+    let masqueraded = |idle_s| {
+        let mut fwd = entry(at(BACKEND), 8080u16.to_be(), 0, idle_s);
+        fwd.alt_addr = at([198, 18, 9, 1]);
+        fwd.alt_port = 41_000u16.to_be();
+        let rkey = reply_key(&key, &fwd);
+        let mut rev = entry(at(VIP), 80u16.to_be(), CT_F_SEEN_REPLY, idle_s);
+        rev.alt_addr = key.saddr;
+        rev.alt_port = key.sport;
+        (fwd, rkey, rev)
+    };
+    // (idle seconds, flows left, reply entries left)
+    for (idle_s, left) in [(10, 1), (25 * 3600, 0)] {
+        let (fwd_entry, rkey, rev_entry) = masqueraded(idle_s);
+        assert_eq!(
+            rkey.daddr,
+            at([198, 18, 9, 1]),
+            "the reply goes to the node address"
+        );
+        let mut fwd = Table::default();
+        fwd.live.insert(key, fwd_entry);
+        let mut rev = Table::default();
+        rev.live.insert(rkey, rev_entry);
+        let stats = collect_now(&live::<A>(), &mut fwd, &mut rev, &mut Affinities::default());
+        assert_eq!(stats.orphans, 0, "idle {idle_s}s");
+        assert_eq!(
+            (fwd.live.len(), rev.live.len()),
+            (left, left),
+            "idle {idle_s}s"
+        );
+    }
+}
+
+#[test]
+fn a_pass_adds_up_both_families() {
+    let v4 = GcStats {
+        flows: 3,
+        replies: 2,
+        expired: 1,
+        affinities: 4,
+        ..GcStats::default()
+    };
+    let v6 = GcStats {
+        flows: 5,
+        replies: 5,
+        service_gone: 2,
+        raced: 1,
+        ..GcStats::default()
+    };
+    assert_eq!(
+        GcPass { v4, v6 }.total(),
+        GcStats {
+            flows: 8,
+            replies: 7,
+            expired: 1,
+            service_gone: 2,
+            raced: 1,
+            affinities: 4,
+            ..GcStats::default()
+        }
+    );
+}
+
+/// `desired` with one frontend named web per key, each with one endpoint at `backend` (of
+/// its key's family).
+fn web_frontends(
+    keys: &[(crate::model::FrontendKey, crate::model::FrontendKind)],
+) -> crate::model::Desired {
+    use crate::model::{Endpoint, Frontend, ServicePortName, WhenEmpty};
+
+    keys.iter()
+        .map(|&(key, kind)| {
+            let backend = if key.addr.is_ipv6() {
+                ip::<kproxy_common::addr::In6Addr>(BACKEND)
+            } else {
+                ip::<u32>(BACKEND)
+            };
+            let frontend = Frontend {
+                service: ServicePortName {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                    port: "".into(),
+                },
+                kind,
+                affinity_timeout_s: None,
+                endpoints: vec![Endpoint {
+                    addr: backend,
+                    port: 8080,
+                }],
+                listed: Vec::new(),
+                when_empty: WhenEmpty::Reject,
+                external_local: false,
+                source_ranges: Vec::new(),
+            };
+            (key, frontend)
+        })
+        .collect()
+}
+
 /// What collection is told about programmed frontends: a NodePort flow's address is one of
 /// the node's NodePort addresses while the NodePort's key is the unspecified address, and
 /// an externalTrafficPolicy Local frontend's two entries are one frontend.
-#[test]
-fn node_port_flows_are_live_on_node_port_addresses() {
-    use std::net::Ipv4Addr;
-
+fn node_port_flows_are_live_on_node_port_addresses<A: WireAddr>() {
     use crate::{
-        model::{
-            Desired, Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, Scope,
-            ServicePortName, WhenEmpty,
-        },
-        sync::{
-            Programmed,
-            fake::FakeDatapath,
-            gc::{Generation, ProgrammedLiveness},
-        },
+        model::{FrontendKey, FrontendKind, Protocol, Scope},
+        sync::fake::FakeDatapath,
     };
 
-    let wire = |a: [u8; 4]| u32::from_ne_bytes(a);
     let port = |p: u16| p.to_be();
-    let frontend = |kind| Frontend {
-        service: ServicePortName {
-            namespace: "default".into(),
-            name: "web".into(),
-            port: "".into(),
-        },
-        kind,
-        affinity_timeout_s: None,
-        endpoints: vec![Endpoint {
-            addr: Ipv4Addr::new(198, 18, 2, 2).into(),
-            port: 8080,
-        }],
-        listed: Vec::new(),
-        when_empty: WhenEmpty::Reject,
-        external_local: false,
-        source_ranges: Vec::new(),
-    };
-    let node_port = FrontendKey::node_port(false, 30080, Protocol::Tcp);
-    let lb = FrontendKey::new(Ipv4Addr::new(192, 0, 2, 10).into(), 80, Protocol::Tcp);
-    let cluster_ip = FrontendKey::new(Ipv4Addr::new(198, 19, 0, 10).into(), 80, Protocol::Tcp);
-    let mut desired: Desired = [
-        (cluster_ip, frontend(FrontendKind::ClusterIp)),
-        (node_port, frontend(FrontendKind::NodePort)),
+    let node_port = FrontendKey::node_port(A::IPV6, 30080, Protocol::Tcp);
+    let lb = FrontendKey::new(ip::<A>([192, 0, 2, 10]), 80, Protocol::Tcp);
+    let cluster_ip = FrontendKey::new(ip::<A>(VIP), 80, Protocol::Tcp);
+    let mut desired = web_frontends(&[
+        (cluster_ip, FrontendKind::ClusterIp),
+        (node_port, FrontendKind::NodePort),
         (
             node_port.with_scope(Scope::Internal),
-            frontend(FrontendKind::NodePort),
+            FrontendKind::NodePort,
         ),
-        (
-            lb.with_scope(Scope::Internal),
-            frontend(FrontendKind::LoadBalancer),
-        ),
-    ]
-    .into_iter()
-    .collect();
+        (lb.with_scope(Scope::Internal), FrontendKind::LoadBalancer),
+    ]);
     let mut dp = FakeDatapath::default();
     let mut programmed = Programmed::new(16);
     programmed.sync(&desired, &mut dp);
-    let node_ports = [Ipv4Addr::new(192, 168, 0, 2)];
+    let node_ports = [ip::<A>([192, 168, 0, 2])];
     let live = ProgrammedLiveness::new(&programmed, node_ports, &Generation::default());
     // (flow's VIP, port, protocol, live)
     let cases = [
-        ([198, 19, 0, 10], 80, IPPROTO_TCP, true),
-        ([198, 19, 0, 10], 81, IPPROTO_TCP, false),
-        ([198, 19, 0, 10], 80, IPPROTO_UDP, false),
+        (ip::<A>(VIP), 80, IPPROTO_TCP, true),
+        (ip::<A>(VIP), 81, IPPROTO_TCP, false),
+        (ip::<A>(VIP), 80, IPPROTO_UDP, false),
         // The NodePort, reached on a node address that takes NodePorts...
-        ([192, 168, 0, 2], 30080, IPPROTO_TCP, true),
-        // ...not on another address, port or protocol, nor as 0.0.0.0 itself.
-        ([192, 168, 0, 3], 30080, IPPROTO_TCP, false),
-        ([192, 168, 0, 2], 30081, IPPROTO_TCP, false),
-        ([192, 168, 0, 2], 30080, IPPROTO_UDP, false),
-        ([0, 0, 0, 0], 30080, IPPROTO_TCP, false),
+        (ip::<A>([192, 168, 0, 2]), 30080, IPPROTO_TCP, true),
+        // ...not on another address, port or protocol, nor as the unspecified address.
+        (ip::<A>([192, 168, 0, 3]), 30080, IPPROTO_TCP, false),
+        (ip::<A>([192, 168, 0, 2]), 30081, IPPROTO_TCP, false),
+        (ip::<A>([192, 168, 0, 2]), 30080, IPPROTO_UDP, false),
+        (A::UNSPECIFIED.to_ip(), 30080, IPPROTO_TCP, false),
         // A frontend whose only entry is the internal one is still a frontend.
-        ([192, 0, 2, 10], 80, IPPROTO_TCP, true),
+        (ip::<A>([192, 0, 2, 10]), 80, IPPROTO_TCP, true),
     ];
     for (vip, p, proto, want) in cases {
         assert_eq!(
-            live.frontend_exists(wire(vip), port(p), proto),
+            live.frontend_exists(vip, port(p), proto),
             want,
-            "{vip:?}:{p}/{proto}"
+            "{vip}:{p}/{proto}"
         );
     }
 
     // A flow to the NodePort survives collection; once the NodePort is gone, it is swept.
-    let nodeport_flow = |vip: [u8; 4]| {
-        let key = FlowKey::new(
-            CLIENT,
-            wire(vip),
-            40_000u16.to_be(),
-            port(30080),
-            IPPROTO_TCP,
-        );
-        (key, entry(BACKEND, 8080u16.to_be(), CT_F_SEEN_REPLY, 10))
-    };
-    let (key, fwd) = nodeport_flow([192, 168, 0, 2]);
+    let key = FlowKeyOf::new(
+        at::<A>(CLIENT),
+        at([192, 168, 0, 2]),
+        40_000u16.to_be(),
+        port(30080),
+        IPPROTO_TCP,
+    );
+    let fwd = entry(at(BACKEND), 8080u16.to_be(), CT_F_SEEN_REPLY, 10);
     let cfg = Config::DEFAULT;
     assert_eq!(judge(&cfg, NOW, &live, &key, &fwd, None), Verdict::Keep);
     desired.remove(&node_port);
@@ -641,4 +785,46 @@ fn node_port_flows_are_live_on_node_port_addresses() {
         Verdict::ServiceGone
     );
     assert!(live.backend_exists(dp.backends.keys().copied().next().expect("a backend")));
+}
+
+/// NodePorts programmed (of IPv6?), and (address, whether they are live there).
+type NodePortCase<'a> = (&'a [bool], [(IpAddr, bool); 2]);
+
+/// A NodePort answers on the NodePort addresses of its own family only: kube-proxy's
+/// proxier of each family serves its own NodePorts.
+#[test]
+fn a_node_port_is_live_on_its_own_familys_node_port_addresses_only() {
+    use crate::{
+        model::{FrontendKey, FrontendKind, Protocol},
+        sync::fake::FakeDatapath,
+    };
+
+    let v4: IpAddr = "192.168.0.2".parse().expect("address");
+    let v6: IpAddr = "2001:db8::2".parse().expect("address");
+    let cases: [NodePortCase<'_>; 3] = [
+        (&[false], [(v4, true), (v6, false)]),
+        (&[true], [(v4, false), (v6, true)]),
+        (&[false, true], [(v4, true), (v6, true)]),
+    ];
+    for (families, want) in cases {
+        let keys: Vec<_> = families
+            .iter()
+            .map(|&v6| {
+                (
+                    FrontendKey::node_port(v6, 30080, Protocol::Tcp),
+                    FrontendKind::NodePort,
+                )
+            })
+            .collect();
+        let mut programmed = Programmed::new(16);
+        programmed.sync(&web_frontends(&keys), &mut FakeDatapath::default());
+        let live = ProgrammedLiveness::new(&programmed, [v4, v6], &Generation::default());
+        for (addr, live_there) in want {
+            assert_eq!(
+                live.frontend_exists(addr, 30080u16.to_be(), IPPROTO_TCP),
+                live_there,
+                "NodePorts {families:?} on {addr}"
+            );
+        }
+    }
 }

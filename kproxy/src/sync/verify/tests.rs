@@ -95,7 +95,7 @@ fn every_corruption_is_found_named_and_repaired() {
                 dp.backends.insert(999, ep(7));
                 dp.backend_roles.insert(999, (7, false));
             }),
-            "stray entry: DeleteBackend { id: 999 }",
+            "stray entry: DeleteBackend { id: 999, endpoint",
         ),
     ];
     for (name, corrupt, expected) in cases {
