@@ -12,17 +12,19 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use kproxy_common::{
+    addr::IpAddress,
     config::{Config, IPPROTO_TCP},
     ct::{
-        CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_REFRESH_NS, CtEntry, FlowKey,
+        CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_REFRESH_NS, CtEntryOf, FlowKeyOf,
         FlowState, forward_entry, forward_key, holder, is_reply_of, reply_entry, reply_key,
     },
     stats::Counter,
 };
 
 use crate::{
+    family::{CtEntryF, Family, FlowKeyF},
     frontend,
-    maps::{KP_CONFIG, KP_CT_FWD, KP_CT_REV},
+    maps::KP_CONFIG,
     parse::{TCP_FIN, TCP_RST},
     stats,
 };
@@ -30,37 +32,43 @@ use crate::{
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 
-/// The two conntrack maps: `KP_CT_FWD` is an LRU, `KP_CT_REV` a plain hash (see maps.rs).
-pub trait CtMap {
+/// The two conntrack maps of a family: the forward one is an LRU, the reply one a plain hash
+/// (see maps.rs).
+pub trait CtMap<A> {
     /// A copy of the entry at `key` (see the module comment).
-    fn lookup(&self, key: &FlowKey) -> Option<CtEntry>;
+    fn lookup(&self, key: &FlowKeyOf<A>) -> Option<CtEntryOf<A>>;
     /// Whether `key` has an entry.
-    fn contains(&self, key: &FlowKey) -> bool;
-    fn update(&self, key: &FlowKey, entry: &CtEntry, flags: u32) -> Result<(), i32>;
-    fn delete(&self, key: &FlowKey);
+    fn contains(&self, key: &FlowKeyOf<A>) -> bool;
+    fn update(&self, key: &FlowKeyOf<A>, entry: &CtEntryOf<A>, flags: u32) -> Result<(), i32>;
+    fn delete(&self, key: &FlowKeyOf<A>);
 }
 
 macro_rules! ct_map {
     ($map:ident) => {
-        impl CtMap for $map<FlowKey, CtEntry> {
+        impl<A: IpAddress> CtMap<A> for $map<FlowKeyOf<A>, CtEntryOf<A>> {
             #[inline(always)]
-            fn lookup(&self, key: &FlowKey) -> Option<CtEntry> {
+            fn lookup(&self, key: &FlowKeyOf<A>) -> Option<CtEntryOf<A>> {
                 // SAFETY: copied at once; see the module comment.
                 unsafe { self.get(key) }.copied()
             }
 
             #[inline(always)]
-            fn contains(&self, key: &FlowKey) -> bool {
+            fn contains(&self, key: &FlowKeyOf<A>) -> bool {
                 self.get_ptr(key).is_some()
             }
 
             #[inline(always)]
-            fn update(&self, key: &FlowKey, entry: &CtEntry, flags: u32) -> Result<(), i32> {
+            fn update(
+                &self,
+                key: &FlowKeyOf<A>,
+                entry: &CtEntryOf<A>,
+                flags: u32,
+            ) -> Result<(), i32> {
                 self.insert(key, entry, u64::from(flags))
             }
 
             #[inline(always)]
-            fn delete(&self, key: &FlowKey) {
+            fn delete(&self, key: &FlowKeyOf<A>) {
                 let _ = self.remove(key);
             }
         }
@@ -120,10 +128,10 @@ pub fn state_bits(dir: Dir, tcp_flags: u8) -> u32 {
 
 /// A copy of the entry at `key`, or `CtEntry::ZERO` (no `Option`: see `FlowState::of`).
 #[inline(always)]
-pub fn lookup_or_zero(map: &impl CtMap, key: &FlowKey) -> CtEntry {
+pub fn lookup_or_zero<A: IpAddress>(map: &impl CtMap<A>, key: &FlowKeyOf<A>) -> CtEntryOf<A> {
     match map.lookup(key) {
         Some(entry) => entry,
-        None => CtEntry::ZERO,
+        None => CtEntryOf::ZERO,
     }
 }
 
@@ -133,7 +141,14 @@ pub fn lookup_or_zero(map: &impl CtMap, key: &FlowKey) -> CtEntry {
 /// whole value; if another CPU replaced it at the same moment and the new bits did not
 /// survive, they are written once more. An entry evicted or deleted meanwhile is put back.
 #[inline(always)]
-pub fn record(map: &impl CtMap, key: &FlowKey, entry: &CtEntry, dir: Dir, tcp_flags: u8, now: u64) {
+pub fn record<A: IpAddress>(
+    map: &impl CtMap<A>,
+    key: &FlowKeyOf<A>,
+    entry: &CtEntryOf<A>,
+    dir: Dir,
+    tcp_flags: u8,
+    now: u64,
+) {
     let bits = state_bits(dir, tcp_flags) & !entry.flags;
     let refresh = bits != 0 || now.saturating_sub(entry.last_seen_ns) > CT_REFRESH_NS;
     if bits == 0 && !refresh {
@@ -167,8 +182,8 @@ pub fn record(map: &impl CtMap, key: &FlowKey, entry: &CtEntry, dir: Dir, tcp_fl
 }
 
 /// What a flow's forward entry found for a packet says.
-pub struct Existing {
-    pub entry: CtEntry,
+pub struct Existing<A> {
+    pub entry: CtEntryOf<A>,
     pub state: FlowState,
 }
 
@@ -177,7 +192,7 @@ pub struct Existing {
 /// (see `existing`). Not timed out either: every timeout is at least `CT_REFRESH_NS`
 /// (`Config::with_minimum_timeouts`, the only way the agent writes them).
 #[inline(always)]
-pub fn fresh(entry: &CtEntry, syn: bool, now: u64) -> bool {
+pub fn fresh<A>(entry: &CtEntryOf<A>, syn: bool, now: u64) -> bool {
     entry.backend_id != 0
         && !syn
         && now.saturating_sub(entry.last_seen_ns) <= CT_REFRESH_NS
@@ -201,28 +216,33 @@ pub fn fresh(entry: &CtEntry, syn: bool, now: u64) -> bool {
 /// entry, see `claim`), and a finished flow whose tuple a new flow takes loses its forward
 /// entry with it. The check on refresh stays as the safety net for anything else.
 #[inline(always)]
-pub fn existing(fwd: &FlowKey, entry: CtEntry, syn: bool, now: u64) -> Option<Existing> {
+pub fn existing<F: Family>(
+    fwd: &FlowKeyF<F>,
+    entry: CtEntryF<F>,
+    syn: bool,
+    now: u64,
+) -> Option<Existing<F::Addr>> {
     if entry.backend_id == 0 {
         return None;
     }
     if fresh(&entry, syn, now) {
         return Some(Existing {
             entry,
-            state: FlowState::of(&entry, &CtEntry::ZERO),
+            state: FlowState::of(&entry, &CtEntryF::<F>::ZERO),
         });
     }
     let rkey = reply_key(fwd, &entry);
-    let mut rev = lookup_or_zero(&KP_CT_REV, &rkey);
+    let mut rev = lookup_or_zero(F::ct_rev(), &rkey);
     if !is_reply_of(&rkey, &rev, fwd) {
-        rev = CtEntry::ZERO;
-        if KP_CT_REV
+        rev = CtEntryF::<F>::ZERO;
+        if F::ct_rev()
             .update(&rkey, &reply_entry(fwd, &entry), BPF_NOEXIST)
             .is_ok()
         {
             stats::count(Counter::CtReplyRestored);
-        } else if !is_reply_of(&rkey, &lookup_or_zero(&KP_CT_REV, &rkey), fwd) {
+        } else if !is_reply_of(&rkey, &lookup_or_zero(F::ct_rev(), &rkey), fwd) {
             // Not rebuilt by another CPU handling this flow at the same moment either.
-            remove_stale(fwd, &entry);
+            remove_stale::<F>(fwd, &entry);
             return None;
         }
     }
@@ -235,12 +255,12 @@ pub fn existing(fwd: &FlowKey, entry: CtEntry, syn: bool, now: u64) -> Option<Ex
 /// The reply entry of `rev` (a backend→client tuple), if any. Rebuilds a forward entry the
 /// LRU evicted alone, unless the flow is over.
 #[inline(always)]
-pub fn existing_reply(rev: &FlowKey, cfg: &Config, now: u64) -> Option<CtEntry> {
-    let entry = KP_CT_REV.lookup(rev)?;
+pub fn existing_reply<F: Family>(rev: &FlowKeyF<F>, cfg: &Config, now: u64) -> Option<CtEntryF<F>> {
+    let entry = F::ct_rev().lookup(rev)?;
     let fkey = forward_key(rev, &entry);
-    if !KP_CT_FWD.contains(&fkey)
-        && !cfg.expired(rev.proto, &FlowState::of(&entry, &CtEntry::ZERO), now)
-        && KP_CT_FWD
+    if !F::ct_fwd().contains(&fkey)
+        && !cfg.expired(rev.proto, &FlowState::of(&entry, &CtEntryF::<F>::ZERO), now)
+        && F::ct_fwd()
             .update(&fkey, &forward_entry(rev, &entry), BPF_NOEXIST)
             .is_ok()
     {
@@ -256,30 +276,30 @@ pub fn existing_reply(rev: &FlowKey, cfg: &Config, now: u64) -> Option<CtEntry> 
 /// would keep only the backend's FIN, count as established for the established timeout
 /// (hours), and hold that tuple from other flows all that time.
 #[inline(always)]
-pub fn retire(fwd: &FlowKey, stale: &CtEntry) {
+pub fn retire<F: Family>(fwd: &FlowKeyF<F>, stale: &CtEntryF<F>) {
     let rkey = reply_key(fwd, stale);
-    if let Some(rev) = KP_CT_REV.lookup(&rkey)
+    if let Some(rev) = F::ct_rev().lookup(&rkey)
         && is_reply_of(&rkey, &rev, fwd)
     {
-        let whole = CtEntry {
+        let whole = CtEntryOf {
             flags: rev.flags | stale.flags,
             last_seen_ns: FlowState::of(&rev, stale).last_seen_ns,
             ..rev
         };
-        let _ = KP_CT_REV.update(&rkey, &whole, BPF_EXIST);
+        let _ = F::ct_rev().update(&rkey, &whole, BPF_EXIST);
     }
-    remove_stale(fwd, stale);
+    remove_stale::<F>(fwd, stale);
 }
 
 /// Removes the forward entry of `fwd` if it still is `stale` (another CPU may have replaced
 /// it with a fresh flow since it was read), so a new flow can take its place.
 #[inline(always)]
-pub fn remove_stale(fwd: &FlowKey, stale: &CtEntry) {
-    if let Some(now_there) = KP_CT_FWD.lookup(fwd)
+pub fn remove_stale<F: Family>(fwd: &FlowKeyF<F>, stale: &CtEntryF<F>) {
+    if let Some(now_there) = F::ct_fwd().lookup(fwd)
         && now_there.backend_id == stale.backend_id
         && now_there.last_seen_ns == stale.last_seen_ns
     {
-        KP_CT_FWD.delete(fwd);
+        F::ct_fwd().delete(fwd);
     }
 }
 
@@ -308,7 +328,13 @@ const FIN_CLOSE_QUIET_NS: u64 = 1_000_000_000;
 /// forward entry `other_fwd` as [`holder`] gives it) is over, so its tuple may be given to
 /// a new flow.
 #[inline(always)]
-fn finished(rkey: &FlowKey, other: &CtEntry, other_fwd: &CtEntry, cfg: &Config, now: u64) -> bool {
+fn finished<A>(
+    rkey: &FlowKeyOf<A>,
+    other: &CtEntryOf<A>,
+    other_fwd: &CtEntryOf<A>,
+    cfg: &Config,
+    now: u64,
+) -> bool {
     let state = FlowState::of(other, other_fwd);
     cfg.expired(rkey.proto, &state, now) || (rkey.proto == IPPROTO_TCP && tcp_closed(&state, now))
 }
@@ -336,12 +362,18 @@ enum Claim {
 
 /// Inserts reply entry `rev` at `rkey` unless a live flow other than `fwd` holds it.
 #[inline(always)]
-fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -> Claim {
+fn claim<F: Family>(
+    rkey: &FlowKeyF<F>,
+    rev: &CtEntryF<F>,
+    fwd: &FlowKeyF<F>,
+    cfg: &Config,
+    now: u64,
+) -> Claim {
     for _ in 0..2 {
-        if let Some(done) = insert_reply(rkey, rev) {
+        if let Some(done) = insert_reply::<F>(rkey, rev) {
             return done;
         }
-        let Some(other) = KP_CT_REV.lookup(rkey) else {
+        let Some(other) = F::ct_rev().lookup(rkey) else {
             continue; // deleted meanwhile: try again
         };
         if is_reply_of(rkey, &other, fwd) {
@@ -349,15 +381,15 @@ fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -
             // client port's finished connection. Written afresh either way: a leftover's
             // FIN and RST bits are not this connection's, and the agent's collection, which
             // deletes only entries it finds unchanged, must not take it for the old one.
-            let _ = KP_CT_REV.update(rkey, rev, BPF_EXIST);
+            let _ = F::ct_rev().update(rkey, rev, BPF_EXIST);
             return Claim::Shared;
         }
         let other_key = forward_key(rkey, &other);
-        let other_fwd = holder(&other_key, &lookup_or_zero(&KP_CT_FWD, &other_key), rkey);
+        let other_fwd = holder(&other_key, &lookup_or_zero(F::ct_fwd(), &other_key), rkey);
         if !finished(rkey, &other, &other_fwd, cfg, now) {
             return Claim::Taken;
         }
-        release(rkey, &other_key, &other_fwd);
+        release::<F>(rkey, &other_key, &other_fwd);
     }
     Claim::Taken
 }
@@ -365,8 +397,8 @@ fn claim(rkey: &FlowKey, rev: &CtEntry, fwd: &FlowKey, cfg: &Config, now: u64) -
 /// Inserts reply entry `rev` at `rkey` if none is there: `Mine`, or `Full`; `None` if the
 /// tuple is held.
 #[inline(always)]
-fn insert_reply(rkey: &FlowKey, rev: &CtEntry) -> Option<Claim> {
-    match KP_CT_REV.update(rkey, rev, BPF_NOEXIST) {
+fn insert_reply<F: Family>(rkey: &FlowKeyF<F>, rev: &CtEntryF<F>) -> Option<Claim> {
+    match F::ct_rev().update(rkey, rev, BPF_NOEXIST) {
         Ok(()) => Some(Claim::Mine),
         Err(e) if e == -EEXIST => None,
         Err(_) => Some(Claim::Full),
@@ -378,11 +410,11 @@ fn insert_reply(rkey: &FlowKey, rev: &CtEntry) -> Option<Claim> {
 /// tuple): late packets of the finished flow must not reach the backend on a tuple that is
 /// now another flow's (see `existing`).
 #[inline(always)]
-fn release(rkey: &FlowKey, other_key: &FlowKey, other_fwd: &CtEntry) {
+fn release<F: Family>(rkey: &FlowKeyF<F>, other_key: &FlowKeyF<F>, other_fwd: &CtEntryF<F>) {
     if other_fwd.backend_id != 0 {
-        remove_stale(other_key, other_fwd);
+        remove_stale::<F>(other_key, other_fwd);
     }
-    KP_CT_REV.delete(rkey);
+    F::ct_rev().delete(rkey);
 }
 
 /// Inserts reply entry `rev` at `rkey` unless a flow holds it that is not a closed TCP
@@ -394,23 +426,23 @@ fn release(rkey: &FlowKey, other_key: &FlowKey, other_fwd: &CtEntry) {
 /// over candidates multiplied the paths the kernel's verifier walks by the candidates tried
 /// (egress 347k instructions walked, against 129k with this one when the loop had 8 tries).
 #[inline(always)]
-fn claim_free(rkey: &FlowKey, rev: &CtEntry, now: u64) -> Claim {
-    if let Some(done) = insert_reply(rkey, rev) {
+fn claim_free<F: Family>(rkey: &FlowKeyF<F>, rev: &CtEntryF<F>, now: u64) -> Claim {
+    if let Some(done) = insert_reply::<F>(rkey, rev) {
         return done;
     }
     if rkey.proto != IPPROTO_TCP {
         return Claim::Taken;
     }
-    let Some(other) = KP_CT_REV.lookup(rkey) else {
+    let Some(other) = F::ct_rev().lookup(rkey) else {
         return Claim::Taken;
     };
     let other_key = forward_key(rkey, &other);
-    let other_fwd = holder(&other_key, &lookup_or_zero(&KP_CT_FWD, &other_key), rkey);
+    let other_fwd = holder(&other_key, &lookup_or_zero(F::ct_fwd(), &other_key), rkey);
     if !tcp_closed(&FlowState::of(&other, &other_fwd), now) {
         return Claim::Taken;
     }
-    release(rkey, &other_key, &other_fwd);
-    insert_reply(rkey, rev).unwrap_or(Claim::Taken)
+    release::<F>(rkey, &other_key, &other_fwd);
+    insert_reply::<F>(rkey, rev).unwrap_or(Claim::Taken)
 }
 
 /// Whether replies on backend-side tuple `rkey` would be taken for packets to a frontend:
@@ -419,19 +451,19 @@ fn claim_free(rkey: &FlowKey, rev: &CtEntry, now: u64) -> Claim {
 /// new connections instead of translated back (netfilter matches its conntrack first; the
 /// datapath looks up frontends first, so such a tuple is never handed out).
 #[inline(always)]
-fn shadows_frontend(rkey: &FlowKey) -> bool {
-    frontend::find(rkey.daddr, rkey.dport, rkey.proto).is_some()
+fn shadows_frontend<F: Family>(rkey: &FlowKeyF<F>) -> bool {
+    frontend::find::<F>(rkey.daddr, rkey.dport, rkey.proto).is_some()
 }
 
 /// A new flow's forward entry, from `fwd` (client→VIP) to backend `backend_id` at
 /// `addr:port`.
-pub struct NewFlow {
+pub struct NewFlow<A> {
     pub backend_id: u32,
     pub svc_id: u32,
-    pub addr: u32,
+    pub addr: A,
     pub port: u16,
-    /// The node address the flow is masqueraded to, 0 if it is not.
-    pub masq_addr: u32,
+    /// The node address the flow is masqueraded to, unspecified if it is not.
+    pub masq_addr: A,
 }
 
 /// Creates both entries of a new flow and returns the forward entry in effect: this CPU's,
@@ -441,9 +473,14 @@ pub struct NewFlow {
 /// The backend-side tuple is claimed first, with an insert that fails if it exists: that
 /// insert is the check that the tuple is free, so two flows can never claim it at once.
 #[inline(always)]
-pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<CtEntry, Counter> {
+pub fn create<F: Family>(
+    fwd: &FlowKeyF<F>,
+    new: &NewFlow<F::Addr>,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<CtEntryF<F>, Counter> {
     let cfg = config();
-    let mut forward = CtEntry {
+    let mut forward = CtEntryOf {
         last_seen_ns: now,
         backend_id: new.backend_id,
         svc_id: new.svc_id,
@@ -454,23 +491,23 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
         alt_addr: new.masq_addr,
     };
     let mut rkey = reply_key(fwd, &forward);
-    let mut claimed = if shadows_frontend(&rkey) {
+    let mut claimed = if shadows_frontend::<F>(&rkey) {
         Claim::Taken
     } else {
-        claim(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now)
+        claim::<F>(&rkey, &reply_entry(fwd, &forward), fwd, &cfg, now)
     };
     if claimed == Claim::Full {
         return Err(Counter::DropCtInsert);
     }
     if claimed == Claim::Taken {
-        let seed = (fwd.saddr
-            ^ fwd.daddr.rotate_left(11)
+        let seed = (F::fold(fwd.saddr)
+            ^ F::fold(fwd.daddr).rotate_left(11)
             ^ (u32::from(fwd.sport) << 16)
             ^ u32::from(fwd.dport)
             ^ now as u32)
             .wrapping_mul(0x9e37_79b1);
         // Every candidate has the same reply entry: it records the client's own port.
-        let rev = CtEntry {
+        let rev = CtEntryOf {
             alt_port: fwd.sport,
             ..reply_entry(fwd, &forward)
         };
@@ -481,13 +518,13 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
         for i in 0..ALT_PORT_TRIES {
             let offset = (first + i * ALT_PORT_STRIDE) % ALT_PORT_SPAN;
             rkey.dport = ((ALT_PORT_MIN + offset) as u16).to_be();
-            if frontend::reached_without_list(rkey.daddr, rkey.dport, rkey.proto) {
+            if frontend::reached_without_list::<F>(rkey.daddr, rkey.dport, rkey.proto) {
                 continue;
             }
             claimed = if i < ALT_PORT_RECLAIMS {
-                claim_free(&rkey, &rev, now)
+                claim_free::<F>(&rkey, &rev, now)
             } else {
-                insert_reply(&rkey, &rev).unwrap_or(Claim::Taken)
+                insert_reply::<F>(&rkey, &rev).unwrap_or(Claim::Taken)
             };
             if claimed != Claim::Taken {
                 break;
@@ -501,14 +538,14 @@ pub fn create(fwd: &FlowKey, new: &NewFlow, tcp_flags: u8, now: u64) -> Result<C
         forward.alt_port = rkey.dport;
         stats::count(Counter::PortRemapped);
     }
-    if KP_CT_FWD.update(fwd, &forward, BPF_NOEXIST).is_ok() {
+    if F::ct_fwd().update(fwd, &forward, BPF_NOEXIST).is_ok() {
         return Ok(forward);
     }
     // Another CPU created this flow first: follow its entry, and give back the tuple this CPU
     // claimed if the winner uses another one.
-    let winner = lookup_or_zero(&KP_CT_FWD, fwd);
+    let winner = lookup_or_zero(F::ct_fwd(), fwd);
     if claimed == Claim::Mine && reply_key(fwd, &winner) != rkey {
-        KP_CT_REV.delete(&rkey);
+        F::ct_rev().delete(&rkey);
     }
     if winner.backend_id == 0 {
         return Err(Counter::DropCtInsert);

@@ -45,10 +45,28 @@ impl Update {
         Self(self.0 + !from as u64 + to as u64)
     }
 
+    /// An address changed from `from` to `to`.
+    #[inline(always)]
+    pub fn addr<A: Words>(self, from: A, to: A) -> Self {
+        A::changed(self, from, to)
+    }
+
     /// The new checksum field.
     #[inline(always)]
     pub fn check(self) -> u16 {
         !fold(self.0)
+    }
+}
+
+/// An address of either family as checksummed words.
+pub trait Words: Copy {
+    fn changed(update: Update, from: Self, to: Self) -> Update;
+}
+
+impl Words for u32 {
+    #[inline(always)]
+    fn changed(update: Update, from: u32, to: u32) -> Update {
+        update.word4(from, to)
     }
 }
 

@@ -1,10 +1,11 @@
 //! The XDP fast path: a packet XDP translated (a client's packet to a NodePort, load-balancer
 //! or external IP, or a backend's reply) is forwarded from the NIC itself when the route
-//! says it leaves the node again, as the kernel's forwarding would (TTL decremented, MACs of
-//! the next hop), without entering the node's stack. Everything else goes up the stack
-//! translated, where routing finishes the job, each kind of hand-over counted.
+//! says it leaves the node again, as the kernel's forwarding would (TTL or hop limit
+//! decremented, MACs of the next hop), without entering the node's stack. Everything else
+//! goes up the stack translated, where routing finishes the job, each kind of hand-over
+//! counted.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -17,6 +18,7 @@ use kproxy_common::{iface::IFACE_F_XDP_REDIRECT, stats::Counter};
 
 use crate::{
     csum,
+    family::{Family, V4},
     maps::KP_IFACES,
     packet::{Packet, XdpPacket},
     parse::{IPV4_HLEN, L3_OFF},
@@ -27,54 +29,106 @@ use crate::{
 const TTL_OFF: usize = 8;
 const CSUM_OFF: usize = 10;
 
+/// What forwarding needs of a family's header.
+pub trait Forwarding: Family {
+    /// Bytes of the fixed header.
+    const HLEN: usize;
+    /// The FIB request for the packet whose header `ip` is (bounds-checked for `HLEN`), its
+    /// addresses `saddr` → `daddr`, and its TTL or hop limit.
+    ///
+    /// # Safety
+    /// `ip` points at `HLEN` readable bytes.
+    unsafe fn request<'a>(
+        slot: &'a mut MaybeUninit<bpf_fib_lookup>,
+        ip: *mut u8,
+        ingress: u32,
+        addrs: (Self::Addr, Self::Addr),
+    ) -> (&'a mut bpf_fib_lookup, u8);
+    /// Decrements the TTL or hop limit (and fixes the header checksum, if there is one).
+    ///
+    /// # Safety
+    /// `ip` points at `HLEN` writable bytes.
+    unsafe fn decrement(ip: *mut u8);
+    /// The source and destination as the rewrite left them, if it says.
+    fn rewritten(pkt: &XdpPacket) -> Option<(Self::Addr, Self::Addr)>;
+}
+
+impl Forwarding for V4 {
+    const HLEN: usize = IPV4_HLEN;
+
+    #[inline(always)]
+    unsafe fn request<'a>(
+        slot: &'a mut MaybeUninit<bpf_fib_lookup>,
+        ip: *mut u8,
+        ingress: u32,
+        (saddr, daddr): (u32, u32),
+    ) -> (&'a mut bpf_fib_lookup, u8) {
+        // SAFETY: inside the checked IPv4 header (the caller's promise).
+        let (ttl, tos, tot_len) = unsafe {
+            (
+                *ip.add(TTL_OFF),
+                *ip.add(1),
+                u16::from_be(ip.add(2).cast::<u16>().read_unaligned()),
+            )
+        };
+        let params = route::ipv4_request(slot, ingress, saddr, daddr);
+        params.__bindgen_anon_2.tos = tos;
+        params.__bindgen_anon_1.tot_len = tot_len;
+        (params, ttl)
+    }
+
+    #[inline(always)]
+    unsafe fn decrement(ip: *mut u8) {
+        // SAFETY: inside the checked header; the TTL/protocol word is 2-aligned in it.
+        unsafe {
+            let word = ip.add(TTL_OFF).cast::<u16>();
+            let old = word.read_unaligned();
+            *ip.add(TTL_OFF) -= 1;
+            let new = word.read_unaligned();
+            let check = ip.add(CSUM_OFF).cast::<u16>();
+            check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
+        }
+    }
+
+    #[inline(always)]
+    fn rewritten(pkt: &XdpPacket) -> Option<(u32, u32)> {
+        (pkt.rewritten.1 != 0).then_some(pkt.rewritten)
+    }
+}
+
 /// Where a translated packet goes: the XDP verdict.
 #[inline(always)]
-pub fn forward(pkt: &XdpPacket) -> u32 {
+pub fn forward<F: Forwarding>(pkt: &XdpPacket) -> u32 {
     let ctx = pkt.ctx;
     let start = ctx.data();
-    if start + L3_OFF + IPV4_HLEN > ctx.data_end() {
+    if start + L3_OFF + F::HLEN > ctx.data_end() {
         return pass(Counter::XdpPassNoRoute);
     }
     let eth = start as *mut u8;
-    // SAFETY: the Ethernet and IPv4 headers were bounds-checked above.
+    // SAFETY: the Ethernet and IP headers were bounds-checked above.
     let ip = unsafe { eth.add(L3_OFF) };
-    // SAFETY: inside the checked IPv4 header.
-    let (ttl, tos, tot_len) = unsafe {
-        (
-            *ip.add(TTL_OFF),
-            *ip.add(1),
-            u16::from_be(ip.add(2).cast::<u16>().read_unaligned()),
-        )
+    let Some(addrs) = F::rewritten(pkt).or_else(|| F::addresses(pkt)) else {
+        return pass(Counter::XdpPassNoRoute);
     };
-    let (saddr, daddr) = if pkt.rewritten.1 != 0 {
-        pkt.rewritten
-    } else {
-        // SAFETY: inside the checked IPv4 header.
-        unsafe {
-            (
-                ip.add(12).cast::<u32>().read_unaligned(),
-                ip.add(16).cast::<u32>().read_unaligned(),
-            )
-        }
-    };
+    let ingress = pkt.ifindex();
+    let mut slot = MaybeUninit::uninit();
+    // SAFETY: `ip` has `HLEN` bytes (checked above).
+    let (params, ttl) = unsafe { F::request(&mut slot, ip, ingress, addrs) };
     if ttl <= 1 {
         // The stack answers with "time exceeded".
         return pass(Counter::XdpPassTtl);
     }
-    let ingress = pkt.ifindex();
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let params = route::ipv4_request(&mut slot, ingress, saddr, daddr);
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_1.tot_len = tot_len;
     let rc = pkt.fib_lookup(params, 0) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         // A backend on this node, or a reply to a client on it.
         BPF_FIB_LKUP_RET_NOT_FWDED => return pass(Counter::XdpPassLocal),
-        // The next hop's MAC is unknown: the stack resolves it (ARP) and sends the packet.
+        // The next hop's MAC is unknown: the stack resolves it (ARP, neighbour discovery)
+        // and sends the packet.
         BPF_FIB_LKUP_RET_NO_NEIGH => return pass(Counter::XdpPassNoNeigh),
         // No route, forwarding off, too big for the next link (the stack fragments or
-        // answers "fragmentation needed"): the stack does what it always does.
+        // answers "fragmentation needed" / "packet too big"): the stack does what it always
+        // does.
         _ => return pass(Counter::XdpPassNoRoute),
     }
     let out = params.ifindex;
@@ -85,14 +139,9 @@ pub fn forward(pkt: &XdpPacket) -> u32 {
         // to directly; the stack forwards to the others.
         return pass(Counter::XdpPassOtherInterface);
     }
-    // SAFETY: inside the checked headers; the TTL/protocol word is 2-aligned in the header.
+    // SAFETY: inside the checked headers.
     unsafe {
-        let word = ip.add(TTL_OFF).cast::<u16>();
-        let old = word.read_unaligned();
-        *ip.add(TTL_OFF) = ttl - 1;
-        let new = word.read_unaligned();
-        let check = ip.add(CSUM_OFF).cast::<u16>();
-        check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
+        F::decrement(ip);
         eth.cast::<[u8; 6]>().write_unaligned(params.dmac);
         eth.add(6).cast::<[u8; 6]>().write_unaligned(params.smac);
     }

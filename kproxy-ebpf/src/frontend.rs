@@ -3,26 +3,26 @@
 //! rules match the same way (exact destinations, then KUBE-NODEPORTS for local addresses).
 
 use kproxy_common::{
+    addr::IpAddress,
     iface::{NODEPORT_LIST_MAX, NodePortList},
-    lb::{NODEPORT_ADDR, SCOPE_ALL, ServiceKey, ServiceValue, free_port_bit},
+    lb::{SCOPE_ALL, ServiceKeyOf, ServiceValue, free_port_bit},
 };
 
-use crate::{
-    maps::{KP_FREE_PORTS, KP_NODEPORT_LIST, KP_SERVICES},
-    policy,
-};
+use crate::{family::Family, maps::KP_FREE_PORTS, policy};
+
+type ServiceKey<F> = ServiceKeyOf<<F as Family>::Addr>;
 
 /// A copy of the entry at `key`.
 #[inline(always)]
-fn get(key: &ServiceKey) -> Option<ServiceValue> {
-    // SAFETY: copied at once; KP_SERVICES is NO_PREALLOC, so the value stays intact until then.
-    unsafe { KP_SERVICES.get(key) }.copied()
+fn get<F: Family>(key: &ServiceKey<F>) -> Option<ServiceValue> {
+    // SAFETY: copied at once; the map is NO_PREALLOC, so the value stays intact until then.
+    unsafe { F::services().get(key) }.copied()
 }
 
 /// Whether `addr` is a listed NodePort address no frontend uses as its own: its NodePort
 /// entry, if any, is the only match (see `NodePortList`).
 #[inline(always)]
-fn listed_without_exact(list: &NodePortList, addr: u32) -> bool {
+pub fn listed_without_exact(list: &NodePortList, addr: u32) -> bool {
     let mut i = 0;
     while i < NODEPORT_LIST_MAX {
         if (i as u32) < list.count && list.addrs[i] == addr {
@@ -42,28 +42,25 @@ fn may_be_nodeport(port: u16) -> bool {
 }
 
 /// A packet's destination, with what the two arrays say about it before any hash lookup.
-#[derive(Clone, Copy)]
-pub struct Dest {
-    key: ServiceKey,
+pub struct Dest<F: Family> {
+    key: ServiceKey<F>,
     /// A listed NodePort address that no frontend uses as its own.
     nodeport_addr_only: bool,
     /// The port may be a NodePort's.
     nodeport_port: bool,
 }
 
-impl Dest {
+impl<F: Family> Dest<F> {
     #[inline(always)]
-    pub fn of(addr: u32, port: u16, proto: u8) -> Self {
+    pub fn of(addr: F::Addr, port: u16, proto: u8) -> Self {
         Self {
-            key: ServiceKey {
+            key: ServiceKeyOf {
                 addr,
                 port,
                 proto,
                 scope: SCOPE_ALL,
             },
-            nodeport_addr_only: KP_NODEPORT_LIST
-                .get(0)
-                .is_some_and(|list| listed_without_exact(list, addr)),
+            nodeport_addr_only: F::listed_nodeport_only(addr),
             nodeport_port: may_be_nodeport(port),
         }
     }
@@ -77,36 +74,41 @@ impl Dest {
 
     /// The frontend this destination reaches, with the key it was found under.
     #[inline(always)]
-    pub fn find(&self) -> Option<(ServiceKey, ServiceValue)> {
+    pub fn find(&self) -> Option<(ServiceKey<F>, ServiceValue)> {
         let mut key = self.key;
         if self.nodeport_addr_only {
             // A listed NodePort address: the NodePort entry first, one hash lookup for a
             // NodePort packet instead of three. The address's own entries are still looked
             // at on a miss, in case the list lags behind a frontend just added on it.
             if self.nodeport_port {
-                key.addr = NODEPORT_ADDR;
-                if let Some(svc) = get(&key) {
+                key.addr = F::Addr::UNSPECIFIED;
+                if let Some(svc) = get::<F>(&key) {
                     return Some((key, svc));
                 }
                 key.addr = self.key.addr;
             }
-            return get(&key).map(|svc| (key, svc));
+            return get::<F>(&key).map(|svc| (key, svc));
         }
-        if let Some(svc) = get(&key) {
+        if let Some(svc) = get::<F>(&key) {
             return Some((key, svc));
         }
-        if !self.nodeport_port || !policy::is_nodeport_addr(key.addr) {
+        if !self.nodeport_port || !policy::is_nodeport_addr::<F>(key.addr) {
             return None;
         }
-        key.addr = NODEPORT_ADDR;
-        get(&key).map(|svc| (key, svc))
+        // NodePorts are keyed by the unspecified address (`NODEPORT_ADDR` for IPv4).
+        key.addr = F::Addr::UNSPECIFIED;
+        get::<F>(&key).map(|svc| (key, svc))
     }
 }
 
 /// The frontend `addr:port` (`proto`) reaches, with the key it was found under.
 #[inline(always)]
-pub fn find(addr: u32, port: u16, proto: u8) -> Option<(ServiceKey, ServiceValue)> {
-    Dest::of(addr, port, proto).find()
+pub fn find<F: Family>(
+    addr: F::Addr,
+    port: u16,
+    proto: u8,
+) -> Option<(ServiceKey<F>, ServiceValue)> {
+    Dest::<F>::of(addr, port, proto).find()
 }
 
 /// Whether `addr:port` (`proto`) reaches a frontend: [`find`]'s answer, asked without the
@@ -114,9 +116,9 @@ pub fn find(addr: u32, port: u16, proto: u8) -> Option<(ServiceKey, ServiceValue
 /// loop inside it multiplied the paths the kernel's verifier walks, for a shortcut that
 /// only saves a hash lookup on a rare path.
 #[inline(always)]
-pub fn reached_without_list(addr: u32, port: u16, proto: u8) -> bool {
-    Dest {
-        key: ServiceKey {
+pub fn reached_without_list<F: Family>(addr: F::Addr, port: u16, proto: u8) -> bool {
+    Dest::<F> {
+        key: ServiceKeyOf {
             addr,
             port,
             proto,

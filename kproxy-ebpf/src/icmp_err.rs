@@ -24,6 +24,7 @@ use kproxy_common::{
 use crate::{
     conntrack::CtMap,
     csum,
+    family::V4,
     lb::Action,
     maps::{KP_CT_FWD, KP_CT_REV},
     packet::{Packet, Side},
@@ -68,7 +69,7 @@ struct QuoteRewrite {
 #[inline(always)]
 pub fn handle<P: Packet>(pkt: &mut P, daddr: u32, l4_off: usize) -> Action {
     if l4_off != OUTER_L4 || !pkt.ensure(MIN_LEN) {
-        return vip::pass_if_vip(Some(daddr), Counter::VipUnsupportedProtocol);
+        return vip::pass_if_vip::<V4>(Some(daddr), Counter::VipUnsupportedProtocol);
     }
     let Some(outer) = pkt.read::<Ipv4Hdr>(L3_OFF) else {
         return Action::Pass;
@@ -76,7 +77,7 @@ pub fn handle<P: Packet>(pkt: &mut P, daddr: u32, l4_off: usize) -> Action {
     let tot_len = usize::from(u16::from_be(outer.tot_len));
     // The quote ends with the datagram: bytes after it are link padding, never ports.
     if L3_OFF + tot_len < MIN_LEN {
-        return vip::pass_if_vip(Some(daddr), Counter::VipUnsupportedProtocol);
+        return vip::pass_if_vip::<V4>(Some(daddr), Counter::VipUnsupportedProtocol);
     }
     let Some(icmp_type) = pkt.read::<u8>(OUTER_L4) else {
         return Action::Pass;
@@ -86,7 +87,7 @@ pub fn handle<P: Packet>(pkt: &mut P, daddr: u32, l4_off: usize) -> Action {
         ICMP_DEST_UNREACH | ICMP_SOURCE_QUENCH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
     ) {
         // Echo and the like: kube-proxy does not answer pings to ClusterIPs either.
-        return vip::pass_if_vip(Some(daddr), Counter::VipUnsupportedProtocol);
+        return vip::pass_if_vip::<V4>(Some(daddr), Counter::VipUnsupportedProtocol);
     }
     // One read at a time: a tuple of `Option`s would hold undefined bytes for the verifier.
     let Some(inner) = pkt.read::<Ipv4Hdr>(INNER_IP) else {
@@ -99,11 +100,11 @@ pub fn handle<P: Packet>(pkt: &mut P, daddr: u32, l4_off: usize) -> Action {
         && (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP)
         && u16::from_be(inner.frag_off) & IP_OFFSET_MASK == 0;
     if !quotes_ports {
-        return vip::pass_if_vip(Some(daddr), Counter::VipIcmpNoFlow);
+        return vip::pass_if_vip::<V4>(Some(daddr), Counter::VipIcmpNoFlow);
     }
     // The quoted packet, reversed: the tuple of the packet that answered it.
     let answer = FlowKey::new(inner.daddr, inner.saddr, ports[1], ports[0], inner.proto);
-    if vip::is_vip(daddr) {
+    if vip::is_vip::<V4>(daddr) {
         towards_backend(pkt, &outer, &inner, &answer, tot_len)
     } else {
         towards_client(pkt, &outer, &inner, &answer, tot_len)

@@ -4,22 +4,27 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use kproxy_common::{
+    addr::IpAddress,
     config::IPPROTO_UDP,
-    ct::{AffinityKey, AffinityValue, CT_F_RST, CtEntry, FlowKey, FragKey, FragPorts},
+    ct::{AffinityKeyOf, AffinityValue, CT_F_RST, CtEntryOf, FragPorts},
     lb::{
-        BE_F_ACTIVE, Backend, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, ServiceValue, SlotKey,
+        BE_F_ACTIVE, BackendOf, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKeyOf, ServiceValue,
+        SlotKey,
     },
     stats::Counter,
 };
 
 use crate::{
     conntrack::{self, CtMap, Dir, NewFlow},
-    frontend, icmp, icmp_err,
-    maps::{KP_AFFINITY, KP_BACKENDS, KP_CT_FWD, KP_CT_REV, KP_FRAGS, KP_RETIRED, KP_RR, KP_SLOTS},
+    family::{CtEntryF, Family, FlowF, FlowKeyF},
+    frontend,
+    maps::{KP_RETIRED, KP_RR, KP_SLOTS},
     packet::{NatRewrite, Packet, Peer, Side},
-    parse::{self, Fragment, IPPROTO_ICMP, Ipv4Flow, Parsed},
-    policy, reset, route, stats, vip,
+    parse::{Fragment, Parsed},
+    policy, route, stats, vip,
 };
+
+type Backend<F> = BackendOf<<F as Family>::Addr>;
 
 /// What the program does with a packet. No variant carries data: a payload that only some
 /// variants define is undefined in the others, and LLVM may spill those undefined bytes,
@@ -40,76 +45,78 @@ pub enum Action {
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// Entry point of the service logic for one packet.
+/// Entry point of the service logic for one packet of family `F`.
 #[inline(always)]
-pub fn handle<P: Packet>(pkt: &mut P) -> Action {
+pub fn handle<F: Family, P: Packet>(pkt: &mut P) -> Action {
     stats::count(Counter::Packets);
-    let mut flow = match parse::parse(pkt) {
-        Parsed::Ipv4(flow) if policy::martian_localhost(pkt, flow.key.daddr) => {
+    let mut flow = match F::parse(pkt) {
+        Parsed::Flow(flow) if policy::martian_localhost::<F, P>(pkt, flow.key.daddr) => {
             stats::count(Counter::DropMartianLocalhost);
             return Action::Drop;
         }
-        Parsed::Ipv4(flow) => flow,
-        Parsed::NotIpv4 => return Action::Pass,
-        Parsed::Vlan(daddr) => return vip::pass_if_vip(daddr, Counter::VipVlanTagged),
-        Parsed::Malformed(daddr) => return vip::drop_if_vip(Some(daddr), Counter::DropTruncated),
-        Parsed::OtherIpv4 {
+        Parsed::Flow(flow) => flow,
+        Parsed::NotIp => return Action::Pass,
+        Parsed::Vlan(daddr) => return vip::pass_if_vip::<F>(daddr, Counter::VipVlanTagged),
+        Parsed::Malformed(daddr) => {
+            return vip::drop_if_vip::<F>(Some(daddr), Counter::DropTruncated);
+        }
+        Parsed::Other {
             daddr,
             proto,
             l4_off,
         } => {
-            if proto == IPPROTO_ICMP && l4_off != 0 {
-                return icmp_err::handle(pkt, daddr, l4_off);
+            if proto == F::ICMP_PROTO && l4_off != 0 {
+                return F::icmp(pkt, daddr, l4_off);
             }
-            return vip::pass_if_vip(Some(daddr), Counter::VipUnsupportedProtocol);
+            return vip::pass_if_vip::<F>(Some(daddr), Counter::VipUnsupportedProtocol);
         }
     };
-    if flow.fragment == Fragment::Later && !later_fragment_ports(&mut flow) {
+    if flow.fragment == Fragment::Later && !later_fragment_ports::<F>(&mut flow) {
         // The first fragment was not seen (yet): nothing to translate this one with.
-        let action = vip::drop_if_vip(Some(flow.key.daddr), Counter::DropFragment);
+        let action = vip::drop_if_vip::<F>(Some(flow.key.daddr), Counter::DropFragment);
         if action == Action::Pass {
             stats::count(Counter::FragmentUntracked);
         }
         return action;
     }
-    let action = translate(pkt, &flow);
+    let action = translate::<F, P>(pkt, &flow);
     if flow.fragment == Fragment::First && matches!(action, Action::Dnat | Action::ReverseNat) {
-        remember_fragment_ports(&flow);
+        remember_fragment_ports::<F>(&flow);
     }
     action
 }
 
 /// A parsed packet with its ports: to a service, from a backend, or neither.
 #[inline(always)]
-fn translate<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Action {
-    let dest = frontend::Dest::of(flow.key.daddr, flow.key.dport, flow.key.proto);
+fn translate<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Action {
+    let dest = frontend::Dest::<F>::of(flow.key.daddr, flow.key.dport, flow.key.proto);
     // Read once: every path below (a flow's freshness, a reply's) needs the time.
     let now = conntrack::now_ns();
-    let mut fwd_entry = FwdEntry::NOT_LOOKED_UP;
+    let mut fwd_entry = FwdEntry::<F>::NOT_LOOKED_UP;
     if dest.is_nodeport() {
         // Nearly every packet to a NodePort belongs to a live flow, whose forward entry is
         // all it needs: looked up before the frontend, that is one hash lookup per packet
         // less. A live flow's frontend is still there: removing one stamps `KP_RETIRED`.
         fwd_entry = FwdEntry::of(&flow.key);
-        if live(flow, &fwd_entry.entry, now) {
+        if live::<F>(flow, &fwd_entry.entry, now) {
             if pkt.must_defer() {
                 stats::count(Counter::XdpDeferred);
                 return Action::Pass;
             }
             let entry = fwd_entry.entry;
-            return known_dnat(pkt, flow, &entry, &live_backend(&entry), now)
+            return known_dnat::<F, P>(pkt, flow, &entry, &live_backend::<F>(&entry), now)
                 .unwrap_or_else(dropped);
         }
     }
     match dest.find() {
-        Some((svc_key, svc)) => {
+        Some(found) => {
             if pkt.must_defer() {
                 stats::count(Counter::XdpDeferred);
                 return Action::Pass;
             }
-            to_service(pkt, flow, &svc_key, &svc, fwd_entry, now).unwrap_or_else(dropped)
+            to_service::<F, P>(pkt, flow, &found, fwd_entry, now).unwrap_or_else(dropped)
         }
-        None => from_backend(pkt, flow, now),
+        None => from_backend::<F, P>(pkt, flow, now),
     }
 }
 
@@ -121,53 +128,50 @@ fn dropped(reason: Counter) -> Action {
 }
 
 /// A packet's forward entry (`CtEntry::ZERO` if none), once looked up.
-#[derive(Clone, Copy)]
-struct FwdEntry {
+struct FwdEntry<F: Family> {
     looked_up: bool,
-    entry: CtEntry,
+    entry: CtEntryF<F>,
 }
 
-impl FwdEntry {
-    const NOT_LOOKED_UP: Self = Self {
-        looked_up: false,
-        entry: CtEntry::ZERO,
-    };
-
-    #[inline(always)]
-    fn of(key: &FlowKey) -> Self {
-        Self {
-            looked_up: true,
-            entry: conntrack::lookup_or_zero(&KP_CT_FWD, key),
-        }
+impl<F: Family> Clone for FwdEntry<F> {
+    fn clone(&self) -> Self {
+        *self
     }
 }
 
-fn frag_key(flow: &Ipv4Flow) -> FragKey {
-    FragKey {
-        saddr: flow.key.saddr,
-        daddr: flow.key.daddr,
-        id: flow.ip_id,
-        proto: flow.key.proto,
-        _pad: 0,
+impl<F: Family> Copy for FwdEntry<F> {}
+
+impl<F: Family> FwdEntry<F> {
+    const NOT_LOOKED_UP: Self = Self {
+        looked_up: false,
+        entry: CtEntryF::<F>::ZERO,
+    };
+
+    #[inline(always)]
+    fn of(key: &FlowKeyF<F>) -> Self {
+        Self {
+            looked_up: true,
+            entry: conntrack::lookup_or_zero(F::ct_fwd(), key),
+        }
     }
 }
 
 /// Records the ports of a translated first fragment for the later ones. Only translated
 /// traffic is recorded, so other fragmented traffic cannot fill the table.
 #[inline(always)]
-fn remember_fragment_ports(flow: &Ipv4Flow) {
+fn remember_fragment_ports<F: Family>(flow: &FlowF<F>) {
     let ports = FragPorts {
         sport: flow.key.sport,
         dport: flow.key.dport,
     };
-    let _ = KP_FRAGS.insert(frag_key(flow), ports, 0);
+    let _ = F::frags().insert(&F::frag_key(flow), &ports, 0);
 }
 
 /// Fills in the ports of a later fragment from its first fragment; false if unknown.
 #[inline(always)]
-fn later_fragment_ports(flow: &mut Ipv4Flow) -> bool {
+fn later_fragment_ports<F: Family>(flow: &mut FlowF<F>) -> bool {
     // SAFETY: copied out at once.
-    match unsafe { KP_FRAGS.get(frag_key(flow)) }.copied() {
+    match unsafe { F::frags().get(&F::frag_key(flow)) }.copied() {
         Some(ports) => {
             flow.key.sport = ports.sport;
             flow.key.dport = ports.dport;
@@ -178,136 +182,160 @@ fn later_fragment_ports(flow: &mut Ipv4Flow) -> bool {
 }
 
 /// What the flow a packet belongs to says about it.
-enum Known {
+enum Known<F: Family> {
     /// A live flow with a backend that serves it.
-    Use(CtEntry, Backend),
+    Use(CtEntryF<F>, Backend<F>),
     /// A live TCP flow whose endpoint left every EndpointSlice: reset it.
-    Reset(CtEntry),
+    Reset(CtEntryF<F>),
     /// No usable flow: start a new one, replacing the stale entry given (`CtEntry::ZERO`
     /// if there is none; not an `Option`, see `FlowState::of`).
-    New(CtEntry),
+    New(CtEntryF<F>),
 }
 
 /// A packet addressed to a service frontend: find or create its flow, then DNAT.
 #[inline(always)]
-fn to_service<P: Packet>(
+fn to_service<F: Family, P: Packet>(
     pkt: &mut P,
-    flow: &Ipv4Flow,
-    key: &ServiceKey,
-    svc: &ServiceValue,
-    fwd_entry: FwdEntry,
+    flow: &FlowF<F>,
+    found: &Found<F>,
+    fwd_entry: FwdEntry<F>,
     now: u64,
 ) -> Result<Action, Counter> {
     let fwd_entry = if fwd_entry.looked_up {
         fwd_entry
     } else {
-        FwdEntry::of(&flow.key)
+        FwdEntry::<F>::of(&flow.key)
     };
-    let (entry, backend) = match known_flow(flow, fwd_entry.entry, now) {
-        Known::Use(entry, backend) => return known_dnat(pkt, flow, &entry, &backend, now),
-        Known::Reset(entry) => return reset_flow(pkt, flow, &entry),
-        Known::New(stale) => {
-            if !flow.has_l4_header() {
-                return Err(Counter::DropFragment);
-            }
-            let cfg = conntrack::config();
-            let client = policy::Client::of(pkt, flow.key.saddr, &cfg);
-            let (svc, masquerade) = policy::serve(key, svc, client, flow.key.saddr, &cfg)?;
-            if svc.count == 0 {
-                stats::count_refused(svc.id);
-                if svc.flags & SVC_F_DROP_EMPTY != 0 {
-                    return Err(Counter::DropNoLocalEndpoint);
-                }
-                return reject(pkt, flow);
-            }
-            if flow.is_tcp() && !flow.is_syn() {
-                return Err(Counter::DropCtInvalid);
-            }
-            if stale.backend_id != 0 {
-                conntrack::retire(&flow.key, &stale);
-            }
-            let (backend_id, backend) = select_backend(&svc, flow.key.saddr, now)?;
-            // Hairpin: a pod that lands on itself must see the answer come from elsewhere
-            // than its own address, as kube-proxy's per-endpoint masquerade rule ensures.
-            let masq_addr = if masquerade || backend.addr == flow.key.saddr {
-                let addr = route::masquerade_addr(pkt, flow.key.saddr, backend.addr)
-                    .ok_or(Counter::DropMasqNoAddr)?;
-                stats::count(Counter::Masqueraded);
-                addr
-            } else {
-                0
-            };
-            let entry = conntrack::create(
-                &flow.key,
-                &NewFlow {
-                    backend_id,
-                    svc_id: svc.id,
-                    addr: backend.addr,
-                    port: backend.port,
-                    masq_addr,
-                },
-                flow.tcp_flags,
-                now,
-            )?;
-            if entry.backend_id == backend_id {
-                stats::count_new_flow(svc.id, backend_id);
-                (entry, backend)
-            } else {
-                // Another CPU created the flow first with another backend: follow it.
-                // SAFETY: copied out at once.
-                let theirs = unsafe { KP_BACKENDS.get(entry.backend_id) }
-                    .copied()
-                    .ok_or(Counter::DropNoBackend)?;
-                (entry, theirs)
-            }
+    let (entry, backend) = match known_flow::<F>(flow, fwd_entry.entry, now) {
+        Known::Use(entry, backend) => return known_dnat::<F, P>(pkt, flow, &entry, &backend, now),
+        Known::Reset(entry) => return reset_flow::<F, P>(pkt, flow, &entry),
+        Known::New(stale) => match new_flow::<F, P>(pkt, flow, found, &stale) {
+            Ok(chosen) => chosen,
+            // No endpoints: the packet gets the reject.
+            Err(Counter::Rejected) => return reject::<F, P>(pkt, flow),
+            Err(why) => return Err(why),
+        },
+    };
+    dnat::<F, P>(pkt, flow, &entry, &backend)
+}
+
+/// A frontend found for a packet: the key it was found under, and its value.
+type Found<F> = (ServiceKeyOf<<F as Family>::Addr>, ServiceValue);
+
+/// A new flow of `flow` to the frontend `found`, replacing the stale forward entry `stale`
+/// (`CtEntry::ZERO` if none): its backend and forward entry. `Rejected` means the frontend
+/// has no endpoints and the packet gets the reject.
+#[inline(always)]
+fn new_flow<F: Family, P: Packet>(
+    pkt: &mut P,
+    flow: &FlowF<F>,
+    (key, svc): &Found<F>,
+    stale: &CtEntryF<F>,
+) -> Result<(CtEntryF<F>, Backend<F>), Counter> {
+    // Read again rather than passed in: the coarse clock's tick between the two reads is
+    // far below every timeout.
+    let now = conntrack::now_ns();
+    if !flow.has_l4_header() {
+        return Err(Counter::DropFragment);
+    }
+    let cfg = conntrack::config();
+    let client = policy::Client::of::<F, P>(pkt, flow.key.saddr, &cfg);
+    let (svc, masquerade) = policy::serve::<F>(key, svc, client, flow.key.saddr, &cfg)?;
+    if svc.count == 0 {
+        stats::count_refused(svc.id);
+        if svc.flags & SVC_F_DROP_EMPTY != 0 {
+            return Err(Counter::DropNoLocalEndpoint);
         }
+        return Err(Counter::Rejected);
+    }
+    if flow.is_tcp() && !flow.is_syn() {
+        return Err(Counter::DropCtInvalid);
+    }
+    if stale.backend_id != 0 {
+        conntrack::retire::<F>(&flow.key, stale);
+    }
+    let (backend_id, backend) = select_backend::<F>(&svc, flow.key.saddr, now)?;
+    // Hairpin: a pod that lands on itself must see the answer come from elsewhere
+    // than its own address, as kube-proxy's per-endpoint masquerade rule ensures.
+    let masq_addr = if masquerade || backend.addr == flow.key.saddr {
+        let addr = route::masquerade_addr::<F, P>(pkt, flow.key.saddr, backend.addr)
+            .ok_or(Counter::DropMasqNoAddr)?;
+        stats::count(Counter::Masqueraded);
+        addr
+    } else {
+        F::Addr::UNSPECIFIED
     };
-    dnat(pkt, flow, &entry, &backend)
+    let entry = conntrack::create::<F>(
+        &flow.key,
+        &NewFlow {
+            backend_id,
+            svc_id: svc.id,
+            addr: backend.addr,
+            port: backend.port,
+            masq_addr,
+        },
+        flow.tcp_flags,
+        now,
+    )?;
+    if entry.backend_id == backend_id {
+        stats::count_new_flow(svc.id, backend_id);
+        Ok((entry, backend))
+    } else {
+        // Another CPU created the flow first with another backend: follow it.
+        // SAFETY: copied out at once.
+        let theirs = unsafe { F::backends().get(&entry.backend_id) }
+            .copied()
+            .ok_or(Counter::DropNoBackend)?;
+        Ok((entry, theirs))
+    }
 }
 
 /// A packet of a known flow: recorded in its forward entry `entry`, then translated to the
 /// flow's backend `backend`.
 #[inline(always)]
-fn known_dnat<P: Packet>(
+fn known_dnat<F: Family, P: Packet>(
     pkt: &mut P,
-    flow: &Ipv4Flow,
-    entry: &CtEntry,
-    backend: &Backend,
+    flow: &FlowF<F>,
+    entry: &CtEntryF<F>,
+    backend: &Backend<F>,
     now: u64,
 ) -> Result<Action, Counter> {
     conntrack::record(
-        &KP_CT_FWD,
+        F::ct_fwd(),
         &flow.key,
         entry,
         Dir::Forward,
         flow.tcp_flags,
         now,
     );
-    dnat(pkt, flow, entry, backend)
+    dnat::<F, P>(pkt, flow, entry, backend)
 }
 
 /// Translates a packet of the flow of forward entry `entry` to its backend `backend`.
 #[inline(always)]
-fn dnat<P: Packet>(
+fn dnat<F: Family, P: Packet>(
     pkt: &mut P,
-    flow: &Ipv4Flow,
-    entry: &CtEntry,
-    backend: &Backend,
+    flow: &FlowF<F>,
+    entry: &CtEntryF<F>,
+    backend: &Backend<F>,
 ) -> Result<Action, Counter> {
     // Counted before the rewrite (same length): after it, the XDP program's verification
     // grows by half (its states stop pruning); a packet the rewrite then drops, which a
     // well-formed one never is, is counted towards its backend but not its frontend.
     stats::count_backend_packet(entry.backend_id, pkt.len());
-    pkt.rewrite(&NatRewrite {
-        side: Side::Destination,
-        old_addr: flow.key.daddr,
-        new_addr: backend.addr,
-        old_port: flow.key.dport,
-        new_port: backend.port,
-        peer: client_side(entry, flow.key.saddr, flow.key.sport),
-        l4_off: flow.has_l4_header().then_some(flow.l4_off),
-        udp: flow.key.proto == IPPROTO_UDP,
-    })
+    F::rewrite(
+        pkt,
+        &NatRewrite {
+            side: Side::Destination,
+            old_addr: flow.key.daddr,
+            new_addr: backend.addr,
+            old_port: flow.key.dport,
+            new_port: backend.port,
+            peer: client_side(entry, flow.key.saddr, flow.key.sport),
+            l4_off: flow.has_l4_header().then_some(flow.l4_off),
+            udp: flow.key.proto == IPPROTO_UDP,
+        },
+    )
     .map_err(|()| Counter::DropNat)?;
     stats::count(Counter::ServicePackets);
     stats::count_service_packet(entry.svc_id, pkt.len());
@@ -318,10 +346,10 @@ fn dnat<P: Packet>(
 /// client's address and port (`addr`, `port`) with the ones used towards the backend,
 /// reply entries restore them. Zero fields leave that part alone.
 #[inline(always)]
-fn client_side(entry: &CtEntry, addr: u32, port: u16) -> Peer {
+fn client_side<A: IpAddress>(entry: &CtEntryOf<A>, addr: A, port: u16) -> Peer<A> {
     Peer {
         old_addr: addr,
-        new_addr: if entry.alt_addr != 0 {
+        new_addr: if !entry.alt_addr.is_unspecified() {
             entry.alt_addr
         } else {
             addr
@@ -340,15 +368,15 @@ fn client_side(entry: &CtEntry, addr: u32, port: u16) -> Peer {
 /// none has been removed, nor a backend stopped taking connections, since (`KP_RETIRED`).
 /// The entry then has the backend's address and port (see `live_backend`).
 #[inline(always)]
-fn live(flow: &Ipv4Flow, entry: &CtEntry, now: u64) -> bool {
+fn live<F: Family>(flow: &FlowF<F>, entry: &CtEntryF<F>, now: u64) -> bool {
     let syn = flow.is_tcp() && flow.is_syn();
     conntrack::fresh(entry, syn, now) && nothing_retired_since(entry.last_seen_ns)
 }
 
 /// The backend of a `live` flow, as its forward entry has it.
 #[inline(always)]
-fn live_backend(entry: &CtEntry) -> Backend {
-    Backend {
+fn live_backend<F: Family>(entry: &CtEntryF<F>) -> Backend<F> {
+    BackendOf {
         addr: entry.nat_addr,
         port: entry.nat_port,
         flags: BE_F_ACTIVE,
@@ -362,14 +390,14 @@ fn live_backend(entry: &CtEntry) -> Backend {
 /// endpoint is listed at all (TCP) or still takes new connections (UDP, whose flows
 /// kube-proxy clears when an endpoint stops being used).
 #[inline(always)]
-fn known_flow(flow: &Ipv4Flow, entry: CtEntry, now: u64) -> Known {
-    if live(flow, &entry, now) {
-        return Known::Use(entry, live_backend(&entry));
+fn known_flow<F: Family>(flow: &FlowF<F>, entry: CtEntryF<F>, now: u64) -> Known<F> {
+    if live::<F>(flow, &entry, now) {
+        return Known::Use(entry, live_backend::<F>(&entry));
     }
     let cfg = conntrack::config();
     let syn = flow.is_tcp() && flow.is_syn();
-    let Some(found) = conntrack::existing(&flow.key, entry, syn, now) else {
-        return Known::New(CtEntry::ZERO);
+    let Some(found) = conntrack::existing::<F>(&flow.key, entry, syn, now) else {
+        return Known::New(CtEntryF::<F>::ZERO);
     };
     let entry = found.entry;
     if syn && found.state.tcp_closing() {
@@ -381,7 +409,7 @@ fn known_flow(flow: &Ipv4Flow, entry: CtEntry, now: u64) -> Known {
         return Known::New(entry);
     }
     // SAFETY: copied out at once.
-    match unsafe { KP_BACKENDS.get(entry.backend_id) }.copied() {
+    match unsafe { F::backends().get(&entry.backend_id) }.copied() {
         Some(backend) if backend.is_active() || (flow.is_tcp() && !flow.is_syn()) => {
             Known::Use(entry, backend)
         }
@@ -407,12 +435,15 @@ fn nothing_retired_since(ns: u64) -> bool {
 /// Answers a packet of a TCP flow whose endpoint is gone with a RST, and marks the flow
 /// reset so it expires after the close timeout.
 #[inline(always)]
-fn reset_flow<P: Packet>(pkt: &mut P, flow: &Ipv4Flow, entry: &CtEntry) -> Result<Action, Counter> {
+fn reset_flow<F: Family, P: Packet>(
+    pkt: &mut P,
+    flow: &FlowF<F>,
+    entry: &CtEntryF<F>,
+) -> Result<Action, Counter> {
     let mut closed = *entry;
     closed.flags |= CT_F_RST;
-    let _ = KP_CT_FWD.update(&flow.key, &closed, aya_ebpf::bindings::BPF_EXIST);
-    let frame = reset::tcp_reset(pkt, flow).ok_or(Counter::DropReset)?;
-    pkt.send_back(&frame).map_err(|()| Counter::DropReset)?;
+    let _ = F::ct_fwd().update(&flow.key, &closed, aya_ebpf::bindings::BPF_EXIST);
+    F::send_reset(pkt, flow).map_err(|()| Counter::DropReset)?;
     stats::count(Counter::ResetBackendGone);
     Ok(Action::SentBack)
 }
@@ -422,22 +453,26 @@ fn reset_flow<P: Packet>(pkt: &mut P, flow: &Ipv4Flow, entry: &CtEntry) -> Resul
 /// round-robin. Either way the affinity is (re)set: kube-proxy's `recent` match refreshes it
 /// on new connections only, not on every packet.
 #[inline(always)]
-fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<(u32, Backend), Counter> {
+fn select_backend<F: Family>(
+    svc: &ServiceValue,
+    client: F::Addr,
+    now: u64,
+) -> Result<(u32, Backend<F>), Counter> {
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
-    let akey = AffinityKey {
+    let akey = AffinityKeyOf {
         svc_id: svc.id,
         client,
     };
     if affinity
         // SAFETY: copied out at once.
-        && let Some(a) = unsafe { KP_AFFINITY.get(akey) }.copied()
+        && let Some(a) = unsafe { F::affinity().get(&akey) }.copied()
         && now.saturating_sub(a.last_seen_ns) <= u64::from(svc.affinity_timeout_s) * NS_PER_SEC
         // SAFETY: copied out at once.
-        && let Some(b) = unsafe { KP_BACKENDS.get(a.backend_id) }.copied()
+        && let Some(b) = unsafe { F::backends().get(&a.backend_id) }.copied()
         && b.is_active()
     {
         stats::count(Counter::AffinityHits);
-        remember_affinity(&akey, a.backend_id, now);
+        remember_affinity::<F>(&akey, a.backend_id, now);
         return Ok((a.backend_id, b));
     }
     let rr = KP_RR.get_ptr_mut(svc.id).ok_or(Counter::DropNoSlot)?;
@@ -452,49 +487,48 @@ fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<(u32, Bac
         .copied()
         .ok_or(Counter::DropNoSlot)?;
     // SAFETY: copied out at once.
-    let backend = unsafe { KP_BACKENDS.get(id) }
+    let backend = unsafe { F::backends().get(&id) }
         .copied()
         .ok_or(Counter::DropNoBackend)?;
     if affinity {
-        remember_affinity(&akey, id, now);
+        remember_affinity::<F>(&akey, id, now);
     }
     Ok((id, backend))
 }
 
 #[inline(always)]
-fn remember_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
+fn remember_affinity<F: Family>(key: &AffinityKeyOf<F::Addr>, backend_id: u32, now: u64) {
     let value = AffinityValue {
         last_seen_ns: now,
         backend_id,
         _pad: 0,
     };
-    let _ = KP_AFFINITY.insert(key, value, 0);
+    let _ = F::affinity().insert(key, &value, 0);
 }
 
 /// No endpoints: answer with ICMP port unreachable, as kube-proxy's REJECT rule does.
 #[inline(always)]
-fn reject<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<Action, Counter> {
-    let frame = icmp::port_unreachable(pkt, &flow.key, flow.l4_off).ok_or(Counter::DropReject)?;
-    pkt.send_back(&frame).map_err(|()| Counter::DropReject)?;
+fn reject<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Result<Action, Counter> {
+    F::send_reject(pkt, flow).map_err(|()| Counter::DropReject)?;
     stats::count(Counter::Rejected);
     Ok(Action::SentBack)
 }
 
 /// A packet not addressed to a service: a backend's reply to translate back, or not ours.
 #[inline(always)]
-fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow, now: u64) -> Action {
+fn from_backend<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>, now: u64) -> Action {
     let cfg = conntrack::config();
     // A reply is translated even if its flow timed out and is not collected yet: the
     // backend still uses the tuple, and the client only knows the VIP.
-    let Some(entry) = conntrack::existing_reply(&flow.key, &cfg, now) else {
-        return vip::pass_if_vip(Some(flow.key.daddr), Counter::VipNoServicePort);
+    let Some(entry) = conntrack::existing_reply::<F>(&flow.key, &cfg, now) else {
+        return vip::pass_if_vip::<F>(Some(flow.key.daddr), Counter::VipNoServicePort);
     };
     if pkt.must_defer() {
         stats::count(Counter::XdpDeferred);
         return Action::Pass;
     }
     conntrack::record(
-        &KP_CT_REV,
+        F::ct_rev(),
         &flow.key,
         &entry,
         Dir::Reply,
@@ -511,7 +545,7 @@ fn from_backend<P: Packet>(pkt: &mut P, flow: &Ipv4Flow, now: u64) -> Action {
         l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     };
-    if pkt.rewrite(&rewrite).is_err() {
+    if F::rewrite(pkt, &rewrite).is_err() {
         stats::count(Counter::DropNat);
         return Action::Drop;
     }

@@ -13,6 +13,7 @@
 
 mod conntrack;
 mod csum;
+mod family;
 mod forward;
 mod frontend;
 mod icmp;
@@ -36,6 +37,8 @@ use aya_ebpf::{
 use kproxy_common::iface::IFACE_F_INGRESS;
 
 use crate::{
+    family::{Family, V4},
+    forward::Forwarding,
     lb::Action,
     packet::{Packet, TcPacket, XdpPacket},
 };
@@ -69,12 +72,19 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
         ctx: &ctx,
         egress: false,
     };
-    match lb::handle(&mut pkt) {
+    tc_ingress::<V4>(&mut pkt)
+}
+
+#[inline(always)]
+fn tc_ingress<F: Family>(pkt: &mut TcPacket) -> i32 {
+    match lb::handle::<F, _>(pkt) {
         // The node's own connection to one of its addresses (a NodePort) came back in
         // through the loopback device; once DNATed it is routed from here, like traffic the
         // egress program translates.
-        Action::Dnat if pkt.ifindex() == route::LOOPBACK_IFINDEX && route::sent_by_node(&ctx) => {
-            route::reroute(&ctx)
+        Action::Dnat
+            if pkt.ifindex() == route::LOOPBACK_IFINDEX && route::sent_by_node::<F>(pkt) =>
+        {
+            route::reroute::<F>(pkt)
         }
         Action::Pass | Action::Dnat | Action::ReverseNat => TC_ACT_UNSPEC,
         Action::SentBack => TC_ACT_REDIRECT,
@@ -88,19 +98,30 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
     upgrade_test_marker();
-    // SAFETY: the context pointer the kernel passed to this program.
-    let from = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    // Forwarded from an interface kproxy already handles on ingress: nothing left to do.
-    // SAFETY: copied out at once.
-    if from != 0 && unsafe { maps::KP_IFACES.get(from) }.is_some_and(|f| f & IFACE_F_INGRESS != 0) {
+    if forwarded_from_served_interface(&ctx) {
         return TC_ACT_UNSPEC;
     }
-    match lb::handle(&mut TcPacket {
+    let mut pkt = TcPacket {
         ctx: &ctx,
         egress: true,
-    }) {
+    };
+    tc_egress::<V4>(&mut pkt)
+}
+
+/// Forwarded from an interface kproxy already handles on ingress: nothing left to do.
+#[inline(always)]
+fn forwarded_from_served_interface(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer the kernel passed to this program.
+    let from = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: copied out at once.
+    from != 0 && unsafe { maps::KP_IFACES.get(from) }.is_some_and(|f| f & IFACE_F_INGRESS != 0)
+}
+
+#[inline(always)]
+fn tc_egress<F: Family>(pkt: &mut TcPacket) -> i32 {
+    match lb::handle::<F, _>(pkt) {
         Action::Pass | Action::ReverseNat => TC_ACT_UNSPEC,
-        Action::Dnat => route::reroute(&ctx),
+        Action::Dnat => route::reroute::<F>(pkt),
         Action::SentBack => TC_ACT_REDIRECT,
         Action::Drop => TC_ACT_SHOT,
     }
@@ -110,7 +131,7 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
-    xdp_ingress(&ctx, false)
+    xdp_ingress::<V4>(&ctx, false)
 }
 
 /// XDP program for an interface that may hand XDP partial checksums: service packets go on
@@ -118,15 +139,15 @@ pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp_defer(ctx: XdpContext) -> u32 {
-    xdp_ingress(&ctx, true)
+    xdp_ingress::<V4>(&ctx, true)
 }
 
 #[inline(always)]
-fn xdp_ingress(ctx: &XdpContext, defers: bool) -> u32 {
+fn xdp_ingress<F: Forwarding>(ctx: &XdpContext, defers: bool) -> u32 {
     upgrade_test_marker();
     let mut pkt = XdpPacket::new(ctx, defers);
-    match lb::handle(&mut pkt) {
-        Action::Dnat | Action::ReverseNat => forward::forward(&pkt),
+    match lb::handle::<F, _>(&mut pkt) {
+        Action::Dnat | Action::ReverseNat => forward::forward::<F>(&pkt),
         Action::Pass => xdp_action::XDP_PASS,
         Action::SentBack => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,
@@ -142,7 +163,7 @@ fn xdp_ingress(ctx: &XdpContext, defers: bool) -> u32 {
 pub fn kproxy_xdp_forward_only(ctx: XdpContext) -> u32 {
     let pkt = XdpPacket::new(&ctx, false);
     if parse::is_ipv4_frame(&pkt) {
-        forward::forward(&pkt)
+        forward::forward::<V4>(&pkt)
     } else {
         xdp_action::XDP_PASS
     }

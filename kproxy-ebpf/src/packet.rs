@@ -20,7 +20,7 @@ use aya_ebpf::{
 
 use crate::{
     csum,
-    parse::{IP_CSUM_OFF, IPV4_HLEN, L3_OFF},
+    parse::{IP_CSUM_OFF, IPV4_HLEN, L3_OFF, TCP_HLEN, UDP_HLEN},
 };
 
 /// Which end of a packet a rewrite changes.
@@ -32,24 +32,24 @@ pub enum Side {
     Destination,
 }
 
-/// One address (and port) rewrite of a translated packet.
-pub struct NatRewrite {
+/// One address (and port) rewrite of a translated packet, in either family's addresses.
+pub struct NatRewrite<A> {
     pub side: Side,
-    pub old_addr: u32,
-    pub new_addr: u32,
+    pub old_addr: A,
+    pub new_addr: A,
     pub old_port: u16,
     pub new_port: u16,
     /// The other end's address and port: they change too when the flow is masqueraded
     /// (SNAT to a node address) or its client port was taken towards the backend; equal
     /// old and new values leave them alone.
-    pub peer: Peer,
+    pub peer: Peer<A>,
     /// Offset of the L4 header; `None` for a later fragment, which has none.
     pub l4_off: Option<usize>,
     /// UDP (a zero checksum means "none" and stays zero) rather than TCP.
     pub udp: bool,
 }
 
-impl NatRewrite {
+impl<A> NatRewrite<A> {
     /// Offset of the address within the IPv4 header.
     #[inline(always)]
     fn addr_in_ip(&self) -> usize {
@@ -83,16 +83,16 @@ impl NatRewrite {
 
 /// The other end of a rewrite (see `NatRewrite::peer`).
 #[derive(Clone, Copy)]
-pub struct Peer {
-    pub old_addr: u32,
-    pub new_addr: u32,
+pub struct Peer<A> {
+    pub old_addr: A,
+    pub new_addr: A,
     pub old_port: u16,
     pub new_port: u16,
 }
 
-impl Peer {
+impl<A: PartialEq> Peer<A> {
     #[inline(always)]
-    const fn addr_changes(&self) -> bool {
+    fn addr_changes(&self) -> bool {
         self.old_addr != self.new_addr
     }
 
@@ -113,7 +113,7 @@ pub trait Packet {
     /// Length of the whole packet in bytes.
     fn len(&self) -> u32;
     /// Rewrites an address and port, keeping IP and L4 checksums right.
-    fn rewrite(&mut self, rw: &NatRewrite) -> Result<(), ()>;
+    fn rewrite(&mut self, rw: &NatRewrite<u32>) -> Result<(), ()>;
     /// Rewrites the outer IPv4 source or destination address and the IP header checksum
     /// (nothing else: for ICMP, whose checksum has no pseudo-header).
     fn set_ip_addr(&mut self, side: Side, old: u32, new: u32) -> Result<(), ()>;
@@ -223,7 +223,7 @@ impl Packet for TcPacket<'_> {
     }
 
     #[inline(always)]
-    fn rewrite(&mut self, rw: &NatRewrite) -> Result<(), ()> {
+    fn rewrite(&mut self, rw: &NatRewrite<u32>) -> Result<(), ()> {
         let mangled = if rw.udp {
             u64::from(BPF_F_MARK_MANGLED_0)
         } else {
@@ -373,14 +373,26 @@ impl<'a> XdpPacket<'a> {
     }
 }
 
-const TCP_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-
 impl XdpPacket<'_> {
+    /// The frame's start and end, read from the context where they are used (volatile: a
+    /// copy kept in a register was spilled with a 32-bit store, LLVM knowing the fields are
+    /// 32 bits wide, which the verifier refuses for a packet pointer).
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        let md = self.ctx.ctx;
+        // SAFETY: the context pointer the kernel passed to this program.
+        unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*md).data) as usize,
+                core::ptr::read_volatile(&raw const (*md).data_end) as usize,
+            )
+        }
+    }
+
     #[inline(always)]
     fn ptr_mut<T>(&self, off: usize) -> Result<*mut T, ()> {
-        let start = self.ctx.data();
-        if start + off + size_of::<T>() > self.ctx.data_end() {
+        let (start, end) = self.bounds();
+        if start + off + size_of::<T>() > end {
             return Err(());
         }
         Ok((start + off) as *mut T)
@@ -388,10 +400,10 @@ impl XdpPacket<'_> {
 
     /// The L4 half of `rewrite`: port and checksum inside a `LEN`-byte header at `l4_off`.
     #[inline(always)]
-    fn rewrite_l4<const LEN: usize, const CSUM: usize>(
+    fn rewrite_l4<A: csum::Words + PartialEq, const LEN: usize, const CSUM: usize>(
         &self,
         l4_off: usize,
-        rw: &NatRewrite,
+        rw: &NatRewrite<A>,
     ) -> Result<(), ()> {
         let l4 = self.ptr_mut::<[u8; LEN]>(l4_off)?.cast::<u8>();
         // SAFETY: the whole L4 header was bounds-checked above; CSUM + 2 <= LEN.
@@ -401,10 +413,10 @@ impl XdpPacket<'_> {
             if !(rw.udp && old == 0) {
                 let peer = &rw.peer;
                 let mut update = csum::Update::of(old)
-                    .word4(rw.old_addr, rw.new_addr)
+                    .addr(rw.old_addr, rw.new_addr)
                     .word2(rw.old_port, rw.new_port);
                 if peer.addr_changes() {
-                    update = update.word4(peer.old_addr, peer.new_addr);
+                    update = update.addr(peer.old_addr, peer.new_addr);
                 }
                 if peer.port_changes() {
                     update = update.word2(peer.old_port, peer.new_port);
@@ -451,12 +463,14 @@ impl Packet for XdpPacket<'_> {
 
     #[inline(always)]
     fn ensure(&mut self, len: usize) -> bool {
-        self.ctx.data() + len <= self.ctx.data_end()
+        let (start, end) = self.bounds();
+        start + len <= end
     }
 
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
-        read_at(self.ctx.data(), self.ctx.data_end(), off)
+        let (start, end) = self.bounds();
+        read_at(start, end, off)
     }
 
     #[inline(always)]
@@ -465,7 +479,7 @@ impl Packet for XdpPacket<'_> {
     }
 
     #[inline(always)]
-    fn rewrite(&mut self, rw: &NatRewrite) -> Result<(), ()> {
+    fn rewrite(&mut self, rw: &NatRewrite<u32>) -> Result<(), ()> {
         // Every access goes through a pointer to a whole header checked once, at a constant
         // offset from it: the verifier tracks the checked range on that pointer only.
         let ip = self.ptr_mut::<[u8; IPV4_HLEN]>(L3_OFF)?.cast::<u8>();
@@ -492,8 +506,8 @@ impl Packet for XdpPacket<'_> {
         };
         match rw.l4_off {
             None => Ok(()),
-            Some(l4_off) if rw.udp => self.rewrite_l4::<UDP_HLEN, UDP_CSUM>(l4_off, rw),
-            Some(l4_off) => self.rewrite_l4::<TCP_HLEN, TCP_CSUM>(l4_off, rw),
+            Some(l4_off) if rw.udp => self.rewrite_l4::<u32, UDP_HLEN, UDP_CSUM>(l4_off, rw),
+            Some(l4_off) => self.rewrite_l4::<u32, TCP_HLEN, TCP_CSUM>(l4_off, rw),
         }
     }
 

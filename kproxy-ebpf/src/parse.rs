@@ -6,7 +6,7 @@ use core::mem::size_of;
 
 use kproxy_common::{
     config::{IPPROTO_TCP, IPPROTO_UDP},
-    ct::FlowKey,
+    ct::FlowKeyOf,
 };
 
 use crate::packet::Packet;
@@ -54,10 +54,10 @@ pub struct Ipv4Hdr {
 
 /// Minimum L4 header bytes inside the datagram: the whole fixed TCP header (a rewrite must
 /// find its checksum, at 16, inside the datagram rather than in link padding), the UDP header.
-const TCP_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
+pub const TCP_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
 
-/// Where a packet's IPv4 datagram sits among fragments.
+/// Where a packet's datagram sits among fragments.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fragment {
     /// A whole datagram.
@@ -68,20 +68,21 @@ pub enum Fragment {
     Later,
 }
 
-/// A parsed IPv4 TCP/UDP packet.
+/// A parsed TCP/UDP packet of either family.
 #[derive(Clone, Copy)]
-pub struct Ipv4Flow {
+pub struct Flow<A> {
     /// The tuple as it appears in the packet (ports are 0 in a `Fragment::Later`).
-    pub key: FlowKey,
+    pub key: FlowKeyOf<A>,
     pub l4_off: usize,
     /// TCP flags byte, 0 for UDP and for later fragments.
     pub tcp_flags: u8,
     pub fragment: Fragment,
-    /// IP identification, for the fragment table.
-    pub ip_id: u16,
+    /// The datagram's identification for the fragment table: IPv4's 16-bit IP ID, or the
+    /// IPv6 Fragment header's 32-bit one (network byte order).
+    pub frag_id: u32,
 }
 
-impl Ipv4Flow {
+impl<A> Flow<A> {
     #[inline(always)]
     pub fn has_l4_header(&self) -> bool {
         self.fragment != Fragment::Later
@@ -99,23 +100,26 @@ impl Ipv4Flow {
     }
 }
 
-/// What the parser found.
-pub enum Parsed {
-    /// Not IPv4 at all (ARP, IPv6, runts): never ours, passes untouched.
-    NotIpv4,
+/// What a parser found, in its family's addresses.
+pub enum Parsed<A> {
+    /// Not this family at all (ARP, the other family, runts): never ours, passes untouched.
+    NotIp,
     /// An 802.1Q/802.1ad tagged frame; the destination of the IPv4 packet inside, if any.
-    Vlan(Option<u32>),
-    /// IPv4 of another protocol than TCP/UDP (ICMP, SCTP, ...): destination, protocol and
-    /// where its header starts (0 for a later fragment or a malformed header).
-    OtherIpv4 {
-        daddr: u32,
+    Vlan(Option<A>),
+    /// Another protocol than TCP/UDP (ICMP, SCTP, ...): destination, protocol and where its
+    /// header starts (0 for a later fragment or a malformed header).
+    Other {
+        daddr: A,
         proto: u8,
         l4_off: usize,
     },
-    /// IPv4 TCP/UDP whose headers are cut short or contradict themselves (IHL, total length).
-    Malformed(u32),
-    Ipv4(Ipv4Flow),
+    /// TCP/UDP whose headers are cut short or contradict themselves (lengths).
+    Malformed(A),
+    Flow(Flow<A>),
 }
+
+/// An IPv4 flow.
+pub type Ipv4Flow = Flow<u32>;
 
 /// Whether the frame is untagged IPv4 with a whole IPv4 header.
 #[inline(always)]
@@ -129,21 +133,21 @@ pub fn is_ipv4_frame<P: Packet>(pkt: &P) -> bool {
 
 /// Parses Ethernet, IPv4 and the TCP/UDP ports.
 #[inline(always)]
-pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
+pub fn parse<P: Packet>(pkt: &mut P) -> Parsed<u32> {
     if !pkt.ensure(ETH_HLEN + size_of::<Ipv4Hdr>()) {
-        return Parsed::NotIpv4;
+        return Parsed::NotIp;
     }
     let Some(eth) = pkt.read::<EthHdr>(0) else {
-        return Parsed::NotIpv4;
+        return Parsed::NotIp;
     };
     if eth.proto == ETH_P_8021Q.to_be() || eth.proto == ETH_P_8021AD.to_be() {
         return Parsed::Vlan(vlan_inner_daddr(pkt));
     }
     if eth.proto != ETH_P_IP.to_be() {
-        return Parsed::NotIpv4;
+        return Parsed::NotIp;
     }
     let Some(ip) = pkt.read::<Ipv4Hdr>(L3_OFF) else {
-        return Parsed::NotIpv4;
+        return Parsed::NotIp;
     };
     let ihl = usize::from(ip.ver_ihl & 0x0f) * 4;
     let tot_len = usize::from(u16::from_be(ip.tot_len));
@@ -168,7 +172,7 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
     let l4_off = L3_OFF + ihl;
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         let has_header = sane && fragment != Fragment::Later;
-        return Parsed::OtherIpv4 {
+        return Parsed::Other {
             daddr: ip.daddr,
             proto: ip.proto,
             l4_off: if has_header { l4_off } else { 0 },
@@ -177,35 +181,55 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Parsed {
     if !sane {
         return Parsed::Malformed(ip.daddr);
     }
-    let mut key = FlowKey::new(ip.saddr, ip.daddr, 0, 0, ip.proto);
+    transport(
+        pkt,
+        FlowKeyOf::new(ip.saddr, ip.daddr, 0, 0, ip.proto),
+        l4_off,
+        L3_OFF + tot_len,
+        fragment,
+        u32::from(ip.id),
+    )
+}
+
+/// Reads the ports (and TCP flags) of the TCP/UDP header at `l4_off` of a datagram that
+/// ends at `end`, into `key` (whose addresses and protocol are set).
+#[inline(always)]
+pub fn transport<A: Copy, P: Packet>(
+    pkt: &mut P,
+    mut key: FlowKeyOf<A>,
+    l4_off: usize,
+    end: usize,
+    fragment: Fragment,
+    frag_id: u32,
+) -> Parsed<A> {
     let mut tcp_flags = 0;
     if fragment != Fragment::Later {
-        let need = if ip.proto == IPPROTO_TCP {
+        let need = if key.proto == IPPROTO_TCP {
             TCP_HLEN
         } else {
             UDP_HLEN
         };
-        if ihl + need > tot_len || !pkt.ensure(l4_off + need) {
-            return Parsed::Malformed(ip.daddr);
+        if l4_off + need > end || !pkt.ensure(l4_off + need) {
+            return Parsed::Malformed(key.daddr);
         }
         let Some(ports) = pkt.read::<[u16; 2]>(l4_off) else {
-            return Parsed::Malformed(ip.daddr);
+            return Parsed::Malformed(key.daddr);
         };
         key.sport = ports[0];
         key.dport = ports[1];
-        if ip.proto == IPPROTO_TCP {
+        if key.proto == IPPROTO_TCP {
             let Some(flags) = pkt.read::<u8>(l4_off + 13) else {
-                return Parsed::Malformed(ip.daddr);
+                return Parsed::Malformed(key.daddr);
             };
             tcp_flags = flags;
         }
     }
-    Parsed::Ipv4(Ipv4Flow {
+    Parsed::Flow(Flow {
         key,
         l4_off,
         tcp_flags,
         fragment,
-        ip_id: ip.id,
+        frag_id,
     })
 }
 

@@ -24,20 +24,18 @@ struct TcpSeq {
     flags: u8,
 }
 
-/// The whole RST frame answering the TCP packet in `pkt`, from the VIP the client
-/// addressed. RFC 793 "Reset Generation": if the segment has an ACK the RST takes its
-/// sequence number from it, otherwise it has sequence number 0 and acknowledges the segment.
+/// The RST's sequence number, acknowledgement and flags for the segment whose header is at
+/// `l4_off` in a datagram ending at `end`. RFC 793 "Reset Generation": if the segment has an
+/// ACK the RST takes its sequence number from it, otherwise it has sequence number 0 and
+/// acknowledges the segment.
 #[inline(always)]
-pub fn tcp_reset<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<[u8; RESET_FRAME_LEN]> {
-    let eth = pkt.read::<EthHdr>(0)?;
-    let ip = pkt.read::<Ipv4Hdr>(L3_OFF)?;
-    let tcp = pkt.read::<TcpSeq>(flow.l4_off + 4)?;
-    let ip_hlen = usize::from(ip.ver_ihl & 0x0f) * 4;
+fn answer<P: Packet>(pkt: &P, l4_off: usize, end: usize) -> Option<(u32, u32, u8)> {
+    let tcp = pkt.read::<TcpSeq>(l4_off + 4)?;
     let tcp_hlen = usize::from(tcp.data_off >> 4) * 4;
-    let segment = usize::from(u16::from_be(ip.tot_len)).saturating_sub(ip_hlen + tcp_hlen) as u32
+    let segment = end.saturating_sub(l4_off + tcp_hlen) as u32
         + u32::from(tcp.flags & TCP_SYN != 0)
         + u32::from(tcp.flags & TCP_FIN != 0);
-    let (seq, ack, flags) = if tcp.flags & TCP_ACK != 0 {
+    Some(if tcp.flags & TCP_ACK != 0 {
         (tcp.ack, 0u32, TCP_RST)
     } else {
         (
@@ -45,13 +43,43 @@ pub fn tcp_reset<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<[u8; RESET_FRAME
             u32::from_be(tcp.seq).wrapping_add(segment).to_be(),
             TCP_RST | TCP_ACK,
         )
-    };
+    })
+}
 
-    let mut f = [0u8; RESET_FRAME_LEN];
+/// Fills in the Ethernet header of a frame sent back where `eth` came from.
+#[inline(always)]
+fn swap_ethernet(f: &mut [u8], eth: &EthHdr) {
     f[0..6].copy_from_slice(&eth.src);
     f[6..12].copy_from_slice(&eth.dst);
     f[12..14].copy_from_slice(&eth.proto.to_ne_bytes());
+}
 
+/// Fills in the TCP header at `t` (its checksum still zero) from `VIP:port` back to the
+/// client of `ports` (the offending segment's source and destination ports).
+#[inline(always)]
+fn tcp_header(t: &mut [u8], ports: (u16, u16), (seq, ack, flags): (u32, u32, u8)) {
+    t[0..2].copy_from_slice(&ports.1.to_ne_bytes());
+    t[2..4].copy_from_slice(&ports.0.to_ne_bytes());
+    t[4..8].copy_from_slice(&seq.to_ne_bytes());
+    t[8..12].copy_from_slice(&ack.to_ne_bytes());
+    t[12] = (TCP_HLEN as u8 / 4) << 4;
+    t[13] = flags;
+}
+
+/// The whole RST frame answering the TCP packet in `pkt`, from the VIP the client
+/// addressed.
+#[inline(always)]
+pub fn tcp_reset<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<[u8; RESET_FRAME_LEN]> {
+    let eth = pkt.read::<EthHdr>(0)?;
+    let ip = pkt.read::<Ipv4Hdr>(L3_OFF)?;
+    let numbers = answer(
+        pkt,
+        flow.l4_off,
+        L3_OFF + usize::from(u16::from_be(ip.tot_len)),
+    )?;
+
+    let mut f = [0u8; RESET_FRAME_LEN];
+    swap_ethernet(&mut f, &eth);
     let ipb = &mut f[L3_OFF..TCP_OFF];
     ipb[0] = 0x45;
     ipb[2..4].copy_from_slice(&((IPV4_HLEN + TCP_HLEN) as u16).to_be_bytes());
@@ -66,13 +94,7 @@ pub fn tcp_reset<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<[u8; RESET_FRAME
     let ip_csum = !csum::fold(csum::sum_words(&ip_hdr));
     f[L3_OFF + 10..L3_OFF + 12].copy_from_slice(&ip_csum.to_ne_bytes());
 
-    let t = &mut f[TCP_OFF..];
-    t[0..2].copy_from_slice(&flow.key.dport.to_ne_bytes());
-    t[2..4].copy_from_slice(&flow.key.sport.to_ne_bytes());
-    t[4..8].copy_from_slice(&seq.to_ne_bytes());
-    t[8..12].copy_from_slice(&ack.to_ne_bytes());
-    t[12] = (TCP_HLEN as u8 / 4) << 4;
-    t[13] = flags;
+    tcp_header(&mut f[TCP_OFF..], (flow.key.sport, flow.key.dport), numbers);
     // Checksum over the pseudo-header (addresses, protocol, length) and the header.
     let mut pseudo = [0u8; 12 + TCP_HLEN];
     pseudo[0..4].copy_from_slice(&flow.key.daddr.to_ne_bytes());

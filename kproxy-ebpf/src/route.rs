@@ -14,14 +14,12 @@ use aya_ebpf::{
         bpf_redir_neigh,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
-    programs::TcContext,
 };
-use kproxy_common::stats::Counter;
+use kproxy_common::{addr::IpAddress, stats::Counter};
 
 use crate::{
-    maps::KP_NODE_ADDRS,
-    packet::Packet,
-    parse::{Ipv4Hdr, L3_OFF},
+    family::Family,
+    packet::{Packet, TcPacket},
     stats,
 };
 
@@ -67,17 +65,17 @@ pub fn ipv4_request(
 /// Sends the DNATed packet where the routing table says, with the right MACs. Returns the TC
 /// verdict.
 #[inline(always)]
-pub fn reroute(ctx: &TcContext) -> i32 {
+pub fn reroute<F: Family>(pkt: &TcPacket) -> i32 {
+    let ctx = pkt.ctx;
     // The addresses as rewritten (the header was checked and written just before).
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(L3_OFF) else {
+    let Some((saddr, daddr)) = F::addresses(pkt) else {
         stats::count(Counter::DropNoRoute);
         return TC_ACT_SHOT;
     };
-    let (saddr, daddr) = (ip.saddr, ip.daddr);
     // SAFETY: the context pointer the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let mut slot = MaybeUninit::uninit();
-    let params = ipv4_request(&mut slot, ifindex, saddr, daddr);
+    let params = F::fib_request(&mut slot, ifindex, saddr, daddr);
     // Looked up as if received on this interface (as forwarding would): an output lookup would
     // pin the route to this very interface.
     // SAFETY: params lives on the stack for the call; the size is its own.
@@ -110,9 +108,10 @@ pub fn reroute(ctx: &TcContext) -> i32 {
             // resolve it (ARP) and send the packet.
             let mut nh_slot = MaybeUninit::<bpf_redir_neigh>::uninit();
             let nh = zero_in_place(&mut nh_slot);
-            nh.nh_family = u32::from(AF_INET);
-            // SAFETY: on NO_NEIGH the lookup leaves the next hop in ipv4_dst.
-            nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
+            nh.nh_family = u32::from(params.family);
+            // SAFETY: on NO_NEIGH the lookup leaves the next hop in its family's `dst`; the
+            // two members share their first bytes, IPv6's is the whole.
+            nh.__bindgen_anon_1.ipv6_nh = unsafe { params.__bindgen_anon_4.ipv6_dst };
             // SAFETY: nh lives on the stack for the call.
             unsafe {
                 bpf_redirect_neigh(
@@ -131,7 +130,7 @@ pub fn reroute(ctx: &TcContext) -> i32 {
         // a frame received with a local source address; replies come back through lo, where
         // kproxy's ingress program translates them.)
         // SAFETY: only tested for presence.
-        BPF_FIB_LKUP_RET_NOT_FWDED if unsafe { KP_NODE_ADDRS.get(daddr) }.is_some() => {
+        BPF_FIB_LKUP_RET_NOT_FWDED if unsafe { F::node_addrs().get(&daddr) }.is_some() => {
             if ctx.store(0, &[0u8; 12], 0).is_err() {
                 stats::count(Counter::DropNoRoute);
                 return TC_ACT_SHOT;
@@ -149,10 +148,9 @@ pub fn reroute(ctx: &TcContext) -> i32 {
 
 /// Whether the packet's (translated) source is one of the node's addresses.
 #[inline(always)]
-pub fn sent_by_node(ctx: &TcContext) -> bool {
+pub fn sent_by_node<F: Family>(pkt: &TcPacket) -> bool {
     // SAFETY: only tested for presence.
-    ctx.load::<Ipv4Hdr>(L3_OFF)
-        .is_ok_and(|ip| unsafe { KP_NODE_ADDRS.get(ip.saddr) }.is_some())
+    F::addresses(pkt).is_some_and(|(saddr, _)| unsafe { F::node_addrs().get(&saddr) }.is_some())
 }
 
 /// `BPF_FIB_LOOKUP_SKIP_NEIGH` and `BPF_FIB_LOOKUP_SRC` (kernel 6.2 and 6.8; not in the
@@ -165,18 +163,21 @@ const FIB_LOOKUP_SRC: u32 = 1 << 4;
 /// of the interface the packet leaves through. A backend on the node itself is reached
 /// from its own address. `None` if there is no route.
 #[inline(always)]
-pub fn masquerade_addr<P: Packet>(pkt: &P, client: u32, backend: u32) -> Option<u32> {
+pub fn masquerade_addr<F: Family, P: Packet>(
+    pkt: &P,
+    client: F::Addr,
+    backend: F::Addr,
+) -> Option<F::Addr> {
     // SAFETY: copied out at once.
-    if unsafe { KP_NODE_ADDRS.get(backend) }.is_some() {
+    if unsafe { F::node_addrs().get(&backend) }.is_some() {
         return Some(backend);
     }
     let mut slot = MaybeUninit::uninit();
-    let params = ipv4_request(&mut slot, pkt.ifindex(), client, backend);
+    let params = F::fib_request(&mut slot, pkt.ifindex(), client, backend);
     let rc = pkt.fib_lookup(params, FIB_LOOKUP_SKIP_NEIGH | FIB_LOOKUP_SRC);
     if rc as u32 != BPF_FIB_LKUP_RET_SUCCESS {
         return None;
     }
-    // SAFETY: filled in by a successful lookup with BPF_FIB_LOOKUP_SRC.
-    let src = unsafe { params.__bindgen_anon_3.ipv4_src };
-    (src != 0).then_some(src)
+    let src = F::fib_src(params);
+    (!src.is_unspecified()).then_some(src)
 }

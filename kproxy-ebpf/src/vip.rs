@@ -3,19 +3,19 @@
 
 use kproxy_common::stats::Counter;
 
-use crate::{lb::Action, maps::KP_VIPS, stats};
+use crate::{family::Family, lb::Action, stats};
 
 /// Whether some frontend uses `addr` as its VIP.
 #[inline(always)]
-pub fn is_vip(addr: u32) -> bool {
+pub fn is_vip<F: Family>(addr: F::Addr) -> bool {
     // SAFETY: only tested for presence.
-    unsafe { KP_VIPS.get(addr) }.is_some()
+    unsafe { F::vips().get(&addr) }.is_some()
 }
 
 /// Passes the packet; counts `why` if it was addressed to a VIP.
 #[inline(always)]
-pub fn pass_if_vip(daddr: Option<u32>, why: Counter) -> Action {
-    if daddr.is_some_and(is_vip) {
+pub fn pass_if_vip<F: Family>(daddr: Option<F::Addr>, why: Counter) -> Action {
+    if daddr.is_some_and(is_vip::<F>) {
         stats::count(why);
     }
     Action::Pass
@@ -24,8 +24,8 @@ pub fn pass_if_vip(daddr: Option<u32>, why: Counter) -> Action {
 /// Drops the packet for reason `why` if it was addressed to a VIP (nothing could serve it
 /// and it must not leave untranslated); passes anything else.
 #[inline(always)]
-pub fn drop_if_vip(daddr: Option<u32>, why: Counter) -> Action {
-    if daddr.is_some_and(is_vip) {
+pub fn drop_if_vip<F: Family>(daddr: Option<F::Addr>, why: Counter) -> Action {
+    if daddr.is_some_and(is_vip::<F>) {
         stats::count(why);
         return Action::Drop;
     }
