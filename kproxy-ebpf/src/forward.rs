@@ -38,12 +38,12 @@ pub trait Forwarding: Family {
     ///
     /// # Safety
     /// `ip` points at `HLEN` readable bytes.
-    unsafe fn request<'a>(
-        slot: &'a mut MaybeUninit<bpf_fib_lookup>,
+    unsafe fn request(
+        slot: &mut MaybeUninit<bpf_fib_lookup>,
         ip: *mut u8,
         ingress: u32,
         addrs: (Self::Addr, Self::Addr),
-    ) -> (&'a mut bpf_fib_lookup, u8);
+    ) -> (&mut bpf_fib_lookup, u8);
     /// Decrements the TTL or hop limit (and fixes the header checksum, if there is one).
     ///
     /// # Safety
@@ -57,12 +57,12 @@ impl Forwarding for V4 {
     const HLEN: usize = IPV4_HLEN;
 
     #[inline(always)]
-    unsafe fn request<'a>(
-        slot: &'a mut MaybeUninit<bpf_fib_lookup>,
+    unsafe fn request(
+        slot: &mut MaybeUninit<bpf_fib_lookup>,
         ip: *mut u8,
         ingress: u32,
         (saddr, daddr): (u32, u32),
-    ) -> (&'a mut bpf_fib_lookup, u8) {
+    ) -> (&mut bpf_fib_lookup, u8) {
         // SAFETY: inside the checked IPv4 header (the caller's promise).
         let (ttl, tos, tot_len) = unsafe {
             (

@@ -164,14 +164,14 @@ fn remember_fragment_ports<F: Family>(flow: &FlowF<F>) {
         sport: flow.key.sport,
         dport: flow.key.dport,
     };
-    let _ = F::frags().insert(&F::frag_key(flow), &ports, 0);
+    let _ = F::frags().insert(F::frag_key(flow), ports, 0);
 }
 
 /// Fills in the ports of a later fragment from its first fragment; false if unknown.
 #[inline(always)]
 fn later_fragment_ports<F: Family>(flow: &mut FlowF<F>) -> bool {
     // SAFETY: copied out at once.
-    match unsafe { F::frags().get(&F::frag_key(flow)) }.copied() {
+    match unsafe { F::frags().get(F::frag_key(flow)) }.copied() {
         Some(ports) => {
             flow.key.sport = ports.sport;
             flow.key.dport = ports.dport;
@@ -283,7 +283,7 @@ fn new_flow<F: Family, P: Packet>(
     } else {
         // Another CPU created the flow first with another backend: follow it.
         // SAFETY: copied out at once.
-        let theirs = unsafe { F::backends().get(&entry.backend_id) }
+        let theirs = unsafe { F::backends().get(entry.backend_id) }
             .copied()
             .ok_or(Counter::DropNoBackend)?;
         Ok((entry, theirs))
@@ -349,10 +349,10 @@ fn dnat<F: Family, P: Packet>(
 fn client_side<A: IpAddress>(entry: &CtEntryOf<A>, addr: A, port: u16) -> Peer<A> {
     Peer {
         old_addr: addr,
-        new_addr: if !entry.alt_addr.is_unspecified() {
-            entry.alt_addr
-        } else {
+        new_addr: if entry.alt_addr.is_unspecified() {
             addr
+        } else {
+            entry.alt_addr
         },
         old_port: port,
         new_port: if entry.alt_port != 0 {
@@ -409,7 +409,7 @@ fn known_flow<F: Family>(flow: &FlowF<F>, entry: CtEntryF<F>, now: u64) -> Known
         return Known::New(entry);
     }
     // SAFETY: copied out at once.
-    match unsafe { F::backends().get(&entry.backend_id) }.copied() {
+    match unsafe { F::backends().get(entry.backend_id) }.copied() {
         Some(backend) if backend.is_active() || (flow.is_tcp() && !flow.is_syn()) => {
             Known::Use(entry, backend)
         }
@@ -465,10 +465,10 @@ fn select_backend<F: Family>(
     };
     if affinity
         // SAFETY: copied out at once.
-        && let Some(a) = unsafe { F::affinity().get(&akey) }.copied()
+        && let Some(a) = unsafe { F::affinity().get(akey) }.copied()
         && now.saturating_sub(a.last_seen_ns) <= u64::from(svc.affinity_timeout_s) * NS_PER_SEC
         // SAFETY: copied out at once.
-        && let Some(b) = unsafe { F::backends().get(&a.backend_id) }.copied()
+        && let Some(b) = unsafe { F::backends().get(a.backend_id) }.copied()
         && b.is_active()
     {
         stats::count(Counter::AffinityHits);
@@ -487,7 +487,7 @@ fn select_backend<F: Family>(
         .copied()
         .ok_or(Counter::DropNoSlot)?;
     // SAFETY: copied out at once.
-    let backend = unsafe { F::backends().get(&id) }
+    let backend = unsafe { F::backends().get(id) }
         .copied()
         .ok_or(Counter::DropNoBackend)?;
     if affinity {
@@ -503,7 +503,7 @@ fn remember_affinity<F: Family>(key: &AffinityKeyOf<F::Addr>, backend_id: u32, n
         backend_id,
         _pad: 0,
     };
-    let _ = F::affinity().insert(key, &value, 0);
+    let _ = F::affinity().insert(key, value, 0);
 }
 
 /// No endpoints: answer with ICMP port unreachable, as kube-proxy's REJECT rule does.

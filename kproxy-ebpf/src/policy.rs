@@ -22,7 +22,7 @@ use crate::{conntrack, family::Family, maps::KP_IFACES, packet::Packet, route::L
 #[inline(always)]
 pub fn node_addr_flags<F: Family>(addr: F::Addr) -> u32 {
     // SAFETY: copied out at once.
-    unsafe { F::node_addrs().get(&addr) }.copied().unwrap_or(0)
+    unsafe { F::node_addrs().get(addr) }.copied().unwrap_or(0)
 }
 
 /// Whether a packet to `daddr` is one only `lo` may carry while localhost NodePorts make the
@@ -99,7 +99,7 @@ pub fn serve<F: Family>(
         // Without it (the policy is switching to Cluster, whose entry the agent removes
         // while it clears SVC_F_EXT_LOCAL), the frontend's own entry serves.
         // SAFETY: copied out at once (NO_PREALLOC map).
-        let cluster = unsafe { F::services().get(&internal) }
+        let cluster = unsafe { F::services().get(internal) }
             .copied()
             .unwrap_or(*svc);
         return Ok((cluster, client.node));

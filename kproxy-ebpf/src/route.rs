@@ -130,7 +130,7 @@ pub fn reroute<F: Family>(pkt: &TcPacket) -> i32 {
         // a frame received with a local source address; replies come back through lo, where
         // kproxy's ingress program translates them.)
         // SAFETY: only tested for presence.
-        BPF_FIB_LKUP_RET_NOT_FWDED if unsafe { F::node_addrs().get(&daddr) }.is_some() => {
+        BPF_FIB_LKUP_RET_NOT_FWDED if unsafe { F::node_addrs().get(daddr) }.is_some() => {
             if ctx.store(0, &[0u8; 12], 0).is_err() {
                 stats::count(Counter::DropNoRoute);
                 return TC_ACT_SHOT;
@@ -150,7 +150,7 @@ pub fn reroute<F: Family>(pkt: &TcPacket) -> i32 {
 #[inline(always)]
 pub fn sent_by_node<F: Family>(pkt: &TcPacket) -> bool {
     // SAFETY: only tested for presence.
-    F::addresses(pkt).is_some_and(|(saddr, _)| unsafe { F::node_addrs().get(&saddr) }.is_some())
+    F::addresses(pkt).is_some_and(|(saddr, _)| unsafe { F::node_addrs().get(saddr) }.is_some())
 }
 
 /// `BPF_FIB_LOOKUP_SKIP_NEIGH` and `BPF_FIB_LOOKUP_SRC` (kernel 6.2 and 6.8; not in the
@@ -169,7 +169,7 @@ pub fn masquerade_addr<F: Family, P: Packet>(
     backend: F::Addr,
 ) -> Option<F::Addr> {
     // SAFETY: copied out at once.
-    if unsafe { F::node_addrs().get(&backend) }.is_some() {
+    if unsafe { F::node_addrs().get(backend) }.is_some() {
         return Some(backend);
     }
     let mut slot = MaybeUninit::uninit();

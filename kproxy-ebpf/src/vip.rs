@@ -9,7 +9,7 @@ use crate::{family::Family, lb::Action, stats};
 #[inline(always)]
 pub fn is_vip<F: Family>(addr: F::Addr) -> bool {
     // SAFETY: only tested for presence.
-    unsafe { F::vips().get(&addr) }.is_some()
+    unsafe { F::vips().get(addr) }.is_some()
 }
 
 /// Passes the packet; counts `why` if it was addressed to a VIP.
