@@ -355,13 +355,6 @@ impl FlowMaps {
         self.v4.affinities()
     }
 
-    /// IPv6 affinity entries (none without the IPv6 maps).
-    pub fn affinities6(&self) -> Result<Vec<(AffinityKey6, AffinityValue)>> {
-        self.v6
-            .as_ref()
-            .map_or(Ok(Vec::new()), FamilyFlows::affinities)
-    }
-
     /// Entries the conntrack walk buffers have room for, the largest map's: one chunk,
     /// however many flows the tables hold.
     pub fn walk_capacity(&self) -> usize {
