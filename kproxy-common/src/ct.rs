@@ -115,6 +115,12 @@ pub struct FlowState {
 }
 
 impl FlowState {
+    /// No flow's state: to fill in.
+    pub const ZERO: Self = Self {
+        flags: 0,
+        last_seen_ns: 0,
+    };
+
     /// The state of a flow whose entries are `a` and `b` (`CtEntry::ZERO` for a missing one).
     ///
     /// Not an `Option`: in the datapath an absent `Option<CtEntry>` carries undefined bytes

@@ -16,8 +16,9 @@ pub const META_MAGIC: u64 = u64::from_le_bytes(*b"kproxy\0\x01");
 /// History: 1 (implicit) had no `KP_META`; 2 added it with per-direction conntrack state
 /// bits, backend flags and service ids, and `KP_VIPS`; 3 gave conntrack entries the
 /// masquerade address, service keys a scope, node addresses flags (NodePorts); 4 gave
-/// per-backend counters their backend's id, packets and bytes.
-pub const LAYOUT_VERSION: u32 = 4;
+/// per-backend counters their backend's id, packets and bytes; 5 added the IPv6 maps (backend
+/// ids and service port ids shared by both families) and the tail-call maps.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Backend ids are reserved in chunks this large: the agent persists the end of the chunk
 /// before handing out its first id, so ids survive a `kill -9` without a write per id.

@@ -12,6 +12,13 @@ pub const PROG_XDP: &str = "kproxy_xdp";
 /// offloads them): it leaves every service packet to the TC program on the same interface.
 /// A program of its own, so that `kproxy_xdp` never looks the interface up per packet.
 pub const PROG_XDP_DEFER: &str = "kproxy_xdp_defer";
+/// The IPv6 halves of the programs above: each IPv4 program hands an IPv6 packet on to its
+/// IPv6 counterpart with a tail call (through `KP_TAIL_TC` / `KP_TAIL_XDP`), so each is
+/// verified on its own and IPv4 packets pay nothing for the other family.
+pub const PROG_TC_INGRESS6: &str = "kproxy_tc_ingress6";
+pub const PROG_TC_EGRESS6: &str = "kproxy_tc_egress6";
+pub const PROG_XDP6: &str = "kproxy_xdp6";
+pub const PROG_XDP_DEFER6: &str = "kproxy_xdp_defer6";
 /// The benchmark's ceiling (never attached by the agent): forwarding without translation.
 pub const PROG_XDP_FORWARD_ONLY: &str = "kproxy_xdp_forward_only";
 
@@ -36,8 +43,6 @@ pub const MAP_LOCAL_CIDRS: &str = "KP_LOCAL_CIDRS";
 pub const MAP_NODEPORT_LIST: &str = "KP_NODEPORT_LIST";
 pub const MAP_RETIRED: &str = "KP_RETIRED";
 pub const MAP_FREE_PORTS: &str = "KP_FREE_PORTS";
-// The IPv6 twins of the maps above (kproxy_common::lb and ct's `*6` types). The agent
-// programs them when the datapath it loads has them (see `dataplane::maps`).
 pub const MAP_SERVICES6: &str = "KP_SERVICES6";
 pub const MAP_BACKENDS6: &str = "KP_BACKENDS6";
 pub const MAP_CT_FWD6: &str = "KP_CT_FWD6";
@@ -48,16 +53,76 @@ pub const MAP_VIPS6: &str = "KP_VIPS6";
 pub const MAP_NODE_ADDRS6: &str = "KP_NODE_ADDRS6";
 pub const MAP_SOURCE_RANGES6: &str = "KP_SOURCE_RANGES6";
 pub const MAP_LOCAL_CIDRS6: &str = "KP_LOCAL_CIDRS6";
+pub const MAP_TAIL_TC: &str = "KP_TAIL_TC";
+pub const MAP_TAIL_XDP: &str = "KP_TAIL_XDP";
+/// Per-CPU scratch memory (not pinned: nothing in it outlives a packet): frames sent back,
+/// and what one IPv6 stage hands the next (see `lb::Stage` in the eBPF crate).
+pub const MAP_SCRATCH: &str = "KP_SCRATCH";
+pub const MAP_STAGE6: &str = "KP_STAGE6";
+
+/// `KP_TAIL_TC` indices.
+pub const TAIL_TC_INGRESS6: u32 = 0;
+pub const TAIL_TC_EGRESS6: u32 = 1;
+/// `KP_TAIL_XDP` indices.
+pub const TAIL_XDP6: u32 = 0;
+pub const TAIL_XDP_DEFER6: u32 = 1;
+/// The later steps of the IPv6 path, at the same index in both maps (see `lb::Stage`).
+pub const TAIL_STAGE_FLOW: u32 = 2;
+pub const TAIL_STAGE_DECIDE: u32 = 3;
+pub const TAIL_STAGE_CREATE: u32 = 4;
+pub const TAIL_STAGE_ICMP: u32 = 5;
+/// Entries of each tail-call map.
+pub const TAIL_SLOTS: u32 = 6;
+
+pub const PROG_TC6_FLOW: &str = "kproxy_tc6_flow";
+pub const PROG_TC6_DECIDE: &str = "kproxy_tc6_decide";
+pub const PROG_TC6_CREATE: &str = "kproxy_tc6_create";
+pub const PROG_TC6_ICMP: &str = "kproxy_tc6_icmp";
+pub const PROG_XDP6_FLOW: &str = "kproxy_xdp6_flow";
+pub const PROG_XDP6_DECIDE: &str = "kproxy_xdp6_decide";
+pub const PROG_XDP6_CREATE: &str = "kproxy_xdp6_create";
+pub const PROG_XDP6_ICMP: &str = "kproxy_xdp6_icmp";
+
 /// The programs the agent loads at start and attaches (the XDP one only when it has XDP
 /// interfaces; otherwise at its first XDP attach).
-pub const PROGRAMS: [&str; 3] = [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP];
+pub const PROGRAMS: [&str; 14] = [
+    PROG_TC_INGRESS,
+    PROG_TC_EGRESS,
+    PROG_XDP,
+    PROG_TC_INGRESS6,
+    PROG_TC_EGRESS6,
+    PROG_XDP6,
+    PROG_TC6_FLOW,
+    PROG_TC6_DECIDE,
+    PROG_TC6_CREATE,
+    PROG_TC6_ICMP,
+    PROG_XDP6_FLOW,
+    PROG_XDP6_DECIDE,
+    PROG_XDP6_CREATE,
+    PROG_XDP6_ICMP,
+];
 /// Programs the agent loads only when an interface needs them.
-pub const LAZY_PROGRAMS: [&str; 1] = [PROG_XDP_DEFER];
+pub const LAZY_PROGRAMS: [&str; 2] = [PROG_XDP_DEFER, PROG_XDP_DEFER6];
 
+/// Where each IPv6 program goes: (program, tail-call map, index).
+pub const TAIL_CALLS: [(&str, &str, u32); 12] = [
+    (PROG_TC_INGRESS6, MAP_TAIL_TC, TAIL_TC_INGRESS6),
+    (PROG_TC_EGRESS6, MAP_TAIL_TC, TAIL_TC_EGRESS6),
+    (PROG_TC6_FLOW, MAP_TAIL_TC, TAIL_STAGE_FLOW),
+    (PROG_TC6_DECIDE, MAP_TAIL_TC, TAIL_STAGE_DECIDE),
+    (PROG_TC6_CREATE, MAP_TAIL_TC, TAIL_STAGE_CREATE),
+    (PROG_TC6_ICMP, MAP_TAIL_TC, TAIL_STAGE_ICMP),
+    (PROG_XDP6, MAP_TAIL_XDP, TAIL_XDP6),
+    (PROG_XDP_DEFER6, MAP_TAIL_XDP, TAIL_XDP_DEFER6),
+    (PROG_XDP6_FLOW, MAP_TAIL_XDP, TAIL_STAGE_FLOW),
+    (PROG_XDP6_DECIDE, MAP_TAIL_XDP, TAIL_STAGE_DECIDE),
+    (PROG_XDP6_CREATE, MAP_TAIL_XDP, TAIL_STAGE_CREATE),
+    (PROG_XDP6_ICMP, MAP_TAIL_XDP, TAIL_STAGE_ICMP),
+];
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 21] = [
+pub const MAPS: [&str; 35] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -79,4 +144,18 @@ pub const MAPS: [&str; 21] = [
     MAP_NODEPORT_LIST,
     MAP_RETIRED,
     MAP_FREE_PORTS,
+    MAP_SERVICES6,
+    MAP_BACKENDS6,
+    MAP_CT_FWD6,
+    MAP_CT_REV6,
+    MAP_AFFINITY6,
+    MAP_FRAGS6,
+    MAP_VIPS6,
+    MAP_NODE_ADDRS6,
+    MAP_SOURCE_RANGES6,
+    MAP_LOCAL_CIDRS6,
+    MAP_TAIL_TC,
+    MAP_TAIL_XDP,
+    MAP_SCRATCH,
+    MAP_STAGE6,
 ];

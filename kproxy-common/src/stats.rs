@@ -145,6 +145,15 @@ counters! {
     /// XDP translated a packet that leaves through an interface XDP cannot redirect to:
     /// the stack forwards it.
     XdpPassOtherInterface = "xdp_pass_other_interface";
+    /// An IPv6 packet to a VIP whose extension headers kproxy could not walk to the
+    /// transport header (more than four, or Authentication/ESP): passes untranslated.
+    VipExtensionHeaders = "vip_ipv6_extension_headers";
+    /// An IPv6 packet the IPv4 program could not hand on to the IPv6 one (its tail call
+    /// failed: the agent has not installed it): passes untouched.
+    Ipv6NotHandedOn = "ipv6_not_handed_on";
+    /// An IPv6 packet whose next step (a program of its own) the agent has not installed:
+    /// dropped.
+    DropStageMissing = "drop_stage_missing", drop "stage_missing";
 }
 
 /// Room for counters added later without changing the map's value size.

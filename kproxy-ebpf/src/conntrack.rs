@@ -22,12 +22,14 @@ use kproxy_common::{
 };
 
 use crate::{
-    family::{CtEntryF, Family, FlowKeyF},
+    family::{CtEntryF, Family, FlowKeyF, called},
     frontend,
     maps::KP_CONFIG,
     parse::{TCP_FIN, TCP_RST},
     stats,
 };
+
+mod staged;
 
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
@@ -37,6 +39,8 @@ const ENOENT: i32 = 2;
 pub trait CtMap<A> {
     /// A copy of the entry at `key` (see the module comment).
     fn lookup(&self, key: &FlowKeyOf<A>) -> Option<CtEntryOf<A>>;
+    /// Copies the entry at `key` into `dst`; false (and `dst` untouched) if there is none.
+    fn lookup_into(&self, key: &FlowKeyOf<A>, dst: &mut CtEntryOf<A>) -> bool;
     /// Whether `key` has an entry.
     fn contains(&self, key: &FlowKeyOf<A>) -> bool;
     fn update(&self, key: &FlowKeyOf<A>, entry: &CtEntryOf<A>, flags: u32) -> Result<(), i32>;
@@ -50,6 +54,20 @@ macro_rules! ct_map {
             fn lookup(&self, key: &FlowKeyOf<A>) -> Option<CtEntryOf<A>> {
                 // SAFETY: copied at once; see the module comment.
                 unsafe { self.get(key) }.copied()
+            }
+
+            #[inline(always)]
+            fn lookup_into(&self, key: &FlowKeyOf<A>, dst: &mut CtEntryOf<A>) -> bool {
+                match self.get_ptr(key) {
+                    Some(found) => {
+                        // SAFETY: copied at once (see the module comment); a map value and
+                        // `dst` never overlap (a plain assignment compiles to a `memmove`
+                        // call, a byte loop in BPF).
+                        unsafe { core::ptr::copy_nonoverlapping(found, dst, 1) };
+                        true
+                    }
+                    None => false,
+                }
             }
 
             #[inline(always)]
@@ -135,13 +153,39 @@ pub fn lookup_or_zero<A: IpAddress>(map: &impl CtMap<A>, key: &FlowKeyOf<A>) -> 
     }
 }
 
+called! {
+    /// [`record_in`] the conntrack map of direction `dir`.
+    pub fn record<F: Family>(
+        key: &FlowKeyF<F>,
+        entry: &CtEntryF<F>,
+        dir: Dir,
+        tcp_flags: u8,
+        now: u64,
+    ) -> () => record_here
+}
+
+#[inline(always)]
+fn record_here<F: Family>(
+    key: &FlowKeyF<F>,
+    entry: &CtEntryF<F>,
+    dir: Dir,
+    tcp_flags: u8,
+    now: u64,
+) {
+    if dir == Dir::Forward {
+        record_in(F::ct_fwd(), key, entry, dir, tcp_flags, now);
+    } else {
+        record_in(F::ct_rev(), key, entry, dir, tcp_flags, now);
+    }
+}
+
 /// Records a packet of direction `dir` in its own entry `entry` at `key` of `map`: the state
 /// bits it adds, and the time at most once per `CT_REFRESH_NS` or with new bits (a FIN or RST
 /// is stamped when it passed: see `FIN_CLOSE_QUIET_NS`). The write replaces the
 /// whole value; if another CPU replaced it at the same moment and the new bits did not
 /// survive, they are written once more. An entry evicted or deleted meanwhile is put back.
 #[inline(always)]
-pub fn record<A: IpAddress>(
+fn record_in<A: IpAddress>(
     map: &impl CtMap<A>,
     key: &FlowKeyOf<A>,
     entry: &CtEntryOf<A>,
@@ -181,12 +225,6 @@ pub fn record<A: IpAddress>(
     }
 }
 
-/// What a flow's forward entry found for a packet says.
-pub struct Existing<A> {
-    pub entry: CtEntryOf<A>,
-    pub state: FlowState,
-}
-
 /// Whether forward entry `entry` (`CtEntry::ZERO` if none) alone says its flow is live for
 /// a packet that is a SYN or not (`syn`): refreshed within the last second and not ending
 /// (see `existing`). Not timed out either: every timeout is at least `CT_REFRESH_NS`
@@ -199,8 +237,18 @@ pub fn fresh<A>(entry: &CtEntryOf<A>, syn: bool, now: u64) -> bool {
         && entry.flags & (CT_F_FIN_FWD | CT_F_RST) == 0
 }
 
-/// The forward entry of `fwd`, `entry` (`CtEntry::ZERO` if none), with the state of its
-/// flow, if there is one. Rebuilds a reply entry the agent's collection deleted while the
+called! {
+    pub fn existing<F: Family>(
+        fwd: &FlowKeyF<F>,
+        entry: &CtEntryF<F>,
+        syn: bool,
+        now: u64,
+        state: &mut FlowState,
+    ) -> bool => existing_here
+}
+
+/// Whether the flow of forward entry `entry` at `fwd` (`CtEntry::ZERO` if none) exists,
+/// its state then in `state`. Rebuilds a reply entry the agent's collection deleted while the
 /// forward one lived on (early drop racing a packet that refreshed the flow). A flow whose
 /// reply entry cannot be rebuilt (another flow holds its backend-side tuple now, or the table
 /// is full) is no flow: it is forgotten, so that its packets are never sent to the backend
@@ -216,57 +264,72 @@ pub fn fresh<A>(entry: &CtEntryOf<A>, syn: bool, now: u64) -> bool {
 /// entry, see `claim`), and a finished flow whose tuple a new flow takes loses its forward
 /// entry with it. The check on refresh stays as the safety net for anything else.
 #[inline(always)]
-pub fn existing<F: Family>(
+fn existing_here<F: Family>(
     fwd: &FlowKeyF<F>,
-    entry: CtEntryF<F>,
+    entry: &CtEntryF<F>,
     syn: bool,
     now: u64,
-) -> Option<Existing<F::Addr>> {
+    state: &mut FlowState,
+) -> bool {
     if entry.backend_id == 0 {
-        return None;
+        return false;
     }
-    if fresh(&entry, syn, now) {
-        return Some(Existing {
-            entry,
-            state: FlowState::of(&entry, &CtEntryF::<F>::ZERO),
-        });
+    if fresh(entry, syn, now) {
+        *state = FlowState::of(entry, &CtEntryF::<F>::ZERO);
+        return true;
     }
-    let rkey = reply_key(fwd, &entry);
+    if F::STAGED {
+        return staged::existing_reply_side::<F>(fwd, entry, state);
+    }
+    let rkey = reply_key(fwd, entry);
     let mut rev = lookup_or_zero(F::ct_rev(), &rkey);
     if !is_reply_of(&rkey, &rev, fwd) {
         rev = CtEntryF::<F>::ZERO;
         if F::ct_rev()
-            .update(&rkey, &reply_entry(fwd, &entry), BPF_NOEXIST)
+            .update(&rkey, &reply_entry(fwd, entry), BPF_NOEXIST)
             .is_ok()
         {
             stats::count(Counter::CtReplyRestored);
         } else if !is_reply_of(&rkey, &lookup_or_zero(F::ct_rev(), &rkey), fwd) {
             // Not rebuilt by another CPU handling this flow at the same moment either.
-            remove_stale::<F>(fwd, &entry);
-            return None;
+            remove_stale::<F>(fwd, entry);
+            return false;
         }
     }
-    Some(Existing {
-        state: FlowState::of(&entry, &rev),
-        entry,
-    })
+    *state = FlowState::of(entry, &rev);
+    true
 }
 
-/// The reply entry of `rev` (a backend→client tuple), if any. Rebuilds a forward entry the
-/// LRU evicted alone, unless the flow is over.
+called! {
+    pub fn existing_reply<F: Family>(
+        rev: &FlowKeyF<F>,
+        now: u64,
+        entry: &mut CtEntryF<F>,
+    ) -> bool => existing_reply_here
+}
+
+/// Whether `rev` (a backend→client tuple) has a reply entry, then copied into `entry`.
+/// Rebuilds a forward entry the LRU evicted alone, unless the flow is over.
 #[inline(always)]
-pub fn existing_reply<F: Family>(rev: &FlowKeyF<F>, cfg: &Config, now: u64) -> Option<CtEntryF<F>> {
-    let entry = F::ct_rev().lookup(rev)?;
-    let fkey = forward_key(rev, &entry);
+fn existing_reply_here<F: Family>(rev: &FlowKeyF<F>, now: u64, entry: &mut CtEntryF<F>) -> bool {
+    let Some(found) = F::ct_rev().lookup(rev) else {
+        return false;
+    };
+    *entry = found;
+    let fkey = forward_key(rev, entry);
     if !F::ct_fwd().contains(&fkey)
-        && !cfg.expired(rev.proto, &FlowState::of(&entry, &CtEntryF::<F>::ZERO), now)
+        && !config().expired(rev.proto, &FlowState::of(entry, &CtEntryF::<F>::ZERO), now)
         && F::ct_fwd()
-            .update(&fkey, &forward_entry(rev, &entry), BPF_NOEXIST)
+            .update(&fkey, &forward_entry(rev, entry), BPF_NOEXIST)
             .is_ok()
     {
         stats::count(Counter::CtForwardRestored);
     }
-    Some(entry)
+    true
+}
+
+called! {
+    pub fn retire<F: Family>(fwd: &FlowKeyF<F>, stale: &CtEntryF<F>) -> () => retire_here
 }
 
 /// [`remove_stale`] for a flow a new one replaces at the same forward key (a reopened port,
@@ -276,17 +339,14 @@ pub fn existing_reply<F: Family>(rev: &FlowKeyF<F>, cfg: &Config, now: u64) -> O
 /// would keep only the backend's FIN, count as established for the established timeout
 /// (hours), and hold that tuple from other flows all that time.
 #[inline(always)]
-pub fn retire<F: Family>(fwd: &FlowKeyF<F>, stale: &CtEntryF<F>) {
+fn retire_here<F: Family>(fwd: &FlowKeyF<F>, stale: &CtEntryF<F>) {
     let rkey = reply_key(fwd, stale);
-    if let Some(rev) = F::ct_rev().lookup(&rkey)
-        && is_reply_of(&rkey, &rev, fwd)
-    {
-        let whole = CtEntryOf {
-            flags: rev.flags | stale.flags,
-            last_seen_ns: FlowState::of(&rev, stale).last_seen_ns,
-            ..rev
-        };
-        let _ = F::ct_rev().update(&rkey, &whole, BPF_EXIST);
+    // One copy, changed in place (each copy of an IPv6 entry is stack a stage lacks).
+    let mut rev = CtEntryF::<F>::ZERO;
+    if F::ct_rev().lookup_into(&rkey, &mut rev) && is_reply_of(&rkey, &rev, fwd) {
+        rev.last_seen_ns = FlowState::of(&rev, stale).last_seen_ns;
+        rev.flags |= stale.flags;
+        let _ = F::ct_rev().update(&rkey, &rev, BPF_EXIST);
     }
     remove_stale::<F>(fwd, stale);
 }
@@ -295,11 +355,33 @@ pub fn retire<F: Family>(fwd: &FlowKeyF<F>, stale: &CtEntryF<F>) {
 /// it with a fresh flow since it was read), so a new flow can take its place.
 #[inline(always)]
 pub fn remove_stale<F: Family>(fwd: &FlowKeyF<F>, stale: &CtEntryF<F>) {
-    if let Some(now_there) = F::ct_fwd().lookup(fwd)
-        && now_there.backend_id == stale.backend_id
-        && now_there.last_seen_ns == stale.last_seen_ns
-    {
+    // The two fields are read at once, like a copy of the entry would be (without one).
+    // SAFETY: a pointer to a live map value, read right away.
+    let still_stale = F::ct_fwd().get_ptr(fwd).is_some_and(|now_there| unsafe {
+        (*now_there).backend_id == stale.backend_id
+            && (*now_there).last_seen_ns == stale.last_seen_ns
+    });
+    if still_stale {
         F::ct_fwd().delete(fwd);
+    }
+}
+
+/// [`create`] for a staged family (see `conntrack::staged`): the forward entry in effect is
+/// left in this CPU's stage state, and a pointer to it returned.
+#[inline(always)]
+pub fn create_staged<F: Family>(
+    fwd: &FlowKeyF<F>,
+    new: &NewFlow<F::Addr>,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<*const CtEntryF<F>, Counter> {
+    let state = F::stage_state().ok_or(Counter::DropCtInsert)?;
+    // SAFETY: this CPU's stage state, its conntrack scratch used by nothing else meanwhile;
+    // `fwd` and `new` are the caller's references, outside it.
+    unsafe {
+        let ct = &raw mut (*state).ct;
+        staged::create::<F>(fwd, new, tcp_flags, now, ct)?;
+        Ok(&raw const (*ct).forward)
     }
 }
 
@@ -457,6 +539,7 @@ fn shadows_frontend<F: Family>(rkey: &FlowKeyF<F>) -> bool {
 
 /// A new flow's forward entry, from `fwd` (client→VIP) to backend `backend_id` at
 /// `addr:port`.
+#[derive(Clone, Copy)]
 pub struct NewFlow<A> {
     pub backend_id: u32,
     pub svc_id: u32,

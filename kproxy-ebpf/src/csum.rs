@@ -4,6 +4,8 @@
 //! as native integers): one's complement sums commute with byte swapping, so no conversion
 //! is needed as long as the result is stored back the same way.
 
+use kproxy_common::addr::In6Addr;
+
 /// Folds a 64-bit accumulator of 16-bit words into 16 bits.
 #[inline(always)]
 pub fn fold(mut sum: u64) -> u16 {
@@ -56,6 +58,16 @@ impl Update {
     pub fn check(self) -> u16 {
         !fold(self.0)
     }
+
+    /// No checksum yet: only the changes, for `diff`.
+    pub const CHANGES: Self = Self(0);
+
+    /// The changes alone, as the kernel's `bpf_l4_csum_replace` takes them with a size of 0
+    /// (a 32-bit `__wsum` to add; folded to 16 bits, which is the same sum).
+    #[inline(always)]
+    pub fn diff(self) -> u32 {
+        u32::from(fold(self.0))
+    }
 }
 
 /// An address of either family as checksummed words.
@@ -67,6 +79,17 @@ impl Words for u32 {
     #[inline(always)]
     fn changed(update: Update, from: u32, to: u32) -> Update {
         update.word4(from, to)
+    }
+}
+
+impl Words for In6Addr {
+    #[inline(always)]
+    fn changed(update: Update, from: In6Addr, to: In6Addr) -> Update {
+        update
+            .word4(from.0[0], to.0[0])
+            .word4(from.0[1], to.0[1])
+            .word4(from.0[2], to.0[2])
+            .word4(from.0[3], to.0[3])
     }
 }
 
@@ -93,6 +116,21 @@ pub fn sum_words<const N: usize>(bytes: &[u8; N]) -> u64 {
     }
     if N % 2 == 1 {
         sum += u64::from(u16::from_ne_bytes([bytes[N - 1], 0]));
+    }
+    sum
+}
+
+/// `sum_words` of a slice (its length known after inlining, as the frames' are).
+#[inline(always)]
+pub fn sum_slice(bytes: &[u8]) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u64::from(u16::from_ne_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    if bytes.len() % 2 == 1 {
+        sum += u64::from(u16::from_ne_bytes([bytes[bytes.len() - 1], 0]));
     }
     sum
 }

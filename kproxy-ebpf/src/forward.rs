@@ -14,20 +14,23 @@ use aya_ebpf::{
     },
     helpers::bpf_redirect,
 };
-use kproxy_common::{iface::IFACE_F_XDP_REDIRECT, stats::Counter};
+use kproxy_common::{addr::In6Addr, iface::IFACE_F_XDP_REDIRECT, stats::Counter};
 
 use crate::{
     csum,
-    family::{Family, V4},
+    family::{Family, V4, V6},
     maps::KP_IFACES,
     packet::{Packet, XdpPacket},
     parse::{IPV4_HLEN, L3_OFF},
+    parse6::IPV6_HLEN,
     route, stats,
 };
 
 /// Offset of the TTL (and, after it, the protocol) in the IPv4 header.
 const TTL_OFF: usize = 8;
 const CSUM_OFF: usize = 10;
+/// Offset of the hop limit in the IPv6 header.
+const HOP_LIMIT_OFF: usize = 7;
 
 /// What forwarding needs of a family's header.
 pub trait Forwarding: Family {
@@ -93,6 +96,43 @@ impl Forwarding for V4 {
     #[inline(always)]
     fn rewritten(pkt: &XdpPacket) -> Option<(u32, u32)> {
         (pkt.rewritten.1 != 0).then_some(pkt.rewritten)
+    }
+}
+
+impl Forwarding for V6 {
+    const HLEN: usize = IPV6_HLEN;
+
+    #[inline(always)]
+    unsafe fn request(
+        slot: &mut MaybeUninit<bpf_fib_lookup>,
+        ip: *mut u8,
+        ingress: u32,
+        (saddr, daddr): (In6Addr, In6Addr),
+    ) -> (&mut bpf_fib_lookup, u8) {
+        // SAFETY: inside the checked IPv6 header (the caller's promise).
+        let (flow, payload, hop_limit) = unsafe {
+            (
+                ip.cast::<u32>().read_unaligned(),
+                u16::from_be(ip.add(4).cast::<u16>().read_unaligned()),
+                *ip.add(HOP_LIMIT_OFF),
+            )
+        };
+        let params = route::ipv6_request(slot, ingress, saddr, daddr);
+        // Traffic class and flow label, without the version.
+        params.__bindgen_anon_2.flowinfo = flow & 0x0fff_ffff_u32.to_be();
+        params.__bindgen_anon_1.tot_len = payload.saturating_add(IPV6_HLEN as u16);
+        (params, hop_limit)
+    }
+
+    #[inline(always)]
+    unsafe fn decrement(ip: *mut u8) {
+        // SAFETY: inside the checked header. IPv6 has no header checksum.
+        unsafe { *ip.add(HOP_LIMIT_OFF) -= 1 };
+    }
+
+    #[inline(always)]
+    fn rewritten(_pkt: &XdpPacket) -> Option<(In6Addr, In6Addr)> {
+        None
     }
 }
 

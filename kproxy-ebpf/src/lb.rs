@@ -6,22 +6,25 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kproxy_common::{
     addr::IpAddress,
     config::IPPROTO_UDP,
-    ct::{AffinityKeyOf, AffinityValue, CT_F_RST, CtEntryOf, FragPorts},
+    ct::{AffinityKeyOf, AffinityValue, CT_F_RST, CtEntryOf, FlowState, FragPorts},
     lb::{
         BE_F_ACTIVE, BackendOf, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKeyOf, ServiceValue,
         SlotKey,
     },
+    names::{TAIL_STAGE_CREATE, TAIL_STAGE_DECIDE, TAIL_STAGE_FLOW, TAIL_STAGE_ICMP},
     stats::Counter,
 };
 
 use crate::{
     conntrack::{self, CtMap, Dir, NewFlow},
-    family::{CtEntryF, Family, FlowF, FlowKeyF},
+    family::{CtEntryF, Family, FlowF, FlowKeyF, called},
     frontend,
     maps::{KP_RETIRED, KP_RR, KP_SLOTS},
     packet::{NatRewrite, Packet, Peer, Side},
     parse::{Fragment, Parsed},
-    policy, route, stats, vip,
+    policy, route,
+    scratch::StageState,
+    stats, vip,
 };
 
 type Backend<F> = BackendOf<<F as Family>::Addr>;
@@ -45,10 +48,63 @@ pub enum Action {
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// Where in the service logic a program starts. Families whose state would not fit the
+/// BPF stack in one program (`Family::STAGED`: IPv6) run the later steps as programs of
+/// their own, tail-called with the packet; each parses it again and goes on from there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A packet as it arrives.
+    Start,
+    /// A packet to a frontend whose flow is not live in its forward entry alone: find its
+    /// flow, or see that it needs a new one (`names::TAIL_STAGE_FLOW`).
+    Flow,
+    /// A new flow: decide its backend (`StageState::stale` is the entry it replaces;
+    /// `names::TAIL_STAGE_DECIDE`).
+    Decide,
+    /// A new flow's backend was chosen (`StageState::decision`): create its entries, then
+    /// DNAT (`names::TAIL_STAGE_CREATE`).
+    Create,
+    /// An ICMP packet, maybe an error about a flow (`names::TAIL_STAGE_ICMP`).
+    Icmp,
+}
+
+impl Stage {
+    /// The tail-call index of the program that runs this stage.
+    const fn index(self) -> u32 {
+        match self {
+            Stage::Start | Stage::Flow => TAIL_STAGE_FLOW,
+            Stage::Decide => TAIL_STAGE_DECIDE,
+            Stage::Create => TAIL_STAGE_CREATE,
+            Stage::Icmp => TAIL_STAGE_ICMP,
+        }
+    }
+}
+
+/// Hands the packet on to the program of `stage`. Returns only if that failed (the agent has
+/// not installed it): the packet is dropped, counted.
+#[inline(always)]
+fn hand_on<P: Packet>(pkt: &P, stage: Stage) -> Result<Action, Counter> {
+    pkt.tail_call(stage.index());
+    Err(Counter::DropStageMissing)
+}
+
+/// This CPU's stage state (see `Stage`), or the reason to drop the packet.
+#[inline(always)]
+fn stage_state<F: Family>() -> Result<*mut StageState<F::Addr>, Counter> {
+    F::stage_state().ok_or(Counter::DropStageMissing)
+}
+
 /// Entry point of the service logic for one packet of family `F`.
 #[inline(always)]
 pub fn handle<F: Family, P: Packet>(pkt: &mut P) -> Action {
     stats::count(Counter::Packets);
+    handle_at::<F, P>(pkt, Stage::Start)
+}
+
+/// The service logic for one packet of family `F`, from `stage` on (always `Start` for a
+/// family that is not staged).
+#[inline(always)]
+pub fn handle_at<F: Family, P: Packet>(pkt: &mut P, stage: Stage) -> Action {
     let mut flow = match F::parse(pkt) {
         Parsed::Flow(flow) if policy::martian_localhost::<F, P>(pkt, flow.key.daddr) => {
             stats::count(Counter::DropMartianLocalhost);
@@ -60,13 +116,21 @@ pub fn handle<F: Family, P: Packet>(pkt: &mut P) -> Action {
         Parsed::Malformed(daddr) => {
             return vip::drop_if_vip::<F>(Some(daddr), Counter::DropTruncated);
         }
+        Parsed::Unparsed(daddr) => {
+            return vip::pass_if_vip::<F>(Some(daddr), Counter::VipExtensionHeaders);
+        }
         Parsed::Other {
             daddr,
             proto,
             l4_off,
         } => {
             if proto == F::ICMP_PROTO && l4_off != 0 {
-                return F::icmp(pkt, daddr, l4_off);
+                return match stage {
+                    Stage::Start if F::STAGED => hand_on(pkt, Stage::Icmp).unwrap_or_else(dropped),
+                    Stage::Start | Stage::Icmp => F::icmp(pkt, daddr, l4_off),
+                    // Never handed on to these stages.
+                    Stage::Flow | Stage::Decide | Stage::Create => Action::Pass,
+                };
             }
             return vip::pass_if_vip::<F>(Some(daddr), Counter::VipUnsupportedProtocol);
         }
@@ -79,9 +143,47 @@ pub fn handle<F: Family, P: Packet>(pkt: &mut P) -> Action {
         }
         return action;
     }
-    let action = translate::<F, P>(pkt, &flow);
+    if F::STAGED {
+        // The flow is kept in the stage state rather than on the stack, which a staged
+        // family has little of (IPv6's flow is 64 bytes, in every frame that takes it).
+        let shared = match stage_state::<F>() {
+            Ok(shared) => shared,
+            Err(why) => return dropped(why),
+        };
+        // SAFETY: this CPU's stage state; written here, then only read.
+        let flow = unsafe {
+            let at = &raw mut (*shared).flow;
+            at.write(flow);
+            &*at
+        };
+        return serve::<F, P>(pkt, flow, stage);
+    }
+    serve::<F, P>(pkt, &flow, stage)
+}
+
+/// The service logic for the TCP/UDP packet of `flow`, from `stage` on.
+#[inline(always)]
+fn serve<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>, stage: Stage) -> Action {
+    let action = match stage {
+        Stage::Start => translate::<F, P>(pkt, flow),
+        Stage::Flow | Stage::Decide => {
+            match frontend::find::<F>(flow.key.daddr, flow.key.dport, flow.key.proto) {
+                Some(found) if stage == Stage::Flow => {
+                    let now = conntrack::now_ns();
+                    to_service::<F, P>(pkt, flow, &found, FwdEntry::NOT_LOOKED_UP, now)
+                        .unwrap_or_else(dropped)
+                }
+                Some(found) => decide_stage::<F, P>(pkt, flow, &found).unwrap_or_else(dropped),
+                // Removed since the first program found it.
+                None => vip::pass_if_vip::<F>(Some(flow.key.daddr), Counter::VipNoServicePort),
+            }
+        }
+        Stage::Create => create_stage::<F, P>(pkt, flow).unwrap_or_else(dropped),
+        // An ICMP packet never parses as a flow.
+        Stage::Icmp => Action::Pass,
+    };
     if flow.fragment == Fragment::First && matches!(action, Action::Dnat | Action::ReverseNat) {
-        remember_fragment_ports::<F>(&flow);
+        remember_fragment_ports::<F>(flow);
     }
     action
 }
@@ -98,14 +200,8 @@ fn translate<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Action {
         // all it needs: looked up before the frontend, that is one hash lookup per packet
         // less. A live flow's frontend is still there: removing one stamps `KP_RETIRED`.
         fwd_entry = FwdEntry::of(&flow.key);
-        if live::<F>(flow, &fwd_entry.entry, now) {
-            if pkt.must_defer() {
-                stats::count(Counter::XdpDeferred);
-                return Action::Pass;
-            }
-            let entry = fwd_entry.entry;
-            return known_dnat::<F, P>(pkt, flow, &entry, &live_backend::<F>(&entry), now)
-                .unwrap_or_else(dropped);
+        if let Some(action) = live_dnat::<F, P>(pkt, flow, &fwd_entry, now) {
+            return action;
         }
     }
     match dest.find() {
@@ -114,10 +210,43 @@ fn translate<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Action {
                 stats::count(Counter::XdpDeferred);
                 return Action::Pass;
             }
+            if F::STAGED {
+                // Only a live flow is served in this stage, the bulk of the packets.
+                if !fwd_entry.looked_up {
+                    fwd_entry = FwdEntry::of(&flow.key);
+                    if let Some(action) = live_dnat::<F, P>(pkt, flow, &fwd_entry, now) {
+                        return action;
+                    }
+                }
+                return hand_on(pkt, Stage::Flow).unwrap_or_else(dropped);
+            }
             to_service::<F, P>(pkt, flow, &found, fwd_entry, now).unwrap_or_else(dropped)
         }
         None => from_backend::<F, P>(pkt, flow, now),
     }
+}
+
+/// Translates a packet whose forward entry `fwd_entry` alone says its flow is `live`; `None`
+/// if it does not.
+#[inline(always)]
+fn live_dnat<F: Family, P: Packet>(
+    pkt: &mut P,
+    flow: &FlowF<F>,
+    fwd_entry: &FwdEntry<F>,
+    now: u64,
+) -> Option<Action> {
+    if !live::<F>(flow, &fwd_entry.entry, now) {
+        return None;
+    }
+    if pkt.must_defer() {
+        stats::count(Counter::XdpDeferred);
+        return Some(Action::Pass);
+    }
+    let entry = fwd_entry.entry;
+    Some(
+        known_dnat::<F, P>(pkt, flow, &entry, &live_backend::<F>(&entry), now)
+            .unwrap_or_else(dropped),
+    )
 }
 
 /// Counts the reason of a drop.
@@ -209,9 +338,15 @@ fn to_service<F: Family, P: Packet>(
     let (entry, backend) = match known_flow::<F>(flow, fwd_entry.entry, now) {
         Known::Use(entry, backend) => return known_dnat::<F, P>(pkt, flow, &entry, &backend, now),
         Known::Reset(entry) => return reset_flow::<F, P>(pkt, flow, &entry),
+        Known::New(stale) if F::STAGED => {
+            let shared = stage_state::<F>()?;
+            // SAFETY: this CPU's stage state, read by the program handed on to.
+            unsafe { (*shared).stale = stale };
+            return hand_on(pkt, Stage::Decide);
+        }
         Known::New(stale) => match new_flow::<F, P>(pkt, flow, found, &stale) {
             Ok(chosen) => chosen,
-            // No endpoints: the packet gets the reject.
+            // No endpoints: rejected here, outside the new flow's frame (see `Family::OUTLINED`).
             Err(Counter::Rejected) => return reject::<F, P>(pkt, flow),
             Err(why) => return Err(why),
         },
@@ -222,6 +357,8 @@ fn to_service<F: Family, P: Packet>(
 /// A frontend found for a packet: the key it was found under, and its value.
 type Found<F> = (ServiceKeyOf<<F as Family>::Addr>, ServiceValue);
 
+// At most four arguments: a BPF function takes five registers, one of them the address
+// of the result.
 /// A new flow of `flow` to the frontend `found`, replacing the stale forward entry `stale`
 /// (`CtEntry::ZERO` if none): its backend and forward entry. `Rejected` means the frontend
 /// has no endpoints and the packet gets the reject.
@@ -229,12 +366,34 @@ type Found<F> = (ServiceKeyOf<<F as Family>::Addr>, ServiceValue);
 fn new_flow<F: Family, P: Packet>(
     pkt: &mut P,
     flow: &FlowF<F>,
-    (key, svc): &Found<F>,
+    found: &Found<F>,
     stale: &CtEntryF<F>,
 ) -> Result<(CtEntryF<F>, Backend<F>), Counter> {
-    // Read again rather than passed in: the coarse clock's tick between the two reads is
-    // far below every timeout.
+    // Read again rather than passed in (see the argument limit above): the coarse clock's
+    // tick between the two reads is far below every timeout.
     let now = conntrack::now_ns();
+    let decision = decide::<F, P>(pkt, flow, found, now)?;
+    create_flow::<F>(flow, &decision, stale, now)
+}
+
+/// What a new flow was given: its forward entry's fields and its backend.
+#[derive(Clone, Copy)]
+pub struct Decision<A> {
+    pub new: NewFlow<A>,
+    pub backend: BackendOf<A>,
+}
+
+/// Decides a new flow of `flow` to the frontend `found`: its backend (affinity,
+/// round-robin) and whether it is masqueraded, as the traffic policies say; nothing is
+/// created yet (see `create_flow`). `Rejected`: the frontend has no endpoints, and the
+/// packet gets the reject.
+#[inline(always)]
+fn decide<F: Family, P: Packet>(
+    pkt: &mut P,
+    flow: &FlowF<F>,
+    (key, svc): &Found<F>,
+    now: u64,
+) -> Result<Decision<F::Addr>, Counter> {
     if !flow.has_l4_header() {
         return Err(Counter::DropFragment);
     }
@@ -251,9 +410,6 @@ fn new_flow<F: Family, P: Packet>(
     if flow.is_tcp() && !flow.is_syn() {
         return Err(Counter::DropCtInvalid);
     }
-    if stale.backend_id != 0 {
-        conntrack::retire::<F>(&flow.key, stale);
-    }
     let (backend_id, backend) = select_backend::<F>(&svc, flow.key.saddr, now)?;
     // Hairpin: a pod that lands on itself must see the answer come from elsewhere
     // than its own address, as kube-proxy's per-endpoint masquerade rule ensures.
@@ -265,21 +421,36 @@ fn new_flow<F: Family, P: Packet>(
     } else {
         F::Addr::UNSPECIFIED
     };
-    let entry = conntrack::create::<F>(
-        &flow.key,
-        &NewFlow {
+    Ok(Decision {
+        new: NewFlow {
             backend_id,
             svc_id: svc.id,
             addr: backend.addr,
             port: backend.port,
             masq_addr,
         },
-        flow.tcp_flags,
-        now,
-    )?;
-    if entry.backend_id == backend_id {
-        stats::count_new_flow(svc.id, backend_id);
-        Ok((entry, backend))
+        backend,
+    })
+}
+
+/// Creates the entries of the new flow `decision` describes of `flow`, in place of the
+/// stale forward entry `stale` (`CtEntry::ZERO` if none): the forward entry in effect and
+/// its backend.
+#[inline(always)]
+fn create_flow<F: Family>(
+    flow: &FlowF<F>,
+    decision: &Decision<F::Addr>,
+    stale: &CtEntryF<F>,
+    now: u64,
+) -> Result<(CtEntryF<F>, Backend<F>), Counter> {
+    if stale.backend_id != 0 {
+        conntrack::retire::<F>(&flow.key, stale);
+    }
+    let new = &decision.new;
+    let entry = conntrack::create::<F>(&flow.key, new, flow.tcp_flags, now)?;
+    if entry.backend_id == new.backend_id {
+        stats::count_new_flow(new.svc_id, new.backend_id);
+        Ok((entry, decision.backend))
     } else {
         // Another CPU created the flow first with another backend: follow it.
         // SAFETY: copied out at once.
@@ -287,6 +458,53 @@ fn new_flow<F: Family, P: Packet>(
             .copied()
             .ok_or(Counter::DropNoBackend)?;
         Ok((entry, theirs))
+    }
+}
+
+/// The `Decide` stage: a new flow of `flow` to the frontend `found` decided, handed on to
+/// the `Create` stage; or the reject.
+#[inline(always)]
+fn decide_stage<F: Family, P: Packet>(
+    pkt: &mut P,
+    flow: &FlowF<F>,
+    found: &Found<F>,
+) -> Result<Action, Counter> {
+    let state = stage_state::<F>()?;
+    match decide::<F, P>(pkt, flow, found, conntrack::now_ns()) {
+        Ok(decision) => {
+            // SAFETY: this CPU's stage state, read by the program handed on to.
+            unsafe { (*state).decision = decision };
+            hand_on(pkt, Stage::Create)
+        }
+        Err(Counter::Rejected) => reject::<F, P>(pkt, flow),
+        Err(why) => Err(why),
+    }
+}
+
+/// The `Create` stage: the new flow the earlier stages decided, created; its first packet
+/// translated.
+#[inline(always)]
+fn create_stage<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Result<Action, Counter> {
+    let shared = stage_state::<F>()?;
+    // SAFETY: this CPU's stage state, written by the programs that handed on; the entry
+    // created is left in its conntrack scratch, which nothing else writes meanwhile.
+    unsafe {
+        let (decision, stale) = (&(*shared).decision, &(*shared).stale);
+        if stale.backend_id != 0 {
+            conntrack::retire::<F>(&flow.key, stale);
+        }
+        let new = &decision.new;
+        let entry =
+            &*conntrack::create_staged::<F>(&flow.key, new, flow.tcp_flags, conntrack::now_ns())?;
+        if entry.backend_id == new.backend_id {
+            stats::count_new_flow(new.svc_id, new.backend_id);
+            return dnat::<F, P>(pkt, flow, entry, &decision.backend);
+        }
+        // Another CPU created the flow first with another backend: follow it.
+        let theirs = F::backends()
+            .get_ptr(entry.backend_id)
+            .ok_or(Counter::DropNoBackend)?;
+        dnat::<F, P>(pkt, flow, entry, &*theirs)
     }
 }
 
@@ -300,20 +518,22 @@ fn known_dnat<F: Family, P: Packet>(
     backend: &Backend<F>,
     now: u64,
 ) -> Result<Action, Counter> {
-    conntrack::record(
-        F::ct_fwd(),
-        &flow.key,
-        entry,
-        Dir::Forward,
-        flow.tcp_flags,
-        now,
-    );
+    conntrack::record::<F>(&flow.key, entry, Dir::Forward, flow.tcp_flags, now);
     dnat::<F, P>(pkt, flow, entry, backend)
+}
+
+called! {
+    fn dnat<F: Family, P: Packet>(
+        pkt: &mut P,
+        flow: &FlowF<F>,
+        entry: &CtEntryF<F>,
+        backend: &Backend<F>,
+    ) -> Result<Action, Counter> => dnat_here
 }
 
 /// Translates a packet of the flow of forward entry `entry` to its backend `backend`.
 #[inline(always)]
-fn dnat<F: Family, P: Packet>(
+fn dnat_here<F: Family, P: Packet>(
     pkt: &mut P,
     flow: &FlowF<F>,
     entry: &CtEntryF<F>,
@@ -323,9 +543,9 @@ fn dnat<F: Family, P: Packet>(
     // grows by half (its states stop pruning); a packet the rewrite then drops, which a
     // well-formed one never is, is counted towards its backend but not its frontend.
     stats::count_backend_packet(entry.backend_id, pkt.len());
-    F::rewrite(
+    rewrite::<F, P>(
         pkt,
-        &NatRewrite {
+        NatRewrite {
             side: Side::Destination,
             old_addr: flow.key.daddr,
             new_addr: backend.addr,
@@ -340,6 +560,23 @@ fn dnat<F: Family, P: Packet>(
     stats::count(Counter::ServicePackets);
     stats::count_service_packet(entry.svc_id, pkt.len());
     Ok(Action::Dnat)
+}
+
+/// Applies `rw` to the packet. A staged family's rewrite is kept in the stage state rather
+/// than on the stack (an IPv6 one is 96 bytes).
+#[inline(always)]
+fn rewrite<F: Family, P: Packet>(pkt: &mut P, rw: NatRewrite<F::Addr>) -> Result<(), ()> {
+    if F::STAGED {
+        let state = F::stage_state().ok_or(())?;
+        // SAFETY: this CPU's stage state; written here, then only read.
+        let rw = unsafe {
+            let at = &raw mut (*state).rewrite;
+            at.write(rw);
+            &*at
+        };
+        return F::rewrite(pkt, rw);
+    }
+    F::rewrite(pkt, &rw)
 }
 
 /// How a flow's entry changes the client end of its packets: forward entries replace the
@@ -396,16 +633,16 @@ fn known_flow<F: Family>(flow: &FlowF<F>, entry: CtEntryF<F>, now: u64) -> Known
     }
     let cfg = conntrack::config();
     let syn = flow.is_tcp() && flow.is_syn();
-    let Some(found) = conntrack::existing::<F>(&flow.key, entry, syn, now) else {
+    let mut state = FlowState::ZERO;
+    if !conntrack::existing::<F>(&flow.key, &entry, syn, now, &mut state) {
         return Known::New(CtEntryF::<F>::ZERO);
-    };
-    let entry = found.entry;
-    if syn && found.state.tcp_closing() {
+    }
+    if syn && state.tcp_closing() {
         // The client reuses the port of a finished connection: a new flow.
         stats::count(Counter::CtReopened);
         return Known::New(entry);
     }
-    if cfg.expired(flow.key.proto, &found.state, now) {
+    if cfg.expired(flow.key.proto, &state, now) {
         return Known::New(entry);
     }
     // SAFETY: copied out at once.
@@ -432,17 +669,38 @@ fn nothing_retired_since(ns: u64) -> bool {
     KP_RETIRED.get(0).is_some_and(|retired| *retired < ns)
 }
 
+called! {
+    fn reset_flow<F: Family, P: Packet>(
+        pkt: &mut P,
+        flow: &FlowF<F>,
+        entry: &CtEntryF<F>,
+    ) -> Result<Action, Counter> => reset_flow_here
+}
+
 /// Answers a packet of a TCP flow whose endpoint is gone with a RST, and marks the flow
 /// reset so it expires after the close timeout.
 #[inline(always)]
-fn reset_flow<F: Family, P: Packet>(
+fn reset_flow_here<F: Family, P: Packet>(
     pkt: &mut P,
     flow: &FlowF<F>,
     entry: &CtEntryF<F>,
 ) -> Result<Action, Counter> {
-    let mut closed = *entry;
+    let mut local = *entry;
+    let closed = if F::STAGED {
+        // The copy in the stage state's conntrack scratch: stack a stage lacks.
+        let state = stage_state::<F>()?;
+        // SAFETY: this CPU's stage state; the `Flow` stage creates nothing, so its `ct` is
+        // free.
+        unsafe {
+            let at = &raw mut (*state).ct.forward;
+            at.write(*entry);
+            &mut *at
+        }
+    } else {
+        &mut local
+    };
     closed.flags |= CT_F_RST;
-    let _ = F::ct_fwd().update(&flow.key, &closed, aya_ebpf::bindings::BPF_EXIST);
+    let _ = F::ct_fwd().update(&flow.key, closed, aya_ebpf::bindings::BPF_EXIST);
     F::send_reset(pkt, flow).map_err(|()| Counter::DropReset)?;
     stats::count(Counter::ResetBackendGone);
     Ok(Action::SentBack)
@@ -506,9 +764,13 @@ fn remember_affinity<F: Family>(key: &AffinityKeyOf<F::Addr>, backend_id: u32, n
     let _ = F::affinity().insert(key, value, 0);
 }
 
+called! {
+    fn reject<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Result<Action, Counter> => reject_here
+}
+
 /// No endpoints: answer with ICMP port unreachable, as kube-proxy's REJECT rule does.
 #[inline(always)]
-fn reject<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Result<Action, Counter> {
+fn reject_here<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Result<Action, Counter> {
     F::send_reject(pkt, flow).map_err(|()| Counter::DropReject)?;
     stats::count(Counter::Rejected);
     Ok(Action::SentBack)
@@ -517,35 +779,47 @@ fn reject<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Result<Action, 
 /// A packet not addressed to a service: a backend's reply to translate back, or not ours.
 #[inline(always)]
 fn from_backend<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>, now: u64) -> Action {
-    let cfg = conntrack::config();
     // A reply is translated even if its flow timed out and is not collected yet: the
     // backend still uses the tuple, and the client only knows the VIP.
-    let Some(entry) = conntrack::existing_reply::<F>(&flow.key, &cfg, now) else {
+    let mut entry = CtEntryF::<F>::ZERO;
+    if !conntrack::existing_reply::<F>(&flow.key, now, &mut entry) {
         return vip::pass_if_vip::<F>(Some(flow.key.daddr), Counter::VipNoServicePort);
-    };
+    }
     if pkt.must_defer() {
         stats::count(Counter::XdpDeferred);
         return Action::Pass;
     }
-    conntrack::record(
-        F::ct_rev(),
-        &flow.key,
-        &entry,
-        Dir::Reply,
-        flow.tcp_flags,
-        now,
-    );
-    let rewrite = NatRewrite {
+    conntrack::record::<F>(&flow.key, &entry, Dir::Reply, flow.tcp_flags, now);
+    reverse_nat::<F, P>(pkt, flow, &entry)
+}
+
+called! {
+    fn reverse_nat<F: Family, P: Packet>(
+        pkt: &mut P,
+        flow: &FlowF<F>,
+        entry: &CtEntryF<F>,
+    ) -> Action => reverse_nat_here
+}
+
+/// Translates a backend's reply of the flow whose reply entry is `entry` back: the VIP as
+/// its source, the client's own address and port as its destination.
+#[inline(always)]
+fn reverse_nat_here<F: Family, P: Packet>(
+    pkt: &mut P,
+    flow: &FlowF<F>,
+    entry: &CtEntryF<F>,
+) -> Action {
+    let back = NatRewrite {
         side: Side::Source,
         old_addr: flow.key.saddr,
         new_addr: entry.nat_addr,
         old_port: flow.key.sport,
         new_port: entry.nat_port,
-        peer: client_side(&entry, flow.key.daddr, flow.key.dport),
+        peer: client_side(entry, flow.key.daddr, flow.key.dport),
         l4_off: flow.has_l4_header().then_some(flow.l4_off),
         udp: flow.key.proto == IPPROTO_UDP,
     };
-    if F::rewrite(pkt, &rewrite).is_err() {
+    if rewrite::<F, P>(pkt, back).is_err() {
         stats::count(Counter::DropNat);
         return Action::Drop;
     }

@@ -17,29 +17,39 @@ mod family;
 mod forward;
 mod frontend;
 mod icmp;
+mod icmp6;
 mod icmp_err;
 mod lb;
 mod maps;
 mod packet;
 mod parse;
+mod parse6;
 mod policy;
 mod reset;
 mod route;
+mod scratch;
 mod stats;
 mod vip;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
+    maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
 
-use kproxy_common::iface::IFACE_F_INGRESS;
+use kproxy_common::{
+    iface::IFACE_F_INGRESS,
+    names::{TAIL_TC_EGRESS6, TAIL_TC_INGRESS6, TAIL_XDP_DEFER6, TAIL_XDP6},
+    stats::Counter,
+};
 
 use crate::{
-    family::{Family, V4},
+    family::{Family, V4, V6},
     forward::Forwarding,
-    lb::Action,
+    lb::{Action, Stage},
+    maps::{KP_TAIL_TC, KP_TAIL_XDP},
     packet::{Packet, TcPacket, XdpPacket},
 };
 
@@ -60,6 +70,111 @@ fn upgrade_test_marker() {
 }
 // ---------------------------------------------------------------------------------------------
 
+/// Hands an IPv6 packet on to the IPv6 program at `index` of `programs`. Returns only if
+/// that failed (the agent has not installed it yet): the packet then passes untouched.
+#[inline(always)]
+fn hand_on<C: EbpfContext>(ctx: &C, programs: &ProgramArray, index: u32) {
+    // SAFETY: a tail call replaces this program; nothing of it runs afterwards.
+    unsafe { programs.tail_call(ctx, index) };
+    stats::count(Counter::Ipv6NotHandedOn);
+}
+
+/// Records for the IPv6 stages which TC hook the packet is on (see `lb::Stage`).
+#[inline(always)]
+fn stage_hook(egress: bool) {
+    if let Some(state) = V6::stage_state() {
+        // SAFETY: this CPU's stage state; nothing else runs on this CPU meanwhile.
+        unsafe { (*state).egress = u8::from(egress) };
+    }
+}
+
+/// A later stage of an IPv6 packet's path under TC (tail-called).
+#[inline(always)]
+fn tc_stage(ctx: &TcContext, stage: Stage) -> i32 {
+    // SAFETY: this CPU's stage state, written by the program that handed on.
+    let egress = V6::stage_state().is_some_and(|state| unsafe { (*state).egress != 0 });
+    let mut pkt = TcPacket { ctx, egress };
+    let action = lb::handle_at::<V6, _>(&mut pkt, stage);
+    tc6_verdict(&mut pkt, action)
+}
+
+/// The verdict of an IPv6 stage under TC: a BPF function of its own, so that a DNATed
+/// packet's rerouting (a FIB lookup's parameters) does not add to the frame of the stage,
+/// which calls nothing else around it.
+#[inline(never)]
+fn tc6_verdict(pkt: &mut TcPacket, action: Action) -> i32 {
+    if pkt.egress {
+        tc_egress_verdict::<V6>(pkt, action)
+    } else {
+        tc_ingress_verdict::<V6>(pkt, action)
+    }
+}
+
+/// IPv6 under TC: a packet to a frontend whose flow is not plainly live.
+#[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_tc6_flow(ctx: TcContext) -> i32 {
+    tc_stage(&ctx, Stage::Flow)
+}
+
+/// IPv6 under TC: a new flow's backend.
+#[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_tc6_decide(ctx: TcContext) -> i32 {
+    tc_stage(&ctx, Stage::Decide)
+}
+
+/// IPv6 under TC: a new flow's entries, then its first packet translated.
+#[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_tc6_create(ctx: TcContext) -> i32 {
+    tc_stage(&ctx, Stage::Create)
+}
+
+/// ICMPv6 under TC.
+#[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_tc6_icmp(ctx: TcContext) -> i32 {
+    tc_stage(&ctx, Stage::Icmp)
+}
+
+/// A later stage of an IPv6 packet's path under XDP (tail-called; never from the deferring
+/// program, which leaves service packets to TC).
+#[inline(always)]
+fn xdp_stage(ctx: &XdpContext, stage: Stage) -> u32 {
+    let mut pkt = XdpPacket::new(ctx, false);
+    let action = lb::handle_at::<V6, _>(&mut pkt, stage);
+    xdp_verdict::<V6>(&pkt, action)
+}
+
+/// `kproxy_tc6_flow` under XDP.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_xdp6_flow(ctx: XdpContext) -> u32 {
+    xdp_stage(&ctx, Stage::Flow)
+}
+
+/// `kproxy_tc6_decide` under XDP.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_xdp6_decide(ctx: XdpContext) -> u32 {
+    xdp_stage(&ctx, Stage::Decide)
+}
+
+/// `kproxy_tc6_create` under XDP.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_xdp6_create(ctx: XdpContext) -> u32 {
+    xdp_stage(&ctx, Stage::Create)
+}
+
+/// `kproxy_tc6_icmp` under XDP.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_xdp6_icmp(ctx: XdpContext) -> u32 {
+    xdp_stage(&ctx, Stage::Icmp)
+}
+
 /// TC classifier for the ingress of the interfaces kproxy serves.
 ///
 /// Untouched and translated packets return `TC_ACT_UNSPEC` (tcx "next"), so programs after
@@ -72,12 +187,34 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
         ctx: &ctx,
         egress: false,
     };
+    if parse::is_ipv6_frame(&pkt) {
+        hand_on(&ctx, &KP_TAIL_TC, TAIL_TC_INGRESS6);
+        return TC_ACT_UNSPEC;
+    }
     tc_ingress::<V4>(&mut pkt)
+}
+
+/// `kproxy_tc_ingress` for IPv6 packets (tail-called).
+#[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_tc_ingress6(ctx: TcContext) -> i32 {
+    upgrade_test_marker();
+    stage_hook(false);
+    tc_ingress::<V6>(&mut TcPacket {
+        ctx: &ctx,
+        egress: false,
+    })
 }
 
 #[inline(always)]
 fn tc_ingress<F: Family>(pkt: &mut TcPacket) -> i32 {
-    match lb::handle::<F, _>(pkt) {
+    let action = lb::handle::<F, _>(pkt);
+    tc_ingress_verdict::<F>(pkt, action)
+}
+
+#[inline(always)]
+fn tc_ingress_verdict<F: Family>(pkt: &mut TcPacket, action: Action) -> i32 {
+    match action {
         // The node's own connection to one of its addresses (a NodePort) came back in
         // through the loopback device; once DNATed it is routed from here, like traffic the
         // egress program translates.
@@ -105,7 +242,23 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
         ctx: &ctx,
         egress: true,
     };
+    if parse::is_ipv6_frame(&pkt) {
+        hand_on(&ctx, &KP_TAIL_TC, TAIL_TC_EGRESS6);
+        return TC_ACT_UNSPEC;
+    }
     tc_egress::<V4>(&mut pkt)
+}
+
+/// `kproxy_tc_egress` for IPv6 packets (tail-called, after the interface check).
+#[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_tc_egress6(ctx: TcContext) -> i32 {
+    upgrade_test_marker();
+    stage_hook(true);
+    tc_egress::<V6>(&mut TcPacket {
+        ctx: &ctx,
+        egress: true,
+    })
 }
 
 /// Forwarded from an interface kproxy already handles on ingress: nothing left to do.
@@ -119,7 +272,13 @@ fn forwarded_from_served_interface(ctx: &TcContext) -> bool {
 
 #[inline(always)]
 fn tc_egress<F: Family>(pkt: &mut TcPacket) -> i32 {
-    match lb::handle::<F, _>(pkt) {
+    let action = lb::handle::<F, _>(pkt);
+    tc_egress_verdict::<F>(pkt, action)
+}
+
+#[inline(always)]
+fn tc_egress_verdict<F: Family>(pkt: &mut TcPacket, action: Action) -> i32 {
+    match action {
         Action::Pass | Action::ReverseNat => TC_ACT_UNSPEC,
         Action::Dnat => route::reroute::<F>(pkt),
         Action::SentBack => TC_ACT_REDIRECT,
@@ -131,7 +290,7 @@ fn tc_egress<F: Family>(pkt: &mut TcPacket) -> i32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
-    xdp_ingress::<V4>(&ctx, false)
+    xdp_dispatch(&ctx, false, TAIL_XDP6)
 }
 
 /// XDP program for an interface that may hand XDP partial checksums: service packets go on
@@ -139,15 +298,44 @@ pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_xdp_defer(ctx: XdpContext) -> u32 {
-    xdp_ingress::<V4>(&ctx, true)
+    xdp_dispatch(&ctx, true, TAIL_XDP_DEFER6)
+}
+
+/// `kproxy_xdp` for IPv6 packets (tail-called).
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_xdp6(ctx: XdpContext) -> u32 {
+    xdp_ingress::<V6>(&ctx, false)
+}
+
+/// `kproxy_xdp_defer` for IPv6 packets (tail-called).
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_xdp_defer6(ctx: XdpContext) -> u32 {
+    xdp_ingress::<V6>(&ctx, true)
+}
+
+#[inline(always)]
+fn xdp_dispatch(ctx: &XdpContext, defers: bool, ipv6: u32) -> u32 {
+    if parse::is_ipv6_frame(&XdpPacket::new(ctx, defers)) {
+        hand_on(ctx, &KP_TAIL_XDP, ipv6);
+        return xdp_action::XDP_PASS;
+    }
+    xdp_ingress::<V4>(ctx, defers)
 }
 
 #[inline(always)]
 fn xdp_ingress<F: Forwarding>(ctx: &XdpContext, defers: bool) -> u32 {
     upgrade_test_marker();
     let mut pkt = XdpPacket::new(ctx, defers);
-    match lb::handle::<F, _>(&mut pkt) {
-        Action::Dnat | Action::ReverseNat => forward::forward::<F>(&pkt),
+    let action = lb::handle::<F, _>(&mut pkt);
+    xdp_verdict::<F>(&pkt, action)
+}
+
+#[inline(always)]
+fn xdp_verdict<F: Forwarding>(pkt: &XdpPacket, action: Action) -> u32 {
+    match action {
+        Action::Dnat | Action::ReverseNat => forward::forward::<F>(pkt),
         Action::Pass => xdp_action::XDP_PASS,
         Action::SentBack => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,

@@ -6,14 +6,22 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use kproxy_common::{
+    addr::In6Addr,
     config::Config,
-    ct::{AffinityKey, AffinityValue, CtEntry, FlowKey, FragKey, FragPorts},
+    ct::{
+        AffinityKey, AffinityKey6, AffinityValue, CtEntry, CtEntry6, FlowKey, FlowKey6, FragKey,
+        FragKey6, FragPorts,
+    },
     iface::NodePortList,
-    lb::{Backend, FREE_PORT_WORDS, ServiceKey, ServiceValue, SlotKey, SourceRangeKey},
+    lb::{
+        Backend, Backend6, FREE_PORT_WORDS, ServiceKey, ServiceKey6, ServiceValue, SlotKey,
+        SourceRangeKey, SourceRangeKey6,
+    },
     meta::Meta,
+    names::TAIL_SLOTS,
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
@@ -118,3 +126,57 @@ pub static KP_FREE_PORTS: Array<u64> = Array::pinned(FREE_PORT_WORDS, 0);
 /// never read by the programs; it lives here so it is pinned with the maps it describes.
 #[map]
 pub static KP_META: Array<Meta> = Array::pinned(1, 0);
+
+// --- IPv6 ---------------------------------------------------------------------------------
+// The same roles for the other family, in maps of their own so that IPv4 keys keep their
+// size. Service port ids (`KP_SLOTS`, `KP_RR`, counters) and backend ids are shared: an id
+// lives in one family's maps only.
+
+/// IPv6 frontends: (VIP, port, protocol, scope) → the same `ServiceValue` as IPv4's.
+#[map]
+pub static KP_SERVICES6: HashMap<ServiceKey6, ServiceValue> = HashMap::pinned(65_536, NO_PREALLOC);
+
+/// IPv6 backends: backend id → endpoint address and port.
+#[map]
+pub static KP_BACKENDS6: HashMap<u32, Backend6> = HashMap::pinned(262_144, NO_PREALLOC);
+
+/// `KP_CT_FWD` for IPv6 flows.
+#[map]
+pub static KP_CT_FWD6: LruHashMap<FlowKey6, CtEntry6> = LruHashMap::pinned(262_144, 0);
+
+/// `KP_CT_REV` for IPv6 flows (never evicted by the kernel, like `KP_CT_REV`).
+#[map]
+pub static KP_CT_REV6: HashMap<FlowKey6, CtEntry6> = HashMap::pinned(262_144, 0);
+
+/// `KP_AFFINITY` for IPv6 clients.
+#[map]
+pub static KP_AFFINITY6: LruHashMap<AffinityKey6, AffinityValue> = LruHashMap::pinned(65_536, 0);
+
+/// `KP_FRAGS` for IPv6 (keyed by the Fragment header's identification).
+#[map]
+pub static KP_FRAGS6: LruHashMap<FragKey6, FragPorts> = LruHashMap::pinned(8_192, 0);
+
+/// `KP_VIPS` for IPv6 VIPs.
+#[map]
+pub static KP_VIPS6: HashMap<In6Addr, u32> = HashMap::pinned(65_536, NO_PREALLOC);
+
+/// `KP_NODE_ADDRS` for the node's IPv6 addresses.
+#[map]
+pub static KP_NODE_ADDRS6: HashMap<In6Addr, u32> = HashMap::pinned(1_024, NO_PREALLOC);
+
+/// `KP_SOURCE_RANGES` for IPv6 sources.
+#[map]
+pub static KP_SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u8> = LpmTrie::pinned(16_384, NO_PREALLOC);
+
+/// `KP_LOCAL_CIDRS` for the IPv6 pod network.
+#[map]
+pub static KP_LOCAL_CIDRS6: LpmTrie<In6Addr, u8> = LpmTrie::pinned(64, NO_PREALLOC);
+
+/// The IPv6 TC programs, by `names::TAIL_TC_*`, written by the agent once they are loaded.
+/// Pinned: the entries then outlive the agent, and a restarted one replaces them in place.
+#[map]
+pub static KP_TAIL_TC: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
+
+/// The IPv6 XDP programs, by `names::TAIL_XDP*` (a program array serves one program type).
+#[map]
+pub static KP_TAIL_XDP: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);

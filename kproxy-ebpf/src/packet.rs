@@ -18,10 +18,29 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
+use kproxy_common::addr::In6Addr;
+
 use crate::{
     csum,
+    maps::{KP_TAIL_TC, KP_TAIL_XDP},
     parse::{IP_CSUM_OFF, IPV4_HLEN, L3_OFF, TCP_HLEN, UDP_HLEN},
+    parse6::IPV6_HLEN,
 };
+
+/// `bpf_l4_csum_replace` flag (kernel 6.16): the packet is IPv6, whose address changes the
+/// L4 checksum's own change balances in a CHECKSUM_COMPLETE sum (IPv4's header checksum
+/// does that there); without it the helper corrupts `skb->csum` of such packets.
+const BPF_F_IPV6: u64 = 1 << 7;
+
+/// Offset of `side`'s address in the IPv6 header.
+#[inline(always)]
+const fn addr6_offset(side: Side) -> usize {
+    if matches!(side, Side::Source) {
+        L3_OFF + 8
+    } else {
+        L3_OFF + 24
+    }
+}
 
 /// Which end of a packet a rewrite changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -110,10 +129,27 @@ pub trait Packet {
     fn ensure(&mut self, len: usize) -> bool;
     /// Copies a `T` from `off`, if the packet holds it.
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
+    /// Copies a `T` from `off` into `dst`, byte by byte, if the packet holds it. For wide
+    /// fields (IPv6 addresses): read as a value, a field's bytes are gathered in registers
+    /// that BPF, with its few, spills to the stack; copied, each byte goes straight to its
+    /// place.
+    fn read_into<T: Copy>(&self, off: usize, dst: &mut T) -> bool;
     /// Length of the whole packet in bytes.
     fn len(&self) -> u32;
     /// Rewrites an address and port, keeping IP and L4 checksums right.
     fn rewrite(&mut self, rw: &NatRewrite<u32>) -> Result<(), ()>;
+    /// `rewrite` for IPv6: no IP header checksum, the addresses enter the L4 checksum
+    /// through its pseudo-header.
+    fn rewrite6(&mut self, rw: &NatRewrite<In6Addr>) -> Result<(), ()>;
+    /// Rewrites the outer IPv6 source or destination address of an ICMPv6 packet whose
+    /// checksum (at `csum_off`) covers it through the pseudo-header.
+    fn set_ip6_addr(
+        &mut self,
+        side: Side,
+        old: &In6Addr,
+        new: &In6Addr,
+        csum_off: usize,
+    ) -> Result<(), ()>;
     /// Rewrites the outer IPv4 source or destination address and the IP header checksum
     /// (nothing else: for ICMP, whose checksum has no pseudo-header).
     fn set_ip_addr(&mut self, side: Side, old: u32, new: u32) -> Result<(), ()>;
@@ -122,6 +158,14 @@ pub trait Packet {
     fn patch16(&mut self, off: usize, old: u16, new: u16, csum_off: usize) -> Result<(), ()>;
     /// `patch16` for a 32-bit word.
     fn patch32(&mut self, off: usize, old: u32, new: u32, csum_off: usize) -> Result<(), ()>;
+    /// `patch16` for an IPv6 address.
+    fn patch_addr6(
+        &mut self,
+        off: usize,
+        old: &In6Addr,
+        new: &In6Addr,
+        csum_off: usize,
+    ) -> Result<(), ()>;
     /// Replaces the packet with `frame` and sends it back where it came from.
     fn send_back<const N: usize>(&mut self, frame: &[u8; N]) -> Result<(), ()>;
     /// Whether service packets must be left to a later hook (`kproxy_xdp_defer`).
@@ -132,6 +176,9 @@ pub trait Packet {
     fn ingress_ifindex(&self) -> u32;
     /// `bpf_fib_lookup` for this packet's context; returns the helper's result.
     fn fib_lookup(&self, params: &mut bpf_fib_lookup, flags: u32) -> i64;
+    /// Tail-calls the program at `index` of this attach type's tail-call map; returns only
+    /// if there is none.
+    fn tail_call(&self, index: u32);
 }
 
 /// Offset of `side`'s address in the IPv4 header.
@@ -157,9 +204,44 @@ fn fib_lookup_in(ctx: &impl EbpfContext, params: &mut bpf_fib_lookup, flags: u32
     }
 }
 
+/// A packet's start and end from the context fields `data` and `data_end`, read where they
+/// are used (volatile: a copy kept in a register was spilled with a 32-bit store, or moved
+/// with a 32-bit move, LLVM knowing the fields are 32 bits wide, which the verifier refuses
+/// for a packet pointer).
+///
+/// # Safety
+/// Both point into the context the kernel passed to this program.
+#[inline(always)]
+unsafe fn bounds(data: *const u32, data_end: *const u32) -> (usize, usize) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        (
+            core::ptr::read_volatile(data) as usize,
+            core::ptr::read_volatile(data_end) as usize,
+        )
+    }
+}
+
+#[inline(always)]
+fn read_into_at<T: Copy>(start: usize, end: usize, off: usize, dst: &mut T) -> bool {
+    if start + off + size_of::<T>() > end || off > MAX_FRAME_OFF {
+        return false;
+    }
+    // SAFETY: the range [start + off, start + off + size_of::<T>()) lies inside the packet,
+    // and `dst` is a distinct, writable T.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (start + off) as *const u8,
+            core::ptr::from_mut(dst).cast::<u8>(),
+            size_of::<T>(),
+        );
+    }
+    true
+}
+
 #[inline(always)]
 fn read_at<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
-    if start + off + size_of::<T>() > end {
+    if start + off + size_of::<T>() > end || off > MAX_FRAME_OFF {
         return None;
     }
     // SAFETY: the range [start + off, start + off + size_of::<T>()) lies inside the packet.
@@ -187,12 +269,18 @@ impl Packet for TcPacket<'_> {
 
     #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
-        if self.egress {
-            // SAFETY: as above.
-            unsafe { (*self.ctx.skb.skb).ingress_ifindex }
-        } else {
-            self.ifindex()
-        }
+        // On ingress this is the interface itself (the stack sets it before TC runs): read
+        // the same way on both hooks, as the IPv6 stages learn their hook only at run time,
+        // and a context field chosen at run time is a modified context pointer to the
+        // verifier.
+        // SAFETY: as above.
+        unsafe { (*self.ctx.skb.skb).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn tail_call(&self, index: u32) {
+        // SAFETY: a tail call replaces this program; nothing of it runs afterwards.
+        unsafe { KP_TAIL_TC.tail_call(self.ctx, index) };
     }
 
     #[inline(always)]
@@ -202,19 +290,28 @@ impl Packet for TcPacket<'_> {
 
     #[inline(always)]
     fn ensure(&mut self, len: usize) -> bool {
-        if self.ctx.data() + len <= self.ctx.data_end() {
+        let (start, end) = self.bounds();
+        if start + len <= end {
             return true;
         }
         // Headers beyond the linear area (rare: GRO'd or fragmented skbs); pulling may copy.
         if (self.ctx.len() as usize) < len || self.ctx.pull_data(len as u32).is_err() {
             return false;
         }
-        self.ctx.data() + len <= self.ctx.data_end()
+        let (start, end) = self.bounds();
+        start + len <= end
     }
 
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
-        read_at(self.ctx.data(), self.ctx.data_end(), off)
+        let (start, end) = self.bounds();
+        read_at(start, end, off)
+    }
+
+    #[inline(always)]
+    fn read_into<T: Copy>(&self, off: usize, dst: &mut T) -> bool {
+        let (start, end) = self.bounds();
+        read_into_at(start, end, off, dst)
     }
 
     #[inline(always)]
@@ -311,6 +408,74 @@ impl Packet for TcPacket<'_> {
     }
 
     #[inline(always)]
+    fn rewrite6(&mut self, rw: &NatRewrite<In6Addr>) -> Result<(), ()> {
+        let mangled = if rw.udp {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        let peer = &rw.peer;
+        if let Some(l4_off) = rw.l4_off {
+            let csum_off = l4_off + rw.csum_in_l4();
+            // Both addresses enter through the pseudo-header, in one change.
+            let mut addrs = csum::Update::CHANGES.addr(rw.old_addr, rw.new_addr);
+            if peer.addr_changes() {
+                addrs = addrs.addr(peer.old_addr, peer.new_addr);
+            }
+            self.pseudo_header_changed(csum_off, addrs, mangled)?;
+            self.ctx
+                .l4_csum_replace(
+                    csum_off,
+                    u64::from(rw.old_port),
+                    u64::from(rw.new_port),
+                    mangled | 2,
+                )
+                .map_err(|_| ())?;
+            self.ctx
+                .store(l4_off + rw.port_in_l4(), &rw.new_port, 0)
+                .map_err(|_| ())?;
+            if peer.port_changes() {
+                self.ctx
+                    .l4_csum_replace(
+                        csum_off,
+                        u64::from(peer.old_port),
+                        u64::from(peer.new_port),
+                        mangled | 2,
+                    )
+                    .map_err(|_| ())?;
+                self.ctx
+                    .store(l4_off + rw.peer_port_in_l4(), &peer.new_port, 0)
+                    .map_err(|_| ())?;
+            }
+        }
+        let (addr_side, peer_side) = if rw.side == Side::Source {
+            (Side::Source, Side::Destination)
+        } else {
+            (Side::Destination, Side::Source)
+        };
+        if peer.addr_changes() {
+            self.ctx
+                .store(addr6_offset(peer_side), &peer.new_addr, 0)
+                .map_err(|_| ())?;
+        }
+        self.ctx
+            .store(addr6_offset(addr_side), &rw.new_addr, 0)
+            .map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn set_ip6_addr(
+        &mut self,
+        side: Side,
+        old: &In6Addr,
+        new: &In6Addr,
+        csum_off: usize,
+    ) -> Result<(), ()> {
+        self.pseudo_header_changed(csum_off, csum::Update::CHANGES.addr(*old, *new), 0)?;
+        self.ctx.store(addr6_offset(side), new, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
     fn patch16(&mut self, off: usize, old: u16, new: u16, csum_off: usize) -> Result<(), ()> {
         self.ctx
             .l4_csum_replace(csum_off, u64::from(old), u64::from(new), 2)
@@ -324,6 +489,22 @@ impl Packet for TcPacket<'_> {
             .l4_csum_replace(csum_off, u64::from(old), u64::from(new), 4)
             .map_err(|_| ())?;
         self.ctx.store(off, &new, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn patch_addr6(
+        &mut self,
+        off: usize,
+        old: &In6Addr,
+        new: &In6Addr,
+        csum_off: usize,
+    ) -> Result<(), ()> {
+        // Size 0: the change, precomputed; plain data, not a pseudo-header.
+        let diff = csum::Update::CHANGES.addr(*old, *new).diff();
+        self.ctx
+            .l4_csum_replace(csum_off, 0, u64::from(diff), 0)
+            .map_err(|_| ())?;
+        self.ctx.store(off, new, 0).map_err(|_| ())
     }
 
     #[inline(always)]
@@ -348,8 +529,33 @@ impl Packet for TcPacket<'_> {
 }
 
 impl TcPacket<'_> {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        let skb = self.ctx.skb.skb;
+        // SAFETY: the context pointer the kernel passed to this program.
+        unsafe { bounds(&raw const (*skb).data, &raw const (*skb).data_end) }
+    }
+
     /// TC programs see the skb's checksum state through the kernel's helpers.
     const DEFERS: bool = false;
+
+    /// Folds IPv6 pseudo-header `changes` into the L4 checksum at `csum_off`.
+    #[inline(always)]
+    fn pseudo_header_changed(
+        &self,
+        csum_off: usize,
+        changes: csum::Update,
+        mangled: u64,
+    ) -> Result<(), ()> {
+        let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled;
+        let diff = u64::from(changes.diff());
+        // Size 0: `diff` is the precomputed change. Kernels before 6.16 refuse BPF_F_IPV6;
+        // there the helper's CHECKSUM_COMPLETE adjustment cannot be avoided.
+        self.ctx
+            .l4_csum_replace(csum_off, 0, diff, flags | BPF_F_IPV6)
+            .or_else(|_| self.ctx.l4_csum_replace(csum_off, 0, diff, flags))
+            .map_err(|_| ())
+    }
 }
 
 /// A frame seen by an XDP program.
@@ -360,39 +566,45 @@ pub struct XdpPacket<'a> {
     /// The IPv4 source and destination a rewrite left in the packet (0, 0 before any), so
     /// that forwarding need not read them back byte by byte.
     pub rewritten: (u32, u32),
+    /// The frame's length, read once: a service packet's length never changes (the frames
+    /// sent back are not counted by it).
+    len: u32,
 }
 
 impl<'a> XdpPacket<'a> {
     #[inline(always)]
-    pub const fn new(ctx: &'a XdpContext, defers: bool) -> Self {
-        Self {
+    pub fn new(ctx: &'a XdpContext, defers: bool) -> Self {
+        let mut pkt = Self {
             ctx,
             defers,
             rewritten: (0, 0),
-        }
+            len: 0,
+        };
+        let (start, end) = pkt.bounds();
+        pkt.len = (end - start) as u32;
+        pkt
     }
 }
 
+/// Past the largest offset into a frame the datapath reads or writes at (an IPv6 transport
+/// header after the extension headers walked, `parse6::MAX_L4_OFF`).
+const MAX_FRAME_OFF: usize = 511;
+const _: () = assert!(crate::parse6::MAX_L4_OFF + TCP_HLEN <= MAX_FRAME_OFF);
+
 impl XdpPacket<'_> {
-    /// The frame's start and end, read from the context where they are used (volatile: a
-    /// copy kept in a register was spilled with a 32-bit store, LLVM knowing the fields are
-    /// 32 bits wide, which the verifier refuses for a packet pointer).
     #[inline(always)]
-    fn bounds(&self) -> (usize, usize) {
+    pub fn bounds(&self) -> (usize, usize) {
         let md = self.ctx.ctx;
         // SAFETY: the context pointer the kernel passed to this program.
-        unsafe {
-            (
-                core::ptr::read_volatile(&raw const (*md).data) as usize,
-                core::ptr::read_volatile(&raw const (*md).data_end) as usize,
-            )
-        }
+        unsafe { bounds(&raw const (*md).data, &raw const (*md).data_end) }
     }
 
     #[inline(always)]
     fn ptr_mut<T>(&self, off: usize) -> Result<*mut T, ()> {
         let (start, end) = self.bounds();
-        if start + off + size_of::<T>() > end {
+        // An offset read back from memory (a staged family's flow, see `lb::Stage`) has no
+        // bounds the verifier knows of; a frame is never longer than this anyway.
+        if off > MAX_FRAME_OFF || start + off + size_of::<T>() > end {
             return Err(());
         }
         Ok((start + off) as *mut T)
@@ -457,6 +669,12 @@ impl Packet for XdpPacket<'_> {
     }
 
     #[inline(always)]
+    fn tail_call(&self, index: u32) {
+        // SAFETY: a tail call replaces this program; nothing of it runs afterwards.
+        unsafe { KP_TAIL_XDP.tail_call(self.ctx, index) };
+    }
+
+    #[inline(always)]
     fn fib_lookup(&self, params: &mut bpf_fib_lookup, flags: u32) -> i64 {
         fib_lookup_in(self.ctx, params, flags)
     }
@@ -474,8 +692,14 @@ impl Packet for XdpPacket<'_> {
     }
 
     #[inline(always)]
+    fn read_into<T: Copy>(&self, off: usize, dst: &mut T) -> bool {
+        let (start, end) = self.bounds();
+        read_into_at(start, end, off, dst)
+    }
+
+    #[inline(always)]
     fn len(&self) -> u32 {
-        (self.ctx.data_end() - self.ctx.data()) as u32
+        self.len
     }
 
     #[inline(always)]
@@ -512,6 +736,44 @@ impl Packet for XdpPacket<'_> {
     }
 
     #[inline(always)]
+    fn rewrite6(&mut self, rw: &NatRewrite<In6Addr>) -> Result<(), ()> {
+        let ip = self.ptr_mut::<[u8; IPV6_HLEN]>(L3_OFF)?.cast::<u8>();
+        let (addr_off, peer_off) = if rw.side == Side::Source {
+            (8, 24)
+        } else {
+            (24, 8)
+        };
+        // SAFETY: the 40-byte IPv6 header was bounds-checked above.
+        unsafe {
+            if rw.peer.addr_changes() {
+                ip.add(peer_off)
+                    .cast::<In6Addr>()
+                    .write_unaligned(rw.peer.new_addr);
+            }
+            ip.add(addr_off)
+                .cast::<In6Addr>()
+                .write_unaligned(rw.new_addr);
+        }
+        match rw.l4_off {
+            None => Ok(()),
+            Some(l4_off) if rw.udp => self.rewrite_l4::<In6Addr, UDP_HLEN, UDP_CSUM>(l4_off, rw),
+            Some(l4_off) => self.rewrite_l4::<In6Addr, TCP_HLEN, TCP_CSUM>(l4_off, rw),
+        }
+    }
+
+    #[inline(always)]
+    fn set_ip6_addr(
+        &mut self,
+        side: Side,
+        old: &In6Addr,
+        new: &In6Addr,
+        csum_off: usize,
+    ) -> Result<(), ()> {
+        // XDP computes the checksum itself: a pseudo-header word is a word like any other.
+        self.patch_addr6(addr6_offset(side), old, new, csum_off)
+    }
+
+    #[inline(always)]
     fn set_ip_addr(&mut self, side: Side, old: u32, new: u32) -> Result<(), ()> {
         let ip = self.ptr_mut::<[u8; IPV4_HLEN]>(L3_OFF)?.cast::<u8>();
         // SAFETY: the 20-byte IPv4 header was bounds-checked above.
@@ -545,6 +807,32 @@ impl Packet for XdpPacket<'_> {
         unsafe {
             csum.write_unaligned(csum::replace4(csum.read_unaligned(), old, new));
             word.write_unaligned(new);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn patch_addr6(
+        &mut self,
+        off: usize,
+        old: &In6Addr,
+        new: &In6Addr,
+        csum_off: usize,
+    ) -> Result<(), ()> {
+        let addr = self.ptr_mut::<In6Addr>(off)?;
+        let csum = self.ptr_mut::<u16>(csum_off)?;
+        // SAFETY: both bounds-checked above; `new` is copied byte by byte (see `read_into`).
+        unsafe {
+            csum.write_unaligned(
+                csum::Update::of(csum.read_unaligned())
+                    .addr(*old, *new)
+                    .check(),
+            );
+            core::ptr::copy_nonoverlapping(
+                core::ptr::from_ref(new).cast::<u8>(),
+                addr.cast::<u8>(),
+                size_of::<In6Addr>(),
+            );
         }
         Ok(())
     }

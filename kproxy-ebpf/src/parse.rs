@@ -1,6 +1,6 @@
 //! Bounds-checked header parsing: Ethernet + IPv4 + TCP/UDP into a flow tuple, and enough of
 //! everything else (VLAN tags, other IP protocols, malformed headers) to know whether it was
-//! addressed to a VIP.
+//! addressed to a VIP. IPv6 has its own parser (`parse6`) into the same types.
 
 use core::mem::size_of;
 
@@ -13,6 +13,7 @@ use crate::packet::Packet;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// Offset of the IPv4 header (no VLAN tags: the programs sit on untagged links).
@@ -115,6 +116,9 @@ pub enum Parsed<A> {
     },
     /// TCP/UDP whose headers are cut short or contradict themselves (lengths).
     Malformed(A),
+    /// IPv6 whose extension headers could not be walked to the transport header (too many,
+    /// or of a kind kproxy does not read): never translated.
+    Unparsed(A),
     Flow(Flow<A>),
 }
 
@@ -129,6 +133,13 @@ pub fn is_ipv4_frame<P: Packet>(pkt: &P) -> bool {
         && pkt
             .read::<Ipv4Hdr>(L3_OFF)
             .is_some_and(|ip| ip.ver_ihl == 0x45)
+}
+
+/// Whether the frame is untagged IPv6 (handed on to the IPv6 programs).
+#[inline(always)]
+pub fn is_ipv6_frame<P: Packet>(pkt: &P) -> bool {
+    pkt.read::<EthHdr>(0)
+        .is_some_and(|eth| eth.proto == ETH_P_IPV6.to_be())
 }
 
 /// Parses Ethernet, IPv4 and the TCP/UDP ports.

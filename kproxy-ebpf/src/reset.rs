@@ -2,15 +2,23 @@
 //! fails at once instead of retransmitting to an endpoint that is gone (and is never handed
 //! to another backend mid-stream, which would answer with a RST anyway, later).
 
+use kproxy_common::addr::In6Addr;
+
 use crate::{
     csum,
     packet::Packet,
-    parse::{ETH_HLEN, EthHdr, IPV4_HLEN, Ipv4Flow, Ipv4Hdr, L3_OFF, TCP_ACK, TCP_FIN, TCP_SYN},
+    parse::{
+        ETH_HLEN, EthHdr, Flow, IPV4_HLEN, Ipv4Flow, Ipv4Hdr, L3_OFF, TCP_ACK, TCP_FIN, TCP_SYN,
+    },
+    parse6::IPV6_HLEN,
+    scratch,
 };
 
 const TCP_HLEN: usize = 20;
 const TCP_OFF: usize = ETH_HLEN + IPV4_HLEN;
 pub const RESET_FRAME_LEN: usize = TCP_OFF + TCP_HLEN;
+const TCP6_OFF: usize = ETH_HLEN + IPV6_HLEN;
+pub const RESET6_FRAME_LEN: usize = TCP6_OFF + TCP_HLEN;
 const TCP_RST: u8 = 0x04;
 const IPPROTO_TCP: u8 = 6;
 
@@ -105,4 +113,69 @@ pub fn tcp_reset<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<[u8; RESET_FRAME
     let tcp_csum = !csum::fold(csum::sum_words(&pseudo));
     f[TCP_OFF + 16..TCP_OFF + 18].copy_from_slice(&tcp_csum.to_ne_bytes());
     Some(f)
+}
+
+/// [`tcp_reset`] for IPv6.
+#[inline(always)]
+pub fn tcp_reset6<P: Packet>(
+    pkt: &P,
+    flow: &Flow<In6Addr>,
+) -> Option<&'static [u8; RESET6_FRAME_LEN]> {
+    let eth = pkt.read::<EthHdr>(0)?;
+    let payload_len = pkt.read::<u16>(L3_OFF + 4)?;
+    let end = L3_OFF + IPV6_HLEN + usize::from(u16::from_be(payload_len));
+    let numbers = answer(pkt, flow.l4_off, end)?;
+
+    let f = scratch::frame::<RESET6_FRAME_LEN>()?;
+    swap_ethernet(f, &eth);
+    write_ipv6_header(
+        &mut f[L3_OFF..TCP6_OFF],
+        TCP_HLEN as u16,
+        IPPROTO_TCP,
+        (flow.key.daddr, flow.key.saddr),
+    );
+    tcp_header(
+        &mut f[TCP6_OFF..],
+        (flow.key.sport, flow.key.dport),
+        numbers,
+    );
+    let sum = pseudo_header6(flow.key.daddr, flow.key.saddr, TCP_HLEN as u32, IPPROTO_TCP)
+        + csum::sum_slice(&f[TCP6_OFF..]);
+    f[TCP6_OFF + 16..TCP6_OFF + 18].copy_from_slice(&(!csum::fold(sum)).to_ne_bytes());
+    Some(f)
+}
+
+/// Writes a 40-byte IPv6 header (no extension headers, hop limit 64) into `ip`.
+#[inline(always)]
+pub fn write_ipv6_header(
+    ip: &mut [u8],
+    payload_len: u16,
+    nexthdr: u8,
+    (src, dst): (In6Addr, In6Addr),
+) {
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    ip[6] = nexthdr;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+}
+
+/// The sum of an IPv6 pseudo-header (RFC 8200 8.1), to add to the upper-layer packet's.
+#[inline(always)]
+pub fn pseudo_header6(src: In6Addr, dst: In6Addr, len: u32, nexthdr: u8) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < 4 {
+        sum += u64::from(src.0[i] >> 16) + u64::from(src.0[i] & 0xffff);
+        sum += u64::from(dst.0[i] >> 16) + u64::from(dst.0[i] & 0xffff);
+        i += 1;
+    }
+    // Length and next header as big-endian 32-bit words, summed as stored.
+    let len = len.to_be();
+    let next = u32::from(nexthdr).to_be();
+    sum + u64::from(len >> 16)
+        + u64::from(len & 0xffff)
+        + u64::from(next >> 16)
+        + u64::from(next & 0xffff)
 }

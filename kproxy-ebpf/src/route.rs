@@ -15,7 +15,10 @@ use aya_ebpf::{
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
 };
-use kproxy_common::{addr::IpAddress, stats::Counter};
+use kproxy_common::{
+    addr::{In6Addr, IpAddress},
+    stats::Counter,
+};
 
 use crate::{
     family::Family,
@@ -24,6 +27,7 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 /// The loopback device's ifindex, the same in every network namespace.
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -59,6 +63,22 @@ pub fn ipv4_request(
     params.ifindex = ifindex;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
+    params
+}
+
+/// An IPv6 FIB lookup of `src` → `dst` as if received on `ifindex`, built in `slot`.
+#[inline(always)]
+pub fn ipv6_request(
+    slot: &mut MaybeUninit<bpf_fib_lookup>,
+    ifindex: u32,
+    src: In6Addr,
+    dst: In6Addr,
+) -> &mut bpf_fib_lookup {
+    let params = zero_in_place(slot);
+    params.family = AF_INET6;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv6_src = src.0;
+    params.__bindgen_anon_4.ipv6_dst = dst.0;
     params
 }
 

@@ -257,6 +257,13 @@ impl Hooks {
             prog.load()
                 .with_context(|| format!("the kernel rejected program {program}"))?;
         }
+        // Its IPv6 counterparts, before it sees a packet.
+        super::load::install_ipv6(&mut self.ebpf, true)?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("{program} missing"))?
+            .try_into()?;
         attach_xdp(prog, link, &pin)
             .with_context(|| format!("attaching {program} to {}", link.name))
     }

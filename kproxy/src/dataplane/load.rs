@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, MapInfo, MapType},
+    maps::{Array, Map, MapData, MapInfo, MapType, ProgramArray},
     programs::Program,
 };
 use kproxy_common::{meta::Meta, names};
@@ -234,7 +234,7 @@ fn load_programs(ebpf: &mut Ebpf, xdp: bool) -> Result<()> {
         }
     }
     if !xdp {
-        programs.retain(|(name, _)| *name != names::PROG_XDP);
+        programs.retain(|(_, program)| !matches!(program, Program::Xdp(_)));
     }
     let (mut egress, mut others): (Vec<_>, Vec<_>) = programs
         .drain(..)
@@ -246,7 +246,43 @@ fn load_programs(ebpf: &mut Ebpf, xdp: bool) -> Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("loading the egress program panicked"))?
             .and(others)
-    })
+    })?;
+    install_ipv6(ebpf, false)?;
+    if xdp {
+        install_ipv6(ebpf, true)?;
+    }
+    Ok(())
+}
+
+/// Puts the IPv6 programs of TC (or of XDP, with `xdp`) into their tail-call map, loading
+/// any not loaded yet: the IPv4 programs hand IPv6 packets on to them, and they to their
+/// later stages. The maps are pinned, so the entries outlive this agent; a restarted one
+/// replaces them in place, each entry at once.
+pub fn install_ipv6(ebpf: &mut Ebpf, xdp: bool) -> Result<()> {
+    let wanted = if xdp {
+        names::MAP_TAIL_XDP
+    } else {
+        names::MAP_TAIL_TC
+    };
+    for (name, map, index) in names::TAIL_CALLS {
+        if map != wanted {
+            continue;
+        }
+        let program = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?;
+        if program.fd().is_err() {
+            load_each(&mut [(name, &mut *program)])?;
+        }
+        let fd = program.fd()?.try_clone()?;
+        let mut tail: ProgramArray<&mut MapData> = ebpf
+            .map_mut(map)
+            .with_context(|| format!("map {map} missing from the object"))?
+            .try_into()?;
+        tail.set(index, &fd, 0)
+            .with_context(|| format!("installing {name} in {map}"))?;
+    }
+    Ok(())
 }
 
 fn load_each(programs: &mut [(&str, &mut Program)]) -> Result<()> {

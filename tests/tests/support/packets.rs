@@ -1,9 +1,11 @@
 //! Building frames (with etherparse, checksums computed in full) and checking frames the
 //! datapath wrote: field access by offset and exact checksum verification.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use etherparse::PacketBuilder;
+use etherparse::{
+    Icmpv6Type, IpHeaders, Ipv6Extensions, Ipv6Header, PacketBuilder, PacketBuilderStep,
+};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -54,9 +56,68 @@ pub fn tcp_frame(
     flags: Flags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+    tcp_over(
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(src.0.octets(), dst.0.octets(), 64),
+        (src.1, dst.1),
+        flags,
+        payload,
+    )
+}
+
+pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
         .ipv4(src.0.octets(), dst.0.octets(), 64)
-        .tcp(src.1, dst.1, 1000, 64_000);
+        .udp(src.1, dst.1)
+        .write(&mut out, payload)
+        .expect("building a UDP frame");
+    out
+}
+
+/// A TCP segment in an IPv6 frame, from `src` to `dst`.
+pub fn tcp6_frame(
+    src: (Ipv6Addr, u16),
+    dst: (Ipv6Addr, u16),
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    tcp_over(
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv6(src.0.octets(), dst.0.octets(), 64),
+        (src.1, dst.1),
+        flags,
+        payload,
+    )
+}
+
+/// `tcp6_frame` with `extensions` between the IPv6 header and the TCP one.
+pub fn tcp6_frame_with(
+    extensions: Ipv6Extensions,
+    src: (Ipv6Addr, u16),
+    dst: (Ipv6Addr, u16),
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let ip = Ipv6Header {
+        hop_limit: 64,
+        source: src.0.octets(),
+        destination: dst.0.octets(),
+        ..Default::default()
+    };
+    tcp_over(
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(IpHeaders::Ipv6(ip, extensions)),
+        (src.1, dst.1),
+        flags,
+        payload,
+    )
+}
+
+fn tcp_over(
+    ip: PacketBuilderStep<IpHeaders>,
+    (sport, dport): (u16, u16),
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = ip.tcp(sport, dport, 1000, 64_000);
     if flags.syn {
         b = b.syn();
     }
@@ -74,14 +135,58 @@ pub fn tcp_frame(
     out
 }
 
-pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+/// A UDP datagram in an IPv6 frame, from `src` to `dst`.
+pub fn udp6_frame(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .ipv6(src.0.octets(), dst.0.octets(), 64)
         .udp(src.1, dst.1)
         .write(&mut out, payload)
         .expect("building a UDP frame");
     out
+}
+
+/// An ICMPv6 message of `icmp_type` from `src` to `dst` (the MACs as `tcp6_frame`'s, or
+/// swapped with `towards_client`), carrying `payload`.
+pub fn icmp6_frame(
+    towards_client: bool,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    icmp_type: Icmpv6Type,
+    payload: &[u8],
+) -> Vec<u8> {
+    let (from, to) = if towards_client {
+        (NODE_MAC, CLIENT_MAC)
+    } else {
+        (CLIENT_MAC, NODE_MAC)
+    };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(from, to)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .icmpv6(icmp_type)
+        .write(&mut out, payload)
+        .expect("building an ICMPv6 frame");
+    out
+}
+
+/// The source of an IPv6 frame without extension headers: address and port.
+pub fn src6(frame: &[u8]) -> (Ipv6Addr, u16) {
+    (
+        addr6(&frame[22..38]),
+        u16::from_be_bytes([frame[54], frame[55]]),
+    )
+}
+
+/// Its destination.
+pub fn dst6(frame: &[u8]) -> (Ipv6Addr, u16) {
+    (
+        addr6(&frame[38..54]),
+        u16::from_be_bytes([frame[56], frame[57]]),
+    )
+}
+
+fn addr6(bytes: &[u8]) -> Ipv6Addr {
+    Ipv6Addr::from(<[u8; 16]>::try_from(bytes).expect("16 bytes"))
 }
 
 /// Sets the UDP checksum field of `frame` to 0 ("no checksum").

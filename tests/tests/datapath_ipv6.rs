@@ -1,0 +1,318 @@
+//! The IPv6 datapath on hand-built packets (BPF_PROG_TEST_RUN): the real programs (the IPv4
+//! entry points hand IPv6 frames on to the IPv6 programs and their stages by tail calls, as
+//! the agent installs them), maps programmed by the agent's sync, and exact bytes out,
+//! compared with frames etherparse builds with every checksum computed afresh.
+
+mod support;
+
+use std::net::Ipv6Addr;
+
+use etherparse::{
+    IcmpEchoHeader, Icmpv6Type, IpAuthHeader, IpNumber, Ipv6Extensions, Ipv6RawExtHeader,
+    icmpv6::DestUnreachableCode,
+};
+use kproxy::model::{Desired, Protocol};
+use kproxy_common::stats::Counter;
+use kproxy_testbed::require_privileges;
+use support::{
+    datapath::{
+        B1, B1_6, B2_6, B3_6, CLIENT, CLIENT6, OTHER_CLIENT6, TC_ACT_REDIRECT, TCX_NEXT, VIP, VIP6,
+        XDP_PASS, XDP_TX, frontend, loaded, three_backends6,
+    },
+    packets::{
+        ACK, SYN, SYN_ACK, dst6, icmp6_frame, tcp_frame, tcp6_frame, tcp6_frame_with, udp6_frame,
+    },
+};
+
+/// Where the IPv6 header starts in a frame.
+const L3: usize = 14;
+
+#[test]
+fn ipv6_dnat_and_reverse_nat_have_exact_checksums() {
+    if !require_privileges("ipv6_dnat_and_reverse_nat_have_exact_checksums") {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Tcp, None));
+    // The SYN takes every stage (a new flow: decided, created, translated); the next packet
+    // is served by the first IPv6 program from its forward entry alone.
+    for (flags, payload) in [(SYN, &b""[..]), (ACK, &b"GET / HTTP/1.1\r\n\r\n"[..])] {
+        let (verdict, out) = dp.tc(&tcp6_frame((CLIENT6, 40_000), (VIP6, 80), flags, payload));
+        assert_eq!(verdict, TCX_NEXT);
+        assert_eq!(
+            out,
+            tcp6_frame((CLIENT6, 40_000), (B1_6, 8080), flags, payload)
+        );
+    }
+    for (flags, payload) in [(SYN_ACK, &b""[..]), (ACK, &b"HTTP/1.1 200 OK\r\n"[..])] {
+        let (verdict, out) = dp.tc(&tcp6_frame((B1_6, 8080), (CLIENT6, 40_000), flags, payload));
+        assert_eq!(verdict, TCX_NEXT);
+        assert_eq!(
+            out,
+            tcp6_frame((VIP6, 80), (CLIENT6, 40_000), flags, payload)
+        );
+    }
+    assert_eq!(dp.counter(Counter::NewFlows), 1);
+    assert_eq!(dp.counter(Counter::ServicePackets), 2);
+    assert_eq!(dp.counter(Counter::ReplyPackets), 2);
+    assert_eq!(dp.counter(Counter::Ipv6NotHandedOn), 0);
+
+    // UDP: the checksum is mandatory in IPv6, and the reply comes from the VIP.
+    let dp = loaded(&three_backends6(Protocol::Udp, None));
+    let (verdict, out) = dp.tc(&udp6_frame((CLIENT6, 5353), (VIP6, 80), b"query"));
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(out, udp6_frame((CLIENT6, 5353), (B1_6, 8080), b"query"));
+    let (_, out) = dp.tc(&udp6_frame((B1_6, 8080), (CLIENT6, 5353), b"answer"));
+    assert_eq!(out, udp6_frame((VIP6, 80), (CLIENT6, 5353), b"answer"));
+}
+
+#[test]
+fn ipv6_xdp_translates_like_tc() {
+    if !require_privileges("ipv6_xdp_translates_like_tc") {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Tcp, None));
+    let (verdict, out) = dp.xdp(&tcp6_frame((CLIENT6, 40_000), (VIP6, 80), SYN, b""));
+    assert_eq!(
+        verdict, XDP_PASS,
+        "no route in the test's namespace: passed"
+    );
+    assert_eq!(out, tcp6_frame((CLIENT6, 40_000), (B1_6, 8080), SYN, b""));
+    let (_, out) = dp.xdp(&tcp6_frame((CLIENT6, 40_000), (VIP6, 80), ACK, b"data"));
+    assert_eq!(
+        out,
+        tcp6_frame((CLIENT6, 40_000), (B1_6, 8080), ACK, b"data")
+    );
+    let (_, out) = dp.xdp(&tcp6_frame((B1_6, 8080), (CLIENT6, 40_000), SYN_ACK, b""));
+    assert_eq!(out, tcp6_frame((VIP6, 80), (CLIENT6, 40_000), SYN_ACK, b""));
+
+    let dp = loaded(&three_backends6(Protocol::Udp, None));
+    let (_, out) = dp.xdp(&udp6_frame((CLIENT6, 5353), (VIP6, 80), b"q"));
+    assert_eq!(out, udp6_frame((CLIENT6, 5353), (B1_6, 8080), b"q"));
+}
+
+#[test]
+fn ipv6_new_flows_go_round_robin_and_keep_their_backend() {
+    if !require_privileges("ipv6_new_flows_go_round_robin_and_keep_their_backend") {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Tcp, None));
+    let backends = [B1_6, B2_6, B3_6];
+    for (i, port) in (41_000..41_006).enumerate() {
+        let (_, out) = dp.tc(&tcp6_frame((CLIENT6, port), (VIP6, 80), SYN, b""));
+        assert_eq!(dst6(&out), (backends[i % 3], 8080), "flow from port {port}");
+    }
+    // Each flow stays where it was sent.
+    for (i, port) in (41_000..41_006).enumerate().rev() {
+        let (_, out) = dp.tc(&tcp6_frame((CLIENT6, port), (VIP6, 80), ACK, b"x"));
+        assert_eq!(dst6(&out), (backends[i % 3], 8080), "flow from port {port}");
+    }
+    assert_eq!(dp.counter(Counter::NewFlows), 6);
+}
+
+#[test]
+fn ipv6_client_ip_affinity_keeps_a_client_on_one_backend() {
+    if !require_privileges("ipv6_client_ip_affinity_keeps_a_client_on_one_backend") {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Tcp, Some(10_800)));
+    let first = dst6(
+        &dp.tc(&tcp6_frame((CLIENT6, 42_000), (VIP6, 80), SYN, b""))
+            .1,
+    );
+    for port in 42_001..42_005 {
+        let (_, out) = dp.tc(&tcp6_frame((CLIENT6, port), (VIP6, 80), SYN, b""));
+        assert_eq!(dst6(&out), first, "new flows of the same client");
+    }
+    // Another client is balanced on its own: round-robin's next turn.
+    let (_, out) = dp.tc(&tcp6_frame((OTHER_CLIENT6, 42_000), (VIP6, 80), SYN, b""));
+    assert_ne!(dst6(&out), first);
+    assert_eq!(dp.counter(Counter::AffinityHits), 4);
+}
+
+#[test]
+fn ipv6_service_without_endpoints_answers_port_unreachable() {
+    if !require_privileges("ipv6_service_without_endpoints_answers_port_unreachable") {
+        return;
+    }
+    let empty: Desired = [frontend(VIP6, 80, Protocol::Tcp, &[], None)]
+        .into_iter()
+        .collect();
+    let dp = loaded(&empty);
+    let syn = tcp6_frame((CLIENT6, 40_000), (VIP6, 80), SYN, b"");
+    let (verdict, out) = dp.tc(&syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back where it came from");
+    // What ip6tables' REJECT sends: from the address the client tried, quoting the
+    // header and the first 8 bytes of the segment.
+    let expected = icmp6_frame(
+        true,
+        VIP6,
+        CLIENT6,
+        Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+        &syn[L3..L3 + 48],
+    );
+    assert_eq!(out, expected);
+    assert_eq!(dp.counter(Counter::Rejected), 1);
+
+    let (verdict, out) = dp.xdp(&syn);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_and_what_cannot_be_is_passed() {
+    if !require_privileges("ipv6_extension_headers_are_walked_and_what_cannot_be_is_passed") {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Tcp, None));
+    let options = |len: usize| {
+        Ipv6RawExtHeader::new_raw(IpNumber::TCP, &vec![0; len]).expect("an options header")
+    };
+    // Hop-by-hop and destination options before the TCP header: translated in place.
+    let walked = Ipv6Extensions {
+        hop_by_hop_options: Some(options(6)),
+        destination_options: Some(options(14)),
+        ..Default::default()
+    };
+    for flags in [SYN, ACK] {
+        let (verdict, out) = dp.tc(&tcp6_frame_with(
+            walked.clone(),
+            (CLIENT6, 40_000),
+            (VIP6, 80),
+            flags,
+            b"",
+        ));
+        assert_eq!(verdict, TCX_NEXT);
+        assert_eq!(
+            out,
+            tcp6_frame_with(walked.clone(), (CLIENT6, 40_000), (B1_6, 8080), flags, b"")
+        );
+    }
+    // An Authentication header is not walked: passed untouched, counted.
+    let auth = Ipv6Extensions {
+        auth: Some(IpAuthHeader::new(IpNumber::TCP, 1, 1, &[0; 4]).expect("an AH header")),
+        ..Default::default()
+    };
+    let unparsed = tcp6_frame_with(auth, (CLIENT6, 40_001), (VIP6, 80), SYN, b"");
+    assert_eq!(dp.tc(&unparsed), (TCX_NEXT, unparsed.clone()));
+    assert_eq!(dp.counter(Counter::VipExtensionHeaders), 1);
+    // So are headers longer than the walk's window (256 bytes together).
+    let long = Ipv6Extensions {
+        hop_by_hop_options: Some(options(262)),
+        destination_options: Some(options(6)),
+        ..Default::default()
+    };
+    let unparsed = tcp6_frame_with(long, (CLIENT6, 40_002), (VIP6, 80), SYN, b"");
+    assert_eq!(dp.tc(&unparsed), (TCX_NEXT, unparsed.clone()));
+    assert_eq!(dp.counter(Counter::VipExtensionHeaders), 2);
+    assert_eq!(dp.counter(Counter::NewFlows), 1);
+}
+
+#[test]
+fn ipv6_packet_too_big_about_a_translated_flow_is_translated_inside_and_out() {
+    if !require_privileges(
+        "ipv6_packet_too_big_about_a_translated_flow_is_translated_inside_and_out",
+    ) {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Tcp, None));
+    dp.tc(&tcp6_frame((CLIENT6, 40_000), (VIP6, 80), SYN, b""));
+    // A router on the way to the backend found the client's segment too big for its link.
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1);
+    let sent = tcp6_frame((CLIENT6, 40_000), (B1_6, 8080), ACK, &[7; 64]);
+    let error = icmp6_frame(
+        false,
+        router,
+        CLIENT6,
+        Icmpv6Type::PacketTooBig { mtu: 1280 },
+        &sent[L3..],
+    );
+    let (verdict, out) = dp.tc(&error);
+    assert_eq!(verdict, TCX_NEXT);
+    // The client must see it about the segment it sent, to the VIP, and from the VIP (as
+    // netfilter translates it), so that its stack finds the socket and lowers the MTU.
+    let as_sent = tcp6_frame((CLIENT6, 40_000), (VIP6, 80), ACK, &[7; 64]);
+    let expected = icmp6_frame(
+        false,
+        VIP6,
+        CLIENT6,
+        Icmpv6Type::PacketTooBig { mtu: 1280 },
+        &as_sent[L3..],
+    );
+    assert_eq!(out, expected);
+    assert_eq!(dp.counter(Counter::IcmpErrorTranslated), 1);
+
+    // One about no flow of kproxy's is left alone.
+    let stranger = tcp6_frame((CLIENT6, 40_123), (B1_6, 8080), ACK, &[7; 64]);
+    let unrelated = icmp6_frame(
+        false,
+        router,
+        CLIENT6,
+        Icmpv6Type::PacketTooBig { mtu: 1280 },
+        &stranger[L3..],
+    );
+    assert_eq!(dp.tc(&unrelated), (TCX_NEXT, unrelated.clone()));
+}
+
+#[test]
+fn ipv6_neighbour_discovery_and_echo_pass_untouched() {
+    if !require_privileges("ipv6_neighbour_discovery_and_echo_pass_untouched") {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Tcp, None));
+    let solicited_node = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0x10);
+    let solicitation = icmp6_frame(
+        false,
+        CLIENT6,
+        solicited_node,
+        Icmpv6Type::Unknown {
+            type_u8: 135,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        },
+        &VIP6.octets(),
+    );
+    assert_eq!(dp.tc(&solicitation), (TCX_NEXT, solicitation.clone()));
+    assert_eq!(dp.xdp(&solicitation), (XDP_PASS, solicitation.clone()));
+    let echo = icmp6_frame(
+        false,
+        CLIENT6,
+        VIP6,
+        Icmpv6Type::EchoRequest(IcmpEchoHeader { id: 1, seq: 1 }),
+        b"ping",
+    );
+    assert_eq!(dp.tc(&echo), (TCX_NEXT, echo.clone()));
+}
+
+#[test]
+fn a_dual_stack_service_is_served_in_both_families_each_with_its_own_endpoints() {
+    if !require_privileges(
+        "a_dual_stack_service_is_served_in_both_families_each_with_its_own_endpoints",
+    ) {
+        return;
+    }
+    let both: Desired = [
+        frontend(VIP, 80, Protocol::Tcp, &[(B1, 8080)], None),
+        frontend(VIP6, 80, Protocol::Tcp, &[(B1_6, 8080)], None),
+    ]
+    .into_iter()
+    .collect();
+    let dp = loaded(&both);
+    let (_, out) = dp.tc(&tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b""));
+    assert_eq!(out, tcp_frame((CLIENT, 40_000), (B1, 8080), SYN, b""));
+    let (_, out) = dp.tc(&tcp6_frame((CLIENT6, 40_000), (VIP6, 80), SYN, b""));
+    assert_eq!(out, tcp6_frame((CLIENT6, 40_000), (B1_6, 8080), SYN, b""));
+
+    // Endpoints in one family only: the other family's VIP rejects, as kube-proxy's does.
+    let one_family: Desired = [
+        frontend(VIP, 80, Protocol::Tcp, &[(B1, 8080)], None),
+        frontend(VIP6, 80, Protocol::Tcp, &[], None),
+    ]
+    .into_iter()
+    .collect();
+    let dp = loaded(&one_family);
+    let (_, out) = dp.tc(&tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b""));
+    assert_eq!(out, tcp_frame((CLIENT, 40_000), (B1, 8080), SYN, b""));
+    let (verdict, _) = dp.tc(&tcp6_frame((CLIENT6, 40_000), (VIP6, 80), SYN, b""));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.counter(Counter::Rejected), 1);
+}
