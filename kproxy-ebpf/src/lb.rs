@@ -126,6 +126,12 @@ pub fn handle_at<F: Family, P: Packet>(pkt: &mut P, stage: Stage) -> Action {
         } => {
             if proto == F::ICMP_PROTO && l4_off != 0 {
                 return match stage {
+                    // A deferring XDP program leaves ICMP to TC, as it leaves the flows the
+                    // errors are about (the later stages do not know they were deferred).
+                    Stage::Start if F::STAGED && pkt.must_defer() => {
+                        stats::count(Counter::XdpDeferred);
+                        Action::Pass
+                    }
                     Stage::Start if F::STAGED => hand_on(pkt, Stage::Icmp).unwrap_or_else(dropped),
                     Stage::Start | Stage::Icmp => F::icmp(pkt, daddr, l4_off),
                     // Never handed on to these stages.

@@ -139,7 +139,7 @@ pub fn kproxy_tc6_icmp(ctx: TcContext) -> i32 {
 }
 
 /// A later stage of an IPv6 packet's path under XDP (tail-called; never from the deferring
-/// program, which leaves service packets to TC).
+/// program, which leaves service packets and ICMP to TC).
 #[inline(always)]
 fn xdp_stage(ctx: &XdpContext, stage: Stage) -> u32 {
     let mut pkt = XdpPacket::new(ctx, false);

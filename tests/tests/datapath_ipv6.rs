@@ -12,7 +12,7 @@ use etherparse::{
     icmpv6::DestUnreachableCode,
 };
 use kproxy::model::{Desired, Protocol};
-use kproxy_common::stats::Counter;
+use kproxy_common::{names, stats::Counter};
 use kproxy_testbed::require_privileges;
 use support::{
     datapath::{
@@ -241,6 +241,21 @@ fn ipv6_packet_too_big_about_a_translated_flow_is_translated_inside_and_out() {
     assert_eq!(out, expected);
     assert_eq!(dp.counter(Counter::IcmpErrorTranslated), 1);
 
+    // The other way: the client's side reports a reply it could not take (port
+    // unreachable, about VIP:80 → client); it goes on to the backend, about the reply the
+    // backend sent.
+    let reply = tcp6_frame((VIP6, 80), (CLIENT6, 40_000), ACK, b"late");
+    let unreachable = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+    let error = icmp6_frame(false, CLIENT6, VIP6, unreachable.clone(), &reply[L3..]);
+    let (verdict, out) = dp.tc(&error);
+    assert_eq!(verdict, TCX_NEXT);
+    let as_sent = tcp6_frame((B1_6, 8080), (CLIENT6, 40_000), ACK, b"late");
+    assert_eq!(
+        out,
+        icmp6_frame(false, CLIENT6, B1_6, unreachable, &as_sent[L3..])
+    );
+    assert_eq!(dp.counter(Counter::IcmpErrorTranslated), 2);
+
     // One about no flow of kproxy's is left alone.
     let stranger = tcp6_frame((CLIENT6, 40_123), (B1_6, 8080), ACK, &[7; 64]);
     let unrelated = icmp6_frame(
@@ -315,4 +330,32 @@ fn a_dual_stack_service_is_served_in_both_families_each_with_its_own_endpoints()
     let (verdict, _) = dp.tc(&tcp6_frame((CLIENT6, 40_000), (VIP6, 80), SYN, b""));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(dp.counter(Counter::Rejected), 1);
+}
+
+#[test]
+fn ipv6_the_deferring_xdp_program_leaves_service_packets_and_icmp_to_tc() {
+    if !require_privileges("ipv6_the_deferring_xdp_program_leaves_service_packets_and_icmp_to_tc") {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Tcp, None));
+    let defer = |frame: &[u8]| {
+        dp.try_run(names::PROG_XDP_DEFER, frame)
+            .expect("BPF_PROG_TEST_RUN")
+    };
+    let syn = tcp6_frame((CLIENT6, 40_000), (VIP6, 80), SYN, b"");
+    assert_eq!(defer(&syn), (XDP_PASS, syn.clone()));
+    // TC then translates it.
+    let (_, out) = dp.tc(&syn);
+    assert_eq!(out, tcp6_frame((CLIENT6, 40_000), (B1_6, 8080), SYN, b""));
+    let sent = tcp6_frame((CLIENT6, 40_000), (B1_6, 8080), ACK, &[7; 64]);
+    let error = icmp6_frame(
+        false,
+        Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1),
+        CLIENT6,
+        Icmpv6Type::PacketTooBig { mtu: 1280 },
+        &sent[L3..],
+    );
+    assert_eq!(defer(&error), (XDP_PASS, error.clone()));
+    assert_eq!(dp.counter(Counter::XdpDeferred), 2);
+    assert_eq!(dp.counter(Counter::IcmpErrorTranslated), 0);
 }
