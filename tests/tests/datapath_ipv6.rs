@@ -246,7 +246,7 @@ fn ipv6_packet_too_big_about_a_translated_flow_is_translated_inside_and_out() {
     // backend sent.
     let reply = tcp6_frame((VIP6, 80), (CLIENT6, 40_000), ACK, b"late");
     let unreachable = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
-    let error = icmp6_frame(false, CLIENT6, VIP6, unreachable.clone(), &reply[L3..]);
+    let error = icmp6_frame(false, CLIENT6, VIP6, unreachable, &reply[L3..]);
     let (verdict, out) = dp.tc(&error);
     assert_eq!(verdict, TCX_NEXT);
     let as_sent = tcp6_frame((B1_6, 8080), (CLIENT6, 40_000), ACK, b"late");
