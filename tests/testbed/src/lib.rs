@@ -31,8 +31,8 @@ pub use netns::Netns;
 pub use privileges::require_privileges;
 pub use process::LoggedProcess;
 pub use servers::{
-    Reply, SeqReply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server, udp_request,
-    udp_server,
+    FamilyAddr, Reply, SeqReply, ServerHandle, TcpSession, UdpSession, tcp_request, tcp_server,
+    udp_request, udp_server,
 };
 pub use topology::lan::{LanNode, LanOptions, LanTopology, Pod};
 pub use topology::{PodClient, Topology, TopologyOptions};

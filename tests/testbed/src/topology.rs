@@ -9,11 +9,15 @@
 //!   Service VIPs: 198.19.0.0/16, never assigned to an interface.
 //! ```
 //!
+//! With `ipv6`, every link is dual-stack: 2001:db8:<subnet>::1 on the node's side and ::2 on
+//! the leaf's (/64 each, the subnet as the third group, in hex: `2001:db8:1::2` for the
+//! client), and IPv6 Service VIPs come from 2001:db8:ffff::/64 ([`vip6`]).
+//!
 //! Pod clients can be added to a built topology while an agent runs, each on a link of its
 //! own whose node side is called `kpc<n>` ([`Topology::add_pod_client`]): interfaces that
 //! appear, vanish and come back, as pods' veths do.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -65,6 +69,16 @@ pub(crate) const ROUTER_SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.conf.default.send_redirects", "0"),
 ];
 
+/// Sysctls of every namespace of a dual-stack topology: addresses usable at once (no
+/// duplicate address detection: the bed's addresses are unique by construction).
+const IPV6_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+];
+
+/// And of its node.
+const IPV6_ROUTER_SYSCTLS: &[(&str, &str)] = &[("net.ipv6.conf.all.forwarding", "1")];
+
 /// Sysctls of a namespace that opens many connections (a client).
 pub(crate) const CLIENT_SYSCTLS: &[(&str, &str)] =
     &[("net.ipv4.ip_local_port_range", "1024 65535")];
@@ -88,6 +102,8 @@ pub struct TopologyOptions {
     /// Whether the client's veth may send packets with partial checksums. XDP programs on the
     /// node see such packets as they are, so XDP tests turn this off to get complete ones.
     pub client_tx_checksum_offload: bool,
+    /// Whether every link is dual-stack (see the module comment).
+    pub ipv6: bool,
 }
 
 impl Default for TopologyOptions {
@@ -96,6 +112,7 @@ impl Default for TopologyOptions {
             backends: 3,
             external: false,
             client_tx_checksum_offload: true,
+            ipv6: false,
         }
     }
 }
@@ -111,6 +128,8 @@ pub struct Topology {
     pub backends: Vec<Netns>,
     pub external: Option<Netns>,
     pub node: Netns,
+    /// Whether the links are dual-stack.
+    pub ipv6: bool,
 }
 
 impl Topology {
@@ -140,6 +159,7 @@ impl Topology {
             backends,
             external,
             node,
+            ipv6: opts.ipv6,
         };
         topo.configure(&opts)?;
         Ok(topo)
@@ -152,6 +172,12 @@ impl Topology {
         }
         self.node.sysctls(ROUTER_SYSCTLS)?;
         self.client.sysctls(CLIENT_SYSCTLS)?;
+        if self.ipv6 {
+            for ns in self.all() {
+                ns.sysctls(IPV6_SYSCTLS)?;
+            }
+            self.node.sysctls(IPV6_ROUTER_SYSCTLS)?;
+        }
 
         // Links are created from the node, the leaf end going straight into its namespace: no
         // link ever exists in the root namespace, not even for a moment.
@@ -193,6 +219,22 @@ impl Topology {
 
     pub fn client_addr(&self) -> Ipv4Addr {
         leaf_addr(CLIENT_SUBNET)
+    }
+
+    /// The client's IPv6 address (a dual-stack topology's).
+    pub fn client_addr6(&self) -> Ipv6Addr {
+        leaf_addr6(CLIENT_SUBNET)
+    }
+
+    /// The IPv6 address of backend `i` (0-based; a dual-stack topology's).
+    pub fn backend_addr6(&self, i: usize) -> Ipv6Addr {
+        leaf_addr6(self.backend_subnet(i))
+    }
+
+    /// The IPv6 subnet of backend `i`'s link, as `ip` takes it.
+    pub fn backend_subnet6(&self, i: usize) -> String {
+        let subnet = self.backend_subnet(i);
+        format!("2001:db8:{subnet:x}::/64")
     }
 
     /// The node's address on the client link, the client's default gateway.
@@ -298,7 +340,14 @@ impl Topology {
             .external
             .iter()
             .map(|ns| Link::new(ns, self.external_iface().into(), EXTERNAL_SUBNET));
-        std::iter::once(client).chain(backends).chain(external)
+        let ipv6 = self.ipv6;
+        std::iter::once(client)
+            .chain(backends)
+            .chain(external)
+            .map(move |link| Link {
+                subnet6: ipv6.then_some(link.subnet),
+                ..link
+            })
     }
 }
 
@@ -332,12 +381,7 @@ impl PodClient {
     }
 
     fn create_link(&self, node: &Netns) -> Result<()> {
-        let link = Link {
-            leaf: &self.ns,
-            node_iface: self.node_iface.clone(),
-            node_addr: node_addr(self.subnet),
-            leaf_addr: leaf_addr(self.subnet),
-        };
+        let link = Link::new(&self.ns, self.node_iface.clone(), self.subnet);
         node.ip_batch(&link.node_side())?;
         self.ns.ip_batch(&link.leaf_side())?;
         // As a pod starts only once its network is set up, wait until the link carries
@@ -351,40 +395,64 @@ impl PodClient {
 struct Link<'a> {
     leaf: &'a Netns,
     node_iface: String,
+    subnet: u8,
     node_addr: Ipv4Addr,
     leaf_addr: Ipv4Addr,
+    /// The subnet again when the link is dual-stack.
+    subnet6: Option<u8>,
 }
 
 impl<'a> Link<'a> {
     /// `ip` commands (run in the node) that create the link, its leaf end going straight into
     /// the leaf's namespace, and address the node's end.
     fn node_side(&self) -> Vec<String> {
-        vec![
+        let mut script = vec![
             format!(
                 "link add {} type veth peer name {LEAF_IFACE} netns {}",
                 self.node_iface,
                 self.leaf.name()
             ),
             format!("addr add {}/24 dev {}", self.node_addr, self.node_iface),
-            format!("link set {} up", self.node_iface),
-        ]
+        ];
+        if let Some(subnet) = self.subnet6 {
+            script.push(format!(
+                "addr add {}/64 dev {} nodad",
+                node_addr6(subnet),
+                self.node_iface
+            ));
+        }
+        script.push(format!("link set {} up", self.node_iface));
+        script
     }
 
     /// `ip` commands (run in the leaf) that address its end and route through the node.
     fn leaf_side(&self) -> Vec<String> {
-        vec![
+        let mut script = vec![
             format!("addr add {}/24 dev {LEAF_IFACE}", self.leaf_addr),
             format!("link set {LEAF_IFACE} up"),
             format!("route add default via {}", self.node_addr),
-        ]
+        ];
+        if let Some(subnet) = self.subnet6 {
+            script.splice(
+                1..1,
+                [format!(
+                    "addr add {}/64 dev {LEAF_IFACE} nodad",
+                    leaf_addr6(subnet)
+                )],
+            );
+            script.push(format!("route add ::/0 via {}", node_addr6(subnet)));
+        }
+        script
     }
 
     fn new(leaf: &'a Netns, node_iface: String, subnet: u8) -> Link<'a> {
         Link {
             leaf,
             node_iface,
+            subnet,
             node_addr: node_addr(subnet),
             leaf_addr: leaf_addr(subnet),
+            subnet6: None,
         }
     }
 }
@@ -393,6 +461,11 @@ impl<'a> Link<'a> {
 pub fn vip(n: u16) -> Ipv4Addr {
     let [hi, lo] = n.to_be_bytes();
     Ipv4Addr::new(198, 19, hi, lo)
+}
+
+/// An IPv6 Service VIP: 2001:db8:ffff::/64 plus `n`, an address no interface ever has.
+pub fn vip6(n: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, n)
 }
 
 /// Third octet of backend `i`'s subnet: 2, 3, ... skipping the external subnet.
@@ -417,6 +490,14 @@ fn node_addr(subnet: u8) -> Ipv4Addr {
 
 fn leaf_addr(subnet: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, subnet, 2)
+}
+
+fn node_addr6(subnet: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, u16::from(subnet), 0, 0, 0, 0, 1)
+}
+
+fn leaf_addr6(subnet: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, u16::from(subnet), 0, 0, 0, 0, 2)
 }
 
 /// The pid in a namespace name `kpt-<pid>-...`.

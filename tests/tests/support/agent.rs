@@ -4,7 +4,7 @@
 
 use std::{
     ffi::OsString,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     process::ExitStatus,
     time::{Duration, Instant},
@@ -135,7 +135,8 @@ impl std::ops::Deref for Bed {
 }
 
 impl Bed {
-    /// The reference topology with TCP (8080) and UDP (5353) who-am-I servers on each backend.
+    /// The reference topology with TCP (8080) and UDP (5353) who-am-I servers on each backend
+    /// (on both of its addresses in a dual-stack topology).
     pub fn new(opts: TopologyOptions) -> Self {
         let topo = Topology::build(opts).expect("building the test bed");
         let mut servers = Vec::new();
@@ -143,6 +144,13 @@ impl Bed {
             let addr = topo.backend_addr(i);
             servers.push(tcp_server(ns, SocketAddrV4::new(addr, TCP_PORT)).expect("tcp server"));
             servers.push(udp_server(ns, SocketAddrV4::new(addr, UDP_PORT)).expect("udp server"));
+            if topo.ipv6 {
+                let addr = topo.backend_addr6(i);
+                let tcp = SocketAddrV6::new(addr, TCP_PORT, 0, 0);
+                let udp = SocketAddrV6::new(addr, UDP_PORT, 0, 0);
+                servers.push(tcp_server(ns, tcp).expect("tcp server"));
+                servers.push(udp_server(ns, udp).expect("udp server"));
+            }
         }
         Self {
             topo,
@@ -154,6 +162,13 @@ impl Bed {
     pub fn backends(&self) -> Vec<Ipv4Addr> {
         (0..self.topo.backends.len())
             .map(|i| self.topo.backend_addr(i))
+            .collect()
+    }
+
+    /// The backends' IPv6 addresses (a dual-stack bed's).
+    pub fn backends6(&self) -> Vec<Ipv6Addr> {
+        (0..self.topo.backends.len())
+            .map(|i| self.topo.backend_addr6(i))
             .collect()
     }
 

@@ -33,6 +33,7 @@ impl BenchBed {
             backends: BACKENDS,
             external: false,
             client_tx_checksum_offload: false,
+            ipv6: false,
         })?;
         tune(&topo)?;
         let mut servers = Vec::new();

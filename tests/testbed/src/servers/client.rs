@@ -3,11 +3,11 @@
 //! kind tells what happened: `ConnectionRefused`, `NetworkUnreachable`, `TimedOut`, ...
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use super::{Reply, netns_error};
+use super::{FamilyAddr, Reply, netns_error};
 use crate::netns::Netns;
 
 /// What clients send; the servers answer any line.
@@ -16,7 +16,11 @@ const REQUEST: &[u8] = b"hello\n";
 /// Connects from `ns` to `target`, sends one line, reads the reply and closes.
 ///
 /// `timeout` bounds the connect and each of the send and the receive.
-pub fn tcp_request(ns: &Netns, target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
+pub fn tcp_request<A: FamilyAddr>(
+    ns: &Netns,
+    target: A,
+    timeout: Duration,
+) -> io::Result<Reply<A>> {
     TcpSession::connect(ns, target, timeout)?.request()
 }
 
@@ -26,23 +30,28 @@ pub fn tcp_request(ns: &Netns, target: SocketAddrV4, timeout: Duration) -> io::R
 /// itself (proving that the reply came back from the VIP, not from the backend's address),
 /// and an ICMP error about the flow fails the receive at once: `ConnectionRefused` for a port
 /// unreachable, `NetworkUnreachable` / `HostUnreachable` for those.
-pub fn udp_request(ns: &Netns, target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
+pub fn udp_request<A: FamilyAddr>(
+    ns: &Netns,
+    target: A,
+    timeout: Duration,
+) -> io::Result<Reply<A>> {
     UdpSession::connect(ns, target, timeout)?.request()
 }
 
 /// A TCP connection to a who-am-I server that can carry many requests, e.g. to check that an
 /// established connection keeps its backend while Services change.
 #[derive(Debug)]
-pub struct TcpSession {
+pub struct TcpSession<A = SocketAddrV4> {
     stream: TcpStream,
     pending: Vec<u8>,
+    family: std::marker::PhantomData<A>,
 }
 
-impl TcpSession {
+impl<A: FamilyAddr> TcpSession<A> {
     /// Connects from `ns` to `target`; `timeout` also bounds each later send and receive.
-    pub fn connect(ns: &Netns, target: SocketAddrV4, timeout: Duration) -> io::Result<TcpSession> {
+    pub fn connect(ns: &Netns, target: A, timeout: Duration) -> io::Result<TcpSession<A>> {
         let stream = ns
-            .run(move || TcpStream::connect_timeout(&SocketAddr::V4(target), timeout))
+            .run(move || TcpStream::connect_timeout(&target.into(), timeout))
             .map_err(netns_error)??;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
@@ -50,11 +59,12 @@ impl TcpSession {
         Ok(TcpSession {
             stream,
             pending: Vec::new(),
+            family: std::marker::PhantomData,
         })
     }
 
     /// Sends one line and reads the reply line.
-    pub fn request(&mut self) -> io::Result<Reply> {
+    pub fn request(&mut self) -> io::Result<Reply<A>> {
         self.stream.write_all(REQUEST).map_err(timeout_kind)?;
         let line = self.read_line()?;
         Reply::parse(&line)
@@ -62,7 +72,7 @@ impl TcpSession {
 
     /// Sends one line of `len` bytes (big enough to need full-size segments) and reads the
     /// reply line.
-    pub fn request_large(&mut self, len: usize) -> io::Result<Reply> {
+    pub fn request_large(&mut self, len: usize) -> io::Result<Reply<A>> {
         let mut line = vec![b'x'; len.max(1)];
         *line.last_mut().expect("at least one byte") = b'\n';
         self.stream.write_all(&line).map_err(timeout_kind)?;
@@ -71,13 +81,13 @@ impl TcpSession {
     }
 
     /// The client's side of the connection.
-    pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
-        v4(self.stream.local_addr()?)
+    pub fn local_addr(&self) -> io::Result<A> {
+        A::of(self.stream.local_addr()?)
     }
 
     /// The address connected to (the VIP, for a Service).
-    pub fn peer_addr(&self) -> io::Result<SocketAddrV4> {
-        v4(self.stream.peer_addr()?)
+    pub fn peer_addr(&self) -> io::Result<A> {
+        A::of(self.stream.peer_addr()?)
     }
 
     fn read_line(&mut self) -> io::Result<String> {
@@ -104,30 +114,34 @@ impl TcpSession {
 
 /// A connected UDP socket to a who-am-I server, keeping its source port across requests.
 #[derive(Debug)]
-pub struct UdpSession {
+pub struct UdpSession<A = SocketAddrV4> {
     socket: UdpSocket,
+    family: std::marker::PhantomData<A>,
 }
 
-impl UdpSession {
+impl<A: FamilyAddr> UdpSession<A> {
     /// Creates a socket in `ns` connected to `target`; `timeout` bounds each receive.
-    pub fn connect(ns: &Netns, target: SocketAddrV4, timeout: Duration) -> io::Result<UdpSession> {
+    pub fn connect(ns: &Netns, target: A, timeout: Duration) -> io::Result<UdpSession<A>> {
         let socket = ns
             .run(move || -> io::Result<UdpSocket> {
-                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                let socket = UdpSocket::bind(A::ANY)?;
                 // Without IP_RECVERR a connected UDP socket reports only "hard" ICMP errors
                 // (port unreachable); with it, a "network unreachable" from the node also fails
                 // the receive at once instead of running into the timeout.
-                set_recverr(&socket)?;
-                socket.connect(target)?;
+                set_recverr_of::<A>(&socket)?;
+                socket.connect(target.into())?;
                 Ok(socket)
             })
             .map_err(netns_error)??;
         socket.set_read_timeout(Some(timeout))?;
-        Ok(UdpSession { socket })
+        Ok(UdpSession {
+            socket,
+            family: std::marker::PhantomData,
+        })
     }
 
     /// Sends one datagram and reads the reply.
-    pub fn request(&self) -> io::Result<Reply> {
+    pub fn request(&self) -> io::Result<Reply<A>> {
         self.socket.send(REQUEST)?;
         let mut buf = [0u8; 1024];
         let n = self.socket.recv(&mut buf).map_err(timeout_kind)?;
@@ -135,20 +149,26 @@ impl UdpSession {
     }
 
     /// The client's side of the flow.
-    pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
-        v4(self.socket.local_addr()?)
+    pub fn local_addr(&self) -> io::Result<A> {
+        A::of(self.socket.local_addr()?)
     }
 }
 
-/// Has ICMP errors about the socket's flow delivered as errors on it.
+/// Has ICMP errors about the socket's flow delivered as errors on it (an IPv4 socket).
 pub(crate) fn set_recverr(socket: &impl AsRawFd) -> io::Result<()> {
+    set_recverr_of::<SocketAddrV4>(socket)
+}
+
+/// [`set_recverr`] for a socket of `A`'s family.
+fn set_recverr_of<A: FamilyAddr>(socket: &impl AsRawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
+    let (level, option) = A::RECVERR;
     // SAFETY: a valid int option value for a socket we own.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_RECVERR,
+            level,
+            option,
             (&raw const on).cast(),
             libc::socklen_t::try_from(std::mem::size_of_val(&on)).expect("an int fits socklen_t"),
         )
@@ -165,15 +185,5 @@ fn timeout_kind(e: io::Error) -> io::Error {
         io::Error::new(io::ErrorKind::TimedOut, "no reply before the timeout")
     } else {
         e
-    }
-}
-
-fn v4(addr: SocketAddr) -> io::Result<SocketAddrV4> {
-    match addr {
-        SocketAddr::V4(addr) => Ok(addr),
-        SocketAddr::V6(addr) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("expected an IPv4 address, got {addr}"),
-        )),
     }
 }

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 pub(crate) use client::set_recverr;
 pub use client::{TcpSession, UdpSession, tcp_request, udp_request};
-pub use reply::{Reply, SeqReply};
+pub use reply::{FamilyAddr, Reply, SeqReply};
 pub use tcp::tcp_server;
 pub use udp::udp_server;
 
@@ -39,14 +39,14 @@ impl Shared {
 /// A running server; dropping it stops its threads and closes its sockets (within ~100 ms).
 #[derive(Debug)]
 pub struct ServerHandle {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
     /// The address the server listens on (with the real port when it was bound to port 0).
-    pub fn addr(&self) -> SocketAddrV4 {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 

@@ -3,21 +3,67 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::str::FromStr;
 
-/// What a who-am-I server says about a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Reply {
-    /// The server's own address of the connection (or datagram): which backend served it.
-    pub backend: SocketAddrV4,
-    /// The client address the server saw: the client's own address when the source address was
-    /// preserved, a node address when it was masqueraded.
-    pub peer: SocketAddrV4,
+/// A socket address of one family: what a who-am-I exchange over that family reports.
+pub trait FamilyAddr:
+    Copy + Into<SocketAddr> + FromStr + fmt::Display + fmt::Debug + Send + 'static
+{
+    /// The unspecified address with port 0, for a client socket to bind.
+    const ANY: &'static str;
+    /// `(level, option)` of the socket option that delivers ICMP errors on a socket.
+    const RECVERR: (libc::c_int, libc::c_int);
+
+    /// The address of this family in `addr`, or an error naming it.
+    fn of(addr: SocketAddr) -> io::Result<Self>;
 }
 
-impl Reply {
+impl FamilyAddr for SocketAddrV4 {
+    const ANY: &'static str = "0.0.0.0:0";
+    const RECVERR: (libc::c_int, libc::c_int) = (libc::IPPROTO_IP, libc::IP_RECVERR);
+
+    fn of(addr: SocketAddr) -> io::Result<Self> {
+        match addr {
+            SocketAddr::V4(addr) => Ok(addr),
+            SocketAddr::V6(addr) => Err(wrong_family(addr)),
+        }
+    }
+}
+
+impl FamilyAddr for SocketAddrV6 {
+    const ANY: &'static str = "[::]:0";
+    const RECVERR: (libc::c_int, libc::c_int) = (libc::IPPROTO_IPV6, libc::IPV6_RECVERR);
+
+    fn of(addr: SocketAddr) -> io::Result<Self> {
+        match addr {
+            SocketAddr::V6(addr) => Ok(addr),
+            SocketAddr::V4(addr) => Err(wrong_family(addr)),
+        }
+    }
+}
+
+fn wrong_family(addr: impl fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("an address of the other family: {addr}"),
+    )
+}
+
+/// What a who-am-I server says about a request, in the addresses of its family (IPv4 unless
+/// said otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Reply<A = SocketAddrV4> {
+    /// The server's own address of the connection (or datagram): which backend served it.
+    pub backend: A,
+    /// The client address the server saw: the client's own address when the source address was
+    /// preserved, a node address when it was masqueraded.
+    pub peer: A,
+}
+
+impl<A: FamilyAddr> Reply<A> {
     /// Parses one answer line; the trailing newline is optional.
-    pub fn parse(line: &str) -> io::Result<Reply> {
+    pub fn parse(line: &str) -> io::Result<Reply<A>> {
         let bad = || {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -28,7 +74,7 @@ impl Reply {
         let mut peer = None;
         for field in line.split_whitespace() {
             let (key, value) = field.split_once('=').ok_or_else(bad)?;
-            let addr: SocketAddrV4 = value.parse().map_err(|_| bad())?;
+            let addr: A = value.parse().map_err(|_| bad())?;
             let slot = match key {
                 "backend" => &mut backend,
                 "peer" => &mut peer,
@@ -43,7 +89,9 @@ impl Reply {
             peer: peer.ok_or_else(bad)?,
         })
     }
+}
 
+impl Reply {
     /// The answer line a server sends, newline included.
     pub(crate) fn line(backend: SocketAddr, peer: SocketAddr) -> String {
         format!("backend={backend} peer={peer}\n")
@@ -133,6 +181,18 @@ mod tests {
     }
 
     #[test]
+    fn parses_ipv6_replies_in_their_own_family_only() {
+        let line = Reply::line(
+            "[2001:db8:2::2]:8080".parse().unwrap(),
+            "[2001:db8:1::2]:40000".parse().unwrap(),
+        );
+        let reply = Reply::<SocketAddrV6>::parse(&line).unwrap();
+        assert_eq!(reply.backend, "[2001:db8:2::2]:8080".parse().unwrap());
+        assert_eq!(reply.peer, "[2001:db8:1::2]:40000".parse().unwrap());
+        assert!(Reply::<SocketAddrV4>::parse(&line).is_err());
+    }
+
+    #[test]
     fn rejects_other_text() {
         for line in [
             "",
@@ -142,7 +202,7 @@ mod tests {
             "backend=198.18.2.2:1 peer=198.18.1.2:1 extra=1.2.3.4:5\n",
             "backend=198.18.2.2:1 backend=198.18.1.2:1\n",
         ] {
-            let err = Reply::parse(line).unwrap_err();
+            let err = Reply::<SocketAddrV4>::parse(line).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{line:?}");
         }
     }

@@ -2,7 +2,7 @@
 //! client closes, so it serves both one-shot requests and long-lived sessions.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,7 +25,8 @@ const BACKLOG: libc::c_int = 4096;
 ///
 /// Each connection gets its own thread, so a slow or idle client never delays others. Each
 /// line received is answered with `backend=<local ip:port> peer=<peer ip:port>\n`.
-pub fn tcp_server(ns: &Netns, addr: SocketAddrV4) -> Result<ServerHandle> {
+pub fn tcp_server(ns: &Netns, addr: impl Into<SocketAddr>) -> Result<ServerHandle> {
+    let addr: SocketAddr = addr.into();
     let listener = ns
         .run(move || TcpListener::bind(addr))?
         .with_context(|| format!("binding TCP {addr} in netns {}", ns.name()))?;
@@ -34,9 +35,7 @@ pub fn tcp_server(ns: &Netns, addr: SocketAddrV4) -> Result<ServerHandle> {
         return Err(io::Error::last_os_error()).context("raising the listen backlog");
     }
     listener.set_nonblocking(true)?;
-    let SocketAddr::V4(local) = listener.local_addr()? else {
-        unreachable!("bound to an IPv4 address")
-    };
+    let local = listener.local_addr()?;
     let shared = Arc::new(Shared::default());
     let thread = {
         let shared = shared.clone();

@@ -3,7 +3,7 @@
 //! so a stream of requests can tell which of them were answered.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -18,7 +18,8 @@ use crate::netns::Netns;
 /// `seq=<n> ` when the datagram starts with that (see [`SeqReply`]). The address must be
 /// a specific one: a socket bound to 0.0.0.0 cannot tell which local address a datagram was
 /// sent to, and the reply must come from the address the client expects.
-pub fn udp_server(ns: &Netns, addr: SocketAddrV4) -> Result<ServerHandle> {
+pub fn udp_server(ns: &Netns, addr: impl Into<SocketAddr>) -> Result<ServerHandle> {
+    let addr: SocketAddr = addr.into();
     ensure!(
         !addr.ip().is_unspecified(),
         "bind UDP who-am-I servers to a specific address, not {addr}"
@@ -27,9 +28,7 @@ pub fn udp_server(ns: &Netns, addr: SocketAddrV4) -> Result<ServerHandle> {
         .run(move || UdpSocket::bind(addr))?
         .with_context(|| format!("binding UDP {addr} in netns {}", ns.name()))?;
     socket.set_read_timeout(Some(POLL))?;
-    let SocketAddr::V4(local) = socket.local_addr()? else {
-        unreachable!("bound to an IPv4 address")
-    };
+    let local = socket.local_addr()?;
     let shared = Arc::new(Shared::default());
     let thread = {
         let shared = shared.clone();

@@ -2,7 +2,7 @@
 //! clients, failures that must be quick, and cleanup.
 
 use std::io::ErrorKind;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -115,6 +115,49 @@ fn unassigned_vip_fails_fast_inside_the_bed() {
 }
 
 #[test]
+fn a_dual_stack_topology_routes_ipv6_too() {
+    if !require_privileges("topology::a_dual_stack_topology_routes_ipv6_too") {
+        return;
+    }
+    let topo = Topology::build(TopologyOptions {
+        backends: 2,
+        ipv6: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        topo.client_addr6(),
+        "2001:db8:1::2".parse::<Ipv6Addr>().unwrap()
+    );
+    assert_eq!(
+        topo.backend_addr6(1),
+        "2001:db8:3::2".parse::<Ipv6Addr>().unwrap()
+    );
+    let mut servers = Vec::new();
+    for (i, ns) in topo.backends.iter().enumerate() {
+        let addr = topo.backend_addr6(i);
+        servers.push(tcp_server(ns, SocketAddrV6::new(addr, 8080, 0, 0)).unwrap());
+        servers.push(udp_server(ns, SocketAddrV6::new(addr, 8081, 0, 0)).unwrap());
+    }
+    for i in 0..topo.backends.len() {
+        let tcp = SocketAddrV6::new(topo.backend_addr6(i), 8080, 0, 0);
+        let reply = tcp_request(&topo.client, tcp, TIMEOUT).unwrap();
+        assert_eq!(reply.backend, tcp);
+        assert_eq!(*reply.peer.ip(), topo.client_addr6());
+        let udp = SocketAddrV6::new(topo.backend_addr6(i), 8081, 0, 0);
+        let reply = udp_request(&topo.client, udp, TIMEOUT).unwrap();
+        assert_eq!(reply.backend, udp);
+    }
+    // IPv4 still works beside it.
+    let tcp = SocketAddrV4::new(topo.backend_addr(0), 8080);
+    let _v4 = tcp_server(&topo.backends[0], tcp).unwrap();
+    assert_eq!(
+        tcp_request(&topo.client, tcp, TIMEOUT).unwrap().backend,
+        tcp
+    );
+}
+
+#[test]
 fn external_link_and_complete_client_checksums() {
     if !require_privileges("topology::external_link_and_complete_client_checksums") {
         return;
@@ -123,6 +166,7 @@ fn external_link_and_complete_client_checksums() {
         backends: 1,
         external: true,
         client_tx_checksum_offload: false,
+        ipv6: false,
     })
     .unwrap();
     assert_eq!(topo.node_ifaces(), ["kc", "kb1", "kx"]);
