@@ -14,6 +14,7 @@ use std::{
 use kproxy_testbed::{
     TcpSession, TopologyOptions, UdpSession, require_privileges, tcp_request,
     topology::{vip, vip6},
+    udp_request,
 };
 use support::{
     agent::{Agent, Bed, TCP_PORT, UDP_PORT},
@@ -206,5 +207,127 @@ fn ipv6_path_mtu_discovery_through_a_clusterip_completes() {
     assert!(
         view.counters["icmp_error_translated"] > 0,
         "the node's Packet Too Big was translated"
+    );
+}
+
+#[test]
+fn the_xdp_program_serves_ipv6_on_a_nic() {
+    if !require_privileges("the_xdp_program_serves_ipv6_on_a_nic") {
+        return;
+    }
+    // As `clusterip.rs`'s test: complete checksums from the client's link, XDP on it.
+    let bed = Bed::new(TopologyOptions {
+        ipv6: true,
+        client_tx_checksum_offload: false,
+        ..TopologyOptions::default()
+    });
+    bed.write("apps.yaml", &web_and_dns6(&bed.backends6(), None));
+    let backend_links: Vec<String> = (0..3).map(|i| bed.topo.backend_iface(i)).collect();
+    let _agent = Agent::start_with(
+        &bed,
+        &[
+            "--attach",
+            &backend_links.join(","),
+            "--xdp",
+            bed.topo.client_iface(),
+        ],
+        &[],
+    );
+    let counts = backend_counts(&bed, v6(vip6(10), 80), 30);
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{counts:?}"
+    );
+    udp_request(&bed.topo.client, v6(vip6(53), 53), TIMEOUT).expect("udp through xdp");
+    let counters = bed.view().expect("datapath").counters;
+    assert_eq!(counters["xdp_deferred_to_tc"], 0, "{counters:?}");
+    // Translated in XDP, and routed there by an IPv6 FIB lookup: the backends' links are not
+    // marked for redirects, so the stack sends the packets on.
+    assert!(counters["xdp_pass_other_interface"] > 0, "{counters:?}");
+}
+
+#[test]
+fn node_processes_reach_ipv6_services_through_egress() {
+    if !require_privileges("node_processes_reach_ipv6_services_through_egress") {
+        return;
+    }
+    let bed = dual_stack_bed();
+    bed.write("apps.yaml", &web_and_dns6(&bed.backends6(), None));
+    bed.write(
+        "empty.yaml",
+        &documents(&[service("empty6", vip6(20), &[("http", 80, "TCP")], None)]),
+    );
+    let _agent = Agent::start(&bed, &[]);
+    // Host processes reach VIPs through the node's routes (via the client's link, standing in
+    // for a default gateway): the egress program translates them before they leave.
+    bed.topo
+        .node
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:ffff::/64",
+            "via",
+            "2001:db8:1::2",
+            "dev",
+            "kc",
+        ])
+        .expect("VIP route");
+    let node = &bed.topo.node;
+    let mut counts = BTreeMap::new();
+    for _ in 0..30 {
+        let reply = tcp_request(node, v6(vip6(10), 80), TIMEOUT).expect("node-local request");
+        assert_eq!(
+            *reply.peer.ip(),
+            "2001:db8:1::1".parse::<Ipv6Addr>().expect("address"),
+            "the node's own source address"
+        );
+        *counts.entry(*reply.backend.ip()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{counts:?}"
+    );
+    udp_request(node, v6(vip6(53), 53), TIMEOUT).expect("node-local UDP");
+    let err = tcp_request(node, v6(vip6(20), 80), TIMEOUT).expect_err("no endpoints");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn an_ipv6_nodeport_serves_clients_on_the_node_address() {
+    if !require_privileges("an_ipv6_nodeport_serves_clients_on_the_node_address") {
+        return;
+    }
+    let bed = dual_stack_bed();
+    let nodeport = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: np6\n  namespace: default\nspec:\n  type: NodePort\n  ipFamilies: [IPv6]\n  clusterIP: {vip}\n  clusterIPs: [\"{vip}\"]\n  ports:\n  - name: http\n    port: 80\n    nodePort: 30080\n    protocol: TCP\n    targetPort: http\n",
+        vip = vip6(30)
+    );
+    bed.write(
+        "apps.yaml",
+        &documents(&[
+            nodeport,
+            slice6(
+                "np6-1",
+                "np6",
+                &[("http", TCP_PORT, "TCP")],
+                &bed.backends6(),
+            ),
+        ]),
+    );
+    let _agent = Agent::start(&bed, &[]);
+    let node_addr: Ipv6Addr = "2001:db8:1::1".parse().expect("address");
+    let mut counts = BTreeMap::new();
+    for i in 0..30 {
+        let reply = tcp_request(&bed.topo.client, v6(node_addr, 30080), TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        *counts.entry(*reply.backend.ip()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{counts:?}"
     );
 }
