@@ -8,19 +8,20 @@ mod support;
 use std::net::Ipv6Addr;
 
 use etherparse::{
-    IcmpEchoHeader, Icmpv6Type, IpAuthHeader, IpNumber, Ipv6Extensions, Ipv6RawExtHeader,
-    icmpv6::DestUnreachableCode,
+    IcmpEchoHeader, Icmpv6Type, IpAuthHeader, IpFragOffset, IpHeaders, IpNumber, Ipv6Extensions,
+    Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode,
 };
 use kproxy::model::{Desired, Protocol};
 use kproxy_common::{names, stats::Counter};
 use kproxy_testbed::require_privileges;
 use support::{
     datapath::{
-        B1, B1_6, B2_6, B3_6, CLIENT, CLIENT6, OTHER_CLIENT6, TC_ACT_REDIRECT, TCX_NEXT, VIP, VIP6,
-        XDP_PASS, XDP_TX, frontend, loaded, three_backends6,
+        B1, B1_6, B2_6, B3_6, CLIENT, CLIENT6, OTHER_CLIENT6, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        TCX_NEXT, VIP, VIP6, XDP_PASS, XDP_TX, frontend, loaded, three_backends6,
     },
     packets::{
-        ACK, SYN, SYN_ACK, dst6, icmp6_frame, tcp_frame, tcp6_frame, tcp6_frame_with, udp6_frame,
+        ACK, CLIENT_MAC, NODE_MAC, SYN, SYN_ACK, dst6, icmp6_frame, tcp_frame, tcp6_frame,
+        tcp6_frame_with, udp6_frame,
     },
 };
 
@@ -358,4 +359,59 @@ fn ipv6_the_deferring_xdp_program_leaves_service_packets_and_icmp_to_tc() {
     assert_eq!(defer(&error), (XDP_PASS, error.clone()));
     assert_eq!(dp.counter(Counter::XdpDeferred), 2);
     assert_eq!(dp.counter(Counter::IcmpErrorTranslated), 0);
+}
+
+/// The two fragments of `datagram` (a UDP header and payload) from `src` to `dst`: the first
+/// 24 bytes (the UDP header and 16 bytes) and the rest, with Fragment header id `id`.
+fn udp6_fragments(src: Ipv6Addr, dst: Ipv6Addr, datagram: &[u8], id: u32) -> [Vec<u8>; 2] {
+    let fragment = |offset_units: u16, more: bool, bytes: &[u8]| {
+        let ip = Ipv6Header {
+            hop_limit: 64,
+            source: src.octets(),
+            destination: dst.octets(),
+            ..Default::default()
+        };
+        let exts = Ipv6Extensions {
+            fragment: Some(Ipv6FragmentHeader::new(
+                IpNumber::UDP,
+                IpFragOffset::try_new(offset_units).expect("offset"),
+                more,
+                id,
+            )),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+            .ip(IpHeaders::Ipv6(ip, exts))
+            .write(&mut out, IpNumber::UDP, bytes)
+            .expect("building a fragment");
+        out
+    };
+    [
+        fragment(0, true, &datagram[..24]),
+        fragment(3, false, &datagram[24..]),
+    ]
+}
+
+#[test]
+fn ipv6_fragments_of_a_translated_datagram_follow_the_first_one() {
+    if !require_privileges("ipv6_fragments_of_a_translated_datagram_follow_the_first_one") {
+        return;
+    }
+    let dp = loaded(&three_backends6(Protocol::Udp, None));
+    let payload = [5u8; 40];
+    // The datagram as the client sends it and as the backend must get it, each with its own
+    // checksum (in the first fragment, over the whole datagram).
+    let sent = udp6_frame((CLIENT6, 5353), (VIP6, 80), &payload);
+    let translated = udp6_frame((CLIENT6, 5353), (B1_6, 8080), &payload);
+    let [first, later] = udp6_fragments(CLIENT6, VIP6, &sent[L3 + 40..], 7);
+    let [first_out, later_out] = udp6_fragments(CLIENT6, B1_6, &translated[L3 + 40..], 7);
+    assert_eq!(dp.tc(&first), (TCX_NEXT, first_out));
+    // A later fragment has no ports: the first fragment's are remembered for it.
+    assert_eq!(dp.tc(&later), (TCX_NEXT, later_out));
+    assert_eq!(dp.counter(Counter::NewFlows), 1);
+    // One whose first fragment was not seen (another id) is dropped, counted.
+    let [_, stray] = udp6_fragments(CLIENT6, VIP6, &sent[L3 + 40..], 8);
+    assert_eq!(dp.tc(&stray).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::DropFragment), 1);
 }

@@ -331,3 +331,50 @@ fn an_ipv6_nodeport_serves_clients_on_the_node_address() {
         "{counts:?}"
     );
 }
+
+#[test]
+fn ipv6_masquerade_all_and_hairpin_give_backends_a_node_address() {
+    if !require_privileges("ipv6_masquerade_all_and_hairpin_give_backends_a_node_address") {
+        return;
+    }
+    let bed = dual_stack_bed();
+    bed.write("apps.yaml", &web_and_dns6(&bed.backends6(), None));
+    let agent = Agent::start(&bed, &[]);
+    // Hairpin: a backend whose connection to its own Service lands on itself sees it come
+    // from the node (its address on the backend's link), not from itself.
+    let own = bed.topo.backend_addr6(0);
+    let node_side: Ipv6Addr = "2001:db8:2::1".parse().expect("address");
+    let mut peers = BTreeMap::new();
+    for i in 0..3 {
+        let reply = tcp_request(&bed.topo.backends[0], v6(vip6(10), 80), TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let expected_peer = if *reply.backend.ip() == own {
+            node_side
+        } else {
+            own
+        };
+        assert_eq!(*reply.peer.ip(), expected_peer, "{reply:?}");
+        *peers.entry(*reply.backend.ip()).or_insert(0) += 1;
+    }
+    assert_eq!(peers.len(), 3, "round-robin reached itself too: {peers:?}");
+    drop(agent);
+
+    // --masquerade-all: every client is masqueraded to the node's address towards the backend.
+    let _agent = Agent::start(&bed, &["--masquerade-all"]);
+    for i in 0..3 {
+        let reply = tcp_request(&bed.topo.client, v6(vip6(10), 80), TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let backend = *reply.backend.ip();
+        let index = bed
+            .backends6()
+            .iter()
+            .position(|b| *b == backend)
+            .expect("a backend");
+        let node_towards_backend: Ipv6Addr = format!("2001:db8:{:x}::1", index + 2)
+            .parse()
+            .expect("address");
+        assert_eq!(*reply.peer.ip(), node_towards_backend, "{reply:?}");
+    }
+    let counters = bed.view().expect("datapath").counters;
+    assert!(counters["masqueraded"] >= 3, "{counters:?}");
+}
