@@ -378,3 +378,38 @@ fn ipv6_masquerade_all_and_hairpin_give_backends_a_node_address() {
     let counters = bed.view().expect("datapath").counters;
     assert!(counters["masqueraded"] >= 3, "{counters:?}");
 }
+
+#[test]
+fn ipv6_external_and_load_balancer_ips_are_served() {
+    if !require_privileges("ipv6_external_and_load_balancer_ips_are_served") {
+        return;
+    }
+    let bed = dual_stack_bed();
+    let (external, balancer) = (vip6(99), vip6(100));
+    let lb = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: lb6\n  namespace: default\nspec:\n  type: LoadBalancer\n  ipFamilies: [IPv6]\n  clusterIP: {vip}\n  clusterIPs: [\"{vip}\"]\n  externalIPs: [\"{external}\"]\n  ports:\n  - name: http\n    port: 80\n    nodePort: 30081\n    protocol: TCP\n    targetPort: http\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: \"{balancer}\"\n",
+        vip = vip6(31)
+    );
+    bed.write(
+        "apps.yaml",
+        &documents(&[
+            lb,
+            slice6(
+                "lb6-1",
+                "lb6",
+                &[("http", TCP_PORT, "TCP")],
+                &bed.backends6(),
+            ),
+        ]),
+    );
+    let _agent = Agent::start(&bed, &[]);
+    for addr in [external, balancer, vip6(31)] {
+        let mut backends = BTreeMap::new();
+        for i in 0..6 {
+            let reply = tcp_request(&bed.topo.client, v6(addr, 80), TIMEOUT)
+                .unwrap_or_else(|e| panic!("{addr}, request {i}: {e}"));
+            *backends.entry(*reply.backend.ip()).or_insert(0) += 1;
+        }
+        assert_eq!(backends.len(), 3, "{addr}: {backends:?}");
+    }
+}
