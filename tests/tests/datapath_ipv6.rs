@@ -7,17 +7,26 @@ mod support;
 
 use std::net::Ipv6Addr;
 
+use aya::maps::{HashMap, MapData};
+use aya::programs::{Xdp, XdpMode};
 use etherparse::{
     IcmpEchoHeader, Icmpv6Type, IpAuthHeader, IpFragOffset, IpHeaders, IpNumber, Ipv6Extensions,
     Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode,
 };
-use kproxy::model::{Desired, Protocol};
-use kproxy_common::{names, stats::Counter};
-use kproxy_testbed::require_privileges;
+use kproxy::model::{Desired, FrontendKey, FrontendKind, Protocol};
+use kproxy_common::{
+    addr::In6Addr,
+    config::{CFG_F_LOCAL_BY_CIDR, Config},
+    iface::{IFACE_F_INGRESS, IFACE_F_XDP_REDIRECT, NODE_ADDR_F_LOCAL, NODE_ADDR_F_NODEPORT},
+    names,
+    stats::Counter,
+};
+use kproxy_testbed::{Topology, TopologyOptions, require_privileges};
 use support::{
     datapath::{
-        B1, B1_6, B2_6, B3_6, CLIENT, CLIENT6, OTHER_CLIENT6, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        TCX_NEXT, VIP, VIP6, XDP_PASS, XDP_TX, frontend, loaded, three_backends6,
+        B1, B1_6, B2_6, B3_6, CLIENT, CLIENT6, LoadedDatapath, OTHER_CLIENT6, TC_ACT_REDIRECT,
+        TC_ACT_SHOT, TCX_NEXT, VIP, VIP6, XDP_PASS, XDP_REDIRECT, XDP_TX, frontend, loaded,
+        three_backends6,
     },
     packets::{
         ACK, CLIENT_MAC, NODE_MAC, SYN, SYN_ACK, dst6, icmp6_frame, tcp_frame, tcp6_frame,
@@ -414,4 +423,161 @@ fn ipv6_fragments_of_a_translated_datagram_follow_the_first_one() {
     let [_, stray] = udp6_fragments(CLIENT6, VIP6, &sent[L3 + 40..], 8);
     assert_eq!(dp.tc(&stray).0, TC_ACT_SHOT);
     assert_eq!(dp.counter(Counter::DropFragment), 1);
+}
+
+/// The node's NIC (the bed's external link) and the router behind it, in IPv6.
+const NIC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 2);
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x09, 0x02];
+/// A far client (through the router), a pod on another node (through the router too), and
+/// one on a third node reached through the client link, which plays a second NIC.
+const EXT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 7);
+const REMOTE_POD6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 2);
+const THIRD_NODE_POD6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x60, 0, 0, 0, 0, 2);
+
+/// The bed of `ipv6_nodeports_are_forwarded_from_the_nic_by_xdp`: routes and permanent
+/// neighbours in the node, so FIB lookups resolve at once. Its interfaces' indices and the
+/// NIC's MAC.
+fn external_bed6() -> (Topology, (u32, u32, [u8; 6])) {
+    let topo = Topology::build(TopologyOptions {
+        backends: 1,
+        external: true,
+        ipv6: true,
+        ..TopologyOptions::default()
+    })
+    .expect("test bed");
+    let router = ROUTER6.to_string();
+    for route in ["2001:db8:77::/64", "2001:db8:50::/64"] {
+        topo.node
+            .ip(&["-6", "route", "add", route, "via", &router, "dev", "kx"])
+            .expect("route");
+    }
+    topo.node
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:60::/64",
+            "via",
+            "2001:db8:1::2",
+            "dev",
+            "kc",
+        ])
+        .expect("route");
+    let router_mac = ROUTER_MAC.map(|b| format!("{b:02x}")).join(":");
+    for (addr, mac, dev) in [
+        (router.as_str(), router_mac.as_str(), "kx"),
+        ("2001:db8:1::2", "02:00:00:00:01:02", "kc"),
+    ] {
+        topo.node
+            .ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])
+            .expect("neighbour");
+    }
+    let index = |name: &str| topo.node.link_index(name).expect("index");
+    let ifaces = (index("kx"), index("kc"), topo.node.mac("kx").expect("mac"));
+    (topo, ifaces)
+}
+
+#[test]
+fn ipv6_nodeports_are_forwarded_from_the_nic_by_xdp() {
+    if !require_privileges("ipv6_nodeports_are_forwarded_from_the_nic_by_xdp") {
+        return;
+    }
+    let (topo, (kx, kc, kx_mac)) = external_bed6();
+    let outcomes = topo
+        .node
+        .run(move || {
+            let nodeport = |port: u16, backend: Ipv6Addr| {
+                let (_, mut f) = frontend(
+                    Ipv6Addr::UNSPECIFIED,
+                    port,
+                    Protocol::Tcp,
+                    &[(backend, 8080)],
+                    None,
+                );
+                f.kind = FrontendKind::NodePort;
+                (FrontendKey::node_port(true, port, Protocol::Tcp), f)
+            };
+            let mut dp = LoadedDatapath::load();
+            dp.program(
+                &[
+                    nodeport(30_080, REMOTE_POD6),
+                    nodeport(30_091, THIRD_NODE_POD6),
+                ]
+                .into_iter()
+                .collect(),
+            );
+            let xdp: &mut Xdp = dp
+                .ebpf
+                .program_mut(names::PROG_XDP)
+                .expect("xdp")
+                .try_into()
+                .expect("xdp type");
+            xdp.attach("kx", XdpMode::default())
+                .expect("attach XDP to kx");
+            // `kc` takes redirected frames; NodePorts answer on the NIC's address; clients
+            // outside the (empty) pod network are masqueraded, as kube-proxy does.
+            let mut ifaces: HashMap<MapData, u32, u32> = dp.map(names::MAP_IFACES);
+            ifaces
+                .insert(kc, IFACE_F_INGRESS | IFACE_F_XDP_REDIRECT, 0)
+                .expect("KP_IFACES");
+            let mut node_addrs: HashMap<MapData, In6Addr, u32> = dp.map(names::MAP_NODE_ADDRS6);
+            node_addrs
+                .insert(
+                    In6Addr::from(NIC6),
+                    NODE_ADDR_F_LOCAL | NODE_ADDR_F_NODEPORT,
+                    0,
+                )
+                .expect("KP_NODE_ADDRS6");
+            dp.flows
+                .write_config(&Config {
+                    flags: CFG_F_LOCAL_BY_CIDR,
+                    ..Config::DEFAULT
+                })
+                .expect("config");
+            let nic = |frame: Vec<u8>| dp.xdp_received_on(names::PROG_XDP, kx, &frame);
+            [
+                nic(tcp6_frame((EXT6, 40_000), (NIC6, 30_080), SYN, b"")),
+                nic(tcp6_frame(
+                    (REMOTE_POD6, 8080),
+                    (NIC6, 40_000),
+                    SYN_ACK,
+                    b"",
+                )),
+                nic(tcp6_frame((EXT6, 40_001), (NIC6, 30_091), SYN, b"")),
+            ]
+        })
+        .expect("in the node namespace");
+    // To a pod on another node: DNAT, masquerade to the NIC's address, hop limit decremented,
+    // and straight back out of the NIC to the router.
+    let (verdict, frame) = &outcomes[0];
+    assert_eq!(*verdict, XDP_TX);
+    let mut expected = tcp6_frame((NIC6, 40_000), (REMOTE_POD6, 8080), SYN, b"");
+    expected[..6].copy_from_slice(&ROUTER_MAC);
+    expected[6..12].copy_from_slice(&kx_mac);
+    expected[L3 + 7] = 63;
+    assert_eq!(frame, &expected);
+    // Its reply, back to the client from the NodePort the same way.
+    let (verdict, frame) = &outcomes[1];
+    assert_eq!(*verdict, XDP_TX);
+    let mut expected = tcp6_frame((NIC6, 30_080), (EXT6, 40_000), SYN_ACK, b"");
+    expected[..6].copy_from_slice(&ROUTER_MAC);
+    expected[6..12].copy_from_slice(&kx_mac);
+    expected[L3 + 7] = 63;
+    assert_eq!(frame, &expected);
+    // Towards another NIC that takes redirected frames: XDP_REDIRECT.
+    let (verdict, frame) = &outcomes[2];
+    assert_eq!(*verdict, XDP_REDIRECT);
+    assert_eq!(dst6(frame), (THIRD_NODE_POD6, 8080));
 }
