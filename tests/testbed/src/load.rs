@@ -630,7 +630,7 @@ struct UdpRecord {
 
 async fn udp_stream(config: &LoadConfig, clock: &Clock) -> io::Result<UdpRecord> {
     let socket = UdpSocket::bind("0.0.0.0:0").await?;
-    set_recverr(&socket)?;
+    set_recverr::<SocketAddrV4>(&socket)?;
     // Connected: only replies from the VIP itself are delivered, and ICMP errors about the
     // flow fail the next receive instead of going unnoticed.
     socket.connect(config.udp).await?;

@@ -344,10 +344,7 @@ impl Topology {
         std::iter::once(client)
             .chain(backends)
             .chain(external)
-            .map(move |link| Link {
-                subnet6: ipv6.then_some(link.subnet),
-                ..link
-            })
+            .map(move |link| Link { ipv6, ..link })
     }
 }
 
@@ -398,8 +395,8 @@ struct Link<'a> {
     subnet: u8,
     node_addr: Ipv4Addr,
     leaf_addr: Ipv4Addr,
-    /// The subnet again when the link is dual-stack.
-    subnet6: Option<u8>,
+    /// Whether the link is dual-stack.
+    ipv6: bool,
 }
 
 impl<'a> Link<'a> {
@@ -414,10 +411,10 @@ impl<'a> Link<'a> {
             ),
             format!("addr add {}/24 dev {}", self.node_addr, self.node_iface),
         ];
-        if let Some(subnet) = self.subnet6 {
+        if self.ipv6 {
             script.push(format!(
                 "addr add {}/64 dev {} nodad",
-                node_addr6(subnet),
+                node_addr6(self.subnet),
                 self.node_iface
             ));
         }
@@ -432,15 +429,15 @@ impl<'a> Link<'a> {
             format!("link set {LEAF_IFACE} up"),
             format!("route add default via {}", self.node_addr),
         ];
-        if let Some(subnet) = self.subnet6 {
+        if self.ipv6 {
             script.splice(
                 1..1,
                 [format!(
                     "addr add {}/64 dev {LEAF_IFACE} nodad",
-                    leaf_addr6(subnet)
+                    leaf_addr6(self.subnet)
                 )],
             );
-            script.push(format!("route add ::/0 via {}", node_addr6(subnet)));
+            script.push(format!("route add ::/0 via {}", node_addr6(self.subnet)));
         }
         script
     }
@@ -452,7 +449,7 @@ impl<'a> Link<'a> {
             subnet,
             node_addr: node_addr(subnet),
             leaf_addr: leaf_addr(subnet),
-            subnet6: None,
+            ipv6: false,
         }
     }
 }

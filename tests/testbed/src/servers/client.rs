@@ -128,7 +128,7 @@ impl<A: FamilyAddr> UdpSession<A> {
                 // Without IP_RECVERR a connected UDP socket reports only "hard" ICMP errors
                 // (port unreachable); with it, a "network unreachable" from the node also fails
                 // the receive at once instead of running into the timeout.
-                set_recverr_of::<A>(&socket)?;
+                set_recverr::<A>(&socket)?;
                 socket.connect(target.into())?;
                 Ok(socket)
             })
@@ -154,13 +154,9 @@ impl<A: FamilyAddr> UdpSession<A> {
     }
 }
 
-/// Has ICMP errors about the socket's flow delivered as errors on it (an IPv4 socket).
-pub(crate) fn set_recverr(socket: &impl AsRawFd) -> io::Result<()> {
-    set_recverr_of::<SocketAddrV4>(socket)
-}
-
-/// [`set_recverr`] for a socket of `A`'s family.
-fn set_recverr_of<A: FamilyAddr>(socket: &impl AsRawFd) -> io::Result<()> {
+/// Has ICMP errors about the socket's flow (a socket of `A`'s family) delivered as errors on
+/// it.
+pub(crate) fn set_recverr<A: FamilyAddr>(socket: &impl AsRawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     let (level, option) = A::RECVERR;
     // SAFETY: a valid int option value for a socket we own.
