@@ -471,6 +471,11 @@ pub fn backend_address(i: usize) -> Ipv4Addr {
     leaf_addr(backend_subnet(i))
 }
 
+/// The IPv6 address backend `i` (0-based) gets in any dual-stack topology.
+pub fn backend_address6(i: usize) -> Ipv6Addr {
+    leaf_addr6(backend_subnet(i))
+}
+
 fn backend_subnet(i: usize) -> u8 {
     let subnet = i + usize::from(CLIENT_SUBNET) + 1;
     let subnet = if subnet >= usize::from(EXTERNAL_SUBNET) {

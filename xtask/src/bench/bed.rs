@@ -3,7 +3,7 @@
 //! the backends, a private bpffs and a manifests directory.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
 };
 
@@ -11,7 +11,7 @@ use anyhow::Result;
 use kproxy_testbed::{BpfFs, Topology, TopologyOptions};
 
 use super::{
-    cluster::{BACKEND_PORT, CHANGED_PORT},
+    cluster::{BACKEND_PORT, CHANGED_PORT, Family},
     server::{self, BenchServer},
 };
 
@@ -22,31 +22,40 @@ pub struct BenchBed {
     pub topo: Topology,
     pub bpffs: BpfFs,
     pub dir: tempfile::TempDir,
+    /// The family the servers listen in (and the client reaches them and the Services in).
+    family: Family,
     servers: Vec<BenchServer>,
 }
 
 impl BenchBed {
+    /// A bed for IPv4 Services: IPv4 only, as the IPv4 figures were always measured.
     pub fn new() -> Result<Self> {
+        Self::for_family(Family::Ipv4)
+    }
+
+    /// A bed for `family`'s Services: dual-stack for IPv6 (the node keeps its IPv4 link to
+    /// the control plane), the servers listening in `family`.
+    pub fn for_family(family: Family) -> Result<Self> {
         // Complete checksums from the client: the XDP mode needs them (a NIC delivers them),
         // and every mode pays the same for it.
         let topo = Topology::build(TopologyOptions {
             backends: BACKENDS,
             external: false,
             client_tx_checksum_offload: false,
-            ipv6: false,
+            ipv6: family == Family::Ipv6,
         })?;
         tune(&topo)?;
         let mut servers = Vec::new();
         for (i, ns) in topo.backends.iter().enumerate() {
             servers.push(server::start(
                 ns,
-                SocketAddrV4::new(topo.backend_addr(i), BACKEND_PORT),
+                SocketAddr::new(family.backend(i), BACKEND_PORT),
             )?);
         }
         let last = topo.backends.len() - 1;
         servers.push(server::start(
             &topo.backends[last],
-            SocketAddrV4::new(topo.backend_addr(last), CHANGED_PORT),
+            SocketAddr::new(family.backend(last), CHANGED_PORT),
         )?);
         let dir = tempfile::Builder::new().prefix("kpt-bench-").tempdir()?;
         std::fs::create_dir(dir.path().join("manifests"))?;
@@ -54,21 +63,19 @@ impl BenchBed {
             topo,
             bpffs: BpfFs::new()?,
             dir,
+            family,
             servers,
         })
     }
 
-    pub fn backends(&self) -> Vec<Ipv4Addr> {
-        (0..self.topo.backends.len())
-            .map(|i| self.topo.backend_addr(i))
-            .collect()
+    /// The backends' addresses in the bed's family.
+    pub fn backends(&self) -> Vec<IpAddr> {
+        Self::backend_addresses(self.family)
     }
 
-    /// The backends' addresses, the same in every bed.
-    pub fn backend_addresses() -> Vec<Ipv4Addr> {
-        (0..BACKENDS)
-            .map(kproxy_testbed::topology::backend_address)
-            .collect()
+    /// The backends' addresses in `family`, the same in every bed.
+    pub fn backend_addresses(family: Family) -> Vec<IpAddr> {
+        (0..BACKENDS).map(|i| family.backend(i)).collect()
     }
 
     /// Connections the backends' servers accepted so far.

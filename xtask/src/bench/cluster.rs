@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::Path,
 };
 
@@ -26,22 +26,48 @@ pub const CHANGED_PORT: u16 = 8081;
 /// make the agent's peak memory about JSON parsing rather than about its state.
 const SERVICES_PER_FILE: usize = 200;
 
-/// The VIP of service `i` (0-based): 198.19.0.1 upwards, never assigned to an interface.
-pub fn vip(i: usize) -> Ipv4Addr {
-    let n = u32::try_from(i + 1).expect("fewer than 65k services");
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + n)
+/// The address family of a cluster's Services and endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
 }
 
-pub fn frontend(i: usize) -> SocketAddrV4 {
-    SocketAddrV4::new(vip(i), SERVICE_PORT)
+impl Family {
+    /// As Kubernetes spells it (`ipFamilies`, an EndpointSlice's `addressType`).
+    pub const fn kubernetes_name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        }
+    }
+
+    /// The VIP of service `i` (0-based), never assigned to an interface: 198.19.0.1
+    /// upwards, or 2001:db8:ffff::1 upwards (`topology::vip6`).
+    pub fn vip(self, i: usize) -> IpAddr {
+        let n = u16::try_from(i + 1).expect("fewer than 65k services");
+        match self {
+            Family::Ipv4 => kproxy_testbed::topology::vip(n).into(),
+            Family::Ipv6 => kproxy_testbed::topology::vip6(n).into(),
+        }
+    }
+
+    /// Backend `i`'s address in this family, the same in every bed.
+    pub fn backend(self, i: usize) -> IpAddr {
+        match self {
+            Family::Ipv4 => kproxy_testbed::topology::backend_address(i).into(),
+            Family::Ipv6 => kproxy_testbed::topology::backend_address6(i).into(),
+        }
+    }
 }
 
 fn service_name(i: usize) -> String {
     format!("svc-{i:05}")
 }
 
-/// Service `i` with its ClusterIP at `ip`.
-pub fn service_at(i: usize, ip: Ipv4Addr) -> Service {
+/// Service `i` with its ClusterIP at `ip`, single-stack in `ip`'s family.
+pub fn service_at(i: usize, ip: IpAddr) -> Service {
+    let family = family_of(ip);
     Service {
         metadata: ObjectMeta {
             name: Some(service_name(i)),
@@ -52,6 +78,8 @@ pub fn service_at(i: usize, ip: Ipv4Addr) -> Service {
             type_: Some("ClusterIP".into()),
             cluster_ip: Some(ip.to_string()),
             cluster_ips: Some(vec![ip.to_string()]),
+            ip_families: Some(vec![family.kubernetes_name().into()]),
+            ip_family_policy: Some("SingleStack".into()),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: i32::from(SERVICE_PORT),
@@ -65,11 +93,23 @@ pub fn service_at(i: usize, ip: Ipv4Addr) -> Service {
     }
 }
 
-pub fn slice(i: usize, endpoints: &[SocketAddrV4]) -> EndpointSlice {
+fn family_of(ip: IpAddr) -> Family {
+    if ip.is_ipv6() {
+        Family::Ipv6
+    } else {
+        Family::Ipv4
+    }
+}
+
+/// Service `i`'s slice of `endpoints`, all of one family (IPv4 if there are none).
+pub fn slice(i: usize, endpoints: &[SocketAddr]) -> EndpointSlice {
     // One slice per endpoint port: EndpointSlices carry a single port list for all endpoints.
-    let port = endpoints.first().map_or(BACKEND_PORT, SocketAddrV4::port);
+    let port = endpoints.first().map_or(BACKEND_PORT, SocketAddr::port);
+    let family = endpoints
+        .first()
+        .map_or(Family::Ipv4, |ep| family_of(ep.ip()));
     EndpointSlice {
-        address_type: "IPv4".into(),
+        address_type: family.kubernetes_name().into(),
         endpoints: endpoints
             .iter()
             .map(|ep| Endpoint {
@@ -100,29 +140,40 @@ pub fn slice(i: usize, endpoints: &[SocketAddrV4]) -> EndpointSlice {
     }
 }
 
-/// `n` services, each with the three backends as endpoints. The last one is "the target".
+/// `n` services of one family, each with the three backends as endpoints. The last one is
+/// "the target".
 pub struct Cluster {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
-    /// Service `i` has the VIP `vip(first_vip + i)`.
+    family: Family,
+    /// Service `i` has the VIP `family.vip(first_vip + i)`.
     first_vip: usize,
 }
 
 impl Cluster {
-    pub fn new(n: usize, backends: &[Ipv4Addr]) -> Self {
-        Self::with_first_vip(n, backends, 0)
+    /// IPv4 services on `backends`.
+    pub fn new(n: usize, backends: &[IpAddr]) -> Self {
+        Self::with_first_vip(n, backends, Family::Ipv4, 0)
     }
 
-    /// The same services with VIPs from `vip(first_vip)` on: an API server keeps the first
-    /// addresses of the range for its own `kubernetes` Service and others.
-    pub fn with_first_vip(n: usize, backends: &[Ipv4Addr], first_vip: usize) -> Self {
-        let endpoints: Vec<SocketAddrV4> = backends
+    /// `family`'s services on `backends` (of that family) with VIPs from
+    /// `family.vip(first_vip)` on: an API server keeps the first addresses of the range for
+    /// its own `kubernetes` Service and others.
+    pub fn with_first_vip(n: usize, backends: &[IpAddr], family: Family, first_vip: usize) -> Self {
+        assert!(
+            backends.iter().all(|b| family_of(*b) == family),
+            "backends of another family than the {family:?} services"
+        );
+        let endpoints: Vec<SocketAddr> = backends
             .iter()
-            .map(|b| SocketAddrV4::new(*b, BACKEND_PORT))
+            .map(|b| SocketAddr::new(*b, BACKEND_PORT))
             .collect();
         Self {
-            services: (0..n).map(|i| service_at(i, vip(first_vip + i))).collect(),
+            services: (0..n)
+                .map(|i| service_at(i, family.vip(first_vip + i)))
+                .collect(),
             slices: (0..n).map(|i| slice(i, &endpoints)).collect(),
+            family,
             first_vip,
         }
     }
@@ -132,16 +183,16 @@ impl Cluster {
     }
 
     /// The frontend of service `i`.
-    pub fn frontend(&self, i: usize) -> SocketAddrV4 {
-        frontend(self.first_vip + i)
+    pub fn frontend(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.family.vip(self.first_vip + i), SERVICE_PORT)
     }
 
     /// The service the load goes to in the "last" placement: last in every rule list.
-    pub fn target(&self) -> SocketAddrV4 {
+    pub fn target(&self) -> SocketAddr {
         self.frontend(self.len() - 1)
     }
 
-    pub fn all_frontends(&self) -> Vec<SocketAddrV4> {
+    pub fn all_frontends(&self) -> Vec<SocketAddr> {
         (0..self.len()).map(|i| self.frontend(i)).collect()
     }
 
@@ -164,11 +215,11 @@ impl Cluster {
             }
             write_list(&dir.join(format!("services-{chunk:03}.json")), &items)?;
         }
-        let endpoints: Vec<SocketAddrV4> = self.slices[last]
+        let endpoints: Vec<SocketAddr> = self.slices[last]
             .endpoints
             .iter()
             .filter_map(|e| {
-                Some(SocketAddrV4::new(
+                Some(SocketAddr::new(
                     e.addresses.first()?.parse().ok()?,
                     BACKEND_PORT,
                 ))
@@ -180,7 +231,7 @@ impl Cluster {
     /// Writes `target.json` with one slice of the target service per endpoint group (a slice
     /// has one port list, so endpoints on other ports need their own slice), atomically by
     /// rename as config management does.
-    pub fn write_target(&self, dir: &Path, groups: &[&[SocketAddrV4]]) -> Result<()> {
+    pub fn write_target(&self, dir: &Path, groups: &[&[SocketAddr]]) -> Result<()> {
         let i = self.len() - 1;
         let items = groups
             .iter()
@@ -215,19 +266,45 @@ pub(super) fn write_list(path: &Path, items: &[serde_json::Value]) -> Result<()>
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
     fn vips_count_up_from_198_19_0_1() {
+        let vip = |i| Family::Ipv4.vip(i);
         assert_eq!(vip(0), Ipv4Addr::new(198, 19, 0, 1));
         assert_eq!(vip(254), Ipv4Addr::new(198, 19, 0, 255));
         assert_eq!(vip(9_999), Ipv4Addr::new(198, 19, 39, 16));
+        assert_eq!(
+            Family::Ipv6.vip(9_999),
+            "2001:db8:ffff::2710".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn ipv6_services_are_single_stack_ipv6_with_ipv6_slices() {
+        let backends = [Family::Ipv6.backend(0), Family::Ipv6.backend(1)];
+        let cluster = Cluster::with_first_vip(3, &backends, Family::Ipv6, 16);
+        let spec = cluster.services[2].spec.as_ref().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("2001:db8:ffff::13"));
+        assert_eq!(spec.ip_families.as_deref(), Some(&["IPv6".to_owned()][..]));
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+        assert_eq!(cluster.slices[2].address_type, "IPv6");
+        assert_eq!(
+            cluster.slices[2].endpoints[1].addresses,
+            ["2001:db8:3::2".to_owned()]
+        );
+        assert_eq!(
+            cluster.target(),
+            "[2001:db8:ffff::13]:80".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]
     fn manifests_split_into_files_with_the_target_slice_alone() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cluster = Cluster::new(450, &[Ipv4Addr::new(198, 18, 2, 2)]);
+        let cluster = Cluster::new(450, &[Ipv4Addr::new(198, 18, 2, 2).into()]);
         cluster.write_manifests(dir.path()).expect("write");
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("list")

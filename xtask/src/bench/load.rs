@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ pub enum Close {
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     /// Where connections go (a Service VIP:port, or backends directly).
-    pub targets: Vec<SocketAddrV4>,
+    pub targets: Vec<SocketAddr>,
     /// How each connection picks one of `targets`.
     pub pick: Pick,
     /// Connections kept in flight at all times.
@@ -74,7 +74,7 @@ pub struct LoadConfig {
 
 impl LoadConfig {
     /// The defaults used by the benchmark, against `targets`.
-    pub fn new(targets: Vec<SocketAddrV4>) -> LoadConfig {
+    pub fn new(targets: Vec<SocketAddr>) -> LoadConfig {
         LoadConfig {
             targets,
             pick: Pick::RoundRobin,
@@ -211,7 +211,7 @@ fn build_runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
 
 /// The run as the workers see it: fixed instants and a shared target picker.
 struct Plan {
-    targets: Vec<SocketAddrV4>,
+    targets: Vec<SocketAddr>,
     pick: Pick,
     close: Close,
     timeout: Duration,
@@ -238,7 +238,7 @@ impl Plan {
         }
     }
 
-    fn target(&self, rng: &mut Rng) -> SocketAddrV4 {
+    fn target(&self, rng: &mut Rng) -> SocketAddr {
         let i = match self.pick {
             Pick::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
             Pick::Random => rng.below(self.targets.len()),
@@ -289,7 +289,7 @@ async fn worker(plan: Arc<Plan>, id: usize) -> Result<Tally> {
 
 /// A reply and when it was complete.
 struct Reply {
-    backend: SocketAddrV4,
+    backend: SocketAddr,
     at: Instant,
 }
 
@@ -297,7 +297,7 @@ struct Reply {
 ///
 /// Dropping the stream closes it: the client closes first (the servers wait for it), so the
 /// TIME_WAIT stays on the client, where tcp_tw_reuse recycles it.
-async fn connect_once(target: SocketAddrV4, close: Close) -> io::Result<Reply> {
+async fn connect_once(target: SocketAddr, close: Close) -> io::Result<Reply> {
     let mut stream = TcpStream::connect(target).await?;
     if close == Close::Reset {
         stream.set_zero_linger()?;
@@ -334,7 +334,7 @@ async fn read_line<'a>(stream: &mut TcpStream, buf: &'a mut [u8]) -> io::Result<
 }
 
 /// The `backend=<ip:port>` field of a who-am-I reply.
-fn parse_backend(line: &[u8]) -> io::Result<SocketAddrV4> {
+fn parse_backend(line: &[u8]) -> io::Result<SocketAddr> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "not a who-am-I reply");
     let line = std::str::from_utf8(line).map_err(|_| bad())?;
     line.split_whitespace()
@@ -362,7 +362,7 @@ struct Tally {
     latency: Histogram<u64>,
     connections: u64,
     errors: BTreeMap<&'static str, u64>,
-    backends: HashMap<SocketAddrV4, u64>,
+    backends: HashMap<SocketAddr, u64>,
 }
 
 impl Tally {
@@ -376,7 +376,7 @@ impl Tally {
         })
     }
 
-    fn success(&mut self, backend: SocketAddrV4, latency: Duration) {
+    fn success(&mut self, backend: SocketAddr, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency.saturating_record(us.clamp(1, MAX_LATENCY_US));
         self.connections += 1;
@@ -453,11 +453,15 @@ mod tests {
     fn parses_the_backend_of_a_reply() {
         assert_eq!(
             parse_backend(b"backend=198.18.2.2:8080 peer=198.18.1.2:40000").unwrap(),
-            "198.18.2.2:8080".parse::<SocketAddrV4>().unwrap()
+            "198.18.2.2:8080".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(
             parse_backend(b"backend=198.18.3.2:80").unwrap(),
-            "198.18.3.2:80".parse::<SocketAddrV4>().unwrap()
+            "198.18.3.2:80".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_backend(b"backend=[2001:db8:2::2]:8080 peer=[2001:db8:1::2]:40000").unwrap(),
+            "[2001:db8:2::2]:8080".parse::<SocketAddr>().unwrap()
         );
         for bad in [&b""[..], b"hello", b"backend=nope", b"\xff"] {
             let err = parse_backend(bad).unwrap_err();
@@ -507,7 +511,7 @@ mod tests {
         })
         .unwrap();
         let targets: Vec<_> = (0..3)
-            .map(|i| SocketAddrV4::new(topo.backend_addr(i), 8080))
+            .map(|i| SocketAddr::new(topo.backend_addr(i).into(), 8080))
             .collect();
         let servers: Vec<_> = topo
             .backends
@@ -577,7 +581,7 @@ mod tests {
             duration: Duration::from_millis(300),
             warmup: Duration::ZERO,
             timeout: Duration::from_secs(3),
-            ..LoadConfig::new(vec![SocketAddrV4::new(topo.backend_addr(0), 8080)])
+            ..LoadConfig::new(vec![SocketAddr::new(topo.backend_addr(0).into(), 8080)])
         };
         let result = run(&topo.client, &cfg).unwrap();
         assert_eq!(result.connections, 0);

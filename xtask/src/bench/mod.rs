@@ -17,14 +17,14 @@ mod server;
 mod targets;
 mod xdp;
 
-use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use kproxy_testbed::require_privileges;
 
 use self::{
     bed::BenchBed,
-    cluster::Cluster,
+    cluster::{Cluster, Family},
     external::ExtMode,
     load::{LoadConfig, Pick},
     modes::Mode,
@@ -62,6 +62,16 @@ pub struct Options {
     /// Skip the real-kube-proxy section.
     #[arg(long)]
     pub skip_real: bool,
+    /// Numbers of IPv6 ClusterIP services the real section's IPv6 row measures, comma
+    /// separated (default 10,10000; quick 10).
+    #[arg(long, value_delimiter = ',')]
+    pub ipv6_services: Option<Vec<usize>>,
+    /// Skip the real section's IPv6 row.
+    #[arg(long, conflicts_with = "ipv6_only")]
+    pub skip_ipv6: bool,
+    /// Run only the real section's IPv6 row (no IPv4 scales, no other section).
+    #[arg(long, conflicts_with_all = ["external_only", "skip_real"])]
+    pub ipv6_only: bool,
     /// Skip the generated-rules smoke section (ClusterIP against generated netfilter rules).
     #[arg(long)]
     pub skip_generated: bool,
@@ -146,7 +156,7 @@ impl Plan {
             scales.clear();
             modes.clear();
         }
-        if opts.real_only || opts.skip_generated {
+        if opts.real_only || opts.ipv6_only || opts.skip_generated {
             modes.clear();
         }
         let seconds = opts.duration.unwrap_or(if opts.quick { 1.0 } else { 5.0 });
@@ -160,22 +170,16 @@ impl Plan {
         if !(1..=50_000).contains(&udp_flows) {
             bail!("--udp-flows must be between 1 and 50000");
         }
-        // The real section also measures 30,000 services by default (the generated smoke
-        // section stops at 10,000).
-        let real_scales = opts.services.clone().unwrap_or(if opts.quick {
-            vec![10, 100]
-        } else {
-            vec![10, 1_000, 10_000, 30_000]
-        });
+        let (real_scales, ipv6_scales) = real_scales(opts)?;
         let direct = opts
             .modes
             .as_ref()
             .is_none_or(|names| names.iter().any(|n| n == real::DIRECT));
         let real = (!opts.skip_real && !opts.external_only && (direct || !real_modes.is_empty()))
-            .then(|| real::Plan::new(real_modes, direct, real_scales, opts.quick));
+            .then(|| real::Plan::new(real_modes, direct, real_scales, ipv6_scales, opts.quick));
         let external =
-            (!opts.skip_external && !opts.real_only && !ext_modes.is_empty()).then(|| {
-                external::Plan {
+            (!opts.skip_external && !opts.real_only && !opts.ipv6_only && !ext_modes.is_empty())
+                .then(|| external::Plan {
                     modes: ext_modes,
                     repetitions,
                     duration,
@@ -183,8 +187,7 @@ impl Plan {
                     concurrency,
                     udp_flows,
                     warm_neighbours: opts.warm_neighbours,
-                }
-            });
+                });
         Ok(Self {
             quick: opts.quick,
             scales,
@@ -200,6 +203,33 @@ impl Plan {
                 .unwrap_or_else(|| target_dir().join("bench")),
         })
     }
+}
+
+/// The real section's IPv4 and IPv6 scales. The IPv4 row also measures 30,000 services by
+/// default (the generated smoke section stops at 10,000).
+fn real_scales(opts: &Options) -> Result<(Vec<usize>, Vec<usize>)> {
+    let ipv4 = if opts.ipv6_only {
+        Vec::new()
+    } else {
+        opts.services.clone().unwrap_or(if opts.quick {
+            vec![10, 100]
+        } else {
+            vec![10, 1_000, 10_000, 30_000]
+        })
+    };
+    let ipv6 = if opts.skip_ipv6 {
+        Vec::new()
+    } else {
+        opts.ipv6_services.clone().unwrap_or(if opts.quick {
+            vec![10]
+        } else {
+            vec![10, 10_000]
+        })
+    };
+    if ipv6.iter().any(|&n| n == 0 || n > 60_000) {
+        bail!("--ipv6-services: each scale must be between 1 and 60000");
+    }
+    Ok((ipv4, ipv6))
 }
 
 /// Load before each measurement, not counted: a fifth of it, at most a second.
@@ -347,7 +377,7 @@ fn measure_scale(
     agent: &std::path::Path,
     report: &mut Report,
 ) -> Result<()> {
-    let backends = BenchBed::backend_addresses();
+    let backends = BenchBed::backend_addresses(Family::Ipv4);
     let cluster = Cluster::new(services, &backends);
     for rep in 0..plan.repetitions {
         for &mode in modes {
@@ -387,8 +417,8 @@ fn measure_scale(
 fn measure(
     plan: &Plan,
     bed: &BenchBed,
-    last: SocketAddrV4,
-    all: &[SocketAddrV4],
+    last: SocketAddr,
+    all: &[SocketAddr],
     placement: Placement,
 ) -> Result<Sample> {
     let mut cfg = match placement {

@@ -5,7 +5,7 @@
 use std::{
     ffi::OsString,
     io::Write,
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
@@ -243,18 +243,20 @@ impl Running {
         };
         let backends = bed.backends();
         let (last, kept) = backends.split_last().context("backends")?;
-        let kept: Vec<SocketAddrV4> = kept
+        let kept: Vec<SocketAddr> = kept
             .iter()
-            .map(|b| SocketAddrV4::new(*b, cluster::BACKEND_PORT))
+            .map(|b| SocketAddr::new(*b, cluster::BACKEND_PORT))
             .collect();
-        let moved = [SocketAddrV4::new(*last, CHANGED_PORT)];
+        let moved = [SocketAddr::new(*last, CHANGED_PORT)];
         // The target's frontend in the services map: the change is live for the datapath
         // the moment its value (bank and count) is replaced.
         let map_path = bed.pin_dir().join(names::MAP_SERVICES);
         let services: HashMap<MapData, ServiceKey, ServiceValue> = HashMap::try_from(
             aya::maps::Map::from_map_data(MapData::from_pin(&map_path)?)?,
         )?;
-        let target = cluster.target();
+        let SocketAddr::V4(target) = cluster.target() else {
+            bail!("the generated section's services are IPv4");
+        };
         let key = ServiceKey {
             addr: u32::from_ne_bytes(target.ip().octets()),
             port: target.port().to_be(),

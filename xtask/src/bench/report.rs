@@ -367,7 +367,10 @@ pub fn markdown(report: &Report) -> String {
     let real_cells: Vec<&str> = report
         .real
         .iter()
-        .flat_map(|r| r.cells.iter().map(|c| c.mode.as_str()))
+        .flat_map(|r| {
+            let ipv6 = r.ipv6.iter().flat_map(|v| v.cells.iter());
+            r.cells.iter().chain(ipv6).map(|c| c.mode.as_str())
+        })
         .collect();
     out += &real_report::markdown(report.real.as_ref(), &first_seen(real_cells));
     if report.real.is_some() && !report.cells.is_empty() {

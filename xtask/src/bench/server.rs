@@ -3,7 +3,7 @@
 //! connections per second, so the server is never what limits the measured connection rate.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -65,13 +65,11 @@ impl Drop for BenchServer {
 /// tokio runtime: one thread per backend keeps the 2-core machine's CPU for the client and the
 /// node, and an event loop handles tens of thousands of short connections per second where a
 /// thread per connection could not.
-pub fn start(ns: &Netns, addr: SocketAddrV4) -> Result<BenchServer> {
+pub fn start(ns: &Netns, addr: SocketAddr) -> Result<BenchServer> {
     let listener = ns
         .run(move || bind(addr))?
         .with_context(|| format!("binding bench server {addr} in netns {}", ns.name()))?;
-    let SocketAddr::V4(local) = listener.local_addr()? else {
-        anyhow::bail!("bench server bound to {addr} but listens on a non-IPv4 address");
-    };
+    let local = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -95,10 +93,10 @@ pub fn start(ns: &Netns, addr: SocketAddrV4) -> Result<BenchServer> {
 
 /// A non-blocking listener on `addr` with SO_REUSEADDR (a restarted bench can rebind while old
 /// connections linger) and a deep backlog; to be called inside the target namespace.
-fn bind(addr: SocketAddrV4) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.bind(&SocketAddr::V4(addr).into())?;
+    socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     // tokio's from_std requires a non-blocking socket.
     socket.set_nonblocking(true)?;
@@ -206,8 +204,8 @@ mod tests {
             ..TopologyOptions::default()
         })
         .unwrap();
-        let addr = SocketAddrV4::new(topo.backend_addr(0), 8080);
-        let server = start(&topo.backends[0], addr).unwrap();
+        let addr = std::net::SocketAddrV4::new(topo.backend_addr(0), 8080);
+        let server = start(&topo.backends[0], addr.into()).unwrap();
 
         // The reply is the test bed's who-am-I format, so its parser and clients work too.
         let reply = tcp_request(&topo.client, addr, Duration::from_secs(2)).unwrap();

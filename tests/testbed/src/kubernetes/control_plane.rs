@@ -38,8 +38,10 @@ use crate::{LoggedProcess, Netns};
 pub const APISERVER_PORT: u16 = 6443;
 const ETCD_CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2379);
 const ETCD_PEER_URL: &str = "http://127.0.0.1:2380";
-/// The Service ClusterIP range of TESTBED.md (its first address is the `kubernetes` Service's).
-pub const SERVICE_CIDR: &str = "198.19.0.0/16";
+/// The Service ClusterIP ranges, dual-stack: TESTBED.md's IPv4 range (primary: its first
+/// address is the `kubernetes` Service's) and the IPv6 VIPs' (`topology::vip6`), so a Service
+/// of either family or both can be created (the benchmark's IPv6 row).
+pub const SERVICE_CIDR: &str = "198.19.0.0/16,2001:db8:ffff::/112";
 /// The controllers a proxy's input depends on (kube-controller-manager's names).
 const CONTROLLERS: &str = "endpointslice-controller,endpointslice-mirroring-controller,\
                            namespace-controller,serviceaccount-controller";

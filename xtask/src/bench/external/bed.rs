@@ -71,7 +71,7 @@ impl ExtBed {
         for pod in &topo.remote_backends {
             servers.push(server::start(
                 &pod.ns,
-                SocketAddrV4::new(pod.addr(), BACKEND_PORT),
+                SocketAddrV4::new(pod.addr(), BACKEND_PORT).into(),
             )?);
             sinks.push(udp_sink(
                 &pod.ns,

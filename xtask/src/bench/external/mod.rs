@@ -281,7 +281,7 @@ fn measure_connections(
     } else {
         vec![bed::node_ports().0]
     };
-    let mut cfg = LoadConfig::new(targets);
+    let mut cfg = LoadConfig::new(targets.into_iter().map(Into::into).collect());
     cfg.duration = plan.duration;
     cfg.warmup = plan.warmup;
     cfg.concurrency = plan.concurrency;

@@ -45,7 +45,9 @@ pub fn run(
     proxy: &mut RunningProxy,
     seconds: u32,
 ) -> Result<Window> {
-    let ip = *bed.backends().first().context("no backends")?;
+    let ip = *super::objects::selector_pod_ips()
+        .first()
+        .context("no backends")?;
     let (e2e_before, own_before) = proxy.histograms(bed)?;
     let per_second = u32::try_from(Duration::from_secs(1).as_nanos() / PERIOD.as_nanos())
         .unwrap_or(1)

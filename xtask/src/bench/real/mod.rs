@@ -7,6 +7,11 @@
 //! ([`probe::all_answer`]), new connections/s and latency (the generated section's load),
 //! network programming latency under churn ([`churn`]) and by an independent probe
 //! ([`probe::new_endpoint`]), and the proxy's memory and CPU over all of it.
+//!
+//! Then the IPv6 row: the same at its own scales with single-stack IPv6 Services (a
+//! dual-stack API server, a dual-stack bed, servers and client on IPv6), which kube-proxy
+//! serves with its IPv6 proxier (ip6tables rules, or the `ip6` nftables table) beside the
+//! IPv4 one. Churn and the probe stay with the IPv4 row: their selector Services are IPv4.
 
 mod churn;
 mod metrics;
@@ -18,6 +23,7 @@ pub mod report;
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -33,7 +39,9 @@ use self::{
 use super::{
     Plan as BenchPlan,
     bed::BenchBed,
-    cell_in, measure,
+    cell_in,
+    cluster::Family,
+    measure,
     modes::ProcessUsage,
     report::{Placement, Skipped},
 };
@@ -55,17 +63,27 @@ pub struct Plan {
     pub modes: Vec<Proxy>,
     /// Measure [`DIRECT`] too.
     pub direct: bool,
+    /// Scales of IPv4 Services.
     pub scales: Vec<usize>,
+    /// Scales of IPv6 Services (the IPv6 row); empty skips it.
+    pub ipv6_scales: Vec<usize>,
     pub churn_seconds: u32,
     pub probe_rounds: usize,
 }
 
 impl Plan {
-    pub fn new(modes: Vec<Proxy>, direct: bool, scales: Vec<usize>, quick: bool) -> Plan {
+    pub fn new(
+        modes: Vec<Proxy>,
+        direct: bool,
+        scales: Vec<usize>,
+        ipv6_scales: Vec<usize>,
+        quick: bool,
+    ) -> Plan {
         Plan {
             modes,
             direct,
             scales,
+            ipv6_scales,
             churn_seconds: if quick { 3 } else { 15 },
             probe_rounds: if quick { 2 } else { 5 },
         }
@@ -116,9 +134,15 @@ pub fn run(
     let skipped_modes: &[Skipped] = skipped;
     // After every mode's repetition: a long run cut short keeps what it measured.
     let save = |real: &Real| checkpoint(real, skipped_modes);
-    for &services in &plan.scales {
+    let runs = plan
+        .scales
+        .iter()
+        .map(|&n| (Family::Ipv4, n))
+        .chain(plan.ipv6_scales.iter().map(|&n| (Family::Ipv6, n)));
+    for (family, services) in runs {
+        let at = ScalePoint { family, services };
         measure_scale(
-            bench, plan, &modes, services, agent, ct_max, &logs, &mut real, &save,
+            bench, plan, &modes, at, agent, ct_max, &logs, &mut real, &save,
         )?;
     }
     if modes.iter().any(|m| m.is_kproxy())
@@ -155,6 +179,37 @@ fn iptables_version() -> String {
         )
 }
 
+/// One cluster the section measures: `services` Services of `family`.
+#[derive(Clone, Copy)]
+struct ScalePoint {
+    family: Family,
+    services: usize,
+}
+
+impl ScalePoint {
+    /// Where this point's results go: the section itself for IPv4, its IPv6 row for IPv6.
+    fn results(self, real: &mut Real) -> &mut Real {
+        match self.family {
+            Family::Ipv4 => real,
+            Family::Ipv6 => real.ipv6.get_or_insert_with(|| {
+                Box::new(Real {
+                    kubernetes_release: real.kubernetes_release.clone(),
+                    iptables_version: real.iptables_version.clone(),
+                    ..Real::default()
+                })
+            }),
+        }
+    }
+
+    /// How the progress lines and file names say it: "10000" or "10000 IPv6".
+    fn label(self) -> String {
+        match self.family {
+            Family::Ipv4 => self.services.to_string(),
+            Family::Ipv6 => format!("{} IPv6", self.services),
+        }
+    }
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "the run's settings, passed down once per scale"
@@ -163,63 +218,80 @@ fn measure_scale(
     bench: &BenchPlan,
     plan: &Plan,
     modes: &[Proxy],
-    services: usize,
+    at: ScalePoint,
     agent: &Path,
     ct_max: u32,
     logs: &Path,
     real: &mut Real,
     save: &dyn Fn(&Real) -> Result<()>,
 ) -> Result<()> {
-    let dir = bench.output.join(format!("real-control-plane-{services}"));
+    let ScalePoint { family, services } = at;
+    let label = at.label();
+    let file_label = label.replace(' ', "-");
+    let dir = bench
+        .output
+        .join(format!("real-control-plane-{file_label}"));
     // A previous run's data would be a different cluster.
     let _ = std::fs::remove_dir_all(&dir);
-    eprintln!("bench: real section, {services} services: starting the control plane");
+    eprintln!("bench: real section, {label} services: starting the control plane");
     let plane = Plane::start(&dir)?;
-    let backends = BenchBed::backend_addresses();
-    let cluster =
-        super::cluster::Cluster::with_first_vip(services, &backends, objects::FIRST_BENCH_VIP);
-    let created = objects::create(&plane, &cluster, &backends)
-        .with_context(|| format!("creating {services} services through the API"))?;
+    let backends = BenchBed::backend_addresses(family);
+    let cluster = super::cluster::Cluster::with_first_vip(
+        services,
+        &backends,
+        family,
+        objects::FIRST_BENCH_VIP,
+    );
+    let created = objects::create(&plane, &cluster)
+        .with_context(|| format!("creating {label} services through the API"))?;
     eprintln!(
         "bench:   {} objects created in {:.1} s",
         services * 2,
         created.as_secs_f64()
     );
-    real.scales.push(Scale {
+    at.results(real).scales.push(Scale {
         services,
         create_s: created.as_secs_f64(),
         objects: services * 2,
     });
     let frontends = cluster.all_frontends();
     let mut targets = probe::sample(&frontends, SAMPLE);
-    targets.push(objects::CHURN.frontend());
+    if family == Family::Ipv4 {
+        targets.push(objects::CHURN.frontend());
+    }
     // Modes that failed at this scale (a proxy that cannot program every Service in time):
     // said in the report, and not tried again; the others go on.
     let mut failed: Vec<Proxy> = Vec::new();
     for rep in 0..bench.repetitions {
         if plan.direct {
             eprintln!(
-                "bench: real section, {services} services, {DIRECT} (no proxy), repetition {}/{}",
+                "bench: real section, {label} services, {DIRECT} (no proxy), repetition {}/{}",
                 rep + 1,
                 bench.repetitions
             );
-            let sample = measure_direct(bench)?;
-            cell_in(&mut real.cells, DIRECT, services, Placement::Last)
-                .samples
-                .push(sample);
+            let sample = measure_direct(bench, family)?;
+            cell_in(
+                &mut at.results(real).cells,
+                DIRECT,
+                services,
+                Placement::Last,
+            )
+            .samples
+            .push(sample);
         }
         for &mode in modes {
             if failed.contains(&mode) {
                 continue;
             }
             eprintln!(
-                "bench: real section, {services} services, {}, repetition {}/{}",
+                "bench: real section, {label} services, {}, repetition {}/{}",
                 mode.name(),
                 rep + 1,
                 bench.repetitions
             );
-            let log = logs.join(format!("{services}-{}-{rep}.log", mode.name()));
+            let log = logs.join(format!("{file_label}-{}-{rep}.log", mode.name()));
             let run = Run {
+                family,
                 bench,
                 plan,
                 plane: &plane,
@@ -229,17 +301,17 @@ fn measure_scale(
                 frontends: &frontends,
                 log: &log,
             };
-            if let Err(e) = run.measure(mode, services, real) {
+            if let Err(e) = run.measure(mode, services, at.results(real)) {
                 eprintln!(
-                    "bench: {} at {services} services failed: {e:#}\nthe proxy's log ({}) ends \
+                    "bench: {} at {label} services failed: {e:#}\nthe proxy's log ({}) ends \
                      with:\n{}\n{}",
                     mode.name(),
                     log.display(),
                     tail(&log, 30),
                     plane.log_tails(15)
                 );
-                real.notes.push(format!(
-                    "{} at {services} services, repetition {}: {e:#}; not measured further at \
+                at.results(real).notes.push(format!(
+                    "{} at {label} services, repetition {}: {e:#}; not measured further at \
                      this scale",
                     mode.name(),
                     rep + 1
@@ -257,21 +329,24 @@ fn measure_scale(
 
 /// One mode's repetition at one scale.
 struct Run<'a> {
+    /// The Services' family: the bed's, the load's and the probes'.
+    family: Family,
     bench: &'a BenchPlan,
     plan: &'a Plan,
     plane: &'a Plane,
     agent: &'a Path,
     ct_max: u32,
-    targets: &'a [std::net::SocketAddrV4],
-    frontends: &'a [std::net::SocketAddrV4],
+    targets: &'a [SocketAddr],
+    frontends: &'a [SocketAddr],
     log: &'a PathBuf,
 }
 
 impl Run<'_> {
+    /// Measures `mode` and records it in `real` (the section, or its IPv6 row).
     fn measure(&self, mode: Proxy, services: usize, real: &mut Real) -> Result<()> {
-        let bed = BenchBed::new()?;
+        let bed = BenchBed::for_family(self.family)?;
         self.plane.link(&bed)?;
-        reset_selector_pods(self.plane, &bed)?;
+        reset_selector_pods(self.plane)?;
         let _ = std::fs::remove_file(self.log);
         let mut proxy = proxy::start(mode, &bed, self.plane, self.agent, self.ct_max, self.log)?;
         // Generous: kube-proxy's iptables mode takes 3.5 minutes for 10,000 services here,
@@ -295,20 +370,28 @@ impl Run<'_> {
             .then(|| datapath_counters(self.agent, &bed));
         let (scrape_ms, scrape_bytes) = metrics::scrape_cost(&bed.topo.node, SCRAPES)?;
         eprintln!("bench:   a /metrics scrape: {scrape_ms:.1} ms, {scrape_bytes} bytes");
-        let window = churn::run(self.plane, &bed, &mut proxy, self.plan.churn_seconds)?;
-        let probes = probe::new_endpoint(self.plane, &bed, &mut proxy, self.plan.probe_rounds)?;
-        eprintln!(
-            "bench:   churn: {} flips, {} annotated; probe: {probes:.1?} ms",
-            window.flips, window.annotated
-        );
+        // Churn and the probe change IPv4 selector Services: measured in the IPv4 row.
+        let churned = if self.family == Family::Ipv4 {
+            let window = churn::run(self.plane, &bed, &mut proxy, self.plan.churn_seconds)?;
+            let probes = probe::new_endpoint(self.plane, &bed, &mut proxy, self.plan.probe_rounds)?;
+            eprintln!(
+                "bench:   churn: {} flips, {} annotated; probe: {probes:.1?} ms",
+                window.flips, window.annotated
+            );
+            Some((window, probes))
+        } else {
+            None
+        };
         let usage = proxy.usage();
         proxy.stop()?;
 
         let cell = proxy_cell(real, mode, services);
         cell.programmed_ms.push(programmed.as_secs_f64() * 1e3);
         cell.first_sync_ms.extend(first_sync);
-        record_window(cell, &window);
-        cell.probe_ms.extend(probes);
+        if let Some((window, probes)) = churned {
+            record_window(cell, &window);
+            cell.probe_ms.extend(probes);
+        }
         cell.datapath_counters.extend(counters);
         cell.scrape_ms.push(scrape_ms);
         cell.scrape_bytes
@@ -370,13 +453,13 @@ fn datapath_counters(agent: &Path, bed: &BenchBed) -> BTreeMap<String, u64> {
 }
 
 /// New connections from the client of a fresh bed straight to its backends' servers, in
-/// turn: what the bed does without any Service translation.
-fn measure_direct(bench: &BenchPlan) -> Result<super::report::Sample> {
-    let bed = BenchBed::new()?;
+/// turn, in `family`: what the bed does without any Service translation.
+fn measure_direct(bench: &BenchPlan, family: Family) -> Result<super::report::Sample> {
+    let bed = BenchBed::for_family(family)?;
     let backends = bed
         .backends()
         .into_iter()
-        .map(|b| std::net::SocketAddrV4::new(b, super::cluster::BACKEND_PORT))
+        .map(|b| SocketAddr::new(b, super::cluster::BACKEND_PORT))
         .collect();
     let mut cfg = super::load::LoadConfig::new(backends);
     cfg.duration = bench.duration;
@@ -387,9 +470,9 @@ fn measure_direct(bench: &BenchPlan) -> Result<super::report::Sample> {
 
 /// The churn pod Ready on the first backend, the probe's pod not Ready: each run starts
 /// from the same cluster.
-fn reset_selector_pods(plane: &Plane, bed: &BenchBed) -> Result<()> {
+fn reset_selector_pods(plane: &Plane) -> Result<()> {
     let now = std::time::SystemTime::now();
-    let backends = bed.backends();
+    let backends = objects::selector_pod_ips();
     objects::CHURN.set_ready(plane, 0, backends[0], true, now)?;
     let last = *backends.last().context("no backends")?;
     objects::PROBE.set_ready(plane, 0, last, false, now)

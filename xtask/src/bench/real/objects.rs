@@ -6,7 +6,7 @@
 //! `endpoints.kubernetes.io/last-change-trigger-time`.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -16,7 +16,8 @@ use k8s_openapi::chrono::{DateTime, SecondsFormat};
 use serde_json::{Value, json};
 
 use super::super::{
-    cluster::{self, BACKEND_PORT, CHANGED_PORT, Cluster, SERVICE_PORT},
+    bed::BenchBed,
+    cluster::{self, BACKEND_PORT, CHANGED_PORT, Cluster, Family, SERVICE_PORT},
     modes::NODE_NAME,
 };
 use super::plane::Plane;
@@ -30,6 +31,12 @@ const IN_FLIGHT: usize = 48;
 /// The label that keeps the EndpointSlice controller's hands off the hand-written slices.
 const MANAGED_BY: &str = "bench.kproxy.dev";
 const SELECTOR_NAMESPACE: &str = "default";
+
+/// The selector Services' pod addresses: the backends' IPv4 ones (the selector Services are
+/// IPv4 whatever the bench Services' family).
+pub fn selector_pod_ips() -> Vec<IpAddr> {
+    BenchBed::backend_addresses(Family::Ipv4)
+}
 
 /// A selector Service with its pods, one per backend it names.
 pub struct Selector {
@@ -54,8 +61,8 @@ pub const PROBE: Selector = Selector {
 };
 
 impl Selector {
-    pub fn frontend(&self) -> std::net::SocketAddrV4 {
-        std::net::SocketAddrV4::new(self.vip, SERVICE_PORT)
+    pub fn frontend(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.vip.into(), SERVICE_PORT)
     }
 
     pub fn pod(&self, i: usize) -> String {
@@ -85,7 +92,7 @@ impl Selector {
         &self,
         plane: &Plane,
         i: usize,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         ready: bool,
         at: SystemTime,
     ) -> Result<()> {
@@ -96,7 +103,7 @@ impl Selector {
 }
 
 /// A pod's status with its Ready condition changed at `at` (whole seconds, as the API stores it).
-pub fn pod_status(ip: Ipv4Addr, ready: bool, at: SystemTime) -> Value {
+pub fn pod_status(ip: IpAddr, ready: bool, at: SystemTime) -> Value {
     let ready = if ready { "True" } else { "False" };
     let since = rfc3339_seconds(at);
     json!({
@@ -123,7 +130,8 @@ pub fn rfc3339_seconds(at: SystemTime) -> String {
 /// Creates the bench Services and their slices, the selector Services and their pods
 /// (churn pods Ready on every backend, the probe's pod not Ready); returns how long the
 /// bench Services and slices took to create.
-pub fn create(plane: &Plane, cluster: &Cluster, backends: &[Ipv4Addr]) -> Result<Duration> {
+pub fn create(plane: &Plane, cluster: &Cluster) -> Result<Duration> {
+    let backends = selector_pod_ips();
     plane.cp.apply(&json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": cluster::NAMESPACE},
@@ -196,7 +204,7 @@ mod tests {
     fn transition_times_are_whole_seconds_in_utc() {
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_999);
         assert_eq!(rfc3339_seconds(at), "2023-11-14T22:13:20Z");
-        let status = pod_status(Ipv4Addr::new(198, 18, 2, 2), false, at);
+        let status = pod_status(Ipv4Addr::new(198, 18, 2, 2).into(), false, at);
         assert_eq!(status["conditions"][0]["status"], "False");
         assert_eq!(
             status["conditions"][0]["lastTransitionTime"],
@@ -206,9 +214,12 @@ mod tests {
 
     #[test]
     fn bench_vips_start_past_the_selector_services() {
-        let cluster = Cluster::with_first_vip(2, &[Ipv4Addr::new(198, 18, 2, 2)], FIRST_BENCH_VIP);
-        let first = cluster.frontend(0);
-        assert!(u32::from(*first.ip()) > u32::from(PROBE.vip));
-        assert_eq!(*first.ip(), Ipv4Addr::new(198, 19, 0, 17));
+        let backends = [Family::Ipv4.backend(0)];
+        let cluster = Cluster::with_first_vip(2, &backends, Family::Ipv4, FIRST_BENCH_VIP);
+        let IpAddr::V4(first) = cluster.frontend(0).ip() else {
+            panic!("an IPv4 cluster's frontend is IPv6");
+        };
+        assert!(u32::from(first) > u32::from(PROBE.vip));
+        assert_eq!(first, Ipv4Addr::new(198, 19, 0, 17));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{SocketAddr, SocketAddrV4, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -42,8 +42,8 @@ const ALL_ANSWER_SPACING: Duration = Duration::from_millis(20);
 const PROBE_TIMEOUT: Duration = Duration::from_mins(2);
 
 /// One request through `target` from the calling thread's namespace: the reply line.
-fn ask(target: SocketAddrV4) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), ATTEMPT_TIMEOUT)?;
+fn ask(target: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&target, ATTEMPT_TIMEOUT)?;
     stream.set_read_timeout(Some(ATTEMPT_TIMEOUT))?;
     stream.write_all(b"probe\n")?;
     let mut line = String::new();
@@ -59,7 +59,7 @@ fn ask(target: SocketAddrV4) -> std::io::Result<String> {
 pub fn all_answer(
     bed: &BenchBed,
     proxy: &mut RunningProxy,
-    targets: Vec<SocketAddrV4>,
+    targets: Vec<SocketAddr>,
     timeout: Duration,
 ) -> Result<Duration> {
     let started = proxy.started;
@@ -102,7 +102,7 @@ pub fn all_answer(
 /// Asks `target` every `spacing` from the calling thread's namespace, attempts overlapping,
 /// until one gets a reply (returned, with when it came), `stop` is set or `deadline` passes.
 fn first_reply(
-    target: SocketAddrV4,
+    target: SocketAddr,
     spacing: Duration,
     deadline: Instant,
     stop: &AtomicBool,
@@ -163,12 +163,12 @@ fn watch<T>(
 
 /// The Services probed for "every Service answers": the last created, the first, and
 /// `sample` spread evenly between (all of them when there are fewer).
-pub fn sample(frontends: &[SocketAddrV4], sample: usize) -> Vec<SocketAddrV4> {
+pub fn sample(frontends: &[SocketAddr], sample: usize) -> Vec<SocketAddr> {
     let n = frontends.len();
     if n <= sample + 2 {
         return frontends.to_vec();
     }
-    let mut picked: Vec<SocketAddrV4> = (0..=sample + 1)
+    let mut picked: Vec<SocketAddr> = (0..=sample + 1)
         .map(|k| frontends[k * (n - 1) / (sample + 1)])
         .collect();
     picked.dedup();
@@ -189,7 +189,9 @@ pub fn new_endpoint(
     proxy: &mut RunningProxy,
     rounds: usize,
 ) -> Result<Vec<f64>> {
-    let pod_ip = *bed.backends().last().context("no backends")?;
+    let pod_ip = *super::objects::selector_pod_ips()
+        .last()
+        .context("no backends")?;
     let target = PROBE.frontend();
     let mut took = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -230,7 +232,7 @@ pub fn new_endpoint(
 fn poll(
     ns: &Netns,
     proxy: &mut RunningProxy,
-    target: SocketAddrV4,
+    target: SocketAddr,
     timeout: Duration,
     done: fn(&std::io::Result<String>) -> bool,
 ) -> Result<Option<String>> {
@@ -263,8 +265,8 @@ mod tests {
 
     #[test]
     fn the_sample_has_the_first_and_last_and_spreads_between() {
-        let all: Vec<SocketAddrV4> = (0..1000u16)
-            .map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 0), i))
+        let all: Vec<SocketAddr> = (0..1000u16)
+            .map(|i| SocketAddr::new(Ipv4Addr::new(198, 19, 0, 0).into(), i))
             .collect();
         let picked = sample(&all, 8);
         assert_eq!(picked.len(), 10);

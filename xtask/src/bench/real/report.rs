@@ -27,6 +27,10 @@ pub struct Real {
     pub probe_rounds: usize,
     /// What could not be measured, and why.
     pub notes: Vec<String>,
+    /// The IPv6 row: the same measurements with single-stack IPv6 Services (no churn or
+    /// probe: those change IPv4 selector Services, measured above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Box<Real>>,
 }
 
 /// One scale's control plane.
@@ -114,19 +118,54 @@ pub fn markdown(real: Option<&Real>, modes: &[&str]) -> String {
             super::DIRECT
         );
     }
-    out += "\n#### New connections (real kube-proxy)\n\n";
-    out += &connections_table(&real.cells, REAL_BASELINE, modes);
-    out += &programming_table(real);
-    out += &churn_table(real);
-    out += &resources_table(real);
-    if !real.notes.is_empty() {
-        out += "Notes:\n\n";
-        for note in &real.notes {
-            let _ = writeln!(out, "- {note}");
-        }
-        out += "\n";
+    if !real.scales.is_empty() {
+        out += "\n#### New connections (real kube-proxy)\n\n";
+        out += &connections_table(&real.cells, REAL_BASELINE, modes);
+        out += &programming_table(real, "real kube-proxy");
+        out += &churn_table(real);
+        out += &resources_table(real, "real kube-proxy");
+    }
+    out += &notes(real);
+    if let Some(ipv6) = &real.ipv6 {
+        out += &ipv6_markdown(ipv6, modes);
     }
     out
+}
+
+/// The IPv6 row: its scales, connections, programming and resources.
+fn ipv6_markdown(ipv6: &Real, modes: &[&str]) -> String {
+    let mut out = String::from(
+        "#### IPv6 (real kube-proxy)\n\n\
+         The same measurements with single-stack IPv6 Services (`ipFamilies: [IPv6]`, VIPs \
+         in 2001:db8:ffff::/112 of a dual-stack API server) and IPv6 EndpointSlices, on a \
+         dual-stack bed where client and servers speak IPv6: kube-proxy serves them with \
+         its IPv6 proxier (ip6tables rules in iptables mode, the `ip6` table in nftables \
+         mode), kproxy with its IPv6 programs. Churn and the probe are not repeated here: \
+         their selector Services are IPv4.\n\n",
+    );
+    for scale in &ipv6.scales {
+        let _ = writeln!(
+            out,
+            "- {} IPv6 services: {} objects created through the API in {:.1} s.",
+            scale.services, scale.objects, scale.create_s
+        );
+    }
+    out += "\n##### New connections over IPv6 (real kube-proxy)\n\n";
+    out += &connections_table(&ipv6.cells, REAL_BASELINE, modes);
+    out += &programming_table(ipv6, "real kube-proxy, IPv6");
+    out += &resources_table(ipv6, "real kube-proxy, IPv6");
+    out + &notes(ipv6)
+}
+
+fn notes(real: &Real) -> String {
+    if real.notes.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("Notes:\n\n");
+    for note in &real.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    out + "\n"
 }
 
 fn rows(real: &Real) -> Vec<&ProxyCell> {
@@ -139,9 +178,9 @@ fn ms(values: &[f64]) -> String {
     opt(Stat::of(values).map(|s| fmt_stat(s, fmt_num)))
 }
 
-fn programming_table(real: &Real) -> String {
-    let mut out = String::from(
-        "#### Full programming from nothing (real kube-proxy)\n\n\
+fn programming_table(real: &Real, section: &str) -> String {
+    let mut out = format!(
+        "#### Full programming from nothing ({section})\n\n\
          From the proxy process's start until every sampled Service answers a connection (the \
          last created, the first, and 62 between; the same probe for every mode), and the \
          proxy's own account of its first full sync (kproxy's log, kube-proxy's \
@@ -200,12 +239,12 @@ fn churn_table(real: &Real) -> String {
     out + "\n"
 }
 
-fn resources_table(real: &Real) -> String {
-    let mut out = String::from(
-        "#### Proxy resources (real kube-proxy)\n\n\
-         Over the whole run of a repetition (programming, load, churn, probe): the proxy's \
-         peak resident memory (VmHWM), its CPU time, and the CPU time of the processes it \
-         ran (kube-proxy's iptables-restore/nft).\n\n\
+fn resources_table(real: &Real, section: &str) -> String {
+    let mut out = format!(
+        "#### Proxy resources ({section})\n\n\
+         Over the whole run of a repetition (programming, load; churn and probe in the IPv4 \
+         row): the proxy's peak resident memory (VmHWM), its CPU time, and the CPU time of \
+         the processes it ran (kube-proxy's iptables-restore/nft).\n\n\
          | mode | services | peak RSS MiB (min–max) | CPU s | children CPU s |\n\
          |---|---:|---:|---:|---:|\n",
     );
@@ -221,4 +260,88 @@ fn resources_table(real: &Real) -> String {
         );
     }
     out + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::report::{Placement, Sample};
+    use super::*;
+
+    fn cell(mode: &str, services: usize, rate: f64) -> Cell {
+        Cell {
+            mode: mode.into(),
+            services,
+            placement: Placement::Last,
+            samples: vec![Sample {
+                rate,
+                p50_us: 500,
+                p99_us: 2_000,
+                max_us: 3_000,
+                errors: 0,
+            }],
+        }
+    }
+
+    /// A run of the IPv6 row alone (`--ipv6-only`): kproxy at twice kube-proxy's rate.
+    fn ipv6_only() -> Real {
+        let ipv6 = Real {
+            scales: vec![Scale {
+                services: 10_000,
+                create_s: 60.0,
+                objects: 20_000,
+            }],
+            cells: vec![
+                cell("kproxy-tc", 10_000, 20_000.0),
+                cell(REAL_BASELINE, 10_000, 10_000.0),
+            ],
+            proxies: vec![ProxyCell {
+                mode: "kproxy-tc".into(),
+                services: 10_000,
+                programmed_ms: vec![1_234.0],
+                peak_rss_mib: vec![45.0],
+                ..ProxyCell::default()
+            }],
+            ..Real::default()
+        };
+        Real {
+            kubernetes_release: "v1.37.2".into(),
+            ipv6: Some(Box::new(ipv6)),
+            ..Real::default()
+        }
+    }
+
+    #[test]
+    fn the_ipv6_row_has_its_own_tables_and_ratios() {
+        let text = markdown(Some(&ipv6_only()), &["kproxy-tc", REAL_BASELINE]);
+        assert!(text.contains("#### IPv6 (real kube-proxy)"), "{text}");
+        assert!(
+            text.contains("- 10000 IPv6 services: 20000 objects"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| kproxy-tc | 10000 | last | 20,000 (20,000–20,000) | 2.00× |"),
+            "{text}"
+        );
+        assert!(text.contains("Full programming from nothing (real kube-proxy, IPv6)"));
+        assert!(
+            text.contains("| kproxy-tc | 10000 | 1,234 (1,234–1,234) |"),
+            "{text}"
+        );
+        // No IPv4 scale ran: no IPv4 tables, and no churn table for IPv6.
+        assert!(
+            !text.contains("#### New connections (real kube-proxy)"),
+            "{text}"
+        );
+        assert!(!text.contains("endpoint churn"), "{text}");
+    }
+
+    #[test]
+    fn the_ipv6_row_round_trips_and_older_data_loads_without_it() {
+        let real = ipv6_only();
+        let json = serde_json::to_string(&real).unwrap();
+        assert_eq!(serde_json::from_str::<Real>(&json).unwrap(), real);
+        let older = serde_json::to_value(Real::default()).unwrap();
+        assert!(older.get("ipv6").is_none());
+        assert_eq!(serde_json::from_value::<Real>(older).unwrap().ipv6, None);
+    }
 }
