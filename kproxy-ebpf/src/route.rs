@@ -11,7 +11,6 @@ use aya_ebpf::{
     bindings::{
         BPF_F_INGRESS, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_fib_lookup,
-        bpf_redir_neigh,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
 };
@@ -125,22 +124,17 @@ pub fn reroute<F: Family>(pkt: &TcPacket) -> i32 {
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             // The route is known but the next hop's MAC is not: let the neighbour subsystem
-            // resolve it (ARP) and send the packet.
-            let mut nh_slot = MaybeUninit::<bpf_redir_neigh>::uninit();
-            let nh = zero_in_place(&mut nh_slot);
-            nh.nh_family = u32::from(params.family);
-            // SAFETY: on NO_NEIGH the lookup leaves the next hop in its family's `dst`; the
-            // two members share their first bytes, IPv6's is the whole.
-            nh.__bindgen_anon_1.ipv6_nh = unsafe { params.__bindgen_anon_4.ipv6_dst };
-            // SAFETY: nh lives on the stack for the call.
-            unsafe {
-                bpf_redirect_neigh(
-                    params.ifindex,
-                    core::ptr::from_mut(nh),
-                    size_of::<bpf_redir_neigh>() as i32,
-                    0,
-                )
-            };
+            // resolve it (ARP, neighbour discovery) and send the packet. No next hop is
+            // passed: the kernel then routes the packet itself and gives it that route, so
+            // it waits for resolution on the route it will take. Given a next hop, a packet
+            // the node sent itself (egress) keeps the route it was sent by, the VIP's, and
+            // when the neighbour answers the kernel sends what waited by that route's next
+            // hop: out of the VIP's interface to a host that is not the backend. The first
+            // SYN of a node's connection to each backend not yet resolved was lost that way
+            // (the node-process tests in clusterip.rs and ipv6.rs count retransmissions).
+            // SAFETY: helper call; without parameters (null, length 0) the kernel looks the
+            // route up; TC_ACT_REDIRECT carries it out.
+            unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
             TC_ACT_REDIRECT
         }
         // Not forwarded: no route, or a local address. A backend on one of the node's own

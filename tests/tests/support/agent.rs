@@ -172,6 +172,40 @@ impl Bed {
             .collect()
     }
 
+    /// Empties the node's neighbour tables (both families) on the backends' links, so the
+    /// next packets to the backends wait for neighbour resolution: a packet the datapath
+    /// redirects must then be sent by the route to the backend when the neighbour answers,
+    /// not by the route it had before translation (see `route::reroute` in kproxy-ebpf).
+    pub fn forget_backend_neighbours(&self) {
+        for i in 0..self.topo.backends.len() {
+            let link = self.topo.backend_iface(i);
+            for family in ["-4", "-6"] {
+                self.topo
+                    .node
+                    .ip(&[family, "neigh", "flush", "dev", &link])
+                    .expect("flushing the node's neighbours");
+            }
+        }
+    }
+
+    /// TCP segments the node has retransmitted so far (`TcpRetransSegs`, both families):
+    /// none when no packet of the node's own connections was lost.
+    pub fn node_tcp_retransmissions(&self) -> u64 {
+        let out = self
+            .topo
+            .node
+            .command("nstat")
+            .args(["-asz", "TcpRetransSegs"])
+            .output()
+            .expect("running nstat");
+        assert!(out.status.success(), "nstat: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("TcpRetransSegs"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("TcpRetransSegs in nstat's output")
+    }
+
     /// The bed's node, named `node`.
     pub fn site(&self) -> Site<'_> {
         Site {
