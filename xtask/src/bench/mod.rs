@@ -10,6 +10,7 @@ mod cluster;
 mod external;
 mod load;
 mod modes;
+mod prog_cost;
 mod real;
 mod report;
 mod rules;
@@ -267,6 +268,7 @@ pub fn run(opts: &Options) -> Result<()> {
         programming: Vec::new(),
         agent: Vec::new(),
         xdp: None,
+        prog_cost: Vec::new(),
         external: None,
         real: None,
         targets: Vec::new(),
@@ -321,6 +323,12 @@ pub fn run(opts: &Options) -> Result<()> {
             &agent,
             if plan.quick { 1 } else { plan.repetitions },
         )?);
+    }
+    if modes
+        .iter()
+        .any(|m| matches!(m, Mode::KproxyTc | Mode::KproxyXdp))
+    {
+        report.prog_cost = prog_cost::measure(&agent, &plan.scales, plan.repetitions, CT_MAX)?;
     }
     if let Some(ext) = &plan.external {
         report.external = Some(external::run(ext, &agent, &object)?);

@@ -138,6 +138,18 @@ pub struct AgentUsage {
     pub cpu_seconds: f64,
 }
 
+/// The datapath program's own time per packet at one scale (`BPF_PROG_TEST_RUN`, see
+/// `prog_cost`): one median of many runs per repetition, ns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgCost {
+    /// `tc-ingress` or `xdp`.
+    pub program: String,
+    /// `new flow`, `established`, or the floor (an empty program).
+    pub path: String,
+    pub services: usize,
+    pub ns: Vec<f64>,
+}
+
 /// What the XDP program costs packets: packets per second, one value per repetition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct XdpCost {
@@ -299,6 +311,9 @@ pub struct Report {
     pub programming: Vec<Programming>,
     pub agent: Vec<AgentUsage>,
     pub xdp: Option<XdpCost>,
+    /// The programs' own time per packet by scale; empty in reports from before it existed.
+    #[serde(default)]
+    pub prog_cost: Vec<ProgCost>,
     /// Absent in reports from before the section existed.
     #[serde(default)]
     pub external: Option<External>,
@@ -383,6 +398,7 @@ pub fn markdown(report: &Report) -> String {
     out += &programming_section(report);
     out += &agent_section(report);
     out += &xdp_section(report);
+    out += &prog_cost_section(&report.prog_cost);
     out += &external_section(report);
     out += &targets_section(report);
     out += &skipped_section(report);
@@ -557,6 +573,63 @@ fn agent_section(report: &Report) -> String {
             a.services,
             fmt_num(a.peak_rss_mib),
             fmt_num(a.cpu_seconds)
+        );
+    }
+    out + "\n"
+}
+
+/// The path that times the timing itself: an empty program (see `prog_cost`).
+const FLOOR_PATH: &str = "floor (empty program)";
+
+/// The programs' own time per packet by scale. This machine's speed drifts over seconds,
+/// and every path moves with the floor measured in turns with it, so the figures are also
+/// given in floors, and compared across scales in floors.
+fn prog_cost_section(costs: &[ProgCost]) -> String {
+    if costs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "### Datapath time per packet (BPF_PROG_TEST_RUN)\n\n\
+         kproxy's programs run by the kernel on frames from the client to the last Service, \
+         one frame per run, timed by the kernel around the program alone: a new flow (a SYN \
+         from a new source port: frontend, backend choice, conntrack entries created) and \
+         an established one (an ACK of a known flow), taking turns run by run with an empty \
+         program (the floor, which every figure includes). Medians of 4,000 runs of each per \
+         repetition; the median and range over repetitions. The machine's speed drifts over \
+         seconds and every path moves with its floor, so \"in floors\" (ns over the floor's \
+         ns in the same runs) is the figure to compare across scales; × smallest compares it \
+         with the same program and path at the smallest scale.\n\n\
+         | program | path | services | ns/packet (min–max) | in floors | × smallest |\n\
+         |---|---|---:|---:|---:|---:|\n",
+    );
+    let median = |c: &ProgCost| Stat::of(&c.ns).map(|s| s.median);
+    let in_floors = |c: &ProgCost| {
+        let floor = costs
+            .iter()
+            .find(|f| f.program == c.program && f.services == c.services && f.path == FLOOR_PATH)?;
+        Some(median(c)? / median(floor)?)
+    };
+    let mut sorted: Vec<&ProgCost> = costs.iter().collect();
+    sorted
+        .sort_by(|a, b| (&a.program, &a.path, a.services).cmp(&(&b.program, &b.path, b.services)));
+    for cost in sorted {
+        let smallest = costs
+            .iter()
+            .filter(|c| c.program == cost.program && c.path == cost.path)
+            .min_by_key(|c| c.services);
+        let ratio = (cost.path != FLOOR_PATH)
+            .then(|| Some(in_floors(cost)? / in_floors(smallest?)?))
+            .flatten()
+            .map(fmt_ratio);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            cost.program,
+            cost.path,
+            cost.services,
+            opt(Stat::of(&cost.ns).map(|s| fmt_stat(s, fmt_num))),
+            opt(in_floors(cost).map(|r| format!("{r:.2}"))),
+            opt(ratio),
         );
     }
     out + "\n"
@@ -1404,6 +1477,7 @@ mod tests {
                 kproxy: vec![990_000.0],
                 service: vec![],
             }),
+            prog_cost: fake_prog_cost(),
             external: Some(fake_external()),
             real: None,
             targets: vec![
@@ -1430,6 +1504,23 @@ mod tests {
     }
 
     /// Three modes, two repetitions each: (mode, conn/s, delivered pps).
+    /// XDP's new flows at two scales, 10% apart, and floors 10% apart: the same in floors.
+    fn fake_prog_cost() -> Vec<ProgCost> {
+        [
+            ("new flow", 10, 400.0),
+            ("new flow", 1000, 440.0),
+            (FLOOR_PATH, 10, 50.0),
+            (FLOOR_PATH, 1000, 55.0),
+        ]
+        .map(|(path, services, ns)| ProgCost {
+            program: "xdp".into(),
+            path: path.into(),
+            services,
+            ns: vec![ns - 10.0, ns + 10.0],
+        })
+        .to_vec()
+    }
+
     fn fake_external() -> External {
         let cells = [
             ("kproxy-xdp", 16_000.0, 900_000.0),
@@ -1566,6 +1657,13 @@ mod tests {
             )
         );
         assert!(!md.contains("packets to a service"));
+        for row in [
+            "| xdp | new flow | 10 | 400 (390–410) | 8.00 | 1.00× |",
+            "| xdp | new flow | 1000 | 440 (430–450) | 8.00 | 1.00× |",
+            "| xdp | floor (empty program) | 1000 | 55.0 (45.0–65.0) | 1.00 | – |",
+        ] {
+            assert!(md.contains(row), "{row} in {md}");
+        }
         assert!(md.contains("| 10k services conn/s | ≥ 2× iptables-legacy | 11.00× | PASS |"));
         assert!(md.contains("| agent RSS | < 10 MiB | 31.5 MiB | **MISS** |"));
         assert!(md.contains("1 of 2 targets met"));

@@ -477,6 +477,7 @@ mod tests {
             programming: vec![],
             agent: vec![],
             xdp: None,
+            prog_cost: Vec::new(),
             external: None,
             real: None,
             targets: vec![],

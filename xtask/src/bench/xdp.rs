@@ -33,8 +33,8 @@ const FRAMES: u32 = 2_000_000;
 const BATCH: u32 = 64;
 
 pub(super) const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+pub(super) const BPF_PROG_TEST_RUN: libc::c_long = 10;
+pub(super) const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_CREATE: libc::c_long = 28;
 pub(super) const BPF_PROG_TYPE_XDP: u32 = 6;
 pub(super) const BPF_XDP: u32 = 37;

@@ -1,0 +1,334 @@
+//! The datapath's own cost per packet, apart from everything around it: kproxy's TC ingress
+//! and XDP programs run by `BPF_PROG_TEST_RUN` on frames from the client to the last
+//! Service, one frame per run, at every scale of the generated section. The kernel times
+//! each run around the program alone (`duration`), so what the figures hold is the program:
+//! its parsing, map lookups, conntrack and rewrite, not the stack or the load generator.
+//!
+//! Two paths: a **new flow** (a SYN from a source port not seen before: frontend lookup,
+//! backend choice, two conntrack entries created) and an **established** one (an ACK of a
+//! flow created once before: the conntrack hit). Each run gets a fresh copy of its frame
+//! (a repeat count would run the program again on the frame it already translated). The
+//! same timing of a program that only returns is the floor every figure includes.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    path::Path,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::links::{FdLink, PinnedLink};
+use etherparse::PacketBuilder;
+
+use super::{
+    bed::BenchBed,
+    cluster::Cluster,
+    modes::{self, Mode},
+    report::ProgCost,
+    xdp::{self, BPF_PROG_GET_FD_BY_ID, BPF_PROG_TEST_RUN, bpf, owned, put_u32, put_u64},
+};
+
+/// Runs per path and repetition; the median of their times is the repetition's figure.
+const RUNS: u32 = 4_000;
+/// Source ports of the new flows start here; the warm-up's and the established flow's are
+/// below.
+const FIRST_PORT: u16 = 20_000;
+/// Runs before the measured ones.
+const WARM_UP: u32 = 1_000;
+const WARM_UP_PORTS: u16 = 1_000;
+
+/// The programs measured and how each is found among the agent's pinned links.
+#[derive(Clone, Copy)]
+enum Program {
+    TcIngress,
+    Xdp,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Program::TcIngress => "tc-ingress",
+            Program::Xdp => "xdp",
+        }
+    }
+
+    /// The mode whose agent attaches this program to the client's link.
+    fn mode(self) -> Mode {
+        match self {
+            Program::TcIngress => Mode::KproxyTc,
+            Program::Xdp => Mode::KproxyXdp,
+        }
+    }
+}
+
+/// Measures both programs at every scale, `repetitions` times each (agents interleaved).
+pub fn measure(
+    agent: &Path,
+    scales: &[usize],
+    repetitions: usize,
+    ct_max: u32,
+) -> Result<Vec<ProgCost>> {
+    let mut out = Vec::new();
+    for &services in scales {
+        eprintln!("bench: datapath time per packet, {services} services");
+        measure_scale(agent, services, repetitions, ct_max, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn measure_scale(
+    agent: &Path,
+    services: usize,
+    repetitions: usize,
+    ct_max: u32,
+    out: &mut Vec<ProgCost>,
+) -> Result<()> {
+    let cluster = Cluster::new(
+        services,
+        &BenchBed::backend_addresses(super::cluster::Family::Ipv4),
+    );
+    let SocketAddr::V4(target) = cluster.target() else {
+        bail!("the generated section's services are IPv4");
+    };
+    for _ in 0..repetitions {
+        for program in [Program::TcIngress, Program::Xdp] {
+            let bed = BenchBed::new()?;
+            let (running, _) = modes::start(program.mode(), &bed, &cluster, agent, ct_max)?;
+            let measured = measure_program(&bed, program, target);
+            running.stop()?;
+            for (path, ns) in measured? {
+                cost_in(out, program.name(), path, services).ns.push(ns);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The program's median time per run on each path, and the floor's.
+fn measure_program(
+    bed: &BenchBed,
+    program: Program,
+    target: SocketAddrV4,
+) -> Result<Vec<(&'static str, f64)>> {
+    let node = &bed.topo.node;
+    let iface = bed.topo.client_iface();
+    let ifindex = node.link_index(iface)?;
+    let frames = Frames {
+        src_mac: bed.topo.client.mac("eth0")?,
+        dst_mac: node.mac(iface)?,
+        client: bed.topo.client_addr(),
+        target,
+    };
+    let prog = pinned_program(&bed.pin_dir(), program)?;
+    let floor = match program {
+        Program::Xdp => xdp::load_bare_pass()?,
+        Program::TcIngress => load_bare_tc()?,
+    };
+    // Warm-up, not counted: the program's code and maps into the caches, the new-flow path
+    // included (source ports below the measured ones), and the established flow created.
+    let established_port = FIRST_PORT - WARM_UP_PORTS - 1;
+    let mut warm = (0..WARM_UP)
+        .map(|i| frames.syn(FIRST_PORT - WARM_UP_PORTS + u16::try_from(i)?))
+        .collect::<Result<Vec<_>>>()?;
+    warm.push(frames.syn(established_port)?);
+    let ack = frames.ack(established_port)?;
+    let syns = (0..RUNS)
+        .map(|i| frames.syn(FIRST_PORT + u16::try_from(i)?))
+        .collect::<Result<Vec<_>>>()?;
+    let (prog, floor) = (prog.try_clone()?, floor.try_clone()?);
+    // The paths take turns run by run: this machine's speed drifts over seconds, and taking
+    // turns gives every path the same share of each phase.
+    let times = node.run(move || -> Result<[Vec<u32>; 3]> {
+        pin_to_cpu(MEASURING_CPU)?;
+        for frame in &warm {
+            test_run(prog.as_fd(), program, frame, ifindex)?;
+        }
+        let mut times: [Vec<u32>; 3] = Default::default();
+        for syn in &syns {
+            times[0].push(test_run(prog.as_fd(), program, syn, ifindex)?);
+            times[1].push(test_run(prog.as_fd(), program, &ack, ifindex)?);
+            times[2].push(test_run(floor.as_fd(), program, &ack, ifindex)?);
+        }
+        Ok(times)
+    })??;
+    let [new_flow, established, floor] = times.map(median);
+    Ok(vec![
+        ("new flow", new_flow),
+        ("established", established),
+        ("floor (empty program)", floor),
+    ])
+}
+
+/// The frames of the measurement: the client's, as its link delivers them to the node.
+struct Frames {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    client: std::net::Ipv4Addr,
+    target: SocketAddrV4,
+}
+
+impl Frames {
+    fn syn(&self, port: u16) -> Result<Vec<u8>> {
+        self.tcp(port, true)
+    }
+
+    fn ack(&self, port: u16) -> Result<Vec<u8>> {
+        self.tcp(port, false)
+    }
+
+    fn tcp(&self, port: u16, syn: bool) -> Result<Vec<u8>> {
+        let builder = PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .ipv4(self.client.octets(), self.target.ip().octets(), 64)
+            .tcp(port, self.target.port(), 1, 64_240);
+        let builder = if syn { builder.syn() } else { builder.ack(1) };
+        let mut out = Vec::new();
+        builder.write(&mut out, &[])?;
+        Ok(out)
+    }
+}
+
+/// The program of `program`'s kind the agent attached to the client's link, through its
+/// pinned link (`<hook>-<ifindex>-<name>` under `links/`).
+fn pinned_program(pin_dir: &Path, program: Program) -> Result<OwnedFd> {
+    let prefix = match program {
+        Program::TcIngress => "tc-ingress-",
+        Program::Xdp => "xdp-",
+    };
+    let pin = std::fs::read_dir(pin_dir.join("links"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(prefix) && n.ends_with("-kc")
+            })
+        })
+        .with_context(|| format!("no pinned {prefix}…-kc link under {}", pin_dir.display()))?;
+    let link = FdLink::from(PinnedLink::from_pin(&pin)?);
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, link.info()?.program_id());
+    owned(bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).context("opening kproxy's program")?)
+}
+
+/// A TC program that only returns TC_ACT_OK (`r0 = 0; exit`): the floor.
+fn load_bare_tc() -> Result<OwnedFd> {
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x95];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
+    put_u32(&mut attr, 4, 2);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    attr[48..48 + 7].copy_from_slice(b"bare_tc");
+    owned(bpf(xdp::BPF_PROG_LOAD, &mut attr).context("loading the bare TC program")?)
+}
+
+/// One run of `prog` on `frame` as received on `ifindex` (of the calling thread's
+/// namespace); the kernel's time for it, ns.
+fn test_run(prog: BorrowedFd<'_>, program: Program, frame: &[u8], ifindex: u32) -> Result<u32> {
+    let len = u32::try_from(frame.len())?;
+    let mut out = vec![0u8; frame.len() + 256];
+    // struct xdp_md (data, data_end, data_meta, ingress_ifindex, ...) or struct __sk_buff
+    // (len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
+    // priority, ingress_ifindex, ifindex, ...): the interface the frame came in on.
+    let mut ctx = [0u32; 48];
+    let ctx_len = match program {
+        Program::Xdp => {
+            ctx[..4].copy_from_slice(&[0, len, 0, ifindex]);
+            6
+        }
+        Program::TcIngress => {
+            ctx[9] = ifindex;
+            ctx[10] = ifindex;
+            48
+        }
+    };
+    let mut attr = [0u8; 80];
+    put_u32(&mut attr, 0, prog.as_raw_fd().unsigned_abs());
+    put_u32(&mut attr, 8, len);
+    put_u32(&mut attr, 12, u32::try_from(out.len())?);
+    put_u64(&mut attr, 16, frame.as_ptr() as u64);
+    put_u64(&mut attr, 24, out.as_mut_ptr() as u64);
+    put_u32(&mut attr, 32, 1);
+    put_u32(&mut attr, 40, ctx_len * 4);
+    put_u64(&mut attr, 48, ctx.as_ptr() as u64);
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
+    Ok(u32::from_ne_bytes(attr[36..40].try_into()?))
+}
+
+/// The CPU every run is made on: the two CPUs of a VM can differ by half in speed at a
+/// given moment (one shares its host core, or takes the interrupts), so runs that land on
+/// either would put two speeds into one figure.
+const MEASURING_CPU: usize = 1;
+
+/// Keeps the calling thread on `cpu` (or on CPU 0 if there is no such CPU).
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let cpu = if cpu < cpus { cpu } else { 0 };
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed by reference with its own size.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if rc != 0 {
+        bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn median(mut times: Vec<u32>) -> f64 {
+    times.sort_unstable();
+    times
+        .get(times.len() / 2)
+        .copied()
+        .map_or(f64::NAN, f64::from)
+}
+
+fn cost_in<'a>(
+    costs: &'a mut Vec<ProgCost>,
+    program: &str,
+    path: &str,
+    services: usize,
+) -> &'a mut ProgCost {
+    let at = costs
+        .iter()
+        .position(|c| c.program == program && c.path == path && c.services == services);
+    let at = at.unwrap_or_else(|| {
+        costs.push(ProgCost {
+            program: program.into(),
+            path: path.into(),
+            services,
+            ns: Vec::new(),
+        });
+        costs.len() - 1
+    });
+    &mut costs[at]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_a_syn_and_an_ack_to_the_target() {
+        let frames = Frames {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            client: std::net::Ipv4Addr::new(198, 18, 1, 2),
+            target: SocketAddrV4::new(std::net::Ipv4Addr::new(198, 19, 0, 10), 80),
+        };
+        for (frame, syn) in [
+            (frames.syn(20_000).unwrap(), true),
+            (frames.ack(20_000).unwrap(), false),
+        ] {
+            let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = packet.transport else {
+                panic!("not TCP");
+            };
+            assert_eq!((tcp.source_port(), tcp.destination_port()), (20_000, 80));
+            assert_eq!((tcp.syn(), tcp.ack()), (syn, !syn));
+        }
+        assert!((median(vec![5, 1, 9, 3, 7]) - 5.0).abs() < f64::EPSILON);
+    }
+}
