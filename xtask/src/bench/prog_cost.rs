@@ -17,7 +17,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::programs::links::{FdLink, PinnedLink};
 use etherparse::PacketBuilder;
 
 use super::{
@@ -25,7 +24,7 @@ use super::{
     cluster::Cluster,
     modes::{self, Mode},
     report::ProgCost,
-    xdp::{self, BPF_PROG_GET_FD_BY_ID, BPF_PROG_TEST_RUN, bpf, owned, put_u32, put_u64},
+    xdp::{self, BPF_PROG_TEST_RUN, bpf, put_u32, put_u64},
 };
 
 /// Runs per path and repetition; the median of their times is the repetition's figure.
@@ -194,33 +193,15 @@ fn pinned_program(pin_dir: &Path, program: Program) -> Result<OwnedFd> {
         Program::TcIngress => "tc-ingress-",
         Program::Xdp => "xdp-",
     };
-    let pin = std::fs::read_dir(pin_dir.join("links"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with(prefix) && n.ends_with("-kc")
-            })
-        })
-        .with_context(|| format!("no pinned {prefix}…-kc link under {}", pin_dir.display()))?;
-    let link = FdLink::from(PinnedLink::from_pin(&pin)?);
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, link.info()?.program_id());
-    owned(bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).context("opening kproxy's program")?)
+    xdp::pinned_program(pin_dir, |name| {
+        name.starts_with(prefix) && name.ends_with("-kc")
+    })
 }
 
-/// A TC program that only returns TC_ACT_OK (`r0 = 0; exit`): the floor.
+/// A TC program that only returns TC_ACT_OK: the floor.
 fn load_bare_tc() -> Result<OwnedFd> {
     const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x95];
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
-    put_u32(&mut attr, 4, 2);
-    put_u64(&mut attr, 8, insns.as_ptr() as u64);
-    put_u64(&mut attr, 16, license.as_ptr() as u64);
-    attr[48..48 + 7].copy_from_slice(b"bare_tc");
-    owned(bpf(xdp::BPF_PROG_LOAD, &mut attr).context("loading the bare TC program")?)
+    xdp::load_returning(BPF_PROG_TYPE_SCHED_CLS, 0, 0, "bare_tc")
 }
 
 /// One run of `prog` on `frame` as received on `ifindex` (of the calling thread's

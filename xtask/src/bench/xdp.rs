@@ -34,7 +34,7 @@ const BATCH: u32 = 64;
 
 pub(super) const BPF_PROG_LOAD: libc::c_long = 5;
 pub(super) const BPF_PROG_TEST_RUN: libc::c_long = 10;
-pub(super) const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_CREATE: libc::c_long = 28;
 pub(super) const BPF_PROG_TYPE_XDP: u32 = 6;
 pub(super) const BPF_XDP: u32 = 37;
@@ -64,30 +64,44 @@ pub(super) fn owned(fd: i64) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The baseline: an XDP program that only returns XDP_PASS (`r0 = 2; exit`).
+/// The baseline: an XDP program that only returns XDP_PASS.
 pub(super) fn load_bare_pass() -> Result<OwnedFd> {
-    let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x95];
+    load_returning(BPF_PROG_TYPE_XDP, BPF_XDP, 2, "bare_pass")
+}
+
+/// A program of `prog_type` (expected to attach as `attach_type`) that only returns `r0`
+/// (`r0 = value; exit`), named `name` (at most 15 bytes).
+pub(super) fn load_returning(
+    prog_type: u32,
+    attach_type: u32,
+    r0: u32,
+    name: &str,
+) -> Result<OwnedFd> {
+    let insns: [u64; 2] = [(u64::from(r0) << 32) | 0xb7, 0x95];
     let license = c"GPL";
     let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
+    put_u32(&mut attr, 0, prog_type);
     put_u32(&mut attr, 4, 2);
     put_u64(&mut attr, 8, insns.as_ptr() as u64);
     put_u64(&mut attr, 16, license.as_ptr() as u64);
-    attr[48..48 + 9].copy_from_slice(b"bare_pass");
-    put_u32(&mut attr, 68, BPF_XDP);
-    owned(bpf(BPF_PROG_LOAD, &mut attr).context("loading the bare XDP_PASS program")?)
+    attr[48..48 + name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+    put_u32(&mut attr, 68, attach_type);
+    owned(bpf(BPF_PROG_LOAD, &mut attr).with_context(|| format!("loading {name}"))?)
 }
 
-/// kproxy's XDP program, through the link the agent pinned for `iface`.
+/// kproxy's XDP program, through the link the agent pinned for it.
 pub(super) fn kproxy_program(pin_dir: &Path) -> Result<OwnedFd> {
+    pinned_program(pin_dir, |name| name.starts_with("xdp-"))
+}
+
+/// The program of the first link pinned under `pin_dir/links` whose name `wanted` accepts
+/// (`<hook>-<ifindex>-<interface>`).
+pub(super) fn pinned_program(pin_dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<OwnedFd> {
     let links = pin_dir.join("links");
     let pin = std::fs::read_dir(&links)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("xdp-"))
-        })
-        .context("no pinned XDP link")?;
+        .find(|p| p.file_name().is_some_and(|n| wanted(&n.to_string_lossy())))
+        .with_context(|| format!("no such pinned link under {}", links.display()))?;
     let link = aya::programs::links::FdLink::from(PinnedLink::from_pin(&pin)?);
     let id = link.info()?.program_id();
     let mut attr = [0u8; 128];
