@@ -118,7 +118,7 @@ fn measure_program(
         client: bed.topo.client_addr(),
         target,
     };
-    let prog = pinned_program(&bed.pin_dir(), program)?;
+    let prog = pinned_program(&bed.pin_dir(), program, iface)?;
     let floor = match program {
         Program::Xdp => xdp::load_bare_pass()?,
         Program::TcIngress => load_bare_tc()?,
@@ -186,15 +186,16 @@ impl Frames {
     }
 }
 
-/// The program of `program`'s kind the agent attached to the client's link, through its
+/// The program of `program`'s kind the agent attached to `iface`, through its
 /// pinned link (`<hook>-<ifindex>-<name>` under `links/`).
-fn pinned_program(pin_dir: &Path, program: Program) -> Result<OwnedFd> {
+fn pinned_program(pin_dir: &Path, program: Program, iface: &str) -> Result<OwnedFd> {
     let prefix = match program {
         Program::TcIngress => "tc-ingress-",
         Program::Xdp => "xdp-",
     };
+    let suffix = format!("-{iface}");
     xdp::pinned_program(pin_dir, |name| {
-        name.starts_with(prefix) && name.ends_with("-kc")
+        name.starts_with(prefix) && name.ends_with(&suffix)
     })
 }
 
