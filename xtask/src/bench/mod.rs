@@ -472,37 +472,43 @@ fn cell_in<'a>(
     services: usize,
     placement: Placement,
 ) -> &'a mut Cell {
-    let at = cells
-        .iter()
-        .position(|c| c.mode == mode && c.services == services && c.placement == placement);
-    let at = at.unwrap_or_else(|| {
-        cells.push(Cell {
+    entry(
+        cells,
+        |c| c.mode == mode && c.services == services && c.placement == placement,
+        || Cell {
             mode: mode.into(),
             services,
             placement,
             samples: Vec::new(),
-        });
-        cells.len() - 1
-    });
-    &mut cells[at]
+        },
+    )
+}
+
+/// The first of `items` that `matches`, or else `new()` appended: a report's row, added
+/// the first time a measurement goes into it.
+fn entry<T>(items: &mut Vec<T>, matches: impl Fn(&T) -> bool, new: impl FnOnce() -> T) -> &mut T {
+    let at = match items.iter().position(matches) {
+        Some(at) => at,
+        None => {
+            items.push(new());
+            items.len() - 1
+        }
+    };
+    &mut items[at]
 }
 
 fn programming(report: &mut Report, mode: Mode, services: usize) -> &mut Programming {
-    let at = report
-        .programming
-        .iter()
-        .position(|p| p.mode == mode.name() && p.services == services);
-    let at = at.unwrap_or_else(|| {
-        report.programming.push(Programming {
+    entry(
+        &mut report.programming,
+        |p| p.mode == mode.name() && p.services == services,
+        || Programming {
             mode: mode.name().into(),
             services,
             full_sync_ms: Vec::new(),
             one_change_ms: Vec::new(),
             agent_change_ms: Vec::new(),
-        });
-        report.programming.len() - 1
-    });
-    &mut report.programming[at]
+        },
+    )
 }
 
 /// Keeps the worst (highest) usage seen per scale.

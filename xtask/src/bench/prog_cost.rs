@@ -273,19 +273,16 @@ fn cost_in<'a>(
     path: &str,
     services: usize,
 ) -> &'a mut ProgCost {
-    let at = costs
-        .iter()
-        .position(|c| c.program == program && c.path == path && c.services == services);
-    let at = at.unwrap_or_else(|| {
-        costs.push(ProgCost {
+    super::entry(
+        costs,
+        |c| c.program == program && c.path == path && c.services == services,
+        || ProgCost {
             program: program.into(),
             path: path.into(),
             services,
             ns: Vec::new(),
-        });
-        costs.len() - 1
-    });
-    &mut costs[at]
+        },
+    )
 }
 
 #[cfg(test)]

@@ -496,20 +496,16 @@ fn record_window(cell: &mut ProxyCell, window: &churn::Window) {
 }
 
 fn proxy_cell(real: &mut Real, mode: Proxy, services: usize) -> &mut ProxyCell {
-    let at = real
-        .proxies
-        .iter()
-        .position(|p| p.mode == mode.name() && p.services == services);
-    let at = at.unwrap_or_else(|| {
-        real.proxies.push(ProxyCell {
+    super::entry(
+        &mut real.proxies,
+        |p| p.mode == mode.name() && p.services == services,
+        || ProxyCell {
             mode: mode.name().into(),
             services,
             own_meaning: mode.histograms().own_meaning.into(),
             ..ProxyCell::default()
-        });
-        real.proxies.len() - 1
-    });
-    &mut real.proxies[at]
+        },
+    )
 }
 
 /// The last `lines` of a log file.
