@@ -11,12 +11,13 @@ pub mod iface;
 pub mod lb;
 pub mod meta;
 pub mod names;
+pub mod sock;
 pub mod stats;
 
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` lets the agent use these types as map keys and values.
-    use crate::{addr, config, ct, iface, lb, meta, stats};
+    use crate::{addr, config, ct, iface, lb, meta, sock, stats};
 
     macro_rules! pod {
         ($($t:ty),* $(,)?) => { $(
@@ -52,5 +53,13 @@ mod pod {
         stats::BackendStats,
         stats::GlobalStats,
         config::Config,
+        sock::SockRevKey,
+        sock::SockRevKey6,
+        sock::SockRev,
+        sock::SockRev6,
+        sock::SockFlowKey,
+        sock::SockFlowKey6,
+        sock::SockFlow,
+        sock::SockAffinityKey,
     );
 }

@@ -58,6 +58,11 @@ pub const MAP_TAIL_XDP: &str = "KP_TAIL_XDP";
 /// Per-CPU scratch memory (not pinned: nothing in it outlives a packet): frames sent back,
 /// and what one IPv6 stage hands the next (see `lb::Stage` in the eBPF crate).
 pub const MAP_SCRATCH: &str = "KP_SCRATCH";
+pub const MAP_SOCK_REV: &str = "KP_SOCK_REV";
+pub const MAP_SOCK_REV6: &str = "KP_SOCK_REV6";
+pub const MAP_SOCK_FLOWS: &str = "KP_SOCK_FLOWS";
+pub const MAP_SOCK_FLOWS6: &str = "KP_SOCK_FLOWS6";
+pub const MAP_SOCK_AFFINITY: &str = "KP_SOCK_AFFINITY";
 pub const MAP_STAGE6: &str = "KP_STAGE6";
 
 /// `KP_TAIL_TC` indices.
@@ -119,10 +124,38 @@ pub const TAIL_CALLS: [(&str, &str, u32); 12] = [
     (PROG_XDP6_CREATE, MAP_TAIL_XDP, TAIL_STAGE_CREATE),
     (PROG_XDP6_ICMP, MAP_TAIL_XDP, TAIL_STAGE_ICMP),
 ];
+/// Socket-level load balancing's cgroup programs (`--socket-lb`), loaded and attached only
+/// when it is on.
+pub const PROG_SOCK_CONNECT4: &str = "kproxy_sock_connect4";
+pub const PROG_SOCK_CONNECT6: &str = "kproxy_sock_connect6";
+pub const PROG_SOCK_SENDMSG4: &str = "kproxy_sock_sendmsg4";
+pub const PROG_SOCK_SENDMSG6: &str = "kproxy_sock_sendmsg6";
+pub const PROG_SOCK_RECVMSG4: &str = "kproxy_sock_recvmsg4";
+pub const PROG_SOCK_RECVMSG6: &str = "kproxy_sock_recvmsg6";
+pub const PROG_SOCK_GETPEERNAME4: &str = "kproxy_sock_getpeername4";
+pub const PROG_SOCK_GETPEERNAME6: &str = "kproxy_sock_getpeername6";
+pub const SOCKET_PROGRAMS: [&str; 8] = [
+    PROG_SOCK_CONNECT4,
+    PROG_SOCK_CONNECT6,
+    PROG_SOCK_SENDMSG4,
+    PROG_SOCK_SENDMSG6,
+    PROG_SOCK_RECVMSG4,
+    PROG_SOCK_RECVMSG6,
+    PROG_SOCK_GETPEERNAME4,
+    PROG_SOCK_GETPEERNAME6,
+];
+
+/// Load-time constants: globals of the object the agent sets before loading it, which the
+/// verifier then sees as constants. The node's network namespace (its cookie, `u64`).
+pub const GLOBAL_HOST_NETNS: &str = "KP_HOST_NETNS";
+/// Non-zero when socket-level load balancing serves pods' sockets too (`u32`).
+pub const GLOBAL_SOCK_LB_PODS: &str = "KP_SOCK_LB_PODS";
+pub const GLOBALS: [&str; 2] = [GLOBAL_HOST_NETNS, GLOBAL_SOCK_LB_PODS];
+
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 35] = [
+pub const MAPS: [&str; 40] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -158,4 +191,9 @@ pub const MAPS: [&str; 35] = [
     MAP_TAIL_XDP,
     MAP_SCRATCH,
     MAP_STAGE6,
+    MAP_SOCK_REV,
+    MAP_SOCK_REV6,
+    MAP_SOCK_FLOWS,
+    MAP_SOCK_FLOWS6,
+    MAP_SOCK_AFFINITY,
 ];

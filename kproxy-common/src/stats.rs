@@ -154,6 +154,26 @@ counters! {
     /// An IPv6 packet whose next step (a program of its own) the agent has not installed:
     /// dropped.
     DropStageMissing = "drop_stage_missing", drop "stage_missing";
+    /// Socket-level load balancing: a connect (TCP or UDP) to a frontend pointed at a
+    /// backend, once, at the socket; its packets are never translated.
+    SockConnects = "socket_lb_connects";
+    /// An unconnected UDP datagram to a frontend pointed at its flow's backend at the socket.
+    SockDatagrams = "socket_lb_datagrams";
+    /// getpeername or a received datagram showed the application the frontend rather than
+    /// the backend its socket was pointed at.
+    SockReversed = "socket_lb_reversed";
+    /// A connect or datagram to a frontend without endpoints this client may use: left to
+    /// the packet path, which rejects or drops it as kube-proxy does.
+    SockLeftNoEndpoints = "socket_lb_left_no_endpoints";
+    /// A connect or datagram to a frontend with loadBalancerSourceRanges: left to the packet
+    /// path, which sees the source address the ranges are about.
+    SockLeftSourceRanges = "socket_lb_left_source_ranges";
+    /// A connect or datagram from a pod's namespace while socket-level load balancing serves
+    /// the node's only (`--socket-lb host-only`): left to the packet path.
+    SockLeftPod = "socket_lb_left_pod";
+    /// A connect or datagram whose backend could not be chosen or remembered (maps out of
+    /// step, or full): left to the packet path, which counts its own reason if it fails too.
+    SockLeftError = "socket_lb_left_error";
 }
 
 /// Room for counters added later without changing the map's value size.

@@ -403,20 +403,21 @@ fn decide<F: Family, P: Packet>(
     if !flow.has_l4_header() {
         return Err(Counter::DropFragment);
     }
+    if !policy::source_allowed::<F>(svc, flow.key.saddr) {
+        return Err(Counter::DropSourceRange);
+    }
     let cfg = conntrack::config();
     let client = policy::Client::of::<F, P>(pkt, flow.key.saddr, &cfg);
-    let (svc, masquerade) = policy::serve::<F>(key, svc, client, flow.key.saddr, &cfg)?;
-    if svc.count == 0 {
+    let (svc, masquerade) = policy::serve::<F>(key, svc, client, &cfg);
+    if let Some(why) = refusal(&svc) {
         stats::count_refused(svc.id);
-        if svc.flags & SVC_F_DROP_EMPTY != 0 {
-            return Err(Counter::DropNoLocalEndpoint);
-        }
-        return Err(Counter::Rejected);
+        return Err(why);
     }
     if flow.is_tcp() && !flow.is_syn() {
         return Err(Counter::DropCtInvalid);
     }
-    let (backend_id, backend) = select_backend::<F>(&svc, flow.key.saddr, now)?;
+    let (backend_id, backend) =
+        select_backend::<F, _>(&svc, &ClientAddr::<F>(flow.key.saddr), now)?;
     // Hairpin: a pod that lands on itself must see the answer come from elsewhere
     // than its own address, as kube-proxy's per-endpoint masquerade rule ensures.
     let masq_addr = if masquerade || backend.addr == flow.key.saddr {
@@ -437,6 +438,21 @@ fn decide<F: Family, P: Packet>(
         },
         backend,
     })
+}
+
+/// Why a new flow to the serving entry `svc` (see `policy::serve`) gets no backend: none
+/// when it has endpoints; `Rejected`, or with `SVC_F_DROP_EMPTY` `DropNoLocalEndpoint`, when
+/// it has none. With `policy::serve` and `select_backend`, the decision the packet path and
+/// the socket path share.
+#[inline(always)]
+pub fn refusal(svc: &ServiceValue) -> Option<Counter> {
+    if svc.count != 0 {
+        None
+    } else if svc.flags & SVC_F_DROP_EMPTY != 0 {
+        Some(Counter::DropNoLocalEndpoint)
+    } else {
+        Some(Counter::Rejected)
+    }
 }
 
 /// Creates the entries of the new flow `decision` describes of `flow`, in place of the
@@ -712,31 +728,69 @@ fn reset_flow_here<F: Family, P: Packet>(
     Ok(Action::SentBack)
 }
 
-/// Chooses the backend of a new flow from client `client`: its ClientIP affinity if that is
-/// still valid and its backend still takes new connections, otherwise the next one
-/// round-robin. Either way the affinity is (re)set: kube-proxy's `recent` match refreshes it
-/// on new connections only, not on every packet.
+/// Whose ClientIP affinity a new flow follows: a client address on the packet path, a
+/// network namespace on the socket path (see `kproxy_common::sock::SockAffinityKey`).
+pub trait AffinityOwner {
+    /// The affinity of this owner to service port `svc_id`, if any.
+    fn affinity(&self, svc_id: u32) -> Option<AffinityValue>;
+    /// Records backend `backend_id` as this owner's affinity to service port `svc_id`.
+    fn remember(&self, svc_id: u32, backend_id: u32, now: u64);
+}
+
+/// A client address of family `F`: the packet path's affinity owner.
+pub struct ClientAddr<F: Family>(pub F::Addr);
+
+impl<F: Family> AffinityOwner for ClientAddr<F> {
+    #[inline(always)]
+    fn affinity(&self, svc_id: u32) -> Option<AffinityValue> {
+        let key = AffinityKeyOf {
+            svc_id,
+            client: self.0,
+        };
+        // SAFETY: copied out at once.
+        unsafe { F::affinity().get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn remember(&self, svc_id: u32, backend_id: u32, now: u64) {
+        let key = AffinityKeyOf {
+            svc_id,
+            client: self.0,
+        };
+        let _ = F::affinity().insert(key, affinity_value(backend_id, now), 0);
+    }
+}
+
+/// An affinity to `backend_id` last used at `now`.
 #[inline(always)]
-fn select_backend<F: Family>(
+pub fn affinity_value(backend_id: u32, now: u64) -> AffinityValue {
+    AffinityValue {
+        last_seen_ns: now,
+        backend_id,
+        _pad: 0,
+    }
+}
+
+/// Chooses the backend of a new flow of `owner` to service port `svc`: the owner's ClientIP
+/// affinity if that is still valid and its backend still takes new connections, otherwise
+/// the next one round-robin. Either way the affinity is (re)set: kube-proxy's `recent` match
+/// refreshes it on new connections only, not on every packet.
+#[inline(always)]
+pub fn select_backend<F: Family, O: AffinityOwner>(
     svc: &ServiceValue,
-    client: F::Addr,
+    owner: &O,
     now: u64,
 ) -> Result<(u32, Backend<F>), Counter> {
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
-    let akey = AffinityKeyOf {
-        svc_id: svc.id,
-        client,
-    };
     if affinity
-        // SAFETY: copied out at once.
-        && let Some(a) = unsafe { F::affinity().get(akey) }.copied()
+        && let Some(a) = owner.affinity(svc.id)
         && now.saturating_sub(a.last_seen_ns) <= u64::from(svc.affinity_timeout_s) * NS_PER_SEC
         // SAFETY: copied out at once.
         && let Some(b) = unsafe { F::backends().get(a.backend_id) }.copied()
         && b.is_active()
     {
         stats::count(Counter::AffinityHits);
-        remember_affinity::<F>(&akey, a.backend_id, now);
+        owner.remember(svc.id, a.backend_id, now);
         return Ok((a.backend_id, b));
     }
     let rr = KP_RR.get_ptr_mut(svc.id).ok_or(Counter::DropNoSlot)?;
@@ -755,19 +809,9 @@ fn select_backend<F: Family>(
         .copied()
         .ok_or(Counter::DropNoBackend)?;
     if affinity {
-        remember_affinity::<F>(&akey, id, now);
+        owner.remember(svc.id, id, now);
     }
     Ok((id, backend))
-}
-
-#[inline(always)]
-fn remember_affinity<F: Family>(key: &AffinityKeyOf<F::Addr>, backend_id: u32, now: u64) {
-    let value = AffinityValue {
-        last_seen_ns: now,
-        backend_id,
-        _pad: 0,
-    };
-    let _ = F::affinity().insert(key, value, 0);
 }
 
 called! {

@@ -28,15 +28,16 @@ mod policy;
 mod reset;
 mod route;
 mod scratch;
+mod sock;
 mod stats;
 mod vip;
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    macros::{classifier, xdp},
+    macros::{cgroup_sock_addr, classifier, xdp},
     maps::ProgramArray,
-    programs::{TcContext, XdpContext},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 use kproxy_common::{
@@ -340,6 +341,77 @@ fn xdp_verdict<F: Forwarding>(pkt: &XdpPacket, action: Action) -> u32 {
         Action::SentBack => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,
     }
+}
+
+// --- Socket-level load balancing (see `sock`) ---------------------------------------------
+// Each hook lets the call go on (1) whatever it did: what it leaves alone, the packet path
+// serves.
+
+/// A cgroup socket-address program's "go on".
+const SOCK_ALLOW: i32 = 1;
+
+/// `connect` of an IPv4 socket: a frontend is replaced by its backend.
+#[cgroup_sock_addr(connect4)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::connect::<V4>(&ctx);
+    SOCK_ALLOW
+}
+
+/// `connect` of an IPv6 socket.
+#[cgroup_sock_addr(connect6)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::connect::<V6>(&ctx);
+    SOCK_ALLOW
+}
+
+/// `sendmsg` of an unconnected IPv4 UDP socket.
+#[cgroup_sock_addr(sendmsg4)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg::<V4>(&ctx);
+    SOCK_ALLOW
+}
+
+/// `sendmsg` of an unconnected IPv6 UDP socket.
+#[cgroup_sock_addr(sendmsg6)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg::<V6>(&ctx);
+    SOCK_ALLOW
+}
+
+/// `recvmsg` of an IPv4 UDP socket: a datagram from a backend shows the frontend.
+#[cgroup_sock_addr(recvmsg4)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<V4>(&ctx, true);
+    SOCK_ALLOW
+}
+
+/// `recvmsg` of an IPv6 UDP socket.
+#[cgroup_sock_addr(recvmsg6)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<V6>(&ctx, true);
+    SOCK_ALLOW
+}
+
+/// `getpeername` of an IPv4 socket: the frontend, not the backend.
+#[cgroup_sock_addr(getpeername4)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<V4>(&ctx, false);
+    SOCK_ALLOW
+}
+
+/// `getpeername` of an IPv6 socket.
+#[cgroup_sock_addr(getpeername6)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<V6>(&ctx, false);
+    SOCK_ALLOW
 }
 
 /// The benchmark's ceiling, never attached by the agent: forwards every IPv4 packet the way

@@ -22,6 +22,10 @@ use kproxy_common::{
     },
     meta::Meta,
     names::TAIL_SLOTS,
+    sock::{
+        SockAffinityKey, SockFlow, SockFlowKey, SockFlowKey6, SockRev, SockRev6, SockRevKey,
+        SockRevKey6,
+    },
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
 
@@ -180,3 +184,30 @@ pub static KP_TAIL_TC: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
 /// The IPv6 XDP programs, by `names::TAIL_XDP*` (a program array serves one program type).
 #[map]
 pub static KP_TAIL_XDP: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
+
+// --- Socket-level load balancing (see `sock`) ---------------------------------------------
+// LRUs: an entry belongs to a socket that may close at any time without telling; the least
+// used go first when the table is full. Losing one only shows the backend instead of the
+// frontend to getpeername, or starts a new UDP flow.
+
+/// (backend, socket) → the frontend the socket addressed.
+#[map]
+pub static KP_SOCK_REV: LruHashMap<SockRevKey, SockRev> = LruHashMap::pinned(262_144, 0);
+
+/// `KP_SOCK_REV` for IPv6 sockets.
+#[map]
+pub static KP_SOCK_REV6: LruHashMap<SockRevKey6, SockRev6> = LruHashMap::pinned(262_144, 0);
+
+/// (frontend, unconnected UDP socket) → its flow's backend and last use.
+#[map]
+pub static KP_SOCK_FLOWS: LruHashMap<SockFlowKey, SockFlow> = LruHashMap::pinned(65_536, 0);
+
+/// `KP_SOCK_FLOWS` for IPv6 sockets.
+#[map]
+pub static KP_SOCK_FLOWS6: LruHashMap<SockFlowKey6, SockFlow> = LruHashMap::pinned(65_536, 0);
+
+/// ClientIP affinity of the socket path: (service port id, network namespace) → backend id,
+/// last use.
+#[map]
+pub static KP_SOCK_AFFINITY: LruHashMap<SockAffinityKey, AffinityValue> =
+    LruHashMap::pinned(65_536, 0);

@@ -13,7 +13,6 @@ use kproxy_common::{
         SCOPE_INTERNAL, SVC_F_EXT_LOCAL, SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES, ServiceKeyOf,
         ServiceValue,
     },
-    stats::Counter,
 };
 
 use crate::{conntrack, family::Family, maps::KP_IFACES, packet::Packet, route::LOOPBACK_IFINDEX};
@@ -63,30 +62,34 @@ impl Client {
     }
 }
 
+/// Whether loadBalancerSourceRanges let source `saddr` reach frontend `svc` (always, for a
+/// frontend without them).
+#[inline(always)]
+pub fn source_allowed<F: Family>(svc: &ServiceValue, saddr: F::Addr) -> bool {
+    svc.flags & SVC_F_SOURCE_RANGES == 0 || F::source_allowed(svc.id, saddr)
+}
+
 /// The entry of frontend `key` (found as `svc`) that serves `client`, and whether its new
-/// flow is masqueraded (before hairpin, which depends on the backend chosen).
+/// flow is masqueraded (before hairpin, which depends on the backend chosen). The source
+/// ranges are checked before (`source_allowed`).
 #[inline(always)]
 pub fn serve<F: Family>(
     key: &ServiceKeyOf<F::Addr>,
     svc: &ServiceValue,
     client: Client,
-    saddr: F::Addr,
     cfg: &Config,
-) -> Result<(ServiceValue, bool), Counter> {
-    if svc.flags & SVC_F_SOURCE_RANGES != 0 && !F::source_allowed(svc.id, saddr) {
-        return Err(Counter::DropSourceRange);
-    }
+) -> (ServiceValue, bool) {
     if svc.flags & SVC_F_EXTERNAL == 0 {
         // A cluster IP: masqueraded when everything is, or when the detector says the
         // client is not a pod of the cluster (without a detector, never).
         let masquerade =
             cfg.flags & CFG_F_MASQUERADE_ALL != 0 || (cfg.detects_local() && !client.pod);
-        return Ok((*svc, masquerade));
+        return (*svc, masquerade);
     }
     if svc.flags & SVC_F_EXT_LOCAL == 0 {
         // externalTrafficPolicy Cluster: always masqueraded, so replies from a backend on
         // another node come back through this one.
-        return Ok((*svc, true));
+        return (*svc, true);
     }
     if client.pod || client.node {
         // Local policy, but the client is on this node: cluster-wide, as kube-proxy's
@@ -102,8 +105,8 @@ pub fn serve<F: Family>(
         let cluster = unsafe { F::services().get(internal) }
             .copied()
             .unwrap_or(*svc);
-        return Ok((cluster, client.node));
+        return (cluster, client.node);
     }
     // An external client keeps its address; the entry holds node-local backends only.
-    Ok((*svc, false))
+    (*svc, false)
 }

@@ -13,7 +13,12 @@ use self::duration::GoDuration;
 use crate::{
     agent::{self, AgentConfig, HttpConfig, Source},
     cmd,
-    dataplane::{links::select::IfacePattern, load::MapSizes, node_addrs::NodePortAddresses},
+    dataplane::{
+        links::select::IfacePattern,
+        load::MapSizes,
+        node_addrs::NodePortAddresses,
+        socket_lb::{SocketLbConfig, SocketLbMode},
+    },
     model::LocalDetection,
     source::api::ApiAccess,
 };
@@ -187,6 +192,21 @@ struct RunArgs {
     /// Capacity of the ClientIP affinity table.
     #[arg(long, default_value_t = MapSizes::default().affinity)]
     max_affinities: u32,
+    /// Socket-level load balancing: connects and UDP sends to a Service are pointed at the
+    /// backend once, at the socket, and their packets are never translated. `all`: every
+    /// socket under --cgroup-root; `host-only`: the node's own (pods keep the VIP on the
+    /// wire, as service meshes need); `off`: the packet path serves everything.
+    #[arg(long, value_enum, default_value_t = SocketLbMode::Off)]
+    socket_lb: SocketLbMode,
+    /// The cgroup v2 directory whose sockets socket-level load balancing serves (with its
+    /// descendants). Default: the machine's cgroup v2 root (/sys/fs/cgroup, or
+    /// /sys/fs/cgroup/unified, or mounted at /run/kproxy/cgroupv2).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Capacity of each socket-level load balancing table (sockets pointed at a backend,
+    /// unconnected UDP flows, affinities).
+    #[arg(long, default_value_t = MapSizes::SOCKETS_DEFAULT)]
+    socket_lb_max: u32,
     /// Idle timeout of established TCP flows in kproxy's conntrack table, a Go duration
     /// (`24h0m0s`) or seconds; 0 keeps the default. kube-proxy's flag sets the kernel's
     /// table, which carries its NAT; kproxy's datapath NATs with its own table, which this
@@ -316,6 +336,15 @@ impl RunArgs {
                 backends: self.max_backends,
                 conntrack: self.ct_max,
                 affinity: self.max_affinities,
+                sockets: if self.socket_lb.is_on() {
+                    self.socket_lb_max
+                } else {
+                    1
+                },
+            },
+            socket_lb: SocketLbConfig {
+                mode: self.socket_lb,
+                cgroup: self.cgroup_root,
             },
             conntrack: Config {
                 tcp_syn_timeout_ns: timeout_ns(

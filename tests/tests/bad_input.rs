@@ -153,6 +153,7 @@ fn tiny(services: u32, backends: u32) -> MapSizes {
         backends,
         conntrack: 64,
         affinity: 16,
+        ..MapSizes::default()
     }
 }
 

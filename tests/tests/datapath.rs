@@ -37,8 +37,24 @@ fn every_program_verifies_within_the_instruction_budget() {
     if !require_privileges("every_program_verifies_within_the_instruction_budget") {
         return;
     }
-    let dp = LoadedDatapath::load();
-    for name in names::PROGRAMS.into_iter().chain(names::LAZY_PROGRAMS) {
+    let mut dp = LoadedDatapath::load();
+    // The socket programs are loaded only with --socket-lb: here, by hand.
+    for name in names::SOCKET_PROGRAMS {
+        let program: &mut aya::programs::CgroupSockAddr = dp
+            .ebpf
+            .program_mut(name)
+            .expect("program in object")
+            .try_into()
+            .expect("a cgroup socket-address program");
+        program
+            .load()
+            .unwrap_or_else(|e| panic!("the kernel rejected {name}: {e:#}"));
+    }
+    for name in names::PROGRAMS
+        .into_iter()
+        .chain(names::LAZY_PROGRAMS)
+        .chain(names::SOCKET_PROGRAMS)
+    {
         let walked = dp
             .ebpf
             .program(name)

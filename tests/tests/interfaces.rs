@@ -251,6 +251,7 @@ fn served_interfaces_that_lead_to_pods_are_marked() {
                     backends: 16,
                     conntrack: 1024,
                     affinity: 16,
+                    ..MapSizes::default()
                 };
                 let (ebpf, _) = load::load(&in_node, &sizes).expect("loading the datapath");
                 let selection = Selection {

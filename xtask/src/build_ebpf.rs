@@ -13,7 +13,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use kproxy_common::names::{BENCH_PROGRAMS, LAZY_PROGRAMS, MAPS, PROGRAMS};
+use kproxy_common::names::{
+    BENCH_PROGRAMS, GLOBALS, LAZY_PROGRAMS, MAPS, PROGRAMS, SOCKET_PROGRAMS,
+};
 
 use crate::{capture, cargo, run_checked, target_dir, tools};
 
@@ -105,8 +107,10 @@ fn build(linker: &Path, host: &str, bitcode_dir: &Path, out: &Path, variant: boo
     for symbol in PROGRAMS
         .iter()
         .chain(&LAZY_PROGRAMS)
+        .chain(&SOCKET_PROGRAMS)
         .chain(&BENCH_PROGRAMS)
         .chain(&MAPS)
+        .chain(&GLOBALS)
     {
         link.args(["--export", symbol]);
     }

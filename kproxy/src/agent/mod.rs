@@ -27,6 +27,7 @@ use crate::{
         load::{self, MapSizes, PinnedState},
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
         node_addrs::{NodeAddrs, NodePortAddresses},
+        socket_lb::{self, LoadTimeConstants, SocketLbConfig},
     },
     healthcheck::{self, HealthCheckMetrics, HealthCheckServers},
     http::{
@@ -84,6 +85,8 @@ pub struct AgentConfig {
     pub xdp_ifaces: Vec<IfacePattern>,
     pub pin_dir: PathBuf,
     pub sizes: MapSizes,
+    /// `--socket-lb` and `--cgroup-root`.
+    pub socket_lb: SocketLbConfig,
     /// Conntrack timeouts (`KP_CONFIG`; its flags come from the fields below).
     pub conntrack: Config,
     /// `--nodeport-addresses`.
@@ -195,7 +198,8 @@ pub async fn run(
     health.queued(started);
     let mut drift_requests = serve_http(&config.http, &health, registry).await?;
     // aya's loader before any list: its BTF parse is freed before they come (`load::loader`).
-    let loader = load::loader();
+    let mut loader = load::loader();
+    LoadTimeConstants::for_mode(config.socket_lb.mode)?.apply(&mut loader);
     // The input next: the API lists while the kernel verifies the programs (most of a
     // start), the watches' first answers waiting in their channel.
     let mut input = open_input(&config, &metrics).await?;
@@ -283,7 +287,7 @@ pub async fn run(
     );
     agent.sync_health_checks(&mut health_checks).await;
     // Program first, attach second: once attached, the datapath serves current state.
-    let links = watch_links(ebpf, &agent.config, &agent.metrics)?;
+    let links = attach(ebpf, &agent.config, &agent.metrics)?;
     // Interfaces come and go on their own schedule; the watcher stops with the agent.
     let _links = AbortOnDrop(tokio::spawn(links.run()));
     tracing::info!(pin_dir = %agent.config.pin_dir.display(), "ready");
@@ -465,6 +469,14 @@ fn health_check_bind_addresses(agent: &Agent) -> Vec<std::net::IpAddr> {
         NodePortAddresses::All => healthcheck::ALL_ADDRESSES.to_vec(),
         _ => agent.node_addrs.node_port_addresses().into_iter().collect(),
     }
+}
+
+/// Attaches the socket programs as `--socket-lb` says, and the packet programs to the
+/// interfaces `config` selects now; the watcher returned follows those.
+fn attach(mut ebpf: aya::Ebpf, config: &AgentConfig, metrics: &Metrics) -> Result<LinkWatcher> {
+    socket_lb::apply(&mut ebpf, &config.pin_dir, &config.socket_lb)
+        .context("socket-level load balancing (--socket-lb)")?;
+    watch_links(ebpf, config, metrics)
 }
 
 /// Attaches to the interfaces `config` selects now; the watcher returned follows them.

@@ -480,7 +480,7 @@ fn attach_xdp(prog: &mut Xdp, link: &Link, pin: &Path) -> Result<Attached> {
 ///
 /// Unpinning alone releases the link only once the last reference goes, after an RCU grace
 /// period; `BPF_LINK_DETACH` makes `kproxy cleanup` synchronous.
-fn detach_pinned_link(pin: &Path) -> Result<()> {
+pub fn detach_pinned_link(pin: &Path) -> Result<()> {
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;
     let path = CString::new(pin.as_os_str().as_encoded_bytes())?;
@@ -498,7 +498,7 @@ fn detach_pinned_link(pin: &Path) -> Result<()> {
 
 /// Removes every pin under `pin_dir`: links first (detached at once), then maps.
 pub fn remove_all(pin_dir: &Path) -> Result<usize> {
-    let mut removed = 0;
+    let mut removed = super::socket_lb::detach_all(pin_dir)?;
     let links = links_dir(pin_dir);
     if links.is_dir() {
         for entry in std::fs::read_dir(&links)? {

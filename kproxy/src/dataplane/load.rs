@@ -33,6 +33,10 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// ClientIP affinity entries.
     pub affinity: u32,
+    /// Entries of each socket-level load balancing table (`KP_SOCK_*`): sockets pointed at
+    /// a backend, unconnected UDP flows, affinities by namespace. 1 while it is off: the
+    /// tables are preallocated LRUs, so an unused one of the usual size would hold memory.
+    pub sockets: u32,
 }
 
 impl Default for MapSizes {
@@ -42,11 +46,15 @@ impl Default for MapSizes {
             backends: 262_144,
             conntrack: 262_144,
             affinity: 65_536,
+            sockets: 1,
         }
     }
 }
 
 impl MapSizes {
+    /// `--socket-lb-max`'s default: as many sockets as flows in the default conntrack table.
+    pub const SOCKETS_DEFAULT: u32 = 262_144;
+
     /// The maps that fill with the cluster and its traffic, and their capacities. Each
     /// IPv6 map has its IPv4 twin's.
     pub fn filling_maps(&self) -> [(&'static str, u32); 11] {
@@ -73,6 +81,11 @@ impl MapSizes {
             (names::MAP_RR, self.services),
             (names::MAP_SVC_STATS, self.services),
             (names::MAP_BE_STATS, self.backends),
+            (names::MAP_SOCK_REV, self.sockets),
+            (names::MAP_SOCK_REV6, self.sockets),
+            (names::MAP_SOCK_FLOWS, self.sockets),
+            (names::MAP_SOCK_FLOWS6, self.sockets),
+            (names::MAP_SOCK_AFFINITY, self.sockets),
         ]);
         all
     }

@@ -12,6 +12,7 @@ pub mod load;
 pub mod maps;
 pub mod node_addrs;
 pub mod rtnl;
+pub mod socket_lb;
 pub mod veth;
 
 pub use batch::Walk;

@@ -368,6 +368,7 @@ mod tests {
             backends: 200,
             conntrack: 1_000,
             affinity: 50,
+            ..MapSizes::default()
         };
         // (map, its capacity, its entries as counted)
         let v4 = [

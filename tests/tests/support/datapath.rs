@@ -98,6 +98,7 @@ pub const SIZES: MapSizes = MapSizes {
     backends: 256,
     conntrack: 1024,
     affinity: 256,
+    sockets: 1,
 };
 
 impl LoadedDatapath {

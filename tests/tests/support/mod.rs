@@ -6,6 +6,7 @@
 )]
 
 pub mod agent;
+pub mod cgroup;
 pub mod cluster;
 pub mod datapath;
 pub mod http;

@@ -1,0 +1,398 @@
+//! Socket-level load balancing (cgroup `connect`, `sendmsg`, `recvmsg`, `getpeername`
+//! hooks): a connect (TCP or UDP) or an unconnected UDP datagram to a service frontend is
+//! pointed at its backend once, at the socket, so its packets are never translated and need
+//! no conntrack entry. getpeername and received datagrams show the application the frontend,
+//! as behind NAT.
+//!
+//! The backend is chosen by the packet path's own decision (`policy::serve`, `lb::refusal`,
+//! `lb::select_backend`), with the socket's network namespace as the affinity owner. What a
+//! socket cannot decide alike is left untouched to the packet path, counted: frontends with
+//! loadBalancerSourceRanges (the source address is not known at connect time), frontends
+//! without endpoints (the packet path's reject or drop is what the client must see), and,
+//! with `--socket-lb host-only`, sockets of pods.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    maps::LruHashMap,
+    programs::SockAddrContext,
+};
+use kproxy_common::{
+    addr::In6Addr,
+    config::{IPPROTO_TCP, IPPROTO_UDP},
+    ct::AffinityValue,
+    lb::{BackendOf, SVC_F_SOURCE_RANGES, ServiceKeyOf, ServiceValue},
+    sock::{
+        SOCK_FLOW_F_REPLIED, SockAffinityKey, SockFlow, SockFlowKeyOf, SockRevKeyOf, SockRevOf,
+        cookie_words,
+    },
+    stats::Counter,
+};
+
+use crate::{
+    conntrack,
+    family::{Family, V4, V6},
+    frontend,
+    lb::{self, AffinityOwner},
+    maps::{KP_SOCK_AFFINITY, KP_SOCK_FLOWS, KP_SOCK_FLOWS6, KP_SOCK_REV, KP_SOCK_REV6},
+    policy, stats,
+};
+
+/// Load-time constant (`names::GLOBAL_HOST_NETNS`): the cookie of the network namespace the
+/// agent runs in, the node's. The agent writes it into the object before loading it, so the
+/// kernel's verifier sees it as a constant.
+#[unsafe(no_mangle)]
+static KP_HOST_NETNS: u64 = 0;
+
+/// Load-time constant (`names::GLOBAL_SOCK_LB_PODS`): non-zero when sockets of every network
+/// namespace are served (`--socket-lb all`), zero when only the node's are (`host-only`).
+#[unsafe(no_mangle)]
+static KP_SOCK_LB_PODS: u32 = 0;
+
+/// What a hook needs of its family beyond the packet path's.
+pub trait SockFamily: Family {
+    fn rev() -> &'static LruHashMap<SockRevKeyOf<Self::Addr>, SockRevOf<Self::Addr>>;
+    fn flows() -> &'static LruHashMap<SockFlowKeyOf<Self::Addr>, SockFlow>;
+    /// The address and port the application gave (network byte order).
+    fn user_addr(sa: *const bpf_sock_addr) -> (Self::Addr, u16);
+    /// Replaces them.
+    fn set_user_addr(sa: *mut bpf_sock_addr, addr: Self::Addr, port: u16);
+}
+
+/// `user_port` holds the port in network byte order in its first two bytes.
+#[inline(always)]
+fn user_port(sa: *const bpf_sock_addr) -> u16 {
+    // SAFETY: the context the kernel passed; a 4-byte read of a readable field.
+    unsafe { core::ptr::read_volatile(&raw const (*sa).user_port) as u16 }
+}
+
+#[inline(always)]
+fn set_user_port(sa: *mut bpf_sock_addr, port: u16) {
+    // SAFETY: the context the kernel passed; a 4-byte write of a writable field.
+    unsafe { core::ptr::write_volatile(&raw mut (*sa).user_port, u32::from(port)) };
+}
+
+impl SockFamily for V4 {
+    #[inline(always)]
+    fn rev() -> &'static LruHashMap<SockRevKeyOf<u32>, SockRevOf<u32>> {
+        &KP_SOCK_REV
+    }
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<SockFlowKeyOf<u32>, SockFlow> {
+        &KP_SOCK_FLOWS
+    }
+    #[inline(always)]
+    fn user_addr(sa: *const bpf_sock_addr) -> (u32, u16) {
+        // SAFETY: as `user_port`.
+        let addr = unsafe { core::ptr::read_volatile(&raw const (*sa).user_ip4) };
+        (addr, user_port(sa))
+    }
+    #[inline(always)]
+    fn set_user_addr(sa: *mut bpf_sock_addr, addr: u32, port: u16) {
+        // SAFETY: as `set_user_port`.
+        unsafe { core::ptr::write_volatile(&raw mut (*sa).user_ip4, addr) };
+        set_user_port(sa, port);
+    }
+}
+
+impl SockFamily for V6 {
+    #[inline(always)]
+    fn rev() -> &'static LruHashMap<SockRevKeyOf<In6Addr>, SockRevOf<In6Addr>> {
+        &KP_SOCK_REV6
+    }
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<SockFlowKeyOf<In6Addr>, SockFlow> {
+        &KP_SOCK_FLOWS6
+    }
+    #[inline(always)]
+    fn user_addr(sa: *const bpf_sock_addr) -> (In6Addr, u16) {
+        // One 4-byte read per word: the kernel checks the size of every context access.
+        // SAFETY: as `user_port`.
+        let word = |i: usize| unsafe { core::ptr::read_volatile(&raw const (*sa).user_ip6[i]) };
+        (In6Addr([word(0), word(1), word(2), word(3)]), user_port(sa))
+    }
+    #[inline(always)]
+    fn set_user_addr(sa: *mut bpf_sock_addr, addr: In6Addr, port: u16) {
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: as `set_user_port`.
+            unsafe { core::ptr::write_volatile(&raw mut (*sa).user_ip6[i], addr.0[i]) };
+            i += 1;
+        }
+        set_user_port(sa, port);
+    }
+}
+
+/// A socket's network namespace as the owner of its ClientIP affinities.
+struct Netns(u64);
+
+impl AffinityOwner for Netns {
+    #[inline(always)]
+    fn affinity(&self, svc_id: u32) -> Option<AffinityValue> {
+        // SAFETY: copied out at once.
+        unsafe { KP_SOCK_AFFINITY.get(affinity_key(svc_id, self.0)) }.copied()
+    }
+
+    #[inline(always)]
+    fn remember(&self, svc_id: u32, backend_id: u32, now: u64) {
+        let value = lb::affinity_value(backend_id, now);
+        let _ = KP_SOCK_AFFINITY.insert(affinity_key(svc_id, self.0), value, 0);
+    }
+}
+
+#[inline(always)]
+fn affinity_key(svc_id: u32, netns_cookie: u64) -> SockAffinityKey {
+    SockAffinityKey {
+        svc_id,
+        _pad: 0,
+        netns_cookie,
+    }
+}
+
+/// The socket behind the hook's context.
+struct Sock {
+    sa: *mut bpf_sock_addr,
+    cookie: [u32; 2],
+    proto: u8,
+}
+
+impl Sock {
+    #[inline(always)]
+    fn of(ctx: &SockAddrContext) -> Self {
+        let sa = ctx.sock_addr;
+        // SAFETY: the context the kernel passed; helpers this program type may call.
+        let (cookie, proto) = unsafe {
+            (
+                bpf_get_socket_cookie(ctx.as_ptr()),
+                core::ptr::read_volatile(&raw const (*sa).protocol) as u8,
+            )
+        };
+        Self {
+            sa,
+            cookie: cookie_words(cookie),
+            proto,
+        }
+    }
+
+    /// The key of this socket's reverse entry for backend `addr:port`.
+    #[inline(always)]
+    fn rev_key<A: Copy>(&self, addr: A, port: u16) -> SockRevKeyOf<A> {
+        SockRevKeyOf {
+            addr,
+            port,
+            _pad: 0,
+            cookie: self.cookie,
+        }
+    }
+}
+
+/// A frontend found for a socket: its key and value.
+type Found<F> = (ServiceKeyOf<<F as Family>::Addr>, ServiceValue);
+
+/// The client a socket of `ctx` is, as the traffic policies see it, with its namespace;
+/// `None` when its namespace is a pod's and only the node's are served.
+#[inline(always)]
+fn client_of(ctx: &SockAddrContext) -> Option<(policy::Client, u64)> {
+    // SAFETY: a helper this program type may call.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: globals the agent sets before loading (read volatile, so the compiler does
+    // not fold the zero of the source; the verifier knows the value it was given).
+    let (host, pods) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const KP_HOST_NETNS),
+            core::ptr::read_volatile(&raw const KP_SOCK_LB_PODS),
+        )
+    };
+    let node = netns == host;
+    if !node && pods == 0 {
+        return None;
+    }
+    // Every namespace but the node's is a pod's: local-traffic detection would say so.
+    Some((policy::Client { node, pod: !node }, netns))
+}
+
+/// The backend of a new flow of `client` (namespace `netns`) to the frontend `found`, by the
+/// packet path's decision; the counter of why it is left to the packet path otherwise.
+#[inline(always)]
+fn choose<F: Family>(
+    (key, svc): &Found<F>,
+    client: policy::Client,
+    netns: u64,
+    now: u64,
+) -> Result<(u32, ServiceValue, BackendOf<F::Addr>), Counter> {
+    if svc.flags & SVC_F_SOURCE_RANGES != 0 {
+        return Err(Counter::SockLeftSourceRanges);
+    }
+    let (svc, _masquerade) = policy::serve::<F>(key, svc, client, &conntrack::config());
+    if lb::refusal(&svc).is_some() {
+        return Err(Counter::SockLeftNoEndpoints);
+    }
+    let (id, backend) =
+        lb::select_backend::<F, _>(&svc, &Netns(netns), now).map_err(|_| Counter::SockLeftError)?;
+    Ok((id, svc, backend))
+}
+
+/// Points the socket at `backend` in place of the frontend `addr:port` it addressed, and
+/// remembers the frontend for getpeername and replies. Nothing changes if it cannot be
+/// remembered.
+#[inline(always)]
+fn point_at<F: SockFamily>(
+    sock: &Sock,
+    (addr, port): (F::Addr, u16),
+    svc_id: u32,
+    backend: &BackendOf<F::Addr>,
+) -> Result<(), Counter> {
+    let frontend = SockRevOf {
+        addr,
+        port,
+        _pad: 0,
+        svc_id,
+    };
+    F::rev()
+        .insert(sock.rev_key(backend.addr, backend.port), frontend, 0)
+        .map_err(|_| Counter::SockLeftError)?;
+    F::set_user_addr(sock.sa, backend.addr, backend.port);
+    Ok(())
+}
+
+/// `connect` of a TCP or UDP socket.
+#[inline(always)]
+pub fn connect<F: SockFamily>(ctx: &SockAddrContext) {
+    let sock = Sock::of(ctx);
+    if sock.proto != IPPROTO_TCP && sock.proto != IPPROTO_UDP {
+        return;
+    }
+    let dest = F::user_addr(sock.sa);
+    let Some(found) = frontend::find::<F>(dest.0, dest.1, sock.proto) else {
+        return;
+    };
+    let Some((client, netns)) = client_of(ctx) else {
+        stats::count(Counter::SockLeftPod);
+        return;
+    };
+    let now = conntrack::now_ns();
+    let served = choose::<F>(&found, client, netns, now).and_then(|(id, svc, backend)| {
+        point_at::<F>(&sock, dest, svc.id, &backend).map(|()| (id, svc))
+    });
+    match served {
+        Ok((backend_id, svc)) => {
+            stats::count_new_flow(svc.id, backend_id);
+            stats::count(Counter::SockConnects);
+        }
+        Err(why) => stats::count(why),
+    }
+}
+
+/// `sendmsg` of an unconnected UDP socket: each datagram to a frontend goes to its flow's
+/// backend, the flow living as conntrack's UDP entry would (its timeouts, moved off a
+/// backend that stops taking new connections).
+#[inline(always)]
+pub fn sendmsg<F: SockFamily>(ctx: &SockAddrContext) {
+    let sock = Sock::of(ctx);
+    if sock.proto != IPPROTO_UDP {
+        return;
+    }
+    let dest = F::user_addr(sock.sa);
+    let Some(found) = frontend::find::<F>(dest.0, dest.1, sock.proto) else {
+        return;
+    };
+    let Some((client, netns)) = client_of(ctx) else {
+        stats::count(Counter::SockLeftPod);
+        return;
+    };
+    let now = conntrack::now_ns();
+    let key = SockFlowKeyOf {
+        addr: dest.0,
+        port: dest.1,
+        proto: sock.proto,
+        _pad: 0,
+        cookie: sock.cookie,
+    };
+    if let Some(backend) = live_flow::<F>(&key, now) {
+        // The frontend is remembered already; the flow's time is refreshed.
+        F::set_user_addr(sock.sa, backend.addr, backend.port);
+        stats::count(Counter::SockDatagrams);
+        return;
+    }
+    let served = choose::<F>(&found, client, netns, now).and_then(|(id, svc, backend)| {
+        let flow = SockFlow {
+            last_seen_ns: now,
+            backend_id: id,
+            flags: 0,
+        };
+        F::flows()
+            .insert(key, flow, 0)
+            .map_err(|_| Counter::SockLeftError)?;
+        point_at::<F>(&sock, dest, svc.id, &backend).map(|()| (id, svc))
+    });
+    match served {
+        Ok((backend_id, svc)) => {
+            stats::count_new_flow(svc.id, backend_id);
+            stats::count(Counter::SockDatagrams);
+        }
+        Err(why) => stats::count(why),
+    }
+}
+
+/// The backend of the live flow `key`, its last use refreshed: `None` when there is none,
+/// it timed out, or its backend no longer takes new connections (counted as rebalanced).
+#[inline(always)]
+fn live_flow<F: SockFamily>(key: &SockFlowKeyOf<F::Addr>, now: u64) -> Option<BackendOf<F::Addr>> {
+    let flow = F::flows().get_ptr_mut(key)?;
+    // SAFETY: an LRU element may be reused for another key at any time: its fields are
+    // read once, and a torn read only makes a flow look older or newer than it is.
+    let (last_seen, backend_id, flags) =
+        unsafe { ((*flow).last_seen_ns, (*flow).backend_id, (*flow).flags) };
+    let cfg = conntrack::config();
+    let timeout = if flags & SOCK_FLOW_F_REPLIED != 0 {
+        cfg.udp_stream_timeout_ns
+    } else {
+        cfg.udp_timeout_ns
+    };
+    if now.saturating_sub(last_seen) > timeout {
+        return None;
+    }
+    // SAFETY: copied out at once.
+    match unsafe { F::backends().get(backend_id) }.copied() {
+        Some(backend) if backend.is_active() => {
+            // SAFETY: as above; a plain store of this CPU's view of the time.
+            unsafe { (*flow).last_seen_ns = now };
+            Some(backend)
+        }
+        _ => {
+            stats::count(Counter::FlowRebalanced);
+            None
+        }
+    }
+}
+
+/// `getpeername`, and `recvmsg` of a UDP socket: a backend the socket was pointed at is shown
+/// as the frontend the application addressed; a datagram from it marks its flow replied.
+#[inline(always)]
+pub fn reverse<F: SockFamily>(ctx: &SockAddrContext, received: bool) {
+    let sock = Sock::of(ctx);
+    let (addr, port) = F::user_addr(sock.sa);
+    // SAFETY: copied out at once.
+    let Some(frontend) = (unsafe { F::rev().get(sock.rev_key(addr, port)) }).copied() else {
+        return;
+    };
+    F::set_user_addr(sock.sa, frontend.addr, frontend.port);
+    stats::count(Counter::SockReversed);
+    if received {
+        let key = SockFlowKeyOf {
+            addr: frontend.addr,
+            port: frontend.port,
+            proto: sock.proto,
+            _pad: 0,
+            cookie: sock.cookie,
+        };
+        if let Some(flow) = F::flows().get_ptr_mut(key) {
+            // SAFETY: see `live_flow`; setting a bit of a live flow's flags.
+            unsafe {
+                (*flow).flags |= SOCK_FLOW_F_REPLIED;
+                (*flow).last_seen_ns = conntrack::now_ns();
+            }
+        }
+    }
+}

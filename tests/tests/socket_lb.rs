@@ -1,0 +1,231 @@
+//! Socket-level load balancing end to end: the agent's cgroup programs attached to a cgroup
+//! of the test's own, real clients started in it (processes: a cgroup holds processes), the
+//! who-am-I servers on the backends. A connect or UDP send to a Service goes straight to a
+//! backend, chosen as the packet path would; the application sees the VIP; nothing is
+//! translated per packet.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use kproxy_testbed::{TopologyOptions, require_privileges, tcp_request, topology::vip};
+use support::{
+    agent::{Agent, Bed, TCP_PORT, UDP_PORT},
+    cgroup::{Seen, TestCgroup},
+    manifests::{documents, service, slice},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `web` (TCP 80 → 8080, ClientIP affinity if asked), `dns` (UDP 53 → 5353) on all
+/// backends, and `empty` (TCP 80, no endpoints).
+fn services(bed: &Bed, affinity: Option<u32>) -> String {
+    let backends = bed.backends();
+    documents(&[
+        service("web", vip(10), &[("http", 80, "TCP")], affinity),
+        slice("web-1", "web", &[("http", TCP_PORT, "TCP")], &backends),
+        service("dns", vip(53), &[("dns", 53, "UDP")], None),
+        slice("dns-1", "dns", &[("dns", UDP_PORT, "UDP")], &backends),
+        service("empty", vip(20), &[("http", 80, "TCP")], None),
+    ])
+}
+
+fn web() -> SocketAddr {
+    SocketAddrV4::new(vip(10), 80).into()
+}
+
+fn dns() -> SocketAddr {
+    SocketAddrV4::new(vip(53), 53).into()
+}
+
+fn by_backend(seen: &[Seen<SocketAddrV4>]) -> BTreeMap<Ipv4Addr, usize> {
+    let mut counts = BTreeMap::new();
+    for s in seen {
+        *counts.entry(*s.reply.backend.ip()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn counter(bed: &Bed, name: &str) -> u64 {
+    bed.view().expect("reading the datapath").counters[name]
+}
+
+fn start(bed: &Bed, cgroup: &TestCgroup, mode: &str) -> Agent {
+    Agent::start(
+        bed,
+        &["--socket-lb", mode, "--cgroup-root", &cgroup.agent_arg()],
+    )
+}
+
+#[test]
+fn connects_go_straight_to_a_backend_round_robin_and_see_the_vip() {
+    if !require_privileges("connects_go_straight_to_a_backend_round_robin_and_see_the_vip") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &services(&bed, None));
+    let cgroup = TestCgroup::new();
+    let _agent = start(&bed, &cgroup, "all");
+    let client = &bed.topo.client;
+
+    let seen = cgroup
+        .requests::<SocketAddrV4>(client, "tcp", web(), 30)
+        .expect("TCP through the socket");
+    assert_eq!(
+        by_backend(&seen).values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "round-robin over the three backends: {seen:?}"
+    );
+    for s in &seen {
+        assert_eq!(
+            s.seen,
+            web(),
+            "getpeername shows the VIP, not {}",
+            s.reply.backend
+        );
+        assert_eq!(
+            *s.reply.peer.ip(),
+            bed.topo.client_addr(),
+            "the client's own address"
+        );
+        assert_eq!(s.reply.backend.port(), TCP_PORT);
+    }
+    assert_eq!(counter(&bed, "socket_lb_connects"), 30);
+    assert_eq!(
+        counter(&bed, "service_packets"),
+        0,
+        "no packet of those connections was translated"
+    );
+    let view = bed.view().expect("datapath");
+    let web_view = view
+        .services
+        .iter()
+        .find(|s| s.frontend == "198.19.0.10:80/TCP")
+        .expect("web frontend");
+    assert_eq!(
+        web_view.new_flows, 30,
+        "the frontend counts its socket connects"
+    );
+
+    // Connected UDP sockets: a backend each, round-robin; the peer is the VIP.
+    let seen = cgroup
+        .requests::<SocketAddrV4>(client, "udp", dns(), 30)
+        .expect("connected UDP");
+    assert_eq!(
+        by_backend(&seen).values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|s| s.seen == dns()), "{seen:?}");
+
+    // One unconnected socket: its datagrams to the VIP are one flow, kept on one backend
+    // as conntrack keeps it; every reply comes from the VIP.
+    let seen = cgroup
+        .requests::<SocketAddrV4>(client, "udp-sendto", dns(), 10)
+        .expect("unconnected UDP");
+    assert_eq!(
+        by_backend(&seen).len(),
+        1,
+        "one flow, one backend: {seen:?}"
+    );
+    assert!(seen.iter().all(|s| s.seen == dns()), "{seen:?}");
+    assert_eq!(counter(&bed, "socket_lb_datagrams"), 10);
+    assert_eq!(counter(&bed, "service_packets"), 0);
+
+    // A Service without endpoints is left to the packet path, whose reject the client sees.
+    let err = cgroup
+        .requests::<SocketAddrV4>(client, "tcp", SocketAddrV4::new(vip(20), 80).into(), 1)
+        .expect_err("no endpoints");
+    assert_eq!(err, ErrorKind::ConnectionRefused);
+    assert_eq!(counter(&bed, "socket_lb_left_no_endpoints"), 1);
+    assert_eq!(counter(&bed, "rejected"), 1);
+
+    // A client outside the cgroup goes through the packet path as before.
+    let reply = tcp_request(client, SocketAddrV4::new(vip(10), 80), TIMEOUT).expect("packet path");
+    assert_eq!(*reply.peer.ip(), bed.topo.client_addr());
+    assert!(counter(&bed, "service_packets") > 0);
+    assert_eq!(counter(&bed, "socket_lb_connects"), 30 + 30);
+}
+
+#[test]
+fn client_ip_affinity_holds_on_the_socket_path() {
+    if !require_privileges("client_ip_affinity_holds_on_the_socket_path") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &services(&bed, Some(60)));
+    let cgroup = TestCgroup::new();
+    let _agent = start(&bed, &cgroup, "all");
+    let seen = cgroup
+        .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 20)
+        .expect("TCP through the socket");
+    assert_eq!(
+        by_backend(&seen).len(),
+        1,
+        "one backend for the client: {seen:?}"
+    );
+    assert_eq!(counter(&bed, "affinity_hits"), 19);
+}
+
+#[test]
+fn host_only_serves_the_node_and_leaves_pods_to_the_packet_path() {
+    if !require_privileges("host_only_serves_the_node_and_leaves_pods_to_the_packet_path") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &services(&bed, None));
+    let cgroup = TestCgroup::new();
+    let agent = start(&bed, &cgroup, "host-only");
+    // The client namespace stands for a pod: its connects are the packet path's.
+    let seen = cgroup
+        .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 6)
+        .expect("pod traffic through the packet path");
+    assert_eq!(by_backend(&seen).len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|s| s.seen == web()));
+    assert_eq!(counter(&bed, "socket_lb_left_pod"), 6);
+    assert_eq!(counter(&bed, "socket_lb_connects"), 0);
+    let translated = counter(&bed, "service_packets");
+    assert!(translated > 0, "the pod's packets were translated");
+
+    // The node's own sockets are served at the socket. The node reaches VIPs through the
+    // client's link (standing in for a default gateway), which socket-level load balancing
+    // never uses: the connect already names the backend.
+    bed.topo
+        .node
+        .ip(&[
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            "198.18.1.2",
+            "dev",
+            "kc",
+        ])
+        .expect("VIP route");
+    let seen = cgroup
+        .requests::<SocketAddrV4>(&bed.topo.node, "tcp", web(), 6)
+        .expect("node traffic through the socket");
+    assert_eq!(by_backend(&seen).len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|s| s.seen == web()));
+    assert_eq!(counter(&bed, "socket_lb_connects"), 6);
+    assert_eq!(counter(&bed, "service_packets"), translated);
+    drop(agent);
+
+    // Turned off, the programs leave the cgroup: the node's connects go through the packet
+    // path again.
+    let _agent = start(&bed, &cgroup, "off");
+    assert!(
+        !bed.pin_dir().join("cgroup-links").exists(),
+        "the cgroup links are gone"
+    );
+    cgroup
+        .requests::<SocketAddrV4>(&bed.topo.node, "tcp", web(), 3)
+        .expect("node traffic through the packet path");
+    assert_eq!(counter(&bed, "socket_lb_connects"), 6);
+    assert!(counter(&bed, "service_packets") > translated);
+}
