@@ -229,3 +229,61 @@ fn host_only_serves_the_node_and_leaves_pods_to_the_packet_path() {
     assert_eq!(counter(&bed, "socket_lb_connects"), 6);
     assert!(counter(&bed, "service_packets") > translated);
 }
+
+/// Programs attached to `cgroup` for connect4 (`BPF_PROG_QUERY`).
+fn connect4_programs(cgroup: &TestCgroup) -> u32 {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+    let dir = std::fs::File::open(cgroup.path()).expect("opening the cgroup");
+    // union bpf_attr's query: target_fd, attach_type, query_flags, attach_flags (u32 each),
+    // prog_ids (u64), prog_cnt (u32): with no prog_ids buffer the kernel only counts.
+    let mut attr = [0u32; 32];
+    attr[0] = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&dir)).expect("an fd");
+    attr[1] = BPF_CGROUP_INET4_CONNECT;
+    // SAFETY: bpf(2) with an attr buffer we own, larger than the query needs.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+    attr[6]
+}
+
+#[test]
+fn sockets_are_served_while_the_agent_restarts_and_its_programs_are_swapped_in_place() {
+    if !require_privileges(
+        "sockets_are_served_while_the_agent_restarts_and_its_programs_are_swapped_in_place",
+    ) {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &services(&bed, None));
+    let cgroup = TestCgroup::new();
+    let agent = start(&bed, &cgroup, "all");
+    assert_eq!(connect4_programs(&cgroup), 1);
+    cgroup
+        .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
+        .expect("before the restart");
+    assert!(agent.stop().success());
+    // No agent: the pinned links keep the programs attached.
+    let seen = cgroup
+        .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
+        .expect("while no agent runs");
+    assert!(seen.iter().all(|s| s.seen == web()));
+    assert_eq!(counter(&bed, "socket_lb_connects"), 6);
+    let _agent = start(&bed, &cgroup, "all");
+    assert_eq!(
+        connect4_programs(&cgroup),
+        1,
+        "the new agent's program replaced the old one in its link"
+    );
+    let seen = cgroup
+        .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
+        .expect("after the restart");
+    assert_eq!(by_backend(&seen).len(), 3, "{seen:?}");
+    assert_eq!(counter(&bed, "socket_lb_connects"), 9);
+}

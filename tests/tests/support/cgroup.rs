@@ -1,21 +1,16 @@
-//! A cgroup v2 directory of a test's own for socket-level load balancing: the agent attaches
-//! its cgroup programs there (`--cgroup-root`), and only the client processes the test starts
-//! in it have their sockets served, so tests running side by side never see each other's
-//! programs.
+//! Clients of the who-am-I servers as processes of their own inside a test's cgroup
+//! (`kproxy_testbed::cgroup`), for the socket-level load balancing tests: kproxy's cgroup
+//! programs serve only sockets of that cgroup, and a cgroup holds processes, not threads.
 
 use std::{
-    ffi::CString,
     io::ErrorKind,
     net::SocketAddr,
-    os::{fd::AsRawFd, unix::process::CommandExt},
-    path::{Path, PathBuf},
+    ops::Deref,
+    path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
 };
 
-use kproxy::dataplane::socket_lb;
-use kproxy_testbed::{FamilyAddr, Netns, Reply};
+use kproxy_testbed::{FamilyAddr, Netns, Reply, cgroup::Cgroup};
 
 /// The client binary, built by cargo with these tests.
 pub fn socket_client_bin() -> PathBuf {
@@ -30,57 +25,35 @@ pub struct Seen<A> {
     pub seen: SocketAddr,
 }
 
-pub struct TestCgroup {
-    path: PathBuf,
+/// A cgroup of the test's own, with its clients.
+pub struct TestCgroup(Cgroup);
+
+impl Deref for TestCgroup {
+    type Target = Cgroup;
+
+    fn deref(&self) -> &Cgroup {
+        &self.0
+    }
 }
 
 impl TestCgroup {
-    /// A fresh cgroup under the machine's cgroup v2 root.
     pub fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let root = socket_lb::cgroup_root().expect("a cgroup v2 hierarchy");
-        let path = root.join(format!(
-            "kpt-sock-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
-        Self { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Self(Cgroup::create("kpt-sock").expect("a cgroup of the test's own"))
     }
 
     /// `--cgroup-root` for the agent.
     pub fn agent_arg(&self) -> String {
-        self.path.display().to_string()
+        self.path().display().to_string()
     }
 
     /// The socket client in `ns` and this cgroup, running `mode` against `target`.
     pub fn spawn_client(&self, ns: &Netns, mode: &str, target: SocketAddr, count: usize) -> Child {
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))
-            .expect("opening cgroup.procs");
         let mut cmd: Command = ns.command(socket_client_bin());
         cmd.args([mode, &target.to_string(), &count.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let zero = CString::new("0").expect("a C string");
-        // SAFETY: write(2) on a descriptor opened above, with a buffer made before the fork:
-        // async-signal-safe, no allocation.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = procs.as_raw_fd();
-                if libc::write(fd, zero.as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        self.put_child(&mut cmd).expect("the client's cgroup");
         cmd.spawn().expect("starting the socket client")
     }
 
@@ -113,33 +86,20 @@ impl Default for TestCgroup {
     }
 }
 
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Its clients have exited; the kernel may take a moment to let the directory go.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("cannot remove cgroup {}", self.path.display());
-    }
-}
-
 /// The answers in the client's output.
 pub fn parse_lines<A: FamilyAddr>(stdout: &str) -> Vec<Seen<A>> {
-    stdout
-        .lines()
-        .map(|line| {
-            let (answer, seen) = line
-                .split_once("\tseen=")
-                .unwrap_or_else(|| panic!("not a client line: {line:?}"));
-            Seen {
-                reply: Reply::parse(answer).expect("a who-am-I answer"),
-                seen: seen.parse().expect("an address"),
-            }
-        })
-        .collect()
+    stdout.lines().map(parse_line).collect()
+}
+
+/// One answer line of the client.
+pub fn parse_line<A: FamilyAddr>(line: &str) -> Seen<A> {
+    let (answer, seen) = line
+        .split_once("\tseen=")
+        .unwrap_or_else(|| panic!("not a client line: {line:?}"));
+    Seen {
+        reply: Reply::parse(answer).expect("a who-am-I answer"),
+        seen: seen.parse().expect("an address"),
+    }
 }
 
 /// The `ErrorKind` a failed client reported (`error=Kind ...`).
@@ -151,6 +111,7 @@ pub fn error_kind(stderr: &str) -> Option<ErrorKind> {
         "NetworkUnreachable" => ErrorKind::NetworkUnreachable,
         "HostUnreachable" => ErrorKind::HostUnreachable,
         "ConnectionReset" => ErrorKind::ConnectionReset,
+        "ConnectionAborted" => ErrorKind::ConnectionAborted,
         _ => ErrorKind::Other,
     })
 }

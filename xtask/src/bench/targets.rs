@@ -57,6 +57,9 @@ pub fn evaluate(report: &Report) -> Vec<Target> {
 const REAL_SCALE: usize = 10_000;
 const IPTABLES: &str = "kube-proxy-iptables";
 const NFTABLES: &str = "kube-proxy-nftables";
+/// kproxy with socket-level load balancing (issue 12's targets).
+const KPROXY_SOCK: &str = "kproxy-sock";
+const DIRECT: &str = super::real::DIRECT;
 
 /// A target from its figure: `Some((text, met))`, or `None` when the run has none.
 fn judged(name: String, wanted: &str, figure: Option<(String, bool)>) -> Target {
@@ -110,7 +113,12 @@ impl Figures<'_> {
     }
 
     fn rate_ratio(&self, other: &str, wanted: f64) -> Option<(String, bool)> {
-        let ours = self.median(KPROXY, self.at, Cell::rate)?;
+        self.rate_ratio_of(KPROXY, other, wanted)
+    }
+
+    /// `ours`' new connections/s against `other`'s at the scale ("last").
+    fn rate_ratio_of(&self, ours: &str, other: &str, wanted: f64) -> Option<(String, bool)> {
+        let ours = self.median(ours, self.at, Cell::rate)?;
         let theirs = self.median(other, self.at, Cell::rate)?;
         let ratio = ours / theirs;
         Some((
@@ -183,6 +191,16 @@ fn real_targets(real: &Real) -> Vec<Target> {
             format!("real: {scale}, target last: kproxy vs {NFTABLES} (new connections/s)"),
             ">= 1.00x",
             f.rate_ratio(NFTABLES, 1.0),
+        ),
+        judged(
+            format!("real: {scale}, target last: {KPROXY_SOCK} vs {DIRECT} (new connections/s)"),
+            ">= 0.95x",
+            f.rate_ratio_of(KPROXY_SOCK, DIRECT, 0.95),
+        ),
+        judged(
+            format!("real: {scale}, target last: {KPROXY_SOCK} vs {NFTABLES} (new connections/s)"),
+            ">= 1.20x",
+            f.rate_ratio_of(KPROXY_SOCK, NFTABLES, 1.2),
         ),
         judged(
             format!("real: kproxy p99 connect+request at {scale} vs at {small}"),

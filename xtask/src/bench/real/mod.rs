@@ -29,7 +29,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use kproxy_testbed::kubernetes;
+use kproxy_testbed::{cgroup::Cgroup, kubernetes};
 
 use self::{
     plane::Plane,
@@ -348,7 +348,20 @@ impl Run<'_> {
         self.plane.link(&bed)?;
         reset_selector_pods(self.plane)?;
         let _ = std::fs::remove_file(self.log);
-        let mut proxy = proxy::start(mode, &bed, self.plane, self.agent, self.ct_max, self.log)?;
+        // kproxy-sock serves the sockets of a cgroup of the bench's own, which this process
+        // (its load generator, its probes) joins for the run.
+        let cgroup = (mode == Proxy::KproxySock)
+            .then(|| Cgroup::create("kproxy-bench"))
+            .transpose()?;
+        let _inside = cgroup.as_ref().map(Cgroup::enter).transpose()?;
+        let mut proxy = proxy::start(
+            mode,
+            &bed,
+            self.plane,
+            (self.agent, self.ct_max),
+            cgroup.as_ref().map(Cgroup::path),
+            self.log,
+        )?;
         // Generous: kube-proxy's iptables mode takes 3.5 minutes for 10,000 services here,
         // and its time grows faster than the number of services.
         let timeout = Duration::from_mins(2) + Duration::from_millis(40) * count(services);
@@ -366,7 +379,8 @@ impl Run<'_> {
                 .samples
                 .push(sample);
         }
-        let counters = matches!(mode, Proxy::KproxyTc | Proxy::KproxyXdp)
+        let counters = mode
+            .is_kproxy()
             .then(|| datapath_counters(self.agent, &bed));
         let (scrape_ms, scrape_bytes) = metrics::scrape_cost(&bed.topo.node, SCRAPES)?;
         eprintln!("bench:   a /metrics scrape: {scrape_ms:.1} ms, {scrape_bytes} bytes");

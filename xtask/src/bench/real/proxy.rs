@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use kproxy_testbed::{LoggedProcess, kubernetes};
 
 use super::{
@@ -26,6 +26,9 @@ use super::{
 pub enum Proxy {
     KproxyTc,
     KproxyXdp,
+    /// kproxy with socket-level load balancing for every socket of the bench's cgroup, the
+    /// load generator's among them (TC for what sockets do not cover).
+    KproxySock,
     KubeProxyIptables,
     KubeProxyNftables,
     KubeProxyIpvs,
@@ -54,9 +57,10 @@ const KUBE_PROXY_HISTOGRAMS: Histograms = Histograms {
 const KUBE_PROXY_FULL_SYNC: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds";
 
 impl Proxy {
-    pub const ALL: [Proxy; 5] = [
+    pub const ALL: [Proxy; 6] = [
         Proxy::KproxyTc,
         Proxy::KproxyXdp,
+        Proxy::KproxySock,
         Proxy::KubeProxyIptables,
         Proxy::KubeProxyNftables,
         Proxy::KubeProxyIpvs,
@@ -66,6 +70,7 @@ impl Proxy {
         match self {
             Proxy::KproxyTc => "kproxy-tc",
             Proxy::KproxyXdp => "kproxy-xdp",
+            Proxy::KproxySock => "kproxy-sock",
             Proxy::KubeProxyIptables => "kube-proxy-iptables",
             Proxy::KubeProxyNftables => "kube-proxy-nftables",
             Proxy::KubeProxyIpvs => "kube-proxy-ipvs",
@@ -77,7 +82,7 @@ impl Proxy {
     }
 
     pub fn is_kproxy(self) -> bool {
-        matches!(self, Proxy::KproxyTc | Proxy::KproxyXdp)
+        matches!(self, Proxy::KproxyTc | Proxy::KproxyXdp | Proxy::KproxySock)
     }
 
     /// Why this proxy cannot run here, if it cannot.
@@ -109,16 +114,17 @@ pub struct RunningProxy {
 }
 
 /// Starts `proxy` on `bed`'s node, logging to `log`; returns at once (the caller probes).
+/// `cgroup`: where `kproxy-sock` attaches its socket programs.
 pub fn start(
     proxy: Proxy,
     bed: &BenchBed,
     plane: &Plane,
-    agent_bin: &Path,
-    ct_max: u32,
+    (agent_bin, ct_max): (&Path, u32),
+    cgroup: Option<&Path>,
     log: &Path,
 ) -> Result<RunningProxy> {
     let (program, args, env): (_, Vec<OsString>, &[(&str, &str)]) = match proxy {
-        Proxy::KproxyTc | Proxy::KproxyXdp => {
+        Proxy::KproxyTc | Proxy::KproxyXdp | Proxy::KproxySock => {
             let mut args: Vec<OsString> = vec![
                 "run".into(),
                 "--kubeconfig".into(),
@@ -129,6 +135,11 @@ pub fn start(
                 proxy == Proxy::KproxyXdp,
                 ct_max,
             ));
+            if proxy == Proxy::KproxySock {
+                let cgroup = cgroup.context("kproxy-sock needs the bench's cgroup")?;
+                args.extend(["--socket-lb".into(), "all".into(), "--cgroup-root".into()]);
+                args.push(cgroup.into());
+            }
             // Extra agent flags for an experiment (`--metrics-per-backend`, say), recorded
             // in the log; the published runs use none.
             if let Ok(extra) = std::env::var(EXTRA_ARGS_VAR) {
