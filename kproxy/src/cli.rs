@@ -17,7 +17,7 @@ use crate::{
         links::select::IfacePattern,
         load::MapSizes,
         node_addrs::NodePortAddresses,
-        socket_lb::{SocketLbConfig, SocketLbMode},
+        socket_lb::{self, SocketLbConfig, SocketLbMode},
     },
     model::LocalDetection,
     source::api::ApiAccess,
@@ -203,6 +203,11 @@ struct RunArgs {
     /// /sys/fs/cgroup/unified, or mounted at /run/kproxy/cgroupv2).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// Where the container runtime keeps pods' network namespaces: searched, with the
+    /// node's, for connected UDP sockets that socket-level load balancing pointed at a
+    /// backend no longer in use, which are destroyed so their owners connect again.
+    #[arg(long, default_value = socket_lb::NETNS_DIR)]
+    netns_dir: PathBuf,
     /// Capacity of each socket-level load balancing table (sockets pointed at a backend,
     /// unconnected UDP flows, affinities).
     #[arg(long, default_value_t = MapSizes::SOCKETS_DEFAULT)]
@@ -345,6 +350,7 @@ impl RunArgs {
             socket_lb: SocketLbConfig {
                 mode: self.socket_lb,
                 cgroup: self.cgroup_root,
+                netns_dir: self.netns_dir,
             },
             conntrack: Config {
                 tcp_syn_timeout_ns: timeout_ns(

@@ -287,3 +287,73 @@ fn sockets_are_served_while_the_agent_restarts_and_its_programs_are_swapped_in_p
     assert_eq!(by_backend(&seen).len(), 3, "{seen:?}");
     assert_eq!(counter(&bed, "socket_lb_connects"), 9);
 }
+
+#[test]
+fn a_connected_udp_socket_whose_backend_goes_is_destroyed_and_connects_again_to_a_live_one() {
+    if !require_privileges(
+        "a_connected_udp_socket_whose_backend_goes_is_destroyed_and_connects_again_to_a_live_one",
+    ) {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &services(&bed, None));
+    let cgroup = TestCgroup::new();
+    let agent = start(&bed, &cgroup, "all");
+    let mut client = cgroup.spawn_client(&bed.topo.client, "udp-hold", dns(), 1);
+    let mut requests = client.stdin.take().expect("the client's stdin");
+    let mut answers = std::io::BufReader::new(client.stdout.take().expect("the client's stdout"));
+    let mut ask = || {
+        std::io::Write::write_all(&mut requests, b"\n").expect("asking");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut answers, &mut line).expect("an answer");
+        line
+    };
+    let first = support::cgroup::parse_line::<SocketAddrV4>(&ask());
+    assert_eq!(first.seen, dns());
+    let gone = *first.reply.backend.ip();
+
+    // The backend leaves the Service's endpoints.
+    let kept: Vec<Ipv4Addr> = bed.backends().into_iter().filter(|b| *b != gone).collect();
+    let backends = bed.backends();
+    bed.write(
+        "apps.yaml",
+        &documents(&[
+            service("web", vip(10), &[("http", 80, "TCP")], None),
+            slice("web-1", "web", &[("http", TCP_PORT, "TCP")], &backends),
+            service("dns", vip(53), &[("dns", 53, "UDP")], None),
+            slice("dns-1", "dns", &[("dns", UDP_PORT, "UDP")], &kept),
+            service("empty", vip(20), &[("http", 80, "TCP")], None),
+        ]),
+    );
+    let mut lines = Vec::new();
+    let started = std::time::Instant::now();
+    let moved = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the socket never moved off {gone}: {lines:?}\n{}",
+            agent.log_text()
+        );
+        let line = ask();
+        lines.push(line.clone());
+        if line.starts_with("error=") {
+            continue;
+        }
+        let seen = support::cgroup::parse_line::<SocketAddrV4>(&line);
+        if *seen.reply.backend.ip() != gone {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(moved.seen, dns(), "the new socket sees the VIP too");
+    assert!(
+        lines.iter().any(|l| l.starts_with("error=")),
+        "the old socket was destroyed, and its owner told: {lines:?}"
+    );
+    assert!(
+        agent.log_text().contains("destroyed=1"),
+        "{}",
+        agent.log_text()
+    );
+    drop(requests);
+    let _ = client.wait();
+}

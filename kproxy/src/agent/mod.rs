@@ -28,6 +28,7 @@ use crate::{
         maps::{FlowMaps, ServiceMaps, monotonic_ns},
         node_addrs::{NodeAddrs, NodePortAddresses},
         socket_lb::{self, LoadTimeConstants, SocketLbConfig},
+        stale_sockets::{self, Swept},
     },
     healthcheck::{self, HealthCheckMetrics, HealthCheckServers},
     http::{
@@ -161,6 +162,8 @@ struct Agent {
     names_stale: bool,
     /// When they were last rebuilt (`None`: never).
     names_at: Option<Instant>,
+    /// The `KP_RETIRED` stamp the last sweep for stale UDP sockets started from.
+    sockets_swept_through: u64,
 }
 
 /// What a sync did; or the syncs of a first view written in parts, so far.
@@ -198,8 +201,7 @@ pub async fn run(
     health.queued(started);
     let mut drift_requests = serve_http(&config.http, &health, registry).await?;
     // aya's loader before any list: its BTF parse is freed before they come (`load::loader`).
-    let mut loader = load::loader();
-    LoadTimeConstants::for_mode(config.socket_lb.mode)?.apply(&mut loader);
+    let loader = loader(&config)?;
     // The input next: the API lists while the kernel verifies the programs (most of a
     // start), the watches' first answers waiting in their channel.
     let mut input = open_input(&config, &metrics).await?;
@@ -253,6 +255,7 @@ pub async fn run(
         first_view: None,
         names_stale: false,
         names_at: None,
+        sockets_swept_through: 0,
     };
     tokio::pin!(shutdown);
 
@@ -304,6 +307,13 @@ pub async fn run(
          (`kproxy cleanup` removes it)"
     );
     Ok(())
+}
+
+/// aya's loader (`load::loader`), with the object's load-time constants for `config`.
+fn loader(config: &AgentConfig) -> Result<aya::EbpfLoader<'static>> {
+    let mut loader = load::loader();
+    LoadTimeConstants::for_mode(config.socket_lb.mode)?.apply(&mut loader);
+    Ok(loader)
 }
 
 /// `/metrics`' registry: kproxy's metrics (the datapath's read from `config.pin_dir` at each
@@ -369,6 +379,7 @@ async fn serve(
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     gc.tick().await;
     let mut collection: Option<JoinHandle<Collected>> = None;
+    let mut sweep: Option<JoinHandle<Result<Swept>>> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -391,6 +402,15 @@ async fn serve(
             {
                 collection = None;
                 agent.collection_done(done);
+            }
+            () = std::future::ready(()), if sweep.is_none() && agent.sweep_due() => {
+                sweep = Some(agent.start_sweep());
+            }
+            done = async { sweep.as_mut().expect("guarded by the condition").await },
+                if sweep.is_some() =>
+            {
+                sweep = None;
+                agent.sweep_done(done);
             }
             () = retry_sleep(agent.retry), if agent.retry.is_some() => {
                 agent.sync(input, Vec::new(), None);
@@ -954,6 +974,43 @@ impl Agent {
             .collect();
         if let Err(e) = self.node_addrs.write_list(&frontend_addrs) {
             tracing::warn!(error = %format!("{e:#}"), "writing the NodePort address list failed");
+        }
+    }
+
+    /// Whether backends were retired since the last sweep for stale UDP sockets, which
+    /// socket-level load balancing needs.
+    fn sweep_due(&self) -> bool {
+        self.config.socket_lb.mode.is_on()
+            && self.services.last_retired_ns() > self.sockets_swept_through
+    }
+
+    /// Starts a sweep for connected UDP sockets pointed at backends no longer in use (see
+    /// `stale_sockets`), on a blocking thread.
+    fn start_sweep(&mut self) -> JoinHandle<Result<Swept>> {
+        self.sockets_swept_through = self.services.last_retired_ns();
+        let pin_dir = self.config.pin_dir.clone();
+        let netns_dir = self.config.socket_lb.netns_dir.clone();
+        tokio::task::spawn_blocking(move || stale_sockets::sweep(&pin_dir, &netns_dir))
+    }
+
+    fn sweep_done(&mut self, done: Result<Result<Swept>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(swept)) => {
+                self.metrics
+                    .stale_udp_sockets_destroyed_total
+                    .inc_by(swept.destroyed as u64);
+                if swept.candidates > 0 {
+                    tracing::info!(
+                        sockets = swept.candidates,
+                        destroyed = swept.destroyed,
+                        "sockets pointed at backends no longer in use: connected UDP ones destroyed"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "the sweep for stale UDP sockets failed");
+            }
+            Err(e) => tracing::warn!(error = %e, "the sweep for stale UDP sockets panicked"),
         }
     }
 

@@ -348,6 +348,11 @@ impl ServiceMaps {
         self.retired.set(0, monotonic_ns(), 0).context("KP_RETIRED")
     }
 
+    /// When a frontend or backend was last retired (`KP_RETIRED`; 0 if never, or unreadable).
+    pub fn last_retired_ns(&self) -> u64 {
+        self.retired.get(&0, 0).unwrap_or(0)
+    }
+
     /// Clears the `KP_FREE_PORTS` bits of the NodePort entries `ops` put, before they are
     /// written.
     fn ports_taken(&mut self, ops: &[&MapOp]) -> Result<()> {

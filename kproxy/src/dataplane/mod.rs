@@ -13,6 +13,7 @@ pub mod maps;
 pub mod node_addrs;
 pub mod rtnl;
 pub mod socket_lb;
+pub mod stale_sockets;
 pub mod veth;
 
 pub use batch::Walk;

@@ -44,13 +44,20 @@ impl SocketLbMode {
 }
 
 /// `--socket-lb` and `--cgroup-root`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketLbConfig {
     pub mode: SocketLbMode,
     /// The cgroup v2 directory whose sockets (and its descendants') are served; `None`: the
     /// machine's cgroup v2 root, found or mounted (`cgroup_root`).
     pub cgroup: Option<PathBuf>,
+    /// Where the pods' network namespaces are (bind mounts, as the container runtime
+    /// keeps them), searched for connected UDP sockets pointed at a backend no longer in
+    /// use (see `stale_sockets`).
+    pub netns_dir: PathBuf,
 }
+
+/// `--netns-dir`'s default: where containerd, CRI-O and `ip netns` keep namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
 
 /// The object's load-time constants (`names::GLOBALS`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub conntrack_flows: Gauge,
     pub conntrack_capacity: Gauge,
     pub conntrack_expired_total: Counter,
+    /// Connected UDP sockets destroyed because socket-level load balancing had pointed them
+    /// at a backend no longer in use.
+    pub stale_udp_sockets_destroyed_total: Counter,
     /// 1 once every watch listed the cluster (the first complete view), 0 before.
     pub cluster_view_synced: Gauge,
     /// Entries of the maps that fill with the cluster and its traffic, as the agent last
@@ -121,6 +124,7 @@ impl Metrics {
             conntrack_flows: Gauge::default(),
             conntrack_capacity: Gauge::default(),
             conntrack_expired_total: Counter::default(),
+            stale_udp_sockets_destroyed_total: Counter::default(),
             cluster_view_synced: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
@@ -202,6 +206,12 @@ impl Metrics {
             "conntrack_expired",
             "Conntrack entries removed after their timeout",
             self.conntrack_expired_total.clone(),
+        );
+        registry.register(
+            "socket_lb_stale_udp_sockets_destroyed",
+            "Connected UDP sockets destroyed because socket-level load balancing had pointed \
+             them at a backend no longer in use (their owners connect again, to one in use)",
+            self.stale_udp_sockets_destroyed_total.clone(),
         );
         registry.register(
             "map_entries",

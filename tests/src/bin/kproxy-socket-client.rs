@@ -9,7 +9,8 @@
 //!
 //! Modes: `tcp` (a connection per request), `udp` (a connected socket per request),
 //! `udp-sendto` (one unconnected socket for all requests), `udp-hold` (one connected socket;
-//! a request per line read on stdin; a failed one prints `error=KIND`).
+//! a request per line read on stdin; a failed one prints `error=KIND` and connects a
+//! new socket).
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -101,19 +102,21 @@ fn udp_sendto(target: SocketAddr, count: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// One request per line of stdin, until it closes, on one connected socket; after a failed
+/// request the socket is connected anew, as a resolver does.
 fn udp_hold(target: SocketAddr) -> io::Result<()> {
-    let socket = connected_udp(target)?;
+    let mut socket = connected_udp(target)?;
     let mut stdin = io::stdin().lock();
     let mut byte = [0u8; 1];
-    // One request per line of stdin, until it closes.
     while stdin.read(&mut byte)? == 1 {
         if byte[0] != b'\n' {
             continue;
         }
         if let Err(e) = udp_connected(&socket) {
             let mut out = io::stdout().lock();
-            writeln!(out, "error={:?}", e.kind())?;
+            writeln!(out, "error={:?} {e}", e.kind())?;
             out.flush()?;
+            socket = connected_udp(target)?;
         }
     }
     Ok(())

@@ -94,6 +94,7 @@ pub fn parse_lines<A: FamilyAddr>(stdout: &str) -> Vec<Seen<A>> {
 /// One answer line of the client.
 pub fn parse_line<A: FamilyAddr>(line: &str) -> Seen<A> {
     let (answer, seen) = line
+        .trim_end()
         .split_once("\tseen=")
         .unwrap_or_else(|| panic!("not a client line: {line:?}"));
     Seen {
