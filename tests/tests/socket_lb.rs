@@ -9,15 +9,18 @@ mod support;
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     time::Duration,
 };
 
-use kproxy_testbed::{TopologyOptions, require_privileges, tcp_request, topology::vip};
+use kproxy_testbed::{
+    TopologyOptions, require_privileges, tcp_request,
+    topology::{vip, vip6},
+};
 use support::{
     agent::{Agent, Bed, TCP_PORT, UDP_PORT},
     cgroup::{Seen, TestCgroup},
-    manifests::{documents, service, slice},
+    manifests::{documents, service, slice, slice6},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -356,4 +359,52 @@ fn a_connected_udp_socket_whose_backend_goes_is_destroyed_and_connects_again_to_
     );
     drop(requests);
     let _ = client.wait();
+}
+
+#[test]
+fn ipv6_connects_and_datagrams_go_straight_to_a_backend_and_see_the_vip() {
+    if !require_privileges("ipv6_connects_and_datagrams_go_straight_to_a_backend_and_see_the_vip") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions {
+        ipv6: true,
+        ..TopologyOptions::default()
+    });
+    let backends = bed.backends6();
+    bed.write(
+        "apps6.yaml",
+        &documents(&[
+            service("web6", vip6(10), &[("http", 80, "TCP")], None),
+            slice6("web6-1", "web6", &[("http", TCP_PORT, "TCP")], &backends),
+            service("dns6", vip6(53), &[("dns", 53, "UDP")], None),
+            slice6("dns6-1", "dns6", &[("dns", UDP_PORT, "UDP")], &backends),
+        ]),
+    );
+    let cgroup = TestCgroup::new();
+    let _agent = start(&bed, &cgroup, "all");
+    let web6: SocketAddr = SocketAddrV6::new(vip6(10), 80, 0, 0).into();
+    let dns6: SocketAddr = SocketAddrV6::new(vip6(53), 53, 0, 0).into();
+    let client = &bed.topo.client;
+
+    let seen = cgroup
+        .requests::<SocketAddrV6>(client, "tcp", web6, 30)
+        .expect("TCP over IPv6 through the socket");
+    let mut counts = BTreeMap::new();
+    for s in &seen {
+        assert_eq!(s.seen, web6, "getpeername shows the VIP");
+        assert_eq!(*s.reply.peer.ip(), bed.topo.client_addr6());
+        *counts.entry(*s.reply.backend.ip()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{counts:?}"
+    );
+    let seen = cgroup
+        .requests::<SocketAddrV6>(client, "udp-sendto", dns6, 5)
+        .expect("unconnected UDP over IPv6");
+    assert!(seen.iter().all(|s| s.seen == dns6), "{seen:?}");
+    assert_eq!(counter(&bed, "socket_lb_connects"), 30);
+    assert_eq!(counter(&bed, "socket_lb_datagrams"), 5);
+    assert_eq!(counter(&bed, "service_packets"), 0);
 }
