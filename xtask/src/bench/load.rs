@@ -1,13 +1,15 @@
 //! The benchmark's load generator: from inside the client namespace it keeps a fixed number of
 //! short TCP connections in flight (connect, one request line, one reply line, close) for a
-//! fixed time, and measures the rate of new connections and their connect+request latency.
+//! fixed time, and measures the rate of new connections and their connect+request latency,
+//! and the machine's CPU time over the measured window (`/proc/stat`). With a rate, the
+//! connections start on a fixed schedule instead of as fast as they can.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -70,6 +72,9 @@ pub struct LoadConfig {
     pub close: Close,
     /// Runtime threads of the client: 1 is a single-threaded runtime.
     pub threads: usize,
+    /// Connections started per second, on a fixed schedule shared by the workers (warm-up
+    /// included); `None`: each worker starts its next connection as soon as one ends.
+    pub rate: Option<f64>,
 }
 
 impl LoadConfig {
@@ -88,6 +93,7 @@ impl LoadConfig {
             // Measured on 2 cores: a second client thread adds ~10-20% when the machine is
             // otherwise idle (the client can use the core the node's softirqs leave free).
             threads: 2,
+            rate: None,
         }
     }
 
@@ -125,6 +131,9 @@ pub struct LoadResult {
     pub latency: Histogram<u64>,
     /// Successful connections per answering backend (`ip:port` as the backend reported it).
     pub per_backend: BTreeMap<String, u64>,
+    /// The machine's CPU time over the measured window, all CPUs (`/proc/stat`: everything
+    /// but idle and I/O wait), seconds; `None` if it could not be read.
+    pub cpu_busy_s: Option<f64>,
 }
 
 impl LoadResult {
@@ -186,12 +195,36 @@ fn run_here(cfg: LoadConfig) -> Result<LoadResult> {
     let runtime = build_runtime(cfg.threads)?;
     let measured = cfg.duration;
     let limit = cfg.warmup + cfg.duration + cfg.timeout + STOP_GRACE;
-    let tally = runtime.block_on(async move {
+    let (tally, cpu_busy_s) = runtime.block_on(async move {
         tokio::time::timeout(limit, generate(Arc::new(Plan::new(cfg))))
             .await
             .context("load generator workers did not stop in time")
     })??;
-    Ok(tally.into_result(measured))
+    let mut result = tally.into_result(measured);
+    result.cpu_busy_s = cpu_busy_s;
+    Ok(result)
+}
+
+/// The machine's CPU time so far, all CPUs, seconds: the `cpu` line of `/proc/stat` without
+/// idle and iowait (guest time is inside user time already).
+pub fn cpu_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[allow(clippy::cast_precision_loss)]
+    Some(busy as f64 / per_second as f64)
 }
 
 fn build_runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
@@ -221,11 +254,16 @@ struct Plan {
     /// No connection starts from here on.
     stop_at: Instant,
     next: AtomicUsize,
+    /// The schedule's start and rate, if paced.
+    paced: Option<(Instant, f64)>,
+    /// The next scheduled start, as a count from the schedule's start.
+    tickets: AtomicU64,
 }
 
 impl Plan {
     fn new(cfg: LoadConfig) -> Plan {
-        let measure_from = Instant::now() + cfg.warmup;
+        let now = Instant::now();
+        let measure_from = now + cfg.warmup;
         Plan {
             targets: cfg.targets,
             pick: cfg.pick,
@@ -235,7 +273,17 @@ impl Plan {
             measure_from,
             stop_at: measure_from + cfg.duration,
             next: AtomicUsize::new(0),
+            paced: cfg.rate.map(|rate| (now, rate)),
+            tickets: AtomicU64::new(0),
         }
+    }
+
+    /// When a paced worker's next connection is due (now, unpaced).
+    fn next_start(&self) -> Option<Instant> {
+        let (start, rate) = self.paced?;
+        let n = self.tickets.fetch_add(1, Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        Some(start + Duration::from_secs_f64(n as f64 / rate))
     }
 
     fn target(&self, rng: &mut Rng) -> SocketAddr {
@@ -247,8 +295,16 @@ impl Plan {
     }
 }
 
-/// Starts `concurrency` workers and merges what they counted.
-async fn generate(plan: Arc<Plan>) -> Result<Tally> {
+/// Starts `concurrency` workers and merges what they counted; with the machine's CPU time
+/// over the measured window.
+async fn generate(plan: Arc<Plan>) -> Result<(Tally, Option<f64>)> {
+    let window = (plan.measure_from, plan.stop_at);
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(window.0.into()).await;
+        let before = cpu_busy_seconds();
+        tokio::time::sleep_until(window.1.into()).await;
+        Some(cpu_busy_seconds()? - before?)
+    });
     let mut workers = tokio::task::JoinSet::new();
     for id in 0..plan.concurrency {
         workers.spawn(worker(plan.clone(), id));
@@ -257,7 +313,7 @@ async fn generate(plan: Arc<Plan>) -> Result<Tally> {
     while let Some(tally) = workers.join_next().await {
         total.merge(&tally.context("a load generator worker failed")??)?;
     }
-    Ok(total)
+    Ok((total, cpu.await.ok().flatten()))
 }
 
 /// One connection after the other until the plan's end.
@@ -265,6 +321,12 @@ async fn worker(plan: Arc<Plan>, id: usize) -> Result<Tally> {
     let mut tally = Tally::new()?;
     let mut rng = Rng::seeded(id);
     loop {
+        if let Some(due) = plan.next_start() {
+            if due >= plan.stop_at {
+                return Ok(tally);
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
         let start = Instant::now();
         if start >= plan.stop_at {
             return Ok(tally);
@@ -417,6 +479,7 @@ impl Tally {
                 .into_iter()
                 .map(|(backend, n)| (backend.to_string(), n))
                 .collect(),
+            cpu_busy_s: None,
         }
     }
 }
@@ -561,6 +624,38 @@ mod tests {
         let stopping = Instant::now();
         drop(servers);
         assert!(stopping.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_paced_load_keeps_its_rate_and_measures_the_machine_cpu() {
+        if !require_privileges(
+            "bench::load::a_paced_load_keeps_its_rate_and_measures_the_machine_cpu",
+        ) {
+            return;
+        }
+        let topo = Topology::build(TopologyOptions {
+            backends: 1,
+            ..TopologyOptions::default()
+        })
+        .unwrap();
+        let target = SocketAddr::new(topo.backend_addr(0).into(), 8080);
+        let _server = server::start(&topo.backends[0], target).unwrap();
+        let cfg = LoadConfig {
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_millis(200),
+            rate: Some(500.0),
+            ..LoadConfig::new(vec![target])
+        };
+        let result = run(&topo.client, &cfg).unwrap();
+        assert_eq!(result.errors, 0, "{result}");
+        // The schedule, not the machine's speed, sets the rate: 500 connections start in the
+        // measured second (give or take those in flight at its edges).
+        assert!((450.0..=550.0).contains(&result.rate()), "{result}");
+        let busy = result.cpu_busy_s.expect("/proc/stat read");
+        assert!(
+            busy > 0.0 && busy < 2.0 * 1.5,
+            "{busy} s of CPU over a 1 s window on 2 CPUs"
+        );
     }
 
     #[test]

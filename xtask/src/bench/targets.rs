@@ -127,6 +127,28 @@ impl Figures<'_> {
         ))
     }
 
+    /// The median CPU per connection of `mode` at the fixed rate, µs.
+    fn cpu_us(&self, mode: &str) -> Option<f64> {
+        let cell = self
+            .real
+            .cpu
+            .iter()
+            .find(|c| c.mode == mode && c.services == self.at)?;
+        Some(Stat::of(&cell.cpu_us)?.median)
+    }
+
+    /// `ours`' CPU overhead per connection (over direct) against nftables'.
+    fn cpu_overhead_ratio(&self, ours: &str, wanted: f64) -> Option<(String, bool)> {
+        let direct = self.cpu_us(DIRECT)?;
+        let ours = self.cpu_us(ours)? - direct;
+        let theirs = self.cpu_us(NFTABLES)? - direct;
+        let ratio = ours / theirs;
+        Some((
+            format!("{ratio:.2}x ({ours:.1} vs {theirs:.1} µs of CPU per connection over direct)"),
+            theirs > 0.0 && ours <= wanted * theirs,
+        ))
+    }
+
     fn p99_growth(&self, small: usize) -> Option<(String, bool)> {
         if small == self.at {
             return None;
@@ -201,6 +223,14 @@ fn real_targets(real: &Real) -> Vec<Target> {
             format!("real: {scale}, target last: {KPROXY_SOCK} vs {NFTABLES} (new connections/s)"),
             ">= 1.20x",
             f.rate_ratio_of(KPROXY_SOCK, NFTABLES, 1.2),
+        ),
+        judged(
+            format!(
+                "real: {KPROXY_SOCK}'s CPU overhead per connection vs {NFTABLES}'s, at a fixed \
+                 rate ({scale})"
+            ),
+            "<= 0.20x",
+            f.cpu_overhead_ratio(KPROXY_SOCK, 0.2),
         ),
         judged(
             format!("real: kproxy p99 connect+request at {scale} vs at {small}"),

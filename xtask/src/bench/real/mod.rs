@@ -34,7 +34,7 @@ use kproxy_testbed::{cgroup::Cgroup, kubernetes};
 use self::{
     plane::Plane,
     proxy::Proxy,
-    report::{ProxyCell, Real, Scale},
+    report::{CpuCell, ProxyCell, Real, Scale},
 };
 use super::{
     Plan as BenchPlan,
@@ -269,7 +269,8 @@ fn measure_scale(
                 rep + 1,
                 bench.repetitions
             );
-            let sample = measure_direct(bench, family)?;
+            let (sample, paced) = measure_direct(bench, family)?;
+            record_paced(at.results(real), DIRECT, services, paced);
             cell_in(
                 &mut at.results(real).cells,
                 DIRECT,
@@ -379,6 +380,8 @@ impl Run<'_> {
                 .samples
                 .push(sample);
         }
+        let paced = measure_paced(self.bench, &bed, vec![last])?;
+        record_paced(real, mode.name(), services, paced);
         let counters = mode
             .is_kproxy()
             .then(|| datapath_counters(self.agent, &bed));
@@ -467,19 +470,84 @@ fn datapath_counters(agent: &Path, bed: &BenchBed) -> BTreeMap<String, u64> {
 }
 
 /// New connections from the client of a fresh bed straight to its backends' servers, in
-/// turn, in `family`: what the bed does without any Service translation.
-fn measure_direct(bench: &BenchPlan, family: Family) -> Result<super::report::Sample> {
+/// turn, in `family`: what the bed does without any Service translation; then the same at
+/// the fixed rate.
+fn measure_direct(bench: &BenchPlan, family: Family) -> Result<(super::report::Sample, Paced)> {
     let bed = BenchBed::for_family(family)?;
-    let backends = bed
+    let backends: Vec<SocketAddr> = bed
         .backends()
         .into_iter()
         .map(|b| SocketAddr::new(b, super::cluster::BACKEND_PORT))
         .collect();
-    let mut cfg = super::load::LoadConfig::new(backends);
+    let mut cfg = super::load::LoadConfig::new(backends.clone());
     cfg.duration = bench.duration;
     cfg.warmup = super::warmup(bench.duration);
     cfg.concurrency = bench.concurrency;
-    super::measure_with(&bed, &cfg, "backends")
+    let sample = super::measure_with(&bed, &cfg, "backends")?;
+    Ok((sample, measure_paced(bench, &bed, backends)?))
+}
+
+/// New connections offered per second when the CPU per connection is measured: below every
+/// mode's saturation on the benchmark machine (kube-proxy's iptables mode serves about
+/// 7,500/s at 10,000 IPv6 Services), the same for all.
+pub const PACED_RATE: f64 = 5_000.0;
+
+/// What a paced run measured.
+#[derive(Clone, Copy)]
+pub struct Paced {
+    achieved: f64,
+    cpu_us: Option<f64>,
+    p99_us: f64,
+}
+
+/// [`PACED_RATE`] new connections per second to `targets` (in turn) from the bed's client;
+/// the machine's CPU per connection, less the rate it burns idle (measured over the second
+/// before).
+fn measure_paced(bench: &BenchPlan, bed: &BenchBed, targets: Vec<SocketAddr>) -> Result<Paced> {
+    let idle_before = super::load::cpu_busy_seconds();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rate = super::load::cpu_busy_seconds()
+        .zip(idle_before)
+        .map(|(after, before)| after - before);
+    let mut cfg = super::load::LoadConfig::new(targets);
+    cfg.duration = bench.duration;
+    cfg.warmup = super::warmup(bench.duration);
+    cfg.concurrency = bench.concurrency;
+    cfg.rate = Some(PACED_RATE);
+    let result = super::load::run(&bed.topo.client, &cfg)?;
+    let window = cfg.duration.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let connections = result.connections as f64;
+    let cpu_us = result
+        .cpu_busy_s
+        .zip(idle_rate)
+        .map(|(busy, idle)| (busy - idle * window).max(0.0) / connections * 1e6);
+    eprintln!(
+        "bench:   paced {result}; CPU per connection {}",
+        cpu_us.map_or("-".into(), |us| format!("{us:.1} µs"))
+    );
+    #[allow(clippy::cast_precision_loss)]
+    Ok(Paced {
+        achieved: result.rate(),
+        cpu_us,
+        p99_us: result.p99_us() as f64,
+    })
+}
+
+fn record_paced(real: &mut Real, mode: &str, services: usize, paced: Paced) {
+    let cell = super::entry(
+        &mut real.cpu,
+        |c| c.mode == mode && c.services == services,
+        || CpuCell {
+            mode: mode.into(),
+            services,
+            offered: PACED_RATE,
+            ..CpuCell::default()
+        },
+    );
+    cell.achieved.push(paced.achieved);
+    cell.cpu_us.extend(paced.cpu_us);
+    cell.p99_us.push(paced.p99_us);
 }
 
 /// The churn pod Ready on the first backend, the probe's pod not Ready: each run starts

@@ -27,6 +27,9 @@ pub struct Real {
     pub probe_rounds: usize,
     /// What could not be measured, and why.
     pub notes: Vec<String>,
+    /// CPU per connection at a fixed offered rate, per mode and scale (`direct` included).
+    #[serde(default)]
+    pub cpu: Vec<CpuCell>,
     /// The IPv6 row: the same measurements with single-stack IPv6 Services (no churn or
     /// probe: those change IPv4 selector Services, measured above).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +89,79 @@ pub struct ProxyCell {
     pub scrape_bytes: Vec<f64>,
 }
 
+/// One mode at one scale under the same fixed offered rate of new connections (below every
+/// mode's saturation): the machine's CPU time per connection, one value per repetition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CpuCell {
+    pub mode: String,
+    pub services: usize,
+    /// Connections offered per second.
+    pub offered: f64,
+    /// Connections completed per second.
+    pub achieved: Vec<f64>,
+    /// The machine's CPU time over the window (all CPUs, less what it spent idle-running
+    /// just before: the control plane, the bench itself) per connection, µs.
+    pub cpu_us: Vec<f64>,
+    /// Connect+request latency at that rate, µs.
+    pub p99_us: Vec<f64>,
+}
+
+/// The CPU table: per mode, CPU per connection, the proxy's overhead over `direct`, and
+/// that overhead against kube-proxy's nftables mode's.
+fn cpu_table(real: &Real) -> String {
+    if real.cpu.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "#### CPU per connection at a fixed rate (real kube-proxy)
+
+         Every mode gets the same offered rate of new connections to the last Service (direct:          to the backends in turn), below every mode's saturation; the machine's CPU time over          the measured window (all CPUs, from `/proc/stat`, less the rate it burned idle in          the second before: the control plane and the bench at rest), divided by the          connections completed. Overhead: the mode's figure less direct's, the cost of the          proxy itself. Medians over repetitions with min–max.
+
+         | mode | services | offered /s | achieved /s | CPU µs per connection | overhead µs          | overhead × nftables' | p99 µs |
+|---|---:|---:|---:|---:|---:|---:|---:|
+",
+    );
+    let median = |mode: &str, services: usize| {
+        real.cpu
+            .iter()
+            .find(|c| c.mode == mode && c.services == services)
+            .and_then(|c| Stat::of(&c.cpu_us))
+            .map(|s| s.median)
+    };
+    let mut cells: Vec<&CpuCell> = real.cpu.iter().collect();
+    cells.sort_by_key(|c| c.services);
+    for c in cells {
+        let direct = median(super::DIRECT, c.services);
+        let overhead = |mode: &str| Some(median(mode, c.services)? - direct?);
+        let own = (c.mode != super::DIRECT)
+            .then(|| overhead(&c.mode))
+            .flatten();
+        let nftables = overhead(NFTABLES);
+        let ratio = match (own, nftables) {
+            (Some(own), Some(theirs)) if theirs > 0.0 && c.mode != NFTABLES => {
+                format!("{:.2}×", own / theirs)
+            }
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {ratio} | {} |",
+            c.mode,
+            c.services,
+            fmt_num(c.offered),
+            ms(&c.achieved),
+            ms(&c.cpu_us),
+            opt(own.map(fmt_num)),
+            ms(&c.p99_us),
+        );
+    }
+    out + "
+"
+}
+
+/// kube-proxy's nftables mode, what the CPU overhead is compared with.
+pub const NFTABLES: &str = "kube-proxy-nftables";
+
 /// The section as markdown; empty when it did not run.
 pub fn markdown(real: Option<&Real>, modes: &[&str]) -> String {
     let Some(real) = real else {
@@ -122,6 +198,7 @@ pub fn markdown(real: Option<&Real>, modes: &[&str]) -> String {
         out += "\n#### New connections (real kube-proxy)\n\n";
         out += &connections_table(&real.cells, REAL_BASELINE, modes);
         out += &programming_table(real, "real kube-proxy");
+        out += &cpu_table(real);
         out += &churn_table(real);
         out += &resources_table(real, "real kube-proxy");
     }
@@ -333,6 +410,55 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("endpoint churn"), "{text}");
+    }
+
+    #[test]
+    fn the_cpu_table_gives_each_proxy_its_overhead_over_direct_and_against_nftables() {
+        let cpu = |mode: &str, us: f64| CpuCell {
+            mode: mode.into(),
+            services: 10_000,
+            offered: 5_000.0,
+            achieved: vec![4_990.0],
+            cpu_us: vec![us],
+            p99_us: vec![1_500.0],
+        };
+        let real = Real {
+            scales: vec![Scale {
+                services: 10_000,
+                create_s: 60.0,
+                objects: 20_000,
+            }],
+            cpu: vec![
+                cpu(super::super::DIRECT, 100.0),
+                cpu("kproxy-sock", 102.0),
+                cpu(NFTABLES, 120.0),
+            ],
+            ..Real::default()
+        };
+        let text = markdown(Some(&real), &["kproxy-sock", NFTABLES]);
+        assert!(
+            text.contains("#### CPU per connection at a fixed rate"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| kproxy-sock | 10000 | 5,000 | 4,990 (4,990–4,990) | 102 (102–102) | 2.00 | 0.10× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| direct | 10000 | 5,000 | 4,990 (4,990–4,990) | 100 (100–100) | – | – |"
+            ),
+            "{text}"
+        );
+        // Older data, without the table's figures, still loads.
+        let mut older = serde_json::to_value(Real::default()).unwrap();
+        older.as_object_mut().unwrap().remove("cpu");
+        assert!(
+            serde_json::from_value::<Real>(older)
+                .unwrap()
+                .cpu
+                .is_empty()
+        );
     }
 
     #[test]
