@@ -63,6 +63,8 @@ pub const MAP_SOCK_REV6: &str = "KP_SOCK_REV6";
 pub const MAP_SOCK_FLOWS: &str = "KP_SOCK_FLOWS";
 pub const MAP_SOCK_FLOWS6: &str = "KP_SOCK_FLOWS6";
 pub const MAP_SOCK_AFFINITY: &str = "KP_SOCK_AFFINITY";
+pub const MAP_SOCK_UDP: &str = "KP_SOCK_UDP";
+pub const MAP_SOCK_UDP6: &str = "KP_SOCK_UDP6";
 pub const MAP_STAGE6: &str = "KP_STAGE6";
 
 /// `KP_TAIL_TC` indices.
@@ -155,7 +157,7 @@ pub const GLOBALS: [&str; 2] = [GLOBAL_HOST_NETNS, GLOBAL_SOCK_LB_PODS];
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 40] = [
+pub const MAPS: [&str; 42] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -196,4 +198,6 @@ pub const MAPS: [&str; 40] = [
     MAP_SOCK_FLOWS,
     MAP_SOCK_FLOWS6,
     MAP_SOCK_AFFINITY,
+    MAP_SOCK_UDP,
+    MAP_SOCK_UDP6,
 ];

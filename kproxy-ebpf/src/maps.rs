@@ -206,6 +206,16 @@ pub static KP_SOCK_FLOWS: LruHashMap<SockFlowKey, SockFlow> = LruHashMap::pinned
 #[map]
 pub static KP_SOCK_FLOWS6: LruHashMap<SockFlowKey6, SockFlow> = LruHashMap::pinned(65_536, 0);
 
+/// Connected UDP sockets pointed at a backend: (backend, socket) → backend id. The agent
+/// looks here for sockets whose backend stopped taking new connections (see
+/// `stale_sockets` in the agent), without walking every socket of `KP_SOCK_REV`.
+#[map]
+pub static KP_SOCK_UDP: LruHashMap<SockRevKey, u32> = LruHashMap::pinned(65_536, 0);
+
+/// `KP_SOCK_UDP` for IPv6 sockets.
+#[map]
+pub static KP_SOCK_UDP6: LruHashMap<SockRevKey6, u32> = LruHashMap::pinned(65_536, 0);
+
 /// ClientIP affinity of the socket path: (service port id, network namespace) → backend id,
 /// last use.
 #[map]

@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::bpf_sock_addr,
+    bindings::{BPF_EXIST, bpf_sock_addr},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     maps::LruHashMap,
     programs::SockAddrContext,
@@ -21,7 +21,7 @@ use aya_ebpf::{
 use kproxy_common::{
     addr::In6Addr,
     config::{IPPROTO_TCP, IPPROTO_UDP},
-    ct::AffinityValue,
+    ct::{AffinityValue, CT_REFRESH_NS},
     lb::{BackendOf, SVC_F_SOURCE_RANGES, ServiceKeyOf, ServiceValue},
     sock::{
         SOCK_FLOW_F_REPLIED, SockAffinityKey, SockFlow, SockFlowKeyOf, SockRevKeyOf, SockRevOf,
@@ -35,7 +35,10 @@ use crate::{
     family::{Family, V4, V6},
     frontend,
     lb::{self, AffinityOwner},
-    maps::{KP_SOCK_AFFINITY, KP_SOCK_FLOWS, KP_SOCK_FLOWS6, KP_SOCK_REV, KP_SOCK_REV6},
+    maps::{
+        KP_SOCK_AFFINITY, KP_SOCK_FLOWS, KP_SOCK_FLOWS6, KP_SOCK_REV, KP_SOCK_REV6, KP_SOCK_UDP,
+        KP_SOCK_UDP6,
+    },
     policy, stats,
 };
 
@@ -54,6 +57,7 @@ static KP_SOCK_LB_PODS: u32 = 0;
 pub trait SockFamily: Family {
     fn rev() -> &'static LruHashMap<SockRevKeyOf<Self::Addr>, SockRevOf<Self::Addr>>;
     fn flows() -> &'static LruHashMap<SockFlowKeyOf<Self::Addr>, SockFlow>;
+    fn udp_connected() -> &'static LruHashMap<SockRevKeyOf<Self::Addr>, u32>;
     /// The address and port the application gave (network byte order).
     fn user_addr(sa: *const bpf_sock_addr) -> (Self::Addr, u16);
     /// Replaces them.
@@ -83,6 +87,10 @@ impl SockFamily for V4 {
         &KP_SOCK_FLOWS
     }
     #[inline(always)]
+    fn udp_connected() -> &'static LruHashMap<SockRevKeyOf<u32>, u32> {
+        &KP_SOCK_UDP
+    }
+    #[inline(always)]
     fn user_addr(sa: *const bpf_sock_addr) -> (u32, u16) {
         // SAFETY: as `user_port`.
         let addr = unsafe { core::ptr::read_volatile(&raw const (*sa).user_ip4) };
@@ -104,6 +112,10 @@ impl SockFamily for V6 {
     #[inline(always)]
     fn flows() -> &'static LruHashMap<SockFlowKeyOf<In6Addr>, SockFlow> {
         &KP_SOCK_FLOWS6
+    }
+    #[inline(always)]
+    fn udp_connected() -> &'static LruHashMap<SockRevKeyOf<In6Addr>, u32> {
+        &KP_SOCK_UDP6
     }
     #[inline(always)]
     fn user_addr(sa: *const bpf_sock_addr) -> (In6Addr, u16) {
@@ -277,6 +289,14 @@ pub fn connect<F: SockFamily>(ctx: &SockAddrContext) {
     });
     match served {
         Ok((backend_id, svc)) => {
+            if sock.proto == IPPROTO_UDP {
+                // Found by the agent if the backend stops taking connections: a connected
+                // UDP socket keeps it for life otherwise. Lost (evicted) only under
+                // pressure, when the socket then keeps its backend as a TCP one would.
+                let backend = F::user_addr(sock.sa);
+                let _ =
+                    F::udp_connected().insert(sock.rev_key(backend.0, backend.1), backend_id, 0);
+            }
             stats::count_new_flow(svc.id, backend_id);
             stats::count(Counter::SockConnects);
         }
@@ -339,25 +359,21 @@ pub fn sendmsg<F: SockFamily>(ctx: &SockAddrContext) {
 /// it timed out, or its backend no longer takes new connections (counted as rebalanced).
 #[inline(always)]
 fn live_flow<F: SockFamily>(key: &SockFlowKeyOf<F::Addr>, now: u64) -> Option<BackendOf<F::Addr>> {
-    let flow = F::flows().get_ptr_mut(key)?;
-    // SAFETY: an LRU element may be reused for another key at any time: its fields are
-    // read once, and a torn read only makes a flow look older or newer than it is.
-    let (last_seen, backend_id, flags) =
-        unsafe { ((*flow).last_seen_ns, (*flow).backend_id, (*flow).flags) };
+    // SAFETY: copied out at once.
+    let flow = unsafe { F::flows().get(key) }.copied()?;
     let cfg = conntrack::config();
-    let timeout = if flags & SOCK_FLOW_F_REPLIED != 0 {
+    let timeout = if flow.flags & SOCK_FLOW_F_REPLIED != 0 {
         cfg.udp_stream_timeout_ns
     } else {
         cfg.udp_timeout_ns
     };
-    if now.saturating_sub(last_seen) > timeout {
+    if now.saturating_sub(flow.last_seen_ns) > timeout {
         return None;
     }
     // SAFETY: copied out at once.
-    match unsafe { F::backends().get(backend_id) }.copied() {
+    match unsafe { F::backends().get(flow.backend_id) }.copied() {
         Some(backend) if backend.is_active() => {
-            // SAFETY: as above; a plain store of this CPU's view of the time.
-            unsafe { (*flow).last_seen_ns = now };
+            refresh::<F>(key, flow, 0, now);
             Some(backend)
         }
         _ => {
@@ -365,6 +381,24 @@ fn live_flow<F: SockFamily>(key: &SockFlowKeyOf<F::Addr>, now: u64) -> Option<Ba
             None
         }
     }
+}
+
+/// Writes `flow` back with `flags` added and seen at `now`, when that changes its flags or
+/// its last use is older than `CT_REFRESH_NS` (every timeout is at least that). The whole
+/// value is replaced by a map update, never written through a pointer: an LRU may hand the
+/// element to another flow at any moment.
+#[inline(always)]
+fn refresh<F: SockFamily>(key: &SockFlowKeyOf<F::Addr>, flow: SockFlow, flags: u32, now: u64) {
+    if flow.flags & flags == flags && now.saturating_sub(flow.last_seen_ns) < CT_REFRESH_NS {
+        return;
+    }
+    let fresh = SockFlow {
+        last_seen_ns: now,
+        flags: flow.flags | flags,
+        ..flow
+    };
+    // Only an existing flow: one evicted meanwhile is not brought back.
+    let _ = F::flows().insert(key, fresh, BPF_EXIST.into());
 }
 
 /// `getpeername`, and `recvmsg` of a UDP socket: a backend the socket was pointed at is shown
@@ -387,12 +421,9 @@ pub fn reverse<F: SockFamily>(ctx: &SockAddrContext, received: bool) {
             _pad: 0,
             cookie: sock.cookie,
         };
-        if let Some(flow) = F::flows().get_ptr_mut(key) {
-            // SAFETY: see `live_flow`; setting a bit of a live flow's flags.
-            unsafe {
-                (*flow).flags |= SOCK_FLOW_F_REPLIED;
-                (*flow).last_seen_ns = conntrack::now_ns();
-            }
+        // SAFETY: copied out at once.
+        if let Some(flow) = unsafe { F::flows().get(key) }.copied() {
+            refresh::<F>(&key, flow, SOCK_FLOW_F_REPLIED, conntrack::now_ns());
         }
     }
 }

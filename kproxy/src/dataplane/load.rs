@@ -86,6 +86,8 @@ impl MapSizes {
             (names::MAP_SOCK_FLOWS, self.sockets),
             (names::MAP_SOCK_FLOWS6, self.sockets),
             (names::MAP_SOCK_AFFINITY, self.sockets),
+            (names::MAP_SOCK_UDP, self.sockets),
+            (names::MAP_SOCK_UDP6, self.sockets),
         ]);
         all
     }

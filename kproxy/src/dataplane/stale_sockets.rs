@@ -10,20 +10,14 @@
 //! `KP_SOCK_REV` holds for it, in the agent's network namespace and every namespace under
 //! `--netns-dir` (where the container runtime keeps pods' namespaces).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs::File,
-    net::IpAddr,
-    os::fd::AsRawFd,
-    path::Path,
-};
+use std::{collections::BTreeMap, fs::File, net::IpAddr, os::fd::AsRawFd, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use kproxy_common::{
     addr::In6Addr,
     config::IPPROTO_UDP,
-    lb::{BackendOf, ServiceKeyOf, ServiceValue},
+    lb::BackendOf,
     names,
     sock::{SockRevKeyOf, SockRevOf},
 };
@@ -38,7 +32,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use super::load::map_pin_path;
+use super::{batch, load::map_pin_path};
 
 /// A socket to look for: its cookie (as `sock_diag` gives it) and its destination.
 type Wanted = BTreeMap<[u8; 8], (IpAddr, u16)>;
@@ -78,29 +72,29 @@ pub fn sweep(pin_dir: &Path, netns_dir: &Path) -> Result<Swept> {
             }
         }
     }
-    forget::<u32>(pin_dir, FamilyNames::V4.rev, &stale4)?;
-    forget::<In6Addr>(pin_dir, FamilyNames::V6.rev, &stale6)?;
+    forget::<u32>(pin_dir, FamilyNames::V4, &stale4)?;
+    forget::<In6Addr>(pin_dir, FamilyNames::V6, &stale6)?;
     Ok(swept)
 }
 
 /// One family's maps.
 #[derive(Clone, Copy)]
 struct FamilyNames {
-    services: &'static str,
     backends: &'static str,
     rev: &'static str,
+    udp: &'static str,
 }
 
 impl FamilyNames {
     const V4: Self = Self {
-        services: names::MAP_SERVICES,
         backends: names::MAP_BACKENDS,
         rev: names::MAP_SOCK_REV,
+        udp: names::MAP_SOCK_UDP,
     };
     const V6: Self = Self {
-        services: names::MAP_SERVICES6,
         backends: names::MAP_BACKENDS6,
         rev: names::MAP_SOCK_REV6,
+        udp: names::MAP_SOCK_UDP6,
     };
 }
 
@@ -134,47 +128,34 @@ fn open(pin_dir: &Path, name: &str) -> Result<Option<Map>> {
     Ok(Some(Map::from_map_data(data)?))
 }
 
-/// The `KP_SOCK_REV` entries of one family whose socket was pointed at a backend that no
-/// longer takes new connections, unless their frontend is TCP; their sockets are added to
-/// `wanted`. (An entry whose frontend is gone altogether is taken: its protocol is not
-/// known, and only UDP sockets are looked for.)
+/// The connected UDP sockets of one family (`KP_SOCK_UDP`) pointed at a backend that no
+/// longer takes new connections, gone or inactive (backend ids are never reused, so the id
+/// says it exactly); they are added to `wanted`.
 fn stale_entries<A: MapAddr>(
     pin_dir: &Path,
     maps: FamilyNames,
     wanted: &mut Wanted,
 ) -> Result<Vec<SockRevKeyOf<A>>>
 where
-    ServiceKeyOf<A>: aya::Pod,
     BackendOf<A>: aya::Pod,
     SockRevKeyOf<A>: aya::Pod,
-    SockRevOf<A>: aya::Pod,
 {
-    let (Some(services), Some(backends), Some(rev)) = (
-        open(pin_dir, maps.services)?,
-        open(pin_dir, maps.backends)?,
-        open(pin_dir, maps.rev)?,
-    ) else {
+    let path = map_pin_path(pin_dir, maps.udp);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let udp = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let sockets: Vec<(SockRevKeyOf<A>, u32)> = batch::all(&udp, WALK_CHUNK).context(maps.udp)?;
+    if sockets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(backends) = open(pin_dir, maps.backends)? else {
         return Ok(Vec::new());
     };
-    let services: HashMap<MapData, ServiceKeyOf<A>, ServiceValue> = HashMap::try_from(services)?;
-    let tcp: BTreeSet<u32> = services
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(key, _)| key.proto != IPPROTO_UDP)
-        .map(|(_, value)| value.id)
-        .collect();
     let backends: HashMap<MapData, u32, BackendOf<A>> = HashMap::try_from(backends)?;
-    let active: BTreeSet<(u32, A, u16)> = backends
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, b)| b.is_active())
-        .map(|(_, b)| (b.svc_id, b.addr, b.port))
-        .collect();
-    let rev: HashMap<MapData, SockRevKeyOf<A>, SockRevOf<A>> = HashMap::try_from(rev)?;
     let mut stale = Vec::new();
-    for (key, frontend) in rev.iter().filter_map(Result::ok) {
-        if tcp.contains(&frontend.svc_id) || active.contains(&(frontend.svc_id, key.addr, key.port))
-        {
+    for (key, backend_id) in sockets {
+        if backends.get(&backend_id, 0).is_ok_and(|b| b.is_active()) {
             continue;
         }
         let mut cookie = [0u8; 8];
@@ -186,8 +167,11 @@ where
     Ok(stale)
 }
 
-/// Deletes `keys` from the reverse map `name`.
-fn forget<A: MapAddr>(pin_dir: &Path, name: &str, keys: &[SockRevKeyOf<A>]) -> Result<()>
+/// Entries per `BPF_MAP_LOOKUP_BATCH` of the walk.
+const WALK_CHUNK: usize = 4_096;
+
+/// Deletes `keys` from the maps of `maps` that hold them (`KP_SOCK_UDP`, `KP_SOCK_REV`).
+fn forget<A: MapAddr>(pin_dir: &Path, maps: FamilyNames, keys: &[SockRevKeyOf<A>]) -> Result<()>
 where
     SockRevKeyOf<A>: aya::Pod,
     SockRevOf<A>: aya::Pod,
@@ -195,13 +179,18 @@ where
     if keys.is_empty() {
         return Ok(());
     }
-    let Some(map) = open(pin_dir, name)? else {
-        return Ok(());
-    };
-    let mut rev: HashMap<MapData, SockRevKeyOf<A>, SockRevOf<A>> = HashMap::try_from(map)?;
-    for key in keys {
-        // Already evicted, or forgotten by an earlier sweep: nothing to do.
-        let _ = rev.remove(key);
+    // Already evicted, or forgotten by an earlier sweep: nothing to do for those.
+    if let Some(map) = open(pin_dir, maps.udp)? {
+        let mut udp: HashMap<MapData, SockRevKeyOf<A>, u32> = HashMap::try_from(map)?;
+        for key in keys {
+            let _ = udp.remove(key);
+        }
+    }
+    if let Some(map) = open(pin_dir, maps.rev)? {
+        let mut rev: HashMap<MapData, SockRevKeyOf<A>, SockRevOf<A>> = HashMap::try_from(map)?;
+        for key in keys {
+            let _ = rev.remove(key);
+        }
     }
     Ok(())
 }

@@ -380,7 +380,9 @@ impl Run<'_> {
                 .samples
                 .push(sample);
         }
-        let paced = measure_paced(self.bench, &bed, vec![last])?;
+        let before = proxy.usage();
+        let mut paced = measure_paced(self.bench, &bed, vec![last])?;
+        paced.proxy_us = process_cpu_us(before, proxy.usage(), paced.connections);
         record_paced(real, mode.name(), services, paced);
         let counters = mode
             .is_kproxy()
@@ -496,8 +498,24 @@ pub const PACED_RATE: f64 = 5_000.0;
 #[derive(Clone, Copy)]
 pub struct Paced {
     achieved: f64,
+    connections: f64,
     cpu_us: Option<f64>,
+    /// The proxy process's own CPU (with the processes it ran) per connection, µs.
+    proxy_us: Option<f64>,
     p99_us: f64,
+}
+
+/// A process's CPU time between two readings, per connection, µs.
+fn process_cpu_us(
+    before: Option<ProcessUsage>,
+    after: Option<ProcessUsage>,
+    connections: f64,
+) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    let spent = after.cpu_seconds + after.children_cpu_seconds
+        - before.cpu_seconds
+        - before.children_cpu_seconds;
+    Some(spent / connections * 1e6)
 }
 
 /// [`PACED_RATE`] new connections per second to `targets` (in turn) from the bed's client;
@@ -529,7 +547,9 @@ fn measure_paced(bench: &BenchPlan, bed: &BenchBed, targets: Vec<SocketAddr>) ->
     #[allow(clippy::cast_precision_loss)]
     Ok(Paced {
         achieved: result.rate(),
+        connections,
         cpu_us,
+        proxy_us: None,
         p99_us: result.p99_us() as f64,
     })
 }
@@ -547,6 +567,7 @@ fn record_paced(real: &mut Real, mode: &str, services: usize, paced: Paced) {
     );
     cell.achieved.push(paced.achieved);
     cell.cpu_us.extend(paced.cpu_us);
+    cell.proxy_us.extend(paced.proxy_us);
     cell.p99_us.push(paced.p99_us);
 }
 

@@ -104,6 +104,9 @@ pub struct CpuCell {
     pub cpu_us: Vec<f64>,
     /// Connect+request latency at that rate, µs.
     pub p99_us: Vec<f64>,
+    /// Of the CPU per connection, the proxy process's own (with the processes it ran), µs.
+    #[serde(default)]
+    pub proxy_us: Vec<f64>,
 }
 
 /// The CPU table: per mode, CPU per connection, the proxy's overhead over `direct`, and
@@ -113,14 +116,19 @@ fn cpu_table(real: &Real) -> String {
         return String::new();
     }
     let mut out = String::from(
-        "#### CPU per connection at a fixed rate (real kube-proxy)
-
-         Every mode gets the same offered rate of new connections to the last Service (direct:          to the backends in turn), below every mode's saturation; the machine's CPU time over          the measured window (all CPUs, from `/proc/stat`, less the rate it burned idle in          the second before: the control plane and the bench at rest), divided by the          connections completed. Overhead: the mode's figure less direct's, the cost of the          proxy itself. Medians over repetitions with min–max.
-
-         | mode | services | offered /s | achieved /s | CPU µs per connection | overhead µs          | overhead × nftables' | p99 µs |
-|---|---:|---:|---:|---:|---:|---:|---:|
-",
+        "#### CPU per connection at a fixed rate (real kube-proxy)\n\n\
+         Every mode gets the same offered rate of new connections to the last Service (direct: \
+         to the backends in turn), below every mode's saturation; the machine's CPU time over \
+         the measured window (all CPUs, from `/proc/stat`, less the rate it burned idle in \
+         the second before: the control plane and the bench at rest), divided by the \
+         connections completed. Overhead: the mode's figure less direct's, the cost of the \
+         proxy itself; of the CPU, the proxy process's own (its user space: syncs, \
+         collections). Medians over repetitions with min–max.\n\n\
+         | mode | services | offered /s | achieved /s | CPU µs per connection | overhead µs \
+         | overhead × nftables' | of it the proxy process µs | p99 µs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+
     let median = |mode: &str, services: usize| {
         real.cpu
             .iter()
@@ -145,13 +153,14 @@ fn cpu_table(real: &Real) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {ratio} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
             c.mode,
             c.services,
             fmt_num(c.offered),
             ms(&c.achieved),
             ms(&c.cpu_us),
             opt(own.map(fmt_num)),
+            ms(&c.proxy_us),
             ms(&c.p99_us),
         );
     }
@@ -421,6 +430,7 @@ mod tests {
             achieved: vec![4_990.0],
             cpu_us: vec![us],
             p99_us: vec![1_500.0],
+            proxy_us: Vec::new(),
         };
         let real = Real {
             scales: vec![Scale {
@@ -441,12 +451,12 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| kproxy-sock | 10000 | 5,000 | 4,990 (4,990–4,990) | 102 (102–102) | 2.00 | 0.10× |"),
+            text.contains("| kproxy-sock | 10000 | 5,000 | 4,990 (4,990–4,990) | 102 (102–102) | 2.00 | 0.10× | – |"),
             "{text}"
         );
         assert!(
             text.contains(
-                "| direct | 10000 | 5,000 | 4,990 (4,990–4,990) | 100 (100–100) | – | – |"
+                "| direct | 10000 | 5,000 | 4,990 (4,990–4,990) | 100 (100–100) | – | – | – |"
             ),
             "{text}"
         );
