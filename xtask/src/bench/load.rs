@@ -75,6 +75,9 @@ pub struct LoadConfig {
     /// Connections started per second, on a fixed schedule shared by the workers (warm-up
     /// included); `None`: each worker starts its next connection as soon as one ends.
     pub rate: Option<f64>,
+    /// A process whose CPU time (with its children's) is kept apart from the machine's
+    /// (the proxy: its control-plane work is not a connection's cost).
+    pub apart: Option<u32>,
 }
 
 impl LoadConfig {
@@ -94,6 +97,7 @@ impl LoadConfig {
             // otherwise idle (the client can use the core the node's softirqs leave free).
             threads: 2,
             rate: None,
+            apart: None,
         }
     }
 
@@ -132,8 +136,11 @@ pub struct LoadResult {
     /// Successful connections per answering backend (`ip:port` as the backend reported it).
     pub per_backend: BTreeMap<String, u64>,
     /// The machine's CPU time over the measured window, all CPUs (`/proc/stat`: everything
-    /// but idle and I/O wait), seconds; `None` if it could not be read.
+    /// but idle and I/O wait), less the `apart` process's, seconds; `None` if it could not
+    /// be read.
     pub cpu_busy_s: Option<f64>,
+    /// The `apart` process's CPU time over the window (with its children's), seconds.
+    pub apart_cpu_s: Option<f64>,
 }
 
 impl LoadResult {
@@ -195,14 +202,51 @@ fn run_here(cfg: LoadConfig) -> Result<LoadResult> {
     let runtime = build_runtime(cfg.threads)?;
     let measured = cfg.duration;
     let limit = cfg.warmup + cfg.duration + cfg.timeout + STOP_GRACE;
-    let (tally, cpu_busy_s) = runtime.block_on(async move {
-        tokio::time::timeout(limit, generate(Arc::new(Plan::new(cfg))))
+    let apart = cfg.apart;
+    let (tally, cpu) = runtime.block_on(async move {
+        tokio::time::timeout(limit, generate(Arc::new(Plan::new(cfg)), apart))
             .await
             .context("load generator workers did not stop in time")
     })??;
     let mut result = tally.into_result(measured);
-    result.cpu_busy_s = cpu_busy_s;
+    if let Some(cpu) = cpu {
+        result.cpu_busy_s = Some(cpu.machine - cpu.apart);
+        result.apart_cpu_s = apart.map(|_| cpu.apart);
+    }
     Ok(result)
+}
+
+/// CPU time, seconds: the machine's (all CPUs) and one process's (with its children).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuReading {
+    pub machine: f64,
+    pub apart: f64,
+}
+
+impl std::ops::Sub for CpuReading {
+    type Output = CpuReading;
+
+    fn sub(self, before: CpuReading) -> CpuReading {
+        CpuReading {
+            machine: self.machine - before.machine,
+            apart: self.apart - before.apart,
+        }
+    }
+}
+
+/// The machine's CPU time so far and that of process `apart` (0 without one).
+pub fn cpu_reading(apart: Option<u32>) -> Option<CpuReading> {
+    let apart = match apart {
+        Some(pid) => {
+            let usage = super::modes::ProcessUsage::of(pid)?;
+            usage.cpu_seconds + usage.children_cpu_seconds
+        }
+        None => 0.0,
+    };
+    Some(CpuReading {
+        machine: cpu_busy_seconds()?,
+        apart,
+    })
 }
 
 /// The machine's CPU time so far, all CPUs, seconds: the `cpu` line of `/proc/stat` without
@@ -297,13 +341,13 @@ impl Plan {
 
 /// Starts `concurrency` workers and merges what they counted; with the machine's CPU time
 /// over the measured window.
-async fn generate(plan: Arc<Plan>) -> Result<(Tally, Option<f64>)> {
+async fn generate(plan: Arc<Plan>, apart: Option<u32>) -> Result<(Tally, Option<CpuReading>)> {
     let window = (plan.measure_from, plan.stop_at);
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(window.0.into()).await;
-        let before = cpu_busy_seconds();
+        let before = cpu_reading(apart);
         tokio::time::sleep_until(window.1.into()).await;
-        Some(cpu_busy_seconds()? - before?)
+        Some(cpu_reading(apart)? - before?)
     });
     let mut workers = tokio::task::JoinSet::new();
     for id in 0..plan.concurrency {
@@ -480,6 +524,7 @@ impl Tally {
                 .map(|(backend, n)| (backend.to_string(), n))
                 .collect(),
             cpu_busy_s: None,
+            apart_cpu_s: None,
         }
     }
 }

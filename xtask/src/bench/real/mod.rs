@@ -380,9 +380,7 @@ impl Run<'_> {
                 .samples
                 .push(sample);
         }
-        let before = proxy.usage();
-        let mut paced = measure_paced(self.bench, &bed, vec![last])?;
-        paced.proxy_us = process_cpu_us(before, proxy.usage(), paced.connections);
+        let paced = measure_paced(self.bench, &bed, vec![last], proxy.pid())?;
         record_paced(real, mode.name(), services, paced);
         let counters = mode
             .is_kproxy()
@@ -486,7 +484,7 @@ fn measure_direct(bench: &BenchPlan, family: Family) -> Result<(super::report::S
     cfg.warmup = super::warmup(bench.duration);
     cfg.concurrency = bench.concurrency;
     let sample = super::measure_with(&bed, &cfg, "backends")?;
-    Ok((sample, measure_paced(bench, &bed, backends)?))
+    Ok((sample, measure_paced(bench, &bed, backends, None)?))
 }
 
 /// New connections offered per second when the CPU per connection is measured: below every
@@ -498,58 +496,52 @@ pub const PACED_RATE: f64 = 5_000.0;
 #[derive(Clone, Copy)]
 pub struct Paced {
     achieved: f64,
-    connections: f64,
     cpu_us: Option<f64>,
     /// The proxy process's own CPU (with the processes it ran) per connection, µs.
     proxy_us: Option<f64>,
     p99_us: f64,
 }
 
-/// A process's CPU time between two readings, per connection, µs.
-fn process_cpu_us(
-    before: Option<ProcessUsage>,
-    after: Option<ProcessUsage>,
-    connections: f64,
-) -> Option<f64> {
-    let (before, after) = (before?, after?);
-    let spent = after.cpu_seconds + after.children_cpu_seconds
-        - before.cpu_seconds
-        - before.children_cpu_seconds;
-    Some(spent / connections * 1e6)
-}
-
-/// [`PACED_RATE`] new connections per second to `targets` (in turn) from the bed's client;
-/// the machine's CPU per connection, less the rate it burns idle (measured over the second
-/// before).
-fn measure_paced(bench: &BenchPlan, bed: &BenchBed, targets: Vec<SocketAddr>) -> Result<Paced> {
-    let idle_before = super::load::cpu_busy_seconds();
+/// [`PACED_RATE`] new connections per second to `targets` (in turn) from the bed's client.
+/// The CPU per connection is the machine's less the proxy process's (`proxy`: its
+/// control-plane work is no connection's cost; reported apart), less the rate the rest
+/// burns at rest, measured over a second before the load.
+fn measure_paced(
+    bench: &BenchPlan,
+    bed: &BenchBed,
+    targets: Vec<SocketAddr>,
+    proxy: Option<u32>,
+) -> Result<Paced> {
+    use super::load::cpu_reading;
+    let rest_before = cpu_reading(proxy);
     std::thread::sleep(Duration::from_secs(1));
-    let idle_rate = super::load::cpu_busy_seconds()
-        .zip(idle_before)
+    let at_rest = cpu_reading(proxy)
+        .zip(rest_before)
         .map(|(after, before)| after - before);
     let mut cfg = super::load::LoadConfig::new(targets);
     cfg.duration = bench.duration;
     cfg.warmup = super::warmup(bench.duration);
     cfg.concurrency = bench.concurrency;
     cfg.rate = Some(PACED_RATE);
+    cfg.apart = proxy;
     let result = super::load::run(&bed.topo.client, &cfg)?;
     let window = cfg.duration.as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
     let connections = result.connections as f64;
-    let cpu_us = result
-        .cpu_busy_s
-        .zip(idle_rate)
-        .map(|(busy, idle)| (busy - idle * window).max(0.0) / connections * 1e6);
+    let cpu_us = result.cpu_busy_s.zip(at_rest).map(|(busy, rest)| {
+        (busy - (rest.machine - rest.apart) * window).max(0.0) / connections * 1e6
+    });
+    let proxy_us = result.apart_cpu_s.map(|s| s / connections * 1e6);
     eprintln!(
-        "bench:   paced {result}; CPU per connection {}",
-        cpu_us.map_or("-".into(), |us| format!("{us:.1} µs"))
+        "bench:   paced {result}; CPU per connection {}, the proxy's own {}",
+        cpu_us.map_or("-".into(), |us| format!("{us:.1} µs")),
+        proxy_us.map_or("-".into(), |us| format!("{us:.1} µs"))
     );
     #[allow(clippy::cast_precision_loss)]
     Ok(Paced {
         achieved: result.rate(),
-        connections,
         cpu_us,
-        proxy_us: None,
+        proxy_us,
         p99_us: result.p99_us() as f64,
     })
 }

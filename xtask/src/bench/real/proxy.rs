@@ -207,6 +207,10 @@ impl RunningProxy {
         ProcessUsage::of(self.process.pid()?)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// SIGTERM; kproxy must exit cleanly, kube-proxy's status is its own business.
     pub fn stop(self) -> Result<()> {
         let status = self.process.terminate(Duration::from_secs(10))?;

@@ -99,12 +99,14 @@ pub struct CpuCell {
     pub offered: f64,
     /// Connections completed per second.
     pub achieved: Vec<f64>,
-    /// The machine's CPU time over the window (all CPUs, less what it spent idle-running
-    /// just before: the control plane, the bench itself) per connection, µs.
+    /// The machine's CPU time over the window (all CPUs) less the proxy process's, less the
+    /// rest's rate at rest just before (the control plane, the bench itself), per
+    /// connection, µs.
     pub cpu_us: Vec<f64>,
     /// Connect+request latency at that rate, µs.
     pub p99_us: Vec<f64>,
-    /// Of the CPU per connection, the proxy process's own (with the processes it ran), µs.
+    /// The proxy process's own CPU over the window (with the processes it ran; not in
+    /// `cpu_us`) per connection, µs.
     #[serde(default)]
     pub proxy_us: Vec<f64>,
 }
@@ -119,13 +121,15 @@ fn cpu_table(real: &Real) -> String {
         "#### CPU per connection at a fixed rate (real kube-proxy)\n\n\
          Every mode gets the same offered rate of new connections to the last Service (direct: \
          to the backends in turn), below every mode's saturation; the machine's CPU time over \
-         the measured window (all CPUs, from `/proc/stat`, less the rate it burned idle in \
-         the second before: the control plane and the bench at rest), divided by the \
-         connections completed. Overhead: the mode's figure less direct's, the cost of the \
-         proxy itself; of the CPU, the proxy process's own (its user space: syncs, \
-         collections). Medians over repetitions with min–max.\n\n\
+         the measured window (all CPUs, from `/proc/stat`) less the proxy process's own, \
+         less the rate the rest burned at rest in the second before (the control plane, \
+         the bench), divided by the connections completed: what moving the connections \
+         costs, in the kernel's stack and datapath and in client and servers. Overhead: \
+         the mode's figure less direct's, the datapath's cost. The proxy process's own CPU \
+         over the window (its control-plane work: syncs, collections, kube-proxy's rule \
+         runs) stands apart, per connection. Medians over repetitions with min–max.\n\n\
          | mode | services | offered /s | achieved /s | CPU µs per connection | overhead µs \
-         | overhead × nftables' | of it the proxy process µs | p99 µs |\n\
+         | overhead × nftables' | proxy process µs | p99 µs |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
 
