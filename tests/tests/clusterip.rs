@@ -529,18 +529,7 @@ fn clients_on_the_node_itself_reach_services_through_egress() {
     let _agent = Agent::start(&bed, &[]);
     // Host processes reach VIPs through the node's routes (here via the client's link, standing
     // in for a default gateway): the egress program translates them before they leave.
-    bed.topo
-        .node
-        .ip(&[
-            "route",
-            "add",
-            "198.19.0.0/16",
-            "via",
-            "198.18.1.2",
-            "dev",
-            "kc",
-        ])
-        .expect("VIP route");
+    bed.route_vips_from_node();
     let node = &bed.topo.node;
     bed.forget_backend_neighbours();
     let mut counts = BTreeMap::new();

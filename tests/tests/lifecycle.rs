@@ -191,18 +191,7 @@ fn the_node_reaches_a_backend_on_its_own_address() {
         ]),
     );
     let _agent = Agent::start(&bed, &[]);
-    bed.topo
-        .node
-        .ip(&[
-            "route",
-            "add",
-            "198.19.0.0/16",
-            "via",
-            "198.18.1.2",
-            "dev",
-            "kc",
-        ])
-        .expect("VIP route");
+    bed.route_vips_from_node();
     let target = SocketAddrV4::new(vip(30), 80);
     for (who, ns) in [
         ("the node itself", &bed.topo.node),

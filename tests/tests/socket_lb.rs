@@ -28,12 +28,17 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// `web` (TCP 80 → 8080, ClientIP affinity if asked), `dns` (UDP 53 → 5353) on all
 /// backends, and `empty` (TCP 80, no endpoints).
 fn services(bed: &Bed, affinity: Option<u32>) -> String {
+    services_with_dns_on(bed, affinity, &bed.backends())
+}
+
+/// `services`, with `dns` on `dns_backends` only.
+fn services_with_dns_on(bed: &Bed, affinity: Option<u32>, dns_backends: &[Ipv4Addr]) -> String {
     let backends = bed.backends();
     documents(&[
         service("web", vip(10), &[("http", 80, "TCP")], affinity),
         slice("web-1", "web", &[("http", TCP_PORT, "TCP")], &backends),
         service("dns", vip(53), &[("dns", 53, "UDP")], None),
-        slice("dns-1", "dns", &[("dns", UDP_PORT, "UDP")], &backends),
+        slice("dns-1", "dns", &[("dns", UDP_PORT, "UDP")], dns_backends),
         service("empty", vip(20), &[("http", 80, "TCP")], None),
     ])
 }
@@ -198,18 +203,7 @@ fn host_only_serves_the_node_and_leaves_pods_to_the_packet_path() {
     // The node's own sockets are served at the socket. The node reaches VIPs through the
     // client's link (standing in for a default gateway), which socket-level load balancing
     // never uses: the connect already names the backend.
-    bed.topo
-        .node
-        .ip(&[
-            "route",
-            "add",
-            "198.19.0.0/16",
-            "via",
-            "198.18.1.2",
-            "dev",
-            "kc",
-        ])
-        .expect("VIP route");
+    bed.route_vips_from_node();
     let seen = cgroup
         .requests::<SocketAddrV4>(&bed.topo.node, "tcp", web(), 6)
         .expect("node traffic through the socket");
@@ -317,17 +311,7 @@ fn a_connected_udp_socket_whose_backend_goes_is_destroyed_and_connects_again_to_
 
     // The backend leaves the Service's endpoints.
     let kept: Vec<Ipv4Addr> = bed.backends().into_iter().filter(|b| *b != gone).collect();
-    let backends = bed.backends();
-    bed.write(
-        "apps.yaml",
-        &documents(&[
-            service("web", vip(10), &[("http", 80, "TCP")], None),
-            slice("web-1", "web", &[("http", TCP_PORT, "TCP")], &backends),
-            service("dns", vip(53), &[("dns", 53, "UDP")], None),
-            slice("dns-1", "dns", &[("dns", UDP_PORT, "UDP")], &kept),
-            service("empty", vip(20), &[("http", 80, "TCP")], None),
-        ]),
-    );
+    bed.write("apps.yaml", &services_with_dns_on(&bed, None, &kept));
     let mut lines = Vec::new();
     let started = std::time::Instant::now();
     let moved = loop {

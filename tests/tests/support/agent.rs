@@ -188,6 +188,24 @@ impl Bed {
         }
     }
 
+    /// Routes the VIPs (198.19.0.0/16) from the node through the client's link, standing in
+    /// for a default gateway: the node's own processes then reach Services the way a
+    /// node without a route of its own to them does.
+    pub fn route_vips_from_node(&self) {
+        self.topo
+            .node
+            .ip(&[
+                "route",
+                "add",
+                "198.19.0.0/16",
+                "via",
+                "198.18.1.2",
+                "dev",
+                "kc",
+            ])
+            .expect("VIP route");
+    }
+
     /// TCP segments the node has retransmitted so far (`TcpRetransSegs`, both families):
     /// none when no packet of the node's own connections was lost.
     pub fn node_tcp_retransmissions(&self) -> u64 {
