@@ -354,15 +354,20 @@ const SOCK_ALLOW: i32 = 1;
 #[cgroup_sock_addr(connect4)]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::connect::<V4>(&ctx);
+    sock::connect::<sock::Ip4>(&ctx);
     SOCK_ALLOW
 }
 
-/// `connect` of an IPv6 socket.
+/// `connect` of an IPv6 socket; an IPv4-mapped address (a dual-stack socket reaching an
+/// IPv4 one) is served as IPv4.
 #[cgroup_sock_addr(connect6)]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_sock_connect6(ctx: SockAddrContext) -> i32 {
-    sock::connect::<V6>(&ctx);
+    if sock::is_v4_mapped(&ctx) {
+        sock::connect::<sock::Mapped4>(&ctx);
+    } else {
+        sock::connect::<sock::Ip6>(&ctx);
+    }
     SOCK_ALLOW
 }
 
@@ -370,7 +375,7 @@ pub fn kproxy_sock_connect6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg4)]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::sendmsg::<V4>(&ctx);
+    sock::sendmsg::<sock::Ip4>(&ctx);
     SOCK_ALLOW
 }
 
@@ -378,7 +383,11 @@ pub fn kproxy_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock::sendmsg::<V6>(&ctx);
+    if sock::is_v4_mapped(&ctx) {
+        sock::sendmsg::<sock::Mapped4>(&ctx);
+    } else {
+        sock::sendmsg::<sock::Ip6>(&ctx);
+    }
     SOCK_ALLOW
 }
 
@@ -386,7 +395,7 @@ pub fn kproxy_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg4)]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse::<V4>(&ctx, true);
+    sock::reverse::<sock::Ip4>(&ctx, true);
     SOCK_ALLOW
 }
 
@@ -394,7 +403,11 @@ pub fn kproxy_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg6)]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock::reverse::<V6>(&ctx, true);
+    if sock::is_v4_mapped(&ctx) {
+        sock::reverse::<sock::Mapped4>(&ctx, true);
+    } else {
+        sock::reverse::<sock::Ip6>(&ctx, true);
+    }
     SOCK_ALLOW
 }
 
@@ -402,7 +415,7 @@ pub fn kproxy_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::reverse::<V4>(&ctx, false);
+    sock::reverse::<sock::Ip4>(&ctx, false);
     SOCK_ALLOW
 }
 
@@ -410,7 +423,11 @@ pub fn kproxy_sock_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 #[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
 pub fn kproxy_sock_getpeername6(ctx: SockAddrContext) -> i32 {
-    sock::reverse::<V6>(&ctx, false);
+    if sock::is_v4_mapped(&ctx) {
+        sock::reverse::<sock::Mapped4>(&ctx, false);
+    } else {
+        sock::reverse::<sock::Ip6>(&ctx, false);
+    }
     SOCK_ALLOW
 }
 

@@ -58,10 +58,92 @@ pub trait SockFamily: Family {
     fn rev() -> &'static LruHashMap<SockRevKeyOf<Self::Addr>, SockRevOf<Self::Addr>>;
     fn flows() -> &'static LruHashMap<SockFlowKeyOf<Self::Addr>, SockFlow>;
     fn udp_connected() -> &'static LruHashMap<SockRevKeyOf<Self::Addr>, u32>;
-    /// The address and port the application gave (network byte order).
-    fn user_addr(sa: *const bpf_sock_addr) -> (Self::Addr, u16);
+}
+
+/// Where a hook's context holds the address the application gave, and its family: IPv4
+/// (`user_ip4`), IPv6 (`user_ip6`), or IPv4 mapped into IPv6 (`::ffff:a.b.c.d` in
+/// `user_ip6`, a dual-stack socket reaching an IPv4 address), which is served as IPv4.
+pub trait UserAddr {
+    type F: SockFamily;
+    /// The address and port (network byte order).
+    fn get(sa: *const bpf_sock_addr) -> (<Self::F as Family>::Addr, u16);
     /// Replaces them.
-    fn set_user_addr(sa: *mut bpf_sock_addr, addr: Self::Addr, port: u16);
+    fn set(sa: *mut bpf_sock_addr, addr: <Self::F as Family>::Addr, port: u16);
+}
+
+pub struct Ip4;
+pub struct Ip6;
+pub struct Mapped4;
+
+/// The third word of an IPv4-mapped IPv6 address (`::ffff:0:0/96`), as it lies in memory.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// One word of `user_ip6`, read with a 4-byte access (the kernel checks the size of every
+/// context access).
+#[inline(always)]
+fn user_ip6_word(sa: *const bpf_sock_addr, i: usize) -> u32 {
+    // SAFETY: the context the kernel passed; a 4-byte read of a readable field.
+    unsafe { core::ptr::read_volatile(&raw const (*sa).user_ip6[i]) }
+}
+
+#[inline(always)]
+fn set_user_ip6(sa: *mut bpf_sock_addr, words: [u32; 4]) {
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: the context the kernel passed; a 4-byte write of a writable field.
+        unsafe { core::ptr::write_volatile(&raw mut (*sa).user_ip6[i], words[i]) };
+        i += 1;
+    }
+}
+
+/// Whether an IPv6 hook's address is an IPv4-mapped one.
+#[inline(always)]
+pub fn is_v4_mapped(ctx: &SockAddrContext) -> bool {
+    let sa = ctx.sock_addr;
+    user_ip6_word(sa, 0) == 0 && user_ip6_word(sa, 1) == 0 && user_ip6_word(sa, 2) == V4_MAPPED_WORD
+}
+
+impl UserAddr for Ip4 {
+    type F = V4;
+    #[inline(always)]
+    fn get(sa: *const bpf_sock_addr) -> (u32, u16) {
+        // SAFETY: as `user_port`.
+        let addr = unsafe { core::ptr::read_volatile(&raw const (*sa).user_ip4) };
+        (addr, user_port(sa))
+    }
+    #[inline(always)]
+    fn set(sa: *mut bpf_sock_addr, addr: u32, port: u16) {
+        // SAFETY: as `set_user_port`.
+        unsafe { core::ptr::write_volatile(&raw mut (*sa).user_ip4, addr) };
+        set_user_port(sa, port);
+    }
+}
+
+impl UserAddr for Ip6 {
+    type F = V6;
+    #[inline(always)]
+    fn get(sa: *const bpf_sock_addr) -> (In6Addr, u16) {
+        let word = |i| user_ip6_word(sa, i);
+        (In6Addr([word(0), word(1), word(2), word(3)]), user_port(sa))
+    }
+    #[inline(always)]
+    fn set(sa: *mut bpf_sock_addr, addr: In6Addr, port: u16) {
+        set_user_ip6(sa, addr.0);
+        set_user_port(sa, port);
+    }
+}
+
+impl UserAddr for Mapped4 {
+    type F = V4;
+    #[inline(always)]
+    fn get(sa: *const bpf_sock_addr) -> (u32, u16) {
+        (user_ip6_word(sa, 3), user_port(sa))
+    }
+    #[inline(always)]
+    fn set(sa: *mut bpf_sock_addr, addr: u32, port: u16) {
+        set_user_ip6(sa, [0, 0, V4_MAPPED_WORD, addr]);
+        set_user_port(sa, port);
+    }
 }
 
 /// `user_port` holds the port in network byte order in its first two bytes.
@@ -90,18 +172,6 @@ impl SockFamily for V4 {
     fn udp_connected() -> &'static LruHashMap<SockRevKeyOf<u32>, u32> {
         &KP_SOCK_UDP
     }
-    #[inline(always)]
-    fn user_addr(sa: *const bpf_sock_addr) -> (u32, u16) {
-        // SAFETY: as `user_port`.
-        let addr = unsafe { core::ptr::read_volatile(&raw const (*sa).user_ip4) };
-        (addr, user_port(sa))
-    }
-    #[inline(always)]
-    fn set_user_addr(sa: *mut bpf_sock_addr, addr: u32, port: u16) {
-        // SAFETY: as `set_user_port`.
-        unsafe { core::ptr::write_volatile(&raw mut (*sa).user_ip4, addr) };
-        set_user_port(sa, port);
-    }
 }
 
 impl SockFamily for V6 {
@@ -116,23 +186,6 @@ impl SockFamily for V6 {
     #[inline(always)]
     fn udp_connected() -> &'static LruHashMap<SockRevKeyOf<In6Addr>, u32> {
         &KP_SOCK_UDP6
-    }
-    #[inline(always)]
-    fn user_addr(sa: *const bpf_sock_addr) -> (In6Addr, u16) {
-        // One 4-byte read per word: the kernel checks the size of every context access.
-        // SAFETY: as `user_port`.
-        let word = |i: usize| unsafe { core::ptr::read_volatile(&raw const (*sa).user_ip6[i]) };
-        (In6Addr([word(0), word(1), word(2), word(3)]), user_port(sa))
-    }
-    #[inline(always)]
-    fn set_user_addr(sa: *mut bpf_sock_addr, addr: In6Addr, port: u16) {
-        let mut i = 0;
-        while i < 4 {
-            // SAFETY: as `set_user_port`.
-            unsafe { core::ptr::write_volatile(&raw mut (*sa).user_ip6[i], addr.0[i]) };
-            i += 1;
-        }
-        set_user_port(sa, port);
     }
 }
 
@@ -249,11 +302,11 @@ fn choose<F: Family>(
 /// remembers the frontend for getpeername and replies. Nothing changes if it cannot be
 /// remembered.
 #[inline(always)]
-fn point_at<F: SockFamily>(
+fn point_at<U: UserAddr>(
     sock: &Sock,
-    (addr, port): (F::Addr, u16),
+    (addr, port): (<U::F as Family>::Addr, u16),
     svc_id: u32,
-    backend: &BackendOf<F::Addr>,
+    backend: &BackendOf<<U::F as Family>::Addr>,
 ) -> Result<(), Counter> {
     let frontend = SockRevOf {
         addr,
@@ -261,22 +314,22 @@ fn point_at<F: SockFamily>(
         _pad: 0,
         svc_id,
     };
-    F::rev()
+    U::F::rev()
         .insert(sock.rev_key(backend.addr, backend.port), frontend, 0)
         .map_err(|_| Counter::SockLeftError)?;
-    F::set_user_addr(sock.sa, backend.addr, backend.port);
+    U::set(sock.sa, backend.addr, backend.port);
     Ok(())
 }
 
 /// `connect` of a TCP or UDP socket.
 #[inline(always)]
-pub fn connect<F: SockFamily>(ctx: &SockAddrContext) {
+pub fn connect<U: UserAddr>(ctx: &SockAddrContext) {
     let sock = Sock::of(ctx);
     if sock.proto != IPPROTO_TCP && sock.proto != IPPROTO_UDP {
         return;
     }
-    let dest = F::user_addr(sock.sa);
-    let Some(found) = frontend::find::<F>(dest.0, dest.1, sock.proto) else {
+    let dest = U::get(sock.sa);
+    let Some(found) = frontend::find::<U::F>(dest.0, dest.1, sock.proto) else {
         return;
     };
     let Some((client, netns)) = client_of(ctx) else {
@@ -284,8 +337,8 @@ pub fn connect<F: SockFamily>(ctx: &SockAddrContext) {
         return;
     };
     let now = conntrack::now_ns();
-    let served = choose::<F>(&found, client, netns, now).and_then(|(id, svc, backend)| {
-        point_at::<F>(&sock, dest, svc.id, &backend).map(|()| (id, svc))
+    let served = choose::<U::F>(&found, client, netns, now).and_then(|(id, svc, backend)| {
+        point_at::<U>(&sock, dest, svc.id, &backend).map(|()| (id, svc))
     });
     match served {
         Ok((backend_id, svc)) => {
@@ -293,9 +346,9 @@ pub fn connect<F: SockFamily>(ctx: &SockAddrContext) {
                 // Found by the agent if the backend stops taking connections: a connected
                 // UDP socket keeps it for life otherwise. Lost (evicted) only under
                 // pressure, when the socket then keeps its backend as a TCP one would.
-                let backend = F::user_addr(sock.sa);
+                let backend = U::get(sock.sa);
                 let _ =
-                    F::udp_connected().insert(sock.rev_key(backend.0, backend.1), backend_id, 0);
+                    U::F::udp_connected().insert(sock.rev_key(backend.0, backend.1), backend_id, 0);
             }
             stats::count_new_flow(svc.id, backend_id);
             stats::count(Counter::SockConnects);
@@ -308,13 +361,13 @@ pub fn connect<F: SockFamily>(ctx: &SockAddrContext) {
 /// backend, the flow living as conntrack's UDP entry would (its timeouts, moved off a
 /// backend that stops taking new connections).
 #[inline(always)]
-pub fn sendmsg<F: SockFamily>(ctx: &SockAddrContext) {
+pub fn sendmsg<U: UserAddr>(ctx: &SockAddrContext) {
     let sock = Sock::of(ctx);
     if sock.proto != IPPROTO_UDP {
         return;
     }
-    let dest = F::user_addr(sock.sa);
-    let Some(found) = frontend::find::<F>(dest.0, dest.1, sock.proto) else {
+    let dest = U::get(sock.sa);
+    let Some(found) = frontend::find::<U::F>(dest.0, dest.1, sock.proto) else {
         return;
     };
     let Some((client, netns)) = client_of(ctx) else {
@@ -329,22 +382,22 @@ pub fn sendmsg<F: SockFamily>(ctx: &SockAddrContext) {
         _pad: 0,
         cookie: sock.cookie,
     };
-    if let Some(backend) = live_flow::<F>(&key, now) {
+    if let Some(backend) = live_flow::<U::F>(&key, now) {
         // The frontend is remembered already; the flow's time is refreshed.
-        F::set_user_addr(sock.sa, backend.addr, backend.port);
+        U::set(sock.sa, backend.addr, backend.port);
         stats::count(Counter::SockDatagrams);
         return;
     }
-    let served = choose::<F>(&found, client, netns, now).and_then(|(id, svc, backend)| {
+    let served = choose::<U::F>(&found, client, netns, now).and_then(|(id, svc, backend)| {
         let flow = SockFlow {
             last_seen_ns: now,
             backend_id: id,
             flags: 0,
         };
-        F::flows()
+        U::F::flows()
             .insert(key, flow, 0)
             .map_err(|_| Counter::SockLeftError)?;
-        point_at::<F>(&sock, dest, svc.id, &backend).map(|()| (id, svc))
+        point_at::<U>(&sock, dest, svc.id, &backend).map(|()| (id, svc))
     });
     match served {
         Ok((backend_id, svc)) => {
@@ -404,14 +457,14 @@ fn refresh<F: SockFamily>(key: &SockFlowKeyOf<F::Addr>, flow: SockFlow, flags: u
 /// `getpeername`, and `recvmsg` of a UDP socket: a backend the socket was pointed at is shown
 /// as the frontend the application addressed; a datagram from it marks its flow replied.
 #[inline(always)]
-pub fn reverse<F: SockFamily>(ctx: &SockAddrContext, received: bool) {
+pub fn reverse<U: UserAddr>(ctx: &SockAddrContext, received: bool) {
     let sock = Sock::of(ctx);
-    let (addr, port) = F::user_addr(sock.sa);
+    let (addr, port) = U::get(sock.sa);
     // SAFETY: copied out at once.
-    let Some(frontend) = (unsafe { F::rev().get(sock.rev_key(addr, port)) }).copied() else {
+    let Some(frontend) = (unsafe { U::F::rev().get(sock.rev_key(addr, port)) }).copied() else {
         return;
     };
-    F::set_user_addr(sock.sa, frontend.addr, frontend.port);
+    U::set(sock.sa, frontend.addr, frontend.port);
     stats::count(Counter::SockReversed);
     if received {
         let key = SockFlowKeyOf {
@@ -422,8 +475,8 @@ pub fn reverse<F: SockFamily>(ctx: &SockAddrContext, received: bool) {
             cookie: sock.cookie,
         };
         // SAFETY: copied out at once.
-        if let Some(flow) = unsafe { F::flows().get(key) }.copied() {
-            refresh::<F>(&key, flow, SOCK_FLOW_F_REPLIED, conntrack::now_ns());
+        if let Some(flow) = unsafe { U::F::flows().get(key) }.copied() {
+            refresh::<U::F>(&key, flow, SOCK_FLOW_F_REPLIED, conntrack::now_ns());
         }
     }
 }

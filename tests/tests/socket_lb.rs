@@ -392,3 +392,37 @@ fn ipv6_connects_and_datagrams_go_straight_to_a_backend_and_see_the_vip() {
     assert_eq!(counter(&bed, "socket_lb_datagrams"), 5);
     assert_eq!(counter(&bed, "service_packets"), 0);
 }
+
+#[test]
+fn a_dual_stack_socket_reaching_an_ipv4_vip_is_served_as_ipv4_and_sees_the_mapped_vip() {
+    if !require_privileges(
+        "a_dual_stack_socket_reaching_an_ipv4_vip_is_served_as_ipv4_and_sees_the_mapped_vip",
+    ) {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions {
+        ipv6: true,
+        ..TopologyOptions::default()
+    });
+    bed.write("apps.yaml", &services(&bed, None));
+    let cgroup = TestCgroup::new();
+    let _agent = start(&bed, &cgroup, "all");
+    // What Java or Node.js do with an IPv4 address on their IPv6 sockets.
+    let mapped: SocketAddr = SocketAddrV6::new(vip(10).to_ipv6_mapped(), 80, 0, 0).into();
+    let seen = cgroup
+        .requests::<SocketAddrV4>(&bed.topo.client, "tcp", mapped, 6)
+        .expect("TCP from a dual-stack socket");
+    assert_eq!(by_backend(&seen).len(), 3, "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.seen == mapped),
+        "getpeername shows the mapped VIP: {seen:?}"
+    );
+    let dns_mapped: SocketAddr = SocketAddrV6::new(vip(53).to_ipv6_mapped(), 53, 0, 0).into();
+    let seen = cgroup
+        .requests::<SocketAddrV4>(&bed.topo.client, "udp-sendto", dns_mapped, 3)
+        .expect("unconnected UDP from a dual-stack socket");
+    assert!(seen.iter().all(|s| s.seen == dns_mapped), "{seen:?}");
+    assert_eq!(counter(&bed, "socket_lb_connects"), 6);
+    assert_eq!(counter(&bed, "socket_lb_datagrams"), 3);
+    assert_eq!(counter(&bed, "service_packets"), 0);
+}
