@@ -8,6 +8,7 @@ mod endpoints;
 mod health;
 pub mod kept;
 pub mod local_traffic;
+pub mod maglev;
 mod node;
 mod service;
 pub mod topology;
