@@ -830,6 +830,33 @@ mod tests {
     }
 
     #[test]
+    fn socket_level_load_balancing_is_off_by_default_and_sized_when_on() {
+        let off = config(&["--manifests", "/m"]).expect("valid flags");
+        assert_eq!(off.socket_lb.mode, SocketLbMode::Off);
+        assert_eq!(off.sizes.sockets, 1, "its tables take one entry while off");
+        let on = config(&[
+            "--manifests",
+            "/m",
+            "--socket-lb",
+            "host-only",
+            "--cgroup-root",
+            "/sys/fs/cgroup/kube",
+        ])
+        .expect("valid flags");
+        assert_eq!(on.socket_lb.mode, SocketLbMode::HostOnly);
+        assert_eq!(
+            on.socket_lb.cgroup.as_deref(),
+            Some(std::path::Path::new("/sys/fs/cgroup/kube"))
+        );
+        assert_eq!(
+            on.socket_lb.netns_dir,
+            std::path::Path::new(socket_lb::NETNS_DIR)
+        );
+        assert_eq!(on.sizes.sockets, MapSizes::SOCKETS_DEFAULT);
+        assert!(config(&["--manifests", "/m", "--socket-lb", "pods"]).is_err());
+    }
+
+    #[test]
     fn sync_timings_are_settings() {
         let c = config(&[]).expect("defaults");
         assert_eq!(c.debounce, Duration::from_millis(2));

@@ -69,8 +69,12 @@ pub struct LoadTimeConstants {
 }
 
 impl LoadTimeConstants {
-    /// The constants for `mode`, in the agent's own namespace.
+    /// The constants for `mode`, in the agent's own namespace (none needed while it is off:
+    /// the socket programs are not attached then).
     pub fn for_mode(mode: SocketLbMode) -> Result<Self> {
+        if !mode.is_on() {
+            return Ok(Self::default());
+        }
         Ok(Self {
             host_netns: own_netns_cookie()?,
             sock_lb_pods: u32::from(mode == SocketLbMode::All),
@@ -90,9 +94,17 @@ impl LoadTimeConstants {
 /// number `bpf_get_netns_cookie` gives programs for sockets in it.
 pub fn own_netns_cookie() -> Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
-        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
-        .context("a socket to read the network namespace's cookie")?;
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned at once.
+    let socket = unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!(
+                "a socket to read the network namespace's cookie: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
     let mut cookie = 0u64;
     let mut len: libc::socklen_t = 8;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which we own.
