@@ -426,3 +426,38 @@ fn a_dual_stack_socket_reaching_an_ipv4_vip_is_served_as_ipv4_and_sees_the_mappe
     assert_eq!(counter(&bed, "socket_lb_datagrams"), 3);
     assert_eq!(counter(&bed, "service_packets"), 0);
 }
+
+#[test]
+fn cleanup_detaches_the_socket_programs_too() {
+    if !require_privileges("cleanup_detaches_the_socket_programs_too") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &services(&bed, None));
+    let cgroup = TestCgroup::new();
+    let agent = start(&bed, &cgroup, "all");
+    assert!(agent.stop().success());
+    assert_eq!(
+        connect4_programs(&cgroup),
+        1,
+        "left attached for the next agent"
+    );
+    let out = std::process::Command::new(support::agent::kproxy_bin())
+        .arg("cleanup")
+        .arg("--pin-dir")
+        .arg(bed.pin_dir())
+        .output()
+        .expect("kproxy cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(connect4_programs(&cgroup), 0, "detached at once");
+    assert!(!bed.pin_dir().exists(), "pins removed");
+    // The connect is the application's own again: to the VIP, which nothing serves now.
+    let err = cgroup
+        .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 1)
+        .expect_err("no datapath any more");
+    assert_eq!(err, ErrorKind::NetworkUnreachable);
+}
