@@ -4,9 +4,12 @@
 //! each run around the program alone (`duration`), so what the figures hold is the program:
 //! its parsing, map lookups, conntrack and rewrite, not the stack or the load generator.
 //!
-//! Two paths: a **new flow** (a SYN from a source port not seen before: frontend lookup,
-//! backend choice, two conntrack entries created) and an **established** one (an ACK of a
-//! flow created once before: the conntrack hit). Each run gets a fresh copy of its frame
+//! Three paths: a **new flow** (a SYN from a source port not seen before: frontend lookup,
+//! backend choice, two conntrack entries created), an **established** one (an ACK of a
+//! flow created once before: the conntrack hit), and **not a service** (an ACK straight to
+//! a backend's address: what every packet of a connection that socket-level load
+//! balancing pointed at its backend costs the program, which finds no frontend, no reply
+//! entry and no VIP). Each run gets a fresh copy of its frame
 //! (a repeat count would run the program again on the frame it already translated). The
 //! same timing of a program that only returns is the floor every figure includes.
 
@@ -118,6 +121,11 @@ fn measure_program(
         client: bed.topo.client_addr(),
         target,
     };
+    let to_backend = Frames {
+        target: SocketAddrV4::new(bed.topo.backend_addr(0), super::cluster::BACKEND_PORT),
+        ..frames
+    }
+    .ack(FIRST_PORT - WARM_UP_PORTS - 2)?;
     let prog = pinned_program(&bed.pin_dir(), program, iface)?;
     let floor = match program {
         Program::Xdp => xdp::load_bare_pass()?,
@@ -137,28 +145,31 @@ fn measure_program(
     let (prog, floor) = (prog.try_clone()?, floor.try_clone()?);
     // The paths take turns run by run: this machine's speed drifts over seconds, and taking
     // turns gives every path the same share of each phase.
-    let times = node.run(move || -> Result<[Vec<u32>; 3]> {
+    let times = node.run(move || -> Result<[Vec<u32>; 4]> {
         pin_to_cpu(MEASURING_CPU)?;
         for frame in &warm {
             test_run(prog.as_fd(), program, frame, ifindex)?;
         }
-        let mut times: [Vec<u32>; 3] = Default::default();
+        let mut times: [Vec<u32>; 4] = Default::default();
         for syn in &syns {
             times[0].push(test_run(prog.as_fd(), program, syn, ifindex)?);
             times[1].push(test_run(prog.as_fd(), program, &ack, ifindex)?);
-            times[2].push(test_run(floor.as_fd(), program, &ack, ifindex)?);
+            times[2].push(test_run(prog.as_fd(), program, &to_backend, ifindex)?);
+            times[3].push(test_run(floor.as_fd(), program, &ack, ifindex)?);
         }
         Ok(times)
     })??;
-    let [new_flow, established, floor] = times.map(median);
+    let [new_flow, established, not_a_service, floor] = times.map(median);
     Ok(vec![
         ("new flow", new_flow),
         ("established", established),
+        ("not a service", not_a_service),
         ("floor (empty program)", floor),
     ])
 }
 
 /// The frames of the measurement: the client's, as its link delivers them to the node.
+#[derive(Clone, Copy)]
 struct Frames {
     src_mac: [u8; 6],
     dst_mac: [u8; 6],

@@ -592,8 +592,10 @@ fn prog_cost_section(costs: &[ProgCost]) -> String {
         "### Datapath time per packet (BPF_PROG_TEST_RUN)\n\n\
          kproxy's programs run by the kernel on frames from the client to the last Service, \
          one frame per run, timed by the kernel around the program alone: a new flow (a SYN \
-         from a new source port: frontend, backend choice, conntrack entries created) and \
-         an established one (an ACK of a known flow), taking turns run by run with an empty \
+         from a new source port: frontend, backend choice, conntrack entries created), \
+         an established one (an ACK of a known flow) and one not for a service (an ACK \
+         straight to a backend's address, as every packet of a connection socket-level load \
+         balancing pointed at its backend looks), taking turns run by run with an empty \
          program (the floor, which every figure includes). Medians of 4,000 runs of each per \
          repetition; the median and range over repetitions. The machine's speed drifts over \
          seconds and every path moves with its floor, so \"in floors\" (ns over the floor's \
