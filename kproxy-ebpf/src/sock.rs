@@ -338,17 +338,16 @@ pub fn connect<U: UserAddr>(ctx: &SockAddrContext) {
     };
     let now = conntrack::now_ns();
     let served = choose::<U::F>(&found, client, netns, now).and_then(|(id, svc, backend)| {
-        point_at::<U>(&sock, dest, svc.id, &backend).map(|()| (id, svc))
+        point_at::<U>(&sock, dest, svc.id, &backend).map(|()| (id, svc, backend))
     });
     match served {
-        Ok((backend_id, svc)) => {
+        Ok((backend_id, svc, backend)) => {
             if sock.proto == IPPROTO_UDP {
                 // Found by the agent if the backend stops taking connections: a connected
                 // UDP socket keeps it for life otherwise. Lost (evicted) only under
                 // pressure, when the socket then keeps its backend as a TCP one would.
-                let backend = U::get(sock.sa);
-                let _ =
-                    U::F::udp_connected().insert(sock.rev_key(backend.0, backend.1), backend_id, 0);
+                let key = sock.rev_key(backend.addr, backend.port);
+                let _ = U::F::udp_connected().insert(key, backend_id, 0);
             }
             stats::count_new_flow(svc.id, backend_id);
             stats::count(Counter::SockConnects);

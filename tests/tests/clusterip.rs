@@ -596,13 +596,7 @@ fn the_agent_mounts_a_bpffs_for_its_pins_when_there_is_none() {
     assert!(pin_dir.join("KP_SERVICES").exists());
     tcp_request(&bed.topo.client, SocketAddrV4::new(vip(10), 80), TIMEOUT).expect("served");
     assert!(agent.stop().success());
-    let out = std::process::Command::new(support::agent::kproxy_bin())
-        .arg("cleanup")
-        .arg("--pin-dir")
-        .arg(&pin_dir)
-        .output()
-        .expect("kproxy cleanup");
-    assert!(out.status.success());
+    support::agent::kproxy_cleanup(&pin_dir);
 }
 
 #[test]
@@ -616,17 +610,7 @@ fn cleanup_detaches_everything() {
     assert!(agent.stop().success());
     tcp_request(&bed.topo.client, SocketAddrV4::new(vip(10), 80), TIMEOUT)
         .expect("served after the agent stopped");
-    let out = std::process::Command::new(support::agent::kproxy_bin())
-        .arg("cleanup")
-        .arg("--pin-dir")
-        .arg(bed.pin_dir())
-        .output()
-        .expect("kproxy cleanup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::agent::kproxy_cleanup(&bed.pin_dir());
     assert!(!bed.pin_dir().exists(), "pins removed");
     let err = tcp_request(&bed.topo.client, SocketAddrV4::new(vip(10), 80), TIMEOUT)
         .expect_err("no datapath any more");

@@ -442,17 +442,7 @@ fn cleanup_detaches_the_socket_programs_too() {
         1,
         "left attached for the next agent"
     );
-    let out = std::process::Command::new(support::agent::kproxy_bin())
-        .arg("cleanup")
-        .arg("--pin-dir")
-        .arg(bed.pin_dir())
-        .output()
-        .expect("kproxy cleanup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::agent::kproxy_cleanup(&bed.pin_dir());
     assert_eq!(connect4_programs(&cgroup), 0, "detached at once");
     assert!(!bed.pin_dir().exists(), "pins removed");
     // The connect is the application's own again: to the VIP, which nothing serves now.

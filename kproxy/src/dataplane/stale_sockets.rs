@@ -7,8 +7,9 @@
 //! flows.
 //!
 //! Only sockets kproxy pointed at the backend are touched: they are found by the cookies
-//! `KP_SOCK_REV` holds for it, in the agent's network namespace and every namespace under
-//! `--netns-dir` (where the container runtime keeps pods' namespaces).
+//! `KP_SOCK_UDP` holds for it (the connected UDP sockets the programs pointed anywhere), in
+//! the agent's network namespace and every namespace under `--netns-dir` (where the
+//! container runtime keeps pods' namespaces).
 
 use std::{collections::BTreeMap, fs::File, net::IpAddr, os::fd::AsRawFd, path::Path};
 
@@ -47,8 +48,8 @@ pub struct Swept {
 }
 
 /// Destroys the connected UDP sockets kproxy pointed at backends that no longer take new
-/// connections, in this namespace and those under `netns_dir`; their `KP_SOCK_REV` entries
-/// go too.
+/// connections, in this namespace and those under `netns_dir`; their `KP_SOCK_UDP` and
+/// `KP_SOCK_REV` entries go too.
 pub fn sweep(pin_dir: &Path, netns_dir: &Path) -> Result<Swept> {
     let mut wanted = Wanted::new();
     let stale4 = stale_entries::<u32>(pin_dir, FamilyNames::V4, &mut wanted)?;

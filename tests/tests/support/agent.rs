@@ -23,6 +23,21 @@ pub fn kproxy_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kproxy-under-test"))
 }
 
+/// Runs `kproxy cleanup --pin-dir pin_dir` and checks that it succeeded.
+pub fn kproxy_cleanup(pin_dir: &Path) {
+    let out = std::process::Command::new(kproxy_bin())
+        .arg("cleanup")
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .output()
+        .expect("kproxy cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
