@@ -99,6 +99,9 @@ pub struct ServiceMaps {
     svc_stats: PerCpuArray<MapData, ServiceStats>,
     be_stats: PerCpuHashMap<MapData, u32, BackendStats>,
     retired: Array<MapData, u64>,
+    /// What `retired` holds: read once at open, then kept with every stamp written, so
+    /// asking for it costs no syscall.
+    retired_ns: u64,
     /// `KP_FREE_PORTS`, taken over by the first write (see `track_free_ports`).
     free_ports: Option<FreePorts>,
     pin_dir: PathBuf,
@@ -108,7 +111,7 @@ pub struct ServiceMaps {
 impl ServiceMaps {
     pub fn open(pin_dir: &Path) -> Result<Self> {
         let path = map_pin_path(pin_dir, names::MAP_SLOTS);
-        Ok(Self {
+        let mut maps = Self {
             v4: FamilyMaps::open(pin_dir)?,
             v6: FamilyMaps::open_if_pinned(pin_dir)?,
             slots_raw: MapData::from_pin(&path)
@@ -119,10 +122,13 @@ impl ServiceMaps {
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
             be_stats: open_typed!(pin_dir, names::MAP_BE_STATS),
             retired: open_typed!(pin_dir, names::MAP_RETIRED),
+            retired_ns: 0,
             free_ports: None,
             pin_dir: pin_dir.to_owned(),
             cpus: possible_cpus()?,
-        })
+        };
+        maps.retired_ns = maps.retired.get(&0, 0).unwrap_or(0);
+        Ok(maps)
     }
 
     /// Everything the service maps of both families hold (absent IPv6 maps hold nothing).
@@ -345,12 +351,16 @@ impl ServiceMaps {
     /// flow looks at both again at its next packet, rather than trusting its last refresh.
     /// Written after the service maps, so a flow refreshed in between has seen the change.
     fn stamp_retired(&mut self) -> Result<()> {
-        self.retired.set(0, monotonic_ns(), 0).context("KP_RETIRED")
+        let now = monotonic_ns();
+        self.retired.set(0, now, 0).context("KP_RETIRED")?;
+        self.retired_ns = now;
+        Ok(())
     }
 
-    /// When a frontend or backend was last retired (`KP_RETIRED`; 0 if never, or unreadable).
+    /// When a frontend or backend was last retired (`KP_RETIRED`; 0 if never, or unreadable
+    /// at open).
     pub fn last_retired_ns(&self) -> u64 {
-        self.retired.get(&0, 0).unwrap_or(0)
+        self.retired_ns
     }
 
     /// Clears the `KP_FREE_PORTS` bits of the NodePort entries `ops` put, before they are
