@@ -11,7 +11,9 @@ pub const META_MAGIC: u64 = u64::from_le_bytes(*b"kproxy\0\x01");
 
 /// Layout version of every pinned map together. Bumped whenever the meaning of any pinned
 /// map's bytes changes (a field added, reordered or reinterpreted, a flag redefined); a
-/// starting agent adopts pinned state only when this matches its own.
+/// starting agent adopts pinned state only when this matches its own. A map whose type, key,
+/// value or size changes needs no bump: the agent replaces that map alone (see
+/// `drop_incompatible_pins`), as it did when `KP_RR` became per-CPU, and keeps the rest.
 ///
 /// History: 1 (implicit) had no `KP_META`; 2 added it with per-direction conntrack state
 /// bits, backend flags and service ids, and `KP_VIPS`; 3 gave conntrack entries the

@@ -794,9 +794,12 @@ pub fn select_backend<F: Family, O: AffinityOwner>(
         return Ok((a.backend_id, b));
     }
     let rr = KP_RR.get_ptr_mut(svc.id).ok_or(Counter::DropNoSlot)?;
+    // This CPU's own counter, yet still an atomic add: a cgroup socket program runs in
+    // process context and a TC program in softirq can interrupt it on the same CPU between
+    // a plain read and write, losing a turn. Uncontended, the atomic costs little.
     // SeqCst, not Relaxed: LLVM's BPF backend lowers a *monotonic* atomicrmw add to the
     // non-fetching `lock +=` even when the old value is used, which silently returns garbage.
-    // SAFETY: an Array element is 8-byte aligned and lives as long as the map (array
+    // SAFETY: a per-CPU array element is 8-byte aligned and lives as long as the map (array
     // elements are never recycled).
     let turn = unsafe { AtomicU64::from_ptr(rr) }.fetch_add(1, Ordering::SeqCst);
     let index = (turn % u64::from(svc.count)) as u32;

@@ -43,9 +43,11 @@ pub static KP_SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(524_288, NO_PREALLO
 #[map]
 pub static KP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(262_144, NO_PREALLOC);
 
-/// Round-robin position of each service port, advanced with an atomic fetch-and-add.
+/// Round-robin position of each service port, one per CPU: a counter shared by every CPU
+/// would be one cache line bouncing between them at every new flow. The agent starts each
+/// service port's counters at a random slot, one further on each CPU.
 #[map]
-pub static KP_RR: Array<u64> = Array::pinned(65_536, 0);
+pub static KP_RR: PerCpuArray<u64> = PerCpuArray::pinned(65_536, 0);
 
 /// Conntrack, client side: client→VIP tuple → chosen backend and flow state. An LRU: under
 /// pressure the kernel evicts old entries; an evicted one is rebuilt from `KP_CT_REV` by the

@@ -11,11 +11,11 @@ use std::{
 };
 
 use kproxy_testbed::{
-    TcpSession, TopologyOptions, UdpSession, require_privileges, tcp_request, topology::vip,
+    TcpSession, TopologyOptions, UdpSession, cpu, require_privileges, tcp_request, topology::vip,
     udp_request,
 };
 use support::{
-    agent::{Agent, Bed, TCP_PORT, UDP_PORT, wait_until},
+    agent::{Agent, Bed, TCP_PORT, UDP_PORT, clients_on_one_cpu, wait_until},
     manifests::{documents, service, slice},
 };
 
@@ -56,14 +56,13 @@ fn round_robin_spreads_300_connections_and_keeps_the_client_address() {
     let bed = Bed::new(TopologyOptions::default());
     bed.write("apps.yaml", &web_and_dns(&bed, vip(10), None));
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     let counts = backend_counts(&bed, SocketAddrV4::new(vip(10), 80), 300);
-    assert_eq!(counts.len(), 3, "{counts:?}");
-    for (backend, n) in &counts {
-        assert!(
-            (90..=110).contains(n),
-            "{backend} got {n} of 300: {counts:?}"
-        );
-    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [100, 100, 100],
+        "one CPU's counter goes round the three backends: {counts:?}"
+    );
     let view = bed.view().expect("reading the datapath");
     let web = view
         .services
@@ -81,6 +80,53 @@ fn round_robin_spreads_300_connections_and_keeps_the_client_address() {
     assert_eq!(reply.backend, direct);
 }
 
+/// Every CPU has a round-robin counter of its own, starting at a slot of its own: connections
+/// made from all CPUs at once still spread evenly, and reach every backend.
+#[test]
+fn round_robin_spreads_300_connections_from_clients_on_every_cpu() {
+    if !require_privileges("round_robin_spreads_300_connections_from_clients_on_every_cpu") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &web_and_dns(&bed, vip(10), None));
+    let _agent = Agent::start(&bed, &[]);
+    let cpus = cpu::allowed_cpus().expect("allowed CPUs");
+    let target = SocketAddrV4::new(vip(10), 80);
+    let per_cpu: Vec<BTreeMap<Ipv4Addr, usize>> = std::thread::scope(|scope| {
+        let clients: Vec<_> = cpus
+            .iter()
+            .enumerate()
+            .map(|(i, &cpu)| {
+                // 300 in all: the first CPUs make one more when they do not divide it.
+                let n = 300 / cpus.len() + usize::from(i < 300 % cpus.len());
+                let bed = &bed;
+                scope.spawn(move || {
+                    cpu::pin_thread_to(cpu).expect("pinning a client");
+                    backend_counts(bed, target, n)
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("client"))
+            .collect()
+    });
+    eprintln!("backends by client CPU {cpus:?}: {per_cpu:?}");
+    let mut counts = BTreeMap::new();
+    for (backend, n) in per_cpu.iter().flatten() {
+        *counts.entry(*backend).or_insert(0) += n;
+    }
+    assert_eq!(counts.values().sum::<usize>(), 300);
+    assert_eq!(counts.len(), 3, "every backend chosen: {counts:?}");
+    let (max, min) = (counts.values().max(), counts.values().min());
+    let (max, min) = (*max.expect("counts"), *min.expect("counts"));
+    assert!(
+        max * 4 <= min * 5,
+        "max/min {max}/{min} > 1.25 over {} CPUs: {counts:?} ({per_cpu:?})",
+        cpus.len()
+    );
+}
+
 #[test]
 fn udp_replies_come_from_the_vip() {
     if !require_privileges("udp_replies_come_from_the_vip") {
@@ -89,6 +135,7 @@ fn udp_replies_come_from_the_vip() {
     let bed = Bed::new(TopologyOptions::default());
     bed.write("apps.yaml", &web_and_dns(&bed, vip(10), None));
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     let target = SocketAddrV4::new(vip(53), 53);
     let mut seen = BTreeMap::new();
     for _ in 0..30 {
@@ -134,6 +181,8 @@ fn client_ip_affinity_expires_after_its_timeout_without_traffic() {
     let bed = Bed::new(TopologyOptions::default());
     bed.write("apps.yaml", &web_and_dns(&bed, vip(10), Some(2)));
     let _agent = Agent::start(&bed, &[]);
+    // On one CPU, the connection after the affinity expired takes the turn after the first's.
+    clients_on_one_cpu();
     let target = SocketAddrV4::new(vip(10), 80);
     let request = || {
         tcp_request(&bed.topo.client, target, TIMEOUT)
@@ -333,6 +382,7 @@ fn traffic_keeps_flowing_while_the_agent_restarts() {
     let bed = Bed::new(TopologyOptions::default());
     bed.write("apps.yaml", &web_and_dns(&bed, vip(10), None));
     let agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     let target = SocketAddrV4::new(vip(10), 80);
     let mut session = TcpSession::connect(&bed.topo.client, target, TIMEOUT).expect("connect");
     let backend = session.request().expect("request").backend;
@@ -406,6 +456,7 @@ fn bad_manifests_are_reported_and_the_rest_is_served() {
         ]),
     );
     let mut agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     let counts = backend_counts(&bed, SocketAddrV4::new(vip(10), 80), 6);
     assert_eq!(counts.len(), 3);
     let log = agent.log_text();
@@ -493,6 +544,7 @@ fn the_xdp_program_serves_a_nic() {
         ],
         &[],
     );
+    clients_on_one_cpu();
     let counts = backend_counts(&bed, SocketAddrV4::new(vip(10), 80), 30);
     assert_eq!(
         counts.values().copied().collect::<Vec<_>>(),
@@ -527,6 +579,7 @@ fn clients_on_the_node_itself_reach_services_through_egress() {
         &documents(&[service("empty", vip(20), &[("http", 80, "TCP")], None)]),
     );
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     // Host processes reach VIPs through the node's routes (here via the client's link, standing
     // in for a default gateway): the egress program translates them before they leave.
     bed.route_vips_from_node();

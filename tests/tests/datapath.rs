@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use kproxy::{
     dataplane::load::MapSizes,
@@ -14,7 +14,7 @@ use kproxy_common::{
     names,
     stats::Counter,
 };
-use kproxy_testbed::require_privileges;
+use kproxy_testbed::{cpu, require_privileges};
 use support::{
     datapath::{
         B1, B2, B3, CLIENT, LoadedDatapath, OTHER_CLIENT, SIZES, TC_ACT_REDIRECT, TC_ACT_SHOT,
@@ -189,6 +189,96 @@ fn conntrack_keeps_each_flow_on_its_backend_and_new_flows_go_round_robin() {
         }
     }
     assert_eq!(dp.counter(Counter::NewFlows), 4);
+}
+
+/// `KP_RR`, as the agent writes it: every service port id holds a random start before it is
+/// first handed out, a new one each time it is freed, and each CPU's counter starts one slot
+/// further on than the CPU before it.
+#[test]
+fn each_service_port_starts_round_robin_at_a_random_slot_one_further_on_each_cpu() {
+    if !require_privileges(
+        "each_service_port_starts_round_robin_at_a_random_slot_one_further_on_each_cpu",
+    ) {
+        return;
+    }
+    let mut dp = LoadedDatapath::load();
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    let start_of = |dp: &LoadedDatapath, svc_id: u32| -> u64 {
+        let turns = dp.maps.round_robin_turns(svc_id).expect("KP_RR");
+        let start = turns[0];
+        assert!(start < 1 << 32, "{svc_id}: {turns:?} could wrap");
+        let want: Vec<u64> = (start..).take(cpus).collect();
+        assert_eq!(turns, want, "{svc_id}: one slot further on each CPU");
+        start
+    };
+    // A fresh KP_RR: every id has its own start, so the first slots of 64 service ports over
+    // three backends are all three.
+    let fresh: Vec<u64> = (0..SIZES.services).map(|id| start_of(&dp, id)).collect();
+    let first_slots: BTreeSet<u64> = fresh.iter().map(|start| start % 3).collect();
+    assert_eq!(first_slots.len(), 3, "{fresh:?}");
+
+    // Written by the agent's own sync (not `dp.program`, which puts tests at slot 0): a
+    // new service port takes its id's start, and its first flow on this CPU goes there.
+    let report = dp
+        .programmed
+        .sync(&three_backends(Protocol::Tcp, None), &mut dp.maps);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let svc_id = *dp.svc_ids().first().expect("one service port");
+    assert_eq!(start_of(&dp, svc_id), fresh[svc_id as usize]);
+    let first_turn = fresh[svc_id as usize] + dp.cpu as u64;
+    let (_, out) = dp.tc(&tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b""));
+    assert_eq!(dst(&out).0, [B1, B2, B3][(first_turn % 3) as usize]);
+
+    // Freed (ResetServiceCounters): a new random start, ready for the id's next use.
+    let report = dp.programmed.sync(&Desired::default(), &mut dp.maps);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_ne!(start_of(&dp, svc_id), fresh[svc_id as usize]);
+}
+
+/// Each CPU advances a round-robin counter of its own (no cache line shared by all CPUs):
+/// flows made on one CPU go round in turn whatever the other CPUs do.
+#[test]
+fn each_cpu_keeps_a_round_robin_counter_of_its_own() {
+    if !require_privileges("each_cpu_keeps_a_round_robin_counter_of_its_own") {
+        return;
+    }
+    let allowed = cpu::allowed_cpus().expect("allowed CPUs");
+    let [a, b, ..] = allowed[..] else {
+        eprintln!("SKIPPED each_cpu_keeps_a_round_robin_counter_of_its_own: one CPU only");
+        return;
+    };
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let svc_id = *dp.svc_ids().first().expect("one service port");
+    let flows_on = |cpu: usize, ports: std::ops::Range<u16>| -> Vec<Ipv4Addr> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    cpu::pin_thread_to(cpu).expect("pinning");
+                    ports
+                        .map(|port| {
+                            dst(&dp.tc(&tcp_frame((CLIENT, port), (VIP, 80), SYN, b"")).1).0
+                        })
+                        .collect()
+                })
+                .join()
+                .expect("flows")
+        })
+    };
+    assert_eq!(flows_on(a, 41_000..41_004), [B1, B2, B3, B1]);
+    assert_eq!(
+        flows_on(b, 42_000..42_002),
+        [B1, B2],
+        "CPU {b} starts at its own first turn, not where CPU {a} is"
+    );
+    assert_eq!(
+        flows_on(a, 41_004..41_005),
+        [B2],
+        "CPU {a} goes on where it was"
+    );
+    let mut want = vec![0; aya::util::nr_cpus().expect("possible CPUs")];
+    want[a] = 5;
+    want[b] = 2;
+    assert_eq!(dp.maps.round_robin_turns(svc_id).expect("KP_RR"), want);
 }
 
 /// `KP_BE_STATS`: each flow's first packet counts a new flow for its backend, every packet

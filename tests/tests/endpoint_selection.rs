@@ -14,7 +14,7 @@ use std::{
 use kproxy_testbed::{TopologyOptions, require_privileges, tcp_request, topology::vip};
 use serde_json::json;
 use support::{
-    agent::{Agent, Bed, TCP_PORT},
+    agent::{Agent, Bed, TCP_PORT, clients_on_one_cpu},
     objects::{Ep, list, node, service, slice},
 };
 
@@ -73,6 +73,7 @@ fn terminating_endpoints_serve_only_when_no_ready_endpoint_is_left() {
         ],
     );
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     assert_eq!(
         serving_backends(&bed, 12),
         BTreeSet::from([b[2]]),
@@ -171,6 +172,7 @@ fn topology_hints_follow_the_zone_of_this_node() {
     };
     bed.write("apps.json", &apps("zone-a"));
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     assert_eq!(
         serving_backends(&bed, 9),
         BTreeSet::from([b[0]]),

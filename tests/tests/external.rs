@@ -19,7 +19,7 @@ use kproxy_testbed::{
 };
 use serde_json::{Value, json};
 use support::{
-    agent::{TCP_PORT, UDP_PORT, wait_until},
+    agent::{TCP_PORT, UDP_PORT, clients_on_one_cpu, wait_until},
     http::get,
     lan::{LanBed, NODE1, NODE2},
     objects::{Ep, list, service, slice_ports},
@@ -337,6 +337,7 @@ fn nodeports_and_load_balancer_ips_serve_external_clients() {
     bed.write("apps.json", &nodeports_and_load_balancers(&local, &remote));
     bed.write("ranged.json", &ranged("198.18.77.0/24").to_string());
     let _agent = bed.start_agent(&[]);
+    clients_on_one_cpu();
     let ext = &bed.topo.ext;
 
     // 1 and 10: a NodePort on node1's NIC address with its backend on node2, TCP and UDP:
@@ -473,6 +474,7 @@ fn external_traffic_policy_local_and_its_health_check() {
         ]),
     );
     let _agent = bed.start_agent(&[]);
+    clients_on_one_cpu();
     let ext = &bed.topo.ext;
     let client = &bed.topo.local_clients[0];
     let ext_addr = bed.topo.ext_addr();
@@ -569,6 +571,7 @@ fn masquerade_hairpin_and_the_node_itself() {
         ]),
     );
     let _agent = bed.start_agent(&[]);
+    clients_on_one_cpu();
 
     // 6: the only backend of a cluster IP reaches itself through it, and sees node1's
     // address, not its own.

@@ -17,7 +17,7 @@ use kproxy_testbed::{
     udp_request,
 };
 use support::{
-    agent::{Agent, Bed, TCP_PORT, UDP_PORT},
+    agent::{Agent, Bed, TCP_PORT, UDP_PORT, clients_on_one_cpu},
     manifests::{documents, dual_stack_service, service, slice, slice6},
 };
 
@@ -69,6 +69,7 @@ fn ipv6_round_robin_spreads_connections_and_udp_replies_come_from_the_vip() {
     let bed = dual_stack_bed();
     bed.write("apps.yaml", &web_and_dns6(&bed.backends6(), None));
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     let counts = backend_counts(&bed, v6(vip6(10), 80), 60);
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(counts.values().all(|&n| n == 20), "{counts:?}");
@@ -131,6 +132,7 @@ fn ipv6_endpoint_changes_apply_live() {
     let backends = bed.backends6();
     bed.write("apps.yaml", &web_and_dns6(&backends, None));
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     assert_eq!(backend_counts(&bed, v6(vip6(10), 80), 6).len(), 3);
     bed.write("apps.yaml", &web_and_dns6(&backends[..1], None));
     let frontend = format!("[{}]:80/TCP", vip6(10));
@@ -233,6 +235,7 @@ fn the_xdp_program_serves_ipv6_on_a_nic() {
         ],
         &[],
     );
+    clients_on_one_cpu();
     let counts = backend_counts(&bed, v6(vip6(10), 80), 30);
     assert_eq!(
         counts.values().copied().collect::<Vec<_>>(),
@@ -259,6 +262,7 @@ fn node_processes_reach_ipv6_services_through_egress() {
         &documents(&[service("empty6", vip6(20), &[("http", 80, "TCP")], None)]),
     );
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     // Host processes reach VIPs through the node's routes (via the client's link, standing in
     // for a default gateway): the egress program translates them before they leave.
     bed.topo
@@ -321,6 +325,7 @@ fn an_ipv6_nodeport_serves_clients_on_the_node_address() {
         ]),
     );
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     let node_addr: Ipv6Addr = "2001:db8:1::1".parse().expect("address");
     let mut counts = BTreeMap::new();
     for i in 0..30 {
@@ -343,6 +348,7 @@ fn ipv6_masquerade_all_and_hairpin_give_backends_a_node_address() {
     let bed = dual_stack_bed();
     bed.write("apps.yaml", &web_and_dns6(&bed.backends6(), None));
     let agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     // Hairpin: a backend whose connection to its own Service lands on itself sees it come
     // from the node (its address on the backend's link), not from itself.
     let own = bed.topo.backend_addr6(0);
@@ -406,6 +412,7 @@ fn ipv6_external_and_load_balancer_ips_are_served() {
         ]),
     );
     let _agent = Agent::start(&bed, &[]);
+    clients_on_one_cpu();
     for addr in [external, balancer, vip6(31)] {
         let mut backends = BTreeMap::new();
         for i in 0..6 {

@@ -268,7 +268,8 @@ fn kproxy_explain_tells_where_a_clients_connections_go_and_why() {
         "{text}"
     );
     assert!(
-        text.contains("(round robin: the next turn is slot"),
+        text.contains(" of 3) on CPU")
+            && text.contains("(round robin, a counter per CPU: the next turn of the CPU"),
         "{text}"
     );
     assert!(

@@ -1,6 +1,7 @@
 //! The state a previous agent left pinned: adopted when its layout version is this build's,
-//! replaced as a whole otherwise (never read with a new meaning), and backend ids that are
-//! never handed out again after a restart, whatever the previous agent had deleted.
+//! replaced as a whole otherwise (never read with a new meaning), a map of another shape
+//! replaced alone, and backend ids that are never handed out again after a restart, whatever
+//! the previous agent had deleted.
 
 mod support;
 
@@ -18,8 +19,8 @@ use kproxy_common::{
 };
 use kproxy_testbed::require_privileges;
 use support::{
-    datapath::{B1, B2, B3, CLIENT, SIZES, VIP, frontend, loaded, three_backends},
-    packets::{SYN, tcp_frame},
+    datapath::{B1, B2, B3, CLIENT, SIZES, TCX_NEXT, VIP, frontend, loaded, three_backends},
+    packets::{ACK, SYN, dst, tcp_frame},
 };
 
 #[test]
@@ -78,6 +79,58 @@ fn pinned_state_of_this_layout_is_adopted_and_of_any_other_replaced() {
         "{state:?}"
     );
     assert!(meta_map().get(&0, 0).expect("meta").is_current());
+}
+
+/// An upgrade from the build whose round-robin counter was one `Array` element per service
+/// port, shared by all CPUs: the same layout version, so everything is adopted (flows
+/// survive) but `KP_RR`, whose map type changed and which is replaced alone, every service
+/// port starting at a random slot again.
+#[test]
+fn an_upgrade_over_the_shared_round_robin_counter_keeps_flows_and_replaces_only_it() {
+    if !require_privileges(
+        "an_upgrade_over_the_shared_round_robin_counter_keeps_flows_and_replaces_only_it",
+    ) {
+        return;
+    }
+    let mut dp = loaded(&three_backends(Protocol::Tcp, None));
+    let (_, out) = dp.tc(&tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b""));
+    let backend = dst(&out);
+    let pin_dir = dp.bpffs.pin_path("kproxy");
+    let rr_pin = pin_dir.join(names::MAP_RR);
+    std::fs::remove_file(&rr_pin).expect("unpin KP_RR");
+    let mut previous: aya::maps::Array<aya::maps::MapData, u64> =
+        aya::maps::Array::create(SIZES.services, 0).expect("the previous build's KP_RR");
+    previous.set(0, 7, 0).expect("a turn");
+    previous.pin(&rr_pin).expect("pin it");
+
+    let (ebpf, state) = load::load(&pin_dir, &SIZES).expect("load");
+    assert_eq!(state, PinnedState::Adopted);
+    let info = aya::maps::MapInfo::from_pin(&rr_pin).expect("KP_RR");
+    assert_eq!(
+        info.map_type().expect("type"),
+        aya::maps::MapType::PerCpuArray
+    );
+    let maps = ServiceMaps::open(&pin_dir).expect("maps");
+    assert_eq!(maps.snapshot().expect("snapshot").services.len(), 1);
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    let turns = maps.round_robin_turns(0).expect("KP_RR");
+    let want: Vec<u64> = (turns[0]..).take(cpus).collect();
+    assert_eq!(turns, want, "a random start, one further on each CPU");
+
+    // The upgraded programs carry on the flow, and start new ones at this CPU's turn.
+    dp.ebpf = ebpf;
+    let (verdict, out) = dp.tc(&tcp_frame((CLIENT, 40_000), (VIP, 80), ACK, b"x"));
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(
+        out,
+        tcp_frame((CLIENT, 40_000), backend, ACK, b"x"),
+        "the flow kept"
+    );
+    let (verdict, out) = dp.tc(&tcp_frame((CLIENT, 40_001), (VIP, 80), SYN, b""));
+    assert_eq!(verdict, TCX_NEXT);
+    let slot = usize::try_from(turns[dp.cpu] % 3).expect("a slot");
+    assert_eq!(dst(&out), ([B1, B2, B3][slot], 8080));
+    assert_eq!(dp.ct_forward().keys().count(), 2);
 }
 
 #[test]

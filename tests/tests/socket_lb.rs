@@ -18,7 +18,7 @@ use kproxy_testbed::{
     topology::{vip, vip6},
 };
 use support::{
-    agent::{Agent, Bed, TCP_PORT, UDP_PORT},
+    agent::{Agent, Bed, TCP_PORT, UDP_PORT, clients_on_one_cpu},
     cgroup::{Seen, TestCgroup},
     manifests::{documents, service, slice, slice6},
 };
@@ -79,6 +79,7 @@ fn connects_go_straight_to_a_backend_round_robin_and_see_the_vip() {
     bed.write("apps.yaml", &services(&bed, None));
     let cgroup = TestCgroup::new();
     let _agent = start(&bed, &cgroup, "all");
+    clients_on_one_cpu();
     let client = &bed.topo.client;
 
     let seen = cgroup
@@ -189,6 +190,7 @@ fn host_only_serves_the_node_and_leaves_pods_to_the_packet_path() {
     bed.write("apps.yaml", &services(&bed, None));
     let cgroup = TestCgroup::new();
     let agent = start(&bed, &cgroup, "host-only");
+    clients_on_one_cpu();
     // The client namespace stands for a pod: its connects are the packet path's.
     let seen = cgroup
         .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 6)
@@ -261,6 +263,7 @@ fn sockets_are_served_while_the_agent_restarts_and_its_programs_are_swapped_in_p
     bed.write("apps.yaml", &services(&bed, None));
     let cgroup = TestCgroup::new();
     let agent = start(&bed, &cgroup, "all");
+    clients_on_one_cpu();
     assert_eq!(connect4_programs(&cgroup), 1);
     cgroup
         .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
@@ -366,6 +369,7 @@ fn ipv6_connects_and_datagrams_go_straight_to_a_backend_and_see_the_vip() {
     );
     let cgroup = TestCgroup::new();
     let _agent = start(&bed, &cgroup, "all");
+    clients_on_one_cpu();
     let web6: SocketAddr = SocketAddrV6::new(vip6(10), 80, 0, 0).into();
     let dns6: SocketAddr = SocketAddrV6::new(vip6(53), 53, 0, 0).into();
     let client = &bed.topo.client;
@@ -407,6 +411,7 @@ fn a_dual_stack_socket_reaching_an_ipv4_vip_is_served_as_ipv4_and_sees_the_mappe
     bed.write("apps.yaml", &services(&bed, None));
     let cgroup = TestCgroup::new();
     let _agent = start(&bed, &cgroup, "all");
+    clients_on_one_cpu();
     // What Java or Node.js do with an IPv4 address on their IPv6 sockets.
     let mapped: SocketAddr = SocketAddrV6::new(vip(10).to_ipv6_mapped(), 80, 0, 0).into();
     let seen = cgroup

@@ -1,10 +1,11 @@
 //! `kproxy explain SRC DST:PORT/PROTO`: what kproxy does with a connection from SRC to DST.
 //! The agent says which frontends DST matches, the Service behind each and why its endpoints
 //! are the ones used (policy, topology, readiness); the pinned maps say what happens now:
-//! where a new flow would go (affinity, then the round-robin turn) and the flows SRC already
-//! has there.
+//! where a new flow would go (affinity, then each CPU's round-robin turn) and the flows SRC
+//! already has there.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
     path::Path,
@@ -66,8 +67,9 @@ pub fn parse_target(s: &str) -> Result<(SocketAddr, Protocol), String> {
 /// What the maps say about a frontend right now, for one client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Runtime {
-    /// The round-robin counter of the frontend's service port.
-    pub turn: Option<u64>,
+    /// The round-robin counters of the frontend's service port, one per CPU (none if not
+    /// read).
+    pub turns: Vec<u64>,
     /// The client's affinity entry: its backend id and how long ago it was last used.
     pub affinity: Option<(u32, Duration)>,
     /// The client's flows to the frontend: (client port, backend id, idle for).
@@ -108,17 +110,31 @@ pub fn new_flow(fe: &FrontendExplanation, client: IpAddr, now: &Runtime) -> Stri
         );
     }
     let count = backends.len();
-    match now.turn {
-        Some(turn) => {
-            let index = usize::try_from(turn % count as u64).unwrap_or(0);
-            format!(
-                "goes to {} (round robin: the next turn is slot {index} of {count}; a \
-                 connection from another client may take it first)",
-                backends[index].0
-            )
-        }
-        None => format!("goes to one of {count} backends (round robin)"),
+    if now.turns.is_empty() {
+        return format!("goes to one of {count} backends (round robin)");
     }
+    // Each CPU has a counter of its own: where a connection goes depends on the CPU.
+    let mut cpus_by_slot: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (cpu, turn) in now.turns.iter().enumerate() {
+        let slot = usize::try_from(turn % count as u64).unwrap_or(0);
+        cpus_by_slot.entry(slot).or_default().push(cpu);
+    }
+    let choices: Vec<String> = cpus_by_slot
+        .iter()
+        .map(|(slot, cpus)| {
+            let cpus: Vec<String> = cpus.iter().map(ToString::to_string).collect();
+            let cpus = match cpus.as_slice() {
+                [one] => format!("CPU {one}"),
+                many => format!("CPUs {}", many.join(", ")),
+            };
+            format!("{} (slot {slot} of {count}) on {cpus}", backends[*slot].0)
+        })
+        .collect();
+    format!(
+        "goes to {} (round robin, a counter per CPU: the next turn of the CPU its first \
+         packet or connect runs on; a connection from another client may take it first)",
+        choices.join("; ")
+    )
 }
 
 /// Reads what the pinned maps hold for `fe` and `client`.
@@ -159,7 +175,7 @@ fn runtime(
         }
     };
     Ok(Runtime {
-        turn: Some(services.round_robin_turn(svc_id)?),
+        turns: services.round_robin_turns(svc_id)?,
         affinity: affinity.map(|a| (a.backend_id, ago(a.last_seen_ns))),
         flows: mine
             .into_iter()
@@ -328,12 +344,12 @@ mod tests {
     fn a_new_flow_goes_where_the_datapath_would_send_it() {
         let client: IpAddr = "198.18.0.2".parse().expect("ip");
         let three = ["198.18.1.2:8080", "198.18.2.2:8080", "198.18.3.2:8080"];
-        let at = |turn| Runtime {
-            turn: Some(turn),
+        let at = |turns: &[u64]| Runtime {
+            turns: turns.to_vec(),
             ..Runtime::default()
         };
         let held = |id, secs| Runtime {
-            turn: Some(0),
+            turns: vec![0],
             affinity: Some((id, Duration::from_secs(secs))),
             flows: Vec::new(),
         };
@@ -341,8 +357,22 @@ mod tests {
             (
                 "round robin",
                 frontend(&three, None, &[]),
-                at(7),
-                "goes to 198.18.2.2:8080 (round robin: the next turn is slot 1 of 3",
+                at(&[7]),
+                "goes to 198.18.2.2:8080 (slot 1 of 3) on CPU 0 (round robin, a counter per CPU: \
+                 the next turn of the CPU its first packet or connect runs on",
+            ),
+            (
+                "round robin on four CPUs, two of them at the same slot",
+                frontend(&three, None, &[]),
+                at(&[7, 8, 10, 12]),
+                "goes to 198.18.1.2:8080 (slot 0 of 3) on CPU 3; 198.18.2.2:8080 (slot 1 of 3) on \
+                 CPUs 0, 2; 198.18.3.2:8080 (slot 2 of 3) on CPU 1 (round robin",
+            ),
+            (
+                "counters not read",
+                frontend(&three, None, &[]),
+                at(&[]),
+                "goes to one of 3 backends (round robin)",
             ),
             (
                 "affinity held",
@@ -354,30 +384,30 @@ mod tests {
                 "affinity expired",
                 frontend(&three, Some(60), &[]),
                 held(12, 61),
-                "goes to 198.18.1.2:8080 (round robin",
+                "goes to 198.18.1.2:8080 (slot 0 of 3) on CPU 0 (round robin",
             ),
             (
                 "affinity to a backend gone",
                 frontend(&three, Some(60), &[]),
                 held(99, 1),
-                "goes to 198.18.1.2:8080 (round robin",
+                "goes to 198.18.1.2:8080 (slot 0 of 3) on CPU 0 (round robin",
             ),
             (
                 "no endpoints",
                 frontend(&[], None, &[]),
-                at(0),
+                at(&[0]),
                 "refused: ICMP port unreachable",
             ),
             (
                 "outside the source ranges",
                 frontend(&three, None, &["203.0.113.0/24"]),
-                at(0),
+                at(&[0]),
                 "dropped: 198.18.0.2 is not in loadBalancerSourceRanges (203.0.113.0/24)",
             ),
             (
                 "inside the source ranges",
                 frontend(&three, None, &["198.18.0.0/24"]),
-                at(0),
+                at(&[0]),
                 "goes to 198.18.1.2:8080",
             ),
         ];
@@ -387,17 +417,17 @@ mod tests {
         }
         let mut dropped = frontend(&[], None, &[]);
         dropped.rejects_when_empty = false;
-        assert!(new_flow(&dropped, client, &at(0)).starts_with("dropped: endpoints exist"));
+        assert!(new_flow(&dropped, client, &at(&[0])).starts_with("dropped: endpoints exist"));
         dropped.programmed = None;
-        assert!(new_flow(&dropped, client, &at(0)).starts_with("not programmed"));
+        assert!(new_flow(&dropped, client, &at(&[0])).starts_with("not programmed"));
     }
 
     #[test]
     fn an_ipv6_client_meets_the_ipv6_source_ranges() {
         let client: IpAddr = "2001:db8:1::2".parse().expect("ip");
         let two = ["[2001:db8:2::2]:8080", "[2001:db8:3::2]:8080"];
-        let at = |turn| Runtime {
-            turn: Some(turn),
+        let at = |turns: &[u64]| Runtime {
+            turns: turns.to_vec(),
             ..Runtime::default()
         };
         // (case, loadBalancerSourceRanges of the IPv6 frontend, verdict)
@@ -405,12 +435,12 @@ mod tests {
             (
                 "no ranges",
                 &[],
-                "goes to [2001:db8:3::2]:8080 (round robin",
+                "goes to [2001:db8:3::2]:8080 (slot 1 of 2) on CPU 0 (round robin",
             ),
             (
                 "inside",
                 &["2001:db8:1::/48"],
-                "goes to [2001:db8:3::2]:8080 (round robin",
+                "goes to [2001:db8:3::2]:8080 (slot 1 of 2) on CPU 0 (round robin",
             ),
             (
                 "outside",
@@ -419,7 +449,7 @@ mod tests {
             ),
         ];
         for (name, ranges, want) in cases {
-            let got = new_flow(&frontend(&two, None, ranges), client, &at(3));
+            let got = new_flow(&frontend(&two, None, ranges), client, &at(&[3]));
             assert!(got.starts_with(want), "{name}: {got}");
         }
     }
@@ -431,7 +461,7 @@ mod tests {
             port: None,
         };
         let now = Runtime {
-            turn: Some(0),
+            turns: vec![0],
             affinity: None,
             flows: vec![(40_000, 10, Duration::from_secs(3))],
         };

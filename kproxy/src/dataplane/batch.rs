@@ -1,5 +1,6 @@
 //! Map commands aya 0.14 does not offer for hash maps: `BPF_MAP_UPDATE_BATCH` (many entries
-//! in one syscall, for syncs that program thousands of services at once),
+//! in one syscall, for syncs that program thousands of services at once, and for filling a
+//! whole per-CPU array),
 //! `BPF_MAP_LOOKUP_BATCH` (a walk in chunks, for conntrack collection over hundreds of
 //! thousands of flows) and `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (delete an entry and learn what it
 //! held, in one step).
@@ -40,6 +41,34 @@ pub fn update<K: Pod, V: Pod>(
     values: &[V],
 ) -> (usize, Option<std::io::Error>) {
     assert_eq!(keys.len(), values.len(), "one value per key");
+    update_entries(map, keys, values)
+}
+
+/// [`update`] for a per-CPU map: `values` holds each key's value for every possible CPU,
+/// key after key (`cpus` values per key), as the kernel lays out per-CPU values of a size
+/// that is a multiple of 8.
+pub fn update_per_cpu<K: Pod, V: Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+    cpus: usize,
+) -> (usize, Option<std::io::Error>) {
+    assert_eq!(keys.len() * cpus, values.len(), "one value per key and CPU");
+    assert_eq!(
+        size_of::<V>() % 8,
+        0,
+        "the kernel pads each CPU's value to 8 bytes"
+    );
+    update_entries(map, keys, values)
+}
+
+/// `BPF_MAP_UPDATE_BATCH` of `keys`, their values laid out in `values` as the map expects
+/// them.
+fn update_entries<K: Pod, V: Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> (usize, Option<std::io::Error>) {
     if keys.is_empty() {
         return (0, None);
     }

@@ -20,7 +20,7 @@ use aya::{
 };
 use kproxy_common::{meta::Meta, names};
 
-use super::{OBJECT, bpffs};
+use super::{OBJECT, bpffs, maps::seed_round_robin};
 
 /// Map capacities an operator can choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,11 +222,24 @@ pub fn open_maps_with(
         remove_map_pins(pin_dir)?;
     }
     drop_incompatible_pins(pin_dir, sizes, &object)?;
+    // A KP_RR this load creates (fresh state, or a pin replaced above: of another size, or
+    // the counter shared by all CPUs of the builds before) is all zeros, where every service
+    // port must hold a random start.
+    let round_robin_created = !map_pin_path(pin_dir, names::MAP_RR).exists();
     loader.default_map_pin_directory(pin_dir);
     for (name, size) in sizes.max_entries() {
         loader.map_max_entries(name, size);
     }
     let ebpf = loader.load(&object).context("loading the eBPF object")?;
+    if round_robin_created {
+        match ebpf.map(names::MAP_RR) {
+            Some(Map::PerCpuArray(rr)) => seed_round_robin(rr)?,
+            _ => anyhow::bail!(
+                "map {} missing from the object or not a per-CPU array",
+                names::MAP_RR
+            ),
+        }
+    }
     let unverified = Unverified {
         ebpf,
         pin_dir: pin_dir.to_owned(),

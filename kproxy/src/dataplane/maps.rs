@@ -9,6 +9,7 @@
 
 mod family;
 mod flows;
+mod round_robin;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use kproxy_common::{
     names,
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
+pub use round_robin::seed as seed_round_robin;
 
 use super::{batch, free_ports::FreePorts, load::map_pin_path};
 use crate::{
@@ -95,7 +97,7 @@ pub struct ServiceMaps {
     slots_raw: MapData,
     slots: HashMap<MapData, SlotKey, u32>,
     meta: Array<MapData, Meta>,
-    rr: Array<MapData, u64>,
+    rr: PerCpuArray<MapData, u64>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
     be_stats: PerCpuHashMap<MapData, u32, BackendStats>,
     retired: Array<MapData, u64>,
@@ -166,10 +168,11 @@ impl ServiceMaps {
         Ok(summed(&self.svc_stats.get(&svc_id, 0)?))
     }
 
-    /// The round-robin counter of service port `svc_id`: the next new flow without affinity
-    /// takes slot `turn % count`.
-    pub fn round_robin_turn(&self, svc_id: u32) -> Result<u64> {
-        Ok(self.rr.get(&svc_id, 0)?)
+    /// The round-robin counters of service port `svc_id`, one per possible CPU (the kernel's
+    /// order): the next new flow without affinity that CPU `n` handles takes slot
+    /// `turns[n] % count`.
+    pub fn round_robin_turns(&self, svc_id: u32) -> Result<Vec<u64>> {
+        Ok(self.rr.get(&svc_id, 0)?.to_vec())
     }
 
     /// Per-backend counters summed over CPUs (zero if the backend has none).
@@ -464,7 +467,8 @@ impl ServiceMaps {
                     .context("KP_SLOTS")?;
             }
             MapOp::ResetServiceCounters { svc_id } => {
-                self.rr.set(*svc_id, 0, 0).context("KP_RR")?;
+                let starts = PerCpuValues::try_from(round_robin::random_starts(self.cpus))?;
+                self.rr.set(*svc_id, starts, 0).context("KP_RR")?;
                 let zero = self.zeroed::<ServiceStats>()?;
                 self.svc_stats
                     .set(*svc_id, zero, 0)

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 /// Ids in `0..limit`, lowest free first. Freed ids are reused (their counters are reset when
-/// handed out again, see `MapOp::ResetServiceCounters`).
+/// freed, ready to be handed out again, see `MapOp::ResetServiceCounters`).
 #[derive(Clone, Debug)]
 pub struct IdPool {
     limit: u32,

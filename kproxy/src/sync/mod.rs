@@ -101,7 +101,8 @@ pub enum MapOp {
         bank: u8,
         index: u32,
     },
-    /// Zeroes the round-robin position and counters of a newly used service port id.
+    /// Readies a freed service port id for its next use: its round robin restarts at a random
+    /// slot (one further on each CPU) and its counters from zero.
     ResetServiceCounters {
         svc_id: u32,
     },

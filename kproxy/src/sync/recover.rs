@@ -196,8 +196,8 @@ impl Programmed {
         let highest = backends.keys().copied().max();
         let next_backend_id = highest.map_or(reserved, |max| reserved.max(max.saturating_add(1)));
         let svc_ids = IdPool::with_used(max_services, frontends.values().map(|f| f.svc_id));
-        // Freed ids have their counters zeroed when freed; a previous agent may have stopped
-        // in between, so zero the free ones below the highest id in use.
+        // Freed ids have their counters reset when freed; a previous agent may have stopped
+        // in between, so reset the free ones below the highest id in use.
         cleanup.extend(
             svc_ids
                 .free_ids()

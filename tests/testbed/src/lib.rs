@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod bpffs;
 mod bpfsys;
 pub mod cgroup;
+pub mod cpu;
 pub mod http;
 // The agent's own interface ioctls, shared by source: the test bed cannot depend on the agent
 // crate (xtask builds with the test bed before the eBPF object the agent embeds exists).

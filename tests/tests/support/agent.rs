@@ -38,6 +38,15 @@ pub fn kproxy_cleanup(pin_dir: &Path) {
     );
 }
 
+/// Keeps the test's thread, and the clients it starts from now on, on one CPU. kproxy's round
+/// robin counts per CPU, so new connections go round the backends in an exact order only
+/// when they are made from one CPU: a test that counts on that (an exact spread, every
+/// backend among as many connections as there are backends, the next connection on the next
+/// backend) calls this once its agent runs (an agent started later runs on that CPU only).
+pub fn clients_on_one_cpu() {
+    kproxy_testbed::cpu::stay_on_this_cpu().expect("keeping the clients on one CPU");
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();

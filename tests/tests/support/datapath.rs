@@ -1,11 +1,14 @@
 //! The datapath loaded into the kernel for BPF_PROG_TEST_RUN tests: the real object, maps
 //! pinned on a private bpffs and programmed through the agent's own sync code.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use aya::{
     Ebpf,
-    maps::MapData,
+    maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use kproxy::{
@@ -25,14 +28,21 @@ use kproxy_common::{
     names,
     stats::Counter,
 };
-use kproxy_testbed::BpfFs;
+use kproxy_testbed::{BpfFs, cpu};
 
+/// Packet tests name the backend each new flow gets, so they take round robin out of
+/// chance: the thread that runs the programs stays on one CPU (the round robin counts per
+/// CPU), and every service port they program starts at its first slot on every CPU, where the
+/// agent starts it at a random one (tests of their own check that: `round_robin` in
+/// datapath.rs).
 pub struct LoadedDatapath {
     pub ebpf: Ebpf,
     pub maps: ServiceMaps,
     pub flows: FlowMaps,
     pub programmed: Programmed,
     pub bpffs: BpfFs,
+    /// The CPU the test's thread stays on: every program it runs runs there.
+    pub cpu: usize,
 }
 
 /// Verdicts as the programs return them.
@@ -108,6 +118,7 @@ impl LoadedDatapath {
 
     /// Loads the datapath with map capacities `sizes`.
     pub fn load_with(sizes: &MapSizes) -> Self {
+        let cpu = cpu::stay_on_this_cpu().expect("keeping the test on one CPU");
         let bpffs = BpfFs::new().expect("mounting a private bpffs");
         let pin_dir = bpffs.pin_path("kproxy");
         let (mut ebpf, _) = load::load(&pin_dir, sizes).expect("loading the eBPF object");
@@ -131,12 +142,36 @@ impl LoadedDatapath {
             flows,
             programmed: Programmed::new(sizes.services),
             bpffs,
+            cpu,
         }
     }
 
+    /// Programs `desired` through the agent's sync; the service ports it adds start their
+    /// round robin at their first slot (see `LoadedDatapath`).
     pub fn program(&mut self, desired: &Desired) {
+        let before = self.svc_ids();
         let report = self.programmed.sync(desired, &mut self.maps);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
+        for svc_id in self.svc_ids().difference(&before) {
+            let cpus = aya::util::nr_cpus().expect("possible CPUs");
+            self.set_round_robin(*svc_id, &vec![0; cpus]);
+        }
+    }
+
+    /// The service port ids programmed.
+    pub fn svc_ids(&self) -> BTreeSet<u32> {
+        self.programmed
+            .frontends()
+            .values()
+            .map(|f| f.svc_id)
+            .collect()
+    }
+
+    /// Sets the round-robin counters of service port `svc_id`, one per possible CPU.
+    pub fn set_round_robin(&self, svc_id: u32, turns: &[u64]) {
+        let mut rr: PerCpuArray<MapData, u64> = self.map(names::MAP_RR);
+        let turns = PerCpuValues::try_from(turns.to_vec()).expect("one turn per CPU");
+        rr.set(svc_id, turns, 0).expect("writing KP_RR");
     }
 
     fn run(&self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
