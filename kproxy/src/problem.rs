@@ -113,8 +113,8 @@ pub fn datapath_error(e: &anyhow::Error) -> String {
     // Map writes carry the map's name as their outermost context.
     let map = e.to_string();
     let flag = match map.as_str() {
-        "KP_SERVICES" => Some("--max-services"),
-        "KP_BACKENDS" | "KP_SLOTS" => Some("--max-backends"),
+        "KP_SERVICES" | "KP_SERVICES6" | "KP_VIPS" | "KP_VIPS6" => Some("--max-services"),
+        "KP_BACKENDS" | "KP_BACKENDS6" | "KP_SLOTS" => Some("--max-backends"),
         _ => None,
     };
     match (full, flag) {
@@ -147,6 +147,14 @@ mod tests {
                 }))
                 .context("KP_SERVICES"),
                 "KP_SERVICES is full (raise --max-services)",
+            ),
+            (
+                anyhow::Error::from(e2big()).context("KP_VIPS6"),
+                "KP_VIPS6 is full (raise --max-services)",
+            ),
+            (
+                anyhow::Error::from(e2big()).context("KP_BACKENDS6"),
+                "KP_BACKENDS6 is full (raise --max-backends)",
             ),
             (
                 anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EPERM))

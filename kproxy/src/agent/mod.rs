@@ -759,14 +759,19 @@ impl Agent {
                 self.metrics.kube_proxy.network_programming(latency);
             }
         }
-        let problems: Vec<Problem> = input
-            .problems()
-            .into_iter()
-            .chain(self.cluster.problems())
-            .chain(report.problems.iter().cloned())
-            .map(|p| input.locate(p))
-            .collect();
-        self.report_problems(&problems);
+        // Problems are those of a complete view: while the first lists arrive, a slice
+        // whose Service is on a page not read yet looks orphaned, and at 100,000 Services
+        // reporting (formatting every problem at each part) cost more than the sync itself.
+        if input.synced() {
+            let problems: Vec<Problem> = input
+                .problems()
+                .into_iter()
+                .chain(self.cluster.problems())
+                .chain(report.problems.iter().cloned())
+                .map(|p| input.locate(p))
+                .collect();
+            self.report_problems(&problems);
+        }
         let unwritten = report
             .problems
             .iter()
@@ -963,16 +968,11 @@ impl Agent {
     /// Keeps `KP_NODEPORT_LIST` (IPv4 only) in step with the NodePort addresses and the
     /// frontends programmed on any of them.
     fn write_nodeport_list(&mut self) {
-        let frontend_addrs: BTreeSet<std::net::Ipv4Addr> = self
-            .programmed
-            .frontends()
-            .keys()
-            .filter_map(|k| match k.addr {
-                std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
-                _ => None,
-            })
-            .collect();
-        if let Err(e) = self.node_addrs.write_list(&frontend_addrs) {
+        let programmed = &self.programmed;
+        if let Err(e) = self
+            .node_addrs
+            .write_list(|addr| programmed.has_vip(addr.into()))
+        {
             tracing::warn!(error = %format!("{e:#}"), "writing the NodePort address list failed");
         }
     }

@@ -78,6 +78,9 @@ impl MapSizes {
     fn max_entries(&self) -> Vec<(&'static str, u32)> {
         let mut all = self.filling_maps().to_vec();
         all.extend([
+            // A frontend has at most one VIP of its own: as many VIPs as service ports.
+            (names::MAP_VIPS, self.services),
+            (names::MAP_VIPS6, self.services),
             (names::MAP_RR, self.services),
             (names::MAP_SVC_STATS, self.services),
             (names::MAP_BE_STATS, self.backends),

@@ -60,6 +60,9 @@ impl ProgrammedFrontend {
 #[derive(Clone, Debug)]
 pub struct Programmed {
     pub(super) frontends: BTreeMap<FrontendKey, ProgrammedFrontend>,
+    /// What `frontends` holds, counted as it changes: a count over all of them at every
+    /// sync cost a pass over 100,000 frontends for each one-endpoint change.
+    pub(super) counts: EntryCounts,
     pub(super) svc_ids: IdPool,
     /// Backend ids are never reused while the pinned maps live (across restarts: see
     /// `backend_ids_reserved`), so a conntrack or affinity entry naming a deleted backend can
@@ -140,6 +143,37 @@ pub struct EntryCounts {
     pub slots: usize,
 }
 
+impl EntryCounts {
+    /// All of `frontends`, counted in one pass.
+    pub(super) fn of<'a>(
+        frontends: impl IntoIterator<Item = (&'a FrontendKey, &'a ProgrammedFrontend)>,
+    ) -> Self {
+        let mut counts = Self::default();
+        for (key, f) in frontends {
+            counts.add(key, f);
+        }
+        counts
+    }
+
+    // A frontend's backends are of its own family (the model pairs each frontend with its
+    // family's endpoints).
+    fn add(&mut self, key: &FrontendKey, f: &ProgrammedFrontend) {
+        let v6 = key.addr.is_ipv6();
+        self.frontends.add(v6, 1);
+        self.taking_connections += f.backends.len();
+        self.backends.add(v6, f.backends.len() + f.standby.len());
+        self.slots += f.bank_len.iter().map(|&n| n as usize).sum::<usize>();
+    }
+
+    fn remove(&mut self, key: &FrontendKey, f: &ProgrammedFrontend) {
+        let v6 = key.addr.is_ipv6();
+        self.frontends.remove(v6, 1);
+        self.taking_connections -= f.backends.len();
+        self.backends.remove(v6, f.backends.len() + f.standby.len());
+        self.slots -= f.bank_len.iter().map(|&n| n as usize).sum::<usize>();
+    }
+}
+
 /// A count in each family's map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ByFamily {
@@ -156,6 +190,14 @@ impl ByFamily {
         }
     }
 
+    fn remove(&mut self, v6: bool, n: usize) {
+        if v6 {
+            self.v6 -= n;
+        } else {
+            self.v4 -= n;
+        }
+    }
+
     pub fn total(&self) -> usize {
         self.v4 + self.v6
     }
@@ -166,6 +208,7 @@ impl Programmed {
     pub fn new(max_services: u32) -> Self {
         Self {
             frontends: BTreeMap::new(),
+            counts: EntryCounts::default(),
             svc_ids: IdPool::new(max_services),
             next_backend_id: 1,
             backend_ids_reserved: 1,
@@ -178,19 +221,29 @@ impl Programmed {
         &self.frontends
     }
 
-    /// What the service maps hold, counted in one pass over the frontends.
+    /// What the service maps hold.
     pub fn counts(&self) -> EntryCounts {
-        let mut counts = EntryCounts::default();
-        for (key, f) in &self.frontends {
-            // A frontend's backends are of its own family (the model pairs each frontend
-            // with its family's endpoints).
-            let v6 = key.addr.is_ipv6();
-            counts.frontends.add(v6, 1);
-            counts.taking_connections += f.backends.len();
-            counts.backends.add(v6, f.backends.len() + f.standby.len());
-            counts.slots += f.bank_len.iter().map(|&n| n as usize).sum::<usize>();
+        self.counts
+    }
+
+    /// Whether `addr` is a frontend's own address (a VIP: not a NodePort's).
+    pub fn has_vip(&self, addr: IpAddr) -> bool {
+        self.vips.contains_key(&addr)
+    }
+
+    /// Removes frontend `key`, uncounting it.
+    fn take_frontend(&mut self, key: &FrontendKey) -> Option<ProgrammedFrontend> {
+        let old = self.frontends.remove(key)?;
+        self.counts.remove(key, &old);
+        Some(old)
+    }
+
+    /// Sets frontend `key` to `frontend`, counting it in place of what it replaces.
+    fn put_frontend(&mut self, key: FrontendKey, frontend: ProgrammedFrontend) {
+        self.counts.add(&key, &frontend);
+        if let Some(old) = self.frontends.insert(key, frontend) {
+            self.counts.remove(&key, &old);
         }
-        counts
     }
 
     /// Whether backend id `id` is programmed (taking connections or only listed).
@@ -255,7 +308,7 @@ impl Programmed {
             let mut planned = Vec::with_capacity(chunk.len());
             let mut kinds = Vec::with_capacity(chunk.len());
             for key in chunk {
-                let old = self.frontends.remove(key).expect("filtered above");
+                let old = self.take_frontend(key).expect("filtered above");
                 planned.push(Planned {
                     ops: remove_ops(key, &old),
                     removal: true,
@@ -364,7 +417,7 @@ impl Programmed {
                     } else {
                         report.updated += 1;
                     }
-                    self.frontends.insert(key, *after);
+                    self.put_frontend(key, *after);
                 }
             }
         }

@@ -15,7 +15,7 @@ use kproxy_common::{
     },
 };
 
-use super::{IdPool, MapOp, Programmed, ProgrammedFrontend};
+use super::{EntryCounts, IdPool, MapOp, Programmed, ProgrammedFrontend};
 use crate::{
     model::{Endpoint, FrontendKey},
     wire::{self, WireAddr},
@@ -205,6 +205,7 @@ impl Programmed {
         );
         let programmed = Self {
             svc_ids,
+            counts: EntryCounts::of(&frontends),
             frontends,
             next_backend_id,
             backend_ids_reserved: reserved,

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use super::{MapOp, Programmed, fake::FakeDatapath, fake::View};
+use super::{EntryCounts, MapOp, Programmed, fake::FakeDatapath, fake::View};
 use crate::{
     model::{
         Desired, Endpoint, Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName,
@@ -85,6 +85,15 @@ fn kinds(ops: &[MapOp]) -> Vec<&'static str> {
         .collect()
 }
 
+/// The counts `programmed` kept as it changed are those of a count over all it holds.
+fn assert_counted(programmed: &Programmed) {
+    assert_eq!(
+        programmed.counts(),
+        EntryCounts::of(programmed.frontends()),
+        "the counts kept by each change"
+    );
+}
+
 /// Syncs `from` then `to`, and checks that after every single op of the second sync each
 /// frontend resolves completely to its old or its new backend set.
 fn transition(from: &Desired, to: &Desired) -> (Vec<MapOp>, FakeDatapath) {
@@ -93,6 +102,7 @@ fn transition(from: &Desired, to: &Desired) -> (Vec<MapOp>, FakeDatapath) {
     let first = programmed.sync(from, &mut dp);
     assert!(first.problems.is_empty(), "{:?}", first.problems);
     assert_eq!(dp.view(), expected_view(from));
+    assert_counted(&programmed);
     let before = dp.log.len();
     dp.views = Some(Vec::new());
     let report = programmed.sync(to, &mut dp);
@@ -108,6 +118,7 @@ fn transition(from: &Desired, to: &Desired) -> (Vec<MapOp>, FakeDatapath) {
         }
     }
     assert_eq!(dp.view(), new_view);
+    assert_counted(&programmed);
     let ops = dp.log[before..].to_vec();
     (ops, dp)
 }
@@ -327,6 +338,8 @@ fn full_map_fails_one_frontend_cleanly_and_retries_later() {
         dp.view(),
         expected_view(&desired(&[(web, frontend("web", &[2, 3], None))]))
     );
+    assert_counted(&programmed);
+    assert_eq!(programmed.counts().frontends.total(), 1);
 
     dp.max_backends = None;
     // Nothing changed in the cluster, but the failed frontend is retried.
@@ -334,6 +347,7 @@ fn full_map_fails_one_frontend_cleanly_and_retries_later() {
     assert!(retry.problems.is_empty());
     assert_eq!((retry.added, retry.updated), (1, 0));
     assert_eq!(dp.view(), expected_view(&want));
+    assert_counted(&programmed);
 }
 
 #[test]
@@ -371,6 +385,12 @@ fn restart_recovers_state_and_writes_nothing_new() {
     first.sync(&second_want, &mut dp);
 
     let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 16);
+    // Counted on recovery (slots aside: the inactive bank's are cleaned up below).
+    let (found, had) = (recovered.counts(), first.counts());
+    assert_eq!(
+        (found.frontends, found.backends),
+        (had.frontends, had.backends)
+    );
     assert!(
         cleanup
             .iter()
@@ -659,4 +679,7 @@ fn a_sync_larger_than_a_chunk_is_whole_and_never_reuses_an_id_it_freed() {
     );
     // Each VIP lost its port-80 frontend and gained a port-81 one: it stays served.
     assert_eq!(dp.vips.len(), n);
+    assert_counted(&programmed);
+    assert_eq!(programmed.counts().frontends.v4, n);
+    assert_eq!(programmed.counts().backends.v4, n);
 }

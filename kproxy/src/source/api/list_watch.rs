@@ -27,8 +27,13 @@ use super::{
     protobuf::{self, Page},
 };
 
-/// Objects per list page, as client-go and kube-runtime ask.
-pub const PAGE_SIZE: u32 = 500;
+/// Objects per list page: ten times client-go's and kube-runtime's 500. Each page is a
+/// round trip the API server answers in about the same time whatever its size (measured
+/// against the bench's kube-apiserver holding 100,000 Services: 50 ms for a page of 500,
+/// 74–88 ms for a page of 5,000), so 500 made a list of 100,000 Services 200 round trips and
+/// most of a start. A page of 5,000 is about 1 MB of protobuf, decoded and handed on before
+/// the next but one is read, so the agent's memory stays far from a whole list's.
+pub const PAGE_SIZE: u32 = 5_000;
 
 /// What to list and watch.
 #[derive(Clone, Debug, Default)]
