@@ -45,18 +45,26 @@ impl BenchBed {
             ipv6: family == Family::Ipv6,
         })?;
         tune(&topo)?;
+        // The real section's selector Services (churn, the probe) are IPv4 in every bed, so
+        // an IPv6 bed's backends serve IPv4 as well.
+        let families: &[Family] = match family {
+            Family::Ipv4 => &[Family::Ipv4],
+            Family::Ipv6 => &[Family::Ipv6, Family::Ipv4],
+        };
         let mut servers = Vec::new();
-        for (i, ns) in topo.backends.iter().enumerate() {
+        let last = topo.backends.len() - 1;
+        for &serving in families {
+            for (i, ns) in topo.backends.iter().enumerate() {
+                servers.push(server::start(
+                    ns,
+                    SocketAddr::new(serving.backend(i), BACKEND_PORT),
+                )?);
+            }
             servers.push(server::start(
-                ns,
-                SocketAddr::new(family.backend(i), BACKEND_PORT),
+                &topo.backends[last],
+                SocketAddr::new(serving.backend(last), CHANGED_PORT),
             )?);
         }
-        let last = topo.backends.len() - 1;
-        servers.push(server::start(
-            &topo.backends[last],
-            SocketAddr::new(family.backend(last), CHANGED_PORT),
-        )?);
         let dir = tempfile::Builder::new().prefix("kpt-bench-").tempdir()?;
         std::fs::create_dir(dir.path().join("manifests"))?;
         Ok(Self {

@@ -45,10 +45,27 @@ impl Family {
     /// The VIP of service `i` (0-based), never assigned to an interface: 198.19.0.1
     /// upwards, or 2001:db8:ffff::1 upwards (`topology::vip6`).
     pub fn vip(self, i: usize) -> IpAddr {
-        let n = u16::try_from(i + 1).expect("fewer than 65k services");
         match self {
-            Family::Ipv4 => kproxy_testbed::topology::vip(n).into(),
-            Family::Ipv6 => kproxy_testbed::topology::vip6(n).into(),
+            Family::Ipv4 => kproxy_testbed::topology::vip(
+                u16::try_from(i + 1).expect("IPv4 VIPs end at 65,535 (198.19.0.0/16)"),
+            )
+            .into(),
+            Family::Ipv6 => kproxy_testbed::topology::vip6(
+                u32::try_from(i + 1)
+                    .ok()
+                    .filter(|&n| n < 1 << 20)
+                    .expect("IPv6 VIPs end at 2^20 (a /108)"),
+            )
+            .into(),
+        }
+    }
+
+    /// How many services of this family the bench can give a VIP of its own (the first
+    /// [`super::real::objects::FIRST_BENCH_VIP`] are the API server's and the selector Services').
+    pub const fn max_services(self) -> usize {
+        match self {
+            Family::Ipv4 => u16::MAX as usize - 1,
+            Family::Ipv6 => (1 << 20) - 2,
         }
     }
 

@@ -76,6 +76,11 @@ pub struct Options {
     /// Skip the generated-rules smoke section (ClusterIP against generated netfilter rules).
     #[arg(long)]
     pub skip_generated: bool,
+    /// Numbers of IPv6 Services at which the datapath's time per packet is also measured,
+    /// comma separated (default 10,10000,100000; quick none). IPv4's scales are the
+    /// generated section's; the test bed's IPv4 VIPs end at 65,534, so 100,000 is IPv6's.
+    #[arg(long, value_delimiter = ',')]
+    pub prog_cost_ipv6_services: Option<Vec<usize>>,
     /// UDP flows the external section's sender cycles through (default 256).
     #[arg(long)]
     pub udp_flows: Option<usize>,
@@ -103,6 +108,8 @@ struct Plan {
     quick: bool,
     /// ClusterIP scales; empty with --external-only.
     scales: Vec<usize>,
+    /// The IPv6 scales of the time per packet.
+    prog_cost_ipv6: Vec<usize>,
     modes: Vec<Mode>,
     /// None with --skip-external.
     external: Option<external::Plan>,
@@ -189,9 +196,11 @@ impl Plan {
                     udp_flows,
                     warm_neighbours: opts.warm_neighbours,
                 });
+        let prog_cost_ipv6 = prog_cost_ipv6_scales(opts)?;
         Ok(Self {
             quick: opts.quick,
             scales,
+            prog_cost_ipv6,
             modes,
             external,
             real,
@@ -227,10 +236,37 @@ fn real_scales(opts: &Options) -> Result<(Vec<usize>, Vec<usize>)> {
             vec![10, 10_000]
         })
     };
-    if ipv6.iter().any(|&n| n == 0 || n > 60_000) {
-        bail!("--ipv6-services: each scale must be between 1 and 60000");
+    for (flag, scales, family) in [
+        ("--services", &ipv4, Family::Ipv4),
+        ("--ipv6-services", &ipv6, Family::Ipv6),
+    ] {
+        let max = family.max_services() - real::objects::FIRST_BENCH_VIP;
+        if scales.iter().any(|&n| n == 0 || n > max) {
+            bail!(
+                "{flag}: each scale must be between 1 and {max} (the {} VIPs the test bed's \
+                 service range holds past the API server's own)",
+                family.kubernetes_name()
+            );
+        }
     }
     Ok((ipv4, ipv6))
+}
+
+/// The IPv6 scales of the datapath's time per packet.
+fn prog_cost_ipv6_scales(opts: &Options) -> Result<Vec<usize>> {
+    let scales = opts
+        .prog_cost_ipv6_services
+        .clone()
+        .unwrap_or(if opts.quick {
+            Vec::new()
+        } else {
+            vec![10, 10_000, 100_000]
+        });
+    let max = Family::Ipv6.max_services();
+    if scales.iter().any(|&n| n == 0 || n > max) {
+        bail!("--prog-cost-ipv6-services: each scale must be between 1 and {max}");
+    }
+    Ok(scales)
 }
 
 /// Load before each measurement, not counted: a fifth of it, at most a second.
@@ -328,7 +364,11 @@ pub fn run(opts: &Options) -> Result<()> {
         .iter()
         .any(|m| matches!(m, Mode::KproxyTc | Mode::KproxyXdp))
     {
-        report.prog_cost = prog_cost::measure(&agent, &plan.scales, plan.repetitions, CT_MAX)?;
+        let scales = prog_cost::Scales {
+            ipv4: &plan.scales,
+            ipv6: &plan.prog_cost_ipv6,
+        };
+        report.prog_cost = prog_cost::measure(&agent, &scales, plan.repetitions, CT_MAX)?;
     }
     if let Some(ext) = &plan.external {
         report.external = Some(external::run(ext, &agent, &object)?);

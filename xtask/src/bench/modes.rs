@@ -156,7 +156,12 @@ fn start_kproxy(
 ) -> Result<(Running, Setup)> {
     cluster.write_manifests(&bed.manifests())?;
     let mut args: Vec<OsString> = vec!["run".into(), "--manifests".into(), bed.manifests().into()];
-    args.extend(kproxy_node_args(bed, mode == Mode::KproxyXdp, ct_max));
+    args.extend(kproxy_node_args(
+        bed,
+        mode == Mode::KproxyXdp,
+        ct_max,
+        cluster.len(),
+    ));
     let log = bed.dir.path().join("agent.log");
     let (agent, full_sync_ms) = spawn_agent(&bed.topo.node, agent_bin, &args, &log)?;
     Ok((Running::with_agent(agent), Setup { full_sync_ms }))
@@ -165,13 +170,14 @@ fn start_kproxy(
 /// kproxy's arguments for the bench node: its name, pins, conntrack size and the links it
 /// attaches to. With `xdp`, XDP on the client-facing link (the "NIC") and TC on the backend
 /// links; otherwise TC everywhere.
-pub fn kproxy_node_args(bed: &BenchBed, xdp: bool, ct_max: u32) -> Vec<OsString> {
+pub fn kproxy_node_args(bed: &BenchBed, xdp: bool, ct_max: u32, services: usize) -> Vec<OsString> {
     let links = bed.topo.node_ifaces();
     let mut args: Vec<OsString> = ["--node-name", NODE_NAME, "--pin-dir"]
         .map(OsString::from)
         .to_vec();
     args.push(bed.pin_dir().into());
     args.extend(["--ct-max".into(), ct_max.to_string().into()]);
+    args.extend(map_size_args(services));
     if xdp {
         let backend_links: Vec<&str> = links
             .iter()
@@ -186,6 +192,24 @@ pub fn kproxy_node_args(bed: &BenchBed, xdp: bool, ct_max: u32) -> Vec<OsString>
         ]);
     } else {
         args.extend(["--attach".into(), links.join(",").into()]);
+    }
+    args
+}
+
+/// The map sizes an operator would give kproxy for `services` single-port Services with
+/// three endpoints each, as flags, when its defaults (65,536 service ports, 262,144
+/// backends) are too small: powers of two with room for the API server's and the selector
+/// Services. None below the defaults, so the smaller scales run kproxy as shipped.
+fn map_size_args(services: usize) -> Vec<OsString> {
+    const ROOM: usize = 1024;
+    let mut args = Vec::new();
+    let service_ports = (services + ROOM).next_power_of_two();
+    if service_ports > 65_536 {
+        args.extend(["--max-services".into(), service_ports.to_string().into()]);
+    }
+    let backends = (3 * services + ROOM).next_power_of_two();
+    if backends > 262_144 {
+        args.extend(["--max-backends".into(), backends.to_string().into()]);
     }
     args
 }

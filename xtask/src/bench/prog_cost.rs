@@ -14,7 +14,7 @@
 //! same timing of a program that only returns is the floor every figure includes.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::Path,
 };
@@ -24,7 +24,7 @@ use etherparse::PacketBuilder;
 
 use super::{
     bed::BenchBed,
-    cluster::Cluster,
+    cluster::{Cluster, Family},
     modes::{self, Mode},
     report::ProgCost,
     xdp::{self, BPF_PROG_TEST_RUN, bpf, put_u32, put_u64},
@@ -63,43 +63,54 @@ impl Program {
     }
 }
 
+/// The scales measured, by family: IPv4 Services at the generated section's scales, IPv6
+/// ones at their own (the test bed's IPv4 VIP range holds 65,534 Services, its IPv6 one
+/// a million, so the largest scale is IPv6's).
+pub struct Scales<'a> {
+    pub ipv4: &'a [usize],
+    pub ipv6: &'a [usize],
+}
+
 /// Measures both programs at every scale, `repetitions` times each (agents interleaved).
 pub fn measure(
     agent: &Path,
-    scales: &[usize],
+    scales: &Scales<'_>,
     repetitions: usize,
     ct_max: u32,
 ) -> Result<Vec<ProgCost>> {
     let mut out = Vec::new();
-    for &services in scales {
-        eprintln!("bench: datapath time per packet, {services} services");
-        measure_scale(agent, services, repetitions, ct_max, &mut out)?;
+    let runs = (scales.ipv4.iter().map(|&n| (Family::Ipv4, n)))
+        .chain(scales.ipv6.iter().map(|&n| (Family::Ipv6, n)));
+    for (family, services) in runs {
+        eprintln!(
+            "bench: datapath time per packet, {services} {} services",
+            family.kubernetes_name()
+        );
+        measure_scale(agent, family, services, repetitions, ct_max, &mut out)?;
     }
     Ok(out)
 }
 
 fn measure_scale(
     agent: &Path,
+    family: Family,
     services: usize,
     repetitions: usize,
     ct_max: u32,
     out: &mut Vec<ProgCost>,
 ) -> Result<()> {
-    let cluster = Cluster::new(
-        services,
-        &BenchBed::backend_addresses(super::cluster::Family::Ipv4),
-    );
-    let SocketAddr::V4(target) = cluster.target() else {
-        bail!("the generated section's services are IPv4");
-    };
+    let cluster =
+        Cluster::with_first_vip(services, &BenchBed::backend_addresses(family), family, 0);
     for _ in 0..repetitions {
         for program in [Program::TcIngress, Program::Xdp] {
-            let bed = BenchBed::new()?;
+            let bed = BenchBed::for_family(family)?;
             let (running, _) = modes::start(program.mode(), &bed, &cluster, agent, ct_max)?;
-            let measured = measure_program(&bed, program, target);
+            let measured = measure_program(&bed, program, family, cluster.target());
             running.stop()?;
             for (path, ns) in measured? {
-                cost_in(out, program.name(), path, services).ns.push(ns);
+                cost_in(out, program.name(), family, path, services)
+                    .ns
+                    .push(ns);
             }
         }
     }
@@ -110,7 +121,8 @@ fn measure_scale(
 fn measure_program(
     bed: &BenchBed,
     program: Program,
-    target: SocketAddrV4,
+    family: Family,
+    target: SocketAddr,
 ) -> Result<Vec<(&'static str, f64)>> {
     let node = &bed.topo.node;
     let iface = bed.topo.client_iface();
@@ -118,11 +130,17 @@ fn measure_program(
     let frames = Frames {
         src_mac: bed.topo.client.mac("eth0")?,
         dst_mac: node.mac(iface)?,
-        client: bed.topo.client_addr(),
+        client: match family {
+            Family::Ipv4 => bed.topo.client_addr().into(),
+            Family::Ipv6 => bed.topo.client_addr6().into(),
+        },
         target,
     };
     let to_backend = Frames {
-        target: SocketAddrV4::new(bed.topo.backend_addr(0), super::cluster::BACKEND_PORT),
+        target: SocketAddr::new(
+            BenchBed::backend_addresses(family)[0],
+            super::cluster::BACKEND_PORT,
+        ),
         ..frames
     }
     .ack(FIRST_PORT - WARM_UP_PORTS - 2)?;
@@ -173,8 +191,8 @@ fn measure_program(
 struct Frames {
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
-    client: std::net::Ipv4Addr,
-    target: SocketAddrV4,
+    client: IpAddr,
+    target: SocketAddr,
 }
 
 impl Frames {
@@ -187,9 +205,21 @@ impl Frames {
     }
 
     fn tcp(&self, port: u16, syn: bool) -> Result<Vec<u8>> {
-        let builder = PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
-            .ipv4(self.client.octets(), self.target.ip().octets(), 64)
-            .tcp(port, self.target.port(), 1, 64_240);
+        let link = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let ip = match (self.client, self.target.ip()) {
+            (IpAddr::V4(client), IpAddr::V4(target)) => {
+                link.ipv4(client.octets(), target.octets(), 64)
+            }
+            (IpAddr::V6(client), IpAddr::V6(target)) => {
+                link.ipv6(client.octets(), target.octets(), 64)
+            }
+            _ => bail!(
+                "client {} and target {} of two families",
+                self.client,
+                self.target
+            ),
+        };
+        let builder = ip.tcp(port, self.target.port(), 1, 64_240);
         let builder = if syn { builder.syn() } else { builder.ack(1) };
         let mut out = Vec::new();
         builder.write(&mut out, &[])?;
@@ -281,14 +311,17 @@ fn median(mut times: Vec<u32>) -> f64 {
 fn cost_in<'a>(
     costs: &'a mut Vec<ProgCost>,
     program: &str,
+    family: Family,
     path: &str,
     services: usize,
 ) -> &'a mut ProgCost {
+    let family = family.kubernetes_name();
     super::entry(
         costs,
-        |c| c.program == program && c.path == path && c.services == services,
+        |c| c.program == program && c.family == family && c.path == path && c.services == services,
         || ProgCost {
             program: program.into(),
+            family: family.into(),
             path: path.into(),
             services,
             ns: Vec::new(),
@@ -301,24 +334,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_are_a_syn_and_an_ack_to_the_target() {
-        let frames = Frames {
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            client: std::net::Ipv4Addr::new(198, 18, 1, 2),
-            target: SocketAddrV4::new(std::net::Ipv4Addr::new(198, 19, 0, 10), 80),
-        };
-        for (frame, syn) in [
-            (frames.syn(20_000).unwrap(), true),
-            (frames.ack(20_000).unwrap(), false),
-        ] {
-            let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
-            let Some(etherparse::TransportSlice::Tcp(tcp)) = packet.transport else {
-                panic!("not TCP");
+    fn frames_are_a_syn_and_an_ack_to_the_target_in_its_family() {
+        let families = [
+            ("198.18.1.2", "198.19.0.10:80", false),
+            ("2001:db8:1::2", "[2001:db8:ffff::1:86a0]:80", true),
+        ];
+        for (client, target, ipv6) in families {
+            let frames = Frames {
+                src_mac: [2, 0, 0, 0, 0, 1],
+                dst_mac: [2, 0, 0, 0, 0, 2],
+                client: client.parse().unwrap(),
+                target: target.parse().unwrap(),
             };
-            assert_eq!((tcp.source_port(), tcp.destination_port()), (20_000, 80));
-            assert_eq!((tcp.syn(), tcp.ack()), (syn, !syn));
+            for (frame, syn) in [
+                (frames.syn(20_000).unwrap(), true),
+                (frames.ack(20_000).unwrap(), false),
+            ] {
+                let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+                let destination: IpAddr = match &packet.net {
+                    Some(etherparse::NetSlice::Ipv4(ip)) if !ipv6 => {
+                        ip.header().destination_addr().into()
+                    }
+                    Some(etherparse::NetSlice::Ipv6(ip)) if ipv6 => {
+                        ip.header().destination_addr().into()
+                    }
+                    _ => panic!("{target}: a frame of the wrong family"),
+                };
+                assert_eq!(destination, frames.target.ip());
+                let Some(etherparse::TransportSlice::Tcp(tcp)) = packet.transport else {
+                    panic!("not TCP");
+                };
+                assert_eq!((tcp.source_port(), tcp.destination_port()), (20_000, 80));
+                assert_eq!((tcp.syn(), tcp.ack()), (syn, !syn));
+            }
         }
+        let mixed = Frames {
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            client: "198.18.1.2".parse().unwrap(),
+            target: "[2001:db8:ffff::1]:80".parse().unwrap(),
+        };
+        assert!(mixed.syn(1).is_err());
         assert!((median(vec![5, 1, 9, 3, 7]) - 5.0).abs() < f64::EPSILON);
     }
 }

@@ -144,10 +144,18 @@ pub struct AgentUsage {
 pub struct ProgCost {
     /// `tc-ingress` or `xdp`.
     pub program: String,
+    /// The Services' and frames' family, `IPv4` or `IPv6` (runs before the IPv6 rows were
+    /// all IPv4).
+    #[serde(default = "ipv4_name")]
+    pub family: String,
     /// `new flow`, `established`, or the floor (an empty program).
     pub path: String,
     pub services: usize,
     pub ns: Vec<f64>,
+}
+
+fn ipv4_name() -> String {
+    "IPv4".into()
 }
 
 /// What the XDP program costs packets: packets per second, one value per repetition.
@@ -601,23 +609,28 @@ fn prog_cost_section(costs: &[ProgCost]) -> String {
          seconds and every path moves with its floor, so \"in floors\" (ns over the floor's \
          ns in the same runs) is the figure to compare across scales; × smallest compares it \
          with the same program and path at the smallest scale.\n\n\
-         | program | path | services | ns/packet (min–max) | in floors | × smallest |\n\
-         |---|---|---:|---:|---:|---:|\n",
+         | program | family | path | services | ns/packet (min–max) | in floors | × smallest |\n\
+         |---|---|---|---:|---:|---:|---:|\n",
     );
     let median = |c: &ProgCost| Stat::of(&c.ns).map(|s| s.median);
     let in_floors = |c: &ProgCost| {
-        let floor = costs
-            .iter()
-            .find(|f| f.program == c.program && f.services == c.services && f.path == FLOOR_PATH)?;
+        let floor = costs.iter().find(|f| {
+            f.program == c.program
+                && f.family == c.family
+                && f.services == c.services
+                && f.path == FLOOR_PATH
+        })?;
         Some(median(c)? / median(floor)?)
     };
     let mut sorted: Vec<&ProgCost> = costs.iter().collect();
-    sorted
-        .sort_by(|a, b| (&a.program, &a.path, a.services).cmp(&(&b.program, &b.path, b.services)));
+    sorted.sort_by(|a, b| {
+        (&a.program, &a.family, &a.path, a.services)
+            .cmp(&(&b.program, &b.family, &b.path, b.services))
+    });
     for cost in sorted {
         let smallest = costs
             .iter()
-            .filter(|c| c.program == cost.program && c.path == cost.path)
+            .filter(|c| c.program == cost.program && c.family == cost.family && c.path == cost.path)
             .min_by_key(|c| c.services);
         let ratio = (cost.path != FLOOR_PATH)
             .then(|| Some(in_floors(cost)? / in_floors(smallest?)?))
@@ -625,8 +638,9 @@ fn prog_cost_section(costs: &[ProgCost]) -> String {
             .map(fmt_ratio);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             cost.program,
+            cost.family,
             cost.path,
             cost.services,
             opt(Stat::of(&cost.ns).map(|s| fmt_stat(s, fmt_num))),
@@ -1506,16 +1520,22 @@ mod tests {
     }
 
     /// Three modes, two repetitions each: (mode, conn/s, delivered pps).
-    /// XDP's new flows at two scales, 10% apart, and floors 10% apart: the same in floors.
+    /// XDP's new flows at two scales, 10% apart, and floors 10% apart: the same in floors;
+    /// IPv6's at its own two scales, compared with IPv6's smallest only.
     fn fake_prog_cost() -> Vec<ProgCost> {
         [
-            ("new flow", 10, 400.0),
-            ("new flow", 1000, 440.0),
-            (FLOOR_PATH, 10, 50.0),
-            (FLOOR_PATH, 1000, 55.0),
+            ("IPv4", "new flow", 10, 400.0),
+            ("IPv4", "new flow", 1000, 440.0),
+            ("IPv4", FLOOR_PATH, 10, 50.0),
+            ("IPv4", FLOOR_PATH, 1000, 55.0),
+            ("IPv6", "new flow", 10, 500.0),
+            ("IPv6", "new flow", 100_000, 550.0),
+            ("IPv6", FLOOR_PATH, 10, 50.0),
+            ("IPv6", FLOOR_PATH, 100_000, 50.0),
         ]
-        .map(|(path, services, ns)| ProgCost {
+        .map(|(family, path, services, ns)| ProgCost {
             program: "xdp".into(),
+            family: family.into(),
             path: path.into(),
             services,
             ns: vec![ns - 10.0, ns + 10.0],
@@ -1660,9 +1680,11 @@ mod tests {
         );
         assert!(!md.contains("packets to a service"));
         for row in [
-            "| xdp | new flow | 10 | 400 (390–410) | 8.00 | 1.00× |",
-            "| xdp | new flow | 1000 | 440 (430–450) | 8.00 | 1.00× |",
-            "| xdp | floor (empty program) | 1000 | 55.0 (45.0–65.0) | 1.00 | – |",
+            "| xdp | IPv4 | new flow | 10 | 400 (390–410) | 8.00 | 1.00× |",
+            "| xdp | IPv4 | new flow | 1000 | 440 (430–450) | 8.00 | 1.00× |",
+            "| xdp | IPv4 | floor (empty program) | 1000 | 55.0 (45.0–65.0) | 1.00 | – |",
+            "| xdp | IPv6 | new flow | 10 | 500 (490–510) | 10.00 | 1.00× |",
+            "| xdp | IPv6 | new flow | 100000 | 550 (540–560) | 11.00 | 1.10× |",
         ] {
             assert!(md.contains(row), "{row} in {md}");
         }

@@ -41,7 +41,7 @@ const ETCD_PEER_URL: &str = "http://127.0.0.1:2380";
 /// The Service ClusterIP ranges, dual-stack: TESTBED.md's IPv4 range (primary: its first
 /// address is the `kubernetes` Service's) and the IPv6 VIPs' (`topology::vip6`), so a Service
 /// of either family or both can be created (the benchmark's IPv6 row).
-pub const SERVICE_CIDR: &str = "198.19.0.0/16,2001:db8:ffff::/112";
+pub const SERVICE_CIDR: &str = "198.19.0.0/16,2001:db8:ffff::/108";
 /// The controllers a proxy's input depends on (kube-controller-manager's names).
 const CONTROLLERS: &str = "endpointslice-controller,endpointslice-mirroring-controller,\
                            namespace-controller,serviceaccount-controller";
@@ -446,7 +446,7 @@ fn etcd_get(ns: &Netns, path: &str) -> Result<String> {
 }
 
 /// A call of etcd's JSON gateway (`/v3/...`), inside the namespace.
-fn etcd_post(ns: &Netns, path: &str, body: &str) -> Result<Value> {
+pub(super) fn etcd_post(ns: &Netns, path: &str, body: &str) -> Result<Value> {
     let response = etcd_http(
         ns,
         format!(

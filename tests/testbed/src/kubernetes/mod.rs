@@ -11,6 +11,7 @@ pub mod control_plane;
 pub mod kproxy_access;
 pub mod objects;
 pub mod pki;
+pub mod storage;
 
 use std::path::PathBuf;
 

@@ -93,6 +93,16 @@ impl ControlPlane {
         .with_context(|| format!("applying {what}"))
     }
 
+    /// Endpoints listed for Service `namespace/service` across its EndpointSlices.
+    pub fn endpoint_count(&self, namespace: &str, service: &str) -> Result<usize> {
+        let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Api::namespaced(self.client(), namespace);
+        let params = kube::api::ListParams::default()
+            .labels(&format!("kubernetes.io/service-name={service}"));
+        let listed = self.run(async move { slices.list(&params).await })?;
+        Ok(listed.items.iter().map(|s| s.endpoints.len()).sum())
+    }
+
     /// Applies `object`'s status through the status subresource (a controller's job: the
     /// kubelet's for pods, a cloud controller's for load balancers).
     pub fn apply_status(&self, object: &Value) -> Result<()> {

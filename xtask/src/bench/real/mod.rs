@@ -15,7 +15,7 @@
 
 mod churn;
 mod metrics;
-mod objects;
+pub mod objects;
 mod plane;
 mod probe;
 mod proxy;
@@ -242,23 +242,23 @@ fn measure_scale(
         family,
         objects::FIRST_BENCH_VIP,
     );
-    let created = objects::create(&plane, &cluster)
-        .with_context(|| format!("creating {label} services through the API"))?;
+    let created =
+        objects::create(&plane, &cluster).with_context(|| format!("storing {label} services"))?;
+    let stored = services * objects::STORED_PER_SERVICE;
     eprintln!(
-        "bench:   {} objects created in {:.1} s",
-        services * 2,
+        "bench:   {stored} objects stored and served in {:.1} s",
         created.as_secs_f64()
     );
     at.results(real).scales.push(Scale {
         services,
         create_s: created.as_secs_f64(),
-        objects: services * 2,
+        objects: stored,
+        stored: true,
     });
     let frontends = cluster.all_frontends();
     let mut targets = probe::sample(&frontends, SAMPLE);
-    if family == Family::Ipv4 {
-        targets.push(objects::CHURN.frontend());
-    }
+    // IPv4 whatever the Services' family: every bed is IPv4 too.
+    targets.push(objects::CHURN.frontend());
     // Modes that failed at this scale (a proxy that cannot program every Service in time):
     // said in the report, and not tried again; the others go on.
     let mut failed: Vec<Proxy> = Vec::new();
@@ -359,7 +359,7 @@ impl Run<'_> {
             mode,
             &bed,
             self.plane,
-            (self.agent, self.ct_max),
+            (self.agent, self.ct_max, services),
             cgroup.as_ref().map(Cgroup::path),
             self.log,
         )?;
@@ -387,28 +387,22 @@ impl Run<'_> {
             .then(|| datapath_counters(self.agent, &bed));
         let (scrape_ms, scrape_bytes) = metrics::scrape_cost(&bed.topo.node, SCRAPES)?;
         eprintln!("bench:   a /metrics scrape: {scrape_ms:.1} ms, {scrape_bytes} bytes");
-        // Churn and the probe change IPv4 selector Services: measured in the IPv4 row.
-        let churned = if self.family == Family::Ipv4 {
-            let window = churn::run(self.plane, &bed, &mut proxy, self.plan.churn_seconds)?;
-            let probes = probe::new_endpoint(self.plane, &bed, &mut proxy, self.plan.probe_rounds)?;
-            eprintln!(
-                "bench:   churn: {} flips, {} annotated; probe: {probes:.1?} ms",
-                window.flips, window.annotated
-            );
-            Some((window, probes))
-        } else {
-            None
-        };
+        // Churn and the probe change IPv4 selector Services, in either row: the beds are
+        // dual-stack, and what they measure is a change served beside this row's Services.
+        let window = churn::run(self.plane, &bed, &mut proxy, self.plan.churn_seconds)?;
+        let probes = probe::new_endpoint(self.plane, &bed, &mut proxy, self.plan.probe_rounds)?;
+        eprintln!(
+            "bench:   churn: {} flips, {} annotated; probe: {probes:.1?} ms",
+            window.flips, window.annotated
+        );
         let usage = proxy.usage();
         proxy.stop()?;
 
         let cell = proxy_cell(real, mode, services);
         cell.programmed_ms.push(programmed.as_secs_f64() * 1e3);
         cell.first_sync_ms.extend(first_sync);
-        if let Some((window, probes)) = churned {
-            record_window(cell, &window);
-            cell.probe_ms.extend(probes);
-        }
+        record_window(cell, &window);
+        cell.probe_ms.extend(probes);
         cell.datapath_counters.extend(counters);
         cell.scrape_ms.push(scrape_ms);
         cell.scrape_bytes

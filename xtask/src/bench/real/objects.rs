@@ -1,18 +1,22 @@
 //! The API objects of the real section: the same N selectorless ClusterIP Services with one
 //! hand-written EndpointSlice each as the generated-rules section uses (VIPs moved past the
-//! addresses the API server and the selector Services below take), created concurrently as a
-//! deployment tool would; and two selector Services whose pods the bench marks Ready itself
+//! addresses the API server and the selector Services below take), stored straight into etcd
+//! with the IPAddress objects that record their ClusterIPs (see [`create`] for why); and two
+//! selector Services whose pods the bench marks Ready itself
 //! (there is no kubelet), so the real EndpointSlice controller writes their slices, with
 //! `endpoints.kubernetes.io/last-change-trigger-time`.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
-use k8s_openapi::chrono::{DateTime, SecondsFormat};
+use anyhow::{Context, Result, bail};
+use k8s_openapi::{
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    chrono::{DateTime, SecondsFormat},
+};
+use kproxy_testbed::kubernetes::storage::Stored;
 use serde_json::{Value, json};
 
 use super::super::{
@@ -25,9 +29,6 @@ use super::plane::Plane;
 /// `vip(0)` (198.19.0.1) is the `kubernetes` Service's; the selector Services take the next
 /// ones; the N bench Services start here.
 pub const FIRST_BENCH_VIP: usize = 16;
-/// Requests in flight while creating the objects: enough to keep the API server and etcd
-/// busy on two cores without queueing in the API server's own limits (400).
-const IN_FLIGHT: usize = 48;
 /// The label that keeps the EndpointSlice controller's hands off the hand-written slices.
 const MANAGED_BY: &str = "bench.kproxy.dev";
 const SELECTOR_NAMESPACE: &str = "default";
@@ -127,24 +128,21 @@ pub fn rfc3339_seconds(at: SystemTime) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// Creates the bench Services and their slices, the selector Services and their pods
-/// (churn pods Ready on every backend, the probe's pod not Ready); returns how long the
-/// bench Services and slices took to create.
+/// Stores the bench Services, their IPAddress records and their slices straight into etcd
+/// (`kproxy_testbed::kubernetes::storage`: creating them through the API costs the API
+/// server O(N²)) and waits until the API server serves every one; then creates the selector
+/// Services and their pods through the API (churn pods Ready on every backend, the probe's
+/// pod not Ready). Returns how long the bench objects took to be stored and served.
 pub fn create(plane: &Plane, cluster: &Cluster) -> Result<Duration> {
     let backends = selector_pod_ips();
     plane.cp.apply(&json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": cluster::NAMESPACE},
     }))?;
-    let mut objects = Vec::with_capacity(cluster.len() * 2);
-    for (service, slice) in cluster.services.iter().zip(&cluster.slices) {
-        objects.push(cluster::with_type(service, "v1", "Service")?);
-        let mut slice = cluster::with_type(slice, "discovery.k8s.io/v1", "EndpointSlice")?;
-        slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = MANAGED_BY.into();
-        objects.push(slice);
-    }
+    let stored = stored_objects(cluster, SystemTime::now())?;
     let started = Instant::now();
-    apply_concurrently(plane, &objects)?;
+    plane.store(&stored)?;
+    wait_until_served(plane, cluster.len())?;
     let took = started.elapsed();
 
     let now = SystemTime::now();
@@ -169,32 +167,92 @@ pub fn create(plane: &Plane, cluster: &Cluster) -> Result<Duration> {
         NODE_NAME,
     ))?;
     PROBE.set_ready(plane, 0, last, false, now)?;
+    wait_for_churn_endpoints(plane, backends.len())?;
     Ok(took)
 }
 
-/// Applies `objects` with [`IN_FLIGHT`] requests at a time: that many threads share the
-/// control plane's client, each taking the next object until none is left.
-fn apply_concurrently(plane: &Plane, objects: &[Value]) -> Result<()> {
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..IN_FLIGHT.min(objects.len()))
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    while let Some(object) = objects.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        plane.cp.apply(object)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for worker in workers {
-            worker
-                .join()
-                .map_err(|_| anyhow::anyhow!("an object-creating thread panicked"))??;
+/// Waits until the EndpointSlice controller has written the churn Service's slice with its
+/// `n` pods, so every proxy starts with it there: with tens of thousands of Services just
+/// stored, the controller's first pass over them holds it back for tens of seconds, which a
+/// proxy's "every Service answers" would otherwise count as its own.
+fn wait_for_churn_endpoints(plane: &Plane, n: usize) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let endpoints = plane.cp.endpoint_count(SELECTOR_NAMESPACE, CHURN.name)?;
+        if endpoints >= n {
+            return Ok(());
         }
-        Ok(())
-    })
+        if started.elapsed() > SERVED_TIMEOUT {
+            bail!(
+                "the EndpointSlice controller wrote {endpoints} of the churn Service's {n} \
+                 endpoints in {SERVED_TIMEOUT:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
+
+/// Objects stored per bench Service: the Service, its IPAddress record, its slice.
+pub const STORED_PER_SERVICE: usize = 3;
+
+/// The bench Services as the API server's create would have stored them (with the defaults
+/// it fills in), each with the IPAddress object recording its ClusterIP and its slice,
+/// created at `at`.
+fn stored_objects(cluster: &Cluster, at: SystemTime) -> Result<Vec<Stored>> {
+    let created = rfc3339_seconds(at);
+    // Unique within the cluster, as uids must be; the kind in the first group.
+    let uid = |kind: u32, i: usize| format!("{kind:08x}-0000-4000-8000-{i:012x}");
+    let mut stored = Vec::with_capacity(cluster.len() * STORED_PER_SERVICE);
+    for (i, (service, slice)) in cluster.services.iter().zip(&cluster.slices).enumerate() {
+        let mut service = cluster::with_type(service, "v1", "Service")?;
+        service["spec"]["sessionAffinity"] = "None".into();
+        service["spec"]["internalTrafficPolicy"] = "Cluster".into();
+        service["status"] = json!({"loadBalancer": {}});
+        stored.push(Stored::ip_address(&service, &uid(1, i), &created)?);
+        stored.push(Stored::new(service, &uid(2, i), &created)?);
+        let mut slice = cluster::with_type(slice, "discovery.k8s.io/v1", "EndpointSlice")?;
+        slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = MANAGED_BY.into();
+        stored.push(Stored::new(slice, &uid(3, i), &created)?);
+    }
+    Ok(stored)
+}
+
+/// Waits until the API server lists all `n` bench Services and slices (its watch of etcd
+/// brings them in) and its watch cache of each kind has caught up with them, so a proxy's
+/// first list is not held up by the cache still decoding what was stored.
+fn wait_until_served(plane: &Plane, n: usize) -> Result<()> {
+    let started = Instant::now();
+    let n = n as u64;
+    let wait = |what: &dyn Fn() -> Result<bool>, describe: &dyn Fn() -> String| loop {
+        if what()? {
+            return Ok(());
+        }
+        if started.elapsed() > SERVED_TIMEOUT {
+            bail!("{} after {SERVED_TIMEOUT:?}", describe());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (services, slices) = (
+        || plane.cp.count::<Service>(cluster::NAMESPACE),
+        || plane.cp.count::<EndpointSlice>(cluster::NAMESPACE),
+    );
+    wait(&|| Ok(services()?.0 == n && slices()?.0 == n), &|| {
+        format!("the API server does not list the {n} Services and slices stored")
+    })?;
+    let (_, version) = slices()?;
+    wait(
+        &|| {
+            Ok(plane.cp.cached::<Service>(cluster::NAMESPACE, &version)
+                && plane
+                    .cp
+                    .cached::<EndpointSlice>(cluster::NAMESPACE, &version))
+        },
+        &|| format!("the API server's watch cache has not reached resourceVersion {version}"),
+    )
+}
+
+/// How long the API server may take to serve what was stored.
+const SERVED_TIMEOUT: Duration = Duration::from_mins(5);
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use kproxy_testbed::{
     Netns,
-    kubernetes::{ControlPlane, control_plane::APISERVER_PORT, pki},
+    kubernetes::{ControlPlane, control_plane::APISERVER_PORT, pki, storage::Stored},
 };
 use serde_json::json;
 
@@ -97,6 +97,11 @@ impl Plane {
     }
 
     /// Links the control plane to `bed`'s node namespace.
+    /// Writes `objects` straight into the control plane's etcd.
+    pub fn store(&self, objects: &[Stored]) -> Result<()> {
+        self.cp.store(&self.ns, objects)
+    }
+
     pub fn link(&self, bed: &BenchBed) -> Result<()> {
         // The previous bed's link went with its namespace; this only clears a leftover.
         let _ = self.ns.ip(&["link", "del", LINK]);

@@ -119,7 +119,7 @@ pub fn start(
     proxy: Proxy,
     bed: &BenchBed,
     plane: &Plane,
-    (agent_bin, ct_max): (&Path, u32),
+    (agent_bin, ct_max, services): (&Path, u32, usize),
     cgroup: Option<&Path>,
     log: &Path,
 ) -> Result<RunningProxy> {
@@ -134,6 +134,7 @@ pub fn start(
                 bed,
                 proxy == Proxy::KproxyXdp,
                 ct_max,
+                services,
             ));
             if proxy == Proxy::KproxySock {
                 let cgroup = cgroup.context("kproxy-sock needs the bench's cgroup")?;
