@@ -159,6 +159,14 @@ impl Input {
         }
     }
 
+    /// Whether every EndpointSlice has been listed (the manifests are always complete).
+    pub fn slices_listed(&self) -> bool {
+        match self {
+            Self::Manifests { .. } => true,
+            Self::Api { unsynced, .. } => !unsynced.contains(&Resource::EndpointSlices),
+        }
+    }
+
     /// Problems of the input itself (unreadable or invalid manifests, API objects that are
     /// not valid for their type).
     pub fn problems(&self) -> Vec<Problem> {

@@ -562,7 +562,10 @@ async fn serve_http(
 
 /// Collects changes until the input has a complete view of the cluster; returns those not
 /// written yet. With `early`, each batch is written as it arrives: converting and writing a
-/// large cluster then overlaps its listing. `None` if `shutdown` came first.
+/// large cluster then overlaps its listing. Services wait for the EndpointSlices to be
+/// listed, though: a Service written before its slice is written twice, first without
+/// endpoints (at 100,000 Services that doubled the first sync). `None` if `shutdown` came
+/// first.
 async fn first_complete_view(
     input: &mut Input,
     agent: &mut Agent,
@@ -584,7 +587,18 @@ async fn first_complete_view(
     let mut said = false;
     while !input.synced() {
         if early && !changes.is_empty() {
-            agent.sync(input, std::mem::take(&mut changes), None);
+            let ready = if input.slices_listed() {
+                std::mem::take(&mut changes)
+            } else {
+                let (services, others) = std::mem::take(&mut changes)
+                    .into_iter()
+                    .partition(|c| matches!(c, Change::Service(..)));
+                changes = services;
+                others
+            };
+            if !ready.is_empty() {
+                agent.sync(input, ready, None);
+            }
         }
         tokio::select! {
             () = &mut *shutdown => return None,
