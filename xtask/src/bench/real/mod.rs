@@ -269,7 +269,10 @@ fn measure_scale(
                 rep + 1,
                 bench.repetitions
             );
-            let (sample, paced) = measure_direct(bench, family)?;
+            let (sample, paced) = {
+                let _paused = plane.cp.pause_controllers()?;
+                measure_direct(bench, family)?
+            };
             record_paced(at.results(real), DIRECT, services, paced);
             cell_in(
                 &mut at.results(real).cells,
@@ -348,6 +351,9 @@ impl Run<'_> {
         let bed = BenchBed::for_family(self.family)?;
         self.plane.link(&bed)?;
         reset_selector_pods(self.plane)?;
+        // The controllers rest while the proxy programs and the loads run (see
+        // `pause_controllers`), and work again for churn and the probe, which need them.
+        let paused = self.plane.cp.pause_controllers()?;
         let _ = std::fs::remove_file(self.log);
         // kproxy-sock serves the sockets of a cgroup of the bench's own, which this process
         // (its load generator, its probes) joins for the run.
@@ -387,6 +393,7 @@ impl Run<'_> {
             .then(|| datapath_counters(self.agent, &bed));
         let (scrape_ms, scrape_bytes) = metrics::scrape_cost(&bed.topo.node, SCRAPES)?;
         eprintln!("bench:   a /metrics scrape: {scrape_ms:.1} ms, {scrape_bytes} bytes");
+        drop(paused);
         // Churn and the probe change IPv4 selector Services, in either row: the beds are
         // dual-stack, and what they measure is a change served beside this row's Services.
         let window = churn::run(self.plane, &bed, &mut proxy, self.plan.churn_seconds)?;
