@@ -92,11 +92,15 @@ impl Stored {
 }
 
 impl ControlPlane {
-    /// Writes `objects` into etcd (as a restore would), [`TXN_OPS`] to a transaction and
-    /// [`IN_FLIGHT`] transactions at a time. Fails if any key already exists: a transaction
-    /// puts only if none of its keys has a value.
-    pub fn store(&self, ns: &Netns, objects: &[Stored]) -> Result<()> {
-        let chunks: Vec<&[Stored]> = objects.chunks(TXN_OPS).collect();
+    /// Writes `objects` into etcd (as a restore would), up to [`TXN_OPS`] to a transaction
+    /// and [`IN_FLIGHT`] transactions at a time, never splitting a run of `group` objects
+    /// (a Service and its IPAddress record: the API server's repair loop, seeing a Service
+    /// without its record, would write one, and the transaction holding ours would fail).
+    /// Fails if any key already exists: a transaction puts only if none of its keys has a
+    /// value.
+    pub fn store(&self, ns: &Netns, objects: &[Stored], group: usize) -> Result<()> {
+        let per_txn = (TXN_OPS / group.clamp(1, TXN_OPS)) * group.clamp(1, TXN_OPS);
+        let chunks: Vec<&[Stored]> = objects.chunks(per_txn).collect();
         let next = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..IN_FLIGHT.min(chunks.len()))

@@ -141,7 +141,7 @@ pub fn create(plane: &Plane, cluster: &Cluster) -> Result<Duration> {
     }))?;
     let stored = stored_objects(cluster, SystemTime::now())?;
     let started = Instant::now();
-    plane.store(&stored)?;
+    plane.store(&stored, STORED_PER_SERVICE)?;
     wait_until_served(plane, cluster.len())?;
     let took = started.elapsed();
 

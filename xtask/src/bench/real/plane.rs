@@ -97,9 +97,10 @@ impl Plane {
     }
 
     /// Links the control plane to `bed`'s node namespace.
-    /// Writes `objects` straight into the control plane's etcd.
-    pub fn store(&self, objects: &[Stored]) -> Result<()> {
-        self.cp.store(&self.ns, objects)
+    /// Writes `objects` straight into the control plane's etcd, never splitting a run of
+    /// `group` of them between transactions.
+    pub fn store(&self, objects: &[Stored], group: usize) -> Result<()> {
+        self.cp.store(&self.ns, objects, group)
     }
 
     pub fn link(&self, bed: &BenchBed) -> Result<()> {
