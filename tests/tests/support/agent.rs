@@ -47,6 +47,22 @@ pub fn clients_on_one_cpu() {
     kproxy_testbed::cpu::stay_on_this_cpu().expect("keeping the clients on one CPU");
 }
 
+/// Checks a round-robin spread of `total` new connections over `backends` backends whose
+/// first packets met the programs on more than one CPU: every backend chosen, and no two
+/// counts further apart than there are CPUs (each CPU's turns are exact on its own). An XDP
+/// program on a veth runs in the veth's NAPI poll, which may run on another CPU than the
+/// sender's, so pinning the clients does not pin the datapath there.
+pub fn assert_spread_per_cpu(counts: &[usize], backends: usize, total: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert_eq!(counts.len(), backends, "every backend chosen: {counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), total, "{counts:?}");
+    let (min, max) = (
+        counts.iter().min().copied().unwrap_or(0),
+        counts.iter().max().copied().unwrap_or(0),
+    );
+    assert!(min > 0 && max - min <= cpus, "{counts:?} over {cpus} CPUs");
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
