@@ -1,8 +1,9 @@
 //! Keeping a test's thread on one CPU. kproxy's round robin has a counter per CPU, so new
 //! connections go round in an exact order only when made from one CPU: a test that expects
 //! that order (or an exact spread) pins its thread first. Threads and processes a pinned
-//! thread starts inherit its CPU, and the kernel runs a program for a packet a thread sends
-//! through a veth, or for its `connect`, on that thread's CPU.
+//! thread starts inherit its CPU, and the kernel runs a TC program for a packet a thread
+//! sends through a veth, or a socket program for its `connect`, on that thread's CPU. Not an
+//! XDP program on a veth: it runs in the veth's NAPI poll, which may be on another CPU.
 
 use std::io;
 

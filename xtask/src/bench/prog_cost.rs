@@ -288,16 +288,7 @@ const MEASURING_CPU: usize = 1;
 fn pin_to_cpu(cpu: usize) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let cpu = if cpu < cpus { cpu } else { 0 };
-    // SAFETY: a zeroed cpu_set_t with one bit set, passed by reference with its own size.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
-    };
-    if rc != 0 {
-        bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(kproxy_testbed::cpu::pin_thread_to(cpu)?)
 }
 
 fn median(mut times: Vec<u32>) -> f64 {
