@@ -102,6 +102,22 @@ impl Generator {
         }
     }
 
+    /// After the endpoint set changed: every remembered flow sends once more (an ACK for
+    /// TCP), so the flows whose backend left or stopped being ready meet the change (a reset,
+    /// a move) on every run, not only when chance picks them before they are forgotten.
+    pub fn endpoints_changed(&mut self) {
+        let flows = self.flows.clone();
+        for f in flows {
+            let (client, vip) = ((f.client, f.client_port), (f.vip, f.vip_port));
+            let frame = if f.proto == IPPROTO_TCP {
+                self.tcp_with(TCP_ACK, client, vip, 64)
+            } else {
+                self.udp(client, vip, 64)
+            };
+            self.queue.push_back(frame);
+        }
+    }
+
     /// The next frame to run.
     pub fn next_frame(&mut self) -> Vec<u8> {
         if let Some(frame) = self.queue.pop_front() {

@@ -171,24 +171,19 @@ impl Lab {
     /// whose forward entry the next reply rebuilds) and, separately, every `nth` whole flow
     /// by its reply entry, forward entry first, as the agent's collection does (a reply
     /// entry never goes before its forward entry: the datapath trusts a live forward entry
-    /// to have one).
+    /// to have one). The entries are taken in key order, not the maps' own: a hash map's
+    /// order follows the hash seed the kernel draws for each map, and a seed's campaign must
+    /// evict the same flows on every run.
     pub fn evict_one_side(&mut self, nth: usize) {
-        let keys: Vec<FlowKey> = self
-            .ct_fwd
-            .keys()
-            .filter_map(Result::ok)
-            .step_by(nth)
-            .collect();
-        for k in keys {
+        let mut keys: Vec<FlowKey> = self.ct_fwd.keys().filter_map(Result::ok).collect();
+        keys.sort_unstable();
+        for k in keys.into_iter().step_by(nth) {
             let _ = self.ct_fwd.remove(&k);
         }
-        let replies: Vec<(FlowKey, CtEntry)> = self
-            .ct_rev
-            .iter()
-            .filter_map(Result::ok)
-            .skip(1)
-            .step_by(nth)
-            .collect();
+        let mut replies: Vec<(FlowKey, CtEntry)> =
+            self.ct_rev.iter().filter_map(Result::ok).collect();
+        replies.sort_unstable_by_key(|(k, _)| *k);
+        let replies: Vec<(FlowKey, CtEntry)> = replies.into_iter().skip(1).step_by(nth).collect();
         for (k, rev) in replies {
             let _ = self.ct_fwd.remove(&forward_key(&k, &rev));
             let _ = self.ct_rev.remove(&k);

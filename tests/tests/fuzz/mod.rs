@@ -164,6 +164,7 @@ pub fn campaign(seed: u64, iterations: u64) -> Report {
             } else {
                 lab.evict_one_side(5);
             }
+            generator.endpoints_changed();
         }
         let frame = generator.next_frame();
         let mut hooks = Hook::ALL;
@@ -370,7 +371,10 @@ pub fn in_own_namespace<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stati
     );
     let ns = kproxy_testbed::Netns::create(&name).expect("fuzz namespace");
     ns.ip_batch(&[
-        "link add fz0 type veth peer name fz1".to_owned(),
+        // Fixed addresses: the router's rewritten frames carry fz0's, and a seed's campaign
+        // must see the same bytes on every run.
+        "link add fz0 address 02:00:00:00:02:01 type veth peer name fz1 address 02:00:00:00:02:03"
+            .to_owned(),
         "addr add 198.18.2.1/24 dev fz0".to_owned(),
         "link set fz0 up".to_owned(),
         "link set fz1 up".to_owned(),
