@@ -92,6 +92,10 @@ pub const SVC_F_EXT_LOCAL: u8 = 1 << 3;
 /// loadBalancerSourceRanges: new flows only from sources `KP_SOURCE_RANGES` lists for this
 /// service port id; others are dropped (`drop_source_range`).
 pub const SVC_F_SOURCE_RANGES: u8 = 1 << 4;
+/// New flows pick their backend from the service port's Maglev table (`KP_MAGLEV`, of the
+/// active bank) by a hash of the flow, rather than in turn: the same flow gets the same
+/// backend on every node and after its conntrack entry is lost.
+pub const SVC_F_MAGLEV: u8 = 1 << 5;
 
 /// Key of `KP_SLOTS`: the n-th backend of a service port in one bank.
 #[repr(C)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod ct;
 pub mod iface;
 pub mod lb;
+pub mod maglev;
 pub mod meta;
 pub mod names;
 pub mod sock;
@@ -17,7 +18,7 @@ pub mod stats;
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` lets the agent use these types as map keys and values.
-    use crate::{addr, config, ct, iface, lb, meta, sock, stats};
+    use crate::{addr, config, ct, iface, lb, maglev, meta, sock, stats};
 
     macro_rules! pod {
         ($($t:ty),* $(,)?) => { $(
@@ -38,6 +39,8 @@ mod pod {
         lb::ServiceKey6,
         lb::SourceRangeKey6,
         lb::Backend6,
+        maglev::MaglevKey,
+        maglev::MaglevChunk,
         meta::Meta,
         ct::FlowKey,
         ct::CtEntry,

@@ -26,6 +26,9 @@ pub const MAP_SERVICES: &str = "KP_SERVICES";
 pub const MAP_SLOTS: &str = "KP_SLOTS";
 pub const MAP_BACKENDS: &str = "KP_BACKENDS";
 pub const MAP_RR: &str = "KP_RR";
+/// Maglev tables (`maglev::MaglevKey` → `maglev::MaglevChunk`), of the service ports that
+/// pick backends by Maglev hashing.
+pub const MAP_MAGLEV: &str = "KP_MAGLEV";
 pub const MAP_CT_FWD: &str = "KP_CT_FWD";
 pub const MAP_CT_REV: &str = "KP_CT_REV";
 pub const MAP_AFFINITY: &str = "KP_AFFINITY";
@@ -152,16 +155,23 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 pub const GLOBAL_HOST_NETNS: &str = "KP_HOST_NETNS";
 /// Non-zero when socket-level load balancing serves pods' sockets too (`u32`).
 pub const GLOBAL_SOCK_LB_PODS: &str = "KP_SOCK_LB_PODS";
-pub const GLOBALS: [&str; 2] = [GLOBAL_HOST_NETNS, GLOBAL_SOCK_LB_PODS];
+/// The size M of every Maglev table (`u32`, a prime): the agent's `--maglev-table-size`.
+pub const GLOBAL_MAGLEV_TABLE_SIZE: &str = "KP_MAGLEV_TABLE_SIZE";
+pub const GLOBALS: [&str; 3] = [
+    GLOBAL_HOST_NETNS,
+    GLOBAL_SOCK_LB_PODS,
+    GLOBAL_MAGLEV_TABLE_SIZE,
+];
 
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 42] = [
+pub const MAPS: [&str; 43] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
     MAP_RR,
+    MAP_MAGLEV,
     MAP_CT_FWD,
     MAP_CT_REV,
     MAP_AFFINITY,

@@ -174,6 +174,10 @@ counters! {
     /// A connect or datagram whose backend could not be chosen or remembered (maps out of
     /// step, or full): left to the packet path, which counts its own reason if it fails too.
     SockLeftError = "socket_lb_left_error";
+    /// A new flow of a Maglev service port whose table this program could not read (not
+    /// written yet, being replaced, or built for another table size): it took the next
+    /// backend in turn instead.
+    MaglevFallback = "maglev_fallback";
 }
 
 /// Room for counters added later without changing the map's value size.

@@ -16,6 +16,7 @@ use kproxy_common::{
         BackendOf, SOURCE_RANGE_ID_BITS, ServiceKeyOf, ServiceValue, SourceRangeKey,
         SourceRangeKey6,
     },
+    maglev::HashedAddr,
 };
 
 use crate::{
@@ -63,7 +64,7 @@ pub type FlowF<F> = Flow<<F as Family>::Addr>;
 
 /// One address family of the datapath.
 pub trait Family {
-    type Addr: IpAddress + 'static;
+    type Addr: IpAddress + HashedAddr + 'static;
     type FragKey: 'static;
     /// The packet path runs in stages, each a program of its own reached by a tail call
     /// (see `lb::Stage`): with IPv6's wider keys and entries, one program's stack would

@@ -8,9 +8,10 @@ use kproxy_common::{
     config::IPPROTO_UDP,
     ct::{AffinityKeyOf, AffinityValue, CT_F_RST, CtEntryOf, FlowState, FragPorts},
     lb::{
-        BE_F_ACTIVE, BackendOf, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKeyOf, ServiceValue,
-        SlotKey,
+        BE_F_ACTIVE, BackendOf, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_MAGLEV, ServiceKeyOf,
+        ServiceValue, SlotKey,
     },
+    maglev::{MAGLEV_CHUNK, MaglevKey},
     names::{TAIL_STAGE_CREATE, TAIL_STAGE_DECIDE, TAIL_STAGE_FLOW, TAIL_STAGE_ICMP},
     stats::Counter,
 };
@@ -19,7 +20,7 @@ use crate::{
     conntrack::{self, CtMap, Dir, NewFlow},
     family::{CtEntryF, Family, FlowF, FlowKeyF, called},
     frontend,
-    maps::{KP_RETIRED, KP_RR, KP_SLOTS},
+    maps::{KP_MAGLEV, KP_RETIRED, KP_RR, KP_SLOTS},
     packet::{NatRewrite, Packet, Peer, Side},
     parse::{Fragment, Parsed},
     policy, route,
@@ -416,8 +417,12 @@ fn decide<F: Family, P: Packet>(
     if flow.is_tcp() && !flow.is_syn() {
         return Err(Counter::DropCtInvalid);
     }
-    let (backend_id, backend) =
-        select_backend::<F, _>(&svc, &ClientAddr::<F>(flow.key.saddr), now)?;
+    let (backend_id, backend) = select_backend::<F, _>(
+        &svc,
+        &ClientAddr::<F>(flow.key.saddr),
+        now,
+        &PacketFlow::<F>(&flow.key),
+    )?;
     // Hairpin: a pod that lands on itself must see the answer come from elsewhere
     // than its own address, as kube-proxy's per-endpoint masquerade rule ensures.
     let masq_addr = if masquerade || backend.addr == flow.key.saddr {
@@ -780,6 +785,7 @@ pub fn select_backend<F: Family, O: AffinityOwner>(
     svc: &ServiceValue,
     owner: &O,
     now: u64,
+    flow: &impl FlowHash,
 ) -> Result<(u32, Backend<F>), Counter> {
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     if affinity
@@ -793,6 +799,34 @@ pub fn select_backend<F: Family, O: AffinityOwner>(
         owner.remember(svc.id, a.backend_id, now);
         return Ok((a.backend_id, b));
     }
+    // The hash is a few dozen ALU instructions, taken for every new flow: branching on the
+    // flag first costs the verifier more paths than the hash costs the packet.
+    let maglev = svc.flags & SVC_F_MAGLEV != 0;
+    let by_hash = match flow.hash() {
+        Some(hash) if maglev => maglev_backend_id(svc.id, svc.bank, hash),
+        _ => NO_BACKEND,
+    };
+    let id = if by_hash == NO_BACKEND {
+        if maglev {
+            stats::count(Counter::MaglevFallback);
+        }
+        next_in_turn(svc)?
+    } else {
+        by_hash
+    };
+    // SAFETY: copied out at once.
+    let backend = unsafe { F::backends().get(id) }
+        .copied()
+        .ok_or(Counter::DropNoBackend)?;
+    if affinity {
+        owner.remember(svc.id, id, now);
+    }
+    Ok((id, backend))
+}
+
+/// The backend id in `svc`'s next slot in turn (round robin).
+#[inline(always)]
+fn next_in_turn(svc: &ServiceValue) -> Result<u32, Counter> {
     let rr = KP_RR.get_ptr_mut(svc.id).ok_or(Counter::DropNoSlot)?;
     // This CPU's own counter, yet still an atomic add: a cgroup socket program runs in
     // process context and a TC program in softirq can interrupt it on the same CPU between
@@ -804,17 +838,65 @@ pub fn select_backend<F: Family, O: AffinityOwner>(
     let turn = unsafe { AtomicU64::from_ptr(rr) }.fetch_add(1, Ordering::SeqCst);
     let index = (turn % u64::from(svc.count)) as u32;
     // SAFETY: copied out at once.
-    let id = unsafe { KP_SLOTS.get(SlotKey::new(svc.id, svc.bank, index)) }
+    unsafe { KP_SLOTS.get(SlotKey::new(svc.id, svc.bank, index)) }
         .copied()
-        .ok_or(Counter::DropNoSlot)?;
-    // SAFETY: copied out at once.
-    let backend = unsafe { F::backends().get(id) }
-        .copied()
-        .ok_or(Counter::DropNoBackend)?;
-    if affinity {
-        owner.remember(svc.id, id, now);
+        .ok_or(Counter::DropNoSlot)
+}
+
+/// The flow hash Maglev service ports pick by, where the caller has one.
+pub trait FlowHash {
+    fn hash(&self) -> Option<u32>;
+}
+
+/// A packet's flow (`FlowKeyOf::maglev_hash`), hashed only if its service port asks.
+pub struct PacketFlow<'a, F: Family>(pub &'a FlowKeyF<F>);
+
+impl<F: Family> FlowHash for PacketFlow<'_, F> {
+    #[inline(always)]
+    fn hash(&self) -> Option<u32> {
+        Some(self.0.maglev_hash())
     }
-    Ok((id, backend))
+}
+
+/// No flow to hash: a socket's connect, whose source port may not be chosen yet. Maglev
+/// service ports take the next backend in turn there, as their other clients on this node
+/// do not cross nodes.
+pub struct Unhashed;
+
+impl FlowHash for Unhashed {
+    #[inline(always)]
+    fn hash(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Load-time constant (`names::GLOBAL_MAGLEV_TABLE_SIZE`): the size M of every Maglev
+/// table, a prime. A constant, so `hash % M` needs no map read and the verifier knows its
+/// bound.
+#[unsafe(no_mangle)]
+static KP_MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+/// Backend id 0 is never handed out: "none".
+const NO_BACKEND: u32 = 0;
+
+/// The backend id the Maglev table of service port `svc_id` in `bank` gives flow hash
+/// `hash`, or `NO_BACKEND` if the table is missing (being written or replaced, or of
+/// another size).
+#[inline(always)]
+fn maglev_backend_id(svc_id: u32, bank: u8, hash: u32) -> u32 {
+    // SAFETY: a global of the object, read as the verifier sees it: a constant.
+    let size = unsafe { core::ptr::read_volatile(&raw const KP_MAGLEV_TABLE_SIZE) };
+    if size == 0 {
+        return NO_BACKEND;
+    }
+    let entry = hash % size;
+    let key = MaglevKey::new(svc_id, size, bank, (entry / MAGLEV_CHUNK) as u16);
+    let index = (entry % MAGLEV_CHUNK) as usize;
+    // SAFETY: copied out at once; `get` bounds `index` by the chunk's length.
+    match unsafe { KP_MAGLEV.get(key) } {
+        Some(chunk) => chunk.backend_ids.get(index).copied().unwrap_or(NO_BACKEND),
+        None => NO_BACKEND,
+    }
 }
 
 called! {

@@ -20,6 +20,7 @@ use kproxy_common::{
         Backend, Backend6, FREE_PORT_WORDS, ServiceKey, ServiceKey6, ServiceValue, SlotKey,
         SourceRangeKey, SourceRangeKey6,
     },
+    maglev::{MaglevChunk, MaglevKey},
     meta::Meta,
     names::TAIL_SLOTS,
     sock::{
@@ -48,6 +49,12 @@ pub static KP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(262_144, NO_PREA
 /// service port's counters at a random slot, one further on each CPU.
 #[map]
 pub static KP_RR: PerCpuArray<u64> = PerCpuArray::pinned(65_536, 0);
+
+/// Maglev tables of the service ports that use them (`SVC_F_MAGLEV`), a table of each bank
+/// cut into 4 KiB chunks: (id, table size, bank, chunk) → backend ids. Not preallocated:
+/// its size caps the tables (`--maglev-max-services`), only those written take memory.
+#[map]
+pub static KP_MAGLEV: HashMap<MaglevKey, MaglevChunk> = HashMap::pinned(32_768, NO_PREALLOC);
 
 /// Conntrack, client side: client→VIP tuple → chosen backend and flow state. An LRU: under
 /// pressure the kernel evicts old entries; an evicted one is rebuilt from `KP_CT_REV` by the

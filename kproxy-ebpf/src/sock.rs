@@ -293,8 +293,8 @@ fn choose<F: Family>(
     if lb::refusal(&svc).is_some() {
         return Err(Counter::SockLeftNoEndpoints);
     }
-    let (id, backend) =
-        lb::select_backend::<F, _>(&svc, &Netns(netns), now).map_err(|_| Counter::SockLeftError)?;
+    let (id, backend) = lb::select_backend::<F, _>(&svc, &Netns(netns), now, &lb::Unhashed)
+        .map_err(|_| Counter::SockLeftError)?;
     Ok((id, svc, backend))
 }
 

@@ -19,7 +19,10 @@ use crate::{
         node_addrs::NodePortAddresses,
         socket_lb::{self, SocketLbConfig, SocketLbMode},
     },
-    model::LocalDetection,
+    model::{
+        LbAlgorithm, LbPolicy, LocalDetection, MaglevScope,
+        maglev::{DEFAULT_TABLE_SIZE, is_prime},
+    },
     source::api::ApiAccess,
 };
 
@@ -192,6 +195,25 @@ struct RunArgs {
     /// Capacity of the ClientIP affinity table.
     #[arg(long, default_value_t = MapSizes::default().affinity)]
     max_affinities: u32,
+    /// How new flows pick their backend when their Service's `kproxy.io/lb-algorithm`
+    /// annotation does not say: in turn, as kube-proxy balances, or by Maglev consistent
+    /// hashing of the flow, so that every node picks the same backend for it (a flow that
+    /// ECMP or a load balancer moves to another node keeps its backend).
+    #[arg(long, value_enum, default_value_t = LbAlgorithm::RoundRobin)]
+    lb_algorithm: LbAlgorithm,
+    /// Which frontends use Maglev when it is chosen (by --lb-algorithm or a Service's
+    /// annotation): those whose traffic may arrive at any node, or cluster IPs too.
+    #[arg(long, value_enum, default_value_t = MaglevScope::External)]
+    maglev_scope: MaglevScope,
+    /// Entries of each Maglev table: a prime from 1021 to 65521. A larger table spreads
+    /// flows more evenly over many backends; each service port's table takes 4 bytes an
+    /// entry.
+    #[arg(long, default_value_t = DEFAULT_TABLE_SIZE, value_parser = maglev_table_size)]
+    maglev_table_size: u32,
+    /// How many service ports can have a Maglev table at a time (capacity of the table
+    /// map, in tables).
+    #[arg(long, default_value_t = MapSizes::default().maglev_tables, value_parser = clap::value_parser!(u32).range(1..))]
+    maglev_max_services: u32,
     /// Socket-level load balancing: connects and UDP sends to a Service are pointed at the
     /// backend once, at the socket, and their packets are never translated. `all`: every
     /// socket under --cgroup-root; `host-only`: the node's own (pods keep the VIP on the
@@ -288,6 +310,31 @@ struct RunArgs {
     iptables_localhost_nodeports: bool,
 }
 
+/// The Maglev table sizes kproxy takes: from 1021, the largest prime that fits one
+/// 1024-entry chunk of the datapath's table map (a smaller table would take as much memory
+/// and spread flows less evenly), to 65521, the largest prime below 2^16 (64 chunks, 256 KiB
+/// a table).
+const MAGLEV_TABLE_SIZES: std::ops::RangeInclusive<u32> = 1021..=65_521;
+
+/// `--maglev-table-size`: Maglev needs a prime size, so that each backend's permutation
+/// of the table visits every entry.
+fn maglev_table_size(s: &str) -> Result<u32, String> {
+    let refused = || {
+        format!(
+            "{s:?}: the Maglev table size must be a prime from {} to {}, e.g. \
+             {DEFAULT_TABLE_SIZE} or 65521",
+            MAGLEV_TABLE_SIZES.start(),
+            MAGLEV_TABLE_SIZES.end()
+        )
+    };
+    let size: u32 = s.parse().map_err(|_| refused())?;
+    if MAGLEV_TABLE_SIZES.contains(&size) && is_prime(size) {
+        Ok(size)
+    } else {
+        Err(refused())
+    }
+}
+
 /// A socket address, or none (the flag given as "").
 type OptionalAddr = Option<SocketAddr>;
 
@@ -346,6 +393,12 @@ impl RunArgs {
                 } else {
                     1
                 },
+                maglev_tables: self.maglev_max_services,
+                maglev_table_size: self.maglev_table_size,
+            },
+            lb: LbPolicy {
+                algorithm: self.lb_algorithm,
+                maglev_scope: self.maglev_scope,
             },
             socket_lb: SocketLbConfig {
                 mode: self.socket_lb,
@@ -854,6 +907,73 @@ mod tests {
         );
         assert_eq!(on.sizes.sockets, MapSizes::SOCKETS_DEFAULT);
         assert!(config(&["--manifests", "/m", "--socket-lb", "pods"]).is_err());
+    }
+
+    #[test]
+    fn load_balancing_defaults_to_round_robin_with_maglev_ready_for_annotated_services() {
+        let c = config(&[]).expect("defaults");
+        assert_eq!(c.lb, LbPolicy::default());
+        assert_eq!(c.lb.algorithm, LbAlgorithm::RoundRobin);
+        assert_eq!(c.lb.maglev_scope, MaglevScope::External);
+        assert_eq!(c.sizes.maglev_table_size, 16_381);
+        assert_eq!(c.sizes.maglev_tables, 1024);
+    }
+
+    #[test]
+    fn load_balancing_flags_set_the_policy_and_the_maglev_maps() {
+        let c = config(&[
+            "--lb-algorithm",
+            "maglev",
+            "--maglev-scope=all",
+            "--maglev-table-size",
+            "65521",
+            "--maglev-max-services=4096",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.lb,
+            LbPolicy {
+                algorithm: LbAlgorithm::Maglev,
+                maglev_scope: MaglevScope::All,
+            }
+        );
+        assert_eq!(c.sizes.maglev_table_size, 65_521);
+        assert_eq!(c.sizes.maglev_tables, 4096);
+        let c =
+            config(&["--lb-algorithm=round-robin", "--maglev-scope", "external"]).expect("valid");
+        assert_eq!(c.lb.algorithm, LbAlgorithm::RoundRobin);
+        assert_eq!(c.lb.maglev_scope, MaglevScope::External);
+        for size in ["1021", "16381", "65521"] {
+            let c = config(&["--maglev-table-size", size]).expect(size);
+            assert_eq!(c.sizes.maglev_table_size.to_string(), size);
+        }
+    }
+
+    #[test]
+    fn bad_load_balancing_flags_are_refused_with_a_reason() {
+        let prime = "must be a prime from 1021 to 65521, e.g. 16381 or 65521";
+        let cases: &[(&[&str], &str)] = &[
+            (&["--maglev-table-size", "16384"], prime),
+            (&["--maglev-table-size=1019"], prime),
+            (&["--maglev-table-size=65537"], prime),
+            (&["--maglev-table-size=0"], prime),
+            (&["--maglev-table-size=big"], prime),
+            (&["--maglev-table-size=-7"], prime),
+            (
+                &["--lb-algorithm=random"],
+                "possible values: round-robin, maglev",
+            ),
+            (&["--lb-algorithm=Maglev"], "possible values"),
+            (
+                &["--maglev-scope=cluster"],
+                "possible values: external, all",
+            ),
+            (&["--maglev-max-services=0"], "0 is not in 1.."),
+        ];
+        for (args, part) in cases {
+            let err = config(args).map(|_| ()).expect_err("refused");
+            assert!(err.contains(part), "{args:?}: {err}");
+        }
     }
 
     #[test]

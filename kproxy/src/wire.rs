@@ -14,8 +14,8 @@ use kproxy_common::{
     addr::{In6Addr, IpAddress},
     lb::{
         BE_F_ACTIVE, BackendOf, SCOPE_ALL, SCOPE_INTERNAL, SOURCE_RANGE_ID_BITS, SVC_F_AFFINITY,
-        SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES, ServiceKeyOf,
-        ServiceValue, SourceRangeKey, SourceRangeKey6,
+        SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES,
+        ServiceKeyOf, ServiceValue, SourceRangeKey, SourceRangeKey6,
     },
 };
 
@@ -165,6 +165,9 @@ pub fn service_value(
     if settings.source_ranges {
         flags |= SVC_F_SOURCE_RANGES;
     }
+    if settings.maglev {
+        flags |= SVC_F_MAGLEV;
+    }
     ServiceValue {
         id: svc_id,
         count,
@@ -186,6 +189,7 @@ pub fn settings_of(value: &ServiceValue) -> ServiceSettings {
         external: value.flags & SVC_F_EXTERNAL != 0,
         external_local: value.flags & SVC_F_EXT_LOCAL != 0,
         source_ranges: value.flags & SVC_F_SOURCE_RANGES != 0,
+        maglev: value.flags & SVC_F_MAGLEV != 0,
     }
 }
 
@@ -318,6 +322,7 @@ mod tests {
             external: true,
             external_local: true,
             source_ranges: true,
+            maglev: true,
         };
         // Each setting alone, then all of them: (settings, flags).
         let cases = [
@@ -358,12 +363,20 @@ mod tests {
                 SVC_F_SOURCE_RANGES,
             ),
             (
+                ServiceSettings {
+                    maglev: true,
+                    ..ServiceSettings::default()
+                },
+                SVC_F_MAGLEV,
+            ),
+            (
                 all,
                 SVC_F_AFFINITY
                     | SVC_F_DROP_EMPTY
                     | SVC_F_EXTERNAL
                     | SVC_F_EXT_LOCAL
-                    | SVC_F_SOURCE_RANGES,
+                    | SVC_F_SOURCE_RANGES
+                    | SVC_F_MAGLEV,
             ),
         ];
         for (settings, flags) in cases {

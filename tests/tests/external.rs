@@ -743,3 +743,86 @@ fn pod_that_appears_later(agent_flags: &[&str]) {
         POD_SIDE1
     });
 }
+
+/// `--lb-algorithm maglev`: every external flow to a load-balancer IP goes to the backend
+/// that the Maglev table of its backends and the flow's hash name — what every node running
+/// kproxy computes alike — through XDP on node1's NIC and the agent's own flags, model and
+/// sync. (The same flow on another node, after a lost conntrack entry, and the share that
+/// moves when a backend goes: tests/tests/maglev.rs.)
+#[test]
+fn maglev_sends_external_flows_where_every_node_would() {
+    use kproxy::model::maglev::{DEFAULT_TABLE_SIZE, table};
+    use kproxy_common::maglev::flow_hash;
+    use kproxy_testbed::TcpSession;
+
+    if !require_privileges("maglev_sends_external_flows_where_every_node_would") {
+        return;
+    }
+    let bed = LanBed::new(lan(0, 3, 0));
+    let remote = bed.topo.remote_backend_addrs();
+    let objects = list(&[
+        with_ingress(
+            svc(
+                "mag",
+                vip(14),
+                "LoadBalancer",
+                Some((30_090, 30_091)),
+                &json!({}),
+            ),
+            &[(LB_IP, Some("VIP"))],
+        ),
+        endpoints(
+            "mag",
+            &remote.iter().map(|a| (*a, NODE2)).collect::<Vec<_>>(),
+        ),
+    ]);
+    bed.write("apps.json", &objects);
+    let _agent = bed.start_agent(&["--lb-algorithm", "maglev"]);
+    let ext = &bed.topo.ext;
+    let target = SocketAddrV4::new(LB_IP, 80);
+    wait_until("the load-balancer IP served", TIMEOUT, || {
+        tcp_request(ext, target, TIMEOUT).ok()
+    });
+
+    let backends: Vec<SocketAddr> = remote
+        .iter()
+        .map(|a| SocketAddr::from((*a, TCP_PORT)))
+        .collect();
+    let entries = table(&backends, DEFAULT_TABLE_SIZE).expect("a table");
+    let before = bed.counters();
+    let mut seen = BTreeSet::new();
+    for _ in 0..24 {
+        let mut session = TcpSession::connect(ext, target, TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP ext -> {target}: {e}\n{}", bed.services()));
+        let client = session.local_addr().expect("the client's address");
+        let reply = session.request().expect("answered");
+        let hash = flow_hash(
+            u32::from_ne_bytes(client.ip().octets()),
+            u32::from_ne_bytes(LB_IP.octets()),
+            client.port().to_be(),
+            80u16.to_be(),
+            6,
+        );
+        let want = backends[entries[(hash % DEFAULT_TABLE_SIZE) as usize] as usize];
+        assert_eq!(
+            SocketAddr::V4(reply.backend),
+            want,
+            "ext {client} -> {target}\n{}",
+            bed.services()
+        );
+        seen.insert(reply.backend);
+    }
+    assert!(seen.len() >= 2, "24 flows spread: {seen:?}");
+    let listing = bed.services();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with(&format!("{target}/TCP ")) && l.ends_with("[external,maglev]")),
+        "kproxy services shows the load-balancer IP's algorithm:\n{listing}"
+    );
+    let after = bed.counters();
+    assert_eq!(
+        after["maglev_fallback"], before["maglev_fallback"],
+        "every table read"
+    );
+}

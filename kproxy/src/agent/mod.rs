@@ -41,7 +41,8 @@ use crate::{
         gauge, kube_proxy,
     },
     model::{
-        Change, ClusterState, Frontend, FrontendKey, FrontendKind, LocalDetection, NodeInfo, Scope,
+        Change, ClusterState, Frontend, FrontendKey, FrontendKind, LbPolicy, LocalDetection,
+        NodeInfo, Scope,
         local_traffic::{LOCAL_CONFIG_FLAGS, LocalConfig},
     },
     problem::{Problem, ProblemKind},
@@ -88,6 +89,8 @@ pub struct AgentConfig {
     pub sizes: MapSizes,
     /// `--socket-lb` and `--cgroup-root`.
     pub socket_lb: SocketLbConfig,
+    /// `--lb-algorithm` and `--maglev-scope`.
+    pub lb: LbPolicy,
     /// Conntrack timeouts (`KP_CONFIG`; its flags come from the fields below).
     pub conntrack: Config,
     /// `--nodeport-addresses`.
@@ -116,6 +119,13 @@ pub struct AgentConfig {
     /// EndpointSlices): wait this long after the first one and take everything that arrived
     /// by then as one sync (default 2 ms: short enough not to matter next to the sync).
     pub debounce: Duration,
+}
+
+impl AgentConfig {
+    /// The model of the cluster this configuration asks for, before any object arrives.
+    fn cluster_state(&self) -> ClusterState {
+        ClusterState::for_node(&self.node_name, self.primary_ip).with_lb_policy(self.lb)
+    }
 }
 
 /// After a sync that could not write everything (a full map), the failed frontends are tried
@@ -238,7 +248,7 @@ pub async fn run(
         .set(i64::from(config.sizes.conntrack));
     metrics.map_capacities(&pinned_filling_maps(&config));
     let mut agent = Agent {
-        cluster: ClusterState::for_node(&config.node_name, config.primary_ip),
+        cluster: config.cluster_state(),
         node_addrs,
         node_applied: None,
         config,
@@ -441,9 +451,13 @@ async fn serve(
 }
 
 /// What the pinned maps hold, as the previous agent left it, with inconsistencies cleaned.
-fn recover_programmed(services: &mut ServiceMaps, max_services: u32) -> Result<Programmed> {
+fn recover_programmed(services: &mut ServiceMaps, sizes: &MapSizes) -> Result<Programmed> {
     services.track_free_ports()?;
-    let (programmed, cleanup) = Programmed::recover(&services.snapshot()?, max_services);
+    let (programmed, cleanup) = Programmed::recover_for(
+        &services.snapshot()?,
+        sizes.services,
+        sizes.maglev_table_size,
+    );
     if !programmed.frontends().is_empty() {
         tracing::info!(
             frontends = programmed.frontends().len(),
@@ -467,7 +481,7 @@ fn open_service_maps(config: &AgentConfig) -> Result<(ServiceMaps, Programmed)> 
              modelled, not programmed)"
         );
     }
-    let programmed = recover_programmed(&mut services, config.sizes.services)?;
+    let programmed = recover_programmed(&mut services, &config.sizes)?;
     Ok((services, programmed))
 }
 

@@ -9,7 +9,7 @@
 const NOT_APPLICABLE: &[(&str, &str)] = &[
     (
         "ipvs-scheduler",
-        "kproxy has no IPVS mode: its eBPF datapath balances round-robin",
+        "kproxy has no IPVS mode: its eBPF datapath balances round-robin, or by Maglev hashing with --lb-algorithm maglev",
     ),
     ("ipvs-sync-period", "kproxy has no IPVS mode"),
     ("ipvs-min-sync-period", "kproxy has no IPVS mode"),

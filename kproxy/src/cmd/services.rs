@@ -47,6 +47,8 @@ pub struct ServiceView {
     pub external_local: bool,
     /// loadBalancerSourceRanges in force (empty: any source).
     pub source_ranges: Vec<String>,
+    /// New flows pick their backend by Maglev hashing rather than in turn.
+    pub maglev: bool,
     /// Backends taking new connections, in slot order.
     pub backends: Vec<BackendView>,
     /// Endpoints still listed (not ready, terminating, elsewhere): their established TCP
@@ -134,6 +136,7 @@ pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
             } else {
                 Vec::new()
             },
+            maglev: settings.maglev,
             backends: active,
             listed_only,
             packets: stats.packets,
@@ -174,6 +177,9 @@ pub fn render(view: &DatapathView) -> String {
         }
         if s.when_empty == "drop" {
             flags.push("drop-when-empty");
+        }
+        if s.maglev {
+            flags.push("maglev");
         }
         let flags = if flags.is_empty() {
             String::new()
@@ -290,6 +296,7 @@ mod tests {
             external: false,
             external_local: false,
             source_ranges: Vec::new(),
+            maglev: false,
             backends: vec![BackendView {
                 id: 9,
                 address: "198.18.2.2:8080".into(),
@@ -319,6 +326,7 @@ mod tests {
         };
         let firewalled = ServiceView {
             external: true,
+            maglev: true,
             source_ranges: vec!["203.0.113.0/25".into()],
             ..view("1.2.3.4:80/TCP", "all")
         };
@@ -341,7 +349,10 @@ mod tests {
         );
         assert!(lines[4].starts_with("*:30080/TCP (internal) "), "{text}");
         assert!(lines[4].ends_with("[external]"), "{text}");
-        assert!(lines[6].ends_with("[external,source-ranges]"), "{text}");
+        assert!(
+            lines[6].ends_with("[external,source-ranges,maglev]"),
+            "{text}"
+        );
         assert_eq!(lines[7], "    from 203.0.113.0/25", "{text}");
     }
 

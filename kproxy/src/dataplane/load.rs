@@ -37,6 +37,11 @@ pub struct MapSizes {
     /// a backend, unconnected UDP flows, affinities by namespace. 1 while it is off: the
     /// tables are preallocated LRUs, so an unused one of the usual size would hold memory.
     pub sockets: u32,
+    /// Service ports that can have a Maglev table at a time (`--maglev-max-services`).
+    pub maglev_tables: u32,
+    /// Entries of each Maglev table (`--maglev-table-size`, a prime): a load-time constant
+    /// of the programs, and a part of each table's key.
+    pub maglev_table_size: u32,
 }
 
 impl Default for MapSizes {
@@ -47,6 +52,8 @@ impl Default for MapSizes {
             conntrack: 262_144,
             affinity: 65_536,
             sockets: 1,
+            maglev_tables: 1024,
+            maglev_table_size: crate::model::maglev::DEFAULT_TABLE_SIZE,
         }
     }
 }
@@ -91,8 +98,18 @@ impl MapSizes {
             (names::MAP_SOCK_AFFINITY, self.sockets),
             (names::MAP_SOCK_UDP, self.sockets),
             (names::MAP_SOCK_UDP6, self.sockets),
+            (names::MAP_MAGLEV, self.maglev_chunks()),
         ]);
         all
+    }
+
+    /// `KP_MAGLEV`'s capacity: a table in each bank for `maglev_tables` service ports (the
+    /// inactive bank's is deleted once a change is published, but both exist meanwhile).
+    pub fn maglev_chunks(&self) -> u32 {
+        kproxy_common::maglev::chunks(self.maglev_table_size)
+            .saturating_mul(2)
+            .saturating_mul(self.maglev_tables)
+            .max(1)
     }
 }
 
@@ -230,6 +247,9 @@ pub fn open_maps_with(
     // port must hold a random start.
     let round_robin_created = !map_pin_path(pin_dir, names::MAP_RR).exists();
     loader.default_map_pin_directory(pin_dir);
+    // The loader borrows the value for its life: leaked, four bytes per load.
+    let table_size: &'static u32 = Box::leak(Box::new(sizes.maglev_table_size));
+    loader.override_global(names::GLOBAL_MAGLEV_TABLE_SIZE, table_size, true);
     for (name, size) in sizes.max_entries() {
         loader.map_max_entries(name, size);
     }

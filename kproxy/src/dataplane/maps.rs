@@ -20,6 +20,7 @@ pub use flows::FlowMaps;
 use kproxy_common::{
     addr::In6Addr,
     lb::SlotKey,
+    maglev::{self, MAGLEV_CHUNK, MaglevChunk, MaglevKey},
     meta::Meta,
     names,
     stats::{BackendStats, GlobalStats, ServiceStats},
@@ -98,6 +99,7 @@ pub struct ServiceMaps {
     slots: HashMap<MapData, SlotKey, u32>,
     meta: Array<MapData, Meta>,
     rr: PerCpuArray<MapData, u64>,
+    maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
     be_stats: PerCpuHashMap<MapData, u32, BackendStats>,
     retired: Array<MapData, u64>,
@@ -121,6 +123,7 @@ impl ServiceMaps {
             slots: open_typed!(pin_dir, names::MAP_SLOTS),
             meta: open_typed!(pin_dir, names::MAP_META),
             rr: open_typed!(pin_dir, names::MAP_RR),
+            maglev: open_typed!(pin_dir, names::MAP_MAGLEV),
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
             be_stats: open_typed!(pin_dir, names::MAP_BE_STATS),
             retired: open_typed!(pin_dir, names::MAP_RETIRED),
@@ -142,6 +145,11 @@ impl ServiceMaps {
             vips: self.v4.vips()?,
             source_ranges: self.v4.source_ranges()?,
             backend_ids_reserved: self.meta.get(&0, 0)?.backend_ids_reserved,
+            maglev: self
+                .maglev
+                .keys()
+                .collect::<Result<_, _>>()
+                .context("KP_MAGLEV")?,
             ..DatapathSnapshot::default()
         };
         if let Some(v6) = &self.v6 {
@@ -465,6 +473,33 @@ impl ServiceMaps {
             } => {
                 ignore_missing(self.slots.remove(&SlotKey::new(*svc_id, *bank, *index)))
                     .context("KP_SLOTS")?;
+            }
+            MapOp::PutMaglevTable {
+                svc_id,
+                bank,
+                backend_ids,
+            } => {
+                let table_size = u32::try_from(backend_ids.len()).context("a Maglev table")?;
+                for (chunk, ids) in (0u16..).zip(backend_ids.chunks(MAGLEV_CHUNK as usize)) {
+                    // The last chunk's tail lies beyond the table: zeros, never read.
+                    let mut value = MaglevChunk {
+                        backend_ids: [0; MAGLEV_CHUNK as usize],
+                    };
+                    value.backend_ids[..ids.len()].copy_from_slice(ids);
+                    let key = MaglevKey::new(*svc_id, table_size, *bank, chunk);
+                    self.maglev.insert(key, value, 0).context("KP_MAGLEV")?;
+                }
+            }
+            MapOp::DeleteMaglevTable {
+                svc_id,
+                bank,
+                table_size,
+            } => {
+                for chunk in 0..maglev::chunks(*table_size) {
+                    let chunk = u16::try_from(chunk).context("a Maglev table's chunk")?;
+                    let key = MaglevKey::new(*svc_id, *table_size, *bank, chunk);
+                    ignore_missing(self.maglev.remove(&key)).context("KP_MAGLEV")?;
+                }
             }
             MapOp::ResetServiceCounters { svc_id } => {
                 let starts = PerCpuValues::try_from(round_robin::random_starts(self.cpus))?;

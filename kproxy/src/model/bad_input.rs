@@ -12,6 +12,7 @@ use k8s_openapi::{
 use super::{
     Change, ClusterState, Endpoint, FrontendKey, Protocol, desired_state,
     fixtures::{ServiceBuilder, service, slice},
+    lb_policy::ANNOTATION_LB_ALGORITHM,
 };
 use crate::problem::{Problem, ProblemKind};
 
@@ -316,6 +317,21 @@ fn bad_service_addresses_ports_and_protocols_skip_only_what_they_concern() {
                     "port \"sctp\": protocol SCTP is not supported",
                 ),
             ],
+        },
+        Case {
+            name: "an lb-algorithm annotation naming no algorithm is ignored; the service is served",
+            services: vec![
+                web("bad", "198.19.0.20")
+                    .annotation(ANNOTATION_LB_ALGORITHM, "least-conn")
+                    .build(),
+            ],
+            slices: vec![],
+            want: vec![(key("198.19.0.20", 80, TCP), vec![])],
+            problems: vec![(
+                ProblemKind::InvalidService,
+                svc,
+                "kproxy.io/lb-algorithm: unknown value \"least-conn\"",
+            )],
         },
     ]);
 }

@@ -32,8 +32,8 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Desired, Endpoint, Frontend, FrontendKey, FrontendKind, NodeInfo, Scope, ServiceHealth,
-    ServicePortName, WhenEmpty,
+    Desired, Endpoint, Frontend, FrontendKey, FrontendKind, LbPolicy, NodeInfo, Scope,
+    ServiceHealth, ServicePortName, WhenEmpty,
     endpoints::{self, Family, SliceInfo},
     health,
     kept::{KeptService, KeptSlice},
@@ -182,6 +182,8 @@ pub struct ClusterState {
     primary_ip: Option<IpAddr>,
     /// Health-check NodePort and local ready endpoints of each Service that has one.
     health: HashMap<ObjectKey, (u16, usize)>,
+    /// `--lb-algorithm` and `--maglev-scope`: which frontends use Maglev.
+    lb: LbPolicy,
 }
 
 /// The endpoints of one service port of one family, by traffic policy.
@@ -253,6 +255,18 @@ impl ClusterState {
         let mut state = Self::with_primary_ip(primary_ip);
         state.set_node(NodeInfo::named(name));
         state
+    }
+
+    /// The state with `lb` deciding which frontends use Maglev. For a state without
+    /// Services yet: those already computed keep the choice they were computed with.
+    #[must_use]
+    pub fn with_lb_policy(mut self, lb: LbPolicy) -> Self {
+        debug_assert!(
+            self.services.is_empty(),
+            "set the policy before any Service"
+        );
+        self.lb = lb;
+        self
     }
 
     /// Takes `node`; if its name, zone or primary IPs changed every service goes into
@@ -591,6 +605,7 @@ impl ClusterState {
                 when_empty,
                 external_local,
                 source_ranges: ranges,
+                maglev: self.lb.maglev(spec.lb_algorithm, kind),
             };
 
         // ClusterIP traffic uses the cluster-wide endpoints, or with internalTrafficPolicy

@@ -7,6 +7,7 @@ pub mod cluster;
 mod endpoints;
 mod health;
 pub mod kept;
+pub mod lb_policy;
 pub mod local_traffic;
 pub mod maglev;
 mod node;
@@ -16,6 +17,7 @@ pub mod topology;
 pub use cluster::{Change, ClusterState, EndpointChoice, ExplainedEndpoint, ObjectKey, object_key};
 pub use health::ServiceHealth;
 pub use kept::{KeptService, KeptSlice};
+pub use lb_policy::{LbAlgorithm, LbPolicy, MaglevScope};
 pub use local_traffic::LocalDetection;
 pub use node::{LABEL_ZONE, NodeInfo, TAINT_TO_BE_DELETED};
 
@@ -246,6 +248,9 @@ pub struct Frontend {
     /// the load-balancer IPs themselves when a range holds the node's IP (kube-proxy's
     /// `allowFromNode`): new connections from elsewhere are dropped. Empty: no restriction.
     pub source_ranges: Vec<IpNet>,
+    /// New flows pick their backend by Maglev consistent hashing of the flow rather than in
+    /// turn (see `maglev`): the same flow gets the same backend on every node.
+    pub maglev: bool,
 }
 
 /// Everything the datapath must serve.

@@ -9,8 +9,9 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 
 use super::{
-    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ObjectKey, Protocol,
+    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, LbAlgorithm, ObjectKey, Protocol,
     addr::{parse_cidr_sloppy, parse_ip_sloppy, unusable_vip},
+    lb_policy::ANNOTATION_LB_ALGORITHM,
     object_name,
 };
 use crate::problem::{Problem, ProblemKind};
@@ -58,6 +59,9 @@ pub(crate) struct ServiceSpec {
     /// `healthCheckNodePort` of a Service that needs one (`NeedsHealthCheck`: type
     /// LoadBalancer with the Local external policy).
     pub health_check_node_port: Option<u16>,
+    /// The algorithm its `kproxy.io/lb-algorithm` annotation asks for; `None`: the node's
+    /// (`--lb-algorithm`), also when the annotation names no algorithm.
+    pub lb_algorithm: Option<LbAlgorithm>,
 }
 
 /// What a Service's `type` gives it.
@@ -137,6 +141,7 @@ impl ServiceSpec {
         let mut messages = Vec::new();
         let cluster_ips = cluster_ips(&listed, &mut messages);
         let type_ = Type::of(spec.type_.as_deref(), &mut messages);
+        let lb_algorithm = lb_algorithm(svc, &mut messages);
         let ports = cluster_ips.is_some().then(|| {
             ports(
                 spec.ports.as_deref().unwrap_or_default(),
@@ -187,8 +192,28 @@ impl ServiceSpec {
             source_ranges_unreadable: reach.source_ranges_unreadable,
             external_local: reach.external_local,
             health_check_node_port: reach.health_check_node_port,
+            lb_algorithm,
         })
     }
+}
+
+/// The algorithm `svc`'s annotation names. An unknown value goes to `problems` and is
+/// ignored: the Service is still served, with the node's algorithm, since a typo in an
+/// optional tuning knob is no reason to take a Service down.
+fn lb_algorithm(svc: &Service, problems: &mut Vec<String>) -> Option<LbAlgorithm> {
+    let value = svc
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_LB_ALGORITHM)?;
+    let algorithm = LbAlgorithm::from_annotation(value);
+    if algorithm.is_none() {
+        problems.push(format!(
+            "annotation {ANNOTATION_LB_ALGORITHM}: unknown value {value:?} (round-robin or \
+             maglev); ignored, the node's --lb-algorithm applies"
+        ));
+    }
+    algorithm
 }
 
 /// How a Service is reached from outside the cluster.

@@ -778,3 +778,145 @@ fn bind_address_is_the_primary_ip_whatever_the_node_lists() {
         "an IPv6 --bind-address leaves the IPv4 primary alone"
     );
 }
+
+/// Which frontends use Maglev: the Service's `kproxy.io/lb-algorithm` annotation, else the
+/// node's `--lb-algorithm`, within `--maglev-scope`. An annotation that names no algorithm
+/// is reported and ignored; the Service is served all the same.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
+fn the_lb_policy_and_the_annotation_choose_maglev_frontends() {
+    use super::{
+        Change, ClusterState, LbAlgorithm, LbPolicy, MaglevScope,
+        lb_policy::ANNOTATION_LB_ALGORITHM,
+    };
+    /// (case, node policy, annotation, the frontends that use Maglev)
+    type Case = (
+        &'static str,
+        LbPolicy,
+        Option<&'static str>,
+        Vec<FrontendKey>,
+    );
+    let cluster_ip = key("198.19.0.10", 80, TCP);
+    let external_ip = key("203.0.113.7", 80, TCP);
+    let load_balancer = key("203.0.113.8", 80, TCP);
+    let node_port = FrontendKey::node_port(false, 30_080, TCP);
+    let external = vec![node_port, external_ip, load_balancer];
+    let every = vec![node_port, cluster_ip, external_ip, load_balancer];
+    let web = |annotation: Option<&str>| {
+        let builder = service("default", "web", "198.19.0.10")
+            .type_("LoadBalancer")
+            .port("http", 80, "TCP")
+            .node_port(30_080)
+            .external_ips(&["203.0.113.7"])
+            .load_balancer_ingress(&["203.0.113.8"]);
+        match annotation {
+            Some(value) => builder.annotation(ANNOTATION_LB_ALGORITHM, value),
+            None => builder,
+        }
+        .build()
+    };
+    let round_robin = LbPolicy::default();
+    let maglev_external = LbPolicy {
+        algorithm: LbAlgorithm::Maglev,
+        ..LbPolicy::default()
+    };
+    let maglev_all = LbPolicy {
+        algorithm: LbAlgorithm::Maglev,
+        maglev_scope: MaglevScope::All,
+    };
+    let cases: Vec<Case> = vec![
+        ("round robin, no annotation", round_robin, None, vec![]),
+        (
+            "round robin, annotated maglev: its external frontends",
+            round_robin,
+            Some("maglev"),
+            external.clone(),
+        ),
+        (
+            "round robin, annotated round-robin",
+            round_robin,
+            Some("round-robin"),
+            vec![],
+        ),
+        (
+            "round robin, bogus annotation: the node's round robin",
+            round_robin,
+            Some("consistent"),
+            vec![],
+        ),
+        (
+            "maglev external, no annotation",
+            maglev_external,
+            None,
+            external.clone(),
+        ),
+        (
+            "maglev external, annotated maglev: the scope still holds",
+            maglev_external,
+            Some("maglev"),
+            external.clone(),
+        ),
+        (
+            "maglev external, annotated round-robin: opted out",
+            maglev_external,
+            Some("round-robin"),
+            vec![],
+        ),
+        (
+            "maglev external, bogus annotation: the node's maglev",
+            maglev_external,
+            Some("Maglev"),
+            external.clone(),
+        ),
+        ("maglev all, no annotation", maglev_all, None, every.clone()),
+        (
+            "maglev all, annotated maglev",
+            maglev_all,
+            Some("maglev"),
+            every.clone(),
+        ),
+        (
+            "maglev all, annotated round-robin: opted out",
+            maglev_all,
+            Some("round-robin"),
+            vec![],
+        ),
+        (
+            "maglev all, bogus annotation: the node's maglev",
+            maglev_all,
+            Some("consistent"),
+            every.clone(),
+        ),
+    ];
+    // `every` and `external` are in key order, as `Desired` is.
+    for (case, policy, annotation, want) in cases {
+        let mut state = ClusterState::default().with_lb_policy(policy);
+        state.apply([Change::service(&web(annotation))]);
+        let desired = state.desired();
+        let served: Vec<FrontendKey> = desired.keys().copied().collect();
+        assert_eq!(served, every, "{case}: every frontend is served");
+        let maglev: Vec<FrontendKey> = desired
+            .iter()
+            .filter(|(_, f)| f.maglev)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(maglev, want, "{case}");
+
+        let problems = state.problems();
+        let bogus = annotation.filter(|v| LbAlgorithm::from_annotation(v).is_none());
+        match bogus {
+            None => assert!(problems.is_empty(), "{case}: {problems:?}"),
+            Some(value) => {
+                assert_eq!(problems.len(), 1, "{case}: {problems:?}");
+                let p = &problems[0];
+                assert_eq!(p.kind, ProblemKind::InvalidService, "{case}");
+                assert_eq!(p.object.as_deref(), Some("Service default/web"), "{case}");
+                assert!(
+                    p.message.contains(ANNOTATION_LB_ALGORITHM)
+                        && p.message.contains(&format!("{value:?}")),
+                    "{case}: {p}"
+                );
+            }
+        }
+    }
+}

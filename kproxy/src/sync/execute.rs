@@ -3,8 +3,8 @@
 //! batch where the datapath can do batches (thousands of entries per syscall).
 //!
 //! Waves: 0 unpublish removed frontends, 1 clear what they referenced, 2 new backends,
-//! backends that start taking connections and new source ranges, 3 slots (the inactive
-//! bank), 4 publish (`PutService`), 5 clean up after publishing (backends that stop taking
+//! backends that start taking connections and new source ranges, 3 slots and Maglev tables
+//! (the inactive bank), 4 publish (`PutService`), 5 clean up after publishing (backends that stop taking
 //! connections or are no longer listed, the old bank, source ranges no longer needed). No two changes
 //! of one sync share ids (a freed service port id is reused by a later sync only), so the
 //! interleaving cannot make one change undo another.
@@ -43,7 +43,10 @@ impl Planned {
                 | MapOp::PutSourceRange { .. },
                 _,
             ) if !after_publish => 2,
-            (MapOp::PutSlot { .. } | MapOp::DeleteSlot { .. }, false) if !after_publish => 3,
+            (
+                MapOp::PutSlot { .. } | MapOp::DeleteSlot { .. } | MapOp::PutMaglevTable { .. },
+                false,
+            ) if !after_publish => 3,
             (MapOp::PutService { .. }, _) => 4,
             _ => 5,
         }
@@ -158,6 +161,15 @@ fn rollback_ops(applied: &[MapOp]) -> Vec<MapOp> {
                 svc_id: *svc_id,
                 bank: *bank,
                 index: *index,
+            }),
+            MapOp::PutMaglevTable {
+                svc_id,
+                bank,
+                backend_ids,
+            } => Some(MapOp::DeleteMaglevTable {
+                svc_id: *svc_id,
+                bank: *bank,
+                table_size: u32::try_from(backend_ids.len()).unwrap_or(u32::MAX),
             }),
             _ => None,
         })

@@ -44,6 +44,7 @@ fn frontend(kind: FrontendKind, endpoints: &[u8]) -> Frontend {
         when_empty: WhenEmpty::Reject,
         external_local: false,
         source_ranges: Vec::new(),
+        maglev: false,
     }
 }
 
@@ -129,6 +130,7 @@ fn service_values_carry_each_frontends_flags() {
                 external,
                 external_local,
                 source_ranges,
+                maglev: false,
             },
             "{key}"
         );

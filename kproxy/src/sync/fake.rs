@@ -9,12 +9,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
 use kproxy_common::{
     addr::In6Addr,
     lb::{BackendOf, ServiceKeyOf, ServiceValue, SlotKey},
+    maglev::{self, MaglevKey},
 };
 
 use super::{BackendEntry, Datapath, DatapathSnapshot, MapOp, ServiceSettings};
@@ -46,6 +48,10 @@ pub struct FakeDatapath {
     pub vips: BTreeSet<IpAddr>,
     /// `KP_SOURCE_RANGES` and `KP_SOURCE_RANGES6`: (service port id, range).
     pub source_ranges: BTreeSet<(u32, IpNet)>,
+    /// `KP_MAGLEV`: the table of each (service port id, bank, table size).
+    pub maglev: BTreeMap<(u32, u8, u32), Arc<[u32]>>,
+    /// `KP_MAGLEV`'s capacity in tables (unbounded when unset).
+    pub max_maglev_tables: Option<usize>,
     /// `KP_META`'s backend id reservation.
     pub backend_ids_reserved: u32,
     /// Fails `ReserveBackendIds` (a KP_META write error).
@@ -98,12 +104,40 @@ impl FakeDatapath {
                                 .ok_or_else(|| format!("{key}: backend {id} missing"))
                         })
                         .collect();
+                let resolved = resolved.and_then(|eps| {
+                    self.check_maglev(key, svc)?;
+                    Ok(eps)
+                });
                 (
                     *key,
                     resolved.map(|eps| (eps, svc.settings.affinity_timeout_s)),
                 )
             })
             .collect()
+    }
+
+    /// A Maglev frontend with backends has a table in its active bank, and the table names
+    /// only backends of that bank.
+    fn check_maglev(&self, key: &FrontendKey, svc: &FakeService) -> Result<(), String> {
+        if !svc.settings.maglev || svc.count == 0 {
+            return Ok(());
+        }
+        let in_bank: BTreeSet<u32> = (0..u32::from(svc.count))
+            .filter_map(|index| self.slots.get(&(svc.svc_id, svc.bank, index)).copied())
+            .collect();
+        let mut tables = self
+            .maglev
+            .range((svc.svc_id, svc.bank, 0)..=(svc.svc_id, svc.bank, u32::MAX));
+        let Some((_, table)) = tables.next() else {
+            return Err(format!("{key}: no Maglev table in bank {}", svc.bank));
+        };
+        match table.iter().find(|id| !in_bank.contains(id)) {
+            Some(id) => Err(format!(
+                "{key}: Maglev table of bank {} names backend {id}, not in the bank",
+                svc.bank
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The source ranges both families' maps hold for service port `svc_id`.
@@ -135,6 +169,15 @@ impl FakeDatapath {
             source_ranges: self.ranges_in::<u32>(),
             source_ranges6: self.ranges_in::<In6Addr>(),
             backend_ids_reserved: self.backend_ids_reserved,
+            maglev: self
+                .maglev
+                .keys()
+                .flat_map(|&(svc_id, bank, size)| {
+                    (0..maglev::chunks(size)).map(move |chunk| {
+                        MaglevKey::new(svc_id, size, bank, chunk.try_into().expect("u16 chunks"))
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -203,6 +246,27 @@ impl FakeDatapath {
         );
         self.backends.insert(b.id, b.endpoint);
         self.backend_roles.insert(b.id, (b.svc_id, b.active));
+        Ok(())
+    }
+
+    /// Writes a Maglev table, which fails as the kernel's map does when full (`E2BIG`).
+    fn put_maglev_table(
+        &mut self,
+        svc_id: u32,
+        bank: u8,
+        backend_ids: &Arc<[u32]>,
+    ) -> anyhow::Result<()> {
+        let table = (svc_id, bank, u32::try_from(backend_ids.len())?);
+        if let Some(max) = self.max_maglev_tables
+            && !self.maglev.contains_key(&table)
+            && self.maglev.len() >= max
+        {
+            return Err(
+                anyhow::Error::from(std::io::Error::from_raw_os_error(libc::E2BIG))
+                    .context("KP_MAGLEV"),
+            );
+        }
+        self.maglev.insert(table, Arc::clone(backend_ids));
         Ok(())
     }
 
@@ -284,6 +348,18 @@ impl Datapath for FakeDatapath {
                 index,
             } => {
                 self.slots.remove(&(*svc_id, *bank, *index));
+            }
+            MapOp::PutMaglevTable {
+                svc_id,
+                bank,
+                backend_ids,
+            } => self.put_maglev_table(*svc_id, *bank, backend_ids)?,
+            MapOp::DeleteMaglevTable {
+                svc_id,
+                bank,
+                table_size,
+            } => {
+                self.maglev.remove(&(*svc_id, *bank, *table_size));
             }
             MapOp::ResetServiceCounters { svc_id } => self.counters_reset.push(*svc_id),
             MapOp::PutService {

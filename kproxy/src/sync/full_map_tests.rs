@@ -39,6 +39,7 @@ fn frontend(name: &str, hosts: &[u8]) -> Frontend {
         kind: FrontendKind::ClusterIp,
         external_local: false,
         source_ranges: Vec::new(),
+        maglev: false,
     }
 }
 

@@ -16,7 +16,7 @@ pub use plan::{ByFamily, EntryCounts, Programmed, ProgrammedFrontend, SyncReport
 pub use recover::{DatapathSnapshot, Listed};
 pub use verify::{Check, Drift};
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 
@@ -35,6 +35,8 @@ pub struct ServiceSettings {
     pub external_local: bool,
     /// New connections only from the source ranges of its family (`SVC_F_SOURCE_RANGES`).
     pub source_ranges: bool,
+    /// New flows pick their backend from its Maglev table (`SVC_F_MAGLEV`).
+    pub maglev: bool,
 }
 
 impl ServiceSettings {
@@ -45,6 +47,7 @@ impl ServiceSettings {
             external: frontend.kind.is_external(),
             external_local: frontend.external_local,
             source_ranges: !source_ranges(key, frontend).is_empty(),
+            maglev: frontend.maglev,
         }
     }
 }
@@ -100,6 +103,21 @@ pub enum MapOp {
         svc_id: u32,
         bank: u8,
         index: u32,
+    },
+    /// Writes service port `svc_id`'s Maglev table for `bank` (`KP_MAGLEV`): one backend id
+    /// per entry, as many entries as the table size. Written before the service value that
+    /// reads it is published, as slots are.
+    PutMaglevTable {
+        svc_id: u32,
+        bank: u8,
+        backend_ids: Arc<[u32]>,
+    },
+    /// Deletes the table of `table_size` entries of `svc_id` in `bank`, once no published
+    /// service value reads it.
+    DeleteMaglevTable {
+        svc_id: u32,
+        bank: u8,
+        table_size: u32,
     },
     /// Readies a freed service port id for its next use: its round robin restarts at a random
     /// slot (one further on each CPU) and its counters from zero.
@@ -193,6 +211,8 @@ impl MapOp {
             MapOp::PutVip { addr } | MapOp::DeleteVip { addr } => Some(*addr),
             MapOp::PutSlot { .. }
             | MapOp::DeleteSlot { .. }
+            | MapOp::PutMaglevTable { .. }
+            | MapOp::DeleteMaglevTable { .. }
             | MapOp::ResetServiceCounters { .. }
             | MapOp::ReserveBackendIds { .. } => None,
         }
@@ -205,6 +225,7 @@ impl MapOp {
             self,
             MapOp::DeleteBackend { .. }
                 | MapOp::DeleteSlot { .. }
+                | MapOp::DeleteMaglevTable { .. }
                 | MapOp::DeleteService { .. }
                 | MapOp::DeleteSourceRange { .. }
                 | MapOp::DeleteVip { .. }
@@ -246,6 +267,9 @@ mod tests;
 
 #[cfg(test)]
 mod external_tests;
+
+#[cfg(test)]
+mod maglev_tests;
 
 #[cfg(test)]
 mod dual_stack_tests;

@@ -14,7 +14,10 @@ use super::{
     source_ranges,
 };
 use crate::{
-    model::{Desired, Endpoint, Frontend, FrontendKey, Scope, ServicePortName},
+    model::{
+        Desired, Endpoint, Frontend, FrontendKey, Scope, ServicePortName,
+        maglev::{self, DEFAULT_TABLE_SIZE},
+    },
     problem::{Problem, ProblemKind, datapath_error},
 };
 
@@ -75,6 +78,8 @@ pub struct Programmed {
     pub(super) vips: BTreeMap<IpAddr, u32>,
     /// Frontends whose last change failed: part of the next sync whatever changes.
     pub(super) retry: BTreeSet<FrontendKey>,
+    /// Entries of each Maglev table (the programs' `KP_MAGLEV_TABLE_SIZE`).
+    pub(super) maglev_table_size: u32,
 }
 
 /// What one sync did.
@@ -214,7 +219,15 @@ impl Programmed {
             backend_ids_reserved: 1,
             vips: BTreeMap::new(),
             retry: BTreeSet::new(),
+            maglev_table_size: DEFAULT_TABLE_SIZE,
         }
+    }
+
+    /// This state, for programs whose Maglev tables have `size` entries.
+    #[must_use]
+    pub fn with_maglev_table_size(mut self, size: u32) -> Self {
+        self.maglev_table_size = size;
+        self
     }
 
     pub fn frontends(&self) -> &BTreeMap<FrontendKey, ProgrammedFrontend> {
@@ -310,7 +323,7 @@ impl Programmed {
             for key in chunk {
                 let old = self.take_frontend(key).expect("filtered above");
                 planned.push(Planned {
-                    ops: remove_ops(key, &old),
+                    ops: remove_ops(key, &old, self.maglev_table_size),
                     removal: true,
                 });
                 kinds.push((
@@ -334,7 +347,13 @@ impl Programmed {
             let mut kinds = Vec::with_capacity(chunk.len());
             for &(key, frontend) in chunk {
                 let change = match self.frontends.get(key) {
-                    Some(old) => update_change(&mut self.next_backend_id, key, old, frontend),
+                    Some(old) => update_change(
+                        &mut self.next_backend_id,
+                        self.maglev_table_size,
+                        key,
+                        old,
+                        frontend,
+                    ),
                     None => match self.add_change(key, frontend) {
                         Ok(change) => change,
                         Err(problem) => {
@@ -525,13 +544,18 @@ impl Programmed {
         let source_ranges = source_ranges(key, frontend);
         let (put_ranges, _) = range_ops(svc_id, &[], &source_ranges);
         let slots = slot_ops(svc_id, 0, &backends, 0);
+        let table = frontend
+            .maglev
+            .then(|| maglev_table(svc_id, 0, &backends, self.maglev_table_size))
+            .flatten();
         // Sized exactly: a sync of everything holds the ops of thousands of frontends.
         let mut ops: Vec<MapOp> =
-            Vec::with_capacity(backends.len() + standby.len() + put_ranges.len() + slots.len() + 1);
+            Vec::with_capacity(backends.len() + standby.len() + put_ranges.len() + slots.len() + 2);
         ops.extend(backends.iter().map(|b| put(b, true)));
         ops.extend(standby.iter().map(|b| put(b, false)));
         ops.extend(put_ranges);
         ops.extend(slots);
+        ops.extend(table);
         ops.push(put_service(key, svc_id, 0, backends.len(), frontend));
         Ok(Change {
             ops,
@@ -573,6 +597,7 @@ fn allocate_backend_id(next: &mut u32) -> u32 {
 
 fn update_change(
     next_backend_id: &mut u32,
+    maglev_table_size: u32,
     key: &FrontendKey,
     old: &ProgrammedFrontend,
     frontend: &Frontend,
@@ -583,7 +608,7 @@ fn update_change(
         && old.endpoints().eq(active.iter().copied())
         && old.standby_endpoints().eq(standby.iter().copied());
     if same_backends {
-        return settings_change(key, old, frontend);
+        return settings_change(key, old, frontend, maglev_table_size);
     }
 
     // Endpoints that stay listed keep their ids, so their flows and affinities survive;
@@ -645,7 +670,10 @@ fn update_change(
         &backends,
         old.bank_len[usize::from(bank)],
     ));
+    let (put_table, drop_table) = maglev_switch(old, frontend, bank, &backends, maglev_table_size);
+    ops.extend(put_table);
     ops.push(put_service(key, svc_id, bank, backends.len(), frontend));
+    ops.extend(drop_table);
     ops.extend(delete_ranges);
     ops.append(&mut deactivate);
     let listed: HashSet<Endpoint> = backends.iter().chain(&standby).map(|(ep, _)| *ep).collect();
@@ -681,7 +709,12 @@ fn update_change(
 /// The backends stay: at most the service value and its source ranges change (affinity,
 /// what happens when empty, the external flags, the ranges). New ranges are written before
 /// the value that needs them is published; ranges no longer needed go after.
-fn settings_change(key: &FrontendKey, old: &ProgrammedFrontend, frontend: &Frontend) -> Change {
+fn settings_change(
+    key: &FrontendKey,
+    old: &ProgrammedFrontend,
+    frontend: &Frontend,
+    maglev_table_size: u32,
+) -> Change {
     let settings = ServiceSettings::of(key, frontend);
     let source_ranges = source_ranges(key, frontend);
     if old.settings == settings && old.source_ranges == source_ranges {
@@ -697,6 +730,16 @@ fn settings_change(key: &FrontendKey, old: &ProgrammedFrontend, frontend: &Front
     let (put_ranges, delete_ranges) = range_ops(old.svc_id, &old.source_ranges, &source_ranges);
     after.source_ranges = source_ranges;
     let mut ops = put_ranges;
+    // Maglev turned on: the table of the bank in use is written before the value that reads
+    // it; turned off, it goes after.
+    if settings.maglev && !old.settings.maglev {
+        ops.extend(maglev_table(
+            old.svc_id,
+            old.bank,
+            &old.backends,
+            maglev_table_size,
+        ));
+    }
     // Rewritten even when only the ranges change: a change is applied around its publish.
     ops.push(put_service(
         key,
@@ -705,6 +748,13 @@ fn settings_change(key: &FrontendKey, old: &ProgrammedFrontend, frontend: &Front
         old.backends.len(),
         frontend,
     ));
+    if old.settings.maglev && !settings.maglev {
+        ops.push(MapOp::DeleteMaglevTable {
+            svc_id: old.svc_id,
+            bank: old.bank,
+            table_size: maglev_table_size,
+        });
+    }
     ops.extend(delete_ranges);
     Change {
         ops,
@@ -797,9 +847,72 @@ fn slot_ops(
     ops
 }
 
+/// The Maglev writes of a change of `old`'s backends to `backends`, published in `bank`:
+/// the new bank's table (before the publish) and the deletion of the old bank's (after).
+/// The bank left behind keeps its slots, which the next change overwrites, but not its
+/// table: 64 KiB each.
+fn maglev_switch(
+    old: &ProgrammedFrontend,
+    frontend: &Frontend,
+    bank: u8,
+    backends: &[(Endpoint, u32)],
+    table_size: u32,
+) -> (Option<MapOp>, Option<MapOp>) {
+    let put = frontend
+        .maglev
+        .then(|| maglev_table(old.svc_id, bank, backends, table_size))
+        .flatten();
+    let drop = (old.settings.maglev || frontend.maglev).then_some(MapOp::DeleteMaglevTable {
+        svc_id: old.svc_id,
+        bank: old.bank,
+        table_size,
+    });
+    (put, drop)
+}
+
+/// The Maglev table of `backends` (in slot order, with their ids) for `bank` of service
+/// port `svc_id`; `None` without backends (nothing to pick: the datapath rejects or drops
+/// first) or with at least as many backends as entries (logged: the datapath then takes
+/// backends in turn, counting `maglev_fallback`).
+fn maglev_table(
+    svc_id: u32,
+    bank: u8,
+    backends: &[(Endpoint, u32)],
+    table_size: u32,
+) -> Option<MapOp> {
+    if backends.is_empty() {
+        return None;
+    }
+    let addrs: Vec<std::net::SocketAddr> = backends
+        .iter()
+        .map(|(ep, _)| std::net::SocketAddr::new(ep.addr, ep.port))
+        .collect();
+    match maglev::table(&addrs, table_size) {
+        Ok(entries) => Some(MapOp::PutMaglevTable {
+            svc_id,
+            bank,
+            backend_ids: entries
+                .into_iter()
+                .map(|i| backends[i as usize].1)
+                .collect(),
+        }),
+        Err(e) => {
+            tracing::warn!(svc_id, error = %e, "no Maglev table: new flows take backends in turn");
+            None
+        }
+    }
+}
+
 /// Unpublishes the frontend first, then removes what it referenced.
-fn remove_ops(key: &FrontendKey, old: &ProgrammedFrontend) -> Vec<MapOp> {
+fn remove_ops(key: &FrontendKey, old: &ProgrammedFrontend, maglev_table_size: u32) -> Vec<MapOp> {
     let mut ops = vec![MapOp::DeleteService { key: *key }];
+    if old.settings.maglev {
+        ops.extend((0..2u8).map(|bank| MapOp::DeleteMaglevTable {
+            svc_id: old.svc_id,
+            bank,
+            table_size: maglev_table_size,
+        }));
+    }
     for bank in 0..2u8 {
         ops.extend(
             (0..old.bank_len[usize::from(bank)]).map(|index| MapOp::DeleteSlot {

@@ -13,11 +13,12 @@ use kproxy_common::{
         Backend, Backend6, BackendOf, SLOT_BANK_SHIFT, ServiceKey, ServiceKey6, ServiceKeyOf,
         ServiceValue, SlotKey, SourceRangeKey, SourceRangeKey6,
     },
+    maglev::{self, MaglevKey},
 };
 
 use super::{EntryCounts, IdPool, MapOp, Programmed, ProgrammedFrontend};
 use crate::{
-    model::{Endpoint, FrontendKey},
+    model::{Endpoint, FrontendKey, maglev::DEFAULT_TABLE_SIZE},
     wire::{self, WireAddr},
 };
 
@@ -40,6 +41,8 @@ pub struct DatapathSnapshot {
     pub source_ranges6: Vec<(u32, SourceRangeKey6)>,
     /// `Meta::backend_ids_reserved`: no id below it may be handed out again.
     pub backend_ids_reserved: u32,
+    /// `KP_MAGLEV` keys (the tables' chunks; their contents are not read).
+    pub maglev: Vec<MaglevKey>,
 }
 
 /// A `KP_BACKENDS` or `KP_BACKENDS6` entry, whichever family.
@@ -114,6 +117,18 @@ impl Programmed {
     /// service references (inactive banks, orphaned slots and backends, entries the agent
     /// cannot read) and bring the VIP maps in step.
     pub fn recover(snapshot: &DatapathSnapshot, max_services: u32) -> (Self, Vec<MapOp>) {
+        Self::recover_for(snapshot, max_services, DEFAULT_TABLE_SIZE)
+    }
+
+    /// [`Programmed::recover`] for programs whose Maglev tables have `maglev_table_size`
+    /// entries: a Maglev frontend whose active bank lacks a whole table of that size is
+    /// rewritten by the next sync, and tables of other sizes, other banks or unknown
+    /// service ports are deleted.
+    pub fn recover_for(
+        snapshot: &DatapathSnapshot,
+        max_services: u32,
+        maglev_table_size: u32,
+    ) -> (Self, Vec<MapOp>) {
         let mut cleanup = Vec::new();
         let backends = backends_by_id(snapshot, &mut cleanup);
         let banks = banks(&snapshot.slots);
@@ -151,6 +166,13 @@ impl Programmed {
             live_backends.extend(frontend.backend_ids());
             frontends.insert(key, frontend);
         }
+
+        recover_maglev_tables(
+            &mut frontends,
+            &snapshot.maglev,
+            maglev_table_size,
+            &mut cleanup,
+        );
 
         // Inactive banks and slots of unknown services go; so do unlisted backends.
         let active_banks: HashMap<u32, u8> =
@@ -211,9 +233,52 @@ impl Programmed {
             backend_ids_reserved: reserved,
             vips,
             retry: BTreeSet::new(),
+            maglev_table_size,
         };
         (programmed, cleanup)
     }
+}
+
+/// Marks the Maglev frontends of `frontends` whose active bank lacks a whole table of
+/// `table_size` entries for a rewrite, and deletes every other table (`cleanup`).
+fn recover_maglev_tables(
+    frontends: &mut BTreeMap<FrontendKey, ProgrammedFrontend>,
+    chunks: &[MaglevKey],
+    table_size: u32,
+    cleanup: &mut Vec<MapOp>,
+) {
+    // (service port id, table size, bank) → chunks present.
+    let mut tables: HashMap<(u32, u32, u8), u32> = HashMap::new();
+    for key in chunks {
+        *tables
+            .entry((key.svc_id, key.table_size, key.bank))
+            .or_default() += 1;
+    }
+    let mut in_use = HashSet::new();
+    for frontend in frontends.values_mut() {
+        if !frontend.settings.maglev || frontend.backends.is_empty() {
+            continue;
+        }
+        let table = (frontend.svc_id, table_size, frontend.bank);
+        if tables.get(&table) != Some(&maglev::chunks(table_size)) {
+            frontend.needs_rewrite = true;
+        }
+        in_use.insert(table);
+    }
+    let mut unused: Vec<(u32, u32, u8)> = tables
+        .into_keys()
+        .filter(|table| !in_use.contains(table))
+        .collect();
+    unused.sort_unstable();
+    cleanup.extend(
+        unused
+            .into_iter()
+            .map(|(svc_id, table_size, bank)| MapOp::DeleteMaglevTable {
+                svc_id,
+                bank,
+                table_size,
+            }),
+    );
 }
 
 /// The backends of both families by id. An id is in one family's map only; of one found in

@@ -40,6 +40,7 @@ pub(super) fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> F
         kind: FrontendKind::ClusterIp,
         external_local: false,
         source_ranges: Vec::new(),
+        maglev: false,
     }
 }
 
@@ -64,7 +65,7 @@ pub(super) fn expected_view(desired: &Desired) -> View {
         .collect()
 }
 
-fn kinds(ops: &[MapOp]) -> Vec<&'static str> {
+pub(super) fn kinds(ops: &[MapOp]) -> Vec<&'static str> {
     ops.iter()
         .map(|op| match op {
             MapOp::PutBackend { .. } => "PutBackend",
@@ -76,6 +77,8 @@ fn kinds(ops: &[MapOp]) -> Vec<&'static str> {
             MapOp::ReserveBackendIds { .. } => "Reserve",
             MapOp::PutSlot { .. } => "PutSlot",
             MapOp::DeleteSlot { .. } => "DeleteSlot",
+            MapOp::PutMaglevTable { .. } => "PutMaglev",
+            MapOp::DeleteMaglevTable { .. } => "DeleteMaglev",
             MapOp::ResetServiceCounters { .. } => "Reset",
             MapOp::PutService { .. } => "PutService",
             MapOp::DeleteService { .. } => "DeleteService",

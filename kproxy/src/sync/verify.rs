@@ -43,7 +43,7 @@ pub struct Check {
 impl Programmed {
     /// Compares this record with `snapshot` (the service maps as they are now).
     pub fn check(&self, snapshot: &DatapathSnapshot, max_services: u32) -> Check {
-        let (found, cleanup) = Self::recover(snapshot, max_services);
+        let (found, cleanup) = Self::recover_for(snapshot, max_services, self.maglev_table_size);
         let mut drift = Vec::new();
         let mut drifted = BTreeSet::new();
         let keys: BTreeSet<&FrontendKey> = self

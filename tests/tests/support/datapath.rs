@@ -109,6 +109,8 @@ pub const SIZES: MapSizes = MapSizes {
     conntrack: 1024,
     affinity: 256,
     sockets: 1,
+    maglev_tables: 16,
+    maglev_table_size: kproxy::model::maglev::DEFAULT_TABLE_SIZE,
 };
 
 impl LoadedDatapath {
@@ -347,6 +349,7 @@ pub fn frontend<A: Into<IpAddr> + Copy>(
             kind: FrontendKind::ClusterIp,
             external_local: false,
             source_ranges: Vec::new(),
+            maglev: false,
         },
     )
 }

@@ -709,6 +709,7 @@ fn web_frontends(
                 when_empty: WhenEmpty::Reject,
                 external_local: false,
                 source_ranges: Vec::new(),
+                maglev: false,
             };
             (key, frontend)
         })
