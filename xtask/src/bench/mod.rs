@@ -84,6 +84,10 @@ pub struct Options {
     /// UDP flows the external section's sender cycles through (default 256).
     #[arg(long)]
     pub udp_flows: Option<usize>,
+    /// Endpoint changes per second of the real section's sustained churn, each to another
+    /// Service, written for 10 s (quick: 100 per second for 2 s); 0 skips it.
+    #[arg(long)]
+    pub sustained_churn_rate: Option<u32>,
     /// External section: have node1 resolve its LAN neighbours (node2, the client) before
     /// measuring, as a node that has talked to its peers would. Off by default, so what a
     /// freshly built node does is what the report shows; the report says when it was on.
@@ -184,7 +188,10 @@ impl Plan {
             .as_ref()
             .is_none_or(|names| names.iter().any(|n| n == real::DIRECT));
         let real = (!opts.skip_real && !opts.external_only && (direct || !real_modes.is_empty()))
-            .then(|| real::Plan::new(real_modes, direct, real_scales, ipv6_scales, opts.quick));
+            .then(|| {
+                real::Plan::new(real_modes, direct, real_scales, ipv6_scales, opts.quick)
+                    .with_sustained_rate(opts.sustained_churn_rate)
+            });
         let external =
             (!opts.skip_external && !opts.real_only && !opts.ipv6_only && !ext_modes.is_empty())
                 .then(|| external::Plan {

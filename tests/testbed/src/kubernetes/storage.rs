@@ -89,6 +89,11 @@ impl Stored {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// The object as it is stored, to change before [`ControlPlane::overwrite`].
+    pub fn object_mut(&mut self) -> &mut Value {
+        &mut self.object
+    }
 }
 
 impl ControlPlane {
@@ -145,6 +150,58 @@ impl<K> Listed for K where
 }
 
 impl ControlPlane {
+    /// The first `limit` objects stored under the keys that start with `prefix` (as
+    /// [`Stored::key`] names them), in key order.
+    pub fn stored(&self, ns: &Netns, prefix: &str, limit: usize) -> Result<Vec<Stored>> {
+        // The range of every key with the prefix: from it to the prefix with its last byte
+        // incremented (etcd's `--prefix`).
+        let mut end = prefix.as_bytes().to_vec();
+        let last = end.last_mut().context("an empty prefix")?;
+        *last += 1;
+        let body = json!({
+            "key": BASE64.encode(prefix),
+            "range_end": BASE64.encode(&end),
+            "limit": limit,
+        })
+        .to_string();
+        let answer = super::control_plane::etcd_post(ns, "/v3/kv/range", &body)?;
+        let kvs = answer["kvs"].as_array().cloned().unwrap_or_default();
+        kvs.iter()
+            .map(|kv| {
+                let decode = |field: &str| -> Result<Vec<u8>> {
+                    let text = kv[field].as_str().with_context(|| format!("no {field}"))?;
+                    Ok(BASE64.decode(text)?)
+                };
+                Ok(Stored {
+                    key: String::from_utf8(decode("key")?)?,
+                    object: serde_json::from_slice(&decode("value")?)
+                        .context("a stored object that is not JSON")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Puts `objects` over what their keys hold, in one transaction (an update as the API
+    /// server's would store it; the API server's watch of etcd serves it to every watcher).
+    pub fn overwrite(&self, ns: &Netns, objects: &[&Stored]) -> Result<()> {
+        let puts = objects
+            .iter()
+            .map(|s| {
+                let value = serde_json::to_vec(&s.object)?;
+                Ok(json!({"request_put": {
+                    "key": BASE64.encode(&s.key),
+                    "value": BASE64.encode(value),
+                }}))
+            })
+            .collect::<Result<Vec<Value>>>()?;
+        let body = json!({"success": puts}).to_string();
+        let answer = super::control_plane::etcd_post(ns, "/v3/kv/txn", &body)?;
+        if answer["succeeded"] != Value::Bool(true) {
+            bail!("etcd did not store {} objects: {answer}", objects.len());
+        }
+        Ok(())
+    }
+
     /// How many objects of `K` the API server serves in `namespace` (a list of one, plus
     /// the count of those left, which it gives for a list without selectors), and the
     /// resourceVersion of that list.

@@ -20,6 +20,7 @@ mod plane;
 mod probe;
 mod proxy;
 pub mod report;
+mod sustained;
 
 use std::{
     collections::BTreeMap,
@@ -69,6 +70,9 @@ pub struct Plan {
     pub ipv6_scales: Vec<usize>,
     pub churn_seconds: u32,
     pub probe_rounds: usize,
+    /// Sustained churn (kproxy modes): changes per second, and for how long.
+    pub sustained_rate: u32,
+    pub sustained_seconds: u32,
 }
 
 impl Plan {
@@ -86,7 +90,18 @@ impl Plan {
             ipv6_scales,
             churn_seconds: if quick { 3 } else { 15 },
             probe_rounds: if quick { 2 } else { 5 },
+            sustained_rate: if quick { 100 } else { 1_000 },
+            sustained_seconds: if quick { 2 } else { 10 },
         }
+    }
+
+    /// This plan with `rate` changes per second of sustained churn, when given (0: none).
+    #[must_use]
+    pub fn with_sustained_rate(mut self, rate: Option<u32>) -> Plan {
+        if let Some(rate) = rate {
+            self.sustained_rate = rate;
+        }
+        self
     }
 }
 
@@ -107,6 +122,8 @@ pub fn run(
         churn_seconds: plan.churn_seconds,
         churn_period_ms: churn::PERIOD.as_secs_f64() * 1e3,
         probe_rounds: plan.probe_rounds,
+        sustained_rate: plan.sustained_rate,
+        sustained_seconds: plan.sustained_seconds,
         ..Real::default()
     };
     let modes: Vec<Proxy> = plan
@@ -393,6 +410,25 @@ impl Run<'_> {
             .then(|| datapath_counters(self.agent, &bed));
         let (scrape_ms, scrape_bytes) = metrics::scrape_cost(&bed.topo.node, SCRAPES)?;
         eprintln!("bench:   a /metrics scrape: {scrape_ms:.1} ms, {scrape_bytes} bytes");
+        // Written straight into etcd, the controllers still paused: the changes and the
+        // proxy's work are all there is.
+        let sustained = (mode.is_kproxy() && self.plan.sustained_rate > 0)
+            .then(|| {
+                sustained::run(
+                    self.plane,
+                    &bed,
+                    &mut proxy,
+                    self.plan.sustained_rate,
+                    self.plan.sustained_seconds,
+                )
+            })
+            .transpose()?;
+        if let Some(s) = &sustained {
+            eprintln!(
+                "bench:   sustained churn: {} changes at {:.0}/s",
+                s.changes, s.per_second
+            );
+        }
         drop(paused);
         // Churn and the probe change IPv4 selector Services, in either row: the beds are
         // dual-stack, and what they measure is a change served beside this row's Services.
@@ -409,6 +445,9 @@ impl Run<'_> {
         cell.programmed_ms.push(programmed.as_secs_f64() * 1e3);
         cell.first_sync_ms.extend(first_sync);
         record_window(cell, &window);
+        if let Some(s) = &sustained {
+            record_sustained(cell, s);
+        }
         cell.probe_ms.extend(probes);
         cell.datapath_counters.extend(counters);
         cell.scrape_ms.push(scrape_ms);
@@ -588,6 +627,19 @@ fn record_window(cell: &mut ProxyCell, window: &churn::Window) {
         cell.own_observations.push(h.count);
         cell.own_p50_ms.extend(ms(h.quantile(0.5)));
         cell.own_p99_ms.extend(ms(h.quantile(0.99)));
+    }
+}
+
+fn record_sustained(cell: &mut ProxyCell, s: &sustained::Sustained) {
+    let ms = |q: Option<metrics::Quantile>| q.map(|q| q.seconds * 1e3);
+    cell.sustained_per_s.push(s.per_second);
+    if let Some(h) = &s.end_to_end {
+        cell.sustained_observations.push(h.count);
+        cell.sustained_npl_p50_ms.extend(ms(h.quantile(0.5)));
+        cell.sustained_npl_p99_ms.extend(ms(h.quantile(0.99)));
+    }
+    if let Some(h) = &s.own {
+        cell.sustained_own_p99_ms.extend(ms(h.quantile(0.99)));
     }
 }
 

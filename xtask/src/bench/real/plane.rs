@@ -103,6 +103,16 @@ impl Plane {
         self.cp.store(&self.ns, objects, group)
     }
 
+    /// The first `limit` objects stored under `prefix` (see `ControlPlane::stored`).
+    pub fn stored(&self, prefix: &str, limit: usize) -> Result<Vec<Stored>> {
+        self.cp.stored(&self.ns, prefix, limit)
+    }
+
+    /// Puts `objects` over what etcd holds for them, in one transaction.
+    pub fn overwrite(&self, objects: &[&Stored]) -> Result<()> {
+        self.cp.overwrite(&self.ns, objects)
+    }
+
     pub fn link(&self, bed: &BenchBed) -> Result<()> {
         // The previous bed's link went with its namespace; this only clears a leftover.
         let _ = self.ns.ip(&["link", "del", LINK]);

@@ -25,6 +25,11 @@ pub struct Real {
     pub churn_seconds: u32,
     pub churn_period_ms: f64,
     pub probe_rounds: usize,
+    /// Sustained churn: endpoint changes per second asked for, and for how long.
+    #[serde(default)]
+    pub sustained_rate: u32,
+    #[serde(default)]
+    pub sustained_seconds: u32,
     /// What could not be measured, and why.
     pub notes: Vec<String>,
     /// CPU per connection at a fixed offered rate, per mode and scale (`direct` included).
@@ -103,6 +108,18 @@ pub struct ProxyCell {
     pub scrape_ms: Vec<f64>,
     #[serde(default)]
     pub scrape_bytes: Vec<f64>,
+    /// Sustained churn (kproxy): the changes per second written, and per repetition the
+    /// end-to-end network programming latency of those changes and the proxy's own part.
+    #[serde(default)]
+    pub sustained_per_s: Vec<f64>,
+    #[serde(default)]
+    pub sustained_observations: Vec<f64>,
+    #[serde(default)]
+    pub sustained_npl_p50_ms: Vec<f64>,
+    #[serde(default)]
+    pub sustained_npl_p99_ms: Vec<f64>,
+    #[serde(default)]
+    pub sustained_own_p99_ms: Vec<f64>,
 }
 
 /// One mode at one scale under the same fixed offered rate of new connections (below every
@@ -232,6 +249,7 @@ pub fn markdown(real: Option<&Real>, modes: &[&str]) -> String {
         out += &programming_table(real, "real kube-proxy");
         out += &cpu_table(real);
         out += &churn_table(real);
+        out += &sustained_table(real);
         out += &resources_table(real, "real kube-proxy");
     }
     out += &notes(real);
@@ -266,6 +284,7 @@ fn ipv6_markdown(ipv6: &Real, modes: &[&str]) -> String {
     out += "\n##### New connections over IPv6 (real kube-proxy)\n\n";
     out += &connections_table(&ipv6.cells, REAL_BASELINE, modes);
     out += &programming_table(ipv6, "real kube-proxy, IPv6");
+    out += &sustained_table(ipv6);
     out += &resources_table(ipv6, "real kube-proxy, IPv6");
     out + &notes(ipv6)
 }
@@ -309,6 +328,44 @@ fn programming_table(real: &Real, section: &str) -> String {
             p.services,
             ms(&p.programmed_ms),
             ms(&p.first_sync_ms)
+        );
+    }
+    out + "\n"
+}
+
+/// Sustained churn, where measured (kproxy's modes).
+fn sustained_table(real: &Real) -> String {
+    let measured: Vec<&ProxyCell> = rows(real)
+        .into_iter()
+        .filter(|p| !p.sustained_per_s.is_empty())
+        .collect();
+    if measured.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "#### Network programming latency under sustained endpoint churn\n\n\
+         {} endpoint changes per second asked for, for {} s, each to another Service's \
+         EndpointSlice (one endpoint made not ready, then, in the second half, ready again), \
+         written straight into etcd in a transaction every 10 ms, each stamped with its own \
+         last-change-trigger-time as it is written; the API server serves them to the \
+         proxy's watch. End to end: kproxy's histogram from that stamp to the change in \
+         the datapath, one observation per change; own part: from the watch event's \
+         arrival. Milliseconds; medians over repetitions with min–max.\n\n\
+         | mode | services | changes/s written | e2e p50 | e2e p99 | e2e obs. | own p99 |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+        real.sustained_rate, real.sustained_seconds
+    );
+    for p in measured {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            p.mode,
+            p.services,
+            opt(Stat::of(&p.sustained_per_s).map(|s| fmt_num(s.median))),
+            ms(&p.sustained_npl_p50_ms),
+            ms(&p.sustained_npl_p99_ms),
+            opt(Stat::of(&p.sustained_observations).map(|s| fmt_num(s.median))),
+            ms(&p.sustained_own_p99_ms),
         );
     }
     out + "\n"
@@ -447,6 +504,33 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("endpoint churn"), "{text}");
+    }
+
+    #[test]
+    fn sustained_churn_gets_a_table_where_it_was_measured() {
+        let mut real = ipv6_only();
+        let ipv6 = real.ipv6.as_mut().expect("the IPv6 row");
+        ipv6.sustained_rate = 1_000;
+        ipv6.sustained_seconds = 10;
+        ipv6.proxies[0].sustained_per_s = vec![1_001.0];
+        ipv6.proxies[0].sustained_observations = vec![10_000.0];
+        ipv6.proxies[0].sustained_npl_p50_ms = vec![7.3];
+        ipv6.proxies[0].sustained_npl_p99_ms = vec![15.6];
+        ipv6.proxies[0].sustained_own_p99_ms = vec![5.0];
+        let text = markdown(Some(&real), &["kproxy-tc", REAL_BASELINE]);
+        assert!(
+            text.contains("1000 endpoint changes per second asked for, for 10 s"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| kproxy-tc | 10000 | 1,001 | 7.30 (7.30–7.30) | 15.6 (15.6–15.6) | 10,000 | \
+                 5.00 (5.00–5.00) |"
+            ),
+            "{text}"
+        );
+        let without = markdown(Some(&ipv6_only()), &["kproxy-tc", REAL_BASELINE]);
+        assert!(!without.contains("sustained endpoint churn"), "{without}");
     }
 
     #[test]
