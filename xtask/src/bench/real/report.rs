@@ -345,7 +345,8 @@ fn sustained_table(real: &Real) -> String {
     let mut out = format!(
         "#### Network programming latency under sustained endpoint churn\n\n\
          {} endpoint changes per second asked for, for {} s, each to another Service's \
-         EndpointSlice (one endpoint made not ready, then, in the second half, ready again), \
+         EndpointSlice (two passes over half as many Services as changes, more over a \
+         smaller cluster: one endpoint made not ready, then ready again in the next pass), \
          written straight into etcd in a transaction every 10 ms, each stamped with its own \
          last-change-trigger-time as it is written; the API server serves them to the \
          proxy's watch. End to end: kproxy's histogram from that stamp to the change in \

@@ -11,8 +11,10 @@
 //! bench writing through it) would take the CPU the proxy needs; writing to etcd leaves the
 //! API server only what it does for every proxy anyway, serving the watch.
 //!
-//! The first half of the changes makes the first endpoint of one Service after another not
-//! ready, the second half makes them ready again, so the cluster ends as it began.
+//! The changes go round the Services in passes (two over half as many Services as changes,
+//! more over a smaller cluster): odd passes make the first endpoint of each
+//! Service not ready, even ones ready again, and the passes are even in number, so the
+//! cluster ends as it began.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,21 +61,24 @@ pub fn run(
         "no bench EndpointSlices stored under {prefix}"
     );
     let services = slices.len();
-    let per_tick = usize::try_from(rate.div_ceil(100))?.max(1);
+    let total = services * changes.div_ceil(services).next_multiple_of(2);
+    // One transaction cannot put a key twice: at most one change per Service in a tick.
+    let per_tick = usize::try_from(rate.div_ceil(100))?.clamp(1, services);
     let (e2e_before, own_before) = proxy.histograms(bed)?;
     let started = Instant::now();
     let mut made = 0;
     let mut batch: Vec<usize> = Vec::with_capacity(per_tick);
-    while made < 2 * services {
+    while made < total {
         let tick = u32::try_from(made / per_tick)?;
         if let Some(wait) = (started + TICK * tick).checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         let stamp = rfc3339_nanos(SystemTime::now());
         batch.clear();
-        for n in made..(made + per_tick).min(2 * services) {
+        for n in made..(made + per_tick).min(total) {
             let i = n % services;
-            set_first_endpoint(slices[i].object_mut(), n >= services, &stamp)?;
+            let ready = (n / services) % 2 == 1;
+            set_first_endpoint(slices[i].object_mut(), ready, &stamp)?;
             batch.push(i);
         }
         let writes: Vec<&Stored> = batch.iter().map(|&i| &slices[i]).collect();
