@@ -88,6 +88,9 @@ pub struct Options {
     /// Service, written for 10 s (quick: 100 per second for 2 s); 0 skips it.
     #[arg(long)]
     pub sustained_churn_rate: Option<u32>,
+    /// How long the sustained churn lasts, in seconds (default 10; quick 2).
+    #[arg(long)]
+    pub sustained_churn_seconds: Option<u32>,
     /// External section: have node1 resolve its LAN neighbours (node2, the client) before
     /// measuring, as a node that has talked to its peers would. Off by default, so what a
     /// freshly built node does is what the report shows; the report says when it was on.
@@ -190,7 +193,7 @@ impl Plan {
         let real = (!opts.skip_real && !opts.external_only && (direct || !real_modes.is_empty()))
             .then(|| {
                 real::Plan::new(real_modes, direct, real_scales, ipv6_scales, opts.quick)
-                    .with_sustained_rate(opts.sustained_churn_rate)
+                    .with_sustained(opts.sustained_churn_rate, opts.sustained_churn_seconds)
             });
         let external =
             (!opts.skip_external && !opts.real_only && !opts.ipv6_only && !ext_modes.is_empty())

@@ -95,11 +95,15 @@ impl Plan {
         }
     }
 
-    /// This plan with `rate` changes per second of sustained churn, when given (0: none).
+    /// This plan with `rate` changes per second of sustained churn (0: none) for `seconds`,
+    /// each when given.
     #[must_use]
-    pub fn with_sustained_rate(mut self, rate: Option<u32>) -> Plan {
+    pub fn with_sustained(mut self, rate: Option<u32>, seconds: Option<u32>) -> Plan {
         if let Some(rate) = rate {
             self.sustained_rate = rate;
+        }
+        if let Some(seconds) = seconds {
+            self.sustained_seconds = seconds;
         }
         self
     }
