@@ -29,7 +29,7 @@ pub use round_robin::seed as seed_round_robin;
 
 use super::{batch, free_ports::FreePorts, load::map_pin_path};
 use crate::{
-    sync::{Datapath, DatapathSnapshot, MapOp},
+    sync::{Datapath, DatapathSnapshot, MapOp, maglev_backend_ids},
     wire,
 };
 
@@ -477,9 +477,11 @@ impl ServiceMaps {
             MapOp::PutMaglevTable {
                 svc_id,
                 bank,
-                backend_ids,
+                table_size,
+                backends,
             } => {
-                let table_size = u32::try_from(backend_ids.len()).context("a Maglev table")?;
+                let table_size = *table_size;
+                let backend_ids = maglev_backend_ids(backends, table_size)?;
                 for (chunk, ids) in (0u16..).zip(backend_ids.chunks(MAGLEV_CHUNK as usize)) {
                     // The last chunk's tail lies beyond the table: zeros, never read.
                     let mut value = MaglevChunk {

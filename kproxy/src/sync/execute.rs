@@ -165,11 +165,12 @@ fn rollback_ops(applied: &[MapOp]) -> Vec<MapOp> {
             MapOp::PutMaglevTable {
                 svc_id,
                 bank,
-                backend_ids,
+                table_size,
+                ..
             } => Some(MapOp::DeleteMaglevTable {
                 svc_id: *svc_id,
                 bank: *bank,
-                table_size: u32::try_from(backend_ids.len()).unwrap_or(u32::MAX),
+                table_size: *table_size,
             }),
             _ => None,
         })

@@ -249,14 +249,20 @@ impl FakeDatapath {
         Ok(())
     }
 
-    /// Writes a Maglev table, which fails as the kernel's map does when full (`E2BIG`).
-    fn put_maglev_table(
-        &mut self,
-        svc_id: u32,
-        bank: u8,
-        backend_ids: &Arc<[u32]>,
-    ) -> anyhow::Result<()> {
-        let table = (svc_id, bank, u32::try_from(backend_ids.len())?);
+    /// Writes the Maglev table `op` (a `PutMaglevTable`) builds, which fails as the kernel's
+    /// map does when full (`E2BIG`).
+    fn put_maglev_table(&mut self, op: &MapOp) -> anyhow::Result<()> {
+        let MapOp::PutMaglevTable {
+            svc_id,
+            bank,
+            table_size,
+            backends,
+        } = op
+        else {
+            anyhow::bail!("{op:?} writes no Maglev table");
+        };
+        let backend_ids: Arc<[u32]> = super::maglev_backend_ids(backends, *table_size)?.into();
+        let table = (*svc_id, *bank, *table_size);
         if let Some(max) = self.max_maglev_tables
             && !self.maglev.contains_key(&table)
             && self.maglev.len() >= max
@@ -266,7 +272,7 @@ impl FakeDatapath {
                     .context("KP_MAGLEV"),
             );
         }
-        self.maglev.insert(table, Arc::clone(backend_ids));
+        self.maglev.insert(table, backend_ids);
         Ok(())
     }
 
@@ -349,11 +355,7 @@ impl Datapath for FakeDatapath {
             } => {
                 self.slots.remove(&(*svc_id, *bank, *index));
             }
-            MapOp::PutMaglevTable {
-                svc_id,
-                bank,
-                backend_ids,
-            } => self.put_maglev_table(*svc_id, *bank, backend_ids)?,
+            MapOp::PutMaglevTable { .. } => self.put_maglev_table(op)?,
             MapOp::DeleteMaglevTable {
                 svc_id,
                 bank,

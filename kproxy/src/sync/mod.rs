@@ -16,11 +16,14 @@ pub use plan::{ByFamily, EntryCounts, Programmed, ProgrammedFrontend, SyncReport
 pub use recover::{DatapathSnapshot, Listed};
 pub use verify::{Check, Drift};
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use ipnet::IpNet;
 
-use crate::model::{Endpoint, Frontend, FrontendKey, WhenEmpty};
+use crate::model::{Endpoint, Frontend, FrontendKey, WhenEmpty, maglev};
 
 /// What a frontend's service value says besides its backends (its `SVC_F_*` flags and the
 /// affinity timeout).
@@ -68,6 +71,22 @@ pub fn source_ranges(key: &FrontendKey, frontend: &Frontend) -> Vec<IpNet> {
     ranges
 }
 
+/// The Maglev table of `table_size` entries for `backends` (with their ids): the backend id
+/// of each entry. Fails only if the size is no prime or not larger than the backend count.
+pub fn maglev_backend_ids(
+    backends: &[(Endpoint, u32)],
+    table_size: u32,
+) -> Result<Vec<u32>, maglev::MaglevError> {
+    let addrs: Vec<SocketAddr> = backends
+        .iter()
+        .map(|(ep, _)| SocketAddr::new(ep.addr, ep.port))
+        .collect();
+    Ok(maglev::table(&addrs, table_size)?
+        .into_iter()
+        .map(|i| backends[i as usize].1)
+        .collect())
+}
+
 /// One write to the datapath's service maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
@@ -104,13 +123,15 @@ pub enum MapOp {
         bank: u8,
         index: u32,
     },
-    /// Writes service port `svc_id`'s Maglev table for `bank` (`KP_MAGLEV`): one backend id
-    /// per entry, as many entries as the table size. Written before the service value that
-    /// reads it is published, as slots are.
+    /// Writes service port `svc_id`'s Maglev table of `table_size` entries for `bank`
+    /// (`KP_MAGLEV`), built from `backends` (with their ids) when it is written, so that a
+    /// sync holds one table at a time rather than every table it plans. Written before the
+    /// service value that reads it is published, as slots are.
     PutMaglevTable {
         svc_id: u32,
         bank: u8,
-        backend_ids: Arc<[u32]>,
+        table_size: u32,
+        backends: Arc<[(Endpoint, u32)]>,
     },
     /// Deletes the table of `table_size` entries of `svc_id` in `bank`, once no published
     /// service value reads it.

@@ -870,10 +870,10 @@ fn maglev_switch(
     (put, drop)
 }
 
-/// The Maglev table of `backends` (in slot order, with their ids) for `bank` of service
-/// port `svc_id`; `None` without backends (nothing to pick: the datapath rejects or drops
-/// first) or with at least as many backends as entries (logged: the datapath then takes
-/// backends in turn, counting `maglev_fallback`).
+/// The write of the Maglev table of `backends` (in slot order, with their ids) for `bank`
+/// of service port `svc_id`; `None` without backends (nothing to pick: the datapath rejects
+/// or drops first) or with at least as many backends as entries (logged: the datapath then
+/// takes backends in turn, counting `maglev_fallback`).
 fn maglev_table(
     svc_id: u32,
     bank: u8,
@@ -883,24 +883,16 @@ fn maglev_table(
     if backends.is_empty() {
         return None;
     }
-    let addrs: Vec<std::net::SocketAddr> = backends
-        .iter()
-        .map(|(ep, _)| std::net::SocketAddr::new(ep.addr, ep.port))
-        .collect();
-    match maglev::table(&addrs, table_size) {
-        Ok(entries) => Some(MapOp::PutMaglevTable {
-            svc_id,
-            bank,
-            backend_ids: entries
-                .into_iter()
-                .map(|i| backends[i as usize].1)
-                .collect(),
-        }),
-        Err(e) => {
-            tracing::warn!(svc_id, error = %e, "no Maglev table: new flows take backends in turn");
-            None
-        }
+    if let Err(e) = maglev::check_size(table_size, backends.len()) {
+        tracing::warn!(svc_id, error = %e, "no Maglev table: new flows take backends in turn");
+        return None;
     }
+    Some(MapOp::PutMaglevTable {
+        svc_id,
+        bank,
+        table_size,
+        backends: backends.into(),
+    })
 }
 
 /// Unpublishes the frontend first, then removes what it referenced.
