@@ -791,6 +791,7 @@ fn maglev_sends_external_flows_where_every_node_would() {
     let entries = table(&backends, DEFAULT_TABLE_SIZE).expect("a table");
     let before = bed.counters();
     let mut seen = BTreeSet::new();
+    let mut last = None;
     for _ in 0..24 {
         let mut session = TcpSession::connect(ext, target, TIMEOUT)
             .unwrap_or_else(|e| panic!("TCP ext -> {target}: {e}\n{}", bed.services()));
@@ -811,7 +812,31 @@ fn maglev_sends_external_flows_where_every_node_would() {
             bed.services()
         );
         seen.insert(reply.backend);
+        last = Some((client, reply.backend));
     }
+    // `kproxy explain` names the same backend for the last flow, from the agent's table.
+    let (client, backend) = last.expect("24 flows");
+    let out = bed
+        .node1()
+        .command(support::agent::kproxy_bin())
+        .args([
+            "explain",
+            &client.to_string(),
+            &format!("{target}/TCP"),
+            "--pin-dir",
+        ])
+        .arg(bed.site().home.pin_dir())
+        .output()
+        .expect("running kproxy explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains(&format!(
+                "goes to {backend} (Maglev: the flow's hash picks entry"
+            )),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(seen.len() >= 2, "24 flows spread: {seen:?}");
     let listing = bed.services();
     assert!(

@@ -51,6 +51,12 @@ impl Agent {
                                 .map(|(endpoint, id)| (endpoint.to_string(), *id))
                                 .collect(),
                         }),
+                    maglev_table_size: self
+                        .programmed
+                        .frontends()
+                        .get(key)
+                        .filter(|p| p.settings.maglev)
+                        .map(|_| self.programmed.maglev_table_size()),
                 })
             })
             .collect()

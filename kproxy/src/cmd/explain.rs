@@ -1,8 +1,8 @@
 //! `kproxy explain SRC DST:PORT/PROTO`: what kproxy does with a connection from SRC to DST.
 //! The agent says which frontends DST matches, the Service behind each and why its endpoints
 //! are the ones used (policy, topology, readiness); the pinned maps say what happens now:
-//! where a new flow would go (affinity, then each CPU's round-robin turn) and the flows SRC
-//! already has there.
+//! where a new flow would go (affinity, then each CPU's round-robin turn, or for a Maglev
+//! frontend the backend its table gives the flow) and the flows SRC already has there.
 
 use std::{
     collections::BTreeMap,
@@ -17,12 +17,14 @@ use ipnet::IpNet;
 use kproxy_common::{
     addr::In6Addr,
     ct::{AffinityKeyOf, CtEntryOf, FlowKeyOf},
+    maglev::flow_hash,
 };
 
 use crate::{
     dataplane::maps::{FlowMaps, ServiceMaps, monotonic_ns},
     http::agent_api::{self, FrontendExplanation},
-    model::Protocol,
+    model::{Endpoint, Protocol},
+    sync::maglev_backend_ids,
     wire::{self, WireAddr},
 };
 
@@ -74,6 +76,86 @@ pub struct Runtime {
     pub affinity: Option<(u32, Duration)>,
     /// The client's flows to the frontend: (client port, backend id, idle for).
     pub flows: Vec<(u16, u32, Duration)>,
+    /// For a frontend that uses Maglev: where its table sends the client's flow.
+    pub maglev: Option<MaglevPick>,
+}
+
+/// Where a Maglev frontend's table sends one flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaglevPick {
+    pub table_size: u32,
+    /// The backend and the table entry the flow's hash picks; `None` without the client's
+    /// port (every port hashes elsewhere).
+    pub pick: Option<(String, u32)>,
+}
+
+impl MaglevPick {
+    /// The pick of the table of `table_size` entries over `backends` (as the agent lists
+    /// them: endpoint and backend id) for `client`'s flow to `dst` over `proto`, computed
+    /// as the agent builds the table and the datapath hashes the flow.
+    pub fn of(
+        backends: &[(String, u32)],
+        table_size: u32,
+        client: Client,
+        dst: SocketAddr,
+        proto: Protocol,
+    ) -> Self {
+        let pick = client.port.and_then(|port| {
+            let listed: Vec<(Endpoint, u32)> = backends
+                .iter()
+                .map(|(e, id)| {
+                    let addr: SocketAddr = e.parse().ok()?;
+                    Some((
+                        Endpoint {
+                            addr: addr.ip(),
+                            port: addr.port(),
+                        },
+                        *id,
+                    ))
+                })
+                .collect::<Option<_>>()?;
+            let ids = maglev_backend_ids(&listed, table_size).ok()?;
+            let (sport, dport) = (wire::port_to_wire(port), wire::port_to_wire(dst.port()));
+            let hash = match (client.addr, dst.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => flow_hash(
+                    wire::addr_to_wire(s),
+                    wire::addr_to_wire(d),
+                    sport,
+                    dport,
+                    proto.number(),
+                ),
+                (IpAddr::V6(s), IpAddr::V6(d)) => flow_hash(
+                    In6Addr::from(s),
+                    In6Addr::from(d),
+                    sport,
+                    dport,
+                    proto.number(),
+                ),
+                _ => return None,
+            };
+            let entry = hash % table_size;
+            let id = *ids.get(usize::try_from(entry).ok()?)?;
+            let (endpoint, _) = backends.iter().find(|(_, b)| *b == id)?;
+            Some((endpoint.clone(), entry))
+        });
+        Self { table_size, pick }
+    }
+
+    fn describe(&self, count: usize) -> String {
+        match &self.pick {
+            Some((endpoint, entry)) => format!(
+                "goes to {endpoint} (Maglev: the flow's hash picks entry {entry} of {}, on \
+                 every node alike)",
+                self.table_size
+            ),
+            None => format!(
+                "goes to the one of {count} backends that the Maglev hash of its addresses and \
+                 ports picks from a table of {} entries (give the client's port, SRC:PORT, to \
+                 see which)",
+                self.table_size
+            ),
+        }
+    }
 }
 
 /// Where a new connection from `client` would go, and why.
@@ -110,6 +192,9 @@ pub fn new_flow(fe: &FrontendExplanation, client: IpAddr, now: &Runtime) -> Stri
         );
     }
     let count = backends.len();
+    if let Some(maglev) = &now.maglev {
+        return maglev.describe(count);
+    }
     if now.turns.is_empty() {
         return format!("goes to one of {count} backends (round robin)");
     }
@@ -141,12 +226,15 @@ pub fn new_flow(fe: &FrontendExplanation, client: IpAddr, now: &Runtime) -> Stri
 fn runtime(
     pin_dir: &Path,
     fe: &FrontendExplanation,
-    dst: SocketAddr,
+    (dst, proto): (SocketAddr, Protocol),
     client: Client,
 ) -> Result<Runtime> {
     let Some(programmed) = &fe.programmed else {
         return Ok(Runtime::default());
     };
+    let maglev = fe
+        .maglev_table_size
+        .map(|size| MaglevPick::of(&programmed.backends, size, client, dst, proto));
     let services = ServiceMaps::open(pin_dir)?;
     let flows = FlowMaps::open(pin_dir)?;
     let now = monotonic_ns();
@@ -181,6 +269,7 @@ fn runtime(
             .into_iter()
             .map(|(port, id, seen)| (port, id, ago(seen)))
             .collect(),
+        maglev,
     })
 }
 
@@ -299,7 +388,7 @@ pub fn run(
         return Ok(false);
     }
     for fe in &frontends {
-        let now = runtime(pin_dir, fe, dst, client)?;
+        let now = runtime(pin_dir, fe, (dst, proto), client)?;
         if json {
             println!("{}", serde_json::to_string_pretty(fe)?);
         }
@@ -337,7 +426,68 @@ mod tests {
                     .map(|(b, id)| ((*b).to_owned(), id))
                     .collect(),
             }),
+            maglev_table_size: None,
         }
+    }
+
+    #[test]
+    fn a_maglev_frontend_names_the_backend_its_table_gives_the_flow() {
+        let three = ["198.18.1.2:8080", "198.18.2.2:8080", "198.18.3.2:8080"];
+        let backends: Vec<(String, u32)> = three
+            .iter()
+            .zip(10..)
+            .map(|(b, id)| ((*b).to_owned(), id))
+            .collect();
+        let dst: SocketAddr = "198.19.0.10:80".parse().expect("dst");
+        let client = |port| Client {
+            addr: "198.18.0.2".parse().expect("ip"),
+            port,
+        };
+        // What the datapath computes: the shared hash of the flow, the agent's table.
+        let addrs: Vec<SocketAddr> = three.iter().map(|b| b.parse().expect("ep")).collect();
+        let table = crate::model::maglev::table(&addrs, 13).expect("a table");
+        let hash = flow_hash(
+            wire::addr_to_wire("198.18.0.2".parse().expect("ip")),
+            wire::addr_to_wire("198.19.0.10".parse().expect("ip")),
+            wire::port_to_wire(40_000),
+            wire::port_to_wire(80),
+            6,
+        );
+        let entry = hash % 13;
+        let want = three[table[entry as usize] as usize];
+
+        let pick = MaglevPick::of(&backends, 13, client(Some(40_000)), dst, Protocol::Tcp);
+        assert_eq!(pick.pick, Some((want.to_owned(), entry)));
+        let now = Runtime {
+            turns: vec![0],
+            maglev: Some(pick),
+            ..Runtime::default()
+        };
+        let mut fe = frontend(&three, None, &[]);
+        fe.maglev_table_size = Some(13);
+        assert_eq!(
+            new_flow(&fe, client(None).addr, &now),
+            format!(
+                "goes to {want} (Maglev: the flow's hash picks entry {entry} of 13, on every \
+                 node alike)"
+            )
+        );
+        let unknown = Runtime {
+            maglev: Some(MaglevPick::of(
+                &backends,
+                13,
+                client(None),
+                dst,
+                Protocol::Tcp,
+            )),
+            ..Runtime::default()
+        };
+        assert!(
+            new_flow(&fe, client(None).addr, &unknown)
+                .contains("the Maglev hash of its addresses and ports picks from a table of 13"),
+            "{}",
+            new_flow(&fe, client(None).addr, &unknown)
+        );
     }
 
     #[test]
@@ -351,7 +501,7 @@ mod tests {
         let held = |id, secs| Runtime {
             turns: vec![0],
             affinity: Some((id, Duration::from_secs(secs))),
-            flows: Vec::new(),
+            ..Runtime::default()
         };
         let cases: &[(&str, FrontendExplanation, Runtime, &str)] = &[
             (
@@ -462,8 +612,8 @@ mod tests {
         };
         let now = Runtime {
             turns: vec![0],
-            affinity: None,
             flows: vec![(40_000, 10, Duration::from_secs(3))],
+            ..Runtime::default()
         };
         let text = render(
             &frontend(&["[2001:db8:2::2]:8080"], None, &[]),

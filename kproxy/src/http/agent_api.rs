@@ -72,6 +72,10 @@ pub struct FrontendExplanation {
     pub choice: Option<EndpointChoice>,
     /// `None`: not programmed (a full map).
     pub programmed: Option<ProgrammedBackends>,
+    /// New flows pick their backend by Maglev hashing, from tables of this many entries
+    /// (`None`: round robin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev_table_size: Option<u32>,
 }
 
 /// A request to the agent's loop; it answers on the sender.

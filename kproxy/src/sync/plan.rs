@@ -223,6 +223,11 @@ impl Programmed {
         }
     }
 
+    /// Entries of each Maglev table it writes.
+    pub fn maglev_table_size(&self) -> u32 {
+        self.maglev_table_size
+    }
+
     /// This state, for programs whose Maglev tables have `size` entries.
     #[must_use]
     pub fn with_maglev_table_size(mut self, size: u32) -> Self {
