@@ -7,7 +7,7 @@ mod support;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use aya::maps::{HashMap, MapData};
@@ -16,14 +16,17 @@ use kproxy::{
     model::{Desired, Protocol, maglev},
 };
 use kproxy_common::{
+    addr::In6Addr,
     maglev::{MaglevChunk, MaglevKey, flow_hash},
     names,
     stats::Counter,
 };
 use kproxy_testbed::require_privileges;
 use support::{
-    datapath::{CLIENT, LoadedDatapath, SIZES, VIP, flow_key, frontend},
-    packets::{SYN, dst, tcp_frame},
+    datapath::{
+        B1_6, B2_6, B3_6, CLIENT, CLIENT6, LoadedDatapath, SIZES, VIP, VIP6, flow_key, frontend,
+    },
+    packets::{SYN, dst, dst6, tcp_frame, tcp6_frame},
 };
 
 /// The datapath, with a conntrack table that holds every flow of `clients`.
@@ -169,6 +172,40 @@ fn a_flow_gets_the_backend_the_agents_table_names_on_every_node_and_after_losing
         (0, None),
         "another node picks alike"
     );
+}
+
+#[test]
+fn an_ipv6_flow_gets_the_backend_the_agents_table_names() {
+    if !require_privileges("an_ipv6_flow_gets_the_backend_the_agents_table_names") {
+        return;
+    }
+    let three = [(B1_6, 8080), (B2_6, 8080), (B3_6, 8080)];
+    let (key, mut f) = frontend(VIP6, 80, Protocol::Tcp, &three, None);
+    f.maglev = true;
+    let mut dp = load();
+    dp.program(&[(key, f)].into_iter().collect());
+    let addrs: Vec<SocketAddr> = three
+        .iter()
+        .map(|(a, p)| SocketAddr::from((*a, *p)))
+        .collect();
+    let table = maglev::table(&addrs, maglev::DEFAULT_TABLE_SIZE).expect("a table");
+    let mut spread: BTreeMap<Ipv6Addr, usize> = BTreeMap::new();
+    for port in 40_000..40_300u16 {
+        let (_, out) = dp.tc(&tcp6_frame((CLIENT6, port), (VIP6, 80), SYN, b""));
+        let got = dst6(&out).0;
+        let hash = flow_hash(
+            In6Addr::from(CLIENT6),
+            In6Addr::from(VIP6),
+            port.to_be(),
+            80u16.to_be(),
+            Protocol::Tcp.number(),
+        );
+        let want = three[table[(hash % maglev::DEFAULT_TABLE_SIZE) as usize] as usize].0;
+        assert_eq!(got, want, "[{CLIENT6}]:{port}");
+        *spread.entry(got).or_default() += 1;
+    }
+    assert_eq!(spread.len(), 3, "every backend gets flows: {spread:?}");
+    assert_eq!(dp.counter(Counter::MaglevFallback), 0);
 }
 
 #[test]
