@@ -421,7 +421,9 @@ fn decide<F: Family, P: Packet>(
         &svc,
         &ClientAddr::<F>(flow.key.saddr),
         now,
-        &PacketFlow::<F>(&flow.key),
+        // A few dozen ALU instructions for every new flow, Maglev or not: hashing only for a
+        // Maglev service port costs the verifier more paths than the hash costs the packet.
+        Some(flow.key.maglev_hash()),
     )?;
     // Hairpin: a pod that lands on itself must see the answer come from elsewhere
     // than its own address, as kube-proxy's per-endpoint masquerade rule ensures.
@@ -777,15 +779,17 @@ pub fn affinity_value(backend_id: u32, now: u64) -> AffinityValue {
 }
 
 /// Chooses the backend of a new flow of `owner` to service port `svc`: the owner's ClientIP
-/// affinity if that is still valid and its backend still takes new connections, otherwise
-/// the next one round-robin. Either way the affinity is (re)set: kube-proxy's `recent` match
+/// affinity if that is still valid and its backend still takes new connections, otherwise,
+/// for a Maglev service port, the entry of its table `flow_hash` picks (the packet path's;
+/// `None` from a socket's connect, whose source port may not be chosen yet), otherwise the
+/// next one round-robin. Either way the affinity is (re)set: kube-proxy's `recent` match
 /// refreshes it on new connections only, not on every packet.
 #[inline(always)]
 pub fn select_backend<F: Family, O: AffinityOwner>(
     svc: &ServiceValue,
     owner: &O,
     now: u64,
-    flow: &impl FlowHash,
+    flow_hash: Option<u32>,
 ) -> Result<(u32, Backend<F>), Counter> {
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     if affinity
@@ -799,10 +803,8 @@ pub fn select_backend<F: Family, O: AffinityOwner>(
         owner.remember(svc.id, a.backend_id, now);
         return Ok((a.backend_id, b));
     }
-    // The hash is a few dozen ALU instructions, taken for every new flow: branching on the
-    // flag first costs the verifier more paths than the hash costs the packet.
     let maglev = svc.flags & SVC_F_MAGLEV != 0;
-    let by_hash = match flow.hash() {
+    let by_hash = match flow_hash {
         Some(hash) if maglev => maglev_backend_id(svc.id, svc.bank, hash),
         _ => NO_BACKEND,
     };
@@ -841,33 +843,6 @@ fn next_in_turn(svc: &ServiceValue) -> Result<u32, Counter> {
     unsafe { KP_SLOTS.get(SlotKey::new(svc.id, svc.bank, index)) }
         .copied()
         .ok_or(Counter::DropNoSlot)
-}
-
-/// The flow hash Maglev service ports pick by, where the caller has one.
-pub trait FlowHash {
-    fn hash(&self) -> Option<u32>;
-}
-
-/// A packet's flow (`FlowKeyOf::maglev_hash`), hashed only if its service port asks.
-pub struct PacketFlow<'a, F: Family>(pub &'a FlowKeyF<F>);
-
-impl<F: Family> FlowHash for PacketFlow<'_, F> {
-    #[inline(always)]
-    fn hash(&self) -> Option<u32> {
-        Some(self.0.maglev_hash())
-    }
-}
-
-/// No flow to hash: a socket's connect, whose source port may not be chosen yet. Maglev
-/// service ports take the next backend in turn there, as their other clients on this node
-/// do not cross nodes.
-pub struct Unhashed;
-
-impl FlowHash for Unhashed {
-    #[inline(always)]
-    fn hash(&self) -> Option<u32> {
-        None
-    }
 }
 
 /// Load-time constant (`names::GLOBAL_MAGLEV_TABLE_SIZE`): the size M of every Maglev

@@ -293,7 +293,7 @@ fn choose<F: Family>(
     if lb::refusal(&svc).is_some() {
         return Err(Counter::SockLeftNoEndpoints);
     }
-    let (id, backend) = lb::select_backend::<F, _>(&svc, &Netns(netns), now, &lb::Unhashed)
+    let (id, backend) = lb::select_backend::<F, _>(&svc, &Netns(netns), now, None)
         .map_err(|_| Counter::SockLeftError)?;
     Ok((id, svc, backend))
 }

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use kproxy_common::{
     addr::In6Addr,
     ct::{AffinityKeyOf, CtEntryOf, FlowKeyOf},
-    maglev::flow_hash,
+    maglev::{HashedAddr, flow_hash},
 };
 
 use crate::{
@@ -89,6 +89,20 @@ pub struct MaglevPick {
     pub pick: Option<(String, u32)>,
 }
 
+/// The datapath's flow hash (`kproxy_common::maglev`) of a flow from `client` at `port` to
+/// `dst`, if both addresses are of family `A`.
+fn hash_of<A: WireAddr + HashedAddr>(
+    (client, port, dst, proto): (IpAddr, u16, SocketAddr, Protocol),
+) -> Option<u32> {
+    Some(flow_hash(
+        A::from_ip(client)?,
+        A::from_ip(dst.ip())?,
+        wire::port_to_wire(port),
+        wire::port_to_wire(dst.port()),
+        proto.number(),
+    ))
+}
+
 impl MaglevPick {
     /// The pick of the table of `table_size` entries over `backends` (as the agent lists
     /// them: endpoint and backend id) for `client`'s flow to `dst` over `proto`, computed
@@ -115,24 +129,8 @@ impl MaglevPick {
                 })
                 .collect::<Option<_>>()?;
             let ids = maglev_backend_ids(&listed, table_size).ok()?;
-            let (sport, dport) = (wire::port_to_wire(port), wire::port_to_wire(dst.port()));
-            let hash = match (client.addr, dst.ip()) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => flow_hash(
-                    wire::addr_to_wire(s),
-                    wire::addr_to_wire(d),
-                    sport,
-                    dport,
-                    proto.number(),
-                ),
-                (IpAddr::V6(s), IpAddr::V6(d)) => flow_hash(
-                    In6Addr::from(s),
-                    In6Addr::from(d),
-                    sport,
-                    dport,
-                    proto.number(),
-                ),
-                _ => return None,
-            };
+            let flow = (client.addr, port, dst, proto);
+            let hash = hash_of::<u32>(flow).or_else(|| hash_of::<In6Addr>(flow))?;
             let entry = hash % table_size;
             let id = *ids.get(usize::try_from(entry).ok()?)?;
             let (endpoint, _) = backends.iter().find(|(_, b)| *b == id)?;

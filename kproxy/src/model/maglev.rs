@@ -9,7 +9,8 @@
 //! - when one of N backends goes, its entries go to the others and few others change: about
 //!   1/N of the flows move (`tests` measures it).
 //!
-//! This is the table alone; the datapath reads it per service (issue 12, next step).
+//! The sync writes it into `KP_MAGLEV`, built when written (`sync::maglev_backend_ids`);
+//! the datapath reads the entry a flow's hash picks (`kproxy_common::maglev`).
 
 use std::{hash::Hasher, net::SocketAddr};
 
