@@ -109,6 +109,25 @@ fn kproxy_verify_names_repairs_and_counts_a_corrupted_backend() {
     );
     bed.wait_for_backends(FRONTEND, &want(&bed), Duration::from_secs(2));
 
+    // `kproxy services` names the frontend's Service from the agent's answer.
+    let listing = bed
+        .topo
+        .node
+        .command(kproxy_bin())
+        .args(["services", "--metrics-address", METRICS, "--pin-dir"])
+        .arg(bed.pin_dir())
+        .output()
+        .expect("running kproxy services");
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.status.success()
+            && text.contains(
+                "    service default/web port http (ClusterIP, internalTrafficPolicy Cluster)"
+            ),
+        "{text}{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+
     let clean = verify(&bed);
     let text = String::from_utf8_lossy(&clean.stdout);
     assert!(clean.status.success(), "{text}");

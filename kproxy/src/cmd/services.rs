@@ -246,7 +246,7 @@ pub fn render(view: &DatapathView) -> String {
 pub fn name(view: &mut DatapathView, names: Vec<FrontendName>) {
     let mut by_frontend: BTreeMap<(String, String), FrontendName> = names
         .into_iter()
-        .map(|n| ((n.frontend.clone(), n.scope.clone()), n))
+        .map(|n| ((n.frontend.clone(), n.scope.to_string()), n))
         .collect();
     for s in &mut view.services {
         s.service = by_frontend.remove(&(s.frontend.clone(), s.scope.to_owned()));
@@ -367,7 +367,10 @@ mod tests {
             ],
             counters: BTreeMap::new(),
         };
-        let named = |frontend: &str, scope: &str, kind: &str, policy: Option<&str>| FrontendName {
+        let named = |frontend: &str,
+                     scope: &'static str,
+                     kind: &'static str,
+                     policy: Option<&'static str>| FrontendName {
             frontend: frontend.into(),
             scope: scope.into(),
             service: "shop/web".into(),

@@ -4,7 +4,7 @@
 //! repairs what it finds, hence POST); `GET /frontends` names the Service behind each
 //! frontend (`kproxy services`: the pinned maps hold ids, not names).
 
-use std::net::SocketAddr;
+use std::{borrow::Cow, net::SocketAddr};
 
 use anyhow::{Context, Result, bail};
 use axum::{
@@ -37,17 +37,19 @@ pub struct FrontendName {
     /// `[*]:port/PROTO` in IPv6), as `kproxy services` prints it.
     pub frontend: String,
     /// `all`, or `internal` (an externalTrafficPolicy Local frontend's entry for this node).
-    pub scope: String,
+    /// This and the other fields of a few known words are borrowed where the agent makes
+    /// them: it names every frontend at once, 100,000 at the largest scale.
+    pub scope: Cow<'static, str>,
     /// `namespace/name`.
     pub service: String,
     /// The service port's name ("" when unnamed).
     pub port: String,
     /// ClusterIP, NodePort, ExternalIP or LoadBalancer: what the frontend is of its Service.
-    pub kind: String,
+    pub kind: Cow<'static, str>,
     /// The Service's internalTrafficPolicy: `Local` or `Cluster`.
-    pub internal_traffic_policy: Option<String>,
+    pub internal_traffic_policy: Option<Cow<'static, str>>,
     /// For external kinds: `Local` or `Cluster`.
-    pub external_traffic_policy: Option<String>,
+    pub external_traffic_policy: Option<Cow<'static, str>>,
 }
 
 /// What is programmed for a frontend: its service port id and the backends taking new
@@ -81,7 +83,8 @@ pub struct FrontendExplanation {
 /// A request to the agent's loop; it answers on the sender.
 pub enum AgentRequest {
     Verify(oneshot::Sender<VerifyReport>),
-    Frontends(oneshot::Sender<Vec<FrontendName>>),
+    /// Answered with a JSON list of `FrontendName`s, written by the agent.
+    Frontends(oneshot::Sender<String>),
     Explain {
         dst: SocketAddr,
         proto: Protocol,
@@ -104,7 +107,8 @@ async fn verify(State(requests): State<mpsc::Sender<AgentRequest>>) -> JsonAnswe
 }
 
 async fn frontends(State(requests): State<mpsc::Sender<AgentRequest>>) -> JsonAnswer {
-    ask(&requests, AgentRequest::Frontends).await
+    let json = ask_agent(&requests, AgentRequest::Frontends).await?;
+    Ok(([("content-type", "application/json")], json))
 }
 
 async fn explain_route(
@@ -133,6 +137,17 @@ async fn ask<T: Serialize>(
     requests: &mpsc::Sender<AgentRequest>,
     make: impl FnOnce(oneshot::Sender<T>) -> AgentRequest,
 ) -> JsonAnswer {
+    let value = ask_agent(requests, make).await?;
+    let json = serde_json::to_string(&value)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+    Ok(([("content-type", "application/json")], json))
+}
+
+/// The agent loop's reply to the request `make` builds.
+async fn ask_agent<T>(
+    requests: &mpsc::Sender<AgentRequest>,
+    make: impl FnOnce(oneshot::Sender<T>) -> AgentRequest,
+) -> Result<T, (StatusCode, String)> {
     let (reply, answer) = oneshot::channel();
     let unavailable = || {
         (
@@ -144,10 +159,7 @@ async fn ask<T: Serialize>(
         .send(make(reply))
         .await
         .map_err(|_| unavailable())?;
-    let value = answer.await.map_err(|_| unavailable())?;
-    let json = serde_json::to_string(&value)
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
-    Ok(([("content-type", "application/json")], json))
+    answer.await.map_err(|_| unavailable())
 }
 
 /// Asks the agent at `addr` (its metrics address) for a drift check: `kproxy verify`.

@@ -2,7 +2,7 @@
 //! writes only what changed while it was away, and the datapath keeps serving meanwhile.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map::Entry},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -99,17 +99,108 @@ impl DatapathSnapshot {
     }
 }
 
-/// svc_id → bank → index → backend id
-type Banks = HashMap<u32, [BTreeMap<u32, u32>; 2]>;
+/// The service maps' backends and slots sorted for lookups by id, each a few bytes per
+/// entry. A drift check reads 100,000 frontends this way every period: maps of maps
+/// (a B-tree per bank, a hash entry per backend) made that check the agent's peak memory.
+pub(super) struct Index<'a> {
+    snapshot: &'a DatapathSnapshot,
+    /// (backend id, where it is): below `snapshot.backends.len()` an IPv4 entry, above an
+    /// IPv6 one. One entry per id (see `Index::new`).
+    backends: Vec<(u32, u32)>,
+    /// (service port id, slot, backend id), sorted: a bank's slots are contiguous, in
+    /// index order, bank 0 first.
+    slots: Vec<(u32, u32, u32)>,
+    /// (service port id, backend id) of every backend, sorted.
+    by_service: Vec<(u32, u32)>,
+}
 
-fn banks(slots: &[(SlotKey, u32)]) -> Banks {
-    let mut banks: Banks = HashMap::new();
-    for (key, id) in slots {
-        let bank = usize::from(key.slot >> SLOT_BANK_SHIFT != 0);
-        let index = key.slot & ((1 << SLOT_BANK_SHIFT) - 1);
-        banks.entry(key.svc_id).or_default()[bank].insert(index, *id);
+impl<'a> Index<'a> {
+    /// `snapshot` indexed. An id is in one family's map only; of one found in both, the
+    /// IPv4 entry is read and the other is deleted (`cleanup`).
+    pub(super) fn new(snapshot: &'a DatapathSnapshot, cleanup: &mut Vec<MapOp>) -> Self {
+        let v4 = snapshot.backends.iter().map(|(id, _)| *id);
+        let v6 = snapshot.backends6.iter().map(|(id, _)| *id);
+        let mut backends: Vec<(u32, u32)> = v4.chain(v6).zip(0..).collect();
+        // By id, then by position: the IPv4 entry of an id found twice comes first.
+        backends.sort_unstable();
+        let mut index = Self {
+            snapshot,
+            backends: Vec::with_capacity(backends.len()),
+            slots: Vec::new(),
+            by_service: Vec::new(),
+        };
+        for (id, at) in backends {
+            if index.backends.last().is_some_and(|&(last, _)| last == id) {
+                cleanup.push(MapOp::DeleteBackend {
+                    id,
+                    endpoint: index.listed_at(at).endpoint,
+                });
+            } else {
+                index.backends.push((id, at));
+            }
+        }
+        index.slots = snapshot
+            .slots
+            .iter()
+            .map(|(key, id)| (key.svc_id, key.slot, *id))
+            .collect();
+        index.slots.sort_unstable();
+        index.by_service = index
+            .backends
+            .iter()
+            .map(|&(id, at)| (index.listed_at(at).svc_id, id))
+            .collect();
+        index.by_service.sort_unstable();
+        index
     }
-    banks
+
+    fn listed_at(&self, at: u32) -> Listed {
+        let at = at as usize;
+        match self.snapshot.backends.get(at) {
+            Some((_, backend)) => Listed::of(backend),
+            None => Listed::of(&self.snapshot.backends6[at - self.snapshot.backends.len()].1),
+        }
+    }
+
+    /// The backend of `id`, if any.
+    fn backend(&self, id: u32) -> Option<Listed> {
+        let at = self
+            .backends
+            .binary_search_by_key(&id, |&(id, _)| id)
+            .ok()?;
+        Some(self.listed_at(self.backends[at].1))
+    }
+
+    /// Every backend, with its id (the one read of an id found twice).
+    fn backends(&self) -> impl Iterator<Item = (u32, Listed)> + '_ {
+        self.backends
+            .iter()
+            .map(|&(id, at)| (id, self.listed_at(at)))
+    }
+
+    /// The slots of `svc_id`'s `bank`, as (index, backend id) in index order.
+    fn bank(&self, svc_id: u32, bank: u8) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let first = (u32::from(bank & 1)) << SLOT_BANK_SHIFT;
+        let last = first | ((1 << SLOT_BANK_SHIFT) - 1);
+        let from = self
+            .slots
+            .partition_point(|&(s, slot, _)| (s, slot) < (svc_id, first));
+        let to = self
+            .slots
+            .partition_point(|&(s, slot, _)| (s, slot) <= (svc_id, last));
+        self.slots[from..to]
+            .iter()
+            .map(move |&(_, slot, id)| (slot & ((1 << SLOT_BANK_SHIFT) - 1), id))
+    }
+
+    /// The ids of `svc_id`'s backends, whatever their role.
+    fn of_service(&self, svc_id: u32) -> impl Iterator<Item = u32> + '_ {
+        let from = self.by_service.partition_point(|&(s, _)| s < svc_id);
+        self.by_service[from..]
+            .iter()
+            .take_while(move |&&(s, _)| s == svc_id)
+            .map(|&(_, id)| id)
+    }
 }
 
 impl Programmed {
@@ -130,81 +221,23 @@ impl Programmed {
         maglev_table_size: u32,
     ) -> (Self, Vec<MapOp>) {
         let mut cleanup = Vec::new();
-        let backends = backends_by_id(snapshot, &mut cleanup);
-        let banks = banks(&snapshot.slots);
-        // Source ranges of each service port id (entries the agent cannot read are left:
-        // it never writes such keys, so it cannot name them to delete them either).
-        let mut ranges: HashMap<u32, Vec<IpNet>> = HashMap::new();
-        for (svc_id, range) in snapshot.source_ranges() {
-            ranges.entry(svc_id).or_default().push(range);
-        }
-        // Backends of each service port id, whatever their role.
-        let mut by_service: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (id, b) in &backends {
-            by_service.entry(b.svc_id).or_default().push(*id);
-        }
-
+        let index = Index::new(snapshot, &mut cleanup);
         let mut frontends = BTreeMap::new();
-        let mut used_ids = HashSet::new();
-        let mut live_backends = HashSet::new();
+        let mut reader = FrontendReader::new(&index, max_services, maglev_table_size);
         for (key, value) in snapshot.frontends() {
-            let key = match key {
-                Some(key) if used_ids.insert(value.id) && value.id < max_services => key,
-                // Unreadable, out of range, or a second service with the same id: unpublish
-                // it; the next sync programs it again from scratch if it is still wanted.
-                Some(key) => {
-                    cleanup.push(MapOp::DeleteService { key });
-                    continue;
-                }
-                None => continue,
-            };
-            let mut frontend =
-                recover_frontend(&key, value, banks.get(&value.id), &backends, &by_service);
-            frontend.source_ranges = ranges.remove(&value.id).unwrap_or_default();
-            frontend.source_ranges.sort_unstable();
-            frontend.source_ranges.dedup();
-            live_backends.extend(frontend.backend_ids());
-            frontends.insert(key, frontend);
+            if let Some((key, frontend)) = reader.read(key, value, &mut cleanup) {
+                frontends.insert(key, frontend);
+            }
         }
-
-        recover_maglev_tables(
-            &mut frontends,
-            &snapshot.maglev,
+        let (mut ranges, tables) = reader.finish();
+        stray_entries(
+            &index,
+            frontends.iter(),
+            &mut ranges,
+            &tables,
             maglev_table_size,
             &mut cleanup,
         );
-
-        // Inactive banks and slots of unknown services go; so do unlisted backends.
-        let active_banks: HashMap<u32, u8> =
-            frontends.values().map(|f| (f.svc_id, f.bank)).collect();
-        for (key, _) in &snapshot.slots {
-            let bank = u8::from(key.slot >> SLOT_BANK_SHIFT != 0);
-            let index = key.slot & ((1 << SLOT_BANK_SHIFT) - 1);
-            if active_banks.get(&key.svc_id) != Some(&bank) {
-                cleanup.push(MapOp::DeleteSlot {
-                    svc_id: key.svc_id,
-                    bank,
-                    index,
-                });
-            }
-        }
-        for (id, listed) in snapshot.backends() {
-            if !live_backends.contains(&id) && backends.get(&id) == Some(&listed) {
-                cleanup.push(MapOp::DeleteBackend {
-                    id,
-                    endpoint: listed.endpoint,
-                });
-            }
-        }
-
-        // Ranges of service port ids no frontend uses.
-        for (svc_id, list) in ranges {
-            cleanup.extend(
-                list.into_iter()
-                    .map(|range| MapOp::DeleteSourceRange { svc_id, range }),
-            );
-        }
-
         let vips = vip_counts(
             frontends
                 .keys()
@@ -215,7 +248,7 @@ impl Programmed {
 
         // Ids below the reservation may name flows in conntrack: never hand them out again.
         let reserved = snapshot.backend_ids_reserved.max(1);
-        let highest = backends.keys().copied().max();
+        let highest = index.backends.last().map(|&(id, _)| id);
         let next_backend_id = highest.map_or(reserved, |max| reserved.max(max.saturating_add(1)));
         let svc_ids = IdPool::with_used(max_services, frontends.values().map(|f| f.svc_id));
         // Freed ids have their counters reset when freed; a previous agent may have stopped
@@ -239,68 +272,152 @@ impl Programmed {
     }
 }
 
-/// Marks the Maglev frontends of `frontends` whose active bank lacks a whole table of
-/// `table_size` entries for a rewrite, and deletes every other table (`cleanup`).
-fn recover_maglev_tables(
-    frontends: &mut BTreeMap<FrontendKey, ProgrammedFrontend>,
-    chunks: &[MaglevKey],
-    table_size: u32,
-    cleanup: &mut Vec<MapOp>,
-) {
-    // (service port id, table size, bank) → chunks present.
-    let mut tables: HashMap<(u32, u32, u8), u32> = HashMap::new();
-    for key in chunks {
-        *tables
-            .entry((key.svc_id, key.table_size, key.bank))
-            .or_default() += 1;
-    }
-    let mut in_use = HashSet::new();
-    for frontend in frontends.values_mut() {
-        if !frontend.settings.maglev || frontend.backends.is_empty() {
-            continue;
-        }
-        let table = (frontend.svc_id, table_size, frontend.bank);
-        if tables.get(&table) != Some(&maglev::chunks(table_size)) {
-            frontend.needs_rewrite = true;
-        }
-        in_use.insert(table);
-    }
-    let mut unused: Vec<(u32, u32, u8)> = tables
-        .into_keys()
-        .filter(|table| !in_use.contains(table))
-        .collect();
-    unused.sort_unstable();
-    cleanup.extend(
-        unused
-            .into_iter()
-            .map(|(svc_id, table_size, bank)| MapOp::DeleteMaglevTable {
-                svc_id,
-                bank,
-                table_size,
-            }),
-    );
+/// Maglev tables present: (service port id, table size, bank) → chunks.
+type Tables = HashMap<(u32, u32, u8), u32>;
+
+/// Source ranges of each service port id.
+type Ranges = HashMap<u32, Vec<IpNet>>;
+
+/// Reads the published frontends of an indexed snapshot one at a time, so that a caller
+/// can compare each with its own record without holding all of them.
+pub(super) struct FrontendReader<'i, 'a> {
+    index: &'i Index<'a>,
+    max_services: u32,
+    maglev_table_size: u32,
+    /// Source ranges not claimed by a frontend read so far (entries the agent cannot read
+    /// are left: it never writes such keys, so it cannot name them to delete them either).
+    ranges: Ranges,
+    tables: Tables,
+    used_ids: HashSet<u32>,
 }
 
-/// The backends of both families by id. An id is in one family's map only; of one found in
-/// both, the IPv4 entry is read and the other is deleted (`cleanup`).
-fn backends_by_id(snapshot: &DatapathSnapshot, cleanup: &mut Vec<MapOp>) -> HashMap<u32, Listed> {
-    let mut backends: HashMap<u32, Listed> = HashMap::new();
-    for (id, listed) in snapshot.backends() {
-        match backends.entry(id) {
-            Entry::Occupied(_) => cleanup.push(MapOp::DeleteBackend {
-                id,
-                endpoint: listed.endpoint,
-            }),
-            Entry::Vacant(slot) => {
-                slot.insert(listed);
-            }
+impl<'i, 'a> FrontendReader<'i, 'a> {
+    pub(super) fn new(index: &'i Index<'a>, max_services: u32, maglev_table_size: u32) -> Self {
+        let mut ranges: Ranges = HashMap::new();
+        for (svc_id, range) in index.snapshot.source_ranges() {
+            ranges.entry(svc_id).or_default().push(range);
+        }
+        let mut tables: Tables = HashMap::new();
+        for key in &index.snapshot.maglev {
+            *tables
+                .entry((key.svc_id, key.table_size, key.bank))
+                .or_default() += 1;
+        }
+        Self {
+            index,
+            max_services,
+            maglev_table_size,
+            ranges,
+            tables,
+            used_ids: HashSet::new(),
         }
     }
-    backends
+
+    /// The frontend of one service entry (`key` `None`: a key the agent cannot read).
+    /// Unreadable, out of range, or a second service with the same id: `None`, and the
+    /// entry is unpublished (`cleanup`); the next sync programs it again from scratch if
+    /// it is still wanted.
+    pub(super) fn read(
+        &mut self,
+        key: Option<FrontendKey>,
+        value: &ServiceValue,
+        cleanup: &mut Vec<MapOp>,
+    ) -> Option<(FrontendKey, ProgrammedFrontend)> {
+        let key = key?;
+        if !(self.used_ids.insert(value.id) && value.id < self.max_services) {
+            cleanup.push(MapOp::DeleteService { key });
+            return None;
+        }
+        let mut frontend = recover_frontend(&key, value, self.index);
+        frontend.source_ranges = self.ranges.remove(&value.id).unwrap_or_default();
+        frontend.source_ranges.sort_unstable();
+        frontend.source_ranges.dedup();
+        // A Maglev frontend whose active bank lacks a whole table is rewritten.
+        if frontend.settings.maglev && !frontend.backends.is_empty() {
+            let table = (frontend.svc_id, self.maglev_table_size, frontend.bank);
+            if self.tables.get(&table) != Some(&maglev::chunks(self.maglev_table_size)) {
+                frontend.needs_rewrite = true;
+            }
+        }
+        Some((key, frontend))
+    }
+
+    /// The source ranges no frontend read claimed, and the Maglev tables present.
+    pub(super) fn finish(self) -> (Ranges, Tables) {
+        (self.ranges, self.tables)
+    }
+}
+
+/// The ops that delete what `frontends` (the frontends the maps hold) do not reference:
+/// slots of inactive banks and of unknown service ports, backends no frontend lists, the
+/// source ranges left in `ranges`, and Maglev tables of other sizes, other banks or
+/// unknown service ports.
+pub(super) fn stray_entries<'f>(
+    index: &Index,
+    frontends: impl Iterator<Item = (&'f FrontendKey, &'f ProgrammedFrontend)>,
+    ranges: &mut Ranges,
+    tables: &Tables,
+    maglev_table_size: u32,
+    cleanup: &mut Vec<MapOp>,
+) {
+    let mut active_banks: HashMap<u32, u8> = HashMap::new();
+    // Marks, beside `index.backends`, of the backends some frontend lists.
+    let mut live = vec![false; index.backends.len()];
+    let mut tables_in_use = HashSet::new();
+    for (_, frontend) in frontends {
+        active_banks.insert(frontend.svc_id, frontend.bank);
+        for id in frontend.backend_ids() {
+            if let Ok(at) = index.backends.binary_search_by_key(&id, |&(id, _)| id) {
+                live[at] = true;
+            }
+        }
+        if frontend.settings.maglev && !frontend.backends.is_empty() {
+            tables_in_use.insert((frontend.svc_id, maglev_table_size, frontend.bank));
+        }
+    }
+    let mut unused_tables: Vec<(u32, u32, u8)> = tables
+        .keys()
+        .filter(|table| !tables_in_use.contains(*table))
+        .copied()
+        .collect();
+    unused_tables.sort_unstable();
+    cleanup.extend(unused_tables.into_iter().map(|(svc_id, table_size, bank)| {
+        MapOp::DeleteMaglevTable {
+            svc_id,
+            bank,
+            table_size,
+        }
+    }));
+    for (key, _) in &index.snapshot.slots {
+        let bank = u8::from(key.slot >> SLOT_BANK_SHIFT != 0);
+        let slot_index = key.slot & ((1 << SLOT_BANK_SHIFT) - 1);
+        if active_banks.get(&key.svc_id) != Some(&bank) {
+            cleanup.push(MapOp::DeleteSlot {
+                svc_id: key.svc_id,
+                bank,
+                index: slot_index,
+            });
+        }
+    }
+    for ((id, listed), live) in index.backends().zip(live) {
+        if !live {
+            cleanup.push(MapOp::DeleteBackend {
+                id,
+                endpoint: listed.endpoint,
+            });
+        }
+    }
+    // Ranges of service port ids no frontend uses.
+    for (svc_id, list) in ranges.drain() {
+        cleanup.extend(
+            list.into_iter()
+                .map(|range| MapOp::DeleteSourceRange { svc_id, range }),
+        );
+    }
 }
 
 /// The writes that make the VIP maps (`pinned`) hold exactly the VIPs of `counts`.
-fn vip_ops(counts: &BTreeMap<IpAddr, u32>, pinned: &BTreeSet<IpAddr>) -> Vec<MapOp> {
+pub(super) fn vip_ops(counts: &BTreeMap<IpAddr, u32>, pinned: &BTreeSet<IpAddr>) -> Vec<MapOp> {
     let missing = counts
         .keys()
         .filter(|a| !pinned.contains(a))
@@ -313,7 +430,7 @@ fn vip_ops(counts: &BTreeMap<IpAddr, u32>, pinned: &BTreeSet<IpAddr>) -> Vec<Map
 }
 
 /// How many frontends use each VIP.
-fn vip_counts(addrs: impl Iterator<Item = IpAddr>) -> BTreeMap<IpAddr, u32> {
+pub(super) fn vip_counts(addrs: impl Iterator<Item = IpAddr>) -> BTreeMap<IpAddr, u32> {
     let mut counts = BTreeMap::new();
     for addr in addrs {
         *counts.entry(addr).or_insert(0) += 1;
@@ -325,50 +442,48 @@ fn vip_counts(addrs: impl Iterator<Item = IpAddr>) -> BTreeMap<IpAddr, u32> {
 /// new connections, the other backends of its service port id are only listed. Anything
 /// inconsistent (a slot or backend missing, a role flag that does not match, a backend of
 /// the other family) marks it for a complete rewrite by the next sync.
-fn recover_frontend(
-    key: &FrontendKey,
-    value: &ServiceValue,
-    banks: Option<&[BTreeMap<u32, u32>; 2]>,
-    backends: &HashMap<u32, Listed>,
-    by_service: &HashMap<u32, Vec<u32>>,
-) -> ProgrammedFrontend {
+fn recover_frontend(key: &FrontendKey, value: &ServiceValue, index: &Index) -> ProgrammedFrontend {
     let of_family = |b: &Listed| b.endpoint.addr.is_ipv6() == key.addr.is_ipv6();
-    let active_bank = usize::from(value.bank & 1);
+    let active_bank = value.bank & 1;
     let mut complete = true;
     let mut active = Vec::new();
-    for index in 0..u32::from(value.count) {
-        match banks
-            .and_then(|b| b[active_bank].get(&index))
-            .and_then(|id| Some((*id, backends.get(id)?)))
+    let mut slots = index.bank(value.id, active_bank).peekable();
+    let mut bank_len = [0u32; 2];
+    for wanted in 0..u32::from(value.count) {
+        // Slots come in index order: skip any below the one wanted (none, in a
+        // consistent bank).
+        while slots.next_if(|&(at, _)| at < wanted).is_some() {}
+        match slots
+            .next_if(|&(at, _)| at == wanted)
+            .and_then(|(_, id)| Some((id, index.backend(id)?)))
         {
             Some((id, backend)) => {
-                complete &= backend.active && backend.svc_id == value.id && of_family(backend);
+                complete &= backend.active && backend.svc_id == value.id && of_family(&backend);
                 active.push((backend.endpoint, id));
             }
             None => complete = false,
         }
     }
-    let in_slots: HashSet<u32> = active.iter().map(|(_, id)| *id).collect();
-    let mut standby: Vec<(Endpoint, u32)> = by_service
-        .get(&value.id)
-        .into_iter()
-        .flatten()
-        .filter(|id| !in_slots.contains(id))
+    bank_len[usize::from(active_bank)] = index
+        .bank(value.id, active_bank)
+        .last()
+        .map_or(0, |(at, _)| at + 1);
+    let mut in_slots: Vec<u32> = active.iter().map(|(_, id)| *id).collect();
+    in_slots.sort_unstable();
+    let mut standby: Vec<(Endpoint, u32)> = index
+        .of_service(value.id)
+        .filter(|id| in_slots.binary_search(id).is_err())
         .filter_map(|id| {
-            let backend = backends.get(id)?;
-            complete &= !backend.active && of_family(backend);
-            Some((backend.endpoint, *id))
+            let backend = index.backend(id)?;
+            complete &= !backend.active && of_family(&backend);
+            Some((backend.endpoint, id))
         })
         .collect();
     standby.sort_unstable();
-    let mut bank_len = [0u32; 2];
-    bank_len[active_bank] = banks
-        .and_then(|b| b[active_bank].keys().last())
-        .map_or(0, |i| i + 1);
     ProgrammedFrontend {
         service: None,
         svc_id: value.id,
-        bank: value.bank & 1,
+        bank: active_bank,
         bank_len,
         settings: wire::settings_of(value),
         source_ranges: Vec::new(),

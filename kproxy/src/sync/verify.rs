@@ -12,7 +12,10 @@ use std::{
     fmt,
 };
 
-use super::{DatapathSnapshot, MapOp, Programmed, ProgrammedFrontend};
+use super::{
+    DatapathSnapshot, MapOp, Programmed, ProgrammedFrontend,
+    recover::{FrontendReader, Index, stray_entries, vip_counts, vip_ops},
+};
 use crate::model::FrontendKey;
 
 /// One difference between the maps and the agent's record.
@@ -35,7 +38,8 @@ impl fmt::Display for Drift {
 /// A check's result: the differences, and what the repair needs.
 pub struct Check {
     pub drift: Vec<Drift>,
-    found: Programmed,
+    /// The maps' state, when it differs from the record (`None`: nothing to repair).
+    found: Option<Programmed>,
     cleanup: Vec<MapOp>,
     drifted: BTreeSet<FrontendKey>,
 }
@@ -43,6 +47,71 @@ pub struct Check {
 impl Programmed {
     /// Compares this record with `snapshot` (the service maps as they are now).
     pub fn check(&self, snapshot: &DatapathSnapshot, max_services: u32) -> Check {
+        if self.holds(snapshot, max_services) {
+            return Check {
+                drift: Vec::new(),
+                found: None,
+                cleanup: Vec::new(),
+                drifted: BTreeSet::new(),
+            };
+        }
+        self.check_whole(snapshot, max_services)
+    }
+
+    /// Whether `snapshot` holds exactly this record: every frontend as programmed, and no
+    /// entry beyond those `expected` explains. Reads the maps' frontends one at a time
+    /// against the record, so the usual answer (yes) costs an index of the maps, not a
+    /// second programmed state; `check_whole` says what differs when the answer is no.
+    fn holds(&self, snapshot: &DatapathSnapshot, max_services: u32) -> bool {
+        let mut cleanup = Vec::new();
+        let index = Index::new(snapshot, &mut cleanup);
+        let mut reader = FrontendReader::new(&index, max_services, self.maglev_table_size);
+        let mut matched = 0;
+        for (key, value) in snapshot.frontends() {
+            let Some((key, held)) = reader.read(key, value, &mut cleanup) else {
+                continue;
+            };
+            match self.frontends.get(&key) {
+                Some(meant) if differences(meant, &held).is_empty() => matched += 1,
+                _ => return false,
+            }
+        }
+        if matched != self.frontends.len() {
+            return false;
+        }
+        // Every frontend holds what the record says: what no frontend references is
+        // found from the record's frontends as recovery finds it from the maps'.
+        let (mut ranges, tables) = reader.finish();
+        stray_entries(
+            &index,
+            self.frontends.iter(),
+            &mut ranges,
+            &tables,
+            self.maglev_table_size,
+            &mut cleanup,
+        );
+        let vips = vip_counts(
+            self.frontends
+                .keys()
+                .filter(|k| !k.is_node_port())
+                .map(|k| k.addr),
+        );
+        cleanup.extend(vip_ops(&vips, &snapshot.vips().collect()));
+        let banks = self.banks();
+        cleanup.iter().all(|op| expected(&banks, op))
+    }
+
+    /// Every programmed service port id's active bank and bank lengths.
+    fn banks(&self) -> HashMap<u32, (u8, [u32; 2])> {
+        self.frontends
+            .values()
+            .map(|f| (f.svc_id, (f.bank, f.bank_len)))
+            .collect()
+    }
+
+    /// [`Programmed::check`] through a whole recovery of the maps' state, compared with
+    /// this record frontend by frontend.
+    fn check_whole(&self, snapshot: &DatapathSnapshot, max_services: u32) -> Check {
         let (found, cleanup) = Self::recover_for(snapshot, max_services, self.maglev_table_size);
         let mut drift = Vec::new();
         let mut drifted = BTreeSet::new();
@@ -70,11 +139,7 @@ impl Programmed {
         // service, a VIP no frontend uses or one missing). Not drift: the inactive bank a
         // frontend keeps after a switch, and the counter resets of free ids that recovery
         // does as a precaution. The repair applies all of it, as a restart does.
-        let banks: HashMap<u32, (u8, [u32; 2])> = self
-            .frontends
-            .values()
-            .map(|f| (f.svc_id, (f.bank, f.bank_len)))
-            .collect();
+        let banks = self.banks();
         drift.extend(
             cleanup
                 .iter()
@@ -86,7 +151,7 @@ impl Programmed {
         );
         Check {
             drift,
-            found,
+            found: Some(found),
             cleanup,
             drifted,
         }
@@ -103,7 +168,9 @@ impl Programmed {
             drifted,
             ..
         } = check;
-        let mut found = found;
+        let Some(mut found) = found else {
+            return Vec::new();
+        };
         for (key, frontend) in &mut found.frontends {
             if let Some(meant) = self.frontends.get(key) {
                 frontend.service.clone_from(&meant.service);

@@ -298,14 +298,45 @@ impl ControlPlane {
     /// busy for many minutes (over 5 at 100,000, on both CPUs), and a proxy measured
     /// meanwhile shares the machine with that work; a proxy's own programming and the
     /// connections through it need none of it.
-    pub fn pause_controllers(&self) -> Result<ControllersPaused<'_>> {
+    pub fn pause_controllers(&self) -> Result<Paused<'_>> {
         let pid = self
             .controller_manager
             .as_ref()
             .and_then(LoggedProcess::pid)
             .context("kube-controller-manager is not running")?;
-        signal(pid, libc::SIGSTOP)?;
-        Ok(ControllersPaused { pid, _plane: self })
+        self.pause(vec![pid])
+    }
+
+    /// Stops the API server and etcd (SIGSTOP) until the returned guard drops (SIGCONT, etcd
+    /// first). For a measure of the machine's CPU time that nothing of the control plane's
+    /// own (its timers, its lease renewals) may blur; the proxies' watches wait meanwhile.
+    pub fn pause_servers(&self) -> Result<Paused<'_>> {
+        let apiserver = self
+            .apiserver
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the API server's lock is poisoned"))?
+            .as_ref()
+            .and_then(LoggedProcess::pid)
+            .context("kube-apiserver is not running")?;
+        let etcd = self
+            .etcd
+            .as_ref()
+            .and_then(LoggedProcess::pid)
+            .context("etcd is not running")?;
+        self.pause(vec![apiserver, etcd])
+    }
+
+    /// Stops `pids` in order; the guard continues them in the reverse order.
+    fn pause(&self, pids: Vec<u32>) -> Result<Paused<'_>> {
+        let mut paused = Paused {
+            pids: Vec::new(),
+            _plane: self,
+        };
+        for pid in pids {
+            signal(pid, libc::SIGSTOP)?;
+            paused.pids.push(pid);
+        }
+        Ok(paused)
     }
 
     /// Compacts etcd's history up to its current revision (what the API server does every
@@ -429,17 +460,19 @@ fn runtime_in(ns: &Netns) -> Result<tokio::runtime::Runtime> {
         .context("building the control plane's runtime")
 }
 
-/// kube-controller-manager stopped by [`ControlPlane::pause_controllers`]; continued when
-/// this drops.
-pub struct ControllersPaused<'a> {
-    pid: u32,
+/// Processes of the control plane stopped by [`ControlPlane::pause_controllers`] or
+/// [`ControlPlane::pause_servers`]; continued when this drops.
+pub struct Paused<'a> {
+    pids: Vec<u32>,
     _plane: &'a ControlPlane,
 }
 
-impl Drop for ControllersPaused<'_> {
+impl Drop for Paused<'_> {
     fn drop(&mut self) {
-        if let Err(e) = signal(self.pid, libc::SIGCONT) {
-            eprintln!("continuing kube-controller-manager: {e:#}");
+        for pid in self.pids.iter().rev() {
+            if let Err(e) = signal(*pid, libc::SIGCONT) {
+                eprintln!("continuing process {pid} of the control plane: {e:#}");
+            }
         }
     }
 }

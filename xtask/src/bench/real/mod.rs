@@ -292,7 +292,7 @@ fn measure_scale(
             );
             let (sample, paced) = {
                 let _paused = plane.cp.pause_controllers()?;
-                measure_direct(bench, family)?
+                measure_direct(bench, family, &plane)?
             };
             record_paced(at.results(real), DIRECT, services, paced);
             cell_in(
@@ -407,7 +407,7 @@ impl Run<'_> {
                 .samples
                 .push(sample);
         }
-        let paced = measure_paced(self.bench, &bed, vec![last], proxy.pid())?;
+        let paced = measure_paced(self.bench, &bed, vec![last], proxy.pid(), self.plane)?;
         record_paced(real, mode.name(), services, paced);
         let counters = mode
             .is_kproxy()
@@ -516,7 +516,11 @@ fn datapath_counters(agent: &Path, bed: &BenchBed) -> BTreeMap<String, u64> {
 /// New connections from the client of a fresh bed straight to its backends' servers, in
 /// turn, in `family`: what the bed does without any Service translation; then the same at
 /// the fixed rate.
-fn measure_direct(bench: &BenchPlan, family: Family) -> Result<(super::report::Sample, Paced)> {
+fn measure_direct(
+    bench: &BenchPlan,
+    family: Family,
+    plane: &Plane,
+) -> Result<(super::report::Sample, Paced)> {
     let bed = BenchBed::for_family(family)?;
     let backends: Vec<SocketAddr> = bed
         .backends()
@@ -528,7 +532,7 @@ fn measure_direct(bench: &BenchPlan, family: Family) -> Result<(super::report::S
     cfg.warmup = super::warmup(bench.duration);
     cfg.concurrency = bench.concurrency;
     let sample = super::measure_with(&bed, &cfg, "backends")?;
-    Ok((sample, measure_paced(bench, &bed, backends, None)?))
+    Ok((sample, measure_paced(bench, &bed, backends, None, plane)?))
 }
 
 /// New connections offered per second when the CPU per connection is measured: below every
@@ -549,14 +553,19 @@ pub struct Paced {
 /// [`PACED_RATE`] new connections per second to `targets` (in turn) from the bed's client.
 /// The CPU per connection is the machine's less the proxy process's (`proxy`: its
 /// control-plane work is no connection's cost; reported apart), less the rate the rest
-/// burns at rest, measured over a second before the load.
+/// burns at rest, measured over a second before the load. The API server and etcd are
+/// paused for both (see `ControlPlane::pause_servers`): their own work (timers, lease
+/// renewals, the controllers' leftovers in the watch cache) is no connection's cost either,
+/// and it comes and goes between the second at rest and the load.
 fn measure_paced(
     bench: &BenchPlan,
     bed: &BenchBed,
     targets: Vec<SocketAddr>,
     proxy: Option<u32>,
+    plane: &Plane,
 ) -> Result<Paced> {
     use super::load::cpu_reading;
+    let _quiet = plane.cp.pause_servers()?;
     let rest_before = cpu_reading(proxy);
     std::thread::sleep(Duration::from_secs(1));
     let at_rest = cpu_reading(proxy)

@@ -6,7 +6,7 @@
 
 use std::{
     ffi::OsString,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -105,6 +105,9 @@ impl Proxy {
 /// Environment variable with extra `kproxy run` flags for the real bench's kproxy modes.
 pub const EXTRA_ARGS_VAR: &str = "KPROXY_BENCH_EXTRA_ARGS";
 
+/// Environment variable with a command the real bench's kproxy modes run the agent under.
+pub const WRAPPER_VAR: &str = "KPROXY_BENCH_AGENT_WRAPPER";
+
 /// A proxy running in a bed; dropping it kills the process.
 pub struct RunningProxy {
     pub proxy: Proxy,
@@ -147,7 +150,22 @@ pub fn start(
                 eprintln!("bench: kproxy with {EXTRA_ARGS_VAR}={extra:?}");
                 args.extend(extra.split_whitespace().map(OsString::from));
             }
-            (agent_bin.to_path_buf(), args, &[("NO_COLOR", "1")])
+            // A profiler around the agent for an experiment (`heaptrack -o FILE`, `perf
+            // record -g -o FILE --`): its figures are then the wrapper's, said in the log.
+            // The bench stops the wrapper; one that does not pass SIGTERM on to the agent
+            // (heaptrack's script) leaves the agent running, to be killed by hand.
+            match std::env::var(WRAPPER_VAR) {
+                Ok(wrapper) if !wrapper.trim().is_empty() => {
+                    eprintln!("bench: kproxy under {WRAPPER_VAR}={wrapper:?}");
+                    let mut words = wrapper.split_whitespace().map(OsString::from);
+                    let program = words.next().context("an empty wrapper")?;
+                    let mut command: Vec<OsString> = words.collect();
+                    command.push(agent_bin.into());
+                    command.extend(args);
+                    (PathBuf::from(program), command, &[("NO_COLOR", "1")])
+                }
+                _ => (agent_bin.to_path_buf(), args, &[("NO_COLOR", "1")]),
+            }
         }
         Proxy::KubeProxyIptables | Proxy::KubeProxyNftables => (
             kubernetes::program("kube-proxy")?,
