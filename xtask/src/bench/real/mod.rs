@@ -26,7 +26,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -213,9 +213,16 @@ impl ScalePoint {
         match self.family {
             Family::Ipv4 => real,
             Family::Ipv6 => real.ipv6.get_or_insert_with(|| {
+                // The plan's figures too: its tables describe the runs by them (a row
+                // without them said "0 endpoint changes per second asked for").
                 Box::new(Real {
                     kubernetes_release: real.kubernetes_release.clone(),
                     iptables_version: real.iptables_version.clone(),
+                    churn_seconds: real.churn_seconds,
+                    churn_period_ms: real.churn_period_ms,
+                    probe_rounds: real.probe_rounds,
+                    sustained_rate: real.sustained_rate,
+                    sustained_seconds: real.sustained_seconds,
                     ..Real::default()
                 })
             }),
@@ -564,13 +571,8 @@ fn measure_paced(
     proxy: Option<u32>,
     plane: &Plane,
 ) -> Result<Paced> {
-    use super::load::cpu_reading;
     let _quiet = plane.cp.pause_servers()?;
-    let rest_before = cpu_reading(proxy);
-    std::thread::sleep(Duration::from_secs(1));
-    let at_rest = cpu_reading(proxy)
-        .zip(rest_before)
-        .map(|(after, before)| after - before);
+    let at_rest = settled(proxy);
     let mut cfg = super::load::LoadConfig::new(targets);
     cfg.duration = bench.duration;
     cfg.warmup = super::warmup(bench.duration);
@@ -597,6 +599,48 @@ fn measure_paced(
         proxy_us,
         p99_us: result.p99_us() as f64,
     })
+}
+
+/// Busy CPU (all CPUs, beyond the proxy's own) below which a second counts as quiet.
+const QUIET: f64 = 0.05;
+/// How long the machine may take to quiet down before a paced window.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// The CPU time the machine burns over a second at rest, read once any work of the runs
+/// before has died down (the kernel tears a bed's namespaces down, with the sockets of the
+/// loads before, in its own workers after the bed is gone): a second taken while that work
+/// ran would be subtracted from a window it no longer burdens. Seconds are read until two
+/// in a row are quiet, for at most `SETTLE_MAX`; the last one is the rate at rest, and the
+/// log says how long it took (two seconds, in every paced window of the runs so far).
+fn settled(proxy: Option<u32>) -> Option<super::load::CpuReading> {
+    use super::load::cpu_reading;
+    let started = Instant::now();
+    let mut quiet_seconds = 0;
+    let mut last = cpu_reading(proxy)?;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = cpu_reading(proxy)?;
+        let second = now - last;
+        last = now;
+        quiet_seconds = if second.machine - second.apart < QUIET {
+            quiet_seconds + 1
+        } else {
+            0
+        };
+        if quiet_seconds >= 2 || started.elapsed() >= SETTLE_MAX {
+            eprintln!(
+                "bench:   at rest after {:.0} s: {:.3} CPU s/s ({})",
+                started.elapsed().as_secs_f64(),
+                second.machine - second.apart,
+                if quiet_seconds >= 2 {
+                    "quiet"
+                } else {
+                    "never quiet"
+                }
+            );
+            return Some(second);
+        }
+    }
 }
 
 fn record_paced(real: &mut Real, mode: &str, services: usize, paced: Paced) {
@@ -678,4 +722,34 @@ fn tail(path: &Path, lines: usize) -> String {
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv6_row_describes_its_runs_by_the_plans_figures() {
+        let mut real = Real {
+            churn_seconds: 20,
+            probe_rounds: 5,
+            sustained_rate: 1_000,
+            sustained_seconds: 10,
+            ..Real::default()
+        };
+        let at = ScalePoint {
+            family: Family::Ipv6,
+            services: 100_000,
+        };
+        let row = at.results(&mut real);
+        assert_eq!(
+            (
+                row.churn_seconds,
+                row.probe_rounds,
+                row.sustained_rate,
+                row.sustained_seconds
+            ),
+            (20, 5, 1_000, 10)
+        );
+    }
 }
