@@ -179,7 +179,11 @@ impl<'a> Index<'a> {
     }
 
     /// The slots of `svc_id`'s `bank`, as (index, backend id) in index order.
-    fn bank(&self, svc_id: u32, bank: u8) -> impl Iterator<Item = (u32, u32)> + '_ {
+    fn bank(
+        &self,
+        svc_id: u32,
+        bank: u8,
+    ) -> impl DoubleEndedIterator<Item = (u32, u32)> + Clone + '_ {
         let first = (u32::from(bank & 1)) << SLOT_BANK_SHIFT;
         let last = first | ((1 << SLOT_BANK_SHIFT) - 1);
         let from = self
@@ -238,12 +242,7 @@ impl Programmed {
             maglev_table_size,
             &mut cleanup,
         );
-        let vips = vip_counts(
-            frontends
-                .keys()
-                .filter(|k| !k.is_node_port())
-                .map(|k| k.addr),
-        );
+        let vips = vip_counts(frontends.keys());
         cleanup.extend(vip_ops(&vips, &snapshot.vips().collect()));
 
         // Ids below the reservation may name flows in conntrack: never hand them out again.
@@ -429,11 +428,11 @@ pub(super) fn vip_ops(counts: &BTreeMap<IpAddr, u32>, pinned: &BTreeSet<IpAddr>)
     missing.chain(unused).collect()
 }
 
-/// How many frontends use each VIP.
-pub(super) fn vip_counts(addrs: impl Iterator<Item = IpAddr>) -> BTreeMap<IpAddr, u32> {
+/// How many frontends use each VIP (NodePorts have none of their own).
+pub(super) fn vip_counts<'a>(keys: impl Iterator<Item = &'a FrontendKey>) -> BTreeMap<IpAddr, u32> {
     let mut counts = BTreeMap::new();
-    for addr in addrs {
-        *counts.entry(addr).or_insert(0) += 1;
+    for key in keys.filter(|k| !k.is_node_port()) {
+        *counts.entry(key.addr).or_insert(0) += 1;
     }
     counts
 }
@@ -447,12 +446,12 @@ fn recover_frontend(key: &FrontendKey, value: &ServiceValue, index: &Index) -> P
     let active_bank = value.bank & 1;
     let mut complete = true;
     let mut active = Vec::new();
-    let mut slots = index.bank(value.id, active_bank).peekable();
+    let bank = index.bank(value.id, active_bank);
     let mut bank_len = [0u32; 2];
+    bank_len[usize::from(active_bank)] = bank.clone().next_back().map_or(0, |(at, _)| at + 1);
+    // Slots come in index order, each index once: the one wanted is next, or missing.
+    let mut slots = bank.peekable();
     for wanted in 0..u32::from(value.count) {
-        // Slots come in index order: skip any below the one wanted (none, in a
-        // consistent bank).
-        while slots.next_if(|&(at, _)| at < wanted).is_some() {}
         match slots
             .next_if(|&(at, _)| at == wanted)
             .and_then(|(_, id)| Some((id, index.backend(id)?)))
@@ -464,10 +463,6 @@ fn recover_frontend(key: &FrontendKey, value: &ServiceValue, index: &Index) -> P
             None => complete = false,
         }
     }
-    bank_len[usize::from(active_bank)] = index
-        .bank(value.id, active_bank)
-        .last()
-        .map_or(0, |(at, _)| at + 1);
     let mut in_slots: Vec<u32> = active.iter().map(|(_, id)| *id).collect();
     in_slots.sort_unstable();
     let mut standby: Vec<(Endpoint, u32)> = index

@@ -90,12 +90,7 @@ impl Programmed {
             self.maglev_table_size,
             &mut cleanup,
         );
-        let vips = vip_counts(
-            self.frontends
-                .keys()
-                .filter(|k| !k.is_node_port())
-                .map(|k| k.addr),
-        );
+        let vips = vip_counts(self.frontends.keys());
         cleanup.extend(vip_ops(&vips, &snapshot.vips().collect()));
         let banks = self.banks();
         cleanup.iter().all(|op| expected(&banks, op))
