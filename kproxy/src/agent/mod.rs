@@ -886,11 +886,12 @@ impl Agent {
             };
             let labels = FrontendLabels::new(key, service);
             if self.config.metrics_per_backend {
-                names
-                    .backends
-                    .extend(f.backends.iter().chain(&f.standby).map(|(endpoint, id)| {
-                        (*id, BackendLabels::new(&labels, endpoint.to_string()))
-                    }));
+                names.backends.extend(
+                    f.backends
+                        .iter()
+                        .chain(&f.standby)
+                        .map(|(endpoint, id)| (*id, BackendLabels::new(&labels, *endpoint))),
+                );
             }
             names.frontends.push((f.svc_id, labels));
         }

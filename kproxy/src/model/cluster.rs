@@ -22,6 +22,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use smallvec::SmallVec;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kproxy_common::lb::MAX_BACKENDS_PER_SERVICE;
@@ -160,12 +161,13 @@ impl Queue {
 pub struct ClusterState {
     services: BTreeMap<ObjectKey, Arc<KeptService>>,
     slices: HashMap<ObjectKey, Arc<KeptSlice>>,
-    /// Service → the slices labelled for it, sorted. A sorted Vec rather than a set: most
+    /// Service → the slices labelled for it, sorted. A sorted list rather than a set: most
     /// services have one slice, and a one-element BTreeSet allocates a node for eleven
-    /// (megabytes at tens of thousands of services).
-    slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
-    /// Frontends each service serves.
-    owned: HashMap<ObjectKey, Vec<FrontendKey>>,
+    /// (megabytes at tens of thousands of services); held inline, that one slice allocates
+    /// nothing at all (2.7 MB less at 100,000 Services than a one-element Vec).
+    slices_of: HashMap<ObjectKey, SmallVec<[ObjectKey; 1]>>,
+    /// Frontends each service serves; inline when it is one, as for most.
+    owned: HashMap<ObjectKey, SmallVec<[FrontendKey; 1]>>,
     owner: HashMap<FrontendKey, ObjectKey>,
     /// Services that want a frontend another service serves: they get it when it is freed.
     waiting: HashMap<FrontendKey, BTreeSet<ObjectKey>>,
@@ -390,10 +392,7 @@ impl ClusterState {
                     match slice {
                         Some(slice) => {
                             if let Some(owner) = &slice.owner {
-                                let set = self
-                                    .slices_of
-                                    .entry(owner.clone())
-                                    .or_insert_with(|| Vec::with_capacity(1));
+                                let set = self.slices_of.entry(owner.clone()).or_default();
                                 if let Err(at) = set.binary_search(&key) {
                                     set.insert(at, key.clone());
                                 }
@@ -461,7 +460,7 @@ impl ClusterState {
             waiters.remove(service);
             !waiters.is_empty()
         });
-        let mut owned = Vec::new();
+        let mut owned = SmallVec::new();
         for (key, frontend) in wanted {
             // Whoever serves a frontend to every client also serves its entry for clients
             // on this node (`Scope::Internal`, listed right after it), never anyone else.
