@@ -2,7 +2,7 @@
 //! (`ClusterState::choose` through `topology::categorize`), described endpoint by endpoint,
 //! for `kproxy explain`.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,8 +42,11 @@ impl ClusterState {
 
     /// The Service that serves frontend `key`, and what it asks for.
     fn owner_spec(&self, key: &FrontendKey) -> Option<(&ObjectKey, &ServiceSpec)> {
-        let service = self.owner.get(key)?;
-        Some((service, self.services.get(service)?.spec.as_ref()?))
+        let (namespace, name) = self.holder(key)?;
+        let (service, kept) = self
+            .services
+            .get_key_value(&(Arc::clone(namespace), Arc::clone(name)))?;
+        Some((service, kept.spec.as_ref()?))
     }
 
     /// How the endpoints of frontend `key` were chosen; `None` when no Service serves it.
