@@ -223,6 +223,7 @@ enum BatchKind {
     Backend,
     Slot,
     Service,
+    Vip,
 }
 
 fn batch_kind(op: &MapOp) -> Option<BatchKind> {
@@ -230,6 +231,7 @@ fn batch_kind(op: &MapOp) -> Option<BatchKind> {
         MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. } => Some(BatchKind::Backend),
         MapOp::PutSlot { .. } => Some(BatchKind::Slot),
         MapOp::PutService { .. } => Some(BatchKind::Service),
+        MapOp::PutVip { .. } => Some(BatchKind::Vip),
         _ => None,
     }
 }
@@ -332,6 +334,14 @@ impl ServiceMaps {
                 } => Some((SlotKey::new(*svc_id, *bank, *index), *backend_id)),
                 _ => None,
             }),
+            BatchKind::Vip => by_family_batches(
+                ops,
+                |ops| self.v4.put_vips(ops),
+                |ops| match &self.v6 {
+                    Some(v6) => v6.put_vips(ops),
+                    None => without_ipv6_maps(ops),
+                },
+            ),
             BatchKind::Service => {
                 if let Err(e) = self.ports_taken(ops) {
                     return ops.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect();

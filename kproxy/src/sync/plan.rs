@@ -492,6 +492,10 @@ impl Programmed {
         dp: &mut impl Datapath,
         report: &mut SyncReport,
     ) {
+        // Written a chunk at a time: a first sync puts a VIP for nearly every frontend, and
+        // one syscall each took 0.13 s of CPU at 100,000 Services (all in one batch, their
+        // ops and entries held 7 MB more at the agent's peak).
+        let mut pending = Vec::with_capacity(deltas.len().min(VIP_CHUNK));
         for (key, delta) in deltas {
             // A NodePort has no VIP: it answers on the node's addresses.
             if key.is_node_port() {
@@ -511,15 +515,13 @@ impl Programmed {
                 self.vips.insert(addr, after);
             }
             if let Some(op) = op {
-                report.ops += 1;
-                if let Err(e) = dp.apply(&op) {
-                    report.problems.push(Problem::new(
-                        ProblemKind::Datapath,
-                        format!("{key}: writing the VIPs map failed: {e:#}"),
-                    ));
+                pending.push((key, op));
+                if pending.len() == VIP_CHUNK {
+                    write_vips(&mut pending, dp, report);
                 }
             }
         }
+        write_vips(&mut pending, dp, report);
     }
 
     fn add_change(&mut self, key: &FrontendKey, frontend: &Frontend) -> Result<Change, Problem> {
@@ -935,6 +937,29 @@ fn remove_ops(key: &FrontendKey, old: &ProgrammedFrontend, maglev_table_size: u3
     );
     ops.push(MapOp::ResetServiceCounters { svc_id: old.svc_id });
     ops
+}
+
+/// VIP writes per batch (see `Programmed::update_vips`).
+const VIP_CHUNK: usize = 4096;
+
+/// Writes the VIP ops `pending` (each with the frontend that made it) in one batch, reports
+/// those that failed, and empties it.
+fn write_vips(
+    pending: &mut Vec<(&FrontendKey, MapOp)>,
+    dp: &mut impl Datapath,
+    report: &mut SyncReport,
+) {
+    report.ops += pending.len();
+    let ops: Vec<&MapOp> = pending.iter().map(|(_, op)| op).collect();
+    for ((key, _), result) in pending.iter().zip(dp.apply_batch(&ops)) {
+        if let Err(e) = result {
+            report.problems.push(Problem::new(
+                ProblemKind::Datapath,
+                format!("{key}: writing the VIPs map failed: {e:#}"),
+            ));
+        }
+    }
+    pending.clear();
 }
 
 fn datapath_problem(

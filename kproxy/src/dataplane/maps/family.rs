@@ -163,6 +163,16 @@ where
         )
     }
 
+    /// Writes the `PutVip` ops `ops`, all of this family, in as few syscalls as it can; one
+    /// result per op. A first sync puts a VIP for nearly every Service: one syscall each
+    /// took 0.13 s of CPU at 100,000 of them.
+    pub(super) fn put_vips(&self, ops: &[&MapOp]) -> Vec<Result<()>> {
+        write_batch(&self.vips_raw, self.names.vips, ops, |op| match op {
+            MapOp::PutVip { addr } => Some((A::from_ip(*addr)?, 1u32)),
+            _ => None,
+        })
+    }
+
     pub(super) fn put_backend(&mut self, b: &BackendEntry) -> Result<()> {
         let value = wire::backend::<A>(&b.endpoint, b.svc_id, b.active)
             .ok_or_else(|| other_family(self.names.backends))?;
