@@ -66,6 +66,21 @@ fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))
 }
 
+/// Calls `$method` of each family's maps with that family's share of `ops`, one result per
+/// op in order (see `by_family_batches`); ops of a family the object has no maps for fail.
+macro_rules! family_batches {
+    ($self:ident, $ops:expr, $method:ident) => {
+        by_family_batches(
+            $ops,
+            |ops| $self.v4.$method(ops),
+            |ops| match &$self.v6 {
+                Some(v6) => v6.$method(ops),
+                None => without_ipv6_maps(ops),
+            },
+        )
+    };
+}
+
 /// Runs `$body` with `$maps` bound to the service maps of `$addr`'s family: one body,
 /// compiled for each family's map types. Fails for an IPv6 address when the IPv6 maps are
 /// absent.
@@ -317,14 +332,7 @@ fn without_ipv6_maps(ops: &[&MapOp]) -> Vec<Result<()>> {
 impl ServiceMaps {
     fn put_batch(&mut self, kind: BatchKind, ops: &[&MapOp]) -> Vec<Result<()>> {
         match kind {
-            BatchKind::Backend => by_family_batches(
-                ops,
-                |ops| self.v4.put_backends(ops),
-                |ops| match &self.v6 {
-                    Some(v6) => v6.put_backends(ops),
-                    None => without_ipv6_maps(ops),
-                },
-            ),
+            BatchKind::Backend => family_batches!(self, ops, put_backends),
             BatchKind::Slot => write_batch(&self.slots_raw, "KP_SLOTS", ops, |op| match op {
                 MapOp::PutSlot {
                     svc_id,
@@ -334,26 +342,12 @@ impl ServiceMaps {
                 } => Some((SlotKey::new(*svc_id, *bank, *index), *backend_id)),
                 _ => None,
             }),
-            BatchKind::Vip => by_family_batches(
-                ops,
-                |ops| self.v4.put_vips(ops),
-                |ops| match &self.v6 {
-                    Some(v6) => v6.put_vips(ops),
-                    None => without_ipv6_maps(ops),
-                },
-            ),
+            BatchKind::Vip => family_batches!(self, ops, put_vips),
             BatchKind::Service => {
                 if let Err(e) = self.ports_taken(ops) {
                     return ops.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect();
                 }
-                by_family_batches(
-                    ops,
-                    |ops| self.v4.put_services(ops),
-                    |ops| match &self.v6 {
-                        Some(v6) => v6.put_services(ops),
-                        None => without_ipv6_maps(ops),
-                    },
-                )
+                family_batches!(self, ops, put_services)
             }
         }
     }
