@@ -949,6 +949,9 @@ fn write_vips(
     dp: &mut impl Datapath,
     report: &mut SyncReport,
 ) {
+    if pending.is_empty() {
+        return;
+    }
     report.ops += pending.len();
     let ops: Vec<&MapOp> = pending.iter().map(|(_, op)| op).collect();
     for ((key, _), result) in pending.iter().zip(dp.apply_batch(&ops)) {
