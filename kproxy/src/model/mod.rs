@@ -14,7 +14,9 @@ mod node;
 mod service;
 pub mod topology;
 
-pub use cluster::{Change, ClusterState, EndpointChoice, ExplainedEndpoint, ObjectKey, object_key};
+pub use cluster::{
+    Change, ClusterState, EndpointChoice, ExplainedEndpoint, KeyMap, KeySet, ObjectKey, object_key,
+};
 pub use health::ServiceHealth;
 pub use kept::{KeptService, KeptSlice};
 pub use lb_policy::{LbAlgorithm, LbPolicy, MaglevScope};

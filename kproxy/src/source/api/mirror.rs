@@ -11,11 +11,7 @@
 //! An object that is not valid for its type (see `decoded`) is handed out as absent, like a
 //! malformed manifest, and reported by name until it is fixed or deleted.
 
-use std::{
-    collections::{HashMap, HashSet},
-    fmt::Debug,
-    sync::Arc,
-};
+use std::{fmt::Debug, sync::Arc};
 
 use k8s_openapi::{
     api::{
@@ -29,7 +25,7 @@ use kube::{Resource, ResourceExt, runtime::watcher::Event};
 
 use super::{decoded::Decoded, protobuf::FromProtobuf};
 use crate::{
-    model::{Change, ObjectKey, object_key, object_name},
+    model::{Change, KeyMap, KeySet, ObjectKey, object_key, object_name},
     problem::{Problem, ProblemKind},
     source::manifests::node_object_name,
 };
@@ -118,9 +114,9 @@ impl Version {
 /// object by (the same shared strings the change carries).
 pub struct Mirror<K: Watched> {
     /// Resource version of every object handed out.
-    handed: HashMap<ObjectKey, Option<Version>>,
+    handed: KeyMap<ObjectKey, Option<Version>>,
     /// Objects that are not valid `K`s, with the problem reporting each.
-    invalid: HashMap<ObjectKey, Problem>,
+    invalid: KeyMap<ObjectKey, Problem>,
     /// `invalid` changed since `take_problems`.
     problems_changed: bool,
     /// A list in progress: what it found so far, converted (objects the agent has in this
@@ -148,8 +144,8 @@ enum Listed {
 impl<K: Watched> Default for Mirror<K> {
     fn default() -> Self {
         Self {
-            handed: HashMap::new(),
-            invalid: HashMap::new(),
+            handed: KeyMap::default(),
+            invalid: KeyMap::default(),
             problems_changed: false,
             listing: None,
             listing_since: None,
@@ -273,7 +269,7 @@ impl<K: Watched> Mirror<K> {
             took_ms = self.listing_since.take().map(|t| t.elapsed().as_millis()),
             "listed"
         );
-        let present: HashSet<ObjectKey> = listing.iter().map(|(r, _)| r.clone()).collect();
+        let present: KeySet<ObjectKey> = listing.iter().map(|(r, _)| r.clone()).collect();
         let mut changes = Vec::new();
         for (reference, read) in listing {
             match read {
@@ -309,7 +305,7 @@ impl<K: Watched> Mirror<K> {
 /// The keys among `known` that a complete list did not have.
 fn absent<'a>(
     known: impl Iterator<Item = &'a ObjectKey>,
-    present: &HashSet<ObjectKey>,
+    present: &KeySet<ObjectKey>,
 ) -> Vec<ObjectKey> {
     known.filter(|r| !present.contains(*r)).cloned().collect()
 }
