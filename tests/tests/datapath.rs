@@ -836,3 +836,93 @@ fn a_tuple_closed_by_fins_goes_to_another_flow_only_once_the_backend_has_closed(
     );
     assert_eq!(dp.counter(Counter::PortRemapped), 1);
 }
+
+/// `count` frontends 198.19.x.y:80, each with one backend of its own (198.18.100+x.y:8080):
+/// a sync of them writes batches of `count` backends, slots, services and VIPs, long enough
+/// to be written by two threads at once.
+fn one_backend_each(count: u16) -> Desired {
+    (0..count)
+        .map(|i| {
+            let [hi, lo] = i.to_be_bytes();
+            let backend = Ipv4Addr::new(198, 18, 100 + hi, lo);
+            frontend(
+                Ipv4Addr::new(198, 19, hi, lo),
+                80,
+                Protocol::Tcp,
+                &[(backend, 8080)],
+                None,
+            )
+        })
+        .collect()
+}
+
+/// A sync of thousands of frontends (each batch written in two halves at once) leaves the
+/// maps holding exactly the record, and serves the first and the last frontend.
+#[test]
+fn thousands_of_frontends_in_one_sync_are_written_whole() {
+    if !require_privileges("thousands_of_frontends_in_one_sync_are_written_whole") {
+        return;
+    }
+    let sizes = MapSizes {
+        services: 4096,
+        backends: 4096,
+        ..SIZES
+    };
+    let mut dp = LoadedDatapath::load_with(&sizes);
+    let desired = one_backend_each(3000);
+    dp.program(&desired);
+    assert_eq!(dp.programmed.frontends().len(), 3000);
+    let snapshot = dp.maps.snapshot().expect("reading the maps");
+    assert_eq!(snapshot.backends.len(), 3000);
+    assert_eq!(snapshot.slots.len(), 3000);
+    assert_eq!(snapshot.services.len(), 3000);
+    assert_eq!(snapshot.vips.len(), 3000);
+    let check = dp.programmed.check(&snapshot, sizes.services);
+    assert!(check.drift.is_empty(), "{:?}", check.drift);
+    for (vip, backend) in [
+        (Ipv4Addr::new(198, 19, 0, 0), Ipv4Addr::new(198, 18, 100, 0)),
+        (
+            Ipv4Addr::new(198, 19, 11, 183),
+            Ipv4Addr::new(198, 18, 111, 183),
+        ),
+    ] {
+        let (_, out) = dp.tc(&tcp_frame((CLIENT, 40_000), (vip, 80), SYN, b""));
+        assert_eq!(dst(&out), (backend, 8080), "{vip}");
+    }
+}
+
+/// KP_BACKENDS filling up in the middle of a batch written in two halves: exactly the
+/// frontends whose backend found no room fail (reported, rolled back, retried), every
+/// other one is programmed, and the maps hold exactly the record.
+#[test]
+fn a_map_filling_up_within_a_split_batch_fails_exactly_what_does_not_fit() {
+    if !require_privileges("a_map_filling_up_within_a_split_batch_fails_exactly_what_does_not_fit")
+    {
+        return;
+    }
+    let sizes = MapSizes {
+        services: 4096,
+        backends: 2500,
+        ..SIZES
+    };
+    let mut dp = LoadedDatapath::load_with(&sizes);
+    let report = dp.programmed.sync(&one_backend_each(3000), &mut dp.maps);
+    assert_eq!(report.problems.len(), 500, "{:?}", &report.problems[..3]);
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| p.message.contains("KP_BACKENDS is full")),
+        "{:?}",
+        report
+            .problems
+            .iter()
+            .find(|p| !p.message.contains("KP_BACKENDS is full"))
+    );
+    assert_eq!(dp.programmed.frontends().len(), 2500);
+    let snapshot = dp.maps.snapshot().expect("reading the maps");
+    assert_eq!(snapshot.backends.len(), 2500);
+    assert_eq!(snapshot.services.len(), 2500);
+    let check = dp.programmed.check(&snapshot, sizes.services);
+    assert!(check.drift.is_empty(), "{:?}", check.drift);
+}

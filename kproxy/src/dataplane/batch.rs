@@ -35,7 +35,7 @@ pub fn lookup_and_delete<K: Pod, V: Pod>(map: &MapData, key: &K) -> std::io::Res
 
 /// Writes `keys[i] → values[i]`; returns how many were written before an error, and the
 /// error if one stopped it (the entry at that index was not written).
-pub fn update<K: Pod, V: Pod>(
+pub fn update<K: Pod + Sync, V: Pod + Sync>(
     map: &MapData,
     keys: &[K],
     values: &[V],
@@ -47,7 +47,7 @@ pub fn update<K: Pod, V: Pod>(
 /// [`update`] for a per-CPU map: `values` holds each key's value for every possible CPU,
 /// key after key (`cpus` values per key), as the kernel lays out per-CPU values of a size
 /// that is a multiple of 8.
-pub fn update_per_cpu<K: Pod, V: Pod>(
+pub fn update_per_cpu<K: Pod + Sync, V: Pod + Sync>(
     map: &MapData,
     keys: &[K],
     values: &[V],
@@ -62,9 +62,69 @@ pub fn update_per_cpu<K: Pod, V: Pod>(
     update_entries(map, keys, values)
 }
 
+/// Batches of at least this many entries are written by two threads, half each. (On a
+/// machine with one CPU the two take turns: a thread more per few thousand entries.)
+const SPLIT_FROM: usize = 2048;
+
 /// `BPF_MAP_UPDATE_BATCH` of `keys`, their values laid out in `values` as the map expects
-/// them.
-fn update_entries<K: Pod, V: Pod>(
+/// them (the same number per key). A long batch of distinct keys is written in two halves
+/// at once, on two CPUs: the kernel's hash maps take concurrent updates (a lock per
+/// bucket), and at a 100,000-Service start the kernel's updates of 800,000 entries were
+/// most of the map writes' time, with the other CPU idle. Keys written twice keep their
+/// order: such a batch is written by one thread.
+fn update_entries<K: Pod + Sync, V: Pod + Sync>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> (usize, Option<std::io::Error>) {
+    if keys.len() < SPLIT_FROM || !distinct(keys) {
+        return update_serially(map, keys, values);
+    }
+    let half = keys.len() / 2;
+    let (first_keys, second_keys) = keys.split_at(half);
+    let (first_values, second_values) = values.split_at(half * (values.len() / keys.len()));
+    let (first, second) = std::thread::scope(|scope| {
+        // No thread to be had (a limit on threads): the second half after the first.
+        let second = std::thread::Builder::new()
+            .name("map-writer".into())
+            .spawn_scoped(scope, || update_serially(map, second_keys, second_values));
+        let first = update_serially(map, first_keys, first_values);
+        let second = match second {
+            Ok(thread) => thread.join().unwrap_or_else(|_| {
+                (
+                    0,
+                    Some(std::io::Error::other("the map writer thread panicked")),
+                )
+            }),
+            Err(_) => update_serially(map, second_keys, second_values),
+        };
+        (first, second)
+    });
+    match first {
+        // As one call would say: written up to the first failed entry (entries after it
+        // may be written too; the caller writes them again, which changes nothing).
+        (done, Some(e)) => (done, Some(e)),
+        (_, None) => (half + second.0, second.1),
+    }
+}
+
+/// Whether no key of `keys` is there twice.
+fn distinct<K: Pod>(keys: &[K]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity_and_hasher(
+        keys.len(),
+        foldhash::fast::RandomState::default(),
+    );
+    keys.iter().all(|key| {
+        // SAFETY: a `Pod` is plain bytes (no padding), readable as such for its size.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(key).cast::<u8>(), size_of::<K>())
+        };
+        seen.insert(bytes)
+    })
+}
+
+/// One `BPF_MAP_UPDATE_BATCH` call.
+fn update_serially<K: Pod, V: Pod>(
     map: &MapData,
     keys: &[K],
     values: &[V],

@@ -274,7 +274,7 @@ fn write_in_batches(
 /// Writes the entries `entry` makes of `ops` into `map`, in as few syscalls as it can. One
 /// result per op, in order; an op `entry` cannot turn into an entry of this map fails on
 /// its own.
-fn write_batch<K: aya::Pod, V: aya::Pod>(
+fn write_batch<K: aya::Pod + Sync, V: aya::Pod + Sync>(
     map: &MapData,
     name: &str,
     ops: &[&MapOp],
