@@ -156,8 +156,8 @@ struct Queue(BTreeSet<(Rank, ObjectKey)>);
 
 impl Queue {
     /// The queue of `keys`, built at once: a sort and a bulk build of the tree rather than
-    /// one insertion each (at a 100,000-Service start the insertions were two fifths of the
-    /// model's time).
+    /// one insertion each (at a 100,000-Service start the insertions were over a quarter of
+    /// the model's time).
     fn of(services: &KeyMap<ObjectKey, Arc<KeptService>>, keys: KeySet<ObjectKey>) -> Self {
         Self(
             keys.into_iter()
