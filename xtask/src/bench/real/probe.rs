@@ -11,8 +11,7 @@
 //! seconds of 13) from the proxy it was timing.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -50,19 +49,6 @@ const ALL_ANSWER_SPACING: Duration = Duration::from_millis(20);
 /// How long one change may take to show: kube-proxy's iptables mode syncs tens of thousands of
 /// Services in tens of seconds.
 const PROBE_TIMEOUT: Duration = Duration::from_mins(2);
-
-/// One request through `target` from the calling thread's namespace: the reply line.
-fn ask(target: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&target, ATTEMPT_TIMEOUT)?;
-    stream.set_read_timeout(Some(ATTEMPT_TIMEOUT))?;
-    stream.write_all(b"probe\n")?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(line)
-}
 
 /// Polls `targets` from the client namespace until each has answered once, while the proxy
 /// keeps running; returns the time from the proxy's start until the last one answered.
@@ -111,25 +97,28 @@ pub fn all_answer(
     Ok(last - started)
 }
 
-/// `ask`'s reply with when it came, as a task: attempts of one poll overlap without a thread
-/// each.
-async fn ask_async(target: SocketAddr) -> std::io::Result<(String, Instant)> {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(target).await?;
+/// One request through `target` from the calling thread's namespace, as a task (attempts
+/// of one poll overlap without a thread each): the reply line, with when it came.
+async fn ask(target: SocketAddr) -> std::io::Result<(String, Instant)> {
+    let timed_out = |_| std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let mut stream = tokio::time::timeout(ATTEMPT_TIMEOUT, tokio::net::TcpStream::connect(target))
+        .await
+        .map_err(timed_out)??;
+    let exchange = async {
         stream.write_all(b"probe\n").await?;
         let mut line = String::new();
         tokio::io::BufReader::new(&mut stream)
             .read_line(&mut line)
             .await?;
-        if line.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok((line, Instant::now()))
+        Ok::<_, std::io::Error>(line)
     };
-    // One bound for connect and reply, as `ask`'s two timeouts of the same length allow.
-    tokio::time::timeout(ATTEMPT_TIMEOUT * 2, attempt)
+    let line = tokio::time::timeout(ATTEMPT_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        .map_err(timed_out)??;
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok((line, Instant::now()))
 }
 
 /// Asks `target` every `spacing` from the calling thread's namespace, attempts overlapping,
@@ -150,7 +139,7 @@ async fn first_reply(
                 if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
                     return None;
                 }
-                attempts.spawn(ask_async(target));
+                attempts.spawn(ask(target));
             }
             Some(attempt) = attempts.join_next() => {
                 if let Ok(Ok(found)) = attempt {
@@ -284,19 +273,21 @@ fn poll(
 ) -> Result<Option<String>> {
     let started = Instant::now();
     let poller = ns.spawn("probe-one", move || {
-        loop {
-            let outcome = ask(target);
-            if done(&outcome) || started.elapsed() > timeout {
-                return outcome;
+        on_one_thread(async move {
+            loop {
+                let outcome = ask(target).await.map(|(reply, _)| reply);
+                if done(&outcome) || started.elapsed() > timeout {
+                    return outcome;
+                }
+                tokio::time::sleep(POLL_PAUSE).await;
             }
-            std::thread::sleep(POLL_PAUSE);
-        }
+        })
     })?;
     while !poller.is_finished() {
         proxy.check_running()?;
         std::thread::sleep(Duration::from_millis(20));
     }
-    let outcome = joined(poller)?;
+    let outcome = joined(poller)??;
     if !done(&outcome) {
         bail!("{target}: still {outcome:?} after {timeout:?}");
     }
