@@ -770,7 +770,7 @@ impl Agent {
         let model_done = Instant::now();
         let report = self
             .programmed
-            .sync_keys(self.cluster.desired(), &keys, &mut self.services);
+            .sync_keys(self.cluster.desired(), keys, &mut self.services);
         let node_changed = self.node_applied.as_ref() != Some(self.cluster.node());
         if node_changed {
             self.apply_node();

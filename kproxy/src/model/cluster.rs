@@ -35,6 +35,7 @@ use k8s_openapi::api::{
 use super::{
     Desired, Endpoint, Frontend, FrontendKey, FrontendKind, LbPolicy, NodeInfo, Scope,
     ServiceHealth, ServicePortName, WhenEmpty,
+    dense::Densify,
     endpoints::{self, Family, SliceInfo},
     health,
     kept::{KeptService, KeptSlice},
@@ -189,6 +190,8 @@ pub struct ClusterState {
     /// Services that want a frontend another service serves: they get it when it is freed.
     waiting: KeyMap<FrontendKey, BTreeSet<ObjectKey>>,
     desired: Desired,
+    /// Rebuilds `desired` with full nodes after large changes (see `dense`).
+    desired_density: Densify,
     /// Problems found computing each service.
     problems: KeyMap<ObjectKey, Vec<Problem>>,
     /// Problems of each EndpointSlice on its own (addresses, ports, address type).
@@ -319,6 +322,7 @@ impl ClusterState {
         while let Some(key) = queue.pop() {
             self.recompute(&key, &mut queue, &mut changed);
         }
+        self.desired_density.settle(&mut self.desired);
         changed
     }
 
@@ -501,7 +505,9 @@ impl ClusterState {
                 continue;
             }
             if self.desired.get(&key) != Some(&frontend) {
-                self.desired.insert(key, frontend);
+                if self.desired.insert(key, frontend).is_none() {
+                    self.desired_density.inserted();
+                }
                 changed.insert(key);
             }
             owned.push(key);
@@ -624,7 +630,7 @@ impl ClusterState {
                 kind,
                 affinity_timeout_s: spec.affinity_timeout_s,
                 endpoints: endpoints.to_vec(),
-                listed: listed.clone(),
+                standby: standby_of(&listed, endpoints),
                 when_empty,
                 external_local,
                 source_ranges: ranges,
@@ -784,6 +790,14 @@ fn capped(
 mod explain;
 pub use explain::{EndpointChoice, ExplainedEndpoint};
 
+/// The endpoints of `listed` that are not among `endpoints` (both sorted and unique).
+fn standby_of(listed: &[Endpoint], endpoints: &[Endpoint]) -> Vec<Endpoint> {
+    listed
+        .iter()
+        .filter(|ep| endpoints.binary_search(ep).is_err())
+        .copied()
+        .collect()
+}
 #[cfg(test)]
 mod interning_tests {
     use super::*;

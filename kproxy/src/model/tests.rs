@@ -920,3 +920,91 @@ fn the_lb_policy_and_the_annotation_choose_maglev_frontends() {
         }
     }
 }
+
+#[test]
+fn standby_holds_the_listed_endpoints_that_take_no_new_connections() {
+    /// (case, internalTrafficPolicy, slice, endpoints, standby) on node "here"
+    type Case = (
+        &'static str,
+        &'static str,
+        fn() -> k8s_openapi::api::discovery::v1::EndpointSlice,
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+    let cases: [Case; 4] = [
+        (
+            "all ready: nothing on standby (and nothing allocated for it)",
+            "Cluster",
+            || {
+                web_slice()
+                    .endpoint("198.18.2.2", Some(true))
+                    .endpoint("198.18.3.2", Some(true))
+                    .build()
+            },
+            &["198.18.2.2", "198.18.3.2"],
+            &[],
+        ),
+        (
+            "not ready and terminating ones wait on standby",
+            "Cluster",
+            || {
+                web_slice()
+                    .endpoint("198.18.2.2", Some(true))
+                    .endpoint("198.18.4.2", Some(false))
+                    .endpoint("198.18.3.2", Some(false))
+                    .serving_terminating()
+                    .build()
+            },
+            &["198.18.2.2"],
+            &["198.18.3.2", "198.18.4.2"],
+        ),
+        (
+            "internalTrafficPolicy Local: other nodes' endpoints are on standby",
+            "Local",
+            || {
+                web_slice()
+                    .endpoint("198.18.5.2", Some(true))
+                    .node("elsewhere")
+                    .endpoint("198.18.2.2", Some(true))
+                    .node("here")
+                    .build()
+            },
+            &["198.18.2.2"],
+            &["198.18.5.2"],
+        ),
+        (
+            "no endpoint ready: all of them on standby",
+            "Cluster",
+            || {
+                web_slice()
+                    .endpoint("198.18.3.2", Some(false))
+                    .endpoint("198.18.2.2", Some(false))
+                    .build()
+            },
+            &[],
+            &["198.18.2.2", "198.18.3.2"],
+        ),
+    ];
+    for (case, policy, slice, endpoints, standby) in cases {
+        let svc = service("default", "web", "198.19.0.10")
+            .port("http", 80, "TCP")
+            .internal_traffic_policy(policy)
+            .build();
+        let (desired, problems) =
+            super::desired_state_on(&super::NodeInfo::named("here"), &[svc], &[slice()]);
+        assert!(problems.is_empty(), "{case}: {problems:?}");
+        let frontend = &desired[&key("198.19.0.10", 80, TCP)];
+        let with_port = |list: &[&str]| -> Vec<Endpoint> {
+            eps(&list.iter().map(|a| (*a, 8080)).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            frontend.endpoints,
+            with_port(endpoints),
+            "{case}: endpoints"
+        );
+        assert_eq!(frontend.standby, with_port(standby), "{case}: standby");
+        if standby.is_empty() {
+            assert_eq!(frontend.standby.capacity(), 0, "{case}: no allocation");
+        }
+    }
+}

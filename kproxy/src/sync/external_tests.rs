@@ -39,7 +39,7 @@ fn frontend(kind: FrontendKind, endpoints: &[u8]) -> Frontend {
         },
         kind,
         affinity_timeout_s: None,
-        listed: endpoints.clone(),
+        standby: Vec::new(),
         endpoints,
         when_empty: WhenEmpty::Reject,
         external_local: false,

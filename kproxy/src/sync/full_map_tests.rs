@@ -33,7 +33,7 @@ fn frontend(name: &str, hosts: &[u8]) -> Frontend {
             port: "http".into(),
         },
         affinity_timeout_s: None,
-        listed: endpoints.clone(),
+        standby: Vec::new(),
         endpoints,
         when_empty: WhenEmpty::Reject,
         kind: FrontendKind::ClusterIp,
@@ -212,7 +212,7 @@ fn every_map_full_in_turn_fails_one_frontend_cleanly() {
         );
 
         // Still full: the next sync tries again, and fails the same way, touching nothing.
-        let again = programmed.sync_keys(&case.after, &BTreeSet::new(), &mut dp);
+        let again = programmed.sync_keys(&case.after, BTreeSet::new(), &mut dp);
         assert_eq!(again.problems.len(), 1, "case {name}: retried");
         assert_eq!(served(&dp), case.served, "case {name}");
 
@@ -228,7 +228,7 @@ fn every_map_full_in_turn_fails_one_frontend_cleanly() {
             }
             restarted.sync(&case.after, &mut dp)
         } else {
-            programmed.sync_keys(&case.after, &BTreeSet::new(), &mut dp)
+            programmed.sync_keys(&case.after, BTreeSet::new(), &mut dp)
         };
         assert!(
             healed.problems.is_empty(),

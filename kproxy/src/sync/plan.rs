@@ -16,6 +16,7 @@ use super::{
 use crate::{
     model::{
         Desired, Endpoint, Frontend, FrontendKey, Scope, ServicePortName,
+        dense::Densify,
         maglev::{self, DEFAULT_TABLE_SIZE},
     },
     problem::{Problem, ProblemKind, datapath_error},
@@ -80,6 +81,8 @@ pub struct Programmed {
     pub(super) retry: BTreeSet<FrontendKey>,
     /// Entries of each Maglev table (the programs' `KP_MAGLEV_TABLE_SIZE`).
     pub(super) maglev_table_size: u32,
+    /// Rebuilds `frontends` and `vips` with full nodes after large syncs (see `dense`).
+    pub(super) density: (Densify, Densify),
 }
 
 /// What one sync did.
@@ -220,6 +223,7 @@ impl Programmed {
             vips: BTreeMap::new(),
             retry: BTreeSet::new(),
             maglev_table_size: DEFAULT_TABLE_SIZE,
+            density: Default::default(),
         }
     }
 
@@ -259,8 +263,9 @@ impl Programmed {
     /// Sets frontend `key` to `frontend`, counting it in place of what it replaces.
     fn put_frontend(&mut self, key: FrontendKey, frontend: ProgrammedFrontend) {
         self.counts.add(&key, &frontend);
-        if let Some(old) = self.frontends.insert(key, frontend) {
-            self.counts.remove(&key, &old);
+        match self.frontends.insert(key, frontend) {
+            Some(old) => self.counts.remove(&key, &old),
+            None => self.density.0.inserted(),
         }
     }
 
@@ -280,7 +285,7 @@ impl Programmed {
             .chain(desired.keys())
             .copied()
             .collect();
-        self.sync_keys(desired, &keys, dp)
+        self.sync_keys(desired, keys, dp)
     }
 
     /// Writes the differences for the frontends `keys` (those that may have changed) into
@@ -291,11 +296,10 @@ impl Programmed {
     pub fn sync_keys(
         &mut self,
         desired: &Desired,
-        keys: &BTreeSet<FrontendKey>,
+        mut keys: BTreeSet<FrontendKey>,
         dp: &mut impl Datapath,
     ) -> SyncReport {
         let mut report = SyncReport::default();
-        let mut keys = keys.clone();
         keys.append(&mut self.retry);
         if !dp.serves_ipv6() {
             // Left as they are: neither written nor retried (nor ids reserved for them)
@@ -391,6 +395,8 @@ impl Programmed {
             self.svc_ids.release(id);
         }
         self.update_vips(&ending.vip_deltas, dp, &mut report);
+        self.density.0.settle(&mut self.frontends);
+        self.density.1.settle(&mut self.vips);
         report
     }
 
@@ -465,7 +471,7 @@ impl Programmed {
                     .flat_map(|f| f.endpoints().chain(f.standby_endpoints()))
                     .collect();
                 let wanted: HashSet<&Endpoint> =
-                    want.listed.iter().chain(&want.endpoints).collect();
+                    want.standby.iter().chain(&want.endpoints).collect();
                 wanted.into_iter().filter(|ep| !held.contains(ep)).count() as u64
             })
             .sum();
@@ -511,8 +517,8 @@ impl Programmed {
             };
             if after == 0 {
                 self.vips.remove(&addr);
-            } else {
-                self.vips.insert(addr, after);
+            } else if self.vips.insert(addr, after).is_none() {
+                self.density.1.inserted();
             }
             if let Some(op) = op {
                 pending.push((key, op));
@@ -540,6 +546,7 @@ impl Programmed {
             .map(|ep| (*ep, allocate_backend_id(&mut self.next_backend_id)))
             .collect();
         let standby: Vec<(Endpoint, u32)> = standby_of(frontend, active)
+            .into_iter()
             .map(|ep| (ep, allocate_backend_id(&mut self.next_backend_id)))
             .collect();
         let put = |(endpoint, id): &(Endpoint, u32), active: bool| MapOp::PutBackend {
@@ -582,17 +589,17 @@ impl Programmed {
     }
 }
 
-/// The listed endpoints of `frontend` that do not take new connections (`active` does).
-fn standby_of<'a>(
-    frontend: &'a Frontend,
-    active: &'a [Endpoint],
-) -> impl Iterator<Item = Endpoint> + 'a {
-    let active: HashSet<Endpoint> = active.iter().copied().collect();
-    frontend
-        .listed
+/// The listed endpoints of `frontend` that do not take new connections, sorted: its
+/// standby ones and those of its endpoints beyond `active` (a prefix of them, see `capped`).
+fn standby_of(frontend: &Frontend, active: &[Endpoint]) -> Vec<Endpoint> {
+    let mut standby: Vec<Endpoint> = frontend
+        .standby
         .iter()
+        .chain(&frontend.endpoints[active.len()..])
         .copied()
-        .filter(move |ep| !active.contains(ep))
+        .collect();
+    standby.sort_unstable();
+    standby
 }
 
 /// Ids of new backends: never reused while the maps live; 0 is never used.
@@ -610,7 +617,7 @@ fn update_change(
     frontend: &Frontend,
 ) -> Change {
     let active = capped(&frontend.endpoints);
-    let standby: Vec<Endpoint> = standby_of(frontend, active).collect();
+    let standby = standby_of(frontend, active);
     let same_backends = !old.needs_rewrite
         && old.endpoints().eq(active.iter().copied())
         && old.standby_endpoints().eq(standby.iter().copied());

@@ -226,13 +226,13 @@ impl Programmed {
     ) -> (Self, Vec<MapOp>) {
         let mut cleanup = Vec::new();
         let index = Index::new(snapshot, &mut cleanup);
-        let mut frontends = BTreeMap::new();
         let mut reader = FrontendReader::new(&index, max_services, maglev_table_size);
-        for (key, value) in snapshot.frontends() {
-            if let Some((key, frontend)) = reader.read(key, value, &mut cleanup) {
-                frontends.insert(key, frontend);
-            }
-        }
+        // Collected at once (sorted, then built with full nodes): the maps list frontends in
+        // hash order, and inserting them one by one left the nodes three-quarters full.
+        let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = snapshot
+            .frontends()
+            .filter_map(|(key, value)| reader.read(key, value, &mut cleanup))
+            .collect();
         let (mut ranges, tables) = reader.finish();
         stray_entries(
             &index,
@@ -266,6 +266,7 @@ impl Programmed {
             vips,
             retry: BTreeSet::new(),
             maglev_table_size,
+            density: Default::default(),
         };
         (programmed, cleanup)
     }
@@ -430,11 +431,17 @@ pub(super) fn vip_ops(counts: &BTreeMap<IpAddr, u32>, pinned: &BTreeSet<IpAddr>)
 
 /// How many frontends use each VIP (NodePorts have none of their own).
 pub(super) fn vip_counts<'a>(keys: impl Iterator<Item = &'a FrontendKey>) -> BTreeMap<IpAddr, u32> {
-    let mut counts = BTreeMap::new();
-    for key in keys.filter(|k| !k.is_node_port()) {
-        *counts.entry(key.addr).or_insert(0) += 1;
+    let mut addrs: Vec<IpAddr> = keys.filter(|k| !k.is_node_port()).map(|k| k.addr).collect();
+    addrs.sort_unstable();
+    // Counted in runs and collected at once: a map with full nodes (see `model::dense`).
+    let mut counts: Vec<(IpAddr, u32)> = Vec::new();
+    for addr in addrs {
+        match counts.last_mut() {
+            Some((last, count)) if *last == addr => *count += 1,
+            _ => counts.push((addr, 1)),
+        }
     }
-    counts
+    counts.into_iter().collect()
 }
 
 /// One published frontend (`key`) as the maps hold it: the backends of its active bank take

@@ -35,7 +35,7 @@ pub(super) fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> F
         },
         affinity_timeout_s: affinity,
         endpoints: endpoints.iter().map(|h| ep(*h)).collect(),
-        listed: endpoints.iter().map(|h| ep(*h)).collect(),
+        standby: Vec::new(),
         when_empty: WhenEmpty::Reject,
         kind: FrontendKind::ClusterIp,
         external_local: false,
@@ -48,8 +48,8 @@ pub(super) fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> F
 /// listed too (not ready, terminating).
 fn frontend_with(name: &str, used: &[u8], listed_only: &[u8]) -> Frontend {
     let mut f = frontend(name, used, None);
-    f.listed = used.iter().chain(listed_only).map(|h| ep(*h)).collect();
-    f.listed.sort();
+    f.standby = listed_only.iter().map(|h| ep(*h)).collect();
+    f.standby.sort();
     f
 }
 
@@ -346,7 +346,7 @@ fn full_map_fails_one_frontend_cleanly_and_retries_later() {
 
     dp.max_backends = None;
     // Nothing changed in the cluster, but the failed frontend is retried.
-    let retry = programmed.sync_keys(&want, &std::collections::BTreeSet::new(), &mut dp);
+    let retry = programmed.sync_keys(&want, std::collections::BTreeSet::new(), &mut dp);
     assert!(retry.problems.is_empty());
     assert_eq!((retry.added, retry.updated), (1, 0));
     assert_eq!(dp.view(), expected_view(&want));
@@ -614,7 +614,7 @@ fn ids_are_reserved_before_they_are_written_and_a_failed_reservation_writes_noth
     dp.fail_reservation = false;
     // Retried by the next sync even though nothing changed; the fake asserts every written
     // id is below the reservation.
-    let retry = programmed.sync_keys(&want, &std::collections::BTreeSet::new(), &mut dp);
+    let retry = programmed.sync_keys(&want, std::collections::BTreeSet::new(), &mut dp);
     assert!(retry.problems.is_empty(), "{:?}", retry.problems);
     assert_eq!(dp.view(), expected_view(&want));
 }

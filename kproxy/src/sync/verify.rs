@@ -8,13 +8,13 @@
 //! only what differs is written, and a service's backend set still switches atomically.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fmt,
 };
 
 use super::{
     DatapathSnapshot, MapOp, Programmed, ProgrammedFrontend,
-    recover::{FrontendReader, Index, stray_entries, vip_counts, vip_ops},
+    recover::{FrontendReader, Index, stray_entries, vip_ops},
 };
 use crate::model::FrontendKey;
 
@@ -90,16 +90,29 @@ impl Programmed {
             self.maglev_table_size,
             &mut cleanup,
         );
-        let vips = vip_counts(self.frontends.keys());
-        cleanup.extend(vip_ops(&vips, &snapshot.vips().collect()));
-        let banks = self.banks();
+        // The record's own VIP counts, kept as frontends come and go: counting them again
+        // from the frontends held another 100,000 entries for the check's duration.
+        cleanup.extend(vip_ops(&self.vips, &snapshot.vips().collect()));
+        let banks = self.banks(&cleanup);
         cleanup.iter().all(|op| expected(&banks, op))
     }
 
-    /// Every programmed service port id's active bank and bank lengths.
-    fn banks(&self) -> HashMap<u32, (u8, [u32; 2])> {
+    /// The active bank and bank lengths of each service port id whose slots `cleanup`
+    /// deletes (only those: the check runs every period, over every frontend).
+    fn banks(&self, cleanup: &[MapOp]) -> HashMap<u32, (u8, [u32; 2])> {
+        let wanted: HashSet<u32> = cleanup
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::DeleteSlot { svc_id, .. } => Some(*svc_id),
+                _ => None,
+            })
+            .collect();
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
         self.frontends
             .values()
+            .filter(|f| wanted.contains(&f.svc_id))
             .map(|f| (f.svc_id, (f.bank, f.bank_len)))
             .collect()
     }
@@ -134,7 +147,7 @@ impl Programmed {
         // service, a VIP no frontend uses or one missing). Not drift: the inactive bank a
         // frontend keeps after a switch, and the counter resets of free ids that recovery
         // does as a precaution. The repair applies all of it, as a restart does.
-        let banks = self.banks();
+        let banks = self.banks(&cleanup);
         drift.extend(
             cleanup
                 .iter()

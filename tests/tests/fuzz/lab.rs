@@ -81,7 +81,7 @@ impl Lab {
                 if let std::net::IpAddr::V4(vip) = key.addr {
                     vips.insert(vip.octets());
                 }
-                for e in &f.listed {
+                for e in f.endpoints.iter().chain(&f.standby) {
                     if let std::net::IpAddr::V4(addr) = e.addr {
                         backends.insert(addr.octets());
                     }

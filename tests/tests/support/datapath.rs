@@ -338,13 +338,7 @@ pub fn frontend<A: Into<IpAddr> + Copy>(
                     port: *port,
                 })
                 .collect(),
-            listed: endpoints
-                .iter()
-                .map(|(addr, port)| Endpoint {
-                    addr: (*addr).into(),
-                    port: *port,
-                })
-                .collect(),
+            standby: Vec::new(),
             when_empty: WhenEmpty::Reject,
             kind: FrontendKind::ClusterIp,
             external_local: false,
@@ -375,11 +369,13 @@ pub fn frontend_listing(
     listed_only: &[(Ipv4Addr, u16)],
 ) -> (FrontendKey, Frontend) {
     let (key, mut f) = frontend(addr, port, proto, endpoints, None);
-    f.listed
-        .extend(listed_only.iter().map(|(addr, port)| Endpoint {
+    f.standby = listed_only
+        .iter()
+        .map(|(addr, port)| Endpoint {
             addr: (*addr).into(),
             port: *port,
-        }));
-    f.listed.sort();
+        })
+        .collect();
+    f.standby.sort();
     (key, f)
 }

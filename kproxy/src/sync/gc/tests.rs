@@ -705,7 +705,7 @@ fn web_frontends(
                     addr: backend,
                     port: 8080,
                 }],
-                listed: Vec::new(),
+                standby: Vec::new(),
                 when_empty: WhenEmpty::Reject,
                 external_local: false,
                 source_ranges: Vec::new(),
