@@ -419,7 +419,7 @@ impl ClusterState {
                                 }
                                 if !slice.problems.is_empty() {
                                     self.slice_problems
-                                        .insert(key.clone(), slice.problems.clone());
+                                        .insert(key.clone(), slice.problems.to_vec());
                                 }
                                 dirty.insert(owner.clone());
                             }

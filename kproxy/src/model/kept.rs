@@ -61,8 +61,9 @@ pub struct KeptSlice {
     /// The Service it feeds, unless kube-proxy ignores it.
     pub(super) owner: Option<ObjectKey>,
     /// What is wrong with it on its own (addresses, ports, address type); looked at only
-    /// for a slice with an owner.
-    pub(super) problems: Vec<Problem>,
+    /// for a slice with an owner. A boxed slice: a word less, which takes the kept slice
+    /// down an allocation size (1.6 MB at 100,000 slices).
+    pub(super) problems: Box<[Problem]>,
     pub(super) info: SliceInfo,
     /// Its `endpoints.kubernetes.io/last-change-trigger-time`, when readable.
     pub trigger_time: Option<SystemTime>,
@@ -73,9 +74,9 @@ impl KeptSlice {
         let owner = slice_owner(slice);
         Self {
             problems: if owner.is_some() {
-                slice_problems(slice)
+                slice_problems(slice).into()
             } else {
-                Vec::new()
+                Box::default()
             },
             owner,
             info: SliceInfo::of(slice),

@@ -37,19 +37,21 @@ pub(crate) struct PortSpec {
 pub(crate) struct ServiceSpec {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
-    pub cluster_ips: Vec<IpAddr>,
-    pub ports: Vec<PortSpec>,
+    // Boxed slices rather than vectors, here and below: fixed once read, a word less each,
+    // and the kept Service fits an allocation 48 bytes smaller (4.8 MB at 100,000).
+    pub cluster_ips: Box<[IpAddr]>,
+    pub ports: Box<[PortSpec]>,
     pub affinity_timeout_s: Option<u32>,
     /// `internalTrafficPolicy: Local`: ClusterIP traffic only to this node's endpoints.
     pub internal_local: bool,
     /// `spec.externalIPs` that can be served, both families, in order, each once.
-    pub external_ips: Vec<IpAddr>,
+    pub external_ips: Box<[IpAddr]>,
     /// `status.loadBalancer.ingress[].ip` of VIP-mode ingresses (`ipMode` unset or `VIP`;
     /// kube-proxy leaves `Proxy` ones to the load balancer), both families, each once.
-    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Box<[IpAddr]>,
     /// `spec.loadBalancerSourceRanges` that could be read (trimmed, as kube-proxy does),
     /// both families.
-    pub source_ranges: Vec<IpNet>,
+    pub source_ranges: Box<[IpNet]>,
     /// Source ranges were given but none could be read: the load-balancer IPs are left
     /// unserved rather than open to every source.
     pub source_ranges_unreadable: bool,
@@ -182,13 +184,13 @@ impl ServiceSpec {
         Some(Self {
             namespace,
             name,
-            cluster_ips,
-            ports,
+            cluster_ips: cluster_ips.into(),
+            ports: ports.into(),
             affinity_timeout_s,
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-            external_ips: reach.external_ips,
-            load_balancer_ips: reach.load_balancer_ips,
-            source_ranges: reach.source_ranges,
+            external_ips: reach.external_ips.into(),
+            load_balancer_ips: reach.load_balancer_ips.into(),
+            source_ranges: reach.source_ranges.into(),
             source_ranges_unreadable: reach.source_ranges_unreadable,
             external_local: reach.external_local,
             health_check_node_port: reach.health_check_node_port,
