@@ -7,6 +7,7 @@ mod input;
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
+    ops::Bound,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -33,7 +34,7 @@ use crate::{
     healthcheck::{self, HealthCheckMetrics, HealthCheckServers},
     http::{
         Health,
-        agent_api::{AgentRequest, FrontendName, VerifyReport},
+        agent_api::{AgentRequest, FRONTEND_PAGE, FrontendName, FrontendPage, VerifyReport},
     },
     metrics::{
         KindLabel, Metrics,
@@ -41,8 +42,8 @@ use crate::{
         gauge, kube_proxy,
     },
     model::{
-        Change, ClusterState, Frontend, FrontendKey, FrontendKind, LbPolicy, LocalDetection,
-        NodeInfo, Scope,
+        Change, ClusterState, Desired, Frontend, FrontendKey, FrontendKind, LbPolicy,
+        LocalDetection, NodeInfo, Scope,
         local_traffic::{LOCAL_CONFIG_FLAGS, LocalConfig},
     },
     problem::{Problem, ProblemKind},
@@ -438,8 +439,8 @@ async fn serve(
                 AgentRequest::Verify(reply) => {
                     let _ = reply.send(agent.check_drift(input));
                 }
-                AgentRequest::Frontends(reply) => {
-                    let _ = reply.send(agent.frontend_names());
+                AgentRequest::Frontends { after, reply } => {
+                    let _ = reply.send(agent.frontend_page(after));
                 }
                 AgentRequest::Explain { dst, proto, reply } => {
                     let _ = reply.send(agent.explain(dst, proto));
@@ -651,24 +652,9 @@ impl Agent {
     /// JSON list of `FrontendName`s, each written as it is made: a list of them made first
     /// held every name twice, as values and as text, while the answer was written (at
     /// 100,000 frontends, a moment in the agent's peak memory).
-    fn frontend_names(&self) -> String {
-        struct All<'a>(&'a Agent);
-        impl serde::Serialize for All<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let agent = self.0;
-                s.collect_seq(
-                    agent
-                        .cluster
-                        .desired()
-                        .iter()
-                        .map(|(key, frontend)| agent.frontend_name(key, frontend)),
-                )
-            }
-        }
-        // Strings, numbers and lists: nothing JSON cannot say.
-        serde_json::to_string(&All(self)).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "writing the frontends' names");
-            "[]".to_owned()
+    fn frontend_page(&self, after: Option<FrontendKey>) -> FrontendPage {
+        frontend_page(self.cluster.desired(), after, |key, frontend| {
+            self.frontend_name(key, frontend)
         })
     }
 
@@ -1243,4 +1229,126 @@ fn trigger_time(change: &Change) -> Option<SystemTime> {
         return None;
     };
     slice.trigger_time
+}
+
+/// The page of `/frontends` after `after`: the names of up to `FRONTEND_PAGE` frontends of
+/// `desired`, in order, as `name` gives them.
+fn frontend_page(
+    desired: &Desired,
+    after: Option<FrontendKey>,
+    name: impl Fn(&FrontendKey, &Frontend) -> FrontendName,
+) -> FrontendPage {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut frontends = desired.range((from, Bound::Unbounded)).peekable();
+    let mut json = Vec::new();
+    let mut last = None;
+    for (key, frontend) in frontends.by_ref().take(FRONTEND_PAGE) {
+        if !json.is_empty() {
+            json.push(b',');
+        }
+        // Strings and options of them: nothing JSON cannot say.
+        if let Err(e) = serde_json::to_writer(&mut json, &name(key, frontend)) {
+            tracing::error!(error = %e, frontend = %key, "writing a frontend's name");
+        }
+        last = Some(*key);
+    }
+    FrontendPage {
+        json: String::from_utf8(json).unwrap_or_default(),
+        next: frontends.peek().and(last),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::model::{Protocol, ServicePortName, WhenEmpty};
+
+    fn desired(count: u32) -> Desired {
+        (0..count)
+            .map(|n| {
+                let key = FrontendKey::new(
+                    IpAddr::V4(Ipv4Addr::from(0xC613_0000 + n)),
+                    80,
+                    Protocol::Tcp,
+                );
+                let frontend = Frontend {
+                    service: ServicePortName {
+                        namespace: "default".into(),
+                        name: format!("web-{n}").into(),
+                        port: "".into(),
+                    },
+                    kind: FrontendKind::ClusterIp,
+                    affinity_timeout_s: None,
+                    endpoints: Vec::new(),
+                    standby: Vec::new(),
+                    when_empty: WhenEmpty::Reject,
+                    external_local: false,
+                    source_ranges: Vec::new(),
+                    maglev: false,
+                };
+                (key, frontend)
+            })
+            .collect()
+    }
+
+    fn name(key: &FrontendKey, frontend: &Frontend) -> FrontendName {
+        FrontendName {
+            frontend: key.to_string(),
+            scope: "all".into(),
+            service: frontend.service.name.to_string(),
+            port: String::new(),
+            kind: "ClusterIP".into(),
+            internal_traffic_policy: None,
+            external_traffic_policy: None,
+        }
+    }
+
+    /// Every page of `desired`, asked as `/frontends` asks them: (names, next) of each.
+    fn pages(desired: &Desired) -> Vec<(Vec<FrontendName>, Option<FrontendKey>)> {
+        let mut pages = Vec::new();
+        let mut after = None;
+        loop {
+            let page = frontend_page(desired, after, name);
+            let names: Vec<FrontendName> =
+                serde_json::from_str(&format!("[{}]", page.json)).expect("a page of JSON objects");
+            let next = page.next;
+            pages.push((names, next));
+            match next {
+                Some(key) => after = Some(key),
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn frontends_are_named_a_page_at_a_time_each_once_in_order() {
+        // (case, frontends, sizes of the pages)
+        let cases: [(&str, u32, &[usize]); 4] = [
+            ("none", 0, &[0]),
+            ("fewer than a page", 3, &[3]),
+            ("exactly a page", 2_000, &[2_000]),
+            ("two pages and one more", 4_001, &[2_000, 2_000, 1]),
+        ];
+        for (case, count, sizes) in cases {
+            let desired = desired(count);
+            let pages = pages(&desired);
+            let got: Vec<usize> = pages.iter().map(|(names, _)| names.len()).collect();
+            assert_eq!(got, sizes, "{case}: page sizes");
+            let listed: Vec<String> = pages
+                .iter()
+                .flat_map(|(names, _)| names.iter().map(|n| n.frontend.clone()))
+                .collect();
+            let all: Vec<String> = desired.keys().map(ToString::to_string).collect();
+            assert_eq!(listed, all, "{case}: every frontend once, in order");
+            for (names, next) in &pages {
+                // A page says where the next starts only while frontends follow it.
+                let last = names.last().map(|n| n.frontend.clone());
+                if let Some(next) = next {
+                    assert_eq!(Some(next.to_string()), last, "{case}");
+                }
+            }
+        }
+    }
 }

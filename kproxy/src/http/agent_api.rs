@@ -3,21 +3,41 @@
 //! `POST /verify` runs the drift check now and answers with its report (`kproxy verify`; it
 //! repairs what it finds, hence POST); `GET /frontends` names the Service behind each
 //! frontend (`kproxy services`: the pinned maps hold ids, not names).
+//!
+//! `/frontends` is one JSON list, written a page of frontends at a time, each page a
+//! request to the agent's loop: written whole, 100,000 frontends' names were 20 MB held at
+//! once, the largest moment of the agent's memory after its start. Frontends are listed in
+//! order, each once; one that changes while the list is written appears as it was when its
+//! page was (the pages are written from the agent's state of their moment).
 
 use std::{borrow::Cow, net::SocketAddr};
 
 use anyhow::{Context, Result, bail};
 use axum::{
     Router,
+    body::{Body, Bytes},
     extract::{Path, State},
     http::StatusCode,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
+use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{EndpointChoice, Protocol};
+use crate::model::{EndpointChoice, FrontendKey, Protocol};
+
+/// Frontends per page of `/frontends`.
+pub const FRONTEND_PAGE: usize = 2_000;
+
+/// A page of `/frontends`: up to `FRONTEND_PAGE` `FrontendName`s as JSON objects separated
+/// by commas, and the last frontend's key when more may follow.
+#[derive(Debug, Default)]
+pub struct FrontendPage {
+    pub json: String,
+    pub next: Option<FrontendKey>,
+}
 
 /// What a drift check found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,8 +103,11 @@ pub struct FrontendExplanation {
 /// A request to the agent's loop; it answers on the sender.
 pub enum AgentRequest {
     Verify(oneshot::Sender<VerifyReport>),
-    /// Answered with a JSON list of `FrontendName`s, written by the agent.
-    Frontends(oneshot::Sender<String>),
+    /// Answered with the page of `FrontendName`s after `after` (the first page: `None`).
+    Frontends {
+        after: Option<FrontendKey>,
+        reply: oneshot::Sender<FrontendPage>,
+    },
     Explain {
         dst: SocketAddr,
         proto: Protocol,
@@ -106,9 +129,72 @@ async fn verify(State(requests): State<mpsc::Sender<AgentRequest>>) -> JsonAnswe
     ask(&requests, AgentRequest::Verify).await
 }
 
-async fn frontends(State(requests): State<mpsc::Sender<AgentRequest>>) -> JsonAnswer {
-    let json = ask_agent(&requests, AgentRequest::Frontends).await?;
-    Ok(([("content-type", "application/json")], json))
+async fn frontends(
+    State(requests): State<mpsc::Sender<AgentRequest>>,
+) -> Result<Response, (StatusCode, String)> {
+    // The first page before the answer: an agent that is not serving gets its status.
+    let first = page_after(&requests, None).await?;
+    let opening = Bytes::from(format!("[{}", first.json));
+    let listing = Listing {
+        requests,
+        next: first.next,
+        any: !first.json.is_empty(),
+        closed: false,
+    };
+    let rest = futures::stream::unfold(listing, Listing::next_chunk);
+    let body = futures::stream::once(async { Ok(opening) }).chain(rest);
+    Ok((
+        [("content-type", "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn page_after(
+    requests: &mpsc::Sender<AgentRequest>,
+    after: Option<FrontendKey>,
+) -> Result<FrontendPage, (StatusCode, String)> {
+    ask_agent(requests, |reply| AgentRequest::Frontends { after, reply }).await
+}
+
+/// The rest of a `/frontends` list being written.
+struct Listing {
+    requests: mpsc::Sender<AgentRequest>,
+    /// The key to ask the next page after; `None`: the list is complete.
+    next: Option<FrontendKey>,
+    /// Some frontend was written (the next one needs a comma before it).
+    any: bool,
+    closed: bool,
+}
+
+impl Listing {
+    /// The next piece of the body: a page, then the closing bracket. An agent that stops
+    /// meanwhile ends the body with an error (a cut list, never a wrong one).
+    async fn next_chunk(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
+        if self.closed {
+            return None;
+        }
+        let Some(after) = self.next.take() else {
+            self.closed = true;
+            return Some((Ok(Bytes::from_static(b"]")), self));
+        };
+        match page_after(&self.requests, Some(after)).await {
+            Ok(page) => {
+                let comma = if self.any && !page.json.is_empty() {
+                    ","
+                } else {
+                    ""
+                };
+                self.any |= !page.json.is_empty();
+                self.next = page.next;
+                Some((Ok(Bytes::from(format!("{comma}{}", page.json))), self))
+            }
+            Err((_, why)) => {
+                self.closed = true;
+                Some((Err(std::io::Error::other(why.trim_end().to_owned())), self))
+            }
+        }
+    }
 }
 
 async fn explain_route(
@@ -234,6 +320,92 @@ mod tests {
             Some(asked) if response.status().is_success() => Ok(asked),
             _ => Err(response.status()),
         }
+    }
+
+    /// `GET /frontends` against an agent holding `count` frontends that answers pages of
+    /// two, and stops answering after `pages_answered` pages: the body, or why it broke.
+    async fn frontends_body(count: u8, pages_answered: usize) -> Result<Vec<FrontendName>, String> {
+        let key = |n: u8| FrontendKey::new([198, 19, 0, n].into(), 80, Protocol::Tcp);
+        let name = move |n: u8| FrontendName {
+            frontend: key(n).to_string(),
+            scope: "all".into(),
+            service: format!("default/web-{n}"),
+            port: String::new(),
+            kind: "ClusterIP".into(),
+            internal_traffic_policy: None,
+            external_traffic_policy: None,
+        };
+        let (requests, mut agent) = mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..pages_answered {
+                let Some(AgentRequest::Frontends { after, reply }) = agent.recv().await else {
+                    return;
+                };
+                let from = after.map_or(0, |k: FrontendKey| match k.addr {
+                    std::net::IpAddr::V4(a) => a.octets()[3] + 1,
+                    std::net::IpAddr::V6(_) => unreachable!("IPv4 keys only"),
+                });
+                let page: Vec<u8> = (from..count).take(2).collect();
+                let json: Vec<String> = page
+                    .iter()
+                    .map(|n| serde_json::to_string(&name(*n)).expect("JSON"))
+                    .collect();
+                let next = page
+                    .last()
+                    .filter(|last| **last + 1 < count)
+                    .map(|n| key(*n));
+                let _ = reply.send(FrontendPage {
+                    json: json.join(","),
+                    next,
+                });
+            }
+        });
+        let request = http::Request::builder()
+            .uri("/frontends")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = routes(requests).oneshot(request).await.expect("answer");
+        if !response.status().is_success() {
+            return Err(response.status().to_string());
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body cut: {e}"))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| format!("not a list: {e}"))
+    }
+
+    #[tokio::test]
+    async fn frontends_are_one_list_written_a_page_at_a_time() {
+        let names = |list: &[FrontendName]| -> Vec<String> {
+            list.iter().map(|n| n.service.clone()).collect()
+        };
+        let all = frontends_body(5, 3).await.expect("three pages of two");
+        assert_eq!(
+            names(&all),
+            [
+                "default/web-0",
+                "default/web-1",
+                "default/web-2",
+                "default/web-3",
+                "default/web-4"
+            ]
+        );
+        let none = frontends_body(0, 1).await.expect("an empty list");
+        assert!(none.is_empty());
+        // An agent that stops after the first page: the list is cut, never passed as whole.
+        let cut = frontends_body(5, 1).await;
+        assert!(
+            cut.as_ref().is_err_and(|e| e.starts_with("body cut")),
+            "{cut:?}"
+        );
+        // One that does not answer at all: refused with its status, before any body.
+        assert_eq!(
+            frontends_body(5, 0).await,
+            Err(StatusCode::SERVICE_UNAVAILABLE.to_string())
+        );
     }
 
     #[tokio::test]
