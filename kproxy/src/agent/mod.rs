@@ -1263,7 +1263,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::model::{Protocol, ServicePortName, WhenEmpty};
+    use crate::model::{Protocol, fixtures};
 
     fn desired(count: u32) -> Desired {
         (0..count)
@@ -1273,21 +1273,8 @@ mod tests {
                     80,
                     Protocol::Tcp,
                 );
-                let frontend = Frontend {
-                    service: ServicePortName {
-                        namespace: "default".into(),
-                        name: format!("web-{n}").into(),
-                        port: "".into(),
-                    },
-                    kind: FrontendKind::ClusterIp,
-                    affinity_timeout_s: None,
-                    endpoints: Vec::new(),
-                    standby: Vec::new(),
-                    when_empty: WhenEmpty::Reject,
-                    external_local: false,
-                    source_ranges: Vec::new(),
-                    maglev: false,
-                };
+                let frontend =
+                    fixtures::frontend(&format!("web-{n}"), FrontendKind::ClusterIp, Vec::new());
                 (key, frontend)
             })
             .collect()

@@ -1,4 +1,4 @@
-//! Fluent builders of Services and EndpointSlices for tests.
+//! Fluent builders of Services and EndpointSlices for tests, and a plain frontend.
 
 use std::collections::BTreeMap;
 
@@ -367,5 +367,29 @@ impl SliceBuilder {
 
     pub fn build(self) -> EndpointSlice {
         self.0
+    }
+}
+
+/// A `kind` frontend of Service `default/name`'s unnamed port whose `endpoints` take new
+/// connections, with nothing else set.
+pub fn frontend(
+    name: &str,
+    kind: super::FrontendKind,
+    endpoints: Vec<super::Endpoint>,
+) -> super::Frontend {
+    super::Frontend {
+        service: super::ServicePortName {
+            namespace: "default".into(),
+            name: name.into(),
+            port: "".into(),
+        },
+        kind,
+        affinity_timeout_s: None,
+        endpoints,
+        standby: Vec::new(),
+        when_empty: super::WhenEmpty::Reject,
+        external_local: false,
+        source_ranges: Vec::new(),
+        maglev: false,
     }
 }

@@ -684,7 +684,7 @@ fn a_pass_adds_up_both_families() {
 fn web_frontends(
     keys: &[(crate::model::FrontendKey, crate::model::FrontendKind)],
 ) -> crate::model::Desired {
-    use crate::model::{Endpoint, Frontend, ServicePortName, WhenEmpty};
+    use crate::model::{Endpoint, fixtures};
 
     keys.iter()
         .map(|&(key, kind)| {
@@ -693,25 +693,11 @@ fn web_frontends(
             } else {
                 ip::<u32>(BACKEND)
             };
-            let frontend = Frontend {
-                service: ServicePortName {
-                    namespace: "default".into(),
-                    name: "web".into(),
-                    port: "".into(),
-                },
-                kind,
-                affinity_timeout_s: None,
-                endpoints: vec![Endpoint {
-                    addr: backend,
-                    port: 8080,
-                }],
-                standby: Vec::new(),
-                when_empty: WhenEmpty::Reject,
-                external_local: false,
-                source_ranges: Vec::new(),
-                maglev: false,
+            let endpoint = Endpoint {
+                addr: backend,
+                port: 8080,
             };
-            (key, frontend)
+            (key, fixtures::frontend("web", kind, vec![endpoint]))
         })
         .collect()
 }
