@@ -986,3 +986,34 @@ fn datapath_problem(
         None => problem,
     }
 }
+
+#[cfg(test)]
+mod standby_tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::model::{FrontendKind, fixtures};
+
+    #[test]
+    fn endpoints_beyond_the_cap_wait_on_standby_with_the_listed_ones_in_order() {
+        let max = MAX_BACKENDS_PER_SERVICE;
+        let ep = |n: u32, port| Endpoint {
+            addr: IpAddr::V4(Ipv4Addr::from(0xC612_0000 + n)),
+            port,
+        };
+        let endpoints: Vec<Endpoint> = (0..max + 2).map(|n| ep(n, 80)).collect();
+        let mut frontend = fixtures::frontend("web", FrontendKind::ClusterIp, endpoints);
+        // Listed only: one that sorts among the capped endpoints, one after them all.
+        frontend.standby = vec![ep(3, 79), ep(max + 5, 80)];
+        let active = capped(&frontend.endpoints);
+        assert_eq!(active.len(), max as usize);
+        assert_eq!(
+            standby_of(&frontend, active),
+            [ep(3, 79), ep(max, 80), ep(max + 1, 80), ep(max + 5, 80)]
+        );
+        // Under the cap: the standby ones only.
+        frontend.endpoints.truncate(2);
+        let active = capped(&frontend.endpoints);
+        assert_eq!(standby_of(&frontend, active), [ep(3, 79), ep(max + 5, 80)]);
+    }
+}
