@@ -58,7 +58,7 @@ pub struct FrontendName {
     pub frontend: String,
     /// `all`, or `internal` (an externalTrafficPolicy Local frontend's entry for this node).
     /// This and the other fields of a few known words are borrowed where the agent makes
-    /// them: it names every frontend at once, 100,000 at the largest scale.
+    /// them: `/frontends` names every frontend, 100,000 at the largest scale.
     pub scope: Cow<'static, str>,
     /// `namespace/name`.
     pub service: String,

@@ -241,7 +241,7 @@ pub struct Frontend {
     /// unique, none of them in `endpoints`. Established TCP flows keep an endpoint while it
     /// is in either list, as kube-proxy leaves their conntrack entries alone; once it is in
     /// neither, its flows are reset. Usually empty, and then it allocates nothing: a copy
-    /// of `endpoints` here held 8 MB at 100,000 Services.
+    /// of `endpoints` here held 6 MB at 100,000 Services (heaptrack: 12 MB for both).
     pub standby: Vec<Endpoint>,
     /// What happens to new connections while `endpoints` is empty.
     pub when_empty: WhenEmpty,

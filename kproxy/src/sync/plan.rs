@@ -81,8 +81,9 @@ pub struct Programmed {
     pub(super) retry: BTreeSet<FrontendKey>,
     /// Entries of each Maglev table (the programs' `KP_MAGLEV_TABLE_SIZE`).
     pub(super) maglev_table_size: u32,
-    /// Rebuilds `frontends` and `vips` with full nodes after large syncs (see `dense`).
-    pub(super) density: (Densify, Densify),
+    /// Rebuild `frontends` and `vips` with full nodes after large syncs (see `dense`).
+    pub(super) frontends_density: Densify,
+    pub(super) vips_density: Densify,
 }
 
 /// What one sync did.
@@ -223,7 +224,8 @@ impl Programmed {
             vips: BTreeMap::new(),
             retry: BTreeSet::new(),
             maglev_table_size: DEFAULT_TABLE_SIZE,
-            density: Default::default(),
+            frontends_density: Densify::default(),
+            vips_density: Densify::default(),
         }
     }
 
@@ -265,7 +267,7 @@ impl Programmed {
         self.counts.add(&key, &frontend);
         match self.frontends.insert(key, frontend) {
             Some(old) => self.counts.remove(&key, &old),
-            None => self.density.0.inserted(),
+            None => self.frontends_density.inserted(),
         }
     }
 
@@ -395,8 +397,8 @@ impl Programmed {
             self.svc_ids.release(id);
         }
         self.update_vips(&ending.vip_deltas, dp, &mut report);
-        self.density.0.settle(&mut self.frontends);
-        self.density.1.settle(&mut self.vips);
+        self.frontends_density.settle(&mut self.frontends);
+        self.vips_density.settle(&mut self.vips);
         report
     }
 
@@ -518,7 +520,7 @@ impl Programmed {
             if after == 0 {
                 self.vips.remove(&addr);
             } else if self.vips.insert(addr, after).is_none() {
-                self.density.1.inserted();
+                self.vips_density.inserted();
             }
             if let Some(op) = op {
                 pending.push((key, op));

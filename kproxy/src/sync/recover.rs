@@ -18,7 +18,7 @@ use kproxy_common::{
 
 use super::{EntryCounts, IdPool, MapOp, Programmed, ProgrammedFrontend};
 use crate::{
-    model::{Endpoint, FrontendKey, maglev::DEFAULT_TABLE_SIZE},
+    model::{Endpoint, FrontendKey, dense::Densify, maglev::DEFAULT_TABLE_SIZE},
     wire::{self, WireAddr},
 };
 
@@ -266,7 +266,8 @@ impl Programmed {
             vips,
             retry: BTreeSet::new(),
             maglev_table_size,
-            density: Default::default(),
+            frontends_density: Densify::default(),
+            vips_density: Densify::default(),
         };
         (programmed, cleanup)
     }

@@ -111,7 +111,7 @@ impl Version {
 }
 
 /// The version of every object handed out, in one word each: `Option<Version>` takes three
-/// (4 MB more at 100,000 Services and as many slices). etcd's numbers are kept as
+/// (two words more per entry of a map of 100,000 Services or slices). etcd's numbers are kept as
 /// themselves, plus one (zero: handed out without a version); anything else is `TEXT`, its
 /// version kept beside, exactly.
 #[derive(Default)]
