@@ -597,26 +597,6 @@ fn log_filter(verbosity: u8) -> tracing_subscriber::EnvFilter {
     })
 }
 
-/// Blocks of a mebibyte or more come from their own mappings and go back to the kernel
-/// when freed. glibc starts there too (at 128 KiB) but raises the threshold to the size of
-/// each mapped block freed, up to 32 MiB: after the first drift check, its snapshot's
-/// vectors (several megabytes each at 100,000 Services) came from the heap, which kept the
-/// pages after they were freed; every later transient (the next check, a scrape) then
-/// added to the agent's resident memory. Fixed (at 128 KiB, by glibc's tunable, by hand),
-/// the peak of a 100,000-Service benchmark run fell from 281 to 265 MiB.
-fn return_large_blocks_at_once() {
-    #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallopt only sets an allocator parameter; called before the runtime
-        // starts any thread.
-        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) } != 1 {
-            tracing::warn!(
-                "glibc refused the mmap threshold; freed large blocks may stay resident"
-            );
-        }
-    }
-}
-
 pub fn main() -> ExitCode {
     let command_line: Vec<String> = std::env::args().collect();
     let command = if command_line.get(1).map(String::as_str) == Some("run") {
@@ -649,7 +629,7 @@ pub fn main() -> ExitCode {
     let result = match command {
         Command::Run(args) => match (*args).into_config() {
             Ok(config) => {
-                return_large_blocks_at_once();
+                crate::memory::return_large_blocks_at_once();
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod dataplane;
 pub mod healthcheck;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod problem;

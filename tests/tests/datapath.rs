@@ -872,12 +872,12 @@ fn thousands_of_frontends_in_one_sync_are_written_whole() {
     let desired = one_backend_each(3000);
     dp.program(&desired);
     assert_eq!(dp.programmed.frontends().len(), 3000);
-    let snapshot = dp.maps.snapshot().expect("reading the maps");
+    let mut snapshot = dp.maps.snapshot().expect("reading the maps");
     assert_eq!(snapshot.backends.len(), 3000);
     assert_eq!(snapshot.slots.len(), 3000);
     assert_eq!(snapshot.services.len(), 3000);
     assert_eq!(snapshot.vips.len(), 3000);
-    let check = dp.programmed.check(&snapshot, sizes.services);
+    let check = dp.programmed.check(&mut snapshot, sizes.services);
     assert!(check.drift.is_empty(), "{:?}", check.drift);
     for (vip, backend) in [
         (Ipv4Addr::new(198, 19, 0, 0), Ipv4Addr::new(198, 18, 100, 0)),
@@ -920,9 +920,9 @@ fn a_map_filling_up_within_a_split_batch_fails_exactly_what_does_not_fit() {
             .find(|p| !p.message.contains("KP_BACKENDS is full"))
     );
     assert_eq!(dp.programmed.frontends().len(), 2500);
-    let snapshot = dp.maps.snapshot().expect("reading the maps");
+    let mut snapshot = dp.maps.snapshot().expect("reading the maps");
     assert_eq!(snapshot.backends.len(), 2500);
     assert_eq!(snapshot.services.len(), 2500);
-    let check = dp.programmed.check(&snapshot, sizes.services);
+    let check = dp.programmed.check(&mut snapshot, sizes.services);
     assert!(check.drift.is_empty(), "{:?}", check.drift);
 }

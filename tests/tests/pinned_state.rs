@@ -161,8 +161,8 @@ fn backend_ids_deleted_before_a_restart_are_never_handed_out_again() {
     dp.program(&only_b1);
 
     // kill -9: a new agent knows only what the pinned maps say.
-    let snapshot = dp.maps.snapshot().expect("snapshot");
-    let (mut restarted, cleanup) = Programmed::recover(&snapshot, SIZES.services);
+    let mut snapshot = dp.maps.snapshot().expect("snapshot");
+    let (mut restarted, cleanup) = Programmed::recover(&mut snapshot, SIZES.services);
     for op in &cleanup {
         dp.maps.apply(op).expect("cleanup");
     }

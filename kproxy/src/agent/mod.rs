@@ -36,6 +36,7 @@ use crate::{
         Health,
         agent_api::{AgentRequest, FRONTEND_PAGE, FrontendName, FrontendPage, VerifyReport},
     },
+    memory,
     metrics::{
         KindLabel, Metrics,
         datapath::{BackendLabels, DatapathCollector, FrontendLabels, Names},
@@ -138,6 +139,10 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The metrics' names are rebuilt at most this often (each rebuild relabels every series).
 const NAMES_EVERY: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_mins(1);
+
+/// Frontends a sync adds, changes or removes from which the heap's free pages are given
+/// back after it (see `memory`).
+const LARGE_SYNC: usize = 1000;
 
 struct Agent {
     config: AgentConfig,
@@ -455,7 +460,7 @@ async fn serve(
 fn recover_programmed(services: &mut ServiceMaps, sizes: &MapSizes) -> Result<Programmed> {
     services.track_free_ports()?;
     let (programmed, cleanup) = Programmed::recover_for(
-        &services.snapshot()?,
+        &mut services.snapshot()?,
         sizes.services,
         sizes.maglev_table_size,
     );
@@ -693,7 +698,7 @@ impl Agent {
         let started = Instant::now();
         let frontends = self.programmed.frontends().len();
         self.metrics.datapath_checks_total.inc();
-        let snapshot = match self.services.snapshot() {
+        let mut snapshot = match self.services.snapshot() {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 tracing::error!(
@@ -707,7 +712,11 @@ impl Agent {
                 };
             }
         };
-        let check = self.programmed.check(&snapshot, self.config.sizes.services);
+        let check = self
+            .programmed
+            .check(&mut snapshot, self.config.sizes.services);
+        drop(snapshot);
+        memory::return_free_pages("drift check");
         let drift: Vec<String> = check.drift.iter().map(ToString::to_string).collect();
         self.metrics.datapath_drift.set(gauge(drift.len()));
         if drift.is_empty() {
@@ -834,14 +843,7 @@ impl Agent {
             .kube_proxy
             .synced(counted, elapsed, full, !unwritten, SystemTime::now());
         self.metrics.map_ops_total.inc_by(report.ops as u64);
-        let counts = self.programmed.counts();
-        self.metrics
-            .services_programmed
-            .set(gauge(counts.frontends.total()));
-        self.metrics
-            .endpoints_programmed
-            .set(gauge(counts.taking_connections));
-        self.metrics.service_map_entries(&counts);
+        self.publish_counts();
         let this = SyncTally {
             syncs: 1,
             added: report.added,
@@ -850,16 +852,34 @@ impl Agent {
             model,
             write,
         };
+        let first_view = self.first_view.is_some();
         self.log_sync(&report, this, since_event, input.synced());
+        // Each part of the first view frees the list pages it was read from, between what
+        // the model keeps; a large change frees its plan. Routine syncs free little.
+        if first_view || report.added + report.updated + report.removed >= LARGE_SYNC {
+            memory::return_free_pages("sync");
+        }
     }
 
-    /// Tells the metrics which frontend each service port id stands for.
+    /// Sets the metrics of what the maps hold.
+    fn publish_counts(&self) {
+        let counts = self.programmed.counts();
+        self.metrics
+            .services_programmed
+            .set(gauge(counts.frontends.total()));
+        self.metrics
+            .endpoints_programmed
+            .set(gauge(counts.taking_connections));
+        self.metrics.service_map_entries(&counts);
+    }
+
     /// When the metrics' names may be rebuilt next.
     fn names_due(&self) -> Instant {
         self.names_at
             .map_or_else(Instant::now, |at| at + NAMES_EVERY)
     }
 
+    /// Tells the metrics which frontend each service port id stands for.
     fn name_frontends(&mut self) {
         // Sized at once: grown by doubling, 100,000 frontends' names held a third more.
         let mut names = Names {

@@ -37,7 +37,7 @@ use super::{
     ServiceHealth, ServicePortName, WhenEmpty,
     dense::Densify,
     endpoints::{self, Family, SliceInfo},
-    health,
+    health, intern,
     kept::{KeptService, KeptSlice},
     service::{PortSpec, ServiceSpec},
     topology::{Locality, categorize},
@@ -59,46 +59,9 @@ pub type KeySet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 /// The key of an object as kube-proxy names it (a missing namespace is `default`).
 pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
     (
-        namespace(meta.namespace.as_deref().unwrap_or("default")),
+        intern::namespace(meta.namespace.as_deref().unwrap_or("default")),
         meta.name.as_deref().unwrap_or_default().into(),
     )
-}
-
-/// One shared copy of each namespace's name: a cluster has few namespaces and tens of
-/// thousands of objects in them.
-fn namespace(name: &str) -> Arc<str> {
-    static NAMESPACES: std::sync::Mutex<Interned> = std::sync::Mutex::new(Interned {
-        names: Vec::new(),
-        pruned_at: 0,
-    });
-    let mut interned = NAMESPACES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    interned.get(name)
-}
-
-/// Interned names, sorted. Names no object uses any more are dropped whenever the list has
-/// doubled since the last time: namespaces come and go, and none is held forever.
-struct Interned {
-    names: Vec<Arc<str>>,
-    pruned_at: usize,
-}
-
-impl Interned {
-    fn get(&mut self, name: &str) -> Arc<str> {
-        match self.names.binary_search_by(|n| (**n).cmp(name)) {
-            Ok(at) => Arc::clone(&self.names[at]),
-            Err(at) => {
-                let shared: Arc<str> = name.into();
-                self.names.insert(at, Arc::clone(&shared));
-                if self.names.len() > 2 * self.pruned_at + 64 {
-                    self.names.retain(|n| Arc::strong_count(n) > 1);
-                    self.pruned_at = self.names.len();
-                }
-                shared
-            }
-        }
-    }
 }
 
 /// One object added, changed (`Some`) or deleted (`None`), as the model keeps it: sources
@@ -797,44 +760,4 @@ fn standby_of(listed: &[Endpoint], endpoints: &[Endpoint]) -> Vec<Endpoint> {
         .filter(|ep| endpoints.binary_search(ep).is_err())
         .copied()
         .collect()
-}
-#[cfg(test)]
-mod interning_tests {
-    use super::*;
-
-    #[test]
-    fn interned_names_are_shared_and_dropped_once_unused() {
-        let mut interned = Interned {
-            names: Vec::new(),
-            pruned_at: 0,
-        };
-        let (a, again) = (interned.get("a"), interned.get("a"));
-        assert!(Arc::ptr_eq(&a, &again));
-        let kept = interned.get("kept");
-        drop((a, again));
-        for i in 0..200 {
-            drop(interned.get(&format!("ns-{i}")));
-        }
-        assert!(
-            interned.names.len() < 100,
-            "names nothing uses are dropped ({} kept)",
-            interned.names.len()
-        );
-        assert!(
-            Arc::ptr_eq(&kept, &interned.get("kept")),
-            "names in use stay"
-        );
-    }
-
-    #[test]
-    fn objects_of_one_namespace_share_its_name() {
-        let meta = |name: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            namespace: Some("team-a".into()),
-            name: Some(name.into()),
-            ..Default::default()
-        };
-        let (x, y) = (object_key(&meta("x")), object_key(&meta("y")));
-        assert!(Arc::ptr_eq(&x.0, &y.0));
-        assert_eq!((&*x.0, &*x.1, &*y.1), ("team-a", "x", "y"));
-    }
 }

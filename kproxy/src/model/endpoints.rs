@@ -4,14 +4,14 @@
 //! is that slice port's number, never the Service's `targetPort`), and an endpoint
 //! contributes its first address.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 
 use super::{
     Endpoint, Protocol,
     addr::{parse_ip_sloppy, unusable_endpoint},
-    object_name,
+    intern, object_name,
     service::PortSpec,
     topology::EndpointInfo,
 };
@@ -54,7 +54,8 @@ pub struct SliceInfo {
 
 #[derive(Debug, PartialEq)]
 struct SlicePort {
-    name: Box<str>,
+    /// Interned: one copy for every slice's `http`.
+    name: Arc<str>,
     proto: Protocol,
     /// As written (`None` when missing; checked when used, as kube-proxy does).
     number: Option<i32>,
@@ -68,7 +69,8 @@ struct ListedEndpoint {
     ready: bool,
     serving: bool,
     terminating: bool,
-    node_name: Option<Box<str>>,
+    /// Interned: a node's name is repeated by every endpoint on it.
+    node_name: Option<Arc<str>>,
     /// Topology hints, when the slice gives any (most do not: none costs one word).
     hints: Option<Box<Hints>>,
 }
@@ -94,7 +96,7 @@ impl SliceInfo {
             .iter()
             .filter_map(|p| {
                 Some(SlicePort {
-                    name: p.name.as_deref()?.into(),
+                    name: intern::port_name(p.name.as_deref()?),
                     proto: Protocol::parse(p.protocol.as_deref()).ok()?,
                     number: p.port,
                 })
@@ -133,7 +135,7 @@ fn listed_endpoint(ep: &SliceEndpoint, family: Family) -> Option<ListedEndpoint>
         ready: conditions.and_then(|c| c.ready).unwrap_or(true),
         serving: conditions.and_then(|c| c.serving).unwrap_or(true),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-        node_name: ep.node_name.as_deref().map(Into::into),
+        node_name: ep.node_name.as_deref().map(intern::node_name),
         hints: hints.map(|h| {
             Box::new(Hints {
                 zones: h

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod dense;
 mod endpoints;
 mod health;
+mod intern;
 pub mod kept;
 pub mod lb_policy;
 pub mod local_traffic;

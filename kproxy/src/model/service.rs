@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use super::{
     LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, LbAlgorithm, ObjectKey, Protocol,
     addr::{parse_cidr_sloppy, parse_ip_sloppy, unusable_vip},
+    intern,
     lb_policy::ANNOTATION_LB_ALGORITHM,
     object_name,
 };
@@ -405,7 +406,7 @@ fn ports(listed: &[ServicePort], type_: Type, problems: &mut Vec<String>) -> Vec
         }
         let node_port = node_port(p, &name, proto, type_, &ports, problems);
         ports.push(PortSpec {
-            name: name.into(),
+            name: intern::port_name(&name),
             port,
             proto,
             node_port,

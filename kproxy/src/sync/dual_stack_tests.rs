@@ -248,7 +248,7 @@ fn source_ranges_restrict_each_family_by_its_own_ranges() {
 fn a_restart_recovers_both_families_and_writes_nothing_new() {
     let want = web(&["203.0.113.0/24", "2001:db8:77::/48"], &V4, &V6);
     let (programmed, mut dp) = synced(&want);
-    let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 64);
+    let (mut recovered, cleanup) = Programmed::recover(&mut dp.snapshot(), 64);
     assert_eq!(cleanup, Vec::new());
     assert_eq!(
         recovered.frontends().keys().collect::<Vec<_>>(),
@@ -284,7 +284,7 @@ fn recovery_cleans_each_family_s_leftovers_through_that_family_s_maps() {
         v6_id,
         wire::backend::<u32>(&ep("198.18.9.9"), 1, false).expect("IPv4"),
     ));
-    let (_, cleanup) = Programmed::recover(&snapshot, 64);
+    let (_, cleanup) = Programmed::recover(&mut snapshot, 64);
     for op in [
         MapOp::DeleteBackend {
             id: 900,
@@ -302,7 +302,7 @@ fn recovery_cleans_each_family_s_leftovers_through_that_family_s_maps() {
     }
     // The IPv4 entry of the id found in both maps is read as its backend; its IPv6 frontend
     // is then inconsistent (a backend of the other family) and rewritten by the next sync.
-    let (recovered, _) = Programmed::recover(&snapshot, 64);
+    let (recovered, _) = Programmed::recover(&mut snapshot, 64);
     assert!(
         recovered
             .frontends()
@@ -314,14 +314,14 @@ fn recovery_cleans_each_family_s_leftovers_through_that_family_s_maps() {
         MapOp::DeleteBackend { id, endpoint } if *id == v6_id && endpoint.addr.is_ipv6()
     )));
 
-    let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 64);
+    let (mut recovered, cleanup) = Programmed::recover(&mut dp.snapshot(), 64);
     for op in &cleanup {
         dp.apply(op).expect("the fake never fails deletes");
     }
     assert!(!dp.backends.contains_key(&900));
     assert!(!dp.vips.contains(&addr("2001:db8:99::1")));
     recovered.sync(&want, &mut dp);
-    assert_eq!(recovered.check(&dp.snapshot(), 64).drift, Vec::new());
+    assert_eq!(recovered.check(&mut dp.snapshot(), 64).drift, Vec::new());
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn the_drift_check_finds_and_repairs_an_ipv6_frontend() {
     let svc = dp.services[&v6];
     let id = dp.slots[&(svc.svc_id, svc.bank, 0)];
     dp.backends.insert(id, ep("2001:db8:18::9"));
-    let check = programmed.check(&dp.snapshot(), 64);
+    let check = programmed.check(&mut dp.snapshot(), 64);
     let found: Vec<String> = check.drift.iter().map(ToString::to_string).collect();
     assert!(
         found
@@ -370,7 +370,7 @@ fn the_drift_check_finds_and_repairs_an_ipv6_frontend() {
         dp.apply(&op).expect("the fake never fails");
     }
     programmed.sync(&want, &mut dp);
-    assert_eq!(programmed.check(&dp.snapshot(), 64).drift, Vec::new());
+    assert_eq!(programmed.check(&mut dp.snapshot(), 64).drift, Vec::new());
     assert_eq!(
         dp.view()[&v6],
         Ok((V6.iter().map(|a| ep(a)).collect(), None))

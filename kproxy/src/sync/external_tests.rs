@@ -174,7 +174,7 @@ fn node_ports_have_no_vip_and_external_addresses_do() {
     programmed.sync(&want, &mut dp);
     assert!(dp.vips.is_empty());
     // A restart counts the same way.
-    let (recovered, cleanup) = Programmed::recover(&dp.snapshot(), 16);
+    let (recovered, cleanup) = Programmed::recover(&mut dp.snapshot(), 16);
     assert!(cleanup.iter().all(|op| !matches!(op, MapOp::PutVip { .. })));
     assert!(recovered.vips.is_empty());
 }
@@ -340,7 +340,7 @@ fn restart_recovers_scopes_flags_and_source_ranges() {
     })
     .expect("fake");
 
-    let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 16);
+    let (mut recovered, cleanup) = Programmed::recover(&mut dp.snapshot(), 16);
     assert_eq!(
         cleanup,
         [MapOp::DeleteSourceRange {
@@ -390,7 +390,7 @@ fn a_recovered_entry_of_an_unknown_scope_is_no_frontend() {
     let mut stray = snapshot.services[0];
     stray.0.scope = 9;
     snapshot.services.push(stray);
-    let (programmed, _) = Programmed::recover(&snapshot, 16);
+    let (programmed, _) = Programmed::recover(&mut snapshot, 16);
     assert_eq!(
         programmed.frontends().keys().copied().collect::<Vec<_>>(),
         [lb_key()]

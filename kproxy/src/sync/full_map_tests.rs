@@ -222,7 +222,7 @@ fn every_map_full_in_turn_fails_one_frontend_cleanly() {
         dp.max_slots = None;
         let healed = if case.ids < 64 {
             // Ids are the agent's own pool: a restart with a larger --max-services.
-            let (mut restarted, cleanup) = Programmed::recover(&dp.snapshot(), 64);
+            let (mut restarted, cleanup) = Programmed::recover(&mut dp.snapshot(), 64);
             for op in &cleanup {
                 super::Datapath::apply(&mut dp, op).expect("fake deletes never fail");
             }

@@ -200,7 +200,7 @@ fn a_restart_keeps_whole_tables_and_rewrites_missing_or_foreign_ones() {
     sync(&mut p, &mut dp, &want);
 
     // Unchanged: nothing to clean up, nothing rewritten.
-    let (mut restarted, cleanup) = Programmed::recover_for(&dp.snapshot(), 16, M);
+    let (mut restarted, cleanup) = Programmed::recover_for(&mut dp.snapshot(), 16, M);
     assert!(
         cleanup
             .iter()
@@ -216,7 +216,7 @@ fn a_restart_keeps_whole_tables_and_rewrites_missing_or_foreign_ones() {
     dp.maglev.remove(&(lost.svc_id, lost.bank, M));
     dp.maglev
         .insert((lost.svc_id, lost.bank, 17), vec![0; 17].into());
-    let (mut restarted, cleanup) = Programmed::recover_for(&dp.snapshot(), 16, M);
+    let (mut restarted, cleanup) = Programmed::recover_for(&mut dp.snapshot(), 16, M);
     assert_eq!(
         cleanup
             .iter()
@@ -239,7 +239,7 @@ fn a_restart_keeps_whole_tables_and_rewrites_missing_or_foreign_ones() {
     assert_eq!(dp.maglev.len(), 2, "{:?}", dp.maglev.keys());
 
     // Restarted with another table size: every table is rebuilt at the new size.
-    let (mut resized, cleanup) = Programmed::recover_for(&dp.snapshot(), 16, 11);
+    let (mut resized, cleanup) = Programmed::recover_for(&mut dp.snapshot(), 16, 11);
     assert!(resized.frontends().values().all(|f| f.needs_rewrite));
     for op in &cleanup {
         super::Datapath::apply(&mut dp, op).expect("cleanup");

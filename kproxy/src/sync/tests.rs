@@ -387,7 +387,7 @@ fn restart_recovers_state_and_writes_nothing_new() {
     second_want.insert(key(10, 80), frontend("web", &[2, 3], Some(60)));
     first.sync(&second_want, &mut dp);
 
-    let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 16);
+    let (mut recovered, cleanup) = Programmed::recover(&mut dp.snapshot(), 16);
     // Counted on recovery (slots aside: the inactive bank's are cleaned up below).
     let (found, had) = (recovered.counts(), first.counts());
     assert_eq!(
@@ -421,6 +421,76 @@ fn restart_recovers_state_and_writes_nothing_new() {
     assert_eq!(ids.len(), 3, "service port ids are unique");
 }
 
+/// The kernel lists hash maps in hash order; recovery and the drift check sort the
+/// snapshot in place before they look anything up.
+#[test]
+fn maps_listed_in_any_order_are_read_the_same() {
+    let want = desired(&[
+        (key(10, 80), frontend("web", &[2, 3, 4], Some(60))),
+        (key(11, 53), frontend("dns", &[5, 6], None)),
+        (key(12, 80), frontend("api", &[7], None)),
+    ]);
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(16);
+    programmed.sync(&want, &mut dp);
+    // An inactive bank, a stray backend and a stray VIP: cleanup has something to say.
+    let mut changed = want.clone();
+    changed.insert(key(10, 80), frontend("web", &[2, 4], Some(60)));
+    programmed.sync(&changed, &mut dp);
+    dp.backends.insert(999, ep(9));
+    dp.backend_roles.insert(999, (42, false));
+    dp.vips.insert(Ipv4Addr::new(198, 19, 0, 99).into());
+
+    let in_order = dp.snapshot();
+    let mut scrambled = in_order.clone();
+    scrambled.services.reverse();
+    scrambled.backends.reverse();
+    scrambled.slots.reverse();
+    scrambled.vips.reverse();
+    assert_ne!(
+        format!("{:?}", in_order.backends),
+        format!("{:?}", scrambled.backends)
+    );
+
+    let (from_order, mut order_cleanup) = Programmed::recover(&mut in_order.clone(), 16);
+    let (from_scrambled, mut scrambled_cleanup) = Programmed::recover(&mut scrambled.clone(), 16);
+    assert_eq!(from_order.frontends(), from_scrambled.frontends());
+    // What was programmed, read back (the service names are not in the maps).
+    for (key, held) in from_order.frontends() {
+        assert_eq!(held.backends, programmed.frontends()[key].backends, "{key}");
+    }
+    assert_eq!(from_order.frontends().len(), programmed.frontends().len());
+    let sort = |ops: &mut Vec<MapOp>| ops.sort_by_key(|op| format!("{op:?}"));
+    sort(&mut order_cleanup);
+    sort(&mut scrambled_cleanup);
+    assert_eq!(order_cleanup, scrambled_cleanup);
+    assert!(order_cleanup.contains(&MapOp::DeleteBackend {
+        id: 999,
+        endpoint: ep(9)
+    }));
+    assert!(order_cleanup.contains(&MapOp::DeleteVip {
+        addr: Ipv4Addr::new(198, 19, 0, 99).into()
+    }));
+    assert!(
+        order_cleanup
+            .iter()
+            .any(|op| matches!(op, MapOp::DeleteSlot { .. })),
+        "the inactive bank is cleaned: {order_cleanup:?}"
+    );
+
+    // The record holds; only the strays differ, whichever order the maps list them in.
+    let drift = |snapshot: &mut super::DatapathSnapshot| {
+        let mut drift: Vec<String> = (programmed.check(snapshot, 16).drift.iter())
+            .map(ToString::to_string)
+            .collect();
+        drift.sort();
+        drift
+    };
+    let found = drift(&mut in_order.clone());
+    assert!(!found.is_empty(), "the strays are drift");
+    assert_eq!(found, drift(&mut scrambled));
+}
+
 #[test]
 fn recovery_repairs_inconsistent_maps() {
     let web = key(10, 80);
@@ -434,7 +504,7 @@ fn recovery_repairs_inconsistent_maps() {
     let first_id = *dp.backends.keys().next().expect("programmed backends");
     dp.backends.remove(&first_id);
 
-    let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 8);
+    let (mut recovered, cleanup) = Programmed::recover(&mut dp.snapshot(), 8);
     assert!(cleanup.contains(&MapOp::DeleteBackend {
         id: 999,
         endpoint: ep(9)
@@ -477,7 +547,7 @@ fn freed_service_ids_start_from_zeroed_counters() {
     programmed.sync(&without_b, &mut dp);
     assert_eq!(dp.counters_reset, [1], "b's id is zeroed when freed");
     // A restarted agent cannot know whether that happened: it zeroes free ids itself.
-    let (_, cleanup) = Programmed::recover(&dp.snapshot(), 8);
+    let (_, cleanup) = Programmed::recover(&mut dp.snapshot(), 8);
     assert!(
         cleanup.contains(&MapOp::ResetServiceCounters { svc_id: 1 }),
         "{cleanup:?}"
@@ -568,7 +638,7 @@ fn backend_ids_are_never_reused_across_a_restart() {
     programmed.sync(&desired(&[(web, frontend("web", &[2], None))]), &mut dp);
     assert_eq!(dp.backends.len(), 1, "the others were deleted");
 
-    let (mut restarted, cleanup) = Programmed::recover(&dp.snapshot(), 8);
+    let (mut restarted, cleanup) = Programmed::recover(&mut dp.snapshot(), 8);
     for op in &cleanup {
         super::Datapath::apply(&mut dp, op).expect("fake");
     }
@@ -635,7 +705,7 @@ fn vips_are_counted_once_per_address() {
     assert_eq!(dp.vips, [vip].into());
     programmed.sync(&desired(&[(https, frontend("web", &[2], None))]), &mut dp);
     assert_eq!(dp.vips, [vip].into(), "still used by the other port");
-    let (recovered, cleanup) = Programmed::recover(&dp.snapshot(), 8);
+    let (recovered, cleanup) = Programmed::recover(&mut dp.snapshot(), 8);
     assert!(
         cleanup
             .iter()

@@ -45,8 +45,10 @@ pub struct Check {
 }
 
 impl Programmed {
-    /// Compares this record with `snapshot` (the service maps as they are now).
-    pub fn check(&self, snapshot: &DatapathSnapshot, max_services: u32) -> Check {
+    /// Compares this record with `snapshot` (the service maps as they are now; sorted
+    /// for lookups on the way).
+    pub fn check(&self, snapshot: &mut DatapathSnapshot, max_services: u32) -> Check {
+        snapshot.sort();
         if self.holds(snapshot, max_services) {
             return Check {
                 drift: Vec::new(),
@@ -92,7 +94,7 @@ impl Programmed {
         );
         // The record's own VIP counts, kept as frontends come and go: counting them again
         // from the frontends held another 100,000 entries for the check's duration.
-        cleanup.extend(vip_ops(&self.vips, &snapshot.vips().collect()));
+        cleanup.extend(vip_ops(&self.vips, snapshot.vips()));
         let banks = self.banks(&cleanup);
         cleanup.iter().all(|op| expected(&banks, op))
     }
@@ -119,7 +121,7 @@ impl Programmed {
 
     /// [`Programmed::check`] through a whole recovery of the maps' state, compared with
     /// this record frontend by frontend.
-    fn check_whole(&self, snapshot: &DatapathSnapshot, max_services: u32) -> Check {
+    fn check_whole(&self, snapshot: &mut DatapathSnapshot, max_services: u32) -> Check {
         let (found, cleanup) = Self::recover_for(snapshot, max_services, self.maglev_table_size);
         let mut drift = Vec::new();
         let mut drifted = BTreeSet::new();

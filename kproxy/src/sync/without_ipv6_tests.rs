@@ -98,7 +98,7 @@ fn a_dual_stack_service_is_programmed_in_the_families_the_datapath_serves() {
         assert_eq!(dp.log.len(), written, "{datapath}: {again:?}");
         assert_eq!(again.ipv6_not_served, not_served, "{datapath}");
         assert_eq!(
-            programmed.check(&dp.snapshot(), 64).drift,
+            programmed.check(&mut dp.snapshot(), 64).drift,
             Vec::new(),
             "{datapath}"
         );
@@ -112,7 +112,7 @@ fn a_restart_with_the_ipv6_maps_programs_the_ipv6_frontends() {
     Programmed::new(64).sync(&want, &mut dp);
     // The next agent's object has the IPv6 maps (new, so empty); the IPv4 ones are kept.
     dp.without_ipv6_maps = false;
-    let (mut recovered, cleanup) = Programmed::recover(&dp.snapshot(), 64);
+    let (mut recovered, cleanup) = Programmed::recover(&mut dp.snapshot(), 64);
     assert_eq!(cleanup, Vec::new());
     let report = recovered.sync(&want, &mut dp);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -128,7 +128,7 @@ fn a_restart_with_the_ipv6_maps_programs_the_ipv6_frontends() {
     }
     let vips: BTreeSet<_> = dp.vips.iter().copied().collect();
     assert!(vips.contains(&addr("2001:db8:19::10")), "{vips:?}");
-    assert_eq!(recovered.check(&dp.snapshot(), 64).drift, Vec::new());
+    assert_eq!(recovered.check(&mut dp.snapshot(), 64).drift, Vec::new());
 }
 
 #[test]

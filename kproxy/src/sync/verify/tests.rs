@@ -38,12 +38,14 @@ fn web_backend_ids(dp: &FakeDatapath) -> Vec<u32> {
 #[test]
 fn a_record_in_step_with_the_maps_finds_no_drift() {
     let (programmed, dp, _) = programmed();
-    let check = programmed.check(&dp.snapshot(), MAX_SERVICES);
+    let check = programmed.check(&mut dp.snapshot(), MAX_SERVICES);
     assert_eq!(check.drift, Vec::new());
     // The quick reading agrees with the whole recovery, which finds nothing either.
     assert!(programmed.holds(&dp.snapshot(), MAX_SERVICES));
     assert_eq!(
-        programmed.check_whole(&dp.snapshot(), MAX_SERVICES).drift,
+        programmed
+            .check_whole(&mut dp.snapshot(), MAX_SERVICES)
+            .drift,
         Vec::new()
     );
 }
@@ -144,10 +146,12 @@ fn every_corruption_is_found_named_and_repaired() {
         corrupt(&mut dp);
         // The quick reading sees a difference, and the check names the whole recovery's.
         assert!(!programmed.holds(&dp.snapshot(), MAX_SERVICES), "{name}");
-        let check = programmed.check(&dp.snapshot(), MAX_SERVICES);
+        let check = programmed.check(&mut dp.snapshot(), MAX_SERVICES);
         assert_eq!(
             check.drift,
-            programmed.check_whole(&dp.snapshot(), MAX_SERVICES).drift,
+            programmed
+                .check_whole(&mut dp.snapshot(), MAX_SERVICES)
+                .drift,
             "{name}"
         );
         let found: Vec<String> = check.drift.iter().map(ToString::to_string).collect();
@@ -160,7 +164,7 @@ fn every_corruption_is_found_named_and_repaired() {
         }
         programmed.sync(&want, &mut dp);
         assert_eq!(dp.view(), expected_view(&want), "{name}: repaired");
-        let again = programmed.check(&dp.snapshot(), MAX_SERVICES);
+        let again = programmed.check(&mut dp.snapshot(), MAX_SERVICES);
         assert_eq!(
             again.drift,
             Vec::new(),
