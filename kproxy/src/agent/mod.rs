@@ -672,7 +672,7 @@ impl Agent {
                 Scope::Internal => "internal",
             }
             .into(),
-            service: format!("{}/{}", frontend.service.namespace, frontend.service.name),
+            service: frontend.service.key.to_string(),
             port: frontend.service.port.to_string(),
             kind: match frontend.kind {
                 FrontendKind::ClusterIp => "ClusterIP",
@@ -1304,7 +1304,7 @@ mod tests {
         FrontendName {
             frontend: key.to_string(),
             scope: "all".into(),
-            service: frontend.service.name.to_string(),
+            service: frontend.service.name().to_string(),
             port: String::new(),
             kind: "ClusterIP".into(),
             internal_traffic_policy: None,

@@ -20,7 +20,8 @@ use kproxy_common::stats::{BackendStats, Counter, GlobalStats, ServiceStats};
 use prometheus_client::{
     collector::Collector,
     encoding::{
-        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder,
+        LabelValueEncoder,
     },
     metrics::{MetricType, counter::ConstCounter},
 };
@@ -30,51 +31,59 @@ use crate::{
     model::{Endpoint, FrontendKey, ServicePortName},
 };
 
-/// The labels of one frontend's series. The frontend is kept as its key and written out
-/// at each scrape: held as text, 100,000 frontends' labels took 6 MB more (and as much
-/// again while they are rebuilt).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The labels of one frontend's series: the Service's `namespace`, `name`, `port` (name)
+/// and `protocol`, and the `frontend`. Kept as the service port's name and the frontend's
+/// key, written out at each scrape: held as text, 100,000 frontends' labels took 6 MB more
+/// (and as much again while they are rebuilt).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct FrontendLabels {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-    pub port: Arc<str>,
-    pub protocol: &'static str,
-    pub frontend: Written<FrontendKey>,
+    pub service: ServicePortName,
+    pub frontend: FrontendKey,
 }
 
 impl FrontendLabels {
     pub fn new(key: &FrontendKey, service: &ServicePortName) -> Self {
         Self {
-            namespace: Arc::clone(&service.namespace),
-            name: Arc::clone(&service.name),
-            port: Arc::clone(&service.port),
-            protocol: key.proto.as_str(),
-            frontend: Written(*key),
+            service: service.clone(),
+            frontend: *key,
         }
     }
 }
 
-/// The labels of one backend's series: its frontend's, and the backend.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+impl EncodeLabelSet for FrontendLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let service = &self.service;
+        [
+            ("namespace", service.namespace()),
+            ("name", service.name()),
+            ("port", &*service.port),
+            ("protocol", self.frontend.proto.as_str()),
+        ]
+        .encode(encoder)?;
+        [("frontend", Written(self.frontend))].encode(encoder)
+    }
+}
+
+/// The labels of one backend's series: its frontend's, and the `backend`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct BackendLabels {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-    pub port: Arc<str>,
-    pub protocol: &'static str,
-    pub frontend: Written<FrontendKey>,
-    pub backend: Written<Endpoint>,
+    pub frontend: FrontendLabels,
+    pub backend: Endpoint,
 }
 
 impl BackendLabels {
     pub fn new(frontend: &FrontendLabels, backend: Endpoint) -> Self {
         Self {
-            namespace: Arc::clone(&frontend.namespace),
-            name: Arc::clone(&frontend.name),
-            port: Arc::clone(&frontend.port),
-            protocol: frontend.protocol,
-            frontend: frontend.frontend,
-            backend: Written(backend),
+            frontend: frontend.clone(),
+            backend,
         }
+    }
+}
+
+impl EncodeLabelSet for BackendLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.frontend.encode(encoder)?;
+        [("backend", Written(self.backend))].encode(encoder)
     }
 }
 
@@ -372,11 +381,7 @@ mod tests {
         // The frontend label is the key's text, written at the scrape.
         let labels = |name: &str, addr: &str, port| {
             let key = FrontendKey::new(addr.parse().expect("an address"), port, Protocol::Tcp);
-            let service = ServicePortName {
-                namespace: "shop".into(),
-                name: name.into(),
-                port: "http".into(),
-            };
+            let service = ServicePortName::new("shop", name, "http");
             FrontendLabels::new(&key, &service)
         };
         let stats = |packets| ServiceStats {

@@ -653,7 +653,7 @@ fn put(svc: &Service) -> Change {
 }
 
 fn delete(name: &str) -> Change {
-    Change::Service(("default".into(), name.into()), None)
+    Change::Service(super::ObjectKey::new("default", name), None)
 }
 
 #[test]
@@ -725,7 +725,7 @@ fn a_newcomer_never_takes_a_served_frontend_over() {
     let vip = key("198.19.0.20", 80, TCP);
     for (step, changes, serves, conflicted) in steps {
         state.apply(changes);
-        let got = state.desired().get(&vip).map(|f| &*f.service.name);
+        let got = state.desired().get(&vip).map(|f| f.service.name());
         assert_eq!(got, serves, "step {step}");
         let mut reporting: Vec<String> = state
             .problems()
@@ -744,7 +744,7 @@ fn a_newcomer_never_takes_a_served_frontend_over() {
     // as before the restart.
     let beta = created(web("beta", "198.19.0.20").build(), "2025-01-01T00:00:00Z");
     let (restarted, _) = desired_state(&[alpha(), beta], &[]);
-    assert_eq!(restarted.get(&vip).map(|f| &*f.service.name), Some("beta"));
+    assert_eq!(restarted.get(&vip).map(|f| f.service.name()), Some("beta"));
 }
 
 /// `n` distinct IPv4 endpoint addresses in the test bed's range, from 198.18.16.0 on.
@@ -1204,7 +1204,7 @@ fn an_internal_entry_follows_its_frontend() {
         state
             .desired()
             .get(k)
-            .map(|f| (f.service.name.clone(), f.external_local))
+            .map(|f| (f.service.name().to_owned(), f.external_local))
     };
     state.apply([put(&holder)]);
     state.apply([put(&local.clone())]);

@@ -37,16 +37,14 @@ use super::{
     ServiceHealth, ServicePortName, WhenEmpty,
     dense::Densify,
     endpoints::{self, Family, SliceInfo},
-    health, intern,
+    health,
     kept::{KeptService, KeptSlice},
     service::{PortSpec, ServiceSpec},
     topology::{Locality, categorize},
 };
 use crate::problem::{Problem, ProblemKind};
 
-/// `(namespace, name)` of an object. Shared strings: a key is cloned into several indexes,
-/// which at tens of thousands of objects would otherwise be megabytes of copies.
-pub type ObjectKey = (Arc<str>, Arc<str>);
+pub use super::object_key::{ObjectKey, object_key};
 
 /// A hash map of the model's keys (namespace/name strings, frontends). foldhash rather than
 /// std's SipHash: hashing namespace/name strings with SipHash was a ninth of the model's
@@ -55,14 +53,6 @@ pub type ObjectKey = (Arc<str>, Arc<str>);
 pub type KeyMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 /// The set of [`KeyMap`].
 pub type KeySet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-
-/// The key of an object as kube-proxy names it (a missing namespace is `default`).
-pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
-    (
-        intern::namespace(meta.namespace.as_deref().unwrap_or("default")),
-        meta.name.as_deref().unwrap_or_default().into(),
-    )
-}
 
 /// One object added, changed (`Some`) or deleted (`None`), as the model keeps it: sources
 /// convert what they read with `Change::service` and `Change::slice` at once, so the API
@@ -295,11 +285,10 @@ impl ClusterState {
             Problem::new(
                 ProblemKind::OrphanSlice,
                 format!(
-                    "labelled for Service {}/{}, which does not exist; its endpoints are used once it does",
-                    service.0, service.1
+                    "labelled for Service {service}, which does not exist; its endpoints are used once it does"
                 ),
             )
-            .object(format!("EndpointSlice {}/{}", slice.0, slice.1))
+            .object(format!("EndpointSlice {slice}"))
         });
         let health_conflicts = self.health_by_port().1.into_iter().map(|c| {
             Problem::new(
@@ -371,7 +360,8 @@ impl ClusterState {
                     self.orphans.remove(&key);
                     self.slice_problems.remove(&key);
                     match slice {
-                        Some(slice) => {
+                        Some(mut slice) => {
+                            self.share_owner_key(&mut slice);
                             if let Some(owner) = &slice.owner {
                                 let set = self.slices_of.entry(owner.clone()).or_default();
                                 if let Err(at) = set.binary_search(&key) {
@@ -399,6 +389,22 @@ impl ClusterState {
             self.replace_node(node, &mut dirty);
         }
         self.recompute_all(dirty)
+    }
+
+    /// Points `slice`'s owner at the key the model already holds for that Service, if any:
+    /// the slice's own copy would be one allocation more per slice.
+    fn share_owner_key(&self, slice: &mut Arc<KeptSlice>) {
+        let Some(kept) = Arc::get_mut(slice) else {
+            return;
+        };
+        let Some(owner) = kept.owner.as_ref() else {
+            return;
+        };
+        let held = (self.services.get_key_value(owner).map(|(key, _)| key))
+            .or_else(|| self.slices_of.get_key_value(owner).map(|(key, _)| key));
+        if let Some(held) = held {
+            kept.owner = Some(held.clone());
+        }
     }
 
     /// Recomputes `service`: the frontends it asks for and can have (free, or its own), the
@@ -447,8 +453,8 @@ impl ClusterState {
             let claimed = key.with_scope(Scope::All);
             let other_holder = self
                 .holder(&claimed)
-                .filter(|(namespace, name)| **namespace != service.0 || **name != service.1)
-                .map(|(namespace, name)| format!("{namespace}/{name}"));
+                .filter(|holder| *holder != service)
+                .map(ToString::to_string);
             if let Some(holder) = other_holder {
                 if key.scope == Scope::Internal {
                     continue;
@@ -462,7 +468,7 @@ impl ClusterState {
                             frontend.service.port
                         ),
                     )
-                    .object(format!("Service {}/{}", service.0, service.1)),
+                    .object(format!("Service {service}")),
                 );
                 self.waiting.entry(key).or_default().insert(service.clone());
                 continue;
@@ -483,12 +489,10 @@ impl ClusterState {
         }
     }
 
-    /// The Service (namespace and name) serving frontend `key`: its frontend there names
-    /// it. A map of owners beside the frontends held the same at 7 MB per 100,000 of them.
-    fn holder(&self, key: &FrontendKey) -> Option<(&Arc<str>, &Arc<str>)> {
-        self.desired
-            .get(key)
-            .map(|f| (&f.service.namespace, &f.service.name))
+    /// The Service serving frontend `key`: its frontend there names it. A map of owners
+    /// beside the frontends held the same at 7 MB per 100,000 of them.
+    fn holder(&self, key: &FrontendKey) -> Option<&ObjectKey> {
+        self.desired.get(key).map(|f| &f.service.key)
     }
 
     /// What the slices labelled for `service` say.
@@ -569,8 +573,7 @@ impl ClusterState {
             zone: self.node.zone(),
         };
         let service = ServicePortName {
-            namespace: spec.namespace.clone(),
-            name: spec.name.clone(),
+            key: spec.key.clone(),
             port: port.name.clone(),
         };
         let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
@@ -743,7 +746,7 @@ fn capped(
                     endpoints.len()
                 ),
             )
-            .object(format!("Service {}/{}", service.0, service.1)),
+            .object(format!("Service {service}")),
         );
         endpoints.truncate(max);
     }
@@ -760,4 +763,42 @@ fn standby_of(listed: &[Endpoint], endpoints: &[Endpoint]) -> Vec<Endpoint> {
         .filter(|ep| endpoints.binary_search(ep).is_err())
         .copied()
         .collect()
+}
+
+#[cfg(test)]
+mod key_sharing_tests {
+    use super::*;
+    use crate::model::fixtures::{service, slice};
+
+    #[test]
+    fn a_slice_names_its_service_with_the_key_the_model_holds() {
+        let mut state = ClusterState::default();
+        let web = service("shop", "web", "198.19.0.1")
+            .port("http", 80, "TCP")
+            .build();
+        let web_slice = |name: &str| {
+            slice("shop", name, "web")
+                .port("http", 8080, "TCP")
+                .endpoint("198.18.0.2", Some(true))
+                .build()
+        };
+        // The Service first: its key is shared.
+        state.apply([Change::service(&web), Change::slice(&web_slice("web-a"))]);
+        let (held, _) = state
+            .services
+            .get_key_value(&ObjectKey::new("shop", "web"))
+            .expect("the Service");
+        let owner_of = |state: &ClusterState, name: &str| {
+            let kept = &state.slices[&ObjectKey::new("shop", name)];
+            kept.owner.clone().expect("an owner")
+        };
+        assert!(owner_of(&state, "web-a").is_shared_with(held));
+        // A slice of a Service not seen yet shares the key of the slices before it.
+        state.apply([
+            Change::slice(&slice("shop", "db-a", "db").build()),
+            Change::slice(&slice("shop", "db-b", "db").build()),
+        ]);
+        assert!(owner_of(&state, "db-a").is_shared_with(&owner_of(&state, "db-b")));
+        assert_eq!(state.desired().len(), 1, "the slices feed web's frontend");
+    }
 }

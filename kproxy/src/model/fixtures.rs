@@ -378,11 +378,7 @@ pub fn frontend(
     endpoints: Vec<super::Endpoint>,
 ) -> super::Frontend {
     super::Frontend {
-        service: super::ServicePortName {
-            namespace: "default".into(),
-            name: name.into(),
-            port: "".into(),
-        },
+        service: super::ServicePortName::new("default", name, ""),
         kind,
         affinity_timeout_s: None,
         endpoints,

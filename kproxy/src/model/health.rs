@@ -11,11 +11,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::Arc,
 };
 
 use super::{
-    Protocol,
+    ObjectKey, Protocol,
     endpoints::{self, Family, SliceInfo},
     service::PortSpec,
 };
@@ -70,13 +69,14 @@ pub(super) struct HealthConflict {
 /// each once; manifests can repeat one), the first by namespace/name gets it, as the others'
 /// listeners would fail to bind. Returns the winners and the losers.
 pub(super) fn by_port<'a>(
-    claims: impl Iterator<Item = (&'a (Arc<str>, Arc<str>), u16, usize)>,
+    claims: impl Iterator<Item = (&'a ObjectKey, u16, usize)>,
 ) -> (BTreeMap<u16, ServiceHealth>, Vec<HealthConflict>) {
     let mut sorted: Vec<_> = claims.collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut ports: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
     let mut losers = Vec::new();
-    for ((namespace, name), port, local_endpoints) in sorted {
+    for (key, port, local_endpoints) in sorted {
+        let (namespace, name) = key.parts();
         if let Some(holder) = ports.get(&port) {
             losers.push(HealthConflict {
                 namespace: namespace.to_string(),

@@ -1,15 +1,9 @@
-//! One shared copy of each of the names that many objects repeat: namespaces, port names,
-//! node names. A cluster has few of each and tens of thousands of objects naming them; a
+//! One shared copy of each of the names that many objects repeat: port names and node
+//! names. A cluster has few of each and tens of thousands of objects naming them; a
 //! copy per object is an allocation per object (the allocator's smallest chunk is 32 bytes,
 //! whatever the name's length).
 
 use std::sync::{Arc, Mutex, PoisonError};
-
-/// The namespace `name`, shared by every object in it.
-pub fn namespace(name: &str) -> Arc<str> {
-    static NAMESPACES: Mutex<Interned> = Mutex::new(Interned::new());
-    get(&NAMESPACES, name)
-}
 
 /// A port name (of a Service or an EndpointSlice): most are `http`, `https`, `metrics` or
 /// empty, whatever the number of Services.
@@ -38,7 +32,7 @@ fn get(table: &Mutex<Interned>, name: &str) -> Arc<str> {
 }
 
 /// Interned names, sorted. Names no object uses any more are dropped whenever the list has
-/// doubled since the last time: namespaces, ports and nodes come and go, and none is held
+/// doubled since the last time: ports and nodes come and go, and none is held
 /// forever.
 struct Interned {
     names: Vec<Arc<str>>,
@@ -95,25 +89,10 @@ mod tests {
     }
 
     #[test]
-    fn objects_of_one_namespace_share_its_name() {
-        let meta = |name: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            namespace: Some("team-a".into()),
-            name: Some(name.into()),
-            ..Default::default()
-        };
-        let (x, y) = (
-            crate::model::cluster::object_key(&meta("x")),
-            crate::model::cluster::object_key(&meta("y")),
-        );
-        assert!(Arc::ptr_eq(&x.0, &y.0));
-        assert_eq!((&*x.0, &*x.1, &*y.1), ("team-a", "x", "y"));
-    }
-
-    #[test]
     fn port_and_node_names_are_shared_the_empty_one_too() {
         assert!(Arc::ptr_eq(&port_name("http"), &port_name("http")));
         assert!(Arc::ptr_eq(&node_name("node-1"), &node_name("node-1")));
-        assert!(Arc::ptr_eq(&port_name(""), &namespace("")));
+        assert!(Arc::ptr_eq(&port_name(""), &node_name("")));
         assert_eq!(&*node_name("node-1"), "node-1");
     }
 }

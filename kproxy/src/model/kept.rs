@@ -14,7 +14,6 @@ use k8s_openapi::{
 use super::{
     LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, ObjectKey,
     endpoints::{SliceInfo, slice_problems},
-    object_key,
     service::ServiceSpec,
 };
 use crate::problem::Problem;
@@ -92,7 +91,8 @@ fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
         return None;
     }
     let service = labels.get(LABEL_SERVICE_NAME)?;
-    Some((object_key(&slice.metadata).0, service.as_str().into()))
+    let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+    Some(ObjectKey::new(namespace, service))
 }
 
 fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
@@ -174,7 +174,7 @@ mod tests {
             let kept = KeptSlice::of(&slice(labels, annotations));
             assert_eq!(
                 kept.owner,
-                owner.map(|name| ("shop".into(), name.into())),
+                owner.map(|name| ObjectKey::new("shop", name)),
                 "{case}"
             );
             let seconds = kept.trigger_time.map(|t| {

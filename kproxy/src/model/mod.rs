@@ -13,6 +13,7 @@ pub mod lb_policy;
 pub mod local_traffic;
 pub mod maglev;
 mod node;
+mod object_key;
 mod service;
 pub mod topology;
 
@@ -203,14 +204,31 @@ impl fmt::Display for Endpoint {
 /// Names a service port the way kube-proxy does (`namespace/name:port-name`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePortName {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    /// The Service: its key, shared with the model's indexes.
+    pub key: ObjectKey,
     pub port: Arc<str>,
+}
+
+impl ServicePortName {
+    pub fn new(namespace: &str, name: &str, port: &str) -> Self {
+        Self {
+            key: ObjectKey::new(namespace, name),
+            port: port.into(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.key.namespace()
+    }
+
+    pub fn name(&self) -> &str {
+        self.key.name()
+    }
 }
 
 impl fmt::Display for ServicePortName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)?;
+        write!(f, "{}", self.key)?;
         if !self.port.is_empty() {
             write!(f, ":{}", self.port)?;
         }

@@ -36,8 +36,8 @@ pub(crate) struct PortSpec {
 
 #[derive(Debug, PartialEq)]
 pub(crate) struct ServiceSpec {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    /// The Service's key, shared with the model's indexes.
+    pub key: ObjectKey,
     // Boxed slices rather than vectors, here and below: fixed once read, a word less each,
     // and the kept Service fits an allocation 48 bytes smaller.
     pub cluster_ips: Box<[IpAddr]>,
@@ -134,7 +134,6 @@ impl ServiceSpec {
             report(problems, "metadata.name is missing; service skipped".into());
             return None;
         }
-        let (namespace, name) = key.clone();
 
         // clusterIPs (dual-stack) when present, else clusterIP.
         let listed: Vec<&str> = match &spec.cluster_ips {
@@ -183,8 +182,7 @@ impl ServiceSpec {
         });
 
         Some(Self {
-            namespace,
-            name,
+            key: key.clone(),
             cluster_ips: cluster_ips.into(),
             ports: ports.into(),
             affinity_timeout_s,

@@ -587,9 +587,7 @@ fn incremental_updates_match_a_full_recompute_and_holders_keep_their_frontends()
         let keys: BTreeSet<FrontendKey> =
             alone.iter().flat_map(|(_, d)| d.keys()).copied().collect();
         let mut conflicts = 0;
-        let served_for = |f: &super::Frontend| -> ObjectKey {
-            (f.service.namespace.clone(), f.service.name.clone())
-        };
+        let served_for = |f: &super::Frontend| -> ObjectKey { f.service.key.clone() };
         let mut served = BTreeSet::new();
         for key in &keys {
             if key.scope == Scope::Internal {

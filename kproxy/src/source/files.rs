@@ -188,9 +188,7 @@ impl ManifestSource {
         let mut changes = Vec::new();
         for key in touched.services {
             let winner = self.winner(&key, |f| &f.services);
-            self.note_duplicates(format!("Service {}/{}", key.0, key.1), |f| {
-                f.services.contains_key(&key)
-            });
+            self.note_duplicates(format!("Service {key}"), |f| f.services.contains_key(&key));
             if self.services.get(&key) != winner.as_ref() {
                 match &winner {
                     Some(s) => self.services.insert(key.clone(), s.clone()),
@@ -201,7 +199,7 @@ impl ManifestSource {
         }
         for key in touched.slices {
             let winner = self.winner(&key, |f| &f.slices);
-            self.note_duplicates(format!("EndpointSlice {}/{}", key.0, key.1), |f| {
+            self.note_duplicates(format!("EndpointSlice {key}"), |f| {
                 f.slices.contains_key(&key)
             });
             if self.slices.get(&key) != winner.as_ref() {
@@ -350,13 +348,13 @@ mod tests {
             .map(|c| match c {
                 Change::Service(k, s) => (
                     "Service",
-                    k.1.to_string(),
+                    k.name().to_string(),
                     s.as_ref()
                         .and_then(|s| Some(s.spec.as_ref()?.cluster_ips.first()?.to_string())),
                 ),
                 Change::Slice(k, s) => (
                     "EndpointSlice",
-                    k.1.to_string(),
+                    k.name().to_string(),
                     s.as_ref().map(|_| String::new()),
                 ),
                 Change::Node(n) => (

@@ -32,11 +32,7 @@ fn lb_ip() -> IpAddr {
 fn frontend(kind: FrontendKind, endpoints: &[u8]) -> Frontend {
     let endpoints: Vec<Endpoint> = endpoints.iter().map(|h| ep(*h)).collect();
     Frontend {
-        service: ServicePortName {
-            namespace: "default".into(),
-            name: "web".into(),
-            port: "http".into(),
-        },
+        service: ServicePortName::new("default", "web", "http"),
         kind,
         affinity_timeout_s: None,
         standby: Vec::new(),

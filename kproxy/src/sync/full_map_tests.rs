@@ -27,11 +27,7 @@ fn frontend(name: &str, hosts: &[u8]) -> Frontend {
         })
         .collect();
     Frontend {
-        service: ServicePortName {
-            namespace: "default".into(),
-            name: name.into(),
-            port: "http".into(),
-        },
+        service: ServicePortName::new("default", name, "http"),
         affinity_timeout_s: None,
         standby: Vec::new(),
         endpoints,

@@ -28,11 +28,7 @@ pub(super) fn ep(host: u8) -> Endpoint {
 
 pub(super) fn frontend(name: &str, endpoints: &[u8], affinity: Option<u32>) -> Frontend {
     Frontend {
-        service: ServicePortName {
-            namespace: "default".into(),
-            name: name.into(),
-            port: "http".into(),
-        },
+        service: ServicePortName::new("default", name, "http"),
         affinity_timeout_s: affinity,
         endpoints: endpoints.iter().map(|h| ep(*h)).collect(),
         standby: Vec::new(),

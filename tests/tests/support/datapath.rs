@@ -325,11 +325,7 @@ pub fn frontend<A: Into<IpAddr> + Copy>(
     (
         FrontendKey::new(addr, port, proto),
         Frontend {
-            service: ServicePortName {
-                namespace: "default".into(),
-                name: format!("svc-{addr}-{port}").into(),
-                port: "".into(),
-            },
+            service: ServicePortName::new("default", &format!("svc-{addr}-{port}"), ""),
             affinity_timeout_s: affinity,
             endpoints: endpoints
                 .iter()

@@ -2,7 +2,7 @@
 //! (`ClusterState::choose` through `topology::categorize`), described endpoint by endpoint,
 //! for `kproxy explain`.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,10 +42,7 @@ impl ClusterState {
 
     /// The Service that serves frontend `key`, and what it asks for.
     fn owner_spec(&self, key: &FrontendKey) -> Option<(&ObjectKey, &ServiceSpec)> {
-        let (namespace, name) = self.holder(key)?;
-        let (service, kept) = self
-            .services
-            .get_key_value(&(Arc::clone(namespace), Arc::clone(name)))?;
+        let (service, kept) = self.services.get_key_value(self.holder(key)?)?;
         Some((service, kept.spec.as_ref()?))
     }
 

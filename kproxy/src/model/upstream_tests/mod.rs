@@ -273,7 +273,7 @@ pub enum Op {
 
 impl Op {
     fn change(self) -> Change {
-        let key = |ns: &str, name: &str| (ns.into(), name.into());
+        let key = super::ObjectKey::new;
         match self {
             Self::Service(s) => Change::service(&s),
             Self::DeleteService(ns, name) => Change::Service(key(ns, name), None),

@@ -392,7 +392,7 @@ mod tests {
     fn a_handed_version_in_one_word_compares_exactly() {
         /// (case, versions handed out in turn, asked, expected)
         type Case = (&'static str, Vec<Option<Version>>, Option<Version>, bool);
-        let key: ObjectKey = ("default".into(), "web".into());
+        let key = ObjectKey::new("default", "web");
         let number = |n| Some(Version::Number(n));
         let text = |t: &str| Some(Version::Text(t.into()));
         let cases: [Case; 9] = [
@@ -455,9 +455,9 @@ mod tests {
                 Change::Service(key, Some(s)) => {
                     let ip = s.spec.as_ref().expect("served").cluster_ips[0].to_string();
                     let version = ip.rsplit('.').next().unwrap_or_default().to_owned();
-                    format!("{}@{version}", key.1)
+                    format!("{}@{version}", key.name())
                 }
-                Change::Service(key, None) => format!("-{}", key.1),
+                Change::Service(key, None) => format!("-{}", key.name()),
                 other => panic!("unexpected change {other:?}"),
             })
             .collect();
