@@ -8,6 +8,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use kproxy::{
     dataplane::load::MapSizes,
     model::{Desired, Protocol, WhenEmpty},
+    sync::{Datapath, MapOp},
 };
 use kproxy_common::{
     ct::{CtEntry, FlowState},
@@ -879,6 +880,22 @@ fn thousands_of_frontends_in_one_sync_are_written_whole() {
     assert_eq!(snapshot.vips.len(), 3000);
     let check = dp.programmed.check(&mut snapshot, sizes.services);
     assert!(check.drift.is_empty(), "{:?}", check.drift);
+    // The drift check's walk of the maps themselves says the same; and no once an entry
+    // goes behind the agent's back.
+    assert!(dp.programmed.holds(&dp.maps).expect("walking the maps"));
+    let (_, frontend) = dp.programmed.frontends().iter().next().expect("a frontend");
+    let &(endpoint, id) = frontend.backends.first().expect("a backend");
+    let lost = MapOp::DeleteBackend { id, endpoint };
+    Datapath::apply(&mut dp.maps, &lost).expect("deleting a backend");
+    assert!(!dp.programmed.holds(&dp.maps).expect("walking the maps"));
+    let mut snapshot = dp.maps.snapshot().expect("reading the maps");
+    let check = dp.programmed.check(&mut snapshot, sizes.services);
+    assert!(!check.drift.is_empty());
+    for op in dp.programmed.repair(check) {
+        Datapath::apply(&mut dp.maps, &op).expect("repairing");
+    }
+    dp.program(&desired);
+    assert!(dp.programmed.holds(&dp.maps).expect("walking the maps"));
     for (vip, backend) in [
         (Ipv4Addr::new(198, 19, 0, 0), Ipv4Addr::new(198, 18, 100, 0)),
         (
@@ -925,4 +942,5 @@ fn a_map_filling_up_within_a_split_batch_fails_exactly_what_does_not_fit() {
     assert_eq!(snapshot.services.len(), 2500);
     let check = dp.programmed.check(&mut snapshot, sizes.services);
     assert!(check.drift.is_empty(), "{:?}", check.drift);
+    assert!(dp.programmed.holds(&dp.maps).expect("walking the maps"));
 }

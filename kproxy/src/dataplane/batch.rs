@@ -237,3 +237,24 @@ pub fn all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> std::io::Result<Vec<(
     }
     Ok(entries)
 }
+
+/// Hands every entry of a hash map to `each`, read `chunk` entries per syscall, until
+/// `each` says to stop (`false`): a walk that holds one chunk, not the map.
+pub fn for_each<K: Pod, V: Pod>(
+    map: &MapData,
+    chunk: usize,
+    mut each: impl FnMut(&K, &V) -> bool,
+) -> std::io::Result<()> {
+    let mut walk = Walk::Start;
+    let mut keys = Vec::with_capacity(chunk);
+    let mut values = Vec::with_capacity(chunk);
+    while walk != Walk::End {
+        lookup(map, &mut walk, &mut keys, &mut values)?;
+        for (key, value) in keys.iter().zip(&values) {
+            if !each(key, value) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

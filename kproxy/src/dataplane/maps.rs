@@ -10,6 +10,7 @@
 mod family;
 mod flows;
 mod round_robin;
+mod walk;
 
 use std::path::{Path, PathBuf};
 

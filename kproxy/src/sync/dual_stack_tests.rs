@@ -322,6 +322,7 @@ fn recovery_cleans_each_family_s_leftovers_through_that_family_s_maps() {
     assert!(!dp.vips.contains(&addr("2001:db8:99::1")));
     recovered.sync(&want, &mut dp);
     assert_eq!(recovered.check(&mut dp.snapshot(), 64).drift, Vec::new());
+    assert!(recovered.holds(&dp.snapshot()).expect("a snapshot walks"));
 }
 
 #[test]
@@ -371,6 +372,7 @@ fn the_drift_check_finds_and_repairs_an_ipv6_frontend() {
     }
     programmed.sync(&want, &mut dp);
     assert_eq!(programmed.check(&mut dp.snapshot(), 64).drift, Vec::new());
+    assert!(programmed.holds(&dp.snapshot()).expect("a snapshot walks"));
     assert_eq!(
         dp.view()[&v6],
         Ok((V6.iter().map(|a| ep(a)).collect(), None))

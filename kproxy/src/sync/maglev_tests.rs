@@ -50,6 +50,10 @@ fn sync(p: &mut Programmed, dp: &mut FakeDatapath, want: &Desired) {
     let report = p.sync(want, dp);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(dp.view(), expected_view(want), "what packets see");
+    assert!(
+        p.holds(&dp.snapshot()).expect("a snapshot walks"),
+        "the drift check's walk finds the maps as recorded"
+    );
 }
 
 #[test]

@@ -10,11 +10,13 @@ mod ids;
 mod plan;
 mod recover;
 mod verify;
+mod walk;
 
 pub use ids::IdPool;
 pub use plan::{ByFamily, EntryCounts, Programmed, ProgrammedFrontend, SyncReport};
 pub use recover::{DatapathSnapshot, Listed};
 pub use verify::{Check, Drift};
+pub use walk::MapWalk;
 
 use std::{
     net::{IpAddr, SocketAddr},

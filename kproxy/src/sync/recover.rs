@@ -55,7 +55,7 @@ pub struct Listed {
 }
 
 impl Listed {
-    fn of<A: WireAddr>(backend: &BackendOf<A>) -> Self {
+    pub fn of<A: WireAddr>(backend: &BackendOf<A>) -> Self {
         Self {
             endpoint: wire::endpoint(backend),
             svc_id: backend.svc_id,

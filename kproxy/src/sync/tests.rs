@@ -118,6 +118,10 @@ fn transition(from: &Desired, to: &Desired) -> (Vec<MapOp>, FakeDatapath) {
     }
     assert_eq!(dp.view(), new_view);
     assert_counted(&programmed);
+    assert!(
+        programmed.holds(&dp.snapshot()).expect("a snapshot walks"),
+        "the drift check's walk finds the maps as recorded"
+    );
     let ops = dp.log[before..].to_vec();
     (ops, dp)
 }

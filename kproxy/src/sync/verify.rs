@@ -1,8 +1,9 @@
 //! Drift: what the service maps hold against what the agent programmed into them. Anything
 //! may have changed them behind the agent's back (a person with bpftool, another program
-//! sharing the pins, a bug); the check reads them the way a restarted agent does
-//! (`Programmed::recover`) and compares the result with the agent's own record, frontend
-//! by frontend. The repair is the restart's: the agent takes the maps' state as what is
+//! sharing the pins, a bug). The check walks each map against the record first
+//! (`Programmed::holds`, the usual answer: nothing differs); when something does, it reads
+//! them the way a restarted agent does (`Programmed::recover`) and compares the result with
+//! the agent's own record, frontend by frontend, to say what. The repair is the restart's: the agent takes the maps' state as what is
 //! programmed (every frontend found inconsistent marked for a full rewrite), deletes what
 //! no frontend references, and syncs the drifted frontends against the desired state — so
 //! only what differs is written, and a service's backend set still switches atomically.
@@ -12,10 +13,7 @@ use std::{
     fmt,
 };
 
-use super::{
-    DatapathSnapshot, MapOp, Programmed, ProgrammedFrontend,
-    recover::{FrontendReader, Index, stray_entries, vip_ops},
-};
+use super::{DatapathSnapshot, MapOp, Programmed, ProgrammedFrontend};
 use crate::model::FrontendKey;
 
 /// One difference between the maps and the agent's record.
@@ -48,8 +46,8 @@ impl Programmed {
     /// Compares this record with `snapshot` (the service maps as they are now; sorted
     /// for lookups on the way).
     pub fn check(&self, snapshot: &mut DatapathSnapshot, max_services: u32) -> Check {
-        snapshot.sort();
-        if self.holds(snapshot, max_services) {
+        // A snapshot's walks cannot fail.
+        if self.holds(snapshot).unwrap_or(false) {
             return Check {
                 drift: Vec::new(),
                 found: None,
@@ -58,45 +56,6 @@ impl Programmed {
             };
         }
         self.check_whole(snapshot, max_services)
-    }
-
-    /// Whether `snapshot` holds exactly this record: every frontend as programmed, and no
-    /// entry beyond those `expected` explains. Reads the maps' frontends one at a time
-    /// against the record, so the usual answer (yes) costs an index of the maps, not a
-    /// second programmed state; `check_whole` says what differs when the answer is no.
-    fn holds(&self, snapshot: &DatapathSnapshot, max_services: u32) -> bool {
-        let mut cleanup = Vec::new();
-        let index = Index::new(snapshot, &mut cleanup);
-        let mut reader = FrontendReader::new(&index, max_services, self.maglev_table_size);
-        let mut matched = 0;
-        for (key, value) in snapshot.frontends() {
-            let Some((key, held)) = reader.read(key, value, &mut cleanup) else {
-                continue;
-            };
-            match self.frontends.get(&key) {
-                Some(meant) if differences(meant, &held).is_empty() => matched += 1,
-                _ => return false,
-            }
-        }
-        if matched != self.frontends.len() {
-            return false;
-        }
-        // Every frontend holds what the record says: what no frontend references is
-        // found from the record's frontends as recovery finds it from the maps'.
-        let (mut ranges, tables) = reader.finish();
-        stray_entries(
-            &index,
-            self.frontends.iter(),
-            &mut ranges,
-            &tables,
-            self.maglev_table_size,
-            &mut cleanup,
-        );
-        // The record's own VIP counts, kept as frontends come and go: counting them again
-        // from the frontends held another 100,000 entries for the check's duration.
-        cleanup.extend(vip_ops(&self.vips, snapshot.vips()));
-        let banks = self.banks(&cleanup);
-        cleanup.iter().all(|op| expected(&banks, op))
     }
 
     /// The active bank and bank lengths of each service port id whose slots `cleanup`
@@ -120,8 +79,9 @@ impl Programmed {
     }
 
     /// [`Programmed::check`] through a whole recovery of the maps' state, compared with
-    /// this record frontend by frontend.
-    fn check_whole(&self, snapshot: &mut DatapathSnapshot, max_services: u32) -> Check {
+    /// this record frontend by frontend: what differs, once [`Programmed::holds`] has
+    /// said something does.
+    pub fn check_whole(&self, snapshot: &mut DatapathSnapshot, max_services: u32) -> Check {
         let (found, cleanup) = Self::recover_for(snapshot, max_services, self.maglev_table_size);
         let mut drift = Vec::new();
         let mut drifted = BTreeSet::new();
@@ -263,5 +223,6 @@ fn listing(backends: &[(crate::model::Endpoint, u32)]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+mod holds;
 #[cfg(test)]
 mod tests;

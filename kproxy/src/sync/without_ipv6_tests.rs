@@ -129,6 +129,7 @@ fn a_restart_with_the_ipv6_maps_programs_the_ipv6_frontends() {
     let vips: BTreeSet<_> = dp.vips.iter().copied().collect();
     assert!(vips.contains(&addr("2001:db8:19::10")), "{vips:?}");
     assert_eq!(recovered.check(&mut dp.snapshot(), 64).drift, Vec::new());
+    assert!(recovered.holds(&dp.snapshot()).expect("a snapshot walks"));
 }
 
 #[test]

@@ -20,7 +20,7 @@ use super::{WALK_CHUNK, batch, ignore_missing, open, open_typed, write_batch};
 use crate::{
     dataplane::load::{map_pin_path, pinned_together},
     model::FrontendKey,
-    sync::{BackendEntry, MapOp},
+    sync::{BackendEntry, Listed, MapOp},
     wire::{self, WireAddr},
 };
 
@@ -98,6 +98,63 @@ where
             source_ranges: open_typed!(pin_dir, names.source_ranges),
             names,
         })
+    }
+
+    /// Walks the frontends (see `sync::MapWalk`).
+    pub(super) fn walk_services(
+        &self,
+        each: &mut dyn FnMut(Option<FrontendKey>, &ServiceValue) -> bool,
+    ) -> Result<bool> {
+        let mut go_on = true;
+        batch::for_each(
+            &self.services_raw,
+            WALK_CHUNK,
+            |key: &ServiceKeyOf<A>, value| {
+                go_on = each(wire::frontend_key(key), value);
+                go_on
+            },
+        )
+        .context(self.names.services)?;
+        Ok(go_on)
+    }
+
+    pub(super) fn walk_backends(&self, each: &mut dyn FnMut(u32, Listed) -> bool) -> Result<bool> {
+        let mut go_on = true;
+        batch::for_each(
+            &self.backends_raw,
+            WALK_CHUNK,
+            |id: &u32, backend: &BackendOf<A>| {
+                go_on = each(*id, Listed::of(backend));
+                go_on
+            },
+        )
+        .context(self.names.backends)?;
+        Ok(go_on)
+    }
+
+    pub(super) fn walk_vips(&self, each: &mut dyn FnMut(IpAddr) -> bool) -> Result<bool> {
+        let mut go_on = true;
+        batch::for_each(&self.vips_raw, WALK_CHUNK, |addr: &A, _: &u32| {
+            go_on = each(addr.to_ip());
+            go_on
+        })
+        .context(self.names.vips)?;
+        Ok(go_on)
+    }
+
+    pub(super) fn walk_source_ranges(
+        &self,
+        each: &mut dyn FnMut(u32, IpNet) -> bool,
+    ) -> Result<bool> {
+        for key in self.source_ranges.keys() {
+            let key = key.context(self.names.source_ranges)?;
+            if let Some((svc_id, range)) = wire::source_range::<A>(key.prefix_len(), &key.data())
+                && !each(svc_id, range)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     pub(super) fn services(&self) -> Result<Vec<(ServiceKeyOf<A>, ServiceValue)>> {

@@ -41,7 +41,7 @@ fn a_record_in_step_with_the_maps_finds_no_drift() {
     let check = programmed.check(&mut dp.snapshot(), MAX_SERVICES);
     assert_eq!(check.drift, Vec::new());
     // The quick reading agrees with the whole recovery, which finds nothing either.
-    assert!(programmed.holds(&dp.snapshot(), MAX_SERVICES));
+    assert!(programmed.holds(&dp.snapshot()).expect("a snapshot walks"));
     assert_eq!(
         programmed
             .check_whole(&mut dp.snapshot(), MAX_SERVICES)
@@ -145,7 +145,10 @@ fn every_corruption_is_found_named_and_repaired() {
         let (mut programmed, mut dp, want) = programmed();
         corrupt(&mut dp);
         // The quick reading sees a difference, and the check names the whole recovery's.
-        assert!(!programmed.holds(&dp.snapshot(), MAX_SERVICES), "{name}");
+        assert!(
+            !programmed.holds(&dp.snapshot()).expect("a snapshot walks"),
+            "{name}"
+        );
         let check = programmed.check(&mut dp.snapshot(), MAX_SERVICES);
         assert_eq!(
             check.drift,
@@ -169,6 +172,10 @@ fn every_corruption_is_found_named_and_repaired() {
             again.drift,
             Vec::new(),
             "{name}: nothing left after the repair"
+        );
+        assert!(
+            programmed.holds(&dp.snapshot()).expect("a snapshot walks"),
+            "{name}: the walk agrees once repaired"
         );
         if name == "a frontend nobody programmed" {
             assert!(!dp.services.contains_key(&key(12, 80)), "unpublished");
