@@ -13,11 +13,16 @@ pub struct ObjectKey(Arc<str>);
 
 impl ObjectKey {
     pub fn new(namespace: &str, name: &str) -> Self {
-        let mut both = String::with_capacity(namespace.len() + 1 + name.len());
-        both.push_str(namespace);
-        both.push('/');
-        both.push_str(name);
-        Self(both.into())
+        // Joined on the stack (names are short), then copied into the one allocation.
+        let mut both = smallvec::SmallVec::<[u8; 128]>::new();
+        both.extend_from_slice(namespace.as_bytes());
+        both.push(b'/');
+        both.extend_from_slice(name.as_bytes());
+        Self(
+            std::str::from_utf8(&both)
+                .expect("two strings and a slash")
+                .into(),
+        )
     }
 
     /// Where the namespace ends (the first `/`).
@@ -46,8 +51,16 @@ impl ObjectKey {
 }
 
 impl Ord for ObjectKey {
+    /// The order of `(namespace, name)`, found in one pass: byte by byte, with the slash
+    /// ranked below every byte of a name (where one namespace ends and the other goes on,
+    /// the shorter comes first).
     fn cmp(&self, other: &Self) -> Ordering {
-        self.parts().cmp(&other.parts())
+        let rank = |b: u8| if b == b'/' { 0 } else { u16::from(b) + 1 };
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        match a.iter().zip(b).position(|(x, y)| x != y) {
+            Some(at) => rank(a[at]).cmp(&rank(b[at])),
+            None => a.len().cmp(&b.len()),
+        }
     }
 }
 
@@ -97,6 +110,24 @@ mod tests {
         keys.sort();
         let sorted: Vec<String> = keys.iter().map(ToString::to_string).collect();
         assert_eq!(sorted, ["a/y", "a/z", "a-b/x"]);
+        // Every pair orders as its (namespace, name) tuple does.
+        let parts = [
+            ("a", "x"),
+            ("a", "x.y"),
+            ("a", "x-y"),
+            ("a", ""),
+            ("a-b", "x"),
+            ("a.b", "x"),
+            ("ab", "x"),
+            ("b", "a"),
+            ("", "z"),
+        ];
+        for x in parts {
+            for y in parts {
+                let (kx, ky) = (ObjectKey::new(x.0, x.1), ObjectKey::new(y.0, y.1));
+                assert_eq!(kx.cmp(&ky), x.cmp(&y), "{x:?} against {y:?}");
+            }
+        }
         assert_eq!(std::mem::size_of::<ObjectKey>(), 16);
     }
 }
