@@ -456,6 +456,19 @@ async fn serve(
     Ok(())
 }
 
+/// A drift check that could not read the maps (of `frontends` programmed).
+fn unreadable_maps(frontends: usize, e: &anyhow::Error) -> VerifyReport {
+    tracing::error!(
+        error = format!("{e:#}"),
+        "drift check: cannot read the maps"
+    );
+    VerifyReport {
+        frontends,
+        error: Some(format!("{e:#}")),
+        ..VerifyReport::default()
+    }
+}
+
 /// What the pinned maps hold, as the previous agent left it, with inconsistencies cleaned.
 fn recover_programmed(services: &mut ServiceMaps, sizes: &MapSizes) -> Result<Programmed> {
     services.track_free_ports()?;
@@ -700,9 +713,7 @@ impl Agent {
         self.metrics.datapath_checks_total.inc();
         // The usual answer, found walking the maps a chunk at a time; only a difference
         // has them read whole and recovered to say what it is.
-        let held = self.programmed.holds(&self.services);
-        memory::return_free_pages("drift check");
-        match held {
+        match self.programmed.holds(&self.services) {
             Ok(true) => {
                 tracing::debug!(
                     frontends,
@@ -716,31 +727,11 @@ impl Agent {
                 };
             }
             Ok(false) => {}
-            Err(e) => {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "drift check: cannot read the maps"
-                );
-                return VerifyReport {
-                    frontends,
-                    error: Some(format!("{e:#}")),
-                    ..VerifyReport::default()
-                };
-            }
+            Err(e) => return unreadable_maps(frontends, &e),
         }
         let mut snapshot = match self.services.snapshot() {
             Ok(snapshot) => snapshot,
-            Err(e) => {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "drift check: cannot read the maps"
-                );
-                return VerifyReport {
-                    frontends,
-                    error: Some(format!("{e:#}")),
-                    ..VerifyReport::default()
-                };
-            }
+            Err(e) => return unreadable_maps(frontends, &e),
         };
         let check = self
             .programmed
