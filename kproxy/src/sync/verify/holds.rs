@@ -4,11 +4,11 @@
 
 use anyhow::Result;
 use kproxy_common::{
-    lb::{SLOT_BANK_SHIFT, ServiceValue},
+    lb::{SLOT_BANK_SHIFT, ServiceValue, SlotKey},
     maglev,
 };
 
-use super::super::{MapWalk, Programmed, ProgrammedFrontend};
+use super::super::{Listed, MapWalk, Programmed, ProgrammedFrontend};
 use crate::wire;
 
 impl Programmed {
@@ -20,84 +20,72 @@ impl Programmed {
     /// it does not expect is a no, and [`Programmed::check`] then says what differs.
     pub fn holds(&self, maps: &dyn MapWalk) -> Result<bool> {
         let record = Record::of(self);
-        let mut ok = true;
-        let mut seen = 0;
+        let mut tally = Tally::default();
         maps.frontends(&mut |key, value| {
             let meant = key.and_then(|key| self.frontends.get(&key));
-            ok = meant.is_some_and(|meant| publishes(meant, value));
-            seen += 1;
-            ok
+            tally.count(meant.is_some_and(|meant| publishes(meant, value)))
         })?;
-        if !(ok && seen == self.frontends.len()) {
+        if !tally.exactly(self.frontends.len()) {
             return Ok(false);
         }
-        seen = 0;
-        maps.slots(&mut |key, backend_id| {
-            let bank = key.slot >> SLOT_BANK_SHIFT;
-            let index = key.slot & ((1 << SLOT_BANK_SHIFT) - 1);
-            ok = bank < 2
-                && record.frontend(key.svc_id).is_some_and(|meant| {
-                    // The active bank's slots hold its backends in order; the other bank's
-                    // what it held before the last change (overwritten by the next one).
-                    let active = u32::from(meant.bank) == bank;
-                    let wanted = meant.backends.get(index as usize).map(|&(_, id)| id);
-                    index < meant.bank_len[bank as usize]
-                        && (!active || wanted.is_none_or(|id| id == backend_id))
-                });
-            seen += 1;
-            ok
-        })?;
-        if !(ok && seen == record.slots) {
+        let mut tally = Tally::default();
+        maps.slots(&mut |key, backend_id| tally.count(record.explains_slot(key, backend_id)))?;
+        if !tally.exactly(record.slots) {
             return Ok(false);
         }
-        seen = 0;
-        maps.backends(&mut |id, listed| {
-            // Looked up by the service port id it names: the frontend's lists are short.
-            ok = record.frontend(listed.svc_id).is_some_and(|meant| {
-                let list = if listed.active {
-                    &meant.backends
-                } else {
-                    &meant.standby
-                };
-                list.contains(&(listed.endpoint, id))
-            });
-            seen += 1;
-            ok
-        })?;
-        if !(ok && seen == record.backends) {
+        let mut tally = Tally::default();
+        maps.backends(&mut |id, listed| tally.count(record.explains_backend(id, &listed)))?;
+        if !tally.exactly(record.backends) {
             return Ok(false);
         }
-        seen = 0;
-        maps.vips(&mut |addr| {
-            ok = self.vips.contains_key(&addr);
-            seen += 1;
-            ok
-        })?;
-        if !(ok && seen == self.vips.len()) {
+        let mut tally = Tally::default();
+        maps.vips(&mut |addr| tally.count(self.vips.contains_key(&addr)))?;
+        if !tally.exactly(self.vips.len()) {
             return Ok(false);
         }
-        seen = 0;
+        let mut tally = Tally::default();
         maps.source_ranges(&mut |svc_id, range| {
-            ok =
-                (record.frontend(svc_id)).is_some_and(|meant| meant.source_ranges.contains(&range));
-            seen += 1;
-            ok
+            let meant = record.frontend(svc_id);
+            tally.count(meant.is_some_and(|meant| meant.source_ranges.contains(&range)))
         })?;
-        if !(ok && seen == record.source_ranges) {
+        if !tally.exactly(record.source_ranges) {
             return Ok(false);
         }
-        seen = 0;
-        let table_size = self.maglev_table_size;
-        let chunks = maglev::chunks(table_size);
+        let (table_size, chunks) = (
+            self.maglev_table_size,
+            maglev::chunks(self.maglev_table_size),
+        );
+        let mut tally = Tally::default();
         maps.maglev(&mut |key| {
-            ok = key.table_size == table_size
-                && u32::from(key.chunk) < chunks
-                && (record.frontend(key.svc_id))
-                    .is_some_and(|meant| has_table(meant) && meant.bank == key.bank);
-            seen += 1;
-            ok
+            tally.count(
+                key.table_size == table_size
+                    && u32::from(key.chunk) < chunks
+                    && (record.frontend(key.svc_id))
+                        .is_some_and(|meant| has_table(meant) && meant.bank == key.bank),
+            )
         })?;
-        Ok(ok && seen == record.maglev_tables * chunks as usize)
+        Ok(tally.exactly(record.maglev_tables * chunks as usize))
+    }
+}
+
+/// The entries of one map, counted while each is one the record explains.
+#[derive(Default)]
+struct Tally {
+    seen: usize,
+    unexplained: bool,
+}
+
+impl Tally {
+    /// Counts an entry; says to stop the walk (`false`) at the first one not `explained`.
+    fn count(&mut self, explained: bool) -> bool {
+        self.seen += 1;
+        self.unexplained |= !explained;
+        explained
+    }
+
+    /// Whether every entry was explained, and there were `expected` of them.
+    fn exactly(&self, expected: usize) -> bool {
+        !self.unexplained && self.seen == expected
     }
 }
 
@@ -150,5 +138,33 @@ impl<'a> Record<'a> {
 
     fn frontend(&self, svc_id: u32) -> Option<&'a ProgrammedFrontend> {
         *self.by_svc_id.get(svc_id as usize)?
+    }
+
+    /// Whether a frontend has slot `key`, holding `backend_id` in its active bank: there
+    /// the slots hold its backends in order; the other bank's what it held before the
+    /// last change (overwritten by the next one).
+    fn explains_slot(&self, key: &SlotKey, backend_id: u32) -> bool {
+        let bank = key.slot >> SLOT_BANK_SHIFT;
+        let index = key.slot & ((1 << SLOT_BANK_SHIFT) - 1);
+        bank < 2
+            && self.frontend(key.svc_id).is_some_and(|meant| {
+                let active = u32::from(meant.bank) == bank;
+                let wanted = meant.backends.get(index as usize).map(|&(_, id)| id);
+                index < meant.bank_len[bank as usize]
+                    && (!active || wanted.is_none_or(|id| id == backend_id))
+            })
+    }
+
+    /// Whether the frontend `listed` names lists backend `id` as it is, in the role it
+    /// has (looked up by that frontend: its lists are short).
+    fn explains_backend(&self, id: u32, listed: &Listed) -> bool {
+        self.frontend(listed.svc_id).is_some_and(|meant| {
+            let list = if listed.active {
+                &meant.backends
+            } else {
+                &meant.standby
+            };
+            list.contains(&(listed.endpoint, id))
+        })
     }
 }
