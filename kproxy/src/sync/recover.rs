@@ -103,26 +103,33 @@ impl DatapathSnapshot {
 impl DatapathSnapshot {
     /// Sorts what [`Index`] looks up: backends by id (each family), slots by service port
     /// id and slot, VIPs by address. In place: an index holding sorted copies held 8 MB
-    /// more at 100,000 Services for every drift check. Sorting what is sorted already is
-    /// one pass.
+    /// more at 100,000 Services whenever the maps are read whole (a restart, a drift
+    /// check that found a difference). Sorting what is sorted already is one pass.
     pub fn sort(&mut self) {
-        self.backends.sort_unstable_by_key(|(id, _)| *id);
-        self.backends6.sort_unstable_by_key(|(id, _)| *id);
-        self.slots
-            .sort_unstable_by_key(|(key, id)| (key.svc_id, key.slot, *id));
+        self.backends.sort_unstable_by_key(by_id);
+        self.backends6.sort_unstable_by_key(by_id);
+        self.slots.sort_unstable_by_key(slot_order);
         self.vips.sort_unstable_by_key(|a| a.to_ip());
         self.vips6.sort_unstable_by_key(|a| a.to_ip());
     }
 
     fn is_sorted(&self) -> bool {
-        self.backends.is_sorted_by_key(|(id, _)| *id)
-            && self.backends6.is_sorted_by_key(|(id, _)| *id)
-            && self
-                .slots
-                .is_sorted_by_key(|(key, id)| (key.svc_id, key.slot, *id))
+        self.backends.is_sorted_by_key(by_id)
+            && self.backends6.is_sorted_by_key(by_id)
+            && self.slots.is_sorted_by_key(slot_order)
             && self.vips.is_sorted_by_key(|a| a.to_ip())
             && self.vips6.is_sorted_by_key(|a| a.to_ip())
     }
+}
+
+/// The order [`DatapathSnapshot::sort`] gives backends.
+fn by_id<V>((id, _): &(u32, V)) -> u32 {
+    *id
+}
+
+/// The order [`DatapathSnapshot::sort`] gives slots: a bank's contiguous, in index order.
+fn slot_order((key, id): &(SlotKey, u32)) -> (u32, u32, u32) {
+    (key.svc_id, key.slot, *id)
 }
 
 /// A sorted snapshot's backends and slots, for lookups by id. A drift check reads 100,000

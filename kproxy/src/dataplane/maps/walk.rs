@@ -1,7 +1,7 @@
 //! The drift check's walks of the pinned maps (see `sync::MapWalk`): a chunk of entries
 //! at a time, never the whole map.
 
-use std::{cell::RefCell, net::IpAddr};
+use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -19,7 +19,7 @@ use crate::{
 
 impl ServiceMaps {
     /// Walks a map of each family in turn, while `walk` says to go on.
-    fn both_families(&self, walk: impl Fn(&dyn FamilyWalk) -> Result<bool>) -> Result<()> {
+    fn both_families(&self, mut walk: impl FnMut(&dyn FamilyWalk) -> Result<bool>) -> Result<()> {
         if walk(&self.v4)?
             && let Some(v6) = &self.v6
         {
@@ -70,8 +70,7 @@ impl MapWalk for ServiceMaps {
         &self,
         each: &mut dyn FnMut(Option<FrontendKey>, &ServiceValue) -> bool,
     ) -> Result<()> {
-        let each = RefCell::new(each);
-        self.both_families(|family| family.services(&mut *each.borrow_mut()))
+        self.both_families(|family| family.services(each))
     }
 
     fn slots(&self, each: &mut dyn FnMut(&SlotKey, u32) -> bool) -> Result<()> {
@@ -82,18 +81,15 @@ impl MapWalk for ServiceMaps {
     }
 
     fn backends(&self, each: &mut dyn FnMut(u32, Listed) -> bool) -> Result<()> {
-        let each = RefCell::new(each);
-        self.both_families(|family| family.backends(&mut *each.borrow_mut()))
+        self.both_families(|family| family.backends(each))
     }
 
     fn vips(&self, each: &mut dyn FnMut(IpAddr) -> bool) -> Result<()> {
-        let each = RefCell::new(each);
-        self.both_families(|family| family.vips(&mut *each.borrow_mut()))
+        self.both_families(|family| family.vips(each))
     }
 
     fn source_ranges(&self, each: &mut dyn FnMut(u32, IpNet) -> bool) -> Result<()> {
-        let each = RefCell::new(each);
-        self.both_families(|family| family.source_ranges(&mut *each.borrow_mut()))
+        self.both_families(|family| family.source_ranges(each))
     }
 
     fn maglev(&self, each: &mut dyn FnMut(&MaglevKey) -> bool) -> Result<()> {
