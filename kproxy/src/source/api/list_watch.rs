@@ -8,8 +8,6 @@
 //! resumes from the last version seen; an ERROR event with `410 Gone` relists. Errors are
 //! items of the stream, and polling it again retries: the caller paces that with a backoff.
 
-use std::collections::VecDeque;
-
 use futures::{Stream, StreamExt, stream::BoxStream};
 use http_body_util::BodyExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
@@ -24,15 +22,16 @@ use serde::Deserialize;
 use super::{
     decoded::Decoded,
     mirror::Watched,
-    protobuf::{self, Page},
+    protobuf::{self, Encoded, Page},
 };
 
 /// Objects per list page: ten times client-go's and kube-runtime's 500. Each page is a
 /// round trip the API server answers in about the same time whatever its size (measured
 /// against the bench's kube-apiserver holding 100,000 Services: 50 ms for a page of 500,
 /// 74–88 ms for a page of 5,000), so 500 made a list of 100,000 Services 200 round trips and
-/// most of a start. A page of 5,000 is about 1 MB of protobuf, decoded and handed on before
-/// the next but one is read, so the agent's memory stays far from a whole list's.
+/// most of a start. A page of 5,000 is about 1 MB of protobuf, handed on (each item decoded
+/// as it goes) before the next but one is read, so the agent's memory stays far from a whole
+/// list's.
 pub const PAGE_SIZE: u32 = 5_000;
 
 /// What to list and watch.
@@ -44,13 +43,30 @@ pub struct Selectors {
 
 type Item<K> = Result<Event<Decoded<K>>, watcher::Error>;
 
+/// A page's objects not handed out yet: decoded (JSON) or still encoded (protobuf).
+enum Pending<K> {
+    Json(std::vec::IntoIter<Decoded<K>>),
+    Protobuf(Encoded<K>),
+}
+
+impl<K: Watched> Iterator for Pending<K> {
+    type Item = Decoded<K>;
+
+    fn next(&mut self) -> Option<Decoded<K>> {
+        match self {
+            Self::Json(items) => items.next(),
+            Self::Protobuf(items) => items.next(),
+        }
+    }
+}
+
 enum State<K: Watched> {
     /// Nothing listed: the next step starts a list.
     Empty,
     /// A list under way: objects of the page read last not yet handed out, and the next
     /// page, already on its way while they are (`None`: the page was the last).
     Listing {
-        pending: VecDeque<Decoded<K>>,
+        pending: Pending<K>,
         next: Option<Prefetch<K>>,
         version: Option<String>,
     },
@@ -94,7 +110,7 @@ impl<K: Watched> Watcher<K> {
             match std::mem::replace(&mut self.state, State::Empty) {
                 State::Empty => {
                     self.state = State::Listing {
-                        pending: VecDeque::new(),
+                        pending: Pending::Json(Vec::new().into_iter()),
                         next: Some(self.prefetch(String::new())),
                         version: None,
                     };
@@ -105,7 +121,7 @@ impl<K: Watched> Watcher<K> {
                     next,
                     version,
                 } => {
-                    if let Some(object) = pending.pop_front() {
+                    if let Some(object) = pending.next() {
                         self.state = State::Listing {
                             pending,
                             next,
@@ -127,7 +143,7 @@ impl<K: Watched> Watcher<K> {
                         .await
                         .map_err(watcher::Error::InitialListFailed)?;
                     self.state = State::Listing {
-                        pending: page.items.into(),
+                        pending: page.items,
                         next: page.continue_token.map(|token| self.prefetch(token)),
                         version: page.resource_version,
                     };
@@ -206,10 +222,10 @@ impl<K: Watched> Watcher<K> {
 }
 
 /// A page being read; dropped (the list abandoned), it stops.
-struct Prefetch<K: Watched>(tokio::task::JoinHandle<kube::Result<Page<Decoded<K>>>>);
+struct Prefetch<K: Watched>(tokio::task::JoinHandle<kube::Result<Page<Pending<K>>>>);
 
 impl<K: Watched> Prefetch<K> {
-    async fn page(mut self) -> kube::Result<Page<Decoded<K>>> {
+    async fn page(mut self) -> kube::Result<Page<Pending<K>>> {
         (&mut self.0).await.unwrap_or_else(|e| {
             Err(kube::Error::Api(ErrorResponse {
                 status: "Failure".into(),
@@ -232,7 +248,7 @@ async fn page<K: Watched>(
     client: &Client,
     selectors: &Selectors,
     token: &str,
-) -> kube::Result<Page<Decoded<K>>> {
+) -> kube::Result<Page<Pending<K>>> {
     let params = ListParams {
         label_selector: selectors.labels.clone(),
         field_selector: selectors.fields.clone(),
@@ -269,20 +285,16 @@ async fn page<K: Watched>(
         return Err(kube::Error::Api(error_response(status, protobuf, &body)));
     }
     if protobuf {
-        let page = K::list(&body).map_err(|e| undecodable(&e))?;
+        let page = protobuf::list::<K>(&body).map_err(|e| undecodable(&e))?;
         return Ok(Page {
-            items: page
-                .items
-                .into_iter()
-                .map(|object| Decoded::Valid(object.into()))
-                .collect(),
+            items: Pending::Protobuf(page.items),
             resource_version: page.resource_version,
             continue_token: page.continue_token,
         });
     }
     let list: JsonList<K> = serde_json::from_slice(&body).map_err(kube::Error::SerdeError)?;
     Ok(Page {
-        items: list.items,
+        items: Pending::Json(list.items.into_iter()),
         resource_version: list.metadata.resource_version,
         continue_token: list.metadata.continue_.filter(|c| !c.is_empty()),
     })
@@ -306,7 +318,7 @@ fn advance<K: Watched>(version: &mut String, object: &Decoded<K>) {
 }
 
 /// The API's refusal as kube reports it (the code is what the agent acts on).
-fn error_response(status: http::StatusCode, protobuf: bool, body: &[u8]) -> ErrorResponse {
+fn error_response(status: http::StatusCode, protobuf: bool, body: &bytes::Bytes) -> ErrorResponse {
     let decoded = if protobuf {
         protobuf::status(body)
             .ok()

@@ -6,13 +6,20 @@
 //! and converted here into the `k8s-openapi` types the rest of the agent reads; watches stay
 //! JSON (one object per event).
 //!
+//! A page's items stay encoded, each a slice of the response body, until the watcher hands
+//! them on one at a time: a page of 5,000 Services decoded at once was about ten times its
+//! encoded size, and the agent held two such pages per kind (the one handed on and the next,
+//! prefetched) while it built its first state. An item that does not decode is reported by
+//! its name, as one in a JSON list is (see `decoded`), and the others go on.
+//!
 //! The conversion carries every field kproxy reads, and the whole spec and status of both
 //! kinds, so nothing a later change starts reading is silently missing; what it leaves out
 //! (managed fields, a Service's selector and status conditions, an endpoint's target
 //! reference) no part of kproxy needs.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, marker::PhantomData, sync::Arc};
 
+use bytes::Bytes;
 use k8s_openapi::{
     api::{
         core::v1::{
@@ -32,9 +39,11 @@ use k8s_openapi::{
 };
 use k8s_pb::{
     api::{core::v1 as pb_core, discovery::v1 as pb_discovery},
-    apimachinery::pkg::{apis::meta::v1 as pb_meta, runtime::Unknown, util::intstr as pb_intstr},
+    apimachinery::pkg::{apis::meta::v1 as pb_meta, util::intstr as pb_intstr},
 };
 use prost::Message;
+
+use super::decoded::{Decoded, Invalid};
 
 /// What the API server's protobuf responses start with, before the `runtime.Unknown` that
 /// wraps the object.
@@ -61,18 +70,65 @@ pub enum DecodeError {
     Prost(#[from] prost::DecodeError),
 }
 
-/// The object a protobuf response carries, still encoded.
-fn unwrap(body: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    let wrapped = body.strip_prefix(MAGIC).ok_or(DecodeError::NoMagic)?;
-    Unknown::decode(wrapped)?.raw.ok_or(DecodeError::NoBody)
+/// `runtime.Unknown` with only the field read: the wrapped object, still encoded. Decoded
+/// from a `Bytes` body, the field is a slice of it, not a copy.
+#[derive(Clone, PartialEq, Message)]
+struct Envelope {
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    raw: Option<Bytes>,
+}
+
+/// Any `*List` message (`ServiceList`, `EndpointSliceList`) with its items left encoded: a
+/// message field and a bytes field are the same on the wire.
+#[derive(Clone, PartialEq, Message)]
+struct EncodedList {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<pb_meta::ListMeta>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    items: Vec<Bytes>,
+}
+
+/// Any object with only its metadata read: what names one that does not decode whole.
+#[derive(Clone, PartialEq, Message)]
+struct MetadataOnly {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<pb_meta::ObjectMeta>,
+}
+
+/// The object a protobuf response carries, still encoded (a slice of `body`).
+fn unwrap(body: &Bytes) -> Result<Bytes, DecodeError> {
+    if !body.starts_with(MAGIC) {
+        return Err(DecodeError::NoMagic);
+    }
+    Envelope::decode(body.slice(MAGIC.len()..))?
+        .raw
+        .ok_or(DecodeError::NoBody)
 }
 
 /// One page of a list: its items, the version to watch from, the token of the next page.
 #[derive(Debug)]
-pub struct Page<K> {
-    pub items: Vec<K>,
+pub struct Page<I> {
+    pub items: I,
     pub resource_version: Option<String>,
     pub continue_token: Option<String>,
+}
+
+/// A protobuf page's items, each decoded and converted only when taken.
+pub struct Encoded<K> {
+    items: std::vec::IntoIter<Bytes>,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K: FromProtobuf> Iterator for Encoded<K> {
+    type Item = Decoded<K>;
+
+    fn next(&mut self) -> Option<Decoded<K>> {
+        self.items.next().map(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.items.size_hint()
+    }
 }
 
 /// A kind whose lists may be read as protobuf.
@@ -80,36 +136,73 @@ pub trait FromProtobuf: Sized {
     /// Whether lists ask for protobuf (else JSON only).
     const LISTED_AS_PROTOBUF: bool = true;
 
-    /// Decodes a protobuf list response.
-    fn list(body: &[u8]) -> Result<Page<Self>, DecodeError>;
+    /// Decodes one item of a list.
+    fn decode(item: Bytes) -> Result<Self, DecodeError>;
+}
+
+/// Decodes a protobuf list response of `K`, leaving its items encoded.
+pub fn list<K: FromProtobuf>(body: &Bytes) -> Result<Page<Encoded<K>>, DecodeError> {
+    if !K::LISTED_AS_PROTOBUF {
+        return Err(DecodeError::NotAsked);
+    }
+    let list = EncodedList::decode(unwrap(body)?)?;
+    let meta = list.metadata.unwrap_or_default();
+    Ok(Page {
+        items: Encoded {
+            items: list.items.into_iter(),
+            kind: PhantomData,
+        },
+        resource_version: meta.resource_version,
+        // An empty token is no token (the server's last page).
+        continue_token: meta.r#continue.filter(|c| !c.is_empty()),
+    })
+}
+
+/// One item: the object, or its name and why it does not decode.
+fn item<K: FromProtobuf>(encoded: Bytes) -> Decoded<K> {
+    match K::decode(encoded.clone()) {
+        Ok(object) => Decoded::Valid(Arc::new(object)),
+        Err(e) => {
+            let named = MetadataOnly::decode(encoded)
+                .ok()
+                .and_then(|m| m.metadata)
+                .unwrap_or_default();
+            Decoded::Invalid(Box::new(Invalid {
+                metadata: ObjectMeta {
+                    name: named.name,
+                    namespace: named.namespace,
+                    ..ObjectMeta::default()
+                },
+                error: e.to_string(),
+            }))
+        }
+    }
 }
 
 /// The agent's own Node is one object, read whole: listed as JSON.
 impl FromProtobuf for Node {
     const LISTED_AS_PROTOBUF: bool = false;
 
-    fn list(_: &[u8]) -> Result<Page<Self>, DecodeError> {
+    fn decode(_: Bytes) -> Result<Self, DecodeError> {
         Err(DecodeError::NotAsked)
     }
 }
 
 impl FromProtobuf for Service {
-    fn list(body: &[u8]) -> Result<Page<Self>, DecodeError> {
-        let list = pb_core::ServiceList::decode(unwrap(body)?.as_slice())?;
-        Ok(page(list.metadata, list.items.into_iter().map(service)))
+    fn decode(item: Bytes) -> Result<Self, DecodeError> {
+        Ok(service(pb_core::Service::decode(item)?))
     }
 }
 
 impl FromProtobuf for EndpointSlice {
-    fn list(body: &[u8]) -> Result<Page<Self>, DecodeError> {
-        let list = pb_discovery::EndpointSliceList::decode(unwrap(body)?.as_slice())?;
-        Ok(page(list.metadata, list.items.into_iter().map(slice)))
+    fn decode(item: Bytes) -> Result<Self, DecodeError> {
+        Ok(slice(pb_discovery::EndpointSlice::decode(item)?))
     }
 }
 
 /// The error a protobuf response carries (`metav1.Status`): its code, reason and message.
-pub fn status(body: &[u8]) -> Result<(u16, String, String), DecodeError> {
-    let status = pb_meta::Status::decode(unwrap(body)?.as_slice())?;
+pub fn status(body: &Bytes) -> Result<(u16, String, String), DecodeError> {
+    let status = pb_meta::Status::decode(unwrap(body)?)?;
     Ok((
         status
             .code
@@ -118,16 +211,6 @@ pub fn status(body: &[u8]) -> Result<(u16, String, String), DecodeError> {
         status.reason.unwrap_or_default(),
         status.message.unwrap_or_default(),
     ))
-}
-
-fn page<K>(meta: Option<pb_meta::ListMeta>, items: impl Iterator<Item = K>) -> Page<K> {
-    let meta = meta.unwrap_or_default();
-    Page {
-        items: items.collect(),
-        resource_version: meta.resource_version,
-        // An empty token is no token (the server's last page).
-        continue_token: meta.r#continue.filter(|c| !c.is_empty()),
-    }
 }
 
 fn time(t: pb_meta::Time) -> Option<Time> {
@@ -146,7 +229,7 @@ fn map(m: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
 }
 
 /// `None` for an empty list, as JSON decoding leaves an absent one.
-fn list<T>(v: Vec<T>) -> Option<Vec<T>> {
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
     (!v.is_empty()).then_some(v)
 }
 
@@ -163,7 +246,7 @@ fn meta(m: pb_meta::ObjectMeta) -> ObjectMeta {
         deletion_grace_period_seconds: m.deletion_grace_period_seconds,
         labels: map(m.labels),
         annotations: map(m.annotations),
-        owner_references: list(
+        owner_references: non_empty(
             m.owner_references
                 .into_iter()
                 .map(|o| OwnerReference {
@@ -176,7 +259,7 @@ fn meta(m: pb_meta::ObjectMeta) -> ObjectMeta {
                 })
                 .collect(),
         ),
-        finalizers: list(m.finalizers),
+        finalizers: non_empty(m.finalizers),
         ..ObjectMeta::default()
     }
 }
@@ -196,7 +279,7 @@ fn service(s: pb_core::Service) -> Service {
         spec: s.spec.map(service_spec),
         status: s.status.map(|st| ServiceStatus {
             load_balancer: st.load_balancer.map(|lb| LoadBalancerStatus {
-                ingress: list(lb.ingress.into_iter().map(ingress).collect()),
+                ingress: non_empty(lb.ingress.into_iter().map(ingress).collect()),
             }),
             conditions: None,
         }),
@@ -205,7 +288,7 @@ fn service(s: pb_core::Service) -> Service {
 
 fn service_spec(s: pb_core::ServiceSpec) -> ServiceSpec {
     ServiceSpec {
-        ports: list(
+        ports: non_empty(
             s.ports
                 .into_iter()
                 .map(|p| ServicePort {
@@ -219,12 +302,12 @@ fn service_spec(s: pb_core::ServiceSpec) -> ServiceSpec {
                 .collect(),
         ),
         cluster_ip: s.cluster_ip,
-        cluster_ips: list(s.cluster_ips),
+        cluster_ips: non_empty(s.cluster_ips),
         type_: s.r#type,
-        external_ips: list(s.external_ips),
+        external_ips: non_empty(s.external_ips),
         session_affinity: s.session_affinity,
         load_balancer_ip: s.load_balancer_ip,
-        load_balancer_source_ranges: list(s.load_balancer_source_ranges),
+        load_balancer_source_ranges: non_empty(s.load_balancer_source_ranges),
         external_name: s.external_name,
         external_traffic_policy: s.external_traffic_policy,
         health_check_node_port: s.health_check_node_port,
@@ -234,7 +317,7 @@ fn service_spec(s: pb_core::ServiceSpec) -> ServiceSpec {
                 timeout_seconds: ip.timeout_seconds,
             }),
         }),
-        ip_families: list(s.ip_families),
+        ip_families: non_empty(s.ip_families),
         ip_family_policy: s.ip_family_policy,
         allocate_load_balancer_node_ports: s.allocate_load_balancer_node_ports,
         load_balancer_class: s.load_balancer_class,
@@ -249,7 +332,7 @@ fn ingress(i: pb_core::LoadBalancerIngress) -> LoadBalancerIngress {
         ip: i.ip,
         hostname: i.hostname,
         ip_mode: i.ip_mode,
-        ports: list(
+        ports: non_empty(
             i.ports
                 .into_iter()
                 .map(|p| PortStatus {
@@ -267,7 +350,7 @@ fn slice(s: pb_discovery::EndpointSlice) -> EndpointSlice {
         metadata: meta(s.metadata.unwrap_or_default()),
         address_type: s.address_type.unwrap_or_default(),
         endpoints: s.endpoints.into_iter().map(endpoint).collect(),
-        ports: list(
+        ports: non_empty(
             s.ports
                 .into_iter()
                 .map(|p| EndpointPort {
@@ -293,7 +376,7 @@ fn endpoint(e: pb_discovery::Endpoint) -> Endpoint {
         node_name: e.node_name,
         zone: e.zone,
         hints: e.hints.map(|h| EndpointHints {
-            for_zones: list(
+            for_zones: non_empty(
                 h.for_zones
                     .into_iter()
                     .map(|z| ForZone {
@@ -301,7 +384,7 @@ fn endpoint(e: pb_discovery::Endpoint) -> Endpoint {
                     })
                     .collect(),
             ),
-            for_nodes: list(
+            for_nodes: non_empty(
                 h.for_nodes
                     .into_iter()
                     .map(|n| ForNode {
@@ -317,18 +400,29 @@ fn endpoint(e: pb_discovery::Endpoint) -> Endpoint {
 
 #[cfg(test)]
 mod tests {
+    use k8s_pb::apimachinery::pkg::runtime::Unknown;
     use serde_json::json;
 
     use super::*;
 
     /// `message` as the API server sends it: the magic, then a `runtime.Unknown` around it.
-    fn response(message: &impl Message) -> Vec<u8> {
+    fn response(message: &impl Message) -> Bytes {
         let unknown = Unknown {
             raw: Some(message.encode_to_vec()),
             content_type: Some("application/vnd.kubernetes.protobuf".into()),
             ..Unknown::default()
         };
-        [MAGIC, unknown.encode_to_vec().as_slice()].concat()
+        [MAGIC, unknown.encode_to_vec().as_slice()].concat().into()
+    }
+
+    /// The valid objects of a page, in order; panics on an invalid one.
+    fn valid<K: FromProtobuf + Clone>(page: Page<Encoded<K>>) -> Vec<K> {
+        page.items
+            .map(|item| match item {
+                Decoded::Valid(object) => K::clone(&object),
+                Decoded::Invalid(invalid) => panic!("invalid item: {}", invalid.error),
+            })
+            .collect()
     }
 
     #[expect(
@@ -455,7 +549,7 @@ mod tests {
 
     #[test]
     fn a_protobuf_service_list_reads_as_its_json_does() {
-        let list = pb_core::ServiceList {
+        let pb_list = pb_core::ServiceList {
             metadata: Some(pb_meta::ListMeta {
                 resource_version: s("77"),
                 r#continue: s("next-page"),
@@ -463,7 +557,7 @@ mod tests {
             }),
             items: vec![pb_service()],
         };
-        let page = Service::list(&response(&list)).expect("decodes");
+        let page = list::<Service>(&response(&pb_list)).expect("decodes");
         assert_eq!(page.resource_version.as_deref(), Some("77"));
         assert_eq!(page.continue_token.as_deref(), Some("next-page"));
         let from_json: Service = serde_json::from_value(json!({
@@ -491,7 +585,7 @@ mod tests {
             ]}},
         }))
         .expect("valid JSON Service");
-        assert_eq!(page.items, [from_json]);
+        assert_eq!(valid(page), [from_json]);
     }
 
     #[test]
@@ -533,7 +627,7 @@ mod tests {
                 app_protocol: s("http"),
             }],
         };
-        let list = pb_discovery::EndpointSliceList {
+        let pb_list = pb_discovery::EndpointSliceList {
             metadata: Some(pb_meta::ListMeta {
                 resource_version: s("78"),
                 // The last page: an empty token.
@@ -542,7 +636,7 @@ mod tests {
             }),
             items: vec![pb],
         };
-        let page = EndpointSlice::list(&response(&list)).expect("decodes");
+        let page = list::<EndpointSlice>(&response(&pb_list)).expect("decodes");
         assert_eq!(page.resource_version.as_deref(), Some("78"));
         assert_eq!(page.continue_token, None);
         let from_json: EndpointSlice = serde_json::from_value(json!({
@@ -559,7 +653,7 @@ mod tests {
             "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "appProtocol": "http"}],
         }))
         .expect("valid JSON EndpointSlice");
-        assert_eq!(page.items, [from_json]);
+        assert_eq!(valid(page), [from_json]);
     }
 
     #[test]
@@ -579,16 +673,67 @@ mod tests {
 
     #[test]
     fn responses_not_as_the_api_server_writes_them_are_errors() {
+        let body = |bytes: &[u8]| Bytes::copy_from_slice(bytes);
         assert!(matches!(
-            Service::list(b"{\"items\": []}"),
+            list::<Service>(&body(b"{\"items\": []}")),
             Err(DecodeError::NoMagic)
         ));
         assert!(matches!(
-            Service::list(&[MAGIC, &[0xff, 0xff]].concat()),
+            list::<Service>(&body(&[MAGIC, &[0xff, 0xff]].concat())),
             Err(DecodeError::Prost(_))
         ));
-        let empty = [MAGIC, Unknown::default().encode_to_vec().as_slice()].concat();
-        assert!(matches!(Service::list(&empty), Err(DecodeError::NoBody)));
-        assert!(matches!(Node::list(&empty), Err(DecodeError::NotAsked)));
+        let empty = body(&[MAGIC, Unknown::default().encode_to_vec().as_slice()].concat());
+        assert!(matches!(list::<Service>(&empty), Err(DecodeError::NoBody)));
+        assert!(matches!(list::<Node>(&empty), Err(DecodeError::NotAsked)));
+    }
+
+    /// An item that does not decode is named and skipped; the items around it decode, and
+    /// each is a slice of the response, not a copy, until it is taken.
+    #[test]
+    fn a_bad_item_is_named_and_the_rest_of_its_page_decodes() {
+        let good = |name: &str| {
+            let mut service = pb_service();
+            service.metadata = Some(pb_meta(name));
+            Bytes::from(service.encode_to_vec())
+        };
+        // Its metadata, then a spec (field 2) with a varint where a message belongs.
+        let bad = MetadataOnly {
+            metadata: Some(pb_meta("broken")),
+        };
+        let bad = Bytes::from([bad.encode_to_vec().as_slice(), &[0x10, 0x01]].concat());
+        let body = response(&EncodedList {
+            metadata: Some(pb_meta::ListMeta {
+                resource_version: s("79"),
+                ..Default::default()
+            }),
+            items: vec![good("before"), bad, good("after")],
+        });
+        let page = list::<Service>(&body).expect("the list decodes");
+        let within_body = page
+            .items
+            .items
+            .as_slice()
+            .iter()
+            .all(|item| body.as_ptr_range().contains(&item.as_ptr()));
+        assert!(within_body, "items are slices of the response");
+        let items: Vec<_> = page
+            .items
+            .map(|item| match item {
+                Decoded::Valid(object) => Ok(object.metadata.name.clone().unwrap_or_default()),
+                Decoded::Invalid(invalid) => Err((
+                    invalid.metadata.namespace.clone().unwrap_or_default(),
+                    invalid.metadata.name.clone().unwrap_or_default(),
+                    invalid.error.contains("wire type"),
+                )),
+            })
+            .collect();
+        assert_eq!(
+            items,
+            [
+                Ok("before".to_owned()),
+                Err(("shop".to_owned(), "broken".to_owned(), true)),
+                Ok("after".to_owned()),
+            ]
+        );
     }
 }
