@@ -185,6 +185,11 @@ impl ClusterState {
         &self.desired
     }
 
+    /// Whether a slice labelled for `service` is known (whether or not the Service is).
+    pub fn has_slices(&self, service: &ObjectKey) -> bool {
+        self.slices_of.contains_key(service)
+    }
+
     /// The node as last set.
     pub fn node(&self) -> &NodeInfo {
         &self.node

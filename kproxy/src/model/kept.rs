@@ -69,6 +69,11 @@ pub struct KeptSlice {
 }
 
 impl KeptSlice {
+    /// The Service it feeds, unless kube-proxy ignores it.
+    pub fn owner(&self) -> Option<&ObjectKey> {
+        self.owner.as_ref()
+    }
+
     pub fn of(slice: &EndpointSlice) -> Self {
         let owner = slice_owner(slice);
         Self {
