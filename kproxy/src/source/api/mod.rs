@@ -267,8 +267,9 @@ async fn watch<K: Watched>(
     }
 }
 
-/// Objects of a first list handed to the agent at a time: a page.
-const BATCH: usize = list_watch::PAGE_SIZE as usize;
+/// Objects of a first list handed to the agent at a time: a fifth of a page, so the agent
+/// models and writes one part while the rest of the page is decoded and the next is read.
+const BATCH: usize = list_watch::PAGE_SIZE as usize / 5;
 
 /// Paces watcher restarts (relists): the first at once, as client-go relists; a server that
 /// keeps refusing watch starts gets them ever more slowly, never a busy loop of lists.
