@@ -4,7 +4,7 @@ mod duration;
 mod kube_proxy_config;
 mod kube_proxy_flags;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use kproxy_common::config::Config;
@@ -137,6 +137,12 @@ struct RunArgs {
     /// The API server's URL (`https://host:port`), overriding the kubeconfig's.
     #[arg(long, conflicts_with = "manifests")]
     master: Option<String>,
+    /// Objects per page of the lists of Services and EndpointSlices (at a start and at a
+    /// relist). Fewer, larger pages list a large cluster sooner; smaller ones ask less
+    /// memory of the API server and of the agent at once (which holds about two pages of
+    /// each kind, encoded).
+    #[arg(long, value_name = "N", default_value_t = crate::source::api::DEFAULT_LIST_PAGE_SIZE, conflicts_with = "manifests")]
+    api_list_page_size: NonZeroU32,
     /// kube-proxy's `--config`: a KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1)
     /// file. Its settings take the place of kube-proxy's flags, which may then not be given
     /// as well (kube-proxy would silently ignore them); kproxy's own flags still apply.
@@ -371,6 +377,7 @@ impl RunArgs {
                 None => Source::Api(ApiAccess {
                     kubeconfig: self.kubeconfig,
                     master: self.master,
+                    list_page_size: self.api_list_page_size,
                 }),
             },
             node_name: self.node_name,

@@ -445,3 +445,74 @@ fn the_api_server_restarts_and_etcd_compacts_while_traffic_flows() {
     assert!(failed.is_empty(), "connections failed: {failed:?}");
     assert!(agent.log_text().contains(" ready"), "kproxy kept running");
 }
+
+/// Lists longer than a page: with `--api-list-page-size 3`, the eleven Services (the
+/// `kubernetes` one besides ten of the test's) and their slices come in four pages each
+/// (protobuf, each item decoded as it is handed on), and the first view, served once every
+/// list is complete, holds every Service with every endpoint.
+#[test]
+fn lists_longer_than_a_page_arrive_whole() {
+    if !require_privileges("lists_longer_than_a_page_arrive_whole") {
+        return;
+    }
+    let cluster = ClusterBed::new(TopologyOptions::default());
+    let b = cluster.backends();
+    let app = json!({"app": "paged"});
+    let names: Vec<String> = (0..10).map(|i| format!("paged-{i}")).collect();
+    for name in &names {
+        cluster.apply(&service(name, &app, &json!({})));
+    }
+    for (i, addr) in b.iter().enumerate() {
+        cluster.ready_pod(&format!("paged-{i}"), &app, *addr);
+    }
+    // Every slice complete before kproxy starts, so its first lists hold them.
+    wait_until("the controller's slices", FOLLOW, || {
+        let slices = cluster
+            .plane
+            .list(
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
+                "default",
+                "kubernetes.io/service-name",
+            )
+            .ok()?;
+        names
+            .iter()
+            .all(|name| {
+                slices.iter().any(|s| {
+                    s["metadata"]["labels"]["kubernetes.io/service-name"] == name.as_str()
+                        && s["endpoints"].as_array().map_or(0, Vec::len) == b.len()
+                })
+            })
+            .then_some(())
+    });
+    let started = rfc3339_now();
+    let _agent = cluster.start_agent(&["--api-list-page-size", "3"]);
+    // Ready means the first view was complete and written: nothing to wait for.
+    let view = cluster.view().expect("kproxy's view");
+    let mut want: Vec<String> = ClusterBed::at(&b).iter().map(ToString::to_string).collect();
+    want.sort();
+    for name in &names {
+        let frontend = format!("{}:80/TCP", cluster.cluster_ip(name));
+        let service = view
+            .services
+            .iter()
+            .find(|s| s.frontend == frontend)
+            .unwrap_or_else(|| panic!("{name} ({frontend}) served at the start"));
+        let mut got: Vec<String> = service.backends.iter().map(|b| b.address.clone()).collect();
+        got.sort();
+        assert_eq!(got, want, "{name}'s backends at the start");
+    }
+    served_by(&cluster, cluster.cluster_ip("paged-9"), &b);
+    let requests = kproxy_requests(&cluster, &started);
+    for resource in ["services", "endpointslices"] {
+        let pages = requests
+            .iter()
+            .filter(|(verb, r)| verb == "list" && r == resource)
+            .count();
+        assert!(
+            pages >= 4,
+            "{resource} listed in {pages} pages of 3: {requests:?}"
+        );
+    }
+}

@@ -75,7 +75,7 @@ impl Input {
     ) -> Result<Self> {
         let client = api::client(access, metrics).await?;
         let (tx, updates) = mpsc::unbounded_channel();
-        api::start(&client, node_name, &tx);
+        api::start(&client, node_name, access.list_page_size, &tx);
         Ok(Self::Api {
             updates,
             unsynced: Resource::ALL.into_iter().collect(),

@@ -8,6 +8,8 @@
 //! resumes from the last version seen; an ERROR event with `410 Gone` relists. Errors are
 //! items of the stream, and polling it again retries: the caller paces that with a backoff.
 
+use std::num::NonZeroU32;
+
 use futures::{Stream, StreamExt, stream::BoxStream};
 use http_body_util::BodyExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
@@ -35,13 +37,14 @@ use super::{
 /// next page is read while they are, so the agent holds about two pages' bytes per kind.
 /// (A server that answers in JSON would leave pages of as many decoded objects; the
 /// kube-apiserver answers every kind kproxy lists in protobuf.)
-pub const PAGE_SIZE: u32 = 25_000;
+pub const PAGE_SIZE: NonZeroU32 = NonZeroU32::new(25_000).unwrap();
 
-/// What to list and watch.
-#[derive(Clone, Debug, Default)]
+/// What to list and watch, and how many objects a list page asks for.
+#[derive(Clone, Debug)]
 pub struct Selectors {
     pub labels: Option<String>,
     pub fields: Option<String>,
+    pub page_size: NonZeroU32,
 }
 
 type Item<K> = Result<Event<Decoded<K>>, watcher::Error>;
@@ -255,7 +258,7 @@ async fn page<K: Watched>(
     let params = ListParams {
         label_selector: selectors.labels.clone(),
         field_selector: selectors.fields.clone(),
-        limit: Some(PAGE_SIZE),
+        limit: Some(selectors.page_size.get()),
         continue_token: (!token.is_empty()).then(|| token.to_owned()),
         ..ListParams::default()
     };

@@ -15,7 +15,10 @@ mod mirror;
 mod protobuf;
 pub mod rest_metrics;
 
-use std::time::{Duration, Instant};
+use std::{
+    num::NonZeroU32,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -116,13 +119,29 @@ pub fn watch_error_labels() -> impl Iterator<Item = (&'static str, &'static str)
     })
 }
 
-/// How the agent reaches the API server (kube-proxy's `--kubeconfig` and `--master`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// How the agent reaches the API server (kube-proxy's `--kubeconfig` and `--master`), and
+/// how it reads the lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiAccess {
     /// Without one, the in-cluster service account.
     pub kubeconfig: Option<std::path::PathBuf>,
     /// The API server's URL, overriding the kubeconfig's (or the in-cluster one).
     pub master: Option<String>,
+    /// Objects per list page (see `list_watch::PAGE_SIZE`).
+    pub list_page_size: NonZeroU32,
+}
+
+/// `--api-list-page-size`'s default.
+pub const DEFAULT_LIST_PAGE_SIZE: NonZeroU32 = list_watch::PAGE_SIZE;
+
+impl Default for ApiAccess {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            master: None,
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
+        }
+    }
 }
 
 /// A client from `access`'s kubeconfig, or from the in-cluster service account without one,
@@ -174,8 +193,14 @@ fn parse_master(master: &str) -> Result<http::Uri> {
         .with_context(|| format!("--master {master:?} is not a URL"))
 }
 
-/// Starts the three watches; their updates and errors arrive on `tx` until it is closed.
-pub fn start(client: &Client, node_name: &str, tx: &mpsc::UnboundedSender<ApiMessage>) {
+/// Starts the three watches, listing `page_size` objects a page; their updates and errors
+/// arrive on `tx` until it is closed.
+pub fn start(
+    client: &Client,
+    node_name: &str,
+    page_size: NonZeroU32,
+    tx: &mpsc::UnboundedSender<ApiMessage>,
+) {
     let labels = Some(label_selector());
     tokio::spawn(watch::<Service>(
         Resource::Services,
@@ -183,6 +208,7 @@ pub fn start(client: &Client, node_name: &str, tx: &mpsc::UnboundedSender<ApiMes
         Selectors {
             labels: labels.clone(),
             fields: Some(SERVICE_FIELD_SELECTOR.to_owned()),
+            page_size,
         },
         tx.clone(),
     ));
@@ -192,6 +218,7 @@ pub fn start(client: &Client, node_name: &str, tx: &mpsc::UnboundedSender<ApiMes
         Selectors {
             labels,
             fields: None,
+            page_size,
         },
         tx.clone(),
     ));
@@ -201,6 +228,7 @@ pub fn start(client: &Client, node_name: &str, tx: &mpsc::UnboundedSender<ApiMes
         Selectors {
             labels: None,
             fields: Some(format!("metadata.name={node_name}")),
+            page_size,
         },
         tx.clone(),
     ));
@@ -216,7 +244,12 @@ async fn watch<K: Watched>(
     let mut mirror = Mirror::<K>::default();
     let mut restarts = Restarts::default();
     // The first list's objects, handed out as they arrive (see `Mirror::apply`), go to the
-    // agent a batch at a time rather than in one message each.
+    // agent a batch at a time rather than in one message each: a fifth of a page, so the
+    // agent models and writes one part while the rest of the page is decoded and the next
+    // one read.
+    let batch_size = usize::try_from(selectors.page_size.get() / 5)
+        .unwrap_or(usize::MAX)
+        .max(1);
     let mut batch: Vec<Change> = Vec::new();
     loop {
         let events = list_watch::<K>(client.clone(), selectors.clone()).default_backoff();
@@ -229,7 +262,7 @@ async fn watch<K: Watched>(
                     let listing = matches!(event, watcher::Event::InitApply(_));
                     batch.extend(mirror.apply(&event));
                     let problems = mirror.take_problems();
-                    if listing && problems.is_none() && batch.len() < BATCH {
+                    if listing && problems.is_none() && batch.len() < batch_size {
                         continue;
                     }
                     let changes = std::mem::take(&mut batch);
@@ -266,10 +299,6 @@ async fn watch<K: Watched>(
         tokio::time::sleep(restarts.next_delay(Instant::now())).await;
     }
 }
-
-/// Objects of a first list handed to the agent at a time: a fifth of a page, so the agent
-/// models and writes one part while the rest of the page is decoded and the next is read.
-const BATCH: usize = list_watch::PAGE_SIZE as usize / 5;
 
 /// Paces watcher restarts (relists): the first at once, as client-go relists; a server that
 /// keeps refusing watch starts gets them ever more slowly, never a busy loop of lists.
