@@ -5,9 +5,8 @@
 
 use std::{
     collections::HashSet,
-    os::fd::AsFd,
+    ffi::CString,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
 };
 
 use anyhow::{Context, Result};
@@ -15,8 +14,9 @@ use aya::{
     Ebpf,
     maps::MapData,
     programs::{
-        ProgramFd, SchedClassifier, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
@@ -26,9 +26,7 @@ use kproxy_common::{
 };
 
 use super::{
-    bpfsys,
     links::select::{Link, Role, Tc},
-    tcx::{self, Direction},
     veth::{self, Checksums},
 };
 
@@ -102,16 +100,12 @@ fn still_there(link: &Link) -> bool {
     super::ethtool::index(&link.name).is_ok_and(|index| index == link.index)
 }
 
-/// Attaches kproxy's programs to interfaces through pinned links, several at once (each
-/// from a thread of its own), detaches them, and keeps `KP_IFACES` in step.
+/// Attaches kproxy's programs to one interface at a time through pinned links, detaches
+/// them, and keeps `KP_IFACES` in step.
 pub struct Hooks {
-    /// For XDP, whose programs aya attaches (and may load first) one at a time.
-    ebpf: Mutex<Ebpf>,
-    /// The TC programs, attached by descriptor (see `tcx`).
-    tc_ingress: ProgramFd,
-    tc_egress: ProgramFd,
+    ebpf: Ebpf,
     pin_dir: PathBuf,
-    ifaces: Mutex<aya::maps::HashMap<MapData, u32, u32>>,
+    ifaces: aya::maps::HashMap<MapData, u32, u32>,
 }
 
 impl Hooks {
@@ -121,25 +115,16 @@ impl Hooks {
         accept_local_on_loopback()?;
         let path = super::load::map_pin_path(pin_dir, names::MAP_IFACES);
         let ifaces = aya::maps::Map::from_map_data(MapData::from_pin(&path)?)?.try_into()?;
-        let tc_program = |name: &str| -> Result<ProgramFd> {
-            let program: &SchedClassifier = ebpf
-                .program(name)
-                .with_context(|| format!("{name} missing"))?
-                .try_into()?;
-            Ok(program.fd()?.try_clone()?)
-        };
         Ok(Self {
-            tc_ingress: tc_program(names::PROG_TC_INGRESS)?,
-            tc_egress: tc_program(names::PROG_TC_EGRESS)?,
-            ebpf: Mutex::new(ebpf),
+            ebpf,
             pin_dir: pin_dir.to_owned(),
-            ifaces: Mutex::new(ifaces),
+            ifaces,
         })
     }
 
     /// Attaches what `role` asks for to `link`, adopting links a previous agent pinned, then
     /// records the interface in `KP_IFACES`. On failure nothing of this attempt stays.
-    pub fn attach(&self, link: &Link, role: Role) -> Result<Served, AttachError> {
+    pub fn attach(&mut self, link: &Link, role: Role) -> Result<Served, AttachError> {
         if !still_there(link) {
             return Err(AttachError::Gone(link.clone()));
         }
@@ -166,7 +151,7 @@ impl Hooks {
     }
 
     fn attach_hooks(
-        &self,
+        &mut self,
         link: &Link,
         role: Role,
         hooks: &mut Vec<(Hook, Attached)>,
@@ -187,16 +172,16 @@ impl Hooks {
             Tc::Off => {}
             Tc::Ingress => hooks.push((
                 Hook::TcIngress,
-                self.attach_classifier(link, Direction::Ingress)?,
+                self.attach_classifier(link, TcAttachType::Ingress)?,
             )),
             Tc::IngressEgress => {
                 hooks.push((
                     Hook::TcIngress,
-                    self.attach_classifier(link, Direction::Ingress)?,
+                    self.attach_classifier(link, TcAttachType::Ingress)?,
                 ));
                 hooks.push((
                     Hook::TcEgress,
-                    self.attach_classifier(link, Direction::Egress)?,
+                    self.attach_classifier(link, TcAttachType::Egress)?,
                 ));
             }
         }
@@ -220,7 +205,7 @@ impl Hooks {
                     if role.tc == Tc::Off {
                         hooks.push((
                             Hook::TcIngress,
-                            self.attach_classifier(link, Direction::Ingress)?,
+                            self.attach_classifier(link, TcAttachType::Ingress)?,
                         ));
                     }
                 }
@@ -242,38 +227,29 @@ impl Hooks {
         })
     }
 
-    /// Attaches the TC program for `direction` to `link`: swaps it into the link pinned for
-    /// that hook (a previous agent's), or creates and pins a new link when there is none or
-    /// it is unusable.
-    fn attach_classifier(&self, link: &Link, direction: Direction) -> Result<Attached> {
-        let (hook, program) = match direction {
-            Direction::Ingress => (Hook::TcIngress, &self.tc_ingress),
-            Direction::Egress => (Hook::TcEgress, &self.tc_egress),
+    /// Attaches the TC program for `attach_type` (ingress or egress) to `link`.
+    fn attach_classifier(&mut self, link: &Link, attach_type: TcAttachType) -> Result<Attached> {
+        let (hook, program) = if attach_type == TcAttachType::Ingress {
+            (Hook::TcIngress, names::PROG_TC_INGRESS)
+        } else {
+            (Hook::TcEgress, names::PROG_TC_EGRESS)
         };
         let pin = link_pin(&self.pin_dir, hook, link);
-        if pin.exists() {
-            match bpfsys::open_pinned(&pin)
-                .and_then(|pinned| tcx::update(pinned.as_fd(), program.as_fd()))
-            {
-                Ok(()) => return Ok(Attached::Replaced),
-                Err(e) => {
-                    tracing::warn!(iface = %link.name, pin = %pin.display(), error = %e, "pinned link unusable; attaching anew");
-                    std::fs::remove_file(&pin)?;
-                }
-            }
-        }
-        let created = tcx::create(program.as_fd(), link.index, direction)
-            .with_context(|| format!("attaching {} to {}", hook.label(), link.name))?;
-        bpfsys::pin(created.as_fd(), &pin).with_context(|| format!("pinning {}", pin.display()))?;
-        Ok(Attached::New)
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("{program} missing"))?
+            .try_into()?;
+        attach_tc(prog, &link.name, attach_type, &pin)
+            .with_context(|| format!("attaching {} to {}", hook.label(), link.name))
     }
 
     /// Attaches XDP program `program` (one of the object's XDP programs, loaded now if it is
     /// one the agent loads only when needed).
-    fn attach_xdp_program(&self, link: &Link, program: &str) -> Result<Attached> {
+    fn attach_xdp_program(&mut self, link: &Link, program: &str) -> Result<Attached> {
         let pin = link_pin(&self.pin_dir, Hook::Xdp, link);
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
-        let prog: &mut Xdp = ebpf
+        let prog: &mut Xdp = self
+            .ebpf
             .program_mut(program)
             .with_context(|| format!("{program} missing"))?
             .try_into()?;
@@ -282,8 +258,9 @@ impl Hooks {
                 .with_context(|| format!("the kernel rejected program {program}"))?;
         }
         // Its IPv6 counterparts, before it sees a packet.
-        super::load::install_ipv6(&mut ebpf, true)?;
-        let prog: &mut Xdp = ebpf
+        super::load::install_ipv6(&mut self.ebpf, true)?;
+        let prog: &mut Xdp = self
+            .ebpf
             .program_mut(program)
             .with_context(|| format!("{program} missing"))?
             .try_into()?;
@@ -291,10 +268,8 @@ impl Hooks {
             .with_context(|| format!("attaching {program} to {}", link.name))
     }
 
-    fn record(&self, link: &Link, flags: u32) -> Result<()> {
+    fn record(&mut self, link: &Link, flags: u32) -> Result<()> {
         self.ifaces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .insert(link.index, flags, 0)
             .with_context(|| format!("recording {} in {}", link.name, names::MAP_IFACES))
     }
@@ -303,7 +278,7 @@ impl Hooks {
     /// them if the interface is gone) and removes its `KP_IFACES` entry. XDP goes first, as
     /// its deferral to TC lives in the entry; TC last, as the egress program of other
     /// interfaces trusts IFACE_F_INGRESS only while the ingress program runs.
-    pub fn detach(&self, link: &Link, hooks: &[(Hook, Attached)]) -> Result<()> {
+    pub fn detach(&mut self, link: &Link, hooks: &[(Hook, Attached)]) -> Result<()> {
         let mut first_error = None;
         let mut unpin = |hook: Hook| {
             let pin = link_pin(&self.pin_dir, hook, link);
@@ -319,12 +294,7 @@ impl Hooks {
         if hooks.iter().any(|(h, _)| *h == Hook::Xdp) {
             unpin(Hook::Xdp);
         }
-        let removed = self
-            .ifaces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&link.index);
-        let entry = match removed {
+        let entry = match self.ifaces.remove(&link.index) {
             Ok(()) => None,
             // Never recorded (an attempt that failed early).
             Err(aya::maps::MapError::SyscallError(e))
@@ -353,7 +323,7 @@ impl Hooks {
     /// `served`: those of interfaces that vanished while no agent watched, or that a
     /// previous agent served and this one does not. Returns how many of each.
     pub fn sweep<'a>(
-        &self,
+        &mut self,
         served: impl IntoIterator<Item = (&'a Link, &'a [(Hook, Attached)])>,
     ) -> Result<(usize, usize)> {
         let mut pins = HashSet::new();
@@ -384,14 +354,14 @@ impl Hooks {
                 }
             }
         }
-        let mut ifaces = self.ifaces.lock().unwrap_or_else(PoisonError::into_inner);
-        let stale: Vec<u32> = ifaces
+        let stale: Vec<u32> = self
+            .ifaces
             .keys()
             .filter_map(Result::ok)
             .filter(|i| !indexes.contains(i))
             .collect();
         for index in &stale {
-            ifaces.remove(index)?;
+            self.ifaces.remove(index)?;
         }
         Ok((unpinned, stale.len()))
     }
@@ -465,6 +435,29 @@ fn attach_pinned<P>(
     Ok(Attached::New)
 }
 
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    attach_type: TcAttachType,
+    pin: &Path,
+) -> Result<Attached> {
+    attach_pinned(
+        prog,
+        iface,
+        pin,
+        |prog, link| {
+            prog.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+            Ok(())
+        },
+        |prog| {
+            // Appended to the tcx chain: kproxy returns "next" for what it does not translate.
+            let order = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let id = prog.attach_with_options(iface, attach_type, order)?;
+            Ok(prog.take_link(id)?.try_into()?)
+        },
+    )
+}
+
 fn attach_xdp(prog: &mut Xdp, link: &Link, pin: &Path) -> Result<Attached> {
     attach_pinned(
         prog,
@@ -488,10 +481,17 @@ fn attach_xdp(prog: &mut Xdp, link: &Link, pin: &Path) -> Result<Attached> {
 /// Unpinning alone releases the link only once the last reference goes, after an RCU grace
 /// period; `BPF_LINK_DETACH` makes `kproxy cleanup` synchronous.
 pub fn detach_pinned_link(pin: &Path) -> Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;
-    let link = bpfsys::open_pinned(pin).with_context(|| format!("opening {}", pin.display()))?;
-    bpfsys::bpf(BPF_LINK_DETACH, &[bpfsys::fd_word(link.as_fd())])
-        .with_context(|| format!("detaching {}", pin.display()))?;
+    let path = CString::new(pin.as_os_str().as_encoded_bytes())?;
+    // attr.pathname is a u64 holding the pointer.
+    let fd = super::bpfsys::bpf(BPF_OBJ_GET, &[path.as_ptr() as u64])
+        .with_context(|| format!("opening {}", pin.display()))?;
+    let fd = i32::try_from(fd).context("BPF_OBJ_GET returned an out-of-range fd")?;
+    let detached = super::bpfsys::bpf(BPF_LINK_DETACH, &[u64::from(fd.unsigned_abs())]);
+    // SAFETY: `fd` came from BPF_OBJ_GET above and is closed once.
+    unsafe { libc::close(fd) };
+    detached.with_context(|| format!("detaching {}", pin.display()))?;
     std::fs::remove_file(pin)?;
     Ok(())
 }

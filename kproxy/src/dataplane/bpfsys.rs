@@ -1,18 +1,5 @@
 //! `bpf(2)` commands aya does not offer, made with a plain syscall.
 
-use std::{
-    ffi::CString,
-    io,
-    os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    },
-    path::Path,
-};
-
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-
 /// `bpf(cmd, attr)` with a zeroed, 128-byte `union bpf_attr` whose first words are `words`;
 /// returns what the kernel returns (a new descriptor, for commands that make one).
 pub fn bpf(cmd: libc::c_long, words: &[u64]) -> std::io::Result<i64> {
@@ -43,34 +30,4 @@ pub fn bpf_attr(cmd: libc::c_long, attr: &mut [u64; ATTR_WORDS]) -> std::io::Res
     } else {
         Ok(rc)
     }
-}
-
-/// A descriptor as an attr word.
-pub fn fd_word(fd: BorrowedFd<'_>) -> u64 {
-    u64::from(fd.as_raw_fd().unsigned_abs())
-}
-
-/// The descriptor a command returned, owned.
-pub fn owned_fd(fd: i64) -> io::Result<OwnedFd> {
-    let fd = i32::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: a descriptor the kernel just made for this process, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-/// Pins `object` at `path` on a bpffs.
-pub fn pin(object: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let path = c_path(path)?;
-    // obj_pin: pathname (a pointer), then bpf_fd and file_flags.
-    bpf(BPF_OBJ_PIN, &[path.as_ptr() as u64, fd_word(object)]).map(drop)
-}
-
-/// Opens the object pinned at `path`.
-pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
-    let path = c_path(path)?;
-    owned_fd(bpf(BPF_OBJ_GET, &[path.as_ptr() as u64])?)
 }

@@ -14,7 +14,6 @@ pub mod node_addrs;
 pub mod rtnl;
 pub mod socket_lb;
 pub mod stale_sockets;
-mod tcx;
 pub mod veth;
 
 pub use batch::Walk;

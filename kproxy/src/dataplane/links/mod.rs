@@ -23,10 +23,6 @@ use self::{
 use super::attach::{AttachError, Attached, Hook, Hooks, Served};
 use crate::metrics::{OperationLabel, gauge};
 
-/// Interfaces attached at once at most (a start on a node with many pods, a burst of new
-/// pods): each from a thread of its own.
-const ATTACH_AT_ONCE: usize = 16;
-
 /// How often the whole list of interfaces is read again, whatever the notifications said: a
 /// safety net for lost notifications, and when interfaces that failed are tried again.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -192,52 +188,17 @@ impl LinkWatcher {
         for (link, leaving) in plan.detach {
             self.detach(&link, leaving);
         }
-        for links in plan.attach.chunks(ATTACH_AT_ONCE) {
-            for ((link, role), (result, took)) in links.iter().zip(self.attach_all(links)) {
-                self.attached(link.clone(), *role, result, took);
-            }
+        for (link, role) in plan.attach {
+            self.attach(link, role);
         }
         self.metrics.attached.set(gauge(self.served.len()));
     }
 
-    /// Attaches to `links`, each from a thread of its own when there are several (see
-    /// `tcx`); how each went and how long it took, in their order.
-    fn attach_all(&self, links: &[(Link, Role)]) -> Vec<(Result<Served, AttachError>, Duration)> {
-        let attach = |(link, role): &(Link, Role)| {
-            let started = std::time::Instant::now();
-            (self.hooks.attach(link, *role), started.elapsed())
-        };
-        if let [one] = links {
-            return vec![attach(one)];
-        }
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = links
-                .iter()
-                .map(|one| scope.spawn(move || attach(one)))
-                .collect();
-            threads
-                .into_iter()
-                .map(|thread| {
-                    thread.join().unwrap_or_else(|_| {
-                        let e = anyhow::anyhow!("attaching panicked");
-                        (Err(AttachError::Failed(e)), Duration::ZERO)
-                    })
-                })
-                .collect()
-        })
-    }
-
-    /// Records how attaching to `link` went.
-    fn attached(
-        &mut self,
-        link: Link,
-        role: Role,
-        result: Result<Served, AttachError>,
-        took: Duration,
-    ) {
-        match result {
+    fn attach(&mut self, link: Link, role: Role) {
+        let started = std::time::Instant::now();
+        match self.hooks.attach(&link, role) {
             Ok(Served { hooks, flags }) => {
-                let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 let names: Vec<&str> = hooks.iter().map(|(h, _)| h.label()).collect();
                 let adopted = hooks.iter().any(|(_, how)| *how == Attached::Replaced);
                 tracing::info!(
