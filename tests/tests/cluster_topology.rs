@@ -28,15 +28,7 @@ fn pod_on(cluster: &ClusterBed, name: &str, labels: &Value, node: &str, ip: Ipv4
 
 /// The hints the controller wrote into `service`'s slices, per endpoint address.
 fn hints(cluster: &ClusterBed, service: &str) -> Vec<(String, Value)> {
-    let slices = cluster
-        .plane
-        .list(
-            "discovery.k8s.io/v1",
-            "EndpointSlice",
-            "default",
-            &format!("kubernetes.io/service-name={service}"),
-        )
-        .expect("listing slices");
+    let slices = cluster.slices(&format!("kubernetes.io/service-name={service}"));
     let mut hints: Vec<(String, Value)> = slices
         .iter()
         .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())

@@ -467,15 +467,7 @@ fn lists_longer_than_a_page_arrive_whole() {
     }
     // Every slice complete before kproxy starts, so its first lists hold them.
     wait_until("the controller's slices", FOLLOW, || {
-        let slices = cluster
-            .plane
-            .list(
-                "discovery.k8s.io/v1",
-                "EndpointSlice",
-                "default",
-                "kubernetes.io/service-name",
-            )
-            .ok()?;
+        let slices = cluster.slices("kubernetes.io/service-name");
         names
             .iter()
             .all(|name| {

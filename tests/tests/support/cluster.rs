@@ -86,6 +86,13 @@ impl ClusterBed {
         )
     }
 
+    /// The EndpointSlices of namespace `default` whose labels match `selector`.
+    pub fn slices(&self, selector: &str) -> Vec<Value> {
+        self.plane
+            .list("discovery.k8s.io/v1", "EndpointSlice", "default", selector)
+            .unwrap_or_else(|e| panic!("listing slices {selector}: {e:#}"))
+    }
+
     /// Deletes pod `name`: `force` as a kubelet does once its containers stopped, otherwise
     /// the pod stays terminating for its grace period.
     pub fn delete_pod(&self, name: &str, force: bool) {
