@@ -292,11 +292,7 @@ async fn page<K: Watched>(
     }
     if protobuf {
         let page = protobuf::list::<K>(&body).map_err(|e| undecodable(&e))?;
-        return Ok(Page {
-            items: Pending::Protobuf(page.items),
-            resource_version: page.resource_version,
-            continue_token: page.continue_token,
-        });
+        return Ok(page.map_items(Pending::Protobuf));
     }
     let list: JsonList<K> = serde_json::from_slice(&body).map_err(kube::Error::SerdeError)?;
     Ok(Page {

@@ -35,6 +35,8 @@ use tokio::sync::mpsc;
 
 pub use decoded::Decoded;
 pub use failure::Failure;
+/// `--api-list-page-size`'s default.
+pub use list_watch::PAGE_SIZE as DEFAULT_LIST_PAGE_SIZE;
 use list_watch::{Selectors, list_watch};
 pub use mirror::{Mirror, Watched};
 
@@ -129,19 +131,6 @@ pub struct ApiAccess {
     pub master: Option<String>,
     /// Objects per list page (see `list_watch::PAGE_SIZE`).
     pub list_page_size: NonZeroU32,
-}
-
-/// `--api-list-page-size`'s default.
-pub const DEFAULT_LIST_PAGE_SIZE: NonZeroU32 = list_watch::PAGE_SIZE;
-
-impl Default for ApiAccess {
-    fn default() -> Self {
-        Self {
-            kubeconfig: None,
-            master: None,
-            list_page_size: DEFAULT_LIST_PAGE_SIZE,
-        }
-    }
 }
 
 /// A client from `access`'s kubeconfig, or from the in-cluster service account without one,

@@ -114,6 +114,17 @@ pub struct Page<I> {
     pub continue_token: Option<String>,
 }
 
+impl<I> Page<I> {
+    /// The same page, its items as `f` makes them.
+    pub fn map_items<J>(self, f: impl FnOnce(I) -> J) -> Page<J> {
+        Page {
+            items: f(self.items),
+            resource_version: self.resource_version,
+            continue_token: self.continue_token,
+        }
+    }
+}
+
 /// A protobuf page's items, each decoded and converted only when taken.
 pub struct Encoded<K> {
     items: std::vec::IntoIter<Bytes>,
