@@ -12,6 +12,9 @@ pub trait IpAddress: Copy + Eq + Ord + fmt::Debug + core::hash::Hash {
     const UNSPECIFIED: Self;
 
     fn is_unspecified(&self) -> bool;
+
+    /// The address folded into 32 bits (its words xored): a hash's input.
+    fn fold(&self) -> u32;
 }
 
 impl IpAddress for u32 {
@@ -20,6 +23,11 @@ impl IpAddress for u32 {
     #[inline(always)]
     fn is_unspecified(&self) -> bool {
         *self == 0
+    }
+
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        *self
     }
 }
 
@@ -88,6 +96,11 @@ impl IpAddress for In6Addr {
     #[inline(always)]
     fn is_unspecified(&self) -> bool {
         (self.0[0] | self.0[1] | self.0[2] | self.0[3]) == 0
+    }
+
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        self.0[0] ^ self.0[1] ^ self.0[2] ^ self.0[3]
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod addr;
 pub mod config;
 pub mod ct;
+pub mod filter;
 pub mod iface;
 pub mod lb;
 pub mod maglev;

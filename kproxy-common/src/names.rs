@@ -46,6 +46,7 @@ pub const MAP_LOCAL_CIDRS: &str = "KP_LOCAL_CIDRS";
 pub const MAP_NODEPORT_LIST: &str = "KP_NODEPORT_LIST";
 pub const MAP_RETIRED: &str = "KP_RETIRED";
 pub const MAP_FREE_PORTS: &str = "KP_FREE_PORTS";
+pub const MAP_FILTER: &str = "KP_FILTER";
 pub const MAP_SERVICES6: &str = "KP_SERVICES6";
 pub const MAP_BACKENDS6: &str = "KP_BACKENDS6";
 pub const MAP_CT_FWD6: &str = "KP_CT_FWD6";
@@ -166,7 +167,7 @@ pub const GLOBALS: [&str; 3] = [
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 43] = [
+pub const MAPS: [&str; 44] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -189,6 +190,7 @@ pub const MAPS: [&str; 43] = [
     MAP_NODEPORT_LIST,
     MAP_RETIRED,
     MAP_FREE_PORTS,
+    MAP_FILTER,
     MAP_SERVICES6,
     MAP_BACKENDS6,
     MAP_CT_FWD6,

@@ -23,7 +23,7 @@ use kproxy_common::{
 
 use crate::{
     family::{CtEntryF, Family, FlowKeyF, called},
-    frontend,
+    filter, frontend,
     maps::KP_CONFIG,
     parse::{TCP_FIN, TCP_RST},
     stats,
@@ -312,6 +312,10 @@ called! {
 /// Rebuilds a forward entry the LRU evicted alone, unless the flow is over.
 #[inline(always)]
 fn existing_reply_here<F: Family>(rev: &FlowKeyF<F>, now: u64, entry: &mut CtEntryF<F>) -> bool {
+    // A reply comes from the backend its flow was sent to.
+    if !filter::may_be_backend::<F>(rev.saddr, rev.sport) {
+        return false;
+    }
     let Some(found) = F::ct_rev().lookup(rev) else {
         return false;
     };

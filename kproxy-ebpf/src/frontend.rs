@@ -8,7 +8,7 @@ use kproxy_common::{
     lb::{SCOPE_ALL, ServiceKeyOf, ServiceValue, free_port_bit},
 };
 
-use crate::{family::Family, maps::KP_FREE_PORTS, policy};
+use crate::{family::Family, filter, maps::KP_FREE_PORTS, policy};
 
 type ServiceKey<F> = ServiceKeyOf<<F as Family>::Addr>;
 
@@ -75,6 +75,7 @@ impl<F: Family> Dest<F> {
     /// The frontend this destination reaches, with the key it was found under.
     #[inline(always)]
     pub fn find(&self) -> Option<(ServiceKey<F>, ServiceValue)> {
+        // One key, changed in place: the IPv6 programs have no stack for copies.
         let mut key = self.key;
         if self.nodeport_addr_only {
             // A listed NodePort address: the NodePort entry first, one hash lookup for a
@@ -87,9 +88,16 @@ impl<F: Family> Dest<F> {
                 }
                 key.addr = self.key.addr;
             }
+            if !filter::may_be_frontend::<F>(key.addr) {
+                return None;
+            }
             return get::<F>(&key).map(|svc| (key, svc));
         }
-        if let Some(svc) = get::<F>(&key) {
+        // The destination's own entry, looked up only if `KP_FILTER` says a frontend may
+        // have its address.
+        if filter::may_be_frontend::<F>(key.addr)
+            && let Some(svc) = get::<F>(&key)
+        {
             return Some((key, svc));
         }
         if !self.nodeport_port || !policy::is_nodeport_addr::<F>(key.addr) {

@@ -19,7 +19,7 @@ use kproxy_common::{
 use crate::{
     conntrack::{self, CtMap, Dir, NewFlow},
     family::{CtEntryF, Family, FlowF, FlowKeyF, called},
-    frontend,
+    filter, frontend,
     maps::{KP_MAGLEV, KP_RETIRED, KP_RR, KP_SLOTS},
     packet::{NatRewrite, Packet, Peer, Side},
     parse::{Fragment, Parsed},
@@ -893,6 +893,11 @@ fn from_backend<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>, now: u64) ->
     // backend still uses the tuple, and the client only knows the VIP.
     let mut entry = CtEntryF::<F>::ZERO;
     if !conntrack::existing_reply::<F>(&flow.key, now, &mut entry) {
+        // Most packets that end here concern no Service: `KP_FILTER` spares them the VIP
+        // lookup (IPv4 only; IPv6's stages have no stack for it).
+        if !F::STAGED && !filter::may_be_frontend::<F>(flow.key.daddr) {
+            return Action::Pass;
+        }
         return vip::pass_if_vip::<F>(Some(flow.key.daddr), Counter::VipNoServicePort);
     }
     if pkt.must_defer() {

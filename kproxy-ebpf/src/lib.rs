@@ -14,6 +14,7 @@
 mod conntrack;
 mod csum;
 mod family;
+mod filter;
 mod forward;
 mod frontend;
 mod icmp;

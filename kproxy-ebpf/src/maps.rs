@@ -15,6 +15,7 @@ use kproxy_common::{
         AffinityKey, AffinityKey6, AffinityValue, CtEntry, CtEntry6, FlowKey, FlowKey6, FragKey,
         FragKey6, FragPorts,
     },
+    filter::FILTER_ENTRIES,
     iface::NodePortList,
     lb::{
         Backend, Backend6, FREE_PORT_WORDS, ServiceKey, ServiceKey6, ServiceValue, SlotKey,
@@ -134,6 +135,11 @@ pub static KP_RETIRED: Array<u64> = Array::pinned(1, 0);
 /// Ports no NodePort uses, one bit each (see `free_port_bit`), written by the agent.
 #[map]
 pub static KP_FREE_PORTS: Array<u64> = Array::pinned(FREE_PORT_WORDS, 0);
+
+/// Bitmaps of the frontend addresses and backend endpoints the agent ever wrote (see
+/// `kproxy_common::filter`): a clear bit skips a lookup that would miss.
+#[map]
+pub static KP_FILTER: Array<u64> = Array::pinned(FILTER_ENTRIES, 0);
 
 /// What the pinned state is: layout version and reserved backend ids. Written by the agent,
 /// never read by the programs; it lives here so it is pinned with the maps it describes.

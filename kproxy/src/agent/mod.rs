@@ -472,11 +472,10 @@ fn unreadable_maps(frontends: usize, e: &anyhow::Error) -> VerifyReport {
 /// What the pinned maps hold, as the previous agent left it, with inconsistencies cleaned.
 fn recover_programmed(services: &mut ServiceMaps, sizes: &MapSizes) -> Result<Programmed> {
     services.track_free_ports()?;
-    let (programmed, cleanup) = Programmed::recover_for(
-        &mut services.snapshot()?,
-        sizes.services,
-        sizes.maglev_table_size,
-    );
+    let mut held = services.snapshot()?;
+    services.track_filter(&held)?;
+    let (programmed, cleanup) =
+        Programmed::recover_for(&mut held, sizes.services, sizes.maglev_table_size);
     if !programmed.frontends().is_empty() {
         tracing::info!(
             frontends = programmed.frontends().len(),
@@ -914,6 +913,9 @@ impl Agent {
             .endpoints_programmed
             .set(gauge(counts.taking_connections));
         self.metrics.service_map_entries(&counts);
+        if let Some(bits) = self.services.filter_bits() {
+            self.metrics.filter_bits(bits);
+        }
     }
 
     /// When the metrics' names may be rebuilt next.

@@ -28,7 +28,12 @@ use kproxy_common::{
 };
 pub use round_robin::seed as seed_round_robin;
 
-use super::{batch, free_ports::FreePorts, load::map_pin_path};
+use super::{
+    addr_filter::{self, AddrFilter},
+    batch,
+    free_ports::FreePorts,
+    load::map_pin_path,
+};
 use crate::{
     sync::{Datapath, DatapathSnapshot, MapOp, maglev_backend_ids},
     wire,
@@ -124,6 +129,8 @@ pub struct ServiceMaps {
     retired_ns: u64,
     /// `KP_FREE_PORTS`, taken over by the first write (see `track_free_ports`).
     free_ports: Option<FreePorts>,
+    /// `KP_FILTER`, taken over by the first write (see `track_filter`).
+    filter: Option<AddrFilter>,
     pin_dir: PathBuf,
     cpus: usize,
 }
@@ -145,6 +152,7 @@ impl ServiceMaps {
             retired: open_typed!(pin_dir, names::MAP_RETIRED),
             retired_ns: 0,
             free_ports: None,
+            filter: None,
             pin_dir: pin_dir.to_owned(),
             cpus: possible_cpus()?,
         };
@@ -220,6 +228,41 @@ impl ServiceMaps {
         self.free_ports().map(|_| ())
     }
 
+    /// Seeds `KP_FILTER` from what the maps hold and keeps it ahead of this handle's writes
+    /// from now on (see `addr_filter`). Every write does this first; the agent does it at
+    /// start, before its programs read the map. Reading handles never write it.
+    pub fn track_filter(&mut self, held: &DatapathSnapshot) -> Result<()> {
+        if self.filter.is_none() {
+            self.filter = Some(AddrFilter::track(&self.pin_dir, filter_seed(held))?);
+        }
+        Ok(())
+    }
+
+    /// `KP_FILTER`'s bits set: (frontend addresses, backend endpoints); `None` before the
+    /// handle tracks it.
+    pub fn filter_bits(&self) -> Option<(u32, u32)> {
+        use kproxy_common::filter::Filter;
+        let f = self.filter.as_ref()?;
+        Some((f.bits_set(Filter::Frontends), f.bits_set(Filter::Backends)))
+    }
+
+    fn filter(&mut self) -> Result<&mut AddrFilter> {
+        if self.filter.is_none() {
+            let held = self.snapshot()?;
+            self.track_filter(&held)?;
+        }
+        Ok(self.filter.as_mut().expect("just set"))
+    }
+
+    /// Sets the `KP_FILTER` bits the entries of `ops` need, before they are written.
+    fn mark_filter<'a>(&mut self, ops: impl IntoIterator<Item = &'a MapOp>) -> Result<()> {
+        let bits: Vec<(u32, u64)> = ops.into_iter().filter_map(addr_filter::bit_of).collect();
+        if bits.is_empty() {
+            return Ok(());
+        }
+        self.filter()?.mark(bits)
+    }
+
     fn free_ports(&mut self) -> Result<&mut FreePorts> {
         if self.free_ports.is_none() {
             let mut keys = self.v4.frontend_keys()?;
@@ -231,6 +274,41 @@ impl ServiceMaps {
         }
         Ok(self.free_ports.as_mut().expect("just set"))
     }
+}
+
+/// The `KP_FILTER` bits of everything the service maps hold.
+fn filter_seed(held: &DatapathSnapshot) -> Vec<(u32, u64)> {
+    use kproxy_common::{
+        addr::IpAddress,
+        filter::{backend_bit, frontend_bit},
+    };
+    let frontends = held
+        .services
+        .iter()
+        .map(|(key, _)| key.addr)
+        .chain(held.vips.iter().copied())
+        .filter(|addr| !addr.is_unspecified())
+        .map(frontend_bit);
+    let frontends6 = held
+        .services6
+        .iter()
+        .map(|(key, _)| key.addr)
+        .chain(held.vips6.iter().copied())
+        .filter(|addr| !addr.is_unspecified())
+        .map(frontend_bit);
+    let backends = held
+        .backends
+        .iter()
+        .map(|(_, b)| backend_bit(b.addr, b.port));
+    let backends6 = held
+        .backends6
+        .iter()
+        .map(|(_, b)| backend_bit(b.addr, b.port));
+    frontends
+        .chain(frontends6)
+        .chain(backends)
+        .chain(backends6)
+        .collect()
 }
 
 /// Writes that a batch can carry: runs of these become one syscall each (per family).
@@ -332,6 +410,10 @@ fn without_ipv6_maps(ops: &[&MapOp]) -> Vec<Result<()>> {
 
 impl ServiceMaps {
     fn put_batch(&mut self, kind: BatchKind, ops: &[&MapOp]) -> Vec<Result<()>> {
+        if let Err(e) = self.mark_filter(ops.iter().copied()) {
+            // An entry the datapath's filter would hide is not written.
+            return ops.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect();
+        }
         match kind {
             BatchKind::Backend => family_batches!(self, ops, put_backends),
             BatchKind::Slot => write_batch(&self.slots_raw, "KP_SLOTS", ops, |op| match op {
@@ -446,6 +528,7 @@ impl ServiceMaps {
             // Nothing to delete from a map that does not exist.
             return Ok(());
         }
+        self.mark_filter([op])?;
         match op {
             MapOp::PutBackend { .. } | MapOp::SetBackendActive { .. } => {
                 let b = op.backend_entry().expect("a backend write");

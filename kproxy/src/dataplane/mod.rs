@@ -1,6 +1,7 @@
 //! The only code that touches the kernel: bpffs, loading the eBPF object, attaching
 //! programs, and reading and writing maps.
 
+mod addr_filter;
 pub mod attach;
 mod batch;
 pub mod bpffs;

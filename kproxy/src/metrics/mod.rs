@@ -39,6 +39,11 @@ pub struct MapLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterLabel {
+    pub filter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabel {
     pub operation: String,
 }
@@ -73,6 +78,8 @@ pub struct Metrics {
     /// capacities: a map that fills fails the frontends or flows that do not fit.
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
+    /// Bits set in each bitmap of `KP_FILTER`.
+    pub filter_bits: Family<FilterLabel, Gauge>,
     /// Drift checks run (periodic and `kproxy verify`).
     pub datapath_checks_total: Counter,
     /// Differences found between the service maps and what the agent programmed (each
@@ -127,6 +134,7 @@ impl Metrics {
             stale_udp_sockets_destroyed_total: Counter::default(),
             cluster_view_synced: Gauge::default(),
             map_entries: Family::default(),
+            filter_bits: Family::default(),
             map_capacity: Family::default(),
             datapath_checks_total: Counter::default(),
             datapath_drift_total: Counter::default(),
@@ -144,8 +152,32 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// The maps' fill, and what the datapath's filter holds.
+    fn register_maps(&self, registry: &mut Registry) {
+        registry.register(
+            "map_entries",
+            "Entries of a BPF map as the agent last counted them (service maps at each sync, \
+             conntrack at each collection)",
+            self.map_entries.clone(),
+        );
+        registry.register(
+            "map_capacity",
+            "Capacity of a BPF map (--max-services, --max-backends, --ct-max, \
+             --max-affinities)",
+            self.map_capacity.clone(),
+        );
+        registry.register(
+            "datapath_filter_bits",
+            "Bits set in each bitmap of KP_FILTER (of 1,048,576): frontend addresses and \
+             backend endpoints ever written. A packet whose address has a clear bit skips a \
+             hash lookup; the more bits are set, the fewer do",
+            self.filter_bits.clone(),
+        );
+    }
+
     fn register(&self, registry: &mut Registry) {
         self.register_drift_checks(registry);
+        self.register_maps(registry);
         registry.register(
             "problems",
             "Problems found in input or the datapath, by kind",
@@ -212,18 +244,6 @@ impl Metrics {
             "Connected UDP sockets destroyed because socket-level load balancing had pointed \
              them at a backend no longer in use (their owners connect again, to one in use)",
             self.stale_udp_sockets_destroyed_total.clone(),
-        );
-        registry.register(
-            "map_entries",
-            "Entries of a BPF map as the agent last counted them (service maps at each sync, \
-             conntrack at each collection)",
-            self.map_entries.clone(),
-        );
-        registry.register(
-            "map_capacity",
-            "Capacity of a BPF map (--max-services, --max-backends, --ct-max, \
-             --max-affinities)",
-            self.map_capacity.clone(),
         );
         registry.register(
             "cluster_view_synced",
@@ -309,6 +329,15 @@ impl Metrics {
         self.map_entries(names::MAP_BACKENDS, counts.backends.v4);
         self.map_entries(names::MAP_BACKENDS6, counts.backends.v6);
         self.map_entries(names::MAP_SLOTS, counts.slots);
+    }
+
+    /// The bits set in `KP_FILTER`'s bitmaps: frontend addresses, backend endpoints.
+    pub fn filter_bits(&self, (frontends, backends): (u32, u32)) {
+        for (filter, bits) in [("frontends", frontends), ("backends", backends)] {
+            self.filter_bits
+                .get_or_create(&FilterLabel { filter })
+                .set(i64::from(bits));
+        }
     }
 
     /// The conntrack and affinity maps' entries, of both families, after collection `pass`.
