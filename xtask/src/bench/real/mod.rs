@@ -290,6 +290,11 @@ fn measure_scale(
     // Modes that failed at this scale (a proxy that cannot program every Service in time):
     // said in the report, and not tried again; the others go on.
     let mut failed: Vec<Proxy> = Vec::new();
+    // The ceiling measured right after each mode's load, beside it (see `beside_table`).
+    let beside = plan
+        .direct
+        .then(|| BenchBed::for_family(family))
+        .transpose()?;
     for rep in 0..bench.repetitions {
         if plan.direct {
             eprintln!(
@@ -297,19 +302,7 @@ fn measure_scale(
                 rep + 1,
                 bench.repetitions
             );
-            let (sample, paced) = {
-                let _paused = plane.cp.pause_controllers()?;
-                measure_direct(bench, family, &plane)?
-            };
-            record_paced(at.results(real), DIRECT, services, paced);
-            cell_in(
-                &mut at.results(real).cells,
-                DIRECT,
-                services,
-                Placement::Last,
-            )
-            .samples
-            .push(sample);
+            record_direct(bench, &plane, at, at.results(real))?;
         }
         for &mode in modes {
             if failed.contains(&mode) {
@@ -327,6 +320,7 @@ fn measure_scale(
                 bench,
                 plan,
                 plane: &plane,
+                beside: beside.as_ref(),
                 agent,
                 ct_max,
                 targets: &targets,
@@ -366,6 +360,8 @@ struct Run<'a> {
     bench: &'a BenchPlan,
     plan: &'a Plan,
     plane: &'a Plane,
+    /// The bed [`DIRECT`] is measured on beside each mode (`None` without `direct`).
+    beside: Option<&'a BenchBed>,
     agent: &'a Path,
     ct_max: u32,
     targets: &'a [SocketAddr],
@@ -374,6 +370,38 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// The saturating loads (to the last Service, to random ones), recorded in `real`; the
+    /// first one's rate and `direct`'s measured right after it beside, if it is.
+    fn loads(
+        &self,
+        mode: Proxy,
+        services: usize,
+        bed: &BenchBed,
+        real: &mut Real,
+    ) -> Result<Option<(f64, f64)>> {
+        let last = *self.frontends.last().context("no services")?;
+        let mut paired = None;
+        for placement in [Placement::Last, Placement::Random] {
+            let sample = measure(self.bench, bed, last, self.frontends, placement)?;
+            if placement == Placement::Last
+                && let Some(beside) = self.beside
+            {
+                let direct = direct_load(self.bench, beside)?;
+                eprintln!(
+                    "bench:   {DIRECT} beside it: {:.0}/s ({}: {:.0}/s)",
+                    direct.rate,
+                    mode.name(),
+                    sample.rate
+                );
+                paired = Some((sample.rate, direct.rate));
+            }
+            cell_in(&mut real.cells, mode.name(), services, placement)
+                .samples
+                .push(sample);
+        }
+        Ok(paired)
+    }
+
     /// Measures `mode` and records it in `real` (the section, or its IPv6 row).
     fn measure(&self, mode: Proxy, services: usize, real: &mut Real) -> Result<()> {
         let bed = BenchBed::for_family(self.family)?;
@@ -408,12 +436,7 @@ impl Run<'_> {
             first_sync.map_or("-".into(), |ms| format!("{ms:.1} ms"))
         );
         let last = *self.frontends.last().context("no services")?;
-        for placement in [Placement::Last, Placement::Random] {
-            let sample = measure(self.bench, &bed, last, self.frontends, placement)?;
-            cell_in(&mut real.cells, mode.name(), services, placement)
-                .samples
-                .push(sample);
-        }
+        let paired = self.loads(mode, services, &bed, real)?;
         let paced = measure_paced(self.bench, &bed, vec![last], proxy.pid(), self.plane)?;
         record_paced(real, mode.name(), services, paced);
         let counters = mode
@@ -453,6 +476,10 @@ impl Run<'_> {
         proxy.stop()?;
 
         let cell = proxy_cell(real, mode, services);
+        if let Some((rate, direct)) = paired {
+            cell.rate_last.push(rate);
+            cell.direct_beside.push(direct);
+        }
         cell.programmed_ms.push(programmed.as_secs_f64() * 1e3);
         cell.first_sync_ms.extend(first_sync);
         record_window(cell, &window);
@@ -520,6 +547,19 @@ fn datapath_counters(agent: &Path, bed: &BenchBed) -> BTreeMap<String, u64> {
     counters
 }
 
+/// Measures [`DIRECT`] on a fresh bed at scale `at`, recorded in `real`.
+fn record_direct(bench: &BenchPlan, plane: &Plane, at: ScalePoint, real: &mut Real) -> Result<()> {
+    let (sample, paced) = {
+        let _paused = plane.cp.pause_controllers()?;
+        measure_direct(bench, at.family, plane)?
+    };
+    record_paced(real, DIRECT, at.services, paced);
+    cell_in(&mut real.cells, DIRECT, at.services, Placement::Last)
+        .samples
+        .push(sample);
+    Ok(())
+}
+
 /// New connections from the client of a fresh bed straight to its backends' servers, in
 /// turn, in `family`: what the bed does without any Service translation; then the same at
 /// the fixed rate.
@@ -529,17 +569,28 @@ fn measure_direct(
     plane: &Plane,
 ) -> Result<(super::report::Sample, Paced)> {
     let bed = BenchBed::for_family(family)?;
-    let backends: Vec<SocketAddr> = bed
-        .backends()
+    let sample = direct_load(bench, &bed)?;
+    Ok((
+        sample,
+        measure_paced(bench, &bed, direct_targets(&bed), None, plane)?,
+    ))
+}
+
+/// The backends' servers, which [`DIRECT`] connects to in turn.
+fn direct_targets(bed: &BenchBed) -> Vec<SocketAddr> {
+    bed.backends()
         .into_iter()
         .map(|b| SocketAddr::new(b, super::cluster::BACKEND_PORT))
-        .collect();
-    let mut cfg = super::load::LoadConfig::new(backends.clone());
+        .collect()
+}
+
+/// New connections from `bed`'s client straight to its backends, as fast as they go.
+fn direct_load(bench: &BenchPlan, bed: &BenchBed) -> Result<super::report::Sample> {
+    let mut cfg = super::load::LoadConfig::new(direct_targets(bed));
     cfg.duration = bench.duration;
     cfg.warmup = super::warmup(bench.duration);
     cfg.concurrency = bench.concurrency;
-    let sample = super::measure_with(&bed, &cfg, "backends")?;
-    Ok((sample, measure_paced(bench, &bed, backends, None, plane)?))
+    super::measure_with(bed, &cfg, "backends")
 }
 
 /// New connections offered per second when the CPU per connection is measured: below every

@@ -55,6 +55,18 @@ pub struct Scale {
     pub stored: bool,
 }
 
+impl ProxyCell {
+    /// Per repetition, the mode's rate over `direct`'s measured beside it.
+    pub fn beside_ratios(&self) -> Vec<f64> {
+        self.rate_last
+            .iter()
+            .zip(&self.direct_beside)
+            .filter(|(_, d)| **d > 0.0)
+            .map(|(r, d)| r / d)
+            .collect()
+    }
+}
+
 impl Scale {
     /// How the objects came to be, for the report.
     fn origin(&self) -> &'static str {
@@ -73,6 +85,12 @@ impl Scale {
 pub struct ProxyCell {
     pub mode: String,
     pub services: usize,
+    /// Per repetition: this mode's new connections/s to the last Service, and `direct`'s
+    /// measured right after it on an idle bed of its own (the ceiling at that moment).
+    #[serde(default)]
+    pub rate_last: Vec<f64>,
+    #[serde(default)]
+    pub direct_beside: Vec<f64>,
     /// Process start until every sampled Service answered (probe-based), ms.
     pub programmed_ms: Vec<f64>,
     /// The proxy's own account of its first full programming, ms.
@@ -205,6 +223,45 @@ fn cpu_table(real: &Real) -> String {
 "
 }
 
+/// Each mode against `direct` measured right after its load, repetition by repetition.
+fn beside_table(real: &Real) -> String {
+    let mut cells: Vec<&ProxyCell> = real
+        .proxies
+        .iter()
+        .filter(|p| !p.beside_ratios().is_empty())
+        .collect();
+    if cells.is_empty() {
+        return String::new();
+    }
+    cells.sort_by_key(|p| p.services);
+    let mut out = String::from(
+        "#### Against the ceiling measured beside (real kube-proxy)\n\n\
+         Right after each mode's load to the last Service, `direct` runs the same load on a \
+         bed of its own that stood idle beside the mode's: the ceiling at that moment. Per \
+         repetition, the mode's new connections/s over that; medians over repetitions with \
+         min–max. The `direct` row above is measured minutes away from most modes, over \
+         which the machine can drift by more than what is compared.\n\n\
+         | mode | services | × direct beside | new conn/s, last | direct beside |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    for p in cells {
+        let ratios = Stat::of(&p.beside_ratios());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            p.mode,
+            p.services,
+            ratios.map_or("–".into(), |r| format!(
+                "{:.2}× ({:.2}–{:.2})",
+                r.median, r.min, r.max
+            )),
+            ms(&p.rate_last),
+            ms(&p.direct_beside),
+        );
+    }
+    out + "\n"
+}
+
 /// kube-proxy's nftables mode, what the CPU overhead is compared with.
 pub const NFTABLES: &str = "kube-proxy-nftables";
 
@@ -247,6 +304,7 @@ pub fn markdown(real: Option<&Real>, modes: &[&str]) -> String {
         out += "\n#### New connections (real kube-proxy)\n\n";
         out += &connections_table(&real.cells, REAL_BASELINE, modes);
         out += &programming_table(real, "real kube-proxy");
+        out += &beside_table(real);
         out += &cpu_table(real);
         out += &churn_table(real);
         out += &sustained_table(real);
@@ -532,6 +590,60 @@ mod tests {
         );
         let without = markdown(Some(&ipv6_only()), &["kproxy-tc", REAL_BASELINE]);
         assert!(!without.contains("sustained endpoint churn"), "{without}");
+    }
+
+    #[test]
+    fn each_mode_is_taken_over_the_ceiling_measured_beside_it_repetition_by_repetition() {
+        let proxy = |mode: &str, rates: &[f64], direct: &[f64]| ProxyCell {
+            mode: mode.into(),
+            services: 10_000,
+            rate_last: rates.to_vec(),
+            direct_beside: direct.to_vec(),
+            ..ProxyCell::default()
+        };
+        let real = Real {
+            scales: vec![Scale {
+                services: 10_000,
+                create_s: 60.0,
+                stored: true,
+                objects: 20_000,
+            }],
+            // The machine drifts: a median over the repetitions of each would say 0.80×,
+            // the ratios taken at one moment say 0.96×.
+            proxies: vec![
+                proxy(
+                    "kproxy-sock",
+                    &[24_000.0, 14_400.0, 19_200.0],
+                    &[25_000.0, 15_000.0, 20_000.0],
+                ),
+                proxy(NFTABLES, &[12_000.0], &[15_000.0]),
+                proxy("kproxy-tc", &[], &[]),
+            ],
+            ..Real::default()
+        };
+        assert_eq!(real.proxies[0].beside_ratios(), vec![0.96, 0.96, 0.96]);
+        let text = markdown(Some(&real), &["kproxy-sock", NFTABLES]);
+        assert!(
+            text.contains(
+                "| kproxy-sock | 10000 | 0.96× (0.96–0.96) | 19,200 (14,400–24,000) | \
+                 20,000 (15,000–25,000) |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| kube-proxy-nftables | 10000 | 0.80× (0.80–0.80) |"),
+            "{text}"
+        );
+        // A mode without the measure has no row.
+        let table = text
+            .split("#### Against the ceiling measured beside")
+            .nth(1)
+            .and_then(|t| t.split("\n\n").nth(2))
+            .expect("the table");
+        assert_eq!(table.lines().count(), 4, "{table}");
+        assert!(!table.contains("kproxy-tc"), "{table}");
+        let without = markdown(Some(&Real::default()), &["kproxy-sock"]);
+        assert!(!without.contains("measured beside"), "{without}");
     }
 
     #[test]
