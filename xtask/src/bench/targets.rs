@@ -74,6 +74,13 @@ fn judged(name: String, wanted: &str, figure: Option<(String, bool)>) -> Target 
     }
 }
 
+/// Whether overhead `ours` is within `wanted` × `theirs`. An overhead below zero (a mode
+/// that costs less than no proxy at all) is the measure's noise, not a result: it passes
+/// nothing.
+fn overhead_within(ours: f64, theirs: f64, wanted: f64) -> bool {
+    ours >= 0.0 && theirs > 0.0 && ours <= wanted * theirs
+}
+
 /// The real section's figures at one scale.
 struct Figures<'a> {
     real: &'a Real,
@@ -185,15 +192,38 @@ impl Figures<'_> {
         Some(Stat::of(&cell.cpu_us)?.median)
     }
 
-    /// `ours`' CPU overhead per connection (over direct) against nftables'.
+    /// The median of `mode`'s CPU per connection over `direct`'s measured beside it, µs.
+    fn overhead_beside(&self, mode: &str) -> Option<f64> {
+        let cell = self
+            .real
+            .cpu
+            .iter()
+            .find(|c| c.mode == mode && c.services == self.at)?;
+        Some(Stat::of(&cell.overhead_beside_us)?.median)
+    }
+
+    /// `ours`' CPU overhead per connection (over direct) against nftables': each over
+    /// `direct` measured beside it where the run has that, else over the `direct` row.
     fn cpu_overhead_ratio(&self, ours: &str, wanted: f64) -> Option<(String, bool)> {
+        if let (Some(ours), Some(theirs)) =
+            (self.overhead_beside(ours), self.overhead_beside(NFTABLES))
+        {
+            let ratio = ours / theirs;
+            return Some((
+                format!(
+                    "{ratio:.2}x ({ours:.1} vs {theirs:.1} µs of CPU per connection over \
+                     {DIRECT} measured beside)"
+                ),
+                overhead_within(ours, theirs, wanted),
+            ));
+        }
         let direct = self.cpu_us(DIRECT)?;
         let ours = self.cpu_us(ours)? - direct;
         let theirs = self.cpu_us(NFTABLES)? - direct;
         let ratio = ours / theirs;
         Some((
             format!("{ratio:.2}x ({ours:.1} vs {theirs:.1} µs of CPU per connection over direct)"),
-            theirs > 0.0 && ours <= wanted * theirs,
+            overhead_within(ours, theirs, wanted),
         ))
     }
 
@@ -509,6 +539,19 @@ mod tests {
         }
     }
 
+    fn cpu(mode: &str, cpu_us: &[f64], beside: &[f64]) -> super::super::real::report::CpuCell {
+        super::super::real::report::CpuCell {
+            mode: mode.into(),
+            services: 10_000,
+            offered: 5_000.0,
+            achieved: vec![5_000.0],
+            cpu_us: cpu_us.to_vec(),
+            p99_us: vec![900.0],
+            proxy_us: Vec::new(),
+            overhead_beside_us: beside.to_vec(),
+        }
+    }
+
     #[test]
     fn socket_lb_is_judged_against_the_ceiling_measured_beside_it() {
         let proxy = |mode: &str, rates: &[f64], direct: &[f64]| ProxyCell {
@@ -528,6 +571,13 @@ mod tests {
             proxies: vec![
                 proxy(KPROXY_SOCK, &[19_400.0, 29_100.0], &[20_000.0, 30_000.0]),
                 proxy(NFTABLES, &[16_000.0, 24_000.0], &[20_000.0, 30_000.0]),
+            ],
+            cpu: vec![
+                cpu(DIRECT, &[90.0], &[]),
+                // Over the direct row kproxy-sock would cost more than nftables; over direct
+                // measured beside each, a tenth.
+                cpu(KPROXY_SOCK, &[120.0], &[3.0]),
+                cpu(NFTABLES, &[110.0], &[30.0]),
             ],
             ..Real::default()
         };
@@ -549,6 +599,13 @@ mod tests {
         assert_eq!(
             nftables.measured,
             "1.21x (0.97x and 0.80x of direct measured beside)"
+        );
+        assert!(!overhead_within(-16.0, 4.0, 0.2), "noise passes nothing");
+        let cpu = find("CPU overhead");
+        assert!(cpu.pass, "{cpu:?}");
+        assert_eq!(
+            cpu.measured,
+            "0.10x (3.0 vs 30.0 µs of CPU per connection over direct measured beside)"
         );
     }
 

@@ -382,24 +382,62 @@ impl Run<'_> {
         let last = *self.frontends.last().context("no services")?;
         let mut paired = None;
         for placement in [Placement::Last, Placement::Random] {
+            // Right before and right after the mode's load: each load leaves its closed
+            // connections' TIME_WAIT sockets behind for the next, so the ceiling is the
+            // mean of one that follows the mode's and one the mode's follows.
+            let before = (placement == Placement::Last)
+                .then(|| self.beside.map(|b| direct_load(self.bench, b)))
+                .flatten()
+                .transpose()?;
             let sample = measure(self.bench, bed, last, self.frontends, placement)?;
-            if placement == Placement::Last
-                && let Some(beside) = self.beside
-            {
-                let direct = direct_load(self.bench, beside)?;
+            if let (Some(before), Some(beside)) = (before, self.beside) {
+                let after = direct_load(self.bench, beside)?;
+                let direct = f64::midpoint(before.rate, after.rate);
                 eprintln!(
-                    "bench:   {DIRECT} beside it: {:.0}/s ({}: {:.0}/s)",
-                    direct.rate,
+                    "bench:   {DIRECT} beside it: {:.0}/s before, {:.0}/s after ({}: {:.0}/s)",
+                    before.rate,
+                    after.rate,
                     mode.name(),
                     sample.rate
                 );
-                paired = Some((sample.rate, direct.rate));
+                paired = Some((sample.rate, direct));
             }
             cell_in(&mut real.cells, mode.name(), services, placement)
                 .samples
                 .push(sample);
         }
         Ok(paired)
+    }
+
+    /// The CPU per connection at the fixed rate to `target` on `bed`, then `direct`'s beside
+    /// it, recorded in `real`.
+    fn paced(
+        &self,
+        mode: Proxy,
+        services: usize,
+        (bed, target): (&BenchBed, SocketAddr),
+        proxy: Option<u32>,
+        real: &mut Real,
+    ) -> Result<()> {
+        let paced = measure_paced(self.bench, bed, vec![target], proxy, self.plane)?;
+        record_paced(real, mode.name(), services, paced);
+        let Some(beside) = self.beside else {
+            return Ok(());
+        };
+        // The same window for the ceiling, right after, the proxy idle beside it.
+        let direct = measure_paced(
+            self.bench,
+            beside,
+            direct_targets(beside),
+            proxy,
+            self.plane,
+        )?;
+        if let (Some(ours), Some(ceiling)) = (paced.cpu_us, direct.cpu_us) {
+            cpu_cell(real, mode.name(), services)
+                .overhead_beside_us
+                .push(ours - ceiling);
+        }
+        Ok(())
     }
 
     /// Measures `mode` and records it in `real` (the section, or its IPv6 row).
@@ -437,8 +475,7 @@ impl Run<'_> {
         );
         let last = *self.frontends.last().context("no services")?;
         let paired = self.loads(mode, services, &bed, real)?;
-        let paced = measure_paced(self.bench, &bed, vec![last], proxy.pid(), self.plane)?;
-        record_paced(real, mode.name(), services, paced);
+        self.paced(mode, services, (&bed, last), proxy.pid(), real)?;
         let counters = mode
             .is_kproxy()
             .then(|| datapath_counters(self.agent, &bed));
@@ -695,7 +732,15 @@ fn settled(proxy: Option<u32>) -> Option<super::load::CpuReading> {
 }
 
 fn record_paced(real: &mut Real, mode: &str, services: usize, paced: Paced) {
-    let cell = super::entry(
+    let cell = cpu_cell(real, mode, services);
+    cell.achieved.push(paced.achieved);
+    cell.cpu_us.extend(paced.cpu_us);
+    cell.proxy_us.extend(paced.proxy_us);
+    cell.p99_us.push(paced.p99_us);
+}
+
+fn cpu_cell<'a>(real: &'a mut Real, mode: &str, services: usize) -> &'a mut CpuCell {
+    super::entry(
         &mut real.cpu,
         |c| c.mode == mode && c.services == services,
         || CpuCell {
@@ -704,11 +749,7 @@ fn record_paced(real: &mut Real, mode: &str, services: usize, paced: Paced) {
             offered: PACED_RATE,
             ..CpuCell::default()
         },
-    );
-    cell.achieved.push(paced.achieved);
-    cell.cpu_us.extend(paced.cpu_us);
-    cell.proxy_us.extend(paced.proxy_us);
-    cell.p99_us.push(paced.p99_us);
+    )
 }
 
 /// The churn pod Ready on the first backend, the probe's pod not Ready: each run starts

@@ -86,7 +86,8 @@ pub struct ProxyCell {
     pub mode: String,
     pub services: usize,
     /// Per repetition: this mode's new connections/s to the last Service, and `direct`'s
-    /// measured right after it on an idle bed of its own (the ceiling at that moment).
+    /// on an idle bed of its own, the mean of a load right before and one right after it
+    /// (the ceiling at that moment).
     #[serde(default)]
     pub rate_last: Vec<f64>,
     #[serde(default)]
@@ -160,6 +161,10 @@ pub struct CpuCell {
     /// `cpu_us`) per connection, µs.
     #[serde(default)]
     pub proxy_us: Vec<f64>,
+    /// Per repetition: `cpu_us` less `direct`'s measured the same way right after, on an
+    /// idle bed beside (the ceiling's CPU per connection at that moment), µs.
+    #[serde(default)]
+    pub overhead_beside_us: Vec<f64>,
 }
 
 /// The CPU table: per mode, CPU per connection, the proxy's overhead over `direct`, and
@@ -178,10 +183,12 @@ fn cpu_table(real: &Real) -> String {
          costs, in the kernel's stack and datapath and in client and servers. Overhead: \
          the mode's figure less direct's, the datapath's cost. The proxy process's own CPU \
          over the window (its control-plane work: syncs, collections, kube-proxy's rule \
-         runs) stands apart, per connection. Medians over repetitions with min–max.\n\n\
+         runs) stands apart, per connection. Overhead beside: per repetition, the mode's \
+         figure less direct's measured the same way right after it, on an idle bed beside \
+         the mode's (see the table above). Medians over repetitions with min–max.\n\n\
          | mode | services | offered /s | achieved /s | CPU µs per connection | overhead µs \
-         | overhead × nftables' | proxy process µs | p99 µs |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | overhead × nftables' | overhead beside µs | proxy process µs | p99 µs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
 
     let median = |mode: &str, services: usize| {
@@ -208,13 +215,14 @@ fn cpu_table(real: &Real) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {ratio} | {} | {} | {} |",
             c.mode,
             c.services,
             fmt_num(c.offered),
             ms(&c.achieved),
             ms(&c.cpu_us),
             opt(own.map(fmt_num)),
+            ms(&c.overhead_beside_us),
             ms(&c.proxy_us),
             ms(&c.p99_us),
         );
@@ -236,9 +244,11 @@ fn beside_table(real: &Real) -> String {
     cells.sort_by_key(|p| p.services);
     let mut out = String::from(
         "#### Against the ceiling measured beside (real kube-proxy)\n\n\
-         Right after each mode's load to the last Service, `direct` runs the same load on a \
-         bed of its own that stood idle beside the mode's: the ceiling at that moment. Per \
-         repetition, the mode's new connections/s over that; medians over repetitions with \
+         Right before and right after each mode's load to the last Service, `direct` runs \
+         the same load on a bed of its own that stands idle beside the mode's; the mean of \
+         the two is the ceiling at that moment (each load leaves its closed connections' \
+         TIME_WAIT sockets to the one after it). Per repetition, the mode's new \
+         connections/s over that; medians over repetitions with \
          min–max. The `direct` row above is measured minutes away from most modes, over \
          which the machine can drift by more than what is compared.\n\n\
          | mode | services | × direct beside | new conn/s, last | direct beside |\n\
@@ -656,6 +666,11 @@ mod tests {
             cpu_us: vec![us],
             p99_us: vec![1_500.0],
             proxy_us: Vec::new(),
+            overhead_beside_us: if mode == "kproxy-sock" {
+                vec![3.0, 1.0]
+            } else {
+                Vec::new()
+            },
         };
         let real = Real {
             scales: vec![Scale {
@@ -677,7 +692,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| kproxy-sock | 10000 | 5,000 | 4,990 (4,990–4,990) | 102 (102–102) | 2.00 | 0.10× | – |"),
+            text.contains("| kproxy-sock | 10000 | 5,000 | 4,990 (4,990–4,990) | 102 (102–102) | 2.00 | 0.10× | 2.00 (1.00–3.00) | – |"),
             "{text}"
         );
         assert!(
