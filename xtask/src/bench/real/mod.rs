@@ -377,6 +377,7 @@ impl Run<'_> {
         mode: Proxy,
         services: usize,
         bed: &BenchBed,
+        proxy: Option<u32>,
         real: &mut Real,
     ) -> Result<Option<(f64, f64)>> {
         let last = *self.frontends.last().context("no services")?;
@@ -386,12 +387,16 @@ impl Run<'_> {
             // connections' TIME_WAIT sockets behind for the next, so the ceiling is the
             // mean of one that follows the mode's and one the mode's follows.
             let before = (placement == Placement::Last)
-                .then(|| self.beside.map(|b| direct_load(self.bench, b)))
+                .then(|| {
+                    self.beside
+                        .map(|b| direct_load(self.bench, b, (self.plane, proxy)))
+                })
                 .flatten()
                 .transpose()?;
+            quiet(self.plane, proxy)?;
             let sample = measure(self.bench, bed, last, self.frontends, placement)?;
             if let (Some(before), Some(beside)) = (before, self.beside) {
-                let after = direct_load(self.bench, beside)?;
+                let after = direct_load(self.bench, beside, (self.plane, proxy))?;
                 let direct = f64::midpoint(before.rate, after.rate);
                 eprintln!(
                     "bench:   {DIRECT} beside it: {:.0}/s before, {:.0}/s after ({}: {:.0}/s)",
@@ -474,7 +479,7 @@ impl Run<'_> {
             first_sync.map_or("-".into(), |ms| format!("{ms:.1} ms"))
         );
         let last = *self.frontends.last().context("no services")?;
-        let paired = self.loads(mode, services, &bed, real)?;
+        let paired = self.loads(mode, services, &bed, proxy.pid(), real)?;
         self.paced(mode, services, (&bed, last), proxy.pid(), real)?;
         let counters = mode
             .is_kproxy()
@@ -606,7 +611,7 @@ fn measure_direct(
     plane: &Plane,
 ) -> Result<(super::report::Sample, Paced)> {
     let bed = BenchBed::for_family(family)?;
-    let sample = direct_load(bench, &bed)?;
+    let sample = direct_load(bench, &bed, (plane, None))?;
     Ok((
         sample,
         measure_paced(bench, &bed, direct_targets(&bed), None, plane)?,
@@ -622,7 +627,13 @@ fn direct_targets(bed: &BenchBed) -> Vec<SocketAddr> {
 }
 
 /// New connections from `bed`'s client straight to its backends, as fast as they go.
-fn direct_load(bench: &BenchPlan, bed: &BenchBed) -> Result<super::report::Sample> {
+/// Starts once the machine is quiet (see `quiet`).
+fn direct_load(
+    bench: &BenchPlan,
+    bed: &BenchBed,
+    (plane, proxy): (&Plane, Option<u32>),
+) -> Result<super::report::Sample> {
+    quiet(plane, proxy)?;
     let mut cfg = super::load::LoadConfig::new(direct_targets(bed));
     cfg.duration = bench.duration;
     cfg.warmup = super::warmup(bench.duration);
@@ -687,6 +698,16 @@ fn measure_paced(
         proxy_us,
         p99_us: result.p99_us() as f64,
     })
+}
+
+/// Waits until the machine is quiet (see `settled`; the API server and etcd paused
+/// meanwhile, the proxy `proxy` left aside), for a saturating load to start on: the kernel
+/// tears the previous bed's namespaces down in its own workers for seconds after it is
+/// gone, and a load that shared the CPUs with that would be charged for it.
+fn quiet(plane: &Plane, proxy: Option<u32>) -> Result<()> {
+    let _paused = plane.cp.pause_servers()?;
+    let _ = settled(proxy);
+    Ok(())
 }
 
 /// Busy CPU (all CPUs, beyond the proxy's own) below which a second counts as quiet.
