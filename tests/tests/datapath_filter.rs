@@ -54,6 +54,16 @@ fn open_tcp(dp: &LoadedDatapath) -> (Ipv4Addr, u16) {
     backend
 }
 
+/// Opens a TCP flow C → VIP: the backend it got, and the flow's reply entry.
+fn open_with_reply(dp: &LoadedDatapath) -> ((Ipv4Addr, u16), CtEntry) {
+    let backend = open_tcp(dp);
+    let reply = dp
+        .ct_reply()
+        .get(&flow_key(backend, C, Protocol::Tcp), 0)
+        .expect("the flow's reply entry");
+    (backend, reply)
+}
+
 /// A reply entry for `from` → C as a flow to SVC would have left it.
 fn plant_reply(dp: &LoadedDatapath, from: (Ipv4Addr, u16), like: &CtEntry) {
     dp.ct_reply()
@@ -74,11 +84,7 @@ fn the_filter_holds_what_the_agent_wrote_and_gates_the_reply_lookup() {
     assert!(!is_set(&dp, backend_of(STRANGER)));
     assert!(!is_set(&dp, frontend_bit(u32::from(CLIENT).to_be())));
 
-    let backend = open_tcp(&dp);
-    let reply = dp
-        .ct_reply()
-        .get(&flow_key(backend, C, Protocol::Tcp), 0)
-        .expect("the flow's reply entry");
+    let (_, reply) = open_with_reply(&dp);
     // A reply entry under an endpoint the agent never wrote is not even looked at: the
     // packet leaves as it came. (Entries are only ever made for backends; this one is
     // planted to show the lookup is skipped.)
@@ -134,11 +140,7 @@ fn a_filter_found_empty_is_seeded_from_the_maps_and_conntrack() {
         return;
     }
     let dp = loaded(&three_backends(Protocol::Tcp, None));
-    let backend = open_tcp(&dp);
-    let reply = dp
-        .ct_reply()
-        .get(&flow_key(backend, C, Protocol::Tcp), 0)
-        .expect("the flow's reply entry");
+    let (backend, reply) = open_with_reply(&dp);
     // A flow left to an endpoint no map has any more, as an older agent could leave one.
     plant_reply(&dp, STRANGER, &reply);
     // The maps as an agent without the filter leaves them: every bit clear.

@@ -554,13 +554,7 @@ mod tests {
 
     #[test]
     fn socket_lb_is_judged_against_the_ceiling_measured_beside_it() {
-        let proxy = |mode: &str, rates: &[f64], direct: &[f64]| ProxyCell {
-            mode: mode.into(),
-            services: 10_000,
-            rate_last: rates.to_vec(),
-            direct_beside: direct.to_vec(),
-            ..ProxyCell::default()
-        };
+        let proxy = ProxyCell::beside_only;
         let real = Real {
             scales: vec![super::super::real::report::Scale {
                 services: 10_000,

@@ -55,6 +55,20 @@ pub struct Scale {
     pub stored: bool,
 }
 
+#[cfg(test)]
+impl ProxyCell {
+    /// A cell at 10,000 Services with only its rates and `direct`'s beside them.
+    pub fn beside_only(mode: &str, rates: &[f64], direct: &[f64]) -> Self {
+        Self {
+            mode: mode.into(),
+            services: 10_000,
+            rate_last: rates.to_vec(),
+            direct_beside: direct.to_vec(),
+            ..Self::default()
+        }
+    }
+}
+
 impl ProxyCell {
     /// Per repetition, the mode's rate over `direct`'s measured beside it.
     pub fn beside_ratios(&self) -> Vec<f64> {
@@ -604,13 +618,7 @@ mod tests {
 
     #[test]
     fn each_mode_is_taken_over_the_ceiling_measured_beside_it_repetition_by_repetition() {
-        let proxy = |mode: &str, rates: &[f64], direct: &[f64]| ProxyCell {
-            mode: mode.into(),
-            services: 10_000,
-            rate_last: rates.to_vec(),
-            direct_beside: direct.to_vec(),
-            ..ProxyCell::default()
-        };
+        let proxy = ProxyCell::beside_only;
         let real = Real {
             scales: vec![Scale {
                 services: 10_000,
