@@ -84,38 +84,28 @@ impl AddrFilter {
     /// Sets `bits`, writing the words that change: to be called before the entries they
     /// stand for are written.
     pub fn mark(&mut self, bits: impl IntoIterator<Item = (u32, u64)>) -> Result<()> {
-        let mut changed: Vec<u32> = Vec::new();
+        // The words as they will be, kept apart until the map holds them: a word the kernel
+        // did not take keeps its old value here too, so a later mark writes it again whole.
+        let mut pending: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
         for (entry, bit) in bits {
-            let Some(word) = self.words.get_mut(entry as usize) else {
+            let Some(&held) = self.words.get(entry as usize) else {
                 continue;
             };
-            if *word & bit == 0 {
-                *word |= bit;
-                changed.push(entry);
-            }
+            let word = pending.entry(entry).or_insert(held);
+            *word |= bit;
         }
-        if changed.is_empty() {
+        pending.retain(|&entry, word| *word != self.words[entry as usize]);
+        if pending.is_empty() {
             return Ok(());
         }
-        changed.sort_unstable();
-        changed.dedup();
-        let values: Vec<u64> = changed.iter().map(|&e| self.words[e as usize]).collect();
-        match batch::update(&self.map, &changed, &values) {
-            (_, None) => Ok(()),
-            (done, Some(e)) => {
-                // What was not written is not set: a later mark tries again.
-                for &entry in &changed[done..] {
-                    self.words[entry as usize] = 0;
-                }
-                let reread: Vec<(u32, u64)> =
-                    batch::all(&self.map, WALK_CHUNK).context(names::MAP_FILTER)?;
-                for (entry, word) in reread {
-                    if let Some(w) = self.words.get_mut(entry as usize) {
-                        *w = word;
-                    }
-                }
-                Err(anyhow::Error::from(e).context(names::MAP_FILTER))
-            }
+        let (entries, values): (Vec<u32>, Vec<u64>) = pending.into_iter().unzip();
+        let (done, error) = batch::update(&self.map, &entries, &values);
+        for (&entry, &word) in entries.iter().zip(&values).take(done) {
+            self.words[entry as usize] = word;
+        }
+        match error {
+            None => Ok(()),
+            Some(e) => Err(anyhow::Error::from(e).context(names::MAP_FILTER)),
         }
     }
 
