@@ -587,8 +587,8 @@ pub fn create<F: Family>(
         return Err(Counter::DropCtInsert);
     }
     if claimed == Claim::Taken {
-        let seed = (F::fold(fwd.saddr)
-            ^ F::fold(fwd.daddr).rotate_left(11)
+        let seed = (fwd.saddr.fold()
+            ^ fwd.daddr.fold().rotate_left(11)
             ^ (u32::from(fwd.sport) << 16)
             ^ u32::from(fwd.dport)
             ^ now as u32)

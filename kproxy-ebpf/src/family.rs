@@ -91,8 +91,6 @@ pub trait Family {
     fn source_allowed(svc_id: u32, addr: Self::Addr) -> bool;
     /// Whether `KP_NODEPORT_LIST` lists `addr` with no frontend of its own (see `frontend`).
     fn listed_nodeport_only(addr: Self::Addr) -> bool;
-    /// The address folded into 32 bits, to seed a pseudo-random choice.
-    fn fold(addr: Self::Addr) -> u32;
 
     fn parse<P: Packet>(pkt: &mut P) -> Parsed<Self::Addr>;
     /// Rewrites an address and port of a packet, keeping its checksums right.
@@ -201,11 +199,6 @@ impl Family for V4 {
             .get(0)
             .is_some_and(|list| crate::frontend::listed_without_exact(list, addr))
     }
-    #[inline(always)]
-    fn fold(addr: u32) -> u32 {
-        addr
-    }
-
     #[inline(always)]
     fn parse<P: Packet>(pkt: &mut P) -> Parsed<u32> {
         parse::parse(pkt)
@@ -329,11 +322,6 @@ impl Family for V6 {
         // The list is IPv4's shortcut; IPv6 NodePorts take the general path.
         false
     }
-    #[inline(always)]
-    fn fold(addr: In6Addr) -> u32 {
-        addr.0[0] ^ addr.0[1] ^ addr.0[2] ^ addr.0[3]
-    }
-
     #[inline(always)]
     fn parse<P: Packet>(pkt: &mut P) -> Parsed<In6Addr> {
         parse6::parse6(pkt)

@@ -11,6 +11,7 @@
 
 use aya_ebpf::bindings::{BPF_EXIST, BPF_NOEXIST};
 use kproxy_common::{
+    addr::IpAddress,
     config::{Config, IPPROTO_TCP},
     ct::{CtEntryOf, FlowState, holds, is_reply_of, reply_entry, reply_key},
     stats::Counter,
@@ -199,8 +200,8 @@ unsafe fn claim_alternative<F: Family>(
 ) -> Claim {
     // SAFETY (whole body): the caller's promise.
     unsafe {
-        let seed = (F::fold((*fwd).saddr)
-            ^ F::fold((*fwd).daddr).rotate_left(11)
+        let seed = ((*fwd).saddr.fold()
+            ^ (*fwd).daddr.fold().rotate_left(11)
             ^ (u32::from((*fwd).sport) << 16)
             ^ u32::from((*fwd).dport)
             ^ now as u32)

@@ -20,11 +20,12 @@ use kproxy_common::{
     names,
 };
 
-use super::{batch, load::map_pin_path};
+use super::{
+    batch,
+    load::map_pin_path,
+    maps::{WALK_CHUNK, raw},
+};
 use crate::{sync::MapOp, wire};
-
-/// Entries read per syscall when the map or conntrack is walked.
-const WALK_CHUNK: usize = 4096;
 
 /// The bit of `KP_FILTER` an op's entry needs set before it is written, if any.
 pub fn bit_of(op: &MapOp) -> Option<(u32, u64)> {
@@ -61,7 +62,7 @@ impl AddrFilter {
     /// service maps hold); a map found empty also gets the sources of every reply entry of
     /// conntrack.
     pub fn track(pin_dir: &Path, seed: impl IntoIterator<Item = (u32, u64)>) -> Result<Self> {
-        let map = open_raw(pin_dir, names::MAP_FILTER)?;
+        let map = raw(pin_dir, names::MAP_FILTER)?;
         let mut words = vec![0u64; FILTER_ENTRIES as usize];
         let held: Vec<(u32, u64)> = batch::all(&map, WALK_CHUNK).context(names::MAP_FILTER)?;
         for (entry, word) in held {
@@ -119,11 +120,6 @@ impl AddrFilter {
     }
 }
 
-fn open_raw(pin_dir: &Path, name: &str) -> Result<MapData> {
-    let path = map_pin_path(pin_dir, name);
-    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
-}
-
 /// Adds the backend bit of the source of every entry of the reply conntrack map `name`.
 fn reply_sources<A: wire::WireAddr>(
     pin_dir: &Path,
@@ -134,7 +130,7 @@ where
     FlowKeyOf<A>: aya::Pod,
     CtEntryOf<A>: aya::Pod,
 {
-    let map = open_raw(pin_dir, name)?;
+    let map = raw(pin_dir, name)?;
     batch::for_each(&map, WALK_CHUNK, |key: &FlowKeyOf<A>, _: &CtEntryOf<A>| {
         bits.push(backend_bit(key.saddr, key.sport));
         true

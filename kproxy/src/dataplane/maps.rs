@@ -66,7 +66,13 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 
 /// Entries read per syscall by a walk: the drift check reads every entry once a minute, and
 /// at 10,000 Services entry-by-entry reads took 0.6 s of the agent's loop.
-const WALK_CHUNK: usize = 4096;
+pub(super) const WALK_CHUNK: usize = 4096;
+
+/// The pinned map `name`, untyped (for batch writes and walks).
+pub(super) fn raw(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = map_pin_path(pin_dir, name);
+    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
+}
 
 fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))

@@ -16,9 +16,9 @@ use kproxy_common::{
     names,
 };
 
-use super::{WALK_CHUNK, batch, ignore_missing, open, open_typed, write_batch};
+use super::{WALK_CHUNK, batch, ignore_missing, open, open_typed, raw, write_batch};
 use crate::{
-    dataplane::load::{map_pin_path, pinned_together},
+    dataplane::load::pinned_together,
     model::FrontendKey,
     sync::{BackendEntry, Listed, MapOp},
     wire::{self, WireAddr},
@@ -58,11 +58,6 @@ pub(super) struct FamilyMaps<A: WireAddr> {
     backends: HashMap<MapData, u32, BackendOf<A>>,
     vips: HashMap<MapData, A, u32>,
     source_ranges: LpmTrie<MapData, A::RangeKey, u8>,
-}
-
-fn raw(pin_dir: &Path, name: &str) -> Result<MapData> {
-    let path = map_pin_path(pin_dir, name);
-    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
 /// A write that dispatch sent to the other family's maps: a broken invariant, not input.
