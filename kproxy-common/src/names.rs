@@ -140,7 +140,10 @@ pub const PROG_SOCK_RECVMSG4: &str = "kproxy_sock_recvmsg4";
 pub const PROG_SOCK_RECVMSG6: &str = "kproxy_sock_recvmsg6";
 pub const PROG_SOCK_GETPEERNAME4: &str = "kproxy_sock_getpeername4";
 pub const PROG_SOCK_GETPEERNAME6: &str = "kproxy_sock_getpeername6";
-pub const SOCKET_PROGRAMS: [&str; 8] = [
+/// `cgroup/sock_release` (a cgroup socket program, not a socket-address one): a released
+/// socket's entries go with it.
+pub const PROG_SOCK_RELEASE: &str = "kproxy_sock_release";
+pub const SOCKET_PROGRAMS: [&str; 9] = [
     PROG_SOCK_CONNECT4,
     PROG_SOCK_CONNECT6,
     PROG_SOCK_SENDMSG4,
@@ -149,6 +152,7 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
     PROG_SOCK_RECVMSG6,
     PROG_SOCK_GETPEERNAME4,
     PROG_SOCK_GETPEERNAME6,
+    PROG_SOCK_RELEASE,
 ];
 
 /// Load-time constants: globals of the object the agent sets before loading it, which the

@@ -36,9 +36,9 @@ mod vip;
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    macros::{cgroup_sock_addr, classifier, xdp},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
     maps::ProgramArray,
-    programs::{SockAddrContext, TcContext, XdpContext},
+    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
 
 use kproxy_common::{
@@ -429,6 +429,15 @@ pub fn kproxy_sock_getpeername6(ctx: SockAddrContext) -> i32 {
     } else {
         sock::reverse::<sock::Ip6>(&ctx, false);
     }
+    SOCK_ALLOW
+}
+
+/// Release (close) of any socket: one that was pointed at a backend takes its entries with
+/// it. Both families: a `cgroup/sock_release` program sees every socket.
+#[cgroup_sock(sock_release)]
+#[expect(clippy::needless_pass_by_value, reason = "aya's program signature")]
+pub fn kproxy_sock_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx);
     SOCK_ALLOW
 }
 

@@ -13,10 +13,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_EXIST, bpf_sock_addr},
+    bindings::{BPF_EXIST, bpf_sock, bpf_sock_addr},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     maps::LruHashMap,
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use kproxy_common::{
     addr::In6Addr,
@@ -33,7 +33,7 @@ use kproxy_common::{
 use crate::{
     conntrack,
     family::{Family, V4, V6},
-    frontend,
+    filter, frontend,
     lb::{self, AffinityOwner},
     maps::{
         KP_SOCK_AFFINITY, KP_SOCK_FLOWS, KP_SOCK_FLOWS6, KP_SOCK_REV, KP_SOCK_REV6, KP_SOCK_UDP,
@@ -476,6 +476,86 @@ pub fn reverse<U: UserAddr>(ctx: &SockAddrContext, received: bool) {
         // SAFETY: copied out at once.
         if let Some(flow) = unsafe { U::F::flows().get(key) }.copied() {
             refresh::<U::F>(&key, flow, SOCK_FLOW_F_REPLIED, conntrack::now_ns());
+        }
+    }
+}
+
+/// `AF_INET` and `AF_INET6`, as `bpf_sock.family` holds them.
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// One word of a released socket's peer address (`dst_ip6`), read with a 4-byte access.
+#[inline(always)]
+fn peer_ip6_word(sk: *const bpf_sock, i: usize) -> u32 {
+    // SAFETY: the context the kernel passed; a 4-byte read of a readable field.
+    unsafe { core::ptr::read_volatile(&raw const (*sk).dst_ip6[i]) }
+}
+
+/// `sock_release`: a socket that was pointed at a backend takes its reverse entry (and a
+/// connected UDP socket its `KP_SOCK_UDP` entry) with it. The tables then hold live sockets
+/// only: however many connections a node makes and closes, none evicts a live socket's
+/// entry (whose getpeername would then show the backend), and a connect inserts into a
+/// table that is not full (an LRU insert into a full one evicts first). The entry is found
+/// by the socket's peer, the backend it was pointed at; an unconnected UDP socket has none,
+/// and its entries (one per frontend it sent to) are left to the LRU.
+#[inline(always)]
+pub fn release(ctx: &SockContext) {
+    let sk = ctx.sock;
+    // SAFETY: the context the kernel passed; reads of readable fields (the port a 2-byte
+    // one, its own size).
+    let (family, proto, port) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*sk).family),
+            core::ptr::read_volatile(&raw const (*sk).protocol),
+            core::ptr::read_volatile(&raw const (*sk).dst_port),
+        )
+    };
+    if port == 0 || (proto != u32::from(IPPROTO_TCP) && proto != u32::from(IPPROTO_UDP)) {
+        return;
+    }
+    let udp = proto == u32::from(IPPROTO_UDP);
+    if family == AF_INET {
+        // SAFETY: as above, a 4-byte read.
+        let addr = unsafe { core::ptr::read_volatile(&raw const (*sk).dst_ip4) };
+        forget::<V4>(ctx, addr, port, udp);
+    } else if family == AF_INET6 {
+        let word = |i| peer_ip6_word(sk, i);
+        if word(0) == 0 && word(1) == 0 && word(2) == V4_MAPPED_WORD {
+            // A dual-stack socket that reached an IPv4 frontend: served, and remembered,
+            // as IPv4 (`Mapped4`).
+            forget::<V4>(ctx, word(3), port, udp);
+        } else {
+            forget::<V6>(
+                ctx,
+                In6Addr([word(0), word(1), word(2), word(3)]),
+                port,
+                udp,
+            );
+        }
+    }
+}
+
+/// Deletes the entries of the socket of `ctx` for its peer `addr`:`port`. A peer whose
+/// filter bit is clear was never a backend (the agent sets the bit before any program can
+/// choose it), so the sockets of everything else on the node cost an array read, not a hash
+/// lookup.
+#[inline(always)]
+fn forget<F: SockFamily>(ctx: &SockContext, addr: F::Addr, port: u16, udp: bool) {
+    if !filter::may_be_backend::<F>(addr, port) {
+        return;
+    }
+    // SAFETY: a helper this program type may call.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevKeyOf {
+        addr,
+        port,
+        _pad: 0,
+        cookie: cookie_words(cookie),
+    };
+    if F::rev().remove(key).is_ok() {
+        stats::count(Counter::SockReleased);
+        if udp {
+            let _ = F::udp_connected().remove(key);
         }
     }
 }

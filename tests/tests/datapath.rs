@@ -41,15 +41,15 @@ fn every_program_verifies_within_the_instruction_budget() {
     let mut dp = LoadedDatapath::load();
     // The socket programs are loaded only with --socket-lb: here, by hand.
     for name in names::SOCKET_PROGRAMS {
-        let program: &mut aya::programs::CgroupSockAddr = dp
-            .ebpf
-            .program_mut(name)
-            .expect("program in object")
-            .try_into()
-            .expect("a cgroup socket-address program");
-        program
-            .load()
-            .unwrap_or_else(|e| panic!("the kernel rejected {name}: {e:#}"));
+        let loaded = match dp.ebpf.program_mut(name).expect("program in object") {
+            aya::programs::Program::CgroupSockAddr(program) => program.load(),
+            aya::programs::Program::CgroupSock(program) => program.load(),
+            other => panic!(
+                "{name} is not a cgroup socket program: {:?}",
+                other.prog_type()
+            ),
+        };
+        loaded.unwrap_or_else(|e| panic!("the kernel rejected {name}: {e:#}"));
     }
     for name in names::PROGRAMS
         .into_iter()

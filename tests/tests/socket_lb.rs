@@ -13,6 +13,11 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::MapData;
+use kproxy_common::{
+    names,
+    sock::{SockRev, SockRevKey},
+};
 use kproxy_testbed::{
     TopologyOptions, require_privileges, tcp_request,
     topology::{vip, vip6},
@@ -61,6 +66,18 @@ fn by_backend(seen: &[Seen<SocketAddrV4>]) -> BTreeMap<Ipv4Addr, usize> {
 
 fn counter(bed: &Bed, name: &str) -> u64 {
     bed.view().expect("reading the datapath").counters[name]
+}
+
+/// `counter` once it has stopped moving (the same in two reads 200 ms apart).
+fn settled_counter(bed: &Bed, name: &str) -> u64 {
+    let mut last = counter(bed, name);
+    support::agent::wait_until(name, Duration::from_secs(5), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = counter(bed, name);
+        let settled = (now == last).then_some(now);
+        last = now;
+        settled
+    })
 }
 
 fn start(bed: &Bed, cgroup: &TestCgroup, mode: &str) -> Agent {
@@ -199,7 +216,9 @@ fn host_only_serves_the_node_and_leaves_pods_to_the_packet_path() {
     assert!(seen.iter().all(|s| s.seen == web()));
     assert_eq!(counter(&bed, "socket_lb_left_pod"), 6);
     assert_eq!(counter(&bed, "socket_lb_connects"), 0);
-    let translated = counter(&bed, "service_packets");
+    // The connections' last packets (the client's final ACKs) leave after the client has:
+    // counted once they have all passed.
+    let translated = settled_counter(&bed, "service_packets");
     assert!(translated > 0, "the pod's packets were translated");
 
     // The node's own sockets are served at the socket. The node reaches VIPs through the
@@ -229,16 +248,19 @@ fn host_only_serves_the_node_and_leaves_pods_to_the_packet_path() {
     assert!(counter(&bed, "service_packets") > translated);
 }
 
-/// Programs attached to `cgroup` for connect4 (`BPF_PROG_QUERY`).
-fn connect4_programs(cgroup: &TestCgroup) -> u32 {
+/// `bpf_attach_type` values of the hooks these tests query.
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_INET_SOCK_RELEASE: u32 = 34;
+
+/// Programs attached to `cgroup` for `attach_type` (`BPF_PROG_QUERY`).
+fn programs_attached(cgroup: &TestCgroup, attach_type: u32) -> u32 {
     const BPF_PROG_QUERY: libc::c_long = 16;
-    const BPF_CGROUP_INET4_CONNECT: u32 = 10;
     let dir = std::fs::File::open(cgroup.path()).expect("opening the cgroup");
     // union bpf_attr's query: target_fd, attach_type, query_flags, attach_flags (u32 each),
     // prog_ids (u64), prog_cnt (u32): with no prog_ids buffer the kernel only counts.
     let mut attr = [0u32; 32];
     attr[0] = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&dir)).expect("an fd");
-    attr[1] = BPF_CGROUP_INET4_CONNECT;
+    attr[1] = attach_type;
     // SAFETY: bpf(2) with an attr buffer we own, larger than the query needs.
     let rc = unsafe {
         libc::syscall(
@@ -250,6 +272,26 @@ fn connect4_programs(cgroup: &TestCgroup) -> u32 {
     };
     assert_eq!(rc, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
     attr[6]
+}
+
+fn connect4_programs(cgroup: &TestCgroup) -> u32 {
+    programs_attached(cgroup, BPF_CGROUP_INET4_CONNECT)
+}
+
+/// Entries of the IPv4 table `name` (`KP_SOCK_REV`, values `SockRev`, or `KP_SOCK_UDP`,
+/// values `u32`; both keyed by socket and backend), counted through its pin.
+fn socket_entries<V: aya::Pod>(bed: &Bed, name: &str) -> usize {
+    let path = kproxy::dataplane::load::map_pin_path(&bed.pin_dir(), name);
+    let map = aya::maps::Map::from_map_data(MapData::from_pin(&path).expect("pinned map"))
+        .expect("a map");
+    let table: aya::maps::HashMap<_, SockRevKey, V> = map
+        .try_into()
+        .expect("an LRU hash keyed by socket and backend");
+    table
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("its keys")
+        .len()
 }
 
 #[test]
@@ -299,16 +341,8 @@ fn a_connected_udp_socket_whose_backend_goes_is_destroyed_and_connects_again_to_
     bed.write("apps.yaml", &services(&bed, None));
     let cgroup = TestCgroup::new();
     let agent = start(&bed, &cgroup, "all");
-    let mut client = cgroup.spawn_client(&bed.topo.client, "udp-hold", dns(), 1);
-    let mut requests = client.stdin.take().expect("the client's stdin");
-    let mut answers = std::io::BufReader::new(client.stdout.take().expect("the client's stdout"));
-    let mut ask = || {
-        std::io::Write::write_all(&mut requests, b"\n").expect("asking");
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut answers, &mut line).expect("an answer");
-        line
-    };
-    let first = support::cgroup::parse_line::<SocketAddrV4>(&ask());
+    let mut held = HeldSocket::spawn(&cgroup, &bed.topo.client, dns());
+    let first = support::cgroup::parse_line::<SocketAddrV4>(&held.ask());
     assert_eq!(first.seen, dns());
     let gone = *first.reply.backend.ip();
 
@@ -323,7 +357,7 @@ fn a_connected_udp_socket_whose_backend_goes_is_destroyed_and_connects_again_to_
             "the socket never moved off {gone}: {lines:?}\n{}",
             agent.log_text()
         );
-        let line = ask();
+        let line = held.ask();
         lines.push(line.clone());
         if line.starts_with("error=") {
             continue;
@@ -344,8 +378,109 @@ fn a_connected_udp_socket_whose_backend_goes_is_destroyed_and_connects_again_to_
         "{}",
         agent.log_text()
     );
-    drop(requests);
-    let _ = client.wait();
+    held.close();
+}
+
+/// A `udp-hold` client: one connected UDP socket, kept open, a request on it per `ask`.
+struct HeldSocket {
+    client: std::process::Child,
+    requests: std::process::ChildStdin,
+    answers: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl HeldSocket {
+    fn spawn(cgroup: &TestCgroup, ns: &kproxy_testbed::Netns, target: SocketAddr) -> Self {
+        let mut client = cgroup.spawn_client(ns, "udp-hold", target, 1);
+        let requests = client.stdin.take().expect("the client's stdin");
+        let answers = std::io::BufReader::new(client.stdout.take().expect("the client's stdout"));
+        Self {
+            client,
+            requests,
+            answers,
+        }
+    }
+
+    /// The answer line (or `error=KIND`) of one request.
+    fn ask(&mut self) -> String {
+        std::io::Write::write_all(&mut self.requests, b"\n").expect("asking");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.answers, &mut line).expect("an answer");
+        line
+    }
+
+    /// Closes the socket: the client ends when its stdin does.
+    fn close(self) {
+        let Self {
+            mut client,
+            requests,
+            ..
+        } = self;
+        drop(requests);
+        assert!(client.wait().expect("the client ends").success());
+    }
+}
+
+#[test]
+fn closed_sockets_take_their_entries_with_them_and_a_live_one_keeps_its_own() {
+    if !require_privileges(
+        "closed_sockets_take_their_entries_with_them_and_a_live_one_keeps_its_own",
+    ) {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions::default());
+    bed.write("apps.yaml", &services(&bed, None));
+    let cgroup = TestCgroup::new();
+    // Tables of 64 entries against 500 sockets: were closed sockets left to the LRU, the
+    // held socket's entry would be evicted long before the end, and its peer would show
+    // the backend.
+    let _agent = Agent::start(
+        &bed,
+        &[
+            "--socket-lb",
+            "all",
+            "--cgroup-root",
+            &cgroup.agent_arg(),
+            "--socket-lb-max",
+            "64",
+        ],
+    );
+    assert_eq!(programs_attached(&cgroup, BPF_CGROUP_INET_SOCK_RELEASE), 1);
+    let client = &bed.topo.client;
+    let mut held = HeldSocket::spawn(&cgroup, client, dns());
+    let first = support::cgroup::parse_line::<SocketAddrV4>(&held.ask());
+    assert_eq!(first.seen, dns());
+
+    let seen = cgroup
+        .requests::<SocketAddrV4>(client, "tcp", web(), 400)
+        .expect("TCP through the socket");
+    assert!(seen.iter().all(|s| s.seen == web()), "{seen:?}");
+    let seen = cgroup
+        .requests::<SocketAddrV4>(client, "udp", dns(), 100)
+        .expect("connected UDP");
+    assert!(seen.iter().all(|s| s.seen == dns()), "{seen:?}");
+    let later = support::cgroup::parse_line::<SocketAddrV4>(&held.ask());
+    assert_eq!(later.seen, dns(), "the held socket still sees the VIP");
+    assert_eq!(
+        later.reply.backend, first.reply.backend,
+        "and keeps its backend"
+    );
+    assert_eq!(counter(&bed, "socket_lb_connects"), 501);
+    assert_eq!(
+        counter(&bed, "socket_lb_released"),
+        500,
+        "every closed socket took its entry"
+    );
+    assert_eq!(
+        socket_entries::<SockRev>(&bed, names::MAP_SOCK_REV),
+        1,
+        "the held socket's entry alone"
+    );
+    assert_eq!(socket_entries::<u32>(&bed, names::MAP_SOCK_UDP), 1);
+
+    held.close();
+    assert_eq!(counter(&bed, "socket_lb_released"), 501);
+    assert_eq!(socket_entries::<SockRev>(&bed, names::MAP_SOCK_REV), 0);
+    assert_eq!(socket_entries::<u32>(&bed, names::MAP_SOCK_UDP), 0);
 }
 
 #[test]
@@ -393,6 +528,11 @@ fn ipv6_connects_and_datagrams_go_straight_to_a_backend_and_see_the_vip() {
         .expect("unconnected UDP over IPv6");
     assert!(seen.iter().all(|s| s.seen == dns6), "{seen:?}");
     assert_eq!(counter(&bed, "socket_lb_connects"), 30);
+    assert_eq!(
+        counter(&bed, "socket_lb_released"),
+        30,
+        "each closed IPv6 connection took its entry (the unconnected socket has none)"
+    );
     assert_eq!(counter(&bed, "socket_lb_datagrams"), 5);
     assert_eq!(counter(&bed, "service_packets"), 0);
 }
@@ -428,6 +568,11 @@ fn a_dual_stack_socket_reaching_an_ipv4_vip_is_served_as_ipv4_and_sees_the_mappe
         .expect("unconnected UDP from a dual-stack socket");
     assert!(seen.iter().all(|s| s.seen == dns_mapped), "{seen:?}");
     assert_eq!(counter(&bed, "socket_lb_connects"), 6);
+    assert_eq!(
+        counter(&bed, "socket_lb_released"),
+        6,
+        "a dual-stack socket's entry is the IPv4 one, and goes with it"
+    );
     assert_eq!(counter(&bed, "socket_lb_datagrams"), 3);
     assert_eq!(counter(&bed, "service_packets"), 0);
 }
@@ -447,8 +592,10 @@ fn cleanup_detaches_the_socket_programs_too() {
         1,
         "left attached for the next agent"
     );
+    assert_eq!(programs_attached(&cgroup, BPF_CGROUP_INET_SOCK_RELEASE), 1);
     support::agent::kproxy_cleanup(&bed.pin_dir());
     assert_eq!(connect4_programs(&cgroup), 0, "detached at once");
+    assert_eq!(programs_attached(&cgroup, BPF_CGROUP_INET_SOCK_RELEASE), 0);
     assert!(!bed.pin_dir().exists(), "pins removed");
     // The connect is the application's own again: to the VIP, which nothing serves now.
     let err = cgroup

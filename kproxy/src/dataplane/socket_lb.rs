@@ -9,7 +9,7 @@
 use std::{
     ffi::CString,
     os::{
-        fd::{AsFd, AsRawFd},
+        fd::{AsFd, AsRawFd, BorrowedFd},
         unix::{ffi::OsStrExt, fs::MetadataExt},
     },
     path::{Path, PathBuf},
@@ -18,7 +18,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, ProgramFd,
+        links::FdLink,
+    },
 };
 use kproxy_common::names;
 
@@ -211,34 +214,76 @@ pub fn apply(ebpf: &mut Ebpf, pin_dir: &Path, config: &SocketLbConfig) -> Result
     let cgroup_id = cgroup.metadata()?.ino();
     std::fs::create_dir_all(&dir)?;
     for name in names::SOCKET_PROGRAMS {
-        let program: &mut CgroupSockAddr = ebpf
+        let pin = dir.join(name);
+        match ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("the kernel rejected program {name}"))?;
-        let pin = dir.join(name);
-        if pin.exists() {
-            match replace_program(&pin, program, cgroup_id) {
-                Ok(()) => continue,
-                Err(e) => {
-                    tracing::info!(pin = %pin.display(), reason = %format!("{e:#}"), "attaching anew");
-                    attach::detach_pinned_link(&pin)?;
-                }
-            }
+        {
+            Program::CgroupSockAddr(program) => attach_to(program, name, &pin, &cgroup, cgroup_id),
+            Program::CgroupSock(program) => attach_to(program, name, &pin, &cgroup, cgroup_id),
+            _ => bail!("program {name} is not a cgroup socket program"),
         }
-        // A link takes no attach flags (the kernel refuses any): cgroup links always sit
-        // beside other programs, as BPF_F_ALLOW_MULTI would.
-        let id = program
-            .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to {}", cgroup_path.display()))?;
-        let link: FdLink = program.take_link(id)?.try_into()?;
-        link.pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        .with_context(|| format!("{name} on {}", cgroup_path.display()))?;
     }
     tracing::info!(mode = ?config.mode, cgroup = %cgroup_path.display(), "socket-level load balancing attached");
     Ok(Some(cgroup_path))
+}
+
+/// What attaching needs of a cgroup program, alike for socket-address programs (connect,
+/// sendmsg, ...) and socket programs (release).
+trait CgroupProgram {
+    fn load_program(&mut self) -> Result<(), ProgramError>;
+    fn program_fd(&self) -> Result<&ProgramFd, ProgramError>;
+    /// Attaches to `cgroup` through a link, which is handed over (to be pinned).
+    fn attach_link(&mut self, cgroup: BorrowedFd<'_>) -> Result<FdLink>;
+}
+
+macro_rules! cgroup_program {
+    ($($program:ty),*) => { $(
+        impl CgroupProgram for $program {
+            fn load_program(&mut self) -> Result<(), ProgramError> {
+                self.load()
+            }
+            fn program_fd(&self) -> Result<&ProgramFd, ProgramError> {
+                self.fd()
+            }
+            fn attach_link(&mut self, cgroup: BorrowedFd<'_>) -> Result<FdLink> {
+                // A link takes no attach flags (the kernel refuses any): cgroup links
+                // always sit beside other programs, as BPF_F_ALLOW_MULTI would.
+                let id = self.attach(cgroup, CgroupAttachMode::Single)?;
+                Ok(self.take_link(id)?.try_into()?)
+            }
+        }
+    )* };
+}
+
+cgroup_program!(CgroupSockAddr, CgroupSock);
+
+/// Loads `program` and puts it in the link pinned at `pin`: swapped into the link there if
+/// that link is this cgroup's, else in a new link, pinned.
+fn attach_to(
+    program: &mut impl CgroupProgram,
+    name: &str,
+    pin: &Path,
+    cgroup: &std::fs::File,
+    cgroup_id: u64,
+) -> Result<()> {
+    program
+        .load_program()
+        .with_context(|| format!("the kernel rejected program {name}"))?;
+    if pin.exists() {
+        match replace_program(pin, program.program_fd()?, cgroup_id) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::info!(pin = %pin.display(), reason = %format!("{e:#}"), "attaching anew");
+                attach::detach_pinned_link(pin)?;
+            }
+        }
+    }
+    let link = program.attach_link(cgroup.as_fd())?;
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 /// Detaches and unpins every cgroup link under `pin_dir`; how many there were.
@@ -259,7 +304,7 @@ pub fn detach_all(pin_dir: &Path) -> Result<usize> {
 /// Swaps `program` into the link pinned at `pin`, if that link is attached to cgroup
 /// `cgroup_id` (a link of another cgroup, from an agent run with another `--cgroup-root`,
 /// is an error: the caller replaces it).
-fn replace_program(pin: &Path, program: &CgroupSockAddr, cgroup_id: u64) -> Result<()> {
+fn replace_program(pin: &Path, program: &ProgramFd, cgroup_id: u64) -> Result<()> {
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_UPDATE: libc::c_long = 20;
     let path = CString::new(pin.as_os_str().as_bytes())?;
@@ -272,7 +317,7 @@ fn replace_program(pin: &Path, program: &CgroupSockAddr, cgroup_id: u64) -> Resu
     if attached_to != cgroup_id {
         bail!("the pinned link is attached to another cgroup (id {attached_to})");
     }
-    let prog = program.fd()?.as_fd().as_raw_fd();
+    let prog = program.as_fd().as_raw_fd();
     // attr.link_update: link_fd, new_prog_fd (u32 each), flags, old_prog_fd.
     let word = u64::from(link.as_raw_fd().unsigned_abs()) | (u64::from(prog.unsigned_abs()) << 32);
     bpfsys::bpf(BPF_LINK_UPDATE, &[word, 0]).context("BPF_LINK_UPDATE")?;
