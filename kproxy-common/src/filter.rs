@@ -57,6 +57,38 @@ pub fn backend_bit<A: IpAddress>(addr: A, port: u16) -> (u32, u64) {
     place(Filter::Backends, bit_of(folded))
 }
 
+/// `KP_CLIENTS`: one bit per hash of the destination address of every reply entry the
+/// programs create (the client, or the address a flow was masqueraded to), and a last
+/// entry, `CLIENTS_READY`, non-zero once the bits cover every reply entry. A reply lookup
+/// is skipped only when both the backend's bit (`KP_FILTER`) and the client's are clear
+/// while the map is ready: the replies of a socket-LB'd connection, whose client never
+/// had a flow through the packet path, then cost two array reads instead of a hash lookup
+/// that misses (a cache miss in a table of the conntrack's size).
+///
+/// The programs set a client's bit (an atomic OR, only when clear) before they insert a
+/// reply entry, so a reply, which comes after its flow's first packet was sent on, finds
+/// it set. The agent never writes a word whole, as it does `KP_FILTER`'s: it ORs bits in
+/// through a shared mapping (the map is `BPF_F_MMAPABLE`), atomically beside the programs.
+/// At start it clears `CLIENTS_READY` before attaching its programs (those of an agent
+/// without this map, or a downgrade, made entries without bits), sets the bit of every
+/// reply entry's destination once its programs are attached, and then marks the map
+/// ready. Bits are never cleared while the map lives: a set bit only costs the lookup.
+pub const CLIENT_WORDS: u32 = FILTER_WORDS;
+
+/// The entry of `KP_CLIENTS` that says its bits are complete (non-zero).
+pub const CLIENTS_READY: u32 = CLIENT_WORDS;
+
+/// Entries of `KP_CLIENTS`: the bitmap and `CLIENTS_READY`.
+pub const CLIENT_ENTRIES: u32 = CLIENT_WORDS + 1;
+
+/// `KP_CLIENTS`'s entry and bit of a reply entry's destination `addr` (as map keys hold
+/// it).
+#[inline(always)]
+pub fn client_bit<A: IpAddress>(addr: A) -> (u32, u64) {
+    let bit = bit_of(addr.fold() ^ 0x5bd1_e995);
+    (bit / 64, 1 << (bit % 64))
+}
+
 #[inline(always)]
 const fn place(filter: Filter, bit: u32) -> (u32, u64) {
     (filter as u32 + bit / 64, 1 << (bit % 64))
@@ -76,6 +108,8 @@ mod tests {
                 assert!(word < FILTER_WORDS && bit.is_power_of_two());
                 let (word, bit) = backend_bit(addr, port);
                 assert!((FILTER_WORDS..FILTER_ENTRIES).contains(&word) && bit.is_power_of_two());
+                let (word, bit) = client_bit(addr);
+                assert!(word < CLIENTS_READY && bit.is_power_of_two());
             }
         }
     }

@@ -47,6 +47,7 @@ pub const MAP_NODEPORT_LIST: &str = "KP_NODEPORT_LIST";
 pub const MAP_RETIRED: &str = "KP_RETIRED";
 pub const MAP_FREE_PORTS: &str = "KP_FREE_PORTS";
 pub const MAP_FILTER: &str = "KP_FILTER";
+pub const MAP_CLIENTS: &str = "KP_CLIENTS";
 pub const MAP_SERVICES6: &str = "KP_SERVICES6";
 pub const MAP_BACKENDS6: &str = "KP_BACKENDS6";
 pub const MAP_CT_FWD6: &str = "KP_CT_FWD6";
@@ -171,7 +172,7 @@ pub const GLOBALS: [&str; 3] = [
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 44] = [
+pub const MAPS: [&str; 45] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -195,6 +196,7 @@ pub const MAPS: [&str; 44] = [
     MAP_RETIRED,
     MAP_FREE_PORTS,
     MAP_FILTER,
+    MAP_CLIENTS,
     MAP_SERVICES6,
     MAP_BACKENDS6,
     MAP_CT_FWD6,

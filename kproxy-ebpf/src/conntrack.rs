@@ -173,9 +173,11 @@ fn record_here<F: Family>(
     now: u64,
 ) {
     if dir == Dir::Forward {
-        record_in(F::ct_fwd(), key, entry, dir, tcp_flags, now);
+        record_in(F::ct_fwd(), key, entry, (dir, tcp_flags), now, || {});
     } else {
-        record_in(F::ct_rev(), key, entry, dir, tcp_flags, now);
+        // A reply entry put back is a new one to the client bitmap too.
+        let mark = || filter::mark_client::<F>(key.daddr);
+        record_in(F::ct_rev(), key, entry, (dir, tcp_flags), now, mark);
     }
 }
 
@@ -183,15 +185,16 @@ fn record_here<F: Family>(
 /// bits it adds, and the time at most once per `CT_REFRESH_NS` or with new bits (a FIN or RST
 /// is stamped when it passed: see `FIN_CLOSE_QUIET_NS`). The write replaces the
 /// whole value; if another CPU replaced it at the same moment and the new bits did not
-/// survive, they are written once more. An entry evicted or deleted meanwhile is put back.
+/// survive, they are written once more. An entry evicted or deleted meanwhile is put back,
+/// `before_insert` called first.
 #[inline(always)]
 fn record_in<A: IpAddress>(
     map: &impl CtMap<A>,
     key: &FlowKeyOf<A>,
     entry: &CtEntryOf<A>,
-    dir: Dir,
-    tcp_flags: u8,
+    (dir, tcp_flags): (Dir, u8),
     now: u64,
+    before_insert: impl Fn(),
 ) {
     let bits = state_bits(dir, tcp_flags) & !entry.flags;
     let refresh = bits != 0 || now.saturating_sub(entry.last_seen_ns) > CT_REFRESH_NS;
@@ -207,6 +210,7 @@ fn record_in<A: IpAddress>(
         match map.update(key, &updated, BPF_EXIST) {
             Ok(()) => {}
             Err(e) if e == -ENOENT => {
+                before_insert();
                 let _ = map.update(key, &updated, BPF_NOEXIST);
                 return;
             }
@@ -285,10 +289,7 @@ fn existing_here<F: Family>(
     let mut rev = lookup_or_zero(F::ct_rev(), &rkey);
     if !is_reply_of(&rkey, &rev, fwd) {
         rev = CtEntryF::<F>::ZERO;
-        if F::ct_rev()
-            .update(&rkey, &reply_entry(fwd, entry), BPF_NOEXIST)
-            .is_ok()
-        {
+        if insert_rev::<F>(&rkey, &reply_entry(fwd, entry)).is_ok() {
             stats::count(Counter::CtReplyRestored);
         } else if !is_reply_of(&rkey, &lookup_or_zero(F::ct_rev(), &rkey), fwd) {
             // Not rebuilt by another CPU handling this flow at the same moment either.
@@ -312,8 +313,10 @@ called! {
 /// Rebuilds a forward entry the LRU evicted alone, unless the flow is over.
 #[inline(always)]
 fn existing_reply_here<F: Family>(rev: &FlowKeyF<F>, now: u64, entry: &mut CtEntryF<F>) -> bool {
-    // A reply comes from the backend its flow was sent to.
-    if !filter::may_be_backend::<F>(rev.saddr, rev.sport) {
+    // A reply comes from the backend its flow was sent to, to the flow's client (or the
+    // address it was masqueraded to).
+    if !filter::may_be_backend::<F>(rev.saddr, rev.sport) || !filter::may_be_client::<F>(rev.daddr)
+    {
         return false;
     }
     let Some(found) = F::ct_rev().lookup(rev) else {
@@ -480,11 +483,19 @@ fn claim<F: Family>(
     Claim::Taken
 }
 
+/// Inserts reply entry `rev` at `rkey` if none is there (`BPF_NOEXIST`), its destination's
+/// `KP_CLIENTS` bit set first: every new reply entry is made here.
+#[inline(always)]
+pub fn insert_rev<F: Family>(rkey: &FlowKeyF<F>, rev: &CtEntryF<F>) -> Result<(), i32> {
+    filter::mark_client::<F>(rkey.daddr);
+    F::ct_rev().update(rkey, rev, BPF_NOEXIST)
+}
+
 /// Inserts reply entry `rev` at `rkey` if none is there: `Mine`, or `Full`; `None` if the
 /// tuple is held.
 #[inline(always)]
 fn insert_reply<F: Family>(rkey: &FlowKeyF<F>, rev: &CtEntryF<F>) -> Option<Claim> {
-    match F::ct_rev().update(rkey, rev, BPF_NOEXIST) {
+    match insert_rev::<F>(rkey, rev) {
         Ok(()) => Some(Claim::Mine),
         Err(e) if e == -EEXIST => None,
         Err(_) => Some(Claim::Full),

@@ -4,7 +4,7 @@
 //! reading the old value, never a recycled one.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
@@ -15,7 +15,7 @@ use kproxy_common::{
         AffinityKey, AffinityKey6, AffinityValue, CtEntry, CtEntry6, FlowKey, FlowKey6, FragKey,
         FragKey6, FragPorts,
     },
-    filter::FILTER_ENTRIES,
+    filter::{CLIENT_ENTRIES, FILTER_ENTRIES},
     iface::NodePortList,
     lb::{
         Backend, Backend6, FREE_PORT_WORDS, ServiceKey, ServiceKey6, ServiceValue, SlotKey,
@@ -140,6 +140,12 @@ pub static KP_FREE_PORTS: Array<u64> = Array::pinned(FREE_PORT_WORDS, 0);
 /// `kproxy_common::filter`): a clear bit skips a lookup that would miss.
 #[map]
 pub static KP_FILTER: Array<u64> = Array::pinned(FILTER_ENTRIES, 0);
+
+/// The bitmap of the destinations of reply entries the programs created, and whether it is
+/// complete (see `kproxy_common::filter::CLIENT_WORDS`). Mmapable: the agent ORs bits in
+/// beside the programs, never rewriting a word.
+#[map]
+pub static KP_CLIENTS: Array<u64> = Array::pinned(CLIENT_ENTRIES, BPF_F_MMAPABLE);
 
 /// What the pinned state is: layout version and reserved backend ids. Written by the agent,
 /// never read by the programs; it lives here so it is pinned with the maps it describes.

@@ -1,17 +1,19 @@
-//! `KP_FILTER` on hand-built packets (BPF_PROG_TEST_RUN): a packet from an endpoint the
-//! agent never wrote skips the reply lookup, one from a backend that is gone does not, and
-//! a filter found empty (maps of an agent that had none) is seeded from the maps and
-//! conntrack before anything depends on it.
+//! `KP_FILTER` and `KP_CLIENTS` on hand-built packets (BPF_PROG_TEST_RUN): a packet from an
+//! endpoint the agent never wrote, or to a client no flow came from, skips the reply
+//! lookup; one from a backend that is gone does not; a filter found empty (maps of an agent
+//! that had none) is seeded from the maps and conntrack before anything depends on it, and
+//! the client bitmap from conntrack once the programs that set its bits are attached.
 
 mod support;
 
 use std::net::Ipv4Addr;
 
 use aya::maps::{Array, MapData};
+use kproxy::dataplane::client_filter::{self, ClientFilter};
 use kproxy::model::Protocol;
 use kproxy_common::{
     ct::CtEntry,
-    filter::{FILTER_ENTRIES, backend_bit, frontend_bit},
+    filter::{CLIENTS_READY, FILTER_ENTRIES, backend_bit, client_bit, frontend_bit},
     names,
 };
 use kproxy_testbed::require_privileges;
@@ -35,6 +37,20 @@ fn filter_map(dp: &LoadedDatapath) -> Array<MapData, u64> {
 fn is_set(dp: &LoadedDatapath, (entry, bit): (u32, u64)) -> bool {
     filter_map(dp).get(&entry, 0).expect("a filter word") & bit != 0
 }
+
+fn client_set(dp: &LoadedDatapath, client: Ipv4Addr) -> bool {
+    let (entry, bit) = client_bit(u32::from(client).to_be());
+    let map: Array<MapData, u64> = dp.map(names::MAP_CLIENTS);
+    map.get(&entry, 0).expect("a client word") & bit != 0
+}
+
+fn clients_ready(dp: &LoadedDatapath) -> bool {
+    let map: Array<MapData, u64> = dp.map(names::MAP_CLIENTS);
+    map.get(&CLIENTS_READY, 0).expect("the ready word") != 0
+}
+
+/// A second client, on the client's subnet, that opens no flow unless a test says so.
+const C2: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 18, 1, 3), 41_000);
 
 fn wire((addr, port): (Ipv4Addr, u16)) -> (u32, u16) {
     (u32::from(addr).to_be(), port.to_be())
@@ -168,4 +184,65 @@ fn a_filter_found_empty_is_seeded_from_the_maps_and_conntrack() {
         dp.tc(&tcp_frame(STRANGER, C, ACK, b"x")).1,
         tcp_frame(SVC, C, ACK, b"x")
     );
+}
+
+#[test]
+fn a_reply_to_a_client_no_flow_came_from_skips_the_lookup_until_one_does() {
+    if !require_privileges("a_reply_to_a_client_no_flow_came_from_skips_the_lookup_until_one_does")
+    {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    assert!(clients_ready(&dp), "seeded as the agent seeds it");
+    let (backend, reply) = open_with_reply(&dp);
+    assert!(
+        client_set(&dp, C.0),
+        "the flow's client, set before its reply entry"
+    );
+    assert!(!client_set(&dp, C2.0));
+    // A reply entry towards C2, planted to show the lookup is skipped (only a flow from C2
+    // makes one): the backend's bit is set, the client's is not, so the packet leaves as
+    // it came, as a socket-LB'd connection's replies do.
+    dp.ct_reply()
+        .insert(flow_key(backend, C2, Protocol::Tcp), reply, 0)
+        .expect("a reply entry");
+    let to_c2 = tcp_frame(backend, C2, ACK, b"x");
+    assert_eq!(dp.tc(&to_c2), (TCX_NEXT, to_c2.clone()));
+    // A flow from C2 sets its bit before its reply entry: its replies are translated.
+    let (verdict, out) = dp.tc(&tcp_frame(C2, SVC, SYN, b""));
+    assert_eq!(verdict, TCX_NEXT);
+    assert!(client_set(&dp, C2.0));
+    let its_backend = dst(&out);
+    assert_eq!(
+        dp.tc(&tcp_frame(its_backend, C2, SYN_ACK, b"")).1,
+        tcp_frame(SVC, C2, SYN_ACK, b"")
+    );
+}
+
+#[test]
+fn reply_entries_made_before_the_bitmap_are_looked_up_and_then_covered_by_the_seed() {
+    if !require_privileges(
+        "reply_entries_made_before_the_bitmap_are_looked_up_and_then_covered_by_the_seed",
+    ) {
+        return;
+    }
+    let dp = loaded(&three_backends(Protocol::Tcp, None));
+    let (backend, reply) = open_with_reply(&dp);
+    // As programs of an agent without the bitmap leave conntrack: an entry towards C2 with
+    // no bit. A new agent clears the ready word before attaching its programs...
+    let pin_dir = dp.bpffs.pin_path("kproxy");
+    client_filter::unready(&pin_dir).expect("unready");
+    dp.ct_reply()
+        .insert(flow_key(backend, C2, Protocol::Tcp), reply, 0)
+        .expect("a reply entry");
+    assert!(!client_set(&dp, C2.0));
+    // ...so until the bitmap is complete every reply is looked up, and translated.
+    let to_c2 = tcp_frame(backend, C2, ACK, b"x");
+    assert_eq!(dp.tc(&to_c2).1, tcp_frame(SVC, C2, ACK, b"x"));
+    // Its seed, once its programs are attached, sets the bit of every entry's destination.
+    let clients = ClientFilter::seed(&pin_dir).expect("seeding");
+    assert!(clients_ready(&dp));
+    assert!(client_set(&dp, C2.0) && client_set(&dp, C.0));
+    assert_eq!(clients.bits_set(), 2);
+    assert_eq!(dp.tc(&to_c2).1, tcp_frame(SVC, C2, ACK, b"x"));
 }

@@ -15,6 +15,7 @@ use std::{
 
 use aya::maps::MapData;
 use kproxy_common::{
+    filter::{CLIENTS_READY, client_bit},
     names,
     sock::{SockRev, SockRevKey},
 };
@@ -171,10 +172,20 @@ fn connects_go_straight_to_a_backend_round_robin_and_see_the_vip() {
     assert_eq!(counter(&bed, "socket_lb_left_no_endpoints"), 1);
     assert_eq!(counter(&bed, "rejected"), 1);
 
+    // None of those connections made a reply entry: the client's replies skip the lookup
+    // (its bit in KP_CLIENTS is clear, and the agent made the bitmap ready at start).
+    let (ready, bit) = client_bitmap(&bed, bed.topo.client_addr());
+    assert!(ready && !bit, "ready {ready}, the client's bit {bit}");
+
     // A client outside the cgroup goes through the packet path as before.
     let reply = tcp_request(client, SocketAddrV4::new(vip(10), 80), TIMEOUT).expect("packet path");
     assert_eq!(*reply.peer.ip(), bed.topo.client_addr());
     assert!(counter(&bed, "service_packets") > 0);
+    assert_eq!(
+        client_bitmap(&bed, bed.topo.client_addr()),
+        (true, true),
+        "its flow's reply entry set the client's bit first"
+    );
     assert_eq!(counter(&bed, "socket_lb_connects"), 30 + 30);
 }
 
@@ -276,6 +287,17 @@ fn programs_attached(cgroup: &TestCgroup, attach_type: u32) -> u32 {
 
 fn connect4_programs(cgroup: &TestCgroup) -> u32 {
     programs_attached(cgroup, BPF_CGROUP_INET4_CONNECT)
+}
+
+/// `KP_CLIENTS` through its pin: whether it is ready, and whether `client`'s bit is set.
+fn client_bitmap(bed: &Bed, client: Ipv4Addr) -> (bool, bool) {
+    let path = kproxy::dataplane::load::map_pin_path(&bed.pin_dir(), names::MAP_CLIENTS);
+    let map = aya::maps::Map::from_map_data(MapData::from_pin(&path).expect("pinned map"))
+        .expect("a map");
+    let words: aya::maps::Array<_, u64> = map.try_into().expect("an array of words");
+    let (entry, bit) = client_bit(u32::from(client).to_be());
+    let word = |i| words.get(&i, 0).expect("a word");
+    (word(CLIENTS_READY) != 0, word(entry) & bit != 0)
 }
 
 /// Entries of the IPv4 table `name` (`KP_SOCK_REV`, values `SockRev`, or `KP_SOCK_UDP`,

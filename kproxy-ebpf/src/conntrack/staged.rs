@@ -19,8 +19,8 @@ use kproxy_common::{
 
 use super::{
     ALT_PORT_MIN, ALT_PORT_RECLAIMS, ALT_PORT_SPAN, ALT_PORT_STRIDE, ALT_PORT_TRIES, Claim, CtMap,
-    Dir, NewFlow, finished, insert_reply, release, remove_stale, shadows_frontend, state_bits,
-    tcp_closed,
+    Dir, NewFlow, finished, insert_reply, insert_rev, release, remove_stale, shadows_frontend,
+    state_bits, tcp_closed,
 };
 use crate::{
     family::{CtEntryF, Family, FlowKeyF},
@@ -285,7 +285,7 @@ pub fn existing_reply_side<F: Family>(
             let restored = &raw mut (*ct).forward;
             *restored = reply_entry(fwd, entry);
             let key: &FlowKeyF<F> = &*rkey;
-            if F::ct_rev().update(key, &*restored, BPF_NOEXIST).is_ok() {
+            if insert_rev::<F>(key, &*restored).is_ok() {
                 stats::count(Counter::CtReplyRestored);
             } else if !F::ct_rev()
                 .get_ptr(key)

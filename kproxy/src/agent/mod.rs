@@ -15,12 +15,16 @@ use std::{
 
 use anyhow::{Context, Result};
 use input::{Input, Wakeup};
-use kproxy_common::config::{CFG_F_LOCALHOST_NODEPORTS, Config};
+use kproxy_common::{
+    config::{CFG_F_LOCALHOST_NODEPORTS, Config},
+    names,
+};
 use prometheus_client::registry::Registry;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     dataplane::{
+        client_filter,
         links::{
             LinkMetrics, LinkWatcher,
             select::{IfacePattern, IfacePatterns, PodInterfaces, Selection},
@@ -306,7 +310,7 @@ pub async fn run(
     );
     agent.sync_health_checks(&mut health_checks).await;
     // Program first, attach second: once attached, the datapath serves current state.
-    let links = attach(ebpf, &agent.config, &agent.metrics)?;
+    let links = attach(ebpf, &mut agent)?;
     // Interfaces come and go on their own schedule; the watcher stops with the agent.
     let _links = AbortOnDrop(tokio::spawn(links.run()));
     tracing::info!(pin_dir = %agent.config.pin_dir.display(), "ready");
@@ -525,10 +529,16 @@ fn health_check_bind_addresses(agent: &Agent) -> Vec<std::net::IpAddr> {
 
 /// Attaches the socket programs as `--socket-lb` says, and the packet programs to the
 /// interfaces `config` selects now; the watcher returned follows those.
-fn attach(mut ebpf: aya::Ebpf, config: &AgentConfig, metrics: &Metrics) -> Result<LinkWatcher> {
+fn attach(mut ebpf: aya::Ebpf, agent: &mut Agent) -> Result<LinkWatcher> {
+    let config = &agent.config;
+    // The reply lookups stop trusting the client bitmap until it covers the entries of the
+    // programs replaced, which may not have set its bits (see `client_filter`).
+    client_filter::unready(&config.pin_dir)?;
     socket_lb::apply(&mut ebpf, &config.pin_dir, &config.socket_lb)
         .context("socket-level load balancing (--socket-lb)")?;
-    watch_links(ebpf, config, metrics)
+    let links = watch_links(ebpf, config, &agent.metrics)?;
+    agent.services.seed_clients().context(names::MAP_CLIENTS)?;
+    Ok(links)
 }
 
 /// Attaches to the interfaces `config` selects now; the watcher returned follows them.
@@ -915,6 +925,9 @@ impl Agent {
         self.metrics.service_map_entries(&counts);
         if let Some(bits) = self.services.filter_bits() {
             self.metrics.filter_bits(bits);
+        }
+        if let Some(bits) = self.services.client_bits() {
+            self.metrics.client_bits(bits);
         }
     }
 

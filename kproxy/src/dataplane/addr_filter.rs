@@ -130,9 +130,24 @@ where
     FlowKeyOf<A>: aya::Pod,
     CtEntryOf<A>: aya::Pod,
 {
+    reply_keys::<A>(pin_dir, name, |key| {
+        bits.push(backend_bit(key.saddr, key.sport));
+    })
+}
+
+/// Calls `f` with the key of every entry of reply map `name` (family `A`).
+pub(super) fn reply_keys<A: wire::WireAddr>(
+    pin_dir: &Path,
+    name: &str,
+    mut f: impl FnMut(&FlowKeyOf<A>),
+) -> Result<()>
+where
+    FlowKeyOf<A>: aya::Pod,
+    CtEntryOf<A>: aya::Pod,
+{
     let map = raw(pin_dir, name)?;
     batch::for_each(&map, WALK_CHUNK, |key: &FlowKeyOf<A>, _: &CtEntryOf<A>| {
-        bits.push(backend_bit(key.saddr, key.sport));
+        f(key);
         true
     })
     .context(name.to_owned())

@@ -31,6 +31,7 @@ pub use round_robin::seed as seed_round_robin;
 use super::{
     addr_filter::{self, AddrFilter},
     batch,
+    client_filter::ClientFilter,
     free_ports::FreePorts,
     load::map_pin_path,
 };
@@ -137,6 +138,8 @@ pub struct ServiceMaps {
     free_ports: Option<FreePorts>,
     /// `KP_FILTER`, taken over by the first write (see `track_filter`).
     filter: Option<AddrFilter>,
+    /// `KP_CLIENTS`, once seeded (see `seed_clients`).
+    clients: Option<ClientFilter>,
     pin_dir: PathBuf,
     cpus: usize,
 }
@@ -159,6 +162,7 @@ impl ServiceMaps {
             retired_ns: 0,
             free_ports: None,
             filter: None,
+            clients: None,
             pin_dir: pin_dir.to_owned(),
             cpus: possible_cpus()?,
         };
@@ -250,6 +254,18 @@ impl ServiceMaps {
         use kproxy_common::filter::Filter;
         let f = self.filter.as_ref()?;
         Some((f.bits_set(Filter::Frontends), f.bits_set(Filter::Backends)))
+    }
+
+    /// Seeds `KP_CLIENTS` from conntrack and marks it ready: once the programs that set its
+    /// bits are attached (see `client_filter`).
+    pub fn seed_clients(&mut self) -> Result<()> {
+        self.clients = Some(ClientFilter::seed(&self.pin_dir)?);
+        Ok(())
+    }
+
+    /// `KP_CLIENTS`'s bits set; `None` before it is seeded.
+    pub fn client_bits(&self) -> Option<u32> {
+        self.clients.as_ref().map(ClientFilter::bits_set)
     }
 
     fn filter(&mut self) -> Result<&mut AddrFilter> {

@@ -6,6 +6,7 @@ pub mod attach;
 mod batch;
 pub mod bpffs;
 pub mod bpfsys;
+pub mod client_filter;
 pub mod ethtool;
 mod free_ports;
 pub mod links;

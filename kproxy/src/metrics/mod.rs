@@ -168,9 +168,10 @@ impl Metrics {
         );
         registry.register(
             "datapath_filter_bits",
-            "Bits set in each bitmap of KP_FILTER (of 1,048,576): frontend addresses and \
-             backend endpoints ever written. A packet whose address has a clear bit skips a \
-             hash lookup; the more bits are set, the fewer do",
+            "Bits set in each address bitmap (of 1,048,576): frontend addresses and backend \
+             endpoints ever written (KP_FILTER), destinations of reply entries ever made \
+             (KP_CLIENTS, \"clients\"). A packet whose address has a clear bit skips a hash \
+             lookup; the more bits are set, the fewer do",
             self.filter_bits.clone(),
         );
     }
@@ -338,6 +339,13 @@ impl Metrics {
                 .get_or_create(&FilterLabel { filter })
                 .set(i64::from(bits));
         }
+    }
+
+    /// The bits set in `KP_CLIENTS`, the destinations of reply entries.
+    pub fn client_bits(&self, bits: u32) {
+        self.filter_bits
+            .get_or_create(&FilterLabel { filter: "clients" })
+            .set(i64::from(bits));
     }
 
     /// The conntrack and affinity maps' entries, of both families, after collection `pass`.

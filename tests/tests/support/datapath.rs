@@ -138,6 +138,9 @@ impl LoadedDatapath {
         }
         let mut flows = FlowMaps::open(&pin_dir).expect("flow maps");
         flows.write_config(&Config::DEFAULT).expect("config");
+        // As the agent does once its programs are attached: the reply lookups trust the
+        // client bitmap from here on, in every test of the programs.
+        kproxy::dataplane::client_filter::ClientFilter::seed(&pin_dir).expect("KP_CLIENTS");
         Self {
             ebpf,
             maps: ServiceMaps::open(&pin_dir).expect("service maps"),
