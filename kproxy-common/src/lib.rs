@@ -61,8 +61,6 @@ mod pod {
         sock::SockRevKey6,
         sock::SockRev,
         sock::SockRev6,
-        sock::SockPeer,
-        sock::SockPeer6,
         sock::SockFlowKey,
         sock::SockFlowKey6,
         sock::SockFlow,

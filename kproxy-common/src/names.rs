@@ -70,10 +70,6 @@ pub const MAP_SOCK_FLOWS6: &str = "KP_SOCK_FLOWS6";
 pub const MAP_SOCK_AFFINITY: &str = "KP_SOCK_AFFINITY";
 pub const MAP_SOCK_UDP: &str = "KP_SOCK_UDP";
 pub const MAP_SOCK_UDP6: &str = "KP_SOCK_UDP6";
-/// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`), a BTF map: pinned by the loader at an
-/// explicit path (see `load::loader`), as the object cannot ask for it.
-pub const MAP_SOCK_PEER: &str = "KP_SOCK_PEER";
-pub const MAP_SOCK_PEER6: &str = "KP_SOCK_PEER6";
 pub const MAP_STAGE6: &str = "KP_STAGE6";
 
 /// `KP_TAIL_TC` indices.
@@ -176,7 +172,7 @@ pub const GLOBALS: [&str; 3] = [
 /// Programs in the object for the benchmark only.
 pub const BENCH_PROGRAMS: [&str; 1] = [PROG_XDP_FORWARD_ONLY];
 
-pub const MAPS: [&str; 47] = [
+pub const MAPS: [&str; 45] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -222,6 +218,4 @@ pub const MAPS: [&str; 47] = [
     MAP_SOCK_AFFINITY,
     MAP_SOCK_UDP,
     MAP_SOCK_UDP6,
-    MAP_SOCK_PEER,
-    MAP_SOCK_PEER6,
 ];

@@ -1,7 +1,6 @@
 //! Socket-level load balancing's maps: the frontend each socket pointed at a backend thinks
-//! it talks to (a connected socket's in its own storage, an unconnected UDP socket's per
-//! destination in a table), the backend of each unconnected UDP socket's destination, and
-//! ClientIP affinity by network namespace.
+//! it talks to, the backend of each unconnected UDP socket's destination, and ClientIP
+//! affinity by network namespace.
 //!
 //! A socket is named by its cookie (`bpf_get_socket_cookie`), a 64-bit number the kernel never
 //! gives two sockets; it is kept as two 32-bit words so that no key has padding.
@@ -41,22 +40,6 @@ pub struct SockRevOf<A> {
     pub addr: A,
     pub port: u16,
     pub _pad: u16,
-    pub svc_id: u32,
-}
-
-/// Value of `KP_SOCK_PEER`/`KP_SOCK_PEER6`, socket-local storage of a connected socket: the
-/// backend it was pointed at and the frontend it addressed, which getpeername and received
-/// datagrams show instead. It lives and dies with its socket: nothing to insert into a
-/// shared table at connect, delete at close, or lose to an LRU's eviction.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SockPeerOf<A> {
-    /// Backend address (network byte order).
-    pub backend: A,
-    pub backend_port: u16,
-    pub frontend_port: u16,
-    /// The frontend's address (network byte order).
-    pub frontend: A,
     pub svc_id: u32,
 }
 
@@ -103,8 +86,6 @@ pub type SockRevKey = SockRevKeyOf<u32>;
 pub type SockRevKey6 = SockRevKeyOf<In6Addr>;
 pub type SockRev = SockRevOf<u32>;
 pub type SockRev6 = SockRevOf<In6Addr>;
-pub type SockPeer = SockPeerOf<u32>;
-pub type SockPeer6 = SockPeerOf<In6Addr>;
 pub type SockFlowKey = SockFlowKeyOf<u32>;
 pub type SockFlowKey6 = SockFlowKeyOf<In6Addr>;
 
@@ -112,8 +93,6 @@ const _: () = assert!(size_of::<SockRevKey>() == 16);
 const _: () = assert!(size_of::<SockRevKey6>() == 28);
 const _: () = assert!(size_of::<SockRev>() == 12);
 const _: () = assert!(size_of::<SockRev6>() == 24);
-const _: () = assert!(size_of::<SockPeer>() == 16);
-const _: () = assert!(size_of::<SockPeer6>() == 40);
 const _: () = assert!(size_of::<SockFlowKey>() == 16);
 const _: () = assert!(size_of::<SockFlowKey6>() == 28);
 const _: () = assert!(size_of::<SockFlow>() == 16);

@@ -178,8 +178,7 @@ counters! {
     /// written yet, being replaced, or built for another table size): it took the next
     /// backend in turn instead.
     MaglevFallback = "maglev_fallback";
-    /// A connected UDP socket pointed at a backend was released (closed), and its entry
-    /// in the table of connected UDP sockets with it.
+    /// A socket pointed at a backend was released (closed), and its entries with it.
     SockReleased = "socket_lb_released";
 }
 

@@ -5,8 +5,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    btf_maps::SkStorage,
-    macros::{btf_map, map},
+    macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use kproxy_common::{
@@ -26,8 +25,8 @@ use kproxy_common::{
     meta::Meta,
     names::TAIL_SLOTS,
     sock::{
-        SockAffinityKey, SockFlow, SockFlowKey, SockFlowKey6, SockPeer, SockPeer6, SockRev,
-        SockRev6, SockRevKey, SockRevKey6,
+        SockAffinityKey, SockFlow, SockFlowKey, SockFlowKey6, SockRev, SockRev6, SockRevKey,
+        SockRevKey6,
     },
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
@@ -208,14 +207,11 @@ pub static KP_TAIL_TC: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
 pub static KP_TAIL_XDP: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
 
 // --- Socket-level load balancing (see `sock`) ---------------------------------------------
-// A connected socket keeps its frontend in its own storage (`KP_SOCK_PEER`). The tables are
-// LRUs: an unconnected UDP socket's entries (one per destination) stay until evicted, and a
-// connected UDP socket's `KP_SOCK_UDP` entry goes at its release but may be lost to
-// eviction before. Losing one only shows the backend instead of the frontend to a
-// datagram's receiver, or starts a new UDP flow.
+// LRUs: an entry belongs to a socket that may close at any time without telling; the least
+// used go first when the table is full. Losing one only shows the backend instead of the
+// frontend to getpeername, or starts a new UDP flow.
 
-/// (backend, socket) → the frontend an unconnected UDP socket addressed (and, from agents
-/// before `KP_SOCK_PEER`, a connected socket's).
+/// (backend, socket) → the frontend the socket addressed.
 #[map]
 pub static KP_SOCK_REV: LruHashMap<SockRevKey, SockRev> = LruHashMap::pinned(262_144, 0);
 
@@ -240,15 +236,6 @@ pub static KP_SOCK_UDP: LruHashMap<SockRevKey, u32> = LruHashMap::pinned(65_536,
 /// `KP_SOCK_UDP` for IPv6 sockets.
 #[map]
 pub static KP_SOCK_UDP6: LruHashMap<SockRevKey6, u32> = LruHashMap::pinned(65_536, 0);
-
-/// A connected socket's backend and the frontend it addressed, in the socket's own storage
-/// (freed with the socket). A BTF map: the agent pins it by path.
-#[btf_map]
-pub static KP_SOCK_PEER: SkStorage<SockPeer> = SkStorage::new();
-
-/// `KP_SOCK_PEER` for IPv6 sockets.
-#[btf_map]
-pub static KP_SOCK_PEER6: SkStorage<SockPeer6> = SkStorage::new();
 
 /// ClientIP affinity of the socket path: (service port id, network namespace) → backend id,
 /// last use.

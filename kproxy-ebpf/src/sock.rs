@@ -14,7 +14,6 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_EXIST, bpf_sock, bpf_sock_addr},
-    btf_maps::SkStorage,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     maps::LruHashMap,
     programs::{SockAddrContext, SockContext},
@@ -25,8 +24,8 @@ use kproxy_common::{
     ct::{AffinityValue, CT_REFRESH_NS},
     lb::{BackendOf, SVC_F_SOURCE_RANGES, ServiceKeyOf, ServiceValue},
     sock::{
-        SOCK_FLOW_F_REPLIED, SockAffinityKey, SockFlow, SockFlowKeyOf, SockPeerOf, SockRevKeyOf,
-        SockRevOf, cookie_words,
+        SOCK_FLOW_F_REPLIED, SockAffinityKey, SockFlow, SockFlowKeyOf, SockRevKeyOf, SockRevOf,
+        cookie_words,
     },
     stats::Counter,
 };
@@ -37,8 +36,8 @@ use crate::{
     filter, frontend,
     lb::{self, AffinityOwner},
     maps::{
-        KP_SOCK_AFFINITY, KP_SOCK_FLOWS, KP_SOCK_FLOWS6, KP_SOCK_PEER, KP_SOCK_PEER6, KP_SOCK_REV,
-        KP_SOCK_REV6, KP_SOCK_UDP, KP_SOCK_UDP6,
+        KP_SOCK_AFFINITY, KP_SOCK_FLOWS, KP_SOCK_FLOWS6, KP_SOCK_REV, KP_SOCK_REV6, KP_SOCK_UDP,
+        KP_SOCK_UDP6,
     },
     policy, stats,
 };
@@ -56,7 +55,6 @@ static KP_SOCK_LB_PODS: u32 = 0;
 
 /// What a hook needs of its family beyond the packet path's.
 pub trait SockFamily: Family {
-    fn peer() -> &'static SkStorage<SockPeerOf<Self::Addr>>;
     fn rev() -> &'static LruHashMap<SockRevKeyOf<Self::Addr>, SockRevOf<Self::Addr>>;
     fn flows() -> &'static LruHashMap<SockFlowKeyOf<Self::Addr>, SockFlow>;
     fn udp_connected() -> &'static LruHashMap<SockRevKeyOf<Self::Addr>, u32>;
@@ -163,11 +161,6 @@ fn set_user_port(sa: *mut bpf_sock_addr, port: u16) {
 
 impl SockFamily for V4 {
     #[inline(always)]
-    fn peer() -> &'static SkStorage<SockPeerOf<u32>> {
-        &KP_SOCK_PEER
-    }
-
-    #[inline(always)]
     fn rev() -> &'static LruHashMap<SockRevKeyOf<u32>, SockRevOf<u32>> {
         &KP_SOCK_REV
     }
@@ -182,11 +175,6 @@ impl SockFamily for V4 {
 }
 
 impl SockFamily for V6 {
-    #[inline(always)]
-    fn peer() -> &'static SkStorage<SockPeerOf<In6Addr>> {
-        &KP_SOCK_PEER6
-    }
-
     #[inline(always)]
     fn rev() -> &'static LruHashMap<SockRevKeyOf<In6Addr>, SockRevOf<In6Addr>> {
         &KP_SOCK_REV6
@@ -230,6 +218,7 @@ fn affinity_key(svc_id: u32, netns_cookie: u64) -> SockAffinityKey {
 /// The socket behind the hook's context.
 struct Sock {
     sa: *mut bpf_sock_addr,
+    cookie: [u32; 2],
     proto: u8,
 }
 
@@ -237,18 +226,18 @@ impl Sock {
     #[inline(always)]
     fn of(ctx: &SockAddrContext) -> Self {
         let sa = ctx.sock_addr;
-        // SAFETY: the context the kernel passed; a 4-byte read of a readable field.
-        let proto = unsafe { core::ptr::read_volatile(&raw const (*sa).protocol) as u8 };
-        Self { sa, proto }
-    }
-
-    /// The socket's cookie, asked for only where a table is keyed by it: a connected
-    /// socket's own storage needs none, and the kernel makes a socket's cookie on the
-    /// first ask.
-    #[inline(always)]
-    fn cookie(&self) -> [u32; 2] {
-        // SAFETY: a helper this program type may call, on the context the kernel passed.
-        cookie_words(unsafe { bpf_get_socket_cookie(self.sa.cast()) })
+        // SAFETY: the context the kernel passed; helpers this program type may call.
+        let (cookie, proto) = unsafe {
+            (
+                bpf_get_socket_cookie(ctx.as_ptr()),
+                core::ptr::read_volatile(&raw const (*sa).protocol) as u8,
+            )
+        };
+        Self {
+            sa,
+            cookie: cookie_words(cookie),
+            proto,
+        }
     }
 
     /// The key of this socket's reverse entry for backend `addr:port`.
@@ -258,7 +247,7 @@ impl Sock {
             addr,
             port,
             _pad: 0,
-            cookie: self.cookie(),
+            cookie: self.cookie,
         }
     }
 }
@@ -310,44 +299,24 @@ fn choose<F: Family>(
 }
 
 /// Points the socket at `backend` in place of the frontend `addr:port` it addressed, and
-/// remembers the frontend for getpeername and replies: a connected socket in its own
-/// storage, an unconnected UDP socket's destination in `KP_SOCK_REV`. Nothing changes if
-/// it cannot be remembered.
+/// remembers the frontend for getpeername and replies. Nothing changes if it cannot be
+/// remembered.
 #[inline(always)]
 fn point_at<U: UserAddr>(
-    (ctx, sock): (&SockAddrContext, &Sock),
+    sock: &Sock,
     (addr, port): (<U::F as Family>::Addr, u16),
     svc_id: u32,
     backend: &BackendOf<<U::F as Family>::Addr>,
-    connected: bool,
 ) -> Result<(), Counter> {
-    if connected {
-        let mut peer = SockPeerOf {
-            backend: backend.addr,
-            backend_port: backend.port,
-            frontend_port: port,
-            frontend: addr,
-            svc_id,
-        };
-        // SAFETY: the hook's own socket. A socket connected before (UDP connects again)
-        // has storage already, which is rewritten whole.
-        let stored = unsafe { U::F::peer().get_or_insert_ptr_mut(ctx, Some(&mut peer)) };
-        if stored.is_null() {
-            return Err(Counter::SockLeftError);
-        }
-        // SAFETY: this socket's storage, written only by its own connects.
-        unsafe { *stored = peer };
-    } else {
-        let frontend = SockRevOf {
-            addr,
-            port,
-            _pad: 0,
-            svc_id,
-        };
-        U::F::rev()
-            .insert(sock.rev_key(backend.addr, backend.port), frontend, 0)
-            .map_err(|_| Counter::SockLeftError)?;
-    }
+    let frontend = SockRevOf {
+        addr,
+        port,
+        _pad: 0,
+        svc_id,
+    };
+    U::F::rev()
+        .insert(sock.rev_key(backend.addr, backend.port), frontend, 0)
+        .map_err(|_| Counter::SockLeftError)?;
     U::set(sock.sa, backend.addr, backend.port);
     Ok(())
 }
@@ -369,7 +338,7 @@ pub fn connect<U: UserAddr>(ctx: &SockAddrContext) {
     };
     let now = conntrack::now_ns();
     let served = choose::<U::F>(&found, client, netns, now).and_then(|(id, svc, backend)| {
-        point_at::<U>((ctx, &sock), dest, svc.id, &backend, true).map(|()| (id, svc, backend))
+        point_at::<U>(&sock, dest, svc.id, &backend).map(|()| (id, svc, backend))
     });
     match served {
         Ok((backend_id, svc, backend)) => {
@@ -410,7 +379,7 @@ pub fn sendmsg<U: UserAddr>(ctx: &SockAddrContext) {
         port: dest.1,
         proto: sock.proto,
         _pad: 0,
-        cookie: sock.cookie(),
+        cookie: sock.cookie,
     };
     if let Some(backend) = live_flow::<U::F>(&key, now) {
         // The frontend is remembered already; the flow's time is refreshed.
@@ -427,7 +396,7 @@ pub fn sendmsg<U: UserAddr>(ctx: &SockAddrContext) {
         U::F::flows()
             .insert(key, flow, 0)
             .map_err(|_| Counter::SockLeftError)?;
-        point_at::<U>((ctx, &sock), dest, svc.id, &backend, false).map(|()| (id, svc))
+        point_at::<U>(&sock, dest, svc.id, &backend).map(|()| (id, svc))
     });
     match served {
         Ok((backend_id, svc)) => {
@@ -484,44 +453,14 @@ fn refresh<F: SockFamily>(key: &SockFlowKeyOf<F::Addr>, flow: SockFlow, flags: u
     let _ = F::flows().insert(key, fresh, BPF_EXIST.into());
 }
 
-/// The frontend the socket of `ctx` addressed where it reaches backend `addr`:`port`: a
-/// connected socket's from its storage, an unconnected UDP socket's (or one connected under
-/// an agent before the storage) from `KP_SOCK_REV`, looked up only if `addr`:`port` may be
-/// a backend at all.
-#[inline(always)]
-fn frontend_of<F: SockFamily>(
-    ctx: &SockAddrContext,
-    sock: &Sock,
-    addr: F::Addr,
-    port: u16,
-) -> Option<SockRevOf<F::Addr>> {
-    // SAFETY: the hook's own socket; the storage, if any, copied out at once.
-    let peer = unsafe { F::peer().get_ptr_mut(ctx).as_ref() }.copied();
-    if let Some(peer) = peer
-        && peer.backend == addr
-        && peer.backend_port == port
-    {
-        return Some(SockRevOf {
-            addr: peer.frontend,
-            port: peer.frontend_port,
-            _pad: 0,
-            svc_id: peer.svc_id,
-        });
-    }
-    if !filter::may_be_backend::<F>(addr, port) {
-        return None;
-    }
-    // SAFETY: copied out at once.
-    unsafe { F::rev().get(sock.rev_key(addr, port)) }.copied()
-}
-
 /// `getpeername`, and `recvmsg` of a UDP socket: a backend the socket was pointed at is shown
 /// as the frontend the application addressed; a datagram from it marks its flow replied.
 #[inline(always)]
 pub fn reverse<U: UserAddr>(ctx: &SockAddrContext, received: bool) {
     let sock = Sock::of(ctx);
     let (addr, port) = U::get(sock.sa);
-    let Some(frontend) = frontend_of::<U::F>(ctx, &sock, addr, port) else {
+    // SAFETY: copied out at once.
+    let Some(frontend) = (unsafe { U::F::rev().get(sock.rev_key(addr, port)) }).copied() else {
         return;
     };
     U::set(sock.sa, frontend.addr, frontend.port);
@@ -532,7 +471,7 @@ pub fn reverse<U: UserAddr>(ctx: &SockAddrContext, received: bool) {
             port: frontend.port,
             proto: sock.proto,
             _pad: 0,
-            cookie: sock.cookie(),
+            cookie: sock.cookie,
         };
         // SAFETY: copied out at once.
         if let Some(flow) = unsafe { U::F::flows().get(key) }.copied() {
@@ -552,13 +491,13 @@ fn peer_ip6_word(sk: *const bpf_sock, i: usize) -> u32 {
     unsafe { core::ptr::read_volatile(&raw const (*sk).dst_ip6[i]) }
 }
 
-/// `sock_release`: a connected UDP socket that was pointed at a backend takes its
-/// `KP_SOCK_UDP` entry with it (and its `KP_SOCK_REV` entry, if an agent before
-/// `KP_SOCK_PEER` connected it), so the table the agent searches for stale sockets holds
-/// live ones only. The entry is found by the socket's peer, the backend it was pointed at.
-/// A TCP socket has nothing to take (its frontend is in its own storage, freed with it),
-/// and an unconnected UDP socket no peer: its entries (one per frontend it sent to) are
-/// left to the LRU.
+/// `sock_release`: a socket that was pointed at a backend takes its reverse entry (and a
+/// connected UDP socket its `KP_SOCK_UDP` entry) with it. The tables then hold live sockets
+/// only: however many connections a node makes and closes, none evicts a live socket's
+/// entry (whose getpeername would then show the backend), and a connect inserts into a
+/// table that is not full (an LRU insert into a full one evicts first). The entry is found
+/// by the socket's peer, the backend it was pointed at; an unconnected UDP socket has none,
+/// and its entries (one per frontend it sent to) are left to the LRU.
 #[inline(always)]
 pub fn release(ctx: &SockContext) {
     let sk = ctx.sock;
@@ -571,21 +510,27 @@ pub fn release(ctx: &SockContext) {
             core::ptr::read_volatile(&raw const (*sk).dst_port),
         )
     };
-    if port == 0 || proto != u32::from(IPPROTO_UDP) {
+    if port == 0 || (proto != u32::from(IPPROTO_TCP) && proto != u32::from(IPPROTO_UDP)) {
         return;
     }
+    let udp = proto == u32::from(IPPROTO_UDP);
     if family == AF_INET {
         // SAFETY: as above, a 4-byte read.
         let addr = unsafe { core::ptr::read_volatile(&raw const (*sk).dst_ip4) };
-        forget::<V4>(ctx, addr, port);
+        forget::<V4>(ctx, addr, port, udp);
     } else if family == AF_INET6 {
         let word = |i| peer_ip6_word(sk, i);
         if word(0) == 0 && word(1) == 0 && word(2) == V4_MAPPED_WORD {
             // A dual-stack socket that reached an IPv4 frontend: served, and remembered,
             // as IPv4 (`Mapped4`).
-            forget::<V4>(ctx, word(3), port);
+            forget::<V4>(ctx, word(3), port, udp);
         } else {
-            forget::<V6>(ctx, In6Addr([word(0), word(1), word(2), word(3)]), port);
+            forget::<V6>(
+                ctx,
+                In6Addr([word(0), word(1), word(2), word(3)]),
+                port,
+                udp,
+            );
         }
     }
 }
@@ -595,7 +540,7 @@ pub fn release(ctx: &SockContext) {
 /// choose it), so the sockets of everything else on the node cost an array read, not a hash
 /// lookup.
 #[inline(always)]
-fn forget<F: SockFamily>(ctx: &SockContext, addr: F::Addr, port: u16) {
+fn forget<F: SockFamily>(ctx: &SockContext, addr: F::Addr, port: u16, udp: bool) {
     if !filter::may_be_backend::<F>(addr, port) {
         return;
     }
@@ -607,8 +552,10 @@ fn forget<F: SockFamily>(ctx: &SockContext, addr: F::Addr, port: u16) {
         _pad: 0,
         cookie: cookie_words(cookie),
     };
-    if F::udp_connected().remove(key).is_ok() {
+    if F::rev().remove(key).is_ok() {
         stats::count(Counter::SockReleased);
+        if udp {
+            let _ = F::udp_connected().remove(key);
+        }
     }
-    let _ = F::rev().remove(key);
 }

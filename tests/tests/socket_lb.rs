@@ -17,7 +17,7 @@ use aya::maps::MapData;
 use kproxy_common::{
     filter::{CLIENTS_READY, client_bit},
     names,
-    sock::{SockRev, SockRev6, SockRevKey, SockRevKey6},
+    sock::{SockRev, SockRevKey},
 };
 use kproxy_testbed::{
     TopologyOptions, require_privileges, tcp_request,
@@ -300,14 +300,13 @@ fn client_bitmap(bed: &Bed, client: Ipv4Addr) -> (bool, bool) {
     (word(CLIENTS_READY) != 0, word(entry) & bit != 0)
 }
 
-/// Entries of table `name`, keyed `K` by socket and backend (`KP_SOCK_REV`, values
-/// `SockRev`, or `KP_SOCK_UDP`, values `u32`; the `6` ones keyed `SockRevKey6`), counted
-/// through its pin.
-fn socket_entries<K: aya::Pod, V: aya::Pod>(bed: &Bed, name: &str) -> usize {
+/// Entries of the IPv4 table `name` (`KP_SOCK_REV`, values `SockRev`, or `KP_SOCK_UDP`,
+/// values `u32`; both keyed by socket and backend), counted through its pin.
+fn socket_entries<V: aya::Pod>(bed: &Bed, name: &str) -> usize {
     let path = kproxy::dataplane::load::map_pin_path(&bed.pin_dir(), name);
     let map = aya::maps::Map::from_map_data(MapData::from_pin(&path).expect("pinned map"))
         .expect("a map");
-    let table: aya::maps::HashMap<_, K, V> = map
+    let table: aya::maps::HashMap<_, SockRevKey, V> = map
         .try_into()
         .expect("an LRU hash keyed by socket and backend");
     table
@@ -333,18 +332,13 @@ fn sockets_are_served_while_the_agent_restarts_and_its_programs_are_swapped_in_p
     cgroup
         .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
         .expect("before the restart");
-    // A socket connected before the restart keeps its frontend (its storage is in a map the
-    // next agent adopts).
-    let mut held = HeldSocket::spawn(&cgroup, &bed.topo.client, dns());
-    let first = support::cgroup::parse_line::<SocketAddrV4>(&held.ask());
-    assert_eq!(first.seen, dns());
     assert!(agent.stop().success());
     // No agent: the pinned links keep the programs attached.
     let seen = cgroup
         .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
         .expect("while no agent runs");
     assert!(seen.iter().all(|s| s.seen == web()));
-    assert_eq!(counter(&bed, "socket_lb_connects"), 7);
+    assert_eq!(counter(&bed, "socket_lb_connects"), 6);
     let _agent = start(&bed, &cgroup, "all");
     assert_eq!(
         connect4_programs(&cgroup),
@@ -355,14 +349,7 @@ fn sockets_are_served_while_the_agent_restarts_and_its_programs_are_swapped_in_p
         .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
         .expect("after the restart");
     assert_eq!(by_backend(&seen).len(), 3, "{seen:?}");
-    assert_eq!(counter(&bed, "socket_lb_connects"), 10);
-    let later = support::cgroup::parse_line::<SocketAddrV4>(&held.ask());
-    assert_eq!(
-        (later.seen, later.reply.backend),
-        (dns(), first.reply.backend),
-        "the socket connected before the restart still sees the VIP"
-    );
-    held.close();
+    assert_eq!(counter(&bed, "socket_lb_connects"), 9);
 }
 
 #[test]
@@ -456,18 +443,18 @@ impl HeldSocket {
 }
 
 #[test]
-fn connected_sockets_keep_their_frontend_in_their_own_storage_and_take_nothing_with_them() {
+fn closed_sockets_take_their_entries_with_them_and_a_live_one_keeps_its_own() {
     if !require_privileges(
-        "connected_sockets_keep_their_frontend_in_their_own_storage_and_take_nothing_with_them",
+        "closed_sockets_take_their_entries_with_them_and_a_live_one_keeps_its_own",
     ) {
         return;
     }
     let bed = Bed::new(TopologyOptions::default());
     bed.write("apps.yaml", &services(&bed, None));
     let cgroup = TestCgroup::new();
-    // Tables of 64 entries against 500 sockets: were connected sockets' frontends kept in
-    // them and left to the LRU, the held socket's would be evicted long before the end,
-    // and its peer would show the backend (as it did before socket storage).
+    // Tables of 64 entries against 500 sockets: were closed sockets left to the LRU, the
+    // held socket's entry would be evicted long before the end, and its peer would show
+    // the backend.
     let _agent = Agent::start(
         &bed,
         &[
@@ -501,27 +488,21 @@ fn connected_sockets_keep_their_frontend_in_their_own_storage_and_take_nothing_w
     );
     assert_eq!(counter(&bed, "socket_lb_connects"), 501);
     assert_eq!(
-        socket_entries::<SockRevKey, SockRev>(&bed, names::MAP_SOCK_REV),
-        0,
-        "no connected socket's frontend is in the shared table"
-    );
-    assert_eq!(
         counter(&bed, "socket_lb_released"),
-        100,
-        "every closed connected UDP socket took its entry of the stale-socket table"
+        500,
+        "every closed socket took its entry"
     );
     assert_eq!(
-        socket_entries::<SockRevKey, u32>(&bed, names::MAP_SOCK_UDP),
+        socket_entries::<SockRev>(&bed, names::MAP_SOCK_REV),
         1,
-        "the held socket's alone"
+        "the held socket's entry alone"
     );
+    assert_eq!(socket_entries::<u32>(&bed, names::MAP_SOCK_UDP), 1);
 
     held.close();
-    assert_eq!(counter(&bed, "socket_lb_released"), 101);
-    assert_eq!(
-        socket_entries::<SockRevKey, u32>(&bed, names::MAP_SOCK_UDP),
-        0
-    );
+    assert_eq!(counter(&bed, "socket_lb_released"), 501);
+    assert_eq!(socket_entries::<SockRev>(&bed, names::MAP_SOCK_REV), 0);
+    assert_eq!(socket_entries::<u32>(&bed, names::MAP_SOCK_UDP), 0);
 }
 
 #[test]
@@ -570,9 +551,9 @@ fn ipv6_connects_and_datagrams_go_straight_to_a_backend_and_see_the_vip() {
     assert!(seen.iter().all(|s| s.seen == dns6), "{seen:?}");
     assert_eq!(counter(&bed, "socket_lb_connects"), 30);
     assert_eq!(
-        socket_entries::<SockRevKey6, SockRev6>(&bed, names::MAP_SOCK_REV6),
-        1,
-        "the unconnected socket's destination alone: connections keep theirs in their storage"
+        counter(&bed, "socket_lb_released"),
+        30,
+        "each closed IPv6 connection took its entry (the unconnected socket has none)"
     );
     assert_eq!(counter(&bed, "socket_lb_datagrams"), 5);
     assert_eq!(counter(&bed, "service_packets"), 0);
@@ -610,9 +591,9 @@ fn a_dual_stack_socket_reaching_an_ipv4_vip_is_served_as_ipv4_and_sees_the_mappe
     assert!(seen.iter().all(|s| s.seen == dns_mapped), "{seen:?}");
     assert_eq!(counter(&bed, "socket_lb_connects"), 6);
     assert_eq!(
-        socket_entries::<SockRevKey, SockRev>(&bed, names::MAP_SOCK_REV),
-        1,
-        "the unconnected dual-stack socket's destination, an IPv4 one"
+        counter(&bed, "socket_lb_released"),
+        6,
+        "a dual-stack socket's entry is the IPv4 one, and goes with it"
     );
     assert_eq!(counter(&bed, "socket_lb_datagrams"), 3);
     assert_eq!(counter(&bed, "service_packets"), 0);

@@ -247,11 +247,6 @@ pub fn open_maps_with(
     // port must hold a random start.
     let round_robin_created = !map_pin_path(pin_dir, names::MAP_RR).exists();
     loader.default_map_pin_directory(pin_dir);
-    // BTF maps (socket-local storage) carry no pinning of their own: pinned, and adopted,
-    // by explicit path, so sockets keep their storage across agents.
-    for name in [names::MAP_SOCK_PEER, names::MAP_SOCK_PEER6] {
-        loader.map_pin_path(name, map_pin_path(pin_dir, name));
-    }
     // The loader borrows the value for its life: leaked, four bytes per load.
     let table_size: &'static u32 = Box::leak(Box::new(sizes.maglev_table_size));
     loader.override_global(names::GLOBAL_MAGLEV_TABLE_SIZE, table_size, true);
