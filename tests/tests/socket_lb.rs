@@ -332,13 +332,18 @@ fn sockets_are_served_while_the_agent_restarts_and_its_programs_are_swapped_in_p
     cgroup
         .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
         .expect("before the restart");
+    // A socket connected before the restart keeps its frontend (its entry is in a map the
+    // next agent adopts).
+    let mut held = HeldSocket::spawn(&cgroup, &bed.topo.client, dns());
+    let first = support::cgroup::parse_line::<SocketAddrV4>(&held.ask());
+    assert_eq!(first.seen, dns());
     assert!(agent.stop().success());
     // No agent: the pinned links keep the programs attached.
     let seen = cgroup
         .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
         .expect("while no agent runs");
     assert!(seen.iter().all(|s| s.seen == web()));
-    assert_eq!(counter(&bed, "socket_lb_connects"), 6);
+    assert_eq!(counter(&bed, "socket_lb_connects"), 7);
     let _agent = start(&bed, &cgroup, "all");
     assert_eq!(
         connect4_programs(&cgroup),
@@ -349,7 +354,14 @@ fn sockets_are_served_while_the_agent_restarts_and_its_programs_are_swapped_in_p
         .requests::<SocketAddrV4>(&bed.topo.client, "tcp", web(), 3)
         .expect("after the restart");
     assert_eq!(by_backend(&seen).len(), 3, "{seen:?}");
-    assert_eq!(counter(&bed, "socket_lb_connects"), 9);
+    assert_eq!(counter(&bed, "socket_lb_connects"), 10);
+    let later = support::cgroup::parse_line::<SocketAddrV4>(&held.ask());
+    assert_eq!(
+        (later.seen, later.reply.backend),
+        (dns(), first.reply.backend),
+        "the socket connected before the restart still sees the VIP"
+    );
+    held.close();
 }
 
 #[test]
