@@ -81,6 +81,18 @@ fn overhead_within(ours: f64, theirs: f64, wanted: f64) -> bool {
     ours >= 0.0 && theirs > 0.0 && ours <= wanted * theirs
 }
 
+/// How overheads `ours` and `theirs` (µs of CPU per connection over `over`) are shown: their
+/// ratio, or, when either is below zero (or theirs zero), that the measure did not resolve
+/// them: a ratio of noise reads like a result.
+fn overhead_shown(ours: f64, theirs: f64, over: &str) -> String {
+    let figures = format!("{ours:.1} vs {theirs:.1} µs of CPU per connection over {over}");
+    if ours < 0.0 || theirs <= 0.0 {
+        format!("not conclusive ({figures})")
+    } else {
+        format!("{:.2}x ({figures})", ours / theirs)
+    }
+}
+
 /// The real section's figures at one scale.
 struct Figures<'a> {
     real: &'a Real,
@@ -208,21 +220,16 @@ impl Figures<'_> {
         if let (Some(ours), Some(theirs)) =
             (self.overhead_beside(ours), self.overhead_beside(NFTABLES))
         {
-            let ratio = ours / theirs;
             return Some((
-                format!(
-                    "{ratio:.2}x ({ours:.1} vs {theirs:.1} µs of CPU per connection over \
-                     {DIRECT} measured beside)"
-                ),
+                overhead_shown(ours, theirs, &format!("{DIRECT} measured beside")),
                 overhead_within(ours, theirs, wanted),
             ));
         }
         let direct = self.cpu_us(DIRECT)?;
         let ours = self.cpu_us(ours)? - direct;
         let theirs = self.cpu_us(NFTABLES)? - direct;
-        let ratio = ours / theirs;
         Some((
-            format!("{ratio:.2}x ({ours:.1} vs {theirs:.1} µs of CPU per connection over direct)"),
+            overhead_shown(ours, theirs, DIRECT),
             overhead_within(ours, theirs, wanted),
         ))
     }
@@ -595,6 +602,15 @@ mod tests {
             "1.21x (0.97x and 0.80x of direct measured beside)"
         );
         assert!(!overhead_within(-16.0, 4.0, 0.2), "noise passes nothing");
+        assert_eq!(
+            overhead_shown(-6.0, -19.2, "direct"),
+            "not conclusive (-6.0 vs -19.2 µs of CPU per connection over direct)",
+            "no ratio of two negative overheads"
+        );
+        assert_eq!(
+            overhead_shown(3.0, 0.0, "direct"),
+            "not conclusive (3.0 vs 0.0 µs of CPU per connection over direct)"
+        );
         let cpu = find("CPU overhead");
         assert!(cpu.pass, "{cpu:?}");
         assert_eq!(
