@@ -538,6 +538,7 @@ fn attach(mut ebpf: aya::Ebpf, agent: &mut Agent) -> Result<LinkWatcher> {
         .context("socket-level load balancing (--socket-lb)")?;
     let links = watch_links(ebpf, config, &agent.metrics)?;
     agent.services.seed_clients().context(names::MAP_CLIENTS)?;
+    agent.publish_client_bits();
     Ok(links)
 }
 
@@ -926,6 +927,11 @@ impl Agent {
         if let Some(bits) = self.services.filter_bits() {
             self.metrics.filter_bits(bits);
         }
+    }
+
+    /// Sets the metric of `KP_CLIENTS`' bits, which the programs set as flows come: read at
+    /// start and with each conntrack collection, not at every sync.
+    fn publish_client_bits(&self) {
         if let Some(bits) = self.services.client_bits() {
             self.metrics.client_bits(bits);
         }
@@ -1169,6 +1175,7 @@ impl Agent {
                 let total = pass.total();
                 self.metrics.conntrack_flows.set(gauge(total.flows));
                 self.metrics.flow_map_entries(&pass);
+                self.publish_client_bits();
                 // When a reply table is full, new flows of its family are dropped (and
                 // unanswered ones are dropped early to make room). Say so while it is close
                 // to happening.
