@@ -128,6 +128,7 @@ pub fn run(
         probe_rounds: plan.probe_rounds,
         sustained_rate: plan.sustained_rate,
         sustained_seconds: plan.sustained_seconds,
+        cpu_clock: super::load::cpu_clock().into(),
         ..Real::default()
     };
     let modes: Vec<Proxy> = plan
@@ -223,6 +224,7 @@ impl ScalePoint {
                     probe_rounds: real.probe_rounds,
                     sustained_rate: real.sustained_rate,
                     sustained_seconds: real.sustained_seconds,
+                    cpu_clock: real.cpu_clock.clone(),
                     ..Real::default()
                 })
             }),

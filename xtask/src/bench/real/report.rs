@@ -35,6 +35,10 @@ pub struct Real {
     /// CPU per connection at a fixed offered rate, per mode and scale (`direct` included).
     #[serde(default)]
     pub cpu: Vec<CpuCell>,
+    /// The clock the machine's CPU time was read from (`load::cpu_clock`); empty in runs
+    /// before it was recorded, which read `/proc/stat`.
+    #[serde(default)]
+    pub cpu_clock: String,
     /// The IPv6 row: the same measurements with single-stack IPv6 Services (no churn or
     /// probe: those change IPv4 selector Services, measured above).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,11 +191,11 @@ fn cpu_table(real: &Real) -> String {
     if real.cpu.is_empty() {
         return String::new();
     }
-    let mut out = String::from(
+    let mut out = format!(
         "#### CPU per connection at a fixed rate (real kube-proxy)\n\n\
          Every mode gets the same offered rate of new connections to the last Service (direct: \
          to the backends in turn), below every mode's saturation; the machine's CPU time over \
-         the measured window (all CPUs, from `/proc/stat`) less the proxy process's own, \
+         the measured window (all CPUs, from {}) less the proxy process's own, \
          less the rate the rest burned at rest in the second before (the control plane, \
          the bench), divided by the connections completed: what moving the connections \
          costs, in the kernel's stack and datapath and in client and servers. Overhead: \
@@ -203,6 +207,11 @@ fn cpu_table(real: &Real) -> String {
          | mode | services | offered /s | achieved /s | CPU µs per connection | overhead µs \
          | overhead × nftables' | overhead beside µs | proxy process µs | p99 µs |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        if real.cpu_clock.is_empty() {
+            super::super::load::TICKED_CLOCK
+        } else {
+            &real.cpu_clock
+        }
     );
 
     let median = |mode: &str, services: usize| {
@@ -707,6 +716,23 @@ mod tests {
             text.contains(
                 "| direct | 10000 | 5,000 | 4,990 (4,990–4,990) | 100 (100–100) | – | – | – |"
             ),
+            "{text}"
+        );
+        // Data from before the clock was recorded read /proc/stat, and the text says so.
+        assert!(
+            text.contains(super::super::super::load::TICKED_CLOCK),
+            "{text}"
+        );
+        let clocked = Real {
+            cpu_clock: super::super::super::load::SCHEDULER_CLOCK.into(),
+            ..real
+        };
+        let text = markdown(Some(&clocked), &["kproxy-sock", NFTABLES]);
+        assert!(
+            text.contains(&format!(
+                "(all CPUs, from {})",
+                super::super::super::load::SCHEDULER_CLOCK
+            )),
             "{text}"
         );
         // Older data, without the table's figures, still loads.
