@@ -386,15 +386,7 @@ pub fn run(opts: &Options) -> Result<()> {
     report.targets = targets::evaluate(&report);
     let paths = report::write_all(&report, &plan.output)?;
     println!("{}", report::markdown(&report));
-    println!(
-        "bench: wrote {}, {} and {}{}",
-        paths.json.display(),
-        paths.markdown.display(),
-        paths.chart.display(),
-        paths
-            .chart_real
-            .map_or(String::new(), |p| format!(" and {}", p.display()))
-    );
+    println!("bench: wrote {}", paths.written());
     Ok(())
 }
 

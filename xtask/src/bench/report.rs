@@ -341,6 +341,22 @@ pub struct Paths {
     pub chart: PathBuf,
     /// The real section's chart, when it ran.
     pub chart_real: Option<PathBuf>,
+    /// The real section's CPU overheads, when it measured them beside `direct`.
+    pub chart_cpu: Option<PathBuf>,
+}
+
+impl Paths {
+    /// The files, as a line says them: "a, b and c".
+    pub fn written(&self) -> String {
+        let mut files: Vec<String> = [&self.json, &self.markdown, &self.chart]
+            .into_iter()
+            .chain(self.chart_real.iter())
+            .chain(self.chart_cpu.iter())
+            .map(|p| p.display().to_string())
+            .collect();
+        let last = files.pop().unwrap_or_default();
+        format!("{} and {last}", files.join(", "))
+    }
 }
 
 /// Writes `results.json`, `results.md` and `chart.png` into `dir` (created if missing).
@@ -355,6 +371,11 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Paths> {
             .as_ref()
             .filter(|r| !r.cells.is_empty())
             .map(|_| dir.join("chart-real.png")),
+        chart_cpu: report
+            .real
+            .as_ref()
+            .filter(|r| !cpu_overhead_bars(r).is_empty())
+            .map(|_| dir.join("chart-cpu.png")),
     };
     // The JSON goes first: it holds the raw data, so it survives a failing chart.
     let json = serde_json::to_string_pretty(report)? + "\n";
@@ -372,7 +393,60 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Paths> {
         };
         chart_titled(&projected, path, Some("real kube-proxy"))?;
     }
+    if let (Some(real), Some(path)) = (&report.real, &paths.chart_cpu) {
+        cpu_chart(report, real, path)?;
+    }
     Ok(paths)
+}
+
+/// Each mode's CPU per connection over `direct` measured beside it, µs: medians over the
+/// repetitions with min–max, the scale named when the run measured several.
+fn cpu_overhead_bars(real: &super::real::report::Real) -> Vec<Bar> {
+    let scales: std::collections::BTreeSet<usize> = real.cpu.iter().map(|c| c.services).collect();
+    real.cpu
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            Some(Bar {
+                label: if scales.len() > 1 {
+                    format!("{} ({})", c.mode, c.services)
+                } else {
+                    c.mode.clone()
+                },
+                color: COLORS[i % COLORS.len()],
+                stat: Stat::of(&c.overhead_beside_us)?,
+            })
+        })
+        .collect()
+}
+
+/// The CPU overheads (see [`cpu_overhead_bars`]) as bars, in a chart of their own.
+fn cpu_chart(report: &Report, real: &super::real::report::Real, path: &Path) -> anyhow::Result<()> {
+    ensure_font()?;
+    let root = BitMapBackend::new(path, (CHART_SIZE.0, CPU_CHART_HEIGHT)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let m = &report.machine;
+    let root = root.titled(
+        &format!(
+            "kproxy benchmark: CPU per connection over no proxy, real kube-proxy — {} CPUs, \
+             Linux {}, {}",
+            m.cpus, m.kernel, m.date
+        ),
+        (FONT, 20),
+    )?;
+    let offered = real.cpu.first().map_or(0.0, |c| c.offered);
+    bar_panel(
+        &root,
+        &format!(
+            "CPU µs per connection over direct measured beside, at {} new connections/s",
+            fmt_count(offered)
+        ),
+        "µs per connection",
+        &cpu_overhead_bars(real),
+    )?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -984,6 +1058,8 @@ const CHART_SIZE: (u32, u32) = (1200, 500);
 const LEGEND_HEIGHT: u32 = 56;
 /// The external section's two rows of bars, and the title's strip when they are drawn alone.
 const EXTERNAL_HEIGHT: u32 = 640;
+/// The CPU overheads' chart: one row of bars under a title.
+const CPU_CHART_HEIGHT: u32 = 400;
 const TITLE_HEIGHT: u32 = 40;
 const FONT: &str = "sans-serif";
 
@@ -1154,6 +1230,8 @@ where
 {
     let y_max = bars.iter().map(|b| b.stat.max).fold(0.0_f64, f64::max);
     let y_max = if y_max > 0.0 { y_max * 1.12 } else { 1.0 };
+    // A difference (an overhead over a ceiling) can fall below zero.
+    let y_min = bars.iter().map(|b| b.stat.min).fold(0.0_f64, f64::min) * 1.12;
     let n = u32::try_from(bars.len()).unwrap_or(u32::MAX);
     // An integer range includes its end: 0..n-1 makes n segments.
     let mut chart = ChartBuilder::on(area)
@@ -1161,7 +1239,7 @@ where
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(84)
-        .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), 0.0..y_max)?;
+        .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), y_min..y_max)?;
     let label = |v: &SegmentValue<u32>| match v {
         SegmentValue::CenterOf(i) => bars
             .get(*i as usize)
@@ -1715,6 +1793,50 @@ mod tests {
         assert_eq!(back, fake_report());
         let md = fs::read_to_string(&paths.markdown).expect("markdown");
         assert!(md.starts_with("## Benchmark results"));
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn cpu_overheads_get_a_chart_of_their_own_below_zero_too() {
+        use super::super::real::report::{CpuCell, Real};
+        let cell = |mode: &str, beside: Vec<f64>| CpuCell {
+            mode: mode.into(),
+            services: 10_000,
+            offered: 5_000.0,
+            overhead_beside_us: beside,
+            ..CpuCell::default()
+        };
+        let dir =
+            std::env::temp_dir().join(format!("kproxy-cpu-chart-test-{}", std::process::id()));
+        let mut report = fake_report();
+        report.real = Some(Real {
+            cpu: vec![
+                cell("direct", Vec::new()),
+                cell("kproxy-sock", vec![2.9, 2.3, -2.7]),
+                cell("kube-proxy-nftables", vec![13.3, 12.4, 5.9]),
+            ],
+            ..Real::default()
+        });
+        let real = report.real.as_ref().unwrap();
+        let bars = cpu_overhead_bars(real);
+        let shown: Vec<(&str, f64, f64)> = bars
+            .iter()
+            .map(|b| (b.label.as_str(), b.stat.min, b.stat.median))
+            .collect();
+        // direct is the ceiling the others are measured against: no bar of its own.
+        assert_eq!(
+            shown,
+            [
+                ("kproxy-sock", -2.7, 2.3),
+                ("kube-proxy-nftables", 5.9, 12.4)
+            ]
+        );
+        let paths = write_all(&report, &dir).expect("write_all");
+        let png = fs::read(paths.chart_cpu.expect("a CPU chart")).expect("written");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        fs::remove_dir_all(&dir).expect("cleanup");
+        // Without overheads measured beside direct, no chart.
+        assert!(write_all(&fake_report(), &dir).unwrap().chart_cpu.is_none());
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 

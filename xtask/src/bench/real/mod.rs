@@ -416,8 +416,10 @@ impl Run<'_> {
         Ok(paired)
     }
 
-    /// The CPU per connection at the fixed rate to `target` on `bed`, then `direct`'s beside
-    /// it, recorded in `real`.
+    /// The CPU per connection at the fixed rate to `target` on `bed`, recorded in `real`;
+    /// with a bed beside, [`PACED_ROUNDS`] times, each beside a window of `direct`'s, first
+    /// the mode's then the ceiling's and the other way round in the next (see
+    /// `PACED_ROUNDS`).
     fn paced(
         &self,
         mode: Proxy,
@@ -426,23 +428,36 @@ impl Run<'_> {
         proxy: Option<u32>,
         real: &mut Real,
     ) -> Result<()> {
-        let paced = measure_paced(self.bench, bed, vec![target], proxy, self.plane)?;
-        record_paced(real, mode.name(), services, paced);
+        let ours = || measure_paced(self.bench, bed, vec![target], proxy, self.plane);
         let Some(beside) = self.beside else {
+            let paced = ours()?;
+            record_paced(real, mode.name(), services, paced);
             return Ok(());
         };
-        // The same window for the ceiling, right after, the proxy idle beside it.
-        let direct = measure_paced(
-            self.bench,
-            beside,
-            direct_targets(beside),
-            proxy,
-            self.plane,
-        )?;
-        if let (Some(ours), Some(ceiling)) = (paced.cpu_us, direct.cpu_us) {
-            cpu_cell(real, mode.name(), services)
-                .overhead_beside_us
-                .push(ours - ceiling);
+        // The same window for the ceiling, the proxy idle beside it.
+        let ceiling = || {
+            measure_paced(
+                self.bench,
+                beside,
+                direct_targets(beside),
+                proxy,
+                self.plane,
+            )
+        };
+        for round in 0..PACED_ROUNDS {
+            let (paced, direct) = if round % 2 == 0 {
+                let paced = ours()?;
+                (paced, ceiling()?)
+            } else {
+                let direct = ceiling()?;
+                (ours()?, direct)
+            };
+            record_paced(real, mode.name(), services, paced);
+            if let (Some(ours), Some(ceiling)) = (paced.cpu_us, direct.cpu_us) {
+                cpu_cell(real, mode.name(), services)
+                    .overhead_beside_us
+                    .push(ours - ceiling);
+            }
         }
         Ok(())
     }
@@ -647,6 +662,14 @@ fn direct_load(
 /// mode's saturation on the benchmark machine (kube-proxy's iptables mode serves about
 /// 7,500/s at 10,000 IPv6 Services), the same for all.
 pub const PACED_RATE: f64 = 5_000.0;
+
+/// Pairs of paced windows per repetition, a mode's and `direct`'s beside it, in alternating
+/// order (the mode's first, then the ceiling's first, ...). The machine's pace drifts by a
+/// few percent over tens of seconds (`direct`'s CPU per connection moved 91.9 -> 97.7 µs
+/// between windows a minute apart, 2026-12-06), as much as the few µs compared: each pair is
+/// a difference taken within seconds, the alternation cancels a steady drift across two
+/// pairs, and the median over all pairs is the figure.
+const PACED_ROUNDS: usize = 3;
 
 /// What a paced run measured.
 #[derive(Clone, Copy)]

@@ -160,7 +160,8 @@ pub struct ProxyCell {
 }
 
 /// One mode at one scale under the same fixed offered rate of new connections (below every
-/// mode's saturation): the machine's CPU time per connection, one value per repetition.
+/// mode's saturation): the machine's CPU time per connection, one value per window (one per
+/// repetition, or one per pair with `direct` beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct CpuCell {
     pub mode: String,
@@ -179,8 +180,8 @@ pub struct CpuCell {
     /// `cpu_us`) per connection, µs.
     #[serde(default)]
     pub proxy_us: Vec<f64>,
-    /// Per repetition: `cpu_us` less `direct`'s measured the same way right after, on an
-    /// idle bed beside (the ceiling's CPU per connection at that moment), µs.
+    /// Per pair of windows: `cpu_us` less `direct`'s measured the same way right before or
+    /// after it, on an idle bed beside (the ceiling's CPU per connection at that moment), µs.
     #[serde(default)]
     pub overhead_beside_us: Vec<f64>,
 }
@@ -201,9 +202,11 @@ fn cpu_table(real: &Real) -> String {
          costs, in the kernel's stack and datapath and in client and servers. Overhead: \
          the mode's figure less direct's, the datapath's cost. The proxy process's own CPU \
          over the window (its control-plane work: syncs, collections, kube-proxy's rule \
-         runs) stands apart, per connection. Overhead beside: per repetition, the mode's \
-         figure less direct's measured the same way right after it, on an idle bed beside \
-         the mode's (see the table above). Medians over repetitions with min–max.\n\n\
+         runs) stands apart, per connection. Overhead beside: per pair of windows, the \
+         mode's figure less direct's measured the same way right before or after it, on an \
+         idle bed beside the mode's (see the table above); {} pairs per repetition, \
+         the mode's window and direct's first in turn (runs before 2026-12-06: one pair, \
+         the mode's first). Medians over all windows (pairs) with min–max.\n\n\
          | mode | services | offered /s | achieved /s | CPU µs per connection | overhead µs \
          | overhead × nftables' | overhead beside µs | proxy process µs | p99 µs |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -211,7 +214,8 @@ fn cpu_table(real: &Real) -> String {
             super::super::load::TICKED_CLOCK
         } else {
             &real.cpu_clock
-        }
+        },
+        super::PACED_ROUNDS
     );
 
     let median = |mode: &str, services: usize| {
