@@ -665,9 +665,9 @@ pub const PACED_RATE: f64 = 5_000.0;
 
 /// Pairs of paced windows per repetition, a mode's and `direct`'s beside it, in alternating
 /// order (the mode's first, then the ceiling's first, ...). The machine's pace drifts by a
-/// few percent over tens of seconds (`direct`'s CPU per connection moved 91.9 -> 97.7 µs
-/// between windows a minute apart, 2026-12-06), as much as the few µs compared: each pair is
-/// a difference taken within seconds, the alternation cancels a steady drift across two
+/// few percent over minutes (`direct`'s CPU per connection read 91.9 and 97.7 µs in two
+/// windows of one repetition, 2026-12-06), as much as the few µs compared: each pair is a
+/// difference taken within seconds, the alternation cancels a steady drift across two
 /// pairs, and the median over all pairs is the figure.
 const PACED_ROUNDS: usize = 3;
 
