@@ -400,7 +400,7 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Paths> {
 }
 
 /// Each mode's CPU per connection over `direct` measured beside it, µs: medians over the
-/// repetitions with min–max, the scale named when the run measured several.
+/// pairs of windows with min–max, the scale named when the run measured several.
 fn cpu_overhead_bars(real: &super::real::report::Real) -> Vec<Bar> {
     let scales: std::collections::BTreeSet<usize> = real.cpu.iter().map(|c| c.services).collect();
     real.cpu
