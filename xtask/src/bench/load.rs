@@ -262,17 +262,29 @@ pub fn cpu_reading(apart: Option<u32>) -> Option<CpuReading> {
 /// 3.02-3.10 s (the difference: interrupts that woke an idle CPU, which the scheduler
 /// charges to no task).
 pub fn cpu_busy_seconds() -> Option<f64> {
-    scheduler_busy_seconds().or_else(awake_seconds)
+    (chosen_clock().0)()
 }
 
 /// Which clock [`cpu_busy_seconds`] reads on this machine, as the report says it.
 pub fn cpu_clock() -> &'static str {
-    if scheduler_busy_seconds().is_some() {
-        SCHEDULER_CLOCK
-    } else {
-        AWAKE_CLOCK
-    }
+    chosen_clock().1
 }
+
+/// The scheduler's clock where it is readable, else `/proc/uptime`'s; chosen once, so that
+/// the two readings of a window never come from two clocks.
+fn chosen_clock() -> (Clock, &'static str) {
+    static CHOSEN: std::sync::OnceLock<(Clock, &'static str)> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        if scheduler_busy_seconds().is_some() {
+            (scheduler_busy_seconds, SCHEDULER_CLOCK)
+        } else {
+            (awake_seconds, AWAKE_CLOCK)
+        }
+    })
+}
+
+/// A reading of the machine's CPU time so far, seconds.
+type Clock = fn() -> Option<f64>;
 
 pub const SCHEDULER_CLOCK: &str = "the scheduler's clock (every task's run time to the \
     nanosecond: the root cpuacct group's usage)";
@@ -716,8 +728,6 @@ mod tests {
         );
         Duration::new(ts.tv_sec.unsigned_abs(), u32::try_from(ts.tv_nsec).unwrap())
     }
-
-    type Clock = fn() -> Option<f64>;
 
     #[test]
     fn each_clock_counts_the_cpu_a_thread_burns_and_no_more_than_the_cpus_have() {

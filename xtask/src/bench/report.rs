@@ -403,17 +403,18 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Paths> {
 /// pairs of windows with min–max, the scale named when the run measured several.
 fn cpu_overhead_bars(real: &super::real::report::Real) -> Vec<Bar> {
     let scales: std::collections::BTreeSet<usize> = real.cpu.iter().map(|c| c.services).collect();
+    // Each mode in the colour it has in the real section's chart (drawn from its cells).
+    let modes = first_seen(real.cells.iter().map(|c| c.mode.as_str()).collect());
     real.cpu
         .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
+        .filter_map(|c| {
             Some(Bar {
                 label: if scales.len() > 1 {
                     format!("{} ({})", c.mode, c.services)
                 } else {
                     c.mode.clone()
                 },
-                color: COLORS[i % COLORS.len()],
+                color: COLORS[mode_rank(&modes, &c.mode) % COLORS.len()],
                 stat: Stat::of(&c.overhead_beside_us)?,
             })
         })
@@ -978,18 +979,14 @@ fn skipped_section(report: &Report) -> String {
 /// Modes in the order the harness first reported them, so tables and chart agree (and a
 /// mode has one colour in every panel).
 fn mode_order(report: &Report) -> Vec<&str> {
-    let mut modes: Vec<&str> = Vec::new();
     let names = report.cells.iter().map(|c| c.mode.as_str());
     let external = report.external.iter().flat_map(|e| &e.cells);
-    for mode in names
-        .chain(report.programming.iter().map(|p| p.mode.as_str()))
-        .chain(external.map(|c| c.mode.as_str()))
-    {
-        if !modes.contains(&mode) {
-            modes.push(mode);
-        }
-    }
-    modes
+    first_seen(
+        names
+            .chain(report.programming.iter().map(|p| p.mode.as_str()))
+            .chain(external.map(|c| c.mode.as_str()))
+            .collect(),
+    )
 }
 
 fn mode_rank(modes: &[&str], mode: &str) -> usize {

@@ -74,22 +74,26 @@ fn judged(name: String, wanted: &str, figure: Option<(String, bool)>) -> Target 
     }
 }
 
-/// Whether overhead `ours` is within `wanted` × `theirs`. An overhead below zero (a mode
-/// that costs less than no proxy at all) is the measure's noise, not a result: it passes
-/// nothing.
+/// The ratio of overheads `ours` to `theirs`, when the measure resolved them. An overhead
+/// below zero (a mode that costs less than no proxy at all), or none for theirs, is the
+/// measure's noise, not a result: a ratio of it would read like one.
+fn overhead_ratio(ours: f64, theirs: f64) -> Option<f64> {
+    (ours >= 0.0 && theirs > 0.0).then(|| ours / theirs)
+}
+
+/// Whether overhead `ours` is within `wanted` × `theirs`; noise (see `overhead_ratio`)
+/// passes nothing.
 fn overhead_within(ours: f64, theirs: f64, wanted: f64) -> bool {
-    ours >= 0.0 && theirs > 0.0 && ours <= wanted * theirs
+    overhead_ratio(ours, theirs).is_some_and(|ratio| ratio <= wanted)
 }
 
 /// How overheads `ours` and `theirs` (µs of CPU per connection over `over`) are shown: their
-/// ratio, or, when either is below zero (or theirs zero), that the measure did not resolve
-/// them: a ratio of noise reads like a result.
+/// ratio, or that the measure did not resolve them (see `overhead_ratio`).
 fn overhead_shown(ours: f64, theirs: f64, over: &str) -> String {
     let figures = format!("{ours:.1} vs {theirs:.1} µs of CPU per connection over {over}");
-    if ours < 0.0 || theirs <= 0.0 {
-        format!("not conclusive ({figures})")
-    } else {
-        format!("{:.2}x ({figures})", ours / theirs)
+    match overhead_ratio(ours, theirs) {
+        Some(ratio) => format!("{ratio:.2}x ({figures})"),
+        None => format!("not conclusive ({figures})"),
     }
 }
 
