@@ -271,14 +271,6 @@ impl Programmed {
         }
     }
 
-    /// Whether backend id `id` is programmed (taking connections or only listed).
-    pub fn backend_ids(&self) -> HashSet<u32> {
-        self.frontends
-            .values()
-            .flat_map(ProgrammedFrontend::backend_ids)
-            .collect()
-    }
-
     /// Writes every difference between what is programmed and `desired` into `dp`.
     pub fn sync(&mut self, desired: &Desired, dp: &mut impl Datapath) -> SyncReport {
         let keys: BTreeSet<FrontendKey> = self

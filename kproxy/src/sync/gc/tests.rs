@@ -472,6 +472,77 @@ fn the_agent_programming_more_makes_a_taken_liveness_stale() {
     assert!(ProgrammedLiveness::new(&programmed, [], &generation).current());
 }
 
+/// Taken a few frontends at a time, the liveness is the one taken at once; a sync between
+/// two steps leaves it not current, so the frontends it changed behind the cursor are never
+/// judged gone.
+#[test]
+fn a_liveness_taken_in_steps_is_the_whole_or_not_current() {
+    use crate::{
+        model::{FrontendKey, FrontendKind, Protocol},
+        sync::{
+            fake::FakeDatapath,
+            gc::{LivenessBuilder, Taken},
+        },
+    };
+
+    let keys: Vec<_> = (1..=25u8)
+        .map(|n| {
+            (
+                FrontendKey::new(ip::<u32>([10, 0, 0, n]), 80, Protocol::Tcp),
+                FrontendKind::ClusterIp,
+            )
+        })
+        .collect();
+    let generation = Generation::default();
+    let mut dp = FakeDatapath::default();
+    let mut programmed = Programmed::new(64);
+    programmed.sync(&web_frontends(&keys), &mut dp);
+    let backend = *dp.backends.keys().next().expect("a backend");
+
+    // (frontends a step, steps until whole)
+    for (step, steps) in [(1, 25), (7, 4), (25, 1), (100, 1)] {
+        let mut builder = LivenessBuilder::start(&programmed, [], &generation);
+        let mut taken = 0;
+        let live = loop {
+            taken += 1;
+            match builder.step(&programmed, step) {
+                Taken::Whole(live) => break live,
+                Taken::Partly(more) => builder = more,
+            }
+        };
+        assert_eq!(taken, steps, "steps of {step}");
+        assert!(live.current());
+        for n in 1..=25u8 {
+            assert!(
+                live.frontend_exists(ip::<u32>([10, 0, 0, n]), 80u16.to_be(), IPPROTO_TCP),
+                "10.0.0.{n} in steps of {step}"
+            );
+        }
+        assert!(!live.frontend_exists(ip::<u32>([10, 0, 0, 26]), 80u16.to_be(), IPPROTO_TCP));
+        assert!(live.backend_exists(backend));
+    }
+
+    // A frontend programmed between two steps, ahead of the cursor or behind it: the
+    // generation moved, so nothing the result lacks is judged gone.
+    let Taken::Partly(builder) =
+        LivenessBuilder::start(&programmed, [], &generation).step(&programmed, 10)
+    else {
+        panic!("10 of 25 frontends is a part");
+    };
+    let mut more = keys.clone();
+    more.push((
+        FrontendKey::new(ip::<u32>([10, 0, 0, 0]), 80, Protocol::Tcp),
+        FrontendKind::ClusterIp,
+    ));
+    programmed.sync(&web_frontends(&more), &mut dp);
+    generation.advance();
+    let Taken::Whole(live) = builder.step(&programmed, usize::MAX) else {
+        panic!("no limit takes the rest");
+    };
+    assert!(!live.frontend_exists(ip::<u32>([10, 0, 0, 0]), 80u16.to_be(), IPPROTO_TCP));
+    assert!(!live.current(), "a sync between the steps makes it stale");
+}
+
 fn a_flow_recreated_after_the_scan_is_not_deleted<A: WireAddr>() {
     // The scan saw an expired flow; before the delete, a new SYN re-created it (same key,
     // fresh entry). Collection must leave the new flow alone.
