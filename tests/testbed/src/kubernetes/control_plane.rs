@@ -298,20 +298,13 @@ impl ControlPlane {
     /// busy for many minutes (over 5 at 100,000, on both CPUs), and a proxy measured
     /// meanwhile shares the machine with that work; a proxy's own programming and the
     /// connections through it need none of it.
-    ///
-    /// Its connections to the API server (in `ns`, the control plane's namespace) are cut
-    /// once it is stopped: a stopped watcher would hold up every other watch of its
-    /// resources (see `disconnect`). Continued, it connects again.
-    pub fn pause_controllers(&self, ns: &Netns) -> Result<Paused<'_>> {
+    pub fn pause_controllers(&self) -> Result<Paused<'_>> {
         let pid = self
             .controller_manager
             .as_ref()
             .and_then(LoggedProcess::pid)
             .context("kube-controller-manager is not running")?;
-        let paused = self.pause(vec![pid])?;
-        super::disconnect::cut_api_connections(ns, pid)
-            .context("cutting the stopped controller manager's connections")?;
-        Ok(paused)
+        self.pause(vec![pid])
     }
 
     /// Stops the API server and etcd (SIGSTOP) until the returned guard drops (SIGCONT, etcd

@@ -8,7 +8,6 @@
 
 pub mod access;
 pub mod control_plane;
-mod disconnect;
 pub mod kproxy_access;
 pub mod objects;
 pub mod pki;

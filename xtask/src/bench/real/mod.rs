@@ -469,7 +469,7 @@ impl Run<'_> {
         reset_selector_pods(self.plane)?;
         // The controllers rest while the proxy programs and the loads run (see
         // `pause_controllers`), and work again for churn and the probe, which need them.
-        let paused = self.plane.pause_controllers()?;
+        let paused = self.plane.cp.pause_controllers()?;
         let _ = std::fs::remove_file(self.log);
         // kproxy-sock serves the sockets of a cgroup of the bench's own, which this process
         // (its load generator, its probes) joins for the run.
@@ -609,7 +609,7 @@ fn datapath_counters(agent: &Path, bed: &BenchBed) -> BTreeMap<String, u64> {
 /// Measures [`DIRECT`] on a fresh bed at scale `at`, recorded in `real`.
 fn record_direct(bench: &BenchPlan, plane: &Plane, at: ScalePoint, real: &mut Real) -> Result<()> {
     let (sample, paced) = {
-        let _paused = plane.pause_controllers()?;
+        let _paused = plane.cp.pause_controllers()?;
         measure_direct(bench, at.family, plane)?
     };
     record_paced(real, DIRECT, at.services, paced);

@@ -21,12 +21,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use kproxy_testbed::{
     Netns,
-    kubernetes::{
-        ControlPlane,
-        control_plane::{APISERVER_PORT, Paused},
-        pki,
-        storage::Stored,
-    },
+    kubernetes::{ControlPlane, control_plane::APISERVER_PORT, pki, storage::Stored},
 };
 use serde_json::json;
 
@@ -111,12 +106,6 @@ impl Plane {
     /// The first `limit` objects stored under `prefix` (see `ControlPlane::stored`).
     pub fn stored(&self, prefix: &str, limit: usize) -> Result<Vec<Stored>> {
         self.cp.stored(&self.ns, prefix, limit)
-    }
-
-    /// Stops the controller manager until the guard drops, its API connections cut (see
-    /// `ControlPlane::pause_controllers`).
-    pub fn pause_controllers(&self) -> Result<Paused<'_>> {
-        self.cp.pause_controllers(&self.ns)
     }
 
     /// Puts `objects` over what etcd holds for them, in one transaction.
