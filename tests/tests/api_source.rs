@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use kproxy::dataplane::ahead::PASS_PROGRAM_NAME;
 use kproxy_testbed::{
     TopologyOptions, apiserver::FakeApiServer, require_privileges, tcp_request, topology::vip,
 };
@@ -17,6 +18,7 @@ use serde_json::{Value, json};
 use support::{
     agent::{Agent, Bed, TCP_PORT, wait_until},
     http::{get, sample},
+    links::link_programs,
     objects::{Ep, node, service, slice},
 };
 
@@ -155,8 +157,39 @@ fn the_datapath_follows_the_api_through_events_relists_and_dropped_watches() {
     )
     .expect("/readyz");
     assert_eq!(status, 503, "not ready before every cache synced");
+    // The links are made meanwhile, with a program that passes everything on: the client
+    // still reaches a backend straight, and nothing is translated.
+    wait_until("the links made ahead", WATCH_OPEN, || {
+        agent.log_text().contains("links made ahead").then_some(())
+    });
+    let ahead = link_programs(&bed.pin_dir());
+    assert!(
+        !ahead.is_empty() && ahead.iter().all(|l| l.prog_name == PASS_PROGRAM_NAME),
+        "{ahead:?}"
+    );
+    let direct = tcp_request(
+        &bed.topo.client,
+        SocketAddrV4::new(b[0], TCP_PORT),
+        CONVERGE,
+    )
+    .expect("a backend reached straight through the links made ahead");
+    assert_eq!(*direct.backend.ip(), b[0]);
     api.release_lists("endpointslices");
     agent.wait_ready();
+    let served = link_programs(&bed.pin_dir());
+    assert_eq!(
+        served.iter().map(|l| l.link_id).collect::<Vec<_>>(),
+        ahead.iter().map(|l| l.link_id).collect::<Vec<_>>(),
+        "kproxy's programs swapped into the links made ahead"
+    );
+    assert!(
+        served.iter().all(|l| l.prog_name.starts_with("kproxy_tc")),
+        "{served:?}"
+    );
+    assert!(
+        !agent.log_text().contains("replaced the program"),
+        "a first start attaches, it replaces no program of a previous agent's"
+    );
     assert_eq!(
         frontends(bed),
         vec![frontend(10), frontend(12)],

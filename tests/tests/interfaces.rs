@@ -13,6 +13,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use kproxy::dataplane::{
+    ahead::{self, LinkedAhead, PASS_PROGRAM_NAME},
     links::{
         LinkMetrics, LinkWatcher,
         select::{IfacePattern, IfacePatterns, PodInterfaces, Selection},
@@ -27,6 +28,7 @@ use kproxy_testbed::{Netns, TopologyOptions, require_privileges, tcp_request, to
 use support::{
     agent::{Agent, Bed, TCP_PORT},
     http::{get, sample},
+    links::{LinkProgram, link_programs},
     manifests::{documents, service, slice},
 };
 
@@ -264,8 +266,14 @@ fn served_interfaces_that_lead_to_pods_are_marked() {
                     pod: Some(PodInterfaces::name_prefix("kpc")),
                 };
                 let metrics = LinkMetrics::default();
-                let watcher = LinkWatcher::start(ebpf, &in_node, selection, metrics.clone())
-                    .expect("starting the watcher");
+                let watcher = LinkWatcher::start(
+                    ebpf,
+                    &in_node,
+                    selection,
+                    metrics.clone(),
+                    LinkedAhead::default(),
+                )
+                .expect("starting the watcher");
                 assert_eq!(metrics.attached.get(), 3);
                 let mut served: Vec<(String, bool)> = watcher
                     .served()
@@ -356,4 +364,106 @@ fn an_interface_that_cannot_be_attached_holds_up_no_other() {
     );
     agent.assert_running();
     std::fs::remove_dir(&blocker).expect("removing the blocker");
+}
+
+/// At a start the TC links are made ahead with a program that passes every packet on
+/// (traffic flows as if nothing were attached), and attaching after the first sync swaps
+/// kproxy's programs into those same links: nothing is served before it, and the links'
+/// creation (an RCU grace period each) is out of the way by then.
+#[test]
+fn links_made_ahead_pass_everything_until_kproxy_is_swapped_in() {
+    if !require_privileges("links_made_ahead_pass_everything_until_kproxy_is_swapped_in") {
+        return;
+    }
+    let bed = Bed::new(TopologyOptions {
+        backends: 1,
+        ..TopologyOptions::default()
+    });
+    let pin_dir = bed.pin_dir();
+    let in_node = pin_dir.clone();
+    let kc = bed.topo.node.link_index("kc").expect("kc");
+    let selection = Selection {
+        tc: IfacePatterns(vec![IfacePattern::parse("kc").expect("pattern")]),
+        ..Selection::default()
+    };
+    let (ebpf, ahead) = bed
+        .topo
+        .node
+        .run({
+            let selection = selection.clone();
+            move || {
+                let sizes = MapSizes {
+                    services: 16,
+                    backends: 16,
+                    conntrack: 1024,
+                    affinity: 16,
+                    ..MapSizes::default()
+                };
+                let (ebpf, _) = load::load(&in_node, &sizes).expect("loading the datapath");
+                let ahead = ahead::link_ahead(&in_node, &selection).expect("links made ahead");
+                (ebpf, ahead)
+            }
+        })
+        .expect("in the node namespace");
+    assert_eq!(ahead.len(), 3, "kc's two hooks and lo's ingress");
+    let before = link_programs(&pin_dir);
+    let links: Vec<&str> = before.iter().map(|l| l.link.as_str()).collect();
+    assert_eq!(
+        links,
+        [
+            format!("tc-egress-{kc}-kc"),
+            format!("tc-ingress-{kc}-kc"),
+            "tc-ingress-1-lo".to_owned()
+        ]
+    );
+    for link in &before {
+        assert_eq!(link.prog_name, PASS_PROGRAM_NAME, "{link:?}");
+    }
+    // Through kc's hooks both ways, untouched.
+    let backend = bed.topo.backend_addr(0);
+    let reply = tcp_request(
+        &bed.topo.client,
+        SocketAddrV4::new(backend, TCP_PORT),
+        ATTEMPT,
+    )
+    .expect("the client reaches the backend through the pass program");
+    assert_eq!(*reply.backend.ip(), backend);
+
+    let metrics = LinkMetrics::default();
+    let in_node = pin_dir.clone();
+    let mut served = bed
+        .topo
+        .node
+        .run(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let watcher = LinkWatcher::start(ebpf, &in_node, selection, metrics, ahead)
+                    .expect("starting the watcher");
+                watcher
+                    .served()
+                    .map(|(link, _)| link.name)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .expect("in the node namespace");
+    served.sort();
+    assert_eq!(served, ["kc", "lo"]);
+    let after = link_programs(&pin_dir);
+    let link_ids = |links: &[LinkProgram]| -> Vec<(String, u32)> {
+        links.iter().map(|l| (l.link.clone(), l.link_id)).collect()
+    };
+    assert_eq!(
+        link_ids(&after),
+        link_ids(&before),
+        "the links made ahead are kept"
+    );
+    for link in &after {
+        assert!(
+            link.prog_name.starts_with("kproxy_tc"),
+            "kproxy's program runs there now: {link:?}"
+        );
+    }
 }

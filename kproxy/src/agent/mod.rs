@@ -24,6 +24,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     dataplane::{
+        ahead::{self, LinkedAhead},
         client_filter,
         links::{
             LinkMetrics, LinkWatcher,
@@ -231,11 +232,8 @@ pub async fn run(
     // The input next: the API lists while the kernel verifies the programs (most of a
     // start), the watches' first answers waiting in their channel.
     let mut input = open_input(&config, &metrics).await?;
-    let (pin_dir, sizes, xdp) = (
-        config.pin_dir.clone(),
-        config.sizes,
-        !config.xdp_ifaces.is_empty(),
-    );
+    let (pin_dir, sizes) = (config.pin_dir.clone(), config.sizes);
+    let xdp = !config.xdp_ifaces.is_empty();
     let (unverified, pinned) =
         tokio::task::spawn_blocking(move || load::open_maps_with(loader, &pin_dir, &sizes))
             .await
@@ -257,6 +255,7 @@ pub async fn run(
         );
         verified
     });
+    let linking = link_ahead(&config);
     let (node_addrs, flows) = open_node_config(&config)?;
     let (services, programmed) = open_service_maps(&config)?;
     metrics
@@ -287,8 +286,9 @@ pub async fn run(
 
     // Nothing is served from a partial view: a half-listed cluster would look like services
     // without endpoints, and their traffic would be rejected. Maps no attached program reads
-    // (fresh ones, or replacements of another layout's) are written while the view is
-    // listed, and attached once it is complete; adopted ones only then.
+    // (fresh ones, or replacements of another layout's; links made ahead pass everything)
+    // are written while the view is listed and attached once it is complete; adopted ones
+    // are written only then.
     let early = pinned != PinnedState::Adopted;
     let Some(initial) = first_complete_view(&mut input, &mut agent, early, &mut shutdown).await
     else {
@@ -316,7 +316,7 @@ pub async fn run(
     );
     agent.sync_health_checks(&mut health_checks).await;
     // Program first, attach second: once attached, the datapath serves current state.
-    let links = attach(ebpf, &mut agent)?;
+    let links = attach(ebpf, &mut agent, linked_ahead(linking).await?)?;
     // Interfaces come and go on their own schedule; the watcher stops with the agent.
     let _links = AbortOnDrop(tokio::spawn(links.run()));
     tracing::info!(pin_dir = %agent.config.pin_dir.display(), "ready");
@@ -553,24 +553,65 @@ fn health_check_bind_addresses(agent: &Agent) -> Vec<std::net::IpAddr> {
     }
 }
 
+/// Makes the TC links on a thread of its own, with a program that passes everything
+/// (`dataplane::ahead`), so that attaching after the first sync only swaps kproxy's in.
+fn link_ahead(config: &AgentConfig) -> JoinHandle<Result<LinkedAhead>> {
+    let (pin_dir, selection) = (config.pin_dir.clone(), selection(config));
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let ahead = ahead::link_ahead(&pin_dir, &selection)?;
+        tracing::info!(
+            links = ahead.len(),
+            took_ms = started.elapsed().as_millis(),
+            "links made ahead"
+        );
+        Ok(ahead)
+    })
+}
+
+/// The links [`link_ahead`] made; none if it failed (attaching then makes them).
+async fn linked_ahead(linking: JoinHandle<Result<LinkedAhead>>) -> Result<LinkedAhead> {
+    match linking.await.context("making links ahead")? {
+        Ok(ahead) => Ok(ahead),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no links made ahead; attaching makes them");
+            Ok(LinkedAhead::default())
+        }
+    }
+}
+
 /// Attaches the socket programs as `--socket-lb` says, and the packet programs to the
 /// interfaces `config` selects now; the watcher returned follows those.
-fn attach(mut ebpf: aya::Ebpf, agent: &mut Agent) -> Result<LinkWatcher> {
+fn attach(mut ebpf: aya::Ebpf, agent: &mut Agent, ahead: LinkedAhead) -> Result<LinkWatcher> {
     let config = &agent.config;
     // The reply lookups stop trusting the client bitmap until it covers the entries of the
     // programs replaced, which may not have set its bits (see `client_filter`).
     client_filter::unready(&config.pin_dir)?;
     socket_lb::apply(&mut ebpf, &config.pin_dir, &config.socket_lb)
         .context("socket-level load balancing (--socket-lb)")?;
-    let links = watch_links(ebpf, config, &agent.metrics)?;
+    let links = watch_links(ebpf, config, &agent.metrics, ahead)?;
     agent.services.seed_clients().context(names::MAP_CLIENTS)?;
     agent.publish_client_bits();
     Ok(links)
 }
 
 /// Attaches to the interfaces `config` selects now; the watcher returned follows them.
-fn watch_links(ebpf: aya::Ebpf, config: &AgentConfig, metrics: &Metrics) -> Result<LinkWatcher> {
-    let selection = Selection {
+fn watch_links(
+    ebpf: aya::Ebpf,
+    config: &AgentConfig,
+    metrics: &Metrics,
+    ahead: LinkedAhead,
+) -> Result<LinkWatcher> {
+    let metrics = LinkMetrics {
+        attached: metrics.attached_interfaces.clone(),
+        errors: metrics.attach_errors_total.clone(),
+    };
+    LinkWatcher::start(ebpf, &config.pin_dir, selection(config), metrics, ahead)
+}
+
+/// The interfaces `config` has kproxy serve.
+fn selection(config: &AgentConfig) -> Selection {
+    Selection {
         tc: IfacePatterns(config.tc_ifaces.clone()),
         xdp: IfacePatterns(config.xdp_ifaces.clone()),
         // Served interfaces leading to pods get IFACE_F_POD (local-traffic detection by
@@ -579,12 +620,7 @@ fn watch_links(ebpf: aya::Ebpf, config: &AgentConfig, metrics: &Metrics) -> Resu
             let detection = config.local_detection.clone();
             PodInterfaces::new(move |name| detection.pod_interface(name))
         }),
-    };
-    let metrics = LinkMetrics {
-        attached: metrics.attached_interfaces.clone(),
-        errors: metrics.attach_errors_total.clone(),
-    };
-    LinkWatcher::start(ebpf, &config.pin_dir, selection, metrics)
+    }
 }
 
 /// Stops a task when dropped, however `run` returns.

@@ -26,6 +26,7 @@ use kproxy_common::{
 };
 
 use super::{
+    ahead::LinkedAhead,
     links::select::{Link, Role, Tc},
     veth::{self, Checksums},
 };
@@ -89,7 +90,7 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
 
 /// The pin of a link names hook, ifindex and interface: an interface that was deleted and
 /// created again gets a new ifindex, hence a new link, and the dead one is swept.
-fn link_pin(pin_dir: &Path, hook: Hook, link: &Link) -> PathBuf {
+pub(super) fn link_pin(pin_dir: &Path, hook: Hook, link: &Link) -> PathBuf {
     links_dir(pin_dir).join(format!("{}-{}-{}", hook.label(), link.index, link.name))
 }
 
@@ -106,11 +107,14 @@ pub struct Hooks {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     ifaces: aya::maps::HashMap<MapData, u32, u32>,
+    /// Links made at the start, holding the pass program until kproxy's is swapped in.
+    ahead: LinkedAhead,
 }
 
 impl Hooks {
-    /// Takes the loaded object; its maps are already pinned under `pin_dir`.
-    pub fn new(ebpf: Ebpf, pin_dir: &Path) -> Result<Self> {
+    /// Takes the loaded object; its maps are already pinned under `pin_dir`, and `ahead`
+    /// are the links made for it there at the start.
+    pub fn new(ebpf: Ebpf, pin_dir: &Path, ahead: LinkedAhead) -> Result<Self> {
         std::fs::create_dir_all(links_dir(pin_dir))?;
         accept_local_on_loopback()?;
         let path = super::load::map_pin_path(pin_dir, names::MAP_IFACES);
@@ -119,6 +123,7 @@ impl Hooks {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             ifaces,
+            ahead,
         })
     }
 
@@ -240,8 +245,14 @@ impl Hooks {
             .program_mut(program)
             .with_context(|| format!("{program} missing"))?
             .try_into()?;
-        attach_tc(prog, &link.name, attach_type, &pin)
-            .with_context(|| format!("attaching {} to {}", hook.label(), link.name))
+        let attached = attach_tc(prog, &link.name, attach_type, &pin)
+            .with_context(|| format!("attaching {} to {}", hook.label(), link.name))?;
+        // A link made ahead held the pass program: kproxy runs there for the first time.
+        Ok(if self.ahead.claim(&pin) {
+            Attached::New
+        } else {
+            attached
+        })
     }
 
     /// Attaches XDP program `program` (one of the object's XDP programs, loaded now if it is

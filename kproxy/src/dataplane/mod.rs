@@ -2,6 +2,7 @@
 //! programs, and reading and writing maps.
 
 mod addr_filter;
+pub mod ahead;
 pub mod attach;
 mod batch;
 pub mod bpffs;

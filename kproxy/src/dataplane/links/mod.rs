@@ -20,7 +20,10 @@ use self::{
     netlink::{LinkEvent, LinkEvents},
     select::{Leaving, Link, Role, Selection},
 };
-use super::attach::{AttachError, Attached, Hook, Hooks, Served};
+use super::{
+    ahead::LinkedAhead,
+    attach::{AttachError, Attached, Hook, Hooks, Served},
+};
 use crate::metrics::{OperationLabel, gauge};
 
 /// How often the whole list of interfaces is read again, whatever the notifications said: a
@@ -72,6 +75,7 @@ impl LinkWatcher {
         pin_dir: &Path,
         selection: Selection,
         metrics: LinkMetrics,
+        ahead: LinkedAhead,
     ) -> Result<Self> {
         // Exported at zero from the start, so a rate over them needs no first failure.
         for operation in ["attach", "detach"] {
@@ -82,7 +86,7 @@ impl LinkWatcher {
         // Subscribed before the first dump, so no change between the two is missed.
         let events = LinkEvents::subscribe().context("subscribing to link notifications")?;
         let mut watcher = Self {
-            hooks: Hooks::new(ebpf, pin_dir)?,
+            hooks: Hooks::new(ebpf, pin_dir, ahead)?,
             selection,
             events,
             links: BTreeMap::new(),
