@@ -1,6 +1,7 @@
 //! `kproxy run`: load and attach the datapath, then keep it in step with the cluster (the
 //! Kubernetes API or a manifests path).
 
+mod drift_schedule;
 mod explain;
 mod input;
 
@@ -14,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use drift_schedule::DriftSchedule;
 use input::{Input, Wakeup};
 use kproxy_common::{
     config::{CFG_F_LOCALHOST_NODEPORTS, Config},
@@ -390,15 +392,8 @@ async fn serve(
     agent_requests: &mut mpsc::Receiver<AgentRequest>,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<()> {
-    // The drift check's period; without one (0) it runs only when asked.
-    let mut drift_check = tokio::time::interval(
-        agent
-            .config
-            .drift_check_period
-            .unwrap_or(Duration::from_secs(u64::from(u32::MAX))),
-    );
-    drift_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    drift_check.tick().await;
+    // Without a period (0) the drift check runs only when asked.
+    let mut drift = DriftSchedule::new(agent.config.drift_check_period);
     let mut gc = tokio::time::interval(agent.config.gc_interval);
     // A pass that outlasts the interval is followed by one a whole interval later, not by
     // the ticks it missed in a burst.
@@ -416,6 +411,7 @@ async fn serve(
                     anyhow::bail!("the input stopped");
                 };
                 let seen = Instant::now();
+                drift.changed(seen.into());
                 agent.health.queued(seen);
                 tokio::time::sleep(agent.config.debounce).await;
                 let changes = input.take(wakeup, &agent.metrics);
@@ -467,7 +463,8 @@ async fn serve(
             {
                 agent.name_frontends();
             }
-            _ = drift_check.tick(), if agent.config.drift_check_period.is_some() => {
+            () = drift.due() => {
+                drift.ran();
                 agent.check_drift(input);
             }
             Some(request) = agent_requests.recv() => match request {
