@@ -200,6 +200,7 @@ pub const STORED_PER_SERVICE: usize = 3;
 /// created at `at`.
 fn stored_objects(cluster: &Cluster, at: SystemTime) -> Result<Vec<Stored>> {
     let created = rfc3339_seconds(at);
+    let recorded = rfc3339_seconds(at + IP_ADDRESS_GRACE);
     // Unique within the cluster, as uids must be; the kind in the first group.
     let uid = |kind: u32, i: usize| format!("{kind:08x}-0000-4000-8000-{i:012x}");
     let mut stored = Vec::with_capacity(cluster.len() * STORED_PER_SERVICE);
@@ -208,7 +209,7 @@ fn stored_objects(cluster: &Cluster, at: SystemTime) -> Result<Vec<Stored>> {
         service["spec"]["sessionAffinity"] = "None".into();
         service["spec"]["internalTrafficPolicy"] = "Cluster".into();
         service["status"] = json!({"loadBalancer": {}});
-        stored.push(Stored::ip_address(&service, &uid(1, i), &created)?);
+        stored.push(Stored::ip_address(&service, &uid(1, i), &recorded)?);
         stored.push(Stored::new(service, &uid(2, i), &created)?);
         let mut slice = cluster::with_type(slice, "discovery.k8s.io/v1", "EndpointSlice")?;
         slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = MANAGED_BY.into();
@@ -216,6 +217,17 @@ fn stored_objects(cluster: &Cluster, at: SystemTime) -> Result<Vec<Stored>> {
     }
     Ok(stored)
 }
+
+/// How far past the bench objects' creation their IPAddress records are stamped. The API
+/// server's repair loop deletes a record whose Service its own informer has not seen once
+/// the record is 60 s old, and the Service's next pass writes it again. With 300,000 objects
+/// stored over about a minute and those informers catching up after, records stamped with
+/// the storing's start were deleted as leaked by the thousand and written again, at
+/// 10/s while the proxies started and for minutes after (12,714 repair errors in the API
+/// server's log of one 100,000-Service run, at 9a2e724): load on the API server the
+/// proxies' lists competed with. Stamped later, a record is past its grace only once every
+/// Service has long been seen.
+const IP_ADDRESS_GRACE: Duration = Duration::from_mins(10);
 
 /// Waits until the API server lists all `n` bench Services and slices (its watch of etcd
 /// brings them in) and its watch cache of each kind has caught up with them, so a proxy's
