@@ -243,19 +243,8 @@ fn served_interfaces_that_lead_to_pods_are_marked() {
         .topo
         .node
         .run(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let sizes = MapSizes {
-                    services: 16,
-                    backends: 16,
-                    conntrack: 1024,
-                    affinity: 16,
-                    ..MapSizes::default()
-                };
-                let (ebpf, _) = load::load(&in_node, &sizes).expect("loading the datapath");
+            in_runtime(async {
+                let ebpf = load_small(&in_node);
                 let selection = Selection {
                     // kpc2 is a pod interface kproxy is not told to serve.
                     tc: IfacePatterns(vec![
@@ -366,6 +355,27 @@ fn an_interface_that_cannot_be_attached_holds_up_no_other() {
     std::fs::remove_dir(&blocker).expect("removing the blocker");
 }
 
+/// The datapath loaded with small maps, pinned under `pin_dir`.
+fn load_small(pin_dir: &Path) -> aya::Ebpf {
+    let sizes = MapSizes {
+        services: 16,
+        backends: 16,
+        conntrack: 1024,
+        affinity: 16,
+        ..MapSizes::default()
+    };
+    load::load(pin_dir, &sizes).expect("loading the datapath").0
+}
+
+/// Runs `work` to completion on a runtime of the calling thread (the link watcher needs one).
+fn in_runtime<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(work)
+}
+
 /// At a start the TC links are made ahead with a program that passes every packet on
 /// (traffic flows as if nothing were attached), and attaching after the first sync swaps
 /// kproxy's programs into those same links: nothing is served before it, and the links'
@@ -392,14 +402,7 @@ fn links_made_ahead_pass_everything_until_kproxy_is_swapped_in() {
         .run({
             let selection = selection.clone();
             move || {
-                let sizes = MapSizes {
-                    services: 16,
-                    backends: 16,
-                    conntrack: 1024,
-                    affinity: 16,
-                    ..MapSizes::default()
-                };
-                let (ebpf, _) = load::load(&in_node, &sizes).expect("loading the datapath");
+                let ebpf = load_small(&in_node);
                 let ahead = ahead::link_ahead(&in_node, &selection).expect("links made ahead");
                 (ebpf, ahead)
             }
@@ -408,14 +411,13 @@ fn links_made_ahead_pass_everything_until_kproxy_is_swapped_in() {
     assert_eq!(ahead.len(), 3, "kc's two hooks and lo's ingress");
     let before = link_programs(&pin_dir);
     let links: Vec<&str> = before.iter().map(|l| l.link.as_str()).collect();
-    assert_eq!(
-        links,
-        [
-            format!("tc-egress-{kc}-kc"),
-            format!("tc-ingress-{kc}-kc"),
-            "tc-ingress-1-lo".to_owned()
-        ]
-    );
+    let mut want = [
+        format!("tc-egress-{kc}-kc"),
+        format!("tc-ingress-{kc}-kc"),
+        "tc-ingress-1-lo".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(links, want);
     for link in &before {
         assert_eq!(link.prog_name, PASS_PROGRAM_NAME, "{link:?}");
     }
@@ -435,11 +437,7 @@ fn links_made_ahead_pass_everything_until_kproxy_is_swapped_in() {
         .topo
         .node
         .run(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
+            in_runtime(async move {
                 let watcher = LinkWatcher::start(ebpf, &in_node, selection, metrics, ahead)
                     .expect("starting the watcher");
                 watcher
