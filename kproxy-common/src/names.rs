@@ -163,10 +163,14 @@ pub const GLOBAL_HOST_NETNS: &str = "KP_HOST_NETNS";
 pub const GLOBAL_SOCK_LB_PODS: &str = "KP_SOCK_LB_PODS";
 /// The size M of every Maglev table (`u32`, a prime): the agent's `--maglev-table-size`.
 pub const GLOBAL_MAGLEV_TABLE_SIZE: &str = "KP_MAGLEV_TABLE_SIZE";
-pub const GLOBALS: [&str; 3] = [
+/// The agent's `--max-services` (`u32`): above every service port id, and the length of
+/// each CPU's region of `KP_RR` and `KP_SVC_STATS`.
+pub const GLOBAL_MAX_SERVICES: &str = "KP_MAX_SERVICES";
+pub const GLOBALS: [&str; 4] = [
     GLOBAL_HOST_NETNS,
     GLOBAL_SOCK_LB_PODS,
     GLOBAL_MAGLEV_TABLE_SIZE,
+    GLOBAL_MAX_SERVICES,
 ];
 
 /// Programs in the object for the benchmark only.

@@ -23,7 +23,7 @@ use crate::{
     maps::{KP_MAGLEV, KP_RETIRED, KP_RR, KP_SLOTS},
     packet::{NatRewrite, Packet, Peer, Side},
     parse::{Fragment, Parsed},
-    policy, route,
+    per_cpu, policy, route,
     scratch::StageState,
     stats, vip,
 };
@@ -829,13 +829,15 @@ pub fn select_backend<F: Family, O: AffinityOwner>(
 /// The backend id in `svc`'s next slot in turn (round robin).
 #[inline(always)]
 fn next_in_turn(svc: &ServiceValue) -> Result<u32, Counter> {
-    let rr = KP_RR.get_ptr_mut(svc.id).ok_or(Counter::DropNoSlot)?;
+    let rr = KP_RR
+        .get_ptr_mut(per_cpu::index(svc.id))
+        .ok_or(Counter::DropNoSlot)?;
     // This CPU's own counter, yet still an atomic add: a cgroup socket program runs in
     // process context and a TC program in softirq can interrupt it on the same CPU between
     // a plain read and write, losing a turn. Uncontended, the atomic costs little.
     // SeqCst, not Relaxed: LLVM's BPF backend lowers a *monotonic* atomicrmw add to the
     // non-fetching `lock +=` even when the old value is used, which silently returns garbage.
-    // SAFETY: a per-CPU array element is 8-byte aligned and lives as long as the map (array
+    // SAFETY: an array element of a u64 is 8-byte aligned and lives as long as the map (array
     // elements are never recycled).
     let turn = unsafe { AtomicU64::from_ptr(rr) }.fetch_add(1, Ordering::SeqCst);
     let index = (turn % u64::from(svc.count)) as u32;

@@ -25,6 +25,7 @@ mod maps;
 mod packet;
 mod parse;
 mod parse6;
+mod per_cpu;
 mod policy;
 mod reset;
 mod route;

@@ -46,10 +46,13 @@ pub static KP_SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(524_288, NO_PREALLO
 pub static KP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(262_144, NO_PREALLOC);
 
 /// Round-robin position of each service port, one per CPU: a counter shared by every CPU
-/// would be one cache line bouncing between them at every new flow. The agent starts each
-/// service port's counters at a random slot, one further on each CPU.
+/// would be one cache line bouncing between them at every new flow. A plain array with a
+/// region per CPU (`per_cpu::index`; the agent sizes it), not a per-CPU array: the kernel
+/// allocates a per-CPU array's copies entry by entry, 60 ms for 65,536 entries at every
+/// start. The agent starts each service port's counters at a random slot, one further on
+/// each CPU.
 #[map]
-pub static KP_RR: PerCpuArray<u64> = PerCpuArray::pinned(65_536, 0);
+pub static KP_RR: Array<u64> = Array::pinned(65_536, 0);
 
 /// Maglev tables of the service ports that use them (`SVC_F_MAGLEV`), a table of each bank
 /// cut into 4 KiB chunks: (id, table size, bank, chunk) → backend ids. Not preallocated:
@@ -79,9 +82,10 @@ pub static KP_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pin
 #[map]
 pub static KP_STATS: PerCpuArray<GlobalStats> = PerCpuArray::pinned(1, 0);
 
-/// Per-CPU counters of each service port, indexed by service port id.
+/// Per-CPU counters of each service port: a region per CPU, indexed by service port id
+/// (`per_cpu::index`, as `KP_RR`).
 #[map]
-pub static KP_SVC_STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(65_536, 0);
+pub static KP_SVC_STATS: Array<ServiceStats> = Array::pinned(65_536, 0);
 
 /// Per-CPU counters of each backend, created by its first new flow, deleted by the agent
 /// with the backend.

@@ -3,7 +3,10 @@
 
 use kproxy_common::stats::{BackendStats, Counter};
 
-use crate::maps::{KP_BE_STATS, KP_STATS, KP_SVC_STATS};
+use crate::{
+    maps::{KP_BE_STATS, KP_STATS, KP_SVC_STATS},
+    per_cpu,
+};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -16,8 +19,8 @@ pub fn count(counter: Counter) {
 /// A translated packet of service port `svc_id`.
 #[inline(always)]
 pub fn count_service_packet(svc_id: u32, bytes: u32) {
-    if let Some(s) = KP_SVC_STATS.get_ptr_mut(svc_id) {
-        // SAFETY: per-CPU value of this CPU.
+    if let Some(s) = KP_SVC_STATS.get_ptr_mut(per_cpu::index(svc_id)) {
+        // SAFETY: this CPU's element.
         unsafe {
             (*s).packets += 1;
             (*s).bytes += u64::from(bytes);
@@ -29,8 +32,8 @@ pub fn count_service_packet(svc_id: u32, bytes: u32) {
 #[inline(always)]
 pub fn count_new_flow(svc_id: u32, backend_id: u32) {
     count(Counter::NewFlows);
-    if let Some(s) = KP_SVC_STATS.get_ptr_mut(svc_id) {
-        // SAFETY: per-CPU value of this CPU.
+    if let Some(s) = KP_SVC_STATS.get_ptr_mut(per_cpu::index(svc_id)) {
+        // SAFETY: this CPU's element.
         unsafe { (*s).new_flows += 1 };
     }
     backend(backend_id);
@@ -100,8 +103,8 @@ fn backend(backend_id: u32) {
 /// counts the drop).
 #[inline(always)]
 pub fn count_refused(svc_id: u32) {
-    if let Some(s) = KP_SVC_STATS.get_ptr_mut(svc_id) {
-        // SAFETY: per-CPU value of this CPU.
+    if let Some(s) = KP_SVC_STATS.get_ptr_mut(per_cpu::index(svc_id)) {
+        // SAFETY: this CPU's element.
         unsafe { (*s).rejected += 1 };
     }
 }

@@ -81,10 +81,10 @@ fn pinned_state_of_this_layout_is_adopted_and_of_any_other_replaced() {
     assert!(meta_map().get(&0, 0).expect("meta").is_current());
 }
 
-/// An upgrade from the build whose round-robin counter was one `Array` element per service
-/// port, shared by all CPUs: the same layout version, so everything is adopted (flows
-/// survive) but `KP_RR`, whose map type changed and which is replaced alone, every service
-/// port starting at a random slot again.
+/// An upgrade from the builds whose round-robin counter was one `Array` element per service
+/// port, shared by all CPUs, or a per-CPU array: the same layout version, so everything is
+/// adopted (flows survive) but `KP_RR`, whose map type or size changed and which is
+/// replaced alone, every service port starting at a random slot again.
 #[test]
 fn an_upgrade_over_the_shared_round_robin_counter_keeps_flows_and_replaces_only_it() {
     if !require_privileges(
@@ -92,27 +92,51 @@ fn an_upgrade_over_the_shared_round_robin_counter_keeps_flows_and_replaces_only_
     ) {
         return;
     }
+    upgrade_replaces_only_round_robin(|rr_pin| {
+        let mut previous: aya::maps::Array<aya::maps::MapData, u64> =
+            aya::maps::Array::create(SIZES.services, 0).expect("the previous build's KP_RR");
+        previous.set(0, 7, 0).expect("a turn");
+        previous.pin(rr_pin).expect("pin it");
+    });
+}
+
+#[test]
+fn an_upgrade_over_the_per_cpu_round_robin_array_keeps_flows_and_replaces_only_it() {
+    if !require_privileges(
+        "an_upgrade_over_the_per_cpu_round_robin_array_keeps_flows_and_replaces_only_it",
+    ) {
+        return;
+    }
+    upgrade_replaces_only_round_robin(|rr_pin| {
+        let previous: aya::maps::PerCpuArray<aya::maps::MapData, u64> =
+            aya::maps::PerCpuArray::create(SIZES.services, 0).expect("the previous build's KP_RR");
+        previous.pin(rr_pin).expect("pin it");
+    });
+}
+
+/// Loads over state whose `KP_RR` `pin_previous` pins: the flow of before goes on, and new
+/// flows start at this CPU's fresh random turn.
+fn upgrade_replaces_only_round_robin(pin_previous: impl FnOnce(&std::path::Path)) {
     let mut dp = loaded(&three_backends(Protocol::Tcp, None));
     let (_, out) = dp.tc(&tcp_frame((CLIENT, 40_000), (VIP, 80), SYN, b""));
     let backend = dst(&out);
     let pin_dir = dp.bpffs.pin_path("kproxy");
     let rr_pin = pin_dir.join(names::MAP_RR);
     std::fs::remove_file(&rr_pin).expect("unpin KP_RR");
-    let mut previous: aya::maps::Array<aya::maps::MapData, u64> =
-        aya::maps::Array::create(SIZES.services, 0).expect("the previous build's KP_RR");
-    previous.set(0, 7, 0).expect("a turn");
-    previous.pin(&rr_pin).expect("pin it");
+    pin_previous(&rr_pin);
 
     let (ebpf, state) = load::load(&pin_dir, &SIZES).expect("load");
     assert_eq!(state, PinnedState::Adopted);
     let info = aya::maps::MapInfo::from_pin(&rr_pin).expect("KP_RR");
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    assert_eq!(info.map_type().expect("type"), aya::maps::MapType::Array);
     assert_eq!(
-        info.map_type().expect("type"),
-        aya::maps::MapType::PerCpuArray
+        info.max_entries(),
+        SIZES.services * u32::try_from(cpus).expect("CPUs"),
+        "a region of --max-services counters per CPU"
     );
     let maps = ServiceMaps::open(&pin_dir).expect("maps");
     assert_eq!(maps.snapshot().expect("snapshot").services.len(), 1);
-    let cpus = aya::util::nr_cpus().expect("possible CPUs");
     let turns = maps.round_robin_turns(0).expect("KP_RR");
     let want: Vec<u64> = (turns[0]..).take(cpus).collect();
     assert_eq!(turns, want, "a random start, one further on each CPU");

@@ -44,24 +44,6 @@ pub fn update<K: Pod + Sync, V: Pod + Sync>(
     update_entries(map, keys, values)
 }
 
-/// [`update`] for a per-CPU map: `values` holds each key's value for every possible CPU,
-/// key after key (`cpus` values per key), as the kernel lays out per-CPU values of a size
-/// that is a multiple of 8.
-pub fn update_per_cpu<K: Pod + Sync, V: Pod + Sync>(
-    map: &MapData,
-    keys: &[K],
-    values: &[V],
-    cpus: usize,
-) -> (usize, Option<std::io::Error>) {
-    assert_eq!(keys.len() * cpus, values.len(), "one value per key and CPU");
-    assert_eq!(
-        size_of::<V>() % 8,
-        0,
-        "the kernel pads each CPU's value to 8 bytes"
-    );
-    update_entries(map, keys, values)
-}
-
 /// Batches of at least this many entries are written by two threads, half each. (On a
 /// machine with one CPU the two take turns: a thread more per few thousand entries.)
 const SPLIT_FROM: usize = 2048;

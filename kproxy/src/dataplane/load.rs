@@ -88,8 +88,8 @@ impl MapSizes {
             // A frontend has at most one VIP of its own: as many VIPs as service ports.
             (names::MAP_VIPS, self.services),
             (names::MAP_VIPS6, self.services),
-            (names::MAP_RR, self.services),
-            (names::MAP_SVC_STATS, self.services),
+            (names::MAP_RR, self.per_cpu_entries()),
+            (names::MAP_SVC_STATS, self.per_cpu_entries()),
             (names::MAP_BE_STATS, self.backends),
             (names::MAP_SOCK_REV, self.sockets),
             (names::MAP_SOCK_REV6, self.sockets),
@@ -101,6 +101,13 @@ impl MapSizes {
             (names::MAP_MAGLEV, self.maglev_chunks()),
         ]);
         all
+    }
+
+    /// The capacity of the maps with a region of `services` elements per possible CPU
+    /// (`KP_RR`, `KP_SVC_STATS`).
+    pub fn per_cpu_entries(&self) -> u32 {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        self.services.saturating_mul(cpus)
     }
 
     /// `KP_MAGLEV`'s capacity: a table in each bank for `maglev_tables` service ports (the
@@ -242,23 +249,25 @@ pub fn open_maps_with(
         remove_map_pins(pin_dir)?;
     }
     drop_incompatible_pins(pin_dir, sizes, &object)?;
-    // A KP_RR this load creates (fresh state, or a pin replaced above: of another size, or
-    // the counter shared by all CPUs of the builds before) is all zeros, where every service
+    // A KP_RR this load creates (fresh state, or a pin replaced above: of another size, the
+    // per-CPU array of the builds before, or their counter shared by all CPUs) is all zeros, where every service
     // port must hold a random start.
     let round_robin_created = !map_pin_path(pin_dir, names::MAP_RR).exists();
     loader.default_map_pin_directory(pin_dir);
-    // The loader borrows the value for its life: leaked, four bytes per load.
+    // The loader borrows the values for its life: leaked, eight bytes per load.
     let table_size: &'static u32 = Box::leak(Box::new(sizes.maglev_table_size));
     loader.override_global(names::GLOBAL_MAGLEV_TABLE_SIZE, table_size, true);
+    let max_services: &'static u32 = Box::leak(Box::new(sizes.services));
+    loader.override_global(names::GLOBAL_MAX_SERVICES, max_services, true);
     for (name, size) in sizes.max_entries() {
         loader.map_max_entries(name, size);
     }
     let ebpf = loader.load(&object).context("loading the eBPF object")?;
     if round_robin_created {
         match ebpf.map(names::MAP_RR) {
-            Some(Map::PerCpuArray(rr)) => seed_round_robin(rr)?,
+            Some(Map::Array(rr)) => seed_round_robin(rr)?,
             _ => anyhow::bail!(
-                "map {} missing from the object or not a per-CPU array",
+                "map {} missing from the object or not an array",
                 names::MAP_RR
             ),
         }

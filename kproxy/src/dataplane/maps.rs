@@ -9,13 +9,14 @@
 
 mod family;
 mod flows;
+mod per_cpu;
 mod round_robin;
 mod walk;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use family::FamilyMaps;
 pub use flows::FlowMaps;
 use kproxy_common::{
@@ -26,6 +27,7 @@ use kproxy_common::{
     names,
     stats::{BackendStats, GlobalStats, ServiceStats},
 };
+use per_cpu::Regions;
 pub use round_robin::seed as seed_round_robin;
 
 use super::{
@@ -126,9 +128,11 @@ pub struct ServiceMaps {
     slots_raw: MapData,
     slots: HashMap<MapData, SlotKey, u32>,
     meta: Array<MapData, Meta>,
-    rr: PerCpuArray<MapData, u64>,
+    rr: Array<MapData, u64>,
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
-    svc_stats: PerCpuArray<MapData, ServiceStats>,
+    svc_stats: Array<MapData, ServiceStats>,
+    /// Where `rr`'s and `svc_stats`' element of each CPU lies.
+    regions: Regions,
     be_stats: PerCpuHashMap<MapData, u32, BackendStats>,
     retired: Array<MapData, u64>,
     /// What `retired` holds: read once at open, then kept with every stamp written, so
@@ -147,6 +151,9 @@ pub struct ServiceMaps {
 impl ServiceMaps {
     pub fn open(pin_dir: &Path) -> Result<Self> {
         let path = map_pin_path(pin_dir, names::MAP_SLOTS);
+        let rr: Array<MapData, u64> = open_typed!(pin_dir, names::MAP_RR);
+        let cpus = possible_cpus()?;
+        let regions = Regions::new(rr.len(), cpus).context(names::MAP_RR)?;
         let mut maps = Self {
             v4: FamilyMaps::open(pin_dir)?,
             v6: FamilyMaps::open_if_pinned(pin_dir)?,
@@ -154,9 +161,10 @@ impl ServiceMaps {
                 .with_context(|| format!("opening pinned map {}", path.display()))?,
             slots: open_typed!(pin_dir, names::MAP_SLOTS),
             meta: open_typed!(pin_dir, names::MAP_META),
-            rr: open_typed!(pin_dir, names::MAP_RR),
+            rr,
             maglev: open_typed!(pin_dir, names::MAP_MAGLEV),
             svc_stats: open_typed!(pin_dir, names::MAP_SVC_STATS),
+            regions,
             be_stats: open_typed!(pin_dir, names::MAP_BE_STATS),
             retired: open_typed!(pin_dir, names::MAP_RETIRED),
             retired_ns: 0,
@@ -164,7 +172,7 @@ impl ServiceMaps {
             filter: None,
             clients: None,
             pin_dir: pin_dir.to_owned(),
-            cpus: possible_cpus()?,
+            cpus,
         };
         maps.retired_ns = maps.retired.get(&0, 0).unwrap_or(0);
         Ok(maps)
@@ -207,14 +215,19 @@ impl ServiceMaps {
 
     /// Per-service-port counters summed over CPUs.
     pub fn service_stats(&self, svc_id: u32) -> Result<ServiceStats> {
-        Ok(summed(&self.svc_stats.get(&svc_id, 0)?))
+        let per_cpu = (self.regions.indexes(svc_id))
+            .map(|index| self.svc_stats.get(&index, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(summed(&per_cpu))
     }
 
     /// The round-robin counters of service port `svc_id`, one per possible CPU (the kernel's
     /// order): the next new flow without affinity that CPU `n` handles takes slot
     /// `turns[n] % count`.
     pub fn round_robin_turns(&self, svc_id: u32) -> Result<Vec<u64>> {
-        Ok(self.rr.get(&svc_id, 0)?.to_vec())
+        Ok((self.regions.indexes(svc_id))
+            .map(|index| self.rr.get(&index, 0))
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Per-backend counters summed over CPUs (zero if the backend has none).
@@ -223,10 +236,6 @@ impl ServiceMaps {
             |_| BackendStats::default(),
             |per_cpu| backend_sum(backend_id, per_cpu.iter()),
         )
-    }
-
-    fn zeroed<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>> {
-        Ok(PerCpuValues::try_from(vec![T::default(); self.cpus])?)
     }
 
     /// Writes `KP_FREE_PORTS` for the NodePorts `KP_SERVICES` and `KP_SERVICES6` hold and
@@ -614,12 +623,13 @@ impl ServiceMaps {
                 }
             }
             MapOp::ResetServiceCounters { svc_id } => {
-                let starts = PerCpuValues::try_from(round_robin::random_starts(self.cpus))?;
-                self.rr.set(*svc_id, starts, 0).context("KP_RR")?;
-                let zero = self.zeroed::<ServiceStats>()?;
-                self.svc_stats
-                    .set(*svc_id, zero, 0)
-                    .context("KP_SVC_STATS")?;
+                let starts = round_robin::random_starts(self.cpus);
+                for (index, start) in self.regions.indexes(*svc_id).zip(starts) {
+                    self.rr.set(index, start, 0).context("KP_RR")?;
+                    self.svc_stats
+                        .set(index, ServiceStats::default(), 0)
+                        .context("KP_SVC_STATS")?;
+                }
             }
             MapOp::PutService {
                 key,
@@ -661,14 +671,23 @@ pub fn monotonic_ns() -> u64 {
 /// Per-service-port counters summed over CPUs, for each of `ids` in order (zero for an id
 /// the map cannot answer).
 pub fn services_stats(pin_dir: &Path, ids: &[u32]) -> Result<Vec<ServiceStats>> {
-    let stats: PerCpuArray<MapData, ServiceStats> = open_typed!(pin_dir, names::MAP_SVC_STATS);
+    let path = map_pin_path(pin_dir, names::MAP_SVC_STATS);
+    let map = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let regions = Regions::of(&map, possible_cpus()?)?;
+    // Read whole, a chunk per syscall (every CPU's element of every id), and summed per id:
+    // at 100,000 Services one lookup per element was 200,000 syscalls a scrape.
+    let mut sums = vec![ServiceStats::default(); regions.stride() as usize];
+    batch::for_each(&map, WALK_CHUNK, |index: &u32, stats: &ServiceStats| {
+        if let Some(sum) = sums.get_mut(regions.service_of(*index) as usize) {
+            add(sum, stats);
+        }
+        true
+    })
+    .context(names::MAP_SVC_STATS)?;
     Ok(ids
         .iter()
-        .map(|id| {
-            stats
-                .get(id, 0)
-                .map_or_else(|_| ServiceStats::default(), |per_cpu| summed(&per_cpu))
-        })
+        .map(|id| sums.get(*id as usize).copied().unwrap_or_default())
         .collect())
 }
 
@@ -692,14 +711,18 @@ pub fn backend_sum<'a>(
 }
 
 /// One service port's per-CPU counters, summed.
-fn summed(per_cpu: &PerCpuValues<ServiceStats>) -> ServiceStats {
+fn summed(per_cpu: &[ServiceStats]) -> ServiceStats {
     per_cpu.iter().fold(ServiceStats::default(), |mut sum, s| {
-        sum.packets += s.packets;
-        sum.bytes += s.bytes;
-        sum.new_flows += s.new_flows;
-        sum.rejected += s.rejected;
+        add(&mut sum, s);
         sum
     })
+}
+
+fn add(sum: &mut ServiceStats, s: &ServiceStats) {
+    sum.packets += s.packets;
+    sum.bytes += s.bytes;
+    sum.new_flows += s.new_flows;
+    sum.rejected += s.rejected;
 }
 
 /// The per-CPU counters of backends `ids` summed (zero for one without any).

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, MapData},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use kproxy::{
@@ -174,9 +174,13 @@ impl LoadedDatapath {
 
     /// Sets the round-robin counters of service port `svc_id`, one per possible CPU.
     pub fn set_round_robin(&self, svc_id: u32, turns: &[u64]) {
-        let mut rr: PerCpuArray<MapData, u64> = self.map(names::MAP_RR);
-        let turns = PerCpuValues::try_from(turns.to_vec()).expect("one turn per CPU");
-        rr.set(svc_id, turns, 0).expect("writing KP_RR");
+        let mut rr: Array<MapData, u64> = self.map(names::MAP_RR);
+        // A region per CPU, each `--max-services` long (see `dataplane::maps::per_cpu`).
+        let stride = rr.len() / u32::try_from(turns.len()).expect("CPUs");
+        for (cpu, turn) in (0..).zip(turns) {
+            rr.set(cpu * stride + svc_id, turn, 0)
+                .expect("writing KP_RR");
+        }
     }
 
     fn run(&self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {

@@ -1,4 +1,5 @@
-//! Where each service port's round robin starts (`KP_RR`, one counter per CPU).
+//! Where each service port's round robin starts (`KP_RR`, one counter per CPU, in a region
+//! per CPU: see `per_cpu`).
 //!
 //! A service port starts at a random slot, as kube-proxy picks a random endpoint: with a few
 //! connections per Service (tens of thousands of Services), starting every one at its first
@@ -9,6 +10,7 @@
 use anyhow::{Context, Result};
 use aya::maps::MapData;
 
+use super::per_cpu::Regions;
 use crate::dataplane::batch;
 
 /// The counters of a service port whose round robin starts at `start` (modulo its backend
@@ -24,25 +26,28 @@ pub fn random_starts(cpus: usize) -> Vec<u64> {
     starts_at(fastrand::u32(..), cpus)
 }
 
-/// Service ports written per syscall by [`seed`]: 8 KiB per CPU, 2 MiB with 256 CPUs.
-const SEED_CHUNK: u32 = 1024;
+/// Elements written per syscall by [`seed`]: 64 KiB of counters.
+const SEED_CHUNK: u32 = 8192;
 
 /// Gives every service port of `map`, a `KP_RR` just created (all zeros), a random start of
 /// its own: ids are handed out without being reset first (a reset comes when an id is freed,
 /// see `MapOp::ResetServiceCounters`), so an unused id must hold a start already.
 pub fn seed(map: &MapData) -> Result<()> {
-    let cpus = super::possible_cpus()?;
-    let entries = map.info().context("KP_RR")?.max_entries();
+    let regions = Regions::of(map, super::possible_cpus()?)?;
+    let starts: Vec<u32> = (0..regions.stride()).map(|_| fastrand::u32(..)).collect();
     let mut keys = Vec::with_capacity(SEED_CHUNK as usize);
-    let mut values = Vec::with_capacity(SEED_CHUNK as usize * cpus);
-    for first in (0..entries).step_by(SEED_CHUNK as usize) {
+    let mut values = Vec::with_capacity(SEED_CHUNK as usize);
+    for first in (0..regions.entries()).step_by(SEED_CHUNK as usize) {
         keys.clear();
         values.clear();
-        for svc_id in first..entries.min(first + SEED_CHUNK) {
-            keys.push(svc_id);
-            values.extend(random_starts(cpus));
+        for index in first..regions.entries().min(first + SEED_CHUNK) {
+            let svc_id = regions.service_of(index);
+            // CPU n's region is the n-th: its counter starts n slots further on.
+            let cpu = index / regions.stride();
+            keys.push(index);
+            values.push(u64::from(starts[svc_id as usize]) + u64::from(cpu));
         }
-        if let (_, Some(e)) = batch::update_per_cpu(map, &keys, &values, cpus) {
+        if let (_, Some(e)) = batch::update(map, &keys, &values) {
             return Err(e).context("writing the round-robin starts into KP_RR");
         }
     }
