@@ -151,12 +151,17 @@ pub struct ServiceMaps {
 impl ServiceMaps {
     pub fn open(pin_dir: &Path) -> Result<Self> {
         let path = map_pin_path(pin_dir, names::MAP_SLOTS);
+        // The service maps first: a missing pin directory is named by its first.
+        let (v4, v6) = (
+            FamilyMaps::open(pin_dir)?,
+            FamilyMaps::open_if_pinned(pin_dir)?,
+        );
         let rr: Array<MapData, u64> = open_typed!(pin_dir, names::MAP_RR);
         let cpus = possible_cpus()?;
         let regions = Regions::new(rr.len(), cpus).context(names::MAP_RR)?;
         let mut maps = Self {
-            v4: FamilyMaps::open(pin_dir)?,
-            v6: FamilyMaps::open_if_pinned(pin_dir)?,
+            v4,
+            v6,
             slots_raw: MapData::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?,
             slots: open_typed!(pin_dir, names::MAP_SLOTS),
