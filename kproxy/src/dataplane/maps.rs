@@ -681,7 +681,7 @@ pub fn services_stats(pin_dir: &Path, ids: &[u32]) -> Result<Vec<ServiceStats>> 
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     let regions = Regions::of(&map, possible_cpus()?)?;
     // Read whole, a chunk per syscall (every CPU's element of every id), and summed per id:
-    // at 100,000 Services one lookup per element was 200,000 syscalls a scrape.
+    // a lookup per element would be 200,000 syscalls a scrape at 100,000 Services.
     let mut sums = vec![ServiceStats::default(); regions.stride() as usize];
     batch::for_each(&map, WALK_CHUNK, |index: &u32, stats: &ServiceStats| {
         if let Some(sum) = sums.get_mut(regions.service_of(*index) as usize) {
