@@ -145,7 +145,6 @@ pub struct ServiceMaps {
     /// `KP_CLIENTS`, once seeded (see `seed_clients`).
     clients: Option<ClientFilter>,
     pin_dir: PathBuf,
-    cpus: usize,
 }
 
 impl ServiceMaps {
@@ -157,8 +156,7 @@ impl ServiceMaps {
             FamilyMaps::open_if_pinned(pin_dir)?,
         );
         let rr: Array<MapData, u64> = open_typed!(pin_dir, names::MAP_RR);
-        let cpus = possible_cpus()?;
-        let regions = Regions::new(rr.len(), cpus).context(names::MAP_RR)?;
+        let regions = Regions::new(rr.len(), possible_cpus()?).context(names::MAP_RR)?;
         let mut maps = Self {
             v4,
             v6,
@@ -177,7 +175,6 @@ impl ServiceMaps {
             filter: None,
             clients: None,
             pin_dir: pin_dir.to_owned(),
-            cpus,
         };
         maps.retired_ns = maps.retired.get(&0, 0).unwrap_or(0);
         Ok(maps)
@@ -220,19 +217,14 @@ impl ServiceMaps {
 
     /// Per-service-port counters summed over CPUs.
     pub fn service_stats(&self, svc_id: u32) -> Result<ServiceStats> {
-        let per_cpu = (self.regions.indexes(svc_id))
-            .map(|index| self.svc_stats.get(&index, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(summed(&per_cpu))
+        Ok(summed(&self.regions.read(&self.svc_stats, svc_id)?))
     }
 
     /// The round-robin counters of service port `svc_id`, one per possible CPU (the kernel's
     /// order): the next new flow without affinity that CPU `n` handles takes slot
     /// `turns[n] % count`.
     pub fn round_robin_turns(&self, svc_id: u32) -> Result<Vec<u64>> {
-        Ok((self.regions.indexes(svc_id))
-            .map(|index| self.rr.get(&index, 0))
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(self.regions.read(&self.rr, svc_id)?)
     }
 
     /// Per-backend counters summed over CPUs (zero if the backend has none).
@@ -628,7 +620,7 @@ impl ServiceMaps {
                 }
             }
             MapOp::ResetServiceCounters { svc_id } => {
-                let starts = round_robin::random_starts(self.cpus);
+                let starts = round_robin::random_starts(self.regions.cpus());
                 for (index, start) in self.regions.indexes(*svc_id).zip(starts) {
                     self.rr.set(index, start, 0).context("KP_RR")?;
                     self.svc_stats
@@ -679,7 +671,7 @@ pub fn services_stats(pin_dir: &Path, ids: &[u32]) -> Result<Vec<ServiceStats>> 
     let path = map_pin_path(pin_dir, names::MAP_SVC_STATS);
     let map = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
-    let regions = Regions::of(&map, possible_cpus()?)?;
+    let regions = Regions::of(&map)?;
     // Read whole, a chunk per syscall (every CPU's element of every id), and summed per id:
     // a lookup per element would be 200,000 syscalls a scrape at 100,000 Services.
     let mut sums = vec![ServiceStats::default(); regions.stride() as usize];

@@ -5,7 +5,7 @@
 //! by entry (127 ms for the two at 65,536 entries, on every start).
 
 use anyhow::{Context, Result};
-use aya::maps::MapData;
+use aya::maps::{Array, MapData, MapError};
 
 /// Where each CPU's element of a service port lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,13 +15,13 @@ pub struct Regions {
 }
 
 impl Regions {
-    /// The layout of `map`, `cpus` regions long together.
-    pub fn of(map: &MapData, cpus: usize) -> Result<Self> {
+    /// The layout of `map`: a region for each possible CPU.
+    pub fn of(map: &MapData) -> Result<Self> {
         let entries = map
             .info()
             .context("reading a per-CPU region map")?
             .max_entries();
-        Self::new(entries, cpus)
+        Self::new(entries, super::possible_cpus()?)
     }
 
     /// `entries` split into `cpus` regions.
@@ -35,6 +35,22 @@ impl Regions {
             cpus,
             stride: entries / cpus,
         })
+    }
+
+    /// Each CPU's value of service port `svc_id` in `map`, in the kernel's CPU order.
+    pub fn read<V: aya::Pod>(
+        self,
+        map: &Array<MapData, V>,
+        svc_id: u32,
+    ) -> Result<Vec<V>, MapError> {
+        self.indexes(svc_id)
+            .map(|index| map.get(&index, 0))
+            .collect()
+    }
+
+    /// The possible CPUs, a region each.
+    pub fn cpus(self) -> usize {
+        self.cpus as usize
     }
 
     /// Each CPU's element of service port `svc_id`, in the kernel's CPU order.

@@ -33,7 +33,7 @@ const SEED_CHUNK: u32 = 8192;
 /// its own: ids are handed out without being reset first (a reset comes when an id is freed,
 /// see `MapOp::ResetServiceCounters`), so an unused id must hold a start already.
 pub fn seed(map: &MapData) -> Result<()> {
-    let regions = Regions::of(map, super::possible_cpus()?)?;
+    let regions = Regions::of(map)?;
     let starts: Vec<u32> = (0..regions.stride()).map(|_| fastrand::u32(..)).collect();
     let mut keys = Vec::with_capacity(SEED_CHUNK as usize);
     let mut values = Vec::with_capacity(SEED_CHUNK as usize);
