@@ -446,10 +446,13 @@ fn the_api_server_restarts_and_etcd_compacts_while_traffic_flows() {
     assert!(agent.log_text().contains(" ready"), "kproxy kept running");
 }
 
-/// Lists longer than a page: with `--api-list-page-size 3`, the eleven Services (the
-/// `kubernetes` one besides ten of the test's) and their slices come in four pages each
-/// (protobuf, each item decoded as it is handed on), and the first view, served once every
-/// list is complete, holds every Service with every endpoint.
+/// Lists, whole and in pages. The first lists ask for resourceVersion 0, as client-go's
+/// informers do: the API server answers each from its watch cache in one response, whatever
+/// the limit, and the first view, served once every list is complete, holds every Service
+/// with every endpoint. A relist (after `410 Gone`) is a consistent read, which the API
+/// server pages: with `--api-list-page-size 3`, the eleven Services (the `kubernetes` one
+/// besides ten of the test's) come in four pages (protobuf, each item handed on as its page
+/// arrives), and the view is whole again after it.
 #[test]
 fn lists_longer_than_a_page_arrive_whole() {
     if !require_privileges("lists_longer_than_a_page_arrive_whole") {
@@ -479,7 +482,7 @@ fn lists_longer_than_a_page_arrive_whole() {
             .then_some(())
     });
     let started = rfc3339_now();
-    let _agent = cluster.start_agent(&["--api-list-page-size", "3"]);
+    let agent = cluster.start_agent(&["--api-list-page-size", "3"]);
     // Ready means the first view was complete and written: nothing to wait for.
     let view = cluster.view().expect("kproxy's view");
     let mut want: Vec<String> = ClusterBed::at(&b).iter().map(ToString::to_string).collect();
@@ -496,15 +499,67 @@ fn lists_longer_than_a_page_arrive_whole() {
         assert_eq!(got, want, "{name}'s backends at the start");
     }
     served_by(&cluster, cluster.cluster_ip("paged-9"), &b);
-    let requests = kproxy_requests(&cluster, &started);
     for resource in ["services", "endpointslices"] {
-        let pages = requests
-            .iter()
-            .filter(|(verb, r)| verb == "list" && r == resource)
-            .count();
+        let lists = kproxy_lists(&cluster, &started, resource);
+        assert_eq!(lists.len(), 1, "{resource} listed whole: {lists:?}");
         assert!(
-            pages >= 4,
-            "{resource} listed in {pages} pages of 3: {requests:?}"
+            lists[0].contains("resourceVersion=0"),
+            "{resource} listed from the watch cache: {lists:?}"
         );
     }
+
+    // A relist: other writes move etcd past the Services' last change, the API server
+    // restarts with that history compacted away, and the Service watch gets `410 Gone`.
+    for i in 0..5 {
+        cluster.apply(&json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "unrelated", "namespace": "default"},
+            "data": {"n": i.to_string()},
+        }));
+    }
+    let plane = &cluster.plane;
+    plane.stop_apiserver().expect("stopping the API server");
+    plane
+        .compact_etcd(&cluster.bed.topo.node)
+        .expect("compacting etcd");
+    let restarted = rfc3339_now();
+    plane
+        .start_apiserver(&cluster.bed.topo.node)
+        .expect("restarting the API server");
+    wait_until("the services relisted", Duration::from_mins(1), || {
+        agent
+            .log_text()
+            .contains("watch recovered resource=\"services\"")
+            .then_some(())
+    });
+    let pages = kproxy_lists(&cluster, &restarted, "services");
+    assert!(
+        pages.len() >= 4 && pages.iter().skip(1).all(|uri| uri.contains("continue=")),
+        "services relisted in pages of 3: {pages:?}"
+    );
+    let view = cluster.view().expect("kproxy's view after the relist");
+    for name in &names {
+        let frontend = format!("{}:80/TCP", cluster.cluster_ip(name));
+        assert!(
+            view.services.iter().any(|s| s.frontend == frontend),
+            "{name} ({frontend}) served after the relist"
+        );
+    }
+    served_by(&cluster, cluster.cluster_ip("paged-0"), &b);
+}
+
+/// The URIs of kproxy's list requests of `resource` since `since`, in order.
+fn kproxy_lists(cluster: &ClusterBed, since: &str, resource: &str) -> Vec<String> {
+    cluster
+        .plane
+        .audit_events(KPROXY_USER)
+        .expect("audit log")
+        .iter()
+        .filter(|e| {
+            e["requestReceivedTimestamp"].as_str() >= Some(since)
+                && e["verb"] == "list"
+                && e["objectRef"]["resource"] == resource
+        })
+        .filter_map(|e| e["requestURI"].as_str().map(str::to_owned))
+        .collect()
 }

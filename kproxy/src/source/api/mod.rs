@@ -10,6 +10,7 @@
 
 mod decoded;
 mod failure;
+mod list_reader;
 mod list_watch;
 mod mirror;
 mod protobuf;

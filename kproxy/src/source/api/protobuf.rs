@@ -6,19 +6,20 @@
 //! and converted here into the `k8s-openapi` types the rest of the agent reads; watches stay
 //! JSON (one object per event).
 //!
-//! A page's items stay encoded, each a slice of the response body, until the watcher hands
-//! them on one at a time. Decoded whole, two pages per kind (the one handed on and the next,
-//! prefetched) were held while the agent built its first state: at 100,000 Services, with
-//! Services written as their slices come, the start's peak was 205.6 MiB, and 190–192 MiB
-//! with items decoded as they go (the bench, 2026-12-06). An item that does not decode is
-//! reported by its name, as one in a JSON list is (see `decoded`), and the others go on.
+//! A list's items are cut out of the body as it arrives (`list_reader`) and each is decoded
+//! here when the watcher hands it on. Decoded whole, two pages per kind (the one handed on
+//! and the next, prefetched) were held while the agent built its first state: at 100,000
+//! Services, with Services written as their slices come, the start's peak was 205.6 MiB,
+//! and 190–192 MiB with items decoded as they go (the bench, 2026-12-06). An item that does
+//! not decode is reported by its name, as one in a JSON list is (see `decoded`), and the
+//! others go on.
 //!
 //! The conversion carries every field kproxy reads, and the whole spec and status of both
 //! kinds, so nothing a later change starts reading is silently missing; what it leaves out
 //! (managed fields, a Service's selector and status conditions, an endpoint's target
 //! reference) no part of kproxy needs.
 
-use std::{collections::BTreeMap, marker::PhantomData, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 use k8s_openapi::{
@@ -48,7 +49,7 @@ use super::decoded::{Decoded, Invalid};
 
 /// What the API server's protobuf responses start with, before the `runtime.Unknown` that
 /// wraps the object.
-const MAGIC: &[u8] = b"k8s\0";
+pub(super) const MAGIC: &[u8] = b"k8s\0";
 
 /// The media type asked for: protobuf, or JSON from a server (or a resource) without it.
 pub const ACCEPT: &str = "application/vnd.kubernetes.protobuf, application/json";
@@ -67,6 +68,12 @@ pub enum DecodeError {
     NoBody,
     #[error("a protobuf list of a kind listed as JSON")]
     NotAsked,
+    #[error("a protobuf response cut short")]
+    Truncated,
+    #[error("a protobuf field of wire type {0}")]
+    WireType(u64),
+    #[error("a protobuf varint longer than 10 bytes")]
+    Varint,
     #[error("protobuf: {0}")]
     Prost(#[from] prost::DecodeError),
 }
@@ -77,16 +84,6 @@ pub enum DecodeError {
 struct Envelope {
     #[prost(bytes = "bytes", optional, tag = "2")]
     raw: Option<Bytes>,
-}
-
-/// Any `*List` message (`ServiceList`, `EndpointSliceList`) with its items left encoded: a
-/// message field and a bytes field are the same on the wire.
-#[derive(Clone, PartialEq, Message)]
-struct EncodedList {
-    #[prost(message, optional, tag = "1")]
-    metadata: Option<pb_meta::ListMeta>,
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    items: Vec<Bytes>,
 }
 
 /// Any object with only its metadata read: what names one that does not decode whole.
@@ -106,43 +103,6 @@ fn unwrap(body: &Bytes) -> Result<Bytes, DecodeError> {
         .ok_or(DecodeError::NoBody)
 }
 
-/// One page of a list: its items, the version to watch from, the token of the next page.
-#[derive(Debug)]
-pub struct Page<I> {
-    pub items: I,
-    pub resource_version: Option<String>,
-    pub continue_token: Option<String>,
-}
-
-impl<I> Page<I> {
-    /// The same page, its items as `f` makes them.
-    pub fn map_items<J>(self, f: impl FnOnce(I) -> J) -> Page<J> {
-        Page {
-            items: f(self.items),
-            resource_version: self.resource_version,
-            continue_token: self.continue_token,
-        }
-    }
-}
-
-/// A protobuf page's items, each decoded and converted only when taken.
-pub struct Encoded<K> {
-    items: std::vec::IntoIter<Bytes>,
-    kind: PhantomData<fn() -> K>,
-}
-
-impl<K: FromProtobuf> Iterator for Encoded<K> {
-    type Item = Decoded<K>;
-
-    fn next(&mut self) -> Option<Decoded<K>> {
-        self.items.next().map(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.items.size_hint()
-    }
-}
-
 /// A kind whose lists may be read as protobuf.
 pub trait FromProtobuf: Sized {
     /// Whether lists ask for protobuf (else JSON only).
@@ -152,26 +112,9 @@ pub trait FromProtobuf: Sized {
     fn decode(item: Bytes) -> Result<Self, DecodeError>;
 }
 
-/// Decodes a protobuf list response of `K`, leaving its items encoded.
-pub fn list<K: FromProtobuf>(body: &Bytes) -> Result<Page<Encoded<K>>, DecodeError> {
-    if !K::LISTED_AS_PROTOBUF {
-        return Err(DecodeError::NotAsked);
-    }
-    let list = EncodedList::decode(unwrap(body)?)?;
-    let meta = list.metadata.unwrap_or_default();
-    Ok(Page {
-        items: Encoded {
-            items: list.items.into_iter(),
-            kind: PhantomData,
-        },
-        resource_version: meta.resource_version,
-        // An empty token is no token (the server's last page).
-        continue_token: meta.r#continue.filter(|c| !c.is_empty()),
-    })
-}
-
-/// One item: the object, or its name and why it does not decode.
-fn item<K: FromProtobuf>(encoded: Bytes) -> Decoded<K> {
+/// One item of a list (see `list_reader`): the object, or its name and why it does not
+/// decode.
+pub fn item<K: FromProtobuf>(encoded: Bytes) -> Decoded<K> {
     match K::decode(encoded.clone()) {
         Ok(object) => Decoded::Valid(Arc::new(object)),
         Err(e) => {
@@ -415,7 +358,10 @@ mod tests {
     use k8s_pb::apimachinery::pkg::runtime::Unknown;
     use serde_json::json;
 
-    use super::*;
+    use super::{
+        super::list_reader::{ListReader, Piece},
+        *,
+    };
 
     /// `message` as the API server sends it: the magic, then a `runtime.Unknown` around it.
     fn response(message: &impl Message) -> Bytes {
@@ -427,9 +373,52 @@ mod tests {
         [MAGIC, unknown.encode_to_vec().as_slice()].concat().into()
     }
 
+    /// A whole list response read as the watcher reads one (see `list_reader`): its
+    /// version, its next page's token and its items, decoded.
+    struct Listed<K> {
+        resource_version: Option<String>,
+        continue_token: Option<String>,
+        items: Vec<Decoded<K>>,
+    }
+
+    fn list<K: FromProtobuf>(body: &Bytes) -> Result<Listed<K>, DecodeError> {
+        let mut reader = ListReader::default();
+        reader.push(body);
+        let mut listed = Listed {
+            resource_version: None,
+            continue_token: None,
+            items: Vec::new(),
+        };
+        while let Some(piece) = reader.next()? {
+            match piece {
+                Piece::Meta {
+                    resource_version,
+                    continue_token,
+                } => {
+                    listed.resource_version = resource_version;
+                    listed.continue_token = continue_token;
+                }
+                Piece::Item(bytes) => listed.items.push(item(bytes)),
+            }
+        }
+        reader.finish()?;
+        Ok(listed)
+    }
+
+    /// Any `*List` message with its items given already encoded (a message field and a
+    /// bytes field are the same on the wire).
+    #[derive(Clone, PartialEq, Message)]
+    struct EncodedList {
+        #[prost(message, optional, tag = "1")]
+        metadata: Option<pb_meta::ListMeta>,
+        #[prost(bytes = "bytes", repeated, tag = "2")]
+        items: Vec<Bytes>,
+    }
+
     /// The valid objects of a page, in order; panics on an invalid one.
-    fn valid<K: FromProtobuf + Clone>(page: Page<Encoded<K>>) -> Vec<K> {
+    fn valid<K: FromProtobuf + Clone>(page: Listed<K>) -> Vec<K> {
         page.items
+            .into_iter()
             .map(|item| match item {
                 Decoded::Valid(object) => K::clone(&object),
                 Decoded::Invalid(invalid) => panic!("invalid item: {}", invalid.error),
@@ -687,20 +676,27 @@ mod tests {
     fn responses_not_as_the_api_server_writes_them_are_errors() {
         let body = |bytes: &[u8]| Bytes::copy_from_slice(bytes);
         assert!(matches!(
-            list::<Service>(&body(b"{\"items\": []}")),
+            status(&body(b"{\"code\": 403}")),
             Err(DecodeError::NoMagic)
         ));
         assert!(matches!(
-            list::<Service>(&body(&[MAGIC, &[0xff, 0xff]].concat())),
+            status(&body(&[MAGIC, &[0xff, 0xff]].concat())),
             Err(DecodeError::Prost(_))
         ));
         let empty = body(&[MAGIC, Unknown::default().encode_to_vec().as_slice()].concat());
-        assert!(matches!(list::<Service>(&empty), Err(DecodeError::NoBody)));
-        assert!(matches!(list::<Node>(&empty), Err(DecodeError::NotAsked)));
+        assert!(matches!(status(&empty), Err(DecodeError::NoBody)));
+        assert!(matches!(
+            Node::decode(Bytes::new()),
+            Err(DecodeError::NotAsked)
+        ));
+        // A list cut short (see `list_reader` for the rest).
+        assert!(matches!(
+            list::<Service>(&body(&[MAGIC, &[0xff, 0xff]].concat())),
+            Err(DecodeError::Truncated)
+        ));
     }
 
-    /// An item that does not decode is named and skipped; the items around it decode, and
-    /// each is a slice of the response, not a copy, until it is taken.
+    /// An item that does not decode is named and skipped; the items around it decode.
     #[test]
     fn a_bad_item_is_named_and_the_rest_of_its_page_decodes() {
         let good = |name: &str| {
@@ -721,15 +717,9 @@ mod tests {
             items: vec![good("before"), bad, good("after")],
         });
         let page = list::<Service>(&body).expect("the list decodes");
-        let within_body = page
-            .items
-            .items
-            .as_slice()
-            .iter()
-            .all(|item| body.as_ptr_range().contains(&item.as_ptr()));
-        assert!(within_body, "items are slices of the response");
         let items: Vec<_> = page
             .items
+            .into_iter()
             .map(|item| match item {
                 Decoded::Valid(object) => Ok(object.metadata.name.clone().unwrap_or_default()),
                 Decoded::Invalid(invalid) => Err((
