@@ -137,3 +137,19 @@ impl Drop for LoggedProcess {
         }
     }
 }
+
+/// The CPU time of process `pid` and of its waited-for children (user and system, seconds),
+/// from `/proc/PID/stat`; `None` for a process that is gone.
+pub fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at ") ": utime, stime,
+    // cutime, cstime are the 14th to 17th fields of the line.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks = |at: usize| fields.get(at)?.parse::<f64>().ok();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = f64::from(u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?);
+    Some((
+        (ticks(11)? + ticks(12)?) / per_second,
+        (ticks(13)? + ticks(14)?) / per_second,
+    ))
+}

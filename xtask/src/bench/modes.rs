@@ -349,18 +349,11 @@ impl ProcessUsage {
             .trim()
             .parse()
             .ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces) start at ") ": utime, stime,
-        // cutime, cstime are the 14th to 17th fields of the line.
-        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-        let ticks = |at: usize| fields.get(at)?.parse::<f64>().ok();
-        // SAFETY: sysconf has no preconditions.
-        let per_second =
-            f64::from(u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?);
+        let (cpu_seconds, children_cpu_seconds) = kproxy_testbed::process::cpu_seconds(pid)?;
         Some(Self {
             peak_rss_mib: hwm_kib / 1024.0,
-            cpu_seconds: (ticks(11)? + ticks(12)?) / per_second,
-            children_cpu_seconds: (ticks(13)? + ticks(14)?) / per_second,
+            cpu_seconds,
+            children_cpu_seconds,
         })
     }
 }

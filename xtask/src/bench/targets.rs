@@ -572,6 +572,7 @@ mod tests {
                 create_s: 1.0,
                 objects: 20_000,
                 stored: true,
+                lists_alone: Vec::new(),
             }],
             proxies: vec![
                 proxy(KPROXY_SOCK, &[19_400.0, 29_100.0], &[20_000.0, 30_000.0]),

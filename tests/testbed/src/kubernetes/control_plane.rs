@@ -307,6 +307,20 @@ impl ControlPlane {
         self.pause(vec![pid])
     }
 
+    /// The API server's CPU time so far (user and system), seconds.
+    pub fn apiserver_cpu_seconds(&self) -> Result<f64> {
+        let pid = self
+            .apiserver
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the API server's lock is poisoned"))?
+            .as_ref()
+            .and_then(LoggedProcess::pid)
+            .context("kube-apiserver is not running")?;
+        crate::process::cpu_seconds(pid)
+            .map(|(own, _)| own)
+            .context("reading kube-apiserver's CPU time")
+    }
+
     /// Stops the API server and etcd (SIGSTOP) until the returned guard drops (SIGCONT, etcd
     /// first). For a measure of the machine's CPU time that nothing of the control plane's
     /// own (its timers, its lease renewals) may blur; the proxies' watches wait meanwhile.

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod control_plane;
 pub mod kproxy_access;
+pub mod lists_alone;
 pub mod objects;
 pub mod pki;
 pub mod storage;

@@ -30,7 +30,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use kproxy_testbed::{cgroup::Cgroup, kubernetes};
+use kproxy_testbed::{cgroup::Cgroup, kubernetes, kubernetes::lists_alone::ListsAlone};
 
 use self::{
     plane::Plane,
@@ -186,6 +186,29 @@ pub fn run(
 /// The Kubernetes programs, built into the cache if missing (as `cargo xtask test` does),
 /// and the tools kube-proxy runs. (It deletes conntrack entries through netlink, not the
 /// `conntrack` tool, and fresh beds need no flushing, so that tool is not needed.)
+/// Rounds of the API server's lists alone per scale.
+const LISTS_ALONE_ROUNDS: usize = 3;
+
+/// The API server's lists with nothing else reading them (`ControlPlane::lists_alone`),
+/// the controllers paused as while a proxy starts: the floor under a proxy's start.
+fn lists_alone(plane: &Plane) -> Result<Vec<ListsAlone>> {
+    let _paused = plane.cp.pause_controllers()?;
+    (0..LISTS_ALONE_ROUNDS)
+        .map(|_| {
+            let round = plane
+                .cp
+                .lists_alone()
+                .context("the API server's lists alone")?;
+            eprintln!(
+                "bench:   lists alone: {:.0} ms (Services {:.0}, slices {:.0}), {} bytes, \
+                 API server {:.2} CPU s",
+                round.ms, round.services_ms, round.slices_ms, round.bytes, round.apiserver_cpu_s
+            );
+            Ok(round)
+        })
+        .collect()
+}
+
 fn kubernetes_ready() -> Result<()> {
     crate::deps::ensure(&[("iptables", "iptables"), ("nft", "nftables")])?;
     crate::kubernetes::ensure().map(drop)
@@ -279,11 +302,13 @@ fn measure_scale(
         "bench:   {stored} objects stored and served in {:.1} s",
         created.as_secs_f64()
     );
+    let lists_alone = lists_alone(&plane)?;
     at.results(real).scales.push(Scale {
         services,
         create_s: created.as_secs_f64(),
         objects: stored,
         stored: true,
+        lists_alone,
     });
     let frontends = cluster.all_frontends();
     let mut targets = probe::sample(&frontends, SAMPLE);

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _; // `write!` into a String cannot fail
 
+use kproxy_testbed::kubernetes::lists_alone::ListsAlone;
 use serde::{Deserialize, Serialize};
 
 use super::super::report::{Cell, Stat, connections_table, fmt_num, fmt_stat, opt};
@@ -57,6 +58,11 @@ pub struct Scale {
     /// possible created them).
     #[serde(default)]
     pub stored: bool,
+    /// The API server's lists alone, before any proxy starts: every Service and slice
+    /// listed at once as a proxy's first lists ask, a few rounds (runs before this was
+    /// measured have none).
+    #[serde(default)]
+    pub lists_alone: Vec<ListsAlone>,
 }
 
 #[cfg(test)]
@@ -86,6 +92,35 @@ impl ProxyCell {
 }
 
 impl Scale {
+    /// The lists alone, for the report: "" when not measured.
+    fn lists_alone_text(&self) -> String {
+        let (Some(ms), Some(cpu)) = (
+            Stat::of(&self.lists_alone.iter().map(|l| l.ms).collect::<Vec<_>>()),
+            Stat::of(
+                &self
+                    .lists_alone
+                    .iter()
+                    .map(|l| l.apiserver_cpu_s)
+                    .collect::<Vec<_>>(),
+            ),
+        ) else {
+            return String::new();
+        };
+        format!(
+            " The API server lists every Service and slice at once, as a proxy's first lists \
+             ask (protobuf, resourceVersion 0), with nothing else reading, in {} ms \
+             (median of {}, {}–{}), using {:.2} CPU-seconds of its own ({:.2}–{:.2}): the \
+             floor under any proxy's start.",
+            fmt_num(ms.median),
+            self.lists_alone.len(),
+            fmt_num(ms.min),
+            fmt_num(ms.max),
+            cpu.median,
+            cpu.min,
+            cpu.max
+        )
+    }
+
     /// How the objects came to be, for the report.
     fn origin(&self) -> &'static str {
         if self.stored {
@@ -319,11 +354,12 @@ pub fn markdown(real: Option<&Real>, modes: &[&str]) -> String {
     for scale in &real.scales {
         let _ = writeln!(
             out,
-            "- {} services: {} objects {} in {:.1} s.",
+            "- {} services: {} objects {} in {:.1} s.{}",
             scale.services,
             scale.objects,
             scale.origin(),
-            scale.create_s
+            scale.create_s,
+            scale.lists_alone_text()
         );
     }
     if real.cells.iter().any(|c| c.mode == super::DIRECT) {
@@ -369,11 +405,12 @@ fn ipv6_markdown(ipv6: &Real, modes: &[&str]) -> String {
     for scale in &ipv6.scales {
         let _ = writeln!(
             out,
-            "- {} IPv6 services: {} objects {} in {:.1} s.",
+            "- {} IPv6 services: {} objects {} in {:.1} s.{}",
             scale.services,
             scale.objects,
             scale.origin(),
-            scale.create_s
+            scale.create_s,
+            scale.lists_alone_text()
         );
     }
     out += "\n##### New connections over IPv6 (real kube-proxy)\n\n";
@@ -556,6 +593,15 @@ mod tests {
                 create_s: 60.0,
                 stored: false,
                 objects: 20_000,
+                lists_alone: [(300.0, 0.25), (100.0, 0.5), (200.0, 0.75)]
+                    .map(|(ms, apiserver_cpu_s)| ListsAlone {
+                        ms,
+                        services_ms: ms / 2.0,
+                        slices_ms: ms,
+                        bytes: 1_000,
+                        apiserver_cpu_s,
+                    })
+                    .to_vec(),
             }],
             cells: vec![
                 cell("kproxy-tc", 10_000, 20_000.0),
@@ -583,6 +629,13 @@ mod tests {
         assert!(text.contains("#### IPv6 (real kube-proxy)"), "{text}");
         assert!(
             text.contains("- 10000 IPv6 services: 20000 objects"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "with nothing else reading, in 200 ms (median of 3, 100–300), using 0.50 \
+                 CPU-seconds of its own (0.25–0.75)"
+            ),
             "{text}"
         );
         assert!(
@@ -638,6 +691,7 @@ mod tests {
                 create_s: 60.0,
                 stored: true,
                 objects: 20_000,
+                lists_alone: Vec::new(),
             }],
             // The machine drifts: a median over the repetitions of each would say 0.80×,
             // the ratios taken at one moment say 0.96×.
@@ -699,6 +753,7 @@ mod tests {
                 create_s: 60.0,
                 stored: false,
                 objects: 20_000,
+                lists_alone: Vec::new(),
             }],
             cpu: vec![
                 cpu(super::super::DIRECT, 100.0),
