@@ -4,6 +4,7 @@
 mod drift_schedule;
 mod explain;
 mod input;
+mod unsliced;
 
 use std::{
     collections::BTreeSet,
@@ -23,6 +24,7 @@ use kproxy_common::{
 };
 use prometheus_client::registry::Registry;
 use tokio::{sync::mpsc, task::JoinHandle};
+use unsliced::Unsliced;
 
 use crate::{
     dataplane::{
@@ -50,8 +52,8 @@ use crate::{
         gauge, kube_proxy,
     },
     model::{
-        Change, ClusterState, Desired, Frontend, FrontendKey, FrontendKind, KeySet, LbPolicy,
-        LocalDetection, NodeInfo, ObjectKey, Scope,
+        Change, ClusterState, Desired, Frontend, FrontendKey, FrontendKind, LbPolicy,
+        LocalDetection, NodeInfo, Scope,
         local_traffic::{LOCAL_CONFIG_FLAGS, LocalConfig},
     },
     problem::{Problem, ProblemKind},
@@ -688,15 +690,15 @@ async fn first_complete_view(
     let overdue = tokio::time::sleep(agent.config.http.healthz_timeout);
     tokio::pin!(overdue);
     let mut said = false;
+    let mut unsliced = Unsliced::default();
     while !input.synced() {
-        if early && !changes.is_empty() {
+        if early {
             let ready = if input.slices_listed() {
-                std::mem::take(&mut changes)
-            } else {
-                let (waiting, ready) =
-                    services_without_slices(&agent.cluster, std::mem::take(&mut changes));
-                changes = waiting;
+                let mut ready = unsliced.release();
+                ready.append(&mut changes);
                 ready
+            } else {
+                unsliced.sort(&agent.cluster, std::mem::take(&mut changes))
             };
             if !ready.is_empty() {
                 agent.sync(input, ready, None);
@@ -720,27 +722,10 @@ async fn first_complete_view(
         }
     }
     agent.metrics.cluster_view_synced.set(1);
-    Some(changes)
-}
-
-/// Splits `changes` of the first view into the Services that have no slice yet (in
-/// `cluster` or among `changes`), which wait, and the rest. A Service with several slices
-/// is written with the first and again as the others come; most have one.
-fn services_without_slices(
-    cluster: &ClusterState,
-    changes: Vec<Change>,
-) -> (Vec<Change>, Vec<Change>) {
-    let owners: KeySet<ObjectKey> = changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Slice(_, Some(slice)) => slice.owner().cloned(),
-            _ => None,
-        })
-        .collect();
-    changes.into_iter().partition(|c| match c {
-        Change::Service(key, Some(_)) => !owners.contains(key) && !cluster.has_slices(key),
-        _ => false,
-    })
+    // What waits goes first: anything in `changes` came after it.
+    let mut rest = unsliced.release();
+    rest.append(&mut changes);
+    Some(rest)
 }
 
 impl Agent {
@@ -1412,44 +1397,6 @@ mod tests {
 
     use super::*;
     use crate::model::{Protocol, fixtures};
-
-    /// While the slices are listed, a Service waits for a slice of its own: one in the
-    /// model already, or one in the same batch. Slices, deletions and Services with a
-    /// slice go at once.
-    #[test]
-    fn a_service_waits_in_the_first_view_until_a_slice_of_its_own_is_known() {
-        use fixtures::{service, slice};
-        let svc = |name: &str, vip: &str| Change::service(&service("shop", name, vip).build());
-        let slice_of = |name: &str, owner: &str| Change::slice(&slice("shop", name, owner).build());
-        let mut cluster = ClusterState::default();
-        cluster.apply([slice_of("listed-a", "listed")]);
-        let names = |changes: &[Change]| -> Vec<String> {
-            changes
-                .iter()
-                .map(|c| match c {
-                    Change::Service(key, Some(_)) => format!("svc {}", key.name()),
-                    Change::Service(key, None) => format!("gone {}", key.name()),
-                    Change::Slice(key, _) => format!("slice {}", key.name()),
-                    Change::Node(_) => "node".to_owned(),
-                })
-                .collect()
-        };
-        let (waiting, ready) = services_without_slices(
-            &cluster,
-            vec![
-                svc("alone", "198.19.0.1"),
-                svc("listed", "198.19.0.2"),
-                svc("together", "198.19.0.3"),
-                slice_of("together-a", "together"),
-                Change::Service(ObjectKey::new("shop", "old"), None),
-            ],
-        );
-        assert_eq!(names(&waiting), ["svc alone"]);
-        assert_eq!(
-            names(&ready),
-            ["svc listed", "svc together", "slice together-a", "gone old"]
-        );
-    }
 
     fn desired(count: u32) -> Desired {
         (0..count)
