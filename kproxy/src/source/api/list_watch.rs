@@ -300,8 +300,8 @@ enum ListFrom {
     /// answers at once, in one response, as it answers client-go's informers; a list at the
     /// latest version is a consistent read, which it pages, and once etcd has compacted past
     /// a quiet kind's last change it passes the pages after the first on to etcd (at the
-    /// bench's 100,000 Services: 5-6 CPU-seconds of the API server's and 3.7 s, against 0.8
-    /// and 0.7 s from the cache; by hand, 2026-12-07).
+    /// bench's 100,000 Services: 5-6 CPU-seconds of the API server's and 3.2-3.8 s, against
+    /// 0.8-1.8 and 0.7-1.0 s from the cache; docs/lists-paged-after-compaction-2026-12-07.md).
     AnyVersion,
     /// A relist (after `410 Gone`): the latest version, never older than what the watch had
     /// seen (another API server's cache may lag).
