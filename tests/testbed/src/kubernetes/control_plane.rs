@@ -309,14 +309,7 @@ impl ControlPlane {
 
     /// The API server's CPU time so far (user and system), seconds.
     pub fn apiserver_cpu_seconds(&self) -> Result<f64> {
-        let pid = self
-            .apiserver
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the API server's lock is poisoned"))?
-            .as_ref()
-            .and_then(LoggedProcess::pid)
-            .context("kube-apiserver is not running")?;
-        crate::process::cpu_seconds(pid)
+        crate::process::cpu_seconds(self.apiserver_pid()?)
             .map(|(own, _)| own)
             .context("reading kube-apiserver's CPU time")
     }
@@ -325,19 +318,22 @@ impl ControlPlane {
     /// first). For a measure of the machine's CPU time that nothing of the control plane's
     /// own (its timers, its lease renewals) may blur; the proxies' watches wait meanwhile.
     pub fn pause_servers(&self) -> Result<Paused<'_>> {
-        let apiserver = self
-            .apiserver
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the API server's lock is poisoned"))?
-            .as_ref()
-            .and_then(LoggedProcess::pid)
-            .context("kube-apiserver is not running")?;
+        let apiserver = self.apiserver_pid()?;
         let etcd = self
             .etcd
             .as_ref()
             .and_then(LoggedProcess::pid)
             .context("etcd is not running")?;
         self.pause(vec![apiserver, etcd])
+    }
+
+    fn apiserver_pid(&self) -> Result<u32> {
+        self.apiserver
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the API server's lock is poisoned"))?
+            .as_ref()
+            .and_then(LoggedProcess::pid)
+            .context("kube-apiserver is not running")
     }
 
     /// Stops `pids` in order; the guard continues them in the reverse order.
