@@ -52,10 +52,15 @@ fn labelled(mut object: Value, key: &str, value: &str) -> Value {
 
 /// LIST (not watch) requests made for `resource` so far.
 fn lists(api: &FakeApiServer, resource: &str) -> usize {
+    list_requests(api, resource).len()
+}
+
+/// The list requests of `resource` so far, in order, with their queries.
+fn list_requests(api: &FakeApiServer, resource: &str) -> Vec<String> {
     api.requests()
-        .iter()
+        .into_iter()
         .filter(|r| r.contains(&format!("/{resource}")) && !r.contains("watch=true"))
-        .count()
+        .collect()
 }
 
 struct ApiBed {
@@ -291,6 +296,21 @@ fn the_datapath_follows_the_api_through_events_relists_and_dropped_watches() {
     assert!(
         lists(api, "endpointslices") > lists_before,
         "relisted after a refused watch start"
+    );
+    // The first list takes whatever version the API server holds (resourceVersion 0, from
+    // its watch cache); the relists, after an ERROR event or a refused watch start, ask for
+    // the latest: never older than what the watch had already seen.
+    let slice_lists = list_requests(api, "endpointslices");
+    assert!(
+        slice_lists[0].contains("resourceVersion=0"),
+        "{slice_lists:?}"
+    );
+    assert!(
+        slice_lists.len() >= 3
+            && slice_lists[1..]
+                .iter()
+                .all(|r| !r.contains("resourceVersion=")),
+        "{slice_lists:?}"
     );
     let (_, metrics) = get(
         &bed.topo.node,

@@ -95,17 +95,19 @@ struct Watcher<K: Watched> {
 }
 
 /// The events of `K` matching `selectors`, listed and then watched for as long as the
-/// stream is polled.
+/// stream is polled. `listed_before`: a stream before this one listed them (its watch was
+/// refused with `410 Gone`), so even this stream's first list is a relist.
 pub fn list_watch<K: Watched>(
     client: Client,
     selectors: Selectors,
+    listed_before: bool,
 ) -> impl Stream<Item = Item<K>> + Send {
     let watcher = Watcher {
         api: Api::all(client.clone()),
         client,
         selectors,
         state: State::Empty,
-        listed_once: false,
+        listed_once: listed_before,
     };
     futures::stream::unfold(watcher, |mut watcher| async move {
         let item = watcher.step().await;

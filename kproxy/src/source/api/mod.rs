@@ -241,8 +241,12 @@ async fn watch<K: Watched>(
         .unwrap_or(usize::MAX)
         .max(1);
     let mut batch: Vec<Change> = Vec::new();
+    let mut listed_before = false;
     loop {
-        let events = list_watch::<K>(client.clone(), selectors.clone()).default_backoff();
+        let events =
+            list_watch::<K>(client.clone(), selectors.clone(), listed_before).default_backoff();
+        // A restart follows a watch refused after a complete list: its list is a relist.
+        listed_before = true;
         futures::pin_mut!(events);
         let mut restart = false;
         while let Some(event) = events.next().await {
