@@ -12,11 +12,12 @@ use crate::{family::Family, filter, maps::KP_FREE_PORTS, policy};
 
 type ServiceKey<F> = ServiceKeyOf<<F as Family>::Addr>;
 
-/// A copy of the entry at `key`.
+/// The entry at `key`, in the map: copy it at once (the map is NO_PREALLOC, so the value
+/// stays intact until then).
 #[inline(always)]
-fn get<F: Family>(key: &ServiceKey<F>) -> Option<ServiceValue> {
-    // SAFETY: copied at once; the map is NO_PREALLOC, so the value stays intact until then.
-    unsafe { F::services().get(key) }.copied()
+fn get<F: Family>(key: &ServiceKey<F>) -> Option<&'static ServiceValue> {
+    // SAFETY: a value of the map, which outlives the program; callers copy it at once.
+    unsafe { F::services().get(key) }
 }
 
 /// Whether `addr` is a listed NodePort address no frontend uses as its own: its NodePort
@@ -75,6 +76,13 @@ impl<F: Family> Dest<F> {
     /// The frontend this destination reaches, with the key it was found under.
     #[inline(always)]
     pub fn find(&self) -> Option<(ServiceKey<F>, ServiceValue)> {
+        self.find_entry().map(|(key, svc)| (key, *svc))
+    }
+
+    /// [`Dest::find`]'s entry in the map, to be copied at once where it is kept (a stage
+    /// with no stack for a copy of its own copies it into its stage state).
+    #[inline(always)]
+    pub fn find_entry(&self) -> Option<(ServiceKey<F>, &'static ServiceValue)> {
         // One key, changed in place: the IPv6 programs have no stack for copies.
         let mut key = self.key;
         if self.nodeport_addr_only {

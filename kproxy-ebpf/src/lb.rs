@@ -173,16 +173,20 @@ pub fn handle_at<F: Family, P: Packet>(pkt: &mut P, stage: Stage) -> Action {
 fn serve<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>, stage: Stage) -> Action {
     let action = match stage {
         Stage::Start => translate::<F, P>(pkt, flow),
-        Stage::Flow | Stage::Decide => {
-            match frontend::find::<F>(flow.key.daddr, flow.key.dport, flow.key.proto) {
-                Some(found) if stage == Stage::Flow => {
-                    let now = conntrack::now_ns();
-                    to_service::<F, P>(pkt, flow, &found, FwdEntry::NOT_LOOKED_UP, now)
-                        .unwrap_or_else(dropped)
-                }
-                Some(found) => decide_stage::<F, P>(pkt, flow, &found).unwrap_or_else(dropped),
-                // Removed since the first program found it.
-                None => vip::pass_if_vip::<F>(Some(flow.key.daddr), Counter::VipNoServicePort),
+        Stage::Flow => match frontend::find::<F>(flow.key.daddr, flow.key.dport, flow.key.proto) {
+            Some(mut found) => {
+                let now = conntrack::now_ns();
+                to_service::<F, P>(pkt, flow, &mut found, FwdEntry::NOT_LOOKED_UP, now)
+                    .unwrap_or_else(dropped)
+            }
+            None => removed_frontend::<F>(flow),
+        },
+        Stage::Decide => {
+            match frontend::Dest::<F>::of(flow.key.daddr, flow.key.dport, flow.key.proto)
+                .find_entry()
+            {
+                Some(found) => decide_stage::<F, P>(pkt, flow, found).unwrap_or_else(dropped),
+                None => removed_frontend::<F>(flow),
             }
         }
         Stage::Create => create_stage::<F, P>(pkt, flow).unwrap_or_else(dropped),
@@ -193,6 +197,12 @@ fn serve<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>, stage: Stage) -> Ac
         remember_fragment_ports::<F>(flow);
     }
     action
+}
+
+/// A later stage's packet whose frontend was removed since the first program found it.
+#[inline(always)]
+fn removed_frontend<F: Family>(flow: &FlowF<F>) -> Action {
+    vip::pass_if_vip::<F>(Some(flow.key.daddr), Counter::VipNoServicePort)
 }
 
 /// A parsed packet with its ports: to a service, from a backend, or neither.
@@ -212,7 +222,7 @@ fn translate<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Action {
         }
     }
     match dest.find() {
-        Some(found) => {
+        Some(mut found) => {
             if pkt.must_defer() {
                 stats::count(Counter::XdpDeferred);
                 return Action::Pass;
@@ -227,7 +237,7 @@ fn translate<F: Family, P: Packet>(pkt: &mut P, flow: &FlowF<F>) -> Action {
                 }
                 return hand_on(pkt, Stage::Flow).unwrap_or_else(dropped);
             }
-            to_service::<F, P>(pkt, flow, &found, fwd_entry, now).unwrap_or_else(dropped)
+            to_service::<F, P>(pkt, flow, &mut found, fwd_entry, now).unwrap_or_else(dropped)
         }
         None => from_backend::<F, P>(pkt, flow, now),
     }
@@ -333,7 +343,7 @@ enum Known<F: Family> {
 fn to_service<F: Family, P: Packet>(
     pkt: &mut P,
     flow: &FlowF<F>,
-    found: &Found<F>,
+    found: &mut Found<F>,
     fwd_entry: FwdEntry<F>,
     now: u64,
 ) -> Result<Action, Counter> {
@@ -373,13 +383,14 @@ type Found<F> = (ServiceKeyOf<<F as Family>::Addr>, ServiceValue);
 fn new_flow<F: Family, P: Packet>(
     pkt: &mut P,
     flow: &FlowF<F>,
-    found: &Found<F>,
+    found: &mut Found<F>,
     stale: &CtEntryF<F>,
 ) -> Result<(CtEntryF<F>, Backend<F>), Counter> {
     // Read again rather than passed in (see the argument limit above): the coarse clock's
     // tick between the two reads is far below every timeout.
     let now = conntrack::now_ns();
-    let decision = decide::<F, P>(pkt, flow, found, now)?;
+    let (key, svc) = found;
+    let decision = decide::<F, P>(pkt, flow, key, svc, now)?;
     create_flow::<F>(flow, &decision, stale, now)
 }
 
@@ -398,7 +409,8 @@ pub struct Decision<A> {
 fn decide<F: Family, P: Packet>(
     pkt: &mut P,
     flow: &FlowF<F>,
-    (key, svc): &Found<F>,
+    key: &ServiceKeyOf<F::Addr>,
+    svc: &mut ServiceValue,
     now: u64,
 ) -> Result<Decision<F::Addr>, Counter> {
     if !flow.has_l4_header() {
@@ -409,8 +421,11 @@ fn decide<F: Family, P: Packet>(
     }
     let cfg = conntrack::config();
     let client = policy::Client::of::<F, P>(pkt, flow.key.saddr, &cfg);
-    let (svc, masquerade) = policy::serve::<F>(key, svc, client, &cfg);
-    if let Some(why) = refusal(&svc) {
+    // The frontend's value becomes the entry that serves the client, in place: a second
+    // copy of a service value did not fit the IPv6 decide stage's stack.
+    let masquerade = policy::serve::<F>(key, svc, client, &cfg);
+    let svc = &*svc;
+    if let Some(why) = refusal(svc) {
         stats::count_refused(svc.id);
         return Err(why);
     }
@@ -418,7 +433,7 @@ fn decide<F: Family, P: Packet>(
         return Err(Counter::DropCtInvalid);
     }
     let (backend_id, backend) = select_backend::<F, _>(
-        &svc,
+        svc,
         &ClientAddr::<F>(flow.key.saddr),
         now,
         // A few dozen ALU instructions for every new flow, Maglev or not: hashing only for a
@@ -496,10 +511,21 @@ fn create_flow<F: Family>(
 fn decide_stage<F: Family, P: Packet>(
     pkt: &mut P,
     flow: &FlowF<F>,
-    found: &Found<F>,
+    (key, svc): (ServiceKeyOf<F::Addr>, &ServiceValue),
 ) -> Result<Action, Counter> {
     let state = stage_state::<F>()?;
-    match decide::<F, P>(pkt, flow, found, conntrack::now_ns()) {
+    // Copied from the map straight into the stage state, off the stack: IPv6's key and
+    // value are 48 bytes, and the stage's stack is all but full.
+    // SAFETY: this CPU's stage state, its own while the program runs.
+    let (key, svc) = unsafe {
+        (&raw mut (*state).frontend_key).write(key);
+        (&raw mut (*state).frontend).write(*svc);
+        (
+            &*(&raw const (*state).frontend_key),
+            &mut *(&raw mut (*state).frontend),
+        )
+    };
+    match decide::<F, P>(pkt, flow, key, svc, conntrack::now_ns()) {
         Ok(decision) => {
             // SAFETY: this CPU's stage state, read by the program handed on to.
             unsafe { (*state).decision = decision };
@@ -826,7 +852,8 @@ pub fn select_backend<F: Family, O: AffinityOwner>(
     Ok((id, backend))
 }
 
-/// The backend id in `svc`'s next slot in turn (round robin).
+/// The backend id in `svc`'s next slot in turn (round robin): in the value itself for a few
+/// backends, else in `KP_SLOTS`.
 #[inline(always)]
 fn next_in_turn(svc: &ServiceValue) -> Result<u32, Counter> {
     let rr = KP_RR
@@ -840,7 +867,16 @@ fn next_in_turn(svc: &ServiceValue) -> Result<u32, Counter> {
     // SAFETY: an array element of a u64 is 8-byte aligned and lives as long as the map (array
     // elements are never recycled).
     let turn = unsafe { AtomicU64::from_ptr(rr) }.fetch_add(1, Ordering::SeqCst);
-    let index = (turn % u64::from(svc.count)) as u32;
+    // Never 0 here (`refusal` came first), but said so: a division the compiler cannot see
+    // is safe brings in a panic path, a call the verifier refuses beside tail calls.
+    let count = u64::from(svc.count);
+    if count == 0 {
+        return Err(Counter::DropNoSlot);
+    }
+    let index = (turn % count) as u32;
+    if svc.slots_inline() {
+        return Ok(svc.inline_id(index));
+    }
     // SAFETY: copied out at once.
     unsafe { KP_SLOTS.get(SlotKey::new(svc.id, svc.bank, index)) }
         .copied()

@@ -69,27 +69,25 @@ pub fn source_allowed<F: Family>(svc: &ServiceValue, saddr: F::Addr) -> bool {
     svc.flags & SVC_F_SOURCE_RANGES == 0 || F::source_allowed(svc.id, saddr)
 }
 
-/// The entry of frontend `key` (found as `svc`) that serves `client`, and whether its new
-/// flow is masqueraded (before hairpin, which depends on the backend chosen). The source
-/// ranges are checked before (`source_allowed`).
+/// Turns `svc`, the value of frontend `key`, into the entry that serves `client`, in place,
+/// and says whether its new flow is masqueraded (before hairpin, which depends on the
+/// backend chosen). The source ranges are checked before (`source_allowed`).
 #[inline(always)]
 pub fn serve<F: Family>(
     key: &ServiceKeyOf<F::Addr>,
-    svc: &ServiceValue,
+    svc: &mut ServiceValue,
     client: Client,
     cfg: &Config,
-) -> (ServiceValue, bool) {
+) -> bool {
     if svc.flags & SVC_F_EXTERNAL == 0 {
         // A cluster IP: masqueraded when everything is, or when the detector says the
         // client is not a pod of the cluster (without a detector, never).
-        let masquerade =
-            cfg.flags & CFG_F_MASQUERADE_ALL != 0 || (cfg.detects_local() && !client.pod);
-        return (*svc, masquerade);
+        return cfg.flags & CFG_F_MASQUERADE_ALL != 0 || (cfg.detects_local() && !client.pod);
     }
     if svc.flags & SVC_F_EXT_LOCAL == 0 {
         // externalTrafficPolicy Cluster: always masqueraded, so replies from a backend on
         // another node come back through this one.
-        return (*svc, true);
+        return true;
     }
     if client.pod || client.node {
         // Local policy, but the client is on this node: cluster-wide, as kube-proxy's
@@ -102,11 +100,11 @@ pub fn serve<F: Family>(
         // Without it (the policy is switching to Cluster, whose entry the agent removes
         // while it clears SVC_F_EXT_LOCAL), the frontend's own entry serves.
         // SAFETY: copied out at once (NO_PREALLOC map).
-        let cluster = unsafe { F::services().get(internal) }
-            .copied()
-            .unwrap_or(*svc);
-        return (cluster, client.node);
+        if let Some(cluster) = unsafe { F::services().get(internal) } {
+            *svc = *cluster;
+        }
+        return client.node;
     }
     // An external client keeps its address; the entry holds node-local backends only.
-    (*svc, false)
+    false
 }

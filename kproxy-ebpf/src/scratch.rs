@@ -10,6 +10,7 @@ use kproxy_common::{
     addr::In6Addr,
     config::Config,
     ct::{CtEntryOf, FlowKeyOf},
+    lb::{ServiceKeyOf, ServiceValue},
 };
 
 use crate::{lb::Decision, packet::NatRewrite, parse::Flow};
@@ -62,6 +63,10 @@ pub struct StageState<A> {
     pub stale: CtEntryOf<A>,
     /// `Stage::Create`: the new flow's backend and settings.
     pub decision: Decision<A>,
+    /// `Stage::Decide`: the frontend found, becoming the entry that serves the flow (see
+    /// `policy::serve`).
+    pub frontend_key: ServiceKeyOf<A>,
+    pub frontend: ServiceValue,
 }
 
 /// Not pinned, like `KP_SCRATCH`.

@@ -289,7 +289,8 @@ fn choose<F: Family>(
     if svc.flags & SVC_F_SOURCE_RANGES != 0 {
         return Err(Counter::SockLeftSourceRanges);
     }
-    let (svc, _masquerade) = policy::serve::<F>(key, svc, client, &conntrack::config());
+    let mut svc = *svc;
+    policy::serve::<F>(key, &mut svc, client, &conntrack::config());
     if lb::refusal(&svc).is_some() {
         return Err(Counter::SockLeftNoEndpoints);
     }

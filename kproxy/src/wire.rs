@@ -13,9 +13,9 @@ use ipnet::IpNet;
 use kproxy_common::{
     addr::{In6Addr, IpAddress},
     lb::{
-        BE_F_ACTIVE, BackendOf, SCOPE_ALL, SCOPE_INTERNAL, SOURCE_RANGE_ID_BITS, SVC_F_AFFINITY,
-        SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES,
-        ServiceKeyOf, ServiceValue, SourceRangeKey, SourceRangeKey6,
+        BE_F_ACTIVE, BackendOf, INLINE_SLOTS, SCOPE_ALL, SCOPE_INTERNAL, SOURCE_RANGE_ID_BITS,
+        SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_EXTERNAL, SVC_F_MAGLEV,
+        SVC_F_SOURCE_RANGES, ServiceKeyOf, ServiceValue, SourceRangeKey, SourceRangeKey6,
     },
 };
 
@@ -143,10 +143,13 @@ pub fn frontend_key<A: WireAddr>(key: &ServiceKeyOf<A>) -> Option<FrontendKey> {
     })
 }
 
+/// The value that publishes service port `svc_id` with `count` backends in `bank` (their ids
+/// `inline` when it holds them itself, see `lb::inline_slots`) and `settings`.
 pub fn service_value(
     svc_id: u32,
     count: u16,
     bank: u8,
+    inline: [u32; INLINE_SLOTS],
     settings: &ServiceSettings,
 ) -> ServiceValue {
     let mut flags = 0;
@@ -174,6 +177,7 @@ pub fn service_value(
         flags,
         bank,
         affinity_timeout_s: settings.affinity_timeout_s.unwrap_or(0),
+        inline,
     }
 }
 
@@ -380,12 +384,16 @@ mod tests {
             ),
         ];
         for (settings, flags) in cases {
-            let value = service_value(7, 3, 1, &settings);
+            let value = service_value(7, 3, 1, [4, 5, 6, 0], &settings);
             assert_eq!(value.flags, flags, "{settings:?}");
             assert_eq!((value.id, value.count, value.bank), (7, 3, 1));
+            assert_eq!(value.inline, [4, 5, 6, 0]);
             assert_eq!(settings_of(&value), settings);
         }
-        assert_eq!(service_value(7, 3, 1, &all).affinity_timeout_s, 60);
+        assert_eq!(
+            service_value(7, 3, 1, [0; INLINE_SLOTS], &all).affinity_timeout_s,
+            60
+        );
     }
 
     #[test]

@@ -30,8 +30,11 @@ use support::{
 /// Instructions the kernel's verifier may walk per program. Verification is most of an
 /// agent's start (the time to full programming counts it); a loop whose body the verifier
 /// walks once per iteration (the new-flow port search, before it was made cheap) more than
-/// doubles it. 144k-145k for the TC and XDP programs on kernel 6.18 (with Maglev).
-const VERIFIER_BUDGET: u32 = 150_000;
+/// doubles it. 140k-146k for the TC and XDP programs on kernel 6.18 with Maglev; the
+/// backend ids a service value holds itself (`lb::INLINE_SLOTS`) added 3% to the IPv4
+/// ingress program (146,424 to 150,922), the price of a hash lookup less per new flow and
+/// 300,000 map entries less at 100,000 Services.
+const VERIFIER_BUDGET: u32 = 155_000;
 
 #[test]
 fn every_program_verifies_within_the_instruction_budget() {
@@ -839,18 +842,25 @@ fn a_tuple_closed_by_fins_goes_to_another_flow_only_once_the_backend_has_closed(
 }
 
 /// `count` frontends 198.19.x.y:80, each with one backend of its own (198.18.100+x.y:8080):
-/// a sync of them writes batches of `count` backends, slots, services and VIPs, long enough
-/// to be written by two threads at once.
+/// a sync of them writes batches of `count` backends, services and VIPs, long enough to be
+/// written by two threads at once (each service value holds its backend: no slots).
 fn one_backend_each(count: u16) -> Desired {
+    backends_each(count, 80, 1)
+}
+
+/// `count` frontends 198.19.x.y:`port`, each with `per` backends of its own
+/// (198.18.100+x.y, ports 8080 on).
+fn backends_each(count: u16, port: u16, per: u16) -> Desired {
     (0..count)
         .map(|i| {
             let [hi, lo] = i.to_be_bytes();
             let backend = Ipv4Addr::new(198, 18, 100 + hi, lo);
+            let backends: Vec<(Ipv4Addr, u16)> = (0..per).map(|n| (backend, 8080 + n)).collect();
             frontend(
                 Ipv4Addr::new(198, 19, hi, lo),
-                80,
+                port,
                 Protocol::Tcp,
-                &[(backend, 8080)],
+                &backends,
                 None,
             )
         })
@@ -866,17 +876,20 @@ fn thousands_of_frontends_in_one_sync_are_written_whole() {
     }
     let sizes = MapSizes {
         services: 4096,
-        backends: 4096,
+        backends: 8192,
         ..SIZES
     };
     let mut dp = LoadedDatapath::load_with(&sizes);
-    let desired = one_backend_each(3000);
+    // And 500 of them with a second port of five backends, more than a service value
+    // holds: 2,500 slots.
+    let mut desired = one_backend_each(3000);
+    desired.extend(backends_each(500, 81, 5));
     dp.program(&desired);
-    assert_eq!(dp.programmed.frontends().len(), 3000);
+    assert_eq!(dp.programmed.frontends().len(), 3500);
     let mut snapshot = dp.maps.snapshot().expect("reading the maps");
-    assert_eq!(snapshot.backends.len(), 3000);
-    assert_eq!(snapshot.slots.len(), 3000);
-    assert_eq!(snapshot.services.len(), 3000);
+    assert_eq!(snapshot.backends.len(), 5500);
+    assert_eq!(snapshot.slots.len(), 2500);
+    assert_eq!(snapshot.services.len(), 3500);
     assert_eq!(snapshot.vips.len(), 3000);
     let check = dp.programmed.check(&mut snapshot, sizes.services);
     assert!(check.drift.is_empty(), "{:?}", check.drift);
@@ -906,6 +919,28 @@ fn thousands_of_frontends_in_one_sync_are_written_whole() {
         let (_, out) = dp.tc(&tcp_frame((CLIENT, 40_000), (vip, 80), SYN, b""));
         assert_eq!(dst(&out), (backend, 8080), "{vip}");
     }
+    // The last port of five backends, through its slots: each in turn (on one CPU, whose
+    // counter it is).
+    let vip = Ipv4Addr::new(198, 19, 1, 243);
+    let cpu = cpu::allowed_cpus().expect("allowed CPUs")[0];
+    let mut reached: Vec<u16> = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                cpu::pin_thread_to(cpu).expect("pinning");
+                (0..5)
+                    .map(|n| {
+                        let frame = tcp_frame((CLIENT, 41_000 + n), (vip, 81), SYN, b"");
+                        let (to, port) = dst(&dp.tc(&frame).1);
+                        assert_eq!(to, Ipv4Addr::new(198, 18, 101, 243), "{vip}");
+                        port
+                    })
+                    .collect()
+            })
+            .join()
+            .expect("the pinned thread")
+    });
+    reached.sort_unstable();
+    assert_eq!(reached, [8080, 8081, 8082, 8083, 8084]);
 }
 
 /// KP_BACKENDS filling up in the middle of a batch written in two halves: exactly the

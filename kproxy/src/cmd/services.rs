@@ -105,8 +105,14 @@ pub fn collect(pin_dir: &Path) -> Result<DatapathView> {
             }
         };
         let active: Vec<BackendView> = (0..u32::from(value.count))
-            .filter_map(|i| slots.get(&(value.id, bank | i)))
-            .filter_map(|id| backends.get(id).map(|b| view(*id, b)))
+            .filter_map(|i| {
+                if value.slots_inline() {
+                    value.inline_slot(i)
+                } else {
+                    slots.get(&(value.id, bank | i)).copied()
+                }
+            })
+            .filter_map(|id| backends.get(&id).map(|b| view(id, b)))
             .collect();
         let listed_only = backends_of
             .get(&value.id)

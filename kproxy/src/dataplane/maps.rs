@@ -633,10 +633,11 @@ impl ServiceMaps {
                 svc_id,
                 count,
                 bank,
+                inline,
                 settings,
             } => {
                 self.free_ports()?.before_put(key)?;
-                let value = wire::service_value(*svc_id, *count, *bank, settings);
+                let value = wire::service_value(*svc_id, *count, *bank, *inline, settings);
                 by_family!(self, key.addr, maps => maps.put_service(key, value))?;
             }
             MapOp::PutSourceRange { svc_id, range } => {
@@ -803,6 +804,7 @@ mod tests {
                     svc_id: 1,
                     count: 1,
                     bank: 0,
+                    inline: [1, 0, 0, 0],
                     settings: ServiceSettings::default(),
                 },
                 false,

@@ -357,7 +357,7 @@ fn the_drift_check_finds_and_repairs_an_ipv6_frontend() {
     let (mut programmed, mut dp) = synced(&want);
     let v6 = key("2001:db8:19::10", 80);
     let svc = dp.services[&v6];
-    let id = dp.slots[&(svc.svc_id, svc.bank, 0)];
+    let id = svc.slot(&dp.slots, 0).expect("a backend");
     dp.backends.insert(id, ep("2001:db8:18::9"));
     let check = programmed.check(&mut dp.snapshot(), 64);
     let found: Vec<String> = check.drift.iter().map(ToString::to_string).collect();

@@ -15,7 +15,7 @@ use std::{
 use ipnet::IpNet;
 use kproxy_common::{
     addr::In6Addr,
-    lb::{BackendOf, ServiceKeyOf, ServiceValue, SlotKey},
+    lb::{BackendOf, INLINE_SLOTS, ServiceKeyOf, ServiceValue, SlotKey, slots_inline},
     maglev::{self, MaglevKey},
 };
 
@@ -30,7 +30,19 @@ pub struct FakeService {
     pub svc_id: u32,
     pub count: u16,
     pub bank: u8,
+    /// The backend ids the value holds itself (see `lb::slots_inline`).
+    pub inline: [u32; INLINE_SLOTS],
     pub settings: ServiceSettings,
+}
+
+impl FakeService {
+    /// The backend id in slot `index`, wherever the datapath would read it.
+    pub fn slot(&self, slots: &BTreeMap<(u32, u8, u32), u32>, index: u32) -> Option<u32> {
+        if slots_inline(usize::from(self.count)) {
+            return self.inline.get(index as usize).copied();
+        }
+        slots.get(&(self.svc_id, self.bank, index)).copied()
+    }
 }
 
 /// What a packet to a frontend would find.
@@ -91,19 +103,18 @@ impl FakeDatapath {
         self.services
             .iter()
             .map(|(key, svc)| {
-                let resolved: Result<Vec<Endpoint>, String> =
-                    (0..u32::from(svc.count))
-                        .map(|index| {
-                            let id = self.slots.get(&(svc.svc_id, svc.bank, index)).ok_or_else(
-                                || format!("{key}: slot {index} of bank {} missing", svc.bank),
-                            )?;
-                            self.backends
-                                .get(id)
-                                .copied()
-                                .filter(|ep| same_family(ep.addr, key.addr))
-                                .ok_or_else(|| format!("{key}: backend {id} missing"))
-                        })
-                        .collect();
+                let resolved: Result<Vec<Endpoint>, String> = (0..u32::from(svc.count))
+                    .map(|index| {
+                        let id = svc.slot(&self.slots, index).ok_or_else(|| {
+                            format!("{key}: slot {index} of bank {} missing", svc.bank)
+                        })?;
+                        self.backends
+                            .get(&id)
+                            .copied()
+                            .filter(|ep| same_family(ep.addr, key.addr))
+                            .ok_or_else(|| format!("{key}: backend {id} missing"))
+                    })
+                    .collect();
                 let resolved = resolved.and_then(|eps| {
                     self.check_maglev(key, svc)?;
                     Ok(eps)
@@ -123,7 +134,7 @@ impl FakeDatapath {
             return Ok(());
         }
         let in_bank: BTreeSet<u32> = (0..u32::from(svc.count))
-            .filter_map(|index| self.slots.get(&(svc.svc_id, svc.bank, index)).copied())
+            .filter_map(|index| svc.slot(&self.slots, index))
             .collect();
         let mut tables = self
             .maglev
@@ -188,7 +199,7 @@ impl FakeDatapath {
             .filter_map(|(k, s)| {
                 Some((
                     wire::service_key::<A>(k)?,
-                    wire::service_value(s.svc_id, s.count, s.bank, &s.settings),
+                    wire::service_value(s.svc_id, s.count, s.bank, s.inline, &s.settings),
                 ))
             })
             .collect()
@@ -369,6 +380,7 @@ impl Datapath for FakeDatapath {
                 svc_id,
                 count,
                 bank,
+                inline,
                 settings,
             } => {
                 full(
@@ -384,6 +396,7 @@ impl Datapath for FakeDatapath {
                         svc_id: *svc_id,
                         count: *count,
                         bank: *bank,
+                        inline: *inline,
                         settings: *settings,
                     },
                 );

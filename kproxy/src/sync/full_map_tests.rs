@@ -3,7 +3,10 @@
 //! was served before stays served exactly as it was, and once there is room the next sync
 //! programs it.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use super::{Programmed, fake::FakeDatapath};
 use crate::{
@@ -143,24 +146,24 @@ fn every_map_full_in_turn_fails_one_frontend_cleanly() {
             ids: 64,
             max_services: None,
             max_backends: None,
-            max_slots: Some(3),
-            before: desired(&[(1, "a", &[2, 3])]),
-            after: desired(&[(1, "a", &[2, 3]), (2, "b", &[4, 5])]),
+            max_slots: Some(7),
+            before: desired(&[(1, "a", &[2, 3, 4, 5, 6])]),
+            after: desired(&[(1, "a", &[2, 3, 4, 5, 6]), (2, "b", &[7, 8, 9, 10, 11])]),
             failing: "Service default/b:http",
             says: "KP_SLOTS is full (raise --max-backends)",
-            served: vec![(1, vec![2, 3])],
+            served: vec![(1, vec![2, 3, 4, 5, 6])],
         },
         Case {
             name: "KP_SLOTS full: an update (into the other bank) keeps the set it had",
             ids: 64,
             max_services: None,
             max_backends: None,
-            max_slots: Some(4),
-            before: desired(&[(1, "a", &[2, 3]), (2, "b", &[4])]),
-            after: desired(&[(1, "a", &[2, 3]), (2, "b", &[5, 6])]),
+            max_slots: Some(8),
+            before: desired(&[(1, "a", &[2, 3, 4, 5, 6]), (2, "b", &[7])]),
+            after: desired(&[(1, "a", &[2, 3, 4, 5, 6]), (2, "b", &[8, 9, 10, 11, 12])]),
             failing: "Service default/b:http",
             says: "KP_SLOTS is full",
-            served: vec![(1, vec![2, 3]), (2, vec![4])],
+            served: vec![(1, vec![2, 3, 4, 5, 6]), (2, vec![7])],
         },
     ];
     for case in cases {
@@ -200,7 +203,11 @@ fn every_map_full_in_turn_fails_one_frontend_cleanly() {
             case.served,
             "case {name}: served after the failure"
         );
-        let referenced: BTreeSet<u32> = dp.slots.values().copied().collect();
+        // What the slots and the service values that hold their backends name.
+        let in_values = dp.services.values().flat_map(|svc| {
+            (0..u32::from(svc.count)).filter_map(|index| svc.slot(&BTreeMap::new(), index))
+        });
+        let referenced: BTreeSet<u32> = dp.slots.values().copied().chain(in_values).collect();
         let present: BTreeSet<u32> = dp.backends.keys().copied().collect();
         assert_eq!(
             referenced, present,
@@ -278,8 +285,9 @@ fn a_frontend_with_10000_endpoints_is_written_whole() {
     let mut programmed = Programmed::new(8);
     let report = programmed.sync(&want, &mut dp);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    // Backends and slots of both, two publishes, two VIPs, one id reservation (not counted).
-    assert_eq!(report.ops, 2 * 10_000 + 1 + 3 + 2);
+    // Backends of both, the big one's slots (the small one's service value holds its
+    // backend), two publishes, two VIPs, one id reservation (not counted).
+    assert_eq!(report.ops, 2 * 10_000 + 1 + 2 + 2);
     assert_eq!(
         dp.view()[&key(1)].as_ref().map(|(eps, _)| eps.len()),
         Ok(10_000)

@@ -24,6 +24,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use kproxy_common::lb::INLINE_SLOTS;
 
 use crate::model::{Endpoint, Frontend, FrontendKey, WhenEmpty, maglev};
 
@@ -147,12 +148,15 @@ pub enum MapOp {
     ResetServiceCounters {
         svc_id: u32,
     },
-    /// Publishes a frontend: one map update, atomic for the datapath.
+    /// Publishes a frontend: one map update, atomic for the datapath. `inline`: the ids of
+    /// its `count` backends when the value holds them itself (`lb::slots_inline`), else zero
+    /// (they are in `bank` of `KP_SLOTS`).
     PutService {
         key: FrontendKey,
         svc_id: u32,
         count: u16,
         bank: u8,
+        inline: [u32; INLINE_SLOTS],
         settings: ServiceSettings,
     },
     DeleteService {

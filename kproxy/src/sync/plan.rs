@@ -6,7 +6,10 @@ use std::{
 };
 
 use ipnet::IpNet;
-use kproxy_common::{lb::MAX_BACKENDS_PER_SERVICE, meta::BACKEND_ID_CHUNK};
+use kproxy_common::{
+    lb::{MAX_BACKENDS_PER_SERVICE, inline_slots, slots_inline},
+    meta::BACKEND_ID_CHUNK,
+};
 
 use super::{
     Datapath, IdPool, MapOp, ServiceSettings,
@@ -30,7 +33,8 @@ pub struct ProgrammedFrontend {
     pub svc_id: u32,
     /// Active slot bank.
     pub bank: u8,
-    /// Number of slots present in each bank.
+    /// Number of slots present in each bank of `KP_SLOTS` (none in the active bank when the
+    /// service value holds the backends itself, see `lb::slots_inline`).
     pub bank_len: [u32; 2],
     /// What its service value says besides its backends.
     pub settings: ServiceSettings,
@@ -52,6 +56,12 @@ impl ProgrammedFrontend {
 
     fn standby_endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {
         self.standby.iter().map(|(ep, _)| *ep)
+    }
+
+    /// `KP_SLOTS` entries of its active bank: none when its service value holds its
+    /// backends itself (or it has none).
+    pub fn active_slots(&self) -> u32 {
+        self.bank_len[usize::from(self.bank & 1)]
     }
 
     /// Every backend id the frontend holds.
@@ -564,7 +574,7 @@ impl Programmed {
         ops.extend(put_ranges);
         ops.extend(slots);
         ops.extend(table);
-        ops.push(put_service(key, svc_id, 0, backends.len(), frontend));
+        ops.push(put_service(key, svc_id, 0, &backends, frontend));
         Ok(Change {
             ops,
             after: Some(ProgrammedFrontend {
@@ -680,10 +690,13 @@ fn update_change(
     ));
     let (put_table, drop_table) = maglev_switch(old, frontend, bank, &backends, maglev_table_size);
     ops.extend(put_table);
-    ops.push(put_service(key, svc_id, bank, backends.len(), frontend));
+    ops.push(put_service(key, svc_id, bank, &backends, frontend));
     ops.extend(drop_table);
     ops.extend(delete_ranges);
     ops.append(&mut deactivate);
+    let mut bank_len = old.bank_len;
+    bank_len[usize::from(bank)] = slot_count(&backends);
+    ops.extend(empty_left_bank(old, &mut bank_len));
     let listed: HashSet<Endpoint> = backends.iter().chain(&standby).map(|(ep, _)| *ep).collect();
     ops.extend(
         old.backends
@@ -695,8 +708,6 @@ fn update_change(
                 endpoint: *endpoint,
             }),
     );
-    let mut bank_len = old.bank_len;
-    bank_len[usize::from(bank)] = slot_count(&backends);
     Change {
         ops,
         after: Some(ProgrammedFrontend {
@@ -712,6 +723,26 @@ fn update_change(
         }),
         new_svc_id: None,
     }
+}
+
+/// Recovered inconsistent (`needs_rewrite`), `old`'s active bank may have holes (a slot
+/// lost): once the rewrite is published in the other bank, it is emptied, so that what an
+/// inactive bank holds is always a whole run of slots (as `bank_len` counts them). No ops
+/// for a consistent one.
+fn empty_left_bank(old: &ProgrammedFrontend, bank_len: &mut [u32; 2]) -> Vec<MapOp> {
+    if !old.needs_rewrite {
+        return Vec::new();
+    }
+    let left = usize::from(old.bank & 1);
+    let ops = (0..bank_len[left])
+        .map(|index| MapOp::DeleteSlot {
+            svc_id: old.svc_id,
+            bank: old.bank,
+            index,
+        })
+        .collect();
+    bank_len[left] = 0;
+    ops
 }
 
 /// The backends stay: at most the service value and its source ranges change (affinity,
@@ -753,7 +784,7 @@ fn settings_change(
         key,
         old.svc_id,
         old.bank,
-        old.backends.len(),
+        &old.backends,
         frontend,
     ));
     if old.settings.maglev && !settings.maglev {
@@ -802,8 +833,12 @@ fn change_or_rename(
     Some(change)
 }
 
-/// Slots a (capped) backend list fills.
+/// `KP_SLOTS` entries a (capped) backend list fills in its bank: none when the service value
+/// holds them itself.
 fn slot_count(backends: &[(Endpoint, u32)]) -> u32 {
+    if slots_inline(backends.len()) {
+        return 0;
+    }
     u32::try_from(backends.len()).expect("backend lists are capped to MAX_BACKENDS_PER_SERVICE")
 }
 
@@ -812,24 +847,27 @@ fn capped(endpoints: &[Endpoint]) -> &[Endpoint] {
     &endpoints[..endpoints.len().min(MAX_BACKENDS_PER_SERVICE as usize)]
 }
 
-/// Publishes `frontend`'s settings with `count` backends in `bank`.
+/// Publishes `frontend`'s settings with `backends` (in the value itself when they are few,
+/// else in `bank`).
 fn put_service(
     key: &FrontendKey,
     svc_id: u32,
     bank: u8,
-    count: usize,
+    backends: &[(Endpoint, u32)],
     frontend: &Frontend,
 ) -> MapOp {
     MapOp::PutService {
         key: *key,
         svc_id,
-        count: u16::try_from(count).unwrap_or(u16::MAX),
+        count: u16::try_from(backends.len()).unwrap_or(u16::MAX),
         bank,
+        inline: inline_slots(backends.iter().map(|(_, id)| *id)),
         settings: ServiceSettings::of(key, frontend),
     }
 }
 
-/// Writes `backends` into `bank` and deletes what that bank held beyond them.
+/// Writes `backends` into `bank` (nothing when the service value holds them) and deletes
+/// what that bank held beyond them.
 fn slot_ops(
     svc_id: u32,
     bank: u8,
@@ -837,7 +875,7 @@ fn slot_ops(
     bank_len_before: u32,
 ) -> Vec<MapOp> {
     let n = slot_count(backends);
-    let mut ops: Vec<MapOp> = backends
+    let mut ops: Vec<MapOp> = backends[..n as usize]
         .iter()
         .zip(0..)
         .map(|((_, id), index)| MapOp::PutSlot {

@@ -414,12 +414,15 @@ pub(super) fn stray_entries<'f>(
     maglev_table_size: u32,
     cleanup: &mut Vec<MapOp>,
 ) {
+    // The active bank of each service port id whose slots are in `KP_SLOTS`.
     let mut active_banks: HashMap<u32, u8> = HashMap::new();
     // Marks, by position in the snapshot, of the backends some frontend lists.
     let mut live = vec![false; index.positions()];
     let mut tables_in_use = HashSet::new();
     for (_, frontend) in frontends {
-        active_banks.insert(frontend.svc_id, frontend.bank);
+        if frontend.active_slots() > 0 {
+            active_banks.insert(frontend.svc_id, frontend.bank);
+        }
         for id in frontend.backend_ids() {
             if let Some(at) = index.position(id) {
                 live[at] = true;
@@ -516,15 +519,21 @@ fn recover_frontend(key: &FrontendKey, value: &ServiceValue, index: &Index) -> P
     let mut complete = true;
     let mut active = Vec::new();
     let bank = index.bank(value.id, active_bank);
+    // A value that holds its backends itself uses no slots: those of its active bank are
+    // strays, deleted by the cleanup (see `stray_entries`), as the other bank's are.
     let mut bank_len = [0u32; 2];
-    bank_len[usize::from(active_bank)] = bank.clone().next_back().map_or(0, |(at, _)| at + 1);
+    if !value.slots_inline() {
+        bank_len[usize::from(active_bank)] = bank.clone().next_back().map_or(0, |(at, _)| at + 1);
+    }
     // Slots come in index order, each index once: the one wanted is next, or missing.
     let mut slots = bank.peekable();
     for wanted in 0..u32::from(value.count) {
-        match slots
-            .next_if(|&(at, _)| at == wanted)
-            .and_then(|(_, id)| Some((id, index.backend(id)?)))
-        {
+        let id = if value.slots_inline() {
+            value.inline_slot(wanted)
+        } else {
+            slots.next_if(|&(at, _)| at == wanted).map(|(_, id)| id)
+        };
+        match id.and_then(|id| Some((id, index.backend(id)?))) {
             Some((id, backend)) => {
                 complete &= backend.active && backend.svc_id == value.id && of_family(&backend);
                 active.push((backend.endpoint, id));

@@ -6,6 +6,8 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+use kproxy_common::lb::INLINE_SLOTS;
+
 use super::{EntryCounts, MapOp, Programmed, fake::FakeDatapath, fake::View};
 use crate::{
     model::{
@@ -142,25 +144,25 @@ fn role_changes_switch_backends_on_before_the_flip_and_off_after_it() {
             "an endpoint stops being ready: switched off after the flip, kept listed",
             desired(&[(web, frontend("web", &[2, 3], None))]),
             desired(&[(web, frontend_with("web", &[2], &[3]))]),
-            vec!["PutSlot", "PutService", "Deactivate"],
+            vec!["PutService", "Deactivate"],
         ),
         (
             "a listed endpoint becomes ready: switched on before the flip",
             desired(&[(web, frontend_with("web", &[2], &[3]))]),
             desired(&[(web, frontend("web", &[2, 3], None))]),
-            vec!["Activate", "PutSlot", "PutSlot", "PutService"],
+            vec!["Activate", "PutService"],
         ),
         (
             "a listed-only endpoint leaves its slice: deleted, nothing else changes but the bank",
             desired(&[(web, frontend_with("web", &[2], &[3]))]),
             desired(&[(web, frontend("web", &[2], None))]),
-            vec!["PutSlot", "PutService", "DeleteBackend"],
+            vec!["PutService", "DeleteBackend"],
         ),
         (
             "a new endpoint appears not ready: created listed-only",
             desired(&[(web, frontend("web", &[2], None))]),
             desired(&[(web, frontend_with("web", &[2], &[4]))]),
-            vec!["PutBackend", "PutSlot", "PutService"],
+            vec!["PutBackend", "PutService"],
         ),
     ];
     for (name, from, to, want) in cases {
@@ -170,12 +172,16 @@ fn role_changes_switch_backends_on_before_the_flip_and_off_after_it() {
 }
 
 /// (what, before, after, the map operations between them)
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
 fn transition_cases() -> Vec<(&'static str, Desired, Desired, Vec<&'static str>)> {
     let web = key(10, 80);
     let api = key(11, 80);
+    // More endpoints than a service value holds itself: their slots are in `KP_SLOTS`.
+    let many = [2, 3, 4, 5, 6];
+    let fewer = [2, 3, 4, 5, 7];
     vec![
         (
-            "new frontend: ids reserved, backends, slots, counters, then publish",
+            "new frontend: ids reserved, backends, counters, then publish with its slots",
             desired(&[]),
             desired(&[(web, frontend("web", &[2, 3, 4], None))]),
             vec![
@@ -183,12 +189,32 @@ fn transition_cases() -> Vec<(&'static str, Desired, Desired, Vec<&'static str>)
                 "PutBackend",
                 "PutBackend",
                 "PutBackend",
-                "PutSlot",
-                "PutSlot",
-                "PutSlot",
                 "PutService",
                 "PutVip",
             ],
+        ),
+        (
+            "new frontend with as many endpoints as the value holds: no slots either",
+            desired(&[]),
+            desired(&[(web, frontend("web", &many[..INLINE_SLOTS], None))]),
+            [
+                &["Reserve"][..],
+                &["PutBackend"; INLINE_SLOTS],
+                &["PutService", "PutVip"],
+            ]
+            .concat(),
+        ),
+        (
+            "new frontend with many endpoints: its slots in the map before it is published",
+            desired(&[]),
+            desired(&[(web, frontend("web", &many, None))]),
+            [
+                &["Reserve"][..],
+                &["PutBackend"; 5],
+                &["PutSlot"; 5],
+                &["PutService", "PutVip"],
+            ]
+            .concat(),
         ),
         (
             "no change: nothing written",
@@ -203,23 +229,39 @@ fn transition_cases() -> Vec<(&'static str, Desired, Desired, Vec<&'static str>)
             vec![],
         ),
         (
-            "one endpoint removed: other bank, flip, then delete it",
+            "one endpoint removed: flip, then delete it",
             desired(&[(web, frontend("web", &[2, 3, 4], None))]),
             desired(&[(web, frontend("web", &[2, 3], None))]),
-            vec!["PutSlot", "PutSlot", "PutService", "DeleteBackend"],
+            vec!["PutService", "DeleteBackend"],
+        ),
+        (
+            "one of many endpoints replaced: new backend, other bank, flip, old one last",
+            desired(&[(web, frontend("web", &many, None))]),
+            desired(&[(web, frontend("web", &fewer, None))]),
+            [
+                &["PutBackend"][..],
+                &["PutSlot"; 5],
+                &["PutService", "DeleteBackend"],
+            ]
+            .concat(),
+        ),
+        (
+            "many endpoints down to few: the value holds them, the bank it flips to is emptied",
+            desired(&[(web, frontend("web", &many, None))]),
+            desired(&[(web, frontend("web", &[2, 3], None))]),
+            [&["PutService"][..], &["DeleteBackend"; 3]].concat(),
+        ),
+        (
+            "few endpoints up to many: slots written in the other bank before the flip",
+            desired(&[(web, frontend("web", &[2, 3], None))]),
+            desired(&[(web, frontend("web", &many, None))]),
+            [&["PutBackend"; 3][..], &["PutSlot"; 5], &["PutService"]].concat(),
         ),
         (
             "endpoints replaced: new backend first, flip, old one last",
             desired(&[(web, frontend("web", &[2, 3, 4], None))]),
             desired(&[(web, frontend("web", &[2, 4, 5], None))]),
-            vec![
-                "PutBackend",
-                "PutSlot",
-                "PutSlot",
-                "PutSlot",
-                "PutService",
-                "DeleteBackend",
-            ],
+            vec!["PutBackend", "PutService", "DeleteBackend"],
         ),
         (
             "affinity turned on: only the service value",
@@ -234,7 +276,7 @@ fn transition_cases() -> Vec<(&'static str, Desired, Desired, Vec<&'static str>)
             vec!["PutService", "DeleteBackend"],
         ),
         (
-            "frontend removed: unpublished first, then slots and backends",
+            "frontend removed: unpublished first, then backends",
             desired(&[
                 (web, frontend("web", &[2, 3], None)),
                 (api, frontend("api", &[4], None)),
@@ -242,13 +284,23 @@ fn transition_cases() -> Vec<(&'static str, Desired, Desired, Vec<&'static str>)
             desired(&[(api, frontend("api", &[4], None))]),
             vec![
                 "DeleteService",
-                "DeleteSlot",
-                "DeleteSlot",
                 "DeleteBackend",
                 "DeleteBackend",
                 "Reset",
                 "DeleteVip",
             ],
+        ),
+        (
+            "frontend with many endpoints removed: unpublished first, then slots and backends",
+            desired(&[(web, frontend("web", &many, None))]),
+            desired(&[]),
+            [
+                &["DeleteService"][..],
+                &["DeleteSlot"; 5],
+                &["DeleteBackend"; 5],
+                &["Reset", "DeleteVip"],
+            ]
+            .concat(),
         ),
     ]
 }
@@ -258,7 +310,17 @@ fn repeated_updates_leave_no_stale_slots() {
     let web = key(10, 80);
     let mut dp = FakeDatapath::default();
     let mut programmed = Programmed::new(8);
-    for endpoints in [&[2, 3, 4, 5][..], &[2], &[3, 4], &[], &[6, 7, 8], &[6]] {
+    let sets: [&[u8]; 8] = [
+        &[2, 3, 4, 5, 6, 7],
+        &[2],
+        &[3, 4, 5, 6, 7],
+        &[3, 4, 5, 6, 7, 8, 9],
+        &[],
+        &[6, 7, 8, 9, 10],
+        &[6, 7, 8, 9, 10, 11],
+        &[6],
+    ];
+    for endpoints in sets {
         let report = programmed.sync(
             &desired(&[(web, frontend("web", endpoints, None))]),
             &mut dp,
@@ -266,10 +328,15 @@ fn repeated_updates_leave_no_stale_slots() {
         assert!(report.problems.is_empty());
         let f = &programmed.frontends()[&web];
         let present = |bank: u8| dp.slots.keys().filter(|(_, b, _)| *b == bank).count();
+        let in_slots = if endpoints.len() > INLINE_SLOTS {
+            endpoints.len()
+        } else {
+            0
+        };
         assert_eq!(
             present(f.bank),
-            endpoints.len(),
-            "active bank holds exactly the set"
+            in_slots,
+            "active bank holds exactly the set, unless the value holds it"
         );
         let inactive = 1 - f.bank;
         assert!(present(inactive) <= f.bank_len[usize::from(inactive)] as usize);
@@ -334,9 +401,10 @@ fn full_map_fails_one_frontend_cleanly_and_retries_later() {
         "{problem}"
     );
     assert!(problem.message.contains("full"), "{problem}");
-    // The failed frontend left nothing behind; the other one is served.
+    // The failed frontend left nothing behind; the other one is served (its two backends
+    // in its service value, no slots).
     assert_eq!(dp.backends.len(), 2);
-    assert_eq!(dp.slots.len(), 2);
+    assert!(dp.slots.is_empty());
     assert_eq!(
         dp.view(),
         expected_view(&desired(&[(web, frontend("web", &[2, 3], None))]))
@@ -426,7 +494,7 @@ fn restart_recovers_state_and_writes_nothing_new() {
 #[test]
 fn maps_listed_in_any_order_are_read_the_same() {
     let want = desired(&[
-        (key(10, 80), frontend("web", &[2, 3, 4], Some(60))),
+        (key(10, 80), frontend("web", &[2, 3, 4, 8, 9], Some(60))),
         (key(11, 53), frontend("dns", &[5, 6], None)),
         (key(12, 80), frontend("api", &[7], None)),
     ]);
@@ -435,7 +503,7 @@ fn maps_listed_in_any_order_are_read_the_same() {
     programmed.sync(&want, &mut dp);
     // An inactive bank, a stray backend and a stray VIP: cleanup has something to say.
     let mut changed = want.clone();
-    changed.insert(key(10, 80), frontend("web", &[2, 4], Some(60)));
+    changed.insert(key(10, 80), frontend("web", &[2, 4, 8, 9, 10], Some(60)));
     programmed.sync(&changed, &mut dp);
     dp.backends.insert(999, ep(9));
     dp.backend_roles.insert(999, (42, false));
@@ -563,7 +631,7 @@ fn many_changes_in_one_sync_stay_atomic_and_never_share_ids() {
     ]);
     let to = desired(&[
         (b, frontend("b", &[5], None)),
-        (c, frontend("c", &[6, 7], None)),
+        (c, frontend("c", &[6, 7, 8, 9, 10], None)),
     ]);
     let (ops, dp) = transition(&from, &to);
     // In waves: unpublish, clear, create backends, fill slots, publish, clean up.

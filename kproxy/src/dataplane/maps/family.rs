@@ -205,10 +205,11 @@ where
                     svc_id,
                     count,
                     bank,
+                    inline,
                     settings,
                 } => Some((
                     wire::service_key::<A>(key)?,
-                    wire::service_value(*svc_id, *count, *bank, settings),
+                    wire::service_value(*svc_id, *count, *bank, *inline, settings),
                 )),
                 _ => None,
             },

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use kproxy_common::{
-    lb::{SLOT_BANK_SHIFT, ServiceValue, SlotKey},
+    lb::{SLOT_BANK_SHIFT, ServiceValue, SlotKey, inline_slots},
     maglev,
 };
 
@@ -90,12 +90,15 @@ impl Tally {
 }
 
 /// Whether `value` is what the record's frontend publishes: its id, bank, backend count
-/// and settings.
+/// and settings, and the backends it holds itself (or, when it holds none, a bank with as
+/// many slots).
 fn publishes(meant: &ProgrammedFrontend, value: &ServiceValue) -> bool {
+    let ids = meant.backends.iter().map(|(_, id)| *id);
     value.id == meant.svc_id
         && value.bank == meant.bank
         && usize::from(value.count) == meant.backends.len()
-        && meant.bank_len[usize::from(meant.bank & 1)] as usize >= meant.backends.len()
+        && value.inline == inline_slots(ids)
+        && (value.slots_inline() || meant.active_slots() as usize >= meant.backends.len())
         && wire::settings_of(value) == meant.settings
 }
 

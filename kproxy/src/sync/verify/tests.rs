@@ -11,15 +11,18 @@ use crate::model::Desired;
 
 const MAX_SERVICES: u32 = 16;
 
-/// web (two generations: an inactive bank is left) and dns (no endpoints), programmed.
+/// web (more endpoints than a service value holds, two generations: an inactive bank is
+/// left), dns (no endpoints) and api (its two backends in its service value), programmed.
 fn programmed() -> (Programmed, FakeDatapath, Desired) {
     let first = desired(&[
-        (key(10, 80), frontend("web", &[2, 3, 4], Some(60))),
+        (key(10, 80), frontend("web", &[2, 3, 4, 5, 6, 7], Some(60))),
         (key(11, 53), frontend("dns", &[], None)),
+        (key(12, 80), frontend("api", &[8, 9], None)),
     ]);
     let want = desired(&[
-        (key(10, 80), frontend("web", &[2, 3], Some(60))),
+        (key(10, 80), frontend("web", &[2, 3, 4, 5, 6], Some(60))),
         (key(11, 53), frontend("dns", &[], None)),
+        (key(12, 80), frontend("api", &[8, 9], None)),
     ]);
     let mut dp = FakeDatapath::default();
     let mut programmed = Programmed::new(MAX_SERVICES);
@@ -31,7 +34,7 @@ fn programmed() -> (Programmed, FakeDatapath, Desired) {
 fn web_backend_ids(dp: &FakeDatapath) -> Vec<u32> {
     let svc = dp.services[&key(10, 80)];
     (0..u32::from(svc.count))
-        .map(|i| dp.slots[&(svc.svc_id, svc.bank, i)])
+        .map(|i| svc.slot(&dp.slots, i).expect("a slot"))
         .collect()
 }
 
@@ -75,9 +78,9 @@ fn corruptions() -> Vec<Corruption> {
             Box::new(|dp| {
                 let mut svc = dp.services[&key(11, 53)];
                 svc.svc_id = 9;
-                dp.services.insert(key(12, 80), svc);
+                dp.services.insert(key(13, 80), svc);
             }),
-            "198.19.0.12:80/TCP: in the maps, never programmed",
+            "198.19.0.13:80/TCP: in the maps, never programmed",
         ),
         (
             "affinity switched off",
@@ -99,6 +102,22 @@ fn corruptions() -> Vec<Corruption> {
             "198.19.0.10:80/TCP: its entries are inconsistent",
         ),
         (
+            "a backend id in a service value rewritten",
+            Box::new(|dp| {
+                let api = dp.services.get_mut(&key(12, 80)).expect("api");
+                api.inline[1] = 999;
+            }),
+            "198.19.0.12:80/TCP: its entries are inconsistent",
+        ),
+        (
+            "a slot beside a service value that holds its backends",
+            Box::new(|dp| {
+                let api = dp.services[&key(12, 80)];
+                dp.slots.insert((api.svc_id, api.bank, 0), api.inline[0]);
+            }),
+            "stray entry: DeleteSlot",
+        ),
+        (
             "an orphan backend",
             Box::new(|dp| {
                 dp.backends.insert(999, ep(7));
@@ -116,9 +135,9 @@ fn corruptions() -> Vec<Corruption> {
         (
             "a VIP nobody uses",
             Box::new(|dp| {
-                dp.vips.insert(key(13, 80).addr);
+                dp.vips.insert(key(14, 80).addr);
             }),
-            "stray entry: DeleteVip { addr: 198.19.0.13 }",
+            "stray entry: DeleteVip { addr: 198.19.0.14 }",
         ),
         (
             "a slot of a service port id nobody uses",
@@ -178,7 +197,7 @@ fn every_corruption_is_found_named_and_repaired() {
             "{name}: the walk agrees once repaired"
         );
         if name == "a frontend nobody programmed" {
-            assert!(!dp.services.contains_key(&key(12, 80)), "unpublished");
+            assert!(!dp.services.contains_key(&key(13, 80)), "unpublished");
         }
     }
 }
