@@ -520,10 +520,7 @@ fn decide_stage<F: Family, P: Packet>(
     let (key, svc) = unsafe {
         (&raw mut (*state).frontend_key).write(key);
         (&raw mut (*state).frontend).write(*svc);
-        (
-            &*(&raw const (*state).frontend_key),
-            &mut *(&raw mut (*state).frontend),
-        )
+        (&(*state).frontend_key, &mut (*state).frontend)
     };
     match decide::<F, P>(pkt, flow, key, svc, conntrack::now_ns()) {
         Ok(decision) => {
