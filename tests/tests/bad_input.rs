@@ -115,13 +115,15 @@ fn wait_for_log_line(agent: &Agent, parts: &[&str]) {
 
 // --- Every kernel map full in turn --------------------------------------------------------
 
-const B: [Ipv4Addr; 6] = [
+const B: [Ipv4Addr; 8] = [
     Ipv4Addr::new(198, 18, 2, 2),
     Ipv4Addr::new(198, 18, 3, 2),
     Ipv4Addr::new(198, 18, 4, 2),
     Ipv4Addr::new(198, 18, 5, 2),
     Ipv4Addr::new(198, 18, 6, 2),
     Ipv4Addr::new(198, 18, 7, 2),
+    Ipv4Addr::new(198, 18, 8, 2),
+    Ipv4Addr::new(198, 18, 9, 2),
 ];
 
 /// Frontends `(vip(n), endpoints)`, TCP port 80 to 8080.
@@ -194,19 +196,23 @@ fn every_kernel_map_full_in_turn_fails_one_frontend_and_the_rest_is_served() {
             served: vec![(1, Some(&B[..2])), (2, Some(&B[2..3]))],
         },
         MapCase {
-            // KP_SLOTS holds two banks' worth (2 x --max-backends): an inactive bank that
-            // keeps a frontend's former, larger set can fill it before KP_BACKENDS is.
+            // KP_SLOTS holds two banks' worth (2 x --max-backends) for the frontends of more
+            // backends than a service value holds: an inactive bank that keeps a frontend's
+            // former set can fill it before KP_BACKENDS is. 1 leaves six slots in its
+            // inactive bank when its value takes its one backend; 2 takes six more, and its
+            // next five would go into its other bank: 17 of 14.
             name: "KP_SLOTS full: an update keeps the backends it had",
-            sizes: tiny(8, 4),
+            sizes: tiny(8, 7),
             steps: vec![
-                want(&[(1, &B[..4])]),
+                want(&[(1, &B[..7])]),
+                want(&[(1, &B[..6])]),
                 want(&[(1, &B[..1])]),
-                want(&[(1, &B[..1]), (2, &B[1..4])]),
+                want(&[(1, &B[..1]), (2, &B[1..7])]),
             ],
-            last: want(&[(1, &B[..1]), (2, &B[1..2])]),
+            last: want(&[(1, &B[..1]), (2, &B[1..6])]),
             failing: "Service default/svc-198.19.0.2-80",
             says: "KP_SLOTS is full (raise --max-backends)",
-            served: vec![(1, Some(&B[..1])), (2, Some(&B[1..4]))],
+            served: vec![(1, Some(&B[..1])), (2, Some(&B[1..7]))],
         },
     ];
     for case in cases {
