@@ -495,6 +495,11 @@ impl Run<'_> {
         // The controllers rest while the proxy programs and the loads run (see
         // `pause_controllers`), and work again for churn and the probe, which need them.
         let paused = self.plane.cp.pause_controllers()?;
+        // Every proxy starts on a machine at rest, the API server and etcd running: after
+        // the lists alone (or the mode before) the API server went on collecting its
+        // garbage for seconds, on the CPUs the start needs (at 100,000 Services it was
+        // still taking most of both when kproxy's start began, 2026-12-07).
+        let _ = settled(None);
         let _ = std::fs::remove_file(self.log);
         // kproxy-sock serves the sockets of a cgroup of the bench's own, which this process
         // (its load generator, its probes) joins for the run.
