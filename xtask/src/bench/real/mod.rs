@@ -767,7 +767,7 @@ fn quiet(plane: &Plane, proxy: Option<u32>) -> Result<()> {
 
 /// Busy CPU (all CPUs, beyond the proxy's own) below which a second counts as quiet.
 const QUIET: f64 = 0.05;
-/// How long the machine may take to quiet down before a paced window.
+/// How long the machine may take to quiet down before a paced window or a proxy's start.
 const SETTLE_MAX: Duration = Duration::from_secs(30);
 
 /// The CPU time the machine burns over a second at rest, read once any work of the runs
