@@ -323,7 +323,7 @@ pub async fn run(
     let links = attach(ebpf, &mut agent, linked_ahead(linking).await?)?;
     // Interfaces come and go on their own schedule; the watcher stops with the agent.
     let _links = AbortOnDrop(tokio::spawn(links.run()));
-    tracing::info!(pin_dir = %agent.config.pin_dir.display(), "ready");
+    log_ready(&agent.config.pin_dir, started);
     serve(
         &mut agent,
         &mut input,
@@ -662,6 +662,20 @@ async fn serve_http(
         crate::http::serve(addr, routes, "metrics", http.bind_hard_fail).await?;
     }
     Ok(verify_rx)
+}
+
+/// Says the agent serves, with what its start took: its duration, and the CPU time (all its
+/// threads, the verifier's included) and page faults, which the rest of the node's load
+/// moves less than the duration.
+fn log_ready(pin_dir: &std::path::Path, started: Instant) {
+    let spent = memory::Spent::so_far();
+    tracing::info!(
+        pin_dir = %pin_dir.display(),
+        took_ms = started.elapsed().as_millis(),
+        cpu_ms = spent.cpu_ms,
+        minor_faults = spent.minor_faults,
+        "ready"
+    );
 }
 
 /// Collects changes until the input has a complete view of the cluster; returns those not

@@ -223,20 +223,36 @@ pub fn spawn_agent(
     log: &Path,
 ) -> Result<(LoggedProcess, f64)> {
     let mut agent = LoggedProcess::spawn(ns, agent_bin, args, &[("NO_COLOR", "1")], log)?;
-    let full_sync_ms = first_sync_ms(&mut agent, Duration::from_mins(1))?;
+    let full_sync_ms = first_sync(&mut agent, Duration::from_mins(1))?.ms;
     Ok((agent, full_sync_ms))
 }
 
+/// A started agent's first complete programming, as it logged it.
+pub struct FirstSync {
+    /// The first sync's duration, ms.
+    pub ms: f64,
+    /// The agent's CPU time (all its threads) from its start until it was ready, ms: a
+    /// start's cost, steadier than its duration, which the rest of the machine moves.
+    pub cpu_ms: Option<f64>,
+}
+
 /// Waits until a started agent has programmed its first complete view and says it is ready;
-/// returns that first sync's duration (ms) as the agent logged it.
-pub fn first_sync_ms(agent: &mut LoggedProcess, timeout: Duration) -> Result<f64> {
+/// returns that first sync's duration and the CPU the start took, as the agent logged them.
+pub fn first_sync(agent: &mut LoggedProcess, timeout: Duration) -> Result<FirstSync> {
     let synced = agent.wait_for(" synced ", timeout)?;
-    agent.wait_for(" ready", Duration::from_secs(30))?;
+    let ready = agent.wait_for(" ready", Duration::from_secs(30))?;
     let fields = synced
         .split_once("synced")
         .map_or(synced.as_str(), |(_, rest)| rest);
     eprintln!("bench:   agent first sync: {}", fields.trim());
-    Ok(log_field_us(&synced, "elapsed_us").context("the first sync's elapsed_us")? / 1e3)
+    let cpu_ms = log_field_us(&ready, "cpu_ms");
+    if let (Some(cpu_ms), Some(faults)) = (cpu_ms, log_field_us(&ready, "minor_faults")) {
+        eprintln!("bench:   agent ready: {cpu_ms:.0} ms of CPU, {faults:.0} minor page faults");
+    }
+    Ok(FirstSync {
+        ms: log_field_us(&synced, "elapsed_us").context("the first sync's elapsed_us")? / 1e3,
+        cpu_ms,
+    })
 }
 
 /// A `key=123` field of a log line, as a float.

@@ -202,14 +202,17 @@ impl RunningProxy {
     /// The proxy's own account of its first, complete programming (ms): kproxy's first
     /// " synced " log line, kube-proxy's full-sync histogram (it has only the first full
     /// sync for an hour; with more the mean is reported).
-    pub fn first_sync_ms(&mut self, bed: &BenchBed) -> Result<Option<f64>> {
+    /// With kproxy, also the CPU its start took (ms).
+    pub fn first_sync_ms(&mut self, bed: &BenchBed) -> Result<(Option<f64>, Option<f64>)> {
         if self.proxy.is_kproxy() {
-            return modes::first_sync_ms(&mut self.process, Duration::from_mins(1)).map(Some);
+            let first = modes::first_sync(&mut self.process, Duration::from_mins(1))?;
+            return Ok((Some(first.ms), first.cpu_ms));
         }
         let text = metrics::scrape(&bed.topo.node)?;
-        Ok(Histogram::parse(&text, KUBE_PROXY_FULL_SYNC)
+        let mean = Histogram::parse(&text, KUBE_PROXY_FULL_SYNC)
             .filter(|h| h.count > 0.0)
-            .map(|h| h.sum / h.count * 1e3))
+            .map(|h| h.sum / h.count * 1e3);
+        Ok((mean, None))
     }
 
     /// Both programming histograms now.

@@ -149,6 +149,10 @@ pub struct ProxyCell {
     pub programmed_ms: Vec<f64>,
     /// The proxy's own account of its first full programming, ms.
     pub first_sync_ms: Vec<f64>,
+    /// kproxy's CPU time (all its threads, the verifier's included) from its start until
+    /// ready, as it logged it, ms.
+    #[serde(default)]
+    pub start_cpu_ms: Vec<f64>,
     /// Under churn: end-to-end network programming latency (the proxy's histogram), ms.
     pub npl_p50_ms: Vec<f64>,
     pub npl_p99_ms: Vec<f64>,
@@ -448,18 +452,20 @@ fn programming_table(real: &Real, section: &str) -> String {
          From the proxy process's start until every sampled Service answers a connection (the \
          last created, the first, and 62 between; the same probe for every mode), and the \
          proxy's own account of its first full sync (kproxy's log, kube-proxy's \
-         `kubeproxy_sync_full_proxy_rules_duration_seconds`). Milliseconds.\n\n\
-         | mode | services | start → all answer ms (min–max) | proxy's own first sync ms |\n\
-         |---|---:|---:|---:|\n",
+         `kubeproxy_sync_full_proxy_rules_duration_seconds`), and kproxy's CPU time \
+         (all its threads) from its start until ready, as it logged it. Milliseconds.\n\n\
+         | mode | services | start → all answer ms (min–max) | proxy's own first sync ms | CPU to ready ms |\n\
+         |---|---:|---:|---:|---:|\n",
     );
     for p in rows(real) {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             p.mode,
             p.services,
             ms(&p.programmed_ms),
-            ms(&p.first_sync_ms)
+            ms(&p.first_sync_ms),
+            ms(&p.start_cpu_ms)
         );
     }
     out + "\n"
