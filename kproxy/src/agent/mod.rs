@@ -668,7 +668,7 @@ async fn serve_http(
 /// threads, the verifier's included) and page faults, which the rest of the node's load
 /// moves less than the duration.
 fn log_ready(pin_dir: &std::path::Path, started: Instant) {
-    let spent = memory::Spent::so_far();
+    let spent = crate::metrics::process::Spent::so_far();
     tracing::info!(
         pin_dir = %pin_dir.display(),
         took_ms = started.elapsed().as_millis(),

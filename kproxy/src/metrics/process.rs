@@ -42,6 +42,28 @@ impl ProcessSample {
     }
 }
 
+/// What this process has cost so far: its CPU time (all threads, user and system) and the
+/// pages it faulted in. Logged when the agent becomes ready: a start's cost in CPU is
+/// steadier than its duration, which the rest of the node's load moves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spent {
+    pub cpu_ms: u64,
+    pub minor_faults: u64,
+}
+
+impl Spent {
+    /// This process, now; nothing (zeros) if /proc cannot be read.
+    pub fn so_far() -> Self {
+        let Ok(stat) = Process::myself().and_then(|me| me.stat()) else {
+            return Self::default();
+        };
+        Self {
+            cpu_ms: (stat.utime + stat.stime) * 1000 / procfs::ticks_per_second().max(1),
+            minor_faults: stat.minflt,
+        }
+    }
+}
+
 /// `n` as a metric value: counts, bytes and ticks far below 2^52, where f64 is exact.
 #[expect(
     clippy::cast_precision_loss,
@@ -144,5 +166,36 @@ mod tests {
             (now - 3600.0..=now + 1.0).contains(&started),
             "{started} vs {now}"
         );
+    }
+
+    #[test]
+    fn spent_counts_this_process_cpu_and_faults() {
+        let before = Spent::so_far();
+        // Fresh pages, each written once: each is a minor fault (no huge pages for a
+        // mapping this size unless asked for).
+        let pages = 1024;
+        let mut memory = vec![0u8; pages * 4096];
+        for page in memory.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::hint::black_box(&memory);
+        let faulted = Spent::so_far();
+        assert!(
+            faulted.minor_faults >= before.minor_faults + pages as u64 / 2,
+            "{before:?} then {faulted:?} after writing {pages} fresh pages"
+        );
+        // Spin until the CPU time moves (the clock's resolution is a tick at most).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut x = 0u64;
+        while Spent::so_far().cpu_ms < faulted.cpu_ms + 20 {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "5 s of spinning counted no 20 ms of CPU: {faulted:?}, {:?}",
+                Spent::so_far()
+            );
+        }
     }
 }
