@@ -267,8 +267,10 @@ struct RunArgs {
     /// Seconds between conntrack garbage collections.
     #[arg(long, default_value_t = 10)]
     ct_gc_interval: u64,
-    /// Milliseconds the agent waits after a change arrives before it writes the datapath,
-    /// so a burst (a rollout, an editor's several writes) is written as one sync.
+    /// A change from the API is written at once unless a sync began less than this many
+    /// milliseconds before: then the agent waits out the rest and writes everything that
+    /// arrived by then as one sync (a rollout's storm). After a file event of --manifests
+    /// it always waits this long (an editor's save is several writes).
     #[arg(long, default_value_t = 2)]
     sync_debounce_ms: u64,
     /// Per-backend series on /metrics (`kproxy_backend_packets_total`, `_bytes_total`,

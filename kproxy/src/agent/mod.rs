@@ -50,6 +50,7 @@ use crate::{
         KindLabel, Metrics,
         datapath::{BackendLabels, DatapathCollector, FrontendLabels, Names},
         gauge, kube_proxy,
+        process::ThreadTime,
     },
     model::{
         Change, ClusterState, Desired, Frontend, FrontendKey, FrontendKind, LbPolicy,
@@ -127,8 +128,7 @@ pub struct AgentConfig {
     /// API source relies on its watches).
     pub resync_interval: Duration,
     /// Changes arrive in bursts (an editor truncates, writes, chmods; a rollout updates many
-    /// EndpointSlices): wait this long after the first one and take everything that arrived
-    /// by then as one sync (default 2 ms: short enough not to matter next to the sync).
+    /// EndpointSlices): what arrives within this long is taken as one sync (see `Pace`).
     pub debounce: Duration,
 }
 
@@ -206,6 +206,32 @@ struct SyncTally {
     elapsed: Duration,
     model: Duration,
     write: Duration,
+}
+
+/// When the agent's loop woke for a change, and what its thread had had of the CPU then.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    at: Instant,
+    thread: Option<ThreadTime>,
+}
+
+impl Seen {
+    fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            thread: ThreadTime::now(),
+        }
+    }
+
+    /// At `at`, without the thread's account then.
+    fn at(at: Instant) -> Self {
+        Self { at, thread: None }
+    }
+
+    /// What the thread has had since (see `ThreadTime`).
+    fn thread_since(self) -> Option<ThreadTime> {
+        Some(ThreadTime::now()?.since(self.thread?))
+    }
 }
 
 impl SyncTally {
@@ -303,7 +329,7 @@ pub async fn run(
         took_ms = started.elapsed().as_millis(),
         "first complete view of the cluster"
     );
-    agent.sync(&input, initial, Some(started));
+    agent.sync(&input, initial, Some(Seen::at(started)));
     let ebpf = tokio::select! {
         () = &mut shutdown => {
             tracing::info!("stopped while the kernel verified the programs");
@@ -405,6 +431,7 @@ async fn serve(
     let mut longest_step = Duration::ZERO;
     let mut collection: Option<JoinHandle<Collected>> = None;
     let mut sweep: Option<JoinHandle<Result<Swept>>> = None;
+    let mut last_sync: Option<Instant> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -412,10 +439,14 @@ async fn serve(
                 let Some(wakeup) = wakeup else {
                     anyhow::bail!("the input stopped");
                 };
-                let seen = Instant::now();
-                drift.changed(seen.into());
-                agent.health.queued(seen);
-                tokio::time::sleep(agent.config.debounce).await;
+                let seen = Seen::now();
+                drift.changed(seen.at.into());
+                agent.health.queued(seen.at);
+                let pause = input.pace().pause(agent.config.debounce, last_sync, seen.at);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                last_sync = Some(Instant::now());
                 let changes = input.take(wakeup, &agent.metrics);
                 agent.sync(input, changes, Some(seen));
                 agent.sync_health_checks(health_checks).await;
@@ -674,6 +705,7 @@ fn log_ready(pin_dir: &std::path::Path, started: Instant) {
         took_ms = started.elapsed().as_millis(),
         cpu_ms = spent.cpu_ms,
         minor_faults = spent.minor_faults,
+        peak_rss_kib = spent.peak_rss_kib,
         "ready"
     );
 }
@@ -743,8 +775,6 @@ async fn first_complete_view(
 }
 
 impl Agent {
-    /// Applies `changes` to the cluster model, recomputes the services they touch and writes
-    /// the differences. `seen` is when the first of them arrived.
     /// Brings the healthCheckNodePort servers in step with the services; a port that could
     /// not be listened on is tried again with the next retry.
     async fn sync_health_checks(&mut self, servers: &mut HealthCheckServers) {
@@ -861,15 +891,18 @@ impl Agent {
         }
     }
 
-    fn sync(&mut self, input: &Input, changes: Vec<Change>, seen: Option<Instant>) {
+    /// Applies `changes` to the cluster model, recomputes the services they touch and writes
+    /// the differences. `seen` is when the first of them arrived.
+    fn sync(&mut self, input: &Input, changes: Vec<Change>, seen: Option<Seen>) {
         let started = Instant::now();
         // kube-proxy's view: the changes were queued when their first event arrived; a
         // whole view (the first, written in parts), a retry or a resync is a full sync.
         let counted = change_counts(&changes);
         let wall = SystemTime::now();
-        self.metrics
-            .kube_proxy
-            .queued(counted, wall - seen.map_or(Duration::ZERO, |s| s.elapsed()));
+        self.metrics.kube_proxy.queued(
+            counted,
+            wall - seen.map_or(Duration::ZERO, |s| s.at.elapsed()),
+        );
         let full = self.first_view.is_some() || self.node_applied.is_none() || changes.is_empty();
         let triggers: Vec<SystemTime> = changes.iter().filter_map(trigger_time).collect();
         let keys = self.cluster.apply(changes);
@@ -890,7 +923,8 @@ impl Agent {
             self.write_nodeport_list();
         }
         let elapsed = started.elapsed();
-        let since_event = seen.map(|s| s.elapsed());
+        let since_event = seen.map(|s| s.at.elapsed());
+        let thread = seen.and_then(Seen::thread_since);
         let (model, write) = (model_done - started, model_done.elapsed());
 
         let now = SystemTime::now();
@@ -964,7 +998,7 @@ impl Agent {
             write,
         };
         let first_view = self.first_view.is_some();
-        self.log_sync(&report, this, since_event, input.synced());
+        self.log_sync(&report, this, (since_event, thread), input.synced());
         // Each part of the first view frees the list pages it was read from, between what
         // the model keeps; a large change frees its plan. Routine syncs free little.
         if first_view || report.added + report.updated + report.removed >= LARGE_SYNC {
@@ -1035,7 +1069,7 @@ impl Agent {
         &mut self,
         report: &SyncReport,
         this: SyncTally,
-        since_event: Option<Duration>,
+        (since_event, thread): (Option<Duration>, Option<ThreadTime>),
         complete: bool,
     ) {
         let whole = match self.first_view.take() {
@@ -1067,6 +1101,9 @@ impl Agent {
             model_us = micros(whole.model),
             write_us = micros(whole.write),
             since_event_us = since_event.map(micros),
+            // Of that span, the agent's thread ran and waited for a CPU (preempted):
+            ran_us = thread.map(|t| t.ran_ns / 1000),
+            runnable_us = thread.map(|t| t.runnable_ns / 1000),
             parts = whole.syncs,
             "synced"
         );

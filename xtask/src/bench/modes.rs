@@ -234,6 +234,8 @@ pub struct FirstSync {
     /// The agent's CPU time (all its threads) from its start until it was ready, ms: a
     /// start's cost, steadier than its duration, which the rest of the machine moves.
     pub cpu_ms: Option<f64>,
+    /// Its peak resident memory by then (VmHWM), MiB: the start's share of the run's peak.
+    pub ready_peak_mib: Option<f64>,
 }
 
 /// Waits until a started agent has programmed its first complete view and says it is ready;
@@ -246,12 +248,18 @@ pub fn first_sync(agent: &mut LoggedProcess, timeout: Duration) -> Result<FirstS
         .map_or(synced.as_str(), |(_, rest)| rest);
     eprintln!("bench:   agent first sync: {}", fields.trim());
     let cpu_ms = log_field_us(&ready, "cpu_ms");
+    let ready_peak_mib = log_field_us(&ready, "peak_rss_kib").map(|kib| kib / 1024.0);
     if let (Some(cpu_ms), Some(faults)) = (cpu_ms, log_field_us(&ready, "minor_faults")) {
-        eprintln!("bench:   agent ready: {cpu_ms:.0} ms of CPU, {faults:.0} minor page faults");
+        eprintln!(
+            "bench:   agent ready: {cpu_ms:.0} ms of CPU, {faults:.0} minor page faults, \
+             peak RSS {} MiB",
+            ready_peak_mib.map_or("-".into(), |mib| format!("{mib:.1}"))
+        );
     }
     Ok(FirstSync {
         ms: log_field_us(&synced, "elapsed_us").context("the first sync's elapsed_us")? / 1e3,
         cpu_ms,
+        ready_peak_mib,
     })
 }
 

@@ -519,7 +519,7 @@ impl Run<'_> {
         // and its time grows faster than the number of services.
         let timeout = Duration::from_mins(2) + Duration::from_millis(40) * count(services);
         let programmed = probe::all_answer(&bed, &mut proxy, self.targets.to_vec(), timeout)?;
-        let (first_sync, start_cpu) = proxy.first_sync_ms(&bed)?;
+        let (first_sync, start) = proxy.first_sync_ms(&bed)?;
         eprintln!(
             "bench:   every sampled service answers {:.0} ms after start (own first sync: {})",
             programmed.as_secs_f64() * 1e3,
@@ -571,7 +571,10 @@ impl Run<'_> {
         }
         cell.programmed_ms.push(programmed.as_secs_f64() * 1e3);
         cell.first_sync_ms.extend(first_sync);
-        cell.start_cpu_ms.extend(start_cpu);
+        cell.start_cpu_ms
+            .extend(start.as_ref().and_then(|s| s.cpu_ms));
+        cell.ready_peak_rss_mib
+            .extend(start.and_then(|s| s.ready_peak_mib));
         record_window(cell, &window);
         if let Some(s) = &sustained {
             record_sustained(cell, s);

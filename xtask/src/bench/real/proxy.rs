@@ -16,7 +16,7 @@ use kproxy_testbed::{LoggedProcess, kubernetes};
 use super::{
     super::{
         bed::BenchBed,
-        modes::{self, Mode, NODE_NAME, ProcessUsage},
+        modes::{self, FirstSync, Mode, NODE_NAME, ProcessUsage},
     },
     metrics::{self, Histogram},
     plane::Plane,
@@ -202,11 +202,11 @@ impl RunningProxy {
     /// The proxy's own account of its first, complete programming (ms): kproxy's first
     /// " synced " log line, kube-proxy's full-sync histogram (it has only the first full
     /// sync for an hour; with more the mean is reported).
-    /// With kproxy, also the CPU its start took (ms).
-    pub fn first_sync_ms(&mut self, bed: &BenchBed) -> Result<(Option<f64>, Option<f64>)> {
+    /// With kproxy, also the CPU its start took (ms) and its peak memory by then.
+    pub fn first_sync_ms(&mut self, bed: &BenchBed) -> Result<(Option<f64>, Option<FirstSync>)> {
         if self.proxy.is_kproxy() {
             let first = modes::first_sync(&mut self.process, Duration::from_mins(1))?;
-            return Ok((Some(first.ms), first.cpu_ms));
+            return Ok((Some(first.ms), Some(first)));
         }
         let text = metrics::scrape(&bed.topo.node)?;
         let mean = Histogram::parse(&text, KUBE_PROXY_FULL_SYNC)

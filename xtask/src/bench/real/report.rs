@@ -153,6 +153,10 @@ pub struct ProxyCell {
     /// ready, as it logged it, ms.
     #[serde(default)]
     pub start_cpu_ms: Vec<f64>,
+    /// kproxy's peak resident memory (VmHWM) when it said it was ready, MiB: the start's
+    /// part of `peak_rss_mib`.
+    #[serde(default)]
+    pub ready_peak_rss_mib: Vec<f64>,
     /// Under churn: end-to-end network programming latency (the proxy's histogram), ms.
     pub npl_p50_ms: Vec<f64>,
     pub npl_p99_ms: Vec<f64>,
