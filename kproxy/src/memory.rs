@@ -31,7 +31,7 @@ pub fn return_large_blocks_at_once() {
 /// the verifier's) share them instead of each growing a heap of its own, whose freed pages
 /// glibc keeps resident apart from the others. At 100,000 Services, alternated on one bed
 /// with glibc's default (up to 16 arenas on two CPUs), a run's peak was 185.7-193.4 MiB
-/// against 190.8-198.1 MiB, the start's the same (README, "Where the peak lies").
+/// against 190.8-198.1 MiB, the start within the bed's spread (README, "Where the peak lies").
 pub fn share_two_arenas() {
     #[cfg(target_env = "gnu")]
     {
