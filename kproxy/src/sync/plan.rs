@@ -470,10 +470,13 @@ impl Programmed {
             .iter()
             .filter_map(|k| Some((desired.get(k)?, self.frontends.get(k))))
             .map(|(want, have)| {
-                let held: HashSet<Endpoint> = have
-                    .into_iter()
-                    .flat_map(|f| f.endpoints().chain(f.standby_endpoints()))
-                    .collect();
+                // A new frontend: at most one per endpoint it lists (no sets to build for
+                // each of the 100,000 frontends of a start).
+                let Some(have) = have else {
+                    return (want.standby.len() + want.endpoints.len()) as u64;
+                };
+                let held: HashSet<Endpoint> =
+                    have.endpoints().chain(have.standby_endpoints()).collect();
                 let wanted: HashSet<&Endpoint> =
                     want.standby.iter().chain(&want.endpoints).collect();
                 wanted.into_iter().filter(|ep| !held.contains(ep)).count() as u64
