@@ -125,6 +125,22 @@ struct AfterSync {
     vip_deltas: Vec<(FrontendKey, i32)>,
 }
 
+/// Frontends of a sync planned and written together: removals, or frontends wanted.
+#[derive(Clone, Copy)]
+enum Chunk<'a> {
+    Removals(&'a [FrontendKey]),
+    Wanted(&'a [(&'a FrontendKey, &'a Frontend)]),
+}
+
+impl Chunk<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Removals(keys) => keys.len(),
+            Chunk::Wanted(wanted) => wanted.len(),
+        }
+    }
+}
+
 /// Frontends planned and applied at a time (see `Programmed::sync_keys`).
 pub(super) const SYNC_CHUNK: usize = 2048;
 
@@ -282,7 +298,7 @@ impl Programmed {
     }
 
     /// Writes every difference between what is programmed and `desired` into `dp`.
-    pub fn sync(&mut self, desired: &Desired, dp: &mut impl Datapath) -> SyncReport {
+    pub fn sync(&mut self, desired: &Desired, dp: &mut (impl Datapath + Send)) -> SyncReport {
         let keys: BTreeSet<FrontendKey> = self
             .frontends
             .keys()
@@ -301,7 +317,7 @@ impl Programmed {
         &mut self,
         desired: &Desired,
         mut keys: BTreeSet<FrontendKey>,
-        dp: &mut impl Datapath,
+        dp: &mut (impl Datapath + Send),
     ) -> SyncReport {
         let mut report = SyncReport::default();
         keys.append(&mut self.retry);
@@ -329,71 +345,19 @@ impl Programmed {
             .filter(|k| !desired.contains_key(k) && self.frontends.contains_key(k))
             .copied()
             .collect();
-        let mut ending = AfterSync::default();
-        for chunk in removed.chunks(SYNC_CHUNK) {
-            let mut planned = Vec::with_capacity(chunk.len());
-            let mut kinds = Vec::with_capacity(chunk.len());
-            for key in chunk {
-                let old = self.take_frontend(key).expect("filtered above");
-                planned.push(Planned {
-                    ops: remove_ops(key, &old, self.maglev_table_size),
-                    removal: true,
-                });
-                kinds.push((
-                    *key,
-                    Kind::Removed {
-                        svc_id: old.svc_id,
-                        service: old.service,
-                    },
-                ));
-            }
-            self.apply(dp, &planned, kinds, &mut report, &mut ending);
-        }
         let wanted: Vec<(&FrontendKey, &Frontend)> = keys
             .iter()
             .filter(|k| k.scope == Scope::Internal)
             .chain(keys.iter().filter(|k| k.scope == Scope::All))
             .filter_map(|k| Some((k, desired.get(k)?)))
             .collect();
-        for chunk in wanted.chunks(SYNC_CHUNK) {
-            let mut planned = Vec::with_capacity(chunk.len());
-            let mut kinds = Vec::with_capacity(chunk.len());
-            for &(key, frontend) in chunk {
-                let change = match self.frontends.get(key) {
-                    Some(old) => update_change(
-                        &mut self.next_backend_id,
-                        self.maglev_table_size,
-                        key,
-                        old,
-                        frontend,
-                    ),
-                    None => match self.add_change(key, frontend) {
-                        Ok(change) => change,
-                        Err(problem) => {
-                            report.problems.push(problem);
-                            self.retry.insert(*key);
-                            continue;
-                        }
-                    },
-                };
-                let Some(change) = change_or_rename(change, self.frontends.get_mut(key), frontend)
-                else {
-                    continue;
-                };
-                planned.push(Planned {
-                    ops: change.ops,
-                    removal: false,
-                });
-                kinds.push((
-                    *key,
-                    Kind::Changed {
-                        after: Box::new(change.after.expect("a change always has a result")),
-                        new_svc_id: change.new_svc_id,
-                    },
-                ));
-            }
-            self.apply(dp, &planned, kinds, &mut report, &mut ending);
-        }
+        let chunks: Vec<Chunk> = removed
+            .chunks(SYNC_CHUNK)
+            .map(Chunk::Removals)
+            .chain(wanted.chunks(SYNC_CHUNK).map(Chunk::Wanted))
+            .collect();
+        let mut ending = AfterSync::default();
+        self.write_chunks(dp, chunks, &mut report, &mut ending);
         // Only now: ids freed by this sync are not handed out to changes of the same sync.
         for id in ending.freed {
             self.svc_ids.release(id);
@@ -404,17 +368,153 @@ impl Programmed {
         report
     }
 
-    /// Applies `planned` changes (of `kinds`), then the bookkeeping: what is programmed now
-    /// and what is retried; the ids freed and the VIPs' changes go to `ending`.
-    fn apply(
+    /// Plans and writes `chunks` in order. With more than one, each is planned here while
+    /// the one before it is written by a thread of its own (`map-writer`): at a start, the
+    /// kernel's map updates were a third of the agent's loop, which planned nothing
+    /// meanwhile, and after the lists ended the other CPU sat idle. The chunks reach the
+    /// datapath one after another, in order, as they would from this thread; planning one
+    /// never depends on how the one before fared (their keys differ, and no id freed in a
+    /// sync is handed out again in it).
+    fn write_chunks(
         &mut self,
-        dp: &mut impl Datapath,
-        planned: &[Planned],
-        kinds: Vec<(FrontendKey, Kind)>,
+        dp: &mut (impl Datapath + Send),
+        chunks: Vec<Chunk>,
         report: &mut SyncReport,
         ending: &mut AfterSync,
     ) {
-        let outcomes = execute(dp, planned);
+        if chunks.len() < 2 {
+            for chunk in chunks {
+                let (planned, kinds) = self.plan_chunk(chunk, report);
+                let outcomes = execute(dp, &planned);
+                self.settle(&planned, kinds, outcomes, report, ending);
+            }
+            return;
+        }
+        let dp = std::sync::Mutex::new(dp);
+        let write = |planned: &[Planned]| {
+            let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            execute(&mut **dp, planned)
+        };
+        std::thread::scope(|scope| {
+            let (to_writer, to_write) = std::sync::mpsc::sync_channel::<Vec<Planned>>(1);
+            let (from_writer, written) = std::sync::mpsc::channel();
+            let writer = std::thread::Builder::new()
+                .name("map-writer".into())
+                .spawn_scoped(scope, move || {
+                    for planned in to_write {
+                        let outcomes = write(&planned);
+                        if from_writer.send((planned, outcomes)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            // Each chunk's bookkeeping, in order, until the writer has written it.
+            let mut in_flight = std::collections::VecDeque::new();
+            for chunk in chunks {
+                let (planned, kinds) = self.plan_chunk(chunk, report);
+                if writer.is_err() {
+                    // No thread to be had (a limit on threads): written here, as before.
+                    let outcomes = write(&planned);
+                    self.settle(&planned, kinds, outcomes, report, ending);
+                    continue;
+                }
+                to_writer
+                    .send(planned)
+                    .expect("the map writer takes chunks until it is dropped");
+                in_flight.push_back(kinds);
+                // One chunk written while the next is planned.
+                while in_flight.len() > 1 {
+                    let kinds = in_flight.pop_front().expect("in flight");
+                    let (planned, outcomes) = written.recv().expect("the map writer answers");
+                    self.settle(&planned, kinds, outcomes, report, ending);
+                }
+            }
+            drop(to_writer);
+            for kinds in in_flight {
+                let (planned, outcomes) = written.recv().expect("the map writer answers");
+                self.settle(&planned, kinds, outcomes, report, ending);
+            }
+        });
+    }
+
+    /// The operations of `chunk`'s changes, with what each is for the bookkeeping; ids are
+    /// allocated here. A change that cannot be planned is reported and retried.
+    fn plan_chunk(
+        &mut self,
+        chunk: Chunk,
+        report: &mut SyncReport,
+    ) -> (Vec<Planned>, Vec<(FrontendKey, Kind)>) {
+        let mut planned = Vec::with_capacity(chunk.len());
+        let mut kinds = Vec::with_capacity(chunk.len());
+        match chunk {
+            Chunk::Removals(keys) => {
+                for key in keys {
+                    let old = self.take_frontend(key).expect("filtered above");
+                    planned.push(Planned {
+                        ops: remove_ops(key, &old, self.maglev_table_size),
+                        removal: true,
+                    });
+                    kinds.push((
+                        *key,
+                        Kind::Removed {
+                            svc_id: old.svc_id,
+                            service: old.service,
+                        },
+                    ));
+                }
+            }
+            Chunk::Wanted(wanted) => {
+                for &(key, frontend) in wanted {
+                    let change = match self.frontends.get(key) {
+                        Some(old) => update_change(
+                            &mut self.next_backend_id,
+                            self.maglev_table_size,
+                            key,
+                            old,
+                            frontend,
+                        ),
+                        None => match self.add_change(key, frontend) {
+                            Ok(change) => change,
+                            Err(problem) => {
+                                report.problems.push(problem);
+                                self.retry.insert(*key);
+                                continue;
+                            }
+                        },
+                    };
+                    let Some(change) =
+                        change_or_rename(change, self.frontends.get_mut(key), frontend)
+                    else {
+                        continue;
+                    };
+                    planned.push(Planned {
+                        ops: change.ops,
+                        removal: false,
+                    });
+                    kinds.push((
+                        *key,
+                        Kind::Changed {
+                            after: Box::new(change.after.expect("a change always has a result")),
+                            new_svc_id: change.new_svc_id,
+                        },
+                    ));
+                }
+            }
+        }
+        (planned, kinds)
+    }
+
+    /// The bookkeeping after `planned` changes (of `kinds`) were applied with `outcomes`:
+    /// what is programmed now and what is retried; the ids freed and the VIPs' changes go to
+    /// `ending`.
+    fn settle(
+        &mut self,
+        planned: &[Planned],
+        kinds: Vec<(FrontendKey, Kind)>,
+        outcomes: Vec<Outcome>,
+        report: &mut SyncReport,
+        ending: &mut AfterSync,
+    ) {
         for ((p, (key, kind)), outcome) in planned.iter().zip(kinds).zip(outcomes) {
             report.ops += p.ops.len();
             let service = match &kind {

@@ -824,3 +824,56 @@ fn a_sync_larger_than_a_chunk_is_whole_and_never_reuses_an_id_it_freed() {
     assert_eq!(programmed.counts().frontends.v4, n);
     assert_eq!(programmed.counts().backends.v4, n);
 }
+
+#[test]
+fn chunks_planned_beside_their_writing_reach_the_datapath_in_order_and_fail_alone() {
+    // Three chunks: planned on this thread while the one before is written on another.
+    let n = 2 * super::plan::SYNC_CHUNK + 10;
+    let key_at = |i: usize| {
+        let i = u32::try_from(i).expect("small");
+        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i);
+        FrontendKey::new(addr.into(), 80, Protocol::Tcp)
+    };
+    let want: Desired = (0..n)
+        .map(|i| (key_at(i), frontend("web", &[2, 3], None)))
+        .collect();
+    let mut dp = FakeDatapath {
+        max_services: Some(n - 3),
+        ..FakeDatapath::default()
+    };
+    let mut programmed = Programmed::new(u32::try_from(2 * n).expect("small"));
+
+    let report = programmed.sync(&want, &mut dp);
+    assert_eq!(report.added, n - 3);
+    let failed: Vec<&str> = report.problems.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(
+        failed.iter().all(|m| m.contains("KP_SERVICES is full")),
+        "{failed:?}"
+    );
+    let published: Vec<FrontendKey> = dp
+        .log
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::PutService { key, .. } => Some(*key),
+            _ => None,
+        })
+        .collect();
+    let in_order: Vec<FrontendKey> = want.keys().copied().collect();
+    assert_eq!(
+        published,
+        in_order[..n - 3],
+        "published once each, chunk after chunk, in the sync's order, until the map was full"
+    );
+    let served: Vec<FrontendKey> = dp.services.keys().copied().collect();
+    assert_eq!(served, published, "the last three did not fit");
+    assert_eq!(dp.backends.len(), 2 * (n - 3), "failed changes rolled back");
+    assert_counted(&programmed);
+
+    // Room again: the retry writes the three, and only them.
+    dp.max_services = None;
+    let retry = programmed.sync_keys(&want, std::collections::BTreeSet::new(), &mut dp);
+    assert!(retry.problems.is_empty(), "{:?}", retry.problems);
+    assert_eq!(retry.added, 3);
+    assert_eq!(dp.view(), expected_view(&want));
+}
