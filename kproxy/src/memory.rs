@@ -15,15 +15,11 @@ use std::time::Instant;
 /// the peak of a 100,000-Service benchmark run fell from 281 to 265 MiB.
 pub fn return_large_blocks_at_once() {
     #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallopt only sets an allocator parameter; called before the runtime
-        // starts any thread.
-        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) } != 1 {
-            tracing::warn!(
-                "glibc refused the mmap threshold; freed large blocks may stay resident"
-            );
-        }
-    }
+    set_allocator(
+        libc::M_MMAP_THRESHOLD,
+        1 << 20,
+        "glibc refused the mmap threshold; freed large blocks may stay resident",
+    );
 }
 
 /// At most two heaps (glibc's arenas): the loop's thread and the runtime's worker each
@@ -34,12 +30,20 @@ pub fn return_large_blocks_at_once() {
 /// against 190.8-198.1 MiB, the start within the bed's spread (README, "Where the peak lies").
 pub fn share_two_arenas() {
     #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallopt only sets an allocator parameter; called before the runtime
-        // starts any thread.
-        if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
-            tracing::warn!("glibc refused the arena limit; each thread may keep a heap");
-        }
+    set_allocator(
+        libc::M_ARENA_MAX,
+        2,
+        "glibc refused the arena limit; each thread may keep a heap",
+    );
+}
+
+/// Sets glibc's allocator parameter `param` to `value`, saying `refused` if it will not.
+/// Called before the runtime starts any thread.
+#[cfg(target_env = "gnu")]
+fn set_allocator(param: libc::c_int, value: libc::c_int, refused: &str) {
+    // SAFETY: mallopt only sets an allocator parameter.
+    if unsafe { libc::mallopt(param, value) } != 1 {
+        tracing::warn!("{refused}");
     }
 }
 

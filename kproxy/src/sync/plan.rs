@@ -382,38 +382,37 @@ impl Programmed {
         report: &mut SyncReport,
         ending: &mut AfterSync,
     ) {
-        if chunks.len() < 2 {
-            for chunk in chunks {
-                let (planned, kinds) = self.plan_chunk(chunk, report);
-                let outcomes = execute(dp, &planned);
-                self.settle(&planned, kinds, outcomes, report, ending);
-            }
-            return;
-        }
         let dp = std::sync::Mutex::new(dp);
         let write = |planned: &[Planned]| {
             let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             execute(&mut **dp, planned)
         };
+        let several = chunks.len() > 1;
         std::thread::scope(|scope| {
             let (to_writer, to_write) = std::sync::mpsc::sync_channel::<Vec<Planned>>(1);
             let (from_writer, written) = std::sync::mpsc::channel();
-            let writer = std::thread::Builder::new()
-                .name("map-writer".into())
-                .spawn_scoped(scope, move || {
-                    for planned in to_write {
-                        let outcomes = write(&planned);
-                        if from_writer.send((planned, outcomes)).is_err() {
-                            return;
-                        }
-                    }
-                });
-            // Each chunk's bookkeeping, in order, until the writer has written it.
-            let mut in_flight = std::collections::VecDeque::new();
+            // No writer for one chunk (every routine sync), nor when no thread is to be had
+            // (a limit on threads): the chunks are then written here, one after another.
+            let writer = several
+                .then(|| {
+                    std::thread::Builder::new()
+                        .name("map-writer".into())
+                        .spawn_scoped(scope, move || {
+                            for planned in to_write {
+                                let outcomes = write(&planned);
+                                if from_writer.send((planned, outcomes)).is_err() {
+                                    return;
+                                }
+                            }
+                        })
+                        .ok()
+                })
+                .flatten();
+            // The bookkeeping of the chunk the writer has, done once it is written.
+            let mut in_flight = None;
             for chunk in chunks {
                 let (planned, kinds) = self.plan_chunk(chunk, report);
-                if writer.is_err() {
-                    // No thread to be had (a limit on threads): written here, as before.
+                if writer.is_none() {
                     let outcomes = write(&planned);
                     self.settle(&planned, kinds, outcomes, report, ending);
                     continue;
@@ -421,16 +420,14 @@ impl Programmed {
                 to_writer
                     .send(planned)
                     .expect("the map writer takes chunks until it is dropped");
-                in_flight.push_back(kinds);
-                // One chunk written while the next is planned.
-                while in_flight.len() > 1 {
-                    let kinds = in_flight.pop_front().expect("in flight");
+                // This chunk is written while the next is planned; the one before is done.
+                if let Some(kinds) = in_flight.replace(kinds) {
                     let (planned, outcomes) = written.recv().expect("the map writer answers");
                     self.settle(&planned, kinds, outcomes, report, ending);
                 }
             }
             drop(to_writer);
-            for kinds in in_flight {
+            if let Some(kinds) = in_flight {
                 let (planned, outcomes) = written.recv().expect("the map writer answers");
                 self.settle(&planned, kinds, outcomes, report, ending);
             }
